@@ -1,0 +1,175 @@
+//! The small interface a compute backend implements; the decoder is written once against it.
+
+use std::sync::Arc;
+
+use kiln_gguf::{GgmlType, GgufFile};
+
+use crate::{ModelConfig, ModelError};
+
+/// Where a weight tensor's bytes live.
+#[derive(Clone)]
+pub enum TensorBytes {
+    /// A range of a memory-mapped model file: used in place, never copied.
+    Mapped {
+        /// The open file.
+        file: Arc<GgufFile>,
+        /// Byte offset of the range.
+        offset: usize,
+        /// Byte length of the range.
+        len: usize,
+    },
+    /// Bytes held in memory (converted or generated weights).
+    Owned(Arc<Vec<u8>>),
+}
+
+impl TensorBytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            TensorBytes::Mapped { file, offset, len } => {
+                let info_bytes = file.bytes();
+                &info_bytes[*offset..*offset + *len]
+            }
+            TensorBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A 2-D weight matrix (`rows` outputs by `cols` inputs) in one of the ggml block formats.
+#[derive(Clone)]
+pub struct RawTensor {
+    /// Name, for error messages.
+    pub name: String,
+    /// Block format.
+    pub ty: GgmlType,
+    /// Number of rows (outputs).
+    pub rows: usize,
+    /// Row length (inputs).
+    pub cols: usize,
+    /// The data, `rows * ty.bytes_for(cols)` bytes.
+    pub data: TensorBytes,
+}
+
+impl std::fmt::Debug for RawTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} [{} x {}]",
+            self.name,
+            self.ty.name(),
+            self.rows,
+            self.cols
+        )
+    }
+}
+
+impl RawTensor {
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.ty.bytes_for(self.cols)
+    }
+
+    /// Rows `start..start + n` as a tensor of their own (used to split fused projections).
+    pub fn slice_rows(&self, name: &str, start: usize, n: usize) -> Result<RawTensor, ModelError> {
+        if start + n > self.rows {
+            return Err(ModelError::Config(format!(
+                "tensor `{}` has {} rows, cannot take rows {start}..{}",
+                self.name,
+                self.rows,
+                start + n
+            )));
+        }
+        let rb = self.row_bytes();
+        let data = match &self.data {
+            TensorBytes::Mapped { file, offset, .. } => TensorBytes::Mapped {
+                file: file.clone(),
+                offset: offset + start * rb,
+                len: n * rb,
+            },
+            TensorBytes::Owned(v) => {
+                TensorBytes::Owned(Arc::new(v[start * rb..(start + n) * rb].to_vec()))
+            }
+        };
+        Ok(RawTensor {
+            name: name.to_owned(),
+            ty: self.ty,
+            rows: n,
+            cols: self.cols,
+            data,
+        })
+    }
+
+    /// The whole tensor decoded to f32, row-major.
+    pub fn to_f32(&self) -> Result<Vec<f32>, ModelError> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        kiln_gguf::quant::dequantize(self.ty, self.data.as_slice(), &mut out)
+            .map_err(|e| ModelError::Unsupported(format!("tensor `{}`: {e}", self.name)))?;
+        Ok(out)
+    }
+}
+
+/// A compute backend: owns its buffers and kernels. The decoder calls these operations in
+/// order and never looks inside the buffers.
+///
+/// Activations are row-major `[n_tokens, width]` buffers of f32 values.
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// An activation buffer.
+    type Act: Send;
+    /// A weight matrix.
+    type Mat: Send + Sync;
+    /// One sequence's key/value cache.
+    type Kv: Send;
+
+    /// A short description (device, threads, features), for logs and benchmarks.
+    fn describe(&self) -> String;
+    /// Takes a weight matrix into the backend's own layout (in place where it can).
+    fn matrix(&self, t: RawTensor) -> Result<Self::Mat, ModelError>;
+    /// An activation buffer holding `data` (norm weights, biases).
+    fn vector(&self, data: &[f32]) -> Result<Self::Act, ModelError>;
+    /// A zeroed activation buffer of `len` values.
+    fn act(&self, len: usize) -> Result<Self::Act, ModelError>;
+    /// A key/value cache for one sequence of up to `capacity` tokens.
+    fn kv_cache(&self, cfg: &ModelConfig, capacity: usize) -> Result<Self::Kv, ModelError>;
+
+    /// `out[t] = table[tokens[t]]`.
+    fn embed(&self, table: &Self::Mat, tokens: &[u32], out: &mut Self::Act);
+    /// `out[t] = x[t] / rms(x[t]) * w` over rows of width `dim`.
+    fn rms_norm(
+        &self,
+        x: &Self::Act,
+        w: &Self::Act,
+        eps: f32,
+        n: usize,
+        dim: usize,
+        out: &mut Self::Act,
+    );
+    /// `out[t] = W x[t]` for `n` rows of `x`.
+    fn matmul(&self, w: &Self::Mat, x: &Self::Act, n: usize, out: &mut Self::Act);
+    /// `x[t] += b` for `n` rows of width `b.len()`.
+    fn add_bias(&self, x: &mut Self::Act, b: &Self::Act, n: usize, width: usize);
+    /// Rotary position embedding of `n` rows of `heads` heads at positions `pos0..pos0+n`.
+    fn rope(&self, cfg: &ModelConfig, x: &mut Self::Act, heads: usize, pos0: usize, n: usize);
+    /// Appends `k`, `v` (n rows) to layer `layer` of the cache at `pos0` and writes causal
+    /// grouped-query attention of `q` over positions `0..pos0+t+1` into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        cfg: &ModelConfig,
+        kv: &mut Self::Kv,
+        layer: usize,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        pos0: usize,
+        n: usize,
+        out: &mut Self::Act,
+    );
+    /// `gate = silu(gate) * up` elementwise over `len` values.
+    fn swiglu(&self, gate: &mut Self::Act, up: &Self::Act, len: usize);
+    /// `x += y` over `len` values.
+    fn add(&self, x: &mut Self::Act, y: &Self::Act, len: usize);
+    /// Copies row `row` (of width `width`) of `x` into row 0 of `out`.
+    fn copy_row(&self, x: &Self::Act, row: usize, width: usize, out: &mut Self::Act);
+    /// Reads the first `out.len()` values back to the host.
+    fn read(&self, x: &Self::Act, out: &mut [f32]);
+}

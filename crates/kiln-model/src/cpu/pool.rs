@@ -1,0 +1,214 @@
+//! A persistent pool of worker threads for per-token work: no spawning, no allocation
+//! and no locking on the hot path, just an epoch counter and a countdown.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+type Task = dyn Fn(usize, usize) + Sync;
+
+struct Shared {
+    /// The current task, lifetime-erased; valid while `pending > 0`.
+    task: Mutex<Option<*const Task>>,
+    epoch: AtomicUsize,
+    pending: AtomicUsize,
+    wake: Condvar,
+    wake_lock: Mutex<()>,
+    stop: AtomicBool,
+    n_threads: usize,
+}
+
+// SAFETY: the raw task pointer is only dereferenced while `run` keeps the closure alive.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// A fixed set of threads that run one closure at a time, each with its own index.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+    /// Serialises callers: one task in flight at a time.
+    gate: Mutex<()>,
+}
+
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ThreadPool({})", self.shared.n_threads)
+    }
+}
+
+/// Spins this many times waiting for work before sleeping on the condition variable.
+const SPIN: usize = 20_000;
+
+impl ThreadPool {
+    /// A pool of `n_threads` (the caller's thread counts as one of them).
+    pub fn new(n_threads: usize) -> Self {
+        let n_threads = n_threads.max(1);
+        let shared = Arc::new(Shared {
+            task: Mutex::new(None),
+            epoch: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(()),
+            stop: AtomicBool::new(false),
+            n_threads,
+        });
+        let handles = (1..n_threads)
+            .map(|idx| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("kiln-worker-{idx}"))
+                    .spawn(move || worker(s, idx))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        ThreadPool {
+            shared,
+            handles,
+            gate: Mutex::new(()),
+        }
+    }
+
+    /// Number of threads, the caller's included.
+    pub fn n_threads(&self) -> usize {
+        self.shared.n_threads
+    }
+
+    /// Runs `f(thread_index, n_threads)` on every thread and returns when all are done.
+    pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
+        let n = self.shared.n_threads;
+        if n == 1 {
+            f(0, 1);
+            return;
+        }
+        let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let task: &(dyn Fn(usize, usize) + Sync + '_) = &f;
+        // SAFETY: erase the lifetime; we wait below until every worker has finished with it.
+        let ptr: *const Task = unsafe {
+            std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Task>(task)
+        };
+        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
+        self.shared.pending.store(n - 1, Ordering::Release);
+        self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+        {
+            let _l = self
+                .shared
+                .wake_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        f(0, n);
+        let mut spins = 0usize;
+        while self.shared.pending.load(Ordering::Acquire) != 0 {
+            spins += 1;
+            if spins < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn worker(s: Arc<Shared>, idx: usize) {
+    let mut seen = 0usize;
+    loop {
+        let mut spins = 0usize;
+        loop {
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let e = s.epoch.load(Ordering::Acquire);
+            if e != seen {
+                seen = e;
+                break;
+            }
+            spins += 1;
+            if spins < SPIN {
+                std::hint::spin_loop();
+            } else {
+                let l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+                if s.epoch.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Acquire) {
+                    let _l = s
+                        .wake
+                        .wait_timeout(l, std::time::Duration::from_millis(50))
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                spins = 0;
+            }
+        }
+        let ptr = *s.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ptr) = ptr {
+            // SAFETY: `run` keeps the closure alive until `pending` reaches zero.
+            let f: &Task = unsafe { &*ptr };
+            f(idx, s.n_threads);
+        }
+        s.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let _l = self
+                .shared
+                .wake_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The part `[start, end)` of `0..len` that thread `i` of `n` takes, in chunks of `align`.
+pub fn split_range(len: usize, i: usize, n: usize, align: usize) -> (usize, usize) {
+    let chunks = len.div_ceil(align);
+    let per = chunks / n;
+    let extra = chunks % n;
+    let start = i * per + i.min(extra);
+    let count = per + usize::from(i < extra);
+    ((start * align).min(len), ((start + count) * align).min(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn every_index_runs_once_per_call() {
+        let pool = ThreadPool::new(3);
+        let hits = AtomicU64::new(0);
+        for _ in 0..1000 {
+            pool.run(|i, n| {
+                assert_eq!(n, 3);
+                hits.fetch_add(1 << (20 * i), Ordering::Relaxed);
+            });
+        }
+        let h = hits.load(Ordering::Relaxed);
+        assert_eq!(h & 0xFFFFF, 1000);
+        assert_eq!((h >> 20) & 0xFFFFF, 1000);
+        assert_eq!(h >> 40, 1000);
+    }
+
+    #[test]
+    fn split_covers_range_exactly() {
+        for len in [0, 1, 5, 31, 32, 33, 1000] {
+            for n in 1..5 {
+                let mut next = 0;
+                for i in 0..n {
+                    let (a, b) = split_range(len, i, n, 4);
+                    assert_eq!(a, next);
+                    assert!(b >= a);
+                    next = b;
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+}

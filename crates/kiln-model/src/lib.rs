@@ -1,0 +1,55 @@
+//! Llama-family decoder, tokenizer, chat template, compute backends and generation.
+//!
+//! Data flows one way: a model file ([`kiln_gguf`]) gives a [`ModelConfig`] and
+//! [`Weights`]; a [`Backend`] takes them in as a [`Model`]; [`generate`] drives it.
+
+pub mod backend;
+pub mod chat;
+pub mod config;
+pub mod cpu;
+pub mod decoder;
+pub mod fetch;
+pub mod generate;
+pub mod loader;
+pub mod sampler;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::{Backend, RawTensor, TensorBytes};
+pub use config::{Arch, ModelConfig, RopeStyle};
+pub use decoder::{Model, State};
+pub use weights::{LayerWeights, Weights};
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The model file is unreadable or malformed.
+    #[error(transparent)]
+    Gguf(#[from] kiln_gguf::GgufError),
+    /// The tokenizer metadata is unusable.
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+    /// The model's shape is inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// A feature of the model that kiln does not implement.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A caller's input is out of range.
+    #[error("{0}")]
+    Input(String),
+    /// The sequence does not fit in its key/value cache.
+    #[error("context full: {needed} positions needed, the cache holds {capacity}")]
+    ContextFull {
+        /// Positions the pass needs.
+        needed: usize,
+        /// Positions the cache holds.
+        capacity: usize,
+    },
+    /// Memory for a buffer could not be had.
+    #[error("out of memory allocating {0}")]
+    OutOfMemory(String),
+    /// The chat template failed.
+    #[error("chat template: {0}")]
+    Template(String),
+}

@@ -1,0 +1,595 @@
+//! Tokenizers built from a model file's own vocabulary.
+//!
+//! Two families: byte-level BPE (`gpt2`, ranks from `tokenizer.ggml.merges`) and
+//! SentencePiece-style BPE (`llama`, merges by token score, byte fallback).
+
+mod pretok;
+
+use std::collections::HashMap;
+
+use kiln_gguf::GgufFile;
+pub use pretok::PreTokenizer;
+
+/// Errors building a tokenizer from model metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// Metadata missing or of the wrong type.
+    #[error(transparent)]
+    Gguf(#[from] kiln_gguf::GgufError),
+    /// The vocabulary is inconsistent.
+    #[error("{path}: tokenizer: {what}")]
+    Invalid {
+        /// Model file.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// How a vocabulary entry behaves (GGUF `tokenizer.ggml.token_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// Ordinary text.
+    Normal,
+    /// The unknown token.
+    Unknown,
+    /// A control token such as `<|im_start|>`: matched whole in prompts, not printed.
+    Control,
+    /// A user-defined token: matched whole in prompts and printed.
+    UserDefined,
+    /// Not used.
+    Unused,
+    /// A raw byte `<0xNN>` (SentencePiece byte fallback).
+    Byte,
+}
+
+impl TokenType {
+    fn from_i64(v: i64) -> Self {
+        match v {
+            2 => Self::Unknown,
+            3 => Self::Control,
+            4 => Self::UserDefined,
+            5 => Self::Unused,
+            6 => Self::Byte,
+            _ => Self::Normal,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Byte-level BPE with merge ranks.
+    ByteBpe,
+    /// SentencePiece BPE with scores.
+    Spm,
+}
+
+/// A tokenizer: text to token ids and back.
+#[derive(Debug)]
+pub struct Tokenizer {
+    kind: Kind,
+    pre: PreTokenizer,
+    tokens: Vec<String>,
+    types: Vec<TokenType>,
+    scores: Vec<f32>,
+    to_id: HashMap<String, u32>,
+    /// (left, right) -> (rank, merged id), byte-level BPE only.
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// Special tokens matched literally in prompts, longest first.
+    special: Vec<u32>,
+    /// Byte-level alphabet: byte -> char, and back.
+    byte_char: [char; 256],
+    char_byte: HashMap<char, u8>,
+    /// SentencePiece byte fallback tokens `<0xNN>`.
+    byte_token: [Option<u32>; 256],
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eog: Vec<u32>,
+    add_bos: bool,
+    add_space_prefix: bool,
+}
+
+/// Names that end generation in the chat formats kiln knows, besides the declared EOS.
+const EOG_NAMES: &[&str] = &[
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|end_of_text|>",
+    "</s>",
+];
+
+fn bytes_to_unicode() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..256u32 {
+        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+        map[b as usize] = if printable {
+            char::from_u32(b).unwrap_or('\0')
+        } else {
+            let c = char::from_u32(256 + n).unwrap_or('\0');
+            n += 1;
+            c
+        };
+    }
+    map
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer that a GGUF file describes in its `tokenizer.ggml.*` keys.
+    pub fn from_gguf(f: &GgufFile) -> Result<Self, TokenizerError> {
+        let path = f.path().display().to_string();
+        let invalid = |what: String| TokenizerError::Invalid {
+            path: path.clone(),
+            what,
+        };
+        let model = f.get_str("tokenizer.ggml.model")?;
+        let kind = match model {
+            "gpt2" => Kind::ByteBpe,
+            "llama" => Kind::Spm,
+            other => {
+                return Err(invalid(format!(
+                    "tokenizer.ggml.model is `{other}`; kiln supports `gpt2` (byte-level BPE) and `llama` (SentencePiece)"
+                )))
+            }
+        };
+        let tokens: Vec<String> = f
+            .get_array("tokenizer.ggml.tokens")?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| invalid(format!("tokenizer.ggml.tokens[{i}] is not a string")))
+            })
+            .collect::<Result<_, _>>()?;
+        let n = tokens.len();
+        if n == 0 || n > u32::MAX as usize / 2 {
+            return Err(invalid(format!("vocabulary has {n} tokens")));
+        }
+        let types = match f.get("tokenizer.ggml.token_type") {
+            Some(v) => {
+                let a = v
+                    .as_array()
+                    .ok_or_else(|| invalid("tokenizer.ggml.token_type is not an array".into()))?;
+                if a.len() != n {
+                    return Err(invalid(format!(
+                        "tokenizer.ggml.token_type has {} entries for {n} tokens",
+                        a.len()
+                    )));
+                }
+                a.iter()
+                    .map(|v| TokenType::from_i64(v.as_f64().unwrap_or(1.0) as i64))
+                    .collect()
+            }
+            None => vec![TokenType::Normal; n],
+        };
+        let scores = match f.get("tokenizer.ggml.scores") {
+            Some(v) => {
+                let a = v
+                    .as_array()
+                    .ok_or_else(|| invalid("tokenizer.ggml.scores is not an array".into()))?;
+                if a.len() != n {
+                    return Err(invalid(format!(
+                        "tokenizer.ggml.scores has {} entries for {n} tokens",
+                        a.len()
+                    )));
+                }
+                a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
+            }
+            None if kind == Kind::Spm => {
+                return Err(invalid(
+                    "SentencePiece vocabulary without tokenizer.ggml.scores".into(),
+                ))
+            }
+            None => vec![0.0; n],
+        };
+        let mut to_id = HashMap::with_capacity(n);
+        for (i, t) in tokens.iter().enumerate() {
+            // First occurrence wins, as in the reference implementations.
+            to_id.entry(t.clone()).or_insert(i as u32);
+        }
+
+        let mut merges = HashMap::new();
+        if kind == Kind::ByteBpe {
+            for (rank, m) in f.get_array("tokenizer.ggml.merges")?.iter().enumerate() {
+                let m = m
+                    .as_str()
+                    .ok_or_else(|| invalid(format!("merge #{rank} is not a string")))?;
+                // The left part is never empty: search after its first char.
+                let skip = m.chars().next().map_or(0, char::len_utf8);
+                let sp = m[skip..]
+                    .find(' ')
+                    .map(|p| p + skip)
+                    .ok_or_else(|| invalid(format!("merge #{rank} `{m}` has no space")))?;
+                let (l, r) = (&m[..sp], &m[sp + 1..]);
+                let (Some(&li), Some(&ri), Some(&mi)) =
+                    (to_id.get(l), to_id.get(r), to_id.get(&format!("{l}{r}")))
+                else {
+                    continue; // merges into tokens absent from the vocabulary can never fire
+                };
+                merges.entry((li, ri)).or_insert((rank as u32, mi));
+            }
+        }
+
+        let pre_name = f
+            .get_opt("tokenizer.ggml.pre", "a string", |v| v.as_str())?
+            .unwrap_or("default");
+        let pre = PreTokenizer::from_name(pre_name).unwrap_or(PreTokenizer::Gpt2);
+        if kind == Kind::ByteBpe && PreTokenizer::from_name(pre_name).is_none() {
+            return Err(invalid(format!(
+                "pre-tokenizer `{pre_name}` (tokenizer.ggml.pre) is not known to kiln"
+            )));
+        }
+
+        let id_key = |key: &str| -> Result<Option<u32>, TokenizerError> {
+            match f.get_opt(key, "a token id", |v| v.as_u64())? {
+                Some(id) if (id as usize) < n => Ok(Some(id as u32)),
+                Some(id) => Err(invalid(format!(
+                    "{key} = {id} is outside the vocabulary ({n})"
+                ))),
+                None => Ok(None),
+            }
+        };
+        let bos = id_key("tokenizer.ggml.bos_token_id")?;
+        let eos = id_key("tokenizer.ggml.eos_token_id")?;
+        let mut eog: Vec<u32> = Vec::new();
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            eog.extend(id_key(key)?);
+        }
+        for name in EOG_NAMES {
+            if let Some(&id) = to_id.get(*name) {
+                if types[id as usize] == TokenType::Control {
+                    eog.push(id);
+                }
+            }
+        }
+        eog.sort_unstable();
+        eog.dedup();
+
+        let add_bos = f
+            .get_opt("tokenizer.ggml.add_bos_token", "a bool", |v| v.as_bool())?
+            .unwrap_or(kind == Kind::Spm);
+        let add_space_prefix = f
+            .get_opt("tokenizer.ggml.add_space_prefix", "a bool", |v| v.as_bool())?
+            .unwrap_or(kind == Kind::Spm);
+
+        let mut special: Vec<u32> = (0..n as u32)
+            .filter(|&i| {
+                matches!(
+                    types[i as usize],
+                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+                ) && !tokens[i as usize].is_empty()
+            })
+            .collect();
+        special.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+
+        let byte_char = bytes_to_unicode();
+        let char_byte = byte_char
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let mut byte_token = [None; 256];
+        for (b, slot) in byte_token.iter_mut().enumerate() {
+            *slot = to_id.get(&format!("<0x{b:02X}>")).copied();
+        }
+
+        Ok(Tokenizer {
+            kind,
+            pre,
+            tokens,
+            types,
+            scores,
+            to_id,
+            merges,
+            special,
+            byte_char,
+            char_byte,
+            byte_token,
+            bos,
+            eos,
+            eog,
+            add_bos,
+            add_space_prefix,
+        })
+    }
+
+    /// Number of entries in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Beginning-of-sequence token, if the vocabulary has one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End-of-sequence token, if declared.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Whether the model asks for BOS at the start of a prompt.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether `id` ends a generation (EOS, end-of-turn and their relatives).
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.binary_search(&id).is_ok()
+    }
+
+    /// All end-of-generation ids.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// A token's vocabulary text (as stored, e.g. `Ġthe`).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// A token's id by its vocabulary text.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.to_id.get(text).copied()
+    }
+
+    /// Turns text into ids. `add_bos` prepends BOS when the model asks for it;
+    /// `parse_special` matches control tokens written in the text (e.g. `<|im_start|>`).
+    pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        if add_bos && self.add_bos {
+            out.extend(self.bos);
+        }
+        let mut first_text = true;
+        for frag in self.partition(text, parse_special) {
+            match frag {
+                Fragment::Token(id) => out.push(id),
+                Fragment::Text(t) => {
+                    match self.kind {
+                        Kind::ByteBpe => self.encode_bpe(t, &mut out),
+                        Kind::Spm => self.encode_spm(t, first_text, &mut out),
+                    }
+                    first_text = false;
+                }
+            }
+        }
+        out
+    }
+
+    fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
+        let mut frags = vec![Fragment::Text(text)];
+        if !parse_special {
+            return frags;
+        }
+        for &id in &self.special {
+            let pat = self.tokens[id as usize].as_str();
+            let mut next = Vec::with_capacity(frags.len());
+            for f in frags {
+                match f {
+                    Fragment::Text(mut t) => {
+                        while let Some(p) = t.find(pat) {
+                            if p > 0 {
+                                next.push(Fragment::Text(&t[..p]));
+                            }
+                            next.push(Fragment::Token(id));
+                            t = &t[p + pat.len()..];
+                        }
+                        if !t.is_empty() {
+                            next.push(Fragment::Text(t));
+                        }
+                    }
+                    tok => next.push(tok),
+                }
+            }
+            frags = next;
+        }
+        frags
+    }
+
+    fn encode_bpe(&self, text: &str, out: &mut Vec<u32>) {
+        let mut pieces = Vec::new();
+        self.pre.split(text, &mut pieces);
+        let mut syms: Vec<u32> = Vec::new();
+        for piece in pieces {
+            let mapped: String = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
+            if let Some(&id) = self.to_id.get(&mapped) {
+                out.push(id);
+                continue;
+            }
+            syms.clear();
+            let mut buf = [0u8; 4];
+            for c in mapped.chars() {
+                match self.to_id.get(c.encode_utf8(&mut buf) as &str) {
+                    Some(&id) => syms.push(id),
+                    None => {
+                        // A byte the vocabulary lacks: nothing sensible to emit but unknown.
+                        if let Some(&unk) = self.to_id.get("<unk>") {
+                            syms.push(unk);
+                        }
+                    }
+                }
+            }
+            loop {
+                let best = syms
+                    .windows(2)
+                    .enumerate()
+                    .filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(r, m)| (r, i, m)))
+                    .min();
+                let Some((_, i, m)) = best else { break };
+                syms[i] = m;
+                syms.remove(i + 1);
+            }
+            out.extend_from_slice(&syms);
+        }
+    }
+
+    fn encode_spm(&self, text: &str, first: bool, out: &mut Vec<u32>) {
+        let mut s = String::with_capacity(text.len() + 3);
+        if first && self.add_space_prefix {
+            s.push('\u{2581}');
+        }
+        for c in text.chars() {
+            s.push(if c == ' ' { '\u{2581}' } else { c });
+        }
+        // Symbols are byte ranges of `s`; merge the adjacent pair whose union has the best score.
+        let mut syms: Vec<(usize, usize)> = s
+            .char_indices()
+            .map(|(i, c)| (i, i + c.len_utf8()))
+            .collect();
+        loop {
+            let mut best: Option<(f32, usize)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                let text = &s[syms[i].0..syms[i + 1].1];
+                if let Some(&id) = self.to_id.get(text) {
+                    let sc = self.scores[id as usize];
+                    if best.is_none_or(|(b, _)| sc > b) {
+                        best = Some((sc, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            syms[i].1 = syms[i + 1].1;
+            syms.remove(i + 1);
+        }
+        for (a, b) in syms {
+            let piece = &s[a..b];
+            match self.to_id.get(piece) {
+                Some(&id) => out.push(id),
+                None => {
+                    for byte in piece.bytes() {
+                        if let Some(id) = self.byte_token[byte as usize] {
+                            out.push(id);
+                        } else if let Some(&unk) = self.to_id.get("<unk>") {
+                            out.push(unk);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bytes a token stands for in output text. Control tokens give their text
+    /// only when `special` is set.
+    pub fn token_bytes(&self, id: u32, special: bool, out: &mut Vec<u8>) {
+        let Some(t) = self.tokens.get(id as usize) else {
+            return;
+        };
+        match self.types[id as usize] {
+            TokenType::Control | TokenType::Unknown | TokenType::Unused => {
+                if special {
+                    out.extend_from_slice(t.as_bytes());
+                }
+            }
+            TokenType::UserDefined => out.extend_from_slice(t.as_bytes()),
+            TokenType::Byte => {
+                if let Some(b) = t
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(b);
+                }
+            }
+            TokenType::Normal => match self.kind {
+                Kind::ByteBpe => {
+                    for c in t.chars() {
+                        match self.char_byte.get(&c) {
+                            Some(&b) => out.push(b),
+                            None => {
+                                let mut buf = [0u8; 4];
+                                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                            }
+                        }
+                    }
+                }
+                Kind::Spm => {
+                    for c in t.chars() {
+                        let c = if c == '\u{2581}' { ' ' } else { c };
+                        let mut buf = [0u8; 4];
+                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    }
+                }
+            },
+        }
+    }
+
+    /// Ids back to text (invalid UTF-8 is replaced). SentencePiece's leading space is dropped
+    /// when the tokenizer added it.
+    pub fn decode(&self, ids: &[u32], special: bool) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            self.token_bytes(id, special, &mut bytes);
+        }
+        let mut s = String::from_utf8_lossy(&bytes).into_owned();
+        if self.kind == Kind::Spm && self.add_space_prefix && s.starts_with(' ') {
+            s.remove(0);
+        }
+        s
+    }
+
+    /// A score per token (SentencePiece), zero for byte-level vocabularies.
+    pub fn score(&self, id: u32) -> f32 {
+        self.scores.get(id as usize).copied().unwrap_or(0.0)
+    }
+}
+
+enum Fragment<'a> {
+    Text(&'a str),
+    Token(u32),
+}
+
+/// Turns a stream of ids into a stream of valid UTF-8 text, holding back the bytes of a
+/// character split across tokens until it is complete.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+    started: bool,
+}
+
+impl StreamDecoder {
+    /// A decoder with nothing pending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a token; returns the text that is now complete (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        tok.token_bytes(id, false, &mut self.pending);
+        if !self.started && tok.kind == Kind::Spm && tok.add_space_prefix {
+            if self.pending.first() == Some(&b' ') {
+                self.pending.remove(0);
+            }
+            if !self.pending.is_empty() {
+                self.started = true;
+            }
+        }
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_some() => {
+                // Bytes that can never become valid: emit them replaced rather than stall.
+                let s = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                return s;
+            }
+            Err(e) => e.valid_up_to(),
+        };
+        let rest = self.pending.split_off(valid);
+        let out = String::from_utf8(std::mem::replace(&mut self.pending, rest)).unwrap_or_default();
+        out
+    }
+
+    /// Whatever is still held back, replaced where invalid.
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
