@@ -1,1 +1,44 @@
-fn main() {}
+//! `kiln`: run small language models fast, from one binary.
+
+mod bench;
+mod chat;
+mod common;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+/// kiln: run small language models fast on CPU and GPU.
+#[derive(Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt, streaming the answer to the terminal.
+    Run(run::RunArgs),
+    /// Talk with the model, turn by turn.
+    Chat(chat::ChatArgs),
+    /// Measure load time, prefill and decode speed and peak memory.
+    Bench(bench::BenchArgs),
+    /// Fetch the default model (SmolLM2-135M-Instruct, Q4_1) if it is missing.
+    Fetch,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::chat(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::Fetch => kiln_model::fetch::ensure_default_model(true)
+            .map(|p| println!("{}", p.display()))
+            .map_err(anyhow::Error::from),
+    };
+    if let Err(e) = result {
+        eprintln!("kiln: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,87 @@
+//! `kiln chat`: an interactive conversation.
+
+use std::io::{BufRead, Write};
+
+use clap::Args;
+use kiln_model::chat::Message;
+use kiln_model::generate::{generate, GenerateParams};
+
+use crate::common::{load, ModelArgs, SampleArgs};
+
+/// Arguments of `kiln chat`.
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+    /// A system message (replaces the template's default one).
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+/// Runs `kiln chat`: one line per user turn; `/reset` forgets, `/exit` or end of input quits.
+pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
+    let params = GenerateParams {
+        max_tokens: a.sample.max_tokens,
+        sampler: a.sample.params()?,
+    };
+    let m = load(&a.model, false)?;
+    let ctx = m.model.cfg.context_length;
+    let fresh = || -> Vec<Message> {
+        a.system
+            .iter()
+            .map(|s| Message::new("system", s.clone()))
+            .collect()
+    };
+    let mut history = fresh();
+    eprintln!(
+        "kiln: chat with {} — /reset to start over, /exit to quit",
+        m.name
+    );
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let mut line = String::new();
+    let mut turn = 0u64;
+    loop {
+        eprint!("> ");
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let msg = line.trim();
+        match msg {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history = fresh();
+                eprintln!("kiln: conversation cleared");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(Message::new("user", msg));
+        let mut ids = m
+            .tokenizer
+            .encode(&m.template.render(&history, true)?, true, true);
+        // Forget the oldest exchanges when the conversation outgrows the context.
+        while ids.len() + params.max_tokens.min(256) > ctx && history.len() > 1 {
+            let first_user = history.iter().position(|h| h.role != "system").unwrap_or(0);
+            history.remove(first_user);
+            ids = m
+                .tokenizer
+                .encode(&m.template.render(&history, true)?, true, true);
+        }
+        let mut p = params.clone();
+        p.sampler.seed = params.sampler.seed.wrapping_add(turn);
+        turn += 1;
+        let g = generate(&m.model, &m.tokenizer, &ids, &p, |piece| {
+            out.write_all(piece.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok()
+        })?;
+        writeln!(out)?;
+        history.push(Message::new("assistant", g.text.trim().to_owned()));
+    }
+    Ok(())
+}

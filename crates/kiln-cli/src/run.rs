@@ -1,0 +1,94 @@
+//! `kiln run`: one prompt, one streamed answer.
+
+use std::io::{Read, Write};
+
+use clap::Args;
+use kiln_model::chat::Message;
+use kiln_model::generate::{generate, GenerateParams};
+
+use crate::common::{load, ModelArgs, SampleArgs};
+
+/// Arguments of `kiln run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The prompt (read from standard input when absent).
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+    /// Use the prompt as it is: no chat template (special tokens in it are still parsed).
+    #[arg(long)]
+    pub raw: bool,
+    /// A system message (replaces the template's default one).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print one JSON object (prompt_ids, ids, text, timings) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `kiln run`.
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let params = GenerateParams {
+        max_tokens: a.sample.max_tokens,
+        sampler: a.sample.params()?,
+    };
+    let prompt = match a.prompt {
+        Some(p) => p,
+        None => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+    };
+    let m = load(&a.model, a.json)?;
+    let text = if a.raw {
+        prompt
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(sys) = &a.system {
+            msgs.push(Message::new("system", sys.clone()));
+        }
+        msgs.push(Message::new("user", prompt));
+        m.template.render(&msgs, true)?
+    };
+    let ids = m.tokenizer.encode(&text, true, true);
+    let mut out = std::io::stdout().lock();
+    let json = a.json;
+    let g = generate(&m.model, &m.tokenizer, &ids, &params, |piece| {
+        if !json {
+            // A closed pipe ends generation quietly.
+            return out
+                .write_all(piece.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok();
+        }
+        true
+    })?;
+    if json {
+        let v = serde_json::json!({
+            "prompt_ids": ids,
+            "ids": g.ids,
+            "text": g.text,
+            "finish_reason": g.finish,
+            "timings": {
+                "load_s": m.load_s,
+                "prefill_tok_s": g.timings.prefill_tok_s,
+                "decode_tok_s": g.timings.decode_tok_s,
+            },
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out)?;
+        eprintln!(
+            "kiln: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({:?})",
+            ids.len(),
+            g.timings.prefill_tok_s,
+            g.ids.len(),
+            g.timings.decode_tok_s,
+            g.finish
+        );
+    }
+    Ok(())
+}

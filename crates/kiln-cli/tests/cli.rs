@@ -1,0 +1,152 @@
+//! The `kiln` binary as other tools call it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn model() -> std::path::PathBuf {
+    kiln_model::fetch::ensure_default_model(true).expect("default model")
+}
+
+fn run_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = kiln()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiln");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn raw_json_run_matches_the_reference() {
+    let m = model();
+    let fixtures = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/smollm2-135m-q4_1-golden.jsonl"
+    ))
+    .unwrap();
+    let case: serde_json::Value = serde_json::from_str(fixtures.lines().next().unwrap()).unwrap();
+    let out = run_stdin(
+        &[
+            "run",
+            "--model",
+            m.to_str().unwrap(),
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "48",
+            "--json",
+        ],
+        case["prompt"].as_str().unwrap(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["prompt_ids"], case["prompt_ids"]);
+    // Equal up to the first position where the reference's top two are within 0.3.
+    let tie = case["top5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| t[0][1].as_f64().unwrap() - t[1][1].as_f64().unwrap() < 0.3)
+        .unwrap_or(usize::MAX);
+    let want = case["greedy_ids"].as_array().unwrap();
+    let got = v["ids"].as_array().unwrap();
+    let upto = tie.min(want.len());
+    assert!(upto >= 2, "the comparison must cover some tokens");
+    assert_eq!(got[..upto], want[..upto]);
+    assert!(v["text"].as_str().unwrap().contains('4'), "{}", v["text"]);
+    for k in ["load_s", "prefill_tok_s", "decode_tok_s"] {
+        assert!(v["timings"][k].as_f64().is_some_and(|x| x > 0.0), "{k}");
+    }
+}
+
+#[test]
+fn chat_template_run_streams_an_answer() {
+    let m = model();
+    let out = kiln()
+        .args([
+            "run",
+            "--model",
+            m.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "-n",
+            "16",
+        ])
+        .arg("What is the capital of France?")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Paris"), "{text}");
+}
+
+#[test]
+fn malformed_model_file_is_named_in_the_error() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("broken.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff").unwrap();
+    let out = kiln()
+        .args(["run", "--model", bad.to_str().unwrap(), "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.gguf") && err.contains("truncated"),
+        "{err}"
+    );
+    let missing = dir.join("absent.gguf");
+    let out = kiln()
+        .args(["run", "--model", missing.to_str().unwrap(), "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("absent.gguf"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn absurd_parameters_are_refused_by_name() {
+    for (flag, val, word) in [
+        ("--temperature", "-1", "temperature"),
+        ("--top-p", "0", "top-p"),
+        ("--max-tokens", "0", "max-tokens"),
+    ] {
+        let out = kiln()
+            .args([
+                "run",
+                "--model",
+                "/nonexistent.gguf",
+                &format!("{flag}={val}"),
+                "hi",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(word), "{flag}: {err}");
+    }
+}
