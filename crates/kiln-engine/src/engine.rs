@@ -1,0 +1,544 @@
+//! The engine loop: admit requests, build one batch per step from running decodes and
+//! prefill chunks, run it, sample, stream, retire.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kiln_model::generate::FinishReason;
+use kiln_model::tokenizer::{StreamDecoder, Tokenizer};
+use kiln_model::ModelError;
+use serde::Serialize;
+
+use crate::blocks::BlockManager;
+use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
+
+/// One sequence's part of a batched step.
+#[derive(Debug, Clone, Copy)]
+pub struct Slice<'a> {
+    /// Tokens to run, at positions `pos0..pos0 + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// Position of the first token.
+    pub pos0: usize,
+    /// The sequence's block table (covers `pos0 + tokens.len()` positions).
+    pub blocks: &'a [u32],
+    /// Whether the last token's logits are needed.
+    pub want_logits: bool,
+}
+
+/// What the engine needs of a model: one batched step over a paged KV cache.
+pub trait Runner: Send {
+    /// Vocabulary size (width of a logits row).
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence the model takes.
+    fn context_length(&self) -> usize;
+    /// Positions per KV block.
+    fn block_size(&self) -> usize;
+    /// Blocks in the KV pool.
+    fn n_blocks(&self) -> usize;
+    /// Runs every slice; appends one logits row per slice that wants logits, in order.
+    fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
+    /// Copies the contents of block `src` into block `dst`.
+    fn copy_block(&mut self, src: u32, dst: u32);
+}
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most tokens (decode and prefill together) in one step.
+    pub max_batch_tokens: usize,
+    /// Most sequences running at once.
+    pub max_running: usize,
+    /// Most requests waiting; more are refused.
+    pub max_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_batch_tokens: 256,
+            max_running: 64,
+            max_queue: 1024,
+        }
+    }
+}
+
+/// A request: prompt ids and how to sample.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Prompt token ids (template already applied).
+    pub prompt: Vec<u32>,
+    /// Sampling parameters.
+    pub params: SamplingParams,
+}
+
+/// Token counts and latencies of a finished request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub cached_tokens: usize,
+    /// Seconds from submission to the first generated token.
+    pub time_to_first_token_s: f64,
+    /// Seconds from submission to the end.
+    pub total_s: f64,
+}
+
+/// What a request's stream receives.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A generated token and the text it completes (may be empty while a character or a
+    /// possible stop string is incomplete).
+    Token {
+        /// Token id.
+        id: u32,
+        /// New text.
+        text: String,
+        /// Log-probabilities, when asked for.
+        logprob: Option<TokenLogprob>,
+    },
+    /// The request ended.
+    Done {
+        /// Why.
+        reason: FinishReason,
+        /// Counts and latencies.
+        usage: Usage,
+    },
+    /// The request failed; nothing more follows.
+    Failed(String),
+}
+
+/// Where a request's events go; returns `false` once nobody listens (the request is then
+/// cancelled at the next step).
+pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+
+/// Why a request was not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    /// A sampling parameter is out of range.
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    /// The prompt is empty or too long, or a token is outside the vocabulary.
+    #[error("{0}")]
+    Prompt(String),
+    /// The request could never fit in the KV memory budget.
+    #[error("the request needs {needed} KV blocks but the memory budget allows {total}; raise --max-memory-mb or shorten it")]
+    TooLarge {
+        /// Blocks needed.
+        needed: usize,
+        /// Blocks in the pool.
+        total: usize,
+    },
+    /// Too many requests are waiting.
+    #[error("the queue is full ({0} requests waiting); try again later")]
+    QueueFull(usize),
+}
+
+struct Seq {
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    computed: usize,
+    table: Vec<u32>,
+    sampler: RequestSampler,
+    sink: Sink,
+    decoder: StreamDecoder,
+    held: String,
+    max_len: usize,
+    submitted: Instant,
+    first_token: Option<f64>,
+    cached: usize,
+}
+
+/// Live counters, for metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineStats {
+    /// Requests waiting for admission.
+    pub waiting: usize,
+    /// Sequences running.
+    pub running: usize,
+    /// KV blocks in use.
+    pub blocks_used: usize,
+    /// KV blocks free.
+    pub blocks_free: usize,
+    /// Steps run.
+    pub steps: u64,
+    /// Sequences preempted for lack of KV blocks.
+    pub preemptions: u64,
+}
+
+/// The engine: owns the runner, the block pool and every sequence.
+pub struct Engine<R: Runner> {
+    runner: R,
+    tok: Arc<Tokenizer>,
+    cfg: EngineConfig,
+    blocks: BlockManager,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    next_id: u64,
+    logits: Vec<f32>,
+    stats: EngineStats,
+}
+
+impl<R: Runner> Engine<R> {
+    /// An engine over `runner`.
+    pub fn new(runner: R, tok: Arc<Tokenizer>, cfg: EngineConfig) -> Self {
+        let blocks = BlockManager::new(runner.n_blocks(), runner.block_size());
+        Engine {
+            runner,
+            tok,
+            cfg,
+            blocks,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 1,
+            logits: Vec::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tok
+    }
+
+    /// The runner.
+    pub fn runner(&self) -> &R {
+        &self.runner
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+            blocks_used: self.blocks.used(),
+            blocks_free: self.blocks.free_count(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Whether anything is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Queues a request; its events go to `sink`. Returns the request id.
+    pub fn submit(&mut self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
+        req.params.validate()?;
+        let ctx = self.runner.context_length();
+        let n = req.prompt.len();
+        if n == 0 {
+            return Err(SubmitError::Prompt("the prompt is empty".into()));
+        }
+        if n >= ctx {
+            return Err(SubmitError::Prompt(format!(
+                "the prompt has {n} tokens; the model's context is {ctx}"
+            )));
+        }
+        let vocab = self.runner.vocab_size();
+        if let Some(t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(SubmitError::Prompt(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let max_len = (n + req.params.max_tokens).min(ctx);
+        let needed = self.blocks.blocks_for(n + 1);
+        if needed > self.blocks.total() {
+            return Err(SubmitError::TooLarge {
+                needed,
+                total: self.blocks.total(),
+            });
+        }
+        if self.waiting.len() >= self.cfg.max_queue {
+            return Err(SubmitError::QueueFull(self.waiting.len()));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let seed = req
+            .params
+            .seed
+            .unwrap_or_else(|| id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.waiting.push_back(Seq {
+            sampler: RequestSampler::new(req.params, seed, &req.prompt),
+            tokens: req.prompt,
+            prompt_len: n,
+            computed: 0,
+            table: Vec::new(),
+            sink,
+            decoder: StreamDecoder::new(),
+            held: String::new(),
+            max_len,
+            submitted: Instant::now(),
+            first_token: None,
+            cached: 0,
+        });
+        Ok(id)
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_running {
+            let Some(seq) = self.waiting.front() else {
+                break;
+            };
+            // Room for the whole prompt (or re-computation after preemption) plus one.
+            match self.blocks.allocate(&seq.tokens, seq.tokens.len() + 1) {
+                Ok((table, cached)) => {
+                    let Some(mut seq) = self.waiting.pop_front() else {
+                        break;
+                    };
+                    seq.table = table;
+                    seq.computed = cached;
+                    if seq.first_token.is_none() {
+                        seq.cached = cached;
+                    }
+                    self.running.push(seq);
+                }
+                Err(_) => break, // FIFO: the head waits until blocks free up
+            }
+        }
+    }
+
+    /// Frees a running sequence's blocks and puts it back at the head of the queue.
+    fn preempt_last(&mut self) -> bool {
+        let Some(mut seq) = self.running.pop() else {
+            return false;
+        };
+        self.blocks.release(&seq.table);
+        seq.table.clear();
+        seq.computed = 0;
+        self.waiting.push_front(seq);
+        self.stats.preemptions += 1;
+        true
+    }
+
+    /// Runs one step. Returns `false` when there was nothing to do.
+    pub fn step(&mut self) -> Result<bool, ModelError> {
+        self.admit();
+        if self.running.is_empty() {
+            return Ok(false);
+        }
+        // Plan: decodes first (one token each), then prefill chunks with what is left.
+        let mut budget = self.cfg.max_batch_tokens.max(1);
+        let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len()); // (seq index, n tokens)
+        let mut i = 0;
+        let order: Vec<bool> = self
+            .running
+            .iter()
+            .map(|s| s.tokens.len() - s.computed == 1)
+            .collect();
+        // Decoding sequences.
+        for (idx, &dec) in order.iter().enumerate() {
+            if dec && budget > 0 {
+                plan.push((idx, 1));
+                budget -= 1;
+            }
+        }
+        // Prefilling sequences, oldest first.
+        for (idx, &dec) in order.iter().enumerate() {
+            if !dec && budget > 0 {
+                let left = self.running[idx].tokens.len() - self.running[idx].computed;
+                let n = left.min(budget);
+                plan.push((idx, n));
+                budget -= n;
+            }
+        }
+        // Make room in the block tables; preempt the newest sequences if the pool is full.
+        while i < plan.len() {
+            let (idx, n) = plan[i];
+            let need = self.running[idx].computed + n;
+            let seq = &mut self.running[idx];
+            if self.blocks.grow(&mut seq.table, need).is_err() {
+                if self.running.len() <= 1 {
+                    // Cannot happen: admission reserved the prompt and one more token, and a
+                    // lone sequence never exceeds the pool (checked at submission).
+                    let mut seq = self.running.remove(0);
+                    self.blocks.release(&seq.table);
+                    (seq.sink)(Event::Failed("KV cache exhausted".into()));
+                    return Ok(true);
+                }
+                let victim = self.running.len() - 1;
+                self.preempt_last();
+                plan.retain(|&(j, _)| j != victim);
+                continue;
+            }
+            i += 1;
+        }
+        if plan.is_empty() {
+            return Ok(true);
+        }
+        plan.sort_unstable_by_key(|&(idx, _)| idx);
+        let batch: Vec<Slice<'_>> = plan
+            .iter()
+            .map(|&(idx, n)| {
+                let s = &self.running[idx];
+                Slice {
+                    tokens: &s.tokens[s.computed..s.computed + n],
+                    pos0: s.computed,
+                    blocks: &s.table,
+                    want_logits: s.computed + n == s.tokens.len(),
+                }
+            })
+            .collect();
+        self.logits.clear();
+        let wants: Vec<bool> = batch.iter().map(|s| s.want_logits).collect();
+        let result = self.runner.step(&batch, &mut self.logits);
+        drop(batch);
+        if let Err(e) = result {
+            // A failed step fails every sequence in it, and frees their blocks.
+            let msg = e.to_string();
+            let mut failed: Vec<usize> = plan.iter().map(|&(i, _)| i).collect();
+            failed.sort_unstable_by(|a, b| b.cmp(a));
+            for idx in failed {
+                let mut s = self.running.remove(idx);
+                self.blocks.release(&s.table);
+                (s.sink)(Event::Failed(msg.clone()));
+            }
+            return Err(e);
+        }
+        self.stats.steps += 1;
+        let vocab = self.runner.vocab_size();
+        let mut row = 0;
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        for (k, &(idx, n)) in plan.iter().enumerate() {
+            let seq = &mut self.running[idx];
+            seq.computed += n;
+            self.blocks.register(&seq.table, &seq.tokens, seq.computed);
+            if !wants[k] {
+                continue;
+            }
+            let logits = &self.logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            if let Some(reason) = advance(seq, &self.tok, logits) {
+                finished.push((idx, reason));
+            }
+        }
+        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (idx, reason) in finished {
+            let mut seq = self.running.remove(idx);
+            self.blocks.release(&seq.table);
+            if reason != FinishReason::Cancelled {
+                let usage = Usage {
+                    prompt_tokens: seq.prompt_len,
+                    completion_tokens: seq.tokens.len() - seq.prompt_len,
+                    cached_tokens: seq.cached,
+                    time_to_first_token_s: seq.first_token.unwrap_or(0.0),
+                    total_s: seq.submitted.elapsed().as_secs_f64(),
+                };
+                (seq.sink)(Event::Done { reason, usage });
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs steps until nothing is left.
+    pub fn run_to_completion(&mut self) -> Result<(), ModelError> {
+        while self.step()? {}
+        Ok(())
+    }
+}
+
+/// Samples one token for `seq`, streams it, and says whether the sequence is finished.
+fn advance(seq: &mut Seq, tok: &Tokenizer, logits: &[f32]) -> Option<FinishReason> {
+    let (id, logprob) = seq.sampler.sample(logits);
+    seq.tokens.push(id);
+    if seq.first_token.is_none() {
+        seq.first_token = Some(seq.submitted.elapsed().as_secs_f64());
+    }
+    let params = seq.sampler.params();
+    let generated = seq.tokens.len() - seq.prompt_len;
+    let eog = tok.is_eog(id) && !params.ignore_eos;
+    let mut text = if eog {
+        String::new()
+    } else {
+        seq.decoder.push(tok, id)
+    };
+    let mut reason = None;
+    if !params.stop.is_empty() {
+        seq.held.push_str(&text);
+        text.clear();
+        if let Some(cut) = params
+            .stop
+            .iter()
+            .filter_map(|s| seq.held.find(s.as_str()))
+            .min()
+        {
+            seq.held.truncate(cut);
+            text = std::mem::take(&mut seq.held);
+            reason = Some(FinishReason::Stop);
+        } else {
+            // Hold back the longest tail that could still begin a stop string.
+            let keep = params
+                .stop
+                .iter()
+                .map(|s| longest_prefix_suffix(&seq.held, s))
+                .max()
+                .unwrap_or(0);
+            let emit = seq.held.len() - keep;
+            text = seq.held[..emit].to_owned();
+            seq.held.drain(..emit);
+        }
+    }
+    if reason.is_none() {
+        if eog {
+            reason = Some(FinishReason::Stop);
+        } else if generated >= params.max_tokens {
+            reason = Some(FinishReason::Length);
+        } else if seq.tokens.len() >= seq.max_len {
+            reason = Some(FinishReason::ContextFull);
+        }
+        if reason.is_some() {
+            text.push_str(&seq.decoder.finish());
+            text.push_str(&std::mem::take(&mut seq.held));
+        }
+    }
+    if !(seq.sink)(Event::Token { id, text, logprob }) {
+        return Some(FinishReason::Cancelled);
+    }
+    reason
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `stop`.
+fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
+    let max = (stop.len() - 1).min(text.len());
+    (1..=max)
+        .rev()
+        .find(|&k| {
+            text.is_char_boundary(text.len() - k)
+                && stop
+                    .as_bytes()
+                    .starts_with(&text.as_bytes()[text.len() - k..])
+        })
+        .unwrap_or(0)
+}
+
+impl<R: Runner> Drop for Engine<R> {
+    fn drop(&mut self) {
+        for mut s in self.running.drain(..).chain(self.waiting.drain(..)) {
+            (s.sink)(Event::Failed("the engine shut down".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_prefix_holdback() {
+        assert_eq!(longest_prefix_suffix("hello wor", "world"), 3);
+        assert_eq!(longest_prefix_suffix("hello", "xyz"), 0);
+        assert_eq!(longest_prefix_suffix("ab", "abc"), 2);
+    }
+
+    #[test]
+    fn seq_ids_are_unique() {
+        // Engine ids are tested end to end in tests/engine.rs.
+        assert_ne!(
+            1u64.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            2u64.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! kiln's engine: many callers share one model through continuous batching over a paged
+//! KV cache. It knows nothing of HTTP; the server, the CLI and refinement use this API.
+
+pub mod blocks;
+pub mod engine;
+pub mod sampling;
+
+pub use blocks::BlockManager;
+pub use engine::{
+    Engine, EngineConfig, EngineStats, Event, Request, Runner, Sink, Slice, SubmitError, Usage,
+};
+pub use sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};

@@ -1,0 +1,342 @@
+//! The engine end to end over a runner whose outputs depend only on what each sequence's
+//! block table holds: any mix-up of blocks between sequences changes the tokens.
+
+use std::sync::{Arc, Mutex};
+
+use kiln_engine::{
+    Engine, EngineConfig, Event, Request, Runner, SamplingParams, Slice, SubmitError,
+};
+use kiln_model::generate::FinishReason;
+use kiln_model::tokenizer::Tokenizer;
+use kiln_model::ModelError;
+
+/// A stand-in model: the "KV" of a position is the token written there; the logits of a
+/// position hash every KV entry visible through the block table.
+struct MockRunner {
+    vocab: usize,
+    block_size: usize,
+    slots: Vec<Option<u32>>,
+    ctx: usize,
+}
+
+impl MockRunner {
+    fn new(vocab: usize, n_blocks: usize, block_size: usize) -> Self {
+        MockRunner {
+            vocab,
+            block_size,
+            slots: vec![None; n_blocks * block_size],
+            ctx: 4096,
+        }
+    }
+    fn slot(&self, blocks: &[u32], pos: usize) -> usize {
+        blocks[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+}
+
+impl Runner for MockRunner {
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+    fn context_length(&self) -> usize {
+        self.ctx
+    }
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+    fn n_blocks(&self) -> usize {
+        self.slots.len() / self.block_size
+    }
+    fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        for s in batch {
+            for (i, &t) in s.tokens.iter().enumerate() {
+                let k = self.slot(s.blocks, s.pos0 + i);
+                self.slots[k] = Some(t);
+            }
+            if s.want_logits {
+                let last = s.pos0 + s.tokens.len();
+                let mut h: u64 = 0xcbf29ce484222325;
+                for p in 0..last {
+                    let v = self.slots[self.slot(s.blocks, p)].expect("KV read before written");
+                    h = (h ^ (v as u64 + 1)).wrapping_mul(0x100000001b3);
+                }
+                let mut row = vec![0f32; self.vocab];
+                for k in 0..6 {
+                    let id = 100 + ((h >> (k * 9)) % 3000) as usize;
+                    row[id] += 6.0 - k as f32;
+                }
+                logits.extend_from_slice(&row);
+            }
+        }
+        Ok(())
+    }
+    fn copy_block(&mut self, src: u32, dst: u32) {
+        let bs = self.block_size;
+        for i in 0..bs {
+            self.slots[dst as usize * bs + i] = self.slots[src as usize * bs + i];
+        }
+    }
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    let path = kiln_model::fetch::ensure_default_model(true).unwrap();
+    let f = kiln_gguf::GgufFile::open(path).unwrap();
+    Arc::new(Tokenizer::from_gguf(&f).unwrap())
+}
+
+#[derive(Default, Clone)]
+struct Collected {
+    ids: Vec<u32>,
+    text: String,
+    done: Option<FinishReason>,
+    failed: Option<String>,
+}
+
+fn sink(out: Arc<Mutex<Collected>>, stop_after: Option<usize>) -> kiln_engine::Sink {
+    Box::new(move |e| {
+        let mut c = out.lock().unwrap();
+        match e {
+            Event::Token { id, text, .. } => {
+                c.ids.push(id);
+                c.text.push_str(&text);
+                return stop_after.is_none_or(|n| c.ids.len() < n);
+            }
+            Event::Done { reason, .. } => c.done = Some(reason),
+            Event::Failed(m) => c.failed = Some(m),
+        }
+        true
+    })
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    let shared: Vec<u32> = (200..240).collect();
+    (0..8)
+        .map(|i| {
+            let mut p = if i % 2 == 0 { shared.clone() } else { vec![] };
+            p.extend((0..(5 + i * 7)).map(|k| 300 + (k * 13 + i * 101) as u32 % 900));
+            p
+        })
+        .collect()
+}
+
+fn params(i: usize) -> SamplingParams {
+    if i % 2 == 0 {
+        SamplingParams::greedy(24)
+    } else {
+        SamplingParams {
+            temperature: 0.9,
+            top_k: 4,
+            seed: Some(1000 + i as u64),
+            max_tokens: 24,
+            ..Default::default()
+        }
+    }
+}
+
+fn run_alone(tok: &Arc<Tokenizer>, prompt: &[u32], p: SamplingParams) -> Collected {
+    let mut e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 64, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let out = Arc::new(Mutex::new(Collected::default()));
+    e.submit(
+        Request {
+            prompt: prompt.to_vec(),
+            params: p,
+        },
+        sink(out.clone(), None),
+    )
+    .unwrap();
+    e.run_to_completion().unwrap();
+    let c = out.lock().unwrap().clone();
+    c
+}
+
+#[test]
+fn batched_outputs_equal_solo_outputs() {
+    let tok = tokenizer();
+    let ps = prompts();
+    let solo: Vec<Collected> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| run_alone(&tok, p, params(i)))
+        .collect();
+    // Small batches force chunked prefill and interleaving; a small pool forces preemption.
+    for (n_blocks, max_batch_tokens) in [(64, 256), (64, 7), (12, 32)] {
+        let mut e = Engine::new(
+            MockRunner::new(tok.vocab_size(), n_blocks, 16),
+            tok.clone(),
+            EngineConfig {
+                max_batch_tokens,
+                ..Default::default()
+            },
+        );
+        let outs: Vec<_> = (0..ps.len())
+            .map(|_| Arc::new(Mutex::new(Collected::default())))
+            .collect();
+        for (i, p) in ps.iter().enumerate() {
+            e.submit(
+                Request {
+                    prompt: p.clone(),
+                    params: params(i),
+                },
+                sink(outs[i].clone(), None),
+            )
+            .unwrap();
+        }
+        e.run_to_completion().unwrap();
+        for (i, o) in outs.iter().enumerate() {
+            let o = o.lock().unwrap();
+            assert_eq!(
+                o.ids, solo[i].ids,
+                "request {i} with {n_blocks} blocks, batch {max_batch_tokens}"
+            );
+            assert_eq!(o.done, Some(FinishReason::Length));
+        }
+        let st = e.stats();
+        assert_eq!(st.blocks_used, 0, "every block returned");
+        if n_blocks == 12 {
+            assert!(
+                st.preemptions > 0,
+                "the small pool should have forced preemption"
+            );
+        }
+    }
+}
+
+#[test]
+fn cancellation_frees_blocks_at_the_next_step() {
+    let tok = tokenizer();
+    let mut e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 32, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let out = Arc::new(Mutex::new(Collected::default()));
+    e.submit(
+        Request {
+            prompt: (200..260).collect(),
+            params: SamplingParams::greedy(100),
+        },
+        sink(out.clone(), Some(3)),
+    )
+    .unwrap();
+    e.step().unwrap();
+    assert!(e.stats().blocks_used > 0);
+    e.run_to_completion().unwrap();
+    assert_eq!(out.lock().unwrap().ids.len(), 3);
+    assert_eq!(e.stats().blocks_used, 0);
+    assert_eq!(e.stats().running, 0);
+}
+
+#[test]
+fn flood_within_budget_never_crashes() {
+    let tok = tokenizer();
+    let mut e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 10, 16),
+        tok.clone(),
+        EngineConfig {
+            max_queue: 50,
+            ..Default::default()
+        },
+    );
+    let mut accepted = Vec::new();
+    let (mut too_large, mut queue_full) = (0, 0);
+    for i in 0..200usize {
+        let len = if i % 10 == 0 { 400 } else { 10 + i % 30 };
+        let prompt: Vec<u32> = (0..len)
+            .map(|k| 200 + (k as u32 * 7 + i as u32) % 500)
+            .collect();
+        let out = Arc::new(Mutex::new(Collected::default()));
+        match e.submit(
+            Request {
+                prompt,
+                params: SamplingParams::greedy(20),
+            },
+            sink(out.clone(), None),
+        ) {
+            Ok(_) => accepted.push(out),
+            Err(SubmitError::TooLarge { .. }) => too_large += 1,
+            Err(SubmitError::QueueFull(_)) => queue_full += 1,
+            Err(other) => panic!("unexpected refusal {other}"),
+        }
+    }
+    assert!(too_large > 0 && queue_full > 0);
+    e.run_to_completion().unwrap();
+    for o in &accepted {
+        let o = o.lock().unwrap();
+        assert!(o.failed.is_none(), "{:?}", o.failed);
+        assert!(o.done.is_some(), "every accepted request finishes");
+    }
+    assert_eq!(e.stats().blocks_used, 0);
+}
+
+#[test]
+fn stop_strings_cut_the_text() {
+    let tok = tokenizer();
+    let p: Vec<u32> = (200..230).collect();
+    let full = run_alone(&tok, &p, SamplingParams::greedy(24));
+    assert!(full.text.len() > 8, "{:?}", full.text);
+    // Stop at a piece from the middle of the text.
+    let start = full
+        .text
+        .char_indices()
+        .nth(full.text.chars().count() / 2)
+        .unwrap()
+        .0;
+    let stop: String = full.text[start..].chars().take(3).collect();
+    let cut = run_alone(
+        &tok,
+        &p,
+        SamplingParams {
+            stop: vec![stop.clone()],
+            ..SamplingParams::greedy(24)
+        },
+    );
+    assert_eq!(cut.done, Some(FinishReason::Stop));
+    let expect = &full.text[..full.text.find(&stop).unwrap()];
+    assert_eq!(cut.text, expect);
+}
+
+#[test]
+fn bad_requests_are_refused_by_name() {
+    let tok = tokenizer();
+    let mut e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 8, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let out = Arc::new(Mutex::new(Collected::default()));
+    let r = |prompt: Vec<u32>, params| Request { prompt, params };
+    let err = e
+        .submit(
+            r(vec![], SamplingParams::default()),
+            sink(out.clone(), None),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("empty"));
+    let err = e
+        .submit(
+            r(vec![1, 999_999], SamplingParams::default()),
+            sink(out.clone(), None),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("999999"));
+    let err = e
+        .submit(
+            r(
+                vec![5],
+                SamplingParams {
+                    top_p: 2.0,
+                    ..Default::default()
+                },
+            ),
+            sink(out.clone(), None),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("top_p"));
+    let err = e
+        .submit(r(vec![5; 200], SamplingParams::default()), sink(out, None))
+        .unwrap_err();
+    assert!(matches!(err, SubmitError::TooLarge { .. }));
+}
