@@ -3,10 +3,12 @@
 
 pub mod blocks;
 pub mod engine;
+pub mod handle;
 pub mod sampling;
 
 pub use blocks::BlockManager;
 pub use engine::{
     Engine, EngineConfig, EngineStats, Event, Request, Runner, Sink, Slice, SubmitError, Usage,
 };
+pub use handle::EngineHandle;
 pub use sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};

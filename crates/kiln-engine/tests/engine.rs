@@ -340,3 +340,53 @@ fn bad_requests_are_refused_by_name() {
         .unwrap_err();
     assert!(matches!(err, SubmitError::TooLarge { .. }));
 }
+
+#[test]
+fn handle_serves_concurrent_callers() {
+    let tok = tokenizer();
+    let e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 64, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let h = kiln_engine::EngineHandle::spawn(e);
+    let ps = prompts();
+    let solo: Vec<Collected> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| run_alone(&tok, p, params(i)))
+        .collect();
+    let threads: Vec<_> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let h = h.clone();
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let (tx, rx) = std::sync::mpsc::channel();
+                h.submit(
+                    Request {
+                        prompt: p,
+                        params: params(i),
+                    },
+                    Box::new(move |e| tx.send(e).is_ok()),
+                )
+                .unwrap();
+                let mut ids = Vec::new();
+                for e in rx {
+                    match e {
+                        Event::Token { id, .. } => ids.push(id),
+                        Event::Done { .. } => break,
+                        Event::Failed(m) => panic!("{m}"),
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), solo[i].ids, "request {i}");
+    }
+    h.shutdown();
+    assert_eq!(h.stats().blocks_used, 0);
+}

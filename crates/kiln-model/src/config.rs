@@ -91,7 +91,7 @@ impl ModelConfig {
             Some(_) => u("attention.head_count_kv")?,
             None => n_heads,
         };
-        let head_dim = if n_heads > 0 { dim / n_heads } else { 0 };
+        let head_dim = dim.checked_div(n_heads).unwrap_or(0);
         let rope_dim = match f.get(&k("rope.dimension_count")) {
             Some(_) => u("rope.dimension_count")?,
             None => head_dim,
@@ -153,19 +153,19 @@ impl ModelConfig {
                 self.dim, self.ffn_dim
             ));
         }
-        if self.n_heads == 0 || self.dim % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "head count {} does not divide hidden size {}",
                 self.n_heads, self.dim
             ));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "key/value head count {} does not divide head count {}",
                 self.n_kv_heads, self.n_heads
             ));
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return bad(format!(
                 "rope dimension count {} must be even and at most the head size {}",
                 self.rope_dim, self.head_dim

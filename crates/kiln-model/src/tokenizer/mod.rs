@@ -582,8 +582,7 @@ impl StreamDecoder {
             Err(e) => e.valid_up_to(),
         };
         let rest = self.pending.split_off(valid);
-        let out = String::from_utf8(std::mem::replace(&mut self.pending, rest)).unwrap_or_default();
-        out
+        String::from_utf8(std::mem::replace(&mut self.pending, rest)).unwrap_or_default()
     }
 
     /// Whatever is still held back, replaced where invalid.

@@ -1,0 +1,99 @@
+//! The engine on its own thread, shared by any number of callers (server handlers,
+//! refinement, benchmarks) through a cheap, cloneable handle.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::engine::{Engine, EngineStats, Request, Runner, Sink, SubmitError};
+
+enum Cmd {
+    Submit(Request, Sink, mpsc::SyncSender<Result<u64, SubmitError>>),
+    Shutdown,
+}
+
+/// A handle to an engine running on its own thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Cmd>,
+    stats: Arc<Mutex<EngineStats>>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineHandle")
+    }
+}
+
+impl EngineHandle {
+    /// Moves `engine` onto a new thread and returns a handle to it.
+    pub fn spawn<R: Runner + 'static>(mut engine: Engine<R>) -> Self {
+        let (tx, rx) = mpsc::channel::<Cmd>();
+        let stats = Arc::new(Mutex::new(engine.stats()));
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("kiln-engine".into())
+            .spawn(move || {
+                let mut open = true;
+                while open || engine.has_work() {
+                    // Idle: block for the next command. Busy: take what has arrived.
+                    let first = if engine.has_work() || !open {
+                        rx.try_recv().ok()
+                    } else {
+                        rx.recv().ok()
+                    };
+                    let mut next = first;
+                    if next.is_none() && !engine.has_work() {
+                        open = false; // every handle is gone
+                    }
+                    while let Some(cmd) = next {
+                        match cmd {
+                            Cmd::Submit(req, sink, reply) => {
+                                let _ = reply.send(engine.submit(req, sink));
+                            }
+                            Cmd::Shutdown => open = false,
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                    if engine.has_work() {
+                        // A failed step has already failed its sequences; carry on.
+                        let _ = engine.step();
+                    }
+                    if let Ok(mut s) = st.lock() {
+                        *s = engine.stats();
+                    }
+                }
+            })
+            .expect("spawning the engine thread");
+        EngineHandle {
+            tx,
+            stats,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        }
+    }
+
+    /// Queues a request; events go to `sink` from the engine thread.
+    pub fn submit(&self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Cmd::Submit(req, sink, reply_tx))
+            .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?;
+        reply_rx
+            .recv()
+            .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?
+    }
+
+    /// The latest counters.
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Lets running requests finish, then stops the engine thread.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Cmd::Shutdown);
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
