@@ -46,19 +46,18 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
 
     let mut kv = m.model.new_kv(total)?;
     let chunk = kiln_model::generate::PREFILL_CHUNK;
-    let mut st = m.model.new_state(a.prompt_tokens.min(chunk), false)?;
+    let mut st = m.model.new_state(a.prompt_tokens.min(chunk), 1)?;
     let t0 = Instant::now();
     let mut pos = 0;
     for c in prompt.chunks(chunk) {
-        m.model.forward(&mut st, &mut kv, total, c, pos, false)?;
+        m.model.forward(&mut st, &mut kv, c, pos, false)?;
         pos += c.len();
     }
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..a.gen_tokens {
         let next = kiln_model::sampler::argmax(&st.logits);
-        m.model
-            .forward(&mut st, &mut kv, total, &[next], pos, false)?;
+        m.model.forward(&mut st, &mut kv, &[next], pos, false)?;
         pos += 1;
     }
     let decode_s = t1.elapsed().as_secs_f64();

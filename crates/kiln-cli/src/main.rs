@@ -25,6 +25,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fetch the default model (SmolLM2-135M-Instruct, Q4_1) if it is missing.
     Fetch,
+    /// The Ising empathy engine: annealing, emotion, empathy, social attention, swarms.
+    Ising(kiln_ising::cli::IsingArgs),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Command::Fetch => kiln_model::fetch::ensure_default_model(true)
             .map(|p| println!("{}", p.display()))
             .map_err(anyhow::Error::from),
+        Command::Ising(a) => kiln_ising::cli::run(a),
     };
     if let Err(e) = result {
         eprintln!("kiln: error: {e:#}");

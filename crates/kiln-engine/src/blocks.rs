@@ -21,6 +21,9 @@ pub struct NoSpace {
     pub total: usize,
 }
 
+/// A forked block table, and the block copy `(src, dst)` the backend must make for it.
+pub type Forked = (Vec<u32>, Option<(u32, u32)>);
+
 /// Allocator of KV blocks with reference counts and a prefix cache.
 #[derive(Debug)]
 pub struct BlockManager {
@@ -187,14 +190,10 @@ impl BlockManager {
 
     /// A second table sharing the first `len` positions of `table`: whole blocks are shared;
     /// a partial last block is copied (returned as `(src, dst)` for the backend to copy).
-    pub fn fork(
-        &mut self,
-        table: &[u32],
-        len: usize,
-    ) -> Result<(Vec<u32>, Option<(u32, u32)>), NoSpace> {
+    pub fn fork(&mut self, table: &[u32], len: usize) -> Result<Forked, NoSpace> {
         let bs = self.block_size;
         let full = len / bs;
-        let partial = len % bs != 0;
+        let partial = !len.is_multiple_of(bs);
         if partial && self.free.is_empty() {
             return Err(NoSpace {
                 needed: 1,

@@ -415,7 +415,7 @@ impl<R: Runner> Engine<R> {
                 finished.push((idx, reason));
             }
         }
-        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (idx, reason) in finished {
             let mut seq = self.running.remove(idx);
             self.blocks.release(&seq.table);

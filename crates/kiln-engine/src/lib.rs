@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod engine;
 pub mod handle;
+pub mod runner;
 pub mod sampling;
 
 pub use blocks::BlockManager;
@@ -11,4 +12,5 @@ pub use engine::{
     Engine, EngineConfig, EngineStats, Event, Request, Runner, Sink, Slice, SubmitError, Usage,
 };
 pub use handle::EngineHandle;
+pub use runner::ModelRunner;
 pub use sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};

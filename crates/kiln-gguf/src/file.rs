@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::fmt::{self, Display};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -77,13 +78,31 @@ pub struct GgufFile {
 }
 
 impl std::fmt::Debug for GgufFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
             .field("version", &self.version)
             .field("metadata_keys", &self.metadata.len())
             .field("tensors", &self.tensors.len())
             .finish()
+    }
+}
+
+/// Names a metadata key in messages: ``key `name` ``.
+struct Key<'a>(&'a str);
+
+impl Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key `{}`", self.0)
+    }
+}
+
+/// Names a tensor in messages: ``tensor `name` ``.
+struct Tensor<'a>(&'a str);
+
+impl Display for Tensor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tensor `{}`", self.0)
     }
 }
 
@@ -107,7 +126,7 @@ impl<'a> Cursor<'a> {
         (self.buf.len() - self.pos) as u64
     }
 
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
+    fn take<W: Display + ?Sized>(&mut self, n: u64, what: &W) -> Result<&'a [u8], GgufError> {
         if n > self.remaining() {
             return Err(self.err(format!(
                 "truncated at byte {} reading {what}: need {n} bytes, {} left",
@@ -120,23 +139,31 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
+    fn array<const N: usize, W: Display + ?Sized>(
+        &mut self,
+        what: &W,
+    ) -> Result<[u8; N], GgufError> {
         let s = self.take(N as u64, what)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
+    fn u32<W: Display + ?Sized>(&mut self, what: &W) -> Result<u32, GgufError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, GgufError> {
+    fn u64<W: Display + ?Sized>(&mut self, what: &W) -> Result<u64, GgufError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
     /// Reads a count and checks that `count * min_size` bytes could still follow.
-    fn count(&mut self, version: u32, min_size: u64, what: &str) -> Result<u64, GgufError> {
+    fn count<W: Display + ?Sized>(
+        &mut self,
+        version: u32,
+        min_size: u64,
+        what: &W,
+    ) -> Result<u64, GgufError> {
         let n = if version == 1 {
             self.u32(what)? as u64
         } else {
@@ -162,7 +189,7 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
-    fn string(&mut self, version: u32, what: &str) -> Result<String, GgufError> {
+    fn string<W: Display + ?Sized>(&mut self, version: u32, what: &W) -> Result<String, GgufError> {
         let n = self.count(version, 1, what)?;
         let pos = self.pos;
         let bytes = self.take(n, what)?;
@@ -179,32 +206,33 @@ impl<'a> Cursor<'a> {
         depth: u32,
         key: &str,
     ) -> Result<Value, GgufError> {
+        let what = &Key(key);
         Ok(match ty {
-            ValueType::U8 => Value::U8(self.array::<1>(key)?[0]),
-            ValueType::I8 => Value::I8(self.array::<1>(key)?[0] as i8),
-            ValueType::U16 => Value::U16(u16::from_le_bytes(self.array(key)?)),
-            ValueType::I16 => Value::I16(i16::from_le_bytes(self.array(key)?)),
-            ValueType::U32 => Value::U32(self.u32(key)?),
-            ValueType::I32 => Value::I32(i32::from_le_bytes(self.array(key)?)),
-            ValueType::F32 => Value::F32(f32::from_le_bytes(self.array(key)?)),
-            ValueType::U64 => Value::U64(self.u64(key)?),
-            ValueType::I64 => Value::I64(i64::from_le_bytes(self.array(key)?)),
-            ValueType::F64 => Value::F64(f64::from_le_bytes(self.array(key)?)),
-            ValueType::Bool => match self.array::<1>(key)?[0] {
+            ValueType::U8 => Value::U8(self.array::<1, _>(what)?[0]),
+            ValueType::I8 => Value::I8(self.array::<1, _>(what)?[0] as i8),
+            ValueType::U16 => Value::U16(u16::from_le_bytes(self.array(what)?)),
+            ValueType::I16 => Value::I16(i16::from_le_bytes(self.array(what)?)),
+            ValueType::U32 => Value::U32(self.u32(what)?),
+            ValueType::I32 => Value::I32(i32::from_le_bytes(self.array(what)?)),
+            ValueType::F32 => Value::F32(f32::from_le_bytes(self.array(what)?)),
+            ValueType::U64 => Value::U64(self.u64(what)?),
+            ValueType::I64 => Value::I64(i64::from_le_bytes(self.array(what)?)),
+            ValueType::F64 => Value::F64(f64::from_le_bytes(self.array(what)?)),
+            ValueType::Bool => match self.array::<1, _>(what)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
                 b => return Err(self.err(format!("key `{key}`: boolean byte is {b}, not 0 or 1"))),
             },
-            ValueType::String => Value::String(self.string(version, key)?),
+            ValueType::String => Value::String(self.string(version, what)?),
             ValueType::Array => {
                 if depth >= MAX_DEPTH {
                     return Err(self.err(format!("key `{key}`: arrays nested too deep")));
                 }
-                let tag = self.u32(key)?;
+                let tag = self.u32(what)?;
                 let ety = ValueType::from_tag(tag).ok_or_else(|| {
                     self.err(format!("key `{key}`: unknown array element type {tag}"))
                 })?;
-                let n = self.count(version, min_size(ety, version), key)?;
+                let n = self.count(version, min_size(ety, version), what)?;
                 self.add_values(n, key)?;
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -275,7 +303,7 @@ impl GgufFile {
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = c.string(version, &format!("metadata key #{i}"))?;
-            let tag = c.u32(&key)?;
+            let tag = c.u32(&Key(&key))?;
             let ty = ValueType::from_tag(tag)
                 .ok_or_else(|| c.err(format!("key `{key}`: unknown value type {tag}")))?;
             let v = c.value(ty, version, 0, &key)?;
@@ -299,7 +327,7 @@ impl GgufFile {
         let mut infos = Vec::with_capacity(n_tensors as usize);
         for i in 0..n_tensors {
             let name = c.string(version, &format!("tensor #{i} name"))?;
-            let n_dims = c.u32(&name)?;
+            let n_dims = c.u32(&Tensor(&name))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(c.err(format!(
                     "tensor `{name}` has {n_dims} dimensions (expected 1 to {MAX_DIMS})"
@@ -308,16 +336,16 @@ impl GgufFile {
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 let d = if version == 1 {
-                    c.u32(&name)? as u64
+                    c.u32(&Tensor(&name))? as u64
                 } else {
-                    c.u64(&name)?
+                    c.u64(&Tensor(&name))?
                 };
                 dims.push(d);
             }
-            let tag = c.u32(&name)?;
+            let tag = c.u32(&Tensor(&name))?;
             let ty = GgmlType::from_tag(tag)
                 .ok_or_else(|| c.err(format!("tensor `{name}` has unknown type {tag}")))?;
-            let offset = c.u64(&name)?;
+            let offset = c.u64(&Tensor(&name))?;
             infos.push((name, dims, ty, offset));
         }
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
@@ -334,7 +362,7 @@ impl GgufFile {
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
-            if dims.iter().any(|&d| d == 0) {
+            if dims.contains(&0) {
                 return Err(bad(format!("has a zero dimension {dims:?}")));
             }
             let (block, bytes) = ty.block();

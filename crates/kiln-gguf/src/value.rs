@@ -204,3 +204,40 @@ impl Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_and_unknown_tags_are_refused() {
+        for tag in 0..13 {
+            let ty = ValueType::from_tag(tag).unwrap();
+            assert_eq!(ty.tag(), tag);
+        }
+        for tag in [13, 14, 255, u32::MAX] {
+            assert_eq!(ValueType::from_tag(tag), None);
+        }
+        // The numbering is the format's, not declaration order.
+        assert_eq!(ValueType::from_tag(9), Some(ValueType::Array));
+        assert_eq!(ValueType::from_tag(10), Some(ValueType::U64));
+    }
+
+    #[test]
+    fn conversions() {
+        assert_eq!(Value::I8(-1).as_u64(), None);
+        assert_eq!(Value::I64(5).as_u64(), Some(5));
+        assert_eq!(Value::U16(7).as_f64(), Some(7.0));
+        assert_eq!(Value::I32(-7).as_f64(), Some(-7.0));
+        assert_eq!(Value::F32(1.5).as_u64(), None);
+        assert_eq!(Value::Bool(true).as_u64(), None);
+        assert_eq!(Value::String("x".into()).as_f64(), None);
+        assert_eq!(Value::String("x".into()).as_str(), Some("x"));
+        assert_eq!(Value::U8(1).as_bool(), None);
+        let a = Value::Array(ValueType::U8, vec![Value::U8(1)]);
+        assert_eq!(a.as_array(), Some(&[Value::U8(1)][..]));
+        assert_eq!(a.type_name(), "array of 1 U8");
+        assert_eq!(a.value_type(), ValueType::Array);
+        assert_eq!(Value::F64(0.0).value_type().tag(), 12);
+    }
+}

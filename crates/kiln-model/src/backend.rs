@@ -20,6 +20,15 @@ pub enum TensorBytes {
     },
     /// Bytes held in memory (converted or generated weights).
     Owned(Arc<Vec<u8>>),
+    /// A range of some other shared buffer (a memory-mapped safetensors file): used in place.
+    Shared {
+        /// The buffer.
+        buf: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        /// Byte offset of the range.
+        offset: usize,
+        /// Byte length of the range.
+        len: usize,
+    },
 }
 
 impl TensorBytes {
@@ -31,6 +40,10 @@ impl TensorBytes {
                 &info_bytes[*offset..*offset + *len]
             }
             TensorBytes::Owned(v) => v,
+            TensorBytes::Shared { buf, offset, len } => {
+                let b: &[u8] = (**buf).as_ref();
+                &b[*offset..*offset + *len]
+            }
         }
     }
 }
@@ -89,6 +102,11 @@ impl RawTensor {
             TensorBytes::Owned(v) => {
                 TensorBytes::Owned(Arc::new(v[start * rb..(start + n) * rb].to_vec()))
             }
+            TensorBytes::Shared { buf, offset, .. } => TensorBytes::Shared {
+                buf: buf.clone(),
+                offset: offset + start * rb,
+                len: n * rb,
+            },
         };
         Ok(RawTensor {
             name: name.to_owned(),
@@ -108,17 +126,32 @@ impl RawTensor {
     }
 }
 
+/// One sequence's rows in a batched pass, for attention over the paged KV pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedSeq<'a> {
+    /// First row of this sequence in the batch's activations.
+    pub row0: usize,
+    /// Number of rows (tokens) of this sequence in the batch.
+    pub n: usize,
+    /// Position of the first of those tokens.
+    pub pos0: usize,
+    /// Block table: position `p` lives in block `blocks[p / block_size]`.
+    pub blocks: &'a [u32],
+}
+
 /// A compute backend: owns its buffers and kernels. The decoder calls these operations in
 /// order and never looks inside the buffers.
 ///
-/// Activations are row-major `[n_tokens, width]` buffers of f32 values.
+/// Activations are row-major `[n_tokens, width]` buffers of f32 values. The KV cache is a
+/// pool of fixed-size blocks shared by every sequence; sequences address it through block
+/// tables.
 pub trait Backend: Send + Sync + Sized + 'static {
     /// An activation buffer.
     type Act: Send;
     /// A weight matrix.
     type Mat: Send + Sync;
-    /// One sequence's key/value cache.
-    type Kv: Send;
+    /// A pool of KV blocks (every layer's keys and values).
+    type KvPool: Send;
 
     /// A short description (device, threads, features), for logs and benchmarks.
     fn describe(&self) -> String;
@@ -128,8 +161,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn vector(&self, data: &[f32]) -> Result<Self::Act, ModelError>;
     /// A zeroed activation buffer of `len` values.
     fn act(&self, len: usize) -> Result<Self::Act, ModelError>;
-    /// A key/value cache for one sequence of up to `capacity` tokens.
-    fn kv_cache(&self, cfg: &ModelConfig, capacity: usize) -> Result<Self::Kv, ModelError>;
+    /// A KV pool of `n_blocks` blocks of `block_size` positions.
+    fn kv_pool(
+        &self,
+        cfg: &ModelConfig,
+        n_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self::KvPool, ModelError>;
+    /// Bytes one KV block takes (all layers, keys and values).
+    fn kv_block_bytes(&self, cfg: &ModelConfig, block_size: usize) -> usize;
 
     /// `out[t] = table[tokens[t]]`.
     fn embed(&self, table: &Self::Mat, tokens: &[u32], out: &mut Self::Act);
@@ -147,29 +187,31 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn matmul(&self, w: &Self::Mat, x: &Self::Act, n: usize, out: &mut Self::Act);
     /// `x[t] += b` for `n` rows of width `b.len()`.
     fn add_bias(&self, x: &mut Self::Act, b: &Self::Act, n: usize, width: usize);
-    /// Rotary position embedding of `n` rows of `heads` heads at positions `pos0..pos0+n`.
-    fn rope(&self, cfg: &ModelConfig, x: &mut Self::Act, heads: usize, pos0: usize, n: usize);
-    /// Appends `k`, `v` (n rows) to layer `layer` of the cache at `pos0` and writes causal
-    /// grouped-query attention of `q` over positions `0..pos0+t+1` into `out`.
+    /// Rotary position embedding of the rows of each sequence, `heads` heads per row.
+    fn rope(&self, cfg: &ModelConfig, x: &mut Self::Act, heads: usize, seqs: &[PagedSeq<'_>]);
+    /// Writes each row's `k`, `v` into layer `layer` of the pool at its position, then
+    /// writes causal grouped-query attention of `q` over the sequence's positions
+    /// `0..=pos` into `out`.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         cfg: &ModelConfig,
-        kv: &mut Self::Kv,
+        pool: &mut Self::KvPool,
         layer: usize,
         q: &Self::Act,
         k: &Self::Act,
         v: &Self::Act,
-        pos0: usize,
-        n: usize,
+        seqs: &[PagedSeq<'_>],
         out: &mut Self::Act,
     );
+    /// Copies block `src` of the pool into block `dst`, every layer.
+    fn copy_kv_block(&self, pool: &mut Self::KvPool, src: u32, dst: u32);
     /// `gate = silu(gate) * up` elementwise over `len` values.
     fn swiglu(&self, gate: &mut Self::Act, up: &Self::Act, len: usize);
     /// `x += y` over `len` values.
     fn add(&self, x: &mut Self::Act, y: &Self::Act, len: usize);
-    /// Copies row `row` (of width `width`) of `x` into row 0 of `out`.
-    fn copy_row(&self, x: &Self::Act, row: usize, width: usize, out: &mut Self::Act);
+    /// `out[i] = x[rows[i]]` for rows of width `width`.
+    fn gather_rows(&self, x: &Self::Act, rows: &[usize], width: usize, out: &mut Self::Act);
     /// Reads the first `out.len()` values back to the host.
     fn read(&self, x: &Self::Act, out: &mut [f32]);
 }

@@ -1,6 +1,6 @@
 //! The decoder: one forward pass for Llama, Qwen2 and Phi-3, written against [`Backend`].
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PagedSeq};
 use crate::weights::Weights;
 use crate::{ModelConfig, ModelError};
 
@@ -29,24 +29,6 @@ pub struct Model<B: Backend> {
     output_norm: B::Act,
     output: Option<B::Mat>,
     layers: Vec<Layer<B>>,
-}
-
-/// Scratch buffers for forward passes of up to `max_tokens` tokens at once; allocated once.
-pub struct State<B: Backend> {
-    max_tokens: usize,
-    x: B::Act,
-    xb: B::Act,
-    q: B::Act,
-    k: B::Act,
-    v: B::Act,
-    att: B::Act,
-    gate: B::Act,
-    up: B::Act,
-    last: B::Act,
-    logits_dev: B::Act,
-    /// Logits of the last forward pass (`n_logit_rows * vocab`).
-    pub logits: Vec<f32>,
-    all_logits: bool,
 }
 
 impl<B: Backend> Model<B> {
@@ -82,15 +64,83 @@ impl<B: Backend> Model<B> {
             backend,
         })
     }
+}
 
-    /// Scratch space for passes of up to `max_tokens` tokens; `all_logits` makes room for
-    /// every token's logits (teacher forcing, scoring) instead of the last one's.
-    pub fn new_state(&self, max_tokens: usize, all_logits: bool) -> Result<State<B>, ModelError> {
+/// Scratch buffers for passes of up to `max_tokens` tokens at once; allocated once.
+pub struct State<B: Backend> {
+    max_tokens: usize,
+    max_logit_rows: usize,
+    x: B::Act,
+    xb: B::Act,
+    q: B::Act,
+    k: B::Act,
+    v: B::Act,
+    att: B::Act,
+    gate: B::Act,
+    up: B::Act,
+    last: B::Act,
+    logits_dev: B::Act,
+    rows: Vec<usize>,
+    paged: Vec<(usize, usize, usize)>,
+    tokens: Vec<u32>,
+    /// Logits of the last pass: one row of `vocab` values per row asked for.
+    pub logits: Vec<f32>,
+}
+
+/// Positions per KV block.
+pub const KV_BLOCK: usize = 16;
+
+/// A KV cache of its own for one sequence: a small pool and the identity block table.
+pub struct KvCache<B: Backend> {
+    pool: B::KvPool,
+    blocks: Vec<u32>,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions it holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// One sequence's part of a batched pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    /// Tokens to run, at positions `pos0..pos0 + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// Position of the first token.
+    pub pos0: usize,
+    /// Block table covering every position up to `pos0 + tokens.len()`.
+    pub blocks: &'a [u32],
+    /// Whether this sequence's logits are wanted.
+    pub want_logits: bool,
+}
+
+/// Which logits a pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// The last token's of each sequence that wants them.
+    Last,
+    /// Every token's (teacher forcing, scoring).
+    All,
+}
+
+impl<B: Backend> Model<B> {
+    /// Scratch space for passes of up to `max_tokens` tokens, returning up to
+    /// `max_logit_rows` rows of logits.
+    pub fn new_state(
+        &self,
+        max_tokens: usize,
+        max_logit_rows: usize,
+    ) -> Result<State<B>, ModelError> {
         let c = &self.cfg;
         let m = max_tokens.max(1);
+        let r = max_logit_rows.clamp(1, m);
         let b = &self.backend;
         Ok(State {
             max_tokens: m,
+            max_logit_rows: r,
             x: b.act(m * c.dim)?,
             xb: b.act(m * c.dim)?,
             q: b.act(m * c.dim)?,
@@ -99,61 +149,139 @@ impl<B: Backend> Model<B> {
             att: b.act(m * c.dim)?,
             gate: b.act(m * c.ffn_dim)?,
             up: b.act(m * c.ffn_dim)?,
-            last: b.act(c.dim)?,
-            logits_dev: b.act(if all_logits { m } else { 1 } * c.vocab_size)?,
-            logits: Vec::new(),
-            all_logits,
+            last: b.act(r * c.dim)?,
+            logits_dev: b.act(r * c.vocab_size)?,
+            rows: Vec::with_capacity(m),
+            paged: Vec::with_capacity(m),
+            tokens: Vec::with_capacity(m),
+            logits: Vec::with_capacity(r * c.vocab_size),
         })
     }
 
-    /// A key/value cache for one sequence of up to `capacity` tokens.
-    pub fn new_kv(&self, capacity: usize) -> Result<B::Kv, ModelError> {
-        self.backend.kv_cache(&self.cfg, capacity)
+    /// A KV pool of `n_blocks` blocks of [`KV_BLOCK`] positions, for the engine.
+    pub fn new_kv_pool(&self, n_blocks: usize) -> Result<B::KvPool, ModelError> {
+        self.backend.kv_pool(&self.cfg, n_blocks, KV_BLOCK)
     }
 
-    /// Runs `tokens` at positions `pos0..`, appending to `kv`. Fills `state.logits` with the
-    /// last token's logits, or with every token's when `all_logits` is set.
+    /// Bytes one KV block takes.
+    pub fn kv_block_bytes(&self) -> usize {
+        self.backend.kv_block_bytes(&self.cfg, KV_BLOCK)
+    }
+
+    /// A KV cache for one sequence of up to `capacity` tokens.
+    pub fn new_kv(&self, capacity: usize) -> Result<KvCache<B>, ModelError> {
+        let n = capacity.div_ceil(KV_BLOCK).max(1);
+        Ok(KvCache {
+            pool: self.new_kv_pool(n)?,
+            blocks: (0..n as u32).collect(),
+            capacity,
+        })
+    }
+
+    /// Runs `tokens` of one sequence at positions `pos0..`, appending to `kv`. Fills
+    /// `state.logits` with the last token's logits, or every token's with `all_logits`.
     pub fn forward(
         &self,
         state: &mut State<B>,
-        kv: &mut B::Kv,
-        kv_capacity: usize,
+        kv: &mut KvCache<B>,
         tokens: &[u32],
         pos0: usize,
         all_logits: bool,
     ) -> Result<(), ModelError> {
+        if pos0 + tokens.len() > kv.capacity {
+            return Err(ModelError::ContextFull {
+                needed: pos0 + tokens.len(),
+                capacity: kv.capacity,
+            });
+        }
+        let seq = SeqInput {
+            tokens,
+            pos0,
+            blocks: &kv.blocks,
+            want_logits: true,
+        };
+        let mode = if all_logits {
+            Logits::All
+        } else {
+            Logits::Last
+        };
+        self.forward_batch(state, &mut kv.pool, &[seq], mode)
+    }
+
+    /// One pass over several sequences at once: every weight is read once for all their
+    /// tokens. Fills `state.logits` with one row per wanted row, in order.
+    pub fn forward_batch(
+        &self,
+        state: &mut State<B>,
+        pool: &mut B::KvPool,
+        seqs: &[SeqInput<'_>],
+        mode: Logits,
+    ) -> Result<(), ModelError> {
         let c = &self.cfg;
-        let n = tokens.len();
+        let s = state;
+        let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
         if n == 0 {
             return Err(ModelError::Input("no tokens to run".into()));
         }
-        if n > state.max_tokens {
+        if n > s.max_tokens {
             return Err(ModelError::Input(format!(
                 "{n} tokens in one pass, more than the {} the state was made for",
-                state.max_tokens
+                s.max_tokens
             )));
         }
-        if all_logits && !state.all_logits {
-            return Err(ModelError::Input(
-                "every token's logits asked of a state made for the last token's only".into(),
-            ));
+        s.rows.clear();
+        s.paged.clear();
+        s.tokens.clear();
+        for q in seqs {
+            let end = q.pos0 + q.tokens.len();
+            if q.tokens.is_empty()
+                || end > c.context_length
+                || end.div_ceil(KV_BLOCK) > q.blocks.len()
+            {
+                return Err(ModelError::Input(format!(
+                    "a sequence of {} tokens at position {} does not fit its {} KV blocks or the context of {}",
+                    q.tokens.len(),
+                    q.pos0,
+                    q.blocks.len(),
+                    c.context_length
+                )));
+            }
+            if let Some(&bad) = q.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::Input(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    c.vocab_size
+                )));
+            }
+            let row0 = s.tokens.len();
+            match mode {
+                Logits::All => s.rows.extend(row0..row0 + q.tokens.len()),
+                Logits::Last if q.want_logits => s.rows.push(row0 + q.tokens.len() - 1),
+                Logits::Last => {}
+            }
+            s.paged.push((row0, q.tokens.len(), q.pos0));
+            s.tokens.extend_from_slice(q.tokens);
         }
-        if pos0 + n > kv_capacity {
-            return Err(ModelError::ContextFull {
-                needed: pos0 + n,
-                capacity: kv_capacity,
-            });
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+        if s.rows.len() > s.max_logit_rows {
             return Err(ModelError::Input(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                c.vocab_size
+                "{} rows of logits asked of a state made for {}",
+                s.rows.len(),
+                s.max_logit_rows
             )));
         }
+        let paged: Vec<PagedSeq<'_>> = s
+            .paged
+            .iter()
+            .zip(seqs)
+            .map(|(&(row0, n, pos0), q)| PagedSeq {
+                row0,
+                n,
+                pos0,
+                blocks: q.blocks,
+            })
+            .collect();
         let b = &self.backend;
         let (dim, kvd) = (c.dim, c.kv_dim());
-        let s = state;
-        b.embed(&self.tok_embd, tokens, &mut s.x);
+        b.embed(&self.tok_embd, &s.tokens, &mut s.x);
         for (li, l) in self.layers.iter().enumerate() {
             b.rms_norm(&s.x, &l.attn_norm, c.rms_eps, n, dim, &mut s.xb);
             b.matmul(&l.wq, &s.xb, n, &mut s.q);
@@ -164,9 +292,9 @@ impl<B: Backend> Model<B> {
                 b.add_bias(&mut s.k, bk, n, kvd);
                 b.add_bias(&mut s.v, bv, n, kvd);
             }
-            b.rope(c, &mut s.q, c.n_heads, pos0, n);
-            b.rope(c, &mut s.k, c.n_kv_heads, pos0, n);
-            b.attention(c, kv, li, &s.q, &s.k, &s.v, pos0, n, &mut s.att);
+            b.rope(c, &mut s.q, c.n_heads, &paged);
+            b.rope(c, &mut s.k, c.n_kv_heads, &paged);
+            b.attention(c, pool, li, &s.q, &s.k, &s.v, &paged, &mut s.att);
             b.matmul(&l.wo, &s.att, n, &mut s.xb);
             b.add(&mut s.x, &s.xb, n * dim);
 
@@ -177,17 +305,15 @@ impl<B: Backend> Model<B> {
             b.matmul(&l.w_down, &s.gate, n, &mut s.xb);
             b.add(&mut s.x, &s.xb, n * dim);
         }
-        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
-        let rows = if all_logits { n } else { 1 };
-        if all_logits {
-            b.rms_norm(&s.x, &self.output_norm, c.rms_eps, n, dim, &mut s.xb);
-            b.matmul(head, &s.xb, n, &mut s.logits_dev);
-        } else {
-            b.copy_row(&s.x, n - 1, dim, &mut s.last);
-            b.rms_norm(&s.last, &self.output_norm, c.rms_eps, 1, dim, &mut s.xb);
-            b.matmul(head, &s.xb, 1, &mut s.logits_dev);
+        let r = s.rows.len();
+        s.logits.resize(r * c.vocab_size, 0.0);
+        if r == 0 {
+            return Ok(());
         }
-        s.logits.resize(rows * c.vocab_size, 0.0);
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+        b.gather_rows(&s.x, &s.rows, dim, &mut s.last);
+        b.rms_norm(&s.last, &self.output_norm, c.rms_eps, r, dim, &mut s.xb);
+        b.matmul(head, &s.xb, r, &mut s.logits_dev);
         b.read(&s.logits_dev, &mut s.logits);
         Ok(())
     }

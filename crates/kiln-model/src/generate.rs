@@ -81,14 +81,14 @@ pub fn generate<B: Backend>(
     }
     let capacity = (prompt.len() + params.max_tokens).min(ctx);
     let mut kv = model.new_kv(capacity)?;
-    let mut state = model.new_state(prompt.len().min(PREFILL_CHUNK), false)?;
+    let mut state = model.new_state(prompt.len().min(PREFILL_CHUNK), 1)?;
     let mut sampler = Sampler::new(params.sampler.clone());
     let mut timings = Timings::default();
 
     let t0 = Instant::now();
     let mut pos = 0;
     for chunk in prompt.chunks(PREFILL_CHUNK) {
-        model.forward(&mut state, &mut kv, capacity, chunk, pos, false)?;
+        model.forward(&mut state, &mut kv, chunk, pos, false)?;
         pos += chunk.len();
     }
     timings.prefill_s = t0.elapsed().as_secs_f64();
@@ -125,7 +125,7 @@ pub fn generate<B: Backend>(
             finish = FinishReason::ContextFull;
             break;
         }
-        model.forward(&mut state, &mut kv, capacity, &[next], pos, false)?;
+        model.forward(&mut state, &mut kv, &[next], pos, false)?;
         pos += 1;
     }
     let rest = dec.finish();

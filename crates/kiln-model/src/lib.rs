@@ -15,9 +15,9 @@ pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{Backend, RawTensor, TensorBytes};
+pub use backend::{Backend, PagedSeq, RawTensor, TensorBytes};
 pub use config::{Arch, ModelConfig, RopeStyle};
-pub use decoder::{Model, State};
+pub use decoder::{KvCache, Logits, Model, SeqInput, State, KV_BLOCK};
 pub use weights::{LayerWeights, Weights};
 
 /// Errors from loading or running a model.

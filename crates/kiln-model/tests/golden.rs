@@ -76,10 +76,8 @@ fn golden_tokenization_greedy_and_logits() {
         seq.extend_from_slice(&c.greedy_ids);
         let cap = seq.len();
         let mut kv = m.model.new_kv(cap).unwrap();
-        let mut st = m.model.new_state(cap, true).unwrap();
-        m.model
-            .forward(&mut st, &mut kv, cap, &seq, 0, true)
-            .unwrap();
+        let mut st = m.model.new_state(cap, cap).unwrap();
+        m.model.forward(&mut st, &mut kv, &seq, 0, true).unwrap();
         let vocab = m.model.cfg.vocab_size;
         for (i, top) in c.top5.iter().enumerate() {
             let row = c.prompt_ids.len() - 1 + i;

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use half::f16;
 use kiln_gguf::GgmlType;
 
-use crate::backend::{Backend, RawTensor};
+use crate::backend::{Backend, PagedSeq, RawTensor};
 use crate::config::RopeStyle;
 use crate::{ModelConfig, ModelError};
 pub use pool::{split_range, ThreadPool};
@@ -43,12 +43,22 @@ pub struct CpuMat {
     raw: RawTensor,
 }
 
-/// One sequence's key/value cache, f16, laid out `[layer][position][kv_dim]`.
-pub struct CpuKv {
+/// The KV pool: f16 keys and values, laid out `[layer][block][offset][kv_dim]`.
+pub struct CpuKvPool {
     k: Vec<f16>,
     v: Vec<f16>,
-    capacity: usize,
+    n_blocks: usize,
+    block_size: usize,
     kv_dim: usize,
+}
+
+impl CpuKvPool {
+    /// Index of (layer, position) through a block table.
+    #[inline]
+    fn slot(&self, layer: usize, blocks: &[u32], pos: usize) -> usize {
+        let b = blocks[pos / self.block_size] as usize;
+        ((layer * self.n_blocks + b) * self.block_size + pos % self.block_size) * self.kv_dim
+    }
 }
 
 /// A pointer that threads may share because each writes a disjoint part.
@@ -98,7 +108,7 @@ fn dequant_row(raw: &RawTensor, row: usize, out: &mut [f32]) {
 impl Backend for CpuBackend {
     type Act = Vec<f32>;
     type Mat = CpuMat;
-    type Kv = CpuKv;
+    type KvPool = CpuKvPool;
 
     fn describe(&self) -> String {
         format!("cpu ({} threads)", self.pool.n_threads())
@@ -113,7 +123,7 @@ impl Backend for CpuBackend {
             )));
         }
         let (block, _) = t.ty.block();
-        if t.cols % block != 0 || t.data.as_slice().len() != t.rows * t.row_bytes() {
+        if !t.cols.is_multiple_of(block) || t.data.as_slice().len() != t.rows * t.row_bytes() {
             return Err(ModelError::Config(format!(
                 "tensor `{}`: {} bytes do not hold {} x {} {} values",
                 t.name,
@@ -138,30 +148,41 @@ impl Backend for CpuBackend {
         Ok(v)
     }
 
-    fn kv_cache(&self, cfg: &ModelConfig, capacity: usize) -> Result<CpuKv, ModelError> {
+    fn kv_pool(
+        &self,
+        cfg: &ModelConfig,
+        n_blocks: usize,
+        block_size: usize,
+    ) -> Result<CpuKvPool, ModelError> {
         let kv_dim = cfg.kv_dim();
         let len = cfg
             .n_layers
-            .checked_mul(capacity)
+            .checked_mul(n_blocks)
+            .and_then(|x| x.checked_mul(block_size))
             .and_then(|x| x.checked_mul(kv_dim))
-            .ok_or_else(|| ModelError::OutOfMemory(format!("KV cache of {capacity} tokens")))?;
+            .ok_or_else(|| ModelError::OutOfMemory(format!("KV pool of {n_blocks} blocks")))?;
         let alloc = |what: &str| -> Result<Vec<f16>, ModelError> {
             let mut v = Vec::new();
             v.try_reserve_exact(len).map_err(|_| {
                 ModelError::OutOfMemory(format!(
-                    "{what} cache of {capacity} tokens ({} MiB)",
-                    len * 2 >> 20
+                    "{what} pool of {n_blocks} blocks ({} MiB)",
+                    (len * 2) >> 20
                 ))
             })?;
             v.resize(len, f16::ZERO);
             Ok(v)
         };
-        Ok(CpuKv {
+        Ok(CpuKvPool {
             k: alloc("key")?,
             v: alloc("value")?,
-            capacity,
+            n_blocks,
+            block_size: block_size.max(1),
             kv_dim,
         })
+    }
+
+    fn kv_block_bytes(&self, cfg: &ModelConfig, block_size: usize) -> usize {
+        2 * cfg.n_layers * block_size * cfg.kv_dim() * std::mem::size_of::<f16>()
     }
 
     fn embed(&self, table: &CpuMat, tokens: &[u32], out: &mut Vec<f32>) {
@@ -231,24 +252,27 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rope(&self, cfg: &ModelConfig, x: &mut Vec<f32>, heads: usize, pos0: usize, n: usize) {
+    fn rope(&self, cfg: &ModelConfig, x: &mut Vec<f32>, heads: usize, seqs: &[PagedSeq<'_>]) {
         let hd = cfg.head_dim;
         let rd = cfg.rope_dim;
         let half = rd / 2;
-        for t in 0..n {
-            let pos = (pos0 + t) as f32;
-            for i in 0..half {
-                let theta = pos * cfg.rope_base.powf(-2.0 * i as f32 / rd as f32);
-                let (sin, cos) = theta.sin_cos();
-                for h in 0..heads {
-                    let base = (t * heads + h) * hd;
-                    let (a, b) = match cfg.rope_style {
-                        RopeStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
-                        RopeStyle::Halves => (base + i, base + i + half),
-                    };
-                    let (x0, x1) = (x[a], x[b]);
-                    x[a] = x0 * cos - x1 * sin;
-                    x[b] = x0 * sin + x1 * cos;
+        for sq in seqs {
+            for t in 0..sq.n {
+                let pos = (sq.pos0 + t) as f32;
+                let row = sq.row0 + t;
+                for i in 0..half {
+                    let theta = pos * cfg.rope_base.powf(-2.0 * i as f32 / rd as f32);
+                    let (sin, cos) = theta.sin_cos();
+                    for h in 0..heads {
+                        let base = (row * heads + h) * hd;
+                        let (a, b) = match cfg.rope_style {
+                            RopeStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
+                            RopeStyle::Halves => (base + i, base + i + half),
+                        };
+                        let (x0, x1) = (x[a], x[b]);
+                        x[a] = x0 * cos - x1 * sin;
+                        x[b] = x0 * sin + x1 * cos;
+                    }
                 }
             }
         }
@@ -257,47 +281,66 @@ impl Backend for CpuBackend {
     fn attention(
         &self,
         cfg: &ModelConfig,
-        kv: &mut CpuKv,
+        pool: &mut CpuKvPool,
         layer: usize,
         q: &Vec<f32>,
         k: &Vec<f32>,
         v: &Vec<f32>,
-        pos0: usize,
-        n: usize,
+        seqs: &[PagedSeq<'_>],
         out: &mut Vec<f32>,
     ) {
-        let kvd = kv.kv_dim;
-        let base = layer * kv.capacity * kvd;
-        for t in 0..n {
-            let dst = base + (pos0 + t) * kvd;
-            for i in 0..kvd {
-                kv.k[dst + i] = f16::from_f32(k[t * kvd + i]);
-                kv.v[dst + i] = f16::from_f32(v[t * kvd + i]);
+        let kvd = pool.kv_dim;
+        for sq in seqs {
+            for t in 0..sq.n {
+                let dst = pool.slot(layer, sq.blocks, sq.pos0 + t);
+                let src = (sq.row0 + t) * kvd;
+                for i in 0..kvd {
+                    pool.k[dst + i] = f16::from_f32(k[src + i]);
+                    pool.v[dst + i] = f16::from_f32(v[src + i]);
+                }
             }
         }
         let (nh, hd) = (cfg.n_heads, cfg.head_dim);
         let group = nh / cfg.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let (kc, vc) = (&kv.k[base..], &kv.v[base..]);
+        let pool: &CpuKvPool = pool;
         let optr = SyncPtr(out.as_mut_ptr());
-        let jobs = n * nh;
+        let rows: usize = seqs.iter().map(|s| s.n).sum();
+        let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(0);
+        let jobs = rows * nh;
         self.pool.run(|i, nt| {
             let (j0, j1) = split_range(jobs, i, nt, 1);
+            if j0 == j1 {
+                return;
+            }
             SCRATCH.with(|s| {
                 let mut sc = s.borrow_mut();
-                let need = pos0 + n + hd;
+                let need = longest + hd;
                 if sc.len() < need {
                     sc.resize(need, 0.0);
                 }
-                let (scores, acc) = sc.split_at_mut(pos0 + n);
+                let (scores, acc) = sc.split_at_mut(longest);
+                // Walk the jobs in order, tracking which sequence they belong to.
+                let mut si = 0;
+                let mut seq_end = seqs[0].n * nh;
+                let mut seq_start = 0;
                 for job in j0..j1 {
-                    let (t, h) = (job / nh, job % nh);
+                    while job >= seq_end {
+                        si += 1;
+                        seq_start = seq_end;
+                        seq_end += seqs[si].n * nh;
+                    }
+                    let sq = &seqs[si];
+                    let local = job - seq_start;
+                    let (t, h) = (local / nh, local % nh);
+                    let row = sq.row0 + t;
                     let kvh = h / group;
-                    let qh = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                    let len = pos0 + t + 1;
+                    let qh = &q[(row * nh + h) * hd..(row * nh + h + 1) * hd];
+                    let len = sq.pos0 + t + 1;
                     let mut max = f32::NEG_INFINITY;
                     for (p, s) in scores[..len].iter_mut().enumerate() {
-                        let kr = &kc[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                        let o = pool.slot(layer, sq.blocks, p) + kvh * hd;
+                        let kr = &pool.k[o..o + hd];
                         let mut d = 0f32;
                         for (a, b) in qh.iter().zip(kr) {
                             d += a * b.to_f32();
@@ -315,18 +358,29 @@ impl Backend for CpuBackend {
                     acc.fill(0.0);
                     for (p, &s) in scores[..len].iter().enumerate() {
                         let w = s * inv;
-                        let vr = &vc[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                        let o = pool.slot(layer, sq.blocks, p) + kvh * hd;
+                        let vr = &pool.v[o..o + hd];
                         for (a, b) in acc.iter_mut().zip(vr) {
                             *a += w * b.to_f32();
                         }
                     }
                     for (d, &a) in acc.iter().enumerate() {
-                        // SAFETY: each (token, head) slice belongs to one job.
-                        unsafe { optr.write((t * nh + h) * hd + d, a) };
+                        // SAFETY: each (row, head) slice belongs to one job.
+                        unsafe { optr.write((row * nh + h) * hd + d, a) };
                     }
                 }
             });
         });
+    }
+
+    fn copy_kv_block(&self, pool: &mut CpuKvPool, src: u32, dst: u32) {
+        let per = pool.block_size * pool.kv_dim;
+        for layer in 0..pool.k.len() / (pool.n_blocks * per).max(1) {
+            let s = (layer * pool.n_blocks + src as usize) * per;
+            let d = (layer * pool.n_blocks + dst as usize) * per;
+            pool.k.copy_within(s..s + per, d);
+            pool.v.copy_within(s..s + per, d);
+        }
     }
 
     fn swiglu(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) {
@@ -341,8 +395,10 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn copy_row(&self, x: &Vec<f32>, row: usize, width: usize, out: &mut Vec<f32>) {
-        out[..width].copy_from_slice(&x[row * width..(row + 1) * width]);
+    fn gather_rows(&self, x: &Vec<f32>, rows: &[usize], width: usize, out: &mut Vec<f32>) {
+        for (i, &r) in rows.iter().enumerate() {
+            out[i * width..(i + 1) * width].copy_from_slice(&x[r * width..(r + 1) * width]);
+        }
     }
 
     fn read(&self, x: &Vec<f32>, out: &mut [f32]) {
