@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod common;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,8 @@ enum Command {
     Run(run::RunArgs),
     /// Talk with the model, turn by turn.
     Chat(chat::ChatArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, with a chat page at `/`.
+    Serve(serve::ServeArgs),
     /// Measure load time, prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
     /// Fetch the default model (SmolLM2-135M-Instruct, Q4_1) if it is missing.
@@ -35,6 +38,7 @@ fn main() {
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::chat(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Fetch => kiln_model::fetch::ensure_default_model(true)
             .map(|p| println!("{}", p.display()))
             .map_err(anyhow::Error::from),

@@ -1,0 +1,197 @@
+//! `kiln serve`: the OpenAI-compatible HTTP server with the model kept resident.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use kiln_engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
+use kiln_model::cpu::CpuBackend;
+use kiln_model::loader::load_gguf;
+use kiln_server::{AppState, LoadedLm, ServerConfig};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `kiln serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Path to a GGUF model file [default: SmolLM2-135M-Instruct Q4_1, fetched if missing].
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Serve no language model (the Ising endpoints still work).
+    #[arg(long, conflicts_with = "model")]
+    pub no_model: bool,
+    /// CPU threads (0: one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, short = 'p', default_value_t = 8080)]
+    pub port: u16,
+    /// Memory budget in MiB for weights, activations and the KV cache together; requests
+    /// that cannot fit wait or are refused.
+    #[arg(long, default_value_t = 1024)]
+    pub max_memory_mb: usize,
+    /// Most tokens (decode and prefill chunks) in one engine step.
+    #[arg(long, default_value_t = 256)]
+    pub max_batch_tokens: usize,
+    /// Most sequences generating at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_running: usize,
+    /// Most requests waiting; more get 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// `max_tokens` for requests that give none.
+    #[arg(long, default_value_t = 512)]
+    pub default_max_tokens: usize,
+    /// An accepted API key (repeatable); without any, no key is needed.
+    #[arg(long)]
+    pub api_key: Vec<String>,
+    /// A file with one accepted API key per line.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// An origin allowed by CORS (repeatable; `*` for any).
+    #[arg(long)]
+    pub cors_origin: Vec<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Runs `kiln serve` until SIGTERM or Ctrl-C.
+pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match a.log_format {
+        LogFormat::Json => subscriber.json().init(),
+        LogFormat::Text => subscriber.init(),
+    }
+    if a.max_batch_tokens == 0 || a.max_running == 0 {
+        anyhow::bail!("--max-batch-tokens and --max-running must be at least 1");
+    }
+    let mut keys = a.api_key.clone();
+    if let Some(f) = &a.api_key_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the API key file {}", f.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    let lm = if a.no_model { None } else { Some(load_lm(&a)?) };
+    let cfg = ServerConfig {
+        api_keys: keys,
+        cors_origins: a.cors_origin.clone(),
+        max_body_bytes: a.max_body_bytes,
+        default_max_tokens: a.default_max_tokens.max(1),
+    };
+    let state = AppState::new(lm, cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("binding {}:{}", a.host, a.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!("kiln: listening on http://{addr}");
+        kiln_server::serve(listener, state, shutdown_signal()).await?;
+        eprintln!("kiln: shut down cleanly");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    eprintln!("kiln: shutting down: finishing running requests");
+}
+
+fn load_lm(a: &ServeArgs) -> anyhow::Result<LoadedLm> {
+    let path = match &a.model {
+        Some(p) => p.clone(),
+        None => kiln_model::fetch::ensure_default_model(true)?,
+    };
+    eprintln!("kiln: loading {}", path.display());
+    let m = load_gguf(&path, CpuBackend::new(a.threads))
+        .with_context(|| format!("loading {}", path.display()))?;
+    let cfg = m.model.cfg.clone();
+    let weights = std::fs::metadata(&path)
+        .map(|md| md.len() as usize)
+        .unwrap_or(0);
+    // Activations of one step: hidden states, q/k/v, attention, FFN, and the logits rows.
+    let act = 4
+        * (a.max_batch_tokens * (6 * cfg.dim + 2 * cfg.kv_dim() + 2 * cfg.ffn_dim)
+            + a.max_running * (cfg.dim + cfg.vocab_size));
+    let budget = a.max_memory_mb.saturating_mul(1 << 20);
+    let kv_budget = budget.checked_sub(weights + act).filter(|&b| b > 0).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--max-memory-mb {} leaves no room for the KV cache: the weights take {} MiB and activations {} MiB",
+            a.max_memory_mb,
+            weights >> 20,
+            act >> 20
+        )
+    })?;
+    let tokenizer = Arc::new(m.tokenizer);
+    let runner = ModelRunner::new(m.model, kv_budget, a.max_batch_tokens, a.max_running)?;
+    eprintln!(
+        "kiln: {} ready; KV cache {} MiB = {} tokens",
+        m.name,
+        kv_budget >> 20,
+        runner.kv_capacity_tokens()
+    );
+    let engine = Engine::new(
+        runner,
+        tokenizer.clone(),
+        EngineConfig {
+            max_batch_tokens: a.max_batch_tokens,
+            max_running: a.max_running,
+            max_queue: a.max_queue,
+        },
+    );
+    let id = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| m.name.clone());
+    Ok(LoadedLm {
+        engine: EngineHandle::spawn(engine),
+        tokenizer,
+        template: m.template,
+        id,
+        context_length: cfg.context_length,
+    })
+}

@@ -1,0 +1,437 @@
+//! `kiln serve` on loopback, driven by real clients: curl and the `openai` Python package.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let model = kiln_model::fetch::ensure_default_model(true).expect("default model");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--threads",
+                "2",
+                "--max-memory-mb",
+                "512",
+            ])
+            .arg("--model")
+            .arg(&model)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kiln serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = line.strip_prefix("kiln: listening on http://") {
+                        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+                        tx.send(port).unwrap();
+                        sent = true;
+                    }
+                }
+                if line.contains("shut down cleanly") {
+                    let _ = std::fs::write(
+                        std::env::temp_dir().join(format!("kiln-shutdown-{}", std::process::id())),
+                        "clean",
+                    );
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server start");
+        Server { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn curl(&self, args: &[&str]) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "--max-time", "120"])
+            .args(args)
+            .output()
+            .expect("curl is installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    fn post(&self, path: &str, body: &str, extra: &[&str]) -> (u16, serde_json::Value) {
+        let url = self.url(path);
+        // Bodies go through a file: some are larger than a command line may be.
+        let file = std::env::temp_dir().join(format!(
+            "kiln-body-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&file, body).unwrap();
+        let data = format!("@{}", file.display());
+        let mut args = vec![
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &data,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let (code, text) = self.curl(&args);
+        let _ = std::fs::remove_file(&file);
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    fn health(&self) -> serde_json::Value {
+        let (_, t) = self.curl(&[&self.url("/health")]);
+        serde_json::from_str(&t).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python(script: &str, port: u16) -> Output {
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("KILN_PORT", port.to_string())
+        .output()
+        .expect("python3")
+}
+
+#[test]
+fn openai_endpoints_with_curl() {
+    let s = Server::start(&[]);
+    let h = s.health();
+    assert_eq!(h["status"], "ok");
+    let (code, models) = s.curl(&[&s.url("/v1/models")]);
+    assert_eq!(code, 200);
+    let models: serde_json::Value = serde_json::from_str(&models).unwrap();
+    let id = models["data"][0]["id"].as_str().unwrap().to_owned();
+
+    // Non-streaming chat, greedy: the reference answer of the golden fixture.
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        &format!(r#"{{"model":"{id}","messages":[{{"role":"user","content":"What is the capital of France?"}}],"temperature":0,"max_tokens":16}}"#),
+        &[],
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{v}"
+    );
+    let u = &v["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+
+    // Streaming chat with usage.
+    let (code, text) = s.curl(&[
+        "-N",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"model":"default","messages":[{"role":"user","content":"Count to three."}],"temperature":0,"max_tokens":12,"stream":true,"stream_options":{"include_usage":true}}"#,
+        &s.url("/v1/chat/completions"),
+    ]);
+    assert_eq!(code, 200);
+    let datas: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(datas.last(), Some(&"[DONE]"));
+    let chunks: Vec<serde_json::Value> = datas[..datas.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!content.is_empty());
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"].is_string()));
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
+
+    // Completions, n = 2 with a seed, logprobs.
+    let (code, v) = s.post(
+        "/v1/completions",
+        r#"{"model":"default","prompt":"Once upon a time","max_tokens":8,"n":2,"seed":5,"temperature":0.9,"logprobs":3}"#,
+        &[],
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["choices"][0]["logprobs"]["top_logprobs"][0]
+            .as_object()
+            .unwrap()
+            .len(),
+        3
+    );
+    // Same seed, same answer.
+    let (_, v2) = s.post(
+        "/v1/completions",
+        r#"{"model":"default","prompt":"Once upon a time","max_tokens":8,"n":2,"seed":5,"temperature":0.9,"logprobs":3}"#,
+        &[],
+    );
+    assert_eq!(v["choices"][0]["text"], v2["choices"][0]["text"]);
+
+    // Bad input: each with its status and an OpenAI-shaped error naming the problem.
+    let long = "word ".repeat(9000);
+    let too_long = format!(r#"{{"messages":[{{"role":"user","content":"{long}"}}]}}"#);
+    let huge = format!(r#"{{"prompt":"{}"}}"#, "x".repeat(1 << 21));
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/v1/chat/completions", "{not json".into(), 400, "body"),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}"#.into(),
+            404,
+            "model",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.into(),
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"x"}],"temperature":7}"#.into(),
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#.into(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"x"}],"n":100}"#.into(),
+            400,
+            "n",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":"hello"}"#.into(),
+            400,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"default"}"#.into(),
+            400,
+            "messages",
+        ),
+        ("/v1/chat/completions", too_long, 400, "messages"),
+        ("/v1/completions", huge, 413, ""),
+        (
+            "/v1/completions",
+            r#"{"prompt":"x","top_p":0}"#.into(),
+            400,
+            "top_p",
+        ),
+    ];
+    for (path, body, status, param) in cases {
+        let (code, v) = s.post(path, &body, &[]);
+        assert_eq!(code, status, "{path} {}: {v}", &body[..body.len().min(80)]);
+        let err = &v["error"];
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        if !param.is_empty() {
+            assert_eq!(err["param"], param, "{v}");
+        }
+    }
+    let (code, _) = s.curl(&[&s.url("/v1/nothing")]);
+    assert_eq!(code, 404);
+
+    // Ising endpoints.
+    let (code, v) = s.post(
+        "/v1/ising/empathy",
+        r#"{"a":{"n":20,"seed":42},"b":{"n":20,"seed":43},"steps":100,"seed":100}"#,
+        &[],
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(v["empathy"].as_f64().is_some(), "{v}");
+    let (code, v) = s.post(
+        "/v1/ising/empathy",
+        r#"{"a":{"n":0,"seed":1},"b":{"n":20,"seed":43}}"#,
+        &[],
+    );
+    assert_eq!(code, 400, "{v}");
+
+    // Metrics reflect the traffic.
+    let (_, m) = s.curl(&[&s.url("/metrics")]);
+    for needle in [
+        "kiln_requests_total{endpoint=\"chat_completions\",status=\"200\"}",
+        "kiln_requests_total{endpoint=\"chat_completions\",status=\"400\"}",
+        "kiln_time_to_first_token_seconds_count",
+        "kiln_inter_token_latency_seconds_bucket",
+        "kiln_generation_tokens_total",
+        "kiln_kv_blocks_free",
+        "kiln_queue_depth",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}");
+    }
+}
+
+#[test]
+fn openai_python_client_streaming_and_not() {
+    let s = Server::start(&[]);
+    let script = r#"
+import os, openai
+c = openai.OpenAI(base_url=f"http://127.0.0.1:{os.environ['KILN_PORT']}/v1", api_key="unused")
+r = c.chat.completions.create(model="default", messages=[{"role": "user", "content": "What is 2+2?"}], temperature=0, max_tokens=16)
+assert r.choices[0].finish_reason in ("stop", "length"), r
+assert "4" in r.choices[0].message.content, r.choices[0].message.content
+parts = []
+usage = None
+for chunk in c.chat.completions.create(model="default", messages=[{"role": "user", "content": "What is 2+2?"}], temperature=0, max_tokens=16, stream=True, stream_options={"include_usage": True}):
+    if chunk.choices and chunk.choices[0].delta.content:
+        parts.append(chunk.choices[0].delta.content)
+    if chunk.usage:
+        usage = chunk.usage
+assert "".join(parts) == r.choices[0].message.content, (parts, r.choices[0].message.content)
+assert usage.completion_tokens == r.usage.completion_tokens
+cp = c.completions.create(model="default", prompt="The sky is", max_tokens=5, temperature=0)
+assert len(cp.choices[0].text) > 0
+try:
+    c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    raise SystemExit("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert "nope" in str(e)
+print("ok")
+"#;
+    let out = python(script, s.port);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn api_keys_and_cors() {
+    let s = Server::start(&["--api-key", "sekret", "--cors-origin", "http://app.example"]);
+    let body = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
+    let (code, v) = s.post("/v1/chat/completions", body, &[]);
+    assert_eq!(code, 401, "{v}");
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let (code, _) = s.post(
+        "/v1/chat/completions",
+        body,
+        &["-H", "authorization: Bearer wrong"],
+    );
+    assert_eq!(code, 401);
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        body,
+        &["-H", "authorization: Bearer sekret"],
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, _) = s.curl(&[&s.url("/health")]);
+    assert_eq!(code, 200, "health needs no key");
+    let (code, text) = s.curl(&[
+        "-i",
+        "-X",
+        "OPTIONS",
+        "-H",
+        "origin: http://app.example",
+        &s.url("/v1/chat/completions"),
+    ]);
+    assert_eq!(code, 204);
+    assert!(
+        text.to_lowercase()
+            .contains("access-control-allow-origin: http://app.example"),
+        "{text}"
+    );
+}
+
+#[test]
+fn disconnect_cancels_and_sigterm_finishes_streams() {
+    let s = Server::start(&[]);
+    // A client that gives up after a moment: its sequence must be cancelled.
+    let _ = s.curl(&[
+        "-N",
+        "--max-time",
+        "1",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"messages":[{"role":"user","content":"Tell me a very long story."}],"max_tokens":4000,"stream":true}"#,
+        &s.url("/v1/chat/completions"),
+    ]);
+    let t0 = Instant::now();
+    loop {
+        let h = s.health();
+        if h["engine"]["running"] == 0 && h["engine"]["blocks_used"] == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "sequence not cancelled: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // SIGTERM while a stream runs: the stream completes, then the server exits cleanly.
+    let url = s.url("/v1/chat/completions");
+    let client = std::thread::spawn(move || {
+        Command::new("curl")
+            .args(["-sSN", "--max-time", "120", "-H", "content-type: application/json", "-d"])
+            .arg(r#"{"messages":[{"role":"user","content":"Say something."}],"max_tokens":24,"temperature":0,"stream":true}"#)
+            .arg(url)
+            .output()
+            .unwrap()
+    });
+    let t0 = Instant::now();
+    while s.health()["engine"]["running"] == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = client.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "stream cut short: {text}"
+    );
+    let mut s = s;
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}

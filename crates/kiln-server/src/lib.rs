@@ -1,0 +1,691 @@
+//! kiln's OpenAI-compatible HTTP server. A thin shell: it parses requests, hands them to
+//! the engine, and turns the engine's events into JSON or server-sent events.
+
+mod error;
+pub mod metrics;
+mod request;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use kiln_engine::{EngineHandle, Event, Request, TokenLogprob, Usage};
+use kiln_model::chat::ChatTemplate;
+use kiln_model::generate::FinishReason;
+use kiln_model::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+pub use error::ApiError;
+use metrics::Metrics;
+use request::GenRequest;
+
+/// A language model being served.
+pub struct LoadedLm {
+    /// The engine that runs it.
+    pub engine: EngineHandle,
+    /// Its tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// Its chat template.
+    pub template: ChatTemplate,
+    /// The id `/v1/models` lists.
+    pub id: String,
+    /// Its context length.
+    pub context_length: usize,
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Accepted API keys; empty means no authentication.
+    pub api_keys: Vec<String>,
+    /// Origins allowed by CORS (`*` for any); empty means no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            max_body_bytes: 1 << 20,
+            default_max_tokens: 512,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    lm: Option<LoadedLm>,
+    cfg: ServerConfig,
+    metrics: Metrics,
+    next_id: AtomicU64,
+    created: u64,
+}
+
+type Shared = Arc<AppState>;
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl AppState {
+    /// State for a server of `lm` (or none: the Ising endpoints still work).
+    pub fn new(lm: Option<LoadedLm>, cfg: ServerConfig) -> Arc<Self> {
+        Arc::new(AppState {
+            lm,
+            cfg,
+            metrics: Metrics::default(),
+            next_id: AtomicU64::new(1),
+            created: now_s(),
+        })
+    }
+
+    fn lm(&self) -> Result<&LoadedLm, ApiError> {
+        self.lm.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no language model is loaded in this server",
+                Some("model_not_loaded"),
+            )
+        })
+    }
+}
+
+/// The router with every endpoint.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/ising/empathy", post(ising_empathy))
+        .route("/v1/ising/social", post(ising_social))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Serves on `addr` until `shutdown` resolves; running streams are finished first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    if let Some(lm) = &state.lm {
+        let engine = lm.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    }
+    Ok(())
+}
+
+/// Authentication, CORS, and one log line per request.
+async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allowed = origin.as_ref().and_then(|o| {
+        let o = o.to_str().ok()?;
+        st.cfg
+            .cors_origins
+            .iter()
+            .any(|a| a == "*" || a == o)
+            .then(|| HeaderValue::from_str(o).ok())
+            .flatten()
+    });
+    let add_cors = |mut r: Response| {
+        if let Some(o) = &allowed {
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        r
+    };
+    if req.method() == Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if allowed.is_some() {
+            let h = r.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+        }
+        return add_cors(r);
+    }
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let protected = path.starts_with("/v1/") || path == "/metrics";
+    if protected && !st.cfg.api_keys.is_empty() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| st.cfg.api_keys.iter().any(|k| k == g));
+        if !ok {
+            let msg = if given.is_none() {
+                "missing API key: send `Authorization: Bearer <key>`"
+            } else {
+                "invalid API key"
+            };
+            tracing::info!(%method, path, status = 401, "request refused");
+            st.metrics.request(endpoint_name(&path), 401);
+            return add_cors(
+                ApiError::new(StatusCode::UNAUTHORIZED, msg, Some("invalid_api_key"))
+                    .into_response(),
+            );
+        }
+    }
+    let t0 = Instant::now();
+    let r = next.run(req).await;
+    let status = r.status().as_u16();
+    st.metrics.request(endpoint_name(&path), status);
+    tracing::info!(
+        %method,
+        path,
+        status,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    add_cors(r)
+}
+
+fn endpoint_name(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/completions" => "completions",
+        "/v1/models" => "models",
+        "/v1/ising/empathy" => "ising_empathy",
+        "/v1/ising/social" => "ising_social",
+        _ => "other",
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint", Some("not_found"))
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn health(State(st): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "ready": true,
+        "model": st.lm.as_ref().map(|l| l.id.clone()),
+        "engine": st.lm.as_ref().map(|l| l.engine.stats()),
+    }))
+}
+
+async fn metrics_text(State(st): State<Shared>) -> Response {
+    let stats = st.lm.as_ref().map(|l| l.engine.stats());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(stats.as_ref()),
+    )
+        .into_response()
+}
+
+async fn models(State(st): State<Shared>) -> Json<Value> {
+    let data: Vec<Value> = st
+        .lm
+        .iter()
+        .map(|l| json!({"id": l.id, "object": "model", "created": st.created, "owned_by": "kiln"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, st.cfg.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} bytes",
+                    st.cfg.max_body_bytes
+                ),
+                Some("body_too_large"),
+            )
+        })
+}
+
+fn check_model(lm: &LoadedLm, req: &GenRequest) -> Result<(), ApiError> {
+    match req.model.as_deref() {
+        None | Some("default") => Ok(()),
+        Some(m) if m == lm.id => Ok(()),
+        Some(m) => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "the model `{m}` does not exist; this server serves `{}`",
+                lm.id
+            ),
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }),
+    }
+}
+
+async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&st, body).await?;
+    let req = request::parse(&body, true, st.cfg.default_max_tokens)?;
+    let lm = st.lm()?;
+    check_model(lm, &req)?;
+    let text = lm
+        .template
+        .render(req.messages.as_deref().unwrap_or_default(), true)
+        .map_err(|e| ApiError::bad("messages", e.to_string()))?;
+    let prompt = lm.tokenizer.encode(&text, true, true);
+    generate(st.clone(), req, prompt, true).await
+}
+
+async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&st, body).await?;
+    let req = request::parse(&body, false, st.cfg.default_max_tokens)?;
+    let lm = st.lm()?;
+    check_model(lm, &req)?;
+    let prompt = lm
+        .tokenizer
+        .encode(req.prompt.as_deref().unwrap_or_default(), true, true);
+    generate(st.clone(), req, prompt, false).await
+}
+
+/// Events of choice `index`.
+type Tagged = (usize, Event);
+
+fn submit_all(
+    st: &AppState,
+    req: &GenRequest,
+    prompt: &[u32],
+) -> Result<mpsc::UnboundedReceiver<Tagged>, ApiError> {
+    let lm = st.lm()?;
+    if prompt.len() >= lm.context_length {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "the prompt has {} tokens; this model's context is {} tokens",
+                prompt.len(),
+                lm.context_length
+            ),
+            param: Some("messages".into()),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    for i in 0..req.n {
+        let mut params = req.params.clone();
+        if let Some(s) = params.seed {
+            params.seed = Some(s.wrapping_add(i as u64));
+        }
+        let tx = tx.clone();
+        let sink: kiln_engine::Sink = Box::new(move |e| tx.send((i, e)).is_ok());
+        lm.engine
+            .submit(
+                Request {
+                    prompt: prompt.to_vec(),
+                    params,
+                },
+                sink,
+            )
+            .map_err(|e| match e {
+                kiln_engine::SubmitError::Param(p) => ApiError::bad(p.param, p.to_string()),
+                kiln_engine::SubmitError::QueueFull(_) => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    e.to_string(),
+                    Some("queue_full"),
+                ),
+                kiln_engine::SubmitError::TooLarge { .. } => ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: e.to_string(),
+                    param: Some("max_tokens".into()),
+                    code: Some("context_length_exceeded"),
+                },
+                kiln_engine::SubmitError::Prompt(m) => ApiError::bad("messages", m),
+            })?;
+    }
+    Ok(rx)
+}
+
+fn finish_str(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::ContextFull => "length",
+        FinishReason::Cancelled => "cancelled",
+    }
+}
+
+fn token_str(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
+    let mut b = Vec::new();
+    tok.token_bytes(id, true, &mut b);
+    (String::from_utf8_lossy(&b).into_owned(), b)
+}
+
+fn chat_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> Value {
+    let (t, b) = token_str(tok, lp.token);
+    json!({
+        "token": t, "logprob": lp.logprob, "bytes": b,
+        "top_logprobs": lp.top.iter().map(|&(id, l)| {
+            let (t, b) = token_str(tok, id);
+            json!({"token": t, "logprob": l, "bytes": b})
+        }).collect::<Vec<_>>()
+    })
+}
+
+struct Choice {
+    text: String,
+    finish: Option<FinishReason>,
+    logprobs: Vec<TokenLogprob>,
+    usage: Usage,
+}
+
+struct Tracker {
+    st: Shared,
+    started: Instant,
+    last: Vec<Option<Instant>>,
+}
+
+impl Tracker {
+    fn token(&mut self, i: usize) {
+        let now = Instant::now();
+        match self.last[i] {
+            None => self
+                .st
+                .metrics
+                .ttft
+                .observe(now.duration_since(self.started).as_secs_f64()),
+            Some(t) => self
+                .st
+                .metrics
+                .itl
+                .observe(now.duration_since(t).as_secs_f64()),
+        }
+        self.last[i] = Some(now);
+        self.st
+            .metrics
+            .generated_tokens
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn generate(
+    st: Shared,
+    req: GenRequest,
+    prompt: Vec<u32>,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let mut rx = submit_all(&st, &req, &prompt)?;
+    st.metrics
+        .prompt_tokens
+        .fetch_add(prompt.len() as u64 * req.n as u64, Ordering::Relaxed);
+    let id = format!(
+        "{}-{}",
+        if chat { "chatcmpl" } else { "cmpl" },
+        st.next_id.fetch_add(1, Ordering::Relaxed)
+    );
+    let lm = st.lm()?;
+    let model = lm.id.clone();
+    let created = now_s();
+    let mut tracker = Tracker {
+        st: st.clone(),
+        started: Instant::now(),
+        last: vec![None; req.n],
+    };
+    if !req.stream {
+        let mut choices: Vec<Choice> = (0..req.n)
+            .map(|_| Choice {
+                text: String::new(),
+                finish: None,
+                logprobs: Vec::new(),
+                usage: Usage::default(),
+            })
+            .collect();
+        let mut left = req.n;
+        while left > 0 {
+            let Some((i, ev)) = rx.recv().await else {
+                break;
+            };
+            match ev {
+                Event::Token { text, logprob, .. } => {
+                    tracker.token(i);
+                    choices[i].text.push_str(&text);
+                    choices[i].logprobs.extend(logprob);
+                }
+                Event::Done { reason, usage } => {
+                    choices[i].finish = Some(reason);
+                    choices[i].usage = usage;
+                    left -= 1;
+                }
+                Event::Failed(m) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        m,
+                        Some("engine_error"),
+                    ))
+                }
+            }
+        }
+        let completion: usize = choices.iter().map(|c| c.usage.completion_tokens).sum();
+        let tok = &lm.tokenizer;
+        let out_choices: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let finish = c.finish.map(finish_str);
+                if chat {
+                    json!({
+                        "index": i,
+                        "message": {"role": "assistant", "content": c.text},
+                        "finish_reason": finish,
+                        "logprobs": if req.logprobs {
+                            json!({"content": c.logprobs.iter().map(|l| chat_logprob(tok, l)).collect::<Vec<_>>()})
+                        } else { Value::Null },
+                    })
+                } else {
+                    json!({
+                        "index": i,
+                        "text": c.text,
+                        "finish_reason": finish,
+                        "logprobs": if req.logprobs { completion_logprobs(tok, &c.logprobs) } else { Value::Null },
+                    })
+                }
+            })
+            .collect();
+        let body = json!({
+            "id": id,
+            "object": if chat { "chat.completion" } else { "text_completion" },
+            "created": created,
+            "model": model,
+            "choices": out_choices,
+            "usage": {
+                "prompt_tokens": prompt.len(),
+                "completion_tokens": completion,
+                "total_tokens": prompt.len() + completion,
+            },
+        });
+        return Ok(Json(body).into_response());
+    }
+
+    // Streaming: one chunk per token event; a final usage chunk if asked; then [DONE].
+    let tok = lm.tokenizer.clone();
+    let n = req.n;
+    let include_usage = req.include_usage;
+    let want_lp = req.logprobs;
+    let prompt_len = prompt.len();
+    let object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let chunk = move |choice: Value| -> SseEvent {
+        SseEvent::default().data(
+            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+                .to_string(),
+        )
+    };
+    struct S {
+        rx: mpsc::UnboundedReceiver<Tagged>,
+        left: usize,
+        completion: usize,
+        started: Vec<bool>,
+        done: bool,
+        pending: std::collections::VecDeque<SseEvent>,
+    }
+    let s = S {
+        rx,
+        left: n,
+        completion: 0,
+        started: vec![false; n],
+        done: false,
+        pending: Default::default(),
+    };
+    let usage_chunk = move |completion: usize| -> SseEvent {
+        SseEvent::default().data(
+            json!({"object": object, "choices": [], "usage": {
+                    "prompt_tokens": prompt_len, "completion_tokens": completion,
+                    "total_tokens": prompt_len + completion}})
+            .to_string(),
+        )
+    };
+    let events = stream::unfold((s, tracker), move |(mut s, mut tracker)| {
+        let chunk = chunk.clone();
+        let tok = tok.clone();
+        async move {
+            loop {
+                if let Some(e) = s.pending.pop_front() {
+                    return Some((Ok::<_, Infallible>(e), (s, tracker)));
+                }
+                if s.done {
+                    return None;
+                }
+                if s.left == 0 {
+                    if include_usage {
+                        s.pending.push_back(usage_chunk(s.completion));
+                    }
+                    s.pending.push_back(SseEvent::default().data("[DONE]"));
+                    s.done = true;
+                    continue;
+                }
+                let Some((i, ev)) = s.rx.recv().await else {
+                    s.left = 0;
+                    continue;
+                };
+                match ev {
+                    Event::Token { text, logprob, .. } => {
+                        tracker.token(i);
+                        if chat && !s.started[i] {
+                            s.started[i] = true;
+                            s.pending.push_back(chunk(json!({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
+                        }
+                        let lp = if want_lp {
+                            match &logprob {
+                                Some(l) if chat => json!({"content": [chat_logprob(&tok, l)]}),
+                                Some(l) => completion_logprobs(&tok, std::slice::from_ref(l)),
+                                None => Value::Null,
+                            }
+                        } else {
+                            Value::Null
+                        };
+                        if !text.is_empty() || want_lp {
+                            s.pending.push_back(chunk(if chat {
+                                    json!({"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
+                                } else {
+                                    json!({"index": i, "text": text, "logprobs": lp, "finish_reason": null})
+                                }));
+                        }
+                    }
+                    Event::Done { reason, usage } => {
+                        s.completion += usage.completion_tokens;
+                        s.left -= 1;
+                        s.pending.push_back(chunk(if chat {
+                            json!({"index": i, "delta": {}, "finish_reason": finish_str(reason)})
+                        } else {
+                            json!({"index": i, "text": "", "finish_reason": finish_str(reason)})
+                        }));
+                    }
+                    Event::Failed(m) => {
+                        s.pending.push_back(SseEvent::default().data(
+                            json!({"error": {"message": m, "type": "server_error"}}).to_string(),
+                        ));
+                        s.left = 0;
+                    }
+                }
+            }
+        }
+    });
+    Ok(sse(events))
+}
+
+fn sse<S>(events: S) -> Response
+where
+    S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
+{
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn completion_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
+    json!({
+        "tokens": lps.iter().map(|l| token_str(tok, l.token).0).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(|l| {
+            l.top.iter().map(|&(id, p)| (token_str(tok, id).0, json!(p))).collect::<serde_json::Map<String, Value>>()
+        }).collect::<Vec<_>>(),
+    })
+}
+
+async fn ising_empathy(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&st, body).await?;
+    let req: kiln_ising::api::EmpathyRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("body", format!("invalid empathy request: {e}")))?;
+    let out = tokio::task::spawn_blocking(move || kiln_ising::api::handle_empathy_request(&req))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+        .map_err(|e| ApiError::bad("body", e.to_string()))?;
+    Ok(Json(out).into_response())
+}
+
+async fn ising_social(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&st, body).await?;
+    let req: kiln_ising::api::SocialRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("body", format!("invalid social request: {e}")))?;
+    let out = tokio::task::spawn_blocking(move || kiln_ising::api::handle_social_request(&req))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+        .map_err(|e| ApiError::bad("body", e.to_string()))?;
+    Ok(Json(out).into_response())
+}

@@ -1,0 +1,328 @@
+//! Reading OpenAI-style request bodies field by field, so that every error names its field.
+
+use kiln_engine::SamplingParams;
+use kiln_model::chat::Message;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A parsed generation request, chat or completion.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// The `model` field.
+    pub model: Option<String>,
+    /// Chat messages (chat endpoint) ...
+    pub messages: Option<Vec<Message>>,
+    /// ... or the raw prompt (completions endpoint).
+    pub prompt: Option<String>,
+    /// Sampling parameters.
+    pub params: SamplingParams,
+    /// Number of choices.
+    pub n: usize,
+    /// Stream with server-sent events.
+    pub stream: bool,
+    /// Send a last chunk with usage counts.
+    pub include_usage: bool,
+    /// Whether log-probabilities were asked for.
+    pub logprobs: bool,
+}
+
+fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("body", format!("the request body is not valid JSON: {e}")))?;
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::bad(
+            "body",
+            "the request body must be a JSON object",
+        )),
+    }
+}
+
+fn num(m: &Map<String, Value>, k: &str) -> Result<Option<f64>, ApiError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(k, format!("`{k}` must be a number, got {v}"))),
+    }
+}
+
+fn int(m: &Map<String, Value>, k: &str) -> Result<Option<u64>, ApiError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad(k, format!("`{k}` must be a non-negative integer, got {v}"))
+        }),
+    }
+}
+
+fn boolean(m: &Map<String, Value>, k: &str) -> Result<Option<bool>, ApiError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(ApiError::bad(
+            k,
+            format!("`{k}` must be true or false, got {v}"),
+        )),
+    }
+}
+
+fn in_range(k: &str, v: f64, lo: f64, hi: f64) -> Result<f32, ApiError> {
+    if v < lo || v > hi {
+        return Err(ApiError::bad(
+            k,
+            format!("`{k}` is {v}, expected {lo} to {hi}"),
+        ));
+    }
+    Ok(v as f32)
+}
+
+/// Parses a chat (`chat == true`) or completions body.
+pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRequest, ApiError> {
+    let m = obj(body)?;
+    let model = match m.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => {
+            return Err(ApiError::bad(
+                "model",
+                format!("`model` must be a string, got {v}"),
+            ))
+        }
+    };
+    let mut messages = None;
+    let mut prompt = None;
+    if chat {
+        let arr = match m.get("messages") {
+            Some(Value::Array(a)) if !a.is_empty() => a,
+            Some(Value::Array(_)) => return Err(ApiError::bad("messages", "`messages` is empty")),
+            None => return Err(ApiError::bad("messages", "`messages` is required")),
+            Some(v) => {
+                return Err(ApiError::bad(
+                    "messages",
+                    format!("`messages` must be an array, got {v}"),
+                ))
+            }
+        };
+        let mut out = Vec::with_capacity(arr.len());
+        for (i, msg) in arr.iter().enumerate() {
+            let p = format!("messages[{i}]");
+            let o = msg
+                .as_object()
+                .ok_or_else(|| ApiError::bad(&p, format!("`{p}` must be an object")))?;
+            let role = o.get("role").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::bad(&format!("{p}.role"), format!("`{p}.role` must be a string"))
+            })?;
+            if !matches!(role, "system" | "user" | "assistant" | "developer" | "tool") {
+                return Err(ApiError::bad(
+                    &format!("{p}.role"),
+                    format!("`{p}.role` is `{role}`, expected system, user or assistant"),
+                ));
+            }
+            let content = match o.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut s = String::new();
+                    for part in parts {
+                        match part.get("type").and_then(Value::as_str) {
+                            Some("text") => {
+                                s.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""))
+                            }
+                            other => {
+                                return Err(ApiError::bad(
+                                    &format!("{p}.content"),
+                                    format!(
+                                        "content part type {other:?} is not supported (text only)"
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                    s
+                }
+                None | Some(Value::Null) => String::new(),
+                Some(v) => {
+                    return Err(ApiError::bad(
+                        &format!("{p}.content"),
+                        format!("`{p}.content` must be a string, got {v}"),
+                    ))
+                }
+            };
+            let role = if role == "developer" { "system" } else { role };
+            out.push(Message::new(role, content));
+        }
+        messages = Some(out);
+    } else {
+        prompt = Some(match m.get("prompt") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                a[0].as_str().unwrap_or_default().to_owned()
+            }
+            Some(Value::Array(_)) => {
+                return Err(ApiError::bad(
+                    "prompt",
+                    "`prompt` must be one string (batches of prompts are not supported)",
+                ))
+            }
+            None => return Err(ApiError::bad("prompt", "`prompt` is required")),
+            Some(v) => {
+                return Err(ApiError::bad(
+                    "prompt",
+                    format!("`prompt` must be a string, got {v}"),
+                ))
+            }
+        });
+    }
+    if m.get("refine").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::bad(
+            "refine",
+            "refinement (`refine`) is reserved and not available in this build yet",
+        ));
+    }
+
+    let mut p = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_tokens: default_max_tokens,
+        ..Default::default()
+    };
+    if let Some(v) = num(&m, "temperature")? {
+        p.temperature = in_range("temperature", v, 0.0, 2.0)?;
+    }
+    if let Some(v) = num(&m, "top_p")? {
+        if v <= 0.0 || v > 1.0 {
+            return Err(ApiError::bad(
+                "top_p",
+                format!("`top_p` is {v}, expected (0, 1]"),
+            ));
+        }
+        p.top_p = v as f32;
+    }
+    if let Some(v) = int(&m, "top_k")? {
+        p.top_k = v.min(1 << 20) as usize;
+    }
+    if let Some(v) = num(&m, "min_p")? {
+        p.min_p = in_range("min_p", v, 0.0, 0.999)?;
+    }
+    if let Some(v) = num(&m, "frequency_penalty")? {
+        p.frequency_penalty = in_range("frequency_penalty", v, -2.0, 2.0)?;
+    }
+    if let Some(v) = num(&m, "presence_penalty")? {
+        p.presence_penalty = in_range("presence_penalty", v, -2.0, 2.0)?;
+    }
+    if let Some(v) = num(&m, "repetition_penalty")? {
+        if v <= 0.0 || v > 10.0 {
+            return Err(ApiError::bad(
+                "repetition_penalty",
+                format!("`repetition_penalty` is {v}, expected (0, 10]"),
+            ));
+        }
+        p.repetition_penalty = v as f32;
+    }
+    if let Some(v) = int(&m, "seed").or_else(|_| {
+        // Negative seeds are accepted, as OpenAI does.
+        match m.get("seed").and_then(Value::as_i64) {
+            Some(s) => Ok(Some(s as u64)),
+            None => Err(ApiError::bad("seed", "`seed` must be an integer")),
+        }
+    })? {
+        p.seed = Some(v);
+    }
+    for key in ["max_completion_tokens", "max_tokens"] {
+        if let Some(v) = int(&m, key)? {
+            if v == 0 || v > 1 << 20 {
+                return Err(ApiError::bad(
+                    key,
+                    format!("`{key}` is {v}, expected at least 1"),
+                ));
+            }
+            p.max_tokens = v as usize;
+            break;
+        }
+    }
+    match m.get("stop") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => p.stop = vec![s.clone()],
+        Some(Value::Array(a)) => {
+            p.stop = a
+                .iter()
+                .map(|s| {
+                    s.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| ApiError::bad("stop", "`stop` entries must be strings"))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(v) => {
+            return Err(ApiError::bad(
+                "stop",
+                format!("`stop` must be a string or an array of strings, got {v}"),
+            ))
+        }
+    }
+    let n = int(&m, "n")?.unwrap_or(1);
+    if !(1..=16).contains(&n) {
+        return Err(ApiError::bad("n", format!("`n` is {n}, expected 1 to 16")));
+    }
+    let stream = boolean(&m, "stream")?.unwrap_or(false);
+    let include_usage = match m.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => boolean(o, "include_usage")?.unwrap_or(false),
+        Some(v) => {
+            return Err(ApiError::bad(
+                "stream_options",
+                format!("`stream_options` must be an object, got {v}"),
+            ))
+        }
+    };
+    let logprobs = if chat {
+        let on = boolean(&m, "logprobs")?.unwrap_or(false);
+        let top = int(&m, "top_logprobs")?.unwrap_or(0);
+        if top > 20 {
+            return Err(ApiError::bad(
+                "top_logprobs",
+                format!("`top_logprobs` is {top}, at most 20"),
+            ));
+        }
+        if top > 0 && !on {
+            return Err(ApiError::bad(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs: true`",
+            ));
+        }
+        if on {
+            p.logprobs = Some(top as usize);
+        }
+        on
+    } else {
+        match int(&m, "logprobs")? {
+            Some(k) if k > 5 => {
+                return Err(ApiError::bad(
+                    "logprobs",
+                    format!("`logprobs` is {k}, at most 5"),
+                ))
+            }
+            Some(k) => {
+                p.logprobs = Some(k as usize);
+                true
+            }
+            None => false,
+        }
+    };
+    p.validate()
+        .map_err(|e| ApiError::bad(e.param, e.to_string()))?;
+    Ok(GenRequest {
+        model,
+        messages,
+        prompt,
+        params: p,
+        n: n as usize,
+        stream,
+        include_usage,
+        logprobs,
+    })
+}
