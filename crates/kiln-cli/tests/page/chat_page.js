@@ -1,0 +1,30 @@
+// Drives kiln's chat page in headless Chromium: ask a question, wait for the streamed
+// answer, check it, and keep a screenshot. Usage: node chat_page.js URL SCREENSHOT
+const { chromium } = require('playwright-core');
+
+(async () => {
+  const [url, shot] = process.argv.slice(2);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+           '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
+    await page.goto(url);
+    await page.waitForFunction(() => document.getElementById('model').textContent !== 'connecting…');
+    const model = await page.textContent('#model');
+    if (!model || model === 'offline' || model === 'no model loaded') throw new Error('model label: ' + model);
+    await page.fill('#input', 'What is the capital of France?');
+    await page.press('#input', 'Enter');
+    await page.waitForSelector('.assistant[data-done="1"]', { timeout: 120000 });
+    const answer = await page.textContent('.assistant');
+    const info = await page.textContent('.assistant .info').catch(() => '');
+    await page.screenshot({ path: shot });
+    if (!answer || answer.trim().length < 2) throw new Error('no answer: ' + answer);
+    if (!/generated tokens/.test(info)) throw new Error('usage info missing: ' + info);
+    console.log(JSON.stringify({ model, answer, info }));
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => { console.error(e); process.exit(1); });
