@@ -93,7 +93,18 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 .map(str::to_owned),
         );
     }
-    let lm = if a.no_model { None } else { Some(load_lm(&a)?) };
+    let lm = if a.no_model {
+        None
+    } else {
+        Some(start_engine(&EngineOpts {
+            model: a.model.clone(),
+            threads: a.threads,
+            max_memory_mb: a.max_memory_mb,
+            max_batch_tokens: a.max_batch_tokens,
+            max_running: a.max_running,
+            max_queue: a.max_queue,
+        })?)
+    };
     let cfg = ServerConfig {
         api_keys: keys,
         cors_origins: a.cors_origin.clone(),
@@ -141,7 +152,25 @@ async fn shutdown_signal() {
     eprintln!("kiln: shutting down: finishing running requests");
 }
 
-fn load_lm(a: &ServeArgs) -> anyhow::Result<LoadedLm> {
+/// What it takes to start an engine over a model.
+#[derive(Debug, Clone)]
+pub struct EngineOpts {
+    /// GGUF path (default model when `None`).
+    pub model: Option<PathBuf>,
+    /// CPU threads (0: one per core).
+    pub threads: usize,
+    /// Budget for weights, activations and KV cache, in MiB.
+    pub max_memory_mb: usize,
+    /// Most tokens per engine step.
+    pub max_batch_tokens: usize,
+    /// Most sequences at once.
+    pub max_running: usize,
+    /// Most requests waiting.
+    pub max_queue: usize,
+}
+
+/// Loads a model and starts an engine over it, within the memory budget.
+pub fn start_engine(a: &EngineOpts) -> anyhow::Result<LoadedLm> {
     let path = match &a.model {
         Some(p) => p.clone(),
         None => kiln_model::fetch::ensure_default_model(true)?,
