@@ -1,6 +1,7 @@
 //! `kiln`: run small language models fast, from one binary.
 
 mod bench;
+mod bench_engine;
 mod chat;
 mod common;
 mod run;
@@ -22,6 +23,8 @@ enum Command {
     Run(run::RunArgs),
     /// Talk with the model, turn by turn.
     Chat(chat::ChatArgs),
+    /// Measure the engine under concurrency: aggregate throughput, time to first token.
+    BenchEngine(bench_engine::BenchEngineArgs),
     /// Serve the model over an OpenAI-compatible HTTP API, with a chat page at `/`.
     Serve(serve::ServeArgs),
     /// Measure load time, prefill and decode speed and peak memory.
@@ -39,6 +42,7 @@ fn main() {
         Command::Chat(a) => chat::chat(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
+        Command::BenchEngine(a) => bench_engine::bench_engine(a),
         Command::Fetch => kiln_model::fetch::ensure_default_model(true)
             .map(|p| println!("{}", p.display()))
             .map_err(anyhow::Error::from),

@@ -336,14 +336,39 @@ impl<R: Runner> Engine<R> {
                 budget -= 1;
             }
         }
-        // Prefilling sequences, oldest first.
-        for (idx, &dec) in order.iter().enumerate() {
-            if !dec && budget > 0 {
-                let left = self.running[idx].tokens.len() - self.running[idx].computed;
-                let n = left.min(budget);
-                plan.push((idx, n));
+        // Prefilling sequences, shortest remaining prompt first, so that a short request is
+        // not held behind a long prompt; the oldest prefill always gets a share so that a
+        // stream of short requests cannot starve it.
+        let mut pre: Vec<(usize, usize)> = order
+            .iter()
+            .enumerate()
+            .filter(|&(_, &dec)| !dec)
+            .map(|(idx, _)| {
+                (
+                    idx,
+                    self.running[idx].tokens.len() - self.running[idx].computed,
+                )
+            })
+            .collect();
+        if let Some(&(oldest, left)) = pre.first() {
+            if budget > 0 && pre.len() > 1 {
+                let n = left.min((budget / 4).max(1));
+                plan.push((oldest, n));
                 budget -= n;
+                pre[0].1 -= n;
             }
+        }
+        pre.sort_by_key(|&(idx, left)| (left, idx));
+        for (idx, left) in pre {
+            if budget == 0 || left == 0 {
+                continue;
+            }
+            let n = left.min(budget);
+            match plan.iter_mut().find(|(j, _)| *j == idx) {
+                Some(p) => p.1 += n,
+                None => plan.push((idx, n)),
+            }
+            budget -= n;
         }
         // Make room in the block tables; preempt the newest sequences if the pool is full.
         while i < plan.len() {
