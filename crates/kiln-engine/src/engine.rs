@@ -180,6 +180,9 @@ pub struct Engine<R: Runner> {
     next_id: u64,
     logits: Vec<f32>,
     stats: EngineStats,
+    plan: Vec<(usize, usize)>,
+    pre: Vec<(usize, usize)>,
+    done: Vec<(usize, FinishReason)>,
 }
 
 impl<R: Runner> Engine<R> {
@@ -196,6 +199,9 @@ impl<R: Runner> Engine<R> {
             next_id: 1,
             logits: Vec::new(),
             stats: EngineStats::default(),
+            plan: Vec::new(),
+            pre: Vec::new(),
+            done: Vec::new(),
         }
     }
 
@@ -314,52 +320,50 @@ impl<R: Runner> Engine<R> {
         true
     }
 
-    /// Runs one step. Returns `false` when there was nothing to do.
-    pub fn step(&mut self) -> Result<bool, ModelError> {
-        self.admit();
-        if self.running.is_empty() {
-            return Ok(false);
+    /// Ends a running sequence: frees its blocks and tells its listener why.
+    fn retire(&mut self, idx: usize, reason: FinishReason) {
+        let mut seq = self.running.remove(idx);
+        self.blocks.release(&seq.table);
+        if reason != FinishReason::Cancelled {
+            let usage = Usage {
+                prompt_tokens: seq.prompt_len,
+                completion_tokens: seq.tokens.len() - seq.prompt_len,
+                cached_tokens: seq.cached,
+                time_to_first_token_s: seq.first_token.unwrap_or(0.0),
+                total_s: seq.submitted.elapsed().as_secs_f64(),
+            };
+            (seq.sink)(Event::Done { reason, usage });
         }
-        // Plan: decodes first (one token each), then prefill chunks with what is left.
+    }
+
+    /// Chooses this step's work: decodes first (one token each), then prefill chunks with
+    /// what is left of the token budget. Fills `plan` with (sequence index, tokens).
+    fn plan_step(&self, plan: &mut Vec<(usize, usize)>, pre: &mut Vec<(usize, usize)>) {
+        plan.clear();
+        pre.clear();
         let mut budget = self.cfg.max_batch_tokens.max(1);
-        let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len()); // (seq index, n tokens)
-        let mut i = 0;
-        let order: Vec<bool> = self
-            .running
-            .iter()
-            .map(|s| s.tokens.len() - s.computed == 1)
-            .collect();
-        // Decoding sequences.
-        for (idx, &dec) in order.iter().enumerate() {
-            if dec && budget > 0 {
-                plan.push((idx, 1));
-                budget -= 1;
+        for (idx, s) in self.running.iter().enumerate() {
+            let left = s.tokens.len() - s.computed;
+            if left == 1 {
+                if budget > 0 {
+                    plan.push((idx, 1));
+                    budget -= 1;
+                }
+            } else {
+                pre.push((idx, left));
             }
         }
         // Prefilling sequences, shortest remaining prompt first, so that a short request is
         // not held behind a long prompt; the oldest prefill always gets a share so that a
         // stream of short requests cannot starve it.
-        let mut pre: Vec<(usize, usize)> = order
-            .iter()
-            .enumerate()
-            .filter(|&(_, &dec)| !dec)
-            .map(|(idx, _)| {
-                (
-                    idx,
-                    self.running[idx].tokens.len() - self.running[idx].computed,
-                )
-            })
-            .collect();
-        if let Some(&(oldest, left)) = pre.first() {
-            if budget > 0 && pre.len() > 1 {
-                let n = left.min((budget / 4).max(1));
-                plan.push((oldest, n));
-                budget -= n;
-                pre[0].1 -= n;
-            }
+        if pre.len() > 1 && budget > 0 {
+            let n = pre[0].1.min((budget / 4).max(1));
+            plan.push((pre[0].0, n));
+            budget -= n;
+            pre[0].1 -= n;
         }
         pre.sort_by_key(|&(idx, left)| (left, idx));
-        for (idx, left) in pre {
+        for &(idx, left) in pre.iter() {
             if budget == 0 || left == 0 {
                 continue;
             }
@@ -370,31 +374,45 @@ impl<R: Runner> Engine<R> {
             }
             budget -= n;
         }
+    }
+
+    /// Runs one step. Returns `false` when there was nothing to do.
+    pub fn step(&mut self) -> Result<bool, ModelError> {
+        self.admit();
+        if self.running.is_empty() {
+            return Ok(false);
+        }
+        let mut plan = std::mem::take(&mut self.plan);
+        let mut pre = std::mem::take(&mut self.pre);
+        self.plan_step(&mut plan, &mut pre);
         // Make room in the block tables; preempt the newest sequences if the pool is full.
+        let mut i = 0;
         while i < plan.len() {
             let (idx, n) = plan[i];
             let need = self.running[idx].computed + n;
             let seq = &mut self.running[idx];
-            if self.blocks.grow(&mut seq.table, need).is_err() {
-                if self.running.len() <= 1 {
-                    // Cannot happen: admission reserved the prompt and one more token, and a
-                    // lone sequence never exceeds the pool (checked at submission).
-                    let mut seq = self.running.remove(0);
-                    self.blocks.release(&seq.table);
-                    (seq.sink)(Event::Failed("KV cache exhausted".into()));
-                    return Ok(true);
-                }
-                let victim = self.running.len() - 1;
-                self.preempt_last();
-                plan.retain(|&(j, _)| j != victim);
+            if self.blocks.grow(&mut seq.table, need).is_ok() {
+                i += 1;
                 continue;
             }
-            i += 1;
+            if self.running.len() == 1 {
+                // A lone sequence has the whole pool: it has reached the memory budget.
+                self.retire(0, FinishReason::ContextFull);
+                plan.clear();
+                break;
+            }
+            let victim = self.running.len() - 1;
+            self.preempt_last();
+            plan.retain(|&(j, _)| j != victim);
+            i = 0; // growing again is harmless; removal shifted the plan
         }
         if plan.is_empty() {
+            self.plan = plan;
+            self.pre = pre;
             return Ok(true);
         }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
+        // One small vector per step: the slices borrow the sequences.
         let batch: Vec<Slice<'_>> = plan
             .iter()
             .map(|&(idx, n)| {
@@ -408,53 +426,44 @@ impl<R: Runner> Engine<R> {
             })
             .collect();
         self.logits.clear();
-        let wants: Vec<bool> = batch.iter().map(|s| s.want_logits).collect();
         let result = self.runner.step(&batch, &mut self.logits);
         drop(batch);
         if let Err(e) = result {
             // A failed step fails every sequence in it, and frees their blocks.
             let msg = e.to_string();
-            let mut failed: Vec<usize> = plan.iter().map(|&(i, _)| i).collect();
-            failed.sort_unstable_by(|a, b| b.cmp(a));
-            for idx in failed {
+            for &(idx, _) in plan.iter().rev() {
                 let mut s = self.running.remove(idx);
                 self.blocks.release(&s.table);
                 (s.sink)(Event::Failed(msg.clone()));
             }
+            self.plan = plan;
+            self.pre = pre;
             return Err(e);
         }
         self.stats.steps += 1;
         let vocab = self.runner.vocab_size();
         let mut row = 0;
-        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
-        for (k, &(idx, n)) in plan.iter().enumerate() {
+        let mut done = std::mem::take(&mut self.done);
+        done.clear();
+        for &(idx, n) in plan.iter() {
             let seq = &mut self.running[idx];
             seq.computed += n;
             self.blocks.register(&seq.table, &seq.tokens, seq.computed);
-            if !wants[k] {
-                continue;
+            if seq.computed != seq.tokens.len() {
+                continue; // a prefill chunk that does not reach the prompt's end
             }
             let logits = &self.logits[row * vocab..(row + 1) * vocab];
             row += 1;
             if let Some(reason) = advance(seq, &self.tok, logits) {
-                finished.push((idx, reason));
+                done.push((idx, reason));
             }
         }
-        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
-        for (idx, reason) in finished {
-            let mut seq = self.running.remove(idx);
-            self.blocks.release(&seq.table);
-            if reason != FinishReason::Cancelled {
-                let usage = Usage {
-                    prompt_tokens: seq.prompt_len,
-                    completion_tokens: seq.tokens.len() - seq.prompt_len,
-                    cached_tokens: seq.cached,
-                    time_to_first_token_s: seq.first_token.unwrap_or(0.0),
-                    total_s: seq.submitted.elapsed().as_secs_f64(),
-                };
-                (seq.sink)(Event::Done { reason, usage });
-            }
+        for &(idx, reason) in done.iter().rev() {
+            self.retire(idx, reason);
         }
+        self.done = done;
+        self.plan = plan;
+        self.pre = pre;
         Ok(true)
     }
 

@@ -390,3 +390,32 @@ fn handle_serves_concurrent_callers() {
     h.shutdown();
     assert_eq!(h.stats().blocks_used, 0);
 }
+
+#[test]
+fn a_lone_sequence_at_the_budget_ends_cleanly() {
+    let tok = tokenizer();
+    let mut e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 2, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let out = Arc::new(Mutex::new(Collected::default()));
+    e.submit(
+        Request {
+            prompt: (200..210).collect(),
+            params: SamplingParams::greedy(100),
+        },
+        sink(out.clone(), None),
+    )
+    .unwrap();
+    e.run_to_completion().unwrap();
+    let o = out.lock().unwrap();
+    assert_eq!(o.done, Some(FinishReason::ContextFull));
+    assert!(o.failed.is_none());
+    assert_eq!(
+        o.ids.len(),
+        32 - 10 + 1,
+        "fills the pool, the last token needs no KV slot"
+    );
+    assert_eq!(e.stats().blocks_used, 0);
+}
