@@ -51,7 +51,7 @@ fn prompt(tok: &kiln_model::tokenizer::Tokenizer, n: usize, salt: usize) -> Vec<
 /// Runs `kiln bench-engine`.
 pub fn bench_engine(a: BenchEngineArgs) -> anyhow::Result<()> {
     let max_seq = a.sequences.iter().copied().max().unwrap_or(1).max(2);
-    if a.sequences.iter().any(|&n| n == 0) || a.gen_tokens == 0 {
+    if a.sequences.contains(&0) || a.gen_tokens == 0 {
         anyhow::bail!("--sequences entries and --gen-tokens must be at least 1");
     }
     let lm = start_engine(&EngineOpts {

@@ -5,18 +5,34 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use kiln_model::cpu::CpuBackend;
-use kiln_model::loader::{load_gguf, LoadedModel};
+use kiln_model::loader::{LoadOptions, LoadedModel};
+use kiln_model::quantize::QuantType;
 use kiln_model::sampler::SamplerParams;
 
 /// Which model and how to run it.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Path to a GGUF model file [default: SmolLM2-135M-Instruct Q4_1, fetched if missing].
+    /// A GGUF file, a Hugging Face model folder (config.json, *.safetensors, tokenizer.json),
+    /// or a Hub repo id such as Qwen/Qwen2.5-0.5B-Instruct (taken from the Hugging Face cache,
+    /// downloaded with `hf` when missing) [default: SmolLM2-135M-Instruct Q4_1, fetched if
+    /// missing].
     #[arg(long, short = 'm')]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
+    /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge
+    /// into the model's weights at load time.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Quantize F32/F16/BF16 weights on load: q8_0 or q4_k (rows shorter than 256 values,
+    /// or not a multiple of 256, get q8_0).
+    #[arg(long, value_parser = parse_quant)]
+    pub quantize: Option<QuantType>,
     /// CPU threads (0: one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+}
+
+fn parse_quant(s: &str) -> Result<QuantType, String> {
+    QuantType::from_name(s).ok_or_else(|| format!("`{s}`: expected q8_0 or q4_k"))
 }
 
 /// How to pick tokens.
@@ -57,16 +73,21 @@ impl SampleArgs {
     }
 }
 
-/// Resolves the model path (fetching the default one if needed) and loads it.
+/// Resolves the model (a path, a Hub repo id, or the default model, fetched if needed) and
+/// loads it with the adapter and quantization asked for.
 pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<CpuBackend>> {
     let path = match &args.model {
-        Some(p) => p.clone(),
+        Some(spec) => kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?,
         None => kiln_model::fetch::ensure_default_model(!quiet)?,
     };
     if !quiet {
         eprint!("kiln: loading {} ... ", path.display());
     }
-    let m = load_gguf(&path, CpuBackend::new(args.threads))
+    let opts = LoadOptions {
+        lora: args.lora.clone(),
+        quantize: args.quantize,
+    };
+    let m = kiln_model::loader::load(&path, CpuBackend::new(args.threads), &opts)
         .with_context(|| format!("loading {}", path.display()))?;
     if !quiet {
         eprintln!(
@@ -77,6 +98,21 @@ pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<CpuBack
             kiln_model::Backend::describe(&m.model.backend),
             m.load_s
         );
+        if let Some(l) = &m.lora {
+            eprintln!("kiln: merged LoRA adapter {}", l.display());
+        }
+        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+        match &m.quantized {
+            Some(q) => eprintln!(
+                "kiln: weights {:.1} MiB -> {:.1} MiB ({} matrices quantized, {} as q8_0 fallback, {} kept)",
+                mib(q.bytes_before),
+                mib(q.bytes_after),
+                q.quantized,
+                q.fallback_q8_0,
+                q.kept
+            ),
+            None => eprintln!("kiln: weights {:.1} MiB", mib(m.weight_bytes)),
+        }
     }
     Ok(m)
 }

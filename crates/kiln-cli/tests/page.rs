@@ -24,6 +24,8 @@ fn chat_page_streams_an_answer_in_chromium() {
             "2",
             "--max-memory-mb",
             "512",
+            "--default-max-tokens",
+            "24",
             "--model",
         ])
         .arg(&model)

@@ -51,6 +51,10 @@ impl ChatTemplate {
     /// Compiles `source`; `bos`/`eos` are the texts of those tokens, which templates use.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self, ModelError> {
         let mut env = minijinja::Environment::new();
+        // transformers renders templates with these two set; templates are written for them
+        // (TinyLlama's, for one, puts each tag on its own line).
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned("chat", source.to_owned())
             .map_err(|e| {

@@ -138,6 +138,160 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Reads the shape from a Hugging Face `config.json` (already parsed); `source` names the
+    /// file in errors. Knows `LlamaForCausalLM`, `Qwen2ForCausalLM` and `Phi3ForCausalLM`, and
+    /// refuses settings the decoder does not implement (RoPE scaling, biases it has no slot for).
+    pub fn from_hf_json(source: &str, c: &serde_json::Value) -> Result<Self, ModelError> {
+        let bad = |what: String| ModelError::Config(format!("{source}: {what}"));
+        let unsupported = |what: String| ModelError::Unsupported(format!("{source}: {what}"));
+        let archs: Vec<&str> = c
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let model_type = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let arch = match (archs.first().copied(), model_type) {
+            (Some("LlamaForCausalLM"), _) | (None, "llama") => Arch::Llama,
+            (Some("Qwen2ForCausalLM"), _) | (None, "qwen2") => Arch::Qwen2,
+            (Some("Phi3ForCausalLM"), _) | (None, "phi3") => Arch::Phi3,
+            (other, _) => {
+                return Err(unsupported(format!(
+                    "architecture `{}` is not supported (kiln runs LlamaForCausalLM, Qwen2ForCausalLM and Phi3ForCausalLM)",
+                    other.unwrap_or(if model_type.is_empty() { "(none given)" } else { model_type })
+                )))
+            }
+        };
+        let usize_key = |k: &str| -> Result<Option<usize>, ModelError> {
+            match c.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("`{k}` is {v}, expected a non-negative integer"))),
+            }
+        };
+        let need = |k: &str| -> Result<usize, ModelError> {
+            usize_key(k)?.ok_or_else(|| bad(format!("missing `{k}`")))
+        };
+        let float_key = |k: &str, obj: &serde_json::Value| -> Result<Option<f64>, ModelError> {
+            match obj.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("`{k}` is {v}, expected a number"))),
+            }
+        };
+        let bool_key = |k: &str| c.get(k).and_then(|v| v.as_bool());
+
+        let dim = need("hidden_size")?;
+        let n_heads = need("num_attention_heads")?;
+        let n_kv_heads = usize_key("num_key_value_heads")?.unwrap_or(n_heads);
+        let head_dim = dim.checked_div(n_heads).unwrap_or(0);
+        if let Some(hd) = usize_key("head_dim")? {
+            if hd != head_dim {
+                return Err(unsupported(format!(
+                    "head_dim {hd} differs from hidden_size / num_attention_heads = {head_dim}; the decoder needs them equal"
+                )));
+            }
+        }
+        // transformers 5 folds RoPE settings into `rope_parameters`; 4.x kept `rope_theta`
+        // and `rope_scaling` at the top level. Read either.
+        let rope = c.get("rope_parameters").filter(|v| v.is_object());
+        let scaling = c.get("rope_scaling").filter(|v| !v.is_null());
+        for obj in [rope, scaling].into_iter().flatten() {
+            let ty = obj
+                .get("rope_type")
+                .or_else(|| obj.get("type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("default");
+            if ty != "default" {
+                let hint = if matches!(ty, "longrope" | "su" | "yarn") && arch == Arch::Phi3 {
+                    " (Phi-3's long-context variants; the 4k-context models run)"
+                } else {
+                    ""
+                };
+                return Err(unsupported(format!(
+                    "RoPE scaling `{ty}` is not implemented{hint}"
+                )));
+            }
+        }
+        let rope_base = match rope
+            .map(|r| float_key("rope_theta", r))
+            .transpose()?
+            .flatten()
+        {
+            Some(t) => t,
+            None => float_key("rope_theta", c)?.unwrap_or(10000.0),
+        };
+        let partial = match rope
+            .map(|r| float_key("partial_rotary_factor", r))
+            .transpose()?
+            .flatten()
+        {
+            Some(p) => p,
+            None => float_key("partial_rotary_factor", c)?.unwrap_or(1.0),
+        };
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(bad(format!(
+                "partial_rotary_factor {partial} is outside (0, 1]"
+            )));
+        }
+        let rope_dim = (head_dim as f64 * partial).round() as usize;
+        if let Some(act) = c.get("hidden_act").and_then(|v| v.as_str()) {
+            if act != "silu" {
+                return Err(unsupported(format!(
+                    "hidden_act `{act}` is not supported (the decoder's feed-forward is SwiGLU)"
+                )));
+            }
+        }
+        if bool_key("mlp_bias") == Some(true) {
+            return Err(unsupported(
+                "mlp_bias is true; the decoder has no feed-forward biases".into(),
+            ));
+        }
+        let attention_bias = bool_key("attention_bias") == Some(true);
+        if attention_bias && arch == Arch::Llama {
+            return Err(unsupported(
+                "attention_bias is true; the decoder has no output-projection bias".into(),
+            ));
+        }
+        if arch == Arch::Qwen2 && bool_key("use_sliding_window") == Some(true) {
+            return Err(unsupported(
+                "use_sliding_window is true; sliding-window attention is not implemented".into(),
+            ));
+        }
+        let mut context_length = need("max_position_embeddings")?;
+        // Phi-3 attends over a window (2047 positions for mini-4k). Up to the window the
+        // result is exact; past it kiln would differ, so the usable context stops there.
+        if arch == Arch::Phi3 {
+            if let Some(w) = usize_key("sliding_window")? {
+                context_length = context_length.min(w.max(1));
+            }
+        }
+        let cfg = ModelConfig {
+            arch,
+            n_layers: need("num_hidden_layers")?,
+            dim,
+            ffn_dim: need("intermediate_size")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_dim,
+            rope_base: rope_base as f32,
+            // Hugging Face checkpoints rotate halves; only llama.cpp's converter permutes
+            // q/k rows into adjacent pairs.
+            rope_style: RopeStyle::Halves,
+            rms_eps: float_key("rms_norm_eps", c)?.unwrap_or(1e-6) as f32,
+            vocab_size: need("vocab_size")?,
+            context_length,
+            qkv_bias: arch == Arch::Qwen2 || attention_bias,
+        };
+        cfg.validate(source)?;
+        Ok(cfg)
+    }
+
     /// Checks that the numbers describe a decoder kiln can run.
     pub fn validate(&self, source: &str) -> Result<(), ModelError> {
         let bad = |what: String| Err(ModelError::Config(format!("{source}: {what}")));

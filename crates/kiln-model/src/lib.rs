@@ -10,7 +10,11 @@ pub mod cpu;
 pub mod decoder;
 pub mod fetch;
 pub mod generate;
+pub mod hf;
 pub mod loader;
+pub mod lora;
+pub mod quantize;
+pub mod safetensors;
 pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
@@ -29,6 +33,17 @@ pub enum ModelError {
     /// The tokenizer metadata is unusable.
     #[error(transparent)]
     Tokenizer(#[from] tokenizer::TokenizerError),
+    /// A safetensors file is unreadable or malformed.
+    #[error(transparent)]
+    Safetensors(#[from] safetensors::SafetensorsError),
+    /// A file of a model folder could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// The model's shape is inconsistent.
     #[error("{0}")]
     Config(String),

@@ -1,8 +1,10 @@
 //! Tokenizers built from a model file's own vocabulary.
 //!
 //! Two families: byte-level BPE (`gpt2`, ranks from `tokenizer.ggml.merges`) and
-//! SentencePiece-style BPE (`llama`, merges by token score, byte fallback).
+//! SentencePiece-style BPE (`llama`, byte fallback; merges by token score from GGUF, by merge
+//! rank from a Hugging Face `tokenizer.json`). [`hf`] reads `tokenizer.json`.
 
+pub mod hf;
 mod pretok;
 
 use std::collections::HashMap;
@@ -57,11 +59,47 @@ impl TokenType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// Byte-level BPE with merge ranks.
     ByteBpe,
-    /// SentencePiece BPE with scores.
+    /// SentencePiece-style BPE over text with `▁` for spaces, byte fallback.
     Spm,
+}
+
+/// When a SentencePiece-style tokenizer puts a `▁` (space) before a run of text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpacePrefix {
+    /// Never.
+    Never,
+    /// Only before text at the very start of the input (Metaspace `prepend_scheme: first`).
+    First,
+    /// Before the first text and the text after every special token (llama.cpp, and Hugging
+    /// Face's legacy `Prepend("▁")` normalizer, which runs on each piece between added tokens).
+    EverySegment,
+}
+
+/// Everything that defines a tokenizer, gathered by a reader (GGUF or `tokenizer.json`).
+pub(crate) struct Spec {
+    pub path: String,
+    pub kind: Kind,
+    pub pre: PreTokenizer,
+    pub tokens: Vec<String>,
+    pub types: Vec<TokenType>,
+    pub scores: Vec<f32>,
+    /// Merges in rank order, as (left, right) token texts.
+    pub merges: Vec<(String, String)>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// Further ids that end generation (EOT, EOM, generation_config's eos list).
+    pub extra_eog: Vec<u32>,
+    pub add_bos: bool,
+    pub space_prefix: SpacePrefix,
+    /// Metaspace skips its prefix when the text already starts with a space.
+    pub prefix_unless_space: bool,
+    /// Look a whole pre-tokenized piece up before merging (llama.cpp's behaviour for GGUF).
+    pub ignore_merges: bool,
+    /// Added tokens that swallow whitespace on their left / right (Hugging Face lstrip/rstrip).
+    pub strip: HashMap<u32, (bool, bool)>,
 }
 
 /// A tokenizer: text to token ids and back.
@@ -86,7 +124,12 @@ pub struct Tokenizer {
     eos: Option<u32>,
     eog: Vec<u32>,
     add_bos: bool,
-    add_space_prefix: bool,
+    space_prefix: SpacePrefix,
+    prefix_unless_space: bool,
+    /// Rank merges for SentencePiece-style text too (from `tokenizer.json`), not scores.
+    spm_ranked: bool,
+    ignore_merges: bool,
+    strip: HashMap<u32, (bool, bool)>,
 }
 
 /// Names that end generation in the chat formats kiln knows, besides the declared EOS.
@@ -186,13 +229,7 @@ impl Tokenizer {
             }
             None => vec![0.0; n],
         };
-        let mut to_id = HashMap::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
-            // First occurrence wins, as in the reference implementations.
-            to_id.entry(t.clone()).or_insert(i as u32);
-        }
-
-        let mut merges = HashMap::new();
+        let mut merges = Vec::new();
         if kind == Kind::ByteBpe {
             for (rank, m) in f.get_array("tokenizer.ggml.merges")?.iter().enumerate() {
                 let m = m
@@ -204,13 +241,7 @@ impl Tokenizer {
                     .find(' ')
                     .map(|p| p + skip)
                     .ok_or_else(|| invalid(format!("merge #{rank} `{m}` has no space")))?;
-                let (l, r) = (&m[..sp], &m[sp + 1..]);
-                let (Some(&li), Some(&ri), Some(&mi)) =
-                    (to_id.get(l), to_id.get(r), to_id.get(&format!("{l}{r}")))
-                else {
-                    continue; // merges into tokens absent from the vocabulary can never fire
-                };
-                merges.entry((li, ri)).or_insert((rank as u32, mi));
+                merges.push((m[..sp].to_owned(), m[sp + 1..].to_owned()));
             }
         }
 
@@ -235,14 +266,84 @@ impl Tokenizer {
         };
         let bos = id_key("tokenizer.ggml.bos_token_id")?;
         let eos = id_key("tokenizer.ggml.eos_token_id")?;
-        let mut eog: Vec<u32> = Vec::new();
-        for key in [
-            "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.eot_token_id",
-            "tokenizer.ggml.eom_token_id",
-        ] {
-            eog.extend(id_key(key)?);
+        let mut extra_eog = Vec::new();
+        for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+            extra_eog.extend(id_key(key)?);
         }
+        let add_bos = f
+            .get_opt("tokenizer.ggml.add_bos_token", "a bool", |v| v.as_bool())?
+            .unwrap_or(kind == Kind::Spm);
+        let add_space_prefix = f
+            .get_opt("tokenizer.ggml.add_space_prefix", "a bool", |v| v.as_bool())?
+            .unwrap_or(kind == Kind::Spm);
+        Self::from_spec(Spec {
+            path: path.clone(),
+            kind,
+            pre,
+            tokens,
+            types,
+            scores,
+            merges,
+            bos,
+            eos,
+            extra_eog,
+            add_bos,
+            space_prefix: if add_space_prefix {
+                SpacePrefix::EverySegment
+            } else {
+                SpacePrefix::Never
+            },
+            prefix_unless_space: false,
+            // llama.cpp looks whole pieces up before merging only for Llama 3's vocabulary.
+            ignore_merges: pre == PreTokenizer::Llama3,
+            strip: HashMap::new(),
+        })
+    }
+
+    /// Builds the lookup tables from a reader's [`Spec`].
+    pub(crate) fn from_spec(spec: Spec) -> Result<Self, TokenizerError> {
+        let invalid = |what: String| TokenizerError::Invalid {
+            path: spec.path.clone(),
+            what,
+        };
+        let n = spec.tokens.len();
+        if n == 0 || n > u32::MAX as usize / 2 {
+            return Err(invalid(format!("vocabulary has {n} tokens")));
+        }
+        if spec.types.len() != n || spec.scores.len() != n {
+            return Err(invalid(format!(
+                "{} token types and {} scores for {n} tokens",
+                spec.types.len(),
+                spec.scores.len()
+            )));
+        }
+        let tokens = spec.tokens;
+        let types = spec.types;
+        let mut to_id = HashMap::with_capacity(n);
+        for (i, t) in tokens.iter().enumerate() {
+            // First occurrence wins, as in the reference implementations. Empty texts are
+            // placeholders for ids that no token uses.
+            if !t.is_empty() {
+                to_id.entry(t.clone()).or_insert(i as u32);
+            }
+        }
+        let mut merges = HashMap::new();
+        for (rank, (l, r)) in spec.merges.iter().enumerate() {
+            let (Some(&li), Some(&ri), Some(&mi)) =
+                (to_id.get(l), to_id.get(r), to_id.get(&format!("{l}{r}")))
+            else {
+                continue; // merges into tokens absent from the vocabulary can never fire
+            };
+            merges.entry((li, ri)).or_insert((rank as u32, mi));
+        }
+        for id in spec.bos.iter().chain(&spec.eos).chain(&spec.extra_eog) {
+            if *id as usize >= n {
+                return Err(invalid(format!(
+                    "special token id {id} is outside the vocabulary ({n})"
+                )));
+            }
+        }
+        let mut eog: Vec<u32> = spec.eos.iter().chain(&spec.extra_eog).copied().collect();
         for name in EOG_NAMES {
             if let Some(&id) = to_id.get(*name) {
                 if types[id as usize] == TokenType::Control {
@@ -252,13 +353,6 @@ impl Tokenizer {
         }
         eog.sort_unstable();
         eog.dedup();
-
-        let add_bos = f
-            .get_opt("tokenizer.ggml.add_bos_token", "a bool", |v| v.as_bool())?
-            .unwrap_or(kind == Kind::Spm);
-        let add_space_prefix = f
-            .get_opt("tokenizer.ggml.add_space_prefix", "a bool", |v| v.as_bool())?
-            .unwrap_or(kind == Kind::Spm);
 
         let mut special: Vec<u32> = (0..n as u32)
             .filter(|&i| {
@@ -282,23 +376,37 @@ impl Tokenizer {
         }
 
         Ok(Tokenizer {
-            kind,
-            pre,
+            kind: spec.kind,
+            pre: spec.pre,
+            spm_ranked: spec.kind == Kind::Spm && !merges.is_empty(),
             tokens,
             types,
-            scores,
+            scores: spec.scores,
             to_id,
             merges,
             special,
             byte_char,
             char_byte,
             byte_token,
-            bos,
-            eos,
+            bos: spec.bos,
+            eos: spec.eos,
             eog,
-            add_bos,
-            add_space_prefix,
+            add_bos: spec.add_bos,
+            space_prefix: spec.space_prefix,
+            prefix_unless_space: spec.prefix_unless_space,
+            ignore_merges: spec.ignore_merges,
+            strip: spec.strip,
         })
+    }
+
+    /// Pads the vocabulary with unused placeholder entries up to `n` (models whose embedding
+    /// has more rows than the tokenizer has tokens, such as Qwen2's).
+    pub fn pad_vocab(&mut self, n: usize) {
+        while self.tokens.len() < n {
+            self.tokens.push(String::new());
+            self.types.push(TokenType::Unused);
+            self.scores.push(0.0);
+        }
     }
 
     /// Number of entries in the vocabulary.
@@ -348,16 +456,26 @@ impl Tokenizer {
         if add_bos && self.add_bos {
             out.extend(self.bos);
         }
-        let mut first_text = true;
-        for frag in self.partition(text, parse_special) {
+        let mut prev_special = true;
+        for (i, frag) in self.partition(text, parse_special).into_iter().enumerate() {
             match frag {
-                Fragment::Token(id) => out.push(id),
+                Fragment::Token(id) => {
+                    out.push(id);
+                    prev_special = true;
+                }
                 Fragment::Text(t) => {
                     match self.kind {
                         Kind::ByteBpe => self.encode_bpe(t, &mut out),
-                        Kind::Spm => self.encode_spm(t, first_text, &mut out),
+                        Kind::Spm => {
+                            let prefix = match self.space_prefix {
+                                SpacePrefix::Never => false,
+                                SpacePrefix::First => i == 0,
+                                SpacePrefix::EverySegment => prev_special,
+                            } && !(self.prefix_unless_space && t.starts_with(' '));
+                            self.encode_spm(t, prefix, &mut out)
+                        }
                     }
-                    first_text = false;
+                    prev_special = false;
                 }
             }
         }
@@ -391,6 +509,28 @@ impl Tokenizer {
             }
             frags = next;
         }
+        if !self.strip.is_empty() {
+            // Added tokens marked lstrip / rstrip swallow the whitespace beside them.
+            for i in 0..frags.len() {
+                let Fragment::Token(id) = frags[i] else {
+                    continue;
+                };
+                let Some(&(l, r)) = self.strip.get(&id) else {
+                    continue;
+                };
+                if l && i > 0 {
+                    if let Fragment::Text(t) = frags[i - 1] {
+                        frags[i - 1] = Fragment::Text(t.trim_end());
+                    }
+                }
+                if r && i + 1 < frags.len() {
+                    if let Fragment::Text(t) = frags[i + 1] {
+                        frags[i + 1] = Fragment::Text(t.trim_start());
+                    }
+                }
+            }
+            frags.retain(|f| !matches!(f, Fragment::Text("")));
+        }
         frags
     }
 
@@ -400,9 +540,11 @@ impl Tokenizer {
         let mut syms: Vec<u32> = Vec::new();
         for piece in pieces {
             let mapped: String = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
-            if let Some(&id) = self.to_id.get(&mapped) {
-                out.push(id);
-                continue;
+            if self.ignore_merges {
+                if let Some(&id) = self.to_id.get(&mapped) {
+                    out.push(id);
+                    continue;
+                }
             }
             syms.clear();
             let mut buf = [0u8; 4];
@@ -431,33 +573,23 @@ impl Tokenizer {
         }
     }
 
-    fn encode_spm(&self, text: &str, first: bool, out: &mut Vec<u32>) {
+    fn encode_spm(&self, text: &str, prefix: bool, out: &mut Vec<u32>) {
         let mut s = String::with_capacity(text.len() + 3);
-        if first && self.add_space_prefix {
+        if prefix {
             s.push('\u{2581}');
         }
         for c in text.chars() {
             s.push(if c == ' ' { '\u{2581}' } else { c });
         }
-        // Symbols are byte ranges of `s`; merge the adjacent pair whose union has the best score.
+        // Symbols are byte ranges of `s`, merged pairwise until no merge applies.
         let mut syms: Vec<(usize, usize)> = s
             .char_indices()
             .map(|(i, c)| (i, i + c.len_utf8()))
             .collect();
-        loop {
-            let mut best: Option<(f32, usize)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                let text = &s[syms[i].0..syms[i + 1].1];
-                if let Some(&id) = self.to_id.get(text) {
-                    let sc = self.scores[id as usize];
-                    if best.is_none_or(|(b, _)| sc > b) {
-                        best = Some((sc, i));
-                    }
-                }
-            }
-            let Some((_, i)) = best else { break };
-            syms[i].1 = syms[i + 1].1;
-            syms.remove(i + 1);
+        if self.spm_ranked {
+            self.merge_ranked(&s, &mut syms);
+        } else {
+            self.merge_scored(&s, &mut syms);
         }
         for (a, b) in syms {
             let piece = &s[a..b];
@@ -473,6 +605,48 @@ impl Tokenizer {
                     }
                 }
             }
+        }
+    }
+
+    /// SentencePiece BPE: repeatedly merge the adjacent pair whose union is the vocabulary
+    /// entry with the best score.
+    fn merge_scored(&self, s: &str, syms: &mut Vec<(usize, usize)>) {
+        loop {
+            let mut best: Option<(f32, usize)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                let text = &s[syms[i].0..syms[i + 1].1];
+                if let Some(&id) = self.to_id.get(text) {
+                    let sc = self.scores[id as usize];
+                    if best.is_none_or(|(b, _)| sc > b) {
+                        best = Some((sc, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            syms[i].1 = syms[i + 1].1;
+            syms.remove(i + 1);
+        }
+    }
+
+    /// Hugging Face BPE on `▁` text: repeatedly merge the adjacent pair with the lowest merge
+    /// rank (leftmost on ties). Characters outside the vocabulary never merge.
+    fn merge_ranked(&self, s: &str, syms: &mut Vec<(usize, usize)>) {
+        let mut ids: Vec<Option<u32>> = syms
+            .iter()
+            .map(|&(a, b)| self.to_id.get(&s[a..b]).copied())
+            .collect();
+        loop {
+            let best = (0..syms.len().saturating_sub(1))
+                .filter_map(|i| {
+                    let (l, r) = (ids[i]?, ids[i + 1]?);
+                    self.merges.get(&(l, r)).map(|&(rank, m)| (rank, i, m))
+                })
+                .min();
+            let Some((_, i, m)) = best else { break };
+            syms[i].1 = syms[i + 1].1;
+            syms.remove(i + 1);
+            ids[i] = Some(m);
+            ids.remove(i + 1);
         }
     }
 
@@ -529,7 +703,7 @@ impl Tokenizer {
             self.token_bytes(id, special, &mut bytes);
         }
         let mut s = String::from_utf8_lossy(&bytes).into_owned();
-        if self.kind == Kind::Spm && self.add_space_prefix && s.starts_with(' ') {
+        if self.kind == Kind::Spm && self.space_prefix != SpacePrefix::Never && s.starts_with(' ') {
             s.remove(0);
         }
         s
@@ -541,6 +715,7 @@ impl Tokenizer {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Fragment<'a> {
     Text(&'a str),
     Token(u32),
@@ -563,7 +738,7 @@ impl StreamDecoder {
     /// Adds a token; returns the text that is now complete (possibly empty).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
         tok.token_bytes(id, false, &mut self.pending);
-        if !self.started && tok.kind == Kind::Spm && tok.add_space_prefix {
+        if !self.started && tok.kind == Kind::Spm && tok.space_prefix != SpacePrefix::Never {
             if self.pending.first() == Some(&b' ') {
                 self.pending.remove(0);
             }

@@ -36,6 +36,21 @@ impl PreTokenizer {
         })
     }
 
+    /// Maps a split regular expression, as `tokenizer.json` declares it, to the rules kiln
+    /// implements, if they are known.
+    pub fn from_regex(pattern: &str) -> Option<Self> {
+        const GPT2: &str =
+            r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+        const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        match pattern {
+            GPT2 => Some(Self::Gpt2),
+            LLAMA3 => Some(Self::Llama3),
+            QWEN2 => Some(Self::Qwen2),
+            _ => None,
+        }
+    }
+
     /// Cuts `text` into pieces; the pieces concatenate back to `text`.
     pub fn split<'a>(self, text: &'a str, out: &mut Vec<&'a str>) {
         match self {
