@@ -154,26 +154,7 @@ pub fn swarm_attention(
     threads: usize,
 ) -> Result<Swarm> {
     let k = agents.len();
-    if let Some(first) = agents.first() {
-        if let Some(bad) = agents.iter().find(|a| a.n() != first.n()) {
-            return Err(IsingError::SizeMismatch {
-                what: "a swarm",
-                a: first.n(),
-                b: bad.n(),
-            });
-        }
-    }
-    let (class, reps) = coupling_classes(agents);
-    let classes = reps.len();
-    let mut sim_table = vec![0.0; classes * classes];
-    parallel_chunks(&mut sim_table, classes.max(1), threads, |first, row| {
-        let a = &agents[reps[first / classes]];
-        for (c, v) in row.iter_mut().enumerate() {
-            // Sizes were checked above, so this cannot fail; 0.5 would be the neutral value.
-            *v = coupling_similarity(a, &agents[reps[c]]).unwrap_or(0.5);
-        }
-    });
-    let targets: Vec<Target> = agents.iter().map(Target::new).collect();
+    let plan = SwarmPlan::new(agents, threads)?;
     let mut scores = vec![0.0; k * k];
     parallel_chunks(&mut scores, k.max(1), threads, |first, row| {
         let i = first / k;
@@ -186,10 +167,71 @@ pub fn swarm_attention(
                 seed: pair_seed(opts.seed, i, j),
                 ..*opts
             };
-            let sim = sim_table[class[i] * classes + class[j]];
-            *v = empathy_prepared(&agents[j], &targets[j], sim, &o, &mut ws).score;
+            *v = empathy_prepared(&agents[j], &plan.targets[j], plan.sim(i, j), &o, &mut ws).score;
         }
     });
+    Ok(finish_swarm(k, scores, plan.classes()))
+}
+
+/// What every backend of [`swarm_attention`] computes before the anneals: coupling classes, their
+/// similarity table, and each agent's starting state as a target.
+#[derive(Debug, Clone)]
+pub(crate) struct SwarmPlan {
+    /// Coupling class of each agent.
+    pub(crate) class: Vec<usize>,
+    /// One agent per class (its representative).
+    pub(crate) reps: Vec<usize>,
+    /// Coupling similarity of class `a` to class `b` at `a * classes + b`.
+    pub(crate) sim_table: Vec<f64>,
+    /// Each agent's starting state (spins, local fields, energy, spin sum).
+    pub(crate) targets: Vec<Target>,
+}
+
+impl SwarmPlan {
+    /// Checks that all agents have the same n and computes the plan on `threads` threads.
+    pub(crate) fn new(agents: &[IsingSystem], threads: usize) -> Result<Self> {
+        if let Some(first) = agents.first() {
+            if let Some(bad) = agents.iter().find(|a| a.n() != first.n()) {
+                return Err(IsingError::SizeMismatch {
+                    what: "a swarm",
+                    a: first.n(),
+                    b: bad.n(),
+                });
+            }
+        }
+        let (class, reps) = coupling_classes(agents);
+        let classes = reps.len();
+        let mut sim_table = vec![0.0; classes * classes];
+        parallel_chunks(&mut sim_table, classes.max(1), threads, |first, row| {
+            let a = &agents[reps[first / classes]];
+            for (c, v) in row.iter_mut().enumerate() {
+                // Sizes were checked above, so this cannot fail; 0.5 would be the neutral value.
+                *v = coupling_similarity(a, &agents[reps[c]]).unwrap_or(0.5);
+            }
+        });
+        let targets = agents.iter().map(Target::new).collect();
+        Ok(Self {
+            class,
+            reps,
+            sim_table,
+            targets,
+        })
+    }
+
+    /// Number of distinct coupling matrices.
+    pub(crate) fn classes(&self) -> usize {
+        self.reps.len()
+    }
+
+    /// Coupling similarity of agent `i` to agent `j`.
+    #[inline]
+    pub(crate) fn sim(&self, i: usize, j: usize) -> f64 {
+        self.sim_table[self.class[i] * self.classes() + self.class[j]]
+    }
+}
+
+/// The swarm from its k x k scores (diagonal 0): attention rows normalised on the CPU.
+pub(crate) fn finish_swarm(k: usize, scores: Vec<f64>, distinct_couplings: usize) -> Swarm {
     let mut attention = vec![0.0; k * k];
     let mut uniform_rows = 0;
     let mut others = Vec::with_capacity(k);
@@ -202,13 +244,13 @@ pub fn swarm_attention(
             attention[i * k + j] = wj;
         }
     }
-    Ok(Swarm {
+    Swarm {
         agents: k,
         scores,
         attention,
         uniform_rows,
-        distinct_couplings: classes,
-    })
+        distinct_couplings,
+    }
 }
 
 /// Groups agents by equal coupling matrices: the class of each agent and one representative per class.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::anneal::{adaptive_steps, anneal_traced};
@@ -138,6 +138,25 @@ pub struct SocialArgs {
     pub json: bool,
 }
 
+/// Where the swarm's empathies are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Device {
+    /// All CPU cores (`--threads`).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (needs a kiln built with `--features cuda`); same results, bit for bit.
+    Cuda,
+}
+
+impl Device {
+    fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
 /// Arguments of `kiln ising swarm`.
 #[derive(Debug, Clone, Args)]
 pub struct SwarmArgs {
@@ -153,9 +172,12 @@ pub struct SwarmArgs {
     /// Base seed (pair (i, j) anneals with a seed derived from it and i, j).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Threads (default: all cores).
+    /// Threads (default: all cores); with --device cuda, for the host-side preparation only.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to compute the empathies: cpu, or cuda (same results, bit for bit).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
     /// Weight preset: balanced or coupling.
     #[arg(long, default_value = "balanced")]
     pub preset: String,
@@ -176,6 +198,9 @@ pub struct BenchArgs {
     /// Threads for the swarm benchmark (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to run the swarm benchmark: cpu, or cuda (the other benchmarks stay on one CPU thread).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -386,9 +411,14 @@ pub fn swarm_report(a: &SwarmArgs) -> Result<Value> {
         seed: a.seed,
         weights: w,
     };
-    let t = Instant::now();
-    let sw = swarm_attention(&agents, &opts, threads)?;
-    let secs = t.elapsed().as_secs_f64();
+    let (sw, secs, device) = match a.device {
+        Device::Cpu => {
+            let t = Instant::now();
+            let sw = swarm_attention(&agents, &opts, threads)?;
+            (sw, t.elapsed().as_secs_f64(), json!({}))
+        }
+        Device::Cuda => swarm_cuda(&agents, &opts, threads)?,
+    };
     let k = sw.agents;
     let off: Vec<f64> = (0..k * k)
         .filter(|&x| x / k != x % k)
@@ -397,7 +427,7 @@ pub fn swarm_report(a: &SwarmArgs) -> Result<Value> {
     let mean = off.iter().sum::<f64>() / off.len() as f64;
     let min = off.iter().copied().fold(f64::INFINITY, f64::min);
     let max = off.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Ok(json!({
+    let mut v = json!({
         "agents": k,
         "n": a.n,
         "steps": a.steps,
@@ -413,7 +443,66 @@ pub fn swarm_report(a: &SwarmArgs) -> Result<Value> {
         "distinct_couplings": sw.distinct_couplings,
         "checksum": format!("{:016x}", checksum(&sw.scores)),
         "preset": w.name(),
-    }))
+        "device": a.device.name(),
+    });
+    if let (Value::Object(v), Value::Object(extra)) = (&mut v, device) {
+        v.extend(extra);
+    }
+    Ok(v)
+}
+
+/// The swarm on the GPU: the swarm, the wall seconds of the computation (device setup excluded),
+/// and what the device reports (its name, setup time, kernel time).
+#[cfg(feature = "cuda")]
+fn swarm_cuda(
+    agents: &[IsingSystem],
+    opts: &EmpathyOptions,
+    threads: usize,
+) -> Result<(crate::batch::Swarm, f64, Value)> {
+    let engine = cuda_engine()?;
+    let (sw, t) = engine
+        .swarm_attention(agents, opts, threads)
+        .context("--device cuda: the swarm kernel failed")?;
+    let pairs = sw.pairs() as f64;
+    let info = json!({
+        "gpu": engine.device_name(),
+        "arch": engine.arch(),
+        "kernel_cache": match engine.kernel_origin() {
+            crate::cuda::KernelOrigin::Cached => "hit",
+            crate::cuda::KernelOrigin::Compiled => "compiled",
+        },
+        "setup_seconds": engine.setup_seconds(),
+        "kernel_seconds": t.kernel_seconds,
+        "kernel_pairs_per_s": pairs / t.kernel_seconds,
+        "threads_per_block": t.threads_per_block,
+        "shared_state": t.shared_state,
+    });
+    Ok((sw, t.seconds, info))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn swarm_cuda(
+    _agents: &[IsingSystem],
+    _opts: &EmpathyOptions,
+    _threads: usize,
+) -> Result<(crate::batch::Swarm, f64, Value)> {
+    Err(no_cuda())
+}
+
+/// Opens the first GPU, with an error that says what to do when there is none.
+#[cfg(feature = "cuda")]
+fn cuda_engine() -> Result<crate::cuda::CudaEngine> {
+    crate::cuda::CudaEngine::new(0).context("--device cuda: no usable GPU")
+}
+
+/// The error of `--device cuda` in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+fn no_cuda() -> anyhow::Error {
+    anyhow::anyhow!(
+        "--device cuda: this kiln was built without CUDA support; rebuild it with \
+         `cargo build --release -p kiln --features cuda` (it then needs a CUDA 13 driver and NVRTC \
+         at run time), or use --device cpu"
+    )
 }
 
 /// An order-sensitive hash of the score bits, to compare runs (e.g. across thread counts).
@@ -426,8 +515,23 @@ pub fn checksum(values: &[f64]) -> u64 {
 /// The report of `kiln ising bench`.
 pub fn bench_report(a: &BenchArgs) -> Result<Value> {
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
-    let r = crate::bench::run(a.repeats, a.swarm_agents, threads)?;
+    let r = match a.device {
+        Device::Cpu => crate::bench::run(a.repeats, a.swarm_agents, threads)?,
+        Device::Cuda => bench_cuda(a, threads)?,
+    };
     Ok(serde_json::to_value(r)?)
+}
+
+#[cfg(feature = "cuda")]
+fn bench_cuda(a: &BenchArgs, threads: usize) -> Result<crate::bench::BenchReport> {
+    let engine = cuda_engine()?;
+    crate::bench::run_cuda(a.repeats, a.swarm_agents, threads, &engine)
+        .context("--device cuda: the swarm benchmark failed")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_cuda(_a: &BenchArgs, _threads: usize) -> Result<crate::bench::BenchReport> {
+    Err(no_cuda())
 }
 
 #[cfg(test)]
@@ -537,8 +641,27 @@ mod tests {
         };
         let v = swarm_report(&w).expect("runs");
         assert_eq!(v["pairs"], 20);
+        assert_eq!(v["device"], "cpu");
         let mut w1 = w.clone();
         w1.threads = Some(1);
         assert_eq!(swarm_report(&w1).expect("runs")["checksum"], v["checksum"]);
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_device_without_the_feature_says_how_to_get_it() {
+        let IsingCommand::Swarm(w) = parse(&[
+            "swarm", "--agents", "3", "--n", "4", "--steps", "2", "--device", "cuda",
+        ]) else {
+            panic!("expected swarm");
+        };
+        assert_eq!(w.device, Device::Cuda);
+        let msg = format!("{:#}", swarm_report(&w).unwrap_err());
+        assert!(msg.contains("--features cuda"), "{msg}");
+        let IsingCommand::Bench(b) = parse(&["bench", "--device", "cuda"]) else {
+            panic!("expected bench");
+        };
+        let msg = format!("{:#}", bench_report(&b).unwrap_err());
+        assert!(msg.contains("built without CUDA"), "{msg}");
     }
 }

@@ -5,13 +5,16 @@
 //! [`emotion::Emotion`], compared with another system ([`empathy`]), acted on ([`response`],
 //! [`memory`]), and scaled to many agents ([`social`], [`batch`]). [`api`] and [`cli`] are thin
 //! shells over those. Every random draw comes from [`rng`]'s counter-based Philox generator, so the
-//! same seed gives the same bits on any thread count.
+//! same seed gives the same bits on any thread count. With the `cuda` feature, the `cuda` module runs the
+//! swarm's all-pairs empathy on a GPU and gets the same bits as the CPU.
 
 pub mod anneal;
 pub mod api;
 pub mod batch;
 pub mod bench;
 pub mod cli;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod emotion;
 pub mod empathy;
 pub mod error;

@@ -318,6 +318,76 @@ mod tests {
         }
     }
 
+    /// The CUDA kernel spells these constants as bit patterns; if one drifted, the GPU would stop
+    /// matching the CPU bit for bit. (Checked here because CI has no GPU.)
+    #[test]
+    fn cuda_kernel_constants_match() {
+        let src = include_str!("cuda_kernel.cu");
+        let value = |name: &str| -> &str {
+            let prefix = format!("#define KILN_{name} ");
+            let line = src
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("cuda_kernel.cu does not define KILN_{name}"));
+            line[prefix.len()..].trim()
+        };
+        let f64_bits = |name: &str| -> u64 {
+            let v = value(name);
+            let hex = v
+                .strip_prefix("KILN_F64(0x")
+                .and_then(|h| h.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("KILN_{name} = {v} is not KILN_F64(0x...)"));
+            u64::from_str_radix(hex, 16).expect("hex")
+        };
+        let u32_value = |name: &str| -> u32 {
+            let v = value(name);
+            let hex = v
+                .strip_prefix("0x")
+                .and_then(|h| h.strip_suffix('u'))
+                .unwrap_or_else(|| panic!("KILN_{name} = {v} is not 0x...u"));
+            u32::from_str_radix(hex, 16).expect("hex")
+        };
+        for (name, want) in [
+            ("INV_LN2", INV_LN2),
+            ("LN2_HI", LN2_HI),
+            ("LN2_LO", LN2_LO),
+            ("ROUND_MAGIC", ROUND_MAGIC),
+            ("EXP_MAX", 709.78),
+            ("EXP_MIN", -745.2),
+            ("C2", C2),
+            ("C3", C3),
+            ("C4", C4),
+            ("C5", C5),
+            ("C6", C6),
+            ("C7", C7),
+            ("C8", C8),
+            ("C9", C9),
+            ("C10", C10),
+            ("C11", C11),
+            ("C12", C12),
+            ("C13", C13),
+            ("INV_2_32", 1.0 / 4_294_967_296.0),
+            ("MARGIN", 1e-9),
+            ("ONE_PLUS_MARGIN", 1.0 + 1e-9),
+        ] {
+            assert_eq!(f64_bits(name), want.to_bits(), "KILN_{name}");
+        }
+        for (name, want) in [
+            ("M0", M0),
+            ("M1", M1),
+            ("W0", W0),
+            ("W1", W1),
+            ("DERIVE_TAG_LO", DERIVE_TAG as u32),
+            ("DERIVE_TAG_HI", (DERIVE_TAG >> 32) as u32),
+        ] {
+            assert_eq!(u32_value(name), want, "KILN_{name}");
+        }
+        // The kernel's accept() uses C2, C3, C4 where anneal.rs writes 0.5, 1/6, 1/24.
+        assert_eq!(C2, 0.5);
+        assert_eq!(C3, 1.0 / 6.0);
+        assert_eq!(C4, 1.0 / 24.0);
+    }
+
     #[test]
     fn exp_det_matches_libm() {
         let mut x = -745.0;
