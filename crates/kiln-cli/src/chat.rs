@@ -18,10 +18,26 @@ pub struct ChatArgs {
     /// A system message (replaces the template's default one).
     #[arg(long)]
     pub system: Option<String>,
+    /// Refine every answer with this profile (edge, desktop, research or a YAML file), score
+    /// it with SNARC and store it in the memory file.
+    #[arg(long, value_name = "PROFILE")]
+    pub refine: Option<String>,
+    /// With --refine: the memory file [default: $KILN_MEMORY or ~/.local/share/kiln/memory.db].
+    #[arg(long, requires = "refine")]
+    pub memory: Option<std::path::PathBuf>,
 }
 
 /// Runs `kiln chat`: one line per user turn; `/reset` forgets, `/exit` or end of input quits.
 pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
+    if let Some(profile) = &a.refine {
+        return crate::irp::chat_refined(
+            profile,
+            a.model.model.as_deref(),
+            a.model.threads,
+            a.system.as_deref(),
+            a.memory.as_ref(),
+        );
+    }
     let params = GenerateParams {
         max_tokens: a.sample.max_tokens,
         sampler: a.sample.params()?,

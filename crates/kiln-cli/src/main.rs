@@ -4,6 +4,9 @@ mod bench;
 mod bench_engine;
 mod chat;
 mod common;
+mod irp;
+mod memory;
+mod profile;
 mod run;
 mod serve;
 
@@ -33,6 +36,12 @@ enum Command {
     Fetch,
     /// The Ising empathy engine: annealing, emotion, empathy, social attention, swarms.
     Ising(kiln_ising::cli::IsingArgs),
+    /// Answer one question by iterative refinement (IRP), score it (SNARC) and store it.
+    Irp(irp::IrpArgs),
+    /// The store of refined exchanges: stats, list, search, export.
+    Memory(memory::MemoryArgs),
+    /// Compare refinement settings over a file of questions, or time batched candidates.
+    Profile(profile::ProfileCmdArgs),
 }
 
 fn main() {
@@ -47,6 +56,9 @@ fn main() {
             .map(|p| println!("{}", p.display()))
             .map_err(anyhow::Error::from),
         Command::Ising(a) => kiln_ising::cli::run(a),
+        Command::Irp(a) => irp::irp(a),
+        Command::Memory(a) => memory::memory(a),
+        Command::Profile(a) => profile::profile(a),
     };
     if let Err(e) = result {
         eprintln!("kiln: error: {e:#}");

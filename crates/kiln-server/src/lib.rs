@@ -3,6 +3,7 @@
 
 mod error;
 pub mod metrics;
+mod refine;
 mod request;
 
 use std::convert::Infallible;
@@ -305,6 +306,9 @@ async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Respon
     let req = request::parse(&body, true, st.cfg.default_max_tokens)?;
     let lm = st.lm()?;
     check_model(lm, &req)?;
+    if req.refine.is_some() {
+        return refine::chat(st.clone(), req).await;
+    }
     let text = lm
         .template
         .render(req.messages.as_deref().unwrap_or_default(), true)

@@ -25,6 +25,8 @@ pub struct GenRequest {
     pub include_usage: bool,
     /// Whether log-probabilities were asked for.
     pub logprobs: bool,
+    /// Refine the answer with this profile (the `refine` field; chat only).
+    pub refine: Option<kiln_irp::Profile>,
 }
 
 fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -176,10 +178,11 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
             }
         });
     }
-    if m.get("refine").is_some_and(|v| !v.is_null()) {
+    let mut refine = crate::refine::parse(m.get("refine"))?;
+    if refine.is_some() && !chat {
         return Err(ApiError::bad(
             "refine",
-            "refinement (`refine`) is reserved and not available in this build yet",
+            "`refine` is available on /v1/chat/completions only",
         ));
     }
 
@@ -315,6 +318,17 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
     };
     p.validate()
         .map_err(|e| ApiError::bad(e.param, e.to_string()))?;
+    if let Some(r) = &mut refine {
+        if n != 1 || logprobs {
+            return Err(ApiError::bad(
+                "refine",
+                "`refine` returns one refined choice: it does not combine with `n` > 1 or `logprobs`",
+            ));
+        }
+        if let Some(seed) = p.seed {
+            r.seed = seed;
+        }
+    }
     Ok(GenRequest {
         model,
         messages,
@@ -324,5 +338,6 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
         stream,
         include_usage,
         logprobs,
+        refine,
     })
 }

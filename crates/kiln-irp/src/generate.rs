@@ -1,0 +1,153 @@
+//! Where candidates come from: a [`Generator`] turns candidate specifications into answers.
+//! [`EngineGenerator`] submits them all to the engine at once, so the engine decodes them as
+//! one batch; tests use generators with controlled outputs.
+
+use std::sync::mpsc;
+
+use kiln_engine::{EngineHandle, Event, Request, SamplingParams};
+use kiln_model::chat::{ChatTemplate, Message};
+use kiln_model::generate::FinishReason;
+use kiln_model::tokenizer::Tokenizer;
+
+use crate::IrpError;
+
+/// One candidate to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateSpec {
+    /// The conversation to answer (the chat template is applied by the generator).
+    pub messages: Vec<Message>,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Seed of this candidate's random stream.
+    pub seed: u64,
+    /// Most tokens.
+    pub max_tokens: usize,
+    /// Top-k (0: all).
+    pub top_k: usize,
+    /// Nucleus threshold.
+    pub top_p: f32,
+    /// Keep going through end tokens (benchmarks of equal-length candidates).
+    pub ignore_eos: bool,
+}
+
+/// A generated candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// The answer text.
+    pub text: String,
+    /// Generated tokens (with the final end token, if any).
+    pub tokens: usize,
+    /// Sum of the chosen tokens' log-probabilities at temperature 1.
+    pub sum_logprob: f64,
+    /// Why generation stopped.
+    pub finish: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Seconds from submission to the first token (queueing and prefill).
+    pub first_token_s: f64,
+}
+
+/// Produces candidates; all specs of one call may be generated together.
+pub trait Generator {
+    /// Generates one answer per spec, in order.
+    fn generate(&self, specs: &[CandidateSpec]) -> Result<Vec<Generated>, IrpError>;
+}
+
+/// Candidates from a running engine: every spec of a call is submitted before any is awaited,
+/// so the engine's continuous batching decodes them together.
+pub struct EngineGenerator<'a> {
+    /// The engine.
+    pub engine: &'a EngineHandle,
+    /// The model's tokenizer.
+    pub tokenizer: &'a Tokenizer,
+    /// The model's chat template.
+    pub template: &'a ChatTemplate,
+}
+
+impl EngineGenerator<'_> {
+    /// The prompt ids of a conversation, ready for the assistant's turn.
+    pub fn prompt(&self, messages: &[Message]) -> Result<Vec<u32>, IrpError> {
+        let text = self
+            .template
+            .render(messages, true)
+            .map_err(|e| IrpError::Engine(format!("applying the chat template: {e}")))?;
+        Ok(self.tokenizer.encode(&text, true, true))
+    }
+}
+
+struct Partial {
+    text: String,
+    tokens: usize,
+    sum_logprob: f64,
+    done: Option<(FinishReason, usize, f64)>,
+}
+
+impl Generator for EngineGenerator<'_> {
+    fn generate(&self, specs: &[CandidateSpec]) -> Result<Vec<Generated>, IrpError> {
+        let (tx, rx) = mpsc::channel::<(usize, Event)>();
+        for (i, s) in specs.iter().enumerate() {
+            let params = SamplingParams {
+                temperature: s.temperature,
+                top_k: s.top_k,
+                top_p: s.top_p,
+                seed: Some(s.seed),
+                max_tokens: s.max_tokens,
+                logprobs: Some(0),
+                ignore_eos: s.ignore_eos,
+                ..SamplingParams::default()
+            };
+            let prompt = self.prompt(&s.messages)?;
+            let tx = tx.clone();
+            self.engine
+                .submit(
+                    Request { prompt, params },
+                    Box::new(move |ev| tx.send((i, ev)).is_ok()),
+                )
+                .map_err(|e| IrpError::Engine(e.to_string()))?;
+        }
+        drop(tx);
+        let mut out: Vec<Partial> = specs
+            .iter()
+            .map(|_| Partial {
+                text: String::new(),
+                tokens: 0,
+                sum_logprob: 0.0,
+                done: None,
+            })
+            .collect();
+        let mut left = specs.len();
+        while left > 0 {
+            let (i, ev) = rx.recv().map_err(|_| {
+                IrpError::Engine("the engine stopped before the candidates were done".into())
+            })?;
+            let p = &mut out[i];
+            match ev {
+                Event::Token { text, logprob, .. } => {
+                    p.text.push_str(&text);
+                    p.tokens += 1;
+                    p.sum_logprob += logprob.map_or(0.0, |l| l.logprob as f64);
+                }
+                Event::Done { reason, usage } => {
+                    p.done = Some((reason, usage.prompt_tokens, usage.time_to_first_token_s));
+                    left -= 1;
+                }
+                Event::Failed(m) => return Err(IrpError::Engine(m)),
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|p| {
+                let (finish, prompt_tokens, first_token_s) =
+                    p.done.unwrap_or((FinishReason::Cancelled, 0, 0.0));
+                Generated {
+                    text: p.text.trim().to_owned(),
+                    tokens: p.tokens,
+                    sum_logprob: p.sum_logprob,
+                    finish,
+                    prompt_tokens,
+                    first_token_s,
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,119 @@
+//! Refinement on the default model through the engine: batched and sequential `independent`
+//! runs choose the same answer with the same energies; `refine` mode runs; SNARC scores and
+//! stores the exchange.
+
+use std::sync::Arc;
+
+use kiln_engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
+use kiln_irp::{EngineGenerator, Irp, Memory, NewExchange, Profile, Refiner};
+use kiln_model::chat::ChatTemplate;
+use kiln_model::cpu::CpuBackend;
+use kiln_model::loader::load_gguf;
+use kiln_model::tokenizer::Tokenizer;
+
+struct Lm {
+    engine: EngineHandle,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+}
+
+fn lm() -> Lm {
+    let path = kiln_model::fetch::ensure_default_model(true).unwrap();
+    let m = load_gguf(&path, CpuBackend::new(0)).unwrap();
+    let tokenizer = Arc::new(m.tokenizer);
+    let runner = ModelRunner::new(m.model, 64 << 20, 256, 16).unwrap();
+    let engine = Engine::new(
+        runner,
+        tokenizer.clone(),
+        EngineConfig {
+            max_batch_tokens: 256,
+            max_running: 16,
+            max_queue: 64,
+        },
+    );
+    Lm {
+        engine: EngineHandle::spawn(engine),
+        tokenizer,
+        template: m.template,
+    }
+}
+
+fn profile(extra: &str) -> Profile {
+    Profile::default()
+        .with_yaml(&format!("max_tokens: 20\nseed: 7\n{extra}"), "test.yaml")
+        .unwrap()
+}
+
+#[test]
+fn independent_batched_equals_sequential_and_refine_runs() {
+    let lm = lm();
+    let gen = || EngineGenerator {
+        engine: &lm.engine,
+        tokenizer: &lm.tokenizer,
+        template: &lm.template,
+    };
+    let p = profile("iterations: 4\nmin_temperature: 0.1\nenergy_plateau_delta: 0\n");
+    let q = "What is the capital of France?";
+    let batched = Irp::new(p.clone(), gen()).run(q, &[]).unwrap();
+    let mut seq = Irp::new(p.clone(), gen());
+    seq.batch = false;
+    let sequential = seq.run(q, &[]).unwrap();
+    let (a, b) = (&batched.info, &sequential.info);
+    assert_eq!(batched.answer, sequential.answer);
+    assert_eq!(a.best_index, b.best_index);
+    assert_eq!(a.halt_reason, b.halt_reason);
+    assert_eq!(a.temperatures, b.temperatures);
+    for (x, y) in a.candidates.iter().zip(&b.candidates) {
+        assert_eq!(x.text, y.text, "same seed, same tokens");
+        assert!(
+            (x.energy - y.energy).abs() < 1e-5,
+            "{} vs {}",
+            x.energy,
+            y.energy
+        );
+    }
+    assert_eq!(a.energies.len(), a.iterations);
+    assert!(a.energies.iter().all(|e| (0.0..=1.0).contains(e)));
+    assert!(!batched.answer.is_empty());
+    let names: Vec<&str> = a.energy_terms.terms.iter().map(|t| t.name).collect();
+    assert_eq!(names, ["surprisal", "repetition", "truncation", "length"]);
+    let nll = a.energy_terms.terms[0].raw;
+    assert!(nll > 0.0 && nll < 10.0, "mean surprisal {nll} nats");
+
+    // Refine mode: sequential, each step sees the best so far.
+    let r = Irp::new(
+        profile("iterations: 2\nmode: refine\nmin_temperature: 0.1\n"),
+        gen(),
+    )
+    .run(q, &[])
+    .unwrap();
+    assert_eq!(r.info.iterations, 2);
+    assert!(
+        r.info.prompt_tokens > 2 * a.candidates[0].prompt_tokens,
+        "the second prompt holds a draft"
+    );
+
+    // Score and store the exchange.
+    let dir = std::env::temp_dir().join(format!("kiln-irp-real-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut mem = Memory::open(&dir.join("m.db")).unwrap();
+    let rec = kiln_irp::score_and_store(
+        &p,
+        Some(&mut mem),
+        &NewExchange {
+            source: "test",
+            session: None,
+            question: q,
+            answer: &batched.answer,
+            irp: Some(&batched.info),
+        },
+        None,
+    )
+    .unwrap();
+    assert!((rec.snarc.reward.value - (1.0 - a.best_energy)).abs() < 1e-12);
+    let stored = mem.get(rec.id.unwrap()).unwrap().unwrap();
+    assert_eq!(stored.answer, batched.answer);
+    assert_eq!(stored.irp.unwrap()["best_index"], a.best_index);
+    let _ = std::fs::remove_dir_all(&dir);
+    lm.engine.shutdown();
+}

@@ -1,0 +1,249 @@
+//! The `refine` request field: a chat completion answered by iterative refinement (kiln-irp)
+//! and scored with SNARC.
+//!
+//! `"refine": "edge"` or `"refine": {"profile": "edge", "iterations": 3, "mode": "refine"}`
+//! (any profile key; built-in profiles only, no files). The profile drives sampling (the
+//! temperature schedule, `top_k`, `top_p`, `max_tokens`); a top-level `seed` seeds candidate 0.
+//! The response is the usual `chat.completion` with one choice plus `refinement` (iterations,
+//! energies, temperatures, best index, halt reason, energy terms) and `snarc`. Streaming sends
+//! the whole answer in one content chunk that also carries `refinement` and `snarc`, then the
+//! finish chunk, the usage chunk if asked, and `[DONE]`. The server keeps no memory store:
+//! exchanges are scored against the conversation in the request, not stored.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+
+use axum::http::StatusCode;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream;
+use kiln_irp::{EngineGenerator, Irp, NewExchange, Profile, Refiner};
+use serde_json::{json, Map, Value};
+
+use crate::request::GenRequest;
+use crate::{finish_str, now_s, sse, ApiError, Shared};
+
+const FIELD: &str = "request field `refine`";
+
+/// Reads the `refine` field: a profile name, or an object with `profile` and any profile keys.
+pub fn parse(v: Option<&Value>) -> Result<Option<Profile>, ApiError> {
+    let bad = |e: kiln_irp::ProfileError| {
+        let param = match &e {
+            kiln_irp::ProfileError::Value { key, .. }
+            | kiln_irp::ProfileError::UnknownKey { key, .. } => format!("refine.{key}"),
+            _ => "refine".into(),
+        };
+        ApiError::bad(&param, e.to_string())
+    };
+    let builtin = |name: &str| -> Result<Profile, ApiError> {
+        Profile::builtin(name)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "refine.profile",
+                    format!("`refine.profile` is `{name}`; expected edge, desktop or research"),
+                )
+            })?
+            .map_err(bad)
+    };
+    let obj: &Map<String, Value> = match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
+        Some(Value::Bool(true)) => return builtin("desktop").map(Some),
+        Some(Value::String(name)) => return builtin(name).map(Some),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "refine",
+                format!("`refine` must be a profile name or an object, got {other}"),
+            ))
+        }
+    };
+    let mut p = match obj.get("profile") {
+        None | Some(Value::Null) => builtin("desktop")?,
+        Some(Value::String(name)) => builtin(name)?,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "refine.profile",
+                format!("`refine.profile` must be a string, got {other}"),
+            ))
+        }
+    };
+    for (k, v) in obj {
+        if k == "profile" {
+            continue;
+        }
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                return Err(ApiError::bad(
+                    &format!("refine.{k}"),
+                    format!("`refine.{k}` must be a string, number or boolean, got {other}"),
+                ))
+            }
+        };
+        p.set(k, &text, FIELD).map_err(bad)?;
+    }
+    p.check(FIELD).map_err(bad)?;
+    Ok(Some(p))
+}
+
+/// Answers a chat request by refinement.
+pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
+    let Some(profile) = req.refine.clone() else {
+        return Err(ApiError::bad("refine", "no refinement profile"));
+    };
+    let msgs = req.messages.clone().unwrap_or_default();
+    let last = msgs
+        .iter()
+        .rposition(|m| m.role == "user")
+        .ok_or_else(|| ApiError::bad("messages", "`refine` needs a user message to answer"))?;
+    let question = msgs[last].content.clone();
+    let context = msgs[..last].to_vec();
+    let worker = st.clone();
+    let (r, rec) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let lm = worker.lm()?;
+        let irp = Irp::new(
+            profile.clone(),
+            EngineGenerator {
+                engine: &lm.engine,
+                tokenizer: &lm.tokenizer,
+                template: &lm.template,
+            },
+        );
+        let r = irp.run(&question, &context).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+                Some("engine_error"),
+            )
+        })?;
+        let recent: Vec<String> = context
+            .iter()
+            .filter(|m| m.role == "user")
+            .map(|m| m.content.clone())
+            .collect();
+        let rec = kiln_irp::score_and_store(
+            &profile,
+            None,
+            &NewExchange {
+                source: "server",
+                session: None,
+                question: &question,
+                answer: &r.answer,
+                irp: Some(&r.info),
+            },
+            Some(&recent),
+        )
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+        Ok((r, rec))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))??;
+
+    let info = &r.info;
+    let prompt_tokens = info.prompt_tokens;
+    let completion_tokens = info.completion_tokens;
+    st.metrics
+        .prompt_tokens
+        .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+    st.metrics
+        .generated_tokens
+        .fetch_add(completion_tokens as u64, Ordering::Relaxed);
+    let finish = info
+        .candidates
+        .get(info.best_index)
+        .map_or("stop", |c| finish_str(c.finish));
+    let id = format!("chatcmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
+    let model = st.lm()?.id.clone();
+    let created = now_s();
+    let refinement = info.summary_json();
+    let snarc = rec.snarc.to_json();
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    if !req.stream {
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": r.answer},
+                "finish_reason": finish,
+                "logprobs": null,
+            }],
+            "usage": usage,
+            "refinement": refinement,
+            "snarc": snarc,
+        }))
+        .into_response());
+    }
+    let head =
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model});
+    let chunk = |choice: Value, extra: Option<(&Value, &Value)>| {
+        let mut v = head.clone();
+        v["choices"] = json!([choice]);
+        if let Some((refinement, snarc)) = extra {
+            v["refinement"] = refinement.clone();
+            v["snarc"] = snarc.clone();
+        }
+        SseEvent::default().data(v.to_string())
+    };
+    let mut events = vec![
+        chunk(
+            json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
+            None,
+        ),
+        chunk(
+            json!({"index": 0, "delta": {"content": r.answer}, "finish_reason": null}),
+            Some((&refinement, &snarc)),
+        ),
+        chunk(
+            json!({"index": 0, "delta": {}, "finish_reason": finish}),
+            None,
+        ),
+    ];
+    if req.include_usage {
+        events.push(SseEvent::default().data(
+            json!({"object": "chat.completion.chunk", "choices": [], "usage": usage}).to_string(),
+        ));
+    }
+    events.push(SseEvent::default().data("[DONE]"));
+    Ok(sse(stream::iter(
+        events.into_iter().map(Ok::<_, Infallible>),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_objects_and_errors() {
+        assert!(parse(None).unwrap().is_none());
+        assert_eq!(parse(Some(&json!("edge"))).unwrap().unwrap().iterations, 3);
+        let p = parse(Some(&json!({"profile": "research", "iterations": 2, "mode": "refine", "model_keep_alive": true})))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.iterations, 2);
+        assert_eq!(p.mode, kiln_irp::Mode::Refine);
+        let e = parse(Some(&json!({"iterations": 0}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("refine.iterations"));
+        assert!(
+            e.message.contains("request field `refine`"),
+            "{}",
+            e.message
+        );
+        let e = parse(Some(&json!({"itterations": 3}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("refine.itterations"));
+        let e = parse(Some(&json!("laptop"))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("refine.profile"));
+        assert!(parse(Some(&json!([1]))).is_err());
+        assert!(parse(Some(&json!({"iterations": [1]}))).is_err());
+    }
+}
