@@ -89,7 +89,7 @@ fn chat_template_run_streams_an_answer() {
             "-n",
             "16",
         ])
-        .arg("What is the capital of France?")
+        .arg("What is 2+2?")
         .output()
         .unwrap();
     assert!(
@@ -98,7 +98,7 @@ fn chat_template_run_streams_an_answer() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Paris"), "{text}");
+    assert!(text.contains('4'), "{text}");
 }
 
 #[test]

@@ -131,7 +131,7 @@ fn openai_endpoints_with_curl() {
     // Non-streaming chat, greedy: the reference answer of the golden fixture.
     let (code, v) = s.post(
         "/v1/chat/completions",
-        &format!(r#"{{"model":"{id}","messages":[{{"role":"user","content":"What is the capital of France?"}}],"temperature":0,"max_tokens":16}}"#),
+        &format!(r#"{{"model":"{id}","messages":[{{"role":"user","content":"What is 2+2?"}}],"temperature":0,"max_tokens":16}}"#),
         &[],
     );
     assert_eq!(code, 200, "{v}");
@@ -140,7 +140,7 @@ fn openai_endpoints_with_curl() {
         v["choices"][0]["message"]["content"]
             .as_str()
             .unwrap()
-            .contains("Paris"),
+            .contains('4'),
         "{v}"
     );
     let u = &v["usage"];

@@ -1,12 +1,13 @@
 //! The CPU backend: weights used in place from the memory map, work split over a
 //! persistent thread pool.
 
+mod kernels;
+mod matmul;
 mod pool;
 
 use std::cell::RefCell;
 
 use half::f16;
-use kiln_gguf::GgmlType;
 
 use crate::backend::{Backend, PagedSeq, RawTensor};
 use crate::config::RopeStyle;
@@ -17,6 +18,9 @@ pub use pool::{split_range, ThreadPool};
 #[derive(Debug)]
 pub struct CpuBackend {
     pool: ThreadPool,
+    isa: kernels::Isa,
+    /// f32 activations for every product (`KILN_CPU_EXACT=1`): slow, for comparisons.
+    exact: bool,
 }
 
 impl CpuBackend {
@@ -29,6 +33,8 @@ impl CpuBackend {
         };
         CpuBackend {
             pool: ThreadPool::new(threads),
+            isa: kernels::Isa::detect(),
+            exact: std::env::var_os("KILN_CPU_EXACT").is_some_and(|v| v == "1"),
         }
     }
 
@@ -41,6 +47,7 @@ impl CpuBackend {
 /// A weight matrix as the file stores it.
 pub struct CpuMat {
     raw: RawTensor,
+    kernel: matmul::Kernel,
 }
 
 /// The KV pool: f16 keys and values, laid out `[layer][block][offset][kv_dim]`.
@@ -101,8 +108,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 fn dequant_row(raw: &RawTensor, row: usize, out: &mut [f32]) {
     let rb = raw.row_bytes();
     let src = &raw.data.as_slice()[row * rb..(row + 1) * rb];
-    // Sizes were checked when the matrix was taken in.
-    let _ = kiln_gguf::quant::dequantize(raw.ty, src, &mut out[..raw.cols]);
+    kernels::dequantize(raw.ty, src, &mut out[..raw.cols]);
 }
 
 impl Backend for CpuBackend {
@@ -111,11 +117,15 @@ impl Backend for CpuBackend {
     type KvPool = CpuKvPool;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", self.pool.n_threads())
+        format!(
+            "cpu ({} threads, {})",
+            self.pool.n_threads(),
+            self.isa.name()
+        )
     }
 
     fn matrix(&self, t: RawTensor) -> Result<CpuMat, ModelError> {
-        if !t.ty.is_supported() {
+        if !kernels::supported(t.ty) {
             return Err(ModelError::Unsupported(format!(
                 "tensor `{}` uses type {}, which the CPU backend cannot compute with",
                 t.name,
@@ -133,7 +143,10 @@ impl Backend for CpuBackend {
                 t.ty.name()
             )));
         }
-        Ok(CpuMat { raw: t })
+        Ok(CpuMat {
+            kernel: matmul::Kernel::for_tensor(self.isa, &t, self.exact),
+            raw: t,
+        })
     }
 
     fn vector(&self, data: &[f32]) -> Result<Vec<f32>, ModelError> {
@@ -214,34 +227,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &CpuMat, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
-        let raw = &w.raw;
-        let (rows, cols) = (raw.rows, raw.cols);
-        let optr = SyncPtr(out.as_mut_ptr());
-        let f32_rows = raw.ty == GgmlType::F32;
-        self.pool.run(|i, nt| {
-            let (r0, r1) = split_range(rows, i, nt, 4);
-            SCRATCH.with(|s| {
-                let mut buf = s.borrow_mut();
-                if buf.len() < cols {
-                    buf.resize(cols, 0.0);
-                }
-                for r in r0..r1 {
-                    let row: &[f32] = if f32_rows {
-                        // F32 rows can be read in place only if aligned; decode to be safe.
-                        dequant_row(raw, r, &mut buf);
-                        &buf[..cols]
-                    } else {
-                        dequant_row(raw, r, &mut buf);
-                        &buf[..cols]
-                    };
-                    for t in 0..n {
-                        let v = dot_f32(row, &x[t * cols..(t + 1) * cols]);
-                        // SAFETY: row r of every token belongs to this thread only.
-                        unsafe { optr.write(t * rows + r, v) };
-                    }
-                }
-            });
-        });
+        matmul::matmul(&self.pool, self.isa, w.kernel, &w.raw, x, n, out);
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, b: &Vec<f32>, n: usize, width: usize) {
@@ -304,6 +290,7 @@ impl Backend for CpuBackend {
         let group = nh / cfg.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let pool: &CpuKvPool = pool;
+        let isa = self.isa;
         let optr = SyncPtr(out.as_mut_ptr());
         let rows: usize = seqs.iter().map(|s| s.n).sum();
         let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(0);
@@ -315,11 +302,12 @@ impl Backend for CpuBackend {
             }
             SCRATCH.with(|s| {
                 let mut sc = s.borrow_mut();
-                let need = longest + hd;
+                let need = longest + 2 * hd;
                 if sc.len() < need {
                     sc.resize(need, 0.0);
                 }
-                let (scores, acc) = sc.split_at_mut(longest);
+                let (scores, rest) = sc.split_at_mut(longest);
+                let (acc, qr) = rest.split_at_mut(hd);
                 // Walk the jobs in order, tracking which sequence they belong to.
                 let mut si = 0;
                 let mut seq_end = seqs[0].n * nh;
@@ -335,35 +323,38 @@ impl Backend for CpuBackend {
                     let (t, h) = (local / nh, local % nh);
                     let row = sq.row0 + t;
                     let kvh = h / group;
-                    let qh = &q[(row * nh + h) * hd..(row * nh + h + 1) * hd];
-                    let len = sq.pos0 + t + 1;
-                    let mut max = f32::NEG_INFINITY;
-                    for (p, s) in scores[..len].iter_mut().enumerate() {
-                        let o = pool.slot(layer, sq.blocks, p) + kvh * hd;
-                        let kr = &pool.k[o..o + hd];
-                        let mut d = 0f32;
-                        for (a, b) in qh.iter().zip(kr) {
-                            d += a * b.to_f32();
-                        }
-                        *s = d * scale;
-                        max = max.max(*s);
+                    // The query and the probabilities are rounded to f16 for the products
+                    // with the f16 cache, as llama.cpp does: the golden logits come from it
+                    // and this keeps kiln's rounding noise like its own.
+                    let qh = &mut qr[..hd];
+                    for (a, b) in qh.iter_mut().zip(&q[(row * nh + h) * hd..]) {
+                        *a = f16::from_f32(*b).to_f32();
                     }
+                    let qh: &[f32] = qh;
+                    let len = sq.pos0 + t + 1;
+                    let scores = &mut scores[..len];
+                    let key = |p: usize| {
+                        let o = pool.slot(layer, sq.blocks, p) + kvh * hd;
+                        &pool.k[o..o + hd]
+                    };
+                    kernels::vec::scores_f16(isa, qh, scale, key, scores);
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                     let mut sum = 0f32;
-                    for s in scores[..len].iter_mut() {
+                    for s in scores.iter_mut() {
                         *s = (*s - max).exp();
                         sum += *s;
                     }
                     let inv = 1.0 / sum;
+                    for s in scores.iter_mut() {
+                        *s = f16::from_f32(*s * inv).to_f32();
+                    }
                     let acc = &mut acc[..hd];
                     acc.fill(0.0);
-                    for (p, &s) in scores[..len].iter().enumerate() {
-                        let w = s * inv;
+                    let val = |p: usize| {
                         let o = pool.slot(layer, sq.blocks, p) + kvh * hd;
-                        let vr = &pool.v[o..o + hd];
-                        for (a, b) in acc.iter_mut().zip(vr) {
-                            *a += w * b.to_f32();
-                        }
-                    }
+                        &pool.v[o..o + hd]
+                    };
+                    kernels::vec::mix_f16(isa, scores, val, acc);
                     for (d, &a) in acc.iter().enumerate() {
                         // SAFETY: each (row, head) slice belongs to one job.
                         unsafe { optr.write((row * nh + h) * hd + d, a) };
@@ -384,9 +375,7 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) {
-        for (g, u) in gate[..len].iter_mut().zip(&up[..len]) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        kernels::vec::silu_mul(self.isa, &mut gate[..len], &up[..len]);
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) {

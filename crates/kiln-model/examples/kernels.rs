@@ -1,0 +1,110 @@
+//! Speed of the CPU backend's matrix products per weight format, in GB/s of weights read
+//! (one token: decode) and GMAC/s (many tokens: prefill), on a matrix that fits in cache
+//! and on one that does not.
+//!
+//! `cargo run --release -p kiln-model --example kernels -- [threads]`
+//! (`KILN_CPU_ISA=scalar|avx2|avx512` picks a lesser instruction set.)
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use half::f16;
+use kiln_gguf::GgmlType;
+use kiln_model::cpu::CpuBackend;
+use kiln_model::{Backend, RawTensor, TensorBytes};
+
+/// Random blocks with f16 scales in a sane range (offsets of the f16 fields per format).
+fn random_matrix(ty: GgmlType, rows: usize, cols: usize) -> RawTensor {
+    let (_, bb) = ty.block();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut data: Vec<u8> = (0..rows * ty.bytes_for(cols))
+        .map(|_| next() as u8)
+        .collect();
+    let scales: &[usize] = match ty {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    };
+    if ty == GgmlType::F16 {
+        for c in data.chunks_exact_mut(2) {
+            let v = f16::from_f32((next() % 2000) as f32 / 1000.0 - 1.0);
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    for blk in data.chunks_exact_mut(bb) {
+        for &o in scales {
+            let v = f16::from_f32((next() % 1000) as f32 / 20000.0);
+            blk[o..o + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    RawTensor {
+        name: format!("{}-{rows}x{cols}", ty.name()),
+        ty,
+        rows,
+        cols,
+        data: TensorBytes::Owned(Arc::new(data)),
+    }
+}
+
+fn main() {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let be = CpuBackend::new(threads);
+    println!("{}", be.describe());
+    println!(
+        "{:<6} {:>14} {:>14} {:>16}",
+        "format", "n=1 cached", "n=1 DRAM", "n=64 cached"
+    );
+    let cols = 1536;
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::F16,
+    ] {
+        let mut cells = Vec::new();
+        for (rows, n, reps) in [(256, 1, 2000), (65536, 1, 10), (256, 64, 100)] {
+            let t = random_matrix(ty, rows, cols);
+            let bytes = t.data.as_slice().len();
+            let m = be.matrix(t).expect("matrix");
+            let x = be
+                .vector(
+                    &(0..n * cols)
+                        .map(|i| (i % 7) as f32 - 3.0)
+                        .collect::<Vec<_>>(),
+                )
+                .expect("x");
+            let mut out = be.act(n * rows).expect("out");
+            be.matmul(&m, &x, n, &mut out);
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                be.matmul(&m, &x, n, &mut out);
+            }
+            let s = t0.elapsed().as_secs_f64() / reps as f64;
+            cells.push(if n == 1 {
+                format!("{:>9.1} GB/s", bytes as f64 / s / 1e9)
+            } else {
+                format!("{:>9.1} GMAC/s", (rows * cols * n) as f64 / s / 1e9)
+            });
+        }
+        println!(
+            "{:<6} {:>14} {:>14} {:>16}",
+            ty.name(),
+            cells[0],
+            cells[1],
+            cells[2]
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! Every SIMD kernel against the scalar reference, and the reference against the file
+//! format's own decoder, on random data of awkward sizes.
+
+use half::f16;
+use kiln_gguf::GgmlType;
+
+use super::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+fn ggml(fmt: Fmt) -> GgmlType {
+    match fmt {
+        Fmt::Q4_0 => GgmlType::Q4_0,
+        Fmt::Q4_1 => GgmlType::Q4_1,
+        Fmt::Q5_0 => GgmlType::Q5_0,
+        Fmt::Q8_0 => GgmlType::Q8_0,
+        Fmt::Q4_K => GgmlType::Q4_K,
+        Fmt::Q5_K => GgmlType::Q5_K,
+        Fmt::Q6_K => GgmlType::Q6_K,
+    }
+}
+
+/// Random rows of a format, with sane f16 scales where the format keeps them.
+fn random_rows(fmt: Fmt, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let ty = ggml(fmt);
+    let (_, bb) = ty.block();
+    let mut w: Vec<u8> = (0..rows * ty.bytes_for(cols))
+        .map(|_| rng.next() as u8)
+        .collect();
+    let scales: &[usize] = match fmt {
+        Fmt::Q4_0 | Fmt::Q5_0 | Fmt::Q8_0 => &[0],
+        Fmt::Q4_1 | Fmt::Q4_K | Fmt::Q5_K => &[0, 2],
+        Fmt::Q6_K => &[208],
+    };
+    for blk in w.chunks_exact_mut(bb) {
+        for &o in scales {
+            let v = f16::from_f32(rng.f() * 0.05);
+            blk[o..o + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    w
+}
+
+fn run(tf: TileFn, w: &[u8], rows: usize, rb: usize, a: &QAct, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * n];
+    gemm_rows(tf, w, rb, 0, rows, &a.view(0, n), |r, t, v| {
+        out[t * rows + r] = v
+    });
+    out
+}
+
+const FORMATS: [Fmt; 6] = [
+    Fmt::Q4_0,
+    Fmt::Q4_1,
+    Fmt::Q8_0,
+    Fmt::Q4_K,
+    Fmt::Q5_K,
+    Fmt::Q6_K,
+];
+
+fn sizes(fmt: Fmt) -> &'static [usize] {
+    match fmt {
+        Fmt::Q4_K | Fmt::Q5_K | Fmt::Q6_K => &[256, 768],
+        _ => &[32, 96, 544, 576],
+    }
+}
+
+#[test]
+fn simd_kernels_match_scalar() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for fmt in FORMATS {
+        for &cols in sizes(fmt) {
+            for &(rows, n) in &[(1, 1), (3, 2), (4, 4), (5, 7), (9, 5), (8, 1)] {
+                let w = random_rows(fmt, rows, cols, &mut rng);
+                let rb = ggml(fmt).bytes_for(cols);
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.f() * 3.0).collect();
+                let mut a = QAct::new();
+                a.quantize(Isa::Scalar, &x, n, cols);
+                let want = run(scalar_tile_fn(fmt), &w, rows, rb, &a, n);
+                for isa in Isa::available() {
+                    let mut aq = QAct::new();
+                    aq.quantize(isa, &x, n, cols);
+                    assert_eq!(aq.qs[..n * cols], a.qs[..n * cols], "{isa:?} quantization");
+                    assert_eq!(aq.d[..n * cols / 32], a.d[..n * cols / 32]);
+                    let got = run(tile_fn(isa, fmt), &w, rows, rb, &aq, n);
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        let tol = 1e-4 * e.abs().max(1.0);
+                        assert!(
+                            (g - e).abs() <= tol,
+                            "{isa:?} {fmt:?} {rows}x{cols} n={n} [{i}]: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scalar_kernels_match_dequantized_f32() {
+    let mut rng = Rng(12345);
+    for fmt in FORMATS {
+        for &cols in sizes(fmt) {
+            let rows = 3;
+            let w = random_rows(fmt, rows, cols, &mut rng);
+            let rb = ggml(fmt).bytes_for(cols);
+            let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+            let mut a = QAct::new();
+            a.quantize(Isa::Scalar, &x, 1, cols);
+            let got = run(scalar_tile_fn(fmt), &w, rows, rb, &a, 1);
+            for r in 0..rows {
+                let mut deq = vec![0f32; cols];
+                let row = &w[r * rb..(r + 1) * rb];
+                if fmt == Fmt::Q5_0 {
+                    scalar::dequant_q5_0(row, &mut deq);
+                } else {
+                    kiln_gguf::quant::dequantize(ggml(fmt), row, &mut deq).unwrap();
+                }
+                let exact: f32 = deq.iter().zip(&x).map(|(a, b)| a * b).sum();
+                let mag: f32 = deq.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                // 8-bit activations: each value off by at most half a step of 1/127.
+                assert!(
+                    (got[r] - exact).abs() <= 0.01 * mag + 1e-6,
+                    "{fmt:?} cols {cols} row {r}: {} vs {exact} (magnitude {mag})",
+                    got[r]
+                );
+            }
+        }
+    }
+}

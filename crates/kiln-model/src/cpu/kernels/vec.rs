@@ -1,0 +1,333 @@
+//! Vector helpers for attention and elementwise work: f32 x f16 dot products and
+//! scaled adds (keys and values live in an f16 cache), f32 dots, and SiLU-gating.
+//! Each has a scalar version that the tests compare the SIMD ones against.
+
+use half::f16;
+
+use super::Isa;
+
+/// `sum(a[i] * b[i])` over the shorter length.
+#[inline]
+pub fn dot_f16(isa: Isa, a: &[f32], b: &[f16]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: the instruction set was detected on this CPU; slices hold `n` values.
+        Isa::Avx512Vnni => return unsafe { x86::dot_f16_512(&a[..n], &b[..n]) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { x86::dot_f16_256(&a[..n], &b[..n]) },
+        _ => {}
+    }
+    let _ = isa;
+    a[..n]
+        .iter()
+        .zip(&b[..n])
+        .map(|(x, y)| x * y.to_f32())
+        .sum()
+}
+
+/// `acc[i] += w * v[i]` over the shorter length.
+#[inline]
+pub fn axpy_f16(isa: Isa, acc: &mut [f32], w: f32, v: &[f16]) {
+    let n = acc.len().min(v.len());
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: the instruction set was detected on this CPU; slices hold `n` values.
+        Isa::Avx512Vnni => return unsafe { x86::axpy_f16_512(&mut acc[..n], w, &v[..n]) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { x86::axpy_f16_256(&mut acc[..n], w, &v[..n]) },
+        _ => {}
+    }
+    let _ = isa;
+    for (a, b) in acc[..n].iter_mut().zip(&v[..n]) {
+        *a += w * b.to_f32();
+    }
+}
+
+/// `out[p] = scale * q . key(p)` for every `p < out.len()`: one call for a whole row of
+/// attention scores, so the per-position work inlines into one SIMD loop.
+#[inline]
+pub fn scores_f16<'a>(
+    isa: Isa,
+    q: &[f32],
+    scale: f32,
+    key: impl Fn(usize) -> &'a [f16],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: the instruction set was detected on this CPU.
+        return unsafe { x86::scores_512(q, scale, key, out) };
+    }
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = scale * dot_f16(isa, q, key(p));
+    }
+}
+
+/// `acc += sum over p of w[p] * val(p)`: the probability-weighted values of a row.
+#[inline]
+pub fn mix_f16<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [f16], acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: the instruction set was detected on this CPU.
+        return unsafe { x86::mix_512(w, val, acc) };
+    }
+    for (p, &wp) in w.iter().enumerate() {
+        axpy_f16(isa, acc, wp, val(p));
+    }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`.
+#[inline]
+pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: the instruction set was detected on this CPU.
+        return unsafe { x86::silu_mul_512(&mut gate[..n], &up[..n]) };
+    }
+    let _ = isa;
+    for (g, u) in gate[..n].iter_mut().zip(&up[..n]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_512(a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr().cast::<u16>());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads inside the first `n` values of both slices.
+        unsafe {
+            while i + 32 <= n {
+                let k0 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i).cast()));
+                let k1 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i + 16).cast()));
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), k0, acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), k1, acc1);
+                i += 32;
+            }
+            if i + 16 <= n {
+                let k0 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i).cast()));
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), k0, acc0);
+                i += 16;
+            }
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        for j in i..n {
+            s += a[j] * b[j].to_f32();
+        }
+        s
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_f16_512(acc: &mut [f32], w: f32, v: &[f16]) {
+        let n = acc.len().min(v.len());
+        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr().cast::<u16>());
+        let vw = _mm512_set1_ps(w);
+        let mut i = 0;
+        // SAFETY: every access is inside the first `n` values of both slices.
+        unsafe {
+            while i + 16 <= n {
+                let x = _mm512_cvtph_ps(_mm256_loadu_si256(pv.add(i).cast()));
+                let r = _mm512_fmadd_ps(vw, x, _mm512_loadu_ps(pa.add(i)));
+                _mm512_storeu_ps(pa.add(i), r);
+                i += 16;
+            }
+        }
+        for j in i..n {
+            acc[j] += w * v[j].to_f32();
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn scores_512<'a>(
+        q: &[f32],
+        scale: f32,
+        key: impl Fn(usize) -> &'a [f16],
+        out: &mut [f32],
+    ) {
+        for (p, o) in out.iter_mut().enumerate() {
+            // SAFETY: this function has the features `dot_f16_512` needs.
+            *o = scale * unsafe { dot_f16_512(q, key(p)) };
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn mix_512<'a>(w: &[f32], val: impl Fn(usize) -> &'a [f16], acc: &mut [f32]) {
+        for (p, &wp) in w.iter().enumerate() {
+            // SAFETY: this function has the features `axpy_f16_512` needs.
+            unsafe { axpy_f16_512(acc, wp, val(p)) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_256(a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr().cast::<u16>());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads inside the first `n` values of both slices.
+        unsafe {
+            while i + 16 <= n {
+                let k0 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i).cast()));
+                let k1 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i + 8).cast()));
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), k0, acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), k1, acc1);
+                i += 16;
+            }
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        for j in i..n {
+            s += a[j] * b[j].to_f32();
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_f16_256(acc: &mut [f32], w: f32, v: &[f16]) {
+        let n = acc.len().min(v.len());
+        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr().cast::<u16>());
+        let vw = _mm256_set1_ps(w);
+        let mut i = 0;
+        // SAFETY: every access is inside the first `n` values of both slices.
+        unsafe {
+            while i + 8 <= n {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(i).cast()));
+                let r = _mm256_fmadd_ps(vw, x, _mm256_loadu_ps(pa.add(i)));
+                _mm256_storeu_ps(pa.add(i), r);
+                i += 8;
+            }
+        }
+        for j in i..n {
+            acc[j] += w * v[j].to_f32();
+        }
+    }
+
+    /// `exp(x)` for 16 lanes: 2^(x log2 e) split into integer and fraction, the fraction
+    /// by a degree-6 polynomial (relative error about 2e-7), inputs clamped to +-87.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    fn exp512(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+            _mm512_set1_ps(87.0),
+        );
+        let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
+        let k = _mm512_roundscale_ps::<0>(t);
+        let f = _mm512_sub_ps(t, k);
+        // 2^f on [-0.5, 0.5].
+        let mut p = _mm512_set1_ps(1.535_336_2e-4);
+        for c in [
+            1.339_887_4e-3,
+            9.618_437e-3,
+            5.550_332_4e-2,
+            2.402_264_8e-1,
+            6.931_472e-1,
+            1.0,
+        ] {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, k)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn silu_mul_512(gate: &mut [f32], up: &[f32]) {
+        let n = gate.len().min(up.len());
+        let (pg, pu) = (gate.as_mut_ptr(), up.as_ptr());
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        // SAFETY: every access is inside the first `n` values of both slices.
+        unsafe {
+            while i + 16 <= n {
+                let g = _mm512_loadu_ps(pg.add(i));
+                let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+                let s = _mm512_div_ps(g, _mm512_add_ps(one, e));
+                _mm512_storeu_ps(pg.add(i), _mm512_mul_ps(s, _mm512_loadu_ps(pu.add(i))));
+                i += 16;
+            }
+        }
+        for j in i..n {
+            gate[j] = gate[j] / (1.0 + (-gate[j]).exp()) * up[j];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> (Vec<f32>, Vec<f16>) {
+        let f = |i: usize| {
+            (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 500.0 - 2.0
+        };
+        (
+            (0..n).map(f).collect(),
+            (0..n).map(|i| f16::from_f32(f(i + 7))).collect(),
+        )
+    }
+
+    #[test]
+    fn simd_vector_helpers_match_scalar() {
+        for n in [0, 1, 7, 15, 16, 17, 33, 64, 100, 1536] {
+            let (a, b) = data(n, 5);
+            let want = dot_f16(Isa::Scalar, &a, &b);
+            let mut acc0 = a.clone();
+            axpy_f16(Isa::Scalar, &mut acc0, 0.37, &b);
+            let up: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+            let mut g0 = a.iter().map(|v| v * 10.0).collect::<Vec<f32>>();
+            let g_in = g0.clone();
+            silu_mul(Isa::Scalar, &mut g0, &up);
+            for isa in Isa::available() {
+                let got = dot_f16(isa, &a, &b);
+                assert!(
+                    (got - want).abs() <= 1e-4 * (n as f32).max(1.0),
+                    "{isa:?} dot n={n}"
+                );
+                let mut acc = a.clone();
+                axpy_f16(isa, &mut acc, 0.37, &b);
+                for (x, y) in acc.iter().zip(&acc0) {
+                    assert!((x - y).abs() <= 1e-5, "{isa:?} axpy n={n}");
+                }
+                let keys: Vec<Vec<f16>> = (0..5).map(|p| data(n, p as u32 + 11).1).collect();
+                let mut sc = [0f32; 5];
+                scores_f16(isa, &a, 0.5, |p| &keys[p], &mut sc);
+                let mut mixed = vec![0f32; n];
+                mix_f16(isa, &[0.1, 0.2, 0.3, 0.15, 0.25], |p| &keys[p], &mut mixed);
+                let mut mixed0 = vec![0f32; n];
+                for (p, k) in keys.iter().enumerate() {
+                    let want = 0.5 * dot_f16(Isa::Scalar, &a, k);
+                    assert!(
+                        (sc[p] - want).abs() <= 1e-4 * (n as f32).max(1.0),
+                        "{isa:?} scores"
+                    );
+                    axpy_f16(Isa::Scalar, &mut mixed0, [0.1, 0.2, 0.3, 0.15, 0.25][p], k);
+                }
+                for (x, y) in mixed.iter().zip(&mixed0) {
+                    assert!((x - y).abs() <= 1e-5, "{isa:?} mix n={n}");
+                }
+                let mut g = g_in.clone();
+                silu_mul(isa, &mut g, &up);
+                for (x, y) in g.iter().zip(&g0) {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                        "{isa:?} silu n={n}: {x} {y}"
+                    );
+                }
+            }
+        }
+    }
+}

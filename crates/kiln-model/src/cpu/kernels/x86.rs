@@ -1,0 +1,1021 @@
+//! x86-64 kernels: AVX-512 VNNI (two 32-blocks per 512-bit register, `vpdpbusd`) and AVX2
+//! (one block per 256-bit register, `vpmaddubsw`). Each computes the same integer sums as
+//! [`super::scalar`]; the block layouts are described in `kiln_gguf::quant`.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes. Weights that are unsigned as stored
+//! (4-bit nibbles, Q6_K's 6-bit values) go in as they are; an offset (Q4_0's 8, Q6_K's 32)
+//! or the sign of Q8_0 (stored `q ^ 0x80`, i.e. `q + 128`) is taken out by starting the
+//! integer accumulator at `-offset * sum(activations)`, itself one `vpdpbusd` per token.
+#![allow(clippy::needless_range_loop)] // tiles are indexed by row and token, as the math is written
+
+use std::arch::x86_64::*;
+
+use super::{scalar, ActView, Fmt, Tile, TileFn};
+
+#[inline(always)]
+unsafe fn ld16(p: *const u8) -> i32 {
+    // SAFETY: the caller passes a readable 2-byte location.
+    i32::from(unsafe { p.cast::<u16>().read_unaligned() })
+}
+
+#[inline(always)]
+unsafe fn ld32(p: *const u8) -> i32 {
+    // SAFETY: the caller passes a readable 4-byte location.
+    unsafe { p.cast::<i32>().read_unaligned() }
+}
+
+/// Generates the `TileFn` for a kernel `k::<R, C>(w, rb, a, t0, r0, out)`, running it on
+/// 4x4 tiles where it can and on 4x1, 1x4 or 1x1 pieces at the edges.
+macro_rules! tiles {
+    ($name:ident, $k:ident) => {
+        unsafe fn $name(w: *const u8, rb: usize, nr: usize, a: &ActView, nt: usize, o: &mut Tile) {
+            // SAFETY: the `TileFn` contract: `nr` rows at `w`, `nt` tokens in `a`, the CPU
+            // has the features (checked by `Isa::detect`).
+            unsafe {
+                if nr == 4 {
+                    if nt == 4 {
+                        $k::<4, 4>(w, rb, a, 0, 0, o);
+                    } else {
+                        for t in 0..nt {
+                            $k::<4, 1>(w, rb, a, t, 0, o);
+                        }
+                    }
+                } else {
+                    for r in 0..nr {
+                        if nt == 4 {
+                            $k::<1, 4>(w.add(r * rb), rb, a, 0, r, o);
+                        } else {
+                            for t in 0..nt {
+                                $k::<1, 1>(w.add(r * rb), rb, a, t, r, o);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// The AVX-512 VNNI tile kernel for a format.
+pub(super) fn tile_fn_avx512(fmt: Fmt) -> TileFn {
+    match fmt {
+        Fmt::Q4_0 => q4_0_512_tiles,
+        Fmt::Q4_1 => q4_1_512_tiles,
+        Fmt::Q5_0 => q5_0_512_tiles,
+        Fmt::Q8_0 => q8_0_512_tiles,
+        Fmt::Q4_K => q4_k_512_tiles,
+        Fmt::Q5_K => q5_k_512_tiles,
+        Fmt::Q6_K => q6_k_512_tiles,
+    }
+}
+
+/// The AVX2 tile kernel for a format.
+pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
+    match fmt {
+        Fmt::Q4_0 => q4_0_256_tiles,
+        Fmt::Q4_1 => q4_1_256_tiles,
+        Fmt::Q5_0 => q5_0_256_tiles,
+        Fmt::Q8_0 => q8_0_256_tiles,
+        Fmt::Q4_K => q4_k_256_tiles,
+        Fmt::Q5_K => q5_k_256_tiles,
+        Fmt::Q6_K => q6_k_256_tiles,
+    }
+}
+
+tiles!(q4_0_512_tiles, q4_0_512);
+tiles!(q4_1_512_tiles, q4_1_512);
+tiles!(q5_0_512_tiles, q5_0_512);
+tiles!(q8_0_512_tiles, q8_0_512);
+tiles!(q4_k_512_tiles, q4_k_512);
+tiles!(q5_k_512_tiles, q5_k_512);
+tiles!(q6_k_512_tiles, q6_k_512);
+tiles!(q4_0_256_tiles, q4_0_256);
+tiles!(q4_1_256_tiles, q4_1_256);
+tiles!(q5_0_256_tiles, q5_0_256);
+tiles!(q8_0_256_tiles, q8_0_256);
+tiles!(q4_k_256_tiles, q4_k_256);
+tiles!(q5_k_256_tiles, q5_k_256);
+tiles!(q6_k_256_tiles, q6_k_256);
+
+/// How far ahead of the current block a kernel asks for weight bytes. Decoding streams
+/// every weight once from DRAM; the hardware prefetchers alone leave half the bandwidth
+/// unused on the 4 interleaved row streams of a tile.
+const PREFETCH: usize = 1024;
+
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    // SAFETY: a prefetch never faults, whatever the address; `wrapping_add` keeps the
+    // pointer arithmetic defined.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast()) }
+}
+
+// ---------------------------------------------------------------- AVX-512 VNNI
+
+/// Quantizes rows to 8-bit blocks; bit-identical to [`scalar::quantize_row`].
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+pub(super) unsafe fn quantize_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let nb = (x.len() / 32).min(qs.len() / 32).min(d.len()).min(s.len());
+    for b in 0..nb {
+        // SAFETY: block `b` is inside all four slices (`nb` is their common block count).
+        unsafe {
+            let x0 = _mm512_loadu_ps(x.as_ptr().add(32 * b));
+            let x1 = _mm512_loadu_ps(x.as_ptr().add(32 * b + 16));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+            let db = amax / 127.0;
+            let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+            let vid = _mm512_set1_ps(id);
+            let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
+            let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            let p = qs.as_mut_ptr().add(32 * b);
+            _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(p.add(16).cast(), _mm512_cvtepi32_epi8(q1));
+            let ds = _mm_cvtph_ps(_mm_cvtps_ph::<0>(_mm_set_ps(0.0, 0.0, db * sum as f32, db)));
+            d[b] = _mm_cvtss_f32(ds);
+            s[b] = _mm_cvtss_f32(_mm_movehdup_ps(ds));
+        }
+    }
+}
+
+/// Two 16-byte nibble groups as the 64 values of two 32-blocks in element order
+/// (`[lo0, hi0, lo1, hi1]`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn nib2(p0: *const u8, p1: *const u8) -> __m512i {
+    // SAFETY: the caller passes two readable 16-byte locations.
+    unsafe {
+        let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+        let a = _mm256_broadcastsi128_si256(_mm_loadu_si128(p0.cast()));
+        let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(p1.cast()));
+        let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+        _mm512_and_si512(_mm512_srlv_epi64(x, shifts), _mm512_set1_epi8(0x0F))
+    }
+}
+
+/// Lane `i` of the result is lane `i / 8` of `v`'s first two: the per-block scale of the
+/// two blocks one 512-bit product holds.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn spread2(v: __m128, lo: i32, hi: i32) -> __m512 {
+    let idx = _mm512_set_epi32(
+        hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo,
+    );
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+/// `-k * (sums of each 4 activation bytes)`: the start of an accumulator that takes an
+/// offset `k` off every weight.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn neg_offset(k: i8, av: __m512i) -> __m512i {
+    let z = _mm512_setzero_si512();
+    _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, _mm512_set1_epi8(k), av))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_0_512<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let nb = a.nb;
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    // SAFETY: rows and tokens are in range per the `TileFn` contract; blocks `2p, 2p+1`
+    // are below `nb`.
+    unsafe {
+        for p in 0..nb / 2 {
+            let mut wq = [_mm512_setzero_si512(); R];
+            let mut wd = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let b0 = w.add(r * rb + p * 36);
+                prefetch(b0);
+                wq[r] = nib2(b0.add(2), b0.add(20));
+                let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(18)));
+                wd[r] = spread2(_mm_cvtph_ps(dd), 0, 1);
+            }
+            for t in 0..C {
+                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
+                let bias = neg_offset(8, av);
+                let ad = spread2(_mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast())), 0, 1);
+                for r in 0..R {
+                    let dot = _mm512_dpbusd_epi32(bias, wq[r], av);
+                    let sc = _mm512_mul_ps(wd[r], ad);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                let mut v = _mm512_reduce_add_ps(acc[r][t]);
+                if nb % 2 == 1 {
+                    let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 18), 18);
+                    let (qs, d, _) = a.token(t0 + t);
+                    v += scalar::q4_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
+                }
+                out[r0 + r][t0 + t] = v;
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_1_512<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let nb = a.nb;
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    // SAFETY: as in `q4_0_512`.
+    unsafe {
+        for p in 0..nb / 2 {
+            let mut wq = [_mm512_setzero_si512(); R];
+            let mut wdm = [_mm_setzero_ps(); R];
+            for r in 0..R {
+                let b0 = w.add(r * rb + p * 40);
+                prefetch(b0);
+                wq[r] = nib2(b0.add(4), b0.add(24));
+                // [d0, m0, d1, m1]
+                let dm = _mm_insert_epi32::<1>(_mm_cvtsi32_si128(ld32(b0)), ld32(b0.add(20)));
+                wdm[r] = _mm_cvtph_ps(dm);
+            }
+            for t in 0..C {
+                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
+                let da = _mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast()));
+                let sa = _mm_castpd_ps(_mm_load_sd(tp[t].2.add(2 * p).cast()));
+                // [da0, sa0, da1, sa1]
+                let ad = _mm_unpacklo_ps(da, sa);
+                for r in 0..R {
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[r], av);
+                    let sc = _mm_mul_ps(wdm[r], ad);
+                    let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread2(sc, 0, 2), acc[r][t]);
+                    // The minimum's terms m * sa sit in lanes 1 and 3 of `sc`.
+                    acc[r][t] = _mm512_mask_add_ps(f, 0b1010, f, _mm512_castps128_ps512(sc));
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                let mut v = _mm512_reduce_add_ps(acc[r][t]);
+                if nb % 2 == 1 {
+                    let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 20), 20);
+                    let (qs, d, s) = a.token(t0 + t);
+                    v += scalar::q4_1_block(b, &qs[32 * (nb - 1)..], d[nb - 1], s[nb - 1]);
+                }
+                out[r0 + r][t0 + t] = v;
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q5_0_512<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let nb = a.nb;
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let fifth = _mm512_set1_epi8(0x10);
+    // SAFETY: as in `q4_0_512`.
+    unsafe {
+        for p in 0..nb / 2 {
+            let mut wq = [_mm512_setzero_si512(); R];
+            let mut wd = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let b0 = w.add(r * rb + p * 44);
+                prefetch(b0);
+                // Bit j of the two blocks' `qh` is the fifth bit of value j.
+                let qh = (ld32(b0.add(2)) as u32 as u64) | ((ld32(b0.add(24)) as u32 as u64) << 32);
+                let hb = _mm512_maskz_mov_epi8(qh, fifth);
+                wq[r] = _mm512_or_si512(nib2(b0.add(6), b0.add(28)), hb);
+                let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(22)));
+                wd[r] = spread2(_mm_cvtph_ps(dd), 0, 1);
+            }
+            for t in 0..C {
+                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
+                let bias = neg_offset(16, av);
+                let ad = spread2(_mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast())), 0, 1);
+                for r in 0..R {
+                    let dot = _mm512_dpbusd_epi32(bias, wq[r], av);
+                    let sc = _mm512_mul_ps(wd[r], ad);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                let mut v = _mm512_reduce_add_ps(acc[r][t]);
+                if nb % 2 == 1 {
+                    let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 22), 22);
+                    let (qs, d, _) = a.token(t0 + t);
+                    v += scalar::q5_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
+                }
+                out[r0 + r][t0 + t] = v;
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8_0_512<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let nb = a.nb;
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let flip = _mm512_set1_epi8(-128);
+    // SAFETY: as in `q4_0_512`.
+    unsafe {
+        for p in 0..nb / 2 {
+            let mut wq = [_mm512_setzero_si512(); R];
+            let mut wd = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let b0 = w.add(r * rb + p * 68);
+                prefetch(b0);
+                prefetch(b0.wrapping_add(64));
+                let lo = _mm256_loadu_si256(b0.add(2).cast());
+                let hi = _mm256_loadu_si256(b0.add(36).cast());
+                let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                wq[r] = _mm512_xor_si512(x, flip);
+                let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(34)));
+                wd[r] = spread2(_mm_cvtph_ps(dd), 0, 1);
+            }
+            for t in 0..C {
+                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
+                let bias = neg_offset(-128, av);
+                let ad = spread2(_mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast())), 0, 1);
+                for r in 0..R {
+                    let dot = _mm512_dpbusd_epi32(bias, wq[r], av);
+                    let sc = _mm512_mul_ps(wd[r], ad);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                let mut v = _mm512_reduce_add_ps(acc[r][t]);
+                if nb % 2 == 1 {
+                    let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 34), 34);
+                    let (qs, d, _) = a.token(t0 + t);
+                    v += scalar::q8_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
+                }
+                out[r0 + r][t0 + t] = v;
+            }
+        }
+    }
+}
+
+/// A Q4_K/Q5_K super-block's `d * scale` (8 lanes of the result) and `dmin * min` (8).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn k_scales_512(blk: *const u8) -> (__m512, __m256) {
+    // SAFETY: the caller passes a readable super-block header (16 bytes).
+    unsafe {
+        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(ld32(blk)));
+        let sb = std::slice::from_raw_parts(blk.add(4), 12);
+        let (sc, m) = scalar::k_scales(sb);
+        let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(sc.as_ptr().cast())));
+        let m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr().cast())));
+        let d = _mm256_broadcastss_ps(dd);
+        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+        (
+            _mm512_castps256_ps512(_mm256_mul_ps(sc, d)),
+            _mm256_mul_ps(m, dmin),
+        )
+    }
+}
+
+/// Lane `i` is lane `2j + i / 8` of `v`: sub-blocks `2j` and `2j + 1`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pick_pair(v: __m512, j: usize) -> __m512 {
+    let (lo, hi) = (2 * j as i32, 2 * j as i32 + 1);
+    let idx = _mm512_set_epi32(
+        hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo,
+    );
+    _mm512_permutexvar_ps(idx, v)
+}
+
+/// The Q4_K and Q5_K kernel (`HIGH`: Q5_K's fifth bit).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn qk_512<const R: usize, const C: usize, const HIGH: bool>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let nsb = a.nb / 8;
+    let (bytes, qoff) = if HIGH { (176, 48) } else { (144, 16) };
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mask = _mm512_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    // SAFETY: rows and tokens in range per the `TileFn` contract; super-block `sb` is
+    // below `nsb`.
+    unsafe {
+        for sb in 0..nsb {
+            let mut wsc = [_mm512_setzero_ps(); R];
+            let mut wm = [_mm256_setzero_ps(); R];
+            let mut blk = [w; R];
+            for r in 0..R {
+                blk[r] = w.add(r * rb + sb * bytes);
+                for l in (0..bytes).step_by(64) {
+                    prefetch(blk[r].wrapping_add(l));
+                }
+                (wsc[r], wm[r]) = k_scales_512(blk[r]);
+            }
+            let mut ad = [_mm512_setzero_ps(); C];
+            for t in 0..C {
+                ad[t] = _mm512_castps256_ps512(_mm256_loadu_ps(tp[t].1.add(8 * sb)));
+                let sa = _mm256_loadu_ps(tp[t].2.add(8 * sb));
+                for r in 0..R {
+                    acc[r][t] = _mm512_mask3_fnmadd_ps(
+                        _mm512_castps256_ps512(wm[r]),
+                        _mm512_castps256_ps512(sa),
+                        acc[r][t],
+                        0x00FF,
+                    );
+                }
+            }
+            for j in 0..4 {
+                let mut wq = [_mm512_setzero_si512(); R];
+                let mut ws = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    let v = _mm256_loadu_si256(blk[r].add(qoff + 32 * j).cast());
+                    let x = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(v),
+                        _mm256_srli_epi16::<4>(v),
+                    );
+                    wq[r] = _mm512_and_si512(x, mask);
+                    if HIGH {
+                        let h = _mm256_loadu_si256(blk[r].add(16).cast());
+                        let c0 = _mm_cvtsi32_si128(2 * j as i32);
+                        let c1 = _mm_cvtsi32_si128(2 * j as i32 + 1);
+                        let h0 = _mm256_and_si256(_mm256_srl_epi16(h, c0), one);
+                        let h1 = _mm256_and_si256(_mm256_srl_epi16(h, c1), one);
+                        let hb = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h0), h1);
+                        wq[r] = _mm512_or_si512(wq[r], _mm512_slli_epi16::<4>(hb));
+                    }
+                    ws[r] = pick_pair(wsc[r], j);
+                }
+                for t in 0..C {
+                    let av = _mm512_loadu_si512(tp[t].0.add(256 * sb + 64 * j).cast());
+                    let adj = pick_pair(ad[t], j);
+                    for r in 0..R {
+                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[r], av);
+                        let sc = _mm512_mul_ps(ws[r], adj);
+                        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][t]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                out[r0 + r][t0 + t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_k_512<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    // SAFETY: forwarded.
+    unsafe { qk_512::<R, C, false>(w, rb, a, t0, r0, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q5_k_512<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    // SAFETY: forwarded.
+    unsafe { qk_512::<R, C, true>(w, rb, a, t0, r0, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_k_512<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let nsb = a.nb / 8;
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mask = _mm512_set1_epi8(0x0F);
+    let three = _mm512_set1_epi8(3);
+    // Lane i of 64-value group k: scale 4k + i/4, activation block 2k + i/8.
+    let idx16: [__m512i; 4] = core::array::from_fn(|k| {
+        let k = k as i32;
+        _mm512_set_epi32(
+            4 * k + 3,
+            4 * k + 3,
+            4 * k + 3,
+            4 * k + 3,
+            4 * k + 2,
+            4 * k + 2,
+            4 * k + 2,
+            4 * k + 2,
+            4 * k + 1,
+            4 * k + 1,
+            4 * k + 1,
+            4 * k + 1,
+            4 * k,
+            4 * k,
+            4 * k,
+            4 * k,
+        )
+    });
+    // SAFETY: as in `qk_512`.
+    unsafe {
+        for sb in 0..nsb {
+            let mut scf = [_mm512_setzero_ps(); R];
+            let mut blk = [w; R];
+            for r in 0..R {
+                blk[r] = w.add(r * rb + sb * 210);
+                for l in (0..210).step_by(64) {
+                    prefetch(blk[r].wrapping_add(l));
+                }
+                let d = _mm_cvtph_ps(_mm_cvtsi32_si128(ld16(blk[r].add(208))));
+                let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk[r].add(192).cast()));
+                scf[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(sc), _mm512_broadcastss_ps(d));
+            }
+            let ad: [__m512; C] = core::array::from_fn(|t| {
+                _mm512_castps256_ps512(_mm256_loadu_ps(tp[t].1.add(8 * sb)))
+            });
+            for k in 0..4 {
+                let (h, upper) = (k / 2, k % 2 == 1);
+                let mut wq = [_mm512_setzero_si512(); R];
+                let mut ws = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    let ql = _mm512_loadu_si512(blk[r].add(64 * h).cast());
+                    let qh = _mm256_loadu_si256(blk[r].add(128 + 32 * h).cast());
+                    let (lo, hb) = if upper {
+                        (
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(ql), mask),
+                            _mm512_inserti64x4::<1>(
+                                _mm512_castsi256_si512(_mm256_srli_epi16::<4>(qh)),
+                                _mm256_srli_epi16::<6>(qh),
+                            ),
+                        )
+                    } else {
+                        (
+                            _mm512_and_si512(ql, mask),
+                            _mm512_inserti64x4::<1>(
+                                _mm512_castsi256_si512(qh),
+                                _mm256_srli_epi16::<2>(qh),
+                            ),
+                        )
+                    };
+                    let hb = _mm512_slli_epi16::<4>(_mm512_and_si512(hb, three));
+                    wq[r] = _mm512_or_si512(lo, hb);
+                    ws[r] = _mm512_permutexvar_ps(idx16[k], scf[r]);
+                }
+                for t in 0..C {
+                    let av = _mm512_loadu_si512(tp[t].0.add(256 * sb + 64 * k).cast());
+                    let bias = neg_offset(32, av);
+                    let adk = pick_pair(ad[t], k);
+                    for r in 0..R {
+                        let dot = _mm512_dpbusd_epi32(bias, wq[r], av);
+                        let sc = _mm512_mul_ps(ws[r], adk);
+                        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][t]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                out[r0 + r][t0 + t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- AVX2
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_1(p: *const u8) -> f32 {
+    // SAFETY: the caller passes a readable 2-byte location.
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { ld16(p) })))
+}
+
+/// Sums of pairs of i16 lanes into i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pairs(x: __m256i) -> __m256i {
+    _mm256_madd_epi16(x, _mm256_set1_epi16(1))
+}
+
+/// 16 nibble bytes as the 32 values of a block (`[lo | hi]`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nib1(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes a readable 16-byte location.
+    let n = unsafe { _mm_loadu_si128(p.cast()) };
+    let x = _mm256_set_m128i(_mm_srli_epi16::<4>(n), n);
+    _mm256_and_si256(x, _mm256_set1_epi8(0x0F))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_256<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let eight = _mm256_set1_epi8(8);
+    // SAFETY: rows, tokens and blocks in range per the `TileFn` contract.
+    unsafe {
+        for b in 0..a.nb {
+            let mut wq = [_mm256_setzero_si256(); R];
+            let mut wd = [0f32; R];
+            for r in 0..R {
+                let p = w.add(r * rb + b * 18);
+                wq[r] = nib1(p.add(2));
+                wd[r] = f16_1(p);
+            }
+            for t in 0..C {
+                let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
+                let off = _mm256_maddubs_epi16(eight, av);
+                let da = *tp[t].1.add(b);
+                for r in 0..R {
+                    let dot = pairs(_mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], av), off));
+                    let sc = _mm256_set1_ps(wd[r] * da);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_256<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut macc = [[0f32; C]; R];
+    // SAFETY: as in `q4_0_256`.
+    unsafe {
+        for b in 0..a.nb {
+            let mut wq = [_mm256_setzero_si256(); R];
+            let mut wd = [0f32; R];
+            let mut wm = [0f32; R];
+            for r in 0..R {
+                let p = w.add(r * rb + b * 20);
+                wq[r] = nib1(p.add(4));
+                wd[r] = f16_1(p);
+                wm[r] = f16_1(p.add(2));
+            }
+            for t in 0..C {
+                let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
+                let (da, sa) = (*tp[t].1.add(b), *tp[t].2.add(b));
+                for r in 0..R {
+                    let dot = pairs(_mm256_maddubs_epi16(wq[r], av));
+                    let sc = _mm256_set1_ps(wd[r] * da);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
+                    macc[r][t] += wm[r] * sa;
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                out[r0 + r][t0 + t] = hsum256(acc[r][t]) + macc[r][t];
+            }
+        }
+    }
+}
+
+/// The 32 bits of `qh` as 32 bytes of 0x10 (bit set) or 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth_bits(qh: i32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(qh),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    // Byte i keeps bit i % 8 only if all other bits are forced on and it is set.
+    let probe = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7FBF_DFEF_F7FB_FDFE));
+    let set = _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_256<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let sixteen = _mm256_set1_epi8(16);
+    // SAFETY: as in `q4_0_256`.
+    unsafe {
+        for b in 0..a.nb {
+            let mut wq = [_mm256_setzero_si256(); R];
+            let mut wd = [0f32; R];
+            for r in 0..R {
+                let p = w.add(r * rb + b * 22);
+                wq[r] = _mm256_or_si256(nib1(p.add(6)), fifth_bits(ld32(p.add(2))));
+                wd[r] = f16_1(p);
+            }
+            for t in 0..C {
+                let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
+                let off = _mm256_maddubs_epi16(sixteen, av);
+                let da = *tp[t].1.add(b);
+                for r in 0..R {
+                    let dot = pairs(_mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], av), off));
+                    let sc = _mm256_set1_ps(wd[r] * da);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_256<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    // SAFETY: as in `q4_0_256`.
+    unsafe {
+        for b in 0..a.nb {
+            let mut wq = [_mm256_setzero_si256(); R];
+            let mut wd = [0f32; R];
+            for r in 0..R {
+                let p = w.add(r * rb + b * 34);
+                wq[r] = _mm256_loadu_si256(p.add(2).cast());
+                wd[r] = f16_1(p);
+            }
+            for t in 0..C {
+                let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
+                let da = *tp[t].1.add(b);
+                for r in 0..R {
+                    // |w| * (a with w's sign): unsigned by signed, as `vpmaddubsw` wants.
+                    let p16 =
+                        _mm256_maddubs_epi16(_mm256_abs_epi8(wq[r]), _mm256_sign_epi8(av, wq[r]));
+                    let sc = _mm256_set1_ps(wd[r] * da);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pairs(p16)), sc, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+            }
+        }
+    }
+}
+
+/// The Q4_K and Q5_K kernel on AVX2 (`HIGH`: Q5_K's fifth bit).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn qk_256<const R: usize, const C: usize, const HIGH: bool>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let nsb = a.nb / 8;
+    let (bytes, qoff) = if HIGH { (176, 48) } else { (144, 16) };
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut macc = [[0f32; C]; R];
+    let mask = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    // SAFETY: as in `qk_512`.
+    unsafe {
+        for sb in 0..nsb {
+            let mut blk = [w; R];
+            let mut dsc = [[0f32; 8]; R];
+            for r in 0..R {
+                blk[r] = w.add(r * rb + sb * bytes);
+                let (d, dmin) = (f16_1(blk[r]), f16_1(blk[r].add(2)));
+                let (sc, m) = scalar::k_scales(std::slice::from_raw_parts(blk[r].add(4), 12));
+                for t in 0..C {
+                    let sa = std::slice::from_raw_parts(tp[t].2.add(8 * sb), 8);
+                    let mut ms = 0f32;
+                    for k in 0..8 {
+                        ms += m[k] as f32 * sa[k];
+                    }
+                    macc[r][t] -= dmin * ms;
+                }
+                for k in 0..8 {
+                    dsc[r][k] = d * sc[k] as f32;
+                }
+            }
+            for j in 0..4 {
+                let mut lo = [_mm256_setzero_si256(); R];
+                let mut hi = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    let v = _mm256_loadu_si256(blk[r].add(qoff + 32 * j).cast());
+                    lo[r] = _mm256_and_si256(v, mask);
+                    hi[r] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                    if HIGH {
+                        let h = _mm256_loadu_si256(blk[r].add(16).cast());
+                        let c0 = _mm_cvtsi32_si128(2 * j as i32);
+                        let c1 = _mm_cvtsi32_si128(2 * j as i32 + 1);
+                        let h0 = _mm256_and_si256(_mm256_srl_epi16(h, c0), one);
+                        let h1 = _mm256_and_si256(_mm256_srl_epi16(h, c1), one);
+                        lo[r] = _mm256_or_si256(lo[r], _mm256_slli_epi16::<4>(h0));
+                        hi[r] = _mm256_or_si256(hi[r], _mm256_slli_epi16::<4>(h1));
+                    }
+                }
+                for t in 0..C {
+                    let base = tp[t].0.add(256 * sb + 64 * j);
+                    let a0 = _mm256_loadu_si256(base.cast());
+                    let a1 = _mm256_loadu_si256(base.add(32).cast());
+                    let da0 = *tp[t].1.add(8 * sb + 2 * j);
+                    let da1 = *tp[t].1.add(8 * sb + 2 * j + 1);
+                    for r in 0..R {
+                        let d0 = pairs(_mm256_maddubs_epi16(lo[r], a0));
+                        let d1 = pairs(_mm256_maddubs_epi16(hi[r], a1));
+                        let s0 = _mm256_set1_ps(dsc[r][2 * j] * da0);
+                        let s1 = _mm256_set1_ps(dsc[r][2 * j + 1] * da1);
+                        let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), s0, acc[r][t]);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), s1, f);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                out[r0 + r][t0 + t] = hsum256(acc[r][t]) + macc[r][t];
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_256<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    // SAFETY: forwarded.
+    unsafe { qk_256::<R, C, false>(w, rb, a, t0, r0, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k_256<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    // SAFETY: forwarded.
+    unsafe { qk_256::<R, C, true>(w, rb, a, t0, r0, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_256<const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    a: &ActView,
+    t0: usize,
+    r0: usize,
+    out: &mut Tile,
+) {
+    let nsb = a.nb / 8;
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mask = _mm256_set1_epi8(0x0F);
+    let three = _mm256_set1_epi8(3);
+    let k32 = _mm256_set1_epi8(32);
+    // SAFETY: as in `qk_512`.
+    unsafe {
+        for sb in 0..nsb {
+            let mut blk = [w; R];
+            let mut d = [0f32; R];
+            for r in 0..R {
+                blk[r] = w.add(r * rb + sb * 210);
+                d[r] = f16_1(blk[r].add(208));
+            }
+            // Group g (0..8) holds values 32g..32g+32.
+            for g in 0..8 {
+                let (h, gg) = (g / 4, g % 4);
+                let mut wq = [_mm256_setzero_si256(); R];
+                let mut ws = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    let ql = _mm256_loadu_si256(blk[r].add(64 * h + 32 * (gg % 2)).cast());
+                    let qh = _mm256_loadu_si256(blk[r].add(128 + 32 * h).cast());
+                    let lo = if gg >= 2 {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql), mask)
+                    } else {
+                        _mm256_and_si256(ql, mask)
+                    };
+                    let c = _mm_cvtsi32_si128(2 * gg as i32);
+                    let hb = _mm256_and_si256(_mm256_srl_epi16(qh, c), three);
+                    wq[r] = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hb));
+                    let sc = blk[r].add(192 + 2 * g);
+                    let (s0, s1) = (*sc as i8 as i16, *sc.add(1) as i8 as i16);
+                    ws[r] = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                }
+                for t in 0..C {
+                    let av = _mm256_loadu_si256(tp[t].0.add(256 * sb + 32 * g).cast());
+                    let off = _mm256_maddubs_epi16(k32, av);
+                    let da = *tp[t].1.add(8 * sb + g);
+                    for r in 0..R {
+                        let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], av), off);
+                        let dot = _mm256_madd_epi16(p16, ws[r]);
+                        let sc = _mm256_set1_ps(d[r] * da);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..C {
+                out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+            }
+        }
+    }
+}

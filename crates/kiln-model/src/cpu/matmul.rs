@@ -1,0 +1,125 @@
+//! Matrix products on the CPU: quantized weights against 8-bit activations through the
+//! [`kernels`](super::kernels), other formats through f32 rows.
+
+use std::cell::RefCell;
+
+use half::f16;
+use kiln_gguf::GgmlType;
+
+use super::kernels::{self, Fmt, Isa, QAct, TileFn};
+use super::pool::{split_range, ThreadPool};
+use super::SyncPtr;
+use crate::backend::RawTensor;
+
+thread_local! {
+    /// The calling thread's quantized activations; grows to the largest input and stays.
+    static QACT: RefCell<QAct> = RefCell::new(QAct::new());
+    /// One weight row decoded to f32, per thread (formats without an integer kernel).
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How a matrix is multiplied.
+#[derive(Clone, Copy)]
+pub(super) enum Kernel {
+    /// Integer tiles against quantized activations.
+    Quant(TileFn),
+    /// F16 rows read in place, dotted with f32 activations.
+    F16,
+    /// Rows decoded to f32, dotted with f32 activations.
+    Float,
+}
+
+impl Kernel {
+    /// The kernel for a tensor's format on an instruction set (`exact`: f32 activations
+    /// for every format, the slow reference).
+    pub(super) fn for_tensor(isa: Isa, t: &RawTensor, exact: bool) -> Kernel {
+        match Fmt::of(t.ty).filter(|_| !exact) {
+            Some(f) => Kernel::Quant(kernels::tile_fn(isa, f)),
+            None if t.ty == GgmlType::F16 => Kernel::F16,
+            None => Kernel::Float,
+        }
+    }
+}
+
+/// Rows of `n` tokens at which quantizing the activations is split over the pool.
+const PAR_QUANT_MIN: usize = 16;
+
+/// `out[t * rows + r] = W[r] . x[t]` for `n` tokens.
+pub(super) fn matmul(
+    pool: &ThreadPool,
+    isa: Isa,
+    kernel: Kernel,
+    w: &RawTensor,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    let data = w.data.as_slice();
+    let rb = w.row_bytes();
+    let optr = SyncPtr(out.as_mut_ptr());
+    match kernel {
+        Kernel::Quant(tf) => QACT.with(|q| {
+            let mut q = q.borrow_mut();
+            if n >= PAR_QUANT_MIN && pool.n_threads() > 1 {
+                quantize_parallel(pool, isa, &mut q, x, n, cols);
+            } else {
+                q.quantize(isa, x, n, cols);
+            }
+            let view = q.view(0, n);
+            pool.run(|i, nt| {
+                let (r0, r1) = split_range(rows, i, nt, 4);
+                kernels::gemm_rows(tf, data, rb, r0, r1, &view, |r, t, v| {
+                    // SAFETY: rows r0..r1 of every token belong to this thread only, and
+                    // `t * rows + r` is inside `out` (n tokens of `rows` outputs).
+                    unsafe { optr.write(t * rows + r, v) }
+                });
+            });
+        }),
+        Kernel::F16 if data.as_ptr().align_offset(std::mem::align_of::<f16>()) == 0 => {
+            // SAFETY: `f16` is two bytes with no invalid bit patterns, the pointer is
+            // aligned (checked above) and `data` holds `rows * cols` of them.
+            let wf: &[f16] =
+                unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), rows * cols) };
+            pool.run(|i, nt| {
+                let (r0, r1) = split_range(rows, i, nt, 4);
+                for r in r0..r1 {
+                    let row = &wf[r * cols..(r + 1) * cols];
+                    for t in 0..n {
+                        let v = kernels::vec::dot_f16(isa, &x[t * cols..(t + 1) * cols], row);
+                        // SAFETY: as above.
+                        unsafe { optr.write(t * rows + r, v) };
+                    }
+                }
+            });
+        }
+        Kernel::F16 | Kernel::Float => pool.run(|i, nt| {
+            let (r0, r1) = split_range(rows, i, nt, 4);
+            ROW.with(|s| {
+                let mut buf = s.borrow_mut();
+                if buf.len() < cols {
+                    buf.resize(cols, 0.0);
+                }
+                for r in r0..r1 {
+                    kernels::dequantize(w.ty, &data[r * rb..(r + 1) * rb], &mut buf[..cols]);
+                    for t in 0..n {
+                        let v = super::dot_f32(&buf[..cols], &x[t * cols..(t + 1) * cols]);
+                        // SAFETY: as above.
+                        unsafe { optr.write(t * rows + r, v) };
+                    }
+                }
+            });
+        }),
+    }
+}
+
+/// Quantizes `n` rows of `x` with every thread of the pool taking a share of the rows.
+fn quantize_parallel(pool: &ThreadPool, isa: Isa, q: &mut QAct, x: &[f32], n: usize, cols: usize) {
+    let parts = q.prepare(n, cols);
+    pool.run(|i, nt| {
+        let (t0, t1) = split_range(n, i, nt, 1);
+        // SAFETY: threads take disjoint token ranges of the buffers `prepare` sized.
+        let (qs, d, s) = unsafe { parts.rows(t0, t1) };
+        kernels::quantize_rows(isa, &x[t0 * cols..t1 * cols], qs, d, s);
+    });
+}
