@@ -33,8 +33,8 @@ if ! "$VENV/bin/python" -c "import llama_cpp, numpy" 2>/dev/null; then
 fi
 
 TARGET=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p kiln-model --example bench
-KILN="$TARGET/release/examples/bench"
+cargo build --release -q -p kiln
+KILN="$TARGET/release/kiln"
 
 OUT=$(mktemp)
 for m in "${MODELS[@]}"; do
@@ -44,7 +44,7 @@ for m in "${MODELS[@]}"; do
       if [ $((r % 2)) -eq 1 ]; then order="kiln llama"; else order="llama kiln"; fi
       for who in $order; do
         if [ "$who" = kiln ]; then
-          j=$("$KILN" "$m" "$t" "$PROMPT" "$GEN")
+          j=$("$KILN" bench --model "$m" --threads "$t" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --json)
         else
           j=$("$VENV/bin/python" scripts/llamacpp_bench.py --model "$m" --threads "$t" \
                 --prompt-tokens "$PROMPT" --gen-tokens "$GEN")
