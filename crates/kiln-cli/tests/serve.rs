@@ -359,8 +359,9 @@ fn api_keys_and_cors() {
         &["-H", "authorization: Bearer sekret"],
     );
     assert_eq!(code, 200, "{v}");
-    let (code, _) = s.curl(&[&s.url("/health")]);
+    let (code, text) = s.curl(&["-i", &s.url("/health")]);
     assert_eq!(code, 200, "health needs no key");
+    assert!(text.to_lowercase().contains("x-request-id: req-"), "{text}");
     let (code, text) = s.curl(&[
         "-i",
         "-X",

@@ -76,6 +76,7 @@ pub struct AppState {
     cfg: ServerConfig,
     metrics: Metrics,
     next_id: AtomicU64,
+    next_request: AtomicU64,
     created: u64,
 }
 
@@ -95,6 +96,7 @@ impl AppState {
             cfg,
             metrics: Metrics::default(),
             next_id: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
             created: now_s(),
         })
     }
@@ -211,16 +213,22 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
         }
     }
     let t0 = Instant::now();
-    let r = next.run(req).await;
+    let request_id = format!("req-{}", st.next_request.fetch_add(1, Ordering::Relaxed));
+    let mut r = next.run(req).await;
     let status = r.status().as_u16();
     st.metrics.request(endpoint_name(&path), status);
+    // One line per request; for streams it is written when the response starts.
     tracing::info!(
+        request_id,
         %method,
         path,
         status,
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "request"
     );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
     add_cors(r)
 }
 
