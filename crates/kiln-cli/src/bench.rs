@@ -20,6 +20,10 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Add the share of decode time per component (embedding, norms, RoPE, attention, FFN,
+    /// output head, sampling), timed in a second decode run so the main figures stay clean.
+    #[arg(long)]
+    pub breakdown: bool,
 }
 
 /// Runs `kiln bench`.
@@ -61,6 +65,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         pos += 1;
     }
     let decode_s = t1.elapsed().as_secs_f64();
+    let breakdown = if a.breakdown {
+        Some(decode_breakdown(&m, &prompt, a.gen_tokens)?)
+    } else {
+        None
+    };
     let prefill_tok_s = a.prompt_tokens as f64 / prefill_s;
     let decode_tok_s = a.gen_tokens as f64 / decode_s;
     let rss = peak_rss_mb().unwrap_or(f64::NAN);
@@ -77,6 +86,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 "prefill_tok_s": prefill_tok_s,
                 "decode_tok_s": decode_tok_s,
                 "peak_rss_mb": rss,
+                "breakdown": breakdown,
             })
         );
     } else {
@@ -91,6 +101,60 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             a.gen_tokens
         );
         println!("peak RSS  {rss:>10.1} MiB");
+        if let Some(b) = &breakdown {
+            println!("decode time by component:");
+            for (k, v) in b.as_object().into_iter().flatten() {
+                println!(
+                    "  {k:<12} {:>6.1}%  {:>8.3} s",
+                    v["share"].as_f64().unwrap_or(0.0) * 100.0,
+                    v["s"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// Decodes `gen` tokens after `prompt` again with per-component timing on; returns each
+/// component's seconds and share of the total.
+fn decode_breakdown(
+    m: &kiln_model::loader::LoadedModel<kiln_model::cpu::CpuBackend>,
+    prompt: &[u32],
+    gen: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let total = prompt.len() + gen;
+    let mut kv = m.model.new_kv(total)?;
+    let chunk = kiln_model::generate::PREFILL_CHUNK;
+    let mut st = m.model.new_state(prompt.len().min(chunk), 1)?;
+    let mut pos = 0;
+    for c in prompt.chunks(chunk) {
+        m.model.forward(&mut st, &mut kv, c, pos, false)?;
+        pos += c.len();
+    }
+    st.breakdown = Some(kiln_model::Breakdown::default());
+    let mut sampling = 0f64;
+    for _ in 0..gen {
+        let t = Instant::now();
+        let next = kiln_model::sampler::argmax(&st.logits);
+        sampling += t.elapsed().as_secs_f64();
+        m.model.forward(&mut st, &mut kv, &[next], pos, false)?;
+        pos += 1;
+    }
+    let b = st.breakdown.unwrap_or_default();
+    let parts = [
+        ("embedding", b.embedding),
+        ("norms", b.norms),
+        ("rope", b.rope),
+        ("attention", b.attention),
+        ("ffn", b.ffn),
+        ("output_head", b.output_head),
+        ("sampling", sampling),
+    ];
+    let sum: f64 = parts.iter().map(|p| p.1).sum::<f64>().max(1e-12);
+    Ok(serde_json::Value::Object(
+        parts
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), serde_json::json!({"s": v, "share": v / sum})))
+            .collect(),
+    ))
 }

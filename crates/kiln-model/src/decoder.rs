@@ -85,6 +85,36 @@ pub struct State<B: Backend> {
     tokens: Vec<u32>,
     /// Logits of the last pass: one row of `vocab` values per row asked for.
     pub logits: Vec<f32>,
+    /// Seconds per component, accumulated over passes, when enabled (a synchronous backend's
+    /// operations are timed as they return).
+    pub breakdown: Option<Breakdown>,
+}
+
+/// Where a forward pass spends its time, in seconds, summed over passes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Breakdown {
+    /// Token embedding lookup.
+    pub embedding: f64,
+    /// RMSNorms.
+    pub norms: f64,
+    /// Rotary embeddings.
+    pub rope: f64,
+    /// q/k/v projections and biases, attention over the KV cache, output projection, residual.
+    pub attention: f64,
+    /// Gate, up, SwiGLU, down projection, residual.
+    pub ffn: f64,
+    /// Gathering the rows that need logits, the output head, reading logits back.
+    pub output_head: f64,
+}
+
+/// Adds the time since `*t` to `slot` and restarts the clock, when timing is on.
+#[inline]
+fn lap(on: bool, t: &mut std::time::Instant, slot: &mut f64) {
+    if on {
+        let now = std::time::Instant::now();
+        *slot += now.duration_since(*t).as_secs_f64();
+        *t = now;
+    }
 }
 
 /// Positions per KV block.
@@ -155,6 +185,7 @@ impl<B: Backend> Model<B> {
             paged: Vec::with_capacity(m),
             tokens: Vec::with_capacity(m),
             logits: Vec::with_capacity(r * c.vocab_size),
+            breakdown: None,
         })
     }
 
@@ -281,9 +312,14 @@ impl<B: Backend> Model<B> {
             .collect();
         let b = &self.backend;
         let (dim, kvd) = (c.dim, c.kv_dim());
+        let on = s.breakdown.is_some();
+        let mut bd = s.breakdown.unwrap_or_default();
+        let mut t = std::time::Instant::now();
         b.embed(&self.tok_embd, &s.tokens, &mut s.x);
+        lap(on, &mut t, &mut bd.embedding);
         for (li, l) in self.layers.iter().enumerate() {
             b.rms_norm(&s.x, &l.attn_norm, c.rms_eps, n, dim, &mut s.xb);
+            lap(on, &mut t, &mut bd.norms);
             b.matmul(&l.wq, &s.xb, n, &mut s.q);
             b.matmul(&l.wk, &s.xb, n, &mut s.k);
             b.matmul(&l.wv, &s.xb, n, &mut s.v);
@@ -292,29 +328,39 @@ impl<B: Backend> Model<B> {
                 b.add_bias(&mut s.k, bk, n, kvd);
                 b.add_bias(&mut s.v, bv, n, kvd);
             }
+            lap(on, &mut t, &mut bd.attention);
             b.rope(c, &mut s.q, c.n_heads, &paged);
             b.rope(c, &mut s.k, c.n_kv_heads, &paged);
+            lap(on, &mut t, &mut bd.rope);
             b.attention(c, pool, li, &s.q, &s.k, &s.v, &paged, &mut s.att);
             b.matmul(&l.wo, &s.att, n, &mut s.xb);
             b.add(&mut s.x, &s.xb, n * dim);
+            lap(on, &mut t, &mut bd.attention);
 
             b.rms_norm(&s.x, &l.ffn_norm, c.rms_eps, n, dim, &mut s.xb);
+            lap(on, &mut t, &mut bd.norms);
             b.matmul(&l.w_gate, &s.xb, n, &mut s.gate);
             b.matmul(&l.w_up, &s.xb, n, &mut s.up);
             b.swiglu(&mut s.gate, &s.up, n * c.ffn_dim);
             b.matmul(&l.w_down, &s.gate, n, &mut s.xb);
             b.add(&mut s.x, &s.xb, n * dim);
+            lap(on, &mut t, &mut bd.ffn);
         }
         let r = s.rows.len();
         s.logits.resize(r * c.vocab_size, 0.0);
-        if r == 0 {
-            return Ok(());
+        if r > 0 {
+            let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+            b.gather_rows(&s.x, &s.rows, dim, &mut s.last);
+            lap(on, &mut t, &mut bd.output_head);
+            b.rms_norm(&s.last, &self.output_norm, c.rms_eps, r, dim, &mut s.xb);
+            lap(on, &mut t, &mut bd.norms);
+            b.matmul(head, &s.xb, r, &mut s.logits_dev);
+            b.read(&s.logits_dev, &mut s.logits);
+            lap(on, &mut t, &mut bd.output_head);
         }
-        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
-        b.gather_rows(&s.x, &s.rows, dim, &mut s.last);
-        b.rms_norm(&s.last, &self.output_norm, c.rms_eps, r, dim, &mut s.xb);
-        b.matmul(head, &s.xb, r, &mut s.logits_dev);
-        b.read(&s.logits_dev, &mut s.logits);
+        if on {
+            s.breakdown = Some(bd);
+        }
         Ok(())
     }
 }

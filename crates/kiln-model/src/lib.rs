@@ -21,7 +21,7 @@ pub mod weights;
 
 pub use backend::{Backend, PagedSeq, RawTensor, TensorBytes};
 pub use config::{Arch, ModelConfig, RopeStyle};
-pub use decoder::{KvCache, Logits, Model, SeqInput, State, KV_BLOCK};
+pub use decoder::{Breakdown, KvCache, Logits, Model, SeqInput, State, KV_BLOCK};
 pub use weights::{LayerWeights, Weights};
 
 /// Errors from loading or running a model.
