@@ -1,10 +1,12 @@
 //! `kiln irp`, `kiln memory`, `kiln profile`, `kiln chat --refine` and the server's `refine`
 //! field, end to end on the default model with short answers.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+
+mod common;
+use common::Server;
 
 fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -264,34 +266,8 @@ fn chat_refine_stores_every_exchange() {
 
 #[test]
 fn server_refine_field() {
-    let mut child = kiln()
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--threads",
-            "2",
-            "--max-memory-mb",
-            "512",
-            "--model",
-        ])
-        .arg(model())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("kiln: listening on http://") {
-                let _ = tx.send(addr.rsplit(':').next().unwrap().parse::<u16>().unwrap());
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server start");
+    let server = Server::start(&[]);
+    let port = server.port;
     let post = |body: &str| -> (u16, String) {
         let o = Command::new("curl")
             .args([
@@ -349,6 +325,4 @@ fn server_refine_field() {
     let (code, body) =
         post(r#"{"messages":[{"role":"user","content":"Hi"}],"n":2,"refine":"edge"}"#);
     assert_eq!(code, 400, "{body}");
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -1,10 +1,11 @@
 //! The chat page served at `/`, driven in headless Chromium (playwright-core). Needs node,
 //! `playwright-core` under `target/node` and Chromium; `scripts/test.sh` installs them.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
+
+mod common;
+use common::Server;
 
 #[test]
 fn chat_page_streams_an_answer_in_chromium() {
@@ -14,37 +15,8 @@ fn chat_page_streams_an_answer_in_chromium() {
         node_modules.join("playwright-core").is_dir(),
         "playwright-core is missing: run `npm install --prefix target/node playwright-core@1` (scripts/test.sh does)"
     );
-    let model = kiln_model::fetch::ensure_default_model(true).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--threads",
-            "2",
-            "--max-memory-mb",
-            "512",
-            "--default-max-tokens",
-            "24",
-            "--model",
-        ])
-        .arg(&model)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("kiln: listening on ") {
-                let _ = tx.send(a.to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server started");
+    let server = Server::start(&["--default-max-tokens", "24"]);
+    let url = server.url("");
     let artifacts = root.join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("chat-page.png");
@@ -56,8 +28,7 @@ fn chat_page_streams_an_answer_in_chromium() {
         .env("NODE_PATH", &node_modules)
         .output()
         .expect("node is installed");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     assert!(
         out.status.success(),
         "{}\n{}",
