@@ -13,18 +13,9 @@ use serde::Serialize;
 use crate::blocks::BlockManager;
 use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
 
-/// One sequence's part of a batched step.
-#[derive(Debug, Clone, Copy)]
-pub struct Slice<'a> {
-    /// Tokens to run, at positions `pos0..pos0 + tokens.len()`.
-    pub tokens: &'a [u32],
-    /// Position of the first token.
-    pub pos0: usize,
-    /// The sequence's block table (covers `pos0 + tokens.len()` positions).
-    pub blocks: &'a [u32],
-    /// Whether the last token's logits are needed.
-    pub want_logits: bool,
-}
+/// One sequence's part of a batched step: the model's own batch input, so a runner hands
+/// the engine's batch to the model without copying it.
+pub type Slice<'a> = kiln_model::SeqInput<'a>;
 
 /// What the engine needs of a model: one batched step over a paged KV cache.
 pub trait Runner: Send {

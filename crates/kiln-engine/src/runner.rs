@@ -1,7 +1,7 @@
 //! The engine's runner for a real model: one batched forward pass per step over a shared
 //! paged KV pool.
 
-use kiln_model::{Backend, Logits, Model, ModelError, SeqInput, State, KV_BLOCK};
+use kiln_model::{Backend, Logits, Model, ModelError, State, KV_BLOCK};
 
 use crate::engine::{Runner, Slice};
 
@@ -70,17 +70,8 @@ impl<B: Backend> Runner for ModelRunner<B> {
     }
 
     fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
-        let seqs: Vec<SeqInput<'_>> = batch
-            .iter()
-            .map(|s| SeqInput {
-                tokens: s.tokens,
-                pos0: s.pos0,
-                blocks: s.blocks,
-                want_logits: s.want_logits,
-            })
-            .collect();
         self.model
-            .forward_batch(&mut self.state, &mut self.pool, &seqs, Logits::Last)?;
+            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Last)?;
         logits.extend_from_slice(&self.state.logits);
         Ok(())
     }
