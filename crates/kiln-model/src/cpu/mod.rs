@@ -12,6 +12,7 @@ use half::f16;
 use crate::backend::{Backend, PagedSeq, RawTensor};
 use crate::config::RopeStyle;
 use crate::{ModelConfig, ModelError};
+use kernels::vec::KvElem;
 pub use pool::{split_range, ThreadPool};
 
 /// Runs the decoder on the CPU.
@@ -21,6 +22,46 @@ pub struct CpuBackend {
     isa: kernels::Isa,
     /// f32 activations for every product (`KILN_CPU_EXACT=1`): slow, for comparisons.
     exact: bool,
+    /// How the KV pools this backend makes store keys and values.
+    kv_dtype: KvDtype,
+}
+
+/// How the CPU backend stores cached keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// Half precision, as llama.cpp keeps its cache: half the memory, the default.
+    #[default]
+    F16,
+    /// Single precision: twice the memory, no rounding of keys, values, queries or
+    /// attention weights (for comparisons against f32/f64 references).
+    F32,
+}
+
+impl KvDtype {
+    /// The type named `f16` or `f32`; `None` for any other name.
+    pub fn from_name(name: &str) -> Option<KvDtype> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "f16" => Some(KvDtype::F16),
+            "f32" => Some(KvDtype::F32),
+            _ => None,
+        }
+    }
+
+    /// The name [`KvDtype::from_name`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::F32 => "f32",
+        }
+    }
+
+    /// Bytes of one stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F16 => std::mem::size_of::<f16>(),
+            KvDtype::F32 => std::mem::size_of::<f32>(),
+        }
+    }
 }
 
 impl CpuBackend {
@@ -35,7 +76,19 @@ impl CpuBackend {
             pool: ThreadPool::new(threads),
             isa: kernels::Isa::detect(),
             exact: std::env::var_os("KILN_CPU_EXACT").is_some_and(|v| v == "1"),
+            kv_dtype: KvDtype::default(),
         }
+    }
+
+    /// The same backend with KV pools stored as `dtype` (f16 unless told).
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> Self {
+        self.kv_dtype = dtype;
+        self
+    }
+
+    /// How this backend's KV pools store keys and values.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     /// Threads in use.
@@ -50,21 +103,53 @@ pub struct CpuMat {
     kernel: matmul::Kernel,
 }
 
-/// The KV pool: f16 keys and values, laid out `[layer][block][offset][kv_dim]`.
+/// The KV pool: keys and values (f16 or f32, see [`KvDtype`]), laid out
+/// `[layer][block][offset][kv_dim]`.
 pub struct CpuKvPool {
-    k: Vec<f16>,
-    v: Vec<f16>,
+    store: KvStore,
+    layout: KvLayout,
+}
+
+/// The pool's storage, one element type for keys and values.
+enum KvStore {
+    F16 { k: Vec<f16>, v: Vec<f16> },
+    F32 { k: Vec<f32>, v: Vec<f32> },
+}
+
+/// Where a (layer, position) lives in a pool.
+#[derive(Clone, Copy)]
+struct KvLayout {
     n_blocks: usize,
     block_size: usize,
     kv_dim: usize,
 }
 
-impl CpuKvPool {
+impl KvLayout {
     /// Index of (layer, position) through a block table.
     #[inline]
     fn slot(&self, layer: usize, blocks: &[u32], pos: usize) -> usize {
         let b = blocks[pos / self.block_size] as usize;
         ((layer * self.n_blocks + b) * self.block_size + pos % self.block_size) * self.kv_dim
+    }
+}
+
+impl CpuKvPool {
+    /// How the pool stores keys and values.
+    pub fn dtype(&self) -> KvDtype {
+        match self.store {
+            KvStore::F16 { .. } => KvDtype::F16,
+            KvStore::F32 { .. } => KvDtype::F32,
+        }
+    }
+}
+
+/// Copies block `src` into block `dst` in every layer of one of a pool's arrays.
+fn copy_block<T: Copy>(x: &mut [T], l: &KvLayout, src: u32, dst: u32) {
+    let per = l.block_size * l.kv_dim;
+    for layer in 0..x.len() / (l.n_blocks * per).max(1) {
+        let s = (layer * l.n_blocks + src as usize) * per;
+        let d = (layer * l.n_blocks + dst as usize) * per;
+        x.copy_within(s..s + per, d);
     }
 }
 
@@ -111,14 +196,148 @@ fn dequant_row(raw: &RawTensor, row: usize, out: &mut [f32]) {
     kernels::dequantize(raw.ty, src, &mut out[..raw.cols]);
 }
 
+/// A zeroed array of `len` cache elements, or an error naming the pool.
+fn alloc_kv<T: KvElem>(
+    len: usize,
+    bytes: usize,
+    what: &str,
+    n_blocks: usize,
+) -> Result<Vec<T>, ModelError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        ModelError::OutOfMemory(format!(
+            "{what} pool of {n_blocks} blocks ({} MiB)",
+            len.saturating_mul(bytes) >> 20
+        ))
+    })?;
+    v.resize(len, T::ZERO);
+    Ok(v)
+}
+
+impl CpuBackend {
+    /// [`Backend::attention`] over a pool whose arrays hold `T`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend<T: KvElem>(
+        &self,
+        cfg: &ModelConfig,
+        l: KvLayout,
+        kc: &mut [T],
+        vc: &mut [T],
+        layer: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        seqs: &[PagedSeq<'_>],
+        out: &mut [f32],
+    ) {
+        let kvd = l.kv_dim;
+        for sq in seqs {
+            for t in 0..sq.n {
+                let dst = l.slot(layer, sq.blocks, sq.pos0 + t);
+                let src = (sq.row0 + t) * kvd;
+                for i in 0..kvd {
+                    kc[dst + i] = T::from_f32(k[src + i]);
+                    vc[dst + i] = T::from_f32(v[src + i]);
+                }
+            }
+        }
+        let (kc, vc): (&[T], &[T]) = (kc, vc);
+        let (nh, hd) = (cfg.n_heads, cfg.head_dim);
+        let group = nh / cfg.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let isa = self.isa;
+        let optr = SyncPtr(out.as_mut_ptr());
+        let rows: usize = seqs.iter().map(|s| s.n).sum();
+        let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(0);
+        let jobs = rows * nh;
+        self.pool.run(|i, nt| {
+            let (j0, j1) = split_range(jobs, i, nt, 1);
+            if j0 == j1 {
+                return;
+            }
+            SCRATCH.with(|s| {
+                let mut sc = s.borrow_mut();
+                let need = longest + 2 * hd;
+                if sc.len() < need {
+                    sc.resize(need, 0.0);
+                }
+                let (scores, rest) = sc.split_at_mut(longest);
+                let (acc, qr) = rest.split_at_mut(hd);
+                // Walk the jobs in order, tracking which sequence they belong to.
+                let mut si = 0;
+                let mut seq_end = seqs[0].n * nh;
+                let mut seq_start = 0;
+                for job in j0..j1 {
+                    while job >= seq_end {
+                        si += 1;
+                        seq_start = seq_end;
+                        seq_end += seqs[si].n * nh;
+                    }
+                    let sq = &seqs[si];
+                    let local = job - seq_start;
+                    let (t, h) = (local / nh, local % nh);
+                    let row = sq.row0 + t;
+                    let kvh = h / group;
+                    // With the f16 cache the query and the probabilities are rounded to f16
+                    // for the products, as llama.cpp does: the golden logits come from it
+                    // and this keeps kiln's rounding noise like its own.
+                    let qh = &mut qr[..hd];
+                    qh.copy_from_slice(&q[(row * nh + h) * hd..][..hd]);
+                    if T::ROUND_OPERANDS {
+                        for a in qh.iter_mut() {
+                            *a = f16::from_f32(*a).to_f32();
+                        }
+                    }
+                    let qh: &[f32] = qh;
+                    let len = sq.pos0 + t + 1;
+                    let scores = &mut scores[..len];
+                    let key = |p: usize| {
+                        let o = l.slot(layer, sq.blocks, p) + kvh * hd;
+                        &kc[o..o + hd]
+                    };
+                    T::scores(isa, qh, scale, key, scores);
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let mut sum = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let inv = 1.0 / sum;
+                    for s in scores.iter_mut() {
+                        *s *= inv;
+                        if T::ROUND_OPERANDS {
+                            *s = f16::from_f32(*s).to_f32();
+                        }
+                    }
+                    let acc = &mut acc[..hd];
+                    acc.fill(0.0);
+                    let val = |p: usize| {
+                        let o = l.slot(layer, sq.blocks, p) + kvh * hd;
+                        &vc[o..o + hd]
+                    };
+                    T::mix(isa, scores, val, acc);
+                    for (d, &a) in acc.iter().enumerate() {
+                        // SAFETY: each (row, head) slice belongs to one job.
+                        unsafe { optr.write((row * nh + h) * hd + d, a) };
+                    }
+                }
+            });
+        });
+    }
+}
+
 impl Backend for CpuBackend {
     type Act = Vec<f32>;
     type Mat = CpuMat;
     type KvPool = CpuKvPool;
 
     fn describe(&self) -> String {
+        let kv = match self.kv_dtype {
+            KvDtype::F16 => String::new(),
+            other => format!(", {} KV", other.name()),
+        };
         format!(
-            "cpu ({} threads, {})",
+            "cpu ({} threads, {}{kv})",
             self.pool.n_threads(),
             self.isa.name()
         )
@@ -174,28 +393,27 @@ impl Backend for CpuBackend {
             .and_then(|x| x.checked_mul(block_size))
             .and_then(|x| x.checked_mul(kv_dim))
             .ok_or_else(|| ModelError::OutOfMemory(format!("KV pool of {n_blocks} blocks")))?;
-        let alloc = |what: &str| -> Result<Vec<f16>, ModelError> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(len).map_err(|_| {
-                ModelError::OutOfMemory(format!(
-                    "{what} pool of {n_blocks} blocks ({} MiB)",
-                    (len * 2) >> 20
-                ))
-            })?;
-            v.resize(len, f16::ZERO);
-            Ok(v)
-        };
-        Ok(CpuKvPool {
-            k: alloc("key")?,
-            v: alloc("value")?,
+        let layout = KvLayout {
             n_blocks,
             block_size: block_size.max(1),
             kv_dim,
-        })
+        };
+        let bytes = self.kv_dtype.bytes();
+        let store = match self.kv_dtype {
+            KvDtype::F16 => KvStore::F16 {
+                k: alloc_kv(len, bytes, "key", n_blocks)?,
+                v: alloc_kv(len, bytes, "value", n_blocks)?,
+            },
+            KvDtype::F32 => KvStore::F32 {
+                k: alloc_kv(len, bytes, "key", n_blocks)?,
+                v: alloc_kv(len, bytes, "value", n_blocks)?,
+            },
+        };
+        Ok(CpuKvPool { store, layout })
     }
 
     fn kv_block_bytes(&self, cfg: &ModelConfig, block_size: usize) -> usize {
-        2 * cfg.n_layers * block_size * cfg.kv_dim() * std::mem::size_of::<f16>()
+        2 * cfg.n_layers * block_size * cfg.kv_dim() * self.kv_dtype.bytes()
     }
 
     fn embed(&self, table: &CpuMat, tokens: &[u32], out: &mut Vec<f32>) {
@@ -275,102 +493,24 @@ impl Backend for CpuBackend {
         seqs: &[PagedSeq<'_>],
         out: &mut Vec<f32>,
     ) {
-        let kvd = pool.kv_dim;
-        for sq in seqs {
-            for t in 0..sq.n {
-                let dst = pool.slot(layer, sq.blocks, sq.pos0 + t);
-                let src = (sq.row0 + t) * kvd;
-                for i in 0..kvd {
-                    pool.k[dst + i] = f16::from_f32(k[src + i]);
-                    pool.v[dst + i] = f16::from_f32(v[src + i]);
-                }
-            }
+        let l = pool.layout;
+        match &mut pool.store {
+            KvStore::F16 { k: kc, v: vc } => self.attend(cfg, l, kc, vc, layer, q, k, v, seqs, out),
+            KvStore::F32 { k: kc, v: vc } => self.attend(cfg, l, kc, vc, layer, q, k, v, seqs, out),
         }
-        let (nh, hd) = (cfg.n_heads, cfg.head_dim);
-        let group = nh / cfg.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let pool: &CpuKvPool = pool;
-        let isa = self.isa;
-        let optr = SyncPtr(out.as_mut_ptr());
-        let rows: usize = seqs.iter().map(|s| s.n).sum();
-        let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(0);
-        let jobs = rows * nh;
-        self.pool.run(|i, nt| {
-            let (j0, j1) = split_range(jobs, i, nt, 1);
-            if j0 == j1 {
-                return;
-            }
-            SCRATCH.with(|s| {
-                let mut sc = s.borrow_mut();
-                let need = longest + 2 * hd;
-                if sc.len() < need {
-                    sc.resize(need, 0.0);
-                }
-                let (scores, rest) = sc.split_at_mut(longest);
-                let (acc, qr) = rest.split_at_mut(hd);
-                // Walk the jobs in order, tracking which sequence they belong to.
-                let mut si = 0;
-                let mut seq_end = seqs[0].n * nh;
-                let mut seq_start = 0;
-                for job in j0..j1 {
-                    while job >= seq_end {
-                        si += 1;
-                        seq_start = seq_end;
-                        seq_end += seqs[si].n * nh;
-                    }
-                    let sq = &seqs[si];
-                    let local = job - seq_start;
-                    let (t, h) = (local / nh, local % nh);
-                    let row = sq.row0 + t;
-                    let kvh = h / group;
-                    // The query and the probabilities are rounded to f16 for the products
-                    // with the f16 cache, as llama.cpp does: the golden logits come from it
-                    // and this keeps kiln's rounding noise like its own.
-                    let qh = &mut qr[..hd];
-                    for (a, b) in qh.iter_mut().zip(&q[(row * nh + h) * hd..]) {
-                        *a = f16::from_f32(*b).to_f32();
-                    }
-                    let qh: &[f32] = qh;
-                    let len = sq.pos0 + t + 1;
-                    let scores = &mut scores[..len];
-                    let key = |p: usize| {
-                        let o = pool.slot(layer, sq.blocks, p) + kvh * hd;
-                        &pool.k[o..o + hd]
-                    };
-                    kernels::vec::scores_f16(isa, qh, scale, key, scores);
-                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let inv = 1.0 / sum;
-                    for s in scores.iter_mut() {
-                        *s = f16::from_f32(*s * inv).to_f32();
-                    }
-                    let acc = &mut acc[..hd];
-                    acc.fill(0.0);
-                    let val = |p: usize| {
-                        let o = pool.slot(layer, sq.blocks, p) + kvh * hd;
-                        &pool.v[o..o + hd]
-                    };
-                    kernels::vec::mix_f16(isa, scores, val, acc);
-                    for (d, &a) in acc.iter().enumerate() {
-                        // SAFETY: each (row, head) slice belongs to one job.
-                        unsafe { optr.write((row * nh + h) * hd + d, a) };
-                    }
-                }
-            });
-        });
     }
 
     fn copy_kv_block(&self, pool: &mut CpuKvPool, src: u32, dst: u32) {
-        let per = pool.block_size * pool.kv_dim;
-        for layer in 0..pool.k.len() / (pool.n_blocks * per).max(1) {
-            let s = (layer * pool.n_blocks + src as usize) * per;
-            let d = (layer * pool.n_blocks + dst as usize) * per;
-            pool.k.copy_within(s..s + per, d);
-            pool.v.copy_within(s..s + per, d);
+        let l = pool.layout;
+        match &mut pool.store {
+            KvStore::F16 { k, v } => {
+                copy_block(k, &l, src, dst);
+                copy_block(v, &l, src, dst);
+            }
+            KvStore::F32 { k, v } => {
+                copy_block(k, &l, src, dst);
+                copy_block(v, &l, src, dst);
+            }
         }
     }
 

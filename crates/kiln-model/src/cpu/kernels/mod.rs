@@ -339,6 +339,160 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
     }
 }
 
+/// An 8-token kernel: one weight row (`pairs` pairs of 32-blocks at the pointer) against the
+/// 8 tokens of one group of a [`Pack8`] (its values, scales and sums at the pointers),
+/// without the last block of a row of odd length. Bit for bit the [`TileFn`] of the same
+/// instruction set and format on those blocks.
+pub type WideFn = unsafe fn(*const u8, usize, *const i8, *const f32, *const f32) -> [f32; 8];
+
+/// The 8-token kernel for a format on an instruction set, where there is one (AVX-512 VNNI,
+/// Q4_1 for now). Batched decoding runs through it: each weight block is unpacked once for
+/// 8 tokens instead of once per 4.
+pub fn wide_fn(isa: Isa, fmt: Fmt) -> Option<WideFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => x86::wide_fn_avx512(fmt),
+        _ => {
+            let _ = fmt;
+            None
+        }
+    }
+}
+
+/// Quantized activations regrouped for [`WideFn`] kernels: tokens in groups of 8 (the last
+/// padded with zeros), and within a group, for each pair of 32-blocks and each 4 values `k`
+/// of a block, 64 bytes: values `4k..4k + 4` of the first block for tokens 0..8, then of the
+/// second. Scales and sums per pair: 16 lanes in the same token order.
+#[derive(Debug, Default)]
+pub struct Pack8 {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+    pairs: usize,
+    groups: usize,
+}
+
+impl Pack8 {
+    /// An empty buffer; it grows to the largest input it is given and stays there.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Regroups the first `groups * 8` tokens of `a` (tokens past its end count as zero).
+    pub fn pack(&mut self, a: &ActView, groups: usize) {
+        let pairs = a.nb / 2;
+        let n = a.tokens();
+        self.pairs = pairs;
+        self.groups = groups;
+        let (qn, dn) = (groups * pairs * 512, groups * pairs * 16);
+        if self.qs.len() < qn {
+            self.qs.resize(qn, 0);
+        }
+        if self.d.len() < dn {
+            self.d.resize(dn, 0.0);
+            self.s.resize(dn, 0.0);
+        }
+        for g in 0..groups {
+            for lane in 0..8 {
+                let t = g * 8 + lane;
+                for p in 0..pairs {
+                    let qo = (g * pairs + p) * 512;
+                    let so = (g * pairs + p) * 16;
+                    for half in 0..2 {
+                        let b = 2 * p + half;
+                        let (dv, sv) = if t < n {
+                            // SAFETY: `t` is below the view's token count.
+                            let (qs, d, s) = unsafe { a.token(t) };
+                            for k in 0..8 {
+                                let o = qo + 64 * k + 32 * half + 4 * lane;
+                                self.qs[o..o + 4].copy_from_slice(&qs[32 * b + 4 * k..][..4]);
+                            }
+                            (d[b], s[b])
+                        } else {
+                            for k in 0..8 {
+                                let o = qo + 64 * k + 32 * half + 4 * lane;
+                                self.qs[o..o + 4].fill(0);
+                            }
+                            (0.0, 0.0)
+                        };
+                        self.d[so + 8 * half + lane] = dv;
+                        self.s[so + 8 * half + lane] = sv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Multiplies weight rows `r0..r1` (each `rb` bytes of `w`) with the first `n` tokens of
+/// `a`, packed in `pk`, 8 tokens at a time through `wf`; the last block of rows of odd
+/// length goes through the scalar reference, as the tile kernels do. Hands each result to
+/// `store(row, token, value)`.
+///
+/// # Panics
+/// If `w` is shorter than `r1` rows, or `pk` was not packed from `a` with enough groups
+/// for `n` tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows_wide(
+    wf: WideFn,
+    fmt: Fmt,
+    w: &[u8],
+    rb: usize,
+    r0: usize,
+    r1: usize,
+    a: &ActView,
+    pk: &Pack8,
+    n: usize,
+    mut store: impl FnMut(usize, usize, f32),
+) {
+    assert!(r1 * rb <= w.len(), "weight rows out of range");
+    assert!(n <= pk.groups * 8 && n <= a.tokens() && pk.pairs == a.nb / 2);
+    let nb = a.nb;
+    let pairs = pk.pairs;
+    for r in r0..r1 {
+        let row = &w[r * rb..(r + 1) * rb];
+        for g in 0..n.div_ceil(8) {
+            let (qo, so) = (g * pairs * 512, g * pairs * 16);
+            // SAFETY: the row holds `pairs` block pairs (it is `a`'s width in the format);
+            // the pack holds group `g` (asserted above); `wf` came from `wide_fn` for this
+            // CPU.
+            let v = unsafe {
+                wf(
+                    row.as_ptr(),
+                    pairs,
+                    pk.qs[qo..].as_ptr(),
+                    pk.d[so..].as_ptr(),
+                    pk.s[so..].as_ptr(),
+                )
+            };
+            for (lane, &x) in v.iter().enumerate().take(n - g * 8) {
+                let t = g * 8 + lane;
+                let mut x = x;
+                if nb % 2 == 1 {
+                    // SAFETY: `t < n <= a.tokens()`.
+                    let (qs, d, s) = unsafe { a.token(t) };
+                    let (a, da, sa) = (&qs[32 * (nb - 1)..], d[nb - 1], s[nb - 1]);
+                    x += last_block(fmt, row, nb, a, da, sa);
+                }
+                store(r, t, x);
+            }
+        }
+    }
+}
+
+/// The scalar product of the last 32-block of a row of `nb` blocks, as the SIMD tiles add it
+/// to rows of odd length (K-quant rows are whole super-blocks and never have one).
+fn last_block(fmt: Fmt, row: &[u8], nb: usize, a: &[i8], da: f32, sa: f32) -> f32 {
+    let at = |bytes: usize| &row[(nb - 1) * bytes..nb * bytes];
+    match fmt {
+        Fmt::Q4_0 => scalar::q4_0_block(at(18), a, da),
+        Fmt::Q4_1 => scalar::q4_1_block(at(20), a, da, sa),
+        Fmt::Q5_0 => scalar::q5_0_block(at(22), a, da),
+        Fmt::Q8_0 => scalar::q8_0_block(at(34), a, da),
+        Fmt::Q4_K | Fmt::Q5_K | Fmt::Q6_K => 0.0,
+    }
+}
+
 /// The scalar tile kernel for a format.
 pub fn scalar_tile_fn(fmt: Fmt) -> TileFn {
     macro_rules! wrap {

@@ -140,3 +140,46 @@ fn scalar_kernels_match_dequantized_f32() {
         }
     }
 }
+
+/// The 8-token kernels give the tiles' results bit for bit, whatever the number of tokens
+/// (padding included) and the row length (an odd last block included): a sequence's logits
+/// must not depend on how many others share its batch.
+#[test]
+fn wide_kernels_match_tiles_bit_for_bit() {
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let mut checked = 0;
+    for isa in Isa::available() {
+        for fmt in [Fmt::Q4_0, Fmt::Q4_1, Fmt::Q5_0, Fmt::Q8_0] {
+            let Some(wf) = wide_fn(isa, fmt) else {
+                continue;
+            };
+            for cols in [32, 96, 544, 576] {
+                let rows = 7;
+                let w = random_rows(fmt, rows, cols, &mut rng);
+                let rb = ggml(fmt).bytes_for(cols);
+                for n in [1, 5, 8, 13, 16, 21] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| rng.f() * 3.0).collect();
+                    let mut a = QAct::new();
+                    a.quantize(isa, &x, n, cols);
+                    let want = run(tile_fn(isa, fmt), &w, rows, rb, &a, n);
+                    let mut pk = Pack8::new();
+                    let view = a.view(0, n);
+                    pk.pack(&view, n.div_ceil(8));
+                    let mut got = vec![f32::NAN; rows * n];
+                    gemm_rows_wide(wf, fmt, &w, rb, 0, rows, &view, &pk, n, |r, t, v| {
+                        got[t * rows + r] = v
+                    });
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            e.to_bits(),
+                            "{isa:?} {fmt:?} {rows}x{cols} n={n} [{i}]: {g} vs {e}"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} wide products checked");
+}

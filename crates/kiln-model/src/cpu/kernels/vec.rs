@@ -1,6 +1,6 @@
-//! Vector helpers for attention and elementwise work: f32 x f16 dot products and
-//! scaled adds (keys and values live in an f16 cache), f32 dots, and SiLU-gating.
-//! Each has a scalar version that the tests compare the SIMD ones against.
+//! Vector helpers for attention and elementwise work: dot products and scaled adds of f32
+//! against the KV cache's element type (f16 or f32), and SiLU-gating. Each has a scalar
+//! version that the tests compare the SIMD ones against.
 
 use half::f16;
 
@@ -74,6 +74,140 @@ pub fn mix_f16<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [f16], acc: &
     }
     for (p, &wp) in w.iter().enumerate() {
         axpy_f16(isa, acc, wp, val(p));
+    }
+}
+
+/// `sum(a[i] * b[i])` over the shorter length, for an f32 cache.
+#[inline]
+pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: the instruction set was detected on this CPU; slices hold `n` values.
+        Isa::Avx512Vnni => return unsafe { x86::dot_f32_512(&a[..n], &b[..n]) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { x86::dot_f32_256(&a[..n], &b[..n]) },
+        _ => {}
+    }
+    let _ = isa;
+    a[..n].iter().zip(&b[..n]).map(|(x, y)| x * y).sum()
+}
+
+/// `acc[i] += w * v[i]` over the shorter length, for an f32 cache.
+#[inline]
+pub fn axpy_f32(isa: Isa, acc: &mut [f32], w: f32, v: &[f32]) {
+    let n = acc.len().min(v.len());
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: the instruction set was detected on this CPU; slices hold `n` values.
+        Isa::Avx512Vnni => return unsafe { x86::axpy_f32_512(&mut acc[..n], w, &v[..n]) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { x86::axpy_f32_256(&mut acc[..n], w, &v[..n]) },
+        _ => {}
+    }
+    let _ = isa;
+    for (a, b) in acc[..n].iter_mut().zip(&v[..n]) {
+        *a += w * b;
+    }
+}
+
+/// [`scores_f16`] over an f32 cache.
+#[inline]
+pub fn scores_f32<'a>(
+    isa: Isa,
+    q: &[f32],
+    scale: f32,
+    key: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: the instruction set was detected on this CPU.
+        return unsafe { x86::scores_f32_512(q, scale, key, out) };
+    }
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = scale * dot_f32(isa, q, key(p));
+    }
+}
+
+/// [`mix_f16`] over an f32 cache.
+#[inline]
+pub fn mix_f32<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [f32], acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: the instruction set was detected on this CPU.
+        return unsafe { x86::mix_f32_512(w, val, acc) };
+    }
+    for (p, &wp) in w.iter().enumerate() {
+        axpy_f32(isa, acc, wp, val(p));
+    }
+}
+
+/// An element type of the KV cache, with the attention products over it.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Zero, to fill a new pool.
+    const ZERO: Self;
+    /// Whether the query and the softmax weights are rounded to f16 before the products.
+    /// The f16 cache does, as llama.cpp does (the golden logits come from it); the f32
+    /// cache exists for precision and does not.
+    const ROUND_OPERANDS: bool;
+    /// The stored form of `x`.
+    fn from_f32(x: f32) -> Self;
+    /// `out[p] = scale * q . key(p)` for every `p < out.len()`.
+    fn scores<'a>(
+        isa: Isa,
+        q: &[f32],
+        scale: f32,
+        key: impl Fn(usize) -> &'a [Self],
+        out: &mut [f32],
+    );
+    /// `acc += sum over p of w[p] * val(p)`.
+    fn mix<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [Self], acc: &mut [f32]);
+}
+
+impl KvElem for f16 {
+    const ZERO: Self = f16::ZERO;
+    const ROUND_OPERANDS: bool = true;
+    #[inline]
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    #[inline]
+    fn scores<'a>(
+        isa: Isa,
+        q: &[f32],
+        scale: f32,
+        key: impl Fn(usize) -> &'a [Self],
+        out: &mut [f32],
+    ) {
+        scores_f16(isa, q, scale, key, out)
+    }
+    #[inline]
+    fn mix<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [Self], acc: &mut [f32]) {
+        mix_f16(isa, w, val, acc)
+    }
+}
+
+impl KvElem for f32 {
+    const ZERO: Self = 0.0;
+    const ROUND_OPERANDS: bool = false;
+    #[inline]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline]
+    fn scores<'a>(
+        isa: Isa,
+        q: &[f32],
+        scale: f32,
+        key: impl Fn(usize) -> &'a [Self],
+        out: &mut [f32],
+    ) {
+        scores_f32(isa, q, scale, key, out)
+    }
+    #[inline]
+    fn mix<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [Self], acc: &mut [f32]) {
+        mix_f32(isa, w, val, acc)
     }
 }
 
@@ -217,6 +351,133 @@ mod x86 {
         }
     }
 
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f32_512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads inside the first `n` values of both slices.
+        unsafe {
+            while i + 32 <= n {
+                acc0 =
+                    _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+                acc1 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 16)),
+                    _mm512_loadu_ps(pb.add(i + 16)),
+                    acc1,
+                );
+                i += 32;
+            }
+            if i + 16 <= n {
+                acc0 =
+                    _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+                i += 16;
+            }
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        for j in i..n {
+            s += a[j] * b[j];
+        }
+        s
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_f32_512(acc: &mut [f32], w: f32, v: &[f32]) {
+        let n = acc.len().min(v.len());
+        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
+        let vw = _mm512_set1_ps(w);
+        let mut i = 0;
+        // SAFETY: every access is inside the first `n` values of both slices.
+        unsafe {
+            while i + 16 <= n {
+                let r = _mm512_fmadd_ps(vw, _mm512_loadu_ps(pv.add(i)), _mm512_loadu_ps(pa.add(i)));
+                _mm512_storeu_ps(pa.add(i), r);
+                i += 16;
+            }
+        }
+        for j in i..n {
+            acc[j] += w * v[j];
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn scores_f32_512<'a>(
+        q: &[f32],
+        scale: f32,
+        key: impl Fn(usize) -> &'a [f32],
+        out: &mut [f32],
+    ) {
+        for (p, o) in out.iter_mut().enumerate() {
+            // SAFETY: this function has the features `dot_f32_512` needs.
+            *o = scale * unsafe { dot_f32_512(q, key(p)) };
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn mix_f32_512<'a>(
+        w: &[f32],
+        val: impl Fn(usize) -> &'a [f32],
+        acc: &mut [f32],
+    ) {
+        for (p, &wp) in w.iter().enumerate() {
+            // SAFETY: this function has the features `axpy_f32_512` needs.
+            unsafe { axpy_f32_512(acc, wp, val(p)) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f32_256(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads inside the first `n` values of both slices.
+        unsafe {
+            while i + 16 <= n {
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8)),
+                    _mm256_loadu_ps(pb.add(i + 8)),
+                    acc1,
+                );
+                i += 16;
+            }
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        for j in i..n {
+            s += a[j] * b[j];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_f32_256(acc: &mut [f32], w: f32, v: &[f32]) {
+        let n = acc.len().min(v.len());
+        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
+        let vw = _mm256_set1_ps(w);
+        let mut i = 0;
+        // SAFETY: every access is inside the first `n` values of both slices.
+        unsafe {
+            while i + 8 <= n {
+                let r = _mm256_fmadd_ps(vw, _mm256_loadu_ps(pv.add(i)), _mm256_loadu_ps(pa.add(i)));
+                _mm256_storeu_ps(pa.add(i), r);
+                i += 8;
+            }
+        }
+        for j in i..n {
+            acc[j] += w * v[j];
+        }
+    }
+
     /// `exp(x)` for 16 lanes: 2^(x log2 e) split into integer and fraction, the fraction
     /// by a degree-6 polynomial (relative error about 2e-7), inputs clamped to +-87.
     #[inline]
@@ -318,6 +579,40 @@ mod tests {
                 }
                 for (x, y) in mixed.iter().zip(&mixed0) {
                     assert!((x - y).abs() <= 1e-5, "{isa:?} mix n={n}");
+                }
+                // The f32 cache's helpers, on the same data widened to f32.
+                let keys32: Vec<Vec<f32>> = keys
+                    .iter()
+                    .map(|k| k.iter().map(|v| v.to_f32()).collect())
+                    .collect();
+                let got = dot_f32(isa, &a, &up);
+                let want32: f32 = a.iter().zip(&up).map(|(x, y)| x * y).sum();
+                assert!(
+                    (got - want32).abs() <= 1e-4 * (n as f32).max(1.0),
+                    "{isa:?} dot_f32 n={n}"
+                );
+                let mut acc = a.clone();
+                axpy_f32(isa, &mut acc, 0.37, &up);
+                for (x, y) in acc.iter().zip(&acc0) {
+                    assert!((x - y).abs() <= 1e-5, "{isa:?} axpy_f32 n={n}");
+                }
+                let mut sc32 = [0f32; 5];
+                scores_f32(isa, &a, 0.5, |p| &keys32[p], &mut sc32);
+                let mut mixed32 = vec![0f32; n];
+                mix_f32(
+                    isa,
+                    &[0.1, 0.2, 0.3, 0.15, 0.25],
+                    |p| &keys32[p],
+                    &mut mixed32,
+                );
+                for p in 0..5 {
+                    assert!(
+                        (sc32[p] - sc[p]).abs() <= 1e-4 * (n as f32).max(1.0),
+                        "{isa:?} scores_f32"
+                    );
+                }
+                for (x, y) in mixed32.iter().zip(&mixed0) {
+                    assert!((x - y).abs() <= 1e-5, "{isa:?} mix_f32 n={n}");
                 }
                 let mut g = g_in.clone();
                 silu_mul(isa, &mut g, &up);

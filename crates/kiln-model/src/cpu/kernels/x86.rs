@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{scalar, ActView, Fmt, Tile, TileFn};
+use super::{scalar, ActView, Fmt, Tile, TileFn, WideFn};
 
 #[inline(always)]
 unsafe fn ld16(p: *const u8) -> i32 {
@@ -66,6 +66,14 @@ pub(super) fn tile_fn_avx512(fmt: Fmt) -> TileFn {
         Fmt::Q4_K => q4_k_512_tiles,
         Fmt::Q5_K => q5_k_512_tiles,
         Fmt::Q6_K => q6_k_512_tiles,
+    }
+}
+
+/// The AVX-512 VNNI 8-token kernel for a format, where there is one.
+pub(super) fn wide_fn_avx512(fmt: Fmt) -> Option<WideFn> {
+    match fmt {
+        Fmt::Q4_1 => Some(q4_1_512_x8),
+        _ => None,
     }
 }
 
@@ -626,6 +634,99 @@ unsafe fn q6_k_512<const R: usize, const C: usize>(
             }
         }
     }
+}
+
+// ------------------------------------------------ AVX-512 VNNI, 8 tokens a row
+
+/// One Q4_1 row (`pairs` pairs of blocks at `w`) against 8 tokens interleaved by
+/// [`super::Pack8`]: each block pair's weights are unpacked once for all 8 tokens.
+///
+/// Lane `t` of an accumulator is token `t`'s first block of the pair, lane `8 + t` its
+/// second; accumulator `k` holds the products of values `4k..4k + 4` of each block. That
+/// is lane `k` (and `8 + k`) of [`q4_1_512`]'s accumulator for the token, and the same
+/// operations run on it in the same order (products, scale, minimum, the final sum's
+/// tree), so the results are bit for bit those of the 4x4 and 1x1 tiles: a sequence's
+/// logits do not depend on what it is batched with.
+///
+/// # Safety
+/// The CPU has the features; `w` holds `pairs` block pairs; `pk`, `pd`, `ps` hold `pairs`
+/// packed pairs (512 bytes, 16 scales, 16 sums each).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn q4_1_512_x8(
+    w: *const u8,
+    pairs: usize,
+    pk: *const i8,
+    pd: *const f32,
+    ps: *const f32,
+) -> [f32; 8] {
+    let mut acc = [_mm512_setzero_ps(); 8];
+    let mask = _mm512_set1_epi8(0x0F);
+    let zero = _mm512_setzero_si512();
+    // Lanes 0..8 take element 0 (d) or 1 (m) of the first block, lanes 8..16 element 2 or 3.
+    let idx_d = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    let idx_m = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1);
+    // SAFETY: every access is inside the `pairs` pairs the caller vouches for.
+    unsafe {
+        for p in 0..pairs {
+            let b0 = w.add(p * 40);
+            prefetch(b0);
+            // Both 16-byte nibble groups twice: [A, A, B, B]; low nibbles are values 0..16,
+            // high nibbles 16..32.
+            let a = _mm256_broadcastsi128_si256(_mm_loadu_si128(b0.add(4).cast()));
+            let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(b0.add(24).cast()));
+            let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+            let lo = _mm512_and_si512(x, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), mask);
+            // [d0, m0, d1, m1]
+            let dm = _mm_insert_epi32::<1>(_mm_cvtsi32_si128(ld32(b0)), ld32(b0.add(20)));
+            let dm = _mm512_castps128_ps512(_mm_cvtph_ps(dm));
+            let sc = _mm512_mul_ps(
+                _mm512_permutexvar_ps(idx_d, dm),
+                _mm512_loadu_ps(pd.add(16 * p)),
+            );
+            let msc = _mm512_mul_ps(
+                _mm512_permutexvar_ps(idx_m, dm),
+                _mm512_loadu_ps(ps.add(16 * p)),
+            );
+            let act = pk.add(512 * p);
+            macro_rules! step {
+                ($k:literal, $src:ident, $sel:literal) => {
+                    let wk = _mm512_shuffle_epi32::<$sel>($src);
+                    let av = _mm512_loadu_si512(act.add(64 * $k).cast());
+                    let dot = _mm512_dpbusd_epi32(zero, wk, av);
+                    acc[$k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[$k]);
+                };
+            }
+            step!(0, lo, 0x00);
+            step!(1, lo, 0x55);
+            step!(2, lo, 0xAA);
+            step!(3, lo, 0xFF);
+            step!(4, hi, 0x00);
+            step!(5, hi, 0x55);
+            step!(6, hi, 0xAA);
+            step!(7, hi, 0xFF);
+            // The minimum's terms: the first block's into lane 1, the second's into lane 3
+            // of the 1x1 kernel's accumulator.
+            acc[1] = _mm512_mask_add_ps(acc[1], 0x00FF, acc[1], msc);
+            let msw = _mm512_shuffle_f32x4::<0b01_00_11_10>(msc, msc);
+            acc[3] = _mm512_mask_add_ps(acc[3], 0x00FF, acc[3], msw);
+        }
+    }
+    // `_mm512_reduce_add_ps`'s tree: lane i + lane i+8, then i + i+4, i + i+2, i + i+1.
+    let c: [__m512; 8] = core::array::from_fn(|k| {
+        _mm512_add_ps(
+            acc[k],
+            _mm512_shuffle_f32x4::<0b01_00_11_10>(acc[k], acc[k]),
+        )
+    });
+    let d: [__m512; 4] = core::array::from_fn(|k| _mm512_add_ps(c[k], c[k + 4]));
+    let e0 = _mm512_add_ps(d[0], d[2]);
+    let e1 = _mm512_add_ps(d[1], d[3]);
+    let f = _mm512_add_ps(e0, e1);
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 values.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps256(f)) };
+    out
 }
 
 // ---------------------------------------------------------------- AVX2
