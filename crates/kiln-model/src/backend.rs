@@ -214,4 +214,144 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn gather_rows(&self, x: &Self::Act, rows: &[usize], width: usize, out: &mut Self::Act);
     /// Reads the first `out.len()` values back to the host.
     fn read(&self, x: &Self::Act, out: &mut [f32]);
+
+    /// The index of the largest value of each of `rows` rows of width `width` (the lowest
+    /// index among equals): greedy decoding without reading the logits back.
+    fn argmax(&self, x: &Self::Act, rows: usize, width: usize, out: &mut Vec<u32>) {
+        let mut v = vec![0f32; rows * width];
+        self.read(x, &mut v);
+        out.clear();
+        out.extend(v.chunks_exact(width.max(1)).map(|r| {
+            let mut best = 0;
+            for (i, &x) in r.iter().enumerate() {
+                if x > r[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        }));
+    }
+
+    /// Called once at the start of every pass with the whole batch: a backend that keeps
+    /// the pass's metadata (token ids, positions, block tables, rows wanted for logits) on
+    /// its device uploads it here, and its operations may then read that copy instead of
+    /// their host-side arguments. `max_tokens` is the state's capacity.
+    fn begin_pass(
+        &self,
+        _cfg: &ModelConfig,
+        _max_tokens: usize,
+        _tokens: &[u32],
+        _seqs: &[PagedSeq<'_>],
+        _rows: &[usize],
+    ) -> Result<(), ModelError> {
+        Ok(())
+    }
+
+    /// A backend that records passes (CUDA graphs) replays the one recorded under `key` and
+    /// returns `true`; the decoder then skips the operations of the pass body. Otherwise it
+    /// may start recording under `key` and returns `false`; the decoder runs the body and
+    /// calls [`Backend::end_record`].
+    fn replay(&self, _key: PassKey, _pool: &Self::KvPool) -> Result<bool, ModelError> {
+        Ok(false)
+    }
+
+    /// Ends the recording started by [`Backend::replay`] (if any) and runs what was recorded.
+    fn end_record(&self) -> Result<(), ModelError> {
+        Ok(())
+    }
+
+    /// Reports the first error of an operation since the last call (operations of an
+    /// asynchronous device cannot return one).
+    fn finish(&self) -> Result<(), ModelError> {
+        Ok(())
+    }
+
+    /// Several weight matrices of the same row length stacked by rows into one (q|k|v,
+    /// gate|up), with an optional bias for every row, for backends with fused layers. `None`:
+    /// this backend runs the parts separately.
+    fn stack(
+        &self,
+        _name: &str,
+        _parts: &[&RawTensor],
+        _bias: Option<&[f32]>,
+    ) -> Result<Option<Self::Mat>, ModelError> {
+        Ok(None)
+    }
+
+    /// One whole decoder layer over the pass's `n` rows of `x` (updated in place) with the
+    /// stacked weights of [`Backend::stack`]; `att` is scratch of `n * dim` values. Only
+    /// called on a backend whose `stack` returned matrices.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_layer(
+        &self,
+        _cfg: &ModelConfig,
+        _l: FusedRef<'_, Self>,
+        _layer: usize,
+        _pool: &mut Self::KvPool,
+        _n: usize,
+        _x: &mut Self::Act,
+        _att: &mut Self::Act,
+    ) -> Result<(), ModelError> {
+        Err(ModelError::Unsupported(format!(
+            "{} has no fused layers",
+            self.describe()
+        )))
+    }
+}
+
+/// What identifies a recorded pass (with the KV pool it ran on): the state and its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PassKey {
+    /// The state's identity (unique in the process).
+    pub state: u64,
+    /// Rows (tokens) in the pass.
+    pub rows: usize,
+    /// Rows of logits.
+    pub logit_rows: usize,
+}
+
+/// A decoder layer's stacked weights, borrowed (what [`Backend::fused_layer`] takes).
+pub struct FusedRef<'a, B: Backend> {
+    /// Attention RMSNorm weights.
+    pub attn_norm: &'a B::Act,
+    /// q, k and v projections stacked (with their biases).
+    pub qkv: &'a B::Mat,
+    /// Attention output projection.
+    pub wo: &'a B::Mat,
+    /// FFN RMSNorm weights.
+    pub ffn_norm: &'a B::Act,
+    /// Gate and up projections stacked.
+    pub gate_up: &'a B::Mat,
+    /// Down projection.
+    pub down: &'a B::Mat,
+}
+
+impl<B: Backend> FusedLayer<B> {
+    /// The layer, borrowed.
+    pub fn borrowed(&self) -> FusedRef<'_, B> {
+        FusedRef {
+            attn_norm: &self.attn_norm,
+            qkv: &self.qkv,
+            wo: &self.wo,
+            ffn_norm: &self.ffn_norm,
+            gate_up: &self.gate_up,
+            down: &self.down,
+        }
+    }
+}
+
+/// A decoder layer's weights in stacked form (see [`Backend::stack`]).
+pub struct FusedLayer<B: Backend> {
+    /// Attention RMSNorm weights.
+    pub attn_norm: B::Act,
+    /// q, k and v projections stacked (with their biases).
+    pub qkv: B::Mat,
+    /// Attention output projection.
+    pub wo: B::Mat,
+    /// FFN RMSNorm weights.
+    pub ffn_norm: B::Act,
+    /// Gate and up projections stacked.
+    pub gate_up: B::Mat,
+    /// Down projection.
+    pub down: B::Mat,
 }

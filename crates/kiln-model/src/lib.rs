@@ -7,7 +7,10 @@ pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decoder;
+pub mod device;
 pub mod fetch;
 pub mod generate;
 pub mod hf;
@@ -19,7 +22,7 @@ pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{Backend, PagedSeq, RawTensor, TensorBytes};
+pub use backend::{Backend, FusedLayer, FusedRef, PagedSeq, PassKey, RawTensor, TensorBytes};
 pub use config::{Arch, ModelConfig, RopeStyle};
 pub use decoder::{Breakdown, KvCache, Logits, Model, SeqInput, State, KV_BLOCK};
 pub use weights::{LayerWeights, Weights};
@@ -61,6 +64,9 @@ pub enum ModelError {
         /// Positions the cache holds.
         capacity: usize,
     },
+    /// The compute device failed (a GPU call, a kernel launch).
+    #[error("device: {0}")]
+    Device(String),
     /// Memory for a buffer could not be had.
     #[error("out of memory allocating {0}")]
     OutOfMemory(String),

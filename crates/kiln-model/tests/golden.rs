@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use kiln_model::cpu::CpuBackend;
+use kiln_model::device::{Device, DeviceKind};
 use kiln_model::generate::{generate, GenerateParams};
 use kiln_model::loader::{load_gguf, LoadedModel};
 use kiln_model::sampler::SamplerParams;
@@ -28,9 +28,9 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
-fn model() -> LoadedModel<CpuBackend> {
+fn model() -> LoadedModel<Device> {
     let path = kiln_model::fetch::ensure_default_model(true).expect("default model");
-    load_gguf(&path, CpuBackend::new(0)).expect("load default model")
+    load_gguf(&path, test_device(0)).expect("load default model")
 }
 
 /// Index of the first generated position whose reference top-1/top-2 margin is below 0.3.
@@ -111,4 +111,12 @@ fn golden_tokenization_greedy_and_logits() {
     assert!(worst <= 1.0, "max logit error {worst} above 1.0");
     assert!(mean <= 0.25, "mean logit error {mean} above 0.25");
     assert!(agree >= 0.90, "top-1 agreement {agree} below 0.90");
+}
+
+/// The backend the tests run on: `KILN_TEST_DEVICE` (cpu, cuda, cuda:N), the CPU by default.
+fn test_device(threads: usize) -> Device {
+    let kind = std::env::var("KILN_TEST_DEVICE").map_or(DeviceKind::Cpu, |s| {
+        DeviceKind::parse(&s).unwrap_or_else(|e| panic!("KILN_TEST_DEVICE: {e}"))
+    });
+    Device::open(kind, threads).unwrap_or_else(|e| panic!("opening {kind:?}: {e}"))
 }

@@ -1,0 +1,732 @@
+// kiln's language-model kernels, compiled at run time by NVRTC for the device's architecture.
+//
+// Conventions: activations are f32, row-major [rows][width]; weights are f16 row-major
+// [out][in]; the KV pool is f16, laid out [block][layer][k|v][offset][kv_dim]. Per-pass
+// metadata (token ids, each row's position and sequence, block tables, rows wanted for logits)
+// lives in one u32 buffer uploaded before the pass, so that a recorded pass (a CUDA graph) can
+// be replayed with new metadata: no kernel takes a per-step value as an argument.
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ void h2f2(u32 v, float &a, float &b) {
+    a = h2f((u16)(v & 0xffffu));
+    b = h2f((u16)(v >> 16));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the sum.
+__device__ float block_sum(float v, float *red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : 0.0f;
+    return warp_sum(t);
+}
+
+__device__ float block_max(float v, float *red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : (-INFINITY);
+    return warp_max(t);
+}
+
+// Metadata layout (offsets in u32s, given as kernel arguments once per buffer size):
+//   tokens[max_t], row_pos[max_t], row_seq[max_t], out_rows[max_t], seq_blk[max_t], blocks[...]
+struct Meta {
+    const u32 *tokens;
+    const u32 *row_pos;
+    const u32 *row_seq;
+    const u32 *out_rows;
+    const u32 *seq_blk;
+    const u32 *blocks;
+};
+
+__device__ __forceinline__ Meta meta_at(const u32 *m, int max_t) {
+    Meta r;
+    r.tokens = m;
+    r.row_pos = m + max_t;
+    r.row_seq = m + 2 * max_t;
+    r.out_rows = m + 3 * max_t;
+    r.seq_blk = m + 4 * max_t;
+    r.blocks = m + 5 * max_t;
+    return r;
+}
+
+// ---- elementwise ---------------------------------------------------------------------------
+
+extern "C" __global__ void k_embed(const u16 *table, const u32 *meta, int max_t, int dim,
+                                   int vocab, float *out) {
+    Meta m = meta_at(meta, max_t);
+    int t = blockIdx.x;
+    u32 id = m.tokens[t];
+    if (id >= (u32)vocab) id = vocab - 1;
+    const u16 *row = table + (size_t)id * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)t * dim + i] = h2f(row[i]);
+}
+
+extern "C" __global__ void k_rmsnorm(const float *x, const float *w, float eps, int dim,
+                                     float *out) {
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, red);
+    float s = rsqrtf(ss / dim + eps);
+    float *o = out + (size_t)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * s * w[i];
+}
+
+// x (f32, optionally RMS-normalised with w) to f16, for the matrix units.
+extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, int dim, u16 *out) {
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float s = 1.0f;
+    if (w) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+        ss = block_sum(ss, red);
+        s = rsqrtf(ss / dim + eps);
+    }
+    u16 *o = out + (size_t)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = f2h(w ? xr[i] * s * w[i] : xr[i]);
+}
+
+extern "C" __global__ void k_add(float *x, const float *y, long long len) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) x[i] += y[i];
+}
+
+extern "C" __global__ void k_add_bias(float *x, const float *b, int n, int width, int stride) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long long)n * width) {
+        int r = (int)(i / width), c = (int)(i % width);
+        x[(size_t)r * stride + c] += b[c];
+    }
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
+extern "C" __global__ void k_swiglu(float *gate, const float *up, long long len) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) gate[i] = silu(gate[i]) * up[i];
+}
+
+// gu: [n][2 * half] f32 (gate rows then up rows) -> out f16 [n][half].
+extern "C" __global__ void k_swiglu_f16(const float *gu, int n, int half, u16 *out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long long)n * half) {
+        int r = (int)(i / half), c = (int)(i % half);
+        const float *row = gu + (size_t)r * 2 * half;
+        out[i] = f2h(silu(row[c]) * row[half + c]);
+    }
+}
+
+extern "C" __global__ void k_gather(const float *x, const u32 *meta, int max_t, int width,
+                                    float *out) {
+    Meta m = meta_at(meta, max_t);
+    u32 src = m.out_rows[blockIdx.x];
+    for (int i = threadIdx.x; i < width; i += blockDim.x)
+        out[(size_t)blockIdx.x * width + i] = x[(size_t)src * width + i];
+}
+
+// Index of the largest value of each row (the lowest index among equals).
+extern "C" __global__ void k_argmax(const float *x, int width, u32 *out) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float *row = x + (size_t)blockIdx.x * width;
+    float best = (-INFINITY);
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        float v = row[i];
+        if (v > best || (v == best && i < bi)) { best = v; bi = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { sv[w] = best; si[w] = bi; }
+    __syncthreads();
+    if (w == 0) {
+        best = lane < nw ? sv[lane] : (-INFINITY);
+        bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+        }
+        if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0u : (u32)bi;
+    }
+}
+
+// ---- matrix-vector products for a few rows ---------------------------------------------------
+//
+// out[r][o] (=, += or SwiGLU) W[o] . x[r] (+ bias[o]) for r < n <= MV_ROWS. One warp per output
+// (two weight rows, o and o + outs, for SwiGLU); weights read once, 16 bytes per lane per step.
+// With `nw`, x[r] is RMS-normalised with weights nw first (the norm is computed per block).
+#define MV_ROWS 8
+#define MV_WARPS 8
+
+extern "C" __global__ void __launch_bounds__(256)
+k_mv(const u16 *W, const float *bias, int outs, int cols, const float *x, int n,
+     const float *nw, float eps, float *out, int out_stride, int mode) {
+    // mode 0: store, 1: accumulate, 2: SwiGLU of rows o and o + outs.
+    __shared__ float inv[MV_ROWS];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (nw) {
+        for (int r = warp; r < n; r += MV_WARPS) {
+            const float *xr = x + (size_t)r * cols;
+            float ss = 0.0f;
+            for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
+            ss = warp_sum(ss);
+            if (lane == 0) inv[r] = rsqrtf(ss / cols + eps);
+        }
+        __syncthreads();
+    }
+    int o = blockIdx.x * MV_WARPS + warp;
+    if (o >= outs) return;
+    int nrows_w = mode == 2 ? 2 : 1;
+    float acc[2][MV_ROWS];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int r = 0; r < MV_ROWS; r++) acc[a][r] = 0.0f;
+    int nvec = (cols & 7) == 0 ? cols >> 3 : 0;
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+        if (a >= nrows_w) break;
+        const u16 *wr = W + (size_t)(o + a * outs) * cols;
+        const uint4 *w4 = (const uint4 *)wr;
+#pragma unroll 4
+        for (int j = lane; j < nvec; j += 32) {
+            uint4 q = w4[j];
+            float wv[8];
+            h2f2(q.x, wv[0], wv[1]);
+            h2f2(q.y, wv[2], wv[3]);
+            h2f2(q.z, wv[4], wv[5]);
+            h2f2(q.w, wv[6], wv[7]);
+            if (nw) {
+                const float4 *n4 = (const float4 *)(nw + j * 8);
+                float4 n0 = n4[0], n1 = n4[1];
+                wv[0] *= n0.x; wv[1] *= n0.y; wv[2] *= n0.z; wv[3] *= n0.w;
+                wv[4] *= n1.x; wv[5] *= n1.y; wv[6] *= n1.z; wv[7] *= n1.w;
+            }
+#pragma unroll
+            for (int r = 0; r < MV_ROWS; r++) {
+                if (r < n) {
+                    const float4 *x4 = (const float4 *)(x + (size_t)r * cols + j * 8);
+                    float4 x0 = x4[0], x1 = x4[1];
+                    acc[a][r] += wv[0] * x0.x + wv[1] * x0.y + wv[2] * x0.z + wv[3] * x0.w +
+                                 wv[4] * x1.x + wv[5] * x1.y + wv[6] * x1.z + wv[7] * x1.w;
+                }
+            }
+        }
+        for (int j = nvec * 8 + lane; j < cols; j += 32) {
+            float wv = h2f(wr[j]);
+            if (nw) wv *= nw[j];
+#pragma unroll
+            for (int r = 0; r < MV_ROWS; r++)
+                if (r < n) acc[a][r] += wv * x[(size_t)r * cols + j];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < MV_ROWS; r++) {
+        if (r < n) {
+            float s0 = warp_sum(acc[0][r]);
+            float s1 = warp_sum(acc[1][r]);
+            if (lane == 0) {
+                float sc = nw ? inv[r] : 1.0f;
+                float v0 = s0 * sc + (bias ? bias[o] : 0.0f);
+                float *dst = out + (size_t)r * out_stride + o;
+                if (mode == 0) *dst = v0;
+                else if (mode == 1) *dst += v0;
+                else *dst = silu(v0) * (s1 * sc + (bias ? bias[o + outs] : 0.0f));
+            }
+        }
+    }
+}
+
+// ---- rotary embedding and the KV cache -------------------------------------------------------
+
+// The rotated value of element d (of a head of hd values, the first rd rotated) at position pos.
+__device__ __forceinline__ float rope_at(const float *h, int d, int rd, int interleaved,
+                                         const float *inv_freq, float pos) {
+    if (d >= rd) return h[d];
+    int i, a, b;
+    bool first;
+    if (interleaved) {
+        i = d >> 1; a = d & ~1; b = a + 1; first = (d & 1) == 0;
+    } else {
+        int half = rd >> 1;
+        first = d < half; i = first ? d : d - half; a = i; b = i + half;
+    }
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);
+    float x0 = h[a], x1 = h[b];
+    return first ? x0 * c - x1 * s : x0 * s + x1 * c;
+}
+
+__device__ __forceinline__ size_t kv_slot(const Meta &m, int row, int layer, int n_layers, int bs,
+                                          int kvd, int which, u32 pos) {
+    u32 seq = m.row_seq[row];
+    u32 blk = m.blocks[m.seq_blk[seq] + pos / bs];
+    return ((((size_t)blk * n_layers + layer) * 2 + which) * bs + pos % bs) * kvd;
+}
+
+// Writes each row's k (rotated when rope_k) and v into the pool at the row's position.
+extern "C" __global__ void k_kv_write(const float *k, int k_stride, const float *v, int v_stride,
+                                      const u32 *meta, int max_t, u16 *pool, int layer,
+                                      int n_layers, int bs, int kvd, int hd, int rd,
+                                      int interleaved, const float *inv_freq, int rope_k) {
+    Meta m = meta_at(meta, max_t);
+    int row = blockIdx.x;
+    u32 pos = m.row_pos[row];
+    const float *kr = k + (size_t)row * k_stride;
+    const float *vr = v + (size_t)row * v_stride;
+    u16 *kd = pool + kv_slot(m, row, layer, n_layers, bs, kvd, 0, pos);
+    u16 *vd = pool + kv_slot(m, row, layer, n_layers, bs, kvd, 1, pos);
+    for (int e = threadIdx.x; e < kvd; e += blockDim.x) {
+        int h = e / hd, d = e % hd;
+        float kv = rope_k ? rope_at(kr + h * hd, d, rd, interleaved, inv_freq, (float)pos) : kr[e];
+        kd[e] = f2h(kv);
+        vd[e] = f2h(vr[e]);
+    }
+}
+
+// In-place rotary embedding of `heads` heads per row (the separate-op path).
+extern "C" __global__ void k_rope(float *x, int stride, int heads, const u32 *meta, int max_t,
+                                  int hd, int rd, int interleaved, const float *inv_freq) {
+    Meta m = meta_at(meta, max_t);
+    int row = blockIdx.x;
+    float pos = (float)m.row_pos[row];
+    int half = rd >> 1;
+    for (int e = threadIdx.x; e < heads * half; e += blockDim.x) {
+        int h = e / half, i = e % half;
+        float *hp = x + (size_t)row * stride + h * hd;
+        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+        float s, c;
+        sincosf(pos * inv_freq[i], &s, &c);
+        float x0 = hp[a], x1 = hp[b];
+        hp[a] = x0 * c - x1 * s;
+        hp[b] = x0 * s + x1 * c;
+    }
+}
+
+// ---- attention over the paged cache ----------------------------------------------------------
+//
+// Grid (heads, rows, splits), ATT_T threads. Each block takes one split of the row's positions
+// 0..=pos with an online softmax; with one split it writes the output, else a partial (max, sum,
+// weighted values) that k_attn_combine merges.
+#define ATT_T 128
+#define MAX_HD 256
+
+extern "C" __global__ void __launch_bounds__(ATT_T)
+k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
+       int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
+       const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
+       float *part) {
+    __shared__ float qs[MAX_HD];
+    __shared__ float p[ATT_T];
+    __shared__ size_t voff[ATT_T];
+    __shared__ float red[32];
+    __shared__ float accs[ATT_T];
+    Meta m = meta_at(meta, max_t);
+    int h = blockIdx.x, row = blockIdx.y, sp = blockIdx.z;
+    int kvh = h / (n_heads / n_kv_heads);
+    int kvd = n_kv_heads * hd;
+    u32 pos = m.row_pos[row];
+    int len = (int)pos + 1;
+    int chunk = (len + splits - 1) / splits;
+    int start = sp * chunk, end = min(len, start + chunk);
+    const float *qr = q + (size_t)row * q_stride + h * hd;
+    for (int d = threadIdx.x; d < hd; d += ATT_T)
+        qs[d] = (rope_q ? rope_at(qr, d, rd, interleaved, inv_freq, (float)pos) : qr[d]) * scale;
+    __syncthreads();
+    // Values: with hd <= 128, ng groups of hd threads take every ng-th position of a tile (their
+    // sums are added at the end); with hd > 128, one group, two dims per thread.
+    const int ng = hd <= ATT_T ? ATT_T / hd : 1;
+    const int g = hd <= ATT_T ? threadIdx.x / hd : 0;
+    const int d0 = hd <= ATT_T ? threadIdx.x % hd : threadIdx.x;
+    const int d1 = d0 + ATT_T;
+    const bool vlive = g < ng && d0 < hd;
+    float mx = (-INFINITY), l = 0.0f;
+    float acc0 = 0.0f, acc1 = 0.0f;
+    u32 seq = m.row_seq[row];
+    const u32 *bt = m.blocks + m.seq_blk[seq];
+    for (int t0 = start; t0 < end; t0 += ATT_T) {
+        int t = t0 + threadIdx.x;
+        float s = (-INFINITY);
+        if (t < end) {
+            u32 blk = bt[t / bs];
+            size_t kb = ((((size_t)blk * n_layers + layer) * 2) * bs + t % bs) * kvd + kvh * hd;
+            voff[threadIdx.x] = kb + (size_t)bs * kvd;
+            const u16 *kp = pool + kb;
+            float dot = 0.0f;
+            if ((hd & 7) == 0) {
+                const uint4 *k4 = (const uint4 *)kp;
+                for (int j = 0; j < hd / 8; j++) {
+                    uint4 kk = k4[j];
+                    float a, b;
+                    h2f2(kk.x, a, b); dot += a * qs[8 * j] + b * qs[8 * j + 1];
+                    h2f2(kk.y, a, b); dot += a * qs[8 * j + 2] + b * qs[8 * j + 3];
+                    h2f2(kk.z, a, b); dot += a * qs[8 * j + 4] + b * qs[8 * j + 5];
+                    h2f2(kk.w, a, b); dot += a * qs[8 * j + 6] + b * qs[8 * j + 7];
+                }
+            } else {
+                for (int j = 0; j < hd; j++) dot += h2f(kp[j]) * qs[j];
+            }
+            s = dot;
+        }
+        float tmax = block_max(s, red);
+        float nmx = fmaxf(mx, tmax);
+        float e = t < end ? expf(s - nmx) : 0.0f;
+        float corr = mx == (-INFINITY) ? 0.0f : expf(mx - nmx);
+        p[threadIdx.x] = e;
+        float tsum = block_sum(e, red);  // its barriers also publish p[] and voff[]
+        l = l * corr + tsum;
+        acc0 *= corr;
+        acc1 *= corr;
+        mx = nmx;
+        int cnt = min(ATT_T, end - t0);
+        if (vlive) {
+            int j = g;
+            for (; j + 3 * ng < cnt; j += 4 * ng) {
+                float v0 = h2f(pool[voff[j] + d0]);
+                float v1 = h2f(pool[voff[j + ng] + d0]);
+                float v2 = h2f(pool[voff[j + 2 * ng] + d0]);
+                float v3 = h2f(pool[voff[j + 3 * ng] + d0]);
+                acc0 += p[j] * v0 + p[j + ng] * v1 + p[j + 2 * ng] * v2 + p[j + 3 * ng] * v3;
+                if (d1 < hd) {
+                    float w0 = h2f(pool[voff[j] + d1]);
+                    float w1 = h2f(pool[voff[j + ng] + d1]);
+                    float w2 = h2f(pool[voff[j + 2 * ng] + d1]);
+                    float w3 = h2f(pool[voff[j + 3 * ng] + d1]);
+                    acc1 += p[j] * w0 + p[j + ng] * w1 + p[j + 2 * ng] * w2 + p[j + 3 * ng] * w3;
+                }
+            }
+            for (; j < cnt; j += ng) {
+                acc0 += p[j] * h2f(pool[voff[j] + d0]);
+                if (d1 < hd) acc1 += p[j] * h2f(pool[voff[j] + d1]);
+            }
+        }
+        __syncthreads();
+    }
+    // Add the groups' sums (hd <= 128): group 0 ends up with the totals.
+    if (ng > 1) {
+        accs[threadIdx.x] = vlive ? acc0 : 0.0f;
+        __syncthreads();
+        if (g == 0 && d0 < hd)
+            for (int k = 1; k < ng; k++) acc0 += accs[k * hd + d0];
+    }
+    if (g != 0 || d0 >= hd) return;
+    if (splits == 1) {
+        float il = l > 0.0f ? 1.0f / l : 0.0f;
+        float *o = out + (size_t)row * out_stride + h * hd;
+        o[d0] = acc0 * il;
+        if (d1 < hd) o[d1] = acc1 * il;
+    } else {
+        size_t pi = ((size_t)row * n_heads + h) * splits + sp;
+        float *pp = part + pi * (hd + 2);
+        if (threadIdx.x == 0) { pp[0] = mx; pp[1] = l; }
+        pp[2 + d0] = acc0;
+        if (d1 < hd) pp[2 + d1] = acc1;
+    }
+}
+
+extern "C" __global__ void k_attn_combine(const float *part, int n_heads, int hd, int splits,
+                                          float *out, int out_stride) {
+    int h = blockIdx.x, row = blockIdx.y;
+    const float *pp = part + ((size_t)row * n_heads + h) * splits * (hd + 2);
+    float mx = (-INFINITY);
+    for (int s = 0; s < splits; s++) mx = fmaxf(mx, pp[s * (hd + 2)]);
+    float l = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        float ms = pp[s * (hd + 2)];
+        if (ms != (-INFINITY)) l += pp[s * (hd + 2) + 1] * expf(ms - mx);
+    }
+    float il = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            float ms = pp[s * (hd + 2)];
+            if (ms != (-INFINITY)) a += pp[s * (hd + 2) + 2 + d] * expf(ms - mx);
+        }
+        out[(size_t)row * out_stride + h * hd + d] = a * il;
+    }
+}
+
+// ---- attention for prefill: tiles of query rows ----------------------------------------------
+//
+// Grid (heads, tiles), 128 threads, dynamic shared memory (see CudaBackend::tile_smem). A tile
+// is up to TQ consecutive rows of one sequence at consecutive positions (`tiles` holds each
+// tile's first row and row count); keys and values are staged TK positions at a time in shared
+// memory and shared by the tile's rows. Thread (r, c) = (tid / 4, tid % 4) keeps row r's output
+// dims [c * hd / 4, (c + 1) * hd / 4). Needs hd % 4 == 0 and hd <= 128.
+#define TQ 32
+#define TK 64
+
+extern "C" __global__ void __launch_bounds__(128)
+k_attn_tile(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
+            int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
+            const float *inv_freq, int rope_q, float scale, const u32 *tiles, float *out,
+            int out_stride) {
+    extern __shared__ float4 sm4[];
+    float *sm = (float *)sm4;
+    const int hdp = hd + 4;
+    float *Qs = sm;               // [TQ][hdp]
+    float *Ks = Qs + TQ * hdp;    // [TK][hdp]
+    float *Vs = Ks + TK * hdp;    // [TK][hd]
+    float *Ps = Vs + TK * hd;     // [TQ][TK + 1]
+    Meta m = meta_at(meta, max_t);
+    int h = blockIdx.x;
+    u32 row0 = tiles[2 * blockIdx.y], nrows = tiles[2 * blockIdx.y + 1];
+    int kvh = h / (n_heads / n_kv_heads);
+    int kvd = n_kv_heads * hd;
+    int tid = threadIdx.x;
+    for (int e = tid; e < TQ * hd; e += 128) {
+        int r = e / hd, d = e % hd;
+        float v = 0.0f;
+        if ((u32)r < nrows) {
+            int row = row0 + r;
+            const float *qr = q + (size_t)row * q_stride + h * hd;
+            v = (rope_q ? rope_at(qr, d, rd, interleaved, inv_freq, (float)m.row_pos[row]) : qr[d]) *
+                scale;
+        }
+        Qs[r * hdp + d] = v;
+    }
+    const int r = tid >> 2, c = tid & 3;
+    const int dq = hd >> 2, d0 = c * dq;
+    float acc[32];
+#pragma unroll
+    for (int k = 0; k < 32; k++) acc[k] = 0.0f;
+    float mx = (-INFINITY), l = 0.0f;
+    const bool live = (u32)r < nrows;
+    const u32 mypos = live ? m.row_pos[row0 + r] : 0u;
+    const u32 lastpos = m.row_pos[row0 + nrows - 1];
+    const u32 *bt = m.blocks + m.seq_blk[m.row_seq[row0]];
+    for (u32 t0 = 0; t0 <= lastpos; t0 += TK) {
+        __syncthreads();
+        int cnt = min((int)TK, (int)(lastpos + 1 - t0));
+        for (int e = tid; e < TK * hd; e += 128) {
+            int j = e / hd, d = e % hd;
+            float kv = 0.0f, vv = 0.0f;
+            if (j < cnt) {
+                u32 t = t0 + j;
+                u32 blk = bt[t / bs];
+                size_t base = ((((size_t)blk * n_layers + layer) * 2) * bs + t % bs) * kvd + kvh * hd + d;
+                kv = h2f(pool[base]);
+                vv = h2f(pool[base + (size_t)bs * kvd]);
+            }
+            Ks[j * hdp + d] = kv;
+            Vs[j * hd + d] = vv;
+        }
+        __syncthreads();
+        float s[16];
+        float tmax = (-INFINITY);
+        const float4 *q4 = (const float4 *)(Qs + r * hdp);
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            int j = c + 4 * i;
+            const float4 *k4 = (const float4 *)(Ks + j * hdp);
+            float dot = 0.0f;
+            for (int d = 0; d < (hd >> 2); d++) {
+                float4 a = q4[d], b = k4[d];
+                dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+            }
+            bool ok = live && j < cnt && t0 + j <= mypos;
+            s[i] = ok ? dot : (-INFINITY);
+            tmax = fmaxf(tmax, s[i]);
+        }
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+        float nmx = fmaxf(mx, tmax);
+        float corr = mx == (-INFINITY) ? 0.0f : expf(mx - nmx);
+        float psum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float p = s[i] == (-INFINITY) ? 0.0f : expf(s[i] - nmx);
+            Ps[r * (TK + 1) + c + 4 * i] = p;
+            psum += p;
+        }
+        psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+        psum += __shfl_xor_sync(0xffffffffu, psum, 2);
+        l = l * corr + psum;
+        mx = nmx;
+#pragma unroll
+        for (int k = 0; k < 32; k++) acc[k] *= corr;
+        __syncwarp();
+        for (int j = 0; j < cnt; j++) {
+            float p = Ps[r * (TK + 1) + j];
+            const float *vr = Vs + j * hd + d0;
+#pragma unroll
+            for (int k = 0; k < 32; k++)
+                if (k < dq) acc[k] += p * vr[k];
+        }
+    }
+    if (live) {
+        float il = l > 0.0f ? 1.0f / l : 0.0f;
+        float *o = out + (size_t)(row0 + r) * out_stride + h * hd + d0;
+#pragma unroll
+        for (int k = 0; k < 32; k++)
+            if (k < dq) o[k] = acc[k] * il;
+    }
+}
+
+// ---- matrix-vector products with x staged in shared memory -----------------------------------
+//
+// As k_mv, for cols % 8 == 0: the block first writes the (normalised) rows of x to shared
+// memory (n * cols floats, dynamic), so the loop reads only the weights from global memory.
+// k_mv1 (one row of x) gives each warp two outputs; k_mvs (2..8 rows) one.
+__device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
+    float a, b, s;
+    h2f2(q.x, a, b); s = a * x0.x + b * x0.y;
+    h2f2(q.y, a, b); s += a * x0.z + b * x0.w;
+    h2f2(q.z, a, b); s += a * x1.x + b * x1.y;
+    h2f2(q.w, a, b); s += a * x1.z + b * x1.w;
+    return s;
+}
+
+__device__ void stage_x(const float *x, int n, int cols, const float *nw, float eps, float *xs,
+                        float *red) {
+    for (int r = 0; r < n; r++) {
+        const float *xr = x + (size_t)r * cols;
+        float sc = 1.0f;
+        if (nw) {
+            float ss = 0.0f;
+            for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+            ss = block_sum(ss, red);
+            sc = rsqrtf(ss / cols + eps);
+        }
+        for (int i = threadIdx.x; i < cols; i += blockDim.x)
+            xs[r * cols + i] = nw ? xr[i] * sc * nw[i] : xr[i];
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ void mv_store(float *out, int o, int outs, const float *bias, float s0,
+                                         float s1, int mode) {
+    float v0 = s0 + (bias ? bias[o] : 0.0f);
+    if (mode == 0) out[o] = v0;
+    else if (mode == 1) out[o] += v0;
+    else out[o] = silu(v0) * (s1 + (bias ? bias[o + outs] : 0.0f));
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
+      float eps, float *out, int mode, int ks) {
+    // ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
+    extern __shared__ float4 xs4[];
+    __shared__ float red[32];
+    __shared__ float part[8][2][2];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
+    int o0 = (blockIdx.x * groups + grp) * 2;
+    int nvec = cols >> 3;
+    // Start the weights on their way to L2 while x is staged.
+    for (int k = 0; k < 2; k++) {
+        for (int a = 0; a < (mode == 2 ? 2 : 1); a++) {
+            if (o0 + k >= outs) continue;
+            const uint4 *w4 = (const uint4 *)(W + (size_t)(o0 + k + a * outs) * cols);
+            for (int j = lane + 32 * kw, i = 0; j < nvec && i < 8; j += 32 * ks, i++)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(w4 + j));
+        }
+    }
+    stage_x(x, 1, cols, nw, eps, (float *)xs4, red);
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        int o = o0 + k;
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            float s = 0.0f;
+            if (o < outs && (a == 0 || mode == 2)) {
+                const uint4 *w4 = (const uint4 *)(W + (size_t)(o + a * outs) * cols);
+#pragma unroll 4
+                for (int j = lane + 32 * kw; j < nvec; j += 32 * ks)
+                    s += dot8(__ldg(w4 + j), xs4[2 * j], xs4[2 * j + 1]);
+            }
+            s = warp_sum(s);
+            if (lane == 0) part[warp][k][a] = s;
+        }
+    }
+    __syncthreads();
+    if (kw == 0 && lane < 2) {
+        int k = lane, o = o0 + k;
+        if (o < outs) {
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int w = 0; w < ks; w++) {
+                s0 += part[grp * ks + w][k][0];
+                s1 += part[grp * ks + w][k][1];
+            }
+            mv_store(out, o, outs, bias, s0, s1, mode);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+k_mvs(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
+      float eps, float *out, int out_stride, int mode) {
+    extern __shared__ float4 xs4[];
+    __shared__ float red[32];
+    stage_x(x, n, cols, nw, eps, (float *)xs4, red);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int o = blockIdx.x * 8 + warp;
+    if (o >= outs) return;
+    int nvec = cols >> 3;
+    const float4 *xv = xs4;
+    float acc[2][MV_ROWS];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int r = 0; r < MV_ROWS; r++) acc[a][r] = 0.0f;
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+        if (a == 1 && mode != 2) break;
+        const uint4 *w4 = (const uint4 *)(W + (size_t)(o + a * outs) * cols);
+#pragma unroll 2
+        for (int j = lane; j < nvec; j += 32) {
+            uint4 q = __ldg(w4 + j);
+#pragma unroll
+            for (int r = 0; r < MV_ROWS; r++)
+                if (r < n) acc[a][r] += dot8(q, xv[r * (cols >> 2) + 2 * j], xv[r * (cols >> 2) + 2 * j + 1]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < MV_ROWS; r++) {
+        if (r < n) {
+            float s0 = warp_sum(acc[0][r]), s1 = warp_sum(acc[1][r]);
+            if (lane == 0) mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+        }
+    }
+}

@@ -1,0 +1,1229 @@
+//! The CUDA backend (feature `cuda`): f16 weights and KV cache on the GPU, f32 activations.
+//!
+//! Nothing CUDA is linked: the driver, NVRTC and cuBLAS are loaded at run time, so a binary
+//! built with the feature starts on a machine without a GPU and [`CudaBackend::new`] says why
+//! it cannot open one. The kernels (`kernels.cu`) are compiled by NVRTC for the device's
+//! architecture and the cubin is cached on disk, keyed by a hash of the source, the options
+//! and the NVRTC version.
+//!
+//! A pass of up to [`MV_ROWS`] rows uses the warp-per-row matrix-vector kernel, which reads
+//! each weight once for all rows and fuses the RMSNorm before it and the residual add or
+//! SwiGLU after it; larger passes (prefill, big batches) convert the activations to f16 and
+//! use cuBLAS. A decoder layer is six kernels at decode. Decode passes are recorded as CUDA
+//! graphs (one per batch shape) and replayed: the per-pass metadata (token ids, positions,
+//! block tables) sits in one device buffer that the kernels read, uploaded before each pass.
+
+mod nvrtc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
+use cudarc::driver::sys::{CUdevice_attribute, CUstreamCaptureMode};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg,
+};
+
+use crate::backend::{Backend, FusedRef, PagedSeq, PassKey, RawTensor};
+use crate::config::RopeStyle;
+use crate::{ModelConfig, ModelError};
+
+/// Rows a pass may have for the matrix-vector kernel (more go to cuBLAS).
+pub const MV_ROWS: usize = 8;
+const MV_WARPS: usize = 8;
+const ATT_T: u32 = 128;
+const MAX_HD: usize = 256;
+const BLAS_WORKSPACE: usize = 32 << 20;
+/// Most bytes of x the staged matrix-vector kernels keep in shared memory.
+const MV_STAGE_MAX: usize = 96 << 10;
+/// Query rows and key positions per tile of the prefill attention kernel (TQ, TK).
+const TILE_Q: usize = 32;
+const TILE_K: usize = 64;
+/// Largest head size of the prefill attention kernel.
+const TILE_MAX_HD: usize = 128;
+
+/// Dynamic shared memory of `k_attn_tile` for head size `hd`.
+fn tile_smem(hd: usize) -> usize {
+    4 * (TILE_Q * (hd + 4) + TILE_K * (hd + 4) + TILE_K * hd + TILE_Q * (TILE_K + 1))
+}
+
+/// An activation buffer on the device.
+pub struct CudaAct {
+    buf: CudaSlice<f32>,
+}
+
+/// A weight matrix on the device: f16 rows, with an optional f32 bias per row.
+pub struct CudaMat {
+    w: CudaSlice<u16>,
+    rows: usize,
+    cols: usize,
+    bias: Option<CudaSlice<f32>>,
+}
+
+/// The KV pool: f16, laid out `[block][layer][k|v][offset][kv_dim]`.
+pub struct CudaKvPool {
+    buf: CudaSlice<u16>,
+    id: u64,
+    n_blocks: usize,
+    block_bytes: usize,
+}
+
+static NEXT_POOL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+struct Kernels {
+    embed: CudaFunction,
+    rmsnorm: CudaFunction,
+    to_f16: CudaFunction,
+    add: CudaFunction,
+    add_bias: CudaFunction,
+    swiglu: CudaFunction,
+    swiglu_f16: CudaFunction,
+    gather: CudaFunction,
+    argmax: CudaFunction,
+    mv: CudaFunction,
+    mv1: CudaFunction,
+    mvs: CudaFunction,
+    kv_write: CudaFunction,
+    rope: CudaFunction,
+    attn: CudaFunction,
+    attn_tile: CudaFunction,
+    combine: CudaFunction,
+}
+
+struct Graph(CudaGraph);
+// SAFETY: a graph is only touched under the backend's mutex, from one thread at a time.
+unsafe impl Send for Graph {}
+
+/// Mutable state: the pass metadata, scratch buffers, recorded graphs, the first error.
+#[derive(Default)]
+struct St {
+    meta: Option<CudaSlice<u32>>,
+    meta_cap: usize,
+    max_t: usize,
+    host: Vec<u32>,
+    xh: Option<CudaSlice<u16>>,
+    big: Option<CudaSlice<f32>>,
+    part: Option<CudaSlice<f32>>,
+    part_cap: usize,
+    inv_freq: Option<CudaSlice<f32>>,
+    splits: usize,
+    tiles: Option<CudaSlice<u32>>,
+    n_tiles: usize,
+    graphs: HashMap<(PassKey, u64, usize), Graph>,
+    recording: Option<(PassKey, u64, usize)>,
+    err: Option<String>,
+    max_act: usize,
+}
+
+/// Runs the decoder on one NVIDIA GPU.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    _workspace: CudaSlice<u8>,
+    k: Kernels,
+    name: String,
+    arch: String,
+    sms: usize,
+    fused: bool,
+    graphs: bool,
+    weight_bytes: std::sync::atomic::AtomicUsize,
+    st: Mutex<St>,
+}
+
+/// A kernel argument.
+enum A {
+    P(u64),
+    I(i32),
+    F(f32),
+}
+
+fn dev(what: &str, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Device(format!("{what}: {e}"))
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLAS, compiles the kernels (or
+    /// reads them from the cache).
+    pub fn new(ordinal: usize) -> Result<Self, ModelError> {
+        match std::panic::catch_unwind(|| Self::open(ordinal)) {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(ModelError::Device(format!(
+                    "the CUDA libraries could not be used: {msg}; a CUDA 13 driver, NVRTC and cuBLAS are needed"
+                )))
+            }
+        }
+    }
+
+    fn open(ordinal: usize) -> Result<Self, ModelError> {
+        // SAFETY: only tries to dlopen the libraries by name.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(ModelError::Device(
+                "no NVIDIA driver found (libcuda.so could not be loaded): --device cuda needs an NVIDIA GPU with a CUDA 13 driver; use --device cpu here".into(),
+            ));
+        }
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(ModelError::Device(
+                "NVRTC (libnvrtc.so.13) could not be loaded: install the CUDA 13 runtime libraries and add their lib folder to LD_LIBRARY_PATH".into(),
+            ));
+        }
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(ModelError::Device(
+                "cuBLAS (libcublas.so.13) could not be loaded: install the CUDA 13 runtime libraries and add their lib folder to LD_LIBRARY_PATH".into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(|e| dev("device count", e))?;
+        if ordinal >= usize::try_from(count).unwrap_or(0) {
+            return Err(ModelError::Device(format!(
+                "no CUDA device {ordinal}: the driver reports {count} device(s)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| dev("context creation", e))?;
+        // One stream, ordered: no per-buffer events (they would also break graph capture).
+        // SAFETY: every buffer is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| dev("stream creation", e))?;
+        let name = ctx.name().map_err(|e| dev("device name", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| dev("compute capability", e))?;
+        let arch = format!("sm_{major}{minor}");
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| dev("multiprocessor count", e))? as usize;
+        let module = nvrtc::load(&ctx, &arch)?;
+        let f = |n: &str| {
+            module
+                .load_function(n)
+                .map_err(|e| dev(&format!("kernel {n}"), e))
+        };
+        let k = Kernels {
+            embed: f("k_embed")?,
+            rmsnorm: f("k_rmsnorm")?,
+            to_f16: f("k_to_f16")?,
+            add: f("k_add")?,
+            add_bias: f("k_add_bias")?,
+            swiglu: f("k_swiglu")?,
+            swiglu_f16: f("k_swiglu_f16")?,
+            gather: f("k_gather")?,
+            argmax: f("k_argmax")?,
+            mv: f("k_mv")?,
+            mv1: f("k_mv1")?,
+            mvs: f("k_mvs")?,
+            kv_write: f("k_kv_write")?,
+            rope: f("k_rope")?,
+            attn: f("k_attn")?,
+            attn_tile: f("k_attn_tile")?,
+            combine: f("k_attn_combine")?,
+        };
+        k.attn_tile
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                tile_smem(TILE_MAX_HD) as i32,
+            )
+            .map_err(|e| dev("shared memory attribute", e))?;
+        for f in [&k.mv1, &k.mvs] {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                MV_STAGE_MAX as i32,
+            )
+            .map_err(|e| dev("shared memory attribute", e))?;
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| dev("cuBLAS", e))?;
+        let workspace = stream
+            .alloc_zeros::<u8>(BLAS_WORKSPACE)
+            .map_err(|e| dev("cuBLAS workspace", e))?;
+        // A fixed workspace: cuBLAS allocates nothing while a graph is being recorded.
+        // SAFETY: the workspace outlives the handle (both live in the backend).
+        let r = unsafe {
+            blas_sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                workspace.device_ptr(&stream).0 as *mut std::ffi::c_void,
+                BLAS_WORKSPACE,
+            )
+        };
+        r.result().map_err(|e| dev("cuBLAS workspace", e))?;
+        let env_off = |k: &str| std::env::var(k).is_ok_and(|v| v == "0");
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            _workspace: workspace,
+            k,
+            name,
+            arch,
+            sms,
+            fused: !env_off("KILN_CUDA_FUSED"),
+            graphs: !env_off("KILN_CUDA_GRAPHS"),
+            weight_bytes: Default::default(),
+            st: Mutex::new(St::default()),
+        })
+    }
+
+    /// The GPU's name.
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Bytes of weights (matrices and vectors) uploaded.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of device memory in use on the GPU (all processes) and in total.
+    pub fn memory_used(&self) -> Option<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .ok()
+            .map(|(free, total)| (total - free, total))
+    }
+
+    fn st(&self) -> MutexGuard<'_, St> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note<E: std::fmt::Display>(&self, what: &str, r: Result<(), E>) {
+        if let Err(e) = r {
+            let mut st = self.st();
+            if st.err.is_none() {
+                st.err = Some(format!("{what}: {e}"));
+            }
+        }
+    }
+
+    fn p<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    fn launch(&self, f: &CudaFunction, grid: (u32, u32, u32), block: u32, args: &[A]) {
+        self.launch_smem(f, grid, block, 0, args)
+    }
+
+    fn launch_smem(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[A],
+    ) {
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                A::P(p) => b.arg(p),
+                A::I(i) => b.arg(i),
+                A::F(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: every kernel's arguments are listed in the order and types of its signature
+        // in kernels.cu, and every pointer is a live device buffer of the sizes it reads.
+        let r = unsafe { b.launch(cfg) };
+        self.note("kernel launch", r.map(|_| ()));
+    }
+
+    fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        what: &str,
+        len: usize,
+    ) -> Result<CudaSlice<T>, ModelError> {
+        self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+            ModelError::OutOfMemory(format!(
+                "{what} ({} MiB) on {}: {e}",
+                (len * std::mem::size_of::<T>()) >> 20,
+                self.name
+            ))
+        })
+    }
+
+    /// The metadata buffer's pointer and its row capacity.
+    fn meta(&self) -> (u64, i32) {
+        let st = self.st();
+        (st.meta.as_ref().map_or(0, |m| self.p(m)), st.max_t as i32)
+    }
+
+    fn scratch(&self) -> (u64, u64, u64) {
+        let st = self.st();
+        (
+            st.xh.as_ref().map_or(0, |m| self.p(m)),
+            st.big.as_ref().map_or(0, |m| self.p(m)),
+            st.part.as_ref().map_or(0, |m| self.p(m)),
+        )
+    }
+
+    /// `out (mode) = W x` over `n` rows; `x_ptr` rows of `w.cols` values. Modes: 0 store,
+    /// 1 accumulate, 2 SwiGLU of the two stacked halves. `norm`: RMSNorm x first.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        w: &CudaMat,
+        x_ptr: u64,
+        n: usize,
+        norm: Option<(&CudaAct, f32)>,
+        out_ptr: u64,
+        out_stride: usize,
+        mode: i32,
+    ) {
+        let outs = if mode == 2 { w.rows / 2 } else { w.rows };
+        let bias = w.bias.as_ref().map_or(0, |b| self.p(b));
+        let (nw, eps) = norm.map_or((0, 0.0), |(a, e)| (self.p(&a.buf), e));
+        let staged = w.cols.is_multiple_of(8) && n * w.cols * 4 <= MV_STAGE_MAX;
+        if n == 1 && staged && std::env::var_os("KILN_CUDA_MV_PLAIN").is_none() {
+            // Split each output's columns over more warps until the grid fills the GPU,
+            // keeping at least 24 16-byte chunks per warp.
+            let nvec = w.cols / 8;
+            let mut ks = 1usize;
+            while ks < MV_WARPS
+                && outs * ks / (2 * MV_WARPS) < 2 * self.sms
+                && nvec / (2 * ks) >= 24
+            {
+                ks *= 2;
+            }
+            self.launch_smem(
+                &self.k.mv1,
+                (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
+                (MV_WARPS * 32) as u32,
+                (w.cols * 4) as u32,
+                &[
+                    A::P(self.p(&w.w)),
+                    A::P(bias),
+                    A::I(outs as i32),
+                    A::I(w.cols as i32),
+                    A::P(x_ptr),
+                    A::P(nw),
+                    A::F(eps),
+                    A::P(out_ptr),
+                    A::I(mode),
+                    A::I(ks as i32),
+                ],
+            );
+            return;
+        }
+        if n <= MV_ROWS && staged && std::env::var_os("KILN_CUDA_MV_PLAIN").is_none() {
+            self.launch_smem(
+                &self.k.mvs,
+                (outs.div_ceil(MV_WARPS) as u32, 1, 1),
+                (MV_WARPS * 32) as u32,
+                (n * w.cols * 4) as u32,
+                &[
+                    A::P(self.p(&w.w)),
+                    A::P(bias),
+                    A::I(outs as i32),
+                    A::I(w.cols as i32),
+                    A::P(x_ptr),
+                    A::I(n as i32),
+                    A::P(nw),
+                    A::F(eps),
+                    A::P(out_ptr),
+                    A::I(out_stride as i32),
+                    A::I(mode),
+                ],
+            );
+            return;
+        }
+        if n <= MV_ROWS {
+            self.launch(
+                &self.k.mv,
+                (outs.div_ceil(MV_WARPS) as u32, 1, 1),
+                (MV_WARPS * 32) as u32,
+                &[
+                    A::P(self.p(&w.w)),
+                    A::P(bias),
+                    A::I(outs as i32),
+                    A::I(w.cols as i32),
+                    A::P(x_ptr),
+                    A::I(n as i32),
+                    A::P(nw),
+                    A::F(eps),
+                    A::P(out_ptr),
+                    A::I(out_stride as i32),
+                    A::I(mode),
+                ],
+            );
+            return;
+        }
+        // Through the matrix units: x to f16 (normalised on the way), then cuBLAS.
+        let (xh, big, _) = self.scratch();
+        self.launch(
+            &self.k.to_f16,
+            (n as u32, 1, 1),
+            256,
+            &[
+                A::P(x_ptr),
+                A::P(nw),
+                A::F(eps),
+                A::I(w.cols as i32),
+                A::P(xh),
+            ],
+        );
+        let (dst, ld, beta) = match mode {
+            0 => (out_ptr, out_stride, 0.0f32),
+            1 => (out_ptr, out_stride, 1.0f32),
+            _ => (big, w.rows, 0.0f32),
+        };
+        self.gemm(w, xh, n, dst, ld, beta);
+        if bias != 0 && mode != 2 {
+            let len = n * outs;
+            self.launch(
+                &self.k.add_bias,
+                (len.div_ceil(256) as u32, 1, 1),
+                256,
+                &[
+                    A::P(out_ptr),
+                    A::P(bias),
+                    A::I(n as i32),
+                    A::I(outs as i32),
+                    A::I(out_stride as i32),
+                ],
+            );
+        }
+        if mode == 2 {
+            // SwiGLU into f16, for the next product; the caller's out_ptr is then unused and
+            // the result sits in `xh`.
+            let len = n * outs;
+            self.launch(
+                &self.k.swiglu_f16,
+                (len.div_ceil(256) as u32, 1, 1),
+                256,
+                &[A::P(big), A::I(n as i32), A::I(outs as i32), A::P(xh)],
+            );
+        }
+    }
+
+    /// `C[n][w.rows] (+)= x_h[n][w.cols] . W^T` with cuBLAS, f16 inputs, f32 accumulation.
+    fn gemm(&self, w: &CudaMat, xh: u64, n: usize, c: u64, ldc: usize, beta: f32) {
+        let alpha = 1.0f32;
+        // Column-major view: C (rows x n) = W^T(cols x rows)^T . X (cols x n).
+        // SAFETY: the pointers are live device buffers of the sizes given.
+        let r = unsafe {
+            blas_result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                w.rows as i32,
+                n as i32,
+                w.cols as i32,
+                &alpha as *const f32 as *const std::ffi::c_void,
+                self.p(&w.w) as *const std::ffi::c_void,
+                blas_sys::cudaDataType_t::CUDA_R_16F,
+                w.cols as i32,
+                xh as *const std::ffi::c_void,
+                blas_sys::cudaDataType_t::CUDA_R_16F,
+                w.cols as i32,
+                &beta as *const f32 as *const std::ffi::c_void,
+                c as *mut std::ffi::c_void,
+                blas_sys::cudaDataType_t::CUDA_R_32F,
+                ldc as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        self.note("cuBLAS gemm", r);
+    }
+
+    /// Writes k, v into the pool and attends; q, k, v are rows of the given strides.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        cfg: &ModelConfig,
+        pool: &CudaKvPool,
+        layer: usize,
+        n: usize,
+        (q, qs): (u64, usize),
+        (k, ks): (u64, usize),
+        (v, vs): (u64, usize),
+        rope: bool,
+        out: u64,
+    ) {
+        let (meta, max_t) = self.meta();
+        let (splits, inv_freq, part, tiles, n_tiles) = {
+            let st = self.st();
+            (
+                st.splits.max(1),
+                st.inv_freq.as_ref().map_or(0, |b| self.p(b)),
+                st.part.as_ref().map_or(0, |b| self.p(b)),
+                st.tiles.as_ref().map_or(0, |b| self.p(b)),
+                st.n_tiles,
+            )
+        };
+        let il = i32::from(cfg.rope_style == RopeStyle::Interleaved);
+        let pool_p = self.p(&pool.buf);
+        let common = |a: &mut Vec<A>| {
+            a.extend([
+                A::I(layer as i32),
+                A::I(cfg.n_layers as i32),
+                A::I(crate::KV_BLOCK as i32),
+            ]);
+        };
+        let mut a = vec![
+            A::P(k),
+            A::I(ks as i32),
+            A::P(v),
+            A::I(vs as i32),
+            A::P(meta),
+        ];
+        a.extend([A::I(max_t), A::P(pool_p)]);
+        common(&mut a);
+        a.extend([
+            A::I(cfg.kv_dim() as i32),
+            A::I(cfg.head_dim as i32),
+            A::I(cfg.rope_dim as i32),
+            A::I(il),
+            A::P(inv_freq),
+            A::I(i32::from(rope)),
+        ]);
+        self.launch(&self.k.kv_write, (n as u32, 1, 1), 128, &a);
+        let mut a = vec![
+            A::P(q),
+            A::I(qs as i32),
+            A::P(pool_p),
+            A::P(meta),
+            A::I(max_t),
+        ];
+        common(&mut a);
+        a.extend([
+            A::I(cfg.n_heads as i32),
+            A::I(cfg.n_kv_heads as i32),
+            A::I(cfg.head_dim as i32),
+            A::I(cfg.rope_dim as i32),
+            A::I(il),
+            A::P(inv_freq),
+            A::I(i32::from(rope)),
+            A::F(1.0 / (cfg.head_dim as f32).sqrt()),
+        ]);
+        if n_tiles > 0 && tile_ok(cfg.head_dim) {
+            a.extend([A::P(tiles), A::P(out), A::I(cfg.dim as i32)]);
+            self.launch_smem(
+                &self.k.attn_tile,
+                (cfg.n_heads as u32, n_tiles as u32, 1),
+                128,
+                tile_smem(cfg.head_dim) as u32,
+                &a,
+            );
+            return;
+        }
+        a.extend([
+            A::I(splits as i32),
+            A::P(out),
+            A::I(cfg.dim as i32),
+            A::P(part),
+        ]);
+        self.launch(
+            &self.k.attn,
+            (cfg.n_heads as u32, n as u32, splits as u32),
+            ATT_T,
+            &a,
+        );
+        if splits > 1 {
+            self.launch(
+                &self.k.combine,
+                (cfg.n_heads as u32, n as u32, 1),
+                cfg.head_dim.next_multiple_of(32).min(256) as u32,
+                &[
+                    A::P(part),
+                    A::I(cfg.n_heads as i32),
+                    A::I(cfg.head_dim as i32),
+                    A::I(splits as i32),
+                    A::P(out),
+                    A::I(cfg.dim as i32),
+                ],
+            );
+        }
+    }
+
+    /// Weights as f16 values (converted from any block format).
+    fn f16_bytes(t: &RawTensor) -> Result<Vec<u8>, ModelError> {
+        use kiln_gguf::GgmlType;
+        if t.ty == GgmlType::F16 {
+            return Ok(t.data.as_slice().to_vec());
+        }
+        let f = t.to_f32()?;
+        let mut out = Vec::with_capacity(f.len() * 2);
+        for v in f {
+            out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+        Ok(out)
+    }
+
+    fn upload_mat(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<CudaMat, ModelError> {
+        let w = self.alloc::<u16>(name, rows * cols)?;
+        let dst = self.p(&w);
+        // SAFETY: `w` holds rows * cols f16 values, `bytes` that many bytes times two.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_htod_async(dst, bytes, self.stream.cu_stream())
+        };
+        r.map_err(|e| dev(&format!("uploading {name}"), e))?;
+        let bias = match bias {
+            Some(b) => Some(
+                self.stream
+                    .clone_htod(b)
+                    .map_err(|e| dev(&format!("uploading the bias of {name}"), e))?,
+            ),
+            None => None,
+        };
+        // Pageable copies may return before the data is read: finish before `bytes` goes.
+        self.stream
+            .synchronize()
+            .map_err(|e| dev(&format!("uploading {name}"), e))?;
+        self.weight_bytes.fetch_add(
+            bytes.len() + bias.as_ref().map_or(0, |b| b.len() * 4),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(CudaMat {
+            w,
+            rows,
+            cols,
+            bias,
+        })
+    }
+
+    fn clear_graphs(st: &mut St) {
+        st.graphs.clear();
+    }
+}
+
+/// Whether the prefill attention kernel takes head size `hd`.
+fn tile_ok(hd: usize) -> bool {
+    hd.is_multiple_of(4) && hd <= TILE_MAX_HD
+}
+
+fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    be: &CudaBackend,
+    slot: &mut Option<CudaSlice<T>>,
+    len: usize,
+    what: &str,
+) -> Result<bool, ModelError> {
+    if slot.as_ref().is_some_and(|s| s.len() >= len) {
+        return Ok(false);
+    }
+    *slot = None;
+    *slot = Some(be.alloc::<T>(what, len)?);
+    Ok(true)
+}
+
+impl Backend for CudaBackend {
+    type Act = CudaAct;
+    type Mat = CudaMat;
+    type KvPool = CudaKvPool;
+
+    fn describe(&self) -> String {
+        format!(
+            "CUDA {} ({}, {} SMs, f16 weights{}{})",
+            self.name,
+            self.arch,
+            self.sms,
+            if self.fused { ", fused layers" } else { "" },
+            if self.graphs { ", graphs" } else { "" }
+        )
+    }
+
+    fn matrix(&self, t: RawTensor) -> Result<CudaMat, ModelError> {
+        let bytes = Self::f16_bytes(&t)?;
+        self.upload_mat(&t.name, &bytes, t.rows, t.cols, None)
+    }
+
+    fn stack(
+        &self,
+        name: &str,
+        parts: &[&RawTensor],
+        bias: Option<&[f32]>,
+    ) -> Result<Option<CudaMat>, ModelError> {
+        if !self.fused || parts.is_empty() {
+            return Ok(None);
+        }
+        let cols = parts[0].cols;
+        if parts.iter().any(|p| p.cols != cols) {
+            return Ok(None);
+        }
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        if bias.is_some_and(|b| b.len() != rows) {
+            return Err(ModelError::Config(format!(
+                "{name}: {} bias values for {rows} rows",
+                bias.map_or(0, <[f32]>::len)
+            )));
+        }
+        let mut bytes = Vec::with_capacity(rows * cols * 2);
+        for p in parts {
+            bytes.extend_from_slice(&Self::f16_bytes(p)?);
+        }
+        let label = format!("{} (+{} more)", parts[0].name, parts.len() - 1);
+        self.upload_mat(&label, &bytes, rows, cols, bias).map(Some)
+    }
+
+    fn vector(&self, data: &[f32]) -> Result<CudaAct, ModelError> {
+        let buf = self
+            .stream
+            .clone_htod(data)
+            .map_err(|e| dev("uploading a vector", e))?;
+        self.weight_bytes
+            .fetch_add(data.len() * 4, std::sync::atomic::Ordering::Relaxed);
+        Ok(CudaAct { buf })
+    }
+
+    fn act(&self, len: usize) -> Result<CudaAct, ModelError> {
+        let buf = self.alloc::<f32>("activations", len)?;
+        let mut st = self.st();
+        st.max_act = st.max_act.max(len);
+        Ok(CudaAct { buf })
+    }
+
+    fn kv_pool(
+        &self,
+        cfg: &ModelConfig,
+        n_blocks: usize,
+        block_size: usize,
+    ) -> Result<CudaKvPool, ModelError> {
+        if block_size != crate::KV_BLOCK {
+            return Err(ModelError::Unsupported(format!(
+                "KV blocks of {block_size} positions (the CUDA kernels use {})",
+                crate::KV_BLOCK
+            )));
+        }
+        if cfg.head_dim > MAX_HD {
+            return Err(ModelError::Unsupported(format!(
+                "head size {} (the CUDA attention kernel takes up to {MAX_HD})",
+                cfg.head_dim
+            )));
+        }
+        let per = 2 * cfg.n_layers * block_size * cfg.kv_dim();
+        let len = n_blocks
+            .checked_mul(per)
+            .ok_or_else(|| ModelError::OutOfMemory(format!("{n_blocks} KV blocks")))?;
+        Ok(CudaKvPool {
+            buf: self.alloc::<u16>("KV cache", len)?,
+            id: NEXT_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            n_blocks,
+            block_bytes: per * 2,
+        })
+    }
+
+    fn kv_block_bytes(&self, cfg: &ModelConfig, block_size: usize) -> usize {
+        2 * cfg.n_layers * block_size * cfg.kv_dim() * 2
+    }
+
+    fn begin_pass(
+        &self,
+        cfg: &ModelConfig,
+        max_tokens: usize,
+        tokens: &[u32],
+        seqs: &[PagedSeq<'_>],
+        rows: &[usize],
+    ) -> Result<(), ModelError> {
+        let mut st = self.st();
+        if let Some(e) = st.err.take() {
+            return Err(ModelError::Device(e));
+        }
+        let n = tokens.len();
+        let max_t = max_tokens.max(n);
+        let nblocks: usize = seqs.iter().map(|s| s.blocks.len()).sum();
+        let need = 5 * max_t + nblocks;
+        let mut changed = false;
+        if st.max_t != max_t || st.meta_cap < need {
+            let cap = need.max(st.meta_cap).next_power_of_two();
+            st.meta = None;
+            st.meta = Some(self.alloc::<u32>("pass metadata", cap)?);
+            st.meta_cap = cap;
+            st.max_t = max_t;
+            changed = true;
+        }
+        let qkvw = cfg.dim + 2 * cfg.kv_dim();
+        let widest = qkvw.max(2 * cfg.ffn_dim).max(cfg.dim);
+        let mut xh = st.xh.take();
+        changed |= grow(self, &mut xh, max_t * widest, "f16 scratch")?;
+        st.xh = xh;
+        let mut big = st.big.take();
+        changed |= grow(self, &mut big, max_t * widest, "scratch")?;
+        st.big = big;
+        if st.inv_freq.is_none() {
+            let half = cfg.rope_dim / 2;
+            let f: Vec<f32> = (0..half.max(1))
+                .map(|i| cfg.rope_base.powf(-2.0 * i as f32 / cfg.rope_dim as f32))
+                .collect();
+            st.inv_freq = Some(
+                self.stream
+                    .clone_htod(&f)
+                    .map_err(|e| dev("uploading rotary frequencies", e))?,
+            );
+        }
+        // Attention splits: enough blocks to fill the GPU at decode; one for prefill.
+        let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(1);
+        let splits = if seqs.iter().all(|s| s.n == 1) {
+            let base = n * cfg.n_heads;
+            let fill = (2 * self.sms).div_ceil(base.max(1));
+            fill.min(longest.div_ceil(64))
+                .clamp(1, 64)
+                .next_power_of_two()
+        } else {
+            1
+        };
+        st.splits = splits;
+        // Prefill passes: tiles of consecutive rows of one sequence for the tiled kernel.
+        st.n_tiles = 0;
+        if splits == 1 && !seqs.iter().all(|s| s.n == 1) && tile_ok(cfg.head_dim) {
+            let mut t: Vec<u32> = Vec::new();
+            for s in seqs {
+                for r in (0..s.n).step_by(TILE_Q) {
+                    t.extend([(s.row0 + r) as u32, TILE_Q.min(s.n - r) as u32]);
+                }
+            }
+            let mut tiles = st.tiles.take();
+            grow(self, &mut tiles, t.len(), "attention tiles")?;
+            if let Some(buf) = &tiles {
+                let dst = self.p(buf);
+                // SAFETY: the buffer holds at least `t.len()` u32s; pageable copies are staged
+                // before the call returns.
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(dst, &t[..], self.stream.cu_stream())
+                }
+                .map_err(|e| dev("uploading attention tiles", e))?;
+            }
+            st.tiles = tiles;
+            st.n_tiles = t.len() / 2;
+        }
+        let part_len = n * cfg.n_heads * splits * (cfg.head_dim + 2);
+        if splits > 1 && st.part_cap < part_len {
+            let cap = part_len.next_power_of_two();
+            st.part = None;
+            st.part = Some(self.alloc::<f32>("attention partials", cap)?);
+            st.part_cap = cap;
+            changed = true;
+        }
+        if changed {
+            CudaBackend::clear_graphs(&mut st);
+        }
+        // tokens | row_pos | row_seq | out_rows | seq_blk | blocks
+        let mut h = std::mem::take(&mut st.host);
+        h.clear();
+        h.resize(5 * max_t, 0);
+        h[..n].copy_from_slice(tokens);
+        let mut off = 0u32;
+        for (si, s) in seqs.iter().enumerate() {
+            for t in 0..s.n {
+                h[max_t + s.row0 + t] = (s.pos0 + t) as u32;
+                h[2 * max_t + s.row0 + t] = si as u32;
+            }
+            h[4 * max_t + si] = off;
+            off += s.blocks.len() as u32;
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            h[3 * max_t + i] = r as u32;
+        }
+        for s in seqs {
+            h.extend_from_slice(s.blocks);
+        }
+        let dst = st.meta.as_ref().map_or(0, |m| self.p(m));
+        // SAFETY: the metadata buffer holds at least `h.len()` u32s.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_htod_async(dst, &h[..], self.stream.cu_stream())
+        };
+        st.host = h;
+        r.map_err(|e| dev("uploading pass metadata", e))
+    }
+
+    fn replay(&self, key: PassKey, pool: &CudaKvPool) -> Result<bool, ModelError> {
+        if !self.graphs {
+            return Ok(false);
+        }
+        let mut st = self.st();
+        let k = (key, pool.id, st.splits);
+        if let Some(g) = st.graphs.get(&k) {
+            g.0.launch().map_err(|e| dev("graph launch", e))?;
+            return Ok(true);
+        }
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| dev("graph capture", e))?;
+        st.recording = Some(k);
+        Ok(false)
+    }
+
+    fn end_record(&self) -> Result<(), ModelError> {
+        let mut st = self.st();
+        let Some(k) = st.recording.take() else {
+            return Ok(());
+        };
+        let g = self
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| dev("graph capture", e))?;
+        if let Some(e) = st.err.take() {
+            return Err(ModelError::Device(e));
+        }
+        let g = g.ok_or_else(|| ModelError::Device("graph capture recorded nothing".into()))?;
+        g.launch().map_err(|e| dev("graph launch", e))?;
+        st.graphs.insert(k, Graph(g));
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), ModelError> {
+        match self.st().err.take() {
+            Some(e) => Err(ModelError::Device(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn embed(&self, table: &CudaMat, tokens: &[u32], out: &mut CudaAct) {
+        let (meta, max_t) = self.meta();
+        let n = tokens.len();
+        self.launch(
+            &self.k.embed,
+            (n as u32, 1, 1),
+            256,
+            &[
+                A::P(self.p(&table.w)),
+                A::P(meta),
+                A::I(max_t),
+                A::I(table.cols as i32),
+                A::I(table.rows as i32),
+                A::P(self.p(&out.buf)),
+            ],
+        );
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaAct,
+        w: &CudaAct,
+        eps: f32,
+        n: usize,
+        dim: usize,
+        out: &mut CudaAct,
+    ) {
+        self.launch(
+            &self.k.rmsnorm,
+            (n as u32, 1, 1),
+            256,
+            &[
+                A::P(self.p(&x.buf)),
+                A::P(self.p(&w.buf)),
+                A::F(eps),
+                A::I(dim as i32),
+                A::P(self.p(&out.buf)),
+            ],
+        );
+    }
+
+    fn matmul(&self, w: &CudaMat, x: &CudaAct, n: usize, out: &mut CudaAct) {
+        let o = self.p(&out.buf);
+        self.linear(w, self.p(&x.buf), n, None, o, w.rows, 0);
+    }
+
+    fn add_bias(&self, x: &mut CudaAct, b: &CudaAct, n: usize, width: usize) {
+        self.launch(
+            &self.k.add_bias,
+            ((n * width).div_ceil(256) as u32, 1, 1),
+            256,
+            &[
+                A::P(self.p(&x.buf)),
+                A::P(self.p(&b.buf)),
+                A::I(n as i32),
+                A::I(width as i32),
+                A::I(width as i32),
+            ],
+        );
+    }
+
+    fn rope(&self, cfg: &ModelConfig, x: &mut CudaAct, heads: usize, seqs: &[PagedSeq<'_>]) {
+        let (meta, max_t) = self.meta();
+        let inv = self.st().inv_freq.as_ref().map_or(0, |b| self.p(b));
+        let n: usize = seqs.iter().map(|s| s.n).sum();
+        self.launch(
+            &self.k.rope,
+            (n as u32, 1, 1),
+            128,
+            &[
+                A::P(self.p(&x.buf)),
+                A::I((heads * cfg.head_dim) as i32),
+                A::I(heads as i32),
+                A::P(meta),
+                A::I(max_t),
+                A::I(cfg.head_dim as i32),
+                A::I(cfg.rope_dim as i32),
+                A::I(i32::from(cfg.rope_style == RopeStyle::Interleaved)),
+                A::P(inv),
+            ],
+        );
+    }
+
+    fn attention(
+        &self,
+        cfg: &ModelConfig,
+        pool: &mut CudaKvPool,
+        layer: usize,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        seqs: &[PagedSeq<'_>],
+        out: &mut CudaAct,
+    ) {
+        let n: usize = seqs.iter().map(|s| s.n).sum();
+        let kvd = cfg.kv_dim();
+        self.attend(
+            cfg,
+            pool,
+            layer,
+            n,
+            (self.p(&q.buf), cfg.dim),
+            (self.p(&k.buf), kvd),
+            (self.p(&v.buf), kvd),
+            false,
+            self.p(&out.buf),
+        );
+    }
+
+    fn copy_kv_block(&self, pool: &mut CudaKvPool, src: u32, dst: u32) {
+        if src as usize >= pool.n_blocks || dst as usize >= pool.n_blocks || src == dst {
+            return;
+        }
+        let base = self.p(&pool.buf);
+        let bb = pool.block_bytes as u64;
+        // SAFETY: both blocks lie inside the pool and do not overlap.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                base + u64::from(dst) * bb,
+                base + u64::from(src) * bb,
+                pool.block_bytes,
+                self.stream.cu_stream(),
+            )
+        };
+        self.note("KV block copy", r);
+    }
+
+    fn swiglu(&self, gate: &mut CudaAct, up: &CudaAct, len: usize) {
+        self.launch(
+            &self.k.swiglu,
+            (len.div_ceil(256) as u32, 1, 1),
+            256,
+            &[
+                A::P(self.p(&gate.buf)),
+                A::P(self.p(&up.buf)),
+                A::I(len as i32),
+            ],
+        );
+    }
+
+    fn add(&self, x: &mut CudaAct, y: &CudaAct, len: usize) {
+        self.launch(
+            &self.k.add,
+            (len.div_ceil(256) as u32, 1, 1),
+            256,
+            &[A::P(self.p(&x.buf)), A::P(self.p(&y.buf)), A::I(len as i32)],
+        );
+    }
+
+    fn gather_rows(&self, x: &CudaAct, rows: &[usize], width: usize, out: &mut CudaAct) {
+        let (meta, max_t) = self.meta();
+        self.launch(
+            &self.k.gather,
+            (rows.len() as u32, 1, 1),
+            256,
+            &[
+                A::P(self.p(&x.buf)),
+                A::P(meta),
+                A::I(max_t),
+                A::I(width as i32),
+                A::P(self.p(&out.buf)),
+            ],
+        );
+    }
+
+    fn read(&self, x: &CudaAct, out: &mut [f32]) {
+        let n = out.len().min(x.buf.len());
+        let r = self
+            .stream
+            .memcpy_dtoh(&x.buf.slice(0..n), &mut out[..n])
+            .and_then(|()| self.stream.synchronize());
+        self.note("reading results", r);
+    }
+
+    fn argmax(&self, x: &CudaAct, rows: usize, width: usize, out: &mut Vec<u32>) {
+        let ids = match self.alloc::<u32>("argmax", rows) {
+            Ok(b) => b,
+            Err(e) => {
+                self.note("argmax", Err(e));
+                return;
+            }
+        };
+        self.launch(
+            &self.k.argmax,
+            (rows as u32, 1, 1),
+            1024,
+            &[A::P(self.p(&x.buf)), A::I(width as i32), A::P(self.p(&ids))],
+        );
+        out.clear();
+        out.resize(rows, 0);
+        let r = self
+            .stream
+            .memcpy_dtoh(&ids, &mut out[..])
+            .and_then(|()| self.stream.synchronize());
+        self.note("reading token ids", r);
+    }
+
+    fn fused_layer(
+        &self,
+        cfg: &ModelConfig,
+        l: FusedRef<'_, Self>,
+        layer: usize,
+        pool: &mut CudaKvPool,
+        n: usize,
+        x: &mut CudaAct,
+        att: &mut CudaAct,
+    ) -> Result<(), ModelError> {
+        let (dim, kvd, ffn) = (cfg.dim, cfg.kv_dim(), cfg.ffn_dim);
+        let qkvw = dim + 2 * kvd;
+        let (xh, big, _) = self.scratch();
+        let xp = self.p(&x.buf);
+        let ap = self.p(&att.buf);
+        // q|k|v = W_qkv . rmsnorm(x) (+ bias), into `big`.
+        self.linear(l.qkv, xp, n, Some((l.attn_norm, cfg.rms_eps)), big, qkvw, 0);
+        // Rotate k into the cache, q inside the attention kernel.
+        self.attend(
+            cfg,
+            pool,
+            layer,
+            n,
+            (big, qkvw),
+            (big + 4 * dim as u64, qkvw),
+            (big + 4 * (dim + kvd) as u64, qkvw),
+            true,
+            ap,
+        );
+        // x += W_o . att
+        self.linear(l.wo, ap, n, None, xp, dim, 1);
+        // h = silu(W_gate . rmsnorm(x)) * (W_up . rmsnorm(x)); x += W_down . h
+        self.linear(
+            l.gate_up,
+            xp,
+            n,
+            Some((l.ffn_norm, cfg.rms_eps)),
+            big,
+            ffn,
+            2,
+        );
+        if n <= MV_ROWS {
+            self.linear(l.down, big, n, None, xp, dim, 1);
+        } else {
+            // The SwiGLU output is already f16 in `xh`.
+            self.gemm(l.down, xh, n, xp, dim, 1.0);
+        }
+        Ok(())
+    }
+}
