@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::blocks::BlockManager;
 use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
+use crate::score::{token_logprob, PromptScore, ScoreRequest, ScoreSink};
 
 /// One sequence's part of a batched step: the model's own batch input, so a runner hands
 /// the engine's batch to the model without copying it.
@@ -29,6 +30,20 @@ pub trait Runner: Send {
     fn n_blocks(&self) -> usize;
     /// Runs every slice; appends one logits row per slice that wants logits, in order.
     fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
+    /// Runs every slice teacher-forced: appends one logits row per token of every slice, in
+    /// order. The engine sends at most [`Runner::max_logit_rows`] tokens; only scoring
+    /// requests use it, so a runner that cannot score keeps this default.
+    fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        let _ = (batch, logits);
+        Err(ModelError::Input(
+            "this runner returns no per-token logits, so it cannot score texts".into(),
+        ))
+    }
+    /// Most tokens (rows of logits) one [`Runner::step_all`] takes; 0 when the runner cannot
+    /// score texts.
+    fn max_logit_rows(&self) -> usize {
+        0
+    }
     /// Copies the contents of block `src` into block `dst`.
     fn copy_block(&mut self, src: u32, dst: u32);
 }
@@ -128,6 +143,16 @@ pub enum SubmitError {
     QueueFull(usize),
 }
 
+/// What a scoring request has gathered so far.
+struct Scoring {
+    /// Position of the first scored token (at least 1).
+    from: usize,
+    /// Log-probabilities of the tokens from `from` on, as far as computed.
+    logprobs: Vec<f32>,
+    /// Where the result goes (taken when it is sent).
+    done: Option<ScoreSink>,
+}
+
 struct Seq {
     tokens: Vec<u32>,
     prompt_len: usize,
@@ -141,6 +166,56 @@ struct Seq {
     submitted: Instant,
     first_token: Option<f64>,
     cached: usize,
+    /// Set for a scoring request, which generates nothing.
+    score: Option<Box<Scoring>>,
+}
+
+impl Seq {
+    /// Positions to compute: a scored text needs neither the KV nor the logits of its last
+    /// token; a generating sequence needs every one.
+    fn end(&self) -> usize {
+        match self.score {
+            Some(_) => self.tokens.len() - 1,
+            None => self.tokens.len(),
+        }
+    }
+
+    /// A scored text's first position whose logits are needed (the first scored token's
+    /// predecessor); positions before it are plain context.
+    fn logits_from(&self) -> Option<usize> {
+        self.score.as_ref().map(|s| s.from - 1)
+    }
+
+    /// Whether the next chunk of this sequence goes to the teacher-forced pass.
+    fn in_scored_part(&self) -> bool {
+        self.logits_from().is_some_and(|f| self.computed >= f)
+    }
+
+    /// Tells whoever waits for this sequence that it failed.
+    fn fail(&mut self, msg: &str) {
+        match self.score.as_mut().and_then(|s| s.done.take()) {
+            Some(done) => done(Err(msg.to_owned())),
+            None => {
+                (self.sink)(Event::Failed(msg.to_owned()));
+            }
+        }
+    }
+
+    /// Records the logits rows of a teacher-forced chunk of `n` tokens starting at
+    /// `computed`: row `i` predicts the token at `computed + i + 1`. Positions recorded
+    /// before a preemption are computed again and skipped.
+    fn record_logprobs(&mut self, rows: &[f32], n: usize, vocab: usize) {
+        let Some(sc) = self.score.as_mut() else {
+            return;
+        };
+        for i in 0..n {
+            let target = self.computed + i + 1;
+            if target - sc.from == sc.logprobs.len() {
+                let row = &rows[i * vocab..(i + 1) * vocab];
+                sc.logprobs.push(token_logprob(row, self.tokens[target]));
+            }
+        }
+    }
 }
 
 /// Live counters, for metrics.
@@ -170,6 +245,7 @@ pub struct Engine<R: Runner> {
     running: Vec<Seq>,
     next_id: u64,
     logits: Vec<f32>,
+    score_logits: Vec<f32>,
     stats: EngineStats,
     plan: Vec<(usize, usize)>,
     pre: Vec<(usize, usize)>,
@@ -189,6 +265,7 @@ impl<R: Runner> Engine<R> {
             running: Vec::new(),
             next_id: 1,
             logits: Vec::new(),
+            score_logits: Vec::new(),
             stats: EngineStats::default(),
             plan: Vec::new(),
             pre: Vec::new(),
@@ -222,11 +299,11 @@ impl<R: Runner> Engine<R> {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
 
-    /// Queues a request; its events go to `sink`. Returns the request id.
-    pub fn submit(&mut self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
-        req.params.validate()?;
+    /// Checks that `tokens` can run: not empty, inside the context and the vocabulary, within
+    /// the KV budget with `extra` more positions, and that the queue has room.
+    fn check_tokens(&self, tokens: &[u32], extra: usize) -> Result<(), SubmitError> {
         let ctx = self.runner.context_length();
-        let n = req.prompt.len();
+        let n = tokens.len();
         if n == 0 {
             return Err(SubmitError::Prompt("the prompt is empty".into()));
         }
@@ -236,13 +313,12 @@ impl<R: Runner> Engine<R> {
             )));
         }
         let vocab = self.runner.vocab_size();
-        if let Some(t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(SubmitError::Prompt(format!(
                 "token id {t} is outside the vocabulary of {vocab}"
             )));
         }
-        let max_len = (n + req.params.max_tokens).min(ctx);
-        let needed = self.blocks.blocks_for(n + 1);
+        let needed = self.blocks.blocks_for(n + extra);
         if needed > self.blocks.total() {
             return Err(SubmitError::TooLarge {
                 needed,
@@ -252,6 +328,15 @@ impl<R: Runner> Engine<R> {
         if self.waiting.len() >= self.cfg.max_queue {
             return Err(SubmitError::QueueFull(self.waiting.len()));
         }
+        Ok(())
+    }
+
+    /// Queues a request; its events go to `sink`. Returns the request id.
+    pub fn submit(&mut self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
+        req.params.validate()?;
+        self.check_tokens(&req.prompt, 1)?;
+        let n = req.prompt.len();
+        let max_len = (n + req.params.max_tokens).min(self.runner.context_length());
         let id = self.next_id;
         self.next_id += 1;
         let seed = req
@@ -271,6 +356,50 @@ impl<R: Runner> Engine<R> {
             submitted: Instant::now(),
             first_token: None,
             cached: 0,
+            score: None,
+        });
+        Ok(id)
+    }
+
+    /// Queues a scoring request: the log-probability of each token of `req.tokens` from
+    /// `req.from` on, given the tokens before it. Nothing is generated; the result goes to
+    /// `done` once. It is batched with the other requests and leaves their results unchanged.
+    /// Returns the request id.
+    pub fn submit_score(&mut self, req: ScoreRequest, done: ScoreSink) -> Result<u64, SubmitError> {
+        if self.runner.max_logit_rows() == 0 {
+            return Err(SubmitError::Prompt(
+                "this engine's runner returns no per-token logits, so it cannot score texts".into(),
+            ));
+        }
+        self.check_tokens(&req.tokens, 0)?;
+        let n = req.tokens.len();
+        let from = req.from.max(1);
+        if from >= n {
+            return Err(SubmitError::Prompt(format!(
+                "scoring from position {} leaves no token to score in a text of {n} tokens",
+                req.from
+            )));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back(Seq {
+            sampler: RequestSampler::new(SamplingParams::greedy(1), 0, &[]),
+            tokens: req.tokens,
+            prompt_len: n,
+            computed: 0,
+            table: Vec::new(),
+            sink: Box::new(|_| true),
+            decoder: StreamDecoder::new(),
+            held: String::new(),
+            max_len: n,
+            submitted: Instant::now(),
+            first_token: None,
+            cached: 0,
+            score: Some(Box::new(Scoring {
+                from,
+                logprobs: Vec::with_capacity(n - from),
+                done: Some(done),
+            })),
         });
         Ok(id)
     }
@@ -280,8 +409,14 @@ impl<R: Runner> Engine<R> {
             let Some(seq) = self.waiting.front() else {
                 break;
             };
-            // Room for the whole prompt (or re-computation after preemption) plus one.
-            match self.blocks.allocate(&seq.tokens, seq.tokens.len() + 1) {
+            // Room for the whole prompt (or re-computation after preemption) plus one. A
+            // scored text takes from the prefix cache only the context before its first
+            // needed logits, and needs no room beyond its text.
+            let (prefix, reserve) = match seq.logits_from() {
+                Some(f) => (&seq.tokens[..f + 1], seq.end()),
+                None => (&seq.tokens[..], seq.tokens.len() + 1),
+            };
+            match self.blocks.allocate(prefix, reserve) {
                 Ok((table, cached)) => {
                     let Some(mut seq) = self.waiting.pop_front() else {
                         break;
@@ -315,6 +450,21 @@ impl<R: Runner> Engine<R> {
     fn retire(&mut self, idx: usize, reason: FinishReason) {
         let mut seq = self.running.remove(idx);
         self.blocks.release(&seq.table);
+        if let Some(mut sc) = seq.score.take() {
+            if let Some(done) = sc.done.take() {
+                done(if reason == FinishReason::Stop {
+                    Ok(PromptScore {
+                        from: sc.from,
+                        logprobs: sc.logprobs,
+                        cached_tokens: seq.cached,
+                        total_s: seq.submitted.elapsed().as_secs_f64(),
+                    })
+                } else {
+                    Err("the text does not fit in the KV memory budget".into())
+                });
+            }
+            return;
+        }
         if reason != FinishReason::Cancelled {
             let usage = Usage {
                 prompt_tokens: seq.prompt_len,
@@ -329,18 +479,37 @@ impl<R: Runner> Engine<R> {
 
     /// Chooses this step's work: decodes first (one token each), then prefill chunks with
     /// what is left of the token budget. Fills `plan` with (sequence index, tokens).
+    ///
+    /// A scored text is prefilled like a prompt, except that a chunk never straddles the
+    /// start of its scored part, and its scored chunks (teacher-forced, one row of logits
+    /// per token) share the runner's [`Runner::max_logit_rows`] among them.
     fn plan_step(&self, plan: &mut Vec<(usize, usize)>, pre: &mut Vec<(usize, usize)>) {
         plan.clear();
         pre.clear();
         let mut budget = self.cfg.max_batch_tokens.max(1);
+        let mut rows = self.runner.max_logit_rows();
+        // Tokens of sequence `idx` that may run, out of `n`, given the rows left.
+        let mut take = |idx: usize, n: usize| -> usize {
+            if self.running[idx].in_scored_part() {
+                let n = n.min(rows);
+                rows -= n;
+                n
+            } else {
+                n
+            }
+        };
         for (idx, s) in self.running.iter().enumerate() {
-            let left = s.tokens.len() - s.computed;
-            if left == 1 {
+            let left = s.end() - s.computed;
+            if left == 1 && s.score.is_none() {
                 if budget > 0 {
                     plan.push((idx, 1));
                     budget -= 1;
                 }
             } else {
+                let left = match s.logits_from() {
+                    Some(f) if s.computed < f => left.min(f - s.computed),
+                    _ => left,
+                };
                 pre.push((idx, left));
             }
         }
@@ -348,17 +517,22 @@ impl<R: Runner> Engine<R> {
         // not held behind a long prompt; the oldest prefill always gets a share so that a
         // stream of short requests cannot starve it.
         if pre.len() > 1 && budget > 0 {
-            let n = pre[0].1.min((budget / 4).max(1));
-            plan.push((pre[0].0, n));
-            budget -= n;
-            pre[0].1 -= n;
+            let n = take(pre[0].0, pre[0].1.min((budget / 4).max(1)));
+            if n > 0 {
+                plan.push((pre[0].0, n));
+                budget -= n;
+                pre[0].1 -= n;
+            }
         }
         pre.sort_by_key(|&(idx, left)| (left, idx));
         for &(idx, left) in pre.iter() {
             if budget == 0 || left == 0 {
                 continue;
             }
-            let n = left.min(budget);
+            let n = take(idx, left.min(budget));
+            if n == 0 {
+                continue;
+            }
             match plan.iter_mut().find(|(j, _)| *j == idx) {
                 Some(p) => p.1 += n,
                 None => plan.push((idx, n)),
@@ -403,43 +577,75 @@ impl<R: Runner> Engine<R> {
             return Ok(true);
         }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
-        // One small vector per step: the slices borrow the sequences.
-        let batch: Vec<Slice<'_>> = plan
-            .iter()
-            .map(|&(idx, n)| {
-                let s = &self.running[idx];
-                Slice {
-                    tokens: &s.tokens[s.computed..s.computed + n],
-                    pos0: s.computed,
-                    blocks: &s.table,
-                    want_logits: s.computed + n == s.tokens.len(),
-                }
-            })
-            .collect();
+        // Small vectors per step: the slices borrow the sequences. Scored chunks go to a
+        // teacher-forced pass of their own, so the others keep one row of logits each.
+        let mut batch: Vec<Slice<'_>> = Vec::with_capacity(plan.len());
+        let mut scored: Vec<Slice<'_>> = Vec::new();
+        for &(idx, n) in plan.iter() {
+            let s = &self.running[idx];
+            let slice = Slice {
+                tokens: &s.tokens[s.computed..s.computed + n],
+                pos0: s.computed,
+                blocks: &s.table,
+                want_logits: s.score.is_none() && s.computed + n == s.tokens.len(),
+            };
+            if s.in_scored_part() {
+                scored.push(slice);
+            } else {
+                batch.push(slice);
+            }
+        }
+        let scored_rows: usize = scored.iter().map(|s| s.tokens.len()).sum();
         self.logits.clear();
-        let result = self.runner.step(&batch, &mut self.logits);
+        self.score_logits.clear();
+        let mut result = Ok(());
+        if !batch.is_empty() {
+            result = self.runner.step(&batch, &mut self.logits);
+        }
+        if result.is_ok() && !scored.is_empty() {
+            result = self.runner.step_all(&scored, &mut self.score_logits);
+        }
         drop(batch);
+        drop(scored);
+        let vocab = self.runner.vocab_size();
+        if result.is_ok() && self.score_logits.len() != scored_rows * vocab {
+            result = Err(ModelError::Input(format!(
+                "the runner returned {} values of logits for {scored_rows} scored tokens of vocabulary {vocab}",
+                self.score_logits.len()
+            )));
+        }
         if let Err(e) = result {
             // A failed step fails every sequence in it, and frees their blocks.
             let msg = e.to_string();
             for &(idx, _) in plan.iter().rev() {
                 let mut s = self.running.remove(idx);
                 self.blocks.release(&s.table);
-                (s.sink)(Event::Failed(msg.clone()));
+                s.fail(&msg);
             }
             self.plan = plan;
             self.pre = pre;
             return Err(e);
         }
         self.stats.steps += 1;
-        let vocab = self.runner.vocab_size();
         let mut row = 0;
+        let mut score_row = 0;
         let mut done = std::mem::take(&mut self.done);
         done.clear();
         for &(idx, n) in plan.iter() {
             let seq = &mut self.running[idx];
+            if seq.in_scored_part() {
+                let rows = &self.score_logits[score_row * vocab..(score_row + n) * vocab];
+                score_row += n;
+                seq.record_logprobs(rows, n, vocab);
+            }
             seq.computed += n;
             self.blocks.register(&seq.table, &seq.tokens, seq.computed);
+            if seq.score.is_some() {
+                if seq.computed == seq.end() {
+                    done.push((idx, FinishReason::Stop));
+                }
+                continue;
+            }
             if seq.computed != seq.tokens.len() {
                 continue; // a prefill chunk that does not reach the prompt's end
             }
@@ -542,7 +748,7 @@ fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
 impl<R: Runner> Drop for Engine<R> {
     fn drop(&mut self) {
         for mut s in self.running.drain(..).chain(self.waiting.drain(..)) {
-            (s.sink)(Event::Failed("the engine shut down".into()));
+            s.fail("the engine shut down");
         }
     }
 }

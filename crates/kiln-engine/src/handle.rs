@@ -6,9 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::engine::{Engine, EngineStats, Request, Runner, Sink, SubmitError};
+use crate::score::{PromptScore, ScoreError, ScoreRequest, ScoreSink};
+
+type Reply = mpsc::SyncSender<Result<u64, SubmitError>>;
 
 enum Cmd {
-    Submit(Request, Sink, mpsc::SyncSender<Result<u64, SubmitError>>),
+    Submit(Request, Sink, Reply),
+    Score(ScoreRequest, ScoreSink, Reply),
     Shutdown,
 }
 
@@ -52,6 +56,9 @@ impl EngineHandle {
                             Cmd::Submit(req, sink, reply) => {
                                 let _ = reply.send(engine.submit(req, sink));
                             }
+                            Cmd::Score(req, done, reply) => {
+                                let _ = reply.send(engine.submit_score(req, done));
+                            }
                             Cmd::Shutdown => open = false,
                         }
                         next = rx.try_recv().ok();
@@ -82,6 +89,33 @@ impl EngineHandle {
         reply_rx
             .recv()
             .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?
+    }
+
+    /// Queues a scoring request (see [`Engine::submit_score`]); the result goes to `done`
+    /// from the engine thread.
+    pub fn submit_score(&self, req: ScoreRequest, done: ScoreSink) -> Result<u64, SubmitError> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Cmd::Score(req, done, reply_tx))
+            .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?;
+        reply_rx
+            .recv()
+            .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?
+    }
+
+    /// Scores a text and waits for the result: the log-probability of each token from
+    /// `req.from` on, given the tokens before it.
+    pub fn score(&self, req: ScoreRequest) -> Result<PromptScore, ScoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_score(
+            req,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.recv()
+            .map_err(|_| ScoreError::Failed("the engine shut down".into()))?
+            .map_err(ScoreError::Failed)
     }
 
     /// The latest counters.

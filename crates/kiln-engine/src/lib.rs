@@ -1,11 +1,14 @@
 //! kiln's engine: many callers share one model through continuous batching over a paged
 //! KV cache. It knows nothing of HTTP; the server, the CLI and refinement use this API.
+//! Besides generating, it scores texts ([`ScoreRequest`]): the log-probability of each token
+//! given those before it, in the same batches.
 
 pub mod blocks;
 pub mod engine;
 pub mod handle;
 pub mod runner;
 pub mod sampling;
+pub mod score;
 
 pub use blocks::BlockManager;
 pub use engine::{
@@ -14,3 +17,4 @@ pub use engine::{
 pub use handle::EngineHandle;
 pub use runner::ModelRunner;
 pub use sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
+pub use score::{PromptScore, ScoreError, ScoreRequest, ScoreSink};

@@ -5,22 +5,49 @@ use kiln_model::{Backend, Logits, Model, ModelError, State, KV_BLOCK};
 
 use crate::engine::{Runner, Slice};
 
+/// Rows of logits a runner made by [`ModelRunner::new`] returns at least, so that texts are
+/// scored in chunks of this many tokens even when few sequences run at once. Each row takes
+/// `vocab_size` floats twice (backend and host): 6 MiB for a 49k vocabulary.
+pub const MIN_LOGIT_ROWS: usize = 16;
+
 /// Runs a [`Model`] for the engine.
 pub struct ModelRunner<B: Backend> {
     model: Model<B>,
     pool: B::KvPool,
     state: State<B>,
     n_blocks: usize,
+    logit_rows: usize,
 }
 
 impl<B: Backend> ModelRunner<B> {
     /// A runner whose KV pool takes at most `kv_budget_bytes`; steps carry at most
-    /// `max_batch_tokens` tokens for at most `max_seqs` sequences.
+    /// `max_batch_tokens` tokens for at most `max_seqs` sequences. Scoring passes return up
+    /// to `max(max_seqs, MIN_LOGIT_ROWS)` rows of logits (at most `max_batch_tokens`).
     pub fn new(
         model: Model<B>,
         kv_budget_bytes: usize,
         max_batch_tokens: usize,
         max_seqs: usize,
+    ) -> Result<Self, ModelError> {
+        Self::with_logit_rows(
+            model,
+            kv_budget_bytes,
+            max_batch_tokens,
+            max_seqs,
+            max_seqs.max(MIN_LOGIT_ROWS),
+        )
+    }
+
+    /// Like [`ModelRunner::new`], with room for `logit_rows` rows of logits per pass
+    /// (clamped to `max_seqs..=max_batch_tokens`): the most tokens one teacher-forced
+    /// scoring pass carries. More rows score long texts in fewer steps, for
+    /// `2 * logit_rows * vocab_size * 4` bytes.
+    pub fn with_logit_rows(
+        model: Model<B>,
+        kv_budget_bytes: usize,
+        max_batch_tokens: usize,
+        max_seqs: usize,
+        logit_rows: usize,
     ) -> Result<Self, ModelError> {
         let per_block = model.kv_block_bytes().max(1);
         let n_blocks = kv_budget_bytes / per_block;
@@ -31,13 +58,16 @@ impl<B: Backend> ModelRunner<B> {
                 per_block >> 10
             )));
         }
+        let max_tokens = max_batch_tokens.max(1);
+        let logit_rows = logit_rows.max(max_seqs).clamp(1, max_tokens);
         let pool = model.new_kv_pool(n_blocks)?;
-        let state = model.new_state(max_batch_tokens, max_seqs)?;
+        let state = model.new_state(max_tokens, logit_rows)?;
         Ok(ModelRunner {
             model,
             pool,
             state,
             n_blocks,
+            logit_rows,
         })
     }
 
@@ -74,6 +104,17 @@ impl<B: Backend> Runner for ModelRunner<B> {
             .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Last)?;
         logits.extend_from_slice(&self.state.logits);
         Ok(())
+    }
+
+    fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.model
+            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::All)?;
+        logits.extend_from_slice(&self.state.logits);
+        Ok(())
+    }
+
+    fn max_logit_rows(&self) -> usize {
+        self.logit_rows
     }
 
     fn copy_block(&mut self, src: u32, dst: u32) {

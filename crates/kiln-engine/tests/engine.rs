@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use kiln_engine::{
-    Engine, EngineConfig, Event, Request, Runner, SamplingParams, Slice, SubmitError,
+    Engine, EngineConfig, Event, PromptScore, Request, Runner, SamplingParams, ScoreRequest, Slice,
+    SubmitError,
 };
 use kiln_model::generate::FinishReason;
 use kiln_model::tokenizer::Tokenizer;
@@ -17,7 +18,27 @@ struct MockRunner {
     block_size: usize,
     slots: Vec<Option<u32>>,
     ctx: usize,
+    /// Rows of logits a teacher-forced pass may return (0: cannot score).
+    logit_rows: usize,
+    /// Most tokens seen in one teacher-forced pass.
+    most_rows: usize,
 }
+
+/// The mock's logits after the token prefix whose running hash is `h`.
+fn mock_row(vocab: usize, h: u64, row: &mut Vec<f32>) {
+    row.clear();
+    row.resize(vocab, 0.0);
+    for k in 0..6 {
+        let id = 100 + ((h >> (k * 9)) % 3000) as usize;
+        row[id] += 6.0 - k as f32;
+    }
+}
+
+fn hash_step(h: u64, v: u32) -> u64 {
+    (h ^ (v as u64 + 1)).wrapping_mul(0x100000001b3)
+}
+
+const HASH0: u64 = 0xcbf29ce484222325;
 
 impl MockRunner {
     fn new(vocab: usize, n_blocks: usize, block_size: usize) -> Self {
@@ -26,10 +47,21 @@ impl MockRunner {
             block_size,
             slots: vec![None; n_blocks * block_size],
             ctx: 4096,
+            logit_rows: 5,
+            most_rows: 0,
         }
     }
     fn slot(&self, blocks: &[u32], pos: usize) -> usize {
         blocks[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+    fn write(&mut self, s: &Slice<'_>) {
+        for (i, &t) in s.tokens.iter().enumerate() {
+            let k = self.slot(s.blocks, s.pos0 + i);
+            self.slots[k] = Some(t);
+        }
+    }
+    fn kv(&self, s: &Slice<'_>, p: usize) -> u32 {
+        self.slots[self.slot(s.blocks, p)].expect("KV read before written")
     }
 }
 
@@ -47,27 +79,40 @@ impl Runner for MockRunner {
         self.slots.len() / self.block_size
     }
     fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        let mut row = Vec::new();
         for s in batch {
-            for (i, &t) in s.tokens.iter().enumerate() {
-                let k = self.slot(s.blocks, s.pos0 + i);
-                self.slots[k] = Some(t);
-            }
+            self.write(s);
             if s.want_logits {
-                let last = s.pos0 + s.tokens.len();
-                let mut h: u64 = 0xcbf29ce484222325;
-                for p in 0..last {
-                    let v = self.slots[self.slot(s.blocks, p)].expect("KV read before written");
-                    h = (h ^ (v as u64 + 1)).wrapping_mul(0x100000001b3);
-                }
-                let mut row = vec![0f32; self.vocab];
-                for k in 0..6 {
-                    let id = 100 + ((h >> (k * 9)) % 3000) as usize;
-                    row[id] += 6.0 - k as f32;
-                }
+                let h =
+                    (0..s.pos0 + s.tokens.len()).fold(HASH0, |h, p| hash_step(h, self.kv(s, p)));
+                mock_row(self.vocab, h, &mut row);
                 logits.extend_from_slice(&row);
             }
         }
         Ok(())
+    }
+    fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        let n: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        assert!(
+            n <= self.logit_rows,
+            "{n} rows asked of {}",
+            self.logit_rows
+        );
+        self.most_rows = self.most_rows.max(n);
+        let mut row = Vec::new();
+        for s in batch {
+            self.write(s);
+            let mut h = (0..s.pos0).fold(HASH0, |h, p| hash_step(h, self.kv(s, p)));
+            for p in s.pos0..s.pos0 + s.tokens.len() {
+                h = hash_step(h, self.kv(s, p));
+                mock_row(self.vocab, h, &mut row);
+                logits.extend_from_slice(&row);
+            }
+        }
+        Ok(())
+    }
+    fn max_logit_rows(&self) -> usize {
+        self.logit_rows
     }
     fn copy_block(&mut self, src: u32, dst: u32) {
         let bs = self.block_size;
@@ -418,4 +463,195 @@ fn a_lone_sequence_at_the_budget_ends_cleanly() {
         "fills the pool, the last token needs no KV slot"
     );
     assert_eq!(e.stats().blocks_used, 0);
+}
+
+/// What the mock gives as ln p(tokens[p] | tokens[..p]) for p >= from, computed directly.
+fn expected_logprobs(vocab: usize, tokens: &[u32], from: usize) -> Vec<f32> {
+    let mut row = Vec::new();
+    let mut h = HASH0;
+    let mut out = Vec::new();
+    for p in 1..tokens.len() {
+        h = hash_step(h, tokens[p - 1]);
+        if p >= from {
+            mock_row(vocab, h, &mut row);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+            out.push(row[tokens[p] as usize] - lse);
+        }
+    }
+    out
+}
+
+type ScoreSlot = Arc<Mutex<Option<Result<PromptScore, String>>>>;
+
+fn score_sink(slot: ScoreSlot) -> kiln_engine::ScoreSink {
+    Box::new(move |r| *slot.lock().unwrap() = Some(r))
+}
+
+#[test]
+fn scored_texts_match_direct_logits_and_leave_others_alone() {
+    let tok = tokenizer();
+    let vocab = tok.vocab_size();
+    let ps = prompts();
+    let solo: Vec<Collected> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| run_alone(&tok, p, params(i)))
+        .collect();
+    // Texts to score: sharing the generating prompts' prefix or not, scored from the start,
+    // from inside the shared prefix, or only their tail.
+    let shared: Vec<u32> = (200..240).collect();
+    let texts: Vec<(Vec<u32>, usize)> = vec![
+        ((300..360).collect(), 0),
+        ([shared.clone(), (500..530).collect()].concat(), 40),
+        ([shared.clone(), (600..610).collect()].concat(), 17),
+        ((700..703).collect(), 2),
+    ];
+    // Small batches and few logit rows chunk the scored parts; a small pool preempts.
+    for (n_blocks, max_batch_tokens, rows) in [(64, 256, 64), (64, 7, 3), (14, 32, 5)] {
+        let mut runner = MockRunner::new(vocab, n_blocks, 16);
+        runner.logit_rows = rows;
+        let mut e = Engine::new(
+            runner,
+            tok.clone(),
+            EngineConfig {
+                max_batch_tokens,
+                ..Default::default()
+            },
+        );
+        let outs: Vec<_> = (0..ps.len())
+            .map(|_| Arc::new(Mutex::new(Collected::default())))
+            .collect();
+        let scores: Vec<ScoreSlot> = texts.iter().map(|_| Default::default()).collect();
+        for (i, p) in ps.iter().enumerate() {
+            e.submit(
+                Request {
+                    prompt: p.clone(),
+                    params: params(i),
+                },
+                sink(outs[i].clone(), None),
+            )
+            .unwrap();
+            if let Some((t, from)) = texts.get(i) {
+                let req = ScoreRequest {
+                    tokens: t.clone(),
+                    from: *from,
+                };
+                e.submit_score(req, score_sink(scores[i].clone())).unwrap();
+            }
+        }
+        e.run_to_completion().unwrap();
+        let label = format!("{n_blocks} blocks, batch {max_batch_tokens}, {rows} rows");
+        for (i, o) in outs.iter().enumerate() {
+            assert_eq!(
+                outs[i].lock().unwrap().ids,
+                solo[i].ids,
+                "request {i}, {label}"
+            );
+            assert!(o.lock().unwrap().failed.is_none());
+        }
+        for (i, (t, from)) in texts.iter().enumerate() {
+            let got = scores[i].lock().unwrap().take().expect("a result").unwrap();
+            assert_eq!(got.from, (*from).max(1));
+            let want = expected_logprobs(vocab, t, *from);
+            assert_eq!(got.logprobs.len(), t.len() - got.from, "text {i}, {label}");
+            for (a, b) in got.logprobs.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "text {i}, {label}: {a} vs {b}");
+            }
+        }
+        assert!(e.runner().most_rows <= rows && e.runner().most_rows > 0);
+        let st = e.stats();
+        assert_eq!(st.blocks_used, 0, "every block returned ({label})");
+        if n_blocks == 14 {
+            assert!(
+                st.preemptions > 0,
+                "the small pool should have forced preemption"
+            );
+        }
+        // The shared prefix is cached now: a scored text reuses it up to its scored part.
+        let t = [shared.clone(), (800..820).collect()].concat();
+        let slot: ScoreSlot = Default::default();
+        e.submit_score(
+            ScoreRequest {
+                tokens: t.clone(),
+                from: 36,
+            },
+            score_sink(slot.clone()),
+        )
+        .unwrap();
+        e.run_to_completion().unwrap();
+        let got = slot.lock().unwrap().take().unwrap().unwrap();
+        assert_eq!(
+            got.cached_tokens, 32,
+            "two whole blocks before position 35 ({label})"
+        );
+        assert_eq!(got.logprobs, expected_logprobs(vocab, &t, 36));
+    }
+}
+
+#[test]
+fn scoring_requests_are_checked() {
+    let tok = tokenizer();
+    let mut e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 8, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let slot: ScoreSlot = Default::default();
+    let req = |tokens: Vec<u32>, from| ScoreRequest { tokens, from };
+    let err = e
+        .submit_score(req(vec![5, 6, 7], 3), score_sink(slot.clone()))
+        .unwrap_err();
+    assert!(err.to_string().contains("no token to score"), "{err}");
+    let err = e
+        .submit_score(req(vec![5], 0), score_sink(slot.clone()))
+        .unwrap_err();
+    assert!(err.to_string().contains("no token to score"), "{err}");
+    let err = e
+        .submit_score(req(vec![], 0), score_sink(slot.clone()))
+        .unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    let err = e
+        .submit_score(req(vec![5, 999_999], 1), score_sink(slot.clone()))
+        .unwrap_err();
+    assert!(err.to_string().contains("999999"), "{err}");
+    let err = e
+        .submit_score(req(vec![5; 200], 1), score_sink(slot.clone()))
+        .unwrap_err();
+    assert!(matches!(err, SubmitError::TooLarge { .. }), "{err}");
+    // A runner without per-token logits refuses scoring with a reason, not a panic.
+    let mut runner = MockRunner::new(tok.vocab_size(), 8, 16);
+    runner.logit_rows = 0;
+    let mut e = Engine::new(runner, tok.clone(), EngineConfig::default());
+    let err = e
+        .submit_score(req(vec![5, 6, 7], 1), score_sink(slot.clone()))
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot score"), "{err}");
+    assert!(
+        slot.lock().unwrap().is_none(),
+        "refused requests get no result"
+    );
+}
+
+#[test]
+fn handle_scores_and_shutdown_fails_pending_scores() {
+    let tok = tokenizer();
+    let vocab = tok.vocab_size();
+    let h = kiln_engine::EngineHandle::spawn(Engine::new(
+        MockRunner::new(vocab, 64, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    ));
+    let t: Vec<u32> = (300..340).collect();
+    let got = h
+        .score(ScoreRequest {
+            tokens: t.clone(),
+            from: 10,
+        })
+        .unwrap();
+    assert_eq!(got.logprobs, expected_logprobs(vocab, &t, 10));
+    assert!(got.mean_nll() > 0.0);
+    h.shutdown();
+    let err = h.score(ScoreRequest { tokens: t, from: 1 }).unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
 }

@@ -1,16 +1,21 @@
-//! The engine on the default model: batching must not change any request's tokens.
+//! The engine on the default model: batching must not change any request's tokens, and a
+//! scored text gets the log-probabilities of a solo teacher-forced pass.
 
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use kiln_engine::{Engine, EngineConfig, Event, ModelRunner, Request, SamplingParams};
-use kiln_model::cpu::CpuBackend;
+use kiln_engine::{
+    Engine, EngineConfig, Event, ModelRunner, PromptScore, Request, Runner, SamplingParams,
+    ScoreRequest, Slice,
+};
+use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::load_gguf;
 use kiln_model::tokenizer::Tokenizer;
+use kiln_model::ModelError;
 
-fn engine(max_batch_tokens: usize) -> Engine<ModelRunner<CpuBackend>> {
+fn engine(max_batch_tokens: usize) -> Engine<ModelRunner<Device>> {
     let path = kiln_model::fetch::ensure_default_model(true).unwrap();
-    let m = load_gguf(&path, CpuBackend::new(0)).unwrap();
+    let m = load_gguf(&path, test_device(0)).unwrap();
     let tok = Arc::new(m.tokenizer);
     let runner = ModelRunner::new(m.model, 64 << 20, max_batch_tokens, 16).unwrap();
     Engine::new(
@@ -55,7 +60,7 @@ fn requests(tok: &Tokenizer) -> Vec<Request> {
         .collect()
 }
 
-fn run(e: &mut Engine<ModelRunner<CpuBackend>>, reqs: Vec<Request>) -> Vec<Vec<u32>> {
+fn run(e: &mut Engine<ModelRunner<Device>>, reqs: Vec<Request>) -> Vec<Vec<u32>> {
     let rxs: Vec<_> = reqs
         .into_iter()
         .map(|r| {
@@ -97,7 +102,7 @@ fn batched_equals_alone_on_the_real_model() {
     assert_eq!(batched_engine.stats().blocks_used, 0);
     // The greedy request's answer also matches single-sequence generation.
     let prompt = &requests(&tok)[0].prompt;
-    let m = load_gguf(&kiln_model::fetch::default_model_path(), CpuBackend::new(0)).unwrap();
+    let m = load_gguf(&kiln_model::fetch::default_model_path(), test_device(0)).unwrap();
     let g = kiln_model::generate::generate(
         &m.model,
         &m.tokenizer,
@@ -110,4 +115,185 @@ fn batched_equals_alone_on_the_real_model() {
     )
     .unwrap();
     assert_eq!(g.ids, alone[0]);
+}
+
+/// The model runner, noting which passes each engine step ran.
+struct Watched {
+    inner: ModelRunner<Device>,
+    /// `'s'` for an ordinary pass, `'a'` for a teacher-forced one, in call order.
+    calls: Vec<char>,
+}
+
+impl Runner for Watched {
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn n_blocks(&self) -> usize {
+        self.inner.n_blocks()
+    }
+    fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.calls.push('s');
+        self.inner.step(batch, logits)
+    }
+    fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.calls.push('a');
+        self.inner.step_all(batch, logits)
+    }
+    fn max_logit_rows(&self) -> usize {
+        self.inner.max_logit_rows()
+    }
+    fn copy_block(&mut self, src: u32, dst: u32) {
+        self.inner.copy_block(src, dst)
+    }
+}
+
+/// ln p(tokens[p] | tokens[..p]) for p >= from, from one solo teacher-forced pass.
+fn solo_logprobs(tokens: &[u32], from: usize) -> Vec<f32> {
+    let m = load_gguf(&kiln_model::fetch::default_model_path(), test_device(0)).unwrap();
+    let model = &m.model;
+    let vocab = model.cfg.vocab_size;
+    let mut kv = model.new_kv(tokens.len()).unwrap();
+    let mut state = model.new_state(tokens.len(), tokens.len()).unwrap();
+    model.forward(&mut state, &mut kv, tokens, 0, true).unwrap();
+    (from..tokens.len())
+        .map(|p| {
+            let row = &state.logits[(p - 1) * vocab..p * vocab];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+            row[tokens[p] as usize] - lse
+        })
+        .collect()
+}
+
+#[test]
+fn scored_text_matches_a_solo_teacher_forced_pass_amid_generation() {
+    let mut alone_engine = engine(256);
+    let tok = alone_engine.tokenizer().clone();
+    let alone: Vec<Vec<u32>> = requests(&tok)
+        .into_iter()
+        .map(|r| run(&mut alone_engine, vec![r]).remove(0))
+        .collect();
+
+    let path = kiln_model::fetch::default_model_path();
+    let m = load_gguf(&path, test_device(0)).unwrap();
+    // A small token budget interleaves the scored chunks (16 logit rows each) with the
+    // other requests' prefill and decode steps.
+    let runner = ModelRunner::new(m.model, 64 << 20, 24, 16).unwrap();
+    assert_eq!(runner.max_logit_rows(), 16);
+    let mut e = Engine::new(
+        Watched {
+            inner: runner,
+            calls: Vec::new(),
+        },
+        tok.clone(),
+        EngineConfig {
+            max_batch_tokens: 24,
+            ..Default::default()
+        },
+    );
+    let text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital of France is Paris.<|im_end|>\n<|im_start|>user\nAnd what is the capital of Italy, and why did it become the capital?<|im_end|>\n";
+    let tokens = tok.encode(text, true, true);
+    let from = 12;
+    assert!(
+        tokens.len() > from + 16,
+        "the scored part spans several chunks"
+    );
+    let rxs: Vec<_> = requests(&tok)
+        .into_iter()
+        .map(|r| {
+            let (tx, rx) = mpsc::channel();
+            e.submit(r, Box::new(move |ev| tx.send(ev).is_ok()))
+                .unwrap();
+            rx
+        })
+        .collect();
+    let (stx, srx) = mpsc::channel::<Result<PromptScore, String>>();
+    for from in [from, 0] {
+        let stx = stx.clone();
+        let req = ScoreRequest {
+            tokens: tokens.clone(),
+            from,
+        };
+        e.submit_score(req, Box::new(move |r| drop(stx.send(r))))
+            .unwrap();
+    }
+    let mut mixed = 0;
+    loop {
+        let before = e.runner().calls.len();
+        if !e.step().unwrap() {
+            break;
+        }
+        let calls = &e.runner().calls[before..];
+        if calls.contains(&'s') && calls.contains(&'a') {
+            mixed += 1;
+        }
+    }
+    assert!(
+        mixed > 0,
+        "some step ran scored chunks next to other requests"
+    );
+    let together: Vec<Vec<u32>> = rxs
+        .into_iter()
+        .map(|rx| {
+            rx.try_iter()
+                .filter_map(|ev| match ev {
+                    Event::Token { id, .. } => Some(id),
+                    Event::Failed(m) => panic!("{m}"),
+                    Event::Done { .. } => None,
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(together, alone, "scoring changes no other request's tokens");
+    assert_eq!(e.stats().blocks_used, 0);
+
+    let mut scores: Vec<PromptScore> = srx.try_iter().map(|r| r.unwrap()).collect();
+    scores.sort_by_key(|s| s.from);
+    assert_eq!(scores.len(), 2);
+    let mut worst = 0f32;
+    for s in &scores {
+        let want = solo_logprobs(&tokens, s.from);
+        assert_eq!(s.logprobs.len(), tokens.len() - s.from);
+        for (a, b) in s.logprobs.iter().zip(&want) {
+            assert!(a.is_finite() && *a <= 0.0);
+            worst = worst.max((a - b).abs());
+        }
+    }
+    // On a GPU, passes of more than 8 rows round activations to f16 for the matrix units,
+    // so a token scored in a large pass differs from the same token in a small one.
+    let tol = if gpu_test() { 5e-2 } else { 2e-3 };
+    assert!(
+        worst < tol,
+        "largest difference from the solo pass: {worst}"
+    );
+    // The same tokens from position 12 on, in both requests.
+    for (a, b) in scores[1]
+        .logprobs
+        .iter()
+        .zip(&scores[0].logprobs[from - 1..])
+    {
+        assert!((a - b).abs() < tol);
+    }
+    eprintln!(
+        "largest difference {worst:.2e}; mean surprisal from {from}: {:.3} nats",
+        scores[1].mean_nll()
+    );
+}
+
+/// The backend the tests run on: `KILN_TEST_DEVICE` (cpu, cuda, cuda:N), the CPU by default.
+fn test_device(threads: usize) -> Device {
+    let kind = std::env::var("KILN_TEST_DEVICE").map_or(DeviceKind::Cpu, |s| {
+        DeviceKind::parse(&s).unwrap_or_else(|e| panic!("KILN_TEST_DEVICE: {e}"))
+    });
+    Device::open(kind, threads).unwrap_or_else(|e| panic!("opening {kind:?}: {e}"))
+}
+
+fn gpu_test() -> bool {
+    std::env::var("KILN_TEST_DEVICE").is_ok_and(|d| d != "cpu")
 }

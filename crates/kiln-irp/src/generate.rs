@@ -4,11 +4,12 @@
 
 use std::sync::mpsc;
 
-use kiln_engine::{EngineHandle, Event, Request, SamplingParams};
+use kiln_engine::{EngineHandle, Event, Request, SamplingParams, ScoreRequest};
 use kiln_model::chat::{ChatTemplate, Message};
 use kiln_model::generate::FinishReason;
 use kiln_model::tokenizer::Tokenizer;
 
+use crate::snarc::{Surprisal, SurpriseModel};
 use crate::IrpError;
 
 /// One candidate to generate.
@@ -72,6 +73,49 @@ impl EngineGenerator<'_> {
             .render(messages, true)
             .map_err(|e| IrpError::Engine(format!("applying the chat template: {e}")))?;
         Ok(self.tokenizer.encode(&text, true, true))
+    }
+
+    /// The ids of `conversation` followed by `question` as the next user turn, and where the
+    /// question's own tokens begin. The question is tokenized on its own (as plain text), so
+    /// that exactly its tokens are scored and not the template's markup around them.
+    pub fn question_tokens(
+        &self,
+        conversation: &[Message],
+        question: &str,
+    ) -> Result<(Vec<u32>, usize), IrpError> {
+        let q = question.trim();
+        if q.is_empty() {
+            return Err(IrpError::Scoring("the question to score is empty".into()));
+        }
+        let mut msgs = conversation.to_vec();
+        msgs.push(Message::new("user", q));
+        let text = self
+            .template
+            .render(&msgs, false)
+            .map_err(|e| IrpError::Scoring(format!("applying the chat template: {e}")))?;
+        let at = text.rfind(q).ok_or_else(|| {
+            IrpError::Scoring("the chat template does not show the question verbatim".into())
+        })?;
+        let mut ids = self.tokenizer.encode(&text[..at], true, true);
+        let from = ids.len();
+        ids.extend(self.tokenizer.encode(q, false, false));
+        Ok((ids, from))
+    }
+}
+
+/// The model's surprisal of a question, through the engine's scoring requests (batched with
+/// whatever else the engine runs).
+impl SurpriseModel for EngineGenerator<'_> {
+    fn surprisal(&self, conversation: &[Message], question: &str) -> Result<Surprisal, IrpError> {
+        let (tokens, from) = self.question_tokens(conversation, question)?;
+        let s = self
+            .engine
+            .score(ScoreRequest { tokens, from })
+            .map_err(|e| IrpError::Scoring(e.to_string()))?;
+        Ok(Surprisal {
+            mean_nll: s.mean_nll(),
+            tokens: s.logprobs.len(),
+        })
     }
 }
 

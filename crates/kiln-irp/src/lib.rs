@@ -5,7 +5,8 @@
 //!   `independent` candidates are generated in one batch, `refine` candidates in sequence.
 //! - [`energy`]: the seed's `heuristic` energy and the model-grounded `model` energy.
 //! - [`profile`]: the YAML profiles (`edge`, `desktop`, `research`, or a file).
-//! - [`snarc`]: five salience scores with explanations.
+//! - [`snarc`]: five salience scores with explanations; Surprise is measured with the model
+//!   when one is given ([`score_and_store_with_model`]), lexically otherwise.
 //! - [`memory`]: the SQLite store of exchanges, durable once reported stored.
 
 pub mod energy;
@@ -18,6 +19,8 @@ pub mod text;
 
 use std::time::Instant;
 
+use kiln_model::chat::Message;
+
 pub use energy::{CandidateView, EnergyTerms, Term};
 pub use generate::{CandidateSpec, EngineGenerator, Generated, Generator};
 pub use memory::{Memory, MemoryError, NewExchange, OpenOptions, Stats, StoredExchange};
@@ -25,7 +28,7 @@ pub use profile::{Device, EnergyKind, Mode, Profile, ProfileError};
 pub use refine::{
     check_halt, Candidate, HaltReason, Irp, RefineInfo, RefineResult, RefineState, Refiner, Timings,
 };
-pub use snarc::{Exchange, MemoryIndex, Score, SnarcConfig, SnarcScores};
+pub use snarc::{Exchange, MemoryIndex, Score, SnarcConfig, SnarcScores, Surprisal, SurpriseModel};
 
 /// Why a refinement run failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,9 @@ pub enum IrpError {
     /// The engine refused a candidate or failed while generating it.
     #[error("generating a candidate: {0}")]
     Engine(String),
+    /// The model could not score a text (for Surprise).
+    #[error("scoring the question with the model: {0}")]
+    Scoring(String),
     /// The memory store failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -86,4 +92,111 @@ pub fn score_and_store(
         id,
         seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// Like [`score_and_store`], with Surprise measured by `model`: the mean surprisal of the
+/// question's tokens given `conversation`, the messages before the question (system message
+/// and earlier exchanges; no earlier user turn makes it the first exchange, Surprise 0).
+/// When the model cannot score (the engine shut down, the conversation does not fit the
+/// context), Surprise falls back to the lexical measure against the conversation's questions
+/// and its explanation says why, so that a stored exchange is never lost to scoring.
+pub fn score_and_store_with_model(
+    profile: &Profile,
+    memory: Option<&mut Memory>,
+    ex: &NewExchange<'_>,
+    conversation: &[Message],
+    model: &dyn SurpriseModel,
+) -> Result<Recorded, MemoryError> {
+    let t = Instant::now();
+    let cfg = SnarcConfig {
+        threshold: profile.salience_threshold,
+        ..SnarcConfig::default()
+    };
+    let surprise = snarc::model_surprise(model, conversation, ex.question).unwrap_or_else(|e| {
+        let recent: Vec<String> = conversation
+            .iter()
+            .filter(|m| m.role == "user")
+            .map(|m| m.content.clone())
+            .collect();
+        let mut s = snarc::lexical_surprise(ex.question, &recent);
+        s.why = format!("{}; the model could not score the question: {e}", s.why);
+        s
+    });
+    let (snarc, id) = match memory {
+        Some(m) => {
+            let (id, s) = m.record_with_surprise(&cfg, ex, surprise)?;
+            (s, Some(id))
+        }
+        None => {
+            let scored = snarc::score_with_surprise(
+                &cfg,
+                &Exchange {
+                    question: ex.question,
+                    answer: ex.answer,
+                    final_energy: ex.irp.map(|i| i.best_energy),
+                    recent_questions: &[],
+                },
+                &MemoryIndex::default(),
+                surprise,
+            );
+            (scored.scores, None)
+        }
+    };
+    Ok(Recorded {
+        snarc,
+        id,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Earlier exchanges as chat messages (user, assistant, ...), after `system` messages: the
+/// conversation a question's model Surprise is measured against. A one-off question can use
+/// the last stored exchanges ([`Memory::recent_exchanges`]).
+pub fn conversation(system: &[Message], exchanges: &[(String, String)]) -> Vec<Message> {
+    let mut msgs = system.to_vec();
+    for (q, a) in exchanges {
+        msgs.push(Message::new("user", q.clone()));
+        msgs.push(Message::new("assistant", a.clone()));
+    }
+    msgs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model that cannot score.
+    struct Broken;
+
+    impl SurpriseModel for Broken {
+        fn surprisal(&self, _: &[Message], _: &str) -> Result<Surprisal, IrpError> {
+            Err(IrpError::Scoring("the engine has shut down".into()))
+        }
+    }
+
+    #[test]
+    fn model_surprise_falls_back_to_lexical_with_the_reason() {
+        let history = conversation(
+            &[Message::new("system", "Be brief.")],
+            &[("Why is the sky blue?".into(), "Rayleigh scattering.".into())],
+        );
+        assert_eq!(history.len(), 3);
+        assert_eq!(history[1], Message::new("user", "Why is the sky blue?"));
+        let ex = NewExchange {
+            source: "test",
+            session: None,
+            question: "Why is grass green?",
+            answer: "Chlorophyll.",
+            irp: None,
+        };
+        let rec =
+            score_and_store_with_model(&Profile::default(), None, &ex, &history, &Broken).unwrap();
+        let s = &rec.snarc.surprise;
+        assert!((s.value - 2.0 / 3.0).abs() < 1e-12, "{s:?}");
+        assert!(
+            s.why.starts_with("lexical") && s.why.contains("shut down"),
+            "{s:?}"
+        );
+        assert_eq!(rec.id, None);
+    }
 }

@@ -13,7 +13,10 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 use crate::refine::RefineInfo;
-use crate::snarc::{score, Exchange, IndexEntry, MemoryIndex, Scored, SnarcConfig, SnarcScores};
+use crate::snarc::{
+    lexical_surprise, score, score_with_surprise, Exchange, IndexEntry, MemoryIndex, Score, Scored,
+    SnarcConfig, SnarcScores,
+};
 use crate::text::Embedding;
 
 /// Schema version in `PRAGMA user_version`.
@@ -377,18 +380,45 @@ impl Memory {
                 &stored
             }
         };
-        let scored = score(
+        self.record_with_surprise(cfg, ex, lexical_surprise(ex.question, recent))
+    }
+
+    /// Scores `ex` with a Surprise measured elsewhere (by the model: see
+    /// [`crate::snarc::model_surprise`]) and stores it; returns the id and the scores.
+    pub fn record_with_surprise(
+        &mut self,
+        cfg: &SnarcConfig,
+        ex: &NewExchange<'_>,
+        surprise: Score,
+    ) -> Result<(i64, SnarcScores), MemoryError> {
+        let scored = score_with_surprise(
             cfg,
             &Exchange {
                 question: ex.question,
                 answer: ex.answer,
                 final_energy: ex.irp.map(|i| i.best_energy),
-                recent_questions: recent,
+                recent_questions: &[],
             },
             &self.index,
+            surprise,
         );
         let id = self.store(ex, &scored)?;
         Ok((id, scored.scores))
+    }
+
+    /// The last `n` stored exchanges as (question, answer), oldest first: the history a
+    /// one-off question is measured against when it has no conversation of its own.
+    pub fn recent_exchanges(&self, n: usize) -> Result<Vec<(String, String)>, MemoryError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT question, answer FROM exchanges ORDER BY id DESC LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        let mut out: Vec<(String, String)> = stmt
+            .query_map([n as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))?;
+        out.reverse();
+        Ok(out)
     }
 
     /// The last `n` stored questions, oldest first.
@@ -701,6 +731,19 @@ mod tests {
         assert!(st.mean_salience.is_some() && st.bytes > 0);
         m.check_integrity().unwrap();
         assert_eq!(m.recent_questions(1).unwrap(), ["How do bees make honey?"]);
+        assert_eq!(
+            m.recent_exchanges(5).unwrap(),
+            [
+                (
+                    "Why is the sky blue?".to_owned(),
+                    "Rayleigh scattering of sunlight.".to_owned()
+                ),
+                (
+                    "How do bees make honey?".to_owned(),
+                    "They evaporate nectar.".to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

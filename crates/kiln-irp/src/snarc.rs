@@ -1,14 +1,18 @@
 //! SNARC salience: five scores in [0, 1] per question/answer exchange (Surprise, Novelty,
 //! Arousal, Reward, Conflict), each with a short explanation, and their weighted total.
 //!
-//! Surprise is lexical, as in the seed: the share of the question's content words not seen in
-//! the last three questions. The spec prefers the model's surprisal of the question given the
-//! history, which needs log-probabilities of prompt tokens; the engine's public API reports
-//! log-probabilities of generated tokens only, so kiln does not claim a model-based surprise.
+//! Surprise is measured with the model when one is given ([`model_surprise`]): the mean
+//! surprisal of the question's tokens given the conversation before it, squashed to [0, 1]
+//! by `1 - exp(-mean_nll / SURPRISE_SCALE_NATS)`. Without a model it is the seed's lexical
+//! measure ([`lexical_surprise`]): the share of the question's content words not seen in the
+//! last three questions. Either way the first exchange of a conversation scores 0, and the
+//! explanation names the method and its numbers.
 
+use kiln_model::chat::Message;
 use serde::Serialize;
 
 use crate::text::{is_stopword, terms, words, Embedding};
+use crate::IrpError;
 
 /// One score and what drove it.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -22,7 +26,7 @@ pub struct Score {
 /// The five scores, their total and the verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct SnarcScores {
-    /// How unexpected the question is given the recent questions.
+    /// How unexpected the question is given the conversation so far.
     pub surprise: Score,
     /// How new the exchange is next to memory, and its lexical diversity.
     pub novelty: Score,
@@ -214,37 +218,110 @@ fn share(part: usize, whole: usize) -> f64 {
     }
 }
 
-/// Scores `ex` against `memory` under `cfg`.
-pub fn score(cfg: &SnarcConfig, ex: &Exchange<'_>, memory: &MemoryIndex) -> Scored {
-    let q_terms: Vec<String> = terms(ex.question).collect();
-    let a_terms: Vec<String> = terms(ex.answer).collect();
+/// Mean surprisal (nats per token) that model Surprise maps to `1 - 1/e` (0.63). Measured
+/// with SmolLM2-135M-Instruct after one exchange: a repeat of the previous question reads at
+/// 0.8 to 0.9 nats per token (Surprise 0.2), an everyday question on another subject at 1.5
+/// to 4.5 (0.3 to 0.7), a string of rare jargon at 6.3 (0.8).
+pub const SURPRISE_SCALE_NATS: f64 = 4.0;
 
-    // Surprise: lexical, against the last three questions.
-    let content: Vec<&String> = q_terms.iter().filter(|t| !is_stopword(t)).collect();
-    let recent = &ex.recent_questions[ex.recent_questions.len().saturating_sub(3)..];
-    let surprise = if recent.is_empty() {
-        Score {
+/// How surprising the model finds a question after a conversation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Surprisal {
+    /// Mean negative log-probability of the question's tokens, in nats per token.
+    pub mean_nll: f64,
+    /// How many question tokens were scored.
+    pub tokens: usize,
+}
+
+/// What measures a question's surprisal given the conversation: the model through the
+/// engine ([`crate::EngineGenerator`]), or a stand-in in tests.
+pub trait SurpriseModel {
+    /// The surprisal of `question` as the next user turn after `conversation` (system
+    /// message and earlier exchanges, oldest first).
+    fn surprisal(&self, conversation: &[Message], question: &str) -> Result<Surprisal, IrpError>;
+}
+
+/// The seed's lexical Surprise: the share of the question's content words not seen in the
+/// last three of `recent_questions` (0 when there are none: the first exchange).
+pub fn lexical_surprise(question: &str, recent_questions: &[String]) -> Score {
+    let recent = &recent_questions[recent_questions.len().saturating_sub(3)..];
+    if recent.is_empty() {
+        return Score {
             value: 0.0,
             why: "first exchange of the conversation".into(),
-        }
-    } else {
-        let seen: std::collections::HashSet<String> = recent
-            .iter()
-            .flat_map(|q| terms(q).collect::<Vec<_>>())
-            .collect();
-        let new = content
-            .iter()
-            .filter(|t| !seen.contains(t.as_str()))
-            .count();
-        Score {
-            value: share(new, content.len()),
-            why: format!(
-                "{new} of {} content words not in the last {} questions (lexical; the engine gives no prompt log-probabilities)",
-                content.len(),
-                recent.len()
-            ),
-        }
-    };
+        };
+    }
+    let q_terms: Vec<String> = terms(question).collect();
+    let content: Vec<&String> = q_terms.iter().filter(|t| !is_stopword(t)).collect();
+    let seen: std::collections::HashSet<String> = recent
+        .iter()
+        .flat_map(|q| terms(q).collect::<Vec<_>>())
+        .collect();
+    let new = content
+        .iter()
+        .filter(|t| !seen.contains(t.as_str()))
+        .count();
+    Score {
+        value: share(new, content.len()),
+        why: format!(
+            "lexical (no model): {new} of {} content words not in the last {} questions",
+            content.len(),
+            recent.len()
+        ),
+    }
+}
+
+/// Surprise from a measured surprisal: `1 - exp(-mean_nll / SURPRISE_SCALE_NATS)`, after
+/// `exchanges` earlier exchanges.
+pub fn surprise_from_surprisal(s: Surprisal, exchanges: usize) -> Score {
+    let nll = s.mean_nll.max(0.0);
+    let value = clamp01(1.0 - (-nll / SURPRISE_SCALE_NATS).exp());
+    Score {
+        value,
+        why: format!(
+            "model: mean surprisal {nll:.2} nats/token over {} question tokens given {exchanges} earlier exchange{} (1 - exp(-{nll:.2}/{SURPRISE_SCALE_NATS}))",
+            s.tokens,
+            if exchanges == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+/// Model Surprise of `question` after `conversation`: 0 for the first exchange (no earlier
+/// user turn), else the squashed mean surprisal of the question's tokens
+/// ([`surprise_from_surprisal`]).
+pub fn model_surprise(
+    model: &dyn SurpriseModel,
+    conversation: &[Message],
+    question: &str,
+) -> Result<Score, IrpError> {
+    let exchanges = conversation.iter().filter(|m| m.role == "user").count();
+    if exchanges == 0 {
+        return Ok(Score {
+            value: 0.0,
+            why: "first exchange of the conversation".into(),
+        });
+    }
+    let s = model.surprisal(conversation, question)?;
+    Ok(surprise_from_surprisal(s, exchanges))
+}
+
+/// Scores `ex` against `memory` under `cfg`, with the lexical Surprise against
+/// `ex.recent_questions`.
+pub fn score(cfg: &SnarcConfig, ex: &Exchange<'_>, memory: &MemoryIndex) -> Scored {
+    let surprise = lexical_surprise(ex.question, ex.recent_questions);
+    score_with_surprise(cfg, ex, memory, surprise)
+}
+
+/// Scores `ex` against `memory` under `cfg`, with a Surprise measured elsewhere (by
+/// [`model_surprise`]); `ex.recent_questions` is not used.
+pub fn score_with_surprise(
+    cfg: &SnarcConfig,
+    ex: &Exchange<'_>,
+    memory: &MemoryIndex,
+    surprise: Score,
+) -> Scored {
+    let q_terms: Vec<String> = terms(ex.question).collect();
+    let a_terms: Vec<String> = terms(ex.answer).collect();
 
     // Novelty: distance to the nearest stored exchange, and type/token ratio.
     let exchange = Embedding::of(&format!("{}\n{}", ex.question, ex.answer));
@@ -412,6 +489,14 @@ mod tests {
         assert_eq!(s.scores.surprise.value, 0.0);
         assert!(s.scores.surprise.why.contains("first"));
         let recent = vec!["Why is the sky blue?".to_owned()];
+        let why = score(&cfg(), &ex("Why?", "x", &recent), &Default::default())
+            .scores
+            .surprise
+            .why;
+        assert!(
+            why.starts_with("lexical") && why.contains("last 1 questions"),
+            "{why}"
+        );
         let same = score(
             &cfg(),
             &ex("Why is the sky blue?", "x", &recent),
@@ -443,6 +528,61 @@ mod tests {
         let four: Vec<String> = ["sky blue", "a", "b", "c"].map(String::from).to_vec();
         let s = score(&cfg(), &ex("sky blue", "x", &four), &Default::default());
         assert_eq!(s.scores.surprise.value, 1.0);
+    }
+
+    /// A stand-in model: a fixed surprisal, or a failure.
+    struct Fixed(Option<f64>);
+
+    impl SurpriseModel for Fixed {
+        fn surprisal(&self, _: &[Message], _: &str) -> Result<Surprisal, IrpError> {
+            match self.0 {
+                Some(mean_nll) => Ok(Surprisal {
+                    mean_nll,
+                    tokens: 7,
+                }),
+                None => Err(IrpError::Scoring("no model".into())),
+            }
+        }
+    }
+
+    #[test]
+    fn model_surprise_squashes_the_mean_surprisal() {
+        let history = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "Why is the sky blue?"),
+            Message::new("assistant", "Rayleigh scattering."),
+        ];
+        let first = model_surprise(&Fixed(None), &history[..1], "q").unwrap();
+        assert_eq!(
+            first.value, 0.0,
+            "no earlier exchange: the model is not asked"
+        );
+        assert!(first.why.contains("first"));
+        let s = model_surprise(&Fixed(Some(4.0)), &history, "q").unwrap();
+        assert!((s.value - (1.0 - (-1.0f64).exp())).abs() < 1e-12, "{s:?}");
+        assert!(
+            s.why.starts_with("model:") && s.why.contains("4.00 nats/token"),
+            "{s:?}"
+        );
+        assert!(s.why.contains("7 question tokens") && s.why.contains("1 earlier"));
+        let low = model_surprise(&Fixed(Some(0.5)), &history, "q").unwrap();
+        let high = model_surprise(&Fixed(Some(9.0)), &history, "q").unwrap();
+        assert!(0.0 < low.value && low.value < s.value && s.value < high.value && high.value < 1.0);
+        assert!(model_surprise(&Fixed(None), &history, "q").is_err());
+        // The given Surprise replaces the lexical one and counts in the total.
+        let scored = score_with_surprise(
+            &cfg(),
+            &ex("Why is the sky blue?", "x", &[]),
+            &Default::default(),
+            high.clone(),
+        );
+        assert_eq!(scored.scores.surprise, high);
+        let lexical = score(
+            &cfg(),
+            &ex("Why is the sky blue?", "x", &[]),
+            &Default::default(),
+        );
+        assert!((scored.scores.total - lexical.scores.total - 0.2 * high.value).abs() < 1e-12);
     }
 
     fn index_of(items: &[(&str, &str)]) -> MemoryIndex {

@@ -1,11 +1,12 @@
 //! Refinement on the default model through the engine: batched and sequential `independent`
 //! runs choose the same answer with the same energies; `refine` mode runs; SNARC scores and
-//! stores the exchange.
+//! stores the exchange, with Surprise measured by the model.
 
 use std::sync::Arc;
 
 use kiln_engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
-use kiln_irp::{EngineGenerator, Irp, Memory, NewExchange, Profile, Refiner};
+use kiln_irp::snarc::model_surprise;
+use kiln_irp::{conversation, EngineGenerator, Irp, Memory, NewExchange, Profile, Refiner};
 use kiln_model::chat::ChatTemplate;
 use kiln_model::cpu::CpuBackend;
 use kiln_model::loader::load_gguf;
@@ -115,5 +116,69 @@ fn independent_batched_equals_sequential_and_refine_runs() {
     assert_eq!(stored.answer, batched.answer);
     assert_eq!(stored.irp.unwrap()["best_index"], a.best_index);
     let _ = std::fs::remove_dir_all(&dir);
+    lm.engine.shutdown();
+}
+
+#[test]
+fn model_surprise_is_lower_for_a_question_the_history_predicts() {
+    let lm = lm();
+    let gen = EngineGenerator {
+        engine: &lm.engine,
+        tokenizer: &lm.tokenizer,
+        template: &lm.template,
+    };
+    let counting = conversation(
+        &[],
+        &[(
+            "Count from one to five.".into(),
+            "One, two, three, four, five.".into(),
+        )],
+    );
+    let volcano = conversation(
+        &[],
+        &[(
+            "Which volcano erupted in Iceland in 2010?".into(),
+            "Eyjafjallajokull erupted in April 2010.".into(),
+        )],
+    );
+    let again = "Count from one to five.";
+    let unrelated = "Recommend a good pasta recipe with mushrooms.";
+    let s = |conv: &[kiln_model::chat::Message], q: &str| model_surprise(&gen, conv, q).unwrap();
+    let repeat = s(&counting, again);
+    let other = s(&counting, unrelated);
+    let elsewhere = s(&volcano, again);
+    eprintln!("repeat {repeat:?}\nunrelated {other:?}\nsame question, other history {elsewhere:?}");
+    for x in [&repeat, &other, &elsewhere] {
+        assert!(x.why.starts_with("model: mean surprisal"), "{x:?}");
+        assert!(x.value > 0.0 && x.value < 1.0, "{x:?}");
+    }
+    assert!(
+        repeat.value + 0.2 < other.value,
+        "a question the history predicts: {repeat:?}; an unrelated one: {other:?}"
+    );
+    assert!(
+        repeat.value + 0.2 < elsewhere.value,
+        "the same question is less surprising after the history that asked it: {repeat:?} vs {elsewhere:?}"
+    );
+    let first = s(&[], again);
+    assert_eq!(first.value, 0.0, "{first:?}");
+
+    // Stored with the model's Surprise.
+    let rec = kiln_irp::score_and_store_with_model(
+        &Profile::default(),
+        None,
+        &NewExchange {
+            source: "test",
+            session: None,
+            question: again,
+            answer: "One, two, three, four, five.",
+            irp: None,
+        },
+        &counting,
+        &gen,
+    )
+    .unwrap();
+    assert!((rec.snarc.surprise.value - repeat.value).abs() < 1e-9);
+    assert_eq!(rec.snarc.surprise.why, repeat.why);
     lm.engine.shutdown();
 }

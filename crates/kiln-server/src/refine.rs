@@ -119,12 +119,12 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
                 Some("engine_error"),
             )
         })?;
-        let recent: Vec<String> = context
-            .iter()
-            .filter(|m| m.role == "user")
-            .map(|m| m.content.clone())
-            .collect();
-        let rec = kiln_irp::score_and_store(
+        let gen = EngineGenerator {
+            engine: &lm.engine,
+            tokenizer: &lm.tokenizer,
+            template: &lm.template,
+        };
+        let rec = kiln_irp::score_and_store_with_model(
             &profile,
             None,
             &NewExchange {
@@ -134,7 +134,8 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
                 answer: &r.answer,
                 irp: Some(&r.info),
             },
-            Some(&recent),
+            &context,
+            &gen,
         )
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
         Ok((r, rec))
