@@ -17,6 +17,13 @@ pub struct BenchArgs {
     /// Tokens to generate.
     #[arg(long, short = 'g', default_value_t = 128)]
     pub gen_tokens: usize,
+    /// Sequences decoded together (each its own copy of the prompt, one batched pass per
+    /// step): aggregate tokens per second.
+    #[arg(long, short = 'b', default_value_t = 1)]
+    pub batch: usize,
+    /// Prompt tokens per prefill pass [default: 256 on the CPU, the whole prompt on a GPU].
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -48,30 +55,52 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let base = m.tokenizer.encode(seed_text, false, false);
     let prompt: Vec<u32> = base.iter().cycle().take(a.prompt_tokens).copied().collect();
 
-    let mut kv = m.model.new_kv(total)?;
-    let chunk = kiln_model::generate::PREFILL_CHUNK;
-    let mut st = m.model.new_state(a.prompt_tokens.min(chunk), 1)?;
-    let t0 = Instant::now();
-    let mut pos = 0;
-    for c in prompt.chunks(chunk) {
-        m.model.forward(&mut st, &mut kv, c, pos, false)?;
-        pos += c.len();
+    if a.batch == 0 || a.batch > 1024 {
+        anyhow::bail!("--batch must be between 1 and 1024");
     }
-    let prefill_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    for _ in 0..a.gen_tokens {
-        let next = kiln_model::sampler::argmax(&st.logits);
-        m.model.forward(&mut st, &mut kv, &[next], pos, false)?;
-        pos += 1;
-    }
-    let decode_s = t1.elapsed().as_secs_f64();
+    let gpu = a.model.device != kiln_model::device::DeviceKind::Cpu;
+    let chunk = a
+        .prefill_chunk
+        .unwrap_or(if gpu {
+            a.prompt_tokens
+        } else {
+            kiln_model::generate::PREFILL_CHUNK
+        })
+        .clamp(1, a.prompt_tokens);
+    let blocks_per_seq = total.div_ceil(kiln_model::KV_BLOCK);
+    let mut pool = m.model.new_kv_pool(blocks_per_seq * a.batch)?;
+    let mut st = m.model.new_state(chunk.max(a.batch), a.batch)?;
+    // A warm-up with the same prompt (kernel loading, matrix-library set-up for these shapes,
+    // recorded decode passes), outside the figures.
+    let warm = (a.prompt_tokens, a.gen_tokens.min(8));
+    run_passes(
+        &m.model,
+        &mut st,
+        &mut pool,
+        &prompt[..warm.0],
+        warm.1,
+        a.batch,
+        chunk,
+        blocks_per_seq,
+    )?;
+    let (prefill_s, decode_s) = run_passes(
+        &m.model,
+        &mut st,
+        &mut pool,
+        &prompt,
+        a.gen_tokens,
+        a.batch,
+        chunk,
+        blocks_per_seq,
+    )?;
+    let gpu_memory = gpu_memory(&m, total);
     let breakdown = if a.breakdown {
         Some(decode_breakdown(&m, &prompt, a.gen_tokens)?)
     } else {
         None
     };
-    let prefill_tok_s = a.prompt_tokens as f64 / prefill_s;
-    let decode_tok_s = a.gen_tokens as f64 / decode_s;
+    let prefill_tok_s = (a.prompt_tokens * a.batch) as f64 / prefill_s;
+    let decode_tok_s = (a.gen_tokens * a.batch) as f64 / decode_s;
     let rss = peak_rss_mb().unwrap_or(f64::NAN);
     let backend = kiln_model::Backend::describe(&m.model.backend);
     if a.json {
@@ -82,11 +111,14 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 "backend": backend,
                 "prompt_tokens": a.prompt_tokens,
                 "gen_tokens": a.gen_tokens,
+                "batch": a.batch,
+                "prefill_chunk": chunk,
                 "load_s": load_s,
                 "prefill_tok_s": prefill_tok_s,
                 "decode_tok_s": decode_tok_s,
                 "peak_rss_mb": rss,
                 "breakdown": breakdown,
+                "gpu_memory": gpu_memory,
             })
         );
     } else {
@@ -97,9 +129,15 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             a.prompt_tokens
         );
         println!(
-            "decode    {decode_tok_s:>10.1} tok/s  ({} tokens)",
-            a.gen_tokens
+            "decode    {decode_tok_s:>10.1} tok/s  ({} tokens x {} sequences)",
+            a.gen_tokens, a.batch
         );
+        if let Some(g) = &gpu_memory {
+            println!("GPU memory (MiB):");
+            for (k, v) in g.as_object().into_iter().flatten() {
+                println!("  {k:<22} {:>10.1}", v.as_f64().unwrap_or(f64::NAN));
+            }
+        }
         println!("peak RSS  {rss:>10.1} MiB");
         if let Some(b) = &breakdown {
             println!("decode time by component:");
@@ -118,7 +156,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
 /// Decodes `gen` tokens after `prompt` again with per-component timing on; returns each
 /// component's seconds and share of the total.
 fn decode_breakdown(
-    m: &kiln_model::loader::LoadedModel<kiln_model::cpu::CpuBackend>,
+    m: &kiln_model::loader::LoadedModel<kiln_model::device::Device>,
     prompt: &[u32],
     gen: usize,
 ) -> anyhow::Result<serde_json::Value> {
@@ -157,4 +195,87 @@ fn decode_breakdown(
             .map(|&(k, v)| (k.to_owned(), serde_json::json!({"s": v, "share": v / sum})))
             .collect(),
     ))
+}
+
+/// Prefills `batch` copies of `prompt` (chunks of `chunk` tokens, one sequence at a time),
+/// then decodes `gen` tokens for all of them in lockstep, greedily; returns the seconds of
+/// each phase.
+#[allow(clippy::too_many_arguments)]
+fn run_passes(
+    model: &kiln_model::Model<kiln_model::device::Device>,
+    st: &mut kiln_model::State<kiln_model::device::Device>,
+    pool: &mut kiln_model::device::DevPool,
+    prompt: &[u32],
+    gen: usize,
+    batch: usize,
+    chunk: usize,
+    blocks_per_seq: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use kiln_model::{Logits, SeqInput};
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|b| ((b * blocks_per_seq) as u32..((b + 1) * blocks_per_seq) as u32).collect())
+        .collect();
+    let t0 = Instant::now();
+    let mut next = vec![0u32; batch];
+    for (b, table) in tables.iter().enumerate() {
+        let mut pos = 0;
+        for c in prompt.chunks(chunk) {
+            let seq = SeqInput {
+                tokens: c,
+                pos0: pos,
+                blocks: table,
+                want_logits: pos + c.len() == prompt.len(),
+            };
+            model.forward_batch(st, pool, &[seq], Logits::Greedy)?;
+            pos += c.len();
+        }
+        next[b] = st.argmax[0];
+    }
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for i in 0..gen {
+        let pos = prompt.len() + i;
+        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let seqs: Vec<SeqInput<'_>> = toks
+            .iter()
+            .zip(&tables)
+            .map(|(t, table)| SeqInput {
+                tokens: t,
+                pos0: pos,
+                blocks: table,
+                want_logits: true,
+            })
+            .collect();
+        model.forward_batch(st, pool, &seqs, Logits::Greedy)?;
+        next.copy_from_slice(&st.argmax);
+    }
+    Ok((prefill_s, t1.elapsed().as_secs_f64()))
+}
+
+/// On a GPU: memory taken by the weights and by the KV cache (per 1,000 tokens and for one
+/// sequence at full context), and in use on the device now.
+fn gpu_memory(
+    m: &kiln_model::loader::LoadedModel<kiln_model::device::Device>,
+    _positions: usize,
+) -> Option<serde_json::Value> {
+    #[cfg(feature = "cuda")]
+    {
+        let g = m.model.backend.cuda()?;
+        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+        let per_block = m.model.kv_block_bytes() as f64;
+        let per_tok = per_block / kiln_model::KV_BLOCK as f64;
+        let (used, total) = g.memory_used().unwrap_or((0, 0));
+        Some(serde_json::json!({
+            "weights": mib(g.weight_bytes()),
+            "kv_per_1k_tokens": per_tok * 1000.0 / (1024.0 * 1024.0),
+            "kv_full_context": per_tok * m.model.cfg.context_length as f64 / (1024.0 * 1024.0),
+            "device_in_use": mib(used),
+            "device_total": mib(total),
+        }))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = m;
+        None
+    }
 }

@@ -19,6 +19,9 @@ pub struct BenchEngineArgs {
     /// CPU threads (0: one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// Where to run: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = kiln_model::device::DeviceKind::parse)]
+    pub device: kiln_model::device::DeviceKind,
     /// Concurrent sequence counts to measure, comma-separated.
     #[arg(long, default_value = "1,4,8,16", value_delimiter = ',')]
     pub sequences: Vec<usize>,
@@ -57,6 +60,8 @@ pub fn bench_engine(a: BenchEngineArgs) -> anyhow::Result<()> {
     let lm = start_engine(&EngineOpts {
         model: a.model.clone(),
         threads: a.threads,
+        device: a.device,
+        kv_dtype: kiln_model::cpu::KvDtype::F16,
         max_memory_mb: 2048,
         max_batch_tokens: a.max_batch_tokens,
         max_running: max_seq,

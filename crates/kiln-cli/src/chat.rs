@@ -34,6 +34,7 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
             profile,
             a.model.model.as_deref(),
             a.model.threads,
+            a.model.device,
             a.system.as_deref(),
             a.memory.as_ref(),
         );

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use kiln_model::cpu::CpuBackend;
+use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{LoadOptions, LoadedModel};
 use kiln_model::quantize::QuantType;
 use kiln_model::sampler::SamplerParams;
@@ -29,6 +29,17 @@ pub struct ModelArgs {
     /// CPU threads (0: one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// Where to run: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = DeviceKind::parse)]
+    pub device: DeviceKind,
+    /// KV cache values: f16 (default) or f32 (twice the memory, no rounding; CPU only).
+    #[arg(long, default_value = "f16", value_parser = parse_kv)]
+    pub kv_dtype: kiln_model::cpu::KvDtype,
+}
+
+/// `--kv-dtype`.
+pub fn parse_kv(s: &str) -> Result<kiln_model::cpu::KvDtype, String> {
+    kiln_model::cpu::KvDtype::from_name(s).ok_or_else(|| format!("`{s}`: expected f16 or f32"))
 }
 
 fn parse_quant(s: &str) -> Result<QuantType, String> {
@@ -75,11 +86,12 @@ impl SampleArgs {
 
 /// Resolves the model (a path, a Hub repo id, or the default model, fetched if needed) and
 /// loads it with the adapter and quantization asked for.
-pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<CpuBackend>> {
+pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<Device>> {
     let path = match &args.model {
         Some(spec) => kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?,
         None => kiln_model::fetch::ensure_default_model(!quiet)?,
     };
+    let device = Device::open_with_kv(args.device, args.threads, args.kv_dtype)?;
     if !quiet {
         eprint!("kiln: loading {} ... ", path.display());
     }
@@ -87,7 +99,7 @@ pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<CpuBack
         lora: args.lora.clone(),
         quantize: args.quantize,
     };
-    let m = kiln_model::loader::load(&path, CpuBackend::new(args.threads), &opts)
+    let m = kiln_model::loader::load(&path, device, &opts)
         .with_context(|| format!("loading {}", path.display()))?;
     if !quiet {
         eprintln!(

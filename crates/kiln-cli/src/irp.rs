@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use kiln_irp::{
-    score_and_store, Device, EngineGenerator, Irp, Memory, NewExchange, Profile, RefineResult,
-    Refiner,
+    score_and_store_with_model, Device, EngineGenerator, Irp, Memory, NewExchange, Profile,
+    RefineResult, Refiner,
 };
 use kiln_model::chat::Message;
 use kiln_server::LoadedLm;
@@ -67,6 +67,9 @@ pub struct LmArgs {
     /// CPU threads (0: one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// Where to run: cpu, cuda or cuda:N [default: the profile's `device`; `auto` is the CPU].
+    #[arg(long, value_parser = kiln_model::device::DeviceKind::parse)]
+    pub device: Option<kiln_model::device::DeviceKind>,
 }
 
 /// Arguments of `kiln irp`.
@@ -97,12 +100,11 @@ pub struct IrpArgs {
 
 /// Starts an engine sized for `p`'s candidates.
 pub fn start(lm: &LmArgs, p: &Profile) -> anyhow::Result<LoadedLm> {
-    if p.device == Device::Cuda {
-        anyhow::bail!(
-            "profile {}: `device: cuda`, but this build runs on the CPU only; set `device: cpu` or `auto`",
-            p.name
-        );
-    }
+    let device = lm.device.unwrap_or(if p.device == Device::Cuda {
+        kiln_model::device::DeviceKind::Cuda(0)
+    } else {
+        kiln_model::device::DeviceKind::Cpu
+    });
     if p.precision != "auto" {
         eprintln!(
             "kiln: note: profile {} asks for precision {}; kiln runs the model file's own format",
@@ -112,6 +114,8 @@ pub fn start(lm: &LmArgs, p: &Profile) -> anyhow::Result<LoadedLm> {
     start_engine(&EngineOpts {
         model: lm.model.clone(),
         threads: lm.threads,
+        device,
+        kv_dtype: kiln_model::cpu::KvDtype::F16,
         max_memory_mb: p.max_memory_mb,
         max_batch_tokens: 256,
         max_running: p.iterations.max(16),
@@ -175,7 +179,18 @@ pub fn irp(a: IrpArgs) -> anyhow::Result<()> {
         .map(|s| Message::new("system", s.clone()))
         .collect();
     let r = refine(&lm, &p, &question, &context, a.sequential)?;
-    let rec = score_and_store(
+    // Surprise: how unexpected the question is after the last three stored exchanges.
+    let past = match memory.as_ref() {
+        Some(m) => m.recent_exchanges(3)?,
+        None => Vec::new(),
+    };
+    let conv = kiln_irp::conversation(&context, &past);
+    let gen = EngineGenerator {
+        engine: &lm.engine,
+        tokenizer: &lm.tokenizer,
+        template: &lm.template,
+    };
+    let rec = score_and_store_with_model(
         &p,
         memory.as_mut(),
         &NewExchange {
@@ -185,7 +200,8 @@ pub fn irp(a: IrpArgs) -> anyhow::Result<()> {
             answer: &r.answer,
             irp: Some(&r.info),
         },
-        None,
+        &conv,
+        &gen,
     )?;
     let total_s = started.elapsed().as_secs_f64();
     let i = &r.info;
@@ -259,6 +275,7 @@ pub fn chat_refined(
     spec: &str,
     model: Option<&str>,
     threads: usize,
+    device: kiln_model::device::DeviceKind,
     system: Option<&str>,
     memory: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
@@ -274,6 +291,7 @@ pub fn chat_refined(
         &LmArgs {
             model: model.map(PathBuf::from),
             threads,
+            device: Some(device),
         },
         &p,
     )?;
@@ -294,6 +312,11 @@ pub fn chat_refined(
         p.iterations,
         store.path().display()
     );
+    let gen = EngineGenerator {
+        engine: &lm.engine,
+        tokenizer: &lm.tokenizer,
+        template: &lm.template,
+    };
     let mut history: Vec<(String, String)> = Vec::new();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -317,8 +340,7 @@ pub fn chat_refined(
         }
         let context = context_for(&lm, &p, system, &history, q);
         let r = refine(&lm, &p, q, &context, false)?;
-        let recent: Vec<String> = history.iter().map(|(q, _)| q.clone()).collect();
-        let rec = score_and_store(
+        let rec = score_and_store_with_model(
             &p,
             Some(&mut store),
             &NewExchange {
@@ -328,7 +350,8 @@ pub fn chat_refined(
                 answer: &r.answer,
                 irp: Some(&r.info),
             },
-            Some(&recent),
+            &context,
+            &gen,
         )?;
         writeln!(out, "{}", r.answer)?;
         out.flush()?;

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use kiln_irp::{score_and_store, CandidateSpec, EngineGenerator, Generator, NewExchange};
+use kiln_irp::{
+    score_and_store_with_model, CandidateSpec, EngineGenerator, Generator, NewExchange,
+};
 use kiln_model::chat::Message;
 use serde_json::{json, Value};
 
@@ -99,6 +101,11 @@ pub fn profile(a: ProfileCmdArgs) -> anyhow::Result<()> {
     warm.max_tokens = 4;
     refine(&lm, &warm, "Hello", &[], false)?;
 
+    let gen = EngineGenerator {
+        engine: &lm.engine,
+        tokenizer: &lm.tokenizer,
+        template: &lm.template,
+    };
     let mut results: Vec<Value> = Vec::new();
     for p in &configs {
         eprintln!(
@@ -111,10 +118,14 @@ pub fn profile(a: ProfileCmdArgs) -> anyhow::Result<()> {
         let mut energy_at: Vec<(f64, usize)> = vec![(0.0, 0); p.iterations];
         let mut best_at: Vec<(f64, usize)> = vec![(0.0, 0); p.iterations];
         let mut halts: std::collections::BTreeMap<String, usize> = Default::default();
+        // Surprise as `kiln irp` measures it: the question after the last three exchanges
+        // (here, of this run), so the SNARC phase includes the model's scoring.
+        let mut past: Vec<(String, String)> = Vec::new();
         for q in &questions {
             let t = Instant::now();
             let r = refine(&lm, p, q, &[], false)?;
-            let rec = score_and_store(
+            let conv = kiln_irp::conversation(&[], &past[past.len().saturating_sub(3)..]);
+            let rec = score_and_store_with_model(
                 p,
                 None,
                 &NewExchange {
@@ -124,7 +135,8 @@ pub fn profile(a: ProfileCmdArgs) -> anyhow::Result<()> {
                     answer: &r.answer,
                     irp: Some(&r.info),
                 },
-                None,
+                &conv,
+                &gen,
             )?;
             let secs = t.elapsed().as_secs_f64();
             let i = &r.info;
@@ -154,6 +166,7 @@ pub fn profile(a: ProfileCmdArgs) -> anyhow::Result<()> {
                 "decoded": i.decoded,
                 "salience": rec.snarc.total,
             }));
+            past.push((q.clone(), r.answer));
         }
         let n = questions.len() as f64;
         let mean = |xs: &[Value], k: &str| {

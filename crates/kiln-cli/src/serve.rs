@@ -6,8 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kiln_engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
-use kiln_model::cpu::CpuBackend;
-use kiln_model::loader::load_gguf;
+use kiln_model::device::{Device, DeviceKind};
 use kiln_server::{AppState, LoadedLm, ServerConfig};
 
 /// Log line format.
@@ -31,6 +30,12 @@ pub struct ServeArgs {
     /// CPU threads (0: one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// Where to run: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = DeviceKind::parse)]
+    pub device: DeviceKind,
+    /// KV cache values: f16 (default) or f32 (twice the memory, no rounding; CPU only).
+    #[arg(long, default_value = "f16", value_parser = crate::common::parse_kv)]
+    pub kv_dtype: kiln_model::cpu::KvDtype,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -99,6 +104,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(start_engine(&EngineOpts {
             model: a.model.clone(),
             threads: a.threads,
+            device: a.device,
+            kv_dtype: a.kv_dtype,
             max_memory_mb: a.max_memory_mb,
             max_batch_tokens: a.max_batch_tokens,
             max_running: a.max_running,
@@ -159,6 +166,10 @@ pub struct EngineOpts {
     pub model: Option<PathBuf>,
     /// CPU threads (0: one per core).
     pub threads: usize,
+    /// Where to run.
+    pub device: DeviceKind,
+    /// KV cache values.
+    pub kv_dtype: kiln_model::cpu::KvDtype,
     /// Budget for weights, activations and KV cache, in MiB.
     pub max_memory_mb: usize,
     /// Most tokens per engine step.
@@ -176,12 +187,14 @@ pub fn start_engine(a: &EngineOpts) -> anyhow::Result<LoadedLm> {
         None => kiln_model::fetch::ensure_default_model(true)?,
     };
     eprintln!("kiln: loading {}", path.display());
-    let m = load_gguf(&path, CpuBackend::new(a.threads))
-        .with_context(|| format!("loading {}", path.display()))?;
+    let m = kiln_model::loader::load(
+        &path,
+        Device::open_with_kv(a.device, a.threads, a.kv_dtype)?,
+        &kiln_model::loader::LoadOptions::default(),
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
     let cfg = m.model.cfg.clone();
-    let weights = std::fs::metadata(&path)
-        .map(|md| md.len() as usize)
-        .unwrap_or(0);
+    let weights = m.weight_bytes;
     // Activations of one step: hidden states, q/k/v, attention, FFN, and the logits rows.
     let act = 4
         * (a.max_batch_tokens * (6 * cfg.dim + 2 * cfg.kv_dim() + 2 * cfg.ffn_dim)

@@ -150,3 +150,35 @@ fn absurd_parameters_are_refused_by_name() {
         assert!(err.contains(word), "{flag}: {err}");
     }
 }
+
+#[test]
+fn cuda_device_without_a_gpu_is_a_clear_error() {
+    let bad = kiln()
+        .args(["run", "--device", "tpu", "hi"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected cpu, cuda or cuda:N"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let gguf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../kiln-model/tests/fixtures/tiny-qwen2/model.gguf"
+    );
+    let out = kiln()
+        .args(["run", "--device", "cuda", "--model", gguf, "-n", "4", "hi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Built without the feature (as in CI) or run without a GPU: a one-line reason, no panic.
+    // On a machine with a GPU and a CUDA build it simply runs.
+    if !out.status.success() {
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("built without CUDA") || err.contains("NVIDIA driver"),
+            "{err}"
+        );
+    }
+}

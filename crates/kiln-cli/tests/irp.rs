@@ -260,7 +260,10 @@ fn chat_refine_stores_every_exchange() {
     assert_eq!(rows[0]["session"], rows[1]["session"]);
     // The second question's surprise is measured against the first.
     let why = rows[0]["snarc"]["surprise"]["why"].as_str().unwrap();
-    assert!(why.contains("last 1 questions"), "{why}");
+    assert!(
+        why.starts_with("model:") && why.contains("1 earlier exchange"),
+        "{why}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
