@@ -237,18 +237,64 @@ impl RequestSampler {
     }
 }
 
-fn pick(p: &SamplingParams, rng: &mut Rng, cand: &mut Vec<(f32, u32)>, logits: &[f32]) -> u32 {
+/// Best first: higher logit, then lower token id.
+fn order(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// The `k` best `(logit, id)` pairs in [`order`], unsorted: the set `select_nth_unstable_by`
+/// would keep. One pass with a heap of `k` whose top is the worst kept, so that most of a large
+/// vocabulary costs one comparison.
+fn top_k_into(logits: &[f32], k: usize, cand: &mut Vec<(f32, u32)>) {
+    struct Worst((f32, u32));
+    impl PartialEq for Worst {
+        fn eq(&self, o: &Self) -> bool {
+            order(&self.0, &o.0).is_eq()
+        }
+    }
+    impl Eq for Worst {}
+    impl PartialOrd for Worst {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for Worst {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            order(&self.0, &o.0)
+        }
+    }
+    let mut heap: std::collections::BinaryHeap<Worst> =
+        std::collections::BinaryHeap::with_capacity(k);
+    for (i, &l) in logits.iter().enumerate() {
+        let c = (l, i as u32);
+        if heap.len() < k {
+            heap.push(Worst(c));
+        } else if let Some(mut w) = heap.peek_mut() {
+            // Ids rise, so an equal logit never displaces a kept one: only a larger one does.
+            if l.total_cmp(&w.0 .0).is_gt() {
+                *w = Worst(c);
+            }
+        }
+    }
     cand.clear();
-    cand.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
-    let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    cand.extend(heap.into_iter().map(|w| w.0));
+}
+
+fn pick(p: &SamplingParams, rng: &mut Rng, cand: &mut Vec<(f32, u32)>, logits: &[f32]) -> u32 {
     let k = if p.top_k == 0 {
-        cand.len()
+        logits.len()
     } else {
-        p.top_k.min(cand.len())
+        p.top_k.min(logits.len())
     };
-    if k < cand.len() {
-        cand.select_nth_unstable_by(k - 1, order);
-        cand.truncate(k);
+    if k < logits.len() && k <= 256 {
+        top_k_into(logits, k, cand);
+    } else {
+        cand.clear();
+        cand.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, order);
+            cand.truncate(k);
+        }
     }
     cand.sort_unstable_by(order);
     let max = cand[0].0;
@@ -471,6 +517,36 @@ mod tests {
         let mut s = RequestSampler::new(p, 1, &[]);
         for _ in 0..200 {
             assert_eq!(s.sample(&l).0, 0);
+        }
+    }
+
+    #[test]
+    fn heap_top_k_keeps_the_same_tokens_as_selection() {
+        let mut r = Rng::new(7);
+        for round in 0..200 {
+            let len = 1 + (r.next_f32() * 3000.0) as usize;
+            // Few distinct values, so ties at the boundary are common.
+            let levels = 1.0 + (round % 7) as f32 * 3.0;
+            let logits: Vec<f32> = (0..len)
+                .map(|_| (r.next_f32() * levels).floor() - 2.0)
+                .collect();
+            for k in [1usize, 2, 5, 40, 256] {
+                if k >= len {
+                    continue;
+                }
+                let mut a = Vec::new();
+                top_k_into(&logits, k, &mut a);
+                a.sort_unstable_by(order);
+                let mut b: Vec<(f32, u32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (l, i as u32))
+                    .collect();
+                b.select_nth_unstable_by(k - 1, order);
+                b.truncate(k);
+                b.sort_unstable_by(order);
+                assert_eq!(a, b, "len {len}, k {k}");
+            }
         }
     }
 
