@@ -158,39 +158,6 @@ extern "C" __global__ void k_gather(const float *x, const u32 *meta, int max_t, 
         out[(size_t)blockIdx.x * width + i] = x[(size_t)src * width + i];
 }
 
-// Index of the largest value of each row (the lowest index among equals).
-extern "C" __global__ void k_argmax(const float *x, int width, u32 *out) {
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    const float *row = x + (size_t)blockIdx.x * width;
-    float best = (-INFINITY);
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) {
-        float v = row[i];
-        if (v > best || (v == best && i < bi)) { best = v; bi = i; }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) { sv[w] = best; si[w] = bi; }
-    __syncthreads();
-    if (w == 0) {
-        best = lane < nw ? sv[lane] : (-INFINITY);
-        bi = lane < nw ? si[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-        }
-        if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0u : (u32)bi;
-    }
-}
-
 // ---- matrix-vector products for a few rows ---------------------------------------------------
 //
 // out[r][o] (=, += or SwiGLU) W[o] . x[r] (+ bias[o]) for r < n <= MV_ROWS. One warp per output
@@ -620,17 +587,31 @@ __device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
 
 __device__ void stage_x(const float *x, int n, int cols, const float *nw, float eps, float *xs,
                         float *red) {
-    for (int r = 0; r < n; r++) {
-        const float *xr = x + (size_t)r * cols;
+    if (n == 1) {
         float sc = 1.0f;
         if (nw) {
             float ss = 0.0f;
-            for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+            for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += x[i] * x[i];
             ss = block_sum(ss, red);
             sc = rsqrtf(ss / cols + eps);
         }
-        for (int i = threadIdx.x; i < cols; i += blockDim.x)
-            xs[r * cols + i] = nw ? xr[i] * sc * nw[i] : xr[i];
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = nw ? x[i] * sc * nw[i] : x[i];
+        __syncthreads();
+        return;
+    }
+    // Several rows: one warp per row for the norms, all at once (n <= 8 warps).
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (nw && warp < n) {
+        const float *xr = x + (size_t)warp * cols;
+        float ss = 0.0f;
+        for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
+        ss = warp_sum(ss);
+        if (lane == 0) red[warp] = rsqrtf(ss / cols + eps);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < n * cols; e += blockDim.x) {
+        int r = e / cols, i = e - r * cols;
+        xs[e] = nw ? x[e] * red[r] * nw[i] : x[e];
     }
     __syncthreads();
 }
@@ -696,13 +677,15 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
 
 extern "C" __global__ void __launch_bounds__(256)
 k_mvs(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
-      float eps, float *out, int out_stride, int mode) {
+      float eps, float *out, int out_stride, int mode, int ks) {
+    // ks warps (1, 2, 4 or 8) share each output, splitting its columns.
     extern __shared__ float4 xs4[];
     __shared__ float red[32];
+    __shared__ float part[8][2][MV_ROWS];
     stage_x(x, n, cols, nw, eps, (float *)xs4, red);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int o = blockIdx.x * 8 + warp;
-    if (o >= outs) return;
+    int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
+    int o = blockIdx.x * groups + grp;
     int nvec = cols >> 3;
     const float4 *xv = xs4;
     float acc[2][MV_ROWS];
@@ -710,23 +693,81 @@ k_mvs(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
     for (int a = 0; a < 2; a++)
 #pragma unroll
         for (int r = 0; r < MV_ROWS; r++) acc[a][r] = 0.0f;
+    if (o < outs) {
 #pragma unroll
-    for (int a = 0; a < 2; a++) {
-        if (a == 1 && mode != 2) break;
-        const uint4 *w4 = (const uint4 *)(W + (size_t)(o + a * outs) * cols);
+        for (int a = 0; a < 2; a++) {
+            if (a == 1 && mode != 2) break;
+            const uint4 *w4 = (const uint4 *)(W + (size_t)(o + a * outs) * cols);
 #pragma unroll 2
-        for (int j = lane; j < nvec; j += 32) {
-            uint4 q = __ldg(w4 + j);
+            for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+                uint4 q = __ldg(w4 + j);
 #pragma unroll
-            for (int r = 0; r < MV_ROWS; r++)
-                if (r < n) acc[a][r] += dot8(q, xv[r * (cols >> 2) + 2 * j], xv[r * (cols >> 2) + 2 * j + 1]);
+                for (int r = 0; r < MV_ROWS; r++)
+                    if (r < n)
+                        acc[a][r] += dot8(q, xv[r * (cols >> 2) + 2 * j], xv[r * (cols >> 2) + 2 * j + 1]);
+            }
         }
     }
 #pragma unroll
-    for (int r = 0; r < MV_ROWS; r++) {
-        if (r < n) {
-            float s0 = warp_sum(acc[0][r]), s1 = warp_sum(acc[1][r]);
-            if (lane == 0) mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int r = 0; r < MV_ROWS; r++) {
+            float v = warp_sum(acc[a][r]);
+            if (lane == 0) part[warp][a][r] = v;
+        }
+    __syncthreads();
+    if (kw == 0 && lane < n && o < outs) {
+        float s0 = 0.0f, s1 = 0.0f;
+        for (int w = 0; w < ks; w++) {
+            s0 += part[grp * ks + w][0][lane];
+            s1 += part[grp * ks + w][1][lane];
+        }
+        mv_store(out + (size_t)lane * out_stride, o, outs, bias, s0, s1, mode);
+    }
+}
+
+// Argmax in two steps: k_argmax_part takes a slice of a row per block (grid rows x parts), and
+// k_argmax_final merges a row's parts (lowest index among equal values).
+__device__ __forceinline__ void better(float &bv, int &bi, float v, int i) {
+    if (v > bv || (v == bv && i < bi)) { bv = v; bi = i; }
+}
+
+extern "C" __global__ void k_argmax_part(const float *x, int width, int parts, float *pv, u32 *pi) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    int row = blockIdx.x, part = blockIdx.y;
+    int chunk = (width + parts - 1) / parts;
+    int start = part * chunk, end = min(width, start + chunk);
+    const float *xr = x + (size_t)row * width;
+    float bv = (-INFINITY);
+    int bi = 0x7fffffff;
+    for (int i = start + threadIdx.x; i < end; i += blockDim.x) better(bv, bi, xr[i], i);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { sv[w] = bv; si[w] = bi; }
+    __syncthreads();
+    if (w == 0) {
+        bv = lane < nw ? sv[lane] : (-INFINITY);
+        bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+        if (lane == 0) {
+            pv[row * parts + part] = bv;
+            pi[row * parts + part] = (u32)bi;
         }
     }
+}
+
+extern "C" __global__ void k_argmax_final(const float *pv, const u32 *pi, int parts, u32 *out) {
+    int row = blockIdx.x, lane = threadIdx.x;
+    float bv = (-INFINITY);
+    int bi = 0x7fffffff;
+    for (int p = lane; p < parts; p += 32) better(bv, bi, pv[row * parts + p], (int)pi[row * parts + p]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    if (lane == 0) out[row] = bi == 0x7fffffff ? 0u : (u32)bi;
 }

@@ -80,7 +80,8 @@ struct Kernels {
     swiglu: CudaFunction,
     swiglu_f16: CudaFunction,
     gather: CudaFunction,
-    argmax: CudaFunction,
+    argmax_part: CudaFunction,
+    argmax_final: CudaFunction,
     mv: CudaFunction,
     mv1: CudaFunction,
     mvs: CudaFunction,
@@ -109,6 +110,9 @@ struct St {
     inv_freq: Option<CudaSlice<f32>>,
     splits: usize,
     tiles: Option<CudaSlice<u32>>,
+    am_val: Option<CudaSlice<f32>>,
+    am_idx: Option<CudaSlice<u32>>,
+    am_out: Option<CudaSlice<u32>>,
     n_tiles: usize,
     graphs: HashMap<(PassKey, u64, usize), Graph>,
     recording: Option<(PassKey, u64, usize)>,
@@ -213,7 +217,8 @@ impl CudaBackend {
             swiglu: f("k_swiglu")?,
             swiglu_f16: f("k_swiglu_f16")?,
             gather: f("k_gather")?,
-            argmax: f("k_argmax")?,
+            argmax_part: f("k_argmax_part")?,
+            argmax_final: f("k_argmax_final")?,
             mv: f("k_mv")?,
             mv1: f("k_mv1")?,
             mvs: f("k_mvs")?,
@@ -380,16 +385,7 @@ impl CudaBackend {
         let (nw, eps) = norm.map_or((0, 0.0), |(a, e)| (self.p(&a.buf), e));
         let staged = w.cols.is_multiple_of(8) && n * w.cols * 4 <= MV_STAGE_MAX;
         if n == 1 && staged && std::env::var_os("KILN_CUDA_MV_PLAIN").is_none() {
-            // Split each output's columns over more warps until the grid fills the GPU,
-            // keeping at least 24 16-byte chunks per warp.
-            let nvec = w.cols / 8;
-            let mut ks = 1usize;
-            while ks < MV_WARPS
-                && outs * ks / (2 * MV_WARPS) < 2 * self.sms
-                && nvec / (2 * ks) >= 24
-            {
-                ks *= 2;
-            }
+            let ks = self.col_split(outs.div_ceil(2), w.cols);
             self.launch_smem(
                 &self.k.mv1,
                 (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
@@ -411,9 +407,10 @@ impl CudaBackend {
             return;
         }
         if n <= MV_ROWS && staged && std::env::var_os("KILN_CUDA_MV_PLAIN").is_none() {
+            let ks = self.col_split(outs, w.cols);
             self.launch_smem(
                 &self.k.mvs,
-                (outs.div_ceil(MV_WARPS) as u32, 1, 1),
+                (outs.div_ceil(MV_WARPS / ks) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
                 (n * w.cols * 4) as u32,
                 &[
@@ -428,6 +425,7 @@ impl CudaBackend {
                     A::P(out_ptr),
                     A::I(out_stride as i32),
                     A::I(mode),
+                    A::I(ks as i32),
                 ],
             );
             return;
@@ -499,6 +497,18 @@ impl CudaBackend {
                 &[A::P(big), A::I(n as i32), A::I(outs as i32), A::P(xh)],
             );
         }
+    }
+
+    /// Warps sharing one output's columns in the staged kernels (1, 2, 4 or 8): more until
+    /// the grid fills the GPU, keeping at least 24 16-byte chunks per warp. `units` is the
+    /// number of work items that take a group of warps each.
+    fn col_split(&self, units: usize, cols: usize) -> usize {
+        let nvec = cols / 8;
+        let mut ks = 1usize;
+        while ks < MV_WARPS && units * ks / MV_WARPS < 2 * self.sms && nvec / (2 * ks) >= 24 {
+            ks *= 2;
+        }
+        ks
     }
 
     /// `C[n][w.rows] (+)= x_h[n][w.cols] . W^T` with cuBLAS, f16 inputs, f32 accumulation.
@@ -1155,7 +1165,22 @@ impl Backend for CudaBackend {
     }
 
     fn argmax(&self, x: &CudaAct, rows: usize, width: usize, out: &mut Vec<u32>) {
-        let ids = match self.alloc::<u32>("argmax", rows) {
+        const PARTS: usize = 64;
+        let bufs = {
+            let mut st = self.st();
+            let (mut v, mut i, mut o) = (st.am_val.take(), st.am_idx.take(), st.am_out.take());
+            let r = grow(self, &mut v, rows * PARTS, "argmax")
+                .and_then(|_| grow(self, &mut i, rows * PARTS, "argmax"))
+                .and_then(|_| grow(self, &mut o, rows, "argmax"));
+            let ptrs = (
+                v.as_ref().map_or(0, |b| self.p(b)),
+                i.as_ref().map_or(0, |b| self.p(b)),
+                o.as_ref().map_or(0, |b| self.p(b)),
+            );
+            (st.am_val, st.am_idx, st.am_out) = (v, i, o);
+            r.map(|_| ptrs)
+        };
+        let (pv, pi, po) = match bufs {
             Ok(b) => b,
             Err(e) => {
                 self.note("argmax", Err(e));
@@ -1163,17 +1188,30 @@ impl Backend for CudaBackend {
             }
         };
         self.launch(
-            &self.k.argmax,
+            &self.k.argmax_part,
+            (rows as u32, PARTS as u32, 1),
+            256,
+            &[
+                A::P(self.p(&x.buf)),
+                A::I(width as i32),
+                A::I(PARTS as i32),
+                A::P(pv),
+                A::P(pi),
+            ],
+        );
+        self.launch(
+            &self.k.argmax_final,
             (rows as u32, 1, 1),
-            1024,
-            &[A::P(self.p(&x.buf)), A::I(width as i32), A::P(self.p(&ids))],
+            32,
+            &[A::P(pv), A::P(pi), A::I(PARTS as i32), A::P(po)],
         );
         out.clear();
         out.resize(rows, 0);
-        let r = self
-            .stream
-            .memcpy_dtoh(&ids, &mut out[..])
-            .and_then(|()| self.stream.synchronize());
+        // SAFETY: the buffer holds at least `rows` u32s; the copy is synchronised below.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut out[..], po, self.stream.cu_stream())
+        }
+        .and_then(|()| self.stream.synchronize());
         self.note("reading token ids", r);
     }
 
