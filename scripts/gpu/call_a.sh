@@ -14,6 +14,7 @@ K="$B/kiln"
 echo "== kiln bench"
 $K bench --device cuda -m /tmp/q05 -p 2048 -g 256 --json | tee $OUT/bench_2048.json
 $K bench --device cuda -m /tmp/q05 -p 32 -g 256 --json | tee $OUT/bench_b1.json
+$K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b 5 --json | tee $OUT/bench_b5.json
 $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b 8 --json | tee $OUT/bench_b8.json
 $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b 64 --json | tee $OUT/bench_b64.json
 KILN_CUDA_GRAPHS=0 $K bench --device cuda -m /tmp/q05 -p 32 -g 128 --json | tee $OUT/bench_b1_nographs.json

@@ -12,3 +12,8 @@ $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b 64 --json | python3 -c 'impor
 a=$($K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum)
 b=$(KILN_CUDA_MV_PLAIN=1 $K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum)
 echo "greedy staged $a plain $b"
+for b in 5 8; do
+$K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("b'$b'", round(d["decode_tok_s"],1))'
+done
+echo "== refinement on the Qwen2.5-0.5B-shaped model, 5 candidates x 200 tokens"
+$K profile --batch-ratio 5 --tokens 200 --repeat 3 --device cuda -m /tmp/q05 2>&1 | tail -3

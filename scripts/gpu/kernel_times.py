@@ -1,7 +1,10 @@
 """Sums `ncu --csv --metrics gpu__time_duration.sum` output by kernel: python3 kernel_times.py LOG"""
 import collections
 import csv
+import signal
 import sys
+
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 head = rows[0]
