@@ -17,6 +17,9 @@ $K bench --device cuda -m /tmp/q05 -p 32 -g 256 --json | tee $OUT/bench_b1.json
 $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b 5 --json | tee $OUT/bench_b5.json
 $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b 8 --json | tee $OUT/bench_b8.json
 $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b 64 --json | tee $OUT/bench_b64.json
+for q in q8_0 q4_k; do
+  $K bench --device cuda -m /tmp/q05 --quantize $q -p 32 -g 256 --json | tee $OUT/bench_b1_$q.json
+done
 KILN_CUDA_GRAPHS=0 $K bench --device cuda -m /tmp/q05 -p 32 -g 128 --json | tee $OUT/bench_b1_nographs.json
 echo "== kernel times over 400 decode launches at batch 1 and at batch 64 (ncu, no graphs)"
 for b in 1 64; do

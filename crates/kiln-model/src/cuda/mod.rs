@@ -55,10 +55,22 @@ pub struct CudaAct {
 
 /// A weight matrix on the device: f16 rows, with an optional f32 bias per row.
 pub struct CudaMat {
+    /// f16 rows (one value when the matrix is quantized).
     w: CudaSlice<u16>,
+    /// Quantized rows, read in place by the one-row kernel and dequantized for the others.
+    q: Option<QuantRows>,
     rows: usize,
     cols: usize,
     bias: Option<CudaSlice<f32>>,
+}
+
+/// Rows in groups of 32 values: 4-bit (Q4_0, Q4_1, Q4_K repacked: 16 bytes, a scale and an
+/// offset per group) or 8-bit (Q8_0: 32 bytes and a scale per group).
+struct QuantRows {
+    bits: i32,
+    q: CudaSlice<u8>,
+    s: CudaSlice<f32>,
+    m: Option<CudaSlice<f32>>,
 }
 
 /// The KV pool: f16, laid out `[block][layer][k|v][offset][kv_dim]`.
@@ -84,6 +96,9 @@ struct Kernels {
     argmax_final: CudaFunction,
     mv: CudaFunction,
     mv1: CudaFunction,
+    mv1q: CudaFunction,
+    dequant: CudaFunction,
+    embed_q: CudaFunction,
     mvs: CudaFunction,
     kv_write: CudaFunction,
     rope: CudaFunction,
@@ -110,6 +125,7 @@ struct St {
     inv_freq: Option<CudaSlice<f32>>,
     splits: usize,
     tiles: Option<CudaSlice<u32>>,
+    deq: Option<CudaSlice<u16>>,
     am_val: Option<CudaSlice<f32>>,
     am_idx: Option<CudaSlice<u32>>,
     am_out: Option<CudaSlice<u32>>,
@@ -133,6 +149,9 @@ pub struct CudaBackend {
     fused: bool,
     graphs: bool,
     weight_bytes: std::sync::atomic::AtomicUsize,
+    /// Values of the largest quantized matrix (the size of the dequantization scratch).
+    max_q: std::sync::atomic::AtomicUsize,
+    quant: bool,
     st: Mutex<St>,
 }
 
@@ -140,6 +159,7 @@ pub struct CudaBackend {
 enum A {
     P(u64),
     I(i32),
+    L(i64),
     F(f32),
 }
 
@@ -221,6 +241,9 @@ impl CudaBackend {
             argmax_final: f("k_argmax_final")?,
             mv: f("k_mv")?,
             mv1: f("k_mv1")?,
+            mv1q: f("k_mv1q")?,
+            dequant: f("k_dequant")?,
+            embed_q: f("k_embed_q")?,
             mvs: f("k_mvs")?,
             kv_write: f("k_kv_write")?,
             rope: f("k_rope")?,
@@ -234,7 +257,7 @@ impl CudaBackend {
                 tile_smem(TILE_MAX_HD) as i32,
             )
             .map_err(|e| dev("shared memory attribute", e))?;
-        for f in [&k.mv1, &k.mvs] {
+        for f in [&k.mv1, &k.mvs, &k.mv1q] {
             f.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 MV_STAGE_MAX as i32,
@@ -268,6 +291,8 @@ impl CudaBackend {
             fused: !env_off("KILN_CUDA_FUSED"),
             graphs: !env_off("KILN_CUDA_GRAPHS"),
             weight_bytes: Default::default(),
+            max_q: Default::default(),
+            quant: std::env::var("KILN_CUDA_QUANT").is_ok_and(|v| v == "1"),
             st: Mutex::new(St::default()),
         })
     }
@@ -324,6 +349,7 @@ impl CudaBackend {
             match a {
                 A::P(p) => b.arg(p),
                 A::I(i) => b.arg(i),
+                A::L(l) => b.arg(l),
                 A::F(x) => b.arg(x),
             };
         }
@@ -384,6 +410,32 @@ impl CudaBackend {
         let bias = w.bias.as_ref().map_or(0, |b| self.p(b));
         let (nw, eps) = norm.map_or((0, 0.0), |(a, e)| (self.p(&a.buf), e));
         let staged = w.cols.is_multiple_of(8) && n * w.cols * 4 <= MV_STAGE_MAX;
+        if let (Some(q), true, 1) = (&w.q, staged, n) {
+            let ks = self.col_split(outs.div_ceil(2), w.cols / 4);
+            self.launch_smem(
+                &self.k.mv1q,
+                (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
+                (MV_WARPS * 32) as u32,
+                (w.cols * 4 + w.cols / 8) as u32,
+                &[
+                    A::P(self.p(&q.q)),
+                    A::P(self.p(&q.s)),
+                    A::P(q.m.as_ref().map_or(0, |m| self.p(m))),
+                    A::I(q.bits),
+                    A::P(bias),
+                    A::I(outs as i32),
+                    A::I(w.cols as i32),
+                    A::P(x_ptr),
+                    A::P(nw),
+                    A::F(eps),
+                    A::P(out_ptr),
+                    A::I(mode),
+                    A::I(ks as i32),
+                ],
+            );
+            return;
+        }
+        let wp = self.f16_ptr(w);
         if n == 1 && staged && std::env::var_os("KILN_CUDA_MV_PLAIN").is_none() {
             let ks = self.col_split(outs.div_ceil(2), w.cols);
             self.launch_smem(
@@ -392,7 +444,7 @@ impl CudaBackend {
                 (MV_WARPS * 32) as u32,
                 (w.cols * 4) as u32,
                 &[
-                    A::P(self.p(&w.w)),
+                    A::P(wp),
                     A::P(bias),
                     A::I(outs as i32),
                     A::I(w.cols as i32),
@@ -414,7 +466,7 @@ impl CudaBackend {
                 (MV_WARPS * 32) as u32,
                 (n * w.cols * 4) as u32,
                 &[
-                    A::P(self.p(&w.w)),
+                    A::P(wp),
                     A::P(bias),
                     A::I(outs as i32),
                     A::I(w.cols as i32),
@@ -436,7 +488,7 @@ impl CudaBackend {
                 (outs.div_ceil(MV_WARPS) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
                 &[
-                    A::P(self.p(&w.w)),
+                    A::P(wp),
                     A::P(bias),
                     A::I(outs as i32),
                     A::I(w.cols as i32),
@@ -499,6 +551,29 @@ impl CudaBackend {
         }
     }
 
+    /// The matrix as f16 rows: its own, or (quantized) dequantized into the scratch buffer.
+    fn f16_ptr(&self, w: &CudaMat) -> u64 {
+        let Some(q) = &w.q else {
+            return self.p(&w.w);
+        };
+        let deq = self.st().deq.as_ref().map_or(0, |b| self.p(b));
+        let groups = w.rows * w.cols / 32;
+        self.launch(
+            &self.k.dequant,
+            (groups.div_ceil(256) as u32, 1, 1),
+            256,
+            &[
+                A::P(self.p(&q.q)),
+                A::P(self.p(&q.s)),
+                A::P(q.m.as_ref().map_or(0, |m| self.p(m))),
+                A::I(q.bits),
+                A::L(groups as i64),
+                A::P(deq),
+            ],
+        );
+        deq
+    }
+
     /// Warps sharing one output's columns in the staged kernels (1, 2, 4 or 8): more until
     /// the grid fills the GPU, keeping at least 24 16-byte chunks per warp. `units` is the
     /// number of work items that take a group of warps each.
@@ -525,7 +600,7 @@ impl CudaBackend {
                 n as i32,
                 w.cols as i32,
                 &alpha as *const f32 as *const std::ffi::c_void,
-                self.p(&w.w) as *const std::ffi::c_void,
+                self.f16_ptr(w) as *const std::ffi::c_void,
                 blas_sys::cudaDataType_t::CUDA_R_16F,
                 w.cols as i32,
                 xh as *const std::ffi::c_void,
@@ -699,10 +774,70 @@ impl CudaBackend {
         );
         Ok(CudaMat {
             w,
+            q: None,
             rows,
             cols,
             bias,
         })
+    }
+
+    /// A quantized matrix (parts stacked by rows), when every part is of one family the
+    /// kernels read in place: 4-bit (Q4_0, Q4_1, Q4_K) or 8-bit (Q8_0).
+    fn upload_quant(
+        &self,
+        name: &str,
+        parts: &[&RawTensor],
+        bias: Option<&[f32]>,
+    ) -> Result<Option<CudaMat>, ModelError> {
+        let Some(bits) = quant_bits(parts) else {
+            return Ok(None);
+        };
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let cols = parts[0].cols;
+        let groups = rows * cols / 32;
+        let mut q = Vec::with_capacity(groups * if bits == 4 { 16 } else { 32 });
+        let mut sc = Vec::with_capacity(groups);
+        let mut mn = Vec::with_capacity(if bits == 4 { groups } else { 0 });
+        for p in parts {
+            repack(p, &mut q, &mut sc, &mut mn)?;
+        }
+        fn up<T>(
+            name: &str,
+            what: &str,
+            r: Result<T, cudarc::driver::DriverError>,
+        ) -> Result<T, ModelError> {
+            r.map_err(|e| dev(&format!("uploading {name} ({what})"), e))
+        }
+        let qd = up(name, "quants", self.stream.clone_htod(&q))?;
+        let sd = up(name, "scales", self.stream.clone_htod(&sc))?;
+        let md = if bits == 4 {
+            Some(up(name, "offsets", self.stream.clone_htod(&mn))?)
+        } else {
+            None
+        };
+        let bias = match bias {
+            Some(b) => Some(up(name, "bias", self.stream.clone_htod(b))?),
+            None => None,
+        };
+        up(name, "sync", self.stream.synchronize())?;
+        self.weight_bytes.fetch_add(
+            q.len() + 4 * (sc.len() + mn.len()) + bias.as_ref().map_or(0, |b| b.len() * 4),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.max_q
+            .fetch_max(rows * cols, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(CudaMat {
+            w: self.alloc::<u16>(name, 1)?,
+            q: Some(QuantRows {
+                bits,
+                q: qd,
+                s: sd,
+                m: md,
+            }),
+            rows,
+            cols,
+            bias,
+        }))
     }
 
     fn clear_graphs(st: &mut St) {
@@ -736,16 +871,26 @@ impl Backend for CudaBackend {
 
     fn describe(&self) -> String {
         format!(
-            "CUDA {} ({}, {} SMs, f16 weights{}{})",
+            "CUDA {} ({}, {} SMs, {}{}{})",
             self.name,
             self.arch,
             self.sms,
+            if self.quant {
+                "Q4/Q8 weights read in place, others f16"
+            } else {
+                "f16 weights"
+            },
             if self.fused { ", fused layers" } else { "" },
             if self.graphs { ", graphs" } else { "" }
         )
     }
 
     fn matrix(&self, t: RawTensor) -> Result<CudaMat, ModelError> {
+        if self.quant {
+            if let Some(m) = self.upload_quant(&t.name, &[&t], None)? {
+                return Ok(m);
+            }
+        }
         let bytes = Self::f16_bytes(&t)?;
         self.upload_mat(&t.name, &bytes, t.rows, t.cols, None)
     }
@@ -770,11 +915,16 @@ impl Backend for CudaBackend {
                 bias.map_or(0, <[f32]>::len)
             )));
         }
+        let label = format!("{} (+{} more)", parts[0].name, parts.len() - 1);
+        if self.quant {
+            if let Some(m) = self.upload_quant(&label, parts, bias)? {
+                return Ok(Some(m));
+            }
+        }
         let mut bytes = Vec::with_capacity(rows * cols * 2);
         for p in parts {
             bytes.extend_from_slice(&Self::f16_bytes(p)?);
         }
-        let label = format!("{} (+{} more)", parts[0].name, parts.len() - 1);
         self.upload_mat(&label, &bytes, rows, cols, bias).map(Some)
     }
 
@@ -859,6 +1009,12 @@ impl Backend for CudaBackend {
         let mut xh = st.xh.take();
         changed |= grow(self, &mut xh, max_t * widest, "f16 scratch")?;
         st.xh = xh;
+        let max_q = self.max_q.load(std::sync::atomic::Ordering::Relaxed);
+        if max_q > 0 {
+            let mut deq = st.deq.take();
+            changed |= grow(self, &mut deq, max_q, "dequantization scratch")?;
+            st.deq = deq;
+        }
         let mut big = st.big.take();
         changed |= grow(self, &mut big, max_t * widest, "scratch")?;
         st.big = big;
@@ -993,6 +1149,25 @@ impl Backend for CudaBackend {
     fn embed(&self, table: &CudaMat, tokens: &[u32], out: &mut CudaAct) {
         let (meta, max_t) = self.meta();
         let n = tokens.len();
+        if let Some(q) = &table.q {
+            self.launch(
+                &self.k.embed_q,
+                (n as u32, 1, 1),
+                256,
+                &[
+                    A::P(self.p(&q.q)),
+                    A::P(self.p(&q.s)),
+                    A::P(q.m.as_ref().map_or(0, |m| self.p(m))),
+                    A::I(q.bits),
+                    A::P(meta),
+                    A::I(max_t),
+                    A::I(table.cols as i32),
+                    A::I(table.rows as i32),
+                    A::P(self.p(&out.buf)),
+                ],
+            );
+            return;
+        }
         self.launch(
             &self.k.embed,
             (n as u32, 1, 1),
@@ -1264,4 +1439,91 @@ impl Backend for CudaBackend {
         }
         Ok(())
     }
+}
+
+/// The family the quantized kernels read for these parts (all of one), if any.
+fn quant_bits(parts: &[&RawTensor]) -> Option<i32> {
+    use kiln_gguf::GgmlType as T;
+    let bits = |t: T| match t {
+        T::Q4_0 | T::Q4_1 | T::Q4_K => Some(4),
+        T::Q8_0 => Some(8),
+        _ => None,
+    };
+    let first = bits(parts.first()?.ty)?;
+    let cols = parts[0].cols;
+    let same = parts
+        .iter()
+        .all(|p| bits(p.ty) == Some(first) && p.cols == cols && p.cols.is_multiple_of(32));
+    same.then_some(first)
+}
+
+/// Appends a tensor's rows in the kernels' layout: per group of 32 values the quants (4-bit:
+/// byte b holds q[b] low and q[b + 16] high), a scale and (4-bit) an offset, value = d * q + m.
+fn repack(
+    t: &RawTensor,
+    q: &mut Vec<u8>,
+    sc: &mut Vec<f32>,
+    mn: &mut Vec<f32>,
+) -> Result<(), ModelError> {
+    use kiln_gguf::GgmlType as T;
+    let f16 = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let data = t.data.as_slice();
+    let (block_vals, block_bytes) = match t.ty {
+        T::Q4_0 => (32, 18),
+        T::Q4_1 => (32, 20),
+        T::Q8_0 => (32, 34),
+        T::Q4_K => (256, 144),
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "{}: {} rows on the GPU",
+                t.name,
+                other.name()
+            )))
+        }
+    };
+    let blocks = t.rows * t.cols / block_vals;
+    if data.len() < blocks * block_bytes {
+        return Err(ModelError::Config(format!(
+            "{}: {} bytes for {blocks} blocks",
+            t.name,
+            data.len()
+        )));
+    }
+    for b in data[..blocks * block_bytes].chunks_exact(block_bytes) {
+        match t.ty {
+            T::Q4_0 => {
+                let d = f16(b, 0);
+                q.extend_from_slice(&b[2..18]);
+                sc.push(d);
+                mn.push(-8.0 * d);
+            }
+            T::Q4_1 => {
+                q.extend_from_slice(&b[4..20]);
+                sc.push(f16(b, 0));
+                mn.push(f16(b, 2));
+            }
+            T::Q8_0 => {
+                q.extend_from_slice(&b[2..34]);
+                sc.push(f16(b, 0));
+            }
+            _ => {
+                // Q4_K: four pairs of 32-value sub-blocks; pair j's 32 bytes hold sub-block
+                // 2j in the low nibbles and 2j + 1 in the high ones.
+                let (d, dmin) = (f16(b, 0), f16(b, 2));
+                let scales = &b[4..16];
+                let qs = &b[16..144];
+                for j in 0..4 {
+                    let src = &qs[32 * j..32 * j + 32];
+                    for (half, shift) in [(0usize, 0u8), (1, 4)] {
+                        let (s, m) = kiln_gguf::quant::k_scale_min(2 * j + half, scales);
+                        let v = |i: usize| (src[i] >> shift) & 15;
+                        q.extend((0..16).map(|i| v(i) | (v(i + 16) << 4)));
+                        sc.push(d * f32::from(s));
+                        mn.push(-dmin * f32::from(m));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
