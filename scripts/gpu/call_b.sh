@@ -12,7 +12,7 @@ echo "== engine: batched equals alone, on CUDA"
 KILN_TEST_DEVICE=cuda timeout 200 "$B"/engine_real_model --test-threads 1 --nocapture 2>&1 | grep -E "^test |result|largest|panicked" | tail -12
 echo "== default model"
 $K bench --device cuda -p 512 -g 256 --json
-KILN_CUDA_QUANT=0 $K bench --device cuda -p 512 -g 256 --json
+KILN_CUDA_QUANT=1 $K bench --device cuda -p 512 -g 256 --json
 $K run --device cuda -n 40 --temperature 0 "Why is the sky blue?"
 echo "== refinement, 5 candidates x 200 tokens"
 $K profile --batch-ratio 5 --tokens 200 --repeat 3 --device cuda 2>&1 | tail -8

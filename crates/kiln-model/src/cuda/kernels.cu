@@ -624,45 +624,65 @@ __device__ __forceinline__ void mv_store(float *out, int o, int outs, const floa
     else out[o] = silu(v0) * (s1 + (bias ? bias[o + outs] : 0.0f));
 }
 
+#define MV1_OUT 2
+
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
       float eps, float *out, int mode, int ks) {
     // ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
     extern __shared__ float4 xs4[];
     __shared__ float red[32];
-    __shared__ float part[8][2][2];
+    __shared__ float part[8][MV1_OUT][2];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
-    int o0 = (blockIdx.x * groups + grp) * 2;
+    int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
     int nvec = cols >> 3;
     // Start the weights on their way to L2 while x is staged.
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < MV1_OUT; k++) {
         for (int a = 0; a < (mode == 2 ? 2 : 1); a++) {
             if (o0 + k >= outs) continue;
             const uint4 *w4 = (const uint4 *)(W + (size_t)(o0 + k + a * outs) * cols);
-            for (int j = lane + 32 * kw, i = 0; j < nvec && i < 8; j += 32 * ks, i++)
+            for (int j = lane + 32 * kw, i = 0; j < nvec && i < 4; j += 32 * ks, i++)
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(w4 + j));
         }
     }
     stage_x(x, 1, cols, nw, eps, (float *)xs4, red);
+    // All (up to four) rows advance together: their loads are independent and share x.
+    const uint4 *wr[MV1_OUT][2];
+    bool live[MV1_OUT][2];
+    float acc[MV1_OUT][2];
 #pragma unroll
-    for (int k = 0; k < 2; k++) {
-        int o = o0 + k;
+    for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
         for (int a = 0; a < 2; a++) {
-            float s = 0.0f;
-            if (o < outs && (a == 0 || mode == 2)) {
-                const uint4 *w4 = (const uint4 *)(W + (size_t)(o + a * outs) * cols);
-#pragma unroll 4
-                for (int j = lane + 32 * kw; j < nvec; j += 32 * ks)
-                    s += dot8(__ldg(w4 + j), xs4[2 * j], xs4[2 * j + 1]);
-            }
-            s = warp_sum(s);
-            if (lane == 0) part[warp][k][a] = s;
+            live[k][a] = o0 + k < outs && (a == 0 || mode == 2);
+            wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
+            acc[k][a] = 0.0f;
         }
+#pragma unroll 2
+    for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+        float4 x0 = xs4[2 * j], x1 = xs4[2 * j + 1];
+        uint4 q[MV1_OUT][2];
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) q[k][a] = __ldg(wr[k][a] + j);
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) acc[k][a] += dot8(q[k][a], x0, x1);
     }
+#pragma unroll
+    for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            float v = warp_sum(acc[k][a]);
+            if (lane == 0) part[warp][k][a] = v;
+        }
     __syncthreads();
-    if (kw == 0 && lane < 2) {
+    if (kw == 0 && lane < MV1_OUT) {
         int k = lane, o = o0 + k;
         if (o < outs) {
             float s0 = 0.0f, s1 = 0.0f;
@@ -694,17 +714,20 @@ k_mvs(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
 #pragma unroll
         for (int r = 0; r < MV_ROWS; r++) acc[a][r] = 0.0f;
     if (o < outs) {
-#pragma unroll
-        for (int a = 0; a < 2; a++) {
-            if (a == 1 && mode != 2) break;
-            const uint4 *w4 = (const uint4 *)(W + (size_t)(o + a * outs) * cols);
+        // Gate and up rows (SwiGLU) advance together: independent loads, shared x.
+        const uint4 *w0 = (const uint4 *)(W + (size_t)o * cols);
+        const uint4 *w1 = (const uint4 *)(W + (size_t)(mode == 2 ? o + outs : o) * cols);
 #pragma unroll 2
-            for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
-                uint4 q = __ldg(w4 + j);
+        for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+            uint4 q0 = __ldg(w0 + j);
+            uint4 q1 = mode == 2 ? __ldg(w1 + j) : q0;
 #pragma unroll
-                for (int r = 0; r < MV_ROWS; r++)
-                    if (r < n)
-                        acc[a][r] += dot8(q, xv[r * (cols >> 2) + 2 * j], xv[r * (cols >> 2) + 2 * j + 1]);
+            for (int r = 0; r < MV_ROWS; r++) {
+                if (r < n) {
+                    float4 x0 = xv[r * (cols >> 2) + 2 * j], x1 = xv[r * (cols >> 2) + 2 * j + 1];
+                    acc[0][r] += dot8(q0, x0, x1);
+                    if (mode == 2) acc[1][r] += dot8(q1, x0, x1);
+                }
             }
         }
     }

@@ -32,6 +32,8 @@ use crate::{ModelConfig, ModelError};
 /// Rows a pass may have for the matrix-vector kernel (more go to cuBLAS).
 pub const MV_ROWS: usize = 8;
 const MV_WARPS: usize = 8;
+/// Outputs per group of warps in the one-row kernel (`MV1_OUT` in kernels.cu).
+const MV1_OUT: usize = 2;
 const ATT_T: u32 = 128;
 const MAX_HD: usize = 256;
 const BLAS_WORKSPACE: usize = 32 << 20;
@@ -437,10 +439,10 @@ impl CudaBackend {
         }
         let wp = self.f16_ptr(w);
         if n == 1 && staged && std::env::var_os("KILN_CUDA_MV_PLAIN").is_none() {
-            let ks = self.col_split(outs.div_ceil(2), w.cols);
+            let ks = self.col_split(outs.div_ceil(MV1_OUT), w.cols);
             self.launch_smem(
                 &self.k.mv1,
-                (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
+                (outs.div_ceil(MV1_OUT * MV_WARPS / ks) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
                 (w.cols * 4) as u32,
                 &[
