@@ -125,6 +125,7 @@ struct St {
     part: Option<CudaSlice<f32>>,
     part_cap: usize,
     inv_freq: Option<CudaSlice<f32>>,
+    rope_key: (usize, u32),
     splits: usize,
     tiles: Option<CudaSlice<u32>>,
     deq: Option<CudaSlice<u16>>,
@@ -1020,7 +1021,10 @@ impl Backend for CudaBackend {
         let mut big = st.big.take();
         changed |= grow(self, &mut big, max_t * widest, "scratch")?;
         st.big = big;
-        if st.inv_freq.is_none() {
+        let rope_key = (cfg.rope_dim, cfg.rope_base.to_bits());
+        if st.inv_freq.is_none() || st.rope_key != rope_key {
+            st.rope_key = rope_key;
+            changed = true;
             let half = cfg.rope_dim / 2;
             let f: Vec<f32> = (0..half.max(1))
                 .map(|i| cfg.rope_base.powf(-2.0 * i as f32 / cfg.rope_dim as f32))

@@ -1,0 +1,402 @@
+//! Every operation of a backend on random inputs of awkward sizes, against a float64 reference
+//! written here. Runs on the CPU backend, or on the GPU with `KILN_TEST_DEVICE=cuda`.
+
+use std::sync::Arc;
+
+use half::f16;
+use kiln_gguf::GgmlType;
+use kiln_model::device::{Device, DeviceKind};
+use kiln_model::{Arch, Backend, ModelConfig, PagedSeq, RawTensor, RopeStyle, TensorBytes};
+
+struct Rng(u64);
+
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+fn device() -> (Device, bool) {
+    let kind = std::env::var("KILN_TEST_DEVICE").map_or(DeviceKind::Cpu, |s| {
+        DeviceKind::parse(&s).unwrap_or_else(|e| panic!("KILN_TEST_DEVICE: {e}"))
+    });
+    let d = Device::open(kind, 2).unwrap_or_else(|e| panic!("opening {kind:?}: {e}"));
+    (d, kind != DeviceKind::Cpu)
+}
+
+/// ||a - b|| / ||b||, in f64.
+fn rel(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut d, mut n) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        assert!(x.is_finite(), "non-finite output");
+        d += (x as f64 - y) * (x as f64 - y);
+        n += y * y;
+    }
+    (d / n.max(1e-30)).sqrt()
+}
+
+fn upload(b: &Device, v: &[f32]) -> kiln_model::device::DevAct {
+    b.vector(v).unwrap()
+}
+
+fn read(b: &Device, a: &kiln_model::device::DevAct, n: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; n];
+    b.read(a, &mut out);
+    b.finish().unwrap();
+    out
+}
+
+fn f16_matrix(rng: &mut Rng, rows: usize, cols: usize) -> (RawTensor, Vec<f32>) {
+    let vals: Vec<f32> = rng
+        .vec(rows * cols)
+        .into_iter()
+        .map(|v| f16::from_f32(v).to_f32())
+        .collect();
+    let bytes: Vec<u8> = vals
+        .iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect();
+    let t = RawTensor {
+        name: format!("w{rows}x{cols}"),
+        ty: GgmlType::F16,
+        rows,
+        cols,
+        data: TensorBytes::Owned(Arc::new(bytes)),
+    };
+    (t, vals)
+}
+
+fn cfg(heads: usize, kv_heads: usize, hd: usize, rope_dim: usize, style: RopeStyle) -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Llama,
+        n_layers: 1,
+        dim: heads * hd,
+        ffn_dim: 64,
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim: hd,
+        rope_dim,
+        rope_base: 10000.0,
+        rope_style: style,
+        rms_eps: 1e-5,
+        vocab_size: 1000,
+        context_length: 4096,
+        qkv_bias: false,
+    }
+}
+
+/// A pass's metadata for backends that keep it on the device.
+fn begin(b: &Device, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>], rows: &[usize]) {
+    let n: usize = seqs.iter().map(|s| s.n).sum();
+    let tokens: Vec<u32> = (0..n as u32).map(|i| i % c.vocab_size as u32).collect();
+    b.begin_pass(c, max_t, &tokens, seqs, rows).unwrap();
+}
+
+#[test]
+fn matmul_at_awkward_sizes() {
+    let (b, gpu) = device();
+    // The CPU rounds activations to 8 bits; the GPU rounds them to f16 beyond 8 rows.
+    let tol = if gpu { 3e-3 } else { 2e-2 };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let c = cfg(2, 1, 16, 16, RopeStyle::Halves);
+    for (rows, cols) in [
+        (1, 32),
+        (7, 64),
+        (33, 100),
+        (100, 96),
+        (301, 136),
+        (64, 264),
+    ] {
+        let (t, w) = f16_matrix(&mut rng, rows, cols);
+        let m = b.matrix(t).unwrap();
+        for n in [1usize, 2, 5, 8, 9, 40] {
+            let x = rng.vec(n * cols);
+            let xa = upload(&b, &x);
+            let mut out = b.act(n * rows).unwrap();
+            let seq = [0u32; 4];
+            begin(
+                &b,
+                &c,
+                n,
+                &[PagedSeq {
+                    row0: 0,
+                    n,
+                    pos0: 0,
+                    blocks: &seq,
+                }],
+                &[],
+            );
+            b.matmul(&m, &xa, n, &mut out);
+            let got = read(&b, &out, n * rows);
+            let want: Vec<f64> = (0..n)
+                .flat_map(|r| {
+                    let (x, w) = (&x, &w);
+                    (0..rows).map(move |o| {
+                        (0..cols)
+                            .map(|i| w[o * cols + i] as f64 * x[r * cols + i] as f64)
+                            .sum::<f64>()
+                    })
+                })
+                .collect();
+            let e = rel(&got, &want);
+            assert!(e < tol, "{rows}x{cols}, {n} rows: relative error {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn elementwise_norm_gather_and_argmax() {
+    let (b, _) = device();
+    let mut rng = Rng(12345);
+    let (n, dim) = (5usize, 203usize);
+    let x = rng.vec(n * dim);
+    let w = rng.vec(dim);
+    let (xa, wa) = (upload(&b, &x), upload(&b, &w));
+    let mut out = b.act(n * dim).unwrap();
+    b.rms_norm(&xa, &wa, 1e-5, n, dim, &mut out);
+    let got = read(&b, &out, n * dim);
+    let w = &w;
+    let want: Vec<f64> = (0..n)
+        .flat_map(|r| {
+            let xr = &x[r * dim..(r + 1) * dim];
+            let ms = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+            let s = 1.0 / (ms + 1e-5).sqrt();
+            (0..dim).map(move |i| xr[i] as f64 * s * w[i] as f64)
+        })
+        .collect();
+    assert!(rel(&got, &want) < 1e-5, "rms_norm");
+
+    let len = 1029;
+    let (p, q) = (rng.vec(len), rng.vec(len));
+    let mut pa = upload(&b, &p);
+    let qa = upload(&b, &q);
+    b.add(&mut pa, &qa, len);
+    let want: Vec<f64> = p
+        .iter()
+        .zip(&q)
+        .map(|(&a, &c)| a as f64 + c as f64)
+        .collect();
+    assert!(rel(&read(&b, &pa, len), &want) < 1e-6, "add");
+    let mut ga = upload(&b, &p);
+    b.swiglu(&mut ga, &qa, len);
+    let want: Vec<f64> = p
+        .iter()
+        .zip(&q)
+        .map(|(&g, &u)| g as f64 / (1.0 + (-(g as f64)).exp()) * u as f64)
+        .collect();
+    assert!(rel(&read(&b, &ga, len), &want) < 1e-5, "swiglu");
+    let (rows, width) = (7usize, 147usize);
+    let bias = rng.vec(width);
+    let xs = rng.vec(rows * width);
+    let mut xa = upload(&b, &xs);
+    b.add_bias(&mut xa, &upload(&b, &bias), rows, width);
+    let want: Vec<f64> = (0..rows * width)
+        .map(|i| xs[i] as f64 + bias[i % width] as f64)
+        .collect();
+    assert!(rel(&read(&b, &xa, rows * width), &want) < 1e-6, "add_bias");
+
+    // Rows gathered, then the argmax of each, with a planted tie (the lower index wins).
+    let c = cfg(2, 1, 16, 16, RopeStyle::Halves);
+    let pick = [3usize, 0, 6];
+    let blocks = [0u32; 1];
+    begin(
+        &b,
+        &c,
+        rows,
+        &[PagedSeq {
+            row0: 0,
+            n: rows,
+            pos0: 0,
+            blocks: &blocks,
+        }],
+        &pick,
+    );
+    let mut xs = rng.vec(rows * width);
+    xs[3 * width + 100] = 5.0;
+    xs[3 * width + 120] = 5.0;
+    xs[6 * width + 146] = 7.0;
+    let xa = upload(&b, &xs);
+    let mut g = b.act(pick.len() * width).unwrap();
+    b.gather_rows(&xa, &pick, width, &mut g);
+    let got = read(&b, &g, pick.len() * width);
+    let want: Vec<f64> = pick
+        .iter()
+        .flat_map(|&r| xs[r * width..(r + 1) * width].iter().map(|&v| v as f64))
+        .collect();
+    assert_eq!(rel(&got, &want), 0.0, "gather_rows");
+    let mut ids = Vec::new();
+    b.argmax(&g, pick.len(), width, &mut ids);
+    b.finish().unwrap();
+    let best = |r: usize| {
+        let row = &xs[r * width..(r + 1) * width];
+        let mut bi = 0;
+        for (i, &v) in row.iter().enumerate() {
+            if v > row[bi] {
+                bi = i;
+            }
+        }
+        bi as u32
+    };
+    assert_eq!(ids, vec![100, best(0), 146]);
+}
+
+/// Reference attention of one row over positions 0..=pos of its sequence, with keys and
+/// values rounded to f16 as the caches keep them.
+#[allow(clippy::too_many_arguments)]
+fn ref_attention(
+    c: &ModelConfig,
+    q: &[f32],
+    keys: &[Vec<f32>],
+    vals: &[Vec<f32>],
+    pos: usize,
+    out: &mut Vec<f64>,
+) {
+    let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+    let r16 = |v: f32| f16::from_f32(v).to_f32() as f64;
+    for h in 0..c.n_heads {
+        let g = h / group;
+        let qh = &q[h * hd..(h + 1) * hd];
+        let scores: Vec<f64> = (0..=pos)
+            .map(|p| {
+                (0..hd)
+                    .map(|d| qh[d] as f64 * r16(keys[p][g * hd + d]))
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for d in 0..hd {
+            out.push(
+                (0..=pos)
+                    .map(|p| e[p] * r16(vals[p][g * hd + d]))
+                    .sum::<f64>()
+                    / z,
+            );
+        }
+    }
+}
+
+fn ref_rope(c: &ModelConfig, x: &mut [f64], heads: usize, pos: usize) {
+    let (hd, rd) = (c.head_dim, c.rope_dim);
+    let half = rd / 2;
+    for i in 0..half {
+        let f = c.rope_base.powf(-2.0 * i as f32 / rd as f32);
+        let theta = (pos as f32 * f) as f64;
+        let (s, co) = theta.sin_cos();
+        for h in 0..heads {
+            let (a, b) = match c.rope_style {
+                RopeStyle::Interleaved => (h * hd + 2 * i, h * hd + 2 * i + 1),
+                RopeStyle::Halves => (h * hd + i, h * hd + i + half),
+            };
+            let (x0, x1) = (x[a], x[b]);
+            x[a] = x0 * co - x1 * s;
+            x[b] = x0 * s + x1 * co;
+        }
+    }
+}
+
+#[test]
+fn rope_and_paged_attention_prefill_then_decode() {
+    let (b, gpu) = device();
+    // The CPU also rounds queries and probabilities to f16, as llama.cpp does.
+    let tol = if gpu { 2e-4 } else { 5e-3 };
+    let mut rng = Rng(777);
+    for (heads, kv_heads, hd, rd, style) in [
+        (6usize, 2usize, 40usize, 40usize, RopeStyle::Halves),
+        (4, 4, 24, 12, RopeStyle::Interleaved),
+    ] {
+        let c = cfg(heads, kv_heads, hd, rd, style);
+        let (dim, kvd) = (c.dim, c.kv_dim());
+        // Two sequences, scrambled block tables; prompts of 3 and 150 tokens, then one token each.
+        let tables: [Vec<u32>; 2] = [vec![9, 4], vec![3, 0, 7, 1, 8, 2, 5, 6, 10, 11, 12]];
+        let lens = [3usize, 150];
+        let mut pool = b.kv_pool(&c, 13, kiln_model::KV_BLOCK).unwrap();
+        let mut keys: Vec<Vec<Vec<f32>>> = vec![Vec::new(), Vec::new()];
+        let mut vals: Vec<Vec<Vec<f32>>> = vec![Vec::new(), Vec::new()];
+        for step in 0..2 {
+            let counts: Vec<usize> = if step == 0 { lens.to_vec() } else { vec![1, 1] };
+            let n: usize = counts.iter().sum();
+            let mut seqs = Vec::new();
+            let mut row0 = 0;
+            for (s, &cnt) in counts.iter().enumerate() {
+                let pos0 = if step == 0 { 0 } else { lens[s] };
+                seqs.push(PagedSeq {
+                    row0,
+                    n: cnt,
+                    pos0,
+                    blocks: &tables[s],
+                });
+                row0 += cnt;
+            }
+            let q = rng.vec(n * dim);
+            let k = rng.vec(n * kvd);
+            let v = rng.vec(n * kvd);
+            begin(&b, &c, n, &seqs, &[]);
+            let (mut qa, mut ka, va) = (upload(&b, &q), upload(&b, &k), upload(&b, &v));
+            b.rope(&c, &mut qa, heads, &seqs);
+            b.rope(&c, &mut ka, kv_heads, &seqs);
+            let qr = read(&b, &qa, n * dim);
+            let kr = read(&b, &ka, n * kvd);
+            // Rotations against the reference.
+            let mut want_q = Vec::new();
+            let mut want_k = Vec::new();
+            for sq in &seqs {
+                for t in 0..sq.n {
+                    let row = sq.row0 + t;
+                    let mut qv: Vec<f64> = q[row * dim..(row + 1) * dim]
+                        .iter()
+                        .map(|&x| x as f64)
+                        .collect();
+                    ref_rope(&c, &mut qv, heads, sq.pos0 + t);
+                    want_q.extend(qv);
+                    let mut kv: Vec<f64> = k[row * kvd..(row + 1) * kvd]
+                        .iter()
+                        .map(|&x| x as f64)
+                        .collect();
+                    ref_rope(&c, &mut kv, kv_heads, sq.pos0 + t);
+                    want_k.extend(kv);
+                }
+            }
+            assert!(rel(&qr, &want_q) < 1e-5, "rope q");
+            assert!(rel(&kr, &want_k) < 1e-5, "rope k");
+            let mut out = b.act(n * dim).unwrap();
+            b.attention(&c, &mut pool, 0, &qa, &ka, &va, &seqs, &mut out);
+            let got = read(&b, &out, n * dim);
+            let mut want = Vec::new();
+            for (s, sq) in seqs.iter().enumerate() {
+                for t in 0..sq.n {
+                    let row = sq.row0 + t;
+                    keys[s].push(kr[row * kvd..(row + 1) * kvd].to_vec());
+                    vals[s].push(v[row * kvd..(row + 1) * kvd].to_vec());
+                }
+            }
+            for (s, sq) in seqs.iter().enumerate() {
+                for t in 0..sq.n {
+                    let row = sq.row0 + t;
+                    ref_attention(
+                        &c,
+                        &qr[row * dim..(row + 1) * dim],
+                        &keys[s],
+                        &vals[s],
+                        sq.pos0 + t,
+                        &mut want,
+                    );
+                }
+            }
+            let e = rel(&got, &want);
+            assert!(
+                e < tol,
+                "heads {heads}/{kv_heads}, hd {hd}, step {step}: relative error {e:.2e}"
+            );
+        }
+    }
+}
