@@ -155,6 +155,8 @@ pub struct CudaBackend {
     /// Values of the largest quantized matrix (the size of the dequantization scratch).
     max_q: std::sync::atomic::AtomicUsize,
     quant: bool,
+    /// `KILN_CUDA_MV_PLAIN=1`: the plain matrix-vector kernel only (for comparisons).
+    mv_plain: bool,
     st: Mutex<St>,
 }
 
@@ -296,6 +298,7 @@ impl CudaBackend {
             weight_bytes: Default::default(),
             max_q: Default::default(),
             quant: std::env::var("KILN_CUDA_QUANT").is_ok_and(|v| v == "1"),
+            mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
             st: Mutex::new(St::default()),
         })
     }
@@ -439,7 +442,7 @@ impl CudaBackend {
             return;
         }
         let wp = self.f16_ptr(w);
-        if n == 1 && staged && std::env::var_os("KILN_CUDA_MV_PLAIN").is_none() {
+        if n == 1 && staged && !self.mv_plain {
             let ks = self.col_split(outs.div_ceil(MV1_OUT), w.cols);
             self.launch_smem(
                 &self.k.mv1,
@@ -461,7 +464,7 @@ impl CudaBackend {
             );
             return;
         }
-        if n <= MV_ROWS && staged && std::env::var_os("KILN_CUDA_MV_PLAIN").is_none() {
+        if n <= MV_ROWS && staged && !self.mv_plain {
             let ks = self.col_split(outs, w.cols);
             self.launch_smem(
                 &self.k.mvs,
