@@ -58,6 +58,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.batch == 0 || a.batch > 1024 {
         anyhow::bail!("--batch must be between 1 and 1024");
     }
+    if a.prefill_chunk == Some(0) {
+        anyhow::bail!("--prefill-chunk must be at least 1");
+    }
     let gpu = a.model.device != kiln_model::device::DeviceKind::Cpu;
     let chunk = a
         .prefill_chunk

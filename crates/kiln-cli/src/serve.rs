@@ -194,7 +194,8 @@ pub fn start_engine(a: &EngineOpts) -> anyhow::Result<LoadedLm> {
     )
     .with_context(|| format!("loading {}", path.display()))?;
     let cfg = m.model.cfg.clone();
-    let weights = m.weight_bytes;
+    // Weights as the device holds them (the GPU keeps quantized files as f16 by default).
+    let weights = device_weight_bytes(&m.model).unwrap_or(m.weight_bytes);
     // Activations of one step: hidden states, q/k/v, attention, FFN, and the logits rows.
     let act = 4
         * (a.max_batch_tokens * (6 * cfg.dim + 2 * cfg.kv_dim() + 2 * cfg.ffn_dim)
@@ -236,4 +237,17 @@ pub fn start_engine(a: &EngineOpts) -> anyhow::Result<LoadedLm> {
         id,
         context_length: cfg.context_length,
     })
+}
+
+/// Bytes of weights a GPU holds for the model, when it runs on one.
+fn device_weight_bytes(model: &kiln_model::Model<Device>) -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        model.backend.cuda().map(|c| c.weight_bytes())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = model;
+        None
+    }
 }

@@ -534,4 +534,14 @@ impl Backend for CpuBackend {
         let n = out.len();
         out.copy_from_slice(&x[..n]);
     }
+
+    fn argmax(&self, x: &Vec<f32>, rows: usize, width: usize, out: &mut Vec<u32>) {
+        // The logits are already in host memory: no copy.
+        out.clear();
+        out.extend(
+            x[..rows * width]
+                .chunks_exact(width.max(1))
+                .map(crate::sampler::argmax),
+        );
+    }
 }
