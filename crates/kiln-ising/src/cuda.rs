@@ -8,8 +8,6 @@
 //! similarities, each target's starting state, the temperature table); the kernel runs one
 //! theory-of-mind anneal per thread, and the attention rows are normalised on the host as before.
 
-use std::ffi::{c_char, CString};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +15,7 @@ use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribut
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{sys as nvrtc_sys, Ptx};
+use cudarc::nvrtc::Ptx;
 use thiserror::Error;
 
 use crate::anneal::{acceptance_floor, adaptive_steps, beta, PROPOSALS_PER_STEP};
@@ -141,7 +139,7 @@ impl CudaEngine {
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(CudaError::NoDriver);
         }
-        if !unsafe { nvrtc_sys::is_culib_present() } {
+        if !kiln_nvrtc::available() {
             return Err(CudaError::NoNvrtc);
         }
         let count = drv("device count", CudaContext::device_count())?;
@@ -407,121 +405,32 @@ fn compile_options(arch: &str) -> Vec<String> {
     ]
 }
 
-/// The folder of cached cubins: `$KILN_CACHE_DIR/cuda`, else `$XDG_CACHE_HOME/kiln/cuda`, else
-/// `~/.cache/kiln/cuda`.
-pub fn cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(d) = env("KILN_CACHE_DIR") {
-        return Some(d.join("cuda"));
-    }
-    if let Some(d) = env("XDG_CACHE_HOME") {
-        return Some(d.join("kiln").join("cuda"));
-    }
-    env("HOME").map(|h| h.join(".cache").join("kiln").join("cuda"))
-}
+/// The folder of cached cubins (see [`kiln_nvrtc::cache_dir`]).
+pub use kiln_nvrtc::cache_dir;
 
-fn nvrtc_version() -> (i32, i32) {
-    let (mut major, mut minor) = (0, 0);
-    // SAFETY: writes two ints.
-    let _ = unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) };
-    (major, minor)
-}
-
-/// FNV-1a over the source, the options and the NVRTC version: the cache key.
-fn cache_key(arch: &str) -> u64 {
-    let (major, minor) = nvrtc_version();
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let opts = compile_options(arch).join(" ");
-    let version = format!("nvrtc {major}.{minor}");
-    for part in [KERNEL_SOURCE, opts.as_str(), version.as_str()] {
-        for &b in part.as_bytes().iter().chain(&[0u8]) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+fn program(arch: &str) -> kiln_nvrtc::Program<'static> {
+    kiln_nvrtc::Program {
+        source: KERNEL_SOURCE,
+        name: "kiln_ising_swarm.cu",
+        cache_prefix: "ising-swarm",
+        options: compile_options(arch),
     }
-    h
-}
-
-fn cache_path(arch: &str) -> Option<PathBuf> {
-    cache_dir().map(|d| d.join(format!("ising-swarm-{:016x}-{arch}.cubin", cache_key(arch))))
 }
 
 /// The cubin for `arch`, from the cache when it holds one.
 fn kernel_cubin(arch: &str) -> Result<(Vec<u8>, KernelOrigin), CudaError> {
-    if let Some(path) = cache_path(arch) {
-        if let Ok(bytes) = std::fs::read(&path) {
-            if !bytes.is_empty() {
-                return Ok((bytes, KernelOrigin::Cached));
-            }
-        }
+    match program(arch).cached(arch) {
+        Some(bytes) => Ok((bytes, KernelOrigin::Cached)),
+        None => Ok((compile_and_store(arch)?, KernelOrigin::Compiled)),
     }
-    Ok((compile_and_store(arch)?, KernelOrigin::Compiled))
 }
 
-/// Compiles the kernel and writes it to the cache (a failure to write is not an error: the cache
-/// only saves the compile time of the next start).
+/// Compiles the kernel and writes it to the cache.
 fn compile_and_store(arch: &str) -> Result<Vec<u8>, CudaError> {
-    let cubin = compile(arch)?;
-    if let Some(path) = cache_path(arch) {
-        if let Some(dir) = path.parent() {
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let _ = std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(&tmp, &cubin))
-                .and_then(|()| std::fs::rename(&tmp, &path));
-            let _ = std::fs::remove_file(&tmp);
-        }
-    }
-    Ok(cubin)
-}
-
-/// NVRTC: source to cubin for `arch`.
-fn compile(arch: &str) -> Result<Vec<u8>, CudaError> {
-    let options = compile_options(arch);
-    let fail = |log: String| CudaError::Compile {
+    let p = program(arch);
+    p.compile_and_store(arch).map_err(|log| CudaError::Compile {
         arch: arch.into(),
-        options: options.join(" "),
+        options: p.options.join(" "),
         log,
-    };
-    let src =
-        CString::new(KERNEL_SOURCE).map_err(|_| fail("the source holds a NUL byte".into()))?;
-    let name = CString::new("kiln_ising_swarm.cu").map_err(|_| fail("bad name".into()))?;
-    let prog = cudarc::nvrtc::result::create_program(&src, Some(&name))
-        .map_err(|e| fail(format!("nvrtcCreateProgram: {e}")))?;
-    // SAFETY: `prog` is live until destroyed at the end; the buffers have the sizes NVRTC reports.
-    let result = unsafe {
-        let compiled = cudarc::nvrtc::result::compile_program(prog, &options);
-        let log = cudarc::nvrtc::result::get_program_log(prog)
-            .map(|l| {
-                let bytes: Vec<u8> = l
-                    .iter()
-                    .take_while(|&&c| c != 0)
-                    .map(|&c| c as u8)
-                    .collect();
-                String::from_utf8_lossy(&bytes).into_owned()
-            })
-            .unwrap_or_default();
-        match compiled {
-            Err(e) => Err(fail(format!("{e}\n{log}"))),
-            Ok(()) => {
-                let mut size = 0usize;
-                let r = nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size);
-                if r.result().is_err() || size == 0 {
-                    Err(fail(format!("nvrtcGetCUBINSize: {r:?}")))
-                } else {
-                    let mut buf = vec![0u8; size];
-                    let r = nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char);
-                    match r.result() {
-                        Ok(()) => Ok(buf),
-                        Err(e) => Err(fail(format!("nvrtcGetCUBIN: {e}"))),
-                    }
-                }
-            }
-        }
-    };
-    // SAFETY: created above and not destroyed yet.
-    let _ = unsafe { cudarc::nvrtc::result::destroy_program(prog) };
-    result
+    })
 }

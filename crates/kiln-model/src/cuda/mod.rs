@@ -198,7 +198,7 @@ impl CudaBackend {
                 "no NVIDIA driver found (libcuda.so could not be loaded): --device cuda needs an NVIDIA GPU with a CUDA 13 driver; use --device cpu here".into(),
             ));
         }
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        if !kiln_nvrtc::available() {
             return Err(ModelError::Device(
                 "NVRTC (libnvrtc.so.13) could not be loaded: install the CUDA 13 runtime libraries and add their lib folder to LD_LIBRARY_PATH".into(),
             ));
