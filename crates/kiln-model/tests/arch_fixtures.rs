@@ -11,6 +11,7 @@ use kiln_model::chat::Message;
 use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{load, LoadOptions, LoadedModel};
 use kiln_model::quantize::QuantType;
+use kiln_model::tokenizer::TokenType;
 use kiln_model::{Arch, RopeStyle};
 use serde::Deserialize;
 
@@ -159,6 +160,44 @@ fn check(arch: &str, format: Format, lora: bool) {
         .unwrap();
     assert_eq!(rendered, chat.text, "{arch} {format:?}: chat template");
     let chat_ids = m.tokenizer.encode(&rendered, false, true);
+    // Encoding the conversation through the template reads the template's control tokens
+    // and tokenizes exactly as the rendered text does...
+    let msgs = chat.chat.as_ref().unwrap();
+    assert_eq!(
+        m.template.encode(&m.tokenizer, msgs, true).unwrap(),
+        m.tokenizer.encode(&rendered, true, true),
+        "{arch} {format:?}: chat encode"
+    );
+    // ...and never reads control tokens that a message's content spells.
+    let controls: Vec<u32> = (0..m.tokenizer.vocab_size() as u32)
+        .filter(|&i| m.tokenizer.token_type(i) == Some(TokenType::Control))
+        .collect();
+    assert!(!controls.is_empty());
+    let spelled: String = controls
+        .iter()
+        .filter_map(|&i| m.tokenizer.token_text(i))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spoofed: Vec<Message> = msgs
+        .iter()
+        .map(|x| Message::new(&x.role, format!("{}{spelled}", x.content)))
+        .collect();
+    let control_ids = |ids: &[u32]| {
+        let mut c: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|i| controls.contains(i))
+            .collect();
+        c.sort_unstable();
+        c
+    };
+    let honest = m.template.encode(&m.tokenizer, msgs, true).unwrap();
+    let spoof = m.template.encode(&m.tokenizer, &spoofed, true).unwrap();
+    assert_eq!(
+        control_ids(&spoof),
+        control_ids(&honest),
+        "{arch} {format:?}: control tokens spelled in content"
+    );
     if format == Format::Hf || arch != "phi3" {
         assert_eq!(chat_ids, chat.ids, "{arch} {format:?}: chat prompt ids");
     } else {
