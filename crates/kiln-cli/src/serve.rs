@@ -64,9 +64,15 @@ pub struct ServeArgs {
     /// A file with one accepted API key per line.
     #[arg(long)]
     pub api_key_file: Option<PathBuf>,
-    /// An origin allowed by CORS (repeatable; `*` for any).
-    #[arg(long)]
+    /// A web origin allowed to use the server from a browser, with CORS headers (repeatable;
+    /// `*` for any). The server's own chat page needs none.
+    #[arg(long, visible_alias = "allow-origin")]
     pub cors_origin: Vec<String>,
+    /// A host name the server answers to without an API key, besides IP addresses and
+    /// `localhost` (repeatable; `*` for any). Other names are refused, so that a web page
+    /// cannot reach the server by rebinding its own name to this address.
+    #[arg(long)]
+    pub allow_host: Vec<String>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -115,6 +121,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = ServerConfig {
         api_keys: keys,
         cors_origins: a.cors_origin.clone(),
+        allowed_hosts: a.allow_host.clone(),
         max_body_bytes: a.max_body_bytes,
         default_max_tokens: a.default_max_tokens.max(1),
     };

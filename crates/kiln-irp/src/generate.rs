@@ -68,11 +68,9 @@ pub struct EngineGenerator<'a> {
 impl EngineGenerator<'_> {
     /// The prompt ids of a conversation, ready for the assistant's turn.
     pub fn prompt(&self, messages: &[Message]) -> Result<Vec<u32>, IrpError> {
-        let text = self
-            .template
-            .render(messages, true)
-            .map_err(|e| IrpError::Engine(format!("applying the chat template: {e}")))?;
-        Ok(self.tokenizer.encode(&text, true, true))
+        self.template
+            .encode(self.tokenizer, messages, true)
+            .map_err(|e| IrpError::Engine(format!("applying the chat template: {e}")))
     }
 
     /// The ids of `conversation` followed by `question` as the next user turn, and where the
@@ -89,14 +87,36 @@ impl EngineGenerator<'_> {
         }
         let mut msgs = conversation.to_vec();
         msgs.push(Message::new("user", q));
-        let text = self
+        let r = self
             .template
-            .render(&msgs, false)
+            .render_marked(&msgs, false)
             .map_err(|e| IrpError::Scoring(format!("applying the chat template: {e}")))?;
+        let text = &r.text;
         let at = text.rfind(q).ok_or_else(|| {
             IrpError::Scoring("the chat template does not show the question verbatim".into())
         })?;
-        let mut ids = self.tokenizer.encode(&text[..at], true, true);
+        // Control tokens count only where the template wrote them, not in earlier contents.
+        let before: Vec<std::ops::Range<usize>> = match r.contents {
+            Some(contents) => contents
+                .into_iter()
+                .filter(|c| c.start < at)
+                .map(|c| c.start..c.end.min(at))
+                .collect(),
+            None => {
+                if let Some(t) = msgs
+                    .iter()
+                    .find_map(|m| self.tokenizer.special_text_in(&m.content))
+                {
+                    return Err(IrpError::Scoring(format!(
+                        "a message spells the control token `{t}` and the chat template transforms contents; cannot score the question"
+                    )));
+                }
+                Vec::new()
+            }
+        };
+        let mut ids = self
+            .tokenizer
+            .encode_with_literal(&text[..at], true, &before);
         let from = ids.len();
         ids.extend(self.tokenizer.encode(q, false, false));
         Ok((ids, from))

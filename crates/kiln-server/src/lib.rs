@@ -2,6 +2,7 @@
 //! the engine, and turns the engine's events into JSON or server-sent events.
 
 mod error;
+mod guard;
 pub mod metrics;
 mod refine;
 mod request;
@@ -51,8 +52,12 @@ pub struct LoadedLm {
 pub struct ServerConfig {
     /// Accepted API keys; empty means no authentication.
     pub api_keys: Vec<String>,
-    /// Origins allowed by CORS (`*` for any); empty means no CORS headers.
+    /// Web origins allowed to use the server from a browser, with CORS headers (`*` for
+    /// any); the server's own page is always allowed.
     pub cors_origins: Vec<String>,
+    /// Host names the server answers to without an API key besides IP addresses and
+    /// `localhost` (`*` for any): a guard against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// `max_tokens` when a request gives none.
@@ -64,6 +69,7 @@ impl Default for ServerConfig {
         ServerConfig {
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_body_bytes: 1 << 20,
             default_max_tokens: 512,
         }
@@ -168,6 +174,13 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
         }
         r
     };
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if let Err(e) = guard::check_request(&st.cfg, &method, req.headers()) {
+        tracing::info!(%method, path, status = e.status.as_u16(), "request refused");
+        st.metrics.request(endpoint_name(&path), e.status.as_u16());
+        return add_cors(e.into_response());
+    }
     if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
         if allowed.is_some() {
@@ -187,22 +200,12 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
         }
         return add_cors(r);
     }
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
     let protected = path.starts_with("/v1/") || path == "/metrics";
     if protected && !st.cfg.api_keys.is_empty() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let ok = given.is_some_and(|g| st.cfg.api_keys.iter().any(|k| k == g));
-        if !ok {
-            let msg = if given.is_none() {
-                "missing API key: send `Authorization: Bearer <key>`"
-            } else {
-                "invalid API key"
+        if let Err(e) = guard::authenticate(&st.cfg.api_keys, req.headers()) {
+            let msg = match e {
+                guard::AuthError::Missing => "missing API key: send `Authorization: Bearer <key>`",
+                guard::AuthError::Invalid => "invalid API key",
             };
             tracing::info!(%method, path, status = 401, "request refused");
             st.metrics.request(endpoint_name(&path), 401);
@@ -317,11 +320,17 @@ async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Respon
     if req.refine.is_some() {
         return refine::chat(st.clone(), req).await;
     }
-    let text = lm
-        .template
-        .render(req.messages.as_deref().unwrap_or_default(), true)
-        .map_err(|e| ApiError::bad("messages", e.to_string()))?;
-    let prompt = lm.tokenizer.encode(&text, true, true);
+    let messages = req.messages.clone().unwrap_or_default();
+    let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    refuse_long(lm, text_bytes)?;
+    // Rendering and tokenizing take CPU time in proportion to the request: off the async
+    // workers, so that a long prompt cannot stall other clients and `/health`.
+    let prompt = blocking(st.clone(), move |lm| {
+        lm.template
+            .encode(&lm.tokenizer, &messages, true)
+            .map_err(|e| ApiError::bad("messages", e.to_string()))
+    })
+    .await?;
     generate(st.clone(), req, prompt, true).await
 }
 
@@ -330,10 +339,46 @@ async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, A
     let req = request::parse(&body, false, st.cfg.default_max_tokens)?;
     let lm = st.lm()?;
     check_model(lm, &req)?;
-    let prompt = lm
-        .tokenizer
-        .encode(req.prompt.as_deref().unwrap_or_default(), true, true);
+    let text = req.prompt.clone().unwrap_or_default();
+    refuse_long(lm, text.len())?;
+    let special = req.parse_special;
+    let prompt = blocking(st.clone(), move |lm| {
+        Ok(lm.tokenizer.encode(&text, true, special))
+    })
+    .await?;
     generate(st.clone(), req, prompt, false).await
+}
+
+/// Runs CPU-heavy request work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    st: Shared,
+    f: impl FnOnce(&LoadedLm) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(st.lm()?))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+}
+
+fn context_exceeded(tokens: usize, context: usize, at_least: bool) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!(
+            "the prompt has {}{tokens} tokens; this model's context is {context} tokens",
+            if at_least { "at least " } else { "" }
+        ),
+        param: Some("messages".into()),
+        code: Some("context_length_exceeded"),
+    }
+}
+
+/// Refuses, before tokenizing, a prompt of `bytes` bytes of text that cannot fit the context
+/// whatever its tokens (no token covers more than the vocabulary's longest text).
+fn refuse_long(lm: &LoadedLm, bytes: usize) -> Result<(), ApiError> {
+    let at_least = bytes / lm.tokenizer.max_token_bytes();
+    if at_least >= lm.context_length {
+        return Err(context_exceeded(at_least, lm.context_length, true));
+    }
+    Ok(())
 }
 
 /// Events of choice `index`.
@@ -346,16 +391,7 @@ fn submit_all(
 ) -> Result<mpsc::UnboundedReceiver<Tagged>, ApiError> {
     let lm = st.lm()?;
     if prompt.len() >= lm.context_length {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!(
-                "the prompt has {} tokens; this model's context is {} tokens",
-                prompt.len(),
-                lm.context_length
-            ),
-            param: Some("messages".into()),
-            code: Some("context_length_exceeded"),
-        });
+        return Err(context_exceeded(prompt.len(), lm.context_length, false));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     for i in 0..req.n {
