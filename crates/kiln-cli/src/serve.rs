@@ -73,6 +73,15 @@ pub struct ServeArgs {
     /// cannot reach the server by rebinding its own name to this address.
     #[arg(long)]
     pub allow_host: Vec<String>,
+    /// Most client connections open at once; more wait to be accepted. Request headers
+    /// must arrive within 10 s (idle kept-alive connections close after 10 s) and bodies
+    /// within 30 s.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds that running requests get to finish after SIGTERM or Ctrl-C; a second signal
+    /// exits at once.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_s: u64,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -124,6 +133,9 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         allowed_hosts: a.allow_host.clone(),
         max_body_bytes: a.max_body_bytes,
         default_max_tokens: a.default_max_tokens.max(1),
+        max_connections: a.max_connections.max(1),
+        shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace_s),
+        ..ServerConfig::default()
     };
     let state = AppState::new(lm, cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -163,7 +175,31 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-    eprintln!("kiln: shutting down: finishing running requests");
+    eprintln!("kiln: shutting down: finishing running requests (a second signal exits at once)");
+    tokio::spawn(async {
+        second_signal().await;
+        eprintln!("kiln: second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+/// The next SIGTERM or Ctrl-C.
+async fn second_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// What it takes to start an engine over a model.

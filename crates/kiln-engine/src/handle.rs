@@ -123,6 +123,14 @@ impl EngineHandle {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Whether the engine thread stopped without being asked to (it panicked): the engine
+    /// takes no more work, and a server must say it is unhealthy.
+    pub fn has_failed(&self) -> bool {
+        self.thread
+            .lock()
+            .map_or(true, |t| t.as_ref().is_some_and(|h| h.is_finished()))
+    }
+
     /// Lets running requests finish, then stops the engine thread.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Cmd::Shutdown);

@@ -3,15 +3,15 @@
 
 mod error;
 mod guard;
+mod listen;
 pub mod metrics;
 mod refine;
 mod request;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request as HttpRequest, State};
@@ -62,6 +62,15 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
+    /// Time a client has to send a request's headers (and to start its next request on an
+    /// idle kept-alive connection).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    pub body_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Time running requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +81,10 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             max_body_bytes: 1 << 20,
             default_max_tokens: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -134,24 +147,33 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Serves on `addr` until `shutdown` resolves; running streams are finished first.
+/// Serves until `shutdown` resolves (running requests then get
+/// [`ServerConfig::shutdown_grace`] to finish) or the engine thread dies, which is an error:
+/// a server whose engine is gone must not go on answering `ok`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let limits = listen::Limits {
+        header_timeout: state.cfg.header_timeout,
+        max_connections: state.cfg.max_connections,
+        shutdown_grace: state.cfg.shutdown_grace,
+    };
+    let st = state.clone();
+    let failed = move || st.lm.as_ref().is_some_and(|l| l.engine.has_failed());
+    let why = listen::serve(listener, app, limits, shutdown, failed).await?;
     if let Some(lm) = &state.lm {
         let engine = lm.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     }
-    Ok(())
+    match why {
+        listen::Stopped::Asked => Ok(()),
+        listen::Stopped::Failed => Err(std::io::Error::other(
+            "the engine thread stopped (it panicked; its message is above)",
+        )),
+    }
 }
 
 /// Authentication, CORS, and one log line per request.
@@ -254,13 +276,22 @@ async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }
 
-async fn health(State(st): State<Shared>) -> Json<Value> {
+async fn health(State(st): State<Shared>) -> Response {
+    if st.lm.as_ref().is_some_and(|l| l.engine.has_failed()) {
+        let body = json!({
+            "status": "failed",
+            "ready": false,
+            "error": "the engine thread stopped (it panicked; see the log); the server is shutting down",
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(json!({
         "status": "ok",
         "ready": true,
         "model": st.lm.as_ref().map(|l| l.id.clone()),
         "engine": st.lm.as_ref().map(|l| l.engine.stats()),
     }))
+    .into_response()
 }
 
 async fn metrics_text(State(st): State<Shared>) -> Response {
@@ -282,8 +313,19 @@ async fn models(State(st): State<Shared>) -> Json<Value> {
 }
 
 async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, st.cfg.max_body_bytes)
+    let read = axum::body::to_bytes(body, st.cfg.max_body_bytes);
+    tokio::time::timeout(st.cfg.body_timeout, read)
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    st.cfg.body_timeout.as_secs()
+                ),
+                Some("body_timeout"),
+            )
+        })?
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -381,6 +423,9 @@ fn refuse_long(lm: &LoadedLm, bytes: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Engine events a request may have waiting for its client, per choice.
+const EVENT_BUFFER: usize = 1024;
+
 /// Events of choice `index`.
 type Tagged = (usize, Event);
 
@@ -388,19 +433,21 @@ fn submit_all(
     st: &AppState,
     req: &GenRequest,
     prompt: &[u32],
-) -> Result<mpsc::UnboundedReceiver<Tagged>, ApiError> {
+) -> Result<mpsc::Receiver<Tagged>, ApiError> {
     let lm = st.lm()?;
     if prompt.len() >= lm.context_length {
         return Err(context_exceeded(prompt.len(), lm.context_length, false));
     }
-    let (tx, rx) = mpsc::unbounded_channel();
+    // Bounded: a client that stops reading a stream fills this, and the sink's refusal
+    // cancels the sequence instead of queueing its tokens in memory without end.
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER * req.n);
     for i in 0..req.n {
         let mut params = req.params.clone();
         if let Some(s) = params.seed {
             params.seed = Some(s.wrapping_add(i as u64));
         }
         let tx = tx.clone();
-        let sink: kiln_engine::Sink = Box::new(move |e| tx.send((i, e)).is_ok());
+        let sink: kiln_engine::Sink = Box::new(move |e| tx.try_send((i, e)).is_ok());
         lm.engine
             .submit(
                 Request {
@@ -426,6 +473,15 @@ fn submit_all(
             })?;
     }
     Ok(rx)
+}
+
+/// The engine dropped a request without finishing it: its thread stopped.
+fn ended_early() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the engine stopped before finishing this request",
+        Some("engine_error"),
+    )
 }
 
 fn finish_str(r: FinishReason) -> &'static str {
@@ -524,7 +580,7 @@ async fn generate(
         let mut left = req.n;
         while left > 0 {
             let Some((i, ev)) = rx.recv().await else {
-                break;
+                return Err(ended_early());
             };
             match ev {
                 Event::Token { text, logprob, .. } => {
@@ -605,7 +661,7 @@ async fn generate(
         )
     };
     struct S {
-        rx: mpsc::UnboundedReceiver<Tagged>,
+        rx: mpsc::Receiver<Tagged>,
         left: usize,
         completion: usize,
         started: Vec<bool>,
@@ -648,6 +704,13 @@ async fn generate(
                     continue;
                 }
                 let Some((i, ev)) = s.rx.recv().await else {
+                    let e = ended_early();
+                    s.pending.push_back(
+                        SseEvent::default().data(
+                            json!({"error": {"message": e.message, "type": "server_error"}})
+                                .to_string(),
+                        ),
+                    );
                     s.left = 0;
                     continue;
                 };
