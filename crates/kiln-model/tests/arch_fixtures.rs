@@ -394,6 +394,33 @@ fn scratch(arch: &str, tag: &str) -> PathBuf {
 }
 
 #[test]
+fn absurd_sizes_in_model_files_are_refused_by_name() {
+    let d = scratch("qwen2", "vocab");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+    let mut huge = cfg.clone();
+    huge["vocab_size"] = serde_json::json!(1u64 << 50);
+    std::fs::write(d.join("config.json"), huge.to_string()).unwrap();
+    let e = load_err(&d, &LoadOptions::default());
+    assert!(
+        e.contains("config.json") && e.contains("vocab_size") && e.contains("out of range"),
+        "{e}"
+    );
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    // A tokenizer.json id near 2^31: refused before a table of that size is made.
+    let mut tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("tokenizer.json")).unwrap()).unwrap();
+    tj["added_tokens"][0]["id"] = serde_json::json!((1u64 << 31) - 3);
+    std::fs::write(d.join("tokenizer.json"), tj.to_string()).unwrap();
+    let e = load_err(&d, &LoadOptions::default());
+    assert!(
+        e.contains("tokenizer.json") && e.contains("added_tokens holds id 2147483645"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn folder_errors_name_the_problem() {
     let d = scratch("llama", "missing");
     std::fs::remove_file(d.join("tokenizer.json")).unwrap();
