@@ -2,7 +2,8 @@
 //! [`EngineGenerator`] submits them all to the engine at once, so the engine decodes them as
 //! one batch; tests use generators with controlled outputs.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use kiln_engine::{EngineHandle, Event, Request, SamplingParams, ScoreRequest};
 use kiln_model::chat::{ChatTemplate, Message};
@@ -148,6 +149,23 @@ struct Partial {
 
 impl Generator for EngineGenerator<'_> {
     fn generate(&self, specs: &[CandidateSpec]) -> Result<Vec<Generated>, IrpError> {
+        self.generate_unless(specs, None)
+    }
+}
+
+impl EngineGenerator<'_> {
+    /// [`Generator::generate`], abandoned as soon as `cancel` is set (a server's client went
+    /// away): the candidates' sequences are cancelled at the engine's next step and the call
+    /// returns an error.
+    pub fn generate_unless(
+        &self,
+        specs: &[CandidateSpec],
+        cancel: Option<&Arc<AtomicBool>>,
+    ) -> Result<Vec<Generated>, IrpError> {
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Acquire));
+        if cancelled() {
+            return Err(IrpError::Engine("cancelled: the client went away".into()));
+        }
         let (tx, rx) = mpsc::channel::<(usize, Event)>();
         for (i, s) in specs.iter().enumerate() {
             let params = SamplingParams {
@@ -162,10 +180,14 @@ impl Generator for EngineGenerator<'_> {
             };
             let prompt = self.prompt(&s.messages)?;
             let tx = tx.clone();
+            let stop = cancel.cloned();
             self.engine
                 .submit(
                     Request { prompt, params },
-                    Box::new(move |ev| tx.send((i, ev)).is_ok()),
+                    Box::new(move |ev| {
+                        !stop.as_ref().is_some_and(|c| c.load(Ordering::Acquire))
+                            && tx.send((i, ev)).is_ok()
+                    }),
                 )
                 .map_err(|e| IrpError::Engine(e.to_string()))?;
         }
@@ -182,7 +204,11 @@ impl Generator for EngineGenerator<'_> {
         let mut left = specs.len();
         while left > 0 {
             let (i, ev) = rx.recv().map_err(|_| {
-                IrpError::Engine("the engine stopped before the candidates were done".into())
+                if cancelled() {
+                    IrpError::Engine("cancelled: the client went away".into())
+                } else {
+                    IrpError::Engine("the engine stopped before the candidates were done".into())
+                }
             })?;
             let p = &mut out[i];
             match ev {
