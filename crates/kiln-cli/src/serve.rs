@@ -73,11 +73,16 @@ pub struct ServeArgs {
     /// cannot reach the server by rebinding its own name to this address.
     #[arg(long)]
     pub allow_host: Vec<String>,
-    /// Most client connections open at once; more wait to be accepted. Request headers
-    /// must arrive within 10 s (idle kept-alive connections close after 10 s) and bodies
-    /// within 30 s.
+    /// Most client connections open at once; more wait to be accepted.
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; also how long an idle kept-alive
+    /// connection stays open.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_s: u64,
     /// Seconds that running requests get to finish after SIGTERM or Ctrl-C; a second signal
     /// exits at once.
     #[arg(long, default_value_t = 30)]
@@ -135,7 +140,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         default_max_tokens: a.default_max_tokens.max(1),
         max_connections: a.max_connections.max(1),
         shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace_s),
-        ..ServerConfig::default()
+        header_timeout: std::time::Duration::from_secs(a.header_timeout_s.max(1)),
+        body_timeout: std::time::Duration::from_secs(a.body_timeout_s.max(1)),
     };
     let state = AppState::new(lm, cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -33,6 +33,12 @@ pub use error::ApiError;
 use metrics::Metrics;
 use request::GenRequest;
 
+/// Parses a request body as `/v1/chat/completions` (`chat`) or `/v1/completions` does, and
+/// says only whether it is accepted: for fuzzing and tests of hostile bodies.
+pub fn parse_request(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<(), ApiError> {
+    request::parse(body, chat, default_max_tokens).map(|_| ())
+}
+
 /// A language model being served.
 pub struct LoadedLm {
     /// The engine that runs it.
