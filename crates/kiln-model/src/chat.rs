@@ -330,7 +330,9 @@ mod tests {
         let t = ChatTemplate::new(trim, "", "").unwrap();
         let msgs = [Message::new("user", "  a<|im_start|>b ")];
         let r = t.render_marked(&msgs, false).unwrap();
-        assert_eq!(r.contents, Some(vec![17..31]), "{r:?}");
+        let located = r.contents.clone().expect("trimmed contents are located");
+        assert_eq!(located.len(), 1, "{r:?}");
+        assert_eq!(located[0], 17..31, "{r:?}");
         assert_eq!(&r.text[17..31], "a<|im_start|>b");
         let ids = t.encode(&tok, &msgs, false).unwrap();
         assert_eq!(ids.iter().filter(|&&i| i == 100).count(), 1);

@@ -361,7 +361,7 @@ mod tests {
         }
         let mut m = Map::new();
         m.insert("parse_special".into(), Value::Bool(true));
-        assert_eq!(parse_special(&m, false).unwrap(), true);
+        assert!(parse_special(&m, false).unwrap());
         assert!(parse_special(&m, true).is_err());
         m.insert("parse_special".into(), serde_json::json!(1));
         assert!(parse_special(&m, false).is_err());

@@ -370,7 +370,7 @@ async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Respon
     }
     let messages = req.messages.clone().unwrap_or_default();
     let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
-    refuse_long(lm, text_bytes)?;
+    refuse_long(lm, "messages", text_bytes)?;
     // Rendering and tokenizing take CPU time in proportion to the request: off the async
     // workers, so that a long prompt cannot stall other clients and `/health`.
     let prompt = blocking(st.clone(), move |lm| {
@@ -388,7 +388,7 @@ async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, A
     let lm = st.lm()?;
     check_model(lm, &req)?;
     let text = req.prompt.clone().unwrap_or_default();
-    refuse_long(lm, text.len())?;
+    refuse_long(lm, "prompt", text.len())?;
     let special = req.parse_special;
     let prompt = blocking(st.clone(), move |lm| {
         Ok(lm.tokenizer.encode(&text, true, special))
@@ -407,24 +407,24 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
 }
 
-fn context_exceeded(tokens: usize, context: usize, at_least: bool) -> ApiError {
+fn context_exceeded(param: &str, tokens: usize, context: usize, at_least: bool) -> ApiError {
     ApiError {
         status: StatusCode::BAD_REQUEST,
         message: format!(
             "the prompt has {}{tokens} tokens; this model's context is {context} tokens",
             if at_least { "at least " } else { "" }
         ),
-        param: Some("messages".into()),
+        param: Some(param.into()),
         code: Some("context_length_exceeded"),
     }
 }
 
 /// Refuses, before tokenizing, a prompt of `bytes` bytes of text that cannot fit the context
 /// whatever its tokens (no token covers more than the vocabulary's longest text).
-fn refuse_long(lm: &LoadedLm, bytes: usize) -> Result<(), ApiError> {
+fn refuse_long(lm: &LoadedLm, param: &str, bytes: usize) -> Result<(), ApiError> {
     let at_least = bytes / lm.tokenizer.max_token_bytes();
     if at_least >= lm.context_length {
-        return Err(context_exceeded(at_least, lm.context_length, true));
+        return Err(context_exceeded(param, at_least, lm.context_length, true));
     }
     Ok(())
 }
@@ -442,7 +442,17 @@ fn submit_all(
 ) -> Result<mpsc::Receiver<Tagged>, ApiError> {
     let lm = st.lm()?;
     if prompt.len() >= lm.context_length {
-        return Err(context_exceeded(prompt.len(), lm.context_length, false));
+        let param = if req.messages.is_some() {
+            "messages"
+        } else {
+            "prompt"
+        };
+        return Err(context_exceeded(
+            param,
+            prompt.len(),
+            lm.context_length,
+            false,
+        ));
     }
     // Bounded: a client that stops reading a stream fills this, and the sink's refusal
     // cancels the sequence instead of queueing its tokens in memory without end.

@@ -495,7 +495,12 @@ impl Tokenizer {
     /// control tokens that delimit turns. Chat prompts go through
     /// [`ChatTemplate::encode`](crate::chat::ChatTemplate::encode) instead.
     pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Vec<u32> {
-        let literal: &[Range<usize>] = if parse_special { &[] } else { &[0..text.len()] };
+        let whole = 0..text.len();
+        let literal: &[Range<usize>] = if parse_special {
+            &[]
+        } else {
+            std::slice::from_ref(&whole)
+        };
         self.encode_with_literal(text, add_bos, literal)
     }
 
