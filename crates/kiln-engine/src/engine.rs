@@ -154,6 +154,8 @@ struct Scoring {
 }
 
 struct Seq {
+    /// The id `submit` returned.
+    id: u64,
     tokens: Vec<u32>,
     prompt_len: usize,
     computed: usize,
@@ -344,6 +346,7 @@ impl<R: Runner> Engine<R> {
             .seed
             .unwrap_or_else(|| id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         self.waiting.push_back(Seq {
+            id,
             sampler: RequestSampler::new(req.params, seed, &req.prompt),
             tokens: req.prompt,
             prompt_len: n,
@@ -383,6 +386,7 @@ impl<R: Runner> Engine<R> {
         let id = self.next_id;
         self.next_id += 1;
         self.waiting.push_back(Seq {
+            id,
             sampler: RequestSampler::new(SamplingParams::greedy(1), 0, &[]),
             tokens: req.tokens,
             prompt_len: n,
@@ -402,6 +406,13 @@ impl<R: Runner> Engine<R> {
             })),
         });
         Ok(id)
+    }
+
+    /// Drops a queued generation request whose client went away, so that it is never
+    /// prefilled (a running one ends at its next token, when its sink refuses it). Ids of
+    /// requests no longer queued are ignored.
+    pub fn cancel_waiting(&mut self, id: u64) {
+        self.waiting.retain(|s| s.id != id || s.score.is_some());
     }
 
     fn admit(&mut self) {

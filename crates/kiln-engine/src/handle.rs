@@ -13,6 +13,7 @@ type Reply = mpsc::SyncSender<Result<u64, SubmitError>>;
 enum Cmd {
     Submit(Request, Sink, Reply),
     Score(ScoreRequest, ScoreSink, Reply),
+    Cancel(u64),
     Shutdown,
 }
 
@@ -59,6 +60,7 @@ impl EngineHandle {
                             Cmd::Score(req, done, reply) => {
                                 let _ = reply.send(engine.submit_score(req, done));
                             }
+                            Cmd::Cancel(id) => engine.cancel_waiting(id),
                             Cmd::Shutdown => open = false,
                         }
                         next = rx.try_recv().ok();
@@ -121,6 +123,12 @@ impl EngineHandle {
     /// The latest counters.
     pub fn stats(&self) -> EngineStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Drops request `id` if it is still queued (see [`Engine::cancel_waiting`]); does not
+    /// wait.
+    pub fn cancel_waiting(&self, id: u64) {
+        let _ = self.tx.send(Cmd::Cancel(id));
     }
 
     /// Whether the engine thread stopped without being asked to (it panicked): the engine

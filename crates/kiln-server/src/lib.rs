@@ -435,11 +435,26 @@ const EVENT_BUFFER: usize = 1024;
 /// Events of choice `index`.
 type Tagged = (usize, Event);
 
+/// A request's sequences in the engine: when the response is dropped (its client went
+/// away, or it is done), those still queued are dropped too, never prefilled.
+struct Queued {
+    engine: EngineHandle,
+    ids: Vec<u64>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        for &id in &self.ids {
+            self.engine.cancel_waiting(id);
+        }
+    }
+}
+
 fn submit_all(
     st: &AppState,
     req: &GenRequest,
     prompt: &[u32],
-) -> Result<mpsc::Receiver<Tagged>, ApiError> {
+) -> Result<(mpsc::Receiver<Tagged>, Queued), ApiError> {
     let lm = st.lm()?;
     if prompt.len() >= lm.context_length {
         let param = if req.messages.is_some() {
@@ -457,6 +472,10 @@ fn submit_all(
     // Bounded: a client that stops reading a stream fills this, and the sink's refusal
     // cancels the sequence instead of queueing its tokens in memory without end.
     let (tx, rx) = mpsc::channel(EVENT_BUFFER * req.n);
+    let mut queued = Queued {
+        engine: lm.engine.clone(),
+        ids: Vec::with_capacity(req.n),
+    };
     for i in 0..req.n {
         let mut params = req.params.clone();
         if let Some(s) = params.seed {
@@ -464,7 +483,8 @@ fn submit_all(
         }
         let tx = tx.clone();
         let sink: kiln_engine::Sink = Box::new(move |e| tx.try_send((i, e)).is_ok());
-        lm.engine
+        let id = lm
+            .engine
             .submit(
                 Request {
                     prompt: prompt.to_vec(),
@@ -487,8 +507,9 @@ fn submit_all(
                 },
                 kiln_engine::SubmitError::Prompt(m) => ApiError::bad("messages", m),
             })?;
+        queued.ids.push(id);
     }
-    Ok(rx)
+    Ok((rx, queued))
 }
 
 /// The engine dropped a request without finishing it: its thread stopped.
@@ -567,7 +588,7 @@ async fn generate(
     prompt: Vec<u32>,
     chat: bool,
 ) -> Result<Response, ApiError> {
-    let mut rx = submit_all(&st, &req, &prompt)?;
+    let (mut rx, queued) = submit_all(&st, &req, &prompt)?;
     st.metrics
         .prompt_tokens
         .fetch_add(prompt.len() as u64 * req.n as u64, Ordering::Relaxed);
@@ -678,6 +699,7 @@ async fn generate(
     };
     struct S {
         rx: mpsc::Receiver<Tagged>,
+        _queued: Queued,
         left: usize,
         completion: usize,
         started: Vec<bool>,
@@ -686,6 +708,7 @@ async fn generate(
     }
     let s = S {
         rx,
+        _queued: queued,
         left: n,
         completion: 0,
         started: vec![false; n],
