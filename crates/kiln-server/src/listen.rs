@@ -69,6 +69,10 @@ pub(crate) async fn serve(
         };
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => break Stopped::Asked,
+            _ = watchdog.tick() => {
+                if failed() { break Stopped::Failed; }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {

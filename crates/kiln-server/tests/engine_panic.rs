@@ -1,0 +1,97 @@
+//! A server whose engine thread panics must not go on answering `ok`: the request in flight
+//! fails with a 500, and `serve` returns an error (the CLI then exits non-zero).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_engine::{Engine, EngineConfig, EngineHandle, Runner, Slice};
+use kiln_model::chat::{ChatTemplate, CHATML};
+use kiln_model::tokenizer::Tokenizer;
+use kiln_model::ModelError;
+use kiln_server::{AppState, LoadedLm, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A runner whose every step panics, as a bug in a kernel would.
+struct Panics;
+
+impl Runner for Panics {
+    fn vocab_size(&self) -> usize {
+        399
+    }
+    fn context_length(&self) -> usize {
+        64
+    }
+    fn block_size(&self) -> usize {
+        16
+    }
+    fn n_blocks(&self) -> usize {
+        8
+    }
+    fn step(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {
+        panic!("a bug in a kernel");
+    }
+    fn step_all(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {
+        panic!("a bug in a kernel");
+    }
+    fn max_logit_rows(&self) -> usize {
+        0
+    }
+    fn copy_block(&mut self, _: u32, _: u32) {}
+}
+
+async fn request(port: u16, head: &str, body: &str) -> String {
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "{head} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_panic_fails_the_request_and_ends_serve_with_an_error() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kiln-model/tests/fixtures/tiny-qwen2/model.gguf");
+    let f = kiln_gguf::GgufFile::open(fixture).unwrap();
+    let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
+    let lm = LoadedLm {
+        engine: EngineHandle::spawn(Engine::new(Panics, tok.clone(), EngineConfig::default())),
+        tokenizer: tok,
+        template: ChatTemplate::new(CHATML, "", "").unwrap(),
+        id: "panics".into(),
+        context_length: 64,
+    };
+    let cfg = ServerConfig {
+        shutdown_grace: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    let state = AppState::new(Some(lm), cfg);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(kiln_server::serve(
+        listener,
+        state,
+        std::future::pending::<()>(),
+    ));
+    let health = request(port, "GET /health", "").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let r = request(
+        port,
+        "POST /v1/completions",
+        r#"{"prompt":"hi","max_tokens":2}"#,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 500"), "{r}");
+    // The watchdog notices within a quarter second; serve then ends with an error.
+    let out = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve ended")
+        .unwrap();
+    let e = out.expect_err("serve must fail when its engine died");
+    assert!(e.to_string().contains("engine thread stopped"), "{e}");
+}
