@@ -58,10 +58,12 @@ pub struct ServeArgs {
     /// `max_tokens` for requests that give none.
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: usize,
-    /// An accepted API key (repeatable); without any, no key is needed.
+    /// An accepted API key (repeatable); without any, no key is needed. A key given here is
+    /// visible to every user of the machine in `ps`: prefer `--api-key-file`.
     #[arg(long)]
     pub api_key: Vec<String>,
-    /// A file with one accepted API key per line.
+    /// A file with one accepted API key per line (`#` starts a comment): keeps keys out of
+    /// `ps` and shell history. Clients send `Authorization: Bearer KEY`.
     #[arg(long)]
     pub api_key_file: Option<PathBuf>,
     /// A web origin allowed to use the server from a browser, with CORS headers (repeatable;
