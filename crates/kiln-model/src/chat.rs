@@ -37,6 +37,11 @@ const FUEL: u64 = 5_000_000;
 
 /// Most bytes a render may write beyond the messages' own text (a template that repeats or
 /// pads without end is stopped there rather than filling memory).
+///
+/// Not covered: a string built and never written (`{% set x = x ~ x %}` over and over) can
+/// still grow until memory runs out, within the fuel; minijinja caps a repetition
+/// (`'a' * n`) at 100 MB but has no limit on concatenation. The template comes with the
+/// model file, so this is trusted as far as the model file is.
 const OUTPUT_SLACK: usize = 1 << 20;
 
 /// A rendered conversation and where each message's content lies in it.
