@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_model::generate::FinishReason;
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::{StreamDecoder, Tokenizer};
 use kiln_model::ModelError;
 use serde::Serialize;
@@ -13,6 +13,20 @@ use serde::Serialize;
 use crate::blocks::BlockManager;
 use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
 use crate::score::{token_logprob, PromptScore, ScoreRequest, ScoreSink};
+
+/// Why a request stopped generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string was produced.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+    /// The context window (or the KV memory budget) is full.
+    ContextFull,
+    /// The caller stopped it.
+    Cancelled,
+}
 
 /// One sequence's part of a batched step: the model's own batch input, so a runner hands
 /// the engine's batch to the model without copying it.
@@ -28,8 +42,16 @@ pub trait Runner: Send {
     fn block_size(&self) -> usize;
     /// Blocks in the KV pool.
     fn n_blocks(&self) -> usize;
-    /// Runs every slice; appends one logits row per slice that wants logits, in order.
-    fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
+    /// Runs every slice and chooses one token for each slice that wants logits, in order:
+    /// `rows` holds one sampling description per such slice (with `adjust`, see
+    /// [`kiln_model::sample`]); the tokens (and log-probabilities asked for) go to `out`.
+    fn step(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError>;
     /// Runs every slice teacher-forced: appends one logits row per token of every slice, in
     /// order. The engine sends at most [`Runner::max_logit_rows`] tokens; only scoring
     /// requests use it, so a runner that cannot score keeps this default.
@@ -244,7 +266,9 @@ pub struct Engine<R: Runner> {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     next_id: u64,
-    logits: Vec<f32>,
+    rows: Vec<RowSampling>,
+    adjust: Vec<Adjust>,
+    sampled: Vec<Sampled>,
     score_logits: Vec<f32>,
     stats: EngineStats,
     plan: Vec<(usize, usize)>,
@@ -264,7 +288,9 @@ impl<R: Runner> Engine<R> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_id: 1,
-            logits: Vec::new(),
+            rows: Vec::new(),
+            adjust: Vec::new(),
+            sampled: Vec::new(),
             score_logits: Vec::new(),
             stats: EngineStats::default(),
             plan: Vec::new(),
@@ -334,6 +360,13 @@ impl<R: Runner> Engine<R> {
     /// Queues a request; its events go to `sink`. Returns the request id.
     pub fn submit(&mut self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
         req.params.validate()?;
+        let vocab = self.runner.vocab_size();
+        if let Some(&(t, _)) = req.params.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
+            return Err(SubmitError::Param(ParamError {
+                param: "logit_bias",
+                what: format!("token id {t} is outside the vocabulary of {vocab}"),
+            }));
+        }
         self.check_tokens(&req.prompt, 1)?;
         let n = req.prompt.len();
         let max_len = (n + req.params.max_tokens).min(self.runner.context_length());
@@ -581,6 +614,8 @@ impl<R: Runner> Engine<R> {
         // teacher-forced pass of their own, so the others keep one row of logits each.
         let mut batch: Vec<Slice<'_>> = Vec::with_capacity(plan.len());
         let mut scored: Vec<Slice<'_>> = Vec::new();
+        self.rows.clear();
+        self.adjust.clear();
         for &(idx, n) in plan.iter() {
             let s = &self.running[idx];
             let slice = Slice {
@@ -589,6 +624,9 @@ impl<R: Runner> Engine<R> {
                 blocks: &s.table,
                 want_logits: s.score.is_none() && s.computed + n == s.tokens.len(),
             };
+            if slice.want_logits {
+                self.rows.push(s.sampler.row(&mut self.adjust));
+            }
             if s.in_scored_part() {
                 scored.push(slice);
             } else {
@@ -596,11 +634,13 @@ impl<R: Runner> Engine<R> {
             }
         }
         let scored_rows: usize = scored.iter().map(|s| s.tokens.len()).sum();
-        self.logits.clear();
+        self.sampled.clear();
         self.score_logits.clear();
         let mut result = Ok(());
         if !batch.is_empty() {
-            result = self.runner.step(&batch, &mut self.logits);
+            result = self
+                .runner
+                .step(&batch, &self.rows, &self.adjust, &mut self.sampled);
         }
         if result.is_ok() && !scored.is_empty() {
             result = self.runner.step_all(&scored, &mut self.score_logits);
@@ -608,6 +648,13 @@ impl<R: Runner> Engine<R> {
         drop(batch);
         drop(scored);
         let vocab = self.runner.vocab_size();
+        if result.is_ok() && self.sampled.len() != self.rows.len() {
+            result = Err(ModelError::Input(format!(
+                "the runner returned {} tokens for {} sequences",
+                self.sampled.len(),
+                self.rows.len()
+            )));
+        }
         if result.is_ok() && self.score_logits.len() != scored_rows * vocab {
             result = Err(ModelError::Input(format!(
                 "the runner returned {} values of logits for {scored_rows} scored tokens of vocabulary {vocab}",
@@ -649,9 +696,9 @@ impl<R: Runner> Engine<R> {
             if seq.computed != seq.tokens.len() {
                 continue; // a prefill chunk that does not reach the prompt's end
             }
-            let logits = &self.logits[row * vocab..(row + 1) * vocab];
+            let sampled = &self.sampled[row];
             row += 1;
-            if let Some(reason) = advance(seq, &self.tok, logits) {
+            if let Some(reason) = advance(seq, &self.tok, sampled) {
                 done.push((idx, reason));
             }
         }
@@ -671,9 +718,15 @@ impl<R: Runner> Engine<R> {
     }
 }
 
-/// Samples one token for `seq`, streams it, and says whether the sequence is finished.
-fn advance(seq: &mut Seq, tok: &Tokenizer, logits: &[f32]) -> Option<FinishReason> {
-    let (id, logprob) = seq.sampler.sample(logits);
+/// Takes the token sampled for `seq`, streams it, and says whether the sequence is finished.
+fn advance(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishReason> {
+    let id = sampled.token;
+    seq.sampler.record(id);
+    let logprob = seq
+        .sampler
+        .params()
+        .logprobs
+        .map(|_| TokenLogprob::from_sampled(sampled));
     seq.tokens.push(id);
     if seq.first_token.is_none() {
         seq.first_token = Some(seq.submitted.elapsed().as_secs_f64());

@@ -151,7 +151,7 @@ fn f32_cache_on_the_default_model() {
                 .sum::<f64>();
             n_diff += vocab;
             rows += 1;
-            if kiln_model::sampler::argmax(ra) == kiln_model::sampler::argmax(rb) {
+            if kiln_model::sample::argmax(ra) == kiln_model::sample::argmax(rb) {
                 same_top1 += 1;
             }
         }
@@ -165,7 +165,7 @@ fn f32_cache_on_the_default_model() {
                 n_err += 1;
             }
             positions += 1;
-            if kiln_model::sampler::argmax(logits) == top[0].0 {
+            if kiln_model::sample::argmax(logits) == top[0].0 {
                 agree += 1;
             }
         }

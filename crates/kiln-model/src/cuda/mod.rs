@@ -27,6 +27,7 @@ use cudarc::driver::{
 
 use crate::backend::{Backend, FusedRef, PagedSeq, PassKey, RawTensor};
 use crate::config::RopeStyle;
+use crate::sample::{Adjust, RowSampling, Sampled, MAX_TOP_LOGPROBS};
 use crate::{ModelConfig, ModelError};
 
 /// Rows a pass may have for the matrix-vector kernel (more go to cuBLAS).
@@ -96,6 +97,7 @@ struct Kernels {
     gather: CudaFunction,
     argmax_part: CudaFunction,
     argmax_final: CudaFunction,
+    sample: CudaFunction,
     mv: CudaFunction,
     mv1: CudaFunction,
     mv1q: CudaFunction,
@@ -132,8 +134,14 @@ struct St {
     am_val: Option<CudaSlice<f32>>,
     am_idx: Option<CudaSlice<u32>>,
     am_out: Option<CudaSlice<u32>>,
+    /// Sampling: row parameters and adjustments in, tokens and log-probabilities out.
+    samp_in: Option<CudaSlice<u32>>,
+    samp_out: Option<CudaSlice<u32>>,
+    samp_host: Vec<u32>,
     n_tiles: usize,
     graphs: HashMap<(PassKey, u64, usize), Graph>,
+    /// How often each shape without a graph has run.
+    seen: HashMap<(PassKey, u64, usize), u32>,
     recording: Option<(PassKey, u64, usize)>,
     err: Option<String>,
     max_act: usize,
@@ -244,6 +252,7 @@ impl CudaBackend {
             gather: f("k_gather")?,
             argmax_part: f("k_argmax_part")?,
             argmax_final: f("k_argmax_final")?,
+            sample: f("k_sample")?,
             mv: f("k_mv")?,
             mv1: f("k_mv1")?,
             mv1q: f("k_mv1q")?,
@@ -848,6 +857,7 @@ impl CudaBackend {
 
     fn clear_graphs(st: &mut St) {
         st.graphs.clear();
+        st.seen.clear();
     }
 }
 
@@ -1123,6 +1133,14 @@ impl Backend for CudaBackend {
             g.0.launch().map_err(|e| dev("graph launch", e))?;
             return Ok(true);
         }
+        // A shape is recorded the second time it runs: under continuous batching many batch
+        // sizes occur once or twice (requests arriving and leaving), and recording costs far
+        // more than running a pass directly; shapes that stay are recorded on their second step.
+        let seen = st.seen.entry(k).or_insert(0);
+        *seen += 1;
+        if *seen < 2 {
+            return Ok(false);
+        }
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| dev("graph capture", e))?;
@@ -1397,6 +1415,101 @@ impl Backend for CudaBackend {
         }
         .and_then(|()| self.stream.synchronize());
         self.note("reading token ids", r);
+    }
+
+    fn sample(
+        &self,
+        logits: &mut CudaAct,
+        width: usize,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) {
+        const ROW: usize = 12;
+        const OUT: usize = 1 + 2 * MAX_TOP_LOGPROBS;
+        let n = rows.len();
+        let mut st = self.st();
+        let mut h = std::mem::take(&mut st.samp_host);
+        h.clear();
+        for r in rows {
+            h.extend([
+                r.temperature.to_bits(),
+                r.top_k,
+                r.top_p.to_bits(),
+                r.min_p.to_bits(),
+                r.repetition_penalty.to_bits(),
+                r.seed as u32,
+                (r.seed >> 32) as u32,
+                r.counter as u32,
+                (r.counter >> 32) as u32,
+                r.adjust.0,
+                r.adjust.1,
+                r.logprobs.map_or(u32::MAX, u32::from),
+            ]);
+        }
+        for a in adjust {
+            h.extend([a.token, a.repeated as u32, a.add.to_bits()]);
+        }
+        let (mut inb, mut outb) = (st.samp_in.take(), st.samp_out.take());
+        let grown = grow(self, &mut inb, h.len(), "sampling parameters")
+            .and_then(|_| grow(self, &mut outb, n * (1 + OUT), "sampled tokens"));
+        let (pin, pout) = (
+            inb.as_ref().map_or(0, |b| self.p(b)),
+            outb.as_ref().map_or(0, |b| self.p(b)),
+        );
+        (st.samp_in, st.samp_out) = (inb, outb);
+        drop(st);
+        if let Err(e) = grown {
+            self.note("sampling", Err(e));
+            out.clear();
+            out.extend(std::iter::repeat_n(Sampled::token(0), n));
+            self.st().samp_host = h;
+            return;
+        }
+        // SAFETY: the buffer holds at least `h.len()` u32s; pageable copies are staged before
+        // the call returns.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_htod_async(pin, &h[..], self.stream.cu_stream())
+        };
+        self.note("uploading sampling parameters", r);
+        self.launch(
+            &self.k.sample,
+            (n as u32, 1, 1),
+            1024,
+            &[
+                A::P(self.p(&logits.buf)),
+                A::I(width as i32),
+                A::P(pin),
+                A::P(pin + (n * ROW * 4) as u64),
+                A::P(pout),
+                A::I(n as i32),
+            ],
+        );
+        let want_lp = rows.iter().any(|r| r.logprobs.is_some());
+        let words = if want_lp { n * (1 + OUT) } else { n };
+        h.clear();
+        h.resize(words, 0);
+        // SAFETY: the output buffer holds at least `words` u32s; synchronised below.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut h[..], pout, self.stream.cu_stream())
+        }
+        .and_then(|()| self.stream.synchronize());
+        self.note("reading sampled tokens", r);
+        out.clear();
+        for (i, r) in rows.iter().enumerate() {
+            let mut s = Sampled::token(h[i]);
+            if let (Some(k), true) = (r.logprobs, want_lp) {
+                let o = &h[n + i * OUT..n + (i + 1) * OUT];
+                s.logprob = f32::from_bits(o[0]);
+                let k = (k as usize).min(MAX_TOP_LOGPROBS).min(width);
+                for j in 0..k {
+                    s.top[j] = (o[1 + 2 * j], f32::from_bits(o[2 + 2 * j]));
+                }
+                s.n_top = k as u8;
+            }
+            out.push(s);
+        }
+        self.st().samp_host = h;
     }
 
     fn fused_layer(
