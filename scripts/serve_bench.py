@@ -56,8 +56,11 @@ def worker(args):
     async def run():
         client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
                              max_retries=0, timeout=600)
-        return await asyncio.gather(*[one(client, model, i, temp, max_tokens, start_at)
-                                      for i in ids])
+        try:
+            return await asyncio.gather(*[one(client, model, i, temp, max_tokens, start_at)
+                                          for i in ids])
+        finally:
+            await client.close()
 
     return asyncio.run(run())
 
@@ -73,8 +76,12 @@ def main():
     from openai import OpenAI
     model = OpenAI(base_url=f"http://127.0.0.1:{a.port}/v1", api_key="none").models.list().data[0].id
     with mp.Pool(a.procs) as pool:
-        # Warm-up: connections, kernels, recorded decode steps.
-        pool.map(worker, [(a.port, model, [0], 0.7, 8, time.time())])
+        # Warm-up: connections, kernels, and the decode steps of each concurrency (a server in
+        # steady state has recorded them), 16 tokens each, outside the figures.
+        for n in [int(s) for s in a.streams.split(",")]:
+            procs = min(a.procs, n)
+            pool.map(worker, [(a.port, model, list(range(p, n, procs)), 0.7, 16, time.time())
+                              for p in range(procs)])
         for temp in [float(t) for t in a.temperatures.split(",")]:
             for n in [int(s) for s in a.streams.split(",")]:
                 procs = min(a.procs, n)

@@ -29,6 +29,7 @@ $K serve --device cuda -m /tmp/q05 --max-running 256 --max-batch-tokens 512 --ma
 SP=$!
 for i in $(seq 1 120); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
 timeout 300 python3 scripts/serve_bench.py --port 8181 --streams 1,8,64,256 --temperatures 0.7,0 --procs 12 2>&1 | tee $OUT/serve_bench.jsonl
+curl -s http://127.0.0.1:8181/metrics | grep -E "^kiln_engine" | head -12
 kill $SP; wait $SP 2>/dev/null
 tail -3 /tmp/serve.log
 echo "== refinement, 5 candidates x 200 tokens against 1"

@@ -78,7 +78,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     // The engine that `kiln serve` runs, with room for every sequence at once; a step takes
     // every decode and a prefill chunk besides.
     let config = EngineConfig {
-        max_batch_tokens: chunk + a.batch,
+        max_batch_tokens: if gpu {
+            // Every prompt in one step (up to 16k tokens): the batch then decodes in lockstep.
+            (a.batch * a.prompt_tokens).clamp(chunk, 16_384) + a.batch
+        } else {
+            chunk + a.batch
+        },
         max_running: a.batch,
         max_queue: 4 * a.batch,
     };

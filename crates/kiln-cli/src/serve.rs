@@ -88,8 +88,11 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         default_max_tokens: a.default_max_tokens.max(1),
     };
     let state = AppState::new(lm, cfg);
+    // Workers for HTTP and streaming: enough for hundreds of streams on a large machine, no
+    // more than two on a laptop (the model's own threads need the cores).
+    let workers = std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).clamp(2, 8));
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     rt.block_on(async move {

@@ -165,6 +165,77 @@ pub enum SubmitError {
     QueueFull(usize),
 }
 
+/// What a request is checked against before it is queued: fixed once the engine is built, so
+/// that a handle can check requests on the caller's thread without waiting for the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Longest sequence the model takes.
+    pub context: usize,
+    /// Blocks in the KV pool.
+    pub total_blocks: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Most requests waiting.
+    pub max_queue: usize,
+}
+
+impl Limits {
+    /// Checks that `tokens` can run: not empty, inside the context and the vocabulary, within
+    /// the KV budget with `extra` more positions, and that the queue (`waiting` long) has room.
+    pub fn check_tokens(
+        &self,
+        tokens: &[u32],
+        extra: usize,
+        waiting: usize,
+    ) -> Result<(), SubmitError> {
+        let (ctx, n) = (self.context, tokens.len());
+        if n == 0 {
+            return Err(SubmitError::Prompt("the prompt is empty".into()));
+        }
+        if n >= ctx {
+            return Err(SubmitError::Prompt(format!(
+                "the prompt has {n} tokens; the model's context is {ctx}"
+            )));
+        }
+        let vocab = self.vocab;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(SubmitError::Prompt(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let needed = (n + extra).div_ceil(self.block_size.max(1));
+        if needed > self.total_blocks {
+            return Err(SubmitError::TooLarge {
+                needed,
+                total: self.total_blocks,
+            });
+        }
+        if waiting >= self.max_queue {
+            return Err(SubmitError::QueueFull(waiting));
+        }
+        Ok(())
+    }
+
+    /// Checks a generation request: its parameters, its logit bias, its prompt.
+    pub fn check_request(&self, req: &Request, waiting: usize) -> Result<(), SubmitError> {
+        req.params.validate()?;
+        if let Some(&(t, _)) = req
+            .params
+            .logit_bias
+            .iter()
+            .find(|b| b.0 as usize >= self.vocab)
+        {
+            return Err(SubmitError::Param(ParamError {
+                param: "logit_bias",
+                what: format!("token id {t} is outside the vocabulary of {}", self.vocab),
+            }));
+        }
+        self.check_tokens(&req.prompt, 1, waiting)
+    }
+}
+
 /// What a scoring request has gathered so far.
 struct Scoring {
     /// Position of the first scored token (at least 1).
@@ -255,6 +326,10 @@ pub struct EngineStats {
     pub steps: u64,
     /// Sequences preempted for lack of KV blocks.
     pub preemptions: u64,
+    /// Seconds spent in the model's passes (forward and sampling), summed over steps.
+    pub model_seconds: f64,
+    /// Seconds the engine's own work took in steps (scheduling, streaming), summed.
+    pub host_seconds: f64,
 }
 
 /// The engine: owns the runner, the block pool and every sequence.
@@ -325,49 +400,25 @@ impl<R: Runner> Engine<R> {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
 
-    /// Checks that `tokens` can run: not empty, inside the context and the vocabulary, within
-    /// the KV budget with `extra` more positions, and that the queue has room.
+    /// What requests are checked against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            vocab: self.runner.vocab_size(),
+            context: self.runner.context_length(),
+            total_blocks: self.blocks.total(),
+            block_size: self.runner.block_size(),
+            max_queue: self.cfg.max_queue,
+        }
+    }
+
     fn check_tokens(&self, tokens: &[u32], extra: usize) -> Result<(), SubmitError> {
-        let ctx = self.runner.context_length();
-        let n = tokens.len();
-        if n == 0 {
-            return Err(SubmitError::Prompt("the prompt is empty".into()));
-        }
-        if n >= ctx {
-            return Err(SubmitError::Prompt(format!(
-                "the prompt has {n} tokens; the model's context is {ctx}"
-            )));
-        }
-        let vocab = self.runner.vocab_size();
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(SubmitError::Prompt(format!(
-                "token id {t} is outside the vocabulary of {vocab}"
-            )));
-        }
-        let needed = self.blocks.blocks_for(n + extra);
-        if needed > self.blocks.total() {
-            return Err(SubmitError::TooLarge {
-                needed,
-                total: self.blocks.total(),
-            });
-        }
-        if self.waiting.len() >= self.cfg.max_queue {
-            return Err(SubmitError::QueueFull(self.waiting.len()));
-        }
-        Ok(())
+        self.limits()
+            .check_tokens(tokens, extra, self.waiting.len())
     }
 
     /// Queues a request; its events go to `sink`. Returns the request id.
     pub fn submit(&mut self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
-        req.params.validate()?;
-        let vocab = self.runner.vocab_size();
-        if let Some(&(t, _)) = req.params.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
-            return Err(SubmitError::Param(ParamError {
-                param: "logit_bias",
-                what: format!("token id {t} is outside the vocabulary of {vocab}"),
-            }));
-        }
-        self.check_tokens(&req.prompt, 1)?;
+        self.limits().check_request(&req, self.waiting.len())?;
         let n = req.prompt.len();
         let max_len = (n + req.params.max_tokens).min(self.runner.context_length());
         let id = self.next_id;
@@ -576,6 +627,15 @@ impl<R: Runner> Engine<R> {
 
     /// Runs one step. Returns `false` when there was nothing to do.
     pub fn step(&mut self) -> Result<bool, ModelError> {
+        let t0 = Instant::now();
+        let before = self.stats.model_seconds;
+        let r = self.step_inner();
+        let total = t0.elapsed().as_secs_f64();
+        self.stats.host_seconds += total - (self.stats.model_seconds - before);
+        r
+    }
+
+    fn step_inner(&mut self) -> Result<bool, ModelError> {
         self.admit();
         if self.running.is_empty() {
             return Ok(false);
@@ -637,6 +697,7 @@ impl<R: Runner> Engine<R> {
         self.sampled.clear();
         self.score_logits.clear();
         let mut result = Ok(());
+        let t_model = Instant::now();
         if !batch.is_empty() {
             result = self
                 .runner
@@ -645,6 +706,7 @@ impl<R: Runner> Engine<R> {
         if result.is_ok() && !scored.is_empty() {
             result = self.runner.step_all(&scored, &mut self.score_logits);
         }
+        self.stats.model_seconds += t_model.elapsed().as_secs_f64();
         drop(batch);
         drop(scored);
         let vocab = self.runner.vocab_size();

@@ -5,13 +5,16 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::engine::{Engine, EngineStats, Request, Runner, Sink, SubmitError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::engine::{Engine, EngineStats, Event, Limits, Request, Runner, Sink, SubmitError};
 use crate::score::{PromptScore, ScoreError, ScoreRequest, ScoreSink};
 
 type Reply = mpsc::SyncSender<Result<u64, SubmitError>>;
 
 enum Cmd {
-    Submit(Request, Sink, Reply),
+    /// Checked on the caller's thread already; a late failure goes to the sink.
+    Submit(Request, Sink),
     Score(ScoreRequest, ScoreSink, Reply),
     Shutdown,
 }
@@ -22,6 +25,9 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Cmd>,
     stats: Arc<Mutex<EngineStats>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    limits: Limits,
+    /// Requests sent to the engine thread that it has not taken yet.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -35,6 +41,9 @@ impl EngineHandle {
     pub fn spawn<R: Runner + 'static>(mut engine: Engine<R>) -> Self {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let stats = Arc::new(Mutex::new(engine.stats()));
+        let limits = engine.limits();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight_h = in_flight.clone();
         let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-engine".into())
@@ -53,8 +62,20 @@ impl EngineHandle {
                     }
                     while let Some(cmd) = next {
                         match cmd {
-                            Cmd::Submit(req, sink, reply) => {
-                                let _ = reply.send(engine.submit(req, sink));
+                            Cmd::Submit(req, mut sink) => {
+                                in_flight.fetch_sub(1, Ordering::Relaxed);
+                                // Checked again against the queue as it is now; a refusal
+                                // reaches the caller through its sink.
+                                let waiting = engine.stats().waiting;
+                                match engine.limits().check_request(&req, waiting) {
+                                    Ok(()) => {
+                                        // Checked just above against the same state.
+                                        let _ = engine.submit(req, sink);
+                                    }
+                                    Err(e) => {
+                                        sink(Event::Failed(e.to_string()));
+                                    }
+                                }
                             }
                             Cmd::Score(req, done, reply) => {
                                 let _ = reply.send(engine.submit_score(req, done));
@@ -77,18 +98,27 @@ impl EngineHandle {
             tx,
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
+            limits,
+            in_flight: in_flight_h,
         }
     }
 
-    /// Queues a request; events go to `sink` from the engine thread.
-    pub fn submit(&self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Cmd::Submit(req, sink, reply_tx))
-            .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?;
-        reply_rx
-            .recv()
-            .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?
+    /// Queues a request; events go to `sink` from the engine thread. The request is checked
+    /// here, on the caller's thread, and the call returns without waiting for the engine (an
+    /// async server's workers never block on a running step).
+    pub fn submit(&self, req: Request, sink: Sink) -> Result<(), SubmitError> {
+        let waiting = self.stats().waiting + self.in_flight.load(Ordering::Relaxed);
+        self.limits.check_request(&req, waiting)?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Cmd::Submit(req, sink)).map_err(|_| {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            SubmitError::Prompt("the engine has shut down".into())
+        })
+    }
+
+    /// What requests are checked against.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Queues a scoring request (see [`Engine::submit_score`]); the result goes to `done`

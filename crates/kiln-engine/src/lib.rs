@@ -14,7 +14,7 @@ pub mod score;
 pub use blocks::BlockManager;
 pub use builder::{EngineBuilder, EngineSize};
 pub use engine::{
-    Engine, EngineConfig, EngineStats, Event, FinishReason, Request, Runner, Sink, Slice,
+    Engine, EngineConfig, EngineStats, Event, FinishReason, Limits, Request, Runner, Sink, Slice,
     SubmitError, Usage,
 };
 pub use handle::EngineHandle;

@@ -97,7 +97,8 @@ struct Kernels {
     gather: CudaFunction,
     argmax_part: CudaFunction,
     argmax_final: CudaFunction,
-    sample: CudaFunction,
+    sample_part: CudaFunction,
+    sample_merge: CudaFunction,
     mv: CudaFunction,
     mv1: CudaFunction,
     mv1q: CudaFunction,
@@ -137,6 +138,9 @@ struct St {
     /// Sampling: row parameters and adjustments in, tokens and log-probabilities out.
     samp_in: Option<CudaSlice<u32>>,
     samp_out: Option<CudaSlice<u32>>,
+    /// Per row and slice: what k_sample_part found, and the tokens it kept.
+    samp_info: Option<CudaSlice<u32>>,
+    samp_cand: Option<CudaSlice<u32>>,
     samp_host: Vec<u32>,
     n_tiles: usize,
     graphs: HashMap<(PassKey, u64, usize), Graph>,
@@ -252,7 +256,8 @@ impl CudaBackend {
             gather: f("k_gather")?,
             argmax_part: f("k_argmax_part")?,
             argmax_final: f("k_argmax_final")?,
-            sample: f("k_sample")?,
+            sample_part: f("k_sample_part")?,
+            sample_merge: f("k_sample_merge")?,
             mv: f("k_mv")?,
             mv1: f("k_mv1")?,
             mv1q: f("k_mv1q")?,
@@ -1425,7 +1430,11 @@ impl Backend for CudaBackend {
         adjust: &[Adjust],
         out: &mut Vec<Sampled>,
     ) {
+        // Layouts of sample.cu: SAMPLE_ROW_WORDS, SAMPLE_PARTS, SAMPLE_INFO, SAMPLE_CAP.
         const ROW: usize = 12;
+        const PARTS: usize = 16;
+        const INFO: usize = 8;
+        const CAP: usize = 128;
         const OUT: usize = 1 + 2 * MAX_TOP_LOGPROBS;
         let n = rows.len();
         let mut st = self.st();
@@ -1451,13 +1460,15 @@ impl Backend for CudaBackend {
             h.extend([a.token, a.repeated as u32, a.add.to_bits()]);
         }
         let (mut inb, mut outb) = (st.samp_in.take(), st.samp_out.take());
+        let (mut infob, mut candb) = (st.samp_info.take(), st.samp_cand.take());
         let grown = grow(self, &mut inb, h.len(), "sampling parameters")
-            .and_then(|_| grow(self, &mut outb, n * (1 + OUT), "sampled tokens"));
-        let (pin, pout) = (
-            inb.as_ref().map_or(0, |b| self.p(b)),
-            outb.as_ref().map_or(0, |b| self.p(b)),
-        );
+            .and_then(|_| grow(self, &mut outb, n * (1 + OUT), "sampled tokens"))
+            .and_then(|_| grow(self, &mut infob, n * PARTS * INFO, "sampling slices"))
+            .and_then(|_| grow(self, &mut candb, n * PARTS * CAP * 2, "sampling candidates"));
+        let ptr = |b: &Option<CudaSlice<u32>>| b.as_ref().map_or(0, |b| self.p(b));
+        let (pin, pout, pinfo, pcand) = (ptr(&inb), ptr(&outb), ptr(&infob), ptr(&candb));
         (st.samp_in, st.samp_out) = (inb, outb);
+        (st.samp_info, st.samp_cand) = (infob, candb);
         drop(st);
         if let Err(e) = grown {
             self.note("sampling", Err(e));
@@ -1472,15 +1483,30 @@ impl Backend for CudaBackend {
             cudarc::driver::result::memcpy_htod_async(pin, &h[..], self.stream.cu_stream())
         };
         self.note("uploading sampling parameters", r);
+        let lp = self.p(&logits.buf);
         self.launch(
-            &self.k.sample,
-            (n as u32, 1, 1),
-            1024,
+            &self.k.sample_part,
+            (n as u32, PARTS as u32, 1),
+            256,
             &[
-                A::P(self.p(&logits.buf)),
+                A::P(lp),
                 A::I(width as i32),
                 A::P(pin),
                 A::P(pin + (n * ROW * 4) as u64),
+                A::P(pinfo),
+                A::P(pcand),
+            ],
+        );
+        self.launch(
+            &self.k.sample_merge,
+            (n as u32, 1, 1),
+            1024,
+            &[
+                A::P(lp),
+                A::I(width as i32),
+                A::P(pin),
+                A::P(pinfo),
+                A::P(pcand),
                 A::P(pout),
                 A::I(n as i32),
             ],

@@ -1,11 +1,18 @@
 // ---- sampling where the logits are ------------------------------------------------------------
 //
-// k_sample follows crates/kiln-model/src/sample.rs step by step, one block per row of logits:
-// adjustments (penalties, logit bias) in place, then greedy, or a lower bound on the logit from
+// Two kernels follow crates/kiln-model/src/sample.rs step by step. k_sample_part splits each row
+// into SAMPLE_PARTS slices, one block each, so that a single row still spreads over many SMs: it
+// applies the row's adjustments (penalties, logit bias) to its slice, and finds the slice's
+// largest logit, its softmax sum, its Gumbel winner (when only a temperature applies) and its
+// best few tokens (when top-k is small or log-probabilities are asked for). k_sample_merge, one
+// block per row, combines the slices: greedy; temperature alone (the best slice winner); small
+// top-k with top-p and min-p on the union of the slices' best tokens, which holds every token
+// at or above the k-th largest logit. Any other case (top-p or min-p without a small top-k, or
+// more equal logits than a slice keeps) takes the whole row in one block: a lower bound from
 // top-k (radix select of the k-th largest value), top-p (radix select by probability mass, in
 // 32.32 fixed point so that the sums do not depend on the order of atomic additions) and min-p,
-// then the largest logit / T + Gumbel noise among the tokens at or above the bound. Only the
-// chosen token (and the log-probabilities asked for) is written out.
+// then the largest logit / T + Gumbel noise at or above it. Only the chosen token (and the
+// log-probabilities asked for) is written out.
 //
 // Row parameters, SAMPLE_ROW_WORDS u32 words per row: temperature (f32 bits), top_k, top_p (f32),
 // min_p (f32), repetition penalty (f32), seed lo, seed hi, counter lo, counter hi, first
@@ -18,6 +25,10 @@
 #define SAMPLE_TOP 20
 #define SAMPLE_THREADS 1024
 #define SAMPLE_CAND 64
+#define SAMPLE_PARTS 16
+#define SAMPLE_CAP 128
+#define SAMPLE_INFO 8
+#define SAMPLE_NONE 0xffffffffu
 // The largest Gumbel noise the 23-bit uniform can give, -ln(-ln(1 - 2^-24)) = 16.64, rounded up.
 #define GUMBEL_MAX 17.5f
 
@@ -135,107 +146,181 @@ __device__ u32 radix_select(const float *x, int n, u32 lo, unsigned long long ta
     return prefix;
 }
 
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
-k_sample(float *logits, int width, const u32 *params, const u32 *adj, u32 *out, int rows) {
+
+// A row's parameters.
+struct RowP {
+    float t, top_p, min_p, rep;
+    u32 top_k, a0, an, nlp;
+    unsigned long long seed, counter;
+};
+
+__device__ __forceinline__ RowP load_row(const u32 *params, int row) {
+    const u32 *p = params + (size_t)row * SAMPLE_ROW_WORDS;
+    RowP r;
+    r.t = __uint_as_float(p[0]);
+    r.top_k = p[1];
+    r.top_p = __uint_as_float(p[2]);
+    r.min_p = __uint_as_float(p[3]);
+    r.rep = __uint_as_float(p[4]);
+    r.seed = ((unsigned long long)p[6] << 32) | p[5];
+    r.counter = ((unsigned long long)p[8] << 32) | p[7];
+    r.a0 = p[9];
+    r.an = p[10];
+    r.nlp = p[11];
+    return r;
+}
+
+// 0 greedy, 1 temperature alone, 2 small top-k (with any top-p, min-p), 3 the whole row.
+__device__ __forceinline__ int row_mode(const RowP &r, int width) {
+    if (r.t <= 0.0f || r.top_k == 1u || width < 2) return 0;
+    bool all_k = r.top_k == 0u || r.top_k >= (u32)width;
+    if (all_k && r.top_p >= 1.0f && r.min_p <= 0.0f) return 1;
+    if (!all_k && r.top_k <= SAMPLE_CAP) return 2;
+    return 3;
+}
+
+// Tokens each slice keeps: enough for top-k and for the log-probability alternatives.
+__device__ __forceinline__ u32 row_keep(const RowP &r, int mode) {
+    u32 c = mode == 2 ? r.top_k : 0u;
+    if (r.nlp != SAMPLE_NONE) c = max(c, min(r.nlp, (u32)SAMPLE_TOP));
+    return c;
+}
+
+__device__ __forceinline__ float gumbel_noise(const RowP &r, u32 tok) {
+    return -logf(-logf(sample_uniform(r.seed, r.counter, tok)));
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *info, u32 *cand) {
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ unsigned long long hist[256];
     __shared__ u32 sh[4];
-    __shared__ float cv[SAMPLE_CAND];
-    __shared__ int ci[SAMPLE_CAND];
     __shared__ int cn;
-    const int row = blockIdx.x;
+    const int row = blockIdx.x, part = blockIdx.y;
+    const RowP r = load_row(params, row);
+    const int mode = row_mode(r, width);
+    const int chunk = (width + SAMPLE_PARTS - 1) / SAMPLE_PARTS;
+    const int b = min(width, part * chunk), e = min(width, b + chunk), n = e - b;
     float *x = logits + (size_t)row * width;
-    const u32 *p = params + (size_t)row * SAMPLE_ROW_WORDS;
-    const float t = __uint_as_float(p[0]);
-    const u32 top_k = p[1];
-    const float top_p = __uint_as_float(p[2]);
-    const float min_p = __uint_as_float(p[3]);
-    const float rep = __uint_as_float(p[4]);
-    const unsigned long long seed = ((unsigned long long)p[6] << 32) | p[5];
-    const unsigned long long counter = ((unsigned long long)p[8] << 32) | p[7];
-    const u32 a0 = p[9], an = p[10], nlp = p[11];
-
-    // 1. Adjustments (distinct tokens: no two threads touch one logit).
-    for (u32 j = threadIdx.x; j < an; j += blockDim.x) {
-        const u32 *a = adj + 3 * (size_t)(a0 + j);
+    // 1. This slice's adjustments (distinct tokens: no two threads touch one logit).
+    for (u32 j = threadIdx.x; j < r.an; j += blockDim.x) {
+        const u32 *a = adj + 3 * (size_t)(r.a0 + j);
         u32 tok = a[0];
-        if (tok < (u32)width) {
+        if (tok >= (u32)b && tok < (u32)e) {
             float l = x[tok];
-            if (a[1]) l = l > 0.0f ? l / rep : l * rep;
+            if (a[1]) l = l > 0.0f ? l / r.rep : l * r.rep;
             x[tok] = l + __uint_as_float(a[2]);
         }
     }
     __syncthreads();
-
-    // 2. The largest logit (and its index: the greedy choice).
     float bv = (-INFINITY);
     int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) sbetter(bv, bi, x[i], i);
+    for (int i = b + threadIdx.x; i < e; i += blockDim.x) sbetter(bv, bi, x[i], i);
     block_best(bv, bi, sv, si);
-    const float mx = bv;
-    int chosen = bi == 0x7fffffff ? 0 : bi;
-
-    if (!(t <= 0.0f || top_k == 1u) && width > 1) {
-        // 3. The lower bound.
-        const float inv_t = 1.0f / t;
-        u32 lo = 0;
-        if (top_k > 0u && top_k < (u32)width)
-            lo = radix_select(x, width, 0, top_k, false, mx, inv_t, hist, sh);
-        if (top_p < 1.0f) {
-            unsigned long long total = 0;
-            // The total mass above the top-k bound, summed in fixed point (exact, any order).
-            if (threadIdx.x == 0) hist[0] = 0ull;
-            __syncthreads();
-            unsigned long long mine = 0;
-            for (int i = threadIdx.x; i < width; i += blockDim.x) {
-                float v = x[i];
-                if (fkey(v) >= lo) mine += __float2ull_rn(__expf((v - mx) * inv_t) * 4294967296.0f);
-            }
-            atomicAdd(&hist[0], mine);
-            __syncthreads();
-            total = hist[0];
-            __syncthreads();
-            unsigned long long target = (unsigned long long)ceil((double)top_p * (double)total);
-            if (target < 1ull) target = 1ull;
-            u32 kp = radix_select(x, width, lo, target, true, mx, inv_t, hist, sh);
-            lo = kp > lo ? kp : lo;
-        }
-        if (min_p > 0.0f) {
-            u32 km = fkey(mx + t * logf(min_p));
-            lo = km > lo ? km : lo;
-        }
-        // 4. Gumbel-max among the tokens at or above the bound. The most likely token is
-        // always among them, so its score bounds the winner's from below; the noise is at
-        // most GUMBEL_MAX, so a token whose logit / T is more than that below the bound cannot
-        // win and is not drawn for (the same tokens win as without the shortcut).
-        const float bound = mx / t + (-logf(-logf(sample_uniform(seed, counter, (u32)chosen))));
-        const float skip = (bound - GUMBEL_MAX) * t;
+    const float pmax = bv;
+    u32 *o = info + ((size_t)row * SAMPLE_PARTS + part) * SAMPLE_INFO;
+    if (threadIdx.x == 0) {
+        o[0] = __float_as_uint(pmax);
+        o[1] = (u32)bi;
+    }
+    if (r.nlp != SAMPLE_NONE) {
+        float s = 0.0f;
+        for (int i = b + threadIdx.x; i < e; i += blockDim.x) s += __expf(x[i] - pmax);
+        s = sample_block_sum(s, sv);
+        if (threadIdx.x == 0) o[2] = __float_as_uint(s);
+    }
+    if (mode == 1) {
+        // The slice's Gumbel winner; its best token's score bounds it from below.
         float gv = (-INFINITY);
         int gi = 0x7fffffff;
-        for (int i = threadIdx.x; i < width; i += blockDim.x) {
-            float v = x[i];
-            if (v >= skip && fkey(v) >= lo && v == v) {
-                float u = sample_uniform(seed, counter, (u32)i);
-                sbetter(gv, gi, v / t + (-logf(-logf(u))), i);
+        if (bi != 0x7fffffff) {
+            const float bound = pmax / r.t + gumbel_noise(r, (u32)bi);
+            const float skip = (bound - GUMBEL_MAX) * r.t;
+            for (int i = b + threadIdx.x; i < e; i += blockDim.x) {
+                float v = x[i];
+                if (v >= skip && v == v) sbetter(gv, gi, v / r.t + gumbel_noise(r, (u32)i), i);
             }
         }
         block_best(gv, gi, sv, si);
-        if (gi != 0x7fffffff) chosen = gi;
+        if (threadIdx.x == 0) {
+            o[3] = __float_as_uint(gv);
+            o[4] = (u32)gi;
+        }
     }
-    if (threadIdx.x == 0) out[row] = (u32)chosen;
+    const u32 keep = row_keep(r, mode);
+    if (keep > 0u) {
+        u32 lo = (u32)n > keep ? radix_select(x + b, n, 0, keep, false, 0.0f, 1.0f, hist, sh) : 0u;
+        if (threadIdx.x == 0) cn = 0;
+        __syncthreads();
+        u32 *c = cand + ((size_t)row * SAMPLE_PARTS + part) * SAMPLE_CAP * 2;
+        for (int i = b + threadIdx.x; i < e; i += blockDim.x) {
+            float v = x[i];
+            if (fkey(v) >= lo) {
+                int slot = atomicAdd(&cn, 1);
+                if (slot < SAMPLE_CAP) {
+                    c[2 * slot] = __float_as_uint(v);
+                    c[2 * slot + 1] = (u32)i;
+                }
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) o[5] = (u32)cn;
+    }
+}
 
-    // 5. Log-probabilities at temperature 1 after the adjustments.
-    if (nlp == 0xffffffffu) return;
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) s += __expf(x[i] - mx);
-    const float lse = mx + logf(sample_block_sum(s, sv));
-    u32 *o = out + rows + (size_t)row * (1 + 2 * SAMPLE_TOP);
-    if (threadIdx.x == 0) o[0] = __float_as_uint(x[chosen] - lse);
-    int n = (int)min(nlp, (u32)SAMPLE_TOP);
-    n = min(n, width);
-    if (n == 0) return;
-    u32 kth = radix_select(x, width, 0, (unsigned long long)n, false, mx, 1.0f, hist, sh);
+
+// The bound from top-k, top-p and min-p over the whole row, then Gumbel-max at or above it, in
+// one block (the rare cases the slices cannot settle). `mx` is the row's largest logit and
+// `greedy` its index. Every thread gets the result.
+__device__ int sample_whole_row(const float *x, int width, const RowP &r, float mx, int greedy,
+                                unsigned long long *hist, u32 *sh, float *sv, int *si) {
+    const float t = r.t, inv_t = 1.0f / t;
+    u32 lo = 0;
+    if (r.top_k > 0u && r.top_k < (u32)width)
+        lo = radix_select(x, width, 0, r.top_k, false, mx, inv_t, hist, sh);
+    if (r.top_p < 1.0f) {
+        if (threadIdx.x == 0) hist[0] = 0ull;
+        __syncthreads();
+        unsigned long long mine = 0;
+        for (int i = threadIdx.x; i < width; i += blockDim.x) {
+            float v = x[i];
+            if (fkey(v) >= lo) mine += __float2ull_rn(__expf((v - mx) * inv_t) * 4294967296.0f);
+        }
+        atomicAdd(&hist[0], mine);
+        __syncthreads();
+        unsigned long long total = hist[0];
+        __syncthreads();
+        unsigned long long target = (unsigned long long)ceil((double)r.top_p * (double)total);
+        if (target < 1ull) target = 1ull;
+        u32 kp = radix_select(x, width, lo, target, true, mx, inv_t, hist, sh);
+        lo = kp > lo ? kp : lo;
+    }
+    if (r.min_p > 0.0f) {
+        u32 km = fkey(mx + t * logf(r.min_p));
+        lo = km > lo ? km : lo;
+    }
+    // The most likely token is always a candidate, so its score bounds the winner's from
+    // below; a token whose logit / T is more than GUMBEL_MAX under it cannot win.
+    const float bound = mx / t + gumbel_noise(r, (u32)greedy);
+    const float skip = (bound - GUMBEL_MAX) * t;
+    float gv = (-INFINITY);
+    int gi = 0x7fffffff;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        float v = x[i];
+        if (v >= skip && fkey(v) >= lo && v == v) sbetter(gv, gi, v / t + gumbel_noise(r, (u32)i), i);
+    }
+    block_best(gv, gi, sv, si);
+    return gi == 0x7fffffff ? greedy : gi;
+}
+
+// The n best log-probabilities of a whole row (thread 0 writes them to o[1..]).
+__device__ void top_logprobs_whole_row(const float *x, int width, int n, float lse, u32 *o,
+                                       unsigned long long *hist, u32 *sh) {
+    __shared__ float cv[SAMPLE_CAND];
+    __shared__ int ci[SAMPLE_CAND];
+    __shared__ int cn;
+    u32 kth = radix_select(x, width, 0, (unsigned long long)n, false, 0.0f, 1.0f, hist, sh);
     if (threadIdx.x == 0) cn = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < width; i += blockDim.x) {
@@ -272,4 +357,155 @@ k_sample(float *logits, int width, const u32 *params, const u32 *adj, u32 *out, 
             o[2 + 2 * j] = __float_as_uint(cv[j] - lse);
         }
     }
+}
+
+// Whether candidate a comes before candidate b: larger value, then lower index.
+__device__ __forceinline__ bool before(float va, int ia, float vb, int ib) {
+    return va > vb || (va == vb && ia < ib);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+k_sample_merge(float *logits, int width, const u32 *params, const u32 *info, const u32 *cand,
+               u32 *out, int rows) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ unsigned long long hist[256];
+    __shared__ u32 sh[4];
+    __shared__ float uv[SAMPLE_PARTS * SAMPLE_CAP];
+    __shared__ int ui[SAMPLE_PARTS * SAMPLE_CAP];
+    __shared__ short order[SAMPLE_PARTS * SAMPLE_CAP];
+    __shared__ int sm, scut, sover;
+    __shared__ float sgmax, slse;
+    __shared__ int sgidx;
+    const int row = blockIdx.x;
+    const RowP r = load_row(params, row);
+    const int mode = row_mode(r, width);
+    float *x = logits + (size_t)row * width;
+    const u32 *inf = info + (size_t)row * SAMPLE_PARTS * SAMPLE_INFO;
+    if (threadIdx.x == 0) {
+        // The row's largest logit (lowest index on ties), and the softmax normaliser.
+        float gm = (-INFINITY);
+        int gi = 0x7fffffff;
+        for (int p = 0; p < SAMPLE_PARTS; p++)
+            sbetter(gm, gi, __uint_as_float(inf[p * SAMPLE_INFO]), (int)inf[p * SAMPLE_INFO + 1]);
+        sgmax = gm;
+        sgidx = gi == 0x7fffffff ? 0 : gi;
+        if (r.nlp != SAMPLE_NONE) {
+            double z = 0.0;
+            for (int p = 0; p < SAMPLE_PARTS; p++) {
+                float pm = __uint_as_float(inf[p * SAMPLE_INFO]);
+                if (pm > (-INFINITY))
+                    z += (double)__uint_as_float(inf[p * SAMPLE_INFO + 2]) * exp((double)(pm - gm));
+            }
+            slse = gm + (float)log(z);
+        }
+        // The union of the slices' kept tokens.
+        int m = 0, over = 0;
+        u32 keep = row_keep(r, mode);
+        if (keep > 0u)
+            for (int p = 0; p < SAMPLE_PARTS; p++) {
+                int c = (int)inf[p * SAMPLE_INFO + 5];
+                if (c > SAMPLE_CAP) over = 1;
+                m += min(c, SAMPLE_CAP);
+            }
+        sm = m;
+        sover = over;
+    }
+    __syncthreads();
+    const float mx = sgmax;
+    int chosen = sgidx;
+    const int m = sm;
+    const bool have_union = row_keep(r, mode) > 0u && !sover;
+    if (have_union) {
+        // Gather the union, then rank it: larger value first, lower index among equals.
+        for (int p = 0; p < SAMPLE_PARTS; p++) {
+            int c = min((int)inf[p * SAMPLE_INFO + 5], SAMPLE_CAP);
+            int off = 0;
+            for (int q = 0; q < p; q++) off += min((int)inf[q * SAMPLE_INFO + 5], SAMPLE_CAP);
+            const u32 *src = cand + ((size_t)row * SAMPLE_PARTS + p) * SAMPLE_CAP * 2;
+            for (int j = threadIdx.x; j < c; j += blockDim.x) {
+                uv[off + j] = __uint_as_float(src[2 * j]);
+                ui[off + j] = (int)src[2 * j + 1];
+            }
+        }
+        __syncthreads();
+        for (int j = threadIdx.x; j < m; j += blockDim.x) {
+            int rank = 0;
+            for (int q = 0; q < m; q++) rank += before(uv[q], ui[q], uv[j], ui[j]);
+            order[rank] = (short)j;
+        }
+        __syncthreads();
+    }
+    if (mode == 1) {
+        if (threadIdx.x == 0) {
+            float gv = (-INFINITY);
+            int gi = 0x7fffffff;
+            for (int p = 0; p < SAMPLE_PARTS; p++)
+                if ((int)inf[p * SAMPLE_INFO + 4] != 0x7fffffff)
+                    sbetter(gv, gi, __uint_as_float(inf[p * SAMPLE_INFO + 3]), (int)inf[p * SAMPLE_INFO + 4]);
+            if (gi != 0x7fffffff) si[0] = gi; else si[0] = chosen;
+        }
+        __syncthreads();
+        chosen = si[0];
+        __syncthreads();
+    } else if (mode == 2 && have_union) {
+        if (threadIdx.x == 0) {
+            // Top-k: every token at or above the k-th largest logit.
+            int k = min((int)r.top_k, m);
+            float v = uv[order[k - 1]];
+            int cut = k;
+            while (cut < m && uv[order[cut]] >= v) cut++;
+            if (r.top_p < 1.0f) {
+                double total = 0.0;
+                for (int j = 0; j < cut; j++) total += (double)__expf((uv[order[j]] - mx) / r.t);
+                double target = (double)r.top_p * total, acc = 0.0;
+                for (int j = 0; j < cut; j++) {
+                    acc += (double)__expf((uv[order[j]] - mx) / r.t);
+                    if (acc >= target) {
+                        float v2 = uv[order[j]];
+                        int c2 = j + 1;
+                        while (c2 < cut && uv[order[c2]] >= v2) c2++;
+                        cut = c2;
+                        break;
+                    }
+                }
+            }
+            if (r.min_p > 0.0f) {
+                float lowb = mx + r.t * logf(r.min_p);
+                int c3 = 0;
+                while (c3 < cut && uv[order[c3]] >= lowb) c3++;
+                cut = max(c3, 1);
+            }
+            scut = cut;
+        }
+        __syncthreads();
+        float gv = (-INFINITY);
+        int gi = 0x7fffffff;
+        for (int j = threadIdx.x; j < scut; j += blockDim.x) {
+            int q = order[j];
+            sbetter(gv, gi, uv[q] / r.t + gumbel_noise(r, (u32)ui[q]), ui[q]);
+        }
+        block_best(gv, gi, sv, si);
+        if (gi != 0x7fffffff) chosen = gi;
+    } else if (mode != 0) {
+        chosen = sample_whole_row(x, width, r, mx, chosen, hist, sh, sv, si);
+    }
+    if (threadIdx.x == 0) out[row] = (u32)chosen;
+
+    // Log-probabilities at temperature 1 after the adjustments.
+    if (r.nlp == SAMPLE_NONE) return;
+    const float lse = slse;
+    u32 *o = out + rows + (size_t)row * (1 + 2 * SAMPLE_TOP);
+    if (threadIdx.x == 0) o[0] = __float_as_uint(x[chosen] - lse);
+    int n = min(min((int)r.nlp, SAMPLE_TOP), width);
+    if (n == 0) return;
+    if (have_union) {
+        if (threadIdx.x == 0)
+            for (int j = 0; j < n && j < m; j++) {
+                o[1 + 2 * j] = (u32)ui[order[j]];
+                o[2 + 2 * j] = __float_as_uint(uv[order[j]] - lse);
+            }
+        return;
+    }
+    top_logprobs_whole_row(x, width, n, lse, o, hist, sh);
 }
