@@ -126,7 +126,7 @@ fn teacher_forced(m: &LoadedModel<CpuBackend>, c: &GoldenCase) -> Vec<f32> {
 #[test]
 fn f32_cache_on_the_default_model() {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/smollm2-135m-q4_1-golden.jsonl");
+        .join("../../tests/fixtures/smollm2-135m-q4_1-golden.jsonl");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let cases: Vec<GoldenCase> = text
         .lines()

@@ -1,4 +1,4 @@
-//! The default model against llama.cpp's reference outputs (`shared/fixtures`).
+//! The default model against llama.cpp's reference outputs (`tests/fixtures`, copied from the project's shared fixtures).
 
 use std::path::PathBuf;
 
@@ -18,7 +18,7 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/smollm2-135m-q4_1-golden.jsonl");
+        .join("../../tests/fixtures/smollm2-135m-q4_1-golden.jsonl");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
