@@ -35,6 +35,14 @@ pub const MV_ROWS: usize = 8;
 const MV_WARPS: usize = 8;
 /// Outputs per group of warps in the one-row kernel (`MV1_OUT` in kernels.cu).
 const MV1_OUT: usize = 2;
+/// Outputs per warp of the `n`-row kernel k_mvr (`MVR_OUT` in kernels.cu).
+fn mvr_out(n: usize) -> usize {
+    if n <= 6 {
+        4
+    } else {
+        2
+    }
+}
 const ATT_T: u32 = 128;
 const MAX_HD: usize = 256;
 const BLAS_WORKSPACE: usize = 32 << 20;
@@ -105,6 +113,8 @@ struct Kernels {
     dequant: CudaFunction,
     embed_q: CudaFunction,
     mvs: CudaFunction,
+    /// k_mvr2 .. k_mvr8: 2..8 rows, each weight read once for all of them.
+    mvr: Vec<CudaFunction>,
     kv_write: CudaFunction,
     rope: CudaFunction,
     attn: CudaFunction,
@@ -169,6 +179,8 @@ pub struct CudaBackend {
     quant: bool,
     /// `KILN_CUDA_MV_PLAIN=1`: the plain matrix-vector kernel only (for comparisons).
     mv_plain: bool,
+    /// `KILN_CUDA_MVS_OLD=1`: the staged few-row kernel instead of k_mvr (for comparisons).
+    mvs_old: bool,
     st: Mutex<St>,
 }
 
@@ -264,6 +276,9 @@ impl CudaBackend {
             dequant: f("k_dequant")?,
             embed_q: f("k_embed_q")?,
             mvs: f("k_mvs")?,
+            mvr: (2..=MV_ROWS)
+                .map(|n| f(&format!("k_mvr{n}")))
+                .collect::<Result<_, _>>()?,
             kv_write: f("k_kv_write")?,
             rope: f("k_rope")?,
             attn: f("k_attn")?,
@@ -313,6 +328,7 @@ impl CudaBackend {
             max_q: Default::default(),
             quant: std::env::var("KILN_CUDA_QUANT").is_ok_and(|v| v == "1"),
             mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
+            mvs_old: std::env::var("KILN_CUDA_MVS_OLD").is_ok_and(|v| v == "1"),
             st: Mutex::new(St::default()),
         })
     }
@@ -472,6 +488,30 @@ impl CudaBackend {
                     A::P(nw),
                     A::F(eps),
                     A::P(out_ptr),
+                    A::I(mode),
+                    A::I(ks as i32),
+                ],
+            );
+            return;
+        }
+        if (2..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(8) && !self.mv_plain && !self.mvs_old
+        {
+            let per = mvr_out(n);
+            let ks = self.col_split(outs.div_ceil(per), w.cols);
+            self.launch(
+                &self.k.mvr[n - 2],
+                (outs.div_ceil(per * MV_WARPS / ks) as u32, 1, 1),
+                (MV_WARPS * 32) as u32,
+                &[
+                    A::P(wp),
+                    A::P(bias),
+                    A::I(outs as i32),
+                    A::I(w.cols as i32),
+                    A::P(x_ptr),
+                    A::P(nw),
+                    A::F(eps),
+                    A::P(out_ptr),
+                    A::I(out_stride as i32),
                     A::I(mode),
                     A::I(ks as i32),
                 ],
