@@ -42,9 +42,29 @@ pub struct ServeArgs {
     /// A file with one accepted API key per line.
     #[arg(long)]
     pub api_key_file: Option<PathBuf>,
-    /// An origin allowed by CORS (repeatable; `*` for any).
-    #[arg(long)]
+    /// A web origin allowed to use the server from a browser, with CORS headers (repeatable;
+    /// `*` for any). The server's own chat page needs none.
+    #[arg(long, visible_alias = "allow-origin")]
     pub cors_origin: Vec<String>,
+    /// A host name the server answers to without an API key, besides IP addresses and
+    /// `localhost` (repeatable; `*` for any). Other names are refused, so that a web page
+    /// cannot reach the server by rebinding its own name to this address.
+    #[arg(long)]
+    pub allow_host: Vec<String>,
+    /// Most client connections open at once; more wait to be accepted.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; also how long an idle kept-alive
+    /// connection stays open.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_s: u64,
+    /// Seconds that running requests get to finish after SIGTERM or Ctrl-C; a second signal
+    /// exits at once.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_s: u64,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -84,8 +104,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = ServerConfig {
         api_keys: keys,
         cors_origins: a.cors_origin.clone(),
+        allowed_hosts: a.allow_host.clone(),
         max_body_bytes: a.max_body_bytes,
         default_max_tokens: a.default_max_tokens.max(1),
+        max_connections: a.max_connections.max(1),
+        shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace_s),
+        header_timeout: std::time::Duration::from_secs(a.header_timeout_s.max(1)),
+        body_timeout: std::time::Duration::from_secs(a.body_timeout_s.max(1)),
     };
     let state = AppState::new(lm, cfg);
     // Workers for HTTP and streaming: enough for hundreds of streams on a large machine, no
@@ -128,5 +153,29 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-    eprintln!("kiln: shutting down: finishing running requests");
+    eprintln!("kiln: shutting down: finishing running requests (a second signal exits at once)");
+    tokio::spawn(async {
+        second_signal().await;
+        eprintln!("kiln: second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+/// The next SIGTERM or Ctrl-C.
+async fn second_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

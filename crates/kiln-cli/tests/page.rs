@@ -9,22 +9,40 @@ use common::Server;
 
 #[test]
 fn chat_page_streams_an_answer_in_chromium() {
+    drive_page(&[], None, "chat-page.png");
+}
+
+#[test]
+fn chat_page_asks_for_the_api_key_once_and_uses_it() {
+    drive_page(
+        &["--api-key", "page-key"],
+        Some("page-key"),
+        "chat-page-key.png",
+    );
+}
+
+/// Starts a server with `args`, drives its page in Chromium (answering a key prompt with
+/// `key`), and keeps a screenshot named `shot_name`.
+fn drive_page(args: &[&str], key: Option<&str>, shot_name: &str) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let node_modules = root.join("target/node/node_modules");
     assert!(
         node_modules.join("playwright-core").is_dir(),
         "playwright-core is missing: run `npm install --prefix target/node playwright-core@1` (scripts/test.sh does)"
     );
-    let server = Server::start(&["--default-max-tokens", "24"]);
+    let mut server_args = vec!["--default-max-tokens", "24"];
+    server_args.extend_from_slice(args);
+    let server = Server::start(&server_args);
     let url = server.url("");
     let artifacts = root.join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("chat-page.png");
+    let shot = artifacts.join(shot_name);
     let _ = std::fs::remove_file(&shot);
     let out = Command::new("node")
         .arg(root.join("crates/kiln-cli/tests/page/chat_page.js"))
         .arg(format!("{url}/"))
         .arg(&shot)
+        .args(key)
         .env("NODE_PATH", &node_modules)
         .output()
         .expect("node is installed");

@@ -3,7 +3,11 @@
 //!
 //! Blocks that are full hold the keys and values of a known token prefix; they are
 //! registered under a hash of that whole prefix and are never written again, so
-//! sequences that start with the same tokens share them. A sequence only ever writes into
+//! sequences that start with the same tokens share them. The hash only finds a candidate:
+//! a 64-bit FNV hash can be made to collide on purpose, and a collision would hand one
+//! client the cache of another's prompt. So a block is reused only if its own tokens equal
+//! the prompt's and its parent is the block just reused, in the same life (blocks count
+//! their reuses), which by induction checks the whole prefix. A sequence only ever writes into
 //! its own last, partial block; a fork copies that block (copy-on-write at the one place
 //! where sharing would otherwise be written).
 
@@ -37,6 +41,17 @@ pub struct BlockManager {
     /// Prefix hash -> block holding that prefix's last `block_size` tokens.
     cache: HashMap<u64, u32>,
     hash_of: Vec<Option<u64>>,
+    /// What a registered block holds: its parent (block, life) and its own tokens.
+    content: Vec<Option<Cached>>,
+    /// How many times each block has been taken for new contents.
+    life: Vec<u64>,
+}
+
+/// The prefix a registered block stands for, kept to check hash hits against.
+#[derive(Debug)]
+struct Cached {
+    parent: Option<(u32, u64)>,
+    tokens: Box<[u32]>,
 }
 
 /// Hash of a token prefix, chained block by block (FNV-1a over the previous hash and ids).
@@ -62,6 +77,8 @@ impl BlockManager {
             clock: 0,
             cache: HashMap::new(),
             hash_of: vec![None; n_blocks],
+            content: (0..n_blocks).map(|_| None).collect(),
+            life: vec![0; n_blocks],
         }
     }
 
@@ -98,6 +115,8 @@ impl BlockManager {
                 self.cache.remove(&h);
             }
         }
+        self.content[b as usize] = None;
+        self.life[b as usize] += 1;
         self.refs[b as usize] = 1;
         Some(b)
     }
@@ -123,10 +142,12 @@ impl BlockManager {
         let mut hits = Vec::new();
         let mut h = 0u64;
         for i in 0..reusable {
-            h = chain_hash(h, &prompt[i * bs..(i + 1) * bs]);
+            let tokens = &prompt[i * bs..(i + 1) * bs];
+            h = chain_hash(h, tokens);
+            let parent = hits.last().map(|&p: &u32| (p, self.life[p as usize]));
             match self.cache.get(&h) {
-                Some(&b) => hits.push(b),
-                None => break,
+                Some(&b) if self.holds(b, parent, tokens) => hits.push(b),
+                _ => break,
             }
         }
         let need_total = self.blocks_for(reserve.max(prompt.len()));
@@ -152,6 +173,13 @@ impl BlockManager {
             }
         }
         Ok((table, cached))
+    }
+
+    /// Whether block `b` holds `tokens` right after `parent` (a hash hit is only a candidate).
+    fn holds(&self, b: u32, parent: Option<(u32, u64)>, tokens: &[u32]) -> bool {
+        self.content[b as usize]
+            .as_ref()
+            .is_some_and(|c| c.parent == parent && *c.tokens == *tokens)
     }
 
     /// Makes sure `table` can hold `len` positions, allocating blocks at the end.
@@ -183,6 +211,16 @@ impl BlockManager {
             let b = table[i];
             if self.hash_of[b as usize].is_none() {
                 self.hash_of[b as usize] = Some(h);
+                // Parent by block and life: if the parent block is later taken for other
+                // contents, this block's keys and values (computed after the old parent)
+                // no longer match any prefix that reaches it.
+                let parent = i
+                    .checked_sub(1)
+                    .map(|p| (table[p], self.life[table[p] as usize]));
+                self.content[b as usize] = Some(Cached {
+                    parent,
+                    tokens: tokens[i * bs..(i + 1) * bs].into(),
+                });
                 self.cache.entry(h).or_insert(b);
             }
         }
@@ -277,6 +315,65 @@ mod tests {
         let (td, cached) = m.allocate(&a, 10).unwrap();
         assert_eq!(cached, 8);
         m.release(&td);
+    }
+
+    #[test]
+    fn a_hash_hit_is_reused_only_if_the_tokens_and_parent_match() {
+        let mut m = BlockManager::new(16, 4);
+        let a: Vec<u32> = (0..9).collect();
+        let (ta, _) = m.allocate(&a, 9).unwrap();
+        m.register(&ta, &a, 9);
+        // What a collision would do: another prompt's hash leads to a's first block.
+        let b: Vec<u32> = (100..109).collect();
+        m.cache.insert(chain_hash(0, &b[..4]), ta[0]);
+        let (tb, cached) = m.allocate(&b, 9).unwrap();
+        assert_eq!(cached, 0, "reused another prompt's block on a hash hit");
+        assert!(!tb.contains(&ta[0]));
+        // Same tokens in the second block, after a different first block: not reused.
+        let mut c = b[..4].to_vec();
+        c.extend_from_slice(&a[4..9]);
+        m.cache.remove(&chain_hash(0, &b[..4]));
+        m.register(&tb, &b, 8);
+        let h = chain_hash(chain_hash(0, &c[..4]), &c[4..8]);
+        m.cache.insert(h, ta[1]);
+        let (tc, cached) = m.allocate(&c, 9).unwrap();
+        assert_eq!(
+            cached, 4,
+            "the first block is b's, the second must not be a's"
+        );
+        assert_eq!(tc[0], tb[0]);
+        assert_ne!(tc[1], ta[1]);
+        // The honest prefix is still reused.
+        let (td, cached) = m.allocate(&a, 9).unwrap();
+        assert_eq!((cached, &td[..2]), (8, &ta[..2]));
+        for t in [&ta, &tb, &tc, &td] {
+            m.release(t);
+        }
+    }
+
+    #[test]
+    fn a_block_whose_parent_was_reused_is_not_reused() {
+        let mut m = BlockManager::new(3, 2);
+        let a = [1, 2, 3, 4, 5];
+        let (ta, _) = m.allocate(&a[..4], 4).unwrap();
+        m.register(&ta, &a[..4], 4);
+        m.release(&ta);
+        // Take the parent block for other contents, keeping the child cached; then make the
+        // child reachable under the new parent, as a collision would.
+        let (tx, _) = m.allocate(&[7], 1).unwrap();
+        let (tb, _) = m.allocate(&[8], 1).unwrap();
+        assert_eq!(tb, [ta[0]]);
+        m.register(&tb, &[3, 4], 2);
+        m.release(&tx);
+        m.release(&tb);
+        let p = [3, 4, 3, 4, 9];
+        let h = chain_hash(chain_hash(0, &p[..2]), &p[2..4]);
+        m.cache.insert(h, ta[1]);
+        let (_, cached) = m.allocate(&p, 5).unwrap();
+        assert_eq!(
+            cached, 2,
+            "the child was computed after the parent's old contents"
+        );
     }
 
     #[test]

@@ -247,6 +247,8 @@ struct Scoring {
 }
 
 struct Seq {
+    /// The id `submit` returned.
+    id: u64,
     tokens: Vec<u32>,
     prompt_len: usize,
     computed: usize,
@@ -340,7 +342,8 @@ pub struct Engine<R: Runner> {
     blocks: BlockManager,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
-    next_id: u64,
+    /// Where request ids come from (shared with a handle, which numbers what it sends).
+    next_id: Arc<std::sync::atomic::AtomicU64>,
     rows: Vec<RowSampling>,
     adjust: Vec<Adjust>,
     sampled: Vec<Sampled>,
@@ -362,7 +365,7 @@ impl<R: Runner> Engine<R> {
             blocks,
             waiting: VecDeque::new(),
             running: Vec::new(),
-            next_id: 1,
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             rows: Vec::new(),
             adjust: Vec::new(),
             sampled: Vec::new(),
@@ -418,16 +421,34 @@ impl<R: Runner> Engine<R> {
 
     /// Queues a request; its events go to `sink`. Returns the request id.
     pub fn submit(&mut self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
+        let id = self.new_id();
+        self.submit_as(id, req, sink)?;
+        Ok(id)
+    }
+
+    /// A fresh request id; ids are shared with [`Engine::id_source`]'s holders.
+    fn new_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The counter request ids are taken from, for a handle that numbers requests before the
+    /// engine thread sees them.
+    pub fn id_source(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.next_id.clone()
+    }
+
+    /// [`Engine::submit`] under an id taken from [`Engine::id_source`].
+    pub fn submit_as(&mut self, id: u64, req: Request, sink: Sink) -> Result<(), SubmitError> {
         self.limits().check_request(&req, self.waiting.len())?;
         let n = req.prompt.len();
         let max_len = (n + req.params.max_tokens).min(self.runner.context_length());
-        let id = self.next_id;
-        self.next_id += 1;
         let seed = req
             .params
             .seed
             .unwrap_or_else(|| id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         self.waiting.push_back(Seq {
+            id,
             sampler: RequestSampler::new(req.params, seed, &req.prompt),
             tokens: req.prompt,
             prompt_len: n,
@@ -442,7 +463,7 @@ impl<R: Runner> Engine<R> {
             cached: 0,
             score: None,
         });
-        Ok(id)
+        Ok(())
     }
 
     /// Queues a scoring request: the log-probability of each token of `req.tokens` from
@@ -464,9 +485,9 @@ impl<R: Runner> Engine<R> {
                 req.from
             )));
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.new_id();
         self.waiting.push_back(Seq {
+            id,
             sampler: RequestSampler::new(SamplingParams::greedy(1), 0, &[]),
             tokens: req.tokens,
             prompt_len: n,
@@ -486,6 +507,13 @@ impl<R: Runner> Engine<R> {
             })),
         });
         Ok(id)
+    }
+
+    /// Drops a queued generation request whose client went away, so that it is never
+    /// prefilled (a running one ends at its next token, when its sink refuses it). Ids of
+    /// requests no longer queued are ignored.
+    pub fn cancel_waiting(&mut self, id: u64) {
+        self.waiting.retain(|s| s.id != id || s.score.is_some());
     }
 
     fn admit(&mut self) {

@@ -14,8 +14,9 @@ type Reply = mpsc::SyncSender<Result<u64, SubmitError>>;
 
 enum Cmd {
     /// Checked on the caller's thread already; a late failure goes to the sink.
-    Submit(Request, Sink),
+    Submit(u64, Request, Sink),
     Score(ScoreRequest, ScoreSink, Reply),
+    Cancel(u64),
     Shutdown,
 }
 
@@ -28,6 +29,8 @@ pub struct EngineHandle {
     limits: Limits,
     /// Requests sent to the engine thread that it has not taken yet.
     in_flight: Arc<AtomicUsize>,
+    /// The engine's request ids.
+    ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -42,6 +45,7 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let stats = Arc::new(Mutex::new(engine.stats()));
         let limits = engine.limits();
+        let ids = engine.id_source();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let in_flight_h = in_flight.clone();
         let st = stats.clone();
@@ -62,7 +66,7 @@ impl EngineHandle {
                     }
                     while let Some(cmd) = next {
                         match cmd {
-                            Cmd::Submit(req, mut sink) => {
+                            Cmd::Submit(id, req, mut sink) => {
                                 in_flight.fetch_sub(1, Ordering::Relaxed);
                                 // Checked again against the queue as it is now; a refusal
                                 // reaches the caller through its sink.
@@ -70,7 +74,7 @@ impl EngineHandle {
                                 match engine.limits().check_request(&req, waiting) {
                                     Ok(()) => {
                                         // Checked just above against the same state.
-                                        let _ = engine.submit(req, sink);
+                                        let _ = engine.submit_as(id, req, sink);
                                     }
                                     Err(e) => {
                                         sink(Event::Failed(e.to_string()));
@@ -80,6 +84,7 @@ impl EngineHandle {
                             Cmd::Score(req, done, reply) => {
                                 let _ = reply.send(engine.submit_score(req, done));
                             }
+                            Cmd::Cancel(id) => engine.cancel_waiting(id),
                             Cmd::Shutdown => open = false,
                         }
                         next = rx.try_recv().ok();
@@ -100,20 +105,24 @@ impl EngineHandle {
             thread: Arc::new(Mutex::new(Some(thread))),
             limits,
             in_flight: in_flight_h,
+            ids,
         }
     }
 
     /// Queues a request; events go to `sink` from the engine thread. The request is checked
     /// here, on the caller's thread, and the call returns without waiting for the engine (an
     /// async server's workers never block on a running step).
-    pub fn submit(&self, req: Request, sink: Sink) -> Result<(), SubmitError> {
+    /// Returns the request's id (for [`EngineHandle::cancel_waiting`]).
+    pub fn submit(&self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
         let waiting = self.stats().waiting + self.in_flight.load(Ordering::Relaxed);
         self.limits.check_request(&req, waiting)?;
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(Cmd::Submit(req, sink)).map_err(|_| {
+        self.tx.send(Cmd::Submit(id, req, sink)).map_err(|_| {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             SubmitError::Prompt("the engine has shut down".into())
-        })
+        })?;
+        Ok(id)
     }
 
     /// What requests are checked against.
@@ -151,6 +160,20 @@ impl EngineHandle {
     /// The latest counters.
     pub fn stats(&self) -> EngineStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Drops request `id` if it is still queued (see [`Engine::cancel_waiting`]); does not
+    /// wait.
+    pub fn cancel_waiting(&self, id: u64) {
+        let _ = self.tx.send(Cmd::Cancel(id));
+    }
+
+    /// Whether the engine thread stopped without being asked to (it panicked): the engine
+    /// takes no more work, and a server must say it is unhealthy.
+    pub fn has_failed(&self) -> bool {
+        self.thread
+            .lock()
+            .map_or(true, |t| t.as_ref().is_some_and(|h| h.is_finished()))
     }
 
     /// Lets running requests finish, then stops the engine thread.

@@ -665,3 +665,47 @@ fn handle_scores_and_shutdown_fails_pending_scores() {
     let err = h.score(ScoreRequest { tokens: t, from: 1 }).unwrap_err();
     assert!(err.to_string().contains("shut down"), "{err}");
 }
+
+#[test]
+fn a_cancelled_queued_request_is_never_prefilled() {
+    let tok = tokenizer();
+    let mut e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 64, 16),
+        tok.clone(),
+        EngineConfig {
+            max_running: 1,
+            ..EngineConfig::default()
+        },
+    );
+    let (a, b, c) = (
+        Arc::new(Mutex::new(Collected::default())),
+        Arc::new(Mutex::new(Collected::default())),
+        Arc::new(Mutex::new(Collected::default())),
+    );
+    let params = SamplingParams::greedy(4);
+    let submit = |e: &mut Engine<MockRunner>, p: Vec<u32>, out: &Arc<Mutex<Collected>>| {
+        e.submit(
+            Request {
+                prompt: p,
+                params: params.clone(),
+            },
+            sink(out.clone(), None),
+        )
+        .unwrap()
+    };
+    submit(&mut e, (300..320).collect(), &a);
+    let queued = submit(&mut e, (400..440).collect(), &b);
+    submit(&mut e, (500..510).collect(), &c);
+    e.step().unwrap();
+    assert_eq!(e.stats().waiting, 2);
+    e.cancel_waiting(queued);
+    assert_eq!(e.stats().waiting, 1);
+    e.run_to_completion().unwrap();
+    // The cancelled one never ran: no token, no end; the others finished.
+    let b = b.lock().unwrap().clone();
+    assert!(b.ids.is_empty() && b.done.is_none(), "{:?}", b.ids);
+    assert_eq!(a.lock().unwrap().done, Some(FinishReason::Length));
+    assert_eq!(c.lock().unwrap().done, Some(FinishReason::Length));
+    // An id that is no longer queued is ignored.
+    e.cancel_waiting(queued);
+}

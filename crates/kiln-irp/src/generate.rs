@@ -2,7 +2,8 @@
 //! [`EngineGenerator`] submits them all to the engine at once, so the engine decodes them as
 //! one batch; tests use generators with controlled outputs.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use kiln_engine::FinishReason;
 use kiln_engine::{EngineHandle, Event, Request, SamplingParams, ScoreRequest};
@@ -59,11 +60,9 @@ pub struct EngineGenerator<'a> {
 impl EngineGenerator<'_> {
     /// The prompt ids of a conversation, ready for the assistant's turn.
     pub fn prompt(&self, messages: &[Message]) -> Result<Vec<u32>, IrpError> {
-        let text = self
-            .template
-            .render(messages, true)
-            .map_err(|e| IrpError::Engine(format!("applying the chat template: {e}")))?;
-        Ok(self.tokenizer.encode(&text, true, true))
+        self.template
+            .encode(self.tokenizer, messages, true)
+            .map_err(|e| IrpError::Engine(format!("applying the chat template: {e}")))
     }
 
     /// The ids of `conversation` followed by `question` as the next user turn, and where the
@@ -80,14 +79,36 @@ impl EngineGenerator<'_> {
         }
         let mut msgs = conversation.to_vec();
         msgs.push(Message::new("user", q));
-        let text = self
+        let r = self
             .template
-            .render(&msgs, false)
+            .render_marked(&msgs, false)
             .map_err(|e| IrpError::Scoring(format!("applying the chat template: {e}")))?;
+        let text = &r.text;
         let at = text.rfind(q).ok_or_else(|| {
             IrpError::Scoring("the chat template does not show the question verbatim".into())
         })?;
-        let mut ids = self.tokenizer.encode(&text[..at], true, true);
+        // Control tokens count only where the template wrote them, not in earlier contents.
+        let before: Vec<std::ops::Range<usize>> = match r.contents {
+            Some(contents) => contents
+                .into_iter()
+                .filter(|c| c.start < at)
+                .map(|c| c.start..c.end.min(at))
+                .collect(),
+            None => {
+                if let Some(t) = msgs
+                    .iter()
+                    .find_map(|m| self.tokenizer.special_text_in(&m.content))
+                {
+                    return Err(IrpError::Scoring(format!(
+                        "a message spells the control token `{t}` and the chat template transforms contents; cannot score the question"
+                    )));
+                }
+                Vec::new()
+            }
+        };
+        let mut ids = self
+            .tokenizer
+            .encode_with_literal(&text[..at], true, &before);
         let from = ids.len();
         ids.extend(self.tokenizer.encode(q, false, false));
         Ok((ids, from))
@@ -119,6 +140,23 @@ struct Partial {
 
 impl Generator for EngineGenerator<'_> {
     fn generate(&self, specs: &[CandidateSpec]) -> Result<Vec<Generated>, IrpError> {
+        self.generate_unless(specs, None)
+    }
+}
+
+impl EngineGenerator<'_> {
+    /// [`Generator::generate`], abandoned as soon as `cancel` is set (a server's client went
+    /// away): the candidates' sequences are cancelled at the engine's next step and the call
+    /// returns an error.
+    pub fn generate_unless(
+        &self,
+        specs: &[CandidateSpec],
+        cancel: Option<&Arc<AtomicBool>>,
+    ) -> Result<Vec<Generated>, IrpError> {
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Acquire));
+        if cancelled() {
+            return Err(IrpError::Engine("cancelled: the client went away".into()));
+        }
         let (tx, rx) = mpsc::channel::<(usize, Event)>();
         for (i, s) in specs.iter().enumerate() {
             let params = SamplingParams {
@@ -127,10 +165,14 @@ impl Generator for EngineGenerator<'_> {
             };
             let prompt = self.prompt(&s.messages)?;
             let tx = tx.clone();
+            let stop = cancel.cloned();
             self.engine
                 .submit(
                     Request { prompt, params },
-                    Box::new(move |ev| tx.send((i, ev)).is_ok()),
+                    Box::new(move |ev| {
+                        !stop.as_ref().is_some_and(|c| c.load(Ordering::Acquire))
+                            && tx.send((i, ev)).is_ok()
+                    }),
                 )
                 .map_err(|e| IrpError::Engine(e.to_string()))?;
         }
@@ -147,7 +189,11 @@ impl Generator for EngineGenerator<'_> {
         let mut left = specs.len();
         while left > 0 {
             let (i, ev) = rx.recv().map_err(|_| {
-                IrpError::Engine("the engine stopped before the candidates were done".into())
+                if cancelled() {
+                    IrpError::Engine("cancelled: the client went away".into())
+                } else {
+                    IrpError::Engine("the engine stopped before the candidates were done".into())
+                }
             })?;
             let p = &mut out[i];
             match ev {

@@ -104,13 +104,14 @@ pub struct Profile {
     pub salience_threshold: f64,
     /// Earlier exchanges kept as context in `kiln chat --refine`.
     pub history_exchanges: usize,
-    /// Accepted for the seed's profiles; kiln keeps the model loaded for the whole process.
+    /// Keep the model loaded between runs: always true (kiln keeps it for the whole
+    /// process); `false` is refused.
     pub model_keep_alive: bool,
     /// Memory budget for weights, activations and the KV cache, in MiB.
     pub max_memory_mb: usize,
     /// Where to run.
     pub device: Device,
-    /// Weight precision (`auto`: the model file's own).
+    /// Weight precision: only `auto` (the model file's own) is accepted.
     pub precision: String,
     /// Record the hottest thermal zone before and after each run.
     pub enable_thermal_monitoring: bool,
@@ -199,10 +200,6 @@ pub const KEYS: &[&str] = &[
     "device",
     "precision",
     "enable_thermal_monitoring",
-];
-
-const PRECISIONS: &[&str] = &[
-    "auto", "f32", "fp32", "f16", "fp16", "bf16", "q8_0", "q4_k", "q4_1", "q4_0",
 ];
 
 /// Splits flat YAML into `(line, key, value)`; comments, blank lines and `---` are skipped.
@@ -365,7 +362,7 @@ impl Profile {
             top_p: 0.95,
             salience_threshold: 0.15,
             history_exchanges: 3,
-            model_keep_alive: false,
+            model_keep_alive: true,
             max_memory_mb: 1024,
             device: Device::Auto,
             precision: "auto".into(),
@@ -443,7 +440,16 @@ impl Profile {
             "top_p" => self.top_p = real(0.0, 1.0, true)? as f32,
             "salience_threshold" => self.salience_threshold = real(0.0, 1.0, false)?,
             "history_exchanges" => self.history_exchanges = int(0, 64)? as usize,
-            "model_keep_alive" => self.model_keep_alive = boolean()?,
+            "model_keep_alive" => {
+                // kiln keeps the model loaded for the whole process; `false` would ask for
+                // something it does not do.
+                if !boolean()? {
+                    return Err(bad(
+                        "true (kiln keeps the model loaded for the whole process; unloading between runs is not implemented)",
+                    ));
+                }
+                self.model_keep_alive = true;
+            }
             "max_memory_mb" => self.max_memory_mb = int(64, 1 << 20)? as usize,
             "device" => {
                 self.device = match value {
@@ -454,8 +460,12 @@ impl Profile {
                 }
             }
             "precision" => {
-                if !PRECISIONS.contains(&value) {
-                    return Err(bad(&PRECISIONS.join(", ")));
+                // Profiles do not convert weights; a precision other than the file's own
+                // would be a promise kiln does not keep.
+                if value != "auto" {
+                    return Err(bad(
+                        "auto (kiln runs the model file's own format; convert the model to change it)",
+                    ));
                 }
                 self.precision = value.to_owned();
             }
@@ -607,9 +617,9 @@ mod tests {
     #[test]
     fn quoted_values_and_hashes_inside_quotes() {
         let p = Profile::default()
-            .with_yaml("---\nprecision: \"q8_0\"\ndevice: 'cpu'\n", "q.yaml")
+            .with_yaml("---\nprecision: \"auto\"\ndevice: 'cpu'\n", "q.yaml")
             .unwrap();
-        assert_eq!(p.precision, "q8_0");
+        assert_eq!(p.precision, "auto");
         assert_eq!(p.device, Device::Cpu);
         assert_eq!(strip_comment("a: \"x # y\" # z"), "a: \"x # y\" ");
         assert_eq!(strip_comment("a: x#y"), "a: x#y");
@@ -651,6 +661,8 @@ mod tests {
             ("max_memory_mb: 10", "max_memory_mb"),
             ("device: tpu", "device"),
             ("precision: q2", "precision"),
+            ("precision: q8_0", "precision"),
+            ("model_keep_alive: false", "model_keep_alive"),
             ("energy_weight_length: -1", "energy_weight_length"),
             // Cross-key: the floor above the start.
             ("min_temperature: 0.9", "min_temperature"),

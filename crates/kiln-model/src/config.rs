@@ -68,6 +68,12 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
 }
 
+/// Largest vocabulary accepted from a model file.
+pub const MAX_VOCAB: usize = 1 << 24;
+
+/// Largest context length accepted from a model file.
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 impl ModelConfig {
     /// Reads the shape from GGUF metadata (`{arch}.*` keys) and checks it for sense.
     pub fn from_gguf(f: &GgufFile) -> Result<Self, ModelError> {
@@ -325,8 +331,19 @@ impl ModelConfig {
                 self.rope_dim, self.head_dim
             ));
         }
-        if self.vocab_size == 0 || self.context_length == 0 {
-            return bad("vocabulary size and context length must be positive".into());
+        // The largest real vocabularies have about 256k tokens; a padded vocabulary and the
+        // logits rows are allocated from this number, so an absurd one must stop here.
+        if self.vocab_size == 0 || self.vocab_size > MAX_VOCAB {
+            return bad(format!(
+                "vocabulary size (vocab_size) {} is out of range 1..={MAX_VOCAB}",
+                self.vocab_size
+            ));
+        }
+        if self.context_length == 0 || self.context_length > MAX_CONTEXT {
+            return bad(format!(
+                "context length (max_position_embeddings / context_length) {} is out of range 1..={MAX_CONTEXT}",
+                self.context_length
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
             return bad(format!("rope base {} must be positive", self.rope_base));

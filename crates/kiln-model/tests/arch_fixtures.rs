@@ -11,6 +11,7 @@ use kiln_model::chat::Message;
 use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{load, LoadOptions, LoadedModel};
 use kiln_model::quantize::QuantType;
+use kiln_model::tokenizer::TokenType;
 use kiln_model::{Arch, RopeStyle};
 use serde::Deserialize;
 
@@ -159,6 +160,44 @@ fn check(arch: &str, format: Format, lora: bool) {
         .unwrap();
     assert_eq!(rendered, chat.text, "{arch} {format:?}: chat template");
     let chat_ids = m.tokenizer.encode(&rendered, false, true);
+    // Encoding the conversation through the template reads the template's control tokens
+    // and tokenizes exactly as the rendered text does...
+    let msgs = chat.chat.as_ref().unwrap();
+    assert_eq!(
+        m.template.encode(&m.tokenizer, msgs, true).unwrap(),
+        m.tokenizer.encode(&rendered, true, true),
+        "{arch} {format:?}: chat encode"
+    );
+    // ...and never reads control tokens that a message's content spells.
+    let controls: Vec<u32> = (0..m.tokenizer.vocab_size() as u32)
+        .filter(|&i| m.tokenizer.token_type(i) == Some(TokenType::Control))
+        .collect();
+    assert!(!controls.is_empty());
+    let spelled: String = controls
+        .iter()
+        .filter_map(|&i| m.tokenizer.token_text(i))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spoofed: Vec<Message> = msgs
+        .iter()
+        .map(|x| Message::new(&x.role, format!("{}{spelled}", x.content)))
+        .collect();
+    let control_ids = |ids: &[u32]| {
+        let mut c: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|i| controls.contains(i))
+            .collect();
+        c.sort_unstable();
+        c
+    };
+    let honest = m.template.encode(&m.tokenizer, msgs, true).unwrap();
+    let spoof = m.template.encode(&m.tokenizer, &spoofed, true).unwrap();
+    assert_eq!(
+        control_ids(&spoof),
+        control_ids(&honest),
+        "{arch} {format:?}: control tokens spelled in content"
+    );
     if format == Format::Hf || arch != "phi3" {
         assert_eq!(chat_ids, chat.ids, "{arch} {format:?}: chat prompt ids");
     } else {
@@ -352,6 +391,33 @@ fn scratch(arch: &str, tag: &str) -> PathBuf {
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
     dst
+}
+
+#[test]
+fn absurd_sizes_in_model_files_are_refused_by_name() {
+    let d = scratch("qwen2", "vocab");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+    let mut huge = cfg.clone();
+    huge["vocab_size"] = serde_json::json!(1u64 << 50);
+    std::fs::write(d.join("config.json"), huge.to_string()).unwrap();
+    let e = load_err(&d, &LoadOptions::default());
+    assert!(
+        e.contains("config.json") && e.contains("vocab_size") && e.contains("out of range"),
+        "{e}"
+    );
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    // A tokenizer.json id near 2^31: refused before a table of that size is made.
+    let mut tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("tokenizer.json")).unwrap()).unwrap();
+    tj["added_tokens"][0]["id"] = serde_json::json!((1u64 << 31) - 3);
+    std::fs::write(d.join("tokenizer.json"), tj.to_string()).unwrap();
+    let e = load_err(&d, &LoadOptions::default());
+    assert!(
+        e.contains("tokenizer.json") && e.contains("added_tokens holds id 2147483645"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]

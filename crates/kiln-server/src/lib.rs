@@ -2,15 +2,16 @@
 //! the engine, and turns the engine's events into JSON or server-sent events.
 
 mod error;
+mod guard;
+mod listen;
 pub mod metrics;
 mod refine;
 mod request;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request as HttpRequest, State};
@@ -31,6 +32,12 @@ use tokio::sync::mpsc;
 pub use error::ApiError;
 use metrics::Metrics;
 use request::GenRequest;
+
+/// Parses a request body as `/v1/chat/completions` (`chat`) or `/v1/completions` does, and
+/// says only whether it is accepted: for fuzzing and tests of hostile bodies.
+pub fn parse_request(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<(), ApiError> {
+    request::parse(body, chat, default_max_tokens).map(|_| ())
+}
 
 /// A language model being served.
 pub struct LoadedLm {
@@ -53,12 +60,25 @@ pub struct LoadedLm {
 pub struct ServerConfig {
     /// Accepted API keys; empty means no authentication.
     pub api_keys: Vec<String>,
-    /// Origins allowed by CORS (`*` for any); empty means no CORS headers.
+    /// Web origins allowed to use the server from a browser, with CORS headers (`*` for
+    /// any); the server's own page is always allowed.
     pub cors_origins: Vec<String>,
+    /// Host names the server answers to without an API key besides IP addresses and
+    /// `localhost` (`*` for any): a guard against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
+    /// Time a client has to send a request's headers (and to start its next request on an
+    /// idle kept-alive connection).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    pub body_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Time running requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -66,8 +86,13 @@ impl Default for ServerConfig {
         ServerConfig {
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_body_bytes: 1 << 20,
             default_max_tokens: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -130,24 +155,33 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Serves on `addr` until `shutdown` resolves; running streams are finished first.
+/// Serves until `shutdown` resolves (running requests then get
+/// [`ServerConfig::shutdown_grace`] to finish) or the engine thread dies, which is an error:
+/// a server whose engine is gone must not go on answering `ok`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let limits = listen::Limits {
+        header_timeout: state.cfg.header_timeout,
+        max_connections: state.cfg.max_connections,
+        shutdown_grace: state.cfg.shutdown_grace,
+    };
+    let st = state.clone();
+    let failed = move || st.lm.as_ref().is_some_and(|l| l.engine.has_failed());
+    let why = listen::serve(listener, app, limits, shutdown, failed).await?;
     if let Some(lm) = &state.lm {
         let engine = lm.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     }
-    Ok(())
+    match why {
+        listen::Stopped::Asked => Ok(()),
+        listen::Stopped::Failed => Err(std::io::Error::other(
+            "the engine thread stopped (it panicked; its message is above)",
+        )),
+    }
 }
 
 /// Authentication, CORS, and one log line per request.
@@ -170,6 +204,13 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
         }
         r
     };
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if let Err(e) = guard::check_request(&st.cfg, &method, req.headers()) {
+        tracing::info!(%method, path, status = e.status.as_u16(), "request refused");
+        st.metrics.request(endpoint_name(&path), e.status.as_u16());
+        return add_cors(e.into_response());
+    }
     if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
         if allowed.is_some() {
@@ -189,22 +230,12 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
         }
         return add_cors(r);
     }
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
     let protected = path.starts_with("/v1/") || path == "/metrics";
     if protected && !st.cfg.api_keys.is_empty() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let ok = given.is_some_and(|g| st.cfg.api_keys.iter().any(|k| k == g));
-        if !ok {
-            let msg = if given.is_none() {
-                "missing API key: send `Authorization: Bearer <key>`"
-            } else {
-                "invalid API key"
+        if let Err(e) = guard::authenticate(&st.cfg.api_keys, req.headers()) {
+            let msg = match e {
+                guard::AuthError::Missing => "missing API key: send `Authorization: Bearer <key>`",
+                guard::AuthError::Invalid => "invalid API key",
             };
             tracing::info!(%method, path, status = 401, "request refused");
             st.metrics.request(endpoint_name(&path), 401);
@@ -253,13 +284,22 @@ async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }
 
-async fn health(State(st): State<Shared>) -> Json<Value> {
+async fn health(State(st): State<Shared>) -> Response {
+    if st.lm.as_ref().is_some_and(|l| l.engine.has_failed()) {
+        let body = json!({
+            "status": "failed",
+            "ready": false,
+            "error": "the engine thread stopped (it panicked; see the log); the server is shutting down",
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(json!({
         "status": "ok",
         "ready": true,
         "model": st.lm.as_ref().map(|l| l.id.clone()),
         "engine": st.lm.as_ref().map(|l| l.engine.stats()),
     }))
+    .into_response()
 }
 
 async fn metrics_text(State(st): State<Shared>) -> Response {
@@ -281,8 +321,19 @@ async fn models(State(st): State<Shared>) -> Json<Value> {
 }
 
 async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, st.cfg.max_body_bytes)
+    let read = axum::body::to_bytes(body, st.cfg.max_body_bytes);
+    tokio::time::timeout(st.cfg.body_timeout, read)
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    st.cfg.body_timeout.as_secs()
+                ),
+                Some("body_timeout"),
+            )
+        })?
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -319,11 +370,17 @@ async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Respon
     if req.refine.is_some() {
         return refine::chat(st.clone(), req).await;
     }
-    let text = lm
-        .template
-        .render(req.messages.as_deref().unwrap_or_default(), true)
-        .map_err(|e| ApiError::bad("messages", e.to_string()))?;
-    let prompt = lm.tokenizer.encode(&text, true, true);
+    let messages = req.messages.clone().unwrap_or_default();
+    let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    refuse_long(lm, "messages", text_bytes)?;
+    // Rendering and tokenizing take CPU time in proportion to the request: off the async
+    // workers, so that a long prompt cannot stall other clients and `/health`.
+    let prompt = blocking(st.clone(), move |lm| {
+        lm.template
+            .encode(&lm.tokenizer, &messages, true)
+            .map_err(|e| ApiError::bad("messages", e.to_string()))
+    })
+    .await?;
     generate(st.clone(), req, prompt, true).await
 }
 
@@ -332,42 +389,104 @@ async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, A
     let req = request::parse(&body, false, st.cfg.default_max_tokens)?;
     let lm = st.lm()?;
     check_model(lm, &req)?;
-    let prompt = lm
-        .tokenizer
-        .encode(req.prompt.as_deref().unwrap_or_default(), true, true);
+    let text = req.prompt.clone().unwrap_or_default();
+    refuse_long(lm, "prompt", text.len())?;
+    let special = req.parse_special;
+    let prompt = blocking(st.clone(), move |lm| {
+        Ok(lm.tokenizer.encode(&text, true, special))
+    })
+    .await?;
     generate(st.clone(), req, prompt, false).await
 }
 
+/// Runs CPU-heavy request work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    st: Shared,
+    f: impl FnOnce(&LoadedLm) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(st.lm()?))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+}
+
+fn context_exceeded(param: &str, tokens: usize, context: usize, at_least: bool) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!(
+            "the prompt has {}{tokens} tokens; this model's context is {context} tokens",
+            if at_least { "at least " } else { "" }
+        ),
+        param: Some(param.into()),
+        code: Some("context_length_exceeded"),
+    }
+}
+
+/// Refuses, before tokenizing, a prompt of `bytes` bytes of text that cannot fit the context
+/// whatever its tokens (no token covers more than the vocabulary's longest text).
+fn refuse_long(lm: &LoadedLm, param: &str, bytes: usize) -> Result<(), ApiError> {
+    let at_least = bytes / lm.tokenizer.max_token_bytes();
+    if at_least >= lm.context_length {
+        return Err(context_exceeded(param, at_least, lm.context_length, true));
+    }
+    Ok(())
+}
+
+/// Engine events a request may have waiting for its client, per choice.
+const EVENT_BUFFER: usize = 1024;
+
 /// Events of choice `index`.
 type Tagged = (usize, Event);
+
+/// A request's sequences in the engine: when the response is dropped (its client went
+/// away, or it is done), those still queued are dropped too, never prefilled.
+struct Queued {
+    engine: EngineHandle,
+    ids: Vec<u64>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        for &id in &self.ids {
+            self.engine.cancel_waiting(id);
+        }
+    }
+}
 
 fn submit_all(
     st: &AppState,
     req: &GenRequest,
     prompt: &[u32],
-) -> Result<mpsc::UnboundedReceiver<Tagged>, ApiError> {
+) -> Result<(mpsc::Receiver<Tagged>, Queued), ApiError> {
     let lm = st.lm()?;
     if prompt.len() >= lm.context_length {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!(
-                "the prompt has {} tokens; this model's context is {} tokens",
-                prompt.len(),
-                lm.context_length
-            ),
-            param: Some("messages".into()),
-            code: Some("context_length_exceeded"),
-        });
+        let param = if req.messages.is_some() {
+            "messages"
+        } else {
+            "prompt"
+        };
+        return Err(context_exceeded(
+            param,
+            prompt.len(),
+            lm.context_length,
+            false,
+        ));
     }
-    let (tx, rx) = mpsc::unbounded_channel();
+    // Bounded: a client that stops reading a stream fills this, and the sink's refusal
+    // cancels the sequence instead of queueing its tokens in memory without end.
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER * req.n);
+    let mut queued = Queued {
+        engine: lm.engine.clone(),
+        ids: Vec::with_capacity(req.n),
+    };
     for i in 0..req.n {
         let mut params = req.params.clone();
         if let Some(s) = params.seed {
             params.seed = Some(s.wrapping_add(i as u64));
         }
         let tx = tx.clone();
-        let sink: kiln_engine::Sink = Box::new(move |e| tx.send((i, e)).is_ok());
-        lm.engine
+        let sink: kiln_engine::Sink = Box::new(move |e| tx.try_send((i, e)).is_ok());
+        let id = lm
+            .engine
             .submit(
                 Request {
                     prompt: prompt.to_vec(),
@@ -390,8 +509,18 @@ fn submit_all(
                 },
                 kiln_engine::SubmitError::Prompt(m) => ApiError::bad("messages", m),
             })?;
+        queued.ids.push(id);
     }
-    Ok(rx)
+    Ok((rx, queued))
+}
+
+/// The engine dropped a request without finishing it: its thread stopped.
+fn ended_early() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the engine stopped before finishing this request",
+        Some("engine_error"),
+    )
 }
 
 fn finish_str(r: FinishReason) -> &'static str {
@@ -461,7 +590,7 @@ async fn generate(
     prompt: Vec<u32>,
     chat: bool,
 ) -> Result<Response, ApiError> {
-    let mut rx = submit_all(&st, &req, &prompt)?;
+    let (mut rx, queued) = submit_all(&st, &req, &prompt)?;
     st.metrics
         .prompt_tokens
         .fetch_add(prompt.len() as u64 * req.n as u64, Ordering::Relaxed);
@@ -490,7 +619,7 @@ async fn generate(
         let mut left = req.n;
         while left > 0 {
             let Some((i, ev)) = rx.recv().await else {
-                break;
+                return Err(ended_early());
             };
             match ev {
                 Event::Token { text, logprob, .. } => {
@@ -571,7 +700,8 @@ async fn generate(
         )
     };
     struct S {
-        rx: mpsc::UnboundedReceiver<Tagged>,
+        rx: mpsc::Receiver<Tagged>,
+        _queued: Queued,
         left: usize,
         completion: usize,
         started: Vec<bool>,
@@ -580,6 +710,7 @@ async fn generate(
     }
     let s = S {
         rx,
+        _queued: queued,
         left: n,
         completion: 0,
         started: vec![false; n],
@@ -614,6 +745,13 @@ async fn generate(
                     continue;
                 }
                 let Some((i, ev)) = s.rx.recv().await else {
+                    let e = ended_early();
+                    s.pending.push_back(
+                        SseEvent::default().data(
+                            json!({"error": {"message": e.message, "type": "server_error"}})
+                                .to_string(),
+                        ),
+                    );
                     s.left = 0;
                     continue;
                 };

@@ -11,20 +11,44 @@
 //! exchanges are scored against the conversation in the request, not stored.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream;
-use kiln_irp::{EngineGenerator, Irp, NewExchange, Profile, Refiner};
+use kiln_irp::{
+    CandidateSpec, EngineGenerator, Generated, Generator, Irp, NewExchange, Profile, Refiner,
+};
 use serde_json::{json, Map, Value};
 
 use crate::request::GenRequest;
 use crate::{finish_str, now_s, sse, ApiError, Shared};
 
 const FIELD: &str = "request field `refine`";
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The engine's generator, abandoned once `gone` is set.
+struct Watched<'a> {
+    inner: EngineGenerator<'a>,
+    gone: Arc<AtomicBool>,
+}
+
+impl Generator for Watched<'_> {
+    fn generate(&self, specs: &[CandidateSpec]) -> Result<Vec<Generated>, kiln_irp::IrpError> {
+        self.inner.generate_unless(specs, Some(&self.gone))
+    }
+}
 
 /// Reads the `refine` field: a profile name, or an object with `profile` and any profile keys.
 pub fn parse(v: Option<&Value>) -> Result<Option<Profile>, ApiError> {
@@ -102,14 +126,21 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
     let question = msgs[last].content.clone();
     let context = msgs[..last].to_vec();
     let worker = st.clone();
+    // Set when this handler is dropped, which is what happens when the client goes away:
+    // the refinement's candidates are then cancelled rather than generated for nobody.
+    let gone = Arc::new(AtomicBool::new(false));
+    let _on_drop = SetOnDrop(gone.clone());
     let (r, rec) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let lm = worker.lm()?;
         let irp = Irp::new(
             profile.clone(),
-            EngineGenerator {
-                engine: &lm.engine,
-                tokenizer: &lm.tokenizer,
-                template: &lm.template,
+            Watched {
+                inner: EngineGenerator {
+                    engine: &lm.engine,
+                    tokenizer: &lm.tokenizer,
+                    template: &lm.template,
+                },
+                gone,
             },
         );
         let r = irp.run(&question, &context).map_err(|e| {

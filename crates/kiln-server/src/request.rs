@@ -27,6 +27,8 @@ pub struct GenRequest {
     pub logprobs: bool,
     /// Refine the answer with this profile (the `refine` field; chat only).
     pub refine: Option<kiln_irp::Profile>,
+    /// Read control tokens written in a completions prompt (kiln's `parse_special`).
+    pub parse_special: bool,
 }
 
 fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -85,6 +87,8 @@ fn in_range(k: &str, v: f64, lo: f64, hi: f64) -> Result<f32, ApiError> {
 /// Parses a chat (`chat == true`) or completions body.
 pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRequest, ApiError> {
     let m = obj(body)?;
+    crate::guard::refuse_unimplemented(&m)?;
+    let parse_special = crate::guard::parse_special(&m, chat)?;
     let model = match m.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -375,5 +379,6 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
         include_usage,
         logprobs,
         refine,
+        parse_special,
     })
 }

@@ -1,9 +1,11 @@
 // Drives kiln's chat page in headless Chromium: ask a question, wait for the streamed
-// answer, check it, and keep a screenshot. Usage: node chat_page.js URL SCREENSHOT
+// answer, check it, and keep a screenshot. Usage: node chat_page.js URL SCREENSHOT [API_KEY]
+// With API_KEY, the server wants one: the page must ask for it (a prompt dialog) and use it.
 const { chromium } = require('playwright-core');
 
 (async () => {
-  const [url, shot] = process.argv.slice(2);
+  const [url, shot, key] = process.argv.slice(2);
+  let asked = 0;
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -11,6 +13,10 @@ const { chromium } = require('playwright-core');
   });
   try {
     const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
+    page.on('dialog', async (d) => {
+      asked += 1;
+      if (key) await d.accept(key); else await d.dismiss();
+    });
     await page.goto(url);
     await page.waitForFunction(() => document.getElementById('model').textContent !== 'connecting…');
     const model = await page.textContent('#model');
@@ -23,7 +29,8 @@ const { chromium } = require('playwright-core');
     await page.screenshot({ path: shot });
     if (!answer || answer.trim().length < 2) throw new Error('no answer: ' + answer);
     if (!/generated tokens/.test(info)) throw new Error('usage info missing: ' + info);
-    console.log(JSON.stringify({ model, answer, info }));
+    if (asked !== (key ? 1 : 0)) throw new Error('asked for a key ' + asked + ' times, expected ' + (key ? 1 : 0));
+    console.log(JSON.stringify({ model, answer, info, asked }));
   } finally {
     await browser.close();
   }

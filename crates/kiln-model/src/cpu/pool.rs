@@ -15,6 +15,8 @@ struct Shared {
     wake: Condvar,
     wake_lock: Mutex<()>,
     stop: AtomicBool,
+    /// A worker's part of the current task panicked.
+    panicked: AtomicBool,
     n_threads: usize,
 }
 
@@ -50,6 +52,7 @@ impl ThreadPool {
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             n_threads,
         });
         let handles = (1..n_threads)
@@ -74,6 +77,10 @@ impl ThreadPool {
     }
 
     /// Runs `f(thread_index, n_threads)` on every thread and returns when all are done.
+    ///
+    /// If any part panics, the panic is raised here, after every thread has finished with
+    /// `f` (workers borrow it through a raw pointer; unwinding earlier would free it under
+    /// them), and the pool stays usable.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
         let n = self.shared.n_threads;
         if n == 1 {
@@ -97,7 +104,7 @@ impl ThreadPool {
                 .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
-        f(0, n);
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
         let mut spins = 0usize;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins += 1;
@@ -108,6 +115,13 @@ impl ThreadPool {
             }
         }
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(payload) = mine {
+            self.shared.panicked.store(false, Ordering::Release);
+            std::panic::resume_unwind(payload);
+        }
+        if self.shared.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a CPU pool worker thread panicked (its message is above)");
+        }
     }
 }
 
@@ -142,7 +156,13 @@ fn worker(s: Arc<Shared>, idx: usize) {
         if let Some(ptr) = ptr {
             // SAFETY: `run` keeps the closure alive until `pending` reaches zero.
             let f: &Task = unsafe { &*ptr };
-            f(idx, s.n_threads);
+            // A panic must still count the worker done, or `run` would wait for ever; it is
+            // reported to the caller of `run` instead.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, s.n_threads)))
+                .is_err()
+            {
+                s.panicked.store(true, Ordering::Release);
+            }
         }
         s.pending.fetch_sub(1, Ordering::AcqRel);
     }
@@ -194,6 +214,32 @@ mod tests {
         assert_eq!(h & 0xFFFFF, 1000);
         assert_eq!((h >> 20) & 0xFFFFF, 1000);
         assert_eq!(h >> 40, 1000);
+    }
+
+    #[test]
+    fn a_panic_in_any_part_reaches_the_caller_after_every_part_is_done() {
+        let pool = ThreadPool::new(3);
+        for bad in 0..3 {
+            let finished = AtomicU64::new(0);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(|i, _| {
+                    if i == bad {
+                        panic!("part {i} fails");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    finished.fetch_add(1, Ordering::Relaxed);
+                })
+            }));
+            assert!(r.is_err(), "part {bad}: the panic was swallowed");
+            // The other two parts had finished with the closure before `run` unwound.
+            assert_eq!(finished.load(Ordering::Relaxed), 2, "part {bad}");
+            // And the pool still works, every part once.
+            let hits = AtomicU64::new(0);
+            pool.run(|i, _| {
+                hits.fetch_add(1 << (20 * i), Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 1 | 1 << 20 | 1 << 40);
+        }
     }
 
     #[test]

@@ -151,6 +151,20 @@ impl Tokenizer {
         if n == 0 {
             return Err(invalid("the vocabulary is empty".into()));
         }
+        // Ids index a table of `n` entries: ids far past the number of entries would have a
+        // small file allocate gigabytes (one id near 2^31 is 48 GiB of empty strings).
+        let entries = by_id.len() + added.len();
+        if n > crate::config::MAX_VOCAB || n > 2 * entries + 1024 {
+            let field = if added.iter().any(|a| a.id as usize + 1 == n) {
+                "added_tokens"
+            } else {
+                "model.vocab"
+            };
+            return Err(invalid(format!(
+                "{field} holds id {}, far past the {entries} tokens the file defines",
+                n - 1
+            )));
+        }
         let mut tokens = vec![String::new(); n];
         let mut types = vec![TokenType::Unused; n];
         for &(id, t) in &by_id {
@@ -609,6 +623,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("split pattern"), "{e}");
+    }
+
+    #[test]
+    fn ids_far_past_the_vocabulary_are_refused_before_allocating() {
+        let mut j = spm_json(
+            Value::Null,
+            json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"}),
+        );
+        j["added_tokens"][0]["id"] = json!((1u64 << 31) - 2);
+        let e = Tokenizer::from_hf_json("t.json", &j, None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.json") && e.contains("added_tokens holds id 2147483646"),
+            "{e}"
+        );
+        let mut j = spm_json(Value::Null, Value::Null);
+        j["model"]["vocab"]["h"] = json!(40_000_000u64);
+        let e = Tokenizer::from_hf_json("t.json", &j, None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.vocab holds id 40000000"), "{e}");
     }
 
     #[test]

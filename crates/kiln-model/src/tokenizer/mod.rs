@@ -5,9 +5,11 @@
 //! rank from a Hugging Face `tokenizer.json`). [`hf`] reads `tokenizer.json`.
 
 pub mod hf;
+mod merge;
 mod pretok;
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use kiln_gguf::GgufFile;
 pub use pretok::PreTokenizer;
@@ -130,6 +132,8 @@ pub struct Tokenizer {
     spm_ranked: bool,
     ignore_merges: bool,
     strip: HashMap<u32, (bool, bool)>,
+    /// Longest token text in bytes.
+    max_token_bytes: usize,
 }
 
 /// Names that end generation in the chat formats kiln knows, besides the declared EOS.
@@ -375,13 +379,27 @@ impl Tokenizer {
             *slot = to_id.get(&format!("<0x{b:02X}>")).copied();
         }
 
+        let max_token_bytes = tokens.iter().map(String::len).max().unwrap_or(1).max(1);
         Ok(Tokenizer {
+            max_token_bytes,
             kind: spec.kind,
             pre: spec.pre,
             spm_ranked: spec.kind == Kind::Spm && !merges.is_empty(),
             tokens,
             types,
-            scores: spec.scores,
+            // Merges compare scores as a total order: a NaN would be ordered where the file's
+            // writer never meant it, and -0.0 must tie with 0.0 as it does under `>`.
+            scores: spec
+                .scores
+                .iter()
+                .map(|&x| {
+                    if x.is_nan() {
+                        f32::NEG_INFINITY
+                    } else {
+                        x + 0.0
+                    }
+                })
+                .collect(),
             to_id,
             merges,
             special,
@@ -444,20 +462,65 @@ impl Tokenizer {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
+    /// How a token behaves (control, byte, normal...), if the id is in the vocabulary.
+    pub fn token_type(&self, id: u32) -> Option<TokenType> {
+        self.types.get(id as usize).copied()
+    }
+
     /// A token's id by its vocabulary text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.to_id.get(text).copied()
     }
 
+    /// The text of the first control or user-defined token (longest first) that `text`
+    /// spells, if any.
+    pub fn special_text_in(&self, text: &str) -> Option<&str> {
+        self.special
+            .iter()
+            .map(|&id| self.tokens[id as usize].as_str())
+            .find(|t| text.contains(t))
+    }
+
+    /// Longest token text in bytes: every token covers at most this much input, so a text of
+    /// `n` bytes has at least `n / max_token_bytes()` tokens (a cheap bound to refuse long
+    /// prompts by before tokenizing them).
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+
     /// Turns text into ids. `add_bos` prepends BOS when the model asks for it;
     /// `parse_special` matches control tokens written in the text (e.g. `<|im_start|>`).
+    ///
+    /// Never pass `parse_special = true` for text a user wrote: it lets the user write the
+    /// control tokens that delimit turns. Chat prompts go through
+    /// [`ChatTemplate::encode`](crate::chat::ChatTemplate::encode) instead.
     pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Vec<u32> {
+        let whole = 0..text.len();
+        let literal: &[Range<usize>] = if parse_special {
+            &[]
+        } else {
+            std::slice::from_ref(&whole)
+        };
+        self.encode_with_literal(text, add_bos, literal)
+    }
+
+    /// Turns text into ids, matching control tokens written in the text except inside the
+    /// `literal` byte ranges (sorted, not overlapping): a chat's message contents, which are
+    /// tokenized as plain text even where they spell `<|im_start|>`. The text between control
+    /// tokens is tokenized whole, across range boundaries, exactly as [`Tokenizer::encode`]
+    /// would tokenize it.
+    pub fn encode_with_literal(
+        &self,
+        text: &str,
+        add_bos: bool,
+        literal: &[Range<usize>],
+    ) -> Vec<u32> {
         let mut out = Vec::new();
         if add_bos && self.add_bos {
             out.extend(self.bos);
         }
         let mut prev_special = true;
-        for (i, frag) in self.partition(text, parse_special).into_iter().enumerate() {
+        for (i, frag) in self.partition(text, literal).into_iter().enumerate() {
             match frag {
                 Fragment::Token(id) => {
                     out.push(id);
@@ -482,26 +545,40 @@ impl Tokenizer {
         out
     }
 
-    fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
+    fn partition<'a>(&self, text: &'a str, literal: &[Range<usize>]) -> Vec<Fragment<'a>> {
         let mut frags = vec![Fragment::Text(text)];
-        if !parse_special {
+        if literal.first() == Some(&(0..text.len())) {
             return frags;
         }
+        // Whether a match at text[a..b] touches a literal range.
+        let in_literal = |a: usize, b: usize| {
+            let i = literal.partition_point(|r| r.end <= a);
+            literal.get(i).is_some_and(|r| r.start < b)
+        };
         for &id in &self.special {
             let pat = self.tokens[id as usize].as_str();
+            let step = pat.chars().next().map_or(1, char::len_utf8);
             let mut next = Vec::with_capacity(frags.len());
             for f in frags {
                 match f {
-                    Fragment::Text(mut t) => {
-                        while let Some(p) = t.find(pat) {
-                            if p > 0 {
-                                next.push(Fragment::Text(&t[..p]));
+                    Fragment::Text(t) => {
+                        // Offset of `t` in `text`: fragments are slices of it.
+                        let base = t.as_ptr() as usize - text.as_ptr() as usize;
+                        let (mut from, mut cut) = (0, 0);
+                        while let Some(p) = t[from..].find(pat).map(|p| p + from) {
+                            if in_literal(base + p, base + p + pat.len()) {
+                                from = p + step;
+                                continue;
+                            }
+                            if p > cut {
+                                next.push(Fragment::Text(&t[cut..p]));
                             }
                             next.push(Fragment::Token(id));
-                            t = &t[p + pat.len()..];
+                            cut = p + pat.len();
+                            from = cut;
                         }
-                        if !t.is_empty() {
-                            next.push(Fragment::Text(t));
+                        if cut < t.len() {
+                            next.push(Fragment::Text(&t[cut..]));
                         }
                     }
                     tok => next.push(tok),
@@ -559,16 +636,7 @@ impl Tokenizer {
                     }
                 }
             }
-            loop {
-                let best = syms
-                    .windows(2)
-                    .enumerate()
-                    .filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(r, m)| (r, i, m)))
-                    .min();
-                let Some((_, i, m)) = best else { break };
-                syms[i] = m;
-                syms.remove(i + 1);
-            }
+            merge::merge(&mut syms, |l, r| self.merges.get(&(l, r)).copied());
             out.extend_from_slice(&syms);
         }
     }
@@ -609,45 +677,26 @@ impl Tokenizer {
     }
 
     /// SentencePiece BPE: repeatedly merge the adjacent pair whose union is the vocabulary
-    /// entry with the best score.
+    /// entry with the best score (leftmost on ties).
     fn merge_scored(&self, s: &str, syms: &mut Vec<(usize, usize)>) {
-        loop {
-            let mut best: Option<(f32, usize)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                let text = &s[syms[i].0..syms[i + 1].1];
-                if let Some(&id) = self.to_id.get(text) {
-                    let sc = self.scores[id as usize];
-                    if best.is_none_or(|(b, _)| sc > b) {
-                        best = Some((sc, i));
-                    }
-                }
-            }
-            let Some((_, i)) = best else { break };
-            syms[i].1 = syms[i + 1].1;
-            syms.remove(i + 1);
-        }
+        merge::merge(syms, |l, r| {
+            let id = *self.to_id.get(&s[l.0..r.1])?;
+            Some((merge::HigherFirst(self.scores[id as usize]), (l.0, r.1)))
+        });
     }
 
     /// Hugging Face BPE on `▁` text: repeatedly merge the adjacent pair with the lowest merge
     /// rank (leftmost on ties). Characters outside the vocabulary never merge.
     fn merge_ranked(&self, s: &str, syms: &mut Vec<(usize, usize)>) {
-        let mut ids: Vec<Option<u32>> = syms
+        let mut with_ids: Vec<(usize, usize, Option<u32>)> = syms
             .iter()
-            .map(|&(a, b)| self.to_id.get(&s[a..b]).copied())
+            .map(|&(a, b)| (a, b, self.to_id.get(&s[a..b]).copied()))
             .collect();
-        loop {
-            let best = (0..syms.len().saturating_sub(1))
-                .filter_map(|i| {
-                    let (l, r) = (ids[i]?, ids[i + 1]?);
-                    self.merges.get(&(l, r)).map(|&(rank, m)| (rank, i, m))
-                })
-                .min();
-            let Some((_, i, m)) = best else { break };
-            syms[i].1 = syms[i + 1].1;
-            syms.remove(i + 1);
-            ids[i] = Some(m);
-            ids.remove(i + 1);
-        }
+        merge::merge(&mut with_ids, |l, r| {
+            let &(rank, m) = self.merges.get(&(l.2?, r.2?))?;
+            Some((rank, (l.0, r.1, Some(m))))
+        });
+        *syms = with_ids.into_iter().map(|(a, b, _)| (a, b)).collect();
     }
 
     /// The bytes a token stands for in output text. Control tokens give their text

@@ -1,0 +1,94 @@
+//! A panic on the engine thread: the handle must say so (a server then reports it and
+//! exits), and requests must not wait for ever.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_engine::{Engine, EngineConfig, EngineHandle, Request, Runner, SamplingParams, Slice};
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
+use kiln_model::tokenizer::Tokenizer;
+use kiln_model::ModelError;
+
+/// A runner whose every step panics, as a bug in a kernel would.
+struct Panics;
+
+impl Runner for Panics {
+    fn vocab_size(&self) -> usize {
+        399
+    }
+    fn context_length(&self) -> usize {
+        64
+    }
+    fn block_size(&self) -> usize {
+        16
+    }
+    fn n_blocks(&self) -> usize {
+        8
+    }
+    fn step(
+        &mut self,
+        _: &[Slice<'_>],
+        _: &[RowSampling],
+        _: &[Adjust],
+        _: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
+        panic!("a bug in a kernel");
+    }
+    fn step_all(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {
+        panic!("a bug in a kernel");
+    }
+    fn max_logit_rows(&self) -> usize {
+        0
+    }
+    fn copy_block(&mut self, _: u32, _: u32) {}
+}
+
+#[test]
+fn a_panicking_engine_thread_is_reported_and_ends_its_requests() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kiln-model/tests/fixtures/tiny-qwen2/model.gguf");
+    let f = kiln_gguf::GgufFile::open(fixture).unwrap();
+    let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
+    let handle = EngineHandle::spawn(Engine::new(Panics, tok, EngineConfig::default()));
+    assert!(!handle.has_failed());
+    let (tx, rx) = mpsc::channel();
+    handle
+        .submit(
+            Request {
+                prompt: vec![1, 2, 3],
+                params: SamplingParams::default(),
+            },
+            Box::new(move |e| tx.send(e).is_ok()),
+        )
+        .unwrap();
+    // The sink is dropped with the thread: the request's receiver ends instead of hanging.
+    // A failure event may come first (whatever the engine managed to say), then the end.
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(kiln_engine::Event::Failed(_)) => continue,
+            Ok(e) => panic!("unexpected event {e:?}"),
+            Err(e) => {
+                assert_eq!(e, mpsc::RecvTimeoutError::Disconnected);
+                break;
+            }
+        }
+    }
+    let t0 = Instant::now();
+    while !handle.has_failed() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "has_failed never said so"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A stopped engine refuses new work rather than accepting it silently.
+    let r = handle.submit(
+        Request {
+            prompt: vec![1],
+            params: SamplingParams::default(),
+        },
+        Box::new(|_| true),
+    );
+    assert!(r.is_err());
+}
