@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use clap::Args;
+use kiln_engine::{EngineBuilder, EngineConfig, EngineHandle, Event, Request, SamplingParams};
 
 use crate::common::{load, peak_rss_mb, ModelArgs};
 
@@ -17,8 +18,8 @@ pub struct BenchArgs {
     /// Tokens to generate.
     #[arg(long, short = 'g', default_value_t = 128)]
     pub gen_tokens: usize,
-    /// Sequences decoded together (each its own copy of the prompt, one batched pass per
-    /// step): aggregate tokens per second.
+    /// Sequences decoded together (each its own prompt, submitted at once to the engine that
+    /// `kiln serve` runs): aggregate tokens per second.
     #[arg(long, short = 'b', default_value_t = 1)]
     pub batch: usize,
     /// Prompt tokens per prefill pass [default: 256 on the CPU, the whole prompt on a GPU].
@@ -33,12 +34,15 @@ pub struct BenchArgs {
     pub breakdown: bool,
 }
 
-/// Runs `kiln bench`.
+/// Prompt tokens per prefill step on the CPU (the engine's default step size).
+const CPU_CHUNK: usize = 256;
+
+/// Runs `kiln bench`: the figures of the engine that `kiln serve` runs.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let t_start = Instant::now();
     let m = load(&a.model, true)?;
     let load_s = t_start.elapsed().as_secs_f64();
-    let cfg = &m.model.cfg;
+    let cfg = m.model.cfg.clone();
     if a.prompt_tokens == 0 || a.gen_tokens == 0 {
         anyhow::bail!("--prompt-tokens and --gen-tokens must be at least 1");
     }
@@ -49,69 +53,109 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             cfg.context_length
         );
     }
-    // A realistic prompt: English text, repeated to the length asked for.
-    let seed_text = "The quick brown fox jumps over the lazy dog while the scientist explains, \
-                     step by step, why the sky is blue and how light scatters in the air. ";
-    let base = m.tokenizer.encode(seed_text, false, false);
-    let prompt: Vec<u32> = base.iter().cycle().take(a.prompt_tokens).copied().collect();
-
     if a.batch == 0 || a.batch > 1024 {
         anyhow::bail!("--batch must be between 1 and 1024");
     }
     if a.prefill_chunk == Some(0) {
         anyhow::bail!("--prefill-chunk must be at least 1");
     }
-    let gpu = a.model.device != kiln_model::device::DeviceKind::Cpu;
+    // A realistic prompt: English text, repeated to the length asked for.
+    let seed_text = "The quick brown fox jumps over the lazy dog while the scientist explains, \
+                     step by step, why the sky is blue and how light scatters in the air. ";
+    let base = m.tokenizer.encode(seed_text, false, false);
+    let prompt: Vec<u32> = base.iter().cycle().take(a.prompt_tokens).copied().collect();
+    let gpu = a.model.device() != kiln_model::device::DeviceKind::Cpu;
     let chunk = a
         .prefill_chunk
-        .unwrap_or(if gpu {
-            a.prompt_tokens
-        } else {
-            kiln_model::generate::PREFILL_CHUNK
-        })
+        .unwrap_or(if gpu { a.prompt_tokens } else { CPU_CHUNK })
         .clamp(1, a.prompt_tokens);
-    let blocks_per_seq = total.div_ceil(kiln_model::KV_BLOCK);
-    let mut pool = m.model.new_kv_pool(blocks_per_seq * a.batch)?;
-    let mut st = m.model.new_state(chunk.max(a.batch), a.batch)?;
-    // A warm-up with the same prompt (kernel loading, matrix-library set-up for these shapes,
-    // recorded decode passes), outside the figures.
-    let warm = (a.prompt_tokens, a.gen_tokens.min(8));
-    run_passes(
-        &m.model,
-        &mut st,
-        &mut pool,
-        &prompt[..warm.0],
-        warm.1,
-        a.batch,
-        chunk,
-        blocks_per_seq,
-    )?;
-    let (prefill_s, decode_s) = run_passes(
-        &m.model,
-        &mut st,
-        &mut pool,
-        &prompt,
-        a.gen_tokens,
-        a.batch,
-        chunk,
-        blocks_per_seq,
-    )?;
-    let gpu_memory = gpu_memory(&m, total);
     let breakdown = if a.breakdown {
         Some(decode_breakdown(&m, &prompt, a.gen_tokens)?)
     } else {
         None
     };
-    let prefill_tok_s = (a.prompt_tokens * a.batch) as f64 / prefill_s;
-    let decode_tok_s = (a.gen_tokens * a.batch) as f64 / decode_s;
-    let rss = peak_rss_mb().unwrap_or(f64::NAN);
+    let gpu_memory = gpu_memory(&m, total);
+    // The engine that `kiln serve` runs, with room for every sequence at once; a step takes
+    // every decode and a prefill chunk besides.
+    let config = EngineConfig {
+        max_batch_tokens: if gpu {
+            // Every prompt in one step (up to 16k tokens): the batch then decodes in lockstep.
+            (a.batch * a.prompt_tokens).clamp(chunk, 16_384) + a.batch
+        } else {
+            chunk + a.batch
+        },
+        max_running: a.batch,
+        max_queue: 4 * a.batch,
+    };
+    let weights = m
+        .model
+        .backend
+        .held_weight_bytes()
+        .unwrap_or(m.weight_bytes);
+    let blocks = 2 * a.batch * (total.div_ceil(kiln_model::KV_BLOCK) + 1);
+    let sizing = EngineBuilder {
+        max_memory_bytes: 0,
+        config,
+    };
+    let builder = EngineBuilder {
+        max_memory_bytes: weights
+            + sizing.activation_bytes(&cfg)
+            + blocks * m.model.kv_block_bytes(),
+        ..sizing
+    };
+    let name = m.name.clone();
     let backend = kiln_model::Backend::describe(&m.model.backend);
+    let tok = std::sync::Arc::new(m.tokenizer);
+    let (engine, _) = builder.build(m.model, tok, weights)?;
+    let engine = EngineHandle::spawn(engine);
+    // Each sequence its own prompt (its own first token), so that no prefill is served from
+    // the prefix cache; `salt` makes a new set.
+    let vocab = cfg.vocab_size as u32;
+    let prompts = |salt: usize| -> Vec<Vec<u32>> {
+        (0..a.batch)
+            .map(|i| {
+                let mut p = prompt.clone();
+                p[0] = (p[0] + (salt * a.batch + i) as u32) % vocab;
+                p
+            })
+            .collect()
+    };
+    let greedy = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(a.gen_tokens)
+    };
+    let sampled = SamplingParams {
+        ignore_eos: true,
+        max_tokens: a.gen_tokens,
+        seed: Some(7),
+        ..SamplingParams::default()
+    };
+    // Warm-up: kernels, matrix-library set-up, recorded decode steps of this batch shape.
+    run_engine(
+        &engine,
+        &prompts(0),
+        &greedy.clone().with_max(8.min(a.gen_tokens)),
+    )?;
+    run_engine(
+        &engine,
+        &prompts(1),
+        &sampled.clone().with_max(8.min(a.gen_tokens)),
+    )?;
+    let pre = run_engine(&engine, &prompts(2), &greedy.clone().with_max(1))?;
+    let dec = run_engine(&engine, &prompts(3), &greedy)?;
+    let dec_s = run_engine(&engine, &prompts(4), &sampled)?;
+    engine.shutdown();
+    let prefill_tok_s = (a.prompt_tokens * a.batch) as f64 / pre.all_first_s;
+    let decode_tok_s = dec.decode_tok_s();
+    let decode_sampled_tok_s = dec_s.decode_tok_s();
+    let rss = peak_rss_mb().unwrap_or(f64::NAN);
     if a.json {
         println!(
             "{}",
             serde_json::json!({
-                "model": m.name,
+                "model": name,
                 "backend": backend,
+                "path": "engine",
                 "prompt_tokens": a.prompt_tokens,
                 "gen_tokens": a.gen_tokens,
                 "batch": a.batch,
@@ -119,21 +163,25 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 "load_s": load_s,
                 "prefill_tok_s": prefill_tok_s,
                 "decode_tok_s": decode_tok_s,
+                "decode_sampled_tok_s": decode_sampled_tok_s,
                 "peak_rss_mb": rss,
                 "breakdown": breakdown,
                 "gpu_memory": gpu_memory,
             })
         );
     } else {
-        println!("model     {} on {backend}", m.name);
+        println!("model     {name} on {backend} (the engine `kiln serve` runs)");
         println!("load      {load_s:>10.3} s");
         println!(
-            "prefill   {prefill_tok_s:>10.1} tok/s  ({} tokens)",
-            a.prompt_tokens
+            "prefill   {prefill_tok_s:>10.1} tok/s  ({} tokens x {} sequences)",
+            a.prompt_tokens, a.batch
         );
         println!(
-            "decode    {decode_tok_s:>10.1} tok/s  ({} tokens x {} sequences)",
+            "decode    {decode_tok_s:>10.1} tok/s  greedy ({} tokens x {} sequences)",
             a.gen_tokens, a.batch
+        );
+        println!(
+            "decode    {decode_sampled_tok_s:>10.1} tok/s  sampled (temperature 0.7, top-k 40, top-p 0.95)"
         );
         if let Some(g) = &gpu_memory {
             println!("GPU memory (MiB):");
@@ -143,7 +191,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         }
         println!("peak RSS  {rss:>10.1} MiB");
         if let Some(b) = &breakdown {
-            println!("decode time by component:");
+            println!("decode time by component (the model alone, one sequence, greedy):");
             for (k, v) in b.as_object().into_iter().flatten() {
                 println!(
                     "  {k:<12} {:>6.1}%  {:>8.3} s",
@@ -156,6 +204,80 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Times of one batch of requests through the engine.
+struct Timed {
+    /// Seconds from submission until every request had its first token.
+    all_first_s: f64,
+    /// Seconds from submission until every request ended.
+    end_s: f64,
+    /// Seconds from submission until the first request ended.
+    first_end_s: f64,
+    /// When each token arrived, in seconds from submission.
+    token_s: Vec<f64>,
+}
+
+impl Timed {
+    /// Tokens that came while every request was decoding (after the last one's first token,
+    /// up to the first one's end), over that time: the decode rate of the whole batch, without
+    /// prefill in it and without requests that had already finished.
+    fn decode_tok_s(&self) -> f64 {
+        let (a, b) = (self.all_first_s, self.first_end_s.min(self.end_s));
+        let n = self.token_s.iter().filter(|&&t| t > a && t <= b).count();
+        n as f64 / (b - a).max(1e-9)
+    }
+}
+
+/// Submits one request per prompt at once and waits for all of them.
+fn run_engine(
+    engine: &EngineHandle,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+) -> anyhow::Result<Timed> {
+    let t0 = Instant::now();
+    let mut rxs = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let (tx, rx) = std::sync::mpsc::channel();
+        engine.submit(
+            Request {
+                prompt: p.clone(),
+                params: params.clone(),
+            },
+            Box::new(move |e| tx.send((Instant::now(), e)).is_ok()),
+        )?;
+        rxs.push(rx);
+    }
+    let (mut first, mut end, mut first_end, mut token_s) = (0f64, 0f64, f64::MAX, Vec::new());
+    for rx in rxs {
+        let mut got_first = false;
+        for (at, e) in rx {
+            let s = at.duration_since(t0).as_secs_f64();
+            match e {
+                Event::Token { .. } => {
+                    token_s.push(s);
+                    if !got_first {
+                        got_first = true;
+                        first = first.max(s);
+                    }
+                }
+                Event::Done { .. } => {
+                    // The last token's stamp, not the end event's.
+                    let last = token_s.last().copied().unwrap_or(s);
+                    end = end.max(last);
+                    first_end = first_end.min(last);
+                    break;
+                }
+                Event::Failed(m) => anyhow::bail!("a benchmark request failed: {m}"),
+            }
+        }
+    }
+    Ok(Timed {
+        all_first_s: first,
+        end_s: end,
+        first_end_s: first_end,
+        token_s,
+    })
+}
+
 /// Decodes `gen` tokens after `prompt` again with per-component timing on; returns each
 /// component's seconds and share of the total.
 fn decode_breakdown(
@@ -165,7 +287,7 @@ fn decode_breakdown(
 ) -> anyhow::Result<serde_json::Value> {
     let total = prompt.len() + gen;
     let mut kv = m.model.new_kv(total)?;
-    let chunk = kiln_model::generate::PREFILL_CHUNK;
+    let chunk = CPU_CHUNK;
     let mut st = m.model.new_state(prompt.len().min(chunk), 1)?;
     let mut pos = 0;
     for c in prompt.chunks(chunk) {
@@ -176,7 +298,7 @@ fn decode_breakdown(
     let mut sampling = 0f64;
     for _ in 0..gen {
         let t = Instant::now();
-        let next = kiln_model::sampler::argmax(&st.logits);
+        let next = kiln_model::sample::argmax(&st.logits);
         sampling += t.elapsed().as_secs_f64();
         m.model.forward(&mut st, &mut kv, &[next], pos, false)?;
         pos += 1;
@@ -198,61 +320,6 @@ fn decode_breakdown(
             .map(|&(k, v)| (k.to_owned(), serde_json::json!({"s": v, "share": v / sum})))
             .collect(),
     ))
-}
-
-/// Prefills `batch` copies of `prompt` (chunks of `chunk` tokens, one sequence at a time),
-/// then decodes `gen` tokens for all of them in lockstep, greedily; returns the seconds of
-/// each phase.
-#[allow(clippy::too_many_arguments)]
-fn run_passes(
-    model: &kiln_model::Model<kiln_model::device::Device>,
-    st: &mut kiln_model::State<kiln_model::device::Device>,
-    pool: &mut kiln_model::device::DevPool,
-    prompt: &[u32],
-    gen: usize,
-    batch: usize,
-    chunk: usize,
-    blocks_per_seq: usize,
-) -> anyhow::Result<(f64, f64)> {
-    use kiln_model::{Logits, SeqInput};
-    let tables: Vec<Vec<u32>> = (0..batch)
-        .map(|b| ((b * blocks_per_seq) as u32..((b + 1) * blocks_per_seq) as u32).collect())
-        .collect();
-    let t0 = Instant::now();
-    let mut next = vec![0u32; batch];
-    for (b, table) in tables.iter().enumerate() {
-        let mut pos = 0;
-        for c in prompt.chunks(chunk) {
-            let seq = SeqInput {
-                tokens: c,
-                pos0: pos,
-                blocks: table,
-                want_logits: pos + c.len() == prompt.len(),
-            };
-            model.forward_batch(st, pool, &[seq], Logits::Greedy)?;
-            pos += c.len();
-        }
-        next[b] = st.argmax[0];
-    }
-    let prefill_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    for i in 0..gen {
-        let pos = prompt.len() + i;
-        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let seqs: Vec<SeqInput<'_>> = toks
-            .iter()
-            .zip(&tables)
-            .map(|(t, table)| SeqInput {
-                tokens: t,
-                pos0: pos,
-                blocks: table,
-                want_logits: true,
-            })
-            .collect();
-        model.forward_batch(st, pool, &seqs, Logits::Greedy)?;
-        next.copy_from_slice(&st.argmax);
-    }
-    Ok((prefill_s, t1.elapsed().as_secs_f64()))
 }
 
 /// On a GPU: memory taken by the weights and by the KV cache (per 1,000 tokens and for one

@@ -6,22 +6,15 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use clap::Args;
-use kiln_engine::{Event, Request, SamplingParams};
+use kiln_engine::{EngineBuilder, EngineConfig, Event, Request, SamplingParams};
 
-use crate::serve::{start_engine, EngineOpts};
+use crate::common::{start, ModelArgs};
 
 /// Arguments of `kiln bench-engine`.
 #[derive(Args, Debug)]
 pub struct BenchEngineArgs {
-    /// Path to a GGUF model file [default: the default model].
-    #[arg(long, short = 'm')]
-    pub model: Option<std::path::PathBuf>,
-    /// CPU threads (0: one per core).
-    #[arg(long, short = 't', default_value_t = 0)]
-    pub threads: usize,
-    /// Where to run: cpu, cuda or cuda:N (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu", value_parser = kiln_model::device::DeviceKind::parse)]
-    pub device: kiln_model::device::DeviceKind,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Concurrent sequence counts to measure, comma-separated.
     #[arg(long, default_value = "1,4,8,16", value_delimiter = ',')]
     pub sequences: Vec<usize>,
@@ -57,16 +50,15 @@ pub fn bench_engine(a: BenchEngineArgs) -> anyhow::Result<()> {
     if a.sequences.contains(&0) || a.gen_tokens == 0 {
         anyhow::bail!("--sequences entries and --gen-tokens must be at least 1");
     }
-    let lm = start_engine(&EngineOpts {
-        model: a.model.clone(),
-        threads: a.threads,
-        device: a.device,
-        kv_dtype: kiln_model::cpu::KvDtype::F16,
-        max_memory_mb: 2048,
-        max_batch_tokens: a.max_batch_tokens,
-        max_running: max_seq,
-        max_queue: 4 * max_seq,
-    })?;
+    let builder = EngineBuilder {
+        max_memory_bytes: 2048 << 20,
+        config: EngineConfig {
+            max_batch_tokens: a.max_batch_tokens,
+            max_running: max_seq,
+            max_queue: 4 * max_seq,
+        },
+    };
+    let lm = start(&a.model, &builder, true)?;
     let tok = lm.tokenizer.clone();
     // Events are stamped when the engine emits them, not when they are read.
     type Stamped = (Instant, Event);
@@ -160,8 +152,8 @@ pub fn bench_engine(a: BenchEngineArgs) -> anyhow::Result<()> {
     }
     lm.engine.shutdown();
     let out = serde_json::json!({
-        "backend": "cpu",
-        "threads": a.threads,
+        "device": format!("{:?}", a.model.device()),
+        "threads": a.model.threads,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
         "max_batch_tokens": a.max_batch_tokens,

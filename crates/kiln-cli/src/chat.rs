@@ -4,9 +4,8 @@ use std::io::{BufRead, Write};
 
 use clap::Args;
 use kiln_model::chat::Message;
-use kiln_model::generate::{generate, GenerateParams};
 
-use crate::common::{load, ModelArgs, SampleArgs};
+use crate::common::{ask, single, ModelArgs, SampleArgs};
 
 /// Arguments of `kiln chat`.
 #[derive(Args, Debug)]
@@ -30,21 +29,11 @@ pub struct ChatArgs {
 /// Runs `kiln chat`: one line per user turn; `/reset` forgets, `/exit` or end of input quits.
 pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
     if let Some(profile) = &a.refine {
-        return crate::irp::chat_refined(
-            profile,
-            a.model.model.as_deref(),
-            a.model.threads,
-            a.model.device,
-            a.system.as_deref(),
-            a.memory.as_ref(),
-        );
+        return crate::irp::chat_refined(profile, &a.model, a.system.as_deref(), a.memory.as_ref());
     }
-    let params = GenerateParams {
-        max_tokens: a.sample.max_tokens,
-        sampler: a.sample.params()?,
-    };
-    let m = load(&a.model, false)?;
-    let ctx = m.model.cfg.context_length;
+    let params = a.sample.params()?;
+    let m = single(&a.model, false)?;
+    let ctx = m.context_length;
     let fresh = || -> Vec<Message> {
         a.system
             .iter()
@@ -54,7 +43,7 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
     let mut history = fresh();
     eprintln!(
         "kiln: chat with {} — /reset to start over, /exit to quit",
-        m.name
+        m.id
     );
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -90,9 +79,9 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
                 .encode(&m.template.render(&history, true)?, true, true);
         }
         let mut p = params.clone();
-        p.sampler.seed = params.sampler.seed.wrapping_add(turn);
+        p.seed = params.seed.map(|s| s.wrapping_add(turn));
         turn += 1;
-        let g = generate(&m.model, &m.tokenizer, &ids, &p, |piece| {
+        let g = ask(&m, ids, p, |piece| {
             out.write_all(piece.as_bytes())
                 .and_then(|()| out.flush())
                 .is_ok()

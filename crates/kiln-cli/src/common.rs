@@ -7,7 +7,12 @@ use clap::Args;
 use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{LoadOptions, LoadedModel};
 use kiln_model::quantize::QuantType;
-use kiln_model::sampler::SamplerParams;
+use std::sync::Arc;
+
+use kiln_engine::{
+    EngineBuilder, EngineConfig, EngineHandle, Event, FinishReason, Request, SamplingParams, Usage,
+};
+use kiln_server::LoadedLm;
 
 /// Which model and how to run it.
 #[derive(Args, Debug, Clone)]
@@ -29,12 +34,20 @@ pub struct ModelArgs {
     /// CPU threads (0: one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
-    /// Where to run: cpu, cuda or cuda:N (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu", value_parser = DeviceKind::parse)]
-    pub device: DeviceKind,
+    /// Where to run: cpu, cuda or cuda:N (a build with `--features cuda`) [default: cpu, or
+    /// a refinement profile's `device`].
+    #[arg(long, value_parser = DeviceKind::parse)]
+    pub device: Option<DeviceKind>,
     /// KV cache values: f16 (default) or f32 (twice the memory, no rounding; CPU only).
     #[arg(long, default_value = "f16", value_parser = parse_kv)]
     pub kv_dtype: kiln_model::cpu::KvDtype,
+}
+
+impl ModelArgs {
+    /// The device asked for (the CPU when none was).
+    pub fn device(&self) -> DeviceKind {
+        self.device.unwrap_or(DeviceKind::Cpu)
+    }
 }
 
 /// `--kv-dtype`.
@@ -46,7 +59,7 @@ fn parse_quant(s: &str) -> Result<QuantType, String> {
     QuantType::from_name(s).ok_or_else(|| format!("`{s}`: expected q8_0 or q4_k"))
 }
 
-/// How to pick tokens.
+/// How to pick tokens: the same parameters as an HTTP request's (see `kiln serve`).
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
     /// Sampling temperature (0: greedy).
@@ -58,30 +71,141 @@ pub struct SampleArgs {
     /// Nucleus sampling threshold, in (0, 1].
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one, in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Divide the logits of tokens seen in the last --repeat-last-n tokens by this (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Subtracted from a token's logit once per earlier occurrence in the answer, in [-2, 2].
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Subtracted from a token's logit if it occurs in the answer, in [-2, 2].
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Most tokens to generate.
     #[arg(long, short = 'n', default_value_t = 512)]
     pub max_tokens: usize,
+    /// A string that ends the answer (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
 }
 
 impl SampleArgs {
-    /// The sampler parameters, checked.
-    pub fn params(&self) -> anyhow::Result<SamplerParams> {
-        let p = SamplerParams {
+    /// The engine's sampling parameters, checked; errors name the flag.
+    pub fn params(&self) -> anyhow::Result<SamplingParams> {
+        let p = SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
-            seed: self.seed,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            penalty_last_n: self.repeat_last_n,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            seed: Some(self.seed),
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ..SamplingParams::default()
         };
-        p.validate()
-            .map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 1)))?;
-        if self.max_tokens == 0 {
-            anyhow::bail!("--max-tokens must be at least 1");
-        }
+        p.validate().map_err(|e| {
+            let flag = match e.param {
+                "repetition_penalty" => "repeat-penalty".to_owned(),
+                other => other.replace('_', "-"),
+            };
+            anyhow::anyhow!("--{flag}: {}", e.what)
+        })?;
         Ok(p)
     }
+}
+
+/// The engine's limits and memory budget.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Memory budget in MiB for weights, activations and the KV cache together; requests
+    /// that cannot fit wait or are refused.
+    #[arg(long, default_value_t = 1024)]
+    pub max_memory_mb: usize,
+    /// Most tokens (decode and prefill chunks) in one engine step.
+    #[arg(long, default_value_t = 256)]
+    pub max_batch_tokens: usize,
+    /// Most sequences generating at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_running: usize,
+    /// Most requests waiting; more are refused (HTTP 429).
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+}
+
+impl EngineArgs {
+    /// The engine builder these arguments describe.
+    pub fn builder(&self) -> EngineBuilder {
+        EngineBuilder {
+            max_memory_bytes: self.max_memory_mb.saturating_mul(1 << 20),
+            config: EngineConfig {
+                max_batch_tokens: self.max_batch_tokens,
+                max_running: self.max_running,
+                max_queue: self.max_queue,
+            },
+        }
+    }
+}
+
+/// Loads the model and starts an engine over it (on its own thread) with `builder`'s budget.
+pub fn start(args: &ModelArgs, builder: &EngineBuilder, quiet: bool) -> anyhow::Result<LoadedLm> {
+    start_with(args, builder.clone(), quiet, |_| 0)
+}
+
+/// [`start`], with `kv_bytes(model)` added to the budget once the model is known (0: the
+/// budget is `builder`'s alone).
+fn start_with(
+    args: &ModelArgs,
+    mut builder: EngineBuilder,
+    quiet: bool,
+    kv_bytes: impl FnOnce(&LoadedModel<Device>) -> usize,
+) -> anyhow::Result<LoadedLm> {
+    let m = load(args, quiet)?;
+    let weights = m
+        .model
+        .backend
+        .held_weight_bytes()
+        .unwrap_or(m.weight_bytes);
+    let extra = kv_bytes(&m);
+    if extra > 0 {
+        builder.max_memory_bytes = weights + builder.activation_bytes(&m.model.cfg) + extra;
+    }
+    let cfg = m.model.cfg.clone();
+    let tokenizer = Arc::new(m.tokenizer);
+    let (engine, size) = builder
+        .build(m.model, tokenizer.clone(), weights)
+        .with_context(|| format!("starting the engine for {}", m.path.display()))?;
+    if !quiet {
+        eprintln!(
+            "kiln: KV cache {} MiB = {} tokens",
+            size.kv_bytes >> 20,
+            size.kv_tokens
+        );
+    }
+    let id = m
+        .path
+        .file_stem()
+        .filter(|_| m.path.is_file())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| m.name.clone());
+    Ok(LoadedLm {
+        engine: EngineHandle::spawn(engine),
+        tokenizer,
+        template: m.template,
+        id,
+        context_length: cfg.context_length,
+        load_s: m.load_s,
+    })
 }
 
 /// Resolves the model (a path, a Hub repo id, or the default model, fetched if needed) and
@@ -91,7 +215,7 @@ pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<Device>
         Some(spec) => kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?,
         None => kiln_model::fetch::ensure_default_model(!quiet)?,
     };
-    let device = Device::open_with_kv(args.device, args.threads, args.kv_dtype)?;
+    let device = Device::open_with_kv(args.device(), args.threads, args.kv_dtype)?;
     if !quiet {
         eprint!("kiln: loading {} ... ", path.display());
     }
@@ -135,4 +259,97 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// What one request through the engine produced.
+pub struct Answer {
+    /// Generated ids (with the final end token, if one was produced).
+    pub ids: Vec<u32>,
+    /// The text.
+    pub text: String,
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// Counts and latencies.
+    pub usage: Usage,
+}
+
+impl Answer {
+    /// Prompt tokens per second (prompt tokens over the time to the first token).
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.usage.prompt_tokens as f64 / self.usage.time_to_first_token_s.max(1e-9)
+    }
+
+    /// Generated tokens per second after the first.
+    pub fn decode_tok_s(&self) -> f64 {
+        let after = self.usage.completion_tokens.saturating_sub(1);
+        let s = self.usage.total_s - self.usage.time_to_first_token_s;
+        if after == 0 || s <= 0.0 {
+            0.0
+        } else {
+            after as f64 / s
+        }
+    }
+}
+
+/// Sends one request to the engine and streams its text to `on_text` as it comes; `on_text`
+/// returns `false` to cancel the request.
+pub fn ask(
+    lm: &LoadedLm,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> anyhow::Result<Answer> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    lm.engine.submit(
+        Request { prompt, params },
+        Box::new(move |e| tx.send(e).is_ok()),
+    )?;
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    for e in rx {
+        match e {
+            Event::Token { id, text: t, .. } => {
+                ids.push(id);
+                if !t.is_empty() {
+                    text.push_str(&t);
+                    if !on_text(&t) {
+                        // Dropping the receiver cancels the request at the engine's next step.
+                        return Ok(Answer {
+                            ids,
+                            text,
+                            finish: FinishReason::Cancelled,
+                            usage: Usage::default(),
+                        });
+                    }
+                }
+            }
+            Event::Done { reason, usage } => {
+                return Ok(Answer {
+                    ids,
+                    text,
+                    finish: reason,
+                    usage,
+                })
+            }
+            Event::Failed(m) => anyhow::bail!("generation failed: {m}"),
+        }
+    }
+    anyhow::bail!("the engine stopped without finishing the request")
+}
+
+/// An engine for one conversation at a time (`kiln run`, `kiln chat`): one sequence, with
+/// the KV cache sized to the context it can use.
+pub fn single(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedLm> {
+    let builder = EngineBuilder {
+        max_memory_bytes: 0,
+        config: EngineConfig {
+            max_batch_tokens: 256,
+            max_running: 1,
+            max_queue: 4,
+        },
+    };
+    start_with(args, builder, quiet, |m| {
+        // The whole context (up to 32k positions) for the one sequence, plus room to spare.
+        let positions = m.model.cfg.context_length.min(32_768) + 2 * kiln_model::KV_BLOCK;
+        positions.div_ceil(kiln_model::KV_BLOCK) * m.model.kv_block_bytes()
+    })
 }

@@ -14,7 +14,8 @@ use kiln_irp::{
 use kiln_model::chat::Message;
 use kiln_server::LoadedLm;
 
-use crate::serve::{start_engine, EngineOpts};
+use crate::common::ModelArgs;
+use kiln_engine::{EngineBuilder, EngineConfig};
 
 /// Which profile, with what changes.
 #[derive(Args, Debug, Clone)]
@@ -58,20 +59,6 @@ impl ProfileArgs {
     }
 }
 
-/// Where the model comes from and how the store is chosen.
-#[derive(Args, Debug, Clone)]
-pub struct LmArgs {
-    /// A GGUF model file [default: SmolLM2-135M-Instruct Q4_1, fetched if missing].
-    #[arg(long, short = 'm')]
-    pub model: Option<PathBuf>,
-    /// CPU threads (0: one per core).
-    #[arg(long, short = 't', default_value_t = 0)]
-    pub threads: usize,
-    /// Where to run: cpu, cuda or cuda:N [default: the profile's `device`; `auto` is the CPU].
-    #[arg(long, value_parser = kiln_model::device::DeviceKind::parse)]
-    pub device: Option<kiln_model::device::DeviceKind>,
-}
-
 /// Arguments of `kiln irp`.
 #[derive(Args, Debug)]
 pub struct IrpArgs {
@@ -80,7 +67,7 @@ pub struct IrpArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
     #[command(flatten)]
-    pub lm: LmArgs,
+    pub lm: ModelArgs,
     /// A system message placed before the question.
     #[arg(long)]
     pub system: Option<String>,
@@ -98,29 +85,22 @@ pub struct IrpArgs {
     pub sequential: bool,
 }
 
-/// Starts an engine sized for `p`'s candidates.
-pub fn start(lm: &LmArgs, p: &Profile) -> anyhow::Result<LoadedLm> {
-    let device = lm.device.unwrap_or(if p.device == Device::Cuda {
-        kiln_model::device::DeviceKind::Cuda(0)
-    } else {
-        kiln_model::device::DeviceKind::Cpu
-    });
-    if p.precision != "auto" {
-        eprintln!(
-            "kiln: note: profile {} asks for precision {}; kiln runs the model file's own format",
-            p.name, p.precision
-        );
+/// Starts an engine sized for `p`'s candidates, on the device asked for or else the
+/// profile's.
+pub fn start(lm: &ModelArgs, p: &Profile) -> anyhow::Result<LoadedLm> {
+    let mut lm = lm.clone();
+    if lm.device.is_none() && p.device == Device::Cuda {
+        lm.device = Some(kiln_model::device::DeviceKind::Cuda(0));
     }
-    start_engine(&EngineOpts {
-        model: lm.model.clone(),
-        threads: lm.threads,
-        device,
-        kv_dtype: kiln_model::cpu::KvDtype::F16,
-        max_memory_mb: p.max_memory_mb,
-        max_batch_tokens: 256,
-        max_running: p.iterations.max(16),
-        max_queue: 256,
-    })
+    let builder = EngineBuilder {
+        max_memory_bytes: p.max_memory_mb.saturating_mul(1 << 20),
+        config: EngineConfig {
+            max_batch_tokens: 256,
+            max_running: p.iterations.max(16),
+            max_queue: 256,
+        },
+    };
+    crate::common::start(&lm, &builder, false)
 }
 
 /// Opens the memory file named on the command line or the default one.
@@ -273,9 +253,7 @@ fn summary(r: &RefineResult, rec: &kiln_irp::Recorded) -> String {
 /// `history_exchanges` exchanges are the context.
 pub fn chat_refined(
     spec: &str,
-    model: Option<&str>,
-    threads: usize,
-    device: kiln_model::device::DeviceKind,
+    model: &ModelArgs,
     system: Option<&str>,
     memory: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
@@ -287,14 +265,7 @@ pub fn chat_refined(
     }
     .resolve()?;
     let mut store = open_memory(memory)?;
-    let lm = start(
-        &LmArgs {
-            model: model.map(PathBuf::from),
-            threads,
-            device: Some(device),
-        },
-        &p,
-    )?;
+    let lm = start(model, &p)?;
     let session = format!(
         "chat-{}-{}",
         std::time::SystemTime::now()

@@ -14,7 +14,8 @@ use kiln_model::chat::Message;
 use serde_json::{json, Value};
 
 use crate::common::peak_rss_mb;
-use crate::irp::{refine, start, LmArgs, ProfileArgs};
+use crate::common::ModelArgs;
+use crate::irp::{refine, start, ProfileArgs};
 
 /// Arguments of `kiln profile`.
 #[derive(Args, Debug)]
@@ -28,7 +29,7 @@ pub struct ProfileCmdArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
     #[command(flatten)]
-    pub lm: LmArgs,
+    pub lm: ModelArgs,
     /// Folder for `profile-compare.json` and `profile-compare.svg`.
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
@@ -441,12 +442,11 @@ fn batch_ratio(a: &ProfileCmdArgs, n: usize) -> anyhow::Result<()> {
     };
     let spec = |i: usize| CandidateSpec {
         messages: vec![Message::new("user", "Why is the sky blue?")],
-        temperature: p.temperature(i),
-        seed: p.seed.wrapping_add(i as u64),
-        max_tokens: a.tokens,
-        top_k: p.top_k,
-        top_p: p.top_p,
-        ignore_eos: true,
+        params: kiln_engine::SamplingParams {
+            max_tokens: a.tokens,
+            ignore_eos: true,
+            ..p.sampling(i)
+        },
     };
     let one = [spec(0)];
     let many: Vec<CandidateSpec> = (0..n).map(spec).collect();

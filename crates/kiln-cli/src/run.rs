@@ -4,9 +4,8 @@ use std::io::{Read, Write};
 
 use clap::Args;
 use kiln_model::chat::Message;
-use kiln_model::generate::{generate, GenerateParams};
 
-use crate::common::{load, ModelArgs, SampleArgs};
+use crate::common::{ask, single, ModelArgs, SampleArgs};
 
 /// Arguments of `kiln run`.
 #[derive(Args, Debug)]
@@ -28,12 +27,9 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-/// Runs `kiln run`.
+/// Runs `kiln run`: one request through the engine.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    let params = GenerateParams {
-        max_tokens: a.sample.max_tokens,
-        sampler: a.sample.params()?,
-    };
+    let params = a.sample.params()?;
     let prompt = match a.prompt {
         Some(p) => p,
         None => {
@@ -42,7 +38,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             s
         }
     };
-    let m = load(&a.model, a.json)?;
+    let lm = single(&a.model, a.json)?;
     let text = if a.raw {
         prompt
     } else {
@@ -51,21 +47,19 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             msgs.push(Message::new("system", sys.clone()));
         }
         msgs.push(Message::new("user", prompt));
-        m.template.render(&msgs, true)?
+        lm.template.render(&msgs, true)?
     };
-    let ids = m.tokenizer.encode(&text, true, true);
+    let ids = lm.tokenizer.encode(&text, true, true);
     let mut out = std::io::stdout().lock();
     let json = a.json;
-    let g = generate(&m.model, &m.tokenizer, &ids, &params, |piece| {
-        if !json {
-            // A closed pipe ends generation quietly.
-            return out
-                .write_all(piece.as_bytes())
-                .and_then(|()| out.flush())
-                .is_ok();
-        }
-        true
+    let g = ask(&lm, ids.clone(), params, |piece| {
+        // A closed pipe ends generation quietly.
+        json || out
+            .write_all(piece.as_bytes())
+            .and_then(|()| out.flush())
+            .is_ok()
     })?;
+    lm.engine.shutdown();
     if json {
         let v = serde_json::json!({
             "prompt_ids": ids,
@@ -73,9 +67,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             "text": g.text,
             "finish_reason": g.finish,
             "timings": {
-                "load_s": m.load_s,
-                "prefill_tok_s": g.timings.prefill_tok_s,
-                "decode_tok_s": g.timings.decode_tok_s,
+                "load_s": lm.load_s,
+                "prefill_tok_s": g.prefill_tok_s(),
+                "decode_tok_s": g.decode_tok_s(),
             },
         });
         writeln!(out, "{v}")?;
@@ -84,9 +78,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         eprintln!(
             "kiln: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({:?})",
             ids.len(),
-            g.timings.prefill_tok_s,
+            g.prefill_tok_s(),
             g.ids.len(),
-            g.timings.decode_tok_s,
+            g.decode_tok_s(),
             g.finish
         );
     }

@@ -1,13 +1,12 @@
 //! `kiln serve`: the OpenAI-compatible HTTP server with the model kept resident.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use kiln_engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
-use kiln_model::device::{Device, DeviceKind};
-use kiln_server::{AppState, LoadedLm, ServerConfig};
+use kiln_server::{AppState, ServerConfig};
+
+use crate::common::{start, EngineArgs, ModelArgs};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -21,40 +20,19 @@ pub enum LogFormat {
 /// Arguments of `kiln serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Path to a GGUF model file [default: SmolLM2-135M-Instruct Q4_1, fetched if missing].
-    #[arg(long, short = 'm')]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Serve no language model (the Ising endpoints still work).
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
-    /// CPU threads (0: one per core).
-    #[arg(long, short = 't', default_value_t = 0)]
-    pub threads: usize,
-    /// Where to run: cpu, cuda or cuda:N (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu", value_parser = DeviceKind::parse)]
-    pub device: DeviceKind,
-    /// KV cache values: f16 (default) or f32 (twice the memory, no rounding; CPU only).
-    #[arg(long, default_value = "f16", value_parser = crate::common::parse_kv)]
-    pub kv_dtype: kiln_model::cpu::KvDtype,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 picks a free one).
     #[arg(long, short = 'p', default_value_t = 8080)]
     pub port: u16,
-    /// Memory budget in MiB for weights, activations and the KV cache together; requests
-    /// that cannot fit wait or are refused.
-    #[arg(long, default_value_t = 1024)]
-    pub max_memory_mb: usize,
-    /// Most tokens (decode and prefill chunks) in one engine step.
-    #[arg(long, default_value_t = 256)]
-    pub max_batch_tokens: usize,
-    /// Most sequences generating at once.
-    #[arg(long, default_value_t = 32)]
-    pub max_running: usize,
-    /// Most requests waiting; more get 429.
-    #[arg(long, default_value_t = 256)]
-    pub max_queue: usize,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// `max_tokens` for requests that give none.
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: usize,
@@ -106,7 +84,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
     }
-    if a.max_batch_tokens == 0 || a.max_running == 0 {
+    if a.engine.max_batch_tokens == 0 || a.engine.max_running == 0 {
         anyhow::bail!("--max-batch-tokens and --max-running must be at least 1");
     }
     let mut keys = a.api_key.clone();
@@ -123,16 +101,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let lm = if a.no_model {
         None
     } else {
-        Some(start_engine(&EngineOpts {
-            model: a.model.clone(),
-            threads: a.threads,
-            device: a.device,
-            kv_dtype: a.kv_dtype,
-            max_memory_mb: a.max_memory_mb,
-            max_batch_tokens: a.max_batch_tokens,
-            max_running: a.max_running,
-            max_queue: a.max_queue,
-        })?)
+        Some(start(&a.model, &a.engine.builder(), false)?)
     };
     let cfg = ServerConfig {
         api_keys: keys,
@@ -146,8 +115,11 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         body_timeout: std::time::Duration::from_secs(a.body_timeout_s.max(1)),
     };
     let state = AppState::new(lm, cfg);
+    // Workers for HTTP and streaming: enough for hundreds of streams on a large machine, no
+    // more than two on a laptop (the model's own threads need the cores).
+    let workers = std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).clamp(2, 8));
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     rt.block_on(async move {
@@ -208,97 +180,4 @@ async fn second_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// What it takes to start an engine over a model.
-#[derive(Debug, Clone)]
-pub struct EngineOpts {
-    /// GGUF path (default model when `None`).
-    pub model: Option<PathBuf>,
-    /// CPU threads (0: one per core).
-    pub threads: usize,
-    /// Where to run.
-    pub device: DeviceKind,
-    /// KV cache values.
-    pub kv_dtype: kiln_model::cpu::KvDtype,
-    /// Budget for weights, activations and KV cache, in MiB.
-    pub max_memory_mb: usize,
-    /// Most tokens per engine step.
-    pub max_batch_tokens: usize,
-    /// Most sequences at once.
-    pub max_running: usize,
-    /// Most requests waiting.
-    pub max_queue: usize,
-}
-
-/// Loads a model and starts an engine over it, within the memory budget.
-pub fn start_engine(a: &EngineOpts) -> anyhow::Result<LoadedLm> {
-    let path = match &a.model {
-        Some(p) => p.clone(),
-        None => kiln_model::fetch::ensure_default_model(true)?,
-    };
-    eprintln!("kiln: loading {}", path.display());
-    let m = kiln_model::loader::load(
-        &path,
-        Device::open_with_kv(a.device, a.threads, a.kv_dtype)?,
-        &kiln_model::loader::LoadOptions::default(),
-    )
-    .with_context(|| format!("loading {}", path.display()))?;
-    let cfg = m.model.cfg.clone();
-    // Weights as the device holds them (the GPU keeps quantized files as f16 by default).
-    let weights = device_weight_bytes(&m.model).unwrap_or(m.weight_bytes);
-    // Activations of one step: hidden states, q/k/v, attention, FFN, and the logits rows.
-    let act = 4
-        * (a.max_batch_tokens * (6 * cfg.dim + 2 * cfg.kv_dim() + 2 * cfg.ffn_dim)
-            + a.max_running * (cfg.dim + cfg.vocab_size));
-    let budget = a.max_memory_mb.saturating_mul(1 << 20);
-    let kv_budget = budget.checked_sub(weights + act).filter(|&b| b > 0).ok_or_else(|| {
-        anyhow::anyhow!(
-            "--max-memory-mb {} leaves no room for the KV cache: the weights take {} MiB and activations {} MiB",
-            a.max_memory_mb,
-            weights >> 20,
-            act >> 20
-        )
-    })?;
-    let tokenizer = Arc::new(m.tokenizer);
-    let runner = ModelRunner::new(m.model, kv_budget, a.max_batch_tokens, a.max_running)?;
-    eprintln!(
-        "kiln: {} ready; KV cache {} MiB = {} tokens",
-        m.name,
-        kv_budget >> 20,
-        runner.kv_capacity_tokens()
-    );
-    let engine = Engine::new(
-        runner,
-        tokenizer.clone(),
-        EngineConfig {
-            max_batch_tokens: a.max_batch_tokens,
-            max_running: a.max_running,
-            max_queue: a.max_queue,
-        },
-    );
-    let id = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| m.name.clone());
-    Ok(LoadedLm {
-        engine: EngineHandle::spawn(engine),
-        tokenizer,
-        template: m.template,
-        id,
-        context_length: cfg.context_length,
-    })
-}
-
-/// Bytes of weights a GPU holds for the model, when it runs on one.
-fn device_weight_bytes(model: &kiln_model::Model<Device>) -> Option<usize> {
-    #[cfg(feature = "cuda")]
-    {
-        model.backend.cuda().map(|c| c.weight_bytes())
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = model;
-        None
-    }
 }

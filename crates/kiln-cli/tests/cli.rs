@@ -33,7 +33,7 @@ fn raw_json_run_matches_the_reference() {
     let m = model();
     let fixtures = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/smollm2-135m-q4_1-golden.jsonl"
+        "/../../tests/fixtures/smollm2-135m-q4_1-golden.jsonl"
     ))
     .unwrap();
     let case: serde_json::Value = serde_json::from_str(fixtures.lines().next().unwrap()).unwrap();

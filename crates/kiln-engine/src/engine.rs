@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_model::generate::FinishReason;
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::{StreamDecoder, Tokenizer};
 use kiln_model::ModelError;
 use serde::Serialize;
@@ -13,6 +13,20 @@ use serde::Serialize;
 use crate::blocks::BlockManager;
 use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
 use crate::score::{token_logprob, PromptScore, ScoreRequest, ScoreSink};
+
+/// Why a request stopped generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string was produced.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+    /// The context window (or the KV memory budget) is full.
+    ContextFull,
+    /// The caller stopped it.
+    Cancelled,
+}
 
 /// One sequence's part of a batched step: the model's own batch input, so a runner hands
 /// the engine's batch to the model without copying it.
@@ -28,8 +42,16 @@ pub trait Runner: Send {
     fn block_size(&self) -> usize;
     /// Blocks in the KV pool.
     fn n_blocks(&self) -> usize;
-    /// Runs every slice; appends one logits row per slice that wants logits, in order.
-    fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
+    /// Runs every slice and chooses one token for each slice that wants logits, in order:
+    /// `rows` holds one sampling description per such slice (with `adjust`, see
+    /// [`kiln_model::sample`]); the tokens (and log-probabilities asked for) go to `out`.
+    fn step(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError>;
     /// Runs every slice teacher-forced: appends one logits row per token of every slice, in
     /// order. The engine sends at most [`Runner::max_logit_rows`] tokens; only scoring
     /// requests use it, so a runner that cannot score keeps this default.
@@ -143,6 +165,77 @@ pub enum SubmitError {
     QueueFull(usize),
 }
 
+/// What a request is checked against before it is queued: fixed once the engine is built, so
+/// that a handle can check requests on the caller's thread without waiting for the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Longest sequence the model takes.
+    pub context: usize,
+    /// Blocks in the KV pool.
+    pub total_blocks: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Most requests waiting.
+    pub max_queue: usize,
+}
+
+impl Limits {
+    /// Checks that `tokens` can run: not empty, inside the context and the vocabulary, within
+    /// the KV budget with `extra` more positions, and that the queue (`waiting` long) has room.
+    pub fn check_tokens(
+        &self,
+        tokens: &[u32],
+        extra: usize,
+        waiting: usize,
+    ) -> Result<(), SubmitError> {
+        let (ctx, n) = (self.context, tokens.len());
+        if n == 0 {
+            return Err(SubmitError::Prompt("the prompt is empty".into()));
+        }
+        if n >= ctx {
+            return Err(SubmitError::Prompt(format!(
+                "the prompt has {n} tokens; the model's context is {ctx}"
+            )));
+        }
+        let vocab = self.vocab;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(SubmitError::Prompt(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let needed = (n + extra).div_ceil(self.block_size.max(1));
+        if needed > self.total_blocks {
+            return Err(SubmitError::TooLarge {
+                needed,
+                total: self.total_blocks,
+            });
+        }
+        if waiting >= self.max_queue {
+            return Err(SubmitError::QueueFull(waiting));
+        }
+        Ok(())
+    }
+
+    /// Checks a generation request: its parameters, its logit bias, its prompt.
+    pub fn check_request(&self, req: &Request, waiting: usize) -> Result<(), SubmitError> {
+        req.params.validate()?;
+        if let Some(&(t, _)) = req
+            .params
+            .logit_bias
+            .iter()
+            .find(|b| b.0 as usize >= self.vocab)
+        {
+            return Err(SubmitError::Param(ParamError {
+                param: "logit_bias",
+                what: format!("token id {t} is outside the vocabulary of {}", self.vocab),
+            }));
+        }
+        self.check_tokens(&req.prompt, 1, waiting)
+    }
+}
+
 /// What a scoring request has gathered so far.
 struct Scoring {
     /// Position of the first scored token (at least 1).
@@ -235,6 +328,10 @@ pub struct EngineStats {
     pub steps: u64,
     /// Sequences preempted for lack of KV blocks.
     pub preemptions: u64,
+    /// Seconds spent in the model's passes (forward and sampling), summed over steps.
+    pub model_seconds: f64,
+    /// Seconds the engine's own work took in steps (scheduling, streaming), summed.
+    pub host_seconds: f64,
 }
 
 /// The engine: owns the runner, the block pool and every sequence.
@@ -245,8 +342,11 @@ pub struct Engine<R: Runner> {
     blocks: BlockManager,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
-    next_id: u64,
-    logits: Vec<f32>,
+    /// Where request ids come from (shared with a handle, which numbers what it sends).
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+    rows: Vec<RowSampling>,
+    adjust: Vec<Adjust>,
+    sampled: Vec<Sampled>,
     score_logits: Vec<f32>,
     stats: EngineStats,
     plan: Vec<(usize, usize)>,
@@ -265,8 +365,10 @@ impl<R: Runner> Engine<R> {
             blocks,
             waiting: VecDeque::new(),
             running: Vec::new(),
-            next_id: 1,
-            logits: Vec::new(),
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            rows: Vec::new(),
+            adjust: Vec::new(),
+            sampled: Vec::new(),
             score_logits: Vec::new(),
             stats: EngineStats::default(),
             plan: Vec::new(),
@@ -301,46 +403,46 @@ impl<R: Runner> Engine<R> {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
 
-    /// Checks that `tokens` can run: not empty, inside the context and the vocabulary, within
-    /// the KV budget with `extra` more positions, and that the queue has room.
+    /// What requests are checked against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            vocab: self.runner.vocab_size(),
+            context: self.runner.context_length(),
+            total_blocks: self.blocks.total(),
+            block_size: self.runner.block_size(),
+            max_queue: self.cfg.max_queue,
+        }
+    }
+
     fn check_tokens(&self, tokens: &[u32], extra: usize) -> Result<(), SubmitError> {
-        let ctx = self.runner.context_length();
-        let n = tokens.len();
-        if n == 0 {
-            return Err(SubmitError::Prompt("the prompt is empty".into()));
-        }
-        if n >= ctx {
-            return Err(SubmitError::Prompt(format!(
-                "the prompt has {n} tokens; the model's context is {ctx}"
-            )));
-        }
-        let vocab = self.runner.vocab_size();
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(SubmitError::Prompt(format!(
-                "token id {t} is outside the vocabulary of {vocab}"
-            )));
-        }
-        let needed = self.blocks.blocks_for(n + extra);
-        if needed > self.blocks.total() {
-            return Err(SubmitError::TooLarge {
-                needed,
-                total: self.blocks.total(),
-            });
-        }
-        if self.waiting.len() >= self.cfg.max_queue {
-            return Err(SubmitError::QueueFull(self.waiting.len()));
-        }
-        Ok(())
+        self.limits()
+            .check_tokens(tokens, extra, self.waiting.len())
     }
 
     /// Queues a request; its events go to `sink`. Returns the request id.
     pub fn submit(&mut self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
-        req.params.validate()?;
-        self.check_tokens(&req.prompt, 1)?;
+        let id = self.new_id();
+        self.submit_as(id, req, sink)?;
+        Ok(id)
+    }
+
+    /// A fresh request id; ids are shared with [`Engine::id_source`]'s holders.
+    fn new_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The counter request ids are taken from, for a handle that numbers requests before the
+    /// engine thread sees them.
+    pub fn id_source(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.next_id.clone()
+    }
+
+    /// [`Engine::submit`] under an id taken from [`Engine::id_source`].
+    pub fn submit_as(&mut self, id: u64, req: Request, sink: Sink) -> Result<(), SubmitError> {
+        self.limits().check_request(&req, self.waiting.len())?;
         let n = req.prompt.len();
         let max_len = (n + req.params.max_tokens).min(self.runner.context_length());
-        let id = self.next_id;
-        self.next_id += 1;
         let seed = req
             .params
             .seed
@@ -361,7 +463,7 @@ impl<R: Runner> Engine<R> {
             cached: 0,
             score: None,
         });
-        Ok(id)
+        Ok(())
     }
 
     /// Queues a scoring request: the log-probability of each token of `req.tokens` from
@@ -383,8 +485,7 @@ impl<R: Runner> Engine<R> {
                 req.from
             )));
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.new_id();
         self.waiting.push_back(Seq {
             id,
             sampler: RequestSampler::new(SamplingParams::greedy(1), 0, &[]),
@@ -554,6 +655,15 @@ impl<R: Runner> Engine<R> {
 
     /// Runs one step. Returns `false` when there was nothing to do.
     pub fn step(&mut self) -> Result<bool, ModelError> {
+        let t0 = Instant::now();
+        let before = self.stats.model_seconds;
+        let r = self.step_inner();
+        let total = t0.elapsed().as_secs_f64();
+        self.stats.host_seconds += total - (self.stats.model_seconds - before);
+        r
+    }
+
+    fn step_inner(&mut self) -> Result<bool, ModelError> {
         self.admit();
         if self.running.is_empty() {
             return Ok(false);
@@ -592,6 +702,8 @@ impl<R: Runner> Engine<R> {
         // teacher-forced pass of their own, so the others keep one row of logits each.
         let mut batch: Vec<Slice<'_>> = Vec::with_capacity(plan.len());
         let mut scored: Vec<Slice<'_>> = Vec::new();
+        self.rows.clear();
+        self.adjust.clear();
         for &(idx, n) in plan.iter() {
             let s = &self.running[idx];
             let slice = Slice {
@@ -600,6 +712,9 @@ impl<R: Runner> Engine<R> {
                 blocks: &s.table,
                 want_logits: s.score.is_none() && s.computed + n == s.tokens.len(),
             };
+            if slice.want_logits {
+                self.rows.push(s.sampler.row(&mut self.adjust));
+            }
             if s.in_scored_part() {
                 scored.push(slice);
             } else {
@@ -607,18 +722,29 @@ impl<R: Runner> Engine<R> {
             }
         }
         let scored_rows: usize = scored.iter().map(|s| s.tokens.len()).sum();
-        self.logits.clear();
+        self.sampled.clear();
         self.score_logits.clear();
         let mut result = Ok(());
+        let t_model = Instant::now();
         if !batch.is_empty() {
-            result = self.runner.step(&batch, &mut self.logits);
+            result = self
+                .runner
+                .step(&batch, &self.rows, &self.adjust, &mut self.sampled);
         }
         if result.is_ok() && !scored.is_empty() {
             result = self.runner.step_all(&scored, &mut self.score_logits);
         }
+        self.stats.model_seconds += t_model.elapsed().as_secs_f64();
         drop(batch);
         drop(scored);
         let vocab = self.runner.vocab_size();
+        if result.is_ok() && self.sampled.len() != self.rows.len() {
+            result = Err(ModelError::Input(format!(
+                "the runner returned {} tokens for {} sequences",
+                self.sampled.len(),
+                self.rows.len()
+            )));
+        }
         if result.is_ok() && self.score_logits.len() != scored_rows * vocab {
             result = Err(ModelError::Input(format!(
                 "the runner returned {} values of logits for {scored_rows} scored tokens of vocabulary {vocab}",
@@ -660,9 +786,9 @@ impl<R: Runner> Engine<R> {
             if seq.computed != seq.tokens.len() {
                 continue; // a prefill chunk that does not reach the prompt's end
             }
-            let logits = &self.logits[row * vocab..(row + 1) * vocab];
+            let sampled = &self.sampled[row];
             row += 1;
-            if let Some(reason) = advance(seq, &self.tok, logits) {
+            if let Some(reason) = advance(seq, &self.tok, sampled) {
                 done.push((idx, reason));
             }
         }
@@ -682,9 +808,15 @@ impl<R: Runner> Engine<R> {
     }
 }
 
-/// Samples one token for `seq`, streams it, and says whether the sequence is finished.
-fn advance(seq: &mut Seq, tok: &Tokenizer, logits: &[f32]) -> Option<FinishReason> {
-    let (id, logprob) = seq.sampler.sample(logits);
+/// Takes the token sampled for `seq`, streams it, and says whether the sequence is finished.
+fn advance(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishReason> {
+    let id = sampled.token;
+    seq.sampler.record(id);
+    let logprob = seq
+        .sampler
+        .params()
+        .logprobs
+        .map(|_| TokenLogprob::from_sampled(sampled));
     seq.tokens.push(id);
     if seq.first_token.is_none() {
         seq.first_token = Some(seq.submitted.elapsed().as_secs_f64());

@@ -5,13 +5,16 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::engine::{Engine, EngineStats, Request, Runner, Sink, SubmitError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::engine::{Engine, EngineStats, Event, Limits, Request, Runner, Sink, SubmitError};
 use crate::score::{PromptScore, ScoreError, ScoreRequest, ScoreSink};
 
 type Reply = mpsc::SyncSender<Result<u64, SubmitError>>;
 
 enum Cmd {
-    Submit(Request, Sink, Reply),
+    /// Checked on the caller's thread already; a late failure goes to the sink.
+    Submit(u64, Request, Sink),
     Score(ScoreRequest, ScoreSink, Reply),
     Cancel(u64),
     Shutdown,
@@ -23,6 +26,11 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Cmd>,
     stats: Arc<Mutex<EngineStats>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    limits: Limits,
+    /// Requests sent to the engine thread that it has not taken yet.
+    in_flight: Arc<AtomicUsize>,
+    /// The engine's request ids.
+    ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -36,6 +44,10 @@ impl EngineHandle {
     pub fn spawn<R: Runner + 'static>(mut engine: Engine<R>) -> Self {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let stats = Arc::new(Mutex::new(engine.stats()));
+        let limits = engine.limits();
+        let ids = engine.id_source();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight_h = in_flight.clone();
         let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-engine".into())
@@ -54,8 +66,20 @@ impl EngineHandle {
                     }
                     while let Some(cmd) = next {
                         match cmd {
-                            Cmd::Submit(req, sink, reply) => {
-                                let _ = reply.send(engine.submit(req, sink));
+                            Cmd::Submit(id, req, mut sink) => {
+                                in_flight.fetch_sub(1, Ordering::Relaxed);
+                                // Checked again against the queue as it is now; a refusal
+                                // reaches the caller through its sink.
+                                let waiting = engine.stats().waiting;
+                                match engine.limits().check_request(&req, waiting) {
+                                    Ok(()) => {
+                                        // Checked just above against the same state.
+                                        let _ = engine.submit_as(id, req, sink);
+                                    }
+                                    Err(e) => {
+                                        sink(Event::Failed(e.to_string()));
+                                    }
+                                }
                             }
                             Cmd::Score(req, done, reply) => {
                                 let _ = reply.send(engine.submit_score(req, done));
@@ -79,18 +103,31 @@ impl EngineHandle {
             tx,
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
+            limits,
+            in_flight: in_flight_h,
+            ids,
         }
     }
 
-    /// Queues a request; events go to `sink` from the engine thread.
+    /// Queues a request; events go to `sink` from the engine thread. The request is checked
+    /// here, on the caller's thread, and the call returns without waiting for the engine (an
+    /// async server's workers never block on a running step).
+    /// Returns the request's id (for [`EngineHandle::cancel_waiting`]).
     pub fn submit(&self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Cmd::Submit(req, sink, reply_tx))
-            .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?;
-        reply_rx
-            .recv()
-            .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?
+        let waiting = self.stats().waiting + self.in_flight.load(Ordering::Relaxed);
+        self.limits.check_request(&req, waiting)?;
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Cmd::Submit(id, req, sink)).map_err(|_| {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            SubmitError::Prompt("the engine has shut down".into())
+        })?;
+        Ok(id)
+    }
+
+    /// What requests are checked against.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Queues a scoring request (see [`Engine::submit_score`]); the result goes to `done`

@@ -4,6 +4,7 @@
 //! given those before it, in the same batches.
 
 pub mod blocks;
+pub mod builder;
 pub mod engine;
 pub mod handle;
 pub mod runner;
@@ -11,8 +12,10 @@ pub mod sampling;
 pub mod score;
 
 pub use blocks::BlockManager;
+pub use builder::{EngineBuilder, EngineSize};
 pub use engine::{
-    Engine, EngineConfig, EngineStats, Event, Request, Runner, Sink, Slice, SubmitError, Usage,
+    Engine, EngineConfig, EngineStats, Event, FinishReason, Limits, Request, Runner, Sink, Slice,
+    SubmitError, Usage,
 };
 pub use handle::EngineHandle;
 pub use runner::ModelRunner;

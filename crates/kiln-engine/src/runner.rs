@@ -1,13 +1,14 @@
 //! The engine's runner for a real model: one batched forward pass per step over a shared
 //! paged KV pool.
 
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::{Backend, Logits, Model, ModelError, State, KV_BLOCK};
 
 use crate::engine::{Runner, Slice};
 
 /// Rows of logits a runner made by [`ModelRunner::new`] returns at least, so that texts are
 /// scored in chunks of this many tokens even when few sequences run at once. Each row takes
-/// `vocab_size` floats twice (backend and host): 6 MiB for a 49k vocabulary.
+/// `vocab_size` floats twice (backend and host, the host copy for scoring only).
 pub const MIN_LOGIT_ROWS: usize = 16;
 
 /// Runs a [`Model`] for the engine.
@@ -99,11 +100,16 @@ impl<B: Backend> Runner for ModelRunner<B> {
         self.n_blocks
     }
 
-    fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+    fn step(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
         self.model
-            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Last)?;
-        logits.extend_from_slice(&self.state.logits);
-        Ok(())
+            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Keep)?;
+        self.model.sample(&mut self.state, rows, adjust, out)
     }
 
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {

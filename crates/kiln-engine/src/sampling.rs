@@ -3,7 +3,7 @@
 //! Every request owns its random stream, so a seeded request gives the same tokens whatever
 //! else runs in the batch.
 
-use kiln_model::sampler::Rng;
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use serde::{Deserialize, Serialize};
 
 /// How one request picks its tokens. `temperature == 0` is greedy.
@@ -37,6 +37,9 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Keep generating through end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Added to the logits of these tokens before sampling, each in [-100, 100] (-100 in
+    /// practice bans a token, 100 forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -55,6 +58,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             logprobs: None,
             ignore_eos: false,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -88,6 +92,11 @@ impl SamplingParams {
             max_tokens,
             ..Self::default()
         }
+    }
+
+    /// The same parameters with `max_tokens` set.
+    pub fn with_max(self, max_tokens: usize) -> Self {
+        SamplingParams { max_tokens, ..self }
     }
 
     /// Checks every parameter's range.
@@ -134,6 +143,19 @@ impl SamplingParams {
             "stop",
             || "stop strings must be 1 to 256 bytes".into(),
         )?;
+        check(self.logit_bias.len() <= 1024, "logit_bias", || {
+            format!("{} entries, at most 1024", self.logit_bias.len())
+        })?;
+        if let Some(&(t, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !b.is_finite() || !(-100.0..=100.0).contains(b))
+        {
+            return Err(ParamError {
+                param: "logit_bias",
+                what: format!("the bias {b} of token {t} is not in [-100, 100]"),
+            });
+        }
         if let Some(n) = self.logprobs {
             check(n <= 20, "logprobs", || {
                 format!("{n} alternatives, at most 20")
@@ -154,34 +176,60 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
-/// One request's sampler: its parameters, random stream, token counts and scratch space.
+impl TokenLogprob {
+    /// The log-probabilities a backend returned with a sampled token.
+    pub fn from_sampled(s: &Sampled) -> Self {
+        TokenLogprob {
+            token: s.token,
+            logprob: s.logprob,
+            top: s.top().to_vec(),
+        }
+    }
+}
+
+/// One request's sampling state on the host: its parameters, seed, how many tokens it has
+/// drawn, and the token counts its penalties need. It never sees the logits: each step it
+/// describes its row ([`RequestSampler::row`]) and the backend samples where the logits are.
 #[derive(Debug, Clone)]
 pub struct RequestSampler {
     params: SamplingParams,
-    rng: Rng,
+    seed: u64,
+    drawn: u64,
     counts: std::collections::HashMap<u32, u32>,
     recent: std::collections::VecDeque<u32>,
-    scratch: Vec<f32>,
-    cand: Vec<(f32, u32)>,
+    in_window: std::collections::HashMap<u32, u32>,
+    /// The logit bias by token, sorted, duplicates summed.
+    bias: Vec<(u32, f32)>,
 }
 
 impl RequestSampler {
     /// A sampler for one request; `seed` is the resolved seed; `prompt` feeds the
     /// repetition window.
     pub fn new(params: SamplingParams, seed: u64, prompt: &[u32]) -> Self {
-        let keep = params.penalty_last_n;
-        let recent = prompt[prompt.len().saturating_sub(keep)..]
-            .iter()
-            .copied()
-            .collect();
-        RequestSampler {
+        let mut s = RequestSampler {
             params,
-            rng: Rng::new(seed),
+            seed,
+            drawn: 0,
             counts: Default::default(),
-            recent,
-            scratch: Vec::new(),
-            cand: Vec::new(),
+            recent: Default::default(),
+            in_window: Default::default(),
+            bias: Vec::new(),
+        };
+        let mut bias = s.params.logit_bias.clone();
+        bias.sort_by_key(|b| b.0);
+        for (t, v) in bias {
+            match s.bias.last_mut() {
+                Some(last) if last.0 == t => last.1 += v,
+                _ => s.bias.push((t, v)),
+            }
         }
+        if s.params.repetition_penalty != 1.0 {
+            let keep = s.params.penalty_last_n;
+            for &t in &prompt[prompt.len().saturating_sub(keep)..] {
+                s.push_recent(t);
+            }
+        }
+        s
     }
 
     /// The parameters.
@@ -189,174 +237,111 @@ impl RequestSampler {
         &self.params
     }
 
-    /// Picks the next token from `logits` and records it for the penalties.
-    pub fn sample(&mut self, logits: &[f32]) -> (u32, Option<TokenLogprob>) {
-        let p = &self.params;
-        let penalised =
-            p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0;
-        let logits: &[f32] = if penalised {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(logits);
-            if p.repetition_penalty != 1.0 {
-                let mut seen: Vec<u32> = self.recent.iter().copied().collect();
-                seen.sort_unstable();
-                seen.dedup();
-                for t in seen {
-                    if let Some(l) = self.scratch.get_mut(t as usize) {
-                        *l = if *l > 0.0 {
-                            *l / p.repetition_penalty
-                        } else {
-                            *l * p.repetition_penalty
-                        };
+    fn push_recent(&mut self, t: u32) {
+        let keep = self.params.penalty_last_n;
+        if keep == 0 {
+            return;
+        }
+        if self.recent.len() == keep {
+            if let Some(old) = self.recent.pop_front() {
+                if let Some(c) = self.in_window.get_mut(&old) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.in_window.remove(&old);
                     }
                 }
             }
-            for (&t, &c) in &self.counts {
-                if let Some(l) = self.scratch.get_mut(t as usize) {
-                    *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
+        }
+        self.recent.push_back(t);
+        *self.in_window.entry(t).or_insert(0) += 1;
+    }
+
+    /// This request's row of the next step: appends its adjustments (penalties and logit
+    /// bias: one entry per distinct token concerned, so the work is bounded by the request's
+    /// history, never the vocabulary) to `adjust`.
+    pub fn row(&self, adjust: &mut Vec<Adjust>) -> RowSampling {
+        let p = &self.params;
+        let start = adjust.len();
+        let rep = p.repetition_penalty != 1.0;
+        let counted = p.frequency_penalty != 0.0 || p.presence_penalty != 0.0;
+        if rep || counted || !self.bias.is_empty() {
+            let bias = |t: u32| -> f32 {
+                self.bias
+                    .binary_search_by_key(&t, |b| b.0)
+                    .map_or(0.0, |i| self.bias[i].1)
+            };
+            let mut add = |token: u32, repeated: bool| {
+                let c = self.counts.get(&token).copied().unwrap_or(0);
+                adjust.push(Adjust {
+                    token,
+                    repeated,
+                    add: bias(token) - penalty(p, c),
+                })
+            };
+            if rep {
+                for &t in self.in_window.keys() {
+                    add(t, true);
                 }
             }
-            &self.scratch
-        } else {
-            logits
-        };
-        let token = if p.temperature <= 0.0 || p.top_k == 1 {
-            kiln_model::sampler::argmax(logits)
-        } else {
-            pick(p, &mut self.rng, &mut self.cand, logits)
-        };
-        let lp = p.logprobs.map(|n| logprobs(logits, token, n));
-        *self.counts.entry(token).or_insert(0) += 1;
-        if self.params.penalty_last_n > 0 {
-            if self.recent.len() == self.params.penalty_last_n {
-                self.recent.pop_front();
+            for &t in self.counts.keys() {
+                if !self.in_window.contains_key(&t) {
+                    add(t, false);
+                }
             }
-            self.recent.push_back(token);
-        }
-        (token, lp)
-    }
-}
-
-/// Best first: higher logit, then lower token id.
-fn order(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
-    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
-}
-
-/// The `k` best `(logit, id)` pairs in [`order`], unsorted: the set `select_nth_unstable_by`
-/// would keep. One pass with a heap of `k` whose top is the worst kept, so that most of a large
-/// vocabulary costs one comparison.
-fn top_k_into(logits: &[f32], k: usize, cand: &mut Vec<(f32, u32)>) {
-    struct Worst((f32, u32));
-    impl PartialEq for Worst {
-        fn eq(&self, o: &Self) -> bool {
-            order(&self.0, &o.0).is_eq()
-        }
-    }
-    impl Eq for Worst {}
-    impl PartialOrd for Worst {
-        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-            Some(self.cmp(o))
-        }
-    }
-    impl Ord for Worst {
-        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-            order(&self.0, &o.0)
-        }
-    }
-    let mut heap: std::collections::BinaryHeap<Worst> =
-        std::collections::BinaryHeap::with_capacity(k);
-    for (i, &l) in logits.iter().enumerate() {
-        let c = (l, i as u32);
-        if heap.len() < k {
-            heap.push(Worst(c));
-        } else if let Some(mut w) = heap.peek_mut() {
-            // Ids rise, so an equal logit never displaces a kept one: only a larger one does.
-            if l.total_cmp(&w.0 .0).is_gt() {
-                *w = Worst(c);
+            for &(t, _) in &self.bias {
+                if !self.in_window.contains_key(&t) && !self.counts.contains_key(&t) {
+                    add(t, false);
+                }
             }
         }
+        RowSampling {
+            temperature: p.temperature,
+            top_k: p.top_k.min(u32::MAX as usize) as u32,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repetition_penalty: p.repetition_penalty,
+            seed: self.seed,
+            counter: self.drawn,
+            adjust: (start as u32, (adjust.len() - start) as u32),
+            logprobs: p.logprobs.map(|n| n as u8),
+        }
     }
-    cand.clear();
-    cand.extend(heap.into_iter().map(|w| w.0));
+
+    /// Records the token drawn for this request (for the penalties and the random stream).
+    pub fn record(&mut self, token: u32) {
+        self.drawn += 1;
+        if self.params.frequency_penalty != 0.0 || self.params.presence_penalty != 0.0 {
+            *self.counts.entry(token).or_insert(0) += 1;
+        }
+        if self.params.repetition_penalty != 1.0 {
+            self.push_recent(token);
+        }
+    }
+
+    /// Samples on the host from one row of logits (tests and runners without a device
+    /// sampler): the same steps as a backend's.
+    pub fn sample(&mut self, logits: &[f32]) -> (u32, Option<TokenLogprob>) {
+        let mut adjust = Vec::new();
+        let row = self.row(&mut adjust);
+        let mut l = logits.to_vec();
+        let s = kiln_model::sample::sample_row(
+            &mut l,
+            &row,
+            &adjust,
+            &mut kiln_model::sample::Scratch::default(),
+        );
+        self.record(s.token);
+        let lp = self.params.logprobs.map(|_| TokenLogprob::from_sampled(&s));
+        (s.token, lp)
+    }
 }
 
-fn pick(p: &SamplingParams, rng: &mut Rng, cand: &mut Vec<(f32, u32)>, logits: &[f32]) -> u32 {
-    let k = if p.top_k == 0 {
-        logits.len()
+/// What frequency and presence penalties subtract for a token seen `count` times.
+fn penalty(p: &SamplingParams, count: u32) -> f32 {
+    if count == 0 {
+        0.0
     } else {
-        p.top_k.min(logits.len())
-    };
-    if k < logits.len() && k <= 256 {
-        top_k_into(logits, k, cand);
-    } else {
-        cand.clear();
-        cand.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
-        if k < cand.len() {
-            cand.select_nth_unstable_by(k - 1, order);
-            cand.truncate(k);
-        }
-    }
-    cand.sort_unstable_by(order);
-    let max = cand[0].0;
-    let inv_t = 1.0 / p.temperature;
-    let mut sum = 0f32;
-    for c in cand.iter_mut() {
-        c.0 = ((c.0 - max) * inv_t).exp();
-        sum += c.0;
-    }
-    let mut keep = cand.len();
-    if p.top_p < 1.0 {
-        let mut acc = 0f32;
-        for (i, c) in cand.iter().enumerate() {
-            acc += c.0 / sum;
-            if acc >= p.top_p {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
-    if p.min_p > 0.0 {
-        // cand[0] has weight 1 (its logit is the maximum).
-        keep = cand[..keep]
-            .iter()
-            .take_while(|c| c.0 >= p.min_p)
-            .count()
-            .max(1);
-    }
-    let total: f32 = cand[..keep].iter().map(|c| c.0).sum();
-    let mut r = rng.next_f32() * total;
-    for c in &cand[..keep] {
-        r -= c.0;
-        if r <= 0.0 {
-            return c.1;
-        }
-    }
-    cand[keep - 1].1
-}
-
-fn logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
-    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
-    if n > 0 {
-        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        let k = n.min(idx.len());
-        let order = |a: &u32, b: &u32| {
-            logits[*b as usize]
-                .total_cmp(&logits[*a as usize])
-                .then(a.cmp(b))
-        };
-        idx.select_nth_unstable_by(k - 1, order);
-        idx.truncate(k);
-        idx.sort_unstable_by(order);
-        top.extend(idx.into_iter().map(|i| (i, logits[i as usize] - lse)));
-    }
-    TokenLogprob {
-        token,
-        logprob: logits
-            .get(token as usize)
-            .map_or(f32::NEG_INFINITY, |l| l - lse),
-        top,
+        p.frequency_penalty * count as f32 + p.presence_penalty
     }
 }
 
@@ -517,36 +502,6 @@ mod tests {
         let mut s = RequestSampler::new(p, 1, &[]);
         for _ in 0..200 {
             assert_eq!(s.sample(&l).0, 0);
-        }
-    }
-
-    #[test]
-    fn heap_top_k_keeps_the_same_tokens_as_selection() {
-        let mut r = Rng::new(7);
-        for round in 0..200 {
-            let len = 1 + (r.next_f32() * 3000.0) as usize;
-            // Few distinct values, so ties at the boundary are common.
-            let levels = 1.0 + (round % 7) as f32 * 3.0;
-            let logits: Vec<f32> = (0..len)
-                .map(|_| (r.next_f32() * levels).floor() - 2.0)
-                .collect();
-            for k in [1usize, 2, 5, 40, 256] {
-                if k >= len {
-                    continue;
-                }
-                let mut a = Vec::new();
-                top_k_into(&logits, k, &mut a);
-                a.sort_unstable_by(order);
-                let mut b: Vec<(f32, u32)> = logits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &l)| (l, i as u32))
-                    .collect();
-                b.select_nth_unstable_by(k - 1, order);
-                b.truncate(k);
-                b.sort_unstable_by(order);
-                assert_eq!(a, b, "len {len}, k {k}");
-            }
         }
     }
 

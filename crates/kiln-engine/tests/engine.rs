@@ -3,11 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
+use kiln_engine::FinishReason;
 use kiln_engine::{
     Engine, EngineConfig, Event, PromptScore, Request, Runner, SamplingParams, ScoreRequest, Slice,
     SubmitError,
 };
-use kiln_model::generate::FinishReason;
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::Tokenizer;
 use kiln_model::ModelError;
 
@@ -78,8 +79,15 @@ impl Runner for MockRunner {
     fn n_blocks(&self) -> usize {
         self.slots.len() / self.block_size
     }
-    fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+    fn step(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
         let mut row = Vec::new();
+        let mut logits = Vec::new();
         for s in batch {
             self.write(s);
             if s.want_logits {
@@ -89,6 +97,8 @@ impl Runner for MockRunner {
                 logits.extend_from_slice(&row);
             }
         }
+        let mut scratch = kiln_model::sample::Scratch::default();
+        kiln_model::sample::sample_rows(&mut logits, self.vocab, rows, adjust, out, &mut scratch);
         Ok(())
     }
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {

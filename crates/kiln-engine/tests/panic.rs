@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_engine::{Engine, EngineConfig, EngineHandle, Request, Runner, SamplingParams, Slice};
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::Tokenizer;
 use kiln_model::ModelError;
 
@@ -25,7 +26,13 @@ impl Runner for Panics {
     fn n_blocks(&self) -> usize {
         8
     }
-    fn step(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {
+    fn step(
+        &mut self,
+        _: &[Slice<'_>],
+        _: &[RowSampling],
+        _: &[Adjust],
+        _: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
         panic!("a bug in a kernel");
     }
     fn step_all(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {

@@ -9,13 +9,23 @@ use kiln_engine::{
     ScoreRequest, Slice,
 };
 use kiln_model::device::{Device, DeviceKind};
-use kiln_model::loader::load_gguf;
+use kiln_model::loader::{load, LoadOptions, LoadedModel};
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::Tokenizer;
 use kiln_model::ModelError;
 
+/// The model the tests run: `KILN_TEST_MODEL` (a GGUF file or a model folder, e.g. a
+/// random-weight model of a larger shape on a GPU), the default model otherwise.
+fn load_model() -> LoadedModel<Device> {
+    let path = match std::env::var_os("KILN_TEST_MODEL") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => kiln_model::fetch::ensure_default_model(true).unwrap(),
+    };
+    load(&path, test_device(0), &LoadOptions::default()).unwrap()
+}
+
 fn engine(max_batch_tokens: usize) -> Engine<ModelRunner<Device>> {
-    let path = kiln_model::fetch::ensure_default_model(true).unwrap();
-    let m = load_gguf(&path, test_device(0)).unwrap();
+    let m = load_model();
     let tok = Arc::new(m.tokenizer);
     let runner = ModelRunner::new(m.model, 64 << 20, max_batch_tokens, 16).unwrap();
     Engine::new(
@@ -41,16 +51,34 @@ fn requests(tok: &Tokenizer) -> Vec<Request> {
         .enumerate()
         .map(|(i, q)| {
             let text = format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
-            let params = if i.is_multiple_of(2) {
-                SamplingParams::greedy(10)
-            } else {
-                SamplingParams {
-                    temperature: 0.8,
-                    top_k: 20,
-                    seed: Some(7 + i as u64),
-                    max_tokens: 10,
-                    ..Default::default()
-                }
+            let sampled = SamplingParams {
+                temperature: 0.8,
+                top_k: 20,
+                seed: Some(7 + i as u64),
+                max_tokens: 10,
+                ..Default::default()
+            };
+            // Every sampling option, each request its own mix.
+            let params = match i {
+                0 => SamplingParams::greedy(10),
+                1 => SamplingParams {
+                    top_k: 0,
+                    top_p: 0.9,
+                    min_p: 0.05,
+                    ..sampled
+                },
+                2 => SamplingParams {
+                    repetition_penalty: 1.3,
+                    logit_bias: vec![(28, -100.0), (30, 2.0)],
+                    logprobs: Some(3),
+                    ..SamplingParams::greedy(10)
+                },
+                3 => SamplingParams {
+                    frequency_penalty: 0.5,
+                    presence_penalty: 0.3,
+                    ..sampled
+                },
+                _ => sampled,
             };
             Request {
                 prompt: tok.encode(&text, true, true),
@@ -100,21 +128,26 @@ fn batched_equals_alone_on_the_real_model() {
         assert_eq!(a, b, "request {i}");
     }
     assert_eq!(batched_engine.stats().blocks_used, 0);
-    // The greedy request's answer also matches single-sequence generation.
+    // The greedy request's answer also matches a plain greedy loop over the model alone
+    // (one sequence, its own cache, the whole prompt in one pass).
     let prompt = &requests(&tok)[0].prompt;
-    let m = load_gguf(&kiln_model::fetch::default_model_path(), test_device(0)).unwrap();
-    let g = kiln_model::generate::generate(
-        &m.model,
-        &m.tokenizer,
-        prompt,
-        &kiln_model::generate::GenerateParams {
-            max_tokens: 10,
-            sampler: kiln_model::sampler::SamplerParams::greedy(),
-        },
-        |_| true,
-    )
-    .unwrap();
-    assert_eq!(g.ids, alone[0]);
+    let m = load_model();
+    let mut kv = m.model.new_kv(prompt.len() + 10).unwrap();
+    let mut st = m.model.new_state(prompt.len(), 1).unwrap();
+    m.model.forward(&mut st, &mut kv, prompt, 0, false).unwrap();
+    let mut ids = Vec::new();
+    loop {
+        let next = kiln_model::sample::argmax(&st.logits);
+        ids.push(next);
+        if ids.len() == 10 || tok.is_eog(next) {
+            break;
+        }
+        let pos = prompt.len() + ids.len() - 1;
+        m.model
+            .forward(&mut st, &mut kv, &[next], pos, false)
+            .unwrap();
+    }
+    assert_eq!(ids, alone[0]);
 }
 
 /// The model runner, noting which passes each engine step ran.
@@ -137,9 +170,15 @@ impl Runner for Watched {
     fn n_blocks(&self) -> usize {
         self.inner.n_blocks()
     }
-    fn step(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+    fn step(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
         self.calls.push('s');
-        self.inner.step(batch, logits)
+        self.inner.step(batch, rows, adjust, out)
     }
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         self.calls.push('a');
@@ -155,7 +194,7 @@ impl Runner for Watched {
 
 /// ln p(tokens[p] | tokens[..p]) for p >= from, from one solo teacher-forced pass.
 fn solo_logprobs(tokens: &[u32], from: usize) -> Vec<f32> {
-    let m = load_gguf(&kiln_model::fetch::default_model_path(), test_device(0)).unwrap();
+    let m = load_model();
     let model = &m.model;
     let vocab = model.cfg.vocab_size;
     let mut kv = model.new_kv(tokens.len()).unwrap();
@@ -180,8 +219,7 @@ fn scored_text_matches_a_solo_teacher_forced_pass_amid_generation() {
         .map(|r| run(&mut alone_engine, vec![r]).remove(0))
         .collect();
 
-    let path = kiln_model::fetch::default_model_path();
-    let m = load_gguf(&path, test_device(0)).unwrap();
+    let m = load_model();
     // A small token budget interleaves the scored chunks (16 logit rows each) with the
     // other requests' prefill and decode steps.
     let runner = ModelRunner::new(m.model, 64 << 20, 24, 16).unwrap();

@@ -5,31 +5,22 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
+use kiln_engine::FinishReason;
 use kiln_engine::{EngineHandle, Event, Request, SamplingParams, ScoreRequest};
 use kiln_model::chat::{ChatTemplate, Message};
-use kiln_model::generate::FinishReason;
 use kiln_model::tokenizer::Tokenizer;
 
 use crate::snarc::{Surprisal, SurpriseModel};
 use crate::IrpError;
 
-/// One candidate to generate.
+/// One candidate to generate: a conversation and the engine's own sampling parameters (the
+/// same type a CLI flag or an HTTP request fills).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CandidateSpec {
     /// The conversation to answer (the chat template is applied by the generator).
     pub messages: Vec<Message>,
-    /// Sampling temperature.
-    pub temperature: f32,
-    /// Seed of this candidate's random stream.
-    pub seed: u64,
-    /// Most tokens.
-    pub max_tokens: usize,
-    /// Top-k (0: all).
-    pub top_k: usize,
-    /// Nucleus threshold.
-    pub top_p: f32,
-    /// Keep going through end tokens (benchmarks of equal-length candidates).
-    pub ignore_eos: bool,
+    /// How to sample it (temperature, seed, limits...).
+    pub params: SamplingParams,
 }
 
 /// A generated candidate.
@@ -169,14 +160,8 @@ impl EngineGenerator<'_> {
         let (tx, rx) = mpsc::channel::<(usize, Event)>();
         for (i, s) in specs.iter().enumerate() {
             let params = SamplingParams {
-                temperature: s.temperature,
-                top_k: s.top_k,
-                top_p: s.top_p,
-                seed: Some(s.seed),
-                max_tokens: s.max_tokens,
                 logprobs: Some(0),
-                ignore_eos: s.ignore_eos,
-                ..SamplingParams::default()
+                ..s.params.clone()
             };
             let prompt = self.prompt(&s.messages)?;
             let tx = tx.clone();

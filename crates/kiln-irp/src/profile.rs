@@ -513,6 +513,19 @@ impl Profile {
         t.max(self.min_temperature as f64) as f32
     }
 
+    /// The engine's sampling parameters for candidate `i`: its temperature, its own seed
+    /// (`seed + i`), the profile's top-k, top-p and token limit.
+    pub fn sampling(&self, i: usize) -> kiln_engine::SamplingParams {
+        kiln_engine::SamplingParams {
+            temperature: self.temperature(i),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: Some(self.seed.wrapping_add(i as u64)),
+            max_tokens: self.max_tokens,
+            ..kiln_engine::SamplingParams::default()
+        }
+    }
+
     /// Whether `t` has reached the floor (within float rounding of the schedule).
     pub fn at_floor(&self, t: f32) -> bool {
         t <= self.min_temperature + 1e-6

@@ -14,8 +14,8 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use kiln_engine::FinishReason;
 use kiln_model::chat::Message;
-use kiln_model::generate::FinishReason;
 use serde::Serialize;
 
 use crate::energy::{energy, CandidateView, EnergyTerms};
@@ -288,12 +288,7 @@ impl<G: Generator> Irp<G> {
     fn spec(&self, messages: Vec<Message>, i: usize) -> CandidateSpec {
         CandidateSpec {
             messages,
-            temperature: self.profile.temperature(i),
-            seed: self.profile.seed.wrapping_add(i as u64),
-            max_tokens: self.profile.max_tokens,
-            top_k: self.profile.top_k,
-            top_p: self.profile.top_p,
-            ignore_eos: false,
+            params: self.profile.sampling(i),
         }
     }
 

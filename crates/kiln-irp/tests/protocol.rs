@@ -3,10 +3,10 @@
 
 use std::cell::RefCell;
 
+use kiln_engine::FinishReason;
 use kiln_irp::{
     CandidateSpec, Generated, Generator, HaltReason, Irp, IrpError, Mode, Profile, Refiner,
 };
-use kiln_model::generate::FinishReason;
 
 /// Hands out candidates whose model energy is exactly `energies[i]` for candidate i (the
 /// profile weighs surprisal only), recording every call's specs.
@@ -33,7 +33,7 @@ impl Generator for &Scripted {
             .iter()
             .map(|s| {
                 // Candidate i has seed `seed + i`; the profiles below use seed 100.
-                let i = (s.seed - 100) as usize;
+                let i = (s.params.seed.unwrap() - 100) as usize;
                 let e = self.energies[i];
                 // energy = 1 - exp(-nll / scale)  =>  nll = -scale * ln(1 - e)
                 let nll = -self.scale * (1.0 - e).ln();
@@ -165,9 +165,10 @@ fn specs_follow_the_schedule_and_seeds() {
     let calls = g.calls.borrow();
     let specs = &calls[0];
     for (i, s) in specs.iter().enumerate() {
-        assert_eq!(s.seed, 100 + i as u64);
-        assert!((s.temperature - p.temperature(i)).abs() < 1e-9);
-        assert_eq!(s.max_tokens, p.max_tokens);
+        assert_eq!(s.params.seed, Some(100 + i as u64));
+        assert!((s.params.temperature - p.temperature(i)).abs() < 1e-9);
+        assert_eq!(s.params.max_tokens, p.max_tokens);
+        assert_eq!((s.params.top_k, s.params.top_p), (p.top_k, p.top_p));
         assert_eq!(s.messages.last().unwrap().content, "Q?");
     }
 }

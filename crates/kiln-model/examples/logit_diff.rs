@@ -39,8 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
-        let am = kiln_model::sampler::argmax(a);
-        let bm = kiln_model::sampler::argmax(b);
+        let am = kiln_model::sample::argmax(a);
+        let bm = kiln_model::sample::argmax(b);
         println!("pos {p:3}: max |dlogit| {d:.3}  top-1 {am} vs {bm}");
     }
     Ok(())

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use kiln_gguf::{GgmlType, GgufFile};
 
+use crate::sample::{Adjust, RowSampling, Sampled};
 use crate::{ModelConfig, ModelError};
 
 /// Where a weight tensor's bytes live.
@@ -230,6 +231,24 @@ pub trait Backend: Send + Sync + Sized + 'static {
             }
             best as u32
         }));
+    }
+
+    /// Chooses one token per row of `logits` (`rows.len()` rows of `width` values) where the
+    /// logits are, following [`crate::sample`]; only the results come back to the host. The
+    /// adjustments of row `i` are `adjust[rows[i].adjust]`; they may be applied to `logits` in
+    /// place. This default reads the logits back and samples on the host.
+    fn sample(
+        &self,
+        logits: &mut Self::Act,
+        width: usize,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) {
+        let mut v = vec![0f32; rows.len() * width];
+        self.read(logits, &mut v);
+        let mut s = crate::sample::Scratch::default();
+        crate::sample::sample_rows(&mut v, width, rows, adjust, out, &mut s);
     }
 
     /// Called once at the start of every pass with the whole batch: a backend that keeps

@@ -1,6 +1,7 @@
 //! The decoder: one forward pass for Llama, Qwen2 and Phi-3, written against [`Backend`].
 
 use crate::backend::{Backend, FusedLayer, PagedSeq, PassKey};
+use crate::sample::{Adjust, RowSampling, Sampled, MAX_TOP_LOGPROBS};
 use crate::weights::Weights;
 use crate::{ModelConfig, ModelError};
 
@@ -114,6 +115,8 @@ pub struct State<B: Backend> {
     pub logits: Vec<f32>,
     /// With [`Logits::Greedy`]: the most likely token of each row asked for.
     pub argmax: Vec<u32>,
+    /// Rows of logits the last pass computed.
+    logit_rows: usize,
     /// Unique among the states of this process (recorded passes are keyed by it).
     id: u64,
     /// Seconds per component, accumulated over passes, when enabled (a synchronous backend's
@@ -190,6 +193,8 @@ pub enum Logits {
     /// As `Last`, but only the most likely token of each row is returned, in
     /// `State::argmax` (computed where the logits are, so they need not be read back).
     Greedy,
+    /// As `Last`, but the logits stay where they were computed, for [`Model::sample`].
+    Keep,
 }
 
 impl<B: Backend> Model<B> {
@@ -222,6 +227,7 @@ impl<B: Backend> Model<B> {
             tokens: Vec::with_capacity(m),
             logits: Vec::with_capacity(r * c.vocab_size),
             argmax: Vec::with_capacity(r),
+            logit_rows: 0,
             id: NEXT_STATE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             breakdown: None,
         })
@@ -324,10 +330,10 @@ impl<B: Backend> Model<B> {
             let row0 = s.tokens.len();
             match mode {
                 Logits::All => s.rows.extend(row0..row0 + q.tokens.len()),
-                Logits::Last | Logits::Greedy if q.want_logits => {
+                Logits::Last | Logits::Greedy | Logits::Keep if q.want_logits => {
                     s.rows.push(row0 + q.tokens.len() - 1)
                 }
-                Logits::Last | Logits::Greedy => {}
+                Logits::Last | Logits::Greedy | Logits::Keep => {}
             }
             s.paged.push((row0, q.tokens.len(), q.pos0));
             s.tokens.extend_from_slice(q.tokens);
@@ -414,7 +420,11 @@ impl<B: Backend> Model<B> {
             }
             b.end_record()?;
         }
-        if r > 0 && mode == Logits::Greedy {
+        s.logit_rows = r;
+        if mode == Logits::Keep {
+            s.logits.clear();
+            s.argmax.clear();
+        } else if r > 0 && mode == Logits::Greedy {
             s.logits.clear();
             b.argmax(&s.logits_dev, r, c.vocab_size, &mut s.argmax);
         } else {
@@ -430,5 +440,46 @@ impl<B: Backend> Model<B> {
             s.breakdown = Some(bd);
         }
         Ok(())
+    }
+
+    /// Chooses one token for each row of logits the last pass (run with [`Logits::Keep`])
+    /// computed, where the logits are (see [`crate::sample`]); `rows` holds one entry per
+    /// such row.
+    pub fn sample(
+        &self,
+        state: &mut State<B>,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
+        if rows.len() != state.logit_rows {
+            return Err(ModelError::Input(format!(
+                "{} sampling rows for {} rows of logits",
+                rows.len(),
+                state.logit_rows
+            )));
+        }
+        if let Some(r) = rows.iter().find(|r| {
+            r.adjust.0 as usize + r.adjust.1 as usize > adjust.len()
+                || r.logprobs.is_some_and(|n| n as usize > MAX_TOP_LOGPROBS)
+        }) {
+            return Err(ModelError::Input(format!(
+                "a sampling row asks for adjustments {:?} of {} or {:?} log-probabilities",
+                r.adjust,
+                adjust.len(),
+                r.logprobs
+            )));
+        }
+        out.clear();
+        if !rows.is_empty() {
+            self.backend.sample(
+                &mut state.logits_dev,
+                self.cfg.vocab_size,
+                rows,
+                adjust,
+                out,
+            );
+        }
+        self.backend.finish()
     }
 }

@@ -5,6 +5,7 @@ use crate::backend::{Backend, FusedRef, PagedSeq, PassKey, RawTensor};
 use crate::cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 use crate::cuda::CudaBackend;
+use crate::sample::{Adjust, RowSampling, Sampled};
 use crate::{ModelConfig, ModelError};
 
 /// Where to run.
@@ -65,6 +66,16 @@ impl Device {
             DeviceKind::Cuda(_) => Err(ModelError::Device(
                 "this kiln was built without CUDA: rebuild with `cargo build --release --features cuda` (CUDA 13 is loaded at run time, nothing is needed to build)".into(),
             )),
+        }
+    }
+
+    /// Bytes of weights the device holds apart from the model file's mapping (a GPU's
+    /// uploaded copy); `None` on the CPU, which reads the file in place.
+    pub fn held_weight_bytes(&self) -> Option<usize> {
+        match self {
+            Device::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(c) => Some(c.weight_bytes()),
         }
     }
 
@@ -367,6 +378,27 @@ impl Backend for Device {
             Device::Cuda(b) => {
                 gpu!(x);
                 b.argmax(x, rows, width, out)
+            }
+        }
+    }
+
+    fn sample(
+        &self,
+        logits: &mut DevAct,
+        width: usize,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) {
+        match self {
+            Device::Cpu(b) => {
+                cpu!(logits);
+                b.sample(logits, width, rows, adjust, out)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => {
+                gpu!(logits);
+                b.sample(logits, width, rows, adjust, out)
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Llama-family decoder, tokenizer, chat template, compute backends and generation.
 //!
 //! Data flows one way: a model file ([`kiln_gguf`]) gives a [`ModelConfig`] and
-//! [`Weights`]; a [`Backend`] takes them in as a [`Model`]; [`generate`] drives it.
+//! [`Weights`]; a [`Backend`] takes them in as a [`Model`]; the engine (crate `kiln-engine`) drives it,
+//! choosing tokens with [`sample`] where the logits are.
 
 pub mod backend;
 pub mod chat;
@@ -12,13 +13,12 @@ pub mod cuda;
 pub mod decoder;
 pub mod device;
 pub mod fetch;
-pub mod generate;
 pub mod hf;
 pub mod loader;
 pub mod lora;
 pub mod quantize;
 pub mod safetensors;
-pub mod sampler;
+pub mod sample;
 pub mod tokenizer;
 pub mod weights;
 

@@ -27,6 +27,8 @@ pub struct LoadedModel<B: Backend> {
     pub template: ChatTemplate,
     /// A display name.
     pub name: String,
+    /// Where it was loaded from (a GGUF file or a model folder).
+    pub path: PathBuf,
     /// Seconds spent loading.
     pub load_s: f64,
     /// The GGUF file, kept mapped (`None` for a Hugging Face folder).
@@ -96,6 +98,7 @@ pub fn load<B: Backend>(
         tokenizer: parts.tokenizer,
         template,
         name: parts.name,
+        path: path.to_path_buf(),
         load_s: t0.elapsed().as_secs_f64(),
         file: parts.file,
         weight_bytes,

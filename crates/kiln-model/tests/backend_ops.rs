@@ -400,3 +400,153 @@ fn rope_and_paged_attention_prefill_then_decode() {
         }
     }
 }
+
+/// Sampling where the logits are, against the host reference of `kiln_model::sample` on the
+/// same logits: greedy rows agree exactly; sampled rows agree on the token (the GPU's `exp` and
+/// `log` may differ in the last bits, which moves a draw only at a boundary), always respect
+/// top-k, and log-probabilities agree to 1e-3.
+#[test]
+fn sample_matches_the_host_reference() {
+    use kiln_model::sample::{sample_rows, Adjust, RowSampling, Scratch};
+    let (b, _gpu) = device();
+    let mut rng = Rng(0x5A3D_1E55);
+    // The last width has few distinct values: many equal logits at every boundary.
+    for (width, levels) in [(7usize, 0), (1000, 0), (49_152, 0), (151_936, 0), (5000, 3)] {
+        let base = RowSampling {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 11,
+            ..RowSampling::GREEDY
+        };
+        let kinds = [
+            RowSampling::GREEDY,
+            base,
+            RowSampling {
+                top_k: 0,
+                top_p: 0.9,
+                ..base
+            },
+            RowSampling {
+                top_k: 0,
+                top_p: 1.0,
+                temperature: 1.3,
+                ..base
+            },
+            RowSampling {
+                min_p: 0.05,
+                top_k: 0,
+                ..base
+            },
+            RowSampling { top_k: 1, ..base },
+            RowSampling {
+                logprobs: Some(5),
+                ..base
+            },
+            RowSampling {
+                logprobs: Some(20),
+                ..RowSampling::GREEDY
+            },
+            RowSampling {
+                repetition_penalty: 1.3,
+                adjust: (0, 3),
+                ..base
+            },
+        ];
+        let mut rows = Vec::new();
+        for c in 0..12u64 {
+            for k in kinds {
+                rows.push(RowSampling {
+                    counter: c,
+                    seed: 11 + c % 3,
+                    ..k
+                });
+            }
+        }
+        let adjust = [
+            Adjust {
+                token: 0,
+                repeated: true,
+                add: 0.0,
+            },
+            Adjust {
+                token: (width / 2) as u32,
+                repeated: true,
+                add: -0.5,
+            },
+            Adjust {
+                token: (width - 1) as u32,
+                repeated: false,
+                add: 3.0,
+            },
+        ];
+        // Logits like a model's: a few large values over a spread of small ones.
+        let logits: Vec<f32> = (0..rows.len() * width)
+            .map(|_| {
+                let x = rng.f();
+                if levels > 0 {
+                    (x * levels as f32).floor()
+                } else {
+                    x * 4.0 + if x > 0.999 { 8.0 } else { 0.0 }
+                }
+            })
+            .collect();
+        let mut host = logits.clone();
+        let mut want = Vec::new();
+        sample_rows(
+            &mut host,
+            width,
+            &rows,
+            &adjust,
+            &mut want,
+            &mut Scratch::default(),
+        );
+        let mut dev = upload(&b, &logits);
+        let mut got = Vec::new();
+        b.sample(&mut dev, width, &rows, &adjust, &mut got);
+        b.finish().unwrap();
+        assert_eq!(got.len(), rows.len());
+        let mut same = 0;
+        for (i, (r, (g, w))) in rows.iter().zip(got.iter().zip(&want)).enumerate() {
+            let adjusted = &host[i * width..(i + 1) * width];
+            if r.is_greedy() {
+                assert_eq!(g.token, w.token, "width {width}, row {i}: greedy");
+            }
+            same += (g.token == w.token) as usize;
+            assert!((g.token as usize) < width);
+            if r.top_k > 0 && (r.top_k as usize) < width {
+                let mut v = adjusted.to_vec();
+                v.sort_by(|a, b| b.total_cmp(a));
+                let kth = v[r.top_k as usize - 1];
+                assert!(
+                    adjusted[g.token as usize] >= kth,
+                    "width {width}, row {i}: outside top-k"
+                );
+            }
+            if let Some(n) = r.logprobs {
+                let n = (n as usize).min(width);
+                assert_eq!(g.top().len(), n, "width {width}, row {i}");
+                for (a, e) in g.top().iter().zip(w.top()) {
+                    assert_eq!(a.0, e.0, "width {width}, row {i}: top log-probability ids");
+                    assert!(
+                        (a.1 - e.1).abs() < 1e-3,
+                        "width {width}, row {i}: {} vs {}",
+                        a.1,
+                        e.1
+                    );
+                }
+                if g.token == w.token {
+                    assert!(
+                        (g.logprob - w.logprob).abs() < 1e-3,
+                        "width {width}, row {i}"
+                    );
+                }
+            }
+        }
+        assert!(
+            same * 100 >= rows.len() * 97,
+            "width {width}: {same} of {} draws agree with the host",
+            rows.len()
+        );
+    }
+}

@@ -126,7 +126,7 @@ fn teacher_forced(m: &LoadedModel<CpuBackend>, c: &GoldenCase) -> Vec<f32> {
 #[test]
 fn f32_cache_on_the_default_model() {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/smollm2-135m-q4_1-golden.jsonl");
+        .join("../../tests/fixtures/smollm2-135m-q4_1-golden.jsonl");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let cases: Vec<GoldenCase> = text
         .lines()
@@ -151,7 +151,7 @@ fn f32_cache_on_the_default_model() {
                 .sum::<f64>();
             n_diff += vocab;
             rows += 1;
-            if kiln_model::sampler::argmax(ra) == kiln_model::sampler::argmax(rb) {
+            if kiln_model::sample::argmax(ra) == kiln_model::sample::argmax(rb) {
                 same_top1 += 1;
             }
         }
@@ -165,7 +165,7 @@ fn f32_cache_on_the_default_model() {
                 n_err += 1;
             }
             positions += 1;
-            if kiln_model::sampler::argmax(logits) == top[0].0 {
+            if kiln_model::sample::argmax(logits) == top[0].0 {
                 agree += 1;
             }
         }

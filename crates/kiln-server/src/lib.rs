@@ -22,9 +22,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
+use kiln_engine::FinishReason;
 use kiln_engine::{EngineHandle, Event, Request, TokenLogprob, Usage};
 use kiln_model::chat::ChatTemplate;
-use kiln_model::generate::FinishReason;
 use kiln_model::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -51,6 +51,8 @@ pub struct LoadedLm {
     pub id: String,
     /// Its context length.
     pub context_length: usize,
+    /// Seconds it took to load.
+    pub load_s: f64,
 }
 
 /// Server settings.

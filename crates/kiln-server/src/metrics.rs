@@ -176,6 +176,25 @@ impl Metrics {
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
             }
+            for (name, help, v) in [
+                (
+                    "kiln_engine_steps_total",
+                    "Engine steps run.",
+                    s.steps as f64,
+                ),
+                (
+                    "kiln_engine_model_seconds_total",
+                    "Seconds of engine steps spent in the model's passes and sampling.",
+                    s.model_seconds,
+                ),
+                (
+                    "kiln_engine_host_seconds_total",
+                    "Seconds of engine steps spent in the engine's own work (scheduling, streaming).",
+                    s.host_seconds,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            }
         }
         out
     }

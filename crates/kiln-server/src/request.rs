@@ -271,6 +271,42 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
             ))
         }
     }
+    match m.get("logit_bias") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => {
+            if o.len() > 1024 {
+                return Err(ApiError::bad(
+                    "logit_bias",
+                    format!("`logit_bias` has {} entries, at most 1024", o.len()),
+                ));
+            }
+            for (k, v) in o {
+                let t: u32 = k.parse().map_err(|_| {
+                    ApiError::bad(
+                        "logit_bias",
+                        format!("`logit_bias` key `{k}` is not a token id"),
+                    )
+                })?;
+                let b = v.as_f64().filter(|b| b.is_finite()).ok_or_else(|| {
+                    ApiError::bad(
+                        "logit_bias",
+                        format!("`logit_bias[{k}]` must be a number, got {v}"),
+                    )
+                })?;
+                p.logit_bias
+                    .push((t, in_range("logit_bias", b, -100.0, 100.0)?));
+            }
+        }
+        Some(v) => {
+            return Err(ApiError::bad(
+                "logit_bias",
+                format!("`logit_bias` must be an object of token ids to biases, got {v}"),
+            ))
+        }
+    }
+    // A kiln extension (as in vLLM and llama.cpp's server): keep generating through end
+    // tokens, for benchmarks of equal-length answers.
+    p.ignore_eos = boolean(&m, "ignore_eos")?.unwrap_or(false);
     let n = int(&m, "n")?.unwrap_or(1);
     if !(1..=16).contains(&n) {
         return Err(ApiError::bad("n", format!("`n` is {n}, expected 1 to 16")));

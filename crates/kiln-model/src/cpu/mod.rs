@@ -24,6 +24,8 @@ pub struct CpuBackend {
     exact: bool,
     /// How the KV pools this backend makes store keys and values.
     kv_dtype: KvDtype,
+    /// Scratch space of the sampler (one engine thread samples at a time).
+    sample_scratch: std::sync::Mutex<crate::sample::Scratch>,
 }
 
 /// How the CPU backend stores cached keys and values.
@@ -77,6 +79,7 @@ impl CpuBackend {
             isa: kernels::Isa::detect(),
             exact: std::env::var_os("KILN_CPU_EXACT").is_some_and(|v| v == "1"),
             kv_dtype: KvDtype::default(),
+            sample_scratch: Default::default(),
         }
     }
 
@@ -541,7 +544,24 @@ impl Backend for CpuBackend {
         out.extend(
             x[..rows * width]
                 .chunks_exact(width.max(1))
-                .map(crate::sampler::argmax),
+                .map(crate::sample::argmax),
         );
+    }
+
+    fn sample(
+        &self,
+        logits: &mut Vec<f32>,
+        width: usize,
+        rows: &[crate::sample::RowSampling],
+        adjust: &[crate::sample::Adjust],
+        out: &mut Vec<crate::sample::Sampled>,
+    ) {
+        // The logits are already in host memory: sampled in place.
+        let mut s = self
+            .sample_scratch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = (rows.len() * width).min(logits.len());
+        crate::sample::sample_rows(&mut logits[..n], width, rows, adjust, out, &mut s);
     }
 }

@@ -749,6 +749,116 @@ k_mvs(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
     }
 }
 
+// ---- matrix-vector products for 2..8 rows, each weight read once for all rows ------------------
+//
+// k_mvr<N>: each warp takes MVR_OUT(N) outputs (with their up rows for SwiGLU) and all N rows of
+// x, so a weight vector, converted from f16 once, serves N rows, and a piece of x read once
+// serves those outputs (4 up to 6 rows, 2 beyond, where more would spill registers). x is read through the L1 cache (no staging: any row length), normalised on
+// the fly when `nw` is given. ks warps (1, 2, 4 or 8) share each group of outputs, splitting
+// its columns. Needs cols % 8 == 0.
+#define MVR_OUT(N) ((N) <= 6 ? 4 : 2)
+
+template <int N, int O = MVR_OUT(N)>
+__device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int outs, int cols,
+                                         const float *x, const float *nw, float eps, float *out,
+                                         int out_stride, int mode, int ks) {
+    __shared__ float scale[8];
+    __shared__ float part[MV_WARPS][O][2][N];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / ks, kw = warp % ks, groups = MV_WARPS / ks;
+    const int o0 = (blockIdx.x * groups + grp) * O;
+    const int nvec = cols >> 3, xq = cols >> 2;
+    if (warp < N) {
+        float sc = 1.0f;
+        if (nw) {
+            const float *xr = x + (size_t)warp * cols;
+            float ss = 0.0f;
+            for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
+            ss = warp_sum(ss);
+            sc = rsqrtf(ss / cols + eps);
+        }
+        if (lane == 0) scale[warp] = sc;
+    }
+    __syncthreads();
+    float sc[N];
+#pragma unroll
+    for (int r = 0; r < N; r++) sc[r] = scale[r];
+    const uint4 *wr[O][2];
+    bool live[O][2];
+    float acc[O][2][N];
+#pragma unroll
+    for (int k = 0; k < O; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            live[k][a] = o0 + k < outs && (a == 0 || mode == 2);
+            wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
+#pragma unroll
+            for (int r = 0; r < N; r++) acc[k][a][r] = 0.0f;
+        }
+    const float4 *x4 = (const float4 *)x;
+    const float4 *n4 = (const float4 *)nw;
+    for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+        uint4 q[O][2];
+#pragma unroll
+        for (int k = 0; k < O; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) q[k][a] = __ldg(wr[k][a] + j);
+        float4 m0 = make_float4(1.0f, 1.0f, 1.0f, 1.0f), m1 = m0;
+        if (nw) {
+            m0 = __ldg(n4 + 2 * j);
+            m1 = __ldg(n4 + 2 * j + 1);
+        }
+#pragma unroll
+        for (int r = 0; r < N; r++) {
+            float4 x0 = __ldg(x4 + r * xq + 2 * j), x1 = __ldg(x4 + r * xq + 2 * j + 1);
+            const float c = sc[r];
+            x0 = make_float4(x0.x * m0.x * c, x0.y * m0.y * c, x0.z * m0.z * c, x0.w * m0.w * c);
+            x1 = make_float4(x1.x * m1.x * c, x1.y * m1.y * c, x1.z * m1.z * c, x1.w * m1.w * c);
+#pragma unroll
+            for (int k = 0; k < O; k++)
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+                    if (live[k][a]) acc[k][a][r] += dot8(q[k][a], x0, x1);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < O; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float v = warp_sum(acc[k][a][r]);
+                if (lane == 0) part[warp][k][a][r] = v;
+            }
+    __syncthreads();
+    if (kw == 0 && lane < O * N) {
+        const int k = lane / N, r = lane % N, o = o0 + k;
+        if (o < outs) {
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int w = 0; w < ks; w++) {
+                s0 += part[grp * ks + w][k][0][r];
+                s1 += part[grp * ks + w][k][1][r];
+            }
+            mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+        }
+    }
+}
+
+#define MVR_KERNEL(N)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+    k_mvr##N(const u16 *W, const float *bias, int outs, int cols, const float *x,             \
+             const float *nw, float eps, float *out, int out_stride, int mode, int ks) {      \
+        mvr_body<N>(W, bias, outs, cols, x, nw, eps, out, out_stride, mode, ks);            \
+    }
+MVR_KERNEL(2)
+MVR_KERNEL(3)
+MVR_KERNEL(4)
+MVR_KERNEL(5)
+MVR_KERNEL(6)
+MVR_KERNEL(7)
+MVR_KERNEL(8)
+
 // Argmax in two steps: k_argmax_part takes a slice of a row per block (grid rows x parts), and
 // k_argmax_final merges a row's parts (lowest index among equal values).
 __device__ __forceinline__ void better(float &bv, int &bi, float v, int i) {

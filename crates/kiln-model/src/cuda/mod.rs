@@ -27,6 +27,7 @@ use cudarc::driver::{
 
 use crate::backend::{Backend, FusedRef, PagedSeq, PassKey, RawTensor};
 use crate::config::RopeStyle;
+use crate::sample::{Adjust, RowSampling, Sampled, MAX_TOP_LOGPROBS};
 use crate::{ModelConfig, ModelError};
 
 /// Rows a pass may have for the matrix-vector kernel (more go to cuBLAS).
@@ -34,6 +35,14 @@ pub const MV_ROWS: usize = 8;
 const MV_WARPS: usize = 8;
 /// Outputs per group of warps in the one-row kernel (`MV1_OUT` in kernels.cu).
 const MV1_OUT: usize = 2;
+/// Outputs per warp of the `n`-row kernel k_mvr (`MVR_OUT` in kernels.cu).
+fn mvr_out(n: usize) -> usize {
+    if n <= 6 {
+        4
+    } else {
+        2
+    }
+}
 const ATT_T: u32 = 128;
 const MAX_HD: usize = 256;
 const BLAS_WORKSPACE: usize = 32 << 20;
@@ -96,12 +105,16 @@ struct Kernels {
     gather: CudaFunction,
     argmax_part: CudaFunction,
     argmax_final: CudaFunction,
+    sample_part: CudaFunction,
+    sample_merge: CudaFunction,
     mv: CudaFunction,
     mv1: CudaFunction,
     mv1q: CudaFunction,
     dequant: CudaFunction,
     embed_q: CudaFunction,
     mvs: CudaFunction,
+    /// k_mvr2 .. k_mvr8: 2..8 rows, each weight read once for all of them.
+    mvr: Vec<CudaFunction>,
     kv_write: CudaFunction,
     rope: CudaFunction,
     attn: CudaFunction,
@@ -132,8 +145,17 @@ struct St {
     am_val: Option<CudaSlice<f32>>,
     am_idx: Option<CudaSlice<u32>>,
     am_out: Option<CudaSlice<u32>>,
+    /// Sampling: row parameters and adjustments in, tokens and log-probabilities out.
+    samp_in: Option<CudaSlice<u32>>,
+    samp_out: Option<CudaSlice<u32>>,
+    /// Per row and slice: what k_sample_part found, and the tokens it kept.
+    samp_info: Option<CudaSlice<u32>>,
+    samp_cand: Option<CudaSlice<u32>>,
+    samp_host: Vec<u32>,
     n_tiles: usize,
     graphs: HashMap<(PassKey, u64, usize), Graph>,
+    /// How often each shape without a graph has run.
+    seen: HashMap<(PassKey, u64, usize), u32>,
     recording: Option<(PassKey, u64, usize)>,
     err: Option<String>,
     max_act: usize,
@@ -157,6 +179,8 @@ pub struct CudaBackend {
     quant: bool,
     /// `KILN_CUDA_MV_PLAIN=1`: the plain matrix-vector kernel only (for comparisons).
     mv_plain: bool,
+    /// `KILN_CUDA_MVS_OLD=1`: the staged few-row kernel instead of k_mvr (for comparisons).
+    mvs_old: bool,
     st: Mutex<St>,
 }
 
@@ -244,12 +268,17 @@ impl CudaBackend {
             gather: f("k_gather")?,
             argmax_part: f("k_argmax_part")?,
             argmax_final: f("k_argmax_final")?,
+            sample_part: f("k_sample_part")?,
+            sample_merge: f("k_sample_merge")?,
             mv: f("k_mv")?,
             mv1: f("k_mv1")?,
             mv1q: f("k_mv1q")?,
             dequant: f("k_dequant")?,
             embed_q: f("k_embed_q")?,
             mvs: f("k_mvs")?,
+            mvr: (2..=MV_ROWS)
+                .map(|n| f(&format!("k_mvr{n}")))
+                .collect::<Result<_, _>>()?,
             kv_write: f("k_kv_write")?,
             rope: f("k_rope")?,
             attn: f("k_attn")?,
@@ -299,6 +328,7 @@ impl CudaBackend {
             max_q: Default::default(),
             quant: std::env::var("KILN_CUDA_QUANT").is_ok_and(|v| v == "1"),
             mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
+            mvs_old: std::env::var("KILN_CUDA_MVS_OLD").is_ok_and(|v| v == "1"),
             st: Mutex::new(St::default()),
         })
     }
@@ -458,6 +488,30 @@ impl CudaBackend {
                     A::P(nw),
                     A::F(eps),
                     A::P(out_ptr),
+                    A::I(mode),
+                    A::I(ks as i32),
+                ],
+            );
+            return;
+        }
+        if (2..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(8) && !self.mv_plain && !self.mvs_old
+        {
+            let per = mvr_out(n);
+            let ks = self.col_split(outs.div_ceil(per), w.cols);
+            self.launch(
+                &self.k.mvr[n - 2],
+                (outs.div_ceil(per * MV_WARPS / ks) as u32, 1, 1),
+                (MV_WARPS * 32) as u32,
+                &[
+                    A::P(wp),
+                    A::P(bias),
+                    A::I(outs as i32),
+                    A::I(w.cols as i32),
+                    A::P(x_ptr),
+                    A::P(nw),
+                    A::F(eps),
+                    A::P(out_ptr),
+                    A::I(out_stride as i32),
                     A::I(mode),
                     A::I(ks as i32),
                 ],
@@ -848,6 +902,7 @@ impl CudaBackend {
 
     fn clear_graphs(st: &mut St) {
         st.graphs.clear();
+        st.seen.clear();
     }
 }
 
@@ -1123,6 +1178,14 @@ impl Backend for CudaBackend {
             g.0.launch().map_err(|e| dev("graph launch", e))?;
             return Ok(true);
         }
+        // A shape is recorded the second time it runs: under continuous batching many batch
+        // sizes occur once or twice (requests arriving and leaving), and recording costs far
+        // more than running a pass directly; shapes that stay are recorded on their second step.
+        let seen = st.seen.entry(k).or_insert(0);
+        *seen += 1;
+        if *seen < 2 {
+            return Ok(false);
+        }
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| dev("graph capture", e))?;
@@ -1397,6 +1460,122 @@ impl Backend for CudaBackend {
         }
         .and_then(|()| self.stream.synchronize());
         self.note("reading token ids", r);
+    }
+
+    fn sample(
+        &self,
+        logits: &mut CudaAct,
+        width: usize,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        out: &mut Vec<Sampled>,
+    ) {
+        // Layouts of sample.cu: SAMPLE_ROW_WORDS, SAMPLE_PARTS, SAMPLE_INFO, SAMPLE_CAP.
+        const ROW: usize = 12;
+        const PARTS: usize = 16;
+        const INFO: usize = 8;
+        const CAP: usize = 128;
+        const OUT: usize = 1 + 2 * MAX_TOP_LOGPROBS;
+        let n = rows.len();
+        let mut st = self.st();
+        let mut h = std::mem::take(&mut st.samp_host);
+        h.clear();
+        for r in rows {
+            h.extend([
+                r.temperature.to_bits(),
+                r.top_k,
+                r.top_p.to_bits(),
+                r.min_p.to_bits(),
+                r.repetition_penalty.to_bits(),
+                r.seed as u32,
+                (r.seed >> 32) as u32,
+                r.counter as u32,
+                (r.counter >> 32) as u32,
+                r.adjust.0,
+                r.adjust.1,
+                r.logprobs.map_or(u32::MAX, u32::from),
+            ]);
+        }
+        for a in adjust {
+            h.extend([a.token, a.repeated as u32, a.add.to_bits()]);
+        }
+        let (mut inb, mut outb) = (st.samp_in.take(), st.samp_out.take());
+        let (mut infob, mut candb) = (st.samp_info.take(), st.samp_cand.take());
+        let grown = grow(self, &mut inb, h.len(), "sampling parameters")
+            .and_then(|_| grow(self, &mut outb, n * (1 + OUT), "sampled tokens"))
+            .and_then(|_| grow(self, &mut infob, n * PARTS * INFO, "sampling slices"))
+            .and_then(|_| grow(self, &mut candb, n * PARTS * CAP * 2, "sampling candidates"));
+        let ptr = |b: &Option<CudaSlice<u32>>| b.as_ref().map_or(0, |b| self.p(b));
+        let (pin, pout, pinfo, pcand) = (ptr(&inb), ptr(&outb), ptr(&infob), ptr(&candb));
+        (st.samp_in, st.samp_out) = (inb, outb);
+        (st.samp_info, st.samp_cand) = (infob, candb);
+        drop(st);
+        if let Err(e) = grown {
+            self.note("sampling", Err(e));
+            out.clear();
+            out.extend(std::iter::repeat_n(Sampled::token(0), n));
+            self.st().samp_host = h;
+            return;
+        }
+        // SAFETY: the buffer holds at least `h.len()` u32s; pageable copies are staged before
+        // the call returns.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_htod_async(pin, &h[..], self.stream.cu_stream())
+        };
+        self.note("uploading sampling parameters", r);
+        let lp = self.p(&logits.buf);
+        self.launch(
+            &self.k.sample_part,
+            (n as u32, PARTS as u32, 1),
+            256,
+            &[
+                A::P(lp),
+                A::I(width as i32),
+                A::P(pin),
+                A::P(pin + (n * ROW * 4) as u64),
+                A::P(pinfo),
+                A::P(pcand),
+            ],
+        );
+        self.launch(
+            &self.k.sample_merge,
+            (n as u32, 1, 1),
+            1024,
+            &[
+                A::P(lp),
+                A::I(width as i32),
+                A::P(pin),
+                A::P(pinfo),
+                A::P(pcand),
+                A::P(pout),
+                A::I(n as i32),
+            ],
+        );
+        let want_lp = rows.iter().any(|r| r.logprobs.is_some());
+        let words = if want_lp { n * (1 + OUT) } else { n };
+        h.clear();
+        h.resize(words, 0);
+        // SAFETY: the output buffer holds at least `words` u32s; synchronised below.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut h[..], pout, self.stream.cu_stream())
+        }
+        .and_then(|()| self.stream.synchronize());
+        self.note("reading sampled tokens", r);
+        out.clear();
+        for (i, r) in rows.iter().enumerate() {
+            let mut s = Sampled::token(h[i]);
+            if let (Some(k), true) = (r.logprobs, want_lp) {
+                let o = &h[n + i * OUT..n + (i + 1) * OUT];
+                s.logprob = f32::from_bits(o[0]);
+                let k = (k as usize).min(MAX_TOP_LOGPROBS).min(width);
+                for j in 0..k {
+                    s.top[j] = (o[1 + 2 * j], f32::from_bits(o[2 + 2 * j]));
+                }
+                s.n_top = k as u8;
+            }
+            out.push(s);
+        }
+        self.st().samp_host = h;
     }
 
     fn fused_layer(

@@ -1,4 +1,4 @@
-//! The kernels of `kernels.cu`, compiled by NVRTC for the device or read from the cubin cache
+//! The kernels of `kernels.cu` and `sample.cu`, compiled by NVRTC for the device or read from the cubin cache
 //! (`kiln_nvrtc`).
 
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use cudarc::nvrtc::Ptx;
 
 use crate::ModelError;
 
-/// The kernel source, compiled at run time.
-pub const SOURCE: &str = include_str!("kernels.cu");
+/// The kernel source, compiled at run time: the model's kernels, then sampling's.
+pub const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("sample.cu"));
 
 fn program(arch: &str) -> kiln_nvrtc::Program<'static> {
     kiln_nvrtc::Program {

@@ -1,0 +1,86 @@
+//! Building an engine over a loaded model: the memory budget split between weights,
+//! activations and the KV cache, and the scheduler's limits.
+
+use std::sync::Arc;
+
+use kiln_model::tokenizer::Tokenizer;
+use kiln_model::{Backend, Model, ModelError};
+
+use crate::engine::{Engine, EngineConfig};
+use crate::runner::ModelRunner;
+
+/// How large an engine to build. Every front end (run, chat, bench, serve, refinement) makes
+/// its engine through this one place.
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    /// Budget in bytes for the weights, one step's activations and the KV cache together.
+    pub max_memory_bytes: usize,
+    /// Scheduler limits.
+    pub config: EngineConfig,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            max_memory_bytes: 1 << 30,
+            config: EngineConfig::default(),
+        }
+    }
+}
+
+/// What a built engine holds, for logs.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSize {
+    /// Bytes given to the KV cache.
+    pub kv_bytes: usize,
+    /// Positions the KV cache holds.
+    pub kv_tokens: usize,
+    /// Bytes of activations one step needs, as estimated.
+    pub activation_bytes: usize,
+}
+
+impl EngineBuilder {
+    /// Bytes of activations one step takes: hidden states, q/k/v, attention, FFN, and the
+    /// rows of logits.
+    pub fn activation_bytes(&self, cfg: &kiln_model::ModelConfig) -> usize {
+        let c = &self.config;
+        4 * (c.max_batch_tokens * (6 * cfg.dim + 2 * cfg.kv_dim() + 2 * cfg.ffn_dim)
+            + c.max_running.max(crate::runner::MIN_LOGIT_ROWS) * (cfg.dim + 2 * cfg.vocab_size))
+    }
+
+    /// An engine over `model`, whose weights take `weight_bytes` where they live (a GPU may
+    /// hold a quantized file as f16); the KV cache gets what the budget leaves.
+    pub fn build<B: Backend>(
+        &self,
+        model: Model<B>,
+        tokenizer: Arc<Tokenizer>,
+        weight_bytes: usize,
+    ) -> Result<(Engine<ModelRunner<B>>, EngineSize), ModelError> {
+        let c = &self.config;
+        if c.max_batch_tokens == 0 || c.max_running == 0 {
+            return Err(ModelError::Input(
+                "the engine needs at least one token per step and one running sequence (--max-batch-tokens, --max-running)".into(),
+            ));
+        }
+        let act = self.activation_bytes(&model.cfg);
+        let kv = self
+            .max_memory_bytes
+            .checked_sub(weight_bytes + act)
+            .filter(|&b| b > 0)
+            .ok_or_else(|| {
+                ModelError::OutOfMemory(format!(
+                    "the KV cache: the memory budget of {} MiB (--max-memory-mb) leaves nothing once the weights take {} MiB and activations {} MiB",
+                    self.max_memory_bytes >> 20,
+                    weight_bytes >> 20,
+                    act >> 20
+                ))
+            })?;
+        let runner = ModelRunner::new(model, kv, c.max_batch_tokens, c.max_running)?;
+        let size = EngineSize {
+            kv_bytes: kv,
+            kv_tokens: runner.kv_capacity_tokens(),
+            activation_bytes: act,
+        };
+        Ok((Engine::new(runner, tokenizer, c.clone()), size))
+    }
+}
