@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kiln_engine::{Engine, EngineConfig, EngineHandle, Runner, Slice};
 use kiln_model::chat::{ChatTemplate, CHATML};
+use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::Tokenizer;
 use kiln_model::ModelError;
 use kiln_server::{AppState, LoadedLm, ServerConfig};
@@ -27,7 +28,13 @@ impl Runner for Panics {
     fn n_blocks(&self) -> usize {
         8
     }
-    fn step(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {
+    fn step(
+        &mut self,
+        _: &[Slice<'_>],
+        _: &[RowSampling],
+        _: &[Adjust],
+        _: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
         panic!("a bug in a kernel");
     }
     fn step_all(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {
@@ -65,6 +72,7 @@ async fn an_engine_panic_fails_the_request_and_ends_serve_with_an_error() {
         template: ChatTemplate::new(CHATML, "", "").unwrap(),
         id: "panics".into(),
         context_length: 64,
+        load_s: 0.0,
     };
     let cfg = ServerConfig {
         shutdown_grace: Duration::from_secs(2),
