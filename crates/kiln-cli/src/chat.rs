@@ -67,16 +67,12 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
             _ => {}
         }
         history.push(Message::new("user", msg));
-        let mut ids = m
-            .tokenizer
-            .encode(&m.template.render(&history, true)?, true, true);
+        let mut ids = m.template.encode(&m.tokenizer, &history, true)?;
         // Forget the oldest exchanges when the conversation outgrows the context.
         while ids.len() + params.max_tokens.min(256) > ctx && history.len() > 1 {
             let first_user = history.iter().position(|h| h.role != "system").unwrap_or(0);
             history.remove(first_user);
-            ids = m
-                .tokenizer
-                .encode(&m.template.render(&history, true)?, true, true);
+            ids = m.template.encode(&m.tokenizer, &history, true)?;
         }
         let mut p = params.clone();
         p.seed = params.seed.map(|s| s.wrapping_add(turn));

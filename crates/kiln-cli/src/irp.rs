@@ -357,9 +357,8 @@ fn context_for(
         probe.push(Message::new("user", q));
         let n = lm
             .template
-            .render(&probe, true)
-            .map(|t| lm.tokenizer.encode(&t, true, true).len())
-            .unwrap_or(usize::MAX);
+            .encode(&lm.tokenizer, &probe, true)
+            .map_or(usize::MAX, |ids| ids.len());
         if keep == 0 || n + 2 * p.max_tokens < lm.context_length {
             return msgs;
         }

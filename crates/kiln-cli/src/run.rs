@@ -39,17 +39,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     };
     let lm = single(&a.model, a.json)?;
-    let text = if a.raw {
-        prompt
+    let ids = if a.raw {
+        lm.tokenizer.encode(&prompt, true, true)
     } else {
         let mut msgs = Vec::new();
         if let Some(sys) = &a.system {
             msgs.push(Message::new("system", sys.clone()));
         }
         msgs.push(Message::new("user", prompt));
-        lm.template.render(&msgs, true)?
+        // Control tokens only where the template writes them, never from the message.
+        lm.template.encode(&lm.tokenizer, &msgs, true)?
     };
-    let ids = lm.tokenizer.encode(&text, true, true);
     let mut out = std::io::stdout().lock();
     let json = a.json;
     let g = ask(&lm, ids.clone(), params, |piece| {

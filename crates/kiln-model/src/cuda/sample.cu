@@ -47,16 +47,13 @@ __device__ __forceinline__ float sample_uniform(unsigned long long seed, unsigne
     return ((float)(z >> 41) + 0.5f) * (1.0f / 8388608.0f);
 }
 
-// Better candidate: larger value, then lower index.
-__device__ __forceinline__ void sbetter(float &bv, int &bi, float v, int i) {
-    if (v > bv || (v == bv && i < bi)) { bv = v; bi = i; }
-}
+// `better` (kernels.cu): larger value, then lower index.
 
 // Block-wide best (value, index); every thread gets the result.
 __device__ void block_best(float &bv, int &bi, float *sv, int *si) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
-        sbetter(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+        better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     __syncthreads();
     if (lane == 0) { sv[w] = bv; si[w] = bi; }
@@ -66,7 +63,7 @@ __device__ void block_best(float &bv, int &bi, float *sv, int *si) {
         bi = lane < nw ? si[lane] : 0x7fffffff;
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1)
-            sbetter(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+            better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
         if (lane == 0) { sv[0] = bv; si[0] = bi; }
     }
     __syncthreads();
@@ -216,7 +213,7 @@ k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *
     __syncthreads();
     float bv = (-INFINITY);
     int bi = 0x7fffffff;
-    for (int i = b + threadIdx.x; i < e; i += blockDim.x) sbetter(bv, bi, x[i], i);
+    for (int i = b + threadIdx.x; i < e; i += blockDim.x) better(bv, bi, x[i], i);
     block_best(bv, bi, sv, si);
     const float pmax = bv;
     u32 *o = info + ((size_t)row * SAMPLE_PARTS + part) * SAMPLE_INFO;
@@ -239,7 +236,7 @@ k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *
             const float skip = (bound - GUMBEL_MAX) * r.t;
             for (int i = b + threadIdx.x; i < e; i += blockDim.x) {
                 float v = x[i];
-                if (v >= skip && v == v) sbetter(gv, gi, v / r.t + gumbel_noise(r, (u32)i), i);
+                if (v >= skip && v == v) better(gv, gi, v / r.t + gumbel_noise(r, (u32)i), i);
             }
         }
         block_best(gv, gi, sv, si);
@@ -308,7 +305,7 @@ __device__ int sample_whole_row(const float *x, int width, const RowP &r, float 
     int gi = 0x7fffffff;
     for (int i = threadIdx.x; i < width; i += blockDim.x) {
         float v = x[i];
-        if (v >= skip && fkey(v) >= lo && v == v) sbetter(gv, gi, v / t + gumbel_noise(r, (u32)i), i);
+        if (v >= skip && fkey(v) >= lo && v == v) better(gv, gi, v / t + gumbel_noise(r, (u32)i), i);
     }
     block_best(gv, gi, sv, si);
     return gi == 0x7fffffff ? greedy : gi;
@@ -387,7 +384,7 @@ k_sample_merge(float *logits, int width, const u32 *params, const u32 *info, con
         float gm = (-INFINITY);
         int gi = 0x7fffffff;
         for (int p = 0; p < SAMPLE_PARTS; p++)
-            sbetter(gm, gi, __uint_as_float(inf[p * SAMPLE_INFO]), (int)inf[p * SAMPLE_INFO + 1]);
+            better(gm, gi, __uint_as_float(inf[p * SAMPLE_INFO]), (int)inf[p * SAMPLE_INFO + 1]);
         sgmax = gm;
         sgidx = gi == 0x7fffffff ? 0 : gi;
         if (r.nlp != SAMPLE_NONE) {
@@ -442,7 +439,7 @@ k_sample_merge(float *logits, int width, const u32 *params, const u32 *info, con
             int gi = 0x7fffffff;
             for (int p = 0; p < SAMPLE_PARTS; p++)
                 if ((int)inf[p * SAMPLE_INFO + 4] != 0x7fffffff)
-                    sbetter(gv, gi, __uint_as_float(inf[p * SAMPLE_INFO + 3]), (int)inf[p * SAMPLE_INFO + 4]);
+                    better(gv, gi, __uint_as_float(inf[p * SAMPLE_INFO + 3]), (int)inf[p * SAMPLE_INFO + 4]);
             if (gi != 0x7fffffff) si[0] = gi; else si[0] = chosen;
         }
         __syncthreads();
@@ -483,7 +480,7 @@ k_sample_merge(float *logits, int width, const u32 *params, const u32 *info, con
         int gi = 0x7fffffff;
         for (int j = threadIdx.x; j < scut; j += blockDim.x) {
             int q = order[j];
-            sbetter(gv, gi, uv[q] / r.t + gumbel_noise(r, (u32)ui[q]), ui[q]);
+            better(gv, gi, uv[q] / r.t + gumbel_noise(r, (u32)ui[q]), ui[q]);
         }
         block_best(gv, gi, sv, si);
         if (gi != 0x7fffffff) chosen = gi;
