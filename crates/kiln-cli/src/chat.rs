@@ -32,7 +32,7 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
         return crate::irp::chat_refined(profile, &a.model, a.system.as_deref(), a.memory.as_ref());
     }
     let params = a.sample.params()?;
-    let m = single(&a.model, false)?;
+    let m = single(&a.model, false, None)?;
     let ctx = m.context_length;
     let fresh = || -> Vec<Message> {
         a.system

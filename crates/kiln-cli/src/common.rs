@@ -336,9 +336,10 @@ pub fn ask(
     anyhow::bail!("the engine stopped without finishing the request")
 }
 
-/// An engine for one conversation at a time (`kiln run`, `kiln chat`): one sequence, with
-/// the KV cache sized to the context it can use.
-pub fn single(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedLm> {
+/// An engine for one conversation at a time (`kiln run`, `kiln chat`): one sequence, with a
+/// KV cache for `positions` positions (capped by the context, 32k at most; `None`: the whole
+/// context, for a conversation that grows).
+pub fn single(args: &ModelArgs, quiet: bool, positions: Option<usize>) -> anyhow::Result<LoadedLm> {
     let builder = EngineBuilder {
         max_memory_bytes: 0,
         config: EngineConfig {
@@ -348,8 +349,8 @@ pub fn single(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedLm> {
         },
     };
     start_with(args, builder, quiet, |m| {
-        // The whole context (up to 32k positions) for the one sequence, plus room to spare.
-        let positions = m.model.cfg.context_length.min(32_768) + 2 * kiln_model::KV_BLOCK;
+        let ctx = m.model.cfg.context_length.min(32_768);
+        let positions = positions.unwrap_or(ctx).min(ctx) + 2 * kiln_model::KV_BLOCK;
         positions.div_ceil(kiln_model::KV_BLOCK) * m.model.kv_block_bytes()
     })
 }

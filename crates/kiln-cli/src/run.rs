@@ -7,6 +7,9 @@ use kiln_model::chat::Message;
 
 use crate::common::{ask, single, ModelArgs, SampleArgs};
 
+/// Positions the chat template (system prompt, role markers) may add around the prompt.
+const TEMPLATE_ROOM: usize = 256;
+
 /// Arguments of `kiln run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -38,7 +41,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             s
         }
     };
-    let lm = single(&a.model, a.json)?;
+    // A token covers at least one byte of the prompt, and the chat template adds its own few:
+    // the cache needs no more than this (the old single-sequence cache's size).
+    let positions = prompt.len() + TEMPLATE_ROOM + params.max_tokens;
+    let lm = single(&a.model, a.json, Some(positions))?;
     let ids = if a.raw {
         lm.tokenizer.encode(&prompt, true, true)
     } else {
