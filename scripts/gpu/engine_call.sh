@@ -26,14 +26,6 @@ for b in 1 5 8 64 256; do
   $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json > $OUT/bench_b$b.json 2>&1
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("batch", d["batch"], "greedy", round(d["decode_tok_s"],1), "sampled", round(d["decode_sampled_tok_s"],1), "prefill", round(d["prefill_tok_s"]))' $OUT/bench_b$b.json || tail -3 $OUT/bench_b$b.json
 done
-echo "== the staged few-row kernel (KILN_CUDA_MVS_OLD=1) against k_mvr, same binary"
-for b in 2 5 8; do
-  for v in 1 0; do
-    KILN_CUDA_MVS_OLD=$v $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json > /tmp/ab.json 2>&1
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("batch", d["batch"], "old" if sys.argv[2] == "1" else "mvr", "greedy", round(d["decode_tok_s"],1))' /tmp/ab.json "$v" || tail -2 /tmp/ab.json
-  done
-done
-KILN_CUDA_MVS_OLD=1 timeout 120 $K profile --batch-ratio 5 --tokens 200 --repeat 3 --device cuda -m /tmp/q05 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("refinement old kernel: one", round(d["one_candidate_s"],3), "five", round(d["batch_s"],3), "ratio", round(d["ratio"],2))'
 echo "== kiln serve + serve_bench.py (openai streams)"
 $K serve --device cuda -m /tmp/q05 --max-running 256 --max-batch-tokens 512 --max-memory-mb 60000 --max-queue 1024 --port 8181 > /tmp/serve.log 2>&1 &
 SP=$!

@@ -573,9 +573,9 @@ k_attn_tile(const float *q, int q_stride, const u16 *pool, const u32 *meta, int 
 
 // ---- matrix-vector products with x staged in shared memory -----------------------------------
 //
-// As k_mv, for cols % 8 == 0: the block first writes the (normalised) rows of x to shared
-// memory (n * cols floats, dynamic), so the loop reads only the weights from global memory.
-// k_mv1 (one row of x) gives each warp two outputs; k_mvs (2..8 rows) one.
+// As k_mv, for cols % 8 == 0 and one row: the block first writes the (normalised) row of x to
+// shared memory (cols floats, dynamic), so the loop reads only the weights from global memory.
+// k_mv1 (one row of x) gives each warp two outputs; more rows go to k_mvr below.
 __device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
     float a, b, s;
     h2f2(q.x, a, b); s = a * x0.x + b * x0.y;
@@ -585,34 +585,17 @@ __device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
     return s;
 }
 
-__device__ void stage_x(const float *x, int n, int cols, const float *nw, float eps, float *xs,
+// One row of x (RMS-normalised when `nw` is given) into shared memory.
+__device__ void stage_x(const float *x, int cols, const float *nw, float eps, float *xs,
                         float *red) {
-    if (n == 1) {
-        float sc = 1.0f;
-        if (nw) {
-            float ss = 0.0f;
-            for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += x[i] * x[i];
-            ss = block_sum(ss, red);
-            sc = rsqrtf(ss / cols + eps);
-        }
-        for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = nw ? x[i] * sc * nw[i] : x[i];
-        __syncthreads();
-        return;
-    }
-    // Several rows: one warp per row for the norms, all at once (n <= 8 warps).
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (nw && warp < n) {
-        const float *xr = x + (size_t)warp * cols;
+    float sc = 1.0f;
+    if (nw) {
         float ss = 0.0f;
-        for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
-        ss = warp_sum(ss);
-        if (lane == 0) red[warp] = rsqrtf(ss / cols + eps);
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += x[i] * x[i];
+        ss = block_sum(ss, red);
+        sc = rsqrtf(ss / cols + eps);
     }
-    __syncthreads();
-    for (int e = threadIdx.x; e < n * cols; e += blockDim.x) {
-        int r = e / cols, i = e - r * cols;
-        xs[e] = nw ? x[e] * red[r] * nw[i] : x[e];
-    }
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = nw ? x[i] * sc * nw[i] : x[i];
     __syncthreads();
 }
 
@@ -646,7 +629,7 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(w4 + j));
         }
     }
-    stage_x(x, 1, cols, nw, eps, (float *)xs4, red);
+    stage_x(x, cols, nw, eps, (float *)xs4, red);
     // All (up to four) rows advance together: their loads are independent and share x.
     const uint4 *wr[MV1_OUT][2];
     bool live[MV1_OUT][2];
@@ -692,60 +675,6 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
             }
             mv_store(out, o, outs, bias, s0, s1, mode);
         }
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-k_mvs(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
-      float eps, float *out, int out_stride, int mode, int ks) {
-    // ks warps (1, 2, 4 or 8) share each output, splitting its columns.
-    extern __shared__ float4 xs4[];
-    __shared__ float red[32];
-    __shared__ float part[8][2][MV_ROWS];
-    stage_x(x, n, cols, nw, eps, (float *)xs4, red);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
-    int o = blockIdx.x * groups + grp;
-    int nvec = cols >> 3;
-    const float4 *xv = xs4;
-    float acc[2][MV_ROWS];
-#pragma unroll
-    for (int a = 0; a < 2; a++)
-#pragma unroll
-        for (int r = 0; r < MV_ROWS; r++) acc[a][r] = 0.0f;
-    if (o < outs) {
-        // Gate and up rows (SwiGLU) advance together: independent loads, shared x.
-        const uint4 *w0 = (const uint4 *)(W + (size_t)o * cols);
-        const uint4 *w1 = (const uint4 *)(W + (size_t)(mode == 2 ? o + outs : o) * cols);
-#pragma unroll 2
-        for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
-            uint4 q0 = __ldg(w0 + j);
-            uint4 q1 = mode == 2 ? __ldg(w1 + j) : q0;
-#pragma unroll
-            for (int r = 0; r < MV_ROWS; r++) {
-                if (r < n) {
-                    float4 x0 = xv[r * (cols >> 2) + 2 * j], x1 = xv[r * (cols >> 2) + 2 * j + 1];
-                    acc[0][r] += dot8(q0, x0, x1);
-                    if (mode == 2) acc[1][r] += dot8(q1, x0, x1);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int a = 0; a < 2; a++)
-#pragma unroll
-        for (int r = 0; r < MV_ROWS; r++) {
-            float v = warp_sum(acc[a][r]);
-            if (lane == 0) part[warp][a][r] = v;
-        }
-    __syncthreads();
-    if (kw == 0 && lane < n && o < outs) {
-        float s0 = 0.0f, s1 = 0.0f;
-        for (int w = 0; w < ks; w++) {
-            s0 += part[grp * ks + w][0][lane];
-            s1 += part[grp * ks + w][1][lane];
-        }
-        mv_store(out + (size_t)lane * out_stride, o, outs, bias, s0, s1, mode);
     }
 }
 
@@ -949,7 +878,7 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
     float *xs = (float *)xs4;
     int ng = cols >> 5;
     float *gs = xs + cols;
-    stage_x(x, 1, cols, nw, eps, xs, red);
+    stage_x(x, cols, nw, eps, xs, red);
     for (int g = threadIdx.x; g < ng; g += blockDim.x) {
         float t = 0.0f;
 #pragma unroll 8

@@ -6,11 +6,11 @@
 //! architecture and the cubin is cached on disk, keyed by a hash of the source, the options
 //! and the NVRTC version.
 //!
-//! A pass of up to [`MV_ROWS`] rows uses the warp-per-row matrix-vector kernel, which reads
-//! each weight once for all rows and fuses the RMSNorm before it and the residual add or
-//! SwiGLU after it; larger passes (prefill, big batches) convert the activations to f16 and
+//! A pass of up to [`MV_ROWS`] rows uses the matrix-vector kernels (k_mv1, k_mvr), which read
+//! each weight once for all rows and fuse the RMSNorm before them and the residual add or
+//! SwiGLU after them; larger passes (prefill, big batches) convert the activations to f16 and
 //! use cuBLAS. A decoder layer is six kernels at decode. Decode passes are recorded as CUDA
-//! graphs (one per batch shape) and replayed: the per-pass metadata (token ids, positions,
+//! graphs (a shape on its second run) and replayed: the per-pass metadata (token ids, positions,
 //! block tables) sits in one device buffer that the kernels read, uploaded before each pass.
 
 mod nvrtc;
@@ -112,7 +112,6 @@ struct Kernels {
     mv1q: CudaFunction,
     dequant: CudaFunction,
     embed_q: CudaFunction,
-    mvs: CudaFunction,
     /// k_mvr2 .. k_mvr8: 2..8 rows, each weight read once for all of them.
     mvr: Vec<CudaFunction>,
     kv_write: CudaFunction,
@@ -179,8 +178,6 @@ pub struct CudaBackend {
     quant: bool,
     /// `KILN_CUDA_MV_PLAIN=1`: the plain matrix-vector kernel only (for comparisons).
     mv_plain: bool,
-    /// `KILN_CUDA_MVS_OLD=1`: the staged few-row kernel instead of k_mvr (for comparisons).
-    mvs_old: bool,
     st: Mutex<St>,
 }
 
@@ -275,7 +272,6 @@ impl CudaBackend {
             mv1q: f("k_mv1q")?,
             dequant: f("k_dequant")?,
             embed_q: f("k_embed_q")?,
-            mvs: f("k_mvs")?,
             mvr: (2..=MV_ROWS)
                 .map(|n| f(&format!("k_mvr{n}")))
                 .collect::<Result<_, _>>()?,
@@ -291,7 +287,7 @@ impl CudaBackend {
                 tile_smem(TILE_MAX_HD) as i32,
             )
             .map_err(|e| dev("shared memory attribute", e))?;
-        for f in [&k.mv1, &k.mvs, &k.mv1q] {
+        for f in [&k.mv1, &k.mv1q] {
             f.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 MV_STAGE_MAX as i32,
@@ -328,7 +324,6 @@ impl CudaBackend {
             max_q: Default::default(),
             quant: std::env::var("KILN_CUDA_QUANT").is_ok_and(|v| v == "1"),
             mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
-            mvs_old: std::env::var("KILN_CUDA_MVS_OLD").is_ok_and(|v| v == "1"),
             st: Mutex::new(St::default()),
         })
     }
@@ -494,7 +489,7 @@ impl CudaBackend {
             );
             return;
         }
-        if (2..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(8) && !self.mv_plain && !self.mvs_old
+        if (2..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(8) && !self.mv_plain
         {
             let per = mvr_out(n);
             let ks = self.col_split(outs.div_ceil(per), w.cols);
@@ -508,30 +503,6 @@ impl CudaBackend {
                     A::I(outs as i32),
                     A::I(w.cols as i32),
                     A::P(x_ptr),
-                    A::P(nw),
-                    A::F(eps),
-                    A::P(out_ptr),
-                    A::I(out_stride as i32),
-                    A::I(mode),
-                    A::I(ks as i32),
-                ],
-            );
-            return;
-        }
-        if n <= MV_ROWS && staged && !self.mv_plain {
-            let ks = self.col_split(outs, w.cols);
-            self.launch_smem(
-                &self.k.mvs,
-                (outs.div_ceil(MV_WARPS / ks) as u32, 1, 1),
-                (MV_WARPS * 32) as u32,
-                (n * w.cols * 4) as u32,
-                &[
-                    A::P(wp),
-                    A::P(bias),
-                    A::I(outs as i32),
-                    A::I(w.cols as i32),
-                    A::P(x_ptr),
-                    A::I(n as i32),
                     A::P(nw),
                     A::F(eps),
                     A::P(out_ptr),
