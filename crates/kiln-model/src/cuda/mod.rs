@@ -489,8 +489,7 @@ impl CudaBackend {
             );
             return;
         }
-        if (2..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(8) && !self.mv_plain
-        {
+        if (2..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(8) && !self.mv_plain {
             let per = mvr_out(n);
             let ks = self.col_split(outs.div_ceil(per), w.cols);
             self.launch(
