@@ -6,7 +6,9 @@ import sys
 
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+rows = list(csv.reader(open(sys.argv[1])))
+# Other output (the profiled program's own) may come first: start at ncu's header row.
+rows = rows[next(i for i, r in enumerate(rows) if "Kernel Name" in r):]
 head = rows[0]
 ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
 tot = collections.defaultdict(float)
@@ -22,5 +24,5 @@ for r in rows[1:]:
     cnt[name] += 1
 all_us = sum(tot.values())
 for k, v in sorted(tot.items(), key=lambda kv: -kv[1]):
-    print(f"{k:<40} {cnt[k]:>5} launches {v:>10.1f} us {100 * v / all_us:5.1f}%")
+    print(f"{k[:60]:<60} {cnt[k]:>5} launches {v:>10.1f} us {v / cnt[k]:>8.1f} us each {100 * v / all_us:5.1f}%")
 print(f"total {all_us:.1f} us")

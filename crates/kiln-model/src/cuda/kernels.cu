@@ -9,6 +9,35 @@
 typedef unsigned short u16;
 typedef unsigned int u32;
 
+// Programmatic dependent launch (sm_90 and later). The backend launches every kernel with
+// programmatic stream serialization allowed, so a kernel may start while the one before it is
+// still running: each kernel must call pdl_wait() before it reads anything an earlier kernel
+// writes (or writes anything an earlier kernel reads). Work that touches only the weights (an
+// L2 prefetch) may come before it. pdl_launch() then lets the next kernel start its own
+// prologue. On older devices both are no-ops and launches are ordered as usual.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_enter() {
+    pdl_wait();
+    pdl_launch();
+}
+
+// Start `bytes` of weights at p on their way to L2, one 128-byte line per lane and step: lane
+// `t` of `threads` takes lines t, t + threads, ...
+__device__ __forceinline__ void prefetch_l2(const void *p, size_t bytes, int t, int threads) {
+    const char *c = (const char *)p;
+    for (size_t off = (size_t)t * 128; off < bytes; off += (size_t)threads * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+}
+
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -85,6 +114,7 @@ __device__ __forceinline__ Meta meta_at(const u32 *m, int max_t) {
 
 extern "C" __global__ void k_embed(const u16 *table, const u32 *meta, int max_t, int dim,
                                    int vocab, float *out) {
+    pdl_enter();
     Meta m = meta_at(meta, max_t);
     int t = blockIdx.x;
     u32 id = m.tokens[t];
@@ -95,6 +125,7 @@ extern "C" __global__ void k_embed(const u16 *table, const u32 *meta, int max_t,
 
 extern "C" __global__ void k_rmsnorm(const float *x, const float *w, float eps, int dim,
                                      float *out) {
+    pdl_enter();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * dim;
     float ss = 0.0f;
@@ -107,6 +138,7 @@ extern "C" __global__ void k_rmsnorm(const float *x, const float *w, float eps, 
 
 // x (f32, optionally RMS-normalised with w) to f16, for the matrix units.
 extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, int dim, u16 *out) {
+    pdl_enter();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * dim;
     float s = 1.0f;
@@ -121,37 +153,43 @@ extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, i
 }
 
 extern "C" __global__ void k_add(float *x, const float *y, long long len) {
+    pdl_enter();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) x[i] += y[i];
 }
 
+// Grid (columns / blockDim.x, rows up to 65535): rows beyond gridDim.y loop.
 extern "C" __global__ void k_add_bias(float *x, const float *b, int n, int width, int stride) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (long long)n * width) {
-        int r = (int)(i / width), c = (int)(i % width);
-        x[(size_t)r * stride + c] += b[c];
-    }
+    pdl_enter();
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= width) return;
+    const float bc = b[c];
+    for (int r = blockIdx.y; r < n; r += gridDim.y) x[(size_t)r * stride + c] += bc;
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 extern "C" __global__ void k_swiglu(float *gate, const float *up, long long len) {
+    pdl_enter();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) gate[i] = silu(gate[i]) * up[i];
 }
 
 // gu: [n][2 * half] f32 (gate rows then up rows) -> out f16 [n][half].
+// Grid as k_add_bias, over `half` columns.
 extern "C" __global__ void k_swiglu_f16(const float *gu, int n, int half, u16 *out) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (long long)n * half) {
-        int r = (int)(i / half), c = (int)(i % half);
+    pdl_enter();
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= half) return;
+    for (int r = blockIdx.y; r < n; r += gridDim.y) {
         const float *row = gu + (size_t)r * 2 * half;
-        out[i] = f2h(silu(row[c]) * row[half + c]);
+        out[(size_t)r * half + c] = f2h(silu(row[c]) * row[half + c]);
     }
 }
 
 extern "C" __global__ void k_gather(const float *x, const u32 *meta, int max_t, int width,
                                     float *out) {
+    pdl_enter();
     Meta m = meta_at(meta, max_t);
     u32 src = m.out_rows[blockIdx.x];
     for (int i = threadIdx.x; i < width; i += blockDim.x)
@@ -169,6 +207,7 @@ extern "C" __global__ void k_gather(const float *x, const u32 *meta, int max_t, 
 extern "C" __global__ void __launch_bounds__(256)
 k_mv(const u16 *W, const float *bias, int outs, int cols, const float *x, int n,
      const float *nw, float eps, float *out, int out_stride, int mode) {
+    pdl_enter();
     // mode 0: store, 1: accumulate, 2: SwiGLU of rows o and o + outs.
     __shared__ float inv[MV_ROWS];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -277,6 +316,7 @@ extern "C" __global__ void k_kv_write(const float *k, int k_stride, const float 
                                       const u32 *meta, int max_t, u16 *pool, int layer,
                                       int n_layers, int bs, int kvd, int hd, int rd,
                                       int interleaved, const float *inv_freq, int rope_k) {
+    pdl_enter();
     Meta m = meta_at(meta, max_t);
     int row = blockIdx.x;
     u32 pos = m.row_pos[row];
@@ -295,6 +335,7 @@ extern "C" __global__ void k_kv_write(const float *k, int k_stride, const float 
 // In-place rotary embedding of `heads` heads per row (the separate-op path).
 extern "C" __global__ void k_rope(float *x, int stride, int heads, const u32 *meta, int max_t,
                                   int hd, int rd, int interleaved, const float *inv_freq) {
+    pdl_enter();
     Meta m = meta_at(meta, max_t);
     int row = blockIdx.x;
     float pos = (float)m.row_pos[row];
@@ -324,6 +365,7 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
        int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
        const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
        float *part) {
+    pdl_enter();
     __shared__ float qs[MAX_HD];
     __shared__ float p[ATT_T];
     __shared__ size_t voff[ATT_T];
@@ -434,6 +476,7 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
 
 extern "C" __global__ void k_attn_combine(const float *part, int n_heads, int hd, int splits,
                                           float *out, int out_stride) {
+    pdl_enter();
     int h = blockIdx.x, row = blockIdx.y;
     const float *pp = part + ((size_t)row * n_heads + h) * splits * (hd + 2);
     float mx = (-INFINITY);
@@ -469,6 +512,7 @@ k_attn_tile(const float *q, int q_stride, const u16 *pool, const u32 *meta, int 
             int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
             const float *inv_freq, int rope_q, float scale, const u32 *tiles, float *out,
             int out_stride) {
+    pdl_enter();
     extern __shared__ float4 sm4[];
     float *sm = (float *)sm4;
     const int hdp = hd + 4;
@@ -620,15 +664,14 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
     int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
     int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
     int nvec = cols >> 3;
-    // Start the weights on their way to L2 while x is staged.
-    for (int k = 0; k < MV1_OUT; k++) {
-        for (int a = 0; a < (mode == 2 ? 2 : 1); a++) {
-            if (o0 + k >= outs) continue;
-            const uint4 *w4 = (const uint4 *)(W + (size_t)(o0 + k + a * outs) * cols);
-            for (int j = lane + 32 * kw, i = 0; j < nvec && i < 4; j += 32 * ks, i++)
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(w4 + j));
-        }
-    }
+    // Start the weights on their way to L2 before waiting for x.
+    for (int k = 0; k < MV1_OUT; k++)
+        for (int a = 0; a < (mode == 2 ? 2 : 1); a++)
+            if (o0 + k < outs)
+                prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
+                            lane + 32 * kw, 32 * ks);
+    // Only the weights were touched so far: the kernel before may still be running.
+    pdl_enter();
     stage_x(x, cols, nw, eps, (float *)xs4, red);
     // All (up to four) rows advance together: their loads are independent and share x.
     const uint4 *wr[MV1_OUT][2];
@@ -697,6 +740,13 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
     const int grp = warp / ks, kw = warp % ks, groups = MV_WARPS / ks;
     const int o0 = (blockIdx.x * groups + grp) * O;
     const int nvec = cols >> 3, xq = cols >> 2;
+    // Start this warp's weights on their way to L2, then wait for x.
+    for (int k = 0; k < O; k++)
+        for (int a = 0; a < (mode == 2 ? 2 : 1); a++)
+            if (o0 + k < outs)
+                prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
+                            lane + 32 * kw, 32 * ks);
+    pdl_enter();
     if (warp < N) {
         float sc = 1.0f;
         if (nw) {
@@ -795,6 +845,7 @@ __device__ __forceinline__ void better(float &bv, int &bi, float v, int i) {
 }
 
 extern "C" __global__ void k_argmax_part(const float *x, int width, int parts, float *pv, u32 *pi) {
+    pdl_enter();
     __shared__ float sv[32];
     __shared__ int si[32];
     int row = blockIdx.x, part = blockIdx.y;
@@ -824,6 +875,7 @@ extern "C" __global__ void k_argmax_part(const float *x, int width, int parts, f
 }
 
 extern "C" __global__ void k_argmax_final(const float *pv, const u32 *pi, int parts, u32 *out) {
+    pdl_enter();
     int row = blockIdx.x, lane = threadIdx.x;
     float bv = (-INFINITY);
     int bi = 0x7fffffff;
@@ -878,6 +930,7 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
     float *xs = (float *)xs4;
     int ng = cols >> 5;
     float *gs = xs + cols;
+    pdl_enter();
     stage_x(x, cols, nw, eps, xs, red);
     for (int g = threadIdx.x; g < ng; g += blockDim.x) {
         float t = 0.0f;
@@ -931,6 +984,7 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
 // Quantized rows to f16 (for the other product paths): one thread per group of 32.
 extern "C" __global__ void k_dequant(const unsigned char *Q, const float *S, const float *M, int bits,
                                      long long groups, u16 *out) {
+    pdl_enter();
     long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= groups) return;
     float d = S[g];
@@ -951,6 +1005,7 @@ extern "C" __global__ void k_dequant(const unsigned char *Q, const float *S, con
 // The embedding rows of the pass's tokens from a quantized table, to f32.
 extern "C" __global__ void k_embed_q(const unsigned char *Q, const float *S, const float *M, int bits,
                                      const u32 *meta, int max_t, int cols, int vocab, float *out) {
+    pdl_enter();
     Meta m = meta_at(meta, max_t);
     int t = blockIdx.x;
     u32 id = m.tokens[t];

@@ -178,6 +178,8 @@ pub struct CudaBackend {
     quant: bool,
     /// `KILN_CUDA_MV_PLAIN=1`: the plain matrix-vector kernel only (for comparisons).
     mv_plain: bool,
+    /// Programmatic dependent launch (sm_90 and later; `KILN_CUDA_PDL=0` turns it off).
+    pdl: bool,
     st: Mutex<St>,
 }
 
@@ -324,6 +326,7 @@ impl CudaBackend {
             max_q: Default::default(),
             quant: std::env::var("KILN_CUDA_QUANT").is_ok_and(|v| v == "1"),
             mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
+            pdl: major >= 9 && !env_off("KILN_CUDA_PDL"),
             st: Mutex::new(St::default()),
         })
     }
@@ -375,6 +378,10 @@ impl CudaBackend {
         smem: u32,
         args: &[A],
     ) {
+        if self.pdl {
+            self.launch_pdl(f, grid, block, smem, args);
+            return;
+        }
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -393,6 +400,49 @@ impl CudaBackend {
         // in kernels.cu, and every pointer is a live device buffer of the sizes it reads.
         let r = unsafe { b.launch(cfg) };
         self.note("kernel launch", r.map(|_| ()));
+    }
+
+    /// As `launch_smem`, with programmatic stream serialization allowed: the kernel may start
+    /// before the previous one on the stream ends. Every kernel in kernels.cu and sample.cu
+    /// calls `pdl_wait()` before it touches memory an earlier kernel writes (a test checks
+    /// that each one does), so only its weight prefetch overlaps.
+    fn launch_pdl(&self, f: &CudaFunction, grid: (u32, u32, u32), block: u32, smem: u32, args: &[A]) {
+        use cudarc::driver::sys;
+        let mut params: Vec<*mut std::ffi::c_void> = args
+            .iter()
+            .map(|a| match a {
+                A::P(p) => p as *const u64 as *mut std::ffi::c_void,
+                A::I(i) => i as *const i32 as *mut std::ffi::c_void,
+                A::L(l) => l as *const i64 as *mut std::ffi::c_void,
+                A::F(x) => x as *const f32 as *mut std::ffi::c_void,
+            })
+            .collect();
+        // SAFETY: a plain C struct; the value union is read by the driver per `id`.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let r = self.ctx.bind_to_thread();
+        self.note("binding the context", r);
+        // SAFETY: as in `launch_smem`: the arguments follow the kernel's signature, and each
+        // parameter pointer points into `args`, which outlives the call (the driver copies the
+        // values at launch).
+        let r = unsafe {
+            sys::cuLaunchKernelEx(&cfg, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut())
+        }
+        .result();
+        self.note("kernel launch", r);
     }
 
     fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
@@ -554,10 +604,9 @@ impl CudaBackend {
         };
         self.gemm(w, xh, n, dst, ld, beta);
         if bias != 0 && mode != 2 {
-            let len = n * outs;
             self.launch(
                 &self.k.add_bias,
-                (len.div_ceil(256) as u32, 1, 1),
+                (outs.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
                 256,
                 &[
                     A::P(out_ptr),
@@ -571,10 +620,9 @@ impl CudaBackend {
         if mode == 2 {
             // SwiGLU into f16, for the next product; the caller's out_ptr is then unused and
             // the result sits in `xh`.
-            let len = n * outs;
             self.launch(
                 &self.k.swiglu_f16,
-                (len.div_ceil(256) as u32, 1, 1),
+                (outs.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
                 256,
                 &[A::P(big), A::I(n as i32), A::I(outs as i32), A::P(xh)],
             );
@@ -1256,7 +1304,7 @@ impl Backend for CudaBackend {
     fn add_bias(&self, x: &mut CudaAct, b: &CudaAct, n: usize, width: usize) {
         self.launch(
             &self.k.add_bias,
-            ((n * width).div_ceil(256) as u32, 1, 1),
+            (width.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
             256,
             &[
                 A::P(self.p(&x.buf)),

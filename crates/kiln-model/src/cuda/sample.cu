@@ -100,39 +100,69 @@ __device__ u32 radix_select(const float *x, int n, u32 lo, unsigned long long ta
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0ull;
         __syncthreads();
-        // Runs of equal bins are added up in registers first: the most significant byte is
-        // the same for nearly every logit, and one shared counter hit by every thread would
-        // serialise the pass.
-        u32 run_bin = 0xffffffffu;
-        unsigned long long run = 0ull;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = x[i];
+        // The most significant bytes are the same for nearly every logit, so a few shared
+        // counters take almost every addition; added one by one they would serialise the
+        // pass. Lanes of a warp with the same bin are added up first (one atomic per bin and
+        // warp instruction), with counts by __match_any_sync and weights by a warp sum.
+        for (int base = 0; base < n; base += blockDim.x) {
+            const int i = base + (int)threadIdx.x;
+            float v = i < n ? x[i] : 0.0f;
             u32 k = fkey(v);
-            if (k >= lo && (k & mask) == prefix) {
-                unsigned long long w =
-                    mass ? __float2ull_rn(__expf((v - mx) * inv_t) * 4294967296.0f) : 1ull;
-                u32 bin = (k >> shift) & 255u;
-                if (bin != run_bin) {
-                    if (run_bin != 0xffffffffu) atomicAdd(&hist[run_bin], run);
-                    run_bin = bin;
-                    run = 0ull;
+            const bool in = i < n && k >= lo && (k & mask) == prefix;
+            const u32 bin = in ? (k >> shift) & 255u : 256u;
+            const u32 active = __ballot_sync(0xffffffffu, in);
+            if (!active) continue;
+            const int lane = threadIdx.x & 31;
+            if (!mass) {
+                if (in) {
+                    const u32 peers = __match_any_sync(active, bin);
+                    if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned long long)__popc(peers));
                 }
-                run += w;
+            } else {
+                // One bin at a time, lowest lane's first: every lane takes part in each sum.
+                unsigned long long w =
+                    in ? __float2ull_rn(__expf((v - mx) * inv_t) * 4294967296.0f) : 0ull;
+                u32 left = active;
+                while (left) {
+                    const u32 b = __shfl_sync(0xffffffffu, bin, __ffs(left) - 1);
+                    const bool mine = in && bin == b;
+                    unsigned long long t = mine ? w : 0ull;
+#pragma unroll
+                    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+                    if (lane == __ffs(left) - 1) atomicAdd(&hist[b], t);
+                    left &= ~__ballot_sync(0xffffffffu, mine);
+                }
             }
         }
-        if (run_bin != 0xffffffffu) atomicAdd(&hist[run_bin], run);
         __syncthreads();
-        if (threadIdx.x == 0) {
-            unsigned long long cum = 0;
-            int b = 255;
-            for (; b > 0; b--) {
-                if (cum + hist[b] >= remaining) break;
-                cum += hist[b];
+        if (threadIdx.x < 32) {
+            // From the top bin down, the first bin b at which the running total reaches
+            // `remaining` (bin 0 if none), and what is left of it there. Lane L holds bins
+            // 255 - 8L down to 248 - 8L: a scan over the lanes finds the lane, which walks its 8.
+            const int lane = threadIdx.x;
+            unsigned long long mine = 0ull;
+#pragma unroll
+            for (int q = 0; q < 8; q++) mine += hist[255 - 8 * lane - q];
+            unsigned long long incl = mine;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                unsigned long long t = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += t;
             }
-            sh[0] = (u32)b;
-            unsigned long long left = remaining > cum ? remaining - cum : 1ull;
-            sh[1] = (u32)(left & 0xffffffffu);
-            sh[2] = (u32)(left >> 32);
+            const u32 hit = __ballot_sync(0xffffffffu, incl >= remaining);
+            const int owner = hit ? __ffs(hit) - 1 : 31;
+            if (lane == owner) {
+                unsigned long long cum = incl - mine;
+                int b = 255 - 8 * lane;
+                for (; b > 0; b--) {
+                    if (cum + hist[b] >= remaining) break;
+                    cum += hist[b];
+                }
+                sh[0] = (u32)b;
+                unsigned long long left = remaining > cum ? remaining - cum : 1ull;
+                sh[1] = (u32)(left & 0xffffffffu);
+                sh[2] = (u32)(left >> 32);
+            }
         }
         __syncthreads();
         prefix |= sh[0] << shift;
@@ -189,6 +219,7 @@ __device__ __forceinline__ float gumbel_noise(const RowP &r, u32 tok) {
 
 extern "C" __global__ void __launch_bounds__(256)
 k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *info, u32 *cand) {
+    pdl_enter();
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ unsigned long long hist[256];
@@ -364,6 +395,7 @@ __device__ __forceinline__ bool before(float va, int ia, float vb, int ib) {
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 k_sample_merge(float *logits, int width, const u32 *params, const u32 *info, const u32 *cand,
                u32 *out, int rows) {
+    pdl_enter();
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ unsigned long long hist[256];

@@ -1,0 +1,87 @@
+//! Checks on the CUDA kernels' source that need no GPU.
+//!
+//! The CUDA backend launches every kernel with programmatic dependent launch allowed, so a
+//! kernel can start while the one before it still runs. That is only correct if each kernel
+//! waits (`pdl_wait`, or `pdl_enter` which waits first) before it touches activations; a
+//! kernel that forgot would read stale data on sm_90 only, and only sometimes.
+
+const SOURCES: [(&str, &str); 2] = [
+    ("kernels.cu", include_str!("../src/cuda/kernels.cu")),
+    ("sample.cu", include_str!("../src/cuda/sample.cu")),
+];
+
+/// The body of the function whose header starts at `at`: from its first `{` to the matching `}`.
+fn body(src: &str, at: usize) -> &str {
+    let open = at + src[at..].find('{').expect("a function body");
+    let mut depth = 0usize;
+    for (i, c) in src[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &src[open..open + i + 1];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced braces after byte {at}");
+}
+
+/// (name, body) of every function marked `marker` in `src`.
+fn functions<'a>(src: &'a str, marker: &str) -> Vec<(String, &'a str)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = src[from..].find(marker) {
+        let at = from + i;
+        let head_end = at + src[at..].find('(').expect("a parameter list");
+        let name = src[at..head_end]
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '#'))
+            .rfind(|w| !w.is_empty())
+            .unwrap_or_default()
+            .to_string();
+        out.push((name, body(src, head_end)));
+        from = head_end;
+    }
+    out
+}
+
+fn waits(body: &str, helpers: &[String]) -> bool {
+    body.contains("pdl_wait()")
+        || body.contains("pdl_enter()")
+        || helpers.iter().any(|h| body.contains(&format!("{h}<")) || body.contains(&format!("{h}(")))
+}
+
+#[test]
+fn every_kernel_waits_for_the_kernel_before_it() {
+    let all: String = SOURCES.iter().map(|(_, s)| *s).collect();
+    // Device functions that wait, so that a kernel calling one of them waits too.
+    let helpers: Vec<String> = functions(&all, "__device__")
+        .into_iter()
+        .filter(|(n, b)| n != "pdl_enter" && (b.contains("pdl_enter()") || b.contains("pdl_wait()")))
+        .map(|(n, _)| n)
+        .collect();
+    let mut kernels = 0;
+    for (file, src) in SOURCES {
+        for (name, b) in functions(src, "__global__") {
+            kernels += 1;
+            assert!(
+                waits(b, &helpers),
+                "{file}: kernel {name} never calls pdl_wait()/pdl_enter(): under programmatic \
+                 dependent launch it could read the previous kernel's output before it is written"
+            );
+        }
+    }
+    assert!(kernels >= 20, "found only {kernels} kernels: the parser is broken");
+}
+
+#[test]
+fn the_check_catches_a_kernel_that_does_not_wait() {
+    let src = "extern \"C\" __global__ void k_x(float *a) { a[0] = 1.0f; }";
+    let (name, b) = functions(src, "__global__").remove(0);
+    assert_eq!(name, "k_x");
+    assert!(!waits(b, &[]));
+    let src = "extern \"C\" __global__ void k_y(float *a) { pdl_enter(); a[0] = 1.0f; }";
+    assert!(waits(functions(src, "__global__")[0].1, &[]));
+}
