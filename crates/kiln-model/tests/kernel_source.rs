@@ -50,7 +50,9 @@ fn functions<'a>(src: &'a str, marker: &str) -> Vec<(String, &'a str)> {
 fn waits(body: &str, helpers: &[String]) -> bool {
     body.contains("pdl_wait()")
         || body.contains("pdl_enter()")
-        || helpers.iter().any(|h| body.contains(&format!("{h}<")) || body.contains(&format!("{h}(")))
+        || helpers
+            .iter()
+            .any(|h| body.contains(&format!("{h}<")) || body.contains(&format!("{h}(")))
 }
 
 #[test]
@@ -59,7 +61,9 @@ fn every_kernel_waits_for_the_kernel_before_it() {
     // Device functions that wait, so that a kernel calling one of them waits too.
     let helpers: Vec<String> = functions(&all, "__device__")
         .into_iter()
-        .filter(|(n, b)| n != "pdl_enter" && (b.contains("pdl_enter()") || b.contains("pdl_wait()")))
+        .filter(|(n, b)| {
+            n != "pdl_enter" && (b.contains("pdl_enter()") || b.contains("pdl_wait()"))
+        })
         .map(|(n, _)| n)
         .collect();
     let mut kernels = 0;
@@ -73,7 +77,10 @@ fn every_kernel_waits_for_the_kernel_before_it() {
             );
         }
     }
-    assert!(kernels >= 20, "found only {kernels} kernels: the parser is broken");
+    assert!(
+        kernels >= 20,
+        "found only {kernels} kernels: the parser is broken"
+    );
 }
 
 #[test]

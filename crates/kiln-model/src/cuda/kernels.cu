@@ -725,10 +725,12 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
 //
 // k_mvr<N>: each warp takes MVR_OUT(N) outputs (with their up rows for SwiGLU) and all N rows of
 // x, so a weight vector, converted from f16 once, serves N rows, and a piece of x read once
-// serves those outputs (4 up to 6 rows, 2 beyond, where more would spill registers). x is read through the L1 cache (no staging: any row length), normalised on
-// the fly when `nw` is given. ks warps (1, 2, 4 or 8) share each group of outputs, splitting
-// its columns. Needs cols % 8 == 0.
-#define MVR_OUT(N) ((N) <= 6 ? 4 : 2)
+// serves those outputs (4 up to 4 rows, 2 beyond). Two blocks of 256 threads fit on an SM
+// (__launch_bounds__(256, 2): at most 128 registers); with 4 outputs, 5 to 8 rows spilled, and
+// 2 outputs measured faster from 5 rows on. x is read through the L1 cache (no staging: any row
+// length), normalised on the fly when `nw` is given. ks warps (1, 2, 4 or 8) share each group
+// of outputs, splitting its columns. Needs cols % 8 == 0.
+#define MVR_OUT(N) ((N) <= 4 ? 4 : 2)
 
 template <int N, int O = MVR_OUT(N)>
 __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int outs, int cols,
@@ -788,18 +790,36 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
             m0 = __ldg(n4 + 2 * j);
             m1 = __ldg(n4 + 2 * j + 1);
         }
+        // Every row's piece of x (normalised) first, then each weight vector converted from
+        // f16 once and dotted with all of them.
+        float4 xa[N], xb[N];
 #pragma unroll
         for (int r = 0; r < N; r++) {
             float4 x0 = __ldg(x4 + r * xq + 2 * j), x1 = __ldg(x4 + r * xq + 2 * j + 1);
             const float c = sc[r];
-            x0 = make_float4(x0.x * m0.x * c, x0.y * m0.y * c, x0.z * m0.z * c, x0.w * m0.w * c);
-            x1 = make_float4(x1.x * m1.x * c, x1.y * m1.y * c, x1.z * m1.z * c, x1.w * m1.w * c);
-#pragma unroll
-            for (int k = 0; k < O; k++)
-#pragma unroll
-                for (int a = 0; a < 2; a++)
-                    if (live[k][a]) acc[k][a][r] += dot8(q[k][a], x0, x1);
+            xa[r] = make_float4(x0.x * m0.x * c, x0.y * m0.y * c, x0.z * m0.z * c, x0.w * m0.w * c);
+            xb[r] = make_float4(x1.x * m1.x * c, x1.y * m1.y * c, x1.z * m1.z * c, x1.w * m1.w * c);
         }
+#pragma unroll
+        for (int k = 0; k < O; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++) {
+                if (!live[k][a]) continue;
+                float w0, w1, w2, w3, w4, w5, w6, w7;
+                h2f2(q[k][a].x, w0, w1);
+                h2f2(q[k][a].y, w2, w3);
+                h2f2(q[k][a].z, w4, w5);
+                h2f2(q[k][a].w, w6, w7);
+#pragma unroll
+                for (int r = 0; r < N; r++) {
+                    // The order of dot8's sums, so that results do not change.
+                    float t = w0 * xa[r].x + w1 * xa[r].y;
+                    t += w2 * xa[r].z + w3 * xa[r].w;
+                    t += w4 * xb[r].x + w5 * xb[r].y;
+                    t += w6 * xb[r].z + w7 * xb[r].w;
+                    acc[k][a][r] += t;
+                }
+            }
     }
 #pragma unroll
     for (int k = 0; k < O; k++)
@@ -825,7 +845,7 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
 }
 
 #define MVR_KERNEL(N)                                                                          \
-    extern "C" __global__ void __launch_bounds__(256)                                          \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                       \
     k_mvr##N(const u16 *W, const float *bias, int outs, int cols, const float *x,             \
              const float *nw, float eps, float *out, int out_stride, int mode, int ks) {      \
         mvr_body<N>(W, bias, outs, cols, x, nw, eps, out, out_stride, mode, ks);            \

@@ -37,7 +37,7 @@ const MV_WARPS: usize = 8;
 const MV1_OUT: usize = 2;
 /// Outputs per warp of the `n`-row kernel k_mvr (`MVR_OUT` in kernels.cu).
 fn mvr_out(n: usize) -> usize {
-    if n <= 6 {
+    if n <= 4 {
         4
     } else {
         2
@@ -406,7 +406,14 @@ impl CudaBackend {
     /// before the previous one on the stream ends. Every kernel in kernels.cu and sample.cu
     /// calls `pdl_wait()` before it touches memory an earlier kernel writes (a test checks
     /// that each one does), so only its weight prefetch overlaps.
-    fn launch_pdl(&self, f: &CudaFunction, grid: (u32, u32, u32), block: u32, smem: u32, args: &[A]) {
+    fn launch_pdl(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[A],
+    ) {
         use cudarc::driver::sys;
         let mut params: Vec<*mut std::ffi::c_void> = args
             .iter()
@@ -439,7 +446,12 @@ impl CudaBackend {
         // parameter pointer points into `args`, which outlives the call (the driver copies the
         // values at launch).
         let r = unsafe {
-            sys::cuLaunchKernelEx(&cfg, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut())
+            sys::cuLaunchKernelEx(
+                &cfg,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
         }
         .result();
         self.note("kernel launch", r);
