@@ -313,6 +313,12 @@ pub fn quantize_rows(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut 
         unsafe { x86::quantize_avx512(x, qs, d, s) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
+        unsafe { x86::quantize_avx2(x, qs, d, s) };
+        return;
+    }
     let _ = isa;
     scalar::quantize_row(x, qs, d, s);
 }

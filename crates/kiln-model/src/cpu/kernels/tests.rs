@@ -94,6 +94,7 @@ fn simd_kernels_match_scalar() {
                     aq.quantize(isa, &x, n, cols);
                     assert_eq!(aq.qs[..n * cols], a.qs[..n * cols], "{isa:?} quantization");
                     assert_eq!(aq.d[..n * cols / 32], a.d[..n * cols / 32]);
+                    assert_eq!(aq.s[..n * cols / 32], a.s[..n * cols / 32]);
                     let got = run(tile_fn(isa, fmt), &w, rows, rb, &aq, n);
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-4 * e.abs().max(1.0);

@@ -731,6 +731,54 @@ pub(super) unsafe fn q4_1_512_x8(
 
 // ---------------------------------------------------------------- AVX2
 
+/// Quantizes rows to 8-bit blocks; bit-identical to [`scalar::quantize_row`].
+///
+/// # Safety
+/// The CPU has AVX2 and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let nb = (x.len() / 32).min(qs.len() / 32).min(d.len()).min(s.len());
+    let sign = _mm256_set1_ps(-0.0);
+    // packs_epi32 then packs_epi16 leave the four 8-value groups interleaved by 128-bit lane.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in 0..nb {
+        // SAFETY: block `b` is inside all four slices (`nb` is their common block count).
+        unsafe {
+            let p = x.as_ptr().add(32 * b);
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let db = amax / 127.0;
+            let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+            let vid = _mm256_set1_ps(id);
+            let q = v.map(|x| _mm256_cvtps_epi32(_mm256_mul_ps(x, vid)));
+            let t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let t = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+            let t = _mm_add_epi32(t, _mm_shuffle_epi32::<0b01_00_11_10>(t));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32::<0b10_11_00_01>(t)));
+            let w16 = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let w8 = _mm256_permutevar8x32_epi32(w16, order);
+            _mm256_storeu_si256(qs.as_mut_ptr().add(32 * b).cast(), w8);
+            let ds = _mm_cvtph_ps(_mm_cvtps_ph::<0>(_mm_set_ps(0.0, 0.0, db * sum as f32, db)));
+            d[b] = _mm_cvtss_f32(ds);
+            s[b] = _mm_cvtss_f32(_mm_movehdup_ps(ds));
+        }
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hsum256(v: __m256) -> f32 {
