@@ -858,6 +858,159 @@ MVR_KERNEL(6)
 MVR_KERNEL(7)
 MVR_KERNEL(8)
 
+// ---- matrix-vector products for 2..8 rows on the tensor cores ---------------------------------
+//
+// k_mvt: mma.sync m16n8k16 (f16 x f16, f32 sums) with the weights as A (16 outputs x 16
+// columns) and x as B (16 columns x 8 rows; rows beyond n are zero), x rounded to f16 after
+// the RMSNorm. A warp takes a tile of 16 outputs (and their 16 up rows for SwiGLU) and 32
+// columns a step: lane (g = lane / 4, c = lane % 4) loads 8 consecutive weights at column 8c
+// of outputs g and g + 8 (a uint4 each) and 8 values of x row g at the same columns. The first
+// mma of a step takes columns 8c..8c+3 of each lane, the second 8c+4..8c+7: a permutation of
+// the 16 columns of each mma, the same for A and B, so the sums are the product's. ks warps of
+// a block share a tile (8 / ks tiles a block) and `splits` blocks (grid.y) share its steps;
+// with splits > 1 each block leaves its sums in `ws` and the last block of the tile to finish
+// (a counter in `cnt`, reset by it) adds them in block order, so the result does not depend on
+// timing. Needs cols % 32 == 0, 2 <= n <= 8.
+#define MVT_WARPS 8
+
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
+      float eps, float *out, int out_stride, int mode, int ks, int splits, float *ws, u32 *cnt) {
+    __shared__ float scale[8];
+    __shared__ float part[MVT_WARPS][2][16][8];
+    __shared__ int last;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / ks, kw = warp % ks, groups = MVT_WARPS / ks;
+    const int o0 = (blockIdx.x * groups + grp) * 16;
+    const int g = lane >> 2, c = lane & 3;
+    const int na = mode == 2 ? 2 : 1;
+    const int steps = cols >> 5, u0 = blockIdx.y * ks + kw, us = ks * splits;
+    // This warp's weights on their way to L2 (its share of the steps), then wait for x.
+    for (int a = 0; a < na; a++)
+        for (int h = 0; h < 2; h++) {
+            const int o = o0 + g + 8 * h;
+            if (o >= outs) continue;
+            const char *wr = (const char *)(W + (size_t)(o + a * outs) * cols);
+            for (int st = u0; st < steps; st += us)
+                if (c == 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + st * 64));
+        }
+    pdl_enter();
+    if (warp < n) {
+        float sc = 1.0f;
+        if (nw) {
+            const float *xr = x + (size_t)warp * cols;
+            float ss = 0.0f;
+            for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
+            ss = warp_sum(ss);
+            sc = rsqrtf(ss / cols + eps);
+        }
+        if (lane == 0) scale[warp] = sc;
+    }
+    __syncthreads();
+    const bool xlive = g < n;
+    const float sc = xlive ? scale[g] : 0.0f;
+    const float *xr = x + (size_t)(xlive ? g : 0) * cols;
+    const bool l0 = o0 + g < outs, l1 = o0 + g + 8 < outs;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    float d[2][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) d[a][i] = 0.0f;
+    const uint4 *w0 = (const uint4 *)(W + (size_t)(l0 ? o0 + g : 0) * cols);
+    const uint4 *w1 = (const uint4 *)(W + (size_t)(l1 ? o0 + g + 8 : 0) * cols);
+    const size_t up = (size_t)outs * cols / 8;  // the up rows, in uint4s
+#pragma unroll 2
+    for (int st = u0; st < steps; st += us) {
+        const int col = st * 32 + 8 * c;
+        u32 b[4] = {0u, 0u, 0u, 0u};
+        if (xlive) {
+            float4 x0 = __ldg((const float4 *)(xr + col)), x1 = __ldg((const float4 *)(xr + col + 4));
+            float4 m0 = make_float4(1.0f, 1.0f, 1.0f, 1.0f), m1 = m0;
+            if (nw) {
+                m0 = __ldg((const float4 *)(nw + col));
+                m1 = __ldg((const float4 *)(nw + col + 4));
+            }
+            b[0] = pack_h2(x0.x * m0.x * sc, x0.y * m0.y * sc);
+            b[1] = pack_h2(x0.z * m0.z * sc, x0.w * m0.w * sc);
+            b[2] = pack_h2(x1.x * m1.x * sc, x1.y * m1.y * sc);
+            b[3] = pack_h2(x1.z * m1.z * sc, x1.w * m1.w * sc);
+        }
+        const int v = col >> 3;
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            if (a >= na) break;
+            const uint4 q0 = l0 ? __ldg(w0 + a * up + v) : zero;
+            const uint4 q1 = l1 ? __ldg(w1 + a * up + v) : zero;
+            mma16816(d[a], q0.x, q1.x, q0.y, q1.y, b[0], b[1]);
+            mma16816(d[a], q0.z, q1.z, q0.w, q1.w, b[2], b[3]);
+        }
+    }
+    // d[a]: outputs g (0, 1) and g + 8 (2, 3), rows 2c and 2c + 1.
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+        part[warp][a][g][2 * c] = d[a][0];
+        part[warp][a][g][2 * c + 1] = d[a][1];
+        part[warp][a][g + 8][2 * c] = d[a][2];
+        part[warp][a][g + 8][2 * c + 1] = d[a][3];
+    }
+    __syncthreads();
+    const int per = 16 * n;
+    if (splits == 1) {
+        if (kw == 0)
+            for (int i = lane; i < per; i += 32) {
+                const int k = i / n, r = i % n, o = o0 + k;
+                if (o >= outs) continue;
+                float s0 = 0.0f, s1 = 0.0f;
+                for (int w = 0; w < ks; w++) {
+                    s0 += part[grp * ks + w][0][k][r];
+                    s1 += part[grp * ks + w][1][k][r];
+                }
+                mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+            }
+        return;
+    }
+    // Split along the columns (ks == 8, one tile a block): this block's sums to ws.
+    float *mine = ws + ((size_t)blockIdx.x * splits + blockIdx.y) * 256;
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+        const int a = i >> 7, k = (i >> 3) & 15, r = i & 7;
+        float s = 0.0f;
+        for (int w = 0; w < ks; w++) s += part[w][a][k][r];
+        mine[i] = s;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&cnt[blockIdx.x], 1u) == (u32)(splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float *all = ws + (size_t)blockIdx.x * splits * 256;
+    for (int i = threadIdx.x; i < per; i += blockDim.x) {
+        const int k = i / n, r = i % n, o = o0 + k;
+        if (o >= outs) continue;
+        float s0 = 0.0f, s1 = 0.0f;
+        for (int z = 0; z < splits; z++) {
+            s0 += __ldcg(all + z * 256 + k * 8 + r);
+            s1 += __ldcg(all + z * 256 + 128 + k * 8 + r);
+        }
+        mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+    }
+    if (threadIdx.x == 0) cnt[blockIdx.x] = 0u;
+}
+
 // Argmax in two steps: k_argmax_part takes a slice of a row per block (grid rows x parts), and
 // k_argmax_final merges a row's parts (lowest index among equal values).
 __device__ __forceinline__ void better(float &bv, int &bi, float v, int i) {

@@ -44,6 +44,8 @@ fn mvr_out(n: usize) -> usize {
     }
 }
 const ATT_T: u32 = 128;
+/// Blocks whose sums k_mvt's scratch holds (blocks that share a tile, 256 floats each).
+const MVT_TILES: usize = 4096;
 const MAX_HD: usize = 256;
 const BLAS_WORKSPACE: usize = 32 << 20;
 /// Most bytes of x the staged matrix-vector kernels keep in shared memory.
@@ -114,6 +116,8 @@ struct Kernels {
     embed_q: CudaFunction,
     /// k_mvr2 .. k_mvr8: 2..8 rows, each weight read once for all of them.
     mvr: Vec<CudaFunction>,
+    /// 3..8 rows on the tensor cores.
+    mvt: CudaFunction,
     kv_write: CudaFunction,
     rope: CudaFunction,
     attn: CudaFunction,
@@ -180,6 +184,12 @@ pub struct CudaBackend {
     mv_plain: bool,
     /// Programmatic dependent launch (sm_90 and later; `KILN_CUDA_PDL=0` turns it off).
     pdl: bool,
+    /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later; `KILN_CUDA_MVT=0`: k_mvr).
+    mvt: bool,
+    /// k_mvt's sums of blocks that share a tile, and its per-tile counters (zero between
+    /// launches: the last block of a tile resets its own).
+    mvt_ws: CudaSlice<f32>,
+    mvt_cnt: CudaSlice<u32>,
     st: Mutex<St>,
 }
 
@@ -277,6 +287,7 @@ impl CudaBackend {
             mvr: (2..=MV_ROWS)
                 .map(|n| f(&format!("k_mvr{n}")))
                 .collect::<Result<_, _>>()?,
+            mvt: f("k_mvt")?,
             kv_write: f("k_kv_write")?,
             rope: f("k_rope")?,
             attn: f("k_attn")?,
@@ -311,6 +322,12 @@ impl CudaBackend {
         };
         r.result().map_err(|e| dev("cuBLAS workspace", e))?;
         let env_off = |k: &str| std::env::var(k).is_ok_and(|v| v == "0");
+        let mvt_ws = stream
+            .alloc_zeros::<f32>(MVT_TILES * 256)
+            .map_err(|e| dev("matrix-vector scratch", e))?;
+        let mvt_cnt = stream
+            .alloc_zeros::<u32>(MVT_TILES)
+            .map_err(|e| dev("matrix-vector scratch", e))?;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -327,6 +344,9 @@ impl CudaBackend {
             quant: std::env::var("KILN_CUDA_QUANT").is_ok_and(|v| v == "1"),
             mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
             pdl: major >= 9 && !env_off("KILN_CUDA_PDL"),
+            mvt: major >= 8 && !env_off("KILN_CUDA_MVT"),
+            mvt_ws,
+            mvt_cnt,
             st: Mutex::new(St::default()),
         })
     }
@@ -551,6 +571,35 @@ impl CudaBackend {
             );
             return;
         }
+        // k_mvt from 3 rows: at 2, k_mvr was 8% faster on the H200 (1,883 against 1,739 tok/s),
+        // at 5 and 8 k_mvt 16% and 55% (3 and 4 rows were not measured on their own).
+        if (3..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(32) && self.mvt && !self.mv_plain {
+            let (ks, splits) = self.mvt_split(outs.div_ceil(16), w.cols / 32);
+            let groups = MV_WARPS / ks;
+            self.launch(
+                &self.k.mvt,
+                (outs.div_ceil(16 * groups) as u32, splits as u32, 1),
+                (MV_WARPS * 32) as u32,
+                &[
+                    A::P(wp),
+                    A::P(bias),
+                    A::I(outs as i32),
+                    A::I(w.cols as i32),
+                    A::P(x_ptr),
+                    A::I(n as i32),
+                    A::P(nw),
+                    A::F(eps),
+                    A::P(out_ptr),
+                    A::I(out_stride as i32),
+                    A::I(mode),
+                    A::I(ks as i32),
+                    A::I(splits as i32),
+                    A::P(self.p(&self.mvt_ws)),
+                    A::P(self.p(&self.mvt_cnt)),
+                ],
+            );
+            return;
+        }
         if (2..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(8) && !self.mv_plain {
             let per = mvr_out(n);
             let ks = self.col_split(outs.div_ceil(per), w.cols);
@@ -667,6 +716,27 @@ impl CudaBackend {
     /// Warps sharing one output's columns in the staged kernels (1, 2, 4 or 8): more until
     /// the grid fills the GPU, keeping at least 24 16-byte chunks per warp. `units` is the
     /// number of work items that take a group of warps each.
+    /// k_mvt's warps per tile (`ks`) and blocks per tile (`splits`) for `tiles` tiles of 16
+    /// outputs and `steps` steps of 32 columns: warps first, then blocks, until about two
+    /// blocks per SM, with at least one step for each warp. Blocks share a tile only when
+    /// all 8 warps of a block do (one tile a block), and only within the scratch's tiles.
+    fn mvt_split(&self, tiles: usize, steps: usize) -> (usize, usize) {
+        let (mut ks, mut splits) = (1usize, 1usize);
+        let blocks = |ks: usize, splits: usize| tiles.div_ceil(MV_WARPS / ks) * splits;
+        while blocks(ks, splits) < 2 * self.sms {
+            let (k2, s2) = if ks < MV_WARPS {
+                (ks * 2, splits)
+            } else {
+                (ks, splits * 2)
+            };
+            if k2 * s2 > steps || (s2 > 1 && tiles * s2 > MVT_TILES) {
+                break;
+            }
+            (ks, splits) = (k2, s2);
+        }
+        (ks, splits)
+    }
+
     fn col_split(&self, units: usize, cols: usize) -> usize {
         let nvec = cols / 8;
         let mut ks = 1usize;
