@@ -18,7 +18,7 @@ for r in rows[1:]:
         v = float(r[vi].replace(",", ""))
     except ValueError:
         continue
-    scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(r[ui], 1.0)
+    scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}[r[ui]]
     name = r[ki].split("(")[0]
     tot[name] += v * scale
     cnt[name] += 1
