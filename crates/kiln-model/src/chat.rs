@@ -59,6 +59,8 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos: String,
     eos: String,
+    /// Where the template came from (a file and the field in it), for error messages.
+    origin: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -77,6 +79,17 @@ fn raise_exception(msg: String) -> Result<String, minijinja::Error> {
 impl ChatTemplate {
     /// Compiles `source`; `bos`/`eos` are the texts of those tokens, which templates use.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self, ModelError> {
+        Self::with_origin(source, bos, eos, "the chat template")
+    }
+
+    /// As [`ChatTemplate::new`], for a template read from `origin` (a file and the field in
+    /// it, such as `model.gguf: tokenizer.chat_template`), which every error then names.
+    pub fn with_origin(
+        source: &str,
+        bos: &str,
+        eos: &str,
+        origin: &str,
+    ) -> Result<Self, ModelError> {
         let mut env = minijinja::Environment::new();
         // transformers renders templates with these two set; templates are written for them
         // (TinyLlama's, for one, puts each tag on its own line).
@@ -85,13 +98,12 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.set_fuel(Some(FUEL));
         env.add_template_owned("chat", source.to_owned())
-            .map_err(|e| {
-                ModelError::Template(format!("cannot compile the model's template: {e}"))
-            })?;
+            .map_err(|e| ModelError::Template(format!("{origin}: cannot compile it: {e}")))?;
         Ok(ChatTemplate {
             env,
             bos: bos.to_owned(),
             eos: eos.to_owned(),
+            origin: origin.to_owned(),
         })
     }
 
@@ -104,7 +116,7 @@ impl ChatTemplate {
         let tmpl = self
             .env
             .get_template("chat")
-            .map_err(|e| ModelError::Template(e.to_string()))?;
+            .map_err(|e| ModelError::Template(format!("{}: {e}", self.origin)))?;
         let cap = messages
             .iter()
             .map(|m| m.content.len() + m.role.len())
@@ -128,15 +140,20 @@ impl ChatTemplate {
         .map_err(|e| {
             if out.full {
                 ModelError::Template(format!(
-                    "rendering failed: the template wrote more than {cap} bytes for {} messages",
+                    "{}: rendering failed: the template wrote more than {cap} bytes for {} messages",
+                    self.origin,
                     messages.len()
                 ))
             } else {
-                ModelError::Template(format!("rendering failed: {e}"))
+                ModelError::Template(format!("{}: rendering failed: {e}", self.origin))
             }
         })?;
-        String::from_utf8(out.buf)
-            .map_err(|_| ModelError::Template("rendering failed: output is not UTF-8".into()))
+        String::from_utf8(out.buf).map_err(|_| {
+            ModelError::Template(format!(
+                "{}: rendering failed: output is not UTF-8",
+                self.origin
+            ))
+        })
     }
 
     /// Renders a conversation and finds each message's content in the result, so that a

@@ -271,6 +271,8 @@ pub struct HfTokenizer {
     pub tokenizer: Tokenizer,
     /// The chat template (`chat_template.jinja`, else `tokenizer_config.json`'s), if any.
     pub chat_template: Option<String>,
+    /// Where it was read: the file, and the field within it.
+    pub chat_template_origin: String,
     /// The BOS and EOS texts that templates use.
     pub bos_text: String,
     /// EOS text.
@@ -321,6 +323,12 @@ pub fn read_tokenizer(dir: &Path, config: &Value) -> Result<HfTokenizer, ModelEr
         &eos,
     )?;
     let jinja = dir.join("chat_template.jinja");
+    let config = dir.join("tokenizer_config.json");
+    let chat_template_origin = if jinja.is_file() {
+        jinja.display().to_string()
+    } else {
+        format!("{}: chat_template", config.display())
+    };
     let chat_template = if jinja.is_file() {
         Some(
             std::fs::read_to_string(&jinja).map_err(|source| ModelError::Io {
@@ -351,6 +359,7 @@ pub fn read_tokenizer(dir: &Path, config: &Value) -> Result<HfTokenizer, ModelEr
         eos_text: text(tokenizer.eos()),
         tokenizer,
         chat_template,
+        chat_template_origin,
     })
 }
 

@@ -88,11 +88,20 @@ pub fn load<B: Backend>(
         .transpose()?;
     let weight_bytes = weights.bytes();
     let model = Model::new(backend, parts.cfg, weights)?;
-    let template = ChatTemplate::new(
-        parts.template.as_deref().unwrap_or(CHATML),
-        &parts.bos_text,
-        &parts.eos_text,
-    )?;
+    let template = match parts.template.as_deref() {
+        Some(src) => ChatTemplate::with_origin(
+            src,
+            &parts.bos_text,
+            &parts.eos_text,
+            &parts.template_origin,
+        )?,
+        None => ChatTemplate::with_origin(
+            CHATML,
+            &parts.bos_text,
+            &parts.eos_text,
+            "kiln's ChatML template (the model has none)",
+        )?,
+    };
     Ok(LoadedModel {
         model,
         tokenizer: parts.tokenizer,
@@ -113,6 +122,8 @@ struct Parts {
     source: Box<dyn TensorSource>,
     tokenizer: Tokenizer,
     template: Option<String>,
+    /// Where `template` was read (a file and the field in it).
+    template_origin: String,
     bos_text: String,
     eos_text: String,
     name: String,
@@ -157,6 +168,7 @@ fn open_gguf(path: &Path) -> Result<Parts, ModelError> {
         source: Box::new(GgufSource(file.clone())),
         tokenizer,
         template,
+        template_origin: format!("{}: tokenizer.chat_template", path.display()),
         name,
         file: Some(file),
     })
@@ -181,6 +193,7 @@ fn open_folder(dir: &Path) -> Result<Parts, ModelError> {
         source: Box::new(tensors),
         tokenizer: t.tokenizer,
         template: t.chat_template,
+        template_origin: t.chat_template_origin,
         bos_text: t.bos_text,
         eos_text: t.eos_text,
         name: stem(dir),

@@ -469,6 +469,37 @@ fn folder_errors_name_the_problem() {
 
     let e = load_err(&std::env::temp_dir(), &LoadOptions::default());
     assert!(e.contains("no config.json"), "{e}");
+
+    // A template that does not compile names the file and the field it came from.
+    let d = scratch("llama", "template");
+    let path = d.join("tokenizer_config.json");
+    let mut tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tc["chat_template"] = serde_json::json!("{% for %}");
+    std::fs::write(&path, tc.to_string()).unwrap();
+    let e = load_err(&d, &LoadOptions::default());
+    assert!(
+        e.contains("tokenizer_config.json: chat_template") && e.contains("cannot compile"),
+        "{e}"
+    );
+    // `chat_template.jinja` comes first when it exists; an endless loop there fails when a
+    // conversation is rendered, and the error says where the template was read.
+    std::fs::write(
+        d.join("chat_template.jinja"),
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let m = load(&d, test_device(1), &LoadOptions::default()).unwrap();
+    let msgs = [kiln_model::chat::Message {
+        role: "user".into(),
+        content: "hi".into(),
+    }];
+    let e = m.template.render(&msgs, true).unwrap_err().to_string();
+    assert!(
+        e.contains("chat_template.jinja") && e.contains("rendering failed"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
