@@ -5,44 +5,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_engine::{Engine, EngineConfig, EngineHandle, Request, Runner, SamplingParams, Slice};
-use kiln_model::sample::{Adjust, RowSampling, Sampled};
+use kiln_engine::{Engine, EngineConfig, EngineHandle, Request, SamplingParams};
 use kiln_model::tokenizer::Tokenizer;
-use kiln_model::ModelError;
 
-/// A runner whose every step panics, as a bug in a kernel would.
-struct Panics;
-
-impl Runner for Panics {
-    fn vocab_size(&self) -> usize {
-        399
-    }
-    fn context_length(&self) -> usize {
-        64
-    }
-    fn block_size(&self) -> usize {
-        16
-    }
-    fn n_blocks(&self) -> usize {
-        8
-    }
-    fn step(
-        &mut self,
-        _: &[Slice<'_>],
-        _: &[RowSampling],
-        _: &[Adjust],
-        _: &mut Vec<Sampled>,
-    ) -> Result<(), ModelError> {
-        panic!("a bug in a kernel");
-    }
-    fn step_all(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {
-        panic!("a bug in a kernel");
-    }
-    fn max_logit_rows(&self) -> usize {
-        0
-    }
-    fn copy_block(&mut self, _: u32, _: u32) {}
-}
+#[path = "support/panics.rs"]
+mod panics;
+use panics::Panics;
 
 #[test]
 fn a_panicking_engine_thread_is_reported_and_ends_its_requests() {

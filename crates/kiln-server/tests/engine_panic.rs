@@ -4,47 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_engine::{Engine, EngineConfig, EngineHandle, Runner, Slice};
+use kiln_engine::{Engine, EngineConfig, EngineHandle};
 use kiln_model::chat::{ChatTemplate, CHATML};
-use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::Tokenizer;
-use kiln_model::ModelError;
 use kiln_server::{AppState, LoadedLm, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A runner whose every step panics, as a bug in a kernel would.
-struct Panics;
-
-impl Runner for Panics {
-    fn vocab_size(&self) -> usize {
-        399
-    }
-    fn context_length(&self) -> usize {
-        64
-    }
-    fn block_size(&self) -> usize {
-        16
-    }
-    fn n_blocks(&self) -> usize {
-        8
-    }
-    fn step(
-        &mut self,
-        _: &[Slice<'_>],
-        _: &[RowSampling],
-        _: &[Adjust],
-        _: &mut Vec<Sampled>,
-    ) -> Result<(), ModelError> {
-        panic!("a bug in a kernel");
-    }
-    fn step_all(&mut self, _: &[Slice<'_>], _: &mut Vec<f32>) -> Result<(), ModelError> {
-        panic!("a bug in a kernel");
-    }
-    fn max_logit_rows(&self) -> usize {
-        0
-    }
-    fn copy_block(&mut self, _: u32, _: u32) {}
-}
+#[path = "../../kiln-engine/tests/support/panics.rs"]
+mod panics;
+use panics::Panics;
 
 async fn request(port: u16, head: &str, body: &str) -> String {
     let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
