@@ -870,7 +870,7 @@ MVR_KERNEL(8)
 // a block share a tile (8 / ks tiles a block) and `splits` blocks (grid.y) share its steps;
 // with splits > 1 each block leaves its sums in `ws` and the last block of the tile to finish
 // (a counter in `cnt`, reset by it) adds them in block order, so the result does not depend on
-// timing. Needs cols % 32 == 0, 2 <= n <= 8.
+// timing. Needs cols % 32 == 0 and 2 <= n <= 8 (the backend sends it 3 to 8 rows).
 #define MVT_WARPS 8
 
 __device__ __forceinline__ u32 pack_h2(float lo, float hi) {

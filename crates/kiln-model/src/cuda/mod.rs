@@ -6,8 +6,9 @@
 //! architecture and the cubin is cached on disk, keyed by a hash of the source, the options
 //! and the NVRTC version.
 //!
-//! A pass of up to [`MV_ROWS`] rows uses the matrix-vector kernels (k_mv1, k_mvr), which read
-//! each weight once for all rows and fuse the RMSNorm before them and the residual add or
+//! A pass of up to [`MV_ROWS`] rows uses the matrix-vector kernels (k_mv1 for one row, k_mvr
+//! for two, k_mvt on the tensor cores for 3 to 8; k_mv1q and k_mv for the other cases), which
+//! read each weight once for all rows and fuse the RMSNorm before them and the residual add or
 //! SwiGLU after them; larger passes (prefill, big batches) convert the activations to f16 and
 //! use cuBLAS. A decoder layer is six kernels at decode. Decode passes are recorded as CUDA
 //! graphs (a shape on its second run) and replayed: the per-pass metadata (token ids, positions,
