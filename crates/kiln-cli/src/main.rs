@@ -7,6 +7,7 @@ mod common;
 mod irp;
 mod memory;
 mod profile;
+mod quantize;
 mod run;
 mod serve;
 
@@ -42,6 +43,8 @@ enum Command {
     Memory(memory::MemoryArgs),
     /// Compare refinement settings over a file of questions, or time batched candidates.
     Profile(profile::ProfileCmdArgs),
+    /// Write a GGUF model with its matrices in another type (f16, q8_0, q4_k).
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() {
@@ -58,6 +61,7 @@ fn main() {
         Command::Ising(a) => kiln_ising::cli::run(a),
         Command::Irp(a) => irp::irp(a),
         Command::Memory(a) => memory::memory(a),
+        Command::Quantize(a) => quantize::quantize(a),
         Command::Profile(a) => profile::profile(a),
     };
     if let Err(e) = result {

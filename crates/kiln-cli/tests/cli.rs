@@ -182,3 +182,96 @@ fn cuda_device_without_a_gpu_is_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn quantize_writes_a_model_that_runs_and_refuses_what_it_cannot_do() {
+    let m = model();
+    let dir = std::env::temp_dir().join(format!("kiln-quantize-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f16 = dir.join("f16.gguf");
+    let out = kiln()
+        .args([
+            "quantize",
+            m.to_str().unwrap(),
+            f16.to_str().unwrap(),
+            "--type",
+            "f16",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("272 tensors") && text.contains("converted"),
+        "{text}"
+    );
+    // The Q4_1 file's 211 matrices decoded to f16: more than twice the bytes.
+    let (a, b) = (
+        std::fs::metadata(&m).unwrap().len(),
+        std::fs::metadata(&f16).unwrap().len(),
+    );
+    assert!(b > 2 * a, "{a} -> {b}");
+    // The copy answers like a model: its tokenizer, template and weights came along.
+    let out = kiln()
+        .args([
+            "run",
+            "-m",
+            f16.to_str().unwrap(),
+            "-n",
+            "8",
+            "--temperature",
+            "0",
+            "--raw",
+            "The capital of France is",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+    // What it cannot do is refused by name, and nothing is written.
+    for (args, want) in [
+        (
+            vec!["--type", "q4_0"],
+            "kiln quantize writes f16, q8_0 or q4_k",
+        ),
+        (
+            vec!["--type", "f16"],
+            "the output would overwrite the input",
+        ),
+    ] {
+        let target = if want.contains("overwrite") {
+            m.to_str().unwrap()
+        } else {
+            "/nonexistent/x.gguf"
+        };
+        let out = kiln()
+            .args(["quantize", m.to_str().unwrap(), target])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(want), "{e}");
+    }
+    let out = kiln()
+        .args([
+            "quantize",
+            dir.to_str().unwrap(),
+            "/nonexistent/x.gguf",
+            "--type",
+            "f16",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a folder"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

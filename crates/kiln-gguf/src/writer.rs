@@ -18,6 +18,7 @@
 //! assert_eq!(file.tensor_f32("w").unwrap(), [1.0, 2.0, 3.0, 4.0]);
 //! ```
 
+use std::io::Write;
 use std::path::Path;
 
 use crate::quant::GgmlType;
@@ -116,6 +117,35 @@ impl GgufWriter {
 
     /// The whole file.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.header();
+        self.write_data(&mut out)
+            .expect("writing to a Vec does not fail");
+        out
+    }
+
+    /// Writes the file to `path` without holding a second copy of the tensor data.
+    pub fn write_to(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        f.write_all(&self.header())?;
+        self.write_data(&mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()
+    }
+
+    /// The tensors' data, each padded to the alignment, after the header.
+    fn write_data(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let align = self.data_alignment();
+        let zeros = vec![0u8; align as usize];
+        for t in &self.tensors {
+            out.write_all(&t.data)?;
+            let len = t.data.len() as u64;
+            let p = (len.div_ceil(align) * align - len) as usize;
+            out.write_all(&zeros[..p])?;
+        }
+        Ok(())
+    }
+
+    /// Everything before the tensor data: magic, version, metadata, tensor directory, padding.
+    fn header(&self) -> Vec<u8> {
         let align = self.data_alignment();
         let pad = |len: u64| len.div_ceil(align) * align - len;
         let mut out = Vec::new();
@@ -142,17 +172,7 @@ impl GgufWriter {
         }
         let header_pad = pad(out.len() as u64) as usize;
         out.resize(out.len() + header_pad, 0);
-        for t in &self.tensors {
-            out.extend_from_slice(&t.data);
-            let p = pad(t.data.len() as u64) as usize;
-            out.resize(out.len() + p, 0);
-        }
         out
-    }
-
-    /// Writes the file to `path`.
-    pub fn write_to(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
-        std::fs::write(path, self.to_bytes())
     }
 }
 

@@ -401,3 +401,125 @@ mod tests {
         assert_eq!(QuantType::from_name("q5_k"), None);
     }
 }
+
+/// The types `kiln quantize` writes a GGUF file in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    /// Every matrix as f16 (quantized matrices decoded).
+    F16,
+    /// Float matrices as Q8_0.
+    Q8_0,
+    /// Float matrices as Q4_K, Q8_0 where rows do not fill 256-value blocks.
+    Q4K,
+}
+
+impl FileType {
+    /// Parses a command-line name; the error names the type and what can be written.
+    pub fn from_name(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(Self::F16),
+            "q8_0" => Ok(Self::Q8_0),
+            "q4_k" | "q4_k_m" => Ok(Self::Q4K),
+            other => Err(format!(
+                "`{other}`: kiln quantize writes f16, q8_0 or q4_k (it has no encoder for other types yet)"
+            )),
+        }
+    }
+
+    /// `general.file_type` as llama.cpp numbers it (`LLAMA_FTYPE_MOSTLY_*`).
+    fn ftype(self) -> u32 {
+        match self {
+            Self::F16 => 1,
+            Self::Q8_0 => 7,
+            Self::Q4K => 15,
+        }
+    }
+}
+
+/// What [`quantize_file`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileReport {
+    /// Tensors in the file.
+    pub tensors: usize,
+    /// Matrices written in the type asked for.
+    pub converted: usize,
+    /// Matrices written as Q8_0 because their rows do not fill Q4_K's blocks.
+    pub fallback_q8_0: usize,
+    /// Tensors copied as they were: vectors, matrices already quantized (for q8_0 and q4_k, as
+    /// `--quantize` on load), matrices already in the type, rows not a multiple of 32.
+    pub kept: usize,
+    /// Tensor bytes before.
+    pub bytes_before: u64,
+    /// Tensor bytes after.
+    pub bytes_after: u64,
+}
+
+/// A copy of `file` with its matrices in `to`, ready to write, and what was done. The
+/// metadata (architecture, tokenizer, chat template...) is copied, `general.file_type` set.
+/// `progress(done, total, name)` is called after each tensor.
+pub fn quantize_file(
+    file: &kiln_gguf::GgufFile,
+    to: FileType,
+    mut progress: impl FnMut(usize, usize, &str),
+) -> Result<(kiln_gguf::GgufWriter, FileReport), ModelError> {
+    let mut w = kiln_gguf::GgufWriter::new();
+    for (k, v) in file.metadata() {
+        if k != "general.file_type" {
+            w = w.metadata(k.clone(), v.clone());
+        }
+    }
+    w = w.metadata("general.file_type", kiln_gguf::Value::U32(to.ftype()));
+    let mut r = FileReport {
+        tensors: file.tensors().len(),
+        ..Default::default()
+    };
+    let total = file.tensors().len();
+    for (i, t) in file.tensors().iter().enumerate() {
+        let src = file.tensor_data(t);
+        r.bytes_before += src.len() as u64;
+        let cols = t.row_len();
+        let float = matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        let target = if t.dims.len() != 2 {
+            None
+        } else {
+            match to {
+                FileType::F16 if t.ty != GgmlType::F16 && t.ty.is_supported() => {
+                    Some(GgmlType::F16)
+                }
+                FileType::Q8_0 if float && cols % 32 == 0 => Some(GgmlType::Q8_0),
+                FileType::Q4K if float && cols % QK_K == 0 => Some(GgmlType::Q4_K),
+                FileType::Q4K if float && cols % 32 == 0 => Some(GgmlType::Q8_0),
+                _ => None,
+            }
+        };
+        let data = match target {
+            None => {
+                r.kept += 1;
+                src.to_vec()
+            }
+            Some(ty) => {
+                let mut x = vec![0f32; t.n_elements() as usize];
+                kiln_gguf::quant::dequantize(t.ty, src, &mut x).map_err(|e| {
+                    ModelError::Input(format!("tensor `{}` ({}): {e}", t.name, t.ty.name()))
+                })?;
+                if ty == GgmlType::Q8_0 && to == FileType::Q4K {
+                    r.fallback_q8_0 += 1;
+                } else {
+                    r.converted += 1;
+                }
+                match ty {
+                    GgmlType::F16 => x
+                        .iter()
+                        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                    GgmlType::Q8_0 => quantize_q8_0(&x),
+                    _ => quantize_q4_k(&x),
+                }
+            }
+        };
+        r.bytes_after += data.len() as u64;
+        w = w.tensor(t.name.clone(), &t.dims, target.unwrap_or(t.ty), data);
+        progress(i + 1, total, &t.name);
+    }
+    Ok((w, r))
+}

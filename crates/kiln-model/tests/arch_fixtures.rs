@@ -374,6 +374,73 @@ fn quantize_on_load() {
     }
 }
 
+/// `kiln quantize`'s function: each fixture's GGUF (f32 weights) written as f16, q8_0 and
+/// q4_k loads, says what it did, keeps the tokenizer and template, and stays within the
+/// bounds that quantizing on load meets against the float64 reference.
+#[test]
+fn quantized_files_load_and_agree_with_the_reference() {
+    use kiln_model::quantize::{quantize_file, FileType};
+    for (ty, tol) in [
+        (FileType::F16, 0.02),
+        (FileType::Q8_0, 0.3),
+        (FileType::Q4K, 1.5),
+    ] {
+        for arch in ["llama", "qwen2", "phi3"] {
+            let src = fixture(arch).join("model.gguf");
+            let f = kiln_gguf::GgufFile::open(&src).unwrap();
+            let mut calls = 0;
+            let (w, rep) = quantize_file(&f, ty, |done, total, _| {
+                calls += 1;
+                assert!(done <= total);
+            })
+            .unwrap();
+            assert_eq!(calls, f.tensors().len());
+            assert_eq!(rep.tensors, f.tensors().len());
+            assert!(
+                rep.converted + rep.fallback_q8_0 > 0,
+                "{arch} {ty:?}: {rep:?}"
+            );
+            assert_eq!(rep.converted + rep.fallback_q8_0 + rep.kept, rep.tensors);
+            assert!(rep.bytes_after < rep.bytes_before, "{arch} {ty:?}: {rep:?}");
+            let out = std::env::temp_dir().join(format!(
+                "kiln-quantize-{arch}-{ty:?}-{}.gguf",
+                std::process::id()
+            ));
+            w.write_to(&out).unwrap();
+            let g = kiln_gguf::GgufFile::open(&out).unwrap();
+            let want = match ty {
+                FileType::F16 => 1,
+                FileType::Q8_0 => 7,
+                FileType::Q4K => 15,
+            };
+            assert_eq!(g.get_u64("general.file_type").unwrap(), want);
+            drop(g);
+            let a = open(arch, Format::Gguf, false, None);
+            let b = load(&out, test_device(2), &LoadOptions::default()).unwrap();
+            let r = reference(arch);
+            // The same tokenizer and chat template.
+            for p in &r.prompts {
+                assert_eq!(
+                    a.tokenizer.encode(&p.text, true, true),
+                    b.tokenizer.encode(&p.text, true, true)
+                );
+            }
+            let msgs = [Message {
+                role: "user".into(),
+                content: "hi".into(),
+            }];
+            assert_eq!(
+                a.template.render(&msgs, true).unwrap(),
+                b.template.render(&msgs, true).unwrap()
+            );
+            let err = max_err(&all_logits(&b, &r.prompts), &ref_logits(arch, "base"));
+            eprintln!("{arch} {ty:?}: max |dlogit| = {err:.4} ({rep:?})");
+            assert!(err <= tol, "{arch} {ty:?}: {err} > {tol}");
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+}
+
 fn load_err(path: &Path, opts: &LoadOptions) -> String {
     match load(path, test_device(1), opts) {
         Ok(_) => panic!("{} loaded", path.display()),
