@@ -805,8 +805,14 @@ fn sse<S>(events: S) -> Response
 where
     S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
 {
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
+    // Proxies (nginx, which reads X-Accel-Buffering) must pass each event on as it comes.
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Sse::new(events).keep_alive(KeepAlive::default()),
+    )
         .into_response()
 }
 
