@@ -261,6 +261,8 @@ struct Seq {
     submitted: Instant,
     first_token: Option<f64>,
     cached: usize,
+    /// Whether the prefix cache's counters have seen this request (preemption admits again).
+    queried: bool,
     /// Set for a scoring request, which generates nothing.
     score: Option<Box<Scoring>>,
 }
@@ -332,6 +334,12 @@ pub struct EngineStats {
     pub model_seconds: f64,
     /// Seconds the engine's own work took in steps (scheduling, streaming), summed.
     pub host_seconds: f64,
+    /// Positions in a KV block.
+    pub block_size: usize,
+    /// Prompt tokens looked up in the prefix cache (at each request's first admission).
+    pub prefix_queried_tokens: u64,
+    /// Of those, tokens whose KV the cache held.
+    pub prefix_hit_tokens: u64,
 }
 
 /// The engine: owns the runner, the block pool and every sequence.
@@ -394,6 +402,7 @@ impl<R: Runner> Engine<R> {
             running: self.running.len(),
             blocks_used: self.blocks.used(),
             blocks_free: self.blocks.free_count(),
+            block_size: self.runner.block_size(),
             ..self.stats.clone()
         }
     }
@@ -460,6 +469,7 @@ impl<R: Runner> Engine<R> {
             max_len,
             submitted: Instant::now(),
             first_token: None,
+            queried: false,
             cached: 0,
             score: None,
         });
@@ -499,6 +509,7 @@ impl<R: Runner> Engine<R> {
             max_len: n,
             submitted: Instant::now(),
             first_token: None,
+            queried: false,
             cached: 0,
             score: Some(Box::new(Scoring {
                 from,
@@ -528,6 +539,7 @@ impl<R: Runner> Engine<R> {
                 Some(f) => (&seq.tokens[..f + 1], seq.end()),
                 None => (&seq.tokens[..], seq.tokens.len() + 1),
             };
+            let looked_up = prefix.len() as u64;
             match self.blocks.allocate(prefix, reserve) {
                 Ok((table, cached)) => {
                     let Some(mut seq) = self.waiting.pop_front() else {
@@ -536,6 +548,11 @@ impl<R: Runner> Engine<R> {
                     seq.table = table;
                     seq.computed = cached;
                     if seq.first_token.is_none() {
+                        if !seq.queried {
+                            seq.queried = true;
+                            self.stats.prefix_queried_tokens += looked_up;
+                            self.stats.prefix_hit_tokens += cached as u64;
+                        }
                         seq.cached = cached;
                     }
                     self.running.push(seq);

@@ -145,6 +145,7 @@ pub fn router(state: Shared) -> Router {
         .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/get_load", get(get_load))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -298,6 +299,25 @@ async fn health(State(st): State<Shared>) -> Response {
         "ready": true,
         "model": st.lm.as_ref().map(|l| l.id.clone()),
         "engine": st.lm.as_ref().map(|l| l.engine.stats()),
+    }))
+    .into_response()
+}
+
+/// The load a cache-aware router balances on: requests in flight, waiting, and the KV cache's
+/// use and prefix-cache counters.
+async fn get_load(State(st): State<Shared>) -> Response {
+    let Some(lm) = st.lm.as_ref() else {
+        return Json(json!({"load": 0, "running": 0, "waiting": 0})).into_response();
+    };
+    let s = lm.engine.stats();
+    let total = s.blocks_used + s.blocks_free;
+    Json(json!({
+        "load": s.running + s.waiting,
+        "running": s.running,
+        "waiting": s.waiting,
+        "kv_cache_usage": if total == 0 { 0.0 } else { s.blocks_used as f64 / total as f64 },
+        "prefix_cache_queries": s.prefix_queried_tokens,
+        "prefix_cache_hits": s.prefix_hit_tokens,
     }))
     .into_response()
 }
@@ -642,6 +662,12 @@ async fn generate(
             }
         }
         let completion: usize = choices.iter().map(|c| c.usage.completion_tokens).sum();
+        // Prompt tokens every choice took from the prefix cache.
+        let cached = choices
+            .iter()
+            .map(|c| c.usage.cached_tokens)
+            .min()
+            .unwrap_or(0);
         let tok = &lm.tokenizer;
         let out_choices: Vec<Value> = choices
             .iter()
@@ -677,6 +703,7 @@ async fn generate(
                 "prompt_tokens": prompt.len(),
                 "completion_tokens": completion,
                 "total_tokens": prompt.len() + completion,
+                "prompt_tokens_details": {"cached_tokens": cached},
             },
         });
         return Ok(Json(body).into_response());
@@ -704,6 +731,7 @@ async fn generate(
         _queued: Queued,
         left: usize,
         completion: usize,
+        cached: Option<usize>,
         started: Vec<bool>,
         done: bool,
         pending: std::collections::VecDeque<SseEvent>,
@@ -713,15 +741,17 @@ async fn generate(
         _queued: queued,
         left: n,
         completion: 0,
+        cached: None,
         started: vec![false; n],
         done: false,
         pending: Default::default(),
     };
-    let usage_chunk = move |completion: usize| -> SseEvent {
+    let usage_chunk = move |completion: usize, cached: usize| -> SseEvent {
         SseEvent::default().data(
             json!({"object": object, "choices": [], "usage": {
                     "prompt_tokens": prompt_len, "completion_tokens": completion,
-                    "total_tokens": prompt_len + completion}})
+                    "total_tokens": prompt_len + completion,
+                    "prompt_tokens_details": {"cached_tokens": cached}}})
             .to_string(),
         )
     };
@@ -738,7 +768,8 @@ async fn generate(
                 }
                 if s.left == 0 {
                     if include_usage {
-                        s.pending.push_back(usage_chunk(s.completion));
+                        s.pending
+                            .push_back(usage_chunk(s.completion, s.cached.unwrap_or(0)));
                     }
                     s.pending.push_back(SseEvent::default().data("[DONE]"));
                     s.done = true;
@@ -781,6 +812,10 @@ async fn generate(
                     }
                     Event::Done { reason, usage } => {
                         s.completion += usage.completion_tokens;
+                        s.cached = Some(
+                            s.cached
+                                .map_or(usage.cached_tokens, |c| c.min(usage.cached_tokens)),
+                        );
                         s.left -= 1;
                         s.pending.push_back(chunk(if chat {
                             json!({"index": i, "delta": {}, "finish_reason": finish_str(reason)})

@@ -176,6 +176,55 @@ impl Metrics {
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
             }
+            // The gauges the Gateway API Inference Extension's endpoint picker (and llm-d's)
+            // read from a model server, under vLLM's names.
+            let total = s.blocks_used + s.blocks_free;
+            let usage = if total == 0 {
+                0.0
+            } else {
+                s.blocks_used as f64 / total as f64
+            };
+            for (name, help, v) in [
+                (
+                    "vllm:num_requests_running",
+                    "Requests running (kiln's sequences running).",
+                    s.running as f64,
+                ),
+                (
+                    "vllm:num_requests_waiting",
+                    "Requests waiting for admission.",
+                    s.waiting as f64,
+                ),
+                (
+                    "vllm:kv_cache_usage_perc",
+                    "Fraction of the KV cache's blocks in use, 0 to 1.",
+                    usage,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP vllm:cache_config_info The KV cache's configuration.\n# TYPE vllm:cache_config_info gauge\nvllm:cache_config_info{{block_size=\"{}\",num_gpu_blocks=\"{total}\"}} 1",
+                s.block_size
+            );
+            for (name, help, v) in [
+                (
+                    "vllm:prefix_cache_queries_total",
+                    "Prompt tokens looked up in the prefix cache.",
+                    s.prefix_queried_tokens,
+                ),
+                (
+                    "vllm:prefix_cache_hits_total",
+                    "Prompt tokens found in the prefix cache.",
+                    s.prefix_hit_tokens,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                );
+            }
             for (name, help, v) in [
                 (
                     "kiln_engine_steps_total",
