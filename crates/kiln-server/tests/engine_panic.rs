@@ -8,25 +8,14 @@ use kiln_engine::{Engine, EngineConfig, EngineHandle};
 use kiln_model::chat::{ChatTemplate, CHATML};
 use kiln_model::tokenizer::Tokenizer;
 use kiln_server::{AppState, LoadedLm, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "../../kiln-engine/tests/support/panics.rs"]
 mod panics;
 use panics::Panics;
 
-async fn request(port: u16, head: &str, body: &str) -> String {
-    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!(
-        "{head} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    c.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
+#[path = "support/http.rs"]
+mod http;
+use http::request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_panic_fails_the_request_and_ends_serve_with_an_error() {

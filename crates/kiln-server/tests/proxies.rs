@@ -12,7 +12,6 @@ use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::Tokenizer;
 use kiln_model::ModelError;
 use kiln_server::{AppState, LoadedLm, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A runner that takes 50 ms a step and always answers token 300.
 struct Slow;
@@ -51,19 +50,9 @@ impl Runner for Slow {
     fn copy_block(&mut self, _: u32, _: u32) {}
 }
 
-async fn request(port: u16, head: &str, body: &str) -> String {
-    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!(
-        "{head} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    c.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
+#[path = "support/http.rs"]
+mod http;
+use http::request;
 
 fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
     let head = response.split("\r\n\r\n").next()?;
