@@ -726,8 +726,8 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
 // k_mvr<N>: each warp takes MVR_OUT(N) outputs (with their up rows for SwiGLU) and all N rows of
 // x, so a weight vector, converted from f16 once, serves N rows, and a piece of x read once
 // serves those outputs (4 up to 4 rows, 2 beyond). Two blocks of 256 threads fit on an SM
-// (__launch_bounds__(256, 2): at most 128 registers); with 4 outputs, 5 to 8 rows spilled, and
-// 2 outputs measured faster from 5 rows on. x is read through the L1 cache (no staging: any row
+// (__launch_bounds__(256, 2): at most 128 registers); with 4 outputs, 5 and 6 rows spilled, and
+// 2 outputs were faster at 6 rows and even at 5 (docs/PERF.md, "GPU kernels, second session"). x is read through the L1 cache (no staging: any row
 // length), normalised on the fly when `nw` is given. ks warps (1, 2, 4 or 8) share each group
 // of outputs, splitting its columns. Needs cols % 8 == 0.
 #define MVR_OUT(N) ((N) <= 4 ? 4 : 2)

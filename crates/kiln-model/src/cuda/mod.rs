@@ -194,6 +194,9 @@ pub struct CudaBackend {
     st: Mutex<St>,
 }
 
+/// Most arguments of a kernel launch (`launch_pdl` keeps their pointers on the stack).
+const MAX_ARGS: usize = 24;
+
 /// A kernel argument.
 enum A {
     P(u64),
@@ -436,15 +439,21 @@ impl CudaBackend {
         args: &[A],
     ) {
         use cudarc::driver::sys;
-        let mut params: Vec<*mut std::ffi::c_void> = args
-            .iter()
-            .map(|a| match a {
+        // On the stack: no allocation per launch (the attention kernels take 20 arguments, the most).
+        let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_ARGS];
+        assert!(
+            args.len() <= MAX_ARGS,
+            "a kernel with {} arguments",
+            args.len()
+        );
+        for (slot, a) in params.iter_mut().zip(args) {
+            *slot = match a {
                 A::P(p) => p as *const u64 as *mut std::ffi::c_void,
                 A::I(i) => i as *const i32 as *mut std::ffi::c_void,
                 A::L(l) => l as *const i64 as *mut std::ffi::c_void,
                 A::F(x) => x as *const f32 as *mut std::ffi::c_void,
-            })
-            .collect();
+            };
+        }
         // SAFETY: a plain C struct; the value union is read by the driver per `id`.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
