@@ -80,7 +80,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let config = EngineConfig {
         max_batch_tokens: if gpu {
             // Every prompt in one step (up to 16k tokens): the batch then decodes in lockstep.
-            (a.batch * a.prompt_tokens).clamp(chunk, 16_384) + a.batch
+            (a.batch * a.prompt_tokens).min(16_384).max(chunk) + a.batch
         } else {
             chunk + a.batch
         },

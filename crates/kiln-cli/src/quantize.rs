@@ -39,6 +39,12 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
             a.output.display()
         );
     }
+    if a.output.is_dir() {
+        bail!(
+            "{} is a folder: name the GGUF file to write",
+            a.output.display()
+        );
+    }
     let t0 = Instant::now();
     let file = kiln_gguf::GgufFile::open(&a.input)?;
     let bar = ProgressBar::new(file.tensors().len() as u64).with_style(
@@ -53,11 +59,18 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     let mut part = a.output.clone().into_os_string();
     part.push(".part");
     let part = PathBuf::from(part);
-    writer
+    let written = writer
         .write_to(&part)
-        .with_context(|| format!("writing {}", part.display()))?;
-    std::fs::rename(&part, &a.output)
-        .with_context(|| format!("renaming {} to {}", part.display(), a.output.display()))?;
+        .with_context(|| format!("writing {}", part.display()))
+        .and_then(|()| {
+            std::fs::rename(&part, &a.output)
+                .with_context(|| format!("renaming {} to {}", part.display(), a.output.display()))
+        });
+    if written.is_err() {
+        // Nothing half-written is left behind.
+        let _ = std::fs::remove_file(&part);
+    }
+    written?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "{} -> {} ({:?}): {} tensors, {} converted, {} as q8_0 (rows not a multiple of 256), {} kept; \

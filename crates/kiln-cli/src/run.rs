@@ -43,7 +43,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     // A token covers at least one byte of the prompt, and the chat template adds its own few:
     // the cache needs no more than this (the old single-sequence cache's size).
-    let positions = prompt.len() + TEMPLATE_ROOM + params.max_tokens;
+    let system = a.system.as_ref().map_or(0, String::len);
+    let positions = prompt
+        .len()
+        .saturating_add(system)
+        .saturating_add(TEMPLATE_ROOM)
+        .saturating_add(params.max_tokens);
     let lm = single(&a.model, a.json, Some(positions))?;
     let ids = if a.raw {
         lm.tokenizer.encode(&prompt, true, true)

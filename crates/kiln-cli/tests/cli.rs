@@ -273,5 +273,18 @@ fn quantize_writes_a_model_that_runs_and_refuses_what_it_cannot_do() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a folder"));
+    let out = kiln()
+        .args([
+            "quantize",
+            m.to_str().unwrap(),
+            dir.to_str().unwrap(),
+            "--type",
+            "f16",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name the GGUF file to write"));
+    assert!(!dir.join(".part").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

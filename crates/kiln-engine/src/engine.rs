@@ -342,6 +342,18 @@ pub struct EngineStats {
     pub prefix_hit_tokens: u64,
 }
 
+impl EngineStats {
+    /// Fraction of the KV cache's blocks in use, 0 to 1 (0 for a cache of no blocks).
+    pub fn kv_cache_usage(&self) -> f64 {
+        let total = self.blocks_used + self.blocks_free;
+        if total == 0 {
+            0.0
+        } else {
+            self.blocks_used as f64 / total as f64
+        }
+    }
+}
+
 /// The engine: owns the runner, the block pool and every sequence.
 pub struct Engine<R: Runner> {
     runner: R,

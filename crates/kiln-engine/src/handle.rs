@@ -64,10 +64,15 @@ impl EngineHandle {
                     if next.is_none() && !engine.has_work() {
                         open = false; // every handle is gone
                     }
+                    // Submissions taken this round leave `in_flight` only once the stats that
+                    // count them as waiting are published, so that a handle's check never
+                    // misses them (it may count them twice for a moment: a 429 then comes
+                    // early, never late).
+                    let mut taken = 0;
                     while let Some(cmd) = next {
                         match cmd {
                             Cmd::Submit(id, req, mut sink) => {
-                                in_flight.fetch_sub(1, Ordering::Relaxed);
+                                taken += 1;
                                 // Checked again against the queue as it is now; a refusal
                                 // reaches the caller through its sink.
                                 let waiting = engine.stats().waiting;
@@ -88,6 +93,12 @@ impl EngineHandle {
                             Cmd::Shutdown => open = false,
                         }
                         next = rx.try_recv().ok();
+                    }
+                    if taken > 0 {
+                        if let Ok(mut s) = st.lock() {
+                            *s = engine.stats();
+                        }
+                        in_flight.fetch_sub(taken, Ordering::Release);
                     }
                     if engine.has_work() {
                         // A failed step has already failed its sequences; carry on.
@@ -114,7 +125,10 @@ impl EngineHandle {
     /// async server's workers never block on a running step).
     /// Returns the request's id (for [`EngineHandle::cancel_waiting`]).
     pub fn submit(&self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
-        let waiting = self.stats().waiting + self.in_flight.load(Ordering::Relaxed);
+        // In flight first: once it no longer counts a request, the stats do (see the engine
+        // thread's loop).
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        let waiting = self.stats().waiting + in_flight;
         self.limits.check_request(&req, waiting)?;
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);

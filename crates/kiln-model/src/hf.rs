@@ -323,11 +323,10 @@ pub fn read_tokenizer(dir: &Path, config: &Value) -> Result<HfTokenizer, ModelEr
         &eos,
     )?;
     let jinja = dir.join("chat_template.jinja");
-    let config = dir.join("tokenizer_config.json");
     let chat_template_origin = if jinja.is_file() {
         jinja.display().to_string()
     } else {
-        format!("{}: chat_template", config.display())
+        format!("{}: chat_template", tc_path.display())
     };
     let chat_template = if jinja.is_file() {
         Some(

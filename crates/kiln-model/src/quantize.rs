@@ -419,7 +419,8 @@ impl FileType {
         match s.to_ascii_lowercase().as_str() {
             "f16" => Ok(Self::F16),
             "q8_0" => Ok(Self::Q8_0),
-            "q4_k" | "q4_k_m" => Ok(Self::Q4K),
+            // Not `q4_k_m`: llama.cpp's mix of that name keeps some matrices in Q6_K.
+            "q4_k" => Ok(Self::Q4K),
             other => Err(format!(
                 "`{other}`: kiln quantize writes f16, q8_0 or q4_k (it has no encoder for other types yet)"
             )),
@@ -431,7 +432,8 @@ impl FileType {
         match self {
             Self::F16 => 1,
             Self::Q8_0 => 7,
-            Self::Q4K => 15,
+            // MOSTLY_Q4_K_S: Q4_K, and Q8_0 where rows do not fill its blocks.
+            Self::Q4K => 14,
         }
     }
 }

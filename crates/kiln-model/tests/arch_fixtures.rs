@@ -411,7 +411,7 @@ fn quantized_files_load_and_agree_with_the_reference() {
             let want = match ty {
                 FileType::F16 => 1,
                 FileType::Q8_0 => 7,
-                FileType::Q4K => 15,
+                FileType::Q4K => 14,
             };
             assert_eq!(g.get_u64("general.file_type").unwrap(), want);
             drop(g);

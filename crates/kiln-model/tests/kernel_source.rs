@@ -92,3 +92,52 @@ fn the_check_catches_a_kernel_that_does_not_wait() {
     let src = "extern \"C\" __global__ void k_y(float *a) { pdl_enter(); a[0] = 1.0f; }";
     assert!(waits(functions(src, "__global__")[0].1, &[]));
 }
+
+/// The value of `#define NAME value` in `src`.
+fn define(src: &str, name: &str) -> String {
+    src.lines()
+        .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+        .unwrap_or_else(|| panic!("no #define {name}"))
+        .trim()
+        .to_string()
+}
+
+/// The value of `const NAME: usize = value;` in `src` (the first one after `after`).
+fn rust_const(src: &str, after: &str, name: &str) -> String {
+    let from = src.find(after).unwrap_or_else(|| panic!("no `{after}`"));
+    let pat = format!("const {name}: usize = ");
+    let at = from
+        + src[from..]
+            .find(&pat)
+            .unwrap_or_else(|| panic!("no const {name}"))
+        + pat.len();
+    src[at..].split(';').next().unwrap().trim().to_string()
+}
+
+/// The sampling buffers are sized on the host from copies of `sample.cu`'s layout: a drift
+/// would let the kernels write past them without an error.
+#[test]
+fn the_host_sizes_buffers_with_the_kernels_layouts() {
+    let cu = include_str!("../src/cuda/sample.cu");
+    let rs = include_str!("../src/cuda/mod.rs");
+    for (c, r) in [
+        ("SAMPLE_ROW_WORDS", "ROW"),
+        ("SAMPLE_PARTS", "PARTS"),
+        ("SAMPLE_INFO", "INFO"),
+        ("SAMPLE_CAP", "CAP"),
+    ] {
+        assert_eq!(
+            define(cu, c),
+            rust_const(rs, "fn sample(", r),
+            "{c} and {r}"
+        );
+    }
+    assert_eq!(
+        define(cu, "SAMPLE_TOP").parse::<usize>().unwrap(),
+        kiln_model::sample::MAX_TOP_LOGPROBS
+    );
+    // k_mvr's outputs per warp, used for its grid on the host.
+    let k = include_str!("../src/cuda/kernels.cu");
+    assert_eq!(define(k, "MVR_OUT(N)"), "((N) <= 4 ? 4 : 2)");
+    assert!(rs.contains("fn mvr_out(n: usize) -> usize {\n    if n <= 4 {\n        4\n    } else {\n        2\n    }"));
+}

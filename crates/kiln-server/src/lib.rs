@@ -306,16 +306,22 @@ async fn health(State(st): State<Shared>) -> Response {
 /// The load a cache-aware router balances on: requests in flight, waiting, and the KV cache's
 /// use and prefix-cache counters.
 async fn get_load(State(st): State<Shared>) -> Response {
-    let Some(lm) = st.lm.as_ref() else {
-        return Json(json!({"load": 0, "running": 0, "waiting": 0})).into_response();
+    // A server that cannot take work must not look idle to a least-load router.
+    let Some(lm) = st.lm.as_ref().filter(|l| !l.engine.has_failed()) else {
+        let why = if st.lm.is_some() {
+            "the engine thread stopped"
+        } else {
+            "no language model is loaded"
+        };
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why, Some("not_ready"))
+            .into_response();
     };
     let s = lm.engine.stats();
-    let total = s.blocks_used + s.blocks_free;
     Json(json!({
         "load": s.running + s.waiting,
         "running": s.running,
         "waiting": s.waiting,
-        "kv_cache_usage": if total == 0 { 0.0 } else { s.blocks_used as f64 / total as f64 },
+        "kv_cache_usage": s.kv_cache_usage(),
         "prefix_cache_queries": s.prefix_queried_tokens,
         "prefix_cache_hits": s.prefix_hit_tokens,
     }))

@@ -179,11 +179,7 @@ impl Metrics {
             // The gauges the Gateway API Inference Extension's endpoint picker (and llm-d's)
             // read from a model server, under vLLM's names.
             let total = s.blocks_used + s.blocks_free;
-            let usage = if total == 0 {
-                0.0
-            } else {
-                s.blocks_used as f64 / total as f64
-            };
+            let usage = s.kv_cache_usage();
             for (name, help, v) in [
                 (
                     "vllm:num_requests_running",

@@ -879,11 +879,17 @@ __device__ __forceinline__ u32 pack_h2(float lo, float hi) {
     return r;
 }
 
+// sm_80 and later (the backend sends k_mvt nothing on older devices, where this traps so that
+// the module still compiles for them).
 __device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
                  "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)

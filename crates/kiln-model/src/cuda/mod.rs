@@ -402,6 +402,12 @@ impl CudaBackend {
         smem: u32,
         args: &[A],
     ) {
+        // The same limit on both paths (launch_pdl keeps the arguments in an array of it).
+        assert!(
+            args.len() <= MAX_ARGS,
+            "a kernel with {} arguments",
+            args.len()
+        );
         if self.pdl {
             self.launch_pdl(f, grid, block, smem, args);
             return;
@@ -441,11 +447,6 @@ impl CudaBackend {
         use cudarc::driver::sys;
         // On the stack: no allocation per launch (the attention kernels take 20 arguments, the most).
         let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_ARGS];
-        assert!(
-            args.len() <= MAX_ARGS,
-            "a kernel with {} arguments",
-            args.len()
-        );
         for (slot, a) in params.iter_mut().zip(args) {
             *slot = match a {
                 A::P(p) => p as *const u64 as *mut std::ffi::c_void,
@@ -723,9 +724,6 @@ impl CudaBackend {
         deq
     }
 
-    /// Warps sharing one output's columns in the staged kernels (1, 2, 4 or 8): more until
-    /// the grid fills the GPU, keeping at least 24 16-byte chunks per warp. `units` is the
-    /// number of work items that take a group of warps each.
     /// k_mvt's warps per tile (`ks`) and blocks per tile (`splits`) for `tiles` tiles of 16
     /// outputs and `steps` steps of 32 columns: warps first, then blocks, until about two
     /// blocks per SM, with at least one step for each warp. Blocks share a tile only when
@@ -747,6 +745,9 @@ impl CudaBackend {
         (ks, splits)
     }
 
+    /// Warps sharing one output's columns in the staged kernels (1, 2, 4 or 8): more until
+    /// the grid fills the GPU, keeping at least 24 16-byte chunks per warp. `units` is the
+    /// number of work items that take a group of warps each.
     fn col_split(&self, units: usize, cols: usize) -> usize {
         let nvec = cols / 8;
         let mut ks = 1usize;

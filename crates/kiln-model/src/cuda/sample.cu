@@ -388,8 +388,11 @@ __device__ void top_logprobs_whole_row(const float *x, int width, int n, float l
 }
 
 // Whether candidate a comes before candidate b: larger value, then lower index.
+// On the keys (a total order, as the host's `total_cmp`), so that a NaN logit still leaves the
+// ranks a permutation (float compares would give it and the maximum the same rank).
 __device__ __forceinline__ bool before(float va, int ia, float vb, int ib) {
-    return va > vb || (va == vb && ia < ib);
+    const u32 ka = fkey(va), kb = fkey(vb);
+    return ka > kb || (ka == kb && ia < ib);
 }
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
