@@ -1,6 +1,7 @@
 """Serving benchmark: N concurrent streaming clients (the `openai` package) against a running
 `kiln serve`, like vLLM's serving benchmark. Reports aggregate generated tok/s, time to first
-token and inter-token latency (p50/p99) per concurrency and temperature, one JSON line each.
+token and inter-token latency (p50/p99) per concurrency and temperature, one JSON line each,
+with the round's window and the engine's own busy time over it (from /metrics).
 
 usage: python3 serve_bench.py --port 8080 [--streams 1,8,64,256] [--temperatures 0.7,0]
                               [--max-tokens 128] [--procs 8]
@@ -14,6 +15,7 @@ import json
 import multiprocessing as mp
 import statistics
 import time
+import urllib.request
 
 
 def pct(xs, q):
@@ -47,6 +49,24 @@ async def one(client, model, i, temp, max_tokens, start_at):
     ttft = stamps[0] - t0 if stamps else float("nan")
     itl = [b - a for a, b in zip(stamps, stamps[1:])]
     return tokens, ttft, itl, t0, stamps[-1] if stamps else t0
+
+
+def engine_counters(port):
+    """The engine's own clocks from /metrics: seconds in the model's passes, seconds of its
+    own host work, and steps, so that a round's window can be set against the engine's busy
+    time (what the clients wait on besides the engine shows as the difference)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    want = {"kiln_engine_model_seconds_total": "model_s", "kiln_engine_host_seconds_total": "host_s",
+            "kiln_engine_steps_total": "steps"}
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in want:
+            out[want[parts[0]]] = float(parts[1])
+    return out if len(out) == len(want) else None
 
 
 def worker(args):
@@ -87,13 +107,18 @@ def main():
                 procs = min(a.procs, n)
                 groups = [list(range(p, n, procs)) for p in range(procs)]
                 start_at = time.time() + 0.5
+                before = engine_counters(a.port)
                 res = [r for g in pool.map(worker, [(a.port, model, g, temp, a.max_tokens,
                                                      start_at) for g in groups]) for r in g]
+                after = engine_counters(a.port)
                 tokens = sum(r[0] for r in res)
                 t_begin = min(r[3] for r in res)
                 t_end = max(r[4] for r in res)
                 ttft = [r[1] for r in res]
                 itl = [x for r in res for x in r[2]]
+                engine = None
+                if before and after:
+                    engine = {k: round(after[k] - before[k], 4) for k in before}
                 print(json.dumps({
                     "streams": n, "temperature": temp, "max_tokens": a.max_tokens,
                     "tokens": tokens,
@@ -103,6 +128,8 @@ def main():
                     "itl_p50_ms": round(1e3 * pct(itl, 0.5), 3),
                     "itl_p99_ms": round(1e3 * pct(itl, 0.99), 3),
                     "itl_mean_ms": round(1e3 * statistics.fmean(itl), 3) if itl else None,
+                    "window_s": round(t_end - t_begin, 4),
+                    "engine": engine,
                 }), flush=True)
 
 

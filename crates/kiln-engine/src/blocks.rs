@@ -55,6 +55,14 @@ struct Cached {
 }
 
 /// Hash of a token prefix, chained block by block (FNV-1a over the previous hash and ids).
+/// How far [`BlockManager::register`] has gone along one block table: its first `blocks`
+/// blocks, whose chained hash is `hash`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Registered {
+    blocks: usize,
+    hash: u64,
+}
+
 pub fn chain_hash(prev: u64, tokens: &[u32]) -> u64 {
     let mut h = prev ^ 0xcbf2_9ce4_8422_2325;
     for &t in tokens {
@@ -201,12 +209,23 @@ impl BlockManager {
     }
 
     /// Records that the first `computed` positions of the sequence `tokens` are in the
-    /// cache, so its full blocks can be shared with later sequences.
-    pub fn register(&mut self, table: &[u32], tokens: &[u32], computed: usize) {
+    /// cache, so its full blocks can be shared with later sequences. `done` carries what
+    /// earlier calls for the same table registered (start from `Registered::default()` for a
+    /// new table), so each block is hashed once, not once per step.
+    pub fn register(
+        &mut self,
+        table: &[u32],
+        tokens: &[u32],
+        computed: usize,
+        done: &mut Registered,
+    ) {
         let bs = self.block_size;
         let full = (computed / bs).min(table.len());
-        let mut h = 0u64;
-        for i in 0..full {
+        if full <= done.blocks {
+            return;
+        }
+        let mut h = done.hash;
+        for i in done.blocks..full {
             h = chain_hash(h, &tokens[i * bs..(i + 1) * bs]);
             let b = table[i];
             if self.hash_of[b as usize].is_none() {
@@ -224,6 +243,10 @@ impl BlockManager {
                 self.cache.entry(h).or_insert(b);
             }
         }
+        *done = Registered {
+            blocks: full,
+            hash: h,
+        };
     }
 
     /// A second table sharing the first `len` positions of `table`: whole blocks are shared;
@@ -292,7 +315,7 @@ mod tests {
         let mut m = BlockManager::new(8, 4);
         let a: Vec<u32> = (0..10).collect();
         let (ta, _) = m.allocate(&a, 12).unwrap();
-        m.register(&ta, &a, 10);
+        m.register(&ta, &a, 10, &mut Registered::default());
         // Same first 8 tokens, then different.
         let mut b: Vec<u32> = (0..8).collect();
         b.extend([99, 98, 97]);
@@ -322,7 +345,7 @@ mod tests {
         let mut m = BlockManager::new(16, 4);
         let a: Vec<u32> = (0..9).collect();
         let (ta, _) = m.allocate(&a, 9).unwrap();
-        m.register(&ta, &a, 9);
+        m.register(&ta, &a, 9, &mut Registered::default());
         // What a collision would do: another prompt's hash leads to a's first block.
         let b: Vec<u32> = (100..109).collect();
         m.cache.insert(chain_hash(0, &b[..4]), ta[0]);
@@ -333,7 +356,7 @@ mod tests {
         let mut c = b[..4].to_vec();
         c.extend_from_slice(&a[4..9]);
         m.cache.remove(&chain_hash(0, &b[..4]));
-        m.register(&tb, &b, 8);
+        m.register(&tb, &b, 8, &mut Registered::default());
         let h = chain_hash(chain_hash(0, &c[..4]), &c[4..8]);
         m.cache.insert(h, ta[1]);
         let (tc, cached) = m.allocate(&c, 9).unwrap();
@@ -356,14 +379,14 @@ mod tests {
         let mut m = BlockManager::new(3, 2);
         let a = [1, 2, 3, 4, 5];
         let (ta, _) = m.allocate(&a[..4], 4).unwrap();
-        m.register(&ta, &a[..4], 4);
+        m.register(&ta, &a[..4], 4, &mut Registered::default());
         m.release(&ta);
         // Take the parent block for other contents, keeping the child cached; then make the
         // child reachable under the new parent, as a collision would.
         let (tx, _) = m.allocate(&[7], 1).unwrap();
         let (tb, _) = m.allocate(&[8], 1).unwrap();
         assert_eq!(tb, [ta[0]]);
-        m.register(&tb, &[3, 4], 2);
+        m.register(&tb, &[3, 4], 2, &mut Registered::default());
         m.release(&tx);
         m.release(&tb);
         let p = [3, 4, 3, 4, 9];

@@ -10,7 +10,7 @@ use kiln_model::tokenizer::{StreamDecoder, Tokenizer};
 use kiln_model::ModelError;
 use serde::Serialize;
 
-use crate::blocks::BlockManager;
+use crate::blocks::{BlockManager, Registered};
 use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
 use crate::score::{token_logprob, PromptScore, ScoreRequest, ScoreSink};
 
@@ -253,6 +253,8 @@ struct Seq {
     prompt_len: usize,
     computed: usize,
     table: Vec<u32>,
+    /// What the prefix cache has registered of `table`.
+    registered: Registered,
     sampler: RequestSampler,
     sink: Sink,
     decoder: StreamDecoder,
@@ -475,6 +477,7 @@ impl<R: Runner> Engine<R> {
             prompt_len: n,
             computed: 0,
             table: Vec::new(),
+            registered: Registered::default(),
             sink,
             decoder: StreamDecoder::new(),
             held: String::new(),
@@ -515,6 +518,7 @@ impl<R: Runner> Engine<R> {
             prompt_len: n,
             computed: 0,
             table: Vec::new(),
+            registered: Registered::default(),
             sink: Box::new(|_| true),
             decoder: StreamDecoder::new(),
             held: String::new(),
@@ -558,6 +562,7 @@ impl<R: Runner> Engine<R> {
                         break;
                     };
                     seq.table = table;
+                    seq.registered = Registered::default();
                     seq.computed = cached;
                     if seq.first_token.is_none() {
                         if !seq.queried {
@@ -805,7 +810,8 @@ impl<R: Runner> Engine<R> {
                 seq.record_logprobs(rows, n, vocab);
             }
             seq.computed += n;
-            self.blocks.register(&seq.table, &seq.tokens, seq.computed);
+            self.blocks
+                .register(&seq.table, &seq.tokens, seq.computed, &mut seq.registered);
             if seq.score.is_some() {
                 if seq.computed == seq.end() {
                     done.push((idx, FinishReason::Stop));

@@ -317,15 +317,24 @@ fn rope_and_paged_attention_prefill_then_decode() {
     // The CPU also rounds queries and probabilities to f16, as llama.cpp does.
     let tol = if gpu { 2e-4 } else { 5e-3 };
     let mut rng = Rng(777);
-    for (heads, kv_heads, hd, rd, style) in [
-        (6usize, 2usize, 40usize, 40usize, RopeStyle::Halves),
-        (4, 4, 24, 12, RopeStyle::Interleaved),
+    // On a GPU, decode steps of grouped heads take k_attn_gqa (group 3 with split positions;
+    // group 7, more heads than warps, with short prompts in one split), the others k_attn.
+    for (heads, kv_heads, hd, rd, style, lens) in [
+        (
+            6usize,
+            2usize,
+            40usize,
+            40usize,
+            RopeStyle::Halves,
+            [3usize, 150usize],
+        ),
+        (4, 4, 24, 12, RopeStyle::Interleaved, [3, 150]),
+        (14, 2, 64, 64, RopeStyle::Halves, [5, 40]),
     ] {
         let c = cfg(heads, kv_heads, hd, rd, style);
         let (dim, kvd) = (c.dim, c.kv_dim());
-        // Two sequences, scrambled block tables; prompts of 3 and 150 tokens, then one token each.
+        // Two sequences, scrambled block tables; prompts of `lens` tokens, then one token each.
         let tables: [Vec<u32>; 2] = [vec![9, 4], vec![3, 0, 7, 1, 8, 2, 5, 6, 10, 11, 12]];
-        let lens = [3usize, 150];
         let mut pool = b.kv_pool(&c, 13, kiln_model::KV_BLOCK).unwrap();
         let mut keys: Vec<Vec<Vec<f32>>> = vec![Vec::new(), Vec::new()];
         let mut vals: Vec<Vec<Vec<f32>>> = vec![Vec::new(), Vec::new()];
@@ -405,6 +414,89 @@ fn rope_and_paged_attention_prefill_then_decode() {
                 "heads {heads}/{kv_heads}, hd {hd}, step {step}: relative error {e:.2e}"
             );
         }
+    }
+}
+
+/// Decode attention over many rows at once (on a GPU the rows' KV heads fill it, so grouped
+/// heads take k_attn_gqa): 200 sequences of 1 to 90 cached positions, then one query each,
+/// against the reference over each sequence's keys and values.
+#[test]
+fn decode_attention_of_many_rows() {
+    let (b, gpu) = device();
+    let tol = if gpu { 2e-4 } else { 5e-3 };
+    let mut rng = Rng(4242);
+    let c = cfg(14, 2, 64, 64, RopeStyle::Halves);
+    let (dim, kvd, bs) = (c.dim, c.kv_dim(), kiln_model::KV_BLOCK);
+    let lens: Vec<usize> = (0..200).map(|i| 1 + (i * 37) % 90).collect();
+    // Block tables handed out in an order that is not the sequences'.
+    let mut next = 0u32;
+    let tables: Vec<Vec<u32>> = lens
+        .iter()
+        .map(|&l| {
+            (0..(l + 1).div_ceil(bs))
+                .map(|_| {
+                    next += 1;
+                    next - 1
+                })
+                .rev()
+                .collect()
+        })
+        .collect();
+    let mut pool = b.kv_pool(&c, next as usize, bs).unwrap();
+    let mut keys: Vec<Vec<Vec<f32>>> = vec![Vec::new(); lens.len()];
+    let mut vals: Vec<Vec<Vec<f32>>> = vec![Vec::new(); lens.len()];
+    for step in 0..2 {
+        let counts: Vec<usize> = if step == 0 {
+            lens.clone()
+        } else {
+            vec![1; lens.len()]
+        };
+        let n: usize = counts.iter().sum();
+        let mut seqs = Vec::new();
+        let mut row0 = 0;
+        for (s, &cnt) in counts.iter().enumerate() {
+            seqs.push(PagedSeq {
+                row0,
+                n: cnt,
+                pos0: if step == 0 { 0 } else { lens[s] },
+                blocks: &tables[s],
+            });
+            row0 += cnt;
+        }
+        let (q, k, v) = (rng.vec(n * dim), rng.vec(n * kvd), rng.vec(n * kvd));
+        begin(&b, &c, n, &seqs, &[]);
+        let (qa, ka, va) = (upload(&b, &q), upload(&b, &k), upload(&b, &v));
+        let mut out = b.act(n * dim).unwrap();
+        b.attention(&c, &mut pool, 0, &qa, &ka, &va, &seqs, &mut out);
+        let got = read(&b, &out, n * dim);
+        for (s, sq) in seqs.iter().enumerate() {
+            for t in 0..sq.n {
+                let row = sq.row0 + t;
+                keys[s].push(k[row * kvd..(row + 1) * kvd].to_vec());
+                vals[s].push(v[row * kvd..(row + 1) * kvd].to_vec());
+            }
+        }
+        if step == 0 {
+            continue; // the prompts' attention is the other test's
+        }
+        let mut want = Vec::new();
+        for (s, sq) in seqs.iter().enumerate() {
+            let row = sq.row0;
+            ref_attention(
+                &c,
+                &q[row * dim..(row + 1) * dim],
+                &keys[s],
+                &vals[s],
+                sq.pos0,
+                &mut want,
+            );
+        }
+        let e = rel(&got, &want);
+        assert!(
+            e < tol,
+            "decode of {} rows: relative error {e:.2e}",
+            lens.len()
+        );
     }
 }
 

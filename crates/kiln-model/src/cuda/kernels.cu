@@ -286,10 +286,12 @@ k_mv(const u16 *W, const float *bias, int outs, int cols, const float *x, int n,
 
 // ---- rotary embedding and the KV cache -------------------------------------------------------
 
-// The rotated value of element d (of a head of hd values, the first rd rotated) at position pos.
+// The rotated value of element d (of a head of hd values, the first rd rotated) at position pos,
+// with the bias hb (when given) added first.
 __device__ __forceinline__ float rope_at(const float *h, int d, int rd, int interleaved,
-                                         const float *inv_freq, float pos) {
-    if (d >= rd) return h[d];
+                                         const float *inv_freq, float pos,
+                                         const float *hb = nullptr) {
+    if (d >= rd) return h[d] + (hb ? hb[d] : 0.0f);
     int i, a, b;
     bool first;
     if (interleaved) {
@@ -301,6 +303,7 @@ __device__ __forceinline__ float rope_at(const float *h, int d, int rd, int inte
     float s, c;
     sincosf(pos * inv_freq[i], &s, &c);
     float x0 = h[a], x1 = h[b];
+    if (hb) { x0 += hb[a]; x1 += hb[b]; }
     return first ? x0 * c - x1 * s : x0 * s + x1 * c;
 }
 
@@ -311,11 +314,14 @@ __device__ __forceinline__ size_t kv_slot(const Meta &m, int row, int layer, int
     return ((((size_t)blk * n_layers + layer) * 2 + which) * bs + pos % bs) * kvd;
 }
 
-// Writes each row's k (rotated when rope_k) and v into the pool at the row's position.
+// Writes each row's k (rotated when rope_k) and v into the pool at the row's position. With
+// `bias` (q | k | v, the fused projection's), adds it to k and v on the way and to the row's
+// q_width values of q in place, for the attention kernel that follows.
 extern "C" __global__ void k_kv_write(const float *k, int k_stride, const float *v, int v_stride,
                                       const u32 *meta, int max_t, u16 *pool, int layer,
                                       int n_layers, int bs, int kvd, int hd, int rd,
-                                      int interleaved, const float *inv_freq, int rope_k) {
+                                      int interleaved, const float *inv_freq, int rope_k,
+                                      float *q, int q_stride, int q_width, const float *bias) {
     pdl_enter();
     Meta m = meta_at(meta, max_t);
     int row = blockIdx.x;
@@ -324,11 +330,19 @@ extern "C" __global__ void k_kv_write(const float *k, int k_stride, const float 
     const float *vr = v + (size_t)row * v_stride;
     u16 *kd = pool + kv_slot(m, row, layer, n_layers, bs, kvd, 0, pos);
     u16 *vd = pool + kv_slot(m, row, layer, n_layers, bs, kvd, 1, pos);
+    const float *kb = bias ? bias + q_width : nullptr;
+    const float *vb = bias ? bias + q_width + kvd : nullptr;
     for (int e = threadIdx.x; e < kvd; e += blockDim.x) {
         int h = e / hd, d = e % hd;
-        float kv = rope_k ? rope_at(kr + h * hd, d, rd, interleaved, inv_freq, (float)pos) : kr[e];
+        float kv = rope_k ? rope_at(kr + h * hd, d, rd, interleaved, inv_freq, (float)pos,
+                                    kb ? kb + h * hd : nullptr)
+                          : kr[e] + (kb ? kb[e] : 0.0f);
         kd[e] = f2h(kv);
-        vd[e] = f2h(vr[e]);
+        vd[e] = f2h(vr[e] + (vb ? vb[e] : 0.0f));
+    }
+    if (bias) {
+        float *qr = q + (size_t)row * q_stride;
+        for (int e = threadIdx.x; e < q_width; e += blockDim.x) qr[e] += bias[e];
     }
 }
 
@@ -354,6 +368,13 @@ extern "C" __global__ void k_rope(float *x, int stride, int heads, const u32 *me
 
 // ---- attention over the paged cache ----------------------------------------------------------
 //
+// Each attention kernel writes its output as f32 to `out`, or, when `out_h` is given, as f16 to
+// `out_h` (same layout), the input of the output projection's matrix product.
+__device__ __forceinline__ void put_out(float *out, u16 *out_h, size_t i, float v) {
+    if (out_h) out_h[i] = f2h(v);
+    else out[i] = v;
+}
+//
 // Grid (heads, rows, splits), ATT_T threads. Each block takes one split of the row's positions
 // 0..=pos with an online softmax; with one split it writes the output, else a partial (max, sum,
 // weighted values) that k_attn_combine merges.
@@ -364,7 +385,7 @@ extern "C" __global__ void __launch_bounds__(ATT_T)
 k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
        int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
        const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
-       float *part) {
+       float *part, u16 *out_h) {
     pdl_enter();
     __shared__ float qs[MAX_HD];
     __shared__ float p[ATT_T];
@@ -462,9 +483,9 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
     if (g != 0 || d0 >= hd) return;
     if (splits == 1) {
         float il = l > 0.0f ? 1.0f / l : 0.0f;
-        float *o = out + (size_t)row * out_stride + h * hd;
-        o[d0] = acc0 * il;
-        if (d1 < hd) o[d1] = acc1 * il;
+        size_t o = (size_t)row * out_stride + h * hd;
+        put_out(out, out_h, o + d0, acc0 * il);
+        if (d1 < hd) put_out(out, out_h, o + d1, acc1 * il);
     } else {
         size_t pi = ((size_t)row * n_heads + h) * splits + sp;
         float *pp = part + pi * (hd + 2);
@@ -474,8 +495,156 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
     }
 }
 
+// Decode attention, one block per (KV head, row, split) for all the query heads that share the
+// KV head (grouped-query attention): keys and values are staged once in shared memory, GQ_TK
+// positions at a time (the next tile's loads in flight while one is used), and read by every
+// head of the group, where k_attn reads them once per query head. Same arguments, partials and
+// output as k_attn; grid (n_kv_heads, rows, splits). Needs hd % 8 == 0, hd <= GQ_HD, a group of
+// at most GQ_MAXG and group * hd <= GQ_T * GQ_ACC (CudaBackend's gqa_ok).
+#define GQ_T 128
+#define GQ_TK 32
+#define GQ_HD 128
+#define GQ_ACC 8
+#define GQ_MAXG 16
+#define GQ_V (GQ_TK * GQ_HD / 8 / GQ_T)
+
+extern "C" __global__ void __launch_bounds__(GQ_T, 4)
+k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
+           int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
+           const float *inv_freq, int rope_q, float scale, int splits, float *out,
+           int out_stride, float *part, u16 *out_h) {
+    pdl_enter();
+    // Rows of keys and values padded by 8 halves, so that the lanes of a warp reading one row
+    // each (16 bytes at the same column) fall in different banks.
+    __shared__ __align__(16) u16 ks[GQ_TK][GQ_HD + 8];
+    __shared__ __align__(16) u16 vs[GQ_TK][GQ_HD + 8];
+    __shared__ float qs[GQ_MAXG * GQ_HD];
+    __shared__ float ps[GQ_MAXG][GQ_TK];
+    __shared__ float corr_s[GQ_MAXG], mx_s[GQ_MAXG], l_s[GQ_MAXG];
+    Meta m = meta_at(meta, max_t);
+    const int kvh = blockIdx.x, row = blockIdx.y, sp = blockIdx.z;
+    const int group = n_heads / n_kv_heads;
+    const int kvd = n_kv_heads * hd;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const u32 pos = m.row_pos[row];
+    const int len = (int)pos + 1;
+    const int chunk = (len + splits - 1) / splits;
+    const int start = sp * chunk, end = min(len, start + chunk);
+    const u32 *bt = m.blocks + m.seq_blk[m.row_seq[row]];
+    const int vecs = hd / 8;
+    // A tile's keys and values, GQ_V 16-byte pieces of each per thread.
+    uint4 kreg[GQ_V], vreg[GQ_V];
+#define GQ_FETCH(T0)                                                                         \
+    do {                                                                                     \
+        const int n16 = min(GQ_TK, end - (T0)) * vecs;                                       \
+        _Pragma("unroll") for (int i = 0; i < GQ_V; i++) {                                   \
+            int e = threadIdx.x + i * GQ_T;                                                  \
+            if (e < n16) {                                                                   \
+                int t = (T0) + e / vecs, c = e % vecs;                                       \
+                size_t kb = ((((size_t)bt[t / bs] * n_layers + layer) * 2) * bs + t % bs) *  \
+                                kvd + kvh * hd;                                              \
+                kreg[i] = ((const uint4 *)(pool + kb))[c];                                   \
+                vreg[i] = ((const uint4 *)(pool + kb + (size_t)bs * kvd))[c];                \
+            }                                                                                \
+        }                                                                                    \
+    } while (0)
+    if (start < end) GQ_FETCH(start);
+    const float *qr = q + (size_t)row * q_stride + (size_t)kvh * group * hd;
+    for (int e = threadIdx.x; e < group * hd; e += GQ_T) {
+        int g = e / hd, d = e % hd;
+        qs[e] = (rope_q ? rope_at(qr + g * hd, d, rd, interleaved, inv_freq, (float)pos)
+                        : qr[e]) * scale;
+    }
+    // Softmax state of head g, kept by warp g % 4 (lane-uniform).
+    float mx[GQ_MAXG / 4], l[GQ_MAXG / 4];
+#pragma unroll
+    for (int i = 0; i < GQ_MAXG / 4; i++) { mx[i] = (-INFINITY); l[i] = 0.0f; }
+    // Outputs (g, d) = tid, tid + GQ_T, ... of the group's heads; og < 0 past the last.
+    float acc[GQ_ACC];
+    int og[GQ_ACC], od[GQ_ACC];
+#pragma unroll
+    for (int i = 0; i < GQ_ACC; i++) {
+        int o = threadIdx.x + i * GQ_T;
+        acc[i] = 0.0f;
+        og[i] = o < group * hd ? o / hd : -1;
+        od[i] = o % hd;
+    }
+    for (int t0 = start; t0 < end; t0 += GQ_TK) {
+        const int cnt = min(GQ_TK, end - t0);
+        __syncthreads();  // the previous tile's readers are done (and qs is written)
+#pragma unroll
+        for (int i = 0; i < GQ_V; i++) {
+            int e = threadIdx.x + i * GQ_T;
+            if (e < cnt * vecs) {
+                int j = e / vecs, c = e % vecs;
+                *(uint4 *)&ks[j][8 * c] = kreg[i];
+                *(uint4 *)&vs[j][8 * c] = vreg[i];
+            }
+        }
+        __syncthreads();
+        if (t0 + GQ_TK < end) GQ_FETCH(t0 + GQ_TK);
+        // Scores: warp w takes heads w, w + 4, ...; lane j position t0 + j.
+#pragma unroll
+        for (int gi = 0; gi < GQ_MAXG / 4; gi++) {
+            const int g = w + 4 * gi;
+            if (g >= group) continue;
+            float s = (-INFINITY);
+            if (lane < cnt) {
+                const float *qg = qs + g * hd;
+                float d0 = 0.0f, d1 = 0.0f;
+                for (int c = 0; c < vecs; c++) {
+                    uint4 kk = *(const uint4 *)&ks[lane][8 * c];
+                    float a, b;
+                    h2f2(kk.x, a, b); d0 += a * qg[8 * c] + b * qg[8 * c + 1];
+                    h2f2(kk.y, a, b); d1 += a * qg[8 * c + 2] + b * qg[8 * c + 3];
+                    h2f2(kk.z, a, b); d0 += a * qg[8 * c + 4] + b * qg[8 * c + 5];
+                    h2f2(kk.w, a, b); d1 += a * qg[8 * c + 6] + b * qg[8 * c + 7];
+                }
+                s = d0 + d1;
+            }
+            float nmx = fmaxf(mx[gi], warp_max(s));
+            float e = lane < cnt ? expf(s - nmx) : 0.0f;
+            float c = mx[gi] == (-INFINITY) ? 0.0f : expf(mx[gi] - nmx);
+            l[gi] = l[gi] * c + warp_sum(e);
+            mx[gi] = nmx;
+            ps[g][lane] = e;
+            if (lane == 0) corr_s[g] = c;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < GQ_ACC; i++)
+            if (og[i] >= 0) acc[i] *= corr_s[og[i]];
+        for (int j = 0; j < cnt; j++) {
+#pragma unroll
+            for (int i = 0; i < GQ_ACC; i++)
+                if (og[i] >= 0) acc[i] += ps[og[i]][j] * h2f(vs[j][od[i]]);
+        }
+    }
+#pragma unroll
+    for (int gi = 0; gi < GQ_MAXG / 4; gi++) {
+        const int g = w + 4 * gi;
+        if (g < group && lane == 0) { mx_s[g] = mx[gi]; l_s[g] = l[gi]; }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < GQ_ACC; i++) {
+        const int g = og[i], d = od[i];
+        if (g < 0) continue;
+        int h = kvh * group + g;
+        if (splits == 1) {
+            float il = l_s[g] > 0.0f ? 1.0f / l_s[g] : 0.0f;
+            put_out(out, out_h, (size_t)row * out_stride + h * hd + d, acc[i] * il);
+        } else {
+            size_t pi = ((size_t)row * n_heads + h) * splits + sp;
+            float *pp = part + pi * (hd + 2);
+            if (d == 0) { pp[0] = mx_s[g]; pp[1] = l_s[g]; }
+            pp[2 + d] = acc[i];
+        }
+    }
+}
+
 extern "C" __global__ void k_attn_combine(const float *part, int n_heads, int hd, int splits,
-                                          float *out, int out_stride) {
+                                          float *out, int out_stride, u16 *out_h) {
     pdl_enter();
     int h = blockIdx.x, row = blockIdx.y;
     const float *pp = part + ((size_t)row * n_heads + h) * splits * (hd + 2);
@@ -493,7 +662,7 @@ extern "C" __global__ void k_attn_combine(const float *part, int n_heads, int hd
             float ms = pp[s * (hd + 2)];
             if (ms != (-INFINITY)) a += pp[s * (hd + 2) + 2 + d] * expf(ms - mx);
         }
-        out[(size_t)row * out_stride + h * hd + d] = a * il;
+        put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
     }
 }
 
@@ -511,7 +680,7 @@ extern "C" __global__ void __launch_bounds__(128)
 k_attn_tile(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
             int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
             const float *inv_freq, int rope_q, float scale, const u32 *tiles, float *out,
-            int out_stride) {
+            int out_stride, u16 *out_h) {
     pdl_enter();
     extern __shared__ float4 sm4[];
     float *sm = (float *)sm4;
@@ -608,10 +777,10 @@ k_attn_tile(const float *q, int q_stride, const u16 *pool, const u32 *meta, int 
     }
     if (live) {
         float il = l > 0.0f ? 1.0f / l : 0.0f;
-        float *o = out + (size_t)(row0 + r) * out_stride + h * hd + d0;
+        size_t o = (size_t)(row0 + r) * out_stride + h * hd + d0;
 #pragma unroll
         for (int k = 0; k < 32; k++)
-            if (k < dq) o[k] = acc[k] * il;
+            if (k < dq) put_out(out, out_h, o + k, acc[k] * il);
     }
 }
 

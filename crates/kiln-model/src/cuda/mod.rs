@@ -122,6 +122,8 @@ struct Kernels {
     kv_write: CudaFunction,
     rope: CudaFunction,
     attn: CudaFunction,
+    /// Decode attention for grouped-query heads: one block per KV head.
+    attn_gqa: CudaFunction,
     attn_tile: CudaFunction,
     combine: CudaFunction,
 }
@@ -144,6 +146,8 @@ struct St {
     inv_freq: Option<CudaSlice<f32>>,
     rope_key: (usize, u32),
     splits: usize,
+    /// This pass's decode attention runs k_attn_gqa (one block per KV head).
+    gqa_pass: bool,
     tiles: Option<CudaSlice<u32>>,
     deq: Option<CudaSlice<u16>>,
     am_val: Option<CudaSlice<f32>>,
@@ -187,11 +191,26 @@ pub struct CudaBackend {
     pdl: bool,
     /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later; `KILN_CUDA_MVT=0`: k_mvr).
     mvt: bool,
+    /// Decode attention through k_attn_gqa where the heads allow it and the rows fill the GPU
+    /// (`KILN_CUDA_GQA=0`: k_attn only; `=all`: k_attn_gqa at any number of rows).
+    gqa: Gqa,
     /// k_mvt's sums of blocks that share a tile, and its per-tile counters (zero between
     /// launches: the last block of a tile resets its own).
     mvt_ws: CudaSlice<f32>,
     mvt_cnt: CudaSlice<u32>,
     st: Mutex<St>,
+}
+
+/// When decode attention takes k_attn_gqa (one block per KV head and row) over k_attn (one
+/// per query head and row).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gqa {
+    Off,
+    /// When the KV heads of the rows make at least two blocks per SM: with fewer, k_attn's
+    /// blocks per query head finish sooner (H200, Qwen2.5-0.5B shape: k_attn_gqa at every row
+    /// count made 1 to 64 rows 7 to 9% slower and 256 rows 13% faster).
+    Filled,
+    All,
 }
 
 /// Most arguments of a kernel launch (`launch_pdl` keeps their pointers on the stack).
@@ -295,6 +314,7 @@ impl CudaBackend {
             kv_write: f("k_kv_write")?,
             rope: f("k_rope")?,
             attn: f("k_attn")?,
+            attn_gqa: f("k_attn_gqa")?,
             attn_tile: f("k_attn_tile")?,
             combine: f("k_attn_combine")?,
         };
@@ -349,6 +369,11 @@ impl CudaBackend {
             mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
             pdl: major >= 9 && !env_off("KILN_CUDA_PDL"),
             mvt: major >= 8 && !env_off("KILN_CUDA_MVT"),
+            gqa: match std::env::var("KILN_CUDA_GQA").as_deref() {
+                Ok("0") => Gqa::Off,
+                Ok("all") => Gqa::All,
+                _ => Gqa::Filled,
+            },
             mvt_ws,
             mvt_cnt,
             st: Mutex::new(St::default()),
@@ -519,6 +544,8 @@ impl CudaBackend {
 
     /// `out (mode) = W x` over `n` rows; `x_ptr` rows of `w.cols` values. Modes: 0 store,
     /// 1 accumulate, 2 SwiGLU of the two stacked halves. `norm`: RMSNorm x first.
+    /// `bias_later`: on the matrix-unit path (more than MV_ROWS rows), leave the bias for the
+    /// caller to add (k_kv_write does, for the fused q|k|v projection).
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
@@ -529,6 +556,7 @@ impl CudaBackend {
         out_ptr: u64,
         out_stride: usize,
         mode: i32,
+        bias_later: bool,
     ) {
         let outs = if mode == 2 { w.rows / 2 } else { w.rows };
         let bias = w.bias.as_ref().map_or(0, |b| self.p(b));
@@ -675,7 +703,7 @@ impl CudaBackend {
             _ => (big, w.rows, 0.0f32),
         };
         self.gemm(w, xh, n, dst, ld, beta);
-        if bias != 0 && mode != 2 {
+        if bias != 0 && mode != 2 && !bias_later {
             self.launch(
                 &self.k.add_bias,
                 (outs.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
@@ -788,6 +816,25 @@ impl CudaBackend {
         self.note("cuBLAS gemm", r);
     }
 
+    /// `out[n][w.rows] += W . x_h (+ bias)` with x already f16 in the scratch `xh`.
+    fn gemm_xh(&self, w: &CudaMat, xh: u64, n: usize, out: u64, ld: usize) {
+        self.gemm(w, xh, n, out, ld, 1.0);
+        if let Some(b) = &w.bias {
+            self.launch(
+                &self.k.add_bias,
+                (w.rows.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
+                256,
+                &[
+                    A::P(out),
+                    A::P(self.p(b)),
+                    A::I(n as i32),
+                    A::I(w.rows as i32),
+                    A::I(ld as i32),
+                ],
+            );
+        }
+    }
+
     /// Writes k, v into the pool and attends; q, k, v are rows of the given strides.
     #[allow(clippy::too_many_arguments)]
     fn attend(
@@ -800,13 +847,16 @@ impl CudaBackend {
         (k, ks): (u64, usize),
         (v, vs): (u64, usize),
         rope: bool,
+        qkv_bias: u64,
         out: u64,
+        out_h: u64,
     ) {
         let (meta, max_t) = self.meta();
-        let (splits, inv_freq, part, tiles, n_tiles) = {
+        let (splits, gqa, inv_freq, part, tiles, n_tiles) = {
             let st = self.st();
             (
                 st.splits.max(1),
+                st.gqa_pass,
                 st.inv_freq.as_ref().map_or(0, |b| self.p(b)),
                 st.part.as_ref().map_or(0, |b| self.p(b)),
                 st.tiles.as_ref().map_or(0, |b| self.p(b)),
@@ -838,6 +888,10 @@ impl CudaBackend {
             A::I(il),
             A::P(inv_freq),
             A::I(i32::from(rope)),
+            A::P(q),
+            A::I(qs as i32),
+            A::I(cfg.dim as i32),
+            A::P(qkv_bias),
         ]);
         self.launch(&self.k.kv_write, (n as u32, 1, 1), 128, &a);
         let mut a = vec![
@@ -859,7 +913,7 @@ impl CudaBackend {
             A::F(1.0 / (cfg.head_dim as f32).sqrt()),
         ]);
         if n_tiles > 0 && tile_ok(cfg.head_dim) {
-            a.extend([A::P(tiles), A::P(out), A::I(cfg.dim as i32)]);
+            a.extend([A::P(tiles), A::P(out), A::I(cfg.dim as i32), A::P(out_h)]);
             self.launch_smem(
                 &self.k.attn_tile,
                 (cfg.n_heads as u32, n_tiles as u32, 1),
@@ -874,13 +928,23 @@ impl CudaBackend {
             A::P(out),
             A::I(cfg.dim as i32),
             A::P(part),
+            A::P(out_h),
         ]);
-        self.launch(
-            &self.k.attn,
-            (cfg.n_heads as u32, n as u32, splits as u32),
-            ATT_T,
-            &a,
-        );
+        if gqa {
+            self.launch(
+                &self.k.attn_gqa,
+                (cfg.n_kv_heads as u32, n as u32, splits as u32),
+                128,
+                &a,
+            );
+        } else {
+            self.launch(
+                &self.k.attn,
+                (cfg.n_heads as u32, n as u32, splits as u32),
+                ATT_T,
+                &a,
+            );
+        }
         if splits > 1 {
             self.launch(
                 &self.k.combine,
@@ -893,6 +957,7 @@ impl CudaBackend {
                     A::I(splits as i32),
                     A::P(out),
                     A::I(cfg.dim as i32),
+                    A::P(out_h),
                 ],
             );
         }
@@ -1015,6 +1080,18 @@ impl CudaBackend {
         st.graphs.clear();
         st.seen.clear();
     }
+}
+
+/// Whether k_attn_gqa takes these heads: a group of query heads per KV head larger than one,
+/// up to GQ_MAXG, head size a multiple of 8 up to GQ_HD, and the group's outputs within
+/// GQ_ACC per thread (kernels.cu).
+fn gqa_ok(cfg: &ModelConfig) -> bool {
+    let (h, kv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+    if kv == 0 || !h.is_multiple_of(kv) {
+        return false;
+    }
+    let group = h / kv;
+    (2..=16).contains(&group) && hd.is_multiple_of(8) && hd <= 128 && group * hd <= 128 * 8
 }
 
 /// Whether the prefill attention kernel takes head size `hd`.
@@ -1206,8 +1283,21 @@ impl Backend for CudaBackend {
         }
         // Attention splits: enough blocks to fill the GPU at decode; one for prefill.
         let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(1);
-        let splits = if seqs.iter().all(|s| s.n == 1) {
-            let base = n * cfg.n_heads;
+        let decode = seqs.iter().all(|s| s.n == 1);
+        st.gqa_pass = decode
+            && gqa_ok(cfg)
+            && match self.gqa {
+                Gqa::Off => false,
+                Gqa::All => true,
+                Gqa::Filled => n * cfg.n_kv_heads >= 2 * self.sms,
+            };
+        let splits = if decode {
+            let blocks_per_split = if st.gqa_pass {
+                cfg.n_kv_heads
+            } else {
+                cfg.n_heads
+            };
+            let base = n * blocks_per_split;
             let fill = (2 * self.sms).div_ceil(base.max(1));
             fill.min(longest.div_ceil(64))
                 .clamp(1, 64)
@@ -1391,7 +1481,7 @@ impl Backend for CudaBackend {
 
     fn matmul(&self, w: &CudaMat, x: &CudaAct, n: usize, out: &mut CudaAct) {
         let o = self.p(&out.buf);
-        self.linear(w, self.p(&x.buf), n, None, o, w.rows, 0);
+        self.linear(w, self.p(&x.buf), n, None, o, w.rows, 0, false);
     }
 
     fn add_bias(&self, x: &mut CudaAct, b: &CudaAct, n: usize, width: usize) {
@@ -1453,7 +1543,9 @@ impl Backend for CudaBackend {
             (self.p(&k.buf), kvd),
             (self.p(&v.buf), kvd),
             false,
+            0,
             self.p(&out.buf),
+            0,
         );
     }
 
@@ -1704,8 +1796,17 @@ impl Backend for CudaBackend {
         let (xh, big, _) = self.scratch();
         let xp = self.p(&x.buf);
         let ap = self.p(&att.buf);
+        // On the matrix units (more than MV_ROWS rows) the q|k|v bias is added by k_kv_write
+        // and the attention writes its output in f16 for W_o's product: two launches a layer
+        // fewer than a separate bias and conversion.
+        let units = n > MV_ROWS;
+        let qkv_bias = match (&l.qkv.bias, units) {
+            (Some(b), true) => self.p(b),
+            _ => 0,
+        };
         // q|k|v = W_qkv . rmsnorm(x) (+ bias), into `big`.
-        self.linear(l.qkv, xp, n, Some((l.attn_norm, cfg.rms_eps)), big, qkvw, 0);
+        let norm = Some((l.attn_norm, cfg.rms_eps));
+        self.linear(l.qkv, xp, n, norm, big, qkvw, 0, units);
         // Rotate k into the cache, q inside the attention kernel.
         self.attend(
             cfg,
@@ -1716,25 +1817,24 @@ impl Backend for CudaBackend {
             (big + 4 * dim as u64, qkvw),
             (big + 4 * (dim + kvd) as u64, qkvw),
             true,
+            qkv_bias,
             ap,
+            if units { xh } else { 0 },
         );
         // x += W_o . att
-        self.linear(l.wo, ap, n, None, xp, dim, 1);
-        // h = silu(W_gate . rmsnorm(x)) * (W_up . rmsnorm(x)); x += W_down . h
-        self.linear(
-            l.gate_up,
-            xp,
-            n,
-            Some((l.ffn_norm, cfg.rms_eps)),
-            big,
-            ffn,
-            2,
-        );
-        if n <= MV_ROWS {
-            self.linear(l.down, big, n, None, xp, dim, 1);
+        if units {
+            self.gemm_xh(l.wo, xh, n, xp, dim);
         } else {
+            self.linear(l.wo, ap, n, None, xp, dim, 1, false);
+        }
+        // h = silu(W_gate . rmsnorm(x)) * (W_up . rmsnorm(x)); x += W_down . h
+        let norm = Some((l.ffn_norm, cfg.rms_eps));
+        self.linear(l.gate_up, xp, n, norm, big, ffn, 2, false);
+        if units {
             // The SwiGLU output is already f16 in `xh`.
-            self.gemm(l.down, xh, n, xp, dim, 1.0);
+            self.gemm_xh(l.down, xh, n, xp, dim);
+        } else {
+            self.linear(l.down, big, n, None, xp, dim, 1, false);
         }
         Ok(())
     }
@@ -1788,6 +1888,7 @@ fn repack(
             data.len()
         )));
     }
+
     for b in data[..blocks * block_bytes].chunks_exact(block_bytes) {
         match t.ty {
             T::Q4_0 => {
