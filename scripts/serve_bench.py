@@ -4,10 +4,16 @@ token and inter-token latency (p50/p99) per concurrency and temperature, one JSO
 with the round's window and the engine's own busy time over it (from /metrics).
 
 usage: python3 serve_bench.py --port 8080 [--streams 1,8,64,256] [--temperatures 0.7,0]
-                              [--max-tokens 128] [--procs 8]
+                              [--max-tokens 128] [--procs 8] [--client models|lines]
 
-Clients are spread over --procs processes (each an asyncio loop with its own AsyncOpenAI
-client) so that Python does not bound what is measured. Only loopback is contacted.
+Clients are spread over --procs processes, each with one asyncio loop and one AsyncOpenAI
+client kept for the whole run, so that connections stay open between rounds (as a load
+generator or a router keeps them) and Python does not bound what is measured. With
+`--client models` (the default) each chunk is parsed into the openai package's objects, as an
+application iterating the stream would; with `--client lines` the package's raw streaming
+response is read line by line and each `data:` line decoded with json.loads, as vLLM's serving
+benchmark reads chunks, so that the client's cost per chunk bounds less of what is measured.
+Only loopback is contacted.
 """
 import argparse
 import asyncio
@@ -25,13 +31,13 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
 
 
-async def one(client, model, i, temp, max_tokens, start_at):
+async def one(client, model, i, temp, max_tokens, start_at, mode):
     # All streams of a round start together.
     await asyncio.sleep(max(0.0, start_at - time.time()))
     t0 = time.perf_counter()
     stamps = []
     tokens = 0
-    stream = await client.completions.create(
+    args = dict(
         model=model,
         prompt=f"Item {i}: once upon a time",
         max_tokens=max_tokens,
@@ -41,11 +47,26 @@ async def one(client, model, i, temp, max_tokens, start_at):
         stream_options={"include_usage": True},
         extra_body={"ignore_eos": True},
     )
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].text:
-            stamps.append(time.perf_counter())
-        if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
+    if mode == "models":
+        stream = await client.completions.create(**args)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                stamps.append(time.perf_counter())
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+    else:
+        async with client.completions.with_streaming_response.create(**args) as resp:
+            async for line in resp.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    continue  # read to the end, so that the connection goes back to the pool
+                chunk = json.loads(data)
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    stamps.append(time.perf_counter())
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
     ttft = stamps[0] - t0 if stamps else float("nan")
     itl = [b - a for a, b in zip(stamps, stamps[1:])]
     return tokens, ttft, itl, t0, stamps[-1] if stamps else t0
@@ -69,20 +90,30 @@ def engine_counters(port):
     return out if len(out) == len(want) else None
 
 
-def worker(args):
-    port, model, ids, temp, max_tokens, start_at = args
+# Per worker process: its event loop and client, kept between rounds.
+LOOP = None
+CLIENT = None
+
+
+def init_worker(port):
+    global LOOP, CLIENT
     from openai import AsyncOpenAI
 
-    async def run():
-        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
-                             max_retries=0, timeout=600)
-        try:
-            return await asyncio.gather(*[one(client, model, i, temp, max_tokens, start_at)
-                                          for i in ids])
-        finally:
-            await client.close()
+    LOOP = asyncio.new_event_loop()
+    asyncio.set_event_loop(LOOP)
+    # The package's default pool keeps 100 connections alive: more than a process's streams.
+    CLIENT = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
+                         timeout=600)
 
-    return asyncio.run(run())
+
+def worker(args):
+    model, ids, temp, max_tokens, start_at, mode = args
+
+    async def run():
+        return await asyncio.gather(*[one(CLIENT, model, i, temp, max_tokens, start_at, mode)
+                                      for i in ids])
+
+    return LOOP.run_until_complete(run())
 
 
 def main():
@@ -92,15 +123,16 @@ def main():
     ap.add_argument("--temperatures", default="0.7,0")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--client", choices=["models", "lines"], default="models")
     a = ap.parse_args()
     from openai import OpenAI
     model = OpenAI(base_url=f"http://127.0.0.1:{a.port}/v1", api_key="none").models.list().data[0].id
-    with mp.Pool(a.procs) as pool:
+    with mp.Pool(a.procs, initializer=init_worker, initargs=(a.port,)) as pool:
         # Warm-up: connections, kernels, and the decode steps of each concurrency (a server in
         # steady state has recorded them), 16 tokens each, outside the figures.
         for n in [int(s) for s in a.streams.split(",")]:
             procs = min(a.procs, n)
-            pool.map(worker, [(a.port, model, list(range(p, n, procs)), 0.7, 16, time.time())
+            pool.map(worker, [(model, list(range(p, n, procs)), 0.7, 16, time.time(), a.client)
                               for p in range(procs)])
         for temp in [float(t) for t in a.temperatures.split(",")]:
             for n in [int(s) for s in a.streams.split(",")]:
@@ -108,8 +140,8 @@ def main():
                 groups = [list(range(p, n, procs)) for p in range(procs)]
                 start_at = time.time() + 0.5
                 before = engine_counters(a.port)
-                res = [r for g in pool.map(worker, [(a.port, model, g, temp, a.max_tokens,
-                                                     start_at) for g in groups]) for r in g]
+                res = [r for g in pool.map(worker, [(model, g, temp, a.max_tokens, start_at,
+                                                     a.client) for g in groups]) for r in g]
                 after = engine_counters(a.port)
                 tokens = sum(r[0] for r in res)
                 t_begin = min(r[3] for r in res)
@@ -121,6 +153,7 @@ def main():
                     engine = {k: round(after[k] - before[k], 4) for k in before}
                 print(json.dumps({
                     "streams": n, "temperature": temp, "max_tokens": a.max_tokens,
+                    "client": a.client, "procs": a.procs,
                     "tokens": tokens,
                     "aggregate_tok_s": round(tokens / max(t_end - t_begin, 1e-9), 1),
                     "ttft_p50_ms": round(1e3 * pct(ttft, 0.5), 2),

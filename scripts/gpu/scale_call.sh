@@ -29,18 +29,30 @@ KILN_TEST_DEVICE=cuda timeout 200 compute-sanitizer --tool racecheck --print-lim
 echo "== attention tests with k_attn_gqa at any number of rows (KILN_CUDA_GQA=all), and without it (=0)"
 KILN_CUDA_GQA=all KILN_TEST_DEVICE=cuda timeout 200 compute-sanitizer --print-limit 5 "$B"/backend_ops attention 2>&1 | grep -E "ERROR SUMMARY|test result|panicked" | head -4
 KILN_CUDA_GQA=0 KILN_TEST_DEVICE=cuda timeout 200 "$B"/backend_ops attention 2>&1 | grep -E "test result|panicked" | head -3
-a=$($K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum)
-b=$(KILN_CUDA_GQA=0 $K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum)
-echo "greedy text, gqa on $a off $b"
+echo "== greedy text of one row (48 tokens, md5): new, new without stacked layers, base"
+$K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
+KILN_CUDA_FUSED=0 $K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
+[ -x "$B/kiln_base" ] && "$B"/kiln_base run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
+if [ -x "$B/kiln_base" ]; then
+echo "== greedy answers of 200 concurrent requests through kiln serve: base twice, new twice (lines that differ from base's first run)"
+for run in base:1 base:2 new:1 new:2; do
+  bin=$K; [ "${run%%:*}" = base ] && bin=$B/kiln_base
+  "$bin" serve --device cuda -m /tmp/q05 --max-running 256 --max-memory-mb 20000 --port 8182 > /tmp/dig.log 2>&1 &
+  DP=$!
+  for i in $(seq 1 120); do curl -sf http://127.0.0.1:8182/health >/dev/null && break; sleep 0.5; done
+  timeout 60 python3 scripts/gpu/serve_digest.py 8182 200 /tmp/dig_${run/:/_}.txt
+  kill $DP; wait $DP 2>/dev/null
+  echo "$run: $(md5sum < /tmp/dig_${run/:/_}.txt | cut -c1-12), $(diff /tmp/dig_base_1.txt /tmp/dig_${run/:/_}.txt | grep -c '^>') of $(wc -l < /tmp/dig_${run/:/_}.txt) differ from base:1"
+done
+fi
 fi
 if want speed; then
-echo "== kiln bench (engine path), Qwen2.5-0.5B shape, -p 32 -g 128: new, base (earlier commit), new without k_attn_gqa"
-for b in 1 5 8 64 256; do
+echo "== kiln bench (engine path), Qwen2.5-0.5B shape, -p 32 -g 128: new, base (earlier commit); GQA_ROWS: with KILN_CUDA_GQA=0 and all"
+for b in ${BENCH_ROWS:-1 5 8 64 256}; do
   $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "new b$b"
   [ -x "$B/kiln_base" ] && "$B"/kiln_base bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "base b$b"
 done
-for b in 64 256; do KILN_CUDA_GQA=0 $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "new gqa=0 b$b"; done
-KILN_CUDA_GQA=all $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b 64 --json 2>/dev/null | j "new gqa=all b64"
+[ -n "${GQA_ROWS:-}" ] && for b in $GQA_ROWS; do for g in 0 all; do KILN_CUDA_GQA=$g $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "new gqa=$g b$b"; done; done
 $K bench --device cuda -m /tmp/q05 -p 2048 -g 128 --json 2>/dev/null | j "new b1 ctx2048"
 [ -x "$B/kiln_base" ] && "$B"/kiln_base bench --device cuda -m /tmp/q05 -p 2048 -g 128 --json 2>/dev/null | j "base b1 ctx2048"
 echo "== refinement, 5 candidates x 200 tokens against 1"
@@ -54,15 +66,23 @@ python3 scripts/gpu/kernel_times.py /tmp/ncu_b$b.csv | head -30
 done
 fi
 if want serve; then
-serve_round() {  # binary, label, streams, temperatures
-echo "== kiln serve ($2) + serve_bench.py (openai streams, 15 client processes, engine busy time per round)"
+# The kernel's counts of connections refused for a full listen queue (a refused SYN is sent
+# again after a second).
+listen_drops() { python3 -c '
+h, v = [l.split() for l in open("/proc/net/netstat") if l.startswith("TcpExt:")][:2]
+d = dict(zip(h, v)); print("ListenOverflows", d.get("ListenOverflows"), "ListenDrops", d.get("ListenDrops"))'; }
+echo "somaxconn $(cat /proc/sys/net/core/somaxconn 2>/dev/null)"
+serve_round() {  # binary, label, streams, temperatures, client processes, client mode
+echo "== kiln serve ($2) + serve_bench.py (openai streams, $5 client processes, --client $6, engine busy time per round)"
 "$1" serve --device cuda -m /tmp/q05 --max-running 256 --max-batch-tokens 512 --max-memory-mb 60000 --max-queue 1024 --port 8181 > /tmp/serve.log 2>&1 &
 SP=$!
 for i in $(seq 1 120); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
-timeout 240 python3 scripts/serve_bench.py --port 8181 --streams $3 --temperatures $4 --procs 15 2>&1 | tee $OUT/serve_$2.jsonl
+listen_drops
+timeout 240 python3 scripts/serve_bench.py --port 8181 --streams $3 --temperatures $4 --procs $5 --client $6 2>&1 | tee $OUT/serve_$2_$6.jsonl
+listen_drops
 kill $SP; wait $SP 2>/dev/null
 tail -2 /tmp/serve.log
 }
-serve_round "$K" new 1,8,64,256 0.7,0
-[ -x "$B/kiln_base" ] && serve_round "$B/kiln_base" base 64,256 0.7
+for c in ${CLIENTS:-models lines}; do serve_round "$K" new 1,8,64,256 0.7,0 15 $c; done
+[ -x "$B/kiln_base" ] && serve_round "$B/kiln_base" base 64,256 0.7 15 ${BASE_CLIENT:-lines}
 fi

@@ -374,6 +374,39 @@ __device__ __forceinline__ void put_out(float *out, u16 *out_h, size_t i, float 
     if (out_h) out_h[i] = f2h(v);
     else out[i] = v;
 }
+
+// Decode passes (one new position per row) skip k_kv_write: the decode kernels take the row's
+// new k and v (`kin`, `vin`, rows of the given strides; rotated here when rope_q, with `bias`
+// (q | k | v, q_width values of q) added first, as k_kv_write would) for KV head kvh, as f16
+// into kcur / vcur, which they read in place of the cache at the row's own position, and
+// the block given `store` writes them into the cache for the passes that follow.
+__device__ __forceinline__ void new_kv(const float *kin, int k_stride, const float *vin,
+                                       int v_stride, const float *bias, int q_width, int row,
+                                       int kvh, int kvd, int hd, int rd, int interleaved,
+                                       const float *inv_freq, int rope, u32 pos, u16 *kcur,
+                                       u16 *vcur, bool store, u16 *pool, const Meta &m,
+                                       int layer, int n_layers, int bs) {
+    const float *kr = kin + (size_t)row * k_stride + kvh * hd;
+    const float *vr = vin + (size_t)row * v_stride + kvh * hd;
+    const float *kb = bias ? bias + q_width + kvh * hd : nullptr;
+    const float *vb = bias ? bias + q_width + kvd + kvh * hd : nullptr;
+    size_t ks = 0, vs = 0;
+    if (store) {
+        ks = kv_slot(m, row, layer, n_layers, bs, kvd, 0, pos) + kvh * hd;
+        vs = kv_slot(m, row, layer, n_layers, bs, kvd, 1, pos) + kvh * hd;
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float kv = rope ? rope_at(kr, d, rd, interleaved, inv_freq, (float)pos, kb)
+                        : kr[d] + (kb ? kb[d] : 0.0f);
+        u16 kh = f2h(kv), vh = f2h(vr[d] + (vb ? vb[d] : 0.0f));
+        kcur[d] = kh;
+        vcur[d] = vh;
+        if (store) {
+            pool[ks + d] = kh;
+            pool[vs + d] = vh;
+        }
+    }
+}
 //
 // Grid (heads, rows, splits), ATT_T threads. Each block takes one split of the row's positions
 // 0..=pos with an online softmax; with one split it writes the output, else a partial (max, sum,
@@ -385,11 +418,14 @@ extern "C" __global__ void __launch_bounds__(ATT_T)
 k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
        int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
        const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
-       float *part, u16 *out_h) {
+       float *part, u16 *out_h, const float *kin, int k_stride, const float *vin, int v_stride,
+       const float *bias, int q_width, int fuse_kv) {
     pdl_enter();
     __shared__ float qs[MAX_HD];
     __shared__ float p[ATT_T];
-    __shared__ size_t voff[ATT_T];
+    __shared__ const u16 *vptr[ATT_T];
+    __shared__ __align__(16) u16 kcur[MAX_HD];
+    __shared__ __align__(16) u16 vcur[MAX_HD];
     __shared__ float red[32];
     __shared__ float accs[ATT_T];
     Meta m = meta_at(meta, max_t);
@@ -401,8 +437,17 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
     int chunk = (len + splits - 1) / splits;
     int start = sp * chunk, end = min(len, start + chunk);
     const float *qr = q + (size_t)row * q_stride + h * hd;
+    const float *qb = bias ? bias + h * hd : nullptr;
     for (int d = threadIdx.x; d < hd; d += ATT_T)
-        qs[d] = (rope_q ? rope_at(qr, d, rd, interleaved, inv_freq, (float)pos) : qr[d]) * scale;
+        qs[d] = (rope_q ? rope_at(qr, d, rd, interleaved, inv_freq, (float)pos, qb)
+                        : qr[d] + (qb ? qb[d] : 0.0f)) * scale;
+    const bool fused = fuse_kv != 0;
+    if (fused) {
+        // The group's first head stores them, in the split that holds the position.
+        bool store = h % (n_heads / n_kv_heads) == 0 && start <= (int)pos && (int)pos < end;
+        new_kv(kin, k_stride, vin, v_stride, bias, q_width, row, kvh, kvd, hd, rd, interleaved,
+               inv_freq, rope_q, pos, kcur, vcur, store, (u16 *)pool, m, layer, n_layers, bs);
+    }
     __syncthreads();
     // Values: with hd <= 128, ng groups of hd threads take every ng-th position of a tile (their
     // sums are added at the end); with hd > 128, one group, two dims per thread.
@@ -419,10 +464,13 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
         int t = t0 + threadIdx.x;
         float s = (-INFINITY);
         if (t < end) {
-            u32 blk = bt[t / bs];
-            size_t kb = ((((size_t)blk * n_layers + layer) * 2) * bs + t % bs) * kvd + kvh * hd;
-            voff[threadIdx.x] = kb + (size_t)bs * kvd;
-            const u16 *kp = pool + kb;
+            const u16 *kp = kcur;
+            if (!fused || t != (int)pos) {
+                u32 blk = bt[t / bs];
+                size_t kb = ((((size_t)blk * n_layers + layer) * 2) * bs + t % bs) * kvd + kvh * hd;
+                vptr[threadIdx.x] = pool + kb + (size_t)bs * kvd;
+                kp = pool + kb;
+            }
             float dot = 0.0f;
             if ((hd & 7) == 0) {
                 const uint4 *k4 = (const uint4 *)kp;
@@ -444,31 +492,38 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
         float e = t < end ? expf(s - nmx) : 0.0f;
         float corr = mx == (-INFINITY) ? 0.0f : expf(mx - nmx);
         p[threadIdx.x] = e;
-        float tsum = block_sum(e, red);  // its barriers also publish p[] and voff[]
+        float tsum = block_sum(e, red);  // its barriers also publish p[] and vptr[]
         l = l * corr + tsum;
         acc0 *= corr;
         acc1 *= corr;
         mx = nmx;
         int cnt = min(ATT_T, end - t0);
+        // The row's own position (the last of the last split) comes from vcur, below.
+        const bool own = fused && t0 + cnt - 1 == (int)pos;
+        const int cv = own ? cnt - 1 : cnt;
         if (vlive) {
             int j = g;
-            for (; j + 3 * ng < cnt; j += 4 * ng) {
-                float v0 = h2f(pool[voff[j] + d0]);
-                float v1 = h2f(pool[voff[j + ng] + d0]);
-                float v2 = h2f(pool[voff[j + 2 * ng] + d0]);
-                float v3 = h2f(pool[voff[j + 3 * ng] + d0]);
+            for (; j + 3 * ng < cv; j += 4 * ng) {
+                float v0 = h2f(vptr[j][d0]);
+                float v1 = h2f(vptr[j + ng][d0]);
+                float v2 = h2f(vptr[j + 2 * ng][d0]);
+                float v3 = h2f(vptr[j + 3 * ng][d0]);
                 acc0 += p[j] * v0 + p[j + ng] * v1 + p[j + 2 * ng] * v2 + p[j + 3 * ng] * v3;
                 if (d1 < hd) {
-                    float w0 = h2f(pool[voff[j] + d1]);
-                    float w1 = h2f(pool[voff[j + ng] + d1]);
-                    float w2 = h2f(pool[voff[j + 2 * ng] + d1]);
-                    float w3 = h2f(pool[voff[j + 3 * ng] + d1]);
+                    float w0 = h2f(vptr[j][d1]);
+                    float w1 = h2f(vptr[j + ng][d1]);
+                    float w2 = h2f(vptr[j + 2 * ng][d1]);
+                    float w3 = h2f(vptr[j + 3 * ng][d1]);
                     acc1 += p[j] * w0 + p[j + ng] * w1 + p[j + 2 * ng] * w2 + p[j + 3 * ng] * w3;
                 }
             }
-            for (; j < cnt; j += ng) {
-                acc0 += p[j] * h2f(pool[voff[j] + d0]);
-                if (d1 < hd) acc1 += p[j] * h2f(pool[voff[j] + d1]);
+            for (; j < cv; j += ng) {
+                acc0 += p[j] * h2f(vptr[j][d0]);
+                if (d1 < hd) acc1 += p[j] * h2f(vptr[j][d1]);
+            }
+            if (own && g == 0) {
+                acc0 += p[cnt - 1] * h2f(vcur[d0]);
+                if (d1 < hd) acc1 += p[cnt - 1] * h2f(vcur[d1]);
             }
         }
         __syncthreads();
@@ -512,7 +567,8 @@ extern "C" __global__ void __launch_bounds__(GQ_T, 4)
 k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
            int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
            const float *inv_freq, int rope_q, float scale, int splits, float *out,
-           int out_stride, float *part, u16 *out_h) {
+           int out_stride, float *part, u16 *out_h, const float *kin, int k_stride,
+           const float *vin, int v_stride, const float *bias, int q_width, int fuse_kv) {
     pdl_enter();
     // Rows of keys and values padded by 8 halves, so that the lanes of a warp reading one row
     // each (16 bytes at the same column) fall in different banks.
@@ -521,6 +577,8 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
     __shared__ float qs[GQ_MAXG * GQ_HD];
     __shared__ float ps[GQ_MAXG][GQ_TK];
     __shared__ float corr_s[GQ_MAXG], mx_s[GQ_MAXG], l_s[GQ_MAXG];
+    __shared__ __align__(16) u16 kcur[GQ_HD];
+    __shared__ __align__(16) u16 vcur[GQ_HD];
     Meta m = meta_at(meta, max_t);
     const int kvh = blockIdx.x, row = blockIdx.y, sp = blockIdx.z;
     const int group = n_heads / n_kv_heads;
@@ -550,11 +608,18 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
     } while (0)
     if (start < end) GQ_FETCH(start);
     const float *qr = q + (size_t)row * q_stride + (size_t)kvh * group * hd;
+    const float *qb = bias ? bias + (size_t)kvh * group * hd : nullptr;
     for (int e = threadIdx.x; e < group * hd; e += GQ_T) {
         int g = e / hd, d = e % hd;
-        qs[e] = (rope_q ? rope_at(qr + g * hd, d, rd, interleaved, inv_freq, (float)pos)
-                        : qr[e]) * scale;
+        qs[e] = (rope_q ? rope_at(qr + g * hd, d, rd, interleaved, inv_freq, (float)pos,
+                                  qb ? qb + g * hd : nullptr)
+                        : qr[e] + (qb ? qb[e] : 0.0f)) * scale;
     }
+    // The row's own position: in the split that holds it, from kcur / vcur (stored here).
+    const bool own = fuse_kv != 0 && start <= (int)pos && (int)pos < end;
+    if (own)
+        new_kv(kin, k_stride, vin, v_stride, bias, q_width, row, kvh, kvd, hd, rd, interleaved,
+               inv_freq, rope_q, pos, kcur, vcur, true, (u16 *)pool, m, layer, n_layers, bs);
     // Softmax state of head g, kept by warp g % 4 (lane-uniform).
     float mx[GQ_MAXG / 4], l[GQ_MAXG / 4];
 #pragma unroll
@@ -577,8 +642,9 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
             int e = threadIdx.x + i * GQ_T;
             if (e < cnt * vecs) {
                 int j = e / vecs, c = e % vecs;
-                *(uint4 *)&ks[j][8 * c] = kreg[i];
-                *(uint4 *)&vs[j][8 * c] = vreg[i];
+                bool cur = own && t0 + j == (int)pos;
+                *(uint4 *)&ks[j][8 * c] = cur ? *(const uint4 *)&kcur[8 * c] : kreg[i];
+                *(uint4 *)&vs[j][8 * c] = cur ? *(const uint4 *)&vcur[8 * c] : vreg[i];
             }
         }
         __syncthreads();

@@ -146,6 +146,9 @@ struct St {
     inv_freq: Option<CudaSlice<f32>>,
     rope_key: (usize, u32),
     splits: usize,
+    /// This pass adds one position per row: the attention kernel writes the new keys and
+    /// values into the cache itself (no k_kv_write).
+    decode_pass: bool,
     /// This pass's decode attention runs k_attn_gqa (one block per KV head).
     gqa_pass: bool,
     tiles: Option<CudaSlice<u32>>,
@@ -206,15 +209,15 @@ pub struct CudaBackend {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Gqa {
     Off,
-    /// When the KV heads of the rows make at least two blocks per SM: with fewer, k_attn's
-    /// blocks per query head finish sooner (H200, Qwen2.5-0.5B shape: k_attn_gqa at every row
-    /// count made 1 to 64 rows 7 to 9% slower and 256 rows 13% faster).
+    /// When the KV heads of the rows make at least one block per SM: with fewer, k_attn's
+    /// blocks per query head finish sooner (H200, 132 SMs, Qwen2.5-0.5B shape, 2 KV heads:
+    /// k_attn_gqa made 1 to 64 rows 5 to 9% slower, 128 rows 9% and 256 rows 13% faster).
     Filled,
     All,
 }
 
 /// Most arguments of a kernel launch (`launch_pdl` keeps their pointers on the stack).
-const MAX_ARGS: usize = 24;
+const MAX_ARGS: usize = 32;
 
 /// A kernel argument.
 enum A {
@@ -852,10 +855,11 @@ impl CudaBackend {
         out_h: u64,
     ) {
         let (meta, max_t) = self.meta();
-        let (splits, gqa, inv_freq, part, tiles, n_tiles) = {
+        let (splits, decode, gqa, inv_freq, part, tiles, n_tiles) = {
             let st = self.st();
             (
                 st.splits.max(1),
+                st.decode_pass,
                 st.gqa_pass,
                 st.inv_freq.as_ref().map_or(0, |b| self.p(b)),
                 st.part.as_ref().map_or(0, |b| self.p(b)),
@@ -893,7 +897,9 @@ impl CudaBackend {
             A::I(cfg.dim as i32),
             A::P(qkv_bias),
         ]);
-        self.launch(&self.k.kv_write, (n as u32, 1, 1), 128, &a);
+        if !decode {
+            self.launch(&self.k.kv_write, (n as u32, 1, 1), 128, &a);
+        }
         let mut a = vec![
             A::P(q),
             A::I(qs as i32),
@@ -929,6 +935,14 @@ impl CudaBackend {
             A::I(cfg.dim as i32),
             A::P(part),
             A::P(out_h),
+            // Decode passes: the new keys and values, written by the attention kernel.
+            A::P(k),
+            A::I(ks as i32),
+            A::P(v),
+            A::I(vs as i32),
+            A::P(if decode { qkv_bias } else { 0 }),
+            A::I(cfg.dim as i32),
+            A::I(i32::from(decode)),
         ]);
         if gqa {
             self.launch(
@@ -1284,12 +1298,13 @@ impl Backend for CudaBackend {
         // Attention splits: enough blocks to fill the GPU at decode; one for prefill.
         let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(1);
         let decode = seqs.iter().all(|s| s.n == 1);
+        st.decode_pass = decode;
         st.gqa_pass = decode
             && gqa_ok(cfg)
             && match self.gqa {
                 Gqa::Off => false,
                 Gqa::All => true,
-                Gqa::Filled => n * cfg.n_kv_heads >= 2 * self.sms,
+                Gqa::Filled => n * cfg.n_kv_heads >= self.sms,
             };
         let splits = if decode {
             let blocks_per_split = if st.gqa_pass {
