@@ -119,7 +119,10 @@ pub struct Tokenizer {
     special: Vec<u32>,
     /// Byte-level alphabet: byte -> char, and back.
     byte_char: [char; 256],
-    char_byte: HashMap<char, u8>,
+    /// Byte-level BPE: the byte each of the 256 stand-in characters means, by character code
+    /// (-1 for other characters): a table, as detokenizing looks it up once per character of
+    /// every generated token.
+    char_byte: Vec<i16>,
     /// SentencePiece byte fallback tokens `<0xNN>`.
     byte_token: [Option<u32>; 256],
     bos: Option<u32>,
@@ -369,11 +372,11 @@ impl Tokenizer {
         special.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
 
         let byte_char = bytes_to_unicode();
-        let char_byte = byte_char
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
+        let top = byte_char.iter().map(|&c| c as usize).max().unwrap_or(0);
+        let mut char_byte = vec![-1i16; top + 1];
+        for (b, &c) in byte_char.iter().enumerate() {
+            char_byte[c as usize] = b as i16;
+        }
         let mut byte_token = [None; 256];
         for (b, slot) in byte_token.iter_mut().enumerate() {
             *slot = to_id.get(&format!("<0x{b:02X}>")).copied();
@@ -724,9 +727,9 @@ impl Tokenizer {
             TokenType::Normal => match self.kind {
                 Kind::ByteBpe => {
                     for c in t.chars() {
-                        match self.char_byte.get(&c) {
-                            Some(&b) => out.push(b),
-                            None => {
+                        match self.char_byte.get(c as usize) {
+                            Some(&b) if b >= 0 => out.push(b as u8),
+                            _ => {
                                 let mut buf = [0u8; 4];
                                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                             }
