@@ -183,6 +183,20 @@ impl BlockManager {
         Ok((table, cached))
     }
 
+    /// Whether a lookup can still end at cached block `b` for these tokens: it holds them, and
+    /// its parent is the block it was computed after (not since reused) and still the cache's
+    /// entry for its own prefix.
+    fn reachable(&self, b: u32, tokens: &[u32]) -> bool {
+        let Some(c) = &self.content[b as usize] else {
+            return false;
+        };
+        *c.tokens == *tokens
+            && c.parent.is_none_or(|(p, life)| {
+                self.life[p as usize] == life
+                    && self.hash_of[p as usize].is_some_and(|hp| self.cache.get(&hp) == Some(&p))
+            })
+    }
+
     /// Whether block `b` holds `tokens` right after `parent` (a hash hit is only a candidate).
     fn holds(&self, b: u32, parent: Option<(u32, u64)>, tokens: &[u32]) -> bool {
         self.content[b as usize]
@@ -236,11 +250,20 @@ impl BlockManager {
                 let parent = i
                     .checked_sub(1)
                     .map(|p| (table[p], self.life[table[p] as usize]));
+                let here = &tokens[i * bs..(i + 1) * bs];
+                // A block already cached under this hash stays unless it is stale (see
+                // `reachable`): a stale one would hide this block from every later lookup.
+                let keep = self
+                    .cache
+                    .get(&h)
+                    .is_some_and(|&old| old != b && self.reachable(old, here));
                 self.content[b as usize] = Some(Cached {
                     parent,
-                    tokens: tokens[i * bs..(i + 1) * bs].into(),
+                    tokens: here.into(),
                 });
-                self.cache.entry(h).or_insert(b);
+                if !keep {
+                    self.cache.insert(h, b);
+                }
             }
         }
         *done = Registered {
@@ -397,6 +420,31 @@ mod tests {
             cached, 2,
             "the child was computed after the parent's old contents"
         );
+    }
+
+    #[test]
+    fn a_stale_cached_block_gives_way_to_a_fresh_one() {
+        let mut m = BlockManager::new(12, 2);
+        let a = [1, 2, 3, 4, 5];
+        let b = [10, 11, 12, 13, 14];
+        let (tb, _) = m.allocate(&b, 5).unwrap();
+        m.register(&tb, &b, 4, &mut Registered::default());
+        // What a block left behind under a prefix's hash looks like (its parent since reused,
+        // or a collision): the entry leads to a block that does not hold those tokens.
+        m.cache.insert(chain_hash(0, &a[..2]), tb[0]);
+        let (ta, cached) = m.allocate(&a, 5).unwrap();
+        assert_eq!(cached, 0);
+        m.register(&ta, &a, 4, &mut Registered::default());
+        // The next request with the prefix finds the fresh blocks.
+        let (tc, cached) = m.allocate(&a, 5).unwrap();
+        assert_eq!(cached, 4, "the stale entry hid the fresh block");
+        assert_eq!(&tc[..2], &ta[..2]);
+        // An entry that still holds its tokens is kept.
+        let (td, _) = m.allocate(&b, 5).unwrap();
+        assert_eq!(td[0], tb[0]);
+        for t in [&ta, &tb, &tc, &td] {
+            m.release(t);
+        }
     }
 
     #[test]
