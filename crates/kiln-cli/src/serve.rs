@@ -103,7 +103,15 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     } else {
         Some(start(&a.model, &a.engine.builder(), false)?)
     };
+    // Tokenizing, templating and refinements run on the blocking pool: a bounded one, so that
+    // a flood of requests cannot grow threads (and the allocator's per-thread arenas) without
+    // end; beyond it they queue. Refinements, which hold a thread for their whole run, get
+    // at most half of it.
+    let blocking = 4 * std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(4);
     let cfg = ServerConfig {
+        max_refinements: blocking / 2,
         api_keys: keys,
         cors_origins: a.cors_origin.clone(),
         allowed_hosts: a.allow_host.clone(),
@@ -118,12 +126,6 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Workers for HTTP and streaming: enough for hundreds of streams on a large machine, no
     // more than two on a laptop (the model's own threads need the cores).
     let workers = std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).clamp(2, 8));
-    // Tokenizing, templating and refinements run on the blocking pool: a bounded one, so that
-    // a flood of requests cannot grow threads (and the allocator's per-thread arenas) without
-    // end; beyond it they queue.
-    let blocking = 4 * std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(4);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .max_blocking_threads(blocking)

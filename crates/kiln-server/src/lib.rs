@@ -79,6 +79,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Time running requests get to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Refinements running at once. Each holds a thread of the blocking pool for its whole
+    /// run, which tokenizing and templating share; more wait for a slot, so that they cannot
+    /// take every thread from ordinary requests.
+    pub max_refinements: usize,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +97,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(30),
             max_connections: 512,
             shutdown_grace: Duration::from_secs(30),
+            max_refinements: 2,
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct AppState {
     next_id: AtomicU64,
     next_request: AtomicU64,
     created: u64,
+    /// Slots of `cfg.max_refinements`.
+    refine_slots: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = Arc<AppState>;
@@ -120,6 +127,7 @@ impl AppState {
     pub fn new(lm: Option<LoadedLm>, cfg: ServerConfig) -> Arc<Self> {
         Arc::new(AppState {
             lm,
+            refine_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_refinements.max(1))),
             cfg,
             metrics: Metrics::default(),
             next_id: AtomicU64::new(1),

@@ -130,7 +130,17 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
     // the refinement's candidates are then cancelled rather than generated for nobody.
     let gone = Arc::new(AtomicBool::new(false));
     let _on_drop = SetOnDrop(gone.clone());
+    // A slot first, waiting here (not on a blocking thread); it is released when the
+    // refinement's thread is done, even if this handler was dropped before.
+    let slot = st.refine_slots.clone().acquire_owned().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+            Some("shutting_down"),
+        )
+    })?;
     let (r, rec) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let _slot = slot;
         let lm = worker.lm()?;
         let irp = Irp::new(
             profile.clone(),
