@@ -98,11 +98,6 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 .map(str::to_owned),
         );
     }
-    let lm = if a.no_model {
-        None
-    } else {
-        Some(start(&a.model, &a.engine.builder(), false)?)
-    };
     // Tokenizing, templating and refinements run on the blocking pool: a bounded one, so that
     // a flood of requests cannot grow threads (and the allocator's per-thread arenas) without
     // end; beyond it they queue. Refinements, which hold a thread for their whole run, get
@@ -122,7 +117,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         header_timeout: std::time::Duration::from_secs(a.header_timeout_s.max(1)),
         body_timeout: std::time::Duration::from_secs(a.body_timeout_s.max(1)),
     };
-    let state = AppState::new(lm, cfg);
+    // With a model, the server listens first and loads it meanwhile: `/health` answers 503
+    // (loading) until it is ready, as routers and orchestrators expect.
+    let state = if a.no_model {
+        AppState::new(None, cfg)
+    } else {
+        AppState::loading(cfg)
+    };
     // Workers for HTTP and streaming: enough for hundreds of streams on a large machine, no
     // more than two on a laptop (the model's own threads need the cores).
     let workers = std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).clamp(2, 8));
@@ -137,6 +138,16 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}:{}", a.host, a.port))?;
         let addr = listener.local_addr()?;
         eprintln!("kiln: listening on http://{addr}");
+        if !a.no_model {
+            let (st, model, builder) = (state.clone(), a.model.clone(), a.engine.builder());
+            tokio::task::spawn_blocking(move || match start(&model, &builder, false) {
+                Ok(lm) => {
+                    st.install(lm);
+                    eprintln!("kiln: ready");
+                }
+                Err(e) => st.loading_failed(format!("loading the model: {e:#}")),
+            });
+        }
         kiln_server::serve(listener, state, shutdown_signal()).await?;
         eprintln!("kiln: shut down cleanly");
         Ok(())

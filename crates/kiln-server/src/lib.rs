@@ -104,7 +104,14 @@ impl Default for ServerConfig {
 
 /// Shared state of the handlers.
 pub struct AppState {
-    lm: Option<LoadedLm>,
+    /// The language model, once loaded (never, for a server of the Ising endpoints alone).
+    lm: std::sync::OnceLock<LoadedLm>,
+    /// The model is still loading: `/health` and new work answer 503.
+    loading: std::sync::atomic::AtomicBool,
+    /// Why loading failed; `serve` then ends with this error.
+    load_error: std::sync::Mutex<Option<String>>,
+    /// Shutdown has begun: running requests finish, `/health` and new work answer 503.
+    draining: std::sync::atomic::AtomicBool,
     cfg: ServerConfig,
     metrics: Metrics,
     next_id: AtomicU64,
@@ -125,8 +132,37 @@ fn now_s() -> u64 {
 impl AppState {
     /// State for a server of `lm` (or none: the Ising endpoints still work).
     pub fn new(lm: Option<LoadedLm>, cfg: ServerConfig) -> Arc<Self> {
+        let st = Self::with(cfg, false);
+        if let Some(lm) = lm {
+            let _ = st.lm.set(lm);
+        }
+        st
+    }
+
+    /// State for a server whose model is still loading: it answers `/health` (503, loading)
+    /// until [`AppState::install`] gives it the model, or [`AppState::loading_failed`] ends
+    /// it.
+    pub fn loading(cfg: ServerConfig) -> Arc<Self> {
+        Self::with(cfg, true)
+    }
+
+    /// The loaded model: the server is ready.
+    pub fn install(&self, lm: LoadedLm) {
+        let _ = self.lm.set(lm);
+        self.loading.store(false, Ordering::SeqCst);
+    }
+
+    /// Loading failed: `serve` ends with `why`.
+    pub fn loading_failed(&self, why: String) {
+        *self.load_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    fn with(cfg: ServerConfig, loading: bool) -> Arc<Self> {
         Arc::new(AppState {
-            lm,
+            lm: std::sync::OnceLock::new(),
+            loading: std::sync::atomic::AtomicBool::new(loading),
+            load_error: std::sync::Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
             refine_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_refinements.max(1))),
             cfg,
             metrics: Metrics::default(),
@@ -136,13 +172,49 @@ impl AppState {
         })
     }
 
+    /// The model, for new work: refused (503) while it loads and once shutdown has begun.
     fn lm(&self) -> Result<&LoadedLm, ApiError> {
-        self.lm.as_ref().ok_or_else(|| {
+        if let Some(why) = self.not_ready() {
+            return Err(why);
+        }
+        self.loaded().ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no language model is loaded in this server",
                 Some("model_not_loaded"),
             )
+        })
+    }
+
+    /// The model, for work already under way.
+    fn loaded(&self) -> Option<&LoadedLm> {
+        self.lm.get()
+    }
+
+    /// Why new work is refused now: loading or shutting down.
+    fn not_ready(&self) -> Option<ApiError> {
+        if self.loading.load(Ordering::SeqCst) {
+            return Some(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the model is still loading",
+                Some("model_loading"),
+            ));
+        }
+        if self.draining.load(Ordering::SeqCst) {
+            return Some(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+                Some("shutting_down"),
+            ));
+        }
+        None
+    }
+
+    /// Whether the engine has requests running or waiting.
+    fn busy(&self) -> bool {
+        self.loaded().is_some_and(|l| {
+            let s = l.engine.stats();
+            s.running + s.waiting > 0
         })
     }
 }
@@ -179,11 +251,39 @@ pub async fn serve(
         shutdown_grace: state.cfg.shutdown_grace,
     };
     let st = state.clone();
-    let failed = move || st.lm.as_ref().is_some_and(|l| l.engine.has_failed());
-    let why = listen::serve(listener, app, limits, shutdown, failed).await?;
-    if let Some(lm) = &state.lm {
+    let failed = move || {
+        st.loaded().is_some_and(|l| l.engine.has_failed())
+            || st
+                .load_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    };
+    // Asked to stop: drain first. New work and `/health` answer 503 (a router takes this
+    // replica out) while connections are still accepted and running requests finish, for at
+    // most the grace time; then the listener closes.
+    let st = state.clone();
+    let grace = state.cfg.shutdown_grace;
+    let drained = async move {
+        shutdown.await;
+        st.draining.store(true, Ordering::SeqCst);
+        let end = Instant::now() + grace;
+        while st.busy() && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let why = listen::serve(listener, app, limits, drained, failed).await?;
+    if let Some(lm) = state.loaded() {
         let engine = lm.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    }
+    if let Some(e) = state
+        .load_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        return Err(std::io::Error::other(e));
     }
     match why {
         listen::Stopped::Asked => Ok(()),
@@ -294,7 +394,16 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn health(State(st): State<Shared>) -> Response {
-    if st.lm.as_ref().is_some_and(|l| l.engine.has_failed()) {
+    if let Some(e) = st.not_ready() {
+        let status = if e.code == Some("model_loading") {
+            "loading"
+        } else {
+            "draining"
+        };
+        let body = json!({"status": status, "ready": false, "error": e.message});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    if st.loaded().is_some_and(|l| l.engine.has_failed()) {
         let body = json!({
             "status": "failed",
             "ready": false,
@@ -305,8 +414,8 @@ async fn health(State(st): State<Shared>) -> Response {
     Json(json!({
         "status": "ok",
         "ready": true,
-        "model": st.lm.as_ref().map(|l| l.id.clone()),
-        "engine": st.lm.as_ref().map(|l| l.engine.stats()),
+        "model": st.loaded().map(|l| l.id.clone()),
+        "engine": st.loaded().map(|l| l.engine.stats()),
     }))
     .into_response()
 }
@@ -315,8 +424,11 @@ async fn health(State(st): State<Shared>) -> Response {
 /// use and prefix-cache counters.
 async fn get_load(State(st): State<Shared>) -> Response {
     // A server that cannot take work must not look idle to a least-load router.
-    let Some(lm) = st.lm.as_ref().filter(|l| !l.engine.has_failed()) else {
-        let why = if st.lm.is_some() {
+    if let Some(e) = st.not_ready() {
+        return e.into_response();
+    }
+    let Some(lm) = st.loaded().filter(|l| !l.engine.has_failed()) else {
+        let why = if st.loaded().is_some() {
             "the engine thread stopped"
         } else {
             "no language model is loaded"
@@ -337,7 +449,7 @@ async fn get_load(State(st): State<Shared>) -> Response {
 }
 
 async fn metrics_text(State(st): State<Shared>) -> Response {
-    let stats = st.lm.as_ref().map(|l| l.engine.stats());
+    let stats = st.loaded().map(|l| l.engine.stats());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(stats.as_ref()),
@@ -347,8 +459,8 @@ async fn metrics_text(State(st): State<Shared>) -> Response {
 
 async fn models(State(st): State<Shared>) -> Json<Value> {
     let data: Vec<Value> = st
-        .lm
-        .iter()
+        .loaded()
+        .into_iter()
         .map(|l| json!({"id": l.id, "object": "model", "created": st.created, "owned_by": "kiln"}))
         .collect();
     Json(json!({"object": "list", "data": data}))

@@ -198,7 +198,8 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
         .get(info.best_index)
         .map_or("stop", |c| finish_str(c.finish));
     let id = format!("chatcmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    let model = st.lm()?.id.clone();
+    // The refinement is done: its answer goes out even if shutdown began meanwhile.
+    let model = st.loaded().map_or_else(String::new, |l| l.id.clone());
     let created = now_s();
     let refinement = info.summary_json();
     let snarc = rec.snarc.to_json();

@@ -35,15 +35,17 @@ impl Server {
             .expect("start kiln serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        // The server listens first, then loads the model: its port once it says it is ready.
         std::thread::spawn(move || {
+            let mut port = None;
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = line.strip_prefix("kiln: listening on http://") {
-                        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-                        tx.send(port).unwrap();
-                        sent = true;
-                    }
+                if let Some(addr) = line.strip_prefix("kiln: listening on http://") {
+                    port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                }
+                if !sent && line == "kiln: ready" {
+                    tx.send(port.expect("listening before ready")).unwrap();
+                    sent = true;
                 }
             }
         });
