@@ -1,0 +1,96 @@
+"""Checks what a router in front of two `kiln serve` replicas does with kiln's traffic, through
+the `openai` client (streaming): usage: python3 router_check.py ROUTER_URL REPLICA1,REPLICA2 MODE
+
+MODE session: 8 sessions of 3 turns, each request carrying `X-Session-ID` and `user`; prints how
+many sessions stayed on one replica and how the sessions spread. MODE prefix: 6 groups of 3
+requests sharing a long prefix; prints where each group went and the prefix-cache hits the
+replicas counted. MODE alive: 6 requests, all must be answered (run after stopping a replica).
+
+Requests run one after another, so each is attributed to the replica whose generated-token
+counter (`kiln_generation_tokens_total` on its /metrics) moved. Only loopback is contacted.
+Exits non-zero when a check fails."""
+import sys
+import urllib.request
+
+from openai import OpenAI
+
+
+def counters(url):
+    out = {}
+    try:
+        text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) == 2 and p[0] in ("kiln_generation_tokens_total", "vllm:prefix_cache_hits_total"):
+            out[p[0]] = float(p[1])
+    return out
+
+
+def ask(client, model, prompt, session=None):
+    headers = {"X-Session-ID": session} if session else None
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=4,
+        temperature=0, stream=True, user=session, extra_headers=headers)
+    chunks = sum(1 for c in stream if c.choices and c.choices[0].delta.content)
+    assert chunks > 0, "no streamed content"
+
+
+def which(replicas, before):
+    after = [counters(r) for r in replicas]
+    moved = [i for i, (b, a) in enumerate(zip(before, after))
+             if a and b and a["kiln_generation_tokens_total"] > b["kiln_generation_tokens_total"]]
+    return (moved[0] if len(moved) == 1 else None), after
+
+
+def main():
+    router, replicas, mode = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+    client = OpenAI(base_url=router + "/v1", api_key="none", max_retries=0, timeout=120)
+    # The model's name from a replica that runs (the router may still list a stopped one).
+    for r in replicas:
+        try:
+            model = OpenAI(base_url=r + "/v1", api_key="none", max_retries=0).models.list().data[0].id
+            break
+        except Exception:
+            continue
+    ok = True
+    if mode == "session":
+        placed = {}
+        for s in range(8):
+            sid = f"session-{s}"
+            for turn in range(3):
+                before = [counters(r) for r in replicas]
+                ask(client, model, f"Turn {turn} of conversation {s}: say something.", sid)
+                r, _ = which(replicas, before)
+                placed.setdefault(sid, []).append(r)
+        one = sum(1 for v in placed.values() if len(set(v)) == 1 and v[0] is not None)
+        spread = [sum(1 for v in placed.values() if v[0] == i) for i in range(len(replicas))]
+        print(f"session: {one}/8 sessions kept one replica; sessions per replica {spread}; {placed}")
+        ok = one == 8
+    elif mode == "prefix":
+        base = [counters(r) for r in replicas]
+        groups = []
+        for g in range(6):
+            prefix = f"Document {g}. " + " ".join(f"line {g}-{i} of the shared context." for i in range(40))
+            seen = []
+            for q in range(3):
+                before = [counters(r) for r in replicas]
+                ask(client, model, prefix + f" Question {q}: what is line {q}?")
+                r, _ = which(replicas, before)
+                seen.append(r)
+            groups.append(seen)
+        end = [counters(r) for r in replicas]
+        hits = [e["vllm:prefix_cache_hits_total"] - b["vllm:prefix_cache_hits_total"] for b, e in zip(base, end)]
+        together = sum(1 for g in groups if len(set(g)) == 1 and g[0] is not None)
+        print(f"prefix: {together}/6 groups kept one replica; prefix-cache hit tokens per replica {hits}; {groups}")
+        ok = together == 6 and sum(hits) > 0
+    elif mode == "alive":
+        for i in range(6):
+            ask(client, model, f"Request {i} after a replica stopped.")
+        print("alive: 6/6 answered")
+    print("ok" if ok else "FAILED")
+    sys.exit(0 if ok else 1)
+
+
+main()
