@@ -119,6 +119,10 @@ pub struct AppState {
     created: u64,
     /// Slots of `cfg.max_refinements`.
     refine_slots: Arc<tokio::sync::Semaphore>,
+    /// This process among its replicas: the first part of every `x-request-id` (so that ids
+    /// are unique behind a router) and the `x-kiln-instance` header, which names the replica
+    /// that answered.
+    instance: String,
 }
 
 type Shared = Arc<AppState>;
@@ -164,6 +168,17 @@ impl AppState {
             load_error: std::sync::Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
             refine_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_refinements.max(1))),
+            instance: {
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos() as u64);
+                format!(
+                    "{:08x}",
+                    (u64::from(std::process::id()) << 32 ^ nanos)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        >> 32
+                )
+            },
             cfg,
             metrics: Metrics::default(),
             next_id: AtomicU64::new(1),
@@ -355,7 +370,11 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
         }
     }
     let t0 = Instant::now();
-    let request_id = format!("req-{}", st.next_request.fetch_add(1, Ordering::Relaxed));
+    let request_id = format!(
+        "req-{}-{}",
+        st.instance,
+        st.next_request.fetch_add(1, Ordering::Relaxed)
+    );
     let mut r = next.run(req).await;
     let status = r.status().as_u16();
     st.metrics.request(endpoint_name(&path), status);
@@ -370,6 +389,10 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
     );
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         r.headers_mut().insert("x-request-id", v);
+    }
+    // Routers may set their own request ids: the replica that answered, on its own.
+    if let Ok(v) = HeaderValue::from_str(&st.instance) {
+        r.headers_mut().insert("x-kiln-instance", v);
     }
     add_cors(r)
 }
