@@ -1,8 +1,8 @@
 """Prefix-heavy sessions through a router in front of kiln replicas (the `openai` client,
 streaming): usage: python3 router_bench.py ROUTER_URL [--sessions 32] [--turns 4]
-[--prefix-words 750] [--concurrency 8]
+[--prefix-words 550] [--concurrency 8]
 
-Each session has its own long system prompt (about 1,000 tokens for 750 words) and asks
+Each session has its own long system prompt (about 1,000 tokens for 550 words) and asks
 `--turns` questions one after another, sending `X-Session-ID` and `user`; sessions run
 `--concurrency` at a time. Each answer's `x-kiln-instance` header names the replica that served
 it, and its usage the prompt tokens and those the replica's prefix cache served. Prints one JSON line: the share of turns that reached their
@@ -59,7 +59,7 @@ async def main():
     ap.add_argument("router")
     ap.add_argument("--sessions", type=int, default=32)
     ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--prefix-words", type=int, default=750)
+    ap.add_argument("--prefix-words", type=int, default=550)
     ap.add_argument("--concurrency", type=int, default=8)
     a = ap.parse_args()
     client = AsyncOpenAI(base_url=a.router + "/v1", api_key="none", max_retries=0, timeout=900)

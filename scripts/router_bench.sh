@@ -1,5 +1,6 @@
 # The routing benchmark of docs/DEPLOY.md: two `kiln serve` replicas (one thread each; a KV
-# budget of about 16,000 tokens each, half of the workload's 32 prefixes of about 1,000 tokens)
+# budget of about 8,400 tokens each, so both together hold about half of the workload's 32
+# prefixes of about 1,000 tokens)
 # behind vllm-router, with --policy cache_aware and then round_robin (fresh replicas each time),
 # driven by scripts/router_bench.py (32 sessions x 4 turns). Usage: bash scripts/router_bench.sh
 # [KILN] [POLICIES]; needs vllm-router and the openai package.
@@ -14,8 +15,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$T"; 
 trap cleanup EXIT
 ready() { for _ in $(seq 1 150); do curl -sf "$1/health" >/dev/null && return 0; sleep 0.2; done; echo "not ready: $1"; return 1; }
 for policy in $POLICIES; do
-  $K serve --port $P1 --threads 1 --max-memory-mb ${MEM_MB:-480} > "$T/r1.log" 2>&1 & R1=$!
-  $K serve --port $P2 --threads 1 --max-memory-mb ${MEM_MB:-480} > "$T/r2.log" 2>&1 & R2=$!
+  $K serve --port $P1 --threads 1 --max-memory-mb ${MEM_MB:-295} > "$T/r1.log" 2>&1 & R1=$!
+  $K serve --port $P2 --threads 1 --max-memory-mb ${MEM_MB:-295} > "$T/r2.log" 2>&1 & R2=$!
   pids+=("$R1" "$R2")
   ready http://127.0.0.1:$P1 && ready http://127.0.0.1:$P2 || exit 1
   grep -h "KV cache" "$T/r1.log" | head -1
