@@ -54,6 +54,8 @@ def main():
             break
         except Exception:
             continue
+    else:
+        sys.exit("no replica answered /v1/models")
     ok = True
     if mode == "session":
         placed = {}

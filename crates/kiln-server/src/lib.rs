@@ -275,8 +275,8 @@ pub async fn serve(
                 .is_some()
     };
     // Asked to stop: drain first. New work and `/health` answer 503 (a router takes this
-    // replica out) while connections are still accepted and running requests finish, for at
-    // most the grace time; then the listener closes.
+    // replica out) while connections are still accepted and running requests finish; then
+    // the listener closes and open responses get what is left of the one grace time.
     let st = state.clone();
     let grace = state.cfg.shutdown_grace;
     let drained = async move {
@@ -286,6 +286,7 @@ pub async fn serve(
         while st.busy() && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        end
     };
     let why = listen::serve(listener, app, limits, drained, failed).await?;
     if let Some(lm) = state.loaded() {

@@ -34,13 +34,14 @@ pub(crate) enum Stopped {
     Failed,
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves or `failed()` turns true (polled
-/// every quarter second), then lets open requests finish within the grace time.
+/// Serves `app` on `listener` until `shutdown` resolves (to the instant by which open
+/// requests must be done) or `failed()` turns true (polled every quarter second; open
+/// requests then get the grace time), then lets open requests finish.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = std::time::Instant> + Send + 'static,
     failed: impl Fn() -> bool + Send + 'static,
 ) -> std::io::Result<Stopped> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -52,12 +53,13 @@ pub(crate) async fn serve(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut deadline = None;
     let mut watchdog = tokio::time::interval(Duration::from_millis(250));
     let why = loop {
         // Reap finished connections so the set does not grow with the server's age.
         while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
-            _ = &mut shutdown => break Stopped::Asked,
+            d = &mut shutdown => { deadline = Some(d); break Stopped::Asked }
             _ = watchdog.tick() => {
                 if failed() { break Stopped::Failed; }
                 continue;
@@ -68,7 +70,7 @@ pub(crate) async fn serve(
             break Stopped::Asked;
         };
         let (stream, _) = tokio::select! {
-            _ = &mut shutdown => break Stopped::Asked,
+            d = &mut shutdown => { deadline = Some(d); break Stopped::Asked }
             _ = watchdog.tick() => {
                 if failed() { break Stopped::Failed; }
                 continue;
@@ -102,10 +104,10 @@ pub(crate) async fn serve(
     drop(listener);
     let _ = close_tx.send(true);
     let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(limits.shutdown_grace, drain)
-        .await
-        .is_err()
-    {
+    let left = deadline.map_or(limits.shutdown_grace, |d: std::time::Instant| {
+        d.saturating_duration_since(std::time::Instant::now())
+    });
+    if tokio::time::timeout(left, drain).await.is_err() {
         tracing::warn!(
             open = conns.len(),
             "shutdown grace of {:?} is over: closing the connections still open",

@@ -2,17 +2,18 @@
 //! fails with a 500, and `serve` returns an error (the CLI then exits non-zero). A server
 //! without a model answers `/get_load` with 503.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_engine::{Engine, EngineConfig, EngineHandle};
-use kiln_model::chat::{ChatTemplate, CHATML};
-use kiln_model::tokenizer::Tokenizer;
-use kiln_server::{AppState, LoadedLm, ServerConfig};
+use kiln_engine::EngineConfig;
+use kiln_server::{AppState, ServerConfig};
 
 #[path = "../../kiln-engine/tests/support/panics.rs"]
 mod panics;
 use panics::Panics;
+
+#[path = "support/lm.rs"]
+mod lm;
+use lm::tiny_lm;
 
 #[path = "support/http.rs"]
 mod http;
@@ -20,18 +21,7 @@ use http::request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_panic_fails_the_request_and_ends_serve_with_an_error() {
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../kiln-model/tests/fixtures/tiny-qwen2/model.gguf");
-    let f = kiln_gguf::GgufFile::open(fixture).unwrap();
-    let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
-    let lm = LoadedLm {
-        engine: EngineHandle::spawn(Engine::new(Panics, tok.clone(), EngineConfig::default())),
-        tokenizer: tok,
-        template: ChatTemplate::new(CHATML, "", "").unwrap(),
-        id: "panics".into(),
-        context_length: 64,
-        load_s: 0.0,
-    };
+    let lm = tiny_lm(Panics, EngineConfig::default(), "panics", 64);
     let cfg = ServerConfig {
         shutdown_grace: Duration::from_secs(2),
         ..ServerConfig::default()

@@ -2,35 +2,25 @@
 //! model loads and again from the moment shutdown begins; while draining, new work is refused
 //! with 503 and requests already running finish; then the server stops.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_engine::{Engine, EngineConfig, EngineHandle};
-use kiln_model::chat::{ChatTemplate, CHATML};
-use kiln_model::tokenizer::Tokenizer;
+use kiln_engine::EngineConfig;
 use kiln_server::{AppState, LoadedLm, ServerConfig};
 
 #[path = "support/slow.rs"]
 mod slow;
 use slow::Slow;
 
+#[path = "support/lm.rs"]
+mod lm;
+use lm::tiny_lm;
+
 #[path = "support/http.rs"]
 mod http;
 use http::request;
 
 fn slow_lm() -> LoadedLm {
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../kiln-model/tests/fixtures/tiny-qwen2/model.gguf");
-    let f = kiln_gguf::GgufFile::open(fixture).unwrap();
-    let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
-    LoadedLm {
-        engine: EngineHandle::spawn(Engine::new(Slow, tok.clone(), EngineConfig::default())),
-        tokenizer: tok,
-        template: ChatTemplate::new(CHATML, "", "").unwrap(),
-        id: "slow".into(),
-        context_length: 256,
-        load_s: 0.0,
-    }
+    tiny_lm(Slow, EngineConfig::default(), "slow", 256)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,17 +3,18 @@
 //! gauges the inference gateway's endpoint picker reads (under vLLM's names), `/get_load`
 //! the load, and responses the prompt tokens served from the prefix cache.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_engine::{Engine, EngineConfig, EngineHandle};
-use kiln_model::chat::{ChatTemplate, CHATML};
-use kiln_model::tokenizer::Tokenizer;
-use kiln_server::{AppState, LoadedLm, ServerConfig};
+use kiln_engine::EngineConfig;
+use kiln_server::{AppState, ServerConfig};
 
 #[path = "support/slow.rs"]
 mod slow;
 use slow::Slow;
+
+#[path = "support/lm.rs"]
+mod lm;
+use lm::tiny_lm;
 
 #[path = "support/http.rs"]
 mod http;
@@ -29,23 +30,12 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_says_when_to_retry_and_streams_are_not_buffered() {
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../kiln-model/tests/fixtures/tiny-qwen2/model.gguf");
-    let f = kiln_gguf::GgufFile::open(fixture).unwrap();
-    let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
     let cfg = EngineConfig {
         max_running: 1,
         max_queue: 1,
         ..EngineConfig::default()
     };
-    let lm = LoadedLm {
-        engine: EngineHandle::spawn(Engine::new(Slow, tok.clone(), cfg)),
-        tokenizer: tok,
-        template: ChatTemplate::new(CHATML, "", "").unwrap(),
-        id: "slow".into(),
-        context_length: 256,
-        load_s: 0.0,
-    };
+    let lm = tiny_lm(Slow, cfg, "slow", 256);
     let state = AppState::new(Some(lm), ServerConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -3,17 +3,18 @@
 //! wait for a slot without a thread, so an ordinary request still gets one and finishes
 //! while they run.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_engine::{Engine, EngineConfig, EngineHandle};
-use kiln_model::chat::{ChatTemplate, CHATML};
-use kiln_model::tokenizer::Tokenizer;
-use kiln_server::{AppState, LoadedLm, ServerConfig};
+use kiln_engine::EngineConfig;
+use kiln_server::{AppState, ServerConfig};
 
 #[path = "support/slow.rs"]
 mod slow;
 use slow::Slow;
+
+#[path = "support/lm.rs"]
+mod lm;
+use lm::tiny_lm;
 
 #[path = "support/http.rs"]
 mod http;
@@ -30,18 +31,7 @@ fn refinements_leave_blocking_threads_to_ordinary_requests() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../kiln-model/tests/fixtures/tiny-qwen2/model.gguf");
-        let f = kiln_gguf::GgufFile::open(fixture).unwrap();
-        let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
-        let lm = LoadedLm {
-            engine: EngineHandle::spawn(Engine::new(Slow, tok.clone(), EngineConfig::default())),
-            tokenizer: tok,
-            template: ChatTemplate::new(CHATML, "", "").unwrap(),
-            id: "slow".into(),
-            context_length: 256,
-            load_s: 0.0,
-        };
+        let lm = tiny_lm(Slow, EngineConfig::default(), "slow", 256);
         let cfg = ServerConfig {
             max_refinements: 1,
             ..ServerConfig::default()

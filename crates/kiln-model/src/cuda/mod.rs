@@ -211,7 +211,8 @@ enum Gqa {
     Off,
     /// When the KV heads of the rows make at least one block per SM: with fewer, k_attn's
     /// blocks per query head finish sooner (H200, 132 SMs, Qwen2.5-0.5B shape, 2 KV heads:
-    /// k_attn_gqa made 1 to 64 rows 5 to 9% slower, 128 rows 9% and 256 rows 13% faster).
+    /// k_attn_gqa made 1 to 64 rows 5 to 9% slower, 128 rows 9% and 256 rows 13% faster;
+    /// docs/PERF.md, "Many streams on the GPU", which call measured which row count).
     Filled,
     All,
 }
@@ -355,6 +356,19 @@ impl CudaBackend {
         let mvt_cnt = stream
             .alloc_zeros::<u32>(MVT_TILES)
             .map_err(|e| dev("matrix-vector scratch", e))?;
+        let gqa = match std::env::var("KILN_CUDA_GQA") {
+            Err(_) => Gqa::Filled,
+            Ok(v) => match v.as_str() {
+                "" | "1" => Gqa::Filled,
+                "0" => Gqa::Off,
+                "all" => Gqa::All,
+                other => {
+                    return Err(ModelError::Config(format!(
+                        "KILN_CUDA_GQA={other}: expected 0 (k_attn only), 1 (the default) or all"
+                    )))
+                }
+            },
+        };
         Ok(CudaBackend {
             ctx,
             stream,
@@ -372,11 +386,7 @@ impl CudaBackend {
             mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
             pdl: major >= 9 && !env_off("KILN_CUDA_PDL"),
             mvt: major >= 8 && !env_off("KILN_CUDA_MVT"),
-            gqa: match std::env::var("KILN_CUDA_GQA").as_deref() {
-                Ok("0") => Gqa::Off,
-                Ok("all") => Gqa::All,
-                _ => Gqa::Filled,
-            },
+            gqa,
             mvt_ws,
             mvt_cnt,
             st: Mutex::new(St::default()),
