@@ -52,6 +52,31 @@ pub trait Runner: Send {
         adjust: &[Adjust],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError>;
+    /// Whether [`Runner::start`] returns before the step is done (a device that works
+    /// apart from the host): the engine then streams the previous step's tokens while the
+    /// step runs, and calls `start` and `finish` instead of `step`. Default: `false`.
+    fn overlaps(&self) -> bool {
+        false
+    }
+    /// [`Runner::step`]'s first half, for a runner that [`Runner::overlaps`]: starts the step.
+    fn start(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+    ) -> Result<(), ModelError> {
+        let _ = (batch, rows, adjust);
+        Err(ModelError::Input(
+            "this runner does not split its steps".into(),
+        ))
+    }
+    /// [`Runner::step`]'s second half: the tokens of the step [`Runner::start`] started.
+    fn finish(&mut self, out: &mut Vec<Sampled>) -> Result<(), ModelError> {
+        let _ = out;
+        Err(ModelError::Input(
+            "this runner does not split its steps".into(),
+        ))
+    }
     /// Runs every slice teacher-forced: appends one logits row per token of every slice, in
     /// order. The engine sends at most [`Runner::max_logit_rows`] tokens; only scoring
     /// requests use it, so a runner that cannot score keeps this default.
@@ -267,6 +292,11 @@ struct Seq {
     queried: bool,
     /// Set for a scoring request, which generates nothing.
     score: Option<Box<Scoring>>,
+    /// Tokens taken into `tokens` and not yet streamed (see [`Engine::flush`]).
+    unsent: Vec<(u32, Option<TokenLogprob>)>,
+    /// Why the sequence ends, when streaming found it (a stop string, or a listener gone)
+    /// after its next step had started; that step's token is then dropped.
+    stopped: Option<FinishReason>,
 }
 
 impl Seq {
@@ -336,6 +366,9 @@ pub struct EngineStats {
     pub model_seconds: f64,
     /// Seconds the engine's own work took in steps (scheduling, streaming), summed.
     pub host_seconds: f64,
+    /// Of `host_seconds`, those spent streaming a step's tokens while the device ran the next
+    /// step (a runner that [`Runner::overlaps`]); the rest kept the device waiting.
+    pub stream_seconds: f64,
     /// Positions in a KV block.
     pub block_size: usize,
     /// Prompt tokens looked up in the prefix cache (at each request's first admission).
@@ -374,6 +407,8 @@ pub struct Engine<R: Runner> {
     plan: Vec<(usize, usize)>,
     pre: Vec<(usize, usize)>,
     done: Vec<(usize, FinishReason)>,
+    /// Sequences ended whose last tokens and end are still to be streamed.
+    retiring: Vec<(Seq, FinishReason)>,
 }
 
 impl<R: Runner> Engine<R> {
@@ -396,6 +431,7 @@ impl<R: Runner> Engine<R> {
             plan: Vec::new(),
             pre: Vec::new(),
             done: Vec::new(),
+            retiring: Vec::new(),
         }
     }
 
@@ -423,7 +459,7 @@ impl<R: Runner> Engine<R> {
 
     /// Whether anything is waiting or running.
     pub fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || !self.running.is_empty()
+        !self.waiting.is_empty() || !self.running.is_empty() || !self.retiring.is_empty()
     }
 
     /// What requests are checked against.
@@ -487,6 +523,8 @@ impl<R: Runner> Engine<R> {
             queried: false,
             cached: 0,
             score: None,
+            unsent: Vec::new(),
+            stopped: None,
         });
         Ok(())
     }
@@ -532,6 +570,8 @@ impl<R: Runner> Engine<R> {
                 logprobs: Vec::with_capacity(n - from),
                 done: Some(done),
             })),
+            unsent: Vec::new(),
+            stopped: None,
         });
         Ok(id)
     }
@@ -584,6 +624,9 @@ impl<R: Runner> Engine<R> {
         let Some(mut seq) = self.running.pop() else {
             return false;
         };
+        if seq.stopped.is_none() {
+            seq.stopped = stream(&mut seq, &self.tok, None);
+        }
         self.blocks.release(&seq.table);
         seq.table.clear();
         seq.computed = 0;
@@ -611,7 +654,30 @@ impl<R: Runner> Engine<R> {
             }
             return;
         }
-        if reason != FinishReason::Cancelled {
+        self.retiring.push((seq, reason));
+    }
+
+    /// Streams what the last step sampled: the text of every sequence's new tokens (where
+    /// stop strings are looked for), then the end of the sequences retired. Runs while the
+    /// next step is on the device. Returns whether there was anything to stream.
+    fn flush(&mut self) -> bool {
+        let mut any = false;
+        for seq in self.running.iter_mut() {
+            if !seq.unsent.is_empty() && seq.stopped.is_none() {
+                any = true;
+                seq.stopped = stream(seq, &self.tok, None);
+            }
+        }
+        for (mut seq, reason) in self.retiring.drain(..) {
+            any = true;
+            let reason = match (reason, seq.stopped) {
+                (FinishReason::Cancelled, _) | (_, Some(FinishReason::Cancelled)) => continue,
+                (_, Some(stop)) => stop,
+                (r, None) => stream(&mut seq, &self.tok, Some(r)).unwrap_or(r),
+            };
+            if reason == FinishReason::Cancelled {
+                continue;
+            }
             let usage = Usage {
                 prompt_tokens: seq.prompt_len,
                 completion_tokens: seq.tokens.len() - seq.prompt_len,
@@ -621,6 +687,21 @@ impl<R: Runner> Engine<R> {
             };
             (seq.sink)(Event::Done { reason, usage });
         }
+        any
+    }
+
+    /// Retires the running sequences whose streaming found their end; says whether any.
+    fn retire_stopped(&mut self) -> bool {
+        let mut any = false;
+        let mut i = self.running.len();
+        while i > 0 {
+            i -= 1;
+            if let Some(r) = self.running[i].stopped {
+                self.retire(i, r);
+                any = true;
+            }
+        }
+        any
     }
 
     /// Chooses this step's work: decodes first (one token each), then prefill chunks with
@@ -698,9 +779,17 @@ impl<R: Runner> Engine<R> {
     }
 
     fn step_inner(&mut self) -> Result<bool, ModelError> {
+        // Without a device that runs apart from the host, the last step's tokens are
+        // streamed before this one, so that a stop string ends its sequence before it runs.
+        let overlap = self.runner.overlaps();
+        let mut streamed = !overlap && self.flush();
+        if self.retire_stopped() && !overlap {
+            self.flush();
+        }
         self.admit();
         if self.running.is_empty() {
-            return Ok(false);
+            streamed |= self.flush();
+            return Ok(streamed);
         }
         let mut plan = std::mem::take(&mut self.plan);
         let mut pre = std::mem::take(&mut self.pre);
@@ -729,6 +818,9 @@ impl<R: Runner> Engine<R> {
         if plan.is_empty() {
             self.plan = plan;
             self.pre = pre;
+            if overlap {
+                self.flush();
+            }
             return Ok(true);
         }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
@@ -760,7 +852,12 @@ impl<R: Runner> Engine<R> {
         self.score_logits.clear();
         let mut result = Ok(());
         let t_model = Instant::now();
-        if !batch.is_empty() {
+        // A runner that overlaps gets this step started, and the previous step's tokens are
+        // streamed while it runs.
+        let started = overlap && !batch.is_empty();
+        if started {
+            result = self.runner.start(&batch, &self.rows, &self.adjust);
+        } else if !batch.is_empty() {
             result = self
                 .runner
                 .step(&batch, &self.rows, &self.adjust, &mut self.sampled);
@@ -768,9 +865,23 @@ impl<R: Runner> Engine<R> {
         if result.is_ok() && !scored.is_empty() {
             result = self.runner.step_all(&scored, &mut self.score_logits);
         }
-        self.stats.model_seconds += t_model.elapsed().as_secs_f64();
+        let mut model_s = t_model.elapsed().as_secs_f64();
         drop(batch);
         drop(scored);
+        if overlap {
+            let t_stream = Instant::now();
+            self.flush();
+            self.stats.stream_seconds += t_stream.elapsed().as_secs_f64();
+        }
+        if started {
+            let t_wait = Instant::now();
+            let r = self.runner.finish(&mut self.sampled);
+            if result.is_ok() {
+                result = r;
+            }
+            model_s += t_wait.elapsed().as_secs_f64();
+        }
+        self.stats.model_seconds += model_s;
         let vocab = self.runner.vocab_size();
         if result.is_ok() && self.sampled.len() != self.rows.len() {
             result = Err(ModelError::Input(format!(
@@ -823,7 +934,7 @@ impl<R: Runner> Engine<R> {
             }
             let sampled = &self.sampled[row];
             row += 1;
-            if let Some(reason) = advance(seq, &self.tok, sampled) {
+            if let Some(reason) = seq.stopped.or_else(|| accept(seq, &self.tok, sampled)) {
                 done.push((idx, reason));
             }
         }
@@ -843,8 +954,10 @@ impl<R: Runner> Engine<R> {
     }
 }
 
-/// Takes the token sampled for `seq`, streams it, and says whether the sequence is finished.
-fn advance(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishReason> {
+/// Takes the token sampled for `seq` into its tokens (it is streamed by [`stream`] later)
+/// and says whether the sequence ends with it: at an end-of-generation token, at its token
+/// limit or at the context's end. Stop strings are found when streaming.
+fn accept(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishReason> {
     let id = sampled.token;
     seq.sampler.record(id);
     let logprob = seq
@@ -853,59 +966,80 @@ fn advance(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishRe
         .logprobs
         .map(|_| TokenLogprob::from_sampled(sampled));
     seq.tokens.push(id);
+    seq.unsent.push((id, logprob));
     if seq.first_token.is_none() {
         seq.first_token = Some(seq.submitted.elapsed().as_secs_f64());
     }
     let params = seq.sampler.params();
     let generated = seq.tokens.len() - seq.prompt_len;
-    let eog = tok.is_eog(id) && !params.ignore_eos;
-    let mut text = if eog {
-        String::new()
+    if tok.is_eog(id) && !params.ignore_eos {
+        Some(FinishReason::Stop)
+    } else if generated >= params.max_tokens {
+        Some(FinishReason::Length)
+    } else if seq.tokens.len() >= seq.max_len {
+        Some(FinishReason::ContextFull)
     } else {
-        seq.decoder.push(tok, id)
-    };
+        None
+    }
+}
+
+/// Streams the tokens [`accept`] took: their text, held back while it could still begin a
+/// stop string. `end`: the sequence ends with its last token (the rest of its text goes
+/// out with it). Returns `Stop` when a stop string ends the text (tokens after it are
+/// dropped) and `Cancelled` when nobody listens any more.
+fn stream(seq: &mut Seq, tok: &Tokenizer, end: Option<FinishReason>) -> Option<FinishReason> {
+    let mut unsent = std::mem::take(&mut seq.unsent);
+    let last = unsent.len().saturating_sub(1);
     let mut reason = None;
-    if !params.stop.is_empty() {
-        seq.held.push_str(&text);
-        text.clear();
-        if let Some(cut) = params
-            .stop
-            .iter()
-            .filter_map(|s| seq.held.find(s.as_str()))
-            .min()
-        {
-            seq.held.truncate(cut);
-            text = std::mem::take(&mut seq.held);
-            reason = Some(FinishReason::Stop);
+    for (i, (id, logprob)) in unsent.drain(..).enumerate() {
+        let params = seq.sampler.params();
+        let eog = tok.is_eog(id) && !params.ignore_eos;
+        let mut text = if eog {
+            String::new()
         } else {
-            // Hold back the longest tail that could still begin a stop string.
-            let keep = params
+            seq.decoder.push(tok, id)
+        };
+        if !params.stop.is_empty() {
+            seq.held.push_str(&text);
+            text.clear();
+            if let Some(cut) = params
                 .stop
                 .iter()
-                .map(|s| longest_prefix_suffix(&seq.held, s))
-                .max()
-                .unwrap_or(0);
-            let emit = seq.held.len() - keep;
-            text = seq.held[..emit].to_owned();
-            seq.held.drain(..emit);
+                .filter_map(|s| seq.held.find(s.as_str()))
+                .min()
+            {
+                seq.held.truncate(cut);
+                text = std::mem::take(&mut seq.held);
+                reason = Some(FinishReason::Stop);
+            } else {
+                // Hold back the longest tail that could still begin a stop string.
+                let keep = params
+                    .stop
+                    .iter()
+                    .map(|s| longest_prefix_suffix(&seq.held, s))
+                    .max()
+                    .unwrap_or(0);
+                let emit = seq.held.len() - keep;
+                text = seq.held[..emit].to_owned();
+                seq.held.drain(..emit);
+            }
         }
-    }
-    if reason.is_none() {
-        if eog {
-            reason = Some(FinishReason::Stop);
-        } else if generated >= params.max_tokens {
-            reason = Some(FinishReason::Length);
-        } else if seq.tokens.len() >= seq.max_len {
-            reason = Some(FinishReason::ContextFull);
-        }
-        if reason.is_some() {
+        if reason.is_none() && i == last && end.is_some() {
             text.push_str(&seq.decoder.finish());
             text.push_str(&std::mem::take(&mut seq.held));
         }
+        if !(seq.sink)(Event::Token { id, text, logprob }) {
+            return Some(FinishReason::Cancelled);
+        }
+        if reason.is_some() {
+            // Tokens after the stop string are not part of the answer.
+            let drop = last - i;
+            seq.tokens.truncate(seq.tokens.len() - drop);
+            break;
+        }
     }
-    if !(seq.sink)(Event::Token { id, text, logprob }) {
-        return Some(FinishReason::Cancelled);
-    }
+    unsent.clear();
+    seq.unsent = unsent;
     reason
 }
 
@@ -925,6 +1059,7 @@ fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
 
 impl<R: Runner> Drop for Engine<R> {
     fn drop(&mut self) {
+        self.flush();
         for mut s in self.running.drain(..).chain(self.waiting.drain(..)) {
             s.fail("the engine shut down");
         }

@@ -112,6 +112,25 @@ impl<B: Backend> Runner for ModelRunner<B> {
         self.model.sample(&mut self.state, rows, adjust, out)
     }
 
+    fn overlaps(&self) -> bool {
+        self.model.backend.asynchronous()
+    }
+
+    fn start(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+    ) -> Result<(), ModelError> {
+        self.model
+            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Keep)?;
+        self.model.sample_start(&mut self.state, rows, adjust)
+    }
+
+    fn finish(&mut self, out: &mut Vec<Sampled>) -> Result<(), ModelError> {
+        self.model.sample_wait(&mut self.state, out)
+    }
+
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         self.model
             .forward_batch(&mut self.state, &mut self.pool, batch, Logits::All)?;

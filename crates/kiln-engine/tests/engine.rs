@@ -23,6 +23,10 @@ struct MockRunner {
     logit_rows: usize,
     /// Most tokens seen in one teacher-forced pass.
     most_rows: usize,
+    /// Split steps (`start`, then `finish`), as a GPU runner does.
+    overlap: bool,
+    /// The tokens of a started step.
+    started: Option<Vec<Sampled>>,
 }
 
 /// The mock's logits after the token prefix whose running hash is `h`.
@@ -50,6 +54,14 @@ impl MockRunner {
             ctx: 4096,
             logit_rows: 5,
             most_rows: 0,
+            overlap: false,
+            started: None,
+        }
+    }
+    fn overlapping(vocab: usize, n_blocks: usize, block_size: usize) -> Self {
+        MockRunner {
+            overlap: true,
+            ..Self::new(vocab, n_blocks, block_size)
         }
     }
     fn slot(&self, blocks: &[u32], pos: usize) -> usize {
@@ -101,6 +113,32 @@ impl Runner for MockRunner {
         kiln_model::sample::sample_rows(&mut logits, self.vocab, rows, adjust, out, &mut scratch);
         Ok(())
     }
+    fn overlaps(&self) -> bool {
+        self.overlap
+    }
+    fn start(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+    ) -> Result<(), ModelError> {
+        assert!(
+            self.overlap,
+            "start called on a runner that does not overlap"
+        );
+        assert!(
+            self.started.is_none(),
+            "a step started before the last finished"
+        );
+        let mut out = Vec::new();
+        self.step(batch, rows, adjust, &mut out)?;
+        self.started = Some(out);
+        Ok(())
+    }
+    fn finish(&mut self, out: &mut Vec<Sampled>) -> Result<(), ModelError> {
+        *out = self.started.take().expect("finish without start");
+        Ok(())
+    }
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         let n: usize = batch.iter().map(|s| s.tokens.len()).sum();
         assert!(
@@ -138,12 +176,14 @@ fn tokenizer() -> Arc<Tokenizer> {
     Arc::new(Tokenizer::from_gguf(&f).unwrap())
 }
 
-#[derive(Default, Clone)]
+#[derive(Default, Clone, Debug, PartialEq)]
 struct Collected {
     ids: Vec<u32>,
     text: String,
     done: Option<FinishReason>,
     failed: Option<String>,
+    /// Generated tokens, as the end reports them.
+    completion: Option<usize>,
 }
 
 fn sink(out: Arc<Mutex<Collected>>, stop_after: Option<usize>) -> kiln_engine::Sink {
@@ -155,7 +195,10 @@ fn sink(out: Arc<Mutex<Collected>>, stop_after: Option<usize>) -> kiln_engine::S
                 c.text.push_str(&text);
                 return stop_after.is_none_or(|n| c.ids.len() < n);
             }
-            Event::Done { reason, .. } => c.done = Some(reason),
+            Event::Done { reason, usage } => {
+                c.done = Some(reason);
+                c.completion = Some(usage.completion_tokens);
+            }
             Event::Failed(m) => c.failed = Some(m),
         }
         true
@@ -708,4 +751,74 @@ fn a_cancelled_queued_request_is_never_prefilled() {
     assert_eq!(c.lock().unwrap().done, Some(FinishReason::Length));
     // An id that is no longer queued is ignored.
     e.cancel_waiting(queued);
+}
+
+/// A runner that overlaps (the engine streams a step's tokens while the next one runs, as
+/// on a GPU) gives every request the same tokens, text and end as one that does not: stop
+/// strings, token limits, end-of-text, listeners that leave, preemption and chunked prefill.
+#[test]
+fn overlapped_steps_stream_the_same_events() {
+    let tok = tokenizer();
+    let ps = prompts();
+    // The stop strings: pieces of the greedy answers, so that some requests stop early.
+    let stops: Vec<String> = ps
+        .iter()
+        .map(|p| {
+            let full = run_alone(&tok, p, SamplingParams::greedy(24));
+            let chars: Vec<char> = full.text.chars().collect();
+            chars[chars.len() / 3..chars.len() / 3 + 2].iter().collect()
+        })
+        .collect();
+    let case = |i: usize| -> (SamplingParams, Option<usize>) {
+        let mut p = params(i);
+        match i % 4 {
+            0 => p.stop = vec![stops[i].clone()],
+            1 => p.max_tokens = 1 + i,
+            2 => return (p, Some(2 + i)), // the listener leaves after a few tokens
+            _ => p.stop = vec!["\u{1}never".into(), stops[i].clone()],
+        }
+        (p, None)
+    };
+    for (n_blocks, max_batch_tokens) in [(64, 256), (64, 7), (12, 32)] {
+        let mut results = Vec::new();
+        for overlap in [false, true] {
+            let runner = if overlap {
+                MockRunner::overlapping(tok.vocab_size(), n_blocks, 16)
+            } else {
+                MockRunner::new(tok.vocab_size(), n_blocks, 16)
+            };
+            let cfg = EngineConfig {
+                max_batch_tokens,
+                ..Default::default()
+            };
+            let mut e = Engine::new(runner, tok.clone(), cfg);
+            let outs: Vec<_> = (0..ps.len())
+                .map(|_| Arc::new(Mutex::new(Collected::default())))
+                .collect();
+            for (i, p) in ps.iter().enumerate() {
+                let (params, stop_after) = case(i);
+                let req = Request {
+                    prompt: p.clone(),
+                    params,
+                };
+                e.submit(req, sink(outs[i].clone(), stop_after)).unwrap();
+            }
+            e.run_to_completion().unwrap();
+            assert!(!e.has_work());
+            assert_eq!(e.stats().blocks_used, 0, "every block returned");
+            let got: Vec<Collected> = outs.iter().map(|o| o.lock().unwrap().clone()).collect();
+            results.push(got);
+        }
+        let stopped = results[0]
+            .iter()
+            .filter(|c| c.done == Some(FinishReason::Stop))
+            .count();
+        assert!(stopped >= 2, "some requests end at their stop string");
+        for (i, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+            assert_eq!(
+                a, b,
+                "request {i}, {n_blocks} blocks, batch {max_batch_tokens}"
+            );
+        }
+    }
 }

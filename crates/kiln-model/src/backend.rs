@@ -251,6 +251,33 @@ pub trait Backend: Send + Sync + Sized + 'static {
         crate::sample::sample_rows(&mut v, width, rows, adjust, out, &mut s);
     }
 
+    /// Whether operations return before the device has done them (a GPU's stream), so that
+    /// the host can prepare other work while a pass runs.
+    fn asynchronous(&self) -> bool {
+        false
+    }
+
+    /// [`Backend::sample`] in two halves, for a device that works apart from the host: this
+    /// half starts it and returns `true`, and [`Backend::sample_wait`] gives the tokens once
+    /// the device has them, so that the host can do other work meanwhile. `false` (this
+    /// default): nothing was started, and the caller uses `sample`.
+    fn sample_start(
+        &self,
+        logits: &mut Self::Act,
+        width: usize,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+    ) -> bool {
+        let _ = (logits, width, rows, adjust);
+        false
+    }
+
+    /// The tokens (and log-probabilities asked for) of the sampling that
+    /// [`Backend::sample_start`] started, waiting for the device as needed.
+    fn sample_wait(&self, out: &mut Vec<Sampled>) {
+        out.clear();
+    }
+
     /// Called once at the start of every pass with the whole batch: a backend that keeps
     /// the pass's metadata (token ids, positions, block tables, rows wanted for logits) on
     /// its device uploads it here, and its operations may then read that copy instead of

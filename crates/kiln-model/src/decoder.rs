@@ -119,6 +119,10 @@ pub struct State<B: Backend> {
     logit_rows: usize,
     /// Unique among the states of this process (recorded passes are keyed by it).
     id: u64,
+    /// Tokens sampled on the host by [`Model::sample_start`], for [`Model::sample_wait`].
+    sampled: Vec<Sampled>,
+    /// Whether a device sampling was started and not yet read.
+    sampling: bool,
     /// Seconds per component, accumulated over passes, when enabled (a synchronous backend's
     /// operations are timed as they return).
     pub breakdown: Option<Breakdown>,
@@ -228,6 +232,8 @@ impl<B: Backend> Model<B> {
             logits: Vec::with_capacity(r * c.vocab_size),
             argmax: Vec::with_capacity(r),
             logit_rows: 0,
+            sampled: Vec::new(),
+            sampling: false,
             id: NEXT_STATE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             breakdown: None,
         })
@@ -452,6 +458,18 @@ impl<B: Backend> Model<B> {
         adjust: &[Adjust],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
+        self.sample_start(state, rows, adjust)?;
+        self.sample_wait(state, out)
+    }
+
+    /// [`Model::sample`] without waiting for the tokens, which [`Model::sample_wait`] then
+    /// gives: on a device that works apart from the host, the host is free in between.
+    pub fn sample_start(
+        &self,
+        state: &mut State<B>,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+    ) -> Result<(), ModelError> {
         if rows.len() != state.logit_rows {
             return Err(ModelError::Input(format!(
                 "{} sampling rows for {} rows of logits",
@@ -470,15 +488,32 @@ impl<B: Backend> Model<B> {
                 r.logprobs
             )));
         }
-        out.clear();
+        state.sampled.clear();
+        state.sampling = false;
         if !rows.is_empty() {
-            self.backend.sample(
-                &mut state.logits_dev,
-                self.cfg.vocab_size,
-                rows,
-                adjust,
-                out,
-            );
+            let logits = &mut state.logits_dev;
+            let width = self.cfg.vocab_size;
+            state.sampling = self.backend.sample_start(logits, width, rows, adjust);
+            if !state.sampling {
+                self.backend
+                    .sample(logits, width, rows, adjust, &mut state.sampled);
+            }
+        }
+        Ok(())
+    }
+
+    /// The tokens of [`Model::sample_start`], once the device has them; reports the first
+    /// error of the pass and of the sampling.
+    pub fn sample_wait(
+        &self,
+        state: &mut State<B>,
+        out: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
+        out.clear();
+        if std::mem::take(&mut state.sampling) {
+            self.backend.sample_wait(out);
+        } else {
+            out.append(&mut state.sampled);
         }
         self.backend.finish()
     }

@@ -403,6 +403,42 @@ impl Backend for Device {
         }
     }
 
+    fn asynchronous(&self) -> bool {
+        match self {
+            Device::Cpu(b) => b.asynchronous(),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => b.asynchronous(),
+        }
+    }
+
+    fn sample_start(
+        &self,
+        logits: &mut DevAct,
+        width: usize,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+    ) -> bool {
+        match self {
+            Device::Cpu(b) => {
+                cpu!(logits);
+                b.sample_start(logits, width, rows, adjust)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => {
+                gpu!(logits);
+                b.sample_start(logits, width, rows, adjust)
+            }
+        }
+    }
+
+    fn sample_wait(&self, out: &mut Vec<Sampled>) {
+        match self {
+            Device::Cpu(b) => b.sample_wait(out),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => b.sample_wait(out),
+        }
+    }
+
     fn begin_pass(
         &self,
         cfg: &ModelConfig,

@@ -237,6 +237,11 @@ impl Metrics {
                     "Seconds of engine steps spent in the engine's own work (scheduling, streaming).",
                     s.host_seconds,
                 ),
+                (
+                    "kiln_engine_stream_seconds_total",
+                    "Of the engine's own seconds, those spent streaming tokens while the device ran the next step.",
+                    s.stream_seconds,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
             }

@@ -163,6 +163,8 @@ struct St {
     samp_info: Option<CudaSlice<u32>>,
     samp_cand: Option<CudaSlice<u32>>,
     samp_host: Vec<u32>,
+    /// The sampling `sample_start` launched, for `sample_wait` to read.
+    samp_pending: Option<SampPending>,
     n_tiles: usize,
     graphs: HashMap<(PassKey, u64, usize), Graph>,
     /// How often each shape without a graph has run.
@@ -170,6 +172,28 @@ struct St {
     recording: Option<(PassKey, u64, usize)>,
     err: Option<String>,
     max_act: usize,
+}
+
+/// A sampling launched and not yet read: where its tokens are and what each row asked for.
+struct SampPending {
+    n: usize,
+    width: usize,
+    /// The device output buffer; 0 when the launch failed (the rows then read token 0, and
+    /// the error is reported by `finish`).
+    out: u64,
+    /// Each row's count of top log-probabilities, if asked for.
+    logprobs: Vec<Option<u8>>,
+}
+
+impl SampPending {
+    fn failed(n: usize) -> Self {
+        SampPending {
+            n,
+            width: 0,
+            out: 0,
+            logprobs: Vec::new(),
+        }
+    }
 }
 
 /// Runs the decoder on one NVIDIA GPU.
@@ -1698,6 +1722,21 @@ impl Backend for CudaBackend {
         adjust: &[Adjust],
         out: &mut Vec<Sampled>,
     ) {
+        self.sample_start(logits, width, rows, adjust);
+        self.sample_wait(out);
+    }
+
+    fn asynchronous(&self) -> bool {
+        true
+    }
+
+    fn sample_start(
+        &self,
+        logits: &mut CudaAct,
+        width: usize,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+    ) -> bool {
         // Layouts of sample.cu: SAMPLE_ROW_WORDS, SAMPLE_PARTS, SAMPLE_INFO, SAMPLE_CAP.
         const ROW: usize = 12;
         const PARTS: usize = 16;
@@ -1740,10 +1779,10 @@ impl Backend for CudaBackend {
         drop(st);
         if let Err(e) = grown {
             self.note("sampling", Err(e));
-            out.clear();
-            out.extend(std::iter::repeat_n(Sampled::token(0), n));
-            self.st().samp_host = h;
-            return;
+            let mut st = self.st();
+            st.samp_host = h;
+            st.samp_pending = Some(SampPending::failed(n));
+            return true;
         }
         // SAFETY: the buffer holds at least `h.len()` u32s; pageable copies are staged before
         // the call returns.
@@ -1779,23 +1818,48 @@ impl Backend for CudaBackend {
                 A::I(n as i32),
             ],
         );
-        let want_lp = rows.iter().any(|r| r.logprobs.is_some());
+        let mut st = self.st();
+        st.samp_host = h;
+        let mut pending = SampPending::failed(0);
+        pending.n = n;
+        pending.width = width;
+        pending.out = pout;
+        pending.logprobs.extend(rows.iter().map(|r| r.logprobs));
+        st.samp_pending = Some(pending);
+        true
+    }
+
+    fn sample_wait(&self, out: &mut Vec<Sampled>) {
+        // Layout of sample.cu's output: SAMPLE_OUT words per row after the tokens.
+        const OUT: usize = 1 + 2 * MAX_TOP_LOGPROBS;
+        out.clear();
+        let mut st = self.st();
+        let Some(p) = st.samp_pending.take() else {
+            return;
+        };
+        let n = p.n;
+        if p.out == 0 {
+            out.extend(std::iter::repeat_n(Sampled::token(0), n));
+            return;
+        }
+        let mut h = std::mem::take(&mut st.samp_host);
+        drop(st);
+        let want_lp = p.logprobs.iter().any(|k| k.is_some());
         let words = if want_lp { n * (1 + OUT) } else { n };
         h.clear();
         h.resize(words, 0);
         // SAFETY: the output buffer holds at least `words` u32s; synchronised below.
         let r = unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(&mut h[..], pout, self.stream.cu_stream())
+            cudarc::driver::result::memcpy_dtoh_async(&mut h[..], p.out, self.stream.cu_stream())
         }
         .and_then(|()| self.stream.synchronize());
         self.note("reading sampled tokens", r);
-        out.clear();
-        for (i, r) in rows.iter().enumerate() {
+        for (i, lp) in p.logprobs.iter().enumerate() {
             let mut s = Sampled::token(h[i]);
-            if let (Some(k), true) = (r.logprobs, want_lp) {
+            if let (Some(k), true) = (lp, want_lp) {
                 let o = &h[n + i * OUT..n + (i + 1) * OUT];
                 s.logprob = f32::from_bits(o[0]);
-                let k = (k as usize).min(MAX_TOP_LOGPROBS).min(width);
+                let k = (*k as usize).min(MAX_TOP_LOGPROBS).min(p.width);
                 for j in 0..k {
                     s.top[j] = (o[1 + 2 * j], f32::from_bits(o[2 + 2 * j]));
                 }
