@@ -137,6 +137,11 @@ pub struct Tokenizer {
     strip: HashMap<u32, (bool, bool)>,
     /// Longest token text in bytes.
     max_token_bytes: usize,
+    /// The output bytes of every token (control tokens' left out), one after another, and
+    /// where each token's start (`plain_at[id]..plain_at[id + 1]`): streaming text copies
+    /// one slice per token instead of decoding the token's characters.
+    plain: Vec<u8>,
+    plain_at: Vec<u32>,
 }
 
 /// Names that end generation in the chat formats kiln knows, besides the declared EOS.
@@ -383,8 +388,10 @@ impl Tokenizer {
         }
 
         let max_token_bytes = tokens.iter().map(String::len).max().unwrap_or(1).max(1);
-        Ok(Tokenizer {
+        let mut tok = Tokenizer {
             max_token_bytes,
+            plain: Vec::new(),
+            plain_at: Vec::new(),
             kind: spec.kind,
             pre: spec.pre,
             spm_ranked: spec.kind == Kind::Spm && !merges.is_empty(),
@@ -417,7 +424,26 @@ impl Tokenizer {
             prefix_unless_space: spec.prefix_unless_space,
             ignore_merges: spec.ignore_merges,
             strip: spec.strip,
-        })
+        };
+        tok.index_plain();
+        Ok(tok)
+    }
+
+    /// Fills [`Tokenizer::plain`] from the token texts.
+    fn index_plain(&mut self) {
+        let mut plain = Vec::new();
+        let mut at = Vec::with_capacity(self.tokens.len() + 1);
+        at.push(0u32);
+        for id in 0..self.tokens.len() as u32 {
+            self.decode_token(id, false, &mut plain);
+            at.push(u32::try_from(plain.len()).unwrap_or(u32::MAX));
+        }
+        if plain.len() > u32::MAX as usize {
+            // Over 4 GiB of token text: decode tokens one by one instead.
+            (plain, at) = (Vec::new(), Vec::new());
+        }
+        self.plain = plain;
+        self.plain_at = at;
     }
 
     /// Pads the vocabulary with unused placeholder entries up to `n` (models whose embedding
@@ -427,6 +453,9 @@ impl Tokenizer {
             self.tokens.push(String::new());
             self.types.push(TokenType::Unused);
             self.scores.push(0.0);
+            if let Some(&end) = self.plain_at.last() {
+                self.plain_at.push(end);
+            }
         }
     }
 
@@ -705,6 +734,21 @@ impl Tokenizer {
     /// The bytes a token stands for in output text. Control tokens give their text
     /// only when `special` is set.
     pub fn token_bytes(&self, id: u32, special: bool, out: &mut Vec<u8>) {
+        let i = id as usize;
+        let control = matches!(
+            self.types.get(i),
+            Some(TokenType::Control | TokenType::Unknown | TokenType::Unused)
+        );
+        match (self.plain_at.get(i), self.plain_at.get(i + 1)) {
+            (Some(&a), Some(&b)) if !(special && control) => {
+                out.extend_from_slice(&self.plain[a as usize..b as usize]);
+            }
+            _ => self.decode_token(id, special, out),
+        }
+    }
+
+    /// [`Tokenizer::token_bytes`] from the token's text.
+    fn decode_token(&self, id: u32, special: bool, out: &mut Vec<u8>) {
         let Some(t) = self.tokens.get(id as usize) else {
             return;
         };
