@@ -137,19 +137,51 @@ extern "C" __global__ void k_rmsnorm(const float *x, const float *w, float eps, 
 }
 
 // x (f32, optionally RMS-normalised with w) to f16, for the matrix units.
-extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, int dim, u16 *out) {
+// One warp per row (blockDim.x / 32 rows a block): x[row] to f16, RMS-normalised with weights
+// w first when w is set. Rows of a multiple of 4 values go 16 bytes a lane at a time.
+extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, int dim, int n,
+                                    u16 *out) {
     pdl_enter();
-    __shared__ float red[32];
-    const float *xr = x + (size_t)blockIdx.x * dim;
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= n) return;
+    const float *xr = x + (size_t)row * dim;
+    u16 *o = out + (size_t)row * dim;
     float s = 1.0f;
+    if ((dim & 3) == 0 && (((size_t)x | (size_t)w) & 15) == 0 && ((size_t)out & 7) == 0) {
+        const float4 *x4 = (const float4 *)xr;
+        const float4 *w4 = (const float4 *)w;
+        const int d4 = dim >> 2;
+        if (w) {
+            float ss = 0.0f;
+            for (int i = lane; i < d4; i += 32) {
+                const float4 v = x4[i];
+                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
+            s = rsqrtf(warp_sum(ss) / dim + eps);
+        }
+        for (int i = lane; i < d4; i += 32) {
+            float4 v = x4[i];
+            if (w) {
+                const float4 g = w4[i];
+                v.x = v.x * s * g.x;
+                v.y = v.y * s * g.y;
+                v.z = v.z * s * g.z;
+                v.w = v.w * s * g.w;
+            }
+            uint2 h;
+            h.x = (u32)f2h(v.x) | ((u32)f2h(v.y) << 16);
+            h.y = (u32)f2h(v.z) | ((u32)f2h(v.w) << 16);
+            ((uint2 *)o)[i] = h;
+        }
+        return;
+    }
     if (w) {
         float ss = 0.0f;
-        for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-        ss = block_sum(ss, red);
-        s = rsqrtf(ss / dim + eps);
+        for (int i = lane; i < dim; i += 32) ss += xr[i] * xr[i];
+        s = rsqrtf(warp_sum(ss) / dim + eps);
     }
-    u16 *o = out + (size_t)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = f2h(w ? xr[i] * s * w[i] : xr[i]);
+    for (int i = lane; i < dim; i += 32) o[i] = f2h(w ? xr[i] * s * w[i] : xr[i]);
 }
 
 extern "C" __global__ void k_add(float *x, const float *y, long long len) {
@@ -177,13 +209,29 @@ extern "C" __global__ void k_swiglu(float *gate, const float *up, long long len)
 
 // gu: [n][2 * half] f32 (gate rows then up rows) -> out f16 [n][half].
 // Grid as k_add_bias, over `half` columns.
+// Grid (columns / blockDim.x, rows up to 65535), rows beyond gridDim.y looping; when half is a
+// multiple of 4 (and the buffers aligned), four columns a thread and a quarter of the columns
+// in the grid suffice.
 extern "C" __global__ void k_swiglu_f16(const float *gu, int n, int half, u16 *out) {
     pdl_enter();
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= half) return;
-    for (int r = blockIdx.y; r < n; r += gridDim.y) {
-        const float *row = gu + (size_t)r * 2 * half;
-        out[(size_t)r * half + c] = f2h(silu(row[c]) * row[half + c]);
+    if ((half & 3) == 0 && ((size_t)gu & 15) == 0 && ((size_t)out & 7) == 0) {
+        if (4 * c >= half) return;
+        for (int r = blockIdx.y; r < n; r += gridDim.y) {
+            const float4 g = ((const float4 *)(gu + (size_t)r * 2 * half))[c];
+            const float4 u = ((const float4 *)(gu + (size_t)r * 2 * half + half))[c];
+            uint2 h;
+            h.x = (u32)f2h(silu(g.x) * u.x) | ((u32)f2h(silu(g.y) * u.y) << 16);
+            h.y = (u32)f2h(silu(g.z) * u.z) | ((u32)f2h(silu(g.w) * u.w) << 16);
+            ((uint2 *)(out + (size_t)r * half))[c] = h;
+        }
+        return;
+    }
+    for (int cc = c; cc < half; cc += gridDim.x * blockDim.x) {
+        for (int r = blockIdx.y; r < n; r += gridDim.y) {
+            const float *row = gu + (size_t)r * 2 * half;
+            out[(size_t)r * half + cc] = f2h(silu(row[cc]) * row[half + cc]);
+        }
     }
 }
 

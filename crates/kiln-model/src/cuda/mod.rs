@@ -174,6 +174,10 @@ struct St {
     max_act: usize,
 }
 
+/// Most shared memory `k_sample_part` takes for its slice of a row (its static arrays take
+/// about 2.4 KiB more, within the 48 KiB a block gets without asking).
+const SAMPLE_STAGE_MAX: usize = 44 * 1024;
+
 /// A sampling launched and not yet read: where its tokens are and what each row asked for.
 struct SampPending {
     n: usize,
@@ -722,15 +726,17 @@ impl CudaBackend {
         }
         // Through the matrix units: x to f16 (normalised on the way), then cuBLAS.
         let (xh, big, _) = self.scratch();
+        // One warp a row, four rows a block.
         self.launch(
             &self.k.to_f16,
-            (n as u32, 1, 1),
-            256,
+            (n.div_ceil(4) as u32, 1, 1),
+            128,
             &[
                 A::P(x_ptr),
                 A::P(nw),
                 A::F(eps),
                 A::I(w.cols as i32),
+                A::I(n as i32),
                 A::P(xh),
             ],
         );
@@ -757,9 +763,10 @@ impl CudaBackend {
         if mode == 2 {
             // SwiGLU into f16, for the next product; the caller's out_ptr is then unused and
             // the result sits in `xh`.
+            let per = if outs.is_multiple_of(4) { 4 } else { 1 };
             self.launch(
                 &self.k.swiglu_f16,
-                (outs.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
+                (outs.div_ceil(256 * per) as u32, n.clamp(1, 65535) as u32, 1),
                 256,
                 &[A::P(big), A::I(n as i32), A::I(outs as i32), A::P(xh)],
             );
@@ -1791,10 +1798,15 @@ impl Backend for CudaBackend {
         };
         self.note("uploading sampling parameters", r);
         let lp = self.p(&logits.buf);
-        self.launch(
+        // Each slice is read once into shared memory where it fits the default 48 KiB (a
+        // vocabulary up to 196,608 tokens); later passes over it read it there.
+        let slice_bytes = width.div_ceil(PARTS) * 4;
+        let staged = slice_bytes <= SAMPLE_STAGE_MAX;
+        self.launch_smem(
             &self.k.sample_part,
             (n as u32, PARTS as u32, 1),
             256,
+            if staged { slice_bytes as u32 } else { 0 },
             &[
                 A::P(lp),
                 A::I(width as i32),
@@ -1802,6 +1814,7 @@ impl Backend for CudaBackend {
                 A::P(pin + (n * ROW * 4) as u64),
                 A::P(pinfo),
                 A::P(pcand),
+                A::I(i32::from(staged)),
             ],
         );
         self.launch(

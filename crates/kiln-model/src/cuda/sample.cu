@@ -218,8 +218,12 @@ __device__ __forceinline__ float gumbel_noise(const RowP &r, u32 tok) {
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *info, u32 *cand) {
+k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *info, u32 *cand,
+              int staged) {
     pdl_enter();
+    // With `staged`, the slice (after its adjustments) is read once into shared memory and
+    // every later pass reads it there.
+    extern __shared__ float xs[];
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ unsigned long long hist[256];
@@ -244,7 +248,17 @@ k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *
     __syncthreads();
     float bv = (-INFINITY);
     int bi = 0x7fffffff;
-    for (int i = b + threadIdx.x; i < e; i += blockDim.x) better(bv, bi, x[i], i);
+    const float *xv = x + b;
+    if (staged) {
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const float v = x[b + j];
+            xs[j] = v;
+            better(bv, bi, v, b + j);
+        }
+        xv = xs;
+    } else {
+        for (int j = threadIdx.x; j < n; j += blockDim.x) better(bv, bi, xv[j], b + j);
+    }
     block_best(bv, bi, sv, si);
     const float pmax = bv;
     u32 *o = info + ((size_t)row * SAMPLE_PARTS + part) * SAMPLE_INFO;
@@ -254,7 +268,7 @@ k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *
     }
     if (r.nlp != SAMPLE_NONE) {
         float s = 0.0f;
-        for (int i = b + threadIdx.x; i < e; i += blockDim.x) s += __expf(x[i] - pmax);
+        for (int j = threadIdx.x; j < n; j += blockDim.x) s += __expf(xv[j] - pmax);
         s = sample_block_sum(s, sv);
         if (threadIdx.x == 0) o[2] = __float_as_uint(s);
     }
@@ -265,8 +279,9 @@ k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *
         if (bi != 0x7fffffff) {
             const float bound = pmax / r.t + gumbel_noise(r, (u32)bi);
             const float skip = (bound - GUMBEL_MAX) * r.t;
-            for (int i = b + threadIdx.x; i < e; i += blockDim.x) {
-                float v = x[i];
+            for (int j = threadIdx.x; j < n; j += blockDim.x) {
+                const float v = xv[j];
+                const int i = b + j;
                 if (v >= skip && v == v) better(gv, gi, v / r.t + gumbel_noise(r, (u32)i), i);
             }
         }
@@ -278,12 +293,13 @@ k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *
     }
     const u32 keep = row_keep(r, mode);
     if (keep > 0u) {
-        u32 lo = (u32)n > keep ? radix_select(x + b, n, 0, keep, false, 0.0f, 1.0f, hist, sh) : 0u;
+        u32 lo = (u32)n > keep ? radix_select(xv, n, 0, keep, false, 0.0f, 1.0f, hist, sh) : 0u;
         if (threadIdx.x == 0) cn = 0;
         __syncthreads();
         u32 *c = cand + ((size_t)row * SAMPLE_PARTS + part) * SAMPLE_CAP * 2;
-        for (int i = b + threadIdx.x; i < e; i += blockDim.x) {
-            float v = x[i];
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const float v = xv[j];
+            const int i = b + j;
             if (fkey(v) >= lo) {
                 int slot = atomicAdd(&cn, 1);
                 if (slot < SAMPLE_CAP) {
