@@ -4,7 +4,7 @@ token and inter-token latency (p50/p99) per concurrency and temperature, one JSO
 with the round's window and the engine's own busy time over it (from /metrics).
 
 usage: python3 serve_bench.py --port 8080 [--streams 1,8,64,256] [--temperatures 0.7,0]
-                              [--max-tokens 128] [--procs 8] [--client models|lines]
+                              [--max-tokens 128] [--procs 8] [--client models|lines|raw]
 
 Clients are spread over --procs processes, each with one asyncio loop and one AsyncOpenAI
 client kept for the whole run, so that connections stay open between rounds (as a load
@@ -13,6 +13,12 @@ generator or a router keeps them) and Python does not bound what is measured. Wi
 application iterating the stream would; with `--client lines` the package's raw streaming
 response is read line by line and each `data:` line decoded with json.loads, as vLLM's serving
 benchmark reads chunks, so that the client's cost per chunk bounds less of what is measured.
+With `--client raw` no client library is used: each stream takes a kept-alive HTTP/1.1
+connection (asyncio streams, reused between rounds), writes a prepared request and reads the
+chunked SSE answer, so that neither sending a round's requests nor reading its chunks costs
+the client much (the openai package spends about a millisecond of a process's time building
+each request, which spreads the start of a round's streams over tens of milliseconds at 256
+streams).
 Only loopback is contacted.
 """
 import argparse
@@ -47,7 +53,9 @@ async def one(client, model, i, temp, max_tokens, start_at, mode):
         stream_options={"include_usage": True},
         extra_body={"ignore_eos": True},
     )
-    if mode == "models":
+    if mode == "raw":
+        tokens = await raw_stream(client, i, args, stamps)
+    elif mode == "models":
         stream = await client.completions.create(**args)
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].text:
@@ -72,6 +80,67 @@ async def one(client, model, i, temp, max_tokens, start_at, mode):
     return tokens, ttft, itl, t0, stamps[-1] if stamps else t0
 
 
+class RawPool:
+    """Kept-alive HTTP/1.1 connections to 127.0.0.1:port: a stream takes an idle one or opens
+    one, and gives it back when its answer has been read to the end, so that a process holds
+    no more connections than it ever had streams at once."""
+
+    def __init__(self, port):
+        self.port = port
+        self.idle = []
+
+    async def get(self, key):
+        if self.idle:
+            return self.idle.pop()
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    def put(self, key, c):
+        self.idle.append(c)
+
+
+async def raw_stream(pool, key, args, stamps):
+    """POSTs a completion request and reads its SSE stream; returns the usage's token count."""
+    body = json.dumps({k: v for k, v in args.items() if k != "extra_body"}
+                      | args.get("extra_body", {})).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{pool.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    reader, writer = await pool.get(key)
+    writer.write(head + body)
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"stream {key}: {status!r}")
+    chunked = False
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+            chunked = True
+    if not chunked:
+        raise RuntimeError(f"stream {key}: the answer is not chunked")
+    tokens, buf = 0, b""
+    while True:
+        size = int((await reader.readline()).split(b";")[0], 16)
+        data = await reader.readexactly(size + 2)
+        if size == 0:
+            break
+        buf += data[:-2]
+        *events, buf = buf.split(b"\n\n")
+        for ev in events:
+            if not ev.startswith(b"data:"):
+                continue
+            payload = ev[5:].strip()
+            if payload == b"[DONE]":
+                continue
+            chunk = json.loads(payload)
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                stamps.append(time.perf_counter())
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    pool.put(key, (reader, writer))
+    return tokens
+
+
 def engine_counters(port):
     """The engine's own clocks from /metrics: seconds in the model's passes, seconds of its
     own host work, and steps, so that a round's window can be set against the engine's busy
@@ -81,26 +150,32 @@ def engine_counters(port):
     except OSError:
         return None
     want = {"kiln_engine_model_seconds_total": "model_s", "kiln_engine_host_seconds_total": "host_s",
+            "kiln_engine_stream_seconds_total": "stream_s",
             "kiln_engine_steps_total": "steps"}
     out = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] in want:
             out[want[parts[0]]] = float(parts[1])
-    return out if len(out) == len(want) else None
+    return out if {"model_s", "host_s", "steps"} <= out.keys() else None
 
 
 # Per worker process: its event loop and client, kept between rounds.
 LOOP = None
 CLIENT = None
+MODE = None
 
 
-def init_worker(port):
-    global LOOP, CLIENT
+def init_worker(port, mode):
+    global LOOP, CLIENT, MODE
+    MODE = mode
     from openai import AsyncOpenAI
 
     LOOP = asyncio.new_event_loop()
     asyncio.set_event_loop(LOOP)
+    if MODE == "raw":
+        CLIENT = RawPool(port)
+        return
     # The package's default pool keeps 100 connections alive: more than a process's streams.
     CLIENT = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
                          timeout=600)
@@ -123,11 +198,11 @@ def main():
     ap.add_argument("--temperatures", default="0.7,0")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--procs", type=int, default=8)
-    ap.add_argument("--client", choices=["models", "lines"], default="models")
+    ap.add_argument("--client", choices=["models", "lines", "raw"], default="models")
     a = ap.parse_args()
     from openai import OpenAI
     model = OpenAI(base_url=f"http://127.0.0.1:{a.port}/v1", api_key="none").models.list().data[0].id
-    with mp.Pool(a.procs, initializer=init_worker, initargs=(a.port,)) as pool:
+    with mp.Pool(a.procs, initializer=init_worker, initargs=(a.port, a.client)) as pool:
         # Warm-up: connections, kernels, and the decode steps of each concurrency (a server in
         # steady state has recorded them), 16 tokens each, outside the figures.
         for n in [int(s) for s in a.streams.split(",")]:

@@ -6,7 +6,8 @@
 # round. With .devbin/kiln_base (the same build of an earlier commit) beside the new binary,
 # the speed and serve steps run both in the same call. Usage (device tool, carry .devbin and
 # .whl): bash scripts/gpu/scale_call.sh [MODES], MODES any of check speed prof serve (default
-# all).
+# all). Serving: STREAMS, TEMPS, PROCS (client processes), CLIENTS, and SERVER_CPUS /
+# CLIENT_CPUS (taskset lists) to keep the server and the clients on cores of their own.
 set -u
 . scripts/gpu/setup.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 && export PYTHONPATH=/tmp/site
@@ -74,15 +75,15 @@ d = dict(zip(h, v)); print("ListenOverflows", d.get("ListenOverflows"), "ListenD
 echo "somaxconn $(cat /proc/sys/net/core/somaxconn 2>/dev/null)"
 serve_round() {  # binary, label, streams, temperatures, client processes, client mode
 echo "== kiln serve ($2) + serve_bench.py (openai streams, $5 client processes, --client $6, engine busy time per round)"
-"$1" serve --device cuda -m /tmp/q05 --max-running 256 --max-batch-tokens 512 --max-memory-mb 60000 --max-queue 1024 --port 8181 > /tmp/serve.log 2>&1 &
+${SERVER_CPUS:+taskset -c $SERVER_CPUS} "$1" serve --device cuda -m /tmp/q05 --max-running 256 --max-batch-tokens 512 --max-memory-mb 60000 --max-queue 1024 --port 8181 > /tmp/serve.log 2>&1 &
 SP=$!
 for i in $(seq 1 120); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
 listen_drops
-timeout 240 python3 scripts/serve_bench.py --port 8181 --streams $3 --temperatures $4 --procs $5 --client $6 2>&1 | tee $OUT/serve_$2_$6.jsonl
+timeout 240 ${CLIENT_CPUS:+taskset -c $CLIENT_CPUS} python3 scripts/serve_bench.py --port 8181 --streams $3 --temperatures $4 --procs $5 --client $6 2>&1 | tee $OUT/serve_$2_$6.jsonl
 listen_drops
 kill $SP; wait $SP 2>/dev/null
 tail -2 /tmp/serve.log
 }
-for c in ${CLIENTS:-models lines}; do serve_round "$K" new 1,8,64,256 0.7,0 15 $c; done
-[ -x "$B/kiln_base" ] && serve_round "$B/kiln_base" base 64,256 0.7 15 ${BASE_CLIENT:-lines}
+for c in ${CLIENTS:-models lines}; do serve_round "$K" new ${STREAMS:-1,8,64,256} ${TEMPS:-0.7,0} ${PROCS:-15} $c; done
+[ -x "$B/kiln_base" ] && serve_round "$B/kiln_base" base 64,256 0.7 ${PROCS:-15} ${BASE_CLIENT:-lines}
 fi
