@@ -2,9 +2,12 @@
 //! with minijinja.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::memguard::{self, Overrun};
 use crate::tokenizer::{TokenType, Tokenizer};
 use crate::ModelError;
 
@@ -37,12 +40,14 @@ const FUEL: u64 = 5_000_000;
 
 /// Most bytes a render may write beyond the messages' own text (a template that repeats or
 /// pads without end is stopped there rather than filling memory).
-///
-/// Not covered: a string built and never written (`{% set x = x ~ x %}` over and over) can
-/// still grow until memory runs out, within the fuel; minijinja caps a repetition
-/// (`'a' * n`) at 100 MB but has no limit on concatenation. The template comes with the
-/// model file, so this is trusted as far as the model file is.
 const OUTPUT_SLACK: usize = 1 << 20;
+
+/// Memory a render may hold beyond four times its output cap: strings built and never
+/// written (`{% set x = x ~ x %}` over and over) are stopped there ([`crate::memguard`]).
+const MEMORY_SLACK: usize = 64 << 20;
+
+/// Longest a render may take; the fuel ends a looping template well before.
+const RENDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A rendered conversation and where each message's content lies in it.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +61,13 @@ pub struct Rendered {
 
 /// A compiled chat template.
 pub struct ChatTemplate {
+    inner: Arc<Inner>,
+    /// Set once a render went over its memory or time budget: the stopped render may hold
+    /// the template's state, so it is never rendered again.
+    disabled: AtomicBool,
+}
+
+struct Inner {
     env: minijinja::Environment<'static>,
     bos: String,
     eos: String,
@@ -99,61 +111,70 @@ impl ChatTemplate {
         env.set_fuel(Some(FUEL));
         env.add_template_owned("chat", source.to_owned())
             .map_err(|e| ModelError::Template(format!("{origin}: cannot compile it: {e}")))?;
+        warm_up();
         Ok(ChatTemplate {
-            env,
-            bos: bos.to_owned(),
-            eos: eos.to_owned(),
-            origin: origin.to_owned(),
+            inner: Arc::new(Inner {
+                env,
+                bos: bos.to_owned(),
+                eos: eos.to_owned(),
+                origin: origin.to_owned(),
+            }),
+            disabled: AtomicBool::new(false),
         })
     }
 
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
+    ///
+    /// The render runs on a thread of its own with a memory budget (four times its output
+    /// cap, plus 64 MiB) and a time limit; a template that goes over either is stopped and
+    /// disabled for good, and this and every later render end in an error naming it.
     pub fn render(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
-        let tmpl = self
-            .env
-            .get_template("chat")
-            .map_err(|e| ModelError::Template(format!("{}: {e}", self.origin)))?;
+        let origin = &self.inner.origin;
+        if self.disabled.load(Ordering::Relaxed) {
+            return Err(ModelError::Template(format!(
+                "{origin}: disabled after a render went over its memory or time budget"
+            )));
+        }
         let cap = messages
             .iter()
             .map(|m| m.content.len() + m.role.len())
             .sum::<usize>()
             .saturating_mul(4)
             .saturating_add(OUTPUT_SLACK);
-        let mut out = Capped {
-            buf: Vec::new(),
-            cap,
-            full: false,
-        };
-        tmpl.render_captured_to(
-            minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos,
-                eos_token => self.eos,
-            },
-            &mut out,
-        )
-        .map_err(|e| {
-            if out.full {
-                ModelError::Template(format!(
-                    "{}: rendering failed: the template wrote more than {cap} bytes for {} messages",
-                    self.origin,
-                    messages.len()
-                ))
-            } else {
-                ModelError::Template(format!("{}: rendering failed: {e}", self.origin))
+        let budget = cap.saturating_mul(4).saturating_add(MEMORY_SLACK);
+        let inner = self.inner.clone();
+        let n = messages.len();
+        let messages = messages.to_vec();
+        let r = memguard::run_bounded(budget, RENDER_TIMEOUT, move || {
+            inner.render_here(&messages, add_generation_prompt, cap)
+        });
+        match r {
+            Ok(r) => r,
+            Err(over) => {
+                if over != Overrun::NoThread {
+                    self.disabled.store(true, Ordering::Relaxed);
+                }
+                Err(ModelError::Template(match over {
+                    Overrun::Memory => format!(
+                        "{origin}: rendering was stopped: it took more than {} MiB for {} \
+                         messages (strings built without end?); the template is disabled",
+                        budget >> 20,
+                        n
+                    ),
+                    Overrun::Time => format!(
+                        "{origin}: rendering was stopped after {} s; the template is disabled",
+                        RENDER_TIMEOUT.as_secs()
+                    ),
+                    Overrun::NoThread => {
+                        format!("{origin}: no thread could be started to render it")
+                    }
+                }))
             }
-        })?;
-        String::from_utf8(out.buf).map_err(|_| {
-            ModelError::Template(format!(
-                "{}: rendering failed: output is not UTF-8",
-                self.origin
-            ))
-        })
+        }
     }
 
     /// Renders a conversation and finds each message's content in the result, so that a
@@ -270,6 +291,69 @@ impl ChatTemplate {
             }
         }
     }
+}
+
+impl Inner {
+    /// The render itself, on the bounded thread.
+    fn render_here(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        cap: usize,
+    ) -> Result<String, ModelError> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ModelError::Template(format!("{}: {e}", self.origin)))?;
+        let mut out = Capped {
+            buf: Vec::new(),
+            cap,
+            full: false,
+        };
+        tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos,
+                eos_token => self.eos,
+            },
+            &mut out,
+        )
+        .map_err(|e| {
+            if out.full {
+                ModelError::Template(format!(
+                    "{}: rendering failed: the template wrote more than {cap} bytes for {} messages",
+                    self.origin,
+                    messages.len()
+                ))
+            } else {
+                ModelError::Template(format!("{}: rendering failed: {e}", self.origin))
+            }
+        })?;
+        String::from_utf8(out.buf).map_err(|_| {
+            ModelError::Template(format!(
+                "{}: rendering failed: output is not UTF-8",
+                self.origin
+            ))
+        })
+    }
+}
+
+/// Renders a small template once in the process before any render has a budget, so that
+/// whatever minijinja sets up on first use (behind a lock) is never left half done by a
+/// render stopped over its budget.
+fn warm_up() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(1000));
+        let src = "{% for m in messages %}{{ (m.role ~ m.content) | trim | lower }}{% endfor %}";
+        if env.add_template("w", src).is_ok() {
+            if let Ok(t) = env.get_template("w") {
+                let _ = t.render(minijinja::context! { messages => vec![Message::new("a", "b")] });
+            }
+        }
+    });
 }
 
 /// Replaces the markers in `shape` by the contents (trimmed if `trim`); gives the contents'
@@ -435,6 +519,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("wrote more than"), "{e}");
+    }
+
+    #[test]
+    fn templates_building_strings_without_end_are_stopped_and_disabled() {
+        // Each doubles a string 40 times (a terabyte) in a few hundred instructions, far
+        // inside the fuel; the memory budget stops them at about 68 MiB.
+        for body in [
+            "{% set ns.s = ns.s ~ ns.s %}",
+            "{% set ns.s = ns.s | replace('a', ns.s) %}",
+        ] {
+            let src = format!(
+                "{{% set ns = namespace(s='ab') %}}{{% for i in range(40) %}}{body}\
+                 {{% endfor %}}{{{{ ns.s | length }}}}"
+            );
+            let t =
+                ChatTemplate::with_origin(&src, "", "", "m.gguf: tokenizer.chat_template").unwrap();
+            let msgs = [Message::new("user", "hi")];
+            let t0 = std::time::Instant::now();
+            let e = t.render(&msgs, false).unwrap_err().to_string();
+            assert!(
+                e.contains("m.gguf: tokenizer.chat_template") && e.contains("more than"),
+                "{e}"
+            );
+            assert!(t0.elapsed() < RENDER_TIMEOUT, "{:?}", t0.elapsed());
+            let e = t.render(&msgs, false).unwrap_err().to_string();
+            assert!(e.contains("disabled"), "{e}");
+        }
+        // A template that builds a large string once, within the budget, renders.
+        let t = ChatTemplate::new(
+            "{% set ns = namespace(s='ab') %}{% for i in range(20) %}{% set ns.s = ns.s ~ ns.s %}\
+             {% endfor %}{{ ns.s | length }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), (2usize << 20).to_string());
     }
 
     #[test]

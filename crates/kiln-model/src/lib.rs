@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod hf;
 pub mod loader;
 pub mod lora;
+pub mod memguard;
 pub mod quantize;
 pub mod safetensors;
 pub mod sample;

@@ -1798,8 +1798,8 @@ impl Backend for CudaBackend {
         };
         self.note("uploading sampling parameters", r);
         let lp = self.p(&logits.buf);
-        // Each slice is read once into shared memory where it fits the default 48 KiB (a
-        // vocabulary up to 196,608 tokens); later passes over it read it there.
+        // Each slice is read once into shared memory where it fits SAMPLE_STAGE_MAX (a
+        // vocabulary up to 180,224 tokens); later passes over it read it there.
         let slice_bytes = width.div_ceil(PARTS) * 4;
         let staged = slice_bytes <= SAMPLE_STAGE_MAX;
         self.launch_smem(
