@@ -566,6 +566,21 @@ fn folder_errors_name_the_problem() {
         e.contains("chat_template.jinja") && e.contains("rendering failed"),
         "{e}"
     );
+    // One that doubles a string without end is stopped at its memory budget, and disabled.
+    std::fs::write(
+        d.join("chat_template.jinja"),
+        "{% set ns = namespace(s='ab') %}{% for m in messages %}{% for i in range(60) %}\
+         {% set ns.s = ns.s ~ ns.s %}{% endfor %}{% endfor %}{{ ns.s }}",
+    )
+    .unwrap();
+    let m = load(&d, test_device(1), &LoadOptions::default()).unwrap();
+    let e = m.template.render(&msgs, true).unwrap_err().to_string();
+    assert!(
+        e.contains("chat_template.jinja") && e.contains("stopped") && e.contains("MiB"),
+        "{e}"
+    );
+    let e = m.template.render(&msgs, true).unwrap_err().to_string();
+    assert!(e.contains("disabled"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
