@@ -1,7 +1,8 @@
 # Two `kiln serve` replicas (one thread each, on loopback) behind nginx (Debian's package) and
 # behind vllm-router (the pip package), checked with scripts/router_check.py through the openai
 # client: sessions stay on one replica, requests sharing a long prefix go to the replica that
-# caches it, and when a replica stops the other answers. The configurations are those of
+# caches it, a replica sent SIGTERM while streams run finishes them and its new requests go to
+# the other, and when a replica stops the other answers. The configurations are those of
 # docs/DEPLOY.md. Usage: bash scripts/routers.sh [KILN] (default ./target/release/kiln);
 # needs nginx, vllm-router and the openai package.
 set -u
@@ -47,9 +48,17 @@ V=$!; pids+=("$V")
 ready http://127.0.0.1:$VR || { tail -5 "$T/vr2.log"; exit 1; }
 check http://127.0.0.1:$VR $REPLICAS prefix
 
-echo "== replica on port $P2 stopped (SIGTERM): both routers answer from the other"
-kill -TERM "$R2"; wait "$R2" 2>/dev/null
-sleep 3  # vllm-router's health check (every second) takes the replica out
+echo "== SIGTERM to the replica on port $P2 while 12 streams run through nginx: it drains"
+check http://127.0.0.1:$NG $REPLICAS drain "$R2" http://127.0.0.1:$P2
+wait "$R2" 2>/dev/null
+echo "== a new replica on port $P2, then SIGTERM to it while 12 streams run through vllm-router"
+R2=$(replica $P2); pids+=("$R2")
+ready http://127.0.0.1:$P2 || exit 1
+sleep 3  # vllm-router's health check (every second) takes the replica back
+check http://127.0.0.1:$VR $REPLICAS drain "$R2" http://127.0.0.1:$P2
+wait "$R2" 2>/dev/null
+echo "== replica on port $P2 stopped: both routers answer from the other"
+sleep 3  # vllm-router's health check takes the replica out
 check http://127.0.0.1:$NG $REPLICAS alive
 check http://127.0.0.1:$VR $REPLICAS alive
 [ $fail = 0 ] && echo "routers: all checks passed" || echo "routers: a check FAILED"
