@@ -137,31 +137,36 @@ extern "C" __global__ void k_rmsnorm(const float *x, const float *w, float eps, 
 }
 
 // x (f32, optionally RMS-normalised with w) to f16, for the matrix units.
-// One warp per row (blockDim.x / 32 rows a block): x[row] to f16, RMS-normalised with weights
-// w first when w is set. Rows of a multiple of 4 values go 16 bytes a lane at a time.
-extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, int dim, int n,
-                                    u16 *out) {
+// One block per row: x[row] to f16, RMS-normalised with weights w first when w is set. Rows
+// of a multiple of 4 values go 16 bytes a thread at a time, the first 4 * blockDim.x of them
+// held in registers between the sum and the write.
+#define TO_F16_HELD 4
+extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, int dim, u16 *out) {
     pdl_enter();
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= n) return;
-    const float *xr = x + (size_t)row * dim;
-    u16 *o = out + (size_t)row * dim;
-    float s = 1.0f;
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    u16 *o = out + (size_t)blockIdx.x * dim;
+    const int tid = threadIdx.x, nt = blockDim.x;
     if ((dim & 3) == 0 && (((size_t)x | (size_t)w) & 15) == 0 && ((size_t)out & 7) == 0) {
         const float4 *x4 = (const float4 *)xr;
         const float4 *w4 = (const float4 *)w;
         const int d4 = dim >> 2;
-        if (w) {
-            float ss = 0.0f;
-            for (int i = lane; i < d4; i += 32) {
-                const float4 v = x4[i];
-                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-            }
-            s = rsqrtf(warp_sum(ss) / dim + eps);
+        float4 held[TO_F16_HELD];
+        float ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < TO_F16_HELD; k++) {
+            const int i = tid + k * nt;
+            held[k] = i < d4 ? x4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            ss += held[k].x * held[k].x + held[k].y * held[k].y + held[k].z * held[k].z +
+                  held[k].w * held[k].w;
         }
-        for (int i = lane; i < d4; i += 32) {
-            float4 v = x4[i];
+        for (int i = tid + TO_F16_HELD * nt; i < d4; i += nt) {
+            const float4 v = x4[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        float s = 1.0f;
+        if (w) s = rsqrtf(block_sum(ss, red) / dim + eps);
+        auto put = [&](int i, float4 v) {
             if (w) {
                 const float4 g = w4[i];
                 v.x = v.x * s * g.x;
@@ -173,15 +178,22 @@ extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, i
             h.x = (u32)f2h(v.x) | ((u32)f2h(v.y) << 16);
             h.y = (u32)f2h(v.z) | ((u32)f2h(v.w) << 16);
             ((uint2 *)o)[i] = h;
+        };
+#pragma unroll
+        for (int k = 0; k < TO_F16_HELD; k++) {
+            const int i = tid + k * nt;
+            if (i < d4) put(i, held[k]);
         }
+        for (int i = tid + TO_F16_HELD * nt; i < d4; i += nt) put(i, x4[i]);
         return;
     }
+    float s = 1.0f;
     if (w) {
         float ss = 0.0f;
-        for (int i = lane; i < dim; i += 32) ss += xr[i] * xr[i];
-        s = rsqrtf(warp_sum(ss) / dim + eps);
+        for (int i = tid; i < dim; i += nt) ss += xr[i] * xr[i];
+        s = rsqrtf(block_sum(ss, red) / dim + eps);
     }
-    for (int i = lane; i < dim; i += 32) o[i] = f2h(w ? xr[i] * s * w[i] : xr[i]);
+    for (int i = tid; i < dim; i += nt) o[i] = f2h(w ? xr[i] * s * w[i] : xr[i]);
 }
 
 extern "C" __global__ void k_add(float *x, const float *y, long long len) {

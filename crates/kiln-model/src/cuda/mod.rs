@@ -726,17 +726,17 @@ impl CudaBackend {
         }
         // Through the matrix units: x to f16 (normalised on the way), then cuBLAS.
         let (xh, big, _) = self.scratch();
-        // One warp a row, four rows a block.
+        // A block a row, of as many threads as a quarter of the row needs (32 to 256).
+        let threads = (w.cols / 4).next_multiple_of(32).clamp(32, 256);
         self.launch(
             &self.k.to_f16,
-            (n.div_ceil(4) as u32, 1, 1),
-            128,
+            (n as u32, 1, 1),
+            threads as u32,
             &[
                 A::P(x_ptr),
                 A::P(nw),
                 A::F(eps),
                 A::I(w.cols as i32),
-                A::I(n as i32),
                 A::P(xh),
             ],
         );
