@@ -864,33 +864,46 @@ unsafe fn q4_1_256<const R: usize, const C: usize>(
 ) {
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
     let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut macc = [[0f32; C]; R];
+    // The minimum's terms, lane t for token t: the same products and sums, in the same
+    // order, as one scalar per row and token.
+    let mut macc = [_mm_setzero_ps(); R];
     // SAFETY: as in `q4_0_256`.
     unsafe {
         for b in 0..a.nb {
             let mut wq = [_mm256_setzero_si256(); R];
             let mut wd = [0f32; R];
-            let mut wm = [0f32; R];
+            let mut wm = [_mm_setzero_ps(); R];
             for r in 0..R {
                 let p = w.add(r * rb + b * 20);
                 wq[r] = nib1(p.add(4));
-                wd[r] = f16_1(p);
-                wm[r] = f16_1(p.add(2));
+                // d and m (two f16 side by side) in one conversion.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(ld32(p)));
+                wd[r] = _mm_cvtss_f32(dm);
+                wm[r] = _mm_permute_ps::<0b01_01_01_01>(dm);
             }
+            let mut sa = [0f32; 4];
+            for t in 0..C {
+                sa[t] = *tp[t].2.add(b);
+            }
+            let sav = _mm_loadu_ps(sa.as_ptr());
             for t in 0..C {
                 let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
-                let (da, sa) = (*tp[t].1.add(b), *tp[t].2.add(b));
+                let da = *tp[t].1.add(b);
                 for r in 0..R {
                     let dot = pairs(_mm256_maddubs_epi16(wq[r], av));
                     let sc = _mm256_set1_ps(wd[r] * da);
                     acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
-                    macc[r][t] += wm[r] * sa;
                 }
+            }
+            for r in 0..R {
+                macc[r] = _mm_add_ps(macc[r], _mm_mul_ps(wm[r], sav));
             }
         }
         for r in 0..R {
+            let mut m = [0f32; 4];
+            _mm_storeu_ps(m.as_mut_ptr(), macc[r]);
             for t in 0..C {
-                out[r0 + r][t0 + t] = hsum256(acc[r][t]) + macc[r][t];
+                out[r0 + r][t0 + t] = hsum256(acc[r][t]) + m[t];
             }
         }
     }
