@@ -16,9 +16,10 @@ benchmark reads chunks, so that the client's cost per chunk bounds less of what 
 With `--client raw` no client library is used: each stream takes a kept-alive HTTP/1.1
 connection (asyncio streams, reused between rounds), writes a prepared request and reads the
 chunked SSE answer, so that neither sending a round's requests nor reading its chunks costs
-the client much (the openai package spends about a millisecond of a process's time building
-each request, which spreads the start of a round's streams over tens of milliseconds at 256
-streams).
+the client much. `--request-cost N` prints instead what one request costs a client process
+in CPU time with each client (N one-token requests, one after another): the openai package's
+cost, paid for each of a process's streams before the next is sent, spreads the start of a
+256-stream round over tens of milliseconds.
 Only loopback is contacted.
 """
 import argparse
@@ -191,6 +192,21 @@ def worker(args):
     return LOOP.run_until_complete(run())
 
 
+async def request_cost(port, model, n):
+    """CPU milliseconds of this process per one-token streamed request, for each client."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    pool = RawPool(port)
+    for mode in ["lines", "raw", "lines", "raw"]:
+        c = pool if mode == "raw" else client
+        t0 = time.process_time()
+        for i in range(n):
+            await one(c, model, i, 0.7, 1, 0.0, mode)
+        ms = 1e3 * (time.process_time() - t0) / n
+        print(json.dumps({"request_cost_client": mode, "cpu_ms_per_request": round(ms, 3)}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8080)
@@ -199,9 +215,13 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--procs", type=int, default=8)
     ap.add_argument("--client", choices=["models", "lines", "raw"], default="models")
+    ap.add_argument("--request-cost", type=int, default=0, metavar="N")
     a = ap.parse_args()
     from openai import OpenAI
     model = OpenAI(base_url=f"http://127.0.0.1:{a.port}/v1", api_key="none").models.list().data[0].id
+    if a.request_cost > 0:
+        asyncio.run(request_cost(a.port, model, a.request_cost))
+        return
     with mp.Pool(a.procs, initializer=init_worker, initargs=(a.port, a.client)) as pool:
         # Warm-up: connections, kernels, and the decode steps of each concurrency (a server in
         # steady state has recorded them), 16 tokens each, outside the figures.

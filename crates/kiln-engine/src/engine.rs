@@ -628,6 +628,12 @@ impl<R: Runner> Engine<R> {
             seq.stopped = stream(&mut seq, &self.tok, None);
         }
         self.blocks.release(&seq.table);
+        if let Some(r) = seq.stopped {
+            // Its end was found while streaming: it ends now instead of waiting to run again.
+            seq.table.clear();
+            self.retiring.push((seq, r));
+            return true;
+        }
         seq.table.clear();
         seq.computed = 0;
         self.waiting.push_front(seq);

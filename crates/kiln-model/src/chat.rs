@@ -62,8 +62,8 @@ pub struct Rendered {
 /// A compiled chat template.
 pub struct ChatTemplate {
     inner: Arc<Inner>,
-    /// Set once a render went over its memory or time budget: the stopped render may hold
-    /// the template's state, so it is never rendered again.
+    /// Set once a render went over its memory budget: the stopped render may hold the
+    /// template's state, so it is never rendered again.
     disabled: AtomicBool,
 }
 
@@ -126,8 +126,10 @@ impl ChatTemplate {
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
     ///
     /// The render runs on a thread of its own with a memory budget (four times its output
-    /// cap, plus 64 MiB) and a time limit; a template that goes over either is stopped and
-    /// disabled for good, and this and every later render end in an error naming it.
+    /// cap, plus 64 MiB) and a time limit. A template that goes over its memory is stopped
+    /// and disabled for good (the stopped render may hold its state), and this and every
+    /// later render end in an error naming it; one that runs out of time gets an error (its
+    /// thread ends by itself, within the fuel).
     pub fn render(
         &self,
         messages: &[Message],
@@ -136,7 +138,7 @@ impl ChatTemplate {
         let origin = &self.inner.origin;
         if self.disabled.load(Ordering::Relaxed) {
             return Err(ModelError::Template(format!(
-                "{origin}: disabled after a render went over its memory or time budget"
+                "{origin}: disabled after a render went over its memory budget"
             )));
         }
         let cap = messages
@@ -155,7 +157,7 @@ impl ChatTemplate {
         match r {
             Ok(r) => r,
             Err(over) => {
-                if over != Overrun::NoThread {
+                if over == Overrun::Memory {
                     self.disabled.store(true, Ordering::Relaxed);
                 }
                 Err(ModelError::Template(match over {
@@ -166,9 +168,10 @@ impl ChatTemplate {
                         n
                     ),
                     Overrun::Time => format!(
-                        "{origin}: rendering was stopped after {} s; the template is disabled",
+                        "{origin}: rendering took more than {} s",
                         RENDER_TIMEOUT.as_secs()
                     ),
+                    Overrun::Panicked => format!("{origin}: rendering failed (a panic)"),
                     Overrun::NoThread => {
                         format!("{origin}: no thread could be started to render it")
                     }

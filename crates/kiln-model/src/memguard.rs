@@ -122,6 +122,7 @@ enum Phase {
     Running,
     Done,
     Over,
+    Panicked,
 }
 
 struct Wire {
@@ -136,13 +137,16 @@ pub enum Overrun {
     Memory,
     /// The work did not end in time; its thread goes on until it ends by itself.
     Time,
+    /// The work panicked (its thread ended; nothing is left held).
+    Panicked,
     /// No thread could be started for it.
     NoThread,
 }
 
 /// Runs `work` on a thread of its own whose allocations, less its frees, may reach `budget`
-/// bytes, and waits at most `timeout` for it. After `Memory` or `Time`, whatever `work` shares
-/// with other code may stay locked: do not run it again.
+/// bytes, and waits at most `timeout` for it. After `Memory`, whatever `work` shares with other
+/// code may stay locked for good: do not run it again. After `Time` the thread goes on and
+/// ends by itself.
 pub fn run_bounded<T: Send + 'static>(
     budget: usize,
     timeout: Duration,
@@ -162,13 +166,19 @@ pub fn run_bounded<T: Send + 'static>(
             WIRE.with(|c| c.set(Arc::as_ptr(&w)));
             USED.with(|u| u.set(0));
             LIMIT.with(|l| l.set(budget.max(1)));
-            let r = work();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             LIMIT.with(|l| l.set(0));
-            if let Ok(mut slot) = o.lock() {
-                *slot = Some(r);
-            }
+            let phase = match r {
+                Ok(r) => {
+                    if let Ok(mut slot) = o.lock() {
+                        *slot = Some(r);
+                    }
+                    Phase::Done
+                }
+                Err(_) => Phase::Panicked,
+            };
             if let Ok(mut s) = w.state.lock() {
-                *s = Phase::Done;
+                *s = phase;
             }
             w.cv.notify_all();
         })
@@ -185,6 +195,7 @@ pub fn run_bounded<T: Send + 'static>(
             .and_then(|mut o| o.take())
             .ok_or(Overrun::Memory),
         Phase::Over => Err(Overrun::Memory),
+        Phase::Panicked => Err(Overrun::Panicked),
         Phase::Running => Err(Overrun::Time),
     }
 }
@@ -224,6 +235,16 @@ mod tests {
             s.len()
         });
         assert_eq!(r, Err(Overrun::Memory));
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_panic_is_reported_at_once() {
+        let t = std::time::Instant::now();
+        let r = run_bounded(1 << 20, Duration::from_secs(10), || -> u8 {
+            panic!("on purpose");
+        });
+        assert_eq!(r, Err(Overrun::Panicked));
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
