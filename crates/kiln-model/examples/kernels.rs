@@ -60,6 +60,10 @@ fn main() {
         .unwrap_or(0);
     let be = CpuBackend::new(threads);
     println!("{}", be.describe());
+    if std::env::args().nth(2).as_deref() == Some("batch") {
+        batch_sweep(&be);
+        return;
+    }
     println!(
         "{:<6} {:>14} {:>14} {:>16}",
         "format", "n=1 cached", "n=1 DRAM", "n=64 cached"
@@ -106,5 +110,45 @@ fn main() {
             cells[1],
             cells[2]
         );
+    }
+}
+
+/// Decode-sized products (SmolLM2-135M's shapes) at 1 to 8 tokens: microseconds a product
+/// and its cost against one token, the figure batched decoding (refinement, serving) rests on.
+fn batch_sweep(be: &CpuBackend) {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        for (rows, cols) in [(1536, 576), (576, 1536), (49152, 576), (196608, 576)] {
+            let t = random_matrix(ty, rows, cols);
+            let m = be.matrix(t).expect("matrix");
+            let mut line = format!("{:<5} {rows:>5}x{cols:<5}", ty.name());
+            let mut one = 0.0;
+            for n in [1usize, 2, 3, 4, 5, 6, 8] {
+                let x = be
+                    .vector(
+                        &(0..n * cols)
+                            .map(|i| (i % 7) as f32 - 3.0)
+                            .collect::<Vec<_>>(),
+                    )
+                    .expect("x");
+                let mut out = be.act(n * rows).expect("out");
+                let reps = (400_000_000 / (rows * cols * n)).max(3);
+                be.matmul(&m, &x, n, &mut out);
+                // The best of 5 rounds: this machine's neighbours come and go.
+                let us = (0..5)
+                    .map(|_| {
+                        let t0 = Instant::now();
+                        for _ in 0..reps {
+                            be.matmul(&m, &x, n, &mut out);
+                        }
+                        t0.elapsed().as_secs_f64() / reps as f64 * 1e6
+                    })
+                    .fold(f64::INFINITY, f64::min);
+                if n == 1 {
+                    one = us;
+                }
+                line += &format!("  n={n} {us:>7.1}us {:>4.2}x", us / one);
+            }
+            println!("{line}");
+        }
     }
 }

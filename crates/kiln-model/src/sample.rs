@@ -229,7 +229,18 @@ pub fn sample_row(row: &mut [f32], p: &RowSampling, adjust: &[Adjust], s: &mut S
 
 fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     let t = p.temperature;
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // The largest logit and the first token holding it, in one pass (NaN never wins).
+    let (top, max) =
+        row.iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            });
+    let top = top as u32;
     let mut lower = f32::NEG_INFINITY;
     let k = p.top_k as usize;
     if k > 0 && k < row.len() {
@@ -262,7 +273,6 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     // The most likely token is always a candidate, so its score bounds the winner's from
     // below; the noise is at most GUMBEL_MAX, so tokens whose logit / T lies further below
     // cannot win and get no draw (the kernel takes the same shortcut; the winner is the same).
-    let top = argmax(row);
     let bound = max / t + gumbel(p.seed, p.counter, top);
     let skip = (bound - GUMBEL_MAX) * t;
     let mut best = (f32::NEG_INFINITY, u32::MAX);
@@ -275,7 +285,7 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
         }
     }
     if best.1 == u32::MAX {
-        argmax(row)
+        top
     } else {
         best.1
     }

@@ -24,8 +24,6 @@ pub struct CpuBackend {
     exact: bool,
     /// How the KV pools this backend makes store keys and values.
     kv_dtype: KvDtype,
-    /// Scratch space of the sampler (one engine thread samples at a time).
-    sample_scratch: std::sync::Mutex<crate::sample::Scratch>,
 }
 
 /// How the CPU backend stores cached keys and values.
@@ -79,7 +77,6 @@ impl CpuBackend {
             isa: kernels::Isa::detect(),
             exact: std::env::var_os("KILN_CPU_EXACT").is_some_and(|v| v == "1"),
             kv_dtype: KvDtype::default(),
-            sample_scratch: Default::default(),
         }
     }
 
@@ -131,8 +128,15 @@ impl KvLayout {
     /// Index of (layer, position) through a block table.
     #[inline]
     fn slot(&self, layer: usize, blocks: &[u32], pos: usize) -> usize {
-        let b = blocks[pos / self.block_size] as usize;
-        ((layer * self.n_blocks + b) * self.block_size + pos % self.block_size) * self.kv_dim
+        let bs = self.block_size;
+        // Block sizes are powers of two in practice: a shift and a mask, not a division.
+        let (i, o) = if bs.is_power_of_two() {
+            (pos >> bs.trailing_zeros(), pos & (bs - 1))
+        } else {
+            (pos / bs, pos % bs)
+        };
+        let b = blocks[i] as usize;
+        ((layer * self.n_blocks + b) * bs + o) * self.kv_dim
     }
 }
 
@@ -167,10 +171,19 @@ impl<T> SyncPtr<T> {
     unsafe fn write(self, i: usize, v: T) {
         unsafe { self.0.add(i).write(v) }
     }
+
+    /// The pointer to element `i` (whole-value use keeps closures from capturing the raw
+    /// field, which is not `Sync`).
+    #[inline]
+    fn at(self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
 }
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's sampler scratch space.
+    static SAMPLE: RefCell<crate::sample::Scratch> = RefCell::new(Default::default());
 }
 
 /// Dot product with several accumulators so the compiler can vectorise it.
@@ -238,10 +251,8 @@ impl CpuBackend {
             for t in 0..sq.n {
                 let dst = l.slot(layer, sq.blocks, sq.pos0 + t);
                 let src = (sq.row0 + t) * kvd;
-                for i in 0..kvd {
-                    kc[dst + i] = T::from_f32(k[src + i]);
-                    vc[dst + i] = T::from_f32(v[src + i]);
-                }
+                T::store(self.isa, &k[src..src + kvd], &mut kc[dst..dst + kvd]);
+                T::store(self.isa, &v[src..src + kvd], &mut vc[dst..dst + kvd]);
             }
         }
         let (kc, vc): (&[T], &[T]) = (kc, vc);
@@ -287,9 +298,7 @@ impl CpuBackend {
                     let qh = &mut qr[..hd];
                     qh.copy_from_slice(&q[(row * nh + h) * hd..][..hd]);
                     if T::ROUND_OPERANDS {
-                        for a in qh.iter_mut() {
-                            *a = f16::from_f32(*a).to_f32();
-                        }
+                        kernels::vec::round_f16(isa, qh);
                     }
                     let qh: &[f32] = qh;
                     let len = sq.pos0 + t + 1;
@@ -308,9 +317,9 @@ impl CpuBackend {
                     let inv = 1.0 / sum;
                     for s in scores.iter_mut() {
                         *s *= inv;
-                        if T::ROUND_OPERANDS {
-                            *s = f16::from_f32(*s).to_f32();
-                        }
+                    }
+                    if T::ROUND_OPERANDS {
+                        kernels::vec::round_f16(isa, scores);
                     }
                     let acc = &mut acc[..hd];
                     acc.fill(0.0);
@@ -556,12 +565,27 @@ impl Backend for CpuBackend {
         adjust: &[crate::sample::Adjust],
         out: &mut Vec<crate::sample::Sampled>,
     ) {
-        // The logits are already in host memory: sampled in place.
-        let mut s = self
-            .sample_scratch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let n = (rows.len() * width).min(logits.len());
-        crate::sample::sample_rows(&mut logits[..n], width, rows, adjust, out, &mut s);
+        // The logits are already in host memory: sampled in place, the rows shared out over
+        // the pool (each row's draw depends on the row alone, so not on the split).
+        let n = rows.len().min(logits.len() / width.max(1));
+        out.clear();
+        out.resize(n, crate::sample::Sampled::token(0));
+        let optr = SyncPtr(out.as_mut_ptr());
+        let lptr = SyncPtr(logits.as_mut_ptr());
+        self.pool.run(|i, nt| {
+            let (r0, r1) = split_range(n, i, nt, 1);
+            SAMPLE.with(|s| {
+                let mut s = s.borrow_mut();
+                for (r, p) in rows.iter().enumerate().take(r1).skip(r0) {
+                    // SAFETY: row `r` of the logits and slot `r` of `out` belong to this
+                    // thread alone, and both are in bounds (`r < n`).
+                    let row = unsafe { std::slice::from_raw_parts_mut(lptr.at(r * width), width) };
+                    let (a0, na) = (p.adjust.0 as usize, p.adjust.1 as usize);
+                    let adj = adjust.get(a0..a0 + na).unwrap_or(&[]);
+                    let v = crate::sample::sample_row(row, p, adj, &mut s);
+                    unsafe { optr.write(r, v) };
+                }
+            });
+        });
     }
 }

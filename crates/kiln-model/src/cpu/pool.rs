@@ -14,6 +14,9 @@ struct Shared {
     pending: AtomicUsize,
     wake: Condvar,
     wake_lock: Mutex<()>,
+    /// Workers asleep on `wake` (or about to be): `run` only notifies when there are some,
+    /// so a busy pool makes no system call per task.
+    sleepers: AtomicUsize,
     stop: AtomicBool,
     /// A worker's part of the current task panicked.
     panicked: AtomicBool,
@@ -51,6 +54,7 @@ impl ThreadPool {
             pending: AtomicUsize::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
+            sleepers: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             n_threads,
@@ -95,8 +99,10 @@ impl ThreadPool {
         };
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
         self.shared.pending.store(n - 1, Ordering::Release);
-        self.shared.epoch.fetch_add(1, Ordering::AcqRel);
-        {
+        // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
+        // either this load sees the worker going to sleep, or the worker sees the new epoch.
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        if self.shared.sleepers.load(Ordering::SeqCst) > 0 {
             let _l = self
                 .shared
                 .wake_lock
@@ -143,12 +149,16 @@ fn worker(s: Arc<Shared>, idx: usize) {
                 std::hint::spin_loop();
             } else {
                 let l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-                if s.epoch.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Acquire) {
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if s.epoch.load(Ordering::SeqCst) == seen && !s.stop.load(Ordering::Acquire) {
+                    // The lock is held from the check to the wait, so a notification sent
+                    // after `run` saw this sleeper cannot fall between them.
                     let _l = s
                         .wake
                         .wait_timeout(l, std::time::Duration::from_millis(50))
                         .unwrap_or_else(|e| e.into_inner());
                 }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
                 spins = 0;
             }
         }

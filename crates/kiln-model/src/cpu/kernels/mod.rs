@@ -538,11 +538,12 @@ pub fn gemm_rows(
 ) {
     assert!(r1 * rb <= w.len(), "weight rows out of range");
     let n = a.tokens();
-    // With few tokens the product streams weights from DRAM: one row at a time keeps a
+    // With one token the product streams weights from DRAM: one row at a time keeps a
     // single sequential stream the prefetchers follow (4 interleaved rows run at half the
     // bandwidth). With more, 4 rows share each activation load and each weight block
-    // serves 4 tokens.
-    let max_rows = if n < 4 { 1 } else { 4 };
+    // serves every token (2 and 3 tokens through 1-row tiles cost 1.7x and 2.3-2.7x one
+    // token; through 4-row tiles 1.1-1.4x and 1.3-1.8x: `kernels` example, `batch`).
+    let max_rows = if n < 2 { 1 } else { 4 };
     let mut tile: Tile = [[0.0; 4]; 4];
     let mut r = r0;
     while r < r1 {

@@ -184,3 +184,48 @@ fn wide_kernels_match_tiles_bit_for_bit() {
     }
     eprintln!("{checked} wide products checked");
 }
+
+/// The vector f16 conversions (KV cache stores, rounded attention operands) give `half`'s
+/// results bit for bit, ties, subnormals, overflow and the scalar tails included.
+#[test]
+fn f16_conversions_match_half() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut x: Vec<f32> = (0..1000)
+        .map(|i| {
+            let v = rng.f();
+            match i % 5 {
+                0 => v * 1e-6,                   // f16 subnormals
+                1 => v * 70000.0,                // beyond f16's range
+                2 => (v * 2048.0).round() + 0.5, // ties
+                _ => v * 10.0,
+            }
+        })
+        .collect();
+    x.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65504.0,
+        65520.0,
+        5.96e-8,
+    ]);
+    for isa in Isa::available() {
+        for n in [0, 1, 7, 8, 9, 31, x.len()] {
+            let src = &x[..n];
+            let mut got = vec![f16::ZERO; n];
+            vec::to_f16(isa, src, &mut got);
+            let mut round = src.to_vec();
+            vec::round_f16(isa, &mut round);
+            for (i, &v) in src.iter().enumerate() {
+                let want = f16::from_f32(v);
+                assert_eq!(got[i].to_bits(), want.to_bits(), "{isa:?} to_f16({v})");
+                assert_eq!(
+                    round[i].to_bits(),
+                    want.to_f32().to_bits(),
+                    "{isa:?} round_f16({v})"
+                );
+            }
+        }
+    }
+}

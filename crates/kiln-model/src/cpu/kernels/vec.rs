@@ -151,8 +151,6 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// The f16 cache does, as llama.cpp does (the golden logits come from it); the f32
     /// cache exists for precision and does not.
     const ROUND_OPERANDS: bool;
-    /// The stored form of `x`.
-    fn from_f32(x: f32) -> Self;
     /// `out[p] = scale * q . key(p)` for every `p < out.len()`.
     fn scores<'a>(
         isa: Isa,
@@ -163,15 +161,13 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     );
     /// `acc += sum over p of w[p] * val(p)`.
     fn mix<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [Self], acc: &mut [f32]);
+    /// `dst[i] = from_f32(src[i])` over the shorter length.
+    fn store(isa: Isa, src: &[f32], dst: &mut [Self]);
 }
 
 impl KvElem for f16 {
     const ZERO: Self = f16::ZERO;
     const ROUND_OPERANDS: bool = true;
-    #[inline]
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
     #[inline]
     fn scores<'a>(
         isa: Isa,
@@ -186,15 +182,15 @@ impl KvElem for f16 {
     fn mix<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [Self], acc: &mut [f32]) {
         mix_f16(isa, w, val, acc)
     }
+    #[inline]
+    fn store(isa: Isa, src: &[f32], dst: &mut [Self]) {
+        to_f16(isa, src, dst)
+    }
 }
 
 impl KvElem for f32 {
     const ZERO: Self = 0.0;
     const ROUND_OPERANDS: bool = false;
-    #[inline]
-    fn from_f32(x: f32) -> Self {
-        x
-    }
     #[inline]
     fn scores<'a>(
         isa: Isa,
@@ -208,6 +204,40 @@ impl KvElem for f32 {
     #[inline]
     fn mix<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [Self], acc: &mut [f32]) {
         mix_f32(isa, w, val, acc)
+    }
+    #[inline]
+    fn store(_isa: Isa, src: &[f32], dst: &mut [Self]) {
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// `dst[i] = f16::from_f32(src[i])` (round to nearest, ties to even) over the shorter length.
+#[inline]
+pub fn to_f16(isa: Isa, src: &[f32], dst: &mut [f16]) {
+    let n = src.len().min(dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
+        // SAFETY: both instruction sets include F16C, detected on this CPU.
+        return unsafe { x86::to_f16_f16c(&src[..n], &mut dst[..n]) };
+    }
+    let _ = isa;
+    for (d, &x) in dst[..n].iter_mut().zip(&src[..n]) {
+        *d = f16::from_f32(x);
+    }
+}
+
+/// `x[i] = f16::from_f32(x[i]).to_f32()`: every value rounded to the nearest f16.
+#[inline]
+pub fn round_f16(isa: Isa, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
+        // SAFETY: both instruction sets include F16C, detected on this CPU.
+        return unsafe { x86::round_f16_f16c(x) };
+    }
+    let _ = isa;
+    for a in x.iter_mut() {
+        *a = f16::from_f32(*a).to_f32();
     }
 }
 
@@ -227,6 +257,7 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // register arrays indexed by chunk, as the math is written
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -290,17 +321,128 @@ mod x86 {
         key: impl Fn(usize) -> &'a [f16],
         out: &mut [f32],
     ) {
-        for (p, o) in out.iter_mut().enumerate() {
-            // SAFETY: this function has the features `dot_f16_512` needs.
-            *o = scale * unsafe { dot_f16_512(q, key(p)) };
+        // SAFETY (all arms): this function has the features the callees need.
+        unsafe {
+            match q.len() {
+                64 => return scores_regs::<4>(q, scale, key, out),
+                96 => return scores_regs::<6>(q, scale, key, out),
+                128 => return scores_regs::<8>(q, scale, key, out),
+                _ => {}
+            }
+            for (p, o) in out.iter_mut().enumerate() {
+                *o = scale * dot_f16_512(q, key(p));
+            }
+        }
+    }
+
+    /// [`scores_512`] for a head of `16 * C` values with the query held in registers: the
+    /// same products and sums in the same order as [`dot_f16_512`] (chunks alternate
+    /// between two accumulators), so bit for bit its results.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn scores_regs<'a, const C: usize>(
+        q: &[f32],
+        scale: f32,
+        key: impl Fn(usize) -> &'a [f16],
+        out: &mut [f32],
+    ) {
+        let q = &q[..16 * C];
+        // SAFETY: `q` holds `16 * C` values; each key is sliced to as many below.
+        unsafe {
+            let qr: [__m512; C] = core::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c)));
+            for (p, o) in out.iter_mut().enumerate() {
+                let k = &key(p)[..16 * C];
+                let pk = k.as_ptr().cast::<u16>();
+                let mut acc = [_mm512_setzero_ps(); 2];
+                for c in 0..C {
+                    let kc = _mm512_cvtph_ps(_mm256_loadu_si256(pk.add(16 * c).cast()));
+                    acc[c % 2] = _mm512_fmadd_ps(qr[c], kc, acc[c % 2]);
+                }
+                *o = scale * _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+            }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub(super) unsafe fn mix_512<'a>(w: &[f32], val: impl Fn(usize) -> &'a [f16], acc: &mut [f32]) {
-        for (p, &wp) in w.iter().enumerate() {
-            // SAFETY: this function has the features `axpy_f16_512` needs.
-            unsafe { axpy_f16_512(acc, wp, val(p)) };
+        // SAFETY (all arms): this function has the features the callees need.
+        unsafe {
+            match acc.len() {
+                64 => return mix_regs::<4>(w, val, acc),
+                96 => return mix_regs::<6>(w, val, acc),
+                128 => return mix_regs::<8>(w, val, acc),
+                _ => {}
+            }
+            for (p, &wp) in w.iter().enumerate() {
+                axpy_f16_512(acc, wp, val(p));
+            }
+        }
+    }
+
+    /// [`mix_512`] for a head of `16 * C` values with the sums held in registers over every
+    /// position (the same fused multiply-adds in the same order as [`axpy_f16_512`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn mix_regs<'a, const C: usize>(
+        w: &[f32],
+        val: impl Fn(usize) -> &'a [f16],
+        acc: &mut [f32],
+    ) {
+        let acc = &mut acc[..16 * C];
+        // SAFETY: `acc` holds `16 * C` values; each value row is sliced to as many below.
+        unsafe {
+            let mut r: [__m512; C] =
+                core::array::from_fn(|c| _mm512_loadu_ps(acc.as_ptr().add(16 * c)));
+            for (p, &wp) in w.iter().enumerate() {
+                let v = &val(p)[..16 * C];
+                let pv = v.as_ptr().cast::<u16>();
+                let vw = _mm512_set1_ps(wp);
+                for c in 0..C {
+                    let x = _mm512_cvtph_ps(_mm256_loadu_si256(pv.add(16 * c).cast()));
+                    r[c] = _mm512_fmadd_ps(vw, x, r[c]);
+                }
+            }
+            for c in 0..C {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(16 * c), r[c]);
+            }
+        }
+    }
+
+    /// `dst[i] = f16::from_f32(src[i])` with F16C (round to nearest even, as `half` does).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn to_f16_f16c(src: &[f32], dst: &mut [f16]) {
+        let n = src.len().min(dst.len());
+        let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr().cast::<u16>());
+        let mut i = 0;
+        // SAFETY: every access is inside the first `n` values of both slices.
+        unsafe {
+            while i + 8 <= n {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(ps.add(i)));
+                _mm_storeu_si128(pd.add(i).cast(), h);
+                i += 8;
+            }
+        }
+        for j in i..n {
+            dst[j] = f16::from_f32(src[j]);
+        }
+    }
+
+    /// `x[i] = f16::from_f32(x[i]).to_f32()` with F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn round_f16_f16c(x: &mut [f32]) {
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        // SAFETY: every access is inside the first `n` values.
+        unsafe {
+            while i + 8 <= n {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
+                _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
+                i += 8;
+            }
+        }
+        for j in i..n {
+            x[j] = f16::from_f32(x[j]).to_f32();
         }
     }
 
@@ -543,7 +685,7 @@ mod tests {
 
     #[test]
     fn simd_vector_helpers_match_scalar() {
-        for n in [0, 1, 7, 15, 16, 17, 33, 64, 100, 1536] {
+        for n in [0, 1, 7, 15, 16, 17, 33, 64, 96, 100, 128, 1536] {
             let (a, b) = data(n, 5);
             let want = dot_f16(Isa::Scalar, &a, &b);
             let mut acc0 = a.clone();
@@ -580,6 +722,21 @@ mod tests {
                 for (x, y) in mixed.iter().zip(&mixed0) {
                     assert!((x - y).abs() <= 1e-5, "{isa:?} mix n={n}");
                 }
+                // A row at a time (the query or the sums held in registers) is bit for bit
+                // the same instruction set's position-by-position products.
+                let mut mixed1 = vec![0f32; n];
+                for (p, k) in keys.iter().enumerate() {
+                    assert_eq!(
+                        sc[p].to_bits(),
+                        (0.5 * dot_f16(isa, &a, k)).to_bits(),
+                        "{isa:?} scores n={n}"
+                    );
+                    axpy_f16(isa, &mut mixed1, [0.1, 0.2, 0.3, 0.15, 0.25][p], k);
+                }
+                assert!(
+                    mixed.iter().zip(&mixed1).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{isa:?} mix n={n}"
+                );
                 // The f32 cache's helpers, on the same data widened to f32.
                 let keys32: Vec<Vec<f32>> = keys
                     .iter()
