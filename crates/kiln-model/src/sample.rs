@@ -110,24 +110,48 @@ impl Sampled {
     }
 }
 
-/// 23 random bits of (seed, counter, token) as a uniform number in (0, 1) (exactly
-/// representable, so never 0 or 1): SplitMix64's
-/// finaliser over a mix of the three. The CUDA kernel computes the same bits.
+/// A draw's key: SplitMix64's finaliser over a mix of the request's seed and the draw's
+/// counter, folded to 32 bits. Computed once per row; [`uniform_at`] spends 32-bit work per
+/// token on it. The CUDA kernels compute the same bits.
 #[inline]
-pub fn uniform(seed: u64, counter: u64, token: u32) -> f32 {
-    let mut z = seed
-        ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (token as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+pub fn draw_key(seed: u64, counter: u64) -> u32 {
+    let mut z = seed ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
-    ((z >> 41) as f32 + 0.5) * (1.0 / 8_388_608.0)
+    (z ^ (z >> 32)) as u32
+}
+
+/// 23 random bits of (key, token) as a uniform number in (0, 1) (exactly representable, so
+/// never 0 or 1): MurmurHash3's 32-bit finaliser over the key and an odd multiple of
+/// `token + 1`. Each step is a bijection, so no two tokens of a row share a value.
+#[inline]
+pub fn uniform_at(key: u32, token: u32) -> f32 {
+    let mut h = key ^ token.wrapping_add(1).wrapping_mul(0x9E37_79B9);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^= h >> 16;
+    ((h >> 9) as f32 + 0.5) * (1.0 / 8_388_608.0)
+}
+
+/// [`uniform_at`] of (seed, counter)'s key.
+#[inline]
+pub fn uniform(seed: u64, counter: u64, token: u32) -> f32 {
+    uniform_at(draw_key(seed, counter), token)
+}
+
+/// Gumbel noise for (key, token).
+#[inline]
+pub fn gumbel_at(key: u32, token: u32) -> f32 {
+    -(-uniform_at(key, token).ln()).ln()
 }
 
 /// Gumbel noise for (seed, counter, token).
 #[inline]
 pub fn gumbel(seed: u64, counter: u64, token: u32) -> f32 {
-    -(-uniform(seed, counter, token).ln()).ln()
+    gumbel_at(draw_key(seed, counter), token)
 }
 
 /// The index of the largest value (the first one on ties; NaN never wins).
@@ -273,12 +297,13 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     // The most likely token is always a candidate, so its score bounds the winner's from
     // below; the noise is at most GUMBEL_MAX, so tokens whose logit / T lies further below
     // cannot win and get no draw (the kernel takes the same shortcut; the winner is the same).
-    let bound = max / t + gumbel(p.seed, p.counter, top);
+    let key = draw_key(p.seed, p.counter);
+    let bound = max / t + gumbel_at(key, top);
     let skip = (bound - GUMBEL_MAX) * t;
     let mut best = (f32::NEG_INFINITY, u32::MAX);
     for (i, &l) in row.iter().enumerate() {
         if l >= skip && l >= lower && !l.is_nan() {
-            let score = l / t + gumbel(p.seed, p.counter, i as u32);
+            let score = l / t + gumbel_at(key, i as u32);
             if score > best.0 || best.1 == u32::MAX {
                 best = (score, i as u32);
             }

@@ -734,7 +734,10 @@ mod tests {
                     axpy_f16(isa, &mut mixed1, [0.1, 0.2, 0.3, 0.15, 0.25][p], k);
                 }
                 assert!(
-                    mixed.iter().zip(&mixed1).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    mixed
+                        .iter()
+                        .zip(&mixed1)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
                     "{isa:?} mix n={n}"
                 );
                 // The f32 cache's helpers, on the same data widened to f32.
