@@ -472,12 +472,16 @@ impl Backend for CpuBackend {
         let hd = cfg.head_dim;
         let rd = cfg.rope_dim;
         let half = rd / 2;
+        // The frequencies once per call, not once per token (the same values).
+        let inv: Vec<f32> = (0..half)
+            .map(|i| cfg.rope_base.powf(-2.0 * i as f32 / rd as f32))
+            .collect();
         for sq in seqs {
             for t in 0..sq.n {
                 let pos = (sq.pos0 + t) as f32;
                 let row = sq.row0 + t;
-                for i in 0..half {
-                    let theta = pos * cfg.rope_base.powf(-2.0 * i as f32 / rd as f32);
+                for (i, &f) in inv.iter().enumerate() {
+                    let theta = pos * f;
                     let (sin, cos) = theta.sin_cos();
                     for h in 0..heads {
                         let base = (row * heads + h) * hd;
