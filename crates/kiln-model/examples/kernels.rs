@@ -83,20 +83,7 @@ fn main() {
             let t = random_matrix(ty, rows, cols);
             let bytes = t.data.as_slice().len();
             let m = be.matrix(t).expect("matrix");
-            let x = be
-                .vector(
-                    &(0..n * cols)
-                        .map(|i| (i % 7) as f32 - 3.0)
-                        .collect::<Vec<_>>(),
-                )
-                .expect("x");
-            let mut out = be.act(n * rows).expect("out");
-            be.matmul(&m, &x, n, &mut out);
-            let t0 = Instant::now();
-            for _ in 0..reps {
-                be.matmul(&m, &x, n, &mut out);
-            }
-            let s = t0.elapsed().as_secs_f64() / reps as f64;
+            let s = time_product(&be, &m, rows, cols, n, reps);
             cells.push(if n == 1 {
                 format!("{:>9.1} GB/s", bytes as f64 / s / 1e9)
             } else {
@@ -113,6 +100,32 @@ fn main() {
     }
 }
 
+/// Seconds one product of `m` (`rows` x `cols`) with `n` tokens takes, the mean of `reps`
+/// after one untimed product.
+fn time_product(
+    be: &CpuBackend,
+    m: &<CpuBackend as Backend>::Mat,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    reps: usize,
+) -> f64 {
+    let x = be
+        .vector(
+            &(0..n * cols)
+                .map(|i| (i % 7) as f32 - 3.0)
+                .collect::<Vec<_>>(),
+        )
+        .expect("x");
+    let mut out = be.act(n * rows).expect("out");
+    be.matmul(m, &x, n, &mut out);
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        be.matmul(m, &x, n, &mut out);
+    }
+    t0.elapsed().as_secs_f64() / reps as f64
+}
+
 /// Decode-sized products (SmolLM2-135M's shapes) at 1 to 8 tokens: microseconds a product
 /// and its cost against one token, the figure batched decoding (refinement, serving) rests on.
 fn batch_sweep(be: &CpuBackend) {
@@ -123,25 +136,10 @@ fn batch_sweep(be: &CpuBackend) {
             let mut line = format!("{:<5} {rows:>5}x{cols:<5}", ty.name());
             let mut one = 0.0;
             for n in [1usize, 2, 3, 4, 5, 6, 8] {
-                let x = be
-                    .vector(
-                        &(0..n * cols)
-                            .map(|i| (i % 7) as f32 - 3.0)
-                            .collect::<Vec<_>>(),
-                    )
-                    .expect("x");
-                let mut out = be.act(n * rows).expect("out");
                 let reps = (400_000_000 / (rows * cols * n)).max(3);
-                be.matmul(&m, &x, n, &mut out);
                 // The best of 5 rounds: this machine's neighbours come and go.
                 let us = (0..5)
-                    .map(|_| {
-                        let t0 = Instant::now();
-                        for _ in 0..reps {
-                            be.matmul(&m, &x, n, &mut out);
-                        }
-                        t0.elapsed().as_secs_f64() / reps as f64 * 1e6
-                    })
+                    .map(|_| time_product(be, &m, rows, cols, n, reps) * 1e6)
                     .fold(f64::INFINITY, f64::min);
                 if n == 1 {
                     one = us;

@@ -20,7 +20,7 @@
 //!    the device.
 //! 5. Log-probabilities, when asked for, are taken at temperature 1 after the adjustments.
 
-/// The largest Gumbel noise [`gumbel`] can give: `-ln(-ln(1 - 2^-24))` = 16.64, rounded up.
+/// The largest Gumbel noise [`gumbel_at`] can give: `-ln(-ln(1 - 2^-24))` = 16.64, rounded up.
 pub const GUMBEL_MAX: f32 = 17.5;
 
 /// Most alternatives a row may ask log-probabilities for.
@@ -136,26 +136,19 @@ pub fn uniform_at(key: u32, token: u32) -> f32 {
     ((h >> 9) as f32 + 0.5) * (1.0 / 8_388_608.0)
 }
 
-/// [`uniform_at`] of (seed, counter)'s key.
-#[inline]
-pub fn uniform(seed: u64, counter: u64, token: u32) -> f32 {
-    uniform_at(draw_key(seed, counter), token)
-}
-
 /// Gumbel noise for (key, token).
 #[inline]
 pub fn gumbel_at(key: u32, token: u32) -> f32 {
     -(-uniform_at(key, token).ln()).ln()
 }
 
-/// Gumbel noise for (seed, counter, token).
-#[inline]
-pub fn gumbel(seed: u64, counter: u64, token: u32) -> f32 {
-    gumbel_at(draw_key(seed, counter), token)
-}
-
 /// The index of the largest value (the first one on ties; NaN never wins).
 pub fn argmax(logits: &[f32]) -> u32 {
+    argmax_value(logits).0
+}
+
+/// [`argmax`] and the value there (negative infinity when no value beats it).
+fn argmax_value(logits: &[f32]) -> (u32, f32) {
     let mut best = 0;
     let mut bv = f32::NEG_INFINITY;
     for (i, &v) in logits.iter().enumerate() {
@@ -164,7 +157,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
             best = i;
         }
     }
-    best as u32
+    (best as u32, bv)
 }
 
 /// Best first: higher logit, then lower token id.
@@ -253,18 +246,8 @@ pub fn sample_row(row: &mut [f32], p: &RowSampling, adjust: &[Adjust], s: &mut S
 
 fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     let t = p.temperature;
-    // The largest logit and the first token holding it, in one pass (NaN never wins).
-    let (top, max) =
-        row.iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv {
-                    (i, v)
-                } else {
-                    (bi, bv)
-                }
-            });
-    let top = top as u32;
+    // The largest logit and the first token holding it, in one pass.
+    let (top, max) = argmax_value(row);
     let mut lower = f32::NEG_INFINITY;
     let k = p.top_k as usize;
     if k > 0 && k < row.len() {
@@ -520,7 +503,7 @@ mod tests {
     #[test]
     fn uniform_is_inside_the_open_interval_and_noise_below_its_bound() {
         for c in 0..10_000u64 {
-            let u = uniform(c.wrapping_mul(31), c, (c % 977) as u32);
+            let u = uniform_at(draw_key(c.wrapping_mul(31), c), (c % 977) as u32);
             assert!(u > 0.0 && u < 1.0);
         }
         let largest = ((1u64 << 23) - 1) as f32 + 0.5;

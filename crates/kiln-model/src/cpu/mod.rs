@@ -472,10 +472,11 @@ impl Backend for CpuBackend {
         let hd = cfg.head_dim;
         let rd = cfg.rope_dim;
         let half = rd / 2;
-        // The frequencies once per call, not once per token (the same values).
-        let inv: Vec<f32> = (0..half)
-            .map(|i| cfg.rope_base.powf(-2.0 * i as f32 / rd as f32))
-            .collect();
+        // The frequencies once per call, not once per token (the same values), in the
+        // thread's scratch space (no allocation per call).
+        let mut inv = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        inv.clear();
+        inv.extend((0..half).map(|i| cfg.rope_base.powf(-2.0 * i as f32 / rd as f32)));
         for sq in seqs {
             for t in 0..sq.n {
                 let pos = (sq.pos0 + t) as f32;
@@ -496,6 +497,7 @@ impl Backend for CpuBackend {
                 }
             }
         }
+        SCRATCH.with(|s| *s.borrow_mut() = inv);
     }
 
     fn attention(
