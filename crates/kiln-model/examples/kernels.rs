@@ -60,9 +60,10 @@ fn main() {
         .unwrap_or(0);
     let be = CpuBackend::new(threads);
     println!("{}", be.describe());
-    if std::env::args().nth(2).as_deref() == Some("batch") {
-        batch_sweep(&be);
-        return;
+    match std::env::args().nth(2).as_deref() {
+        Some("batch") => return batch_sweep(&be),
+        Some("sample") => return sample_sweep(),
+        _ => {}
     }
     println!(
         "{:<6} {:>14} {:>14} {:>16}",
@@ -124,6 +125,79 @@ fn time_product(
         be.matmul(m, &x, n, &mut out);
     }
     t0.elapsed().as_secs_f64() / reps as f64
+}
+
+/// The host sampler on one row of SmolLM2's vocabulary (49,152 logits, spread like a model's:
+/// most near zero, a few far above): microseconds a row, greedy and with refinement's
+/// filters (temperature 0.7, top-k 40, top-p 0.95) with and without the chosen token's
+/// log-probability (refinement asks for it).
+fn sample_sweep() {
+    use kiln_model::sample::{sample_row, RowSampling, Scratch};
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let row: Vec<f32> = (0..49_152)
+        .map(|i| {
+            let g: f32 = (0..4).map(|_| uniform()).sum::<f32>() - 2.0;
+            // A few dozen tokens stand well above the rest, as after a real prompt.
+            if i % 1500 == 7 {
+                14.0 + 4.0 * g
+            } else {
+                3.0 * g
+            }
+        })
+        .collect();
+    let mut s = Scratch::default();
+    for (name, p) in [
+        ("greedy", RowSampling::GREEDY),
+        (
+            "T 0.7 top-k 40 top-p 0.95",
+            RowSampling {
+                temperature: 0.7,
+                top_k: 40,
+                top_p: 0.95,
+                seed: 3,
+                ..RowSampling::GREEDY
+            },
+        ),
+        (
+            "T 0.7 top-k 40 top-p 0.95 logprob",
+            RowSampling {
+                temperature: 0.7,
+                top_k: 40,
+                top_p: 0.95,
+                seed: 3,
+                logprobs: Some(0),
+                ..RowSampling::GREEDY
+            },
+        ),
+        (
+            "T 0.7",
+            RowSampling {
+                temperature: 0.7,
+                seed: 3,
+                ..RowSampling::GREEDY
+            },
+        ),
+    ] {
+        let reps = 2000;
+        let best = (0..5)
+            .map(|_| {
+                let mut r = row.clone();
+                let t = Instant::now();
+                for c in 0..reps {
+                    let p = RowSampling { counter: c, ..p };
+                    std::hint::black_box(sample_row(&mut r, &p, &[], &mut s));
+                }
+                t.elapsed().as_secs_f64() / reps as f64 * 1e6
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!("sample_row {name:<36} {best:>7.1} us a row");
+    }
 }
 
 /// Decode-sized products (SmolLM2-135M's shapes) at 1 to 8 tokens: microseconds a product

@@ -147,17 +147,53 @@ pub fn argmax(logits: &[f32]) -> u32 {
     argmax_value(logits).0
 }
 
-/// [`argmax`] and the value there (negative infinity when no value beats it).
+/// Values looked at together by the scans below: wide enough for the compiler to use whole
+/// vector registers, so a chunk that cannot matter costs a few instructions.
+const CHUNK: usize = 16;
+
+/// Whether every value of `c` is below `bound` (NaN is not below anything, so a chunk with
+/// one is never skipped: the exact scalar test then decides).
+#[inline]
+fn all_below(c: &[f32], bound: f32) -> bool {
+    c.iter().fold(true, |a, &l| a & (l < bound))
+}
+
+/// [`argmax`] and the value there (negative infinity when no value beats it). Two passes
+/// the compiler vectorizes: the largest value (NaN never replaces a lane's maximum, as it
+/// never wins `>`), then the first token holding it; the same token as one pass with `>`.
 fn argmax_value(logits: &[f32]) -> (u32, f32) {
-    let mut best = 0;
-    let mut bv = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > bv {
-            bv = v;
-            best = i;
+    let mut lanes = [f32::NEG_INFINITY; CHUNK];
+    let chunks = logits.chunks_exact(CHUNK);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            if v > *m {
+                *m = v;
+            }
         }
     }
-    (best as u32, bv)
+    for &v in tail {
+        if v > lanes[0] {
+            lanes[0] = v;
+        }
+    }
+    let max = lanes
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    if max == f32::NEG_INFINITY {
+        return (0, f32::NEG_INFINITY);
+    }
+    // The first value equal to the maximum is the first that a `>` scan keeps (the second
+    // of -0 and +0 does not beat the first, and they compare equal here too).
+    let mut base = 0;
+    for c in logits.chunks(CHUNK) {
+        if c.iter().fold(false, |a, &v| a | (v == max)) {
+            let i = base + c.iter().position(|&v| v == max).unwrap_or(0);
+            return (i as u32, logits[i]);
+        }
+        base += c.len();
+    }
+    (0, f32::NEG_INFINITY)
 }
 
 /// Best first: higher logit, then lower token id.
@@ -194,17 +230,25 @@ impl Ord for Ord32 {
 }
 
 /// The k-th largest value of `row` (`1 <= k < row.len()`). Small k: one pass with a min-heap
-/// of k (most of a large vocabulary costs one comparison); otherwise a selection.
+/// of k, where a chunk wholly below the heap's least value is passed over (most of a large
+/// vocabulary); otherwise a selection.
 fn kth_largest(row: &[f32], k: usize, s: &mut Scratch) -> f32 {
     if k <= 256 {
         let heap = &mut s.heap;
         heap.clear();
-        for &l in row {
-            if heap.len() < k {
-                heap.push(std::cmp::Reverse(Ord32(l)));
-            } else if let Some(mut w) = heap.peek_mut() {
-                if l.total_cmp(&w.0 .0).is_gt() {
-                    *w = std::cmp::Reverse(Ord32(l));
+        for c in row.chunks(CHUNK) {
+            // A value below the least kept one (`<`, so neither is NaN) is also below it in
+            // `total_cmp`'s order, and would not enter the heap.
+            if heap.len() == k && heap.peek().is_some_and(|w| all_below(c, w.0 .0)) {
+                continue;
+            }
+            for &l in c {
+                if heap.len() < k {
+                    heap.push(std::cmp::Reverse(Ord32(l)));
+                } else if let Some(mut w) = heap.peek_mut() {
+                    if l.total_cmp(&w.0 .0).is_gt() {
+                        *w = std::cmp::Reverse(Ord32(l));
+                    }
                 }
             }
         }
@@ -255,12 +299,17 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     }
     if p.top_p < 1.0 {
         s.cand.clear();
-        s.cand.extend(
-            row.iter()
-                .enumerate()
-                .filter(|&(_, &l)| l >= lower)
-                .map(|(i, &l)| (l, i as u32)),
-        );
+        for (ci, c) in row.chunks(CHUNK).enumerate() {
+            if all_below(c, lower) {
+                continue;
+            }
+            s.cand.extend(
+                c.iter()
+                    .enumerate()
+                    .filter(|&(_, &l)| l >= lower)
+                    .map(|(i, &l)| (l, (ci * CHUNK + i) as u32)),
+            );
+        }
         s.cand.sort_unstable_by(order);
         let w = |l: f32| ((l - max) / t).exp() as f64;
         let total: f64 = s.cand.iter().map(|c| w(c.0)).sum();
@@ -284,11 +333,18 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     let bound = max / t + gumbel_at(key, top);
     let skip = (bound - GUMBEL_MAX) * t;
     let mut best = (f32::NEG_INFINITY, u32::MAX);
-    for (i, &l) in row.iter().enumerate() {
-        if l >= skip && l >= lower && !l.is_nan() {
-            let score = l / t + gumbel_at(key, i as u32);
-            if score > best.0 || best.1 == u32::MAX {
-                best = (score, i as u32);
+    for (ci, c) in row.chunks(CHUNK).enumerate() {
+        // Every value below either bound fails the test below.
+        if c.iter().fold(true, |a, &l| a & (l < skip || l < lower)) {
+            continue;
+        }
+        for (j, &l) in c.iter().enumerate() {
+            if l >= skip && l >= lower && !l.is_nan() {
+                let i = (ci * CHUNK + j) as u32;
+                let score = l / t + gumbel_at(key, i);
+                if score > best.0 || best.1 == u32::MAX {
+                    best = (score, i);
+                }
             }
         }
     }
@@ -299,9 +355,92 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     }
 }
 
+/// `e^x` without a library call, so a loop of them vectorizes: `2^(x log2 e)` split into a
+/// whole power (set in the exponent bits) and a fraction in [-0.5, 0.5] (a degree-6
+/// polynomial, relative error about 2e-7); `x` clamped to +-87, where `e^x` stays a normal
+/// number (`e^-inf` gives 1.6e-38 instead of 0, nothing beside a sum of at least 1).
+#[inline(always)]
+fn exp_poly(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 87.0);
+    let t = x * std::f32::consts::LOG2_E;
+    // Round to nearest by the 1.5 * 2^23 trick (|t| < 126): the sum's low bits are then
+    // the whole number itself, read without a conversion (which would not vectorize).
+    let big = t + 12_582_912.0;
+    let k = big - 12_582_912.0;
+    let ki = (big.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let f = t - k;
+    let mut p = 1.535_336_2e-4f32;
+    for c in [
+        1.339_887_4e-3,
+        9.618_437e-3,
+        5.550_332_4e-2,
+        2.402_264_8e-1,
+        6.931_472e-1,
+        1.0,
+    ] {
+        p = p * f + c;
+    }
+    p * f32::from_bits((ki.wrapping_add(127) as u32) << 23)
+}
+
+/// `ln(sum(e^l))` over a row: the largest logit (NaN ignored) plus the log of the sum of
+/// `e^(l - max)` in 16 running sums added in a fixed order, so every instruction set gives
+/// the same bits.
+#[inline(always)]
+fn log_sum_exp_body(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; CHUNK];
+    let chunks = row.chunks_exact(CHUNK);
+    let tail = chunks.remainder();
+    for c in chunks.clone() {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            if v > *m {
+                *m = v;
+            }
+        }
+    }
+    for &v in tail {
+        if v > lanes[0] {
+            lanes[0] = v;
+        }
+    }
+    let max = lanes
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut acc = [0f32; CHUNK];
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp_poly(v - max);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += exp_poly(v - max);
+    }
+    let mut w = CHUNK;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    max + acc[0].ln()
+}
+
+/// [`log_sum_exp_body`], with 512-bit vectors where the CPU has them (the same results).
+fn log_sum_exp(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        fn wide(row: &[f32]) -> f32 {
+            log_sum_exp_body(row)
+        }
+        // SAFETY: the CPU has AVX-512 F (checked above).
+        return unsafe { wide(row) };
+    }
+    log_sum_exp_body(row)
+}
+
 fn fill_logprobs(row: &[f32], n: usize, out: &mut Sampled, s: &mut Scratch) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + row.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let lse = log_sum_exp(row);
     out.logprob = row
         .get(out.token as usize)
         .map_or(f32::NEG_INFINITY, |l| l - lse);
@@ -509,5 +648,172 @@ mod tests {
         let largest = ((1u64 << 23) - 1) as f32 + 0.5;
         let u = largest * (1.0 / 8_388_608.0);
         assert!(u < 1.0 && -(-u.ln()).ln() < GUMBEL_MAX);
+    }
+
+    /// Rows with what the chunked scans must get right: ties, both zeros, infinities, NaN,
+    /// lengths that leave a partial chunk, and the maximum in every position of a chunk.
+    fn awkward_rows() -> Vec<Vec<f32>> {
+        let mut rows = Vec::new();
+        let mut x = 0x2545_F491u32;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for len in [1usize, 2, 15, 16, 17, 33, 100, 1000, 4099] {
+            for kind in 0..6 {
+                let row: Vec<f32> = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        match (kind, r % 97) {
+                            (1, 0) => f32::NAN,
+                            (2, 0) => -0.0,
+                            (2, 1) => 0.0,
+                            (3, 0) => f32::INFINITY,
+                            (3, 1) => f32::NEG_INFINITY,
+                            (4, _) => (r % 5) as f32 - 20.0,
+                            (5, _) => f32::NEG_INFINITY,
+                            _ => (r % 10_000) as f32 * 1e-3 - 5.0,
+                        }
+                    })
+                    .collect();
+                rows.push(row);
+            }
+        }
+        rows.push(vec![f32::NAN; 40]);
+        rows.push(vec![-0.0, 0.0, 0.0, -0.0]);
+        rows
+    }
+
+    #[test]
+    fn chunked_argmax_is_the_first_largest() {
+        for row in awkward_rows() {
+            let mut best = (0u32, f32::NEG_INFINITY);
+            for (i, &v) in row.iter().enumerate() {
+                if v > best.1 {
+                    best = (i as u32, v);
+                }
+            }
+            let got = argmax_value(&row);
+            assert_eq!(got.0, best.0, "{row:?}");
+            assert_eq!(got.1.to_bits(), best.1.to_bits(), "{row:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_filters_draw_what_a_full_scan_draws() {
+        // The same steps as `pick` over every token, with no chunk passed over.
+        fn full_scan(row: &[f32], p: &RowSampling) -> u32 {
+            let t = p.temperature;
+            let (mut top, mut max) = (0u32, f32::NEG_INFINITY);
+            for (i, &v) in row.iter().enumerate() {
+                if v > max {
+                    (top, max) = (i as u32, v);
+                }
+            }
+            let mut lower = f32::NEG_INFINITY;
+            let k = p.top_k as usize;
+            if k > 0 && k < row.len() {
+                let mut v = row.to_vec();
+                v.sort_by(|a, b| b.total_cmp(a));
+                lower = v[k - 1];
+            }
+            if p.top_p < 1.0 {
+                let mut cand: Vec<(f32, u32)> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &l)| l >= lower)
+                    .map(|(i, &l)| (l, i as u32))
+                    .collect();
+                cand.sort_unstable_by(order);
+                let w = |l: f32| ((l - max) / t).exp() as f64;
+                let total: f64 = cand.iter().map(|c| w(c.0)).sum();
+                let mut acc = 0f64;
+                for c in &cand {
+                    acc += w(c.0);
+                    if acc >= p.top_p as f64 * total {
+                        lower = lower.max(c.0);
+                        break;
+                    }
+                }
+            }
+            if p.min_p > 0.0 {
+                lower = lower.max(max + t * p.min_p.ln());
+            }
+            let key = draw_key(p.seed, p.counter);
+            let mut best = (f32::NEG_INFINITY, u32::MAX);
+            for (i, &l) in row.iter().enumerate() {
+                if l >= lower && !l.is_nan() {
+                    let score = l / t + gumbel_at(key, i as u32);
+                    if score > best.0 || best.1 == u32::MAX {
+                        best = (score, i as u32);
+                    }
+                }
+            }
+            if best.1 == u32::MAX {
+                top
+            } else {
+                best.1
+            }
+        }
+        let mut s = Scratch::default();
+        for (r, row) in awkward_rows().into_iter().enumerate() {
+            if row.len() < 2 {
+                continue;
+            }
+            for (k, top_p, min_p) in [
+                (0, 1.0, 0.0),
+                (40, 0.95, 0.0),
+                (3, 1.0, 0.05),
+                (0, 0.5, 0.0),
+            ] {
+                for c in 0..4 {
+                    let p = RowSampling {
+                        temperature: 0.7,
+                        top_k: k,
+                        top_p,
+                        min_p,
+                        seed: r as u64,
+                        counter: c,
+                        ..RowSampling::GREEDY
+                    };
+                    assert_eq!(
+                        pick(&row, &p, &mut s),
+                        full_scan(&row, &p),
+                        "row {r}, {p:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn log_sum_exp_is_close_to_f64_and_the_same_on_every_path() {
+        for row in awkward_rows() {
+            if row.iter().any(|v| v.is_nan() || *v == f32::INFINITY)
+                || row.iter().all(|&v| v == f32::NEG_INFINITY)
+            {
+                continue;
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let want = max
+                + row
+                    .iter()
+                    .map(|&l| (l as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            let got = log_sum_exp(&row);
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+            assert_eq!(got.to_bits(), log_sum_exp_body(&row).to_bits());
+        }
+        for x in [-87.0f32, -20.5, -1.0, -0.3, 0.0, 0.7, 10.0, 80.0] {
+            let rel = (exp_poly(x) as f64 / (x as f64).exp() - 1.0).abs();
+            // The rounding of x log2(e) grows with |x|: 2e-6 at -87.
+            assert!(rel < 1e-6 + 3e-8 * x.abs() as f64, "exp({x}): {rel}");
+        }
     }
 }
