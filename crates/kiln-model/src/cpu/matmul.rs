@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use half::f16;
 use kiln_gguf::GgmlType;
 
-use super::kernels::{self, Fmt, Isa, Pack8, QAct, TileFn, WideFn};
+use super::kernels::{self, Fmt, Isa, QAct, TileFn};
 use super::pool::{split_range, ThreadPool};
 use super::SyncPtr;
 use crate::backend::RawTensor;
@@ -14,8 +14,6 @@ use crate::backend::RawTensor;
 thread_local! {
     /// The calling thread's quantized activations; grows to the largest input and stays.
     static QACT: RefCell<QAct> = RefCell::new(QAct::new());
-    /// The calling thread's activations regrouped for the 8-token kernels.
-    static PACK8: RefCell<Pack8> = RefCell::new(Pack8::new());
     /// One weight row decoded to f32, per thread (formats without an integer kernel).
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -23,9 +21,9 @@ thread_local! {
 /// How a matrix is multiplied.
 #[derive(Clone, Copy)]
 pub(super) enum Kernel {
-    /// Integer tiles against quantized activations, and the 8-token kernel of the format
-    /// where the instruction set has one.
-    Quant(TileFn, Option<(WideFn, Fmt)>),
+    /// Integer tiles against quantized activations: the kernel, the tokens a tile takes, and
+    /// whether it reads the activations regrouped ([`QAct::transpose`]).
+    Quant(TileFn, usize, bool),
     /// F16 rows read in place, dotted with f32 activations.
     F16,
     /// Rows decoded to f32, dotted with f32 activations.
@@ -39,17 +37,14 @@ impl Kernel {
         match Fmt::of(t.ty).filter(|_| !exact) {
             Some(f) => Kernel::Quant(
                 kernels::tile_fn(isa, f),
-                kernels::wide_fn(isa, f).map(|wf| (wf, f)),
+                kernels::tile_tokens(isa, f),
+                kernels::wants_groups(isa, f),
             ),
             None if t.ty == GgmlType::F16 => Kernel::F16,
             None => Kernel::Float,
         }
     }
 }
-
-/// Tokens in a last, partial group at which the 8-token kernel beats the 4x4 tiles even
-/// with the padding.
-const WIDE_MIN: usize = 5;
 
 /// Rows of `n` tokens at which quantizing the activations is split over the pool.
 const PAR_QUANT_MIN: usize = 16;
@@ -69,51 +64,23 @@ pub(super) fn matmul(
     let rb = w.row_bytes();
     let optr = SyncPtr(out.as_mut_ptr());
     match kernel {
-        Kernel::Quant(tf, wide) => QACT.with(|q| {
+        Kernel::Quant(tf, tokens, grouped) => QACT.with(|q| {
             let mut q = q.borrow_mut();
             if n >= PAR_QUANT_MIN && pool.n_threads() > 1 {
                 quantize_parallel(pool, isa, &mut q, x, n, cols);
             } else {
                 q.quantize(isa, x, n, cols);
             }
+            if grouped {
+                q.transpose();
+            }
             let view = q.view(0, n);
-            // Whole groups of 8 tokens go through the 8-token kernel, and a last group of 5
-            // to 7 padded to 8; fewer tokens (single-sequence decode) through the tiles.
-            let groups = match wide {
-                Some(_) => n / 8 + usize::from(n % 8 >= WIDE_MIN),
-                None => 0,
-            };
-            let n_wide = n.min(groups * 8);
-            PACK8.with(|pk| {
-                let mut pk = pk.borrow_mut();
-                if n_wide > 0 {
-                    pk.pack(&view, groups);
-                }
-                let pk: &Pack8 = &pk;
-                let rest = view.skip(n_wide);
-                pool.run(|i, nt| {
-                    let (r0, r1) = split_range(rows, i, nt, 4);
-                    // SAFETY (both stores): rows r0..r1 of every token belong to this thread
-                    // only, and `t * rows + r` is inside `out` (n tokens of `rows` outputs).
-                    if let Some((wf, fmt)) = wide.filter(|_| n_wide > 0) {
-                        kernels::gemm_rows_wide(
-                            wf,
-                            fmt,
-                            data,
-                            rb,
-                            r0,
-                            r1,
-                            &view,
-                            pk,
-                            n_wide,
-                            |r, t, v| unsafe { optr.write(t * rows + r, v) },
-                        );
-                    }
-                    if n_wide < n {
-                        kernels::gemm_rows(tf, data, rb, r0, r1, &rest, |r, t, v| unsafe {
-                            optr.write((n_wide + t) * rows + r, v)
-                        });
-                    }
+            pool.run(|i, nt| {
+                let (r0, r1) = split_range(rows, i, nt, 4);
+                // SAFETY: rows r0..r1 of every token belong to this thread only, and
+                // `t * rows + r` is inside `out` (n tokens of `rows` outputs).
+                kernels::gemm_rows(tf, tokens, data, rb, r0, r1, &view, |r, t, v| unsafe {
+                    optr.write(t * rows + r, v)
                 });
             });
         }),

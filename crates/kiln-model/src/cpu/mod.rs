@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
-use crate::backend::{Backend, PagedSeq, RawTensor};
+use crate::backend::{Backend, PagedSeq, RawTensor, TensorBytes};
 use crate::config::RopeStyle;
 use crate::{ModelConfig, ModelError};
 use kernels::vec::KvElem;
@@ -101,6 +101,8 @@ impl CpuBackend {
 pub struct CpuMat {
     raw: RawTensor,
     kernel: matmul::Kernel,
+    /// The format whose rows were regrouped for the kernel ([`kernels::repack`]), if any.
+    repacked: Option<kernels::Fmt>,
 }
 
 /// The KV pool: keys and values (f16 or f32, see [`KvDtype`]), laid out
@@ -184,6 +186,60 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's sampler scratch space.
     static SAMPLE: RefCell<crate::sample::Scratch> = RefCell::new(Default::default());
+    /// One row of bytes, for rows regrouped for a kernel and read back.
+    static SCRATCH_BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's rotary angles of the last positions it rotated.
+    static ROPE: RefCell<RopeAngles> = RefCell::new(Default::default());
+}
+
+/// Cosines and sines of the rotary angles for a list of positions: every layer of a step
+/// rotates queries and keys at the same positions, so they are computed once per step, not
+/// twice per layer (the values are the same either way).
+#[derive(Default)]
+struct RopeAngles {
+    /// What the table was made for: base, rotated dimensions, and each row's position.
+    base: f32,
+    dims: usize,
+    positions: Vec<usize>,
+    /// `(cos, sin)` of row `r`'s pair `i` at `r * dims / 2 + i`.
+    table: Vec<(f32, f32)>,
+}
+
+impl RopeAngles {
+    /// Makes the table current for these sequences' rows (by row index).
+    fn update(&mut self, base: f32, dims: usize, seqs: &[PagedSeq<'_>]) {
+        let rows = seqs.iter().map(|s| s.row0 + s.n).max().unwrap_or(0);
+        let pos = |r: usize| {
+            seqs.iter()
+                .find(|s| (s.row0..s.row0 + s.n).contains(&r))
+                .map_or(usize::MAX, |s| s.pos0 + r - s.row0)
+        };
+        let same = self.base.to_bits() == base.to_bits()
+            && self.dims == dims
+            && self.positions.len() == rows
+            && seqs
+                .iter()
+                .all(|s| (0..s.n).all(|t| self.positions[s.row0 + t] == s.pos0 + t));
+        if same {
+            return;
+        }
+        let half = dims / 2;
+        self.base = base;
+        self.dims = dims;
+        self.positions.clear();
+        self.positions.extend((0..rows).map(pos));
+        self.table.clear();
+        let inv: Vec<f32> = (0..half)
+            .map(|i| base.powf(-2.0 * i as f32 / dims as f32))
+            .collect();
+        for &p in &self.positions {
+            let p = p as f32;
+            self.table.extend(inv.iter().map(|&f| {
+                let (sin, cos) = (p * f).sin_cos();
+                (cos, sin)
+            }));
+        }
+    }
 }
 
 /// Dot product with several accumulators so the compiler can vectorise it.
@@ -206,10 +262,19 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-fn dequant_row(raw: &RawTensor, row: usize, out: &mut [f32]) {
+fn dequant_row(m: &CpuMat, row: usize, out: &mut [f32]) {
+    let raw = &m.raw;
     let rb = raw.row_bytes();
     let src = &raw.data.as_slice()[row * rb..(row + 1) * rb];
-    kernels::dequantize(raw.ty, src, &mut out[..raw.cols]);
+    match m.repacked {
+        Some(fmt) => SCRATCH_BYTES.with(|b| {
+            let mut b = b.borrow_mut();
+            b.resize(rb, 0);
+            kernels::unpack_row(fmt, src, raw.cols, &mut b);
+            kernels::dequantize(raw.ty, &b, &mut out[..raw.cols]);
+        }),
+        None => kernels::dequantize(raw.ty, src, &mut out[..raw.cols]),
+    }
 }
 
 /// A zeroed array of `len` cache elements, or an error naming the pool.
@@ -374,9 +439,21 @@ impl Backend for CpuBackend {
                 t.ty.name()
             )));
         }
+        let kernel = matmul::Kernel::for_tensor(self.isa, &t, self.exact);
+        let mut t = t;
+        let mut repacked = None;
+        if let (matmul::Kernel::Quant(_, _, true), Some(fmt)) = (kernel, kernels::Fmt::of(t.ty)) {
+            // The kernel sums a block per lane and reads the rows regrouped: an owned copy
+            // in that order (the same size), made once here.
+            if let Some(v) = kernels::repack(self.isa, fmt, t.data.as_slice(), t.rows, t.cols) {
+                t.data = TensorBytes::Owned(std::sync::Arc::new(v));
+                repacked = Some(fmt);
+            }
+        }
         Ok(CpuMat {
-            kernel: matmul::Kernel::for_tensor(self.isa, &t, self.exact),
+            kernel,
             raw: t,
+            repacked,
         })
     }
 
@@ -432,7 +509,7 @@ impl Backend for CpuBackend {
         let cols = table.raw.cols;
         for (t, &id) in tokens.iter().enumerate() {
             let row = (id as usize).min(table.raw.rows - 1);
-            dequant_row(&table.raw, row, &mut out[t * cols..(t + 1) * cols]);
+            dequant_row(table, row, &mut out[t * cols..(t + 1) * cols]);
         }
     }
 
@@ -447,7 +524,16 @@ impl Backend for CpuBackend {
     ) {
         for t in 0..n {
             let xr = &x[t * dim..(t + 1) * dim];
-            let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            // Eight running sums the compiler can keep in vector lanes (one sum would be a
+            // chain of dependent f64 additions).
+            let mut acc = [0f64; 8];
+            for c in xr.chunks(8) {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a += (v as f64) * (v as f64);
+                }
+            }
+            let ss =
+                ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
             let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
             let o = &mut out[t * dim..(t + 1) * dim];
             for i in 0..dim {
@@ -472,32 +558,27 @@ impl Backend for CpuBackend {
         let hd = cfg.head_dim;
         let rd = cfg.rope_dim;
         let half = rd / 2;
-        // The frequencies once per call, not once per token (the same values), in the
-        // thread's scratch space (no allocation per call).
-        let mut inv = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        inv.clear();
-        inv.extend((0..half).map(|i| cfg.rope_base.powf(-2.0 * i as f32 / rd as f32)));
-        for sq in seqs {
-            for t in 0..sq.n {
-                let pos = (sq.pos0 + t) as f32;
-                let row = sq.row0 + t;
-                for (i, &f) in inv.iter().enumerate() {
-                    let theta = pos * f;
-                    let (sin, cos) = theta.sin_cos();
-                    for h in 0..heads {
-                        let base = (row * heads + h) * hd;
-                        let (a, b) = match cfg.rope_style {
-                            RopeStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
-                            RopeStyle::Halves => (base + i, base + i + half),
-                        };
-                        let (x0, x1) = (x[a], x[b]);
-                        x[a] = x0 * cos - x1 * sin;
-                        x[b] = x0 * sin + x1 * cos;
+        ROPE.with(|r| {
+            let mut angles = r.borrow_mut();
+            angles.update(cfg.rope_base, rd, seqs);
+            for sq in seqs {
+                for row in sq.row0..sq.row0 + sq.n {
+                    let cs = &angles.table[row * half..(row + 1) * half];
+                    for (i, &(cos, sin)) in cs.iter().enumerate() {
+                        for h in 0..heads {
+                            let base = (row * heads + h) * hd;
+                            let (a, b) = match cfg.rope_style {
+                                RopeStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
+                                RopeStyle::Halves => (base + i, base + i + half),
+                            };
+                            let (x0, x1) = (x[a], x[b]);
+                            x[a] = x0 * cos - x1 * sin;
+                            x[b] = x0 * sin + x1 * cos;
+                        }
                     }
                 }
             }
-        }
-        SCRATCH.with(|s| *s.borrow_mut() = inv);
+        });
     }
 
     fn attention(

@@ -142,7 +142,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
 }
 
 /// Results of one tile: `out[row][token]`.
-pub type Tile = [[f32; 4]; 4];
+pub type Tile = [[f32; 8]; 4];
 
 /// Activations quantized to 8 bits in blocks of 32: values, per-block scale `d`, and
 /// `s = d * sum(values)` (for formats with a minimum or an offset).
@@ -151,9 +151,17 @@ pub struct QAct {
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// The values again, by 16 blocks (see [`QAct::transpose`]), for kernels that want them.
+    qt: Vec<i8>,
     n: usize,
     cols: usize,
+    /// Whether `qt` holds the last quantized rows.
+    transposed: bool,
 }
+
+/// Values of 16 blocks in the order [`QAct::transpose`] gives them, then the 16 blocks'
+/// sums of values (i32).
+pub const GROUP_BYTES: usize = 576;
 
 /// A borrowed view of some tokens of a [`QAct`], as the kernels read it.
 #[derive(Clone, Copy)]
@@ -161,6 +169,8 @@ pub struct ActView<'a> {
     qs: &'a [i8],
     d: &'a [f32],
     s: &'a [f32],
+    /// The values by 16 blocks (`nb / 16` groups a token), or nothing.
+    qt: &'a [i8],
     /// 32-blocks per token.
     nb: usize,
 }
@@ -169,10 +179,12 @@ impl<'a> ActView<'a> {
     /// The view from token `t` on.
     #[inline]
     pub fn skip(&self, t: usize) -> ActView<'a> {
+        let g = self.nb / 16 * GROUP_BYTES;
         ActView {
             qs: &self.qs[t * self.nb * 32..],
             d: &self.d[t * self.nb..],
             s: &self.s[t * self.nb..],
+            qt: self.qt.get(t * g..).unwrap_or(&[]),
             nb: self.nb,
         }
     }
@@ -198,6 +210,38 @@ impl<'a> ActView<'a> {
                 self.d.get_unchecked(t * nb..(t + 1) * nb),
                 self.s.get_unchecked(t * nb..(t + 1) * nb),
             )
+        }
+    }
+
+    /// Token `t`'s values by 16 blocks ([`QAct::transpose`]): a null pointer where the view
+    /// has none.
+    #[inline]
+    pub(crate) fn grouped(&self, t: usize) -> *const i8 {
+        if self.qt.is_empty() {
+            std::ptr::null()
+        } else {
+            self.qt
+                .as_ptr()
+                .wrapping_add(t * (self.nb / 16) * GROUP_BYTES)
+        }
+    }
+
+    /// This view's first `n` tokens with their values regrouped into `buf` (for kernels
+    /// that want [`QAct::transpose`]'s order and were handed a view without it).
+    pub(crate) fn regrouped<'b>(&self, n: usize, buf: &'b mut Vec<i8>) -> ActView<'b>
+    where
+        'a: 'b,
+    {
+        let n = n.min(self.tokens());
+        buf.clear();
+        buf.resize(n * (self.nb / 16) * GROUP_BYTES, 0);
+        regroup(&self.qs[..n * self.nb * 32], self.nb, buf);
+        ActView {
+            qs: &self.qs[..n * self.nb * 32],
+            d: &self.d[..n * self.nb],
+            s: &self.s[..n * self.nb],
+            qt: buf,
+            nb: self.nb,
         }
     }
 
@@ -246,6 +290,7 @@ impl QAct {
         }
         self.n = n;
         self.cols = cols;
+        self.transposed = false;
         QActParts {
             qs: self.qs.as_mut_ptr(),
             d: self.d.as_mut_ptr(),
@@ -255,15 +300,147 @@ impl QAct {
         }
     }
 
+    /// Also keeps the values of each token's whole groups of 16 blocks regrouped for
+    /// kernels that sum a block in one lane: per group, 8 rows of 64 bytes, row `k` holding
+    /// values `4k..4k + 4` of the 16 blocks (block `l` in bytes `4l..4l + 4`), then each
+    /// block's sum of values as an i32 (64 bytes).
+    pub fn transpose(&mut self) {
+        let (nb, n) = (self.cols / 32, self.n);
+        let groups = nb / 16;
+        let len = n * groups * GROUP_BYTES;
+        if self.qt.len() < len {
+            self.qt.resize(len, 0);
+        }
+        regroup(&self.qs[..n * self.cols], nb, &mut self.qt[..len]);
+        self.transposed = true;
+    }
+
     /// The quantized rows `t0..t0 + n` (of the last [`QAct::quantize`]).
     pub fn view(&self, t0: usize, n: usize) -> ActView<'_> {
         let nb = self.cols / 32;
         let (t0, t1) = (t0.min(self.n), (t0 + n).min(self.n));
+        let g = nb / 16 * GROUP_BYTES;
         ActView {
             qs: &self.qs[t0 * self.cols..t1 * self.cols],
             d: &self.d[t0 * nb..t1 * nb],
             s: &self.s[t0 * nb..t1 * nb],
+            qt: if self.transposed {
+                &self.qt[t0 * g..t1 * g]
+            } else {
+                &[]
+            },
             nb,
+        }
+    }
+}
+
+/// Each token's whole groups of 16 blocks of `qs` (tokens of `nb` blocks) into `qt` in the
+/// order [`QAct::transpose`] describes.
+fn regroup(qs: &[i8], nb: usize, qt: &mut [i8]) {
+    let groups = nb / 16;
+    let src = qs.as_chunks::<4>().0;
+    let dst = qt.as_chunks_mut::<4>().0;
+    const UNITS: usize = GROUP_BYTES / 4;
+    for t in 0..qs.len() / (nb * 32).max(1) {
+        for g in 0..groups {
+            let from = &src[(t * nb + 16 * g) * 8..][..128];
+            let to = &mut dst[(t * groups + g) * UNITS..][..UNITS];
+            for (l, block) in from.chunks_exact(8).enumerate() {
+                let mut sum = 0i32;
+                for (k, v) in block.iter().enumerate() {
+                    to[16 * k + l] = *v;
+                    sum += v.iter().map(|&x| i32::from(x)).sum::<i32>();
+                }
+                to[128 + l] = sum.to_le_bytes().map(|b| b as i8);
+            }
+        }
+    }
+}
+
+/// Bytes of 16 blocks of a format as [`repack`] lays them out: the same as in the file.
+fn group_bytes(fmt: Fmt) -> usize {
+    match fmt {
+        Fmt::Q8_0 => 16 * 34,
+        _ => 16 * 20,
+    }
+}
+
+/// The rows of a matrix in the layout its kernel reads, where that is not the file's: for
+/// AVX-512 VNNI, each whole group of 16 blocks of a Q4_1 row becomes the 16 blocks' scale
+/// and minimum (16 dwords), then 4 rows of 16 dwords, row `q` holding nibble bytes
+/// `4q..4q + 4` of each block; of a Q8_0 row, the 16 scales (f16), then 8 rows of 16
+/// dwords, row `k` holding values `4k..4k + 4` of each block plus 128 (as unsigned bytes).
+/// The same size; blocks after the last whole group stay as they are. `None`: the kernel
+/// reads the file's layout.
+pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
+    if !wants_groups(isa, fmt) || cols / 32 < 16 {
+        return None;
+    }
+    let nb = cols / 32;
+    let bb = group_bytes(fmt) / 16;
+    let rb = nb * bb;
+    if data.len() != rows * rb {
+        return None;
+    }
+    let mut out = data.to_vec();
+    for r in 0..rows {
+        for g in 0..nb / 16 {
+            let at = r * rb + g * 16 * bb;
+            let (src, dst) = (&data[at..at + 16 * bb], &mut out[at..at + 16 * bb]);
+            for l in 0..16 {
+                let b = &src[l * bb..(l + 1) * bb];
+                match fmt {
+                    Fmt::Q8_0 => {
+                        dst[2 * l..2 * l + 2].copy_from_slice(&b[..2]);
+                        for k in 0..8 {
+                            let o = 32 + 64 * k + 4 * l;
+                            for i in 0..4 {
+                                dst[o + i] = b[2 + 4 * k + i] ^ 0x80;
+                            }
+                        }
+                    }
+                    _ => {
+                        dst[4 * l..4 * l + 4].copy_from_slice(&b[..4]);
+                        for q in 0..4 {
+                            let o = 64 + 64 * q + 4 * l;
+                            dst[o..o + 4].copy_from_slice(&b[4 + 4 * q..8 + 4 * q]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// One row of [`repack`]'s layout back in the file's (for decoding to f32).
+pub fn unpack_row(fmt: Fmt, row: &[u8], cols: usize, out: &mut [u8]) {
+    out.copy_from_slice(row);
+    let nb = cols / 32;
+    let bb = group_bytes(fmt) / 16;
+    for g in 0..nb / 16 {
+        let at = g * 16 * bb;
+        let (src, dst) = (&row[at..at + 16 * bb], &mut out[at..at + 16 * bb]);
+        for l in 0..16 {
+            let b = &mut dst[l * bb..(l + 1) * bb];
+            match fmt {
+                Fmt::Q8_0 => {
+                    b[..2].copy_from_slice(&src[2 * l..2 * l + 2]);
+                    for k in 0..8 {
+                        let o = 32 + 64 * k + 4 * l;
+                        for i in 0..4 {
+                            b[2 + 4 * k + i] = src[o + i] ^ 0x80;
+                        }
+                    }
+                }
+                _ => {
+                    b[..4].copy_from_slice(&src[4 * l..4 * l + 4]);
+                    for q in 0..4 {
+                        let o = 64 + 64 * q + 4 * l;
+                        b[4 + 4 * q..8 + 4 * q].copy_from_slice(&src[o..o + 4]);
+                    }
+                }
+            }
         }
     }
 }
@@ -328,8 +505,8 @@ pub fn quantize_rows(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut 
 ///
 /// # Safety
 /// `w` points to `nr` readable rows of `rb` bytes; each row holds `a.nb * 32` weights of
-/// the kernel's format; `nr` and `nt` are at most 4, and `a` has at least `nt` tokens; the
-/// CPU has the kernel's instruction set.
+/// the kernel's format; `nr` is at most 4 and `nt` at most [`tile_tokens`], and `a` has at
+/// least `nt` tokens; the CPU has the kernel's instruction set.
 pub type TileFn = unsafe fn(*const u8, usize, usize, &ActView, usize, &mut Tile);
 
 /// The tile kernel for a format on an instruction set.
@@ -345,158 +522,21 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
     }
 }
 
-/// An 8-token kernel: one weight row (`pairs` pairs of 32-blocks at the pointer) against the
-/// 8 tokens of one group of a [`Pack8`] (its values, scales and sums at the pointers),
-/// without the last block of a row of odd length. Bit for bit the [`TileFn`] of the same
-/// instruction set and format on those blocks.
-pub type WideFn = unsafe fn(*const u8, usize, *const i8, *const f32, *const f32) -> [f32; 8];
-
-/// The 8-token kernel for a format on an instruction set, where there is one (AVX-512 VNNI,
-/// Q4_1 for now). Batched decoding runs through it: each weight block is unpacked once for
-/// 8 tokens instead of once per 4.
-pub fn wide_fn(isa: Isa, fmt: Fmt) -> Option<WideFn> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => x86::wide_fn_avx512(fmt),
-        _ => {
-            let _ = fmt;
-            None
-        }
+/// Tokens one call of the format's tile kernel takes at most: 8 where the kernel decodes a
+/// weight row once for up to 8 tokens ([`wants_groups`]), otherwise 4.
+pub fn tile_tokens(isa: Isa, fmt: Fmt) -> usize {
+    if wants_groups(isa, fmt) {
+        8
+    } else {
+        4
     }
 }
 
-/// Quantized activations regrouped for [`WideFn`] kernels: tokens in groups of 8 (the last
-/// padded with zeros), and within a group, for each pair of 32-blocks and each 4 values `k`
-/// of a block, 64 bytes: values `4k..4k + 4` of the first block for tokens 0..8, then of the
-/// second. Scales and sums per pair: 16 lanes in the same token order.
-#[derive(Debug, Default)]
-pub struct Pack8 {
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    s: Vec<f32>,
-    pairs: usize,
-    groups: usize,
-}
-
-impl Pack8 {
-    /// An empty buffer; it grows to the largest input it is given and stays there.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Regroups the first `groups * 8` tokens of `a` (tokens past its end count as zero).
-    pub fn pack(&mut self, a: &ActView, groups: usize) {
-        let pairs = a.nb / 2;
-        let n = a.tokens();
-        self.pairs = pairs;
-        self.groups = groups;
-        let (qn, dn) = (groups * pairs * 512, groups * pairs * 16);
-        if self.qs.len() < qn {
-            self.qs.resize(qn, 0);
-        }
-        if self.d.len() < dn {
-            self.d.resize(dn, 0.0);
-            self.s.resize(dn, 0.0);
-        }
-        for g in 0..groups {
-            for lane in 0..8 {
-                let t = g * 8 + lane;
-                for p in 0..pairs {
-                    let qo = (g * pairs + p) * 512;
-                    let so = (g * pairs + p) * 16;
-                    for half in 0..2 {
-                        let b = 2 * p + half;
-                        let (dv, sv) = if t < n {
-                            // SAFETY: `t` is below the view's token count.
-                            let (qs, d, s) = unsafe { a.token(t) };
-                            for k in 0..8 {
-                                let o = qo + 64 * k + 32 * half + 4 * lane;
-                                self.qs[o..o + 4].copy_from_slice(&qs[32 * b + 4 * k..][..4]);
-                            }
-                            (d[b], s[b])
-                        } else {
-                            for k in 0..8 {
-                                let o = qo + 64 * k + 32 * half + 4 * lane;
-                                self.qs[o..o + 4].fill(0);
-                            }
-                            (0.0, 0.0)
-                        };
-                        self.d[so + 8 * half + lane] = dv;
-                        self.s[so + 8 * half + lane] = sv;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Multiplies weight rows `r0..r1` (each `rb` bytes of `w`) with the first `n` tokens of
-/// `a`, packed in `pk`, 8 tokens at a time through `wf`; the last block of rows of odd
-/// length goes through the scalar reference, as the tile kernels do. Hands each result to
-/// `store(row, token, value)`.
-///
-/// # Panics
-/// If `w` is shorter than `r1` rows, or `pk` was not packed from `a` with enough groups
-/// for `n` tokens.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_rows_wide(
-    wf: WideFn,
-    fmt: Fmt,
-    w: &[u8],
-    rb: usize,
-    r0: usize,
-    r1: usize,
-    a: &ActView,
-    pk: &Pack8,
-    n: usize,
-    mut store: impl FnMut(usize, usize, f32),
-) {
-    assert!(r1 * rb <= w.len(), "weight rows out of range");
-    assert!(n <= pk.groups * 8 && n <= a.tokens() && pk.pairs == a.nb / 2);
-    let nb = a.nb;
-    let pairs = pk.pairs;
-    for r in r0..r1 {
-        let row = &w[r * rb..(r + 1) * rb];
-        for g in 0..n.div_ceil(8) {
-            let (qo, so) = (g * pairs * 512, g * pairs * 16);
-            // SAFETY: the row holds `pairs` block pairs (it is `a`'s width in the format);
-            // the pack holds group `g` (asserted above); `wf` came from `wide_fn` for this
-            // CPU.
-            let v = unsafe {
-                wf(
-                    row.as_ptr(),
-                    pairs,
-                    pk.qs[qo..].as_ptr(),
-                    pk.d[so..].as_ptr(),
-                    pk.s[so..].as_ptr(),
-                )
-            };
-            for (lane, &x) in v.iter().enumerate().take(n - g * 8) {
-                let t = g * 8 + lane;
-                let mut x = x;
-                if nb % 2 == 1 {
-                    // SAFETY: `t < n <= a.tokens()`.
-                    let (qs, d, s) = unsafe { a.token(t) };
-                    let (a, da, sa) = (&qs[32 * (nb - 1)..], d[nb - 1], s[nb - 1]);
-                    x += last_block(fmt, row, nb, a, da, sa);
-                }
-                store(r, t, x);
-            }
-        }
-    }
-}
-
-/// The scalar product of the last 32-block of a row of `nb` blocks, as the SIMD tiles add it
-/// to rows of odd length (K-quant rows are whole super-blocks and never have one).
-fn last_block(fmt: Fmt, row: &[u8], nb: usize, a: &[i8], da: f32, sa: f32) -> f32 {
-    let at = |bytes: usize| &row[(nb - 1) * bytes..nb * bytes];
-    match fmt {
-        Fmt::Q4_0 => scalar::q4_0_block(at(18), a, da),
-        Fmt::Q4_1 => scalar::q4_1_block(at(20), a, da, sa),
-        Fmt::Q5_0 => scalar::q5_0_block(at(22), a, da),
-        Fmt::Q8_0 => scalar::q8_0_block(at(34), a, da),
-        Fmt::Q4_K | Fmt::Q5_K | Fmt::Q6_K => 0.0,
-    }
+/// Whether the format's kernel sums a block per lane: it reads the activations regrouped
+/// by [`QAct::transpose`] and the weights as [`repack`] lays them out (AVX-512 VNNI, Q4_1
+/// and Q8_0).
+pub fn wants_groups(isa: Isa, fmt: Fmt) -> bool {
+    isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_1 | Fmt::Q8_0)
 }
 
 /// The scalar tile kernel for a format.
@@ -522,13 +562,16 @@ pub fn scalar_tile_fn(fmt: Fmt) -> TileFn {
 }
 
 /// Multiplies weight rows `r0..r1` (each `rb` bytes of `w`) with every token of `a`,
-/// in tiles of 4 rows by 4 tokens, handing each result to `store(row, token, value)`.
+/// in tiles of 4 rows by `tokens` (the kernel's [`tile_tokens`]), handing each result to
+/// `store(row, token, value)`.
 ///
 /// # Panics
 /// If `w` is shorter than `r1` rows or a row is not `a`'s width in the kernel's format
 /// (the caller checked both when it took the matrix in).
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_rows(
     tf: TileFn,
+    tokens: usize,
     w: &[u8],
     rb: usize,
     r0: usize,
@@ -544,13 +587,13 @@ pub fn gemm_rows(
     // serves every token (2 and 3 tokens through 1-row tiles cost 1.7x and 2.3-2.7x one
     // token; through 4-row tiles 1.1-1.4x and 1.3-1.8x: `kernels` example, `batch`).
     let max_rows = if n < 2 { 1 } else { 4 };
-    let mut tile: Tile = [[0.0; 4]; 4];
+    let mut tile: Tile = [[0.0; 8]; 4];
     let mut r = r0;
     while r < r1 {
         let nr = (r1 - r).min(max_rows);
         let mut t = 0;
         while t < n {
-            let nt = (n - t).min(4);
+            let nt = (n - t).min(tokens);
             let view = a.skip(t);
             // SAFETY: rows `r..r + nr` are inside `w` (asserted above), `view` has at least
             // `nt` tokens, and `tf` came from `tile_fn` for this CPU.

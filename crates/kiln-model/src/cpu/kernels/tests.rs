@@ -55,7 +55,7 @@ fn random_rows(fmt: Fmt, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
 
 fn run(tf: TileFn, w: &[u8], rows: usize, rb: usize, a: &QAct, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; rows * n];
-    gemm_rows(tf, w, rb, 0, rows, &a.view(0, n), |r, t, v| {
+    gemm_rows(tf, 8, w, rb, 0, rows, &a.view(0, n), |r, t, v| {
         out[t * rows + r] = v
     });
     out
@@ -95,7 +95,15 @@ fn simd_kernels_match_scalar() {
                     assert_eq!(aq.qs[..n * cols], a.qs[..n * cols], "{isa:?} quantization");
                     assert_eq!(aq.d[..n * cols / 32], a.d[..n * cols / 32]);
                     assert_eq!(aq.s[..n * cols / 32], a.s[..n * cols / 32]);
-                    let got = run(tile_fn(isa, fmt), &w, rows, rb, &aq, n);
+                    // In the layout the kernel reads (regrouped for some), and its activations
+                    // regrouped or not (the kernel then regroups them itself).
+                    let wk = repack(isa, fmt, &w, rows, cols).unwrap_or_else(|| w.clone());
+                    let got = run(tile_fn(isa, fmt), &wk, rows, rb, &aq, n);
+                    if wants_groups(isa, fmt) {
+                        aq.transpose();
+                        let again = run(tile_fn(isa, fmt), &wk, rows, rb, &aq, n);
+                        assert_eq!(got, again, "{isa:?} {fmt:?} regrouped activations");
+                    }
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-4 * e.abs().max(1.0);
                         assert!(
@@ -142,47 +150,94 @@ fn scalar_kernels_match_dequantized_f32() {
     }
 }
 
-/// The 8-token kernels give the tiles' results bit for bit, whatever the number of tokens
-/// (padding included) and the row length (an odd last block included): a sequence's logits
-/// must not depend on how many others share its batch.
+/// A token's results do not depend on the tokens that share its product (how many, and
+/// where it sits among them), nor on whether its activations were regrouped, for every
+/// format and instruction set: a sequence's logits must not depend on its batch. Row
+/// lengths cover whole 16-block groups, leftover pairs and an odd last block.
 #[test]
-fn wide_kernels_match_tiles_bit_for_bit() {
+fn results_do_not_depend_on_the_batch() {
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);
     let mut checked = 0;
     for isa in Isa::available() {
-        for fmt in [Fmt::Q4_0, Fmt::Q4_1, Fmt::Q5_0, Fmt::Q8_0] {
-            let Some(wf) = wide_fn(isa, fmt) else {
-                continue;
+        for fmt in FORMATS.into_iter().chain([Fmt::Q5_0]) {
+            let widths: &[usize] = match fmt {
+                Fmt::Q4_K | Fmt::Q5_K | Fmt::Q6_K => &[256, 768],
+                _ => &[32, 96, 544, 576, 1024, 1056],
             };
-            for cols in [32, 96, 544, 576] {
+            for &cols in widths {
                 let rows = 7;
                 let w = random_rows(fmt, rows, cols, &mut rng);
                 let rb = ggml(fmt).bytes_for(cols);
-                for n in [1, 5, 8, 13, 16, 21] {
-                    let x: Vec<f32> = (0..n * cols).map(|_| rng.f() * 3.0).collect();
-                    let mut a = QAct::new();
-                    a.quantize(isa, &x, n, cols);
-                    let want = run(tile_fn(isa, fmt), &w, rows, rb, &a, n);
-                    let mut pk = Pack8::new();
-                    let view = a.view(0, n);
-                    pk.pack(&view, n.div_ceil(8));
-                    let mut got = vec![f32::NAN; rows * n];
-                    gemm_rows_wide(wf, fmt, &w, rb, 0, rows, &view, &pk, n, |r, t, v| {
-                        got[t * rows + r] = v
-                    });
-                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!(
-                            g.to_bits(),
-                            e.to_bits(),
-                            "{isa:?} {fmt:?} {rows}x{cols} n={n} [{i}]: {g} vs {e}"
-                        );
+                let tf = tile_fn(isa, fmt);
+                let w = repack(isa, fmt, &w, rows, cols).unwrap_or(w);
+                let tokens = tile_tokens(isa, fmt);
+                let n = 21;
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.f() * 3.0).collect();
+                // Each token alone (regrouped or not), from rows split unevenly.
+                let mut alone = vec![f32::NAN; rows * n];
+                for t in 0..n {
+                    for regroup in [false, true] {
+                        let mut one = QAct::new();
+                        one.quantize(isa, &x[t * cols..(t + 1) * cols], 1, cols);
+                        if regroup {
+                            one.transpose();
+                        }
+                        for (r0, r1) in [(0, 3), (3, rows)] {
+                            gemm_rows(tf, tokens, &w, rb, r0, r1, &one.view(0, 1), |r, _, v| {
+                                if !regroup {
+                                    alone[t * rows + r] = v;
+                                }
+                                let e = alone[t * rows + r];
+                                assert_eq!(v.to_bits(), e.to_bits(), "{isa:?} {fmt:?} regrouped");
+                            });
+                        }
                     }
-                    checked += 1;
+                }
+                // In batches of every size, each token at every place of a tile.
+                for m in (1..=9).chain([13, 21]) {
+                    let mut all = QAct::new();
+                    all.quantize(isa, &x[..m * cols], m, cols);
+                    all.transpose();
+                    gemm_rows(tf, tokens, &w, rb, 0, rows, &all.view(0, m), |r, t, v| {
+                        let e = alone[t * rows + r];
+                        assert_eq!(
+                            v.to_bits(),
+                            e.to_bits(),
+                            "{isa:?} {fmt:?} {rows}x{cols} token {t} of {m}, row {r}: {v} vs {e}"
+                        );
+                    });
+                    checked += m;
                 }
             }
         }
     }
-    eprintln!("{checked} wide products checked");
+    eprintln!("{checked} tokens checked");
+}
+
+/// Rows regrouped for a kernel come back unchanged, so the embedding lookup (which reads
+/// a row back) sees the file's values.
+#[test]
+fn repacked_rows_unpack_to_the_original() {
+    let mut rng = Rng(0x5851_F42D_4C95_7F2D);
+    for fmt in [Fmt::Q4_1, Fmt::Q8_0] {
+        for cols in [512, 576, 1056, 1536] {
+            let rows = 3;
+            let w = random_rows(fmt, rows, cols, &mut rng);
+            let rb = ggml(fmt).bytes_for(cols);
+            let Some(p) = repack(Isa::Avx512Vnni, fmt, &w, rows, cols) else {
+                panic!("{fmt:?} {cols}: not repacked");
+            };
+            assert_eq!(p.len(), w.len());
+            assert_ne!(p, w, "{fmt:?} {cols}: the layout did not change");
+            for r in 0..rows {
+                let mut back = vec![0u8; rb];
+                unpack_row(fmt, &p[r * rb..(r + 1) * rb], cols, &mut back);
+                assert_eq!(back, w[r * rb..(r + 1) * rb], "{fmt:?} {cols} row {r}");
+            }
+        }
+    }
+    assert!(repack(Isa::Avx512Vnni, Fmt::Q4_1, &[0u8; 20 * 3], 1, 96).is_none());
+    assert!(repack(Isa::Scalar, Fmt::Q4_1, &[0u8; 20 * 18], 1, 576).is_none());
 }
 
 /// The vector f16 conversions (KV cache stores, rounded attention operands) give `half`'s

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{scalar, ActView, Fmt, Tile, TileFn, WideFn};
+use super::{scalar, ActView, Fmt, Tile, TileFn};
 
 #[inline(always)]
 unsafe fn ld16(p: *const u8) -> i32 {
@@ -60,20 +60,12 @@ macro_rules! tiles {
 pub(super) fn tile_fn_avx512(fmt: Fmt) -> TileFn {
     match fmt {
         Fmt::Q4_0 => q4_0_512_tiles,
-        Fmt::Q4_1 => q4_1_512_tiles,
+        Fmt::Q4_1 => q4_1_512_rows,
         Fmt::Q5_0 => q5_0_512_tiles,
-        Fmt::Q8_0 => q8_0_512_tiles,
+        Fmt::Q8_0 => q8_0_512_rows,
         Fmt::Q4_K => q4_k_512_tiles,
         Fmt::Q5_K => q5_k_512_tiles,
         Fmt::Q6_K => q6_k_512_tiles,
-    }
-}
-
-/// The AVX-512 VNNI 8-token kernel for a format, where there is one.
-pub(super) fn wide_fn_avx512(fmt: Fmt) -> Option<WideFn> {
-    match fmt {
-        Fmt::Q4_1 => Some(q4_1_512_x8),
-        _ => None,
     }
 }
 
@@ -91,9 +83,7 @@ pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
 }
 
 tiles!(q4_0_512_tiles, q4_0_512);
-tiles!(q4_1_512_tiles, q4_1_512);
 tiles!(q5_0_512_tiles, q5_0_512);
-tiles!(q8_0_512_tiles, q8_0_512);
 tiles!(q4_k_512_tiles, q4_k_512);
 tiles!(q5_k_512_tiles, q5_k_512);
 tiles!(q6_k_512_tiles, q6_k_512);
@@ -233,59 +223,308 @@ unsafe fn q4_0_512<const R: usize, const C: usize>(
     }
 }
 
+/// Sums lanes `i` and `i + 8`, then `i + 4`, `i + 2` and `i + 1`: the fixed order in
+/// which the Q4_1 kernels add up their 16 lanes.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_1_512<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
+fn sum16(x: __m512) -> f32 {
+    let x = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x));
+    let x = _mm512_castps512_ps256(x);
+    let x = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
+}
+
+/// [`sum16`] of 16 vectors at once, lane `i` of the result holding `sum16(v[i])` bit for
+/// bit (each level adds the same lanes in the same order, for 16 vectors in 4 registers).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn sum16x16(v: &[__m512; 16]) -> __m512 {
+    // Lanes i + (i + 8): vectors 2j and 2j + 1 in one register's halves.
+    let x: [__m512; 8] = core::array::from_fn(|j| {
+        let (a, b) = (v[2 * j], v[2 * j + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+        )
+    });
+    // Lanes i + (i + 4): vector 4j + k in group k.
+    let y: [__m512; 4] = core::array::from_fn(|j| {
+        let (a, b) = (x[2 * j], x[2 * j + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+        )
+    });
+    // Lanes i + (i + 2): group k holds vectors 8j + k and 8j + 4 + k.
+    let z: [__m512; 2] = core::array::from_fn(|j| {
+        let (a, b) = (_mm512_castps_pd(y[2 * j]), _mm512_castps_pd(y[2 * j + 1]));
+        _mm512_castpd_ps(add_as_f32(
+            _mm512_unpacklo_pd(a, b),
+            _mm512_unpackhi_pd(a, b),
+        ))
+    });
+    // Lanes i + (i + 1): group k holds vectors k, 4 + k, 8 + k, 12 + k.
+    let w = _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(z[0], z[1]),
+        _mm512_shuffle_ps::<0b11_01_11_01>(z[0], z[1]),
+    );
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_ps(order, w)
+}
+
+/// Adds the f32 lanes of two registers typed as f64 (the unpacks above move lane pairs).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn add_as_f32(a: __m512d, b: __m512d) -> __m512d {
+    _mm512_castps_pd(_mm512_add_ps(_mm512_castpd_ps(a), _mm512_castpd_ps(b)))
+}
+
+/// `sum16` of each of `v` into `out` (16 at a time where there are more than 2).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn sums(v: &[__m512], out: &mut [f32]) {
+    if v.len() <= 2 {
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o = sum16(x);
+        }
+        return;
+    }
+    for (vs, os) in v.chunks(16).zip(out.chunks_mut(16)) {
+        let mut block = [_mm512_setzero_ps(); 16];
+        block[..vs.len()].copy_from_slice(vs);
+        let mut r = [0f32; 16];
+        // SAFETY: `r` holds 16 f32.
+        unsafe { _mm512_storeu_ps(r.as_mut_ptr(), sum16x16(&block)) };
+        os.copy_from_slice(&r[..os.len()]);
+    }
+}
+
+/// A Q4_1 row (in [`super::repack`]'s layout) against `C` tokens. Each whole group of 16
+/// blocks is summed with a block per lane: 4 registers hold values `4k..4k + 4` and
+/// `16 + 4k..` of the 16 blocks (decoded once for all `C` tokens), 8 `vpdpbusd` against
+/// the token's regrouped values ([`super::QAct::transpose`]) give the 16 blocks' integer
+/// sums, and one multiply-add per lane applies the weight's and the token's scales. The
+/// minimum's terms (`m * s` per block) go to their own lanes and are added last, as
+/// llama.cpp's Q4_1 product does (the golden logits come from it; folded into the same
+/// lanes, one near-tie of the golden test flipped with a reference margin of 0.44). The
+/// pairs of blocks after the last whole group go 2 blocks to a register, the lanes holding
+/// 4 values each, and an odd last block through the scalar code. Every lane sees the same
+/// operations whatever `C` is, so a token's result does not depend on how many share the
+/// call.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_1_512_row<const C: usize>(w: *const u8, a: &ActView, t0: usize) -> [f32; C] {
     let nb = a.nb;
+    let groups = nb / 16;
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    // SAFETY: as in `q4_0_512`.
+    let gp: [*const i8; C] = core::array::from_fn(|t| a.grouped(t0 + t));
+    let mut acc = [_mm512_setzero_ps(); C];
+    let mut tail = [_mm512_setzero_ps(); C];
+    let mut mins = [_mm512_setzero_ps(); C];
+    // SAFETY: every weight access is inside the row (`nb` blocks of 20 bytes), every
+    // activation access inside the token's `nb` blocks or its `groups` regrouped ones.
     unsafe {
-        for p in 0..nb / 2 {
-            let mut wq = [_mm512_setzero_si512(); R];
-            let mut wdm = [_mm_setzero_ps(); R];
-            for r in 0..R {
-                let b0 = w.add(r * rb + p * 40);
-                prefetch(b0);
-                wq[r] = nib2(b0.add(4), b0.add(24));
-                // [d0, m0, d1, m1]
-                let dm = _mm_insert_epi32::<1>(_mm_cvtsi32_si128(ld32(b0)), ld32(b0.add(20)));
-                wdm[r] = _mm_cvtph_ps(dm);
+        let m4 = _mm512_set1_epi8(0x0F);
+        for g in 0..groups {
+            let base = w.add(g * 16 * 20);
+            for c in 0..5 {
+                prefetch(base.wrapping_add(64 * c));
             }
+            let dm = _mm512_loadu_si512(base.cast());
+            let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+            let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
+            let mut wk = [_mm512_setzero_si512(); 8];
+            for q in 0..4 {
+                let x = _mm512_loadu_si512(base.add(64 * (1 + q)).cast());
+                wk[q] = _mm512_and_si512(x, m4);
+                wk[4 + q] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
+            }
+            for t in 0..C {
+                let act = gp[t].add(g * super::GROUP_BYTES);
+                let sum = group_sum(&wk, act, _mm512_setzero_si512());
+                let da = _mm512_loadu_ps(tp[t].1.add(16 * g));
+                let sa = _mm512_loadu_ps(tp[t].2.add(16 * g));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), acc[t]);
+                mins[t] = _mm512_fmadd_ps(mw, sa, mins[t]);
+            }
+        }
+        // Pairs after the whole groups: two blocks to a register, the lanes holding 4
+        // values each.
+        for p in groups * 8..nb / 2 {
+            let b0 = w.add(p * 40);
+            let wq = nib2(b0.add(4), b0.add(24));
+            // [d0, m0, d1, m1]
+            let dm = _mm_insert_epi32::<1>(_mm_cvtsi32_si128(ld32(b0)), ld32(b0.add(20)));
+            let wdm = _mm_cvtph_ps(dm);
             for t in 0..C {
                 let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
                 let da = _mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast()));
                 let sa = _mm_castpd_ps(_mm_load_sd(tp[t].2.add(2 * p).cast()));
-                // [da0, sa0, da1, sa1]
-                let ad = _mm_unpacklo_ps(da, sa);
-                for r in 0..R {
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[r], av);
-                    let sc = _mm_mul_ps(wdm[r], ad);
-                    let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread2(sc, 0, 2), acc[r][t]);
-                    // The minimum's terms m * sa sit in lanes 1 and 3 of `sc`.
-                    acc[r][t] = _mm512_mask_add_ps(f, 0b1010, f, _mm512_castps128_ps512(sc));
-                }
+                let sc = _mm_mul_ps(wdm, _mm_unpacklo_ps(da, sa));
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, av);
+                let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread2(sc, 0, 2), tail[t]);
+                tail[t] = _mm512_mask_add_ps(f, 0b1010, f, _mm512_castps128_ps512(sc));
             }
         }
-        for r in 0..R {
-            for t in 0..C {
-                let mut v = _mm512_reduce_add_ps(acc[r][t]);
-                if nb % 2 == 1 {
-                    let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 20), 20);
-                    let (qs, d, s) = a.token(t0 + t);
-                    v += scalar::q4_1_block(b, &qs[32 * (nb - 1)..], d[nb - 1], s[nb - 1]);
-                }
-                out[r0 + r][t0 + t] = v;
+        let mut parts = [_mm512_setzero_ps(); 24];
+        parts[..C].copy_from_slice(&acc);
+        parts[C..2 * C].copy_from_slice(&tail);
+        parts[2 * C..3 * C].copy_from_slice(&mins);
+        let mut sum = [0f32; 24];
+        sums(&parts[..3 * C], &mut sum);
+        let mut out = [0f32; C];
+        for t in 0..C {
+            let mut v = sum[t] + sum[C + t] + sum[2 * C + t];
+            if nb % 2 == 1 {
+                let b = std::slice::from_raw_parts(w.add((nb - 1) * 20), 20);
+                let (qs, d, s) = a.token(t0 + t);
+                v += scalar::q4_1_block(b, &qs[32 * (nb - 1)..], d[nb - 1], s[nb - 1]);
             }
+            out[t] = v;
         }
+        out
     }
 }
+
+/// The integer sums of 16 blocks: `start` plus 8 `vpdpbusd` of the weight registers
+/// against a token's regrouped values at `act`, in two chains of 4.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_sum(wk: &[__m512i; 8], act: *const i8, start: __m512i) -> __m512i {
+    // SAFETY: the caller passes a group of regrouped values (512 readable bytes).
+    unsafe {
+        let mut s0 = start;
+        let mut s1 = _mm512_setzero_si512();
+        for k in 0..4 {
+            let a0 = _mm512_loadu_si512(act.add(64 * k).cast());
+            let a1 = _mm512_loadu_si512(act.add(64 * (k + 4)).cast());
+            s0 = _mm512_dpbusd_epi32(s0, wk[k], a0);
+            s1 = _mm512_dpbusd_epi32(s1, wk[k + 4], a1);
+        }
+        _mm512_add_epi32(s0, s1)
+    }
+}
+
+/// A Q8_0 row (in [`super::repack`]'s layout: values stored plus 128) against `C` tokens,
+/// a block per lane as in [`q4_1_512_row`]: each lane's integer sum starts at -128 times
+/// the token's sum of the block's values (kept with the regrouped values), so the 8
+/// `vpdpbusd` leave the exact product. The pairs after the last whole group go 2 blocks to
+/// a register, and an odd last block through the scalar code.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8_0_512_row<const C: usize>(w: *const u8, a: &ActView, t0: usize) -> [f32; C] {
+    let nb = a.nb;
+    let groups = nb / 16;
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
+    let gp: [*const i8; C] = core::array::from_fn(|t| a.grouped(t0 + t));
+    let mut acc = [_mm512_setzero_ps(); C];
+    let mut tail = [_mm512_setzero_ps(); C];
+    // SAFETY: every weight access is inside the row (`nb` blocks of 34 bytes), every
+    // activation access inside the token's `nb` blocks or its `groups` regrouped ones.
+    unsafe {
+        let flip = _mm512_set1_epi8(-128);
+        for g in 0..groups {
+            let base = w.add(g * 16 * 34);
+            for c in 0..9 {
+                prefetch(base.wrapping_add(64 * c));
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
+            let mut wk = [_mm512_setzero_si512(); 8];
+            for k in 0..8 {
+                wk[k] = _mm512_loadu_si512(base.add(32 + 64 * k).cast());
+            }
+            for t in 0..C {
+                let act = gp[t].add(g * super::GROUP_BYTES);
+                let sums = _mm512_loadu_si512(act.add(512).cast());
+                let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sums));
+                let sum = group_sum(&wk, act, start);
+                let da = _mm512_loadu_ps(tp[t].1.add(16 * g));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), acc[t]);
+            }
+        }
+        for p in groups * 8..nb / 2 {
+            let b0 = w.add(p * 68);
+            let lo = _mm256_loadu_si256(b0.add(2).cast());
+            let hi = _mm256_loadu_si256(b0.add(36).cast());
+            let wq = _mm512_xor_si512(
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi),
+                flip,
+            );
+            let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(34)));
+            let wd = spread2(_mm_cvtph_ps(dd), 0, 1);
+            for t in 0..C {
+                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
+                let ad = spread2(_mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast())), 0, 1);
+                let dot = _mm512_dpbusd_epi32(neg_offset(-128, av), wq, av);
+                tail[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd, ad), tail[t]);
+            }
+        }
+        let mut parts = [_mm512_setzero_ps(); 16];
+        parts[..C].copy_from_slice(&acc);
+        parts[C..2 * C].copy_from_slice(&tail);
+        let mut sum = [0f32; 16];
+        sums(&parts[..2 * C], &mut sum);
+        let mut out = [0f32; C];
+        for t in 0..C {
+            let mut v = sum[t] + sum[C + t];
+            if nb % 2 == 1 {
+                let b = std::slice::from_raw_parts(w.add((nb - 1) * 34), 34);
+                let (qs, d, _) = a.token(t0 + t);
+                v += scalar::q8_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
+            }
+            out[t] = v;
+        }
+        out
+    }
+}
+
+/// A tile function over a row kernel of [`super::wants_groups`]' kind: each row alone (one
+/// stream of weights), against up to 8 tokens at once.
+macro_rules! grouped_rows {
+    ($name:ident, $row:ident) => {
+        unsafe fn $name(w: *const u8, rb: usize, nr: usize, a: &ActView, nt: usize, o: &mut Tile) {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            unsafe fn rows<const C: usize>(
+                w: *const u8,
+                rb: usize,
+                nr: usize,
+                a: &ActView,
+                o: &mut Tile,
+            ) {
+                for r in 0..nr {
+                    // SAFETY: forwarded from the `TileFn` contract.
+                    let v = unsafe { $row::<C>(w.add(r * rb), a, 0) };
+                    o[r][..C].copy_from_slice(&v);
+                }
+            }
+            // SAFETY: the `TileFn` contract: `nr` rows at `w`, `nt` tokens in `a`, the CPU
+            // has the features (checked by `Isa::detect`).
+            unsafe {
+                if a.nb >= 16 && a.grouped(0).is_null() {
+                    // Activations not regrouped by the caller (`QAct::transpose`): regrouped
+                    // here, so the results are the same.
+                    let mut buf = Vec::new();
+                    let v = a.regrouped(nt, &mut buf);
+                    return $name(w, rb, nr, &v, nt, o);
+                }
+                match nt {
+                    1 => rows::<1>(w, rb, nr, a, o),
+                    2 => rows::<2>(w, rb, nr, a, o),
+                    3 => rows::<3>(w, rb, nr, a, o),
+                    4 => rows::<4>(w, rb, nr, a, o),
+                    5 => rows::<5>(w, rb, nr, a, o),
+                    6 => rows::<6>(w, rb, nr, a, o),
+                    7 => rows::<7>(w, rb, nr, a, o),
+                    _ => rows::<8>(w, rb, nr, a, o),
+                }
+            }
+        }
+    };
+}
+
+grouped_rows!(q4_1_512_rows, q4_1_512_row);
+grouped_rows!(q8_0_512_rows, q8_0_512_row);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q5_0_512<const R: usize, const C: usize>(
@@ -333,60 +572,6 @@ unsafe fn q5_0_512<const R: usize, const C: usize>(
                     let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 22), 22);
                     let (qs, d, _) = a.token(t0 + t);
                     v += scalar::q5_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
-                }
-                out[r0 + r][t0 + t] = v;
-            }
-        }
-    }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q8_0_512<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    let nb = a.nb;
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let flip = _mm512_set1_epi8(-128);
-    // SAFETY: as in `q4_0_512`.
-    unsafe {
-        for p in 0..nb / 2 {
-            let mut wq = [_mm512_setzero_si512(); R];
-            let mut wd = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                let b0 = w.add(r * rb + p * 68);
-                prefetch(b0);
-                prefetch(b0.wrapping_add(64));
-                let lo = _mm256_loadu_si256(b0.add(2).cast());
-                let hi = _mm256_loadu_si256(b0.add(36).cast());
-                let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-                wq[r] = _mm512_xor_si512(x, flip);
-                let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(34)));
-                wd[r] = spread2(_mm_cvtph_ps(dd), 0, 1);
-            }
-            for t in 0..C {
-                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
-                let bias = neg_offset(-128, av);
-                let ad = spread2(_mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast())), 0, 1);
-                for r in 0..R {
-                    let dot = _mm512_dpbusd_epi32(bias, wq[r], av);
-                    let sc = _mm512_mul_ps(wd[r], ad);
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..R {
-            for t in 0..C {
-                let mut v = _mm512_reduce_add_ps(acc[r][t]);
-                if nb % 2 == 1 {
-                    let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 34), 34);
-                    let (qs, d, _) = a.token(t0 + t);
-                    v += scalar::q8_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
                 }
                 out[r0 + r][t0 + t] = v;
             }
@@ -637,97 +822,6 @@ unsafe fn q6_k_512<const R: usize, const C: usize>(
 }
 
 // ------------------------------------------------ AVX-512 VNNI, 8 tokens a row
-
-/// One Q4_1 row (`pairs` pairs of blocks at `w`) against 8 tokens interleaved by
-/// [`super::Pack8`]: each block pair's weights are unpacked once for all 8 tokens.
-///
-/// Lane `t` of an accumulator is token `t`'s first block of the pair, lane `8 + t` its
-/// second; accumulator `k` holds the products of values `4k..4k + 4` of each block. That
-/// is lane `k` (and `8 + k`) of [`q4_1_512`]'s accumulator for the token, and the same
-/// operations run on it in the same order (products, scale, minimum, the final sum's
-/// tree), so the results are bit for bit those of the 4x4 and 1x1 tiles: a sequence's
-/// logits do not depend on what it is batched with.
-///
-/// # Safety
-/// The CPU has the features; `w` holds `pairs` block pairs; `pk`, `pd`, `ps` hold `pairs`
-/// packed pairs (512 bytes, 16 scales, 16 sums each).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn q4_1_512_x8(
-    w: *const u8,
-    pairs: usize,
-    pk: *const i8,
-    pd: *const f32,
-    ps: *const f32,
-) -> [f32; 8] {
-    let mut acc = [_mm512_setzero_ps(); 8];
-    let mask = _mm512_set1_epi8(0x0F);
-    let zero = _mm512_setzero_si512();
-    // Lanes 0..8 take element 0 (d) or 1 (m) of the first block, lanes 8..16 element 2 or 3.
-    let idx_d = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-    let idx_m = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1);
-    // SAFETY: every access is inside the `pairs` pairs the caller vouches for.
-    unsafe {
-        for p in 0..pairs {
-            let b0 = w.add(p * 40);
-            prefetch(b0);
-            // Both 16-byte nibble groups twice: [A, A, B, B]; low nibbles are values 0..16,
-            // high nibbles 16..32.
-            let a = _mm256_broadcastsi128_si256(_mm_loadu_si128(b0.add(4).cast()));
-            let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(b0.add(24).cast()));
-            let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
-            let lo = _mm512_and_si512(x, mask);
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), mask);
-            // [d0, m0, d1, m1]
-            let dm = _mm_insert_epi32::<1>(_mm_cvtsi32_si128(ld32(b0)), ld32(b0.add(20)));
-            let dm = _mm512_castps128_ps512(_mm_cvtph_ps(dm));
-            let sc = _mm512_mul_ps(
-                _mm512_permutexvar_ps(idx_d, dm),
-                _mm512_loadu_ps(pd.add(16 * p)),
-            );
-            let msc = _mm512_mul_ps(
-                _mm512_permutexvar_ps(idx_m, dm),
-                _mm512_loadu_ps(ps.add(16 * p)),
-            );
-            let act = pk.add(512 * p);
-            macro_rules! step {
-                ($k:literal, $src:ident, $sel:literal) => {
-                    let wk = _mm512_shuffle_epi32::<$sel>($src);
-                    let av = _mm512_loadu_si512(act.add(64 * $k).cast());
-                    let dot = _mm512_dpbusd_epi32(zero, wk, av);
-                    acc[$k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[$k]);
-                };
-            }
-            step!(0, lo, 0x00);
-            step!(1, lo, 0x55);
-            step!(2, lo, 0xAA);
-            step!(3, lo, 0xFF);
-            step!(4, hi, 0x00);
-            step!(5, hi, 0x55);
-            step!(6, hi, 0xAA);
-            step!(7, hi, 0xFF);
-            // The minimum's terms: the first block's into lane 1, the second's into lane 3
-            // of the 1x1 kernel's accumulator.
-            acc[1] = _mm512_mask_add_ps(acc[1], 0x00FF, acc[1], msc);
-            let msw = _mm512_shuffle_f32x4::<0b01_00_11_10>(msc, msc);
-            acc[3] = _mm512_mask_add_ps(acc[3], 0x00FF, acc[3], msw);
-        }
-    }
-    // `_mm512_reduce_add_ps`'s tree: lane i + lane i+8, then i + i+4, i + i+2, i + i+1.
-    let c: [__m512; 8] = core::array::from_fn(|k| {
-        _mm512_add_ps(
-            acc[k],
-            _mm512_shuffle_f32x4::<0b01_00_11_10>(acc[k], acc[k]),
-        )
-    });
-    let d: [__m512; 4] = core::array::from_fn(|k| _mm512_add_ps(c[k], c[k + 4]));
-    let e0 = _mm512_add_ps(d[0], d[2]);
-    let e1 = _mm512_add_ps(d[1], d[3]);
-    let f = _mm512_add_ps(e0, e1);
-    let mut out = [0f32; 8];
-    // SAFETY: `out` holds 8 values.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps256(f)) };
-    out
-}
 
 // ---------------------------------------------------------------- AVX2
 
@@ -1177,6 +1271,62 @@ unsafe fn q6_k_256<const R: usize, const C: usize>(
         for r in 0..R {
             for t in 0..C {
                 out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 16-at-once sums give each vector's [`sum16`] bit for bit, whatever the values
+    /// (rounding makes any other order show).
+    #[test]
+    fn sums_of_16_vectors_match_one_at_a_time() {
+        if !super::super::Isa::available().contains(&super::super::Isa::Avx512Vnni) {
+            eprintln!("no AVX-512 VNNI here: nothing to check");
+            return;
+        }
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let m = (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            m * [1e-3f32, 1.0, 1e4, 3e7][(x % 4) as usize]
+        };
+        for round in 0..200 {
+            let lanes: Vec<[f32; 16]> = (0..16)
+                .map(|i| {
+                    core::array::from_fn(|j| {
+                        if (i + j + round) % 29 == 0 {
+                            -0.0
+                        } else {
+                            next()
+                        }
+                    })
+                })
+                .collect();
+            // SAFETY: the CPU has the features (checked above); each array holds 16 f32.
+            unsafe {
+                let v: [__m512; 16] = core::array::from_fn(|i| _mm512_loadu_ps(lanes[i].as_ptr()));
+                let mut got = [0f32; 16];
+                _mm512_storeu_ps(got.as_mut_ptr(), sum16x16(&v));
+                let mut some = [0f32; 16];
+                sums(&v[..5], &mut some[..5]);
+                for i in 0..16 {
+                    let want = sum16(v[i]);
+                    assert_eq!(
+                        got[i].to_bits(),
+                        want.to_bits(),
+                        "vector {i}: {} vs {want}",
+                        got[i]
+                    );
+                    if i < 5 {
+                        assert_eq!(some[i].to_bits(), want.to_bits());
+                    }
+                }
             }
         }
     }
