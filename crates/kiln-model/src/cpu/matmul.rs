@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use half::f16;
 use kiln_gguf::GgmlType;
 
-use super::kernels::{self, Fmt, Isa, QAct, TileFn};
+use super::kernels::{self, Fmt, Isa, Layout, QAct, Tiles};
 use super::pool::{split_range, ThreadPool};
 use super::SyncPtr;
 use crate::backend::RawTensor;
@@ -21,9 +21,8 @@ thread_local! {
 /// How a matrix is multiplied.
 #[derive(Clone, Copy)]
 pub(super) enum Kernel {
-    /// Integer tiles against quantized activations: the kernel, the tokens a tile takes, and
-    /// whether it reads the activations regrouped ([`QAct::transpose`]).
-    Quant(TileFn, usize, bool),
+    /// Integer tiles against quantized activations.
+    Quant(Tiles),
     /// F16 rows read in place, dotted with f32 activations.
     F16,
     /// Rows decoded to f32, dotted with f32 activations.
@@ -35,11 +34,7 @@ impl Kernel {
     /// for every format, the slow reference).
     pub(super) fn for_tensor(isa: Isa, t: &RawTensor, exact: bool) -> Kernel {
         match Fmt::of(t.ty).filter(|_| !exact) {
-            Some(f) => Kernel::Quant(
-                kernels::tile_fn(isa, f),
-                kernels::tile_tokens(isa, f),
-                kernels::wants_groups(isa, f),
-            ),
+            Some(f) => Kernel::Quant(Tiles::new(isa, f)),
             None if t.ty == GgmlType::F16 => Kernel::F16,
             None => Kernel::Float,
         }
@@ -64,22 +59,28 @@ pub(super) fn matmul(
     let rb = w.row_bytes();
     let optr = SyncPtr(out.as_mut_ptr());
     match kernel {
-        Kernel::Quant(tf, tokens, grouped) => QACT.with(|q| {
+        Kernel::Quant(k) => QACT.with(|q| {
             let mut q = q.borrow_mut();
             if n >= PAR_QUANT_MIN && pool.n_threads() > 1 {
                 quantize_parallel(pool, isa, &mut q, x, n, cols);
             } else {
                 q.quantize(isa, x, n, cols);
             }
-            if grouped {
-                q.transpose();
+            if k.offsets {
+                q.offsets();
             }
             let view = q.view(0, n);
+            // Panels are split whole between threads.
+            let align = if k.layout == Layout::Panels {
+                kernels::PANEL
+            } else {
+                4
+            };
             pool.run(|i, nt| {
-                let (r0, r1) = split_range(rows, i, nt, 4);
+                let (r0, r1) = split_range(rows, i, nt, align);
                 // SAFETY: rows r0..r1 of every token belong to this thread only, and
                 // `t * rows + r` is inside `out` (n tokens of `rows` outputs).
-                kernels::gemm_rows(tf, tokens, data, rb, r0, r1, &view, |r, t, v| unsafe {
+                kernels::gemm_rows(&k, data, rb, r0, r1, &view, |r, t, v| unsafe {
                     optr.write(t * rows + r, v)
                 });
             });

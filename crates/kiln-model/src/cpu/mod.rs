@@ -101,7 +101,7 @@ impl CpuBackend {
 pub struct CpuMat {
     raw: RawTensor,
     kernel: matmul::Kernel,
-    /// The format whose rows were regrouped for the kernel ([`kernels::repack`]), if any.
+    /// The format whose rows were interleaved for the kernel ([`kernels::repack`]), if any.
     repacked: Option<kernels::Fmt>,
 }
 
@@ -186,7 +186,7 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's sampler scratch space.
     static SAMPLE: RefCell<crate::sample::Scratch> = RefCell::new(Default::default());
-    /// One row of bytes, for rows regrouped for a kernel and read back.
+    /// One row of bytes, for rows interleaved for a kernel and read back.
     static SCRATCH_BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's rotary angles of the last positions it rotated.
     static ROPE: RefCell<RopeAngles> = RefCell::new(Default::default());
@@ -265,12 +265,13 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 fn dequant_row(m: &CpuMat, row: usize, out: &mut [f32]) {
     let raw = &m.raw;
     let rb = raw.row_bytes();
-    let src = &raw.data.as_slice()[row * rb..(row + 1) * rb];
+    let data = raw.data.as_slice();
+    let src = &data[row * rb..(row + 1) * rb];
     match m.repacked {
         Some(fmt) => SCRATCH_BYTES.with(|b| {
             let mut b = b.borrow_mut();
             b.resize(rb, 0);
-            kernels::unpack_row(fmt, src, raw.cols, &mut b);
+            kernels::unpack_row(fmt, data, raw.cols, row, &mut b);
             kernels::dequantize(raw.ty, &b, &mut out[..raw.cols]);
         }),
         None => kernels::dequantize(raw.ty, src, &mut out[..raw.cols]),
@@ -442,9 +443,9 @@ impl Backend for CpuBackend {
         let kernel = matmul::Kernel::for_tensor(self.isa, &t, self.exact);
         let mut t = t;
         let mut repacked = None;
-        if let (matmul::Kernel::Quant(_, _, true), Some(fmt)) = (kernel, kernels::Fmt::of(t.ty)) {
-            // The kernel sums a block per lane and reads the rows regrouped: an owned copy
-            // in that order (the same size), made once here.
+        if let (matmul::Kernel::Quant(_), Some(fmt)) = (kernel, kernels::Fmt::of(t.ty)) {
+            // A panel kernel reads 16 rows interleaved: an owned copy in that order (the
+            // same size), made once here.
             if let Some(v) = kernels::repack(self.isa, fmt, t.data.as_slice(), t.rows, t.cols) {
                 t.data = TensorBytes::Owned(std::sync::Arc::new(v));
                 repacked = Some(fmt);

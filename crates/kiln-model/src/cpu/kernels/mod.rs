@@ -5,7 +5,9 @@
 //!
 //! Work is done in tiles of up to 4 weight rows by 4 tokens, so each weight block is
 //! decoded once for several tokens (prefill) and each activation block is loaded once for
-//! several rows (decode).
+//! several rows (decode). Where a kernel reads 16 rows at once, a row per SIMD lane
+//! ([`Layout::Panels`]), the rows are interleaved for it once when the matrix is taken in
+//! ([`repack`]) and a tile is 16 rows by up to 8 tokens.
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -142,7 +144,20 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
 }
 
 /// Results of one tile: `out[row][token]`.
-pub type Tile = [[f32; 8]; 4];
+pub type Tile = [[f32; 8]; PANEL];
+
+/// Rows a panel interleaves ([`Layout::Panels`]).
+pub const PANEL: usize = 16;
+
+/// How a kernel reads a matrix's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// As the file stores them.
+    File,
+    /// Each 16 rows interleaved block by block, a row per lane ([`repack`]); the rows after
+    /// the last whole 16 as in the file.
+    Panels,
+}
 
 /// Activations quantized to 8 bits in blocks of 32: values, per-block scale `d`, and
 /// `s = d * sum(values)` (for formats with a minimum or an offset).
@@ -151,17 +166,14 @@ pub struct QAct {
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
-    /// The values again, by 16 blocks (see [`QAct::transpose`]), for kernels that want them.
-    qt: Vec<i8>,
+    /// `-128` times each block's sum of values (see [`QAct::offsets`]), for kernels that
+    /// want it.
+    off: Vec<i32>,
     n: usize,
     cols: usize,
-    /// Whether `qt` holds the last quantized rows.
-    transposed: bool,
+    /// Whether `off` holds the last quantized rows'.
+    has_off: bool,
 }
-
-/// Values of 16 blocks in the order [`QAct::transpose`] gives them, then the 16 blocks'
-/// sums of values (i32).
-pub const GROUP_BYTES: usize = 576;
 
 /// A borrowed view of some tokens of a [`QAct`], as the kernels read it.
 #[derive(Clone, Copy)]
@@ -169,8 +181,8 @@ pub struct ActView<'a> {
     qs: &'a [i8],
     d: &'a [f32],
     s: &'a [f32],
-    /// The values by 16 blocks (`nb / 16` groups a token), or nothing.
-    qt: &'a [i8],
+    /// `-128` times each block's sum of values, or nothing.
+    off: &'a [i32],
     /// 32-blocks per token.
     nb: usize,
 }
@@ -179,12 +191,11 @@ impl<'a> ActView<'a> {
     /// The view from token `t` on.
     #[inline]
     pub fn skip(&self, t: usize) -> ActView<'a> {
-        let g = self.nb / 16 * GROUP_BYTES;
         ActView {
             qs: &self.qs[t * self.nb * 32..],
             d: &self.d[t * self.nb..],
             s: &self.s[t * self.nb..],
-            qt: self.qt.get(t * g..).unwrap_or(&[]),
+            off: self.off.get(t * self.nb..).unwrap_or(&[]),
             nb: self.nb,
         }
     }
@@ -213,34 +224,32 @@ impl<'a> ActView<'a> {
         }
     }
 
-    /// Token `t`'s values by 16 blocks ([`QAct::transpose`]): a null pointer where the view
-    /// has none.
+    /// Token `t`'s block offsets ([`QAct::offsets`]): a null pointer where the view has
+    /// none.
     #[inline]
-    pub(crate) fn grouped(&self, t: usize) -> *const i8 {
-        if self.qt.is_empty() {
+    pub(crate) fn offsets(&self, t: usize) -> *const i32 {
+        if self.off.is_empty() {
             std::ptr::null()
         } else {
-            self.qt
-                .as_ptr()
-                .wrapping_add(t * (self.nb / 16) * GROUP_BYTES)
+            self.off.as_ptr().wrapping_add(t * self.nb)
         }
     }
 
-    /// This view's first `n` tokens with their values regrouped into `buf` (for kernels
-    /// that want [`QAct::transpose`]'s order and were handed a view without it).
-    pub(crate) fn regrouped<'b>(&self, n: usize, buf: &'b mut Vec<i8>) -> ActView<'b>
+    /// This view's first `n` tokens with their block offsets computed into `buf` (for
+    /// kernels that want [`QAct::offsets`] and were handed a view without them).
+    pub(crate) fn with_offsets<'b>(&self, n: usize, buf: &'b mut Vec<i32>) -> ActView<'b>
     where
         'a: 'b,
     {
         let n = n.min(self.tokens());
         buf.clear();
-        buf.resize(n * (self.nb / 16) * GROUP_BYTES, 0);
-        regroup(&self.qs[..n * self.nb * 32], self.nb, buf);
+        buf.resize(n * self.nb, 0);
+        block_offsets(&self.qs[..n * self.nb * 32], buf);
         ActView {
             qs: &self.qs[..n * self.nb * 32],
             d: &self.d[..n * self.nb],
             s: &self.s[..n * self.nb],
-            qt: buf,
+            off: buf,
             nb: self.nb,
         }
     }
@@ -290,7 +299,7 @@ impl QAct {
         }
         self.n = n;
         self.cols = cols;
-        self.transposed = false;
+        self.has_off = false;
         QActParts {
             qs: self.qs.as_mut_ptr(),
             d: self.d.as_mut_ptr(),
@@ -300,32 +309,28 @@ impl QAct {
         }
     }
 
-    /// Also keeps the values of each token's whole groups of 16 blocks regrouped for
-    /// kernels that sum a block in one lane: per group, 8 rows of 64 bytes, row `k` holding
-    /// values `4k..4k + 4` of the 16 blocks (block `l` in bytes `4l..4l + 4`), then each
-    /// block's sum of values as an i32 (64 bytes).
-    pub fn transpose(&mut self) {
-        let (nb, n) = (self.cols / 32, self.n);
-        let groups = nb / 16;
-        let len = n * groups * GROUP_BYTES;
-        if self.qt.len() < len {
-            self.qt.resize(len, 0);
+    /// Also keeps `-128` times each block's sum of values, for kernels that take the
+    /// weights as unsigned bytes offset by 128 (Q8_0's panels): their integer sums start
+    /// there.
+    pub fn offsets(&mut self) {
+        let len = self.n * self.cols / 32;
+        if self.off.len() < len {
+            self.off.resize(len, 0);
         }
-        regroup(&self.qs[..n * self.cols], nb, &mut self.qt[..len]);
-        self.transposed = true;
+        block_offsets(&self.qs[..self.n * self.cols], &mut self.off[..len]);
+        self.has_off = true;
     }
 
     /// The quantized rows `t0..t0 + n` (of the last [`QAct::quantize`]).
     pub fn view(&self, t0: usize, n: usize) -> ActView<'_> {
         let nb = self.cols / 32;
         let (t0, t1) = (t0.min(self.n), (t0 + n).min(self.n));
-        let g = nb / 16 * GROUP_BYTES;
         ActView {
             qs: &self.qs[t0 * self.cols..t1 * self.cols],
             d: &self.d[t0 * nb..t1 * nb],
             s: &self.s[t0 * nb..t1 * nb],
-            qt: if self.transposed {
-                &self.qt[t0 * g..t1 * g]
+            off: if self.has_off {
+                &self.off[t0 * nb..t1 * nb]
             } else {
                 &[]
             },
@@ -334,78 +339,49 @@ impl QAct {
     }
 }
 
-/// Each token's whole groups of 16 blocks of `qs` (tokens of `nb` blocks) into `qt` in the
-/// order [`QAct::transpose`] describes.
-fn regroup(qs: &[i8], nb: usize, qt: &mut [i8]) {
-    let groups = nb / 16;
-    let src = qs.as_chunks::<4>().0;
-    let dst = qt.as_chunks_mut::<4>().0;
-    const UNITS: usize = GROUP_BYTES / 4;
-    for t in 0..qs.len() / (nb * 32).max(1) {
-        for g in 0..groups {
-            let from = &src[(t * nb + 16 * g) * 8..][..128];
-            let to = &mut dst[(t * groups + g) * UNITS..][..UNITS];
-            for (l, block) in from.chunks_exact(8).enumerate() {
-                let mut sum = 0i32;
-                for (k, v) in block.iter().enumerate() {
-                    to[16 * k + l] = *v;
-                    sum += v.iter().map(|&x| i32::from(x)).sum::<i32>();
-                }
-                to[128 + l] = sum.to_le_bytes().map(|b| b as i8);
-            }
-        }
+/// `-128` times the sum of each 32-block of `qs` into `off`.
+fn block_offsets(qs: &[i8], off: &mut [i32]) {
+    for (o, b) in off.iter_mut().zip(qs.as_chunks::<32>().0) {
+        *o = -128 * b.iter().map(|&v| i32::from(v)).sum::<i32>();
     }
 }
 
-/// Bytes of 16 blocks of a format as [`repack`] lays them out: the same as in the file.
-fn group_bytes(fmt: Fmt) -> usize {
+/// Bytes of one block of a format that has panels.
+fn block_bytes(fmt: Fmt) -> usize {
     match fmt {
-        Fmt::Q8_0 => 16 * 34,
-        _ => 16 * 20,
+        Fmt::Q8_0 => 34,
+        _ => 20,
     }
 }
 
-/// The rows of a matrix in the layout its kernel reads, where that is not the file's: for
-/// AVX-512 VNNI, each whole group of 16 blocks of a Q4_1 row becomes the 16 blocks' scale
-/// and minimum (16 dwords), then 4 rows of 16 dwords, row `q` holding nibble bytes
-/// `4q..4q + 4` of each block; of a Q8_0 row, the 16 scales (f16), then 8 rows of 16
-/// dwords, row `k` holding values `4k..4k + 4` of each block plus 128 (as unsigned bytes).
-/// The same size; blocks after the last whole group stay as they are. `None`: the kernel
-/// reads the file's layout.
+/// The rows of a matrix in the layout its kernel reads, where that is not the file's
+/// ([`Layout::Panels`]): each 16 rows (a panel, in the bytes the file gives those rows)
+/// become, block by block, the 16 rows' block in SIMD lane order. A Q4_1 block of a panel
+/// is the 16 rows' scale and minimum (16 dwords), then 4 units of 16 dwords, unit `q`
+/// holding nibble bytes `4q..4q + 4` of each row; a Q8_0 block is the 16 scales (f16), then
+/// 8 units of 16 dwords, unit `k` holding values `4k..4k + 4` of each row plus 128 (as
+/// unsigned bytes). The same size; rows after the last whole panel stay as they are.
+/// `None`: the kernel reads the file's layout.
 pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
-    if !wants_groups(isa, fmt) || cols / 32 < 16 {
+    if layout(isa, fmt) != Layout::Panels || rows < PANEL {
         return None;
     }
     let nb = cols / 32;
-    let bb = group_bytes(fmt) / 16;
+    let bb = block_bytes(fmt);
     let rb = nb * bb;
     if data.len() != rows * rb {
         return None;
     }
     let mut out = data.to_vec();
-    for r in 0..rows {
-        for g in 0..nb / 16 {
-            let at = r * rb + g * 16 * bb;
-            let (src, dst) = (&data[at..at + 16 * bb], &mut out[at..at + 16 * bb]);
-            for l in 0..16 {
-                let b = &src[l * bb..(l + 1) * bb];
-                match fmt {
-                    Fmt::Q8_0 => {
-                        dst[2 * l..2 * l + 2].copy_from_slice(&b[..2]);
-                        for k in 0..8 {
-                            let o = 32 + 64 * k + 4 * l;
-                            for i in 0..4 {
-                                dst[o + i] = b[2 + 4 * k + i] ^ 0x80;
-                            }
-                        }
-                    }
-                    _ => {
-                        dst[4 * l..4 * l + 4].copy_from_slice(&b[..4]);
-                        for q in 0..4 {
-                            let o = 64 + 64 * q + 4 * l;
-                            dst[o..o + 4].copy_from_slice(&b[4 + 4 * q..8 + 4 * q]);
-                        }
-                    }
+    for p in 0..rows / PANEL {
+        let at = p * PANEL * rb;
+        let (src, dst) = (&data[at..at + PANEL * rb], &mut out[at..at + PANEL * rb]);
+        for l in 0..PANEL {
+            for b in 0..nb {
+                let from = &src[l * rb + b * bb..][..bb];
+                let to = &mut dst[b * PANEL * bb..][..PANEL * bb];
+                for (f, q, len, flip) in panel_moves(fmt, l) {
+                    copy_flip(&from[f..f + len], &mut to[q..q + len], flip);
                 }
             }
         }
@@ -413,34 +389,53 @@ pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Opti
     Some(out)
 }
 
-/// One row of [`repack`]'s layout back in the file's (for decoding to f32).
-pub fn unpack_row(fmt: Fmt, row: &[u8], cols: usize, out: &mut [u8]) {
-    out.copy_from_slice(row);
-    let nb = cols / 32;
-    let bb = group_bytes(fmt) / 16;
-    for g in 0..nb / 16 {
-        let at = g * 16 * bb;
-        let (src, dst) = (&row[at..at + 16 * bb], &mut out[at..at + 16 * bb]);
-        for l in 0..16 {
-            let b = &mut dst[l * bb..(l + 1) * bb];
-            match fmt {
-                Fmt::Q8_0 => {
-                    b[..2].copy_from_slice(&src[2 * l..2 * l + 2]);
-                    for k in 0..8 {
-                        let o = 32 + 64 * k + 4 * l;
-                        for i in 0..4 {
-                            b[2 + 4 * k + i] = src[o + i] ^ 0x80;
-                        }
-                    }
-                }
-                _ => {
-                    b[..4].copy_from_slice(&src[4 * l..4 * l + 4]);
-                    for q in 0..4 {
-                        let o = 64 + 64 * q + 4 * l;
-                        b[4 + 4 * q..8 + 4 * q].copy_from_slice(&src[o..o + 4]);
-                    }
-                }
+/// Where row `l`'s block goes in a panel's block: `(offset in the file's block, offset in
+/// the panel's block, bytes, whether the sign bits flip)`, the unused entries 0 bytes long.
+fn panel_moves(fmt: Fmt, l: usize) -> [(usize, usize, usize, bool); 9] {
+    let mut m = [(0, 0, 0, false); 9];
+    match fmt {
+        Fmt::Q8_0 => {
+            m[0] = (0, 2 * l, 2, false);
+            for k in 0..8 {
+                m[1 + k] = (2 + 4 * k, 32 + 64 * k + 4 * l, 4, true);
             }
+        }
+        _ => {
+            m[0] = (0, 4 * l, 4, false);
+            for q in 0..4 {
+                m[1 + q] = (4 + 4 * q, 64 + 64 * q + 4 * l, 4, false);
+            }
+        }
+    }
+    m
+}
+
+/// Copies `len` bytes, flipping their sign bits if `flip`.
+fn copy_flip(from: &[u8], to: &mut [u8], flip: bool) {
+    for (t, &f) in to.iter_mut().zip(from) {
+        *t = if flip { f ^ 0x80 } else { f };
+    }
+}
+
+/// Row `r` of a matrix in [`repack`]'s layout (`data`, `cols` wide) back in the file's
+/// layout, into `out` (one row's bytes).
+pub fn unpack_row(fmt: Fmt, data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
+    let nb = cols / 32;
+    let bb = block_bytes(fmt);
+    let rb = nb * bb;
+    let p = r / PANEL;
+    if (p + 1) * PANEL * rb > data.len() {
+        // After the last whole panel: as in the file.
+        out.copy_from_slice(&data[r * rb..(r + 1) * rb]);
+        return;
+    }
+    let l = r % PANEL;
+    let panel = &data[p * PANEL * rb..(p + 1) * PANEL * rb];
+    for b in 0..nb {
+        let from = &panel[b * PANEL * bb..][..PANEL * bb];
+        let to = &mut out[b * bb..][..bb];
+        for (f, q, len, flip) in panel_moves(fmt, l) {
+            copy_flip(&from[q..q + len], &mut to[f..f + len], flip);
         }
     }
 }
@@ -505,8 +500,10 @@ pub fn quantize_rows(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut 
 ///
 /// # Safety
 /// `w` points to `nr` readable rows of `rb` bytes; each row holds `a.nb * 32` weights of
-/// the kernel's format; `nr` is at most 4 and `nt` at most [`tile_tokens`], and `a` has at
-/// least `nt` tokens; the CPU has the kernel's instruction set.
+/// the kernel's format, in its layout (a whole panel when `nr` is 16 for a panel kernel,
+/// the file's rows otherwise); `nr` is at most 4 (16 for panel kernels) and `nt` at most
+/// the kernel's [`Tiles::tokens`], and `a` has at least `nt` tokens; the CPU has the
+/// kernel's instruction set.
 pub type TileFn = unsafe fn(*const u8, usize, usize, &ActView, usize, &mut Tile);
 
 /// The tile kernel for a format on an instruction set.
@@ -522,21 +519,53 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
     }
 }
 
-/// Tokens one call of the format's tile kernel takes at most: 8 where the kernel decodes a
-/// weight row once for up to 8 tokens ([`wants_groups`]), otherwise 4.
-pub fn tile_tokens(isa: Isa, fmt: Fmt) -> usize {
-    if wants_groups(isa, fmt) {
-        8
+/// The layout of the rows a format's kernel reads on an instruction set: panels for
+/// AVX-512 VNNI's Q4_1 and Q8_0 kernels, which sum a row per lane ([`repack`]).
+pub fn layout(isa: Isa, fmt: Fmt) -> Layout {
+    if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_1 | Fmt::Q8_0) {
+        Layout::Panels
     } else {
-        4
+        Layout::File
     }
 }
 
-/// Whether the format's kernel sums a block per lane: it reads the activations regrouped
-/// by [`QAct::transpose`] and the weights as [`repack`] lays them out (AVX-512 VNNI, Q4_1
-/// and Q8_0).
-pub fn wants_groups(isa: Isa, fmt: Fmt) -> bool {
-    isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_1 | Fmt::Q8_0)
+/// A format's integer kernel on an instruction set, with what driving it takes.
+#[derive(Clone, Copy)]
+pub struct Tiles {
+    /// The tile function.
+    pub f: TileFn,
+    /// Tokens one call takes at most: 8 for panel kernels (a panel's weights are decoded
+    /// once for up to 8 tokens), otherwise 4.
+    pub tokens: usize,
+    /// The layout of the rows it reads.
+    pub layout: Layout,
+    /// Whether it wants the activations' [`QAct::offsets`] (it computes them itself from a
+    /// view without them, at a cost).
+    pub offsets: bool,
+}
+
+impl Tiles {
+    /// The kernel for a format on an instruction set.
+    pub fn new(isa: Isa, fmt: Fmt) -> Tiles {
+        let layout = layout(isa, fmt);
+        Tiles {
+            f: tile_fn(isa, fmt),
+            tokens: if layout == Layout::Panels { 8 } else { 4 },
+            layout,
+            offsets: layout == Layout::Panels && fmt == Fmt::Q8_0,
+        }
+    }
+
+    /// The scalar reference kernel for a format (the file's layout).
+    #[cfg(test)]
+    pub fn scalar(fmt: Fmt) -> Tiles {
+        Tiles {
+            f: scalar_tile_fn(fmt),
+            tokens: 4,
+            layout: Layout::File,
+            offsets: false,
+        }
+    }
 }
 
 /// The scalar tile kernel for a format.
@@ -561,17 +590,16 @@ pub fn scalar_tile_fn(fmt: Fmt) -> TileFn {
     }
 }
 
-/// Multiplies weight rows `r0..r1` (each `rb` bytes of `w`) with every token of `a`,
-/// in tiles of 4 rows by `tokens` (the kernel's [`tile_tokens`]), handing each result to
-/// `store(row, token, value)`.
+/// Multiplies weight rows `r0..r1` (each `rb` bytes of `w`, in the kernel's layout) with
+/// every token of `a`, in tiles of 4 rows (16 for panels) by the kernel's tokens, handing
+/// each result to `store(row, token, value)`. With panels, `r0` is a multiple of 16.
 ///
 /// # Panics
 /// If `w` is shorter than `r1` rows or a row is not `a`'s width in the kernel's format
 /// (the caller checked both when it took the matrix in).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_rows(
-    tf: TileFn,
-    tokens: usize,
+    k: &Tiles,
     w: &[u8],
     rb: usize,
     r0: usize,
@@ -580,14 +608,23 @@ pub fn gemm_rows(
     mut store: impl FnMut(usize, usize, f32),
 ) {
     assert!(r1 * rb <= w.len(), "weight rows out of range");
+    assert!(
+        k.layout == Layout::File || r0.is_multiple_of(PANEL),
+        "panel rows start at a multiple of {PANEL}"
+    );
     let n = a.tokens();
     // With one token the product streams weights from DRAM: one row at a time keeps a
     // single sequential stream the prefetchers follow (4 interleaved rows run at half the
     // bandwidth). With more, 4 rows share each activation load and each weight block
     // serves every token (2 and 3 tokens through 1-row tiles cost 1.7x and 2.3-2.7x one
     // token; through 4-row tiles 1.1-1.4x and 1.3-1.8x: `kernels` example, `batch`).
-    let max_rows = if n < 2 { 1 } else { 4 };
-    let mut tile: Tile = [[0.0; 8]; 4];
+    let max_rows = match k.layout {
+        Layout::Panels => PANEL,
+        Layout::File if n < 2 => 1,
+        Layout::File => 4,
+    };
+    let (tf, tokens) = (k.f, k.tokens);
+    let mut tile: Tile = [[0.0; 8]; PANEL];
     let mut r = r0;
     while r < r1 {
         let nr = (r1 - r).min(max_rows);

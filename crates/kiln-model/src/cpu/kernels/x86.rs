@@ -60,9 +60,9 @@ macro_rules! tiles {
 pub(super) fn tile_fn_avx512(fmt: Fmt) -> TileFn {
     match fmt {
         Fmt::Q4_0 => q4_0_512_tiles,
-        Fmt::Q4_1 => q4_1_512_rows,
+        Fmt::Q4_1 => q4_1_512_panels,
         Fmt::Q5_0 => q5_0_512_tiles,
-        Fmt::Q8_0 => q8_0_512_rows,
+        Fmt::Q8_0 => q8_0_512_panels,
         Fmt::Q4_K => q4_k_512_tiles,
         Fmt::Q5_K => q5_k_512_tiles,
         Fmt::Q6_K => q6_k_512_tiles,
@@ -223,111 +223,28 @@ unsafe fn q4_0_512<const R: usize, const C: usize>(
     }
 }
 
-/// Sums lanes `i` and `i + 8`, then `i + 4`, `i + 2` and `i + 1`: the fixed order in
-/// which the Q4_1 kernels add up their 16 lanes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn sum16(x: __m512) -> f32 {
-    let x = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x));
-    let x = _mm512_castps512_ps256(x);
-    let x = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
-}
-
-/// [`sum16`] of 16 vectors at once, lane `i` of the result holding `sum16(v[i])` bit for
-/// bit (each level adds the same lanes in the same order, for 16 vectors in 4 registers).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn sum16x16(v: &[__m512; 16]) -> __m512 {
-    // Lanes i + (i + 8): vectors 2j and 2j + 1 in one register's halves.
-    let x: [__m512; 8] = core::array::from_fn(|j| {
-        let (a, b) = (v[2 * j], v[2 * j + 1]);
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-        )
-    });
-    // Lanes i + (i + 4): vector 4j + k in group k.
-    let y: [__m512; 4] = core::array::from_fn(|j| {
-        let (a, b) = (x[2 * j], x[2 * j + 1]);
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-        )
-    });
-    // Lanes i + (i + 2): group k holds vectors 8j + k and 8j + 4 + k.
-    let z: [__m512; 2] = core::array::from_fn(|j| {
-        let (a, b) = (_mm512_castps_pd(y[2 * j]), _mm512_castps_pd(y[2 * j + 1]));
-        _mm512_castpd_ps(add_as_f32(
-            _mm512_unpacklo_pd(a, b),
-            _mm512_unpackhi_pd(a, b),
-        ))
-    });
-    // Lanes i + (i + 1): group k holds vectors k, 4 + k, 8 + k, 12 + k.
-    let w = _mm512_add_ps(
-        _mm512_shuffle_ps::<0b10_00_10_00>(z[0], z[1]),
-        _mm512_shuffle_ps::<0b11_01_11_01>(z[0], z[1]),
-    );
-    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_permutexvar_ps(order, w)
-}
-
-/// Adds the f32 lanes of two registers typed as f64 (the unpacks above move lane pairs).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn add_as_f32(a: __m512d, b: __m512d) -> __m512d {
-    _mm512_castps_pd(_mm512_add_ps(_mm512_castpd_ps(a), _mm512_castpd_ps(b)))
-}
-
-/// `sum16` of each of `v` into `out` (16 at a time where there are more than 2).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn sums(v: &[__m512], out: &mut [f32]) {
-    if v.len() <= 2 {
-        for (o, &x) in out.iter_mut().zip(v) {
-            *o = sum16(x);
-        }
-        return;
-    }
-    for (vs, os) in v.chunks(16).zip(out.chunks_mut(16)) {
-        let mut block = [_mm512_setzero_ps(); 16];
-        block[..vs.len()].copy_from_slice(vs);
-        let mut r = [0f32; 16];
-        // SAFETY: `r` holds 16 f32.
-        unsafe { _mm512_storeu_ps(r.as_mut_ptr(), sum16x16(&block)) };
-        os.copy_from_slice(&r[..os.len()]);
-    }
-}
-
-/// A Q4_1 row (in [`super::repack`]'s layout) against `C` tokens. Each whole group of 16
-/// blocks is summed with a block per lane: 4 registers hold values `4k..4k + 4` and
-/// `16 + 4k..` of the 16 blocks (decoded once for all `C` tokens), 8 `vpdpbusd` against
-/// the token's regrouped values ([`super::QAct::transpose`]) give the 16 blocks' integer
-/// sums, and one multiply-add per lane applies the weight's and the token's scales. The
-/// minimum's terms (`m * s` per block) go to their own lanes and are added last, as
-/// llama.cpp's Q4_1 product does (the golden logits come from it; folded into the same
-/// lanes, one near-tie of the golden test flipped with a reference margin of 0.44). The
-/// pairs of blocks after the last whole group go 2 blocks to a register, the lanes holding
-/// 4 values each, and an odd last block through the scalar code. Every lane sees the same
+/// A Q4_1 panel (16 rows in [`super::repack`]'s layout) against `C` tokens, a row per lane:
+/// for each block, 4 registers of nibbles decode once into 8 of values (`4k..4k + 4` of
+/// every row; low nibbles are values `0..16`, high ones `16..32`), then per token 8
+/// `vpdpbusd` against the token's matching 4 values broadcast give the 16 rows' integer
+/// sums, and one multiply-add applies the rows' and the token's scales, into one of two
+/// accumulators (even and odd blocks: llama.cpp, which made the golden logits, also keeps
+/// partial sums apart, in 8 lanes). The minimum's terms (`m * s` per block) go to their own
+/// lanes and are added last, as llama.cpp's Q4_1 product does. A lane sees the same
 /// operations whatever `C` is, so a token's result does not depend on how many share the
 /// call.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_1_512_row<const C: usize>(w: *const u8, a: &ActView, t0: usize) -> [f32; C] {
-    let nb = a.nb;
-    let groups = nb / 16;
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let gp: [*const i8; C] = core::array::from_fn(|t| a.grouped(t0 + t));
-    let mut acc = [_mm512_setzero_ps(); C];
-    let mut tail = [_mm512_setzero_ps(); C];
+unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let mut acc = [[_mm512_setzero_ps(); C]; 2];
     let mut mins = [_mm512_setzero_ps(); C];
-    // SAFETY: every weight access is inside the row (`nb` blocks of 20 bytes), every
-    // activation access inside the token's `nb` blocks or its `groups` regrouped ones.
+    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
+    // activation access inside a token's `nb` blocks.
     unsafe {
         let m4 = _mm512_set1_epi8(0x0F);
-        for g in 0..groups {
-            let base = w.add(g * 16 * 20);
+        for b in 0..a.nb {
+            let base = w.add(b * 320);
             for c in 0..5 {
                 prefetch(base.wrapping_add(64 * c));
             }
@@ -341,64 +258,70 @@ unsafe fn q4_1_512_row<const C: usize>(w: *const u8, a: &ActView, t0: usize) -> 
                 wk[4 + q] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
             }
             for t in 0..C {
-                let act = gp[t].add(g * super::GROUP_BYTES);
-                let sum = group_sum(&wk, act, _mm512_setzero_si512());
-                let da = _mm512_loadu_ps(tp[t].1.add(16 * g));
-                let sa = _mm512_loadu_ps(tp[t].2.add(16 * g));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), acc[t]);
+                let sum = panel_sum(&wk, tp[t].0.add(32 * b), _mm512_setzero_si512());
+                let da = _mm512_set1_ps(*tp[t].1.add(b));
+                let sa = _mm512_set1_ps(*tp[t].2.add(b));
+                let e = &mut acc[b % 2][t];
+                *e = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), *e);
                 mins[t] = _mm512_fmadd_ps(mw, sa, mins[t]);
             }
         }
-        // Pairs after the whole groups: two blocks to a register, the lanes holding 4
-        // values each.
-        for p in groups * 8..nb / 2 {
-            let b0 = w.add(p * 40);
-            let wq = nib2(b0.add(4), b0.add(24));
-            // [d0, m0, d1, m1]
-            let dm = _mm_insert_epi32::<1>(_mm_cvtsi32_si128(ld32(b0)), ld32(b0.add(20)));
-            let wdm = _mm_cvtph_ps(dm);
-            for t in 0..C {
-                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
-                let da = _mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast()));
-                let sa = _mm_castpd_ps(_mm_load_sd(tp[t].2.add(2 * p).cast()));
-                let sc = _mm_mul_ps(wdm, _mm_unpacklo_ps(da, sa));
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, av);
-                let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread2(sc, 0, 2), tail[t]);
-                tail[t] = _mm512_mask_add_ps(f, 0b1010, f, _mm512_castps128_ps512(sc));
-            }
-        }
-        let mut parts = [_mm512_setzero_ps(); 24];
-        parts[..C].copy_from_slice(&acc);
-        parts[C..2 * C].copy_from_slice(&tail);
-        parts[2 * C..3 * C].copy_from_slice(&mins);
-        let mut sum = [0f32; 24];
-        sums(&parts[..3 * C], &mut sum);
-        let mut out = [0f32; C];
         for t in 0..C {
-            let mut v = sum[t] + sum[C + t] + sum[2 * C + t];
-            if nb % 2 == 1 {
-                let b = std::slice::from_raw_parts(w.add((nb - 1) * 20), 20);
-                let (qs, d, s) = a.token(t0 + t);
-                v += scalar::q4_1_block(b, &qs[32 * (nb - 1)..], d[nb - 1], s[nb - 1]);
-            }
-            out[t] = v;
+            let v = _mm512_add_ps(acc[0][t], acc[1][t]);
+            store_lanes(_mm512_add_ps(v, mins[t]), o, t);
         }
-        out
     }
 }
 
-/// The integer sums of 16 blocks: `start` plus 8 `vpdpbusd` of the weight registers
-/// against a token's regrouped values at `act`, in two chains of 4.
+/// A Q8_0 panel (16 rows in [`super::repack`]'s layout: values stored plus 128) against
+/// `C` tokens, a row per lane as in [`q4_1_panel`]: each lane's integer sum starts at the
+/// token's block offset (`-128` times its sum of values, [`super::QAct::offsets`]), so the
+/// 8 `vpdpbusd` leave the exact product; even and odd blocks in two accumulators.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn group_sum(wk: &[__m512i; 8], act: *const i8, start: __m512i) -> __m512i {
-    // SAFETY: the caller passes a group of regrouped values (512 readable bytes).
+unsafe fn q8_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
+    let mut acc = [[_mm512_setzero_ps(); C]; 2];
+    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 34 bytes), every
+    // activation access inside a token's `nb` blocks (the caller checked the offsets are
+    // there).
+    unsafe {
+        for b in 0..a.nb {
+            let base = w.add(b * 544);
+            for c in 0..9 {
+                prefetch(base.wrapping_add(64 * c));
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
+            let wk: [__m512i; 8] =
+                core::array::from_fn(|k| _mm512_loadu_si512(base.add(32 + 64 * k).cast()));
+            for t in 0..C {
+                let start = _mm512_set1_epi32(*off[t].add(b));
+                let sum = panel_sum(&wk, tp[t].0.add(32 * b), start);
+                let da = _mm512_set1_ps(*tp[t].1.add(b));
+                let e = &mut acc[b % 2][t];
+                *e = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), *e);
+            }
+        }
+        for t in 0..C {
+            store_lanes(_mm512_add_ps(acc[0][t], acc[1][t]), o, t);
+        }
+    }
+}
+
+/// The 16 rows' integer sums of one block: `start` plus 8 `vpdpbusd` of the weight
+/// registers (register `k` holding values `4k..4k + 4` of every row) against the token's
+/// values `4k..4k + 4` broadcast, in two chains of 4.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn panel_sum(wk: &[__m512i; 8], act: *const i8, start: __m512i) -> __m512i {
+    // SAFETY: the caller passes a block of 32 readable values.
     unsafe {
         let mut s0 = start;
         let mut s1 = _mm512_setzero_si512();
         for k in 0..4 {
-            let a0 = _mm512_loadu_si512(act.add(64 * k).cast());
-            let a1 = _mm512_loadu_si512(act.add(64 * (k + 4)).cast());
+            let a0 = _mm512_set1_epi32(ld32(act.add(4 * k).cast()));
+            let a1 = _mm512_set1_epi32(ld32(act.add(16 + 4 * k).cast()));
             s0 = _mm512_dpbusd_epi32(s0, wk[k], a0);
             s1 = _mm512_dpbusd_epi32(s1, wk[k + 4], a1);
         }
@@ -406,125 +329,54 @@ unsafe fn group_sum(wk: &[__m512i; 8], act: *const i8, start: __m512i) -> __m512
     }
 }
 
-/// A Q8_0 row (in [`super::repack`]'s layout: values stored plus 128) against `C` tokens,
-/// a block per lane as in [`q4_1_512_row`]: each lane's integer sum starts at -128 times
-/// the token's sum of the block's values (kept with the regrouped values), so the 8
-/// `vpdpbusd` leave the exact product. The pairs after the last whole group go 2 blocks to
-/// a register, and an odd last block through the scalar code.
+/// Lane `r` of `v` into `o[r][t]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q8_0_512_row<const C: usize>(w: *const u8, a: &ActView, t0: usize) -> [f32; C] {
-    let nb = a.nb;
-    let groups = nb / 16;
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let gp: [*const i8; C] = core::array::from_fn(|t| a.grouped(t0 + t));
-    let mut acc = [_mm512_setzero_ps(); C];
-    let mut tail = [_mm512_setzero_ps(); C];
-    // SAFETY: every weight access is inside the row (`nb` blocks of 34 bytes), every
-    // activation access inside the token's `nb` blocks or its `groups` regrouped ones.
-    unsafe {
-        let flip = _mm512_set1_epi8(-128);
-        for g in 0..groups {
-            let base = w.add(g * 16 * 34);
-            for c in 0..9 {
-                prefetch(base.wrapping_add(64 * c));
-            }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
-            let mut wk = [_mm512_setzero_si512(); 8];
-            for k in 0..8 {
-                wk[k] = _mm512_loadu_si512(base.add(32 + 64 * k).cast());
-            }
-            for t in 0..C {
-                let act = gp[t].add(g * super::GROUP_BYTES);
-                let sums = _mm512_loadu_si512(act.add(512).cast());
-                let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sums));
-                let sum = group_sum(&wk, act, start);
-                let da = _mm512_loadu_ps(tp[t].1.add(16 * g));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), acc[t]);
-            }
-        }
-        for p in groups * 8..nb / 2 {
-            let b0 = w.add(p * 68);
-            let lo = _mm256_loadu_si256(b0.add(2).cast());
-            let hi = _mm256_loadu_si256(b0.add(36).cast());
-            let wq = _mm512_xor_si512(
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi),
-                flip,
-            );
-            let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(34)));
-            let wd = spread2(_mm_cvtph_ps(dd), 0, 1);
-            for t in 0..C {
-                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
-                let ad = spread2(_mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast())), 0, 1);
-                let dot = _mm512_dpbusd_epi32(neg_offset(-128, av), wq, av);
-                tail[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd, ad), tail[t]);
-            }
-        }
-        let mut parts = [_mm512_setzero_ps(); 16];
-        parts[..C].copy_from_slice(&acc);
-        parts[C..2 * C].copy_from_slice(&tail);
-        let mut sum = [0f32; 16];
-        sums(&parts[..2 * C], &mut sum);
-        let mut out = [0f32; C];
-        for t in 0..C {
-            let mut v = sum[t] + sum[C + t];
-            if nb % 2 == 1 {
-                let b = std::slice::from_raw_parts(w.add((nb - 1) * 34), 34);
-                let (qs, d, _) = a.token(t0 + t);
-                v += scalar::q8_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
-            }
-            out[t] = v;
-        }
-        out
+fn store_lanes(v: __m512, o: &mut Tile, t: usize) {
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+    for (row, &x) in o.iter_mut().zip(&lanes) {
+        row[t] = x;
     }
 }
 
-/// A tile function over a row kernel of [`super::wants_groups`]' kind: each row alone (one
-/// stream of weights), against up to 8 tokens at once.
-macro_rules! grouped_rows {
-    ($name:ident, $row:ident) => {
+/// A tile function over a panel kernel: a whole panel (16 rows in [`super::repack`]'s
+/// layout) against up to 8 tokens, or fewer rows (those after the last whole panel, in the
+/// file's layout) through the scalar code.
+macro_rules! panels {
+    ($name:ident, $panel:ident, $fmt:ident, $offsets:expr) => {
         unsafe fn $name(w: *const u8, rb: usize, nr: usize, a: &ActView, nt: usize, o: &mut Tile) {
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-            unsafe fn rows<const C: usize>(
-                w: *const u8,
-                rb: usize,
-                nr: usize,
-                a: &ActView,
-                o: &mut Tile,
-            ) {
-                for r in 0..nr {
-                    // SAFETY: forwarded from the `TileFn` contract.
-                    let v = unsafe { $row::<C>(w.add(r * rb), a, 0) };
-                    o[r][..C].copy_from_slice(&v);
-                }
-            }
-            // SAFETY: the `TileFn` contract: `nr` rows at `w`, `nt` tokens in `a`, the CPU
-            // has the features (checked by `Isa::detect`).
+            // SAFETY: the `TileFn` contract: `nr` rows at `w` (a panel if 16), `nt` tokens in
+            // `a`, the CPU has the features (checked by `Isa::detect`).
             unsafe {
-                if a.nb >= 16 && a.grouped(0).is_null() {
-                    // Activations not regrouped by the caller (`QAct::transpose`): regrouped
-                    // here, so the results are the same.
+                if nr < super::PANEL {
+                    return scalar::tile(Fmt::$fmt, w, rb, nr, a, nt, o);
+                }
+                if $offsets && a.offsets(0).is_null() {
+                    // The caller kept no offsets (`QAct::offsets`): computed here, so the
+                    // results are the same.
                     let mut buf = Vec::new();
-                    let v = a.regrouped(nt, &mut buf);
+                    let v = a.with_offsets(nt, &mut buf);
                     return $name(w, rb, nr, &v, nt, o);
                 }
                 match nt {
-                    1 => rows::<1>(w, rb, nr, a, o),
-                    2 => rows::<2>(w, rb, nr, a, o),
-                    3 => rows::<3>(w, rb, nr, a, o),
-                    4 => rows::<4>(w, rb, nr, a, o),
-                    5 => rows::<5>(w, rb, nr, a, o),
-                    6 => rows::<6>(w, rb, nr, a, o),
-                    7 => rows::<7>(w, rb, nr, a, o),
-                    _ => rows::<8>(w, rb, nr, a, o),
+                    1 => $panel::<1>(w, a, o),
+                    2 => $panel::<2>(w, a, o),
+                    3 => $panel::<3>(w, a, o),
+                    4 => $panel::<4>(w, a, o),
+                    5 => $panel::<5>(w, a, o),
+                    6 => $panel::<6>(w, a, o),
+                    7 => $panel::<7>(w, a, o),
+                    _ => $panel::<8>(w, a, o),
                 }
             }
         }
     };
 }
 
-grouped_rows!(q4_1_512_rows, q4_1_512_row);
-grouped_rows!(q8_0_512_rows, q8_0_512_row);
+panels!(q4_1_512_panels, q4_1_panel, Q4_1, false);
+panels!(q8_0_512_panels, q8_0_panel, Q8_0, true);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q5_0_512<const R: usize, const C: usize>(
@@ -1271,62 +1123,6 @@ unsafe fn q6_k_256<const R: usize, const C: usize>(
         for r in 0..R {
             for t in 0..C {
                 out[r0 + r][t0 + t] = hsum256(acc[r][t]);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The 16-at-once sums give each vector's [`sum16`] bit for bit, whatever the values
-    /// (rounding makes any other order show).
-    #[test]
-    fn sums_of_16_vectors_match_one_at_a_time() {
-        if !super::super::Isa::available().contains(&super::super::Isa::Avx512Vnni) {
-            eprintln!("no AVX-512 VNNI here: nothing to check");
-            return;
-        }
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let m = (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            m * [1e-3f32, 1.0, 1e4, 3e7][(x % 4) as usize]
-        };
-        for round in 0..200 {
-            let lanes: Vec<[f32; 16]> = (0..16)
-                .map(|i| {
-                    core::array::from_fn(|j| {
-                        if (i + j + round) % 29 == 0 {
-                            -0.0
-                        } else {
-                            next()
-                        }
-                    })
-                })
-                .collect();
-            // SAFETY: the CPU has the features (checked above); each array holds 16 f32.
-            unsafe {
-                let v: [__m512; 16] = core::array::from_fn(|i| _mm512_loadu_ps(lanes[i].as_ptr()));
-                let mut got = [0f32; 16];
-                _mm512_storeu_ps(got.as_mut_ptr(), sum16x16(&v));
-                let mut some = [0f32; 16];
-                sums(&v[..5], &mut some[..5]);
-                for i in 0..16 {
-                    let want = sum16(v[i]);
-                    assert_eq!(
-                        got[i].to_bits(),
-                        want.to_bits(),
-                        "vector {i}: {} vs {want}",
-                        got[i]
-                    );
-                    if i < 5 {
-                        assert_eq!(some[i].to_bits(), want.to_bits());
-                    }
-                }
             }
         }
     }
