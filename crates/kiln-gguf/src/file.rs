@@ -515,6 +515,27 @@ impl GgufFile {
         &self.backing.bytes()[info.offset as usize..(info.offset + info.size) as usize]
     }
 
+    /// Tells the system this process no longer needs bytes `offset..offset + len` of a
+    /// mapped file in memory (after copying them elsewhere): their pages leave the process's
+    /// resident memory and stay in the page cache; reading them again faults them back in
+    /// from the file, with the same contents. Does nothing for a file read into memory, on
+    /// systems without `madvise`, or if the system declines.
+    pub fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        if let Backing::Mmap(m) = &self.backing {
+            if offset.checked_add(len).is_some_and(|end| end <= m.len()) {
+                // SAFETY: the mapping is read-only and of a file this program does not write:
+                // dropped pages are read back from the file unchanged, so every reference
+                // into the map keeps seeing the same bytes.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+
     /// The whole file's bytes (tensor data is addressed by [`TensorInfo::offset`]).
     pub fn bytes(&self) -> &[u8] {
         self.backing.bytes()

@@ -6,6 +6,7 @@ mod matmul;
 mod pool;
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use half::f16;
 
@@ -447,7 +448,12 @@ impl Backend for CpuBackend {
             // A panel kernel reads 16 rows interleaved: an owned copy in that order (the
             // same size), made once here.
             if let Some(v) = kernels::repack(self.isa, fmt, t.data.as_slice(), t.rows, t.cols) {
-                t.data = TensorBytes::Owned(std::sync::Arc::new(v));
+                let file = std::mem::replace(&mut t.data, TensorBytes::Owned(Arc::new(v)));
+                // The file's copy is not read again (but for a rare re-read, which faults it
+                // back in): its pages leave resident memory rather than count twice.
+                if let TensorBytes::Mapped { file, offset, len } = file {
+                    file.release(offset, len);
+                }
                 repacked = Some(fmt);
             }
         }
