@@ -186,6 +186,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     );
     /// `out[t] = W x[t]` for `n` rows of `x`.
     fn matmul(&self, w: &Self::Mat, x: &Self::Act, n: usize, out: &mut Self::Act);
+    /// [`Backend::matmul`] of several matrices with the same input (`outs[i] = ws[i] x`): a
+    /// backend may prepare the input once and run them as one piece of work.
+    fn matmul_many(&self, ws: &[&Self::Mat], x: &Self::Act, n: usize, outs: &mut [&mut Self::Act]) {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, n, out);
+        }
+    }
     /// `x[t] += b` for `n` rows of width `b.len()`.
     fn add_bias(&self, x: &mut Self::Act, b: &Self::Act, n: usize, width: usize);
     /// Rotary position embedding of the rows of each sequence, `heads` heads per row.

@@ -390,9 +390,12 @@ impl<B: Backend> Model<B> {
                 };
                 b.rms_norm(&s.x, &l.attn_norm, c.rms_eps, n, dim, &mut s.xb);
                 lap(on, &mut t, &mut bd.norms);
-                b.matmul(&l.wq, &s.xb, n, &mut s.q);
-                b.matmul(&l.wk, &s.xb, n, &mut s.k);
-                b.matmul(&l.wv, &s.xb, n, &mut s.v);
+                b.matmul_many(
+                    &[&l.wq, &l.wk, &l.wv],
+                    &s.xb,
+                    n,
+                    &mut [&mut s.q, &mut s.k, &mut s.v],
+                );
                 if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
                     b.add_bias(&mut s.q, bq, n, dim);
                     b.add_bias(&mut s.k, bk, n, kvd);
@@ -409,8 +412,12 @@ impl<B: Backend> Model<B> {
 
                 b.rms_norm(&s.x, &l.ffn_norm, c.rms_eps, n, dim, &mut s.xb);
                 lap(on, &mut t, &mut bd.norms);
-                b.matmul(&l.w_gate, &s.xb, n, &mut s.gate);
-                b.matmul(&l.w_up, &s.xb, n, &mut s.up);
+                b.matmul_many(
+                    &[&l.w_gate, &l.w_up],
+                    &s.xb,
+                    n,
+                    &mut [&mut s.gate, &mut s.up],
+                );
                 b.swiglu(&mut s.gate, &s.up, n * c.ffn_dim);
                 b.matmul(&l.w_down, &s.gate, n, &mut s.xb);
                 b.add(&mut s.x, &s.xb, n * dim);

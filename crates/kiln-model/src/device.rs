@@ -232,6 +232,35 @@ impl Backend for Device {
         }
     }
 
+    fn matmul_many(&self, ws: &[&DevMat], x: &DevAct, n: usize, outs: &mut [&mut DevAct]) {
+        match self {
+            Device::Cpu(b) => {
+                cpu!(x);
+                let ws: Vec<&CpuMat> = ws
+                    .iter()
+                    .map(|w| match w {
+                        Either::Cpu(w) => w,
+                        _ => unreachable!("{MIXED}"),
+                    })
+                    .collect();
+                let mut outs: Vec<&mut CpuAct> = outs
+                    .iter_mut()
+                    .map(|o| match &mut **o {
+                        Either::Cpu(o) => o,
+                        _ => unreachable!("{MIXED}"),
+                    })
+                    .collect();
+                b.matmul_many(&ws, x, n, &mut outs)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => {
+                for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                    self.matmul(w, x, n, out);
+                }
+            }
+        }
+    }
+
     fn matmul(&self, w: &DevMat, x: &DevAct, n: usize, out: &mut DevAct) {
         match self {
             Device::Cpu(b) => {

@@ -658,3 +658,85 @@ fn sample_matches_the_host_reference() {
         );
     }
 }
+
+/// Random blocks of a quantized format, with sane f16 scales (at the given byte offsets of
+/// each block).
+fn quant_matrix(
+    rng: &mut Rng,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    scales: &[usize],
+) -> RawTensor {
+    let (_, bb) = ty.block();
+    let mut data: Vec<u8> = (0..rows * ty.bytes_for(cols))
+        .map(|_| (rng.f() * 128.0 + 128.0) as u8)
+        .collect();
+    for blk in data.chunks_exact_mut(bb) {
+        for &o in scales {
+            let v = f16::from_f32(rng.f() * 0.05);
+            blk[o..o + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    RawTensor {
+        name: format!("{}-{rows}x{cols}", ty.name()),
+        ty,
+        rows,
+        cols,
+        data: TensorBytes::Owned(Arc::new(data)),
+    }
+}
+
+/// Several products of one input at once give each product's own results bit for bit,
+/// whatever the formats mixed (integer kernels, panels with rows after them, f16) and more
+/// of them than one task takes.
+#[test]
+fn matmul_many_equals_separate_products() {
+    let (b, _) = device();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let c = ModelConfig {
+        ffn_dim: 1024,
+        ..cfg(2, 1, 16, 16, RopeStyle::Halves)
+    };
+    let cols = 576;
+    let mats: Vec<_> = [
+        quant_matrix(&mut rng, GgmlType::Q4_1, 48, cols, &[0, 2]),
+        quant_matrix(&mut rng, GgmlType::Q8_0, 37, cols, &[0]),
+        f16_matrix(&mut rng, 20, cols).0,
+        quant_matrix(&mut rng, GgmlType::Q4_1, 7, cols, &[0, 2]),
+        quant_matrix(&mut rng, GgmlType::Q4_0, 33, cols, &[0]),
+        quant_matrix(&mut rng, GgmlType::Q8_0, 64, cols, &[0]),
+    ]
+    .into_iter()
+    .map(|t| (t.rows, b.matrix(t).unwrap()))
+    .collect();
+    for n in [1usize, 3, 9] {
+        let x = upload(&b, &rng.vec(n * cols));
+        let seq = [0u32; 4];
+        let seqs = [PagedSeq {
+            row0: 0,
+            n,
+            pos0: 0,
+            blocks: &seq,
+        }];
+        begin(&b, &c, n, &seqs, &[]);
+        let mut outs: Vec<_> = mats.iter().map(|(r, _)| b.act(n * r).unwrap()).collect();
+        let ws: Vec<_> = mats.iter().map(|(_, m)| m).collect();
+        let mut refs: Vec<_> = outs.iter_mut().collect();
+        b.matmul_many(&ws, &x, n, &mut refs);
+        for (i, (rows, m)) in mats.iter().enumerate() {
+            let mut alone = b.act(n * rows).unwrap();
+            b.matmul(m, &x, n, &mut alone);
+            let (got, want) = (read(&b, &outs[i], n * rows), read(&b, &alone, n * rows));
+            assert!(got.iter().all(|v| v.is_finite()), "matrix {i}: not finite");
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "matrix {i}, {n} rows: together {got:?} alone {want:?}"
+            );
+        }
+    }
+}

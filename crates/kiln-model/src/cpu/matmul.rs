@@ -54,37 +54,104 @@ pub(super) fn matmul(
     n: usize,
     out: &mut [f32],
 ) {
+    matmul_many(pool, isa, &mut [(kernel, w, out)], x, n);
+}
+
+/// Quantized products run together, at most this many.
+const MAX_TOGETHER: usize = 4;
+
+/// [`matmul`] of several matrices with the same input: the quantized ones take the
+/// activations quantized once and run as one task of the pool, each thread taking its share
+/// of every matrix's rows (one wake-up and one wait instead of one per matrix).
+pub(super) fn matmul_many(
+    pool: &ThreadPool,
+    isa: Isa,
+    parts: &mut [(Kernel, &RawTensor, &mut [f32])],
+    x: &[f32],
+    n: usize,
+) {
+    /// One quantized product of a task.
+    #[derive(Clone, Copy)]
+    struct Job<'a> {
+        k: Tiles,
+        data: &'a [u8],
+        rb: usize,
+        rows: usize,
+        out: SyncPtr<f32>,
+    }
+    let mut jobs: [Option<Job<'_>>; MAX_TOGETHER] = [None; MAX_TOGETHER];
+    let mut count = 0;
+    let mut cols = 0;
+    for (kernel, w, out) in parts.iter_mut() {
+        match *kernel {
+            Kernel::Quant(k) if count < MAX_TOGETHER && (count == 0 || w.cols == cols) => {
+                assert!(out.len() >= n * w.rows, "output of {} too short", w.name);
+                cols = w.cols;
+                jobs[count] = Some(Job {
+                    k,
+                    data: w.data.as_slice(),
+                    rb: w.row_bytes(),
+                    rows: w.rows,
+                    out: SyncPtr(out.as_mut_ptr()),
+                });
+                count += 1;
+            }
+            // More than one task takes, or another width: a task of its own.
+            Kernel::Quant(_) => matmul_many(pool, isa, &mut [(*kernel, *w, &mut **out)], x, n),
+            Kernel::F16 | Kernel::Float => float_matmul(pool, isa, *kernel, w, x, n, out),
+        }
+    }
+    let jobs = &jobs[..count];
+    if jobs.is_empty() {
+        return;
+    }
+    QACT.with(|q| {
+        let mut q = q.borrow_mut();
+        if n >= PAR_QUANT_MIN && pool.n_threads() > 1 {
+            quantize_parallel(pool, isa, &mut q, x, n, cols);
+        } else {
+            q.quantize(isa, x, n, cols);
+        }
+        if jobs.iter().flatten().any(|j| j.k.offsets) {
+            q.offsets();
+        }
+        let view = q.view(0, n);
+        pool.run(|i, nt| {
+            for j in jobs.iter().flatten() {
+                // Panels are split whole between threads.
+                let align = if j.k.layout == Layout::Panels {
+                    kernels::PANEL
+                } else {
+                    4
+                };
+                let (r0, r1) = split_range(j.rows, i, nt, align);
+                let (rows, out) = (j.rows, j.out);
+                // SAFETY: rows r0..r1 of every token belong to this thread only, and
+                // `t * rows + r` is inside `out` (n tokens of `rows` outputs, asserted above).
+                kernels::gemm_rows(&j.k, j.data, j.rb, r0, r1, &view, |r, t, v| unsafe {
+                    out.write(t * rows + r, v)
+                });
+            }
+        });
+    });
+}
+
+/// [`matmul`] for the formats without an integer kernel (or all, with `exact`): f32 or f16
+/// rows dotted with f32 activations.
+fn float_matmul(
+    pool: &ThreadPool,
+    isa: Isa,
+    kernel: Kernel,
+    w: &RawTensor,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
     let (rows, cols) = (w.rows, w.cols);
     let data = w.data.as_slice();
     let rb = w.row_bytes();
     let optr = SyncPtr(out.as_mut_ptr());
     match kernel {
-        Kernel::Quant(k) => QACT.with(|q| {
-            let mut q = q.borrow_mut();
-            if n >= PAR_QUANT_MIN && pool.n_threads() > 1 {
-                quantize_parallel(pool, isa, &mut q, x, n, cols);
-            } else {
-                q.quantize(isa, x, n, cols);
-            }
-            if k.offsets {
-                q.offsets();
-            }
-            let view = q.view(0, n);
-            // Panels are split whole between threads.
-            let align = if k.layout == Layout::Panels {
-                kernels::PANEL
-            } else {
-                4
-            };
-            pool.run(|i, nt| {
-                let (r0, r1) = split_range(rows, i, nt, align);
-                // SAFETY: rows r0..r1 of every token belong to this thread only, and
-                // `t * rows + r` is inside `out` (n tokens of `rows` outputs).
-                kernels::gemm_rows(&k, data, rb, r0, r1, &view, |r, t, v| unsafe {
-                    optr.write(t * rows + r, v)
-                });
-            });
-        }),
         Kernel::F16 if data.as_ptr().align_offset(std::mem::align_of::<f16>()) == 0 => {
             // SAFETY: `f16` is two bytes with no invalid bit patterns, the pointer is
             // aligned (checked above) and `data` holds `rows * cols` of them.
@@ -119,6 +186,7 @@ pub(super) fn matmul(
                 }
             });
         }),
+        Kernel::Quant(_) => unreachable!("quantized products go through matmul_many"),
     }
 }
 

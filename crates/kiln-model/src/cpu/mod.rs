@@ -553,6 +553,15 @@ impl Backend for CpuBackend {
         matmul::matmul(&self.pool, self.isa, w.kernel, &w.raw, x, n, out);
     }
 
+    fn matmul_many(&self, ws: &[&CpuMat], x: &Vec<f32>, n: usize, outs: &mut [&mut Vec<f32>]) {
+        let mut parts: Vec<(matmul::Kernel, &RawTensor, &mut [f32])> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(w, o)| (w.kernel, &w.raw, o.as_mut_slice()))
+            .collect();
+        matmul::matmul_many(&self.pool, self.isa, &mut parts, x, n);
+    }
+
     fn add_bias(&self, x: &mut Vec<f32>, b: &Vec<f32>, n: usize, width: usize) {
         for t in 0..n {
             for (a, c) in x[t * width..(t + 1) * width].iter_mut().zip(b) {

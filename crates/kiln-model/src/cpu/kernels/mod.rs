@@ -592,7 +592,8 @@ pub fn scalar_tile_fn(fmt: Fmt) -> TileFn {
 
 /// Multiplies weight rows `r0..r1` (each `rb` bytes of `w`, in the kernel's layout) with
 /// every token of `a`, in tiles of 4 rows (16 for panels) by the kernel's tokens, handing
-/// each result to `store(row, token, value)`. With panels, `r0` is a multiple of 16.
+/// each result to `store(row, token, value)`. With panels, `r0` is a multiple of 16 (or
+/// the range is empty).
 ///
 /// # Panics
 /// If `w` is shorter than `r1` rows or a row is not `a`'s width in the kernel's format
@@ -609,7 +610,7 @@ pub fn gemm_rows(
 ) {
     assert!(r1 * rb <= w.len(), "weight rows out of range");
     assert!(
-        k.layout == Layout::File || r0.is_multiple_of(PANEL),
+        k.layout == Layout::File || r0.is_multiple_of(PANEL) || r0 == r1,
         "panel rows start at a multiple of {PANEL}"
     );
     let n = a.tokens();
