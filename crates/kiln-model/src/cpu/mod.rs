@@ -293,6 +293,7 @@ fn alloc_kv<T: KvElem>(
             len.saturating_mul(bytes) >> 20
         ))
     })?;
+    kernels::advise_huge(&mut v);
     v.resize(len, T::ZERO);
     Ok(v)
 }
