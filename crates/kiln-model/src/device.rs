@@ -236,21 +236,14 @@ impl Backend for Device {
         match self {
             Device::Cpu(b) => {
                 cpu!(x);
-                let ws: Vec<&CpuMat> = ws
+                let pairs = ws
                     .iter()
-                    .map(|w| match w {
-                        Either::Cpu(w) => w,
+                    .zip(outs.iter_mut())
+                    .map(|(w, o)| match (w, &mut **o) {
+                        (Either::Cpu(w), Either::Cpu(o)) => (w, o),
                         _ => unreachable!("{MIXED}"),
-                    })
-                    .collect();
-                let mut outs: Vec<&mut CpuAct> = outs
-                    .iter_mut()
-                    .map(|o| match &mut **o {
-                        Either::Cpu(o) => o,
-                        _ => unreachable!("{MIXED}"),
-                    })
-                    .collect();
-                b.matmul_many(&ws, x, n, &mut outs)
+                    });
+                b.matmul_pairs(pairs, x, n)
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(_) => {

@@ -158,12 +158,12 @@ fn all_below(c: &[f32], bound: f32) -> bool {
     c.iter().fold(true, |a, &l| a & (l < bound))
 }
 
-/// [`argmax`] and the value there (negative infinity when no value beats it). Two passes
-/// the compiler vectorizes: the largest value (NaN never replaces a lane's maximum, as it
-/// never wins `>`), then the first token holding it; the same token as one pass with `>`.
-fn argmax_value(logits: &[f32]) -> (u32, f32) {
+/// The largest value of `row` (NaN ignored: it never wins `>`; negative infinity for an
+/// empty row), in `CHUNK` lanes the compiler vectorizes.
+#[inline(always)]
+fn largest(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; CHUNK];
-    let chunks = logits.chunks_exact(CHUNK);
+    let chunks = row.chunks_exact(CHUNK);
     let tail = chunks.remainder();
     for c in chunks {
         for (m, &v) in lanes.iter_mut().zip(c) {
@@ -177,9 +177,16 @@ fn argmax_value(logits: &[f32]) -> (u32, f32) {
             lanes[0] = v;
         }
     }
-    let max = lanes
+    lanes
         .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// [`argmax`] and the value there (negative infinity when no value beats it). Two passes
+/// the compiler vectorizes: the largest value (NaN never replaces a lane's maximum, as it
+/// never wins `>`), then the first token holding it; the same token as one pass with `>`.
+fn argmax_value(logits: &[f32]) -> (u32, f32) {
+    let max = largest(logits);
     if max == f32::NEG_INFINITY {
         return (0, f32::NEG_INFINITY);
     }
@@ -355,6 +362,18 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     }
 }
 
+/// `2^f` for `f` in [-0.5, 0.5]: the coefficients of a degree-6 polynomial, highest first
+/// (relative error about 2e-7). The CPU's vector `exp` uses them too.
+pub(crate) const EXP2_POLY: [f32; 7] = [
+    1.535_336_2e-4,
+    1.339_887_4e-3,
+    9.618_437e-3,
+    5.550_332_4e-2,
+    2.402_264_8e-1,
+    6.931_472e-1,
+    1.0,
+];
+
 /// `e^x` without a library call, so a loop of them vectorizes: `2^(x log2 e)` split into a
 /// whole power (set in the exponent bits) and a fraction in [-0.5, 0.5] (a degree-6
 /// polynomial, relative error about 2e-7); `x` clamped to +-87, where `e^x` stays a normal
@@ -369,15 +388,8 @@ fn exp_poly(x: f32) -> f32 {
     let k = big - 12_582_912.0;
     let ki = (big.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let f = t - k;
-    let mut p = 1.535_336_2e-4f32;
-    for c in [
-        1.339_887_4e-3,
-        9.618_437e-3,
-        5.550_332_4e-2,
-        2.402_264_8e-1,
-        6.931_472e-1,
-        1.0,
-    ] {
+    let mut p = EXP2_POLY[0];
+    for &c in &EXP2_POLY[1..] {
         p = p * f + c;
     }
     p * f32::from_bits((ki.wrapping_add(127) as u32) << 23)
@@ -388,24 +400,9 @@ fn exp_poly(x: f32) -> f32 {
 /// the same bits.
 #[inline(always)]
 fn log_sum_exp_body(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; CHUNK];
+    let max = largest(row);
     let chunks = row.chunks_exact(CHUNK);
     let tail = chunks.remainder();
-    for c in chunks.clone() {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            if v > *m {
-                *m = v;
-            }
-        }
-    }
-    for &v in tail {
-        if v > lanes[0] {
-            lanes[0] = v;
-        }
-    }
-    let max = lanes
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut acc = [0f32; CHUNK];
     for c in chunks {
         for (a, &v) in acc.iter_mut().zip(c) {

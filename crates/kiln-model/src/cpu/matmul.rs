@@ -54,7 +54,7 @@ pub(super) fn matmul(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_many(pool, isa, &mut [(kernel, w, out)], x, n);
+    matmul_many(pool, isa, [(kernel, w, out)], x, n);
 }
 
 /// Quantized products run together, at most this many.
@@ -62,11 +62,12 @@ const MAX_TOGETHER: usize = 4;
 
 /// [`matmul`] of several matrices with the same input: the quantized ones take the
 /// activations quantized once and run as one task of the pool, each thread taking its share
-/// of every matrix's rows (one wake-up and one wait instead of one per matrix).
-pub(super) fn matmul_many(
+/// of every matrix's rows (one wake-up and one wait instead of one per matrix). Nothing is
+/// allocated: the products are taken from `parts` as they come.
+pub(super) fn matmul_many<'a>(
     pool: &ThreadPool,
     isa: Isa,
-    parts: &mut [(Kernel, &RawTensor, &mut [f32])],
+    parts: impl IntoIterator<Item = (Kernel, &'a RawTensor, &'a mut [f32])>,
     x: &[f32],
     n: usize,
 ) {
@@ -82,8 +83,8 @@ pub(super) fn matmul_many(
     let mut jobs: [Option<Job<'_>>; MAX_TOGETHER] = [None; MAX_TOGETHER];
     let mut count = 0;
     let mut cols = 0;
-    for (kernel, w, out) in parts.iter_mut() {
-        match *kernel {
+    for (kernel, w, out) in parts {
+        match kernel {
             Kernel::Quant(k) if count < MAX_TOGETHER && (count == 0 || w.cols == cols) => {
                 assert!(out.len() >= n * w.rows, "output of {} too short", w.name);
                 cols = w.cols;
@@ -97,8 +98,8 @@ pub(super) fn matmul_many(
                 count += 1;
             }
             // More than one task takes, or another width: a task of its own.
-            Kernel::Quant(_) => matmul_many(pool, isa, &mut [(*kernel, *w, &mut **out)], x, n),
-            Kernel::F16 | Kernel::Float => float_matmul(pool, isa, *kernel, w, x, n, out),
+            Kernel::Quant(_) => matmul_many(pool, isa, [(kernel, w, out)], x, n),
+            Kernel::F16 | Kernel::Float => float_matmul(pool, isa, kernel, w, x, n, out),
         }
     }
     let jobs = &jobs[..count];

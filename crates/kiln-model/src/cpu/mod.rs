@@ -96,6 +96,20 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.pool.n_threads()
     }
+
+    /// [`Backend::matmul_many`] over (matrix, output) pairs as they come, so a caller holding
+    /// them in other types passes them without collecting them first.
+    pub(crate) fn matmul_pairs<'a>(
+        &self,
+        parts: impl IntoIterator<Item = (&'a CpuMat, &'a mut Vec<f32>)>,
+        x: &[f32],
+        n: usize,
+    ) {
+        let parts = parts
+            .into_iter()
+            .map(|(w, o)| (w.kernel, &w.raw, o.as_mut_slice()));
+        matmul::matmul_many(&self.pool, self.isa, parts, x, n);
+    }
 }
 
 /// A weight matrix as the file stores it.
@@ -202,6 +216,8 @@ struct RopeAngles {
     base: f32,
     dims: usize,
     positions: Vec<usize>,
+    /// The frequencies of the pairs.
+    inv: Vec<f32>,
     /// `(cos, sin)` of row `r`'s pair `i` at `r * dims / 2 + i`.
     table: Vec<(f32, f32)>,
 }
@@ -210,11 +226,6 @@ impl RopeAngles {
     /// Makes the table current for these sequences' rows (by row index).
     fn update(&mut self, base: f32, dims: usize, seqs: &[PagedSeq<'_>]) {
         let rows = seqs.iter().map(|s| s.row0 + s.n).max().unwrap_or(0);
-        let pos = |r: usize| {
-            seqs.iter()
-                .find(|s| (s.row0..s.row0 + s.n).contains(&r))
-                .map_or(usize::MAX, |s| s.pos0 + r - s.row0)
-        };
         let same = self.base.to_bits() == base.to_bits()
             && self.dims == dims
             && self.positions.len() == rows
@@ -227,15 +238,21 @@ impl RopeAngles {
         let half = dims / 2;
         self.base = base;
         self.dims = dims;
+        // Rows no sequence covers (none in practice) get position 0.
         self.positions.clear();
-        self.positions.extend((0..rows).map(pos));
+        self.positions.resize(rows, 0);
+        for s in seqs {
+            for t in 0..s.n {
+                self.positions[s.row0 + t] = s.pos0 + t;
+            }
+        }
+        self.inv.clear();
+        self.inv
+            .extend((0..half).map(|i| base.powf(-2.0 * i as f32 / dims as f32)));
         self.table.clear();
-        let inv: Vec<f32> = (0..half)
-            .map(|i| base.powf(-2.0 * i as f32 / dims as f32))
-            .collect();
         for &p in &self.positions {
             let p = p as f32;
-            self.table.extend(inv.iter().map(|&f| {
+            self.table.extend(self.inv.iter().map(|&f| {
                 let (sin, cos) = (p * f).sin_cos();
                 (cos, sin)
             }));
@@ -555,12 +572,11 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_many(&self, ws: &[&CpuMat], x: &Vec<f32>, n: usize, outs: &mut [&mut Vec<f32>]) {
-        let mut parts: Vec<(matmul::Kernel, &RawTensor, &mut [f32])> = ws
-            .iter()
-            .zip(outs.iter_mut())
-            .map(|(w, o)| (w.kernel, &w.raw, o.as_mut_slice()))
-            .collect();
-        matmul::matmul_many(&self.pool, self.isa, &mut parts, x, n);
+        self.matmul_pairs(
+            ws.iter().copied().zip(outs.iter_mut().map(|o| &mut **o)),
+            x,
+            n,
+        );
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, b: &Vec<f32>, n: usize, width: usize) {

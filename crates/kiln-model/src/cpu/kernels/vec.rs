@@ -633,15 +633,9 @@ mod x86 {
         let k = _mm512_roundscale_ps::<0>(t);
         let f = _mm512_sub_ps(t, k);
         // 2^f on [-0.5, 0.5].
-        let mut p = _mm512_set1_ps(1.535_336_2e-4);
-        for c in [
-            1.339_887_4e-3,
-            9.618_437e-3,
-            5.550_332_4e-2,
-            2.402_264_8e-1,
-            6.931_472e-1,
-            1.0,
-        ] {
+        let poly = crate::sample::EXP2_POLY;
+        let mut p = _mm512_set1_ps(poly[0]);
+        for &c in &poly[1..] {
             p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
         }
         _mm512_scalef_ps(p, k)
