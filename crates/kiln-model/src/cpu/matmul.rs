@@ -128,9 +128,10 @@ pub(super) fn matmul_many<'a>(
                 let (r0, r1) = split_range(j.rows, i, nt, align);
                 let (rows, out) = (j.rows, j.out);
                 // SAFETY: rows r0..r1 of every token belong to this thread only, and
-                // `t * rows + r` is inside `out` (n tokens of `rows` outputs, asserted above).
-                kernels::gemm_rows(&j.k, j.data, j.rb, r0, r1, &view, |r, t, v| unsafe {
-                    out.write(t * rows + r, v)
+                // `t * rows + r + v.len()` is inside `out` (n tokens of `rows` outputs,
+                // asserted above; the run ends by r1).
+                kernels::gemm_rows(&j.k, j.data, j.rb, r0, r1, &view, |t, r, v| unsafe {
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), out.at(t * rows + r), v.len())
                 });
             }
         });

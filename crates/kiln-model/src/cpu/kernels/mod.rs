@@ -163,8 +163,9 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Results of one tile: `out[row][token]`.
-pub type Tile = [[f32; 8]; PANEL];
+/// Results of one tile: `out[token][row]` (a token's rows side by side, as the output
+/// holds them).
+pub type Tile = [[f32; PANEL]; 8];
 
 /// Rows a panel interleaves ([`Layout::Panels`]).
 pub const PANEL: usize = 16;
@@ -518,7 +519,7 @@ pub fn quantize_rows(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut 
 }
 
 /// A tile kernel: rows `0..nr` (each `rb` bytes, starting at `w`) against tokens `0..nt`
-/// of `a`, into `out[row][token]`.
+/// of `a`, into `out[token][row]`.
 ///
 /// # Safety
 /// `w` points to `nr` readable rows of `rb` bytes; each row holds `a.nb * 32` weights of
@@ -614,7 +615,8 @@ pub fn scalar_tile_fn(fmt: Fmt) -> TileFn {
 
 /// Multiplies weight rows `r0..r1` (each `rb` bytes of `w`, in the kernel's layout) with
 /// every token of `a`, in tiles of 4 rows (16 for panels) by the kernel's tokens, handing
-/// each result to `store(row, token, value)`. With panels, `r0` is a multiple of 16 (or
+/// each token's results for a run of consecutive rows to `store(token, first_row, values)`.
+/// With panels, `r0` is a multiple of 16 (or
 /// the range is empty).
 ///
 /// # Panics
@@ -628,7 +630,7 @@ pub fn gemm_rows(
     r0: usize,
     r1: usize,
     a: &ActView,
-    mut store: impl FnMut(usize, usize, f32),
+    mut store: impl FnMut(usize, usize, &[f32]),
 ) {
     assert!(r1 * rb <= w.len(), "weight rows out of range");
     assert!(
@@ -647,7 +649,7 @@ pub fn gemm_rows(
         Layout::File => 4,
     };
     let (tf, tokens) = (k.f, k.tokens);
-    let mut tile: Tile = [[0.0; 8]; PANEL];
+    let mut tile: Tile = [[0.0; PANEL]; 8];
     let mut r = r0;
     while r < r1 {
         let nr = (r1 - r).min(max_rows);
@@ -658,10 +660,8 @@ pub fn gemm_rows(
             // SAFETY: rows `r..r + nr` are inside `w` (asserted above), `view` has at least
             // `nt` tokens, and `tf` came from `tile_fn` for this CPU.
             unsafe { tf(w.as_ptr().add(r * rb), rb, nr, &view, nt, &mut tile) };
-            for (i, row) in tile.iter().enumerate().take(nr) {
-                for (j, &v) in row.iter().enumerate().take(nt) {
-                    store(r + i, t + j, v);
-                }
+            for (j, rows) in tile.iter().enumerate().take(nt) {
+                store(t + j, r, &rows[..nr]);
             }
             t += nt;
         }

@@ -55,7 +55,7 @@ macro_rules! neon_tiles {
                             let ($da, $sa) = (*d.add(b), *s.add(b));
                             acc += $body;
                         }
-                        o[r][t] = acc;
+                        o[t][r] = acc;
                     }
                 }
             }

@@ -257,7 +257,7 @@ pub(crate) unsafe fn tile(
         let row = unsafe { std::slice::from_raw_parts(w.add(r * rb), rb) };
         for t in 0..nt {
             // SAFETY: the caller guarantees `nt` tokens in `a`.
-            out[r][t] = unsafe { row_dot(ty, row, a, t) };
+            out[t][r] = unsafe { row_dot(ty, row, a, t) };
         }
     }
 }

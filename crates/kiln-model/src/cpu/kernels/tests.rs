@@ -55,8 +55,8 @@ fn random_rows(fmt: Fmt, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
 
 fn run(k: Tiles, w: &[u8], rows: usize, rb: usize, a: &QAct, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; rows * n];
-    gemm_rows(&k, w, rb, 0, rows, &a.view(0, n), |r, t, v| {
-        out[t * rows + r] = v
+    gemm_rows(&k, w, rb, 0, rows, &a.view(0, n), |t, r, v| {
+        out[t * rows + r..][..v.len()].copy_from_slice(v)
     });
     out
 }
@@ -221,12 +221,15 @@ fn results_do_not_depend_on_the_batch() {
                             one.offsets();
                         }
                         for (r0, r1) in [(0, 16), (16, rows)] {
-                            gemm_rows(&k, &w, rb, r0, r1, &one.view(0, 1), |r, _, v| {
-                                if !kept {
-                                    alone[t * rows + r] = v;
+                            gemm_rows(&k, &w, rb, r0, r1, &one.view(0, 1), |_, r0, vs| {
+                                for (i, &v) in vs.iter().enumerate() {
+                                    let r = r0 + i;
+                                    if !kept {
+                                        alone[t * rows + r] = v;
+                                    }
+                                    let e = alone[t * rows + r];
+                                    assert_eq!(v.to_bits(), e.to_bits(), "{isa:?} {fmt:?} offsets");
                                 }
-                                let e = alone[t * rows + r];
-                                assert_eq!(v.to_bits(), e.to_bits(), "{isa:?} {fmt:?} offsets");
                             });
                         }
                     }
@@ -236,13 +239,16 @@ fn results_do_not_depend_on_the_batch() {
                     let mut all = QAct::new();
                     all.quantize(isa, &x[..m * cols], m, cols);
                     all.offsets();
-                    gemm_rows(&k, &w, rb, 0, rows, &all.view(0, m), |r, t, v| {
-                        let e = alone[t * rows + r];
-                        assert_eq!(
-                            v.to_bits(),
-                            e.to_bits(),
-                            "{isa:?} {fmt:?} {rows}x{cols} token {t} of {m}, row {r}: {v} vs {e}"
-                        );
+                    gemm_rows(&k, &w, rb, 0, rows, &all.view(0, m), |t, r0, vs| {
+                        for (i, &v) in vs.iter().enumerate() {
+                            let r = r0 + i;
+                            let e = alone[t * rows + r];
+                            assert_eq!(
+                                v.to_bits(),
+                                e.to_bits(),
+                                "{isa:?} {fmt:?} {rows}x{cols} token {t} of {m}, row {r}: {v} vs {e}"
+                            );
+                        }
                     });
                     checked += m;
                 }

@@ -699,11 +699,13 @@ mod tests {
                 for (x, y) in acc.iter().zip(&acc0) {
                     assert!((x - y).abs() <= 1e-5, "{isa:?} axpy n={n}");
                 }
-                let keys: Vec<Vec<f16>> = (0..5).map(|p| data(n, p as u32 + 11).1).collect();
-                let mut sc = [0f32; 5];
+                // 37 positions: more than two KV blocks of 16, not a multiple of 16.
+                let keys: Vec<Vec<f16>> = (0..37).map(|p| data(n, p as u32 + 11).1).collect();
+                let wts: Vec<f32> = (0..37).map(|p| ((p * 7) % 10 + 1) as f32 / 50.0).collect();
+                let mut sc = [0f32; 37];
                 scores_f16(isa, &a, 0.5, |p| &keys[p], &mut sc);
                 let mut mixed = vec![0f32; n];
-                mix_f16(isa, &[0.1, 0.2, 0.3, 0.15, 0.25], |p| &keys[p], &mut mixed);
+                mix_f16(isa, &wts, |p| &keys[p], &mut mixed);
                 let mut mixed0 = vec![0f32; n];
                 for (p, k) in keys.iter().enumerate() {
                     let want = 0.5 * dot_f16(Isa::Scalar, &a, k);
@@ -711,7 +713,7 @@ mod tests {
                         (sc[p] - want).abs() <= 1e-4 * (n as f32).max(1.0),
                         "{isa:?} scores"
                     );
-                    axpy_f16(Isa::Scalar, &mut mixed0, [0.1, 0.2, 0.3, 0.15, 0.25][p], k);
+                    axpy_f16(Isa::Scalar, &mut mixed0, wts[p], k);
                 }
                 for (x, y) in mixed.iter().zip(&mixed0) {
                     assert!((x - y).abs() <= 1e-5, "{isa:?} mix n={n}");
@@ -725,7 +727,7 @@ mod tests {
                         (0.5 * dot_f16(isa, &a, k)).to_bits(),
                         "{isa:?} scores n={n}"
                     );
-                    axpy_f16(isa, &mut mixed1, [0.1, 0.2, 0.3, 0.15, 0.25][p], k);
+                    axpy_f16(isa, &mut mixed1, wts[p], k);
                 }
                 assert!(
                     mixed
@@ -750,16 +752,11 @@ mod tests {
                 for (x, y) in acc.iter().zip(&acc0) {
                     assert!((x - y).abs() <= 1e-5, "{isa:?} axpy_f32 n={n}");
                 }
-                let mut sc32 = [0f32; 5];
+                let mut sc32 = [0f32; 37];
                 scores_f32(isa, &a, 0.5, |p| &keys32[p], &mut sc32);
                 let mut mixed32 = vec![0f32; n];
-                mix_f32(
-                    isa,
-                    &[0.1, 0.2, 0.3, 0.15, 0.25],
-                    |p| &keys32[p],
-                    &mut mixed32,
-                );
-                for p in 0..5 {
+                mix_f32(isa, &wts, |p| &keys32[p], &mut mixed32);
+                for p in 0..37 {
                     assert!(
                         (sc32[p] - sc[p]).abs() <= 1e-4 * (n as f32).max(1.0),
                         "{isa:?} scores_f32"

@@ -220,7 +220,7 @@ unsafe fn q4_0_512<const R: usize, const C: usize>(
                     let (qs, d, _) = a.token(t0 + t);
                     v += scalar::q4_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
                 }
-                out[r0 + r][t0 + t] = v;
+                out[t0 + t][r0 + r] = v;
             }
         }
     }
@@ -336,12 +336,8 @@ unsafe fn panel_sum(wk: &[__m512i; 8], act: *const i8, start: __m512i) -> __m512
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn store_lanes(v: __m512, o: &mut Tile, t: usize) {
-    let mut lanes = [0f32; 16];
-    // SAFETY: `lanes` holds 16 f32.
-    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
-    for (row, &x) in o.iter_mut().zip(&lanes) {
-        row[t] = x;
-    }
+    // SAFETY: a tile's token row holds 16 f32.
+    unsafe { _mm512_storeu_ps(o[t].as_mut_ptr(), v) };
 }
 
 /// A tile function over a panel kernel: a whole panel (16 rows in [`super::repack`]'s
@@ -428,7 +424,7 @@ unsafe fn q5_0_512<const R: usize, const C: usize>(
                     let (qs, d, _) = a.token(t0 + t);
                     v += scalar::q5_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
                 }
-                out[r0 + r][t0 + t] = v;
+                out[t0 + t][r0 + r] = v;
             }
         }
     }
@@ -543,7 +539,7 @@ unsafe fn qk_512<const R: usize, const C: usize, const HIGH: bool>(
         }
         for r in 0..R {
             for t in 0..C {
-                out[r0 + r][t0 + t] = _mm512_reduce_add_ps(acc[r][t]);
+                out[t0 + t][r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
             }
         }
     }
@@ -670,7 +666,7 @@ unsafe fn q6_k_512<const R: usize, const C: usize>(
         }
         for r in 0..R {
             for t in 0..C {
-                out[r0 + r][t0 + t] = _mm512_reduce_add_ps(acc[r][t]);
+                out[t0 + t][r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
             }
         }
     }
@@ -796,7 +792,7 @@ unsafe fn q4_0_256<const R: usize, const C: usize>(
         }
         for r in 0..R {
             for t in 0..C {
-                out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+                out[t0 + t][r0 + r] = hsum256(acc[r][t]);
             }
         }
     }
@@ -852,7 +848,7 @@ unsafe fn q4_1_256<const R: usize, const C: usize>(
             let mut m = [0f32; 4];
             _mm_storeu_ps(m.as_mut_ptr(), macc[r]);
             for t in 0..C {
-                out[r0 + r][t0 + t] = hsum256(acc[r][t]) + m[t];
+                out[t0 + t][r0 + r] = hsum256(acc[r][t]) + m[t];
             }
         }
     }
@@ -912,7 +908,7 @@ unsafe fn q5_0_256<const R: usize, const C: usize>(
         }
         for r in 0..R {
             for t in 0..C {
-                out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+                out[t0 + t][r0 + r] = hsum256(acc[r][t]);
             }
         }
     }
@@ -953,7 +949,7 @@ unsafe fn q8_0_256<const R: usize, const C: usize>(
         }
         for r in 0..R {
             for t in 0..C {
-                out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+                out[t0 + t][r0 + r] = hsum256(acc[r][t]);
             }
         }
     }
@@ -1034,7 +1030,7 @@ unsafe fn qk_256<const R: usize, const C: usize, const HIGH: bool>(
         }
         for r in 0..R {
             for t in 0..C {
-                out[r0 + r][t0 + t] = hsum256(acc[r][t]) + macc[r][t];
+                out[t0 + t][r0 + r] = hsum256(acc[r][t]) + macc[r][t];
             }
         }
     }
@@ -1125,7 +1121,7 @@ unsafe fn q6_k_256<const R: usize, const C: usize>(
         }
         for r in 0..R {
             for t in 0..C {
-                out[r0 + r][t0 + t] = hsum256(acc[r][t]);
+                out[t0 + t][r0 + r] = hsum256(acc[r][t]);
             }
         }
     }
