@@ -11,7 +11,9 @@ use std::time::Instant;
 use half::f16;
 use kiln_gguf::GgmlType;
 use kiln_model::cpu::CpuBackend;
-use kiln_model::{Backend, RawTensor, TensorBytes};
+use kiln_model::{
+    Arch, Backend, ModelConfig, PagedSeq, RawTensor, RopeStyle, TensorBytes, KV_BLOCK,
+};
 
 /// Random blocks with f16 scales in a sane range (offsets of the f16 fields per format).
 fn random_matrix(ty: GgmlType, rows: usize, cols: usize) -> RawTensor {
@@ -63,6 +65,7 @@ fn main() {
     match std::env::args().nth(2).as_deref() {
         Some("batch") => return batch_sweep(&be),
         Some("sample") => return sample_sweep(),
+        Some("attention") => return attention_sweep(&be),
         _ => {}
     }
     println!(
@@ -222,5 +225,114 @@ fn batch_sweep(be: &CpuBackend) {
             }
             println!("{line}");
         }
+    }
+}
+
+/// Decode attention of SmolLM2-135M's shape (9 heads, 3 KV heads of 64, 30 layers) for 1 and 5
+/// sequences of 80 positions: per layer with the pool in cache ("hot"), and over all layers
+/// with 96 MB read between layers as a step's weights would ("cold"), in ns per
+/// (position, head).
+fn attention_sweep(be: &CpuBackend) {
+    let c = ModelConfig {
+        arch: Arch::Llama,
+        n_layers: 30,
+        dim: 576,
+        ffn_dim: 1536,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        rope_dim: 64,
+        rope_base: 10000.0,
+        rope_style: RopeStyle::Halves,
+        rms_eps: 1e-5,
+        vocab_size: 49152,
+        context_length: 2048,
+        qkv_bias: false,
+    };
+    let len: usize = 80;
+    let per_seq = len.div_ceil(KV_BLOCK);
+    // A step's weights, one Q4_1 matrix a layer (2.9 MB each), run through the pool as the
+    // model does so that its threads stay as busy as in a step.
+    let weights: Vec<_> = (0..c.n_layers)
+        .map(|_| {
+            be.matrix(random_matrix(GgmlType::Q4_1, 8192, 576))
+                .expect("matrix")
+        })
+        .collect();
+    for n in [1usize, 5] {
+        let mut pool = be.kv_pool(&c, n * per_seq, KV_BLOCK).expect("pool");
+        let tables: Vec<Vec<u32>> = (0..n)
+            .map(|s| {
+                (0..per_seq as u32)
+                    .map(|b| b + (s * per_seq) as u32)
+                    .collect()
+            })
+            .collect();
+        let q = be
+            .vector(
+                &(0..n * 576)
+                    .map(|i| ((i % 13) as f32 - 6.0) * 0.1)
+                    .collect::<Vec<_>>(),
+            )
+            .expect("q");
+        let kv = be
+            .vector(
+                &(0..n * 192)
+                    .map(|i| ((i % 11) as f32 - 5.0) * 0.1)
+                    .collect::<Vec<_>>(),
+            )
+            .expect("kv");
+        let mut out = be.act(n * 576).expect("out");
+        // Fill every position of every layer.
+        for layer in 0..c.n_layers {
+            for p in 0..len {
+                let seqs: Vec<PagedSeq<'_>> = tables
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| PagedSeq {
+                        row0: i,
+                        n: 1,
+                        pos0: p,
+                        blocks: t,
+                    })
+                    .collect();
+                be.attention(&c, &mut pool, layer, &q, &kv, &kv, &seqs, &mut out);
+            }
+        }
+        let seqs: Vec<PagedSeq<'_>> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| PagedSeq {
+                row0: i,
+                n: 1,
+                pos0: len - 1,
+                blocks: t,
+            })
+            .collect();
+        let pairs = (n * len * c.n_heads) as f64;
+        let reps = 400;
+        let t0 = Instant::now();
+        for r in 0..reps {
+            be.attention(&c, &mut pool, r % 2, &q, &kv, &kv, &seqs, &mut out);
+        }
+        let hot = t0.elapsed().as_secs_f64() / reps as f64;
+        let mut wout = be.act(n * 8192).expect("out");
+        let mut cold = 0.0;
+        for _ in 0..3 {
+            for (layer, w) in weights.iter().enumerate() {
+                be.matmul(w, &q, n, &mut wout);
+                let t0 = Instant::now();
+                be.attention(&c, &mut pool, layer, &q, &kv, &kv, &seqs, &mut out);
+                cold += t0.elapsed().as_secs_f64();
+            }
+        }
+        cold /= (3 * c.n_layers) as f64;
+        println!(
+            "{n} seq x {len}: hot {:6.1} us/layer {:5.1} ns/pair, cold {:6.1} us/layer {:5.1} ns/pair",
+            hot * 1e6,
+            hot * 1e9 / pairs,
+            cold * 1e6,
+            cold * 1e9 / pairs
+        );
     }
 }

@@ -366,7 +366,34 @@ impl CpuBackend {
                 let mut si = 0;
                 let mut seq_end = seqs[0].n * nh;
                 let mut seq_start = 0;
+                // The keys and values of a job's heads come from DRAM (the step's weights
+                // went through the caches since this layer's last use): on the first head of
+                // a group, ask for the next group's lines, which the hardware's prefetchers
+                // do not foresee (a block table's blocks lie anywhere in the pool).
+                let ahead = |job: usize| {
+                    let (mut s, mut start) = (0, 0);
+                    while s < seqs.len() && job >= start + seqs[s].n * nh {
+                        start += seqs[s].n * nh;
+                        s += 1;
+                    }
+                    if job >= j1 || s == seqs.len() {
+                        return;
+                    }
+                    let sq = &seqs[s];
+                    let (t, h) = ((job - start) / nh, (job - start) % nh);
+                    let kvh = h / group;
+                    for p in 0..sq.pos0 + t + 1 {
+                        let o = l.slot(layer, sq.blocks, p) + kvh * hd;
+                        for d in [0, hd / 2, hd - 1] {
+                            kernels::prefetch(kc[o + d..].as_ptr());
+                            kernels::prefetch(vc[o + d..].as_ptr());
+                        }
+                    }
+                };
                 for job in j0..j1 {
+                    if job == j0 || job % group == 0 {
+                        ahead(job - job % group + group);
+                    }
                     while job >= seq_end {
                         si += 1;
                         seq_start = seq_end;

@@ -128,6 +128,19 @@ impl Fmt {
     }
 }
 
+/// Asks the CPU to bring the cache line holding `p` into its caches (a hint; it never
+/// faults, whatever the address).
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Asks the system to back `v`'s buffer (its capacity) with huge pages where it can (Linux's
 /// transparent huge pages, which many systems give only on request): large buffers read all
 /// over each step (weights, the KV cache) then take a TLB entry per 2 MiB instead of per
