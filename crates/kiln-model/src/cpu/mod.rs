@@ -420,16 +420,7 @@ impl CpuBackend {
                         &kc[o..o + hd]
                     };
                     T::scores(isa, qh, scale, key, scores);
-                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let inv = 1.0 / sum;
-                    for s in scores.iter_mut() {
-                        *s *= inv;
-                    }
+                    kernels::vec::softmax(isa, scores);
                     if T::ROUND_OPERANDS {
                         kernels::vec::round_f16(isa, scores);
                     }
