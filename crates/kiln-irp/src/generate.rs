@@ -157,13 +157,25 @@ impl EngineGenerator<'_> {
         if cancelled() {
             return Err(IrpError::Engine("cancelled: the client went away".into()));
         }
-        let (tx, rx) = mpsc::channel::<(usize, Event)>();
+        // Every prompt first (one per distinct conversation), then every request in one go:
+        // the engine admits the candidates together instead of as each prompt is ready
+        // (applying the template between submissions let the first run a step or two
+        // alone, and the last finish that much later).
+        let mut prompts: Vec<Vec<u32>> = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter().enumerate() {
+            let same = i > 0 && specs[i - 1].messages == s.messages;
+            let p = match prompts.last() {
+                Some(p) if same => p.clone(),
+                _ => self.prompt(&s.messages)?,
+            };
+            prompts.push(p);
+        }
+        let (tx, rx) = mpsc::channel::<(usize, Event)>();
+        for (i, (s, prompt)) in specs.iter().zip(prompts).enumerate() {
             let params = SamplingParams {
                 logprobs: Some(0),
                 ..s.params.clone()
             };
-            let prompt = self.prompt(&s.messages)?;
             let tx = tx.clone();
             let stop = cancel.cloned();
             self.engine
