@@ -260,6 +260,97 @@ impl RopeAngles {
     }
 }
 
+/// Runs `$body` (a call of an `#[inline(always)]` function) compiled for AVX-512 where the
+/// CPU has it, so that the loops the compiler vectorizes in it use 16 lanes rather than the
+/// baseline's 4 (the same operations in the same order per value: the same results).
+macro_rules! wide {
+    ($isa:expr, fn($($arg:ident: $ty:ty),*) $body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        fn avx512($($arg: $ty),*) {
+            $body
+        }
+        fn plain($($arg: $ty),*) {
+            $body
+        }
+        #[cfg(target_arch = "x86_64")]
+        if $isa == kernels::Isa::Avx512Vnni {
+            // SAFETY: the instruction set was detected on this CPU.
+            unsafe { avx512($($arg),*) }
+        } else {
+            plain($($arg),*)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        plain($($arg),*)
+    }};
+}
+
+/// [`Backend::rms_norm`] of `n` rows.
+#[inline(always)]
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, n: usize, dim: usize, out: &mut [f32]) {
+    for t in 0..n {
+        let xr = &x[t * dim..(t + 1) * dim];
+        // Eight running sums the compiler can keep in vector lanes (one sum would be a
+        // chain of dependent f64 additions).
+        let mut acc = [0f64; 8];
+        for c in xr.chunks(8) {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += (v as f64) * (v as f64);
+            }
+        }
+        let ss = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
+        let o = &mut out[t * dim..(t + 1) * dim];
+        for i in 0..dim {
+            o[i] = xr[i] * scale * w[i];
+        }
+    }
+}
+
+/// [`Backend::rope`] of every row of `seqs` (`table`: each row's angles, `half` pairs).
+#[inline(always)]
+fn rope_rows(
+    x: &mut [f32],
+    table: &[(f32, f32)],
+    seqs: &[PagedSeq<'_>],
+    heads: usize,
+    hd: usize,
+    half: usize,
+    style: RopeStyle,
+) {
+    for sq in seqs {
+        for row in sq.row0..sq.row0 + sq.n {
+            let cs = &table[row * half..(row + 1) * half];
+            for h in 0..heads {
+                rotate(&mut x[(row * heads + h) * hd..][..hd], cs, style);
+            }
+        }
+    }
+}
+
+/// Rotates one head by the row's angles (`cs[i]` = cosine and sine of pair `i`).
+#[inline(always)]
+fn rotate(head: &mut [f32], cs: &[(f32, f32)], style: RopeStyle) {
+    let half = cs.len();
+    match style {
+        RopeStyle::Interleaved => {
+            for (p, &(cos, sin)) in head.chunks_exact_mut(2).zip(cs) {
+                let (x0, x1) = (p[0], p[1]);
+                p[0] = x0 * cos - x1 * sin;
+                p[1] = x0 * sin + x1 * cos;
+            }
+        }
+        RopeStyle::Halves => {
+            let (lo, hi) = head[..2 * half].split_at_mut(half);
+            for ((a, b), &(cos, sin)) in lo.iter_mut().zip(hi.iter_mut()).zip(cs) {
+                let (x0, x1) = (*a, *b);
+                *a = x0 * cos - x1 * sin;
+                *b = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
 /// Dot product with several accumulators so the compiler can vectorise it.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -565,24 +656,8 @@ impl Backend for CpuBackend {
         dim: usize,
         out: &mut Vec<f32>,
     ) {
-        for t in 0..n {
-            let xr = &x[t * dim..(t + 1) * dim];
-            // Eight running sums the compiler can keep in vector lanes (one sum would be a
-            // chain of dependent f64 additions).
-            let mut acc = [0f64; 8];
-            for c in xr.chunks(8) {
-                for (a, &v) in acc.iter_mut().zip(c) {
-                    *a += (v as f64) * (v as f64);
-                }
-            }
-            let ss =
-                ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-            let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
-            let o = &mut out[t * dim..(t + 1) * dim];
-            for i in 0..dim {
-                o[i] = xr[i] * scale * w[i];
-            }
-        }
+        let (x, w, out) = (&x[..], &w[..], &mut out[..]);
+        wide!(self.isa, fn(x: &[f32], w: &[f32], eps: f32, n: usize, dim: usize, out: &mut [f32]) rms_norm_rows(x, w, eps, n, dim, out));
     }
 
     fn matmul(&self, w: &CpuMat, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
@@ -612,23 +687,8 @@ impl Backend for CpuBackend {
         ROPE.with(|r| {
             let mut angles = r.borrow_mut();
             angles.update(cfg.rope_base, rd, seqs);
-            for sq in seqs {
-                for row in sq.row0..sq.row0 + sq.n {
-                    let cs = &angles.table[row * half..(row + 1) * half];
-                    for (i, &(cos, sin)) in cs.iter().enumerate() {
-                        for h in 0..heads {
-                            let base = (row * heads + h) * hd;
-                            let (a, b) = match cfg.rope_style {
-                                RopeStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
-                                RopeStyle::Halves => (base + i, base + i + half),
-                            };
-                            let (x0, x1) = (x[a], x[b]);
-                            x[a] = x0 * cos - x1 * sin;
-                            x[b] = x0 * sin + x1 * cos;
-                        }
-                    }
-                }
-            }
+            let (table, style, x) = (&angles.table[..], cfg.rope_style, &mut x[..]);
+            wide!(self.isa, fn(x: &mut [f32], table: &[(f32, f32)], seqs: &[PagedSeq<'_>], heads: usize, hd: usize, half: usize, style: RopeStyle) rope_rows(x, table, seqs, heads, hd, half, style));
         });
     }
 
