@@ -170,13 +170,13 @@ MODE = None
 def init_worker(port, mode):
     global LOOP, CLIENT, MODE
     MODE = mode
-    from openai import AsyncOpenAI
-
     LOOP = asyncio.new_event_loop()
     asyncio.set_event_loop(LOOP)
     if MODE == "raw":
         CLIENT = RawPool(port)
         return
+    from openai import AsyncOpenAI
+
     # The package's default pool keeps 100 connections alive: more than a process's streams.
     CLIENT = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
                          timeout=600)
@@ -217,8 +217,9 @@ def main():
     ap.add_argument("--client", choices=["models", "lines", "raw"], default="models")
     ap.add_argument("--request-cost", type=int, default=0, metavar="N")
     a = ap.parse_args()
-    from openai import OpenAI
-    model = OpenAI(base_url=f"http://127.0.0.1:{a.port}/v1", api_key="none").models.list().data[0].id
+    # The model's id from /v1/models (plain HTTP: the raw client needs no package).
+    with urllib.request.urlopen(f"http://127.0.0.1:{a.port}/v1/models", timeout=30) as r:
+        model = json.load(r)["data"][0]["id"]
     if a.request_cost > 0:
         asyncio.run(request_cost(a.port, model, a.request_cost))
         return
