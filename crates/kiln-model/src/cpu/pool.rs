@@ -20,10 +20,6 @@ struct Shared {
     stop: AtomicBool,
     /// A worker's part of the current task panicked.
     panicked: AtomicBool,
-    /// For each worker (index `i - 1` for worker `i`), the last task (epoch) it is settled
-    /// for: taken by the worker, which then runs its part, or by `run` for a worker that had
-    /// not started when the caller's own part was done (the caller then runs that part).
-    settled: Box<[AtomicUsize]>,
     n_threads: usize,
 }
 
@@ -32,54 +28,12 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 /// A fixed set of threads that run one closure at a time, each with its own index.
-///
-/// When other programs keep the cores busy, a worker may not get to run for a while: the
-/// caller then runs that worker's part itself instead of waiting for the system to schedule
-/// it, and when workers are late for [`LATE_IN_BLOCK`] tasks of a block of [`BLOCK`], the
-/// caller runs every part alone for a stretch of tasks (then tries the workers again). Each part
-/// computes the same thing whichever thread runs it.
 pub struct ThreadPool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
-    /// Serialises callers (one task in flight at a time) and holds the lateness record.
-    gate: Mutex<Lateness>,
+    /// Serialises callers: one task in flight at a time.
+    gate: Mutex<()>,
 }
-
-/// Whether the workers kept up with recent tasks, counted in blocks of [`BLOCK`] tasks.
-struct Lateness {
-    /// Tasks run with the workers in the current block.
-    tasks: usize,
-    /// Of those, the ones some worker was late for (not counting a worker woken from sleep).
-    late: usize,
-    /// Tasks still to run without the workers.
-    solo: usize,
-    /// How long the next solo stretch lasts: [`SOLO_TASKS`], doubled each time another block
-    /// finds the workers late before one finds them on time (up to [`SOLO_MAX`]), so that cores
-    /// busy for long cost few tries while a short stall (the system took a core for a moment)
-    /// costs a short stretch.
-    next: usize,
-}
-
-impl Default for Lateness {
-    fn default() -> Self {
-        Lateness {
-            tasks: 0,
-            late: 0,
-            solo: 0,
-            next: SOLO_TASKS,
-        }
-    }
-}
-
-/// Tasks in a block of the lateness count.
-const BLOCK: usize = 128;
-/// Late tasks in a block that start a solo stretch (about 6%; on an idle machine about one
-/// task in a thousand is late).
-const LATE_IN_BLOCK: usize = 8;
-/// The first solo stretch (one or two tokens of a small model's decode).
-const SOLO_TASKS: usize = 256;
-/// The longest solo stretch.
-const SOLO_MAX: usize = 16_384;
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,7 +57,6 @@ impl ThreadPool {
             sleepers: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
-            settled: (1..n_threads).map(|_| AtomicUsize::new(0)).collect(),
             n_threads,
         });
         let handles = (1..n_threads)
@@ -118,7 +71,7 @@ impl ThreadPool {
         ThreadPool {
             shared,
             handles,
-            gate: Mutex::new(Lateness::default()),
+            gate: Mutex::new(()),
         }
     }
 
@@ -138,22 +91,7 @@ impl ThreadPool {
             f(0, 1);
             return;
         }
-        let mut late = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        if late.solo > 0 {
-            late.solo -= 1;
-            // The workers sleep meanwhile (no new epoch): every part here, in order, each
-            // caught so that a panic still lets the others run first.
-            let mut first_panic = None;
-            for i in 0..n {
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i, n))) {
-                    first_panic.get_or_insert(p);
-                }
-            }
-            if let Some(p) = first_panic {
-                std::panic::resume_unwind(p);
-            }
-            return;
-        }
+        let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         let task: &(dyn Fn(usize, usize) + Sync + '_) = &f;
         // SAFETY: erase the lifetime; we wait below until every worker has finished with it.
         let ptr: *const Task = unsafe {
@@ -163,11 +101,8 @@ impl ThreadPool {
         self.shared.pending.store(n - 1, Ordering::Release);
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
-        let epoch = self.shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        // A worker asleep (idle for a while) is late for this task by its waking alone: that
-        // says nothing of busy cores, so such a task does not count as late.
-        let asleep = self.shared.sleepers.load(Ordering::SeqCst) > 0;
-        if asleep {
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        if self.shared.sleepers.load(Ordering::SeqCst) > 0 {
             let _l = self
                 .shared
                 .wake_lock
@@ -175,35 +110,7 @@ impl ThreadPool {
                 .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
-        let mut mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
-        // Workers that have not taken this task by now are not running (the cores are busy
-        // with other programs, or they were asleep): their parts run here.
-        let mut was_late = false;
-        for (w, settled) in self.shared.settled.iter().enumerate() {
-            if settled
-                .compare_exchange(epoch - 1, epoch, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                was_late = true;
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(w + 1, n)));
-                if mine.is_ok() {
-                    mine = r;
-                }
-                self.shared.pending.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        late.tasks += 1;
-        late.late += usize::from(was_late && !asleep);
-        if late.tasks == BLOCK {
-            if late.late >= LATE_IN_BLOCK {
-                late.solo = late.next;
-                late.next = (late.next * 2).min(SOLO_MAX);
-            } else {
-                late.next = SOLO_TASKS;
-            }
-            late.tasks = 0;
-            late.late = 0;
-        }
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
         let mut spins = 0usize;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins += 1;
@@ -235,14 +142,7 @@ fn worker(s: Arc<Shared>, idx: usize) {
             let e = s.epoch.load(Ordering::Acquire);
             if e != seen {
                 seen = e;
-                // Take the task, unless `run` found this worker late and took its part.
-                if s.settled[idx - 1]
-                    .compare_exchange(e - 1, e, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    break;
-                }
-                continue;
+                break;
             }
             spins += 1;
             if spins < SPIN {
@@ -350,47 +250,6 @@ mod tests {
             });
             assert_eq!(hits.load(Ordering::Relaxed), 1 | 1 << 20 | 1 << 40);
         }
-    }
-
-    /// With more busy threads than cores, workers are often not running when a task starts:
-    /// the caller then runs their parts (and, after many such tasks, every part alone for a
-    /// while). Every part must still run exactly once per call, whoever runs it.
-    #[test]
-    fn every_part_runs_once_when_the_cores_are_busy() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let hogs: Vec<_> = (0..4)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
-            .collect();
-        let pool = ThreadPool::new(3);
-        let caller = std::thread::current().id();
-        let (hits, by_caller) = (AtomicU64::new(0), AtomicU64::new(0));
-        for _ in 0..20_000 {
-            let here = AtomicU64::new(0);
-            pool.run(|i, _| {
-                here.fetch_add(1 << (20 * i), Ordering::Relaxed);
-                if i > 0 && std::thread::current().id() == caller {
-                    by_caller.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-            assert_eq!(here.load(Ordering::Relaxed), 1 | 1 << 20 | 1 << 40);
-            hits.fetch_add(1, Ordering::Relaxed);
-        }
-        stop.store(true, Ordering::Relaxed);
-        for h in hogs {
-            h.join().unwrap();
-        }
-        eprintln!(
-            "{} tasks, {} workers' parts run by the caller",
-            hits.load(Ordering::Relaxed),
-            by_caller.load(Ordering::Relaxed)
-        );
     }
 
     #[test]
