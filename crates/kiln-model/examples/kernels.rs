@@ -2,8 +2,9 @@
 //! (one token: decode) and GMAC/s (many tokens: prefill), on a matrix that fits in cache
 //! and on one that does not.
 //!
-//! `cargo run --release -p kiln-model --example kernels -- [threads]`
-//! (`KILN_CPU_ISA=scalar|avx2|avx512` picks a lesser instruction set.)
+//! `cargo run --release -p kiln-model --example kernels -- [threads] [batch|sample|attention]`
+//! (`KILN_CPU_ISA=scalar|avx2|avx512` picks a lesser instruction set): with a second
+//! argument, products at 1 to 8 tokens, the host sampler on one row, or decode attention.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -230,8 +231,8 @@ fn batch_sweep(be: &CpuBackend) {
 
 /// Decode attention of SmolLM2-135M's shape (9 heads, 3 KV heads of 64, 30 layers) for 1 and 5
 /// sequences of 80 positions: per layer with the pool in cache ("hot"), and over all layers
-/// with 96 MB read between layers as a step's weights would ("cold"), in ns per
-/// (position, head).
+/// with a 2.9 MB Q4_1 product run between layers, as a step's weights pass ("cold"); in µs a
+/// layer and ns per (position, head).
 fn attention_sweep(be: &CpuBackend) {
     let c = ModelConfig {
         arch: Arch::Llama,
@@ -283,32 +284,26 @@ fn attention_sweep(be: &CpuBackend) {
             )
             .expect("kv");
         let mut out = be.act(n * 576).expect("out");
+        // Each sequence decoding its token at position `p`.
+        let at = |p: usize| -> Vec<PagedSeq<'_>> {
+            tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| PagedSeq {
+                    row0: i,
+                    n: 1,
+                    pos0: p,
+                    blocks: t,
+                })
+                .collect()
+        };
         // Fill every position of every layer.
         for layer in 0..c.n_layers {
             for p in 0..len {
-                let seqs: Vec<PagedSeq<'_>> = tables
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| PagedSeq {
-                        row0: i,
-                        n: 1,
-                        pos0: p,
-                        blocks: t,
-                    })
-                    .collect();
-                be.attention(&c, &mut pool, layer, &q, &kv, &kv, &seqs, &mut out);
+                be.attention(&c, &mut pool, layer, &q, &kv, &kv, &at(p), &mut out);
             }
         }
-        let seqs: Vec<PagedSeq<'_>> = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| PagedSeq {
-                row0: i,
-                n: 1,
-                pos0: len - 1,
-                blocks: t,
-            })
-            .collect();
+        let seqs = at(len - 1);
         let pairs = (n * len * c.n_heads) as f64;
         let reps = 400;
         let t0 = Instant::now();

@@ -150,6 +150,8 @@ fn float_matmul(
     out: &mut [f32],
 ) {
     let (rows, cols) = (w.rows, w.cols);
+    assert!(out.len() >= n * rows, "output of {} too short", w.name);
+    assert!(x.len() >= n * cols, "input of {} too short", w.name);
     let data = w.data.as_slice();
     let rb = w.row_bytes();
     let optr = SyncPtr(out.as_mut_ptr());

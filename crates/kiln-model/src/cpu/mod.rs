@@ -461,34 +461,39 @@ impl CpuBackend {
                 // went through the caches since this layer's last use): on the first head of
                 // a group, ask for the next group's lines, which the hardware's prefetchers
                 // do not foresee (a block table's blocks lie anywhere in the pool).
-                let ahead = |job: usize| {
-                    let (mut s, mut start) = (0, 0);
+                // Job `job`'s sequence is found from the current one's (`s`, whose jobs start
+                // at `start`): the next group is in it or in one of the next few.
+                let line = (64 / std::mem::size_of::<T>()).max(1);
+                let ahead = |job: usize, mut s: usize, mut start: usize| {
+                    if job >= j1 {
+                        return;
+                    }
                     while s < seqs.len() && job >= start + seqs[s].n * nh {
                         start += seqs[s].n * nh;
                         s += 1;
                     }
-                    if job >= j1 || s == seqs.len() {
+                    let Some(sq) = seqs.get(s) else {
                         return;
-                    }
-                    let sq = &seqs[s];
+                    };
                     let (t, h) = ((job - start) / nh, (job - start) % nh);
                     let kvh = h / group;
                     for p in 0..sq.pos0 + t + 1 {
                         let o = l.slot(layer, sq.blocks, p) + kvh * hd;
-                        for d in [0, hd / 2, hd - 1] {
+                        // Each cache line of the head's key and value, the last included.
+                        for d in (0..hd).step_by(line).chain([hd - 1]) {
                             kernels::prefetch(kc[o + d..].as_ptr());
                             kernels::prefetch(vc[o + d..].as_ptr());
                         }
                     }
                 };
                 for job in j0..j1 {
-                    if job == j0 || job % group == 0 {
-                        ahead(job - job % group + group);
-                    }
                     while job >= seq_end {
                         si += 1;
                         seq_start = seq_end;
                         seq_end += seqs[si].n * nh;
+                    }
+                    if job == j0 || job % group == 0 {
+                        ahead(job - job % group + group, si, seq_start);
                     }
                     let sq = &seqs[si];
                     let local = job - seq_start;
@@ -657,7 +662,11 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
     ) {
         let (x, w, out) = (&x[..], &w[..], &mut out[..]);
-        wide!(self.isa, fn(x: &[f32], w: &[f32], eps: f32, n: usize, dim: usize, out: &mut [f32]) rms_norm_rows(x, w, eps, n, dim, out));
+        wide!(
+            self.isa,
+            fn(x: &[f32], w: &[f32], eps: f32, n: usize, dim: usize, out: &mut [f32])
+            rms_norm_rows(x, w, eps, n, dim, out)
+        );
     }
 
     fn matmul(&self, w: &CpuMat, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
@@ -688,7 +697,19 @@ impl Backend for CpuBackend {
             let mut angles = r.borrow_mut();
             angles.update(cfg.rope_base, rd, seqs);
             let (table, style, x) = (&angles.table[..], cfg.rope_style, &mut x[..]);
-            wide!(self.isa, fn(x: &mut [f32], table: &[(f32, f32)], seqs: &[PagedSeq<'_>], heads: usize, hd: usize, half: usize, style: RopeStyle) rope_rows(x, table, seqs, heads, hd, half, style));
+            wide!(
+                self.isa,
+                fn(
+                    x: &mut [f32],
+                    table: &[(f32, f32)],
+                    seqs: &[PagedSeq<'_>],
+                    heads: usize,
+                    hd: usize,
+                    half: usize,
+                    style: RopeStyle
+                )
+                rope_rows(x, table, seqs, heads, hd, half, style)
+            );
         });
     }
 

@@ -113,6 +113,19 @@ pub enum Fmt {
 }
 
 impl Fmt {
+    /// The file type of this format.
+    pub fn ty(self) -> GgmlType {
+        match self {
+            Fmt::Q4_0 => GgmlType::Q4_0,
+            Fmt::Q4_1 => GgmlType::Q4_1,
+            Fmt::Q5_0 => GgmlType::Q5_0,
+            Fmt::Q8_0 => GgmlType::Q8_0,
+            Fmt::Q4_K => GgmlType::Q4_K,
+            Fmt::Q5_K => GgmlType::Q5_K,
+            Fmt::Q6_K => GgmlType::Q6_K,
+        }
+    }
+
     /// The kernel format for a file type, if there is one.
     pub fn of(ty: GgmlType) -> Option<Fmt> {
         Some(match ty {
@@ -380,14 +393,6 @@ fn block_offsets(qs: &[i8], off: &mut [i32]) {
     }
 }
 
-/// Bytes of one block of a format that has panels.
-fn block_bytes(fmt: Fmt) -> usize {
-    match fmt {
-        Fmt::Q8_0 => 34,
-        _ => 20,
-    }
-}
-
 /// The rows of a matrix in the layout its kernel reads, where that is not the file's
 /// ([`Layout::Panels`]): each 16 rows (a panel, in the bytes the file gives those rows)
 /// become, block by block, the 16 rows' block in SIMD lane order. A Q4_1 block of a panel
@@ -401,7 +406,7 @@ pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Opti
         return None;
     }
     let nb = cols / 32;
-    let bb = block_bytes(fmt);
+    let bb = fmt.ty().block().1;
     let rb = nb * bb;
     if data.len() != rows * rb {
         return None;
@@ -457,7 +462,7 @@ fn copy_flip(from: &[u8], to: &mut [u8], flip: bool) {
 /// layout, into `out` (one row's bytes).
 pub fn unpack_row(fmt: Fmt, data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
     let nb = cols / 32;
-    let bb = block_bytes(fmt);
+    let bb = fmt.ty().block().1;
     let rb = nb * bb;
     let p = r / PANEL;
     if (p + 1) * PANEL * rb > data.len() {
@@ -629,13 +634,11 @@ pub fn scalar_tile_fn(fmt: Fmt) -> TileFn {
 /// Multiplies weight rows `r0..r1` (each `rb` bytes of `w`, in the kernel's layout) with
 /// every token of `a`, in tiles of 4 rows (16 for panels) by the kernel's tokens, handing
 /// each token's results for a run of consecutive rows to `store(token, first_row, values)`.
-/// With panels, `r0` is a multiple of 16 (or
-/// the range is empty).
+/// With panels, `r0` is a multiple of 16 (or the range is empty).
 ///
 /// # Panics
 /// If `w` is shorter than `r1` rows or a row is not `a`'s width in the kernel's format
 /// (the caller checked both when it took the matrix in).
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_rows(
     k: &Tiles,
     w: &[u8],

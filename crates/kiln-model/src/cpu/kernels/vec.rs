@@ -823,6 +823,38 @@ mod tests {
         )
     }
 
+    /// Attention's softmax on every instruction set of this CPU against the plain loop it
+    /// replaced (libm's `exp`, the sum in order), on rows of whole chunks, partial ones, and
+    /// scores far below the maximum (the lanes `expf_512` hands to `f32::exp`).
+    #[test]
+    fn softmax_is_the_plain_loop_on_every_isa() {
+        let exact = cfg!(all(target_os = "linux", target_env = "gnu"));
+        for len in [1usize, 15, 16, 17, 80, 100] {
+            let row: Vec<f32> = (0..len)
+                .map(|i| match i % 7 {
+                    3 => -200.0 + i as f32,
+                    5 => f32::NEG_INFINITY,
+                    _ => ((i * 37) % 101) as f32 * 0.173 - 8.0,
+                })
+                .collect();
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut want: Vec<f32> = row.iter().map(|&s| (s - max).exp()).collect();
+            let sum = want.iter().fold(0f32, |a, &s| a + s);
+            want.iter_mut().for_each(|s| *s *= 1.0 / sum);
+            for isa in Isa::available() {
+                let mut got = row.clone();
+                softmax(isa, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    let ulps = (g.to_bits() as i64 - w.to_bits() as i64).abs();
+                    assert!(
+                        ulps == 0 || (!exact && ulps <= 2),
+                        "{isa:?} len {len}: {g:e} against {w:e}"
+                    );
+                }
+            }
+        }
+    }
+
     /// The vector `expf` against `f32::exp` over every 61st f32 bit pattern (70 million,
     /// both signs, all exponents), the specials, and the neighbourhood of the cut at 88:
     /// the same bits where the C library is glibc on x86-64 (the machines kiln is measured

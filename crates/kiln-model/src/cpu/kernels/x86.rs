@@ -107,7 +107,7 @@ const PREFETCH: usize = 4096;
 /// push the KV cache and the activations out of the shared cache. One candidate 0.288 ->
 /// 0.274 s, five 0.474 -> 0.455 s (`bash scripts/refine_ab.sh 12`, medians).
 #[inline(always)]
-fn prefetch(p: *const u8) {
+fn prefetch_ahead(p: *const u8) {
     // SAFETY: a prefetch never faults, whatever the address; `wrapping_add` keeps the
     // pointer arithmetic defined.
     unsafe { _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(PREFETCH).cast()) }
@@ -199,7 +199,7 @@ unsafe fn q4_0_512<const R: usize, const C: usize>(
             let mut wd = [_mm512_setzero_ps(); R];
             for r in 0..R {
                 let b0 = w.add(r * rb + p * 36);
-                prefetch(b0);
+                prefetch_ahead(b0);
                 wq[r] = nib2(b0.add(2), b0.add(20));
                 let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(18)));
                 wd[r] = spread2(_mm_cvtph_ps(dd), 0, 1);
@@ -252,7 +252,7 @@ unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
         for b in 0..a.nb {
             let base = w.add(b * 320);
             for c in 0..5 {
-                prefetch(base.wrapping_add(64 * c));
+                prefetch_ahead(base.wrapping_add(64 * c));
             }
             let dm = _mm512_loadu_si512(base.cast());
             let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
@@ -296,7 +296,7 @@ unsafe fn q8_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
         for b in 0..a.nb {
             let base = w.add(b * 544);
             for c in 0..9 {
-                prefetch(base.wrapping_add(64 * c));
+                prefetch_ahead(base.wrapping_add(64 * c));
             }
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
             let wk: [__m512i; 8] =
@@ -335,7 +335,7 @@ unsafe fn panel_sum(wk: &[__m512i; 8], act: *const i8, start: __m512i) -> __m512
     }
 }
 
-/// Lane `r` of `v` into `o[r][t]`.
+/// The 16 lanes of `v` (a panel's rows) into token `t`'s row of the tile.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn store_lanes(v: __m512, o: &mut Tile, t: usize) {
@@ -400,7 +400,7 @@ unsafe fn q5_0_512<const R: usize, const C: usize>(
             let mut wd = [_mm512_setzero_ps(); R];
             for r in 0..R {
                 let b0 = w.add(r * rb + p * 44);
-                prefetch(b0);
+                prefetch_ahead(b0);
                 // Bit j of the two blocks' `qh` is the fifth bit of value j.
                 let qh = (ld32(b0.add(2)) as u32 as u64) | ((ld32(b0.add(24)) as u32 as u64) << 32);
                 let hb = _mm512_maskz_mov_epi8(qh, fifth);
@@ -491,7 +491,7 @@ unsafe fn qk_512<const R: usize, const C: usize, const HIGH: bool>(
             for r in 0..R {
                 blk[r] = w.add(r * rb + sb * bytes);
                 for l in (0..bytes).step_by(64) {
-                    prefetch(blk[r].wrapping_add(l));
+                    prefetch_ahead(blk[r].wrapping_add(l));
                 }
                 (wsc[r], wm[r]) = k_scales_512(blk[r]);
             }
@@ -618,7 +618,7 @@ unsafe fn q6_k_512<const R: usize, const C: usize>(
             for r in 0..R {
                 blk[r] = w.add(r * rb + sb * 210);
                 for l in (0..210).step_by(64) {
-                    prefetch(blk[r].wrapping_add(l));
+                    prefetch_ahead(blk[r].wrapping_add(l));
                 }
                 let d = _mm_cvtph_ps(_mm_cvtsi32_si128(ld16(blk[r].add(208))));
                 let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk[r].add(192).cast()));
@@ -674,8 +674,6 @@ unsafe fn q6_k_512<const R: usize, const C: usize>(
         }
     }
 }
-
-// ------------------------------------------------ AVX-512 VNNI, 8 tokens a row
 
 // ---------------------------------------------------------------- AVX2
 
