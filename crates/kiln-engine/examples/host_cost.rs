@@ -34,6 +34,7 @@ impl Runner for Instant0 {
         batch: &[Slice<'_>],
         rows: &[RowSampling],
         _adjust: &[Adjust],
+        _masks: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
         let _ = batch;
@@ -91,7 +92,7 @@ fn main() {
         };
         let tx = tx.clone();
         e.submit(
-            Request { prompt, params },
+            Request::new(prompt, params),
             Box::new(move |ev| tx.try_send(ev).is_ok()),
         )
         .unwrap();

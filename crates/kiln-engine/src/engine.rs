@@ -11,6 +11,7 @@ use kiln_model::ModelError;
 use serde::Serialize;
 
 use crate::blocks::{BlockManager, Registered};
+use crate::constraint::Constraint;
 use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
 use crate::score::{token_logprob, PromptScore, ScoreRequest, ScoreSink};
 
@@ -43,13 +44,14 @@ pub trait Runner: Send {
     /// Blocks in the KV pool.
     fn n_blocks(&self) -> usize;
     /// Runs every slice and chooses one token for each slice that wants logits, in order:
-    /// `rows` holds one sampling description per such slice (with `adjust`, see
+    /// `rows` holds one sampling description per such slice (with `adjust` and `masks`, see
     /// [`kiln_model::sample`]); the tokens (and log-probabilities asked for) go to `out`.
     fn step(
         &mut self,
         batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError>;
     /// Whether [`Runner::start`] returns before the step is done (a device that works
@@ -64,8 +66,9 @@ pub trait Runner: Send {
         batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
     ) -> Result<(), ModelError> {
-        let _ = (batch, rows, adjust);
+        let _ = (batch, rows, adjust, masks);
         Err(ModelError::Input(
             "this runner does not split its steps".into(),
         ))
@@ -123,6 +126,20 @@ pub struct Request {
     pub prompt: Vec<u32>,
     /// Sampling parameters.
     pub params: SamplingParams,
+    /// What the output must be (compiled by [`crate::Grammars`] for this model); `None`:
+    /// free text.
+    pub constraint: Option<Box<Constraint>>,
+}
+
+impl Request {
+    /// A request for free text.
+    pub fn new(prompt: Vec<u32>, params: SamplingParams) -> Self {
+        Request {
+            prompt,
+            params,
+            constraint: None,
+        }
+    }
 }
 
 /// Token counts and latencies of a finished request.
@@ -294,6 +311,10 @@ struct Seq {
     score: Option<Box<Scoring>>,
     /// Tokens taken into `tokens` and not yet streamed (see [`Engine::flush`]).
     unsent: Vec<(u32, Option<TokenLogprob>)>,
+    /// The grammar the output follows, if any.
+    constraint: Option<Box<Constraint>>,
+    /// Why the constraint failed (the sequence then ends with this error).
+    error: Option<String>,
     /// Why the sequence ends, when streaming found it (a stop string, or a listener gone)
     /// after its next step had started; that step's token is then dropped.
     stopped: Option<FinishReason>,
@@ -401,6 +422,10 @@ pub struct Engine<R: Runner> {
     next_id: Arc<std::sync::atomic::AtomicU64>,
     rows: Vec<RowSampling>,
     adjust: Vec<Adjust>,
+    /// Mask rows of this step's constrained sequences.
+    masks: Vec<u32>,
+    /// Each plan entry's mask row.
+    mask_of: Vec<Option<u32>>,
     sampled: Vec<Sampled>,
     score_logits: Vec<f32>,
     stats: EngineStats,
@@ -425,6 +450,8 @@ impl<R: Runner> Engine<R> {
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             rows: Vec::new(),
             adjust: Vec::new(),
+            masks: Vec::new(),
+            mask_of: Vec::new(),
             sampled: Vec::new(),
             score_logits: Vec::new(),
             stats: EngineStats::default(),
@@ -500,6 +527,15 @@ impl<R: Runner> Engine<R> {
     /// [`Engine::submit`] under an id taken from [`Engine::id_source`].
     pub fn submit_as(&mut self, id: u64, req: Request, sink: Sink) -> Result<(), SubmitError> {
         self.limits().check_request(&req, self.waiting.len())?;
+        if let Some(c) = &req.constraint {
+            if c.width() != self.runner.vocab_size() {
+                return Err(SubmitError::Prompt(format!(
+                    "the constraint was compiled for a vocabulary of {} tokens; this model has {}",
+                    c.width(),
+                    self.runner.vocab_size()
+                )));
+            }
+        }
         let n = req.prompt.len();
         let max_len = (n + req.params.max_tokens).min(self.runner.context_length());
         let seed = req
@@ -525,6 +561,8 @@ impl<R: Runner> Engine<R> {
             score: None,
             unsent: Vec::new(),
             stopped: None,
+            constraint: req.constraint,
+            error: None,
         });
         Ok(())
     }
@@ -572,6 +610,8 @@ impl<R: Runner> Engine<R> {
             })),
             unsent: Vec::new(),
             stopped: None,
+            constraint: None,
+            error: None,
         });
         Ok(id)
     }
@@ -676,6 +716,10 @@ impl<R: Runner> Engine<R> {
         }
         for (mut seq, reason) in self.retiring.drain(..) {
             any = true;
+            if let Some(e) = seq.error.take() {
+                (seq.sink)(Event::Failed(e));
+                continue;
+            }
             let reason = match (reason, seq.stopped) {
                 (FinishReason::Cancelled, _) | (_, Some(FinishReason::Cancelled)) => continue,
                 (_, Some(stop)) => stop,
@@ -708,6 +752,42 @@ impl<R: Runner> Engine<R> {
             }
         }
         any
+    }
+
+    /// Fills this step's mask rows, one per constrained sequence that samples in it, and
+    /// `mask_of` (each plan entry's row). A constraint that fails allows only the end tokens
+    /// and ends its sequence with the error after the step.
+    fn fill_masks(&mut self, plan: &[(usize, usize)]) {
+        self.masks.clear();
+        self.mask_of.clear();
+        let words = kiln_model::sample::mask_words(self.runner.vocab_size());
+        let mut rows = 0u32;
+        for &(idx, n) in plan {
+            let s = &mut self.running[idx];
+            let samples = s.score.is_none() && s.computed + n == s.tokens.len();
+            let mut row = None;
+            if let (true, Some(c)) = (samples, s.constraint.as_mut()) {
+                let at = self.masks.len();
+                self.masks.resize(at + words, 0);
+                let mask = &mut self.masks[at..];
+                if s.error.is_some() {
+                    mask.fill(0);
+                } else if let Err(e) = c.fill_mask(mask) {
+                    s.error = Some(format!("the output constraint failed: {e}"));
+                    mask.fill(0);
+                }
+                if s.error.is_some() {
+                    for &t in self.tok.eog_ids() {
+                        if let Some(w) = mask.get_mut(t as usize / 32) {
+                            *w |= 1 << (t % 32);
+                        }
+                    }
+                }
+                row = Some(rows);
+                rows += 1;
+            }
+            self.mask_of.push(row);
+        }
     }
 
     /// Chooses this step's work: decodes first (one token each), then prefill chunks with
@@ -830,13 +910,14 @@ impl<R: Runner> Engine<R> {
             return Ok(true);
         }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
+        self.fill_masks(&plan);
         // Small vectors per step: the slices borrow the sequences. Scored chunks go to a
         // teacher-forced pass of their own, so the others keep one row of logits each.
         let mut batch: Vec<Slice<'_>> = Vec::with_capacity(plan.len());
         let mut scored: Vec<Slice<'_>> = Vec::new();
         self.rows.clear();
         self.adjust.clear();
-        for &(idx, n) in plan.iter() {
+        for (k, &(idx, n)) in plan.iter().enumerate() {
             let s = &self.running[idx];
             let slice = Slice {
                 tokens: &s.tokens[s.computed..s.computed + n],
@@ -845,7 +926,9 @@ impl<R: Runner> Engine<R> {
                 want_logits: s.score.is_none() && s.computed + n == s.tokens.len(),
             };
             if slice.want_logits {
-                self.rows.push(s.sampler.row(&mut self.adjust));
+                let mut row = s.sampler.row(&mut self.adjust);
+                row.mask = self.mask_of[k];
+                self.rows.push(row);
             }
             if s.in_scored_part() {
                 scored.push(slice);
@@ -862,11 +945,17 @@ impl<R: Runner> Engine<R> {
         // streamed while it runs.
         let started = overlap && !batch.is_empty();
         if started {
-            result = self.runner.start(&batch, &self.rows, &self.adjust);
-        } else if !batch.is_empty() {
             result = self
                 .runner
-                .step(&batch, &self.rows, &self.adjust, &mut self.sampled);
+                .start(&batch, &self.rows, &self.adjust, &self.masks);
+        } else if !batch.is_empty() {
+            result = self.runner.step(
+                &batch,
+                &self.rows,
+                &self.adjust,
+                &self.masks,
+                &mut self.sampled,
+            );
         }
         if result.is_ok() && !scored.is_empty() {
             result = self.runner.step_all(&scored, &mut self.score_logits);
@@ -940,6 +1029,10 @@ impl<R: Runner> Engine<R> {
             }
             let sampled = &self.sampled[row];
             row += 1;
+            if seq.error.is_some() {
+                done.push((idx, FinishReason::Stop));
+                continue;
+            }
             if let Some(reason) = seq.stopped.or_else(|| accept(seq, &self.tok, sampled)) {
                 done.push((idx, reason));
             }
@@ -978,7 +1071,18 @@ fn accept(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishRea
     }
     let params = seq.sampler.params();
     let generated = seq.tokens.len() - seq.prompt_len;
-    if tok.is_eog(id) && !params.ignore_eos {
+    let eog = tok.is_eog(id) && !params.ignore_eos;
+    if let (false, Some(c)) = (eog, seq.constraint.as_mut()) {
+        if let Err(e) = c.consume(id) {
+            seq.error = Some(format!("the output constraint failed: {e}"));
+            return Some(FinishReason::Stop);
+        }
+        if c.is_done() {
+            return Some(FinishReason::Stop);
+        }
+    }
+    let params = seq.sampler.params();
+    if eog {
         Some(FinishReason::Stop)
     } else if generated >= params.max_tokens {
         Some(FinishReason::Length)

@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod builder;
+pub mod constraint;
 pub mod engine;
 pub mod handle;
 pub mod runner;
@@ -13,6 +14,7 @@ pub mod score;
 
 pub use blocks::BlockManager;
 pub use builder::{EngineBuilder, EngineSize};
+pub use constraint::{Constraint, Grammar, GrammarError, Grammars};
 pub use engine::{
     Engine, EngineConfig, EngineStats, Event, FinishReason, Limits, Request, Runner, Sink, Slice,
     SubmitError, Usage,

@@ -105,11 +105,12 @@ impl<B: Backend> Runner for ModelRunner<B> {
         batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
         self.model
             .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Keep)?;
-        self.model.sample(&mut self.state, rows, adjust, out)
+        self.model.sample(&mut self.state, rows, adjust, masks, out)
     }
 
     fn overlaps(&self) -> bool {
@@ -121,10 +122,12 @@ impl<B: Backend> Runner for ModelRunner<B> {
         batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
     ) -> Result<(), ModelError> {
         self.model
             .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Keep)?;
-        self.model.sample_start(&mut self.state, rows, adjust)
+        self.model
+            .sample_start(&mut self.state, rows, adjust, masks)
     }
 
     fn finish(&mut self, out: &mut Vec<Sampled>) -> Result<(), ModelError> {

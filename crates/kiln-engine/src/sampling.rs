@@ -304,6 +304,7 @@ impl RequestSampler {
             counter: self.drawn,
             adjust: (start as u32, (adjust.len() - start) as u32),
             logprobs: p.logprobs.map(|n| n as u8),
+            mask: None,
         }
     }
 
@@ -327,6 +328,7 @@ impl RequestSampler {
         let s = kiln_model::sample::sample_row(
             &mut l,
             &row,
+            None,
             &adjust,
             &mut kiln_model::sample::Scratch::default(),
         );

@@ -96,6 +96,7 @@ impl Runner for MockRunner {
         batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
         let mut row = Vec::new();
@@ -110,7 +111,15 @@ impl Runner for MockRunner {
             }
         }
         let mut scratch = kiln_model::sample::Scratch::default();
-        kiln_model::sample::sample_rows(&mut logits, self.vocab, rows, adjust, out, &mut scratch);
+        kiln_model::sample::sample_rows(
+            &mut logits,
+            self.vocab,
+            rows,
+            adjust,
+            masks,
+            out,
+            &mut scratch,
+        );
         Ok(())
     }
     fn overlaps(&self) -> bool {
@@ -121,6 +130,7 @@ impl Runner for MockRunner {
         batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
     ) -> Result<(), ModelError> {
         assert!(
             self.overlap,
@@ -131,7 +141,7 @@ impl Runner for MockRunner {
             "a step started before the last finished"
         );
         let mut out = Vec::new();
-        self.step(batch, rows, adjust, &mut out)?;
+        self.step(batch, rows, adjust, masks, &mut out)?;
         self.started = Some(out);
         Ok(())
     }
@@ -241,6 +251,7 @@ fn run_alone(tok: &Arc<Tokenizer>, prompt: &[u32], p: SamplingParams) -> Collect
         Request {
             prompt: prompt.to_vec(),
             params: p,
+            constraint: None,
         },
         sink(out.clone(), None),
     )
@@ -277,6 +288,7 @@ fn batched_outputs_equal_solo_outputs() {
                 Request {
                     prompt: p.clone(),
                     params: params(i),
+                    constraint: None,
                 },
                 sink(outs[i].clone(), None),
             )
@@ -315,6 +327,7 @@ fn cancellation_frees_blocks_at_the_next_step() {
         Request {
             prompt: (200..260).collect(),
             params: SamplingParams::greedy(100),
+            constraint: None,
         },
         sink(out.clone(), Some(3)),
     )
@@ -350,6 +363,7 @@ fn flood_within_budget_never_crashes() {
             Request {
                 prompt,
                 params: SamplingParams::greedy(20),
+                constraint: None,
             },
             sink(out.clone(), None),
         ) {
@@ -405,7 +419,7 @@ fn bad_requests_are_refused_by_name() {
         EngineConfig::default(),
     );
     let out = Arc::new(Mutex::new(Collected::default()));
-    let r = |prompt: Vec<u32>, params| Request { prompt, params };
+    let r = |prompt: Vec<u32>, params| Request::new(prompt, params);
     let err = e
         .submit(
             r(vec![], SamplingParams::default()),
@@ -466,6 +480,7 @@ fn handle_serves_concurrent_callers() {
                     Request {
                         prompt: p,
                         params: params(i),
+                        constraint: None,
                     },
                     Box::new(move |e| tx.send(e).is_ok()),
                 )
@@ -502,6 +517,7 @@ fn a_lone_sequence_at_the_budget_ends_cleanly() {
         Request {
             prompt: (200..210).collect(),
             params: SamplingParams::greedy(100),
+            constraint: None,
         },
         sink(out.clone(), None),
     )
@@ -581,6 +597,7 @@ fn scored_texts_match_direct_logits_and_leave_others_alone() {
                 Request {
                     prompt: p.clone(),
                     params: params(i),
+                    constraint: None,
                 },
                 sink(outs[i].clone(), None),
             )
@@ -731,6 +748,7 @@ fn a_cancelled_queued_request_is_never_prefilled() {
             Request {
                 prompt: p,
                 params: params.clone(),
+                constraint: None,
             },
             sink(out.clone(), None),
         )
@@ -800,6 +818,7 @@ fn overlapped_steps_stream_the_same_events() {
                 let req = Request {
                     prompt: p.clone(),
                     params,
+                    constraint: None,
                 };
                 e.submit(req, sink(outs[i].clone(), stop_after)).unwrap();
             }
@@ -820,5 +839,126 @@ fn overlapped_steps_stream_the_same_events() {
                 "request {i}, {n_blocks} blocks, batch {max_batch_tokens}"
             );
         }
+    }
+}
+
+/// A model of arbitrary logits, constrained, writes only what its grammar allows: every
+/// constrained answer is JSON of its schema (or matches its regular expression) and ends
+/// by itself, through preemption and beside free requests, whose tokens the constrained
+/// rows in their batch leave unchanged.
+#[test]
+fn constrained_answers_follow_their_grammar_whatever_the_logits() {
+    use kiln_engine::{Grammar, Grammars};
+    use serde_json::{json, Value};
+    let tok = tokenizer();
+    let grammars = Grammars::new(tok.clone(), tok.vocab_size()).unwrap();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3},
+            "ok": {"type": "boolean"}
+        },
+        "required": ["name", "age", "tags", "ok"],
+        "additionalProperties": false
+    });
+    let free_prompt: Vec<u32> = (300..340).collect();
+    let free = run_alone(&tok, &free_prompt, params(1));
+    for (n_blocks, max_batch_tokens) in [(64, 256), (10, 16)] {
+        let mut e = Engine::new(
+            MockRunner::new(tok.vocab_size(), n_blocks, 16),
+            tok.clone(),
+            EngineConfig {
+                max_batch_tokens,
+                ..Default::default()
+            },
+        );
+        let mut outs = Vec::new();
+        for i in 0..6u64 {
+            let g = if i % 3 == 2 {
+                Grammar::Regex(r"(yes|no), [0-9]{1,3}".into())
+            } else {
+                Grammar::JsonSchema(schema.clone())
+            };
+            let out = Arc::new(Mutex::new(Collected::default()));
+            let req = Request {
+                prompt: (400 + i as u32..430).collect(),
+                params: SamplingParams {
+                    temperature: 1.0,
+                    top_k: 0,
+                    seed: Some(i),
+                    max_tokens: 400,
+                    ..Default::default()
+                },
+                constraint: Some(Box::new(grammars.compile(&g).unwrap())),
+            };
+            e.submit(req, sink(out.clone(), None)).unwrap();
+            outs.push((g, out));
+        }
+        let free_out = Arc::new(Mutex::new(Collected::default()));
+        e.submit(
+            Request::new(free_prompt.clone(), params(1)),
+            sink(free_out.clone(), None),
+        )
+        .unwrap();
+        e.run_to_completion().unwrap();
+        assert_eq!(*free_out.lock().unwrap(), free, "the free request changed");
+        for (g, out) in outs {
+            let o = out.lock().unwrap();
+            assert_eq!(o.failed, None);
+            assert_eq!(o.done, Some(FinishReason::Stop), "{:?}", o.text);
+            match g {
+                Grammar::JsonSchema(_) => {
+                    let v: Value = serde_json::from_str(&o.text)
+                        .unwrap_or_else(|e| panic!("{e}: {:?}", o.text));
+                    let m = v.as_object().unwrap();
+                    assert_eq!(m.len(), 4, "{}", o.text);
+                    assert!(m["name"].as_str().unwrap().chars().count() <= 12);
+                    assert!((0..=120).contains(&m["age"].as_i64().unwrap()));
+                    let tags = m["tags"].as_array().unwrap();
+                    assert!(tags.len() <= 3);
+                    assert!(tags
+                        .iter()
+                        .all(|t| ["red", "green", "blue"].contains(&t.as_str().unwrap())));
+                    assert!(m["ok"].is_boolean());
+                }
+                _ => {
+                    let (word, num) = o.text.split_once(", ").expect(&o.text);
+                    assert!(word == "yes" || word == "no", "{}", o.text);
+                    assert!((1..=3).contains(&num.len()), "{}", o.text);
+                    assert!(num.bytes().all(|b| b.is_ascii_digit()), "{}", o.text);
+                }
+            }
+        }
+    }
+}
+
+/// Grammars that cannot be used are refused when compiled, with what is wrong.
+#[test]
+fn bad_grammars_are_refused_with_the_reason() {
+    use kiln_engine::{Grammar, Grammars};
+    use serde_json::json;
+    let tok = tokenizer();
+    let grammars = Grammars::new(tok.clone(), tok.vocab_size()).unwrap();
+    for (g, says) in [
+        (
+            Grammar::JsonSchema(json!({"type": "frobnicate"})),
+            "frobnicate",
+        ),
+        (Grammar::JsonSchema(json!(17)), "object or a boolean"),
+        (
+            Grammar::JsonSchema(json!({"$ref": "#/$defs/missing"})),
+            "missing",
+        ),
+        (Grammar::Regex("(unclosed".into()), ""),
+        (
+            Grammar::Lark("start: undefined_rule".into()),
+            "undefined_rule",
+        ),
+    ] {
+        let e = grammars.compile(&g).expect_err(&format!("{g:?}"));
+        assert!(e.0.contains(says), "{g:?}: {e}");
+        assert!(e.0.len() < 600, "{e}");
     }
 }

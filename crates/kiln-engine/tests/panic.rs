@@ -26,6 +26,7 @@ fn a_panicking_engine_thread_is_reported_and_ends_its_requests() {
             Request {
                 prompt: vec![1, 2, 3],
                 params: SamplingParams::default(),
+                constraint: None,
             },
             Box::new(move |e| tx.send(e).is_ok()),
         )
@@ -55,6 +56,7 @@ fn a_panicking_engine_thread_is_reported_and_ends_its_requests() {
         Request {
             prompt: vec![1],
             params: SamplingParams::default(),
+            constraint: None,
         },
         Box::new(|_| true),
     );

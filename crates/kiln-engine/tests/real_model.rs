@@ -83,6 +83,7 @@ fn requests(tok: &Tokenizer) -> Vec<Request> {
             Request {
                 prompt: tok.encode(&text, true, true),
                 params,
+                constraint: None,
             }
         })
         .collect()
@@ -175,10 +176,11 @@ impl Runner for Watched {
         batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
         self.calls.push('s');
-        self.inner.step(batch, rows, adjust, out)
+        self.inner.step(batch, rows, adjust, masks, out)
     }
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         self.calls.push('a');

@@ -195,7 +195,7 @@ fn sample_sweep() {
                 let t = Instant::now();
                 for c in 0..reps {
                     let p = RowSampling { counter: c, ..p };
-                    std::hint::black_box(sample_row(&mut r, &p, &[], &mut s));
+                    std::hint::black_box(sample_row(&mut r, &p, None, &[], &mut s));
                 }
                 t.elapsed().as_secs_f64() / reps as f64 * 1e6
             })

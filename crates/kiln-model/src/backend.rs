@@ -242,7 +242,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// Chooses one token per row of `logits` (`rows.len()` rows of `width` values) where the
     /// logits are, following [`crate::sample`]; only the results come back to the host. The
-    /// adjustments of row `i` are `adjust[rows[i].adjust]`; they may be applied to `logits` in
+    /// adjustments of row `i` are `adjust[rows[i].adjust]`, its mask row `rows[i].mask` of `masks`
+    /// ([`crate::sample::mask_row`]); both may be applied to `logits` in
     /// place. This default reads the logits back and samples on the host.
     fn sample(
         &self,
@@ -250,12 +251,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
         width: usize,
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
         out: &mut Vec<Sampled>,
     ) {
         let mut v = vec![0f32; rows.len() * width];
         self.read(logits, &mut v);
         let mut s = crate::sample::Scratch::default();
-        crate::sample::sample_rows(&mut v, width, rows, adjust, out, &mut s);
+        crate::sample::sample_rows(&mut v, width, rows, adjust, masks, out, &mut s);
     }
 
     /// Whether operations return before the device has done them (a GPU's stream), so that
@@ -274,8 +276,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
         width: usize,
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
     ) -> bool {
-        let _ = (logits, width, rows, adjust);
+        let _ = (logits, width, rows, adjust, masks);
         false
     }
 

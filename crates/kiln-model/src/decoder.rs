@@ -463,9 +463,10 @@ impl<B: Backend> Model<B> {
         state: &mut State<B>,
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
-        self.sample_start(state, rows, adjust)?;
+        self.sample_start(state, rows, adjust, masks)?;
         self.sample_wait(state, out)
     }
 
@@ -476,6 +477,7 @@ impl<B: Backend> Model<B> {
         state: &mut State<B>,
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
     ) -> Result<(), ModelError> {
         if rows.len() != state.logit_rows {
             return Err(ModelError::Input(format!(
@@ -495,15 +497,28 @@ impl<B: Backend> Model<B> {
                 r.logprobs
             )));
         }
+        let words = crate::sample::mask_words(self.cfg.vocab_size);
+        if let Some(m) = rows
+            .iter()
+            .filter_map(|r| r.mask)
+            .find(|&m| (m as usize + 1) * words > masks.len())
+        {
+            return Err(ModelError::Input(format!(
+                "a sampling row asks for mask {m} of {} words ({words} words a row)",
+                masks.len()
+            )));
+        }
         state.sampled.clear();
         state.sampling = false;
         if !rows.is_empty() {
             let logits = &mut state.logits_dev;
             let width = self.cfg.vocab_size;
-            state.sampling = self.backend.sample_start(logits, width, rows, adjust);
+            state.sampling = self
+                .backend
+                .sample_start(logits, width, rows, adjust, masks);
             if !state.sampling {
                 self.backend
-                    .sample(logits, width, rows, adjust, &mut state.sampled);
+                    .sample(logits, width, rows, adjust, masks, &mut state.sampled);
             }
         }
         Ok(())

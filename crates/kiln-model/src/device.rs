@@ -410,17 +410,18 @@ impl Backend for Device {
         width: usize,
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
         out: &mut Vec<Sampled>,
     ) {
         match self {
             Device::Cpu(b) => {
                 cpu!(logits);
-                b.sample(logits, width, rows, adjust, out)
+                b.sample(logits, width, rows, adjust, masks, out)
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(b) => {
                 gpu!(logits);
-                b.sample(logits, width, rows, adjust, out)
+                b.sample(logits, width, rows, adjust, masks, out)
             }
         }
     }
@@ -439,16 +440,17 @@ impl Backend for Device {
         width: usize,
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
     ) -> bool {
         match self {
             Device::Cpu(b) => {
                 cpu!(logits);
-                b.sample_start(logits, width, rows, adjust)
+                b.sample_start(logits, width, rows, adjust, masks)
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(b) => {
                 gpu!(logits);
-                b.sample_start(logits, width, rows, adjust)
+                b.sample_start(logits, width, rows, adjust, masks)
             }
         }
     }

@@ -4,6 +4,8 @@
 //! This file is the reference every backend follows (the CPU backend runs it in place; the
 //! CUDA backend runs the same steps in a kernel). The steps for one row:
 //!
+//! 0. A mask, when the row has one (constrained decoding): every token whose bit is clear
+//!    gets a logit of negative infinity, so nothing below can choose it.
 //! 1. Adjustments: each listed token's logit is divided by the repetition penalty (multiplied
 //!    when negative) if it is marked as repeated, then `add` (logit bias minus frequency and
 //!    presence penalties) is added. Only listed tokens are touched, so the host's work per
@@ -47,6 +49,24 @@ pub struct RowSampling {
     pub adjust: (u32, u32),
     /// Report log-probabilities: the chosen token's and this many alternatives.
     pub logprobs: Option<u8>,
+    /// The tokens this row may choose: row `m` of the step's masks, [`mask_words`] words
+    /// of which bit `t % 32` of word `t / 32` allows token `t`; `None` allows every token.
+    pub mask: Option<u32>,
+}
+
+/// Words of one row's mask for a vocabulary of `width` tokens.
+pub fn mask_words(width: usize) -> usize {
+    width.div_ceil(32)
+}
+
+/// Row `m`'s mask of the step's `masks` (empty when they do not hold it).
+pub fn mask_row(masks: &[u32], width: usize, m: Option<u32>) -> Option<&[u32]> {
+    let w = mask_words(width);
+    m.map(|m| {
+        masks
+            .get(m as usize * w..(m as usize + 1) * w)
+            .unwrap_or(&[])
+    })
 }
 
 impl RowSampling {
@@ -61,6 +81,7 @@ impl RowSampling {
         counter: 0,
         adjust: (0, 0),
         logprobs: None,
+        mask: None,
     };
 
     /// Whether the row picks the most likely token.
@@ -268,9 +289,29 @@ fn kth_largest(row: &[f32], k: usize, s: &mut Scratch) -> f32 {
     kth.0
 }
 
-/// Samples one row in place (the adjustments are applied to `row`), following the steps in
-/// this module's documentation.
-pub fn sample_row(row: &mut [f32], p: &RowSampling, adjust: &[Adjust], s: &mut Scratch) -> Sampled {
+/// Samples one row in place (the mask and the adjustments are applied to `row`), following
+/// the steps in this module's documentation. A mask shorter than the row bans the tokens it
+/// does not cover.
+pub fn sample_row(
+    row: &mut [f32],
+    p: &RowSampling,
+    mask: Option<&[u32]>,
+    adjust: &[Adjust],
+    s: &mut Scratch,
+) -> Sampled {
+    if let Some(m) = mask {
+        for (i, c) in row.chunks_mut(32).enumerate() {
+            let bits = m.get(i).copied().unwrap_or(0);
+            if bits == u32::MAX {
+                continue;
+            }
+            for (j, l) in c.iter_mut().enumerate() {
+                if (bits >> j) & 1 == 0 {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
     for a in adjust {
         if let Some(l) = row.get_mut(a.token as usize) {
             if a.repeated {
@@ -458,12 +499,14 @@ fn fill_logprobs(row: &[f32], n: usize, out: &mut Sampled, s: &mut Scratch) {
 }
 
 /// Samples `rows.len()` rows of `width` logits held in host memory, in place; the
-/// adjustments of row `i` are `adjust[rows[i].adjust]`.
+/// adjustments of row `i` are `adjust[rows[i].adjust]`, its mask row `rows[i].mask` of
+/// `masks`.
 pub fn sample_rows(
     logits: &mut [f32],
     width: usize,
     rows: &[RowSampling],
     adjust: &[Adjust],
+    masks: &[u32],
     out: &mut Vec<Sampled>,
     s: &mut Scratch,
 ) {
@@ -471,7 +514,8 @@ pub fn sample_rows(
     for (row, p) in logits.chunks_exact_mut(width.max(1)).zip(rows) {
         let (a0, n) = (p.adjust.0 as usize, p.adjust.1 as usize);
         let adj = adjust.get(a0..a0 + n).unwrap_or(&[]);
-        out.push(sample_row(row, p, adj, s));
+        let mask = mask_row(masks, width, p.mask);
+        out.push(sample_row(row, p, mask, adj, s));
     }
 }
 
@@ -489,7 +533,7 @@ mod tests {
 
     fn draw(row: &[f32], p: RowSampling) -> u32 {
         let mut r = row.to_vec();
-        sample_row(&mut r, &p, &[], &mut Scratch::default()).token
+        sample_row(&mut r, &p, None, &[], &mut Scratch::default()).token
     }
 
     #[test]
@@ -579,7 +623,7 @@ mod tests {
             adjust: (0, 2),
             ..RowSampling::GREEDY
         };
-        let s = sample_row(&mut row, &p, &adj, &mut Scratch::default());
+        let s = sample_row(&mut row, &p, None, &adj, &mut Scratch::default());
         assert_eq!(row, vec![1.0, -1.5, 1.9, 0.0]);
         assert_eq!(s.token, 2);
         let mut row = vec![0.0f32; 4];
@@ -593,7 +637,7 @@ mod tests {
             ..params(1.0)
         };
         assert_eq!(
-            sample_row(&mut row, &p, &adj, &mut Scratch::default()).token,
+            sample_row(&mut row, &p, None, &adj, &mut Scratch::default()).token,
             3
         );
     }
@@ -608,7 +652,7 @@ mod tests {
             logprobs: Some(5),
             ..RowSampling::GREEDY
         };
-        let s = sample_row(&mut row, &p, &[], &mut Scratch::default());
+        let s = sample_row(&mut row, &p, None, &[], &mut Scratch::default());
         assert_eq!(s.top().len(), 5);
         assert_eq!(s.top()[0].0, s.token);
         assert!(s.top().windows(2).all(|w| w[0].1 >= w[1].1));

@@ -560,7 +560,32 @@ fn sample_matches_the_host_reference() {
                 adjust: (0, 3),
                 ..base
             },
+            // Constrained rows: mask 0 allows every third token and the last, mask 1 a
+            // handful scattered over the row.
+            RowSampling {
+                mask: Some(0),
+                ..base
+            },
+            RowSampling {
+                mask: Some(1),
+                logprobs: Some(3),
+                ..RowSampling::GREEDY
+            },
+            RowSampling {
+                mask: Some(1),
+                adjust: (0, 3),
+                top_k: 0,
+                ..base
+            },
         ];
+        let words = kiln_model::sample::mask_words(width);
+        let mut masks = vec![0u32; 2 * words];
+        for t in (0..width).step_by(3).chain([width - 1]) {
+            masks[t / 32] |= 1 << (t % 32);
+        }
+        for t in [1, width / 3, width / 2, width - 2] {
+            masks[words + t / 32] |= 1 << (t % 32);
+        }
         let mut rows = Vec::new();
         for c in 0..12u64 {
             for k in kinds {
@@ -606,12 +631,13 @@ fn sample_matches_the_host_reference() {
             width,
             &rows,
             &adjust,
+            &masks,
             &mut want,
             &mut Scratch::default(),
         );
         let mut dev = upload(&b, &logits);
         let mut got = Vec::new();
-        b.sample(&mut dev, width, &rows, &adjust, &mut got);
+        b.sample(&mut dev, width, &rows, &adjust, &masks, &mut got);
         b.finish().unwrap();
         assert_eq!(got.len(), rows.len());
         let mut same = 0;
@@ -622,6 +648,13 @@ fn sample_matches_the_host_reference() {
             }
             same += (g.token == w.token) as usize;
             assert!((g.token as usize) < width);
+            if let Some(m) = r.mask {
+                let t = g.token as usize;
+                assert!(
+                    masks[m as usize * words + t / 32] >> (t % 32) & 1 == 1,
+                    "width {width}, row {i}: token {t} is masked out"
+                );
+            }
             if r.top_k > 0 && (r.top_k as usize) < width {
                 let mut v = adjusted.to_vec();
                 v.sort_by(|a, b| b.total_cmp(a));

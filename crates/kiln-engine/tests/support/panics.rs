@@ -25,6 +25,7 @@ impl Runner for Panics {
         _: &[Slice<'_>],
         _: &[RowSampling],
         _: &[Adjust],
+        _: &[u32],
         _: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
         panic!("a bug in a kernel");

@@ -782,6 +782,7 @@ impl Backend for CpuBackend {
         width: usize,
         rows: &[crate::sample::RowSampling],
         adjust: &[crate::sample::Adjust],
+        masks: &[u32],
         out: &mut Vec<crate::sample::Sampled>,
     ) {
         // The logits are already in host memory: sampled in place, the rows shared out over
@@ -801,7 +802,8 @@ impl Backend for CpuBackend {
                     let row = unsafe { std::slice::from_raw_parts_mut(lptr.at(r * width), width) };
                     let (a0, na) = (p.adjust.0 as usize, p.adjust.1 as usize);
                     let adj = adjust.get(a0..a0 + na).unwrap_or(&[]);
-                    let v = crate::sample::sample_row(row, p, adj, &mut s);
+                    let mask = crate::sample::mask_row(masks, width, p.mask);
+                    let v = crate::sample::sample_row(row, p, mask, adj, &mut s);
                     unsafe { optr.write(r, v) };
                 }
             });

@@ -1727,9 +1727,10 @@ impl Backend for CudaBackend {
         width: usize,
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
         out: &mut Vec<Sampled>,
     ) {
-        self.sample_start(logits, width, rows, adjust);
+        self.sample_start(logits, width, rows, adjust, masks);
         self.sample_wait(out);
     }
 
@@ -1743,9 +1744,10 @@ impl Backend for CudaBackend {
         width: usize,
         rows: &[RowSampling],
         adjust: &[Adjust],
+        masks: &[u32],
     ) -> bool {
         // Layouts of sample.cu: SAMPLE_ROW_WORDS, SAMPLE_PARTS, SAMPLE_INFO, SAMPLE_CAP.
-        const ROW: usize = 12;
+        const ROW: usize = 13;
         const PARTS: usize = 16;
         const INFO: usize = 8;
         const CAP: usize = 128;
@@ -1768,10 +1770,15 @@ impl Backend for CudaBackend {
                 r.adjust.0,
                 r.adjust.1,
                 r.logprobs.map_or(u32::MAX, u32::from),
+                r.mask.unwrap_or(u32::MAX),
             ]);
         }
         for a in adjust {
             h.extend([a.token, a.repeated as u32, a.add.to_bits()]);
+        }
+        let masks_at = h.len();
+        if rows.iter().any(|r| r.mask.is_some()) {
+            h.extend_from_slice(masks);
         }
         let (mut inb, mut outb) = (st.samp_in.take(), st.samp_out.take());
         let (mut infob, mut candb) = (st.samp_info.take(), st.samp_cand.take());
@@ -1812,6 +1819,7 @@ impl Backend for CudaBackend {
                 A::I(width as i32),
                 A::P(pin),
                 A::P(pin + (n * ROW * 4) as u64),
+                A::P(pin + (masks_at * 4) as u64),
                 A::P(pinfo),
                 A::P(pcand),
                 A::I(i32::from(staged)),

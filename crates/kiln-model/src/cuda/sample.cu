@@ -16,12 +16,14 @@
 //
 // Row parameters, SAMPLE_ROW_WORDS u32 words per row: temperature (f32 bits), top_k, top_p (f32),
 // min_p (f32), repetition penalty (f32), seed lo, seed hi, counter lo, counter hi, first
-// adjustment, adjustments, log-probability alternatives (0xffffffff: none).
+// adjustment, adjustments, log-probability alternatives (0xffffffff: none), mask row
+// (0xffffffff: none).
 // Adjustments, 3 words each: token, repeated (0/1), add (f32 bits).
+// Masks, (width + 31) / 32 words a row: bit t % 32 of word t / 32 allows token t.
 // Output: tokens[rows], then per row 1 + 2 * SAMPLE_TOP words: the chosen token's log-probability,
 // then (id, log-probability) pairs, best first.
 
-#define SAMPLE_ROW_WORDS 12
+#define SAMPLE_ROW_WORDS 13
 #define SAMPLE_TOP 20
 #define SAMPLE_THREADS 1024
 #define SAMPLE_CAND 64
@@ -188,7 +190,7 @@ __device__ u32 radix_select(const float *x, int n, u32 lo, unsigned long long ta
 // A row's parameters.
 struct RowP {
     float t, top_p, min_p, rep;
-    u32 top_k, a0, an, nlp;
+    u32 top_k, a0, an, nlp, mask;
     unsigned long long seed, counter;
     u32 key;  // sample_key(seed, counter)
 };
@@ -206,6 +208,7 @@ __device__ __forceinline__ RowP load_row(const u32 *params, int row) {
     r.a0 = p[9];
     r.an = p[10];
     r.nlp = p[11];
+    r.mask = p[12];
     r.key = sample_key(r.seed, r.counter);
     return r;
 }
@@ -231,8 +234,8 @@ __device__ __forceinline__ float gumbel_noise(const RowP &r, u32 tok) {
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *info, u32 *cand,
-              int staged) {
+k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, const u32 *masks,
+              u32 *info, u32 *cand, int staged) {
     pdl_enter();
     // With `staged`, the slice (after its adjustments) is read once into shared memory and
     // every later pass reads it there.
@@ -248,6 +251,13 @@ k_sample_part(float *logits, int width, const u32 *params, const u32 *adj, u32 *
     const int chunk = (width + SAMPLE_PARTS - 1) / SAMPLE_PARTS;
     const int b = min(width, part * chunk), e = min(width, b + chunk), n = e - b;
     float *x = logits + (size_t)row * width;
+    // 0. This slice's mask: a token whose bit is clear can never be chosen.
+    if (r.mask != SAMPLE_NONE) {
+        const u32 *m = masks + (size_t)r.mask * ((width + 31) / 32);
+        for (int j = b + threadIdx.x; j < e; j += blockDim.x)
+            if (!((m[j >> 5] >> (j & 31)) & 1u)) x[j] = (-INFINITY);
+        __syncthreads();
+    }
     // 1. This slice's adjustments (distinct tokens: no two threads touch one logit).
     for (u32 j = threadIdx.x; j < r.an; j += blockDim.x) {
         const u32 *a = adj + 3 * (size_t)(r.a0 + j);

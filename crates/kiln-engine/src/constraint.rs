@@ -1,0 +1,228 @@
+//! Constrained decoding: what a request's output must be (JSON of a schema, any JSON
+//! object, a regular expression, a Lark grammar), turned by llguidance into a mask of the
+//! tokens each step may choose. The engine fills one mask row per constrained sequence per
+//! step and the backend applies it where the logits are, so constrained and free requests
+//! share one batch.
+//!
+//! [`Grammars`] is built once per tokenizer (the token trie); [`Grammars::compile`] checks a
+//! grammar and gives the [`Constraint`] a request carries. Compiling and every mask are
+//! bounded by llguidance's limits (a grammar too large or a step too costly is an error,
+//! never a hang).
+
+use std::sync::Arc;
+
+use kiln_model::tokenizer::{TokenType, Tokenizer};
+use llguidance::api::{ParserLimits, TopLevelGrammar};
+use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+
+/// What a constrained request's output must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grammar {
+    /// A JSON object of any shape.
+    JsonObject,
+    /// JSON valid under this JSON schema.
+    JsonSchema(Value),
+    /// Text matched whole by this regular expression.
+    Regex(String),
+    /// Text of this grammar in llguidance's Lark dialect (GBNF-like rules, `%json` for an
+    /// embedded schema).
+    Lark(String),
+}
+
+/// A grammar that cannot be used; the message says why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct GrammarError(pub String);
+
+/// The tokenizer as llguidance sees it: each token's bytes (control tokens marked special)
+/// and kiln's own tokenizer for text.
+struct Env {
+    trie: TokTrie,
+    tok: Arc<Tokenizer>,
+}
+
+impl TokenizerEnv for Env {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        match std::str::from_utf8(s) {
+            Ok(text) => self.tok.encode(text, false, false),
+            Err(_) => self.trie.greedy_tokenize(s),
+        }
+    }
+}
+
+/// Compiles grammars for one tokenizer and vocabulary width.
+pub struct Grammars {
+    factory: ParserFactory,
+    width: usize,
+}
+
+impl std::fmt::Debug for Grammars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grammars")
+            .field("width", &self.width)
+            .finish()
+    }
+}
+
+impl Grammars {
+    /// The compiler for `tok`'s tokens in rows of `width` logits (the model's vocabulary,
+    /// which may be wider than the tokenizer's: tokens past it are never allowed).
+    pub fn new(tok: Arc<Tokenizer>, width: usize) -> Result<Self, GrammarError> {
+        let width = width.max(tok.vocab_size());
+        let mut words = Vec::with_capacity(width);
+        for id in 0..width as u32 {
+            let mut w = Vec::new();
+            match tok.token_type(id) {
+                None | Some(TokenType::Unused) => {}
+                Some(TokenType::Control | TokenType::Unknown) => {
+                    w.push(TokTrie::SPECIAL_TOKEN_MARKER);
+                    w.extend_from_slice(tok.token_text(id).unwrap_or("").as_bytes());
+                }
+                Some(_) => tok.token_bytes(id, false, &mut w),
+            }
+            words.push(w);
+        }
+        let eos = tok.eos().or_else(|| tok.eog_ids().first().copied());
+        let Some(eos) = eos else {
+            return Err(GrammarError(
+                "the tokenizer has no end-of-sequence token, so a constrained answer could not end"
+                    .into(),
+            ));
+        };
+        let info = TokRxInfo::new(width as u32, eos);
+        let mut trie = TokTrie::from(&info, &words);
+        let mut eog: Vec<u32> = tok.eog_ids().to_vec();
+        if !eog.contains(&eos) {
+            eog.push(eos);
+        }
+        trie = trie.with_eos_tokens(&eog);
+        let env: TokEnv = Arc::new(Env { trie, tok });
+        let mut factory = ParserFactory::new_simple(&env)
+            .map_err(|e| GrammarError(format!("cannot build the token trie: {e}")))?;
+        factory.quiet();
+        // Bounds on one grammar's compilation and one step's mask (llguidance's defaults,
+        // with a smaller grammar: a request body is at most a few hundred kilobytes).
+        *factory.limits_mut() = ParserLimits {
+            max_grammar_size: 200_000,
+            ..ParserLimits::default()
+        };
+        Ok(Grammars { factory, width })
+    }
+
+    /// Width of a mask row's vocabulary.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Checks `g` and gives the constraint one request carries. JSON comes out compact (no
+    /// whitespace between tokens of the JSON syntax): a small model given the freedom of
+    /// whitespace can spend its tokens on it.
+    pub fn compile(&self, g: &Grammar) -> Result<Constraint, GrammarError> {
+        let compact = |mut schema: Value| -> Result<TopLevelGrammar, GrammarError> {
+            match &mut schema {
+                Value::Object(o) => {
+                    o.entry("x-guidance").or_insert_with(
+                        || serde_json::json!({"whitespace_flexible": false, "lenient": false}),
+                    );
+                }
+                Value::Bool(_) => {}
+                other => {
+                    return Err(GrammarError(format!(
+                        "a JSON schema must be an object or a boolean, got {other}"
+                    )))
+                }
+            }
+            Ok(TopLevelGrammar::from_json_schema(schema))
+        };
+        let top = match g {
+            Grammar::JsonObject => compact(serde_json::json!({"type": "object"}))?,
+            Grammar::JsonSchema(s) => compact(s.clone())?,
+            Grammar::Regex(r) => TopLevelGrammar::from_regex(r),
+            Grammar::Lark(l) => TopLevelGrammar::from_lark(l.clone()),
+        };
+        let parser = self
+            .factory
+            .create_parser(top)
+            .map_err(|e| GrammarError(first_line(&e.to_string())))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(GrammarError(first_line(&e)));
+        }
+        Ok(Constraint {
+            matcher,
+            width: self.width,
+        })
+    }
+}
+
+/// llguidance's errors can carry the whole grammar after their first line.
+fn first_line(e: &str) -> String {
+    let line = e.lines().next().unwrap_or(e);
+    let mut s: String = line.chars().take(500).collect();
+    if s.len() < line.len() {
+        s.push_str("...");
+    }
+    s
+}
+
+/// One sequence's constraint: the parser's state after the tokens generated so far.
+#[derive(Clone)]
+pub struct Constraint {
+    matcher: Matcher,
+    width: usize,
+}
+
+impl std::fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constraint")
+            .field("stopped", &self.matcher.is_stopped())
+            .finish()
+    }
+}
+
+impl Constraint {
+    /// Width of the vocabulary its masks cover.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Writes the tokens the next step may choose into `mask` (one bit a token, as
+    /// [`kiln_model::sample`] reads it; `mask_words(width)` words). Once the grammar is
+    /// complete only end-of-sequence tokens are allowed.
+    pub fn fill_mask(&mut self, mask: &mut [u32]) -> Result<(), GrammarError> {
+        let v = self
+            .matcher
+            .compute_mask_or_eos()
+            .map_err(|e| GrammarError(first_line(&e.to_string())))?;
+        let src = v.as_slice();
+        for (i, w) in mask.iter_mut().enumerate() {
+            *w = src.get(i).copied().unwrap_or(0);
+        }
+        // Bits past the vocabulary stay clear.
+        let tail = self.width % 32;
+        if tail != 0 {
+            if let Some(w) = mask.get_mut(self.width / 32) {
+                *w &= (1u32 << tail) - 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the token the sequence chose.
+    pub fn consume(&mut self, token: u32) -> Result<(), GrammarError> {
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| GrammarError(first_line(&e.to_string())))
+    }
+
+    /// Whether the grammar is complete and can take nothing more.
+    pub fn is_done(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+}
