@@ -241,6 +241,7 @@ fn run_engine(
             Request {
                 prompt: p.clone(),
                 params: params.clone(),
+                constraint: None,
             },
             Box::new(move |e| tx.send((Instant::now(), e)).is_ok()),
         )?;

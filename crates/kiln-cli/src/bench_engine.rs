@@ -71,6 +71,7 @@ pub fn bench_engine(a: BenchEngineArgs) -> anyhow::Result<()> {
                     ignore_eos: true,
                     ..SamplingParams::greedy(max_tokens)
                 },
+                constraint: None,
             },
             Box::new(move |e| tx.send((Instant::now(), e)).is_ok()),
         )?;

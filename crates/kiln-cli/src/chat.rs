@@ -77,7 +77,7 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
         let mut p = params.clone();
         p.seed = params.seed.map(|s| s.wrapping_add(turn));
         turn += 1;
-        let g = ask(&m, ids, p, |piece| {
+        let g = ask(&m, ids, p, None, |piece| {
             out.write_all(piece.as_bytes())
                 .and_then(|()| out.flush())
                 .is_ok()

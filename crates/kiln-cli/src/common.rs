@@ -297,11 +297,16 @@ pub fn ask(
     lm: &LoadedLm,
     prompt: Vec<u32>,
     params: SamplingParams,
+    constraint: Option<Box<kiln_engine::Constraint>>,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<Answer> {
     let (tx, rx) = std::sync::mpsc::channel();
     lm.engine.submit(
-        Request { prompt, params },
+        Request {
+            prompt,
+            params,
+            constraint,
+        },
         Box::new(move |e| tx.send(e).is_ok()),
     )?;
     let (mut ids, mut text) = (Vec::new(), String::new());

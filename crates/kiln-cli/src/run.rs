@@ -28,11 +28,38 @@ pub struct RunArgs {
     /// Print one JSON object (prompt_ids, ids, text, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// The answer is JSON valid under the JSON schema in this file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["grammar", "regex"])]
+    pub json_schema: Option<std::path::PathBuf>,
+    /// The answer follows the grammar in this file (llguidance's Lark dialect).
+    #[arg(long, value_name = "FILE", conflicts_with = "regex")]
+    pub grammar: Option<std::path::PathBuf>,
+    /// The answer is matched whole by this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub regex: Option<String>,
+}
+
+/// The grammar the answer must follow, from `--json-schema`, `--grammar` or `--regex`.
+fn grammar(a: &RunArgs) -> anyhow::Result<Option<kiln_engine::Grammar>> {
+    use anyhow::Context;
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    Ok(if let Some(p) = &a.json_schema {
+        let v = serde_json::from_str(&read(p)?)
+            .with_context(|| format!("{} is not JSON", p.display()))?;
+        Some(kiln_engine::Grammar::JsonSchema(v))
+    } else if let Some(p) = &a.grammar {
+        Some(kiln_engine::Grammar::Lark(read(p)?))
+    } else {
+        a.regex.clone().map(kiln_engine::Grammar::Regex)
+    })
 }
 
 /// Runs `kiln run`: one request through the engine.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let params = a.sample.params()?;
+    let grammar = grammar(&a)?;
     let prompt = match a.prompt {
         Some(p) => p,
         None => {
@@ -61,9 +88,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         // Control tokens only where the template writes them, never from the message.
         lm.template.encode(&lm.tokenizer, &msgs, true)?
     };
+    let constraint = match &grammar {
+        Some(g) => {
+            let gs = kiln_engine::Grammars::new(lm.tokenizer.clone(), lm.tokenizer.vocab_size())?;
+            Some(Box::new(gs.compile(g).map_err(|e| {
+                anyhow::anyhow!("the grammar cannot be used: {e}")
+            })?))
+        }
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
     let json = a.json;
-    let g = ask(&lm, ids.clone(), params, |piece| {
+    let g = ask(&lm, ids.clone(), params, constraint, |piece| {
         // A closed pipe ends generation quietly.
         json || out
             .write_all(piece.as_bytes())

@@ -246,16 +246,39 @@ fn cross_origin(s: &Server) {
 }
 
 fn unimplemented_fields(s: &Server) {
-    for (field, value) in [
-        ("response_format", json!({"type": "sound"})),
-        ("response_format", json!({"type": "json_object"})),
+    // Deprecated fields are refused by name; structured output and tools with bad values
+    // are refused naming the part that is wrong (a schema llguidance cannot compile, a
+    // tool without a name, a choice of a tool not listed).
+    for (field, value, param) in [
+        ("functions", json!([]), "functions"),
+        ("function_call", json!("none"), "function_call"),
+        (
+            "response_format",
+            json!({"type": "sound"}),
+            "response_format.type",
+        ),
+        (
+            "response_format",
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}),
+            "response_format",
+        ),
+        (
+            "response_format",
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/none"}}}),
+            "response_format",
+        ),
+        (
+            "response_format",
+            json!({"type": "regex", "regex": "(open"}),
+            "response_format",
+        ),
         (
             "tools",
-            json!([{"type": "function", "function": {"name": "f"}}]),
+            json!([{"type": "function", "function": {"description": "no name"}}]),
+            "tools[0].function.name",
         ),
-        ("tool_choice", json!("auto")),
-        ("functions", json!([])),
-        ("function_call", json!("none")),
+        ("tools", json!("get_weather"), "tools"),
+        ("tool_choice", json!("sometimes"), "tool_choice"),
     ] {
         let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
         body[field] = value;
@@ -269,7 +292,7 @@ fn unimplemented_fields(s: &Server) {
             ),
             400,
         );
-        assert_eq!(v["error"]["param"], field, "{v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
     }
 }
 

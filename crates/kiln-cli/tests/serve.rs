@@ -333,3 +333,20 @@ fn disconnect_cancels_and_sigterm_finishes_streams() {
     let status = s.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+/// Structured output and tool calling with the real `openai` client (tests/structured.py):
+/// `parse` with a Pydantic model, JSON mode, a function-calling round trip, a named call,
+/// streamed tool-call deltas, and fifty constrained answers over varied schemas, every one
+/// of which must parse and validate.
+#[test]
+fn openai_python_client_structured_output_and_tools() {
+    let s = Server::start(&[]);
+    let script = include_str!("structured.py");
+    let out = python(script, s.port);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("50 of 50"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -180,7 +180,7 @@ impl EngineGenerator<'_> {
             let stop = cancel.cloned();
             self.engine
                 .submit(
-                    Request { prompt, params },
+                    Request::new(prompt, params),
                     Box::new(move |ev| {
                         !stop.as_ref().is_some_and(|c| c.load(Ordering::Acquire))
                             && tx.send((i, ev)).is_ok()

@@ -21,15 +21,11 @@ use crate::ServerConfig;
 /// than accepted and ignored (a client asking for JSON output or tool calls would otherwise
 /// get free text and not know it).
 const UNIMPLEMENTED: &[(&str, &str)] = &[
+    ("functions", "the deprecated function calling; use `tools`"),
     (
-        "response_format",
-        "structured output (JSON mode, JSON schema)",
+        "function_call",
+        "the deprecated function calling; use `tool_choice`",
     ),
-    ("tools", "tool calling"),
-    ("tool_choice", "tool calling"),
-    ("parallel_tool_calls", "tool calling"),
-    ("functions", "function calling"),
-    ("function_call", "function calling"),
 ];
 
 /// Refuses a request body that sets (to anything but `null`) a field kiln does not implement.
@@ -344,13 +340,7 @@ mod tests {
 
     #[test]
     fn unimplemented_fields_are_named() {
-        for f in [
-            "response_format",
-            "tools",
-            "tool_choice",
-            "functions",
-            "function_call",
-        ] {
+        for f in ["functions", "function_call"] {
             let mut m = Map::new();
             m.insert(f.into(), serde_json::json!({"type": "sound"}));
             let e = refuse_unimplemented(&m).unwrap_err();

@@ -7,6 +7,7 @@ mod listen;
 pub mod metrics;
 mod refine;
 mod request;
+mod tools;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +120,9 @@ pub struct AppState {
     created: u64,
     /// Slots of `cfg.max_refinements`.
     refine_slots: Arc<tokio::sync::Semaphore>,
+    /// The grammar compiler for the model's tokenizer, built once (off the request path when
+    /// the model is installed).
+    grammars: std::sync::OnceLock<Result<Arc<kiln_engine::Grammars>, String>>,
     /// This process among its replicas: the first part of every `x-request-id` (so that ids
     /// are unique behind a router) and the `x-kiln-instance` header, which names the replica
     /// that answered.
@@ -139,6 +143,7 @@ impl AppState {
         let st = Self::with(cfg, false);
         if let Some(lm) = lm {
             let _ = st.lm.set(lm);
+            st.warm_grammars();
         }
         st
     }
@@ -151,9 +156,10 @@ impl AppState {
     }
 
     /// The loaded model: the server is ready.
-    pub fn install(&self, lm: LoadedLm) {
+    pub fn install(self: &Arc<Self>, lm: LoadedLm) {
         let _ = self.lm.set(lm);
         self.loading.store(false, Ordering::SeqCst);
+        self.warm_grammars();
     }
 
     /// Loading failed: `serve` ends with `why`.
@@ -184,7 +190,37 @@ impl AppState {
             next_id: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
             created: now_s(),
+            grammars: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The grammar compiler, built on first use.
+    fn grammars(&self, lm: &LoadedLm) -> Result<Arc<kiln_engine::Grammars>, ApiError> {
+        self.grammars
+            .get_or_init(|| {
+                kiln_engine::Grammars::new(lm.tokenizer.clone(), lm.tokenizer.vocab_size())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("this model cannot constrain its output: {e}"),
+                    Some("unsupported"),
+                )
+            })
+    }
+
+    /// Builds the grammar compiler in the background, so that the first constrained request
+    /// does not wait for it.
+    fn warm_grammars(self: &Arc<Self>) {
+        let st = self.clone();
+        std::thread::spawn(move || {
+            if let Some(lm) = st.loaded() {
+                let _ = st.grammars(lm);
+            }
+        });
     }
 
     /// The model, for new work: refused (503) while it loads and once shutdown has begun.
@@ -540,18 +576,46 @@ async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Respon
     if req.refine.is_some() {
         return refine::chat(st.clone(), req).await;
     }
-    let messages = req.messages.clone().unwrap_or_default();
+    let mut messages = req.messages.clone().unwrap_or_default();
+    if let Some(t) = &req.tools {
+        t.add_to(&mut messages);
+    }
     let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
     refuse_long(lm, "messages", text_bytes)?;
-    // Rendering and tokenizing take CPU time in proportion to the request: off the async
-    // workers, so that a long prompt cannot stall other clients and `/health`.
-    let prompt = blocking(st.clone(), move |lm| {
-        lm.template
+    let (grammar, param) = match (&req.format, req.tools.as_ref().and_then(|t| t.grammar())) {
+        (Some(g), _) => (Some(g.clone()), "response_format"),
+        (None, Some(g)) => (Some(g), "tools"),
+        (None, None) => (None, ""),
+    };
+    // Rendering, tokenizing and compiling a grammar take CPU time in proportion to the
+    // request: off the async workers, so that a long prompt cannot stall other clients and
+    // `/health`.
+    let st2 = st.clone();
+    let (prompt, constraint) = blocking(st.clone(), move |lm| {
+        let prompt = lm
+            .template
             .encode(&lm.tokenizer, &messages, true)
-            .map_err(|e| ApiError::bad("messages", e.to_string()))
+            .map_err(|e| ApiError::bad("messages", e.to_string()))?;
+        Ok((prompt, compile(&st2, lm, grammar.as_ref(), param)?))
     })
     .await?;
-    generate(st.clone(), req, prompt, true).await
+    generate(st.clone(), req, prompt, constraint, true).await
+}
+
+/// Compiles the grammar a request's answer must follow; a bad one is refused naming `param`.
+fn compile(
+    st: &AppState,
+    lm: &LoadedLm,
+    g: Option<&kiln_engine::Grammar>,
+    param: &str,
+) -> Result<Option<Box<kiln_engine::Constraint>>, ApiError> {
+    let Some(g) = g else {
+        return Ok(None);
+    };
+    st.grammars(lm)?
+        .compile(g)
+        .map(|c| Some(Box::new(c)))
+        .map_err(|e| ApiError::bad(param, format!("`{param}` cannot be used: {e}")))
 }
 
 async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
@@ -562,11 +626,17 @@ async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, A
     let text = req.prompt.clone().unwrap_or_default();
     refuse_long(lm, "prompt", text.len())?;
     let special = req.parse_special;
-    let prompt = blocking(st.clone(), move |lm| {
-        Ok(lm.tokenizer.encode(&text, true, special))
+    let grammar = req.format.clone();
+    let st2 = st.clone();
+    let (prompt, constraint) = blocking(st.clone(), move |lm| {
+        let prompt = lm.tokenizer.encode(&text, true, special);
+        Ok((
+            prompt,
+            compile(&st2, lm, grammar.as_ref(), "response_format")?,
+        ))
     })
     .await?;
-    generate(st.clone(), req, prompt, false).await
+    generate(st.clone(), req, prompt, constraint, false).await
 }
 
 /// Runs CPU-heavy request work on the blocking pool.
@@ -626,6 +696,7 @@ fn submit_all(
     st: &AppState,
     req: &GenRequest,
     prompt: &[u32],
+    constraint: Option<Box<kiln_engine::Constraint>>,
 ) -> Result<(mpsc::Receiver<Tagged>, Queued), ApiError> {
     let lm = st.lm()?;
     if prompt.len() >= lm.context_length {
@@ -661,6 +732,7 @@ fn submit_all(
                 Request {
                     prompt: prompt.to_vec(),
                     params,
+                    constraint: constraint.clone(),
                 },
                 sink,
             )
@@ -692,6 +764,9 @@ fn ended_early() -> ApiError {
         Some("engine_error"),
     )
 }
+
+/// The `system_fingerprint` of every answer: kiln's version.
+const FINGERPRINT: &str = concat!("kiln-", env!("CARGO_PKG_VERSION"));
 
 fn finish_str(r: FinishReason) -> &'static str {
     match r {
@@ -758,9 +833,10 @@ async fn generate(
     st: Shared,
     req: GenRequest,
     prompt: Vec<u32>,
+    constraint: Option<Box<kiln_engine::Constraint>>,
     chat: bool,
 ) -> Result<Response, ApiError> {
-    let (mut rx, queued) = submit_all(&st, &req, &prompt)?;
+    let (mut rx, queued) = submit_all(&st, &req, &prompt, constraint)?;
     st.metrics
         .prompt_tokens
         .fetch_add(prompt.len() as u64 * req.n as u64, Ordering::Relaxed);
@@ -823,11 +899,20 @@ async fn generate(
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let finish = c.finish.map(finish_str);
+                let mut finish = c.finish.map(finish_str);
+                let calls = req.tools.as_ref().and_then(|t| t.read_calls(&c.text));
+                let message = match &calls {
+                    Some(calls) => {
+                        finish = Some("tool_calls");
+                        json!({"role": "assistant", "content": null,
+                               "tool_calls": tools::calls_json(calls, &format!("{id}_{i}"), false)})
+                    }
+                    None => json!({"role": "assistant", "content": c.text}),
+                };
                 if chat {
                     json!({
                         "index": i,
-                        "message": {"role": "assistant", "content": c.text},
+                        "message": message,
                         "finish_reason": finish,
                         "logprobs": if req.logprobs {
                             json!({"content": c.logprobs.iter().map(|l| chat_logprob(tok, l)).collect::<Vec<_>>()})
@@ -848,6 +933,7 @@ async fn generate(
             "object": if chat { "chat.completion" } else { "text_completion" },
             "created": created,
             "model": model,
+            "system_fingerprint": FINGERPRINT,
             "choices": out_choices,
             "usage": {
                 "prompt_tokens": prompt.len(),
@@ -870,10 +956,13 @@ async fn generate(
     } else {
         "text_completion"
     };
+    let tools = req.tools.clone().filter(|t| t.active() && chat);
+    let (id2, model2, id3) = (id.clone(), model.clone(), id.clone());
     let chunk = move |choice: Value| -> SseEvent {
         SseEvent::default().data(
-            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
-                .to_string(),
+            json!({"id": id, "object": object, "created": created, "model": model,
+                   "system_fingerprint": FINGERPRINT, "choices": [choice]})
+            .to_string(),
         )
     };
     struct S {
@@ -885,6 +974,8 @@ async fn generate(
         started: Vec<bool>,
         done: bool,
         pending: std::collections::VecDeque<SseEvent>,
+        /// With tools, each choice's text, held until its end tells whether it calls them.
+        held: Vec<String>,
     }
     let s = S {
         rx,
@@ -895,10 +986,12 @@ async fn generate(
         started: vec![false; n],
         done: false,
         pending: Default::default(),
+        held: vec![String::new(); n],
     };
     let usage_chunk = move |completion: usize, cached: usize| -> SseEvent {
         SseEvent::default().data(
-            json!({"object": object, "choices": [], "usage": {
+            json!({"id": id2, "object": object, "created": created, "model": model2,
+                   "system_fingerprint": FINGERPRINT, "choices": [], "usage": {
                     "prompt_tokens": prompt_len, "completion_tokens": completion,
                     "total_tokens": prompt_len + completion,
                     "prompt_tokens_details": {"cached_tokens": cached}}})
@@ -908,6 +1001,9 @@ async fn generate(
     let events = stream::unfold((s, tracker), move |(mut s, mut tracker)| {
         let chunk = chunk.clone();
         let tok = tok.clone();
+        let tools = tools.clone();
+        let usage_chunk = usage_chunk.clone();
+        let id3 = id3.clone();
         async move {
             loop {
                 if let Some(e) = s.pending.pop_front() {
@@ -952,7 +1048,9 @@ async fn generate(
                         } else {
                             Value::Null
                         };
-                        if !text.is_empty() || want_lp {
+                        if tools.is_some() {
+                            s.held[i].push_str(&text);
+                        } else if !text.is_empty() || want_lp {
                             s.pending.push_back(chunk(if chat {
                                     json!({"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
                                 } else {
@@ -967,10 +1065,26 @@ async fn generate(
                                 .map_or(usage.cached_tokens, |c| c.min(usage.cached_tokens)),
                         );
                         s.left -= 1;
+                        let mut finish = finish_str(reason);
+                        if let Some(t) = &tools {
+                            let held = std::mem::take(&mut s.held[i]);
+                            match t.read_calls(&held) {
+                                Some(calls) => {
+                                    finish = "tool_calls";
+                                    let calls =
+                                        tools::calls_json(&calls, &format!("{id3}_{i}"), true);
+                                    s.pending.push_back(chunk(json!({"index": i, "delta": {"tool_calls": calls}, "finish_reason": null})));
+                                }
+                                None if !held.is_empty() => {
+                                    s.pending.push_back(chunk(json!({"index": i, "delta": {"content": held}, "finish_reason": null})));
+                                }
+                                None => {}
+                            }
+                        }
                         s.pending.push_back(chunk(if chat {
-                            json!({"index": i, "delta": {}, "finish_reason": finish_str(reason)})
+                            json!({"index": i, "delta": {}, "finish_reason": finish})
                         } else {
-                            json!({"index": i, "text": "", "finish_reason": finish_str(reason)})
+                            json!({"index": i, "text": "", "finish_reason": finish})
                         }));
                     }
                     Event::Failed(m) => {

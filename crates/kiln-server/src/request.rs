@@ -29,6 +29,10 @@ pub struct GenRequest {
     pub refine: Option<kiln_irp::Profile>,
     /// Read control tokens written in a completions prompt (kiln's `parse_special`).
     pub parse_special: bool,
+    /// What the answer must be (`response_format`).
+    pub format: Option<kiln_engine::Grammar>,
+    /// Functions the model may call (chat only).
+    pub tools: Option<crate::tools::Tools>,
 }
 
 fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -157,6 +161,13 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
                     ))
                 }
             };
+            // An earlier answer that called tools reads as the text that made the calls.
+            let content = match o.get("tool_calls") {
+                Some(calls) if role == "assistant" && !calls.is_null() && content.is_empty() => {
+                    crate::tools::calls_as_text(&p, calls)?
+                }
+                _ => content,
+            };
             let role = if role == "developer" { "system" } else { role };
             out.push(Message::new(role, content));
         }
@@ -182,7 +193,30 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
             }
         });
     }
+    let format = crate::tools::response_format(&m)?;
+    let tools = if chat {
+        crate::tools::parse(&m)?
+    } else if m.get("tools").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::bad(
+            "tools",
+            "`tools` is available on /v1/chat/completions only",
+        ));
+    } else {
+        None
+    };
+    if format.is_some() && tools.as_ref().is_some_and(|t| t.grammar().is_some()) {
+        return Err(ApiError::bad(
+            "response_format",
+            "`response_format` and a forced tool call (`tool_choice` required or a function) cannot both shape the answer",
+        ));
+    }
     let mut refine = crate::refine::parse(m.get("refine"))?;
+    if refine.is_some() && (format.is_some() || tools.is_some()) {
+        return Err(ApiError::bad(
+            "refine",
+            "`refine` does not combine with `response_format` or `tools`",
+        ));
+    }
     if refine.is_some() && !chat {
         return Err(ApiError::bad(
             "refine",
@@ -380,5 +414,7 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
         logprobs,
         refine,
         parse_special,
+        format,
+        tools,
     })
 }

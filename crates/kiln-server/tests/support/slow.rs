@@ -27,6 +27,7 @@ impl Runner for Slow {
         _: &[Slice<'_>],
         rows: &[RowSampling],
         _: &[Adjust],
+        _: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
         std::thread::sleep(Duration::from_millis(50));

@@ -1,0 +1,595 @@
+//! Structured output and tool calling: `response_format` and `tools` of a request, read into
+//! a [`Grammar`] the engine constrains the answer with, and the answer read back into
+//! `tool_calls`.
+//!
+//! Tools use one documented format on every model (templates that render tools themselves
+//! are not asked to): kiln describes the functions in the system message, and a call is the
+//! answer `{"tool_calls": [{"name": NAME, "arguments": {...}}]}`. With `tool_choice`
+//! `required` or a named function the answer is constrained to that shape, the arguments to
+//! the function's JSON schema (objects closed to their declared properties unless they allow
+//! others, see [`closed`]), so it always parses and validates; with `auto` the model
+//! chooses, and an answer of that shape naming a listed function becomes the call.
+
+use kiln_engine::Grammar;
+use kiln_model::chat::Message;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+
+/// Most tools one request may list.
+const MAX_TOOLS: usize = 128;
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    /// Its name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON schema of its arguments.
+    pub parameters: Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// Never: the tools are not shown.
+    None,
+    /// The model chooses between answering and calling.
+    Auto,
+    /// At least one call, to any tool.
+    Required,
+    /// A call to this function.
+    Named(String),
+}
+
+/// The tools of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tools {
+    /// The functions.
+    pub list: Vec<Tool>,
+    /// `tool_choice`.
+    pub choice: ToolChoice,
+    /// `parallel_tool_calls`: more than one call in an answer.
+    pub parallel: bool,
+}
+
+/// A call read from an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments as JSON text.
+    pub arguments: String,
+}
+
+/// Reads `response_format`: `text`, `json_object`, `json_schema` (OpenAI's), and kiln's
+/// `regex` (`{"type": "regex", "regex": "..."}`) and `grammar` (`{"type": "grammar",
+/// "grammar": "..."}` in llguidance's Lark dialect).
+pub fn response_format(m: &Map<String, Value>) -> Result<Option<Grammar>, ApiError> {
+    let f = match m.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(f)) => f,
+        Some(v) => {
+            return Err(ApiError::bad(
+                "response_format",
+                format!("`response_format` must be an object, got {v}"),
+            ))
+        }
+    };
+    let text = |k: &str| -> Result<String, ApiError> {
+        f.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    &format!("response_format.{k}"),
+                    format!("`response_format.{k}` must be a string"),
+                )
+            })
+    };
+    match f.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Grammar::JsonObject)),
+        Some("json_schema") => {
+            let js = f.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+                ApiError::bad(
+                    "response_format.json_schema",
+                    "`response_format.json_schema` must be an object with a `schema`",
+                )
+            })?;
+            let strict = js.get("strict").and_then(Value::as_bool).unwrap_or(false);
+            match js.get("schema") {
+                Some(s @ (Value::Object(_) | Value::Bool(_))) => {
+                    let mut s = s.clone();
+                    if strict {
+                        closed(&mut s);
+                    }
+                    Ok(Some(Grammar::JsonSchema(s)))
+                }
+                None | Some(Value::Null) => Ok(Some(Grammar::JsonObject)),
+                Some(v) => Err(ApiError::bad(
+                    "response_format.json_schema.schema",
+                    format!("`response_format.json_schema.schema` must be a JSON schema object, got {v}"),
+                )),
+            }
+        }
+        Some("regex") => Ok(Some(Grammar::Regex(text("regex")?))),
+        Some("grammar") => Ok(Some(Grammar::Lark(text("grammar")?))),
+        other => Err(ApiError::bad(
+            "response_format.type",
+            format!(
+                "`response_format.type` is {other:?}; expected text, json_object, json_schema, regex or grammar"
+            ),
+        )),
+    }
+}
+
+/// Closes every object of a schema that does not say otherwise to its declared properties
+/// (`additionalProperties: false`), as OpenAI's strict mode requires of a schema: without
+/// it a small model fills the answer with properties of its own invention.
+pub fn closed(schema: &mut Value) {
+    match schema {
+        Value::Object(o) => {
+            if o.contains_key("properties")
+                || o.get("type").and_then(Value::as_str) == Some("object")
+            {
+                o.entry("additionalProperties").or_insert(json!(false));
+            }
+            for (k, v) in o.iter_mut() {
+                // Values that are data, not schemas.
+                if !matches!(k.as_str(), "enum" | "const" | "default" | "examples") {
+                    closed(v);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(closed),
+        _ => {}
+    }
+}
+
+/// Reads `tools`, `tool_choice` and `parallel_tool_calls`.
+pub fn parse(m: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
+    let list = match m.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => {
+            if a.len() > MAX_TOOLS {
+                return Err(ApiError::bad(
+                    "tools",
+                    format!("{} tools, at most {MAX_TOOLS}", a.len()),
+                ));
+            }
+            let mut list: Vec<Tool> = Vec::with_capacity(a.len());
+            for (i, t) in a.iter().enumerate() {
+                let tool = one_tool(i, t)?;
+                if list.iter().any(|o| o.name == tool.name) {
+                    return Err(ApiError::bad(
+                        &format!("tools[{i}].function.name"),
+                        format!("two tools are named `{}`", tool.name),
+                    ));
+                }
+                list.push(tool);
+            }
+            list
+        }
+        Some(v) => {
+            return Err(ApiError::bad(
+                "tools",
+                format!("`tools` must be an array, got {v}"),
+            ))
+        }
+    };
+    let choice = match m.get("tool_choice") {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) => {
+            match s.as_str() {
+                "none" => ToolChoice::None,
+                "auto" => ToolChoice::Auto,
+                "required" => ToolChoice::Required,
+                other => return Err(ApiError::bad(
+                    "tool_choice",
+                    format!(
+                        "`tool_choice` is `{other}`; expected none, auto, required or a function"
+                    ),
+                )),
+            }
+        }
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "tool_choice.function.name",
+                        "`tool_choice` names a function as {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    )
+                })?;
+            if !list.iter().any(|t| t.name == name) {
+                return Err(ApiError::bad(
+                    "tool_choice.function.name",
+                    format!("`tool_choice` names `{name}`, which is not in `tools`"),
+                ));
+            }
+            ToolChoice::Named(name.to_owned())
+        }
+        Some(v) => {
+            return Err(ApiError::bad(
+                "tool_choice",
+                format!("`tool_choice` must be a string or an object, got {v}"),
+            ))
+        }
+    };
+    let parallel = match m.get("parallel_tool_calls") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(ApiError::bad(
+                "parallel_tool_calls",
+                format!("`parallel_tool_calls` must be true or false, got {v}"),
+            ))
+        }
+    };
+    if list.is_empty() {
+        if matches!(choice, ToolChoice::Required) {
+            return Err(ApiError::bad(
+                "tool_choice",
+                "`tool_choice` is `required` but `tools` lists none",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(Tools {
+        list,
+        choice,
+        parallel,
+    }))
+}
+
+fn one_tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
+    let at = |k: &str| format!("tools[{i}].{k}");
+    let o = t
+        .as_object()
+        .ok_or_else(|| ApiError::bad(&format!("tools[{i}]"), "a tool must be an object"))?;
+    if let Some(ty) = o.get("type").and_then(Value::as_str) {
+        if ty != "function" {
+            return Err(ApiError::bad(
+                &at("type"),
+                format!("tool type `{ty}` is not supported (function only)"),
+            ));
+        }
+    }
+    let f = o
+        .get("function")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            ApiError::bad(
+                &at("function"),
+                format!("`{}` must be an object", at("function")),
+            )
+        })?;
+    let name = f
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad(
+                &at("function.name"),
+                format!("`{}` is required", at("function.name")),
+            )
+        })?;
+    if name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        return Err(ApiError::bad(
+            &at("function.name"),
+            format!("`{name}` is not a function name (letters, digits, _ - ., at most 64)"),
+        ));
+    }
+    let parameters = match f.get("parameters") {
+        None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(v) => {
+            return Err(ApiError::bad(
+                &at("function.parameters"),
+                format!(
+                    "`{}` must be a JSON schema object, got {v}",
+                    at("function.parameters")
+                ),
+            ))
+        }
+    };
+    Ok(Tool {
+        name: name.to_owned(),
+        description: f
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        parameters,
+    })
+}
+
+impl Tools {
+    /// Whether the tools are shown to the model at all.
+    pub fn active(&self) -> bool {
+        self.choice != ToolChoice::None
+    }
+
+    /// The tools the answer may call.
+    fn callable(&self) -> impl Iterator<Item = &Tool> {
+        self.list.iter().filter(move |t| match &self.choice {
+            ToolChoice::Named(n) => &t.name == n,
+            _ => true,
+        })
+    }
+
+    /// The system message's part about the tools.
+    pub fn system_text(&self) -> String {
+        let mut s = String::from(
+            "You can call functions. To call them, answer with only this JSON and nothing else: \
+             {\"tool_calls\": [{\"name\": \"<function name>\", \"arguments\": {<arguments>}}]}",
+        );
+        if !self.parallel {
+            s.push_str(" (one call at most)");
+        }
+        s.push_str(". The functions:");
+        for t in self.callable() {
+            s.push('\n');
+            s.push_str(
+                &json!({"name": t.name, "description": t.description, "parameters": t.parameters})
+                    .to_string(),
+            );
+        }
+        s
+    }
+
+    /// The messages with the tools described in the system message (added first when
+    /// there is none).
+    pub fn add_to(&self, messages: &mut Vec<Message>) {
+        if !self.active() {
+            return;
+        }
+        let text = self.system_text();
+        match messages.first_mut() {
+            Some(m) if m.role == "system" => {
+                m.content = format!("{}\n\n{text}", m.content);
+            }
+            _ => messages.insert(0, Message::new("system", text)),
+        }
+    }
+
+    /// The grammar of a forced call (`required` or a named function).
+    pub fn grammar(&self) -> Option<Grammar> {
+        if !matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_)) {
+            return None;
+        }
+        let calls: Vec<Value> = self
+            .callable()
+            .map(|t| {
+                // Arguments hold the declared properties only (as in OpenAI's strict
+                // mode), unless the schema says otherwise: a function has no use for
+                // others, and a small model would spend its tokens inventing them.
+                let mut args = t.parameters.clone();
+                closed(&mut args);
+                json!({
+                    "type": "object",
+                    "properties": {"name": {"const": t.name}, "arguments": args},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false
+                })
+            })
+            .collect();
+        let mut items = json!({
+            "type": "array",
+            "items": {"anyOf": calls},
+            "minItems": 1
+        });
+        if !self.parallel {
+            items["maxItems"] = json!(1);
+        }
+        Some(Grammar::JsonSchema(json!({
+            "type": "object",
+            "properties": {"tool_calls": items},
+            "required": ["tool_calls"],
+            "additionalProperties": false
+        })))
+    }
+
+    /// The calls an answer makes, if it is a call of listed functions.
+    pub fn read_calls(&self, text: &str) -> Option<Vec<ToolCall>> {
+        if !self.active() {
+            return None;
+        }
+        let v: Value = serde_json::from_str(text.trim()).ok()?;
+        let calls = v.get("tool_calls")?.as_array()?;
+        if calls.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(calls.len());
+        for c in calls {
+            let name = c.get("name")?.as_str()?;
+            if !self.callable().any(|t| t.name == name) {
+                return None;
+            }
+            let args = c.get("arguments").cloned().unwrap_or_else(|| json!({}));
+            out.push(ToolCall {
+                name: name.to_owned(),
+                arguments: args.to_string(),
+            });
+        }
+        Some(out)
+    }
+}
+
+/// An assistant message's earlier `tool_calls`, as the answer text that made them (the
+/// format above), so that a conversation that continues after tool results reads as the
+/// model wrote it.
+pub fn calls_as_text(p: &str, calls: &Value) -> Result<String, ApiError> {
+    let arr = calls.as_array().ok_or_else(|| {
+        ApiError::bad(&format!("{p}.tool_calls"), "`tool_calls` must be an array")
+    })?;
+    let mut out = Vec::with_capacity(arr.len());
+    for (j, c) in arr.iter().enumerate() {
+        let f = c.get("function");
+        let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+        let args = f.and_then(|f| f.get("arguments"));
+        let (Some(name), Some(args)) = (name, args) else {
+            return Err(ApiError::bad(
+                &format!("{p}.tool_calls[{j}]"),
+                "a tool call needs `function.name` and `function.arguments`",
+            ));
+        };
+        let args = match args {
+            Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+            v => v.clone(),
+        };
+        out.push(json!({"name": name, "arguments": args}));
+    }
+    Ok(json!({ "tool_calls": out }).to_string())
+}
+
+/// The `tool_calls` of a response message (`index` for streamed deltas).
+pub fn calls_json(calls: &[ToolCall], id_base: &str, with_index: bool) -> Vec<Value> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let mut v = json!({
+                "id": format!("call_{id_base}_{k}"),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments}
+            });
+            if with_index {
+                v["index"] = json!(k);
+            }
+            v
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn bad_tools_name_their_field() {
+        for (v, field) in [
+            (
+                json!({"tools": [{"type": "function", "function": {}}]}),
+                "tools[0].function.name",
+            ),
+            (
+                json!({"tools": [{"type": "function"}]}),
+                "tools[0].function",
+            ),
+            (
+                json!({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
+                "tools[0].type",
+            ),
+            (
+                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}),
+                "tools[0].function.parameters",
+            ),
+            (
+                json!({"tools": [{"function": {"name": "f"}}, {"function": {"name": "f"}}]}),
+                "tools[1].function.name",
+            ),
+            (
+                json!({"tools": [{"function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+                "tool_choice.function.name",
+            ),
+            (
+                json!({"tools": [{"function": {"name": "f"}}], "tool_choice": "always"}),
+                "tool_choice",
+            ),
+            (json!({"tool_choice": "required"}), "tool_choice"),
+            (json!({"tools": {}}), "tools"),
+        ] {
+            let e = parse(&body(v.clone())).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field), "{v}: {}", e.message);
+        }
+        for (v, field) in [
+            (
+                json!({"response_format": {"type": "xml"}}),
+                "response_format.type",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "response_format.json_schema",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"schema": 4}}}),
+                "response_format.json_schema.schema",
+            ),
+            (
+                json!({"response_format": {"type": "regex"}}),
+                "response_format.regex",
+            ),
+        ] {
+            let e = response_format(&body(v.clone())).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field), "{v}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn strict_schemas_close_their_objects() {
+        let mut s = json!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "object", "properties": {"b": {"type": "integer"}}},
+                "c": {"type": "object", "additionalProperties": true},
+                "properties": {"enum": [{"type": "object"}]}
+            },
+            "$defs": {"D": {"type": "object", "properties": {}}}
+        });
+        closed(&mut s);
+        assert_eq!(s["additionalProperties"], json!(false));
+        assert_eq!(s["properties"]["a"]["additionalProperties"], json!(false));
+        assert_eq!(s["properties"]["c"]["additionalProperties"], json!(true));
+        assert_eq!(s["$defs"]["D"]["additionalProperties"], json!(false));
+        assert_eq!(
+            s["properties"]["properties"]["enum"][0],
+            json!({"type": "object"})
+        );
+    }
+
+    #[test]
+    fn calls_are_read_only_for_listed_functions() {
+        let t = parse(&body(
+            json!({"tools": [{"type": "function", "function": {"name": "get_weather"}}]}),
+        ))
+        .unwrap()
+        .unwrap();
+        let calls = t
+            .read_calls(
+                r#" {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}"#,
+            )
+            .unwrap();
+        assert_eq!(calls[0].name, "get_weather");
+        assert_eq!(calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert!(t
+            .read_calls(r#"{"tool_calls": [{"name": "rm_rf", "arguments": {}}]}"#)
+            .is_none());
+        assert!(t.read_calls("The weather is fine.").is_none());
+        assert!(t.grammar().is_none(), "auto is not forced");
+        let req = Tools {
+            choice: ToolChoice::Required,
+            ..t.clone()
+        };
+        assert!(req.grammar().is_some());
+        // A call made earlier reads back as the text that made it.
+        let text = calls_as_text(
+            "messages[1]",
+            &json!([{"id": "x", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]),
+        )
+        .unwrap();
+        assert_eq!(t.read_calls(&text).unwrap(), calls);
+    }
+}
