@@ -157,6 +157,7 @@ impl Grammars {
         Ok(Constraint {
             matcher,
             width: self.width,
+            pending: Vec::new(),
         })
     }
 }
@@ -172,10 +173,24 @@ fn first_line(e: &str) -> String {
 }
 
 /// One sequence's constraint: the parser's state after the tokens generated so far.
-#[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
     width: usize,
+    /// Tokens chosen and not yet given to the parser: they are, with the next mask (work the
+    /// engine spreads over threads while a device runs the pass).
+    pending: Vec<u32>,
+}
+
+/// A copy shares nothing with the original (llguidance's plain clone shares the lexer behind
+/// a lock), so that the choices of one request compute their masks in parallel.
+impl Clone for Constraint {
+    fn clone(&self) -> Self {
+        Constraint {
+            matcher: self.matcher.deep_clone(),
+            width: self.width,
+            pending: self.pending.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Constraint {
@@ -192,10 +207,16 @@ impl Constraint {
         self.width
     }
 
-    /// Writes the tokens the next step may choose into `mask` (one bit a token, as
-    /// [`kiln_model::sample`] reads it; `mask_words(width)` words). Once the grammar is
-    /// complete only end-of-sequence tokens are allowed.
+    /// Gives the parser the tokens chosen since the last mask, then writes the tokens the
+    /// next step may choose into `mask` (one bit a token, as [`kiln_model::sample`] reads
+    /// it; `mask_words(width)` words). Once the grammar is complete only end-of-sequence
+    /// tokens are allowed.
     pub fn fill_mask(&mut self, mask: &mut [u32]) -> Result<(), GrammarError> {
+        if !self.pending.is_empty() {
+            let r = self.matcher.consume_tokens(&self.pending);
+            self.pending.clear();
+            r.map_err(|e| GrammarError(first_line(&e.to_string())))?;
+        }
         let v = self
             .matcher
             .compute_mask_or_eos()
@@ -214,15 +235,9 @@ impl Constraint {
         Ok(())
     }
 
-    /// Takes the token the sequence chose.
-    pub fn consume(&mut self, token: u32) -> Result<(), GrammarError> {
-        self.matcher
-            .consume_token(token)
-            .map_err(|e| GrammarError(first_line(&e.to_string())))
-    }
-
-    /// Whether the grammar is complete and can take nothing more.
-    pub fn is_done(&self) -> bool {
-        self.matcher.is_stopped()
+    /// Takes the token the sequence chose (given to the parser with the next mask, which
+    /// then allows only the end of the sequence if the grammar is complete).
+    pub fn push(&mut self, token: u32) {
+        self.pending.push(token);
     }
 }

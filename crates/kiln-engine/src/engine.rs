@@ -2,6 +2,7 @@
 //! prefill chunks, run it, sample, stream, retire.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -54,26 +55,36 @@ pub trait Runner: Send {
         masks: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError>;
-    /// Whether [`Runner::start`] returns before the step is done (a device that works
-    /// apart from the host): the engine then streams the previous step's tokens while the
-    /// step runs, and calls `start` and `finish` instead of `step`. Default: `false`.
+    /// Whether [`Runner::start_pass`] returns before the pass is done (a device that works
+    /// apart from the host): the engine then computes the step's token masks and streams
+    /// the previous step's tokens while the step runs, and calls `start_pass`,
+    /// `start_sampling` and `finish` instead of `step`. Default: `false`.
     fn overlaps(&self) -> bool {
         false
     }
-    /// [`Runner::step`]'s first half, for a runner that [`Runner::overlaps`]: starts the step.
-    fn start(
-        &mut self,
-        batch: &[Slice<'_>],
-        rows: &[RowSampling],
-        adjust: &[Adjust],
-        masks: &[u32],
-    ) -> Result<(), ModelError> {
-        let _ = (batch, rows, adjust, masks);
+    /// [`Runner::step`]'s first part, for a runner that [`Runner::overlaps`]: starts the
+    /// model's pass over the batch.
+    fn start_pass(&mut self, batch: &[Slice<'_>]) -> Result<(), ModelError> {
+        let _ = batch;
         Err(ModelError::Input(
             "this runner does not split its steps".into(),
         ))
     }
-    /// [`Runner::step`]'s second half: the tokens of the step [`Runner::start`] started.
+    /// The second part: starts choosing the tokens of the pass [`Runner::start_pass`]
+    /// started (one row per slice that wants logits, as in [`Runner::step`]).
+    fn start_sampling(
+        &mut self,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        masks: &[u32],
+    ) -> Result<(), ModelError> {
+        let _ = (rows, adjust, masks);
+        Err(ModelError::Input(
+            "this runner does not split its steps".into(),
+        ))
+    }
+    /// [`Runner::step`]'s last part: the tokens of the step [`Runner::start_sampling`]
+    /// started.
     fn finish(&mut self, out: &mut Vec<Sampled>) -> Result<(), ModelError> {
         let _ = out;
         Err(ModelError::Input(
@@ -97,6 +108,10 @@ pub trait Runner: Send {
     /// Copies the contents of block `src` into block `dst`.
     fn copy_block(&mut self, src: u32, dst: u32);
 }
+
+/// Constrained sequences a step gives each host thread computing masks: fewer are computed
+/// on the engine's thread alone.
+const MASKS_PER_THREAD: usize = 2;
 
 /// Limits of the scheduler.
 #[derive(Debug, Clone)]
@@ -390,6 +405,11 @@ pub struct EngineStats {
     /// Of `host_seconds`, those spent streaming a step's tokens while the device ran the next
     /// step (a runner that [`Runner::overlaps`]); the rest kept the device waiting.
     pub stream_seconds: f64,
+    /// Seconds host threads spent computing constrained sequences' token masks, summed over
+    /// the threads (beside a device, while the pass runs).
+    pub mask_seconds: f64,
+    /// Token masks computed (one per constrained sequence per step).
+    pub masks: u64,
     /// Positions in a KV block.
     pub block_size: usize,
     /// Prompt tokens looked up in the prefix cache (at each request's first admission).
@@ -754,39 +774,55 @@ impl<R: Runner> Engine<R> {
         any
     }
 
-    /// Fills this step's mask rows, one per constrained sequence that samples in it, and
-    /// `mask_of` (each plan entry's row). A constraint that fails allows only the end tokens
-    /// and ends its sequence with the error after the step.
-    fn fill_masks(&mut self, plan: &[(usize, usize)]) {
+    /// Takes out the constraints of this step's sampling sequences (to be given back by
+    /// [`Engine::restore_constraints`]) and sizes the mask rows, one per such sequence;
+    /// `mask_of` gets each plan entry's row.
+    fn take_constraints(&mut self, plan: &[(usize, usize)]) -> Vec<MaskJob> {
         self.masks.clear();
         self.mask_of.clear();
-        let words = kiln_model::sample::mask_words(self.runner.vocab_size());
-        let mut rows = 0u32;
+        let mut jobs = Vec::new();
         for &(idx, n) in plan {
             let s = &mut self.running[idx];
             let samples = s.score.is_none() && s.computed + n == s.tokens.len();
             let mut row = None;
-            if let (true, Some(c)) = (samples, s.constraint.as_mut()) {
-                let at = self.masks.len();
-                self.masks.resize(at + words, 0);
-                let mask = &mut self.masks[at..];
-                if s.error.is_some() {
-                    mask.fill(0);
-                } else if let Err(e) = c.fill_mask(mask) {
-                    s.error = Some(format!("the output constraint failed: {e}"));
-                    mask.fill(0);
+            if samples {
+                if let Some(c) = s.constraint.take() {
+                    row = Some(jobs.len() as u32);
+                    jobs.push(MaskJob {
+                        idx,
+                        constraint: c,
+                        error: s.error.take(),
+                    });
                 }
-                if s.error.is_some() {
-                    for &t in self.tok.eog_ids() {
-                        if let Some(w) = mask.get_mut(t as usize / 32) {
-                            *w |= 1 << (t % 32);
-                        }
-                    }
-                }
-                row = Some(rows);
-                rows += 1;
             }
             self.mask_of.push(row);
+        }
+        let words = kiln_model::sample::mask_words(self.runner.vocab_size());
+        self.masks.resize(jobs.len() * words, 0);
+        jobs
+    }
+
+    /// Gives the constraints (and what failed) back to their sequences.
+    fn restore_constraints(&mut self, jobs: Vec<MaskJob>, seconds: f64) {
+        self.stats.masks += jobs.len() as u64;
+        self.stats.mask_seconds += seconds;
+        for j in jobs {
+            let s = &mut self.running[j.idx];
+            s.constraint = Some(j.constraint);
+            s.error = j.error;
+        }
+    }
+
+    /// How many pieces the masks of `jobs` are computed in: with a device running the pass,
+    /// shared out over the host's threads (each mask is one sequence's parser alone); a CPU
+    /// runner's own threads hold the cores, so there one piece on the engine's thread.
+    fn mask_pieces(&self, jobs: usize) -> usize {
+        if self.runner.overlaps() {
+            rayon::current_num_threads()
+                .min(jobs / MASKS_PER_THREAD)
+                .max(1)
+        } else {
+            1
         }
     }
 
@@ -910,11 +946,25 @@ impl<R: Runner> Engine<R> {
             return Ok(true);
         }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
-        self.fill_masks(&plan);
+        // A runner that overlaps gets the token masks computed while its pass runs, unless a
+        // teacher-forced pass (which must wait for this step's sampling) follows it.
+        let has_scored = plan.iter().any(|&(i, _)| self.running[i].in_scored_part());
+        let late_masks = overlap && !has_scored;
+        let mut jobs = self.take_constraints(&plan);
+        let mut mask_seconds = 0.0;
+        let words = kiln_model::sample::mask_words(self.runner.vocab_size());
+        let eog = self.tok.clone();
+        if !late_masks && !jobs.is_empty() {
+            let pieces = self.mask_pieces(jobs.len());
+            let spent = fill_masks(&mut jobs, &mut self.masks, words, eog.eog_ids(), pieces);
+            self.restore_constraints(std::mem::take(&mut jobs), spent);
+        }
         // Small vectors per step: the slices borrow the sequences. Scored chunks go to a
         // teacher-forced pass of their own, so the others keep one row of logits each.
         let mut batch: Vec<Slice<'_>> = Vec::with_capacity(plan.len());
         let mut scored: Vec<Slice<'_>> = Vec::new();
+        // The plan entry of each row.
+        let mut sampling = Vec::with_capacity(plan.len());
         self.rows.clear();
         self.adjust.clear();
         for (k, &(idx, n)) in plan.iter().enumerate() {
@@ -926,9 +976,8 @@ impl<R: Runner> Engine<R> {
                 want_logits: s.score.is_none() && s.computed + n == s.tokens.len(),
             };
             if slice.want_logits {
-                let mut row = s.sampler.row(&mut self.adjust);
-                row.mask = self.mask_of[k];
-                self.rows.push(row);
+                self.rows.push(s.sampler.row(&mut self.adjust));
+                sampling.push(k);
             }
             if s.in_scored_part() {
                 scored.push(slice);
@@ -945,10 +994,27 @@ impl<R: Runner> Engine<R> {
         // streamed while it runs.
         let started = overlap && !batch.is_empty();
         if started {
-            result = self
-                .runner
-                .start(&batch, &self.rows, &self.adjust, &self.masks);
+            // The masks are computed on the pool while this thread launches the pass.
+            let pieces = self.mask_pieces(jobs.len());
+            let per = jobs.len().div_ceil(pieces).max(1);
+            let masks = &mut self.masks;
+            let runner = &mut self.runner;
+            let eog = eog.eog_ids();
+            let nanos = std::sync::atomic::AtomicU64::new(0);
+            let nanos = &nanos;
+            rayon::in_place_scope(|sc| {
+                let rows = masks.chunks_mut(per * words.max(1));
+                for (part, m) in jobs.chunks_mut(per).zip(rows) {
+                    sc.spawn(move |_| {
+                        let spent = fill_masks(part, m, words, eog, 1);
+                        nanos.fetch_add((spent * 1e9) as u64, Ordering::Relaxed);
+                    });
+                }
+                result = runner.start_pass(&batch);
+            });
+            mask_seconds = nanos.load(Ordering::Relaxed) as f64 * 1e-9;
         } else if !batch.is_empty() {
+            set_row_masks(&mut self.rows, &self.mask_of, &sampling);
             result = self.runner.step(
                 &batch,
                 &self.rows,
@@ -957,12 +1023,33 @@ impl<R: Runner> Engine<R> {
                 &mut self.sampled,
             );
         }
-        if result.is_ok() && !scored.is_empty() {
-            result = self.runner.step_all(&scored, &mut self.score_logits);
-        }
         let mut model_s = t_model.elapsed().as_secs_f64();
         drop(batch);
+        if started && result.is_ok() && !late_masks {
+            set_row_masks(&mut self.rows, &self.mask_of, &sampling);
+            let t = Instant::now();
+            result = self
+                .runner
+                .start_sampling(&self.rows, &self.adjust, &self.masks);
+            model_s += t.elapsed().as_secs_f64();
+        }
+        if result.is_ok() && !scored.is_empty() {
+            let t = Instant::now();
+            result = self.runner.step_all(&scored, &mut self.score_logits);
+            model_s += t.elapsed().as_secs_f64();
+        }
         drop(scored);
+        if !jobs.is_empty() {
+            self.restore_constraints(std::mem::take(&mut jobs), mask_seconds);
+        }
+        if started && result.is_ok() && late_masks {
+            set_row_masks(&mut self.rows, &self.mask_of, &sampling);
+            let t = Instant::now();
+            result = self
+                .runner
+                .start_sampling(&self.rows, &self.adjust, &self.masks);
+            model_s += t.elapsed().as_secs_f64();
+        }
         if overlap {
             let t_stream = Instant::now();
             self.flush();
@@ -1053,6 +1140,74 @@ impl<R: Runner> Engine<R> {
     }
 }
 
+/// A constrained sequence's part of a step's masks: its constraint, out of the sequence
+/// while the mask is computed.
+struct MaskJob {
+    /// The sequence's index in `running`.
+    idx: usize,
+    constraint: Box<Constraint>,
+    /// Why the constraint failed, if it did.
+    error: Option<String>,
+}
+
+/// Fills the mask rows of `jobs` (row `i` of `masks`, `words` words a row), in `pieces`
+/// pieces on the current rayon pool (1: here). A constraint that fails allows only the end
+/// tokens `eog`, and its sequence ends with the error after the step. Returns the seconds
+/// spent, summed over the threads.
+fn fill_masks(
+    jobs: &mut [MaskJob],
+    masks: &mut [u32],
+    words: usize,
+    eog: &[u32],
+    pieces: usize,
+) -> f64 {
+    let run = |jobs: &mut [MaskJob], masks: &mut [u32]| -> f64 {
+        let t = Instant::now();
+        for (j, mask) in jobs.iter_mut().zip(masks.chunks_mut(words.max(1))) {
+            if j.error.is_none() {
+                if let Err(e) = j.constraint.fill_mask(mask) {
+                    j.error = Some(format!("the output constraint failed: {e}"));
+                }
+            }
+            if j.error.is_some() {
+                mask.fill(0);
+                for &t in eog {
+                    if let Some(w) = mask.get_mut(t as usize / 32) {
+                        *w |= 1 << (t % 32);
+                    }
+                }
+            }
+        }
+        t.elapsed().as_secs_f64()
+    };
+    if pieces <= 1 {
+        return run(jobs, masks);
+    }
+    let per = jobs.len().div_ceil(pieces);
+    let spent = std::sync::Mutex::new(0.0);
+    rayon::scope(|sc| {
+        for (part, m) in jobs
+            .chunks_mut(per)
+            .zip(masks.chunks_mut(per * words.max(1)))
+        {
+            let spent = &spent;
+            sc.spawn(move |_| {
+                let s = run(part, m);
+                *spent.lock().unwrap_or_else(|e| e.into_inner()) += s;
+            });
+        }
+    });
+    spent.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gives each sampling row its mask (`sampling`: the plan entry of each row, `mask_of`:
+/// each plan entry's mask row).
+fn set_row_masks(rows: &mut [RowSampling], mask_of: &[Option<u32>], sampling: &[usize]) {
+    for (row, &k) in rows.iter_mut().zip(sampling) {
+        row.mask = mask_of.get(k).copied().flatten();
+    }
+}
+
 /// Takes the token sampled for `seq` into its tokens (it is streamed by [`stream`] later)
 /// and says whether the sequence ends with it: at an end-of-generation token, at its token
 /// limit or at the context's end. Stop strings are found when streaming.
@@ -1073,13 +1228,7 @@ fn accept(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishRea
     let generated = seq.tokens.len() - seq.prompt_len;
     let eog = tok.is_eog(id) && !params.ignore_eos;
     if let (false, Some(c)) = (eog, seq.constraint.as_mut()) {
-        if let Err(e) = c.consume(id) {
-            seq.error = Some(format!("the output constraint failed: {e}"));
-            return Some(FinishReason::Stop);
-        }
-        if c.is_done() {
-            return Some(FinishReason::Stop);
-        }
+        c.push(id);
     }
     let params = seq.sampler.params();
     if eog {

@@ -117,15 +117,17 @@ impl<B: Backend> Runner for ModelRunner<B> {
         self.model.backend.asynchronous()
     }
 
-    fn start(
+    fn start_pass(&mut self, batch: &[Slice<'_>]) -> Result<(), ModelError> {
+        self.model
+            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Keep)
+    }
+
+    fn start_sampling(
         &mut self,
-        batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
         masks: &[u32],
     ) -> Result<(), ModelError> {
-        self.model
-            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Keep)?;
         self.model
             .sample_start(&mut self.state, rows, adjust, masks)
     }

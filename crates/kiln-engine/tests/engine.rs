@@ -27,6 +27,8 @@ struct MockRunner {
     overlap: bool,
     /// The tokens of a started step.
     started: Option<Vec<Sampled>>,
+    /// The logits of a started pass, not yet sampled.
+    passed: Option<Vec<f32>>,
 }
 
 /// The mock's logits after the token prefix whose running hash is `h`.
@@ -56,6 +58,7 @@ impl MockRunner {
             most_rows: 0,
             overlap: false,
             started: None,
+            passed: None,
         }
     }
     fn overlapping(vocab: usize, n_blocks: usize, block_size: usize) -> Self {
@@ -66,6 +69,21 @@ impl MockRunner {
     }
     fn slot(&self, blocks: &[u32], pos: usize) -> usize {
         blocks[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+    /// Writes the batch's KV and gives one row of logits per slice that wants them.
+    fn pass(&mut self, batch: &[Slice<'_>]) -> Vec<f32> {
+        let mut row = Vec::new();
+        let mut logits = Vec::new();
+        for s in batch {
+            self.write(s);
+            if s.want_logits {
+                let h =
+                    (0..s.pos0 + s.tokens.len()).fold(HASH0, |h, p| hash_step(h, self.kv(s, p)));
+                mock_row(self.vocab, h, &mut row);
+                logits.extend_from_slice(&row);
+            }
+        }
+        logits
     }
     fn write(&mut self, s: &Slice<'_>) {
         for (i, &t) in s.tokens.iter().enumerate() {
@@ -99,17 +117,7 @@ impl Runner for MockRunner {
         masks: &[u32],
         out: &mut Vec<Sampled>,
     ) -> Result<(), ModelError> {
-        let mut row = Vec::new();
-        let mut logits = Vec::new();
-        for s in batch {
-            self.write(s);
-            if s.want_logits {
-                let h =
-                    (0..s.pos0 + s.tokens.len()).fold(HASH0, |h, p| hash_step(h, self.kv(s, p)));
-                mock_row(self.vocab, h, &mut row);
-                logits.extend_from_slice(&row);
-            }
-        }
+        let mut logits = self.pass(batch);
         let mut scratch = kiln_model::sample::Scratch::default();
         kiln_model::sample::sample_rows(
             &mut logits,
@@ -125,23 +133,36 @@ impl Runner for MockRunner {
     fn overlaps(&self) -> bool {
         self.overlap
     }
-    fn start(
+    fn start_pass(&mut self, batch: &[Slice<'_>]) -> Result<(), ModelError> {
+        assert!(
+            self.overlap,
+            "start_pass called on a runner that does not overlap"
+        );
+        assert!(
+            self.started.is_none() && self.passed.is_none(),
+            "a step started before the last finished"
+        );
+        self.passed = Some(self.pass(batch));
+        Ok(())
+    }
+    fn start_sampling(
         &mut self,
-        batch: &[Slice<'_>],
         rows: &[RowSampling],
         adjust: &[Adjust],
         masks: &[u32],
     ) -> Result<(), ModelError> {
-        assert!(
-            self.overlap,
-            "start called on a runner that does not overlap"
-        );
-        assert!(
-            self.started.is_none(),
-            "a step started before the last finished"
-        );
+        let mut logits = self.passed.take().expect("sampling without a pass");
         let mut out = Vec::new();
-        self.step(batch, rows, adjust, masks, &mut out)?;
+        let mut scratch = kiln_model::sample::Scratch::default();
+        kiln_model::sample::sample_rows(
+            &mut logits,
+            self.vocab,
+            rows,
+            adjust,
+            masks,
+            &mut out,
+            &mut scratch,
+        );
         self.started = Some(out);
         Ok(())
     }
@@ -865,9 +886,17 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
     });
     let free_prompt: Vec<u32> = (300..340).collect();
     let free = run_alone(&tok, &free_prompt, params(1));
-    for (n_blocks, max_batch_tokens) in [(64, 256), (10, 16)] {
+    // Plain steps, steps whose masks are computed while the pass runs (a device's), and a
+    // small pool that preempts.
+    for (n_blocks, max_batch_tokens, overlap) in [(64, 256, false), (64, 256, true), (10, 16, true)]
+    {
+        let runner = if overlap {
+            MockRunner::overlapping(tok.vocab_size(), n_blocks, 16)
+        } else {
+            MockRunner::new(tok.vocab_size(), n_blocks, 16)
+        };
         let mut e = Engine::new(
-            MockRunner::new(tok.vocab_size(), n_blocks, 16),
+            runner,
             tok.clone(),
             EngineConfig {
                 max_batch_tokens,

@@ -242,6 +242,16 @@ impl Metrics {
                     "Of the engine's own seconds, those spent streaming tokens while the device ran the next step.",
                     s.stream_seconds,
                 ),
+                (
+                    "kiln_engine_mask_seconds_total",
+                    "Seconds host threads spent computing the token masks of constrained sequences, summed over threads.",
+                    s.mask_seconds,
+                ),
+                (
+                    "kiln_engine_masks_total",
+                    "Token masks computed (one per constrained sequence per step).",
+                    s.masks as f64,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
             }

@@ -181,19 +181,19 @@ pub fn parse(m: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
     };
     let choice = match m.get("tool_choice") {
         None | Some(Value::Null) => ToolChoice::Auto,
-        Some(Value::String(s)) => {
-            match s.as_str() {
-                "none" => ToolChoice::None,
-                "auto" => ToolChoice::Auto,
-                "required" => ToolChoice::Required,
-                other => return Err(ApiError::bad(
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::bad(
                     "tool_choice",
                     format!(
                         "`tool_choice` is `{other}`; expected none, auto, required or a function"
                     ),
-                )),
+                ))
             }
-        }
+        },
         Some(Value::Object(o)) => {
             let name = o
                 .get("function")

@@ -1,0 +1,131 @@
+//! What constrained decoding costs the host per step: N sequences under the JSON schema of
+//! `scripts/structured_bench.py`, each step a mask per sequence (and the token it then
+//! chooses, drawn from the allowed ones), on one thread and shared over T threads as the
+//! engine does beside a device.
+//!
+//! ```sh
+//! cargo run --release -p kiln-engine --example mask_cost -- [MODEL.gguf | HF_FOLDER] [N] [STEPS]
+//! ```
+//! Without a model it takes the default model (fetched if missing). Prints microseconds per
+//! step and per mask for each thread count.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kiln_engine::{Constraint, Grammar, Grammars};
+use kiln_model::tokenizer::Tokenizer;
+use rayon::prelude::*;
+use serde_json::json;
+
+fn tokenizer(arg: Option<&str>) -> Tokenizer {
+    let path = match arg {
+        Some(p) => std::path::PathBuf::from(p),
+        None => kiln_model::fetch::ensure_default_model(true).expect("the default model"),
+    };
+    if path.is_dir() {
+        let cfg = path.join("tokenizer_config.json");
+        Tokenizer::from_hf_files(
+            &path.join("tokenizer.json"),
+            cfg.exists().then_some(cfg.as_path()),
+            &[],
+        )
+        .expect("tokenizer.json")
+    } else {
+        let f = kiln_gguf::GgufFile::open(&path).expect("a GGUF file");
+        Tokenizer::from_gguf(&f).expect("its tokenizer")
+    }
+}
+
+fn schema() -> serde_json::Value {
+    let item = json!({
+        "type": "object",
+        "properties": {
+            "name_bench": {"type": "string", "maxLength": 16},
+            "count": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "kind": {"enum": ["alpha", "beta", "gamma"]}
+        },
+        "required": ["name_bench", "count", "kind"],
+        "additionalProperties": false
+    });
+    json!({
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": item, "minItems": 1000}},
+        "required": ["items"],
+        "additionalProperties": false
+    })
+}
+
+/// One step of one sequence: its mask, then a token it allows (a hash of the step picks
+/// among them, so that every run makes the same choices).
+fn step(c: &mut Constraint, mask: &mut [u32], k: usize) {
+    c.fill_mask(mask).expect("a mask");
+    let total: u32 = mask.iter().map(|w| w.count_ones()).sum();
+    let mut left = (k.wrapping_mul(2_654_435_761) % total.max(1) as usize) as u32;
+    for (w, &bits) in mask.iter().enumerate() {
+        let n = bits.count_ones();
+        if left < n {
+            let b = (0..32)
+                .filter(|b| (bits >> b) & 1 == 1)
+                .nth(left as usize)
+                .unwrap_or(0);
+            c.push((w * 32 + b) as u32);
+            return;
+        }
+        left -= n;
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tok = Arc::new(tokenizer(args.first().map(String::as_str)));
+    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let t = Instant::now();
+    let g = Grammars::new(tok.clone(), tok.vocab_size()).expect("grammars");
+    println!(
+        "vocabulary {}, token trie built in {:.1} ms",
+        tok.vocab_size(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    let base = g.compile(&Grammar::JsonSchema(schema())).expect("compiles");
+    println!(
+        "schema compiled in {:.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let words = kiln_model::sample::mask_words(g.width());
+    let max_threads = rayon::current_num_threads();
+    let mut counts = vec![1usize];
+    while counts.last().is_some_and(|&c| c * 2 <= max_threads) {
+        counts.push(counts.last().unwrap() * 2);
+    }
+    for threads in counts {
+        let mut cs: Vec<Constraint> = (0..n).map(|_| base.clone()).collect();
+        let mut masks = vec![0u32; n * words];
+        let t = Instant::now();
+        for s in 0..steps {
+            let mut jobs: Vec<(usize, &mut Constraint, &mut [u32])> = cs
+                .iter_mut()
+                .zip(masks.chunks_mut(words))
+                .enumerate()
+                .map(|(i, (c, m))| (i, c, m))
+                .collect();
+            let run = |part: &mut [(usize, &mut Constraint, &mut [u32])]| {
+                for (i, c, m) in part.iter_mut() {
+                    step(c, m, s * 1000 + *i);
+                }
+            };
+            if threads == 1 {
+                run(&mut jobs);
+            } else {
+                let per = n.div_ceil(threads);
+                jobs.par_chunks_mut(per).for_each(run);
+            }
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / steps as f64;
+        println!(
+            "{n} sequences, {threads:>2} threads: {us:8.1} us a step, {:6.1} us a mask",
+            us / n as f64
+        );
+    }
+}
