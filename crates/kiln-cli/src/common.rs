@@ -41,6 +41,10 @@ pub struct ModelArgs {
     /// KV cache values: f16 (default) or f32 (twice the memory, no rounding; CPU only).
     #[arg(long, default_value = "f16", value_parser = parse_kv)]
     pub kv_dtype: kiln_model::cpu::KvDtype,
+    /// A Jinja chat template file to use instead of the model's own (as transformers
+    /// renders them: `messages`, `tools`, `add_generation_prompt`, `bos_token`, `eos_token`).
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -223,8 +227,13 @@ pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<Device>
         lora: args.lora.clone(),
         quantize: args.quantize,
     };
-    let m = kiln_model::loader::load(&path, device, &opts)
+    let mut m = kiln_model::loader::load(&path, device, &opts)
         .with_context(|| format!("loading {}", path.display()))?;
+    if let Some(f) = &args.chat_template {
+        let source = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the chat template {}", f.display()))?;
+        m.template = m.template.replaced(&source, &f.display().to_string())?;
+    }
     if !quiet {
         eprintln!(
             "{} ({} layers, {} on {}) in {:.2} s",

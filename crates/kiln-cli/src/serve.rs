@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Another name the model answers to and `/v1/models` lists (repeatable), for clients
+    /// that hard-code a model name.
+    #[arg(long)]
+    pub alias: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -109,6 +113,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         max_refinements: blocking / 2,
         api_keys: keys,
         cors_origins: a.cors_origin.clone(),
+        aliases: a.alias.clone(),
         allowed_hosts: a.allow_host.clone(),
         max_body_bytes: a.max_body_bytes,
         default_max_tokens: a.default_max_tokens.max(1),

@@ -334,6 +334,29 @@ fn disconnect_cancels_and_sigterm_finishes_streams() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// Tools through a template that renders them (a Hermes-style template given with
+/// `--chat-template`), batched completions, `/tokenize` and `/detokenize`, an alias and a CORS
+/// preflight, with the real `openai` client (tests/native_tools.py).
+#[test]
+fn openai_python_client_native_tools_and_the_rest_of_the_surface() {
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hermes.jinja");
+    let s = Server::start(&[
+        "--chat-template",
+        template,
+        "--alias",
+        "gpt-4o-mini",
+        "--cors-origin",
+        "http://app.example",
+    ]);
+    let out = python(include_str!("native_tools.py"), s.port);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok: native tools"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Structured output and tool calling with the real `openai` client (tests/structured.py):
 /// `parse` with a Pydantic model, JSON mode, a function-calling round trip, a named call,
 /// streamed tool-call deltas, and fifty constrained answers over varied schemas, every one

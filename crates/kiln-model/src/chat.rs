@@ -14,10 +14,20 @@ use crate::ModelError;
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The text.
     pub content: String,
+    /// The calls an assistant message made, as templates with tools read them: a list of
+    /// `{"type": "function", "function": {"name", "arguments"}}` with `arguments` an object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The function a `tool` message answers for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -26,6 +36,54 @@ impl Message {
         Message {
             role: role.to_owned(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
+        }
+    }
+
+    /// This message with another content, and the rest (tool calls, ids) kept.
+    fn with_content(&self, content: String) -> Self {
+        Message {
+            content,
+            ..self.clone()
+        }
+    }
+
+    /// Bytes of text a template may write for it.
+    fn text_bytes(&self) -> usize {
+        self.content.len()
+            + self.role.len()
+            + self.tool_calls.as_ref().map_or(0, |c| c.to_string().len())
+            + self.tool_call_id.as_ref().map_or(0, String::len)
+            + self.name.as_ref().map_or(0, String::len)
+    }
+}
+
+/// How a template asks for tool calls, read from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    /// The template takes no tools: kiln describes them in a system message and reads its
+    /// own documented format.
+    Generic,
+    /// Hermes style (Qwen2.5, Hermes, SmolLM3): each call is `<tool_call>` and a JSON object
+    /// of `name` and `arguments`, then `</tool_call>`.
+    Hermes,
+    /// Llama 3.1/3.2 style: the answer is one JSON object of `name` and `parameters`.
+    Llama3,
+}
+
+impl ToolFormat {
+    /// The format a template's source uses.
+    pub fn of(source: &str) -> Self {
+        if !source.contains("tools") {
+            ToolFormat::Generic
+        } else if source.contains("<tool_call>") {
+            ToolFormat::Hermes
+        } else if source.contains("ipython") && source.contains("parameters") {
+            ToolFormat::Llama3
+        } else {
+            ToolFormat::Generic
         }
     }
 }
@@ -73,6 +131,8 @@ struct Inner {
     eos: String,
     /// Where the template came from (a file and the field in it), for error messages.
     origin: String,
+    /// How it renders tools.
+    tools: ToolFormat,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -118,9 +178,16 @@ impl ChatTemplate {
                 bos: bos.to_owned(),
                 eos: eos.to_owned(),
                 origin: origin.to_owned(),
+                tools: ToolFormat::of(source),
             }),
             disabled: AtomicBool::new(false),
         })
+    }
+
+    /// Another template for the same model (its BOS and EOS texts kept), read from
+    /// `origin`: a user's `--chat-template` file.
+    pub fn replaced(&self, source: &str, origin: &str) -> Result<Self, ModelError> {
+        Self::with_origin(source, &self.inner.bos, &self.inner.eos, origin)
     }
 
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
@@ -135,6 +202,22 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
+        self.render_with(messages, None, add_generation_prompt)
+    }
+
+    /// How this template renders tools.
+    pub fn tool_format(&self) -> ToolFormat {
+        self.inner.tools
+    }
+
+    /// As [`ChatTemplate::render`], with `tools` (OpenAI's list of function tools) given to
+    /// the template as `tools`.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         let origin = &self.inner.origin;
         if self.disabled.load(Ordering::Relaxed) {
             return Err(ModelError::Template(format!(
@@ -143,16 +226,18 @@ impl ChatTemplate {
         }
         let cap = messages
             .iter()
-            .map(|m| m.content.len() + m.role.len())
+            .map(Message::text_bytes)
             .sum::<usize>()
+            .saturating_add(tools.map_or(0, |t| t.to_string().len()))
             .saturating_mul(4)
             .saturating_add(OUTPUT_SLACK);
         let budget = cap.saturating_mul(4).saturating_add(MEMORY_SLACK);
         let inner = self.inner.clone();
         let n = messages.len();
         let messages = messages.to_vec();
+        let tools = tools.cloned();
         let r = memguard::run_bounded(budget, RENDER_TIMEOUT, move || {
-            inner.render_here(&messages, add_generation_prompt, cap)
+            inner.render_here(&messages, tools.as_ref(), add_generation_prompt, cap)
         });
         match r {
             Ok(r) => r,
@@ -192,7 +277,16 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Rendered, ModelError> {
-        let text = self.render(messages, add_generation_prompt)?;
+        self.render_marked_with(messages, None, add_generation_prompt)
+    }
+
+    fn render_marked_with(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Rendered, ModelError> {
+        let text = self.render_with(messages, tools, add_generation_prompt)?;
         // A marker prefix that neither the template's output nor any content contains (the
         // real rendering holds both, unless the template drops a message).
         let mut k = 0u64;
@@ -206,9 +300,9 @@ impl ChatTemplate {
         let marked: Vec<Message> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| Message::new(&m.role, format!("{prefix}{i}\u{F8FF}")))
+            .map(|(i, m)| m.with_content(format!("{prefix}{i}\u{F8FF}")))
             .collect();
-        let Ok(shape) = self.render(&marked, add_generation_prompt) else {
+        let Ok(shape) = self.render_with(&marked, tools, add_generation_prompt) else {
             return Ok(Rendered {
                 text,
                 contents: None,
@@ -242,7 +336,41 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, ModelError> {
-        let r = self.render_marked(messages, add_generation_prompt)?;
+        self.encode_with(tokenizer, messages, None, add_generation_prompt)
+    }
+
+    /// As [`ChatTemplate::encode`], with `tools` given to the template. The tools' and the
+    /// calls' text is read as control tokens where the template writes it, so text there that
+    /// spells a control token is refused.
+    pub fn encode_with(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        if let Some(t) = tools.and_then(|t| tokenizer.special_text_in(&t.to_string())) {
+            return Err(ModelError::Template(format!(
+                "tools contain the control token `{t}`; remove it"
+            )));
+        }
+        for (i, m) in messages.iter().enumerate() {
+            let extra = format!(
+                "{} {} {}",
+                m.tool_calls
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                m.tool_call_id.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default()
+            );
+            if let Some(t) = tokenizer.special_text_in(&extra) {
+                return Err(ModelError::Template(format!(
+                    "messages[{i}] has tool calls or ids containing the control token `{t}`; remove it"
+                )));
+            }
+        }
+        let r = self.render_marked_with(messages, tools, add_generation_prompt)?;
         match &r.contents {
             Some(ranges) => Ok(tokenizer.encode_with_literal(&r.text, true, ranges)),
             None => {
@@ -261,14 +389,16 @@ impl ChatTemplate {
                 let ids = tokenizer.encode(&r.text, true, true);
                 let neutral: Vec<Message> = messages
                     .iter()
-                    .map(|m| Message::new(&m.role, "x"))
+                    .map(|m| m.with_content("x".into()))
                     .collect();
-                let base = self.render(&neutral, add_generation_prompt).map_err(|e| {
-                    ModelError::Template(format!(
-                        "this model's template transforms message contents and fails without \
+                let base = self
+                    .render_with(&neutral, tools, add_generation_prompt)
+                    .map_err(|e| {
+                        ModelError::Template(format!(
+                            "this model's template transforms message contents and fails without \
                          them, so kiln cannot tell its control tokens from the messages': {e}"
-                    ))
-                })?;
+                        ))
+                    })?;
                 let specials = |ids: &[u32]| {
                     ids.iter()
                         .filter(|&&id| {
@@ -301,6 +431,7 @@ impl Inner {
     fn render_here(
         &self,
         messages: &[Message],
+        tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
         cap: usize,
     ) -> Result<String, ModelError> {
@@ -316,6 +447,7 @@ impl Inner {
         tmpl.render_captured_to(
             minijinja::context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos,
                 eos_token => self.eos,

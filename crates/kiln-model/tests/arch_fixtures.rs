@@ -425,10 +425,7 @@ fn quantized_files_load_and_agree_with_the_reference() {
                     b.tokenizer.encode(&p.text, true, true)
                 );
             }
-            let msgs = [Message {
-                role: "user".into(),
-                content: "hi".into(),
-            }];
+            let msgs = [Message::new("user", "hi")];
             assert_eq!(
                 a.template.render(&msgs, true).unwrap(),
                 b.template.render(&msgs, true).unwrap()
@@ -557,10 +554,7 @@ fn folder_errors_name_the_problem() {
     )
     .unwrap();
     let m = load(&d, test_device(1), &LoadOptions::default()).unwrap();
-    let msgs = [kiln_model::chat::Message {
-        role: "user".into(),
-        content: "hi".into(),
-    }];
+    let msgs = [kiln_model::chat::Message::new("user", "hi")];
     let e = m.template.render(&msgs, true).unwrap_err().to_string();
     assert!(
         e.contains("chat_template.jinja") && e.contains("rendering failed"),

@@ -7,6 +7,7 @@ mod listen;
 pub mod metrics;
 mod refine;
 mod request;
+mod text;
 mod tools;
 
 use std::convert::Infallible;
@@ -32,7 +33,7 @@ use tokio::sync::mpsc;
 
 pub use error::ApiError;
 use metrics::Metrics;
-use request::GenRequest;
+use request::{GenRequest, Prompts};
 
 /// Parses a request body as `/v1/chat/completions` (`chat`) or `/v1/completions` does, and
 /// says only whether it is accepted: for fuzzing and tests of hostile bodies.
@@ -80,6 +81,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Time running requests get to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Other names the model answers to (`model` in requests) and `/v1/models` lists, for
+    /// clients that hard-code one.
+    pub aliases: Vec<String>,
     /// Refinements running at once. Each holds a thread of the blocking pool for its whole
     /// run, which tokenizing and templating share; more wait for a slot, so that they cannot
     /// take every thread from ordinary requests.
@@ -99,6 +103,7 @@ impl Default for ServerConfig {
             max_connections: 512,
             shutdown_grace: Duration::from_secs(30),
             max_refinements: 2,
+            aliases: Vec::new(),
         }
     }
 }
@@ -280,6 +285,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/tokenize", post(text::tokenize))
+        .route("/detokenize", post(text::detokenize))
         .route("/v1/ising/empathy", post(ising_empathy))
         .route("/v1/ising/social", post(ising_social))
         .fallback(not_found)
@@ -382,7 +389,7 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, content-type"),
+                preflight_headers(&req),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
@@ -391,7 +398,8 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
         }
         return add_cors(r);
     }
-    let protected = path.starts_with("/v1/") || path == "/metrics";
+    let protected = path.starts_with("/v1/")
+        || matches!(path.as_str(), "/metrics" | "/tokenize" | "/detokenize");
     if protected && !st.cfg.api_keys.is_empty() {
         if let Err(e) = guard::authenticate(&st.cfg.api_keys, req.headers()) {
             let msg = match e {
@@ -434,11 +442,39 @@ async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Respon
     add_cors(r)
 }
 
+/// The request headers a CORS preflight may allow: those the browser asks for
+/// (`Access-Control-Request-Headers`, when they are plain header names, such as the
+/// `x-stainless-*` headers of OpenAI's JavaScript client), or the two kiln reads.
+fn preflight_headers(req: &HttpRequest) -> HeaderValue {
+    const BASE: &str = "authorization, content-type";
+    let asked = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            v.len() <= 2048
+                && v.split(',').all(|h| {
+                    let h = h.trim();
+                    !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        });
+    match asked {
+        Some(a) => HeaderValue::from_str(&format!("{BASE}, {}", a.to_ascii_lowercase()))
+            .unwrap_or(HeaderValue::from_static(BASE)),
+        None => HeaderValue::from_static(BASE),
+    }
+}
+
 fn endpoint_name(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "chat_completions",
         "/v1/completions" => "completions",
         "/v1/models" => "models",
+        "/v1/embeddings" => "embeddings",
+        "/tokenize" => "tokenize",
+        "/detokenize" => "detokenize",
         "/v1/ising/empathy" => "ising_empathy",
         "/v1/ising/social" => "ising_social",
         _ => "other",
@@ -518,11 +554,32 @@ async fn metrics_text(State(st): State<Shared>) -> Response {
 }
 
 async fn models(State(st): State<Shared>) -> Json<Value> {
-    let data: Vec<Value> = st
-        .loaded()
-        .into_iter()
-        .map(|l| json!({"id": l.id, "object": "model", "created": st.created, "owned_by": "kiln"}))
-        .collect();
+    let mut data = Vec::new();
+    if let Some(l) = st.loaded() {
+        let grammars = st.grammars.get().is_some_and(Result::is_ok);
+        let entry = |id: &str| {
+            json!({
+                "id": id,
+                "object": "model",
+                "created": st.created,
+                "owned_by": "kiln",
+                "root": l.id,
+                "max_model_len": l.context_length,
+                "capabilities": {
+                    "completion": true,
+                    "chat": true,
+                    "tokenize": true,
+                    "tools": grammars,
+                    "response_format": grammars,
+                    "native_tool_template": l.template.tool_format() != kiln_model::chat::ToolFormat::Generic,
+                },
+            })
+        };
+        data.push(entry(&l.id));
+        for a in &st.cfg.aliases {
+            data.push(entry(a));
+        }
+    }
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -552,11 +609,19 @@ async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
         })
 }
 
-fn check_model(lm: &LoadedLm, req: &GenRequest) -> Result<(), ApiError> {
+fn check_model(st: &AppState, lm: &LoadedLm, req: &GenRequest) -> Result<(), ApiError> {
     match req.model.as_deref() {
-        None | Some("default") => Ok(()),
-        Some(m) if m == lm.id => Ok(()),
-        Some(m) => Err(ApiError {
+        None => Ok(()),
+        Some(m) => check_model_name(st, lm, m),
+    }
+}
+
+/// Refuses a `model` that is neither the model's id, one of its aliases, nor `default`.
+fn check_model_name(st: &AppState, lm: &LoadedLm, name: &str) -> Result<(), ApiError> {
+    match name {
+        "default" => Ok(()),
+        m if m == lm.id || st.cfg.aliases.iter().any(|a| a == m) => Ok(()),
+        m => Err(ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!(
                 "the model `{m}` does not exist; this server serves `{}`",
@@ -572,15 +637,26 @@ async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Respon
     let body = read_body(&st, body).await?;
     let req = request::parse(&body, true, st.cfg.default_max_tokens)?;
     let lm = st.lm()?;
-    check_model(lm, &req)?;
+    check_model(&st, lm, &req)?;
     if req.refine.is_some() {
         return refine::chat(st.clone(), req).await;
     }
-    let mut messages = req.messages.clone().unwrap_or_default();
-    if let Some(t) = &req.tools {
-        t.add_to(&mut messages);
+    let mut req = req;
+    let native = lm.template.tool_format();
+    if let Some(t) = req.tools.as_mut() {
+        t.format = native;
     }
-    let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    let mut messages = req.messages.clone().unwrap_or_default();
+    match &req.tools {
+        Some(t) => t.add_to(&mut messages),
+        None if native == kiln_model::chat::ToolFormat::Generic => {
+            tools::inline_calls(&mut messages)
+        }
+        None => {}
+    }
+    let template_tools = req.tools.as_ref().and_then(|t| t.for_template());
+    let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum::<usize>()
+        + template_tools.as_ref().map_or(0, |t| t.to_string().len());
     refuse_long(lm, "messages", text_bytes)?;
     let (grammar, param) = match (&req.format, req.tools.as_ref().and_then(|t| t.grammar())) {
         (Some(g), _) => (Some(g.clone()), "response_format"),
@@ -594,12 +670,12 @@ async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Respon
     let (prompt, constraint) = blocking(st.clone(), move |lm| {
         let prompt = lm
             .template
-            .encode(&lm.tokenizer, &messages, true)
+            .encode_with(&lm.tokenizer, &messages, template_tools.as_ref(), true)
             .map_err(|e| ApiError::bad("messages", e.to_string()))?;
         Ok((prompt, compile(&st2, lm, grammar.as_ref(), param)?))
     })
     .await?;
-    generate(st.clone(), req, prompt, constraint, true).await
+    generate(st.clone(), req, vec![prompt], constraint, true).await
 }
 
 /// Compiles the grammar a request's answer must follow; a bad one is refused naming `param`.
@@ -622,21 +698,27 @@ async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, A
     let body = read_body(&st, body).await?;
     let req = request::parse(&body, false, st.cfg.default_max_tokens)?;
     let lm = st.lm()?;
-    check_model(lm, &req)?;
-    let text = req.prompt.clone().unwrap_or_default();
-    refuse_long(lm, "prompt", text.len())?;
+    check_model(&st, lm, &req)?;
+    let input = req.prompt.clone().unwrap_or(Prompts::Texts(Vec::new()));
+    refuse_long(lm, "prompt", input.text_bytes())?;
     let special = req.parse_special;
     let grammar = req.format.clone();
     let st2 = st.clone();
-    let (prompt, constraint) = blocking(st.clone(), move |lm| {
-        let prompt = lm.tokenizer.encode(&text, true, special);
+    let (prompts, constraint) = blocking(st.clone(), move |lm| {
+        let prompts = match input {
+            Prompts::Texts(t) => t
+                .iter()
+                .map(|t| lm.tokenizer.encode(t, true, special))
+                .collect(),
+            Prompts::Tokens(t) => t,
+        };
         Ok((
-            prompt,
+            prompts,
             compile(&st2, lm, grammar.as_ref(), "response_format")?,
         ))
     })
     .await?;
-    generate(st.clone(), req, prompt, constraint, false).await
+    generate(st.clone(), req, prompts, constraint, false).await
 }
 
 /// Runs CPU-heavy request work on the blocking pool.
@@ -695,34 +777,40 @@ impl Drop for Queued {
 fn submit_all(
     st: &AppState,
     req: &GenRequest,
-    prompt: &[u32],
+    prompts: &[Vec<u32>],
     constraint: Option<Box<kiln_engine::Constraint>>,
 ) -> Result<(mpsc::Receiver<Tagged>, Queued), ApiError> {
     let lm = st.lm()?;
-    if prompt.len() >= lm.context_length {
-        let param = if req.messages.is_some() {
-            "messages"
-        } else {
-            "prompt"
-        };
-        return Err(context_exceeded(
-            param,
-            prompt.len(),
-            lm.context_length,
-            false,
-        ));
+    for (k, prompt) in prompts.iter().enumerate() {
+        if prompt.len() >= lm.context_length {
+            let param = if req.messages.is_some() {
+                "messages".to_owned()
+            } else if prompts.len() > 1 {
+                format!("prompt[{k}]")
+            } else {
+                "prompt".to_owned()
+            };
+            return Err(context_exceeded(
+                &param,
+                prompt.len(),
+                lm.context_length,
+                false,
+            ));
+        }
     }
+    let choices = prompts.len() * req.n;
     // Bounded: a client that stops reading a stream fills this, and the sink's refusal
     // cancels the sequence instead of queueing its tokens in memory without end.
-    let (tx, rx) = mpsc::channel(EVENT_BUFFER * req.n);
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER * choices);
     let mut queued = Queued {
         engine: lm.engine.clone(),
-        ids: Vec::with_capacity(req.n),
+        ids: Vec::with_capacity(choices),
     };
-    for i in 0..req.n {
+    // Choice `i` answers prompt `i / n`, as OpenAI numbers a batch's choices.
+    for i in 0..choices {
         let mut params = req.params.clone();
         if let Some(s) = params.seed {
-            params.seed = Some(s.wrapping_add(i as u64));
+            params.seed = Some(s.wrapping_add((i % req.n) as u64));
         }
         let tx = tx.clone();
         let sink: kiln_engine::Sink = Box::new(move |e| tx.try_send((i, e)).is_ok());
@@ -730,7 +818,7 @@ fn submit_all(
             .engine
             .submit(
                 Request {
-                    prompt: prompt.to_vec(),
+                    prompt: prompts[i / req.n].clone(),
                     params,
                     constraint: constraint.clone(),
                 },
@@ -749,7 +837,14 @@ fn submit_all(
                     param: Some("max_tokens".into()),
                     code: Some("context_length_exceeded"),
                 },
-                kiln_engine::SubmitError::Prompt(m) => ApiError::bad("messages", m),
+                kiln_engine::SubmitError::Prompt(m) => ApiError::bad(
+                    if req.messages.is_some() {
+                        "messages"
+                    } else {
+                        "prompt"
+                    },
+                    m,
+                ),
             })?;
         queued.ids.push(id);
     }
@@ -772,7 +867,9 @@ fn finish_str(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Stop => "stop",
         FinishReason::Length | FinishReason::ContextFull => "length",
-        FinishReason::Cancelled => "cancelled",
+        // The engine tells no one of a cancelled sequence (its client is gone); were one
+        // to reach a client, it would read as OpenAI's own value for a cut-short answer.
+        FinishReason::Cancelled => "stop",
     }
 }
 
@@ -832,14 +929,17 @@ impl Tracker {
 async fn generate(
     st: Shared,
     req: GenRequest,
-    prompt: Vec<u32>,
+    prompts: Vec<Vec<u32>>,
     constraint: Option<Box<kiln_engine::Constraint>>,
     chat: bool,
 ) -> Result<Response, ApiError> {
-    let (mut rx, queued) = submit_all(&st, &req, &prompt, constraint)?;
+    let (mut rx, queued) = submit_all(&st, &req, &prompts, constraint)?;
+    // Prompt tokens, counted once per prompt as OpenAI does (not once per choice).
+    let prompt_len: usize = prompts.iter().map(Vec::len).sum();
+    let choices_n = prompts.len() * req.n;
     st.metrics
         .prompt_tokens
-        .fetch_add(prompt.len() as u64 * req.n as u64, Ordering::Relaxed);
+        .fetch_add((prompt_len * req.n) as u64, Ordering::Relaxed);
     let id = format!(
         "{}-{}",
         if chat { "chatcmpl" } else { "cmpl" },
@@ -851,10 +951,10 @@ async fn generate(
     let mut tracker = Tracker {
         st: st.clone(),
         started: Instant::now(),
-        last: vec![None; req.n],
+        last: vec![None; choices_n],
     };
     if !req.stream {
-        let mut choices: Vec<Choice> = (0..req.n)
+        let mut choices: Vec<Choice> = (0..choices_n)
             .map(|_| Choice {
                 text: String::new(),
                 finish: None,
@@ -862,7 +962,7 @@ async fn generate(
                 usage: Usage::default(),
             })
             .collect();
-        let mut left = req.n;
+        let mut left = choices_n;
         while left > 0 {
             let Some((i, ev)) = rx.recv().await else {
                 return Err(ended_early());
@@ -936,9 +1036,9 @@ async fn generate(
             "system_fingerprint": FINGERPRINT,
             "choices": out_choices,
             "usage": {
-                "prompt_tokens": prompt.len(),
+                "prompt_tokens": prompt_len,
                 "completion_tokens": completion,
-                "total_tokens": prompt.len() + completion,
+                "total_tokens": prompt_len + completion,
                 "prompt_tokens_details": {"cached_tokens": cached},
             },
         });
@@ -947,10 +1047,9 @@ async fn generate(
 
     // Streaming: one chunk per token event; a final usage chunk if asked; then [DONE].
     let tok = lm.tokenizer.clone();
-    let n = req.n;
+    let n = choices_n;
     let include_usage = req.include_usage;
     let want_lp = req.logprobs;
-    let prompt_len = prompt.len();
     let object = if chat {
         "chat.completion.chunk"
     } else {

@@ -13,8 +13,9 @@ pub struct GenRequest {
     pub model: Option<String>,
     /// Chat messages (chat endpoint) ...
     pub messages: Option<Vec<Message>>,
-    /// ... or the raw prompt (completions endpoint).
-    pub prompt: Option<String>,
+    /// ... or the raw prompts (completions endpoint): one or a batch, each answered with
+    /// `n` choices.
+    pub prompt: Option<Prompts>,
     /// Sampling parameters.
     pub params: SamplingParams,
     /// Number of choices.
@@ -33,6 +34,114 @@ pub struct GenRequest {
     pub format: Option<kiln_engine::Grammar>,
     /// Functions the model may call (chat only).
     pub tools: Option<crate::tools::Tools>,
+}
+
+/// Most prompts one completions request may carry.
+pub const MAX_PROMPTS: usize = 64;
+
+/// The `prompt` of a completions request: texts or token ids, one or a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompts {
+    /// Texts, tokenized by the server.
+    Texts(Vec<String>),
+    /// Token ids, used as they are.
+    Tokens(Vec<Vec<u32>>),
+}
+
+impl Prompts {
+    /// How many prompts.
+    pub fn len(&self) -> usize {
+        match self {
+            Prompts::Texts(t) => t.len(),
+            Prompts::Tokens(t) => t.len(),
+        }
+    }
+
+    /// Bytes of text (0 for token ids).
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Prompts::Texts(t) => t.iter().map(String::len).sum(),
+            Prompts::Tokens(_) => 0,
+        }
+    }
+}
+
+/// Reads `prompt` as OpenAI's completions endpoint takes it: a string, an array of strings,
+/// an array of token ids, or an array of arrays of token ids.
+fn prompts(v: Option<&Value>) -> Result<Prompts, ApiError> {
+    let ids = |a: &[Value], p: &str| -> Result<Vec<u32>, ApiError> {
+        if a.is_empty() {
+            return Err(ApiError::bad(
+                "prompt",
+                format!("`{p}` is an empty list of tokens"),
+            ));
+        }
+        a.iter()
+            .map(|t| {
+                t.as_u64()
+                    .filter(|&t| t <= u64::from(u32::MAX))
+                    .map(|t| t as u32)
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "prompt",
+                            format!("`{p}` holds {t}, which is not a token id"),
+                        )
+                    })
+            })
+            .collect()
+    };
+    let a = match v {
+        Some(Value::String(s)) => return Ok(Prompts::Texts(vec![s.clone()])),
+        Some(Value::Array(a)) => a,
+        None | Some(Value::Null) => return Err(ApiError::bad("prompt", "`prompt` is required")),
+        Some(v) => {
+            return Err(ApiError::bad(
+                "prompt",
+                format!("`prompt` must be a string, an array of strings or token ids, got {v}"),
+            ))
+        }
+    };
+    if a.is_empty() {
+        return Err(ApiError::bad("prompt", "`prompt` is an empty list"));
+    }
+    if a.len() > MAX_PROMPTS && !a[0].is_number() {
+        return Err(ApiError::bad(
+            "prompt",
+            format!("`prompt` holds {} prompts, at most {MAX_PROMPTS}", a.len()),
+        ));
+    }
+    match &a[0] {
+        Value::String(_) => a
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_str().map(str::to_owned).ok_or_else(|| {
+                    ApiError::bad(
+                        "prompt",
+                        format!("`prompt[{i}]` must be a string like the first"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Prompts::Texts),
+        Value::Number(_) => Ok(Prompts::Tokens(vec![ids(a, "prompt")?])),
+        Value::Array(_) => a
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t {
+                Value::Array(t) => ids(t, &format!("prompt[{i}]")),
+                _ => Err(ApiError::bad(
+                    "prompt",
+                    format!("`prompt[{i}]` must be a list of token ids like the first"),
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Prompts::Tokens),
+        v => Err(ApiError::bad(
+            "prompt",
+            format!("`prompt[0]` must be a string or token ids, got {v}"),
+        )),
+    }
 }
 
 fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -161,37 +270,35 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
                     ))
                 }
             };
-            // An earlier answer that called tools reads as the text that made the calls.
-            let content = match o.get("tool_calls") {
-                Some(calls) if role == "assistant" && !calls.is_null() && content.is_empty() => {
-                    crate::tools::calls_as_text(&p, calls)?
+            // Earlier calls and the results that answer them, for the template (or, on a
+            // template without tools, as the text that made the calls: `Tools::add_to`).
+            let tool_calls = match o.get("tool_calls") {
+                Some(calls) if role == "assistant" && !calls.is_null() => {
+                    Some(crate::tools::normalize_calls(&p, calls)?)
                 }
-                _ => content,
+                _ => None,
+            };
+            let text_field = |k: &str| -> Result<Option<String>, ApiError> {
+                match o.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(v) => Err(ApiError::bad(
+                        &format!("{p}.{k}"),
+                        format!("`{p}.{k}` must be a string, got {v}"),
+                    )),
+                }
             };
             let role = if role == "developer" { "system" } else { role };
-            out.push(Message::new(role, content));
+            out.push(Message {
+                tool_calls,
+                tool_call_id: text_field("tool_call_id")?,
+                name: text_field("name")?,
+                ..Message::new(role, content)
+            });
         }
         messages = Some(out);
     } else {
-        prompt = Some(match m.get("prompt") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                a[0].as_str().unwrap_or_default().to_owned()
-            }
-            Some(Value::Array(_)) => {
-                return Err(ApiError::bad(
-                    "prompt",
-                    "`prompt` must be one string (batches of prompts are not supported)",
-                ))
-            }
-            None => return Err(ApiError::bad("prompt", "`prompt` is required")),
-            Some(v) => {
-                return Err(ApiError::bad(
-                    "prompt",
-                    format!("`prompt` must be a string, got {v}"),
-                ))
-            }
-        });
+        prompt = Some(prompts(m.get("prompt"))?);
     }
     let format = crate::tools::response_format(&m)?;
     let tools = if chat {
@@ -344,6 +451,18 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
     let n = int(&m, "n")?.unwrap_or(1);
     if !(1..=16).contains(&n) {
         return Err(ApiError::bad("n", format!("`n` is {n}, expected 1 to 16")));
+    }
+    if let Some(p) = &prompt {
+        if p.len() * n as usize > MAX_PROMPTS {
+            return Err(ApiError::bad(
+                "n",
+                format!(
+                    "{} prompts with `n` {n} make {} choices, at most {MAX_PROMPTS}",
+                    p.len(),
+                    p.len() * n as usize
+                ),
+            ));
+        }
     }
     let stream = boolean(&m, "stream")?.unwrap_or(false);
     let include_usage = match m.get("stream_options") {

@@ -2,16 +2,18 @@
 //! a [`Grammar`] the engine constrains the answer with, and the answer read back into
 //! `tool_calls`.
 //!
-//! Tools use one documented format on every model (templates that render tools themselves
-//! are not asked to): kiln describes the functions in the system message, and a call is the
+//! A model whose chat template renders tools gets them through its template and calls them
+//! in its own format ([`ToolFormat`]: Hermes `<tool_call>` blocks for Qwen2.5 and its kin,
+//! one JSON object of `name` and `parameters` for Llama 3.1/3.2). Other models get kiln's one
+//! documented format: kiln describes the functions in the system message, and a call is the
 //! answer `{"tool_calls": [{"name": NAME, "arguments": {...}}]}`. With `tool_choice`
-//! `required` or a named function the answer is constrained to that shape, the arguments to
+//! `required` or a named function the answer is constrained to the format, the arguments to
 //! the function's JSON schema (objects closed to their declared properties unless they allow
 //! others, see [`closed`]), so it always parses and validates; with `auto` the model
-//! chooses, and an answer of that shape naming a listed function becomes the call.
+//! chooses, and an answer in the format naming a listed function becomes the call.
 
 use kiln_engine::Grammar;
-use kiln_model::chat::Message;
+use kiln_model::chat::{Message, ToolFormat};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
@@ -52,6 +54,9 @@ pub struct Tools {
     pub choice: ToolChoice,
     /// `parallel_tool_calls`: more than one call in an answer.
     pub parallel: bool,
+    /// How the model's template takes tools and the model calls them (set once the model
+    /// is known; [`ToolFormat::Generic`] until then).
+    pub format: ToolFormat,
 }
 
 /// A call read from an answer.
@@ -243,6 +248,7 @@ pub fn parse(m: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
         list,
         choice,
         parallel,
+        format: ToolFormat::Generic,
     }))
 }
 
@@ -347,8 +353,13 @@ impl Tools {
     }
 
     /// The messages with the tools described in the system message (added first when
-    /// there is none).
+    /// there is none), for a template that does not render tools; with one that does, the
+    /// earlier calls stay as [`Message::tool_calls`] for it.
     pub fn add_to(&self, messages: &mut Vec<Message>) {
+        if self.format != ToolFormat::Generic {
+            return;
+        }
+        inline_calls(messages);
         if !self.active() {
             return;
         }
@@ -361,13 +372,25 @@ impl Tools {
         }
     }
 
-    /// The grammar of a forced call (`required` or a named function).
-    pub fn grammar(&self) -> Option<Grammar> {
-        if !matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_)) {
+    /// The `tools` a template that renders them is given: OpenAI's list, of the tools the
+    /// answer may call.
+    pub fn for_template(&self) -> Option<Value> {
+        if self.format == ToolFormat::Generic || !self.active() {
             return None;
         }
-        let calls: Vec<Value> = self
-            .callable()
+        Some(Value::Array(
+            self.callable()
+                .map(|t| {
+                    json!({"type": "function", "function": {
+                        "name": t.name, "description": t.description, "parameters": t.parameters}})
+                })
+                .collect(),
+        ))
+    }
+
+    /// One call's schema, its arguments under `key`.
+    fn call_schemas(&self, key: &str) -> Vec<Value> {
+        self.callable()
             .map(|t| {
                 // Arguments hold the declared properties only (as in OpenAI's strict
                 // mode), unless the schema says otherwise: a function has no use for
@@ -376,45 +399,102 @@ impl Tools {
                 closed(&mut args);
                 json!({
                     "type": "object",
-                    "properties": {"name": {"const": t.name}, "arguments": args},
-                    "required": ["name", "arguments"],
+                    "properties": {"name": {"const": t.name}, key: args},
+                    "required": ["name", key],
                     "additionalProperties": false
                 })
             })
-            .collect();
-        let mut items = json!({
-            "type": "array",
-            "items": {"anyOf": calls},
-            "minItems": 1
-        });
-        if !self.parallel {
-            items["maxItems"] = json!(1);
-        }
-        Some(Grammar::JsonSchema(json!({
-            "type": "object",
-            "properties": {"tool_calls": items},
-            "required": ["tool_calls"],
-            "additionalProperties": false
-        })))
+            .collect()
     }
 
-    /// The calls an answer makes, if it is a call of listed functions.
+    /// The grammar of a forced call (`required` or a named function), in the format.
+    pub fn grammar(&self) -> Option<Grammar> {
+        if !matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_)) {
+            return None;
+        }
+        match self.format {
+            ToolFormat::Generic => {
+                let mut items = json!({
+                    "type": "array",
+                    "items": {"anyOf": self.call_schemas("arguments")},
+                    "minItems": 1
+                });
+                if !self.parallel {
+                    items["maxItems"] = json!(1);
+                }
+                Some(Grammar::JsonSchema(json!({
+                    "type": "object",
+                    "properties": {"tool_calls": items},
+                    "required": ["tool_calls"],
+                    "additionalProperties": false
+                })))
+            }
+            ToolFormat::Hermes => {
+                // Compact JSON, as the engine writes JSON schemas (see `Grammars::compile`).
+                let call = json!({"anyOf": self.call_schemas("arguments"),
+                                  "x-guidance": {"whitespace_flexible": false, "lenient": false}});
+                let more = if self.parallel {
+                    " (\"\\n\" call)*"
+                } else {
+                    ""
+                };
+                Some(Grammar::Lark(format!(
+                    "start: call{more}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {call}\n"
+                )))
+            }
+            // One call: Llama 3's JSON format has no list of calls.
+            ToolFormat::Llama3 => Some(Grammar::JsonSchema(
+                json!({"anyOf": self.call_schemas("parameters")}),
+            )),
+        }
+    }
+
+    /// The calls an answer makes, if it is a call of listed functions in the format.
     pub fn read_calls(&self, text: &str) -> Option<Vec<ToolCall>> {
         if !self.active() {
             return None;
         }
-        let v: Value = serde_json::from_str(text.trim()).ok()?;
-        let calls = v.get("tool_calls")?.as_array()?;
-        if calls.is_empty() {
+        let (objects, key) = match self.format {
+            ToolFormat::Generic => {
+                let v: Value = serde_json::from_str(text.trim()).ok()?;
+                (v.get("tool_calls")?.as_array()?.clone(), "arguments")
+            }
+            ToolFormat::Hermes => {
+                let mut out = Vec::new();
+                let mut rest = text;
+                while let Some(at) = rest.find("<tool_call>") {
+                    let body = &rest[at + "<tool_call>".len()..];
+                    let (json, next) = match body.find("</tool_call>") {
+                        Some(end) => (&body[..end], &body[end + "</tool_call>".len()..]),
+                        None => (body, ""),
+                    };
+                    out.push(serde_json::from_str::<Value>(json.trim()).ok()?);
+                    rest = next;
+                }
+                (out, "arguments")
+            }
+            ToolFormat::Llama3 => {
+                let t = text.trim();
+                let t = t.strip_prefix("<|python_tag|>").unwrap_or(t).trim();
+                let v: Value = serde_json::from_str(t).ok()?;
+                let key = if v.get("parameters").is_some() {
+                    "parameters"
+                } else {
+                    "arguments"
+                };
+                (vec![v], key)
+            }
+        };
+        if objects.is_empty() {
             return None;
         }
-        let mut out = Vec::with_capacity(calls.len());
-        for c in calls {
+        let mut out = Vec::with_capacity(objects.len());
+        for c in &objects {
             let name = c.get("name")?.as_str()?;
             if !self.callable().any(|t| t.name == name) {
                 return None;
             }
-            let args = c.get("arguments").cloned().unwrap_or_else(|| json!({}));
+            let args = c.get(key).cloned().unwrap_or_else(|| json!({}));
             out.push(ToolCall {
                 name: name.to_owned(),
                 arguments: args.to_string(),
@@ -424,10 +504,35 @@ impl Tools {
     }
 }
 
-/// An assistant message's earlier `tool_calls`, as the answer text that made them (the
-/// format above), so that a conversation that continues after tool results reads as the
-/// model wrote it.
-pub fn calls_as_text(p: &str, calls: &Value) -> Result<String, ApiError> {
+/// Earlier calls in kiln's generic format, for a template that does not render tools: each
+/// becomes the text of the answer that made it.
+pub fn inline_calls(messages: &mut [Message]) {
+    for m in messages.iter_mut() {
+        if let Some(calls) = m.tool_calls.take() {
+            if m.content.is_empty() {
+                m.content = generic_text(&calls);
+            }
+        }
+    }
+}
+
+/// Earlier calls (as [`normalize_calls`] keeps them) as the answer text that made them in
+/// kiln's generic format.
+fn generic_text(calls: &Value) -> String {
+    let out: Vec<Value> = calls
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| json!({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({ "tool_calls": out }).to_string()
+}
+
+/// An assistant message's earlier `tool_calls`, checked and kept as templates read them:
+/// `arguments` as an object (OpenAI sends them as JSON text).
+pub fn normalize_calls(p: &str, calls: &Value) -> Result<Value, ApiError> {
     let arr = calls.as_array().ok_or_else(|| {
         ApiError::bad(&format!("{p}.tool_calls"), "`tool_calls` must be an array")
     })?;
@@ -446,9 +551,13 @@ pub fn calls_as_text(p: &str, calls: &Value) -> Result<String, ApiError> {
             Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
             v => v.clone(),
         };
-        out.push(json!({"name": name, "arguments": args}));
+        let mut call = json!({"type": "function", "function": {"name": name, "arguments": args}});
+        if let Some(id) = c.get("id").filter(|v| v.is_string()) {
+            call["id"] = id.clone();
+        }
+        out.push(call);
     }
-    Ok(json!({ "tool_calls": out }).to_string())
+    Ok(Value::Array(out))
 }
 
 /// The `tool_calls` of a response message (`index` for streamed deltas).
@@ -585,11 +694,84 @@ mod tests {
         };
         assert!(req.grammar().is_some());
         // A call made earlier reads back as the text that made it.
-        let text = calls_as_text(
+        let earlier = normalize_calls(
             "messages[1]",
             &json!([{"id": "x", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]),
         )
         .unwrap();
-        assert_eq!(t.read_calls(&text).unwrap(), calls);
+        assert_eq!(
+            earlier[0]["function"]["arguments"],
+            json!({"city": "Paris"})
+        );
+        assert_eq!(t.read_calls(&generic_text(&earlier)).unwrap(), calls);
+        assert!(normalize_calls("m", &json!([{"function": {"name": "f"}}])).is_err());
+    }
+
+    #[test]
+    fn native_formats_are_read_and_forced_in_their_own_shape() {
+        let t = parse(&body(json!({"tools": [
+            {"type": "function", "function": {"name": "get_weather",
+             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+            {"type": "function", "function": {"name": "get_time"}}]})))
+        .unwrap()
+        .unwrap();
+        let hermes = Tools {
+            format: ToolFormat::Hermes,
+            ..t.clone()
+        };
+        let two = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
+        let calls = hermes.read_calls(two).unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].arguments, r#"{"city":"Oslo"}"#);
+        assert_eq!(calls[1].name, "get_time");
+        assert!(hermes.read_calls("no call here").is_none());
+        assert!(hermes
+            .read_calls("<tool_call>\n{\"name\": \"rm\", \"arguments\": {}}\n</tool_call>")
+            .is_none());
+        // The template gets OpenAI's list; no system text is added.
+        assert_eq!(
+            hermes.for_template().unwrap()[1]["function"]["name"],
+            "get_time"
+        );
+        let mut msgs = vec![Message::new("user", "hi")];
+        hermes.add_to(&mut msgs);
+        assert_eq!(msgs.len(), 1);
+        let forced = Tools {
+            choice: ToolChoice::Named("get_weather".into()),
+            ..hermes.clone()
+        };
+        match forced.grammar() {
+            Some(Grammar::Lark(g)) => {
+                assert!(
+                    g.contains("<tool_call>")
+                        && g.contains("get_weather")
+                        && !g.contains("get_time")
+                )
+            }
+            g => panic!("{g:?}"),
+        }
+        let llama = Tools {
+            format: ToolFormat::Llama3,
+            ..t.clone()
+        };
+        let c = llama
+            .read_calls(
+                "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\"}}",
+            )
+            .unwrap();
+        assert_eq!(
+            (c[0].name.as_str(), c[0].arguments.as_str()),
+            ("get_weather", r#"{"city":"Rome"}"#)
+        );
+        // Generic tools: an earlier call becomes the text that made it.
+        let mut msgs = vec![Message {
+            tool_calls: Some(
+                json!([{"type": "function", "function": {"name": "get_time", "arguments": {}}}]),
+            ),
+            ..Message::new("assistant", "")
+        }];
+        t.add_to(&mut msgs);
+        assert!(msgs[1].tool_calls.is_none());
+        assert_eq!(t.read_calls(&msgs[1].content).unwrap()[0].name, "get_time");
     }
 }

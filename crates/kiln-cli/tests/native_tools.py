@@ -1,0 +1,121 @@
+"""Tools through a template that renders them (Hermes style, tests/hermes.jinja), and the rest
+of the OpenAI surface: batched completions, /tokenize and /detokenize, model aliases and
+capabilities, a CORS preflight. Run against `kiln serve --chat-template hermes.jinja --alias
+gpt-4o-mini --cors-origin http://app.example` on the default model."""
+import json
+import os
+import urllib.request
+
+import openai
+
+PORT = os.environ["KILN_PORT"]
+BASE = f"http://127.0.0.1:{PORT}"
+c = openai.OpenAI(base_url=BASE + "/v1", api_key="none")
+
+
+def post(path, body):
+    req = urllib.request.Request(BASE + path, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+# The alias answers and is listed, with what the model can do.
+models = c.models.list().data
+assert [m.id for m in models][1:] == ["gpt-4o-mini"], models
+caps = models[0].model_extra["capabilities"]
+assert caps["native_tool_template"] and caps["tools"] and caps["tokenize"], caps
+
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object",
+                   "properties": {"city": {"type": "string", "maxLength": 30},
+                                  "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"]}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "The time in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                       "required": ["city"]}}}]
+msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+# A forced call is written in the template's own format and read back as tool_calls.
+r = c.chat.completions.create(model="gpt-4o-mini", messages=msgs, tools=tools, tool_choice="required",
+                              temperature=0.7, seed=1, max_tokens=120)
+ch = r.choices[0]
+assert ch.finish_reason == "tool_calls", ch
+call = ch.message.tool_calls[0]
+args = json.loads(call.function.arguments)
+assert call.function.name in ("get_weather", "get_time"), call
+assert isinstance(args["city"], str), args
+
+# The same answer as raw text: the <tool_call> block the model wrote.
+raw = post("/v1/chat/completions", {"messages": msgs, "tools": tools, "temperature": 0.7, "seed": 1,
+                                    "max_tokens": 120, "tool_choice": "required", "stream": False})
+assert raw["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == call.function.name
+
+# The call and its result go back through the template; the final answer is text.
+msgs2 = msgs + [ch.message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "18 degrees, sunny"}]
+r = c.chat.completions.create(model="gpt-4o-mini", messages=msgs2, tools=tools, tool_choice="none",
+                              temperature=0, max_tokens=30)
+assert r.choices[0].message.content and not r.choices[0].message.tool_calls, r
+
+# Rendered with the template: the tools and the earlier call are in the prompt.
+tok = post("/tokenize", {"tools": tools, "messages": [{"role": "user", "content": "hi"},
+                                      {"role": "assistant", "content": None, "tool_calls": [
+                                          {"id": "call_1", "type": "function", "function": {
+                                              "name": "get_time", "arguments": "{\"city\": \"Oslo\"}"}}]},
+                                      {"role": "tool", "tool_call_id": "call_1", "content": "noon"}]})
+text = post("/detokenize", {"tokens": tok["tokens"]})["content"]
+assert '<tool_call>\n{"name": "get_time", "arguments": {"city":"Oslo"}}\n</tool_call>' in text, text
+tools_part = text[text.index("<tools>"):text.index("</tools>")]
+assert '"name":"get_weather"' in tools_part and '"name":"get_time"' in tools_part, text
+assert "<tool_response>\nnoon\n</tool_response>" in text, text
+assert tok["count"] == len(tok["tokens"]) and tok["max_model_len"] >= 2048, tok
+
+# Streamed named call: deltas accumulated as agent frameworks do.
+name, argtext, finish = "", "", None
+for chunk in c.chat.completions.create(model="gpt-4o-mini", messages=msgs, tools=tools, stream=True,
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}},
+                                       temperature=0.7, seed=2, max_tokens=80):
+    d = chunk.choices[0].delta if chunk.choices else None
+    if d and d.tool_calls:
+        for tc in d.tool_calls:
+            name += tc.function.name or ""
+            argtext += tc.function.arguments or ""
+    if chunk.choices and chunk.choices[0].finish_reason:
+        finish = chunk.choices[0].finish_reason
+assert finish == "tool_calls" and name == "get_time", (finish, name)
+assert isinstance(json.loads(argtext)["city"], str), argtext
+
+# /tokenize and /detokenize round trip, with pieces.
+t = post("/tokenize", {"content": "Hello world", "with_pieces": True})
+assert "".join(p["piece"] for p in t["tokens"]) == "Hello world", t
+ids = [p["id"] for p in t["tokens"]]
+assert post("/detokenize", {"tokens": ids})["content"] == "Hello world"
+
+# Batched completions: strings and token ids, one choice per prompt, in order.
+r = c.completions.create(model="gpt-4o-mini", prompt=["The capital of France is", "1, 2, 3,"],
+                         max_tokens=4, temperature=0)
+assert [ch.index for ch in r.choices] == [0, 1], r
+one = c.completions.create(model="gpt-4o-mini", prompt="1, 2, 3,", max_tokens=4, temperature=0)
+assert r.choices[1].text == one.choices[0].text, (r, one)
+assert r.usage.prompt_tokens > one.usage.prompt_tokens, r.usage
+ids = post("/tokenize", {"prompt": "1, 2, 3,"})["tokens"]
+r2 = c.completions.create(model="gpt-4o-mini", prompt=[ids, ids], max_tokens=4, temperature=0, n=2)
+assert len(r2.choices) == 4 and all(ch.text == one.choices[0].text for ch in r2.choices), r2
+try:
+    c.completions.create(model="gpt-4o-mini", prompt=[[1, 2], "x"], max_tokens=2)
+    raise AssertionError("a mixed batch was accepted")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "prompt", e.body
+
+# A CORS preflight allows the headers the browser asks for (the openai JS client's own).
+req = urllib.request.Request(BASE + "/v1/chat/completions", method="OPTIONS", headers={
+    "origin": "http://app.example", "access-control-request-method": "POST",
+    "access-control-request-headers": "content-type,x-stainless-os,x-stainless-lang"})
+with urllib.request.urlopen(req) as r:
+    allowed = r.headers["access-control-allow-headers"]
+    assert r.headers["access-control-allow-origin"] == "http://app.example"
+assert "x-stainless-os" in allowed and "authorization" in allowed, allowed
+print("ok: native tools, batch completions, tokenize, alias, preflight")
