@@ -118,4 +118,26 @@ with urllib.request.urlopen(req) as r:
     allowed = r.headers["access-control-allow-headers"]
     assert r.headers["access-control-allow-origin"] == "http://app.example"
 assert "x-stainless-os" in allowed and "authorization" in allowed, allowed
-print("ok: native tools, batch completions, tokenize, alias, preflight")
+# Embeddings: the client's default (base64) and floats agree; unit length; a text alone and
+# in a batch get the same vector; the last token's state is another vector.
+texts = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Quarterly revenue grew 4%."]
+e = c.embeddings.create(model="gpt-4o-mini", input=texts)
+assert [d.index for d in e.data] == [0, 1, 2] and e.usage.prompt_tokens > 10, e.usage
+vecs = [d.embedding for d in e.data]
+dim = len(vecs[0])
+assert dim == 576 and all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs), dim
+floats = post("/v1/embeddings", {"input": texts[1], "encoding_format": "float"})["data"][0]["embedding"]
+assert max(abs(a - b) for a, b in zip(floats, vecs[1])) < 1e-5
+ids = post("/tokenize", {"prompt": texts[2]})["tokens"]
+by_ids = post("/v1/embeddings", {"input": [ids], "encoding_format": "float"})["data"][0]["embedding"]
+assert max(abs(a - b) for a, b in zip(by_ids, vecs[2])) < 1e-4
+last = post("/v1/embeddings", {"input": texts[0], "pooling": "last", "encoding_format": "float"})["data"][0]["embedding"]
+assert max(abs(a - b) for a, b in zip(last, vecs[0])) > 1e-2
+for bad, param in [({"input": []}, "input"), ({"input": "x", "dimensions": 3}, "dimensions"),
+                   ({"input": "x", "pooling": "cls"}, "pooling"), ({"input": [[10 ** 9]]}, "input")]:
+    try:
+        c.embeddings.create(model="gpt-4o-mini", input=bad.pop("input"), extra_body=bad)
+        raise AssertionError(f"accepted {bad}")
+    except openai.BadRequestError as err:
+        assert err.body["param"] == param, (bad, err.body)
+print("ok: native tools, batch completions, tokenize, alias, preflight, embeddings")

@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::blocks::{BlockManager, Registered};
 use crate::constraint::Constraint;
 use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
-use crate::score::{token_logprob, PromptScore, ScoreRequest, ScoreSink};
+use crate::score::{
+    token_logprob, EmbedRequest, EmbedSink, Pooled, PromptScore, ScoreRequest, ScoreSink,
+};
 
 /// Why a request stopped generating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,6 +105,19 @@ pub trait Runner: Send {
     /// Most tokens (rows of logits) one [`Runner::step_all`] takes; 0 when the runner cannot
     /// score texts.
     fn max_logit_rows(&self) -> usize {
+        0
+    }
+    /// Runs every slice and appends every token's final hidden state (after the output
+    /// norm; [`Runner::hidden_size`] values each), for embeddings. The engine sends at most
+    /// [`Runner::max_logit_rows`] tokens. A runner that cannot keeps this default.
+    fn step_hidden(&mut self, batch: &[Slice<'_>], out: &mut Vec<f32>) -> Result<(), ModelError> {
+        let _ = (batch, out);
+        Err(ModelError::Input(
+            "this runner returns no hidden states, so it cannot embed texts".into(),
+        ))
+    }
+    /// Values of one hidden state; 0 when the runner cannot embed texts.
+    fn hidden_size(&self) -> usize {
         0
     }
     /// Copies the contents of block `src` into block `dst`.
@@ -301,6 +316,8 @@ struct Scoring {
     logprobs: Vec<f32>,
     /// Where the result goes (taken when it is sent).
     done: Option<ScoreSink>,
+    /// Set for an embedding: its hidden states are pooled instead of logits scored.
+    embed: Option<Pooled>,
 }
 
 struct Seq {
@@ -339,10 +356,15 @@ impl Seq {
     /// Positions to compute: a scored text needs neither the KV nor the logits of its last
     /// token; a generating sequence needs every one.
     fn end(&self) -> usize {
-        match self.score {
-            Some(_) => self.tokens.len() - 1,
-            None => self.tokens.len(),
+        match &self.score {
+            Some(s) if s.embed.is_none() => self.tokens.len() - 1,
+            _ => self.tokens.len(),
         }
+    }
+
+    /// Whether this is an embedding (every position's hidden state wanted).
+    fn embeds(&self) -> bool {
+        self.score.as_ref().is_some_and(|s| s.embed.is_some())
     }
 
     /// A scored text's first position whose logits are needed (the first scored token's
@@ -358,6 +380,14 @@ impl Seq {
 
     /// Tells whoever waits for this sequence that it failed.
     fn fail(&mut self, msg: &str) {
+        if let Some(done) = self
+            .score
+            .as_mut()
+            .and_then(|s| s.embed.as_mut())
+            .and_then(|e| e.done.take())
+        {
+            return done(Err(msg.to_owned()));
+        }
         match self.score.as_mut().and_then(|s| s.done.take()) {
             Some(done) => done(Err(msg.to_owned())),
             None => {
@@ -448,6 +478,8 @@ pub struct Engine<R: Runner> {
     mask_of: Vec<Option<u32>>,
     sampled: Vec<Sampled>,
     score_logits: Vec<f32>,
+    /// Hidden states of the step's embedded tokens.
+    hidden: Vec<f32>,
     stats: EngineStats,
     plan: Vec<(usize, usize)>,
     pre: Vec<(usize, usize)>,
@@ -474,6 +506,7 @@ impl<R: Runner> Engine<R> {
             mask_of: Vec::new(),
             sampled: Vec::new(),
             score_logits: Vec::new(),
+            hidden: Vec::new(),
             stats: EngineStats::default(),
             plan: Vec::new(),
             pre: Vec::new(),
@@ -627,6 +660,60 @@ impl<R: Runner> Engine<R> {
                 from,
                 logprobs: Vec::with_capacity(n - from),
                 done: Some(done),
+                embed: None,
+            })),
+            unsent: Vec::new(),
+            stopped: None,
+            constraint: None,
+            error: None,
+        });
+        Ok(id)
+    }
+
+    /// Whether [`Engine::submit_embed`] would take `req`.
+    pub fn check_embed(&self, req: &EmbedRequest) -> Result<(), SubmitError> {
+        if self.runner.hidden_size() == 0 || self.runner.max_logit_rows() == 0 {
+            return Err(SubmitError::Prompt(
+                "this engine's runner returns no hidden states, so it cannot embed texts".into(),
+            ));
+        }
+        if req.tokens.is_empty() {
+            return Err(SubmitError::Prompt("there is no token to embed".into()));
+        }
+        self.check_tokens(&req.tokens, 0)
+    }
+
+    /// Queues an embedding: the text is prefilled in the engine's batches (a pass of its
+    /// own returns its tokens' hidden states, so the other sequences keep theirs) and the
+    /// pooled vector goes to `done` once. Returns the request id.
+    pub fn submit_embed(&mut self, req: EmbedRequest, done: EmbedSink) -> Result<u64, SubmitError> {
+        self.check_embed(&req)?;
+        let n = req.tokens.len();
+        let id = self.new_id();
+        let embed = Pooled::new(&req, done);
+        self.waiting.push_back(Seq {
+            id,
+            sampler: RequestSampler::new(SamplingParams::greedy(1), 0, &[]),
+            tokens: req.tokens,
+            prompt_len: n,
+            computed: 0,
+            table: Vec::new(),
+            registered: Registered::default(),
+            sink: Box::new(|_| true),
+            decoder: StreamDecoder::new(),
+            held: String::new(),
+            max_len: n,
+            submitted: Instant::now(),
+            first_token: None,
+            queried: false,
+            cached: 0,
+            // Hidden states from the first position on: `from` 1 makes every chunk part of
+            // the separate pass, and nothing comes from the prefix cache.
+            score: Some(Box::new(Scoring {
+                from: 1,
+                logprobs: Vec::new(),
+                done: None,
+                embed: Some(embed),
             })),
             unsent: Vec::new(),
             stopped: None,
@@ -706,6 +793,16 @@ impl<R: Runner> Engine<R> {
         let mut seq = self.running.remove(idx);
         self.blocks.release(&seq.table);
         if let Some(mut sc) = seq.score.take() {
+            if let Some(mut e) = sc.embed.take() {
+                if let Some(done) = e.done.take() {
+                    done(if reason == FinishReason::Stop {
+                        Ok(e.vector())
+                    } else {
+                        Err("the text does not fit in the KV memory budget".into())
+                    });
+                }
+                return;
+            }
             if let Some(done) = sc.done.take() {
                 done(if reason == FinishReason::Stop {
                     Ok(PromptScore {
@@ -963,6 +1060,7 @@ impl<R: Runner> Engine<R> {
         // teacher-forced pass of their own, so the others keep one row of logits each.
         let mut batch: Vec<Slice<'_>> = Vec::with_capacity(plan.len());
         let mut scored: Vec<Slice<'_>> = Vec::new();
+        let mut embedded: Vec<Slice<'_>> = Vec::new();
         // The plan entry of each row.
         let mut sampling = Vec::with_capacity(plan.len());
         self.rows.clear();
@@ -979,15 +1077,19 @@ impl<R: Runner> Engine<R> {
                 self.rows.push(s.sampler.row(&mut self.adjust));
                 sampling.push(k);
             }
-            if s.in_scored_part() {
+            if s.embeds() {
+                embedded.push(slice);
+            } else if s.in_scored_part() {
                 scored.push(slice);
             } else {
                 batch.push(slice);
             }
         }
         let scored_rows: usize = scored.iter().map(|s| s.tokens.len()).sum();
+        let embedded_rows: usize = embedded.iter().map(|s| s.tokens.len()).sum();
         self.sampled.clear();
         self.score_logits.clear();
+        self.hidden.clear();
         let mut result = Ok(());
         let t_model = Instant::now();
         // A runner that overlaps gets this step started, and the previous step's tokens are
@@ -1039,6 +1141,12 @@ impl<R: Runner> Engine<R> {
             model_s += t.elapsed().as_secs_f64();
         }
         drop(scored);
+        if result.is_ok() && !embedded.is_empty() {
+            let t = Instant::now();
+            result = self.runner.step_hidden(&embedded, &mut self.hidden);
+            model_s += t.elapsed().as_secs_f64();
+        }
+        drop(embedded);
         if !jobs.is_empty() {
             self.restore_constraints(std::mem::take(&mut jobs), mask_seconds);
         }
@@ -1078,6 +1186,13 @@ impl<R: Runner> Engine<R> {
                 self.score_logits.len()
             )));
         }
+        let dim = self.runner.hidden_size();
+        if result.is_ok() && self.hidden.len() != embedded_rows * dim {
+            result = Err(ModelError::Input(format!(
+                "the runner returned {} hidden values for {embedded_rows} tokens of width {dim}",
+                self.hidden.len()
+            )));
+        }
         if let Err(e) = result {
             // A failed step fails every sequence in it, and frees their blocks.
             let msg = e.to_string();
@@ -1093,11 +1208,16 @@ impl<R: Runner> Engine<R> {
         self.stats.steps += 1;
         let mut row = 0;
         let mut score_row = 0;
+        let mut hidden_row = 0;
         let mut done = std::mem::take(&mut self.done);
         done.clear();
         for &(idx, n) in plan.iter() {
             let seq = &mut self.running[idx];
-            if seq.in_scored_part() {
+            if let Some(e) = seq.score.as_mut().and_then(|s| s.embed.as_mut()) {
+                let rows = &self.hidden[hidden_row * dim..(hidden_row + n) * dim];
+                hidden_row += n;
+                e.record(rows, seq.computed, n, dim);
+            } else if seq.in_scored_part() {
                 let rows = &self.score_logits[score_row * vocab..(score_row + n) * vocab];
                 score_row += n;
                 seq.record_logprobs(rows, n, vocab);

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::engine::{Engine, EngineStats, Event, Limits, Request, Runner, Sink, SubmitError};
-use crate::score::{PromptScore, ScoreError, ScoreRequest, ScoreSink};
+use crate::score::{EmbedRequest, EmbedSink, PromptScore, ScoreError, ScoreRequest, ScoreSink};
 
 type Reply = mpsc::SyncSender<Result<u64, SubmitError>>;
 
@@ -16,6 +16,8 @@ enum Cmd {
     /// Checked on the caller's thread already; a late failure goes to the sink.
     Submit(u64, Request, Sink),
     Score(ScoreRequest, ScoreSink, Reply),
+    /// A refusal goes to the sink.
+    Embed(EmbedRequest, EmbedSink),
     Cancel(u64),
     Shutdown,
 }
@@ -31,6 +33,7 @@ pub struct EngineHandle {
     in_flight: Arc<AtomicUsize>,
     /// The engine's request ids.
     ids: Arc<std::sync::atomic::AtomicU64>,
+    hidden_size: usize,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -46,6 +49,7 @@ impl EngineHandle {
         let stats = Arc::new(Mutex::new(engine.stats()));
         let limits = engine.limits();
         let ids = engine.id_source();
+        let hidden_size = engine.runner().hidden_size();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let in_flight_h = in_flight.clone();
         let st = stats.clone();
@@ -89,6 +93,12 @@ impl EngineHandle {
                             Cmd::Score(req, done, reply) => {
                                 let _ = reply.send(engine.submit_score(req, done));
                             }
+                            Cmd::Embed(req, done) => match engine.check_embed(&req) {
+                                Ok(()) => {
+                                    let _ = engine.submit_embed(req, done);
+                                }
+                                Err(e) => done(Err(e.to_string())),
+                            },
                             Cmd::Cancel(id) => engine.cancel_waiting(id),
                             Cmd::Shutdown => open = false,
                         }
@@ -117,6 +127,7 @@ impl EngineHandle {
             limits,
             in_flight: in_flight_h,
             ids,
+            hidden_size,
         }
     }
 
@@ -139,6 +150,11 @@ impl EngineHandle {
         Ok(id)
     }
 
+    /// Values of one embedding (0 when the engine cannot embed texts).
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
     /// What requests are checked against.
     pub fn limits(&self) -> Limits {
         self.limits
@@ -154,6 +170,26 @@ impl EngineHandle {
         reply_rx
             .recv()
             .map_err(|_| SubmitError::Prompt("the engine has shut down".into()))?
+    }
+
+    /// Queues an embedding (see [`Engine::submit_embed`]) without waiting: the vector, or
+    /// why there is none (a refusal too), goes to `done` from the engine thread.
+    pub fn submit_embed(&self, req: EmbedRequest, done: EmbedSink) {
+        if let Err(mpsc::SendError(Cmd::Embed(_, done))) = self.tx.send(Cmd::Embed(req, done)) {
+            done(Err("the engine has shut down".into()));
+        }
+    }
+
+    /// Embeds a text and waits for the vector.
+    pub fn embed(&self, req: EmbedRequest) -> Result<Vec<f32>, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_embed(
+            req,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().map_err(|_| "the engine shut down".to_owned())?
     }
 
     /// Scores a text and waits for the result: the log-probability of each token from

@@ -22,4 +22,6 @@ pub use engine::{
 pub use handle::EngineHandle;
 pub use runner::ModelRunner;
 pub use sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
-pub use score::{PromptScore, ScoreError, ScoreRequest, ScoreSink};
+pub use score::{
+    EmbedRequest, EmbedSink, Pooling, PromptScore, ScoreError, ScoreRequest, ScoreSink,
+};

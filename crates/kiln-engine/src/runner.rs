@@ -147,6 +147,17 @@ impl<B: Backend> Runner for ModelRunner<B> {
         self.logit_rows
     }
 
+    fn step_hidden(&mut self, batch: &[Slice<'_>], out: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.model
+            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Hidden)?;
+        out.extend_from_slice(&self.state.logits);
+        Ok(())
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.model.cfg.dim
+    }
+
     fn copy_block(&mut self, src: u32, dst: u32) {
         self.model.backend.copy_kv_block(&mut self.pool, src, dst);
     }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use kiln_engine::FinishReason;
 use kiln_engine::{
-    Engine, EngineConfig, Event, PromptScore, Request, Runner, SamplingParams, ScoreRequest, Slice,
-    SubmitError,
+    EmbedRequest, Engine, EngineConfig, Event, Pooling, PromptScore, Request, Runner,
+    SamplingParams, ScoreRequest, Slice, SubmitError,
 };
 use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::Tokenizer;
@@ -192,6 +192,27 @@ impl Runner for MockRunner {
     }
     fn max_logit_rows(&self) -> usize {
         self.logit_rows
+    }
+    fn step_hidden(&mut self, batch: &[Slice<'_>], out: &mut Vec<f32>) -> Result<(), ModelError> {
+        let n: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        assert!(
+            n <= self.logit_rows,
+            "{n} rows asked of {}",
+            self.logit_rows
+        );
+        self.most_rows = self.most_rows.max(n);
+        for s in batch {
+            self.write(s);
+            let mut h = (0..s.pos0).fold(HASH0, |h, p| hash_step(h, self.kv(s, p)));
+            for p in s.pos0..s.pos0 + s.tokens.len() {
+                h = hash_step(h, self.kv(s, p));
+                out.extend_from_slice(&mock_hidden(h, p));
+            }
+        }
+        Ok(())
+    }
+    fn hidden_size(&self) -> usize {
+        MOCK_DIM
     }
     fn copy_block(&mut self, src: u32, dst: u32) {
         let bs = self.block_size;
@@ -570,6 +591,128 @@ fn expected_logprobs(vocab: usize, tokens: &[u32], from: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+const MOCK_DIM: usize = 3;
+
+/// The mock's hidden state at position `p`, whose context hashes to `h`.
+fn mock_hidden(h: u64, p: usize) -> [f32; MOCK_DIM] {
+    [(h % 1000) as f32, p as f32, 1.0]
+}
+
+/// The embedding the mock should give, computed directly.
+fn expected_embedding(tokens: &[u32], pooling: Pooling) -> Vec<f32> {
+    let mut h = HASH0;
+    let rows: Vec<[f32; MOCK_DIM]> = tokens
+        .iter()
+        .enumerate()
+        .map(|(p, &t)| {
+            h = hash_step(h, t);
+            mock_hidden(h, p)
+        })
+        .collect();
+    match pooling {
+        Pooling::Last => rows.last().unwrap().to_vec(),
+        Pooling::Mean => (0..MOCK_DIM)
+            .map(|d| (rows.iter().map(|r| f64::from(r[d])).sum::<f64>() / rows.len() as f64) as f32)
+            .collect(),
+    }
+}
+
+type EmbedSlot = Arc<Mutex<Option<Result<Vec<f32>, String>>>>;
+
+#[test]
+fn embeddings_pool_every_position_and_leave_others_alone() {
+    let tok = tokenizer();
+    let ps = prompts();
+    let solo: Vec<Collected> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| run_alone(&tok, p, params(i)))
+        .collect();
+    let texts: Vec<(Vec<u32>, Pooling)> = vec![
+        ((300..360).collect(), Pooling::Mean),
+        ((200..245).collect(), Pooling::Last),
+        (vec![7], Pooling::Mean),
+        ((700..717).collect(), Pooling::Mean),
+    ];
+    // Chunked by a small batch or few rows; preempted by a small pool.
+    for (n_blocks, max_batch_tokens, rows) in [(64, 256, 64), (64, 7, 3), (14, 32, 5)] {
+        let mut runner = MockRunner::new(tok.vocab_size(), n_blocks, 16);
+        runner.logit_rows = rows;
+        let mut e = Engine::new(
+            runner,
+            tok.clone(),
+            EngineConfig {
+                max_batch_tokens,
+                ..Default::default()
+            },
+        );
+        let outs: Vec<_> = (0..ps.len())
+            .map(|_| Arc::new(Mutex::new(Collected::default())))
+            .collect();
+        let got: Vec<EmbedSlot> = texts.iter().map(|_| Default::default()).collect();
+        for (i, p) in ps.iter().enumerate() {
+            e.submit(
+                Request::new(p.clone(), params(i)),
+                sink(outs[i].clone(), None),
+            )
+            .unwrap();
+            if let Some((t, pooling)) = texts.get(i) {
+                let slot = got[i].clone();
+                let req = EmbedRequest {
+                    tokens: t.clone(),
+                    pooling: *pooling,
+                    normalize: false,
+                };
+                e.submit_embed(req, Box::new(move |r| *slot.lock().unwrap() = Some(r)))
+                    .unwrap();
+            }
+        }
+        e.run_to_completion().unwrap();
+        let label = format!("{n_blocks} blocks, batch {max_batch_tokens}, {rows} rows");
+        for (i, o) in outs.iter().enumerate() {
+            assert_eq!(o.lock().unwrap().ids, solo[i].ids, "request {i}, {label}");
+        }
+        for (i, (t, pooling)) in texts.iter().enumerate() {
+            let v = got[i].lock().unwrap().take().expect("a result").unwrap();
+            assert_eq!(v, expected_embedding(t, *pooling), "text {i}, {label}");
+        }
+        assert!(e.runner().most_rows <= rows);
+        assert_eq!(e.stats().blocks_used, 0, "every block returned ({label})");
+    }
+    // Normalized: unit length, same direction.
+    let mut e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 16, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let slot: EmbedSlot = Default::default();
+    let s2 = slot.clone();
+    let t: Vec<u32> = (40..60).collect();
+    let req = EmbedRequest {
+        tokens: t.clone(),
+        pooling: Pooling::Mean,
+        normalize: true,
+    };
+    e.submit_embed(req, Box::new(move |r| *s2.lock().unwrap() = Some(r)))
+        .unwrap();
+    e.run_to_completion().unwrap();
+    let v = slot.lock().unwrap().take().unwrap().unwrap();
+    let raw = expected_embedding(&t, Pooling::Mean);
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+    for (a, b) in v.iter().zip(&raw) {
+        assert!((a - b / norm).abs() < 1e-6);
+    }
+    // Refused: nothing to embed, or a token outside the vocabulary.
+    for tokens in [vec![], vec![u32::MAX]] {
+        let req = EmbedRequest {
+            tokens,
+            pooling: Pooling::Mean,
+            normalize: true,
+        };
+        assert!(e.submit_embed(req, Box::new(|_| {})).is_err());
+    }
 }
 
 type ScoreSlot = Arc<Mutex<Option<Result<PromptScore, String>>>>;

@@ -337,3 +337,74 @@ fn test_device(threads: usize) -> Device {
 fn gpu_test() -> bool {
     std::env::var("KILN_TEST_DEVICE").is_ok_and(|d| d != "cpu")
 }
+
+/// Embeddings of the tiny fixtures (safetensors folders of random weights: Qwen2, Llama,
+/// Phi-3) through the engine, against transformers' final hidden states pooled by mean and by
+/// the last token (tests/fixtures/embeddings.json, written by scripts/gpu/embed_reference.py),
+/// with the texts chunked into small prefills beside a generating request.
+#[test]
+fn embeddings_match_transformers() {
+    let refs: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/embeddings.json")).unwrap();
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-model/tests/fixtures");
+    for arch in ["tiny-qwen2", "tiny-llama", "tiny-phi3"] {
+        let m = load(
+            &root.join(arch).join("hf"),
+            test_device(2),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let tok = Arc::new(m.tokenizer);
+        let runner = ModelRunner::new(m.model, 16 << 20, 7, 16).unwrap();
+        let mut e = Engine::new(
+            runner,
+            tok,
+            EngineConfig {
+                max_batch_tokens: 7,
+                ..Default::default()
+            },
+        );
+        let (tx, _rx) = mpsc::channel();
+        e.submit(
+            Request::new(vec![1, 2, 3], SamplingParams::greedy(20)),
+            Box::new(move |ev: Event| tx.send(ev).is_ok()),
+        )
+        .unwrap();
+        let mut slots = Vec::new();
+        for r in refs[arch].as_array().unwrap() {
+            let ids: Vec<u32> = serde_json::from_value(r["ids"].clone()).unwrap();
+            for pooling in [kiln_engine::Pooling::Mean, kiln_engine::Pooling::Last] {
+                let want: Vec<f32> = serde_json::from_value(
+                    r[if pooling == kiln_engine::Pooling::Mean {
+                        "mean"
+                    } else {
+                        "last"
+                    }]
+                    .clone(),
+                )
+                .unwrap();
+                let (tx, rx) = mpsc::channel();
+                e.submit_embed(
+                    kiln_engine::EmbedRequest {
+                        tokens: ids.clone(),
+                        pooling,
+                        normalize: false,
+                    },
+                    Box::new(move |v| tx.send(v).unwrap()),
+                )
+                .unwrap();
+                slots.push((rx, want, pooling));
+            }
+        }
+        e.run_to_completion().unwrap();
+        for (rx, want, pooling) in slots {
+            let got = rx.recv().unwrap().unwrap();
+            assert_eq!(got.len(), want.len());
+            let num: f32 = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum();
+            let den: f32 = want.iter().map(|b| b * b).sum();
+            let rel = (num / den).sqrt();
+            assert!(rel < 2e-3, "{arch} {pooling:?}: relative L2 {rel}");
+        }
+    }
+}

@@ -199,6 +199,9 @@ pub enum Logits {
     Greedy,
     /// As `Last`, but the logits stay where they were computed, for [`Model::sample`].
     Keep,
+    /// No logits: every token's final hidden state (after the output norm), `dim` values
+    /// per token, in `State::logits` (embeddings).
+    Hidden,
 }
 
 impl<B: Backend> Model<B> {
@@ -335,7 +338,7 @@ impl<B: Backend> Model<B> {
             }
             let row0 = s.tokens.len();
             match mode {
-                Logits::All => s.rows.extend(row0..row0 + q.tokens.len()),
+                Logits::All | Logits::Hidden => s.rows.extend(row0..row0 + q.tokens.len()),
                 Logits::Last | Logits::Greedy | Logits::Keep if q.want_logits => {
                     s.rows.push(row0 + q.tokens.len() - 1)
                 }
@@ -374,7 +377,11 @@ impl<B: Backend> Model<B> {
             rows: n,
             logit_rows: r,
         };
-        let replayed = !on && seqs.iter().all(|q| q.tokens.len() == 1) && b.replay(key, pool)?;
+        // A hidden-state pass is never recorded: it stops before the output head.
+        let replayed = !on
+            && mode != Logits::Hidden
+            && seqs.iter().all(|q| q.tokens.len() == 1)
+            && b.replay(key, pool)?;
         let mut t = std::time::Instant::now();
         if !replayed {
             b.embed(&self.tok_embd, &s.tokens, &mut s.x);
@@ -429,7 +436,9 @@ impl<B: Backend> Model<B> {
                 lap(on, &mut t, &mut bd.output_head);
                 b.rms_norm(&s.last, &self.output_norm, c.rms_eps, r, dim, &mut s.xb);
                 lap(on, &mut t, &mut bd.norms);
-                b.matmul(head, &s.xb, r, &mut s.logits_dev);
+                if mode != Logits::Hidden {
+                    b.matmul(head, &s.xb, r, &mut s.logits_dev);
+                }
             }
             b.end_record()?;
         }
@@ -437,6 +446,10 @@ impl<B: Backend> Model<B> {
         if mode == Logits::Keep {
             s.logits.clear();
             s.argmax.clear();
+        } else if mode == Logits::Hidden {
+            s.argmax.clear();
+            s.logits.resize(r * dim, 0.0);
+            b.read(&s.xb, &mut s.logits);
         } else if r > 0 && mode == Logits::Greedy {
             s.logits.clear();
             b.argmax(&s.logits_dev, r, c.vocab_size, &mut s.argmax);

@@ -1,6 +1,7 @@
 //! kiln's OpenAI-compatible HTTP server. A thin shell: it parses requests, hands them to
 //! the engine, and turns the engine's events into JSON or server-sent events.
 
+mod embed;
 mod error;
 mod guard;
 mod listen;
@@ -285,6 +286,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embed::embeddings))
         .route("/tokenize", post(text::tokenize))
         .route("/detokenize", post(text::detokenize))
         .route("/v1/ising/empathy", post(ising_empathy))
@@ -569,6 +571,7 @@ async fn models(State(st): State<Shared>) -> Json<Value> {
                     "completion": true,
                     "chat": true,
                     "tokenize": true,
+                    "embeddings": l.engine.hidden_size() > 0,
                     "tools": grammars,
                     "response_format": grammars,
                     "native_tool_template": l.template.tool_format() != kiln_model::chat::ToolFormat::Generic,

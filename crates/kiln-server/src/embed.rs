@@ -1,0 +1,302 @@
+//! `/v1/embeddings`: each input's final hidden states pooled (mean by default, or the last
+//! token's) and scaled to length 1, computed in the engine's batches beside generation.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kiln_engine::{EmbedRequest, Pooling};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::{blocking, check_model_name, read_body, Shared};
+
+/// Most inputs one request may carry.
+const MAX_INPUTS: usize = 256;
+
+/// The inputs: texts, or token ids.
+enum Inputs {
+    Texts(Vec<String>),
+    Tokens(Vec<Vec<u32>>),
+}
+
+fn inputs(v: Option<&Value>) -> Result<Inputs, ApiError> {
+    let ids = |a: &[Value], p: &str| -> Result<Vec<u32>, ApiError> {
+        a.iter()
+            .map(|t| {
+                t.as_u64()
+                    .filter(|&t| t <= u64::from(u32::MAX))
+                    .map(|t| t as u32)
+                    .ok_or_else(|| {
+                        ApiError::bad("input", format!("`{p}` holds {t}, which is not a token id"))
+                    })
+            })
+            .collect()
+    };
+    let a = match v {
+        Some(Value::String(s)) => return Ok(Inputs::Texts(vec![s.clone()])),
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(Value::Array(_)) => return Err(ApiError::bad("input", "`input` is an empty list")),
+        None | Some(Value::Null) => return Err(ApiError::bad("input", "`input` is required")),
+        Some(v) => {
+            return Err(ApiError::bad(
+                "input",
+                format!("`input` must be a string, an array of strings or token ids, got {v}"),
+            ))
+        }
+    };
+    if a.len() > MAX_INPUTS && !a[0].is_number() {
+        return Err(ApiError::bad(
+            "input",
+            format!("`input` holds {} inputs, at most {MAX_INPUTS}", a.len()),
+        ));
+    }
+    match &a[0] {
+        Value::String(_) => a
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_str().map(str::to_owned).ok_or_else(|| {
+                    ApiError::bad(
+                        "input",
+                        format!("`input[{i}]` must be a string like the first"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Inputs::Texts),
+        Value::Number(_) => Ok(Inputs::Tokens(vec![ids(a, "input")?])),
+        Value::Array(_) => a
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t {
+                Value::Array(t) => ids(t, &format!("input[{i}]")),
+                _ => Err(ApiError::bad(
+                    "input",
+                    format!("`input[{i}]` must be a list of token ids like the first"),
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Inputs::Tokens),
+        v => Err(ApiError::bad(
+            "input",
+            format!("`input[0]` must be a string or token ids, got {v}"),
+        )),
+    }
+}
+
+/// Standard base64 of the vector's little-endian `f32` bytes (`encoding_format: base64`,
+/// which OpenAI's Python client asks for by default).
+fn base64_f32(v: &[f32]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `POST /v1/embeddings`: OpenAI's `input` (a string, strings, token ids or lists of them),
+/// `encoding_format` (`float` or `base64`), `dimensions` (only the model's own); kiln's
+/// `pooling` (`mean`, the default, or `last`) and `normalize` (default true).
+pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&st, body).await?;
+    let m: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return Err(ApiError::bad(
+                "body",
+                "the request body must be a JSON object",
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::bad(
+                "body",
+                format!("the request body is not valid JSON: {e}"),
+            ))
+        }
+    };
+    let lm = st.lm()?;
+    let model = match m.get("model") {
+        None | Some(Value::Null) => lm.id.clone(),
+        Some(Value::String(s)) => {
+            check_model_name(&st, lm, s)?;
+            s.clone()
+        }
+        Some(v) => {
+            return Err(ApiError::bad(
+                "model",
+                format!("`model` must be a string, got {v}"),
+            ))
+        }
+    };
+    let base64 = match m
+        .get("encoding_format")
+        .and_then(|v| if v.is_null() { None } else { Some(v) })
+    {
+        None => false,
+        Some(Value::String(s)) if s == "float" => false,
+        Some(Value::String(s)) if s == "base64" => true,
+        Some(v) => {
+            return Err(ApiError::bad(
+                "encoding_format",
+                format!("`encoding_format` is {v}, expected float or base64"),
+            ))
+        }
+    };
+    let pooling = match m.get("pooling") {
+        None | Some(Value::Null) => Pooling::Mean,
+        Some(Value::String(s)) => Pooling::from_name(s).ok_or_else(|| {
+            ApiError::bad(
+                "pooling",
+                format!("`pooling` is `{s}`, expected mean or last"),
+            )
+        })?,
+        Some(v) => {
+            return Err(ApiError::bad(
+                "pooling",
+                format!("`pooling` must be a string, got {v}"),
+            ))
+        }
+    };
+    let normalize = match m.get("normalize") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(ApiError::bad(
+                "normalize",
+                format!("`normalize` must be true or false, got {v}"),
+            ))
+        }
+    };
+    let dim = lm.engine.hidden_size();
+    match m.get("dimensions") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64() == Some(dim as u64) => {}
+        Some(v) => {
+            return Err(ApiError::bad(
+                "dimensions",
+                format!("`dimensions` is {v}; this model's embeddings have {dim} (no other size is supported)"),
+            ))
+        }
+    }
+    let input = inputs(m.get("input"))?;
+    let ctx = lm.context_length;
+    let texts = match &input {
+        Inputs::Texts(t) => t.iter().map(String::len).sum(),
+        Inputs::Tokens(_) => 0,
+    };
+    if texts / lm.tokenizer.max_token_bytes() >= ctx * MAX_INPUTS {
+        return Err(ApiError::bad(
+            "input",
+            "`input` is longer than the model can take",
+        ));
+    }
+    let token_lists = blocking(st.clone(), move |lm| {
+        Ok(match input {
+            Inputs::Texts(t) => t
+                .iter()
+                .map(|t| lm.tokenizer.encode(t, true, false))
+                .collect::<Vec<_>>(),
+            Inputs::Tokens(t) => t,
+        })
+    })
+    .await?;
+    let vocab = lm.tokenizer.vocab_size();
+    for (i, t) in token_lists.iter().enumerate() {
+        if t.is_empty() {
+            return Err(ApiError::bad(
+                "input",
+                format!("`input[{i}]` has no tokens"),
+            ));
+        }
+        if t.len() > ctx {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message: format!(
+                    "`input[{i}]` has {} tokens; this model's context is {ctx} tokens",
+                    t.len()
+                ),
+                param: Some("input".into()),
+                code: Some("context_length_exceeded"),
+            });
+        }
+        if let Some(bad) = t.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ApiError::bad(
+                "input",
+                format!("`input[{i}]` holds {bad}, not a token id of this model's vocabulary of {vocab}"),
+            ));
+        }
+    }
+    let prompt_tokens: usize = token_lists.iter().map(Vec::len).sum();
+    let mut waits = Vec::with_capacity(token_lists.len());
+    for tokens in token_lists {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lm.engine.submit_embed(
+            EmbedRequest {
+                tokens,
+                pooling,
+                normalize,
+            },
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        waits.push(rx);
+    }
+    let mut data = Vec::with_capacity(waits.len());
+    for (i, rx) in waits.into_iter().enumerate() {
+        let v = rx
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the engine stopped before finishing this request",
+                    Some("engine_error"),
+                )
+            })?
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, Some("engine_error"))
+            })?;
+        let embedding = if base64 {
+            json!(base64_f32(&v))
+        } else {
+            json!(v)
+        };
+        data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
+    }
+    st.metrics
+        .prompt_tokens
+        .fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        // 1.0f32 = 00 00 80 3f; two floats make 8 bytes (one '=' of padding).
+        assert_eq!(base64_f32(&[1.0]), "AACAPw==");
+        assert_eq!(base64_f32(&[1.0, -2.0]), "AACAPwAAAMA=");
+        assert_eq!(base64_f32(&[]), "");
+    }
+}
