@@ -21,16 +21,31 @@ fn chat_page_asks_for_the_api_key_once_and_uses_it() {
     );
 }
 
+#[test]
+fn chat_page_constrains_the_answer_to_a_schema() {
+    let schema = r#"{"type":"object","properties":{"city":{"type":"string","maxLength":24},"country":{"type":"string","maxLength":24}},"required":["city","country"]}"#;
+    drive_page_with(&[], None, "chat-page-schema.png", Some(schema));
+}
+
 /// Starts a server with `args`, drives its page in Chromium (answering a key prompt with
 /// `key`), and keeps a screenshot named `shot_name`.
 fn drive_page(args: &[&str], key: Option<&str>, shot_name: &str) {
+    drive_page_with(args, key, shot_name, None)
+}
+
+/// As [`drive_page`], with a JSON schema typed into the page's answer format box: the answer
+/// must then be JSON with the schema's required keys.
+fn drive_page_with(args: &[&str], key: Option<&str>, shot_name: &str, schema: Option<&str>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let node_modules = root.join("target/node/node_modules");
     assert!(
         node_modules.join("playwright-core").is_dir(),
         "playwright-core is missing: run `npm install --prefix target/node playwright-core@1` (scripts/test.sh does)"
     );
-    let mut server_args = vec!["--default-max-tokens", "24"];
+    let mut server_args = vec![
+        "--default-max-tokens",
+        if schema.is_some() { "48" } else { "24" },
+    ];
     server_args.extend_from_slice(args);
     let server = Server::start(&server_args);
     let url = server.url("");
@@ -44,6 +59,7 @@ fn drive_page(args: &[&str], key: Option<&str>, shot_name: &str) {
         .arg(&shot)
         .args(key)
         .env("NODE_PATH", &node_modules)
+        .envs(schema.map(|s| ("KILN_PAGE_SCHEMA", s)))
         .output()
         .expect("node is installed");
     drop(server);

@@ -1,6 +1,8 @@
 // Drives kiln's chat page in headless Chromium: ask a question, wait for the streamed
 // answer, check it, and keep a screenshot. Usage: node chat_page.js URL SCREENSHOT [API_KEY]
 // With API_KEY, the server wants one: the page must ask for it (a prompt dialog) and use it.
+// With KILN_PAGE_SCHEMA (a JSON schema) in the environment, it is typed into the page's answer
+// format box, and the answer must be JSON that has the schema's required keys.
 const { chromium } = require('playwright-core');
 
 (async () => {
@@ -21,6 +23,11 @@ const { chromium } = require('playwright-core');
     await page.waitForFunction(() => document.getElementById('model').textContent !== 'connecting…');
     const model = await page.textContent('#model');
     if (!model || model === 'offline' || model === 'no model loaded') throw new Error('model label: ' + model);
+    const schema = process.env.KILN_PAGE_SCHEMA;
+    if (schema) {
+      await page.click('#format summary');
+      await page.fill('#schema', schema);
+    }
     await page.fill('#input', 'What is the capital of France?');
     await page.press('#input', 'Enter');
     await page.waitForSelector('.assistant[data-done="1"]', { timeout: 120000 });
@@ -29,6 +36,13 @@ const { chromium } = require('playwright-core');
     await page.screenshot({ path: shot });
     if (!answer || answer.trim().length < 2) throw new Error('no answer: ' + answer);
     if (!/generated tokens/.test(info)) throw new Error('usage info missing: ' + info);
+    if (schema) {
+      const text = await page.evaluate(() => document.querySelector('.assistant').firstChild.textContent);
+      const obj = JSON.parse(text);
+      for (const k of JSON.parse(schema).required || []) {
+        if (!(k in obj)) throw new Error('answer lacks ' + k + ': ' + text);
+      }
+    }
     if (asked !== (key ? 1 : 0)) throw new Error('asked for a key ' + asked + ' times, expected ' + (key ? 1 : 0));
     console.log(JSON.stringify({ model, answer, info, asked }));
   } finally {
