@@ -99,6 +99,11 @@ pub struct SampleArgs {
     /// A string that ends the answer (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Prompt lookup: propose up to N tokens a step from an earlier occurrence of the text's
+    /// last tokens, verified in one pass (speculative decoding without a draft model; faster
+    /// when the answer repeats its prompt). Greedy only: needs `--temperature 0`. 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub prompt_lookup: usize,
 }
 
 impl SampleArgs {
@@ -116,6 +121,7 @@ impl SampleArgs {
             seed: Some(self.seed),
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
+            prompt_lookup: self.prompt_lookup,
             ..SamplingParams::default()
         };
         p.validate().map_err(|e| {

@@ -88,6 +88,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         // Control tokens only where the template writes them, never from the message.
         lm.template.encode(&lm.tokenizer, &msgs, true)?
     };
+    if grammar.is_some() && params.prompt_lookup > 0 {
+        anyhow::bail!("--prompt-lookup does not combine with --json-schema, --grammar or --regex");
+    }
     let constraint = match &grammar {
         Some(g) => {
             let gs = kiln_engine::Grammars::new(lm.tokenizer.clone(), lm.tokenizer.vocab_size())?;

@@ -134,6 +134,9 @@ fn absurd_parameters_are_refused_by_name() {
         ("--temperature", "-1", "temperature"),
         ("--top-p", "0", "top-p"),
         ("--max-tokens", "0", "max-tokens"),
+        // Prompt lookup with the default temperature of 0.7: greedy only.
+        ("--prompt-lookup", "4", "prompt-lookup: prompt lookup needs greedy"),
+        ("--prompt-lookup", "99", "prompt-lookup"),
     ] {
         let out = kiln()
             .args([

@@ -140,4 +140,27 @@ for bad, param in [({"input": []}, "input"), ({"input": "x", "dimensions": 3}, "
         raise AssertionError(f"accepted {bad}")
     except openai.BadRequestError as err:
         assert err.body["param"] == param, (bad, err.body)
-print("ok: native tools, batch completions, tokenize, alias, preflight, embeddings")
+# Prompt lookup (kiln's `prompt_lookup`): the plain greedy answer, proposals counted in
+# /metrics; refused with sampling or a response format.
+def metric(name):
+    with urllib.request.urlopen(BASE + "/metrics") as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+passage = "The lighthouse keeper retired last year, but he still climbs the stairs every Sunday to look at the sea."
+ask = [{"role": "user", "content": "Repeat this exactly: " + passage}]
+plain = c.chat.completions.create(model="gpt-4o-mini", messages=ask, temperature=0, max_tokens=40)
+drafts = metric("kiln_engine_draft_tokens_total")
+fast = c.chat.completions.create(model="gpt-4o-mini", messages=ask, temperature=0, max_tokens=40,
+                                 extra_body={"prompt_lookup": 8})
+assert fast.choices[0].message.content == plain.choices[0].message.content, (fast, plain)
+assert metric("kiln_engine_draft_tokens_total") > drafts
+assert metric("kiln_engine_accepted_tokens_total") > 0
+for extra in [{"prompt_lookup": 8, "temperature": 0.7},
+              {"prompt_lookup": 8, "temperature": 0, "response_format": {"type": "json_object"}}]:
+    try:
+        c.chat.completions.create(model="gpt-4o-mini", messages=ask, max_tokens=4, extra_body=extra)
+        raise AssertionError(f"accepted {extra}")
+    except openai.BadRequestError as err:
+        assert err.body["param"] == "prompt_lookup", err.body
+print("ok: native tools, batch completions, tokenize, alias, preflight, embeddings, prompt lookup")

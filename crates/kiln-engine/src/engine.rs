@@ -350,6 +350,42 @@ struct Seq {
     /// Why the sequence ends, when streaming found it (a stop string, or a listener gone)
     /// after its next step had started; that step's token is then dropped.
     stopped: Option<FinishReason>,
+    /// Tokens prompt lookup proposed for this step, appended to `tokens` while the step's
+    /// pass runs and taken off before its result is read.
+    drafts: Vec<u32>,
+    /// How many tokens prompt lookup proposes next, and how it backs off.
+    lookup: Lookup,
+}
+
+/// Prompt lookup's pace for one sequence: as many proposals as were lately taken (doubling
+/// while all are), and after proposals none of which was taken, a pause that grows with
+/// each such miss, so that an answer that does not repeat its text costs little.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lookup {
+    /// Most tokens to propose (0: not started, the request's `prompt_lookup`).
+    cap: usize,
+    /// Steps left to pause.
+    pause: usize,
+    /// Misses in a row.
+    misses: usize,
+}
+
+impl Lookup {
+    /// After `d` proposals of which `taken` were taken, with `k` the request's most.
+    fn update(&mut self, d: usize, taken: usize, k: usize) {
+        if taken == d {
+            self.cap = (self.cap * 2).min(k);
+            self.misses = 0;
+        } else {
+            self.cap = (taken + 1).min(k);
+            if taken == 0 {
+                self.misses += 1;
+                self.pause = (1 << self.misses.min(4)) - 1;
+            } else {
+                self.misses = 0;
+            }
+        }
+    }
 }
 
 impl Seq {
@@ -440,6 +476,10 @@ pub struct EngineStats {
     pub mask_seconds: f64,
     /// Token masks computed (one per constrained sequence per step).
     pub masks: u64,
+    /// Tokens prompt lookup proposed.
+    pub draft_tokens: u64,
+    /// Of those, tokens the model's own choice confirmed (each saved a step).
+    pub accepted_tokens: u64,
     /// Positions in a KV block.
     pub block_size: usize,
     /// Prompt tokens looked up in the prefix cache (at each request's first admission).
@@ -616,6 +656,8 @@ impl<R: Runner> Engine<R> {
             stopped: None,
             constraint: req.constraint,
             error: None,
+            drafts: Vec::new(),
+            lookup: Lookup::default(),
         });
         Ok(())
     }
@@ -666,6 +708,8 @@ impl<R: Runner> Engine<R> {
             stopped: None,
             constraint: None,
             error: None,
+            drafts: Vec::new(),
+            lookup: Lookup::default(),
         });
         Ok(id)
     }
@@ -719,6 +763,8 @@ impl<R: Runner> Engine<R> {
             stopped: None,
             constraint: None,
             error: None,
+            drafts: Vec::new(),
+            lookup: Lookup::default(),
         });
         Ok(id)
     }
@@ -987,6 +1033,74 @@ impl<R: Runner> Engine<R> {
         }
     }
 
+    /// Prompt lookup: each decoding sequence that asks for it gets the tokens [`lookup`]
+    /// proposes appended for this step, which then runs them in the teacher-forced pass (one
+    /// row of logits each), within what is left of the token budget and the runner's rows,
+    /// and never past the answer's `max_tokens` or the context.
+    fn propose(&mut self, plan: &mut [(usize, usize)]) {
+        let rows_max = self.runner.max_logit_rows();
+        if rows_max == 0 {
+            return;
+        }
+        let mut rows: usize = plan
+            .iter()
+            .filter(|&&(i, _)| self.running[i].in_scored_part())
+            .map(|&(_, n)| n)
+            .sum();
+        let used: usize = plan.iter().map(|&(_, n)| n).sum();
+        let mut budget = self.cfg.max_batch_tokens.saturating_sub(used);
+        for p in plan.iter_mut() {
+            let (idx, n) = *p;
+            let seq = &mut self.running[idx];
+            let params = seq.sampler.params();
+            let k = params.prompt_lookup;
+            if k == 0
+                || n != 1
+                || seq.score.is_some()
+                || seq.constraint.is_some()
+                || seq.stopped.is_some()
+                || seq.computed + 1 != seq.tokens.len()
+            {
+                continue;
+            }
+            if seq.lookup.cap == 0 {
+                seq.lookup.cap = k;
+            }
+            if seq.lookup.pause > 0 {
+                seq.lookup.pause -= 1;
+                continue;
+            }
+            let k = seq.lookup.cap;
+            let generated = seq.tokens.len() - seq.prompt_len;
+            let room = params
+                .max_tokens
+                .saturating_sub(generated + 1)
+                .min(seq.max_len.saturating_sub(seq.tokens.len() + 1));
+            let d = k
+                .min(room)
+                .min(budget)
+                .min(rows_max.saturating_sub(rows + 1));
+            if d == 0 {
+                continue;
+            }
+            let drafts = lookup(&seq.tokens, d);
+            if drafts.is_empty()
+                || self
+                    .blocks
+                    .grow(&mut seq.table, seq.computed + 1 + drafts.len())
+                    .is_err()
+            {
+                continue;
+            }
+            budget -= drafts.len();
+            rows += 1 + drafts.len();
+            self.stats.draft_tokens += drafts.len() as u64;
+            p.1 = 1 + drafts.len();
+            seq.tokens.extend_from_slice(&drafts);
+            seq.drafts = drafts;
+        }
+    }
+
     /// Runs one step. Returns `false` when there was nothing to do.
     pub fn step(&mut self) -> Result<bool, ModelError> {
         let t0 = Instant::now();
@@ -1042,10 +1156,13 @@ impl<R: Runner> Engine<R> {
             }
             return Ok(true);
         }
+        self.propose(&mut plan);
         plan.sort_unstable_by_key(|&(idx, _)| idx);
         // A runner that overlaps gets the token masks computed while its pass runs, unless a
         // teacher-forced pass (which must wait for this step's sampling) follows it.
-        let has_scored = plan.iter().any(|&(i, _)| self.running[i].in_scored_part());
+        let has_scored = plan
+            .iter()
+            .any(|&(i, _)| self.running[i].in_scored_part() || !self.running[i].drafts.is_empty());
         let late_masks = overlap && !has_scored;
         let mut jobs = self.take_constraints(&plan);
         let mut mask_seconds = 0.0;
@@ -1071,7 +1188,9 @@ impl<R: Runner> Engine<R> {
                 tokens: &s.tokens[s.computed..s.computed + n],
                 pos0: s.computed,
                 blocks: &s.table,
-                want_logits: s.score.is_none() && s.computed + n == s.tokens.len(),
+                want_logits: s.score.is_none()
+                    && s.drafts.is_empty()
+                    && s.computed + n == s.tokens.len(),
             };
             if slice.want_logits {
                 self.rows.push(s.sampler.row(&mut self.adjust));
@@ -1079,7 +1198,7 @@ impl<R: Runner> Engine<R> {
             }
             if s.embeds() {
                 embedded.push(slice);
-            } else if s.in_scored_part() {
+            } else if s.in_scored_part() || !s.drafts.is_empty() {
                 scored.push(slice);
             } else {
                 batch.push(slice);
@@ -1221,6 +1340,17 @@ impl<R: Runner> Engine<R> {
                 let rows = &self.score_logits[score_row * vocab..(score_row + n) * vocab];
                 score_row += n;
                 seq.record_logprobs(rows, n, vocab);
+            } else if !seq.drafts.is_empty() {
+                let rows = &self.score_logits[score_row * vocab..(score_row + n) * vocab];
+                score_row += n;
+                let (taken, reason) = verify(seq, &self.tok, rows, vocab);
+                self.stats.accepted_tokens += taken as u64 - 1;
+                self.blocks
+                    .register(&seq.table, &seq.tokens, seq.computed, &mut seq.registered);
+                if let Some(reason) = reason {
+                    done.push((idx, reason));
+                }
+                continue;
             }
             seq.computed += n;
             self.blocks
@@ -1331,6 +1461,60 @@ fn set_row_masks(rows: &mut [RowSampling], mask_of: &[Option<u32>], sampling: &[
 /// Takes the token sampled for `seq` into its tokens (it is streamed by [`stream`] later)
 /// and says whether the sequence ends with it: at an end-of-generation token, at its token
 /// limit or at the context's end. Stop strings are found when streaming.
+/// The tokens prompt lookup proposes after `tokens`: up to `k` that followed the latest
+/// earlier occurrence of the text's last 3 tokens (or, failing that, 2: a single token
+/// recurs too often to predict what follows it).
+fn lookup(tokens: &[u32], k: usize) -> Vec<u32> {
+    let len = tokens.len();
+    for n in (2..=3usize).rev() {
+        if len <= n {
+            continue;
+        }
+        let tail = &tokens[len - n..];
+        // Latest first: the answer so far is the likeliest to repeat itself.
+        if let Some(j) = (0..len - n).rev().find(|&j| &tokens[j..j + n] == tail) {
+            let from = j + n;
+            return tokens[from..(from + k).min(len)].to_vec();
+        }
+    }
+    Vec::new()
+}
+
+/// Reads a verified step: row `i` of `rows` is the model's choice after the sequence's last
+/// token and the first `i` proposed tokens. Takes the model's choices while they agree with
+/// the proposals, then its first disagreeing choice (or the one after every proposal), as
+/// plain greedy decoding would have taken them one step at a time. Returns the tokens taken
+/// and why the sequence ends, if it does.
+fn verify(
+    seq: &mut Seq,
+    tok: &Tokenizer,
+    rows: &[f32],
+    vocab: usize,
+) -> (usize, Option<FinishReason>) {
+    let drafts = std::mem::take(&mut seq.drafts);
+    seq.tokens.truncate(seq.tokens.len() - drafts.len());
+    if let Some(r) = seq.stopped {
+        return (1, Some(r));
+    }
+    let most = seq.sampler.params().prompt_lookup;
+    let mut taken = 0;
+    for i in 0..=drafts.len() {
+        let t = kiln_model::sample::argmax(&rows[i * vocab..(i + 1) * vocab]);
+        taken += 1;
+        // The KV of the token before `t` is now computed (the last token's, or the
+        // proposal `t`'s predecessor, which agreed).
+        seq.computed += 1;
+        if let Some(r) = accept(seq, tok, &Sampled::token(t)) {
+            return (taken, Some(r));
+        }
+        if i == drafts.len() || t != drafts[i] {
+            break;
+        }
+    }
+    seq.lookup.update(drafts.len(), taken - 1, most);
+    (taken, None)
+}
+
 fn accept(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishReason> {
     let id = sampled.token;
     seq.sampler.record(id);

@@ -40,7 +40,15 @@ pub struct SamplingParams {
     /// Added to the logits of these tokens before sampling, each in [-100, 100] (-100 in
     /// practice bans a token, 100 forces it).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Prompt lookup (speculative decoding without a draft model): up to this many tokens
+    /// proposed each step from an earlier occurrence of the text's last tokens in the prompt
+    /// or the answer so far, verified in one pass (0: off). Greedy decoding only: the answer
+    /// is the one plain decoding gives.
+    pub prompt_lookup: usize,
 }
+
+/// Most tokens prompt lookup proposes in one step.
+pub const MAX_PROMPT_LOOKUP: usize = 16;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -59,6 +67,7 @@ impl Default for SamplingParams {
             logprobs: None,
             ignore_eos: false,
             logit_bias: Vec::new(),
+            prompt_lookup: 0,
         }
     }
 }
@@ -161,7 +170,24 @@ impl SamplingParams {
                 format!("{n} alternatives, at most 20")
             })?;
         }
+        let k = self.prompt_lookup;
+        check(k <= MAX_PROMPT_LOOKUP, "prompt_lookup", || {
+            format!("{k} tokens, at most {MAX_PROMPT_LOOKUP}")
+        })?;
+        check(k == 0 || self.plain_greedy(), "prompt_lookup", || {
+            "prompt lookup needs greedy decoding (temperature 0) without penalties, logit_bias or logprobs".into()
+        })?;
         Ok(())
+    }
+
+    /// Greedy, and the token is the logits' argmax: no penalty, bias or log-probabilities.
+    pub fn plain_greedy(&self) -> bool {
+        self.temperature == 0.0
+            && self.repetition_penalty == 1.0
+            && self.frequency_penalty == 0.0
+            && self.presence_penalty == 0.0
+            && self.logit_bias.is_empty()
+            && self.logprobs.is_none()
     }
 }
 

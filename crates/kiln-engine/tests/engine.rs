@@ -29,6 +29,9 @@ struct MockRunner {
     started: Option<Vec<Sampled>>,
     /// The logits of a started pass, not yet sampled.
     passed: Option<Vec<f32>>,
+    /// Logits from the last token alone (a bigram model, whose greedy answers soon repeat
+    /// themselves), instead of from every token before.
+    bigram: bool,
 }
 
 /// The mock's logits after the token prefix whose running hash is `h`.
@@ -59,6 +62,15 @@ impl MockRunner {
             overlap: false,
             started: None,
             passed: None,
+            bigram: false,
+        }
+    }
+    /// The hash the logits after positions `..end` come from.
+    fn ctx(&self, s: &Slice<'_>, end: usize) -> u64 {
+        if self.bigram {
+            hash_step(HASH0, self.kv(s, end - 1))
+        } else {
+            (0..end).fold(HASH0, |h, p| hash_step(h, self.kv(s, p)))
         }
     }
     fn overlapping(vocab: usize, n_blocks: usize, block_size: usize) -> Self {
@@ -77,8 +89,7 @@ impl MockRunner {
         for s in batch {
             self.write(s);
             if s.want_logits {
-                let h =
-                    (0..s.pos0 + s.tokens.len()).fold(HASH0, |h, p| hash_step(h, self.kv(s, p)));
+                let h = self.ctx(s, s.pos0 + s.tokens.len());
                 mock_row(self.vocab, h, &mut row);
                 logits.extend_from_slice(&row);
             }
@@ -181,10 +192,8 @@ impl Runner for MockRunner {
         let mut row = Vec::new();
         for s in batch {
             self.write(s);
-            let mut h = (0..s.pos0).fold(HASH0, |h, p| hash_step(h, self.kv(s, p)));
             for p in s.pos0..s.pos0 + s.tokens.len() {
-                h = hash_step(h, self.kv(s, p));
-                mock_row(self.vocab, h, &mut row);
+                mock_row(self.vocab, self.ctx(s, p + 1), &mut row);
                 logits.extend_from_slice(&row);
             }
         }
@@ -620,6 +629,111 @@ fn expected_embedding(tokens: &[u32], pooling: Pooling) -> Vec<f32> {
 }
 
 type EmbedSlot = Arc<Mutex<Option<Result<Vec<f32>, String>>>>;
+
+/// Greedy answers with prompt lookup, on a mock whose answers repeat (bigram) or not, with
+/// other requests beside them, chunked prefills, few rows, a small pool that preempts, and a
+/// runner that overlaps: always the tokens of plain greedy decoding alone, and on the
+/// repeating mock in fewer steps.
+#[test]
+fn prompt_lookup_gives_the_plain_greedy_answer_in_fewer_steps() {
+    let tok = tokenizer();
+    let vocab = tok.vocab_size();
+    let ps = prompts();
+    let greedy = |k: usize| SamplingParams {
+        prompt_lookup: k,
+        ..SamplingParams::greedy(60)
+    };
+    for bigram in [true, false] {
+        let plain = |p: &[u32]| {
+            let mut r = MockRunner::new(vocab, 64, 16);
+            r.bigram = bigram;
+            let mut e = Engine::new(r, tok.clone(), EngineConfig::default());
+            let out = Arc::new(Mutex::new(Collected::default()));
+            e.submit(Request::new(p.to_vec(), greedy(0)), sink(out.clone(), None))
+                .unwrap();
+            e.run_to_completion().unwrap();
+            let c = out.lock().unwrap().clone();
+            (c, e.stats().steps)
+        };
+        let solo: Vec<(Collected, u64)> = ps.iter().map(|p| plain(p)).collect();
+        for (n_blocks, max_batch_tokens, rows, overlap) in [
+            (64, 256, 64, false),
+            (64, 7, 3, false),
+            (14, 32, 9, false),
+            (64, 256, 64, true),
+        ] {
+            let mut r = if overlap {
+                MockRunner::overlapping(vocab, n_blocks, 16)
+            } else {
+                MockRunner::new(vocab, n_blocks, 16)
+            };
+            r.bigram = bigram;
+            r.logit_rows = rows;
+            let mut e = Engine::new(
+                r,
+                tok.clone(),
+                EngineConfig {
+                    max_batch_tokens,
+                    ..Default::default()
+                },
+            );
+            let outs: Vec<_> = ps
+                .iter()
+                .map(|_| Arc::new(Mutex::new(Collected::default())))
+                .collect();
+            for (i, p) in ps.iter().enumerate() {
+                // Every other request speculates; the rest sample beside them.
+                let params = if i % 2 == 0 { greedy(8) } else { params(i) };
+                e.submit(Request::new(p.clone(), params), sink(outs[i].clone(), None))
+                    .unwrap();
+            }
+            e.run_to_completion().unwrap();
+            let label = format!("bigram {bigram}, {n_blocks} blocks, batch {max_batch_tokens}, {rows} rows, overlap {overlap}");
+            for (i, o) in outs.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+                let o = o.lock().unwrap();
+                assert_eq!(o.ids, solo[i].0.ids, "request {i}, {label}");
+                assert_eq!(o.done, solo[i].0.done, "request {i}, {label}");
+            }
+            let st = e.stats();
+            assert_eq!(st.blocks_used, 0, "{label}");
+            assert!(st.accepted_tokens <= st.draft_tokens);
+            if bigram && rows == 64 {
+                assert!(st.accepted_tokens > 10, "{label}: {st:?}");
+            }
+        }
+        // Alone, a long repeating answer takes far fewer steps.
+        if bigram {
+            let long = |k: usize| {
+                let mut r = MockRunner::new(vocab, 64, 16);
+                r.bigram = true;
+                let mut e = Engine::new(r, tok.clone(), EngineConfig::default());
+                let out = Arc::new(Mutex::new(Collected::default()));
+                let p = SamplingParams {
+                    prompt_lookup: k,
+                    ..SamplingParams::greedy(400)
+                };
+                e.submit(Request::new(ps[0].clone(), p), sink(out.clone(), None))
+                    .unwrap();
+                e.run_to_completion().unwrap();
+                let ids = out.lock().unwrap().ids.clone();
+                (ids, e.stats().steps)
+            };
+            let (a, plain_steps) = long(0);
+            let (b, steps) = long(8);
+            assert_eq!(a, b);
+            assert!(
+                steps * 2 < plain_steps,
+                "{steps} steps against {plain_steps}"
+            );
+        }
+    }
+    // Sampled requests cannot speculate: refused by name.
+    let bad = SamplingParams {
+        prompt_lookup: 4,
+        ..SamplingParams::default()
+    };
+    assert_eq!(bad.validate().unwrap_err().param, "prompt_lookup");
+}
 
 #[test]
 fn embeddings_pool_every_position_and_leave_others_alone() {

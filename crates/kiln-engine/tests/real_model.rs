@@ -408,3 +408,46 @@ fn embeddings_match_transformers() {
         }
     }
 }
+
+/// Prompt lookup on the real model: a passage copied from the prompt, greedy, alone and beside
+/// sampled requests, is token for token the plain greedy answer, and most proposals are taken.
+#[test]
+fn prompt_lookup_copies_a_passage_as_plain_greedy_does() {
+    let mut e = engine(256);
+    let tok = e.tokenizer().clone();
+    let passage = "The river wound slowly through the valley, past the old mill and the stone \
+                   bridge, where children gathered every summer to fish and swim. In autumn the \
+                   leaves turned gold and red, and the farmers brought their harvest to the \
+                   market in the town square.";
+    let text = format!(
+        "<|im_start|>user\nRepeat this passage exactly: {passage}<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let prompt = tok.encode(&text, true, true);
+    let greedy = |k: usize| SamplingParams {
+        prompt_lookup: k,
+        ..SamplingParams::greedy(60)
+    };
+    let plain = run(&mut e, vec![Request::new(prompt.clone(), greedy(0))]).remove(0);
+    let before = e.stats();
+    let alone = run(&mut e, vec![Request::new(prompt.clone(), greedy(8))]).remove(0);
+    let after = e.stats();
+    assert_eq!(alone, plain);
+    let proposed = after.draft_tokens - before.draft_tokens;
+    let taken = after.accepted_tokens - before.accepted_tokens;
+    assert!(
+        taken * 2 > proposed && taken > 20,
+        "{taken} of {proposed} proposed tokens taken"
+    );
+    assert!(
+        after.steps - before.steps < 40,
+        "{} steps",
+        after.steps - before.steps
+    );
+    // Beside sampled requests, in a small token budget that chunks their prompts.
+    let mut small = engine(24);
+    let mut reqs = requests(&tok);
+    reqs.insert(1, Request::new(prompt.clone(), greedy(8)));
+    let together = run(&mut small, reqs);
+    assert_eq!(together[1], plain);
+    assert_eq!(small.stats().blocks_used, 0);
+}

@@ -252,6 +252,16 @@ impl Metrics {
                     "Token masks computed (one per constrained sequence per step).",
                     s.masks as f64,
                 ),
+                (
+                    "kiln_engine_draft_tokens_total",
+                    "Tokens prompt lookup proposed.",
+                    s.draft_tokens as f64,
+                ),
+                (
+                    "kiln_engine_accepted_tokens_total",
+                    "Proposed tokens the model's own choice confirmed.",
+                    s.accepted_tokens as f64,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
             }

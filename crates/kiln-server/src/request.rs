@@ -311,6 +311,15 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
     } else {
         None
     };
+    if m.get("prompt_lookup")
+        .is_some_and(|v| v.as_u64().is_some_and(|k| k > 0))
+        && (format.is_some() || tools.as_ref().is_some_and(|t| t.active()))
+    {
+        return Err(ApiError::bad(
+            "prompt_lookup",
+            "`prompt_lookup` does not combine with `response_format` or `tools`",
+        ));
+    }
     if format.is_some() && tools.as_ref().is_some_and(|t| t.grammar().is_some()) {
         return Err(ApiError::bad(
             "response_format",
@@ -448,6 +457,10 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
     // A kiln extension (as in vLLM and llama.cpp's server): keep generating through end
     // tokens, for benchmarks of equal-length answers.
     p.ignore_eos = boolean(&m, "ignore_eos")?.unwrap_or(false);
+    // kiln's extension: speculative decoding by prompt lookup (greedy requests only).
+    if let Some(k) = int(&m, "prompt_lookup")? {
+        p.prompt_lookup = k.min(1 << 20) as usize;
+    }
     let n = int(&m, "n")?.unwrap_or(1);
     if !(1..=16).contains(&n) {
         return Err(ApiError::bad("n", format!("`n` is {n}, expected 1 to 16")));
