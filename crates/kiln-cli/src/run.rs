@@ -109,6 +109,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             .and_then(|()| out.flush())
             .is_ok()
     })?;
+    let stats = lm.engine.stats();
     lm.engine.shutdown();
     if json {
         let v = serde_json::json!({
@@ -133,6 +134,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             g.decode_tok_s(),
             g.finish
         );
+        if stats.draft_tokens > 0 {
+            eprintln!(
+                "kiln: prompt lookup: {} of {} proposed tokens taken",
+                stats.accepted_tokens, stats.draft_tokens
+            );
+        }
     }
     Ok(())
 }

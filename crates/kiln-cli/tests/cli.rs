@@ -135,7 +135,11 @@ fn absurd_parameters_are_refused_by_name() {
         ("--top-p", "0", "top-p"),
         ("--max-tokens", "0", "max-tokens"),
         // Prompt lookup with the default temperature of 0.7: greedy only.
-        ("--prompt-lookup", "4", "prompt-lookup: prompt lookup needs greedy"),
+        (
+            "--prompt-lookup",
+            "4",
+            "prompt-lookup: prompt lookup needs greedy",
+        ),
         ("--prompt-lookup", "99", "prompt-lookup"),
     ] {
         let out = kiln()

@@ -107,6 +107,21 @@ pub trait Runner: Send {
     fn max_logit_rows(&self) -> usize {
         0
     }
+    /// Runs every slice teacher-forced and appends, for every token, the most likely next
+    /// token (for verifying proposed tokens). The engine sends at most
+    /// [`Runner::max_logit_rows`] tokens. Default: [`Runner::step_all`] and the argmax of
+    /// each row on the host.
+    fn step_greedy_all(
+        &mut self,
+        batch: &[Slice<'_>],
+        out: &mut Vec<u32>,
+    ) -> Result<(), ModelError> {
+        let mut logits = Vec::new();
+        self.step_all(batch, &mut logits)?;
+        let v = self.vocab_size().max(1);
+        out.extend(logits.chunks_exact(v).map(kiln_model::sample::argmax));
+        Ok(())
+    }
     /// Runs every slice and appends every token's final hidden state (after the output
     /// norm; [`Runner::hidden_size`] values each), for embeddings. The engine sends at most
     /// [`Runner::max_logit_rows`] tokens. A runner that cannot keeps this default.
@@ -520,6 +535,8 @@ pub struct Engine<R: Runner> {
     score_logits: Vec<f32>,
     /// Hidden states of the step's embedded tokens.
     hidden: Vec<f32>,
+    /// The model's choices after each token of the step's verified slices.
+    verified: Vec<u32>,
     stats: EngineStats,
     plan: Vec<(usize, usize)>,
     pre: Vec<(usize, usize)>,
@@ -547,6 +564,7 @@ impl<R: Runner> Engine<R> {
             sampled: Vec::new(),
             score_logits: Vec::new(),
             hidden: Vec::new(),
+            verified: Vec::new(),
             stats: EngineStats::default(),
             plan: Vec::new(),
             pre: Vec::new(),
@@ -1178,6 +1196,7 @@ impl<R: Runner> Engine<R> {
         let mut batch: Vec<Slice<'_>> = Vec::with_capacity(plan.len());
         let mut scored: Vec<Slice<'_>> = Vec::new();
         let mut embedded: Vec<Slice<'_>> = Vec::new();
+        let mut verifying: Vec<Slice<'_>> = Vec::new();
         // The plan entry of each row.
         let mut sampling = Vec::with_capacity(plan.len());
         self.rows.clear();
@@ -1198,7 +1217,9 @@ impl<R: Runner> Engine<R> {
             }
             if s.embeds() {
                 embedded.push(slice);
-            } else if s.in_scored_part() || !s.drafts.is_empty() {
+            } else if !s.drafts.is_empty() {
+                verifying.push(slice);
+            } else if s.in_scored_part() {
                 scored.push(slice);
             } else {
                 batch.push(slice);
@@ -1206,6 +1227,8 @@ impl<R: Runner> Engine<R> {
         }
         let scored_rows: usize = scored.iter().map(|s| s.tokens.len()).sum();
         let embedded_rows: usize = embedded.iter().map(|s| s.tokens.len()).sum();
+        let verified_rows: usize = verifying.iter().map(|s| s.tokens.len()).sum();
+        self.verified.clear();
         self.sampled.clear();
         self.score_logits.clear();
         self.hidden.clear();
@@ -1266,6 +1289,12 @@ impl<R: Runner> Engine<R> {
             model_s += t.elapsed().as_secs_f64();
         }
         drop(embedded);
+        if result.is_ok() && !verifying.is_empty() {
+            let t = Instant::now();
+            result = self.runner.step_greedy_all(&verifying, &mut self.verified);
+            model_s += t.elapsed().as_secs_f64();
+        }
+        drop(verifying);
         if !jobs.is_empty() {
             self.restore_constraints(std::mem::take(&mut jobs), mask_seconds);
         }
@@ -1312,6 +1341,12 @@ impl<R: Runner> Engine<R> {
                 self.hidden.len()
             )));
         }
+        if result.is_ok() && self.verified.len() != verified_rows {
+            result = Err(ModelError::Input(format!(
+                "the runner returned {} choices for {verified_rows} verified tokens",
+                self.verified.len()
+            )));
+        }
         if let Err(e) = result {
             // A failed step fails every sequence in it, and frees their blocks.
             let msg = e.to_string();
@@ -1328,6 +1363,7 @@ impl<R: Runner> Engine<R> {
         let mut row = 0;
         let mut score_row = 0;
         let mut hidden_row = 0;
+        let mut verified_row = 0;
         let mut done = std::mem::take(&mut self.done);
         done.clear();
         for &(idx, n) in plan.iter() {
@@ -1341,9 +1377,9 @@ impl<R: Runner> Engine<R> {
                 score_row += n;
                 seq.record_logprobs(rows, n, vocab);
             } else if !seq.drafts.is_empty() {
-                let rows = &self.score_logits[score_row * vocab..(score_row + n) * vocab];
-                score_row += n;
-                let (taken, reason) = verify(seq, &self.tok, rows, vocab);
+                let choices = &self.verified[verified_row..verified_row + n];
+                verified_row += n;
+                let (taken, reason) = verify(seq, &self.tok, choices);
                 self.stats.accepted_tokens += taken as u64 - 1;
                 self.blocks
                     .register(&seq.table, &seq.tokens, seq.computed, &mut seq.registered);
@@ -1461,7 +1497,7 @@ fn set_row_masks(rows: &mut [RowSampling], mask_of: &[Option<u32>], sampling: &[
 /// Takes the token sampled for `seq` into its tokens (it is streamed by [`stream`] later)
 /// and says whether the sequence ends with it: at an end-of-generation token, at its token
 /// limit or at the context's end. Stop strings are found when streaming.
-/// The tokens prompt lookup proposes after `tokens`: up to `k` that followed the latest
+/// The tokens prompt lookup proposes after `tokens`: the `k` that followed the latest
 /// earlier occurrence of the text's last 3 tokens (or, failing that, 2: a single token
 /// recurs too often to predict what follows it).
 fn lookup(tokens: &[u32], k: usize) -> Vec<u32> {
@@ -1473,24 +1509,26 @@ fn lookup(tokens: &[u32], k: usize) -> Vec<u32> {
         let tail = &tokens[len - n..];
         // Latest first: the answer so far is the likeliest to repeat itself.
         if let Some(j) = (0..len - n).rev().find(|&j| &tokens[j..j + n] == tail) {
+            // What followed, read on into the proposal itself where the text ends: a text
+            // that repeats with a short period goes on repeating.
             let from = j + n;
-            return tokens[from..(from + k).min(len)].to_vec();
+            let mut out: Vec<u32> = Vec::with_capacity(k);
+            for i in 0..k {
+                let at = from + i;
+                out.push(if at < len { tokens[at] } else { out[at - len] });
+            }
+            return out;
         }
     }
     Vec::new()
 }
 
-/// Reads a verified step: row `i` of `rows` is the model's choice after the sequence's last
+/// Reads a verified step: `choices[i]` is the model's choice after the sequence's last
 /// token and the first `i` proposed tokens. Takes the model's choices while they agree with
 /// the proposals, then its first disagreeing choice (or the one after every proposal), as
 /// plain greedy decoding would have taken them one step at a time. Returns the tokens taken
 /// and why the sequence ends, if it does.
-fn verify(
-    seq: &mut Seq,
-    tok: &Tokenizer,
-    rows: &[f32],
-    vocab: usize,
-) -> (usize, Option<FinishReason>) {
+fn verify(seq: &mut Seq, tok: &Tokenizer, choices: &[u32]) -> (usize, Option<FinishReason>) {
     let drafts = std::mem::take(&mut seq.drafts);
     seq.tokens.truncate(seq.tokens.len() - drafts.len());
     if let Some(r) = seq.stopped {
@@ -1499,7 +1537,7 @@ fn verify(
     let most = seq.sampler.params().prompt_lookup;
     let mut taken = 0;
     for i in 0..=drafts.len() {
-        let t = kiln_model::sample::argmax(&rows[i * vocab..(i + 1) * vocab]);
+        let t = choices[i];
         taken += 1;
         // The KV of the token before `t` is now computed (the last token's, or the
         // proposal `t`'s predecessor, which agreed).

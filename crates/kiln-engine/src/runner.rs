@@ -147,6 +147,17 @@ impl<B: Backend> Runner for ModelRunner<B> {
         self.logit_rows
     }
 
+    fn step_greedy_all(
+        &mut self,
+        batch: &[Slice<'_>],
+        out: &mut Vec<u32>,
+    ) -> Result<(), ModelError> {
+        self.model
+            .forward_batch(&mut self.state, &mut self.pool, batch, Logits::GreedyAll)?;
+        out.extend_from_slice(&self.state.argmax);
+        Ok(())
+    }
+
     fn step_hidden(&mut self, batch: &[Slice<'_>], out: &mut Vec<f32>) -> Result<(), ModelError> {
         self.model
             .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Hidden)?;

@@ -434,15 +434,22 @@ fn prompt_lookup_copies_a_passage_as_plain_greedy_does() {
     assert_eq!(alone, plain);
     let proposed = after.draft_tokens - before.draft_tokens;
     let taken = after.accepted_tokens - before.accepted_tokens;
-    assert!(
-        taken * 2 > proposed && taken > 20,
-        "{taken} of {proposed} proposed tokens taken"
-    );
-    assert!(
-        after.steps - before.steps < 40,
-        "{} steps",
+    eprintln!(
+        "{taken} of {proposed} proposed tokens taken, {} steps",
         after.steps - before.steps
     );
+    // The default model copies the passage; another (random weights, say) may not.
+    if std::env::var_os("KILN_TEST_MODEL").is_none() {
+        assert!(
+            taken * 2 > proposed && taken > 20,
+            "{taken} of {proposed} proposed tokens taken"
+        );
+        assert!(
+            after.steps - before.steps < 40,
+            "{} steps",
+            after.steps - before.steps
+        );
+    }
     // Beside sampled requests, in a small token budget that chunks their prompts.
     let mut small = engine(24);
     let mut reqs = requests(&tok);

@@ -202,6 +202,9 @@ pub enum Logits {
     /// No logits: every token's final hidden state (after the output norm), `dim` values
     /// per token, in `State::logits` (embeddings).
     Hidden,
+    /// Every token's most likely next token, in `State::argmax` (computed where the logits
+    /// are: verifying proposed tokens reads back one id a token, not a row of logits).
+    GreedyAll,
 }
 
 impl<B: Backend> Model<B> {
@@ -338,7 +341,9 @@ impl<B: Backend> Model<B> {
             }
             let row0 = s.tokens.len();
             match mode {
-                Logits::All | Logits::Hidden => s.rows.extend(row0..row0 + q.tokens.len()),
+                Logits::All | Logits::Hidden | Logits::GreedyAll => {
+                    s.rows.extend(row0..row0 + q.tokens.len())
+                }
                 Logits::Last | Logits::Greedy | Logits::Keep if q.want_logits => {
                     s.rows.push(row0 + q.tokens.len() - 1)
                 }
@@ -450,7 +455,7 @@ impl<B: Backend> Model<B> {
             s.argmax.clear();
             s.logits.resize(r * dim, 0.0);
             b.read(&s.xb, &mut s.logits);
-        } else if r > 0 && mode == Logits::Greedy {
+        } else if r > 0 && matches!(mode, Logits::Greedy | Logits::GreedyAll) {
             s.logits.clear();
             b.argmax(&s.logits_dev, r, c.vocab_size, &mut s.argmax);
         } else {

@@ -53,6 +53,9 @@ const BLAS_WORKSPACE: usize = 32 << 20;
 const MV_STAGE_MAX: usize = 96 << 10;
 /// Query rows and key positions per tile of the prefill attention kernel (TQ, TK).
 const TILE_Q: usize = 32;
+/// Passes whose sequences each run at most this many rows get attention split over the
+/// context as decode passes do (see `begin_pass`).
+const SHORT_PASS_ROWS: usize = 16;
 const TILE_K: usize = 64;
 /// Largest head size of the prefill attention kernel.
 const TILE_MAX_HD: usize = 128;
@@ -1336,9 +1339,12 @@ impl Backend for CudaBackend {
                     .map_err(|e| dev("uploading rotary frequencies", e))?,
             );
         }
-        // Attention splits: enough blocks to fill the GPU at decode; one for prefill.
+        // Attention splits: enough blocks to fill the GPU at decode and for passes of a few
+        // rows per sequence (verifying proposed tokens, scoring), whose few query rows would
+        // otherwise walk a long context in a handful of blocks; one for prefill.
         let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(1);
         let decode = seqs.iter().all(|s| s.n == 1);
+        let short = seqs.iter().all(|s| s.n <= SHORT_PASS_ROWS);
         st.decode_pass = decode;
         st.gqa_pass = decode
             && gqa_ok(cfg)
@@ -1347,7 +1353,7 @@ impl Backend for CudaBackend {
                 Gqa::All => true,
                 Gqa::Filled => n * cfg.n_kv_heads >= self.sms,
             };
-        let splits = if decode {
+        let splits = if short {
             let blocks_per_split = if st.gqa_pass {
                 cfg.n_kv_heads
             } else {
