@@ -156,6 +156,14 @@ fast = c.chat.completions.create(model="gpt-4o-mini", messages=ask, temperature=
 assert fast.choices[0].message.content == plain.choices[0].message.content, (fast, plain)
 assert metric("kiln_engine_draft_tokens_total") > drafts
 assert metric("kiln_engine_accepted_tokens_total") > 0
+pl = fast.usage.model_extra["prompt_lookup"]
+assert 0 < pl["accepted_tokens"] <= pl["proposed_tokens"], pl
+assert "prompt_lookup" not in (plain.usage.model_extra or {}), plain.usage
+streamed = [ch for ch in c.chat.completions.create(
+    model="gpt-4o-mini", messages=ask, temperature=0, max_tokens=40, stream=True,
+    stream_options={"include_usage": True}, extra_body={"prompt_lookup": 8})]
+assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == plain.choices[0].message.content
+assert streamed[-1].usage.model_extra["prompt_lookup"] == pl, streamed[-1].usage
 for extra in [{"prompt_lookup": 8, "temperature": 0.7},
               {"prompt_lookup": 8, "temperature": 0, "response_format": {"type": "json_object"}}]:
     try:

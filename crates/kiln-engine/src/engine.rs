@@ -200,6 +200,10 @@ pub struct Usage {
     pub time_to_first_token_s: f64,
     /// Seconds from submission to the end.
     pub total_s: f64,
+    /// Tokens prompt lookup proposed for it.
+    pub draft_tokens: usize,
+    /// Of those, tokens taken.
+    pub accepted_tokens: usize,
 }
 
 /// What a request's stream receives.
@@ -383,11 +387,16 @@ struct Lookup {
     pause: usize,
     /// Misses in a row.
     misses: usize,
+    /// Tokens proposed, and taken, over the sequence's life.
+    proposed: usize,
+    taken: usize,
 }
 
 impl Lookup {
     /// After `d` proposals of which `taken` were taken, with `k` the request's most.
     fn update(&mut self, d: usize, taken: usize, k: usize) {
+        self.proposed += d;
+        self.taken += taken;
         if taken == d {
             self.cap = (self.cap * 2).min(k);
             self.misses = 0;
@@ -915,6 +924,8 @@ impl<R: Runner> Engine<R> {
                 cached_tokens: seq.cached,
                 time_to_first_token_s: seq.first_token.unwrap_or(0.0),
                 total_s: seq.submitted.elapsed().as_secs_f64(),
+                draft_tokens: seq.lookup.proposed,
+                accepted_tokens: seq.lookup.taken,
             };
             (seq.sink)(Event::Done { reason, usage });
         }
@@ -1379,8 +1390,8 @@ impl<R: Runner> Engine<R> {
             } else if !seq.drafts.is_empty() {
                 let choices = &self.verified[verified_row..verified_row + n];
                 verified_row += n;
-                let (taken, reason) = verify(seq, &self.tok, choices);
-                self.stats.accepted_tokens += taken as u64 - 1;
+                let (matched, reason) = verify(seq, &self.tok, choices);
+                self.stats.accepted_tokens += matched as u64;
                 self.blocks
                     .register(&seq.table, &seq.tokens, seq.computed, &mut seq.registered);
                 if let Some(reason) = reason {
@@ -1526,31 +1537,35 @@ fn lookup(tokens: &[u32], k: usize) -> Vec<u32> {
 /// Reads a verified step: `choices[i]` is the model's choice after the sequence's last
 /// token and the first `i` proposed tokens. Takes the model's choices while they agree with
 /// the proposals, then its first disagreeing choice (or the one after every proposal), as
-/// plain greedy decoding would have taken them one step at a time. Returns the tokens taken
-/// and why the sequence ends, if it does.
+/// plain greedy decoding would have taken them one step at a time. Returns how many
+/// proposals were taken and why the sequence ends, if it does.
 fn verify(seq: &mut Seq, tok: &Tokenizer, choices: &[u32]) -> (usize, Option<FinishReason>) {
     let drafts = std::mem::take(&mut seq.drafts);
     seq.tokens.truncate(seq.tokens.len() - drafts.len());
-    if let Some(r) = seq.stopped {
-        return (1, Some(r));
-    }
     let most = seq.sampler.params().prompt_lookup;
+    if let Some(r) = seq.stopped {
+        seq.lookup.update(drafts.len(), 0, most);
+        return (0, Some(r));
+    }
     let mut taken = 0;
+    let mut reason = None;
     for i in 0..=drafts.len() {
         let t = choices[i];
         taken += 1;
         // The KV of the token before `t` is now computed (the last token's, or the
         // proposal `t`'s predecessor, which agreed).
         seq.computed += 1;
-        if let Some(r) = accept(seq, tok, &Sampled::token(t)) {
-            return (taken, Some(r));
-        }
-        if i == drafts.len() || t != drafts[i] {
+        reason = accept(seq, tok, &Sampled::token(t));
+        if reason.is_some() || i == drafts.len() || t != drafts[i] {
             break;
         }
     }
-    seq.lookup.update(drafts.len(), taken - 1, most);
-    (taken, None)
+    // Proposals taken: those the model's choices confirmed.
+    let matched = (0..taken.min(drafts.len()))
+        .take_while(|&i| choices[i] == drafts[i])
+        .count();
+    seq.lookup.update(drafts.len(), matched, most);
+    (matched, reason)
 }
 
 fn accept(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishReason> {

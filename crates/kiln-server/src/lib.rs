@@ -1031,6 +1031,17 @@ async fn generate(
                 }
             })
             .collect();
+        let mut usage = json!({
+            "prompt_tokens": prompt_len,
+            "completion_tokens": completion,
+            "total_tokens": prompt_len + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        });
+        lookup_usage(
+            &mut usage,
+            choices.iter().map(|c| c.usage.draft_tokens).sum(),
+            choices.iter().map(|c| c.usage.accepted_tokens).sum(),
+        );
         let body = json!({
             "id": id,
             "object": if chat { "chat.completion" } else { "text_completion" },
@@ -1038,12 +1049,7 @@ async fn generate(
             "model": model,
             "system_fingerprint": FINGERPRINT,
             "choices": out_choices,
-            "usage": {
-                "prompt_tokens": prompt_len,
-                "completion_tokens": completion,
-                "total_tokens": prompt_len + completion,
-                "prompt_tokens_details": {"cached_tokens": cached},
-            },
+            "usage": usage,
         });
         return Ok(Json(body).into_response());
     }
@@ -1078,6 +1084,8 @@ async fn generate(
         pending: std::collections::VecDeque<SseEvent>,
         /// With tools, each choice's text, held until its end tells whether it calls them.
         held: Vec<String>,
+        /// Prompt lookup's proposals and those taken, over the choices.
+        lookup: (usize, usize),
     }
     let s = S {
         rx,
@@ -1089,14 +1097,17 @@ async fn generate(
         done: false,
         pending: Default::default(),
         held: vec![String::new(); n],
+        lookup: (0, 0),
     };
-    let usage_chunk = move |completion: usize, cached: usize| -> SseEvent {
+    let usage_chunk = move |completion: usize, cached: usize, lookup: (usize, usize)| -> SseEvent {
+        let mut usage = json!({
+            "prompt_tokens": prompt_len, "completion_tokens": completion,
+            "total_tokens": prompt_len + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}});
+        lookup_usage(&mut usage, lookup.0, lookup.1);
         SseEvent::default().data(
             json!({"id": id2, "object": object, "created": created, "model": model2,
-                   "system_fingerprint": FINGERPRINT, "choices": [], "usage": {
-                    "prompt_tokens": prompt_len, "completion_tokens": completion,
-                    "total_tokens": prompt_len + completion,
-                    "prompt_tokens_details": {"cached_tokens": cached}}})
+                   "system_fingerprint": FINGERPRINT, "choices": [], "usage": usage})
             .to_string(),
         )
     };
@@ -1116,8 +1127,11 @@ async fn generate(
                 }
                 if s.left == 0 {
                     if include_usage {
-                        s.pending
-                            .push_back(usage_chunk(s.completion, s.cached.unwrap_or(0)));
+                        s.pending.push_back(usage_chunk(
+                            s.completion,
+                            s.cached.unwrap_or(0),
+                            s.lookup,
+                        ));
                     }
                     s.pending.push_back(SseEvent::default().data("[DONE]"));
                     s.done = true;
@@ -1162,6 +1176,8 @@ async fn generate(
                     }
                     Event::Done { reason, usage } => {
                         s.completion += usage.completion_tokens;
+                        s.lookup.0 += usage.draft_tokens;
+                        s.lookup.1 += usage.accepted_tokens;
                         s.cached = Some(
                             s.cached
                                 .map_or(usage.cached_tokens, |c| c.min(usage.cached_tokens)),
@@ -1200,6 +1216,14 @@ async fn generate(
         }
     });
     Ok(sse(events))
+}
+
+/// kiln's usage extension for prompt lookup: the tokens it proposed and those taken, when it
+/// proposed any.
+fn lookup_usage(usage: &mut Value, proposed: usize, accepted: usize) {
+    if proposed > 0 {
+        usage["prompt_lookup"] = json!({"proposed_tokens": proposed, "accepted_tokens": accepted});
+    }
 }
 
 fn sse<S>(events: S) -> Response
