@@ -54,7 +54,15 @@ wait "$R2" 2>/dev/null
 echo "== a new replica on port $P2, then SIGTERM to it while 12 streams run through vllm-router"
 R2=$(replica $P2); pids+=("$R2")
 ready http://127.0.0.1:$P2 || exit 1
-sleep 3  # vllm-router's health check (every second) takes the replica back
+# Round robin, so that the new replica surely runs some of the streams (cache_aware sends a
+# wave of streams sharing a prefix to one replica, either one).
+kill $V; wait $V 2>/dev/null
+timeout 600 vllm-router --host 127.0.0.1 --port $VR --policy round_robin \
+  --health-check-interval-secs 1 --health-failure-threshold 1 \
+  --worker-urls http://127.0.0.1:$P1 http://127.0.0.1:$P2 > "$T/vr3.log" 2>&1 &
+V=$!; pids+=("$V")
+ready http://127.0.0.1:$VR || { tail -5 "$T/vr3.log"; exit 1; }
+sleep 3  # vllm-router's health check (every second) sees both replicas
 check http://127.0.0.1:$VR $REPLICAS drain "$R2" http://127.0.0.1:$P2
 wait "$R2" 2>/dev/null
 echo "== replica on port $P2 stopped: both routers answer from the other"
