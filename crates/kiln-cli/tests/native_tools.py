@@ -4,6 +4,7 @@ capabilities, a CORS preflight. Run against `kiln serve --chat-template hermes.j
 gpt-4o-mini --cors-origin http://app.example` on the default model."""
 import json
 import os
+import urllib.error
 import urllib.request
 
 import openai
@@ -171,4 +172,18 @@ for extra in [{"prompt_lookup": 8, "temperature": 0.7},
         raise AssertionError(f"accepted {extra}")
     except openai.BadRequestError as err:
         assert err.body["param"] == "prompt_lookup", err.body
+# More bad input, each a 400 naming its field.
+def refused(path, body):
+    try:
+        post(path, body)
+    except urllib.error.HTTPError as err:
+        assert err.code == 400, err.code
+        return json.load(err)["error"]["param"]
+    raise AssertionError(f"accepted {body}")
+assert refused("/tokenize", {"content": "x", "add_special": True, "add_special_tokens": False}) == "add_special"
+assert refused("/v1/embeddings", {"input": ["fine", ""]}) == "input"
+assert refused("/v1/embeddings", {"input": "x" * 400000}) == "input"
+assert refused("/v1/chat/completions", {"messages": ask, "refine": "edge", "temperature": 0,
+                                        "prompt_lookup": 4}) == "prompt_lookup"
+assert refused("/tokenize", {"messages": []}) == "messages"
 print("ok: native tools, batch completions, tokenize, alias, preflight, embeddings, prompt lookup")

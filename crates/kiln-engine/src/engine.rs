@@ -413,6 +413,35 @@ impl Lookup {
 }
 
 impl Seq {
+    /// A text that generates nothing: scored, or embedded.
+    fn scored(id: u64, tokens: Vec<u32>, scoring: Scoring) -> Self {
+        let n = tokens.len();
+        Seq {
+            id,
+            sampler: RequestSampler::new(SamplingParams::greedy(1), 0, &[]),
+            tokens,
+            prompt_len: n,
+            computed: 0,
+            table: Vec::new(),
+            registered: Registered::default(),
+            sink: Box::new(|_| true),
+            decoder: StreamDecoder::new(),
+            held: String::new(),
+            max_len: n,
+            submitted: Instant::now(),
+            first_token: None,
+            queried: false,
+            cached: 0,
+            score: Some(Box::new(scoring)),
+            unsent: Vec::new(),
+            stopped: None,
+            constraint: None,
+            error: None,
+            drafts: Vec::new(),
+            lookup: Lookup::default(),
+        }
+    }
+
     /// Positions to compute: a scored text needs neither the KV nor the logits of its last
     /// token; a generating sequence needs every one.
     fn end(&self) -> usize {
@@ -709,35 +738,16 @@ impl<R: Runner> Engine<R> {
             )));
         }
         let id = self.new_id();
-        self.waiting.push_back(Seq {
+        self.waiting.push_back(Seq::scored(
             id,
-            sampler: RequestSampler::new(SamplingParams::greedy(1), 0, &[]),
-            tokens: req.tokens,
-            prompt_len: n,
-            computed: 0,
-            table: Vec::new(),
-            registered: Registered::default(),
-            sink: Box::new(|_| true),
-            decoder: StreamDecoder::new(),
-            held: String::new(),
-            max_len: n,
-            submitted: Instant::now(),
-            first_token: None,
-            queried: false,
-            cached: 0,
-            score: Some(Box::new(Scoring {
+            req.tokens,
+            Scoring {
                 from,
                 logprobs: Vec::with_capacity(n - from),
                 done: Some(done),
                 embed: None,
-            })),
-            unsent: Vec::new(),
-            stopped: None,
-            constraint: None,
-            error: None,
-            drafts: Vec::new(),
-            lookup: Lookup::default(),
-        });
+            },
+        ));
         Ok(id)
     }
 
@@ -759,40 +769,20 @@ impl<R: Runner> Engine<R> {
     /// pooled vector goes to `done` once. Returns the request id.
     pub fn submit_embed(&mut self, req: EmbedRequest, done: EmbedSink) -> Result<u64, SubmitError> {
         self.check_embed(&req)?;
-        let n = req.tokens.len();
         let id = self.new_id();
         let embed = Pooled::new(&req, done);
-        self.waiting.push_back(Seq {
+        // Hidden states from the first position on: `from` 1 makes every chunk part of the
+        // separate pass, and nothing comes from the prefix cache.
+        self.waiting.push_back(Seq::scored(
             id,
-            sampler: RequestSampler::new(SamplingParams::greedy(1), 0, &[]),
-            tokens: req.tokens,
-            prompt_len: n,
-            computed: 0,
-            table: Vec::new(),
-            registered: Registered::default(),
-            sink: Box::new(|_| true),
-            decoder: StreamDecoder::new(),
-            held: String::new(),
-            max_len: n,
-            submitted: Instant::now(),
-            first_token: None,
-            queried: false,
-            cached: 0,
-            // Hidden states from the first position on: `from` 1 makes every chunk part of
-            // the separate pass, and nothing comes from the prefix cache.
-            score: Some(Box::new(Scoring {
+            req.tokens,
+            Scoring {
                 from: 1,
                 logprobs: Vec::new(),
                 done: None,
                 embed: Some(embed),
-            })),
-            unsent: Vec::new(),
-            stopped: None,
-            constraint: None,
-            error: None,
-            drafts: Vec::new(),
-            lookup: Lookup::default(),
-        });
+            },
+        ));
         Ok(id)
     }
 
@@ -1068,7 +1058,11 @@ impl<R: Runner> Engine<R> {
     /// and never past the answer's `max_tokens` or the context.
     fn propose(&mut self, plan: &mut [(usize, usize)]) {
         let rows_max = self.runner.max_logit_rows();
-        if rows_max == 0 {
+        if rows_max == 0
+            || !plan
+                .iter()
+                .any(|&(i, _)| self.running[i].sampler.params().prompt_lookup > 0)
+        {
             return;
         }
         let mut rows: usize = plan
@@ -1248,7 +1242,9 @@ impl<R: Runner> Engine<R> {
         // A runner that overlaps gets this step started, and the previous step's tokens are
         // streamed while it runs.
         let started = overlap && !batch.is_empty();
-        if started {
+        if started && jobs.is_empty() {
+            result = self.runner.start_pass(&batch);
+        } else if started {
             // The masks are computed on the pool while this thread launches the pass.
             let pieces = self.mask_pieces(jobs.len());
             let per = jobs.len().div_ceil(pieces).max(1);

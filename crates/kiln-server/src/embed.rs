@@ -7,82 +7,24 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kiln_engine::{EmbedRequest, Pooling};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::request::{boolean, obj, texts_or_ids, Prompts};
 use crate::{blocking, check_model_name, read_body, Shared};
 
 /// Most inputs one request may carry.
 const MAX_INPUTS: usize = 256;
 
-/// The inputs: texts, or token ids.
-enum Inputs {
-    Texts(Vec<String>),
-    Tokens(Vec<Vec<u32>>),
-}
-
-fn inputs(v: Option<&Value>) -> Result<Inputs, ApiError> {
-    let ids = |a: &[Value], p: &str| -> Result<Vec<u32>, ApiError> {
-        a.iter()
-            .map(|t| {
-                t.as_u64()
-                    .filter(|&t| t <= u64::from(u32::MAX))
-                    .map(|t| t as u32)
-                    .ok_or_else(|| {
-                        ApiError::bad("input", format!("`{p}` holds {t}, which is not a token id"))
-                    })
-            })
-            .collect()
-    };
-    let a = match v {
-        Some(Value::String(s)) => return Ok(Inputs::Texts(vec![s.clone()])),
-        Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => return Err(ApiError::bad("input", "`input` is an empty list")),
-        None | Some(Value::Null) => return Err(ApiError::bad("input", "`input` is required")),
-        Some(v) => {
-            return Err(ApiError::bad(
-                "input",
-                format!("`input` must be a string, an array of strings or token ids, got {v}"),
-            ))
-        }
-    };
-    if a.len() > MAX_INPUTS && !a[0].is_number() {
-        return Err(ApiError::bad(
-            "input",
-            format!("`input` holds {} inputs, at most {MAX_INPUTS}", a.len()),
-        ));
-    }
-    match &a[0] {
-        Value::String(_) => a
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.as_str().map(str::to_owned).ok_or_else(|| {
-                    ApiError::bad(
-                        "input",
-                        format!("`input[{i}]` must be a string like the first"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map(Inputs::Texts),
-        Value::Number(_) => Ok(Inputs::Tokens(vec![ids(a, "input")?])),
-        Value::Array(_) => a
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match t {
-                Value::Array(t) => ids(t, &format!("input[{i}]")),
-                _ => Err(ApiError::bad(
-                    "input",
-                    format!("`input[{i}]` must be a list of token ids like the first"),
-                )),
-            })
-            .collect::<Result<_, _>>()
-            .map(Inputs::Tokens),
-        v => Err(ApiError::bad(
-            "input",
-            format!("`input[0]` must be a string or token ids, got {v}"),
-        )),
+fn too_long(i: usize, tokens: usize, ctx: usize, at_least: bool) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!(
+            "`input[{i}]` has {}{tokens} tokens; this model's context is {ctx} tokens",
+            if at_least { "at least " } else { "" }
+        ),
+        param: Some("input".into()),
+        code: Some("context_length_exceeded"),
     }
 }
 
@@ -112,21 +54,7 @@ fn base64_f32(v: &[f32]) -> String {
 /// `pooling` (`mean`, the default, or `last`) and `normalize` (default true).
 pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let m: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return Err(ApiError::bad(
-                "body",
-                "the request body must be a JSON object",
-            ))
-        }
-        Err(e) => {
-            return Err(ApiError::bad(
-                "body",
-                format!("the request body is not valid JSON: {e}"),
-            ))
-        }
-    };
+    let m = obj(&body)?;
     let lm = st.lm()?;
     let model = match m.get("model") {
         None | Some(Value::Null) => lm.id.clone(),
@@ -170,16 +98,7 @@ pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response
             ))
         }
     };
-    let normalize = match m.get("normalize") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => {
-            return Err(ApiError::bad(
-                "normalize",
-                format!("`normalize` must be true or false, got {v}"),
-            ))
-        }
-    };
+    let normalize = boolean(&m, "normalize")?.unwrap_or(true);
     let dim = lm.engine.hidden_size();
     match m.get("dimensions") {
         None | Some(Value::Null) => {}
@@ -191,25 +110,27 @@ pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response
             ))
         }
     }
-    let input = inputs(m.get("input"))?;
+    let input = texts_or_ids(m.get("input"), "input", MAX_INPUTS)?;
     let ctx = lm.context_length;
-    let texts = match &input {
-        Inputs::Texts(t) => t.iter().map(String::len).sum(),
-        Inputs::Tokens(_) => 0,
-    };
-    if texts / lm.tokenizer.max_token_bytes() >= ctx * MAX_INPUTS {
-        return Err(ApiError::bad(
-            "input",
-            "`input` is longer than the model can take",
-        ));
+    if let Prompts::Texts(t) = &input {
+        for (i, t) in t.iter().enumerate() {
+            if t.is_empty() {
+                return Err(ApiError::bad("input", format!("`input[{i}]` is empty")));
+            }
+            // Refused before tokenizing: no token covers more than the longest token's text.
+            let at_least = t.len() / lm.tokenizer.max_token_bytes();
+            if at_least > ctx {
+                return Err(too_long(i, at_least, ctx, true));
+            }
+        }
     }
     let token_lists = blocking(st.clone(), move |lm| {
         Ok(match input {
-            Inputs::Texts(t) => t
+            Prompts::Texts(t) => t
                 .iter()
                 .map(|t| lm.tokenizer.encode(t, true, false))
                 .collect::<Vec<_>>(),
-            Inputs::Tokens(t) => t,
+            Prompts::Tokens(t) => t,
         })
     })
     .await?;
@@ -222,15 +143,7 @@ pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response
             ));
         }
         if t.len() > ctx {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                message: format!(
-                    "`input[{i}]` has {} tokens; this model's context is {ctx} tokens",
-                    t.len()
-                ),
-                param: Some("input".into()),
-                code: Some("context_length_exceeded"),
-            });
+            return Err(too_long(i, t.len(), ctx, false));
         }
         if let Some(bad) = t.iter().find(|&&id| id as usize >= vocab) {
             return Err(ApiError::bad(

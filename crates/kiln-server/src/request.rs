@@ -66,13 +66,18 @@ impl Prompts {
     }
 }
 
-/// Reads `prompt` as OpenAI's completions endpoint takes it: a string, an array of strings,
-/// an array of token ids, or an array of arrays of token ids.
-fn prompts(v: Option<&Value>) -> Result<Prompts, ApiError> {
+/// Reads field `param` as OpenAI's completions and embeddings endpoints take their input: a
+/// string, an array of strings, an array of token ids, or an array of arrays of token ids (at
+/// most `max` of them).
+pub(crate) fn texts_or_ids(
+    v: Option<&Value>,
+    param: &str,
+    max: usize,
+) -> Result<Prompts, ApiError> {
     let ids = |a: &[Value], p: &str| -> Result<Vec<u32>, ApiError> {
         if a.is_empty() {
             return Err(ApiError::bad(
-                "prompt",
+                param,
                 format!("`{p}` is an empty list of tokens"),
             ));
         }
@@ -82,10 +87,7 @@ fn prompts(v: Option<&Value>) -> Result<Prompts, ApiError> {
                     .filter(|&t| t <= u64::from(u32::MAX))
                     .map(|t| t as u32)
                     .ok_or_else(|| {
-                        ApiError::bad(
-                            "prompt",
-                            format!("`{p}` holds {t}, which is not a token id"),
-                        )
+                        ApiError::bad(param, format!("`{p}` holds {t}, which is not a token id"))
                     })
             })
             .collect()
@@ -93,21 +95,23 @@ fn prompts(v: Option<&Value>) -> Result<Prompts, ApiError> {
     let a = match v {
         Some(Value::String(s)) => return Ok(Prompts::Texts(vec![s.clone()])),
         Some(Value::Array(a)) => a,
-        None | Some(Value::Null) => return Err(ApiError::bad("prompt", "`prompt` is required")),
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad(param, format!("`{param}` is required")))
+        }
         Some(v) => {
             return Err(ApiError::bad(
-                "prompt",
-                format!("`prompt` must be a string, an array of strings or token ids, got {v}"),
+                param,
+                format!("`{param}` must be a string, an array of strings or token ids, got {v}"),
             ))
         }
     };
     if a.is_empty() {
-        return Err(ApiError::bad("prompt", "`prompt` is an empty list"));
+        return Err(ApiError::bad(param, format!("`{param}` is an empty list")));
     }
-    if a.len() > MAX_PROMPTS && !a[0].is_number() {
+    if a.len() > max && !a[0].is_number() {
         return Err(ApiError::bad(
-            "prompt",
-            format!("`prompt` holds {} prompts, at most {MAX_PROMPTS}", a.len()),
+            param,
+            format!("`{param}` holds {} inputs, at most {max}", a.len()),
         ));
     }
     match &a[0] {
@@ -117,34 +121,118 @@ fn prompts(v: Option<&Value>) -> Result<Prompts, ApiError> {
             .map(|(i, s)| {
                 s.as_str().map(str::to_owned).ok_or_else(|| {
                     ApiError::bad(
-                        "prompt",
-                        format!("`prompt[{i}]` must be a string like the first"),
+                        param,
+                        format!("`{param}[{i}]` must be a string like the first"),
                     )
                 })
             })
             .collect::<Result<_, _>>()
             .map(Prompts::Texts),
-        Value::Number(_) => Ok(Prompts::Tokens(vec![ids(a, "prompt")?])),
+        Value::Number(_) => Ok(Prompts::Tokens(vec![ids(a, param)?])),
         Value::Array(_) => a
             .iter()
             .enumerate()
             .map(|(i, t)| match t {
-                Value::Array(t) => ids(t, &format!("prompt[{i}]")),
+                Value::Array(t) => ids(t, &format!("{param}[{i}]")),
                 _ => Err(ApiError::bad(
-                    "prompt",
-                    format!("`prompt[{i}]` must be a list of token ids like the first"),
+                    param,
+                    format!("`{param}[{i}]` must be a list of token ids like the first"),
                 )),
             })
             .collect::<Result<_, _>>()
             .map(Prompts::Tokens),
         v => Err(ApiError::bad(
-            "prompt",
-            format!("`prompt[0]` must be a string or token ids, got {v}"),
+            param,
+            format!("`{param}[0]` must be a string or token ids, got {v}"),
         )),
     }
 }
 
-fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+/// Reads `messages`: roles, text contents (or text parts), and earlier tool calls and results.
+pub(crate) fn chat_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError> {
+    let arr = match v {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(Value::Array(_)) => return Err(ApiError::bad("messages", "`messages` is empty")),
+        None => return Err(ApiError::bad("messages", "`messages` is required")),
+        Some(v) => {
+            return Err(ApiError::bad(
+                "messages",
+                format!("`messages` must be an array, got {v}"),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, msg) in arr.iter().enumerate() {
+        let p = format!("messages[{i}]");
+        let o = msg
+            .as_object()
+            .ok_or_else(|| ApiError::bad(&p, format!("`{p}` must be an object")))?;
+        let role = o.get("role").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::bad(&format!("{p}.role"), format!("`{p}.role` must be a string"))
+        })?;
+        if !matches!(role, "system" | "user" | "assistant" | "developer" | "tool") {
+            return Err(ApiError::bad(
+                &format!("{p}.role"),
+                format!("`{p}.role` is `{role}`, expected system, user or assistant"),
+            ));
+        }
+        let content = match o.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut s = String::new();
+                for part in parts {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => {
+                            s.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""))
+                        }
+                        other => {
+                            return Err(ApiError::bad(
+                                &format!("{p}.content"),
+                                format!("content part type {other:?} is not supported (text only)"),
+                            ))
+                        }
+                    }
+                }
+                s
+            }
+            None | Some(Value::Null) => String::new(),
+            Some(v) => {
+                return Err(ApiError::bad(
+                    &format!("{p}.content"),
+                    format!("`{p}.content` must be a string, got {v}"),
+                ))
+            }
+        };
+        // Earlier calls and the results that answer them, for the template (or, on a
+        // template without tools, as the text that made the calls: `Tools::add_to`).
+        let tool_calls = match o.get("tool_calls") {
+            Some(calls) if role == "assistant" && !calls.is_null() => {
+                Some(crate::tools::normalize_calls(&p, calls)?)
+            }
+            _ => None,
+        };
+        let text_field = |k: &str| -> Result<Option<String>, ApiError> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(v) => Err(ApiError::bad(
+                    &format!("{p}.{k}"),
+                    format!("`{p}.{k}` must be a string, got {v}"),
+                )),
+            }
+        };
+        let role = if role == "developer" { "system" } else { role };
+        out.push(Message {
+            tool_calls,
+            tool_call_id: text_field("tool_call_id")?,
+            name: text_field("name")?,
+            ..Message::new(role, content)
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("body", format!("the request body is not valid JSON: {e}")))?;
     match v {
@@ -176,7 +264,7 @@ fn int(m: &Map<String, Value>, k: &str) -> Result<Option<u64>, ApiError> {
     }
 }
 
-fn boolean(m: &Map<String, Value>, k: &str) -> Result<Option<bool>, ApiError> {
+pub(crate) fn boolean(m: &Map<String, Value>, k: &str) -> Result<Option<bool>, ApiError> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -215,90 +303,9 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
     let mut messages = None;
     let mut prompt = None;
     if chat {
-        let arr = match m.get("messages") {
-            Some(Value::Array(a)) if !a.is_empty() => a,
-            Some(Value::Array(_)) => return Err(ApiError::bad("messages", "`messages` is empty")),
-            None => return Err(ApiError::bad("messages", "`messages` is required")),
-            Some(v) => {
-                return Err(ApiError::bad(
-                    "messages",
-                    format!("`messages` must be an array, got {v}"),
-                ))
-            }
-        };
-        let mut out = Vec::with_capacity(arr.len());
-        for (i, msg) in arr.iter().enumerate() {
-            let p = format!("messages[{i}]");
-            let o = msg
-                .as_object()
-                .ok_or_else(|| ApiError::bad(&p, format!("`{p}` must be an object")))?;
-            let role = o.get("role").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad(&format!("{p}.role"), format!("`{p}.role` must be a string"))
-            })?;
-            if !matches!(role, "system" | "user" | "assistant" | "developer" | "tool") {
-                return Err(ApiError::bad(
-                    &format!("{p}.role"),
-                    format!("`{p}.role` is `{role}`, expected system, user or assistant"),
-                ));
-            }
-            let content = match o.get("content") {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => {
-                    let mut s = String::new();
-                    for part in parts {
-                        match part.get("type").and_then(Value::as_str) {
-                            Some("text") => {
-                                s.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""))
-                            }
-                            other => {
-                                return Err(ApiError::bad(
-                                    &format!("{p}.content"),
-                                    format!(
-                                        "content part type {other:?} is not supported (text only)"
-                                    ),
-                                ))
-                            }
-                        }
-                    }
-                    s
-                }
-                None | Some(Value::Null) => String::new(),
-                Some(v) => {
-                    return Err(ApiError::bad(
-                        &format!("{p}.content"),
-                        format!("`{p}.content` must be a string, got {v}"),
-                    ))
-                }
-            };
-            // Earlier calls and the results that answer them, for the template (or, on a
-            // template without tools, as the text that made the calls: `Tools::add_to`).
-            let tool_calls = match o.get("tool_calls") {
-                Some(calls) if role == "assistant" && !calls.is_null() => {
-                    Some(crate::tools::normalize_calls(&p, calls)?)
-                }
-                _ => None,
-            };
-            let text_field = |k: &str| -> Result<Option<String>, ApiError> {
-                match o.get(k) {
-                    None | Some(Value::Null) => Ok(None),
-                    Some(Value::String(s)) => Ok(Some(s.clone())),
-                    Some(v) => Err(ApiError::bad(
-                        &format!("{p}.{k}"),
-                        format!("`{p}.{k}` must be a string, got {v}"),
-                    )),
-                }
-            };
-            let role = if role == "developer" { "system" } else { role };
-            out.push(Message {
-                tool_calls,
-                tool_call_id: text_field("tool_call_id")?,
-                name: text_field("name")?,
-                ..Message::new(role, content)
-            });
-        }
-        messages = Some(out);
+        messages = Some(chat_messages(m.get("messages"))?);
     } else {
-        prompt = Some(prompts(m.get("prompt"))?);
+        prompt = Some(texts_or_ids(m.get("prompt"), "prompt", MAX_PROMPTS)?);
     }
     let format = crate::tools::response_format(&m)?;
     let tools = if chat {
@@ -460,6 +467,12 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
     // kiln's extension: speculative decoding by prompt lookup (greedy requests only).
     if let Some(k) = int(&m, "prompt_lookup")? {
         p.prompt_lookup = k.min(1 << 20) as usize;
+    }
+    if p.prompt_lookup > 0 && refine.is_some() {
+        return Err(ApiError::bad(
+            "prompt_lookup",
+            "`prompt_lookup` does not combine with `refine` (which samples its candidates)",
+        ));
     }
     let n = int(&m, "n")?.unwrap_or(1);
     if !(1..=16).contains(&n) {

@@ -6,38 +6,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::request::{boolean as flag, chat_messages, obj as object};
 use crate::{blocking, check_model_name, read_body, Shared};
 
 /// Most token ids `/detokenize` takes.
 const MAX_IDS: usize = 1 << 20;
-
-fn flag(m: &Map<String, Value>, k: &str) -> Result<Option<bool>, ApiError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(ApiError::bad(
-            k,
-            format!("`{k}` must be true or false, got {v}"),
-        )),
-    }
-}
-
-fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad(
-            "body",
-            "the request body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::bad(
-            "body",
-            format!("the request body is not valid JSON: {e}"),
-        )),
-    }
-}
 
 /// `POST /tokenize`: `{"content": TEXT}` (llama.cpp; special tokens added only with
 /// `add_special`), `{"prompt": TEXT}` (vLLM; added unless `add_special_tokens` is false), or
@@ -57,19 +33,14 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
         Chat(Vec<kiln_model::chat::Message>, Option<Value>, bool),
     }
     let input = if let Some(v) = m.get("messages").filter(|v| !v.is_null()) {
-        let mut chat = Map::new();
-        chat.insert("messages".into(), v.clone());
-        if let Some(t) = m.get("tools") {
-            chat.insert("tools".into(), t.clone());
-        }
-        let parsed =
-            crate::request::parse(&serde_json::to_vec(&chat).unwrap_or_default(), true, 1)?;
+        let messages = chat_messages(Some(v))?;
+        let tools = crate::tools::parse(&m)?;
         let gen = flag(&m, "add_generation_prompt")?.unwrap_or(true);
         // As the chat endpoint renders them: tools in the template, or described in a system
         // message for a template without tools.
-        let mut messages = parsed.messages.unwrap_or_default();
+        let mut messages = messages;
         let native = lm.template.tool_format();
-        let tools = match parsed.tools {
+        let tools = match tools {
             Some(mut t) => {
                 t.format = native;
                 t.add_to(&mut messages);
@@ -84,6 +55,17 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
         };
         Input::Chat(messages, tools, gen)
     } else {
+        // llama.cpp's `add_special` (default false, with `content`) or vLLM's
+        // `add_special_tokens` (default true, with `prompt`), whichever is given.
+        let asked = match (flag(&m, "add_special")?, flag(&m, "add_special_tokens")?) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ApiError::bad(
+                    "add_special",
+                    "`add_special` and `add_special_tokens` disagree",
+                ))
+            }
+            (a, b) => a.or(b),
+        };
         let (key, special) = match (m.get("content"), m.get("prompt")) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad(
@@ -91,8 +73,8 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
                     "give `content` or `prompt`, not both",
                 ))
             }
-            (Some(_), None) => ("content", flag(&m, "add_special")?.unwrap_or(false)),
-            (None, Some(_)) => ("prompt", flag(&m, "add_special_tokens")?.unwrap_or(true)),
+            (Some(_), None) => ("content", asked.unwrap_or(false)),
+            (None, Some(_)) => ("prompt", asked.unwrap_or(true)),
             (None, None) => {
                 return Err(ApiError::bad(
                     "content",
