@@ -31,7 +31,8 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
     if let Some(profile) = &a.refine {
         return crate::irp::chat_refined(profile, &a.model, a.system.as_deref(), a.memory.as_ref());
     }
-    let params = a.sample.params()?;
+    let mut params = a.sample.params()?;
+    params.draft_max = a.model.draft_max();
     let m = single(&a.model, false, None)?;
     let ctx = m.context_length;
     let fresh = || -> Vec<Message> {

@@ -45,12 +45,39 @@ pub struct ModelArgs {
     /// renders them: `messages`, `tools`, `add_generation_prompt`, `bos_token`, `eos_token`).
     #[arg(long)]
     pub chat_template: Option<PathBuf>,
+    /// A draft model for speculative decoding: a smaller or more quantized model with the
+    /// same tokenizer (a GGUF file, a folder or a Hub repo id), run on the same device. It
+    /// proposes up to --draft-max tokens a step, which the model verifies in one pass; the
+    /// answer is the one plain decoding gives (sampled: with the same seed).
+    #[arg(long)]
+    pub draft: Option<String>,
+    /// With --draft: most tokens the draft model proposes a step, 1 to 16 (requests to
+    /// `kiln serve` may set their own `draft_max`; 0 turns it off).
+    #[arg(long, default_value_t = 8, requires = "draft", value_parser = parse_draft_max)]
+    pub draft_max: usize,
 }
 
 impl ModelArgs {
+    /// Requests' `draft_max`: --draft-max with a draft model, 0 without.
+    pub fn draft_max(&self) -> usize {
+        if self.draft.is_some() {
+            self.draft_max
+        } else {
+            0
+        }
+    }
+
     /// The device asked for (the CPU when none was).
     pub fn device(&self) -> DeviceKind {
         self.device.unwrap_or(DeviceKind::Cpu)
+    }
+}
+
+/// `--draft-max`: 1 to 16.
+fn parse_draft_max(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=kiln_engine::sampling::MAX_PROMPT_LOOKUP).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}`: expected 1 to 16 tokens")),
     }
 }
 
@@ -186,14 +213,30 @@ fn start_with(
         .backend
         .held_weight_bytes()
         .unwrap_or(m.weight_bytes);
+    let draft = match &args.draft {
+        Some(spec) => Some(load_draft(spec, &m, quiet)?),
+        None => None,
+    };
     let extra = kv_bytes(&m);
     if extra > 0 {
         builder.max_memory_bytes = weights + builder.activation_bytes(&m.model.cfg) + extra;
+        if let Some(d) = &draft {
+            // The draft's weights, activations and a cache of as many positions.
+            let per = m.model.kv_block_bytes().max(1);
+            builder.max_memory_bytes += d.weights
+                + builder.activation_bytes(&d.model.model.cfg)
+                + extra / per * d.model.model.kv_block_bytes();
+        }
     }
     let cfg = m.model.cfg.clone();
     let tokenizer = Arc::new(m.tokenizer);
     let (engine, size) = builder
-        .build(m.model, tokenizer.clone(), weights)
+        .build_with_draft(
+            m.model,
+            tokenizer.clone(),
+            weights,
+            draft.map(|d| (d.model.model, d.weights)),
+        )
         .with_context(|| format!("starting the engine for {}", m.path.display()))?;
     if !quiet {
         eprintln!(
@@ -216,6 +259,56 @@ fn start_with(
         context_length: cfg.context_length,
         load_s: m.load_s,
     })
+}
+
+/// A draft model loaded beside its target.
+struct Draft {
+    model: LoadedModel<Device>,
+    /// Bytes its weights take where they live.
+    weights: usize,
+}
+
+/// Loads the draft model `spec` on `target`'s device (its CPU threads, or its GPU) and
+/// checks that it shares the target's tokenizer.
+fn load_draft(spec: &str, target: &LoadedModel<Device>, quiet: bool) -> anyhow::Result<Draft> {
+    let path = kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?;
+    let device = target.model.backend.sibling()?;
+    if !quiet {
+        eprint!("kiln: loading the draft model {} ... ", path.display());
+    }
+    let m = kiln_model::loader::load(&path, device, &LoadOptions::default())
+        .with_context(|| format!("loading the draft model {}", path.display()))?;
+    let (t, d) = (&target.tokenizer, &m.tokenizer);
+    let differs = (0..t.vocab_size().max(d.vocab_size()) as u32)
+        .find(|&id| t.token_text(id) != d.token_text(id));
+    if let Some(id) = differs {
+        anyhow::bail!(
+            "--draft {}: its tokenizer differs from the model's (token {id} is {:?} there and {:?} here); a draft model needs the same tokenizer",
+            path.display(),
+            d.token_text(id).unwrap_or("absent"),
+            t.token_text(id).unwrap_or("absent"),
+        );
+    }
+    if m.model.cfg.vocab_size != target.model.cfg.vocab_size {
+        anyhow::bail!(
+            "--draft {}: its output has {} tokens and the model's {}",
+            path.display(),
+            m.model.cfg.vocab_size,
+            target.model.cfg.vocab_size
+        );
+    }
+    if !quiet {
+        eprintln!(
+            "{} ({} layers) in {:.2} s",
+            m.name, m.model.cfg.n_layers, m.load_s
+        );
+    }
+    let weights = m
+        .model
+        .backend
+        .held_weight_bytes()
+        .unwrap_or(m.weight_bytes);
+    Ok(Draft { model: m, weights })
 }
 
 /// Resolves the model (a path, a Hub repo id, or the default model, fetched if needed) and

@@ -58,7 +58,8 @@ fn grammar(a: &RunArgs) -> anyhow::Result<Option<kiln_engine::Grammar>> {
 
 /// Runs `kiln run`: one request through the engine.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    let params = a.sample.params()?;
+    let mut params = a.sample.params()?;
+    params.draft_max = a.model.draft_max();
     let grammar = grammar(&a)?;
     let prompt = match a.prompt {
         Some(p) => p,
@@ -90,6 +91,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     if grammar.is_some() && params.prompt_lookup > 0 {
         anyhow::bail!("--prompt-lookup does not combine with --json-schema, --grammar or --regex");
+    }
+    if grammar.is_some() && params.draft_max > 0 {
+        anyhow::bail!("--draft does not combine with --json-schema, --grammar or --regex");
     }
     let constraint = match &grammar {
         Some(g) => {

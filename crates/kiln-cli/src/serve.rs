@@ -117,6 +117,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         allowed_hosts: a.allow_host.clone(),
         max_body_bytes: a.max_body_bytes,
         default_max_tokens: a.default_max_tokens.max(1),
+        default_draft_max: a.model.draft_max(),
         max_connections: a.max_connections.max(1),
         shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace_s),
         header_timeout: std::time::Duration::from_secs(a.header_timeout_s.max(1)),

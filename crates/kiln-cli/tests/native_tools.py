@@ -141,8 +141,8 @@ for bad, param in [({"input": []}, "input"), ({"input": "x", "dimensions": 3}, "
         raise AssertionError(f"accepted {bad}")
     except openai.BadRequestError as err:
         assert err.body["param"] == param, (bad, err.body)
-# Prompt lookup (kiln's `prompt_lookup`): the plain greedy answer, proposals counted in
-# /metrics; refused with sampling or a response format.
+# Prompt lookup (kiln's `prompt_lookup`): the plain answer, proposals counted in /metrics;
+# refused with a response format.
 def metric(name):
     with urllib.request.urlopen(BASE + "/metrics") as r:
         for line in r.read().decode().splitlines():
@@ -165,13 +165,19 @@ streamed = [ch for ch in c.chat.completions.create(
     stream_options={"include_usage": True}, extra_body={"prompt_lookup": 8})]
 assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == plain.choices[0].message.content
 assert streamed[-1].usage.model_extra["prompt_lookup"] == pl, streamed[-1].usage
-for extra in [{"prompt_lookup": 8, "temperature": 0.7},
-              {"prompt_lookup": 8, "temperature": 0, "response_format": {"type": "json_object"}}]:
+# Sampled with a seed: the answer plain sampling gives with that seed.
+seeded = dict(model="gpt-4o-mini", messages=ask, temperature=0.8, seed=5, max_tokens=40)
+want = c.chat.completions.create(**seeded).choices[0].message.content
+got = c.chat.completions.create(**seeded, extra_body={"prompt_lookup": 8}).choices[0].message.content
+assert got == want, (got, want)
+for extra, param in [({"prompt_lookup": 8, "temperature": 0, "response_format": {"type": "json_object"}}, "prompt_lookup"),
+                     # This server has no draft model.
+                     ({"draft_max": 4}, "draft_max")]:
     try:
         c.chat.completions.create(model="gpt-4o-mini", messages=ask, max_tokens=4, extra_body=extra)
         raise AssertionError(f"accepted {extra}")
     except openai.BadRequestError as err:
-        assert err.body["param"] == "prompt_lookup", err.body
+        assert err.body["param"] == param, err.body
 # More bad input, each a 400 naming its field.
 def refused(path, body):
     try:

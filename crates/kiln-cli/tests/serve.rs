@@ -357,6 +357,22 @@ fn openai_python_client_native_tools_and_the_rest_of_the_surface() {
     );
 }
 
+/// Speculative decoding with a draft model (here the model itself, so that every proposal
+/// must be taken) through the real `openai` client (tests/draft.py): plain answers, greedy
+/// and sampled, streamed or not, proposals in `usage` and /metrics, bad values refused.
+#[test]
+fn openai_python_client_speculative_decoding_with_a_draft_model() {
+    let model = kiln_model::fetch::ensure_default_model(true).expect("default model");
+    let s = Server::start(&["--draft", model.to_str().unwrap(), "--draft-max", "6"]);
+    let out = python(include_str!("draft.py"), s.port);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok: draft model"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Structured output and tool calling with the real `openai` client (tests/structured.py):
 /// `parse` with a Pydantic model, JSON mode, a function-calling round trip, a named call,
 /// streamed tool-call deltas, and fifty constrained answers over varied schemas, every one

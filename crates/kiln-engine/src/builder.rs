@@ -56,31 +56,59 @@ impl EngineBuilder {
         tokenizer: Arc<Tokenizer>,
         weight_bytes: usize,
     ) -> Result<(Engine<ModelRunner<B>>, EngineSize), ModelError> {
+        self.build_with_draft(model, tokenizer, weight_bytes, None::<(Model<B>, usize)>)
+    }
+
+    /// [`EngineBuilder::build`] with a draft model for speculative decoding (its model and
+    /// the bytes its weights take): the budget then holds both models' weights and
+    /// activations, and the KV cache what is left, split so that both caches hold the same
+    /// number of positions.
+    pub fn build_with_draft<B: Backend, D: Backend + 'static>(
+        &self,
+        model: Model<B>,
+        tokenizer: Arc<Tokenizer>,
+        weight_bytes: usize,
+        draft: Option<(Model<D>, usize)>,
+    ) -> Result<(Engine<ModelRunner<B>>, EngineSize), ModelError> {
         let c = &self.config;
         if c.max_batch_tokens == 0 || c.max_running == 0 {
             return Err(ModelError::Input(
                 "the engine needs at least one token per step and one running sequence (--max-batch-tokens, --max-running)".into(),
             ));
         }
-        let act = self.activation_bytes(&model.cfg);
+        let mut act = self.activation_bytes(&model.cfg);
+        let mut weights = weight_bytes;
+        if let Some((d, w)) = &draft {
+            act += self.activation_bytes(&d.cfg);
+            weights += w;
+        }
         let kv = self
             .max_memory_bytes
-            .checked_sub(weight_bytes + act)
+            .checked_sub(weights + act)
             .filter(|&b| b > 0)
             .ok_or_else(|| {
                 ModelError::OutOfMemory(format!(
                     "the KV cache: the memory budget of {} MiB (--max-memory-mb) leaves nothing once the weights take {} MiB and activations {} MiB",
                     self.max_memory_bytes >> 20,
-                    weight_bytes >> 20,
+                    weights >> 20,
                     act >> 20
                 ))
             })?;
-        let runner = ModelRunner::new(model, kv, c.max_batch_tokens, c.max_running)?;
+        // Both caches get the same number of blocks.
+        let per = model.kv_block_bytes().max(1);
+        let per_draft = draft.as_ref().map_or(0, |(d, _)| d.kv_block_bytes().max(1));
+        let blocks = kv / (per + per_draft);
+        let runner = ModelRunner::new(model, blocks * per, c.max_batch_tokens, c.max_running)?;
         let size = EngineSize {
-            kv_bytes: kv,
+            kv_bytes: blocks * (per + per_draft),
             kv_tokens: runner.kv_capacity_tokens(),
             activation_bytes: act,
         };
-        Ok((Engine::new(runner, tokenizer, c.clone()), size))
+        let mut engine = Engine::new(runner, tokenizer, c.clone());
+        if let Some((d, _)) = draft {
+            let dr = ModelRunner::new(d, blocks * per_draft, c.max_batch_tokens, c.max_running)?;
+            engine = engine.with_draft(Box::new(dr))?;
+        }
+        Ok((engine, size))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_model::sample::{Adjust, RowSampling, Sampled};
+use kiln_model::sample::{Adjust, RowSampling, Sampled, Scratch};
 use kiln_model::tokenizer::{StreamDecoder, Tokenizer};
 use kiln_model::ModelError;
 use serde::Serialize;
@@ -200,10 +200,12 @@ pub struct Usage {
     pub time_to_first_token_s: f64,
     /// Seconds from submission to the end.
     pub total_s: f64,
-    /// Tokens prompt lookup proposed for it.
+    /// Tokens prompt lookup or the draft model proposed for it.
     pub draft_tokens: usize,
     /// Of those, tokens taken.
     pub accepted_tokens: usize,
+    /// What proposed them: `prompt_lookup` or `draft` (`None`: no speculation asked).
+    pub proposer: Option<&'static str>,
 }
 
 /// What a request's stream receives.
@@ -270,6 +272,8 @@ pub struct Limits {
     pub block_size: usize,
     /// Most requests waiting.
     pub max_queue: usize,
+    /// Whether the engine has a draft model (for requests' `draft_max`).
+    pub has_draft: bool,
 }
 
 impl Limits {
@@ -312,6 +316,12 @@ impl Limits {
     /// Checks a generation request: its parameters, its logit bias, its prompt.
     pub fn check_request(&self, req: &Request, waiting: usize) -> Result<(), SubmitError> {
         req.params.validate()?;
+        if req.params.draft_max > 0 && !self.has_draft {
+            return Err(SubmitError::Param(ParamError {
+                param: "draft_max",
+                what: "this engine has no draft model (start it with --draft MODEL)".into(),
+            }));
+        }
         if let Some(&(t, _)) = req
             .params
             .logit_bias
@@ -372,8 +382,13 @@ struct Seq {
     /// Tokens prompt lookup proposed for this step, appended to `tokens` while the step's
     /// pass runs and taken off before its result is read.
     drafts: Vec<u32>,
-    /// How many tokens prompt lookup proposes next, and how it backs off.
+    /// How many tokens prompt lookup or the draft model proposes next, and how it backs
+    /// off.
     lookup: Lookup,
+    /// The draft model's block table for this sequence.
+    draft_table: Vec<u32>,
+    /// Positions of `tokens` whose keys and values the draft model's cache holds.
+    draft_len: usize,
 }
 
 /// Prompt lookup's pace for one sequence: as many proposals as were lately taken (doubling
@@ -439,6 +454,8 @@ impl Seq {
             error: None,
             drafts: Vec::new(),
             lookup: Lookup::default(),
+            draft_table: Vec::new(),
+            draft_len: 0,
         }
     }
 
@@ -533,6 +550,11 @@ pub struct EngineStats {
     pub draft_tokens: u64,
     /// Of those, tokens the model's own choice confirmed (each saved a step).
     pub accepted_tokens: u64,
+    /// Passes of the draft model (one per proposed position, all its sequences together).
+    pub draft_passes: u64,
+    /// Seconds spent in the draft model's passes, summed over steps (part of
+    /// `model_seconds`).
+    pub draft_seconds: f64,
     /// Positions in a KV block.
     pub block_size: usize,
     /// Prompt tokens looked up in the prefix cache (at each request's first admission).
@@ -575,6 +597,12 @@ pub struct Engine<R: Runner> {
     hidden: Vec<f32>,
     /// The model's choices after each token of the step's verified slices.
     verified: Vec<u32>,
+    /// Logits of every token of the step's verified slices whose sequences sample (their
+    /// tokens are chosen on the host, one row after another, as plain decoding would).
+    verify_logits: Vec<f32>,
+    scratch: Scratch,
+    /// The draft model, when there is one.
+    draft: Option<Drafter>,
     stats: EngineStats,
     plan: Vec<(usize, usize)>,
     pre: Vec<(usize, usize)>,
@@ -603,12 +631,45 @@ impl<R: Runner> Engine<R> {
             score_logits: Vec::new(),
             hidden: Vec::new(),
             verified: Vec::new(),
+            verify_logits: Vec::new(),
+            scratch: Scratch::default(),
+            draft: None,
             stats: EngineStats::default(),
             plan: Vec::new(),
             pre: Vec::new(),
             done: Vec::new(),
             retiring: Vec::new(),
         }
+    }
+
+    /// The same engine with a draft model for speculative decoding (requests ask for it
+    /// with `draft_max`): `runner` runs a model with the same tokenizer, on its own KV
+    /// cache. Its vocabulary must be the model's.
+    pub fn with_draft(mut self, runner: Box<dyn Runner>) -> Result<Self, ModelError> {
+        let (v, dv) = (self.runner.vocab_size(), runner.vocab_size());
+        if v != dv {
+            return Err(ModelError::Input(format!(
+                "the draft model's vocabulary has {dv} tokens and the model's {v}: a draft model needs the model's tokenizer"
+            )));
+        }
+        if runner.n_blocks() == 0 {
+            return Err(ModelError::OutOfMemory(
+                "the draft model's KV cache holds no block".into(),
+            ));
+        }
+        self.draft = Some(Drafter {
+            blocks: BlockManager::new(runner.n_blocks(), runner.block_size()),
+            runner,
+            rows: Vec::new(),
+            adjust: Vec::new(),
+            sampled: Vec::new(),
+        });
+        Ok(self)
+    }
+
+    /// The draft model's runner, when there is one.
+    pub fn draft_runner(&self) -> Option<&dyn Runner> {
+        self.draft.as_ref().map(|d| d.runner.as_ref())
     }
 
     /// The tokenizer.
@@ -646,6 +707,7 @@ impl<R: Runner> Engine<R> {
             total_blocks: self.blocks.total(),
             block_size: self.runner.block_size(),
             max_queue: self.cfg.max_queue,
+            has_draft: self.draft.is_some(),
         }
     }
 
@@ -714,6 +776,8 @@ impl<R: Runner> Engine<R> {
             error: None,
             drafts: Vec::new(),
             lookup: Lookup::default(),
+            draft_table: Vec::new(),
+            draft_len: 0,
         });
         Ok(())
     }
@@ -838,6 +902,7 @@ impl<R: Runner> Engine<R> {
             seq.stopped = stream(&mut seq, &self.tok, None);
         }
         self.blocks.release(&seq.table);
+        release_draft(self.draft.as_mut(), &mut seq);
         if let Some(r) = seq.stopped {
             // Its end was found while streaming: it ends now instead of waiting to run again.
             seq.table.clear();
@@ -855,6 +920,7 @@ impl<R: Runner> Engine<R> {
     fn retire(&mut self, idx: usize, reason: FinishReason) {
         let mut seq = self.running.remove(idx);
         self.blocks.release(&seq.table);
+        release_draft(self.draft.as_mut(), &mut seq);
         if let Some(mut sc) = seq.score.take() {
             if let Some(mut e) = sc.embed.take() {
                 if let Some(done) = e.done.take() {
@@ -916,6 +982,11 @@ impl<R: Runner> Engine<R> {
                 total_s: seq.submitted.elapsed().as_secs_f64(),
                 draft_tokens: seq.lookup.proposed,
                 accepted_tokens: seq.lookup.taken,
+                proposer: match seq.sampler.params() {
+                    p if p.draft_max > 0 => Some("draft"),
+                    p if p.prompt_lookup > 0 => Some("prompt_lookup"),
+                    _ => None,
+                },
             };
             (seq.sink)(Event::Done { reason, usage });
         }
@@ -1052,18 +1123,19 @@ impl<R: Runner> Engine<R> {
         }
     }
 
-    /// Prompt lookup: each decoding sequence that asks for it gets the tokens [`lookup`]
-    /// proposes appended for this step, which then runs them in the teacher-forced pass (one
-    /// row of logits each), within what is left of the token budget and the runner's rows,
-    /// and never past the answer's `max_tokens` or the context.
-    fn propose(&mut self, plan: &mut [(usize, usize)]) {
+    /// Speculative decoding: each decoding sequence that asks for it gets tokens proposed,
+    /// by [`lookup`] (prompt lookup) or by the draft model ([`Engine::draft_proposals`]),
+    /// appended for this step, which then runs them in a teacher-forced pass (one row of
+    /// logits each), within what is left of the token budget and the runner's rows, and
+    /// never past the answer's `max_tokens` or the context.
+    fn propose(&mut self, plan: &mut [(usize, usize)]) -> Result<(), ModelError> {
         let rows_max = self.runner.max_logit_rows();
         if rows_max == 0
             || !plan
                 .iter()
-                .any(|&(i, _)| self.running[i].sampler.params().prompt_lookup > 0)
+                .any(|&(i, _)| self.running[i].sampler.params().speculative() > 0)
         {
-            return;
+            return Ok(());
         }
         let mut rows: usize = plan
             .iter()
@@ -1072,11 +1144,13 @@ impl<R: Runner> Engine<R> {
             .sum();
         let used: usize = plan.iter().map(|&(_, n)| n).sum();
         let mut budget = self.cfg.max_batch_tokens.saturating_sub(used);
-        for p in plan.iter_mut() {
+        // Plan entries whose proposals come from the draft model, with how many at most.
+        let mut drafting = Vec::new();
+        for (pi, p) in plan.iter_mut().enumerate() {
             let (idx, n) = *p;
             let seq = &mut self.running[idx];
             let params = seq.sampler.params();
-            let k = params.prompt_lookup;
+            let k = params.speculative();
             if k == 0
                 || n != 1
                 || seq.score.is_some()
@@ -1106,22 +1180,161 @@ impl<R: Runner> Engine<R> {
             if d == 0 {
                 continue;
             }
-            let drafts = lookup(&seq.tokens, d);
-            if drafts.is_empty()
-                || self
-                    .blocks
-                    .grow(&mut seq.table, seq.computed + 1 + drafts.len())
-                    .is_err()
-            {
+            budget -= d;
+            rows += 1 + d;
+            if params.draft_max > 0 {
+                drafting.push((pi, d));
                 continue;
             }
-            budget -= drafts.len();
-            rows += 1 + drafts.len();
-            self.stats.draft_tokens += drafts.len() as u64;
-            p.1 = 1 + drafts.len();
-            seq.tokens.extend_from_slice(&drafts);
-            seq.drafts = drafts;
+            let drafts = lookup(&seq.tokens, d);
+            self.take_proposals(p, drafts);
         }
+        if !drafting.is_empty() {
+            let proposals = self.draft_proposals(plan, &drafting)?;
+            for (pi, drafts) in proposals {
+                self.take_proposals(&mut plan[pi], drafts);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `drafts` to the plan entry `p`'s sequence for this step, if its block table
+    /// can hold them.
+    fn take_proposals(&mut self, p: &mut (usize, usize), drafts: Vec<u32>) {
+        let seq = &mut self.running[p.0];
+        if drafts.is_empty()
+            || self
+                .blocks
+                .grow(&mut seq.table, seq.computed + 1 + drafts.len())
+                .is_err()
+        {
+            return;
+        }
+        self.stats.draft_tokens += drafts.len() as u64;
+        p.1 = 1 + drafts.len();
+        seq.tokens.extend_from_slice(&drafts);
+        seq.drafts = drafts;
+    }
+
+    /// The draft model's proposals for the plan entries `drafting` (plan index, most
+    /// tokens): one pass brings each sequence's draft cache up to its last token (a long
+    /// catch-up, such as the prompt, spreads over steps within the token budget) and
+    /// proposes a first token, then one pass per further token, every sequence that still
+    /// proposes in the same pass. A sampled request's proposals are drawn with the random
+    /// numbers its own sampling will use at those positions, so that a draft close to the
+    /// model proposes what the model will choose.
+    fn draft_proposals(
+        &mut self,
+        plan: &[(usize, usize)],
+        drafting: &[(usize, usize)],
+    ) -> Result<Vec<(usize, Vec<u32>)>, ModelError> {
+        let Some(dr) = self.draft.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let t0 = Instant::now();
+        let ctx = dr.runner.context_length();
+        let mut budget = self.cfg.max_batch_tokens.max(1);
+        // (sequence index, plan index, most proposals, first position fed, whether the pass
+        // reaches the last token)
+        let mut feed = Vec::new();
+        for &(pi, d) in drafting {
+            let idx = plan[pi].0;
+            let seq = &mut self.running[idx];
+            let len = seq.tokens.len();
+            let d = d.min(ctx.saturating_sub(len));
+            if d == 0 || budget == 0 {
+                continue;
+            }
+            if dr.blocks.grow(&mut seq.draft_table, len + d - 1).is_err() {
+                // The draft's cache is full: this sequence goes without proposals (and
+                // starts its draft cache again) rather than holding others back.
+                release_draft(Some(&mut *dr), seq);
+                continue;
+            }
+            let from = seq.draft_len.min(len - 1);
+            let take = (len - from).min(budget);
+            budget -= take;
+            feed.push((idx, pi, d, from, take, from + take == len));
+        }
+        let mut out: Vec<(usize, Vec<u32>)> = Vec::new();
+        // (sequence index, most proposals) of the sequences proposing, parallel to `out`.
+        let mut live: Vec<(usize, usize)> = Vec::new();
+        {
+            let running = &self.running;
+            let slices: Vec<Slice<'_>> = feed
+                .iter()
+                .map(|&(idx, _, _, from, take, last)| Slice {
+                    tokens: &running[idx].tokens[from..from + take],
+                    pos0: from,
+                    blocks: &running[idx].draft_table,
+                    want_logits: last,
+                })
+                .collect();
+            dr.rows.clear();
+            dr.adjust.clear();
+            for &(idx, ..) in feed.iter().filter(|f| f.5) {
+                dr.rows.push(draft_row(&running[idx], 0, &mut dr.adjust));
+            }
+            dr.sampled.clear();
+            if !slices.is_empty() {
+                dr.runner
+                    .step(&slices, &dr.rows, &dr.adjust, &[], &mut dr.sampled)?;
+                self.stats.draft_passes += 1;
+            }
+        }
+        let mut r = 0;
+        for &(idx, pi, d, from, take, last) in &feed {
+            self.running[idx].draft_len = from + take;
+            if last {
+                out.push((pi, vec![dr.sampled[r].token]));
+                live.push((idx, d));
+                r += 1;
+            }
+        }
+        // Further proposals, one pass each.
+        for j in 1.. {
+            let going: Vec<usize> = (0..out.len())
+                .filter(|&i| out[i].1.len() == j && j < live[i].1)
+                .filter(|&i| !self.tok.is_eog(out[i].1[j - 1]))
+                .collect();
+            if going.is_empty() {
+                break;
+            }
+            {
+                let running = &self.running;
+                let slices: Vec<Slice<'_>> = going
+                    .iter()
+                    .map(|&i| {
+                        let seq = &running[live[i].0];
+                        Slice {
+                            tokens: &out[i].1[j - 1..j],
+                            pos0: seq.tokens.len() + j - 1,
+                            blocks: &seq.draft_table,
+                            want_logits: true,
+                        }
+                    })
+                    .collect();
+                dr.rows.clear();
+                dr.adjust.clear();
+                for &i in &going {
+                    dr.rows
+                        .push(draft_row(&running[live[i].0], j as u64, &mut dr.adjust));
+                }
+                dr.sampled.clear();
+                dr.runner
+                    .step(&slices, &dr.rows, &dr.adjust, &[], &mut dr.sampled)?;
+                self.stats.draft_passes += 1;
+            }
+            for (r, &i) in going.iter().enumerate() {
+                let seq = &mut self.running[live[i].0];
+                seq.draft_len = seq.tokens.len() + j;
+                out[i].1.push(dr.sampled[r].token);
+            }
+        }
+        let spent = t0.elapsed().as_secs_f64();
+        self.stats.draft_seconds += spent;
+        self.stats.model_seconds += spent;
+        Ok(out)
     }
 
     /// Runs one step. Returns `false` when there was nothing to do.
@@ -1179,7 +1392,20 @@ impl<R: Runner> Engine<R> {
             }
             return Ok(true);
         }
-        self.propose(&mut plan);
+        if let Err(e) = self.propose(&mut plan) {
+            // A failed draft pass fails the step's sequences, as a failed step does.
+            let msg = e.to_string();
+            plan.sort_unstable_by_key(|&(idx, _)| idx);
+            for &(idx, _) in plan.iter().rev() {
+                let mut s = self.running.remove(idx);
+                self.blocks.release(&s.table);
+                release_draft(self.draft.as_mut(), &mut s);
+                s.fail(&msg);
+            }
+            self.plan = plan;
+            self.pre = pre;
+            return Err(e);
+        }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
         // A runner that overlaps gets the token masks computed while its pass runs, unless a
         // teacher-forced pass (which must wait for this step's sampling) follows it.
@@ -1202,6 +1428,7 @@ impl<R: Runner> Engine<R> {
         let mut scored: Vec<Slice<'_>> = Vec::new();
         let mut embedded: Vec<Slice<'_>> = Vec::new();
         let mut verifying: Vec<Slice<'_>> = Vec::new();
+        let mut verifying_sampled: Vec<Slice<'_>> = Vec::new();
         // The plan entry of each row.
         let mut sampling = Vec::with_capacity(plan.len());
         self.rows.clear();
@@ -1222,8 +1449,10 @@ impl<R: Runner> Engine<R> {
             }
             if s.embeds() {
                 embedded.push(slice);
-            } else if !s.drafts.is_empty() {
+            } else if !s.drafts.is_empty() && s.sampler.params().plain_greedy() {
                 verifying.push(slice);
+            } else if !s.drafts.is_empty() {
+                verifying_sampled.push(slice);
             } else if s.in_scored_part() {
                 scored.push(slice);
             } else {
@@ -1233,7 +1462,9 @@ impl<R: Runner> Engine<R> {
         let scored_rows: usize = scored.iter().map(|s| s.tokens.len()).sum();
         let embedded_rows: usize = embedded.iter().map(|s| s.tokens.len()).sum();
         let verified_rows: usize = verifying.iter().map(|s| s.tokens.len()).sum();
+        let verified_sampled_rows: usize = verifying_sampled.iter().map(|s| s.tokens.len()).sum();
         self.verified.clear();
+        self.verify_logits.clear();
         self.sampled.clear();
         self.score_logits.clear();
         self.hidden.clear();
@@ -1302,6 +1533,14 @@ impl<R: Runner> Engine<R> {
             model_s += t.elapsed().as_secs_f64();
         }
         drop(verifying);
+        if result.is_ok() && !verifying_sampled.is_empty() {
+            let t = Instant::now();
+            result = self
+                .runner
+                .step_all(&verifying_sampled, &mut self.verify_logits);
+            model_s += t.elapsed().as_secs_f64();
+        }
+        drop(verifying_sampled);
         if !jobs.is_empty() {
             self.restore_constraints(std::mem::take(&mut jobs), mask_seconds);
         }
@@ -1354,12 +1593,19 @@ impl<R: Runner> Engine<R> {
                 self.verified.len()
             )));
         }
+        if result.is_ok() && self.verify_logits.len() != verified_sampled_rows * vocab {
+            result = Err(ModelError::Input(format!(
+                "the runner returned {} values of logits for {verified_sampled_rows} verified tokens of vocabulary {vocab}",
+                self.verify_logits.len()
+            )));
+        }
         if let Err(e) = result {
             // A failed step fails every sequence in it, and frees their blocks.
             let msg = e.to_string();
             for &(idx, _) in plan.iter().rev() {
                 let mut s = self.running.remove(idx);
                 self.blocks.release(&s.table);
+                release_draft(self.draft.as_mut(), &mut s);
                 s.fail(&msg);
             }
             self.plan = plan;
@@ -1371,6 +1617,7 @@ impl<R: Runner> Engine<R> {
         let mut score_row = 0;
         let mut hidden_row = 0;
         let mut verified_row = 0;
+        let mut verified_logit_row = 0;
         let mut done = std::mem::take(&mut self.done);
         done.clear();
         for &(idx, n) in plan.iter() {
@@ -1384,9 +1631,18 @@ impl<R: Runner> Engine<R> {
                 score_row += n;
                 seq.record_logprobs(rows, n, vocab);
             } else if !seq.drafts.is_empty() {
-                let choices = &self.verified[verified_row..verified_row + n];
-                verified_row += n;
-                let (matched, reason) = verify(seq, &self.tok, choices);
+                let choices = if seq.sampler.params().plain_greedy() {
+                    verified_row += n;
+                    Choices::Greedy(&self.verified[verified_row - n..verified_row])
+                } else {
+                    verified_logit_row += n;
+                    Choices::Logits(
+                        &self.verify_logits
+                            [(verified_logit_row - n) * vocab..verified_logit_row * vocab],
+                        vocab,
+                    )
+                };
+                let (matched, reason) = verify(seq, &self.tok, choices, &mut self.scratch);
                 self.stats.accepted_tokens += matched as u64;
                 self.blocks
                     .register(&seq.table, &seq.tokens, seq.computed, &mut seq.registered);
@@ -1431,6 +1687,39 @@ impl<R: Runner> Engine<R> {
         while self.step()? {}
         Ok(())
     }
+}
+
+/// The draft model of speculative decoding: its runner, the blocks of its own KV cache,
+/// and its step's rows.
+struct Drafter {
+    runner: Box<dyn Runner>,
+    blocks: BlockManager,
+    rows: Vec<RowSampling>,
+    adjust: Vec<Adjust>,
+    sampled: Vec<Sampled>,
+}
+
+/// Gives back a sequence's blocks in the draft model's cache (its draft starts again).
+fn release_draft(draft: Option<&mut Drafter>, seq: &mut Seq) {
+    if let Some(d) = draft {
+        d.blocks.release(&seq.draft_table);
+    }
+    seq.draft_table.clear();
+    seq.draft_len = 0;
+}
+
+/// How the draft model chooses its `j`-th proposal for `seq`: greedy for a plain greedy
+/// request; otherwise the request's own row, with the random numbers its sampling will
+/// draw `j` tokens on (penalties as they stand before the proposals).
+fn draft_row(seq: &Seq, j: u64, adjust: &mut Vec<Adjust>) -> RowSampling {
+    if seq.sampler.params().plain_greedy() {
+        return RowSampling::GREEDY;
+    }
+    let mut row = seq.sampler.row(adjust);
+    row.counter += j;
+    row.logprobs = None;
+    row.mask = None;
+    row
 }
 
 /// A constrained sequence's part of a step's masks: its constraint, out of the sequence
@@ -1530,37 +1819,64 @@ fn lookup(tokens: &[u32], k: usize) -> Vec<u32> {
     Vec::new()
 }
 
-/// Reads a verified step: `choices[i]` is the model's choice after the sequence's last
-/// token and the first `i` proposed tokens. Takes the model's choices while they agree with
-/// the proposals, then its first disagreeing choice (or the one after every proposal), as
-/// plain greedy decoding would have taken them one step at a time. Returns how many
+/// The model's verdict on a step's proposals for one sequence.
+enum Choices<'a> {
+    /// The most likely token after the last token and after each proposal (a plain greedy
+    /// request, chosen where the logits are).
+    Greedy(&'a [u32]),
+    /// The rows of logits after each of them (`vocab` values a row), sampled here.
+    Logits(&'a [f32], usize),
+}
+
+/// Reads a verified step: the model's choice after the sequence's last token and after each
+/// proposed token. Takes the model's choices while they agree with the proposals, then its
+/// first disagreeing choice (or the one after every proposal), as plain decoding would
+/// have taken them one step at a time: a sampled row is sampled with the request's
+/// penalties and random stream as they stand after the tokens before it. Returns how many
 /// proposals were taken and why the sequence ends, if it does.
-fn verify(seq: &mut Seq, tok: &Tokenizer, choices: &[u32]) -> (usize, Option<FinishReason>) {
+fn verify(
+    seq: &mut Seq,
+    tok: &Tokenizer,
+    choices: Choices<'_>,
+    scratch: &mut Scratch,
+) -> (usize, Option<FinishReason>) {
     let drafts = std::mem::take(&mut seq.drafts);
     seq.tokens.truncate(seq.tokens.len() - drafts.len());
-    let most = seq.sampler.params().prompt_lookup;
+    let most = seq.sampler.params().speculative();
     if let Some(r) = seq.stopped {
         seq.lookup.update(drafts.len(), 0, most);
         return (0, Some(r));
     }
-    let mut taken = 0;
+    let mut matched = 0;
     let mut reason = None;
+    let mut adjust = Vec::new();
+    let mut row = Vec::new();
     for i in 0..=drafts.len() {
-        let t = choices[i];
-        taken += 1;
-        // The KV of the token before `t` is now computed (the last token's, or the
-        // proposal `t`'s predecessor, which agreed).
+        let sampled = match choices {
+            Choices::Greedy(c) => Sampled::token(c[i]),
+            Choices::Logits(l, v) => {
+                adjust.clear();
+                let r = seq.sampler.row(&mut adjust);
+                row.clear();
+                row.extend_from_slice(&l[i * v..(i + 1) * v]);
+                kiln_model::sample::sample_row(&mut row, &r, None, &adjust, scratch)
+            }
+        };
+        // The KV of the token before this choice is now computed (the last token's, or
+        // the proposal before it, which agreed).
         seq.computed += 1;
-        reason = accept(seq, tok, &Sampled::token(t));
-        if reason.is_some() || i == drafts.len() || t != drafts[i] {
+        reason = accept(seq, tok, &sampled);
+        let agrees = i < drafts.len() && sampled.token == drafts[i];
+        if agrees {
+            matched += 1;
+        }
+        if reason.is_some() || !agrees {
             break;
         }
     }
-    // Proposals taken: those the model's choices confirmed.
-    let matched = (0..taken.min(drafts.len()))
-        .take_while(|&i| choices[i] == drafts[i])
-        .count();
     seq.lookup.update(drafts.len(), matched, most);
+    // The draft's cache holds what agreed (the rest is written again).
+    seq.draft_len = seq.draft_len.min(seq.computed);
     (matched, reason)
 }
 

@@ -42,12 +42,17 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Prompt lookup (speculative decoding without a draft model): up to this many tokens
     /// proposed each step from an earlier occurrence of the text's last tokens in the prompt
-    /// or the answer so far, verified in one pass (0: off). Greedy decoding only: the answer
-    /// is the one plain decoding gives.
+    /// or the answer so far, verified in one pass (0: off). The answer is the one plain
+    /// decoding gives (for a sampled request, with the same seed).
     pub prompt_lookup: usize,
+    /// Speculative decoding with the engine's draft model: up to this many tokens proposed
+    /// each step by the draft, verified by the model in one pass (0: off; the engine must
+    /// have a draft model). The answer is the one plain decoding gives, as with
+    /// `prompt_lookup`.
+    pub draft_max: usize,
 }
 
-/// Most tokens prompt lookup proposes in one step.
+/// Most tokens prompt lookup or a draft model proposes in one step.
 pub const MAX_PROMPT_LOOKUP: usize = 16;
 
 impl Default for SamplingParams {
@@ -68,6 +73,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logit_bias: Vec::new(),
             prompt_lookup: 0,
+            draft_max: 0,
         }
     }
 }
@@ -174,13 +180,23 @@ impl SamplingParams {
         check(k <= MAX_PROMPT_LOOKUP, "prompt_lookup", || {
             format!("{k} tokens, at most {MAX_PROMPT_LOOKUP}")
         })?;
-        check(k == 0 || self.plain_greedy(), "prompt_lookup", || {
-            "prompt lookup needs greedy decoding (temperature 0) without penalties, logit_bias or logprobs".into()
+        let d = self.draft_max;
+        check(d <= MAX_PROMPT_LOOKUP, "draft_max", || {
+            format!("{d} tokens, at most {MAX_PROMPT_LOOKUP}")
+        })?;
+        check(k == 0 || d == 0, "draft_max", || {
+            "a draft model and prompt lookup do not combine: set one of `draft_max` and `prompt_lookup` to 0".into()
         })?;
         Ok(())
     }
 
-    /// Greedy, and the token is the logits' argmax: no penalty, bias or log-probabilities.
+    /// Most tokens proposed in one step, by prompt lookup or the draft model (0: none).
+    pub fn speculative(&self) -> usize {
+        self.prompt_lookup.max(self.draft_max)
+    }
+
+    /// Greedy, and the token is the logits' argmax: no penalty, bias or log-probabilities
+    /// (so proposed tokens are verified on the device, by the argmax of each row).
     pub fn plain_greedy(&self) -> bool {
         self.temperature == 0.0
             && self.repetition_penalty == 1.0

@@ -32,6 +32,9 @@ struct MockRunner {
     /// Logits from the last token alone (a bigram model, whose greedy answers soon repeat
     /// themselves), instead of from every token before.
     bigram: bool,
+    /// Nonzero: a model close to the unperturbed one, whose most likely token differs after
+    /// about one context in three (a draft model).
+    perturb: u64,
 }
 
 /// The mock's logits after the token prefix whose running hash is `h`.
@@ -63,6 +66,15 @@ impl MockRunner {
             started: None,
             passed: None,
             bigram: false,
+            perturb: 0,
+        }
+    }
+    /// The row of logits after the context whose hash is `h`.
+    fn row(&self, h: u64, row: &mut Vec<f32>) {
+        mock_row(self.vocab, h, row);
+        let g = hash_step(h, self.perturb as u32);
+        if self.perturb != 0 && g.is_multiple_of(3) {
+            row[100 + (g >> 7) as usize % 3000] += 6.5;
         }
     }
     /// The hash the logits after positions `..end` come from.
@@ -90,7 +102,7 @@ impl MockRunner {
             self.write(s);
             if s.want_logits {
                 let h = self.ctx(s, s.pos0 + s.tokens.len());
-                mock_row(self.vocab, h, &mut row);
+                self.row(h, &mut row);
                 logits.extend_from_slice(&row);
             }
         }
@@ -193,7 +205,7 @@ impl Runner for MockRunner {
         for s in batch {
             self.write(s);
             for p in s.pos0..s.pos0 + s.tokens.len() {
-                mock_row(self.vocab, self.ctx(s, p + 1), &mut row);
+                self.row(self.ctx(s, p + 1), &mut row);
                 logits.extend_from_slice(&row);
             }
         }
@@ -727,12 +739,131 @@ fn prompt_lookup_gives_the_plain_greedy_answer_in_fewer_steps() {
             );
         }
     }
-    // Sampled requests cannot speculate: refused by name.
+    // Too many proposals a step: refused by name.
     let bad = SamplingParams {
-        prompt_lookup: 4,
+        prompt_lookup: 17,
         ..SamplingParams::default()
     };
     assert_eq!(bad.validate().unwrap_err().param, "prompt_lookup");
+}
+
+/// A draft model proposes and the model verifies: every answer, greedy or sampled with its
+/// seed, is the one plain decoding gives alone. With a draft equal to the model (every
+/// proposal taken), one close to it, and one that hardly agrees (a bigram mock); beside
+/// requests that do not speculate, with chunked prefills, few rows, a small pool that
+/// preempts, a draft cache too small for everyone, and a runner that overlaps.
+#[test]
+fn a_draft_model_gives_the_plain_answer_greedy_or_sampled() {
+    let tok = tokenizer();
+    let vocab = tok.vocab_size();
+    let ps = prompts();
+    let with = |i: usize, draft_max: usize| SamplingParams {
+        draft_max,
+        max_tokens: 40,
+        // Penalties on some sampled requests: verification applies them as plain
+        // decoding does, after each token taken.
+        repetition_penalty: if i % 4 == 3 { 1.3 } else { 1.0 },
+        ..params(i)
+    };
+    let solo: Vec<Collected> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| run_alone(&tok, p, with(i, 0)))
+        .collect();
+    for (name, perturb, bigram) in [("same", 0, false), ("close", 7, false), ("bigram", 0, true)] {
+        for (n_blocks, draft_blocks, max_batch_tokens, rows, overlap) in [
+            (64, 64, 256, 64, false),
+            (64, 64, 7, 3, false),
+            (14, 14, 32, 9, false),
+            (64, 6, 256, 64, false),
+            (64, 64, 256, 64, true),
+        ] {
+            let mut r = if overlap {
+                MockRunner::overlapping(vocab, n_blocks, 16)
+            } else {
+                MockRunner::new(vocab, n_blocks, 16)
+            };
+            r.logit_rows = rows;
+            let mut d = MockRunner::new(vocab, draft_blocks, 16);
+            d.perturb = perturb;
+            d.bigram = bigram;
+            let mut e = Engine::new(
+                r,
+                tok.clone(),
+                EngineConfig {
+                    max_batch_tokens,
+                    ..Default::default()
+                },
+            )
+            .with_draft(Box::new(d))
+            .unwrap();
+            let outs: Vec<_> = ps
+                .iter()
+                .map(|_| Arc::new(Mutex::new(Collected::default())))
+                .collect();
+            for (i, p) in ps.iter().enumerate() {
+                // Two requests in three speculate (greedy and sampled); the rest do not.
+                let k = if i % 3 == 2 { 0 } else { 6 };
+                e.submit(
+                    Request::new(p.clone(), with(i, k)),
+                    sink(outs[i].clone(), None),
+                )
+                .unwrap();
+            }
+            e.run_to_completion().unwrap();
+            let label = format!("draft {name}, {n_blocks}/{draft_blocks} blocks, batch {max_batch_tokens}, {rows} rows, overlap {overlap}");
+            for (i, o) in outs.iter().enumerate() {
+                let o = o.lock().unwrap();
+                assert_eq!(o.ids, solo[i].ids, "request {i}, {label}");
+                assert_eq!(o.done, solo[i].done, "request {i}, {label}");
+            }
+            let st = e.stats();
+            assert_eq!(st.blocks_used, 0, "{label}");
+            assert!(st.accepted_tokens <= st.draft_tokens, "{label}");
+            if rows == 64 && draft_blocks == 64 {
+                assert!(st.draft_tokens > 40, "{label}: {st:?}");
+                assert!(st.draft_passes > 0, "{label}: {st:?}");
+                match name {
+                    // The penalised requests' drafts miss now and then.
+                    "same" => assert!(
+                        st.accepted_tokens * 10 >= st.draft_tokens * 9,
+                        "{label}: {st:?}"
+                    ),
+                    "close" => {
+                        assert!(st.accepted_tokens * 4 >= st.draft_tokens, "{label}: {st:?}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // A draft's vocabulary must be the model's; without a draft, `draft_max` is refused.
+    let e = Engine::new(
+        MockRunner::new(vocab, 8, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let err = e
+        .with_draft(Box::new(MockRunner::new(vocab + 1, 8, 16)))
+        .err()
+        .expect("a draft of another vocabulary is refused");
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+    let mut e = Engine::new(
+        MockRunner::new(vocab, 8, 16),
+        tok.clone(),
+        EngineConfig::default(),
+    );
+    let out = Arc::new(Mutex::new(Collected::default()));
+    match e.submit(Request::new(ps[0].clone(), with(0, 4)), sink(out, None)) {
+        Err(SubmitError::Param(p)) => assert_eq!(p.param, "draft_max"),
+        other => panic!("{other:?}"),
+    }
+    let both = SamplingParams {
+        draft_max: 4,
+        prompt_lookup: 4,
+        ..SamplingParams::greedy(8)
+    };
+    assert_eq!(both.validate().unwrap_err().param, "draft_max");
 }
 
 #[test]

@@ -69,6 +69,16 @@ impl Device {
         }
     }
 
+    /// A second backend on the same device for another model run in turn with this one's
+    /// (a draft model): on the CPU the same threads, on a GPU the same GPU.
+    pub fn sibling(&self) -> Result<Device, ModelError> {
+        match self {
+            Device::Cpu(c) => Ok(Device::Cpu(c.sharing_threads())),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(c) => Ok(Device::Cuda(Box::new(CudaBackend::new(c.ordinal())?))),
+        }
+    }
+
     /// Bytes of weights the device holds apart from the model file's mapping (a GPU's
     /// uploaded copy); `None` on the CPU, which reads the file in place.
     pub fn held_weight_bytes(&self) -> Option<usize> {

@@ -39,7 +39,7 @@ use request::{GenRequest, Prompts};
 /// Parses a request body as `/v1/chat/completions` (`chat`) or `/v1/completions` does, and
 /// says only whether it is accepted: for fuzzing and tests of hostile bodies.
 pub fn parse_request(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<(), ApiError> {
-    request::parse(body, chat, default_max_tokens).map(|_| ())
+    request::parse(body, chat, default_max_tokens, 0).map(|_| ())
 }
 
 /// A language model being served.
@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
+    /// `draft_max` when a request gives none (0 unless the engine has a draft model).
+    pub default_draft_max: usize,
     /// Time a client has to send a request's headers (and to start its next request on an
     /// idle kept-alive connection).
     pub header_timeout: Duration,
@@ -99,6 +101,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             max_body_bytes: 1 << 20,
             default_max_tokens: 512,
+            default_draft_max: 0,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 512,
@@ -638,7 +641,12 @@ fn check_model_name(st: &AppState, lm: &LoadedLm, name: &str) -> Result<(), ApiE
 
 async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let req = request::parse(&body, true, st.cfg.default_max_tokens)?;
+    let req = request::parse(
+        &body,
+        true,
+        st.cfg.default_max_tokens,
+        st.cfg.default_draft_max,
+    )?;
     let lm = st.lm()?;
     check_model(&st, lm, &req)?;
     if req.refine.is_some() {
@@ -699,7 +707,12 @@ fn compile(
 
 async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let req = request::parse(&body, false, st.cfg.default_max_tokens)?;
+    let req = request::parse(
+        &body,
+        false,
+        st.cfg.default_max_tokens,
+        st.cfg.default_draft_max,
+    )?;
     let lm = st.lm()?;
     check_model(&st, lm, &req)?;
     let input = req.prompt.clone().unwrap_or(Prompts::Texts(Vec::new()));
@@ -1039,6 +1052,7 @@ async fn generate(
         });
         lookup_usage(
             &mut usage,
+            choices.iter().find_map(|c| c.usage.proposer),
             choices.iter().map(|c| c.usage.draft_tokens).sum(),
             choices.iter().map(|c| c.usage.accepted_tokens).sum(),
         );
@@ -1084,8 +1098,8 @@ async fn generate(
         pending: std::collections::VecDeque<SseEvent>,
         /// With tools, each choice's text, held until its end tells whether it calls them.
         held: Vec<String>,
-        /// Prompt lookup's proposals and those taken, over the choices.
-        lookup: (usize, usize),
+        /// Speculation's proposer, proposals and those taken, over the choices.
+        lookup: (Option<&'static str>, usize, usize),
     }
     let s = S {
         rx,
@@ -1097,14 +1111,17 @@ async fn generate(
         done: false,
         pending: Default::default(),
         held: vec![String::new(); n],
-        lookup: (0, 0),
+        lookup: (None, 0, 0),
     };
-    let usage_chunk = move |completion: usize, cached: usize, lookup: (usize, usize)| -> SseEvent {
+    let usage_chunk = move |completion: usize,
+                            cached: usize,
+                            lookup: (Option<&'static str>, usize, usize)|
+          -> SseEvent {
         let mut usage = json!({
             "prompt_tokens": prompt_len, "completion_tokens": completion,
             "total_tokens": prompt_len + completion,
             "prompt_tokens_details": {"cached_tokens": cached}});
-        lookup_usage(&mut usage, lookup.0, lookup.1);
+        lookup_usage(&mut usage, lookup.0, lookup.1, lookup.2);
         SseEvent::default().data(
             json!({"id": id2, "object": object, "created": created, "model": model2,
                    "system_fingerprint": FINGERPRINT, "choices": [], "usage": usage})
@@ -1176,8 +1193,9 @@ async fn generate(
                     }
                     Event::Done { reason, usage } => {
                         s.completion += usage.completion_tokens;
-                        s.lookup.0 += usage.draft_tokens;
-                        s.lookup.1 += usage.accepted_tokens;
+                        s.lookup.0 = s.lookup.0.or(usage.proposer);
+                        s.lookup.1 += usage.draft_tokens;
+                        s.lookup.2 += usage.accepted_tokens;
                         s.cached = Some(
                             s.cached
                                 .map_or(usage.cached_tokens, |c| c.min(usage.cached_tokens)),
@@ -1218,11 +1236,12 @@ async fn generate(
     Ok(sse(events))
 }
 
-/// kiln's usage extension for prompt lookup: the tokens it proposed and those taken, when it
-/// proposed any.
-fn lookup_usage(usage: &mut Value, proposed: usize, accepted: usize) {
-    if proposed > 0 {
-        usage["prompt_lookup"] = json!({"proposed_tokens": proposed, "accepted_tokens": accepted});
+/// kiln's usage extension for speculative decoding, under the proposer's name
+/// (`prompt_lookup` or `draft`): the tokens it proposed and those taken, when it was asked
+/// for.
+fn lookup_usage(usage: &mut Value, proposer: Option<&str>, proposed: usize, accepted: usize) {
+    if let Some(p) = proposer {
+        usage[p] = json!({"proposed_tokens": proposed, "accepted_tokens": accepted});
     }
 }
 

@@ -254,8 +254,18 @@ impl Metrics {
                 ),
                 (
                     "kiln_engine_draft_tokens_total",
-                    "Tokens prompt lookup proposed.",
+                    "Tokens prompt lookup or the draft model proposed.",
                     s.draft_tokens as f64,
+                ),
+                (
+                    "kiln_engine_draft_passes_total",
+                    "Passes of the draft model (one per proposed position, its sequences batched).",
+                    s.draft_passes as f64,
+                ),
+                (
+                    "kiln_engine_draft_seconds_total",
+                    "Seconds spent in the draft model's passes.",
+                    s.draft_seconds,
                 ),
                 (
                     "kiln_engine_accepted_tokens_total",

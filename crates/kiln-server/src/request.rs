@@ -286,7 +286,16 @@ fn in_range(k: &str, v: f64, lo: f64, hi: f64) -> Result<f32, ApiError> {
 }
 
 /// Parses a chat (`chat == true`) or completions body.
-pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRequest, ApiError> {
+///
+/// `default_max_tokens` is `max_tokens` when the request gives none; `default_draft_max` is
+/// `draft_max` (speculative decoding with the server's draft model) when the request gives
+/// none, for requests it can serve (free text, neither refined nor with prompt lookup).
+pub fn parse(
+    body: &[u8],
+    chat: bool,
+    default_max_tokens: usize,
+    default_draft_max: usize,
+) -> Result<GenRequest, ApiError> {
     let m = obj(body)?;
     crate::guard::refuse_unimplemented(&m)?;
     let parse_special = crate::guard::parse_special(&m, chat)?;
@@ -318,14 +327,17 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
     } else {
         None
     };
-    if m.get("prompt_lookup")
-        .is_some_and(|v| v.as_u64().is_some_and(|k| k > 0))
-        && (format.is_some() || tools.as_ref().is_some_and(|t| t.active()))
-    {
-        return Err(ApiError::bad(
-            "prompt_lookup",
-            "`prompt_lookup` does not combine with `response_format` or `tools`",
-        ));
+    let shaped = format.is_some() || tools.as_ref().is_some_and(|t| t.active());
+    for field in ["prompt_lookup", "draft_max"] {
+        if shaped
+            && m.get(field)
+                .is_some_and(|v| v.as_u64().is_some_and(|k| k > 0))
+        {
+            return Err(ApiError::bad(
+                field,
+                format!("`{field}` does not combine with `response_format` or `tools`"),
+            ));
+        }
     }
     if format.is_some() && tools.as_ref().is_some_and(|t| t.grammar().is_some()) {
         return Err(ApiError::bad(
@@ -472,6 +484,20 @@ pub fn parse(body: &[u8], chat: bool, default_max_tokens: usize) -> Result<GenRe
         return Err(ApiError::bad(
             "prompt_lookup",
             "`prompt_lookup` does not combine with `refine` (which samples its candidates)",
+        ));
+    }
+    // kiln's extension: speculative decoding with the server's draft model (`--draft`).
+    match int(&m, "draft_max")? {
+        Some(k) => p.draft_max = k.min(1 << 20) as usize,
+        None if !shaped && refine.is_none() && p.prompt_lookup == 0 => {
+            p.draft_max = default_draft_max
+        }
+        None => {}
+    }
+    if p.draft_max > 0 && refine.is_some() {
+        return Err(ApiError::bad(
+            "draft_max",
+            "`draft_max` does not combine with `refine` (which decodes its candidates as one batch)",
         ));
     }
     let n = int(&m, "n")?.unwrap_or(1);

@@ -19,7 +19,10 @@ pub use pool::{split_range, ThreadPool};
 /// Runs the decoder on the CPU.
 #[derive(Debug)]
 pub struct CpuBackend {
-    pool: ThreadPool,
+    /// Shared with the backends made by [`CpuBackend::sharing_threads`], so that two models
+    /// (a draft and its target) take turns on the same cores instead of spinning against
+    /// each other.
+    pool: std::sync::Arc<ThreadPool>,
     isa: kernels::Isa,
     /// f32 activations for every product (`KILN_CPU_EXACT=1`): slow, for comparisons.
     exact: bool,
@@ -74,10 +77,21 @@ impl CpuBackend {
             threads
         };
         CpuBackend {
-            pool: ThreadPool::new(threads),
+            pool: std::sync::Arc::new(ThreadPool::new(threads)),
             isa: kernels::Isa::detect(),
             exact: std::env::var_os("KILN_CPU_EXACT").is_some_and(|v| v == "1"),
             kv_dtype: KvDtype::default(),
+        }
+    }
+
+    /// Another backend on this one's threads (a second model run in turn with the first,
+    /// such as a draft model beside its target).
+    pub fn sharing_threads(&self) -> Self {
+        CpuBackend {
+            pool: self.pool.clone(),
+            isa: self.isa,
+            exact: self.exact,
+            kv_dtype: self.kv_dtype,
         }
     }
 

@@ -282,6 +282,11 @@ impl CudaBackend {
         }
     }
 
+    /// The GPU's ordinal (`cuda:N`).
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
     fn open(ordinal: usize) -> Result<Self, ModelError> {
         // SAFETY: only tries to dlopen the libraries by name.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
