@@ -138,7 +138,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             g.decode_tok_s(),
             g.finish
         );
-        if stats.draft_tokens > 0 {
+        if stats.draft_passes > 0 {
+            eprintln!(
+                "kiln: draft model: {} of {} proposed tokens taken; {} draft passes took {:.2} s of the {:.2} s in the models",
+                stats.accepted_tokens, stats.draft_tokens, stats.draft_passes, stats.draft_seconds, stats.model_seconds
+            );
+        } else if stats.draft_tokens > 0 {
             eprintln!(
                 "kiln: prompt lookup: {} of {} proposed tokens taken",
                 stats.accepted_tokens, stats.draft_tokens

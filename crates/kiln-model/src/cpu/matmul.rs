@@ -163,10 +163,25 @@ fn float_matmul(
                 unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), rows * cols) };
             pool.run(|i, nt| {
                 let (r0, r1) = split_range(rows, i, nt, 4);
+                let xt = |t: usize| &x[t * cols..(t + 1) * cols];
                 for r in r0..r1 {
                     let row = &wf[r * cols..(r + 1) * cols];
-                    for t in 0..n {
-                        let v = kernels::vec::dot_f16(isa, &x[t * cols..(t + 1) * cols], row);
+                    // Four tokens at a time share each converted weight.
+                    let mut t = 0;
+                    while t + 4 <= n {
+                        let v = kernels::vec::dot_f16_x4(
+                            isa,
+                            [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)],
+                            row,
+                        );
+                        for (j, v) in v.into_iter().enumerate() {
+                            // SAFETY: as above.
+                            unsafe { optr.write((t + j) * rows + r, v) };
+                        }
+                        t += 4;
+                    }
+                    for t in t..n {
+                        let v = kernels::vec::dot_f16(isa, xt(t), row);
                         // SAFETY: as above.
                         unsafe { optr.write(t * rows + r, v) };
                     }

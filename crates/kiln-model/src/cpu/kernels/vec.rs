@@ -26,6 +26,22 @@ pub fn dot_f16(isa: Isa, a: &[f32], b: &[f16]) -> f32 {
         .sum()
 }
 
+/// [`dot_f16`] of four activation rows with one f16 row, each weight converted once for
+/// all four: every sum is the one [`dot_f16`] gives (the same order of additions), so a
+/// product over several tokens equals the products one token at a time.
+pub fn dot_f16_x4(isa: Isa, a: [&[f32]; 4], b: &[f16]) -> [f32; 4] {
+    let n = a.iter().map(|r| r.len()).min().unwrap_or(0).min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: the instruction set was detected on this CPU; every slice holds `n` values.
+        Isa::Avx512Vnni => return unsafe { x86::dot_f16_x4_512(a, &b[..n], n) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { x86::dot_f16_x4_256(a, &b[..n], n) },
+        _ => {}
+    }
+    a.map(|r| dot_f16(isa, &r[..n], &b[..n]))
+}
+
 /// `acc[i] += w * v[i]` over the shorter length.
 #[inline]
 pub fn axpy_f16(isa: Isa, acc: &mut [f32], w: f32, v: &[f16]) {
@@ -318,6 +334,45 @@ mod x86 {
         s
     }
 
+    /// [`dot_f16_512`] of four rows `a` (each at least `n` long) with `b` (`n` long).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_x4_512(a: [&[f32]; 4], b: &[f16], n: usize) -> [f32; 4] {
+        let pb = b.as_ptr().cast::<u16>();
+        let pa = a.map(|r| r.as_ptr());
+        let mut acc0 = [_mm512_setzero_ps(); 4];
+        let mut acc1 = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads inside the first `n` values of the slices.
+        unsafe {
+            while i + 32 <= n {
+                let k0 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i).cast()));
+                let k1 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i + 16).cast()));
+                for t in 0..4 {
+                    acc0[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i)), k0, acc0[t]);
+                    acc1[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i + 16)), k1, acc1[t]);
+                }
+                i += 32;
+            }
+            if i + 16 <= n {
+                let k0 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i).cast()));
+                for t in 0..4 {
+                    acc0[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i)), k0, acc0[t]);
+                }
+                i += 16;
+            }
+        }
+        let mut out = [0.0f32; 4];
+        for t in 0..4 {
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+            for j in i..n {
+                s += a[t][j] * b[j].to_f32();
+            }
+            out[t] = s;
+        }
+        out
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub(super) unsafe fn axpy_f16_512(acc: &mut [f32], w: f32, v: &[f16]) {
@@ -496,6 +551,40 @@ mod x86 {
             s += a[j] * b[j].to_f32();
         }
         s
+    }
+
+    /// [`dot_f16_256`] of four rows `a` (each at least `n` long) with `b` (`n` long).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_x4_256(a: [&[f32]; 4], b: &[f16], n: usize) -> [f32; 4] {
+        let pb = b.as_ptr().cast::<u16>();
+        let pa = a.map(|r| r.as_ptr());
+        let mut acc0 = [_mm256_setzero_ps(); 4];
+        let mut acc1 = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads inside the first `n` values of the slices.
+        unsafe {
+            while i + 16 <= n {
+                let k0 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i).cast()));
+                let k1 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i + 8).cast()));
+                for t in 0..4 {
+                    acc0[t] = _mm256_fmadd_ps(_mm256_loadu_ps(pa[t].add(i)), k0, acc0[t]);
+                    acc1[t] = _mm256_fmadd_ps(_mm256_loadu_ps(pa[t].add(i + 8)), k1, acc1[t]);
+                }
+                i += 16;
+            }
+        }
+        let mut out = [0.0f32; 4];
+        for t in 0..4 {
+            let v = _mm256_add_ps(acc0[t], acc1[t]);
+            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+            for j in i..n {
+                s += a[t][j] * b[j].to_f32();
+            }
+            out[t] = s;
+        }
+        out
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
