@@ -86,6 +86,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         },
         max_running: a.batch,
         max_queue: 4 * a.batch,
+        ..Default::default()
     };
     let weights = m
         .model

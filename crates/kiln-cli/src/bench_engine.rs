@@ -56,6 +56,7 @@ pub fn bench_engine(a: BenchEngineArgs) -> anyhow::Result<()> {
             max_batch_tokens: a.max_batch_tokens,
             max_running: max_seq,
             max_queue: 4 * max_seq,
+            ..Default::default()
         },
     };
     let lm = start(&a.model, &builder, true)?;

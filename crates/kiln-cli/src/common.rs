@@ -178,6 +178,10 @@ pub struct EngineArgs {
     /// Most requests waiting; more are refused (HTTP 429).
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
+    /// Speculative decoding (prompt lookup, --draft) only in steps with at most this many
+    /// decoding sequences; beyond, proposals cost more than they save (0: never).
+    #[arg(long, default_value_t = 8)]
+    pub max_speculative_batch: usize,
 }
 
 impl EngineArgs {
@@ -189,6 +193,7 @@ impl EngineArgs {
                 max_batch_tokens: self.max_batch_tokens,
                 max_running: self.max_running,
                 max_queue: self.max_queue,
+                max_speculative_batch: self.max_speculative_batch,
             },
         }
     }
@@ -459,6 +464,7 @@ pub fn single(args: &ModelArgs, quiet: bool, positions: Option<usize>) -> anyhow
             max_batch_tokens: 256,
             max_running: 1,
             max_queue: 4,
+            ..Default::default()
         },
     };
     start_with(args, builder, quiet, |m| {

@@ -98,6 +98,7 @@ pub fn start(lm: &ModelArgs, p: &Profile) -> anyhow::Result<LoadedLm> {
             max_batch_tokens: 256,
             max_running: p.iterations.max(16),
             max_queue: 256,
+            ..Default::default()
         },
     };
     crate::common::start(&lm, &builder, false)

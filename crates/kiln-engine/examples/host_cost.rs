@@ -66,6 +66,7 @@ fn main() {
         max_running: n,
         max_batch_tokens: 512,
         max_queue: 4 * n,
+        ..Default::default()
     };
     let runner = Instant0 {
         n_blocks: n * 12,

@@ -152,6 +152,10 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Most requests waiting; more are refused.
     pub max_queue: usize,
+    /// Speculative decoding (prompt lookup, a draft model) only in steps with at most this
+    /// many decoding sequences: with more, a step is no longer bound by reading the weights
+    /// once, and proposals would slow everyone down (0: never).
+    pub max_speculative_batch: usize,
 }
 
 impl Default for EngineConfig {
@@ -160,6 +164,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 256,
             max_running: 64,
             max_queue: 1024,
+            max_speculative_batch: 8,
         }
     }
 }
@@ -1135,6 +1140,16 @@ impl<R: Runner> Engine<R> {
                 .iter()
                 .any(|&(i, _)| self.running[i].sampler.params().speculative() > 0)
         {
+            return Ok(());
+        }
+        let decoding = plan
+            .iter()
+            .filter(|&&(i, n)| {
+                let s = &self.running[i];
+                n == 1 && s.score.is_none() && s.computed + 1 == s.tokens.len()
+            })
+            .count();
+        if decoding > self.cfg.max_speculative_batch {
             return Ok(());
         }
         let mut rows: usize = plan

@@ -837,6 +837,52 @@ fn a_draft_model_gives_the_plain_answer_greedy_or_sampled() {
             }
         }
     }
+    // Steps with more decoding sequences than `max_speculative_batch` propose nothing: with
+    // at most 3, the 8 requests speculate only once few are left.
+    for (most, none) in [(0, true), (3, false)] {
+        let mut e = Engine::new(
+            MockRunner::new(vocab, 64, 16),
+            tok.clone(),
+            EngineConfig {
+                max_speculative_batch: most,
+                ..Default::default()
+            },
+        )
+        .with_draft(Box::new(MockRunner::new(vocab, 64, 16)))
+        .unwrap();
+        let outs: Vec<_> = ps
+            .iter()
+            .map(|_| Arc::new(Mutex::new(Collected::default())))
+            .collect();
+        let mut proposed_with = Vec::new();
+        for (i, p) in ps.iter().enumerate() {
+            // Answers of different lengths, so that fewer and fewer run.
+            let params = SamplingParams {
+                max_tokens: 4 + 5 * i,
+                ..with(i, 6)
+            };
+            e.submit(Request::new(p.clone(), params), sink(outs[i].clone(), None))
+                .unwrap();
+        }
+        while e.step().unwrap() {
+            let st = e.stats();
+            proposed_with.push((st.running, st.draft_tokens));
+        }
+        for (i, o) in outs.iter().enumerate() {
+            let want = &solo[i].ids[..solo[i].ids.len().min(4 + 5 * i)];
+            assert_eq!(o.lock().unwrap().ids, want, "request {i}");
+        }
+        let st = e.stats();
+        assert_eq!(st.draft_tokens == 0, none, "{st:?}");
+        // No proposal while more than `most` ran.
+        let mut last = 0;
+        for &(running, drafted) in &proposed_with {
+            if running > most.max(3) {
+                assert_eq!(drafted, last, "{proposed_with:?}");
+            }
+            last = drafted;
+        }
+    }
     // A draft's vocabulary must be the model's; without a draft, `draft_max` is refused.
     let e = Engine::new(
         MockRunner::new(vocab, 8, 16),

@@ -30,6 +30,7 @@ fn lm() -> Lm {
             max_batch_tokens: 256,
             max_running: 16,
             max_queue: 64,
+            ..Default::default()
         },
     );
     Lm {
