@@ -75,6 +75,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         None
     };
     let gpu_memory = gpu_memory(&m, total);
+    let draft = match &a.model.draft {
+        Some(spec) => Some(crate::common::load_draft(spec, &m, true)?),
+        None => None,
+    };
     // The engine that `kiln serve` runs, with room for every sequence at once; a step takes
     // every decode and a prefill chunk besides.
     let config = EngineConfig {
@@ -98,16 +102,27 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         max_memory_bytes: 0,
         config,
     };
+    let draft_bytes = draft.as_ref().map_or(0, |d| {
+        d.weights
+            + sizing.activation_bytes(&d.model.model.cfg)
+            + blocks * d.model.model.kv_block_bytes()
+    });
     let builder = EngineBuilder {
         max_memory_bytes: weights
             + sizing.activation_bytes(&cfg)
-            + blocks * m.model.kv_block_bytes(),
+            + blocks * m.model.kv_block_bytes()
+            + draft_bytes,
         ..sizing
     };
     let name = m.name.clone();
     let backend = kiln_model::Backend::describe(&m.model.backend);
     let tok = std::sync::Arc::new(m.tokenizer);
-    let (engine, _) = builder.build(m.model, tok, weights)?;
+    let (engine, _) = builder.build_with_draft(
+        m.model,
+        tok,
+        weights,
+        draft.map(|d| (d.model.model, d.weights)),
+    )?;
     let engine = EngineHandle::spawn(engine);
     // Each sequence its own prompt (its own first token), so that no prefill is served from
     // the prefix cache; `salt` makes a new set.
@@ -123,12 +138,14 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     };
     let greedy = SamplingParams {
         ignore_eos: true,
+        draft_max: a.model.draft_max(),
         ..SamplingParams::greedy(a.gen_tokens)
     };
     let sampled = SamplingParams {
         ignore_eos: true,
         max_tokens: a.gen_tokens,
         seed: Some(7),
+        draft_max: a.model.draft_max(),
         ..SamplingParams::default()
     };
     // Warm-up: kernels, matrix-library set-up, recorded decode steps of this batch shape.
@@ -143,9 +160,29 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         &sampled.clone().with_max(8.min(a.gen_tokens)),
     )?;
     let pre = run_engine(&engine, &prompts(2), &greedy.clone().with_max(1))?;
+    let s0 = engine.stats();
     let dec = run_engine(&engine, &prompts(3), &greedy)?;
+    let s1 = engine.stats();
     let dec_s = run_engine(&engine, &prompts(4), &sampled)?;
+    let s2 = engine.stats();
     engine.shutdown();
+    // What speculation did in each decode run (a draft model): proposals taken, and tokens
+    // each sequence gained per step of the model (1 without speculation).
+    let spec = |a0: &kiln_engine::EngineStats, a1: &kiln_engine::EngineStats| {
+        let proposed = a1.draft_tokens - a0.draft_tokens;
+        let taken = a1.accepted_tokens - a0.accepted_tokens;
+        let steps = (a1.steps - a0.steps).max(1);
+        serde_json::json!({
+            "proposed_tokens": proposed,
+            "accepted_tokens": taken,
+            "acceptance": taken as f64 / proposed.max(1) as f64,
+            "tokens_per_step": a.gen_tokens as f64 / steps as f64,
+            "draft_passes": a1.draft_passes - a0.draft_passes,
+        })
+    };
+    let speculation = a.model.draft.as_ref().map(|_| {
+        serde_json::json!({"draft_max": a.model.draft_max(), "greedy": spec(&s0, &s1), "sampled": spec(&s1, &s2)})
+    });
     let prefill_tok_s = (a.prompt_tokens * a.batch) as f64 / pre.all_first_s;
     let decode_tok_s = dec.decode_tok_s();
     let decode_sampled_tok_s = dec_s.decode_tok_s();
@@ -168,6 +205,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 "peak_rss_mb": rss,
                 "breakdown": breakdown,
                 "gpu_memory": gpu_memory,
+                "speculation": speculation,
             })
         );
     } else {
@@ -184,6 +222,17 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         println!(
             "decode    {decode_sampled_tok_s:>10.1} tok/s  sampled (temperature 0.7, top-k 40, top-p 0.95)"
         );
+        if let Some(sp) = &speculation {
+            for kind in ["greedy", "sampled"] {
+                let k = &sp[kind];
+                println!(
+                    "draft     {:>10.1} %    of {} proposed tokens taken, {:.2} tokens per step ({kind})",
+                    k["acceptance"].as_f64().unwrap_or(0.0) * 100.0,
+                    k["proposed_tokens"],
+                    k["tokens_per_step"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
         if let Some(g) = &gpu_memory {
             println!("GPU memory (MiB):");
             for (k, v) in g.as_object().into_iter().flatten() {

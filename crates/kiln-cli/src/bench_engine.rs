@@ -70,6 +70,7 @@ pub fn bench_engine(a: BenchEngineArgs) -> anyhow::Result<()> {
                 prompt: p,
                 params: SamplingParams {
                     ignore_eos: true,
+                    draft_max: a.model.draft_max(),
                     ..SamplingParams::greedy(max_tokens)
                 },
                 constraint: None,

@@ -267,15 +267,19 @@ fn start_with(
 }
 
 /// A draft model loaded beside its target.
-struct Draft {
-    model: LoadedModel<Device>,
+pub(crate) struct Draft {
+    pub(crate) model: LoadedModel<Device>,
     /// Bytes its weights take where they live.
-    weights: usize,
+    pub(crate) weights: usize,
 }
 
 /// Loads the draft model `spec` on `target`'s device (its CPU threads, or its GPU) and
 /// checks that it shares the target's tokenizer.
-fn load_draft(spec: &str, target: &LoadedModel<Device>, quiet: bool) -> anyhow::Result<Draft> {
+pub(crate) fn load_draft(
+    spec: &str,
+    target: &LoadedModel<Device>,
+    quiet: bool,
+) -> anyhow::Result<Draft> {
     let path = kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?;
     let device = target.model.backend.sibling()?;
     if !quiet {

@@ -87,6 +87,20 @@ pub struct IrpArgs {
 
 /// Starts an engine sized for `p`'s candidates, on the device asked for or else the
 /// profile's.
+/// With `--draft`, the profile's candidates speculate with the draft model: `--draft-max`
+/// tokens a step, unless the profile sets `draft_max`. A profile's `draft_max` without a
+/// draft model is refused.
+pub fn speculate(p: &mut Profile, lm: &ModelArgs) -> anyhow::Result<()> {
+    match (&lm.draft, p.draft_max) {
+        (Some(_), 0) => p.draft_max = lm.draft_max(),
+        (None, n) if n > 0 => anyhow::bail!(
+            "the profile's draft_max is {n} but no draft model was given: add --draft MODEL"
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
 pub fn start(lm: &ModelArgs, p: &Profile) -> anyhow::Result<LoadedLm> {
     let mut lm = lm.clone();
     if lm.device.is_none() && p.device == Device::Cuda {
@@ -133,7 +147,8 @@ pub fn refine(
 /// Runs `kiln irp`.
 pub fn irp(a: IrpArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let p = a.profile.resolve()?;
+    let mut p = a.profile.resolve()?;
+    speculate(&mut p, &a.lm)?;
     let question = match &a.question {
         Some(q) => q.clone(),
         None => {
@@ -258,13 +273,14 @@ pub fn chat_refined(
     system: Option<&str>,
     memory: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
-    let p = ProfileArgs {
+    let mut p = ProfileArgs {
         profile: spec.to_owned(),
         mode: None,
         energy: None,
         set: Vec::new(),
     }
     .resolve()?;
+    speculate(&mut p, model)?;
     let mut store = open_memory(memory)?;
     let lm = start(model, &p)?;
     let session = format!(

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::common::peak_rss_mb;
 use crate::common::ModelArgs;
-use crate::irp::{refine, start, ProfileArgs};
+use crate::irp::{refine, speculate, start, ProfileArgs};
 
 /// Arguments of `kiln profile`.
 #[derive(Args, Debug)]
@@ -84,7 +84,8 @@ pub fn profile(a: ProfileCmdArgs) -> anyhow::Result<()> {
     if questions.is_empty() {
         anyhow::bail!("{} holds no question", qpath.display());
     }
-    let base = a.profile.resolve()?;
+    let mut base = a.profile.resolve()?;
+    speculate(&mut base, &a.lm)?;
     let mut configs = Vec::new();
     for &k in &a.compare {
         let mut p = base.clone();
@@ -431,6 +432,7 @@ fn batch_ratio(a: &ProfileCmdArgs, n: usize) -> anyhow::Result<()> {
         anyhow::bail!("--batch-ratio needs at least 2 candidates");
     }
     let mut p = a.profile.resolve()?;
+    speculate(&mut p, &a.lm)?;
     p.iterations = n;
     let t = Instant::now();
     let lm = start(&a.lm, &p)?;

@@ -115,6 +115,9 @@ pub struct Profile {
     pub precision: String,
     /// Record the hottest thermal zone before and after each run.
     pub enable_thermal_monitoring: bool,
+    /// Speculative decoding of every candidate with the engine's draft model (`kiln --draft`):
+    /// most tokens proposed a step, 0 to 16 (0: off). Candidates keep their own tokens.
+    pub draft_max: usize,
 }
 
 /// A profile that cannot be used; every variant names the file (or request field) and the key.
@@ -200,6 +203,7 @@ pub const KEYS: &[&str] = &[
     "device",
     "precision",
     "enable_thermal_monitoring",
+    "draft_max",
 ];
 
 /// Splits flat YAML into `(line, key, value)`; comments, blank lines and `---` are skipped.
@@ -367,6 +371,7 @@ impl Profile {
             device: Device::Auto,
             precision: "auto".into(),
             enable_thermal_monitoring: false,
+            draft_max: 0,
         }
     }
 
@@ -438,6 +443,9 @@ impl Profile {
             "seed" => self.seed = int(0, u64::MAX)?,
             "top_k" => self.top_k = int(0, 1 << 20)? as usize,
             "top_p" => self.top_p = real(0.0, 1.0, true)? as f32,
+            "draft_max" => {
+                self.draft_max = int(0, kiln_engine::sampling::MAX_PROMPT_LOOKUP as u64)? as usize
+            }
             "salience_threshold" => self.salience_threshold = real(0.0, 1.0, false)?,
             "history_exchanges" => self.history_exchanges = int(0, 64)? as usize,
             "model_keep_alive" => {
@@ -522,6 +530,7 @@ impl Profile {
             top_p: self.top_p,
             seed: Some(self.seed.wrapping_add(i as u64)),
             max_tokens: self.max_tokens,
+            draft_max: self.draft_max,
             ..kiln_engine::SamplingParams::default()
         }
     }
