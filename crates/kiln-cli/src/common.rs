@@ -178,8 +178,8 @@ pub struct EngineArgs {
     /// Most requests waiting; more are refused (HTTP 429).
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
-    /// Speculative decoding (prompt lookup, --draft) only in steps with at most this many
-    /// decoding sequences; beyond, proposals cost more than they save (0: never).
+    /// Speculative decoding (prompt lookup, --draft) only while at most this many sequences
+    /// run; beyond, proposals cost more than they save (0: never).
     #[arg(long, default_value_t = 8)]
     pub max_speculative_batch: usize,
 }

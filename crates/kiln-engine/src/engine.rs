@@ -152,9 +152,9 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Most requests waiting; more are refused.
     pub max_queue: usize,
-    /// Speculative decoding (prompt lookup, a draft model) only in steps with at most this
-    /// many decoding sequences: with more, a step is no longer bound by reading the weights
-    /// once, and proposals would slow everyone down (0: never).
+    /// Speculative decoding (prompt lookup, a draft model) only while at most this many
+    /// sequences run: with more, a step is no longer bound by reading the weights once, and
+    /// proposals (and the draft's passes) would slow everyone down (0: never).
     pub max_speculative_batch: usize,
 }
 
@@ -1142,14 +1142,9 @@ impl<R: Runner> Engine<R> {
         {
             return Ok(());
         }
-        let decoding = plan
-            .iter()
-            .filter(|&&(i, n)| {
-                let s = &self.running[i];
-                n == 1 && s.score.is_none() && s.computed + 1 == s.tokens.len()
-            })
-            .count();
-        if decoding > self.cfg.max_speculative_batch {
+        // Every running sequence counts, prefilling ones too: a wave of new requests must not
+        // wait behind the draft passes of the few that already decode.
+        if self.running.len() > self.cfg.max_speculative_batch {
             return Ok(());
         }
         let mut rows: usize = plan

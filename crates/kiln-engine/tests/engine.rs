@@ -837,8 +837,8 @@ fn a_draft_model_gives_the_plain_answer_greedy_or_sampled() {
             }
         }
     }
-    // Steps with more decoding sequences than `max_speculative_batch` propose nothing: with
-    // at most 3, the 8 requests speculate only once few are left.
+    // While more sequences than `max_speculative_batch` run, nothing is proposed: with at
+    // most 3, the 8 requests speculate only once few are left.
     for (most, none) in [(0, true), (3, false)] {
         let mut e = Engine::new(
             MockRunner::new(vocab, 64, 16),
