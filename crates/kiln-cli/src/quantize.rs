@@ -1,5 +1,5 @@
-//! `kiln quantize IN.gguf OUT.gguf --type f16|q8_0|q4_k`: a GGUF model with its matrices in
-//! another type, metadata (tokenizer, chat template) copied.
+//! `kiln quantize IN.gguf OUT.gguf --type f16|q8_0|q4_0|q4_1|q4_k`: a GGUF model with its
+//! matrices in another type, metadata (tokenizer, chat template) copied.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,7 +16,8 @@ pub struct QuantizeArgs {
     /// The GGUF file to write (written beside it first, then renamed into place).
     pub output: PathBuf,
     /// f16 (every matrix, quantized ones decoded), q8_0 or q4_k (float matrices, as
-    /// `--quantize` does on load; q4_k falls back to q8_0 where rows do not fill 256 values).
+    /// `--quantize` does on load; q4_k falls back to q8_0 where rows do not fill 256 values),
+    /// q4_0 or q4_1 (float matrices; the token embedding and output head as q8_0).
     #[arg(long = "type", value_parser = FileType::from_name)]
     pub ty: FileType,
 }
@@ -73,7 +74,7 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     written?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "{} -> {} ({:?}): {} tensors, {} converted, {} as q8_0 (rows not a multiple of 256), {} kept; \
+        "{} -> {} ({:?}): {} tensors, {} converted, {} as q8_0 (for q4_k: rows not a multiple of 256; for q4_0 and q4_1: the embedding and output head), {} kept; \
          tensor data {:.1} MiB -> {:.1} MiB; {:.1} s",
         a.input.display(),
         a.output.display(),

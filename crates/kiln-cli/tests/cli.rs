@@ -243,11 +243,56 @@ fn quantize_writes_a_model_that_runs_and_refuses_what_it_cannot_do() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+    // Back from f16 to q4_1: the default file's size and mix (4-bit matrices, the embedding
+    // in q8_0), and its greedy answer.
+    let q41 = dir.join("q4_1.gguf");
+    let out = kiln()
+        .args([
+            "quantize",
+            f16.to_str().unwrap(),
+            q41.to_str().unwrap(),
+            "--type",
+            "q4_1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("210 converted, 1 as q8_0"));
+    assert_eq!(
+        std::fs::metadata(&q41).unwrap().len(),
+        std::fs::metadata(&m).unwrap().len()
+    );
+    let answer = |path: &std::path::Path| {
+        let out = kiln()
+            .args([
+                "run",
+                "-m",
+                path.to_str().unwrap(),
+                "-n",
+                "12",
+                "--temperature",
+                "0",
+            ])
+            .args(["--raw", "The capital of France is"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(answer(&q41), answer(&m));
     // What it cannot do is refused by name, and nothing is written.
     for (args, want) in [
         (
-            vec!["--type", "q4_0"],
-            "kiln quantize writes f16, q8_0 or q4_k",
+            vec!["--type", "q5_k"],
+            "kiln quantize writes f16, q8_0, q4_0, q4_1 or q4_k",
         ),
         (
             vec!["--type", "f16"],

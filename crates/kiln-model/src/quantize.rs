@@ -70,6 +70,47 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
+/// Encodes `x` (a multiple of 32 values) as Q4_0 blocks: `x = d * (q - 8)`, with `d` chosen
+/// so that the value of largest magnitude lands exactly on level 0 (-8 steps), as llama.cpp's
+/// reference encoder does.
+pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 32 * kiln_gguf::quant::Q4_0_BYTES);
+    for b in x.chunks_exact(32) {
+        // The value of largest magnitude, with its sign.
+        let max = b
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        let level = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
+        for j in 0..16 {
+            out.push(level(b[j]) | (level(b[j + 16]) << 4));
+        }
+    }
+    out
+}
+
+/// Encodes `x` (a multiple of 32 values) as Q4_1 blocks: `x = d * q + m`, `m` the block's
+/// minimum and `d` a 15th of its range.
+pub fn quantize_q4_1(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 32 * kiln_gguf::quant::Q4_1_BYTES);
+    for b in x.chunks_exact(32) {
+        let (lo, hi) = b
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let d = (hi - lo) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(lo).to_le_bytes());
+        let level = |v: f32| (((v - lo) * id + 0.5) as i32).clamp(0, 15) as u8;
+        for j in 0..16 {
+            out.push(level(b[j]) | (level(b[j + 16]) << 4));
+        }
+    }
+    out
+}
+
 fn nearest_int(v: f32) -> i32 {
     v.round() as i32
 }
@@ -400,6 +441,44 @@ mod tests {
         assert_eq!(QuantType::from_name("q4_k"), Some(QuantType::Q4K));
         assert_eq!(QuantType::from_name("q5_k"), None);
     }
+
+    /// Q4_0 and Q4_1 round trips: every value within half a step of its block (a step being
+    /// the block's scale; Q4_0's levels run -8..=7, so a value at the other extreme from the
+    /// largest magnitude may clip by up to a whole step), constant blocks and zeros included.
+    #[test]
+    fn q4_0_and_q4_1_round_trip_within_their_steps() {
+        let mut x: Vec<f32> = (0..32 * 40)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i / 320) as f32)
+            .collect();
+        x[..32].fill(0.0);
+        x[32..64].fill(-0.75);
+        for (ty, q) in [
+            (GgmlType::Q4_0, quantize_q4_0(&x)),
+            (GgmlType::Q4_1, quantize_q4_1(&x)),
+        ] {
+            let bytes = if ty == GgmlType::Q4_0 { 18 } else { 20 };
+            assert_eq!(q.len(), x.len() / 32 * bytes);
+            let mut y = vec![0f32; x.len()];
+            dequantize(ty, &q, &mut y).unwrap();
+            for (bi, (xb, yb)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+                let (lo, hi) = xb
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                let amax = lo.abs().max(hi.abs());
+                let (step, within) = if ty == GgmlType::Q4_0 {
+                    (amax / 8.0, 1.0)
+                } else {
+                    ((hi - lo) / 15.0, 0.5)
+                };
+                for (a, b) in xb.iter().zip(yb) {
+                    assert!(
+                        (a - b).abs() <= step * within + amax * 2e-3 + 1e-6,
+                        "{ty:?} block {bi}: {a} -> {b} (step {step})"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The types `kiln quantize` writes a GGUF file in.
@@ -411,6 +490,11 @@ pub enum FileType {
     Q8_0,
     /// Float matrices as Q4_K, Q8_0 where rows do not fill 256-value blocks.
     Q4K,
+    /// Float matrices as Q4_0; the token embedding and output head as Q8_0.
+    Q4_0,
+    /// Float matrices as Q4_1; the token embedding and output head as Q8_0 (the mix of the
+    /// default model's file).
+    Q4_1,
 }
 
 impl FileType {
@@ -421,8 +505,10 @@ impl FileType {
             "q8_0" => Ok(Self::Q8_0),
             // Not `q4_k_m`: llama.cpp's mix of that name keeps some matrices in Q6_K.
             "q4_k" => Ok(Self::Q4K),
+            "q4_0" => Ok(Self::Q4_0),
+            "q4_1" => Ok(Self::Q4_1),
             other => Err(format!(
-                "`{other}`: kiln quantize writes f16, q8_0 or q4_k (it has no encoder for other types yet)"
+                "`{other}`: kiln quantize writes f16, q8_0, q4_0, q4_1 or q4_k (it has no encoder for other types yet)"
             )),
         }
     }
@@ -434,6 +520,8 @@ impl FileType {
             Self::Q8_0 => 7,
             // MOSTLY_Q4_K_S: Q4_K, and Q8_0 where rows do not fill its blocks.
             Self::Q4K => 14,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
         }
     }
 }
@@ -445,7 +533,8 @@ pub struct FileReport {
     pub tensors: usize,
     /// Matrices written in the type asked for.
     pub converted: usize,
-    /// Matrices written as Q8_0 because their rows do not fill Q4_K's blocks.
+    /// Matrices written as Q8_0 instead of the type asked for: rows that do not fill Q4_K's
+    /// blocks, and the token embedding and output head of q4_0 and q4_1 files.
     pub fallback_q8_0: usize,
     /// Tensors copied as they were: vectors, matrices already quantized (for q8_0 and q4_k, as
     /// `--quantize` on load), matrices already in the type, rows not a multiple of 32.
@@ -491,6 +580,17 @@ pub fn quantize_file(
                 FileType::Q8_0 if float && cols % 32 == 0 => Some(GgmlType::Q8_0),
                 FileType::Q4K if float && cols % QK_K == 0 => Some(GgmlType::Q4_K),
                 FileType::Q4K if float && cols % 32 == 0 => Some(GgmlType::Q8_0),
+                FileType::Q4_0 | FileType::Q4_1 if float && cols % 32 == 0 => {
+                    // The embedding and head read 4 bits badly: llama.cpp's q4 mixes keep
+                    // them wider too.
+                    if matches!(t.name.as_str(), "token_embd.weight" | "output.weight") {
+                        Some(GgmlType::Q8_0)
+                    } else if to == FileType::Q4_0 {
+                        Some(GgmlType::Q4_0)
+                    } else {
+                        Some(GgmlType::Q4_1)
+                    }
+                }
                 _ => None,
             }
         };
@@ -504,7 +604,7 @@ pub fn quantize_file(
                 kiln_gguf::quant::dequantize(t.ty, src, &mut x).map_err(|e| {
                     ModelError::Input(format!("tensor `{}` ({}): {e}", t.name, t.ty.name()))
                 })?;
-                if ty == GgmlType::Q8_0 && to == FileType::Q4K {
+                if ty == GgmlType::Q8_0 && to != FileType::Q8_0 {
                     r.fallback_q8_0 += 1;
                 } else {
                     r.converted += 1;
@@ -515,6 +615,8 @@ pub fn quantize_file(
                         .flat_map(|v| f16::from_f32(*v).to_le_bytes())
                         .collect(),
                     GgmlType::Q8_0 => quantize_q8_0(&x),
+                    GgmlType::Q4_0 => quantize_q4_0(&x),
+                    GgmlType::Q4_1 => quantize_q4_1(&x),
                     _ => quantize_q4_k(&x),
                 }
             }
