@@ -384,6 +384,8 @@ fn quantized_files_load_and_agree_with_the_reference() {
         (FileType::F16, 0.02),
         (FileType::Q8_0, 0.3),
         (FileType::Q4K, 1.5),
+        (FileType::Q4_0, 2.0),
+        (FileType::Q4_1, 1.5),
     ] {
         for arch in ["llama", "qwen2", "phi3"] {
             let src = fixture(arch).join("model.gguf");
@@ -412,6 +414,8 @@ fn quantized_files_load_and_agree_with_the_reference() {
                 FileType::F16 => 1,
                 FileType::Q8_0 => 7,
                 FileType::Q4K => 14,
+                FileType::Q4_0 => 2,
+                FileType::Q4_1 => 3,
             };
             assert_eq!(g.get_u64("general.file_type").unwrap(), want);
             drop(g);
