@@ -18,6 +18,6 @@ $K serve --device cuda -m /tmp/q05 --max-running 256 --max-batch-tokens 512 --ma
 P=$!
 for i in $(seq 1 120); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
 timeout 400 python3 scripts/structured_bench.py --port 8181 --streams ${STREAMS:-1,8,64} --rounds ${ROUNDS:-3} --max-tokens 192 --ttft 20
-curl -s http://127.0.0.1:8181/metrics | grep -E "^kiln_engine_(mask|masks|host|model|stream)"
+curl -s http://127.0.0.1:8181/metrics | grep -E "^kiln_engine_(mask|masks|host|model|stream|launch|sampling_launch|finish|steps)"
 kill $P; wait $P 2>/dev/null
 tail -3 /tmp/serve.log

@@ -134,12 +134,6 @@ fn absurd_parameters_are_refused_by_name() {
         ("--temperature", "-1", "temperature"),
         ("--top-p", "0", "top-p"),
         ("--max-tokens", "0", "max-tokens"),
-        // Prompt lookup with the default temperature of 0.7: greedy only.
-        (
-            "--prompt-lookup",
-            "4",
-            "prompt-lookup: prompt lookup needs greedy",
-        ),
         ("--prompt-lookup", "99", "prompt-lookup"),
     ] {
         let out = kiln()
@@ -155,6 +149,29 @@ fn absurd_parameters_are_refused_by_name() {
         assert_eq!(out.status.code(), Some(1), "{flag}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(word), "{flag}: {err}");
+    }
+}
+
+/// `--draft-max` out of range, or without a draft model: refused by the argument parser,
+/// before any model loads.
+#[test]
+fn draft_flags_are_checked_before_loading() {
+    for (args, word) in [
+        (
+            vec!["--draft", "/nonexistent.gguf", "--draft-max", "17"],
+            "expected 1 to 16",
+        ),
+        (vec!["--draft-max", "4"], "--draft"),
+    ] {
+        let out = kiln()
+            .args(["run", "--model", "/nonexistent.gguf"])
+            .args(&args)
+            .arg("hi")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(word), "{args:?}: {err}");
     }
 }
 

@@ -551,6 +551,17 @@ pub struct EngineStats {
     pub mask_seconds: f64,
     /// Token masks computed (one per constrained sequence per step).
     pub masks: u64,
+    /// Of `model_seconds`, on a runner that overlaps: seconds launching passes
+    /// ([`Runner::start_pass`]), waiting after a launch for the step's masks, launching the
+    /// sampling ([`Runner::start_sampling`], with the masks' upload), and waiting for the
+    /// step's tokens ([`Runner::finish`]).
+    pub launch_seconds: f64,
+    /// See `launch_seconds`.
+    pub mask_wait_seconds: f64,
+    /// See `launch_seconds`.
+    pub sampling_launch_seconds: f64,
+    /// See `launch_seconds`.
+    pub finish_seconds: f64,
     /// Tokens prompt lookup proposed.
     pub draft_tokens: u64,
     /// Of those, tokens the model's own choice confirmed (each saved a step).
@@ -1016,7 +1027,6 @@ impl<R: Runner> Engine<R> {
     /// [`Engine::restore_constraints`]) and sizes the mask rows, one per such sequence;
     /// `mask_of` gets each plan entry's row.
     fn take_constraints(&mut self, plan: &[(usize, usize)]) -> Vec<MaskJob> {
-        self.masks.clear();
         self.mask_of.clear();
         let mut jobs = Vec::new();
         for &(idx, n) in plan {
@@ -1036,6 +1046,8 @@ impl<R: Runner> Engine<R> {
             self.mask_of.push(row);
         }
         let words = kiln_model::sample::mask_words(self.runner.vocab_size());
+        // Every word of every row is written by `fill_masks`: the rows are resized, not
+        // cleared (a megabyte at 64 rows of a 152k vocabulary).
         self.masks.resize(jobs.len() * words, 0);
         jobs
     }
@@ -1483,17 +1495,22 @@ impl<R: Runner> Engine<R> {
         // A runner that overlaps gets this step started, and the previous step's tokens are
         // streamed while it runs.
         let started = overlap && !batch.is_empty();
+        let mut launch_s = 0.0;
         if started && jobs.is_empty() {
             result = self.runner.start_pass(&batch);
+            launch_s = t_model.elapsed().as_secs_f64();
         } else if started {
-            // The masks are computed on the pool while this thread launches the pass.
+            // The masks are computed on the pool while this thread launches the pass: one task
+            // a mask once there are enough for several threads, so that the pool's threads
+            // share out masks of unequal cost as they finish.
             let pieces = self.mask_pieces(jobs.len());
-            let per = jobs.len().div_ceil(pieces).max(1);
+            let per = if pieces > 1 { 1 } else { jobs.len().max(1) };
             let masks = &mut self.masks;
             let runner = &mut self.runner;
             let eog = eog.eog_ids();
             let nanos = std::sync::atomic::AtomicU64::new(0);
             let nanos = &nanos;
+            let launch = &mut launch_s;
             rayon::in_place_scope(|sc| {
                 let rows = masks.chunks_mut(per * words.max(1));
                 for (part, m) in jobs.chunks_mut(per).zip(rows) {
@@ -1502,9 +1519,12 @@ impl<R: Runner> Engine<R> {
                         nanos.fetch_add((spent * 1e9) as u64, Ordering::Relaxed);
                     });
                 }
+                let t = Instant::now();
                 result = runner.start_pass(&batch);
+                *launch = t.elapsed().as_secs_f64();
             });
             mask_seconds = nanos.load(Ordering::Relaxed) as f64 * 1e-9;
+            self.stats.mask_wait_seconds += t_model.elapsed().as_secs_f64() - launch_s;
         } else if !batch.is_empty() {
             set_row_masks(&mut self.rows, &self.mask_of, &sampling);
             result = self.runner.step(
@@ -1515,6 +1535,7 @@ impl<R: Runner> Engine<R> {
                 &mut self.sampled,
             );
         }
+        self.stats.launch_seconds += launch_s;
         let mut model_s = t_model.elapsed().as_secs_f64();
         drop(batch);
         if started && result.is_ok() && !late_masks {
@@ -1523,7 +1544,9 @@ impl<R: Runner> Engine<R> {
             result = self
                 .runner
                 .start_sampling(&self.rows, &self.adjust, &self.masks);
-            model_s += t.elapsed().as_secs_f64();
+            let spent = t.elapsed().as_secs_f64();
+            self.stats.sampling_launch_seconds += spent;
+            model_s += spent;
         }
         if result.is_ok() && !scored.is_empty() {
             let t = Instant::now();
@@ -1560,7 +1583,9 @@ impl<R: Runner> Engine<R> {
             result = self
                 .runner
                 .start_sampling(&self.rows, &self.adjust, &self.masks);
-            model_s += t.elapsed().as_secs_f64();
+            let spent = t.elapsed().as_secs_f64();
+            self.stats.sampling_launch_seconds += spent;
+            model_s += spent;
         }
         if overlap {
             let t_stream = Instant::now();
@@ -1573,7 +1598,9 @@ impl<R: Runner> Engine<R> {
             if result.is_ok() {
                 result = r;
             }
-            model_s += t_wait.elapsed().as_secs_f64();
+            let spent = t_wait.elapsed().as_secs_f64();
+            self.stats.finish_seconds += spent;
+            model_s += spent;
         }
         self.stats.model_seconds += model_s;
         let vocab = self.runner.vocab_size();

@@ -253,6 +253,26 @@ impl Metrics {
                     s.masks as f64,
                 ),
                 (
+                    "kiln_engine_launch_seconds_total",
+                    "Seconds launching passes on a device that runs apart from the host.",
+                    s.launch_seconds,
+                ),
+                (
+                    "kiln_engine_mask_wait_seconds_total",
+                    "Seconds waiting, after launching a pass, for the step's token masks.",
+                    s.mask_wait_seconds,
+                ),
+                (
+                    "kiln_engine_sampling_launch_seconds_total",
+                    "Seconds launching the sampling of passes (with the upload of token masks).",
+                    s.sampling_launch_seconds,
+                ),
+                (
+                    "kiln_engine_finish_seconds_total",
+                    "Seconds waiting for a step's tokens from a device that runs apart from the host.",
+                    s.finish_seconds,
+                ),
+                (
                     "kiln_engine_draft_tokens_total",
                     "Tokens prompt lookup or the draft model proposed.",
                     s.draft_tokens as f64,

@@ -166,6 +166,11 @@ struct St {
     samp_info: Option<CudaSlice<u32>>,
     samp_cand: Option<CudaSlice<u32>>,
     samp_host: Vec<u32>,
+    /// Page-locked staging for uploads with token masks (a megabyte or more at many
+    /// constrained rows): a pageable copy that large blocks the host until the pass before
+    /// it ends, where this one is queued behind it and returns at once. Rewritten only after
+    /// `sample_wait` has synchronised the stream.
+    samp_pinned: Option<cudarc::driver::PinnedHostSlice<u32>>,
     /// The sampling `sample_start` launched, for `sample_wait` to read.
     samp_pending: Option<SampPending>,
     n_tiles: usize,
@@ -247,6 +252,10 @@ enum Gqa {
     Filled,
     All,
 }
+
+/// Words of a sampling upload from which it goes through page-locked memory (64 KiB: the
+/// token masks of a few constrained rows).
+const PINNED_UPLOAD_MIN: usize = 16 * 1024;
 
 /// Most arguments of a kernel launch (`launch_pdl` keeps their pointers on the stack).
 const MAX_ARGS: usize = 32;
@@ -1788,12 +1797,38 @@ impl Backend for CudaBackend {
             h.extend([a.token, a.repeated as u32, a.add.to_bits()]);
         }
         let masks_at = h.len();
-        if rows.iter().any(|r| r.mask.is_some()) {
+        let masked = rows.iter().any(|r| r.mask.is_some());
+        let total = masks_at + if masked { masks.len() } else { 0 };
+        // Large uploads (masks) go through page-locked memory, small ones as they are.
+        let mut pinned = if total >= PINNED_UPLOAD_MIN {
+            let mut p = st.samp_pinned.take();
+            if p.as_ref().is_none_or(|p| p.len() < total) {
+                // Cached, not write-combined: the host copies into it at memcpy speed.
+                // SAFETY: the words are written below before they are read.
+                p = unsafe {
+                    self.ctx
+                        .alloc_pinned_with_flags::<u32>(total.next_power_of_two(), 0)
+                }
+                .ok();
+            }
+            p
+        } else {
+            None
+        };
+        let staged_in_pinned = match pinned.as_mut().map(|p| p.as_mut_slice()) {
+            Some(Ok(p)) => {
+                p[..masks_at].copy_from_slice(&h);
+                p[masks_at..total].copy_from_slice(&masks[..total - masks_at]);
+                true
+            }
+            _ => false,
+        };
+        if masked && !staged_in_pinned {
             h.extend_from_slice(masks);
         }
         let (mut inb, mut outb) = (st.samp_in.take(), st.samp_out.take());
         let (mut infob, mut candb) = (st.samp_info.take(), st.samp_cand.take());
-        let grown = grow(self, &mut inb, h.len(), "sampling parameters")
+        let grown = grow(self, &mut inb, total, "sampling parameters")
             .and_then(|_| grow(self, &mut outb, n * (1 + OUT), "sampled tokens"))
             .and_then(|_| grow(self, &mut infob, n * PARTS * INFO, "sampling slices"))
             .and_then(|_| grow(self, &mut candb, n * PARTS * CAP * 2, "sampling candidates"));
@@ -1806,13 +1841,22 @@ impl Backend for CudaBackend {
             self.note("sampling", Err(e));
             let mut st = self.st();
             st.samp_host = h;
+            st.samp_pinned = pinned;
             st.samp_pending = Some(SampPending::failed(n));
             return true;
         }
-        // SAFETY: the buffer holds at least `h.len()` u32s; pageable copies are staged before
-        // the call returns.
-        let r = unsafe {
-            cudarc::driver::result::memcpy_htod_async(pin, &h[..], self.stream.cu_stream())
+        let r = match pinned.as_ref().filter(|_| staged_in_pinned) {
+            // SAFETY: the device buffer holds at least `total` u32s, the pinned one at least
+            // `total` written words, which stay untouched until `sample_wait` synchronises.
+            Some(p) => p.as_ptr().and_then(|ptr| unsafe {
+                let src = std::slice::from_raw_parts(ptr, total);
+                cudarc::driver::result::memcpy_htod_async(pin, src, self.stream.cu_stream())
+            }),
+            // SAFETY: the buffer holds at least `h.len()` u32s; pageable copies are staged
+            // before the call returns.
+            None => unsafe {
+                cudarc::driver::result::memcpy_htod_async(pin, &h[..], self.stream.cu_stream())
+            },
         };
         self.note("uploading sampling parameters", r);
         let lp = self.p(&logits.buf);
@@ -1852,6 +1896,7 @@ impl Backend for CudaBackend {
         );
         let mut st = self.st();
         st.samp_host = h;
+        st.samp_pinned = pinned;
         let mut pending = SampPending::failed(0);
         pending.n = n;
         pending.width = width;
