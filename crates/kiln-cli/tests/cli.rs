@@ -207,28 +207,47 @@ fn cuda_device_without_a_gpu_is_a_clear_error() {
     }
 }
 
+/// `kiln quantize IN OUT --type TY`, which must succeed; returns its summary.
+fn quantize_ok(input: &std::path::Path, output: &std::path::Path, ty: &str) -> String {
+    let out = kiln()
+        .args([
+            "quantize",
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+        ])
+        .args(["--type", ty])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The greedy continuation of "The capital of France is" by the model at `path`.
+fn capital_of_france(path: &std::path::Path) -> String {
+    let out = kiln()
+        .args(["run", "-m", path.to_str().unwrap(), "-n", "12"])
+        .args(["--temperature", "0", "--raw", "The capital of France is"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn quantize_writes_a_model_that_runs_and_refuses_what_it_cannot_do() {
     let m = model();
     let dir = std::env::temp_dir().join(format!("kiln-quantize-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f16 = dir.join("f16.gguf");
-    let out = kiln()
-        .args([
-            "quantize",
-            m.to_str().unwrap(),
-            f16.to_str().unwrap(),
-            "--type",
-            "f16",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = quantize_ok(&m, &f16, "f16");
     assert!(
         text.contains("272 tensors") && text.contains("converted"),
         "{text}"
@@ -240,71 +259,17 @@ fn quantize_writes_a_model_that_runs_and_refuses_what_it_cannot_do() {
     );
     assert!(b > 2 * a, "{a} -> {b}");
     // The copy answers like a model: its tokenizer, template and weights came along.
-    let out = kiln()
-        .args([
-            "run",
-            "-m",
-            f16.to_str().unwrap(),
-            "-n",
-            "8",
-            "--temperature",
-            "0",
-            "--raw",
-            "The capital of France is",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+    assert!(capital_of_france(&f16).contains("Paris"));
     // Back from f16 to q4_1: the default file's size and mix (4-bit matrices, the embedding
     // in q8_0), and its greedy answer.
     let q41 = dir.join("q4_1.gguf");
-    let out = kiln()
-        .args([
-            "quantize",
-            f16.to_str().unwrap(),
-            q41.to_str().unwrap(),
-            "--type",
-            "q4_1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("210 converted, 1 as q8_0"));
+    let text = quantize_ok(&f16, &q41, "q4_1");
+    assert!(text.contains("210 converted, 1 as q8_0"), "{text}");
     assert_eq!(
         std::fs::metadata(&q41).unwrap().len(),
         std::fs::metadata(&m).unwrap().len()
     );
-    let answer = |path: &std::path::Path| {
-        let out = kiln()
-            .args([
-                "run",
-                "-m",
-                path.to_str().unwrap(),
-                "-n",
-                "12",
-                "--temperature",
-                "0",
-            ])
-            .args(["--raw", "The capital of France is"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert_eq!(answer(&q41), answer(&m));
+    assert_eq!(capital_of_france(&q41), capital_of_france(&m));
     // What it cannot do is refused by name, and nothing is written.
     for (args, want) in [
         (

@@ -1416,17 +1416,7 @@ impl<R: Runner> Engine<R> {
         }
         if let Err(e) = self.propose(&mut plan) {
             // A failed draft pass fails the step's sequences, as a failed step does.
-            let msg = e.to_string();
-            plan.sort_unstable_by_key(|&(idx, _)| idx);
-            for &(idx, _) in plan.iter().rev() {
-                let mut s = self.running.remove(idx);
-                self.blocks.release(&s.table);
-                release_draft(self.draft.as_mut(), &mut s);
-                s.fail(&msg);
-            }
-            self.plan = plan;
-            self.pre = pre;
-            return Err(e);
+            return self.fail_step(plan, pre, e);
         }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
         // A runner that overlaps gets the token masks computed while its pass runs, unless a
@@ -1637,17 +1627,7 @@ impl<R: Runner> Engine<R> {
             )));
         }
         if let Err(e) = result {
-            // A failed step fails every sequence in it, and frees their blocks.
-            let msg = e.to_string();
-            for &(idx, _) in plan.iter().rev() {
-                let mut s = self.running.remove(idx);
-                self.blocks.release(&s.table);
-                release_draft(self.draft.as_mut(), &mut s);
-                s.fail(&msg);
-            }
-            self.plan = plan;
-            self.pre = pre;
-            return Err(e);
+            return self.fail_step(plan, pre, e);
         }
         self.stats.steps += 1;
         let mut row = 0;
@@ -1717,6 +1697,28 @@ impl<R: Runner> Engine<R> {
         self.plan = plan;
         self.pre = pre;
         Ok(true)
+    }
+
+    /// Fails every sequence of the step `plan` with `e` and frees their blocks (the plan's
+    /// and `pre`'s vectors are kept for the next step).
+    fn fail_step(
+        &mut self,
+        mut plan: Vec<(usize, usize)>,
+        pre: Vec<(usize, usize)>,
+        e: ModelError,
+    ) -> Result<bool, ModelError> {
+        let msg = e.to_string();
+        plan.sort_unstable_by_key(|&(idx, _)| idx);
+        plan.dedup_by_key(|p| p.0);
+        for &(idx, _) in plan.iter().rev() {
+            let mut s = self.running.remove(idx);
+            self.blocks.release(&s.table);
+            release_draft(self.draft.as_mut(), &mut s);
+            s.fail(&msg);
+        }
+        self.plan = plan;
+        self.pre = pre;
+        Err(e)
     }
 
     /// Runs steps until nothing is left.
