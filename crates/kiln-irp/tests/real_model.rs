@@ -19,11 +19,18 @@ struct Lm {
 }
 
 fn lm() -> Lm {
+    lm_with(false)
+}
+
+/// The default model's engine; with `draft`, the same file as its draft model too.
+fn lm_with(draft: bool) -> Lm {
     let path = kiln_model::fetch::ensure_default_model(true).unwrap();
-    let m = load_gguf(&path, CpuBackend::new(0)).unwrap();
+    let cpu = CpuBackend::new(0);
+    let sibling = cpu.sharing_threads();
+    let m = load_gguf(&path, cpu).unwrap();
     let tokenizer = Arc::new(m.tokenizer);
     let runner = ModelRunner::new(m.model, 64 << 20, 256, 16).unwrap();
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         runner,
         tokenizer.clone(),
         EngineConfig {
@@ -33,6 +40,11 @@ fn lm() -> Lm {
             ..Default::default()
         },
     );
+    if draft {
+        let d = load_gguf(&path, sibling).unwrap();
+        let dr = ModelRunner::new(d.model, 64 << 20, 256, 16).unwrap();
+        engine = engine.with_draft(Box::new(dr)).unwrap();
+    }
     Lm {
         engine: EngineHandle::spawn(engine),
         tokenizer,
@@ -118,6 +130,44 @@ fn independent_batched_equals_sequential_and_refine_runs() {
     assert_eq!(stored.irp.unwrap()["best_index"], a.best_index);
     let _ = std::fs::remove_dir_all(&dir);
     lm.engine.shutdown();
+}
+
+/// Refinement speculates with a draft model (profile key `draft_max`): its sampled
+/// candidates, decoded as one batch, are token for token those of plain decoding, with the
+/// same energies (their log-probabilities come from the verified rows), and the draft's
+/// proposals are taken.
+#[test]
+fn refinement_with_a_draft_model_gives_the_same_candidates() {
+    let plain = lm();
+    let fast = lm_with(true);
+    fn gen(lm: &Lm) -> EngineGenerator<'_> {
+        EngineGenerator {
+            engine: &lm.engine,
+            tokenizer: &lm.tokenizer,
+            template: &lm.template,
+        }
+    }
+    let q = "What is the capital of France?";
+    let p = profile("iterations: 4\nmin_temperature: 0.1\nenergy_plateau_delta: 0\n");
+    let want = Irp::new(p.clone(), gen(&plain)).run(q, &[]).unwrap();
+    let mut with = p.clone();
+    with.set("draft_max", "4", "test").unwrap();
+    let got = Irp::new(with, gen(&fast)).run(q, &[]).unwrap();
+    assert_eq!(got.answer, want.answer);
+    for (x, y) in got.info.candidates.iter().zip(&want.info.candidates) {
+        assert_eq!(x.text, y.text);
+        assert!(
+            (x.energy - y.energy).abs() < 1e-5,
+            "{} vs {}",
+            x.energy,
+            y.energy
+        );
+    }
+    let st = fast.engine.stats();
+    assert!(
+        st.draft_tokens > 10 && st.accepted_tokens == st.draft_tokens,
+        "{st:?}"
+    );
 }
 
 #[test]
