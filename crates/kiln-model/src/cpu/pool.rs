@@ -1,17 +1,36 @@
 //! A persistent pool of worker threads for per-token work: no spawning, no allocation
 //! and no locking on the hot path, just an epoch counter and a countdown.
+//!
+//! A task is split into as many parts as the pool has threads, and the parts are claimed:
+//! the caller and each worker that wakes take the next unclaimed part until none is left,
+//! and the caller then waits only for the parts others claimed. A worker that the system
+//! has not scheduled (another program holds its core) claims nothing, and the caller does
+//! its part instead of waiting for it: on a busy machine a task costs at most what one
+//! thread alone would take, plus the part a descheduled worker may hold. The parts are the
+//! same whoever runs them, so the results do not depend on who did.
+//!
+//! When the caller keeps waiting for a claimed part (its worker was descheduled in the middle
+//! of it: another program shares the core), the pool runs the next tasks on the caller alone
+//! for a while, then tries its threads again: a pool that cannot have its cores runs at the
+//! speed of one thread instead of waiting for a time slice at every task.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 type Task = dyn Fn(usize, usize) + Sync;
 
 struct Shared {
-    /// The current task, lifetime-erased; valid while `pending > 0`.
-    task: Mutex<Option<*const Task>>,
+    /// The current task, lifetime-erased, with the epoch it belongs to; valid while a part
+    /// of that epoch is claimed and not done.
+    task: Mutex<Option<(u32, *const Task)>>,
+    /// Bumped once a task is published (what workers wait on).
     epoch: AtomicUsize,
-    pending: AtomicUsize,
+    /// The current task's epoch (high 32 bits) and how many of its parts are claimed (low
+    /// 32 bits): a claim is one compare-and-swap, and fails for a task that is not current.
+    claims: AtomicU64,
+    /// Parts of the current task done.
+    done: AtomicUsize,
     wake: Condvar,
     wake_lock: Mutex<()>,
     /// Workers asleep on `wake` (or about to be): `run` only notifies when there are some,
@@ -27,13 +46,61 @@ struct Shared {
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-/// A fixed set of threads that run one closure at a time, each with its own index.
+impl Shared {
+    /// Claims the next part of the task of epoch `ep`, if that task is current and has one
+    /// left.
+    fn claim(&self, ep: u32) -> Option<usize> {
+        let mut cur = self.claims.load(Ordering::Acquire);
+        loop {
+            let next = (cur & 0xFFFF_FFFF) as usize;
+            if (cur >> 32) as u32 != ep || next >= self.n_threads {
+                return None;
+            }
+            match self.claims.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(next),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// A fixed set of threads that run one closure at a time, in parts each with its own index.
 pub struct ThreadPool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
-    /// Serialises callers: one task in flight at a time.
-    gate: Mutex<()>,
+    /// Serialises callers: one task in flight at a time; holds how the caller's waits went
+    /// (see [`Waits`]).
+    gate: Mutex<Waits>,
 }
+
+/// The caller's record of its waits for other threads' parts.
+#[derive(Debug, Default)]
+struct Waits {
+    /// Tasks still to run on the caller alone.
+    solo: u32,
+    /// Tasks run on the threads, and the count at the last long wait.
+    tasks: u64,
+    last_long: Option<u64>,
+}
+
+/// A wait for a claimed part this long (and more than twice as long as the caller's own
+/// parts took) is a worker descheduled in the middle of its part (a time slice is
+/// milliseconds), not one waking up (tens of microseconds) or a part a little slower than
+/// the caller's: on the 2-core machine with one core busy, about one task in a hundred waited
+/// about 4 ms, which halved the speed.
+const STRAGGLER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Two such waits at most this many tasks apart send the next tasks to the caller alone (a
+/// busy core gives one every hundred tasks or so; an idle machine, now and then, one alone).
+const STRAGGLER_WINDOW: u64 = 1024;
+
+/// Tasks run on the caller alone before the threads are tried again (a few tokens' worth).
+const SOLO_TASKS: u32 = 4096;
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,7 +118,8 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             task: Mutex::new(None),
             epoch: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            claims: AtomicU64::new(u64::from(u32::MAX) << 32),
+            done: AtomicUsize::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             sleepers: AtomicUsize::new(0),
@@ -64,14 +132,14 @@ impl ThreadPool {
                 let s = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("kiln-worker-{idx}"))
-                    .spawn(move || worker(s, idx))
+                    .spawn(move || worker(s))
                     .expect("spawning a worker thread")
             })
             .collect();
         ThreadPool {
             shared,
             handles,
-            gate: Mutex::new(()),
+            gate: Mutex::new(Waits::default()),
         }
     }
 
@@ -80,39 +148,66 @@ impl ThreadPool {
         self.shared.n_threads
     }
 
-    /// Runs `f(thread_index, n_threads)` on every thread and returns when all are done.
+    /// Runs `f(part, n_threads)` once for every part `0..n_threads`, each on whichever thread
+    /// claims it (the caller's included), and returns when all are done.
     ///
-    /// If any part panics, the panic is raised here, after every thread has finished with
-    /// `f` (workers borrow it through a raw pointer; unwinding earlier would free it under
+    /// If any part panics, the panic is raised here, after every part has finished with `f`
+    /// (workers borrow it through a raw pointer; unwinding earlier would free it under
     /// them), and the pool stays usable.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
-        let n = self.shared.n_threads;
+        let s = &*self.shared;
+        let n = s.n_threads;
         if n == 1 {
             f(0, 1);
             return;
         }
-        let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waits = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if waits.solo > 0 {
+            waits.solo -= 1;
+            // Every part here, in order; a panic waits for the rest, as below.
+            let mut first = Ok(());
+            for part in 0..n {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part, n)));
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            if let Err(payload) = first {
+                std::panic::resume_unwind(payload);
+            }
+            return;
+        }
         let task: &(dyn Fn(usize, usize) + Sync + '_) = &f;
-        // SAFETY: erase the lifetime; we wait below until every worker has finished with it.
+        // SAFETY: erase the lifetime; we wait below until every claimed part is done, and no
+        // part can be claimed once all are.
         let ptr: *const Task = unsafe {
             std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Task>(task)
         };
-        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
-        self.shared.pending.store(n - 1, Ordering::Release);
+        let ep = s.epoch.load(Ordering::Relaxed).wrapping_add(1);
+        let ep32 = ep as u32;
+        *s.task.lock().unwrap_or_else(|e| e.into_inner()) = Some((ep32, ptr));
+        s.done.store(0, Ordering::Release);
+        s.claims.store(u64::from(ep32) << 32, Ordering::Release);
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
-        if self.shared.sleepers.load(Ordering::SeqCst) > 0 {
-            let _l = self
-                .shared
-                .wake_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.shared.wake.notify_all();
+        s.epoch.store(ep, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
         }
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
+        // The caller takes parts like any worker; a panic in one is kept for after the rest.
+        let t0 = std::time::Instant::now();
+        let mut mine = Ok(());
+        while let Some(part) = s.claim(ep32) {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part, n)));
+            if mine.is_ok() {
+                mine = r;
+            }
+            s.done.fetch_add(1, Ordering::AcqRel);
+        }
+        let own = t0.elapsed();
         let mut spins = 0usize;
-        while self.shared.pending.load(Ordering::Acquire) != 0 {
+        while s.done.load(Ordering::Acquire) != n {
             spins += 1;
             if spins < SPIN {
                 std::hint::spin_loop();
@@ -120,18 +215,31 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
-        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let waited = t0.elapsed() - own;
+        waits.tasks += 1;
+        if waited > STRAGGLER && waited > 2 * own {
+            if waits
+                .last_long
+                .is_some_and(|t| waits.tasks - t <= STRAGGLER_WINDOW)
+            {
+                waits.solo = SOLO_TASKS;
+                waits.last_long = None;
+            } else {
+                waits.last_long = Some(waits.tasks);
+            }
+        }
+        *s.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(payload) = mine {
-            self.shared.panicked.store(false, Ordering::Release);
+            s.panicked.store(false, Ordering::Release);
             std::panic::resume_unwind(payload);
         }
-        if self.shared.panicked.swap(false, Ordering::AcqRel) {
+        if s.panicked.swap(false, Ordering::AcqRel) {
             panic!("a CPU pool worker thread panicked (its message is above)");
         }
     }
 }
 
-fn worker(s: Arc<Shared>, idx: usize) {
+fn worker(s: Arc<Shared>) {
     let mut seen = 0usize;
     loop {
         let mut spins = 0usize;
@@ -162,19 +270,22 @@ fn worker(s: Arc<Shared>, idx: usize) {
                 spins = 0;
             }
         }
-        let ptr = *s.task.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ptr) = ptr {
-            // SAFETY: `run` keeps the closure alive until `pending` reaches zero.
+        let Some((ep, ptr)) = *s.task.lock().unwrap_or_else(|e| e.into_inner()) else {
+            continue;
+        };
+        while let Some(part) = s.claim(ep) {
+            // SAFETY: `run` keeps the closure alive until every claimed part of its epoch is
+            // done, and this part is claimed and not yet done.
             let f: &Task = unsafe { &*ptr };
-            // A panic must still count the worker done, or `run` would wait for ever; it is
+            // A panic must still count the part done, or `run` would wait for ever; it is
             // reported to the caller of `run` instead.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, s.n_threads)))
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part, s.n_threads)))
                 .is_err()
             {
                 s.panicked.store(true, Ordering::Release);
             }
+            s.done.fetch_add(1, Ordering::AcqRel);
         }
-        s.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -250,6 +361,42 @@ mod tests {
             });
             assert_eq!(hits.load(Ordering::Relaxed), 1 | 1 << 20 | 1 << 40);
         }
+    }
+
+    /// Parts a worker takes that keep the caller waiting for milliseconds (a worker that lost
+    /// its core half-way) send the next tasks to the caller alone; the parts are still each
+    /// run once.
+    #[test]
+    fn long_waits_for_a_worker_send_tasks_to_the_caller_alone() {
+        let pool = ThreadPool::new(2);
+        let me = std::thread::current().id();
+        let by_worker = AtomicU64::new(0);
+        for _ in 0..20 {
+            pool.run(|_, _| {
+                let here = std::thread::current().id() == me;
+                if !here {
+                    by_worker.fetch_add(1, Ordering::Relaxed);
+                }
+                let ms = if here { 1 } else { 6 };
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            });
+        }
+        assert!(
+            by_worker.load(Ordering::Relaxed) >= 2,
+            "the worker never took a part"
+        );
+        let (parts, elsewhere) = (AtomicU64::new(0), AtomicU64::new(0));
+        for _ in 0..100 {
+            pool.run(|_, n| {
+                assert_eq!(n, 2);
+                parts.fetch_add(1, Ordering::Relaxed);
+                if std::thread::current().id() != me {
+                    elsewhere.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        assert_eq!(parts.load(Ordering::Relaxed), 200);
+        assert_eq!(elsewhere.load(Ordering::Relaxed), 0);
     }
 
     #[test]
