@@ -8,11 +8,6 @@
 //! its part instead of waiting for it: on a busy machine a task costs at most what one
 //! thread alone would take, plus the part a descheduled worker may hold. The parts are the
 //! same whoever runs them, so the results do not depend on who did.
-//!
-//! When the caller keeps waiting for a claimed part (its worker was descheduled in the middle
-//! of it: another program shares the core), the pool runs the next tasks on the caller alone
-//! for a while, then tries its threads again: a pool that cannot have its cores runs at the
-//! speed of one thread instead of waiting for a time slice at every task.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -73,34 +68,9 @@ impl Shared {
 pub struct ThreadPool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
-    /// Serialises callers: one task in flight at a time; holds how the caller's waits went
-    /// (see [`Waits`]).
-    gate: Mutex<Waits>,
+    /// Serialises callers: one task in flight at a time.
+    gate: Mutex<()>,
 }
-
-/// The caller's record of its waits for other threads' parts.
-#[derive(Debug, Default)]
-struct Waits {
-    /// Tasks still to run on the caller alone.
-    solo: u32,
-    /// Tasks run on the threads, and the count at the last long wait.
-    tasks: u64,
-    last_long: Option<u64>,
-}
-
-/// A wait for a claimed part this long (and more than twice as long as the caller's own
-/// parts took) is a worker descheduled in the middle of its part (a time slice is
-/// milliseconds), not one waking up (tens of microseconds) or a part a little slower than
-/// the caller's: on the 2-core machine with one core busy, about one task in a hundred waited
-/// about 4 ms, which halved the speed.
-const STRAGGLER: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Two such waits at most this many tasks apart send the next tasks to the caller alone (a
-/// busy core gives one every hundred tasks or so; an idle machine, now and then, one alone).
-const STRAGGLER_WINDOW: u64 = 1024;
-
-/// Tasks run on the caller alone before the threads are tried again (a few tokens' worth).
-const SOLO_TASKS: u32 = 4096;
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,7 +109,7 @@ impl ThreadPool {
         ThreadPool {
             shared,
             handles,
-            gate: Mutex::new(Waits::default()),
+            gate: Mutex::new(()),
         }
     }
 
@@ -161,22 +131,7 @@ impl ThreadPool {
             f(0, 1);
             return;
         }
-        let mut waits = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        if waits.solo > 0 {
-            waits.solo -= 1;
-            // Every part here, in order; a panic waits for the rest, as below.
-            let mut first = Ok(());
-            for part in 0..n {
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part, n)));
-                if first.is_ok() {
-                    first = r;
-                }
-            }
-            if let Err(payload) = first {
-                std::panic::resume_unwind(payload);
-            }
-            return;
-        }
+        let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         let task: &(dyn Fn(usize, usize) + Sync + '_) = &f;
         // SAFETY: erase the lifetime; we wait below until every claimed part is done, and no
         // part can be claimed once all are.
@@ -196,7 +151,6 @@ impl ThreadPool {
             s.wake.notify_all();
         }
         // The caller takes parts like any worker; a panic in one is kept for after the rest.
-        let t0 = std::time::Instant::now();
         let mut mine = Ok(());
         while let Some(part) = s.claim(ep32) {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part, n)));
@@ -205,7 +159,6 @@ impl ThreadPool {
             }
             s.done.fetch_add(1, Ordering::AcqRel);
         }
-        let own = t0.elapsed();
         let mut spins = 0usize;
         while s.done.load(Ordering::Acquire) != n {
             spins += 1;
@@ -213,19 +166,6 @@ impl ThreadPool {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
-            }
-        }
-        let waited = t0.elapsed() - own;
-        waits.tasks += 1;
-        if waited > STRAGGLER && waited > 2 * own {
-            if waits
-                .last_long
-                .is_some_and(|t| waits.tasks - t <= STRAGGLER_WINDOW)
-            {
-                waits.solo = SOLO_TASKS;
-                waits.last_long = None;
-            } else {
-                waits.last_long = Some(waits.tasks);
             }
         }
         *s.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -361,42 +301,6 @@ mod tests {
             });
             assert_eq!(hits.load(Ordering::Relaxed), 1 | 1 << 20 | 1 << 40);
         }
-    }
-
-    /// Parts a worker takes that keep the caller waiting for milliseconds (a worker that lost
-    /// its core half-way) send the next tasks to the caller alone; the parts are still each
-    /// run once.
-    #[test]
-    fn long_waits_for_a_worker_send_tasks_to_the_caller_alone() {
-        let pool = ThreadPool::new(2);
-        let me = std::thread::current().id();
-        let by_worker = AtomicU64::new(0);
-        for _ in 0..20 {
-            pool.run(|_, _| {
-                let here = std::thread::current().id() == me;
-                if !here {
-                    by_worker.fetch_add(1, Ordering::Relaxed);
-                }
-                let ms = if here { 1 } else { 6 };
-                std::thread::sleep(std::time::Duration::from_millis(ms));
-            });
-        }
-        assert!(
-            by_worker.load(Ordering::Relaxed) >= 2,
-            "the worker never took a part"
-        );
-        let (parts, elsewhere) = (AtomicU64::new(0), AtomicU64::new(0));
-        for _ in 0..100 {
-            pool.run(|_, n| {
-                assert_eq!(n, 2);
-                parts.fetch_add(1, Ordering::Relaxed);
-                if std::thread::current().id() != me {
-                    elsewhere.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-        assert_eq!(parts.load(Ordering::Relaxed), 200);
-        assert_eq!(elsewhere.load(Ordering::Relaxed), 0);
     }
 
     #[test]
