@@ -1,31 +1,17 @@
 //! A persistent pool of worker threads for per-token work: no spawning, no allocation
 //! and no locking on the hot path, just an epoch counter and a countdown.
-//!
-//! A task is split into as many parts as the pool has threads, and the parts are claimed:
-//! the caller and each worker that wakes take the next unclaimed part until none is left,
-//! and the caller then waits only for the parts others claimed. A worker that the system
-//! has not scheduled (another program holds its core) claims nothing, and the caller does
-//! its part instead of waiting for it: on a busy machine a task costs at most what one
-//! thread alone would take, plus the part a descheduled worker may hold. The parts are the
-//! same whoever runs them, so the results do not depend on who did.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 type Task = dyn Fn(usize, usize) + Sync;
 
 struct Shared {
-    /// The current task, lifetime-erased, with the epoch it belongs to; valid while a part
-    /// of that epoch is claimed and not done.
-    task: Mutex<Option<(u32, *const Task)>>,
-    /// Bumped once a task is published (what workers wait on).
+    /// The current task, lifetime-erased; valid while `pending > 0`.
+    task: Mutex<Option<*const Task>>,
     epoch: AtomicUsize,
-    /// The current task's epoch (high 32 bits) and how many of its parts are claimed (low
-    /// 32 bits): a claim is one compare-and-swap, and fails for a task that is not current.
-    claims: AtomicU64,
-    /// Parts of the current task done.
-    done: AtomicUsize,
+    pending: AtomicUsize,
     wake: Condvar,
     wake_lock: Mutex<()>,
     /// Workers asleep on `wake` (or about to be): `run` only notifies when there are some,
@@ -41,30 +27,7 @@ struct Shared {
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-impl Shared {
-    /// Claims the next part of the task of epoch `ep`, if that task is current and has one
-    /// left.
-    fn claim(&self, ep: u32) -> Option<usize> {
-        let mut cur = self.claims.load(Ordering::Acquire);
-        loop {
-            let next = (cur & 0xFFFF_FFFF) as usize;
-            if (cur >> 32) as u32 != ep || next >= self.n_threads {
-                return None;
-            }
-            match self.claims.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Some(next),
-                Err(now) => cur = now,
-            }
-        }
-    }
-}
-
-/// A fixed set of threads that run one closure at a time, in parts each with its own index.
+/// A fixed set of threads that run one closure at a time, each with its own index.
 pub struct ThreadPool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
@@ -88,8 +51,7 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             task: Mutex::new(None),
             epoch: AtomicUsize::new(0),
-            claims: AtomicU64::new(u64::from(u32::MAX) << 32),
-            done: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             sleepers: AtomicUsize::new(0),
@@ -102,7 +64,7 @@ impl ThreadPool {
                 let s = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("kiln-worker-{idx}"))
-                    .spawn(move || worker(s))
+                    .spawn(move || worker(s, idx))
                     .expect("spawning a worker thread")
             })
             .collect();
@@ -118,49 +80,39 @@ impl ThreadPool {
         self.shared.n_threads
     }
 
-    /// Runs `f(part, n_threads)` once for every part `0..n_threads`, each on whichever thread
-    /// claims it (the caller's included), and returns when all are done.
+    /// Runs `f(thread_index, n_threads)` on every thread and returns when all are done.
     ///
-    /// If any part panics, the panic is raised here, after every part has finished with `f`
-    /// (workers borrow it through a raw pointer; unwinding earlier would free it under
+    /// If any part panics, the panic is raised here, after every thread has finished with
+    /// `f` (workers borrow it through a raw pointer; unwinding earlier would free it under
     /// them), and the pool stays usable.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
-        let s = &*self.shared;
-        let n = s.n_threads;
+        let n = self.shared.n_threads;
         if n == 1 {
             f(0, 1);
             return;
         }
         let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         let task: &(dyn Fn(usize, usize) + Sync + '_) = &f;
-        // SAFETY: erase the lifetime; we wait below until every claimed part is done, and no
-        // part can be claimed once all are.
+        // SAFETY: erase the lifetime; we wait below until every worker has finished with it.
         let ptr: *const Task = unsafe {
             std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Task>(task)
         };
-        let ep = s.epoch.load(Ordering::Relaxed).wrapping_add(1);
-        let ep32 = ep as u32;
-        *s.task.lock().unwrap_or_else(|e| e.into_inner()) = Some((ep32, ptr));
-        s.done.store(0, Ordering::Release);
-        s.claims.store(u64::from(ep32) << 32, Ordering::Release);
+        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
+        self.shared.pending.store(n - 1, Ordering::Release);
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
-        s.epoch.store(ep, Ordering::SeqCst);
-        if s.sleepers.load(Ordering::SeqCst) > 0 {
-            let _l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.wake.notify_all();
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        if self.shared.sleepers.load(Ordering::SeqCst) > 0 {
+            let _l = self
+                .shared
+                .wake_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
         }
-        // The caller takes parts like any worker; a panic in one is kept for after the rest.
-        let mut mine = Ok(());
-        while let Some(part) = s.claim(ep32) {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part, n)));
-            if mine.is_ok() {
-                mine = r;
-            }
-            s.done.fetch_add(1, Ordering::AcqRel);
-        }
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
         let mut spins = 0usize;
-        while s.done.load(Ordering::Acquire) != n {
+        while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins += 1;
             if spins < SPIN {
                 std::hint::spin_loop();
@@ -168,18 +120,18 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
-        *s.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(payload) = mine {
-            s.panicked.store(false, Ordering::Release);
+            self.shared.panicked.store(false, Ordering::Release);
             std::panic::resume_unwind(payload);
         }
-        if s.panicked.swap(false, Ordering::AcqRel) {
+        if self.shared.panicked.swap(false, Ordering::AcqRel) {
             panic!("a CPU pool worker thread panicked (its message is above)");
         }
     }
 }
 
-fn worker(s: Arc<Shared>) {
+fn worker(s: Arc<Shared>, idx: usize) {
     let mut seen = 0usize;
     loop {
         let mut spins = 0usize;
@@ -210,22 +162,19 @@ fn worker(s: Arc<Shared>) {
                 spins = 0;
             }
         }
-        let Some((ep, ptr)) = *s.task.lock().unwrap_or_else(|e| e.into_inner()) else {
-            continue;
-        };
-        while let Some(part) = s.claim(ep) {
-            // SAFETY: `run` keeps the closure alive until every claimed part of its epoch is
-            // done, and this part is claimed and not yet done.
+        let ptr = *s.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ptr) = ptr {
+            // SAFETY: `run` keeps the closure alive until `pending` reaches zero.
             let f: &Task = unsafe { &*ptr };
-            // A panic must still count the part done, or `run` would wait for ever; it is
+            // A panic must still count the worker done, or `run` would wait for ever; it is
             // reported to the caller of `run` instead.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part, s.n_threads)))
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, s.n_threads)))
                 .is_err()
             {
                 s.panicked.store(true, Ordering::Release);
             }
-            s.done.fetch_add(1, Ordering::AcqRel);
         }
+        s.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
