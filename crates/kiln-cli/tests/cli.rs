@@ -207,17 +207,9 @@ fn cuda_device_without_a_gpu_is_a_clear_error() {
     }
 }
 
-/// `kiln quantize IN OUT --type TY`, which must succeed; returns its summary.
-fn quantize_ok(input: &std::path::Path, output: &std::path::Path, ty: &str) -> String {
-    let out = kiln()
-        .args([
-            "quantize",
-            input.to_str().unwrap(),
-            output.to_str().unwrap(),
-        ])
-        .args(["--type", ty])
-        .output()
-        .unwrap();
+/// The standard output of a kiln command that must succeed.
+fn succeeds(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -226,19 +218,26 @@ fn quantize_ok(input: &std::path::Path, output: &std::path::Path, ty: &str) -> S
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kiln quantize IN OUT --type TY`, which must succeed; returns its summary.
+fn quantize_ok(input: &std::path::Path, output: &std::path::Path, ty: &str) -> String {
+    succeeds(
+        kiln()
+            .args([
+                "quantize",
+                input.to_str().unwrap(),
+                output.to_str().unwrap(),
+            ])
+            .args(["--type", ty]),
+    )
+}
+
 /// The greedy continuation of "The capital of France is" by the model at `path`.
 fn capital_of_france(path: &std::path::Path) -> String {
-    let out = kiln()
-        .args(["run", "-m", path.to_str().unwrap(), "-n", "12"])
-        .args(["--temperature", "0", "--raw", "The capital of France is"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    succeeds(
+        kiln()
+            .args(["run", "-m", path.to_str().unwrap(), "-n", "12"])
+            .args(["--temperature", "0", "--raw", "The capital of France is"]),
+    )
 }
 
 #[test]

@@ -1654,12 +1654,14 @@ impl<R: Runner> Engine<R> {
                 } else {
                     verified_logit_row += n;
                     Choices::Logits(
-                        &self.verify_logits
+                        &mut self.verify_logits
                             [(verified_logit_row - n) * vocab..verified_logit_row * vocab],
                         vocab,
                     )
                 };
-                let (matched, reason) = verify(seq, &self.tok, choices, &mut self.scratch);
+                // The step's adjustments are spent: their vector is reused for the rows'.
+                let (matched, reason) =
+                    verify(seq, &self.tok, choices, &mut self.adjust, &mut self.scratch);
                 self.stats.accepted_tokens += matched as u64;
                 self.blocks
                     .register(&seq.table, &seq.tokens, seq.computed, &mut seq.registered);
@@ -1863,8 +1865,8 @@ enum Choices<'a> {
     /// The most likely token after the last token and after each proposal (a plain greedy
     /// request, chosen where the logits are).
     Greedy(&'a [u32]),
-    /// The rows of logits after each of them (`vocab` values a row), sampled here.
-    Logits(&'a [f32], usize),
+    /// The rows of logits after each of them (`vocab` values a row), sampled here, in place.
+    Logits(&'a mut [f32], usize),
 }
 
 /// Reads a verified step: the model's choice after the sequence's last token and after each
@@ -1876,7 +1878,8 @@ enum Choices<'a> {
 fn verify(
     seq: &mut Seq,
     tok: &Tokenizer,
-    choices: Choices<'_>,
+    mut choices: Choices<'_>,
+    adjust: &mut Vec<Adjust>,
     scratch: &mut Scratch,
 ) -> (usize, Option<FinishReason>) {
     let drafts = std::mem::take(&mut seq.drafts);
@@ -1888,17 +1891,14 @@ fn verify(
     }
     let mut matched = 0;
     let mut reason = None;
-    let mut adjust = Vec::new();
-    let mut row = Vec::new();
     for i in 0..=drafts.len() {
-        let sampled = match choices {
+        let sampled = match &mut choices {
             Choices::Greedy(c) => Sampled::token(c[i]),
             Choices::Logits(l, v) => {
                 adjust.clear();
-                let r = seq.sampler.row(&mut adjust);
-                row.clear();
-                row.extend_from_slice(&l[i * v..(i + 1) * v]);
-                kiln_model::sample::sample_row(&mut row, &r, None, &adjust, scratch)
+                let r = seq.sampler.row(adjust);
+                let row = &mut l[i * *v..(i + 1) * *v];
+                kiln_model::sample::sample_row(row, &r, None, adjust, scratch)
             }
         };
         // The KV of the token before this choice is now computed (the last token's, or
