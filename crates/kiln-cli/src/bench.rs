@@ -4,8 +4,10 @@ use std::time::Instant;
 
 use clap::Args;
 use kiln_engine::{EngineBuilder, EngineConfig, EngineHandle, Event, Request, SamplingParams};
+use kiln_model::loader::LoadedModel;
+use kiln_model::Backend;
 
-use crate::common::{load, peak_rss_mb, ModelArgs};
+use crate::common::{load_on, open, peak_rss_mb, weight_bytes, ModelArgs};
 
 /// Arguments of `kiln bench`.
 #[derive(Args, Debug)]
@@ -40,8 +42,14 @@ const CPU_CHUNK: usize = 256;
 /// Runs `kiln bench`: the figures of the engine that `kiln serve` runs.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let t_start = Instant::now();
-    let m = load(&a.model, true)?;
-    let load_s = t_start.elapsed().as_secs_f64();
+    let (path, device) = open(&a.model, true)?;
+    kiln_model::with_backend!(device, b => {
+        let m = load_on(&a.model, &path, b, true)?;
+        bench_on(&a, m, t_start.elapsed().as_secs_f64())
+    })
+}
+
+fn bench_on<B: Backend>(a: &BenchArgs, m: LoadedModel<B>, load_s: f64) -> anyhow::Result<()> {
     let cfg = m.model.cfg.clone();
     if a.prompt_tokens == 0 || a.gen_tokens == 0 {
         anyhow::bail!("--prompt-tokens and --gen-tokens must be at least 1");
@@ -92,11 +100,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         max_queue: 4 * a.batch,
         ..Default::default()
     };
-    let weights = m
-        .model
-        .backend
-        .held_weight_bytes()
-        .unwrap_or(m.weight_bytes);
+    let weights = weight_bytes(&m);
     let blocks = 2 * a.batch * (total.div_ceil(kiln_model::KV_BLOCK) + 1);
     let sizing = EngineBuilder {
         max_memory_bytes: 0,
@@ -331,8 +335,8 @@ fn run_engine(
 
 /// Decodes `gen` tokens after `prompt` again with per-component timing on; returns each
 /// component's seconds and share of the total.
-fn decode_breakdown(
-    m: &kiln_model::loader::LoadedModel<kiln_model::device::Device>,
+fn decode_breakdown<B: Backend>(
+    m: &LoadedModel<B>,
     prompt: &[u32],
     gen: usize,
 ) -> anyhow::Result<serde_json::Value> {
@@ -375,28 +379,16 @@ fn decode_breakdown(
 
 /// On a GPU: memory taken by the weights and by the KV cache (per 1,000 tokens and for one
 /// sequence at full context), and in use on the device now.
-fn gpu_memory(
-    m: &kiln_model::loader::LoadedModel<kiln_model::device::Device>,
-    _positions: usize,
-) -> Option<serde_json::Value> {
-    #[cfg(feature = "cuda")]
-    {
-        let g = m.model.backend.cuda()?;
-        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-        let per_block = m.model.kv_block_bytes() as f64;
-        let per_tok = per_block / kiln_model::KV_BLOCK as f64;
-        let (used, total) = g.memory_used().unwrap_or((0, 0));
-        Some(serde_json::json!({
-            "weights": mib(g.weight_bytes()),
-            "kv_per_1k_tokens": per_tok * 1000.0 / (1024.0 * 1024.0),
-            "kv_full_context": per_tok * m.model.cfg.context_length as f64 / (1024.0 * 1024.0),
-            "device_in_use": mib(used),
-            "device_total": mib(total),
-        }))
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = m;
-        None
-    }
+fn gpu_memory<B: Backend>(m: &LoadedModel<B>, _positions: usize) -> Option<serde_json::Value> {
+    let d = m.model.backend.memory()?;
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let per_block = m.model.kv_block_bytes() as f64;
+    let per_tok = per_block / kiln_model::KV_BLOCK as f64;
+    Some(serde_json::json!({
+        "weights": mib(d.weights),
+        "kv_per_1k_tokens": per_tok * 1000.0 / (1024.0 * 1024.0),
+        "kv_full_context": per_tok * m.model.cfg.context_length as f64 / (1024.0 * 1024.0),
+        "device_in_use": mib(d.in_use.unwrap_or(0)),
+        "device_total": mib(d.total.unwrap_or(0)),
+    }))
 }

@@ -7,6 +7,7 @@ use clap::Args;
 use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{LoadOptions, LoadedModel};
 use kiln_model::quantize::QuantType;
+use kiln_model::{Backend, ModelConfig};
 use std::sync::Arc;
 
 use kiln_engine::{
@@ -201,28 +202,37 @@ impl EngineArgs {
 
 /// Loads the model and starts an engine over it (on its own thread) with `builder`'s budget.
 pub fn start(args: &ModelArgs, builder: &EngineBuilder, quiet: bool) -> anyhow::Result<LoadedLm> {
-    start_with(args, builder.clone(), quiet, |_| 0)
+    start_with(args, builder.clone(), quiet, |_, _| 0)
 }
 
-/// [`start`], with `kv_bytes(model)` added to the budget once the model is known (0: the
-/// budget is `builder`'s alone).
+/// [`start`], with `kv_bytes(config, kv_block_bytes)` added to the budget once the model is
+/// known (0: the budget is `builder`'s alone).
 fn start_with(
     args: &ModelArgs,
+    builder: EngineBuilder,
+    quiet: bool,
+    kv_bytes: impl FnOnce(&ModelConfig, usize) -> usize,
+) -> anyhow::Result<LoadedLm> {
+    let (path, device) = open(args, quiet)?;
+    kiln_model::with_backend!(device, b => {
+        let m = load_on(args, &path, b, quiet)?;
+        start_on(args, m, builder, quiet, kv_bytes)
+    })
+}
+
+fn start_on<B: Backend>(
+    args: &ModelArgs,
+    m: LoadedModel<B>,
     mut builder: EngineBuilder,
     quiet: bool,
-    kv_bytes: impl FnOnce(&LoadedModel<Device>) -> usize,
+    kv_bytes: impl FnOnce(&ModelConfig, usize) -> usize,
 ) -> anyhow::Result<LoadedLm> {
-    let m = load(args, quiet)?;
-    let weights = m
-        .model
-        .backend
-        .held_weight_bytes()
-        .unwrap_or(m.weight_bytes);
+    let weights = weight_bytes(&m);
     let draft = match &args.draft {
         Some(spec) => Some(load_draft(spec, &m, quiet)?),
         None => None,
     };
-    let extra = kv_bytes(&m);
+    let extra = kv_bytes(&m.model.cfg, m.model.kv_block_bytes());
     if extra > 0 {
         builder.max_memory_bytes = weights + builder.activation_bytes(&m.model.cfg) + extra;
         if let Some(d) = &draft {
@@ -266,20 +276,29 @@ fn start_with(
     })
 }
 
+/// Bytes a loaded model's weights take where they live: a GPU's uploaded copy, or the
+/// file's mapping on the CPU.
+pub(crate) fn weight_bytes<B: Backend>(m: &LoadedModel<B>) -> usize {
+    m.model
+        .backend
+        .memory()
+        .map_or(m.weight_bytes, |d| d.weights)
+}
+
 /// A draft model loaded beside its target.
-pub(crate) struct Draft {
-    pub(crate) model: LoadedModel<Device>,
+pub(crate) struct Draft<B: Backend> {
+    pub(crate) model: LoadedModel<B>,
     /// Bytes its weights take where they live.
     pub(crate) weights: usize,
 }
 
 /// Loads the draft model `spec` on `target`'s device (its CPU threads, or its GPU) and
 /// checks that it shares the target's tokenizer.
-pub(crate) fn load_draft(
+pub(crate) fn load_draft<B: Backend>(
     spec: &str,
-    target: &LoadedModel<Device>,
+    target: &LoadedModel<B>,
     quiet: bool,
-) -> anyhow::Result<Draft> {
+) -> anyhow::Result<Draft<B>> {
     let path = kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?;
     let device = target.model.backend.sibling()?;
     if !quiet {
@@ -312,22 +331,31 @@ pub(crate) fn load_draft(
             m.name, m.model.cfg.n_layers, m.load_s
         );
     }
-    let weights = m
-        .model
-        .backend
-        .held_weight_bytes()
-        .unwrap_or(m.weight_bytes);
+    let weights = weight_bytes(&m);
     Ok(Draft { model: m, weights })
 }
 
 /// Resolves the model (a path, a Hub repo id, or the default model, fetched if needed) and
-/// loads it with the adapter and quantization asked for.
-pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<Device>> {
+/// opens the device it is to run on. The caller then loads it there, generic over the
+/// backend, under [`kiln_model::with_backend!`]: the one place the CLI dispatches on the
+/// device.
+pub fn open(args: &ModelArgs, quiet: bool) -> anyhow::Result<(PathBuf, Device)> {
     let path = match &args.model {
         Some(spec) => kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?,
         None => kiln_model::fetch::ensure_default_model(!quiet)?,
     };
     let device = Device::open_with_kv(args.device(), args.threads, args.kv_dtype)?;
+    Ok((path, device))
+}
+
+/// Loads the model at `path` on `backend` with the adapter, quantization and chat template
+/// `args` ask for.
+pub fn load_on<B: Backend>(
+    args: &ModelArgs,
+    path: &std::path::Path,
+    backend: B,
+    quiet: bool,
+) -> anyhow::Result<LoadedModel<B>> {
     if !quiet {
         eprint!("kiln: loading {} ... ", path.display());
     }
@@ -335,7 +363,7 @@ pub fn load(args: &ModelArgs, quiet: bool) -> anyhow::Result<LoadedModel<Device>
         lora: args.lora.clone(),
         quantize: args.quantize,
     };
-    let mut m = kiln_model::loader::load(&path, device, &opts)
+    let mut m = kiln_model::loader::load(path, backend, &opts)
         .with_context(|| format!("loading {}", path.display()))?;
     if let Some(f) = &args.chat_template {
         let source = std::fs::read_to_string(f)
@@ -471,9 +499,9 @@ pub fn single(args: &ModelArgs, quiet: bool, positions: Option<usize>) -> anyhow
             ..Default::default()
         },
     };
-    start_with(args, builder, quiet, |m| {
-        let ctx = m.model.cfg.context_length.min(32_768);
+    start_with(args, builder, quiet, |cfg, per_block| {
+        let ctx = cfg.context_length.min(32_768);
         let positions = positions.unwrap_or(ctx).min(ctx) + 2 * kiln_model::KV_BLOCK;
-        positions.div_ceil(kiln_model::KV_BLOCK) * m.model.kv_block_bytes()
+        positions.div_ceil(kiln_model::KV_BLOCK) * per_block
     })
 }

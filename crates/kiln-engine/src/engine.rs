@@ -139,6 +139,71 @@ pub trait Runner: Send {
     fn copy_block(&mut self, src: u32, dst: u32);
 }
 
+/// A runner chosen at run time (`Engine<Box<dyn Runner>>`, as the draft model is held).
+impl<R: Runner + ?Sized> Runner for Box<R> {
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+    fn context_length(&self) -> usize {
+        (**self).context_length()
+    }
+    fn block_size(&self) -> usize {
+        (**self).block_size()
+    }
+    fn n_blocks(&self) -> usize {
+        (**self).n_blocks()
+    }
+    fn step(
+        &mut self,
+        batch: &[Slice<'_>],
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        masks: &[u32],
+        out: &mut Vec<Sampled>,
+    ) -> Result<(), ModelError> {
+        (**self).step(batch, rows, adjust, masks, out)
+    }
+    fn overlaps(&self) -> bool {
+        (**self).overlaps()
+    }
+    fn start_pass(&mut self, batch: &[Slice<'_>]) -> Result<(), ModelError> {
+        (**self).start_pass(batch)
+    }
+    fn start_sampling(
+        &mut self,
+        rows: &[RowSampling],
+        adjust: &[Adjust],
+        masks: &[u32],
+    ) -> Result<(), ModelError> {
+        (**self).start_sampling(rows, adjust, masks)
+    }
+    fn finish(&mut self, out: &mut Vec<Sampled>) -> Result<(), ModelError> {
+        (**self).finish(out)
+    }
+    fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        (**self).step_all(batch, logits)
+    }
+    fn max_logit_rows(&self) -> usize {
+        (**self).max_logit_rows()
+    }
+    fn step_greedy_all(
+        &mut self,
+        batch: &[Slice<'_>],
+        out: &mut Vec<u32>,
+    ) -> Result<(), ModelError> {
+        (**self).step_greedy_all(batch, out)
+    }
+    fn step_hidden(&mut self, batch: &[Slice<'_>], out: &mut Vec<f32>) -> Result<(), ModelError> {
+        (**self).step_hidden(batch, out)
+    }
+    fn hidden_size(&self) -> usize {
+        (**self).hidden_size()
+    }
+    fn copy_block(&mut self, src: u32, dst: u32) {
+        (**self).copy_block(src, dst)
+    }
+}
+
 /// Constrained sequences a step gives each host thread computing masks: fewer are computed
 /// on the engine's thread alone.
 const MASKS_PER_THREAD: usize = 2;

@@ -9,25 +9,37 @@ use kiln_engine::{
     ScoreRequest, Slice,
 };
 use kiln_model::device::{Device, DeviceKind};
-use kiln_model::loader::{load, LoadOptions, LoadedModel};
+use kiln_model::loader::{load, LoadOptions};
 use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::tokenizer::Tokenizer;
-use kiln_model::ModelError;
+use kiln_model::{Backend, ModelError};
 
 /// The model the tests run: `KILN_TEST_MODEL` (a GGUF file or a model folder, e.g. a
 /// random-weight model of a larger shape on a GPU), the default model otherwise.
-fn load_model() -> LoadedModel<Device> {
-    let path = match std::env::var_os("KILN_TEST_MODEL") {
+fn model_path() -> std::path::PathBuf {
+    match std::env::var_os("KILN_TEST_MODEL") {
         Some(p) => std::path::PathBuf::from(p),
         None => kiln_model::fetch::ensure_default_model(true).unwrap(),
-    };
-    load(&path, test_device(0), &LoadOptions::default()).unwrap()
+    }
 }
 
-fn engine(max_batch_tokens: usize) -> Engine<ModelRunner<Device>> {
-    let m = load_model();
-    let tok = Arc::new(m.tokenizer);
-    let runner = ModelRunner::new(m.model, 64 << 20, max_batch_tokens, 16).unwrap();
+/// The model at `path` on the test device as the engine's runner (a KV pool of
+/// `kv_bytes`), and its tokenizer.
+fn runner(
+    path: &std::path::Path,
+    threads: usize,
+    kv_bytes: usize,
+    max_batch_tokens: usize,
+) -> (Box<dyn Runner>, Arc<Tokenizer>) {
+    kiln_model::with_backend!(test_device(threads), b => {
+        let m = load(path, b, &LoadOptions::default()).unwrap();
+        let r = ModelRunner::new(m.model, kv_bytes, max_batch_tokens, 16).unwrap();
+        (Box::new(r) as Box<dyn Runner>, Arc::new(m.tokenizer))
+    })
+}
+
+fn engine(max_batch_tokens: usize) -> Engine<Box<dyn Runner>> {
+    let (runner, tok) = runner(&model_path(), 0, 64 << 20, max_batch_tokens);
     Engine::new(
         runner,
         tok,
@@ -89,7 +101,7 @@ fn requests(tok: &Tokenizer) -> Vec<Request> {
         .collect()
 }
 
-fn run(e: &mut Engine<ModelRunner<Device>>, reqs: Vec<Request>) -> Vec<Vec<u32>> {
+fn run<R: Runner>(e: &mut Engine<R>, reqs: Vec<Request>) -> Vec<Vec<u32>> {
     let rxs: Vec<_> = reqs
         .into_iter()
         .map(|r| {
@@ -132,28 +144,31 @@ fn batched_equals_alone_on_the_real_model() {
     // The greedy request's answer also matches a plain greedy loop over the model alone
     // (one sequence, its own cache, the whole prompt in one pass).
     let prompt = &requests(&tok)[0].prompt;
-    let m = load_model();
-    let mut kv = m.model.new_kv(prompt.len() + 10).unwrap();
-    let mut st = m.model.new_state(prompt.len(), 1).unwrap();
-    m.model.forward(&mut st, &mut kv, prompt, 0, false).unwrap();
-    let mut ids = Vec::new();
-    loop {
-        let next = kiln_model::sample::argmax(&st.logits);
-        ids.push(next);
-        if ids.len() == 10 || tok.is_eog(next) {
-            break;
+    let ids = kiln_model::with_backend!(test_device(0), b => {
+        let m = load(&model_path(), b, &LoadOptions::default()).unwrap();
+        let mut kv = m.model.new_kv(prompt.len() + 10).unwrap();
+        let mut st = m.model.new_state(prompt.len(), 1).unwrap();
+        m.model.forward(&mut st, &mut kv, prompt, 0, false).unwrap();
+        let mut ids = Vec::new();
+        loop {
+            let next = kiln_model::sample::argmax(&st.logits);
+            ids.push(next);
+            if ids.len() == 10 || tok.is_eog(next) {
+                break;
+            }
+            let pos = prompt.len() + ids.len() - 1;
+            m.model
+                .forward(&mut st, &mut kv, &[next], pos, false)
+                .unwrap();
         }
-        let pos = prompt.len() + ids.len() - 1;
-        m.model
-            .forward(&mut st, &mut kv, &[next], pos, false)
-            .unwrap();
-    }
+        ids
+    });
     assert_eq!(ids, alone[0]);
 }
 
 /// The model runner, noting which passes each engine step ran.
 struct Watched {
-    inner: ModelRunner<Device>,
+    inner: Box<dyn Runner>,
     /// `'s'` for an ordinary pass, `'a'` for a teacher-forced one, in call order.
     calls: Vec<char>,
 }
@@ -196,15 +211,17 @@ impl Runner for Watched {
 
 /// ln p(tokens[p] | tokens[..p]) for p >= from, from one solo teacher-forced pass.
 fn solo_logprobs(tokens: &[u32], from: usize) -> Vec<f32> {
-    let m = load_model();
-    let model = &m.model;
-    let vocab = model.cfg.vocab_size;
-    let mut kv = model.new_kv(tokens.len()).unwrap();
-    let mut state = model.new_state(tokens.len(), tokens.len()).unwrap();
-    model.forward(&mut state, &mut kv, tokens, 0, true).unwrap();
+    let (state, vocab) = kiln_model::with_backend!(test_device(0), b => {
+        let m = load(&model_path(), b, &LoadOptions::default()).unwrap();
+        let model = &m.model;
+        let mut kv = model.new_kv(tokens.len()).unwrap();
+        let mut state = model.new_state(tokens.len(), tokens.len()).unwrap();
+        model.forward(&mut state, &mut kv, tokens, 0, true).unwrap();
+        (state.logits, model.cfg.vocab_size)
+    });
     (from..tokens.len())
         .map(|p| {
-            let row = &state.logits[(p - 1) * vocab..p * vocab];
+            let row = &state[(p - 1) * vocab..p * vocab];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let lse = max + row.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
             row[tokens[p] as usize] - lse
@@ -221,10 +238,9 @@ fn scored_text_matches_a_solo_teacher_forced_pass_amid_generation() {
         .map(|r| run(&mut alone_engine, vec![r]).remove(0))
         .collect();
 
-    let m = load_model();
     // A small token budget interleaves the scored chunks (16 logit rows each) with the
     // other requests' prefill and decode steps.
-    let runner = ModelRunner::new(m.model, 64 << 20, 24, 16).unwrap();
+    let (runner, _) = runner(&model_path(), 0, 64 << 20, 24);
     assert_eq!(runner.max_logit_rows(), 16);
     let mut e = Engine::new(
         Watched {
@@ -349,14 +365,7 @@ fn embeddings_match_transformers() {
     let root =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-model/tests/fixtures");
     for arch in ["tiny-qwen2", "tiny-llama", "tiny-phi3"] {
-        let m = load(
-            &root.join(arch).join("hf"),
-            test_device(2),
-            &LoadOptions::default(),
-        )
-        .unwrap();
-        let tok = Arc::new(m.tokenizer);
-        let runner = ModelRunner::new(m.model, 16 << 20, 7, 16).unwrap();
+        let (runner, tok) = runner(&root.join(arch).join("hf"), 2, 16 << 20, 7);
         let mut e = Engine::new(
             runner,
             tok,
@@ -465,7 +474,7 @@ fn prompt_lookup_copies_a_passage_as_plain_greedy_does() {
 /// proposals are taken. With `KILN_TEST_MODEL`, that model drafts for itself.
 #[test]
 fn a_draft_model_gives_the_plain_answers_on_the_real_model() {
-    let draft = load_model();
+    let draft_path = model_path();
     let target_path = match std::env::var_os("KILN_TEST_MODEL") {
         Some(p) => std::path::PathBuf::from(p),
         None => {
@@ -485,28 +494,26 @@ fn a_draft_model_gives_the_plain_answers_on_the_real_model() {
         }
     };
     let engine = |max_batch_tokens: usize, with_draft: bool| {
-        let t = load(&target_path, test_device(0), &LoadOptions::default()).unwrap();
-        let tok = Arc::new(t.tokenizer);
-        let runner = ModelRunner::new(t.model, 64 << 20, max_batch_tokens, 16).unwrap();
-        let e = Engine::new(
-            runner,
-            tok,
-            EngineConfig {
-                max_batch_tokens,
-                ..Default::default()
-            },
-        );
-        if !with_draft {
-            return e;
-        }
-        let d = load(
-            &draft.path,
-            e.runner().model().backend.sibling().unwrap(),
-            &LoadOptions::default(),
-        )
-        .unwrap();
-        let dr = ModelRunner::new(d.model, 64 << 20, max_batch_tokens, 16).unwrap();
-        e.with_draft(Box::new(dr)).unwrap()
+        kiln_model::with_backend!(test_device(0), b => {
+            let draft = with_draft.then(|| {
+                let d = load(&draft_path, b.sibling().unwrap(), &LoadOptions::default()).unwrap();
+                ModelRunner::new(d.model, 64 << 20, max_batch_tokens, 16).unwrap()
+            });
+            let t = load(&target_path, b, &LoadOptions::default()).unwrap();
+            let runner = ModelRunner::new(t.model, 64 << 20, max_batch_tokens, 16).unwrap();
+            let e = Engine::new(
+                Box::new(runner) as Box<dyn Runner>,
+                Arc::new(t.tokenizer),
+                EngineConfig {
+                    max_batch_tokens,
+                    ..Default::default()
+                },
+            );
+            match draft {
+                Some(dr) => e.with_draft(Box::new(dr)).unwrap(),
+                None => e,
+            }
+        })
     };
     let mut plain = engine(256, false);
     let tok = plain.tokenizer().clone();

@@ -19,25 +19,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split(',')
         .map(|s| s.trim().parse::<u32>())
         .collect::<Result<_, _>>()?;
-    let m = load(
-        std::path::Path::new(model),
-        Device::open(kind, 0)?,
-        &LoadOptions::default(),
-    )?;
-    let mut kv = m.model.new_kv(ids.len())?;
-    let mut st = m.model.new_state(ids.len(), ids.len())?;
-    m.model.forward(&mut st, &mut kv, &ids, 0, true)?;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
-    for v in &st.logits {
-        f.write_all(&v.to_le_bytes())?;
-    }
-    f.flush()?;
-    eprintln!(
-        "{} positions x {} logits from {} on {}",
-        ids.len(),
-        m.model.cfg.vocab_size,
-        m.name,
-        kiln_model::Backend::describe(&m.model.backend)
-    );
+    let device = Device::open(kind, 0)?;
+    kiln_model::with_backend!(device, b => {
+        let m = load(std::path::Path::new(model), b, &LoadOptions::default())?;
+        let mut kv = m.model.new_kv(ids.len())?;
+        let mut st = m.model.new_state(ids.len(), ids.len())?;
+        m.model.forward(&mut st, &mut kv, &ids, 0, true)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
+        for v in &st.logits {
+            f.write_all(&v.to_le_bytes())?;
+        }
+        f.flush()?;
+        eprintln!(
+            "{} positions x {} logits from {} on {}",
+            ids.len(),
+            m.model.cfg.vocab_size,
+            m.name,
+            kiln_model::Backend::describe(&m.model.backend)
+        );
+    });
     Ok(())
 }

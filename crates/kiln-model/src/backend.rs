@@ -156,6 +156,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// A short description (device, threads, features), for logs and benchmarks.
     fn describe(&self) -> String;
+    /// A second backend on the same device for another model run in turn with this one's
+    /// (a draft model): on the CPU the same threads, on a GPU the same GPU.
+    fn sibling(&self) -> Result<Self, ModelError>;
+    /// What the device's own memory holds, on a device with memory apart from the host's
+    /// (a GPU holds an uploaded copy of the weights); `None` where the weights are read in
+    /// place from the file's mapping (the CPU).
+    fn memory(&self) -> Option<DeviceMemory> {
+        None
+    }
     /// Takes a weight matrix into the backend's own layout (in place where it can).
     fn matrix(&self, t: RawTensor) -> Result<Self::Mat, ModelError>;
     /// An activation buffer holding `data` (norm weights, biases).
@@ -353,6 +362,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
             self.describe()
         )))
     }
+}
+
+/// Memory of a device apart from the host's (see [`Backend::memory`]), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// What the model's weights take there.
+    pub weights: usize,
+    /// In use on the device now (by every process), when the device tells.
+    pub in_use: Option<usize>,
+    /// The device's total, when it tells.
+    pub total: Option<usize>,
 }
 
 /// What identifies a recorded pass (with the KV pool it ran on): the state and its shape.

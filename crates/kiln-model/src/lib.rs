@@ -23,7 +23,9 @@ pub mod sample;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{Backend, FusedLayer, FusedRef, PagedSeq, PassKey, RawTensor, TensorBytes};
+pub use backend::{
+    Backend, DeviceMemory, FusedLayer, FusedRef, PagedSeq, PassKey, RawTensor, TensorBytes,
+};
 pub use config::{Arch, ModelConfig, RopeStyle};
 pub use decoder::{Breakdown, KvCache, Logits, Model, SeqInput, State, KV_BLOCK};
 pub use weights::{LayerWeights, Weights};

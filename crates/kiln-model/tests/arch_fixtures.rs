@@ -7,12 +7,16 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln_model::chat::ChatTemplate;
 use kiln_model::chat::Message;
 use kiln_model::device::{Device, DeviceKind};
-use kiln_model::loader::{load, LoadOptions, LoadedModel};
+use kiln_model::loader::{load, LoadOptions};
+use kiln_model::quantize::QuantReport;
 use kiln_model::quantize::QuantType;
 use kiln_model::tokenizer::TokenType;
+use kiln_model::tokenizer::Tokenizer;
 use kiln_model::{Arch, RopeStyle};
+use kiln_model::{Backend, Model, ModelConfig, ModelError};
 use serde::Deserialize;
 
 /// Largest |logit - reference| allowed with f32 weights (logits have a standard deviation of
@@ -75,12 +79,7 @@ enum Format {
     Gguf,
 }
 
-fn open(
-    arch: &str,
-    format: Format,
-    lora: bool,
-    quantize: Option<QuantType>,
-) -> LoadedModel<Device> {
+fn open(arch: &str, format: Format, lora: bool, quantize: Option<QuantType>) -> Opened {
     let dir = fixture(arch);
     let path = match format {
         Format::Hf => dir.join("hf"),
@@ -90,18 +89,46 @@ fn open(
         lora: lora.then(|| dir.join("lora")),
         quantize,
     };
-    load(&path, test_device(2), &opts)
+    load_test(&path, 2, &opts)
         .unwrap_or_else(|e| panic!("loading {} ({format:?}, lora {lora}): {e}", path.display()))
 }
 
+/// The model, as a function from prompts to logits.
+type LogitsFn = Box<dyn Fn(&[Prompt]) -> Vec<f32>>;
+
+/// A model loaded on the test device: what the tests read of it, and its logits.
+struct Opened {
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    quantized: Option<QuantReport>,
+    /// Every position's logits of every prompt (see [`all_logits`]).
+    logits: LogitsFn,
+}
+
+/// Loads `path` on the test device with `threads` CPU threads.
+fn load_test(path: &Path, threads: usize, opts: &LoadOptions) -> Result<Opened, ModelError> {
+    kiln_model::with_backend!(test_device(threads), b => {
+        let m = load(path, b, opts)?;
+        let model = m.model;
+        Ok(Opened {
+            cfg: model.cfg.clone(),
+            tokenizer: m.tokenizer,
+            template: m.template,
+            quantized: m.quantized,
+            logits: Box::new(move |prompts| all_logits(&model, prompts)),
+        })
+    })
+}
+
 /// Every position's logits of every reference prompt, in the reference's layout.
-fn all_logits(m: &LoadedModel<Device>, prompts: &[Prompt]) -> Vec<f32> {
+fn all_logits<B: Backend>(m: &Model<B>, prompts: &[Prompt]) -> Vec<f32> {
     let mut out = Vec::new();
     for p in prompts {
         let n = p.ids.len();
-        let mut kv = m.model.new_kv(n).unwrap();
-        let mut st = m.model.new_state(n, n).unwrap();
-        m.model.forward(&mut st, &mut kv, &p.ids, 0, true).unwrap();
+        let mut kv = m.new_kv(n).unwrap();
+        let mut st = m.new_state(n, n).unwrap();
+        m.forward(&mut st, &mut kv, &p.ids, 0, true).unwrap();
         out.extend_from_slice(&st.logits);
     }
     out
@@ -115,7 +142,7 @@ fn max_err(a: &[f32], b: &[f32]) -> f32 {
 fn check(arch: &str, format: Format, lora: bool) {
     let r = reference(arch);
     let m = open(arch, format, lora, None);
-    let cfg = &m.model.cfg;
+    let cfg = &m.cfg;
     assert_eq!(cfg.vocab_size, r.vocab_size);
     let want_arch = match arch {
         "llama" => Arch::Llama,
@@ -207,7 +234,7 @@ fn check(arch: &str, format: Format, lora: bool) {
         assert_ne!(chat_ids, chat.ids);
     }
 
-    let got = all_logits(&m, &r.prompts);
+    let got = (m.logits)(&r.prompts);
     let want = ref_logits(arch, if lora { "lora" } else { "base" });
     let err = max_err(&got, &want);
     eprintln!(
@@ -281,11 +308,11 @@ fn phi3_gguf_lora() {
 #[test]
 fn structure_matches_the_real_models() {
     let l = open("llama", Format::Hf, false, None);
-    assert_eq!((l.model.cfg.n_heads, l.model.cfg.n_kv_heads), (4, 1));
-    assert!(!l.model.cfg.qkv_bias);
+    assert_eq!((l.cfg.n_heads, l.cfg.n_kv_heads), (4, 1));
+    assert!(!l.cfg.qkv_bias);
     let q = open("qwen2", Format::Hf, false, None);
-    assert!(q.model.cfg.qkv_bias);
-    assert_eq!(q.model.cfg.rope_base, 1_000_000.0);
+    assert!(q.cfg.qkv_bias);
+    assert_eq!(q.cfg.rope_base, 1_000_000.0);
     assert!(q
         .tokenizer
         .is_eog(q.tokenizer.token_id("<|im_end|>").unwrap()));
@@ -335,8 +362,8 @@ fn half_precision(dtype: kiln_model::safetensors::Dtype, tol: f32) {
     for arch in ["llama", "qwen2", "phi3"] {
         let r = reference(arch);
         let dir = convert_folder(arch, dtype);
-        let m = load(&dir, test_device(2), &LoadOptions::default()).unwrap();
-        let err = max_err(&all_logits(&m, &r.prompts), &ref_logits(arch, "base"));
+        let m = load_test(&dir, 2, &LoadOptions::default()).unwrap();
+        let err = max_err(&(m.logits)(&r.prompts), &ref_logits(arch, "base"));
         eprintln!("{arch} {}: max |dlogit| = {err:.2e}", dtype.name());
         assert!(err <= tol, "{arch} {}: {err} > {tol}", dtype.name());
         std::fs::remove_dir_all(&dir).unwrap();
@@ -367,7 +394,7 @@ fn quantize_on_load() {
             let rep = m.quantized.clone().unwrap();
             assert_eq!(rep.kept, 0);
             assert!(rep.bytes_after < rep.bytes_before / 3, "{rep:?}");
-            let err = max_err(&all_logits(&m, &r.prompts), &ref_logits(arch, "lora"));
+            let err = max_err(&(m.logits)(&r.prompts), &ref_logits(arch, "lora"));
             eprintln!("{arch} {q:?}+lora: max |dlogit| = {err:.3} ({rep:?})");
             assert!(err <= tol, "{arch} {q:?}: {err} > {tol}");
         }
@@ -420,7 +447,7 @@ fn quantized_files_load_and_agree_with_the_reference() {
             assert_eq!(g.get_u64("general.file_type").unwrap(), want);
             drop(g);
             let a = open(arch, Format::Gguf, false, None);
-            let b = load(&out, test_device(2), &LoadOptions::default()).unwrap();
+            let b = load_test(&out, 2, &LoadOptions::default()).unwrap();
             let r = reference(arch);
             // The same tokenizer and chat template.
             for p in &r.prompts {
@@ -434,7 +461,7 @@ fn quantized_files_load_and_agree_with_the_reference() {
                 a.template.render(&msgs, true).unwrap(),
                 b.template.render(&msgs, true).unwrap()
             );
-            let err = max_err(&all_logits(&b, &r.prompts), &ref_logits(arch, "base"));
+            let err = max_err(&(b.logits)(&r.prompts), &ref_logits(arch, "base"));
             eprintln!("{arch} {ty:?}: max |dlogit| = {err:.4} ({rep:?})");
             assert!(err <= tol, "{arch} {ty:?}: {err} > {tol}");
             std::fs::remove_file(&out).unwrap();
@@ -443,7 +470,7 @@ fn quantized_files_load_and_agree_with_the_reference() {
 }
 
 fn load_err(path: &Path, opts: &LoadOptions) -> String {
-    match load(path, test_device(1), opts) {
+    match load_test(path, 1, opts) {
         Ok(_) => panic!("{} loaded", path.display()),
         Err(e) => e.to_string(),
     }
@@ -557,7 +584,7 @@ fn folder_errors_name_the_problem() {
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
     )
     .unwrap();
-    let m = load(&d, test_device(1), &LoadOptions::default()).unwrap();
+    let m = load_test(&d, 1, &LoadOptions::default()).unwrap();
     let msgs = [kiln_model::chat::Message::new("user", "hi")];
     let e = m.template.render(&msgs, true).unwrap_err().to_string();
     assert!(
@@ -571,7 +598,7 @@ fn folder_errors_name_the_problem() {
          {% set ns.s = ns.s ~ ns.s %}{% endfor %}{% endfor %}{{ ns.s }}",
     )
     .unwrap();
-    let m = load(&d, test_device(1), &LoadOptions::default()).unwrap();
+    let m = load_test(&d, 1, &LoadOptions::default()).unwrap();
     let e = m.template.render(&msgs, true).unwrap_err().to_string();
     assert!(
         e.contains("chat_template.jinja") && e.contains("stopped") && e.contains("MiB"),

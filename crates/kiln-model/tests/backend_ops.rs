@@ -42,11 +42,11 @@ fn rel(a: &[f32], b: &[f64]) -> f64 {
     (d / n.max(1e-30)).sqrt()
 }
 
-fn upload(b: &Device, v: &[f32]) -> kiln_model::device::DevAct {
+fn upload<B: Backend>(b: &B, v: &[f32]) -> B::Act {
     b.vector(v).unwrap()
 }
 
-fn read(b: &Device, a: &kiln_model::device::DevAct, n: usize) -> Vec<f32> {
+fn read<B: Backend>(b: &B, a: &B::Act, n: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; n];
     b.read(a, &mut out);
     b.finish().unwrap();
@@ -93,7 +93,7 @@ fn cfg(heads: usize, kv_heads: usize, hd: usize, rope_dim: usize, style: RopeSty
 }
 
 /// A pass's metadata for backends that keep it on the device.
-fn begin(b: &Device, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>], rows: &[usize]) {
+fn begin<B: Backend>(b: &B, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>], rows: &[usize]) {
     let n: usize = seqs.iter().map(|s| s.n).sum();
     let tokens: Vec<u32> = (0..n as u32).map(|i| i % c.vocab_size as u32).collect();
     b.begin_pass(c, max_t, &tokens, seqs, rows).unwrap();
@@ -101,7 +101,11 @@ fn begin(b: &Device, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>], rows:
 
 #[test]
 fn matmul_at_awkward_sizes() {
-    let (b, gpu) = device();
+    let (d, gpu) = device();
+    kiln_model::with_backend!(d, b => matmul_at_awkward_sizes_on(b, gpu))
+}
+
+fn matmul_at_awkward_sizes_on<B: Backend>(b: B, gpu: bool) {
     // The CPU rounds activations to 8 bits; the GPU rounds them to f16 beyond 8 rows.
     let tol = if gpu { 3e-3 } else { 2e-2 };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -160,7 +164,11 @@ fn matmul_at_awkward_sizes() {
 
 #[test]
 fn elementwise_norm_gather_and_argmax() {
-    let (b, _) = device();
+    let (d, _) = device();
+    kiln_model::with_backend!(d, b => elementwise_norm_gather_and_argmax_on(b))
+}
+
+fn elementwise_norm_gather_and_argmax_on<B: Backend>(b: B) {
     let mut rng = Rng(12345);
     let (n, dim) = (5usize, 203usize);
     let x = rng.vec(n * dim);
@@ -313,7 +321,11 @@ fn ref_rope(c: &ModelConfig, x: &mut [f64], heads: usize, pos: usize) {
 
 #[test]
 fn rope_and_paged_attention_prefill_then_decode() {
-    let (b, gpu) = device();
+    let (d, gpu) = device();
+    kiln_model::with_backend!(d, b => rope_and_paged_attention_prefill_then_decode_on(b, gpu))
+}
+
+fn rope_and_paged_attention_prefill_then_decode_on<B: Backend>(b: B, gpu: bool) {
     // The CPU also rounds queries and probabilities to f16, as llama.cpp does.
     let tol = if gpu { 2e-4 } else { 5e-3 };
     let mut rng = Rng(777);
@@ -422,7 +434,11 @@ fn rope_and_paged_attention_prefill_then_decode() {
 /// against the reference over each sequence's keys and values.
 #[test]
 fn decode_attention_of_many_rows() {
-    let (b, gpu) = device();
+    let (d, gpu) = device();
+    kiln_model::with_backend!(d, b => decode_attention_of_many_rows_on(b, gpu))
+}
+
+fn decode_attention_of_many_rows_on<B: Backend>(b: B, gpu: bool) {
     let tol = if gpu { 2e-4 } else { 5e-3 };
     let mut rng = Rng(4242);
     let c = cfg(14, 2, 64, 64, RopeStyle::Halves);
@@ -506,8 +522,12 @@ fn decode_attention_of_many_rows() {
 /// top-k, and log-probabilities agree to 1e-3.
 #[test]
 fn sample_matches_the_host_reference() {
+    let (d, _) = device();
+    kiln_model::with_backend!(d, b => sample_matches_the_host_reference_on(b))
+}
+
+fn sample_matches_the_host_reference_on<B: Backend>(b: B) {
     use kiln_model::sample::{sample_rows, Adjust, RowSampling, Scratch};
-    let (b, _gpu) = device();
     let mut rng = Rng(0x5A3D_1E55);
     // The last width has few distinct values: many equal logits at every boundary. Slices of
     // 262,144 / 16 logits are too large for shared memory and are read where they lie.
@@ -725,7 +745,11 @@ fn quant_matrix(
 /// of them than one task takes.
 #[test]
 fn matmul_many_equals_separate_products() {
-    let (b, _) = device();
+    let (d, _) = device();
+    kiln_model::with_backend!(d, b => matmul_many_equals_separate_products_on(b))
+}
+
+fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let c = ModelConfig {
         ffn_dim: 1024,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{load_gguf, LoadedModel};
+use kiln_model::Backend;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -26,11 +27,6 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
-fn model() -> LoadedModel<Device> {
-    let path = kiln_model::fetch::ensure_default_model(true).expect("default model");
-    load_gguf(&path, test_device(0)).expect("load default model")
-}
-
 /// Index of the first generated position whose reference top-1/top-2 margin is below 0.3.
 fn first_near_tie(c: &Case) -> usize {
     c.top5
@@ -41,7 +37,13 @@ fn first_near_tie(c: &Case) -> usize {
 
 #[test]
 fn golden_tokenization_greedy_and_logits() {
-    let m = model();
+    let path = kiln_model::fetch::ensure_default_model(true).expect("default model");
+    kiln_model::with_backend!(test_device(0), b => {
+        check(load_gguf(&path, b).expect("load default model"))
+    })
+}
+
+fn check<B: Backend>(m: LoadedModel<B>) {
     let cases = cases();
     assert_eq!(cases.len(), 5);
     let mut worst = 0f32;
@@ -117,7 +119,7 @@ fn test_device(threads: usize) -> Device {
 
 /// Greedy continuation of `prompt` by the model alone (one sequence, its own cache): up to
 /// `max` tokens, ending after an end token.
-fn greedy(m: &LoadedModel<Device>, prompt: &[u32], max: usize) -> Vec<u32> {
+fn greedy<B: Backend>(m: &LoadedModel<B>, prompt: &[u32], max: usize) -> Vec<u32> {
     let mut kv = m.model.new_kv(prompt.len() + max).expect("cache");
     let mut st = m.model.new_state(prompt.len(), 1).expect("state");
     m.model

@@ -568,6 +568,10 @@ impl Backend for CpuBackend {
         )
     }
 
+    fn sibling(&self) -> Result<Self, ModelError> {
+        Ok(self.sharing_threads())
+    }
+
     fn matrix(&self, t: RawTensor) -> Result<CpuMat, ModelError> {
         if !kernels::supported(t.ty) {
             return Err(ModelError::Unsupported(format!(

@@ -1190,6 +1190,19 @@ impl Backend for CudaBackend {
     type Mat = CudaMat;
     type KvPool = CudaKvPool;
 
+    fn sibling(&self) -> Result<Self, ModelError> {
+        CudaBackend::new(self.ordinal())
+    }
+
+    fn memory(&self) -> Option<crate::DeviceMemory> {
+        let used = self.memory_used();
+        Some(crate::DeviceMemory {
+            weights: self.weight_bytes(),
+            in_use: used.map(|u| u.0),
+            total: used.map(|u| u.1),
+        })
+    }
+
     fn describe(&self) -> String {
         format!(
             "CUDA {} ({}, {} SMs, {}{}{})",
