@@ -6,7 +6,7 @@
 //! the template fuel and the output cap; `render_marked` must locate contents exactly when
 //! it says it did.
 
-use kiln_model::chat::{ChatTemplate, Message};
+use kiln_tokenizer::chat::{ChatTemplate, Message};
 
 /// Checks one input.
 pub fn check(data: &[u8]) {

@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
-use kiln_model::chat::{ChatTemplate, Message, CHATML};
-use kiln_model::tokenizer::{TokenType, Tokenizer};
+use kiln_tokenizer::chat::{ChatTemplate, Message, CHATML};
+use kiln_tokenizer::{TokenType, Tokenizer};
 
 /// The tokenizers under test, built once.
 pub struct Tokenizers {

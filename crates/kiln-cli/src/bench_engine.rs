@@ -35,7 +35,7 @@ pub struct BenchEngineArgs {
     pub json: bool,
 }
 
-fn prompt(tok: &kiln_model::tokenizer::Tokenizer, n: usize, salt: usize) -> Vec<u32> {
+fn prompt(tok: &kiln_tokenizer::Tokenizer, n: usize, salt: usize) -> Vec<u32> {
     let text = format!(
         "Request {salt}: the committee reviewed the annual report, discussed the budget for the \
          coming year, and asked the engineers to explain how the new system handles load. "

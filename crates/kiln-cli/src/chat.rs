@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 
 use clap::Args;
-use kiln_model::chat::Message;
+use kiln_tokenizer::chat::Message;
 
 use crate::common::{ask, single, ModelArgs, SampleArgs};
 

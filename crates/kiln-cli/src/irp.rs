@@ -11,8 +11,8 @@ use kiln_irp::{
     score_and_store_with_model, Device, EngineGenerator, Irp, Memory, NewExchange, Profile,
     RefineResult, Refiner,
 };
-use kiln_model::chat::Message;
 use kiln_server::LoadedLm;
+use kiln_tokenizer::chat::Message;
 
 use crate::common::ModelArgs;
 use kiln_engine::{EngineBuilder, EngineConfig};

@@ -10,7 +10,7 @@ use clap::Args;
 use kiln_irp::{
     score_and_store_with_model, CandidateSpec, EngineGenerator, Generator, NewExchange,
 };
-use kiln_model::chat::Message;
+use kiln_tokenizer::chat::Message;
 use serde_json::{json, Value};
 
 use crate::common::peak_rss_mb;

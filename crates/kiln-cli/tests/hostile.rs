@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_model::chat::{ChatTemplate, Message};
-use kiln_model::tokenizer::Tokenizer;
+use kiln_tokenizer::chat::{ChatTemplate, Message};
+use kiln_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 mod common;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use kiln_engine::{Engine, EngineConfig, Request, Runner, SamplingParams, Slice};
 use kiln_model::sample::{Adjust, RowSampling, Sampled};
-use kiln_model::tokenizer::Tokenizer;
 use kiln_model::ModelError;
+use kiln_tokenizer::Tokenizer;
 
 struct Instant0 {
     n_blocks: usize,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_engine::{Constraint, Grammar, Grammars};
-use kiln_model::tokenizer::Tokenizer;
+use kiln_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use serde_json::json;
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use kiln_model::tokenizer::Tokenizer;
 use kiln_model::{Backend, Model, ModelError};
+use kiln_tokenizer::Tokenizer;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::runner::ModelRunner;

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use kiln_model::tokenizer::{TokenType, Tokenizer};
+use kiln_tokenizer::{TokenType, Tokenizer};
 use llguidance::api::{ParserLimits, TopLevelGrammar};
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};

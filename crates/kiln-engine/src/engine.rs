@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_model::sample::{Adjust, RowSampling, Sampled, Scratch};
-use kiln_model::tokenizer::{StreamDecoder, Tokenizer};
 use kiln_model::ModelError;
+use kiln_tokenizer::{StreamDecoder, Tokenizer};
 use serde::Serialize;
 
 use crate::blocks::{BlockManager, Registered};

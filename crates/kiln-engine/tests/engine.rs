@@ -9,8 +9,8 @@ use kiln_engine::{
     SamplingParams, ScoreRequest, Slice, SubmitError,
 };
 use kiln_model::sample::{Adjust, RowSampling, Sampled};
-use kiln_model::tokenizer::Tokenizer;
 use kiln_model::ModelError;
+use kiln_tokenizer::Tokenizer;
 
 /// A stand-in model: the "KV" of a position is the token written there; the logits of a
 /// position hash every KV entry visible through the block table.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_engine::{Engine, EngineConfig, EngineHandle, Request, SamplingParams};
-use kiln_model::tokenizer::Tokenizer;
+use kiln_tokenizer::Tokenizer;
 
 #[path = "support/panics.rs"]
 mod panics;

@@ -11,8 +11,8 @@ use kiln_engine::{
 use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{load, LoadOptions};
 use kiln_model::sample::{Adjust, RowSampling, Sampled};
-use kiln_model::tokenizer::Tokenizer;
 use kiln_model::{Backend, ModelError};
+use kiln_tokenizer::Tokenizer;
 
 /// The model the tests run: `KILN_TEST_MODEL` (a GGUF file or a model folder, e.g. a
 /// random-weight model of a larger shape on a GPU), the default model otherwise.

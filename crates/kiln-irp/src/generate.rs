@@ -7,8 +7,8 @@ use std::sync::{mpsc, Arc};
 
 use kiln_engine::FinishReason;
 use kiln_engine::{EngineHandle, Event, Request, SamplingParams, ScoreRequest};
-use kiln_model::chat::{ChatTemplate, Message};
-use kiln_model::tokenizer::Tokenizer;
+use kiln_tokenizer::chat::{ChatTemplate, Message};
+use kiln_tokenizer::Tokenizer;
 
 use crate::snarc::{Surprisal, SurpriseModel};
 use crate::IrpError;

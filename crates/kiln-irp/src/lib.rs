@@ -19,7 +19,7 @@ pub mod text;
 
 use std::time::Instant;
 
-use kiln_model::chat::Message;
+use kiln_tokenizer::chat::Message;
 
 pub use energy::{CandidateView, EnergyTerms, Term};
 pub use generate::{CandidateSpec, EngineGenerator, Generated, Generator};

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use kiln_engine::FinishReason;
-use kiln_model::chat::Message;
+use kiln_tokenizer::chat::Message;
 use serde::Serialize;
 
 use crate::energy::{energy, CandidateView, EnergyTerms};

@@ -8,7 +8,7 @@
 //! last three questions. Either way the first exchange of a conversation scores 0, and the
 //! explanation names the method and its numbers.
 
-use kiln_model::chat::Message;
+use kiln_tokenizer::chat::Message;
 use serde::Serialize;
 
 use crate::text::{is_stopword, terms, words, Embedding};

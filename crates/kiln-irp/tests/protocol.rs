@@ -181,7 +181,7 @@ fn refine_mode_shows_the_best_answer_so_far() {
     let r = Irp::new(p.clone(), &g)
         .run(
             "Why?",
-            &[kiln_model::chat::Message::new("system", "Be brief.")],
+            &[kiln_tokenizer::chat::Message::new("system", "Be brief.")],
         )
         .unwrap();
     let calls = g.calls.borrow();

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use kiln_engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
 use kiln_irp::snarc::model_surprise;
 use kiln_irp::{conversation, EngineGenerator, Irp, Memory, NewExchange, Profile, Refiner};
-use kiln_model::chat::ChatTemplate;
 use kiln_model::cpu::CpuBackend;
 use kiln_model::loader::load_gguf;
-use kiln_model::tokenizer::Tokenizer;
+use kiln_tokenizer::chat::ChatTemplate;
+use kiln_tokenizer::Tokenizer;
 
 struct Lm {
     engine: EngineHandle,
@@ -194,7 +194,8 @@ fn model_surprise_is_lower_for_a_question_the_history_predicts() {
     );
     let again = "Count from one to five.";
     let unrelated = "Recommend a good pasta recipe with mushrooms.";
-    let s = |conv: &[kiln_model::chat::Message], q: &str| model_surprise(&gen, conv, q).unwrap();
+    let s =
+        |conv: &[kiln_tokenizer::chat::Message], q: &str| model_surprise(&gen, conv, q).unwrap();
     let repeat = s(&counting, again);
     let other = s(&counting, unrelated);
     let elsewhere = s(&volcano, again);

@@ -69,7 +69,7 @@ pub struct ModelConfig {
 }
 
 /// Largest vocabulary accepted from a model file.
-pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_VOCAB: usize = kiln_tokenizer::MAX_VOCAB;
 
 /// Largest context length accepted from a model file.
 pub const MAX_CONTEXT: usize = 1 << 24;

@@ -16,9 +16,9 @@ use serde_json::Value;
 
 use crate::backend::{RawTensor, TensorBytes};
 use crate::safetensors::SafeTensors;
-use crate::tokenizer::Tokenizer;
 use crate::weights::TensorSource;
 use crate::{ModelConfig, ModelError};
+use kiln_tokenizer::Tokenizer;
 
 /// The sharded checkpoint's index file.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";

@@ -5,7 +5,6 @@
 //! choosing tokens with [`sample`] where the logits are.
 
 pub mod backend;
-pub mod chat;
 pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -16,11 +15,9 @@ pub mod fetch;
 pub mod hf;
 pub mod loader;
 pub mod lora;
-pub mod memguard;
 pub mod quantize;
 pub mod safetensors;
 pub mod sample;
-pub mod tokenizer;
 pub mod weights;
 
 pub use backend::{
@@ -38,7 +35,7 @@ pub enum ModelError {
     Gguf(#[from] kiln_gguf::GgufError),
     /// The tokenizer metadata is unusable.
     #[error(transparent)]
-    Tokenizer(#[from] tokenizer::TokenizerError),
+    Tokenizer(#[from] kiln_tokenizer::TokenizerError),
     /// A safetensors file is unreadable or malformed.
     #[error(transparent)]
     Safetensors(#[from] safetensors::SafetensorsError),
@@ -74,6 +71,6 @@ pub enum ModelError {
     #[error("out of memory allocating {0}")]
     OutOfMemory(String),
     /// The chat template failed.
-    #[error("chat template: {0}")]
-    Template(String),
+    #[error(transparent)]
+    Template(#[from] kiln_tokenizer::chat::TemplateError),
 }

@@ -9,13 +9,13 @@ use std::time::Instant;
 use kiln_gguf::GgufFile;
 
 use crate::backend::Backend;
-use crate::chat::{ChatTemplate, CHATML};
 use crate::hf::{self, HfTensors};
 use crate::lora::{Adapter, LoraSource};
 use crate::quantize::{quantize_weights, QuantReport, QuantType};
-use crate::tokenizer::Tokenizer;
 use crate::weights::{GgufSource, TensorSource};
 use crate::{Model, ModelConfig, ModelError, Weights};
+use kiln_tokenizer::chat::{ChatTemplate, CHATML};
+use kiln_tokenizer::Tokenizer;
 
 /// A model ready to run, with what it needs to talk.
 pub struct LoadedModel<B: Backend> {

@@ -7,16 +7,16 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_model::chat::ChatTemplate;
-use kiln_model::chat::Message;
 use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{load, LoadOptions};
 use kiln_model::quantize::QuantReport;
 use kiln_model::quantize::QuantType;
-use kiln_model::tokenizer::TokenType;
-use kiln_model::tokenizer::Tokenizer;
 use kiln_model::{Arch, RopeStyle};
 use kiln_model::{Backend, Model, ModelConfig, ModelError};
+use kiln_tokenizer::chat::ChatTemplate;
+use kiln_tokenizer::chat::Message;
+use kiln_tokenizer::TokenType;
+use kiln_tokenizer::Tokenizer;
 use serde::Deserialize;
 
 /// Largest |logit - reference| allowed with f32 weights (logits have a standard deviation of
@@ -585,7 +585,7 @@ fn folder_errors_name_the_problem() {
     )
     .unwrap();
     let m = load_test(&d, 1, &LoadOptions::default()).unwrap();
-    let msgs = [kiln_model::chat::Message::new("user", "hi")];
+    let msgs = [kiln_tokenizer::chat::Message::new("user", "hi")];
     let e = m.template.render(&msgs, true).unwrap_err().to_string();
     assert!(
         e.contains("chat_template.jinja") && e.contains("rendering failed"),

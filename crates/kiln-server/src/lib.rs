@@ -27,8 +27,8 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use kiln_engine::FinishReason;
 use kiln_engine::{EngineHandle, Event, Request, TokenLogprob, Usage};
-use kiln_model::chat::ChatTemplate;
-use kiln_model::tokenizer::Tokenizer;
+use kiln_tokenizer::chat::ChatTemplate;
+use kiln_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -577,7 +577,7 @@ async fn models(State(st): State<Shared>) -> Json<Value> {
                     "embeddings": l.engine.hidden_size() > 0,
                     "tools": grammars,
                     "response_format": grammars,
-                    "native_tool_template": l.template.tool_format() != kiln_model::chat::ToolFormat::Generic,
+                    "native_tool_template": l.template.tool_format() != kiln_tokenizer::chat::ToolFormat::Generic,
                 },
             })
         };
@@ -660,7 +660,7 @@ async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Respon
     let mut messages = req.messages.clone().unwrap_or_default();
     match &req.tools {
         Some(t) => t.add_to(&mut messages),
-        None if native == kiln_model::chat::ToolFormat::Generic => {
+        None if native == kiln_tokenizer::chat::ToolFormat::Generic => {
             tools::inline_calls(&mut messages)
         }
         None => {}

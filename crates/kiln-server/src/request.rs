@@ -1,7 +1,7 @@
 //! Reading OpenAI-style request bodies field by field, so that every error names its field.
 
 use kiln_engine::SamplingParams;
-use kiln_model::chat::Message;
+use kiln_tokenizer::chat::Message;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;

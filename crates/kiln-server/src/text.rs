@@ -30,7 +30,7 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
     let pieces = flag(&m, "with_pieces")?.unwrap_or(false);
     enum Input {
         Text(String, bool),
-        Chat(Vec<kiln_model::chat::Message>, Option<Value>, bool),
+        Chat(Vec<kiln_tokenizer::chat::Message>, Option<Value>, bool),
     }
     let input = if let Some(v) = m.get("messages").filter(|v| !v.is_null()) {
         let messages = chat_messages(Some(v))?;
@@ -47,7 +47,7 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
                 t.for_template()
             }
             None => {
-                if native == kiln_model::chat::ToolFormat::Generic {
+                if native == kiln_tokenizer::chat::ToolFormat::Generic {
                     crate::tools::inline_calls(&mut messages);
                 }
                 None

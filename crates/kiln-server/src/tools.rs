@@ -13,7 +13,7 @@
 //! chooses, and an answer in the format naming a listed function becomes the call.
 
 use kiln_engine::Grammar;
-use kiln_model::chat::{Message, ToolFormat};
+use kiln_tokenizer::chat::{Message, ToolFormat};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use kiln_engine::{Engine, EngineConfig, EngineHandle, Runner};
-use kiln_model::chat::{ChatTemplate, CHATML};
-use kiln_model::tokenizer::Tokenizer;
 use kiln_server::LoadedLm;
+use kiln_tokenizer::chat::{ChatTemplate, CHATML};
+use kiln_tokenizer::Tokenizer;
 
 pub fn tiny_lm<R: Runner + 'static>(
     runner: R,

@@ -8,8 +8,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::memguard::{self, Overrun};
-use crate::tokenizer::{TokenType, Tokenizer};
-use crate::ModelError;
+use crate::{TokenType, Tokenizer};
+
+/// A chat template that cannot be compiled or rendered; the message names the template
+/// (its file or the model's field) and what went wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("chat template: {0}")]
+pub struct TemplateError(pub String);
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -150,7 +155,7 @@ fn raise_exception(msg: String) -> Result<String, minijinja::Error> {
 
 impl ChatTemplate {
     /// Compiles `source`; `bos`/`eos` are the texts of those tokens, which templates use.
-    pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self, ModelError> {
+    pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self, TemplateError> {
         Self::with_origin(source, bos, eos, "the chat template")
     }
 
@@ -161,7 +166,7 @@ impl ChatTemplate {
         bos: &str,
         eos: &str,
         origin: &str,
-    ) -> Result<Self, ModelError> {
+    ) -> Result<Self, TemplateError> {
         let mut env = minijinja::Environment::new();
         // transformers renders templates with these two set; templates are written for them
         // (TinyLlama's, for one, puts each tag on its own line).
@@ -170,7 +175,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.set_fuel(Some(FUEL));
         env.add_template_owned("chat", source.to_owned())
-            .map_err(|e| ModelError::Template(format!("{origin}: cannot compile it: {e}")))?;
+            .map_err(|e| TemplateError(format!("{origin}: cannot compile it: {e}")))?;
         warm_up();
         Ok(ChatTemplate {
             inner: Arc::new(Inner {
@@ -186,7 +191,7 @@ impl ChatTemplate {
 
     /// Another template for the same model (its BOS and EOS texts kept), read from
     /// `origin`: a user's `--chat-template` file.
-    pub fn replaced(&self, source: &str, origin: &str) -> Result<Self, ModelError> {
+    pub fn replaced(&self, source: &str, origin: &str) -> Result<Self, TemplateError> {
         Self::with_origin(source, &self.inner.bos, &self.inner.eos, origin)
     }
 
@@ -201,7 +206,7 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Result<String, ModelError> {
+    ) -> Result<String, TemplateError> {
         self.render_with(messages, None, add_generation_prompt)
     }
 
@@ -217,10 +222,10 @@ impl ChatTemplate {
         messages: &[Message],
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
-    ) -> Result<String, ModelError> {
+    ) -> Result<String, TemplateError> {
         let origin = &self.inner.origin;
         if self.disabled.load(Ordering::Relaxed) {
-            return Err(ModelError::Template(format!(
+            return Err(TemplateError(format!(
                 "{origin}: disabled after a render went over its memory budget"
             )));
         }
@@ -245,7 +250,7 @@ impl ChatTemplate {
                 if over == Overrun::Memory {
                     self.disabled.store(true, Ordering::Relaxed);
                 }
-                Err(ModelError::Template(match over {
+                Err(TemplateError(match over {
                     Overrun::Memory => format!(
                         "{origin}: rendering was stopped: it took more than {} MiB for {} \
                          messages (strings built without end?); the template is disabled",
@@ -276,7 +281,7 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Result<Rendered, ModelError> {
+    ) -> Result<Rendered, TemplateError> {
         self.render_marked_with(messages, None, add_generation_prompt)
     }
 
@@ -285,7 +290,7 @@ impl ChatTemplate {
         messages: &[Message],
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
-    ) -> Result<Rendered, ModelError> {
+    ) -> Result<Rendered, TemplateError> {
         let text = self.render_with(messages, tools, add_generation_prompt)?;
         // A marker prefix that neither the template's output nor any content contains (the
         // real rendering holds both, unless the template drops a message).
@@ -335,7 +340,7 @@ impl ChatTemplate {
         tokenizer: &Tokenizer,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Result<Vec<u32>, ModelError> {
+    ) -> Result<Vec<u32>, TemplateError> {
         self.encode_with(tokenizer, messages, None, add_generation_prompt)
     }
 
@@ -348,9 +353,9 @@ impl ChatTemplate {
         messages: &[Message],
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
-    ) -> Result<Vec<u32>, ModelError> {
+    ) -> Result<Vec<u32>, TemplateError> {
         if let Some(t) = tools.and_then(|t| tokenizer.special_text_in(&t.to_string())) {
-            return Err(ModelError::Template(format!(
+            return Err(TemplateError(format!(
                 "tools contain the control token `{t}`; remove it"
             )));
         }
@@ -365,7 +370,7 @@ impl ChatTemplate {
                 m.name.as_deref().unwrap_or_default()
             );
             if let Some(t) = tokenizer.special_text_in(&extra) {
-                return Err(ModelError::Template(format!(
+                return Err(TemplateError(format!(
                     "messages[{i}] has tool calls or ids containing the control token `{t}`; remove it"
                 )));
             }
@@ -376,7 +381,7 @@ impl ChatTemplate {
             None => {
                 for (i, m) in messages.iter().enumerate() {
                     if let Some(t) = tokenizer.special_text_in(&m.content) {
-                        return Err(ModelError::Template(format!(
+                        return Err(TemplateError(format!(
                             "messages[{i}].content contains the control token `{t}`, and this \
                              model's template transforms message contents, so kiln cannot keep \
                              it from being read as one; remove it from the message"
@@ -394,7 +399,7 @@ impl ChatTemplate {
                 let base = self
                     .render_with(&neutral, tools, add_generation_prompt)
                     .map_err(|e| {
-                        ModelError::Template(format!(
+                        TemplateError(format!(
                             "this model's template transforms message contents and fails without \
                          them, so kiln cannot tell its control tokens from the messages': {e}"
                         ))
@@ -414,7 +419,7 @@ impl ChatTemplate {
                     specials(&tokenizer.encode(&base, true, true)),
                 );
                 if got > template {
-                    return Err(ModelError::Template(format!(
+                    return Err(TemplateError(format!(
                         "the messages' contents become {} control token(s) once this model's \
                          template transforms them; remove the text that spells them",
                         got - template
@@ -434,11 +439,11 @@ impl Inner {
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
         cap: usize,
-    ) -> Result<String, ModelError> {
+    ) -> Result<String, TemplateError> {
         let tmpl = self
             .env
             .get_template("chat")
-            .map_err(|e| ModelError::Template(format!("{}: {e}", self.origin)))?;
+            .map_err(|e| TemplateError(format!("{}: {e}", self.origin)))?;
         let mut out = Capped {
             buf: Vec::new(),
             cap,
@@ -456,17 +461,17 @@ impl Inner {
         )
         .map_err(|e| {
             if out.full {
-                ModelError::Template(format!(
+                TemplateError(format!(
                     "{}: rendering failed: the template wrote more than {cap} bytes for {} messages",
                     self.origin,
                     messages.len()
                 ))
             } else {
-                ModelError::Template(format!("{}: rendering failed: {e}", self.origin))
+                TemplateError(format!("{}: rendering failed: {e}", self.origin))
             }
         })?;
         String::from_utf8(out.buf).map_err(|_| {
-            ModelError::Template(format!(
+            TemplateError(format!(
                 "{}: rendering failed: output is not UTF-8",
                 self.origin
             ))

@@ -38,7 +38,10 @@ fn charge(n: usize) {
     let over = LIMIT
         .try_with(|limit| {
             let l = limit.get();
-            if l == 0 {
+            // A panicking thread is not stopped: its hook may be printing a backtrace under
+            // locks every other thread's panic needs (stopping it there hung the caller's own
+            // failure report with RUST_BACKTRACE=1); the panic ends the work anyway.
+            if l == 0 || std::thread::panicking() {
                 return false;
             }
             let used = USED.with(|u| {

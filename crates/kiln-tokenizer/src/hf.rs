@@ -154,7 +154,7 @@ impl Tokenizer {
         // Ids index a table of `n` entries: ids far past the number of entries would have a
         // small file allocate gigabytes (one id near 2^31 is 48 GiB of empty strings).
         let entries = by_id.len() + added.len();
-        if n > crate::config::MAX_VOCAB || n > 2 * entries + 1024 {
+        if n > crate::MAX_VOCAB || n > 2 * entries + 1024 {
             let field = if added.iter().any(|a| a.id as usize + 1 == n) {
                 "added_tokens"
             } else {

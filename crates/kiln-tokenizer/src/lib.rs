@@ -2,9 +2,12 @@
 //!
 //! Two families: byte-level BPE (`gpt2`, ranks from `tokenizer.ggml.merges`) and
 //! SentencePiece-style BPE (`llama`, byte fallback; merges by token score from GGUF, by merge
-//! rank from a Hugging Face `tokenizer.json`). [`hf`] reads `tokenizer.json`.
+//! rank from a Hugging Face `tokenizer.json`). [`hf`] reads `tokenizer.json`; [`chat`] renders
+//! a model's chat template into the text the tokenizer encodes.
 
+pub mod chat;
 pub mod hf;
+pub mod memguard;
 mod merge;
 mod pretok;
 
@@ -13,6 +16,10 @@ use std::ops::Range;
 
 use kiln_gguf::GgufFile;
 pub use pretok::PreTokenizer;
+
+/// The largest vocabulary a model file may declare (16M tokens): a bound on what a
+/// malformed file can make kiln allocate.
+pub const MAX_VOCAB: usize = 1 << 24;
 
 /// Errors building a tokenizer from model metadata.
 #[derive(Debug, thiserror::Error)]
