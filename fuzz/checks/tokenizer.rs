@@ -26,7 +26,7 @@ pub struct Tokenizers {
 
 /// Builds the tokenizers from the fixtures under `root` (the repository).
 pub fn load(root: &Path) -> Tokenizers {
-    let fx = root.join("crates/kiln-model/tests/fixtures");
+    let fx = root.join("tests/fixtures");
     let gguf = |arch: &str| {
         let f = kiln_gguf::GgufFile::open(fx.join(arch).join("model.gguf")).expect("fixture");
         Tokenizer::from_gguf(&f).expect("fixture tokenizer")

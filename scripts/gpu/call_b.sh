@@ -17,5 +17,5 @@ $K run --device cuda -n 40 --temperature 0 "Why is the sky blue?"
 echo "== refinement, 5 candidates x 200 tokens"
 $K profile --batch-ratio 5 --tokens 200 --repeat 3 --device cuda 2>&1 | tail -8
 echo "== compute-sanitizer"
-compute-sanitizer --tool memcheck --print-limit 5 "$B"/teacher_logits crates/kiln-model/tests/fixtures/tiny-qwen2/hf cuda 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20 /tmp/t.bin 2>&1 | tail -4
-compute-sanitizer --tool memcheck --print-limit 5 $K run --device cuda -m crates/kiln-model/tests/fixtures/tiny-qwen2/model.gguf -n 12 --temperature 0 --raw "hello there" 2>&1 | tail -4
+compute-sanitizer --tool memcheck --print-limit 5 "$B"/teacher_logits tests/fixtures/tiny-qwen2/hf cuda 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20 /tmp/t.bin 2>&1 | tail -4
+compute-sanitizer --tool memcheck --print-limit 5 $K run --device cuda -m tests/fixtures/tiny-qwen2/model.gguf -n 12 --temperature 0 --raw "hello there" 2>&1 | tail -4

@@ -5,7 +5,7 @@
 set -u
 . scripts/gpu/setup.sh
 K="$B/kiln"
-F=crates/kiln-model/tests/fixtures
+F=tests/fixtures
 mkdir -p "$OUT"
 python3 scripts/gpu/embed_reference.py $F "$OUT/embeddings.json"
 port=8190

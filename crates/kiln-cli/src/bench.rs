@@ -43,7 +43,7 @@ const CPU_CHUNK: usize = 256;
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let t_start = Instant::now();
     let (path, device) = open(&a.model, true)?;
-    kiln_model::with_backend!(device, b => {
+    kiln_engine::with_backend!(device, b => {
         let m = load_on(&a.model, &path, b, true)?;
         bench_on(&a, m, t_start.elapsed().as_secs_f64())
     })
@@ -72,7 +72,7 @@ fn bench_on<B: Backend>(a: &BenchArgs, m: LoadedModel<B>, load_s: f64) -> anyhow
                      step by step, why the sky is blue and how light scatters in the air. ";
     let base = m.tokenizer.encode(seed_text, false, false);
     let prompt: Vec<u32> = base.iter().cycle().take(a.prompt_tokens).copied().collect();
-    let gpu = a.model.device() != kiln_model::device::DeviceKind::Cpu;
+    let gpu = a.model.device() != kiln_engine::device::DeviceKind::Cpu;
     let chunk = a
         .prefill_chunk
         .unwrap_or(if gpu { a.prompt_tokens } else { CPU_CHUNK })

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use kiln_model::device::{Device, DeviceKind};
+use kiln_engine::device::{Device, DeviceKind};
 use kiln_model::loader::{LoadOptions, LoadedModel};
 use kiln_model::quantize::QuantType;
 use kiln_model::{Backend, ModelConfig};
@@ -41,7 +41,7 @@ pub struct ModelArgs {
     pub device: Option<DeviceKind>,
     /// KV cache values: f16 (default) or f32 (twice the memory, no rounding; CPU only).
     #[arg(long, default_value = "f16", value_parser = parse_kv)]
-    pub kv_dtype: kiln_model::cpu::KvDtype,
+    pub kv_dtype: kiln_cpu::KvDtype,
     /// A Jinja chat template file to use instead of the model's own (as transformers
     /// renders them: `messages`, `tools`, `add_generation_prompt`, `bos_token`, `eos_token`).
     #[arg(long)]
@@ -83,8 +83,8 @@ fn parse_draft_max(s: &str) -> Result<usize, String> {
 }
 
 /// `--kv-dtype`.
-pub fn parse_kv(s: &str) -> Result<kiln_model::cpu::KvDtype, String> {
-    kiln_model::cpu::KvDtype::from_name(s).ok_or_else(|| format!("`{s}`: expected f16 or f32"))
+pub fn parse_kv(s: &str) -> Result<kiln_cpu::KvDtype, String> {
+    kiln_cpu::KvDtype::from_name(s).ok_or_else(|| format!("`{s}`: expected f16 or f32"))
 }
 
 fn parse_quant(s: &str) -> Result<QuantType, String> {
@@ -214,7 +214,7 @@ fn start_with(
     kv_bytes: impl FnOnce(&ModelConfig, usize) -> usize,
 ) -> anyhow::Result<LoadedLm> {
     let (path, device) = open(args, quiet)?;
-    kiln_model::with_backend!(device, b => {
+    kiln_engine::with_backend!(device, b => {
         let m = load_on(args, &path, b, quiet)?;
         start_on(args, m, builder, quiet, kv_bytes)
     })
@@ -337,7 +337,7 @@ pub(crate) fn load_draft<B: Backend>(
 
 /// Resolves the model (a path, a Hub repo id, or the default model, fetched if needed) and
 /// opens the device it is to run on. The caller then loads it there, generic over the
-/// backend, under [`kiln_model::with_backend!`]: the one place the CLI dispatches on the
+/// backend, under [`kiln_engine::with_backend!`]: the one place the CLI dispatches on the
 /// device.
 pub fn open(args: &ModelArgs, quiet: bool) -> anyhow::Result<(PathBuf, Device)> {
     let path = match &args.model {

@@ -104,7 +104,7 @@ pub fn speculate(p: &mut Profile, lm: &ModelArgs) -> anyhow::Result<()> {
 pub fn start(lm: &ModelArgs, p: &Profile) -> anyhow::Result<LoadedLm> {
     let mut lm = lm.clone();
     if lm.device.is_none() && p.device == Device::Cuda {
-        lm.device = Some(kiln_model::device::DeviceKind::Cuda(0));
+        lm.device = Some(kiln_engine::device::DeviceKind::Cuda(0));
     }
     let builder = EngineBuilder {
         max_memory_bytes: p.max_memory_mb.saturating_mul(1 << 20),

@@ -189,7 +189,7 @@ fn cuda_device_without_a_gpu_is_a_clear_error() {
     );
     let gguf = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../kiln-model/tests/fixtures/tiny-qwen2/model.gguf"
+        "/../../tests/fixtures/tiny-qwen2/model.gguf"
     );
     let out = kiln()
         .args(["run", "--device", "cuda", "--model", gguf, "-n", "4", "hi"])

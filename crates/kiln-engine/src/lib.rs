@@ -2,10 +2,14 @@
 //! KV cache. It knows nothing of HTTP; the server, the CLI and refinement use this API.
 //! Besides generating, it scores texts ([`ScoreRequest`]): the log-probability of each token
 //! given those before it, in the same batches.
+//!
+//! [`device`] opens the backend chosen at run time (`kiln_cpu`, or `kiln_cuda` with the
+//! `cuda` feature) and [`with_backend!`] dispatches generic code to it, once.
 
 pub mod blocks;
 pub mod builder;
 pub mod constraint;
+pub mod device;
 pub mod engine;
 pub mod handle;
 pub mod runner;

@@ -4,11 +4,11 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use kiln_engine::device::{Device, DeviceKind};
 use kiln_engine::{
     Engine, EngineConfig, Event, ModelRunner, PromptScore, Request, Runner, SamplingParams,
     ScoreRequest, Slice,
 };
-use kiln_model::device::{Device, DeviceKind};
 use kiln_model::loader::{load, LoadOptions};
 use kiln_model::sample::{Adjust, RowSampling, Sampled};
 use kiln_model::{Backend, ModelError};
@@ -31,7 +31,7 @@ fn runner(
     kv_bytes: usize,
     max_batch_tokens: usize,
 ) -> (Box<dyn Runner>, Arc<Tokenizer>) {
-    kiln_model::with_backend!(test_device(threads), b => {
+    kiln_engine::with_backend!(test_device(threads), b => {
         let m = load(path, b, &LoadOptions::default()).unwrap();
         let r = ModelRunner::new(m.model, kv_bytes, max_batch_tokens, 16).unwrap();
         (Box::new(r) as Box<dyn Runner>, Arc::new(m.tokenizer))
@@ -144,7 +144,7 @@ fn batched_equals_alone_on_the_real_model() {
     // The greedy request's answer also matches a plain greedy loop over the model alone
     // (one sequence, its own cache, the whole prompt in one pass).
     let prompt = &requests(&tok)[0].prompt;
-    let ids = kiln_model::with_backend!(test_device(0), b => {
+    let ids = kiln_engine::with_backend!(test_device(0), b => {
         let m = load(&model_path(), b, &LoadOptions::default()).unwrap();
         let mut kv = m.model.new_kv(prompt.len() + 10).unwrap();
         let mut st = m.model.new_state(prompt.len(), 1).unwrap();
@@ -211,7 +211,7 @@ impl Runner for Watched {
 
 /// ln p(tokens[p] | tokens[..p]) for p >= from, from one solo teacher-forced pass.
 fn solo_logprobs(tokens: &[u32], from: usize) -> Vec<f32> {
-    let (state, vocab) = kiln_model::with_backend!(test_device(0), b => {
+    let (state, vocab) = kiln_engine::with_backend!(test_device(0), b => {
         let m = load(&model_path(), b, &LoadOptions::default()).unwrap();
         let model = &m.model;
         let mut kv = model.new_kv(tokens.len()).unwrap();
@@ -362,8 +362,7 @@ fn gpu_test() -> bool {
 fn embeddings_match_transformers() {
     let refs: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/embeddings.json")).unwrap();
-    let root =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-model/tests/fixtures");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     for arch in ["tiny-qwen2", "tiny-llama", "tiny-phi3"] {
         let (runner, tok) = runner(&root.join(arch).join("hf"), 2, 16 << 20, 7);
         let mut e = Engine::new(
@@ -494,7 +493,7 @@ fn a_draft_model_gives_the_plain_answers_on_the_real_model() {
         }
     };
     let engine = |max_batch_tokens: usize, with_draft: bool| {
-        kiln_model::with_backend!(test_device(0), b => {
+        kiln_engine::with_backend!(test_device(0), b => {
             let draft = with_draft.then(|| {
                 let d = load(&draft_path, b.sibling().unwrap(), &LoadOptions::default()).unwrap();
                 ModelRunner::new(d.model, 64 << 20, max_batch_tokens, 16).unwrap()

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use kiln_cpu::CpuBackend;
 use kiln_engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
 use kiln_irp::snarc::model_surprise;
 use kiln_irp::{conversation, EngineGenerator, Irp, Memory, NewExchange, Profile, Refiner};
-use kiln_model::cpu::CpuBackend;
 use kiln_model::loader::load_gguf;
 use kiln_tokenizer::chat::ChatTemplate;
 use kiln_tokenizer::Tokenizer;

@@ -1,4 +1,6 @@
-//! Llama-family decoder, tokenizer, chat template, compute backends and generation.
+//! Llama-family decoder: the configuration of each architecture, the weights, the backend
+//! contract every compute backend implements (`kiln-cpu`, `kiln-cuda`), loading from GGUF
+//! files and Hugging Face folders (with LoRA adapters), quantizing, and the host sampler.
 //!
 //! Data flows one way: a model file ([`kiln_gguf`]) gives a [`ModelConfig`] and
 //! [`Weights`]; a [`Backend`] takes them in as a [`Model`]; the engine (crate `kiln-engine`) drives it,
@@ -6,11 +8,7 @@
 
 pub mod backend;
 pub mod config;
-pub mod cpu;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod decoder;
-pub mod device;
 pub mod fetch;
 pub mod hf;
 pub mod loader;

@@ -405,7 +405,7 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
 
 /// `2^f` for `f` in [-0.5, 0.5]: the coefficients of a degree-6 polynomial, highest first
 /// (relative error about 2e-7). The CPU's vector `exp` uses them too.
-pub(crate) const EXP2_POLY: [f32; 7] = [
+pub const EXP2_POLY: [f32; 7] = [
     1.535_336_2e-4,
     1.339_887_4e-3,
     9.618_437e-3,

@@ -15,7 +15,7 @@ pub fn tiny_lm<R: Runner + 'static>(
     context: usize,
 ) -> LoadedLm {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../kiln-model/tests/fixtures/tiny-qwen2/model.gguf");
+        .join("../../tests/fixtures/tiny-qwen2/model.gguf");
     let f = kiln_gguf::GgufFile::open(fixture).unwrap();
     let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
     LoadedLm {

@@ -1,12 +1,12 @@
 //! The backend chosen at run time (`--device cpu|cuda`), and the one place where code
-//! generic over [`Backend`](crate::Backend) is dispatched to it: [`with_backend!`](crate::with_backend).
+//! generic over [`Backend`](kiln_model::Backend) is dispatched to it: [`with_backend!`](crate::with_backend).
 //! Everything below (the model, its passes, every operation) is then compiled for that
 //! backend alone; nothing re-dispatches per operation.
 
-use crate::cpu::CpuBackend;
+use kiln_cpu::{CpuBackend, KvDtype};
 #[cfg(feature = "cuda")]
-use crate::cuda::CudaBackend;
-use crate::ModelError;
+use kiln_cuda::CudaBackend;
+use kiln_model::ModelError;
 
 /// Where to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,16 +43,12 @@ pub enum Device {
 impl Device {
     /// Opens the device: `threads` is for the CPU.
     pub fn open(kind: DeviceKind, threads: usize) -> Result<Self, ModelError> {
-        Self::open_with_kv(kind, threads, crate::cpu::KvDtype::F16)
+        Self::open_with_kv(kind, threads, KvDtype::F16)
     }
 
     /// Opens the device with KV cache values stored as `kv` (f32 on the CPU only).
-    pub fn open_with_kv(
-        kind: DeviceKind,
-        threads: usize,
-        kv: crate::cpu::KvDtype,
-    ) -> Result<Self, ModelError> {
-        if kind != DeviceKind::Cpu && kv != crate::cpu::KvDtype::F16 {
+    pub fn open_with_kv(kind: DeviceKind, threads: usize, kv: KvDtype) -> Result<Self, ModelError> {
+        if kind != DeviceKind::Cpu && kv != KvDtype::F16 {
             return Err(ModelError::Unsupported(format!(
                 "a {} KV cache on the GPU (it keeps f16); use --kv-dtype f16 or --device cpu",
                 kv.name()
@@ -73,12 +69,12 @@ impl Device {
 /// Runs `$body` with `$b` bound to the backend `$device` holds (a [`Device`]), whatever it
 /// is: the body is compiled once for each backend and the device is matched once, here.
 /// This is the one dispatch on the device; everything the body calls (loading, the model's
-/// passes, every operation) is generic over [`Backend`](crate::Backend).
+/// passes, every operation) is generic over [`Backend`](kiln_model::Backend).
 ///
 /// ```no_run
-/// # use kiln_model::device::{Device, DeviceKind};
+/// # use kiln_engine::device::{Device, DeviceKind};
 /// let device = Device::open(DeviceKind::Cpu, 2)?;
-/// let described = kiln_model::with_backend!(device, b => kiln_model::Backend::describe(&b));
+/// let described = kiln_engine::with_backend!(device, b => kiln_model::Backend::describe(&b));
 /// # Ok::<(), kiln_model::ModelError>(())
 /// ```
 #[cfg(feature = "cuda")]

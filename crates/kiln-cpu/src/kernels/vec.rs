@@ -868,7 +868,7 @@ mod x86 {
         let k = _mm512_roundscale_ps::<0>(t);
         let f = _mm512_sub_ps(t, k);
         // 2^f on [-0.5, 0.5].
-        let poly = crate::sample::EXP2_POLY;
+        let poly = kiln_model::sample::EXP2_POLY;
         let mut p = _mm512_set1_ps(poly[0]);
         for &c in &poly[1..] {
             p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));

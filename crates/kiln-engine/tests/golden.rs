@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use kiln_model::device::{Device, DeviceKind};
+use kiln_engine::device::{Device, DeviceKind};
 use kiln_model::loader::{load_gguf, LoadedModel};
 use kiln_model::Backend;
 use serde::Deserialize;
@@ -38,7 +38,7 @@ fn first_near_tie(c: &Case) -> usize {
 #[test]
 fn golden_tokenization_greedy_and_logits() {
     let path = kiln_model::fetch::ensure_default_model(true).expect("default model");
-    kiln_model::with_backend!(test_device(0), b => {
+    kiln_engine::with_backend!(test_device(0), b => {
         check(load_gguf(&path, b).expect("load default model"))
     })
 }

@@ -1,12 +1,12 @@
 //! Teacher-forced logits of every position of a token sequence, written as raw little-endian
 //! f32 (`ids.len() * vocab` values): for comparing a backend with a reference (PyTorch).
 //!
-//! `cargo run --release -p kiln-model [--features cuda] --example teacher_logits -- MODEL cpu|cuda IDS OUT`
+//! `cargo run --release -p kiln-engine [--features cuda] --example teacher_logits -- MODEL cpu|cuda IDS OUT`
 //! where IDS is a comma-separated list of token ids.
 
 use std::io::Write;
 
-use kiln_model::device::{Device, DeviceKind};
+use kiln_engine::device::{Device, DeviceKind};
 use kiln_model::loader::{load, LoadOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.trim().parse::<u32>())
         .collect::<Result<_, _>>()?;
     let device = Device::open(kind, 0)?;
-    kiln_model::with_backend!(device, b => {
+    kiln_engine::with_backend!(device, b => {
         let m = load(std::path::Path::new(model), b, &LoadOptions::default())?;
         let mut kv = m.model.new_kv(ids.len())?;
         let mut st = m.model.new_state(ids.len(), ids.len())?;

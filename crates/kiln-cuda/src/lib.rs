@@ -26,10 +26,10 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use crate::backend::{Backend, FusedRef, PagedSeq, PassKey, RawTensor};
-use crate::config::RopeStyle;
-use crate::sample::{Adjust, RowSampling, Sampled, MAX_TOP_LOGPROBS};
-use crate::{ModelConfig, ModelError};
+use kiln_model::backend::{Backend, FusedRef, PagedSeq, PassKey, RawTensor};
+use kiln_model::config::RopeStyle;
+use kiln_model::sample::{Adjust, RowSampling, Sampled, MAX_TOP_LOGPROBS};
+use kiln_model::{ModelConfig, ModelError};
 
 /// Rows a pass may have for the matrix-vector kernel (more go to cuBLAS).
 pub const MV_ROWS: usize = 8;
@@ -931,7 +931,7 @@ impl CudaBackend {
             a.extend([
                 A::I(layer as i32),
                 A::I(cfg.n_layers as i32),
-                A::I(crate::KV_BLOCK as i32),
+                A::I(kiln_model::KV_BLOCK as i32),
             ]);
         };
         let mut a = vec![
@@ -1194,9 +1194,9 @@ impl Backend for CudaBackend {
         CudaBackend::new(self.ordinal())
     }
 
-    fn memory(&self) -> Option<crate::DeviceMemory> {
+    fn memory(&self) -> Option<kiln_model::DeviceMemory> {
         let used = self.memory_used();
-        Some(crate::DeviceMemory {
+        Some(kiln_model::DeviceMemory {
             weights: self.weight_bytes(),
             in_use: used.map(|u| u.0),
             total: used.map(|u| u.1),
@@ -1285,10 +1285,10 @@ impl Backend for CudaBackend {
         n_blocks: usize,
         block_size: usize,
     ) -> Result<CudaKvPool, ModelError> {
-        if block_size != crate::KV_BLOCK {
+        if block_size != kiln_model::KV_BLOCK {
             return Err(ModelError::Unsupported(format!(
                 "KV blocks of {block_size} positions (the CUDA kernels use {})",
-                crate::KV_BLOCK
+                kiln_model::KV_BLOCK
             )));
         }
         if cfg.head_dim > MAX_HD {

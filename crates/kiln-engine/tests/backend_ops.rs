@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use half::f16;
+use kiln_engine::device::{Device, DeviceKind};
 use kiln_gguf::GgmlType;
-use kiln_model::device::{Device, DeviceKind};
 use kiln_model::{Arch, Backend, ModelConfig, PagedSeq, RawTensor, RopeStyle, TensorBytes};
 
 struct Rng(u64);
@@ -102,7 +102,7 @@ fn begin<B: Backend>(b: &B, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>]
 #[test]
 fn matmul_at_awkward_sizes() {
     let (d, gpu) = device();
-    kiln_model::with_backend!(d, b => matmul_at_awkward_sizes_on(b, gpu))
+    kiln_engine::with_backend!(d, b => matmul_at_awkward_sizes_on(b, gpu))
 }
 
 fn matmul_at_awkward_sizes_on<B: Backend>(b: B, gpu: bool) {
@@ -165,7 +165,7 @@ fn matmul_at_awkward_sizes_on<B: Backend>(b: B, gpu: bool) {
 #[test]
 fn elementwise_norm_gather_and_argmax() {
     let (d, _) = device();
-    kiln_model::with_backend!(d, b => elementwise_norm_gather_and_argmax_on(b))
+    kiln_engine::with_backend!(d, b => elementwise_norm_gather_and_argmax_on(b))
 }
 
 fn elementwise_norm_gather_and_argmax_on<B: Backend>(b: B) {
@@ -322,7 +322,7 @@ fn ref_rope(c: &ModelConfig, x: &mut [f64], heads: usize, pos: usize) {
 #[test]
 fn rope_and_paged_attention_prefill_then_decode() {
     let (d, gpu) = device();
-    kiln_model::with_backend!(d, b => rope_and_paged_attention_prefill_then_decode_on(b, gpu))
+    kiln_engine::with_backend!(d, b => rope_and_paged_attention_prefill_then_decode_on(b, gpu))
 }
 
 fn rope_and_paged_attention_prefill_then_decode_on<B: Backend>(b: B, gpu: bool) {
@@ -435,7 +435,7 @@ fn rope_and_paged_attention_prefill_then_decode_on<B: Backend>(b: B, gpu: bool) 
 #[test]
 fn decode_attention_of_many_rows() {
     let (d, gpu) = device();
-    kiln_model::with_backend!(d, b => decode_attention_of_many_rows_on(b, gpu))
+    kiln_engine::with_backend!(d, b => decode_attention_of_many_rows_on(b, gpu))
 }
 
 fn decode_attention_of_many_rows_on<B: Backend>(b: B, gpu: bool) {
@@ -523,7 +523,7 @@ fn decode_attention_of_many_rows_on<B: Backend>(b: B, gpu: bool) {
 #[test]
 fn sample_matches_the_host_reference() {
     let (d, _) = device();
-    kiln_model::with_backend!(d, b => sample_matches_the_host_reference_on(b))
+    kiln_engine::with_backend!(d, b => sample_matches_the_host_reference_on(b))
 }
 
 fn sample_matches_the_host_reference_on<B: Backend>(b: B) {
@@ -746,7 +746,7 @@ fn quant_matrix(
 #[test]
 fn matmul_many_equals_separate_products() {
     let (d, _) = device();
-    kiln_model::with_backend!(d, b => matmul_many_equals_separate_products_on(b))
+    kiln_engine::with_backend!(d, b => matmul_many_equals_separate_products_on(b))
 }
 
 fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use half::f16;
 
-use crate::backend::{Backend, PagedSeq, RawTensor, TensorBytes};
-use crate::config::RopeStyle;
-use crate::{ModelConfig, ModelError};
 use kernels::vec::KvElem;
+use kiln_model::backend::{Backend, PagedSeq, RawTensor, TensorBytes};
+use kiln_model::config::RopeStyle;
+use kiln_model::{ModelConfig, ModelError};
 pub use pool::{split_range, ThreadPool};
 
 /// Runs the decoder on the CPU.
@@ -214,7 +214,7 @@ impl<T> SyncPtr<T> {
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's sampler scratch space.
-    static SAMPLE: RefCell<crate::sample::Scratch> = RefCell::new(Default::default());
+    static SAMPLE: RefCell<kiln_model::sample::Scratch> = RefCell::new(Default::default());
     /// One row of bytes, for rows interleaved for a kernel and read back.
     static SCRATCH_BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's rotary angles of the last positions it rotated.
@@ -790,7 +790,7 @@ impl Backend for CpuBackend {
         out.extend(
             x[..rows * width]
                 .chunks_exact(width.max(1))
-                .map(crate::sample::argmax),
+                .map(kiln_model::sample::argmax),
         );
     }
 
@@ -798,16 +798,16 @@ impl Backend for CpuBackend {
         &self,
         logits: &mut Vec<f32>,
         width: usize,
-        rows: &[crate::sample::RowSampling],
-        adjust: &[crate::sample::Adjust],
+        rows: &[kiln_model::sample::RowSampling],
+        adjust: &[kiln_model::sample::Adjust],
         masks: &[u32],
-        out: &mut Vec<crate::sample::Sampled>,
+        out: &mut Vec<kiln_model::sample::Sampled>,
     ) {
         // The logits are already in host memory: sampled in place, the rows shared out over
         // the pool (each row's draw depends on the row alone, so not on the split).
         let n = rows.len().min(logits.len() / width.max(1));
         out.clear();
-        out.resize(n, crate::sample::Sampled::token(0));
+        out.resize(n, kiln_model::sample::Sampled::token(0));
         let optr = SyncPtr(out.as_mut_ptr());
         let lptr = SyncPtr(logits.as_mut_ptr());
         self.pool.run(|i, nt| {
@@ -820,8 +820,8 @@ impl Backend for CpuBackend {
                     let row = unsafe { std::slice::from_raw_parts_mut(lptr.at(r * width), width) };
                     let (a0, na) = (p.adjust.0 as usize, p.adjust.1 as usize);
                     let adj = adjust.get(a0..a0 + na).unwrap_or(&[]);
-                    let mask = crate::sample::mask_row(masks, width, p.mask);
-                    let v = crate::sample::sample_row(row, p, mask, adj, &mut s);
+                    let mask = kiln_model::sample::mask_row(masks, width, p.mask);
+                    let v = kiln_model::sample::sample_row(row, p, mask, adj, &mut s);
                     unsafe { optr.write(r, v) };
                 }
             });

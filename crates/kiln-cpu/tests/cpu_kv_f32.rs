@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use kiln_model::cpu::{CpuBackend, KvDtype};
+use kiln_cpu::{CpuBackend, KvDtype};
 use kiln_model::loader::{load, load_gguf, LoadOptions, LoadedModel};
 use kiln_model::{Backend, Logits, SeqInput, KV_BLOCK};
 use serde::Deserialize;
@@ -26,7 +26,7 @@ struct Reference {
 
 fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../../tests/fixtures")
         .join(format!("tiny-{arch}"))
 }
 
@@ -231,7 +231,7 @@ fn copied_blocks_continue_the_sequence() {
         let mut st = model.new_state(n, n).unwrap();
         let own = [0u32, 1, 2];
         let run = |st: &mut kiln_model::State<CpuBackend>,
-                   pool: &mut kiln_model::cpu::CpuKvPool,
+                   pool: &mut kiln_cpu::CpuKvPool,
                    tokens: &[u32],
                    pos0: usize,
                    blocks: &[u32]| {

@@ -9,7 +9,7 @@ use kiln_gguf::GgmlType;
 use super::kernels::{self, Fmt, Isa, Layout, QAct, Tiles};
 use super::pool::{split_range, ThreadPool};
 use super::SyncPtr;
-use crate::backend::RawTensor;
+use kiln_model::backend::RawTensor;
 
 thread_local! {
     /// The calling thread's quantized activations; grows to the largest input and stays.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaModule};
 use cudarc::nvrtc::Ptx;
 
-use crate::ModelError;
+use kiln_model::ModelError;
 
 /// The kernel source, compiled at run time: the model's kernels, then sampling's.
 pub const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("sample.cu"));

@@ -6,8 +6,8 @@
 //! kernel that forgot would read stale data on sm_90 only, and only sometimes.
 
 const SOURCES: [(&str, &str); 2] = [
-    ("kernels.cu", include_str!("../src/cuda/kernels.cu")),
-    ("sample.cu", include_str!("../src/cuda/sample.cu")),
+    ("kernels.cu", include_str!("../src/kernels.cu")),
+    ("sample.cu", include_str!("../src/sample.cu")),
 ];
 
 /// The body of the function whose header starts at `at`: from its first `{` to the matching `}`.
@@ -118,8 +118,8 @@ fn rust_const(src: &str, after: &str, name: &str) -> String {
 /// would let the kernels write past them without an error.
 #[test]
 fn the_host_sizes_buffers_with_the_kernels_layouts() {
-    let cu = include_str!("../src/cuda/sample.cu");
-    let rs = include_str!("../src/cuda/mod.rs");
+    let cu = include_str!("../src/sample.cu");
+    let rs = include_str!("../src/lib.rs");
     for (c, r) in [
         ("SAMPLE_ROW_WORDS", "ROW"),
         ("SAMPLE_PARTS", "PARTS"),
@@ -137,7 +137,7 @@ fn the_host_sizes_buffers_with_the_kernels_layouts() {
         kiln_model::sample::MAX_TOP_LOGPROBS
     );
     // k_mvr's outputs per warp, used for its grid on the host.
-    let k = include_str!("../src/cuda/kernels.cu");
+    let k = include_str!("../src/kernels.cu");
     assert_eq!(define(k, "MVR_OUT(N)"), "((N) <= 4 ? 4 : 2)");
     assert!(rs.contains("fn mvr_out(n: usize) -> usize {\n    if n <= 4 {\n        4\n    } else {\n        2\n    }"));
 }

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_model::device::{Device, DeviceKind};
+use kiln_engine::device::{Device, DeviceKind};
 use kiln_model::loader::{load, LoadOptions};
 use kiln_model::quantize::QuantReport;
 use kiln_model::quantize::QuantType;
@@ -55,7 +55,7 @@ struct Reference {
 
 fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../../tests/fixtures")
         .join(format!("tiny-{arch}"))
 }
 
@@ -108,7 +108,7 @@ struct Opened {
 
 /// Loads `path` on the test device with `threads` CPU threads.
 fn load_test(path: &Path, threads: usize, opts: &LoadOptions) -> Result<Opened, ModelError> {
-    kiln_model::with_backend!(test_device(threads), b => {
+    kiln_engine::with_backend!(test_device(threads), b => {
         let m = load(path, b, opts)?;
         let model = m.model;
         Ok(Opened {

@@ -2,7 +2,7 @@
 //! (one token: decode) and GMAC/s (many tokens: prefill), on a matrix that fits in cache
 //! and on one that does not.
 //!
-//! `cargo run --release -p kiln-model --example kernels -- [threads] [batch|sample|attention]`
+//! `cargo run --release -p kiln-cpu --example kernels -- [threads] [batch|sample|attention]`
 //! (`KILN_CPU_ISA=scalar|avx2|avx512` picks a lesser instruction set): with a second
 //! argument, products at 1 to 8 tokens, the host sampler on one row, or decode attention.
 
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use half::f16;
+use kiln_cpu::CpuBackend;
 use kiln_gguf::GgmlType;
-use kiln_model::cpu::CpuBackend;
 use kiln_model::{
     Arch, Backend, ModelConfig, PagedSeq, RawTensor, RopeStyle, TensorBytes, KV_BLOCK,
 };

@@ -2,9 +2,9 @@
 //! products and exact f32 ones, on a prompt: a quick check that kernel changes stay
 //! within quantization noise.
 //!
-//! `cargo run --release -p kiln-model --example logit_diff -- [MODEL.gguf] ["prompt"]`
+//! `cargo run --release -p kiln-cpu --example logit_diff -- [MODEL.gguf] ["prompt"]`
 
-use kiln_model::cpu::CpuBackend;
+use kiln_cpu::CpuBackend;
 use kiln_model::loader::load_gguf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
