@@ -5,7 +5,7 @@
 //! panic or an allocation the file's size does not justify; what it accepts must be
 //! readable: every tensor's bytes inside the file, and small float tensors convertible.
 
-use kiln_model::safetensors::SafeTensors;
+use kiln_formats::safetensors::SafeTensors;
 
 /// Checks one input.
 pub fn check(data: &[u8]) {

@@ -28,7 +28,8 @@ pub struct Tokenizers {
 pub fn load(root: &Path) -> Tokenizers {
     let fx = root.join("tests/fixtures");
     let gguf = |arch: &str| {
-        let f = kiln_gguf::GgufFile::open(fx.join(arch).join("model.gguf")).expect("fixture");
+        let f =
+            kiln_formats::gguf::GgufFile::open(fx.join(arch).join("model.gguf")).expect("fixture");
         Tokenizer::from_gguf(&f).expect("fixture tokenizer")
     };
     let hf = fx.join("tiny-phi3/hf");

@@ -2,7 +2,7 @@
 //! the file hands out. Any panic, overflow, out-of-memory or timeout is a bug.
 #![no_main]
 
-use kiln_gguf::{GgufFile, Value};
+use kiln_formats::gguf::{GgufFile, Value};
 use libfuzzer_sys::fuzz_target;
 
 /// Touches every value, nested arrays included.

@@ -47,7 +47,7 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         );
     }
     let t0 = Instant::now();
-    let file = kiln_gguf::GgufFile::open(&a.input)?;
+    let file = kiln_formats::gguf::GgufFile::open(&a.input)?;
     let bar = ProgressBar::new(file.tensors().len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}")
             .expect("a valid template"),

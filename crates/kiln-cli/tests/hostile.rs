@@ -112,7 +112,7 @@ fn settled_rss_kib(pid: u32) -> u64 {
 /// The default model's tokenizer and template, to know what the server should have built.
 fn model_text() -> (Tokenizer, ChatTemplate) {
     let path = kiln_model::fetch::ensure_default_model(true).unwrap();
-    let f = kiln_gguf::GgufFile::open(&path).unwrap();
+    let f = kiln_formats::gguf::GgufFile::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&f).unwrap();
     let text = |id: Option<u32>| {
         id.and_then(|i| tok.token_text(i))

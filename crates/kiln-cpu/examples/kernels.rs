@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use half::f16;
 use kiln_cpu::CpuBackend;
-use kiln_gguf::GgmlType;
+use kiln_formats::gguf::GgmlType;
 use kiln_model::{
     Arch, Backend, ModelConfig, PagedSeq, RawTensor, RopeStyle, TensorBytes, KV_BLOCK,
 };

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use half::f16;
-use kiln_gguf::GgmlType;
+use kiln_formats::gguf::GgmlType;
 
 use super::kernels::{self, Fmt, Isa, Layout, QAct, Tiles};
 use super::pool::{split_range, ThreadPool};

@@ -1037,7 +1037,7 @@ impl CudaBackend {
 
     /// Weights as f16 values (converted from any block format).
     fn f16_bytes(t: &RawTensor) -> Result<Vec<u8>, ModelError> {
-        use kiln_gguf::GgmlType;
+        use kiln_formats::gguf::GgmlType;
         if t.ty == GgmlType::F16 {
             return Ok(t.data.as_slice().to_vec());
         }
@@ -2021,7 +2021,7 @@ impl Backend for CudaBackend {
 
 /// The family the quantized kernels read for these parts (all of one), if any.
 fn quant_bits(parts: &[&RawTensor]) -> Option<i32> {
-    use kiln_gguf::GgmlType as T;
+    use kiln_formats::gguf::GgmlType as T;
     let bits = |t: T| match t {
         T::Q4_0 | T::Q4_1 | T::Q4_K => Some(4),
         T::Q8_0 => Some(8),
@@ -2043,7 +2043,7 @@ fn repack(
     sc: &mut Vec<f32>,
     mn: &mut Vec<f32>,
 ) -> Result<(), ModelError> {
-    use kiln_gguf::GgmlType as T;
+    use kiln_formats::gguf::GgmlType as T;
     let f16 = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     let data = t.data.as_slice();
     let (block_vals, block_bytes) = match t.ty {
@@ -2094,7 +2094,7 @@ fn repack(
                 for j in 0..4 {
                     let src = &qs[32 * j..32 * j + 32];
                     for (half, shift) in [(0usize, 0u8), (1, 4)] {
-                        let (s, m) = kiln_gguf::quant::k_scale_min(2 * j + half, scales);
+                        let (s, m) = kiln_formats::gguf::quant::k_scale_min(2 * j + half, scales);
                         let v = |i: usize| (src[i] >> shift) & 15;
                         q.extend((0..16).map(|i| v(i) | (v(i + 16) << 4)));
                         sc.push(d * f32::from(s));

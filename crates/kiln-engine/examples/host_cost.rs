@@ -60,7 +60,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(256);
     let path = kiln_model::fetch::ensure_default_model(true).unwrap();
-    let f = kiln_gguf::GgufFile::open(path).unwrap();
+    let f = kiln_formats::gguf::GgufFile::open(path).unwrap();
     let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
     let cfg = EngineConfig {
         max_running: n,

@@ -31,7 +31,7 @@ fn tokenizer(arg: Option<&str>) -> Tokenizer {
         )
         .expect("tokenizer.json")
     } else {
-        let f = kiln_gguf::GgufFile::open(&path).expect("a GGUF file");
+        let f = kiln_formats::gguf::GgufFile::open(&path).expect("a GGUF file");
         Tokenizer::from_gguf(&f).expect("its tokenizer")
     }
 }

@@ -321,8 +321,8 @@ fn structure_matches_the_real_models() {
 }
 
 /// Copies a fixture folder with every float tensor re-encoded as `dtype`.
-fn convert_folder(arch: &str, dtype: kiln_model::safetensors::Dtype) -> PathBuf {
-    use kiln_model::safetensors::{from_f32, SafeTensors};
+fn convert_folder(arch: &str, dtype: kiln_formats::safetensors::Dtype) -> PathBuf {
+    use kiln_formats::safetensors::{from_f32, SafeTensors};
     let src = fixture(arch).join("hf");
     let dst = std::env::temp_dir().join(format!(
         "kiln-{arch}-{}-{}",
@@ -353,12 +353,12 @@ fn convert_folder(arch: &str, dtype: kiln_model::safetensors::Dtype) -> PathBuf 
             .iter()
             .map(|(n, s, b)| (n.as_str(), dtype, s.as_slice(), b.as_slice()))
             .collect();
-        kiln_model::safetensors::write(&dst.join(&name), &list, st.metadata()).unwrap();
+        kiln_formats::safetensors::write(&dst.join(&name), &list, st.metadata()).unwrap();
     }
     dst
 }
 
-fn half_precision(dtype: kiln_model::safetensors::Dtype, tol: f32) {
+fn half_precision(dtype: kiln_formats::safetensors::Dtype, tol: f32) {
     for arch in ["llama", "qwen2", "phi3"] {
         let r = reference(arch);
         let dir = convert_folder(arch, dtype);
@@ -373,13 +373,13 @@ fn half_precision(dtype: kiln_model::safetensors::Dtype, tol: f32) {
 /// F16 weights: rounding each weight to 11 bits moves logits by ~1e-2 at most here.
 #[test]
 fn f16_folders() {
-    half_precision(kiln_model::safetensors::Dtype::F16, 0.03);
+    half_precision(kiln_formats::safetensors::Dtype::F16, 0.03);
 }
 
 /// BF16 weights: 8 bits of mantissa, ~8x the error of f16.
 #[test]
 fn bf16_folders() {
-    half_precision(kiln_model::safetensors::Dtype::BF16, 0.25);
+    half_precision(kiln_formats::safetensors::Dtype::BF16, 0.25);
 }
 
 /// Quantized on load (after the adapter is merged), logits stay near the reference. Q4_K
@@ -416,7 +416,7 @@ fn quantized_files_load_and_agree_with_the_reference() {
     ] {
         for arch in ["llama", "qwen2", "phi3"] {
             let src = fixture(arch).join("model.gguf");
-            let f = kiln_gguf::GgufFile::open(&src).unwrap();
+            let f = kiln_formats::gguf::GgufFile::open(&src).unwrap();
             let mut calls = 0;
             let (w, rep) = quantize_file(&f, ty, |done, total, _| {
                 calls += 1;
@@ -436,7 +436,7 @@ fn quantized_files_load_and_agree_with_the_reference() {
                 std::process::id()
             ));
             w.write_to(&out).unwrap();
-            let g = kiln_gguf::GgufFile::open(&out).unwrap();
+            let g = kiln_formats::gguf::GgufFile::open(&out).unwrap();
             let want = match ty {
                 FileType::F16 => 1,
                 FileType::Q8_0 => 7,

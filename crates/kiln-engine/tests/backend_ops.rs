@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use half::f16;
 use kiln_engine::device::{Device, DeviceKind};
-use kiln_gguf::GgmlType;
+use kiln_formats::gguf::GgmlType;
 use kiln_model::{Arch, Backend, ModelConfig, PagedSeq, RawTensor, RopeStyle, TensorBytes};
 
 struct Rng(u64);

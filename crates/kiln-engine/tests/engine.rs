@@ -245,7 +245,7 @@ impl Runner for MockRunner {
 
 fn tokenizer() -> Arc<Tokenizer> {
     let path = kiln_model::fetch::ensure_default_model(true).unwrap();
-    let f = kiln_gguf::GgufFile::open(path).unwrap();
+    let f = kiln_formats::gguf::GgufFile::open(path).unwrap();
     Arc::new(Tokenizer::from_gguf(&f).unwrap())
 }
 

@@ -16,7 +16,7 @@ use panics::Panics;
 fn a_panicking_engine_thread_is_reported_and_ends_its_requests() {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/tiny-qwen2/model.gguf");
-    let f = kiln_gguf::GgufFile::open(fixture).unwrap();
+    let f = kiln_formats::gguf::GgufFile::open(fixture).unwrap();
     let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
     let handle = EngineHandle::spawn(Engine::new(Panics, tok, EngineConfig::default()));
     assert!(!handle.has_failed());

@@ -478,7 +478,7 @@ fn a_draft_model_gives_the_plain_answers_on_the_real_model() {
         Some(p) => std::path::PathBuf::from(p),
         None => {
             let q4 = kiln_model::fetch::ensure_default_model(true).unwrap();
-            let f = kiln_gguf::GgufFile::open(&q4).unwrap();
+            let f = kiln_formats::gguf::GgufFile::open(&q4).unwrap();
             let (w, _) = kiln_model::quantize::quantize_file(
                 &f,
                 kiln_model::quantize::FileType::F16,

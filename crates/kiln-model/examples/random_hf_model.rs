@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln_model::safetensors::{from_f32, write, Dtype};
+use kiln_formats::safetensors::{from_f32, write, Dtype};
 
 struct Shape {
     hidden: usize,

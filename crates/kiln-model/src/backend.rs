@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kiln_gguf::{GgmlType, GgufFile};
+use kiln_formats::gguf::{GgmlType, GgufFile};
 
 use crate::sample::{Adjust, RowSampling, Sampled};
 use crate::{ModelConfig, ModelError};
@@ -121,7 +121,7 @@ impl RawTensor {
     /// The whole tensor decoded to f32, row-major.
     pub fn to_f32(&self) -> Result<Vec<f32>, ModelError> {
         let mut out = vec![0f32; self.rows * self.cols];
-        kiln_gguf::quant::dequantize(self.ty, self.data.as_slice(), &mut out)
+        kiln_formats::gguf::quant::dequantize(self.ty, self.data.as_slice(), &mut out)
             .map_err(|e| ModelError::Unsupported(format!("tensor `{}`: {e}", self.name)))?;
         Ok(out)
     }

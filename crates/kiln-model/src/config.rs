@@ -1,6 +1,6 @@
 //! The decoder's shape, read from model metadata.
 
-use kiln_gguf::GgufFile;
+use kiln_formats::gguf::GgufFile;
 
 use crate::ModelError;
 

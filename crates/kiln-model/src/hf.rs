@@ -15,9 +15,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::backend::{RawTensor, TensorBytes};
-use crate::safetensors::SafeTensors;
 use crate::weights::TensorSource;
 use crate::{ModelConfig, ModelError};
+use kiln_formats::safetensors::SafeTensors;
 use kiln_tokenizer::Tokenizer;
 
 /// The sharded checkpoint's index file.

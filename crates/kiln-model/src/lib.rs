@@ -2,7 +2,7 @@
 //! contract every compute backend implements (`kiln-cpu`, `kiln-cuda`), loading from GGUF
 //! files and Hugging Face folders (with LoRA adapters), quantizing, and the host sampler.
 //!
-//! Data flows one way: a model file ([`kiln_gguf`]) gives a [`ModelConfig`] and
+//! Data flows one way: a model file ([`kiln_formats::gguf`]) gives a [`ModelConfig`] and
 //! [`Weights`]; a [`Backend`] takes them in as a [`Model`]; the engine (crate `kiln-engine`) drives it,
 //! choosing tokens with [`sample`] where the logits are.
 
@@ -14,7 +14,6 @@ pub mod hf;
 pub mod loader;
 pub mod lora;
 pub mod quantize;
-pub mod safetensors;
 pub mod sample;
 pub mod weights;
 
@@ -30,13 +29,13 @@ pub use weights::{LayerWeights, Weights};
 pub enum ModelError {
     /// The model file is unreadable or malformed.
     #[error(transparent)]
-    Gguf(#[from] kiln_gguf::GgufError),
+    Gguf(#[from] kiln_formats::gguf::GgufError),
     /// The tokenizer metadata is unusable.
     #[error(transparent)]
     Tokenizer(#[from] kiln_tokenizer::TokenizerError),
     /// A safetensors file is unreadable or malformed.
     #[error(transparent)]
-    Safetensors(#[from] safetensors::SafetensorsError),
+    Safetensors(#[from] kiln_formats::safetensors::SafetensorsError),
     /// A file of a model folder could not be read.
     #[error("{}: {source}", path.display())]
     Io {

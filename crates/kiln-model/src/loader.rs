@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_gguf::GgufFile;
+use kiln_formats::gguf::GgufFile;
 
 use crate::backend::Backend;
 use crate::hf::{self, HfTensors};

@@ -13,15 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use half::{bf16, f16};
-use kiln_gguf::GgmlType;
+use kiln_formats::gguf::GgmlType;
 use serde_json::Value;
 
 use crate::backend::{RawTensor, TensorBytes};
 use crate::config::RopeStyle;
 use crate::hf::{gguf_name, read_json};
-use crate::safetensors::SafeTensors;
 use crate::weights::TensorSource;
 use crate::{ModelConfig, ModelError};
+use kiln_formats::safetensors::SafeTensors;
 
 /// One adapted matrix: `delta = scale * B A`, B `[out, r]`, A `[r, in]`.
 #[derive(Debug, Clone)]

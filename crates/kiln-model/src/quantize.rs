@@ -2,14 +2,14 @@
 //!
 //! The encoders follow llama.cpp's reference quantizers (`quantize_row_q8_0_ref`,
 //! `quantize_row_q4_K_ref` with `make_qkx2_quants`), so a matrix quantized here matches one
-//! that llama.cpp's `llama-quantize` would write; the decoders in [`kiln_gguf::quant`] are the
+//! that llama.cpp's `llama-quantize` would write; the decoders in [`kiln_formats::gguf::quant`] are the
 //! ground truth the tests round-trip through.
 
 use std::sync::Arc;
 
 use half::f16;
-use kiln_gguf::quant::{Q4_K_BYTES, Q8_0_BYTES, QK_K};
-use kiln_gguf::GgmlType;
+use kiln_formats::gguf::quant::{Q4_K_BYTES, Q8_0_BYTES, QK_K};
+use kiln_formats::gguf::GgmlType;
 
 use crate::backend::{RawTensor, TensorBytes};
 use crate::{ModelError, Weights};
@@ -74,7 +74,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
 /// so that the value of largest magnitude lands exactly on level 0 (-8 steps), as llama.cpp's
 /// reference encoder does.
 pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(x.len() / 32 * kiln_gguf::quant::Q4_0_BYTES);
+    let mut out = Vec::with_capacity(x.len() / 32 * kiln_formats::gguf::quant::Q4_0_BYTES);
     for b in x.chunks_exact(32) {
         // The value of largest magnitude, with its sign.
         let max = b
@@ -94,7 +94,7 @@ pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
 /// Encodes `x` (a multiple of 32 values) as Q4_1 blocks: `x = d * q + m`, `m` the block's
 /// minimum and `d` a 15th of its range.
 pub fn quantize_q4_1(x: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(x.len() / 32 * kiln_gguf::quant::Q4_1_BYTES);
+    let mut out = Vec::with_capacity(x.len() / 32 * kiln_formats::gguf::quant::Q4_1_BYTES);
     for b in x.chunks_exact(32) {
         let (lo, hi) = b
             .iter()
@@ -244,7 +244,7 @@ pub fn quantize_q4_k(x: &[f32]) -> Vec<u8> {
         let d = f16::from_f32(max_scale / 63.0);
         let dmin = f16::from_f32(max_min / 63.0);
         for j in 0..8 {
-            let (s, m) = kiln_gguf::quant::k_scale_min(j, &sc);
+            let (s, m) = kiln_formats::gguf::quant::k_scale_min(j, &sc);
             let dj = d.to_f32() * s as f32;
             if dj == 0.0 {
                 continue;
@@ -350,7 +350,7 @@ pub fn quantize_weights(w: &mut Weights, q: QuantType) -> Result<QuantReport, Mo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_gguf::quant::dequantize;
+    use kiln_formats::gguf::quant::dequantize;
 
     /// A deterministic pseudo-random signal with outliers, like real weight rows.
     fn signal(n: usize, seed: u32) -> Vec<f32> {
@@ -549,17 +549,20 @@ pub struct FileReport {
 /// metadata (architecture, tokenizer, chat template...) is copied, `general.file_type` set.
 /// `progress(done, total, name)` is called after each tensor.
 pub fn quantize_file(
-    file: &kiln_gguf::GgufFile,
+    file: &kiln_formats::gguf::GgufFile,
     to: FileType,
     mut progress: impl FnMut(usize, usize, &str),
-) -> Result<(kiln_gguf::GgufWriter, FileReport), ModelError> {
-    let mut w = kiln_gguf::GgufWriter::new();
+) -> Result<(kiln_formats::gguf::GgufWriter, FileReport), ModelError> {
+    let mut w = kiln_formats::gguf::GgufWriter::new();
     for (k, v) in file.metadata() {
         if k != "general.file_type" {
             w = w.metadata(k.clone(), v.clone());
         }
     }
-    w = w.metadata("general.file_type", kiln_gguf::Value::U32(to.ftype()));
+    w = w.metadata(
+        "general.file_type",
+        kiln_formats::gguf::Value::U32(to.ftype()),
+    );
     let mut r = FileReport {
         tensors: file.tensors().len(),
         ..Default::default()
@@ -601,7 +604,7 @@ pub fn quantize_file(
             }
             Some(ty) => {
                 let mut x = vec![0f32; t.n_elements() as usize];
-                kiln_gguf::quant::dequantize(t.ty, src, &mut x).map_err(|e| {
+                kiln_formats::gguf::quant::dequantize(t.ty, src, &mut x).map_err(|e| {
                     ModelError::Input(format!("tensor `{}` ({}): {e}", t.name, t.ty.name()))
                 })?;
                 if ty == GgmlType::Q8_0 && to != FileType::Q8_0 {

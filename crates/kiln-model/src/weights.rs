@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kiln_gguf::GgufFile;
+use kiln_formats::gguf::GgufFile;
 
 use crate::backend::{RawTensor, TensorBytes};
 use crate::config::Arch;

@@ -14,7 +14,7 @@ mod pretok;
 use std::collections::HashMap;
 use std::ops::Range;
 
-use kiln_gguf::GgufFile;
+use kiln_formats::gguf::GgufFile;
 pub use pretok::PreTokenizer;
 
 /// The largest vocabulary a model file may declare (16M tokens): a bound on what a
@@ -26,7 +26,7 @@ pub const MAX_VOCAB: usize = 1 << 24;
 pub enum TokenizerError {
     /// Metadata missing or of the wrong type.
     #[error(transparent)]
-    Gguf(#[from] kiln_gguf::GgufError),
+    Gguf(#[from] kiln_formats::gguf::GgufError),
     /// The vocabulary is inconsistent.
     #[error("{path}: tokenizer: {what}")]
     Invalid {

@@ -18,7 +18,7 @@ pub(crate) mod vec;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use kiln_gguf::GgmlType;
+use kiln_formats::gguf::GgmlType;
 
 /// An instruction set the kernels are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,13 +179,13 @@ pub fn supported(ty: GgmlType) -> bool {
     ty.is_supported() || Fmt::of(ty).is_some()
 }
 
-/// Decodes whole blocks to f32: `kiln_gguf`'s reference decoders, plus Q5_0.
+/// Decodes whole blocks to f32: `kiln_formats::gguf`'s reference decoders, plus Q5_0.
 pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
     if ty == GgmlType::Q5_0 {
         scalar::dequant_q5_0(src, out);
     } else {
         // Sizes were checked when the matrix was taken in.
-        let _ = kiln_gguf::quant::dequantize(ty, src, out);
+        let _ = kiln_formats::gguf::quant::dequantize(ty, src, out);
     }
 }
 

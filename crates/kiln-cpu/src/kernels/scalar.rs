@@ -68,7 +68,7 @@ pub(crate) fn q5_0_values(b: &[u8]) -> [u8; 32] {
     v
 }
 
-/// Decodes Q5_0 blocks (`x = d * (q - 16)`); `kiln_gguf::quant` has no Q5_0 decoder.
+/// Decodes Q5_0 blocks (`x = d * (q - 16)`); `kiln_formats::gguf::quant` has no Q5_0 decoder.
 pub(crate) fn dequant_q5_0(src: &[u8], out: &mut [f32]) {
     for (b, o) in src.chunks_exact(22).zip(out.chunks_exact_mut(32)) {
         let d = f16_at(b, 0);
@@ -105,7 +105,7 @@ pub(crate) fn k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut m = [0u8; 8];
     for j in 0..8 {
-        let (a, b) = kiln_gguf::quant::k_scale_min(j, s);
+        let (a, b) = kiln_formats::gguf::quant::k_scale_min(j, s);
         sc[j] = a;
         m[j] = b;
     }

@@ -2,7 +2,7 @@
 //! format's own decoder, on random data of awkward sizes.
 
 use half::f16;
-use kiln_gguf::GgmlType;
+use kiln_formats::gguf::GgmlType;
 
 use super::*;
 
@@ -174,7 +174,7 @@ fn scalar_kernels_match_dequantized_f32() {
                 if fmt == Fmt::Q5_0 {
                     scalar::dequant_q5_0(row, &mut deq);
                 } else {
-                    kiln_gguf::quant::dequantize(ggml(fmt), row, &mut deq).unwrap();
+                    kiln_formats::gguf::quant::dequantize(ggml(fmt), row, &mut deq).unwrap();
                 }
                 let exact: f32 = deq.iter().zip(&x).map(|(a, b)| a * b).sum();
                 let mag: f32 = deq.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();

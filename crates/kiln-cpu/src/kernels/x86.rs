@@ -1,6 +1,6 @@
 //! x86-64 kernels: AVX-512 VNNI (two 32-blocks per 512-bit register, `vpdpbusd`) and AVX2
 //! (one block per 256-bit register, `vpmaddubsw`). Each computes the same integer sums as
-//! [`super::scalar`]; the block layouts are described in `kiln_gguf::quant`.
+//! [`super::scalar`]; the block layouts are described in `kiln_formats::gguf::quant`.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes. Weights that are unsigned as stored
 //! (4-bit nibbles, Q6_K's 6-bit values) go in as they are; an offset (Q4_0's 8, Q6_K's 32)

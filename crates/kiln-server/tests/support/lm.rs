@@ -16,7 +16,7 @@ pub fn tiny_lm<R: Runner + 'static>(
 ) -> LoadedLm {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/tiny-qwen2/model.gguf");
-    let f = kiln_gguf::GgufFile::open(fixture).unwrap();
+    let f = kiln_formats::gguf::GgufFile::open(fixture).unwrap();
     let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
     LoadedLm {
         engine: EngineHandle::spawn(Engine::new(runner, tok.clone(), cfg)),

@@ -123,11 +123,11 @@ impl Dtype {
     }
 
     /// The ggml type that stores this dtype unchanged, for the float types kiln computes with.
-    pub fn ggml(self) -> Option<kiln_gguf::GgmlType> {
+    pub fn ggml(self) -> Option<crate::gguf::GgmlType> {
         match self {
-            Self::F32 => Some(kiln_gguf::GgmlType::F32),
-            Self::F16 => Some(kiln_gguf::GgmlType::F16),
-            Self::BF16 => Some(kiln_gguf::GgmlType::BF16),
+            Self::F32 => Some(crate::gguf::GgmlType::F32),
+            Self::F16 => Some(crate::gguf::GgmlType::F16),
+            Self::BF16 => Some(crate::gguf::GgmlType::BF16),
             _ => None,
         }
     }

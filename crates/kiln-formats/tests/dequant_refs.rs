@@ -8,7 +8,7 @@
 //! payload is not a value (half's f16 widening sets the quiet bit, numpy's keeps the
 //! payload as it is), so there both sides must merely be NaN.
 
-use kiln_gguf::quant::{dequantize, GgmlType};
+use kiln_formats::gguf::quant::{dequantize, GgmlType};
 
 const REFS: &str = include_str!("data/dequant_refs.txt");
 
@@ -94,7 +94,7 @@ type BlockDecoder = fn(&[u8], &mut [f32]);
 #[test]
 fn decoding_block_by_block_equals_decoding_the_row() {
     // The per-block public decoders agree with `dequantize` on every fixture block.
-    use kiln_gguf::quant::{
+    use kiln_formats::gguf::quant::{
         dequant_q4_0, dequant_q4_1, dequant_q4_k, dequant_q5_k, dequant_q6_k, dequant_q8_0,
     };
     let mut blocks = 0;

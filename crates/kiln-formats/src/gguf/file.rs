@@ -3,8 +3,8 @@ use std::fmt::{self, Display};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::quant::GgmlType;
-use crate::{GgufError, Value, ValueType};
+use crate::gguf::quant::GgmlType;
+use crate::gguf::{GgufError, Value, ValueType};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 /// ggml tensors have at most four dimensions.
@@ -556,7 +556,7 @@ impl GgufFile {
         }
         let mut out = vec![0f32; info.n_elements() as usize];
         // Open checked that the data holds exactly the elements, so only the type can fail.
-        crate::quant::dequantize(info.ty, self.tensor_data(info), &mut out)
+        crate::gguf::quant::dequantize(info.ty, self.tensor_data(info), &mut out)
             .map_err(|_| unsupported())?;
         Ok(out)
     }

@@ -1,7 +1,7 @@
 //! A file written by gguf-py's GGUFWriter (llama.cpp's Python package) reads back as
 //! written: see `data/make_dequant_refs.py`, which made `data/gguf_py_small.gguf`.
 
-use kiln_gguf::{GgmlType, GgufFile, Value, ValueType};
+use kiln_formats::gguf::{GgmlType, GgufFile, Value, ValueType};
 
 #[test]
 fn reads_a_file_written_by_gguf_py() {

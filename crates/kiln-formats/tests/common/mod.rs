@@ -2,7 +2,7 @@
 //! hostile) GGUF images, a rich valid file, and error checks.
 #![allow(dead_code)] // each test binary uses a different part
 
-use kiln_gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value, ValueType};
+use kiln_formats::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value, ValueType};
 
 /// The name errors must carry for images parsed with [`parse`].
 pub const NAME: &str = "bad.gguf";

@@ -1,12 +1,12 @@
-//! Files made by `kiln_gguf::writer` (and by hand) read back as written.
+//! Files made by `kiln_formats::gguf::writer` (and by hand) read back as written.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use common::{arrays, parse, rich_file, rich_writer, scalars, Raw, NAME};
-use kiln_gguf::quant::dequantize;
-use kiln_gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value, ValueType};
+use kiln_formats::gguf::quant::dequantize;
+use kiln_formats::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value, ValueType};
 
 /// Values compared bit for bit, so that -0.0, infinities and NaN count.
 fn same(a: &Value, b: &Value) -> bool {

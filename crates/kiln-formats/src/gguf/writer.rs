@@ -4,10 +4,10 @@
 //! added, then the tensor directory, then each tensor's bytes at the next multiple of the
 //! alignment (the file's `general.alignment`, or 32). It checks nothing, so tests can use
 //! it to build broken files too (duplicate keys, wrong data lengths, an alignment that is
-//! not a power of two); [`GgufFile`](crate::GgufFile) is what checks.
+//! not a power of two); [`GgufFile`](crate::gguf::GgufFile) is what checks.
 //!
 //! ```
-//! use kiln_gguf::{writer::GgufWriter, GgmlType, GgufFile, Value};
+//! use kiln_formats::gguf::{writer::GgufWriter, GgmlType, GgufFile, Value};
 //!
 //! let bytes = GgufWriter::new()
 //!     .metadata("general.architecture", Value::String("llama".into()))
@@ -21,8 +21,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::quant::GgmlType;
-use crate::Value;
+use crate::gguf::quant::GgmlType;
+use crate::gguf::Value;
 
 /// Alignment of tensor data when the metadata does not set `general.alignment`.
 pub const DEFAULT_ALIGNMENT: u64 = 32;

@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use common::{malformed, parse, rich_file, rich_writer, Raw, NAME};
-use kiln_gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value, ValueType};
+use kiln_formats::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value, ValueType};
 
 /// Passes everything to the system allocator, noting per thread the largest single
 /// request, so a test can check that a hostile file made no large allocation.

@@ -1,8 +1,8 @@
 //! Writes a few small valid GGUF files to seed the fuzzer's corpus.
 //!
-//! `cargo run -p kiln-gguf --example fuzz_seeds -- fuzz/corpus/gguf_parse`
+//! `cargo run -p kiln-formats --example fuzz_seeds -- fuzz/corpus/gguf_parse`
 
-use kiln_gguf::{GgmlType, GgufWriter, Value, ValueType};
+use kiln_formats::gguf::{GgmlType, GgufWriter, Value, ValueType};
 
 fn main() -> std::io::Result<()> {
     let dir = std::env::args()
