@@ -427,7 +427,7 @@ pub fn to_bytes(tensors: &[TensorToWrite<'_>], metadata: &BTreeMap<String, Strin
     }
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
     // Pad the header with spaces so the data starts 8-byte aligned, as the reference writer does.
-    while !(8 + h.len()).is_multiple_of(8) {
+    while (8 + h.len()) % 8 != 0 {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + offset);
