@@ -24,12 +24,22 @@ pub struct ChatArgs {
     /// With --refine: the memory file [default: $KILN_MEMORY or ~/.local/share/kiln/memory.db].
     #[arg(long, requires = "refine")]
     pub memory: Option<std::path::PathBuf>,
+    /// With --refine: when a stored exchange is on disk: full (durable across a power cut)
+    /// or normal (across a killed process; faster commits).
+    #[arg(long, value_enum, default_value_t = crate::irp::MemorySync::Full, requires = "refine")]
+    pub memory_sync: crate::irp::MemorySync,
 }
 
 /// Runs `kiln chat`: one line per user turn; `/reset` forgets, `/exit` or end of input quits.
 pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
     if let Some(profile) = &a.refine {
-        return crate::irp::chat_refined(profile, &a.model, a.system.as_deref(), a.memory.as_ref());
+        return crate::irp::chat_refined(
+            profile,
+            &a.model,
+            a.system.as_deref(),
+            a.memory.as_ref(),
+            a.memory_sync,
+        );
     }
     let mut params = a.sample.params()?;
     params.draft_max = a.model.draft_max();

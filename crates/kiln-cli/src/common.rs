@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use kiln_engine::device::{Device, DeviceKind};
+use kiln_engine::device::{DevOptions, Device, DeviceKind, DeviceOptions, GpuWeights};
 use kiln_model::loader::{LoadOptions, LoadedModel};
 use kiln_model::quantize::QuantType;
 use kiln_model::{Backend, ModelConfig};
@@ -42,6 +42,16 @@ pub struct ModelArgs {
     /// KV cache values: f16 (default) or f32 (twice the memory, no rounding; CPU only).
     #[arg(long, default_value = "f16", value_parser = parse_kv)]
     pub kv_dtype: kiln_cpu::KvDtype,
+    /// On a GPU, how a quantized model's weights are held: f16 (converted on upload, the
+    /// fastest kernels today) or quantized (Q4_0, Q4_1, Q4_K and Q8_0 kept in the file's
+    /// format and read in place: less memory).
+    #[arg(long, default_value = "f16", value_parser = GpuWeights::parse)]
+    pub gpu_weights: GpuWeights,
+    /// Switches for developers comparing paths, NAME=VALUE, repeatable: cpu-isa=scalar|avx2|
+    /// avx512|neon, cpu-exact=1, cuda-fused=0, cuda-graphs=0, cuda-pdl=0, cuda-mvt=0,
+    /// cuda-mv-plain=1, cuda-gqa=0|1|all.
+    #[arg(long = "dev", value_name = "NAME=VALUE", hide = true, value_parser = parse_dev)]
+    pub dev: Vec<String>,
     /// A Jinja chat template file to use instead of the model's own (as transformers
     /// renders them: `messages`, `tools`, `add_generation_prompt`, `bos_token`, `eos_token`).
     #[arg(long)]
@@ -72,6 +82,21 @@ impl ModelArgs {
     pub fn device(&self) -> DeviceKind {
         self.device.unwrap_or(DeviceKind::Cpu)
     }
+
+    /// How to open the device.
+    pub fn device_options(&self) -> DeviceOptions {
+        let mut dev = DevOptions::default();
+        for d in &self.dev {
+            // Each was checked when parsed.
+            let _ = dev.set(d);
+        }
+        DeviceOptions {
+            threads: self.threads,
+            kv_dtype: self.kv_dtype,
+            gpu_weights: self.gpu_weights,
+            dev,
+        }
+    }
 }
 
 /// `--draft-max`: 1 to 16.
@@ -80,6 +105,12 @@ fn parse_draft_max(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=kiln_engine::sampling::MAX_PROMPT_LOOKUP).contains(&n) => Ok(n),
         _ => Err(format!("`{s}`: expected 1 to 16 tokens")),
     }
+}
+
+/// One `--dev` switch, checked.
+fn parse_dev(s: &str) -> Result<String, String> {
+    DevOptions::default().set(s)?;
+    Ok(s.to_owned())
 }
 
 /// `--kv-dtype`.
@@ -344,7 +375,7 @@ pub fn open(args: &ModelArgs, quiet: bool) -> anyhow::Result<(PathBuf, Device)> 
         Some(spec) => kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?,
         None => kiln_model::fetch::ensure_default_model(!quiet)?,
     };
-    let device = Device::open_with_kv(args.device(), args.threads, args.kv_dtype)?;
+    let device = Device::open_with(args.device(), &args.device_options())?;
     Ok((path, device))
 }
 

@@ -5,6 +5,7 @@ mod bench_engine;
 mod chat;
 mod common;
 mod irp;
+mod ising;
 mod memory;
 mod profile;
 mod quantize;
@@ -36,7 +37,7 @@ enum Command {
     /// Fetch the default model (SmolLM2-135M-Instruct, Q4_1) if it is missing.
     Fetch,
     /// The Ising empathy engine: annealing, emotion, empathy, social attention, swarms.
-    Ising(kiln_ising::cli::IsingArgs),
+    Ising(ising::IsingArgs),
     /// Answer one question by iterative refinement (IRP), score it (SNARC) and store it.
     Irp(irp::IrpArgs),
     /// The store of refined exchanges: stats, list, search, export.
@@ -58,7 +59,7 @@ fn main() {
         Command::Fetch => kiln_model::fetch::ensure_default_model(true)
             .map(|p| println!("{}", p.display()))
             .map_err(anyhow::Error::from),
-        Command::Ising(a) => kiln_ising::cli::run(a),
+        Command::Ising(a) => ising::run(a),
         Command::Irp(a) => irp::irp(a),
         Command::Memory(a) => memory::memory(a),
         Command::Quantize(a) => quantize::quantize(a),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::irp::open_memory;
+use crate::irp::{open_memory, MemorySync};
 
 /// Arguments of `kiln memory`.
 #[derive(Args, Debug)]
@@ -13,6 +13,10 @@ pub struct MemoryArgs {
     /// The memory file [default: $KILN_MEMORY or ~/.local/share/kiln/memory.db].
     #[arg(long, global = true)]
     pub memory: Option<PathBuf>,
+    /// When a stored exchange is on disk: full (durable across a power cut) or normal
+    /// (across a killed process; faster commits).
+    #[arg(long, global = true, value_enum, default_value_t = MemorySync::Full)]
+    pub memory_sync: MemorySync,
     #[command(subcommand)]
     pub command: MemoryCommand,
 }
@@ -91,7 +95,7 @@ pub fn memory(a: MemoryArgs) -> anyhow::Result<()> {
     if let MemoryCommand::Bench { n } = a.command {
         return bench(a.memory.as_ref(), n);
     }
-    let m = open_memory(a.memory.as_ref())?;
+    let m = open_memory(a.memory.as_ref(), a.memory_sync)?;
     let mut out = std::io::stdout().lock();
     match a.command {
         MemoryCommand::Stats { json } => {

@@ -3,7 +3,7 @@
 //! and on one that does not.
 //!
 //! `cargo run --release -p kiln-cpu --example kernels -- [threads] [batch|sample|attention]`
-//! (`KILN_CPU_ISA=scalar|avx2|avx512` picks a lesser instruction set): with a second
+//! (`ISA=scalar|avx2|avx512` in the environment picks a lesser instruction set): with a second
 //! argument, products at 1 to 8 tokens, the host sampler on one row, or decode attention.
 
 use std::sync::Arc;
@@ -61,7 +61,10 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(0);
-    let be = CpuBackend::new(threads);
+    let mut be = CpuBackend::new(threads);
+    if let Ok(name) = std::env::var("ISA") {
+        be = be.with_isa(kiln_cpu::Isa::named(&name).unwrap_or_else(|e| panic!("ISA: {e}")));
+    }
     println!("{}", be.describe());
     match std::env::args().nth(2).as_deref() {
         Some("batch") => return batch_sweep(&be),

@@ -18,9 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "fn main() {\n    let v: Vec<u32> = (0..10).collect();\n".into());
     let mut logits = Vec::new();
     for exact in [false, true] {
-        // SAFETY: no other thread reads the environment while this runs.
-        unsafe { std::env::set_var("KILN_CPU_EXACT", if exact { "1" } else { "0" }) };
-        let m = load_gguf(&path, CpuBackend::new(0))?;
+        let m = load_gguf(&path, CpuBackend::new(0).with_exact(exact))?;
         let ids = m.tokenizer.encode(&prompt, true, false);
         let mut kv = m.model.new_kv(ids.len())?;
         let mut st = m.model.new_state(ids.len(), ids.len())?;

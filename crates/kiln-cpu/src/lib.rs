@@ -11,6 +11,7 @@ use std::sync::Arc;
 use half::f16;
 
 use kernels::vec::KvElem;
+pub use kernels::Isa;
 use kiln_model::backend::{Backend, PagedSeq, RawTensor, TensorBytes};
 use kiln_model::config::RopeStyle;
 use kiln_model::{ModelConfig, ModelError};
@@ -24,7 +25,7 @@ pub struct CpuBackend {
     /// each other.
     pool: std::sync::Arc<ThreadPool>,
     isa: kernels::Isa,
-    /// f32 activations for every product (`KILN_CPU_EXACT=1`): slow, for comparisons.
+    /// f32 activations for every product ([`CpuBackend::with_exact`]): slow, for comparisons.
     exact: bool,
     /// How the KV pools this backend makes store keys and values.
     kv_dtype: KvDtype,
@@ -79,7 +80,7 @@ impl CpuBackend {
         CpuBackend {
             pool: std::sync::Arc::new(ThreadPool::new(threads)),
             isa: kernels::Isa::detect(),
-            exact: std::env::var_os("KILN_CPU_EXACT").is_some_and(|v| v == "1"),
+            exact: false,
             kv_dtype: KvDtype::default(),
         }
     }
@@ -93,6 +94,19 @@ impl CpuBackend {
             exact: self.exact,
             kv_dtype: self.kv_dtype,
         }
+    }
+
+    /// The same backend with its kernels for `isa` (see [`Isa::named`]), to compare paths.
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = isa;
+        self
+    }
+
+    /// The same backend with f32 activations for every product instead of 8-bit ones: slow,
+    /// for comparisons.
+    pub fn with_exact(mut self, exact: bool) -> Self {
+        self.exact = exact;
+        self
     }
 
     /// The same backend with KV pools stored as `dtype` (f16 unless told).

@@ -223,16 +223,18 @@ pub struct CudaBackend {
     weight_bytes: std::sync::atomic::AtomicUsize,
     /// Values of the largest quantized matrix (the size of the dequantization scratch).
     max_q: std::sync::atomic::AtomicUsize,
+    /// Quantized matrices kept as such ([`CudaOptions::quantized`]).
     quant: bool,
-    /// `KILN_CUDA_MV_PLAIN=1`: the plain matrix-vector kernel only (for comparisons).
+    /// The plain matrix-vector kernel only (for comparisons).
     mv_plain: bool,
-    /// Programmatic dependent launch (sm_90 and later; `KILN_CUDA_PDL=0` turns it off).
+    /// Programmatic dependent launch (sm_90 and later, unless turned off).
     pdl: bool,
-    /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later; `KILN_CUDA_MVT=0`: k_mvr).
+    /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later, unless turned off: k_mvr).
     mvt: bool,
-    /// Decode attention through k_attn_gqa where the heads allow it and the rows fill the GPU
-    /// (`KILN_CUDA_GQA=0`: k_attn only; `=all`: k_attn_gqa at any number of rows).
+    /// Decode attention through k_attn_gqa where the heads allow it ([`Gqa`]).
     gqa: Gqa,
+    /// The options it was opened with (a sibling gets the same).
+    opts: CudaOptions,
     /// k_mvt's sums of blocks that share a tile, and its per-tile counters (zero between
     /// launches: the last block of a tile resets its own).
     mvt_ws: CudaSlice<f32>,
@@ -242,15 +244,54 @@ pub struct CudaBackend {
 
 /// When decode attention takes k_attn_gqa (one block per KV head and row) over k_attn (one
 /// per query head and row).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Gqa {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Gqa {
+    /// Never (k_attn only).
     Off,
     /// When the KV heads of the rows make at least one block per SM: with fewer, k_attn's
     /// blocks per query head finish sooner (H200, 132 SMs, Qwen2.5-0.5B shape, 2 KV heads:
     /// k_attn_gqa made 1 to 64 rows 5 to 9% slower, 128 rows 9% and 256 rows 13% faster;
     /// docs/PERF.md, "Many streams on the GPU", which call measured which row count).
+    #[default]
     Filled,
+    /// At any number of rows.
     All,
+}
+
+/// How the CUDA backend runs: what users choose (`quantized`) and the switches developers
+/// compare paths with (each on by default where the GPU has it). The CLI fills it from
+/// `--gpu-weights` and `--dev NAME=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Q4_0, Q4_1, Q4_K and Q8_0 matrices kept in the file's block format and read in place
+    /// (less memory), instead of converted to f16 on upload.
+    pub quantized: bool,
+    /// Whole decoder layers through the fused path (stacked q|k|v and gate|up).
+    pub fused: bool,
+    /// Decode passes recorded as CUDA graphs and replayed.
+    pub graphs: bool,
+    /// Programmatic dependent launch (sm_90 and later).
+    pub pdl: bool,
+    /// The tensor-core matrix-vector kernel k_mvt for 3 to 8 rows (sm_80 and later).
+    pub mvt: bool,
+    /// The plain matrix-vector kernels instead of the staged ones.
+    pub mv_plain: bool,
+    /// When decode attention groups query heads by KV head.
+    pub gqa: Gqa,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            quantized: false,
+            fused: true,
+            graphs: true,
+            pdl: true,
+            mvt: true,
+            mv_plain: false,
+            gqa: Gqa::Filled,
+        }
+    }
 }
 
 /// Words of a sampling upload from which it goes through page-locked memory (64 KiB: the
@@ -276,7 +317,12 @@ impl CudaBackend {
     /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLAS, compiles the kernels (or
     /// reads them from the cache).
     pub fn new(ordinal: usize) -> Result<Self, ModelError> {
-        match std::panic::catch_unwind(|| Self::open(ordinal)) {
+        Self::with_options(ordinal, &CudaOptions::default())
+    }
+
+    /// [`CudaBackend::new`] with `opts`.
+    pub fn with_options(ordinal: usize, opts: &CudaOptions) -> Result<Self, ModelError> {
+        match std::panic::catch_unwind(|| Self::open(ordinal, opts.clone())) {
             Ok(r) => r,
             Err(p) => {
                 let msg = p
@@ -296,7 +342,7 @@ impl CudaBackend {
         self.ctx.ordinal()
     }
 
-    fn open(ordinal: usize) -> Result<Self, ModelError> {
+    fn open(ordinal: usize, opts: CudaOptions) -> Result<Self, ModelError> {
         // SAFETY: only tries to dlopen the libraries by name.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(ModelError::Device(
@@ -394,26 +440,12 @@ impl CudaBackend {
             )
         };
         r.result().map_err(|e| dev("cuBLAS workspace", e))?;
-        let env_off = |k: &str| std::env::var(k).is_ok_and(|v| v == "0");
         let mvt_ws = stream
             .alloc_zeros::<f32>(MVT_TILES * 256)
             .map_err(|e| dev("matrix-vector scratch", e))?;
         let mvt_cnt = stream
             .alloc_zeros::<u32>(MVT_TILES)
             .map_err(|e| dev("matrix-vector scratch", e))?;
-        let gqa = match std::env::var("KILN_CUDA_GQA") {
-            Err(_) => Gqa::Filled,
-            Ok(v) => match v.as_str() {
-                "" | "1" => Gqa::Filled,
-                "0" => Gqa::Off,
-                "all" => Gqa::All,
-                other => {
-                    return Err(ModelError::Config(format!(
-                        "KILN_CUDA_GQA={other}: expected 0 (k_attn only), 1 (the default) or all"
-                    )))
-                }
-            },
-        };
         Ok(CudaBackend {
             ctx,
             stream,
@@ -423,15 +455,16 @@ impl CudaBackend {
             name,
             arch,
             sms,
-            fused: !env_off("KILN_CUDA_FUSED"),
-            graphs: !env_off("KILN_CUDA_GRAPHS"),
+            fused: opts.fused,
+            graphs: opts.graphs,
             weight_bytes: Default::default(),
             max_q: Default::default(),
-            quant: std::env::var("KILN_CUDA_QUANT").is_ok_and(|v| v == "1"),
-            mv_plain: std::env::var_os("KILN_CUDA_MV_PLAIN").is_some(),
-            pdl: major >= 9 && !env_off("KILN_CUDA_PDL"),
-            mvt: major >= 8 && !env_off("KILN_CUDA_MVT"),
-            gqa,
+            quant: opts.quantized,
+            mv_plain: opts.mv_plain,
+            pdl: major >= 9 && opts.pdl,
+            mvt: major >= 8 && opts.mvt,
+            gqa: opts.gqa,
+            opts,
             mvt_ws,
             mvt_cnt,
             st: Mutex::new(St::default()),
@@ -1191,7 +1224,7 @@ impl Backend for CudaBackend {
     type KvPool = CudaKvPool;
 
     fn sibling(&self) -> Result<Self, ModelError> {
-        CudaBackend::new(self.ordinal())
+        CudaBackend::with_options(self.ordinal(), &self.opts)
     }
 
     fn memory(&self) -> Option<kiln_model::DeviceMemory> {

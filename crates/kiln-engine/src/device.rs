@@ -40,29 +40,199 @@ pub enum Device {
     Cuda(Box<CudaBackend>),
 }
 
-impl Device {
-    /// Opens the device: `threads` is for the CPU.
-    pub fn open(kind: DeviceKind, threads: usize) -> Result<Self, ModelError> {
-        Self::open_with_kv(kind, threads, KvDtype::F16)
-    }
+/// How the GPU holds a quantized model's weights (`--gpu-weights`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GpuWeights {
+    /// Every matrix converted to f16 on upload (the fastest kernels today).
+    #[default]
+    F16,
+    /// Q4_0, Q4_1, Q4_K and Q8_0 matrices kept in the file's block format and read in place
+    /// (less memory); other matrices f16.
+    Quantized,
+}
 
-    /// Opens the device with KV cache values stored as `kv` (f32 on the CPU only).
-    pub fn open_with_kv(kind: DeviceKind, threads: usize, kv: KvDtype) -> Result<Self, ModelError> {
-        if kind != DeviceKind::Cpu && kv != KvDtype::F16 {
-            return Err(ModelError::Unsupported(format!(
-                "a {} KV cache on the GPU (it keeps f16); use --kv-dtype f16 or --device cpu",
-                kv.name()
-            )));
+impl GpuWeights {
+    /// `f16` or `quantized`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "f16" => Ok(GpuWeights::F16),
+            "quantized" => Ok(GpuWeights::Quantized),
+            _ => Err(format!("`{s}`: expected f16 or quantized")),
         }
-        match kind {
-            DeviceKind::Cpu => Ok(Device::Cpu(CpuBackend::new(threads).with_kv_dtype(kv))),
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda(n) => Ok(Device::Cuda(Box::new(CudaBackend::new(n)?))),
-            #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda(_) => Err(ModelError::Device(
-                "this kiln was built without CUDA: rebuild with `cargo build --release --features cuda` (CUDA 13 is loaded at run time, nothing is needed to build)".into(),
+    }
+}
+
+/// Switches for developers comparing paths (`--dev NAME=VALUE`, hidden from `--help`): each
+/// `None` or `false` leaves the backend's default. Set by [`DevOptions::set`], which names
+/// what it refuses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DevOptions {
+    /// `cpu-isa=scalar|avx2|avx512|neon`: a lesser instruction set than the CPU's best.
+    pub cpu_isa: Option<String>,
+    /// `cpu-exact=1`: f32 activations for every CPU product (slow).
+    pub cpu_exact: bool,
+    /// `cuda-fused=0|1`: whole layers through the fused path.
+    pub cuda_fused: Option<bool>,
+    /// `cuda-graphs=0|1`: decode passes recorded as CUDA graphs.
+    pub cuda_graphs: Option<bool>,
+    /// `cuda-pdl=0|1`: programmatic dependent launch.
+    pub cuda_pdl: Option<bool>,
+    /// `cuda-mvt=0|1`: the tensor-core matrix-vector kernel for 3 to 8 rows.
+    pub cuda_mvt: Option<bool>,
+    /// `cuda-mv-plain=1`: the plain matrix-vector kernels only.
+    pub cuda_mv_plain: bool,
+    /// `cuda-gqa=0|1|all`: decode attention grouped by KV head never, when the rows fill
+    /// the GPU (the default), or always.
+    pub cuda_gqa: Option<String>,
+}
+
+impl DevOptions {
+    /// Sets one switch from `NAME=VALUE`.
+    pub fn set(&mut self, spec: &str) -> Result<(), String> {
+        let (name, value) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("`{spec}`: expected NAME=VALUE"))?;
+        let flag = || match value {
+            "0" | "off" | "false" => Ok(false),
+            "1" | "on" | "true" => Ok(true),
+            _ => Err(format!("`{spec}`: expected {name}=0 or {name}=1")),
+        };
+        match name {
+            "cpu-isa" => {
+                kiln_cpu::Isa::named(value)?;
+                self.cpu_isa = Some(value.to_owned());
+            }
+            "cpu-exact" => self.cpu_exact = flag()?,
+            "cuda-fused" => self.cuda_fused = Some(flag()?),
+            "cuda-graphs" => self.cuda_graphs = Some(flag()?),
+            "cuda-pdl" => self.cuda_pdl = Some(flag()?),
+            "cuda-mvt" => self.cuda_mvt = Some(flag()?),
+            "cuda-mv-plain" => self.cuda_mv_plain = flag()?,
+            "cuda-gqa" => match value {
+                "0" | "1" | "all" => self.cuda_gqa = Some(value.to_owned()),
+                _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
+            },
+            _ => return Err(format!(
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-mv-plain, cuda-gqa)"
             )),
         }
+        Ok(())
+    }
+
+    fn any_cpu(&self) -> Option<&'static str> {
+        if self.cpu_isa.is_some() {
+            Some("cpu-isa")
+        } else if self.cpu_exact {
+            Some("cpu-exact")
+        } else {
+            None
+        }
+    }
+
+    fn any_cuda(&self) -> Option<&'static str> {
+        [
+            (self.cuda_fused.is_some(), "cuda-fused"),
+            (self.cuda_graphs.is_some(), "cuda-graphs"),
+            (self.cuda_pdl.is_some(), "cuda-pdl"),
+            (self.cuda_mvt.is_some(), "cuda-mvt"),
+            (self.cuda_mv_plain, "cuda-mv-plain"),
+            (self.cuda_gqa.is_some(), "cuda-gqa"),
+        ]
+        .into_iter()
+        .find(|c| c.0)
+        .map(|c| c.1)
+    }
+}
+
+/// Everything [`Device::open_with`] takes: what users choose and the developers' switches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// CPU threads (0: one per core).
+    pub threads: usize,
+    /// How the CPU stores cached keys and values (a GPU keeps f16).
+    pub kv_dtype: KvDtype,
+    /// How a GPU holds quantized weights.
+    pub gpu_weights: GpuWeights,
+    /// Switches for comparing paths.
+    pub dev: DevOptions,
+}
+
+impl Device {
+    /// Opens the device with default options: `threads` is for the CPU.
+    pub fn open(kind: DeviceKind, threads: usize) -> Result<Self, ModelError> {
+        Self::open_with(
+            kind,
+            &DeviceOptions {
+                threads,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Opens the device with `opts`; an option that does not apply to it is an error that
+    /// names it (nothing asked for is dropped).
+    pub fn open_with(kind: DeviceKind, opts: &DeviceOptions) -> Result<Self, ModelError> {
+        let d = &opts.dev;
+        let not_here = |what: &str, device: &str| {
+            ModelError::Unsupported(format!("{what} applies to --device {device} only"))
+        };
+        match kind {
+            DeviceKind::Cpu => {
+                if let Some(n) = d.any_cuda() {
+                    return Err(not_here(n, "cuda"));
+                }
+                if opts.gpu_weights != GpuWeights::F16 {
+                    return Err(not_here("--gpu-weights", "cuda"));
+                }
+                let mut b = CpuBackend::new(opts.threads)
+                    .with_kv_dtype(opts.kv_dtype)
+                    .with_exact(d.cpu_exact);
+                if let Some(isa) = &d.cpu_isa {
+                    b = b.with_isa(kiln_cpu::Isa::named(isa).map_err(ModelError::Input)?);
+                }
+                Ok(Device::Cpu(b))
+            }
+            DeviceKind::Cuda(n) => {
+                if opts.kv_dtype != KvDtype::F16 {
+                    return Err(ModelError::Unsupported(format!(
+                        "a {} KV cache on the GPU (it keeps f16); use --kv-dtype f16 or --device cpu",
+                        opts.kv_dtype.name()
+                    )));
+                }
+                if let Some(c) = d.any_cpu() {
+                    return Err(not_here(c, "cpu"));
+                }
+                Self::open_cuda(n, opts)
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn open_cuda(n: usize, opts: &DeviceOptions) -> Result<Self, ModelError> {
+        use kiln_cuda::{CudaOptions, Gqa};
+        let d = &opts.dev;
+        let base = CudaOptions::default();
+        let co = CudaOptions {
+            quantized: opts.gpu_weights == GpuWeights::Quantized,
+            fused: d.cuda_fused.unwrap_or(base.fused),
+            graphs: d.cuda_graphs.unwrap_or(base.graphs),
+            pdl: d.cuda_pdl.unwrap_or(base.pdl),
+            mvt: d.cuda_mvt.unwrap_or(base.mvt),
+            mv_plain: d.cuda_mv_plain,
+            gqa: match d.cuda_gqa.as_deref() {
+                Some("0") => Gqa::Off,
+                Some("all") => Gqa::All,
+                _ => base.gqa,
+            },
+        };
+        Ok(Device::Cuda(Box::new(CudaBackend::with_options(n, &co)?)))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn open_cuda(_: usize, _: &DeviceOptions) -> Result<Self, ModelError> {
+        Err(ModelError::Device(
+            "this kiln was built without CUDA: rebuild with `cargo build --release --features cuda` (CUDA 13 is loaded at run time, nothing is needed to build)".into(),
+        ))
     }
 }
 

@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_engine::device::{Device, DeviceKind};
+mod common;
+use common::test_device;
 use kiln_model::loader::{load, LoadOptions};
 use kiln_model::quantize::QuantReport;
 use kiln_model::quantize::QuantType;
@@ -624,12 +625,4 @@ fn adapter_errors_name_the_problem() {
     };
     let e = load_err(&fixture("llama").join("hf"), &opts);
     assert!(e.contains("no adapter_config.json"), "{e}");
-}
-
-/// The backend the tests run on: `KILN_TEST_DEVICE` (cpu, cuda, cuda:N), the CPU by default.
-fn test_device(threads: usize) -> Device {
-    let kind = std::env::var("KILN_TEST_DEVICE").map_or(DeviceKind::Cpu, |s| {
-        DeviceKind::parse(&s).unwrap_or_else(|e| panic!("KILN_TEST_DEVICE: {e}"))
-    });
-    Device::open(kind, threads).unwrap_or_else(|e| panic!("opening {kind:?}: {e}"))
 }

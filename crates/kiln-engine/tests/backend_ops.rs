@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use half::f16;
+mod common;
 use kiln_engine::device::{Device, DeviceKind};
 use kiln_formats::gguf::GgmlType;
 use kiln_model::{Arch, Backend, ModelConfig, PagedSeq, RawTensor, RopeStyle, TensorBytes};
@@ -23,11 +24,10 @@ impl Rng {
 }
 
 fn device() -> (Device, bool) {
-    let kind = std::env::var("KILN_TEST_DEVICE").map_or(DeviceKind::Cpu, |s| {
-        DeviceKind::parse(&s).unwrap_or_else(|e| panic!("KILN_TEST_DEVICE: {e}"))
-    });
-    let d = Device::open(kind, 2).unwrap_or_else(|e| panic!("opening {kind:?}: {e}"));
-    (d, kind != DeviceKind::Cpu)
+    (
+        common::test_device(2),
+        common::test_kind() != DeviceKind::Cpu,
+    )
 }
 
 /// ||a - b|| / ||b||, in f64.

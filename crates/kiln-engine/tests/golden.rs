@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use kiln_engine::device::{Device, DeviceKind};
+mod common;
+use common::test_device;
 use kiln_model::loader::{load_gguf, LoadedModel};
 use kiln_model::Backend;
 use serde::Deserialize;
@@ -107,14 +108,6 @@ fn check<B: Backend>(m: LoadedModel<B>) {
     assert!(worst <= 1.0, "max logit error {worst} above 1.0");
     assert!(mean <= 0.25, "mean logit error {mean} above 0.25");
     assert!(agree >= 0.90, "top-1 agreement {agree} below 0.90");
-}
-
-/// The backend the tests run on: `KILN_TEST_DEVICE` (cpu, cuda, cuda:N), the CPU by default.
-fn test_device(threads: usize) -> Device {
-    let kind = std::env::var("KILN_TEST_DEVICE").map_or(DeviceKind::Cpu, |s| {
-        DeviceKind::parse(&s).unwrap_or_else(|e| panic!("KILN_TEST_DEVICE: {e}"))
-    });
-    Device::open(kind, threads).unwrap_or_else(|e| panic!("opening {kind:?}: {e}"))
 }
 
 /// Greedy continuation of `prompt` by the model alone (one sequence, its own cache): up to

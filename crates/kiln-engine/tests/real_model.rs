@@ -4,7 +4,8 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use kiln_engine::device::{Device, DeviceKind};
+mod common;
+use common::test_device;
 use kiln_engine::{
     Engine, EngineConfig, Event, ModelRunner, PromptScore, Request, Runner, SamplingParams,
     ScoreRequest, Slice,
@@ -340,14 +341,6 @@ fn scored_text_matches_a_solo_teacher_forced_pass_amid_generation() {
         "largest difference {worst:.2e}; mean surprisal from {from}: {:.3} nats",
         scores[1].mean_nll()
     );
-}
-
-/// The backend the tests run on: `KILN_TEST_DEVICE` (cpu, cuda, cuda:N), the CPU by default.
-fn test_device(threads: usize) -> Device {
-    let kind = std::env::var("KILN_TEST_DEVICE").map_or(DeviceKind::Cpu, |s| {
-        DeviceKind::parse(&s).unwrap_or_else(|e| panic!("KILN_TEST_DEVICE: {e}"))
-    });
-    Device::open(kind, threads).unwrap_or_else(|e| panic!("opening {kind:?}: {e}"))
 }
 
 fn gpu_test() -> bool {

@@ -86,19 +86,6 @@ impl Default for OpenOptions {
     }
 }
 
-impl OpenOptions {
-    /// The defaults, with `KILN_MEMORY_SYNC=normal` selecting `synchronous=NORMAL` (commits
-    /// about 100x faster on a slow disk; still durable across a killed process).
-    pub fn from_env() -> Self {
-        let normal =
-            std::env::var("KILN_MEMORY_SYNC").is_ok_and(|v| v.eq_ignore_ascii_case("normal"));
-        OpenOptions {
-            full_sync: !normal,
-            ..OpenOptions::default()
-        }
-    }
-}
-
 /// A new exchange to store.
 #[derive(Debug, Clone, Copy)]
 pub struct NewExchange<'a> {
@@ -170,17 +157,16 @@ impl std::fmt::Debug for Memory {
     }
 }
 
-/// `$KILN_MEMORY`, else `$XDG_DATA_HOME/kiln/memory.db`, else `~/.local/share/kiln/memory.db`.
+/// `$KILN_MEMORY`, else `kiln/memory.db` in the user's data folder (`$XDG_DATA_HOME` or
+/// `~/.local/share` on Linux).
 pub fn default_path() -> PathBuf {
     if let Some(p) = std::env::var_os("KILN_MEMORY").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("kiln").join("memory.db")
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("kiln")
+        .join("memory.db")
 }
 
 fn now_s() -> f64 {

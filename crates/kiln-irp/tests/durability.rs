@@ -19,9 +19,12 @@ fn writer_child() {
     let Some(path) = std::env::var_os(ENV) else {
         return;
     };
-    // KILN_MEMORY_SYNC (read by from_env) picks FULL or NORMAL; both must keep every ack.
-    let mut m = Memory::open_with(std::path::Path::new(&path), OpenOptions::from_env())
-        .expect("child: open");
+    // The parent's KILN_MEMORY_SYNC picks FULL or NORMAL; both must keep every ack.
+    let opts = OpenOptions {
+        full_sync: std::env::var("KILN_MEMORY_SYNC").map_or(true, |v| v != "normal"),
+        ..Default::default()
+    };
+    let mut m = Memory::open_with(std::path::Path::new(&path), opts).expect("child: open");
     let p = Profile::default();
     for i in 0u64.. {
         let q = format!("question number {i}: why does exchange {i} matter?");

@@ -27,7 +27,7 @@ use crate::system::IsingSystem;
 /// The kernel source, compiled at run time by NVRTC.
 pub const KERNEL_SOURCE: &str = include_str!("cuda_kernel.cu");
 
-/// Threads per block unless `KILN_CUDA_THREADS` says otherwise (a multiple of 32, 32..=256).
+/// Threads per block unless [`CudaEngine::with_block_threads`] says otherwise.
 const DEFAULT_THREADS: u32 = 128;
 /// Largest per-launch scratch of the global-memory kernel (systems too large for shared memory).
 const SCRATCH_BUDGET: usize = 1 << 30;
@@ -119,8 +119,19 @@ pub struct CudaEngine {
 impl CudaEngine {
     /// Opens device `ordinal`, compiling the kernel or loading it from the cache.
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        Self::with_block_threads(ordinal, DEFAULT_THREADS)
+    }
+
+    /// [`CudaEngine::new`] with `threads` threads per block of the kernel (a multiple of 32,
+    /// 32 to 256; 128 by default), for comparisons.
+    pub fn with_block_threads(ordinal: usize, threads: u32) -> Result<Self, CudaError> {
+        if threads % 32 != 0 || !(32..=256).contains(&threads) {
+            return Err(CudaError::Unusable(format!(
+                "{threads} threads per block: expected a multiple of 32 from 32 to 256"
+            )));
+        }
         // cudarc panics when a library or symbol is missing; turn that into an error.
-        match std::panic::catch_unwind(|| Self::open(ordinal)) {
+        match std::panic::catch_unwind(|| Self::open(ordinal, threads)) {
             Ok(r) => r,
             Err(p) => {
                 let msg = p
@@ -133,7 +144,7 @@ impl CudaEngine {
         }
     }
 
-    fn open(ordinal: usize) -> Result<Self, CudaError> {
+    fn open(ordinal: usize, threads: u32) -> Result<Self, CudaError> {
         let t0 = Instant::now();
         // SAFETY: only tries to dlopen the libraries by name.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -180,11 +191,6 @@ impl CudaEngine {
             "function lookup",
             module.load_function("swarm_empathy_global"),
         )?;
-        let threads = std::env::var("KILN_CUDA_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|t| t % 32 == 0 && (32..=256).contains(t))
-            .unwrap_or(DEFAULT_THREADS);
         Ok(Self {
             ctx,
             stream,

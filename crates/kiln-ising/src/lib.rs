@@ -3,23 +3,20 @@
 //!
 //! Data flows one way: a [`system::IsingSystem`] is annealed ([`anneal`]), read as an
 //! [`emotion::Emotion`], compared with another system ([`empathy`]), acted on ([`response`],
-//! [`memory`]), and scaled to many agents ([`social`], [`batch`]). [`api`] and [`cli`] are thin
-//! shells over those. Every random draw comes from [`rng`]'s counter-based Philox generator, so the
+//! [`memory`]), and scaled to many agents ([`social`], [`batch`]). [`api`] is a thin shell over
+//! those (the command line, its plots and benchmark are `kiln ising`'s, in `kiln-cli`). Every random draw comes from [`rng`]'s counter-based Philox generator, so the
 //! same seed gives the same bits on any thread count. With the `cuda` feature, the `cuda` module runs the
 //! swarm's all-pairs empathy on a GPU and gets the same bits as the CPU.
 
 pub mod anneal;
 pub mod api;
 pub mod batch;
-pub mod bench;
-pub mod cli;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod emotion;
 pub mod empathy;
 pub mod error;
 pub mod memory;
-pub mod plot;
 pub mod response;
 pub mod rng;
 pub mod social;

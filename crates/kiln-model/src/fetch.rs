@@ -45,17 +45,16 @@ pub enum FetchError {
     },
 }
 
-/// Folder that holds kiln's models: `$KILN_MODELS`, else `$XDG_CACHE_HOME/kiln/models`,
-/// else `~/.cache/kiln/models`.
+/// Folder that holds kiln's models: `$KILN_MODELS`, else `kiln/models` in the user's cache
+/// folder (`$XDG_CACHE_HOME` or `~/.cache` on Linux).
 pub fn models_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("KILN_MODELS") {
+    if let Some(d) = std::env::var_os("KILN_MODELS").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("kiln").join("models")
+    dirs::cache_dir()
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("kiln")
+        .join("models")
 }
 
 /// Where the default model is (or will be) stored.

@@ -381,7 +381,7 @@ impl HubOptions {
             .or_else(|| {
                 var("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("huggingface").join("hub"))
             })
-            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))
+            .or_else(|| dirs::home_dir().map(|h| h.join(".cache/huggingface/hub")))
             .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
         let offline = std::env::var("HF_HUB_OFFLINE")
             .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))

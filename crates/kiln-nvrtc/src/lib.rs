@@ -23,21 +23,13 @@ pub struct Program<'a> {
     pub options: Vec<String>,
 }
 
-/// The folder of cached cubins: `$KILN_CACHE_DIR/cuda`, else `$XDG_CACHE_HOME/kiln/cuda`, else
-/// `~/.cache/kiln/cuda`.
+/// The folder of cached cubins: `$KILN_CACHE_DIR/cuda`, else `kiln/cuda` in the user's cache
+/// folder (`$XDG_CACHE_HOME` or `~/.cache` on Linux).
 pub fn cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(d) = env("KILN_CACHE_DIR") {
-        return Some(d.join("cuda"));
+    if let Some(d) = std::env::var_os("KILN_CACHE_DIR").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(d).join("cuda"));
     }
-    if let Some(d) = env("XDG_CACHE_HOME") {
-        return Some(d.join("kiln").join("cuda"));
-    }
-    env("HOME").map(|h| h.join(".cache").join("kiln").join("cuda"))
+    dirs::cache_dir().map(|c| c.join("kiln").join("cuda"))
 }
 
 /// Whether NVRTC (libnvrtc) can be loaded on this machine.

@@ -37,19 +37,25 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best instruction set this CPU has; `KILN_CPU_ISA` (scalar, avx2, avx512,
-    /// neon) picks a lesser one, to compare paths.
+    /// The best instruction set this CPU has.
     pub fn detect() -> Isa {
+        *Isa::available().last().unwrap_or(&Isa::Scalar)
+    }
+
+    /// The instruction set named `name` (scalar, avx2, avx512, neon), if this CPU has it: a
+    /// lesser one than [`Isa::detect`]'s, to compare paths.
+    pub fn named(name: &str) -> Result<Isa, String> {
         let all = Isa::available();
-        let best = *all.last().unwrap_or(&Isa::Scalar);
-        match std::env::var("KILN_CPU_ISA") {
-            Ok(want) => all
-                .iter()
-                .copied()
-                .find(|i| i.name() == want.trim())
-                .unwrap_or(best),
-            Err(_) => best,
-        }
+        all.iter()
+            .copied()
+            .find(|i| i.name() == name.trim())
+            .ok_or_else(|| {
+                let have: Vec<&str> = all.iter().map(|i| i.name()).collect();
+                format!(
+                    "instruction set `{name}`: this CPU runs {}",
+                    have.join(", ")
+                )
+            })
     }
 
     /// Every instruction set this CPU can run, worst first (always starts with `Scalar`).
@@ -81,7 +87,7 @@ impl Isa {
         v
     }
 
-    /// Short name, as `KILN_CPU_ISA` takes it.
+    /// Short name, as [`Isa::named`] takes it.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::anneal::TracePoint;
+use kiln_ising::anneal::TracePoint;
 
 const WIDTH: f64 = 800.0;
 const PANEL: f64 = 220.0;

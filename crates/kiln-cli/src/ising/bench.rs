@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::batch::{emotions, swarm_attention};
-use crate::empathy::{empathy, EmpathyOptions, Weights};
-use crate::error::Result;
-use crate::social::social_attention;
-use crate::system::IsingSystem;
+use kiln_ising::batch::{emotions, swarm_attention};
+use kiln_ising::empathy::{empathy, EmpathyOptions, Weights};
+use kiln_ising::error::Result;
+use kiln_ising::social::social_attention;
+use kiln_ising::system::IsingSystem;
 
 /// Annealing steps used by the empathy, social and swarm benchmarks (the spec's workload).
 pub const BENCH_STEPS: usize = 100;
@@ -88,8 +88,8 @@ pub fn run_cuda(
     repeats: usize,
     swarm_agents: usize,
     threads: usize,
-    engine: &crate::cuda::CudaEngine,
-) -> std::result::Result<BenchReport, crate::cuda::CudaError> {
+    engine: &kiln_ising::cuda::CudaEngine,
+) -> std::result::Result<BenchReport, kiln_ising::cuda::CudaError> {
     let (empathy_n20_us, social5_us, emotion100_us) = single_thread(repeats)?;
     let swarm = swarm_agents_of(swarm_agents)?;
     let opts = swarm_options();

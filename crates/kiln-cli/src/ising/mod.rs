@@ -1,4 +1,5 @@
-//! `kiln ising ...`: the command-line shell over the library (the binary calls [`run`]).
+//! `kiln ising ...`: the command-line shell over the `kiln-ising` library, with its plots
+//! ([`plot`]) and benchmark ([`bench`]).
 //!
 //! Each subcommand builds a JSON value in a pure function (testable without a subprocess) and
 //! prints it either as JSON (`--json`) or as `key: value` lines.
@@ -11,12 +12,15 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::anneal::{adaptive_steps, anneal_traced};
-use crate::batch::{default_threads, emotions, swarm_attention};
-use crate::emotion::emotion;
-use crate::empathy::{empathy, fast_estimate, EmpathyOptions, Weights};
-use crate::social::social_attention;
-use crate::system::IsingSystem;
+mod bench;
+mod plot;
+
+use kiln_ising::anneal::{adaptive_steps, anneal_traced};
+use kiln_ising::batch::{default_threads, emotions, swarm_attention};
+use kiln_ising::emotion::emotion;
+use kiln_ising::empathy::{empathy, fast_estimate, EmpathyOptions, Weights};
+use kiln_ising::social::social_attention;
+use kiln_ising::system::IsingSystem;
 
 /// Arguments of `kiln ising`.
 #[derive(Debug, Clone, Args)]
@@ -178,6 +182,9 @@ pub struct SwarmArgs {
     /// Where to compute the empathies: cpu, or cuda (same results, bit for bit).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// With --device cuda: threads per block of the kernel (a multiple of 32, 32 to 256).
+    #[arg(long, default_value_t = 128)]
+    pub block_threads: u32,
     /// Weight preset: balanced or coupling.
     #[arg(long, default_value = "balanced")]
     pub preset: String,
@@ -201,6 +208,9 @@ pub struct BenchArgs {
     /// Where to run the swarm benchmark: cpu, or cuda (the other benchmarks stay on one CPU thread).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// With --device cuda: threads per block of the kernel (a multiple of 32, 32 to 256).
+    #[arg(long, default_value_t = 128)]
+    pub block_threads: u32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -300,7 +310,7 @@ pub fn anneal_report(a: &AnnealArgs) -> Result<Value> {
             "Annealing n = {}, {} steps, seed {}",
             a.n, rep.steps, a.seed
         );
-        std::fs::write(path, crate::plot::svg(&trace, &title))
+        std::fs::write(path, plot::svg(&trace, &title))
             .with_context(|| format!("writing the plot to {}", path.display()))?;
         v["plot"] = json!(path.display().to_string());
     }
@@ -417,7 +427,7 @@ pub fn swarm_report(a: &SwarmArgs) -> Result<Value> {
             let sw = swarm_attention(&agents, &opts, threads)?;
             (sw, t.elapsed().as_secs_f64(), json!({}))
         }
-        Device::Cuda => swarm_cuda(&agents, &opts, threads)?,
+        Device::Cuda => swarm_cuda(&agents, &opts, threads, a.block_threads)?,
     };
     let k = sw.agents;
     let off: Vec<f64> = (0..k * k)
@@ -458,8 +468,9 @@ fn swarm_cuda(
     agents: &[IsingSystem],
     opts: &EmpathyOptions,
     threads: usize,
-) -> Result<(crate::batch::Swarm, f64, Value)> {
-    let engine = cuda_engine()?;
+    block_threads: u32,
+) -> Result<(kiln_ising::batch::Swarm, f64, Value)> {
+    let engine = cuda_engine(block_threads)?;
     let (sw, t) = engine
         .swarm_attention(agents, opts, threads)
         .context("--device cuda: the swarm kernel failed")?;
@@ -468,8 +479,8 @@ fn swarm_cuda(
         "gpu": engine.device_name(),
         "arch": engine.arch(),
         "kernel_cache": match engine.kernel_origin() {
-            crate::cuda::KernelOrigin::Cached => "hit",
-            crate::cuda::KernelOrigin::Compiled => "compiled",
+            kiln_ising::cuda::KernelOrigin::Cached => "hit",
+            kiln_ising::cuda::KernelOrigin::Compiled => "compiled",
         },
         "setup_seconds": engine.setup_seconds(),
         "kernel_seconds": t.kernel_seconds,
@@ -485,14 +496,16 @@ fn swarm_cuda(
     _agents: &[IsingSystem],
     _opts: &EmpathyOptions,
     _threads: usize,
-) -> Result<(crate::batch::Swarm, f64, Value)> {
+    _block_threads: u32,
+) -> Result<(kiln_ising::batch::Swarm, f64, Value)> {
     Err(no_cuda())
 }
 
 /// Opens the first GPU, with an error that says what to do when there is none.
 #[cfg(feature = "cuda")]
-fn cuda_engine() -> Result<crate::cuda::CudaEngine> {
-    crate::cuda::CudaEngine::new(0).context("--device cuda: no usable GPU")
+fn cuda_engine(block_threads: u32) -> Result<kiln_ising::cuda::CudaEngine> {
+    kiln_ising::cuda::CudaEngine::with_block_threads(0, block_threads)
+        .context("--device cuda: no usable GPU")
 }
 
 /// The error of `--device cuda` in a build without the `cuda` feature.
@@ -516,21 +529,21 @@ pub fn checksum(values: &[f64]) -> u64 {
 pub fn bench_report(a: &BenchArgs) -> Result<Value> {
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
     let r = match a.device {
-        Device::Cpu => crate::bench::run(a.repeats, a.swarm_agents, threads)?,
+        Device::Cpu => bench::run(a.repeats, a.swarm_agents, threads)?,
         Device::Cuda => bench_cuda(a, threads)?,
     };
     Ok(serde_json::to_value(r)?)
 }
 
 #[cfg(feature = "cuda")]
-fn bench_cuda(a: &BenchArgs, threads: usize) -> Result<crate::bench::BenchReport> {
-    let engine = cuda_engine()?;
-    crate::bench::run_cuda(a.repeats, a.swarm_agents, threads, &engine)
+fn bench_cuda(a: &BenchArgs, threads: usize) -> Result<bench::BenchReport> {
+    let engine = cuda_engine(a.block_threads)?;
+    bench::run_cuda(a.repeats, a.swarm_agents, threads, &engine)
         .context("--device cuda: the swarm benchmark failed")
 }
 
 #[cfg(not(feature = "cuda"))]
-fn bench_cuda(_a: &BenchArgs, _threads: usize) -> Result<crate::bench::BenchReport> {
+fn bench_cuda(_a: &BenchArgs, _threads: usize) -> Result<bench::BenchReport> {
     Err(no_cuda())
 }
 
