@@ -1,6 +1,6 @@
 # Device call for the decode kernels (issue "GPU kernels at the bandwidth limit"): correctness
 # on the GPU first, then batch-1/5/8 decode and prefill on the Qwen2.5-0.5B and Llama-3.2-1B
-# shapes with programmatic dependent launch on and off (KILN_CUDA_PDL), a device copy bandwidth
+# shapes with programmatic dependent launch on and off (--dev cuda-pdl), a device copy bandwidth
 # for reference, and a per-kernel profile (ncu) of batch-1 and batch-256 steps.
 # Usage (device tool, carry .devbin and .whl): bash scripts/gpu/kernel_call.sh [check|speed|prof]...
 set -u
@@ -23,7 +23,7 @@ KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 timeout 200 "$B"/real_model --tes
 echo "== compute-sanitizer (memcheck, racecheck of sampling)"
 KILN_TEST_DEVICE=cuda timeout 300 compute-sanitizer --print-limit 5 "$B"/backend_ops 2>&1 | grep -E "ERROR SUMMARY|test result" | head -3
 a=$($K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum)
-b=$(KILN_CUDA_PDL=0 $K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum)
+b=$($K run --dev cuda-pdl=0 --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum)
 echo "greedy text, PDL on $a off $b"
 fi
 if want speed; then
@@ -38,14 +38,14 @@ torch.cuda.synchronize(); dt=(time.perf_counter()-t)/20
 print("copy GB/s (read+write)", round(2*x.numel()/dt/1e9))'
 echo "== Qwen2.5-0.5B shape"
 for pdl in 1 0; do
- for b in 1 5 8; do KILN_CUDA_PDL=$pdl $K bench --device cuda -m /tmp/q05 -p 32 -g 256 -b $b --json 2>/dev/null | j "pdl=$pdl b$b"; done
- KILN_CUDA_PDL=$pdl $K bench --device cuda -m /tmp/q05 -p 2048 -g 256 --json 2>/dev/null | j "pdl=$pdl b1 ctx2048"
+ for b in 1 5 8; do $K bench --dev cuda-pdl=$pdl --device cuda -m /tmp/q05 -p 32 -g 256 -b $b --json 2>/dev/null | j "pdl=$pdl b$b"; done
+ $K bench --dev cuda-pdl=$pdl --device cuda -m /tmp/q05 -p 2048 -g 256 --json 2>/dev/null | j "pdl=$pdl b1 ctx2048"
 done
 for b in 64 256; do $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "b$b"; done
 wait $GP
 echo "== Llama-3.2-1B shape (GGUF f16)"
 for pdl in 1 0; do
- for b in 1 5 8; do KILN_CUDA_PDL=$pdl $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 -b $b --json 2>/dev/null | j "pdl=$pdl b$b"; done
+ for b in 1 5 8; do $K bench --dev cuda-pdl=$pdl --device cuda -m /tmp/l1b.gguf -p 32 -g 256 -b $b --json 2>/dev/null | j "pdl=$pdl b$b"; done
 done
 $K bench --device cuda -m /tmp/l1b.gguf -p 2048 -g 128 --json 2>/dev/null | j "b1 ctx2048"
 echo "== refinement, 5 candidates x 200 tokens against 1"
@@ -54,7 +54,7 @@ fi
 if want prof; then
 for b in ${PROF_BATCHES:-1 8 256}; do
 echo "== ncu, batch $b: every kernel of a bench run (-p 8 -g 4: warm-up, greedy, sampled; graphs off)"
-KILN_CUDA_GRAPHS=0 timeout 240 ncu --csv --metrics gpu__time_duration.sum $K bench --device cuda -m /tmp/q05 -p 8 -g 4 -b $b --json > /tmp/ncu_b$b.csv 2>/dev/null
+timeout 240 ncu --csv --metrics gpu__time_duration.sum $K bench --dev cuda-graphs=0 --device cuda -m /tmp/q05 -p 8 -g 4 -b $b --json > /tmp/ncu_b$b.csv 2>/dev/null
 python3 scripts/gpu/kernel_times.py /tmp/ncu_b$b.csv | head -24
 done
 fi

@@ -1,7 +1,6 @@
 # Device call for k_mvt (2..8 rows on the tensor cores): correctness with it (the default), then
-# k_mvt against k_mvr (KILN_CUDA_MVT=0) at 2, 5 and 8 rows and in refinement; with `full`, the
-# engine's speed round (scripts/gpu/engine_call.sh speed) follows, with k_mvt only if every test
-# passed. Usage (device tool, carry .devbin and .whl): bash scripts/gpu/mvt_call.sh [full]
+# k_mvt against k_mvr (--dev cuda-mvt=0) at 2, 5 and 8 rows and in refinement.
+# Usage (device tool, carry .devbin): bash scripts/gpu/mvt_call.sh
 . scripts/gpu/setup.sh; "$B"/random_hf_model /tmp/q05 f16 qwen2.5-0.5b >/dev/null
 fail=0
 for t in backend_ops arch_fixtures; do
@@ -13,17 +12,12 @@ grep -E "test result|panicked|FAILED|assert" /tmp/rm.log | head -8
 KILN_TEST_DEVICE=cuda timeout 200 compute-sanitizer --print-limit 5 "$B"/backend_ops matmul 2>&1 | grep -E "ERROR SUMMARY|test result|Invalid" | head -4
 echo "tests failed: $fail"
 for m in 1 0; do
-  echo "== KILN_CUDA_MVT=$m"
-  KILN_CUDA_MVT=$m "$B"/kiln run --device cuda -m /tmp/q05 -n 40 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
+  echo "== --dev cuda-mvt=$m"
+  "$B"/kiln run --dev cuda-mvt=$m --device cuda -m /tmp/q05 -n 40 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
   for b in 2 5 8; do
-    KILN_CUDA_MVT=$m "$B"/kiln bench --device cuda -m /tmp/q05 -p 32 -g 256 -b $b --json 2>/dev/null |
+    "$B"/kiln bench --dev cuda-mvt=$m --device cuda -m /tmp/q05 -p 32 -g 256 -b $b --json 2>/dev/null |
       python3 -c 'import json,sys; d=json.load(sys.stdin); print("b",d["batch"], "greedy", round(d["decode_tok_s"],1), "sampled", round(d["decode_sampled_tok_s"],1))'
   done
-  KILN_CUDA_MVT=$m timeout 120 "$B"/kiln profile --batch-ratio 5 --tokens 200 --repeat 3 --device cuda -m /tmp/q05 2>/dev/null |
+  timeout 120 "$B"/kiln profile --dev cuda-mvt=$m --batch-ratio 5 --tokens 200 --repeat 3 --device cuda -m /tmp/q05 2>/dev/null |
     python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); print("refine", round(d["batch_s"],3), round(d["one_candidate_s"],3), round(d["ratio"],3))'
 done
-if [ "${1:-}" = full ]; then
-  [ $fail = 0 ] || export KILN_CUDA_MVT=0
-  echo "== engine speed round, KILN_CUDA_MVT=${KILN_CUDA_MVT:-default}"
-  bash scripts/gpu/engine_call.sh speed 2>&1 | grep -v "^wrote"
-fi

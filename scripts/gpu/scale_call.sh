@@ -1,6 +1,6 @@
 # Device call for many streams (issue "One engine for every path", 64 and 256 streams): the
 # correctness steps of engine_call.sh, then decode with the grouped-query attention kernel on
-# and off (KILN_CUDA_GQA) from 1 to 256 rows, a per-kernel profile at real clocks of 64- and
+# and off (--dev cuda-gqa) from 1 to 256 rows, a per-kernel profile at real clocks of 64- and
 # 256-row steps (ncu --clock-control none, graphs off, 1-token prompts so that every pass has
 # the decode's shape), and kiln serve driven by openai streams with the engine's busy time per
 # round. With .devbin/kiln_base (the same build of an earlier commit) beside the new binary,
@@ -27,12 +27,12 @@ echo "== compute-sanitizer: sampling, attention"
 KILN_TEST_DEVICE=cuda timeout 200 compute-sanitizer --print-limit 5 "$B"/backend_ops sample 2>&1 | grep -E "ERROR SUMMARY|test result" | head -3
 KILN_TEST_DEVICE=cuda timeout 200 compute-sanitizer --print-limit 5 "$B"/backend_ops attention 2>&1 | grep -E "ERROR SUMMARY|test result" | head -3
 KILN_TEST_DEVICE=cuda timeout 200 compute-sanitizer --tool racecheck --print-limit 5 "$B"/backend_ops attention 2>&1 | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" | head -3
-echo "== attention tests with k_attn_gqa at any number of rows (KILN_CUDA_GQA=all), and without it (=0)"
-KILN_CUDA_GQA=all KILN_TEST_DEVICE=cuda timeout 200 compute-sanitizer --print-limit 5 "$B"/backend_ops attention 2>&1 | grep -E "ERROR SUMMARY|test result|panicked" | head -4
-KILN_CUDA_GQA=0 KILN_TEST_DEVICE=cuda timeout 200 "$B"/backend_ops attention 2>&1 | grep -E "test result|panicked" | head -3
+echo "== attention tests with k_attn_gqa at any number of rows (--dev cuda-gqa=all), and without it (=0)"
+KILN_TEST_DEV=cuda-gqa=all KILN_TEST_DEVICE=cuda timeout 200 compute-sanitizer --print-limit 5 "$B"/backend_ops attention 2>&1 | grep -E "ERROR SUMMARY|test result|panicked" | head -4
+KILN_TEST_DEV=cuda-gqa=0 KILN_TEST_DEVICE=cuda timeout 200 "$B"/backend_ops attention 2>&1 | grep -E "test result|panicked" | head -3
 echo "== greedy text of one row (48 tokens, md5): new, new without stacked layers, base"
 $K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
-KILN_CUDA_FUSED=0 $K run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
+$K run --dev cuda-fused=0 --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
 [ -x "$B/kiln_base" ] && "$B"/kiln_base run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum
 if [ -x "$B/kiln_base" ]; then
 echo "== greedy answers of 200 concurrent requests through kiln serve: base twice, new twice (lines that differ from base's first run)"
@@ -48,12 +48,12 @@ done
 fi
 fi
 if want speed; then
-echo "== kiln bench (engine path), Qwen2.5-0.5B shape, -p 32 -g 128: new, base (earlier commit); GQA_ROWS: with KILN_CUDA_GQA=0 and all"
+echo "== kiln bench (engine path), Qwen2.5-0.5B shape, -p 32 -g 128: new, base (earlier commit); GQA_ROWS: with --dev cuda-gqa=0 and all"
 for b in ${BENCH_ROWS:-1 5 8 64 256}; do
   $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "new b$b"
   [ -x "$B/kiln_base" ] && "$B"/kiln_base bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "base b$b"
 done
-[ -n "${GQA_ROWS:-}" ] && for b in $GQA_ROWS; do for g in 0 all; do KILN_CUDA_GQA=$g $K bench --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "new gqa=$g b$b"; done; done
+[ -n "${GQA_ROWS:-}" ] && for b in $GQA_ROWS; do for g in 0 all; do $K bench --dev cuda-gqa=$g --device cuda -m /tmp/q05 -p 32 -g 128 -b $b --json 2>/dev/null | j "new gqa=$g b$b"; done; done
 $K bench --device cuda -m /tmp/q05 -p 2048 -g 128 --json 2>/dev/null | j "new b1 ctx2048"
 [ -x "$B/kiln_base" ] && "$B"/kiln_base bench --device cuda -m /tmp/q05 -p 2048 -g 128 --json 2>/dev/null | j "base b1 ctx2048"
 echo "== refinement, 5 candidates x 200 tokens against 1"
@@ -62,7 +62,7 @@ fi
 if want prof; then
 for b in ${PROF_BATCHES:-64 256}; do
 echo "== ncu at real clocks, $b rows: all kernels of kiln bench -p ${PROF_PROMPT:-1} -g 4 -b $b (graphs off)"
-KILN_CUDA_GRAPHS=0 timeout 200 ncu --clock-control none --csv --metrics gpu__time_duration.sum $K bench --device cuda -m /tmp/q05 -p ${PROF_PROMPT:-1} -g 4 -b $b --json > /tmp/ncu_b$b.csv 2>/dev/null
+timeout 200 ncu --clock-control none --csv --metrics gpu__time_duration.sum $K bench --dev cuda-graphs=0 --device cuda -m /tmp/q05 -p ${PROF_PROMPT:-1} -g 4 -b $b --json > /tmp/ncu_b$b.csv 2>/dev/null
 python3 scripts/gpu/kernel_times.py /tmp/ncu_b$b.csv | head -30
 done
 fi

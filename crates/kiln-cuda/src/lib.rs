@@ -240,6 +240,9 @@ pub struct CudaBackend {
     mvt_ws: CudaSlice<f32>,
     mvt_cnt: CudaSlice<u32>,
     st: Mutex<St>,
+    /// Each kernel's parameter sizes in bytes, as the driver reports them (asked on the
+    /// kernel's first launch), against which every launch's arguments are checked.
+    params: Mutex<HashMap<usize, Vec<usize>>>,
 }
 
 /// When decode attention takes k_attn_gqa (one block per KV head and row) over k_attn (one
@@ -468,6 +471,7 @@ impl CudaBackend {
             mvt_ws,
             mvt_cnt,
             st: Mutex::new(St::default()),
+            params: Mutex::new(HashMap::new()),
         })
     }
 
@@ -524,6 +528,10 @@ impl CudaBackend {
             "a kernel with {} arguments",
             args.len()
         );
+        if let Err(e) = self.check_args(f, args) {
+            self.note("kernel launch", Err::<(), _>(e));
+            return;
+        }
         if self.pdl {
             self.launch_pdl(f, grid, block, smem, args);
             return;
@@ -546,6 +554,53 @@ impl CudaBackend {
         // in kernels.cu, and every pointer is a live device buffer of the sizes it reads.
         let r = unsafe { b.launch(cfg) };
         self.note("kernel launch", r.map(|_| ()));
+    }
+
+    /// Whether `args` has as many values as the kernel's signature, each of its parameter's
+    /// size (an `int` given where a `long long` is taken would leave four bytes of garbage in
+    /// the kernel's value). The sizes are the driver's, asked once per kernel.
+    fn check_args(&self, f: &CudaFunction, args: &[A]) -> Result<(), String> {
+        use cudarc::driver::sys;
+        let func = f.cu_function();
+        let mut cache = self.params.lock().unwrap_or_else(|p| p.into_inner());
+        let sizes = cache.entry(func as usize).or_insert_with(|| {
+            let mut v = Vec::new();
+            loop {
+                let (mut offset, mut size) = (0usize, 0usize);
+                // SAFETY: `func` is a loaded kernel; the driver writes two integers and
+                // returns an error past the last parameter.
+                let r = unsafe { sys::cuFuncGetParamInfo(func, v.len(), &mut offset, &mut size) };
+                if r != sys::CUresult::CUDA_SUCCESS {
+                    break;
+                }
+                v.push(size);
+            }
+            v
+        });
+        let given: Vec<usize> = args
+            .iter()
+            .map(|a| match a {
+                A::P(_) | A::L(_) => 8,
+                A::I(_) | A::F(_) => 4,
+            })
+            .collect();
+        if given == *sizes {
+            return Ok(());
+        }
+        let mut name: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: the driver points `name` at the kernel's name, owned by the module.
+        let named = unsafe { sys::cuFuncGetName(&mut name, func) } == sys::CUresult::CUDA_SUCCESS;
+        let name = if named && !name.is_null() {
+            // SAFETY: a NUL-terminated string the driver keeps alive with the module.
+            unsafe { std::ffi::CStr::from_ptr(name) }
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            "a kernel".into()
+        };
+        Err(format!(
+            "{name} takes parameters of {sizes:?} bytes, the launch passed {given:?} (a bug in kiln: the argument list does not follow the kernel's signature)"
+        ))
     }
 
     /// As `launch_smem`, with programmatic stream serialization allowed: the kernel may start
@@ -1697,7 +1752,7 @@ impl Backend for CudaBackend {
             &[
                 A::P(self.p(&gate.buf)),
                 A::P(self.p(&up.buf)),
-                A::I(len as i32),
+                A::L(len as i64),
             ],
         );
     }
@@ -1707,7 +1762,7 @@ impl Backend for CudaBackend {
             &self.k.add,
             (len.div_ceil(256) as u32, 1, 1),
             256,
-            &[A::P(self.p(&x.buf)), A::P(self.p(&y.buf)), A::I(len as i32)],
+            &[A::P(self.p(&x.buf)), A::P(self.p(&y.buf)), A::L(len as i64)],
         );
     }
 
