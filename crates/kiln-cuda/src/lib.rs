@@ -240,9 +240,9 @@ pub struct CudaBackend {
     mvt_ws: CudaSlice<f32>,
     mvt_cnt: CudaSlice<u32>,
     st: Mutex<St>,
-    /// Each kernel's parameter sizes in bytes, as the driver reports them (asked on the
-    /// kernel's first launch), against which every launch's arguments are checked.
-    params: Mutex<HashMap<usize, Vec<usize>>>,
+    /// Each kernel's parameter sizes in bytes by argument count, as the driver reports them
+    /// (asked on the first launch), against which every launch's arguments are checked.
+    params: Mutex<HashMap<(usize, usize), Vec<usize>>>,
 }
 
 /// When decode attention takes k_attn_gqa (one block per KV head and row) over k_attn (one
@@ -556,27 +556,14 @@ impl CudaBackend {
         self.note("kernel launch", r.map(|_| ()));
     }
 
-    /// Whether `args` has as many values as the kernel's signature, each of its parameter's
-    /// size (an `int` given where a `long long` is taken would leave four bytes of garbage in
-    /// the kernel's value). The sizes are the driver's, asked once per kernel.
+    /// Whether each of `args` has the size of the kernel's parameter in its place (an `int`
+    /// given where a `long long` is taken would leave four bytes of garbage in the kernel's
+    /// value), and none is past the signature's end. The sizes are the driver's, asked once
+    /// per kernel and argument count (asking past the last parameter is an API error, which
+    /// only a launch with too many arguments makes).
     fn check_args(&self, f: &CudaFunction, args: &[A]) -> Result<(), String> {
         use cudarc::driver::sys;
         let func = f.cu_function();
-        let mut cache = self.params.lock().unwrap_or_else(|p| p.into_inner());
-        let sizes = cache.entry(func as usize).or_insert_with(|| {
-            let mut v = Vec::new();
-            loop {
-                let (mut offset, mut size) = (0usize, 0usize);
-                // SAFETY: `func` is a loaded kernel; the driver writes two integers and
-                // returns an error past the last parameter.
-                let r = unsafe { sys::cuFuncGetParamInfo(func, v.len(), &mut offset, &mut size) };
-                if r != sys::CUresult::CUDA_SUCCESS {
-                    break;
-                }
-                v.push(size);
-            }
-            v
-        });
         let given: Vec<usize> = args
             .iter()
             .map(|a| match a {
@@ -584,6 +571,21 @@ impl CudaBackend {
                 A::I(_) | A::F(_) => 4,
             })
             .collect();
+        let mut cache = self.params.lock().unwrap_or_else(|p| p.into_inner());
+        let sizes = cache.entry((func as usize, args.len())).or_insert_with(|| {
+            (0..args.len())
+                .map(|i| {
+                    let (mut offset, mut size) = (0usize, 0usize);
+                    // SAFETY: `func` is a loaded kernel; the driver writes two integers.
+                    let r = unsafe { sys::cuFuncGetParamInfo(func, i, &mut offset, &mut size) };
+                    if r == sys::CUresult::CUDA_SUCCESS {
+                        size
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        });
         if given == *sizes {
             return Ok(());
         }
@@ -599,7 +601,7 @@ impl CudaBackend {
             "a kernel".into()
         };
         Err(format!(
-            "{name} takes parameters of {sizes:?} bytes, the launch passed {given:?} (a bug in kiln: the argument list does not follow the kernel's signature)"
+            "{name} takes parameters of {sizes:?} bytes (0: none), the launch passed {given:?} (a bug in kiln: the argument list does not follow the kernel's signature)"
         ))
     }
 

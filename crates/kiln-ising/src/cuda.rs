@@ -125,7 +125,7 @@ impl CudaEngine {
     /// [`CudaEngine::new`] with `threads` threads per block of the kernel (a multiple of 32,
     /// 32 to 256; 128 by default), for comparisons.
     pub fn with_block_threads(ordinal: usize, threads: u32) -> Result<Self, CudaError> {
-        if threads % 32 != 0 || !(32..=256).contains(&threads) {
+        if !threads.is_multiple_of(32) || !(32..=256).contains(&threads) {
             return Err(CudaError::Unusable(format!(
                 "{threads} threads per block: expected a multiple of 32 from 32 to 256"
             )));
