@@ -2,7 +2,7 @@
 //!
 //! Nothing CUDA is linked: the driver, NVRTC and cuBLAS are loaded at run time, so a binary
 //! built with the feature starts on a machine without a GPU and [`CudaBackend::new`] says why
-//! it cannot open one. The kernels (`kernels.cu`) are compiled by NVRTC for the device's
+//! it cannot open one. The kernels (`kernels/*.cu`, by operation) are compiled by NVRTC for the device's
 //! architecture and the cubin is cached on disk, keyed by a hash of the source, the options
 //! and the NVRTC version.
 //!
@@ -15,6 +15,8 @@
 //! block tables) sits in one device buffer that the kernels read, uploaded before each pass.
 
 mod nvrtc;
+
+pub use nvrtc::SOURCE as KERNEL_SOURCE;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,9 +36,9 @@ use kiln_model::{ModelConfig, ModelError};
 /// Rows a pass may have for the matrix-vector kernel (more go to cuBLAS).
 pub const MV_ROWS: usize = 8;
 const MV_WARPS: usize = 8;
-/// Outputs per group of warps in the one-row kernel (`MV1_OUT` in kernels.cu).
+/// Outputs per group of warps in the one-row kernel (`MV1_OUT` in kernels/matvec_rows.cu).
 const MV1_OUT: usize = 2;
-/// Outputs per warp of the `n`-row kernel k_mvr (`MVR_OUT` in kernels.cu).
+/// Outputs per warp of the `n`-row kernel k_mvr (`MVR_OUT` in kernels/matvec_rows.cu).
 fn mvr_out(n: usize) -> usize {
     if n <= 4 {
         4
@@ -551,7 +553,7 @@ impl CudaBackend {
             shared_mem_bytes: smem,
         };
         // SAFETY: every kernel's arguments are listed in the order and types of its signature
-        // in kernels.cu, and every pointer is a live device buffer of the sizes it reads.
+        // in `kernels/`, and every pointer is a live device buffer of the sizes it reads.
         let r = unsafe { b.launch(cfg) };
         self.note("kernel launch", r.map(|_| ()));
     }
@@ -606,7 +608,7 @@ impl CudaBackend {
     }
 
     /// As `launch_smem`, with programmatic stream serialization allowed: the kernel may start
-    /// before the previous one on the stream ends. Every kernel in kernels.cu and sample.cu
+    /// before the previous one on the stream ends. Every kernel in `kernels/`
     /// calls `pdl_wait()` before it touches memory an earlier kernel writes (a test checks
     /// that each one does), so only its weight prefetch overlaps.
     fn launch_pdl(
@@ -1246,7 +1248,7 @@ impl CudaBackend {
 
 /// Whether k_attn_gqa takes these heads: a group of query heads per KV head larger than one,
 /// up to GQ_MAXG, head size a multiple of 8 up to GQ_HD, and the group's outputs within
-/// GQ_ACC per thread (kernels.cu).
+/// GQ_ACC per thread (kernels/attention.cu).
 fn gqa_ok(cfg: &ModelConfig) -> bool {
     let (h, kv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     if kv == 0 || !h.is_multiple_of(kv) {

@@ -1,4 +1,4 @@
-//! The kernels of `kernels.cu` and `sample.cu`, compiled by NVRTC for the device or read from the cubin cache
+//! The kernels of `kernels/*.cu`, compiled by NVRTC for the device or read from the cubin cache
 //! (`kiln_nvrtc`).
 
 use std::sync::Arc;
@@ -8,8 +8,20 @@ use cudarc::nvrtc::Ptx;
 
 use kiln_model::ModelError;
 
-/// The kernel source, compiled at run time: the model's kernels, then sampling's.
-pub const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("sample.cu"));
+/// The kernel source, compiled at run time as one program: the files of `kernels/` by
+/// operation, in this order (each may use what the files before it define; `prelude.cu` holds
+/// the shared helpers, `sample.cu` the sampling kernels).
+pub const SOURCE: &str = concat!(
+    include_str!("kernels/prelude.cu"),
+    include_str!("kernels/elementwise.cu"),
+    include_str!("kernels/matvec.cu"),
+    include_str!("kernels/rope_kv.cu"),
+    include_str!("kernels/attention.cu"),
+    include_str!("kernels/matvec_rows.cu"),
+    include_str!("kernels/argmax.cu"),
+    include_str!("kernels/quant.cu"),
+    include_str!("kernels/sample.cu"),
+);
 
 fn program(arch: &str) -> kiln_nvrtc::Program<'static> {
     kiln_nvrtc::Program {

@@ -5,10 +5,30 @@
 //! waits (`pdl_wait`, or `pdl_enter` which waits first) before it touches activations; a
 //! kernel that forgot would read stale data on sm_90 only, and only sometimes.
 
-const SOURCES: [(&str, &str); 2] = [
-    ("kernels.cu", include_str!("../src/kernels.cu")),
-    ("sample.cu", include_str!("../src/sample.cu")),
+const SOURCES: [(&str, &str); 9] = [
+    ("prelude.cu", include_str!("../src/kernels/prelude.cu")),
+    (
+        "elementwise.cu",
+        include_str!("../src/kernels/elementwise.cu"),
+    ),
+    ("matvec.cu", include_str!("../src/kernels/matvec.cu")),
+    ("rope_kv.cu", include_str!("../src/kernels/rope_kv.cu")),
+    ("attention.cu", include_str!("../src/kernels/attention.cu")),
+    (
+        "matvec_rows.cu",
+        include_str!("../src/kernels/matvec_rows.cu"),
+    ),
+    ("argmax.cu", include_str!("../src/kernels/argmax.cu")),
+    ("quant.cu", include_str!("../src/kernels/quant.cu")),
+    ("sample.cu", include_str!("../src/kernels/sample.cu")),
 ];
+
+/// The files above are the whole program NVRTC compiles, in its order.
+#[test]
+fn the_checks_read_every_kernel_file() {
+    let all: String = SOURCES.iter().map(|(_, s)| *s).collect();
+    assert_eq!(all, kiln_cuda::KERNEL_SOURCE);
+}
 
 /// The body of the function whose header starts at `at`: from its first `{` to the matching `}`.
 fn body(src: &str, at: usize) -> &str {
@@ -118,7 +138,7 @@ fn rust_const(src: &str, after: &str, name: &str) -> String {
 /// would let the kernels write past them without an error.
 #[test]
 fn the_host_sizes_buffers_with_the_kernels_layouts() {
-    let cu = include_str!("../src/sample.cu");
+    let cu = include_str!("../src/kernels/sample.cu");
     let rs = include_str!("../src/lib.rs");
     for (c, r) in [
         ("SAMPLE_ROW_WORDS", "ROW"),
@@ -137,7 +157,7 @@ fn the_host_sizes_buffers_with_the_kernels_layouts() {
         kiln_model::sample::MAX_TOP_LOGPROBS
     );
     // k_mvr's outputs per warp, used for its grid on the host.
-    let k = include_str!("../src/kernels.cu");
+    let k = include_str!("../src/kernels/matvec_rows.cu");
     assert_eq!(define(k, "MVR_OUT(N)"), "((N) <= 4 ? 4 : 2)");
     assert!(rs.contains("fn mvr_out(n: usize) -> usize {\n    if n <= 4 {\n        4\n    } else {\n        2\n    }"));
 }

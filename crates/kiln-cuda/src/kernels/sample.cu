@@ -60,7 +60,7 @@ __device__ __forceinline__ float sample_uniform(u32 key, u32 tok) {
     return ((float)(h >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
-// `better` (kernels.cu): larger value, then lower index.
+// `better` (argmax.cu): larger value, then lower index.
 
 // Block-wide best (value, index); every thread gets the result.
 __device__ void block_best(float &bv, int &bi, float *sv, int *si) {

@@ -1,0 +1,402 @@
+// ---- matrix-vector products with x staged in shared memory -----------------------------------
+//
+// As k_mv, for cols % 8 == 0 and one row: the block first writes the (normalised) row of x to
+// shared memory (cols floats, dynamic), so the loop reads only the weights from global memory.
+// k_mv1 (one row of x) gives each warp two outputs; more rows go to k_mvr below.
+__device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
+    float a, b, s;
+    h2f2(q.x, a, b); s = a * x0.x + b * x0.y;
+    h2f2(q.y, a, b); s += a * x0.z + b * x0.w;
+    h2f2(q.z, a, b); s += a * x1.x + b * x1.y;
+    h2f2(q.w, a, b); s += a * x1.z + b * x1.w;
+    return s;
+}
+
+// One row of x (RMS-normalised when `nw` is given) into shared memory.
+__device__ void stage_x(const float *x, int cols, const float *nw, float eps, float *xs,
+                        float *red) {
+    float sc = 1.0f;
+    if (nw) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += x[i] * x[i];
+        ss = block_sum(ss, red);
+        sc = rsqrtf(ss / cols + eps);
+    }
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = nw ? x[i] * sc * nw[i] : x[i];
+    __syncthreads();
+}
+
+__device__ __forceinline__ void mv_store(float *out, int o, int outs, const float *bias, float s0,
+                                         float s1, int mode) {
+    float v0 = s0 + (bias ? bias[o] : 0.0f);
+    if (mode == 0) out[o] = v0;
+    else if (mode == 1) out[o] += v0;
+    else out[o] = silu(v0) * (s1 + (bias ? bias[o + outs] : 0.0f));
+}
+
+#define MV1_OUT 2
+
+extern "C" __global__ void __launch_bounds__(256)
+k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
+      float eps, float *out, int mode, int ks) {
+    // ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
+    extern __shared__ float4 xs4[];
+    __shared__ float red[32];
+    __shared__ float part[8][MV1_OUT][2];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
+    int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
+    int nvec = cols >> 3;
+    // Start the weights on their way to L2 before waiting for x.
+    for (int k = 0; k < MV1_OUT; k++)
+        for (int a = 0; a < (mode == 2 ? 2 : 1); a++)
+            if (o0 + k < outs)
+                prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
+                            lane + 32 * kw, 32 * ks);
+    // Only the weights were touched so far: the kernel before may still be running.
+    pdl_enter();
+    stage_x(x, cols, nw, eps, (float *)xs4, red);
+    // All (up to four) rows advance together: their loads are independent and share x.
+    const uint4 *wr[MV1_OUT][2];
+    bool live[MV1_OUT][2];
+    float acc[MV1_OUT][2];
+#pragma unroll
+    for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            live[k][a] = o0 + k < outs && (a == 0 || mode == 2);
+            wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
+            acc[k][a] = 0.0f;
+        }
+#pragma unroll 2
+    for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+        float4 x0 = xs4[2 * j], x1 = xs4[2 * j + 1];
+        uint4 q[MV1_OUT][2];
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) q[k][a] = __ldg(wr[k][a] + j);
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) acc[k][a] += dot8(q[k][a], x0, x1);
+    }
+#pragma unroll
+    for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            float v = warp_sum(acc[k][a]);
+            if (lane == 0) part[warp][k][a] = v;
+        }
+    __syncthreads();
+    if (kw == 0 && lane < MV1_OUT) {
+        int k = lane, o = o0 + k;
+        if (o < outs) {
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int w = 0; w < ks; w++) {
+                s0 += part[grp * ks + w][k][0];
+                s1 += part[grp * ks + w][k][1];
+            }
+            mv_store(out, o, outs, bias, s0, s1, mode);
+        }
+    }
+}
+
+// ---- matrix-vector products for 2..8 rows, each weight read once for all rows ------------------
+//
+// k_mvr<N>: each warp takes MVR_OUT(N) outputs (with their up rows for SwiGLU) and all N rows of
+// x, so a weight vector, converted from f16 once, serves N rows, and a piece of x read once
+// serves those outputs (4 up to 4 rows, 2 beyond). Two blocks of 256 threads fit on an SM
+// (__launch_bounds__(256, 2): at most 128 registers); with 4 outputs, 5 and 6 rows spilled, and
+// 2 outputs were faster at 6 rows and even at 5 (docs/PERF.md, "GPU kernels, second session"). x is read through the L1 cache (no staging: any row
+// length), normalised on the fly when `nw` is given. ks warps (1, 2, 4 or 8) share each group
+// of outputs, splitting its columns. Needs cols % 8 == 0.
+#define MVR_OUT(N) ((N) <= 4 ? 4 : 2)
+
+template <int N, int O = MVR_OUT(N)>
+__device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int outs, int cols,
+                                         const float *x, const float *nw, float eps, float *out,
+                                         int out_stride, int mode, int ks) {
+    __shared__ float scale[8];
+    __shared__ float part[MV_WARPS][O][2][N];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / ks, kw = warp % ks, groups = MV_WARPS / ks;
+    const int o0 = (blockIdx.x * groups + grp) * O;
+    const int nvec = cols >> 3, xq = cols >> 2;
+    // Start this warp's weights on their way to L2, then wait for x.
+    for (int k = 0; k < O; k++)
+        for (int a = 0; a < (mode == 2 ? 2 : 1); a++)
+            if (o0 + k < outs)
+                prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
+                            lane + 32 * kw, 32 * ks);
+    pdl_enter();
+    if (warp < N) {
+        float sc = 1.0f;
+        if (nw) {
+            const float *xr = x + (size_t)warp * cols;
+            float ss = 0.0f;
+            for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
+            ss = warp_sum(ss);
+            sc = rsqrtf(ss / cols + eps);
+        }
+        if (lane == 0) scale[warp] = sc;
+    }
+    __syncthreads();
+    float sc[N];
+#pragma unroll
+    for (int r = 0; r < N; r++) sc[r] = scale[r];
+    const uint4 *wr[O][2];
+    bool live[O][2];
+    float acc[O][2][N];
+#pragma unroll
+    for (int k = 0; k < O; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            live[k][a] = o0 + k < outs && (a == 0 || mode == 2);
+            wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
+#pragma unroll
+            for (int r = 0; r < N; r++) acc[k][a][r] = 0.0f;
+        }
+    const float4 *x4 = (const float4 *)x;
+    const float4 *n4 = (const float4 *)nw;
+    for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+        uint4 q[O][2];
+#pragma unroll
+        for (int k = 0; k < O; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) q[k][a] = __ldg(wr[k][a] + j);
+        float4 m0 = make_float4(1.0f, 1.0f, 1.0f, 1.0f), m1 = m0;
+        if (nw) {
+            m0 = __ldg(n4 + 2 * j);
+            m1 = __ldg(n4 + 2 * j + 1);
+        }
+        // Every row's piece of x (normalised) first, then each weight vector converted from
+        // f16 once and dotted with all of them.
+        float4 xa[N], xb[N];
+#pragma unroll
+        for (int r = 0; r < N; r++) {
+            float4 x0 = __ldg(x4 + r * xq + 2 * j), x1 = __ldg(x4 + r * xq + 2 * j + 1);
+            const float c = sc[r];
+            xa[r] = make_float4(x0.x * m0.x * c, x0.y * m0.y * c, x0.z * m0.z * c, x0.w * m0.w * c);
+            xb[r] = make_float4(x1.x * m1.x * c, x1.y * m1.y * c, x1.z * m1.z * c, x1.w * m1.w * c);
+        }
+#pragma unroll
+        for (int k = 0; k < O; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++) {
+                if (!live[k][a]) continue;
+                float w0, w1, w2, w3, w4, w5, w6, w7;
+                h2f2(q[k][a].x, w0, w1);
+                h2f2(q[k][a].y, w2, w3);
+                h2f2(q[k][a].z, w4, w5);
+                h2f2(q[k][a].w, w6, w7);
+#pragma unroll
+                for (int r = 0; r < N; r++) {
+                    // The order of dot8's sums, so that results do not change.
+                    float t = w0 * xa[r].x + w1 * xa[r].y;
+                    t += w2 * xa[r].z + w3 * xa[r].w;
+                    t += w4 * xb[r].x + w5 * xb[r].y;
+                    t += w6 * xb[r].z + w7 * xb[r].w;
+                    acc[k][a][r] += t;
+                }
+            }
+    }
+#pragma unroll
+    for (int k = 0; k < O; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float v = warp_sum(acc[k][a][r]);
+                if (lane == 0) part[warp][k][a][r] = v;
+            }
+    __syncthreads();
+    if (kw == 0 && lane < O * N) {
+        const int k = lane / N, r = lane % N, o = o0 + k;
+        if (o < outs) {
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int w = 0; w < ks; w++) {
+                s0 += part[grp * ks + w][k][0][r];
+                s1 += part[grp * ks + w][k][1][r];
+            }
+            mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+        }
+    }
+}
+
+#define MVR_KERNEL(N)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                       \
+    k_mvr##N(const u16 *W, const float *bias, int outs, int cols, const float *x,             \
+             const float *nw, float eps, float *out, int out_stride, int mode, int ks) {      \
+        mvr_body<N>(W, bias, outs, cols, x, nw, eps, out, out_stride, mode, ks);            \
+    }
+MVR_KERNEL(2)
+MVR_KERNEL(3)
+MVR_KERNEL(4)
+MVR_KERNEL(5)
+MVR_KERNEL(6)
+MVR_KERNEL(7)
+MVR_KERNEL(8)
+
+// ---- matrix-vector products for 2..8 rows on the tensor cores ---------------------------------
+//
+// k_mvt: mma.sync m16n8k16 (f16 x f16, f32 sums) with the weights as A (16 outputs x 16
+// columns) and x as B (16 columns x 8 rows; rows beyond n are zero), x rounded to f16 after
+// the RMSNorm. A warp takes a tile of 16 outputs (and their 16 up rows for SwiGLU) and 32
+// columns a step: lane (g = lane / 4, c = lane % 4) loads 8 consecutive weights at column 8c
+// of outputs g and g + 8 (a uint4 each) and 8 values of x row g at the same columns. The first
+// mma of a step takes columns 8c..8c+3 of each lane, the second 8c+4..8c+7: a permutation of
+// the 16 columns of each mma, the same for A and B, so the sums are the product's. ks warps of
+// a block share a tile (8 / ks tiles a block) and `splits` blocks (grid.y) share its steps;
+// with splits > 1 each block leaves its sums in `ws` and the last block of the tile to finish
+// (a counter in `cnt`, reset by it) adds them in block order, so the result does not depend on
+// timing. Needs cols % 32 == 0 and 2 <= n <= 8 (the backend sends it 3 to 8 rows).
+#define MVT_WARPS 8
+
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// sm_80 and later (the backend sends k_mvt nothing on older devices, where this traps so that
+// the module still compiles for them).
+__device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
+      float eps, float *out, int out_stride, int mode, int ks, int splits, float *ws, u32 *cnt) {
+    __shared__ float scale[8];
+    __shared__ float part[MVT_WARPS][2][16][8];
+    __shared__ int last;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / ks, kw = warp % ks, groups = MVT_WARPS / ks;
+    const int o0 = (blockIdx.x * groups + grp) * 16;
+    const int g = lane >> 2, c = lane & 3;
+    const int na = mode == 2 ? 2 : 1;
+    const int steps = cols >> 5, u0 = blockIdx.y * ks + kw, us = ks * splits;
+    // This warp's weights on their way to L2 (its share of the steps), then wait for x.
+    for (int a = 0; a < na; a++)
+        for (int h = 0; h < 2; h++) {
+            const int o = o0 + g + 8 * h;
+            if (o >= outs) continue;
+            const char *wr = (const char *)(W + (size_t)(o + a * outs) * cols);
+            for (int st = u0; st < steps; st += us)
+                if (c == 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + st * 64));
+        }
+    pdl_enter();
+    if (warp < n) {
+        float sc = 1.0f;
+        if (nw) {
+            const float *xr = x + (size_t)warp * cols;
+            float ss = 0.0f;
+            for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
+            ss = warp_sum(ss);
+            sc = rsqrtf(ss / cols + eps);
+        }
+        if (lane == 0) scale[warp] = sc;
+    }
+    __syncthreads();
+    const bool xlive = g < n;
+    const float sc = xlive ? scale[g] : 0.0f;
+    const float *xr = x + (size_t)(xlive ? g : 0) * cols;
+    const bool l0 = o0 + g < outs, l1 = o0 + g + 8 < outs;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    float d[2][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) d[a][i] = 0.0f;
+    const uint4 *w0 = (const uint4 *)(W + (size_t)(l0 ? o0 + g : 0) * cols);
+    const uint4 *w1 = (const uint4 *)(W + (size_t)(l1 ? o0 + g + 8 : 0) * cols);
+    const size_t up = (size_t)outs * cols / 8;  // the up rows, in uint4s
+#pragma unroll 2
+    for (int st = u0; st < steps; st += us) {
+        const int col = st * 32 + 8 * c;
+        u32 b[4] = {0u, 0u, 0u, 0u};
+        if (xlive) {
+            float4 x0 = __ldg((const float4 *)(xr + col)), x1 = __ldg((const float4 *)(xr + col + 4));
+            float4 m0 = make_float4(1.0f, 1.0f, 1.0f, 1.0f), m1 = m0;
+            if (nw) {
+                m0 = __ldg((const float4 *)(nw + col));
+                m1 = __ldg((const float4 *)(nw + col + 4));
+            }
+            b[0] = pack_h2(x0.x * m0.x * sc, x0.y * m0.y * sc);
+            b[1] = pack_h2(x0.z * m0.z * sc, x0.w * m0.w * sc);
+            b[2] = pack_h2(x1.x * m1.x * sc, x1.y * m1.y * sc);
+            b[3] = pack_h2(x1.z * m1.z * sc, x1.w * m1.w * sc);
+        }
+        const int v = col >> 3;
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            if (a >= na) break;
+            const uint4 q0 = l0 ? __ldg(w0 + a * up + v) : zero;
+            const uint4 q1 = l1 ? __ldg(w1 + a * up + v) : zero;
+            mma16816(d[a], q0.x, q1.x, q0.y, q1.y, b[0], b[1]);
+            mma16816(d[a], q0.z, q1.z, q0.w, q1.w, b[2], b[3]);
+        }
+    }
+    // d[a]: outputs g (0, 1) and g + 8 (2, 3), rows 2c and 2c + 1.
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+        part[warp][a][g][2 * c] = d[a][0];
+        part[warp][a][g][2 * c + 1] = d[a][1];
+        part[warp][a][g + 8][2 * c] = d[a][2];
+        part[warp][a][g + 8][2 * c + 1] = d[a][3];
+    }
+    __syncthreads();
+    const int per = 16 * n;
+    if (splits == 1) {
+        if (kw == 0)
+            for (int i = lane; i < per; i += 32) {
+                const int k = i / n, r = i % n, o = o0 + k;
+                if (o >= outs) continue;
+                float s0 = 0.0f, s1 = 0.0f;
+                for (int w = 0; w < ks; w++) {
+                    s0 += part[grp * ks + w][0][k][r];
+                    s1 += part[grp * ks + w][1][k][r];
+                }
+                mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+            }
+        return;
+    }
+    // Split along the columns (ks == 8, one tile a block): this block's sums to ws.
+    float *mine = ws + ((size_t)blockIdx.x * splits + blockIdx.y) * 256;
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+        const int a = i >> 7, k = (i >> 3) & 15, r = i & 7;
+        float s = 0.0f;
+        for (int w = 0; w < ks; w++) s += part[w][a][k][r];
+        mine[i] = s;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&cnt[blockIdx.x], 1u) == (u32)(splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float *all = ws + (size_t)blockIdx.x * splits * 256;
+    for (int i = threadIdx.x; i < per; i += blockDim.x) {
+        const int k = i / n, r = i % n, o = o0 + k;
+        if (o >= outs) continue;
+        float s0 = 0.0f, s1 = 0.0f;
+        for (int z = 0; z < splits; z++) {
+            s0 += __ldcg(all + z * 256 + k * 8 + r);
+            s1 += __ldcg(all + z * 256 + 128 + k * 8 + r);
+        }
+        mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+    }
+    if (threadIdx.x == 0) cnt[blockIdx.x] = 0u;
+}
+
