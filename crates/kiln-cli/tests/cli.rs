@@ -175,6 +175,67 @@ fn draft_flags_are_checked_before_loading() {
     }
 }
 
+/// The developers' switches (`--dev`) and `--gpu-weights`: a name or value kiln does not know,
+/// or one for another device, is an error that names it; one that applies is used.
+#[test]
+fn device_switches_are_checked_and_never_ignored() {
+    let gguf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny-qwen2/model.gguf"
+    );
+    for (args, usage, word) in [
+        (vec!["--dev", "cuda-grafs=0"], true, "no such switch"),
+        (vec!["--dev", "cuda-graphs"], true, "expected NAME=VALUE"),
+        (
+            vec!["--dev", "cuda-graphs=maybe"],
+            true,
+            "expected cuda-graphs=0 or cuda-graphs=1",
+        ),
+        (
+            vec!["--dev", "cpu-isa=sse9"],
+            true,
+            "instruction set `sse9`",
+        ),
+        (
+            vec!["--gpu-weights", "q3"],
+            true,
+            "expected f16 or quantized",
+        ),
+        (
+            vec!["--dev", "cuda-graphs=0"],
+            false,
+            "cuda-graphs applies to --device cuda only",
+        ),
+        (
+            vec!["--gpu-weights", "quantized"],
+            false,
+            "--gpu-weights applies to --device cuda only",
+        ),
+    ] {
+        let out = kiln()
+            .args(["run", "--model", gguf, "-n", "2"])
+            .args(&args)
+            .arg("hi")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        if usage {
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(word), "{args:?}: {err}");
+    }
+    // Switches for the CPU are used: the scalar kernels and f32 activations still answer.
+    let out = kiln()
+        .args(["run", "--model", gguf, "-n", "4", "--temperature", "0"])
+        .args(["--dev", "cpu-isa=scalar", "--dev", "cpu-exact=1", "hi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("scalar, f32 activations"), "{err}");
+}
+
 #[test]
 fn cuda_device_without_a_gpu_is_a_clear_error() {
     let bad = kiln()

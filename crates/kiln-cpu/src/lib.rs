@@ -575,8 +575,9 @@ impl Backend for CpuBackend {
             KvDtype::F16 => String::new(),
             other => format!(", {} KV", other.name()),
         };
+        let exact = if self.exact { ", f32 activations" } else { "" };
         format!(
-            "cpu ({} threads, {}{kv})",
+            "cpu ({} threads, {}{kv}{exact})",
             self.pool.n_threads(),
             self.isa.name()
         )
