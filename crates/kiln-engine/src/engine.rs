@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::blocks::{BlockManager, Registered};
 use crate::constraint::Constraint;
+use crate::error::SubmitError;
 use crate::sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};
 use crate::score::{
     token_logprob, EmbedRequest, EmbedSink, Pooled, PromptScore, ScoreRequest, ScoreSink,
@@ -305,28 +306,6 @@ pub enum Event {
 /// Where a request's events go; returns `false` once nobody listens (the request is then
 /// cancelled at the next step).
 pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
-
-/// Why a request was not accepted.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SubmitError {
-    /// A sampling parameter is out of range.
-    #[error(transparent)]
-    Param(#[from] ParamError),
-    /// The prompt is empty or too long, or a token is outside the vocabulary.
-    #[error("{0}")]
-    Prompt(String),
-    /// The request could never fit in the KV memory budget.
-    #[error("the request needs {needed} KV blocks but the memory budget allows {total}; raise --max-memory-mb or shorten it")]
-    TooLarge {
-        /// Blocks needed.
-        needed: usize,
-        /// Blocks in the pool.
-        total: usize,
-    },
-    /// Too many requests are waiting.
-    #[error("the queue is full ({0} requests waiting); try again later")]
-    QueueFull(usize),
-}
 
 /// What a request is checked against before it is queued: fixed once the engine is built, so
 /// that a handle can check requests on the caller's thread without waiting for the engine.

@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::engine::{Engine, EngineStats, Event, Limits, Request, Runner, Sink, SubmitError};
+use crate::engine::{Engine, EngineStats, Event, Limits, Request, Runner, Sink};
+use crate::error::SubmitError;
 use crate::score::{EmbedRequest, EmbedSink, PromptScore, ScoreError, ScoreRequest, ScoreSink};
 
 type Reply = mpsc::SyncSender<Result<u64, SubmitError>>;

@@ -11,6 +11,7 @@ pub mod builder;
 pub mod constraint;
 pub mod device;
 pub mod engine;
+pub mod error;
 pub mod handle;
 pub mod runner;
 pub mod sampling;
@@ -21,8 +22,9 @@ pub use builder::{EngineBuilder, EngineSize};
 pub use constraint::{Constraint, Grammar, GrammarError, Grammars};
 pub use engine::{
     Engine, EngineConfig, EngineStats, Event, FinishReason, Limits, Request, Runner, Sink, Slice,
-    SubmitError, Usage,
+    Usage,
 };
+pub use error::SubmitError;
 pub use handle::EngineHandle;
 pub use runner::ModelRunner;
 pub use sampling::{ParamError, RequestSampler, SamplingParams, TokenLogprob};

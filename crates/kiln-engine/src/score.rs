@@ -7,7 +7,7 @@
 //! rest runs in a separate teacher-forced pass that returns one row of logits per token, so
 //! the other sequences of the step keep their usual single-row pass.
 
-use crate::engine::SubmitError;
+use crate::error::SubmitError;
 
 /// A text to score: nothing is generated.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,15 +19,11 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream;
-use kiln_irp::{
-    CandidateSpec, EngineGenerator, Generated, Generator, Irp, NewExchange, Profile, Refiner,
-};
-use serde_json::{json, Map, Value};
+use kiln_irp::{CandidateSpec, EngineGenerator, Generated, Generator, Irp, NewExchange, Refiner};
+use serde_json::{json, Value};
 
 use crate::request::GenRequest;
 use crate::{finish_str, now_s, sse, ApiError, Shared};
-
-const FIELD: &str = "request field `refine`";
 
 /// Sets its flag when dropped.
 struct SetOnDrop(Arc<AtomicBool>);
@@ -48,69 +44,6 @@ impl Generator for Watched<'_> {
     fn generate(&self, specs: &[CandidateSpec]) -> Result<Vec<Generated>, kiln_irp::IrpError> {
         self.inner.generate_unless(specs, Some(&self.gone))
     }
-}
-
-/// Reads the `refine` field: a profile name, or an object with `profile` and any profile keys.
-pub fn parse(v: Option<&Value>) -> Result<Option<Profile>, ApiError> {
-    let bad = |e: kiln_irp::ProfileError| {
-        let param = match &e {
-            kiln_irp::ProfileError::Value { key, .. }
-            | kiln_irp::ProfileError::UnknownKey { key, .. } => format!("refine.{key}"),
-            _ => "refine".into(),
-        };
-        ApiError::bad(&param, e.to_string())
-    };
-    let builtin = |name: &str| -> Result<Profile, ApiError> {
-        Profile::builtin(name)
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "refine.profile",
-                    format!("`refine.profile` is `{name}`; expected edge, desktop or research"),
-                )
-            })?
-            .map_err(bad)
-    };
-    let obj: &Map<String, Value> = match v {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
-        Some(Value::Bool(true)) => return builtin("desktop").map(Some),
-        Some(Value::String(name)) => return builtin(name).map(Some),
-        Some(Value::Object(o)) => o,
-        Some(other) => {
-            return Err(ApiError::bad(
-                "refine",
-                format!("`refine` must be a profile name or an object, got {other}"),
-            ))
-        }
-    };
-    let mut p = match obj.get("profile") {
-        None | Some(Value::Null) => builtin("desktop")?,
-        Some(Value::String(name)) => builtin(name)?,
-        Some(other) => {
-            return Err(ApiError::bad(
-                "refine.profile",
-                format!("`refine.profile` must be a string, got {other}"),
-            ))
-        }
-    };
-    for (k, v) in obj {
-        if k == "profile" {
-            continue;
-        }
-        let text = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            other => {
-                return Err(ApiError::bad(
-                    &format!("refine.{k}"),
-                    format!("`refine.{k}` must be a string, number or boolean, got {other}"),
-                ))
-            }
-        };
-        p.set(k, &text, FIELD).map_err(bad)?;
-    }
-    p.check(FIELD).map_err(bad)?;
-    Ok(Some(p))
 }
 
 /// Answers a chat request by refinement.
@@ -260,33 +193,4 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
     Ok(sse(stream::iter(
         events.into_iter().map(Ok::<_, Infallible>),
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_names_objects_and_errors() {
-        assert!(parse(None).unwrap().is_none());
-        assert_eq!(parse(Some(&json!("edge"))).unwrap().unwrap().iterations, 3);
-        let p = parse(Some(&json!({"profile": "research", "iterations": 2, "mode": "refine", "model_keep_alive": true})))
-            .unwrap()
-            .unwrap();
-        assert_eq!(p.iterations, 2);
-        assert_eq!(p.mode, kiln_irp::Mode::Refine);
-        let e = parse(Some(&json!({"iterations": 0}))).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("refine.iterations"));
-        assert!(
-            e.message.contains("request field `refine`"),
-            "{}",
-            e.message
-        );
-        let e = parse(Some(&json!({"itterations": 3}))).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("refine.itterations"));
-        let e = parse(Some(&json!("laptop"))).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("refine.profile"));
-        assert!(parse(Some(&json!([1]))).is_err());
-        assert!(parse(Some(&json!({"iterations": [1]}))).is_err());
-    }
 }

@@ -1,6 +1,7 @@
 //! Reading OpenAI-style request bodies field by field, so that every error names its field.
 
 use kiln_engine::SamplingParams;
+use kiln_irp::Profile;
 use kiln_tokenizer::chat::Message;
 use serde_json::{Map, Value};
 
@@ -345,7 +346,7 @@ pub fn parse(
             "`response_format` and a forced tool call (`tool_choice` required or a function) cannot both shape the answer",
         ));
     }
-    let mut refine = crate::refine::parse(m.get("refine"))?;
+    let mut refine = parse_refine(m.get("refine"))?;
     if refine.is_some() && (format.is_some() || tools.is_some()) {
         return Err(ApiError::bad(
             "refine",
@@ -588,4 +589,105 @@ pub fn parse(
         format,
         tools,
     })
+}
+
+const FIELD: &str = "request field `refine`";
+
+/// Reads the `refine` field: a profile name, or an object with `profile` and any profile keys.
+pub(crate) fn parse_refine(v: Option<&Value>) -> Result<Option<Profile>, ApiError> {
+    let bad = |e: kiln_irp::ProfileError| {
+        let param = match &e {
+            kiln_irp::ProfileError::Value { key, .. }
+            | kiln_irp::ProfileError::UnknownKey { key, .. } => format!("refine.{key}"),
+            _ => "refine".into(),
+        };
+        ApiError::bad(&param, e.to_string())
+    };
+    let builtin = |name: &str| -> Result<Profile, ApiError> {
+        Profile::builtin(name)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "refine.profile",
+                    format!("`refine.profile` is `{name}`; expected edge, desktop or research"),
+                )
+            })?
+            .map_err(bad)
+    };
+    let obj: &Map<String, Value> = match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
+        Some(Value::Bool(true)) => return builtin("desktop").map(Some),
+        Some(Value::String(name)) => return builtin(name).map(Some),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "refine",
+                format!("`refine` must be a profile name or an object, got {other}"),
+            ))
+        }
+    };
+    let mut p = match obj.get("profile") {
+        None | Some(Value::Null) => builtin("desktop")?,
+        Some(Value::String(name)) => builtin(name)?,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "refine.profile",
+                format!("`refine.profile` must be a string, got {other}"),
+            ))
+        }
+    };
+    for (k, v) in obj {
+        if k == "profile" {
+            continue;
+        }
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                return Err(ApiError::bad(
+                    &format!("refine.{k}"),
+                    format!("`refine.{k}` must be a string, number or boolean, got {other}"),
+                ))
+            }
+        };
+        p.set(k, &text, FIELD).map_err(bad)?;
+    }
+    p.check(FIELD).map_err(bad)?;
+    Ok(Some(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_names_objects_and_errors() {
+        assert!(parse_refine(None).unwrap().is_none());
+        assert_eq!(
+            parse_refine(Some(&json!("edge")))
+                .unwrap()
+                .unwrap()
+                .iterations,
+            3
+        );
+        let p = parse_refine(Some(&json!({"profile": "research", "iterations": 2, "mode": "refine", "model_keep_alive": true})))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.iterations, 2);
+        assert_eq!(p.mode, kiln_irp::Mode::Refine);
+        let e = parse_refine(Some(&json!({"iterations": 0}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("refine.iterations"));
+        assert!(
+            e.message.contains("request field `refine`"),
+            "{}",
+            e.message
+        );
+        let e = parse_refine(Some(&json!({"itterations": 3}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("refine.itterations"));
+        let e = parse_refine(Some(&json!("laptop"))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("refine.profile"));
+        assert!(parse_refine(Some(&json!([1]))).is_err());
+        assert!(parse_refine(Some(&json!({"iterations": [1]}))).is_err());
+    }
 }
