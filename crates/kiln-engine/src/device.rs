@@ -271,3 +271,79 @@ macro_rules! with_backend {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_are_parsed_or_refused_by_name() {
+        let mut d = DevOptions::default();
+        for s in [
+            "cpu-isa=scalar",
+            "cpu-exact=1",
+            "cuda-fused=0",
+            "cuda-graphs=off",
+            "cuda-pdl=false",
+            "cuda-mvt=0",
+            "cuda-mv-plain=1",
+            "cuda-gqa=all",
+        ] {
+            d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        assert_eq!(d.cpu_isa.as_deref(), Some("scalar"));
+        assert!(d.cpu_exact && d.cuda_mv_plain);
+        assert_eq!(
+            (d.cuda_fused, d.cuda_graphs, d.cuda_pdl, d.cuda_mvt),
+            (Some(false), Some(false), Some(false), Some(false))
+        );
+        assert_eq!(d.cuda_gqa.as_deref(), Some("all"));
+        for (s, word) in [
+            ("cuda-graph=0", "no such switch"),
+            ("cuda-graphs", "NAME=VALUE"),
+            ("cuda-graphs=2", "cuda-graphs=0 or cuda-graphs=1"),
+            ("cuda-gqa=some", "cuda-gqa=0, 1 or all"),
+            ("cpu-isa=mmx", "instruction set `mmx`"),
+        ] {
+            let e = DevOptions::default().set(s).unwrap_err();
+            assert!(e.contains(word), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn options_for_another_device_are_errors() {
+        let mut opts = DeviceOptions {
+            threads: 1,
+            ..Default::default()
+        };
+        opts.dev.set("cuda-graphs=0").unwrap();
+        let e = Device::open_with(DeviceKind::Cpu, &opts).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("cuda-graphs applies to --device cuda only"),
+            "{e}"
+        );
+        let opts = DeviceOptions {
+            threads: 1,
+            gpu_weights: GpuWeights::Quantized,
+            ..Default::default()
+        };
+        let e = Device::open_with(DeviceKind::Cpu, &opts).err().unwrap();
+        assert!(e.to_string().contains("--gpu-weights"), "{e}");
+        let mut opts = DeviceOptions {
+            threads: 1,
+            ..Default::default()
+        };
+        opts.dev.set("cpu-exact=1").unwrap();
+        let e = Device::open_with(DeviceKind::Cuda(0), &opts).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("cpu-exact applies to --device cpu only"),
+            "{e}"
+        );
+        // What applies is used.
+        let d = Device::open_with(DeviceKind::Cpu, &opts).unwrap();
+        let described = crate::with_backend!(d, b => kiln_model::Backend::describe(&b));
+        assert!(described.contains("f32 activations"), "{described}");
+    }
+}
