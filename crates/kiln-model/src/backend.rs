@@ -146,6 +146,13 @@ pub struct PagedSeq<'a> {
 /// Activations are row-major `[n_tokens, width]` buffers of f32 values. The KV cache is a
 /// pool of fixed-size blocks shared by every sequence; sequences address it through block
 /// tables.
+///
+/// The methods come in five groups, in this order below: the device; memory (weights,
+/// activations, the KV pool); the operations of a layer; choosing tokens; the pass (metadata,
+/// recorded passes, errors) and fused layers. A new backend writes the first three groups
+/// (18 methods); the last two have defaults that do the work on the host or do nothing, and
+/// a backend overrides them only for its own speed (the CUDA backend samples on the device,
+/// replays CUDA graphs and runs whole layers fused).
 pub trait Backend: Send + Sync + Sized + 'static {
     /// An activation buffer.
     type Act: Send;
@@ -153,6 +160,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     type Mat: Send + Sync;
     /// A pool of KV blocks (every layer's keys and values).
     type KvPool: Send;
+
+    // ---- The device -----------------------------------------------------------------------------
 
     /// A short description (device, threads, features), for logs and benchmarks.
     fn describe(&self) -> String;
@@ -165,6 +174,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn memory(&self) -> Option<DeviceMemory> {
         None
     }
+    // ---- Memory: weights, activations, the KV pool ----------------------------------------------
+
     /// Takes a weight matrix into the backend's own layout (in place where it can).
     fn matrix(&self, t: RawTensor) -> Result<Self::Mat, ModelError>;
     /// An activation buffer holding `data` (norm weights, biases).
@@ -180,6 +191,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<Self::KvPool, ModelError>;
     /// Bytes one KV block takes (all layers, keys and values).
     fn kv_block_bytes(&self, cfg: &ModelConfig, block_size: usize) -> usize;
+
+    // ---- The operations of a layer --------------------------------------------------------------
 
     /// `out[t] = table[tokens[t]]`.
     fn embed(&self, table: &Self::Mat, tokens: &[u32], out: &mut Self::Act);
@@ -231,6 +244,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn gather_rows(&self, x: &Self::Act, rows: &[usize], width: usize, out: &mut Self::Act);
     /// Reads the first `out.len()` values back to the host.
     fn read(&self, x: &Self::Act, out: &mut [f32]);
+
+    // ---- Choosing tokens (defaults: on the host, from logits read back) -------------------------
 
     /// The index of the largest value of each of `rows` rows of width `width` (the lowest
     /// index among equals): greedy decoding without reading the logits back.
@@ -296,6 +311,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn sample_wait(&self, out: &mut Vec<Sampled>) {
         out.clear();
     }
+
+    // ---- The pass and fused layers (defaults: nothing recorded, nothing fused) ------------------
 
     /// Called once at the start of every pass with the whole batch: a backend that keeps
     /// the pass's metadata (token ids, positions, block tables, rows wanted for logits) on
