@@ -84,18 +84,17 @@ impl ModelArgs {
     }
 
     /// How to open the device.
-    pub fn device_options(&self) -> DeviceOptions {
+    pub fn device_options(&self) -> Result<DeviceOptions, String> {
         let mut dev = DevOptions::default();
         for d in &self.dev {
-            // Each was checked when parsed.
-            let _ = dev.set(d);
+            dev.set(d).map_err(|e| format!("--dev {e}"))?;
         }
-        DeviceOptions {
+        Ok(DeviceOptions {
             threads: self.threads,
             kv_dtype: self.kv_dtype,
             gpu_weights: self.gpu_weights,
             dev,
-        }
+        })
     }
 }
 
@@ -375,7 +374,8 @@ pub fn open(args: &ModelArgs, quiet: bool) -> anyhow::Result<(PathBuf, Device)> 
         Some(spec) => kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?,
         None => kiln_model::fetch::ensure_default_model(!quiet)?,
     };
-    let device = Device::open_with(args.device(), &args.device_options())?;
+    let opts = args.device_options().map_err(anyhow::Error::msg)?;
+    let device = Device::open_with(args.device(), &opts)?;
     Ok((path, device))
 }
 

@@ -79,7 +79,7 @@ pub struct IrpArgs {
     pub memory: Option<PathBuf>,
     /// When a stored exchange is on disk: full (durable across a power cut) or normal
     /// (across a killed process; faster commits).
-    #[arg(long, value_enum, default_value_t = MemorySync::Full)]
+    #[arg(long, value_enum, default_value_t = MemorySync::Full, conflicts_with = "no_memory")]
     pub memory_sync: MemorySync,
     /// Score the exchange but do not store it.
     #[arg(long)]
@@ -128,8 +128,8 @@ pub enum MemorySync {
     /// Every commit reaches the disk (SQLite `synchronous=FULL`): durable across a power cut.
     #[default]
     Full,
-    /// Durable across a killed process, not a power cut (`synchronous=NORMAL`): commits about
-    /// 100 times faster on a slow disk.
+    /// Durable across a killed process, not a power cut (`synchronous=NORMAL`): a stored
+    /// exchange about 6 times faster on this machine's disk (docs/PERF.md).
     Normal,
 }
 

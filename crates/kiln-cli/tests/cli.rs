@@ -236,6 +236,34 @@ fn device_switches_are_checked_and_never_ignored() {
     assert!(err.contains("scalar, f32 activations"), "{err}");
 }
 
+/// Flags that only one device or mode uses are refused elsewhere, by name, not ignored.
+#[test]
+fn flags_for_another_device_or_mode_are_refused() {
+    for (args, word) in [
+        (
+            vec!["ising", "bench", "--block-threads", "33"],
+            "expected a multiple of 32 from 32 to 256",
+        ),
+        (
+            vec!["ising", "swarm", "--block-threads", "64"],
+            "--block-threads applies to --device cuda only",
+        ),
+        (
+            vec!["ising", "bench", "--block-threads", "64", "--repeats", "1"],
+            "--block-threads applies to --device cuda only",
+        ),
+        (
+            vec!["irp", "--no-memory", "--memory-sync", "normal", "hi"],
+            "--no-memory",
+        ),
+    ] {
+        let out = kiln().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(word), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn cuda_device_without_a_gpu_is_a_clear_error() {
     let bad = kiln()

@@ -566,13 +566,10 @@ impl CudaBackend {
     fn check_args(&self, f: &CudaFunction, args: &[A]) -> Result<(), String> {
         use cudarc::driver::sys;
         let func = f.cu_function();
-        let given: Vec<usize> = args
-            .iter()
-            .map(|a| match a {
-                A::P(_) | A::L(_) => 8,
-                A::I(_) | A::F(_) => 4,
-            })
-            .collect();
+        let size = |a: &A| match a {
+            A::P(_) | A::L(_) => 8,
+            A::I(_) | A::F(_) => 4,
+        };
         let mut cache = self.params.lock().unwrap_or_else(|p| p.into_inner());
         let sizes = cache.entry((func as usize, args.len())).or_insert_with(|| {
             (0..args.len())
@@ -588,9 +585,10 @@ impl CudaBackend {
                 })
                 .collect()
         });
-        if given == *sizes {
+        if args.iter().map(size).eq(sizes.iter().copied()) {
             return Ok(());
         }
+        let given: Vec<usize> = args.iter().map(size).collect();
         let mut name: *const std::ffi::c_char = std::ptr::null();
         // SAFETY: the driver points `name` at the kernel's name, owned by the module.
         let named = unsafe { sys::cuFuncGetName(&mut name, func) } == sys::CUresult::CUDA_SUCCESS;

@@ -182,9 +182,10 @@ pub struct SwarmArgs {
     /// Where to compute the empathies: cpu, or cuda (same results, bit for bit).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-    /// With --device cuda: threads per block of the kernel (a multiple of 32, 32 to 256).
-    #[arg(long, default_value_t = 128)]
-    pub block_threads: u32,
+    /// With --device cuda: threads per block of the kernel (a multiple of 32, 32 to 256)
+    /// [default: 128].
+    #[arg(long, value_parser = parse_block_threads)]
+    pub block_threads: Option<u32>,
     /// Weight preset: balanced or coupling.
     #[arg(long, default_value = "balanced")]
     pub preset: String,
@@ -208,9 +209,10 @@ pub struct BenchArgs {
     /// Where to run the swarm benchmark: cpu, or cuda (the other benchmarks stay on one CPU thread).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-    /// With --device cuda: threads per block of the kernel (a multiple of 32, 32 to 256).
-    #[arg(long, default_value_t = 128)]
-    pub block_threads: u32,
+    /// With --device cuda: threads per block of the kernel (a multiple of 32, 32 to 256)
+    /// [default: 128].
+    #[arg(long, value_parser = parse_block_threads)]
+    pub block_threads: Option<u32>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -421,13 +423,14 @@ pub fn swarm_report(a: &SwarmArgs) -> Result<Value> {
         seed: a.seed,
         weights: w,
     };
+    cuda_only(a.block_threads, a.device)?;
     let (sw, secs, device) = match a.device {
         Device::Cpu => {
             let t = Instant::now();
             let sw = swarm_attention(&agents, &opts, threads)?;
             (sw, t.elapsed().as_secs_f64(), json!({}))
         }
-        Device::Cuda => swarm_cuda(&agents, &opts, threads, a.block_threads)?,
+        Device::Cuda => swarm_cuda(&agents, &opts, threads, a.block_threads.unwrap_or(128))?,
     };
     let k = sw.agents;
     let off: Vec<f64> = (0..k * k)
@@ -518,6 +521,22 @@ fn no_cuda() -> anyhow::Error {
     )
 }
 
+/// `--block-threads`: a multiple of 32 from 32 to 256.
+fn parse_block_threads(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n % 32 == 0 && (32..=256).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}`: expected a multiple of 32 from 32 to 256")),
+    }
+}
+
+/// `--block-threads` is for the GPU kernel only.
+fn cuda_only(block_threads: Option<u32>, device: Device) -> Result<()> {
+    if block_threads.is_some() && device == Device::Cpu {
+        anyhow::bail!("--block-threads applies to --device cuda only");
+    }
+    Ok(())
+}
+
 /// An order-sensitive hash of the score bits, to compare runs (e.g. across thread counts).
 pub fn checksum(values: &[f64]) -> u64 {
     values.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
@@ -527,6 +546,7 @@ pub fn checksum(values: &[f64]) -> u64 {
 
 /// The report of `kiln ising bench`.
 pub fn bench_report(a: &BenchArgs) -> Result<Value> {
+    cuda_only(a.block_threads, a.device)?;
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
     let r = match a.device {
         Device::Cpu => bench::run(a.repeats, a.swarm_agents, threads)?,
@@ -537,7 +557,7 @@ pub fn bench_report(a: &BenchArgs) -> Result<Value> {
 
 #[cfg(feature = "cuda")]
 fn bench_cuda(a: &BenchArgs, threads: usize) -> Result<bench::BenchReport> {
-    let engine = cuda_engine(a.block_threads)?;
+    let engine = cuda_engine(a.block_threads.unwrap_or(128))?;
     bench::run_cuda(a.repeats, a.swarm_agents, threads, &engine)
         .context("--device cuda: the swarm benchmark failed")
 }
