@@ -1,7 +1,8 @@
 # Device call: the CUDA backend's correctness (every operation against float64 references, the
 # tiny fixtures against transformers, the engine on a Qwen2.5-0.5B-shaped model, the developers'
 # switches, compute-sanitizer). When .devbin also holds `kiln_base` (an earlier build, packed by
-# hand), its greedy outputs and speed are compared with this build's in the same call.
+# hand, from a build that takes the same flags), its greedy outputs and speed are compared
+# with this build's in the same call.
 # Usage (device tool, carry .devbin, built by scripts/gpu/build.sh): bash scripts/gpu/correctness.sh
 set -u
 . scripts/gpu/setup.sh
@@ -26,14 +27,12 @@ for s in "" "cuda-graphs=0" "cuda-fused=0" "cuda-mv-plain=1" "cuda-gqa=all" "cud
   if [ -z "$s" ]; then new=$(g $K run); else new=$(g $K run --dev $s); fi
   base=-
   if [ -x "$B/kiln_base" ]; then
-    v=$(echo "${s%%=*}" | tr a-z- A-Z_); val=${s#*=}
-    [ "$v" = CUDA_MV_PLAIN ] && val=1
-    if [ -z "$s" ]; then base=$(g "$B"/kiln_base run); else base=$(env KILN_$v=$val "$B"/kiln_base run --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum | cut -c1-12); fi
+    if [ -z "$s" ]; then base=$(g "$B"/kiln_base run); else base=$(g "$B"/kiln_base run --dev $s); fi
   fi
   echo "${s:-default}: new $new base $base"
 done
 q=$(g $K run --quantize q8_0 --gpu-weights quantized)
-qb=-; [ -x "$B/kiln_base" ] && qb=$(KILN_CUDA_QUANT=1 "$B"/kiln_base run --quantize q8_0 --device cuda -m /tmp/q05 -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum | cut -c1-12)
+qb=-; [ -x "$B/kiln_base" ] && qb=$(g "$B"/kiln_base run --quantize q8_0 --gpu-weights quantized)
 echo "q8_0 kept quantized: new $q base $qb"
 if [ -x "$B/kiln_base" ]; then
   echo "== speed, base and new alternated (decode tok/s; prefill tok/s of 2048)"

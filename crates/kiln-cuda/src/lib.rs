@@ -14,6 +14,9 @@
 //! graphs (a shape on its second run) and replayed: the per-pass metadata (token ids, positions,
 //! block tables) sits in one device buffer that the kernels read, uploaded before each pass.
 
+mod launch;
+
+use launch::{Dev, Epilogue, Kernel, KernelArgs, Kernels, A, MAX_ARGS};
 mod nvrtc;
 
 pub use nvrtc::SOURCE as KERNEL_SOURCE;
@@ -102,37 +105,6 @@ pub struct CudaKvPool {
 
 static NEXT_POOL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-struct Kernels {
-    embed: CudaFunction,
-    rmsnorm: CudaFunction,
-    to_f16: CudaFunction,
-    add: CudaFunction,
-    add_bias: CudaFunction,
-    swiglu: CudaFunction,
-    swiglu_f16: CudaFunction,
-    gather: CudaFunction,
-    argmax_part: CudaFunction,
-    argmax_final: CudaFunction,
-    sample_part: CudaFunction,
-    sample_merge: CudaFunction,
-    mv: CudaFunction,
-    mv1: CudaFunction,
-    mv1q: CudaFunction,
-    dequant: CudaFunction,
-    embed_q: CudaFunction,
-    /// k_mvr2 .. k_mvr8: 2..8 rows, each weight read once for all of them.
-    mvr: Vec<CudaFunction>,
-    /// 3..8 rows on the tensor cores.
-    mvt: CudaFunction,
-    kv_write: CudaFunction,
-    rope: CudaFunction,
-    attn: CudaFunction,
-    /// Decode attention for grouped-query heads: one block per KV head.
-    attn_gqa: CudaFunction,
-    attn_tile: CudaFunction,
-    combine: CudaFunction,
-}
-
 struct Graph(CudaGraph);
 // SAFETY: a graph is only touched under the backend's mutex, from one thread at a time.
 unsafe impl Send for Graph {}
@@ -192,9 +164,9 @@ const SAMPLE_STAGE_MAX: usize = 44 * 1024;
 struct SampPending {
     n: usize,
     width: usize,
-    /// The device output buffer; 0 when the launch failed (the rows then read token 0, and
-    /// the error is reported by `finish`).
-    out: u64,
+    /// The device output buffer; null when the launch failed (the rows then read token 0,
+    /// and the error is reported by `finish`).
+    out: Dev<u32>,
     /// Each row's count of top log-probabilities, if asked for.
     logprobs: Vec<Option<u8>>,
 }
@@ -204,7 +176,7 @@ impl SampPending {
         SampPending {
             n,
             width: 0,
-            out: 0,
+            out: Dev::NULL,
             logprobs: Vec::new(),
         }
     }
@@ -303,17 +275,6 @@ impl Default for CudaOptions {
 /// token masks of a few constrained rows).
 const PINNED_UPLOAD_MIN: usize = 16 * 1024;
 
-/// Most arguments of a kernel launch (`launch_pdl` keeps their pointers on the stack).
-const MAX_ARGS: usize = 32;
-
-/// A kernel argument.
-enum A {
-    P(u64),
-    I(i32),
-    L(i64),
-    F(f32),
-}
-
 fn dev(what: &str, e: impl std::fmt::Display) -> ModelError {
     ModelError::Device(format!("{what}: {e}"))
 }
@@ -384,47 +345,19 @@ impl CudaBackend {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| dev("multiprocessor count", e))? as usize;
         let module = nvrtc::load(&ctx, &arch)?;
-        let f = |n: &str| {
+        let k = Kernels::load(|n| {
             module
                 .load_function(n)
                 .map_err(|e| dev(&format!("kernel {n}"), e))
-        };
-        let k = Kernels {
-            embed: f("k_embed")?,
-            rmsnorm: f("k_rmsnorm")?,
-            to_f16: f("k_to_f16")?,
-            add: f("k_add")?,
-            add_bias: f("k_add_bias")?,
-            swiglu: f("k_swiglu")?,
-            swiglu_f16: f("k_swiglu_f16")?,
-            gather: f("k_gather")?,
-            argmax_part: f("k_argmax_part")?,
-            argmax_final: f("k_argmax_final")?,
-            sample_part: f("k_sample_part")?,
-            sample_merge: f("k_sample_merge")?,
-            mv: f("k_mv")?,
-            mv1: f("k_mv1")?,
-            mv1q: f("k_mv1q")?,
-            dequant: f("k_dequant")?,
-            embed_q: f("k_embed_q")?,
-            mvr: (2..=MV_ROWS)
-                .map(|n| f(&format!("k_mvr{n}")))
-                .collect::<Result<_, _>>()?,
-            mvt: f("k_mvt")?,
-            kv_write: f("k_kv_write")?,
-            rope: f("k_rope")?,
-            attn: f("k_attn")?,
-            attn_gqa: f("k_attn_gqa")?,
-            attn_tile: f("k_attn_tile")?,
-            combine: f("k_attn_combine")?,
-        };
+        })?;
         k.attn_tile
+            .f
             .set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 tile_smem(TILE_MAX_HD) as i32,
             )
             .map_err(|e| dev("shared memory attribute", e))?;
-        for f in [&k.mv1, &k.mv1q] {
+        for f in [&k.mv1.f, &k.mv1q.f] {
             f.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 MV_STAGE_MAX as i32,
@@ -508,37 +441,36 @@ impl CudaBackend {
         }
     }
 
-    fn p<T>(&self, s: &CudaSlice<T>) -> u64 {
-        s.device_ptr(&self.stream).0
+    fn p<T>(&self, s: &CudaSlice<T>) -> Dev<T> {
+        Dev::of(s, &self.stream)
     }
 
-    fn launch(&self, f: &CudaFunction, grid: (u32, u32, u32), block: u32, args: &[A]) {
-        self.launch_smem(f, grid, block, 0, args)
+    /// The buffer in `slot`, or null.
+    fn po<T>(&self, slot: &Option<CudaSlice<T>>) -> Dev<T> {
+        Dev::of_opt(slot.as_ref(), &self.stream)
     }
 
-    fn launch_smem(
+    /// Launches kernel `k` with `smem` bytes of dynamic shared memory. A failure is kept for
+    /// `finish` to report.
+    fn launch<T: KernelArgs>(
         &self,
-        f: &CudaFunction,
+        k: &Kernel<T>,
         grid: (u32, u32, u32),
         block: u32,
         smem: u32,
-        args: &[A],
+        args: T,
     ) {
-        // The same limit on both paths (launch_pdl keeps the arguments in an array of it).
-        assert!(
-            args.len() <= MAX_ARGS,
-            "a kernel with {} arguments",
-            args.len()
-        );
-        if let Err(e) = self.check_args(f, args) {
+        let list = args.args();
+        let args = list.as_slice();
+        if let Err(e) = self.check_args(k, args) {
             self.note("kernel launch", Err::<(), _>(e));
             return;
         }
         if self.pdl {
-            self.launch_pdl(f, grid, block, smem, args);
+            self.launch_pdl(&k.f, grid, block, smem, args);
             return;
         }
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.stream.launch_builder(&k.f);
         for a in args {
             match a {
                 A::P(p) => b.arg(p),
@@ -552,8 +484,9 @@ impl CudaBackend {
             block_dim: (block, 1, 1),
             shared_mem_bytes: smem,
         };
-        // SAFETY: every kernel's arguments are listed in the order and types of its signature
-        // in `kernels/`, and every pointer is a live device buffer of the sizes it reads.
+        // SAFETY: the arguments are the kernel's own, in the order and types of its
+        // signature (build.rs writes them from it; `check_args` checked their sizes), and
+        // every pointer is a live device buffer of the sizes it reads.
         let r = unsafe { b.launch(cfg) };
         self.note("kernel launch", r.map(|_| ()));
     }
@@ -563,13 +496,9 @@ impl CudaBackend {
     /// value), and none is past the signature's end. The sizes are the driver's, asked once
     /// per kernel and argument count (asking past the last parameter is an API error, which
     /// only a launch with too many arguments makes).
-    fn check_args(&self, f: &CudaFunction, args: &[A]) -> Result<(), String> {
+    fn check_args<T>(&self, k: &Kernel<T>, args: &[A]) -> Result<(), String> {
         use cudarc::driver::sys;
-        let func = f.cu_function();
-        let size = |a: &A| match a {
-            A::P(_) | A::L(_) => 8,
-            A::I(_) | A::F(_) => 4,
-        };
+        let func = k.f.cu_function();
         let mut cache = self.params.lock().unwrap_or_else(|p| p.into_inner());
         let sizes = cache.entry((func as usize, args.len())).or_insert_with(|| {
             (0..args.len())
@@ -585,27 +514,17 @@ impl CudaBackend {
                 })
                 .collect()
         });
-        if args.iter().map(size).eq(sizes.iter().copied()) {
+        if args.iter().map(|a| a.size()).eq(sizes.iter().copied()) {
             return Ok(());
         }
-        let given: Vec<usize> = args.iter().map(size).collect();
-        let mut name: *const std::ffi::c_char = std::ptr::null();
-        // SAFETY: the driver points `name` at the kernel's name, owned by the module.
-        let named = unsafe { sys::cuFuncGetName(&mut name, func) } == sys::CUresult::CUDA_SUCCESS;
-        let name = if named && !name.is_null() {
-            // SAFETY: a NUL-terminated string the driver keeps alive with the module.
-            unsafe { std::ffi::CStr::from_ptr(name) }
-                .to_string_lossy()
-                .into_owned()
-        } else {
-            "a kernel".into()
-        };
+        let given: Vec<usize> = args.iter().map(|a| a.size()).collect();
         Err(format!(
-            "{name} takes parameters of {sizes:?} bytes (0: none), the launch passed {given:?} (a bug in kiln: the argument list does not follow the kernel's signature)"
+            "{} takes parameters of {sizes:?} bytes (0: none), the launch passed {given:?} (a bug in kiln: build.rs maps a parameter type wrongly, or the kernels changed without a rebuild)",
+            k.name
         ))
     }
 
-    /// As `launch_smem`, with programmatic stream serialization allowed: the kernel may start
+    /// As `launch`, with programmatic stream serialization allowed: the kernel may start
     /// before the previous one on the stream ends. Every kernel in `kernels/`
     /// calls `pdl_wait()` before it touches memory an earlier kernel writes (a test checks
     /// that each one does), so only its weight prefetch overlaps.
@@ -646,7 +565,7 @@ impl CudaBackend {
         };
         let r = self.ctx.bind_to_thread();
         self.note("binding the context", r);
-        // SAFETY: as in `launch_smem`: the arguments follow the kernel's signature, and each
+        // SAFETY: as in `launch`: the arguments follow the kernel's signature, and each
         // parameter pointer points into `args`, which outlives the call (the driver copies the
         // values at launch).
         let r = unsafe {
@@ -676,85 +595,87 @@ impl CudaBackend {
     }
 
     /// The metadata buffer's pointer and its row capacity.
-    fn meta(&self) -> (u64, i32) {
+    fn meta(&self) -> (Dev<u32>, i32) {
         let st = self.st();
-        (st.meta.as_ref().map_or(0, |m| self.p(m)), st.max_t as i32)
+        (self.po(&st.meta), st.max_t as i32)
     }
 
-    fn scratch(&self) -> (u64, u64, u64) {
+    /// The scratch buffers: f16 activations (`xh`), f32 products (`big`), attention partials.
+    fn scratch(&self) -> (Dev<u16>, Dev<f32>, Dev<f32>) {
         let st = self.st();
-        (
-            st.xh.as_ref().map_or(0, |m| self.p(m)),
-            st.big.as_ref().map_or(0, |m| self.p(m)),
-            st.part.as_ref().map_or(0, |m| self.p(m)),
-        )
+        (self.po(&st.xh), self.po(&st.big), self.po(&st.part))
     }
 
-    /// `out (mode) = W x` over `n` rows; `x_ptr` rows of `w.cols` values. Modes: 0 store,
-    /// 1 accumulate, 2 SwiGLU of the two stacked halves. `norm`: RMSNorm x first.
-    /// `bias_later`: on the matrix-unit path (more than MV_ROWS rows), leave the bias for the
-    /// caller to add (k_kv_write does, for the fused q|k|v projection).
+    /// `out (epi)= W x` over `n` rows; `x` rows of `w.cols` values, `out` rows `out_stride`
+    /// apart. `norm`: RMSNorm x first. `bias_later`: on the matrix-unit path (more than
+    /// MV_ROWS rows), leave the bias for the caller to add (k_kv_write does, for the fused
+    /// q|k|v projection).
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         w: &CudaMat,
-        x_ptr: u64,
+        x: Dev<f32>,
         n: usize,
         norm: Option<(&CudaAct, f32)>,
-        out_ptr: u64,
+        out: Dev<f32>,
         out_stride: usize,
-        mode: i32,
+        epi: Epilogue,
         bias_later: bool,
     ) {
-        let outs = if mode == 2 { w.rows / 2 } else { w.rows };
-        let bias = w.bias.as_ref().map_or(0, |b| self.p(b));
-        let (nw, eps) = norm.map_or((0, 0.0), |(a, e)| (self.p(&a.buf), e));
+        let outs = if epi == Epilogue::SwiGlu {
+            w.rows / 2
+        } else {
+            w.rows
+        };
+        let bias = self.po(&w.bias);
+        let (nw, eps) = norm.map_or((Dev::NULL, 0.0), |(a, e)| (self.p(&a.buf), e));
         let staged = w.cols.is_multiple_of(8) && n * w.cols * 4 <= MV_STAGE_MAX;
+        let (outs_i, cols) = (outs as i32, w.cols as i32);
         if let (Some(q), true, 1) = (&w.q, staged, n) {
             let ks = self.col_split(outs.div_ceil(2), w.cols / 4);
-            self.launch_smem(
+            self.launch(
                 &self.k.mv1q,
                 (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
                 (w.cols * 4 + w.cols / 8) as u32,
-                &[
-                    A::P(self.p(&q.q)),
-                    A::P(self.p(&q.s)),
-                    A::P(q.m.as_ref().map_or(0, |m| self.p(m))),
-                    A::I(q.bits),
-                    A::P(bias),
-                    A::I(outs as i32),
-                    A::I(w.cols as i32),
-                    A::P(x_ptr),
-                    A::P(nw),
-                    A::F(eps),
-                    A::P(out_ptr),
-                    A::I(mode),
-                    A::I(ks as i32),
-                ],
+                launch::Mv1q {
+                    q: self.p(&q.q),
+                    s: self.p(&q.s),
+                    m: self.po(&q.m),
+                    bits: q.bits,
+                    bias,
+                    outs: outs_i,
+                    cols,
+                    x,
+                    nw,
+                    eps,
+                    out,
+                    mode: epi,
+                    ks: ks as i32,
+                },
             );
             return;
         }
         let wp = self.f16_ptr(w);
         if n == 1 && staged && !self.mv_plain {
             let ks = self.col_split(outs.div_ceil(MV1_OUT), w.cols);
-            self.launch_smem(
+            self.launch(
                 &self.k.mv1,
                 (outs.div_ceil(MV1_OUT * MV_WARPS / ks) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
                 (w.cols * 4) as u32,
-                &[
-                    A::P(wp),
-                    A::P(bias),
-                    A::I(outs as i32),
-                    A::I(w.cols as i32),
-                    A::P(x_ptr),
-                    A::P(nw),
-                    A::F(eps),
-                    A::P(out_ptr),
-                    A::I(mode),
-                    A::I(ks as i32),
-                ],
+                launch::Mv1 {
+                    w: wp,
+                    bias,
+                    outs: outs_i,
+                    cols,
+                    x,
+                    nw,
+                    eps,
+                    out,
+                    mode: epi,
+                    ks: ks as i32,
+                },
             );
             return;
         }
@@ -767,46 +688,50 @@ impl CudaBackend {
                 &self.k.mvt,
                 (outs.div_ceil(16 * groups) as u32, splits as u32, 1),
                 (MV_WARPS * 32) as u32,
-                &[
-                    A::P(wp),
-                    A::P(bias),
-                    A::I(outs as i32),
-                    A::I(w.cols as i32),
-                    A::P(x_ptr),
-                    A::I(n as i32),
-                    A::P(nw),
-                    A::F(eps),
-                    A::P(out_ptr),
-                    A::I(out_stride as i32),
-                    A::I(mode),
-                    A::I(ks as i32),
-                    A::I(splits as i32),
-                    A::P(self.p(&self.mvt_ws)),
-                    A::P(self.p(&self.mvt_cnt)),
-                ],
+                0,
+                launch::Mvt {
+                    w: wp,
+                    bias,
+                    outs: outs_i,
+                    cols,
+                    x,
+                    n: n as i32,
+                    nw,
+                    eps,
+                    out,
+                    out_stride: out_stride as i32,
+                    mode: epi,
+                    ks: ks as i32,
+                    splits: splits as i32,
+                    ws: self.p(&self.mvt_ws),
+                    cnt: self.p(&self.mvt_cnt),
+                },
             );
             return;
         }
-        if (2..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(8) && !self.mv_plain {
+        let mvr =
+            (self.k.mvr(n)).filter(|_| n <= MV_ROWS && w.cols.is_multiple_of(8) && !self.mv_plain);
+        if let Some(kernel) = mvr {
             let per = mvr_out(n);
             let ks = self.col_split(outs.div_ceil(per), w.cols);
             self.launch(
-                &self.k.mvr[n - 2],
+                kernel,
                 (outs.div_ceil(per * MV_WARPS / ks) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
-                &[
-                    A::P(wp),
-                    A::P(bias),
-                    A::I(outs as i32),
-                    A::I(w.cols as i32),
-                    A::P(x_ptr),
-                    A::P(nw),
-                    A::F(eps),
-                    A::P(out_ptr),
-                    A::I(out_stride as i32),
-                    A::I(mode),
-                    A::I(ks as i32),
-                ],
+                0,
+                launch::Mvr {
+                    w: wp,
+                    bias,
+                    outs: outs_i,
+                    cols,
+                    x,
+                    nw,
+                    eps,
+                    out,
+                    out_stride: out_stride as i32,
+                    mode: epi,
+                    ks: ks as i32,
+                },
             );
             return;
         }
@@ -815,19 +740,20 @@ impl CudaBackend {
                 &self.k.mv,
                 (outs.div_ceil(MV_WARPS) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
-                &[
-                    A::P(wp),
-                    A::P(bias),
-                    A::I(outs as i32),
-                    A::I(w.cols as i32),
-                    A::P(x_ptr),
-                    A::I(n as i32),
-                    A::P(nw),
-                    A::F(eps),
-                    A::P(out_ptr),
-                    A::I(out_stride as i32),
-                    A::I(mode),
-                ],
+                0,
+                launch::Mv {
+                    w: wp,
+                    bias,
+                    outs: outs_i,
+                    cols,
+                    x,
+                    n: n as i32,
+                    nw,
+                    eps,
+                    out,
+                    out_stride: out_stride as i32,
+                    mode: epi,
+                },
             );
             return;
         }
@@ -839,66 +765,75 @@ impl CudaBackend {
             &self.k.to_f16,
             (n as u32, 1, 1),
             threads as u32,
-            &[
-                A::P(x_ptr),
-                A::P(nw),
-                A::F(eps),
-                A::I(w.cols as i32),
-                A::P(xh),
-            ],
+            0,
+            launch::ToF16 {
+                x,
+                w: nw,
+                eps,
+                dim: cols,
+                out: xh,
+            },
         );
-        let (dst, ld, beta) = match mode {
-            0 => (out_ptr, out_stride, 0.0f32),
-            1 => (out_ptr, out_stride, 1.0f32),
-            _ => (big, w.rows, 0.0f32),
+        let (dst, ld, beta) = match epi {
+            Epilogue::Store => (out, out_stride, 0.0f32),
+            Epilogue::Accumulate => (out, out_stride, 1.0f32),
+            Epilogue::SwiGlu => (big, w.rows, 0.0f32),
         };
         self.gemm(w, xh, n, dst, ld, beta);
-        if bias != 0 && mode != 2 && !bias_later {
+        if !bias.is_null() && epi != Epilogue::SwiGlu && !bias_later {
             self.launch(
                 &self.k.add_bias,
                 (outs.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
                 256,
-                &[
-                    A::P(out_ptr),
-                    A::P(bias),
-                    A::I(n as i32),
-                    A::I(outs as i32),
-                    A::I(out_stride as i32),
-                ],
+                0,
+                launch::AddBias {
+                    x: out,
+                    b: bias,
+                    n: n as i32,
+                    width: outs_i,
+                    stride: out_stride as i32,
+                },
             );
         }
-        if mode == 2 {
-            // SwiGLU into f16, for the next product; the caller's out_ptr is then unused and
+        if epi == Epilogue::SwiGlu {
+            // SwiGLU into f16, for the next product; the caller's `out` is then unused and
             // the result sits in `xh`.
             let per = if outs.is_multiple_of(4) { 4 } else { 1 };
             self.launch(
                 &self.k.swiglu_f16,
                 (outs.div_ceil(256 * per) as u32, n.clamp(1, 65535) as u32, 1),
                 256,
-                &[A::P(big), A::I(n as i32), A::I(outs as i32), A::P(xh)],
+                0,
+                launch::SwigluF16 {
+                    gu: big,
+                    n: n as i32,
+                    half: outs_i,
+                    out: xh,
+                },
             );
         }
     }
 
     /// The matrix as f16 rows: its own, or (quantized) dequantized into the scratch buffer.
-    fn f16_ptr(&self, w: &CudaMat) -> u64 {
+    fn f16_ptr(&self, w: &CudaMat) -> Dev<u16> {
         let Some(q) = &w.q else {
             return self.p(&w.w);
         };
-        let deq = self.st().deq.as_ref().map_or(0, |b| self.p(b));
+        let deq = self.po(&self.st().deq);
         let groups = w.rows * w.cols / 32;
         self.launch(
             &self.k.dequant,
             (groups.div_ceil(256) as u32, 1, 1),
             256,
-            &[
-                A::P(self.p(&q.q)),
-                A::P(self.p(&q.s)),
-                A::P(q.m.as_ref().map_or(0, |m| self.p(m))),
-                A::I(q.bits),
-                A::L(groups as i64),
-                A::P(deq),
-            ],
+            0,
+            launch::Dequant {
+                q: self.p(&q.q),
+                s: self.p(&q.s),
+                m: self.po(&q.m),
+                bits: q.bits,
+                groups: groups as i64,
+                out: deq,
+            },
         );
         deq
     }
@@ -937,7 +872,7 @@ impl CudaBackend {
     }
 
     /// `C[n][w.rows] (+)= x_h[n][w.cols] . W^T` with cuBLAS, f16 inputs, f32 accumulation.
-    fn gemm(&self, w: &CudaMat, xh: u64, n: usize, c: u64, ldc: usize, beta: f32) {
+    fn gemm(&self, w: &CudaMat, xh: Dev<u16>, n: usize, c: Dev<f32>, ldc: usize, beta: f32) {
         let alpha = 1.0f32;
         // Column-major view: C (rows x n) = W^T(cols x rows)^T . X (cols x n).
         // SAFETY: the pointers are live device buffers of the sizes given.
@@ -950,14 +885,14 @@ impl CudaBackend {
                 n as i32,
                 w.cols as i32,
                 &alpha as *const f32 as *const std::ffi::c_void,
-                self.f16_ptr(w) as *const std::ffi::c_void,
+                self.f16_ptr(w).addr() as *const std::ffi::c_void,
                 blas_sys::cudaDataType_t::CUDA_R_16F,
                 w.cols as i32,
-                xh as *const std::ffi::c_void,
+                xh.addr() as *const std::ffi::c_void,
                 blas_sys::cudaDataType_t::CUDA_R_16F,
                 w.cols as i32,
                 &beta as *const f32 as *const std::ffi::c_void,
-                c as *mut std::ffi::c_void,
+                c.addr() as *mut std::ffi::c_void,
                 blas_sys::cudaDataType_t::CUDA_R_32F,
                 ldc as i32,
                 blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -968,20 +903,21 @@ impl CudaBackend {
     }
 
     /// `out[n][w.rows] += W . x_h (+ bias)` with x already f16 in the scratch `xh`.
-    fn gemm_xh(&self, w: &CudaMat, xh: u64, n: usize, out: u64, ld: usize) {
+    fn gemm_xh(&self, w: &CudaMat, xh: Dev<u16>, n: usize, out: Dev<f32>, ld: usize) {
         self.gemm(w, xh, n, out, ld, 1.0);
         if let Some(b) = &w.bias {
             self.launch(
                 &self.k.add_bias,
                 (w.rows.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
                 256,
-                &[
-                    A::P(out),
-                    A::P(self.p(b)),
-                    A::I(n as i32),
-                    A::I(w.rows as i32),
-                    A::I(ld as i32),
-                ],
+                0,
+                launch::AddBias {
+                    x: out,
+                    b: self.p(b),
+                    n: n as i32,
+                    width: w.rows as i32,
+                    stride: ld as i32,
+                },
             );
         }
     }
@@ -994,13 +930,13 @@ impl CudaBackend {
         pool: &CudaKvPool,
         layer: usize,
         n: usize,
-        (q, qs): (u64, usize),
-        (k, ks): (u64, usize),
-        (v, vs): (u64, usize),
+        (q, qs): (Dev<f32>, usize),
+        (k, ks): (Dev<f32>, usize),
+        (v, vs): (Dev<f32>, usize),
         rope: bool,
-        qkv_bias: u64,
-        out: u64,
-        out_h: u64,
+        qkv_bias: Dev<f32>,
+        out: Dev<f32>,
+        out_h: Dev<u16>,
     ) {
         let (meta, max_t) = self.meta();
         let (splits, decode, gqa, inv_freq, part, tiles, n_tiles) = {
@@ -1009,118 +945,148 @@ impl CudaBackend {
                 st.splits.max(1),
                 st.decode_pass,
                 st.gqa_pass,
-                st.inv_freq.as_ref().map_or(0, |b| self.p(b)),
-                st.part.as_ref().map_or(0, |b| self.p(b)),
-                st.tiles.as_ref().map_or(0, |b| self.p(b)),
+                self.po(&st.inv_freq),
+                self.po(&st.part),
+                self.po(&st.tiles),
                 st.n_tiles,
             )
         };
-        let il = i32::from(cfg.rope_style == RopeStyle::Interleaved);
+        let interleaved = i32::from(cfg.rope_style == RopeStyle::Interleaved);
         let pool_p = self.p(&pool.buf);
-        let common = |a: &mut Vec<A>| {
-            a.extend([
-                A::I(layer as i32),
-                A::I(cfg.n_layers as i32),
-                A::I(kiln_model::KV_BLOCK as i32),
-            ]);
-        };
-        let mut a = vec![
-            A::P(k),
-            A::I(ks as i32),
-            A::P(v),
-            A::I(vs as i32),
-            A::P(meta),
-        ];
-        a.extend([A::I(max_t), A::P(pool_p)]);
-        common(&mut a);
-        a.extend([
-            A::I(cfg.kv_dim() as i32),
-            A::I(cfg.head_dim as i32),
-            A::I(cfg.rope_dim as i32),
-            A::I(il),
-            A::P(inv_freq),
-            A::I(i32::from(rope)),
-            A::P(q),
-            A::I(qs as i32),
-            A::I(cfg.dim as i32),
-            A::P(qkv_bias),
-        ]);
+        let (layer, n_layers, bs) = (
+            layer as i32,
+            cfg.n_layers as i32,
+            kiln_model::KV_BLOCK as i32,
+        );
+        let (hd, rd) = (cfg.head_dim as i32, cfg.rope_dim as i32);
+        let (n_heads, n_kv_heads) = (cfg.n_heads as i32, cfg.n_kv_heads as i32);
+        let (qs, ks, vs, dim) = (qs as i32, ks as i32, vs as i32, cfg.dim as i32);
+        let rope = i32::from(rope);
         if !decode {
-            self.launch(&self.k.kv_write, (n as u32, 1, 1), 128, &a);
+            self.launch(
+                &self.k.kv_write,
+                (n as u32, 1, 1),
+                128,
+                0,
+                launch::KvWrite {
+                    k,
+                    k_stride: ks,
+                    v,
+                    v_stride: vs,
+                    meta,
+                    max_t,
+                    pool: pool_p,
+                    layer,
+                    n_layers,
+                    bs,
+                    kvd: cfg.kv_dim() as i32,
+                    hd,
+                    rd,
+                    interleaved,
+                    inv_freq,
+                    rope_k: rope,
+                    q,
+                    q_stride: qs,
+                    q_width: dim,
+                    bias: qkv_bias,
+                },
+            );
         }
-        let mut a = vec![
-            A::P(q),
-            A::I(qs as i32),
-            A::P(pool_p),
-            A::P(meta),
-            A::I(max_t),
-        ];
-        common(&mut a);
-        a.extend([
-            A::I(cfg.n_heads as i32),
-            A::I(cfg.n_kv_heads as i32),
-            A::I(cfg.head_dim as i32),
-            A::I(cfg.rope_dim as i32),
-            A::I(il),
-            A::P(inv_freq),
-            A::I(i32::from(rope)),
-            A::F(1.0 / (cfg.head_dim as f32).sqrt()),
-        ]);
+        let scale = 1.0 / (cfg.head_dim as f32).sqrt();
         if n_tiles > 0 && tile_ok(cfg.head_dim) {
-            a.extend([A::P(tiles), A::P(out), A::I(cfg.dim as i32), A::P(out_h)]);
-            self.launch_smem(
+            self.launch(
                 &self.k.attn_tile,
                 (cfg.n_heads as u32, n_tiles as u32, 1),
                 128,
                 tile_smem(cfg.head_dim) as u32,
-                &a,
+                launch::AttnTile {
+                    q,
+                    q_stride: qs,
+                    pool: pool_p,
+                    meta,
+                    max_t,
+                    layer,
+                    n_layers,
+                    bs,
+                    n_heads,
+                    n_kv_heads,
+                    hd,
+                    rd,
+                    interleaved,
+                    inv_freq,
+                    rope_q: rope,
+                    scale,
+                    tiles,
+                    out,
+                    out_stride: dim,
+                    out_h,
+                },
             );
             return;
         }
-        a.extend([
-            A::I(splits as i32),
-            A::P(out),
-            A::I(cfg.dim as i32),
-            A::P(part),
-            A::P(out_h),
+        let args = launch::Attn {
+            q,
+            q_stride: qs,
+            pool: pool_p,
+            meta,
+            max_t,
+            layer,
+            n_layers,
+            bs,
+            n_heads,
+            n_kv_heads,
+            hd,
+            rd,
+            interleaved,
+            inv_freq,
+            rope_q: rope,
+            scale,
+            splits: splits as i32,
+            out,
+            out_stride: dim,
+            part,
+            out_h,
             // Decode passes: the new keys and values, written by the attention kernel.
-            A::P(k),
-            A::I(ks as i32),
-            A::P(v),
-            A::I(vs as i32),
-            A::P(if decode { qkv_bias } else { 0 }),
-            A::I(cfg.dim as i32),
-            A::I(i32::from(decode)),
-        ]);
+            kin: k,
+            k_stride: ks,
+            vin: v,
+            v_stride: vs,
+            bias: if decode { qkv_bias } else { Dev::NULL },
+            q_width: dim,
+            fuse_kv: i32::from(decode),
+        };
         if gqa {
             self.launch(
                 &self.k.attn_gqa,
                 (cfg.n_kv_heads as u32, n as u32, splits as u32),
                 128,
-                &a,
+                0,
+                args,
             );
         } else {
             self.launch(
                 &self.k.attn,
                 (cfg.n_heads as u32, n as u32, splits as u32),
                 ATT_T,
-                &a,
+                0,
+                args,
             );
         }
         if splits > 1 {
             self.launch(
-                &self.k.combine,
+                &self.k.attn_combine,
                 (cfg.n_heads as u32, n as u32, 1),
                 cfg.head_dim.next_multiple_of(32).min(256) as u32,
-                &[
-                    A::P(part),
-                    A::I(cfg.n_heads as i32),
-                    A::I(cfg.head_dim as i32),
-                    A::I(splits as i32),
-                    A::P(out),
-                    A::I(cfg.dim as i32),
-                    A::P(out_h),
-                ],
+                0,
+                launch::AttnCombine {
+                    part,
+                    n_heads,
+                    hd,
+                    splits: splits as i32,
+                    out,
+                    out_stride: dim,
+                    out_h,
+                },
             );
         }
     }
@@ -1151,7 +1117,7 @@ impl CudaBackend {
         let dst = self.p(&w);
         // SAFETY: `w` holds rows * cols f16 values, `bytes` that many bytes times two.
         let r = unsafe {
-            cudarc::driver::result::memcpy_htod_async(dst, bytes, self.stream.cu_stream())
+            cudarc::driver::result::memcpy_htod_async(dst.addr(), bytes, self.stream.cu_stream())
         };
         r.map_err(|e| dev(&format!("uploading {name}"), e))?;
         let bias = match bias {
@@ -1501,7 +1467,11 @@ impl Backend for CudaBackend {
                 // SAFETY: the buffer holds at least `t.len()` u32s; pageable copies are staged
                 // before the call returns.
                 unsafe {
-                    cudarc::driver::result::memcpy_htod_async(dst, &t[..], self.stream.cu_stream())
+                    cudarc::driver::result::memcpy_htod_async(
+                        dst.addr(),
+                        &t[..],
+                        self.stream.cu_stream(),
+                    )
                 }
                 .map_err(|e| dev("uploading attention tiles", e))?;
             }
@@ -1539,10 +1509,10 @@ impl Backend for CudaBackend {
         for s in seqs {
             h.extend_from_slice(s.blocks);
         }
-        let dst = st.meta.as_ref().map_or(0, |m| self.p(m));
+        let dst = self.po(&st.meta);
         // SAFETY: the metadata buffer holds at least `h.len()` u32s.
         let r = unsafe {
-            cudarc::driver::result::memcpy_htod_async(dst, &h[..], self.stream.cu_stream())
+            cudarc::driver::result::memcpy_htod_async(dst.addr(), &h[..], self.stream.cu_stream())
         };
         st.host = h;
         r.map_err(|e| dev("uploading pass metadata", e))
@@ -1601,22 +1571,24 @@ impl Backend for CudaBackend {
     fn embed(&self, table: &CudaMat, tokens: &[u32], out: &mut CudaAct) {
         let (meta, max_t) = self.meta();
         let n = tokens.len();
+        let (cols, vocab) = (table.cols as i32, table.rows as i32);
         if let Some(q) = &table.q {
             self.launch(
                 &self.k.embed_q,
                 (n as u32, 1, 1),
                 256,
-                &[
-                    A::P(self.p(&q.q)),
-                    A::P(self.p(&q.s)),
-                    A::P(q.m.as_ref().map_or(0, |m| self.p(m))),
-                    A::I(q.bits),
-                    A::P(meta),
-                    A::I(max_t),
-                    A::I(table.cols as i32),
-                    A::I(table.rows as i32),
-                    A::P(self.p(&out.buf)),
-                ],
+                0,
+                launch::EmbedQ {
+                    q: self.p(&q.q),
+                    s: self.p(&q.s),
+                    m: self.po(&q.m),
+                    bits: q.bits,
+                    meta,
+                    max_t,
+                    cols,
+                    vocab,
+                    out: self.p(&out.buf),
+                },
             );
             return;
         }
@@ -1624,14 +1596,15 @@ impl Backend for CudaBackend {
             &self.k.embed,
             (n as u32, 1, 1),
             256,
-            &[
-                A::P(self.p(&table.w)),
-                A::P(meta),
-                A::I(max_t),
-                A::I(table.cols as i32),
-                A::I(table.rows as i32),
-                A::P(self.p(&out.buf)),
-            ],
+            0,
+            launch::Embed {
+                table: self.p(&table.w),
+                meta,
+                max_t,
+                dim: cols,
+                vocab,
+                out: self.p(&out.buf),
+            },
         );
     }
 
@@ -1648,19 +1621,21 @@ impl Backend for CudaBackend {
             &self.k.rmsnorm,
             (n as u32, 1, 1),
             256,
-            &[
-                A::P(self.p(&x.buf)),
-                A::P(self.p(&w.buf)),
-                A::F(eps),
-                A::I(dim as i32),
-                A::P(self.p(&out.buf)),
-            ],
+            0,
+            launch::Rmsnorm {
+                x: self.p(&x.buf),
+                w: self.p(&w.buf),
+                eps,
+                dim: dim as i32,
+                out: self.p(&out.buf),
+            },
         );
     }
 
     fn matmul(&self, w: &CudaMat, x: &CudaAct, n: usize, out: &mut CudaAct) {
         let o = self.p(&out.buf);
-        self.linear(w, self.p(&x.buf), n, None, o, w.rows, 0, false);
+        let x = self.p(&x.buf);
+        self.linear(w, x, n, None, o, w.rows, Epilogue::Store, false);
     }
 
     fn add_bias(&self, x: &mut CudaAct, b: &CudaAct, n: usize, width: usize) {
@@ -1668,35 +1643,37 @@ impl Backend for CudaBackend {
             &self.k.add_bias,
             (width.div_ceil(256) as u32, n.clamp(1, 65535) as u32, 1),
             256,
-            &[
-                A::P(self.p(&x.buf)),
-                A::P(self.p(&b.buf)),
-                A::I(n as i32),
-                A::I(width as i32),
-                A::I(width as i32),
-            ],
+            0,
+            launch::AddBias {
+                x: self.p(&x.buf),
+                b: self.p(&b.buf),
+                n: n as i32,
+                width: width as i32,
+                stride: width as i32,
+            },
         );
     }
 
     fn rope(&self, cfg: &ModelConfig, x: &mut CudaAct, heads: usize, seqs: &[PagedSeq<'_>]) {
         let (meta, max_t) = self.meta();
-        let inv = self.st().inv_freq.as_ref().map_or(0, |b| self.p(b));
+        let inv_freq = self.po(&self.st().inv_freq);
         let n: usize = seqs.iter().map(|s| s.n).sum();
         self.launch(
             &self.k.rope,
             (n as u32, 1, 1),
             128,
-            &[
-                A::P(self.p(&x.buf)),
-                A::I((heads * cfg.head_dim) as i32),
-                A::I(heads as i32),
-                A::P(meta),
-                A::I(max_t),
-                A::I(cfg.head_dim as i32),
-                A::I(cfg.rope_dim as i32),
-                A::I(i32::from(cfg.rope_style == RopeStyle::Interleaved)),
-                A::P(inv),
-            ],
+            0,
+            launch::Rope {
+                x: self.p(&x.buf),
+                stride: (heads * cfg.head_dim) as i32,
+                heads: heads as i32,
+                meta,
+                max_t,
+                hd: cfg.head_dim as i32,
+                rd: cfg.rope_dim as i32,
+                interleaved: i32::from(cfg.rope_style == RopeStyle::Interleaved),
+                inv_freq,
+            },
         );
     }
 
@@ -1722,9 +1699,9 @@ impl Backend for CudaBackend {
             (self.p(&k.buf), kvd),
             (self.p(&v.buf), kvd),
             false,
-            0,
+            Dev::NULL,
             self.p(&out.buf),
-            0,
+            Dev::NULL,
         );
     }
 
@@ -1732,13 +1709,13 @@ impl Backend for CudaBackend {
         if src as usize >= pool.n_blocks || dst as usize >= pool.n_blocks || src == dst {
             return;
         }
-        let base = self.p(&pool.buf);
-        let bb = pool.block_bytes as u64;
+        let base = self.p(&pool.buf).cast::<u8>();
+        let bb = pool.block_bytes;
         // SAFETY: both blocks lie inside the pool and do not overlap.
         let r = unsafe {
             cudarc::driver::result::memcpy_dtod_async(
-                base + u64::from(dst) * bb,
-                base + u64::from(src) * bb,
+                base.at(dst as usize * bb).addr(),
+                base.at(src as usize * bb).addr(),
                 pool.block_bytes,
                 self.stream.cu_stream(),
             )
@@ -1751,11 +1728,12 @@ impl Backend for CudaBackend {
             &self.k.swiglu,
             (len.div_ceil(256) as u32, 1, 1),
             256,
-            &[
-                A::P(self.p(&gate.buf)),
-                A::P(self.p(&up.buf)),
-                A::L(len as i64),
-            ],
+            0,
+            launch::Swiglu {
+                gate: self.p(&gate.buf),
+                up: self.p(&up.buf),
+                len: len as i64,
+            },
         );
     }
 
@@ -1764,7 +1742,12 @@ impl Backend for CudaBackend {
             &self.k.add,
             (len.div_ceil(256) as u32, 1, 1),
             256,
-            &[A::P(self.p(&x.buf)), A::P(self.p(&y.buf)), A::L(len as i64)],
+            0,
+            launch::Add {
+                x: self.p(&x.buf),
+                y: self.p(&y.buf),
+                len: len as i64,
+            },
         );
     }
 
@@ -1774,13 +1757,14 @@ impl Backend for CudaBackend {
             &self.k.gather,
             (rows.len() as u32, 1, 1),
             256,
-            &[
-                A::P(self.p(&x.buf)),
-                A::P(meta),
-                A::I(max_t),
-                A::I(width as i32),
-                A::P(self.p(&out.buf)),
-            ],
+            0,
+            launch::Gather {
+                x: self.p(&x.buf),
+                meta,
+                max_t,
+                width: width as i32,
+                out: self.p(&out.buf),
+            },
         );
     }
 
@@ -1801,11 +1785,7 @@ impl Backend for CudaBackend {
             let r = grow(self, &mut v, rows * PARTS, "argmax")
                 .and_then(|_| grow(self, &mut i, rows * PARTS, "argmax"))
                 .and_then(|_| grow(self, &mut o, rows, "argmax"));
-            let ptrs = (
-                v.as_ref().map_or(0, |b| self.p(b)),
-                i.as_ref().map_or(0, |b| self.p(b)),
-                o.as_ref().map_or(0, |b| self.p(b)),
-            );
+            let ptrs = (self.po(&v), self.po(&i), self.po(&o));
             (st.am_val, st.am_idx, st.am_out) = (v, i, o);
             r.map(|_| ptrs)
         };
@@ -1820,25 +1800,36 @@ impl Backend for CudaBackend {
             &self.k.argmax_part,
             (rows as u32, PARTS as u32, 1),
             256,
-            &[
-                A::P(self.p(&x.buf)),
-                A::I(width as i32),
-                A::I(PARTS as i32),
-                A::P(pv),
-                A::P(pi),
-            ],
+            0,
+            launch::ArgmaxPart {
+                x: self.p(&x.buf),
+                width: width as i32,
+                parts: PARTS as i32,
+                pv,
+                pi,
+            },
         );
         self.launch(
             &self.k.argmax_final,
             (rows as u32, 1, 1),
             32,
-            &[A::P(pv), A::P(pi), A::I(PARTS as i32), A::P(po)],
+            0,
+            launch::ArgmaxFinal {
+                pv,
+                pi,
+                parts: PARTS as i32,
+                out: po,
+            },
         );
         out.clear();
         out.resize(rows, 0);
         // SAFETY: the buffer holds at least `rows` u32s; the copy is synchronised below.
         let r = unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(&mut out[..], po, self.stream.cu_stream())
+            cudarc::driver::result::memcpy_dtoh_async(
+                &mut out[..],
+                po.addr(),
+                self.stream.cu_stream(),
+            )
         }
         .and_then(|()| self.stream.synchronize());
         self.note("reading token ids", r);
@@ -1935,8 +1926,8 @@ impl Backend for CudaBackend {
             .and_then(|_| grow(self, &mut outb, n * (1 + OUT), "sampled tokens"))
             .and_then(|_| grow(self, &mut infob, n * PARTS * INFO, "sampling slices"))
             .and_then(|_| grow(self, &mut candb, n * PARTS * CAP * 2, "sampling candidates"));
-        let ptr = |b: &Option<CudaSlice<u32>>| b.as_ref().map_or(0, |b| self.p(b));
-        let (pin, pout, pinfo, pcand) = (ptr(&inb), ptr(&outb), ptr(&infob), ptr(&candb));
+        let (pin, pout) = (self.po(&inb), self.po(&outb));
+        let (pinfo, pcand) = (self.po(&infob), self.po(&candb));
         (st.samp_in, st.samp_out) = (inb, outb);
         (st.samp_info, st.samp_cand) = (infob, candb);
         drop(st);
@@ -1953,12 +1944,16 @@ impl Backend for CudaBackend {
             // `total` written words, which stay untouched until `sample_wait` synchronises.
             Some(p) => p.as_ptr().and_then(|ptr| unsafe {
                 let src = std::slice::from_raw_parts(ptr, total);
-                cudarc::driver::result::memcpy_htod_async(pin, src, self.stream.cu_stream())
+                cudarc::driver::result::memcpy_htod_async(pin.addr(), src, self.stream.cu_stream())
             }),
             // SAFETY: the buffer holds at least `h.len()` u32s; pageable copies are staged
             // before the call returns.
             None => unsafe {
-                cudarc::driver::result::memcpy_htod_async(pin, &h[..], self.stream.cu_stream())
+                cudarc::driver::result::memcpy_htod_async(
+                    pin.addr(),
+                    &h[..],
+                    self.stream.cu_stream(),
+                )
             },
         };
         self.note("uploading sampling parameters", r);
@@ -1967,35 +1962,36 @@ impl Backend for CudaBackend {
         // vocabulary up to 180,224 tokens); later passes over it read it there.
         let slice_bytes = width.div_ceil(PARTS) * 4;
         let staged = slice_bytes <= SAMPLE_STAGE_MAX;
-        self.launch_smem(
+        self.launch(
             &self.k.sample_part,
             (n as u32, PARTS as u32, 1),
             256,
             if staged { slice_bytes as u32 } else { 0 },
-            &[
-                A::P(lp),
-                A::I(width as i32),
-                A::P(pin),
-                A::P(pin + (n * ROW * 4) as u64),
-                A::P(pin + (masks_at * 4) as u64),
-                A::P(pinfo),
-                A::P(pcand),
-                A::I(i32::from(staged)),
-            ],
+            launch::SamplePart {
+                logits: lp,
+                width: width as i32,
+                params: pin,
+                adj: pin.at(n * ROW),
+                masks: pin.at(masks_at),
+                info: pinfo,
+                cand: pcand,
+                staged: i32::from(staged),
+            },
         );
         self.launch(
             &self.k.sample_merge,
             (n as u32, 1, 1),
             1024,
-            &[
-                A::P(lp),
-                A::I(width as i32),
-                A::P(pin),
-                A::P(pinfo),
-                A::P(pcand),
-                A::P(pout),
-                A::I(n as i32),
-            ],
+            0,
+            launch::SampleMerge {
+                logits: lp,
+                width: width as i32,
+                params: pin,
+                info: pinfo,
+                cand: pcand,
+                out: pout,
+                rows: n as i32,
+            },
         );
         let mut st = self.st();
         st.samp_host = h;
@@ -2018,7 +2014,7 @@ impl Backend for CudaBackend {
             return;
         };
         let n = p.n;
-        if p.out == 0 {
+        if p.out.is_null() {
             out.extend(std::iter::repeat_n(Sampled::token(0), n));
             return;
         }
@@ -2030,7 +2026,11 @@ impl Backend for CudaBackend {
         h.resize(words, 0);
         // SAFETY: the output buffer holds at least `words` u32s; synchronised below.
         let r = unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(&mut h[..], p.out, self.stream.cu_stream())
+            cudarc::driver::result::memcpy_dtoh_async(
+                &mut h[..],
+                p.out.addr(),
+                self.stream.cu_stream(),
+            )
         }
         .and_then(|()| self.stream.synchronize());
         self.note("reading sampled tokens", r);
@@ -2071,11 +2071,11 @@ impl Backend for CudaBackend {
         let units = n > MV_ROWS;
         let qkv_bias = match (&l.qkv.bias, units) {
             (Some(b), true) => self.p(b),
-            _ => 0,
+            _ => Dev::NULL,
         };
         // q|k|v = W_qkv . rmsnorm(x) (+ bias), into `big`.
         let norm = Some((l.attn_norm, cfg.rms_eps));
-        self.linear(l.qkv, xp, n, norm, big, qkvw, 0, units);
+        self.linear(l.qkv, xp, n, norm, big, qkvw, Epilogue::Store, units);
         // Rotate k into the cache, q inside the attention kernel.
         self.attend(
             cfg,
@@ -2083,27 +2083,27 @@ impl Backend for CudaBackend {
             layer,
             n,
             (big, qkvw),
-            (big + 4 * dim as u64, qkvw),
-            (big + 4 * (dim + kvd) as u64, qkvw),
+            (big.at(dim), qkvw),
+            (big.at(dim + kvd), qkvw),
             true,
             qkv_bias,
             ap,
-            if units { xh } else { 0 },
+            if units { xh } else { Dev::NULL },
         );
         // x += W_o . att
         if units {
             self.gemm_xh(l.wo, xh, n, xp, dim);
         } else {
-            self.linear(l.wo, ap, n, None, xp, dim, 1, false);
+            self.linear(l.wo, ap, n, None, xp, dim, Epilogue::Accumulate, false);
         }
         // h = silu(W_gate . rmsnorm(x)) * (W_up . rmsnorm(x)); x += W_down . h
         let norm = Some((l.ffn_norm, cfg.rms_eps));
-        self.linear(l.gate_up, xp, n, norm, big, ffn, 2, false);
+        self.linear(l.gate_up, xp, n, norm, big, ffn, Epilogue::SwiGlu, false);
         if units {
             // The SwiGLU output is already f16 in `xh`.
             self.gemm_xh(l.down, xh, n, xp, dim);
         } else {
-            self.linear(l.down, big, n, None, xp, dim, 1, false);
+            self.linear(l.down, big, n, None, xp, dim, Epilogue::Accumulate, false);
         }
         Ok(())
     }

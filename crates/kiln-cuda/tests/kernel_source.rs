@@ -161,3 +161,112 @@ fn the_host_sizes_buffers_with_the_kernels_layouts() {
     assert_eq!(define(k, "MVR_OUT(N)"), "((N) <= 4 ? 4 : 2)");
     assert!(rs.contains("fn mvr_out(n: usize) -> usize {\n    if n <= 4 {\n        4\n    } else {\n        2\n    }"));
 }
+
+/// The script that writes each kernel's typed argument struct from its signature.
+#[allow(dead_code)]
+#[path = "../build.rs"]
+mod build_script;
+
+/// Every kernel of the program gets an argument struct (a macro-stamped one with its stamps),
+/// with the parameters in the signature's order.
+#[test]
+fn every_kernel_gets_its_arguments_in_order() {
+    let mut found = Vec::new();
+    for (file, src) in SOURCES {
+        for k in build_script::kernels(&build_script::strip_comments(src), file) {
+            match &k.stamps {
+                Some(s) => found.extend(s.iter().map(|n| format!("{}{n}", k.name))),
+                None => found.push(k.name.clone()),
+            }
+        }
+    }
+    // Read independently: the `k_` word between each `__global__` and the body's `{`.
+    let mut expected: Vec<String> = Vec::new();
+    for (_, src) in SOURCES {
+        for (i, _) in src.match_indices("__global__") {
+            let head = &src[i..i + src[i..].find('{').expect("a body")];
+            let name = head
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '#'))
+                .find(|w| w.starts_with("k_"))
+                .expect("a kernel name");
+            expected.push(name.to_string());
+        }
+    }
+    // A macro-stamped kernel appears once, by its pasted name.
+    let stamped: Vec<&String> = expected.iter().filter(|n| n.contains("##")).collect();
+    assert_eq!(stamped, ["k_mvr##N"]);
+    expected.retain(|n| !n.contains("##"));
+    expected.extend((2..=8).map(|n| format!("k_mvr{n}")));
+    found.sort();
+    expected.sort();
+    assert_eq!(found, expected);
+
+    let src = build_script::strip_comments(include_str!("../src/kernels/matvec_rows.cu"));
+    let mvt = build_script::kernels(&src, "matvec_rows.cu")
+        .into_iter()
+        .find(|k| k.name == "k_mvt")
+        .expect("k_mvt");
+    let names: Vec<&str> = mvt.params.iter().map(|p| p.rust_name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "w",
+            "bias",
+            "outs",
+            "cols",
+            "x",
+            "n",
+            "nw",
+            "eps",
+            "out",
+            "out_stride",
+            "mode",
+            "ks",
+            "splits",
+            "ws",
+            "cnt"
+        ]
+    );
+}
+
+#[test]
+fn parameter_types_map_to_rust_types() {
+    let src = "/* a comment with extern \"C\" __global__ void k_no(int a) */\n\
+        extern \"C\" __global__ void __launch_bounds__(256, 2)\n\
+        k_x(const float *a, u16 *b, const u32 *c, const unsigned char *Q, int n, long long len,\n\
+            float eps, Epi mode) {}";
+    let ks = build_script::kernels(&build_script::strip_comments(src), "t.cu");
+    assert_eq!(ks.len(), 1, "the commented-out kernel is not one");
+    let got: Vec<(&str, &str)> = ks[0]
+        .params
+        .iter()
+        .map(|p| (p.rust_name.as_str(), p.rust_ty.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a", "Dev<f32>"),
+            ("b", "Dev<u16>"),
+            ("c", "Dev<u32>"),
+            ("q", "Dev<u8>"),
+            ("n", "i32"),
+            ("len", "i64"),
+            ("eps", "f32"),
+            ("mode", "Epilogue")
+        ]
+    );
+}
+
+#[test]
+#[should_panic(expected = "k_y: parameter `h` of type `double` has no Rust type")]
+fn an_unknown_parameter_type_stops_the_build() {
+    let src = "extern \"C\" __global__ void k_y(const float *x, double h) {}";
+    build_script::kernels(src, "t.cu");
+}
+
+#[test]
+#[should_panic(expected = "two parameters named `q`")]
+fn parameters_that_differ_only_in_case_stop_the_build() {
+    let src = "extern \"C\" __global__ void k_z(const float *Q, float *q) {}";
+    build_script::kernels(src, "t.cu");
+}

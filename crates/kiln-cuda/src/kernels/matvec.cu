@@ -8,9 +8,9 @@
 
 extern "C" __global__ void __launch_bounds__(256)
 k_mv(const u16 *W, const float *bias, int outs, int cols, const float *x, int n,
-     const float *nw, float eps, float *out, int out_stride, int mode) {
+     const float *nw, float eps, float *out, int out_stride, Epi mode) {
     pdl_enter();
-    // mode 0: store, 1: accumulate, 2: SwiGLU of rows o and o + outs.
+    // mode: store, accumulate, or SwiGLU of rows o and o + outs (Epi).
     __shared__ float inv[MV_ROWS];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (nw) {
@@ -25,7 +25,7 @@ k_mv(const u16 *W, const float *bias, int outs, int cols, const float *x, int n,
     }
     int o = blockIdx.x * MV_WARPS + warp;
     if (o >= outs) return;
-    int nrows_w = mode == 2 ? 2 : 1;
+    int nrows_w = mode == EPI_SWIGLU ? 2 : 1;
     float acc[2][MV_ROWS];
 #pragma unroll
     for (int a = 0; a < 2; a++)
@@ -78,8 +78,8 @@ k_mv(const u16 *W, const float *bias, int outs, int cols, const float *x, int n,
                 float sc = nw ? inv[r] : 1.0f;
                 float v0 = s0 * sc + (bias ? bias[o] : 0.0f);
                 float *dst = out + (size_t)r * out_stride + o;
-                if (mode == 0) *dst = v0;
-                else if (mode == 1) *dst += v0;
+                if (mode == EPI_STORE) *dst = v0;
+                else if (mode == EPI_ACCUMULATE) *dst += v0;
                 else *dst = silu(v0) * (s1 * sc + (bias ? bias[o + outs] : 0.0f));
             }
         }

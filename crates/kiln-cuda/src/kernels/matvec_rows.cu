@@ -27,10 +27,10 @@ __device__ void stage_x(const float *x, int cols, const float *nw, float eps, fl
 }
 
 __device__ __forceinline__ void mv_store(float *out, int o, int outs, const float *bias, float s0,
-                                         float s1, int mode) {
+                                         float s1, Epi mode) {
     float v0 = s0 + (bias ? bias[o] : 0.0f);
-    if (mode == 0) out[o] = v0;
-    else if (mode == 1) out[o] += v0;
+    if (mode == EPI_STORE) out[o] = v0;
+    else if (mode == EPI_ACCUMULATE) out[o] += v0;
     else out[o] = silu(v0) * (s1 + (bias ? bias[o + outs] : 0.0f));
 }
 
@@ -38,7 +38,7 @@ __device__ __forceinline__ void mv_store(float *out, int o, int outs, const floa
 
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
-      float eps, float *out, int mode, int ks) {
+      float eps, float *out, Epi mode, int ks) {
     // ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
     extern __shared__ float4 xs4[];
     __shared__ float red[32];
@@ -49,7 +49,7 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
     int nvec = cols >> 3;
     // Start the weights on their way to L2 before waiting for x.
     for (int k = 0; k < MV1_OUT; k++)
-        for (int a = 0; a < (mode == 2 ? 2 : 1); a++)
+        for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
             if (o0 + k < outs)
                 prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
                             lane + 32 * kw, 32 * ks);
@@ -64,7 +64,7 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
     for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
         for (int a = 0; a < 2; a++) {
-            live[k][a] = o0 + k < outs && (a == 0 || mode == 2);
+            live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
             wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
             acc[k][a] = 0.0f;
         }
@@ -118,7 +118,7 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
 template <int N, int O = MVR_OUT(N)>
 __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int outs, int cols,
                                          const float *x, const float *nw, float eps, float *out,
-                                         int out_stride, int mode, int ks) {
+                                         int out_stride, Epi mode, int ks) {
     __shared__ float scale[8];
     __shared__ float part[MV_WARPS][O][2][N];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -127,7 +127,7 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
     const int nvec = cols >> 3, xq = cols >> 2;
     // Start this warp's weights on their way to L2, then wait for x.
     for (int k = 0; k < O; k++)
-        for (int a = 0; a < (mode == 2 ? 2 : 1); a++)
+        for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
             if (o0 + k < outs)
                 prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
                             lane + 32 * kw, 32 * ks);
@@ -154,7 +154,7 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
     for (int k = 0; k < O; k++)
 #pragma unroll
         for (int a = 0; a < 2; a++) {
-            live[k][a] = o0 + k < outs && (a == 0 || mode == 2);
+            live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
             wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
 #pragma unroll
             for (int r = 0; r < N; r++) acc[k][a][r] = 0.0f;
@@ -230,7 +230,7 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
 #define MVR_KERNEL(N)                                                                          \
     extern "C" __global__ void __launch_bounds__(256, 2)                                       \
     k_mvr##N(const u16 *W, const float *bias, int outs, int cols, const float *x,             \
-             const float *nw, float eps, float *out, int out_stride, int mode, int ks) {      \
+             const float *nw, float eps, float *out, int out_stride, Epi mode, int ks) {      \
         mvr_body<N>(W, bias, outs, cols, x, nw, eps, out, out_stride, mode, ks);            \
     }
 MVR_KERNEL(2)
@@ -277,7 +277,7 @@ __device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a
 
 extern "C" __global__ void __launch_bounds__(256, 2)
 k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
-      float eps, float *out, int out_stride, int mode, int ks, int splits, float *ws, u32 *cnt) {
+      float eps, float *out, int out_stride, Epi mode, int ks, int splits, float *ws, u32 *cnt) {
     __shared__ float scale[8];
     __shared__ float part[MVT_WARPS][2][16][8];
     __shared__ int last;
@@ -285,7 +285,7 @@ k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
     const int grp = warp / ks, kw = warp % ks, groups = MVT_WARPS / ks;
     const int o0 = (blockIdx.x * groups + grp) * 16;
     const int g = lane >> 2, c = lane & 3;
-    const int na = mode == 2 ? 2 : 1;
+    const int na = mode == EPI_SWIGLU ? 2 : 1;
     const int steps = cols >> 5, u0 = blockIdx.y * ks + kw, us = ks * splits;
     // This warp's weights on their way to L2 (its share of the steps), then wait for x.
     for (int a = 0; a < na; a++)

@@ -9,6 +9,10 @@
 typedef unsigned short u16;
 typedef unsigned int u32;
 
+// What the matrix-vector kernels do with W x (the Rust side's `Epilogue`): store it, add it to
+// the output (the residual), or store SwiGLU of the two stacked halves of W (gate, then up).
+enum Epi : int { EPI_STORE = 0, EPI_ACCUMULATE = 1, EPI_SWIGLU = 2 };
+
 // Programmatic dependent launch (sm_90 and later). The backend launches every kernel with
 // programmatic stream serialization allowed, so a kernel may start while the one before it is
 // still running: each kernel must call pdl_wait() before it reads anything an earlier kernel

@@ -35,7 +35,7 @@ __device__ __forceinline__ float dot_q8(uint4 a, uint4 b, const float4 *xg) {
 // As k_mv1 for quantized rows. Shared memory: cols floats of x, then cols / 32 group sums.
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
-       int cols, const float *x, const float *nw, float eps, float *out, int mode, int ks) {
+       int cols, const float *x, const float *nw, float eps, float *out, Epi mode, int ks) {
     extern __shared__ float4 xs4[];
     __shared__ float red[32];
     __shared__ float part[8][2][2];
@@ -61,7 +61,7 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
 #pragma unroll
         for (int a = 0; a < 2; a++) {
             float s = 0.0f;
-            if (o < outs && (a == 0 || mode == 2)) {
+            if (o < outs && (a == 0 || mode == EPI_SWIGLU)) {
                 size_t row = (size_t)(o + a * outs);
                 const unsigned char *qr = Q + row * ng * gbytes;
                 const float *sr = S + row * ng;
