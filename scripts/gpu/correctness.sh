@@ -34,6 +34,7 @@ done
 q=$(g $K run --quantize q8_0 --gpu-weights quantized)
 qb=-; [ -x "$B/kiln_base" ] && qb=$(g "$B"/kiln_base run --quantize q8_0 --gpu-weights quantized)
 echo "q8_0 kept quantized: new $q base $qb"
+echo "--gpu-weights q8 (the same as --quantize q8_0 --gpu-weights quantized): $(g $K run --gpu-weights q8)"
 if [ -x "$B/kiln_base" ]; then
   echo "== speed, base and new alternated (decode tok/s; prefill tok/s of 2048)"
   j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], round(d["decode_tok_s"],1), round(d.get("prefill_tok_s",0)))' "$1"; }

@@ -42,9 +42,10 @@ pub struct ModelArgs {
     /// KV cache values: f16 (default) or f32 (twice the memory, no rounding; CPU only).
     #[arg(long, default_value = "f16", value_parser = parse_kv)]
     pub kv_dtype: kiln_cpu::KvDtype,
-    /// On a GPU, how a quantized model's weights are held: f16 (converted on upload, the
-    /// fastest kernels today) or quantized (Q4_0, Q4_1, Q4_K and Q8_0 kept in the file's
-    /// format and read in place: less memory).
+    /// On a GPU, how the weight matrices are held: f16 (converted on upload, the fastest
+    /// kernels today); quantized (Q4_0, Q4_1, Q4_K and Q8_0 kept in the file's format and
+    /// read in place: less memory); q8 or q4 (as quantized, with float matrices quantized to
+    /// Q8_0 or Q4_K on load, as --quantize q8_0|q4_k does).
     #[arg(long, default_value = "f16", value_parser = GpuWeights::parse)]
     pub gpu_weights: GpuWeights,
     /// Switches for developers comparing paths, NAME=VALUE, repeatable: cpu-isa=scalar|avx2|
@@ -75,6 +76,19 @@ impl ModelArgs {
             self.draft_max
         } else {
             0
+        }
+    }
+
+    /// The type float matrices are quantized to on load: `--quantize`, or what
+    /// `--gpu-weights q8|q4` implies (the two must agree when both are given).
+    pub fn quantize_on_load(&self) -> anyhow::Result<Option<QuantType>> {
+        match (self.quantize, self.gpu_weights.quantize_on_load()) {
+            (Some(a), Some(b)) if a != b => anyhow::bail!(
+                "--quantize {} and --gpu-weights {} ask for different types; give one",
+                a.ggml().name(),
+                self.gpu_weights.name()
+            ),
+            (a, b) => Ok(a.or(b)),
         }
     }
 
@@ -375,6 +389,8 @@ pub fn open(args: &ModelArgs, quiet: bool) -> anyhow::Result<(PathBuf, Device)> 
         None => kiln_model::fetch::ensure_default_model(!quiet)?,
     };
     let opts = args.device_options().map_err(anyhow::Error::msg)?;
+    // Checked before the device opens: the conflict does not depend on it.
+    args.quantize_on_load()?;
     let device = Device::open_with(args.device(), &opts)?;
     Ok((path, device))
 }
@@ -392,7 +408,7 @@ pub fn load_on<B: Backend>(
     }
     let opts = LoadOptions {
         lora: args.lora.clone(),
-        quantize: args.quantize,
+        quantize: args.quantize_on_load()?,
     };
     let mut m = kiln_model::loader::load(path, backend, &opts)
         .with_context(|| format!("loading {}", path.display()))?;

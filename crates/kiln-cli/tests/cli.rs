@@ -199,7 +199,17 @@ fn device_switches_are_checked_and_never_ignored() {
         (
             vec!["--gpu-weights", "q3"],
             true,
-            "expected f16 or quantized",
+            "expected f16, q8, q4 or quantized",
+        ),
+        (
+            vec!["--gpu-weights", "q4"],
+            false,
+            "--gpu-weights applies to --device cuda only",
+        ),
+        (
+            vec!["--gpu-weights", "q4", "--quantize", "q8_0"],
+            false,
+            "--quantize Q8_0 and --gpu-weights q4 ask for different types",
         ),
         (
             vec!["--dev", "cuda-graphs=0"],

@@ -40,7 +40,7 @@ pub enum Device {
     Cuda(Box<CudaBackend>),
 }
 
-/// How the GPU holds a quantized model's weights (`--gpu-weights`).
+/// How the GPU holds the model's weight matrices (`--gpu-weights`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum GpuWeights {
     /// Every matrix converted to f16 on upload (the fastest kernels today).
@@ -49,15 +49,47 @@ pub enum GpuWeights {
     /// Q4_0, Q4_1, Q4_K and Q8_0 matrices kept in the file's block format and read in place
     /// (less memory); other matrices f16.
     Quantized,
+    /// As `Quantized`, with float matrices (F32, F16, BF16) quantized to Q8_0 on load.
+    Q8,
+    /// As `Quantized`, with float matrices quantized to Q4_K on load (Q8_0 where rows do
+    /// not fill blocks of 256).
+    Q4,
 }
 
 impl GpuWeights {
-    /// `f16` or `quantized`.
+    /// `f16`, `q8`, `q4` or `quantized`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "f16" => Ok(GpuWeights::F16),
             "quantized" => Ok(GpuWeights::Quantized),
-            _ => Err(format!("`{s}`: expected f16 or quantized")),
+            "q8" => Ok(GpuWeights::Q8),
+            "q4" => Ok(GpuWeights::Q4),
+            _ => Err(format!("`{s}`: expected f16, q8, q4 or quantized")),
+        }
+    }
+
+    /// The flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuWeights::F16 => "f16",
+            GpuWeights::Quantized => "quantized",
+            GpuWeights::Q8 => "q8",
+            GpuWeights::Q4 => "q4",
+        }
+    }
+
+    /// Whether block-quantized matrices stay so on the GPU.
+    pub fn in_place(self) -> bool {
+        self != GpuWeights::F16
+    }
+
+    /// The type float matrices are quantized to on load, if any.
+    pub fn quantize_on_load(self) -> Option<kiln_model::quantize::QuantType> {
+        use kiln_model::quantize::QuantType;
+        match self {
+            GpuWeights::Q8 => Some(QuantType::Q8_0),
+            GpuWeights::Q4 => Some(QuantType::Q4K),
+            GpuWeights::F16 | GpuWeights::Quantized => None,
         }
     }
 }
@@ -213,7 +245,7 @@ impl Device {
         let d = &opts.dev;
         let base = CudaOptions::default();
         let co = CudaOptions {
-            quantized: opts.gpu_weights == GpuWeights::Quantized,
+            quantized: opts.gpu_weights.in_place(),
             fused: d.cuda_fused.unwrap_or(base.fused),
             graphs: d.cuda_graphs.unwrap_or(base.graphs),
             pdl: d.cuda_pdl.unwrap_or(base.pdl),
