@@ -44,8 +44,11 @@ enum Command {
     Memory(memory::MemoryArgs),
     /// Compare refinement settings over a file of questions, or time batched candidates.
     Profile(profile::ProfileCmdArgs),
-    /// Write a GGUF model with its matrices in another type (f16, q8_0, q4_k).
+    /// Write a GGUF model with its matrices in another type (f16, q8_0, q4_0, q4_1, q4_k),
+    /// from a GGUF file or a Hugging Face folder.
     Quantize(quantize::QuantizeArgs),
+    /// Write a Hugging Face model folder as a GGUF file (llama.cpp reads it too).
+    Convert(quantize::ConvertArgs),
 }
 
 fn main() {
@@ -63,6 +66,7 @@ fn main() {
         Command::Irp(a) => irp::irp(a),
         Command::Memory(a) => memory::memory(a),
         Command::Quantize(a) => quantize::quantize(a),
+        Command::Convert(a) => quantize::convert(a),
         Command::Profile(a) => profile::profile(a),
     };
     if let Err(e) = result {

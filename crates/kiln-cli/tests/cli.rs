@@ -403,8 +403,9 @@ fn quantize_writes_a_model_that_runs_and_refuses_what_it_cannot_do() {
         ])
         .output()
         .unwrap();
+    // A folder that is not a model: what it lacks is named.
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is a folder"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no config.json"));
     let out = kiln()
         .args([
             "quantize",
@@ -418,5 +419,75 @@ fn quantize_writes_a_model_that_runs_and_refuses_what_it_cannot_do() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("name the GGUF file to write"));
     assert!(!dir.join(".part").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `kiln convert` writes a folder as GGUF that runs with the folder's greedy text, `kiln
+/// quantize` takes a folder too, and what they cannot read is refused by name.
+#[test]
+fn convert_writes_a_folder_as_gguf_that_runs_the_same() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("kiln-convert-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let greedy = |model: &std::path::Path| {
+        let out = kiln()
+            .args(["run", "--model", model.to_str().unwrap()])
+            .args(["-n", "12", "--temperature", "0", "--raw", "The sea"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    for arch in ["llama", "qwen2", "phi3"] {
+        let hf = fixtures.join(format!("tiny-{arch}/hf"));
+        let gguf = dir.join(format!("{arch}.gguf"));
+        let out = kiln()
+            .args(["convert", hf.to_str().unwrap(), gguf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("({arch})")) && text.contains("MiB"),
+            "{text}"
+        );
+        assert_eq!(greedy(&gguf), greedy(&hf), "{arch}");
+    }
+    // A folder straight to a quantized file.
+    let q = dir.join("qwen2-q8.gguf");
+    let text = quantize_ok(&fixtures.join("tiny-qwen2/hf"), &q, "q8_0");
+    assert!(text.contains("converted"), "{text}");
+    assert!(!greedy(&q).is_empty());
+    for (args, word) in [
+        (
+            vec!["convert", q.to_str().unwrap(), "x.gguf"],
+            "is not a folder",
+        ),
+        (
+            vec!["convert", dir.to_str().unwrap(), "x.gguf"],
+            "no config.json",
+        ),
+        (
+            vec![
+                "convert",
+                fixtures.join("tiny-llama/hf").to_str().unwrap(),
+                dir.to_str().unwrap(),
+            ],
+            "is a folder: name the GGUF file",
+        ),
+    ] {
+        let out = kiln().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(word), "{args:?}: {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -172,6 +172,13 @@ impl HfTensors {
         })
     }
 
+    /// The GGUF names of the tensors the decoder uses, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.names.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     fn lookup(&self, name: &str) -> Result<(&Arc<SafeTensors>, &str), ModelError> {
         let (shard, hf) = self.names.get(name).ok_or_else(|| {
             ModelError::Config(format!(
@@ -293,6 +300,65 @@ fn ids(v: &Value, key: &str) -> Vec<u32> {
 
 /// Reads `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` of a folder.
 pub fn read_tokenizer(dir: &Path, config: &Value) -> Result<HfTokenizer, ModelError> {
+    let f = tokenizer_files(dir, config)?;
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc = f.config.as_ref();
+    let tokenizer = Tokenizer::from_hf_json(&f.path, &f.json, tc, &f.eos)?;
+    let jinja = dir.join("chat_template.jinja");
+    let chat_template_origin = if jinja.is_file() {
+        jinja.display().to_string()
+    } else {
+        format!("{}: chat_template", tc_path.display())
+    };
+    let chat_template = if jinja.is_file() {
+        Some(
+            std::fs::read_to_string(&jinja).map_err(|source| ModelError::Io {
+                path: jinja.clone(),
+                source,
+            })?,
+        )
+    } else {
+        match tc.and_then(|c| c.get("chat_template")) {
+            Some(Value::String(s)) => Some(s.clone()),
+            // A list of named templates: the default one.
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => None,
+        }
+    };
+    let text = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.token_text(i))
+            .unwrap_or("")
+            .to_owned()
+    };
+    Ok(HfTokenizer {
+        bos_text: text(tokenizer.bos()),
+        eos_text: text(tokenizer.eos()),
+        tokenizer,
+        chat_template,
+        chat_template_origin,
+    })
+}
+
+/// A folder's tokenizer files, read: `tokenizer.json`, `tokenizer_config.json` if there is
+/// one, and the ids that end generation in `config.json` and `generation_config.json`.
+pub struct TokenizerFiles {
+    /// Where `tokenizer.json` is, for errors.
+    pub path: String,
+    /// `tokenizer.json`.
+    pub json: Value,
+    /// `tokenizer_config.json`.
+    pub config: Option<Value>,
+    /// Extra end-of-generation ids.
+    pub eos: Vec<u32>,
+}
+
+/// Reads the tokenizer files of `dir` (see [`TokenizerFiles`]).
+pub fn tokenizer_files(dir: &Path, config: &Value) -> Result<TokenizerFiles, ModelError> {
     let tj = dir.join("tokenizer.json");
     if !tj.is_file() {
         let hint = if dir.join("tokenizer.model").exists() {
@@ -316,49 +382,11 @@ pub fn read_tokenizer(dir: &Path, config: &Value) -> Result<HfTokenizer, ModelEr
     if gc.is_file() {
         eos.extend(ids(&read_json(&gc)?, "eos_token_id"));
     }
-    let tokenizer = Tokenizer::from_hf_json(
-        &tj.display().to_string(),
-        &read_json(&tj)?,
-        tc.as_ref(),
-        &eos,
-    )?;
-    let jinja = dir.join("chat_template.jinja");
-    let chat_template_origin = if jinja.is_file() {
-        jinja.display().to_string()
-    } else {
-        format!("{}: chat_template", tc_path.display())
-    };
-    let chat_template = if jinja.is_file() {
-        Some(
-            std::fs::read_to_string(&jinja).map_err(|source| ModelError::Io {
-                path: jinja.clone(),
-                source,
-            })?,
-        )
-    } else {
-        match tc.as_ref().and_then(|c| c.get("chat_template")) {
-            Some(Value::String(s)) => Some(s.clone()),
-            // A list of named templates: the default one.
-            Some(Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            _ => None,
-        }
-    };
-    let text = |id: Option<u32>| {
-        id.and_then(|i| tokenizer.token_text(i))
-            .unwrap_or("")
-            .to_owned()
-    };
-    Ok(HfTokenizer {
-        bos_text: text(tokenizer.bos()),
-        eos_text: text(tokenizer.eos()),
-        tokenizer,
-        chat_template,
-        chat_template_origin,
+    Ok(TokenizerFiles {
+        path: tj.display().to_string(),
+        json: read_json(&tj)?,
+        config: tc,
+        eos,
     })
 }
 

@@ -75,279 +75,301 @@ impl Tokenizer {
         config: Option<&Value>,
         extra_eos: &[u32],
     ) -> Result<Self, TokenizerError> {
-        let invalid = |what: String| TokenizerError::Invalid {
-            path: path.to_owned(),
-            what,
-        };
-        let model = json
-            .get("model")
-            .filter(|m| m.is_object())
-            .ok_or_else(|| invalid("no `model` object".into()))?;
-        let model_type = model.get("type").and_then(Value::as_str).unwrap_or("BPE");
-        if model_type != "BPE" {
-            return Err(invalid(format!(
-                "model type `{model_type}` is not supported (kiln reads BPE vocabularies)"
-            )));
-        }
-        for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
-            if model.get(key).is_some_and(|v| !v.is_null()) {
-                return Err(invalid(format!(
-                    "model.{key} is set; kiln does not support it"
-                )));
-            }
-        }
-        let byte_fallback = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
-        let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool) == Some(true);
-
-        // Vocabulary, with added tokens (which may lie past the model's own ids).
-        let vocab = model
-            .get("vocab")
-            .and_then(Value::as_object)
-            .ok_or_else(|| invalid("model.vocab is not an object".into()))?;
-        let mut by_id: Vec<(u32, &str)> = Vec::with_capacity(vocab.len());
-        for (t, id) in vocab {
-            let id = id
-                .as_u64()
-                .filter(|&i| i < (u32::MAX / 2) as u64)
-                .ok_or_else(|| invalid(format!("model.vocab[`{t}`] is not a valid id")))?;
-            by_id.push((id as u32, t));
-        }
-        struct Added<'a> {
-            id: u32,
-            text: &'a str,
-            special: bool,
-            strip: (bool, bool),
-        }
-        let mut added = Vec::new();
-        if let Some(a) = json.get("added_tokens").filter(|v| !v.is_null()) {
-            let a = a
-                .as_array()
-                .ok_or_else(|| invalid("added_tokens is not an array".into()))?;
-            for (i, t) in a.iter().enumerate() {
-                let id = t
-                    .get("id")
-                    .and_then(Value::as_u64)
-                    .filter(|&i| i < (u32::MAX / 2) as u64)
-                    .ok_or_else(|| invalid(format!("added_tokens[{i}].id is not a valid id")))?;
-                let text = t
-                    .get("content")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("added_tokens[{i}].content is not a string")))?;
-                let flag = |k: &str| t.get(k).and_then(Value::as_bool) == Some(true);
-                added.push(Added {
-                    id: id as u32,
-                    text,
-                    special: flag("special"),
-                    strip: (flag("lstrip"), flag("rstrip")),
-                });
-            }
-        }
-        let n = by_id
-            .iter()
-            .map(|&(i, _)| i)
-            .chain(added.iter().map(|a| a.id))
-            .max()
-            .map_or(0, |m| m as usize + 1);
-        if n == 0 {
-            return Err(invalid("the vocabulary is empty".into()));
-        }
-        // Ids index a table of `n` entries: ids far past the number of entries would have a
-        // small file allocate gigabytes (one id near 2^31 is 48 GiB of empty strings).
-        let entries = by_id.len() + added.len();
-        if n > crate::MAX_VOCAB || n > 2 * entries + 1024 {
-            let field = if added.iter().any(|a| a.id as usize + 1 == n) {
-                "added_tokens"
-            } else {
-                "model.vocab"
-            };
-            return Err(invalid(format!(
-                "{field} holds id {}, far past the {entries} tokens the file defines",
-                n - 1
-            )));
-        }
-        let mut tokens = vec![String::new(); n];
-        let mut types = vec![TokenType::Unused; n];
-        for &(id, t) in &by_id {
-            tokens[id as usize] = t.to_owned();
-            types[id as usize] = if byte_fallback && is_byte_token(t) {
-                TokenType::Byte
-            } else {
-                TokenType::Normal
-            };
-        }
-        let unk = model.get("unk_token").and_then(Value::as_str);
-        let mut strip = HashMap::new();
-        for a in &added {
-            tokens[a.id as usize] = a.text.to_owned();
-            types[a.id as usize] = if Some(a.text) == unk {
-                TokenType::Unknown
-            } else if a.special {
-                TokenType::Control
-            } else {
-                TokenType::UserDefined
-            };
-            if a.strip != (false, false) {
-                strip.insert(a.id, a.strip);
-            }
-        }
-
-        let mut merges = Vec::new();
-        if let Some(m) = model.get("merges").filter(|v| !v.is_null()) {
-            let m = m
-                .as_array()
-                .ok_or_else(|| invalid("model.merges is not an array".into()))?;
-            merges.reserve(m.len());
-            for (rank, e) in m.iter().enumerate() {
-                let pair = match e {
-                    Value::String(s) => {
-                        s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    }
-                    Value::Array(a) if a.len() == 2 => match (a[0].as_str(), a[1].as_str()) {
-                        (Some(l), Some(r)) => Some((l.to_owned(), r.to_owned())),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                merges.push(pair.ok_or_else(|| {
-                    invalid(format!(
-                        "model.merges[{rank}] is {e}, expected \"left right\" or [left, right]"
-                    ))
-                })?);
-            }
-        }
-
-        // How text is cut and spaces are written.
-        let mut steps = Vec::new();
-        flatten_pre(json.get("pre_tokenizer"), &mut steps).map_err(invalid)?;
-        let spm_normalizer = spm_normalizer(json.get("normalizer")).map_err(invalid)?;
-        let byte_level = steps.iter().find_map(|s| match s {
-            Step::ByteLevel {
-                add_prefix_space,
-                use_regex,
-            } => Some((*add_prefix_space, *use_regex)),
-            _ => None,
-        });
-        let metaspace = steps.iter().find_map(|s| match s {
-            Step::Metaspace(p) => Some(*p),
-            _ => None,
-        });
-        let (kind, pre, space_prefix, prefix_unless_space) = if let Some((prefix, use_regex)) =
-            byte_level
-        {
-            if prefix {
-                return Err(invalid(
-                    "ByteLevel pre-tokenizer with add_prefix_space is not supported".into(),
-                ));
-            }
-            let others: Vec<&Step> = steps
-                .iter()
-                .filter(|s| !matches!(s, Step::ByteLevel { .. }))
-                .collect();
-            let pre = match (others.as_slice(), use_regex) {
-                ([], true) => PreTokenizer::Gpt2,
-                ([Step::Digits], true) => PreTokenizer::DigitsThenGpt2,
-                ([Step::Split(p)], false) => PreTokenizer::from_regex(p).ok_or_else(|| {
-                    invalid(format!(
-                        "the split pattern {p:?} is not one kiln implements (GPT-2's, Llama 3's, Qwen2's)"
-                    ))
-                })?,
-                _ => {
-                    return Err(invalid(
-                        "this combination of pre-tokenizers around ByteLevel is not supported"
-                            .into(),
-                    ))
-                }
-            };
-            (Kind::ByteBpe, pre, SpacePrefix::Never, false)
-        } else if let Some(prefix) = metaspace {
-            if steps.len() != 1 {
-                return Err(invalid(
-                    "Metaspace combined with other pre-tokenizers is not supported".into(),
-                ));
-            }
-            (Kind::Spm, PreTokenizer::Gpt2, prefix, true)
-        } else if let Some(prefix) = spm_normalizer {
-            if !steps.is_empty() {
-                return Err(invalid(
-                    "a `▁` normalizer together with a pre-tokenizer is not supported".into(),
-                ));
-            }
-            (Kind::Spm, PreTokenizer::Gpt2, prefix, false)
-        } else {
-            return Err(invalid(
-                "neither a byte-level nor a SentencePiece-style (`▁`) BPE tokenizer".into(),
-            ));
-        };
-        if kind == Kind::ByteBpe && spm_normalizer.is_some() {
-            return Err(invalid(
-                "a `▁` normalizer on a byte-level tokenizer is not supported".into(),
-            ));
-        }
-
-        // Special tokens: the post-processor's template, overridden by tokenizer_config.json.
-        let to_id = |t: &str| -> Option<u32> {
-            added
-                .iter()
-                .find(|a| a.text == t)
-                .map(|a| a.id)
-                .or_else(|| vocab.get(t).and_then(Value::as_u64).map(|i| i as u32))
-        };
-        let (mut bos, mut add_bos) = template_bos(json.get("post_processor")).map_err(invalid)?;
-        let mut eos = None;
-        if let Some(c) = config {
-            let special = |key: &str| -> Result<Option<u32>, TokenizerError> {
-                match c.get(key).filter(|v| !v.is_null()) {
-                    None => Ok(None),
-                    Some(v) => {
-                        let t = text_of(v).ok_or_else(|| {
-                            invalid(format!(
-                                "tokenizer_config.json: `{key}` is {v}, expected a string"
-                            ))
-                        })?;
-                        to_id(t).map(Some).ok_or_else(|| {
-                            invalid(format!(
-                                "tokenizer_config.json: {key} `{t}` is not in the vocabulary"
-                            ))
-                        })
-                    }
-                }
-            };
-            if let Some(b) = special("bos_token")? {
-                bos = Some(b);
-            }
-            eos = special("eos_token")?;
-            if let Some(a) = c.get("add_bos_token").and_then(Value::as_bool) {
-                add_bos = a;
-            }
-        }
-        if add_bos && bos.is_none() {
-            return Err(invalid(
-                "BOS is to be added but no bos_token is named".into(),
-            ));
-        }
-        let extra_eog: Vec<u32> = extra_eos
-            .iter()
-            .copied()
-            .filter(|&i| (i as usize) < n)
-            .collect();
-        Tokenizer::from_spec(Spec {
-            path: path.to_owned(),
-            kind,
-            pre,
-            scores: vec![0.0; n],
-            tokens,
-            types,
-            merges,
-            bos,
-            eos,
-            extra_eog,
-            add_bos,
-            space_prefix,
-            prefix_unless_space,
-            ignore_merges,
-            strip,
-        })
+        Tokenizer::from_spec(hf_spec(path, json, config, extra_eos)?)
     }
+
+    /// The `tokenizer.ggml.*` metadata of a GGUF file that holds the tokenizer these parsed
+    /// `tokenizer.json` and `tokenizer_config.json` values describe, as llama.cpp reads it
+    /// (what `kiln convert` writes; [`Tokenizer::from_gguf`] reads it back).
+    pub fn gguf_metadata_from_hf_json(
+        path: &str,
+        json: &Value,
+        config: Option<&Value>,
+        extra_eos: &[u32],
+    ) -> Result<Vec<(String, kiln_formats::gguf::Value)>, TokenizerError> {
+        Ok(crate::export::gguf_metadata(&hf_spec(
+            path, json, config, extra_eos,
+        )?))
+    }
+}
+
+/// What `tokenizer.json` (and `tokenizer_config.json`) define, checked.
+fn hf_spec(
+    path: &str,
+    json: &Value,
+    config: Option<&Value>,
+    extra_eos: &[u32],
+) -> Result<Spec, TokenizerError> {
+    let invalid = |what: String| TokenizerError::Invalid {
+        path: path.to_owned(),
+        what,
+    };
+    let model = json
+        .get("model")
+        .filter(|m| m.is_object())
+        .ok_or_else(|| invalid("no `model` object".into()))?;
+    let model_type = model.get("type").and_then(Value::as_str).unwrap_or("BPE");
+    if model_type != "BPE" {
+        return Err(invalid(format!(
+            "model type `{model_type}` is not supported (kiln reads BPE vocabularies)"
+        )));
+    }
+    for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+        if model.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(invalid(format!(
+                "model.{key} is set; kiln does not support it"
+            )));
+        }
+    }
+    let byte_fallback = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
+    let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool) == Some(true);
+
+    // Vocabulary, with added tokens (which may lie past the model's own ids).
+    let vocab = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid("model.vocab is not an object".into()))?;
+    let mut by_id: Vec<(u32, &str)> = Vec::with_capacity(vocab.len());
+    for (t, id) in vocab {
+        let id = id
+            .as_u64()
+            .filter(|&i| i < (u32::MAX / 2) as u64)
+            .ok_or_else(|| invalid(format!("model.vocab[`{t}`] is not a valid id")))?;
+        by_id.push((id as u32, t));
+    }
+    struct Added<'a> {
+        id: u32,
+        text: &'a str,
+        special: bool,
+        strip: (bool, bool),
+    }
+    let mut added = Vec::new();
+    if let Some(a) = json.get("added_tokens").filter(|v| !v.is_null()) {
+        let a = a
+            .as_array()
+            .ok_or_else(|| invalid("added_tokens is not an array".into()))?;
+        for (i, t) in a.iter().enumerate() {
+            let id = t
+                .get("id")
+                .and_then(Value::as_u64)
+                .filter(|&i| i < (u32::MAX / 2) as u64)
+                .ok_or_else(|| invalid(format!("added_tokens[{i}].id is not a valid id")))?;
+            let text = t
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(format!("added_tokens[{i}].content is not a string")))?;
+            let flag = |k: &str| t.get(k).and_then(Value::as_bool) == Some(true);
+            added.push(Added {
+                id: id as u32,
+                text,
+                special: flag("special"),
+                strip: (flag("lstrip"), flag("rstrip")),
+            });
+        }
+    }
+    let n = by_id
+        .iter()
+        .map(|&(i, _)| i)
+        .chain(added.iter().map(|a| a.id))
+        .max()
+        .map_or(0, |m| m as usize + 1);
+    if n == 0 {
+        return Err(invalid("the vocabulary is empty".into()));
+    }
+    // Ids index a table of `n` entries: ids far past the number of entries would have a
+    // small file allocate gigabytes (one id near 2^31 is 48 GiB of empty strings).
+    let entries = by_id.len() + added.len();
+    if n > crate::MAX_VOCAB || n > 2 * entries + 1024 {
+        let field = if added.iter().any(|a| a.id as usize + 1 == n) {
+            "added_tokens"
+        } else {
+            "model.vocab"
+        };
+        return Err(invalid(format!(
+            "{field} holds id {}, far past the {entries} tokens the file defines",
+            n - 1
+        )));
+    }
+    let mut tokens = vec![String::new(); n];
+    let mut types = vec![TokenType::Unused; n];
+    for &(id, t) in &by_id {
+        tokens[id as usize] = t.to_owned();
+        types[id as usize] = if byte_fallback && is_byte_token(t) {
+            TokenType::Byte
+        } else {
+            TokenType::Normal
+        };
+    }
+    let unk = model.get("unk_token").and_then(Value::as_str);
+    let mut strip = HashMap::new();
+    for a in &added {
+        tokens[a.id as usize] = a.text.to_owned();
+        types[a.id as usize] = if Some(a.text) == unk {
+            TokenType::Unknown
+        } else if a.special {
+            TokenType::Control
+        } else {
+            TokenType::UserDefined
+        };
+        if a.strip != (false, false) {
+            strip.insert(a.id, a.strip);
+        }
+    }
+
+    let mut merges = Vec::new();
+    if let Some(m) = model.get("merges").filter(|v| !v.is_null()) {
+        let m = m
+            .as_array()
+            .ok_or_else(|| invalid("model.merges is not an array".into()))?;
+        merges.reserve(m.len());
+        for (rank, e) in m.iter().enumerate() {
+            let pair = match e {
+                Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())),
+                Value::Array(a) if a.len() == 2 => match (a[0].as_str(), a[1].as_str()) {
+                    (Some(l), Some(r)) => Some((l.to_owned(), r.to_owned())),
+                    _ => None,
+                },
+                _ => None,
+            };
+            merges.push(pair.ok_or_else(|| {
+                invalid(format!(
+                    "model.merges[{rank}] is {e}, expected \"left right\" or [left, right]"
+                ))
+            })?);
+        }
+    }
+
+    // How text is cut and spaces are written.
+    let mut steps = Vec::new();
+    flatten_pre(json.get("pre_tokenizer"), &mut steps).map_err(invalid)?;
+    let spm_normalizer = spm_normalizer(json.get("normalizer")).map_err(invalid)?;
+    let byte_level = steps.iter().find_map(|s| match s {
+        Step::ByteLevel {
+            add_prefix_space,
+            use_regex,
+        } => Some((*add_prefix_space, *use_regex)),
+        _ => None,
+    });
+    let metaspace = steps.iter().find_map(|s| match s {
+        Step::Metaspace(p) => Some(*p),
+        _ => None,
+    });
+    let (kind, pre, space_prefix, prefix_unless_space) = if let Some((prefix, use_regex)) =
+        byte_level
+    {
+        if prefix {
+            return Err(invalid(
+                "ByteLevel pre-tokenizer with add_prefix_space is not supported".into(),
+            ));
+        }
+        let others: Vec<&Step> = steps
+            .iter()
+            .filter(|s| !matches!(s, Step::ByteLevel { .. }))
+            .collect();
+        let pre = match (others.as_slice(), use_regex) {
+            ([], true) => PreTokenizer::Gpt2,
+            ([Step::Digits], true) => PreTokenizer::DigitsThenGpt2,
+            ([Step::Split(p)], false) => PreTokenizer::from_regex(p).ok_or_else(|| {
+                invalid(format!(
+                    "the split pattern {p:?} is not one kiln implements (GPT-2's, Llama 3's, Qwen2's)"
+                ))
+            })?,
+            _ => {
+                return Err(invalid(
+                    "this combination of pre-tokenizers around ByteLevel is not supported"
+                        .into(),
+                ))
+            }
+        };
+        (Kind::ByteBpe, pre, SpacePrefix::Never, false)
+    } else if let Some(prefix) = metaspace {
+        if steps.len() != 1 {
+            return Err(invalid(
+                "Metaspace combined with other pre-tokenizers is not supported".into(),
+            ));
+        }
+        (Kind::Spm, PreTokenizer::Gpt2, prefix, true)
+    } else if let Some(prefix) = spm_normalizer {
+        if !steps.is_empty() {
+            return Err(invalid(
+                "a `▁` normalizer together with a pre-tokenizer is not supported".into(),
+            ));
+        }
+        (Kind::Spm, PreTokenizer::Gpt2, prefix, false)
+    } else {
+        return Err(invalid(
+            "neither a byte-level nor a SentencePiece-style (`▁`) BPE tokenizer".into(),
+        ));
+    };
+    if kind == Kind::ByteBpe && spm_normalizer.is_some() {
+        return Err(invalid(
+            "a `▁` normalizer on a byte-level tokenizer is not supported".into(),
+        ));
+    }
+
+    // Special tokens: the post-processor's template, overridden by tokenizer_config.json.
+    let to_id = |t: &str| -> Option<u32> {
+        added
+            .iter()
+            .find(|a| a.text == t)
+            .map(|a| a.id)
+            .or_else(|| vocab.get(t).and_then(Value::as_u64).map(|i| i as u32))
+    };
+    let (mut bos, mut add_bos) = template_bos(json.get("post_processor")).map_err(invalid)?;
+    let mut eos = None;
+    if let Some(c) = config {
+        let special = |key: &str| -> Result<Option<u32>, TokenizerError> {
+            match c.get(key).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => {
+                    let t = text_of(v).ok_or_else(|| {
+                        invalid(format!(
+                            "tokenizer_config.json: `{key}` is {v}, expected a string"
+                        ))
+                    })?;
+                    to_id(t).map(Some).ok_or_else(|| {
+                        invalid(format!(
+                            "tokenizer_config.json: {key} `{t}` is not in the vocabulary"
+                        ))
+                    })
+                }
+            }
+        };
+        if let Some(b) = special("bos_token")? {
+            bos = Some(b);
+        }
+        eos = special("eos_token")?;
+        if let Some(a) = c.get("add_bos_token").and_then(Value::as_bool) {
+            add_bos = a;
+        }
+    }
+    if add_bos && bos.is_none() {
+        return Err(invalid(
+            "BOS is to be added but no bos_token is named".into(),
+        ));
+    }
+    let extra_eog: Vec<u32> = extra_eos
+        .iter()
+        .copied()
+        .filter(|&i| (i as usize) < n)
+        .collect();
+    Ok(Spec {
+        path: path.to_owned(),
+        kind,
+        pre,
+        scores: vec![0.0; n],
+        tokens,
+        types,
+        merges,
+        bos,
+        eos,
+        extra_eog,
+        add_bos,
+        space_prefix,
+        prefix_unless_space,
+        ignore_merges,
+        strip,
+    })
 }
 
 fn is_byte_token(t: &str) -> bool {

@@ -6,6 +6,7 @@
 //! a model's chat template into the text the tokenizer encodes.
 
 pub mod chat;
+mod export;
 pub mod hf;
 pub mod memguard;
 mod merge;
