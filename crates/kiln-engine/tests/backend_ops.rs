@@ -797,3 +797,77 @@ fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {
         }
     }
 }
+
+/// Products of quantized matrices (4-bit and 8-bit blocks; on a GPU read in place with
+/// `KILN_TEST_GPU_WEIGHTS=quantized`, else converted on upload) against float64 over the
+/// blocks' decoded values, for 1 to 9 rows and row lengths of 1 to 11 blocks of 32.
+#[test]
+fn quantized_matmul_matches_the_reference() {
+    let (d, gpu) = device();
+    kiln_engine::with_backend!(d, b => quantized_matmul_matches_the_reference_on(b, gpu))
+}
+
+fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
+    let tol = if gpu { 3e-3 } else { 2e-2 };
+    let mut rng = Rng(0x51_7cc1_b727_220a);
+    let c = ModelConfig {
+        ffn_dim: 2048,
+        ..cfg(2, 1, 16, 16, RopeStyle::Halves)
+    };
+    for (ty, scales) in [
+        (GgmlType::Q4_0, &[0usize][..]),
+        (GgmlType::Q4_1, &[0, 2][..]),
+        (GgmlType::Q8_0, &[0][..]),
+        (GgmlType::Q4_K, &[0, 2][..]),
+    ] {
+        let sizes: &[(usize, usize)] = if ty == GgmlType::Q4_K {
+            &[(9, 256), (33, 512), (130, 768)]
+        } else {
+            &[
+                (1, 32),
+                (7, 64),
+                (33, 96),
+                (130, 352),
+                (40, 896),
+                (300, 576),
+            ]
+        };
+        for &(rows, cols) in sizes {
+            let t = quant_matrix(&mut rng, ty, rows, cols, scales);
+            let mut w = vec![0f32; rows * cols];
+            kiln_formats::gguf::quant::dequantize(ty, t.data.as_slice(), &mut w).unwrap();
+            let m = b.matrix(t).unwrap();
+            for n in [1usize, 2, 3, 8, 9] {
+                let x = rng.vec(n * cols);
+                let xa = upload(&b, &x);
+                let mut out = b.act(n * rows).unwrap();
+                let seq = [0u32; 4];
+                let seqs = [PagedSeq {
+                    row0: 0,
+                    n,
+                    pos0: 0,
+                    blocks: &seq,
+                }];
+                begin(&b, &c, n, &seqs, &[]);
+                b.matmul(&m, &xa, n, &mut out);
+                let got = read(&b, &out, n * rows);
+                let want: Vec<f64> = (0..n)
+                    .flat_map(|r| {
+                        let (x, w) = (&x, &w);
+                        (0..rows).map(move |o| {
+                            (0..cols)
+                                .map(|i| w[o * cols + i] as f64 * x[r * cols + i] as f64)
+                                .sum::<f64>()
+                        })
+                    })
+                    .collect();
+                let e = rel(&got, &want);
+                assert!(
+                    e < tol,
+                    "{} {rows}x{cols}, {n} rows: relative error {e:.2e}",
+                    ty.name()
+                );
+            }
+        }
+    }
+}

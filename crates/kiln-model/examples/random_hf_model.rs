@@ -2,7 +2,7 @@
 //! measuring memory and speed without downloading the model.
 //!
 //! ```text
-//! cargo run --release -p kiln-model --example random_hf_model -- OUT_DIR [f16|bf16|f32] [qwen2.5-0.5b|tiny]
+//! cargo run --release -p kiln-model --example random_hf_model -- OUT_DIR [f16|bf16|f32] [qwen2.5-0.5b|llama3.2-1b|smollm2-135m|tiny]
 //! kiln bench --model OUT_DIR [--quantize q8_0]
 //! ```
 //!
@@ -34,6 +34,31 @@ const QWEN2_5_0_5B: Shape = Shape {
     ffn: 4864,
     vocab: 151936,
     tokens: 151643,
+};
+
+/// Llama-3.2-1B's shape (hidden 2048, 16 layers, 32 heads, 8 KV heads, feed-forward 8192,
+/// vocabulary 128256, tied embeddings), written with the Qwen2 architecture of this file
+/// (which adds q/k/v biases: 3 KiB a layer).
+const LLAMA3_2_1B: Shape = Shape {
+    hidden: 2048,
+    layers: 16,
+    heads: 32,
+    kv_heads: 8,
+    ffn: 8192,
+    vocab: 128256,
+    tokens: 128000,
+};
+
+/// SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 KV heads, feed-forward 1536,
+/// vocabulary 49152, tied embeddings), also with this file's Qwen2 architecture.
+const SMOLLM2_135M: Shape = Shape {
+    hidden: 576,
+    layers: 30,
+    heads: 9,
+    kv_heads: 3,
+    ffn: 1536,
+    vocab: 49152,
+    tokens: 49149,
 };
 
 const TINY: Shape = Shape {
@@ -77,7 +102,7 @@ fn bytes_to_unicode() -> Vec<char> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(out) = args.first().map(PathBuf::from) else {
-        return Err("usage: random_hf_model OUT_DIR [f16|bf16|f32] [qwen2.5-0.5b|tiny]".into());
+        return Err("usage: random_hf_model OUT_DIR [f16|bf16|f32] [qwen2.5-0.5b|llama3.2-1b|smollm2-135m|tiny]".into());
     };
     let dtype = match args.get(1).map(String::as_str).unwrap_or("f16") {
         "f16" => Dtype::F16,
@@ -87,8 +112,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let shape = match args.get(2).map(String::as_str).unwrap_or("qwen2.5-0.5b") {
         "qwen2.5-0.5b" => QWEN2_5_0_5B,
+        "llama3.2-1b" => LLAMA3_2_1B,
+        "smollm2-135m" => SMOLLM2_135M,
         "tiny" => TINY,
-        other => return Err(format!("shape `{other}`: expected qwen2.5-0.5b or tiny").into()),
+        other => {
+            return Err(format!(
+                "shape `{other}`: expected qwen2.5-0.5b, llama3.2-1b, smollm2-135m or tiny"
+            )
+            .into())
+        }
     };
     std::fs::create_dir_all(&out)?;
     write_model(&out, &shape, dtype)?;

@@ -68,6 +68,7 @@ pub fn folder_to_gguf(
         &files.json,
         files.config.as_ref(),
         &files.eos,
+        cfg.vocab_size,
     )?;
     // As llama.cpp's converter: ids the tokenizer files leave unnamed come from config.json
     // (Qwen2.5 names no BOS text, and its config says 151643).

@@ -100,3 +100,57 @@ fn type_id(t: TokenType) -> i32 {
         TokenType::Byte => 6,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tokenizer;
+
+    /// A model with more embedding rows than tokens (Qwen2's) gets unused `[PAD{id}]`
+    /// entries up to its size, which read back as a vocabulary of that size.
+    #[test]
+    fn a_short_vocabulary_is_padded_to_the_model_s_size() {
+        let json: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/tiny-qwen2/hf/tokenizer.json"
+        ))
+        .unwrap();
+        let plain = Tokenizer::gguf_metadata_from_hf_json("t.json", &json, None, &[], 0).unwrap();
+        let tokens = |m: &[(String, Value)]| match &m
+            .iter()
+            .find(|(k, _)| k == "tokenizer.ggml.tokens")
+            .unwrap()
+            .1
+        {
+            Value::Array(_, v) => v.clone(),
+            _ => panic!("tokens are an array"),
+        };
+        let n = tokens(&plain).len();
+        let padded =
+            Tokenizer::gguf_metadata_from_hf_json("t.json", &json, None, &[], n + 5).unwrap();
+        let t = tokens(&padded);
+        assert_eq!(t.len(), n + 5);
+        assert_eq!(t[n], Value::String(format!("[PAD{n}]")));
+        let types = &padded
+            .iter()
+            .find(|(k, _)| k == "tokenizer.ggml.token_type")
+            .unwrap()
+            .1;
+        let Value::Array(_, types) = types else {
+            panic!("types are an array")
+        };
+        assert_eq!(types.len(), n + 5);
+        assert_eq!(types[n + 4], Value::I32(5));
+        // Read back through a GGUF file.
+        let mut w = kiln_formats::gguf::GgufWriter::new();
+        for (k, v) in padded {
+            w = w.metadata(k, v);
+        }
+        let f = kiln_formats::gguf::GgufFile::from_bytes("t.gguf", w.to_bytes()).unwrap();
+        let tok = Tokenizer::from_gguf(&f).unwrap();
+        assert_eq!(tok.vocab_size(), n + 5);
+        assert_eq!(
+            tok.encode("[PAD400]", false, true),
+            tok.encode("[PAD400]", false, false)
+        );
+    }
+}

@@ -80,16 +80,23 @@ impl Tokenizer {
 
     /// The `tokenizer.ggml.*` metadata of a GGUF file that holds the tokenizer these parsed
     /// `tokenizer.json` and `tokenizer_config.json` values describe, as llama.cpp reads it
-    /// (what `kiln convert` writes; [`Tokenizer::from_gguf`] reads it back).
+    /// (what `kiln convert` writes; [`Tokenizer::from_gguf`] reads it back). A vocabulary
+    /// shorter than `vocab_size` (the model's embedding rows, such as Qwen2's) is padded with
+    /// unused `[PAD{id}]` entries, as llama.cpp's converter pads it.
     pub fn gguf_metadata_from_hf_json(
         path: &str,
         json: &Value,
         config: Option<&Value>,
         extra_eos: &[u32],
+        vocab_size: usize,
     ) -> Result<Vec<(String, kiln_formats::gguf::Value)>, TokenizerError> {
-        Ok(crate::export::gguf_metadata(&hf_spec(
-            path, json, config, extra_eos,
-        )?))
+        let mut spec = hf_spec(path, json, config, extra_eos)?;
+        for id in spec.tokens.len()..vocab_size {
+            spec.tokens.push(format!("[PAD{id}]"));
+            spec.types.push(TokenType::Unused);
+            spec.scores.push(-1000.0);
+        }
+        Ok(crate::export::gguf_metadata(&spec))
     }
 }
 
