@@ -605,10 +605,14 @@ fn scan(text: &str, file: &str) -> Result<Vec<Entry>, ProfileError> {
     Ok(out)
 }
 
-/// serde-saphyr's defaults (duplicate keys refused, `yes`/`no`/`on`/`off` read as booleans),
-/// without the source excerpt in its errors: ours name the file and the line.
+/// How profiles are read: a key given twice is an error, `yes`/`no`/`on`/`off` are booleans
+/// (as kiln has always read them; both serde-saphyr's defaults, set here so that a
+/// change of default cannot loosen them), and errors come without the source excerpt: ours
+/// name the file and the line.
 fn options() -> serde_saphyr::Options {
     let mut o = serde_saphyr::Options::default();
+    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    o.strict_booleans = false;
     o.with_snippet = false;
     o
 }
