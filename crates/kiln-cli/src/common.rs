@@ -19,9 +19,9 @@ use kiln_server::LoadedLm;
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A GGUF file, a Hugging Face model folder (config.json, *.safetensors, tokenizer.json),
-    /// or a Hub repo id such as Qwen/Qwen2.5-0.5B-Instruct (taken from the Hugging Face cache,
-    /// downloaded with `hf` when missing) [default: SmolLM2-135M-Instruct Q4_1, fetched if
-    /// missing].
+    /// a Hub repo id such as Qwen/Qwen2.5-0.5B-Instruct[@REVISION], or OWNER/NAME/FILE.gguf for
+    /// one GGUF file of a repo (taken from the Hugging Face cache, downloaded into it when
+    /// missing) [default: SmolLM2-135M-Instruct Q4_1, fetched if missing].
     #[arg(long, short = 'm')]
     pub model: Option<String>,
     /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge
@@ -343,7 +343,7 @@ pub(crate) fn load_draft<B: Backend>(
     target: &LoadedModel<B>,
     quiet: bool,
 ) -> anyhow::Result<Draft<B>> {
-    let path = kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?;
+    let path = kiln_model::hf::resolve(spec, &hub_options(quiet))?;
     let device = target.model.backend.sibling()?;
     if !quiet {
         eprint!("kiln: loading the draft model {} ... ", path.display());
@@ -379,13 +379,21 @@ pub(crate) fn load_draft<B: Backend>(
     Ok(Draft { model: m, weights })
 }
 
+/// The Hugging Face Hub options of the environment; downloads say nothing with `quiet`.
+fn hub_options(quiet: bool) -> kiln_model::hf::HubOptions {
+    kiln_model::hf::HubOptions {
+        progress: !quiet,
+        ..kiln_model::hf::HubOptions::from_env()
+    }
+}
+
 /// Resolves the model (a path, a Hub repo id, or the default model, fetched if needed) and
 /// opens the device it is to run on. The caller then loads it there, generic over the
 /// backend, under [`kiln_engine::with_backend!`]: the one place the CLI dispatches on the
 /// device.
 pub fn open(args: &ModelArgs, quiet: bool) -> anyhow::Result<(PathBuf, Device)> {
     let path = match &args.model {
-        Some(spec) => kiln_model::hf::resolve(spec, &kiln_model::hf::HubOptions::from_env())?,
+        Some(spec) => kiln_model::hf::resolve(spec, &hub_options(quiet))?,
         None => kiln_model::fetch::ensure_default_model(!quiet)?,
     };
     let opts = args.device_options().map_err(anyhow::Error::msg)?;

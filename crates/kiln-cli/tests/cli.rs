@@ -129,6 +129,46 @@ fn malformed_model_file_is_named_in_the_error() {
 }
 
 #[test]
+fn hub_models_follow_the_hugging_face_variables() {
+    let cache = std::env::temp_dir().join(format!("kiln-cli-hub-{}", std::process::id()));
+    std::fs::create_dir_all(&cache).unwrap();
+    let run = |model: &str, vars: &[(&str, &str)]| {
+        let mut cmd = kiln();
+        cmd.args(["run", "--model", model, "hi"])
+            .env("HF_HUB_CACHE", &cache)
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_ENDPOINT");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let t = std::time::Instant::now();
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            t.elapsed(),
+        )
+    };
+    // Offline: the cache only, and the error says how to fill it.
+    let (err, _) = run("acme/tiny", &[("HF_HUB_OFFLINE", "1")]);
+    assert!(
+        err.contains("acme/tiny") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    // Online, against an endpoint where nothing listens: soon an error naming both.
+    let (err, took) = run("acme/tiny", &[("HF_ENDPOINT", "http://127.0.0.1:1")]);
+    assert!(
+        err.contains("acme/tiny:") && err.contains("http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    // Neither a file nor a repo id.
+    let (err, _) = run("acme/tiny@", &[("HF_ENDPOINT", "http://127.0.0.1:1")]);
+    assert!(err.contains("no such file or folder"), "{err}");
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+#[test]
 fn absurd_parameters_are_refused_by_name() {
     for (flag, val, word) in [
         ("--temperature", "-1", "temperature"),

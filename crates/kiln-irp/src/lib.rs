@@ -4,7 +4,7 @@
 //! - [`refine`]: the five-operation protocol, temperature schedule and halting rules;
 //!   `independent` candidates are generated in one batch, `refine` candidates in sequence.
 //! - [`energy`]: the seed's `heuristic` energy and the model-grounded `model` energy.
-//! - [`profile`]: the YAML profiles (`edge`, `desktop`, `research`, or a file).
+//! - [`profile`]: the YAML profiles (`edge`, `desktop`, `research`, or a file), read with serde.
 //! - [`snarc`]: five salience scores with explanations; Surprise is measured with the model
 //!   when one is given ([`score_and_store_with_model`]), lexically otherwise.
 //! - [`memory`]: the SQLite store of exchanges, durable once reported stored.
@@ -24,7 +24,7 @@ use kiln_tokenizer::chat::Message;
 pub use energy::{CandidateView, EnergyTerms, Term};
 pub use generate::{CandidateSpec, EngineGenerator, Generated, Generator};
 pub use memory::{Memory, MemoryError, NewExchange, OpenOptions, Stats, StoredExchange};
-pub use profile::{Device, EnergyKind, Mode, Profile, ProfileError};
+pub use profile::{Device, EnergyKind, Mode, Profile, ProfileError, ProfileFile};
 pub use refine::{
     check_halt, Candidate, HaltReason, Irp, RefineInfo, RefineResult, RefineState, Refiner, Timings,
 };

@@ -1,6 +1,7 @@
 //! Hugging Face model folders: `config.json`, `*.safetensors` (single or sharded with
-//! `model.safetensors.index.json`), `tokenizer.json`, `tokenizer_config.json`, and the Hub
-//! cache that `hf download` fills.
+//! `model.safetensors.index.json`), `tokenizer.json`, `tokenizer_config.json`; and models of
+//! the Hugging Face Hub, taken from its cache (shared with the `hf` CLI) or downloaded into it
+//! with hf-hub (feature `hub`).
 //!
 //! Tensor names are mapped to GGUF's (`model.layers.0.self_attn.q_proj.weight` ->
 //! `blk.0.attn_q.weight`) so that one [`Weights::from_source`](crate::Weights::from_source)
@@ -8,9 +9,10 @@
 //! as they are.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -91,6 +93,36 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{base}.{kind}"))
 }
 
+/// The shard files a `model.safetensors.index.json` names, each once, in order; a name that
+/// is not a plain file name (shards live beside the index) is refused.
+pub fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
+    let json = read_json(index)?;
+    let map = json
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            ModelError::Config(format!("{}: no `weight_map` object", index.display()))
+        })?;
+    let mut files = BTreeSet::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            ModelError::Config(format!(
+                "{}: weight_map[`{name}`] is not a file name",
+                index.display()
+            ))
+        })?;
+        // Shards live beside the index; a name that climbs out of the folder is refused.
+        if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
+            return Err(ModelError::Config(format!(
+                "{}: weight_map[`{name}`] = `{file}` is not a plain file name",
+                index.display()
+            )));
+        }
+        files.insert(file.to_owned());
+    }
+    Ok(files.into_iter().collect())
+}
+
 /// The safetensors files of a model folder, as a [`TensorSource`] under GGUF names.
 pub struct HfTensors {
     dir: PathBuf,
@@ -116,31 +148,7 @@ impl HfTensors {
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
         let index = dir.join(INDEX_FILE);
         let files: Vec<String> = if index.is_file() {
-            let json = read_json(&index)?;
-            let map = json
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .ok_or_else(|| {
-                    ModelError::Config(format!("{}: no `weight_map` object", index.display()))
-                })?;
-            let mut files = BTreeSet::new();
-            for (name, file) in map {
-                let file = file.as_str().ok_or_else(|| {
-                    ModelError::Config(format!(
-                        "{}: weight_map[`{name}`] is not a file name",
-                        index.display()
-                    ))
-                })?;
-                // Shards live beside the index; a name that climbs out of the folder is refused.
-                if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
-                    return Err(ModelError::Config(format!(
-                        "{}: weight_map[`{name}`] = `{file}` is not a plain file name",
-                        index.display()
-                    )));
-                }
-                files.insert(file.to_owned());
-            }
-            files.into_iter().collect()
+            shard_names(&index)?
         } else if dir.join(SINGLE_FILE).is_file() {
             vec![SINGLE_FILE.to_owned()]
         } else {
@@ -390,53 +398,236 @@ pub fn tokenizer_files(dir: &Path, config: &Value) -> Result<TokenizerFiles, Mod
     })
 }
 
-/// Where Hugging Face Hub downloads live, and whether the network may be used.
-#[derive(Debug, Clone)]
+/// How long the first request to the Hub may take when `HF_HUB_ETAG_TIMEOUT` does not say.
+pub const HUB_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where Hugging Face Hub downloads live, where they come from, and whether the network may
+/// be used. The variables are those of the Hugging Face tools, so that kiln and the `hf` CLI
+/// share one cache.
+#[derive(Clone)]
 pub struct HubOptions {
     /// The Hub cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
     pub cache: PathBuf,
-    /// `HF_HUB_OFFLINE` is set: use the cache only.
+    /// `HF_HUB_OFFLINE` is set: use the cache only, never the network.
     pub offline: bool,
+    /// `$HF_ENDPOINT`: another Hub (a mirror, a local server); `None`: the public Hub, hf-hub's
+    /// default.
+    pub endpoint: Option<String>,
+    /// `$HF_TOKEN`: sent to the Hub for private and gated repos; without it, the token file.
+    pub token: Option<String>,
+    /// The token file (`$HF_TOKEN_PATH`, else `$HF_HOME/token`, which `hf auth login`
+    /// writes), read when a download starts and `token` is not set.
+    pub token_file: PathBuf,
+    /// The most the first request to the Hub (the repo's file list) may take, connecting
+    /// included: `$HF_HUB_ETAG_TIMEOUT` seconds, else [`HUB_TIMEOUT`].
+    pub timeout: Duration,
+    /// Say what is downloaded, with a progress bar per file, on standard error (the bars
+    /// only when it is a terminal).
+    pub progress: bool,
 }
 
-impl HubOptions {
-    /// The options the environment gives, with the Hugging Face tools' conventions.
-    pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let cache = var("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| var("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-            .or_else(|| {
-                var("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("huggingface").join("hub"))
-            })
-            .or_else(|| dirs::home_dir().map(|h| h.join(".cache/huggingface/hub")))
-            .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false);
-        HubOptions { cache, offline }
+impl std::fmt::Debug for HubOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubOptions")
+            .field("cache", &self.cache)
+            .field("offline", &self.offline)
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("token_file", &self.token_file)
+            .field("timeout", &self.timeout)
+            .field("progress", &self.progress)
+            .finish()
     }
 }
 
-/// Whether `s` reads as a Hub repository id (`owner/name`, optionally `@revision`).
-pub fn is_repo_id(s: &str) -> bool {
-    let repo = s.split_once('@').map_or(s, |(r, _)| r);
-    let mut parts = repo.split('/');
-    let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let ok = |p: &str| {
-        !p.is_empty()
-            && !p.starts_with('.')
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    ok(owner) && ok(name)
+impl HubOptions {
+    /// The cache `cache`, online, the public Hub, no token, [`HUB_TIMEOUT`], no progress.
+    pub fn new(cache: PathBuf) -> Self {
+        let token_file = cache
+            .parent()
+            .map_or_else(|| PathBuf::from("token"), |h| h.join("token"));
+        HubOptions {
+            cache,
+            offline: false,
+            endpoint: None,
+            token: None,
+            token_file,
+            timeout: HUB_TIMEOUT,
+            progress: false,
+        }
+    }
+
+    /// The options the environment gives, with the Hugging Face tools' conventions; progress
+    /// on.
+    pub fn from_env() -> Self {
+        Self::from_vars(|k| std::env::var_os(k))
+    }
+
+    /// [`HubOptions::from_env`] with the variables `var` gives.
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Self {
+        let var = |k: &str| var(k).filter(|v| !v.is_empty());
+        let text = |k: &str| var(k).and_then(|v| v.into_string().ok());
+        let home = var("HF_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("huggingface")))
+            .or_else(|| dirs::home_dir().map(|h| h.join(".cache/huggingface")))
+            .unwrap_or_else(|| PathBuf::from(".cache/huggingface"));
+        let cache = var("HF_HUB_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("hub"));
+        let offline = text("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
+        let endpoint = text("HF_ENDPOINT")
+            .map(|e| e.trim().trim_end_matches('/').to_owned())
+            .filter(|e| !e.is_empty());
+        // HUGGING_FACE_HUB_TOKEN is the older name, still read by the Hugging Face tools.
+        let token = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
+            .into_iter()
+            .find_map(&text)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        let token_file = var("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("token"));
+        let timeout = text("HF_HUB_ETAG_TIMEOUT")
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .unwrap_or(HUB_TIMEOUT);
+        HubOptions {
+            cache,
+            offline,
+            endpoint,
+            token,
+            token_file,
+            timeout,
+            progress: true,
+        }
+    }
+
+    /// The token to send: `token`, else the token file's content, if any.
+    pub fn token(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            std::fs::read_to_string(&self.token_file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+        })
+    }
+
+    /// The Hub in words, for messages.
+    #[cfg(feature = "hub")]
+    fn hub_name(&self) -> String {
+        match &self.endpoint {
+            Some(e) => format!("the Hugging Face Hub at {e}"),
+            None => "the Hugging Face Hub".into(),
+        }
+    }
 }
 
-/// The snapshot folder of `repo` at `revision` in the Hub cache, if it is there with a
-/// `config.json`.
-pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
+/// A `--model` argument that names the Hub: a repo, a revision, and, for one GGUF file of a
+/// repo, the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoSpec {
+    /// `owner/name`.
+    pub repo: String,
+    /// A branch, tag or commit (`main` when not given).
+    pub revision: String,
+    /// The GGUF file, a path inside the repo; `None` for a Transformers model folder.
+    pub file: Option<String>,
+}
+
+impl RepoSpec {
+    /// Reads `owner/name[@revision]` (a Transformers model folder: config.json, safetensors,
+    /// tokenizer.json) or `owner/name/FILE.gguf[@revision]` (one GGUF file of the repo, FILE
+    /// possibly in a subfolder). `None` for anything else.
+    pub fn parse(s: &str) -> Option<RepoSpec> {
+        let (path, revision) = s.split_once('@').unwrap_or((s, "main"));
+        let revision_ok = !revision.is_empty()
+            && revision.len() <= 256
+            && revision
+                .split('/')
+                .all(|p| !p.is_empty() && p != "." && p != "..")
+            && revision
+                .chars()
+                .all(|c| !c.is_control() && !c.is_whitespace() && !matches!(c, '\\' | '@'));
+        if !revision_ok {
+            return None;
+        }
+        let ok = |p: &str| {
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() < 2 || !parts.iter().all(|p| ok(p)) {
+            return None;
+        }
+        let file = match &parts[2..] {
+            [] => None,
+            rest => {
+                let f = rest.join("/");
+                if !f.to_ascii_lowercase().ends_with(".gguf") {
+                    return None;
+                }
+                Some(f)
+            }
+        };
+        Some(RepoSpec {
+            repo: format!("{}/{}", parts[0], parts[1]),
+            revision: revision.to_owned(),
+            file,
+        })
+    }
+
+    /// The model in the cache, if it is there: the snapshot folder with its `config.json`,
+    /// or the GGUF file.
+    pub fn cached(&self, cache: &Path) -> Option<PathBuf> {
+        match &self.file {
+            None => cached_snapshot(cache, &self.repo, &self.revision),
+            Some(f) => snapshot_dir(cache, &self.repo, &self.revision)
+                .map(|s| s.join(f))
+                .filter(|p| p.is_file()),
+        }
+    }
+
+    /// The `hf download` arguments that fetch it.
+    fn hf_args(&self) -> String {
+        let mut a = self.repo.clone();
+        if let Some(f) = &self.file {
+            a = format!("{a} {f}");
+        }
+        if self.revision != "main" {
+            a = format!("{a} --revision {}", self.revision);
+        }
+        a
+    }
+}
+
+impl std::fmt::Display for RepoSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.repo)?;
+        if let Some(file) = &self.file {
+            write!(f, "/{file}")?;
+        }
+        if self.revision != "main" {
+            write!(f, "@{}", self.revision)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` reads as a Hub model: `owner/name[@revision]` or
+/// `owner/name/FILE.gguf[@revision]` ([`RepoSpec::parse`]).
+pub fn is_repo_id(s: &str) -> bool {
+    RepoSpec::parse(s).is_some()
+}
+
+/// The snapshot folder of `repo` at `revision` in the Hub cache (`refs/REVISION` names the
+/// commit; a revision without a ref is taken as the commit), if it exists.
+fn snapshot_dir(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
     let root = cache.join(format!("models--{}", repo.replace('/', "--")));
     let commit = std::fs::read_to_string(root.join("refs").join(revision))
         .map(|s| s.trim().to_owned())
@@ -445,74 +636,277 @@ pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathB
         return None;
     }
     let snap = root.join("snapshots").join(commit);
-    is_model_folder(&snap).then_some(snap)
+    snap.is_dir().then_some(snap)
 }
 
-/// Resolves a `--model` argument: an existing file or folder as it is; otherwise a Hub repo
-/// id (`owner/name[@revision]`) from the cache, downloading it with the Hugging Face CLI
-/// (`hf`, or the older `huggingface-cli`) when the cache lacks it and the network may be used.
+/// The snapshot folder of `repo` at `revision` in the Hub cache, if it is there with a
+/// `config.json`.
+pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
+    snapshot_dir(cache, repo, revision).filter(|s| is_model_folder(s))
+}
+
+/// Resolves a `--model` argument: an existing file or folder as it is; otherwise a Hub model
+/// ([`RepoSpec::parse`]) from the cache, downloaded into it with hf-hub when it is missing
+/// and the network may be used.
 pub fn resolve(spec: &str, hub: &HubOptions) -> Result<PathBuf, ModelError> {
     let p = Path::new(spec);
     if p.exists() {
         return Ok(p.to_path_buf());
     }
-    if !is_repo_id(spec) {
+    let Some(want) = RepoSpec::parse(spec) else {
         return Err(ModelError::Config(format!(
-            "{spec}: no such file or folder (nor a Hugging Face repo id like Qwen/Qwen2.5-0.5B-Instruct)"
+            "{spec}: no such file or folder (nor a Hugging Face repo id like Qwen/Qwen2.5-0.5B-Instruct, or OWNER/NAME/FILE.gguf for one GGUF file of a repo)"
         )));
-    }
-    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
-    if let Some(s) = cached_snapshot(&hub.cache, repo, revision) {
-        return Ok(s);
+    };
+    if let Some(found) = want.cached(&hub.cache) {
+        return Ok(found);
     }
     if hub.offline {
         return Err(ModelError::Config(format!(
-            "{repo}: not in the Hugging Face cache {} and HF_HUB_OFFLINE is set; download it where a network exists (hf download {repo}) or pass a local folder",
-            hub.cache.display()
+            "{want}: not in the Hugging Face cache {} and HF_HUB_OFFLINE is set; download it where a network exists (hf download {}) or pass a local folder",
+            hub.cache.display(),
+            want.hf_args()
         )));
     }
-    download(repo, revision, hub)
+    download(&want, hub)
 }
 
-fn download(repo: &str, revision: &str, hub: &HubOptions) -> Result<PathBuf, ModelError> {
-    let mut last_err = String::new();
-    for tool in ["hf", "huggingface-cli"] {
-        let out = Command::new(tool)
-            .args(["download", repo, "--revision", revision, "--include"])
-            .args(["*.json", "*.safetensors", "*.jinja"])
-            .env("HF_HUB_CACHE", &hub.cache)
-            .output();
-        match out {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => last_err = format!("{tool}: {e}"),
-            Ok(o) if o.status.success() => {
-                if let Some(s) = cached_snapshot(&hub.cache, repo, revision) {
-                    return Ok(s);
-                }
-                // The CLI prints the snapshot folder last.
-                let stdout = String::from_utf8_lossy(&o.stdout);
-                if let Some(path) = stdout.lines().last().map(str::trim) {
-                    if is_model_folder(Path::new(path)) {
-                        return Ok(PathBuf::from(path));
-                    }
-                }
-                last_err = format!("{tool} finished but no model folder with config.json appeared");
+/// The files of a model folder that kiln reads besides the weights, downloaded when the repo
+/// has them (the first two are required).
+const FOLDER_FILES: [&str; 5] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// What to download of `want`, given the repo's files: the GGUF file; or the files of
+/// [`FOLDER_FILES`] there are, then the index or the single safetensors file (the shards
+/// follow once the index is read). An error says why the repo is no model kiln reads.
+pub fn plan_download(want: &RepoSpec, listed: &[&str]) -> Result<Vec<String>, String> {
+    let has = |f: &str| listed.contains(&f);
+    let ggufs = || {
+        let g: Vec<&str> = listed
+            .iter()
+            .copied()
+            .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+            .collect();
+        if g.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; its GGUF files: {} (name one as {}/FILE.gguf)",
+                g.join(", "),
+                want.repo
+            )
+        }
+    };
+    if let Some(f) = &want.file {
+        return if has(f) {
+            Ok(vec![f.clone()])
+        } else {
+            Err(format!("the repo has no file {f}{}", ggufs()))
+        };
+    }
+    if !has("config.json") {
+        return Err(format!(
+            "the repo has no config.json, so it is no Transformers model folder{}",
+            ggufs()
+        ));
+    }
+    if !has("tokenizer.json") {
+        let hint = if has("tokenizer.model") {
+            " (only tokenizer.model: kiln reads tokenizer.json)"
+        } else {
+            ""
+        };
+        return Err(format!("the repo has no tokenizer.json{hint}"));
+    }
+    let weights = if has(INDEX_FILE) {
+        INDEX_FILE
+    } else if has(SINGLE_FILE) {
+        SINGLE_FILE
+    } else {
+        return Err(format!(
+            "the repo has neither {SINGLE_FILE} nor {INDEX_FILE} (kiln reads safetensors weights only){}",
+            ggufs()
+        ));
+    };
+    let mut files: Vec<String> = FOLDER_FILES
+        .iter()
+        .filter(|f| has(f))
+        .map(|f| (*f).to_owned())
+        .collect();
+    files.push(weights.to_owned());
+    Ok(files)
+}
+
+#[cfg(not(feature = "hub"))]
+fn download(want: &RepoSpec, hub: &HubOptions) -> Result<PathBuf, ModelError> {
+    Err(ModelError::Config(format!(
+        "{want}: not in the Hugging Face cache {}, and this kiln was built without Hub downloads (cargo feature `hub`); download it with `hf download {}` or pass a local folder",
+        hub.cache.display(),
+        want.hf_args()
+    )))
+}
+
+/// Downloads `want` into the Hub cache with hf-hub, in the layout the Hugging Face tools use
+/// (`blobs/`, `snapshots/COMMIT/`, `refs/REVISION`), and returns the snapshot folder or the
+/// GGUF file. The repo's file list is asked first, within `hub.timeout`: hf-hub 0.5 sets no
+/// timeout on its own requests, so this is where an unreachable or silent Hub is found.
+#[cfg(feature = "hub")]
+fn download(want: &RepoSpec, hub: &HubOptions) -> Result<PathBuf, ModelError> {
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::api::RepoInfo;
+    use hf_hub::{Cache, Repo, RepoType};
+
+    let fail = |what: String| {
+        ModelError::Config(format!(
+            "{want}: {what}; or pass a local file or folder with --model"
+        ))
+    };
+    let from = hub.hub_name();
+    let mut builder = ApiBuilder::from_cache(Cache::new(hub.cache.clone()))
+        .with_token(hub.token())
+        .with_progress(hub.progress)
+        .with_user_agent("kiln", env!("CARGO_PKG_VERSION"));
+    if let Some(e) = &hub.endpoint {
+        builder = builder.with_endpoint(e.clone());
+    }
+    let api = builder
+        .build()
+        .map_err(|e| fail(format!("cannot set up the Hub client: {e}")))?;
+    let at =
+        |revision: &str| Repo::with_revision(want.repo.clone(), RepoType::Model, revision.into());
+    let repo = api.repo(at(&want.revision));
+    let body = repo
+        .info_request()
+        .config()
+        .timeout_global(Some(hub.timeout))
+        .build()
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .map_err(|e| fail(http_failure(&e, want, &from, hub.timeout)))?;
+    let info: RepoInfo = serde_json::from_str(&body).map_err(|e| {
+        fail(format!(
+            "{from} answered the file list with something else: {e}"
+        ))
+    })?;
+    let sha = info.sha.trim();
+    if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(fail(format!(
+            "{from} gave the commit `{sha}`, which is no commit id"
+        )));
+    }
+    let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let files = plan_download(want, &listed).map_err(fail)?;
+    let cache_repo = Cache::new(hub.cache.clone()).repo(at(&want.revision));
+    let snapshot = cache_repo.pointer_path(sha);
+    if hub.progress {
+        eprintln!(
+            "kiln: downloading {want} (commit {sha}) from {from} into {}",
+            hub.cache.display()
+        );
+    }
+    let get = |file: &str| -> Result<PathBuf, ModelError> {
+        let path = snapshot.join(file);
+        if path.is_file() {
+            return Ok(path);
+        }
+        // hf-hub asserts and unwraps on answers it does not expect; such a panic is this
+        // download's error, not the end of the process.
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| repo.download(file)))
+            .map_err(|_| {
+                fail(format!(
+                    "downloading {file} from {from}: hf-hub failed on the answer"
+                ))
+            })?
+            .map_err(|e| {
+                fail(format!(
+                    "downloading {file} from {from}: {}",
+                    api_failure(&e)
+                ))
+            })?;
+        if got != path {
+            return Err(fail(format!(
+                "the repo moved on {from} while downloading (from commit {sha}); run again"
+            )));
+        }
+        Ok(path)
+    };
+    for f in &files {
+        get(f)?;
+    }
+    if files.iter().any(|f| f == INDEX_FILE) {
+        for shard in shard_names(&snapshot.join(INDEX_FILE))? {
+            if !listed.contains(&shard.as_str()) {
+                return Err(fail(format!(
+                    "{INDEX_FILE} names the shard {shard}, which the repo does not have"
+                )));
             }
-            Ok(o) => {
-                last_err = format!(
-                    "{tool} failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-            }
+            get(&shard)?;
         }
     }
-    if last_err.is_empty() {
-        last_err =
-            "neither `hf` nor `huggingface-cli` is installed (pip install huggingface_hub)".into();
+    // A branch or tag points at the commit, as the Hugging Face tools record it (hf-hub has
+    // done so if it downloaded anything; not when every file was already there).
+    if want.revision != sha {
+        cache_repo.create_ref(sha).map_err(|e| {
+            fail(format!(
+                "cannot record the revision in {}: {e}",
+                hub.cache.display()
+            ))
+        })?;
     }
-    Err(ModelError::Config(format!(
-        "{repo}: cannot download from the Hugging Face Hub: {last_err}; or pass a local folder with --model"
-    )))
+    match &want.file {
+        Some(f) => Ok(snapshot.join(f)),
+        None => Ok(snapshot),
+    }
+}
+
+/// Why the repo's file list could not be had.
+#[cfg(feature = "hub")]
+fn http_failure(e: &ureq::Error, want: &RepoSpec, from: &str, timeout: Duration) -> String {
+    match e {
+        ureq::Error::StatusCode(401 | 403) => format!(
+            "{from} refused the file list ({}): a private or gated repo needs a token with access to it (HF_TOKEN, or the token file `hf auth login` writes)",
+            status(e)
+        ),
+        ureq::Error::StatusCode(404) => format!(
+            "{from} has no repo {} at revision `{}` (a private repo also answers 404 without a token: set HF_TOKEN)",
+            want.repo, want.revision
+        ),
+        ureq::Error::Timeout(_) => format!(
+            "{from} did not answer within {:.0?} (HF_HUB_ETAG_TIMEOUT sets the limit, in seconds)",
+            timeout
+        ),
+        _ => format!("cannot get the file list from {from}: {e}"),
+    }
+}
+
+/// The HTTP status of an error, in words.
+#[cfg(feature = "hub")]
+fn status(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::StatusCode(c) => format!("HTTP {c}"),
+        other => other.to_string(),
+    }
+}
+
+/// Why hf-hub could not download a file.
+#[cfg(feature = "hub")]
+fn api_failure(e: &hf_hub::api::sync::ApiError) -> String {
+    use hf_hub::api::sync::ApiError;
+    match e {
+        ApiError::RequestError(r) => match r.as_ref() {
+            ureq::Error::StatusCode(401 | 403) => format!(
+                "{}: a gated repo needs a token with access to it (accept its terms on the Hub; HF_TOKEN, or the token file `hf auth login` writes)",
+                status(r)
+            ),
+            other => status(other),
+        },
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -557,26 +951,263 @@ mod tests {
         assert!(!is_repo_id("model.gguf"));
         assert!(!is_repo_id("../x/y"));
         assert!(!is_repo_id("a/b/c"));
+        let spec = |s: &str| RepoSpec::parse(s);
+        assert_eq!(
+            spec("acme/tiny@refs/pr/1"),
+            Some(RepoSpec {
+                repo: "acme/tiny".into(),
+                revision: "refs/pr/1".into(),
+                file: None
+            })
+        );
+        assert_eq!(
+            spec("acme/tiny-GGUF/q4/tiny.Q4_K_M.gguf@v1.0"),
+            Some(RepoSpec {
+                repo: "acme/tiny-GGUF".into(),
+                revision: "v1.0".into(),
+                file: Some("q4/tiny.Q4_K_M.gguf".into())
+            })
+        );
+        assert_eq!(spec("acme/tiny").unwrap().revision, "main");
+        // Malformed: an empty or climbing revision, a file that is no GGUF, a path that
+        // climbs or hides, odd characters.
+        for bad in [
+            "acme/tiny@",
+            "acme/tiny@..",
+            "acme/tiny@a/../b",
+            "acme/tiny@/abs",
+            "acme/tiny@a b",
+            "acme/tiny@a@b",
+            "acme/tiny/config.json",
+            "acme/tiny/../x.gguf",
+            "acme/tiny/.x.gguf",
+            "acme//x.gguf",
+            "acme/ti ny",
+            "acme",
+            "/acme/tiny",
+            "",
+        ] {
+            assert_eq!(spec(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            spec("acme/tiny/x.gguf@dev").unwrap().to_string(),
+            "acme/tiny/x.gguf@dev"
+        );
+    }
+
+    /// A Hub cache with `repo` at `commit` holding `files`, and the refs given.
+    fn fake_cache(
+        cache: &Path,
+        repo: &str,
+        commit: &str,
+        files: &[&str],
+        refs: &[&str],
+    ) -> PathBuf {
+        let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+        let snap = root.join("snapshots").join(commit);
+        for f in files {
+            let path = snap.join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "{}").unwrap();
+        }
+        for r in refs {
+            let path = root.join("refs").join(r);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, format!("{commit}\n")).unwrap();
+        }
+        snap
     }
 
     #[test]
     fn hub_cache_lookup_and_offline_error() {
         let tmp = std::env::temp_dir().join(format!("kiln-hub-{}", std::process::id()));
-        let root = tmp.join("models--acme--tiny");
-        let snap = root.join("snapshots").join("abc123");
-        std::fs::create_dir_all(&snap).unwrap();
-        std::fs::create_dir_all(root.join("refs")).unwrap();
-        std::fs::write(root.join("refs").join("main"), "abc123\n").unwrap();
-        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        let snap = fake_cache(&tmp, "acme/tiny", "abc123", &["config.json"], &["main"]);
         let hub = HubOptions {
-            cache: tmp.clone(),
             offline: true,
+            ..HubOptions::new(tmp.clone())
         };
         assert_eq!(resolve("acme/tiny", &hub).unwrap(), snap);
         let e = resolve("acme/other", &hub).unwrap_err().to_string();
         assert!(e.contains("HF_HUB_OFFLINE"), "{e}");
         let e = resolve("no-such-file.gguf", &hub).unwrap_err().to_string();
         assert!(e.contains("no such file"), "{e}");
+        // A branch whose name has a slash, a commit named directly, a GGUF file in a
+        // subfolder.
+        let pr = fake_cache(
+            &tmp,
+            "acme/tiny",
+            "def456",
+            &["config.json"],
+            &["refs/pr/1"],
+        );
+        assert_eq!(resolve("acme/tiny@refs/pr/1", &hub).unwrap(), pr);
+        assert_eq!(resolve("acme/tiny@def456", &hub).unwrap(), pr);
+        let g = fake_cache(&tmp, "acme/tiny-GGUF", "0a1b", &["q4/t.gguf"], &["main"]);
+        assert_eq!(
+            resolve("acme/tiny-GGUF/q4/t.gguf", &hub).unwrap(),
+            g.join("q4/t.gguf")
+        );
+        // Offline, what the cache lacks is an error that says how to get it.
+        let e = resolve("acme/tiny-GGUF/q8/t.gguf", &hub)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("HF_HUB_OFFLINE") && e.contains("hf download acme/tiny-GGUF q8/t.gguf"),
+            "{e}"
+        );
+        let e = resolve("acme/tiny@v2", &hub).unwrap_err().to_string();
+        assert!(
+            e.contains("acme/tiny@v2") && e.contains("--revision v2"),
+            "{e}"
+        );
+        // A snapshot without config.json is no model folder.
+        fake_cache(&tmp, "acme/empty", "e0", &["README.md"], &["main"]);
+        assert!(resolve("acme/empty", &hub).is_err());
+        // A malformed id is never looked up.
+        let e = resolve("acme/tiny@../x", &hub).unwrap_err().to_string();
+        assert!(e.contains("no such file or folder"), "{e}");
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[cfg(not(feature = "hub"))]
+    #[test]
+    fn without_the_hub_feature_the_cache_is_all() {
+        let hub = HubOptions::new(std::env::temp_dir().join("kiln-no-hub"));
+        let e = resolve("acme/none", &hub).unwrap_err().to_string();
+        assert!(
+            e.contains("without Hub downloads") && e.contains("hf download acme/none"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn options_follow_the_hugging_face_variables() {
+        let vars = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, OsString)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), OsString::from(v)))
+                .collect();
+            HubOptions::from_vars(move |k| {
+                pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            })
+        };
+        let o = vars(&[("HF_HOME", "/h")]);
+        assert_eq!(o.cache, PathBuf::from("/h/hub"));
+        assert_eq!(o.token_file, PathBuf::from("/h/token"));
+        assert!(!o.offline && o.endpoint.is_none() && o.token.is_none());
+        assert_eq!(o.timeout, HUB_TIMEOUT);
+        let o = vars(&[
+            ("HF_HOME", "/h"),
+            ("HF_HUB_CACHE", "/c"),
+            ("HF_HUB_OFFLINE", "1"),
+            ("HF_ENDPOINT", "http://mirror.local:8080/"),
+            ("HF_TOKEN", " hf_x \n"),
+            ("HUGGING_FACE_HUB_TOKEN", "hf_old"),
+            ("HF_TOKEN_PATH", "/t"),
+            ("HF_HUB_ETAG_TIMEOUT", "2.5"),
+        ]);
+        assert_eq!(o.cache, PathBuf::from("/c"));
+        assert!(o.offline);
+        assert_eq!(o.endpoint.as_deref(), Some("http://mirror.local:8080"));
+        assert_eq!(o.token.as_deref(), Some("hf_x"));
+        assert_eq!(o.token_file, PathBuf::from("/t"));
+        assert_eq!(o.timeout, Duration::from_millis(2500));
+        assert!(
+            !format!("{o:?}").contains("hf_x"),
+            "the token stays out of logs"
+        );
+        let o = vars(&[("XDG_CACHE_HOME", "/x"), ("HF_HUB_ETAG_TIMEOUT", "1e300")]);
+        assert_eq!(o.cache, PathBuf::from("/x/huggingface/hub"));
+        assert_eq!(o.timeout, HUB_TIMEOUT, "an absurd timeout is ignored");
+        assert_eq!(
+            vars(&[("HUGGING_FACE_HUB_TOKEN", "hf_old")])
+                .token
+                .as_deref(),
+            Some("hf_old")
+        );
+        for off in ["true", "YES", "on"] {
+            assert!(vars(&[("HF_HUB_OFFLINE", off)]).offline);
+        }
+        assert!(!vars(&[("HF_HUB_OFFLINE", "0")]).offline);
+        // The token file is read when no variable gives one.
+        let tmp = std::env::temp_dir().join(format!("kiln-token-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("token"), "hf_file\n").unwrap();
+        let h = tmp.to_str().unwrap();
+        assert_eq!(vars(&[("HF_HOME", h)]).token().as_deref(), Some("hf_file"));
+        assert_eq!(
+            vars(&[("HF_HOME", h), ("HF_TOKEN", "hf_env")])
+                .token()
+                .as_deref(),
+            Some("hf_env")
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn what_a_download_takes_from_a_repo() {
+        let folder = RepoSpec::parse("acme/tiny").unwrap();
+        let plan = |want: &RepoSpec, files: &[&str]| plan_download(want, files);
+        assert_eq!(
+            plan(
+                &folder,
+                &[
+                    ".gitattributes",
+                    "README.md",
+                    "config.json",
+                    "model.safetensors",
+                    "pytorch_model.bin",
+                    "tokenizer.json",
+                    "generation_config.json",
+                    "onnx/model.onnx",
+                ]
+            )
+            .unwrap(),
+            [
+                "config.json",
+                "tokenizer.json",
+                "generation_config.json",
+                "model.safetensors"
+            ]
+        );
+        let sharded = plan(
+            &folder,
+            &[
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "chat_template.jinja",
+                "model.safetensors.index.json",
+                "model-00001-of-00002.safetensors",
+                "model.safetensors",
+            ],
+        )
+        .unwrap();
+        assert_eq!(sharded.last().unwrap(), INDEX_FILE, "the index wins");
+        assert!(sharded.contains(&"chat_template.jinja".to_owned()));
+        let e = plan(&folder, &["README.md", "tiny.Q4_0.gguf"]).unwrap_err();
+        assert!(
+            e.contains("no config.json") && e.contains("tiny.Q4_0.gguf"),
+            "{e}"
+        );
+        let e = plan(
+            &folder,
+            &["config.json", "tokenizer.model", "model.safetensors"],
+        )
+        .unwrap_err();
+        assert!(e.contains("tokenizer.json"), "{e}");
+        let e = plan(
+            &folder,
+            &["config.json", "tokenizer.json", "pytorch_model.bin"],
+        )
+        .unwrap_err();
+        assert!(e.contains("safetensors"), "{e}");
+        let gguf = RepoSpec::parse("acme/tiny/tiny.Q4_0.gguf").unwrap();
+        assert_eq!(
+            plan(&gguf, &["tiny.Q4_0.gguf", "tiny.Q8_0.gguf"]).unwrap(),
+            ["tiny.Q4_0.gguf"]
+        );
+        let e = plan(&gguf, &["tiny.Q8_0.gguf"]).unwrap_err();
+        assert!(e.contains("tiny.Q8_0.gguf"), "{e}");
     }
 }
