@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request as HttpRequest, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -281,7 +280,7 @@ impl AppState {
 
 /// The router with every endpoint.
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -294,9 +293,8 @@ pub fn router(state: Shared) -> Router {
         .route("/detokenize", post(text::detokenize))
         .route("/v1/ising/empathy", post(ising_empathy))
         .route("/v1/ising/social", post(ising_social))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
+        .fallback(not_found);
+    guard::layered(app, &state).with_state(state)
 }
 
 /// Serves until `shutdown` resolves (running requests then get
@@ -354,121 +352,6 @@ pub async fn serve(
         listen::Stopped::Failed => Err(std::io::Error::other(
             "the engine thread stopped (it panicked; its message is above)",
         )),
-    }
-}
-
-/// Authentication, CORS, and one log line per request.
-async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = origin.as_ref().and_then(|o| {
-        let o = o.to_str().ok()?;
-        st.cfg
-            .cors_origins
-            .iter()
-            .any(|a| a == "*" || a == o)
-            .then(|| HeaderValue::from_str(o).ok())
-            .flatten()
-    });
-    let add_cors = |mut r: Response| {
-        if let Some(o) = &allowed {
-            let h = r.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        }
-        r
-    };
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    if let Err(e) = guard::check_request(&st.cfg, &method, req.headers()) {
-        tracing::info!(%method, path, status = e.status.as_u16(), "request refused");
-        st.metrics.request(endpoint_name(&path), e.status.as_u16());
-        return add_cors(e.into_response());
-    }
-    if req.method() == Method::OPTIONS {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        if allowed.is_some() {
-            let h = r.headers_mut();
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, POST, OPTIONS"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                preflight_headers(&req),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static("600"),
-            );
-        }
-        return add_cors(r);
-    }
-    let protected = path.starts_with("/v1/")
-        || matches!(path.as_str(), "/metrics" | "/tokenize" | "/detokenize");
-    if protected && !st.cfg.api_keys.is_empty() {
-        if let Err(e) = guard::authenticate(&st.cfg.api_keys, req.headers()) {
-            let msg = match e {
-                guard::AuthError::Missing => "missing API key: send `Authorization: Bearer <key>`",
-                guard::AuthError::Invalid => "invalid API key",
-            };
-            tracing::info!(%method, path, status = 401, "request refused");
-            st.metrics.request(endpoint_name(&path), 401);
-            return add_cors(
-                ApiError::new(StatusCode::UNAUTHORIZED, msg, Some("invalid_api_key"))
-                    .into_response(),
-            );
-        }
-    }
-    let t0 = Instant::now();
-    let request_id = format!(
-        "req-{}-{}",
-        st.instance,
-        st.next_request.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut r = next.run(req).await;
-    let status = r.status().as_u16();
-    st.metrics.request(endpoint_name(&path), status);
-    // One line per request; for streams it is written when the response starts.
-    tracing::info!(
-        request_id,
-        %method,
-        path,
-        status,
-        ms = t0.elapsed().as_secs_f64() * 1e3,
-        "request"
-    );
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        r.headers_mut().insert("x-request-id", v);
-    }
-    // Routers may set their own request ids: the replica that answered, on its own.
-    if let Ok(v) = HeaderValue::from_str(&st.instance) {
-        r.headers_mut().insert("x-kiln-instance", v);
-    }
-    add_cors(r)
-}
-
-/// The request headers a CORS preflight may allow: those the browser asks for
-/// (`Access-Control-Request-Headers`, when they are plain header names, such as the
-/// `x-stainless-*` headers of OpenAI's JavaScript client), or the two kiln reads.
-fn preflight_headers(req: &HttpRequest) -> HeaderValue {
-    const BASE: &str = "authorization, content-type";
-    let asked = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            v.len() <= 2048
-                && v.split(',').all(|h| {
-                    let h = h.trim();
-                    !h.is_empty()
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                })
-        });
-    match asked {
-        Some(a) => HeaderValue::from_str(&format!("{BASE}, {}", a.to_ascii_lowercase()))
-            .unwrap_or(HeaderValue::from_static(BASE)),
-        None => HeaderValue::from_static(BASE),
     }
 }
 
