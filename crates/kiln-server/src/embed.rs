@@ -189,9 +189,7 @@ pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response
         };
         data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
     }
-    st.metrics
-        .prompt_tokens
-        .fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
+    st.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
     Ok(Json(json!({
         "object": "list",
         "data": data,

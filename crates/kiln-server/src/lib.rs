@@ -818,10 +818,7 @@ impl Tracker {
                 .observe(now.duration_since(t).as_secs_f64()),
         }
         self.last[i] = Some(now);
-        self.st
-            .metrics
-            .generated_tokens
-            .fetch_add(1, Ordering::Relaxed);
+        self.st.metrics.generated_tokens.inc();
     }
 }
 
@@ -836,9 +833,7 @@ async fn generate(
     // Prompt tokens, counted once per prompt as OpenAI does (not once per choice).
     let prompt_len: usize = prompts.iter().map(Vec::len).sum();
     let choices_n = prompts.len() * req.n;
-    st.metrics
-        .prompt_tokens
-        .fetch_add((prompt_len * req.n) as u64, Ordering::Relaxed);
+    st.metrics.prompt_tokens.inc_by((prompt_len * req.n) as u64);
     let id = format!(
         "{}-{}",
         if chat { "chatcmpl" } else { "cmpl" },

@@ -120,12 +120,8 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
     let info = &r.info;
     let prompt_tokens = info.prompt_tokens;
     let completion_tokens = info.completion_tokens;
-    st.metrics
-        .prompt_tokens
-        .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-    st.metrics
-        .generated_tokens
-        .fetch_add(completion_tokens as u64, Ordering::Relaxed);
+    st.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+    st.metrics.generated_tokens.inc_by(completion_tokens as u64);
     let finish = info
         .candidates
         .get(info.best_index)
