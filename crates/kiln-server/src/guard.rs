@@ -1,5 +1,5 @@
 //! What the server refuses before any work: requests a browser was tricked into sending,
-//! bodies that are not JSON, wrong API keys, and request fields kiln does not implement.
+//! bodies that are not JSON, and wrong API keys.
 //!
 //! Without an API key, anything that can reach the port can use the server, and a web page
 //! the user opens is such a thing: it can POST a `text/plain` body without a CORS preflight,
@@ -21,7 +21,6 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use serde_json::{Map, Value};
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::request_id::{
@@ -202,48 +201,6 @@ impl MakeRequestId for NextId {
         HeaderValue::from_str(&format!("req-{}-{n}", self.0.instance))
             .ok()
             .map(RequestId::new)
-    }
-}
-
-/// Request fields of the OpenAI API that kiln does not implement: refused by name rather
-/// than accepted and ignored (a client asking for JSON output or tool calls would otherwise
-/// get free text and not know it).
-const UNIMPLEMENTED: &[(&str, &str)] = &[
-    ("functions", "the deprecated function calling; use `tools`"),
-    (
-        "function_call",
-        "the deprecated function calling; use `tool_choice`",
-    ),
-];
-
-/// Refuses a request body that sets (to anything but `null`) a field kiln does not implement.
-pub(crate) fn refuse_unimplemented(m: &Map<String, Value>) -> Result<(), ApiError> {
-    for &(field, what) in UNIMPLEMENTED {
-        if m.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad(
-                field,
-                format!("`{field}` is not supported by kiln ({what}); remove the field"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Reads kiln's `parse_special` extension: whether control tokens written in a completions
-/// `prompt` (such as `<|im_start|>`) are read as control tokens. Off by default, so that text
-/// from users cannot forge turns; chat requests never take it (the template places them).
-pub(crate) fn parse_special(m: &Map<String, Value>, chat: bool) -> Result<bool, ApiError> {
-    match m.get("parse_special") {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) if !chat => Ok(*b),
-        Some(Value::Bool(_)) => Err(ApiError::bad(
-            "parse_special",
-            "`parse_special` applies to /v1/completions only; chat prompts get control tokens from the model's template, never from message contents",
-        )),
-        Some(v) => Err(ApiError::bad(
-            "parse_special",
-            format!("`parse_special` must be true or false, got {v}"),
-        )),
     }
 }
 
@@ -524,24 +481,5 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
         assert!(!constant_time_eq(b"a", b""));
         assert!(!constant_time_eq(b"", b"a"));
-    }
-
-    #[test]
-    fn unimplemented_fields_are_named() {
-        for f in ["functions", "function_call"] {
-            let mut m = Map::new();
-            m.insert(f.into(), serde_json::json!({"type": "sound"}));
-            let e = refuse_unimplemented(&m).unwrap_err();
-            assert_eq!(e.param.as_deref(), Some(f));
-            assert!(e.message.contains(f), "{}", e.message);
-            m.insert(f.into(), Value::Null);
-            assert!(refuse_unimplemented(&m).is_ok());
-        }
-        let mut m = Map::new();
-        m.insert("parse_special".into(), Value::Bool(true));
-        assert!(parse_special(&m, false).unwrap());
-        assert!(parse_special(&m, true).is_err());
-        m.insert("parse_special".into(), serde_json::json!(1));
-        assert!(parse_special(&m, false).is_err());
     }
 }

@@ -8,6 +8,7 @@ mod listen;
 pub mod metrics;
 mod refine;
 mod request;
+mod response;
 mod text;
 mod tools;
 
@@ -28,7 +29,6 @@ use kiln_engine::FinishReason;
 use kiln_engine::{EngineHandle, Event, Request, TokenLogprob, Usage};
 use kiln_tokenizer::chat::ChatTemplate;
 use kiln_tokenizer::Tokenizer;
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 pub use error::ApiError;
@@ -384,23 +384,28 @@ async fn health(State(st): State<Shared>) -> Response {
         } else {
             "draining"
         };
-        let body = json!({"status": status, "ready": false, "error": e.message});
+        let body = response::Health::NotReady {
+            status,
+            ready: false,
+            error: &e.message,
+        };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     if st.loaded().is_some_and(|l| l.engine.has_failed()) {
-        let body = json!({
-            "status": "failed",
-            "ready": false,
-            "error": "the engine thread stopped (it panicked; see the log); the server is shutting down",
-        });
+        let body = response::Health::NotReady {
+            status: "failed",
+            ready: false,
+            error:
+                "the engine thread stopped (it panicked; see the log); the server is shutting down",
+        };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(json!({
-        "status": "ok",
-        "ready": true,
-        "model": st.loaded().map(|l| l.id.clone()),
-        "engine": st.loaded().map(|l| l.engine.stats()),
-    }))
+    Json(response::Health::Ready {
+        status: "ok",
+        ready: true,
+        model: st.loaded().map(|l| l.id.as_str()),
+        engine: st.loaded().map(|l| l.engine.stats()),
+    })
     .into_response()
 }
 
@@ -421,14 +426,14 @@ async fn get_load(State(st): State<Shared>) -> Response {
             .into_response();
     };
     let s = lm.engine.stats();
-    Json(json!({
-        "load": s.running + s.waiting,
-        "running": s.running,
-        "waiting": s.waiting,
-        "kv_cache_usage": s.kv_cache_usage(),
-        "prefix_cache_queries": s.prefix_queried_tokens,
-        "prefix_cache_hits": s.prefix_hit_tokens,
-    }))
+    Json(response::Load {
+        load: s.running + s.waiting,
+        running: s.running,
+        waiting: s.waiting,
+        kv_cache_usage: s.kv_cache_usage(),
+        prefix_cache_queries: s.prefix_queried_tokens,
+        prefix_cache_hits: s.prefix_hit_tokens,
+    })
     .into_response()
 }
 
@@ -441,35 +446,41 @@ async fn metrics_text(State(st): State<Shared>) -> Response {
         .into_response()
 }
 
-async fn models(State(st): State<Shared>) -> Json<Value> {
+async fn models(State(st): State<Shared>) -> Response {
     let mut data = Vec::new();
     if let Some(l) = st.loaded() {
         let grammars = st.grammars.get().is_some_and(Result::is_ok);
-        let entry = |id: &str| {
-            json!({
-                "id": id,
-                "object": "model",
-                "created": st.created,
-                "owned_by": "kiln",
-                "root": l.id,
-                "max_model_len": l.context_length,
-                "capabilities": {
-                    "completion": true,
-                    "chat": true,
-                    "tokenize": true,
-                    "embeddings": l.engine.hidden_size() > 0,
-                    "tools": grammars,
-                    "response_format": grammars,
-                    "native_tool_template": l.template.tool_format() != kiln_tokenizer::chat::ToolFormat::Generic,
-                },
-            })
+        let capabilities = response::Capabilities {
+            completion: true,
+            chat: true,
+            tokenize: true,
+            embeddings: l.engine.hidden_size() > 0,
+            tools: grammars,
+            response_format: grammars,
+            native_tool_template: l.template.tool_format()
+                != kiln_tokenizer::chat::ToolFormat::Generic,
+        };
+        let entry = |id| response::Model {
+            id,
+            object: "model",
+            created: st.created,
+            owned_by: "kiln",
+            root: &l.id,
+            max_model_len: l.context_length,
+            capabilities,
         };
         data.push(entry(&l.id));
         for a in &st.cfg.aliases {
             data.push(entry(a));
         }
     }
-    Json(json!({"object": "list", "data": data}))
+    Json(response::List::<_> {
+        object: "list",
+        data,
+        model: None,
+        usage: None,
+    })
+    .into_response()
 }
 
 async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
@@ -778,15 +789,27 @@ fn token_str(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
     (String::from_utf8_lossy(&b).into_owned(), b)
 }
 
-fn chat_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> Value {
-    let (t, b) = token_str(tok, lp.token);
-    json!({
-        "token": t, "logprob": lp.logprob, "bytes": b,
-        "top_logprobs": lp.top.iter().map(|&(id, l)| {
-            let (t, b) = token_str(tok, id);
-            json!({"token": t, "logprob": l, "bytes": b})
-        }).collect::<Vec<_>>()
-    })
+fn chat_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> response::ChatLogprob {
+    let (token, bytes) = token_str(tok, lp.token);
+    response::ChatLogprob {
+        token,
+        logprob: f64::from(lp.logprob),
+        bytes,
+        top_logprobs: Some(
+            lp.top
+                .iter()
+                .map(|&(id, l)| {
+                    let (token, bytes) = token_str(tok, id);
+                    response::ChatLogprob {
+                        token,
+                        logprob: f64::from(l),
+                        bytes,
+                        top_logprobs: None,
+                    }
+                })
+                .collect(),
+        ),
+    }
 }
 
 struct Choice {
@@ -889,60 +912,67 @@ async fn generate(
             .min()
             .unwrap_or(0);
         let tok = &lm.tokenizer;
-        let out_choices: Vec<Value> = choices
+        let out_choices: Vec<response::Choice> = choices
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let mut finish = c.finish.map(finish_str);
-                let calls = req.tools.as_ref().and_then(|t| t.read_calls(&c.text));
-                let message = match &calls {
-                    Some(calls) => {
-                        finish = Some("tool_calls");
-                        json!({"role": "assistant", "content": null,
-                               "tool_calls": tools::calls_json(calls, &format!("{id}_{i}"), false)})
-                    }
-                    None => json!({"role": "assistant", "content": c.text}),
-                };
                 if chat {
-                    json!({
-                        "index": i,
-                        "message": message,
-                        "finish_reason": finish,
-                        "logprobs": if req.logprobs {
-                            json!({"content": c.logprobs.iter().map(|l| chat_logprob(tok, l)).collect::<Vec<_>>()})
-                        } else { Value::Null },
-                    })
+                    let calls = req.tools.as_ref().and_then(|t| t.read_calls(&c.text));
+                    let message = match calls {
+                        Some(calls) => {
+                            finish = Some("tool_calls");
+                            response::ChatMessage {
+                                role: "assistant",
+                                content: None,
+                                tool_calls: Some(tools::calls_json(
+                                    &calls,
+                                    &format!("{id}_{i}"),
+                                    false,
+                                )),
+                            }
+                        }
+                        None => response::ChatMessage {
+                            role: "assistant",
+                            content: Some(&c.text),
+                            tool_calls: None,
+                        },
+                    };
+                    let logprobs = req.logprobs.then(|| response::Logprobs::Chat {
+                        content: c.logprobs.iter().map(|l| chat_logprob(tok, l)).collect(),
+                    });
+                    response::Choice::answer(i, Some(message), None, finish, logprobs)
                 } else {
-                    json!({
-                        "index": i,
-                        "text": c.text,
-                        "finish_reason": finish,
-                        "logprobs": if req.logprobs { completion_logprobs(tok, &c.logprobs) } else { Value::Null },
-                    })
+                    let logprobs = req.logprobs.then(|| completion_logprobs(tok, &c.logprobs));
+                    response::Choice::answer(i, None, Some(&c.text), finish, logprobs)
                 }
             })
             .collect();
-        let mut usage = json!({
-            "prompt_tokens": prompt_len,
-            "completion_tokens": completion,
-            "total_tokens": prompt_len + completion,
-            "prompt_tokens_details": {"cached_tokens": cached},
-        });
-        lookup_usage(
-            &mut usage,
-            choices.iter().find_map(|c| c.usage.proposer),
-            choices.iter().map(|c| c.usage.draft_tokens).sum(),
-            choices.iter().map(|c| c.usage.accepted_tokens).sum(),
+        let usage = response::Usage::new(
+            prompt_len,
+            completion,
+            cached,
+            (
+                choices.iter().find_map(|c| c.usage.proposer),
+                choices.iter().map(|c| c.usage.draft_tokens).sum(),
+                choices.iter().map(|c| c.usage.accepted_tokens).sum(),
+            ),
         );
-        let body = json!({
-            "id": id,
-            "object": if chat { "chat.completion" } else { "text_completion" },
-            "created": created,
-            "model": model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": out_choices,
-            "usage": usage,
-        });
+        let body = response::Completion {
+            id: Some(&id),
+            object: if chat {
+                "chat.completion"
+            } else {
+                "text_completion"
+            },
+            created: Some(created),
+            model: Some(&model),
+            system_fingerprint: Some(FINGERPRINT),
+            choices: out_choices,
+            usage: Some(usage),
+            refinement: None,
+            snarc: None,
+        };
         return Ok(Json(body).into_response());
     }
 
@@ -958,12 +988,18 @@ async fn generate(
     };
     let tools = req.tools.clone().filter(|t| t.active() && chat);
     let (id2, model2, id3) = (id.clone(), model.clone(), id.clone());
-    let chunk = move |choice: Value| -> SseEvent {
-        SseEvent::default().data(
-            json!({"id": id, "object": object, "created": created, "model": model,
-                   "system_fingerprint": FINGERPRINT, "choices": [choice]})
-            .to_string(),
-        )
+    let chunk = move |choice: response::Choice<'_>| -> SseEvent {
+        event(&response::Completion {
+            id: Some(&id),
+            object,
+            created: Some(created),
+            model: Some(&model),
+            system_fingerprint: Some(FINGERPRINT),
+            choices: vec![choice],
+            usage: None,
+            refinement: None,
+            snarc: None,
+        })
     };
     struct S {
         rx: mpsc::Receiver<Tagged>,
@@ -995,16 +1031,17 @@ async fn generate(
                             cached: usize,
                             lookup: (Option<&'static str>, usize, usize)|
           -> SseEvent {
-        let mut usage = json!({
-            "prompt_tokens": prompt_len, "completion_tokens": completion,
-            "total_tokens": prompt_len + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}});
-        lookup_usage(&mut usage, lookup.0, lookup.1, lookup.2);
-        SseEvent::default().data(
-            json!({"id": id2, "object": object, "created": created, "model": model2,
-                   "system_fingerprint": FINGERPRINT, "choices": [], "usage": usage})
-            .to_string(),
-        )
+        event(&response::Completion {
+            id: Some(&id2),
+            object,
+            created: Some(created),
+            model: Some(&model2),
+            system_fingerprint: Some(FINGERPRINT),
+            choices: Vec::new(),
+            usage: Some(response::Usage::new(prompt_len, completion, cached, lookup)),
+            refinement: None,
+            snarc: None,
+        })
     };
     let events = stream::unfold((s, tracker), move |(mut s, mut tracker)| {
         let chunk = chunk.clone();
@@ -1034,12 +1071,7 @@ async fn generate(
                 }
                 let Some((i, ev)) = s.rx.recv().await else {
                     let e = ended_early();
-                    s.pending.push_back(
-                        SseEvent::default().data(
-                            json!({"error": {"message": e.message, "type": "server_error"}})
-                                .to_string(),
-                        ),
-                    );
+                    s.pending.push_back(stream_error(&e.message));
                     s.left = 0;
                     continue;
                 };
@@ -1048,25 +1080,40 @@ async fn generate(
                         tracker.token(i);
                         if chat && !s.started[i] {
                             s.started[i] = true;
-                            s.pending.push_back(chunk(json!({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
+                            let delta = response::Delta {
+                                role: Some("assistant"),
+                                content: Some(""),
+                                tool_calls: None,
+                            };
+                            s.pending.push_back(chunk(response::Choice::chunk(
+                                i,
+                                Some(delta),
+                                None,
+                                None,
+                                None,
+                            )));
                         }
-                        let lp = if want_lp {
-                            match &logprob {
-                                Some(l) if chat => json!({"content": [chat_logprob(&tok, l)]}),
-                                Some(l) => completion_logprobs(&tok, std::slice::from_ref(l)),
-                                None => Value::Null,
+                        let lp = match &logprob {
+                            Some(l) if want_lp && chat => Some(response::Logprobs::Chat {
+                                content: vec![chat_logprob(&tok, l)],
+                            }),
+                            Some(l) if want_lp => {
+                                Some(completion_logprobs(&tok, std::slice::from_ref(l)))
                             }
-                        } else {
-                            Value::Null
+                            _ => None,
                         };
                         if tools.is_some() {
                             s.held[i].push_str(&text);
                         } else if !text.is_empty() || want_lp {
                             s.pending.push_back(chunk(if chat {
-                                    json!({"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
-                                } else {
-                                    json!({"index": i, "text": text, "logprobs": lp, "finish_reason": null})
-                                }));
+                                let delta = response::Delta {
+                                    content: Some(&text),
+                                    ..Default::default()
+                                };
+                                response::Choice::chunk(i, Some(delta), None, Some(lp), None)
+                            } else {
+                                response::Choice::chunk(i, None, Some(&text), Some(lp), None)
+                            }));
                         }
                     }
                     Event::Done { reason, usage } => {
@@ -1087,24 +1134,43 @@ async fn generate(
                                     finish = "tool_calls";
                                     let calls =
                                         tools::calls_json(&calls, &format!("{id3}_{i}"), true);
-                                    s.pending.push_back(chunk(json!({"index": i, "delta": {"tool_calls": calls}, "finish_reason": null})));
+                                    let delta = response::Delta {
+                                        tool_calls: Some(calls),
+                                        ..Default::default()
+                                    };
+                                    s.pending.push_back(chunk(response::Choice::chunk(
+                                        i,
+                                        Some(delta),
+                                        None,
+                                        None,
+                                        None,
+                                    )));
                                 }
                                 None if !held.is_empty() => {
-                                    s.pending.push_back(chunk(json!({"index": i, "delta": {"content": held}, "finish_reason": null})));
+                                    let delta = response::Delta {
+                                        content: Some(&held),
+                                        ..Default::default()
+                                    };
+                                    s.pending.push_back(chunk(response::Choice::chunk(
+                                        i,
+                                        Some(delta),
+                                        None,
+                                        None,
+                                        None,
+                                    )));
                                 }
                                 None => {}
                             }
                         }
                         s.pending.push_back(chunk(if chat {
-                            json!({"index": i, "delta": {}, "finish_reason": finish})
+                            let delta = response::Delta::default();
+                            response::Choice::chunk(i, Some(delta), None, None, Some(finish))
                         } else {
-                            json!({"index": i, "text": "", "finish_reason": finish})
+                            response::Choice::chunk(i, None, Some(""), None, Some(finish))
                         }));
                     }
                     Event::Failed(m) => {
-                        s.pending.push_back(SseEvent::default().data(
-                            json!({"error": {"message": m, "type": "server_error"}}).to_string(),
-                        ));
+                        s.pending.push_back(stream_error(&m));
                         s.left = 0;
                     }
                 }
@@ -1114,13 +1180,19 @@ async fn generate(
     Ok(sse(events))
 }
 
-/// kiln's usage extension for speculative decoding, under the proposer's name
-/// (`prompt_lookup` or `draft`): the tokens it proposed and those taken, when it was asked
-/// for.
-fn lookup_usage(usage: &mut Value, proposer: Option<&str>, proposed: usize, accepted: usize) {
-    if let Some(p) = proposer {
-        usage[p] = json!({"proposed_tokens": proposed, "accepted_tokens": accepted});
-    }
+/// An event of a stream, its data `v` as JSON.
+fn event(v: &impl serde::Serialize) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(v).unwrap_or_default())
+}
+
+/// An error in a stream whose first chunk went out.
+fn stream_error(message: &str) -> SseEvent {
+    event(&response::StreamError {
+        error: response::StreamErrorBody {
+            message,
+            kind: "server_error",
+        },
+    })
 }
 
 fn sse<S>(events: S) -> Response
@@ -1138,14 +1210,21 @@ where
         .into_response()
 }
 
-fn completion_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
-    json!({
-        "tokens": lps.iter().map(|l| token_str(tok, l.token).0).collect::<Vec<_>>(),
-        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-        "top_logprobs": lps.iter().map(|l| {
-            l.top.iter().map(|&(id, p)| (token_str(tok, id).0, json!(p))).collect::<serde_json::Map<String, Value>>()
-        }).collect::<Vec<_>>(),
-    })
+fn completion_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> response::Logprobs {
+    response::Logprobs::Completion {
+        tokens: lps.iter().map(|l| token_str(tok, l.token).0).collect(),
+        token_logprobs: lps.iter().map(|l| f64::from(l.logprob)).collect(),
+        top_logprobs: lps
+            .iter()
+            .map(|l| {
+                let mut top = response::TopLogprobs::default();
+                for &(id, p) in &l.top {
+                    top.push(token_str(tok, id).0, f64::from(p));
+                }
+                top
+            })
+            .collect(),
+    }
 }
 
 async fn ising_empathy(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
