@@ -9,7 +9,7 @@
 //! is not) and an `Origin`, when a browser sends one, must be this server's own or one the
 //! operator allowed.
 //!
-//! [`layers`] puts these checks in front of every endpoint, with CORS (tower-http's
+//! [`layered`] puts these checks in front of every endpoint, with CORS (tower-http's
 //! `CorsLayer`), API keys, request ids (tower-http's request-id layers), a log line and a
 //! count per request.
 
