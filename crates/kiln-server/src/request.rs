@@ -242,6 +242,7 @@ fn what_is_wrong(v: &Value, param: &str, max: usize) -> String {
 
 /// A chat message as OpenAI sends it.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
 pub(crate) struct MessageIn {
     #[serde(flatten)]
     _object: ObjectOnly,
@@ -264,6 +265,7 @@ enum ContentIn {
 
 /// A content part: `{"type": "text", "text": ...}` is the one kiln reads.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
 struct PartIn {
     #[serde(flatten)]
     _object: ObjectOnly,
@@ -458,6 +460,7 @@ enum Stop {
 
 /// `stream_options`.
 #[derive(Deserialize)]
+#[serde(expecting = "an object")]
 struct StreamOptions {
     #[serde(flatten)]
     _object: ObjectOnly,
@@ -1010,6 +1013,10 @@ mod tests {
         assert!(message.contains("`temperature`"), "{message}");
         let (_, message) = refused(chat(json!({"messages": [{"role": 1}]})));
         assert!(message.contains("`messages[0].role`"), "{message}");
+        let (_, message) = refused(chat(json!({"messages": [["user", "hi"]]})));
+        assert!(message.ends_with("expected an object"), "{message}");
+        let (_, message) = refused(chat(json!({"messages": msgs, "tools": [1]})));
+        assert!(message.ends_with("expected an object"), "{message}");
         // The prompt's shapes, each refusal naming `prompt`.
         for (prompt, says) in [
             (json!(null), "is required"),

@@ -72,6 +72,7 @@ pub struct ToolCall {
 
 /// `response_format` as a request sends it.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
 pub struct ResponseFormatIn {
     #[serde(flatten)]
     _object: ObjectOnly,
@@ -84,6 +85,7 @@ pub struct ResponseFormatIn {
 
 /// `response_format.json_schema`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
 struct JsonSchemaIn {
     #[serde(flatten)]
     _object: ObjectOnly,
@@ -168,6 +170,7 @@ pub fn closed(schema: &mut Value) {
 
 /// A tool as a request lists it.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
 pub struct ToolIn {
     #[serde(flatten)]
     _object: ObjectOnly,
@@ -179,6 +182,7 @@ pub struct ToolIn {
 
 /// A tool's function.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
 struct FunctionIn {
     #[serde(flatten)]
     _object: ObjectOnly,
@@ -208,6 +212,7 @@ pub enum ToolChoiceIn {
 
 /// The function `tool_choice` names.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
 pub struct NamedIn {
     #[serde(flatten)]
     _object: ObjectOnly,
