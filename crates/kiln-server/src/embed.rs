@@ -7,11 +7,28 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kiln_engine::{EmbedRequest, Pooling};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::request::{boolean, obj, texts_or_ids, Prompts};
+use crate::request::{object, typed, Prompts, TextsOrIds};
+use crate::response::{Embedding, EmbeddingUsage, List, Vector};
 use crate::{blocking, check_model_name, read_body, Shared};
+
+/// A `/v1/embeddings` body.
+#[derive(Deserialize)]
+struct EmbeddingRequest {
+    model: Option<String>,
+    input: Option<TextsOrIds>,
+    /// `float` or `base64`.
+    encoding_format: Option<String>,
+    /// The vectors' size: only the model's own.
+    dimensions: Option<u64>,
+    /// kiln's: `mean` or `last`.
+    pooling: Option<String>,
+    /// kiln's: scale to length 1 (default true).
+    normalize: Option<bool>,
+}
 
 /// Most inputs one request may carry.
 const MAX_INPUTS: usize = 256;
@@ -54,55 +71,43 @@ fn base64_f32(v: &[f32]) -> String {
 /// `pooling` (`mean`, the default, or `last`) and `normalize` (default true).
 pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let m = obj(&body)?;
+    let body = object(&body)?;
     let lm = st.lm()?;
-    let model = match m.get("model") {
-        None | Some(Value::Null) => lm.id.clone(),
-        Some(Value::String(s)) => {
-            check_model_name(&st, lm, s)?;
-            s.clone()
-        }
-        Some(v) => {
-            return Err(ApiError::bad(
-                "model",
-                format!("`model` must be a string, got {v}"),
-            ))
+    let req: EmbeddingRequest = typed(body)?;
+    let model = match req.model {
+        None => lm.id.clone(),
+        Some(s) => {
+            check_model_name(&st, lm, &s)?;
+            s
         }
     };
-    let base64 = match m
-        .get("encoding_format")
-        .and_then(|v| if v.is_null() { None } else { Some(v) })
-    {
-        None => false,
-        Some(Value::String(s)) if s == "float" => false,
-        Some(Value::String(s)) if s == "base64" => true,
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
         Some(v) => {
             return Err(ApiError::bad(
                 "encoding_format",
-                format!("`encoding_format` is {v}, expected float or base64"),
+                format!(
+                    "`encoding_format` is {}, expected float or base64",
+                    Value::from(v)
+                ),
             ))
         }
     };
-    let pooling = match m.get("pooling") {
-        None | Some(Value::Null) => Pooling::Mean,
-        Some(Value::String(s)) => Pooling::from_name(s).ok_or_else(|| {
+    let pooling = match req.pooling.as_deref() {
+        None => Pooling::Mean,
+        Some(s) => Pooling::from_name(s).ok_or_else(|| {
             ApiError::bad(
                 "pooling",
                 format!("`pooling` is `{s}`, expected mean or last"),
             )
         })?,
-        Some(v) => {
-            return Err(ApiError::bad(
-                "pooling",
-                format!("`pooling` must be a string, got {v}"),
-            ))
-        }
     };
-    let normalize = boolean(&m, "normalize")?.unwrap_or(true);
+    let normalize = req.normalize.unwrap_or(true);
     let dim = lm.engine.hidden_size();
-    match m.get("dimensions") {
-        None | Some(Value::Null) => {}
-        Some(v) if v.as_u64() == Some(dim as u64) => {}
+    match req.dimensions {
+        None => {}
+        Some(v) if v == dim as u64 => {}
         Some(v) => {
             return Err(ApiError::bad(
                 "dimensions",
@@ -110,7 +115,10 @@ pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response
             ))
         }
     }
-    let input = texts_or_ids(m.get("input"), "input", MAX_INPUTS)?;
+    let input = match req.input {
+        Some(i) => i.prompts("input", MAX_INPUTS)?,
+        None => return Err(ApiError::bad("input", "`input` is required")),
+    };
     let ctx = lm.context_length;
     if let Prompts::Texts(t) = &input {
         for (i, t) in t.iter().enumerate() {
@@ -183,21 +191,26 @@ pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, Some("engine_error"))
             })?;
         let embedding = if base64 {
-            json!(base64_f32(&v))
+            Vector::Base64(base64_f32(&v))
         } else {
-            json!(v)
+            Vector::Floats(v.iter().map(|&x| f64::from(x)).collect())
         };
-        data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
+        data.push(Embedding {
+            object: "embedding",
+            index: i,
+            embedding,
+        });
     }
-    st.metrics
-        .prompt_tokens
-        .fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }))
+    st.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+    Ok(Json(List {
+        object: "list",
+        data,
+        model: Some(model),
+        usage: Some(EmbeddingUsage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        }),
+    })
     .into_response())
 }
 

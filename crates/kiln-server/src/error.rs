@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 /// An HTTP error that renders as OpenAI clients expect.
 #[derive(Debug, Clone)]
@@ -49,16 +49,32 @@ impl ApiError {
     }
 }
 
+/// The body of an error response.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+/// OpenAI's fields of an error; `param` and `code` are `null` when there is none.
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: Option<&'static str>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind(),
-                "param": self.param,
-                "code": self.code,
-            }
-        });
+        let body = ErrorBody {
+            error: ErrorFields {
+                message: &self.message,
+                kind: self.kind(),
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        };
         let mut r = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             // A full queue drains in about a step per queued request: try again soon.
@@ -68,5 +84,30 @@ impl IntoResponse for ApiError {
             );
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_keep_openais_shape() {
+        for (e, want) in [
+            (
+                ApiError::bad("temperature", "too hot"),
+                serde_json::json!({"error": {"message": "too hot", "type": "invalid_request_error",
+                                             "param": "temperature", "code": null}}),
+            ),
+            (
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "full", Some("queue_full")),
+                serde_json::json!({"error": {"message": "full", "type": "rate_limit_error",
+                                             "param": null, "code": "queue_full"}}),
+            ),
+        ] {
+            let r = e.into_response();
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            assert_eq!(body, want.to_string().as_bytes());
+        }
     }
 }

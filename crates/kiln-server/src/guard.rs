@@ -1,5 +1,5 @@
 //! What the server refuses before any work: requests a browser was tricked into sending,
-//! bodies that are not JSON, wrong API keys, and request fields kiln does not implement.
+//! bodies that are not JSON, and wrong API keys.
 //!
 //! Without an API key, anything that can reach the port can use the server, and a web page
 //! the user opens is such a thing: it can POST a `text/plain` body without a CORS preflight,
@@ -8,54 +8,199 @@
 //! grant), and without a key the `Host` must be one this server is known by (a rebound name
 //! is not) and an `Origin`, when a browser sends one, must be this server's own or one the
 //! operator allowed.
+//!
+//! [`layered`] puts these checks in front of every endpoint, with CORS (tower-http's
+//! `CorsLayer`), API keys, request ids (tower-http's request-id layers), a log line and a
+//! count per request.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
-use axum::http::{header, HeaderMap, Method, StatusCode};
-use serde_json::{Map, Value};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 use crate::error::ApiError;
-use crate::ServerConfig;
+use crate::{endpoint_name, ServerConfig, Shared};
 
-/// Request fields of the OpenAI API that kiln does not implement: refused by name rather
-/// than accepted and ignored (a client asking for JSON output or tool calls would otherwise
-/// get free text and not know it).
-const UNIMPLEMENTED: &[(&str, &str)] = &[
-    ("functions", "the deprecated function calling; use `tools`"),
-    (
-        "function_call",
-        "the deprecated function calling; use `tool_choice`",
-    ),
-];
+/// The header of kiln's request ids.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Refuses a request body that sets (to anything but `null`) a field kiln does not implement.
-pub(crate) fn refuse_unimplemented(m: &Map<String, Value>) -> Result<(), ApiError> {
-    for &(field, what) in UNIMPLEMENTED {
-        if m.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad(
-                field,
-                format!("`{field}` is not supported by kiln ({what}); remove the field"),
-            ));
-        }
-    }
-    Ok(())
+/// The header naming the replica that answered.
+const X_KILN_INSTANCE: HeaderName = HeaderName::from_static("x-kiln-instance");
+
+/// `app` behind what every request goes through, outermost first: [`screen`] (the request
+/// checks, which come before a CORS preflight is answered), CORS, [`admit`] (API keys, the log
+/// line and the count), then the request id, set on the request and copied to its answer.
+pub(crate) fn layered(app: Router<Shared>, st: &Shared) -> Router<Shared> {
+    app.layer(
+        ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(st.clone(), screen))
+            .layer(cors(&st.cfg))
+            .layer(middleware::from_fn_with_state(st.clone(), admit))
+            .layer(SetRequestIdLayer::new(X_REQUEST_ID, NextId(st.clone())))
+            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID)),
+    )
 }
 
-/// Reads kiln's `parse_special` extension: whether control tokens written in a completions
-/// `prompt` (such as `<|im_start|>`) are read as control tokens. Off by default, so that text
-/// from users cannot forge turns; chat requests never take it (the template places them).
-pub(crate) fn parse_special(m: &Map<String, Value>, chat: bool) -> Result<bool, ApiError> {
-    match m.get("parse_special") {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) if !chat => Ok(*b),
-        Some(Value::Bool(_)) => Err(ApiError::bad(
-            "parse_special",
-            "`parse_special` applies to /v1/completions only; chat prompts get control tokens from the model's template, never from message contents",
-        )),
-        Some(v) => Err(ApiError::bad(
-            "parse_special",
-            format!("`parse_special` must be true or false, got {v}"),
-        )),
+/// Whether a browser's `Origin` gets CORS headers: an origin the operator allowed, or any
+/// with `*` (echoed, not answered with `*`).
+fn cors_allowed(allowed: &[String], origin: &HeaderValue) -> bool {
+    origin
+        .to_str()
+        .is_ok_and(|o| allowed.iter().any(|a| a == "*" || a == o))
+}
+
+/// CORS for the allowed origins: a preflight is allowed GET, POST and OPTIONS, and the
+/// request headers it asks for as [`screen`] leaves them, for 10 minutes.
+fn cors(cfg: &ServerConfig) -> CorsLayer {
+    let origins = cfg.cors_origins.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |o, _| {
+            cors_allowed(&origins, o)
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(Duration::from_secs(600))
+        // `Vary: Origin` goes on the answers that allow an origin, and on no other (see
+        // `screen`); the layer would put its list on every answer.
+        .vary(Vec::<HeaderName>::new())
+}
+
+/// The request checks ([`check_request`]) before anything else: a refusal is counted, logged,
+/// and carries the allowed origin so that the page can read it. A preflight (any `OPTIONS`)
+/// is answered with 204: by the CORS layer for an allowed origin, with the request headers
+/// of [`preflight_headers`], and with no header otherwise.
+async fn screen(State(st): State<Shared>, mut req: HttpRequest, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| cors_allowed(&st.cfg.cors_origins, o))
+        .cloned();
+    let mut r = if let Err(e) = check_request(&st.cfg, req.method(), req.headers()) {
+        let (method, path) = (req.method(), req.uri().path());
+        tracing::info!(%method, path, status = e.status.as_u16(), "request refused");
+        st.metrics.request(endpoint_name(path), e.status.as_u16());
+        let mut r = e.into_response();
+        // Made before the CORS layer: the header that layer would add.
+        if let Some(o) = origin {
+            r.headers_mut()
+                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        }
+        r
+    } else if req.method() == Method::OPTIONS {
+        if origin.is_none() {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        let asked = preflight_headers(req.headers());
+        req.headers_mut()
+            .insert(header::ACCESS_CONTROL_REQUEST_HEADERS, asked);
+        let mut r = next.run(req).await;
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    } else {
+        next.run(req).await
+    };
+    if r.headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        r.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    r
+}
+
+/// The request headers a CORS preflight may allow: those the browser asks for
+/// (`Access-Control-Request-Headers`, when they are plain header names, such as the
+/// `x-stainless-*` headers of OpenAI's JavaScript client), or the two kiln reads.
+fn preflight_headers(headers: &HeaderMap) -> HeaderValue {
+    const BASE: &str = "authorization, content-type";
+    let asked = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            v.len() <= 2048
+                && v.split(',').all(|h| {
+                    let h = h.trim();
+                    !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        });
+    match asked {
+        Some(a) => HeaderValue::from_str(&format!("{BASE}, {}", a.to_ascii_lowercase()))
+            .unwrap_or(HeaderValue::from_static(BASE)),
+        None => HeaderValue::from_static(BASE),
+    }
+}
+
+/// API keys on the API's endpoints (`/v1/*`, `/metrics`, `/tokenize`, `/detokenize`; the page
+/// and `/health` are open), then one log line and one count per request, and the
+/// `x-kiln-instance` header.
+async fn admit(State(st): State<Shared>, mut req: HttpRequest, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let protected = path.starts_with("/v1/")
+        || matches!(path.as_str(), "/metrics" | "/tokenize" | "/detokenize");
+    if protected && !st.cfg.api_keys.is_empty() {
+        if let Err(e) = authenticate(&st.cfg.api_keys, req.headers()) {
+            let msg = match e {
+                AuthError::Missing => "missing API key: send `Authorization: Bearer <key>`",
+                AuthError::Invalid => "invalid API key",
+            };
+            tracing::info!(%method, path, status = 401, "request refused");
+            st.metrics.request(endpoint_name(&path), 401);
+            return ApiError::new(StatusCode::UNAUTHORIZED, msg, Some("invalid_api_key"))
+                .into_response();
+        }
+    }
+    // Ids are kiln's own: one the client sent would be kept by the request-id layer.
+    req.headers_mut().remove(X_REQUEST_ID);
+    let t0 = Instant::now();
+    let mut r = next.run(req).await;
+    let status = r.status().as_u16();
+    st.metrics.request(endpoint_name(&path), status);
+    let request_id = r
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default();
+    // One line per request; for streams it is written when the response starts.
+    tracing::info!(
+        request_id,
+        %method,
+        path,
+        status,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    // Routers may set their own request ids: the replica that answered, on its own.
+    if let Ok(v) = HeaderValue::from_str(&st.instance) {
+        r.headers_mut().insert(X_KILN_INSTANCE, v);
+    }
+    r
+}
+
+/// kiln's request ids, `req-{instance}-{n}`: `n` counts the requests admitted since start.
+#[derive(Clone)]
+pub(crate) struct NextId(Shared);
+
+impl MakeRequestId for NextId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self
+            .0
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("req-{}-{n}", self.0.instance))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -336,24 +481,5 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
         assert!(!constant_time_eq(b"a", b""));
         assert!(!constant_time_eq(b"", b"a"));
-    }
-
-    #[test]
-    fn unimplemented_fields_are_named() {
-        for f in ["functions", "function_call"] {
-            let mut m = Map::new();
-            m.insert(f.into(), serde_json::json!({"type": "sound"}));
-            let e = refuse_unimplemented(&m).unwrap_err();
-            assert_eq!(e.param.as_deref(), Some(f));
-            assert!(e.message.contains(f), "{}", e.message);
-            m.insert(f.into(), Value::Null);
-            assert!(refuse_unimplemented(&m).is_ok());
-        }
-        let mut m = Map::new();
-        m.insert("parse_special".into(), Value::Bool(true));
-        assert!(parse_special(&m, false).unwrap());
-        assert!(parse_special(&m, true).is_err());
-        m.insert("parse_special".into(), serde_json::json!(1));
-        assert!(parse_special(&m, false).is_err());
     }
 }

@@ -8,6 +8,7 @@ mod listen;
 pub mod metrics;
 mod refine;
 mod request;
+mod response;
 mod text;
 mod tools;
 
@@ -17,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request as HttpRequest, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,7 +29,6 @@ use kiln_engine::FinishReason;
 use kiln_engine::{EngineHandle, Event, Request, TokenLogprob, Usage};
 use kiln_tokenizer::chat::ChatTemplate;
 use kiln_tokenizer::Tokenizer;
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 pub use error::ApiError;
@@ -281,7 +280,7 @@ impl AppState {
 
 /// The router with every endpoint.
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -294,9 +293,8 @@ pub fn router(state: Shared) -> Router {
         .route("/detokenize", post(text::detokenize))
         .route("/v1/ising/empathy", post(ising_empathy))
         .route("/v1/ising/social", post(ising_social))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
+        .fallback(not_found);
+    guard::layered(app, &state).with_state(state)
 }
 
 /// Serves until `shutdown` resolves (running requests then get
@@ -357,121 +355,6 @@ pub async fn serve(
     }
 }
 
-/// Authentication, CORS, and one log line per request.
-async fn guard(State(st): State<Shared>, req: HttpRequest, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = origin.as_ref().and_then(|o| {
-        let o = o.to_str().ok()?;
-        st.cfg
-            .cors_origins
-            .iter()
-            .any(|a| a == "*" || a == o)
-            .then(|| HeaderValue::from_str(o).ok())
-            .flatten()
-    });
-    let add_cors = |mut r: Response| {
-        if let Some(o) = &allowed {
-            let h = r.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        }
-        r
-    };
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    if let Err(e) = guard::check_request(&st.cfg, &method, req.headers()) {
-        tracing::info!(%method, path, status = e.status.as_u16(), "request refused");
-        st.metrics.request(endpoint_name(&path), e.status.as_u16());
-        return add_cors(e.into_response());
-    }
-    if req.method() == Method::OPTIONS {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        if allowed.is_some() {
-            let h = r.headers_mut();
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, POST, OPTIONS"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                preflight_headers(&req),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static("600"),
-            );
-        }
-        return add_cors(r);
-    }
-    let protected = path.starts_with("/v1/")
-        || matches!(path.as_str(), "/metrics" | "/tokenize" | "/detokenize");
-    if protected && !st.cfg.api_keys.is_empty() {
-        if let Err(e) = guard::authenticate(&st.cfg.api_keys, req.headers()) {
-            let msg = match e {
-                guard::AuthError::Missing => "missing API key: send `Authorization: Bearer <key>`",
-                guard::AuthError::Invalid => "invalid API key",
-            };
-            tracing::info!(%method, path, status = 401, "request refused");
-            st.metrics.request(endpoint_name(&path), 401);
-            return add_cors(
-                ApiError::new(StatusCode::UNAUTHORIZED, msg, Some("invalid_api_key"))
-                    .into_response(),
-            );
-        }
-    }
-    let t0 = Instant::now();
-    let request_id = format!(
-        "req-{}-{}",
-        st.instance,
-        st.next_request.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut r = next.run(req).await;
-    let status = r.status().as_u16();
-    st.metrics.request(endpoint_name(&path), status);
-    // One line per request; for streams it is written when the response starts.
-    tracing::info!(
-        request_id,
-        %method,
-        path,
-        status,
-        ms = t0.elapsed().as_secs_f64() * 1e3,
-        "request"
-    );
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        r.headers_mut().insert("x-request-id", v);
-    }
-    // Routers may set their own request ids: the replica that answered, on its own.
-    if let Ok(v) = HeaderValue::from_str(&st.instance) {
-        r.headers_mut().insert("x-kiln-instance", v);
-    }
-    add_cors(r)
-}
-
-/// The request headers a CORS preflight may allow: those the browser asks for
-/// (`Access-Control-Request-Headers`, when they are plain header names, such as the
-/// `x-stainless-*` headers of OpenAI's JavaScript client), or the two kiln reads.
-fn preflight_headers(req: &HttpRequest) -> HeaderValue {
-    const BASE: &str = "authorization, content-type";
-    let asked = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            v.len() <= 2048
-                && v.split(',').all(|h| {
-                    let h = h.trim();
-                    !h.is_empty()
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                })
-        });
-    match asked {
-        Some(a) => HeaderValue::from_str(&format!("{BASE}, {}", a.to_ascii_lowercase()))
-            .unwrap_or(HeaderValue::from_static(BASE)),
-        None => HeaderValue::from_static(BASE),
-    }
-}
-
 fn endpoint_name(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "chat_completions",
@@ -501,23 +384,28 @@ async fn health(State(st): State<Shared>) -> Response {
         } else {
             "draining"
         };
-        let body = json!({"status": status, "ready": false, "error": e.message});
+        let body = response::Health::NotReady {
+            status,
+            ready: false,
+            error: &e.message,
+        };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     if st.loaded().is_some_and(|l| l.engine.has_failed()) {
-        let body = json!({
-            "status": "failed",
-            "ready": false,
-            "error": "the engine thread stopped (it panicked; see the log); the server is shutting down",
-        });
+        let body = response::Health::NotReady {
+            status: "failed",
+            ready: false,
+            error:
+                "the engine thread stopped (it panicked; see the log); the server is shutting down",
+        };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(json!({
-        "status": "ok",
-        "ready": true,
-        "model": st.loaded().map(|l| l.id.clone()),
-        "engine": st.loaded().map(|l| l.engine.stats()),
-    }))
+    Json(response::Health::Ready {
+        status: "ok",
+        ready: true,
+        model: st.loaded().map(|l| l.id.as_str()),
+        engine: st.loaded().map(|l| l.engine.stats()),
+    })
     .into_response()
 }
 
@@ -538,14 +426,14 @@ async fn get_load(State(st): State<Shared>) -> Response {
             .into_response();
     };
     let s = lm.engine.stats();
-    Json(json!({
-        "load": s.running + s.waiting,
-        "running": s.running,
-        "waiting": s.waiting,
-        "kv_cache_usage": s.kv_cache_usage(),
-        "prefix_cache_queries": s.prefix_queried_tokens,
-        "prefix_cache_hits": s.prefix_hit_tokens,
-    }))
+    Json(response::Load {
+        load: s.running + s.waiting,
+        running: s.running,
+        waiting: s.waiting,
+        kv_cache_usage: s.kv_cache_usage(),
+        prefix_cache_queries: s.prefix_queried_tokens,
+        prefix_cache_hits: s.prefix_hit_tokens,
+    })
     .into_response()
 }
 
@@ -558,35 +446,41 @@ async fn metrics_text(State(st): State<Shared>) -> Response {
         .into_response()
 }
 
-async fn models(State(st): State<Shared>) -> Json<Value> {
+async fn models(State(st): State<Shared>) -> Response {
     let mut data = Vec::new();
     if let Some(l) = st.loaded() {
         let grammars = st.grammars.get().is_some_and(Result::is_ok);
-        let entry = |id: &str| {
-            json!({
-                "id": id,
-                "object": "model",
-                "created": st.created,
-                "owned_by": "kiln",
-                "root": l.id,
-                "max_model_len": l.context_length,
-                "capabilities": {
-                    "completion": true,
-                    "chat": true,
-                    "tokenize": true,
-                    "embeddings": l.engine.hidden_size() > 0,
-                    "tools": grammars,
-                    "response_format": grammars,
-                    "native_tool_template": l.template.tool_format() != kiln_tokenizer::chat::ToolFormat::Generic,
-                },
-            })
+        let capabilities = response::Capabilities {
+            completion: true,
+            chat: true,
+            tokenize: true,
+            embeddings: l.engine.hidden_size() > 0,
+            tools: grammars,
+            response_format: grammars,
+            native_tool_template: l.template.tool_format()
+                != kiln_tokenizer::chat::ToolFormat::Generic,
+        };
+        let entry = |id| response::Model {
+            id,
+            object: "model",
+            created: st.created,
+            owned_by: "kiln",
+            root: &l.id,
+            max_model_len: l.context_length,
+            capabilities,
         };
         data.push(entry(&l.id));
         for a in &st.cfg.aliases {
             data.push(entry(a));
         }
     }
-    Json(json!({"object": "list", "data": data}))
+    Json(response::List::<_> {
+        object: "list",
+        data,
+        model: None,
+        usage: None,
+    })
+    .into_response()
 }
 
 async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
@@ -895,15 +789,27 @@ fn token_str(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
     (String::from_utf8_lossy(&b).into_owned(), b)
 }
 
-fn chat_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> Value {
-    let (t, b) = token_str(tok, lp.token);
-    json!({
-        "token": t, "logprob": lp.logprob, "bytes": b,
-        "top_logprobs": lp.top.iter().map(|&(id, l)| {
-            let (t, b) = token_str(tok, id);
-            json!({"token": t, "logprob": l, "bytes": b})
-        }).collect::<Vec<_>>()
-    })
+fn chat_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> response::ChatLogprob {
+    let (token, bytes) = token_str(tok, lp.token);
+    response::ChatLogprob {
+        token,
+        logprob: f64::from(lp.logprob),
+        bytes,
+        top_logprobs: Some(
+            lp.top
+                .iter()
+                .map(|&(id, l)| {
+                    let (token, bytes) = token_str(tok, id);
+                    response::ChatLogprob {
+                        token,
+                        logprob: f64::from(l),
+                        bytes,
+                        top_logprobs: None,
+                    }
+                })
+                .collect(),
+        ),
+    }
 }
 
 struct Choice {
@@ -935,10 +841,7 @@ impl Tracker {
                 .observe(now.duration_since(t).as_secs_f64()),
         }
         self.last[i] = Some(now);
-        self.st
-            .metrics
-            .generated_tokens
-            .fetch_add(1, Ordering::Relaxed);
+        self.st.metrics.generated_tokens.inc();
     }
 }
 
@@ -953,9 +856,7 @@ async fn generate(
     // Prompt tokens, counted once per prompt as OpenAI does (not once per choice).
     let prompt_len: usize = prompts.iter().map(Vec::len).sum();
     let choices_n = prompts.len() * req.n;
-    st.metrics
-        .prompt_tokens
-        .fetch_add((prompt_len * req.n) as u64, Ordering::Relaxed);
+    st.metrics.prompt_tokens.inc_by((prompt_len * req.n) as u64);
     let id = format!(
         "{}-{}",
         if chat { "chatcmpl" } else { "cmpl" },
@@ -1011,60 +912,67 @@ async fn generate(
             .min()
             .unwrap_or(0);
         let tok = &lm.tokenizer;
-        let out_choices: Vec<Value> = choices
+        let out_choices: Vec<response::Choice> = choices
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let mut finish = c.finish.map(finish_str);
-                let calls = req.tools.as_ref().and_then(|t| t.read_calls(&c.text));
-                let message = match &calls {
-                    Some(calls) => {
-                        finish = Some("tool_calls");
-                        json!({"role": "assistant", "content": null,
-                               "tool_calls": tools::calls_json(calls, &format!("{id}_{i}"), false)})
-                    }
-                    None => json!({"role": "assistant", "content": c.text}),
-                };
                 if chat {
-                    json!({
-                        "index": i,
-                        "message": message,
-                        "finish_reason": finish,
-                        "logprobs": if req.logprobs {
-                            json!({"content": c.logprobs.iter().map(|l| chat_logprob(tok, l)).collect::<Vec<_>>()})
-                        } else { Value::Null },
-                    })
+                    let calls = req.tools.as_ref().and_then(|t| t.read_calls(&c.text));
+                    let message = match calls {
+                        Some(calls) => {
+                            finish = Some("tool_calls");
+                            response::ChatMessage {
+                                role: "assistant",
+                                content: None,
+                                tool_calls: Some(tools::calls_json(
+                                    &calls,
+                                    &format!("{id}_{i}"),
+                                    false,
+                                )),
+                            }
+                        }
+                        None => response::ChatMessage {
+                            role: "assistant",
+                            content: Some(&c.text),
+                            tool_calls: None,
+                        },
+                    };
+                    let logprobs = req.logprobs.then(|| response::Logprobs::Chat {
+                        content: c.logprobs.iter().map(|l| chat_logprob(tok, l)).collect(),
+                    });
+                    response::Choice::answer(i, Some(message), None, finish, logprobs)
                 } else {
-                    json!({
-                        "index": i,
-                        "text": c.text,
-                        "finish_reason": finish,
-                        "logprobs": if req.logprobs { completion_logprobs(tok, &c.logprobs) } else { Value::Null },
-                    })
+                    let logprobs = req.logprobs.then(|| completion_logprobs(tok, &c.logprobs));
+                    response::Choice::answer(i, None, Some(&c.text), finish, logprobs)
                 }
             })
             .collect();
-        let mut usage = json!({
-            "prompt_tokens": prompt_len,
-            "completion_tokens": completion,
-            "total_tokens": prompt_len + completion,
-            "prompt_tokens_details": {"cached_tokens": cached},
-        });
-        lookup_usage(
-            &mut usage,
-            choices.iter().find_map(|c| c.usage.proposer),
-            choices.iter().map(|c| c.usage.draft_tokens).sum(),
-            choices.iter().map(|c| c.usage.accepted_tokens).sum(),
+        let usage = response::Usage::new(
+            prompt_len,
+            completion,
+            cached,
+            (
+                choices.iter().find_map(|c| c.usage.proposer),
+                choices.iter().map(|c| c.usage.draft_tokens).sum(),
+                choices.iter().map(|c| c.usage.accepted_tokens).sum(),
+            ),
         );
-        let body = json!({
-            "id": id,
-            "object": if chat { "chat.completion" } else { "text_completion" },
-            "created": created,
-            "model": model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": out_choices,
-            "usage": usage,
-        });
+        let body = response::Completion {
+            id: Some(&id),
+            object: if chat {
+                "chat.completion"
+            } else {
+                "text_completion"
+            },
+            created: Some(created),
+            model: Some(&model),
+            system_fingerprint: Some(FINGERPRINT),
+            choices: out_choices,
+            usage: Some(usage),
+            refinement: None,
+            snarc: None,
+        };
         return Ok(Json(body).into_response());
     }
 
@@ -1080,12 +988,18 @@ async fn generate(
     };
     let tools = req.tools.clone().filter(|t| t.active() && chat);
     let (id2, model2, id3) = (id.clone(), model.clone(), id.clone());
-    let chunk = move |choice: Value| -> SseEvent {
-        SseEvent::default().data(
-            json!({"id": id, "object": object, "created": created, "model": model,
-                   "system_fingerprint": FINGERPRINT, "choices": [choice]})
-            .to_string(),
-        )
+    let chunk = move |choice: response::Choice<'_>| -> SseEvent {
+        event(&response::Completion {
+            id: Some(&id),
+            object,
+            created: Some(created),
+            model: Some(&model),
+            system_fingerprint: Some(FINGERPRINT),
+            choices: vec![choice],
+            usage: None,
+            refinement: None,
+            snarc: None,
+        })
     };
     struct S {
         rx: mpsc::Receiver<Tagged>,
@@ -1117,16 +1031,17 @@ async fn generate(
                             cached: usize,
                             lookup: (Option<&'static str>, usize, usize)|
           -> SseEvent {
-        let mut usage = json!({
-            "prompt_tokens": prompt_len, "completion_tokens": completion,
-            "total_tokens": prompt_len + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}});
-        lookup_usage(&mut usage, lookup.0, lookup.1, lookup.2);
-        SseEvent::default().data(
-            json!({"id": id2, "object": object, "created": created, "model": model2,
-                   "system_fingerprint": FINGERPRINT, "choices": [], "usage": usage})
-            .to_string(),
-        )
+        event(&response::Completion {
+            id: Some(&id2),
+            object,
+            created: Some(created),
+            model: Some(&model2),
+            system_fingerprint: Some(FINGERPRINT),
+            choices: Vec::new(),
+            usage: Some(response::Usage::new(prompt_len, completion, cached, lookup)),
+            refinement: None,
+            snarc: None,
+        })
     };
     let events = stream::unfold((s, tracker), move |(mut s, mut tracker)| {
         let chunk = chunk.clone();
@@ -1156,12 +1071,7 @@ async fn generate(
                 }
                 let Some((i, ev)) = s.rx.recv().await else {
                     let e = ended_early();
-                    s.pending.push_back(
-                        SseEvent::default().data(
-                            json!({"error": {"message": e.message, "type": "server_error"}})
-                                .to_string(),
-                        ),
-                    );
+                    s.pending.push_back(stream_error(&e.message));
                     s.left = 0;
                     continue;
                 };
@@ -1170,25 +1080,40 @@ async fn generate(
                         tracker.token(i);
                         if chat && !s.started[i] {
                             s.started[i] = true;
-                            s.pending.push_back(chunk(json!({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
+                            let delta = response::Delta {
+                                role: Some("assistant"),
+                                content: Some(""),
+                                tool_calls: None,
+                            };
+                            s.pending.push_back(chunk(response::Choice::chunk(
+                                i,
+                                Some(delta),
+                                None,
+                                None,
+                                None,
+                            )));
                         }
-                        let lp = if want_lp {
-                            match &logprob {
-                                Some(l) if chat => json!({"content": [chat_logprob(&tok, l)]}),
-                                Some(l) => completion_logprobs(&tok, std::slice::from_ref(l)),
-                                None => Value::Null,
+                        let lp = match &logprob {
+                            Some(l) if want_lp && chat => Some(response::Logprobs::Chat {
+                                content: vec![chat_logprob(&tok, l)],
+                            }),
+                            Some(l) if want_lp => {
+                                Some(completion_logprobs(&tok, std::slice::from_ref(l)))
                             }
-                        } else {
-                            Value::Null
+                            _ => None,
                         };
                         if tools.is_some() {
                             s.held[i].push_str(&text);
                         } else if !text.is_empty() || want_lp {
                             s.pending.push_back(chunk(if chat {
-                                    json!({"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
-                                } else {
-                                    json!({"index": i, "text": text, "logprobs": lp, "finish_reason": null})
-                                }));
+                                let delta = response::Delta {
+                                    content: Some(&text),
+                                    ..Default::default()
+                                };
+                                response::Choice::chunk(i, Some(delta), None, Some(lp), None)
+                            } else {
+                                response::Choice::chunk(i, None, Some(&text), Some(lp), None)
+                            }));
                         }
                     }
                     Event::Done { reason, usage } => {
@@ -1209,24 +1134,43 @@ async fn generate(
                                     finish = "tool_calls";
                                     let calls =
                                         tools::calls_json(&calls, &format!("{id3}_{i}"), true);
-                                    s.pending.push_back(chunk(json!({"index": i, "delta": {"tool_calls": calls}, "finish_reason": null})));
+                                    let delta = response::Delta {
+                                        tool_calls: Some(calls),
+                                        ..Default::default()
+                                    };
+                                    s.pending.push_back(chunk(response::Choice::chunk(
+                                        i,
+                                        Some(delta),
+                                        None,
+                                        None,
+                                        None,
+                                    )));
                                 }
                                 None if !held.is_empty() => {
-                                    s.pending.push_back(chunk(json!({"index": i, "delta": {"content": held}, "finish_reason": null})));
+                                    let delta = response::Delta {
+                                        content: Some(&held),
+                                        ..Default::default()
+                                    };
+                                    s.pending.push_back(chunk(response::Choice::chunk(
+                                        i,
+                                        Some(delta),
+                                        None,
+                                        None,
+                                        None,
+                                    )));
                                 }
                                 None => {}
                             }
                         }
                         s.pending.push_back(chunk(if chat {
-                            json!({"index": i, "delta": {}, "finish_reason": finish})
+                            let delta = response::Delta::default();
+                            response::Choice::chunk(i, Some(delta), None, None, Some(finish))
                         } else {
-                            json!({"index": i, "text": "", "finish_reason": finish})
+                            response::Choice::chunk(i, None, Some(""), None, Some(finish))
                         }));
                     }
                     Event::Failed(m) => {
-                        s.pending.push_back(SseEvent::default().data(
-                            json!({"error": {"message": m, "type": "server_error"}}).to_string(),
-                        ));
+                        s.pending.push_back(stream_error(&m));
                         s.left = 0;
                     }
                 }
@@ -1236,13 +1180,19 @@ async fn generate(
     Ok(sse(events))
 }
 
-/// kiln's usage extension for speculative decoding, under the proposer's name
-/// (`prompt_lookup` or `draft`): the tokens it proposed and those taken, when it was asked
-/// for.
-fn lookup_usage(usage: &mut Value, proposer: Option<&str>, proposed: usize, accepted: usize) {
-    if let Some(p) = proposer {
-        usage[p] = json!({"proposed_tokens": proposed, "accepted_tokens": accepted});
-    }
+/// An event of a stream, its data `v` as JSON.
+fn event(v: &impl serde::Serialize) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(v).unwrap_or_default())
+}
+
+/// An error in a stream whose first chunk went out.
+fn stream_error(message: &str) -> SseEvent {
+    event(&response::StreamError {
+        error: response::StreamErrorBody {
+            message,
+            kind: "server_error",
+        },
+    })
 }
 
 fn sse<S>(events: S) -> Response
@@ -1260,14 +1210,21 @@ where
         .into_response()
 }
 
-fn completion_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
-    json!({
-        "tokens": lps.iter().map(|l| token_str(tok, l.token).0).collect::<Vec<_>>(),
-        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-        "top_logprobs": lps.iter().map(|l| {
-            l.top.iter().map(|&(id, p)| (token_str(tok, id).0, json!(p))).collect::<serde_json::Map<String, Value>>()
-        }).collect::<Vec<_>>(),
-    })
+fn completion_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> response::Logprobs {
+    response::Logprobs::Completion {
+        tokens: lps.iter().map(|l| token_str(tok, l.token).0).collect(),
+        token_logprobs: lps.iter().map(|l| f64::from(l.logprob)).collect(),
+        top_logprobs: lps
+            .iter()
+            .map(|l| {
+                let mut top = response::TopLogprobs::default();
+                for &(id, p) in &l.top {
+                    top.push(token_str(tok, id).0, f64::from(p));
+                }
+                top
+            })
+            .collect(),
+    }
 }
 
 async fn ising_empathy(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {

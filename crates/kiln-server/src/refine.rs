@@ -20,10 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream;
 use kiln_irp::{CandidateSpec, EngineGenerator, Generated, Generator, Irp, NewExchange, Refiner};
-use serde_json::{json, Value};
 
 use crate::request::GenRequest;
-use crate::{finish_str, now_s, sse, ApiError, Shared};
+use crate::{event, finish_str, now_s, response, sse, ApiError, Shared};
 
 /// Sets its flag when dropped.
 struct SetOnDrop(Arc<AtomicBool>);
@@ -120,12 +119,8 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
     let info = &r.info;
     let prompt_tokens = info.prompt_tokens;
     let completion_tokens = info.completion_tokens;
-    st.metrics
-        .prompt_tokens
-        .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-    st.metrics
-        .generated_tokens
-        .fetch_add(completion_tokens as u64, Ordering::Relaxed);
+    st.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+    st.metrics.generated_tokens.inc_by(completion_tokens as u64);
     let finish = info
         .candidates
         .get(info.best_index)
@@ -136,58 +131,66 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
     let created = now_s();
     let refinement = info.summary_json();
     let snarc = rec.snarc.to_json();
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    });
+    let usage = response::Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+        prompt_tokens_details: None,
+        prompt_lookup: None,
+        draft: None,
+    };
+    let message = |content| response::ChatMessage {
+        role: "assistant",
+        content: Some(content),
+        tool_calls: None,
+    };
+    // `extra`: with the refinement's summary and scores.
+    let body = |choices, usage, extra: bool| response::Completion {
+        id: Some(&id),
+        object: if req.stream {
+            "chat.completion.chunk"
+        } else {
+            "chat.completion"
+        },
+        created: Some(created),
+        model: Some(&model),
+        system_fingerprint: None,
+        choices,
+        usage,
+        refinement: extra.then_some(&refinement),
+        snarc: extra.then_some(&snarc),
+    };
     if !req.stream {
-        return Ok(Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": r.answer},
-                "finish_reason": finish,
-                "logprobs": null,
-            }],
-            "usage": usage,
-            "refinement": refinement,
-            "snarc": snarc,
-        }))
-        .into_response());
+        let choice =
+            response::Choice::answer(0, Some(message(&r.answer)), None, Some(finish), None);
+        return Ok(Json(body(vec![choice], Some(usage), true)).into_response());
     }
-    let head =
-        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model});
-    let chunk = |choice: Value, extra: Option<(&Value, &Value)>| {
-        let mut v = head.clone();
-        v["choices"] = json!([choice]);
-        if let Some((refinement, snarc)) = extra {
-            v["refinement"] = refinement.clone();
-            v["snarc"] = snarc.clone();
-        }
-        SseEvent::default().data(v.to_string())
+    let delta = |role, content| response::Delta {
+        role,
+        content,
+        tool_calls: None,
+    };
+    let chunk = |d, finish, extra| {
+        let choice = response::Choice::chunk(0, Some(d), None, None, finish);
+        event(&body(vec![choice], None, extra))
     };
     let mut events = vec![
-        chunk(
-            json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
-            None,
-        ),
-        chunk(
-            json!({"index": 0, "delta": {"content": r.answer}, "finish_reason": null}),
-            Some((&refinement, &snarc)),
-        ),
-        chunk(
-            json!({"index": 0, "delta": {}, "finish_reason": finish}),
-            None,
-        ),
+        chunk(delta(Some("assistant"), Some("")), None, false),
+        chunk(delta(None, Some(&r.answer)), None, true),
+        chunk(delta(None, None), Some(finish), false),
     ];
     if req.include_usage {
-        events.push(SseEvent::default().data(
-            json!({"object": "chat.completion.chunk", "choices": [], "usage": usage}).to_string(),
-        ));
+        events.push(event(&response::Completion {
+            id: None,
+            object: "chat.completion.chunk",
+            created: None,
+            model: None,
+            system_fingerprint: None,
+            choices: Vec::new(),
+            usage: Some(usage),
+            refinement: None,
+            snarc: None,
+        }));
     }
     events.push(SseEvent::default().data("[DONE]"));
     Ok(sse(stream::iter(

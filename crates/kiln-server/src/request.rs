@@ -1,8 +1,12 @@
-//! Reading OpenAI-style request bodies field by field, so that every error names its field.
+//! OpenAI-style request bodies, read into typed structs (serde) so that a field of the wrong
+//! type is refused naming it (serde_path_to_error), then checked value by value, so that
+//! every error names its field.
 
 use kiln_engine::SamplingParams;
 use kiln_irp::Profile;
 use kiln_tokenizer::chat::Message;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -67,125 +71,242 @@ impl Prompts {
     }
 }
 
-/// Reads field `param` as OpenAI's completions and embeddings endpoints take their input: a
-/// string, an array of strings, an array of token ids, or an array of arrays of token ids (at
-/// most `max` of them).
-pub(crate) fn texts_or_ids(
-    v: Option<&Value>,
-    param: &str,
-    max: usize,
-) -> Result<Prompts, ApiError> {
-    let ids = |a: &[Value], p: &str| -> Result<Vec<u32>, ApiError> {
-        if a.is_empty() {
-            return Err(ApiError::bad(
-                param,
-                format!("`{p}` is an empty list of tokens"),
-            ));
-        }
-        a.iter()
-            .map(|t| {
-                t.as_u64()
-                    .filter(|&t| t <= u64::from(u32::MAX))
-                    .map(|t| t as u32)
-                    .ok_or_else(|| {
-                        ApiError::bad(param, format!("`{p}` holds {t}, which is not a token id"))
-                    })
-            })
-            .collect()
-    };
-    let a = match v {
-        Some(Value::String(s)) => return Ok(Prompts::Texts(vec![s.clone()])),
-        Some(Value::Array(a)) => a,
-        None | Some(Value::Null) => {
-            return Err(ApiError::bad(param, format!("`{param}` is required")))
-        }
-        Some(v) => {
-            return Err(ApiError::bad(
-                param,
-                format!("`{param}` must be a string, an array of strings or token ids, got {v}"),
-            ))
-        }
-    };
-    if a.is_empty() {
-        return Err(ApiError::bad(param, format!("`{param}` is an empty list")));
-    }
-    if a.len() > max && !a[0].is_number() {
+/// Reads a request body as `T`: a JSON object, each of whose fields `T` knows must have its
+/// type (fields it does not know are ignored). A type error names the field by its path
+/// (`messages[0].role`, `tools[1].function.parameters`), as the checks that follow do.
+pub(crate) fn read<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    typed(object(body)?)
+}
+
+/// A request body as a JSON object: one that is not JSON, too deep, or not an object is
+/// refused as such, before any field is read.
+pub(crate) fn object(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("body", format!("the request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
         return Err(ApiError::bad(
-            param,
-            format!("`{param}` holds {} inputs, at most {max}", a.len()),
+            "body",
+            "the request body must be a JSON object",
         ));
     }
-    match &a[0] {
-        Value::String(_) => a
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.as_str().map(str::to_owned).ok_or_else(|| {
-                    ApiError::bad(
-                        param,
-                        format!("`{param}[{i}]` must be a string like the first"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map(Prompts::Texts),
-        Value::Number(_) => Ok(Prompts::Tokens(vec![ids(a, param)?])),
-        Value::Array(_) => a
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match t {
-                Value::Array(t) => ids(t, &format!("{param}[{i}]")),
-                _ => Err(ApiError::bad(
-                    param,
-                    format!("`{param}[{i}]` must be a list of token ids like the first"),
-                )),
-            })
-            .collect::<Result<_, _>>()
-            .map(Prompts::Tokens),
-        v => Err(ApiError::bad(
-            param,
-            format!("`{param}[0]` must be a string or token ids, got {v}"),
-        )),
+    Ok(v)
+}
+
+/// The fields of a body [`object`] read, as `T` (see [`read`]).
+pub(crate) fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    typed_at(v, "")
+}
+
+/// Field `at` of a request (`tools[0].function`) as `T`; an error names the field within.
+pub(crate) fn typed_at<T: DeserializeOwned>(v: Value, at: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = match (at, e.path().to_string()) {
+            ("", p) => p,
+            (at, p) if p == "." => at.to_owned(),
+            (at, p) if p.starts_with('[') => format!("{at}{p}"),
+            (at, p) => format!("{at}.{p}"),
+        };
+        ApiError::bad(&param_of(&path), format!("`{path}`: {}", e.inner()))
+    })
+}
+
+/// The request field an error at `path` names: the path itself, but the whole field for the
+/// lists and maps whose errors have always named the whole field.
+fn param_of(path: &str) -> String {
+    if path == "." {
+        return "body".into();
+    }
+    if path == "stream_options.include_usage" {
+        return "include_usage".into();
+    }
+    for whole in ["prompt", "input", "tokens", "stop", "logit_bias"] {
+        if path
+            .strip_prefix(whole)
+            .is_some_and(|rest| rest.starts_with(['[', '.']))
+        {
+            return whole.into();
+        }
+    }
+    path.into()
+}
+
+/// In a struct as `#[serde(flatten)] _object: ObjectOnly`: the struct is read from a JSON
+/// object only (serde's derive otherwise also reads an array of its fields, in order), its
+/// unknown fields ignored.
+pub(crate) type ObjectOnly = IgnoredAny;
+
+/// A field read when it has its type and ignored otherwise, as kiln has always read some
+/// fields of OpenAI's requests (a tool's `description`, a schema's `strict`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Lenient<T> {
+    /// Of its type.
+    Is(T),
+    /// Of another.
+    Not(IgnoredAny),
+}
+
+impl<T> Lenient<T> {
+    /// The value when it has its type.
+    pub(crate) fn get(self) -> Option<T> {
+        match self {
+            Lenient::Is(t) => Some(t),
+            Lenient::Not(_) => None,
+        }
     }
 }
 
-/// Reads `messages`: roles, text contents (or text parts), and earlier tool calls and results.
-pub(crate) fn chat_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError> {
-    let arr = match v {
-        Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => return Err(ApiError::bad("messages", "`messages` is empty")),
-        None => return Err(ApiError::bad("messages", "`messages` is required")),
-        Some(v) => {
-            return Err(ApiError::bad(
-                "messages",
-                format!("`messages` must be an array, got {v}"),
-            ))
+/// The value of an optional lenient field.
+pub(crate) fn lenient<T>(v: Option<Lenient<T>>) -> Option<T> {
+    v.and_then(Lenient::get)
+}
+
+/// OpenAI's completions and embeddings input: a string, strings, token ids, or lists of token
+/// ids; anything else is kept to say what is wrong with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum TextsOrIds {
+    /// One text.
+    Text(String),
+    /// Texts.
+    Texts(Vec<String>),
+    /// One list of token ids.
+    Ids(Vec<u32>),
+    /// Lists of token ids.
+    Batch(Vec<Vec<u32>>),
+    /// None of these.
+    Other(Value),
+}
+
+impl TextsOrIds {
+    /// The prompts of field `param`, at most `max` of them (a list of token ids is one).
+    pub(crate) fn prompts(self, param: &str, max: usize) -> Result<Prompts, ApiError> {
+        let bad = |m: String| ApiError::bad(param, m);
+        let count = |n: usize| {
+            if n == 0 {
+                Err(bad(format!("`{param}` is an empty list")))
+            } else if n > max {
+                Err(bad(format!("`{param}` holds {n} inputs, at most {max}")))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            TextsOrIds::Text(t) => Ok(Prompts::Texts(vec![t])),
+            TextsOrIds::Texts(t) => count(t.len()).map(|()| Prompts::Texts(t)),
+            TextsOrIds::Ids(ids) => Ok(Prompts::Tokens(vec![ids])),
+            TextsOrIds::Batch(b) => {
+                count(b.len())?;
+                if let Some(i) = b.iter().position(Vec::is_empty) {
+                    return Err(bad(format!("`{param}[{i}]` is an empty list of tokens")));
+                }
+                Ok(Prompts::Tokens(b))
+            }
+            TextsOrIds::Other(v) => Err(bad(what_is_wrong(&v, param, max))),
         }
+    }
+}
+
+/// What makes `v` none of the shapes of [`TextsOrIds`].
+fn what_is_wrong(v: &Value, param: &str, max: usize) -> String {
+    let Value::Array(a) = v else {
+        return format!("`{param}` must be a string, an array of strings or token ids, got {v}");
+    };
+    if a.len() > max && !a[0].is_number() {
+        return format!("`{param}` holds {} inputs, at most {max}", a.len());
+    }
+    let not_id = |t: &Value| t.as_u64().is_none_or(|t| t > u64::from(u32::MAX));
+    match &a[0] {
+        Value::String(_) => match a.iter().position(|s| !s.is_string()) {
+            Some(i) => format!("`{param}[{i}]` must be a string like the first"),
+            None => format!("`{param}` must be a list of strings"),
+        },
+        Value::Number(_) => match a.iter().find(|t| not_id(t)) {
+            Some(t) => format!("`{param}` holds {t}, which is not a token id"),
+            None => format!("`{param}` must be a list of token ids"),
+        },
+        Value::Array(_) => {
+            for (i, t) in a.iter().enumerate() {
+                let Value::Array(t) = t else {
+                    return format!("`{param}[{i}]` must be a list of token ids like the first");
+                };
+                if let Some(bad) = t.iter().find(|t| not_id(t)) {
+                    return format!("`{param}[{i}]` holds {bad}, which is not a token id");
+                }
+            }
+            format!("`{param}` must be lists of token ids")
+        }
+        v => format!("`{param}[0]` must be a string or token ids, got {v}"),
+    }
+}
+
+/// A chat message as OpenAI sends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
+pub(crate) struct MessageIn {
+    #[serde(flatten)]
+    _object: ObjectOnly,
+    role: Option<String>,
+    content: Option<ContentIn>,
+    /// Earlier calls, as the template reads them (see `tools::normalize_calls`).
+    tool_calls: Option<Value>,
+    tool_call_id: Option<String>,
+    name: Option<String>,
+}
+
+/// A message's `content`: text, or parts of which kiln reads the text ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ContentIn {
+    Text(String),
+    Parts(Vec<Lenient<PartIn>>),
+    Other(Value),
+}
+
+/// A content part: `{"type": "text", "text": ...}` is the one kiln reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
+struct PartIn {
+    #[serde(flatten)]
+    _object: ObjectOnly,
+    #[serde(rename = "type")]
+    kind: Option<Lenient<String>>,
+    text: Option<Lenient<String>>,
+}
+
+/// Reads `messages`: roles, text contents (or text parts), and earlier tool calls and results.
+pub(crate) fn chat_messages(v: Option<Vec<MessageIn>>) -> Result<Vec<Message>, ApiError> {
+    let arr = match v {
+        Some(a) if !a.is_empty() => a,
+        Some(_) => return Err(ApiError::bad("messages", "`messages` is empty")),
+        None => return Err(ApiError::bad("messages", "`messages` is required")),
     };
     let mut out = Vec::with_capacity(arr.len());
-    for (i, msg) in arr.iter().enumerate() {
+    for (i, msg) in arr.into_iter().enumerate() {
         let p = format!("messages[{i}]");
-        let o = msg
-            .as_object()
-            .ok_or_else(|| ApiError::bad(&p, format!("`{p}` must be an object")))?;
-        let role = o.get("role").and_then(Value::as_str).ok_or_else(|| {
+        let role = msg.role.ok_or_else(|| {
             ApiError::bad(&format!("{p}.role"), format!("`{p}.role` must be a string"))
         })?;
-        if !matches!(role, "system" | "user" | "assistant" | "developer" | "tool") {
+        if !matches!(
+            role.as_str(),
+            "system" | "user" | "assistant" | "developer" | "tool"
+        ) {
             return Err(ApiError::bad(
                 &format!("{p}.role"),
                 format!("`{p}.role` is `{role}`, expected system, user or assistant"),
             ));
         }
-        let content = match o.get("content") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => {
+        let content = match msg.content {
+            Some(ContentIn::Text(s)) => s,
+            Some(ContentIn::Parts(parts)) => {
                 let mut s = String::new();
                 for part in parts {
-                    match part.get("type").and_then(Value::as_str) {
-                        Some("text") => {
-                            s.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""))
-                        }
+                    let (kind, text) = match part.get() {
+                        Some(p) => (lenient(p.kind), lenient(p.text)),
+                        None => (None, None),
+                    };
+                    match kind.as_deref() {
+                        Some("text") => s.push_str(text.as_deref().unwrap_or("")),
                         other => {
                             return Err(ApiError::bad(
                                 &format!("{p}.content"),
@@ -196,8 +317,8 @@ pub(crate) fn chat_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError>
                 }
                 s
             }
-            None | Some(Value::Null) => String::new(),
-            Some(v) => {
+            None => String::new(),
+            Some(ContentIn::Other(v)) => {
                 return Err(ApiError::bad(
                     &format!("{p}.content"),
                     format!("`{p}.content` must be a string, got {v}"),
@@ -206,74 +327,170 @@ pub(crate) fn chat_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError>
         };
         // Earlier calls and the results that answer them, for the template (or, on a
         // template without tools, as the text that made the calls: `Tools::add_to`).
-        let tool_calls = match o.get("tool_calls") {
+        let tool_calls = match msg.tool_calls {
             Some(calls) if role == "assistant" && !calls.is_null() => {
-                Some(crate::tools::normalize_calls(&p, calls)?)
+                Some(crate::tools::normalize_calls(&p, &calls)?)
             }
             _ => None,
         };
-        let text_field = |k: &str| -> Result<Option<String>, ApiError> {
-            match o.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(ApiError::bad(
-                    &format!("{p}.{k}"),
-                    format!("`{p}.{k}` must be a string, got {v}"),
-                )),
-            }
-        };
-        let role = if role == "developer" { "system" } else { role };
+        let role = if role == "developer" { "system" } else { &role };
         out.push(Message {
             tool_calls,
-            tool_call_id: text_field("tool_call_id")?,
-            name: text_field("name")?,
+            tool_call_id: msg.tool_call_id,
+            name: msg.name,
             ..Message::new(role, content)
         });
     }
     Ok(out)
 }
 
-pub(crate) fn obj(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad("body", format!("the request body is not valid JSON: {e}")))?;
-    match v {
-        Value::Object(m) => Ok(m),
-        _ => Err(ApiError::bad(
-            "body",
-            "the request body must be a JSON object",
-        )),
-    }
+/// What the chat and completions endpoints read differently: the prompt, `logprobs`, and
+/// the fields of tools (which completions refuses or ignores). A field one endpoint does not
+/// read is `IgnoredAny` there: any value is taken and dropped, as before it was typed.
+pub(crate) trait Endpoint {
+    /// `messages`.
+    type Messages: DeserializeOwned;
+    /// `prompt`.
+    type Prompt: DeserializeOwned;
+    /// `logprobs`: a flag (chat) or a count (completions).
+    type Logprobs: DeserializeOwned;
+    /// `top_logprobs`.
+    type TopLogprobs: DeserializeOwned;
+    /// `tools`.
+    type Tools: DeserializeOwned;
+    /// `tool_choice`.
+    type ToolChoice: DeserializeOwned;
+    /// `parallel_tool_calls`.
+    type Parallel: DeserializeOwned;
 }
 
-fn num(m: &Map<String, Value>, k: &str) -> Result<Option<f64>, ApiError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad(k, format!("`{k}` must be a number, got {v}"))),
-    }
+/// `/v1/chat/completions`.
+pub(crate) struct Chat;
+
+impl Endpoint for Chat {
+    type Messages = Vec<MessageIn>;
+    type Prompt = IgnoredAny;
+    type Logprobs = bool;
+    type TopLogprobs = u64;
+    type Tools = Vec<crate::tools::ToolIn>;
+    type ToolChoice = crate::tools::ToolChoiceIn;
+    type Parallel = bool;
 }
 
-fn int(m: &Map<String, Value>, k: &str) -> Result<Option<u64>, ApiError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            ApiError::bad(k, format!("`{k}` must be a non-negative integer, got {v}"))
-        }),
-    }
+/// `/v1/completions`.
+pub(crate) struct Completion;
+
+impl Endpoint for Completion {
+    type Messages = IgnoredAny;
+    type Prompt = TextsOrIds;
+    type Logprobs = u64;
+    type TopLogprobs = IgnoredAny;
+    type Tools = IgnoredAny;
+    type ToolChoice = IgnoredAny;
+    type Parallel = IgnoredAny;
 }
 
-pub(crate) fn boolean(m: &Map<String, Value>, k: &str) -> Result<Option<bool>, ApiError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(ApiError::bad(
-            k,
-            format!("`{k}` must be true or false, got {v}"),
-        )),
+/// A chat request body.
+pub(crate) type ChatRequest = GenBody<Chat>;
+/// A completions request body.
+pub(crate) type CompletionRequest = GenBody<Completion>;
+
+/// The body of a chat or completions request, each field of its type; [`parse`] then checks
+/// the values and how they combine.
+#[derive(Deserialize)]
+#[serde(bound = "")]
+pub(crate) struct GenBody<E: Endpoint> {
+    model: Option<String>,
+    messages: Option<E::Messages>,
+    prompt: Option<E::Prompt>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<u64>,
+    min_p: Option<f64>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    repetition_penalty: Option<f64>,
+    seed: Option<Seed>,
+    max_completion_tokens: Option<u64>,
+    max_tokens: Option<u64>,
+    stop: Option<Stop>,
+    logit_bias: Option<std::collections::BTreeMap<String, f64>>,
+    n: Option<u64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    logprobs: Option<E::Logprobs>,
+    top_logprobs: Option<E::TopLogprobs>,
+    response_format: Option<crate::tools::ResponseFormatIn>,
+    tools: Option<E::Tools>,
+    tool_choice: Option<E::ToolChoice>,
+    parallel_tool_calls: Option<E::Parallel>,
+    /// Refinement: a profile name or an object of profile keys (see [`parse_refine`]).
+    refine: Option<Value>,
+    /// kiln's: control tokens in a completions prompt.
+    parse_special: Option<bool>,
+    /// kiln's (as vLLM's and llama.cpp's): generate through end tokens.
+    ignore_eos: Option<bool>,
+    /// kiln's: speculative decoding by prompt lookup.
+    prompt_lookup: Option<u64>,
+    /// kiln's: speculative decoding with the server's draft model.
+    draft_max: Option<u64>,
+    /// OpenAI's deprecated function calling, refused by name.
+    functions: Option<IgnoredAny>,
+    /// See `functions`.
+    function_call: Option<IgnoredAny>,
+}
+
+/// `seed`: any integer (a negative one is taken as its two's complement, as OpenAI takes it).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Seed {
+    Unsigned(u64),
+    Signed(i64),
+    Other(IgnoredAny),
+}
+
+/// `stop`: a string or strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+    Other(Value),
+}
+
+/// `stream_options`.
+#[derive(Deserialize)]
+#[serde(expecting = "an object")]
+struct StreamOptions {
+    #[serde(flatten)]
+    _object: ObjectOnly,
+    include_usage: Option<bool>,
+}
+
+/// Request fields of the OpenAI API that kiln does not implement: refused by name rather
+/// than accepted and ignored (a client asking for tool calls the old way would otherwise get
+/// free text and not know it).
+fn refuse_unimplemented<E: Endpoint>(b: &GenBody<E>) -> Result<(), ApiError> {
+    for (field, set, what) in [
+        (
+            "functions",
+            b.functions.is_some(),
+            "the deprecated function calling; use `tools`",
+        ),
+        (
+            "function_call",
+            b.function_call.is_some(),
+            "the deprecated function calling; use `tool_choice`",
+        ),
+    ] {
+        if set {
+            return Err(ApiError::bad(
+                field,
+                format!("`{field}` is not supported by kiln ({what}); remove the field"),
+            ));
+        }
     }
+    Ok(())
 }
 
 fn in_range(k: &str, v: f64, lo: f64, hi: f64) -> Result<f32, ApiError> {
@@ -297,43 +514,100 @@ pub fn parse(
     default_max_tokens: usize,
     default_draft_max: usize,
 ) -> Result<GenRequest, ApiError> {
-    let m = obj(body)?;
-    crate::guard::refuse_unimplemented(&m)?;
-    let parse_special = crate::guard::parse_special(&m, chat)?;
-    let model = match m.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(v) => {
-            return Err(ApiError::bad(
-                "model",
-                format!("`model` must be a string, got {v}"),
-            ))
-        }
-    };
-    let mut messages = None;
-    let mut prompt = None;
+    // Types first, then the checks in the order kiln has always made them.
     if chat {
-        messages = Some(chat_messages(m.get("messages"))?);
+        let mut b: ChatRequest = read(body)?;
+        refuse_unimplemented(&b)?;
+        let special = parse_special(b.parse_special, true)?;
+        let messages = chat_messages(b.messages.take())?;
+        let format = crate::tools::response_format(b.response_format.take())?;
+        let tools = crate::tools::parse(
+            b.tools.take(),
+            b.tool_choice.take(),
+            b.parallel_tool_calls.take(),
+        )?;
+        let input = Input::Chat(messages, tools, (b.logprobs.take(), b.top_logprobs.take()));
+        checked(
+            b,
+            input,
+            special,
+            format,
+            default_max_tokens,
+            default_draft_max,
+        )
     } else {
-        prompt = Some(texts_or_ids(m.get("prompt"), "prompt", MAX_PROMPTS)?);
+        let mut b: CompletionRequest = read(body)?;
+        refuse_unimplemented(&b)?;
+        let special = parse_special(b.parse_special, false)?;
+        let prompt = match b.prompt.take() {
+            Some(p) => p.prompts("prompt", MAX_PROMPTS)?,
+            None => return Err(ApiError::bad("prompt", "`prompt` is required")),
+        };
+        let format = crate::tools::response_format(b.response_format.take())?;
+        if b.tools.is_some() {
+            return Err(ApiError::bad(
+                "tools",
+                "`tools` is available on /v1/chat/completions only",
+            ));
+        }
+        let input = Input::Completion(prompt, b.logprobs.take());
+        checked(
+            b,
+            input,
+            special,
+            format,
+            default_max_tokens,
+            default_draft_max,
+        )
     }
-    let format = crate::tools::response_format(&m)?;
-    let tools = if chat {
-        crate::tools::parse(&m)?
-    } else if m.get("tools").is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::bad(
-            "tools",
-            "`tools` is available on /v1/chat/completions only",
-        ));
-    } else {
-        None
+}
+
+/// Reads kiln's `parse_special` extension: whether control tokens written in a completions
+/// `prompt` (such as `<|im_start|>`) are read as control tokens. Off by default, so that text
+/// from users cannot forge turns; chat requests never take it (the template places them).
+fn parse_special(v: Option<bool>, chat: bool) -> Result<bool, ApiError> {
+    match v {
+        None => Ok(false),
+        Some(_) if chat => Err(ApiError::bad(
+            "parse_special",
+            "`parse_special` applies to /v1/completions only; chat prompts get control tokens from the model's template, never from message contents",
+        )),
+        Some(b) => Ok(b),
+    }
+}
+
+/// What [`parse`] read apart for each endpoint.
+enum Input {
+    Chat(
+        Vec<Message>,
+        Option<crate::tools::Tools>,
+        (Option<bool>, Option<u64>),
+    ),
+    Completion(Prompts, Option<u64>),
+}
+
+/// The checks of a typed body's values and how they combine, in the order kiln has always
+/// made them.
+fn checked<E: Endpoint>(
+    b: GenBody<E>,
+    input: Input,
+    parse_special: bool,
+    format: Option<kiln_engine::Grammar>,
+    default_max_tokens: usize,
+    default_draft_max: usize,
+) -> Result<GenRequest, ApiError> {
+    let chat = matches!(input, Input::Chat(..));
+    let model = b.model;
+    let (messages, prompt, tools) = match &input {
+        Input::Chat(m, t, _) => (Some(m.clone()), None, t.clone()),
+        Input::Completion(p, _) => (None, Some(p.clone()), None),
     };
     let shaped = format.is_some() || tools.as_ref().is_some_and(|t| t.active());
-    for field in ["prompt_lookup", "draft_max"] {
-        if shaped
-            && m.get(field)
-                .is_some_and(|v| v.as_u64().is_some_and(|k| k > 0))
-        {
+    for (field, v) in [
+        ("prompt_lookup", b.prompt_lookup),
+        ("draft_max", b.draft_max),
+    ] {
+        if shaped && v.is_some_and(|k| k > 0) {
             return Err(ApiError::bad(
                 field,
                 format!("`{field}` does not combine with `response_format` or `tools`"),
@@ -346,7 +620,7 @@ pub fn parse(
             "`response_format` and a forced tool call (`tool_choice` required or a function) cannot both shape the answer",
         ));
     }
-    let mut refine = parse_refine(m.get("refine"))?;
+    let mut refine = parse_refine(b.refine.as_ref())?;
     if refine.is_some() && (format.is_some() || tools.is_some()) {
         return Err(ApiError::bad(
             "refine",
@@ -367,10 +641,10 @@ pub fn parse(
         max_tokens: default_max_tokens,
         ..Default::default()
     };
-    if let Some(v) = num(&m, "temperature")? {
+    if let Some(v) = b.temperature {
         p.temperature = in_range("temperature", v, 0.0, 2.0)?;
     }
-    if let Some(v) = num(&m, "top_p")? {
+    if let Some(v) = b.top_p {
         if v <= 0.0 || v > 1.0 {
             return Err(ApiError::bad(
                 "top_p",
@@ -379,19 +653,19 @@ pub fn parse(
         }
         p.top_p = v as f32;
     }
-    if let Some(v) = int(&m, "top_k")? {
+    if let Some(v) = b.top_k {
         p.top_k = v.min(1 << 20) as usize;
     }
-    if let Some(v) = num(&m, "min_p")? {
+    if let Some(v) = b.min_p {
         p.min_p = in_range("min_p", v, 0.0, 0.999)?;
     }
-    if let Some(v) = num(&m, "frequency_penalty")? {
+    if let Some(v) = b.frequency_penalty {
         p.frequency_penalty = in_range("frequency_penalty", v, -2.0, 2.0)?;
     }
-    if let Some(v) = num(&m, "presence_penalty")? {
+    if let Some(v) = b.presence_penalty {
         p.presence_penalty = in_range("presence_penalty", v, -2.0, 2.0)?;
     }
-    if let Some(v) = num(&m, "repetition_penalty")? {
+    if let Some(v) = b.repetition_penalty {
         if v <= 0.0 || v > 10.0 {
             return Err(ApiError::bad(
                 "repetition_penalty",
@@ -400,17 +674,18 @@ pub fn parse(
         }
         p.repetition_penalty = v as f32;
     }
-    if let Some(v) = int(&m, "seed").or_else(|_| {
+    p.seed = match b.seed {
+        None => None,
+        Some(Seed::Unsigned(s)) => Some(s),
         // Negative seeds are accepted, as OpenAI does.
-        match m.get("seed").and_then(Value::as_i64) {
-            Some(s) => Ok(Some(s as u64)),
-            None => Err(ApiError::bad("seed", "`seed` must be an integer")),
-        }
-    })? {
-        p.seed = Some(v);
-    }
-    for key in ["max_completion_tokens", "max_tokens"] {
-        if let Some(v) = int(&m, key)? {
+        Some(Seed::Signed(s)) => Some(s as u64),
+        Some(Seed::Other(_)) => return Err(ApiError::bad("seed", "`seed` must be an integer")),
+    };
+    for (key, v) in [
+        ("max_completion_tokens", b.max_completion_tokens),
+        ("max_tokens", b.max_tokens),
+    ] {
+        if let Some(v) = v {
             if v == 0 || v > 1 << 20 {
                 return Err(ApiError::bad(
                     key,
@@ -421,64 +696,40 @@ pub fn parse(
             break;
         }
     }
-    match m.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => p.stop = vec![s.clone()],
-        Some(Value::Array(a)) => {
-            p.stop = a
-                .iter()
-                .map(|s| {
-                    s.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| ApiError::bad("stop", "`stop` entries must be strings"))
-                })
-                .collect::<Result<_, _>>()?
+    match b.stop {
+        None => {}
+        Some(Stop::One(s)) => p.stop = vec![s],
+        Some(Stop::Many(a)) => p.stop = a,
+        Some(Stop::Other(Value::Array(_))) => {
+            return Err(ApiError::bad("stop", "`stop` entries must be strings"))
         }
-        Some(v) => {
+        Some(Stop::Other(v)) => {
             return Err(ApiError::bad(
                 "stop",
                 format!("`stop` must be a string or an array of strings, got {v}"),
             ))
         }
     }
-    match m.get("logit_bias") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(o)) => {
-            if o.len() > 1024 {
-                return Err(ApiError::bad(
-                    "logit_bias",
-                    format!("`logit_bias` has {} entries, at most 1024", o.len()),
-                ));
-            }
-            for (k, v) in o {
-                let t: u32 = k.parse().map_err(|_| {
-                    ApiError::bad(
-                        "logit_bias",
-                        format!("`logit_bias` key `{k}` is not a token id"),
-                    )
-                })?;
-                let b = v.as_f64().filter(|b| b.is_finite()).ok_or_else(|| {
-                    ApiError::bad(
-                        "logit_bias",
-                        format!("`logit_bias[{k}]` must be a number, got {v}"),
-                    )
-                })?;
-                p.logit_bias
-                    .push((t, in_range("logit_bias", b, -100.0, 100.0)?));
-            }
-        }
-        Some(v) => {
+    if let Some(o) = b.logit_bias {
+        if o.len() > 1024 {
             return Err(ApiError::bad(
                 "logit_bias",
-                format!("`logit_bias` must be an object of token ids to biases, got {v}"),
-            ))
+                format!("`logit_bias` has {} entries, at most 1024", o.len()),
+            ));
+        }
+        for (k, b) in o {
+            let t: u32 = k.parse().map_err(|_| {
+                ApiError::bad(
+                    "logit_bias",
+                    format!("`logit_bias` key `{k}` is not a token id"),
+                )
+            })?;
+            p.logit_bias
+                .push((t, in_range("logit_bias", b, -100.0, 100.0)?));
         }
     }
-    // A kiln extension (as in vLLM and llama.cpp's server): keep generating through end
-    // tokens, for benchmarks of equal-length answers.
-    p.ignore_eos = boolean(&m, "ignore_eos")?.unwrap_or(false);
-    // kiln's extension: speculative decoding by prompt lookup (greedy requests only).
-    if let Some(k) = int(&m, "prompt_lookup")? {
+    p.ignore_eos = b.ignore_eos.unwrap_or(false);
+    if let Some(k) = b.prompt_lookup {
         p.prompt_lookup = k.min(1 << 20) as usize;
     }
     if p.prompt_lookup > 0 && refine.is_some() {
@@ -487,8 +738,7 @@ pub fn parse(
             "`prompt_lookup` does not combine with `refine` (which samples its candidates)",
         ));
     }
-    // kiln's extension: speculative decoding with the server's draft model (`--draft`).
-    match int(&m, "draft_max")? {
+    match b.draft_max {
         Some(k) => p.draft_max = k.min(1 << 20) as usize,
         None if !shaped && refine.is_none() && p.prompt_lookup == 0 => {
             p.draft_max = default_draft_max
@@ -501,7 +751,7 @@ pub fn parse(
             "`draft_max` does not combine with `refine` (which decodes its candidates as one batch)",
         ));
     }
-    let n = int(&m, "n")?.unwrap_or(1);
+    let n = b.n.unwrap_or(1);
     if !(1..=16).contains(&n) {
         return Err(ApiError::bad("n", format!("`n` is {n}, expected 1 to 16")));
     }
@@ -517,38 +767,33 @@ pub fn parse(
             ));
         }
     }
-    let stream = boolean(&m, "stream")?.unwrap_or(false);
-    let include_usage = match m.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => boolean(o, "include_usage")?.unwrap_or(false),
-        Some(v) => {
-            return Err(ApiError::bad(
-                "stream_options",
-                format!("`stream_options` must be an object, got {v}"),
-            ))
+    let stream = b.stream.unwrap_or(false);
+    let include_usage = b
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let logprobs = match input {
+        Input::Chat(_, _, (on, top)) => {
+            let on = on.unwrap_or(false);
+            let top = top.unwrap_or(0);
+            if top > 20 {
+                return Err(ApiError::bad(
+                    "top_logprobs",
+                    format!("`top_logprobs` is {top}, at most 20"),
+                ));
+            }
+            if top > 0 && !on {
+                return Err(ApiError::bad(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ));
+            }
+            if on {
+                p.logprobs = Some(top as usize);
+            }
+            on
         }
-    };
-    let logprobs = if chat {
-        let on = boolean(&m, "logprobs")?.unwrap_or(false);
-        let top = int(&m, "top_logprobs")?.unwrap_or(0);
-        if top > 20 {
-            return Err(ApiError::bad(
-                "top_logprobs",
-                format!("`top_logprobs` is {top}, at most 20"),
-            ));
-        }
-        if top > 0 && !on {
-            return Err(ApiError::bad(
-                "top_logprobs",
-                "`top_logprobs` needs `logprobs: true`",
-            ));
-        }
-        if on {
-            p.logprobs = Some(top as usize);
-        }
-        on
-    } else {
-        match int(&m, "logprobs")? {
+        Input::Completion(_, k) => match k {
             Some(k) if k > 5 => {
                 return Err(ApiError::bad(
                     "logprobs",
@@ -560,7 +805,7 @@ pub fn parse(
                 true
             }
             None => false,
-        }
+        },
     };
     p.validate()
         .map_err(|e| ApiError::bad(e.param, e.to_string()))?;
@@ -660,6 +905,237 @@ pub(crate) fn parse_refine(v: Option<&Value>) -> Result<Option<Profile>, ApiErro
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn chat(v: Value) -> Result<GenRequest, ApiError> {
+        parse(v.to_string().as_bytes(), true, 16, 0)
+    }
+
+    fn completion(v: Value) -> Result<GenRequest, ApiError> {
+        parse(v.to_string().as_bytes(), false, 16, 0)
+    }
+
+    /// The field an error names, and its message.
+    fn refused(r: Result<GenRequest, ApiError>) -> (String, String) {
+        let e = r.expect_err("refused");
+        assert_eq!(e.status.as_u16(), 400);
+        (e.param.unwrap_or_default(), e.message)
+    }
+
+    #[test]
+    fn unimplemented_fields_are_named() {
+        for f in ["functions", "function_call"] {
+            let mut b = json!({"prompt": "x"});
+            b[f] = json!({"type": "sound"});
+            let (param, message) = refused(completion(b.clone()));
+            assert_eq!(param, f);
+            assert!(message.contains(f), "{message}");
+            b[f] = Value::Null;
+            assert!(completion(b).is_ok());
+        }
+        let b = |p: Value| json!({"prompt": "x", "parse_special": p});
+        assert!(completion(b(json!(true))).unwrap().parse_special);
+        let msgs = json!([{"role": "user", "content": "x"}]);
+        for p in [json!(true), json!(false)] {
+            let body = json!({"messages": msgs, "parse_special": p});
+            assert_eq!(refused(chat(body)).0, "parse_special");
+        }
+        assert_eq!(refused(completion(b(json!(1)))).0, "parse_special");
+    }
+
+    #[test]
+    fn type_errors_name_their_field() {
+        let msgs = json!([{"role": "user", "content": "x"}]);
+        for (field, value, param) in [
+            ("temperature", json!("hot"), "temperature"),
+            ("top_p", json!([1]), "top_p"),
+            ("top_k", json!(-1), "top_k"),
+            ("top_k", json!(1.5), "top_k"),
+            ("max_tokens", json!("8"), "max_tokens"),
+            ("n", json!(true), "n"),
+            ("stream", json!("yes"), "stream"),
+            ("stream_options", json!(3), "stream_options"),
+            (
+                "stream_options",
+                json!({"include_usage": 1}),
+                "include_usage",
+            ),
+            ("logprobs", json!(3), "logprobs"),
+            ("top_logprobs", json!(-2), "top_logprobs"),
+            ("seed", json!(1.5), "seed"),
+            ("seed", json!("1"), "seed"),
+            ("stop", json!(7), "stop"),
+            ("stop", json!(["a", 7]), "stop"),
+            ("logit_bias", json!([]), "logit_bias"),
+            ("logit_bias", json!({"5": "x"}), "logit_bias"),
+            ("logit_bias", json!({"x": 1}), "logit_bias"),
+            ("model", json!(4), "model"),
+            ("ignore_eos", json!(1), "ignore_eos"),
+            ("response_format", json!("json"), "response_format"),
+            ("parallel_tool_calls", json!("no"), "parallel_tool_calls"),
+            ("tool_choice", json!(5), "tool_choice"),
+            ("messages", json!("hello"), "messages"),
+            ("messages", json!([]), "messages"),
+            ("messages", json!(["hi"]), "messages[0]"),
+            // An array is not an object, even with the fields in order.
+            ("messages", json!([["user", "hi"]]), "messages[0]"),
+            ("messages", json!([{"content": "x"}]), "messages[0].role"),
+            ("messages", json!([{"role": 1}]), "messages[0].role"),
+            ("messages", json!([{"role": "boss"}]), "messages[0].role"),
+            (
+                "messages",
+                json!([{"role": "user", "content": 5}]),
+                "messages[0].content",
+            ),
+            (
+                "messages",
+                json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+                "messages[0].content",
+            ),
+            (
+                "messages",
+                json!([{"role": "user", "content": "x", "name": 3}]),
+                "messages[0].name",
+            ),
+            (
+                "messages",
+                json!([{"role": "assistant", "tool_calls": {}}]),
+                "messages[0].tool_calls",
+            ),
+            ("tools", json!([["function"]]), "tools[0]"),
+        ] {
+            let mut b = json!({"messages": msgs});
+            b[field] = value.clone();
+            let (p, message) = refused(chat(b));
+            assert_eq!(p, param, "{field}: {value}: {message}");
+        }
+        // A type error's message names the field too.
+        let (_, message) = refused(chat(json!({"messages": msgs, "temperature": "hot"})));
+        assert!(message.contains("`temperature`"), "{message}");
+        let (_, message) = refused(chat(json!({"messages": [{"role": 1}]})));
+        assert!(message.contains("`messages[0].role`"), "{message}");
+        let (_, message) = refused(chat(json!({"messages": [["user", "hi"]]})));
+        assert!(message.ends_with("expected an object"), "{message}");
+        let (_, message) = refused(chat(json!({"messages": msgs, "tools": [1]})));
+        assert!(message.ends_with("expected an object"), "{message}");
+        // The prompt's shapes, each refusal naming `prompt`.
+        for (prompt, says) in [
+            (json!(null), "is required"),
+            (
+                json!(5),
+                "must be a string, an array of strings or token ids",
+            ),
+            (json!([]), "is an empty list"),
+            (json!([[]]), "`prompt[0]` is an empty list of tokens"),
+            (
+                json!(["a", 1]),
+                "`prompt[1]` must be a string like the first",
+            ),
+            (
+                json!([[1, 2], "x"]),
+                "`prompt[1]` must be a list of token ids like the first",
+            ),
+            (json!([1, -2]), "holds -2, which is not a token id"),
+            (
+                json!([1, 4294967296u64]),
+                "holds 4294967296, which is not a token id",
+            ),
+            (
+                json!([[1], [2.5]]),
+                "`prompt[1]` holds 2.5, which is not a token id",
+            ),
+            (
+                json!([{}]),
+                "`prompt[0]` must be a string or token ids, got {}",
+            ),
+            (json!(vec!["x"; 65]), "holds 65 inputs, at most 64"),
+        ] {
+            let (p, message) = refused(completion(json!({"prompt": prompt})));
+            assert_eq!(p, "prompt", "{prompt}: {message}");
+            assert!(message.contains(says), "{prompt}: {message}");
+        }
+        // Not JSON, or not an object: the body.
+        for body in ["{not json", "[1]", "\"x\"", "null"] {
+            let e = parse(body.as_bytes(), true, 16, 0).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("body"), "{body}");
+        }
+    }
+
+    #[test]
+    fn shapes_openai_sends_are_read() {
+        let r = chat(json!({
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+                {"role": "user", "content": null, "name": "ann"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "done"},
+                // Tool calls of other roles are not read, whatever they are.
+                {"role": "user", "content": "x", "tool_calls": 5},
+            ],
+            "temperature": 0, "top_p": 0.5, "seed": -1, "stop": "END", "n": 2,
+            "logit_bias": {"7": -100, "3": 2.5}, "logprobs": true, "top_logprobs": 2,
+            "stream": true, "stream_options": {"include_usage": true},
+            "max_completion_tokens": 9, "max_tokens": 3,
+            "user": "someone", "metadata": {"any": ["thing"]}, "prompt": 5,
+        }))
+        .unwrap();
+        let m = r.messages.as_ref().unwrap();
+        assert_eq!(
+            (m[0].role.as_str(), m[0].content.as_str()),
+            ("system", "Be brief.")
+        );
+        assert_eq!(
+            (m[1].content.as_str(), m[1].name.as_deref()),
+            ("", Some("ann"))
+        );
+        assert_eq!(
+            m[2].tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+            json!({"a": 1})
+        );
+        assert_eq!(m[3].tool_call_id.as_deref(), Some("c1"));
+        assert!(m[4].tool_calls.is_none());
+        assert_eq!(r.params.seed, Some(u64::MAX));
+        assert_eq!(r.params.stop, ["END"]);
+        assert_eq!(r.params.max_tokens, 9, "max_completion_tokens comes first");
+        let mut bias = r.params.logit_bias.clone();
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, [(3, 2.5), (7, -100.0)]);
+        assert_eq!((r.n, r.stream, r.include_usage), (2, true, true));
+        assert_eq!(r.params.logprobs, Some(2));
+        // Lenient parts: a text part's text of another type is empty.
+        let r =
+            chat(json!({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}))
+                .unwrap();
+        assert_eq!(r.messages.unwrap()[0].content, "");
+        // Completions: strings, ids, batches; chat's fields ignored.
+        for (prompt, want) in [
+            (json!("hi"), Prompts::Texts(vec!["hi".into()])),
+            (
+                json!(["a", "b"]),
+                Prompts::Texts(vec!["a".into(), "b".into()]),
+            ),
+            (json!([1, 2]), Prompts::Tokens(vec![vec![1, 2]])),
+            (
+                json!([[1], [2, 3]]),
+                Prompts::Tokens(vec![vec![1], vec![2, 3]]),
+            ),
+        ] {
+            let r = completion(json!({"prompt": prompt, "messages": 1, "top_logprobs": "x",
+                                      "tool_choice": 1, "logprobs": 2, "stop": ["a", "b"]}))
+            .unwrap();
+            assert_eq!(r.prompt.unwrap(), want);
+            assert_eq!(r.params.logprobs, Some(2));
+        }
+        assert_eq!(
+            refused(completion(json!({"prompt": "x", "logprobs": true}))).0,
+            "logprobs"
+        );
+        assert_eq!(
+            refused(completion(json!({"prompt": "x", "tools": []}))).0,
+            "tools"
+        );
+        assert!(completion(json!({"prompt": "x", "tools": null})).is_ok());
+    }
 
     #[test]
     fn parses_names_objects_and_errors() {

@@ -6,11 +6,43 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::request::{boolean as flag, chat_messages, obj as object};
+use crate::request::{chat_messages, lenient, object, typed, Lenient, MessageIn};
+use crate::response::{Detokenized, Piece, Token, Tokenized};
+use crate::tools::{ToolChoiceIn, ToolIn};
 use crate::{blocking, check_model_name, read_body, Shared};
+
+/// A `/tokenize` body: a text, or messages (with tools) rendered by the chat template.
+#[derive(Deserialize)]
+struct TokenizeRequest {
+    /// Checked when it is a string.
+    model: Option<Lenient<String>>,
+    /// llama.cpp's text.
+    content: Option<String>,
+    /// vLLM's text.
+    prompt: Option<String>,
+    /// llama.cpp's: add the special tokens (default false).
+    add_special: Option<bool>,
+    /// vLLM's: add the special tokens (default true).
+    add_special_tokens: Option<bool>,
+    /// Answer each token's text beside its id.
+    with_pieces: Option<bool>,
+    messages: Option<Vec<MessageIn>>,
+    tools: Option<Vec<ToolIn>>,
+    tool_choice: Option<ToolChoiceIn>,
+    parallel_tool_calls: Option<bool>,
+    /// Whether the template adds the assistant turn's opening (default true).
+    add_generation_prompt: Option<bool>,
+}
+
+/// A `/detokenize` body.
+#[derive(Deserialize)]
+struct DetokenizeRequest {
+    tokens: Option<Vec<u64>>,
+}
 
 /// Most token ids `/detokenize` takes.
 const MAX_IDS: usize = 1 << 20;
@@ -22,20 +54,21 @@ const MAX_IDS: usize = 1 << 20;
 /// and `max_model_len`.
 pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let m = object(&body)?;
+    let body = object(&body)?;
     let lm = st.lm()?;
-    if let Some(name) = m.get("model").and_then(Value::as_str) {
-        check_model_name(&st, lm, name)?;
+    let m: TokenizeRequest = typed(body)?;
+    if let Some(name) = lenient(m.model) {
+        check_model_name(&st, lm, &name)?;
     }
-    let pieces = flag(&m, "with_pieces")?.unwrap_or(false);
+    let pieces = m.with_pieces.unwrap_or(false);
     enum Input {
         Text(String, bool),
         Chat(Vec<kiln_tokenizer::chat::Message>, Option<Value>, bool),
     }
-    let input = if let Some(v) = m.get("messages").filter(|v| !v.is_null()) {
-        let messages = chat_messages(Some(v))?;
-        let tools = crate::tools::parse(&m)?;
-        let gen = flag(&m, "add_generation_prompt")?.unwrap_or(true);
+    let input = if m.messages.is_some() {
+        let messages = chat_messages(m.messages)?;
+        let tools = crate::tools::parse(m.tools, m.tool_choice, m.parallel_tool_calls)?;
+        let gen = m.add_generation_prompt.unwrap_or(true);
         // As the chat endpoint renders them: tools in the template, or described in a system
         // message for a template without tools.
         let mut messages = messages;
@@ -57,7 +90,7 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
     } else {
         // llama.cpp's `add_special` (default false, with `content`) or vLLM's
         // `add_special_tokens` (default true, with `prompt`), whichever is given.
-        let asked = match (flag(&m, "add_special")?, flag(&m, "add_special_tokens")?) {
+        let asked = match (m.add_special, m.add_special_tokens) {
             (Some(a), Some(b)) if a != b => {
                 return Err(ApiError::bad(
                     "add_special",
@@ -66,28 +99,19 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
             }
             (a, b) => a.or(b),
         };
-        let (key, special) = match (m.get("content"), m.get("prompt")) {
+        match (m.content, m.prompt) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad(
                     "content",
                     "give `content` or `prompt`, not both",
                 ))
             }
-            (Some(_), None) => ("content", asked.unwrap_or(false)),
-            (None, Some(_)) => ("prompt", asked.unwrap_or(true)),
+            (Some(t), None) => Input::Text(t, asked.unwrap_or(false)),
+            (None, Some(t)) => Input::Text(t, asked.unwrap_or(true)),
             (None, None) => {
                 return Err(ApiError::bad(
                     "content",
                     "`content` (or `prompt`, or `messages`) is required",
-                ))
-            }
-        };
-        match &m[key] {
-            Value::String(s) => Input::Text(s.clone(), special),
-            v => {
-                return Err(ApiError::bad(
-                    key,
-                    format!("`{key}` must be a string, got {v}"),
                 ))
             }
         }
@@ -100,26 +124,26 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
                 .encode_with(&lm.tokenizer, &msgs, tools.as_ref(), gen)
                 .map_err(|e| ApiError::bad("messages", e.to_string()))?,
         };
-        let tokens: Vec<Value> = if pieces {
-            ids.iter()
-                .map(|&id| {
-                    let mut b = Vec::new();
-                    lm.tokenizer.token_bytes(id, true, &mut b);
-                    let piece = match String::from_utf8(b) {
-                        Ok(s) => json!(s),
-                        Err(e) => json!(e.into_bytes()),
-                    };
-                    json!({"id": id, "piece": piece})
-                })
-                .collect()
-        } else {
-            ids.iter().map(|&id| json!(id)).collect()
-        };
-        Ok(json!({
-            "tokens": tokens,
-            "count": ids.len(),
-            "max_model_len": lm.context_length,
-        }))
+        let tokens = ids
+            .iter()
+            .map(|&id| {
+                if !pieces {
+                    return Token::Id(id);
+                }
+                let mut b = Vec::new();
+                lm.tokenizer.token_bytes(id, true, &mut b);
+                let piece = match String::from_utf8(b) {
+                    Ok(s) => Piece::Text(s),
+                    Err(e) => Piece::Bytes(e.into_bytes()),
+                };
+                Token::Piece { id, piece }
+            })
+            .collect();
+        Ok(Tokenized {
+            tokens,
+            count: ids.len(),
+            max_model_len: lm.context_length,
+        })
     })
     .await?;
     Ok(Json(out).into_response())
@@ -129,17 +153,11 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
 /// `prompt` (vLLM). Control tokens are written out.
 pub async fn detokenize(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let m = object(&body)?;
+    let body = object(&body)?;
     let lm = st.lm()?;
-    let arr = match m.get("tokens") {
-        Some(Value::Array(a)) => a,
-        None => return Err(ApiError::bad("tokens", "`tokens` is required")),
-        Some(v) => {
-            return Err(ApiError::bad(
-                "tokens",
-                format!("`tokens` must be an array of token ids, got {v}"),
-            ))
-        }
+    let m: DetokenizeRequest = typed(body)?;
+    let Some(arr) = m.tokens else {
+        return Err(ApiError::bad("tokens", "`tokens` is required"));
     };
     if arr.len() > MAX_IDS {
         return Err(ApiError::bad(
@@ -151,9 +169,10 @@ pub async fn detokenize(State(st): State<Shared>, body: Body) -> Result<Response
     let ids = arr
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            v.as_u64()
-                .filter(|&t| (t as usize) < vocab)
+        .map(|(i, &v)| {
+            usize::try_from(v)
+                .ok()
+                .filter(|&t| t < vocab)
                 .map(|t| t as u32)
                 .ok_or_else(|| {
                     ApiError::bad(
@@ -164,5 +183,9 @@ pub async fn detokenize(State(st): State<Shared>, body: Body) -> Result<Response
         })
         .collect::<Result<Vec<u32>, _>>()?;
     let text = blocking(st.clone(), move |lm| Ok(lm.tokenizer.decode(&ids, true))).await?;
-    Ok(Json(json!({"content": text, "prompt": text})).into_response())
+    Ok(Json(Detokenized {
+        content: &text,
+        prompt: &text,
+    })
+    .into_response())
 }

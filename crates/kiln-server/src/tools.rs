@@ -14,9 +14,11 @@
 
 use kiln_engine::Grammar;
 use kiln_tokenizer::chat::{Message, ToolFormat};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
+use crate::request::{lenient, typed_at, Lenient, ObjectOnly};
 
 /// Most tools one request may list.
 const MAX_TOOLS: usize = 128;
@@ -68,45 +70,58 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// `response_format` as a request sends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
+pub struct ResponseFormatIn {
+    #[serde(flatten)]
+    _object: ObjectOnly,
+    #[serde(rename = "type")]
+    kind: Option<Lenient<String>>,
+    json_schema: Option<Lenient<JsonSchemaIn>>,
+    regex: Option<Lenient<String>>,
+    grammar: Option<Lenient<String>>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
+struct JsonSchemaIn {
+    #[serde(flatten)]
+    _object: ObjectOnly,
+    strict: Option<Lenient<bool>>,
+    /// A JSON schema: an object or a boolean.
+    schema: Option<Value>,
+}
+
 /// Reads `response_format`: `text`, `json_object`, `json_schema` (OpenAI's), and kiln's
 /// `regex` (`{"type": "regex", "regex": "..."}`) and `grammar` (`{"type": "grammar",
 /// "grammar": "..."}` in llguidance's Lark dialect).
-pub fn response_format(m: &Map<String, Value>) -> Result<Option<Grammar>, ApiError> {
-    let f = match m.get("response_format") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Object(f)) => f,
-        Some(v) => {
-            return Err(ApiError::bad(
-                "response_format",
-                format!("`response_format` must be an object, got {v}"),
-            ))
-        }
+pub fn response_format(f: Option<ResponseFormatIn>) -> Result<Option<Grammar>, ApiError> {
+    let Some(f) = f else {
+        return Ok(None);
     };
-    let text = |k: &str| -> Result<String, ApiError> {
-        f.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                ApiError::bad(
-                    &format!("response_format.{k}"),
-                    format!("`response_format.{k}` must be a string"),
-                )
-            })
+    let text = |k: &str, v: Option<Lenient<String>>| -> Result<String, ApiError> {
+        lenient(v).ok_or_else(|| {
+            ApiError::bad(
+                &format!("response_format.{k}"),
+                format!("`response_format.{k}` must be a string"),
+            )
+        })
     };
-    match f.get("type").and_then(Value::as_str) {
+    match lenient(f.kind).as_deref() {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(Grammar::JsonObject)),
         Some("json_schema") => {
-            let js = f.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+            let js = lenient(f.json_schema).ok_or_else(|| {
                 ApiError::bad(
                     "response_format.json_schema",
                     "`response_format.json_schema` must be an object with a `schema`",
                 )
             })?;
-            let strict = js.get("strict").and_then(Value::as_bool).unwrap_or(false);
-            match js.get("schema") {
-                Some(s @ (Value::Object(_) | Value::Bool(_))) => {
-                    let mut s = s.clone();
+            let strict = lenient(js.strict).unwrap_or(false);
+            match js.schema {
+                Some(mut s @ (Value::Object(_) | Value::Bool(_))) => {
                     if strict {
                         closed(&mut s);
                     }
@@ -119,8 +134,8 @@ pub fn response_format(m: &Map<String, Value>) -> Result<Option<Grammar>, ApiErr
                 )),
             }
         }
-        Some("regex") => Ok(Some(Grammar::Regex(text("regex")?))),
-        Some("grammar") => Ok(Some(Grammar::Lark(text("grammar")?))),
+        Some("regex") => Ok(Some(Grammar::Regex(text("regex", f.regex)?))),
+        Some("grammar") => Ok(Some(Grammar::Lark(text("grammar", f.grammar)?))),
         other => Err(ApiError::bad(
             "response_format.type",
             format!(
@@ -153,40 +168,84 @@ pub fn closed(schema: &mut Value) {
     }
 }
 
+/// A tool as a request lists it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
+pub struct ToolIn {
+    #[serde(flatten)]
+    _object: ObjectOnly,
+    #[serde(rename = "type")]
+    kind: Option<Lenient<String>>,
+    /// A [`FunctionIn`], read once it is known to be an object.
+    function: Option<Value>,
+}
+
+/// A tool's function.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
+struct FunctionIn {
+    #[serde(flatten)]
+    _object: ObjectOnly,
+    name: Option<Lenient<String>>,
+    description: Option<Lenient<String>>,
+    /// The JSON schema of its arguments.
+    parameters: Option<Map<String, Value>>,
+}
+
+/// `tool_choice`: a mode, or `{"type": "function", "function": {"name": ...}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoiceIn {
+    /// `none`, `auto` or `required`.
+    Mode(String),
+    /// A function.
+    Function {
+        /// Read from an object only.
+        #[serde(flatten)]
+        _object: ObjectOnly,
+        /// Its name.
+        function: Option<Lenient<NamedIn>>,
+    },
+    /// Neither.
+    Other(Value),
+}
+
+/// The function `tool_choice` names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "an object")]
+pub struct NamedIn {
+    #[serde(flatten)]
+    _object: ObjectOnly,
+    name: Option<Lenient<String>>,
+}
+
 /// Reads `tools`, `tool_choice` and `parallel_tool_calls`.
-pub fn parse(m: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
-    let list = match m.get("tools") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => {
-            if a.len() > MAX_TOOLS {
-                return Err(ApiError::bad(
-                    "tools",
-                    format!("{} tools, at most {MAX_TOOLS}", a.len()),
-                ));
-            }
-            let mut list: Vec<Tool> = Vec::with_capacity(a.len());
-            for (i, t) in a.iter().enumerate() {
-                let tool = one_tool(i, t)?;
-                if list.iter().any(|o| o.name == tool.name) {
-                    return Err(ApiError::bad(
-                        &format!("tools[{i}].function.name"),
-                        format!("two tools are named `{}`", tool.name),
-                    ));
-                }
-                list.push(tool);
-            }
-            list
-        }
-        Some(v) => {
+pub fn parse(
+    tools: Option<Vec<ToolIn>>,
+    choice: Option<ToolChoiceIn>,
+    parallel: Option<bool>,
+) -> Result<Option<Tools>, ApiError> {
+    let tools = tools.unwrap_or_default();
+    if tools.len() > MAX_TOOLS {
+        return Err(ApiError::bad(
+            "tools",
+            format!("{} tools, at most {MAX_TOOLS}", tools.len()),
+        ));
+    }
+    let mut list: Vec<Tool> = Vec::with_capacity(tools.len());
+    for (i, t) in tools.into_iter().enumerate() {
+        let tool = one_tool(i, t)?;
+        if list.iter().any(|o| o.name == tool.name) {
             return Err(ApiError::bad(
-                "tools",
-                format!("`tools` must be an array, got {v}"),
-            ))
+                &format!("tools[{i}].function.name"),
+                format!("two tools are named `{}`", tool.name),
+            ));
         }
-    };
-    let choice = match m.get("tool_choice") {
-        None | Some(Value::Null) => ToolChoice::Auto,
-        Some(Value::String(s)) => match s.as_str() {
+        list.push(tool);
+    }
+    let choice = match choice {
+        None => ToolChoice::Auto,
+        Some(ToolChoiceIn::Mode(s)) => match s.as_str() {
             "none" => ToolChoice::None,
             "auto" => ToolChoice::Auto,
             "required" => ToolChoice::Required,
@@ -199,11 +258,9 @@ pub fn parse(m: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
                 ))
             }
         },
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
+        Some(ToolChoiceIn::Function { function, .. }) => {
+            let name = lenient(function)
+                .and_then(|f| lenient(f.name))
                 .ok_or_else(|| {
                     ApiError::bad(
                         "tool_choice.function.name",
@@ -216,25 +273,16 @@ pub fn parse(m: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
                     format!("`tool_choice` names `{name}`, which is not in `tools`"),
                 ));
             }
-            ToolChoice::Named(name.to_owned())
+            ToolChoice::Named(name)
         }
-        Some(v) => {
+        Some(ToolChoiceIn::Other(v)) => {
             return Err(ApiError::bad(
                 "tool_choice",
                 format!("`tool_choice` must be a string or an object, got {v}"),
             ))
         }
     };
-    let parallel = match m.get("parallel_tool_calls") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => {
-            return Err(ApiError::bad(
-                "parallel_tool_calls",
-                format!("`parallel_tool_calls` must be true or false, got {v}"),
-            ))
-        }
-    };
+    let parallel = parallel.unwrap_or(true);
     if list.is_empty() {
         if matches!(choice, ToolChoice::Required) {
             return Err(ApiError::bad(
@@ -252,12 +300,9 @@ pub fn parse(m: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
     }))
 }
 
-fn one_tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
+fn one_tool(i: usize, t: ToolIn) -> Result<Tool, ApiError> {
     let at = |k: &str| format!("tools[{i}].{k}");
-    let o = t
-        .as_object()
-        .ok_or_else(|| ApiError::bad(&format!("tools[{i}]"), "a tool must be an object"))?;
-    if let Some(ty) = o.get("type").and_then(Value::as_str) {
+    if let Some(ty) = lenient(t.kind) {
         if ty != "function" {
             return Err(ApiError::bad(
                 &at("type"),
@@ -265,25 +310,21 @@ fn one_tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
             ));
         }
     }
-    let f = o
-        .get("function")
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            ApiError::bad(
+    let f: FunctionIn = match t.function {
+        Some(f @ Value::Object(_)) => typed_at(f, &at("function"))?,
+        _ => {
+            return Err(ApiError::bad(
                 &at("function"),
                 format!("`{}` must be an object", at("function")),
-            )
-        })?;
-    let name = f
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad(
-                &at("function.name"),
-                format!("`{}` is required", at("function.name")),
-            )
-        })?;
+            ))
+        }
+    };
+    let name = lenient(f.name).filter(|n| !n.is_empty()).ok_or_else(|| {
+        ApiError::bad(
+            &at("function.name"),
+            format!("`{}` is required", at("function.name")),
+        )
+    })?;
     if name.len() > 64
         || !name
             .bytes()
@@ -294,26 +335,13 @@ fn one_tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
             format!("`{name}` is not a function name (letters, digits, _ - ., at most 64)"),
         ));
     }
-    let parameters = match f.get("parameters") {
-        None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
-        Some(p @ Value::Object(_)) => p.clone(),
-        Some(v) => {
-            return Err(ApiError::bad(
-                &at("function.parameters"),
-                format!(
-                    "`{}` must be a JSON schema object, got {v}",
-                    at("function.parameters")
-                ),
-            ))
-        }
+    let parameters = match f.parameters {
+        None => json!({"type": "object", "properties": {}}),
+        Some(p) => Value::Object(p),
     };
     Ok(Tool {
-        name: name.to_owned(),
-        description: f
-            .get("description")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        name,
+        description: lenient(f.description).unwrap_or_default(),
         parameters,
     })
 }
@@ -560,21 +588,38 @@ pub fn normalize_calls(p: &str, calls: &Value) -> Result<Value, ApiError> {
     Ok(Value::Array(out))
 }
 
+/// A call in a response message's `tool_calls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallOut {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut,
+    /// The call's place, in streamed deltas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+}
+
+/// The function a call names, and its arguments as JSON text.
+#[derive(Debug, Clone, Serialize)]
+struct FunctionOut {
+    name: String,
+    arguments: String,
+}
+
 /// The `tool_calls` of a response message (`index` for streamed deltas).
-pub fn calls_json(calls: &[ToolCall], id_base: &str, with_index: bool) -> Vec<Value> {
+pub fn calls_json(calls: &[ToolCall], id_base: &str, with_index: bool) -> Vec<CallOut> {
     calls
         .iter()
         .enumerate()
-        .map(|(k, c)| {
-            let mut v = json!({
-                "id": format!("call_{id_base}_{k}"),
-                "type": "function",
-                "function": {"name": c.name, "arguments": c.arguments}
-            });
-            if with_index {
-                v["index"] = json!(k);
-            }
-            v
+        .map(|(k, c)| CallOut {
+            id: format!("call_{id_base}_{k}"),
+            kind: "function",
+            function: FunctionOut {
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            },
+            index: with_index.then_some(k),
         })
         .collect()
 }
@@ -583,8 +628,26 @@ pub fn calls_json(calls: &[ToolCall], id_base: &str, with_index: bool) -> Vec<Va
 mod tests {
     use super::*;
 
-    fn body(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
+    /// The tool fields of a chat request body.
+    fn tools_of(v: Value) -> Result<Option<Tools>, ApiError> {
+        #[derive(Deserialize)]
+        struct Body {
+            tools: Option<Vec<ToolIn>>,
+            tool_choice: Option<ToolChoiceIn>,
+            parallel_tool_calls: Option<bool>,
+        }
+        let b: Body = crate::request::read(v.to_string().as_bytes())?;
+        parse(b.tools, b.tool_choice, b.parallel_tool_calls)
+    }
+
+    /// The `response_format` of a request body.
+    fn format_of(v: Value) -> Result<Option<Grammar>, ApiError> {
+        #[derive(Deserialize)]
+        struct Body {
+            response_format: Option<ResponseFormatIn>,
+        }
+        let b: Body = crate::request::read(v.to_string().as_bytes())?;
+        response_format(b.response_format)
     }
 
     #[test]
@@ -621,7 +684,7 @@ mod tests {
             (json!({"tool_choice": "required"}), "tool_choice"),
             (json!({"tools": {}}), "tools"),
         ] {
-            let e = parse(&body(v.clone())).unwrap_err();
+            let e = tools_of(v.clone()).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(field), "{v}: {}", e.message);
         }
         for (v, field) in [
@@ -642,7 +705,7 @@ mod tests {
                 "response_format.regex",
             ),
         ] {
-            let e = response_format(&body(v.clone())).unwrap_err();
+            let e = format_of(v.clone()).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(field), "{v}: {}", e.message);
         }
     }
@@ -671,11 +734,10 @@ mod tests {
 
     #[test]
     fn calls_are_read_only_for_listed_functions() {
-        let t = parse(&body(
-            json!({"tools": [{"type": "function", "function": {"name": "get_weather"}}]}),
-        ))
-        .unwrap()
-        .unwrap();
+        let t =
+            tools_of(json!({"tools": [{"type": "function", "function": {"name": "get_weather"}}]}))
+                .unwrap()
+                .unwrap();
         let calls = t
             .read_calls(
                 r#" {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}"#,
@@ -709,10 +771,10 @@ mod tests {
 
     #[test]
     fn native_formats_are_read_and_forced_in_their_own_shape() {
-        let t = parse(&body(json!({"tools": [
+        let t = tools_of(json!({"tools": [
             {"type": "function", "function": {"name": "get_weather",
              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
-            {"type": "function", "function": {"name": "get_time"}}]})))
+            {"type": "function", "function": {"name": "get_time"}}]}))
         .unwrap()
         .unwrap();
         let hermes = Tools {
