@@ -445,13 +445,16 @@ fn hostile_clients_get_4xx_quickly_and_change_nothing() {
         ("connection flood", connection_flood),
         ("stalled stream", stalled_stream),
     ];
-    // Rounds 0 and 1 warm up (first allocations, the allocator's arenas for the threads the
-    // blocking pool grows to under the flood); rounds 2 and 3 must not add to what they left
-    // resident. Both readings are settled (see `settled_rss_kib`): single readings varied by
-    // up to 17 MB with the malformed-body attack's buffers on the 2-core machine.
+    // Rounds 0 to 3 warm up (first allocations, the allocator's arenas for the threads the
+    // blocking pool grows to under the flood, each arena's high-water mark for the largest
+    // attack: the 20,000-message body, one a round, leaves 4 to 6 MB more in each of the first
+    // rounds until every arena has held one, then nothing); rounds 4 to 6 must not add to
+    // what they left resident, so a leak per request (or per round) shows three times over.
+    // Both readings are settled (see `settled_rss_kib`): single readings varied by up to 17 MB
+    // with the malformed-body attack's buffers on the 2-core machine.
     let mut before = 0;
-    for round in 0..4 {
-        if round == 2 {
+    for round in 0..7 {
+        if round == 4 {
             before = settled_rss_kib(pid);
         }
         for (name, attack) in attacks {
@@ -467,7 +470,7 @@ fn hostile_clients_get_4xx_quickly_and_change_nothing() {
         "no normal request completed"
     );
     assert_eq!(s.health()["status"], "ok");
-    // Two more rounds of every attack: a leak per request would show; allocator slack would not.
+    // Three more rounds of every attack: a leak per request would show; allocator slack would not.
     eprintln!("VmRSS {before} kB before, {after} kB after");
     assert!(
         after < before + 8 * 1024,

@@ -535,6 +535,15 @@ fn check_model_name(st: &AppState, lm: &LoadedLm, name: &str) -> Result<(), ApiE
 
 async fn chat_completions(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
+    chat_body(st, body).await
+}
+
+async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&st, body).await?;
+    completions_body(st, body).await
+}
+
+async fn chat_body(st: Shared, body: Bytes) -> Result<Response, ApiError> {
     let req = request::parse(
         &body,
         true,
@@ -599,8 +608,7 @@ fn compile(
         .map_err(|e| ApiError::bad(param, format!("`{param}` cannot be used: {e}")))
 }
 
-async fn completions(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
-    let body = read_body(&st, body).await?;
+async fn completions_body(st: Shared, body: Bytes) -> Result<Response, ApiError> {
     let req = request::parse(
         &body,
         false,

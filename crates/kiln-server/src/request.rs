@@ -74,15 +74,40 @@ impl Prompts {
 /// Reads a request body as `T`: a JSON object, each of whose fields `T` knows must have its
 /// type (fields it does not know are ignored). A type error names the field by its path
 /// (`messages[0].role`, `tools[1].function.parameters`), as the checks that follow do.
+///
+/// A body that starts as an object is read straight into `T`, without a `serde_json::Value`
+/// of it first: a body of 20,000 messages then takes one copy of them in memory, not two
+/// (and the allocator keeps less after it).
 pub(crate) fn read<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    typed(object(body)?)
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Not an object (or not JSON): refused as such.
+        return typed(object(body)?);
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let t = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if e.inner().is_data() {
+            // The message as read from a value: without serde_json's position in the body.
+            let inner = e.inner();
+            let text = inner.to_string();
+            let pos = format!(" at line {} column {}", inner.line(), inner.column());
+            let text = text.strip_suffix(&pos).unwrap_or(&text).to_owned();
+            path_error(e.path().to_string(), text, "")
+        } else {
+            not_json(e.into_inner())
+        }
+    })?;
+    de.end().map_err(not_json)?;
+    Ok(t)
+}
+
+fn not_json(e: serde_json::Error) -> ApiError {
+    ApiError::bad("body", format!("the request body is not valid JSON: {e}"))
 }
 
 /// A request body as a JSON object: one that is not JSON, too deep, or not an object is
 /// refused as such, before any field is read.
 pub(crate) fn object(body: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad("body", format!("the request body is not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body).map_err(not_json)?;
     if !v.is_object() {
         return Err(ApiError::bad(
             "body",
@@ -99,15 +124,19 @@ pub(crate) fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 
 /// Field `at` of a request (`tools[0].function`) as `T`; an error names the field within.
 pub(crate) fn typed_at<T: DeserializeOwned>(v: Value, at: &str) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = match (at, e.path().to_string()) {
-            ("", p) => p,
-            (at, p) if p == "." => at.to_owned(),
-            (at, p) if p.starts_with('[') => format!("{at}{p}"),
-            (at, p) => format!("{at}.{p}"),
-        };
-        ApiError::bad(&param_of(&path), format!("`{path}`: {}", e.inner()))
-    })
+    serde_path_to_error::deserialize(v)
+        .map_err(|e| path_error(e.path().to_string(), e.inner().to_string(), at))
+}
+
+/// A type error (`message`) at `path` within field `at`.
+fn path_error(path: String, message: String, at: &str) -> ApiError {
+    let path = match (at, path) {
+        ("", p) => p,
+        (at, p) if p == "." => at.to_owned(),
+        (at, p) if p.starts_with('[') => format!("{at}{p}"),
+        (at, p) => format!("{at}.{p}"),
+    };
+    ApiError::bad(&param_of(&path), format!("`{path}`: {message}"))
 }
 
 /// The request field an error at `path` names: the path itself, but the whole field for the
