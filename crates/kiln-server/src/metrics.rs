@@ -24,10 +24,16 @@ pub const ENDPOINTS: &[&str] = &[
     "models",
     "ising_empathy",
     "ising_social",
+    "embeddings",
+    "tokenize",
+    "detokenize",
     "other",
 ];
-/// Statuses counted separately; any other is counted as 500.
-const STATUSES: &[u16] = &[200, 400, 401, 404, 413, 422, 429, 500, 503];
+/// Statuses counted separately (every one the server answers with); any other is counted
+/// as 500.
+const STATUSES: &[u16] = &[
+    200, 204, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 500, 503,
+];
 
 /// Everything `/metrics` shows.
 pub struct Metrics {
@@ -309,6 +315,26 @@ mod tests {
         out
     }
 
+    /// Every endpoint the server routes and every status it answers with is counted apart
+    /// (403, 415, 408 and 204 were once filed under 500, embeddings and tokenizing under
+    /// `other`).
+    #[test]
+    fn every_endpoint_and_status_is_counted_apart() {
+        let m = Metrics::default();
+        for (e, s) in [
+            ("embeddings", 403),
+            ("tokenize", 415),
+            ("detokenize", 408),
+            ("models", 204),
+            ("completions", 405),
+        ] {
+            m.request(e, s);
+            let text = m.render(None);
+            let line = format!("kiln_requests_total{{endpoint=\"{e}\",status=\"{s}\"}} 1");
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
+
     /// Every name, help text, type, label and bucket bound, and the values, as `/metrics`
     /// wrote them by hand before the prometheus crate (tests/metrics_golden.txt); only the
     /// order of the families may differ.
@@ -318,7 +344,7 @@ mod tests {
         m.request("chat_completions", 200);
         m.request("chat_completions", 200);
         // Endpoints and statuses not counted apart fall into `other` and 500.
-        m.request("embeddings", 403);
+        m.request("teapot", 418);
         m.request("models", 401);
         m.prompt_tokens.inc_by(7);
         m.generated_tokens.inc_by(5);
