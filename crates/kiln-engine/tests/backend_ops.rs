@@ -99,6 +99,19 @@ fn begin<B: Backend>(b: &B, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>]
     b.begin_pass(c, max_t, &tokens, seqs, rows).unwrap();
 }
 
+/// `x[n][cols] . w[rows][cols]^T` in float64.
+fn ref_matmul(w: &[f32], x: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f64> {
+    (0..n)
+        .flat_map(|r| {
+            (0..rows).map(move |o| {
+                (0..cols)
+                    .map(|i| w[o * cols + i] as f64 * x[r * cols + i] as f64)
+                    .sum::<f64>()
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn matmul_at_awkward_sizes() {
     let (d, gpu) = device();
@@ -146,16 +159,7 @@ fn matmul_at_awkward_sizes_on<B: Backend>(b: B, gpu: bool) {
             );
             b.matmul(&m, &xa, n, &mut out);
             let got = read(&b, &out, n * rows);
-            let want: Vec<f64> = (0..n)
-                .flat_map(|r| {
-                    let (x, w) = (&x, &w);
-                    (0..rows).map(move |o| {
-                        (0..cols)
-                            .map(|i| w[o * cols + i] as f64 * x[r * cols + i] as f64)
-                            .sum::<f64>()
-                    })
-                })
-                .collect();
+            let want = ref_matmul(&w, &x, n, rows, cols);
             let e = rel(&got, &want);
             assert!(e < tol, "{rows}x{cols}, {n} rows: relative error {e:.2e}");
         }
@@ -851,16 +855,7 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 begin(&b, &c, n, &seqs, &[]);
                 b.matmul(&m, &xa, n, &mut out);
                 let got = read(&b, &out, n * rows);
-                let want: Vec<f64> = (0..n)
-                    .flat_map(|r| {
-                        let (x, w) = (&x, &w);
-                        (0..rows).map(move |o| {
-                            (0..cols)
-                                .map(|i| w[o * cols + i] as f64 * x[r * cols + i] as f64)
-                                .sum::<f64>()
-                        })
-                    })
-                    .collect();
+                let want = ref_matmul(&w, &x, n, rows, cols);
                 let e = rel(&got, &want);
                 assert!(
                     e < tol,

@@ -107,7 +107,10 @@ pub fn folder_to_gguf(
             let bytes = t.data.as_slice();
             report.bytes_in += bytes.len() as u64;
             let data = match permutation(&cfg, name) {
-                Some(heads) => permute_rows(bytes, t.rows, heads),
+                Some(heads) => {
+                    check_heads(name, t.rows, heads, cfg.head_dim)?;
+                    permute_rows(bytes, t.rows, heads)
+                }
                 None => bytes.to_vec(),
             };
             float_types.push(t.ty);
@@ -117,6 +120,7 @@ pub fn folder_to_gguf(
             let mut v = tensors.vector(name)?;
             report.bytes_in += (v.len() * 4) as u64;
             if let Some(heads) = permutation(&cfg, name) {
+                check_heads(name, v.len(), heads, cfg.head_dim)?;
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 let p = permute_rows(&bytes, v.len(), heads);
                 v = p
@@ -189,6 +193,17 @@ fn permutation(cfg: &ModelConfig, name: &str) -> Option<usize> {
     }
 }
 
+/// A q or k projection must have a row per value of each head (the permutation regroups
+/// rows within heads): anything else is a folder whose weights do not match its config.
+fn check_heads(name: &str, rows: usize, heads: usize, head_dim: usize) -> Result<(), ModelError> {
+    if rows != heads * head_dim || head_dim % 2 != 0 {
+        return Err(ModelError::Config(format!(
+            "{name}: {rows} rows, but config.json gives {heads} heads of {head_dim} values"
+        )));
+    }
+    Ok(())
+}
+
 /// Rows (of `data.len() / rows` bytes each) regrouped within each of `heads` heads: row
 /// `j * d/2 + i` of a head (Hugging Face: rotation pairs `i`, `i + d/2`) goes to `2i + j`
 /// (GGUF: adjacent pairs).
@@ -255,6 +270,17 @@ mod tests {
         let hf: Vec<u8> = (0..16).collect();
         let g = permute_rows(&hf, 8, 2);
         assert_eq!(g, [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]);
+    }
+
+    #[test]
+    fn projections_that_do_not_match_the_heads_are_refused() {
+        assert!(check_heads("blk.0.attn_q.weight", 64, 4, 16).is_ok());
+        let e = check_heads("blk.0.attn_k.weight", 48, 4, 16).unwrap_err();
+        assert!(
+            e.to_string().contains("blk.0.attn_k.weight: 48 rows"),
+            "{e}"
+        );
+        assert!(check_heads("blk.0.attn_q.weight", 60, 4, 15).is_err());
     }
 
     #[test]
