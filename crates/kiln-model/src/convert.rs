@@ -196,7 +196,7 @@ fn permutation(cfg: &ModelConfig, name: &str) -> Option<usize> {
 /// A q or k projection must have a row per value of each head (the permutation regroups
 /// rows within heads): anything else is a folder whose weights do not match its config.
 fn check_heads(name: &str, rows: usize, heads: usize, head_dim: usize) -> Result<(), ModelError> {
-    if rows != heads * head_dim || head_dim % 2 != 0 {
+    if rows != heads * head_dim || !head_dim.is_multiple_of(2) {
         return Err(ModelError::Config(format!(
             "{name}: {rows} rows, but config.json gives {heads} heads of {head_dim} values"
         )));
