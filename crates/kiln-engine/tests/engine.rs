@@ -1397,6 +1397,84 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
     }
 }
 
+/// Where the grammar leaves much open, a greedy or uncut sampled token is chosen without a
+/// mask and checked after: the answers are those of masks at every step, token for token,
+/// on plain and overlapped steps, and both ways of the check (taken, refused) happen. A
+/// sampled request with a top-k cut always gets its mask.
+#[test]
+fn tokens_chosen_without_a_mask_are_the_masked_choices() {
+    use kiln_engine::{Grammar, Grammars};
+    use serde_json::json;
+    let tok = tokenizer();
+    let grammars = Grammars::new(tok.clone(), tok.vocab_size()).unwrap();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 40},
+            "note": {"type": "string"},
+            "n": {"type": "integer"}
+        },
+        "required": ["name", "note", "n"],
+        "additionalProperties": false
+    });
+    let run = |eager: bool, overlap: bool, top_k: usize| {
+        let runner = if overlap {
+            MockRunner::overlapping(tok.vocab_size(), 64, 16)
+        } else {
+            MockRunner::new(tok.vocab_size(), 64, 16)
+        };
+        let mut e = Engine::new(
+            runner,
+            tok.clone(),
+            EngineConfig {
+                eager_masks: eager,
+                ..Default::default()
+            },
+        );
+        let mut outs = Vec::new();
+        for i in 0..6u64 {
+            let out = Arc::new(Mutex::new(Collected::default()));
+            let req = Request {
+                prompt: (500 + i as u32..520).collect(),
+                params: SamplingParams {
+                    // Greedy and uncut sampling; with a cut, sampled only.
+                    temperature: if i % 2 == 0 && top_k == 0 { 0.0 } else { 1.0 },
+                    top_k,
+                    seed: Some(i),
+                    max_tokens: 120,
+                    ..Default::default()
+                },
+                constraint: Some(Box::new(
+                    grammars
+                        .compile(&Grammar::JsonSchema(schema.clone()))
+                        .unwrap(),
+                )),
+            };
+            e.submit(req, sink(out.clone(), None)).unwrap();
+            outs.push(out);
+        }
+        e.run_to_completion().unwrap();
+        let got: Vec<Collected> = outs.iter().map(|o| o.lock().unwrap().clone()).collect();
+        (got, e.stats().unmasked_tokens, e.stats().unmasked_refused)
+    };
+    for overlap in [false, true] {
+        let (masked, taken, refused) = run(true, overlap, 0);
+        assert_eq!((taken, refused), (0, 0), "every mask computed");
+        let (unmasked, taken, refused) = run(false, overlap, 0);
+        assert!(
+            taken > 20 && refused > 0,
+            "taken {taken}, refused {refused}"
+        );
+        for (i, (a, b)) in masked.iter().zip(&unmasked).enumerate() {
+            assert_eq!(a.failed, None);
+            assert!(a.ids.len() > 5, "{:?}", a.text);
+            assert_eq!(a, b, "request {i}, overlap {overlap}");
+        }
+        let (_, taken, refused) = run(false, overlap, 40);
+        assert_eq!((taken, refused), (0, 0), "a top-k cut gets its mask");
+    }
+}
+
 /// Grammars that cannot be used are refused when compiled, with what is wrong.
 #[test]
 fn bad_grammars_are_refused_with_the_reason() {
