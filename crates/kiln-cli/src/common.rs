@@ -227,11 +227,6 @@ pub struct EngineArgs {
     /// run; beyond, proposals cost more than they save (0: never).
     #[arg(long, default_value_t = 8)]
     pub max_speculative_batch: usize,
-    /// Compute the token mask of every constrained token. By default, where the last mask
-    /// left most of the vocabulary open, a greedy or uncut sampled token is chosen without
-    /// one and checked after (the same token; a refused one is chosen again with the mask).
-    #[arg(long)]
-    pub eager_masks: bool,
 }
 
 impl EngineArgs {
@@ -244,7 +239,6 @@ impl EngineArgs {
                 max_running: self.max_running,
                 max_queue: self.max_queue,
                 max_speculative_batch: self.max_speculative_batch,
-                eager_masks: self.eager_masks,
             },
         }
     }

@@ -158,9 +158,6 @@ impl Grammars {
             matcher,
             width: self.width,
             pending: Vec::new(),
-            open: false,
-            cooldown: 0,
-            backoff: 1,
         })
     }
 }
@@ -175,34 +172,13 @@ fn first_line(e: &str) -> String {
     s
 }
 
-/// Steps a sequence waits at most, after a token chosen without a mask was refused, before
-/// it chooses without a mask again.
-const MAX_COOLDOWN: u32 = 64;
-
 /// One sequence's constraint: the parser's state after the tokens generated so far.
-///
-/// Where the grammar leaves much open (inside a string, most of the vocabulary is allowed)
-/// a mask is dear (a walk of the token trie: up to a millisecond) and a model that follows
-/// its grammar seldom needs it. There the engine may choose the token without a mask and
-/// ask [`Constraint::check`] whether the mask would have allowed it: for greedy choices and
-/// for sampling without a top-k, top-p or min-p cut, an allowed token is the very token the
-/// masked choice makes (the best score among all tokens, when allowed, is the best among the
-/// allowed ones; the sampling noise is the same), and a refused one is chosen again, with
-/// the mask, at the next step. [`Constraint::unmasked_next`] says when to try: after a mask
-/// that allowed a quarter of the vocabulary or more, and not for a while after a refusal
-/// (the wait doubles with each refusal and halves with each token taken).
 pub struct Constraint {
     matcher: Matcher,
     width: usize,
-    /// Tokens chosen and not yet given to the parser: they are, with the next mask or check
-    /// (work the engine spreads over threads while a device runs the pass).
+    /// Tokens chosen and not yet given to the parser: they are, with the next mask (work the
+    /// engine spreads over threads while a device runs the pass).
     pending: Vec<u32>,
-    /// The last mask allowed a quarter of the vocabulary or more.
-    open: bool,
-    /// Steps left before the next choice without a mask.
-    cooldown: u32,
-    /// The wait the next refusal sets.
-    backoff: u32,
 }
 
 /// A copy shares nothing with the original (llguidance's plain clone shares the lexer behind
@@ -213,9 +189,6 @@ impl Clone for Constraint {
             matcher: self.matcher.deep_clone(),
             width: self.width,
             pending: self.pending.clone(),
-            open: self.open,
-            cooldown: self.cooldown,
-            backoff: self.backoff,
         }
     }
 }
@@ -239,16 +212,18 @@ impl Constraint {
     /// it; `mask_words(width)` words). Once the grammar is complete only end-of-sequence
     /// tokens are allowed.
     pub fn fill_mask(&mut self, mask: &mut [u32]) -> Result<(), GrammarError> {
-        self.consume_pending()?;
+        if !self.pending.is_empty() {
+            let r = self.matcher.consume_tokens(&self.pending);
+            self.pending.clear();
+            r.map_err(|e| GrammarError(first_line(&e.to_string())))?;
+        }
         let v = self
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| GrammarError(first_line(&e.to_string())))?;
         let src = v.as_slice();
-        let mut allowed = 0usize;
         for (i, w) in mask.iter_mut().enumerate() {
             *w = src.get(i).copied().unwrap_or(0);
-            allowed += w.count_ones() as usize;
         }
         // Bits past the vocabulary stay clear.
         let tail = self.width % 32;
@@ -257,63 +232,7 @@ impl Constraint {
                 *w &= (1u32 << tail) - 1;
             }
         }
-        self.open = allowed >= self.width / 4;
         Ok(())
-    }
-
-    fn consume_pending(&mut self) -> Result<(), GrammarError> {
-        if !self.pending.is_empty() {
-            let r = self.matcher.consume_tokens(&self.pending);
-            self.pending.clear();
-            r.map_err(|e| GrammarError(first_line(&e.to_string())))?;
-        }
-        Ok(())
-    }
-
-    /// Whether the next token may be chosen without a mask and then checked
-    /// ([`Constraint::check`]); called once a step (it counts down the wait after a refusal).
-    pub fn unmasked_next(&mut self) -> bool {
-        if self.cooldown > 0 {
-            self.cooldown -= 1;
-            return false;
-        }
-        self.open
-    }
-
-    /// Whether this step's mask would allow `token`, chosen without it (`eog`: it ends the
-    /// text). A forced token is compared with the one the mask would force; the end is
-    /// allowed where the grammar may end. The token is not taken: [`Constraint::push`]
-    /// does that.
-    pub fn check(&mut self, token: u32, eog: bool) -> Result<bool, GrammarError> {
-        self.consume_pending()?;
-        if let Some(e) = self.matcher.get_error() {
-            return Err(GrammarError(first_line(&e)));
-        }
-        let ok = if self.matcher.is_stopped() {
-            eog
-        } else if eog {
-            self.matcher
-                .is_accepting()
-                .map_err(|e| GrammarError(first_line(&e.to_string())))?
-        } else {
-            let forced = self.matcher.compute_ff_tokens();
-            if let Some(&f) = forced.first() {
-                f == token
-            } else {
-                let n = self
-                    .matcher
-                    .validate_tokens(&[token])
-                    .map_err(|e| GrammarError(first_line(&e.to_string())))?;
-                n == 1
-            }
-        };
-        if ok {
-            self.backoff = (self.backoff / 2).max(1);
-        } else {
-            self.cooldown = self.backoff;
-            self.backoff = (self.backoff * 2).min(MAX_COOLDOWN);
-        }
-        Ok(ok)
     }
 
     /// Takes the token the sequence chose (given to the parser with the next mask, which

@@ -222,9 +222,6 @@ pub struct EngineConfig {
     /// sequences run: with more, a step is no longer bound by reading the weights once, and
     /// proposals (and the draft's passes) would slow everyone down (0: never).
     pub max_speculative_batch: usize,
-    /// Compute every constrained token's mask, never choosing without one where the grammar
-    /// leaves much open and checking the choice after (see [`Constraint`]); for comparison.
-    pub eager_masks: bool,
 }
 
 impl Default for EngineConfig {
@@ -234,7 +231,6 @@ impl Default for EngineConfig {
             max_running: 64,
             max_queue: 1024,
             max_speculative_batch: 8,
-            eager_masks: false,
         }
     }
 }
@@ -599,11 +595,6 @@ pub struct EngineStats {
     pub mask_seconds: f64,
     /// Token masks computed (one per constrained sequence per step).
     pub masks: u64,
-    /// Constrained tokens chosen without a mask and then found allowed (each saved a mask).
-    pub unmasked_tokens: u64,
-    /// Constrained tokens chosen without a mask and refused (each chosen again, with the
-    /// mask, at the next step).
-    pub unmasked_refused: u64,
     /// Of `model_seconds`, on a runner that overlaps: seconds launching passes
     /// ([`Runner::start_pass`]), waiting after a launch for the step's masks, launching the
     /// sampling ([`Runner::start_sampling`], with the masks' upload), and waiting for the
@@ -660,10 +651,6 @@ pub struct Engine<R: Runner> {
     masks: Vec<u32>,
     /// Each plan entry's mask row.
     mask_of: Vec<Option<u32>>,
-    /// Plan entries whose constrained token is chosen without a mask, to be checked.
-    unmasked_of: Vec<bool>,
-    /// Plan entries whose token, chosen without a mask, was refused.
-    refused: Vec<bool>,
     sampled: Vec<Sampled>,
     score_logits: Vec<f32>,
     /// Hidden states of the step's embedded tokens.
@@ -700,8 +687,6 @@ impl<R: Runner> Engine<R> {
             adjust: Vec::new(),
             masks: Vec::new(),
             mask_of: Vec::new(),
-            unmasked_of: Vec::new(),
-            refused: Vec::new(),
             sampled: Vec::new(),
             score_logits: Vec::new(),
             hidden: Vec::new(),
@@ -1085,26 +1070,15 @@ impl<R: Runner> Engine<R> {
     /// Takes out the constraints of this step's sampling sequences (to be given back by
     /// [`Engine::restore_constraints`]) and sizes the mask rows, one per such sequence;
     /// `mask_of` gets each plan entry's row.
-    /// A sequence whose choice may be made without a mask (see [`Constraint`]) gives none
-    /// and is marked in `unmasked_of`.
     fn take_constraints(&mut self, plan: &[(usize, usize)]) -> Vec<MaskJob> {
         self.mask_of.clear();
-        self.unmasked_of.clear();
         let mut jobs = Vec::new();
         for &(idx, n) in plan {
             let s = &mut self.running[idx];
             let samples = s.score.is_none() && s.computed + n == s.tokens.len();
             let mut row = None;
-            let mut unmasked = false;
             if samples {
-                let exact = !self.cfg.eager_masks
-                    && n == 1
-                    && s.error.is_none()
-                    && s.sampler.params().unmasked_exact();
-                if let Some(c) = s.constraint.as_mut() {
-                    unmasked = exact && c.unmasked_next();
-                }
-                if let Some(c) = s.constraint.take_if(|_| !unmasked) {
+                if let Some(c) = s.constraint.take() {
                     row = Some(jobs.len() as u32);
                     jobs.push(MaskJob {
                         idx,
@@ -1114,63 +1088,12 @@ impl<R: Runner> Engine<R> {
                 }
             }
             self.mask_of.push(row);
-            self.unmasked_of.push(unmasked);
         }
         let words = kiln_model::sample::mask_words(self.runner.vocab_size());
         // Every word of every row is written by `fill_masks`: the rows are resized, not
         // cleared (a megabyte at 64 rows of a 152k vocabulary).
         self.masks.resize(jobs.len() * words, 0);
         jobs
-    }
-
-    /// Checks the tokens chosen without a mask this step (`sampling`: the plan entry of each
-    /// row of `sampled`) and marks the refused ones in `refused`; beside a device the checks
-    /// share the host's threads. A check that fails ends its sequence as a failed mask does.
-    fn check_unmasked(&mut self, plan: &[(usize, usize)], sampling: &[usize]) {
-        self.refused.clear();
-        self.refused.resize(plan.len(), false);
-        let mut jobs: Vec<CheckJob> = Vec::new();
-        for (row, &k) in sampling.iter().enumerate() {
-            if !self.unmasked_of.get(k).copied().unwrap_or(false) {
-                continue;
-            }
-            let s = &mut self.running[plan[k].0];
-            let ignore_eos = s.sampler.params().ignore_eos;
-            if let (Some(c), Some(t)) = (s.constraint.take(), self.sampled.get(row)) {
-                jobs.push(CheckJob {
-                    k,
-                    token: t.token,
-                    eog: self.tok.is_eog(t.token) && !ignore_eos,
-                    constraint: c,
-                    verdict: Ok(true),
-                });
-            }
-        }
-        let run = |j: &mut CheckJob| {
-            j.verdict = j
-                .constraint
-                .check(j.token, j.eog)
-                .map_err(|e| format!("the output constraint failed: {e}"));
-        };
-        if self.runner.overlaps() && jobs.len() > 1 {
-            use rayon::prelude::*;
-            jobs.par_iter_mut().for_each(run);
-        } else {
-            jobs.iter_mut().for_each(run);
-        }
-        for j in jobs {
-            let (k, c, ok) = (j.k, j.constraint, j.verdict);
-            let s = &mut self.running[plan[k].0];
-            s.constraint = Some(c);
-            match ok {
-                Ok(true) => self.stats.unmasked_tokens += 1,
-                Ok(false) => {
-                    self.stats.unmasked_refused += 1;
-                    self.refused[k] = true;
-                }
-                Err(e) => s.error = Some(e),
-            }
-        }
     }
 
     /// Gives the constraints (and what failed) back to their sequences.
@@ -1750,10 +1673,6 @@ impl<R: Runner> Engine<R> {
         if let Err(e) = result {
             return self.fail_step(plan, pre, e);
         }
-        self.refused.clear();
-        if self.unmasked_of.iter().any(|&u| u) {
-            self.check_unmasked(&plan, &sampling);
-        }
         self.stats.steps += 1;
         let mut row = 0;
         let mut score_row = 0;
@@ -1762,15 +1681,8 @@ impl<R: Runner> Engine<R> {
         let mut verified_logit_row = 0;
         let mut done = std::mem::take(&mut self.done);
         done.clear();
-        for (k, &(idx, n)) in plan.iter().enumerate() {
+        for &(idx, n) in plan.iter() {
             let seq = &mut self.running[idx];
-            if self.refused.get(k).copied().unwrap_or(false) {
-                // Chosen without a mask and refused: the last token's pass runs again next
-                // step (its keys and values are written again), and the choice is made with
-                // the mask, from the same random stream.
-                row += 1;
-                continue;
-            }
             if let Some(e) = seq.score.as_mut().and_then(|s| s.embed.as_mut()) {
                 let rows = &self.hidden[hidden_row * dim..(hidden_row + n) * dim];
                 hidden_row += n;
@@ -1893,19 +1805,6 @@ fn draft_row(seq: &Seq, j: u64, adjust: &mut Vec<Adjust>) -> RowSampling {
     row.logprobs = None;
     row.mask = None;
     row
-}
-
-/// A token chosen without a mask, to be checked against its sequence's constraint (out of
-/// the sequence meanwhile).
-struct CheckJob {
-    /// The plan entry.
-    k: usize,
-    token: u32,
-    /// The token ends the text.
-    eog: bool,
-    constraint: Box<Constraint>,
-    /// Whether the mask would have allowed it, or why the check failed.
-    verdict: Result<bool, String>,
 }
 
 /// A constrained sequence's part of a step's masks: its constraint, out of the sequence

@@ -195,16 +195,6 @@ impl SamplingParams {
         self.prompt_lookup.max(self.draft_max)
     }
 
-    /// Whether a token chosen over the whole vocabulary, when a token mask allows it, is the
-    /// token the masked choice makes: greedy, or sampling without a top-k, top-p or min-p
-    /// cut (masked, those cut among the allowed tokens only), and no log-probabilities
-    /// (reported under the masked distribution). See [`crate::Constraint`].
-    pub fn unmasked_exact(&self) -> bool {
-        self.logprobs.is_none()
-            && (self.temperature == 0.0
-                || (self.top_k == 0 && self.top_p >= 1.0 && self.min_p == 0.0))
-    }
-
     /// Greedy, and the token is the logits' argmax: no penalty, bias or log-probabilities
     /// (so proposed tokens are verified on the device, by the argmax of each row).
     pub fn plain_greedy(&self) -> bool {

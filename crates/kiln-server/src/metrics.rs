@@ -249,16 +249,6 @@ fn engine_families(s: &EngineStats) -> Vec<MetricFamily> {
             s.masks as f64,
         ),
         (
-            "kiln_engine_unmasked_tokens_total",
-            "Constrained tokens chosen without a token mask and found allowed.",
-            s.unmasked_tokens as f64,
-        ),
-        (
-            "kiln_engine_unmasked_refused_total",
-            "Constrained tokens chosen without a token mask and refused (chosen again with it).",
-            s.unmasked_refused as f64,
-        ),
-        (
             "kiln_engine_launch_seconds_total",
             "Seconds launching passes on a device that runs apart from the host.",
             s.launch_seconds,
@@ -373,8 +363,6 @@ mod tests {
             stream_seconds: 0.125,
             mask_seconds: 0.5,
             masks: 40,
-            unmasked_tokens: 12,
-            unmasked_refused: 3,
             launch_seconds: 0.75,
             mask_wait_seconds: 0.0625,
             sampling_launch_seconds: 0.03125,
