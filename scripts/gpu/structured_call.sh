@@ -4,7 +4,7 @@
 # token with a new schema (scripts/structured_bench.py), on the Qwen2.5-0.5B shape.
 # Usage (device tool, carry .devbin): bash scripts/gpu/structured_call.sh
 # MODEL=FILE runs another model (default: the Qwen shape, written here); SERVE_FLAGS are
-# added to kiln serve's (e.g. --eager-masks); OPS=0 skips the sampling kernels' tests.
+# added to kiln serve's; OPS=0 skips the sampling kernels' tests.
 set -u
 . scripts/gpu/setup.sh
 K="$B/kiln"
