@@ -103,14 +103,16 @@ tiles!(q6_k_256_tiles, q6_k_256);
 /// 8 and 16 KiB no better).
 const PREFETCH: usize = 4096;
 
-/// The weights are asked for as non-temporal (`NTA`): read once a step, they should not
-/// push the KV cache and the activations out of the shared cache. One candidate 0.288 ->
-/// 0.274 s, five 0.474 -> 0.455 s (`bash scripts/refine_ab.sh 12`, medians).
+/// Into every cache level (`T0`). Non-temporal prefetches (`NTA`, kept from 4aa6abd to
+/// 2026-12-04 for sparing the KV cache a few percent on an earlier machine) halve the
+/// bandwidth on the 2-core Intel Xeon of 2026-12-04: decode 108 -> 207 tok/s on the default
+/// model, 22 -> 42-51 on a Qwen2.5-0.5B-shaped Q8_0 file of 529 MB (twice its 260 MB L3),
+/// refinement's one candidate 0.724 -> 0.253 s (docs/PERF.md, "Prefetching into the caches").
 #[inline(always)]
 fn prefetch_ahead(p: *const u8) {
     // SAFETY: a prefetch never faults, whatever the address; `wrapping_add` keeps the
     // pointer arithmetic defined.
-    unsafe { _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(PREFETCH).cast()) }
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast()) }
 }
 
 // ---------------------------------------------------------------- AVX-512 VNNI
