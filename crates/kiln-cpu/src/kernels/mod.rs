@@ -405,8 +405,11 @@ fn block_offsets(qs: &[i8], off: &mut [i32]) {
 /// is the 16 rows' scale and minimum (16 dwords), then 4 units of 16 dwords, unit `q`
 /// holding nibble bytes `4q..4q + 4` of each row; a Q8_0 block is the 16 scales (f16), then
 /// 8 units of 16 dwords, unit `k` holding values `4k..4k + 4` of each row plus 128 (as
-/// unsigned bytes). The same size; rows after the last whole panel stay as they are.
-/// `None`: the kernel reads the file's layout.
+/// unsigned bytes). A Q4_0 block is the 16 scales (f16), then Q4_1's 4 units of nibbles; a
+/// Q5_0 block the 16 scales, 16 dwords of high bits (bit `8j + k` of a row's dword is the
+/// high bit of its value `4k + j`, so one shift and a mask put them beside unit `k`'s
+/// values), then the 4 units of nibbles. The same size; rows after the last whole panel
+/// stay as they are. `None`: the kernel reads the file's layout.
 pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
     if layout(isa, fmt) != Layout::Panels || rows < PANEL {
         return None;
@@ -430,6 +433,10 @@ pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Opti
                 for (f, q, len, flip) in panel_moves(fmt, l) {
                     copy_flip(&from[f..f + len], &mut to[q..q + len], flip);
                 }
+                if fmt == Fmt::Q5_0 {
+                    let qh = u32::from_le_bytes([from[2], from[3], from[4], from[5]]);
+                    to[32 + 4 * l..36 + 4 * l].copy_from_slice(&high_bits(qh).to_le_bytes());
+                }
             }
         }
     }
@@ -445,6 +452,19 @@ fn panel_moves(fmt: Fmt, l: usize) -> [(usize, usize, usize, bool); 9] {
             m[0] = (0, 2 * l, 2, false);
             for k in 0..8 {
                 m[1 + k] = (2 + 4 * k, 32 + 64 * k + 4 * l, 4, true);
+            }
+        }
+        Fmt::Q4_0 => {
+            m[0] = (0, 2 * l, 2, false);
+            for q in 0..4 {
+                m[1 + q] = (2 + 4 * q, 32 + 64 * q + 4 * l, 4, false);
+            }
+        }
+        // The high bits are reordered apart (`high_bits`).
+        Fmt::Q5_0 => {
+            m[0] = (0, 2 * l, 2, false);
+            for q in 0..4 {
+                m[1 + q] = (6 + 4 * q, 96 + 64 * q + 4 * l, 4, false);
             }
         }
         _ => {
@@ -484,7 +504,39 @@ pub fn unpack_row(fmt: Fmt, data: &[u8], cols: usize, r: usize, out: &mut [u8]) 
         for (f, q, len, flip) in panel_moves(fmt, l) {
             copy_flip(&from[q..q + len], &mut to[f..f + len], flip);
         }
+        if fmt == Fmt::Q5_0 {
+            let h = u32::from_le_bytes([
+                from[32 + 4 * l],
+                from[33 + 4 * l],
+                from[34 + 4 * l],
+                from[35 + 4 * l],
+            ]);
+            to[2..6].copy_from_slice(&high_bits_back(h).to_le_bytes());
+        }
     }
+}
+
+/// A Q5_0 block's high bits (bit `v` is value `v`'s) in a panel's order: bit `8j + k` is
+/// value `4k + j`'s ([`repack`]).
+fn high_bits(qh: u32) -> u32 {
+    let mut h = 0;
+    for k in 0..8 {
+        for j in 0..4 {
+            h |= ((qh >> (4 * k + j)) & 1) << (8 * j + k);
+        }
+    }
+    h
+}
+
+/// [`high_bits`] undone.
+fn high_bits_back(h: u32) -> u32 {
+    let mut qh = 0;
+    for k in 0..8 {
+        for j in 0..4 {
+            qh |= ((h >> (8 * j + k)) & 1) << (4 * k + j);
+        }
+    }
+    qh
 }
 
 /// Raw access to a [`QAct`]'s buffers, for threads that each quantize their own rows.
@@ -567,9 +619,9 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
 }
 
 /// The layout of the rows a format's kernel reads on an instruction set: panels for
-/// AVX-512 VNNI's Q4_1 and Q8_0 kernels, which sum a row per lane ([`repack`]).
+/// AVX-512 VNNI's 32-block formats' kernels, which sum a row per lane ([`repack`]).
 pub fn layout(isa: Isa, fmt: Fmt) -> Layout {
-    if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_1 | Fmt::Q8_0) {
+    if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0) {
         Layout::Panels
     } else {
         Layout::File
@@ -599,7 +651,7 @@ impl Tiles {
             f: tile_fn(isa, fmt),
             tokens: if layout == Layout::Panels { 8 } else { 4 },
             layout,
-            offsets: layout == Layout::Panels && fmt == Fmt::Q8_0,
+            offsets: layout == Layout::Panels && fmt != Fmt::Q4_1,
         }
     }
 

@@ -61,9 +61,10 @@ fn run(k: Tiles, w: &[u8], rows: usize, rb: usize, a: &QAct, n: usize) -> Vec<f3
     out
 }
 
-const FORMATS: [Fmt; 6] = [
+const FORMATS: [Fmt; 7] = [
     Fmt::Q4_0,
     Fmt::Q4_1,
+    Fmt::Q5_0,
     Fmt::Q8_0,
     Fmt::Q4_K,
     Fmt::Q5_K,
@@ -263,7 +264,7 @@ fn results_do_not_depend_on_the_batch() {
 #[test]
 fn repacked_rows_unpack_to_the_original() {
     let mut rng = Rng(0x5851_F42D_4C95_7F2D);
-    for fmt in [Fmt::Q4_1, Fmt::Q8_0] {
+    for fmt in [Fmt::Q4_0, Fmt::Q4_1, Fmt::Q5_0, Fmt::Q8_0] {
         for cols in [32, 576, 1056] {
             let rows = 37;
             let w = random_rows(fmt, rows, cols, &mut rng);

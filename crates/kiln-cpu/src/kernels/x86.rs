@@ -59,9 +59,9 @@ macro_rules! tiles {
 /// The AVX-512 VNNI tile kernel for a format.
 pub(super) fn tile_fn_avx512(fmt: Fmt) -> TileFn {
     match fmt {
-        Fmt::Q4_0 => q4_0_512_tiles,
+        Fmt::Q4_0 => q4_0_512_panels,
         Fmt::Q4_1 => q4_1_512_panels,
-        Fmt::Q5_0 => q5_0_512_tiles,
+        Fmt::Q5_0 => q5_0_512_panels,
         Fmt::Q8_0 => q8_0_512_panels,
         Fmt::Q4_K => q4_k_512_tiles,
         Fmt::Q5_K => q5_k_512_tiles,
@@ -82,8 +82,6 @@ pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
     }
 }
 
-tiles!(q4_0_512_tiles, q4_0_512);
-tiles!(q5_0_512_tiles, q5_0_512);
 tiles!(q4_k_512_tiles, q4_k_512);
 tiles!(q5_k_512_tiles, q5_k_512);
 tiles!(q6_k_512_tiles, q6_k_512);
@@ -146,32 +144,6 @@ pub(super) unsafe fn quantize_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s:
     }
 }
 
-/// Two 16-byte nibble groups as the 64 values of two 32-blocks in element order
-/// (`[lo0, hi0, lo1, hi1]`).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn nib2(p0: *const u8, p1: *const u8) -> __m512i {
-    // SAFETY: the caller passes two readable 16-byte locations.
-    unsafe {
-        let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-        let a = _mm256_broadcastsi128_si256(_mm_loadu_si128(p0.cast()));
-        let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(p1.cast()));
-        let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
-        _mm512_and_si512(_mm512_srlv_epi64(x, shifts), _mm512_set1_epi8(0x0F))
-    }
-}
-
-/// Lane `i` of the result is lane `i / 8` of `v`'s first two: the per-block scale of the
-/// two blocks one 512-bit product holds.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn spread2(v: __m128, lo: i32, hi: i32) -> __m512 {
-    let idx = _mm512_set_epi32(
-        hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo,
-    );
-    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
-}
-
 /// `-k * (sums of each 4 activation bytes)`: the start of an accumulator that takes an
 /// offset `k` off every weight.
 #[inline]
@@ -179,56 +151,6 @@ fn spread2(v: __m128, lo: i32, hi: i32) -> __m512 {
 fn neg_offset(k: i8, av: __m512i) -> __m512i {
     let z = _mm512_setzero_si512();
     _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, _mm512_set1_epi8(k), av))
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_0_512<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    let nb = a.nb;
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    // SAFETY: rows and tokens are in range per the `TileFn` contract; blocks `2p, 2p+1`
-    // are below `nb`.
-    unsafe {
-        for p in 0..nb / 2 {
-            let mut wq = [_mm512_setzero_si512(); R];
-            let mut wd = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                let b0 = w.add(r * rb + p * 36);
-                prefetch_ahead(b0);
-                wq[r] = nib2(b0.add(2), b0.add(20));
-                let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(18)));
-                wd[r] = spread2(_mm_cvtph_ps(dd), 0, 1);
-            }
-            for t in 0..C {
-                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
-                let bias = neg_offset(8, av);
-                let ad = spread2(_mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast())), 0, 1);
-                for r in 0..R {
-                    let dot = _mm512_dpbusd_epi32(bias, wq[r], av);
-                    let sc = _mm512_mul_ps(wd[r], ad);
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..R {
-            for t in 0..C {
-                let mut v = _mm512_reduce_add_ps(acc[r][t]);
-                if nb % 2 == 1 {
-                    let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 18), 18);
-                    let (qs, d, _) = a.token(t0 + t);
-                    v += scalar::q4_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
-                }
-                out[t0 + t][r0 + r] = v;
-            }
-        }
-    }
 }
 
 /// A Q4_1 panel (16 rows in [`super::repack`]'s layout) against `C` tokens, a row per lane:
@@ -317,6 +239,101 @@ unsafe fn q8_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
     }
 }
 
+/// A Q4_0 panel (16 rows in [`super::repack`]'s layout) against `C` tokens, a row per lane
+/// as in [`q4_1_panel`]: the nibbles are summed as stored (0 to 15), each lane's integer
+/// sum starting at the token's block offset divided by 16 (`-8` times its sum of values,
+/// [`super::QAct::offsets`]), which leaves the exact product of the values less 8.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
+    let mut acc = [[_mm512_setzero_ps(); C]; 2];
+    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 18 bytes), every
+    // activation access inside a token's `nb` blocks (the caller checked the offsets are
+    // there).
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0F);
+        for b in 0..a.nb {
+            let base = w.add(b * 288);
+            for c in 0..5 {
+                prefetch_ahead(base.wrapping_add(64 * c));
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
+            let mut wk = [_mm512_setzero_si512(); 8];
+            for q in 0..4 {
+                let x = _mm512_loadu_si512(base.add(32 + 64 * q).cast());
+                wk[q] = _mm512_and_si512(x, m4);
+                wk[4 + q] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
+            }
+            for t in 0..C {
+                let start = _mm512_set1_epi32(*off[t].add(b) >> 4);
+                let sum = panel_sum(&wk, tp[t].0.add(32 * b), start);
+                let da = _mm512_set1_ps(*tp[t].1.add(b));
+                let e = &mut acc[b % 2][t];
+                *e = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), *e);
+            }
+        }
+        for t in 0..C {
+            store_lanes(_mm512_add_ps(acc[0][t], acc[1][t]), o, t);
+        }
+    }
+}
+
+/// A Q5_0 panel (16 rows in [`super::repack`]'s layout) against `C` tokens, as
+/// [`q4_0_panel`] with each value's high bit put beside its nibble (0 to 31) and the sums
+/// starting at the offset divided by 8 (`-16` times the token's sum of values).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q5_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
+    let mut acc = [[_mm512_setzero_ps(); C]; 2];
+    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 22 bytes), every
+    // activation access inside a token's `nb` blocks (the caller checked the offsets are
+    // there).
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m16 = _mm512_set1_epi8(0x10);
+        for b in 0..a.nb {
+            let base = w.add(b * 352);
+            for c in 0..6 {
+                prefetch_ahead(base.wrapping_add(64 * c));
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
+            let h = _mm512_loadu_si512(base.add(32).cast());
+            // Unit k's high bits: bit 8j + k of each dword moved to bit 8j + 4.
+            let hk = [
+                _mm512_and_si512(_mm512_slli_epi32::<4>(h), m16),
+                _mm512_and_si512(_mm512_slli_epi32::<3>(h), m16),
+                _mm512_and_si512(_mm512_slli_epi32::<2>(h), m16),
+                _mm512_and_si512(_mm512_slli_epi32::<1>(h), m16),
+                _mm512_and_si512(h, m16),
+                _mm512_and_si512(_mm512_srli_epi32::<1>(h), m16),
+                _mm512_and_si512(_mm512_srli_epi32::<2>(h), m16),
+                _mm512_and_si512(_mm512_srli_epi32::<3>(h), m16),
+            ];
+            let mut wk = [_mm512_setzero_si512(); 8];
+            for q in 0..4 {
+                let x = _mm512_loadu_si512(base.add(96 + 64 * q).cast());
+                wk[q] = _mm512_or_si512(_mm512_and_si512(x, m4), hk[q]);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
+                wk[4 + q] = _mm512_or_si512(hi, hk[4 + q]);
+            }
+            for t in 0..C {
+                let start = _mm512_set1_epi32(*off[t].add(b) >> 3);
+                let sum = panel_sum(&wk, tp[t].0.add(32 * b), start);
+                let da = _mm512_set1_ps(*tp[t].1.add(b));
+                let e = &mut acc[b % 2][t];
+                *e = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), *e);
+            }
+        }
+        for t in 0..C {
+            store_lanes(_mm512_add_ps(acc[0][t], acc[1][t]), o, t);
+        }
+    }
+}
+
 /// The 16 rows' integer sums of one block: `start` plus 8 `vpdpbusd` of the weight
 /// registers (register `k` holding values `4k..4k + 4` of every row) against the token's
 /// values `4k..4k + 4` broadcast, in two chains of 4.
@@ -379,61 +396,10 @@ macro_rules! panels {
     };
 }
 
+panels!(q4_0_512_panels, q4_0_panel, Q4_0, true);
 panels!(q4_1_512_panels, q4_1_panel, Q4_1, false);
+panels!(q5_0_512_panels, q5_0_panel, Q5_0, true);
 panels!(q8_0_512_panels, q8_0_panel, Q8_0, true);
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q5_0_512<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    let nb = a.nb;
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let fifth = _mm512_set1_epi8(0x10);
-    // SAFETY: as in `q4_0_512`.
-    unsafe {
-        for p in 0..nb / 2 {
-            let mut wq = [_mm512_setzero_si512(); R];
-            let mut wd = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                let b0 = w.add(r * rb + p * 44);
-                prefetch_ahead(b0);
-                // Bit j of the two blocks' `qh` is the fifth bit of value j.
-                let qh = (ld32(b0.add(2)) as u32 as u64) | ((ld32(b0.add(24)) as u32 as u64) << 32);
-                let hb = _mm512_maskz_mov_epi8(qh, fifth);
-                wq[r] = _mm512_or_si512(nib2(b0.add(6), b0.add(28)), hb);
-                let dd = _mm_insert_epi16::<1>(_mm_cvtsi32_si128(ld16(b0)), ld16(b0.add(22)));
-                wd[r] = spread2(_mm_cvtph_ps(dd), 0, 1);
-            }
-            for t in 0..C {
-                let av = _mm512_loadu_si512(tp[t].0.add(64 * p).cast());
-                let bias = neg_offset(16, av);
-                let ad = spread2(_mm_castpd_ps(_mm_load_sd(tp[t].1.add(2 * p).cast())), 0, 1);
-                for r in 0..R {
-                    let dot = _mm512_dpbusd_epi32(bias, wq[r], av);
-                    let sc = _mm512_mul_ps(wd[r], ad);
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..R {
-            for t in 0..C {
-                let mut v = _mm512_reduce_add_ps(acc[r][t]);
-                if nb % 2 == 1 {
-                    let b = std::slice::from_raw_parts(w.add(r * rb + (nb - 1) * 22), 22);
-                    let (qs, d, _) = a.token(t0 + t);
-                    v += scalar::q5_0_block(b, &qs[32 * (nb - 1)..], d[nb - 1]);
-                }
-                out[t0 + t][r0 + r] = v;
-            }
-        }
-    }
-}
 
 /// A Q4_K/Q5_K super-block's `d * scale` (8 lanes of the result) and `dmin * min` (8).
 #[inline]
