@@ -4,6 +4,7 @@
 mod kernels;
 mod matmul;
 mod pool;
+mod tune;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -70,15 +71,17 @@ impl KvDtype {
 }
 
 impl CpuBackend {
-    /// A backend with `threads` worker threads (0 picks the number of cores).
+    /// A backend with `threads` worker threads (0 picks the number of cores, and runs its
+    /// work on fewer while other programs take cores and fewer go faster: see
+    /// [`ThreadPool::adaptive`]).
     pub fn new(threads: usize) -> Self {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+        let pool = if threads == 0 {
+            ThreadPool::adaptive(std::thread::available_parallelism().map_or(1, |n| n.get()))
         } else {
-            threads
+            ThreadPool::new(threads)
         };
         CpuBackend {
-            pool: std::sync::Arc::new(ThreadPool::new(threads)),
+            pool: std::sync::Arc::new(pool),
             isa: kernels::Isa::detect(),
             exact: false,
             kv_dtype: KvDtype::default(),

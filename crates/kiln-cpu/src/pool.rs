@@ -1,15 +1,22 @@
 //! A persistent pool of worker threads for per-token work: no spawning, no allocation
-//! and no locking on the hot path, just an epoch counter and a countdown.
+//! and no locking on the hot path, just an epoch counter and a countdown. A pool sized
+//! automatically lets [`crate::tune::Tuner`] run its tasks on fewer threads while other
+//! programs take cores.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::tune::{CpuSampler, Tuner};
 
 type Task = dyn Fn(usize, usize) + Sync;
 
 struct Shared {
     /// The current task, lifetime-erased; valid while `pending > 0`.
     task: Mutex<Option<*const Task>>,
+    /// The current task's number (above the low 8 bits) and how many threads take part in
+    /// it (the low 8 bits): threads `0..active` run it, the rest rest.
     epoch: AtomicUsize,
     pending: AtomicUsize,
     wake: Condvar,
@@ -31,8 +38,18 @@ unsafe impl Sync for Shared {}
 pub struct ThreadPool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
-    /// Serialises callers: one task in flight at a time.
-    gate: Mutex<()>,
+    /// Serialises callers (one task in flight at a time), and holds what they share.
+    gate: Mutex<Gate>,
+}
+
+/// The callers' side of the pool.
+struct Gate {
+    /// Tasks started.
+    count: usize,
+    /// Threads that took part in the last task.
+    last_active: usize,
+    /// Chooses the threads of each task (`None`: all of them).
+    tuner: Option<Tuner>,
 }
 
 impl std::fmt::Debug for ThreadPool {
@@ -45,9 +62,19 @@ impl std::fmt::Debug for ThreadPool {
 const SPIN: usize = 20_000;
 
 impl ThreadPool {
-    /// A pool of `n_threads` (the caller's thread counts as one of them).
+    /// A pool of `n_threads` (the caller's thread counts as one of them), at most 255.
     pub fn new(n_threads: usize) -> Self {
-        let n_threads = n_threads.max(1);
+        Self::with_tuner(n_threads, false)
+    }
+
+    /// A pool of `n_threads` whose tasks run on fewer of them while other programs take
+    /// cores and fewer run faster ([`Tuner`]; where `/proc` does not tell the load, all).
+    pub fn adaptive(n_threads: usize) -> Self {
+        Self::with_tuner(n_threads, true)
+    }
+
+    fn with_tuner(n_threads: usize, adaptive: bool) -> Self {
+        let n_threads = n_threads.clamp(1, 255);
         let shared = Arc::new(Shared {
             task: Mutex::new(None),
             epoch: AtomicUsize::new(0),
@@ -68,10 +95,15 @@ impl ThreadPool {
                     .expect("spawning a worker thread")
             })
             .collect();
+        let tuner = (adaptive && n_threads > 1).then(|| Tuner::new(n_threads, CpuSampler::new()));
         ThreadPool {
             shared,
             handles,
-            gate: Mutex::new(()),
+            gate: Mutex::new(Gate {
+                count: 0,
+                last_active: n_threads,
+                tuner,
+            }),
         }
     }
 
@@ -80,18 +112,32 @@ impl ThreadPool {
         self.shared.n_threads
     }
 
-    /// Runs `f(thread_index, n_threads)` on every thread and returns when all are done.
+    /// Runs `f(thread_index, n_threads)` on every thread taking part in the task (all of
+    /// them, or fewer in an adaptive pool: `n_threads` then says how many) and returns when
+    /// all are done.
     ///
     /// If any part panics, the panic is raised here, after every thread has finished with
     /// `f` (workers borrow it through a raw pointer; unwinding earlier would free it under
     /// them), and the pool stays usable.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
-        let n = self.shared.n_threads;
-        if n == 1 {
+        if self.shared.n_threads == 1 {
             f(0, 1);
             return;
         }
-        let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let n = g
+            .tuner
+            .as_ref()
+            .map_or(self.shared.n_threads, Tuner::active);
+        if n == 1 {
+            // The workers fall asleep on their own; the next task with more threads wakes them.
+            g.last_active = 1;
+            f(0, 1);
+            if let Some(t) = g.tuner.as_mut() {
+                t.done(Instant::now());
+            }
+            return;
+        }
         let task: &(dyn Fn(usize, usize) + Sync + '_) = &f;
         // SAFETY: erase the lifetime; we wait below until every worker has finished with it.
         let ptr: *const Task = unsafe {
@@ -99,10 +145,16 @@ impl ThreadPool {
         };
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
         self.shared.pending.store(n - 1, Ordering::Release);
+        g.count = g.count.wrapping_add(1);
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
-        if self.shared.sleepers.load(Ordering::SeqCst) > 0 {
+        // Threads that rested (not counted as sleepers) are woken when more take part.
+        self.shared
+            .epoch
+            .store((g.count << 8) | n, Ordering::SeqCst);
+        let more = n > g.last_active;
+        g.last_active = n;
+        if more || self.shared.sleepers.load(Ordering::SeqCst) > 0 {
             let _l = self
                 .shared
                 .wake_lock
@@ -121,6 +173,10 @@ impl ThreadPool {
             }
         }
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(t) = g.tuner.as_mut() {
+            t.done(Instant::now());
+        }
+        drop(g);
         if let Err(payload) = mine {
             self.shared.panicked.store(false, Ordering::Release);
             std::panic::resume_unwind(payload);
@@ -135,6 +191,9 @@ fn worker(s: Arc<Shared>, idx: usize) {
     let mut seen = 0usize;
     loop {
         let mut spins = 0usize;
+        // Whether this thread took part in the last task it saw: a thread that rests sleeps
+        // at once, uncounted (`run` wakes every thread when more take part).
+        let mut resting = false;
         loop {
             if s.stop.load(Ordering::Acquire) {
                 return;
@@ -142,23 +201,32 @@ fn worker(s: Arc<Shared>, idx: usize) {
             let e = s.epoch.load(Ordering::Acquire);
             if e != seen {
                 seen = e;
-                break;
+                if idx < e & 0xFF {
+                    break;
+                }
+                resting = true;
+                spins = SPIN;
             }
             spins += 1;
             if spins < SPIN {
                 std::hint::spin_loop();
             } else {
                 let l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if !resting {
+                    s.sleepers.fetch_add(1, Ordering::SeqCst);
+                }
                 if s.epoch.load(Ordering::SeqCst) == seen && !s.stop.load(Ordering::Acquire) {
                     // The lock is held from the check to the wait, so a notification sent
-                    // after `run` saw this sleeper cannot fall between them.
+                    // after `run` saw this sleeper (or raised the threads taking part)
+                    // cannot fall between them.
                     let _l = s
                         .wake
                         .wait_timeout(l, std::time::Duration::from_millis(50))
                         .unwrap_or_else(|e| e.into_inner());
                 }
-                s.sleepers.fetch_sub(1, Ordering::SeqCst);
+                if !resting {
+                    s.sleepers.fetch_sub(1, Ordering::SeqCst);
+                }
                 spins = 0;
             }
         }
@@ -168,9 +236,8 @@ fn worker(s: Arc<Shared>, idx: usize) {
             let f: &Task = unsafe { &*ptr };
             // A panic must still count the worker done, or `run` would wait for ever; it is
             // reported to the caller of `run` instead.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, s.n_threads)))
-                .is_err()
-            {
+            let n = seen & 0xFF;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, n))).is_err() {
                 s.panicked.store(true, Ordering::Release);
             }
         }
@@ -224,6 +291,38 @@ mod tests {
         assert_eq!(h & 0xFFFFF, 1000);
         assert_eq!((h >> 20) & 0xFFFFF, 1000);
         assert_eq!(h >> 40, 1000);
+    }
+
+    /// Tasks on 1, 2 or 3 of 3 threads, changing from task to task and after the workers
+    /// fell asleep: each part of each task runs once, told how many take part.
+    #[test]
+    fn fewer_threads_run_every_part_once() {
+        let pool = ThreadPool::new(3);
+        pool.gate.lock().unwrap().tuner = Some(Tuner::new(3, None));
+        for round in 0..600usize {
+            let want = [3, 1, 2, 2, 3, 1, 1, 3][round % 8];
+            pool.gate
+                .lock()
+                .unwrap()
+                .tuner
+                .as_mut()
+                .unwrap()
+                .set_active(want);
+            if round % 100 == 99 {
+                // Long enough for spinning workers to fall asleep.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let hits = AtomicU64::new(0);
+            pool.run(|i, n| {
+                assert_eq!(n, want);
+                hits.fetch_add(1 << (20 * i), Ordering::Relaxed);
+            });
+            let h = hits.load(Ordering::Relaxed);
+            for i in 0..3 {
+                let expect = u64::from(i < want);
+                assert_eq!((h >> (20 * i)) & 0xFFFFF, expect, "round {round}, part {i}");
+            }
+        }
     }
 
     #[test]
