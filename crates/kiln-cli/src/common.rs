@@ -32,7 +32,8 @@ pub struct ModelArgs {
     /// or not a multiple of 256, get q8_0).
     #[arg(long, value_parser = parse_quant)]
     pub quantize: Option<QuantType>,
-    /// CPU threads (0: one per core).
+    /// CPU threads (0: one per core, and fewer while other programs take cores and fewer
+    /// run faster).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
     /// Where to run: cpu, cuda or cuda:N (a build with `--features cuda`) [default: cpu, or

@@ -227,7 +227,9 @@ fn worker(s: Arc<Shared>, idx: usize) {
                 if !resting {
                     s.sleepers.fetch_sub(1, Ordering::SeqCst);
                 }
-                spins = 0;
+                // Woken without a new task (the wait timed out): back to sleep without
+                // spinning again; a new task is seen at the top of the loop.
+                spins = SPIN;
             }
         }
         let ptr = *s.task.lock().unwrap_or_else(|e| e.into_inner());

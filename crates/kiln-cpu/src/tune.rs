@@ -6,10 +6,12 @@
 //! [`Tuner`] watches the share of the allowed CPUs that other processes use
 //! ([`CpuSampler`], from `/proc`); when it changes (another program starts or stops taking
 //! cores), it times the pool's tasks over a window with the threads it has, a window with
-//! the alternative, and the first again, and keeps the alternative only if it ran faster
-//! than both by 10%. The decision rests on measured speed, not on the load figure, so a
-//! light load (an HTTP client streaming tokens) that does not slow the pool changes nothing;
-//! a trial that loses makes the next wait twice as long.
+//! the alternative, and the first again, and keeps the alternative only if it ran 10% faster
+//! than the mean of the two. The decision rests on measured speed, not on the load figure,
+//! so a light load (an HTTP client streaming tokens) that does not slow the pool changes
+//! nothing; a trial that loses makes the next wait twice as long. Only a core taken outright
+//! (another process's whole core) switches to fewer threads at once, and a trial of all of
+//! them follows later.
 
 use std::time::{Duration, Instant};
 
@@ -20,15 +22,18 @@ const WINDOW_TIME: Duration = Duration::from_millis(40);
 const MIN_CALLS: u32 = 32;
 /// How often the other processes' share of the CPUs is read.
 const SAMPLE: Duration = Duration::from_millis(200);
-/// Cores other processes must take (averaged over a sample) before fewer threads are tried.
+/// Cores other processes must take (averaged over a sample) before fewer threads are tried;
+/// from `TAKEN` on, a core is taken outright and fewer threads are used at once (the trial
+/// back to all of them follows after `LONG_WAIT`, or as soon as the share drops).
 const BUSY: f64 = 0.3;
+const TAKEN: f64 = 0.6;
 /// The wait after a lost trial before the next, doubled with each loss up to `MAX_WAIT`;
 /// after fewer threads won, the wait before trying them all again unless the others' share
 /// drops (`LONG_WAIT`).
 const MIN_WAIT: Duration = Duration::from_millis(400);
 const LONG_WAIT: Duration = Duration::from_millis(3200);
 const MAX_WAIT: Duration = Duration::from_millis(6400);
-/// How much faster the alternative must run than both windows around it.
+/// How much faster the alternative must run than the mean of the windows around it.
 const MARGIN: f64 = 1.10;
 
 /// CPU time of the CPUs this process may run on, and of this process, read from `/proc`.
@@ -164,6 +169,10 @@ pub struct Tuner {
     /// No trial before this.
     quiet_until: Instant,
     wait: Duration,
+    /// The others' share when the last trial was read, and when one last found every
+    /// thread faster despite it (a share no higher then switches only through a trial).
+    others: f64,
+    all_won_at: f64,
     /// Trials decided, and how many switched (for tests and reports).
     pub trials: u32,
     pub switches: u32,
@@ -183,6 +192,8 @@ impl Tuner {
             next_sample: now,
             quiet_until: now,
             wait: MIN_WAIT,
+            others: 0.0,
+            all_won_at: f64::NEG_INFINITY,
             trials: 0,
             switches: 0,
         }
@@ -246,6 +257,7 @@ impl Tuner {
     /// every thread runs (try fewer), or some threads rest (try them all: at once when the
     /// others' share has dropped, otherwise after the wait).
     fn consider(&mut self, others: f64, now: Instant) {
+        self.others = others;
         let resting = self.n - self.active;
         let freed = resting > 0 && others < resting as f64 - 0.5;
         if now < self.quiet_until && !freed {
@@ -262,6 +274,13 @@ impl Tuner {
             self.n
         };
         if alt == self.active {
+            return;
+        }
+        if resting == 0 && others >= TAKEN && others > self.all_won_at + BUSY {
+            self.active = alt;
+            self.switches += 1;
+            self.wait = LONG_WAIT;
+            self.quiet_until = now + self.wait;
             return;
         }
         self.phase = Phase::Before { alt };
@@ -294,10 +313,11 @@ impl Tuner {
     fn decide(&mut self, alt: usize, before: f64, trial: f64, after: f64, now: Instant) {
         self.trials += 1;
         self.phase = Phase::Watch;
-        if trial > MARGIN * before.max(after) {
+        if trial > MARGIN * 0.5 * (before + after) {
             self.wait = if alt < self.active {
                 LONG_WAIT
             } else {
+                self.all_won_at = self.others;
                 MIN_WAIT
             };
             self.active = alt;
@@ -382,6 +402,12 @@ mod tests {
         assert_eq!(drive(&mut t, 0.5, |a| a as f64 * 20_000.0, 5000), 2);
         assert_eq!(t.switches, 0);
         assert!(t.trials >= 2 && t.trials <= 6, "{} trials in 5 s", t.trials);
+        // A heavy load that still leaves every thread faster: the first switch (a core
+        // looked taken) is undone by a trial, and the same load then needs a trial to
+        // switch again, which it loses: no back and forth.
+        let mut t = Tuner::new(2, None);
+        assert_eq!(drive(&mut t, 0.7, |a| a as f64 * 20_000.0, 20_000), 2);
+        assert_eq!(t.switches, 2, "down at once, then up after a trial");
         // Eight threads, one core taken: seven.
         let mut t = Tuner::new(8, None);
         assert_eq!(
@@ -403,7 +429,7 @@ mod tests {
         let mut t = Tuner::new(2, None);
         // Tasks 2 ms apart: 20 in a window's time, too few to time.
         assert_eq!(
-            drive(&mut t, 1.0, |a| if a == 1 { 500.0 } else { 450.0 }, 1500),
+            drive(&mut t, 0.5, |a| if a == 1 { 500.0 } else { 450.0 }, 1500),
             2
         );
         assert_eq!(t.trials, 0);
