@@ -203,62 +203,55 @@ unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
     }
 }
 
-/// A Q8_0 panel (16 rows in [`super::repack`]'s layout: values stored plus 128) against
-/// `C` tokens, a row per lane as in [`q4_1_panel`]: each lane's integer sum starts at the
-/// token's block offset (`-128` times its sum of values, [`super::QAct::offsets`]), so the
-/// 8 `vpdpbusd` leave the exact product; even and odd blocks in two accumulators.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q8_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
-    let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
-    let mut acc = [[_mm512_setzero_ps(); C]; 2];
-    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 34 bytes), every
-    // activation access inside a token's `nb` blocks (the caller checked the offsets are
-    // there).
-    unsafe {
-        for b in 0..a.nb {
-            let base = w.add(b * 544);
-            for c in 0..9 {
-                prefetch_ahead(base.wrapping_add(64 * c));
-            }
+/// A format of [`offset_panel`]: 32-blocks whose values are stored unsigned, `K` above their
+/// true value, with one f16 scale a block (Q8_0: `K` 128; Q4_0: 8; Q5_0: 16), and how one
+/// block of a 16-row panel ([`super::repack`]'s layout) decodes.
+trait OffsetPanel {
+    /// Bytes of one block of a panel.
+    const BYTES: usize;
+    /// The activations' block offset (`-128` times the block's sum of values,
+    /// [`super::QAct::offsets`]) shifted right by this is `-K` times the sum.
+    const SHIFT: u32;
+    /// The 16 rows' scales, then 8 registers of stored values, register `k` holding values
+    /// `4k..4k + 4` of every row.
+    ///
+    /// # Safety
+    /// `base` points to a whole block of a panel; the CPU has AVX-512 F, BW and F16C.
+    unsafe fn decode(base: *const u8) -> (__m512, [__m512i; 8]);
+}
+
+/// Q8_0: 16 scales (f16), then 8 registers of values plus 128.
+struct Q8Panel;
+/// Q4_0: 16 scales, then Q4_1's 4 registers of nibbles (low: values `0..16`, high: `16..32`).
+struct Q4Panel;
+/// Q5_0: 16 scales, 16 dwords of high bits (bit `8j + k` is value `4k + j`'s), then the
+/// nibbles as Q4_0's; a shift and a mask put each high bit beside its nibble (0 to 31).
+struct Q5Panel;
+
+impl OffsetPanel for Q8Panel {
+    const BYTES: usize = 16 * 34;
+    const SHIFT: u32 = 0;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn decode(base: *const u8) -> (__m512, [__m512i; 8]) {
+        // SAFETY: the caller passes a whole block (32 + 8 x 64 bytes).
+        unsafe {
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
-            let wk: [__m512i; 8] =
-                core::array::from_fn(|k| _mm512_loadu_si512(base.add(32 + 64 * k).cast()));
-            for t in 0..C {
-                let start = _mm512_set1_epi32(*off[t].add(b));
-                let sum = panel_sum(&wk, tp[t].0.add(32 * b), start);
-                let da = _mm512_set1_ps(*tp[t].1.add(b));
-                let e = &mut acc[b % 2][t];
-                *e = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), *e);
-            }
-        }
-        for t in 0..C {
-            store_lanes(_mm512_add_ps(acc[0][t], acc[1][t]), o, t);
+            let wk = core::array::from_fn(|k| _mm512_loadu_si512(base.add(32 + 64 * k).cast()));
+            (dw, wk)
         }
     }
 }
 
-/// A Q4_0 panel (16 rows in [`super::repack`]'s layout) against `C` tokens, a row per lane
-/// as in [`q4_1_panel`]: the nibbles are summed as stored (0 to 15), each lane's integer
-/// sum starting at the token's block offset divided by 16 (`-8` times its sum of values,
-/// [`super::QAct::offsets`]), which leaves the exact product of the values less 8.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
-    let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
-    let mut acc = [[_mm512_setzero_ps(); C]; 2];
-    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 18 bytes), every
-    // activation access inside a token's `nb` blocks (the caller checked the offsets are
-    // there).
-    unsafe {
-        let m4 = _mm512_set1_epi8(0x0F);
-        for b in 0..a.nb {
-            let base = w.add(b * 288);
-            for c in 0..5 {
-                prefetch_ahead(base.wrapping_add(64 * c));
-            }
+impl OffsetPanel for Q4Panel {
+    const BYTES: usize = 16 * 18;
+    const SHIFT: u32 = 4;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn decode(base: *const u8) -> (__m512, [__m512i; 8]) {
+        // SAFETY: the caller passes a whole block (32 + 4 x 64 bytes).
+        unsafe {
+            let m4 = _mm512_set1_epi8(0x0F);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
             let mut wk = [_mm512_setzero_si512(); 8];
             for q in 0..4 {
@@ -266,43 +259,24 @@ unsafe fn q4_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
                 wk[q] = _mm512_and_si512(x, m4);
                 wk[4 + q] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
             }
-            for t in 0..C {
-                let start = _mm512_set1_epi32(*off[t].add(b) >> 4);
-                let sum = panel_sum(&wk, tp[t].0.add(32 * b), start);
-                let da = _mm512_set1_ps(*tp[t].1.add(b));
-                let e = &mut acc[b % 2][t];
-                *e = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), *e);
-            }
-        }
-        for t in 0..C {
-            store_lanes(_mm512_add_ps(acc[0][t], acc[1][t]), o, t);
+            (dw, wk)
         }
     }
 }
 
-/// A Q5_0 panel (16 rows in [`super::repack`]'s layout) against `C` tokens, as
-/// [`q4_0_panel`] with each value's high bit put beside its nibble (0 to 31) and the sums
-/// starting at the offset divided by 8 (`-16` times the token's sum of values).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q5_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
-    let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
-    let mut acc = [[_mm512_setzero_ps(); C]; 2];
-    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 22 bytes), every
-    // activation access inside a token's `nb` blocks (the caller checked the offsets are
-    // there).
-    unsafe {
-        let m4 = _mm512_set1_epi8(0x0F);
-        let m16 = _mm512_set1_epi8(0x10);
-        for b in 0..a.nb {
-            let base = w.add(b * 352);
-            for c in 0..6 {
-                prefetch_ahead(base.wrapping_add(64 * c));
-            }
+impl OffsetPanel for Q5Panel {
+    const BYTES: usize = 16 * 22;
+    const SHIFT: u32 = 3;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn decode(base: *const u8) -> (__m512, [__m512i; 8]) {
+        // SAFETY: the caller passes a whole block (32 + 64 + 4 x 64 bytes).
+        unsafe {
+            let m4 = _mm512_set1_epi8(0x0F);
+            let m16 = _mm512_set1_epi8(0x10);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
             let h = _mm512_loadu_si512(base.add(32).cast());
-            // Unit k's high bits: bit 8j + k of each dword moved to bit 8j + 4.
+            // Register k's high bits: bit 8j + k of each dword moved to bit 8j + 4.
             let hk = [
                 _mm512_and_si512(_mm512_slli_epi32::<4>(h), m16),
                 _mm512_and_si512(_mm512_slli_epi32::<3>(h), m16),
@@ -320,8 +294,33 @@ unsafe fn q5_0_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
                 wk[4 + q] = _mm512_or_si512(hi, hk[4 + q]);
             }
+            (dw, wk)
+        }
+    }
+}
+
+/// A panel of an [`OffsetPanel`] format against `C` tokens, a row per lane as in
+/// [`q4_1_panel`]: each lane's integer sum starts at the token's block offset scaled to the
+/// format's `K`, so the 8 `vpdpbusd` of the stored values leave the exact product of the true
+/// ones; even and odd blocks in two accumulators.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn offset_panel<const C: usize, F: OffsetPanel>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
+    let mut acc = [[_mm512_setzero_ps(); C]; 2];
+    // SAFETY: every weight access is inside the panel (`nb` blocks of `F::BYTES`), every
+    // activation access inside a token's `nb` blocks (the caller checked the offsets are
+    // there).
+    unsafe {
+        for b in 0..a.nb {
+            let base = w.add(b * F::BYTES);
+            for c in 0..F::BYTES.div_ceil(64) {
+                prefetch_ahead(base.wrapping_add(64 * c));
+            }
+            let (dw, wk) = F::decode(base);
             for t in 0..C {
-                let start = _mm512_set1_epi32(*off[t].add(b) >> 3);
+                let start = _mm512_set1_epi32(*off[t].add(b) >> F::SHIFT);
                 let sum = panel_sum(&wk, tp[t].0.add(32 * b), start);
                 let da = _mm512_set1_ps(*tp[t].1.add(b));
                 let e = &mut acc[b % 2][t];
@@ -366,7 +365,7 @@ fn store_lanes(v: __m512, o: &mut Tile, t: usize) {
 /// layout) against up to 8 tokens, or fewer rows (those after the last whole panel, in the
 /// file's layout) through the scalar code.
 macro_rules! panels {
-    ($name:ident, $panel:ident, $fmt:ident, $offsets:expr) => {
+    ($name:ident, $panel:ident $(<$f:ty>)?, $fmt:ident, $offsets:expr) => {
         unsafe fn $name(w: *const u8, rb: usize, nr: usize, a: &ActView, nt: usize, o: &mut Tile) {
             // SAFETY: the `TileFn` contract: `nr` rows at `w` (a panel if 16), `nt` tokens in
             // `a`, the CPU has the features (checked by `Isa::detect`).
@@ -382,24 +381,24 @@ macro_rules! panels {
                     return $name(w, rb, nr, &v, nt, o);
                 }
                 match nt {
-                    1 => $panel::<1>(w, a, o),
-                    2 => $panel::<2>(w, a, o),
-                    3 => $panel::<3>(w, a, o),
-                    4 => $panel::<4>(w, a, o),
-                    5 => $panel::<5>(w, a, o),
-                    6 => $panel::<6>(w, a, o),
-                    7 => $panel::<7>(w, a, o),
-                    _ => $panel::<8>(w, a, o),
+                    1 => $panel::<1 $(, $f)?>(w, a, o),
+                    2 => $panel::<2 $(, $f)?>(w, a, o),
+                    3 => $panel::<3 $(, $f)?>(w, a, o),
+                    4 => $panel::<4 $(, $f)?>(w, a, o),
+                    5 => $panel::<5 $(, $f)?>(w, a, o),
+                    6 => $panel::<6 $(, $f)?>(w, a, o),
+                    7 => $panel::<7 $(, $f)?>(w, a, o),
+                    _ => $panel::<8 $(, $f)?>(w, a, o),
                 }
             }
         }
     };
 }
 
-panels!(q4_0_512_panels, q4_0_panel, Q4_0, true);
+panels!(q4_0_512_panels, offset_panel<Q4Panel>, Q4_0, true);
 panels!(q4_1_512_panels, q4_1_panel, Q4_1, false);
-panels!(q5_0_512_panels, q5_0_panel, Q5_0, true);
-panels!(q8_0_512_panels, q8_0_panel, Q8_0, true);
+panels!(q5_0_512_panels, offset_panel<Q5Panel>, Q5_0, true);
+panels!(q8_0_512_panels, offset_panel<Q8Panel>, Q8_0, true);
 
 /// A Q4_K/Q5_K super-block's `d * scale` (8 lanes of the result) and `dmin * min` (8).
 #[inline]
