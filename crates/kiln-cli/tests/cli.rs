@@ -192,6 +192,19 @@ fn absurd_parameters_are_refused_by_name() {
     }
 }
 
+/// A thread count past the pool's limit is refused by name where the CPU is opened (the
+/// pool would otherwise cap it silently).
+#[test]
+fn too_many_threads_are_refused_by_name() {
+    let out = kiln()
+        .args(["run", "--threads", "5000", "--max-tokens", "2", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads 5000: at most 1024"), "{err}");
+}
+
 /// `--draft-max` out of range, or without a draft model: refused by the argument parser,
 /// before any model loads.
 #[test]

@@ -16,7 +16,7 @@ pub use kernels::Isa;
 use kiln_model::backend::{Backend, PagedSeq, RawTensor, TensorBytes};
 use kiln_model::config::RopeStyle;
 use kiln_model::{ModelConfig, ModelError};
-pub use pool::{split_range, ThreadPool};
+pub use pool::{split_range, ThreadPool, MAX_THREADS};
 
 /// Runs the decoder on the CPU.
 #[derive(Debug)]

@@ -15,8 +15,8 @@ type Task = dyn Fn(usize, usize) + Sync;
 struct Shared {
     /// The current task, lifetime-erased; valid while `pending > 0`.
     task: Mutex<Option<*const Task>>,
-    /// The current task's number (above the low 8 bits) and how many threads take part in
-    /// it (the low 8 bits): threads `0..active` run it, the rest rest.
+    /// The current task's number (above the low 16 bits) and how many threads take part in
+    /// it (the low 16 bits): threads `0..active` run it, the rest rest.
     epoch: AtomicUsize,
     pending: AtomicUsize,
     wake: Condvar,
@@ -58,11 +58,16 @@ impl std::fmt::Debug for ThreadPool {
     }
 }
 
+/// Most threads a pool runs (what `--threads` accepts; a larger count is refused where
+/// the backend is opened).
+pub const MAX_THREADS: usize = 1024;
+
 /// Spins this many times waiting for work before sleeping on the condition variable.
 const SPIN: usize = 20_000;
 
 impl ThreadPool {
-    /// A pool of `n_threads` (the caller's thread counts as one of them), at most 255.
+    /// A pool of `n_threads` (the caller's thread counts as one of them), 1 to
+    /// [`MAX_THREADS`].
     pub fn new(n_threads: usize) -> Self {
         Self::with_tuner(n_threads, false)
     }
@@ -74,7 +79,7 @@ impl ThreadPool {
     }
 
     fn with_tuner(n_threads: usize, adaptive: bool) -> Self {
-        let n_threads = n_threads.clamp(1, 255);
+        let n_threads = n_threads.clamp(1, MAX_THREADS);
         let shared = Arc::new(Shared {
             task: Mutex::new(None),
             epoch: AtomicUsize::new(0),
@@ -151,7 +156,7 @@ impl ThreadPool {
         // Threads that rested (not counted as sleepers) are woken when more take part.
         self.shared
             .epoch
-            .store((g.count << 8) | n, Ordering::SeqCst);
+            .store((g.count << 16) | n, Ordering::SeqCst);
         let more = n > g.last_active;
         g.last_active = n;
         if more || self.shared.sleepers.load(Ordering::SeqCst) > 0 {
@@ -201,7 +206,7 @@ fn worker(s: Arc<Shared>, idx: usize) {
             let e = s.epoch.load(Ordering::Acquire);
             if e != seen {
                 seen = e;
-                if idx < e & 0xFF {
+                if idx < e & 0xFFFF {
                     break;
                 }
                 resting = true;
@@ -238,7 +243,7 @@ fn worker(s: Arc<Shared>, idx: usize) {
             let f: &Task = unsafe { &*ptr };
             // A panic must still count the worker done, or `run` would wait for ever; it is
             // reported to the caller of `run` instead.
-            let n = seen & 0xFF;
+            let n = seen & 0xFFFF;
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, n))).is_err() {
                 s.panicked.store(true, Ordering::Release);
             }

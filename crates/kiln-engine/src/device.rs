@@ -216,6 +216,13 @@ impl Device {
                 if opts.gpu_weights != GpuWeights::F16 {
                     return Err(not_here("--gpu-weights", "cuda"));
                 }
+                if opts.threads > kiln_cpu::MAX_THREADS {
+                    return Err(ModelError::Input(format!(
+                        "--threads {}: at most {}",
+                        opts.threads,
+                        kiln_cpu::MAX_THREADS
+                    )));
+                }
                 let mut b = CpuBackend::new(opts.threads)
                     .with_kv_dtype(opts.kv_dtype)
                     .with_exact(d.cpu_exact);
