@@ -1,5 +1,5 @@
-//! `/metrics`: a Prometheus registry of kiln's counters and histograms (atomics, no lock on
-//! the request path), and the engine's gauges and counters read from its stats when scraped,
+//! `/metrics`: a Prometheus registry of kiln's counters and histograms (atomics; counting a
+//! request finds its labels' counter under a read lock), and the engine's gauges and counters read from its stats when scraped,
 //! in the Prometheus text format.
 
 use kiln_engine::EngineStats;
@@ -31,8 +31,21 @@ pub const ENDPOINTS: &[&str] = &[
 ];
 /// Statuses counted separately (every one the server answers with); any other is counted
 /// as 500.
-const STATUSES: &[u16] = &[
-    200, 204, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 500, 503,
+const STATUSES: &[(u16, &str)] = &[
+    (200, "200"),
+    (204, "204"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (413, "413"),
+    (415, "415"),
+    (422, "422"),
+    (429, "429"),
+    (500, "500"),
+    (503, "503"),
 ];
 
 /// Everything `/metrics` shows.
@@ -111,14 +124,11 @@ impl Metrics {
             .iter()
             .find(|&&x| x == endpoint)
             .unwrap_or(&"other");
-        let status = if STATUSES.contains(&status) {
-            status
-        } else {
-            500
-        };
-        self.requests
-            .with_label_values(&[*endpoint, &status.to_string()])
-            .inc();
+        let status = STATUSES
+            .iter()
+            .find(|s| s.0 == status)
+            .map_or("500", |s| s.1);
+        self.requests.with_label_values(&[*endpoint, status]).inc();
     }
 
     /// The Prometheus text exposition.

@@ -241,11 +241,14 @@ fn what_is_wrong(v: &Value, param: &str, max: usize) -> String {
     let Value::Array(a) = v else {
         return format!("`{param}` must be a string, an array of strings or token ids, got {v}");
     };
-    if a.len() > max && !a[0].is_number() {
+    let Some(first) = a.first() else {
+        return format!("`{param}` is an empty list");
+    };
+    if a.len() > max && !first.is_number() {
         return format!("`{param}` holds {} inputs, at most {max}", a.len());
     }
     let not_id = |t: &Value| t.as_u64().is_none_or(|t| t > u64::from(u32::MAX));
-    match &a[0] {
+    match first {
         Value::String(_) => match a.iter().position(|s| !s.is_string()) {
             Some(i) => format!("`{param}[{i}]` must be a string like the first"),
             None => format!("`{param}` must be a list of strings"),
@@ -627,9 +630,11 @@ fn checked<E: Endpoint>(
 ) -> Result<GenRequest, ApiError> {
     let chat = matches!(input, Input::Chat(..));
     let model = b.model;
-    let (messages, prompt, tools) = match &input {
-        Input::Chat(m, t, _) => (Some(m.clone()), None, t.clone()),
-        Input::Completion(p, _) => (None, Some(p.clone()), None),
+    // Taken out of `input`, not copied (a body may hold 20,000 messages); the logprobs
+    // fields as chat's `(logprobs, top_logprobs)` or completions' `logprobs`.
+    let (messages, prompt, tools, logprob_fields) = match input {
+        Input::Chat(m, t, lp) => (Some(m), None, t, Ok(lp)),
+        Input::Completion(p, k) => (None, Some(p), None, Err(k)),
     };
     let shaped = format.is_some() || tools.as_ref().is_some_and(|t| t.active());
     for (field, v) in [
@@ -801,8 +806,8 @@ fn checked<E: Endpoint>(
         .stream_options
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let logprobs = match input {
-        Input::Chat(_, _, (on, top)) => {
+    let logprobs = match logprob_fields {
+        Ok((on, top)) => {
             let on = on.unwrap_or(false);
             let top = top.unwrap_or(0);
             if top > 20 {
@@ -822,7 +827,7 @@ fn checked<E: Endpoint>(
             }
             on
         }
-        Input::Completion(_, k) => match k {
+        Err(k) => match k {
             Some(k) if k > 5 => {
                 return Err(ApiError::bad(
                     "logprobs",
