@@ -15,6 +15,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with(extra, &[])
+    }
+
+    /// As `start`, with these environment variables set for the server.
+    pub fn start_with(extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let model = kiln_model::fetch::ensure_default_model(true).expect("default model");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
@@ -29,6 +34,7 @@ impl Server {
             .arg("--model")
             .arg(&model)
             .args(extra)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
