@@ -421,6 +421,9 @@ pub struct HubOptions {
     /// The most the first request to the Hub (the repo's file list) may take, connecting
     /// included: `$HF_HUB_ETAG_TIMEOUT` seconds, else [`HUB_TIMEOUT`].
     pub timeout: Duration,
+    /// `$HF_HUB_ETAG_TIMEOUT` when it is no positive number of seconds (a download then
+    /// refuses to start, naming it, rather than use another limit than the one asked for).
+    pub bad_timeout: Option<String>,
     /// Say what is downloaded, with a progress bar per file, on standard error (the bars
     /// only when it is a terminal).
     pub progress: bool,
@@ -435,6 +438,7 @@ impl std::fmt::Debug for HubOptions {
             .field("token", &self.token.as_ref().map(|_| "(set)"))
             .field("token_file", &self.token_file)
             .field("timeout", &self.timeout)
+            .field("bad_timeout", &self.bad_timeout)
             .field("progress", &self.progress)
             .finish()
     }
@@ -453,6 +457,7 @@ impl HubOptions {
             token: None,
             token_file,
             timeout: HUB_TIMEOUT,
+            bad_timeout: None,
             progress: false,
         }
     }
@@ -490,11 +495,19 @@ impl HubOptions {
         let token_file = var("HF_TOKEN_PATH")
             .map(PathBuf::from)
             .unwrap_or_else(|| home.join("token"));
-        let timeout = text("HF_HUB_ETAG_TIMEOUT")
-            .and_then(|t| t.trim().parse::<f64>().ok())
-            .filter(|s| *s > 0.0)
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .unwrap_or(HUB_TIMEOUT);
+        let raw_timeout = text("HF_HUB_ETAG_TIMEOUT");
+        let parsed = raw_timeout.as_deref().map(|t| {
+            t.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| *s > 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        });
+        let (timeout, bad_timeout) = match parsed {
+            None => (HUB_TIMEOUT, None),
+            Some(Some(d)) => (d, None),
+            Some(None) => (HUB_TIMEOUT, raw_timeout),
+        };
         HubOptions {
             cache,
             offline,
@@ -502,6 +515,7 @@ impl HubOptions {
             token,
             token_file,
             timeout,
+            bad_timeout,
             progress: true,
         }
     }
@@ -639,10 +653,24 @@ fn snapshot_dir(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
     snap.is_dir().then_some(snap)
 }
 
-/// The snapshot folder of `repo` at `revision` in the Hub cache, if it is there with a
-/// `config.json`.
+/// The snapshot folder of `repo` at `revision` in the Hub cache, if it is there whole
+/// ([`is_whole_download`]).
 pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
-    snapshot_dir(cache, repo, revision).filter(|s| is_model_folder(s))
+    snapshot_dir(cache, repo, revision).filter(|s| is_whole_download(s))
+}
+
+/// Whether a snapshot folder holds everything a download of a model folder fetches:
+/// `config.json`, `tokenizer.json` and the weights (the single file, or the index and every
+/// shard it names). A download cut short leaves some of them out (each file appears in the
+/// snapshot only once it is whole); such a folder is downloaded again, not loaded.
+pub fn is_whole_download(snap: &Path) -> bool {
+    let has = |f: &str| snap.join(f).is_file();
+    has("config.json")
+        && has("tokenizer.json")
+        && (has(SINGLE_FILE)
+            || (has(INDEX_FILE)
+                && shard_names(&snap.join(INDEX_FILE))
+                    .is_ok_and(|shards| shards.iter().all(|f| has(f)))))
 }
 
 /// Resolves a `--model` argument: an existing file or folder as it is; otherwise a Hub model
@@ -661,14 +689,22 @@ pub fn resolve(spec: &str, hub: &HubOptions) -> Result<PathBuf, ModelError> {
     if let Some(found) = want.cached(&hub.cache) {
         return Ok(found);
     }
+    // The spec also reads as a path: a mistyped local file should be told as such, not only
+    // as a repo the Hub lacks.
+    let not_local = |e: ModelError| match e {
+        ModelError::Config(m) => ModelError::Config(format!(
+            "{m} (no local file or folder {spec} exists either)"
+        )),
+        other => other,
+    };
     if hub.offline {
-        return Err(ModelError::Config(format!(
+        return Err(not_local(ModelError::Config(format!(
             "{want}: not in the Hugging Face cache {} and HF_HUB_OFFLINE is set; download it where a network exists (hf download {}) or pass a local folder",
             hub.cache.display(),
             want.hf_args()
-        )));
+        ))));
     }
-    download(&want, hub)
+    download(&want, hub).map_err(not_local)
 }
 
 /// The files of a model folder that kiln reads besides the weights, downloaded when the repo
@@ -767,6 +803,12 @@ fn download(want: &RepoSpec, hub: &HubOptions) -> Result<PathBuf, ModelError> {
         ))
     };
     let from = hub.hub_name();
+    if let Some(t) = &hub.bad_timeout {
+        return Err(fail(format!(
+            "HF_HUB_ETAG_TIMEOUT is `{t}`, which is no positive number of seconds (the limit for {from}'s first answer); set it to one, or unset it for {} s",
+            HUB_TIMEOUT.as_secs()
+        )));
+    }
     let mut builder = ApiBuilder::from_cache(Cache::new(hub.cache.clone()))
         .with_token(hub.token())
         .with_progress(hub.progress)
@@ -794,7 +836,7 @@ fn download(want: &RepoSpec, hub: &HubOptions) -> Result<PathBuf, ModelError> {
         ))
     })?;
     let sha = info.sha.trim();
-    if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if sha.len() != 40 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(fail(format!(
             "{from} gave the commit `{sha}`, which is no commit id"
         )));
@@ -1021,7 +1063,8 @@ mod tests {
     #[test]
     fn hub_cache_lookup_and_offline_error() {
         let tmp = std::env::temp_dir().join(format!("kiln-hub-{}", std::process::id()));
-        let snap = fake_cache(&tmp, "acme/tiny", "abc123", &["config.json"], &["main"]);
+        let whole = ["config.json", "tokenizer.json", "model.safetensors"];
+        let snap = fake_cache(&tmp, "acme/tiny", "abc123", &whole, &["main"]);
         let hub = HubOptions {
             offline: true,
             ..HubOptions::new(tmp.clone())
@@ -1033,13 +1076,7 @@ mod tests {
         assert!(e.contains("no such file"), "{e}");
         // A branch whose name has a slash, a commit named directly, a GGUF file in a
         // subfolder.
-        let pr = fake_cache(
-            &tmp,
-            "acme/tiny",
-            "def456",
-            &["config.json"],
-            &["refs/pr/1"],
-        );
+        let pr = fake_cache(&tmp, "acme/tiny", "def456", &whole, &["refs/pr/1"]);
         assert_eq!(resolve("acme/tiny@refs/pr/1", &hub).unwrap(), pr);
         assert_eq!(resolve("acme/tiny@def456", &hub).unwrap(), pr);
         let g = fake_cache(&tmp, "acme/tiny-GGUF", "0a1b", &["q4/t.gguf"], &["main"]);
@@ -1063,6 +1100,29 @@ mod tests {
         // A snapshot without config.json is no model folder.
         fake_cache(&tmp, "acme/empty", "e0", &["README.md"], &["main"]);
         assert!(resolve("acme/empty", &hub).is_err());
+        // What a download cut short leaves is not taken for the model: config.json alone, or
+        // an index whose second shard never came. Offline, it is missing from the cache.
+        fake_cache(&tmp, "acme/cut", "c0", &["config.json"], &["main"]);
+        let e = resolve("acme/cut", &hub).unwrap_err().to_string();
+        assert!(e.contains("HF_HUB_OFFLINE"), "{e}");
+        let sharded = fake_cache(
+            &tmp,
+            "acme/shards",
+            "d0",
+            &["config.json", "tokenizer.json", "a.safetensors"],
+            &["main"],
+        );
+        let index = r#"{"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}"#;
+        std::fs::write(sharded.join(INDEX_FILE), index).unwrap();
+        assert!(resolve("acme/shards", &hub).is_err());
+        std::fs::write(sharded.join("b.safetensors"), "{}").unwrap();
+        assert_eq!(resolve("acme/shards", &hub).unwrap(), sharded);
+        // A mistyped local path that also reads as a repo is told as both.
+        let e = resolve("models/smol/x.gguf", &hub).unwrap_err().to_string();
+        assert!(
+            e.contains("no local file or folder models/smol/x.gguf exists either"),
+            "{e}"
+        );
         // A malformed id is never looked up.
         let e = resolve("acme/tiny@../x", &hub).unwrap_err().to_string();
         assert!(e.contains("no such file or folder"), "{e}");
@@ -1118,7 +1178,18 @@ mod tests {
         );
         let o = vars(&[("XDG_CACHE_HOME", "/x"), ("HF_HUB_ETAG_TIMEOUT", "1e300")]);
         assert_eq!(o.cache, PathBuf::from("/x/huggingface/hub"));
-        assert_eq!(o.timeout, HUB_TIMEOUT, "an absurd timeout is ignored");
+        assert_eq!(o.timeout, HUB_TIMEOUT);
+        assert_eq!(
+            o.bad_timeout.as_deref(),
+            Some("1e300"),
+            "an absurd timeout is kept"
+        );
+        for bad in ["ten", "0", "-3"] {
+            assert_eq!(
+                vars(&[("HF_HUB_ETAG_TIMEOUT", bad)]).bad_timeout.as_deref(),
+                Some(bad)
+            );
+        }
         assert_eq!(
             vars(&[("HUGGING_FACE_HUB_TOKEN", "hf_old")])
                 .token

@@ -314,6 +314,26 @@ fn refusals_of_the_hub_are_named() {
         e.starts_with("acme/gated:") && e.contains("401") && e.contains("HF_TOKEN"),
         "{e}"
     );
+    // The download stopped after config.json and tokenizer.json: what it left is no cached
+    // model (offline it is missing), and online the download is tried again.
+    let offline = HubOptions {
+        offline: true,
+        ..HubOptions::new(cache.clone())
+    };
+    let e = resolve("acme/gated", &offline).unwrap_err().to_string();
+    assert!(e.contains("HF_HUB_OFFLINE"), "{e}");
+    let before = hub.paths().len();
+    assert!(resolve("acme/gated", &opts).is_err());
+    assert!(hub.paths().len() > before, "not asked again");
+    // A timeout that is no number of seconds stops a download before any request.
+    let before = hub.paths().len();
+    let bad = HubOptions {
+        bad_timeout: Some("ten".into()),
+        ..opts.clone()
+    };
+    let e = resolve("acme/gated", &bad).unwrap_err().to_string();
+    assert!(e.contains("HF_HUB_ETAG_TIMEOUT is `ten`"), "{e}");
+    assert_eq!(hub.paths().len(), before);
     let e = resolve("acme/missing@v9", &opts).unwrap_err().to_string();
     assert!(
         e.starts_with("acme/missing@v9:") && e.contains("no repo acme/missing at revision `v9`"),
