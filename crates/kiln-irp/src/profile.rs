@@ -421,35 +421,66 @@ impl ProfileFile {
             }
             _ => Ok(()),
         };
-        let n = |v: Option<usize>| v.map(|v| v as u64);
-        int("iterations", n(self.iterations))?;
-        real("initial_temperature", self.initial_temperature)?;
-        real("min_temperature", self.min_temperature)?;
-        real("temp_reduction", self.temp_reduction)?;
-        int("max_tokens", n(self.max_tokens))?;
+        // Every field named, as `Profile::apply` takes them: a new one is a compile error
+        // here until its rule is checked (or it is said to need none).
+        let ProfileFile {
+            iterations,
+            initial_temperature,
+            min_temperature,
+            temp_reduction,
+            max_tokens,
+            energy_convergence_threshold,
+            energy_plateau_window,
+            energy_plateau_delta,
+            energy: _,
+            mode: _,
+            energy_weight_surprisal,
+            energy_weight_repetition,
+            energy_weight_truncation,
+            energy_weight_length,
+            surprisal_scale,
+            target_words,
+            seed,
+            top_k,
+            top_p,
+            salience_threshold,
+            history_exchanges,
+            model_keep_alive,
+            max_memory_mb,
+            device: _,
+            precision,
+            enable_thermal_monitoring: _,
+            draft_max,
+        } = self;
+        let n = |v: &Option<usize>| v.map(|v| v as u64);
+        int("iterations", n(iterations))?;
+        real("initial_temperature", *initial_temperature)?;
+        real("min_temperature", *min_temperature)?;
+        real("temp_reduction", *temp_reduction)?;
+        int("max_tokens", n(max_tokens))?;
         real(
             "energy_convergence_threshold",
-            self.energy_convergence_threshold,
+            *energy_convergence_threshold,
         )?;
-        int("energy_plateau_window", n(self.energy_plateau_window))?;
-        real("energy_plateau_delta", self.energy_plateau_delta)?;
-        real("energy_weight_surprisal", self.energy_weight_surprisal)?;
-        real("energy_weight_repetition", self.energy_weight_repetition)?;
-        real("energy_weight_truncation", self.energy_weight_truncation)?;
-        real("energy_weight_length", self.energy_weight_length)?;
-        real("surprisal_scale", self.surprisal_scale)?;
-        int("target_words", n(self.target_words))?;
-        int("seed", self.seed)?;
-        int("top_k", n(self.top_k))?;
-        real("top_p", self.top_p)?;
-        real("salience_threshold", self.salience_threshold)?;
-        int("history_exchanges", n(self.history_exchanges))?;
-        int("max_memory_mb", n(self.max_memory_mb))?;
-        int("draft_max", n(self.draft_max))?;
-        if self.model_keep_alive == Some(false) {
+        int("energy_plateau_window", n(energy_plateau_window))?;
+        real("energy_plateau_delta", *energy_plateau_delta)?;
+        real("energy_weight_surprisal", *energy_weight_surprisal)?;
+        real("energy_weight_repetition", *energy_weight_repetition)?;
+        real("energy_weight_truncation", *energy_weight_truncation)?;
+        real("energy_weight_length", *energy_weight_length)?;
+        real("surprisal_scale", *surprisal_scale)?;
+        int("target_words", n(target_words))?;
+        int("seed", *seed)?;
+        int("top_k", n(top_k))?;
+        real("top_p", *top_p)?;
+        real("salience_threshold", *salience_threshold)?;
+        int("history_exchanges", n(history_exchanges))?;
+        int("max_memory_mb", n(max_memory_mb))?;
+        int("draft_max", n(draft_max))?;
+        if *model_keep_alive == Some(false) {
             return Err(bad_value(file, "model_keep_alive", false));
         }
-        match &self.precision {
+        match precision {
             Some(p) if p != "auto" => Err(bad_value(file, "precision", p)),
             _ => Ok(()),
         }

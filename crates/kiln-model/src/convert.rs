@@ -196,9 +196,14 @@ fn permutation(cfg: &ModelConfig, name: &str) -> Option<usize> {
 /// A q or k projection must have a row per value of each head (the permutation regroups
 /// rows within heads): anything else is a folder whose weights do not match its config.
 fn check_heads(name: &str, rows: usize, heads: usize, head_dim: usize) -> Result<(), ModelError> {
-    if rows != heads * head_dim || !head_dim.is_multiple_of(2) {
+    if rows != heads * head_dim {
         return Err(ModelError::Config(format!(
             "{name}: {rows} rows, but config.json gives {heads} heads of {head_dim} values"
+        )));
+    }
+    if !head_dim.is_multiple_of(2) {
+        return Err(ModelError::Config(format!(
+            "{name}: heads of {head_dim} values, an odd size, which rotary position embedding (pairs of values) cannot take"
         )));
     }
     Ok(())
@@ -280,7 +285,8 @@ mod tests {
             e.to_string().contains("blk.0.attn_k.weight: 48 rows"),
             "{e}"
         );
-        assert!(check_heads("blk.0.attn_q.weight", 60, 4, 15).is_err());
+        let e = check_heads("blk.0.attn_q.weight", 60, 4, 15).unwrap_err();
+        assert!(e.to_string().contains("an odd size"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::request::{object, typed, Prompts, TextsOrIds};
+use crate::request::{read, Prompts, TextsOrIds};
 use crate::response::{Embedding, EmbeddingUsage, List, Vector};
 use crate::{blocking, check_model_name, read_body, Shared};
 
@@ -71,9 +71,8 @@ fn base64_f32(v: &[f32]) -> String {
 /// `pooling` (`mean`, the default, or `last`) and `normalize` (default true).
 pub async fn embeddings(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let body = object(&body)?;
+    let req: EmbeddingRequest = read(&body)?;
     let lm = st.lm()?;
-    let req: EmbeddingRequest = typed(body)?;
     let model = match req.model {
         None => lm.id.clone(),
         Some(s) => {

@@ -53,9 +53,12 @@ pub(crate) fn layered(app: Router<Shared>, st: &Shared) -> Router<Shared> {
 /// Whether a browser's `Origin` gets CORS headers: an origin the operator allowed, or any
 /// with `*` (echoed, not answered with `*`).
 fn cors_allowed(allowed: &[String], origin: &HeaderValue) -> bool {
-    origin
-        .to_str()
-        .is_ok_and(|o| allowed.iter().any(|a| a == "*" || a == o))
+    origin.to_str().is_ok_and(|o| listed(allowed, o))
+}
+
+/// Whether `--cors-origin` lists `origin` (or `*`).
+fn listed(allowed: &[String], origin: &str) -> bool {
+    allowed.iter().any(|a| a == "*" || a == origin)
 }
 
 /// CORS for the allowed origins: a preflight is allowed GET, POST and OPTIONS, and the
@@ -230,7 +233,7 @@ fn host_allowed(cfg: &ServerConfig, host: &str) -> bool {
 /// Whether a browser's `Origin` may use the server: its own pages (same scheme-less
 /// authority as `Host`) or an origin allowed with `--allow-origin`.
 fn origin_allowed(cfg: &ServerConfig, origin: &str, host: Option<&str>) -> bool {
-    if cfg.cors_origins.iter().any(|a| a == "*" || a == origin) {
+    if listed(&cfg.cors_origins, origin) {
         return true;
     }
     let authority = origin

@@ -978,8 +978,7 @@ async fn generate(
             system_fingerprint: Some(FINGERPRINT),
             choices: out_choices,
             usage: Some(usage),
-            refinement: None,
-            snarc: None,
+            ..Default::default()
         };
         return Ok(Json(body).into_response());
     }
@@ -1004,9 +1003,7 @@ async fn generate(
             model: Some(&model),
             system_fingerprint: Some(FINGERPRINT),
             choices: vec![choice],
-            usage: None,
-            refinement: None,
-            snarc: None,
+            ..Default::default()
         })
     };
     struct S {
@@ -1045,10 +1042,8 @@ async fn generate(
             created: Some(created),
             model: Some(&model2),
             system_fingerprint: Some(FINGERPRINT),
-            choices: Vec::new(),
             usage: Some(response::Usage::new(prompt_len, completion, cached, lookup)),
-            refinement: None,
-            snarc: None,
+            ..Default::default()
         })
     };
     let events = stream::unfold((s, tracker), move |(mut s, mut tracker)| {
@@ -1093,13 +1088,8 @@ async fn generate(
                                 content: Some(""),
                                 tool_calls: None,
                             };
-                            s.pending.push_back(chunk(response::Choice::chunk(
-                                i,
-                                Some(delta),
-                                None,
-                                None,
-                                None,
-                            )));
+                            s.pending
+                                .push_back(chunk(response::Choice::delta(i, delta)));
                         }
                         let lp = match &logprob {
                             Some(l) if want_lp && chat => Some(response::Logprobs::Chat {
@@ -1146,26 +1136,16 @@ async fn generate(
                                         tool_calls: Some(calls),
                                         ..Default::default()
                                     };
-                                    s.pending.push_back(chunk(response::Choice::chunk(
-                                        i,
-                                        Some(delta),
-                                        None,
-                                        None,
-                                        None,
-                                    )));
+                                    s.pending
+                                        .push_back(chunk(response::Choice::delta(i, delta)));
                                 }
                                 None if !held.is_empty() => {
                                     let delta = response::Delta {
                                         content: Some(&held),
                                         ..Default::default()
                                     };
-                                    s.pending.push_back(chunk(response::Choice::chunk(
-                                        i,
-                                        Some(delta),
-                                        None,
-                                        None,
-                                        None,
-                                    )));
+                                    s.pending
+                                        .push_back(chunk(response::Choice::delta(i, delta)));
                                 }
                                 None => {}
                             }

@@ -181,15 +181,9 @@ pub async fn chat(st: Shared, req: GenRequest) -> Result<Response, ApiError> {
     ];
     if req.include_usage {
         events.push(event(&response::Completion {
-            id: None,
             object: "chat.completion.chunk",
-            created: None,
-            model: None,
-            system_fingerprint: None,
-            choices: Vec::new(),
             usage: Some(usage),
-            refinement: None,
-            snarc: None,
+            ..Default::default()
         }));
     }
     events.push(SseEvent::default().data("[DONE]"));

@@ -106,7 +106,7 @@ fn not_json(e: serde_json::Error) -> ApiError {
 
 /// A request body as a JSON object: one that is not JSON, too deep, or not an object is
 /// refused as such, before any field is read.
-pub(crate) fn object(body: &[u8]) -> Result<Value, ApiError> {
+fn object(body: &[u8]) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(not_json)?;
     if !v.is_object() {
         return Err(ApiError::bad(
@@ -118,7 +118,7 @@ pub(crate) fn object(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The fields of a body [`object`] read, as `T` (see [`read`]).
-pub(crate) fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     typed_at(v, "")
 }
 

@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::tools::CallOut;
 
-/// A chat completion, a completion, or one chunk of either streamed.
-#[derive(Debug, Serialize)]
+/// A chat completion, a completion, or one chunk of either streamed (`Default`: every
+/// optional field left out, no choices, no object: the constructions name what they set).
+#[derive(Debug, Default, Serialize)]
 pub struct Completion<'a> {
     /// `chatcmpl-N` or `cmpl-N` (left out of a refinement's usage chunk).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,6 +87,11 @@ impl<'a> Choice<'a> {
             finish_reason,
             logprobs: Some(logprobs),
         }
+    }
+
+    /// A chat chunk's choice that only adds `delta`.
+    pub fn delta(index: usize, delta: Delta<'a>) -> Self {
+        Self::chunk(index, Some(delta), None, None, None)
     }
 
     /// A chunk's choice: a `delta` (chat) or `text`, with `logprobs` when given (`Some(None)`

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::request::{chat_messages, lenient, object, typed, Lenient, MessageIn};
+use crate::request::{chat_messages, lenient, read, Lenient, MessageIn};
 use crate::response::{Detokenized, Piece, Token, Tokenized};
 use crate::tools::{ToolChoiceIn, ToolIn};
 use crate::{blocking, check_model_name, read_body, Shared};
@@ -54,9 +54,8 @@ const MAX_IDS: usize = 1 << 20;
 /// and `max_model_len`.
 pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let body = object(&body)?;
+    let m: TokenizeRequest = read(&body)?;
     let lm = st.lm()?;
-    let m: TokenizeRequest = typed(body)?;
     if let Some(name) = lenient(m.model) {
         check_model_name(&st, lm, &name)?;
     }
@@ -153,9 +152,8 @@ pub async fn tokenize(State(st): State<Shared>, body: Body) -> Result<Response, 
 /// `prompt` (vLLM). Control tokens are written out.
 pub async fn detokenize(State(st): State<Shared>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&st, body).await?;
-    let body = object(&body)?;
+    let m: DetokenizeRequest = read(&body)?;
     let lm = st.lm()?;
-    let m: DetokenizeRequest = typed(body)?;
     let Some(arr) = m.tokens else {
         return Err(ApiError::bad("tokens", "`tokens` is required"));
     };
