@@ -3,6 +3,8 @@
 # there) alongside. Correctness first: the backend operations with weights kept quantized,
 # against float64 references, and compute-sanitizer over them.
 # Usage (device tool, carry .devbin, built by scripts/gpu/build.sh): bash scripts/gpu/quant_call.sh
+# MODELS="..." picks the files timed (default: all below); Q4K=0 skips writing the Q4_K file
+# (five minutes of the call).
 set -u
 . scripts/gpu/setup.sh
 K="$B/kiln"
@@ -16,7 +18,7 @@ KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized timeout 300 compute-saniti
 $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1 | tail -1
 $K quantize /tmp/q05 /tmp/q05-q8.gguf --type q8_0 | tail -1
 $K quantize /tmp/l1b /tmp/l1b-q8.gguf --type q8_0 | tail -1
-$K quantize /tmp/l1b /tmp/l1b-q4k.gguf --type q4_k | tail -1
+[ "${Q4K:-1}" = 0 ] || $K quantize /tmp/l1b /tmp/l1b-q4k.gguf --type q4_k | tail -1
 $K quantize /tmp/l1b /tmp/l1b-q40.gguf --type q4_0 | tail -1
 echo "== greedy text, quantized in place against dequantized to f16 (md5 of 48 tokens; both round the same weights)"
 for m in /tmp/s135-q4_1.gguf /tmp/q05-q8.gguf; do
@@ -34,7 +36,7 @@ except Exception:
 ' "$1"; }
 echo "== batch-1 decode tok/s (kiln bench -p 32 -g 256), rounds alternated"
 for r in 1 2; do
-  for m in /tmp/s135-q4_1.gguf /tmp/q05 /tmp/q05-q8.gguf /tmp/l1b /tmp/l1b-q8.gguf /tmp/l1b-q4k.gguf /tmp/l1b-q40.gguf; do
+  for m in ${MODELS:-/tmp/s135-q4_1.gguf /tmp/q05 /tmp/q05-q8.gguf /tmp/l1b /tmp/l1b-q8.gguf /tmp/l1b-q4k.gguf /tmp/l1b-q40.gguf}; do
     $K bench --device cuda -m $m -p 32 -g 256 --json 2>/tmp/bench.err | j "r$r $m f16"
     case $m in *.gguf)
       $K bench --device cuda -m $m -p 32 -g 256 --gpu-weights quantized --json 2>/tmp/bench.err | j "r$r $m quantized"

@@ -65,6 +65,12 @@ const TILE_K: usize = 64;
 /// Largest head size of the prefill attention kernel.
 const TILE_MAX_HD: usize = 128;
 
+/// Shared memory of `k_mv1q` for rows of `cols`: x in f32, each group's sum and scale, and x
+/// quantized to bytes.
+fn mv1q_smem(cols: usize) -> usize {
+    cols * 4 + cols / 32 * 8 + cols
+}
+
 /// Dynamic shared memory of `k_attn_tile` for head size `hd`.
 fn tile_smem(hd: usize) -> usize {
     4 * (TILE_Q * (hd + 4) + TILE_K * (hd + 4) + TILE_K * hd + TILE_Q * (TILE_K + 1))
@@ -357,10 +363,13 @@ impl CudaBackend {
                 tile_smem(TILE_MAX_HD) as i32,
             )
             .map_err(|e| dev("shared memory attribute", e))?;
-        for f in [&k.mv1.f, &k.mv1q.f] {
+        for (f, bytes) in [
+            (&k.mv1.f, MV_STAGE_MAX),
+            (&k.mv1q.f, mv1q_smem(MV_STAGE_MAX / 4)),
+        ] {
             f.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                MV_STAGE_MAX as i32,
+                bytes as i32,
             )
             .map_err(|e| dev("shared memory attribute", e))?;
         }
@@ -637,7 +646,7 @@ impl CudaBackend {
                 &self.k.mv1q,
                 (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
-                (w.cols * 4 + w.cols / 8) as u32,
+                mv1q_smem(w.cols) as u32,
                 launch::Mv1q {
                     q: self.p(&q.q),
                     s: self.p(&q.s),

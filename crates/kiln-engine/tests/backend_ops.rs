@@ -812,7 +812,16 @@ fn quantized_matmul_matches_the_reference() {
 }
 
 fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
-    let tol = if gpu { 3e-3 } else { 2e-2 };
+    // The CPU's products, and the GPU's of one row with the weights read in place, quantize x
+    // to 8 bits per group of 32 (as llama.cpp's do); the GPU's others use f16 weights.
+    let in_place = std::env::var("KILN_TEST_GPU_WEIGHTS").is_ok_and(|s| s == "quantized");
+    let tol = |n: usize| {
+        if gpu && !(in_place && n == 1) {
+            3e-3
+        } else {
+            2e-2
+        }
+    };
     let mut rng = Rng(0x51_7cc1_b727_220a);
     let c = ModelConfig {
         ffn_dim: 2048,
@@ -858,7 +867,7 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 let want = ref_matmul(&w, &x, n, rows, cols);
                 let e = rel(&got, &want);
                 assert!(
-                    e < tol,
+                    e < tol(n),
                     "{} {rows}x{cols}, {n} rows: relative error {e:.2e}",
                     ty.name()
                 );

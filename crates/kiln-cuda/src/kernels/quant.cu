@@ -4,40 +4,33 @@
 // 4-bit: 16 bytes per group, byte b holding q[b] (low nibble) and q[b + 16] (high nibble), q in
 // 0..15 (Q4_0, Q4_1, Q4_K repacked); 8-bit: 32 signed bytes per group (Q8_0).
 // Half a group of 4-bit weights (8 bytes: byte b of the half holds element h*8 + b in its low
-// nibble and 16 + h*8 + b in its high one) against x: xl holds elements h*8 .. h*8+7, xh
-// elements 16 + h*8 .. 16 + h*8 + 7.
-__device__ __forceinline__ float dot_q4h(uint2 q, float4 xl0, float4 xl1, float4 xh0, float4 xh1) {
-    const u32 a = q.x, b = q.y;
-    float s = (float)(a & 15u) * xl0.x + (float)((a >> 8) & 15u) * xl0.y +
-              (float)((a >> 16) & 15u) * xl0.z + (float)((a >> 24) & 15u) * xl0.w;
-    s += (float)(b & 15u) * xl1.x + (float)((b >> 8) & 15u) * xl1.y +
-         (float)((b >> 16) & 15u) * xl1.z + (float)((b >> 24) & 15u) * xl1.w;
-    s += (float)((a >> 4) & 15u) * xh0.x + (float)((a >> 12) & 15u) * xh0.y +
-         (float)((a >> 20) & 15u) * xh0.z + (float)((a >> 28) & 15u) * xh0.w;
-    s += (float)((b >> 4) & 15u) * xh1.x + (float)((b >> 12) & 15u) * xh1.y +
-         (float)((b >> 20) & 15u) * xh1.z + (float)((b >> 28) & 15u) * xh1.w;
-    return s;
+// nibble and 16 + h*8 + b in its high one) against x quantized to 8 bits: xl holds elements
+// h*8 .. h*8+7 (two words of four), xh elements 16 + h*8 .. 16 + h*8 + 7. The integer sum of
+// the 16 products, four to an instruction.
+__device__ __forceinline__ int dot_q4h(uint2 q, int xl0, int xl1, int xh0, int xh1) {
+    const int lo = 0x0F0F0F0F;
+    int s = __dp4a((int)q.x & lo, xl0, 0);
+    s = __dp4a((int)q.y & lo, xl1, s);
+    s = __dp4a((int)(q.x >> 4) & lo, xh0, s);
+    return __dp4a((int)(q.y >> 4) & lo, xh1, s);
 }
 
-// Half a group of 8-bit weights (16 signed bytes) against its 16 values of x.
-__device__ __forceinline__ float dot_q8h(uint4 q, const float4 *xg) {
-    const u32 w[4] = {q.x, q.y, q.z, q.w};
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float4 x = xg[i];
-        int v = (int)w[i];
-        s += (float)((v << 24) >> 24) * x.x + (float)((v << 16) >> 24) * x.y +
-             (float)((v << 8) >> 24) * x.z + (float)(v >> 24) * x.w;
-    }
-    return s;
+// Half a group of 8-bit weights (16 signed bytes) against its 16 values of x, quantized.
+__device__ __forceinline__ int dot_q8h(uint4 q, int4 x) {
+    int s = __dp4a((int)q.x, x.x, 0);
+    s = __dp4a((int)q.y, x.y, s);
+    s = __dp4a((int)q.z, x.z, s);
+    return __dp4a((int)q.w, x.w, s);
 }
 
 // As k_mv1 for quantized rows: each lane takes half groups (16 weights: 8 bytes of a 4-bit
 // group, 16 of an 8-bit one) of every row of its warp's outputs at once, so that their loads
 // are in flight together, and the weights (quants, scales, offsets) are sent towards L2 before
-// the kernel waits for the one before it. Shared memory: cols floats of x, then cols / 32
-// group sums of x (for the 4-bit offsets).
+// the kernel waits for the one before it. x is quantized to 8 bits per group of 32 (a scale
+// each, as llama.cpp's and kiln's CPU products do), so that the products are integer dot
+// products of four bytes (__dp4a): one instruction for four weights, where converting each
+// weight to f32 took three. Shared memory: cols floats of x, cols bytes of quantized x, then
+// cols / 32 group sums of x (for the 4-bit offsets, exact) and as many group scales.
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
        int cols, const float *x, const float *nw, float eps, float *out, Epi mode, int ks) {
@@ -46,7 +39,10 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
     __shared__ float part[8][MV1_OUT][2];
     float *xs = (float *)xs4;
     const int ng = cols >> 5, nh = 2 * ng;
-    float *gs = xs + cols;
+    // x quantized (cols bytes, 16-byte aligned after the floats), then each group's sum and
+    // scale.
+    int *xq = (int *)(xs + cols);
+    float *gs = (float *)(xq + (cols >> 2)), *dq = gs + ng;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
     const int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
@@ -70,15 +66,32 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
     // Only the weights were touched so far: the kernel before may still be running.
     pdl_enter();
     stage_x(x, cols, nw, eps, xs, red);
-    if (bits == 4) {
-        for (int g = threadIdx.x; g < ng; g += blockDim.x) {
-            float t = 0.0f;
-#pragma unroll 8
-            for (int i = 0; i < 32; i++) t += xs[g * 32 + i];
-            gs[g] = t;
+    // Eight threads a group, four values each: the group's sum, its scale (the largest
+    // magnitude to 127) and its values rounded to 8 bits, four to a word. A warp's lanes are
+    // all in or all out of the values (groups are whole), so the shuffles see eight lanes.
+    const int words = cols >> 2;
+    for (int i = threadIdx.x; i < ((words + 31) & ~31); i += blockDim.x) {
+        const bool in = i < words;
+        const float4 v = in ? xs4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+        float sum = (v.x + v.y) + (v.z + v.w);
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) {
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            sum += __shfl_xor_sync(0xffffffffu, sum, o);
         }
-        __syncthreads();
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const int q0 = __float2int_rn(v.x * inv), q1 = __float2int_rn(v.y * inv);
+        const int q2 = __float2int_rn(v.z * inv), q3 = __float2int_rn(v.w * inv);
+        if (in) {
+            xq[i] = (q0 & 255) | ((q1 & 255) << 8) | ((q2 & 255) << 16) | ((q3 & 255) << 24);
+            if ((i & 7) == 0) {
+                gs[i >> 3] = sum;
+                dq[i >> 3] = amax / 127.0f;
+            }
+        }
     }
+    __syncthreads();
     float acc[MV1_OUT][2];
 #pragma unroll
     for (int k = 0; k < MV1_OUT; k++)
@@ -100,15 +113,15 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                         d[k][a] = __ldg(S + gi);
                         m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
                     }
-            const float4 *xg = xs4 + g * 8;
-            float4 xl0 = xg[2 * h], xl1 = xg[2 * h + 1], xh0 = xg[4 + 2 * h], xh1 = xg[5 + 2 * h];
-            float gsum = h == 0 ? gs[g] : 0.0f;
+            const int2 xl = ((const int2 *)(xq + g * 8))[h], xh = ((const int2 *)(xq + g * 8))[2 + h];
+            const float dx = dq[g];
+            const float gsum = h == 0 ? gs[g] : 0.0f;
 #pragma unroll
             for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
                 for (int a = 0; a < 2; a++)
                     if (live[k][a])
-                        acc[k][a] += d[k][a] * dot_q4h(q[k][a], xl0, xl1, xh0, xh1) +
+                        acc[k][a] += d[k][a] * dx * (float)dot_q4h(q[k][a], xl.x, xl.y, xh.x, xh.y) +
                                      m[k][a] * gsum;
         }
     } else {
@@ -126,12 +139,13 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                         q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
                         d[k][a] = __ldg(S + gi);
                     }
-            const float4 *xg = xs4 + g * 8 + 4 * h;
+            const int4 xg = ((const int4 *)(xq + g * 8))[h];
+            const float dx = dq[g];
 #pragma unroll
             for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
                 for (int a = 0; a < 2; a++)
-                    if (live[k][a]) acc[k][a] += d[k][a] * dot_q8h(q[k][a], xg);
+                    if (live[k][a]) acc[k][a] += d[k][a] * dx * (float)dot_q8h(q[k][a], xg);
         }
     }
 #pragma unroll
