@@ -10,9 +10,10 @@
 //! for two, k_mvt on the tensor cores for 3 to 8; k_mv1q and k_mv for the other cases), which
 //! read each weight once for all rows and fuse the RMSNorm before them and the residual add or
 //! SwiGLU after them; larger passes (prefill, big batches) convert the activations to f16 and
-//! use cuBLAS. A decoder layer is six kernels at decode. Decode passes are recorded as CUDA
-//! graphs (a shape on its second run) and replayed: the per-pass metadata (token ids, positions,
-//! block tables) sits in one device buffer that the kernels read, uploaded before each pass.
+//! use cuBLAS. A decoder layer is six kernels at decode (ten with weights read in place: each
+//! product's x is rounded to bytes first). Decode passes are recorded as CUDA graphs (a shape
+//! on its second run) and replayed: the per-pass metadata (token ids, positions, block tables)
+//! sits in one device buffer that the kernels read, uploaded before each pass.
 
 mod launch;
 
@@ -64,12 +65,6 @@ const SHORT_PASS_ROWS: usize = 16;
 const TILE_K: usize = 64;
 /// Largest head size of the prefill attention kernel.
 const TILE_MAX_HD: usize = 128;
-
-/// Shared memory of `k_mv1q` for rows of `cols`: x in f32, each group's sum and scale, and x
-/// quantized to bytes.
-fn mv1q_smem(cols: usize) -> usize {
-    cols * 4 + cols / 32 * 8 + cols
-}
 
 /// Dynamic shared memory of `k_attn_tile` for head size `hd`.
 fn tile_smem(hd: usize) -> usize {
@@ -363,16 +358,13 @@ impl CudaBackend {
                 tile_smem(TILE_MAX_HD) as i32,
             )
             .map_err(|e| dev("shared memory attribute", e))?;
-        for (f, bytes) in [
-            (&k.mv1.f, MV_STAGE_MAX),
-            (&k.mv1q.f, mv1q_smem(MV_STAGE_MAX / 4)),
-        ] {
-            f.set_attribute(
+        k.mv1
+            .f
+            .set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                bytes as i32,
+                MV_STAGE_MAX as i32,
             )
             .map_err(|e| dev("shared memory attribute", e))?;
-        }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| dev("cuBLAS", e))?;
         let workspace = stream
             .alloc_zeros::<u8>(BLAS_WORKSPACE)
@@ -640,13 +632,29 @@ impl CudaBackend {
         let (nw, eps) = norm.map_or((Dev::NULL, 0.0), |(a, e)| (self.p(&a.buf), e));
         let staged = w.cols.is_multiple_of(8) && n * w.cols * 4 <= MV_STAGE_MAX;
         let (outs_i, cols) = (outs as i32, w.cols as i32);
-        if let (Some(q), true, 1) = (&w.q, staged, n) {
+        if let (Some(q), 1) = (&w.q, n) {
+            // x normalized and rounded to bytes once, into the f16 scratch (free at one row),
+            // then read by every block of the product.
+            let xq = self.scratch().0.cast::<u32>();
+            self.launch(
+                &self.k.quant_x,
+                (1, 1, 1),
+                256,
+                0,
+                launch::QuantX {
+                    x,
+                    cols,
+                    nw,
+                    eps,
+                    xq,
+                },
+            );
             let ks = self.col_split(outs.div_ceil(2), w.cols / 4);
             self.launch(
                 &self.k.mv1q,
                 (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
-                mv1q_smem(w.cols) as u32,
+                0,
                 launch::Mv1q {
                     q: self.p(&q.q),
                     s: self.p(&q.s),
@@ -655,9 +663,7 @@ impl CudaBackend {
                     bias,
                     outs: outs_i,
                     cols,
-                    x,
-                    nw,
-                    eps,
+                    xq,
                     out,
                     mode: epi,
                     ks: ks as i32,

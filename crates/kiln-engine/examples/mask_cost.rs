@@ -4,10 +4,12 @@
 //! engine does beside a device.
 //!
 //! ```sh
-//! cargo run --release -p kiln-engine --example mask_cost -- [MODEL.gguf | HF_FOLDER] [N] [STEPS]
+//! cargo run --release -p kiln-engine --example mask_cost -- [MODEL.gguf | HF_FOLDER | default] [N] [STEPS] [unbounded]
 //! ```
-//! Without a model it takes the default model (fetched if missing). Prints microseconds per
-//! step and per mask for each thread count.
+//! Without a model (or with `default`) it takes the default model (fetched if missing). Prints
+//! microseconds per step and per mask for each thread count, then, on one thread, the masks
+//! by how many tokens they allow (one: a forced token; 10,000 or more: inside a string) with
+//! their mean cost. `unbounded` drops the string's `maxLength` from the schema.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,11 +38,16 @@ fn tokenizer(arg: Option<&str>) -> Tokenizer {
     }
 }
 
-fn schema() -> serde_json::Value {
+fn schema(bounded: bool) -> serde_json::Value {
+    let name = if bounded {
+        json!({"type": "string", "maxLength": 16})
+    } else {
+        json!({"type": "string"})
+    };
     let item = json!({
         "type": "object",
         "properties": {
-            "name_bench": {"type": "string", "maxLength": 16},
+            "name_bench": name,
             "count": {"type": "integer", "minimum": 0, "maximum": 1000},
             "kind": {"enum": ["alpha", "beta", "gamma"]}
         },
@@ -56,9 +63,12 @@ fn schema() -> serde_json::Value {
 }
 
 /// One step of one sequence: its mask, then a token it allows (a hash of the step picks
-/// among them, so that every run makes the same choices).
-fn step(c: &mut Constraint, mask: &mut [u32], k: usize) {
+/// among them, so that every run makes the same choices). Returns the mask's cost in
+/// microseconds and how many tokens it allows.
+fn step(c: &mut Constraint, mask: &mut [u32], k: usize) -> (f64, u32) {
+    let t = Instant::now();
     c.fill_mask(mask).expect("a mask");
+    let us = t.elapsed().as_secs_f64() * 1e6;
     let total: u32 = mask.iter().map(|w| w.count_ones()).sum();
     let mut left = (k.wrapping_mul(2_654_435_761) % total.max(1) as usize) as u32;
     for (w, &bits) in mask.iter().enumerate() {
@@ -69,15 +79,17 @@ fn step(c: &mut Constraint, mask: &mut [u32], k: usize) {
                 .nth(left as usize)
                 .unwrap_or(0);
             c.push((w * 32 + b) as u32);
-            return;
+            return (us, total);
         }
         left -= n;
     }
+    (us, total)
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tok = Arc::new(tokenizer(args.first().map(String::as_str)));
+    let model = args.first().map(String::as_str).filter(|m| *m != "default");
+    let tok = Arc::new(tokenizer(model));
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64);
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     let t = Instant::now();
@@ -88,7 +100,10 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e3
     );
     let t = Instant::now();
-    let base = g.compile(&Grammar::JsonSchema(schema())).expect("compiles");
+    let bounded = args.get(3).map(String::as_str) != Some("unbounded");
+    let base = g
+        .compile(&Grammar::JsonSchema(schema(bounded)))
+        .expect("compiles");
     println!(
         "schema compiled in {:.2} ms",
         t.elapsed().as_secs_f64() * 1e3
@@ -99,6 +114,9 @@ fn main() {
     while counts.last().is_some_and(|&c| c * 2 <= max_threads) {
         counts.push(counts.last().unwrap() * 2);
     }
+    // On one thread: (masks, microseconds) by the allowed set's size.
+    let classes = ["1", "2-99", "100-9,999", "10,000+"];
+    let mut by_size = [(0usize, 0f64); 4];
     for threads in counts {
         let mut cs: Vec<Constraint> = (0..n).map(|_| base.clone()).collect();
         let mut masks = vec![0u32; n * words];
@@ -116,7 +134,17 @@ fn main() {
                 }
             };
             if threads == 1 {
-                run(&mut jobs);
+                for (i, c, m) in jobs.iter_mut() {
+                    let (us, allowed) = step(c, m, s * 1000 + *i);
+                    let k = match allowed {
+                        0 | 1 => 0,
+                        2..=99 => 1,
+                        100..=9_999 => 2,
+                        _ => 3,
+                    };
+                    by_size[k].0 += 1;
+                    by_size[k].1 += us;
+                }
             } else {
                 let per = n.div_ceil(threads);
                 jobs.par_chunks_mut(per).for_each(run);
@@ -126,6 +154,14 @@ fn main() {
         println!(
             "{n} sequences, {threads:>2} threads: {us:8.1} us a step, {:6.1} us a mask",
             us / n as f64
+        );
+    }
+    println!("one thread, masks by the tokens they allow:");
+    for (name, (count, us)) in classes.iter().zip(by_size) {
+        println!(
+            "  {name:>10}: {count:6} masks, {:7.1} us each, {:5.1}% of the time",
+            us / count.max(1) as f64,
+            100.0 * us / by_size.iter().map(|c| c.1).sum::<f64>().max(1e-9)
         );
     }
 }

@@ -23,26 +23,66 @@ __device__ __forceinline__ int dot_q8h(uint4 q, int4 x) {
     return __dp4a((int)q.w, x.w, s);
 }
 
-// As k_mv1 for quantized rows: each lane takes half groups (16 weights: 8 bytes of a 4-bit
-// group, 16 of an 8-bit one) of every row of its warp's outputs at once, so that their loads
-// are in flight together, and the weights (quants, scales, offsets) are sent towards L2 before
-// the kernel waits for the one before it. x is quantized to 8 bits per group of 32 (a scale
-// each, as llama.cpp's and kiln's CPU products do), so that the products are integer dot
-// products of four bytes (__dp4a): one instruction for four weights, where converting each
-// weight to f32 took three. Shared memory: cols floats of x, cols bytes of quantized x, then
-// cols / 32 group sums of x (for the 4-bit offsets, exact) and as many group scales.
+// x (one row; RMSNorm'd with nw when nw is given) as k_mv1q reads it: rounded to 8 bits per
+// group of 32 (a scale each: the largest magnitude to 127, as llama.cpp's and kiln's CPU
+// products do), four values a word; then each group's sum of the f32 values (the 4-bit
+// offsets use it, exact) and each group's scale. One block of 256 threads, eight a group.
+extern "C" __global__ void __launch_bounds__(256)
+k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
+    __shared__ float red[32];
+    pdl_enter();
+    float sc = 1.0f;
+    if (nw) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += x[i] * x[i];
+        ss = block_sum(ss, red);
+        sc = rsqrtf(ss / cols + eps);
+    }
+    const int words = cols >> 2, ng = cols >> 5;
+    float *gs = (float *)(xq + words), *dq = gs + ng;
+    // A warp's lanes are all in or all out of the values (groups are whole), so the shuffles
+    // see whole groups of eight lanes.
+    for (int i = threadIdx.x; i < ((words + 31) & ~31); i += blockDim.x) {
+        const bool in = i < words;
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int c = 4 * i + e;
+            v[e] = in ? (nw ? x[c] * sc * nw[c] : x[c]) : 0.0f;
+        }
+        float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+        float sum = (v[0] + v[1]) + (v[2] + v[3]);
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) {
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        }
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        u32 w = 0;
+#pragma unroll
+        for (int e = 0; e < 4; e++) w |= ((u32)__float2int_rn(v[e] * inv) & 255u) << (8 * e);
+        if (in) {
+            xq[i] = w;
+            if ((i & 7) == 0) {
+                gs[i >> 3] = sum;
+                dq[i >> 3] = amax / 127.0f;
+            }
+        }
+    }
+}
+
+// As k_mv1 for quantized rows, with x as k_quant_x leaves it: each lane takes half groups (16
+// weights: 8 bytes of a 4-bit group, 16 of an 8-bit one) of every row of its warp's outputs
+// at once, so that their loads are in flight together, and the weights (quants, scales,
+// offsets) are sent towards L2 before the kernel waits for the one before it. The products
+// are integer dot products of four bytes (__dp4a): one instruction for four weights, where
+// converting each weight to f32 took three. Nothing is staged: x is read from L2 as bytes.
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
-       int cols, const float *x, const float *nw, float eps, float *out, Epi mode, int ks) {
-    extern __shared__ float4 xs4[];
-    __shared__ float red[32];
+       int cols, const u32 *xq, float *out, Epi mode, int ks) {
     __shared__ float part[8][MV1_OUT][2];
-    float *xs = (float *)xs4;
     const int ng = cols >> 5, nh = 2 * ng;
-    // x quantized (cols bytes, 16-byte aligned after the floats), then each group's sum and
-    // scale.
-    int *xq = (int *)(xs + cols);
-    float *gs = (float *)(xq + (cols >> 2)), *dq = gs + ng;
+    const float *gs = (const float *)(xq + (cols >> 2)), *dq = gs + ng;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
     const int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
@@ -63,35 +103,8 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                 }
             }
         }
-    // Only the weights were touched so far: the kernel before may still be running.
+    // Only the weights were touched so far: the kernel before (k_quant_x) may still be running.
     pdl_enter();
-    stage_x(x, cols, nw, eps, xs, red);
-    // Eight threads a group, four values each: the group's sum, its scale (the largest
-    // magnitude to 127) and its values rounded to 8 bits, four to a word. A warp's lanes are
-    // all in or all out of the values (groups are whole), so the shuffles see eight lanes.
-    const int words = cols >> 2;
-    for (int i = threadIdx.x; i < ((words + 31) & ~31); i += blockDim.x) {
-        const bool in = i < words;
-        const float4 v = in ? xs4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-        float sum = (v.x + v.y) + (v.z + v.w);
-#pragma unroll
-        for (int o = 1; o < 8; o <<= 1) {
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-            sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        }
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        const int q0 = __float2int_rn(v.x * inv), q1 = __float2int_rn(v.y * inv);
-        const int q2 = __float2int_rn(v.z * inv), q3 = __float2int_rn(v.w * inv);
-        if (in) {
-            xq[i] = (q0 & 255) | ((q1 & 255) << 8) | ((q2 & 255) << 16) | ((q3 & 255) << 24);
-            if ((i & 7) == 0) {
-                gs[i >> 3] = sum;
-                dq[i >> 3] = amax / 127.0f;
-            }
-        }
-    }
-    __syncthreads();
     float acc[MV1_OUT][2];
 #pragma unroll
     for (int k = 0; k < MV1_OUT; k++)
