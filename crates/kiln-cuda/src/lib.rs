@@ -632,10 +632,11 @@ impl CudaBackend {
         let (nw, eps) = norm.map_or((Dev::NULL, 0.0), |(a, e)| (self.p(&a.buf), e));
         let staged = w.cols.is_multiple_of(8) && n * w.cols * 4 <= MV_STAGE_MAX;
         let (outs_i, cols) = (outs as i32, w.cols as i32);
-        if let (Some(q), 1) = (&w.q, n) {
-            // x normalized and rounded to bytes once, into the f16 scratch (free at one row),
-            // then read by every block of the product.
-            let xq = self.scratch().0.cast::<u32>();
+        // x normalized and rounded to bytes once, into the f16 scratch (free at one row), then
+        // read by every block of the product. The scratch is made at a pass's start, as the
+        // dequantization scratch the other paths use is: products run inside passes.
+        let xq = self.scratch().0.cast::<u32>();
+        if let (Some(q), 1, false) = (&w.q, n, xq.is_null()) {
             self.launch(
                 &self.k.quant_x,
                 (1, 1, 1),

@@ -664,13 +664,26 @@ pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathB
 /// shard it names). A download cut short leaves some of them out (each file appears in the
 /// snapshot only once it is whole); such a folder is downloaded again, not loaded.
 pub fn is_whole_download(snap: &Path) -> bool {
+    missing_parts(snap).is_empty()
+}
+
+/// What a snapshot folder lacks of a whole download ([`is_whole_download`]), in words.
+fn missing_parts(snap: &Path) -> Vec<String> {
     let has = |f: &str| snap.join(f).is_file();
-    has("config.json")
-        && has("tokenizer.json")
-        && (has(SINGLE_FILE)
-            || (has(INDEX_FILE)
-                && shard_names(&snap.join(INDEX_FILE))
-                    .is_ok_and(|shards| shards.iter().all(|f| has(f)))))
+    let mut missing: Vec<String> = ["config.json", "tokenizer.json"]
+        .into_iter()
+        .filter(|f| !has(f))
+        .map(str::to_owned)
+        .collect();
+    if has(INDEX_FILE) {
+        match shard_names(&snap.join(INDEX_FILE)) {
+            Ok(shards) => missing.extend(shards.into_iter().filter(|f| !has(f))),
+            Err(e) => missing.push(format!("a readable {INDEX_FILE} ({e})")),
+        }
+    } else if !has(SINGLE_FILE) {
+        missing.push(format!("{SINGLE_FILE} or {INDEX_FILE}"));
+    }
+    missing
 }
 
 /// Resolves a `--model` argument: an existing file or folder as it is; otherwise a Hub model
@@ -689,15 +702,31 @@ pub fn resolve(spec: &str, hub: &HubOptions) -> Result<PathBuf, ModelError> {
     if let Some(found) = want.cached(&hub.cache) {
         return Ok(found);
     }
-    // The spec also reads as a path: a mistyped local file should be told as such, not only
-    // as a repo the Hub lacks.
+    // A GGUF file's spec also reads as a path: a mistyped local file should be told as such,
+    // not only as a repo the Hub lacks.
     let not_local = |e: ModelError| match e {
-        ModelError::Config(m) => ModelError::Config(format!(
-            "{m} (no local file or folder {spec} exists either)"
-        )),
+        ModelError::Config(m) if want.file.is_some() => {
+            ModelError::Config(format!("{m} (no local file {spec} exists either)"))
+        }
         other => other,
     };
     if hub.offline {
+        // A snapshot that is there but not whole: say what it lacks (a cut download, or a
+        // repo without what kiln reads, such as tokenizer.json or safetensors weights).
+        let partial = match &want.file {
+            None => snapshot_dir(&hub.cache, &want.repo, &want.revision)
+                .map(|snap| (missing_parts(&snap), snap))
+                .filter(|(m, _)| !m.is_empty()),
+            Some(_) => None,
+        };
+        if let Some((missing, snap)) = partial {
+            return Err(ModelError::Config(format!(
+                "{want}: the cached snapshot {} lacks {}, and HF_HUB_OFFLINE is set; complete it where a network exists (hf download {}) or pass a local folder",
+                snap.display(),
+                missing.join(", "),
+                want.hf_args()
+            )));
+        }
         return Err(not_local(ModelError::Config(format!(
             "{want}: not in the Hugging Face cache {} and HF_HUB_OFFLINE is set; download it where a network exists (hf download {}) or pass a local folder",
             hub.cache.display(),
@@ -1104,7 +1133,13 @@ mod tests {
         // an index whose second shard never came. Offline, it is missing from the cache.
         fake_cache(&tmp, "acme/cut", "c0", &["config.json"], &["main"]);
         let e = resolve("acme/cut", &hub).unwrap_err().to_string();
-        assert!(e.contains("HF_HUB_OFFLINE"), "{e}");
+        assert!(
+            e.contains("HF_HUB_OFFLINE")
+                && e.contains(
+                    "lacks tokenizer.json, model.safetensors or model.safetensors.index.json"
+                ),
+            "{e}"
+        );
         let sharded = fake_cache(
             &tmp,
             "acme/shards",
@@ -1114,13 +1149,14 @@ mod tests {
         );
         let index = r#"{"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}"#;
         std::fs::write(sharded.join(INDEX_FILE), index).unwrap();
-        assert!(resolve("acme/shards", &hub).is_err());
+        let e = resolve("acme/shards", &hub).unwrap_err().to_string();
+        assert!(e.contains("lacks b.safetensors"), "{e}");
         std::fs::write(sharded.join("b.safetensors"), "{}").unwrap();
         assert_eq!(resolve("acme/shards", &hub).unwrap(), sharded);
         // A mistyped local path that also reads as a repo is told as both.
         let e = resolve("models/smol/x.gguf", &hub).unwrap_err().to_string();
         assert!(
-            e.contains("no local file or folder models/smol/x.gguf exists either"),
+            e.contains("no local file models/smol/x.gguf exists either"),
             "{e}"
         );
         // A malformed id is never looked up.
