@@ -172,7 +172,6 @@ unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
     // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
     // activation access inside a token's `nb` blocks.
     unsafe {
-        let m4 = _mm512_set1_epi8(0x0F);
         for b in 0..a.nb {
             let base = w.add(b * 320);
             for c in 0..5 {
@@ -181,12 +180,7 @@ unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
             let dm = _mm512_loadu_si512(base.cast());
             let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
             let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
-            let mut wk = [_mm512_setzero_si512(); 8];
-            for q in 0..4 {
-                let x = _mm512_loadu_si512(base.add(64 * (1 + q)).cast());
-                wk[q] = _mm512_and_si512(x, m4);
-                wk[4 + q] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
-            }
+            let wk = nibbles(base.add(64));
             for t in 0..C {
                 let sum = panel_sum(&wk, tp[t].0.add(32 * b), _mm512_setzero_si512());
                 let da = _mm512_set1_ps(*tp[t].1.add(b));
@@ -200,6 +194,29 @@ unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
             let v = _mm512_add_ps(acc[0][t], acc[1][t]);
             store_lanes(_mm512_add_ps(v, mins[t]), o, t);
         }
+    }
+}
+
+/// The 4-bit values of a 16-row panel block (four registers of 64 bytes at `p`, each byte
+/// two values) as 8 registers of bytes: register `q` the low nibbles of register `q`
+/// (values `4q..4q + 4` of every row), register `4 + q` its high nibbles (`16 + 4q..`).
+///
+/// # Safety
+/// `p` points to 256 readable bytes; the CPU has AVX-512 F and BW.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> [__m512i; 8] {
+    // SAFETY: the caller passes 4 x 64 readable bytes.
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let x: [__m512i; 4] = core::array::from_fn(|q| _mm512_loadu_si512(p.add(64 * q).cast()));
+        core::array::from_fn(|k| {
+            if k < 4 {
+                _mm512_and_si512(x[k], m4)
+            } else {
+                _mm512_and_si512(_mm512_srli_epi16::<4>(x[k - 4]), m4)
+            }
+        })
     }
 }
 
@@ -251,15 +268,8 @@ impl OffsetPanel for Q4Panel {
     unsafe fn decode(base: *const u8) -> (__m512, [__m512i; 8]) {
         // SAFETY: the caller passes a whole block (32 + 4 x 64 bytes).
         unsafe {
-            let m4 = _mm512_set1_epi8(0x0F);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
-            let mut wk = [_mm512_setzero_si512(); 8];
-            for q in 0..4 {
-                let x = _mm512_loadu_si512(base.add(32 + 64 * q).cast());
-                wk[q] = _mm512_and_si512(x, m4);
-                wk[4 + q] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
-            }
-            (dw, wk)
+            (dw, nibbles(base.add(32)))
         }
     }
 }
@@ -272,7 +282,6 @@ impl OffsetPanel for Q5Panel {
     unsafe fn decode(base: *const u8) -> (__m512, [__m512i; 8]) {
         // SAFETY: the caller passes a whole block (32 + 64 + 4 x 64 bytes).
         unsafe {
-            let m4 = _mm512_set1_epi8(0x0F);
             let m16 = _mm512_set1_epi8(0x10);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
             let h = _mm512_loadu_si512(base.add(32).cast());
@@ -287,14 +296,8 @@ impl OffsetPanel for Q5Panel {
                 _mm512_and_si512(_mm512_srli_epi32::<2>(h), m16),
                 _mm512_and_si512(_mm512_srli_epi32::<3>(h), m16),
             ];
-            let mut wk = [_mm512_setzero_si512(); 8];
-            for q in 0..4 {
-                let x = _mm512_loadu_si512(base.add(96 + 64 * q).cast());
-                wk[q] = _mm512_or_si512(_mm512_and_si512(x, m4), hk[q]);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
-                wk[4 + q] = _mm512_or_si512(hi, hk[4 + q]);
-            }
-            (dw, wk)
+            let lo = nibbles(base.add(96));
+            (dw, core::array::from_fn(|k| _mm512_or_si512(lo[k], hk[k])))
         }
     }
 }
