@@ -90,8 +90,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model = args.first().map(String::as_str).filter(|m| *m != "default");
     let tok = Arc::new(tokenizer(model));
-    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64);
-    let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let count = |i: usize, what: &str, default: usize| -> usize {
+        args.get(i).map_or(default, |s| match s.parse() {
+            Ok(v) if v > 0 => v,
+            _ => panic!("{what}: a positive number, not {s:?}"),
+        })
+    };
+    let n = count(1, "N (sequences)", 64);
+    let steps = count(2, "STEPS", 100);
     let t = Instant::now();
     let g = Grammars::new(tok.clone(), tok.vocab_size()).expect("grammars");
     println!(
@@ -100,7 +106,11 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e3
     );
     let t = Instant::now();
-    let bounded = args.get(3).map(String::as_str) != Some("unbounded");
+    let bounded = match args.get(3).map(String::as_str) {
+        None => true,
+        Some("unbounded") => false,
+        Some(other) => panic!("the fourth argument: `unbounded` or nothing, not {other:?}"),
+    };
     let base = g
         .compile(&Grammar::JsonSchema(schema(bounded)))
         .expect("compiles");

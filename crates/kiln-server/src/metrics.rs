@@ -1,6 +1,6 @@
 //! `/metrics`: a Prometheus registry of kiln's counters and histograms (atomics; counting a
-//! request finds its labels' counter under a read lock), and the engine's gauges and counters read from its stats when scraped,
-//! in the Prometheus text format.
+//! request finds its labels' counter under a read lock), and the engine's gauges and counters
+//! read from its stats when scraped, in the Prometheus text format.
 
 use kiln_engine::EngineStats;
 use prometheus::core::Collector;
