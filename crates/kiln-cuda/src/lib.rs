@@ -53,6 +53,19 @@ fn mvr_out(n: usize) -> usize {
 const ATT_T: u32 = 128;
 /// Blocks whose sums k_mvt's scratch holds (blocks that share a tile, 256 floats each).
 const MVT_TILES: usize = 4096;
+
+/// Groups of 32 outputs whose x for the next product k_mv1q can round itself (`qx_cnt`).
+const QX_GROUPS: usize = 4096;
+
+/// The next product's x, rounded to bytes by the product before (k_mv1q's `txq`): which half
+/// of the scratch holds it, for which vector and RMSNorm weights, over how many columns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct QxReady {
+    half: usize,
+    x: u64,
+    norm: u64,
+    cols: usize,
+}
 const MAX_HD: usize = 256;
 const BLAS_WORKSPACE: usize = 32 << 20;
 /// Most bytes of x the staged matrix-vector kernels keep in shared memory.
@@ -214,6 +227,12 @@ pub struct CudaBackend {
     /// launches: the last block of a tile resets its own).
     mvt_ws: CudaSlice<f32>,
     mvt_cnt: CudaSlice<u32>,
+    /// k_mv1q's per-group counters for rounding its output as the next x (zero between
+    /// launches, as `mvt_cnt`).
+    qx_cnt: CudaSlice<u32>,
+    /// Set by a one-row product that left its output rounded for the next; taken by the next
+    /// product, and cleared by any other launch in between (which may change the vector).
+    qx: Mutex<Option<QxReady>>,
     st: Mutex<St>,
     /// Each kernel's parameter sizes in bytes by argument count, as the driver reports them
     /// (asked on the first launch), against which every launch's arguments are checked.
@@ -254,6 +273,9 @@ pub struct CudaOptions {
     pub mvt: bool,
     /// The plain matrix-vector kernels instead of the staged ones.
     pub mv_plain: bool,
+    /// One-row products of weights read in place round their output to bytes for the next
+    /// product (instead of a k_quant_x launch before it).
+    pub qx: bool,
     /// When decode attention groups query heads by KV head.
     pub gqa: Gqa,
 }
@@ -267,6 +289,7 @@ impl Default for CudaOptions {
             pdl: true,
             mvt: true,
             mv_plain: false,
+            qx: true,
             gqa: Gqa::Filled,
         }
     }
@@ -385,6 +408,9 @@ impl CudaBackend {
         let mvt_cnt = stream
             .alloc_zeros::<u32>(MVT_TILES)
             .map_err(|e| dev("matrix-vector scratch", e))?;
+        let qx_cnt = stream
+            .alloc_zeros::<u32>(QX_GROUPS)
+            .map_err(|e| dev("matrix-vector scratch", e))?;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -406,6 +432,8 @@ impl CudaBackend {
             opts,
             mvt_ws,
             mvt_cnt,
+            qx_cnt,
+            qx: Mutex::new(None),
             st: Mutex::new(St::default()),
             params: Mutex::new(HashMap::new()),
         })
@@ -461,6 +489,7 @@ impl CudaBackend {
         smem: u32,
         args: T,
     ) {
+        *self.qx.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let list = args.args();
         let args = list.as_slice();
         if let Err(e) = self.check_args(k, args) {
@@ -610,7 +639,9 @@ impl CudaBackend {
     /// `out (epi)= W x` over `n` rows; `x` rows of `w.cols` values, `out` rows `out_stride`
     /// apart. `norm`: RMSNorm x first. `bias_later`: on the matrix-unit path (more than
     /// MV_ROWS rows), leave the bias for the caller to add (k_kv_write does, for the fused
-    /// q|k|v projection).
+    /// q|k|v projection). `next`: `out` is the x of the very next product, RMSNorm'd with these
+    /// weights (null: none); a one-row product of weights read in place then rounds it for that
+    /// product itself, one k_quant_x launch fewer.
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
@@ -622,6 +653,7 @@ impl CudaBackend {
         out_stride: usize,
         epi: Epilogue,
         bias_later: bool,
+        next: Option<Dev<f32>>,
     ) {
         let outs = if epi == Epilogue::SwiGlu {
             w.rows / 2
@@ -634,22 +666,55 @@ impl CudaBackend {
         let (outs_i, cols) = (outs as i32, w.cols as i32);
         // x normalized and rounded to bytes once, into the f16 scratch (free at one row), then
         // read by every block of the product. The scratch is made at a pass's start, as the
-        // dequantization scratch the other paths use is: products run inside passes.
-        let xq = self.scratch().0.cast::<u32>();
-        if let (Some(q), 1, false) = (&w.q, n, xq.is_null()) {
-            self.launch(
-                &self.k.quant_x,
-                (1, 1, 1),
-                256,
-                0,
-                launch::QuantX {
-                    x,
-                    cols,
-                    nw,
-                    eps,
-                    xq,
-                },
-            );
+        // dequantization scratch the other paths use is: products run inside passes. Its two
+        // halves alternate: a product reads x from one and may leave the next x in the other.
+        let ready = self.qx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (xq, half_words) = {
+            let st = self.st();
+            (
+                self.po(&st.xh).cast::<u32>(),
+                st.xh.as_ref().map_or(0, |b| b.len() / 4),
+            )
+        };
+        // Words a rounded x of `c` columns takes: the bytes, then per group of 32 its sum,
+        // scale and (left by a product) sum of squares.
+        let fits = |c: usize| c / 4 + 3 * (c / 32) <= half_words;
+        if let (Some(q), 1, false) = (&w.q, n, xq.is_null() || !fits(w.cols)) {
+            let want = QxReady {
+                half: 0,
+                x: x.addr(),
+                norm: nw.addr(),
+                cols: w.cols,
+            };
+            let (half, xnorm) = match ready {
+                Some(r)
+                    if r == QxReady {
+                        half: r.half,
+                        ..want
+                    } =>
+                {
+                    (r.half, !nw.is_null())
+                }
+                _ => {
+                    self.launch(
+                        &self.k.quant_x,
+                        (1, 1, 1),
+                        256,
+                        0,
+                        launch::QuantX {
+                            x,
+                            cols,
+                            nw,
+                            eps,
+                            xq,
+                        },
+                    );
+                    (0, false)
+                }
+            };
+            let then = next.filter(|_| {
+                self.opts.qx && outs.is_multiple_of(32) && outs / 32 <= QX_GROUPS && fits(outs)
+            });
             let ks = self.col_split(outs.div_ceil(2), w.cols / 4);
             self.launch(
                 &self.k.mv1q,
@@ -664,12 +729,25 @@ impl CudaBackend {
                     bias,
                     outs: outs_i,
                     cols,
-                    xq,
+                    xq: xq.at(half * half_words),
+                    xnorm: i32::from(xnorm),
+                    eps,
                     out,
                     mode: epi,
                     ks: ks as i32,
+                    txq: then.map_or(Dev::NULL, |_| xq.at((1 - half) * half_words)),
+                    tnw: then.unwrap_or(Dev::NULL),
+                    tcnt: self.p(&self.qx_cnt),
                 },
             );
+            if let Some(norm) = then {
+                *self.qx.lock().unwrap_or_else(|p| p.into_inner()) = Some(QxReady {
+                    half: 1 - half,
+                    x: out.addr(),
+                    norm: norm.addr(),
+                    cols: outs,
+                });
+            }
             return;
         }
         let wp = self.f16_ptr(w);
@@ -1393,6 +1471,7 @@ impl Backend for CudaBackend {
         seqs: &[PagedSeq<'_>],
         rows: &[usize],
     ) -> Result<(), ModelError> {
+        *self.qx.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut st = self.st();
         if let Some(e) = st.err.take() {
             return Err(ModelError::Device(e));
@@ -1651,7 +1730,7 @@ impl Backend for CudaBackend {
     fn matmul(&self, w: &CudaMat, x: &CudaAct, n: usize, out: &mut CudaAct) {
         let o = self.p(&out.buf);
         let x = self.p(&x.buf);
-        self.linear(w, x, n, None, o, w.rows, Epilogue::Store, false);
+        self.linear(w, x, n, None, o, w.rows, Epilogue::Store, false, None);
     }
 
     fn add_bias(&self, x: &mut CudaAct, b: &CudaAct, n: usize, width: usize) {
@@ -2091,7 +2170,7 @@ impl Backend for CudaBackend {
         };
         // q|k|v = W_qkv . rmsnorm(x) (+ bias), into `big`.
         let norm = Some((l.attn_norm, cfg.rms_eps));
-        self.linear(l.qkv, xp, n, norm, big, qkvw, Epilogue::Store, units);
+        self.linear(l.qkv, xp, n, norm, big, qkvw, Epilogue::Store, units, None);
         // Rotate k into the cache, q inside the attention kernel.
         self.attend(
             cfg,
@@ -2110,16 +2189,49 @@ impl Backend for CudaBackend {
         if units {
             self.gemm_xh(l.wo, xh, n, xp, dim);
         } else {
-            self.linear(l.wo, ap, n, None, xp, dim, Epilogue::Accumulate, false);
+            let next = Some(self.p(&l.ffn_norm.buf));
+            self.linear(
+                l.wo,
+                ap,
+                n,
+                None,
+                xp,
+                dim,
+                Epilogue::Accumulate,
+                false,
+                next,
+            );
         }
         // h = silu(W_gate . rmsnorm(x)) * (W_up . rmsnorm(x)); x += W_down . h
         let norm = Some((l.ffn_norm, cfg.rms_eps));
-        self.linear(l.gate_up, xp, n, norm, big, ffn, Epilogue::SwiGlu, false);
+        let next = Some(Dev::NULL);
+        self.linear(
+            l.gate_up,
+            xp,
+            n,
+            norm,
+            big,
+            ffn,
+            Epilogue::SwiGlu,
+            false,
+            next,
+        );
         if units {
             // The SwiGLU output is already f16 in `xh`.
             self.gemm_xh(l.down, xh, n, xp, dim);
         } else {
-            self.linear(l.down, big, n, None, xp, dim, Epilogue::Accumulate, false);
+            let next = l.next_norm.map(|a| self.p(&a.buf));
+            self.linear(
+                l.down,
+                big,
+                n,
+                None,
+                xp,
+                dim,
+                Epilogue::Accumulate,
+                false,
+                next,
+            );
         }
         Ok(())
     }

@@ -116,6 +116,9 @@ pub struct DevOptions {
     /// `cuda-gqa=0|1|all`: decode attention grouped by KV head never, when the rows fill
     /// the GPU (the default), or always.
     pub cuda_gqa: Option<String>,
+    /// `cuda-qx=0|1`: one-row products of weights read in place round their output for the
+    /// next product themselves (else a k_quant_x launch before each product does).
+    pub cuda_qx: Option<bool>,
 }
 
 impl DevOptions {
@@ -140,12 +143,13 @@ impl DevOptions {
             "cuda-pdl" => self.cuda_pdl = Some(flag()?),
             "cuda-mvt" => self.cuda_mvt = Some(flag()?),
             "cuda-mv-plain" => self.cuda_mv_plain = flag()?,
+            "cuda-qx" => self.cuda_qx = Some(flag()?),
             "cuda-gqa" => match value {
                 "0" | "1" | "all" => self.cuda_gqa = Some(value.to_owned()),
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-mv-plain, cuda-gqa)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-mv-plain, cuda-gqa, cuda-qx)"
             )),
         }
         Ok(())
@@ -169,6 +173,7 @@ impl DevOptions {
             (self.cuda_mvt.is_some(), "cuda-mvt"),
             (self.cuda_mv_plain, "cuda-mv-plain"),
             (self.cuda_gqa.is_some(), "cuda-gqa"),
+            (self.cuda_qx.is_some(), "cuda-qx"),
         ]
         .into_iter()
         .find(|c| c.0)
@@ -258,6 +263,7 @@ impl Device {
             pdl: d.cuda_pdl.unwrap_or(base.pdl),
             mvt: d.cuda_mvt.unwrap_or(base.mvt),
             mv_plain: d.cuda_mv_plain,
+            qx: d.cuda_qx.unwrap_or(base.qx),
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
                 Some("all") => Gqa::All,

@@ -105,19 +105,32 @@ struct Opened {
     quantized: Option<QuantReport>,
     /// Every position's logits of every prompt (see [`all_logits`]).
     logits: LogitsFn,
+    /// The same, each token in a pass of its own, as decoding runs (see [`stepped_logits`]).
+    stepped: LogitsFn,
 }
 
 /// Loads `path` on the test device with `threads` CPU threads.
 fn load_test(path: &Path, threads: usize, opts: &LoadOptions) -> Result<Opened, ModelError> {
-    kiln_engine::with_backend!(test_device(threads), b => {
+    load_on(test_device(threads), path, opts)
+}
+
+/// Loads `path` on `device`.
+fn load_on(
+    device: kiln_engine::device::Device,
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<Opened, ModelError> {
+    kiln_engine::with_backend!(device, b => {
         let m = load(path, b, opts)?;
-        let model = m.model;
+        let model = std::rc::Rc::new(m.model);
+        let again = model.clone();
         Ok(Opened {
             cfg: model.cfg.clone(),
             tokenizer: m.tokenizer,
             template: m.template,
             quantized: m.quantized,
             logits: Box::new(move |prompts| all_logits(&model, prompts)),
+            stepped: Box::new(move |prompts| stepped_logits(&again, prompts)),
         })
     })
 }
@@ -131,6 +144,21 @@ fn all_logits<B: Backend>(m: &Model<B>, prompts: &[Prompt]) -> Vec<f32> {
         let mut st = m.new_state(n, n).unwrap();
         m.forward(&mut st, &mut kv, &p.ids, 0, true).unwrap();
         out.extend_from_slice(&st.logits);
+    }
+    out
+}
+
+/// As [`all_logits`], each token in a pass of its own (one row a pass: the decode kernels).
+fn stepped_logits<B: Backend>(m: &Model<B>, prompts: &[Prompt]) -> Vec<f32> {
+    let mut out = Vec::new();
+    for p in prompts {
+        let n = p.ids.len();
+        let mut kv = m.new_kv(n).unwrap();
+        let mut st = m.new_state(1, 1).unwrap();
+        for (i, &id) in p.ids.iter().enumerate() {
+            m.forward(&mut st, &mut kv, &[id], i, true).unwrap();
+            out.extend_from_slice(&st.logits);
+        }
     }
     out
 }
@@ -465,6 +493,78 @@ fn quantized_files_load_and_agree_with_the_reference() {
             let err = max_err(&(b.logits)(&r.prompts), &ref_logits(arch, "base"));
             eprintln!("{arch} {ty:?}: max |dlogit| = {err:.4} ({rep:?})");
             assert!(err <= tol, "{arch} {ty:?}: {err} > {tol}");
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+}
+
+/// Quantized files decoded one token a pass give the logits of the whole prompt in one pass.
+/// On the CPU they are the same to the bit (x is rounded to bytes per group of 32 either way).
+/// On a GPU with `KILN_TEST_GPU_WEIGHTS=quantized` the one-row products read the weights in
+/// place with x rounded to bytes (each product's output rounded for the next by the product
+/// itself), while the prompt pass converts the weights to f16 and keeps x in f16. Which way a
+/// value near half a step rounds follows the smallest difference upstream, so two devices'
+/// rounded runs drift apart by about the rounding's whole effect; there the one-token passes
+/// are held instead to be no further from the exact logits (the CPU's with f32 activations,
+/// `cpu-exact`) than the CPU's own rounded ones are.
+#[test]
+fn quantized_files_decoded_one_token_a_pass_agree_with_the_prompt_pass() {
+    use kiln_engine::device::{DevOptions, Device, DeviceKind, DeviceOptions};
+    use kiln_model::quantize::{quantize_file, FileType};
+    let in_place = common::test_kind() != DeviceKind::Cpu
+        && std::env::var("KILN_TEST_GPU_WEIGHTS").is_ok_and(|s| s == "quantized");
+    let rel = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        let norm =
+            |v: &mut dyn Iterator<Item = f32>| v.map(|x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        norm(&mut a.iter().zip(b).map(|(x, y)| x - y)) / norm(&mut a.iter().copied())
+    };
+    let cpu = |exact: bool| {
+        let dev = DevOptions {
+            cpu_exact: exact,
+            ..Default::default()
+        };
+        let opts = DeviceOptions {
+            threads: 2,
+            dev,
+            ..Default::default()
+        };
+        Device::open_with(DeviceKind::Cpu, &opts).unwrap()
+    };
+    for ty in [FileType::Q8_0, FileType::Q4_0, FileType::Q4_1] {
+        for arch in ["llama", "qwen2", "phi3"] {
+            let f = kiln_formats::gguf::GgufFile::open(fixture(arch).join("model.gguf")).unwrap();
+            let (w, _) = quantize_file(&f, ty, |_, _, _| {}).unwrap();
+            let out = std::env::temp_dir().join(format!(
+                "kiln-stepped-{arch}-{ty:?}-{}.gguf",
+                std::process::id()
+            ));
+            w.write_to(&out).unwrap();
+            let m = load_test(&out, 2, &LoadOptions::default()).unwrap();
+            let p = &reference(arch).prompts;
+            let stepped = (m.stepped)(p);
+            let whole = (m.logits)(p);
+            let own = rel(&whole, &stepped);
+            if in_place {
+                let load = |exact| load_on(cpu(exact), &out, &LoadOptions::default()).unwrap();
+                let exact = (load(true).logits)(p);
+                let (gpu, cpu) = (
+                    rel(&exact, &stepped),
+                    rel(&exact, &(load(false).stepped)(p)),
+                );
+                eprintln!(
+                    "{arch} {ty:?}: one token a pass from exact {gpu:.2e}, the CPU's {cpu:.2e} (from the prompt pass {own:.2e})"
+                );
+                assert!(
+                    gpu <= 1.5 * cpu + 2e-3,
+                    "{arch} {ty:?}: one-token passes {gpu:.2e} from exact, the CPU's {cpu:.2e}"
+                );
+            } else {
+                eprintln!(
+                    "{arch} {ty:?}: one token a pass against the prompt pass, relative {own:.2e}"
+                );
+                assert!(own < 5e-3, "{arch} {ty:?}: stepped logits off by {own:.2e}");
+            }
             std::fs::remove_file(&out).unwrap();
         }
     }

@@ -417,11 +417,14 @@ pub struct FusedRef<'a, B: Backend> {
     pub gate_up: &'a B::Mat,
     /// Down projection.
     pub down: &'a B::Mat,
+    /// The next layer's attention RMSNorm weights, when the next layer is fused too (its
+    /// first product takes this layer's output: a backend may prepare it while writing it).
+    pub next_norm: Option<&'a B::Act>,
 }
 
 impl<B: Backend> FusedLayer<B> {
-    /// The layer, borrowed.
-    pub fn borrowed(&self) -> FusedRef<'_, B> {
+    /// The layer, borrowed, with the layer after it (if fused).
+    pub fn borrowed<'a>(&'a self, next: Option<&'a FusedLayer<B>>) -> FusedRef<'a, B> {
         FusedRef {
             attn_norm: &self.attn_norm,
             qkv: &self.qkv,
@@ -429,6 +432,7 @@ impl<B: Backend> FusedLayer<B> {
             ffn_norm: &self.ffn_norm,
             gate_up: &self.gate_up,
             down: &self.down,
+            next_norm: next.map(|n| &n.attn_norm),
         }
     }
 }

@@ -394,7 +394,11 @@ impl<B: Backend> Model<B> {
             for (li, layer) in self.layers.iter().enumerate() {
                 let l = match layer {
                     Layer::Fused(f) => {
-                        b.fused_layer(c, f.borrowed(), li, pool, n, &mut s.x, &mut s.att)?;
+                        let next = match self.layers.get(li + 1) {
+                            Some(Layer::Fused(g)) => Some(&**g),
+                            _ => None,
+                        };
+                        b.fused_layer(c, f.borrowed(next), li, pool, n, &mut s.x, &mut s.att)?;
                         lap(on, &mut t, &mut bd.attention);
                         continue;
                     }

@@ -16,10 +16,7 @@ extern "C" __global__ void k_rmsnorm(const float *x, const float *w, float eps, 
     pdl_enter();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * dim;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, red);
-    float s = rsqrtf(ss / dim + eps);
+    const float s = rms_scale(xr, dim, eps, red);
     float *o = out + (size_t)blockIdx.x * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * s * w[i];
 }
@@ -75,12 +72,7 @@ extern "C" __global__ void k_to_f16(const float *x, const float *w, float eps, i
         for (int i = tid + TO_F16_HELD * nt; i < d4; i += nt) put(i, x4[i]);
         return;
     }
-    float s = 1.0f;
-    if (w) {
-        float ss = 0.0f;
-        for (int i = tid; i < dim; i += nt) ss += xr[i] * xr[i];
-        s = rsqrtf(block_sum(ss, red) / dim + eps);
-    }
+    const float s = w ? rms_scale(xr, dim, eps, red) : 1.0f;
     for (int i = tid; i < dim; i += nt) o[i] = f2h(w ? xr[i] * s * w[i] : xr[i]);
 }
 

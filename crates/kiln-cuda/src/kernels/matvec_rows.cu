@@ -15,13 +15,7 @@ __device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
 // One row of x (RMS-normalised when `nw` is given) into shared memory.
 __device__ void stage_x(const float *x, int cols, const float *nw, float eps, float *xs,
                         float *red) {
-    float sc = 1.0f;
-    if (nw) {
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += x[i] * x[i];
-        ss = block_sum(ss, red);
-        sc = rsqrtf(ss / cols + eps);
-    }
+    const float sc = nw ? rms_scale(x, cols, eps, red) : 1.0f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = nw ? x[i] * sc * nw[i] : x[i];
     __syncthreads();
 }

@@ -82,6 +82,14 @@ __device__ float block_sum(float v, float *red) {
     return warp_sum(t);
 }
 
+// 1 / RMS of x's cols values (eps added to the mean square), for RMSNorm; every thread of the
+// block gets it.
+__device__ float rms_scale(const float *x, int cols, float eps, float *red) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += x[i] * x[i];
+    return rsqrtf(block_sum(ss, red) / cols + eps);
+}
+
 __device__ float block_max(float v, float *red) {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     v = warp_max(v);

@@ -25,19 +25,16 @@ __device__ __forceinline__ int dot_q8h(uint4 q, int4 x) {
 
 // x (one row; RMSNorm'd with nw when nw is given) as k_mv1q reads it: rounded to 8 bits per
 // group of 32 (a scale each: the largest magnitude to 127, as llama.cpp's and kiln's CPU
-// products do), four values a word; then each group's sum of the f32 values (the 4-bit
-// offsets use it, exact) and each group's scale. One block of 256 threads, eight a group.
+// products do), four values a word; then each group's sum and scale. The sum is of the
+// rounded values (times the scale), as on the CPU: a 4-bit product, d * dx * (q . xq) + m *
+// sum, is then exactly that of the weights with x as rounded, its error scaling with the
+// weights (d * q + m; centred for Q4_0) rather than with d * q. One block of 256 threads,
+// eight a group.
 extern "C" __global__ void __launch_bounds__(256)
 k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
     __shared__ float red[32];
     pdl_enter();
-    float sc = 1.0f;
-    if (nw) {
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += x[i] * x[i];
-        ss = block_sum(ss, red);
-        sc = rsqrtf(ss / cols + eps);
-    }
+    const float sc = nw ? rms_scale(x, cols, eps, red) : 1.0f;
     const int words = cols >> 2, ng = cols >> 5;
     float *gs = (float *)(xq + words), *dq = gs + ng;
     // A warp's lanes are all in or all out of the values (groups are whole), so the shuffles
@@ -51,23 +48,56 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
             v[e] = in ? (nw ? x[c] * sc * nw[c] : x[c]) : 0.0f;
         }
         float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-        float sum = (v[0] + v[1]) + (v[2] + v[3]);
 #pragma unroll
-        for (int o = 1; o < 8; o <<= 1) {
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-            sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        }
+        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         u32 w = 0;
+        int sum = 0;
 #pragma unroll
-        for (int e = 0; e < 4; e++) w |= ((u32)__float2int_rn(v[e] * inv) & 255u) << (8 * e);
+        for (int e = 0; e < 4; e++) {
+            const int q = __float2int_rn(v[e] * inv);
+            sum += q;
+            w |= ((u32)q & 255u) << (8 * e);
+        }
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
         if (in) {
             xq[i] = w;
             if ((i & 7) == 0) {
-                gs[i >> 3] = sum;
-                dq[i >> 3] = amax / 127.0f;
+                const float d = amax / 127.0f;
+                gs[i >> 3] = d * (float)sum;
+                dq[i >> 3] = d;
             }
         }
+    }
+}
+
+// One group of 32 values of h (with RMSNorm weights nw when given, not yet the norm's scale) as
+// k_quant_x leaves x, and the group's sum of squares of h, from which k_mv1q finds the scale;
+// one warp. Rounding per group commutes with the scale: (s * v) rounds to the same integers as
+// v, with s times the group's scale. For a product whose output is the next product's x.
+__device__ void quant_group(const float *h, const float *nw, int g, int cols, u32 *xq) {
+    const int lane = threadIdx.x & 31, c = g * 32 + lane, ng = cols >> 5;
+    const float hv = __ldcg(h + c);
+    const float v = nw ? hv * nw[c] : hv;
+    const float amax = warp_max(fabsf(v));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int q = __float2int_rn(v * inv);
+    const u32 b = (u32)q & 255u;
+    const u32 w = b | (__shfl_down_sync(0xffffffffu, b, 1) << 8) |
+                  (__shfl_down_sync(0xffffffffu, b, 2) << 16) |
+                  (__shfl_down_sync(0xffffffffu, b, 3) << 24);
+    int qs = q;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) qs += __shfl_xor_sync(0xffffffffu, qs, o);
+    const float ss = warp_sum(hv * hv);
+    float *gs = (float *)(xq + (cols >> 2)), *dq = gs + ng;
+    if ((lane & 3) == 0) xq[g * 8 + (lane >> 2)] = w;
+    if (lane == 0) {
+        const float d = amax / 127.0f;
+        gs[g] = d * (float)qs;
+        dq[g] = d;
+        dq[ng + g] = ss;
     }
 }
 
@@ -77,9 +107,15 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
 // offsets) are sent towards L2 before the kernel waits for the one before it. The products
 // are integer dot products of four bytes (__dp4a): one instruction for four weights, where
 // converting each weight to f32 took three. Nothing is staged: x is read from L2 as bytes.
+// xnorm: x was left by quant_group (the product before's txq) and still takes its RMSNorm
+// scale, found from the groups' sums of squares with eps.
+// txq (when not null): the output is the next product's x, made so here (txq, with RMSNorm
+// weights tnw when given) instead of by a k_quant_x launch: the last block to finish a group of
+// 32 outputs (counted in tcnt, which it resets) rounds that group. Needs outs a multiple of 32.
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
-       int cols, const u32 *xq, float *out, Epi mode, int ks) {
+       int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,
+       const float *tnw, u32 *tcnt) {
     __shared__ float part[8][MV1_OUT][2];
     const int ng = cols >> 5, nh = 2 * ng;
     const float *gs = (const float *)(xq + (cols >> 2)), *dq = gs + ng;
@@ -105,6 +141,15 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
         }
     // Only the weights were touched so far: the kernel before (k_quant_x) may still be running.
     pdl_enter();
+    // x's sums of squares (xnorm) are loaded now and added up after the products, so that their
+    // latency hides behind the weights'.
+    float ss0 = 0.0f, ss1 = 0.0f;
+    if (xnorm) {
+        const float *ss = dq + ng;
+        ss0 = lane < ng ? ss[lane] : 0.0f;
+        ss1 = lane + 32 < ng ? ss[lane + 32] : 0.0f;
+        for (int g = lane + 64; g < ng; g += 32) ss0 += ss[g];
+    }
     float acc[MV1_OUT][2];
 #pragma unroll
     for (int k = 0; k < MV1_OUT; k++)
@@ -161,23 +206,42 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                     if (live[k][a]) acc[k][a] += d[k][a] * dx * (float)dot_q8h(q[k][a], xg);
         }
     }
+    const float sc = xnorm ? rsqrtf(warp_sum(ss0 + ss1) / cols + eps) : 1.0f;
 #pragma unroll
     for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
         for (int a = 0; a < 2; a++) {
-            float v = warp_sum(acc[k][a]);
+            float v = warp_sum(acc[k][a]) * sc;
             if (lane == 0) part[warp][k][a] = v;
         }
     __syncthreads();
-    if (kw == 0 && lane < MV1_OUT) {
-        int k = lane, o = o0 + k;
+    // The block's groups * MV1_OUT outputs, stored by the first warp (lane l: group l /
+    // MV1_OUT's output l % MV1_OUT), which alone then counts them for txq.
+    if (warp != 0) return;
+    const int per = groups * MV1_OUT;
+    if (lane < per) {
+        const int gi = lane / MV1_OUT, k = lane % MV1_OUT;
+        const int o = (blockIdx.x * groups + gi) * MV1_OUT + k;
         if (o < outs) {
             float s0 = 0.0f, s1 = 0.0f;
             for (int w = 0; w < ks; w++) {
-                s0 += part[grp * ks + w][k][0];
-                s1 += part[grp * ks + w][k][1];
+                s0 += part[gi * ks + w][k][0];
+                s1 += part[gi * ks + w][k][1];
             }
             mv_store(out, o, outs, bias, s0, s1, mode);
+        }
+    }
+    if (txq) {
+        // A block holds 16 / ks outputs, so 2 * ks blocks make a group of 32; the last of
+        // them to count rounds it.
+        const int g = blockIdx.x / (2 * ks);
+        __threadfence();
+        u32 seen = 0;
+        if (lane == 0) seen = atomicAdd(tcnt + g, 1u);
+        if (__shfl_sync(0xffffffffu, seen, 0) == 2u * ks - 1u) {
+            __threadfence();
+            quant_group(out, tnw, g, outs, txq);
+            if (lane == 0) tcnt[g] = 0u;
         }
     }
 }
