@@ -5,9 +5,10 @@ once more sampled with a seed) by `kiln run -m TARGET` with and without `--draft
 generated tok/s both ways, the draft's acceptance, whether the texts are identical, then the
 totals.
 
-    python3 scripts/draft_bench.py KILN TARGET DRAFT [DRAFT_MAX] [THREADS]
+    python3 scripts/draft_bench.py KILN TARGET DRAFT [DRAFT_MAX] [THREADS] [-- KILN_RUN_ARGS...]
 
 For the default model: `kiln quantize` makes the F16 target from the Q4_1 file, which drafts.
+Arguments after `--` go to every `kiln run` (e.g. `-- --device cuda --gpu-weights quantized`).
 """
 import re
 import statistics
@@ -28,8 +29,8 @@ PROMPTS = [
 ]
 
 
-def run(kiln, target, draft, k, threads, prompt, sampled):
-    args = [kiln, "run", "-m", target, "-n", "192", "--threads", threads]
+def run(kiln, target, draft, k, threads, prompt, sampled, extra):
+    args = [kiln, "run", "-m", target, "-n", "192", "--threads", threads] + extra
     args += ["--temperature", "0.7", "--seed", "5"] if sampled else ["--temperature", "0"]
     if draft:
         args += ["--draft", draft, "--draft-max", str(k)]
@@ -41,16 +42,19 @@ def run(kiln, target, draft, k, threads, prompt, sampled):
 
 
 def main():
-    kiln, target, draft = sys.argv[1:4]
-    k = int(sys.argv[4]) if len(sys.argv) > 4 else 8
-    threads = sys.argv[5] if len(sys.argv) > 5 else "2"
+    argv, extra = sys.argv, []
+    if "--" in argv:
+        argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    kiln, target, draft = argv[1:4]
+    k = int(argv[4]) if len(argv) > 4 else 8
+    threads = argv[5] if len(argv) > 5 else "2"
     for sampled in [False, True]:
         rows = []
         for i, p in enumerate(PROMPTS):
             order = [None, draft] if i % 2 == 0 else [draft, None]
             got = {}
             for d in order:
-                got[d] = run(kiln, target, d, k, threads, p, sampled)
+                got[d] = run(kiln, target, d, k, threads, p, sampled, extra)
             plain, fast = got[None], got[draft]
             same = plain[0] == fast[0]
             rows.append((plain[1], plain[2], fast[2], same, fast[3]))
