@@ -5,10 +5,11 @@ once more sampled with a seed) by `kiln run -m TARGET` with and without `--draft
 generated tok/s both ways, the draft's acceptance, whether the texts are identical, then the
 totals.
 
-    python3 scripts/draft_bench.py KILN TARGET DRAFT [DRAFT_MAX] [THREADS] [-- KILN_RUN_ARGS...]
+    python3 scripts/draft_bench.py KILN TARGET DRAFT [DRAFT_MAX] [THREADS] [P_MIN] [-- KILN_RUN_ARGS...]
 
 For the default model: `kiln quantize` makes the F16 target from the Q4_1 file, which drafts.
-Arguments after `--` go to every `kiln run` (e.g. `-- --device cuda --gpu-weights quantized`).
+P_MIN: `--draft-p-min` of the runs with the draft (default: kiln's). Arguments after `--` go
+to every `kiln run` (e.g. `-- --device cuda --gpu-weights quantized`).
 """
 import re
 import statistics
@@ -29,11 +30,13 @@ PROMPTS = [
 ]
 
 
-def run(kiln, target, draft, k, threads, prompt, sampled, extra):
+def run(kiln, target, draft, k, threads, prompt, sampled, extra, p_min):
     args = [kiln, "run", "-m", target, "-n", "192", "--threads", threads] + extra
     args += ["--temperature", "0.7", "--seed", "5"] if sampled else ["--temperature", "0"]
     if draft:
         args += ["--draft", draft, "--draft-max", str(k)]
+        if p_min is not None:
+            args += ["--draft-p-min", p_min]
     r = subprocess.run(args + [prompt], capture_output=True, text=True, check=True)
     m = re.search(r"(\d+) generated at ([\d.]+) tok/s", r.stderr)
     d = re.search(r"draft model: (\d+) of (\d+) proposed", r.stderr)
@@ -48,13 +51,14 @@ def main():
     kiln, target, draft = argv[1:4]
     k = int(argv[4]) if len(argv) > 4 else 8
     threads = argv[5] if len(argv) > 5 else "2"
+    p_min = argv[6] if len(argv) > 6 else None
     for sampled in [False, True]:
         rows = []
         for i, p in enumerate(PROMPTS):
             order = [None, draft] if i % 2 == 0 else [draft, None]
             got = {}
             for d in order:
-                got[d] = run(kiln, target, d, k, threads, p, sampled, extra)
+                got[d] = run(kiln, target, d, k, threads, p, sampled, extra, p_min)
             plain, fast = got[None], got[draft]
             same = plain[0] == fast[0]
             rows.append((plain[1], plain[2], fast[2], same, fast[3]))

@@ -98,6 +98,7 @@ fn bench_on<B: Backend>(a: &BenchArgs, m: LoadedModel<B>, load_s: f64) -> anyhow
         },
         max_running: a.batch,
         max_queue: 4 * a.batch,
+        draft_p_min: a.model.draft_p_min,
         ..Default::default()
     };
     let weights = weight_bytes(&m);

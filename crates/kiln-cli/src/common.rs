@@ -68,6 +68,11 @@ pub struct ModelArgs {
     /// `kiln serve` may set their own `draft_max`; 0 turns it off).
     #[arg(long, default_value_t = 8, requires = "draft", value_parser = parse_draft_max)]
     pub draft_max: usize,
+    /// With --draft, for greedy requests: the draft model stops proposing at a token it gives
+    /// less than this probability, 0 to 1 (0: it always proposes --draft-max tokens, or a
+    /// request's draft_max).
+    #[arg(long, default_value_t = kiln_engine::engine::DRAFT_P_MIN, requires = "draft", value_parser = parse_p_min)]
+    pub draft_p_min: f32,
 }
 
 impl ModelArgs {
@@ -118,6 +123,13 @@ fn parse_draft_max(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=kiln_engine::sampling::MAX_PROMPT_LOOKUP).contains(&n) => Ok(n),
         _ => Err(format!("`{s}`: expected 1 to 16 tokens")),
+    }
+}
+
+fn parse_p_min(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{s}`: expected a probability, 0 to 1")),
     }
 }
 
@@ -240,6 +252,7 @@ impl EngineArgs {
                 max_running: self.max_running,
                 max_queue: self.max_queue,
                 max_speculative_batch: self.max_speculative_batch,
+                ..Default::default()
             },
         }
     }
@@ -277,6 +290,7 @@ fn start_on<B: Backend>(
         Some(spec) => Some(load_draft(spec, &m, quiet)?),
         None => None,
     };
+    builder.config.draft_p_min = args.draft_p_min;
     let extra = kv_bytes(&m.model.cfg, m.model.kv_block_bytes());
     if extra > 0 {
         builder.max_memory_bytes = weights + builder.activation_bytes(&m.model.cfg) + extra;

@@ -205,8 +205,8 @@ fn too_many_threads_are_refused_by_name() {
     assert!(err.contains("--threads 5000: at most 1024"), "{err}");
 }
 
-/// `--draft-max` out of range, or without a draft model: refused by the argument parser,
-/// before any model loads.
+/// `--draft-max` or `--draft-p-min` out of range, or without a draft model: refused by the
+/// argument parser, before any model loads.
 #[test]
 fn draft_flags_are_checked_before_loading() {
     for (args, word) in [
@@ -215,6 +215,15 @@ fn draft_flags_are_checked_before_loading() {
             "expected 1 to 16",
         ),
         (vec!["--draft-max", "4"], "--draft"),
+        (
+            vec!["--draft", "/nonexistent.gguf", "--draft-p-min", "1.5"],
+            "expected a probability, 0 to 1",
+        ),
+        (
+            vec!["--draft", "/nonexistent.gguf", "--draft-p-min", "NaN"],
+            "expected a probability, 0 to 1",
+        ),
+        (vec!["--draft-p-min", "0.5"], "--draft"),
     ] {
         let out = kiln()
             .args(["run", "--model", "/nonexistent.gguf"])

@@ -222,6 +222,11 @@ pub struct EngineConfig {
     /// sequences run: with more, a step is no longer bound by reading the weights once, and
     /// proposals (and the draft's passes) would slow everyone down (0: never).
     pub max_speculative_batch: usize,
+    /// For greedy requests, the draft model stops proposing at a token it gives less than
+    /// this probability (the token is not proposed): a step then verifies the proposals
+    /// likely to be taken, not a fixed number (0: never stops early). A sampled request's
+    /// draws come with no such measure of confidence and always propose their `draft_max`.
+    pub draft_p_min: f32,
 }
 
 impl Default for EngineConfig {
@@ -231,9 +236,13 @@ impl Default for EngineConfig {
             max_running: 64,
             max_queue: 1024,
             max_speculative_batch: 8,
+            draft_p_min: DRAFT_P_MIN,
         }
     }
 }
+
+/// [`EngineConfig::draft_p_min`]'s default.
+pub const DRAFT_P_MIN: f32 = 0.0;
 
 /// A request: prompt ids and how to sample.
 #[derive(Debug, Clone)]
@@ -1297,6 +1306,7 @@ impl<R: Runner> Engine<R> {
         let Some(dr) = self.draft.as_mut() else {
             return Ok(Vec::new());
         };
+        let p_min = self.cfg.draft_p_min;
         let t0 = Instant::now();
         let ctx = dr.runner.context_length();
         let mut budget = self.cfg.max_batch_tokens.max(1);
@@ -1339,7 +1349,8 @@ impl<R: Runner> Engine<R> {
             dr.rows.clear();
             dr.adjust.clear();
             for &(idx, ..) in feed.iter().filter(|f| f.5) {
-                dr.rows.push(draft_row(&running[idx], 0, &mut dr.adjust));
+                dr.rows
+                    .push(draft_row(&running[idx], 0, p_min > 0.0, &mut dr.adjust));
             }
             dr.sampled.clear();
             if !slices.is_empty() {
@@ -1348,11 +1359,16 @@ impl<R: Runner> Engine<R> {
                 self.stats.draft_passes += 1;
             }
         }
+        // A proposal the draft gives less than `p_min` is not made, and ends the sequence's
+        // (rows without a log-probability, sampled ones, hold NaN: never below).
+        let sure = |s: &Sampled| p_min <= 0.0 || !(s.logprob.exp() < p_min);
         let mut r = 0;
         for &(idx, pi, d, from, take, last) in &feed {
             self.running[idx].draft_len = from + take;
             if last {
-                out.push((pi, vec![dr.sampled[r].token]));
+                let s = &dr.sampled[r];
+                let first = if sure(s) { vec![s.token] } else { Vec::new() };
+                out.push((pi, first));
                 live.push((idx, d));
                 r += 1;
             }
@@ -1383,8 +1399,8 @@ impl<R: Runner> Engine<R> {
                 dr.rows.clear();
                 dr.adjust.clear();
                 for &i in &going {
-                    dr.rows
-                        .push(draft_row(&running[live[i].0], j as u64, &mut dr.adjust));
+                    let row = draft_row(&running[live[i].0], j as u64, p_min > 0.0, &mut dr.adjust);
+                    dr.rows.push(row);
                 }
                 dr.sampled.clear();
                 dr.runner
@@ -1394,7 +1410,9 @@ impl<R: Runner> Engine<R> {
             for (r, &i) in going.iter().enumerate() {
                 let seq = &mut self.running[live[i].0];
                 seq.draft_len = seq.tokens.len() + j;
-                out[i].1.push(dr.sampled[r].token);
+                if sure(&dr.sampled[r]) {
+                    out[i].1.push(dr.sampled[r].token);
+                }
             }
         }
         let spent = t0.elapsed().as_secs_f64();
@@ -1796,9 +1814,13 @@ fn release_draft(draft: Option<&mut Drafter>, seq: &mut Seq) {
 /// How the draft model chooses its `j`-th proposal for `seq`: greedy for a plain greedy
 /// request; otherwise the request's own row, with the random numbers its sampling will
 /// draw `j` tokens on (penalties as they stand before the proposals).
-fn draft_row(seq: &Seq, j: u64, adjust: &mut Vec<Adjust>) -> RowSampling {
+fn draft_row(seq: &Seq, j: u64, logprob: bool, adjust: &mut Vec<Adjust>) -> RowSampling {
     if seq.sampler.params().plain_greedy() {
-        return RowSampling::GREEDY;
+        // The chosen token's probability (for `draft_p_min`), no alternatives.
+        return RowSampling {
+            logprobs: logprob.then_some(0),
+            ..RowSampling::GREEDY
+        };
     }
     let mut row = seq.sampler.row(adjust);
     row.counter += j;

@@ -747,6 +747,79 @@ fn prompt_lookup_gives_the_plain_greedy_answer_in_fewer_steps() {
     assert_eq!(bad.validate().unwrap_err().param, "prompt_lookup");
 }
 
+/// `draft_p_min`: a greedy request's draft stops at a token it is less sure of, so fewer
+/// tokens are proposed the higher the bar, none at 1 (no token is certain), and the answers
+/// stay the plain ones; a sampled request's proposals do not depend on it.
+#[test]
+fn a_draft_stops_proposing_where_it_is_unsure() {
+    let tok = tokenizer();
+    let vocab = tok.vocab_size();
+    let ps = prompts();
+    let with = |i: usize| SamplingParams {
+        draft_max: 6,
+        max_tokens: 40,
+        ..params(i)
+    };
+    let solo: Vec<Collected> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            run_alone(
+                &tok,
+                p,
+                SamplingParams {
+                    draft_max: 0,
+                    ..with(i)
+                },
+            )
+        })
+        .collect();
+    // Tokens proposed for the greedy requests (even), then for the sampled ones (odd).
+    let proposed = |p_min: f32| {
+        [0usize, 1].map(|parity| {
+            let mut d = MockRunner::new(vocab, 64, 16);
+            d.perturb = 7;
+            let mut e = Engine::new(
+                MockRunner::new(vocab, 64, 16),
+                tok.clone(),
+                EngineConfig {
+                    draft_p_min: p_min,
+                    ..Default::default()
+                },
+            )
+            .with_draft(Box::new(d))
+            .unwrap();
+            let mine: Vec<usize> = (0..ps.len()).filter(|i| i % 2 == parity).collect();
+            let outs: Vec<_> = mine
+                .iter()
+                .map(|_| Arc::new(Mutex::new(Collected::default())))
+                .collect();
+            for (&i, o) in mine.iter().zip(&outs) {
+                e.submit(Request::new(ps[i].clone(), with(i)), sink(o.clone(), None))
+                    .unwrap();
+            }
+            e.run_to_completion().unwrap();
+            for (&i, o) in mine.iter().zip(&outs) {
+                assert_eq!(
+                    o.lock().unwrap().ids,
+                    solo[i].ids,
+                    "request {i}, p_min {p_min}"
+                );
+            }
+            e.stats().draft_tokens
+        })
+    };
+    let [g0, s0] = proposed(0.0);
+    let [g_mid, s_mid] = proposed(0.01);
+    let [g1, s1] = proposed(1.0);
+    // (The mock's logits are flat: its most likely token holds about 1%.)
+    eprintln!(
+        "greedy proposals at p_min 0 / 0.01 / 1: {g0} / {g_mid} / {g1}; sampled {s0} / {s_mid} / {s1}"
+    );
+    assert!(g0 > g_mid && g_mid > g1 && g1 == 0, "{g0} / {g_mid} / {g1}");
+    assert!(s0 > 0 && s0 == s_mid && s0 == s1, "{s0} / {s_mid} / {s1}");
+}
+
 /// A draft model proposes and the model verifies: every answer, greedy or sampled with its
 /// seed, is the one plain decoding gives alone. With a draft equal to the model (every
 /// proposal taken), one close to it, and one that hardly agrees (a bigram mock); beside
