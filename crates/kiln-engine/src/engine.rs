@@ -1361,7 +1361,7 @@ impl<R: Runner> Engine<R> {
         }
         // A proposal the draft gives less than `p_min` is not made, and ends the sequence's
         // (rows without a log-probability, sampled ones, hold NaN: never below).
-        let sure = |s: &Sampled| p_min <= 0.0 || !(s.logprob.exp() < p_min);
+        let sure = |s: &Sampled| p_min <= 0.0 || s.logprob.is_nan() || s.logprob.exp() >= p_min;
         let mut r = 0;
         for &(idx, pi, d, from, take, last) in &feed {
             self.running[idx].draft_len = from + take;
