@@ -54,7 +54,7 @@ const ATT_T: u32 = 128;
 /// Blocks whose sums k_mvt's scratch holds (blocks that share a tile, 256 floats each).
 const MVT_TILES: usize = 4096;
 
-/// Groups of 32 outputs whose x for the next product k_mv1q can round itself (`qx_cnt`).
+/// Groups of 16 outputs whose x for the next product k_mv1q can round itself (`qx_cnt`).
 const QX_GROUPS: usize = 4096;
 
 /// The next product's x, rounded to bytes by the product before (k_mv1q's `txq`): which half
@@ -676,9 +676,9 @@ impl CudaBackend {
                 st.xh.as_ref().map_or(0, |b| b.len() / 4),
             )
         };
-        // Words a rounded x of `c` columns takes: the bytes, then per group of 32 its sum,
+        // Words a rounded x of `c` columns takes: the bytes, then per group of 16 its sum,
         // scale and (left by a product) sum of squares.
-        let fits = |c: usize| c / 4 + 3 * (c / 32) <= half_words;
+        let fits = |c: usize| c / 4 + 3 * (c / 16) <= half_words;
         if let (Some(q), 1, false) = (&w.q, n, xq.is_null() || !fits(w.cols)) {
             let want = QxReady {
                 half: 0,
@@ -713,7 +713,7 @@ impl CudaBackend {
                 }
             };
             let then = next.filter(|_| {
-                self.opts.qx && outs.is_multiple_of(32) && outs / 32 <= QX_GROUPS && fits(outs)
+                self.opts.qx && outs.is_multiple_of(16) && outs / 16 <= QX_GROUPS && fits(outs)
             });
             let ks = self.col_split(outs.div_ceil(2), w.cols / 4);
             self.launch(

@@ -20,12 +20,14 @@ __device__ void stage_x(const float *x, int cols, const float *nw, float eps, fl
     __syncthreads();
 }
 
-__device__ __forceinline__ void mv_store(float *out, int o, int outs, const float *bias, float s0,
-                                         float s1, Epi mode) {
+// Stores output o as the epilogue says; returns the value stored.
+__device__ __forceinline__ float mv_store(float *out, int o, int outs, const float *bias, float s0,
+                                          float s1, Epi mode) {
     float v0 = s0 + (bias ? bias[o] : 0.0f);
-    if (mode == EPI_STORE) out[o] = v0;
-    else if (mode == EPI_ACCUMULATE) out[o] += v0;
-    else out[o] = silu(v0) * (s1 + (bias ? bias[o + outs] : 0.0f));
+    if (mode == EPI_ACCUMULATE) v0 += out[o];
+    else if (mode == EPI_SWIGLU) v0 = silu(v0) * (s1 + (bias ? bias[o + outs] : 0.0f));
+    out[o] = v0;
+    return v0;
 }
 
 #define MV1_OUT 2

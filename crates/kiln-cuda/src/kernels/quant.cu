@@ -5,14 +5,14 @@
 // 0..15 (Q4_0, Q4_1, Q4_K repacked); 8-bit: 32 signed bytes per group (Q8_0).
 // Half a group of 4-bit weights (8 bytes: byte b of the half holds element h*8 + b in its low
 // nibble and 16 + h*8 + b in its high one) against x quantized to 8 bits: xl holds elements
-// h*8 .. h*8+7 (two words of four), xh elements 16 + h*8 .. 16 + h*8 + 7. The integer sum of
-// the 16 products, four to an instruction.
-__device__ __forceinline__ int dot_q4h(uint2 q, int xl0, int xl1, int xh0, int xh1) {
+// h*8 .. h*8+7 (two words of four), xh elements 16 + h*8 .. 16 + h*8 + 7. The integer sums of
+// the 8 products with xl and of the 8 with xh (x's groups of 16 have a scale each), four to an
+// instruction.
+__device__ __forceinline__ int2 dot_q4h(uint2 q, int xl0, int xl1, int xh0, int xh1) {
     const int lo = 0x0F0F0F0F;
-    int s = __dp4a((int)q.x & lo, xl0, 0);
-    s = __dp4a((int)q.y & lo, xl1, s);
-    s = __dp4a((int)(q.x >> 4) & lo, xh0, s);
-    return __dp4a((int)(q.y >> 4) & lo, xh1, s);
+    const int sl = __dp4a((int)q.y & lo, xl1, __dp4a((int)q.x & lo, xl0, 0));
+    const int sh = __dp4a((int)(q.y >> 4) & lo, xh1, __dp4a((int)(q.x >> 4) & lo, xh0, 0));
+    return make_int2(sl, sh);
 }
 
 // Half a group of 8-bit weights (16 signed bytes) against its 16 values of x, quantized.
@@ -24,21 +24,23 @@ __device__ __forceinline__ int dot_q8h(uint4 q, int4 x) {
 }
 
 // x (one row; RMSNorm'd with nw when nw is given) as k_mv1q reads it: rounded to 8 bits per
-// group of 32 (a scale each: the largest magnitude to 127, as llama.cpp's and kiln's CPU
-// products do), four values a word; then each group's sum and scale. The sum is of the
-// rounded values (times the scale), as on the CPU: a 4-bit product, d * dx * (q . xq) + m *
+// group of 16 (a scale each: the largest magnitude to 127; the CPU's products and llama.cpp's
+// round groups of 32 alike), four values a word; then each group's sum and scale. The sum is of
+// the rounded values (times the scale), as on the CPU: a 4-bit product, d * dx * (q . xq) + m *
 // sum, is then exactly that of the weights with x as rounded, its error scaling with the
-// weights (d * q + m; centred for Q4_0) rather than with d * q. One block of 256 threads,
-// eight a group.
+// weights (d * q + m; centred for Q4_0) rather than with d * q. Groups of 16 are half a weight
+// group (k_mv1q takes weights by halves) and what one block of a product holds of its output,
+// so that a product can round its own output for the next (see k_mv1q's txq). One block of 256
+// threads, four a group.
 extern "C" __global__ void __launch_bounds__(256)
 k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
     __shared__ float red[32];
     pdl_enter();
     const float sc = nw ? rms_scale(x, cols, eps, red) : 1.0f;
-    const int words = cols >> 2, ng = cols >> 5;
+    const int words = cols >> 2, ng = cols >> 4;
     float *gs = (float *)(xq + words), *dq = gs + ng;
     // A warp's lanes are all in or all out of the values (groups are whole), so the shuffles
-    // see whole groups of eight lanes.
+    // see whole groups of four lanes.
     for (int i = threadIdx.x; i < ((words + 31) & ~31); i += blockDim.x) {
         const bool in = i < words;
         float v[4];
@@ -49,7 +51,7 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
         }
         float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
 #pragma unroll
-        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        for (int o = 1; o < 4; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         u32 w = 0;
         int sum = 0;
@@ -60,40 +62,49 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
             w |= ((u32)q & 255u) << (8 * e);
         }
 #pragma unroll
-        for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        for (int o = 1; o < 4; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
         if (in) {
             xq[i] = w;
-            if ((i & 7) == 0) {
+            if ((i & 3) == 0) {
                 const float d = amax / 127.0f;
-                gs[i >> 3] = d * (float)sum;
-                dq[i >> 3] = d;
+                gs[i >> 2] = d * (float)sum;
+                dq[i >> 2] = d;
             }
         }
     }
 }
 
-// One group of 32 values of h (with RMSNorm weights nw when given, not yet the norm's scale) as
-// k_quant_x leaves x, and the group's sum of squares of h, from which k_mv1q finds the scale;
-// one warp. Rounding per group commutes with the scale: (s * v) rounds to the same integers as
-// v, with s times the group's scale. For a product whose output is the next product's x.
-__device__ void quant_group(const float *h, const float *nw, int g, int cols, u32 *xq) {
-    const int lane = threadIdx.x & 31, c = g * 32 + lane, ng = cols >> 5;
-    const float hv = __ldcg(h + c);
-    const float v = nw ? hv * nw[c] : hv;
-    const float amax = warp_max(fabsf(v));
+// A group of 16 values of the next x as k_quant_x leaves it, from h (this lane's value of the
+// group, lanes g16 * 16 .. + 15 of the warp in order; the other half-warp rounds another group
+// or nothing), with RMSNorm weight w (1 without a norm) applied but not yet the norm's scale;
+// and the group's sum of squares of h, from which k_mv1q finds the scale. Rounding per group
+// commutes with the scale: s * v rounds to the same integers as v, with s times the group's
+// scale. `write`: this half-warp's group is real.
+__device__ __forceinline__ void quant_group16(float h, float w, int g, int cols, u32 *xq,
+                                              bool write) {
+    const int lane = threadIdx.x & 31, ng = cols >> 4;
+    const float v = h * w;
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     const int q = __float2int_rn(v * inv);
     const u32 b = (u32)q & 255u;
-    const u32 w = b | (__shfl_down_sync(0xffffffffu, b, 1) << 8) |
-                  (__shfl_down_sync(0xffffffffu, b, 2) << 16) |
-                  (__shfl_down_sync(0xffffffffu, b, 3) << 24);
+    const u32 word = b | (__shfl_down_sync(0xffffffffu, b, 1) << 8) |
+                     (__shfl_down_sync(0xffffffffu, b, 2) << 16) |
+                     (__shfl_down_sync(0xffffffffu, b, 3) << 24);
     int qs = q;
+    float ss = h * h;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) qs += __shfl_xor_sync(0xffffffffu, qs, o);
-    const float ss = warp_sum(hv * hv);
+    for (int o = 1; o < 16; o <<= 1) {
+        qs += __shfl_xor_sync(0xffffffffu, qs, o);
+        ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    }
+    if (!write) return;
     float *gs = (float *)(xq + (cols >> 2)), *dq = gs + ng;
-    if ((lane & 3) == 0) xq[g * 8 + (lane >> 2)] = w;
-    if (lane == 0) {
+    const int l = lane & 15;
+    if ((l & 3) == 0) xq[g * 4 + (l >> 2)] = word;
+    if (l == 0) {
         const float d = amax / 127.0f;
         gs[g] = d * (float)qs;
         dq[g] = d;
@@ -107,18 +118,21 @@ __device__ void quant_group(const float *h, const float *nw, int g, int cols, u3
 // offsets) are sent towards L2 before the kernel waits for the one before it. The products
 // are integer dot products of four bytes (__dp4a): one instruction for four weights, where
 // converting each weight to f32 took three. Nothing is staged: x is read from L2 as bytes.
-// xnorm: x was left by quant_group (the product before's txq) and still takes its RMSNorm
-// scale, found from the groups' sums of squares with eps.
+// x comes in groups of 16 values (k_quant_x), each half of a weight group with its own scale.
+// xnorm: x was left by the product before (its txq) and still takes its RMSNorm scale, found
+// from the groups' sums of squares with eps.
 // txq (when not null): the output is the next product's x, made so here (txq, with RMSNorm
-// weights tnw when given) instead of by a k_quant_x launch: the last block to finish a group of
-// 32 outputs (counted in tcnt, which it resets) rounds that group. Needs outs a multiple of 32.
+// weights tnw when given) instead of by a k_quant_x launch. A block holds 16 / ks outputs: with
+// ks 1 a whole group, which its first warp rounds as it stores it; else the last of the ks
+// blocks of a group to finish (counted in tcnt, which it resets) reads the group back and
+// rounds it. Needs outs a multiple of 16.
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
        int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,
        const float *tnw, u32 *tcnt) {
     __shared__ float part[8][MV1_OUT][2];
     const int ng = cols >> 5, nh = 2 * ng;
-    const float *gs = (const float *)(xq + (cols >> 2)), *dq = gs + ng;
+    const float *gs = (const float *)(xq + (cols >> 2)), *dq = gs + nh;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
     const int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
@@ -145,10 +159,10 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
     // latency hides behind the weights'.
     float ss0 = 0.0f, ss1 = 0.0f;
     if (xnorm) {
-        const float *ss = dq + ng;
-        ss0 = lane < ng ? ss[lane] : 0.0f;
-        ss1 = lane + 32 < ng ? ss[lane + 32] : 0.0f;
-        for (int g = lane + 64; g < ng; g += 32) ss0 += ss[g];
+        const float *ss = dq + nh;
+        ss0 = lane < nh ? ss[lane] : 0.0f;
+        ss1 = lane + 32 < nh ? ss[lane + 32] : 0.0f;
+        for (int g = lane + 64; g < nh; g += 32) ss0 += ss[g];
     }
     float acc[MV1_OUT][2];
 #pragma unroll
@@ -172,15 +186,19 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                         m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
                     }
             const int2 xl = ((const int2 *)(xq + g * 8))[h], xh = ((const int2 *)(xq + g * 8))[2 + h];
-            const float dx = dq[g];
-            const float gsum = h == 0 ? gs[g] : 0.0f;
+            // The weights' half h holds elements h*8.. (low nibbles) and 16+h*8.. (high): from
+            // x's groups 2g and 2g+1, each with its scale. The offset term takes the whole
+            // group's sum, once.
+            const float dx0 = dq[2 * g], dx1 = dq[2 * g + 1];
+            const float gsum = h == 0 ? gs[2 * g] + gs[2 * g + 1] : 0.0f;
 #pragma unroll
             for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
                 for (int a = 0; a < 2; a++)
-                    if (live[k][a])
-                        acc[k][a] += d[k][a] * dx * (float)dot_q4h(q[k][a], xl.x, xl.y, xh.x, xh.y) +
-                                     m[k][a] * gsum;
+                    if (live[k][a]) {
+                        const int2 p = dot_q4h(q[k][a], xl.x, xl.y, xh.x, xh.y);
+                        acc[k][a] += d[k][a] * (dx0 * (float)p.x + dx1 * (float)p.y) + m[k][a] * gsum;
+                    }
         }
     } else {
 #pragma unroll 2
@@ -198,7 +216,7 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                         d[k][a] = __ldg(S + gi);
                     }
             const int4 xg = ((const int4 *)(xq + g * 8))[h];
-            const float dx = dq[g];
+            const float dx = dq[j];
 #pragma unroll
             for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
@@ -219,6 +237,7 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
     // MV1_OUT's output l % MV1_OUT), which alone then counts them for txq.
     if (warp != 0) return;
     const int per = groups * MV1_OUT;
+    float hv = 0.0f;
     if (lane < per) {
         const int gi = lane / MV1_OUT, k = lane % MV1_OUT;
         const int o = (blockIdx.x * groups + gi) * MV1_OUT + k;
@@ -228,21 +247,26 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                 s0 += part[gi * ks + w][k][0];
                 s1 += part[gi * ks + w][k][1];
             }
-            mv_store(out, o, outs, bias, s0, s1, mode);
+            hv = mv_store(out, o, outs, bias, s0, s1, mode);
         }
     }
-    if (txq) {
-        // A block holds 16 / ks outputs, so 2 * ks blocks make a group of 32; the last of
-        // them to count rounds it.
-        const int g = blockIdx.x / (2 * ks);
+    if (!txq) return;
+    if (ks == 1) {
+        // The block's 16 outputs are a whole group: lanes 0..15 hold it.
+        const int c = blockIdx.x * 16 + (lane & 15);
+        quant_group16(hv, tnw ? tnw[c] : 1.0f, blockIdx.x, outs, txq, lane < 16);
+        return;
+    }
+    // ks blocks make a group of 16; the last of them to count reads it back and rounds it.
+    const int g = blockIdx.x / ks;
+    __threadfence();
+    u32 seen = 0;
+    if (lane == 0) seen = atomicAdd(tcnt + g, 1u);
+    if (__shfl_sync(0xffffffffu, seen, 0) == (u32)ks - 1u) {
         __threadfence();
-        u32 seen = 0;
-        if (lane == 0) seen = atomicAdd(tcnt + g, 1u);
-        if (__shfl_sync(0xffffffffu, seen, 0) == 2u * ks - 1u) {
-            __threadfence();
-            quant_group(out, tnw, g, outs, txq);
-            if (lane == 0) tcnt[g] = 0u;
-        }
+        const int c = g * 16 + (lane & 15);
+        quant_group16(__ldcg(out + c), tnw ? tnw[c] : 1.0f, g, outs, txq, lane < 16);
+        if (lane == 0) tcnt[g] = 0u;
     }
 }
 
