@@ -59,7 +59,7 @@ const QX_GROUPS: usize = 4096;
 
 /// The next product's x, rounded to bytes by the product before (k_mv1q's `txq`): which half
 /// of the scratch holds it, for which vector and RMSNorm weights, over how many columns.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 struct QxReady {
     half: usize,
     x: u64,
@@ -680,22 +680,11 @@ impl CudaBackend {
         // scale and (left by a product) sum of squares.
         let fits = |c: usize| c / 4 + 3 * (c / 16) <= half_words;
         if let (Some(q), 1, false) = (&w.q, n, xq.is_null() || !fits(w.cols)) {
-            let want = QxReady {
-                half: 0,
-                x: x.addr(),
-                norm: nw.addr(),
-                cols: w.cols,
-            };
-            let (half, xnorm) = match ready {
-                Some(r)
-                    if r == QxReady {
-                        half: r.half,
-                        ..want
-                    } =>
-                {
-                    (r.half, !nw.is_null())
-                }
-                _ => {
+            // The product before left this x rounded (its norm's scale still to take)?
+            let held = ready.filter(|r| r.x == x.addr() && r.norm == nw.addr() && r.cols == w.cols);
+            let (half, xnorm) = match held {
+                Some(r) => (r.half, !nw.is_null()),
+                None => {
                     self.launch(
                         &self.k.quant_x,
                         (1, 1, 1),
