@@ -330,21 +330,26 @@ fn f16_conversions_match_half() {
     }
 }
 
-/// Four tokens against one f16 row give each token's own [`vec::dot_f16`] bit for bit (so a
-/// verified pass over several tokens matches decoding one at a time), tails included.
+/// Four or eight tokens against one f16 row give each token's own [`vec::dot_f16`] bit for
+/// bit (so a verified pass over several tokens matches decoding one at a time), tails included.
 #[test]
 fn f16_dot_of_four_rows_matches_one_row_at_a_time() {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     for isa in Isa::available() {
         for n in [0, 1, 15, 16, 17, 31, 32, 33, 576, 1000] {
             let w: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.f())).collect();
-            let xs: Vec<Vec<f32>> = (0..4)
+            let xs: Vec<Vec<f32>> = (0..8)
                 .map(|_| (0..n).map(|_| rng.f() * 3.0).collect())
                 .collect();
             let got = vec::dot_f16_x4(isa, [&xs[0], &xs[1], &xs[2], &xs[3]], &w);
+            let got8 = vec::dot_f16_x8(isa, std::array::from_fn(|t| &xs[t][..]), &w);
             for t in 0..4 {
                 let want = vec::dot_f16(isa, &xs[t], &w);
                 assert_eq!(got[t].to_bits(), want.to_bits(), "{isa:?} n {n} token {t}");
+            }
+            for (t, g) in got8.iter().enumerate() {
+                let want = vec::dot_f16(isa, &xs[t], &w);
+                assert_eq!(g.to_bits(), want.to_bits(), "{isa:?} n {n} token {t} of 8");
             }
             if n > 0 {
                 let exact: f64 = (0..n).map(|i| xs[0][i] as f64 * w[i].to_f64()).sum();

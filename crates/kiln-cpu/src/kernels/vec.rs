@@ -34,12 +34,26 @@ pub fn dot_f16_x4(isa: Isa, a: [&[f32]; 4], b: &[f16]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
     match isa {
         // SAFETY: the instruction set was detected on this CPU; every slice holds `n` values.
-        Isa::Avx512Vnni => return unsafe { x86::dot_f16_x4_512(a, &b[..n], n) },
+        Isa::Avx512Vnni => return unsafe { x86::dot_f16_xn_512(a, &b[..n], n) },
         // SAFETY: as above.
         Isa::Avx2 => return unsafe { x86::dot_f16_x4_256(a, &b[..n], n) },
         _ => {}
     }
     a.map(|r| dot_f16(isa, &r[..n], &b[..n]))
+}
+
+/// [`dot_f16_x4`] for eight activation rows: each weight converted once for all eight (on
+/// AVX-512; elsewhere two groups of four), the same sums as [`dot_f16`].
+pub fn dot_f16_x8(isa: Isa, a: [&[f32]; 8], b: &[f16]) -> [f32; 8] {
+    let n = a.iter().map(|r| r.len()).min().unwrap_or(0).min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: the instruction set was detected on this CPU; every slice holds `n` values.
+        return unsafe { x86::dot_f16_xn_512(a, &b[..n], n) };
+    }
+    let lo = dot_f16_x4(isa, [a[0], a[1], a[2], a[3]], b);
+    let hi = dot_f16_x4(isa, [a[4], a[5], a[6], a[7]], b);
+    std::array::from_fn(|t| if t < 4 { lo[t] } else { hi[t - 4] })
 }
 
 /// `acc[i] += w * v[i]` over the shorter length.
@@ -334,21 +348,27 @@ mod x86 {
         s
     }
 
-    /// [`dot_f16_512`] of four rows `a` (each at least `n` long) with `b` (`n` long).
+    /// [`dot_f16_512`] of `N` rows `a` (each at least `n` long) with `b` (`n` long), each
+    /// weight converted once for all (N = 4 or 8: 2N accumulators and the two converted
+    /// weights stay in the 32 registers).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub(super) unsafe fn dot_f16_x4_512(a: [&[f32]; 4], b: &[f16], n: usize) -> [f32; 4] {
+    pub(super) unsafe fn dot_f16_xn_512<const N: usize>(
+        a: [&[f32]; N],
+        b: &[f16],
+        n: usize,
+    ) -> [f32; N] {
         let pb = b.as_ptr().cast::<u16>();
         let pa = a.map(|r| r.as_ptr());
-        let mut acc0 = [_mm512_setzero_ps(); 4];
-        let mut acc1 = [_mm512_setzero_ps(); 4];
+        let mut acc0 = [_mm512_setzero_ps(); N];
+        let mut acc1 = [_mm512_setzero_ps(); N];
         let mut i = 0;
         // SAFETY: every load reads inside the first `n` values of the slices.
         unsafe {
             while i + 32 <= n {
                 let k0 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i).cast()));
                 let k1 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i + 16).cast()));
-                for t in 0..4 {
+                for t in 0..N {
                     acc0[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i)), k0, acc0[t]);
                     acc1[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i + 16)), k1, acc1[t]);
                 }
@@ -356,14 +376,14 @@ mod x86 {
             }
             if i + 16 <= n {
                 let k0 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i).cast()));
-                for t in 0..4 {
+                for t in 0..N {
                     acc0[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i)), k0, acc0[t]);
                 }
                 i += 16;
             }
         }
-        let mut out = [0.0f32; 4];
-        for t in 0..4 {
+        let mut out = [0.0f32; N];
+        for t in 0..N {
             let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
             for j in i..n {
                 s += a[t][j] * b[j].to_f32();
