@@ -65,7 +65,10 @@ struct QxReady {
     x: u64,
     norm: u64,
     cols: usize,
+    /// The launch count just after the product that made it.
+    after: u64,
 }
+
 const MAX_HD: usize = 256;
 const BLAS_WORKSPACE: usize = 32 << 20;
 /// Most bytes of x the staged matrix-vector kernels keep in shared memory.
@@ -231,8 +234,11 @@ pub struct CudaBackend {
     /// launches, as `mvt_cnt`).
     qx_cnt: CudaSlice<u32>,
     /// Set by a one-row product that left its output rounded for the next; taken by the next
-    /// product, and cleared by any other launch in between (which may change the vector).
+    /// product, and good only if no other kernel was launched in between (which may change
+    /// the vector): see `launches`.
     qx: Mutex<Option<QxReady>>,
+    /// Kernels launched so far (for `qx`: counting is cheaper than clearing on every launch).
+    launches: std::sync::atomic::AtomicU64,
     st: Mutex<St>,
     /// Each kernel's parameter sizes in bytes by argument count, as the driver reports them
     /// (asked on the first launch), against which every launch's arguments are checked.
@@ -434,6 +440,7 @@ impl CudaBackend {
             mvt_cnt,
             qx_cnt,
             qx: Mutex::new(None),
+            launches: Default::default(),
             st: Mutex::new(St::default()),
             params: Mutex::new(HashMap::new()),
         })
@@ -489,7 +496,8 @@ impl CudaBackend {
         smem: u32,
         args: T,
     ) {
-        *self.qx.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let list = args.args();
         let args = list.as_slice();
         if let Err(e) = self.check_args(k, args) {
@@ -636,6 +644,19 @@ impl CudaBackend {
         (self.po(&st.xh), self.po(&st.big), self.po(&st.part))
     }
 
+    /// `out += W x` (the residual add) over `n` rows of `dim` values; `next` as in `linear`.
+    fn residual(
+        &self,
+        w: &CudaMat,
+        x: Dev<f32>,
+        n: usize,
+        out: Dev<f32>,
+        dim: usize,
+        next: Option<Dev<f32>>,
+    ) {
+        self.linear(w, x, n, None, out, dim, Epilogue::Accumulate, false, next);
+    }
+
     /// `out (epi)= W x` over `n` rows; `x` rows of `w.cols` values, `out` rows `out_stride`
     /// apart. `norm`: RMSNorm x first. `bias_later`: on the matrix-unit path (more than
     /// MV_ROWS rows), leave the bias for the caller to add (k_kv_write does, for the fused
@@ -668,7 +689,9 @@ impl CudaBackend {
         // read by every block of the product. The scratch is made at a pass's start, as the
         // dequantization scratch the other paths use is: products run inside passes. Its two
         // halves alternate: a product reads x from one and may leave the next x in the other.
-        let ready = self.qx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let launched = self.launches.load(std::sync::atomic::Ordering::Relaxed);
+        let ready = (self.qx.lock().unwrap_or_else(|p| p.into_inner()).take())
+            .filter(|r| r.after == launched);
         let (xq, half_words) = {
             let st = self.st();
             (
@@ -735,6 +758,7 @@ impl CudaBackend {
                     x: out.addr(),
                     norm: norm.addr(),
                     cols: outs,
+                    after: self.launches.load(std::sync::atomic::Ordering::Relaxed),
                 });
             }
             return;
@@ -2178,18 +2202,7 @@ impl Backend for CudaBackend {
         if units {
             self.gemm_xh(l.wo, xh, n, xp, dim);
         } else {
-            let next = Some(self.p(&l.ffn_norm.buf));
-            self.linear(
-                l.wo,
-                ap,
-                n,
-                None,
-                xp,
-                dim,
-                Epilogue::Accumulate,
-                false,
-                next,
-            );
+            self.residual(l.wo, ap, n, xp, dim, Some(self.p(&l.ffn_norm.buf)));
         }
         // h = silu(W_gate . rmsnorm(x)) * (W_up . rmsnorm(x)); x += W_down . h
         let norm = Some((l.ffn_norm, cfg.rms_eps));
@@ -2210,17 +2223,7 @@ impl Backend for CudaBackend {
             self.gemm_xh(l.down, xh, n, xp, dim);
         } else {
             let next = l.next_norm.map(|a| self.p(&a.buf));
-            self.linear(
-                l.down,
-                big,
-                n,
-                None,
-                xp,
-                dim,
-                Epilogue::Accumulate,
-                false,
-                next,
-            );
+            self.residual(l.down, big, n, xp, dim, next);
         }
         Ok(())
     }

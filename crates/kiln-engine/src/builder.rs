@@ -76,6 +76,12 @@ impl EngineBuilder {
                 "the engine needs at least one token per step and one running sequence (--max-batch-tokens, --max-running)".into(),
             ));
         }
+        if !(0.0..=1.0).contains(&c.draft_p_min) {
+            return Err(ModelError::Input(format!(
+                "draft_p_min {} (--draft-p-min): a probability, 0 to 1",
+                c.draft_p_min
+            )));
+        }
         let mut act = self.activation_bytes(&model.cfg);
         let mut weights = weight_bytes;
         if let Some((d, w)) = &draft {
@@ -110,5 +116,57 @@ impl EngineBuilder {
             engine = engine.with_draft(Box::new(dr))?;
         }
         Ok((engine, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Device, DeviceKind};
+
+    /// Limits that cannot work are refused by name before anything is sized.
+    #[test]
+    fn absurd_limits_are_refused_by_name() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-llama/model.gguf");
+        for (config, word) in [
+            (
+                EngineConfig {
+                    max_running: 0,
+                    ..Default::default()
+                },
+                "--max-running",
+            ),
+            (
+                EngineConfig {
+                    draft_p_min: 1.5,
+                    ..Default::default()
+                },
+                "draft_p_min 1.5",
+            ),
+            (
+                EngineConfig {
+                    draft_p_min: f32::NAN,
+                    ..Default::default()
+                },
+                "draft_p_min NaN",
+            ),
+        ] {
+            let b = match Device::open(DeviceKind::Cpu, 1).unwrap() {
+                Device::Cpu(b) => b,
+                #[allow(unreachable_patterns)]
+                _ => unreachable!("a CPU was asked for"),
+            };
+            let m = kiln_model::loader::load(&path, b, &Default::default()).unwrap();
+            let builder = EngineBuilder {
+                max_memory_bytes: 64 << 20,
+                config,
+            };
+            let e = builder
+                .build(m.model, Arc::new(m.tokenizer), m.weight_bytes)
+                .err()
+                .expect("refused");
+            assert!(e.to_string().contains(word), "{e}");
+        }
     }
 }

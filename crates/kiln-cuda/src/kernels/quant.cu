@@ -74,12 +74,14 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
     }
 }
 
-// A group of 16 values of the next x as k_quant_x leaves it, from h (this lane's value of the
-// group, lanes g16 * 16 .. + 15 of the warp in order; the other half-warp rounds another group
-// or nothing), with RMSNorm weight w (1 without a norm) applied but not yet the norm's scale;
-// and the group's sum of squares of h, from which k_mv1q finds the scale. Rounding per group
-// commutes with the scale: s * v rounds to the same integers as v, with s times the group's
-// scale. `write`: this half-warp's group is real.
+// Group g of 16 values of x rounded as k_quant_x rounds it, by a product whose output is the
+// next product's x (k_mv1q's txq). k_quant_x keeps its own loop (four values a thread): a value
+// a thread through this function made its launch 2 us slower (measured on the H200). h is
+// this lane's value (each half-warp holds a group, in order), w its RMSNorm weight
+// (1 without a norm), applied here, but not the norm's scale; the group's sum of squares of h
+// is kept, from which k_mv1q finds that scale. Rounding per group commutes with the scale:
+// s * v rounds to the same integers as v, with s times the group's scale. `write`: this
+// half-warp's group is real. All 32 lanes call it.
 __device__ __forceinline__ void quant_group16(float h, float w, int g, int cols, u32 *xq,
                                               bool write) {
     const int lane = threadIdx.x & 31, ng = cols >> 4;
