@@ -4,12 +4,17 @@
 //! engine does beside a device.
 //!
 //! ```sh
-//! cargo run --release -p kiln-engine --example mask_cost -- [MODEL.gguf | HF_FOLDER | default] [N] [STEPS] [unbounded]
+//! cargo run --release -p kiln-engine --example mask_cost -- [MODEL.gguf | HF_FOLDER | default] [N] [STEPS] [unbounded | replay=DIR]
 //! ```
 //! Without a model (or with `default`) it takes the default model (fetched if missing). Prints
 //! microseconds per step and per mask for each thread count, then, on one thread, the masks
 //! by how many tokens they allow (one: a forced token; 10,000 or more: inside a string) with
-//! their mean cost. `unbounded` drops the string's `maxLength` from the schema.
+//! their mean cost. `unbounded` drops the string's `maxLength` from the schema. `replay=DIR`
+//! takes each sequence's tokens from a text in DIR (sequence i the i-th file, round robin;
+//! answers a model wrote under the schema, e.g. `kiln run --json-schema`), so that the masks
+//! are those of real answers; STEPS is then cut to the shortest text. Last, from the
+//! one-thread costs, how long a step's masks would take on 8 and 16 threads that take them in
+//! sequence order or the dearest first (by each sequence's last mask), as the engine does.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,11 +70,22 @@ fn schema(bounded: bool) -> serde_json::Value {
 /// One step of one sequence: its mask, then a token it allows (a hash of the step picks
 /// among them, so that every run makes the same choices). Returns the mask's cost in
 /// microseconds and how many tokens it allows.
-fn step(c: &mut Constraint, mask: &mut [u32], k: usize) -> (f64, u32) {
+fn step(c: &mut Constraint, mask: &mut [u32], k: usize, given: Option<u32>) -> (f64, u32) {
     let t = Instant::now();
     c.fill_mask(mask).expect("a mask");
     let us = t.elapsed().as_secs_f64() * 1e6;
     let total: u32 = mask.iter().map(|w| w.count_ones()).sum();
+    if let Some(id) = given {
+        let allowed = mask
+            .get(id as usize / 32)
+            .is_some_and(|w| (w >> (id % 32)) & 1 == 1);
+        assert!(
+            allowed,
+            "the replayed text's token {id} is not allowed by its mask"
+        );
+        c.push(id);
+        return (us, total);
+    }
     let mut left = (k.wrapping_mul(2_654_435_761) % total.max(1) as usize) as u32;
     for (w, &bits) in mask.iter().enumerate() {
         let n = bits.count_ones();
@@ -97,7 +113,7 @@ fn main() {
         })
     };
     let n = count(1, "N (sequences)", 64);
-    let steps = count(2, "STEPS", 100);
+    let mut steps = count(2, "STEPS", 100);
     let t = Instant::now();
     let g = Grammars::new(tok.clone(), tok.vocab_size()).expect("grammars");
     println!(
@@ -106,11 +122,37 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e3
     );
     let t = Instant::now();
-    let bounded = match args.get(3).map(String::as_str) {
-        None => true,
-        Some("unbounded") => false,
-        Some(other) => panic!("the fourth argument: `unbounded` or nothing, not {other:?}"),
+    let (bounded, replay) = match args.get(3).map(String::as_str) {
+        None => (true, None),
+        Some("unbounded") => (false, None),
+        Some(a) if a.starts_with("replay=") => (true, Some(&a["replay=".len()..])),
+        Some(other) => {
+            panic!("the fourth argument: `unbounded`, `replay=DIR` or nothing, not {other:?}")
+        }
     };
+    let texts: Vec<Vec<u32>> = match replay {
+        None => Vec::new(),
+        Some(dir) => {
+            let mut files: Vec<_> = std::fs::read_dir(dir)
+                .unwrap_or_else(|e| panic!("{dir}: {e}"))
+                .map(|e| e.expect("a directory entry").path())
+                .collect();
+            files.sort();
+            files
+                .iter()
+                .map(|f| {
+                    let text = std::fs::read_to_string(f)
+                        .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                    tok.encode(text.trim_end(), false, false)
+                })
+                .collect()
+        }
+    };
+    if let Some(shortest) = texts.iter().map(Vec::len).min() {
+        steps = steps.min(shortest);
+        println!("{} texts replayed, {steps} steps", texts.len());
+    }
+    let given = |i: usize, s: usize| (!texts.is_empty()).then(|| texts[i % texts.len()][s]);
     let base = g
         .compile(&Grammar::JsonSchema(schema(bounded)))
         .expect("compiles");
@@ -127,6 +169,9 @@ fn main() {
     // On one thread: (masks, microseconds) by the allowed set's size.
     let classes = ["1", "2-99", "100-9,999", "10,000+"];
     let mut by_size = [(0usize, 0f64); 4];
+    // On one thread: each step's (cost, the sequence's last cost) a mask, in microseconds.
+    let mut costs: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut last = vec![0f64; n];
     for threads in counts {
         let mut cs: Vec<Constraint> = (0..n).map(|_| base.clone()).collect();
         let mut masks = vec![0u32; n * words];
@@ -140,12 +185,13 @@ fn main() {
                 .collect();
             let run = |part: &mut [(usize, &mut Constraint, &mut [u32])]| {
                 for (i, c, m) in part.iter_mut() {
-                    step(c, m, s * 1000 + *i);
+                    step(c, m, s * 1000 + *i, given(*i, s));
                 }
             };
             if threads == 1 {
+                costs.push(Vec::with_capacity(n));
                 for (i, c, m) in jobs.iter_mut() {
-                    let (us, allowed) = step(c, m, s * 1000 + *i);
+                    let (us, allowed) = step(c, m, s * 1000 + *i, given(*i, s));
                     let k = match allowed {
                         0 | 1 => 0,
                         2..=99 => 1,
@@ -154,6 +200,8 @@ fn main() {
                     };
                     by_size[k].0 += 1;
                     by_size[k].1 += us;
+                    costs.last_mut().expect("this step's").push((us, last[*i]));
+                    last[*i] = us;
                 }
             } else {
                 let per = n.div_ceil(threads);
@@ -174,4 +222,39 @@ fn main() {
             100.0 * us / by_size.iter().map(|c| c.1).sum::<f64>().max(1e-9)
         );
     }
+    for threads in [8, 16] {
+        let mean = |order: fn(&mut Vec<(f64, f64)>)| -> f64 {
+            let total: f64 = costs
+                .iter()
+                .map(|step| {
+                    let mut step = step.clone();
+                    order(&mut step);
+                    makespan(&step, threads)
+                })
+                .sum();
+            total / costs.len().max(1) as f64
+        };
+        let in_order = mean(|_| {});
+        let dearest = mean(|s| s.sort_by(|a, b| b.1.total_cmp(&a.1)));
+        let ideal = mean(|s| s.sort_by(|a, b| b.0.total_cmp(&a.0)));
+        println!(
+            "{threads:>2} threads, a step's masks from the one-thread costs: in sequence order \
+             {in_order:.1} us, dearest first by the last mask {dearest:.1} us, by the mask's own \
+             cost {ideal:.1} us"
+        );
+    }
+}
+
+/// When the last of `jobs` (costs, in the order taken) ends on `threads` threads that each
+/// take the next one as they finish.
+fn makespan(jobs: &[(f64, f64)], threads: usize) -> f64 {
+    let mut free = vec![0f64; threads.max(1)];
+    for &(cost, _) in jobs {
+        let first = free
+            .iter_mut()
+            .min_by(|a, b| a.total_cmp(b))
+            .expect("a thread");
+        *first += cost;
+    }
+    free.into_iter().fold(0.0, f64::max)
 }

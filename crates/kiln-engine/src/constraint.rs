@@ -74,6 +74,16 @@ impl Grammars {
     /// The compiler for `tok`'s tokens in rows of `width` logits (the model's vocabulary,
     /// which may be wider than the tokenizer's: tokens past it are never allowed).
     pub fn new(tok: Arc<Tokenizer>, width: usize) -> Result<Self, GrammarError> {
+        Self::with_slices(tok, width, &mask_slices())
+    }
+
+    /// [`Grammars::new`] with these precomputed token sets (none: every mask walks the
+    /// whole token trie, the reference the sets must agree with).
+    fn with_slices(
+        tok: Arc<Tokenizer>,
+        width: usize,
+        slices: &[String],
+    ) -> Result<Self, GrammarError> {
         let width = width.max(tok.vocab_size());
         let mut words = Vec::with_capacity(width);
         for id in 0..width as u32 {
@@ -103,7 +113,7 @@ impl Grammars {
         }
         trie = trie.with_eos_tokens(&eog);
         let env: TokEnv = Arc::new(Env { trie, tok });
-        let mut factory = ParserFactory::new_simple(&env)
+        let mut factory = ParserFactory::new(&env, Default::default(), slices)
             .map_err(|e| GrammarError(format!("cannot build the token trie: {e}")))?;
         factory.quiet();
         // Bounds on one grammar's compilation and one step's mask (llguidance's defaults,
@@ -122,14 +132,22 @@ impl Grammars {
 
     /// Checks `g` and gives the constraint one request carries. JSON comes out compact (no
     /// whitespace between tokens of the JSON syntax): a small model given the freedom of
-    /// whitespace can spend its tokens on it.
+    /// whitespace can spend its tokens on it. Strings are written as a counted repetition of
+    /// characters (llguidance's `json_allow_general_unicode_escapes`, which also allows
+    /// `\uXXXX` for any character, counted as one toward `maxLength`): in that form the
+    /// masks inside a string take [`mask_slices`]'s sets. A schema's own `x-guidance`
+    /// options replace these.
     pub fn compile(&self, g: &Grammar) -> Result<Constraint, GrammarError> {
         let compact = |mut schema: Value| -> Result<TopLevelGrammar, GrammarError> {
             match &mut schema {
                 Value::Object(o) => {
-                    o.entry("x-guidance").or_insert_with(
-                        || serde_json::json!({"whitespace_flexible": false, "lenient": false}),
-                    );
+                    o.entry("x-guidance").or_insert_with(|| {
+                        serde_json::json!({
+                            "whitespace_flexible": false,
+                            "lenient": false,
+                            "json_allow_general_unicode_escapes": true
+                        })
+                    });
                 }
                 Value::Bool(_) => {}
                 other => {
@@ -158,8 +176,27 @@ impl Grammars {
             matcher,
             width: self.width,
             pending: Vec::new(),
+            last_ns: 0,
         })
     }
+}
+
+/// The token sets llguidance precomputes (its "slices"): where a step's lexer state is known
+/// to take every token of a set, the mask takes the set whole and walks the token trie only
+/// for the tokens outside it. llguidance's own sets are whitespace and the inside of a JSON
+/// string (up to 10 or 30 characters, or any length). A string of the schema with
+/// `maxLength` has a bounded count of characters left, so sets of up to 2, 4, ... 64
+/// characters are added: with n characters left, the largest of them not above n applies.
+/// This is found only for strings written as a counted repetition of characters, which is
+/// why [`Grammars::compile`] asks llguidance for that form of JSON string.
+fn mask_slices() -> Vec<String> {
+    const CHAR: &str = r#"[^"\\\x00-\x1F\x7F]"#;
+    let mut slices = vec![r"[\x20\x0A\x0D\x09]+".to_string()];
+    for n in [2, 4, 6, 8, 10, 12, 16, 24, 30, 32, 48, 64] {
+        slices.push(format!("{CHAR}{{1,{n}}}"));
+    }
+    slices.push(format!("{CHAR}+"));
+    slices
 }
 
 /// llguidance's errors can carry the whole grammar after their first line.
@@ -179,6 +216,10 @@ pub struct Constraint {
     /// Tokens chosen and not yet given to the parser: they are, with the next mask (work the
     /// engine spreads over threads while a device runs the pass).
     pending: Vec<u32>,
+    /// What the last mask cost, in nanoseconds: the next one usually costs about as much
+    /// (inside a string, every step walks the token trie), so the engine starts the dear
+    /// ones first.
+    last_ns: u64,
 }
 
 /// A copy shares nothing with the original (llguidance's plain clone shares the lexer behind
@@ -189,6 +230,7 @@ impl Clone for Constraint {
             matcher: self.matcher.deep_clone(),
             width: self.width,
             pending: self.pending.clone(),
+            last_ns: self.last_ns,
         }
     }
 }
@@ -212,6 +254,18 @@ impl Constraint {
     /// it; `mask_words(width)` words). Once the grammar is complete only end-of-sequence
     /// tokens are allowed.
     pub fn fill_mask(&mut self, mask: &mut [u32]) -> Result<(), GrammarError> {
+        let t = std::time::Instant::now();
+        let r = self.fill_mask_inner(mask);
+        self.last_ns = t.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        r
+    }
+
+    /// What the last [`Constraint::fill_mask`] took, in nanoseconds (0 before the first).
+    pub fn last_mask_nanos(&self) -> u64 {
+        self.last_ns
+    }
+
+    fn fill_mask_inner(&mut self, mask: &mut [u32]) -> Result<(), GrammarError> {
         if !self.pending.is_empty() {
             let r = self.matcher.consume_tokens(&self.pending);
             self.pending.clear();
@@ -239,5 +293,87 @@ impl Constraint {
     /// then allows only the end of the sequence if the grammar is complete).
     pub fn push(&mut self, token: u32) {
         self.pending.push(token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tokenizer() -> Arc<Tokenizer> {
+        let path = kiln_model::fetch::ensure_default_model(true).expect("the default model");
+        let f = kiln_formats::gguf::GgufFile::open(path).expect("its GGUF file");
+        Arc::new(Tokenizer::from_gguf(&f).expect("its tokenizer"))
+    }
+
+    /// The precomputed token sets change what a mask costs, never what it allows: along
+    /// answers that fill bounded strings to every length (chosen among the allowed tokens,
+    /// the shortest ones first half the time, so that strings fill a character at a time),
+    /// every mask equals the one computed by walking the whole token trie.
+    #[test]
+    fn masks_with_the_token_sets_equal_masks_without() {
+        let tok = tokenizer();
+        let width = tok.vocab_size();
+        let sliced = Grammars::new(tok.clone(), width).expect("grammars");
+        let plain = Grammars::with_slices(tok.clone(), width, &[]).expect("grammars");
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "string", "maxLength": 3},
+                "b": {"type": "string", "maxLength": 16},
+                "c": {"type": "string", "minLength": 2, "maxLength": 40},
+                "d": {"type": "string"},
+                "e": {"type": "array", "items": {"type": "string", "maxLength": 7}, "minItems": 2}
+            },
+            "required": ["a", "b", "c", "d", "e"],
+            "additionalProperties": false
+        });
+        let g = Grammar::JsonSchema(schema);
+        let words = kiln_model::sample::mask_words(width);
+        let (mut m1, mut m2) = (vec![0u32; words], vec![0u32; words]);
+        let (mut inside_strings, mut slices_taken) = (0, 0);
+        for seed in 0..6u64 {
+            let mut a = sliced.compile(&g).expect("compiles");
+            let mut b = plain.compile(&g).expect("compiles");
+            for step in 0..120u64 {
+                a.fill_mask(&mut m1).expect("a mask");
+                b.fill_mask(&mut m2).expect("a mask");
+                assert!(m1 == m2, "seed {seed}, step {step}: the masks differ");
+                let stats = a.matcher.last_step_stats().expect("stats");
+                slices_taken += usize::from(stats.slices_applied > 0);
+                let allowed: Vec<u32> = (0..width as u32)
+                    .filter(|&t| (m1[t as usize / 32] >> (t % 32)) & 1 == 1)
+                    .collect();
+                if allowed.len() > 1000 {
+                    inside_strings += 1;
+                }
+                let h = (seed * 1_000 + step).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17;
+                let pick = if h % 2 == 0 {
+                    // The shortest allowed token (by its bytes), so strings grow slowly.
+                    *allowed
+                        .iter()
+                        .min_by_key(|&&t| {
+                            let mut w = Vec::new();
+                            tok.token_bytes(t, false, &mut w);
+                            (w.len(), (t as u64).wrapping_mul(h) % 977)
+                        })
+                        .expect("some token is allowed")
+                } else {
+                    allowed[h as usize % allowed.len()]
+                };
+                if tok.eog_ids().contains(&pick) {
+                    break;
+                }
+                a.push(pick);
+                b.push(pick);
+            }
+        }
+        assert!(inside_strings > 50, "the walk stayed out of the strings");
+        assert!(
+            slices_taken > 50,
+            "the token sets were taken at only {slices_taken} steps"
+        );
+        eprintln!("{inside_strings} masks inside strings, {slices_taken} with a token set");
     }
 }
