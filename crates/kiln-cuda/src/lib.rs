@@ -32,7 +32,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use kiln_model::backend::{Backend, FusedRef, PagedSeq, PassKey, RawTensor};
+use kiln_model::backend::{Backend, FusedRef, HostWords, PagedSeq, PassKey, RawTensor};
 use kiln_model::config::RopeStyle;
 use kiln_model::sample::{Adjust, RowSampling, Sampled, MAX_TOP_LOGPROBS};
 use kiln_model::{ModelConfig, ModelError};
@@ -304,6 +304,72 @@ impl Default for CudaOptions {
 /// Words of a sampling upload from which it goes through page-locked memory (64 KiB: the
 /// token masks of a few constrained rows).
 const PINNED_UPLOAD_MIN: usize = 16 * 1024;
+
+/// Whether `words` lie in memory the driver has page-locked (so that a copy to the device
+/// reads them as they are, while the host goes on).
+fn page_locked(words: &[u32]) -> bool {
+    let mut kind = 0u32;
+    // SAFETY: the attribute is one unsigned int, written to `kind`.
+    let r = unsafe {
+        cudarc::driver::sys::cuPointerGetAttribute(
+            (&mut kind as *mut u32).cast(),
+            cudarc::driver::sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            words.as_ptr() as cudarc::driver::sys::CUdeviceptr,
+        )
+    };
+    r == cudarc::driver::sys::CUresult::CUDA_SUCCESS
+        && kind == cudarc::driver::sys::CUmemorytype::CU_MEMORYTYPE_HOST as u32
+}
+
+/// Page-locked host words ([`Backend::host_words`]): token masks the host's threads write
+/// and the device's copy engine reads as they are.
+struct PinnedWords {
+    ptr: *mut u32,
+    len: usize,
+    /// Keeps the context that owns the memory alive.
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the words are owned by this value alone; the pointer is not shared.
+unsafe impl Send for PinnedWords {}
+
+impl PinnedWords {
+    fn new(ctx: &Arc<CudaContext>, len: usize) -> Option<Self> {
+        ctx.bind_to_thread().ok()?;
+        let bytes = len.checked_mul(4)?.max(4);
+        // SAFETY: a fresh allocation of `bytes` bytes (cached, not write-combined: the host
+        // writes and reads it), zeroed below before any read.
+        let ptr = unsafe { cudarc::driver::result::malloc_host(bytes, 0) }.ok()? as *mut u32;
+        // SAFETY: `ptr` holds `len` u32s.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Some(PinnedWords {
+            ptr,
+            len,
+            ctx: ctx.clone(),
+        })
+    }
+}
+
+impl HostWords for PinnedWords {
+    fn words(&self) -> &[u32] {
+        // SAFETY: `ptr` holds `len` initialised u32s, owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn words_mut(&mut self) -> &mut [u32] {
+        // SAFETY: as in `words`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PinnedWords {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by `malloc_host` and freed once, here.
+            let _ = unsafe { cudarc::driver::result::free_host(self.ptr.cast()) };
+        }
+    }
+}
 
 fn dev(what: &str, e: impl std::fmt::Display) -> ModelError {
     ModelError::Device(format!("{what}: {e}"))
@@ -2001,15 +2067,19 @@ impl Backend for CudaBackend {
         let masks_at = h.len();
         let masked = rows.iter().any(|r| r.mask.is_some());
         let total = masks_at + if masked { masks.len() } else { 0 };
+        // Masks in page-locked memory ([`Backend::host_words`]) go to the device as they are,
+        // by a copy of their own; the rest of the upload is staged.
+        let direct = masked && page_locked(masks);
+        let staged = if direct { masks_at } else { total };
         // Large uploads (masks) go through page-locked memory, small ones as they are.
-        let mut pinned = if total >= PINNED_UPLOAD_MIN {
+        let mut pinned = if staged >= PINNED_UPLOAD_MIN {
             let mut p = st.samp_pinned.take();
-            if p.as_ref().is_none_or(|p| p.len() < total) {
+            if p.as_ref().is_none_or(|p| p.len() < staged) {
                 // Cached, not write-combined: the host copies into it at memcpy speed.
                 // SAFETY: the words are written below before they are read.
                 p = unsafe {
                     self.ctx
-                        .alloc_pinned_with_flags::<u32>(total.next_power_of_two(), 0)
+                        .alloc_pinned_with_flags::<u32>(staged.next_power_of_two(), 0)
                 }
                 .ok();
             }
@@ -2020,12 +2090,12 @@ impl Backend for CudaBackend {
         let staged_in_pinned = match pinned.as_mut().map(|p| p.as_mut_slice()) {
             Some(Ok(p)) => {
                 p[..masks_at].copy_from_slice(&h);
-                p[masks_at..total].copy_from_slice(&masks[..total - masks_at]);
+                p[masks_at..staged].copy_from_slice(&masks[..staged - masks_at]);
                 true
             }
             _ => false,
         };
-        if masked && !staged_in_pinned {
+        if masked && !direct && !staged_in_pinned {
             h.extend_from_slice(masks);
         }
         let (mut inb, mut outb) = (st.samp_in.take(), st.samp_out.take());
@@ -2049,9 +2119,9 @@ impl Backend for CudaBackend {
         }
         let r = match pinned.as_ref().filter(|_| staged_in_pinned) {
             // SAFETY: the device buffer holds at least `total` u32s, the pinned one at least
-            // `total` written words, which stay untouched until `sample_wait` synchronises.
+            // `staged` written words, which stay untouched until `sample_wait` synchronises.
             Some(p) => p.as_ptr().and_then(|ptr| unsafe {
-                let src = std::slice::from_raw_parts(ptr, total);
+                let src = std::slice::from_raw_parts(ptr, staged);
                 cudarc::driver::result::memcpy_htod_async(pin.addr(), src, self.stream.cu_stream())
             }),
             // SAFETY: the buffer holds at least `h.len()` u32s; pageable copies are staged
@@ -2063,7 +2133,22 @@ impl Backend for CudaBackend {
                     self.stream.cu_stream(),
                 )
             },
-        };
+        }
+        .and_then(|()| {
+            if !direct {
+                return Ok(());
+            }
+            // SAFETY: the device buffer holds `total` u32s from `pin`, so `masks.len()` from
+            // `masks_at`; the caller leaves the page-locked masks unchanged until
+            // `sample_wait` (the contract of `host_words`).
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(
+                    pin.at(masks_at).addr(),
+                    masks,
+                    self.stream.cu_stream(),
+                )
+            }
+        });
         self.note("uploading sampling parameters", r);
         let lp = self.p(&logits.buf);
         // Each slice is read once into shared memory where it fits SAMPLE_STAGE_MAX (a
@@ -2111,6 +2196,10 @@ impl Backend for CudaBackend {
         pending.logprobs.extend(rows.iter().map(|r| r.logprobs));
         st.samp_pending = Some(pending);
         true
+    }
+
+    fn host_words(&self, n: usize) -> Option<Box<dyn HostWords>> {
+        PinnedWords::new(&self.ctx, n).map(|w| Box::new(w) as Box<dyn HostWords>)
     }
 
     fn sample_wait(&self, out: &mut Vec<Sampled>) {

@@ -2,12 +2,12 @@
 //! prefill chunks, run it, sample, stream, retire.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_model::sample::{Adjust, RowSampling, Sampled, Scratch};
-use kiln_model::ModelError;
+use kiln_model::{HostWords, ModelError};
 use kiln_tokenizer::{StreamDecoder, Tokenizer};
 use serde::Serialize;
 
@@ -93,6 +93,13 @@ pub trait Runner: Send {
         Err(ModelError::Input(
             "this runner does not split its steps".into(),
         ))
+    }
+    /// Host memory for `n` words of token masks that [`Runner::start_sampling`] uploads
+    /// without a copy ([`kiln_model::Backend::host_words`]); the engine leaves the words
+    /// unchanged until [`Runner::finish`]. Default: `None` (masks in ordinary memory).
+    fn host_words(&self, n: usize) -> Option<Box<dyn HostWords>> {
+        let _ = n;
+        None
     }
     /// Runs every slice teacher-forced: appends one logits row per token of every slice, in
     /// order. The engine sends at most [`Runner::max_logit_rows`] tokens; only scoring
@@ -180,6 +187,9 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
     }
     fn finish(&mut self, out: &mut Vec<Sampled>) -> Result<(), ModelError> {
         (**self).finish(out)
+    }
+    fn host_words(&self, n: usize) -> Option<Box<dyn HostWords>> {
+        (**self).host_words(n)
     }
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         (**self).step_all(batch, logits)
@@ -604,6 +614,12 @@ pub struct EngineStats {
     pub mask_seconds: f64,
     /// Token masks computed (one per constrained sequence per step).
     pub masks: u64,
+    /// Beside a device: the longest single mask of each step, summed over steps (no step's
+    /// masks end before it, whatever the threads).
+    pub mask_longest_seconds: f64,
+    /// Beside a device: how long after the step's masks were handed to the pool the last
+    /// of them started, summed over steps (the time masks wait for a free thread).
+    pub mask_last_start_seconds: f64,
     /// Of `model_seconds`, on a runner that overlaps: seconds launching passes
     /// ([`Runner::start_pass`]), waiting after a launch for the step's masks, launching the
     /// sampling ([`Runner::start_sampling`], with the masks' upload), and waiting for the
@@ -653,11 +669,11 @@ pub struct Engine<R: Runner> {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     /// Where request ids come from (shared with a handle, which numbers what it sends).
-    next_id: Arc<std::sync::atomic::AtomicU64>,
+    next_id: Arc<AtomicU64>,
     rows: Vec<RowSampling>,
     adjust: Vec<Adjust>,
     /// Mask rows of this step's constrained sequences.
-    masks: Vec<u32>,
+    masks: MaskRows,
     /// Each plan entry's mask row.
     mask_of: Vec<Option<u32>>,
     sampled: Vec<Sampled>,
@@ -691,10 +707,10 @@ impl<R: Runner> Engine<R> {
             blocks,
             waiting: VecDeque::new(),
             running: Vec::new(),
-            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            next_id: Arc::new(AtomicU64::new(1)),
             rows: Vec::new(),
             adjust: Vec::new(),
-            masks: Vec::new(),
+            masks: MaskRows::default(),
             mask_of: Vec::new(),
             sampled: Vec::new(),
             score_logits: Vec::new(),
@@ -800,7 +816,7 @@ impl<R: Runner> Engine<R> {
 
     /// The counter request ids are taken from, for a handle that numbers requests before the
     /// engine thread sees them.
-    pub fn id_source(&self) -> Arc<std::sync::atomic::AtomicU64> {
+    pub fn id_source(&self) -> Arc<AtomicU64> {
         self.next_id.clone()
     }
 
@@ -1101,7 +1117,8 @@ impl<R: Runner> Engine<R> {
         let words = kiln_model::sample::mask_words(self.runner.vocab_size());
         // Every word of every row is written by `fill_masks`: the rows are resized, not
         // cleared (a megabyte at 64 rows of a 152k vocabulary).
-        self.masks.resize(jobs.len() * words, 0);
+        let reserve = self.cfg.max_running * words;
+        self.masks.resize(jobs.len() * words, &self.runner, reserve);
         jobs
     }
 
@@ -1493,7 +1510,13 @@ impl<R: Runner> Engine<R> {
         let eog = self.tok.clone();
         if !late_masks && !jobs.is_empty() {
             let pieces = self.mask_pieces(jobs.len());
-            let spent = fill_masks(&mut jobs, &mut self.masks, words, eog.eog_ids(), pieces);
+            let spent = fill_masks(
+                &mut jobs,
+                self.masks.get_mut(),
+                words,
+                eog.eog_ids(),
+                pieces,
+            );
             self.restore_constraints(std::mem::take(&mut jobs), spent);
         }
         // Small vectors per step: the slices borrow the sequences. Scored chunks go to a
@@ -1554,21 +1577,36 @@ impl<R: Runner> Engine<R> {
         } else if started {
             // The masks are computed on the pool while this thread launches the pass: one task
             // a mask once there are enough for several threads, so that the pool's threads
-            // share out masks of unequal cost as they finish.
+            // share out masks of unequal cost as they finish, the dearest first (by what each
+            // sequence's last mask cost), so that no dear one starts last.
             let pieces = self.mask_pieces(jobs.len());
             let per = if pieces > 1 { 1 } else { jobs.len().max(1) };
-            let masks = &mut self.masks;
+            let masks = self.masks.get_mut();
             let runner = &mut self.runner;
             let eog = eog.eog_ids();
-            let nanos = std::sync::atomic::AtomicU64::new(0);
+            let nanos = AtomicU64::new(0);
             let nanos = &nanos;
+            let (longest, last_start) = (AtomicU64::new(0), AtomicU64::new(0));
+            let (longest, last_start) = (&longest, &last_start);
+            let handed = Instant::now();
             let launch = &mut launch_s;
+            let mut parts: Vec<(&mut [MaskJob], &mut [u32])> = jobs
+                .chunks_mut(per)
+                .zip(masks.chunks_mut(per * words.max(1)))
+                .collect();
+            if per == 1 {
+                parts.sort_by_key(|(j, _)| {
+                    std::cmp::Reverse(j.first().map_or(0, |j| j.constraint.last_mask_nanos()))
+                });
+            }
             rayon::in_place_scope(|sc| {
-                let rows = masks.chunks_mut(per * words.max(1));
-                for (part, m) in jobs.chunks_mut(per).zip(rows) {
+                for (part, m) in parts {
                     sc.spawn(move |_| {
-                        let spent = fill_masks(part, m, words, eog, 1);
-                        nanos.fetch_add((spent * 1e9) as u64, Ordering::Relaxed);
+                        let start = handed.elapsed().as_nanos() as u64;
+                        last_start.fetch_max(start, Ordering::Relaxed);
+                        let spent = (fill_masks(part, m, words, eog, 1) * 1e9) as u64;
+                        nanos.fetch_add(spent, Ordering::Relaxed);
+                        longest.fetch_max(spent, Ordering::Relaxed);
                     });
                 }
                 let t = Instant::now();
@@ -1576,6 +1614,8 @@ impl<R: Runner> Engine<R> {
                 *launch = t.elapsed().as_secs_f64();
             });
             mask_seconds = nanos.load(Ordering::Relaxed) as f64 * 1e-9;
+            self.stats.mask_longest_seconds += longest.load(Ordering::Relaxed) as f64 * 1e-9;
+            self.stats.mask_last_start_seconds += last_start.load(Ordering::Relaxed) as f64 * 1e-9;
             self.stats.mask_wait_seconds += t_model.elapsed().as_secs_f64() - launch_s;
         } else if !batch.is_empty() {
             set_row_masks(&mut self.rows, &self.mask_of, &sampling);
@@ -1583,7 +1623,7 @@ impl<R: Runner> Engine<R> {
                 &batch,
                 &self.rows,
                 &self.adjust,
-                &self.masks,
+                self.masks.get(),
                 &mut self.sampled,
             );
         }
@@ -1595,7 +1635,7 @@ impl<R: Runner> Engine<R> {
             let t = Instant::now();
             result = self
                 .runner
-                .start_sampling(&self.rows, &self.adjust, &self.masks);
+                .start_sampling(&self.rows, &self.adjust, self.masks.get());
             let spent = t.elapsed().as_secs_f64();
             self.stats.sampling_launch_seconds += spent;
             model_s += spent;
@@ -1634,7 +1674,7 @@ impl<R: Runner> Engine<R> {
             let t = Instant::now();
             result = self
                 .runner
-                .start_sampling(&self.rows, &self.adjust, &self.masks);
+                .start_sampling(&self.rows, &self.adjust, self.masks.get());
             let spent = t.elapsed().as_secs_f64();
             self.stats.sampling_launch_seconds += spent;
             model_s += spent;
@@ -1831,6 +1871,49 @@ fn draft_row(seq: &Seq, j: u64, logprob: bool, adjust: &mut Vec<Adjust>) -> RowS
 
 /// A constrained sequence's part of a step's masks: its constraint, out of the sequence
 /// while the mask is computed.
+/// The rows of a step's token masks: in the runner's host memory where it has some
+/// ([`Runner::host_words`], uploaded without a copy), else in a vector. Every word of the
+/// rows in use is written by [`fill_masks`] before it is read.
+#[derive(Default)]
+struct MaskRows {
+    host: Option<Box<dyn HostWords>>,
+    vec: Vec<u32>,
+    len: usize,
+}
+
+impl MaskRows {
+    /// Rows of `n` words in all; memory from `runner`, when it has to grow, for at least
+    /// `reserve` words, so that it seldom does.
+    fn resize<R: Runner>(&mut self, n: usize, runner: &R, reserve: usize) {
+        self.len = n;
+        let fits = match &self.host {
+            Some(h) => h.words().len() >= n,
+            None => self.vec.len() >= n,
+        };
+        if fits {
+            return;
+        }
+        self.host = runner.host_words(n.max(reserve));
+        if self.host.is_none() {
+            self.vec.resize(n, 0);
+        }
+    }
+
+    fn get(&self) -> &[u32] {
+        match &self.host {
+            Some(h) => &h.words()[..self.len],
+            None => &self.vec[..self.len],
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut [u32] {
+        match &mut self.host {
+            Some(h) => &mut h.words_mut()[..self.len],
+            None => &mut self.vec[..self.len],
+        }
+    }
+}
+
 struct MaskJob {
     /// The sequence's index in `running`.
     idx: usize,

@@ -136,6 +136,10 @@ impl<B: Backend> Runner for ModelRunner<B> {
         self.model.sample_wait(&mut self.state, out)
     }
 
+    fn host_words(&self, n: usize) -> Option<Box<dyn kiln_model::HostWords>> {
+        self.model.backend.host_words(n)
+    }
+
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         self.model
             .forward_batch(&mut self.state, &mut self.pool, batch, Logits::All)?;

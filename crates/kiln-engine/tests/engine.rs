@@ -35,6 +35,24 @@ struct MockRunner {
     /// Nonzero: a model close to the unperturbed one, whose most likely token differs after
     /// about one context in three (a draft model).
     perturb: u64,
+    /// Gives the engine host words for its masks (as a GPU runner does, page-locked there),
+    /// counting the calls.
+    host_words: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// The masks of a started sampling, where they lie and what they held: a runner that
+    /// uploads host words as they are needs them unchanged until `finish`.
+    sampled_masks: Option<(usize, Vec<u32>)>,
+}
+
+/// Host words in ordinary memory, for the mock.
+struct VecWords(Vec<u32>);
+
+impl kiln_model::HostWords for VecWords {
+    fn words(&self) -> &[u32] {
+        &self.0
+    }
+    fn words_mut(&mut self) -> &mut [u32] {
+        &mut self.0
+    }
 }
 
 /// The mock's logits after the token prefix whose running hash is `h`.
@@ -67,6 +85,8 @@ impl MockRunner {
             passed: None,
             bigram: false,
             perturb: 0,
+            host_words: None,
+            sampled_masks: None,
         }
     }
     /// The row of logits after the context whose hash is `h`.
@@ -187,11 +207,29 @@ impl Runner for MockRunner {
             &mut scratch,
         );
         self.started = Some(out);
+        if self.host_words.is_some() && !masks.is_empty() {
+            self.sampled_masks = Some((masks.as_ptr() as usize, masks.to_vec()));
+        }
         Ok(())
     }
     fn finish(&mut self, out: &mut Vec<Sampled>) -> Result<(), ModelError> {
         *out = self.started.take().expect("finish without start");
+        if let Some((at, was)) = self.sampled_masks.take() {
+            // SAFETY: the engine's host words (from `host_words`) are alive and not written
+            // while it waits here; if it had written them the comparison fails, which is
+            // what it checks.
+            let now = unsafe { std::slice::from_raw_parts(at as *const u32, was.len()) };
+            assert!(
+                now == was,
+                "the masks changed between start_sampling and finish"
+            );
+        }
         Ok(())
+    }
+    fn host_words(&self, n: usize) -> Option<Box<dyn kiln_model::HostWords>> {
+        let calls = self.host_words.as_ref()?;
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Box::new(VecWords(vec![0; n])))
     }
     fn step_all(&mut self, batch: &[Slice<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         let n: usize = batch.iter().map(|s| s.tokens.len()).sum();
@@ -1393,15 +1431,24 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
     });
     let free_prompt: Vec<u32> = (300..340).collect();
     let free = run_alone(&tok, &free_prompt, params(1));
-    // Plain steps, steps whose masks are computed while the pass runs (a device's), and a
-    // small pool that preempts.
-    for (n_blocks, max_batch_tokens, overlap) in [(64, 256, false), (64, 256, true), (10, 16, true)]
-    {
-        let runner = if overlap {
+    // Plain steps, steps whose masks are computed while the pass runs (a device's), the
+    // same with the masks in the runner's host words (taken once, for the most rows the
+    // engine runs), and a small pool that preempts.
+    for (n_blocks, max_batch_tokens, overlap, host) in [
+        (64, 256, false, false),
+        (64, 256, true, false),
+        (64, 256, true, true),
+        (10, 16, true, false),
+    ] {
+        let mut runner = if overlap {
             MockRunner::overlapping(tok.vocab_size(), n_blocks, 16)
         } else {
             MockRunner::new(tok.vocab_size(), n_blocks, 16)
         };
+        let host_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        if host {
+            runner.host_words = Some(host_calls.clone());
+        }
         let mut e = Engine::new(
             runner,
             tok.clone(),
@@ -1440,6 +1487,12 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
         .unwrap();
         e.run_to_completion().unwrap();
         assert_eq!(*free_out.lock().unwrap(), free, "the free request changed");
+        let calls = host_calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            calls,
+            usize::from(host),
+            "host words asked for {calls} times"
+        );
         for (g, out) in outs {
             let o = out.lock().unwrap();
             assert_eq!(o.failed, None);

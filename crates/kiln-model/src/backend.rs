@@ -140,6 +140,14 @@ pub struct PagedSeq<'a> {
     pub blocks: &'a [u32],
 }
 
+/// Host memory from [`Backend::host_words`]: words a backend uploads without a copy.
+pub trait HostWords: Send {
+    /// The words.
+    fn words(&self) -> &[u32];
+    /// The words, to write.
+    fn words_mut(&mut self) -> &mut [u32];
+}
+
 /// A compute backend: owns its buffers and kernels. The decoder calls these operations in
 /// order and never looks inside the buffers.
 ///
@@ -310,6 +318,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// [`Backend::sample_start`] started, waiting for the device as needed.
     fn sample_wait(&self, out: &mut Vec<Sampled>) {
         out.clear();
+    }
+
+    /// `n` words of host memory that [`Backend::sample_start`] reads token masks from without
+    /// copying them first (page-locked memory, which a GPU's copy engine reads while the host
+    /// goes on): masks written there by the host's threads go to the device as they are. The
+    /// words must then stay unchanged from `sample_start` until [`Backend::sample_wait`]
+    /// returns. `None` (this default): a device that has no such memory; any memory works.
+    fn host_words(&self, n: usize) -> Option<Box<dyn HostWords>> {
+        let _ = n;
+        None
     }
 
     // ---- The pass and fused layers (defaults: nothing recorded, nothing fused) ------------------

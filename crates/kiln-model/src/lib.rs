@@ -19,7 +19,8 @@ pub mod sample;
 pub mod weights;
 
 pub use backend::{
-    Backend, DeviceMemory, FusedLayer, FusedRef, PagedSeq, PassKey, RawTensor, TensorBytes,
+    Backend, DeviceMemory, FusedLayer, FusedRef, HostWords, PagedSeq, PassKey, RawTensor,
+    TensorBytes,
 };
 pub use config::{Arch, ModelConfig, RopeStyle};
 pub use decoder::{Breakdown, KvCache, Logits, Model, SeqInput, State, KV_BLOCK};

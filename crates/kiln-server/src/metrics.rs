@@ -259,6 +259,16 @@ fn engine_families(s: &EngineStats) -> Vec<MetricFamily> {
             s.masks as f64,
         ),
         (
+            "kiln_engine_mask_longest_seconds_total",
+            "Beside a device: the longest token mask of each step, summed over steps.",
+            s.mask_longest_seconds,
+        ),
+        (
+            "kiln_engine_mask_last_start_seconds_total",
+            "Beside a device: how long after a step's masks were handed to the host's threads the last of them started, summed over steps.",
+            s.mask_last_start_seconds,
+        ),
+        (
             "kiln_engine_launch_seconds_total",
             "Seconds launching passes on a device that runs apart from the host.",
             s.launch_seconds,
@@ -373,6 +383,8 @@ mod tests {
             stream_seconds: 0.125,
             mask_seconds: 0.5,
             masks: 40,
+            mask_longest_seconds: 0.25,
+            mask_last_start_seconds: 0.125,
             launch_seconds: 0.75,
             mask_wait_seconds: 0.0625,
             sampling_launch_seconds: 0.03125,
