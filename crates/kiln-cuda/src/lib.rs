@@ -243,6 +243,9 @@ pub struct CudaBackend {
     /// Each kernel's parameter sizes in bytes by argument count, as the driver reports them
     /// (asked on the first launch), against which every launch's arguments are checked.
     params: Mutex<HashMap<(usize, usize), Vec<usize>>>,
+    /// The address ranges of the page-locked words [`Backend::host_words`] gave out and
+    /// that are still alive: masks inside one are uploaded as they are.
+    pinned_words: PinnedRanges,
 }
 
 /// When decode attention takes k_attn_gqa (one block per KV head and row) over k_attn (one
@@ -305,20 +308,22 @@ impl Default for CudaOptions {
 /// token masks of a few constrained rows).
 const PINNED_UPLOAD_MIN: usize = 16 * 1024;
 
-/// Whether `words` lie in memory the driver has page-locked (so that a copy to the device
-/// reads them as they are, while the host goes on).
-fn page_locked(words: &[u32]) -> bool {
-    let mut kind = 0u32;
-    // SAFETY: the attribute is one unsigned int, written to `kind`.
-    let r = unsafe {
-        cudarc::driver::sys::cuPointerGetAttribute(
-            (&mut kind as *mut u32).cast(),
-            cudarc::driver::sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            words.as_ptr() as cudarc::driver::sys::CUdeviceptr,
-        )
-    };
-    r == cudarc::driver::sys::CUresult::CUDA_SUCCESS
-        && kind == cudarc::driver::sys::CUmemorytype::CU_MEMORYTYPE_HOST as u32
+/// Address ranges (start, end) of live [`PinnedWords`], shared with each of them, which
+/// takes its own out when dropped.
+#[derive(Clone, Default)]
+struct PinnedRanges(Arc<Mutex<Vec<(usize, usize)>>>);
+
+impl PinnedRanges {
+    fn lock(&self) -> MutexGuard<'_, Vec<(usize, usize)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `words` lie inside one range.
+    fn holds(&self, words: &[u32]) -> bool {
+        let start = words.as_ptr() as usize;
+        let end = start + std::mem::size_of_val(words);
+        self.lock().iter().any(|&(a, b)| a <= start && end <= b)
+    }
 }
 
 /// Page-locked host words ([`Backend::host_words`]): token masks the host's threads write
@@ -328,13 +333,15 @@ struct PinnedWords {
     len: usize,
     /// Keeps the context that owns the memory alive.
     ctx: Arc<CudaContext>,
+    /// Where its range is known to the backend.
+    ranges: PinnedRanges,
 }
 
 // SAFETY: the words are owned by this value alone; the pointer is not shared.
 unsafe impl Send for PinnedWords {}
 
 impl PinnedWords {
-    fn new(ctx: &Arc<CudaContext>, len: usize) -> Option<Self> {
+    fn new(ctx: &Arc<CudaContext>, ranges: &PinnedRanges, len: usize) -> Option<Self> {
         ctx.bind_to_thread().ok()?;
         let bytes = len.checked_mul(4)?.max(4);
         // SAFETY: a fresh allocation of `bytes` bytes (cached, not write-combined: the host
@@ -342,10 +349,13 @@ impl PinnedWords {
         let ptr = unsafe { cudarc::driver::result::malloc_host(bytes, 0) }.ok()? as *mut u32;
         // SAFETY: `ptr` holds `len` u32s.
         unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        let at = ptr as usize;
+        ranges.lock().push((at, at + len * 4));
         Some(PinnedWords {
             ptr,
             len,
             ctx: ctx.clone(),
+            ranges: ranges.clone(),
         })
     }
 }
@@ -364,6 +374,8 @@ impl HostWords for PinnedWords {
 
 impl Drop for PinnedWords {
     fn drop(&mut self) {
+        let at = self.ptr as usize;
+        self.ranges.lock().retain(|&(a, _)| a != at);
         if self.ctx.bind_to_thread().is_ok() {
             // SAFETY: allocated by `malloc_host` and freed once, here.
             let _ = unsafe { cudarc::driver::result::free_host(self.ptr.cast()) };
@@ -509,6 +521,7 @@ impl CudaBackend {
             launches: Default::default(),
             st: Mutex::new(St::default()),
             params: Mutex::new(HashMap::new()),
+            pinned_words: PinnedRanges::default(),
         })
     }
 
@@ -2069,7 +2082,7 @@ impl Backend for CudaBackend {
         let total = masks_at + if masked { masks.len() } else { 0 };
         // Masks in page-locked memory ([`Backend::host_words`]) go to the device as they are,
         // by a copy of their own; the rest of the upload is staged.
-        let direct = masked && page_locked(masks);
+        let direct = masked && self.pinned_words.holds(masks);
         let staged = if direct { masks_at } else { total };
         // Large uploads (masks) go through page-locked memory, small ones as they are.
         let mut pinned = if staged >= PINNED_UPLOAD_MIN {
@@ -2199,7 +2212,8 @@ impl Backend for CudaBackend {
     }
 
     fn host_words(&self, n: usize) -> Option<Box<dyn HostWords>> {
-        PinnedWords::new(&self.ctx, n).map(|w| Box::new(w) as Box<dyn HostWords>)
+        PinnedWords::new(&self.ctx, &self.pinned_words, n)
+            .map(|w| Box::new(w) as Box<dyn HostWords>)
     }
 
     fn sample_wait(&self, out: &mut Vec<Sampled>) {
