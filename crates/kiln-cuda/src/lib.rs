@@ -246,6 +246,53 @@ pub struct CudaBackend {
     /// The address ranges of the page-locked words [`Backend::host_words`] gave out and
     /// that are still alive: masks inside one are uploaded as they are.
     pinned_words: PinnedRanges,
+    /// A stream of its own for uploading such masks beside the pass (made on first use).
+    side: Mutex<Option<SideCopy>>,
+}
+
+/// A second stream, made with the driver's calls alone (so that cudarc, which counts its own
+/// streams, keeps treating the backend as one stream), and the event that ends an upload on
+/// it: the sampling, on the main stream, waits for that event, not for the pass.
+struct SideCopy {
+    stream: cudarc::driver::sys::CUstream,
+    done: cudarc::driver::sys::CUevent,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the handles are used under the backend's lock, from one thread at a time.
+unsafe impl Send for SideCopy {}
+
+impl SideCopy {
+    fn new(ctx: &Arc<CudaContext>) -> Option<Self> {
+        use cudarc::driver::result::{event, stream};
+        ctx.bind_to_thread().ok()?;
+        let s = stream::create(stream::StreamKind::NonBlocking).ok()?;
+        match event::create(cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
+            Ok(done) => Some(SideCopy {
+                stream: s,
+                done,
+                ctx: ctx.clone(),
+            }),
+            Err(_) => {
+                // SAFETY: made just above, used by nothing.
+                let _ = unsafe { stream::destroy(s) };
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SideCopy {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: made by `SideCopy::new`, destroyed once, here (the backend has
+            // synchronised its work before it is dropped, or the driver waits for it).
+            unsafe {
+                let _ = cudarc::driver::result::event::destroy(self.done);
+                let _ = cudarc::driver::result::stream::destroy(self.stream);
+            }
+        }
+    }
 }
 
 /// When decode attention takes k_attn_gqa (one block per KV head and row) over k_attn (one
@@ -522,6 +569,7 @@ impl CudaBackend {
             st: Mutex::new(St::default()),
             params: Mutex::new(HashMap::new()),
             pinned_words: PinnedRanges::default(),
+            side: Mutex::new(None),
         })
     }
 
@@ -2113,7 +2161,12 @@ impl Backend for CudaBackend {
         }
         let (mut inb, mut outb) = (st.samp_in.take(), st.samp_out.take());
         let (mut infob, mut candb) = (st.samp_info.take(), st.samp_cand.take());
-        let grown = grow(self, &mut inb, total, "sampling parameters")
+        let in_grew = grow(self, &mut inb, total, "sampling parameters");
+        // A buffer made now is made in the main stream's order, after the pass: only one made
+        // before (whose making, and last use, a finished step has waited for) takes the
+        // masks from the side stream.
+        let beside = direct && matches!(in_grew, Ok(false));
+        let grown = in_grew
             .and_then(|_| grow(self, &mut outb, n * (1 + OUT), "sampled tokens"))
             .and_then(|_| grow(self, &mut infob, n * PARTS * INFO, "sampling slices"))
             .and_then(|_| grow(self, &mut candb, n * PARTS * CAP * 2, "sampling candidates"));
@@ -2151,15 +2204,33 @@ impl Backend for CudaBackend {
             if !direct {
                 return Ok(());
             }
+            // The masks are ready while the pass still runs: beside it, on the side stream,
+            // the main stream waiting for that copy before the sampling (else after the pass).
+            let mut side = self.side.lock().unwrap_or_else(|e| e.into_inner());
+            if beside && side.is_none() {
+                *side = SideCopy::new(&self.ctx);
+            }
+            let on = match side.as_ref().filter(|_| beside) {
+                Some(c) => c.stream,
+                None => self.stream.cu_stream(),
+            };
             // SAFETY: the device buffer holds `total` u32s from `pin`, so `masks.len()` from
             // `masks_at`; the caller leaves the page-locked masks unchanged until
-            // `sample_wait` (the contract of `host_words`).
+            // `sample_wait` (the contract of `host_words`), which waits for the main stream,
+            // and so for the copy.
             unsafe {
-                cudarc::driver::result::memcpy_htod_async(
-                    pin.at(masks_at).addr(),
-                    masks,
-                    self.stream.cu_stream(),
-                )
+                cudarc::driver::result::memcpy_htod_async(pin.at(masks_at).addr(), masks, on)?;
+                match side.as_ref().filter(|_| beside) {
+                    Some(c) => {
+                        cudarc::driver::result::event::record(c.done, c.stream)?;
+                        cudarc::driver::result::stream::wait_event(
+                            self.stream.cu_stream(),
+                            c.done,
+                            cudarc::driver::sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                        )
+                    }
+                    None => Ok(()),
+                }
             }
         });
         self.note("uploading sampling parameters", r);
