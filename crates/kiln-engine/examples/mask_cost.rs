@@ -148,6 +148,13 @@ fn main() {
                 .collect()
         }
     };
+    if let Some(i) = texts.iter().position(Vec::is_empty) {
+        panic!(
+            "replay: text {} of {:?} has no tokens",
+            i + 1,
+            replay.unwrap_or("")
+        );
+    }
     if let Some(shortest) = texts.iter().map(Vec::len).min() {
         steps = steps.min(shortest);
         println!("{} texts replayed, {steps} steps", texts.len());
