@@ -2210,21 +2210,27 @@ impl Backend for CudaBackend {
             if beside && side.is_none() {
                 *side = SideCopy::new(&self.ctx);
             }
-            let copy = side.as_ref().filter(|_| beside);
-            let on = copy.map_or(self.stream.cu_stream(), |c| c.stream);
+            let on = match side.as_ref().filter(|_| beside) {
+                Some(c) => c.stream,
+                None => self.stream.cu_stream(),
+            };
             // SAFETY: the device buffer holds `total` u32s from `pin`, so `masks.len()` from
             // `masks_at`; the caller leaves the page-locked masks unchanged until
             // `sample_wait` (the contract of `host_words`), which waits for the main stream,
             // and so for the copy.
             unsafe {
                 cudarc::driver::result::memcpy_htod_async(pin.at(masks_at).addr(), masks, on)?;
-                let Some(c) = copy else { return Ok(()) };
-                cudarc::driver::result::event::record(c.done, c.stream)?;
-                cudarc::driver::result::stream::wait_event(
-                    self.stream.cu_stream(),
-                    c.done,
-                    cudarc::driver::sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
-                )
+                match side.as_ref().filter(|_| beside) {
+                    Some(c) => {
+                        cudarc::driver::result::event::record(c.done, c.stream)?;
+                        cudarc::driver::result::stream::wait_event(
+                            self.stream.cu_stream(),
+                            c.done,
+                            cudarc::driver::sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                        )
+                    }
+                    None => Ok(()),
+                }
             }
         });
         self.note("uploading sampling parameters", r);
