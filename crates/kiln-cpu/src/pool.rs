@@ -1,7 +1,10 @@
 //! A persistent pool of worker threads for per-token work: no spawning, no allocation
-//! and no locking on the hot path, just an epoch counter and a countdown. A pool sized
-//! automatically lets [`crate::tune::Tuner`] run its tasks on fewer threads while other
-//! programs take cores.
+//! and no locking on the hot path, just an epoch counter and counters of parts. A task's
+//! parts go to whichever threads claim them, so a worker the system has descheduled (a
+//! browser, an HTTP client, the server's own I/O threads taking its core for a moment)
+//! holds up nothing it has not started: the caller takes its parts, and the task ends when
+//! every part is done, not when every thread has looked in. A pool sized automatically lets
+//! [`crate::tune::Tuner`] run its tasks on fewer threads while other programs take cores.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -16,9 +19,17 @@ struct Shared {
     /// The current task, lifetime-erased; valid while `pending > 0`.
     task: Mutex<Option<*const Task>>,
     /// The current task's number (above the low 16 bits) and how many threads take part in
-    /// it (the low 16 bits): threads `0..active` run it, the rest rest.
+    /// it (the low 16 bits): threads `0..active` look for its parts, the rest rest.
     epoch: AtomicUsize,
-    pending: AtomicUsize,
+    /// The epoch of the task whose parts may still be claimed; 0 once they are all done.
+    open: AtomicUsize,
+    /// Workers between looking at `open` and leaving the task: `run` returns only when
+    /// none is, so none can reach the task after it.
+    inside: AtomicUsize,
+    /// The current task's parts, the next one to claim, and how many are done.
+    parts: AtomicUsize,
+    next: AtomicUsize,
+    done: AtomicUsize,
     wake: Condvar,
     wake_lock: Mutex<()>,
     /// Workers asleep on `wake` (or about to be): `run` only notifies when there are some,
@@ -27,6 +38,9 @@ struct Shared {
     stop: AtomicBool,
     /// A worker's part of the current task panicked.
     panicked: AtomicBool,
+    /// Tests: workers wait here before looking for parts, as a descheduled thread would.
+    #[cfg(test)]
+    hold: AtomicBool,
     n_threads: usize,
 }
 
@@ -83,12 +97,18 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             task: Mutex::new(None),
             epoch: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            inside: AtomicUsize::new(0),
+            parts: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             sleepers: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
+            #[cfg(test)]
+            hold: AtomicBool::new(false),
             n_threads,
         });
         let handles = (1..n_threads)
@@ -117,11 +137,13 @@ impl ThreadPool {
         self.shared.n_threads
     }
 
-    /// Runs `f(thread_index, n_threads)` on every thread taking part in the task (all of
-    /// them, or fewer in an adaptive pool: `n_threads` then says how many) and returns when
-    /// all are done.
+    /// Runs `f(part, parts)` once for every part `0..parts` and returns when all are done;
+    /// `parts` is the number of threads taking part in the task (all of them, or fewer in
+    /// an adaptive pool). The parts go to whichever threads claim them first (the caller
+    /// among them), so `f` must not care which thread runs a part, nor whether one thread
+    /// runs several.
     ///
-    /// If any part panics, the panic is raised here, after every thread has finished with
+    /// If any part panics, the panic is raised here, after every part has finished with
     /// `f` (workers borrow it through a raw pointer; unwinding earlier would free it under
     /// them), and the pool stays usable.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
@@ -143,33 +165,36 @@ impl ThreadPool {
             }
             return;
         }
+        let sh = &*self.shared;
+        let parts = n;
         let task: &(dyn Fn(usize, usize) + Sync + '_) = &f;
-        // SAFETY: erase the lifetime; we wait below until every worker has finished with it.
+        // SAFETY: erase the lifetime; we wait below until no worker can reach it any more.
         let ptr: *const Task = unsafe {
             std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Task>(task)
         };
-        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
-        self.shared.pending.store(n - 1, Ordering::Release);
-        g.count = g.count.wrapping_add(1);
+        *sh.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
+        sh.parts.store(parts, Ordering::Relaxed);
+        sh.next.store(0, Ordering::Relaxed);
+        sh.done.store(0, Ordering::Relaxed);
+        g.count = g.count.wrapping_add(1).max(1);
+        let epoch = (g.count << 16) | n;
+        // Open before announcing: a worker that sees the epoch finds the task open (or
+        // already closed, when the parts went to others first).
+        sh.open.store(epoch, Ordering::SeqCst);
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
         // Threads that rested (not counted as sleepers) are woken when more take part.
-        self.shared
-            .epoch
-            .store((g.count << 16) | n, Ordering::SeqCst);
+        sh.epoch.store(epoch, Ordering::SeqCst);
         let more = n > g.last_active;
         g.last_active = n;
-        if more || self.shared.sleepers.load(Ordering::SeqCst) > 0 {
-            let _l = self
-                .shared
-                .wake_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.shared.wake.notify_all();
+        if more || sh.sleepers.load(Ordering::SeqCst) > 0 {
+            let _l = sh.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+            sh.wake.notify_all();
         }
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_parts(sh, task)));
+        // The parts others claimed: wait for those to end.
         let mut spins = 0usize;
-        while self.shared.pending.load(Ordering::Acquire) != 0 {
+        while sh.done.load(Ordering::Acquire) < parts {
             spins += 1;
             if spins < SPIN {
                 std::hint::spin_loop();
@@ -177,18 +202,45 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
-        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Close the task, then wait for the workers still inside it (they find nothing left
+        // to claim); one that looks in later finds it closed and never reaches `f`.
+        sh.open.store(0, Ordering::SeqCst);
+        while sh.inside.load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+        *sh.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Some(t) = g.tuner.as_mut() {
             t.done(Instant::now());
         }
         drop(g);
         if let Err(payload) = mine {
-            self.shared.panicked.store(false, Ordering::Release);
+            sh.panicked.store(false, Ordering::Release);
             std::panic::resume_unwind(payload);
         }
-        if self.shared.panicked.swap(false, Ordering::AcqRel) {
+        if sh.panicked.swap(false, Ordering::AcqRel) {
             panic!("a CPU pool worker thread panicked (its message is above)");
         }
+    }
+}
+
+/// Claims the open task's parts one by one and runs them until none is left; each part is
+/// counted done even if it panics (the caller of [`ThreadPool::run`] must not wait for ever),
+/// and the first panic is raised after.
+fn claim_parts(s: &Shared, f: &(dyn Fn(usize, usize) + Sync + '_)) {
+    let parts = s.parts.load(Ordering::Relaxed);
+    let mut failed = None;
+    loop {
+        let p = s.next.fetch_add(1, Ordering::Relaxed);
+        if p >= parts {
+            break;
+        }
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(p, parts))) {
+            failed.get_or_insert(e);
+        }
+        s.done.fetch_add(1, Ordering::Release);
+    }
+    if let Some(e) = failed {
+        std::panic::resume_unwind(e);
     }
 }
 
@@ -237,18 +289,26 @@ fn worker(s: Arc<Shared>, idx: usize) {
                 spins = SPIN;
             }
         }
-        let ptr = *s.task.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ptr) = ptr {
-            // SAFETY: `run` keeps the closure alive until `pending` reaches zero.
-            let f: &Task = unsafe { &*ptr };
-            // A panic must still count the worker done, or `run` would wait for ever; it is
-            // reported to the caller of `run` instead.
-            let n = seen & 0xFFFF;
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, n))).is_err() {
-                s.panicked.store(true, Ordering::Release);
+        #[cfg(test)]
+        while s.hold.load(Ordering::Acquire) && !s.stop.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        // Inside first, then look: `run` closes first, then waits for none inside (SeqCst
+        // on both sides), so either it waits for this thread or this thread sees it closed.
+        s.inside.fetch_add(1, Ordering::SeqCst);
+        if s.open.load(Ordering::SeqCst) == seen {
+            let ptr = *s.task.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(ptr) = ptr {
+                // SAFETY: `run` keeps the closure alive until no worker is inside.
+                let f: &Task = unsafe { &*ptr };
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_parts(&s, f)))
+                    .is_err()
+                {
+                    s.panicked.store(true, Ordering::Release);
+                }
             }
         }
-        s.pending.fetch_sub(1, Ordering::AcqRel);
+        s.inside.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -356,6 +416,47 @@ mod tests {
             });
             assert_eq!(hits.load(Ordering::Relaxed), 1 | 1 << 20 | 1 << 40);
         }
+    }
+
+    /// Workers that do not come (descheduled by the system) hold up nothing: the caller
+    /// runs every part, and they find the tasks closed when they come back.
+    #[test]
+    fn a_task_ends_without_workers_that_do_not_come() {
+        let pool = Arc::new(ThreadPool::new(3));
+        pool.shared.hold.store(true, Ordering::Release);
+        let p = pool.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let me = std::thread::current().id();
+            let mut all_mine = true;
+            for _ in 0..200 {
+                let hits = AtomicU64::new(0);
+                let mine = AtomicU64::new(0);
+                p.run(|i, n| {
+                    assert_eq!(n, 3);
+                    hits.fetch_add(1 << (20 * i), Ordering::Relaxed);
+                    if std::thread::current().id() == me {
+                        mine.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                assert_eq!(hits.load(Ordering::Relaxed), 1 | 1 << 20 | 1 << 40);
+                all_mine &= mine.load(Ordering::Relaxed) == 3;
+            }
+            tx.send(all_mine).unwrap();
+        });
+        let all_mine = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the tasks waited for workers that were held back");
+        assert!(all_mine, "a held-back worker ran a part");
+        // Let go, the workers find the tasks closed, and take parts again.
+        pool.shared.hold.store(false, Ordering::Release);
+        let hits = AtomicU64::new(0);
+        for _ in 0..200 {
+            pool.run(|i, _| {
+                hits.fetch_add(1 << (20 * i), Ordering::Relaxed);
+            });
+        }
+        assert_eq!(hits.load(Ordering::Relaxed), 200 | 200 << 20 | 200 << 40);
     }
 
     #[test]
