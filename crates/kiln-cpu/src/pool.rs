@@ -205,8 +205,15 @@ impl ThreadPool {
         // Close the task, then wait for the workers still inside it (they find nothing left
         // to claim); one that looks in later finds it closed and never reaches `f`.
         sh.open.store(0, Ordering::SeqCst);
+        let mut spins = 0usize;
         while sh.inside.load(Ordering::SeqCst) != 0 {
-            std::hint::spin_loop();
+            // A worker pushed off its core while inside: let it back on.
+            spins += 1;
+            if spins < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         *sh.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Some(t) = g.tuner.as_mut() {
