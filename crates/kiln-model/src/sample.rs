@@ -179,7 +179,7 @@ pub fn gumbel_at(key: u32, token: u32) -> f32 {
     gumbel_of(bits_at(key, token))
 }
 
-/// Bits of [`bits_at`] below a bucket of [`GUMBEL_CEIL`].
+/// A bucket of [`GUMBEL_CEIL`] spans the values of [`bits_at`] that differ in this many low bits.
 const BUCKET_SHIFT: u32 = 11;
 
 /// For each bucket of 2^11 consecutive values of [`bits_at`] (4,096 of them), a number at
