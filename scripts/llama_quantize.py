@@ -26,7 +26,10 @@ def main():
     src, dst, kind = sys.argv[1], sys.argv[2], sys.argv[3]
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = TYPES[kind]
-    params.nthread = int(sys.argv[4]) if len(sys.argv) == 5 else 2
+    threads = sys.argv[4] if len(sys.argv) == 5 else "2"
+    if not threads.isdigit() or int(threads) < 1:
+        sys.exit(f"THREADS must be a whole number of at least 1, not {threads!r}")
+    params.nthread = int(threads)
     rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params)
     if rc != 0:
         sys.exit(f"llama_model_quantize {src} -> {dst} ({kind}) failed: {rc}")

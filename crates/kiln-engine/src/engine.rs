@@ -1869,8 +1869,6 @@ fn draft_row(seq: &Seq, j: u64, logprob: bool, adjust: &mut Vec<Adjust>) -> RowS
     row
 }
 
-/// A constrained sequence's part of a step's masks: its constraint, out of the sequence
-/// while the mask is computed.
 /// The rows of a step's token masks: in the runner's host memory where it has some
 /// ([`Runner::host_words`], uploaded without a copy), else in a vector. Every word of the
 /// rows in use is written by [`fill_masks`] before it is read.
@@ -1914,6 +1912,8 @@ impl MaskRows {
     }
 }
 
+/// A constrained sequence's part of a step's masks: its constraint, out of the sequence
+/// while the mask is computed.
 struct MaskJob {
     /// The sequence's index in `running`.
     idx: usize,

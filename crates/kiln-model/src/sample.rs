@@ -730,17 +730,20 @@ mod tests {
         assert!(u < 1.0 && -(-u.ln()).ln() < GUMBEL_MAX);
     }
 
+    /// The next number of a xorshift generator.
+    fn xorshift(x: &mut u32) -> u32 {
+        *x ^= *x << 13;
+        *x ^= *x >> 17;
+        *x ^= *x << 5;
+        *x
+    }
+
     /// Rows with what the chunked scans must get right: ties, both zeros, infinities, NaN,
     /// lengths that leave a partial chunk, and the maximum in every position of a chunk.
     fn awkward_rows() -> Vec<Vec<f32>> {
         let mut rows = Vec::new();
         let mut x = 0x2545_F491u32;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x
-        };
+        let mut next = move || xorshift(&mut x);
         for len in [1usize, 2, 15, 16, 17, 33, 100, 1000, 4099] {
             for kind in 0..6 {
                 let row: Vec<f32> = (0..len)
@@ -838,32 +841,31 @@ mod tests {
             }
         }
         let mut s = Scratch::default();
+        let mut same = |row: &[f32], p: RowSampling| {
+            assert_eq!(pick(row, &p, &mut s), full_scan(row, &p), "{p:?}");
+        };
         // Rows of a vocabulary's size whose logits spread as a model's do, where most
         // tokens are passed over by their noise's ceiling: the same tokens at every
         // temperature and over many draws.
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut x = 0x2545_F491u32;
         for spread in [4.0f32, 12.0, 30.0] {
             let row: Vec<f32> = (0..49_152)
                 .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let u = (x >> 40) as f32 / (1u64 << 24) as f32;
+                    let u = (xorshift(&mut x) >> 8) as f32 / (1u32 << 24) as f32;
                     spread * (u * u * u) - 10.0
                 })
                 .collect();
             for temperature in [0.3f32, 0.7, 1.0, 1.5] {
-                for c in 0..40 {
-                    let p = RowSampling {
-                        temperature,
-                        seed: 7,
-                        counter: c,
-                        ..RowSampling::GREEDY
-                    };
-                    assert_eq!(
-                        pick(&row, &p, &mut s),
-                        full_scan(&row, &p),
-                        "{spread} {p:?}"
+                for counter in 0..40 {
+                    let seed = 7;
+                    same(
+                        &row,
+                        RowSampling {
+                            temperature,
+                            seed,
+                            counter,
+                            ..RowSampling::GREEDY
+                        },
                     );
                 }
             }
@@ -878,21 +880,17 @@ mod tests {
                 (3, 1.0, 0.05),
                 (0, 0.5, 0.0),
             ] {
-                for c in 0..4 {
+                for counter in 0..4 {
                     let p = RowSampling {
                         temperature: 0.7,
                         top_k: k,
                         top_p,
                         min_p,
                         seed: r as u64,
-                        counter: c,
+                        counter,
                         ..RowSampling::GREEDY
                     };
-                    assert_eq!(
-                        pick(&row, &p, &mut s),
-                        full_scan(&row, &p),
-                        "row {r}, {p:?}"
-                    );
+                    same(&row, p);
                 }
             }
         }
