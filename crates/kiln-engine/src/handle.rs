@@ -138,12 +138,16 @@ impl EngineHandle {
     /// Returns the request's id (for [`EngineHandle::cancel_waiting`]).
     pub fn submit(&self, req: Request, sink: Sink) -> Result<u64, SubmitError> {
         // In flight first: once it no longer counts a request, the stats do (see the engine
-        // thread's loop).
-        let in_flight = self.in_flight.load(Ordering::Acquire);
+        // thread's loop). The place is taken before the check, so that of two callers at once
+        // the second counts the first: checked, then taken, both could pass here and the
+        // engine thread refuse one of them after it was accepted (a 500, not a 429).
+        let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let waiting = self.stats().waiting + in_flight;
-        self.limits.check_request(&req, waiting)?;
+        if let Err(e) = self.limits.check_request(&req, waiting) {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.tx.send(Cmd::Submit(id, req, sink)).map_err(|_| {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             SubmitError::Prompt("the engine has shut down".into())

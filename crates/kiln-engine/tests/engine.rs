@@ -605,6 +605,72 @@ fn handle_serves_concurrent_callers() {
     assert_eq!(h.stats().blocks_used, 0);
 }
 
+/// Callers submitting at the same moment against a queue of one: each is either refused at
+/// `submit` (a 429 in the server) or served to the end, never accepted and then refused by
+/// the engine thread (which the server could only report as a failed request, a 500).
+#[test]
+fn a_full_queue_refuses_at_submit_never_after() {
+    let tok = tokenizer();
+    let e = Engine::new(
+        MockRunner::new(tok.vocab_size(), 64, 16),
+        tok.clone(),
+        EngineConfig {
+            max_running: 1,
+            max_queue: 1,
+            ..Default::default()
+        },
+    );
+    let h = kiln_engine::EngineHandle::spawn(e);
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..40u32 {
+        let gate = Arc::new(std::sync::Barrier::new(6));
+        let threads: Vec<_> = (0..6u32)
+            .map(|i| {
+                let (h, gate) = (h.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let prompt: Vec<u32> = (0..12).map(|k| 200 + k + i + round).collect();
+                    gate.wait();
+                    let r = h.submit(
+                        Request {
+                            prompt,
+                            params: SamplingParams::greedy(8),
+                            constraint: None,
+                        },
+                        Box::new(move |e| tx.send(e).is_ok()),
+                    );
+                    match r {
+                        Err(SubmitError::QueueFull(_)) => false,
+                        Err(other) => panic!("unexpected refusal {other}"),
+                        Ok(_) => {
+                            for e in rx {
+                                match e {
+                                    Event::Done { .. } => return true,
+                                    Event::Failed(m) => panic!("accepted, then failed: {m}"),
+                                    Event::Token { .. } => {}
+                                }
+                            }
+                            panic!("accepted, then dropped without an end");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            if t.join().expect("a caller failed") {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        accepted > 0 && refused > 0,
+        "{accepted} served, {refused} refused"
+    );
+    h.shutdown();
+}
+
 #[test]
 fn a_lone_sequence_at_the_budget_ends_cleanly() {
     let tok = tokenizer();
