@@ -9,7 +9,6 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use crate::tune::{CpuSampler, Tuner};
 
@@ -161,7 +160,7 @@ impl ThreadPool {
             g.last_active = 1;
             f(0, 1);
             if let Some(t) = g.tuner.as_mut() {
-                t.done(Instant::now());
+                t.task_done();
             }
             return;
         }
@@ -217,7 +216,7 @@ impl ThreadPool {
         }
         *sh.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Some(t) = g.tuner.as_mut() {
-            t.done(Instant::now());
+            t.task_done();
         }
         drop(g);
         if let Err(payload) = mine {

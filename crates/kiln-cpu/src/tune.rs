@@ -22,6 +22,10 @@ const WINDOW_TIME: Duration = Duration::from_millis(40);
 const MIN_CALLS: u32 = 32;
 /// How often the other processes' share of the CPUs is read.
 const SAMPLE: Duration = Duration::from_millis(200);
+/// The clock is read once every this many tasks (a token of a small model runs about 240;
+/// a read costs about as much as a small task's bookkeeping, and with one thread taking
+/// part, nothing else separates the pool from a pool of one).
+const CLOCK_EVERY: u32 = 8;
 /// Cores other processes must take (averaged over a sample) before fewer threads are tried;
 /// from `TAKEN` on, a core is taken outright and fewer threads are used at once (the trial
 /// back to all of them follows after `LONG_WAIT`, or as soon as the share drops).
@@ -162,6 +166,8 @@ pub struct Tuner {
     active: usize,
     sampler: Option<CpuSampler>,
     phase: Phase,
+    /// Tasks ended since the clock was last read.
+    unclocked: u32,
     /// Tasks and start of the window being timed.
     calls: u32,
     start: Instant,
@@ -187,6 +193,7 @@ impl Tuner {
             active: n.max(1),
             sampler,
             phase: Phase::Watch,
+            unclocked: 0,
             calls: 0,
             start: now,
             next_sample: now,
@@ -210,8 +217,17 @@ impl Tuner {
         self.active = a.clamp(1, self.n);
     }
 
-    /// A task ended at `now`.
-    pub fn done(&mut self, now: Instant) {
+    /// A task ended (the clock is read every [`CLOCK_EVERY`] tasks).
+    pub fn task_done(&mut self) {
+        self.unclocked += 1;
+        if self.unclocked >= CLOCK_EVERY {
+            let tasks = std::mem::take(&mut self.unclocked);
+            self.done(Instant::now(), tasks);
+        }
+    }
+
+    /// `tasks` tasks ended, the last at `now`.
+    fn done(&mut self, now: Instant, tasks: u32) {
         if self.n < 2 {
             return;
         }
@@ -227,7 +243,7 @@ impl Tuner {
                 self.consider(others, now);
             }
             Phase::Before { alt } => {
-                if let Some(rate) = self.window(now) {
+                if let Some(rate) = self.window(now, tasks) {
                     self.phase = Phase::Trial {
                         base: self.active,
                         before: rate,
@@ -236,7 +252,7 @@ impl Tuner {
                 }
             }
             Phase::Trial { base, before } => {
-                if let Some(rate) = self.window(now) {
+                if let Some(rate) = self.window(now, tasks) {
                     self.phase = Phase::After {
                         alt: self.active,
                         before,
@@ -246,7 +262,7 @@ impl Tuner {
                 }
             }
             Phase::After { alt, before, trial } => {
-                if let Some(after) = self.window(now) {
+                if let Some(after) = self.window(now, tasks) {
                     self.decide(alt, before, trial, after, now);
                 }
             }
@@ -288,11 +304,11 @@ impl Tuner {
         self.start = now;
     }
 
-    /// Counts a task of the window being timed; its tasks a second once the window is
+    /// Counts `tasks` tasks of the window being timed; its tasks a second once the window is
     /// full, `None` before. A window whose time ran out with too few tasks (the work paused
     /// or is coarse) drops the trial (threads as before it).
-    fn window(&mut self, now: Instant) -> Option<f64> {
-        self.calls += 1;
+    fn window(&mut self, now: Instant, tasks: u32) -> Option<f64> {
+        self.calls += tasks;
         let spent = now.saturating_duration_since(self.start);
         if self.calls < WINDOW && spent < WINDOW_TIME {
             return None;
@@ -355,8 +371,9 @@ mod tests {
         assert_eq!(process_ticks("garbage"), None);
     }
 
-    /// Drives a tuner with tasks whose speed depends on its threads; returns its threads
-    /// after `ms` milliseconds of tasks.
+    /// Drives a tuner with tasks whose speed depends on its threads, clocked every
+    /// `CLOCK_EVERY` tasks as the pool clocks them; returns its threads after `ms`
+    /// milliseconds of tasks.
     fn drive(t: &mut Tuner, others: f64, speed: impl Fn(usize) -> f64, ms: u64) -> usize {
         let t0 = Instant::now();
         let mut now = t0;
@@ -366,9 +383,9 @@ mod tests {
                 t.next_sample = now + SAMPLE;
                 t.consider(others, now);
             } else {
-                t.done(now);
+                t.done(now, CLOCK_EVERY);
             }
-            now += Duration::from_secs_f64(1.0 / speed(t.active()));
+            now += Duration::from_secs_f64(CLOCK_EVERY as f64 / speed(t.active()));
         }
         t.active()
     }
