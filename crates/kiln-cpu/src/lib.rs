@@ -463,14 +463,20 @@ impl CpuBackend {
             }
         }
         let (kc, vc): (&[T], &[T]) = (kc, vc);
-        let (nh, hd) = (cfg.n_heads, cfg.head_dim);
-        let group = nh / cfg.n_kv_heads;
+        let (nh, hd, nkv) = (cfg.n_heads, cfg.head_dim, cfg.n_kv_heads);
+        let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
         let isa = self.isa;
         let optr = SyncPtr(out.as_mut_ptr());
         let rows: usize = seqs.iter().map(|s| s.n).sum();
         let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(0);
-        let jobs = rows * nh;
+        // A job is one token's heads that share a key-value head (or `per` of them): each
+        // key and value is read and converted once for all of them. With few tokens the
+        // group is split, so that every thread has jobs.
+        let per = heads_per_job(rows * nkv, group, self.pool.n_threads());
+        let subs = group.div_ceil(per);
+        let per_token = nkv * subs;
+        let jobs = rows * per_token;
         self.pool.run(|i, nt| {
             let (j0, j1) = split_range(jobs, i, nt, 1);
             if j0 == j1 {
@@ -478,36 +484,36 @@ impl CpuBackend {
             }
             SCRATCH.with(|s| {
                 let mut sc = s.borrow_mut();
-                let need = longest + 2 * hd;
+                let need = per * (longest + 2 * hd);
                 if sc.len() < need {
                     sc.resize(need, 0.0);
                 }
-                let (scores, rest) = sc.split_at_mut(longest);
-                let (acc, qr) = rest.split_at_mut(hd);
+                let (scores, rest) = sc.split_at_mut(per * longest);
+                let (acc, qr) = rest.split_at_mut(per * hd);
                 // Walk the jobs in order, tracking which sequence they belong to.
                 let mut si = 0;
-                let mut seq_end = seqs[0].n * nh;
+                let mut seq_end = seqs[0].n * per_token;
                 let mut seq_start = 0;
                 // The keys and values of a job's heads come from DRAM (the step's weights
-                // went through the caches since this layer's last use): on the first head of
-                // a group, ask for the next group's lines, which the hardware's prefetchers
-                // do not foresee (a block table's blocks lie anywhere in the pool).
-                // Job `job`'s sequence is found from the current one's (`s`, whose jobs start
-                // at `start`): the next group is in it or in one of the next few.
+                // went through the caches since this layer's last use): on a key-value
+                // head's first job, ask for the next one's lines, which the hardware's
+                // prefetchers do not foresee (a block table's blocks lie anywhere in the
+                // pool). Job `job`'s sequence is found from the current one's (`s`, whose
+                // jobs start at `start`): the next head is in it or in one of the next few.
                 let line = (64 / std::mem::size_of::<T>()).max(1);
                 let ahead = |job: usize, mut s: usize, mut start: usize| {
                     if job >= j1 {
                         return;
                     }
-                    while s < seqs.len() && job >= start + seqs[s].n * nh {
-                        start += seqs[s].n * nh;
+                    while s < seqs.len() && job >= start + seqs[s].n * per_token {
+                        start += seqs[s].n * per_token;
                         s += 1;
                     }
                     let Some(sq) = seqs.get(s) else {
                         return;
                     };
-                    let (t, h) = ((job - start) / nh, (job - start) % nh);
-                    let kvh = h / group;
+                    let local = job - start;
+                    let (t, kvh) = (local / per_token, local % per_token / subs);
                     for p in 0..sq.pos0 + t + 1 {
                         let o = l.slot(layer, sq.blocks, p) + kvh * hd;
                         // Each cache line of the head's key and value, the last included.
@@ -521,51 +527,66 @@ impl CpuBackend {
                     while job >= seq_end {
                         si += 1;
                         seq_start = seq_end;
-                        seq_end += seqs[si].n * nh;
+                        seq_end += seqs[si].n * per_token;
                     }
-                    if job == j0 || job % group == 0 {
-                        ahead(job - job % group + group, si, seq_start);
+                    if job == j0 || job % subs == 0 {
+                        ahead(job - job % subs + subs, si, seq_start);
                     }
                     let sq = &seqs[si];
                     let local = job - seq_start;
-                    let (t, h) = (local / nh, local % nh);
+                    let (t, kvh, sub) = (local / per_token, local % per_token / subs, job % subs);
+                    let h0 = kvh * group + sub * per;
+                    let g = per.min((kvh + 1) * group - h0);
                     let row = sq.row0 + t;
-                    let kvh = h / group;
-                    // With the f16 cache the query and the probabilities are rounded to f16
+                    // With the f16 cache the queries and the probabilities are rounded to f16
                     // for the products, as llama.cpp does: the golden logits come from it
                     // and this keeps kiln's rounding noise like its own.
-                    let qh = &mut qr[..hd];
-                    qh.copy_from_slice(&q[(row * nh + h) * hd..][..hd]);
+                    let qh = &mut qr[..g * hd];
+                    qh.copy_from_slice(&q[(row * nh + h0) * hd..][..g * hd]);
                     if T::ROUND_OPERANDS {
                         kernels::vec::round_f16(isa, qh);
                     }
                     let qh: &[f32] = qh;
                     let len = sq.pos0 + t + 1;
-                    let scores = &mut scores[..len];
+                    let scores = &mut scores[..g * len];
                     let key = |p: usize| {
                         let o = l.slot(layer, sq.blocks, p) + kvh * hd;
                         &kc[o..o + hd]
                     };
-                    T::scores(isa, qh, scale, key, scores);
-                    kernels::vec::softmax(isa, scores);
+                    T::scores_group(isa, qh, g, scale, key, scores);
+                    for row_scores in scores.chunks_exact_mut(len) {
+                        kernels::vec::softmax(isa, row_scores);
+                    }
                     if T::ROUND_OPERANDS {
                         kernels::vec::round_f16(isa, scores);
                     }
-                    let acc = &mut acc[..hd];
+                    let acc = &mut acc[..g * hd];
                     acc.fill(0.0);
                     let val = |p: usize| {
                         let o = l.slot(layer, sq.blocks, p) + kvh * hd;
                         &vc[o..o + hd]
                     };
-                    T::mix(isa, scores, val, acc);
+                    T::mix_group(isa, scores, g, val, acc);
                     for (d, &a) in acc.iter().enumerate() {
-                        // SAFETY: each (row, head) slice belongs to one job.
-                        unsafe { optr.write((row * nh + h) * hd + d, a) };
+                        // SAFETY: the (row, head) slices of a job's heads belong to it alone.
+                        unsafe { optr.write((row * nh + h0) * hd + d, a) };
                     }
                 }
             });
         });
     }
+}
+
+/// Heads of a group (`group` query heads sharing a key-value head) that one attention job
+/// takes, given `kv_jobs` (tokens times key-value heads) and `threads`: the whole group
+/// when that leaves at least four jobs a thread, fewer heads when that gives enough jobs,
+/// one head otherwise (every thread keeps work to claim when a token has few heads).
+fn heads_per_job(kv_jobs: usize, group: usize, threads: usize) -> usize {
+    let want = 4 * threads;
+    (1..=group.max(1))
+        .rev()
+        .find(|&per| kv_jobs * group.div_ceil(per) >= want)
+        .unwrap_or(1)
 }
 
 impl Backend for CpuBackend {

@@ -191,6 +191,36 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     );
     /// `acc += sum over p of w[p] * val(p)`.
     fn mix<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [Self], acc: &mut [f32]);
+    /// [`Self::scores`] of `g` heads that share the keys (grouped-query attention): `q`
+    /// holds the g queries one after another, `out` their g rows of scores; each row is
+    /// what `scores` gives for its query.
+    fn scores_group<'a>(
+        isa: Isa,
+        q: &[f32],
+        g: usize,
+        scale: f32,
+        key: impl Fn(usize) -> &'a [Self],
+        out: &mut [f32],
+    ) {
+        let (hd, len) = (q.len() / g.max(1), out.len() / g.max(1));
+        for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(len)) {
+            Self::scores(isa, qh, scale, &key, oh);
+        }
+    }
+    /// [`Self::mix`] of `g` heads that share the values: `w` holds their g rows of
+    /// weights, `acc` their g sums; each sum is what `mix` gives for its row.
+    fn mix_group<'a>(
+        isa: Isa,
+        w: &[f32],
+        g: usize,
+        val: impl Fn(usize) -> &'a [Self],
+        acc: &mut [f32],
+    ) {
+        let (len, hd) = (w.len() / g.max(1), acc.len() / g.max(1));
+        for (wh, ah) in w.chunks_exact(len).zip(acc.chunks_exact_mut(hd)) {
+            Self::mix(isa, wh, &val, ah);
+        }
+    }
     /// `dst[i] = from_f32(src[i])` over the shorter length.
     fn store(isa: Isa, src: &[f32], dst: &mut [Self]);
 }
@@ -211,6 +241,55 @@ impl KvElem for f16 {
     #[inline]
     fn mix<'a>(isa: Isa, w: &[f32], val: impl Fn(usize) -> &'a [Self], acc: &mut [f32]) {
         mix_f16(isa, w, val, acc)
+    }
+    #[inline]
+    fn scores_group<'a>(
+        isa: Isa,
+        q: &[f32],
+        g: usize,
+        scale: f32,
+        key: impl Fn(usize) -> &'a [Self],
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni
+            && g > 0
+            && q.len().is_multiple_of(g)
+            && out.len().is_multiple_of(g)
+        {
+            // SAFETY: the instruction set was detected on this CPU.
+            if unsafe { x86::scores_group_512(q, g, scale, &key, out) } {
+                return;
+            }
+        }
+        let (hd, len) = (q.len() / g.max(1), out.len() / g.max(1));
+        for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(len)) {
+            scores_f16(isa, qh, scale, &key, oh);
+        }
+    }
+    #[inline]
+    fn mix_group<'a>(
+        isa: Isa,
+        w: &[f32],
+        g: usize,
+        val: impl Fn(usize) -> &'a [Self],
+        acc: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni
+            && g > 0
+            && w.len().is_multiple_of(g)
+            && acc.len().is_multiple_of(g)
+        {
+            // SAFETY: the instruction set was detected on this CPU.
+            if unsafe { x86::mix_group_512(w, g, &val, acc) } {
+                return;
+            }
+        }
+        let (len, hd) = (w.len() / g.max(1), acc.len() / g.max(1));
+        for (wh, ah) in w.chunks_exact(len).zip(acc.chunks_exact_mut(hd)) {
+            mix_f16(isa, wh, &val, ah);
+        }
     }
     #[inline]
     fn store(isa: Isa, src: &[f32], dst: &mut [Self]) {
@@ -424,41 +503,19 @@ mod x86 {
         // SAFETY (all arms): this function has the features the callees need.
         unsafe {
             match q.len() {
-                64 => return scores_regs::<4>(q, scale, key, out),
-                96 => return scores_regs::<6>(q, scale, key, out),
-                128 => return scores_regs::<8>(q, scale, key, out),
+                64 | 96 | 128 => {
+                    let len = out.len();
+                    _ = match q.len() {
+                        64 => scores_group_regs::<4, 1>(q, scale, &key, out, len),
+                        96 => scores_group_regs::<6, 1>(q, scale, &key, out, len),
+                        _ => scores_group_regs::<8, 1>(q, scale, &key, out, len),
+                    };
+                    return;
+                }
                 _ => {}
             }
             for (p, o) in out.iter_mut().enumerate() {
                 *o = scale * dot_f16_512(q, key(p));
-            }
-        }
-    }
-
-    /// [`scores_512`] for a head of `16 * C` values with the query held in registers: the
-    /// same products and sums in the same order as [`dot_f16_512`] (chunks alternate
-    /// between two accumulators), so bit for bit its results.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn scores_regs<'a, const C: usize>(
-        q: &[f32],
-        scale: f32,
-        key: impl Fn(usize) -> &'a [f16],
-        out: &mut [f32],
-    ) {
-        let q = &q[..16 * C];
-        // SAFETY: `q` holds `16 * C` values; each key is sliced to as many below.
-        unsafe {
-            let qr: [__m512; C] = core::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c)));
-            for (p, o) in out.iter_mut().enumerate() {
-                let k = &key(p)[..16 * C];
-                let pk = k.as_ptr().cast::<u16>();
-                let mut acc = [_mm512_setzero_ps(); 2];
-                for c in 0..C {
-                    let kc = _mm512_cvtph_ps(_mm256_loadu_si256(pk.add(16 * c).cast()));
-                    acc[c % 2] = _mm512_fmadd_ps(qr[c], kc, acc[c % 2]);
-                }
-                *o = scale * _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
             }
         }
     }
@@ -506,6 +563,212 @@ mod x86 {
                 _mm512_storeu_ps(acc.as_mut_ptr().add(16 * c), r[c]);
             }
         }
+    }
+
+    /// [`scores_512`] of `g` heads sharing the keys (see [`super::KvElem::scores_group`]),
+    /// each key converted once for up to four heads; `false` (nothing written) for a head
+    /// size without a register version. Each head's products and sums are those of
+    /// [`dot_f16_512`], in the same order, so bit for bit its results.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn scores_group_512<'a>(
+        q: &[f32],
+        g: usize,
+        scale: f32,
+        key: &impl Fn(usize) -> &'a [f16],
+        out: &mut [f32],
+    ) -> bool {
+        let (hd, len) = (q.len() / g, out.len() / g);
+        let mut h = 0;
+        // SAFETY (all arms): this function has the features the callees need; each call
+        // gets whole heads of `q` and whole rows of `out`.
+        unsafe {
+            while h < g {
+                let (qs, os) = (&q[h * hd..], &mut out[h * len..]);
+                h += match (hd, g - h) {
+                    (64, 1) => scores_group_regs::<4, 1>(qs, scale, key, os, len),
+                    (64, 2) => scores_group_regs::<4, 2>(qs, scale, key, os, len),
+                    (64, 3) => scores_group_regs::<4, 3>(qs, scale, key, os, len),
+                    (64, _) => scores_group_regs::<4, 4>(qs, scale, key, os, len),
+                    (96, 1) => scores_group_regs::<6, 1>(qs, scale, key, os, len),
+                    (96, _) => scores_group_regs::<6, 2>(qs, scale, key, os, len),
+                    (128, 1) => scores_group_regs::<8, 1>(qs, scale, key, os, len),
+                    (128, _) => scores_group_regs::<8, 2>(qs, scale, key, os, len),
+                    _ => return false,
+                };
+            }
+        }
+        true
+    }
+
+    /// [`scores_512`] for `G` heads of `16 * C` values at once with the queries held in
+    /// registers (rows of `len` scores in `out`); returns `G`. The products and their two
+    /// accumulators are [`dot_f16_512`]'s (chunks alternate between them). Sixteen positions are summed across their lanes together: the
+    /// halves of two positions' vectors are added in one instruction, then quarters of four,
+    /// and so on, which is the tree `_mm512_reduce_add_ps` sums one vector by (lane `i` with
+    /// `i + 8`, then `i + 4`, then `0 + 2` and `1 + 3`, then the two), so each score is
+    /// bit for bit [`dot_f16_512`]'s, in a quarter of the instructions.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn scores_group_regs<'a, const C: usize, const G: usize>(
+        q: &[f32],
+        scale: f32,
+        key: &impl Fn(usize) -> &'a [f16],
+        out: &mut [f32],
+        len: usize,
+    ) -> usize {
+        let q = &q[..16 * C * G];
+        let out = &mut out[..len * G];
+        // SAFETY: `q` holds `G` heads of `16 * C` values and `out` G rows of `len`; each key
+        // is sliced to `16 * C` values below, and stores go to positions below `len`.
+        unsafe {
+            let qr: [[__m512; C]; G] = core::array::from_fn(|g| {
+                core::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * (C * g + c))))
+            });
+            let po = out.as_mut_ptr();
+            let load = |p: usize| -> [__m512; C] {
+                let pk = key(p)[..16 * C].as_ptr().cast::<u16>();
+                core::array::from_fn(|c| _mm512_cvtph_ps(_mm256_loadu_si256(pk.add(16 * c).cast())))
+            };
+            // Head g's products with one key, in two accumulators, added: the vector whose
+            // lanes sum to the score.
+            let dot = |kc: &[__m512; C], g: usize| {
+                let mut acc = [_mm512_setzero_ps(); 2];
+                for c in 0..C {
+                    acc[c % 2] = _mm512_fmadd_ps(qr[g][c], kc[c], acc[c % 2]);
+                }
+                _mm512_add_ps(acc[0], acc[1])
+            };
+            // Lane 4k + m of the last step holds position 4m + k.
+            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            let vs = _mm512_set1_ps(scale);
+            let mut p = 0;
+            while p + 16 <= len {
+                // Per head, four vectors of four positions each (one a 128-bit chunk).
+                let mut quads = [[_mm512_setzero_ps(); 4]; G];
+                for (qi, quad) in (0..4).map(|qi| (qi, p + 4 * qi)) {
+                    let mut halves = [[_mm512_setzero_ps(); 2]; G];
+                    for pair in 0..2 {
+                        let (ka, kb) = (load(quad + 2 * pair), load(quad + 2 * pair + 1));
+                        for g in 0..G {
+                            let (a, b) = (dot(&ka, g), dot(&kb, g));
+                            // [a0..8 | b0..8] + [a8..16 | b8..16]: lane i with i + 8.
+                            halves[g][pair] = _mm512_add_ps(
+                                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+                            );
+                        }
+                    }
+                    for g in 0..G {
+                        let [x, y] = halves[g];
+                        // Chunk 0 of a position with its chunk 1: lane i with i + 4.
+                        quads[g][qi] = _mm512_add_ps(
+                            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+                        );
+                    }
+                }
+                for g in 0..G {
+                    let [c0, c1, c2, c3] = quads[g];
+                    // Within each chunk: 0 + 2 and 1 + 3, then the two.
+                    let f0 = _mm512_add_ps(
+                        _mm512_shuffle_ps::<0b01_00_01_00>(c0, c1),
+                        _mm512_shuffle_ps::<0b11_10_11_10>(c0, c1),
+                    );
+                    let f1 = _mm512_add_ps(
+                        _mm512_shuffle_ps::<0b01_00_01_00>(c2, c3),
+                        _mm512_shuffle_ps::<0b11_10_11_10>(c2, c3),
+                    );
+                    let sums = _mm512_add_ps(
+                        _mm512_shuffle_ps::<0b10_00_10_00>(f0, f1),
+                        _mm512_shuffle_ps::<0b11_01_11_01>(f0, f1),
+                    );
+                    let sums = _mm512_permutexvar_ps(order, sums);
+                    _mm512_storeu_ps(po.add(g * len + p), _mm512_mul_ps(vs, sums));
+                }
+                p += 16;
+            }
+            for p in p..len {
+                let kc = load(p);
+                for g in 0..G {
+                    *po.add(g * len + p) = scale * _mm512_reduce_add_ps(dot(&kc, g));
+                }
+            }
+        }
+        G
+    }
+
+    /// [`mix_512`] of `g` heads sharing the values (see [`super::KvElem::mix_group`]),
+    /// each value converted once for up to four heads; `false` (nothing changed) for a
+    /// head size without a register version. Each head's sums are those of [`mix_regs`],
+    /// in the same order.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn mix_group_512<'a>(
+        w: &[f32],
+        g: usize,
+        val: &impl Fn(usize) -> &'a [f16],
+        acc: &mut [f32],
+    ) -> bool {
+        let (len, hd) = (w.len() / g, acc.len() / g);
+        let mut h = 0;
+        // SAFETY (all arms): as in `scores_group_512`.
+        unsafe {
+            while h < g {
+                let (ws, acs) = (&w[h * len..], &mut acc[h * hd..]);
+                h += match (hd, g - h) {
+                    (64, 1) => mix_group_regs::<4, 1>(ws, len, val, acs),
+                    (64, 2) => mix_group_regs::<4, 2>(ws, len, val, acs),
+                    (64, 3) => mix_group_regs::<4, 3>(ws, len, val, acs),
+                    (64, _) => mix_group_regs::<4, 4>(ws, len, val, acs),
+                    (96, 1) => mix_group_regs::<6, 1>(ws, len, val, acs),
+                    (96, _) => mix_group_regs::<6, 2>(ws, len, val, acs),
+                    (128, 1) => mix_group_regs::<8, 1>(ws, len, val, acs),
+                    (128, _) => mix_group_regs::<8, 2>(ws, len, val, acs),
+                    _ => return false,
+                };
+            }
+        }
+        true
+    }
+
+    /// [`mix_regs`] for `G` heads of `16 * C` values at once (rows of `len` weights in
+    /// `w`); returns `G`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn mix_group_regs<'a, const C: usize, const G: usize>(
+        w: &[f32],
+        len: usize,
+        val: &impl Fn(usize) -> &'a [f16],
+        acc: &mut [f32],
+    ) -> usize {
+        let w = &w[..len * G];
+        let acc = &mut acc[..16 * C * G];
+        // SAFETY: `acc` holds `G` sums of `16 * C` values and `w` G rows of `len`; each
+        // value row is sliced to `16 * C` values below.
+        unsafe {
+            let pa = acc.as_mut_ptr();
+            let mut r: [[__m512; C]; G] = core::array::from_fn(|g| {
+                core::array::from_fn(|c| _mm512_loadu_ps(pa.add(16 * (C * g + c))))
+            });
+            let pw = w.as_ptr();
+            for p in 0..len {
+                let pv = val(p)[..16 * C].as_ptr().cast::<u16>();
+                let x: [__m512; C] = core::array::from_fn(|c| {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(pv.add(16 * c).cast()))
+                });
+                for g in 0..G {
+                    let vw = _mm512_set1_ps(*pw.add(g * len + p));
+                    for c in 0..C {
+                        r[g][c] = _mm512_fmadd_ps(vw, x[c], r[g][c]);
+                    }
+                }
+            }
+            for g in 0..G {
+                for c in 0..C {
+                    _mm512_storeu_ps(pa.add(16 * (C * g + c)), r[g][c]);
+                }
+            }
+        }
+        G
     }
 
     /// `dst[i] = f16::from_f32(src[i])` with F16C (round to nearest even, as `half` does).
@@ -930,6 +1193,69 @@ mod tests {
             (0..n).map(f).collect(),
             (0..n).map(|i| f16::from_f32(f(i + 7))).collect(),
         )
+    }
+
+    /// Grouped-query attention's products (one pass over the keys and values for several
+    /// heads) give each head, bit for bit, what the one-head products give it: on every
+    /// instruction set, head sizes with and without a register version, groups of 1 to 8
+    /// (more than one pass of the widest register version), rows of 1 to 64 positions
+    /// (sixteen at a time and the rest); the scores also match one position at a time.
+    #[test]
+    fn grouped_heads_match_one_head_at_a_time() {
+        for isa in Isa::available() {
+            for hd in [64usize, 96, 128, 80] {
+                for g in 1..=8usize {
+                    for len in [1usize, 5, 16, 37, 64] {
+                        let (q, _) = data(g * hd, (hd * 31 + g) as u32);
+                        let (_, keys) = data(len * hd, 7 + len as u32);
+                        let (_, vals) = data(len * hd, 91 + g as u32);
+                        let key = |p: usize| &keys[p * hd..(p + 1) * hd];
+                        let val = |p: usize| &vals[p * hd..(p + 1) * hd];
+                        // Every head's scores one position at a time (a one-vector sum).
+                        let mut want = vec![0f32; g * len];
+                        for h in 0..g {
+                            for p in 0..len {
+                                want[h * len + p] =
+                                    0.125 * dot_f16(isa, &q[h * hd..][..hd], key(p));
+                            }
+                        }
+                        let mut one = vec![0f32; g * len];
+                        for h in 0..g {
+                            let (qh, oh) = (&q[h * hd..][..hd], &mut one[h * len..][..len]);
+                            <f16 as KvElem>::scores(isa, qh, 0.125, key, oh);
+                        }
+                        let mut got = vec![0f32; g * len];
+                        <f16 as KvElem>::scores_group(isa, &q, g, 0.125, key, &mut got);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{isa:?} scores hd {hd} g {g} len {len}"
+                        );
+                        assert_eq!(
+                            bits(&one),
+                            bits(&want),
+                            "{isa:?} one head hd {hd} len {len}"
+                        );
+                        // The weights: the scores shifted to be positive, any values do.
+                        let w: Vec<f32> = want.iter().map(|x| x.abs() * 0.01).collect();
+                        let (start, _) = data(g * hd, 5);
+                        let mut want = start.clone();
+                        for h in 0..g {
+                            let (wh, ah) = (&w[h * len..][..len], &mut want[h * hd..][..hd]);
+                            <f16 as KvElem>::mix(isa, wh, val, ah);
+                        }
+                        let mut got = start.clone();
+                        <f16 as KvElem>::mix_group(isa, &w, g, val, &mut got);
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{isa:?} mix hd {hd} g {g} len {len}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Attention's softmax on every instruction set of this CPU against the plain loop it
