@@ -470,14 +470,14 @@ impl CpuBackend {
         let optr = SyncPtr(out.as_mut_ptr());
         let rows: usize = seqs.iter().map(|s| s.n).sum();
         let longest = seqs.iter().map(|s| s.pos0 + s.n).max().unwrap_or(0);
-        // A job is one token's heads that share a key-value head (or `per` of them): each
-        // key and value is read and converted once for all of them. With few tokens the
-        // group is split, so that every thread has jobs.
-        let per = heads_per_job(rows * nkv, group, self.pool.n_threads());
-        let subs = group.div_ceil(per);
-        let per_token = nkv * subs;
-        let jobs = rows * per_token;
         self.pool.run(|i, nt| {
+            // A job is one token's heads that share a key-value head (or `per` of them):
+            // each key and value is read and converted once for all of them. With fewer
+            // such groups than threads taking part, groups are split so that each has one.
+            let per = heads_per_job(rows * nkv, group, nt);
+            let subs = group.div_ceil(per);
+            let per_token = nkv * subs;
+            let jobs = rows * per_token;
             let (j0, j1) = split_range(jobs, i, nt, 1);
             if j0 == j1 {
                 return;
@@ -578,14 +578,14 @@ impl CpuBackend {
 }
 
 /// Heads of a group (`group` query heads sharing a key-value head) that one attention job
-/// takes, given `kv_jobs` (tokens times key-value heads) and `threads`: the whole group
-/// when that leaves at least four jobs a thread, fewer heads when that gives enough jobs,
-/// one head otherwise (every thread keeps work to claim when a token has few heads).
+/// takes, given `kv_jobs` (tokens times key-value heads) and the `threads` taking part: the
+/// most that still leave a job for every thread. (A whole group a job was as fast or faster
+/// than one head a job even where it leaves a thread one job against another's two:
+/// SmolLM2-135M, one token, two threads.)
 fn heads_per_job(kv_jobs: usize, group: usize, threads: usize) -> usize {
-    let want = 4 * threads;
     (1..=group.max(1))
         .rev()
-        .find(|&per| kv_jobs * group.div_ceil(per) >= want)
+        .find(|&per| kv_jobs * group.div_ceil(per) >= threads)
         .unwrap_or(1)
 }
 
