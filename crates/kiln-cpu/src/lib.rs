@@ -611,6 +611,10 @@ impl Backend for CpuBackend {
         Ok(self.sharing_threads())
     }
 
+    fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        self.pool.run(f);
+    }
+
     fn matrix(&self, t: RawTensor) -> Result<CpuMat, ModelError> {
         if !kernels::supported(t.ty) {
             return Err(ModelError::Unsupported(format!(

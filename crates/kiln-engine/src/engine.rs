@@ -65,6 +65,12 @@ pub trait Runner: Send {
     fn overlaps(&self) -> bool {
         false
     }
+    /// Runs `f(part, parts)` for every part on the threads that run the model's operations
+    /// on the host ([`Backend::host_run`](kiln_model::backend::Backend::host_run)); by
+    /// default one part, here.
+    fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        f(0, 1);
+    }
     /// [`Runner::step`]'s first part, for a runner that [`Runner::overlaps`]: starts the
     /// model's pass over the batch.
     fn start_pass(&mut self, batch: &[Slice<'_>]) -> Result<(), ModelError> {
@@ -173,6 +179,9 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
     }
     fn overlaps(&self) -> bool {
         (**self).overlaps()
+    }
+    fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        (**self).host_run(f)
     }
     fn start_pass(&mut self, batch: &[Slice<'_>]) -> Result<(), ModelError> {
         (**self).start_pass(batch)
@@ -1135,7 +1144,8 @@ impl<R: Runner> Engine<R> {
 
     /// How many pieces the masks of `jobs` are computed in: with a device running the pass,
     /// shared out over the host's threads (each mask is one sequence's parser alone); a CPU
-    /// runner's own threads hold the cores, so there one piece on the engine's thread.
+    /// runner's own threads hold the cores, so there one piece (and
+    /// [`fill_masks_on_host_threads`] shares them out over those threads instead).
     fn mask_pieces(&self, jobs: usize) -> usize {
         if self.runner.overlaps() {
             rayon::current_num_threads()
@@ -1509,14 +1519,24 @@ impl<R: Runner> Engine<R> {
         let words = kiln_model::sample::mask_words(self.runner.vocab_size());
         let eog = self.tok.clone();
         if !late_masks && !jobs.is_empty() {
-            let pieces = self.mask_pieces(jobs.len());
-            let spent = fill_masks(
-                &mut jobs,
-                self.masks.get_mut(),
-                words,
-                eog.eog_ids(),
-                pieces,
-            );
+            let spent = if self.runner.overlaps() || jobs.len() < 2 {
+                let pieces = self.mask_pieces(jobs.len());
+                fill_masks(
+                    &mut jobs,
+                    self.masks.get_mut(),
+                    words,
+                    eog.eog_ids(),
+                    pieces,
+                )
+            } else {
+                fill_masks_on_host_threads(
+                    &self.runner,
+                    &mut jobs,
+                    self.masks.get_mut(),
+                    words,
+                    eog.eog_ids(),
+                )
+            };
             self.restore_constraints(std::mem::take(&mut jobs), spent);
         }
         // Small vectors per step: the slices borrow the sequences. Scored chunks go to a
@@ -1973,6 +1993,41 @@ fn fill_masks(
         }
     });
     spent.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fills the mask rows of `jobs` (as [`fill_masks`]) on the threads that run the runner's
+/// model on the host ([`Runner::host_run`]: a CPU backend's pool, which would otherwise wait
+/// between passes while one thread computed every mask): each thread takes the next mask
+/// not yet taken, the dearest first (by what each sequence's last mask cost). Returns the
+/// seconds spent, summed over the threads.
+fn fill_masks_on_host_threads<R: Runner + ?Sized>(
+    runner: &R,
+    jobs: &mut [MaskJob],
+    masks: &mut [u32],
+    words: usize,
+    eog: &[u32],
+) -> f64 {
+    let mut parts: Vec<(&mut [MaskJob], &mut [u32])> = jobs
+        .chunks_mut(1)
+        .zip(masks.chunks_mut(words.max(1)))
+        .collect();
+    parts.sort_by_key(|(j, _)| {
+        std::cmp::Reverse(j.first().map_or(0, |j| j.constraint.last_mask_nanos()))
+    });
+    let parts: Vec<std::sync::Mutex<(&mut [MaskJob], &mut [u32])>> =
+        parts.into_iter().map(std::sync::Mutex::new).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = AtomicU64::new(0);
+    runner.host_run(&|_, _| {
+        while let Some(part) = parts.get(next.fetch_add(1, Ordering::Relaxed)) {
+            // Each part is taken by one thread only: the lock is never waited on.
+            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+            let (j, m) = &mut *part;
+            let spent = fill_masks(j, m, words, eog, 1);
+            nanos.fetch_add((spent * 1e9) as u64, Ordering::Relaxed);
+        }
+    });
+    nanos.into_inner() as f64 * 1e-9
 }
 
 /// Gives each sampling row its mask (`sampling`: the plan entry of each row, `mask_of`:

@@ -117,6 +117,10 @@ impl<B: Backend> Runner for ModelRunner<B> {
         self.model.backend.asynchronous()
     }
 
+    fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        self.model.backend.host_run(f)
+    }
+
     fn start_pass(&mut self, batch: &[Slice<'_>]) -> Result<(), ModelError> {
         self.model
             .forward_batch(&mut self.state, &mut self.pool, batch, Logits::Keep)

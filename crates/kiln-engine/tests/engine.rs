@@ -41,6 +41,10 @@ struct MockRunner {
     /// The masks of a started sampling, where they lie and what they held: a runner that
     /// uploads host words as they are needs them unchanged until `finish`.
     sampled_masks: Option<(usize, Vec<u32>)>,
+    /// Runs host work on this many threads of its own (as a CPU runner runs it on its pool),
+    /// counting the calls that had work for several; 0: on the caller's thread.
+    host_threads: usize,
+    host_runs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Host words in ordinary memory, for the mock.
@@ -85,6 +89,8 @@ impl MockRunner {
             passed: None,
             bigram: false,
             perturb: 0,
+            host_threads: 0,
+            host_runs: Arc::default(),
             host_words: None,
             sampled_masks: None,
         }
@@ -175,6 +181,19 @@ impl Runner for MockRunner {
     }
     fn overlaps(&self) -> bool {
         self.overlap
+    }
+    fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        let n = self.host_threads;
+        if n == 0 {
+            return f(0, 1);
+        }
+        self.host_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::scope(|sc| {
+            for i in 0..n {
+                sc.spawn(move || f(i, n));
+            }
+        });
     }
     fn start_pass(&mut self, batch: &[Slice<'_>]) -> Result<(), ModelError> {
         assert!(
@@ -1497,20 +1516,25 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
     });
     let free_prompt: Vec<u32> = (300..340).collect();
     let free = run_alone(&tok, &free_prompt, params(1));
-    // Plain steps, steps whose masks are computed while the pass runs (a device's), the
+    // Plain steps, the same with the masks shared out over the runner's own threads (a CPU
+    // runner's pool), steps whose masks are computed while the pass runs (a device's), the
     // same with the masks in the runner's host words (taken once, for the most rows the
     // engine runs), and a small pool that preempts.
-    for (n_blocks, max_batch_tokens, overlap, host) in [
-        (64, 256, false, false),
-        (64, 256, true, false),
-        (64, 256, true, true),
-        (10, 16, true, false),
+    let mut plain_texts: Option<Vec<String>> = None;
+    for (n_blocks, max_batch_tokens, overlap, host, threads) in [
+        (64, 256, false, false, 0),
+        (64, 256, false, false, 3),
+        (64, 256, true, false, 0),
+        (64, 256, true, true, 0),
+        (10, 16, true, false, 0),
     ] {
         let mut runner = if overlap {
             MockRunner::overlapping(tok.vocab_size(), n_blocks, 16)
         } else {
             MockRunner::new(tok.vocab_size(), n_blocks, 16)
         };
+        runner.host_threads = threads;
+        let host_runs = runner.host_runs.clone();
         let host_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         if host {
             runner.host_words = Some(host_calls.clone());
@@ -1559,6 +1583,22 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
             usize::from(host),
             "host words asked for {calls} times"
         );
+        let runs = host_runs.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            runs > 0,
+            threads > 0,
+            "{runs} steps' masks on the runner's threads"
+        );
+        let texts: Vec<String> = outs
+            .iter()
+            .map(|(_, o)| o.lock().unwrap().text.clone())
+            .collect();
+        match &plain_texts {
+            // The same seeds, the same masks, on whatever threads: the same answers.
+            Some(t) if !overlap => assert_eq!(&texts, t, "masks on {threads} threads"),
+            Some(_) => {}
+            None => plain_texts = Some(texts),
+        }
         for (g, out) in outs {
             let o = out.lock().unwrap();
             assert_eq!(o.failed, None);

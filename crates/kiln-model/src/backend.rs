@@ -298,6 +298,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
         false
     }
 
+    /// Runs `f(part, parts)` for every part `0..parts` on the threads that run this
+    /// backend's operations on the host, and returns when all are done (host work between
+    /// passes, such as the output constraints' masks: a CPU backend's threads hold the
+    /// cores, so work beside them would only take turns with them). `parts` is the backend's
+    /// choice, 1 by default (here, on the caller's thread).
+    fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        f(0, 1);
+    }
+
     /// [`Backend::sample`] in two halves, for a device that works apart from the host: this
     /// half starts it and returns `true`, and [`Backend::sample_wait`] gives the tokens once
     /// the device has them, so that the host can do other work meanwhile. `false` (this
