@@ -525,9 +525,15 @@ mod x86 {
         // SAFETY (all arms): this function has the features the callees need.
         unsafe {
             match acc.len() {
-                64 => return mix_regs::<4>(w, val, acc),
-                96 => return mix_regs::<6>(w, val, acc),
-                128 => return mix_regs::<8>(w, val, acc),
+                64 | 96 | 128 => {
+                    let len = w.len();
+                    _ = match acc.len() {
+                        64 => mix_group_regs::<4, 1>(w, len, &val, acc),
+                        96 => mix_group_regs::<6, 1>(w, len, &val, acc),
+                        _ => mix_group_regs::<8, 1>(w, len, &val, acc),
+                    };
+                    return;
+                }
                 _ => {}
             }
             for (p, &wp) in w.iter().enumerate() {
@@ -536,33 +542,33 @@ mod x86 {
         }
     }
 
-    /// [`mix_512`] for a head of `16 * C` values with the sums held in registers over every
-    /// position (the same fused multiply-adds in the same order as [`axpy_f16_512`]).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn mix_regs<'a, const C: usize>(
-        w: &[f32],
-        val: impl Fn(usize) -> &'a [f16],
-        acc: &mut [f32],
-    ) {
-        let acc = &mut acc[..16 * C];
-        // SAFETY: `acc` holds `16 * C` values; each value row is sliced to as many below.
-        unsafe {
-            let mut r: [__m512; C] =
-                core::array::from_fn(|c| _mm512_loadu_ps(acc.as_ptr().add(16 * c)));
-            for (p, &wp) in w.iter().enumerate() {
-                let v = &val(p)[..16 * C];
-                let pv = v.as_ptr().cast::<u16>();
-                let vw = _mm512_set1_ps(wp);
-                for c in 0..C {
-                    let x = _mm512_cvtph_ps(_mm256_loadu_si256(pv.add(16 * c).cast()));
-                    r[c] = _mm512_fmadd_ps(vw, x, r[c]);
-                }
+    /// The register version of a grouped attention kernel for head size `$hd` (64, 96, 128:
+    /// `C` = 4, 6, 8 registers a head) and `$left` heads still to do (`G` at most 4 at head
+    /// size 64, 2 above, so that queries or sums, keys and accumulators fit in the 32
+    /// registers): `$call` with `C` and `G` named, giving the heads it did; returns `false`
+    /// from the enclosing function for a head size without one.
+    macro_rules! by_head_size {
+        ($hd:expr, $left:expr, |$c:ident, $g:ident| $call:expr) => {
+            match ($hd, $left) {
+                (64, 1) => by_head_size!(@ 4, 1, $c, $g, $call),
+                (64, 2) => by_head_size!(@ 4, 2, $c, $g, $call),
+                (64, 3) => by_head_size!(@ 4, 3, $c, $g, $call),
+                (64, _) => by_head_size!(@ 4, 4, $c, $g, $call),
+                (96, 1) => by_head_size!(@ 6, 1, $c, $g, $call),
+                (96, _) => by_head_size!(@ 6, 2, $c, $g, $call),
+                (128, 1) => by_head_size!(@ 8, 1, $c, $g, $call),
+                (128, _) => by_head_size!(@ 8, 2, $c, $g, $call),
+                _ => return false,
             }
-            for c in 0..C {
-                _mm512_storeu_ps(acc.as_mut_ptr().add(16 * c), r[c]);
+        };
+        (@ $cv:literal, $gv:literal, $c:ident, $g:ident, $call:expr) => {{
+            #[allow(non_upper_case_globals)]
+            {
+                const $c: usize = $cv;
+                const $g: usize = $gv;
+                $call
             }
-        }
+        }};
     }
 
     /// [`scores_512`] of `g` heads sharing the keys (see [`super::KvElem::scores_group`]),
@@ -579,23 +585,13 @@ mod x86 {
     ) -> bool {
         let (hd, len) = (q.len() / g, out.len() / g);
         let mut h = 0;
-        // SAFETY (all arms): this function has the features the callees need; each call
-        // gets whole heads of `q` and whole rows of `out`.
-        unsafe {
-            while h < g {
-                let (qs, os) = (&q[h * hd..], &mut out[h * len..]);
-                h += match (hd, g - h) {
-                    (64, 1) => scores_group_regs::<4, 1>(qs, scale, key, os, len),
-                    (64, 2) => scores_group_regs::<4, 2>(qs, scale, key, os, len),
-                    (64, 3) => scores_group_regs::<4, 3>(qs, scale, key, os, len),
-                    (64, _) => scores_group_regs::<4, 4>(qs, scale, key, os, len),
-                    (96, 1) => scores_group_regs::<6, 1>(qs, scale, key, os, len),
-                    (96, _) => scores_group_regs::<6, 2>(qs, scale, key, os, len),
-                    (128, 1) => scores_group_regs::<8, 1>(qs, scale, key, os, len),
-                    (128, _) => scores_group_regs::<8, 2>(qs, scale, key, os, len),
-                    _ => return false,
-                };
-            }
+        while h < g {
+            let (qs, os) = (&q[h * hd..], &mut out[h * len..]);
+            // SAFETY: this function has the features the callee needs; it gets whole heads
+            // of `q` and whole rows of `out`.
+            h += by_head_size!(hd, g - h, |C, G| unsafe {
+                scores_group_regs::<C, G>(qs, scale, key, os, len)
+            });
         }
         true
     }
@@ -699,8 +695,8 @@ mod x86 {
 
     /// [`mix_512`] of `g` heads sharing the values (see [`super::KvElem::mix_group`]),
     /// each value converted once for up to four heads; `false` (nothing changed) for a
-    /// head size without a register version. Each head's sums are those of [`mix_regs`],
-    /// in the same order.
+    /// head size without a register version. Each head's sums are those of
+    /// [`axpy_f16_512`] over the positions in order, the same fused multiply-adds.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub(super) unsafe fn mix_group_512<'a>(
         w: &[f32],
@@ -710,22 +706,12 @@ mod x86 {
     ) -> bool {
         let (len, hd) = (w.len() / g, acc.len() / g);
         let mut h = 0;
-        // SAFETY (all arms): as in `scores_group_512`.
-        unsafe {
-            while h < g {
-                let (ws, acs) = (&w[h * len..], &mut acc[h * hd..]);
-                h += match (hd, g - h) {
-                    (64, 1) => mix_group_regs::<4, 1>(ws, len, val, acs),
-                    (64, 2) => mix_group_regs::<4, 2>(ws, len, val, acs),
-                    (64, 3) => mix_group_regs::<4, 3>(ws, len, val, acs),
-                    (64, _) => mix_group_regs::<4, 4>(ws, len, val, acs),
-                    (96, 1) => mix_group_regs::<6, 1>(ws, len, val, acs),
-                    (96, _) => mix_group_regs::<6, 2>(ws, len, val, acs),
-                    (128, 1) => mix_group_regs::<8, 1>(ws, len, val, acs),
-                    (128, _) => mix_group_regs::<8, 2>(ws, len, val, acs),
-                    _ => return false,
-                };
-            }
+        while h < g {
+            let (ws, acs) = (&w[h * len..], &mut acc[h * hd..]);
+            // SAFETY: as in `scores_group_512`.
+            h += by_head_size!(hd, g - h, |C, G| unsafe {
+                mix_group_regs::<C, G>(ws, len, val, acs)
+            });
         }
         true
     }
@@ -1199,7 +1185,7 @@ mod tests {
     /// heads) give each head, bit for bit, what the one-head products give it: on every
     /// instruction set, head sizes with and without a register version, groups of 1 to 8
     /// (more than one pass of the widest register version), rows of 1 to 64 positions
-    /// (sixteen at a time and the rest); the scores also match one position at a time.
+    /// (sixteen at a time and the rest); scores and sums also match one position at a time.
     #[test]
     fn grouped_heads_match_one_head_at_a_time() {
         for isa in Isa::available() {
@@ -1240,9 +1226,16 @@ mod tests {
                         // The weights: the scores shifted to be positive, any values do.
                         let w: Vec<f32> = want.iter().map(|x| x.abs() * 0.01).collect();
                         let (start, _) = data(g * hd, 5);
+                        // Every head's sums one position at a time (a scaled add each).
                         let mut want = start.clone();
                         for h in 0..g {
-                            let (wh, ah) = (&w[h * len..][..len], &mut want[h * hd..][..hd]);
+                            for p in 0..len {
+                                axpy_f16(isa, &mut want[h * hd..][..hd], w[h * len + p], val(p));
+                            }
+                        }
+                        let mut one = start.clone();
+                        for h in 0..g {
+                            let (wh, ah) = (&w[h * len..][..len], &mut one[h * hd..][..hd]);
                             <f16 as KvElem>::mix(isa, wh, val, ah);
                         }
                         let mut got = start.clone();
@@ -1252,6 +1245,7 @@ mod tests {
                             bits(&want),
                             "{isa:?} mix hd {hd} g {g} len {len}"
                         );
+                        assert_eq!(bits(&one), bits(&want), "{isa:?} one head mix hd {hd}");
                     }
                 }
             }
