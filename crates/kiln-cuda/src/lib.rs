@@ -75,6 +75,8 @@ const BLAS_WORKSPACE: usize = 32 << 20;
 const MV_STAGE_MAX: usize = 96 << 10;
 /// Query rows and key positions per tile of the prefill attention kernel (TQ, TK).
 const TILE_Q: usize = 32;
+/// Query rows per tile of the tensor-core prefill attention kernel (MMA_Q).
+const MMA_Q: usize = 64;
 /// Passes whose sequences each run at most this many rows get attention split over the
 /// context as decode passes do (see `begin_pass`).
 const SHORT_PASS_ROWS: usize = 16;
@@ -222,6 +224,8 @@ pub struct CudaBackend {
     pdl: bool,
     /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later, unless turned off: k_mvr).
     mvt: bool,
+    /// Prefill attention through k_attn_mma where the head size has one.
+    flash: bool,
     /// Decode attention through k_attn_gqa where the heads allow it ([`Gqa`]).
     gqa: Gqa,
     /// The options it was opened with (a sibling gets the same).
@@ -327,6 +331,9 @@ pub struct CudaOptions {
     pub pdl: bool,
     /// The tensor-core matrix-vector kernel k_mvt for 3 to 8 rows (sm_80 and later).
     pub mvt: bool,
+    /// Prefill attention on the tensor cores (k_attn_mma, sm_80 and later, head sizes 64, 96
+    /// and 128) instead of the CUDA cores (k_attn_tile).
+    pub flash: bool,
     /// The plain matrix-vector kernels instead of the staged ones.
     pub mv_plain: bool,
     /// One-row products of weights read in place round their output to bytes for the next
@@ -344,6 +351,7 @@ impl Default for CudaOptions {
             graphs: true,
             pdl: true,
             mvt: true,
+            flash: true,
             mv_plain: false,
             qx: true,
             gqa: Gqa::Filled,
@@ -559,6 +567,7 @@ impl CudaBackend {
             mv_plain: opts.mv_plain,
             pdl: major >= 9 && opts.pdl,
             mvt: major >= 8 && opts.mvt,
+            flash: major >= 8 && opts.flash,
             gqa: opts.gqa,
             opts,
             mvt_ws,
@@ -1228,11 +1237,15 @@ impl CudaBackend {
         }
         let scale = 1.0 / (cfg.head_dim as f32).sqrt();
         if n_tiles > 0 && tile_ok(cfg.head_dim) {
+            let (kernel, smem) = match self.mma_attn(cfg.head_dim) {
+                Some(k) => (k, 0),
+                None => (&self.k.attn_tile, tile_smem(cfg.head_dim) as u32),
+            };
             self.launch(
-                &self.k.attn_tile,
+                kernel,
                 (cfg.n_heads as u32, n_tiles as u32, 1),
                 128,
-                tile_smem(cfg.head_dim) as u32,
+                smem,
                 launch::AttnTile {
                     q,
                     q_stride: qs,
@@ -1456,7 +1469,15 @@ fn gqa_ok(cfg: &ModelConfig) -> bool {
     (2..=16).contains(&group) && hd.is_multiple_of(8) && hd <= 128 && group * hd <= 128 * 8
 }
 
-/// Whether the prefill attention kernel takes head size `hd`.
+impl CudaBackend {
+    /// The tensor-core prefill attention kernel for head size `hd`, where it is on and has one
+    /// (its tiles then hold MMA_Q rows, k_attn_tile's TILE_Q).
+    fn mma_attn(&self, hd: usize) -> Option<&Kernel<launch::AttnTile>> {
+        self.k.attn_mma(hd).filter(|_| self.flash)
+    }
+}
+
+/// Whether the prefill attention kernels take head size `hd`.
 fn tile_ok(hd: usize) -> bool {
     hd.is_multiple_of(4) && hd <= TILE_MAX_HD
 }
@@ -1689,10 +1710,15 @@ impl Backend for CudaBackend {
         // Prefill passes: tiles of consecutive rows of one sequence for the tiled kernel.
         st.n_tiles = 0;
         if splits == 1 && !seqs.iter().all(|s| s.n == 1) && tile_ok(cfg.head_dim) {
+            let per = if self.mma_attn(cfg.head_dim).is_some() {
+                MMA_Q
+            } else {
+                TILE_Q
+            };
             let mut t: Vec<u32> = Vec::new();
             for s in seqs {
-                for r in (0..s.n).step_by(TILE_Q) {
-                    t.extend([(s.row0 + r) as u32, TILE_Q.min(s.n - r) as u32]);
+                for r in (0..s.n).step_by(per) {
+                    t.extend([(s.row0 + r) as u32, per.min(s.n - r) as u32]);
                 }
             }
             let mut tiles = st.tiles.take();

@@ -18,6 +18,7 @@ pub const SOURCE: &str = concat!(
     include_str!("kernels/rope_kv.cu"),
     include_str!("kernels/attention.cu"),
     include_str!("kernels/matvec_rows.cu"),
+    include_str!("kernels/attention_mma.cu"),
     include_str!("kernels/argmax.cu"),
     include_str!("kernels/quant.cu"),
     include_str!("kernels/sample.cu"),

@@ -5,7 +5,7 @@
 //! waits (`pdl_wait`, or `pdl_enter` which waits first) before it touches activations; a
 //! kernel that forgot would read stale data on sm_90 only, and only sometimes.
 
-const SOURCES: [(&str, &str); 9] = [
+const SOURCES: [(&str, &str); 10] = [
     ("prelude.cu", include_str!("../src/kernels/prelude.cu")),
     (
         "elementwise.cu",
@@ -17,6 +17,10 @@ const SOURCES: [(&str, &str); 9] = [
     (
         "matvec_rows.cu",
         include_str!("../src/kernels/matvec_rows.cu"),
+    ),
+    (
+        "attention_mma.cu",
+        include_str!("../src/kernels/attention_mma.cu"),
     ),
     ("argmax.cu", include_str!("../src/kernels/argmax.cu")),
     ("quant.cu", include_str!("../src/kernels/quant.cu")),
@@ -194,9 +198,10 @@ fn every_kernel_gets_its_arguments_in_order() {
     }
     // A macro-stamped kernel appears once, by its pasted name.
     let stamped: Vec<&String> = expected.iter().filter(|n| n.contains("##")).collect();
-    assert_eq!(stamped, ["k_mvr##N"]);
+    assert_eq!(stamped, ["k_mvr##N", "k_attn_mma##HD"]);
     expected.retain(|n| !n.contains("##"));
     expected.extend((2..=8).map(|n| format!("k_mvr{n}")));
+    expected.extend([64, 96, 128].map(|hd| format!("k_attn_mma{hd}")));
     found.sort();
     expected.sort();
     assert_eq!(found, expected);

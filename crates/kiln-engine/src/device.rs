@@ -111,6 +111,8 @@ pub struct DevOptions {
     pub cuda_pdl: Option<bool>,
     /// `cuda-mvt=0|1`: the tensor-core matrix-vector kernel for 3 to 8 rows.
     pub cuda_mvt: Option<bool>,
+    /// `cuda-fa=0|1`: prefill attention on the tensor cores (else on the CUDA cores).
+    pub cuda_fa: Option<bool>,
     /// `cuda-mv-plain=1`: the plain matrix-vector kernels only.
     pub cuda_mv_plain: bool,
     /// `cuda-gqa=0|1|all`: decode attention grouped by KV head never, when the rows fill
@@ -142,6 +144,7 @@ impl DevOptions {
             "cuda-graphs" => self.cuda_graphs = Some(flag()?),
             "cuda-pdl" => self.cuda_pdl = Some(flag()?),
             "cuda-mvt" => self.cuda_mvt = Some(flag()?),
+            "cuda-fa" => self.cuda_fa = Some(flag()?),
             "cuda-mv-plain" => self.cuda_mv_plain = flag()?,
             "cuda-qx" => self.cuda_qx = Some(flag()?),
             "cuda-gqa" => match value {
@@ -149,7 +152,7 @@ impl DevOptions {
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-mv-plain, cuda-gqa, cuda-qx)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-gqa, cuda-qx)"
             )),
         }
         Ok(())
@@ -171,6 +174,7 @@ impl DevOptions {
             (self.cuda_graphs.is_some(), "cuda-graphs"),
             (self.cuda_pdl.is_some(), "cuda-pdl"),
             (self.cuda_mvt.is_some(), "cuda-mvt"),
+            (self.cuda_fa.is_some(), "cuda-fa"),
             (self.cuda_mv_plain, "cuda-mv-plain"),
             (self.cuda_gqa.is_some(), "cuda-gqa"),
             (self.cuda_qx.is_some(), "cuda-qx"),
@@ -262,6 +266,7 @@ impl Device {
             graphs: d.cuda_graphs.unwrap_or(base.graphs),
             pdl: d.cuda_pdl.unwrap_or(base.pdl),
             mvt: d.cuda_mvt.unwrap_or(base.mvt),
+            flash: d.cuda_fa.unwrap_or(base.flash),
             mv_plain: d.cuda_mv_plain,
             qx: d.cuda_qx.unwrap_or(base.qx),
             gqa: match d.cuda_gqa.as_deref() {
@@ -331,6 +336,7 @@ mod tests {
             "cuda-graphs=off",
             "cuda-pdl=false",
             "cuda-mvt=0",
+            "cuda-fa=0",
             "cuda-mv-plain=1",
             "cuda-gqa=all",
         ] {
@@ -342,6 +348,7 @@ mod tests {
             (d.cuda_fused, d.cuda_graphs, d.cuda_pdl, d.cuda_mvt),
             (Some(false), Some(false), Some(false), Some(false))
         );
+        assert_eq!(d.cuda_fa, Some(false));
         assert_eq!(d.cuda_gqa.as_deref(), Some("all"));
         for (s, word) in [
             ("cuda-graph=0", "no such switch"),

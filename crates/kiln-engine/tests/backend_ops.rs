@@ -346,6 +346,11 @@ fn rope_and_paged_attention_prefill_then_decode_on<B: Backend>(b: B, gpu: bool) 
         ),
         (4, 4, 24, 12, RopeStyle::Interleaved, [3, 150]),
         (14, 2, 64, 64, RopeStyle::Halves, [5, 40]),
+        // Prompts over several 64-row tiles and 64-key steps of the tensor-core prefill
+        // kernel (head sizes 64, 96 and 128 on a GPU), one of them with a partial rotation.
+        (8, 2, 128, 64, RopeStyle::Halves, [20, 150]),
+        (4, 1, 96, 96, RopeStyle::Interleaved, [31, 130]),
+        (6, 3, 64, 64, RopeStyle::Halves, [1, 175]),
     ] {
         let c = cfg(heads, kv_heads, hd, rd, style);
         let (dim, kvd) = (c.dim, c.kv_dim());
@@ -424,6 +429,12 @@ fn rope_and_paged_attention_prefill_then_decode_on<B: Backend>(b: B, gpu: bool) 
                     );
                 }
             }
+            // A GPU's prefill on the tensor cores rounds queries and probabilities to f16 too.
+            let tol = if gpu && step == 0 && matches!(hd, 64 | 96 | 128) {
+                5e-3
+            } else {
+                tol
+            };
             let e = rel(&got, &want);
             assert!(
                 e < tol,
