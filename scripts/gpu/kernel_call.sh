@@ -28,14 +28,7 @@ echo "greedy text, PDL on $a off $b"
 fi
 if want speed; then
 echo "== copy bandwidth (device to device, 1 GiB)"
-python3 -c '
-import torch,time
-x=torch.empty(1<<30,dtype=torch.uint8,device="cuda"); y=torch.empty_like(x)
-for _ in range(3): y.copy_(x)
-torch.cuda.synchronize(); t=time.perf_counter()
-for _ in range(20): y.copy_(x)
-torch.cuda.synchronize(); dt=(time.perf_counter()-t)/20
-print("copy GB/s (read+write)", round(2*x.numel()/dt/1e9))'
+python3 scripts/gpu/copy_bw.py
 echo "== Qwen2.5-0.5B shape"
 for pdl in 1 0; do
  for b in 1 5 8; do $K bench --dev cuda-pdl=$pdl --device cuda -m /tmp/q05 -p 32 -g 256 -b $b --json 2>/dev/null | j "pdl=$pdl b$b"; done
