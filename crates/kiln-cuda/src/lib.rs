@@ -139,6 +139,10 @@ struct St {
     big: Option<CudaSlice<f32>>,
     part: Option<CudaSlice<f32>>,
     part_cap: usize,
+    /// Per (row, head): how many of a decode attention's splits have finished (k_attn's last
+    /// one merges them and resets it).
+    attn_cnt: Option<CudaSlice<u32>>,
+    cnt_cap: usize,
     inv_freq: Option<CudaSlice<f32>>,
     rope_key: (usize, u32),
     splits: usize,
@@ -220,6 +224,7 @@ pub struct CudaBackend {
     quant: bool,
     /// The plain matrix-vector kernel only (for comparisons).
     mv_plain: bool,
+    mv1_direct: bool,
     /// Programmatic dependent launch (sm_90 and later, unless turned off).
     pdl: bool,
     /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later, unless turned off: k_mvr).
@@ -336,6 +341,9 @@ pub struct CudaOptions {
     pub flash: bool,
     /// The plain matrix-vector kernels instead of the staged ones.
     pub mv_plain: bool,
+    /// One-row products read x in their loop over the weights (k_mv1d) instead of staging
+    /// it in shared memory first (k_mv1).
+    pub mv1_direct: bool,
     /// One-row products of weights read in place round their output to bytes for the next
     /// product (instead of a k_quant_x launch before it).
     pub qx: bool,
@@ -353,6 +361,7 @@ impl Default for CudaOptions {
             mvt: true,
             flash: true,
             mv_plain: false,
+            mv1_direct: false,
             qx: true,
             gqa: Gqa::Filled,
         }
@@ -565,6 +574,7 @@ impl CudaBackend {
             max_q: Default::default(),
             quant: opts.quantized,
             mv_plain: opts.mv_plain,
+            mv1_direct: opts.mv1_direct,
             pdl: major >= 9 && opts.pdl,
             mvt: major >= 8 && opts.mvt,
             flash: major >= 8 && opts.flash,
@@ -902,11 +912,16 @@ impl CudaBackend {
         let wp = self.f16_ptr(w);
         if n == 1 && staged && !self.mv_plain {
             let ks = self.col_split(outs.div_ceil(MV1_OUT), w.cols);
+            let (kernel, smem) = if self.mv1_direct {
+                (&self.k.mv1d, 0)
+            } else {
+                (&self.k.mv1, (w.cols * 4) as u32)
+            };
             self.launch(
-                &self.k.mv1,
+                kernel,
                 (outs.div_ceil(MV1_OUT * MV_WARPS / ks) as u32, 1, 1),
                 (MV_WARPS * 32) as u32,
-                (w.cols * 4) as u32,
+                smem,
                 launch::Mv1 {
                     w: wp,
                     bias,
@@ -1182,7 +1197,7 @@ impl CudaBackend {
         out_h: Dev<u16>,
     ) {
         let (meta, max_t) = self.meta();
-        let (splits, decode, gqa, inv_freq, part, tiles, n_tiles) = {
+        let (splits, decode, gqa, inv_freq, part, tiles, n_tiles, cnt) = {
             let st = self.st();
             (
                 st.splits.max(1),
@@ -1192,8 +1207,11 @@ impl CudaBackend {
                 self.po(&st.part),
                 self.po(&st.tiles),
                 st.n_tiles,
+                self.po(&st.attn_cnt),
             )
         };
+        // k_attn merges its own splits; k_attn_gqa's go to k_attn_combine.
+        let cnt = if gqa { Dev::NULL } else { cnt };
         let interleaved = i32::from(cfg.rope_style == RopeStyle::Interleaved);
         let pool_p = self.p(&pool.buf);
         let (layer, n_layers, bs) = (
@@ -1301,6 +1319,7 @@ impl CudaBackend {
             bias: if decode { qkv_bias } else { Dev::NULL },
             q_width: dim,
             fuse_kv: i32::from(decode),
+            cnt,
         };
         if gqa {
             self.launch(
@@ -1319,7 +1338,7 @@ impl CudaBackend {
                 args,
             );
         }
-        if splits > 1 {
+        if splits > 1 && cnt.is_null() {
             self.launch(
                 &self.k.attn_combine,
                 (cfg.n_heads as u32, n as u32, 1),
@@ -1745,6 +1764,14 @@ impl Backend for CudaBackend {
             st.part = None;
             st.part = Some(self.alloc::<f32>("attention partials", cap)?);
             st.part_cap = cap;
+            changed = true;
+        }
+        let cnt_len = n * cfg.n_heads;
+        if splits > 1 && st.cnt_cap < cnt_len {
+            let cap = cnt_len.next_power_of_two();
+            st.attn_cnt = None;
+            st.attn_cnt = Some(self.alloc::<u32>("attention split counts", cap)?);
+            st.cnt_cap = cap;
             changed = true;
         }
         if changed {

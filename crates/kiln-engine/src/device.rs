@@ -115,6 +115,9 @@ pub struct DevOptions {
     pub cuda_fa: Option<bool>,
     /// `cuda-mv-plain=1`: the plain matrix-vector kernels only.
     pub cuda_mv_plain: bool,
+    /// `cuda-mv1d=0|1`: one-row products read x in their loop over the weights instead of
+    /// staging it in shared memory first.
+    pub cuda_mv1d: Option<bool>,
     /// `cuda-gqa=0|1|all`: decode attention grouped by KV head never, when the rows fill
     /// the GPU (the default), or always.
     pub cuda_gqa: Option<String>,
@@ -146,13 +149,14 @@ impl DevOptions {
             "cuda-mvt" => self.cuda_mvt = Some(flag()?),
             "cuda-fa" => self.cuda_fa = Some(flag()?),
             "cuda-mv-plain" => self.cuda_mv_plain = flag()?,
+            "cuda-mv1d" => self.cuda_mv1d = Some(flag()?),
             "cuda-qx" => self.cuda_qx = Some(flag()?),
             "cuda-gqa" => match value {
                 "0" | "1" | "all" => self.cuda_gqa = Some(value.to_owned()),
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-gqa, cuda-qx)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-gqa, cuda-qx)"
             )),
         }
         Ok(())
@@ -176,6 +180,7 @@ impl DevOptions {
             (self.cuda_mvt.is_some(), "cuda-mvt"),
             (self.cuda_fa.is_some(), "cuda-fa"),
             (self.cuda_mv_plain, "cuda-mv-plain"),
+            (self.cuda_mv1d.is_some(), "cuda-mv1d"),
             (self.cuda_gqa.is_some(), "cuda-gqa"),
             (self.cuda_qx.is_some(), "cuda-qx"),
         ]
@@ -268,6 +273,7 @@ impl Device {
             mvt: d.cuda_mvt.unwrap_or(base.mvt),
             flash: d.cuda_fa.unwrap_or(base.flash),
             mv_plain: d.cuda_mv_plain,
+            mv1_direct: d.cuda_mv1d.unwrap_or(base.mv1_direct),
             qx: d.cuda_qx.unwrap_or(base.qx),
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
@@ -338,6 +344,7 @@ mod tests {
             "cuda-mvt=0",
             "cuda-fa=0",
             "cuda-mv-plain=1",
+            "cuda-mv1d=1",
             "cuda-gqa=all",
         ] {
             d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -349,6 +356,7 @@ mod tests {
             (Some(false), Some(false), Some(false), Some(false))
         );
         assert_eq!(d.cuda_fa, Some(false));
+        assert_eq!(d.cuda_mv1d, Some(true));
         assert_eq!(d.cuda_gqa.as_deref(), Some("all"));
         for (s, word) in [
             ("cuda-graph=0", "no such switch"),

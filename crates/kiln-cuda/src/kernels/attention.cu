@@ -46,12 +46,35 @@ __device__ __forceinline__ void new_kv(const float *kin, int k_stride, const flo
 #define ATT_T 128
 #define MAX_HD 256
 
+// Merges the splits' partials of head h of a row into its output (the block's threads share
+// the dims). Reads through L2 (`__ldcg`): other blocks of the same launch may have written them.
+__device__ void combine_splits(const float *part, int n_heads, int hd, int splits, float *out,
+                               int out_stride, u16 *out_h, int h, int row) {
+    const float *pp = part + ((size_t)row * n_heads + h) * splits * (hd + 2);
+    float mx = (-INFINITY);
+    for (int s = 0; s < splits; s++) mx = fmaxf(mx, __ldcg(pp + s * (hd + 2)));
+    float l = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        float ms = __ldcg(pp + s * (hd + 2));
+        if (ms != (-INFINITY)) l += __ldcg(pp + s * (hd + 2) + 1) * expf(ms - mx);
+    }
+    float il = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            float ms = __ldcg(pp + s * (hd + 2));
+            if (ms != (-INFINITY)) a += __ldcg(pp + s * (hd + 2) + 2 + d) * expf(ms - mx);
+        }
+        put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(ATT_T)
 k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
        int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
        const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
        float *part, u16 *out_h, const float *kin, int k_stride, const float *vin, int v_stride,
-       const float *bias, int q_width, int fuse_kv) {
+       const float *bias, int q_width, int fuse_kv, u32 *cnt) {
     pdl_enter();
     __shared__ float qs[MAX_HD];
     __shared__ float p[ATT_T];
@@ -167,19 +190,37 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
         if (g == 0 && d0 < hd)
             for (int k = 1; k < ng; k++) acc0 += accs[k * hd + d0];
     }
-    if (g != 0 || d0 >= hd) return;
+    const bool writer = g == 0 && d0 < hd;
     if (splits == 1) {
+        if (!writer) return;
         float il = l > 0.0f ? 1.0f / l : 0.0f;
         size_t o = (size_t)row * out_stride + h * hd;
         put_out(out, out_h, o + d0, acc0 * il);
         if (d1 < hd) put_out(out, out_h, o + d1, acc1 * il);
-    } else {
+        return;
+    }
+    if (writer) {
         size_t pi = ((size_t)row * n_heads + h) * splits + sp;
         float *pp = part + pi * (hd + 2);
         if (threadIdx.x == 0) { pp[0] = mx; pp[1] = l; }
         pp[2 + d0] = acc0;
         if (d1 < hd) pp[2 + d1] = acc1;
     }
+    if (!cnt) return;  // k_attn_combine merges the splits
+    // The last of the (row, head)'s splits to finish merges them (in split order, so the
+    // result does not depend on which one that is) and resets the count for the next launch.
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32 *c = cnt + (size_t)row * n_heads + h;
+        last = atomicAdd(c, 1u) == (u32)splits - 1;
+        if (last) *c = 0u;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    combine_splits(part, n_heads, hd, splits, out, out_stride, out_h, h, row);
 }
 
 // Decode attention, one block per (KV head, row, split) for all the query heads that share the
@@ -200,7 +241,8 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
            int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
            const float *inv_freq, int rope_q, float scale, int splits, float *out,
            int out_stride, float *part, u16 *out_h, const float *kin, int k_stride,
-           const float *vin, int v_stride, const float *bias, int q_width, int fuse_kv) {
+           const float *vin, int v_stride, const float *bias, int q_width, int fuse_kv,
+           u32 *cnt) {
     pdl_enter();
     // Rows of keys and values padded by 8 halves, so that the lanes of a warp reading one row
     // each (16 bytes at the same column) fall in different banks.
@@ -344,24 +386,7 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
 extern "C" __global__ void k_attn_combine(const float *part, int n_heads, int hd, int splits,
                                           float *out, int out_stride, u16 *out_h) {
     pdl_enter();
-    int h = blockIdx.x, row = blockIdx.y;
-    const float *pp = part + ((size_t)row * n_heads + h) * splits * (hd + 2);
-    float mx = (-INFINITY);
-    for (int s = 0; s < splits; s++) mx = fmaxf(mx, pp[s * (hd + 2)]);
-    float l = 0.0f;
-    for (int s = 0; s < splits; s++) {
-        float ms = pp[s * (hd + 2)];
-        if (ms != (-INFINITY)) l += pp[s * (hd + 2) + 1] * expf(ms - mx);
-    }
-    float il = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float a = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            float ms = pp[s * (hd + 2)];
-            if (ms != (-INFINITY)) a += pp[s * (hd + 2) + 2 + d] * expf(ms - mx);
-        }
-        put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
-    }
+    combine_splits(part, n_heads, hd, splits, out, out_stride, out_h, blockIdx.x, blockIdx.y);
 }
 
 // ---- attention for prefill: tiles of query rows ----------------------------------------------

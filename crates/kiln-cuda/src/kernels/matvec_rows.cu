@@ -12,12 +12,40 @@ __device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
     return s;
 }
 
-// One row of x (RMS-normalised when `nw` is given) into shared memory.
-__device__ void stage_x(const float *x, int cols, const float *nw, float eps, float *xs,
-                        float *red) {
-    const float sc = nw ? rms_scale(x, cols, eps, red) : 1.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = nw ? x[i] * sc * nw[i] : x[i];
-    __syncthreads();
+// One row of x into shared memory, times the RMSNorm weights `nw` when given; returns the
+// norm's scale (1 without), which the caller applies to its sums. A thread issues all its
+// loads of a chunk (STAGE_V float4s of x, as many of nw) before its first store, so a chunk
+// costs one trip to L2, and the sum of squares comes from the same registers. Needs
+// cols % 4 == 0.
+#define STAGE_V 8
+__device__ float stage_x(const float *x, int cols, const float *nw, float eps, float *xs,
+                         float *red) {
+    const int n4 = cols >> 2, t = threadIdx.x, nt = blockDim.x;
+    const float4 *x4 = (const float4 *)x, *m4 = (const float4 *)nw;
+    float4 *s4 = (float4 *)xs;
+    float ss = 0.0f;
+    for (int b = 0; b < n4; b += STAGE_V * nt) {
+        float4 v[STAGE_V], m[STAGE_V];
+#pragma unroll
+        for (int k = 0; k < STAGE_V; k++) {
+            const int i = b + k * nt + t;
+            const float4 one = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+            v[k] = i < n4 ? x4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            m[k] = nw && i < n4 ? m4[i] : one;
+        }
+#pragma unroll
+        for (int k = 0; k < STAGE_V; k++) {
+            const int i = b + k * nt + t;
+            const float4 a = v[k];
+            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+            if (i < n4) s4[i] = make_float4(a.x * m[k].x, a.y * m[k].y, a.z * m[k].z, a.w * m[k].w);
+        }
+    }
+    if (!nw) {
+        __syncthreads();
+        return 1.0f;
+    }
+    return rsqrtf(block_sum(ss, red) / cols + eps);  // its first barrier publishes xs
 }
 
 // Stores output o as the epilogue says; returns the value stored.
@@ -51,7 +79,7 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
                             lane + 32 * kw, 32 * ks);
     // Only the weights were touched so far: the kernel before may still be running.
     pdl_enter();
-    stage_x(x, cols, nw, eps, (float *)xs4, red);
+    const float sc = stage_x(x, cols, nw, eps, (float *)xs4, red);
     // All (up to four) rows advance together: their loads are independent and share x.
     const uint4 *wr[MV1_OUT][2];
     bool live[MV1_OUT][2];
@@ -95,7 +123,87 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
                 s0 += part[grp * ks + w][k][0];
                 s1 += part[grp * ks + w][k][1];
             }
-            mv_store(out, o, outs, bias, s0, s1, mode);
+            mv_store(out, o, outs, bias, s0 * sc, s1 * sc, mode);
+        }
+    }
+}
+
+// k_mv1d: k_mv1 without staging (`--dev cuda-mv1d=1`). Each lane reads its own pieces of x
+// (through the L1 cache: the groups of a block read the same x) in the loop that reads the
+// weights, so nothing waits on a copy of x before the first weight arrives. A group's ks warps
+// read every column once between them, so their sums of x's squares make the norm's scale,
+// applied to the products at the end. Needs cols % 8 == 0, as k_mv1.
+extern "C" __global__ void __launch_bounds__(256)
+k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
+       float eps, float *out, Epi mode, int ks) {
+    __shared__ float part[8][MV1_OUT][2];
+    __shared__ float sq[8];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
+    int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
+    int nvec = cols >> 3;
+    for (int k = 0; k < MV1_OUT; k++)
+        for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
+            if (o0 + k < outs)
+                prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
+                            lane + 32 * kw, 32 * ks);
+    pdl_enter();
+    const uint4 *wr[MV1_OUT][2];
+    bool live[MV1_OUT][2];
+    float acc[MV1_OUT][2];
+#pragma unroll
+    for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
+            wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
+            acc[k][a] = 0.0f;
+        }
+    const float4 *x4 = (const float4 *)x, *n4 = (const float4 *)nw;
+    float ss = 0.0f;
+#pragma unroll 2
+    for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+        uint4 q[MV1_OUT][2];
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) q[k][a] = __ldg(wr[k][a] + j);
+        float4 x0 = __ldg(x4 + 2 * j), x1 = __ldg(x4 + 2 * j + 1);
+        if (nw) {
+            const float4 m0 = __ldg(n4 + 2 * j), m1 = __ldg(n4 + 2 * j + 1);
+            ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w;
+            ss += x1.x * x1.x + x1.y * x1.y + x1.z * x1.z + x1.w * x1.w;
+            x0 = make_float4(x0.x * m0.x, x0.y * m0.y, x0.z * m0.z, x0.w * m0.w);
+            x1 = make_float4(x1.x * m1.x, x1.y * m1.y, x1.z * m1.z, x1.w * m1.w);
+        }
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) acc[k][a] += dot8(q[k][a], x0, x1);
+    }
+#pragma unroll
+    for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            float v = warp_sum(acc[k][a]);
+            if (lane == 0) part[warp][k][a] = v;
+        }
+    ss = warp_sum(ss);
+    if (lane == 0) sq[warp] = ss;
+    __syncthreads();
+    if (kw == 0 && lane < MV1_OUT) {
+        int k = lane, o = o0 + k;
+        if (o < outs) {
+            float s0 = 0.0f, s1 = 0.0f, t = 0.0f;
+            for (int w = 0; w < ks; w++) {
+                s0 += part[grp * ks + w][k][0];
+                s1 += part[grp * ks + w][k][1];
+                t += sq[grp * ks + w];
+            }
+            const float sc = nw ? rsqrtf(t / cols + eps) : 1.0f;
+            mv_store(out, o, outs, bias, s0 * sc, s1 * sc, mode);
         }
     }
 }
