@@ -10,15 +10,16 @@ set -u
 K="$B/kiln"
 T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+R=$PWD
 # llama.cpp, in the background on 12 of the 16 cores.
 (
-  mkdir -p /tmp/peer && cd /tmp/peer && tar xzf "$OLDPWD/.devpeer/llama.tgz" && cd llama.cpp &&
+  mkdir -p /tmp/peer && cd /tmp/peer && tar xzf "$R/.devpeer/llama.tgz" && cd llama.cpp &&
   PATH=/usr/local/cuda/bin:$PATH cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DGGML_NATIVE=OFF \
     -DCMAKE_BUILD_TYPE=Release >/tmp/peer/cmake.log 2>&1 &&
   PATH=/usr/local/cuda/bin:$PATH cmake --build build -j 12 --target llama >/tmp/peer/build.log 2>&1 &&
-  g++ -O2 -std=c++17 "$OLDPWD/.devpeer/lcpp_bench.cpp" -Iinclude -Iggml/include -Lbuild/bin \
+  g++ -O2 -std=c++17 "$R/.devpeer/lcpp_bench.cpp" -Iinclude -Iggml/include -Lbuild/bin \
     -lllama -lggml -lggml-base -Wl,-rpath,$PWD/build/bin -o /tmp/peer/lcpp_bench &&
   echo ok > /tmp/peer/done || echo failed > /tmp/peer/done
 ) &
@@ -28,19 +29,25 @@ $K convert /tmp/q05 /tmp/q05.gguf >/dev/null 2>&1; $K convert /tmp/l1b /tmp/l1b.
 ls -la /tmp/q05.gguf /tmp/l1b.gguf | awk '{print $5, $9}'
 el "== checks on CUDA"
 KILN_TEST_DEVICE=cuda timeout 200 "$B"/backend_ops --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -6
+KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mv1d=1 timeout 200 "$B"/backend_ops --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | sed 's/^/mv1d: /' | head -6
 KILN_TEST_DEVICE=cuda timeout 200 "$B"/arch_fixtures --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -6
 KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 timeout 200 "$B"/real_model --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -6
 KILN_TEST_DEVICE=cuda timeout 300 compute-sanitizer --print-limit 5 "$B"/backend_ops 2>&1 | grep -E "ERROR SUMMARY" | head -2
+KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mv1d=1 timeout 300 compute-sanitizer --print-limit 5 "$B"/backend_ops 2>&1 | grep -E "ERROR SUMMARY" | sed 's/^/mv1d: /' | head -2
 p=$(printf 'word %.0s' $(seq 600))
-for k in kiln kiln_base; do [ -x "$B/$k" ] || continue
- echo "greedy text, $k: q05 $($B/$k run --device cuda -m /tmp/q05.gguf -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum | cut -c1-12)" \
-  "after 1,200 tokens $($B/$k run --device cuda -m /tmp/q05.gguf -n 32 --temperature 0 --raw "$p" 2>/dev/null | md5sum | cut -c1-12)"
+# kx "BINARY [SWITCHES]" SUBCOMMAND ARGS...: one of the carried builds, its switches after the subcommand.
+kx() { local b=${1%% *} x=""; [ "$1" != "$b" ] && x=${1#* }; local sub=$2; shift 2; "$B/$b" $sub $x "$@"; }
+for k in kiln kiln_base "kiln --dev cuda-mv1d=1"; do [ -x "$B/${k%% *}" ] || continue
+ echo "greedy text, $k: q05 $(kx "$k" run --device cuda -m /tmp/q05.gguf -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum | cut -c1-12)" \
+  "after 1,200 tokens $(kx "$k" run --device cuda -m /tmp/q05.gguf -n 32 --temperature 0 --raw "$p" 2>/dev/null | md5sum | cut -c1-12)"
 done
 el "== per-kernel profile of decode (ncu, graphs off, -p 8 -g 16)"
 for m in /tmp/q05.gguf /tmp/l1b.gguf; do
  timeout 150 ncu --csv --metrics gpu__time_duration.sum $K bench --dev cuda-graphs=0 --device cuda -m $m -p 8 -g 16 --json > /tmp/ncu.csv 2>/dev/null
  echo "-- $m"; python3 scripts/gpu/kernel_times.py /tmp/ncu.csv | head -14
 done
+timeout 150 ncu --csv --metrics gpu__time_duration.sum $K bench --dev cuda-graphs=0 --dev cuda-mv1d=1 --device cuda -m /tmp/l1b.gguf -p 8 -g 16 --json > /tmp/ncu.csv 2>/dev/null
+echo "-- /tmp/l1b.gguf, cuda-mv1d=1"; python3 scripts/gpu/kernel_times.py /tmp/ncu.csv | head -14
 el "== waiting for llama.cpp"
 while [ ! -e /tmp/peer/done ] && [ $(( $(date +%s) - T0 )) -lt ${PEER_WAIT:-340} ]; do sleep 1; done
 el "llama.cpp build: $(cat /tmp/peer/done 2>/dev/null || echo unfinished)"; tail -3 /tmp/peer/build.log 2>/dev/null
@@ -50,8 +57,8 @@ j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "p
 el "== kiln and llama.cpp, the same files"
 for r in 1 2; do
  for m in /tmp/q05.gguf /tmp/l1b.gguf; do
-  for k in kiln kiln_base; do [ -x "$B/$k" ] || continue
-   for P in 32 2048; do [ $k = kiln_base ] && [ $P = 2048 ] && continue; $B/$k bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | j "r$r $k $(basename $m) p$P"; done
+  for k in kiln "kiln --dev cuda-mv1d=1" kiln_base; do [ -x "$B/${k%% *}" ] || continue
+   for P in 32 2048; do [ "$k" = kiln_base ] && [ $P = 2048 ] && continue; kx "$k" bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | j "r$r ${k/ --dev /+} $(basename $m) p$P"; done
   done
   if [ -x /tmp/peer/lcpp_bench ]; then
    for P in 32 2048; do echo "r$r llama.cpp $(basename $m) p$P $(timeout 120 /tmp/peer/lcpp_bench $m $P 128 1 2 2>/dev/null | tail -1)"; done
