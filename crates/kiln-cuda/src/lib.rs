@@ -1621,9 +1621,9 @@ impl Backend for CudaBackend {
                 kiln_model::KV_BLOCK
             )));
         }
-        if cfg.head_dim > MAX_HD {
+        if cfg.head_dim > MAX_HD || (cfg.head_dim > ATT_T as usize && cfg.head_dim % 2 == 1) {
             return Err(ModelError::Unsupported(format!(
-                "head size {} (the CUDA attention kernel takes up to {MAX_HD})",
+                "head size {} (the CUDA attention kernel takes up to {MAX_HD}, odd sizes up to {ATT_T})",
                 cfg.head_dim
             )));
         }

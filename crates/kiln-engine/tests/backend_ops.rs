@@ -351,6 +351,9 @@ fn rope_and_paged_attention_prefill_then_decode_on<B: Backend>(b: B, gpu: bool) 
         (8, 2, 128, 64, RopeStyle::Halves, [20, 150]),
         (4, 1, 96, 96, RopeStyle::Interleaved, [31, 130]),
         (6, 3, 64, 64, RopeStyle::Halves, [1, 175]),
+        // Head sizes that are not multiples of 8 (values read two or one at a time on a GPU).
+        (2, 1, 18, 18, RopeStyle::Halves, [3, 150]),
+        (3, 1, 9, 8, RopeStyle::Interleaved, [2, 140]),
     ] {
         let c = cfg(heads, kv_heads, hd, rd, style);
         let (dim, kvd) = (c.dim, c.kv_dim());

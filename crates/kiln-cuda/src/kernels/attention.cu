@@ -75,14 +75,16 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
        const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
        float *part, u16 *out_h, const float *kin, int k_stride, const float *vin, int v_stride,
        const float *bias, int q_width, int fuse_kv, u32 *cnt) {
-    pdl_enter();
     __shared__ float qs[MAX_HD];
     __shared__ float p[ATT_T];
     __shared__ const u16 *vptr[ATT_T];
     __shared__ __align__(16) u16 kcur[MAX_HD];
     __shared__ __align__(16) u16 vcur[MAX_HD];
     __shared__ float red[32];
-    __shared__ float accs[ATT_T];
+    __shared__ float accs[ATT_T * 8];
+    // The pass's metadata (uploaded from the host) and the cache's earlier positions (written
+    // by earlier passes) are not written by the kernel before this one, so the block reads its
+    // positions' places and starts their keys and values on their way to L2 before waiting.
     Meta m = meta_at(meta, max_t);
     int h = blockIdx.x, row = blockIdx.y, sp = blockIdx.z;
     int kvh = h / (n_heads / n_kv_heads);
@@ -91,12 +93,20 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
     int len = (int)pos + 1;
     int chunk = (len + splits - 1) / splits;
     int start = sp * chunk, end = min(len, start + chunk);
+    const u32 *bt = m.blocks + m.seq_blk[m.row_seq[row]];
+    const bool fused = fuse_kv != 0;
+    for (int t = start + threadIdx.x; t < end; t += ATT_T) {
+        if (fused && t == (int)pos) continue;
+        size_t kb = ((((size_t)bt[t / bs] * n_layers + layer) * 2) * bs + t % bs) * kvd + kvh * hd;
+        prefetch_l2(pool + kb, (size_t)hd * 2, 0, 1);
+        prefetch_l2(pool + kb + (size_t)bs * kvd, (size_t)hd * 2, 0, 1);
+    }
+    pdl_enter();
     const float *qr = q + (size_t)row * q_stride + h * hd;
     const float *qb = bias ? bias + h * hd : nullptr;
     for (int d = threadIdx.x; d < hd; d += ATT_T)
         qs[d] = (rope_q ? rope_at(qr, d, rd, interleaved, inv_freq, (float)pos, qb)
                         : qr[d] + (qb ? qb[d] : 0.0f)) * scale;
-    const bool fused = fuse_kv != 0;
     if (fused) {
         // The group's first head stores them, in the split that holds the position.
         bool store = h % (n_heads / n_kv_heads) == 0 && start <= (int)pos && (int)pos < end;
@@ -104,27 +114,31 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
                inv_freq, rope_q, pos, kcur, vcur, store, (u16 *)pool, m, layer, n_layers, bs);
     }
     __syncthreads();
-    // Values: with hd <= 128, ng groups of hd threads take every ng-th position of a tile (their
-    // sums are added at the end); with hd > 128, one group, two dims per thread.
-    const int ng = hd <= ATT_T ? ATT_T / hd : 1;
-    const int g = hd <= ATT_T ? threadIdx.x / hd : 0;
-    const int d0 = hd <= ATT_T ? threadIdx.x % hd : threadIdx.x;
-    const int d1 = d0 + ATT_T;
-    const bool vlive = g < ng && d0 < hd;
+    // Values: a position's hd values in pieces of vw (8 when hd % 8 == 0, else 2 or 1), vt
+    // threads a position, vg positions at a time: thread (g, pc) sums piece pc of positions
+    // g, g + vg, ... into acc, and the groups' sums are added at the end. (vt <= ATT_T: the
+    // backend refuses odd head sizes above ATT_T.)
+    const int vw = (hd & 7) == 0 ? 8 : (hd & 1) == 0 ? 2 : 1;
+    const int vt = hd / vw, vg = ATT_T / vt;
+    const int g = threadIdx.x / vt, pc = threadIdx.x % vt;
+    const bool vlive = g < vg;
     float mx = (-INFINITY), l = 0.0f;
-    float acc0 = 0.0f, acc1 = 0.0f;
-    u32 seq = m.row_seq[row];
-    const u32 *bt = m.blocks + m.seq_blk[seq];
+    float acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[i] = 0.0f;
     for (int t0 = start; t0 < end; t0 += ATT_T) {
         int t = t0 + threadIdx.x;
         float s = (-INFINITY);
         if (t < end) {
             const u16 *kp = kcur;
+            // The row's own position (decode) from kcur / vcur, the others from the cache.
             if (!fused || t != (int)pos) {
                 u32 blk = bt[t / bs];
                 size_t kb = ((((size_t)blk * n_layers + layer) * 2) * bs + t % bs) * kvd + kvh * hd;
                 vptr[threadIdx.x] = pool + kb + (size_t)bs * kvd;
                 kp = pool + kb;
+            } else {
+                vptr[threadIdx.x] = vcur;
             }
             float dot = 0.0f;
             if ((hd & 7) == 0) {
@@ -149,63 +163,59 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
         p[threadIdx.x] = e;
         float tsum = block_sum(e, red);  // its barriers also publish p[] and vptr[]
         l = l * corr + tsum;
-        acc0 *= corr;
-        acc1 *= corr;
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] *= corr;
         mx = nmx;
-        int cnt = min(ATT_T, end - t0);
-        // The row's own position (the last of the last split) comes from vcur, below.
-        const bool own = fused && t0 + cnt - 1 == (int)pos;
-        const int cv = own ? cnt - 1 : cnt;
-        if (vlive) {
+        const int cnt = min(ATT_T, end - t0);
+        if (vlive && vw == 8) {
+            // Four positions' loads in flight at a time.
             int j = g;
-            for (; j + 3 * ng < cv; j += 4 * ng) {
-                float v0 = h2f(vptr[j][d0]);
-                float v1 = h2f(vptr[j + ng][d0]);
-                float v2 = h2f(vptr[j + 2 * ng][d0]);
-                float v3 = h2f(vptr[j + 3 * ng][d0]);
-                acc0 += p[j] * v0 + p[j + ng] * v1 + p[j + 2 * ng] * v2 + p[j + 3 * ng] * v3;
-                if (d1 < hd) {
-                    float w0 = h2f(vptr[j][d1]);
-                    float w1 = h2f(vptr[j + ng][d1]);
-                    float w2 = h2f(vptr[j + 2 * ng][d1]);
-                    float w3 = h2f(vptr[j + 3 * ng][d1]);
-                    acc1 += p[j] * w0 + p[j + ng] * w1 + p[j + 2 * ng] * w2 + p[j + 3 * ng] * w3;
+            for (; j + 3 * vg < cnt; j += 4 * vg) {
+                uint4 v[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++) v[u] = ((const uint4 *)vptr[j + u * vg])[pc];
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const float pu = p[j + u * vg];
+                    float a, b;
+                    h2f2(v[u].x, a, b); acc[0] += pu * a; acc[1] += pu * b;
+                    h2f2(v[u].y, a, b); acc[2] += pu * a; acc[3] += pu * b;
+                    h2f2(v[u].z, a, b); acc[4] += pu * a; acc[5] += pu * b;
+                    h2f2(v[u].w, a, b); acc[6] += pu * a; acc[7] += pu * b;
                 }
             }
-            for (; j < cv; j += ng) {
-                acc0 += p[j] * h2f(vptr[j][d0]);
-                if (d1 < hd) acc1 += p[j] * h2f(vptr[j][d1]);
+            for (; j < cnt; j += vg) {
+                const uint4 v = ((const uint4 *)vptr[j])[pc];
+                const float pu = p[j];
+                float a, b;
+                h2f2(v.x, a, b); acc[0] += pu * a; acc[1] += pu * b;
+                h2f2(v.y, a, b); acc[2] += pu * a; acc[3] += pu * b;
+                h2f2(v.z, a, b); acc[4] += pu * a; acc[5] += pu * b;
+                h2f2(v.w, a, b); acc[6] += pu * a; acc[7] += pu * b;
             }
-            if (own && g == 0) {
-                acc0 += p[cnt - 1] * h2f(vcur[d0]);
-                if (d1 < hd) acc1 += p[cnt - 1] * h2f(vcur[d1]);
+        } else if (vlive) {
+            for (int j = g; j < cnt; j += vg) {
+                const u16 *vp = vptr[j] + vw * pc;
+                acc[0] += p[j] * h2f(vp[0]);
+                if (vw == 2) acc[1] += p[j] * h2f(vp[1]);
             }
         }
         __syncthreads();
     }
-    // Add the groups' sums (hd <= 128): group 0 ends up with the totals.
-    if (ng > 1) {
-        accs[threadIdx.x] = vlive ? acc0 : 0.0f;
-        __syncthreads();
-        if (g == 0 && d0 < hd)
-            for (int k = 1; k < ng; k++) acc0 += accs[k * hd + d0];
+    // The groups' sums: value d of the head is piece d / vw, element d % vw, of each group.
+#pragma unroll
+    for (int i = 0; i < 8; i++) accs[threadIdx.x * 8 + i] = vlive ? acc[i] : 0.0f;
+    __syncthreads();
+    const float il = l > 0.0f ? 1.0f / l : 0.0f;
+    float *pp = part + (((size_t)row * n_heads + h) * splits + sp) * (hd + 2);
+    for (int d = threadIdx.x; d < hd; d += ATT_T) {
+        float a = 0.0f;
+        for (int k = 0; k < vg; k++) a += accs[(k * vt + d / vw) * 8 + d % vw];
+        if (splits == 1) put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
+        else pp[2 + d] = a;
     }
-    const bool writer = g == 0 && d0 < hd;
-    if (splits == 1) {
-        if (!writer) return;
-        float il = l > 0.0f ? 1.0f / l : 0.0f;
-        size_t o = (size_t)row * out_stride + h * hd;
-        put_out(out, out_h, o + d0, acc0 * il);
-        if (d1 < hd) put_out(out, out_h, o + d1, acc1 * il);
-        return;
-    }
-    if (writer) {
-        size_t pi = ((size_t)row * n_heads + h) * splits + sp;
-        float *pp = part + pi * (hd + 2);
-        if (threadIdx.x == 0) { pp[0] = mx; pp[1] = l; }
-        pp[2 + d0] = acc0;
-        if (d1 < hd) pp[2 + d1] = acc1;
-    }
+    if (splits == 1) return;
+    if (threadIdx.x == 0) { pp[0] = mx; pp[1] = l; }
     if (!cnt) return;  // k_attn_combine merges the splits
     // The last of the (row, head)'s splits to finish merges them (in split order, so the
     // result does not depend on which one that is) and resets the count for the next launch.
@@ -243,7 +253,6 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
            int out_stride, float *part, u16 *out_h, const float *kin, int k_stride,
            const float *vin, int v_stride, const float *bias, int q_width, int fuse_kv,
            u32 *cnt) {
-    pdl_enter();
     // Rows of keys and values padded by 8 halves, so that the lanes of a warp reading one row
     // each (16 bytes at the same column) fall in different banks.
     __shared__ __align__(16) u16 ks[GQ_TK][GQ_HD + 8];
@@ -280,7 +289,13 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
             }                                                                                \
         }                                                                                    \
     } while (0)
-    if (start < end) GQ_FETCH(start);
+    // At decode the first tile's keys and values (the cache's earlier positions, written by
+    // earlier passes; the row's own comes from kcur / vcur) and the pass's metadata are read
+    // before waiting for the kernel before; in other passes k_kv_write, the kernel before,
+    // wrote them.
+    if (fuse_kv != 0 && start < end) GQ_FETCH(start);
+    pdl_enter();
+    if (fuse_kv == 0 && start < end) GQ_FETCH(start);
     const float *qr = q + (size_t)row * q_stride + (size_t)kvh * group * hd;
     const float *qb = bias ? bias + (size_t)kvh * group * hd : nullptr;
     for (int e = threadIdx.x; e < group * hd; e += GQ_T) {
