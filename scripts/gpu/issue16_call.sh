@@ -7,7 +7,7 @@
 # Usage (device tool, carry .devbin and .devpeer): bash scripts/gpu/issue16_call.sh
 # PEER=0: kiln's part alone, no llama.cpp build; NCU_MODELS: the files profiled (none if
 # empty); CHECKS=0: no tests, sanitizer or greedy text; EXTRA=0: no grouped attention or
-# batches; JOBS: llama.cpp's build jobs (12).
+# batches; JOBS: llama.cpp's build jobs (12); ROUNDS (2); PACK, LCPP_PREBUILT: below.
 set -u
 . scripts/gpu/setup.sh
 K="$B/kiln"
@@ -15,7 +15,11 @@ T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 R=$PWD
 # llama.cpp, in the background on JOBS (12) of the 16 cores.
-[ "${PEER:-1}" = 0 ] || (
+if [ "${LCPP_PREBUILT:-0}" = 1 ]; then
+  mkdir -p /tmp/peer/llama.cpp/build && cat .devpeer/lcpp_built.tgz.* | tar xzf - -C /tmp/peer &&
+    mv /tmp/peer/bin /tmp/peer/llama.cpp/build/ && echo ok > /tmp/peer/done
+fi
+[ "${PEER:-1}" = 0 ] || [ "${LCPP_PREBUILT:-0}" = 1 ] || (
   mkdir -p /tmp/peer && cd /tmp/peer && tar xzf "$R/.devpeer/llama.tgz" && cd llama.cpp &&
   PATH=/usr/local/cuda/bin:$PATH cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
@@ -55,11 +59,17 @@ done
 el "== waiting for llama.cpp"
 while [ "${PEER:-1}" != 0 ] && [ ! -e /tmp/peer/done ] && [ $(( $(date +%s) - T0 )) -lt ${PEER_WAIT:-340} ]; do sleep 1; done
 el "llama.cpp build: $(cat /tmp/peer/done 2>/dev/null || echo unfinished)"; tail -3 /tmp/peer/build.log 2>/dev/null
+# PACK=1: the built llama.cpp (libraries and harness) back through $OUT, in pieces under
+# 16 MiB, to be carried in .devpeer by later calls (LCPP_PREBUILT=1 then skips the build).
+if [ "${PACK:-0}" = 1 ] && [ -x /tmp/peer/lcpp_bench ]; then
+  mkdir -p "$OUT" && (cd /tmp/peer && tar czf - lcpp_bench -C llama.cpp/build bin) | split -b 15M - "$OUT/lcpp_built.tgz."
+  ls -la "$OUT"
+fi
 el "== copy bandwidth (device to device, 1 GiB)"
 python3 scripts/gpu/copy_bw.py
 j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 el "== kiln and llama.cpp, the same files"
-for r in 1 2; do
+for r in $(seq "${ROUNDS:-2}"); do
  for m in /tmp/q05.gguf /tmp/l1b.gguf; do
   for k in kiln "kiln --dev cuda-mv1d=1" kiln_base; do [ -x "$B/${k%% *}" ] || continue
    for P in 32 2048; do [ "$k" = kiln_base ] && [ $P = 2048 ] && continue; kx "$k" bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | j "r$r ${k/ --dev /+} $(basename $m) p$P"; done
