@@ -1,4 +1,6 @@
-"""Sums `ncu --csv --metrics gpu__time_duration.sum` output by kernel: python3 kernel_times.py LOG"""
+"""Sums `ncu --csv --metrics gpu__time_duration.sum[,dram__bytes_read.sum]` output by kernel:
+python3 kernel_times.py LOG [--by-grid]. With --by-grid, launches of one kernel are told apart
+by grid size (a product's shape); with the DRAM metric, bytes read and GB/s are shown too."""
 import collections
 import csv
 import signal
@@ -7,22 +9,36 @@ import sys
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 rows = list(csv.reader(open(sys.argv[1])))
+by_grid = "--by-grid" in sys.argv[2:]
 # Other output (the profiled program's own) may come first: start at ncu's header row.
 rows = rows[next(i for i, r in enumerate(rows) if "Kernel Name" in r):]
 head = rows[0]
-ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
-tot = collections.defaultdict(float)
-cnt = collections.Counter()
+col = {name: head.index(name) for name in ("ID", "Kernel Name", "Metric Name", "Metric Unit", "Metric Value")}
+gi = head.index("Grid Size") if "Grid Size" in head else None
+UNIT = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3,
+        "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+launch = {}
 for r in rows[1:]:
     try:
-        v = float(r[vi].replace(",", ""))
-    except ValueError:
+        v = float(r[col["Metric Value"]].replace(",", "")) * UNIT[r[col["Metric Unit"]]]
+    except (ValueError, KeyError, IndexError):
         continue
-    scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}[r[ui]]
-    name = r[ki].split("(")[0]
-    tot[name] += v * scale
-    cnt[name] += 1
+    name = r[col["Kernel Name"]].split("(")[0]
+    if by_grid and gi is not None:
+        name = f"{name} {r[gi]}"
+    d = launch.setdefault(r[col["ID"]], {"name": name})
+    d["us" if r[col["Metric Name"]].startswith("gpu__time") else "bytes"] = v
+tot = collections.defaultdict(float)
+byt = collections.defaultdict(float)
+cnt = collections.Counter()
+for d in launch.values():
+    tot[d["name"]] += d.get("us", 0.0)
+    byt[d["name"]] += d.get("bytes", 0.0)
+    cnt[d["name"]] += 1
 all_us = sum(tot.values())
 for k, v in sorted(tot.items(), key=lambda kv: -kv[1]):
-    print(f"{k[:60]:<60} {cnt[k]:>5} launches {v:>10.1f} us {v / cnt[k]:>8.1f} us each {100 * v / all_us:5.1f}%")
+    extra = ""
+    if byt[k]:
+        extra = f" {byt[k] / cnt[k] / 1e6:8.2f} MB each {byt[k] / max(v, 1e-9) / 1e3:7.0f} GB/s"
+    print(f"{k[:60]:<60} {cnt[k]:>5} launches {v:>10.1f} us {v / cnt[k]:>8.1f} us each {100 * v / all_us:5.1f}%{extra}")
 print(f"total {all_us:.1f} us")
