@@ -1,18 +1,21 @@
 # Device call: the one-row products of decode, launch by launch (ncu at the card's own clocks,
-# time and DRAM bytes, grouped by grid size, i.e. by product), with k_mv1 (x staged) and
-# k_mv1d (--dev cuda-mv1d=1), on the random Qwen2.5-0.5B and Llama-3.2-1B shapes.
-# Usage (device tool, carry .devbin): bash scripts/gpu/mv1_profile.sh
+# time and DRAM bytes of one token's products, grouped by grid size, i.e. by product), and
+# batch-1 decode timed, for k_mv1 (x staged), k_mv1d (--dev cuda-mv1d=1) and k_mv1 without
+# the weights' L2 prefetch (--dev cuda-mvpf=0), on the random Qwen2.5-0.5B and Llama-3.2-1B
+# shapes. Usage (device tool, carry .devbin): bash scripts/gpu/mv1_profile.sh
 set -u
 . scripts/gpu/setup.sh
 "$B"/random_hf_model /tmp/q05 f16 qwen2.5-0.5b >/dev/null
 "$B"/random_hf_model /tmp/l1b f16 llama3.2-1b >/dev/null
 for m in q05:24 l1b:16; do
   name=${m%%:*}; per=$(( ${m##*:} * 4 + 1 ))   # products a token: 4 a layer and the head
-  for sw in 0 1; do
-    timeout 200 ncu --csv --clock-control none --kernel-name regex:k_mv1 --launch-skip $((per * 4)) \
-      --launch-count $((per * 2)) --metrics gpu__time_duration.sum,dram__bytes_read.sum \
-      "$B"/kiln bench --dev cuda-graphs=0 --dev cuda-mv1d=$sw --device cuda -m /tmp/$name -p 8 -g 8 \
+  for sw in cuda-mv1d=0 cuda-mv1d=1 cuda-mvpf=0; do
+    echo "-- $name $sw: $("$B"/kiln bench --dev "$sw" --device cuda -m /tmp/$name -p 32 -g 128 --json 2>/dev/null |
+      python3 -c 'import json,sys; print("decode", round(json.load(sys.stdin)["decode_tok_s"], 1), "tok/s")')"
+    timeout 120 ncu --csv --clock-control none --kernel-name regex:k_mv1 --launch-skip $((per * 4)) \
+      --launch-count "$per" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+      "$B"/kiln bench --dev cuda-graphs=0 --dev "$sw" --device cuda -m /tmp/$name -p 8 -g 8 \
       --json > /tmp/ncu.csv 2>/dev/null
-    echo "-- $name cuda-mv1d=$sw (two tokens)"; python3 scripts/gpu/kernel_times.py /tmp/ncu.csv --by-grid
+    python3 scripts/gpu/kernel_times.py /tmp/ncu.csv --by-grid
   done
 done
