@@ -3,11 +3,13 @@
 # batch-1 decode timed, for k_mv1 (x staged), k_mv1d (--dev cuda-mv1d=1) and k_mv1 without
 # the weights' L2 prefetch (--dev cuda-mvpf=0), on the random Qwen2.5-0.5B and Llama-3.2-1B
 # shapes. Usage (device tool, carry .devbin): bash scripts/gpu/mv1_profile.sh
+# (MODELS="l1b:16" for one shape: name and layers.)
 set -u
 . scripts/gpu/setup.sh
-"$B"/random_hf_model /tmp/q05 f16 qwen2.5-0.5b >/dev/null
-"$B"/random_hf_model /tmp/l1b f16 llama3.2-1b >/dev/null
-for m in q05:24 l1b:16; do
+MODELS=${MODELS:-q05:24 l1b:16}
+[[ $MODELS == *q05* ]] && "$B"/random_hf_model /tmp/q05 f16 qwen2.5-0.5b >/dev/null
+[[ $MODELS == *l1b* ]] && "$B"/random_hf_model /tmp/l1b f16 llama3.2-1b >/dev/null
+for m in $MODELS; do
   name=${m%%:*}; per=$(( ${m##*:} * 4 + 1 ))   # products a token: 4 a layer and the head
   for sw in cuda-mv1d=0 cuda-mv1d=1 cuda-mvpf=0; do
     echo "-- $name $sw: $("$B"/kiln bench --dev "$sw" --device cuda -m /tmp/$name -p 32 -g 128 --json 2>/dev/null |
