@@ -225,7 +225,6 @@ pub struct CudaBackend {
     /// The plain matrix-vector kernel only (for comparisons).
     mv_plain: bool,
     mv1_direct: bool,
-    mv1_prefetch: bool,
     /// Programmatic dependent launch (sm_90 and later, unless turned off).
     pdl: bool,
     /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later, unless turned off: k_mvr).
@@ -345,9 +344,6 @@ pub struct CudaOptions {
     /// One-row products read x in their loop over the weights (k_mv1d) instead of staging
     /// it in shared memory first (k_mv1).
     pub mv1_direct: bool,
-    /// One-row products start all their weights on their way to L2 before waiting for the
-    /// kernel before.
-    pub mv1_prefetch: bool,
     /// One-row products of weights read in place round their output to bytes for the next
     /// product (instead of a k_quant_x launch before it).
     pub qx: bool,
@@ -366,7 +362,6 @@ impl Default for CudaOptions {
             flash: true,
             mv_plain: false,
             mv1_direct: false,
-            mv1_prefetch: true,
             qx: true,
             gqa: Gqa::Filled,
         }
@@ -580,7 +575,6 @@ impl CudaBackend {
             quant: opts.quantized,
             mv_plain: opts.mv_plain,
             mv1_direct: opts.mv1_direct,
-            mv1_prefetch: opts.mv1_prefetch,
             pdl: major >= 9 && opts.pdl,
             mvt: major >= 8 && opts.mvt,
             flash: major >= 8 && opts.flash,
@@ -939,7 +933,6 @@ impl CudaBackend {
                     out,
                     mode: epi,
                     ks: ks as i32,
-                    pf: i32::from(self.mv1_prefetch),
                 },
             );
             return;

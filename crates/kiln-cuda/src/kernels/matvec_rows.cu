@@ -62,7 +62,7 @@ __device__ __forceinline__ float mv_store(float *out, int o, int outs, const flo
 
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
-      float eps, float *out, Epi mode, int ks, int pf) {
+      float eps, float *out, Epi mode, int ks) {
     // ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
     extern __shared__ float4 xs4[];
     __shared__ float red[32];
@@ -72,7 +72,7 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
     int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
     int nvec = cols >> 3;
     // Start the weights on their way to L2 before waiting for x.
-    for (int k = 0; k < MV1_OUT && pf; k++)
+    for (int k = 0; k < MV1_OUT; k++)
         for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
             if (o0 + k < outs)
                 prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
@@ -135,14 +135,14 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
 // applied to the products at the end. Needs cols % 8 == 0, as k_mv1.
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
-       float eps, float *out, Epi mode, int ks, int pf) {
+       float eps, float *out, Epi mode, int ks) {
     __shared__ float part[8][MV1_OUT][2];
     __shared__ float sq[8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
     int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
     int nvec = cols >> 3;
-    for (int k = 0; k < MV1_OUT && pf; k++)
+    for (int k = 0; k < MV1_OUT; k++)
         for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
             if (o0 + k < outs)
                 prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
