@@ -15,16 +15,22 @@ rows = rows[next(i for i, r in enumerate(rows) if "Kernel Name" in r):]
 head = rows[0]
 col = {name: head.index(name) for name in ("ID", "Kernel Name", "Metric Name", "Metric Unit", "Metric Value")}
 gi = head.index("Grid Size") if "Grid Size" in head else None
+if by_grid and gi is None:
+    sys.exit(f"{sys.argv[1]}: --by-grid, but ncu's output has no Grid Size column")
 UNIT = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3,
         "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9}
 launch = {}
 for r in rows[1:]:
     try:
-        v = float(r[col["Metric Value"]].replace(",", "")) * UNIT[r[col["Metric Unit"]]]
-    except (ValueError, KeyError, IndexError):
-        continue
+        v = float(r[col["Metric Value"]].replace(",", ""))
+    except (ValueError, IndexError):
+        continue  # not a metric row
+    unit = r[col["Metric Unit"]]
+    if unit not in UNIT:
+        sys.exit(f"{sys.argv[1]}: unit {unit!r} of {r[col['Metric Name']]} is not one this script knows")
+    v *= UNIT[unit]
     name = r[col["Kernel Name"]].split("(")[0]
-    if by_grid and gi is not None:
+    if by_grid:
         name = f"{name} {r[gi]}"
     d = launch.setdefault(r[col["ID"]], {"name": name})
     d["us" if r[col["Metric Name"]].startswith("gpu__time") else "bytes"] = v

@@ -224,6 +224,7 @@ pub struct CudaBackend {
     quant: bool,
     /// The plain matrix-vector kernel only (for comparisons).
     mv_plain: bool,
+    /// One-row products by k_mv1d (x read in the loop) instead of k_mv1 (x staged).
     mv1_direct: bool,
     /// Programmatic dependent launch (sm_90 and later, unless turned off).
     pdl: bool,
