@@ -226,6 +226,7 @@ pub struct CudaBackend {
     mv_plain: bool,
     /// One-row products by k_mv1d (x read in the loop) instead of k_mv1 (x staged).
     mv1_direct: bool,
+    mv1_prefetch: bool,
     /// Programmatic dependent launch (sm_90 and later, unless turned off).
     pdl: bool,
     /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later, unless turned off: k_mvr).
@@ -345,6 +346,9 @@ pub struct CudaOptions {
     /// One-row products read x in their loop over the weights (k_mv1d) instead of staging
     /// it in shared memory first (k_mv1).
     pub mv1_direct: bool,
+    /// One-row products start all their weights on their way to L2 before waiting for the
+    /// kernel before.
+    pub mv1_prefetch: bool,
     /// One-row products of weights read in place round their output to bytes for the next
     /// product (instead of a k_quant_x launch before it).
     pub qx: bool,
@@ -363,6 +367,7 @@ impl Default for CudaOptions {
             flash: true,
             mv_plain: false,
             mv1_direct: false,
+            mv1_prefetch: true,
             qx: true,
             gqa: Gqa::Filled,
         }
@@ -576,6 +581,7 @@ impl CudaBackend {
             quant: opts.quantized,
             mv_plain: opts.mv_plain,
             mv1_direct: opts.mv1_direct,
+            mv1_prefetch: opts.mv1_prefetch,
             pdl: major >= 9 && opts.pdl,
             mvt: major >= 8 && opts.mvt,
             flash: major >= 8 && opts.flash,
@@ -934,6 +940,9 @@ impl CudaBackend {
                     out,
                     mode: epi,
                     ks: ks as i32,
+                    pf: i32::from(self.mv1_prefetch),
+                    // The model's own f16 rows (no kernel before writes them).
+                    early: i32::from(w.q.is_none()),
                 },
             );
             return;

@@ -59,10 +59,11 @@ __device__ __forceinline__ float mv_store(float *out, int o, int outs, const flo
 }
 
 #define MV1_OUT 2
+#define MV1_PRE 2
 
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
-      float eps, float *out, Epi mode, int ks) {
+      float eps, float *out, Epi mode, int ks, int pf, int early) {
     // ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
     extern __shared__ float4 xs4[];
     __shared__ float red[32];
@@ -72,14 +73,11 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
     int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
     int nvec = cols >> 3;
     // Start the weights on their way to L2 before waiting for x.
-    for (int k = 0; k < MV1_OUT; k++)
+    for (int k = 0; k < MV1_OUT && pf; k++)
         for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
             if (o0 + k < outs)
                 prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
                             lane + 32 * kw, 32 * ks);
-    // Only the weights were touched so far: the kernel before may still be running.
-    pdl_enter();
-    const float sc = stage_x(x, cols, nw, eps, (float *)xs4, red);
     // All (up to four) rows advance together: their loads are independent and share x.
     const uint4 *wr[MV1_OUT][2];
     bool live[MV1_OUT][2];
@@ -92,8 +90,40 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
             wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
             acc[k][a] = 0.0f;
         }
+    // The lane's first MV1_PRE pieces of each row into registers, before the wait when
+    // `early` says no kernel before writes W (weights of the model, not a dequantized
+    // scratch): the smaller products are read whole there. The loop then goes on from the
+    // next piece, so the sums run in the same order.
+    const int step = 32 * ks, j0 = lane + 32 * kw;
+    uint4 pre[MV1_PRE][MV1_OUT][2];
+    auto preload = [&]() {
+#pragma unroll
+        for (int i = 0; i < MV1_PRE; i++)
+#pragma unroll
+            for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+                    if (live[k][a] && j0 + i * step < nvec)
+                        pre[i][k][a] = __ldg(wr[k][a] + j0 + i * step);
+    };
+    if (early) preload();
+    // Only the weights were touched so far: the kernel before may still be running.
+    pdl_enter();
+    if (!early) preload();
+    const float sc = stage_x(x, cols, nw, eps, (float *)xs4, red);
+#pragma unroll
+    for (int i = 0; i < MV1_PRE; i++) {
+        const int j = j0 + i * step;
+        if (j >= nvec) break;
+        float4 x0 = xs4[2 * j], x1 = xs4[2 * j + 1];
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) acc[k][a] += dot8(pre[i][k][a], x0, x1);
+    }
 #pragma unroll 2
-    for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+    for (int j = j0 + MV1_PRE * step; j < nvec; j += step) {
         float4 x0 = xs4[2 * j], x1 = xs4[2 * j + 1];
         uint4 q[MV1_OUT][2];
 #pragma unroll
@@ -132,17 +162,18 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
 // (through the L1 cache: the groups of a block read the same x) in the loop that reads the
 // weights, so nothing waits on a copy of x before the first weight arrives. A group's ks warps
 // read every column once between them, so their sums of x's squares make the norm's scale,
-// applied to the products at the end. Needs cols % 8 == 0, as k_mv1.
+// applied to the products at the end. Needs cols % 8 == 0, as k_mv1. (`early`, k_mv1's, is not
+// used: nothing here is read before the wait but by the L2 prefetch.)
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
-       float eps, float *out, Epi mode, int ks) {
+       float eps, float *out, Epi mode, int ks, int pf, int early) {
     __shared__ float part[8][MV1_OUT][2];
     __shared__ float sq[8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
     int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
     int nvec = cols >> 3;
-    for (int k = 0; k < MV1_OUT; k++)
+    for (int k = 0; k < MV1_OUT && pf; k++)
         for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
             if (o0 + k < outs)
                 prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
