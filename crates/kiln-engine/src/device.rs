@@ -121,6 +121,9 @@ pub struct DevOptions {
     /// `cuda-mvpf=0|1`: one-row products start their weights on their way to L2 before
     /// waiting for the kernel before.
     pub cuda_mvpf: Option<bool>,
+    /// `cuda-mvpre=2|4`: pieces of each row a lane of the one-row product (x read in the
+    /// loop) reads before waiting for the kernel before.
+    pub cuda_mvpre: Option<usize>,
     /// `cuda-gqa=0|1|all`: decode attention grouped by KV head never, when the rows fill
     /// the GPU (the default), or always.
     pub cuda_gqa: Option<String>,
@@ -154,13 +157,18 @@ impl DevOptions {
             "cuda-mv-plain" => self.cuda_mv_plain = flag()?,
             "cuda-mv1d" => self.cuda_mv1d = Some(flag()?),
             "cuda-mvpf" => self.cuda_mvpf = Some(flag()?),
+            "cuda-mvpre" => match value {
+                "2" => self.cuda_mvpre = Some(2),
+                "4" => self.cuda_mvpre = Some(4),
+                _ => return Err(format!("`{spec}`: expected cuda-mvpre=2 or cuda-mvpre=4")),
+            },
             "cuda-qx" => self.cuda_qx = Some(flag()?),
             "cuda-gqa" => match value {
                 "0" | "1" | "all" => self.cuda_gqa = Some(value.to_owned()),
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-gqa, cuda-qx)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx)"
             )),
         }
         Ok(())
@@ -186,6 +194,7 @@ impl DevOptions {
             (self.cuda_mv_plain, "cuda-mv-plain"),
             (self.cuda_mv1d.is_some(), "cuda-mv1d"),
             (self.cuda_mvpf.is_some(), "cuda-mvpf"),
+            (self.cuda_mvpre.is_some(), "cuda-mvpre"),
             (self.cuda_gqa.is_some(), "cuda-gqa"),
             (self.cuda_qx.is_some(), "cuda-qx"),
         ]
@@ -280,6 +289,7 @@ impl Device {
             mv_plain: d.cuda_mv_plain,
             mv1_direct: d.cuda_mv1d.unwrap_or(base.mv1_direct),
             mv1_prefetch: d.cuda_mvpf.unwrap_or(base.mv1_prefetch),
+            mv1_pre: d.cuda_mvpre.unwrap_or(base.mv1_pre),
             qx: d.cuda_qx.unwrap_or(base.qx),
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
@@ -352,6 +362,7 @@ mod tests {
             "cuda-mv-plain=1",
             "cuda-mv1d=1",
             "cuda-mvpf=0",
+            "cuda-mvpre=4",
             "cuda-gqa=all",
         ] {
             d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -365,6 +376,7 @@ mod tests {
         assert_eq!(d.cuda_fa, Some(false));
         assert_eq!(d.cuda_mv1d, Some(true));
         assert_eq!(d.cuda_mvpf, Some(false));
+        assert_eq!(d.cuda_mvpre, Some(4));
         assert_eq!(d.cuda_gqa.as_deref(), Some("all"));
         for (s, word) in [
             ("cuda-graph=0", "no such switch"),

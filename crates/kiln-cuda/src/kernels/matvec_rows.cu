@@ -59,7 +59,6 @@ __device__ __forceinline__ float mv_store(float *out, int o, int outs, const flo
 }
 
 #define MV1_OUT 2
-#define MV1_PRE 2
 
 // The one-row product, with x staged in shared memory first (k_mv1) or read in the loop over
 // the weights (k_mv1d, `--dev cuda-mv1d=1`: each lane reads its own pieces of x through the L1
@@ -69,10 +68,10 @@ __device__ __forceinline__ float mv_store(float *out, int o, int outs, const flo
 // at the end. ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
 // `pf`: start the block's weights on their way to L2 before the wait. `early`: no kernel
 // before writes W (the model's own rows, not a dequantized scratch), so each lane's first
-// MV1_PRE pieces of its rows are read into registers before the wait (the smaller products
+// PRE pieces of its rows are read into registers before the wait (the smaller products
 // are read whole there); the loop then goes on from the next piece, so the sums run in the
 // same order. Needs cols % 8 == 0.
-template <bool STAGED>
+template <bool STAGED, int PRE>
 __device__ __forceinline__ void mv1_body(const u16 *W, const float *bias, int outs, int cols,
                                          const float *x, const float *nw, float eps,
                                          float *out, Epi mode, int ks, int pf, int early) {
@@ -102,10 +101,10 @@ __device__ __forceinline__ void mv1_body(const u16 *W, const float *bias, int ou
             acc[k][a] = 0.0f;
         }
     const int step = 32 * ks, j0 = lane + 32 * kw;
-    uint4 pre[MV1_PRE][MV1_OUT][2];
+    uint4 pre[PRE][MV1_OUT][2];
     auto preload = [&]() {
 #pragma unroll
-        for (int i = 0; i < MV1_PRE; i++)
+        for (int i = 0; i < PRE; i++)
 #pragma unroll
             for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
@@ -138,7 +137,7 @@ __device__ __forceinline__ void mv1_body(const u16 *W, const float *bias, int ou
         }
     };
 #pragma unroll
-    for (int i = 0; i < MV1_PRE; i++) {
+    for (int i = 0; i < PRE; i++) {
         const int j = j0 + i * step;
         if (j >= nvec) break;
         float4 x0, x1;
@@ -150,7 +149,7 @@ __device__ __forceinline__ void mv1_body(const u16 *W, const float *bias, int ou
                 if (live[k][a]) acc[k][a] += dot8(pre[i][k][a], x0, x1);
     }
 #pragma unroll 2
-    for (int j = j0 + MV1_PRE * step; j < nvec; j += step) {
+    for (int j = j0 + PRE * step; j < nvec; j += step) {
         uint4 q[MV1_OUT][2];
 #pragma unroll
         for (int k = 0; k < MV1_OUT; k++)
@@ -195,13 +194,20 @@ __device__ __forceinline__ void mv1_body(const u16 *W, const float *bias, int ou
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
       float eps, float *out, Epi mode, int ks, int pf, int early) {
-    mv1_body<true>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
+    mv1_body<true, 2>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
        float eps, float *out, Epi mode, int ks, int pf, int early) {
-    mv1_body<false>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
+    mv1_body<false, 2>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
+}
+
+// k_mv1d with four pieces of each row read before the wait (`--dev cuda-mvpre=4`).
+extern "C" __global__ void __launch_bounds__(256)
+k_mv1d4(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
+        float eps, float *out, Epi mode, int ks, int pf, int early) {
+    mv1_body<false, 4>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
 }
 
 // ---- matrix-vector products for 2..8 rows, each weight read once for all rows ------------------
