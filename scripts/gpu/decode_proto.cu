@@ -129,9 +129,39 @@ __device__ void mv_prefetch(const Mv &m) {
     }
 }
 
+// A warp's first pieces of its first unit's rows, read into registers before the barrier (or
+// the wait) that precedes the phase: no earlier phase writes the weights.
+constexpr int PREN = 1;
+struct Pre {
+    uint4 w[PREN][RPW][2];
+    bool have;
+};
+
+__device__ __forceinline__ void mv_preload(const Mv &m, Pre &pr) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int ks = m.ks, groups = NW / ks, grp = warp / ks, kw = warp % ks;
+    const int units = (m.rows + RPW - 1) / RPW, nvec = m.cols / 8, u = blockIdx.x * groups + grp;
+    const int na = m.mode == SWIGLU ? 2 : 1;
+    pr.have = u < units;
+    if (!pr.have) return;
+#pragma unroll
+    for (int i = 0; i < PREN; i++) {
+        const int j = lane + 32 * kw + i * 32 * ks;
+#pragma unroll
+        for (int k = 0; k < RPW; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (a < na && j < nvec) {
+                    const int r = min(u * RPW + k, m.rows - 1) + a * m.rows;
+                    pr.w[i][k][a] = __ldg((const uint4 *)(m.W + (size_t)r * m.cols) + j);
+                }
+    }
+}
+
 // out = (W . norm(x)) by mode; x staged in shared memory by each block. ks warps split a
 // unit's columns; a unit is RPW rows. Every warp of a block runs the same number of rounds.
-__device__ void mv_phase(const Mv &m, float *xs, float *red, unsigned long long *best) {
+__device__ __forceinline__ void mv_phase(const Mv &m, float *xs, float *red, unsigned long long *best,
+                         const Pre *pr) {
     __shared__ float part[NW][RPW][2];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     // Stage x (times the norm's weights), with the norm's scale.
@@ -166,8 +196,21 @@ __device__ void mv_phase(const Mv &m, float *xs, float *red, unsigned long long 
                     const int r = min(r0 + k, m.rows - 1) + (a < na ? a : 0) * m.rows;
                     wr[k][a] = (const uint4 *)(m.W + (size_t)r * m.cols);
                 }
+            int jb = lane + 32 * kw;
+            if (pr && pr->have && base == blockIdx.x * groups) {
+#pragma unroll
+                for (int i = 0; i < PREN; i++, jb += 32 * ks)
+                    if (jb < nvec) {
+                        const float4 xa = s4[2 * jb], xb = s4[2 * jb + 1];
+#pragma unroll
+                        for (int k = 0; k < RPW; k++)
+#pragma unroll
+                            for (int a = 0; a < 2; a++)
+                                if (a < na) acc[k][a] += dot8(pr->w[i][k][a], xa, xb);
+                    }
+            }
 #pragma unroll 2
-            for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
+            for (int j = jb; j < nvec; j += 32 * ks) {
                 const float4 xa = s4[2 * j], xb = s4[2 * j + 1];
                 uint4 w[RPW][2];
 #pragma unroll
@@ -329,34 +372,52 @@ __device__ Mv mv_of(const P &p, int l, int which) {
 }
 
 // Phase k of the step: 5 a layer (qkv, attention, o, gate/up, down), then the head.
-__device__ void run_phase(const P &p, int k, float *xs, float *red) {
+__device__ __forceinline__ void run_phase(const P &p, int k, float *xs, float *red, const Pre *pr) {
     const int l = k / 5, w = k % 5;
-    if (k == p.L * 5) return mv_phase(mv_of(p, 0, 4), xs, red, p.best);
+    if (k == p.L * 5) return mv_phase(mv_of(p, 0, 4), xs, red, p.best, pr);
     if (w == 1) return attn_phase(p, p.layers[l], xs);
-    mv_phase(mv_of(p, l, w == 0 ? 0 : w - 1), xs, red, p.best);
+    mv_phase(mv_of(p, l, w == 0 ? 0 : w - 1), xs, red, p.best, pr);
+}
+
+// Phase k's matrix, if it has one.
+__device__ bool mv_at(const P &p, int k, Mv &m) {
+    const int l = k / 5, w = k % 5;
+    if (k > p.L * 5 || (w == 1 && k < p.L * 5)) return false;
+    m = k == p.L * 5 ? mv_of(p, 0, 4) : mv_of(p, l, w == 0 ? 0 : w - 1);
+    return true;
 }
 
 __device__ void prefetch_phase(const P &p, int k) {
-    const int l = k / 5, w = k % 5;
-    if (k > p.L * 5) return;
-    if (k == p.L * 5) return mv_prefetch(mv_of(p, 0, 4));
-    if (w == 1) return;
-    mv_prefetch(mv_of(p, l, w == 0 ? 0 : w - 1));
+    Mv m;
+    if (mv_at(p, k, m)) mv_prefetch(m);
 }
 
+__device__ __forceinline__ void preload_phase(const P &p, int k, Pre &pr) {
+    Mv m;
+    pr.have = false;
+    if (mv_at(p, k, m)) mv_preload(m, pr);
+}
+
+// p.prefetch: bit 0, the next phase's weights on their way to L2 before the barrier; bit 1,
+// each warp's first pieces of them into registers.
 __global__ void __launch_bounds__(NT, 1) k_fused(P p) {
     extern __shared__ float4 smem4[];
     __shared__ float red[32];
     float *xs = (float *)smem4;
     const int phases = p.L * 5 + 1;
-    if (p.prefetch) prefetch_phase(p, 0);
+    Pre pr;
+    pr.have = false;
+    if (p.prefetch & 1) prefetch_phase(p, 0);
+    if (p.prefetch & 2) preload_phase(p, 0, pr);
     for (int k = 0; k < phases; k++) {
-        run_phase(p, k, xs, red);
+        run_phase(p, k, xs, red, &pr);
         if (k + 1 < phases) {
-            if (p.prefetch) {
+            if (p.prefetch & 1) {
                 prefetch_phase(p, k + 1);
                 if (k % 5 == 0) prefetch_phase(p, k + 2);  // attention reads little: o as well
             }
+            // After qkv, o's pieces (attention, which reads no weights, keeps them).
+            if ((p.prefetch & 2) && k % 5 != 1) preload_phase(p, k % 5 == 0 ? k + 2 : k + 1, pr);
             grid_sync(p.bar);
         }
     }
@@ -365,10 +426,13 @@ __global__ void __launch_bounds__(NT, 1) k_fused(P p) {
 __global__ void __launch_bounds__(NT, 1) k_phase(P p, int k) {
     extern __shared__ float4 smem4[];
     __shared__ float red[32];
-    prefetch_phase(p, k);
+    Pre pr;
+    pr.have = false;
+    if (p.prefetch & 1) prefetch_phase(p, k);
+    if (p.prefetch & 2) preload_phase(p, k, pr);
     pdl_wait();
     pdl_launch();
-    run_phase(p, k, (float *)smem4, red);
+    run_phase(p, k, (float *)smem4, red, &pr);
 }
 
 // ---- the plain reference: one thread an output, one kernel an operation -----------------
@@ -581,21 +645,6 @@ int main(int argc, char **argv) {
                name, d, n, am, aref, am < p.V ? lref[am] : 0.0f, lref[aref],
                d <= 2e-3 * n && (am == aref || fabs(lref[am] - lref[aref]) < 1e-3) ? "" : "  MISMATCH");
     };
-    cudaGraph_t gr;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-    chain(st);
-    CK(cudaStreamEndCapture(st, &gr));
-    CK(cudaGraphInstantiate(&ge, gr, 0));
-    reset();
-    CK(cudaGraphLaunch(ge, st));
-    CK(cudaStreamSynchronize(st));
-    check("chain (PDL, graph)");
-    p.prefetch = 1;
-    reset();
-    fused(st);
-    CK(cudaStreamSynchronize(st));
-    check("fused");
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
@@ -608,14 +657,32 @@ int main(int argc, char **argv) {
         float ms;
         CK(cudaEventElapsedTime(&ms, e0, e1));
         const double us = ms * 1e3 / steps;
-        printf("  %-24s %8.1f us/token %8.0f tok/s  %6.0f GB/s of weights\n", name, us, 1e6 / us,
+        printf("  %-30s %8.1f us/token %8.0f tok/s  %6.0f GB/s of weights\n", name, us, 1e6 / us,
                bytes / us / 1e3);
     };
-    time("chain (PDL, graph)", [&] { CK(cudaGraphLaunch(ge, st)); });
-    p.prefetch = 1;
-    time("fused, L2 prefetch", [&] { fused(st); });
-    p.prefetch = 0;
-    time("fused, no prefetch", [&] { fused(st); });
+    const char *how[4] = {"nothing early", "L2 prefetch", "registers", "L2 + registers"};
+    char name[64];
+    for (int pf = 0; pf < 4; pf++) {
+        p.prefetch = pf;
+        cudaGraph_t gr;
+        cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        chain(st);
+        CK(cudaStreamEndCapture(st, &gr));
+        CK(cudaGraphInstantiate(&ge, gr, 0));
+        reset();
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaStreamSynchronize(st));
+        snprintf(name, sizeof name, "chain, %s", how[pf]);
+        check(name);
+        time(name, [&] { CK(cudaGraphLaunch(ge, st)); });
+        reset();
+        fused(st);
+        CK(cudaStreamSynchronize(st));
+        snprintf(name, sizeof name, "fused, %s", how[pf]);
+        check(name);
+        time(name, [&] { fused(st); });
+    }
     // The floor: the same bytes streamed once (one big buffer of that size).
     half *big = fill(bytes / 2, 3, 1.0f);
     unsigned *sink;

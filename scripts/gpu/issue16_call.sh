@@ -72,7 +72,7 @@ el "== kiln and llama.cpp, the same files"
 for r in $(seq "${ROUNDS:-2}"); do
  for m in /tmp/q05.gguf /tmp/l1b.gguf; do
   for k in kiln "kiln --dev cuda-mvpre=4" kiln_base; do [ -x "$B/${k%% *}" ] || continue
-   for P in 32 2048; do [ "$k" = kiln_base ] && [ $P = 2048 ] && continue; kx "$k" bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | j "r$r ${k/ --dev /+} $(basename $m) p$P"; done
+   for P in 32 2048; do [ "$k" != kiln ] && [ $P = 2048 ] && continue; kx "$k" bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | j "r$r ${k/ --dev /+} $(basename $m) p$P"; done
   done
   if [ -x /tmp/peer/lcpp_bench ]; then
    for P in 32 2048; do echo "r$r llama.cpp $(basename $m) p$P $(timeout 120 /tmp/peer/lcpp_bench $m $P 128 1 2 2>/dev/null | tail -1)"; done
