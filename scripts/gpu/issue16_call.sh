@@ -7,7 +7,7 @@
 # Usage (device tool, carry .devbin and .devpeer): bash scripts/gpu/issue16_call.sh
 # PEER=0: kiln's part alone, no llama.cpp build; NCU_MODELS: the files profiled (none if
 # empty); CHECKS=0: no tests, sanitizer or greedy text; EXTRA=0: no grouped attention or
-# batches; JOBS: llama.cpp's build jobs (12); ROUNDS (2); PACK, LCPP_PREBUILT: below.
+# batches; JOBS: llama.cpp's build jobs (12); ROUNDS (2); LCPP_PREBUILT: below.
 set -u
 . scripts/gpu/setup.sh
 K="$B/kiln"
@@ -15,8 +15,13 @@ T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 R=$PWD
 # llama.cpp, in the background on JOBS (12) of the 16 cores.
+# LCPP_PREBUILT=1: llama.cpp built beforehand (on the build machine with CUDA 13.0's compiler
+# from its Python wheels, or brought back by PACK=1), carried as .devlcpp/lcpp_built.txz (xz:
+# lcpp_bench and build/bin, the harness's run path /tmp/peer/llama.cpp/build/bin).
 if [ "${LCPP_PREBUILT:-0}" = 1 ]; then
-  mkdir -p /tmp/peer/llama.cpp/build && cat .devpeer/lcpp_built.tgz.* | tar xzf - -C /tmp/peer &&
+  mkdir -p /tmp/peer/llama.cpp/build &&
+    python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.decompress(open(sys.argv[1],"rb").read()))' \
+      .devlcpp/lcpp_built.txz | tar xf - -C /tmp/peer &&
     mv /tmp/peer/bin /tmp/peer/llama.cpp/build/ && echo ok > /tmp/peer/done
 fi
 [ "${PEER:-1}" = 0 ] || [ "${LCPP_PREBUILT:-0}" = 1 ] || (
@@ -39,14 +44,15 @@ kx() { local b=${1%% *} x=""; [ "$1" != "$b" ] && x=${1#* }; local sub=$2; shift
 if [ "${CHECKS:-1}" = 1 ]; then
 el "== checks on CUDA"
 KILN_TEST_DEVICE=cuda timeout 200 "$B"/backend_ops --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -6
-KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mv1d=1 timeout 200 "$B"/backend_ops --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | sed 's/^/mv1d: /' | head -6
+KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mv1d=0 timeout 200 "$B"/backend_ops --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | sed 's/^/mv1d=0: /' | head -6
+KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvpre=4 timeout 200 "$B"/backend_ops --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | sed 's/^/mvpre=4: /' | head -6
 KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-gqa=all timeout 200 "$B"/backend_ops --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | sed 's/^/gqa=all: /' | head -6
 KILN_TEST_DEVICE=cuda timeout 200 "$B"/arch_fixtures --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -6
 KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 timeout 200 "$B"/real_model --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -6
 KILN_TEST_DEVICE=cuda timeout 300 compute-sanitizer --print-limit 5 "$B"/backend_ops 2>&1 | grep -E "ERROR SUMMARY" | head -2
 KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-gqa=all timeout 300 compute-sanitizer --print-limit 5 "$B"/backend_ops 2>&1 | grep -E "ERROR SUMMARY" | sed 's/^/gqa=all: /' | head -2
 p=$(printf 'word %.0s' $(seq 600))
-for k in kiln kiln_base "kiln --dev cuda-mv1d=1"; do [ -x "$B/${k%% *}" ] || continue
+for k in kiln kiln_base "kiln --dev cuda-mvpre=4"; do [ -x "$B/${k%% *}" ] || continue
  echo "greedy text, $k: q05 $(kx "$k" run --device cuda -m /tmp/q05.gguf -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum | cut -c1-12)" \
   "after 1,200 tokens $(kx "$k" run --device cuda -m /tmp/q05.gguf -n 32 --temperature 0 --raw "$p" 2>/dev/null | md5sum | cut -c1-12)"
 done
@@ -59,20 +65,14 @@ done
 el "== waiting for llama.cpp"
 while [ "${PEER:-1}" != 0 ] && [ ! -e /tmp/peer/done ] && [ $(( $(date +%s) - T0 )) -lt ${PEER_WAIT:-340} ]; do sleep 1; done
 el "llama.cpp build: $(cat /tmp/peer/done 2>/dev/null || echo unfinished)"; tail -3 /tmp/peer/build.log 2>/dev/null
-# PACK=1: the built llama.cpp (libraries and harness) back through $OUT, in pieces under
-# 16 MiB, to be carried in .devpeer by later calls (LCPP_PREBUILT=1 then skips the build).
-if [ "${PACK:-0}" = 1 ] && [ -x /tmp/peer/lcpp_bench ]; then
-  mkdir -p "$OUT" && (cd /tmp/peer && tar czf - lcpp_bench -C llama.cpp/build bin) | split -b 15M - "$OUT/lcpp_built.tgz."
-  ls -la "$OUT"
-fi
 el "== copy bandwidth (device to device, 1 GiB)"
 python3 scripts/gpu/copy_bw.py
 j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 el "== kiln and llama.cpp, the same files"
 for r in $(seq "${ROUNDS:-2}"); do
  for m in /tmp/q05.gguf /tmp/l1b.gguf; do
-  for k in kiln "kiln --dev cuda-mv1d=1" kiln_base; do [ -x "$B/${k%% *}" ] || continue
-   for P in 32 2048; do [ "$k" = kiln_base ] && [ $P = 2048 ] && continue; kx "$k" bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | j "r$r ${k/ --dev /+} $(basename $m) p$P"; done
+  for k in kiln "kiln --dev cuda-mvpre=4" kiln_base; do [ -x "$B/${k%% *}" ] || continue
+   for P in 32 2048; do [ "$k" != kiln ] && [ $P = 2048 ] && continue; kx "$k" bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | j "r$r ${k/ --dev /+} $(basename $m) p$P"; done
   done
   if [ -x /tmp/peer/lcpp_bench ]; then
    for P in 32 2048; do echo "r$r llama.cpp $(basename $m) p$P $(timeout 120 /tmp/peer/lcpp_bench $m $P 128 1 2 2>/dev/null | tail -1)"; done

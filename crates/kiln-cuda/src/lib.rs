@@ -226,6 +226,9 @@ pub struct CudaBackend {
     mv_plain: bool,
     /// One-row products by k_mv1d (x read in the loop) instead of k_mv1 (x staged).
     mv1_direct: bool,
+    mv1_prefetch: bool,
+    /// k_mv1d4 (four pieces of each row read before the wait) instead of k_mv1d (two).
+    mv1_pre4: bool,
     /// Programmatic dependent launch (sm_90 and later, unless turned off).
     pdl: bool,
     /// 3..8 rows through k_mvt on the tensor cores (sm_80 and later, unless turned off: k_mvr).
@@ -345,6 +348,11 @@ pub struct CudaOptions {
     /// One-row products read x in their loop over the weights (k_mv1d) instead of staging
     /// it in shared memory first (k_mv1).
     pub mv1_direct: bool,
+    /// One-row products start all their weights on their way to L2 before waiting for the
+    /// kernel before.
+    pub mv1_prefetch: bool,
+    /// Pieces of each of its rows a lane of k_mv1d reads before the wait: 2 or 4.
+    pub mv1_pre: usize,
     /// One-row products of weights read in place round their output to bytes for the next
     /// product (instead of a k_quant_x launch before it).
     pub qx: bool,
@@ -362,7 +370,9 @@ impl Default for CudaOptions {
             mvt: true,
             flash: true,
             mv_plain: false,
-            mv1_direct: false,
+            mv1_direct: true,
+            mv1_prefetch: false,
+            mv1_pre: 2,
             qx: true,
             gqa: Gqa::Filled,
         }
@@ -576,6 +586,8 @@ impl CudaBackend {
             quant: opts.quantized,
             mv_plain: opts.mv_plain,
             mv1_direct: opts.mv1_direct,
+            mv1_prefetch: opts.mv1_prefetch,
+            mv1_pre4: opts.mv1_pre == 4,
             pdl: major >= 9 && opts.pdl,
             mvt: major >= 8 && opts.mvt,
             flash: major >= 8 && opts.flash,
@@ -913,7 +925,9 @@ impl CudaBackend {
         let wp = self.f16_ptr(w);
         if n == 1 && staged && !self.mv_plain {
             let ks = self.col_split(outs.div_ceil(MV1_OUT), w.cols);
-            let (kernel, smem) = if self.mv1_direct {
+            let (kernel, smem) = if self.mv1_direct && self.mv1_pre4 {
+                (&self.k.mv1d4, 0)
+            } else if self.mv1_direct {
                 (&self.k.mv1d, 0)
             } else {
                 (&self.k.mv1, (w.cols * 4) as u32)
@@ -934,6 +948,9 @@ impl CudaBackend {
                     out,
                     mode: epi,
                     ks: ks as i32,
+                    pf: i32::from(self.mv1_prefetch),
+                    // The model's own f16 rows (no kernel before writes them).
+                    early: i32::from(w.q.is_none()),
                 },
             );
             return;

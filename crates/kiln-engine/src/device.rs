@@ -118,6 +118,12 @@ pub struct DevOptions {
     /// `cuda-mv1d=0|1`: one-row products read x in their loop over the weights instead of
     /// staging it in shared memory first.
     pub cuda_mv1d: Option<bool>,
+    /// `cuda-mvpf=0|1`: one-row products start their weights on their way to L2 before
+    /// waiting for the kernel before.
+    pub cuda_mvpf: Option<bool>,
+    /// `cuda-mvpre=2|4`: pieces of each row a lane of the one-row product (x read in the
+    /// loop) reads before waiting for the kernel before.
+    pub cuda_mvpre: Option<usize>,
     /// `cuda-gqa=0|1|all`: decode attention grouped by KV head never, when the rows fill
     /// the GPU (the default), or always.
     pub cuda_gqa: Option<String>,
@@ -150,13 +156,19 @@ impl DevOptions {
             "cuda-fa" => self.cuda_fa = Some(flag()?),
             "cuda-mv-plain" => self.cuda_mv_plain = flag()?,
             "cuda-mv1d" => self.cuda_mv1d = Some(flag()?),
+            "cuda-mvpf" => self.cuda_mvpf = Some(flag()?),
+            "cuda-mvpre" => match value {
+                "2" => self.cuda_mvpre = Some(2),
+                "4" => self.cuda_mvpre = Some(4),
+                _ => return Err(format!("`{spec}`: expected cuda-mvpre=2 or cuda-mvpre=4")),
+            },
             "cuda-qx" => self.cuda_qx = Some(flag()?),
             "cuda-gqa" => match value {
                 "0" | "1" | "all" => self.cuda_gqa = Some(value.to_owned()),
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-gqa, cuda-qx)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx)"
             )),
         }
         Ok(())
@@ -181,6 +193,8 @@ impl DevOptions {
             (self.cuda_fa.is_some(), "cuda-fa"),
             (self.cuda_mv_plain, "cuda-mv-plain"),
             (self.cuda_mv1d.is_some(), "cuda-mv1d"),
+            (self.cuda_mvpf.is_some(), "cuda-mvpf"),
+            (self.cuda_mvpre.is_some(), "cuda-mvpre"),
             (self.cuda_gqa.is_some(), "cuda-gqa"),
             (self.cuda_qx.is_some(), "cuda-qx"),
         ]
@@ -274,6 +288,8 @@ impl Device {
             flash: d.cuda_fa.unwrap_or(base.flash),
             mv_plain: d.cuda_mv_plain,
             mv1_direct: d.cuda_mv1d.unwrap_or(base.mv1_direct),
+            mv1_prefetch: d.cuda_mvpf.unwrap_or(base.mv1_prefetch),
+            mv1_pre: d.cuda_mvpre.unwrap_or(base.mv1_pre),
             qx: d.cuda_qx.unwrap_or(base.qx),
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
@@ -345,6 +361,8 @@ mod tests {
             "cuda-fa=0",
             "cuda-mv-plain=1",
             "cuda-mv1d=1",
+            "cuda-mvpf=0",
+            "cuda-mvpre=4",
             "cuda-gqa=all",
         ] {
             d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -357,6 +375,8 @@ mod tests {
         );
         assert_eq!(d.cuda_fa, Some(false));
         assert_eq!(d.cuda_mv1d, Some(true));
+        assert_eq!(d.cuda_mvpf, Some(false));
+        assert_eq!(d.cuda_mvpre, Some(4));
         assert_eq!(d.cuda_gqa.as_deref(), Some("all"));
         for (s, word) in [
             ("cuda-graph=0", "no such switch"),

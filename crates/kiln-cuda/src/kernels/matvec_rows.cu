@@ -60,26 +60,34 @@ __device__ __forceinline__ float mv_store(float *out, int o, int outs, const flo
 
 #define MV1_OUT 2
 
-extern "C" __global__ void __launch_bounds__(256)
-k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
-      float eps, float *out, Epi mode, int ks) {
-    // ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
-    extern __shared__ float4 xs4[];
+// The one-row product, with x staged in shared memory first (k_mv1) or read in the loop over
+// the weights (k_mv1d, `--dev cuda-mv1d=1`: each lane reads its own pieces of x through the L1
+// cache, the groups of a block reading the same x, so nothing waits on a copy of x before the
+// first weight arrives; a group's ks warps read every column once between them, so their sums
+// of x's squares make the norm's scale). Either way the norm's scale is applied to the sums
+// at the end. ks warps (1, 2, 4 or 8) share each pair of outputs, splitting its columns.
+// `pf`: start the block's weights on their way to L2 before the wait. `early`: no kernel
+// before writes W (the model's own rows, not a dequantized scratch), so each lane's first
+// PRE pieces of its rows are read into registers before the wait (the smaller products
+// are read whole there); the loop then goes on from the next piece, so the sums run in the
+// same order. Needs cols % 8 == 0.
+template <bool STAGED, int PRE>
+__device__ __forceinline__ void mv1_body(const u16 *W, const float *bias, int outs, int cols,
+                                         const float *x, const float *nw, float eps,
+                                         float *out, Epi mode, int ks, int pf, int early) {
+    extern __shared__ float4 xs4[];  // STAGED: cols floats
     __shared__ float red[32];
     __shared__ float part[8][MV1_OUT][2];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
-    int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
-    int nvec = cols >> 3;
-    // Start the weights on their way to L2 before waiting for x.
-    for (int k = 0; k < MV1_OUT; k++)
+    __shared__ float sq[8];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
+    const int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
+    const int nvec = cols >> 3;
+    for (int k = 0; k < MV1_OUT && pf; k++)
         for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
             if (o0 + k < outs)
                 prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
                             lane + 32 * kw, 32 * ks);
-    // Only the weights were touched so far: the kernel before may still be running.
-    pdl_enter();
-    const float sc = stage_x(x, cols, nw, eps, (float *)xs4, red);
     // All (up to four) rows advance together: their loads are independent and share x.
     const uint4 *wr[MV1_OUT][2];
     bool live[MV1_OUT][2];
@@ -92,84 +100,34 @@ k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const
             wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
             acc[k][a] = 0.0f;
         }
-#pragma unroll 2
-    for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
-        float4 x0 = xs4[2 * j], x1 = xs4[2 * j + 1];
-        uint4 q[MV1_OUT][2];
+    const int step = 32 * ks, j0 = lane + 32 * kw;
+    uint4 pre[PRE][MV1_OUT][2];
+    auto preload = [&]() {
 #pragma unroll
-        for (int k = 0; k < MV1_OUT; k++)
+        for (int i = 0; i < PRE; i++)
 #pragma unroll
-            for (int a = 0; a < 2; a++)
-                if (live[k][a]) q[k][a] = __ldg(wr[k][a] + j);
+            for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
-        for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-            for (int a = 0; a < 2; a++)
-                if (live[k][a]) acc[k][a] += dot8(q[k][a], x0, x1);
-    }
-#pragma unroll
-    for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-        for (int a = 0; a < 2; a++) {
-            float v = warp_sum(acc[k][a]);
-            if (lane == 0) part[warp][k][a] = v;
-        }
-    __syncthreads();
-    if (kw == 0 && lane < MV1_OUT) {
-        int k = lane, o = o0 + k;
-        if (o < outs) {
-            float s0 = 0.0f, s1 = 0.0f;
-            for (int w = 0; w < ks; w++) {
-                s0 += part[grp * ks + w][k][0];
-                s1 += part[grp * ks + w][k][1];
-            }
-            mv_store(out, o, outs, bias, s0 * sc, s1 * sc, mode);
-        }
-    }
-}
-
-// k_mv1d: k_mv1 without staging (`--dev cuda-mv1d=1`). Each lane reads its own pieces of x
-// (through the L1 cache: the groups of a block read the same x) in the loop that reads the
-// weights, so nothing waits on a copy of x before the first weight arrives. A group's ks warps
-// read every column once between them, so their sums of x's squares make the norm's scale,
-// applied to the products at the end. Needs cols % 8 == 0, as k_mv1.
-extern "C" __global__ void __launch_bounds__(256)
-k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
-       float eps, float *out, Epi mode, int ks) {
-    __shared__ float part[8][MV1_OUT][2];
-    __shared__ float sq[8];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
-    int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
-    int nvec = cols >> 3;
-    for (int k = 0; k < MV1_OUT; k++)
-        for (int a = 0; a < (mode == EPI_SWIGLU ? 2 : 1); a++)
-            if (o0 + k < outs)
-                prefetch_l2(W + (size_t)(o0 + k + a * outs) * cols, (size_t)cols * 2,
-                            lane + 32 * kw, 32 * ks);
+                for (int a = 0; a < 2; a++)
+                    if (live[k][a] && j0 + i * step < nvec)
+                        pre[i][k][a] = __ldg(wr[k][a] + j0 + i * step);
+    };
+    if (early) preload();
+    // Only the weights were touched so far: the kernel before may still be running.
     pdl_enter();
-    const uint4 *wr[MV1_OUT][2];
-    bool live[MV1_OUT][2];
-    float acc[MV1_OUT][2];
-#pragma unroll
-    for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-        for (int a = 0; a < 2; a++) {
-            live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
-            wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
-            acc[k][a] = 0.0f;
-        }
+    if (!early) preload();
+    float sc = STAGED ? stage_x(x, cols, nw, eps, (float *)xs4, red) : 1.0f;
     const float4 *x4 = (const float4 *)x, *n4 = (const float4 *)nw;
     float ss = 0.0f;
-#pragma unroll 2
-    for (int j = lane + 32 * kw; j < nvec; j += 32 * ks) {
-        uint4 q[MV1_OUT][2];
-#pragma unroll
-        for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-            for (int a = 0; a < 2; a++)
-                if (live[k][a]) q[k][a] = __ldg(wr[k][a] + j);
-        float4 x0 = __ldg(x4 + 2 * j), x1 = __ldg(x4 + 2 * j + 1);
+    // Piece j of x (8 values), times the norm's weights.
+    auto piece = [&](int j, float4 &x0, float4 &x1) {
+        if (STAGED) {
+            x0 = xs4[2 * j];
+            x1 = xs4[2 * j + 1];
+            return;
+        }
+        x0 = __ldg(x4 + 2 * j);
+        x1 = __ldg(x4 + 2 * j + 1);
         if (nw) {
             const float4 m0 = __ldg(n4 + 2 * j), m1 = __ldg(n4 + 2 * j + 1);
             ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w;
@@ -177,6 +135,29 @@ k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, cons
             x0 = make_float4(x0.x * m0.x, x0.y * m0.y, x0.z * m0.z, x0.w * m0.w);
             x1 = make_float4(x1.x * m1.x, x1.y * m1.y, x1.z * m1.z, x1.w * m1.w);
         }
+    };
+#pragma unroll
+    for (int i = 0; i < PRE; i++) {
+        const int j = j0 + i * step;
+        if (j >= nvec) break;
+        float4 x0, x1;
+        piece(j, x0, x1);
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) acc[k][a] += dot8(pre[i][k][a], x0, x1);
+    }
+#pragma unroll 2
+    for (int j = j0 + PRE * step; j < nvec; j += step) {
+        uint4 q[MV1_OUT][2];
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) q[k][a] = __ldg(wr[k][a] + j);
+        float4 x0, x1;
+        piece(j, x0, x1);
 #pragma unroll
         for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
@@ -190,8 +171,10 @@ k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, cons
             float v = warp_sum(acc[k][a]);
             if (lane == 0) part[warp][k][a] = v;
         }
-    ss = warp_sum(ss);
-    if (lane == 0) sq[warp] = ss;
+    if (!STAGED) {
+        ss = warp_sum(ss);
+        if (lane == 0) sq[warp] = ss;
+    }
     __syncthreads();
     if (kw == 0 && lane < MV1_OUT) {
         int k = lane, o = o0 + k;
@@ -200,12 +183,31 @@ k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, cons
             for (int w = 0; w < ks; w++) {
                 s0 += part[grp * ks + w][k][0];
                 s1 += part[grp * ks + w][k][1];
-                t += sq[grp * ks + w];
+                if (!STAGED) t += sq[grp * ks + w];
             }
-            const float sc = nw ? rsqrtf(t / cols + eps) : 1.0f;
+            if (!STAGED && nw) sc = rsqrtf(t / cols + eps);
             mv_store(out, o, outs, bias, s0 * sc, s1 * sc, mode);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+k_mv1(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
+      float eps, float *out, Epi mode, int ks, int pf, int early) {
+    mv1_body<true, 2>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+k_mv1d(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
+       float eps, float *out, Epi mode, int ks, int pf, int early) {
+    mv1_body<false, 2>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
+}
+
+// k_mv1d with four pieces of each row read before the wait (`--dev cuda-mvpre=4`).
+extern "C" __global__ void __launch_bounds__(256)
+k_mv1d4(const u16 *W, const float *bias, int outs, int cols, const float *x, const float *nw,
+        float eps, float *out, Epi mode, int ks, int pf, int early) {
+    mv1_body<false, 4>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
 }
 
 // ---- matrix-vector products for 2..8 rows, each weight read once for all rows ------------------
