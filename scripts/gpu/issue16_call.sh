@@ -23,6 +23,8 @@ if [ "${LCPP_PREBUILT:-0}" = 1 ]; then
     python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.decompress(open(sys.argv[1],"rb").read()))' \
       .devlcpp/lcpp_built.txz | tar xf - -C /tmp/peer &&
     mv /tmp/peer/bin /tmp/peer/llama.cpp/build/ && echo ok > /tmp/peer/done
+  # libllama's own run path is the build machine's; its libraries are found through this.
+  export LD_LIBRARY_PATH=/tmp/peer/llama.cpp/build/bin:$LD_LIBRARY_PATH
 fi
 [ "${PEER:-1}" = 0 ] || [ "${LCPP_PREBUILT:-0}" = 1 ] || (
   mkdir -p /tmp/peer && cd /tmp/peer && tar xzf "$R/.devpeer/llama.tgz" && cd llama.cpp &&

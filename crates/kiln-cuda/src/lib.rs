@@ -6,7 +6,7 @@
 //! architecture and the cubin is cached on disk, keyed by a hash of the source, the options
 //! and the NVRTC version.
 //!
-//! A pass of up to [`MV_ROWS`] rows uses the matrix-vector kernels (k_mv1 for one row, k_mvr
+//! A pass of up to [`MV_ROWS`] rows uses the matrix-vector kernels (k_mv1d for one row, k_mvr
 //! for two, k_mvt on the tensor cores for 3 to 8; k_mv1q and k_mv for the other cases), which
 //! read each weight once for all rows and fuse the RMSNorm before them and the residual add or
 //! SwiGLU after them; larger passes (prefill, big batches) convert the activations to f16 and
