@@ -1,14 +1,15 @@
 // A measurement for issue "GPU kernels at the bandwidth limit", not part of kiln: one batch-1
 // decode step of a Qwen2.5-0.5B- or Llama-3.2-1B-shaped model (random f16 weights, a KV cache
-// of `pos` earlier positions) run three ways on the same buffers:
+// of `pos` earlier positions) run two ways on the same buffers:
 //   chain: one kernel a phase (5 a layer and the head), launched with programmatic dependent
-//          launch in a CUDA graph, each starting its weights on their way to L2 before its wait;
+//          launch in a CUDA graph;
 //   fused: one persistent kernel (a block a SM) for the whole step, phases separated by a grid
-//          barrier, each block starting its share of the next phase's weights on their way to
-//          L2 before it arrives at the barrier;
-//   fused, no prefetch: the same without the L2 prefetch.
-// and the time to stream the same weight bytes once (the floor). Checked: the three give the same
-// argmax and hidden state as a plain reference (one kernel an operation, one thread an output).
+//          barrier;
+// each with what is read before the wait (or the barrier): nothing, the phase's weights sent to
+// L2, each warp's first pieces of them read into registers, both; and for the chain also the
+// next product's weights, or at a layer's first product the rest of the layer's, sent to L2.
+// Then the time to stream the same weight bytes once (the floor). Each way is checked against
+// a plain reference (one thread an output, double sums): hidden state and argmax.
 // Build: nvcc -O3 -arch=sm_90 -std=c++17 decode_proto.cu -o decode_proto
 // Run:   decode_proto qwen05|llama1b [pos] [steps]
 #include <cuda_fp16.h>
@@ -430,6 +431,15 @@ __global__ void __launch_bounds__(NT, 1) k_phase(P p, int k) {
     pr.have = false;
     if (p.prefetch & 1) prefetch_phase(p, k);
     if (p.prefetch & 2) preload_phase(p, k, pr);
+    // Ahead: the next product's weights (4), or at a layer's qkv the rest of the layer's (8),
+    // on their way to L2 while this kernel waits and runs, so that DRAM stays busy through
+    // the gaps between kernels.
+    if (p.prefetch & 4) {
+        prefetch_phase(p, k + 1);
+        if ((k + 1) % 5 == 1) prefetch_phase(p, k + 2);
+    }
+    if ((p.prefetch & 8) && k % 5 == 0)
+        for (int a = 2; a <= 4; a++) prefetch_phase(p, k + a);
     pdl_wait();
     pdl_launch();
     run_phase(p, k, (float *)smem4, red, &pr);
@@ -660,9 +670,14 @@ int main(int argc, char **argv) {
         printf("  %-30s %8.1f us/token %8.0f tok/s  %6.0f GB/s of weights\n", name, us, 1e6 / us,
                bytes / us / 1e3);
     };
-    const char *how[4] = {"nothing early", "L2 prefetch", "registers", "L2 + registers"};
+    // Bits of p.prefetch: 1 own weights to L2, 2 own first pieces to registers, 4 the next
+    // product's weights to L2, 8 at qkv the rest of the layer's to L2 (the chain only).
+    const int modes[6] = {0, 1, 2, 3, 6, 10};
+    const char *how[6] = {"nothing early", "L2 prefetch", "registers", "L2 + registers",
+                          "registers + next to L2", "registers + layer to L2"};
     char name[64];
-    for (int pf = 0; pf < 4; pf++) {
+    for (int mi = 0; mi < 6; mi++) {
+        const int pf = modes[mi];
         p.prefetch = pf;
         cudaGraph_t gr;
         cudaGraphExec_t ge;
@@ -673,13 +688,14 @@ int main(int argc, char **argv) {
         reset();
         CK(cudaGraphLaunch(ge, st));
         CK(cudaStreamSynchronize(st));
-        snprintf(name, sizeof name, "chain, %s", how[pf]);
+        snprintf(name, sizeof name, "chain, %s", how[mi]);
         check(name);
         time(name, [&] { CK(cudaGraphLaunch(ge, st)); });
+        if (pf & 12) continue;  // the persistent kernel reads bits 1 and 2 only
         reset();
         fused(st);
         CK(cudaStreamSynchronize(st));
-        snprintf(name, sizeof name, "fused, %s", how[pf]);
+        snprintf(name, sizeof name, "fused, %s", how[mi]);
         check(name);
         time(name, [&] { fused(st); });
     }
