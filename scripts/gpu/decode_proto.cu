@@ -548,8 +548,14 @@ static int pick_ks(int rows, int cols, int mode, int warps) {
 }
 
 int main(int argc, char **argv) {
-    const bool qwen = argc < 2 || !strcmp(argv[1], "qwen05");
+    const char *shape = argc > 1 ? argv[1] : "qwen05";
+    const bool qwen = !strcmp(shape, "qwen05");
     const int pos = argc > 2 ? atoi(argv[2]) : 32, steps = argc > 3 ? atoi(argv[3]) : 200;
+    // The reference attention keeps a head's scores in 4,096 floats of shared memory.
+    if ((!qwen && strcmp(shape, "llama1b")) || pos < 0 || pos > 4095 || steps < 1 || argc > 4) {
+        fprintf(stderr, "usage: decode_proto qwen05|llama1b [POS, 0 to 4095] [STEPS, >= 1]\n");
+        return 2;
+    }
     P p{};
     p.D = qwen ? 896 : 2048, p.H = qwen ? 14 : 32, p.KH = qwen ? 2 : 8, p.F = qwen ? 4864 : 8192;
     p.L = qwen ? 24 : 16, p.V = qwen ? 151936 : 128256, p.pos = pos;

@@ -226,6 +226,7 @@ pub struct CudaBackend {
     mv_plain: bool,
     /// One-row products by k_mv1d (x read in the loop) instead of k_mv1 (x staged).
     mv1_direct: bool,
+    /// One-row products start all their weights on their way to L2 before the wait.
     mv1_prefetch: bool,
     /// k_mv1d4 (four pieces of each row read before the wait) instead of k_mv1d (two).
     mv1_pre4: bool,
@@ -351,8 +352,9 @@ pub struct CudaOptions {
     /// One-row products start all their weights on their way to L2 before waiting for the
     /// kernel before.
     pub mv1_prefetch: bool,
-    /// Pieces of each of its rows a lane of k_mv1d reads before the wait: 2 or 4.
-    pub mv1_pre: usize,
+    /// One-row products (x read in the loop) by k_mv1d4, which reads four pieces of each of
+    /// its rows before the wait, instead of k_mv1d (two).
+    pub mv1_pre4: bool,
     /// One-row products of weights read in place round their output to bytes for the next
     /// product (instead of a k_quant_x launch before it).
     pub qx: bool,
@@ -372,7 +374,7 @@ impl Default for CudaOptions {
             mv_plain: false,
             mv1_direct: true,
             mv1_prefetch: false,
-            mv1_pre: 2,
+            mv1_pre4: false,
             qx: true,
             gqa: Gqa::Filled,
         }
@@ -587,7 +589,7 @@ impl CudaBackend {
             mv_plain: opts.mv_plain,
             mv1_direct: opts.mv1_direct,
             mv1_prefetch: opts.mv1_prefetch,
-            mv1_pre4: opts.mv1_pre == 4,
+            mv1_pre4: opts.mv1_pre4,
             pdl: major >= 9 && opts.pdl,
             mvt: major >= 8 && opts.mvt,
             flash: major >= 8 && opts.flash,

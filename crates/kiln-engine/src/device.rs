@@ -289,7 +289,7 @@ impl Device {
             mv_plain: d.cuda_mv_plain,
             mv1_direct: d.cuda_mv1d.unwrap_or(base.mv1_direct),
             mv1_prefetch: d.cuda_mvpf.unwrap_or(base.mv1_prefetch),
-            mv1_pre: d.cuda_mvpre.unwrap_or(base.mv1_pre),
+            mv1_pre4: d.cuda_mvpre.map_or(base.mv1_pre4, |n| n == 4),
             qx: d.cuda_qx.unwrap_or(base.qx),
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
@@ -383,6 +383,7 @@ mod tests {
             ("cuda-graphs", "NAME=VALUE"),
             ("cuda-graphs=2", "cuda-graphs=0 or cuda-graphs=1"),
             ("cuda-gqa=some", "cuda-gqa=0, 1 or all"),
+            ("cuda-mvpre=3", "cuda-mvpre=2 or cuda-mvpre=4"),
             ("cpu-isa=mmx", "instruction set `mmx`"),
         ] {
             let e = DevOptions::default().set(s).unwrap_err();
