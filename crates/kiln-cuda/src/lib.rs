@@ -911,6 +911,7 @@ impl CudaBackend {
                     txq: then.map_or(Dev::NULL, |_| xq.at((1 - half) * half_words)),
                     tnw: then.unwrap_or(Dev::NULL),
                     tcnt: self.p(&self.qx_cnt),
+                    pf: i32::from(self.mv1_prefetch),
                 },
             );
             if let Some(norm) = then {

@@ -116,8 +116,9 @@ __device__ __forceinline__ void quant_group16(float h, float w, int g, int cols,
 
 // As k_mv1 for quantized rows, with x as k_quant_x leaves it: each lane takes half groups (16
 // weights: 8 bytes of a 4-bit group, 16 of an 8-bit one) of every row of its warp's outputs
-// at once, so that their loads are in flight together, and the weights (quants, scales,
-// offsets) are sent towards L2 before the kernel waits for the one before it. The products
+// at once, so that their loads are in flight together; each lane's first half group of its
+// rows is read into registers before the kernel waits for the one before it (and with `pf`
+// all its weights, quants, scales and offsets, are sent towards L2 there too). The products
 // are integer dot products of four bytes (__dp4a): one instruction for four weights, where
 // converting each weight to f32 took three. Nothing is staged: x is read from L2 as bytes.
 // x comes in groups of 16 values (k_quant_x), each half of a weight group with its own scale.
@@ -131,7 +132,7 @@ __device__ __forceinline__ void quant_group16(float h, float w, int g, int cols,
 extern "C" __global__ void __launch_bounds__(256)
 k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
        int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,
-       const float *tnw, u32 *tcnt) {
+       const float *tnw, u32 *tcnt, int pf) {
     __shared__ float part[8][MV1_OUT][2];
     const int ng = cols >> 5, nh = 2 * ng;
     const float *gs = (const float *)(xq + (cols >> 2)), *dq = gs + nh;
@@ -147,7 +148,7 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
         for (int a = 0; a < 2; a++) {
             live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
             row[k][a] = live[k][a] ? (size_t)(o0 + k + a * outs) : 0;
-            if (live[k][a]) {
+            if (live[k][a] && pf) {
                 prefetch_l2(Q + row[k][a] * ng * gbytes, ng * gbytes, lane + 32 * kw, 32 * ks);
                 if (kw == 0 && lane == 0) {
                     prefetch_l2(S + row[k][a] * ng, ng * 4, 0, 1);
@@ -155,6 +156,28 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                 }
             }
         }
+    // Each lane's first half group of its rows, read into registers before the wait.
+    const int j0 = lane + 32 * kw;
+    uint2 q4f[MV1_OUT][2];
+    uint4 q8f[MV1_OUT][2];
+    float df[MV1_OUT][2], mf[MV1_OUT][2];
+    if (j0 < nh) {
+        const int g = j0 >> 1, h = j0 & 1;
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) {
+                    size_t gi = row[k][a] * ng + g;
+                    if (bits == 4) {
+                        q4f[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
+                        mf[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
+                    } else {
+                        q8f[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
+                    }
+                    df[k][a] = __ldg(S + gi);
+                }
+    }
     // Only the weights were touched so far: the kernel before (k_quant_x) may still be running.
     pdl_enter();
     // x's sums of squares (xnorm) are loaded now and added up after the products, so that their
@@ -172,21 +195,10 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
 #pragma unroll
         for (int a = 0; a < 2; a++) acc[k][a] = 0.0f;
     if (bits == 4) {
-#pragma unroll 2
-        for (int j = lane + 32 * kw; j < nh; j += 32 * ks) {
+        // Half group j of the rows (quants q, scales d, offsets m) into the sums.
+        auto half4 = [&](int j, const uint2 (&q)[MV1_OUT][2], const float (&d)[MV1_OUT][2],
+                         const float (&m)[MV1_OUT][2]) {
             const int g = j >> 1, h = j & 1;
-            uint2 q[MV1_OUT][2];
-            float d[MV1_OUT][2], m[MV1_OUT][2];
-#pragma unroll
-            for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-                for (int a = 0; a < 2; a++)
-                    if (live[k][a]) {
-                        size_t gi = row[k][a] * ng + g;
-                        q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
-                        d[k][a] = __ldg(S + gi);
-                        m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
-                    }
             const int2 xl = ((const int2 *)(xq + g * 8))[h], xh = ((const int2 *)(xq + g * 8))[2 + h];
             // The weights' half h holds elements h*8.. (low nibbles) and 16+h*8.. (high): from
             // x's groups 2g and 2g+1, each with its scale. The offset term takes the whole
@@ -201,10 +213,39 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                         const int2 p = dot_q4h(q[k][a], xl.x, xl.y, xh.x, xh.y);
                         acc[k][a] += d[k][a] * (dx0 * (float)p.x + dx1 * (float)p.y) + m[k][a] * gsum;
                     }
+        };
+        if (j0 < nh) half4(j0, q4f, df, mf);
+#pragma unroll 2
+        for (int j = j0 + 32 * ks; j < nh; j += 32 * ks) {
+            const int g = j >> 1, h = j & 1;
+            uint2 q[MV1_OUT][2];
+            float d[MV1_OUT][2], m[MV1_OUT][2];
+#pragma unroll
+            for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+                    if (live[k][a]) {
+                        size_t gi = row[k][a] * ng + g;
+                        q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
+                        d[k][a] = __ldg(S + gi);
+                        m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
+                    }
+            half4(j, q, d, m);
         }
     } else {
+        auto half8 = [&](int j, const uint4 (&q)[MV1_OUT][2], const float (&d)[MV1_OUT][2]) {
+            const int g = j >> 1, h = j & 1;
+            const int4 xg = ((const int4 *)(xq + g * 8))[h];
+            const float dx = dq[j];
+#pragma unroll
+            for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+                    if (live[k][a]) acc[k][a] += d[k][a] * dx * (float)dot_q8h(q[k][a], xg);
+        };
+        if (j0 < nh) half8(j0, q8f, df);
 #pragma unroll 2
-        for (int j = lane + 32 * kw; j < nh; j += 32 * ks) {
+        for (int j = j0 + 32 * ks; j < nh; j += 32 * ks) {
             const int g = j >> 1, h = j & 1;
             uint4 q[MV1_OUT][2];
             float d[MV1_OUT][2];
@@ -217,13 +258,7 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                         q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
                         d[k][a] = __ldg(S + gi);
                     }
-            const int4 xg = ((const int4 *)(xq + g * 8))[h];
-            const float dx = dq[j];
-#pragma unroll
-            for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-                for (int a = 0; a < 2; a++)
-                    if (live[k][a]) acc[k][a] += d[k][a] * dx * (float)dot_q8h(q[k][a], xg);
+            half8(j, q, d);
         }
     }
     const float sc = xnorm ? rsqrtf(warp_sum(ss0 + ss1) / cols + eps) : 1.0f;
