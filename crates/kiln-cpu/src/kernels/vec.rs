@@ -357,15 +357,14 @@ pub fn round_f16(isa: Isa, x: &mut [f32]) {
 /// scalar loop gives. The sum runs position by position, in order, on every path.
 #[inline]
 pub fn softmax(isa: Isa, x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
         // SAFETY: the instruction set was detected on this CPU.
-        done = unsafe { x86::exp_shifted_512(x, max) };
+        return unsafe { x86::softmax_512(x) };
     }
     let _ = isa;
-    for s in &mut x[done..] {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    for s in x.iter_mut() {
         *s = (*s - max).exp();
     }
     let sum = x.iter().fold(0f32, |a, &s| a + s);
@@ -1003,19 +1002,54 @@ mod x86 {
         }
     }
 
-    /// `x[i] = e^(x[i] - max)` for the whole chunks of 16 of `x`; returns how many it did.
+    /// [`super::softmax`] sixteen positions at a time: the maximum over 16 lanes (exact: the
+    /// same as in order), `e^(x - max)` by [`expf_512`] (`f32::exp` after the last whole
+    /// chunk), the sum in order as the scalar loop takes it, the scaling 16 at a time.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub(super) unsafe fn exp_shifted_512(x: &mut [f32], max: f32) -> usize {
+    pub(super) unsafe fn softmax_512(x: &mut [f32]) {
+        let whole = x.len() / 16 * 16;
+        let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
+        for c in x[..whole].chunks_exact(16) {
+            // SAFETY: a chunk holds 16 values.
+            mv = _mm512_max_ps(mv, unsafe { _mm512_loadu_ps(c.as_ptr()) });
+        }
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        // SAFETY: `lanes` holds 16 values.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), mv) };
+        let max = lanes
+            .iter()
+            .chain(&x[whole..])
+            .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let m = _mm512_set1_ps(max);
-        let mut chunks = x.chunks_exact_mut(16);
-        for c in &mut chunks {
+        let mut sum = 0f32;
+        for c in x[..whole].chunks_exact_mut(16) {
             // SAFETY: a chunk holds 16 values.
             unsafe {
-                let v = _mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), m);
-                _mm512_storeu_ps(c.as_mut_ptr(), expf_512(v));
-            }
+                _mm512_storeu_ps(
+                    c.as_mut_ptr(),
+                    expf_512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), m)),
+                )
+            };
+            sum = c.iter().fold(sum, |a, &e| a + e);
         }
-        x.len() / 16 * 16
+        for s in &mut x[whole..] {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        let iv = _mm512_set1_ps(inv);
+        for c in x[..whole].chunks_exact_mut(16) {
+            // SAFETY: a chunk holds 16 values.
+            unsafe {
+                _mm512_storeu_ps(
+                    c.as_mut_ptr(),
+                    _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), iv),
+                )
+            };
+        }
+        for s in &mut x[whole..] {
+            *s *= inv;
+        }
     }
 
     /// `2^(i/32)` as f64 bits, less `i << 47` (added back with the exponent): the table
@@ -1252,13 +1286,13 @@ mod tests {
         }
     }
 
-    /// Attention's softmax on every instruction set of this CPU against the plain loop it
-    /// replaced (libm's `exp`, the sum in order), on rows of whole chunks, partial ones, and
-    /// scores far below the maximum (the lanes `expf_512` hands to `f32::exp`).
+    /// Attention's softmax on every instruction set of this CPU against the plain loop
+    /// (libm's `exp`, the sum in order), on rows of whole chunks, partial ones, and scores far
+    /// below the maximum (the lanes `expf_512` hands to `f32::exp`).
     #[test]
     fn softmax_is_the_plain_loop_on_every_isa() {
         let exact = cfg!(all(target_os = "linux", target_env = "gnu"));
-        for len in [1usize, 15, 16, 17, 80, 100] {
+        for len in [1usize, 15, 16, 17, 80, 100, 333] {
             let row: Vec<f32> = (0..len)
                 .map(|i| match i % 7 {
                     3 => -200.0 + i as f32,
