@@ -226,7 +226,7 @@ pub struct CudaBackend {
     mv_plain: bool,
     /// One-row products by k_mv1d (x read in the loop) instead of k_mv1 (x staged).
     mv1_direct: bool,
-    /// One-row products start all their weights on their way to L2 before the wait.
+    /// Matrix-vector products start all their weights on their way to L2 before the wait.
     mv1_prefetch: bool,
     /// k_mv1d4 (four pieces of each row read before the wait) instead of k_mv1d (two).
     mv1_pre4: bool,
@@ -349,8 +349,8 @@ pub struct CudaOptions {
     /// One-row products read x in their loop over the weights (k_mv1d) instead of staging
     /// it in shared memory first (k_mv1).
     pub mv1_direct: bool,
-    /// One-row products start all their weights on their way to L2 before waiting for the
-    /// kernel before.
+    /// Matrix-vector products (k_mv1, k_mv1d, k_mv1q and k_mvt) start all their weights on
+    /// their way to L2 before waiting for the kernel before.
     pub mv1_prefetch: bool,
     /// One-row products (x read in the loop) by k_mv1d4, which reads four pieces of each of
     /// its rows before the wait, instead of k_mv1d (two).
@@ -984,6 +984,9 @@ impl CudaBackend {
                     splits: splits as i32,
                     ws: self.p(&self.mvt_ws),
                     cnt: self.p(&self.mvt_cnt),
+                    pf: i32::from(self.mv1_prefetch),
+                    // The model's own f16 rows (no kernel before writes them).
+                    early: i32::from(w.q.is_none()),
                 },
             );
             return;

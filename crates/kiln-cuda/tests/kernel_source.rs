@@ -229,7 +229,9 @@ fn every_kernel_gets_its_arguments_in_order() {
             "ks",
             "splits",
             "ws",
-            "cnt"
+            "cnt",
+            "pf",
+            "early"
         ]
     );
 }

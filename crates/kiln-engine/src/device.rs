@@ -118,8 +118,8 @@ pub struct DevOptions {
     /// `cuda-mv1d=0|1`: one-row products read x in their loop over the weights instead of
     /// staging it in shared memory first.
     pub cuda_mv1d: Option<bool>,
-    /// `cuda-mvpf=0|1`: one-row products start their weights on their way to L2 before
-    /// waiting for the kernel before.
+    /// `cuda-mvpf=0|1`: matrix-vector products (one row, and 3 to 8 rows on the tensor cores)
+    /// start their weights on their way to L2 before waiting for the kernel before.
     pub cuda_mvpf: Option<bool>,
     /// `cuda-mvpre=2|4`: pieces of each row a lane of the one-row product (x read in the
     /// loop) reads before waiting for the kernel before.

@@ -383,7 +383,8 @@ __device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a
 
 extern "C" __global__ void __launch_bounds__(256, 2)
 k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
-      float eps, float *out, int out_stride, Epi mode, int ks, int splits, float *ws, u32 *cnt) {
+      float eps, float *out, int out_stride, Epi mode, int ks, int splits, float *ws, u32 *cnt,
+      int pf, int early) {
     __shared__ float scale[8];
     __shared__ float part[MVT_WARPS][2][16][8];
     __shared__ int last;
@@ -393,15 +394,34 @@ k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
     const int g = lane >> 2, c = lane & 3;
     const int na = mode == EPI_SWIGLU ? 2 : 1;
     const int steps = cols >> 5, u0 = blockIdx.y * ks + kw, us = ks * splits;
-    // This warp's weights on their way to L2 (its share of the steps), then wait for x.
-    for (int a = 0; a < na; a++)
-        for (int h = 0; h < 2; h++) {
-            const int o = o0 + g + 8 * h;
-            if (o >= outs) continue;
-            const char *wr = (const char *)(W + (size_t)(o + a * outs) * cols);
-            for (int st = u0; st < steps; st += us)
-                if (c == 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + st * 64));
-        }
+    // With `pf`, this warp's weights on their way to L2 (its share of the steps).
+    if (pf)
+        for (int a = 0; a < na; a++)
+            for (int h = 0; h < 2; h++) {
+                const int o = o0 + g + 8 * h;
+                if (o >= outs) continue;
+                const char *wr = (const char *)(W + (size_t)(o + a * outs) * cols);
+                for (int st = u0; st < steps; st += us)
+                    if (c == 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + st * 64));
+            }
+    const bool l0 = o0 + g < outs, l1 = o0 + g + 8 < outs;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    const uint4 *w0 = (const uint4 *)(W + (size_t)(l0 ? o0 + g : 0) * cols);
+    const uint4 *w1 = (const uint4 *)(W + (size_t)(l1 ? o0 + g + 8 : 0) * cols);
+    const size_t up = (size_t)outs * cols / 8;  // the up rows, in uint4s
+    // With `early` (W is the model's own: no kernel before writes it), this lane's weights of
+    // its first step are read into registers before the wait for x.
+    uint4 f0[2] = {zero, zero}, f1[2] = {zero, zero};
+    const bool pre = early && u0 < steps;
+    if (pre) {
+        const int v = (u0 * 32 + 8 * c) >> 3;
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+            if (a < na) {
+                if (l0) f0[a] = __ldg(w0 + a * up + v);
+                if (l1) f1[a] = __ldg(w1 + a * up + v);
+            }
+    }
     pdl_enter();
     if (warp < n) {
         float sc = 1.0f;
@@ -418,18 +438,14 @@ k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
     const bool xlive = g < n;
     const float sc = xlive ? scale[g] : 0.0f;
     const float *xr = x + (size_t)(xlive ? g : 0) * cols;
-    const bool l0 = o0 + g < outs, l1 = o0 + g + 8 < outs;
-    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     float d[2][4];
 #pragma unroll
     for (int a = 0; a < 2; a++)
 #pragma unroll
         for (int i = 0; i < 4; i++) d[a][i] = 0.0f;
-    const uint4 *w0 = (const uint4 *)(W + (size_t)(l0 ? o0 + g : 0) * cols);
-    const uint4 *w1 = (const uint4 *)(W + (size_t)(l1 ? o0 + g + 8 : 0) * cols);
-    const size_t up = (size_t)outs * cols / 8;  // the up rows, in uint4s
-#pragma unroll 2
-    for (int st = u0; st < steps; st += us) {
+    // Step st's products into d, with its weights q0 (outputs g) and q1 (g + 8) when `have`,
+    // else loaded here.
+    auto step = [&](int st, bool have, const uint4 (&q0s)[2], const uint4 (&q1s)[2]) {
         const int col = st * 32 + 8 * c;
         u32 b[4] = {0u, 0u, 0u, 0u};
         if (xlive) {
@@ -448,12 +464,16 @@ k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
 #pragma unroll
         for (int a = 0; a < 2; a++) {
             if (a >= na) break;
-            const uint4 q0 = l0 ? __ldg(w0 + a * up + v) : zero;
-            const uint4 q1 = l1 ? __ldg(w1 + a * up + v) : zero;
+            const uint4 q0 = have ? q0s[a] : l0 ? __ldg(w0 + a * up + v) : zero;
+            const uint4 q1 = have ? q1s[a] : l1 ? __ldg(w1 + a * up + v) : zero;
             mma16816(d[a], q0.x, q1.x, q0.y, q1.y, b[0], b[1]);
             mma16816(d[a], q0.z, q1.z, q0.w, q1.w, b[2], b[3]);
         }
-    }
+    };
+    // The same steps in the same order with or without the early read (the sums do not change).
+    if (pre) step(u0, true, f0, f1);
+#pragma unroll 2
+    for (int st = pre ? u0 + us : u0; st < steps; st += us) step(st, false, f0, f1);
     // d[a]: outputs g (0, 1) and g + 8 (2, 3), rows 2c and 2c + 1.
 #pragma unroll
     for (int a = 0; a < 2; a++) {

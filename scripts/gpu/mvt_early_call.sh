@@ -1,0 +1,48 @@
+# Device call (twenty-first session): k_mvt (3 to 8 rows on the tensor cores) reading its first
+# step of weights before the wait instead of sending them all towards L2, against the build
+# before (.devbin/kiln_base); with the checks of issue "GPU kernels at the bandwidth limit", its
+# batch-1, 5- and 8-sequence, long-context and quantized figures, and llama.cpp on the same files.
+# Usage (carry .devbin and .devlcpp): bash scripts/gpu/mvt_early_call.sh
+set -u
+. scripts/gpu/setup.sh; K=$B/kiln
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+mkdir -p /tmp/peer/llama.cpp/build &&
+  python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.decompress(open(sys.argv[1],"rb").read()))' \
+    .devlcpp/lcpp_built.txz | tar xf - -C /tmp/peer && mv /tmp/peer/bin /tmp/peer/llama.cpp/build/
+export LD_LIBRARY_PATH=/tmp/peer/llama.cpp/build/bin:$LD_LIBRARY_PATH
+for s in "q05 qwen2.5-0.5b" "l1b llama3.2-1b" "s135 smollm2-135m"; do set -- $s
+  $B/random_hf_model /tmp/$1 f16 $2 >/dev/null; $K convert /tmp/$1 /tmp/$1.gguf >/dev/null 2>&1; done
+# The quantized files in the background while the checks run (on the twenty-first session's
+# call, written before the checks, they and the random models took 364 s).
+( $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1; $K quantize /tmp/l1b /tmp/l1b-q8.gguf --type q8_0
+  $K quantize /tmp/l1b /tmp/l1b-q40.gguf --type q4_0; $K quantize /tmp/l1b /tmp/l1b-q4k.gguf --type q4_k ) >/dev/null 2>&1 &
+QPID=$!
+t() { timeout 200 "$@" --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -4; }
+el "== checks"
+KILN_TEST_DEVICE=cuda t $B/backend_ops
+KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvpf=1 t $B/backend_ops | sed 's/^/mvpf=1: /'
+KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/backend_ops | sed 's/^/quantized: /'
+KILN_TEST_DEVICE=cuda t $B/arch_fixtures
+KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 t $B/real_model
+r=$(KILN_TEST_DEVICE=cuda timeout 300 compute-sanitizer --print-limit 5 $B/backend_ops --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2); echo "sanitizer: ${r:-no summary}"
+p=$(printf 'word %.0s' $(seq 600))
+el "== waiting for the quantized files"; wait $QPID
+for k in kiln kiln_base; do
+  echo "greedy $k: q05 $($B/$k run --device cuda -m /tmp/q05.gguf -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum | cut -c1-12)" \
+    "after 1,200 $($B/$k run --device cuda -m /tmp/q05.gguf -n 32 --temperature 0 --raw "$p" 2>/dev/null | md5sum | cut -c1-12)" \
+    "l1b-q8 quantized $($B/$k run --device cuda -m /tmp/l1b-q8.gguf -n 32 --temperature 0 --raw "hello world" --gpu-weights quantized 2>/dev/null | md5sum | cut -c1-12)"
+done
+el "== copy bandwidth"; python3 scripts/gpu/copy_bw.py
+j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
+el "== batch 1, 5, 8 (kiln, kiln_base alternated) and llama.cpp"
+for r in 1 2; do for m in q05 l1b; do
+  for k in kiln kiln_base; do for b in 1 5 8; do $B/$k bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 -b $b --json 2>/dev/null | j "r$r $k $m b$b"; done; done
+  $K bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --json 2>/dev/null | j "r$r kiln $m p2048"
+  for P in 32 2048; do echo "r$r llama.cpp $m p$P $(timeout 120 /tmp/peer/lcpp_bench /tmp/$m.gguf $P 128 1 2 2>/dev/null | tail -1)"; done
+done; done
+el "== weights read in place against dequantized to f16 (-p 32 -g 256)"
+for r in 1 2; do for m in s135-q4_1 l1b-q8 l1b-q40 l1b-q4k; do
+  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r $m dequantized"
+  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in-place"
+done; $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r l1b f16-file"; done
+el done
