@@ -1321,7 +1321,7 @@ impl CudaBackend {
         let txq = if round && n == 1 && !gqa && (splits == 1 || !cnt.is_null()) {
             let st = self.st();
             let words = st.xh.as_ref().map_or(0, |b| b.len() / 4);
-            let c = cfg.dim;
+            let c = cfg.n_heads * cfg.head_dim;
             (cfg.head_dim.is_multiple_of(16)
                 && c.is_multiple_of(16)
                 && c / 4 + 3 * (c / 16) <= words)
@@ -1384,7 +1384,7 @@ impl CudaBackend {
                     half: 0,
                     x: out.addr(),
                     norm: 0,
-                    cols: cfg.dim,
+                    cols: cfg.n_heads * cfg.head_dim,
                     after: self.launches.load(std::sync::atomic::Ordering::Relaxed),
                 });
             }
