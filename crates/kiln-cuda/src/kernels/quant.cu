@@ -116,27 +116,42 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                 }
             }
         }
-    // Each lane's first half group of its rows, read into registers before the wait.
-    const int j0 = lane + 32 * kw;
-    uint2 q4f[MV1_OUT][2];
-    uint4 q8f[MV1_OUT][2];
-    float df[MV1_OUT][2], mf[MV1_OUT][2];
-    if (j0 < nh) {
-        const int g = j0 >> 1, h = j0 & 1;
+    // Half group j of the rows' weights into registers: 4-bit quants, scales and offsets (the
+    // offset only with the first half: its term takes the whole group's sum), or 8-bit quants
+    // and scales.
+    auto load4 = [&](int j, uint2 (&q)[MV1_OUT][2], float (&d)[MV1_OUT][2], float (&m)[MV1_OUT][2]) {
+        const int g = j >> 1, h = j & 1;
 #pragma unroll
         for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
             for (int a = 0; a < 2; a++)
                 if (live[k][a]) {
                     size_t gi = row[k][a] * ng + g;
-                    if (bits == 4) {
-                        q4f[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
-                        mf[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
-                    } else {
-                        q8f[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
-                    }
-                    df[k][a] = __ldg(S + gi);
+                    q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
+                    d[k][a] = __ldg(S + gi);
+                    m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
                 }
+    };
+    auto load8 = [&](int j, uint4 (&q)[MV1_OUT][2], float (&d)[MV1_OUT][2]) {
+        const int g = j >> 1, h = j & 1;
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) {
+                    size_t gi = row[k][a] * ng + g;
+                    q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
+                    d[k][a] = __ldg(S + gi);
+                }
+    };
+    // Each lane's first half group of its rows, read into registers before the wait.
+    const int j0 = lane + 32 * kw;
+    uint2 q4f[MV1_OUT][2];
+    uint4 q8f[MV1_OUT][2];
+    float df[MV1_OUT][2], mf[MV1_OUT][2];
+    if (j0 < nh) {
+        if (bits == 4) load4(j0, q4f, df, mf);
+        else load8(j0, q8f, df);
     }
     // Only the weights were touched so far: the kernel before (k_quant_x) may still be running.
     pdl_enter();
@@ -177,19 +192,9 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
         if (j0 < nh) half4(j0, q4f, df, mf);
 #pragma unroll 2
         for (int j = j0 + 32 * ks; j < nh; j += 32 * ks) {
-            const int g = j >> 1, h = j & 1;
             uint2 q[MV1_OUT][2];
             float d[MV1_OUT][2], m[MV1_OUT][2];
-#pragma unroll
-            for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-                for (int a = 0; a < 2; a++)
-                    if (live[k][a]) {
-                        size_t gi = row[k][a] * ng + g;
-                        q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
-                        d[k][a] = __ldg(S + gi);
-                        m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
-                    }
+            load4(j, q, d, m);
             half4(j, q, d, m);
         }
     } else {
@@ -206,18 +211,9 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
         if (j0 < nh) half8(j0, q8f, df);
 #pragma unroll 2
         for (int j = j0 + 32 * ks; j < nh; j += 32 * ks) {
-            const int g = j >> 1, h = j & 1;
             uint4 q[MV1_OUT][2];
             float d[MV1_OUT][2];
-#pragma unroll
-            for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-                for (int a = 0; a < 2; a++)
-                    if (live[k][a]) {
-                        size_t gi = row[k][a] * ng + g;
-                        q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
-                        d[k][a] = __ldg(S + gi);
-                    }
+            load8(j, q, d);
             half8(j, q, d);
         }
     }
