@@ -269,6 +269,12 @@ impl Device {
                 if let Some(c) = d.any_cpu() {
                     return Err(not_here(c, "cpu"));
                 }
+                // k_mv1d4 is a variant of the direct kernel: the staged one has no such count.
+                if d.cuda_mvpre == Some(4) && d.cuda_mv1d == Some(false) {
+                    return Err(ModelError::Input(
+                        "cuda-mvpre=4 applies to the direct one-row kernel: drop cuda-mv1d=0 or cuda-mvpre=4".into(),
+                    ));
+                }
                 Self::open_cuda(n, opts)
             }
         }
@@ -420,6 +426,15 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("cpu-exact applies to --device cpu only"),
+            "{e}"
+        );
+        // A count of early pieces for the staged one-row kernel, which has none to change.
+        let mut cuda = DeviceOptions::default();
+        cuda.dev.set("cuda-mvpre=4").unwrap();
+        cuda.dev.set("cuda-mv1d=0").unwrap();
+        let e = Device::open_with(DeviceKind::Cuda(0), &cuda).err().unwrap();
+        assert!(
+            e.to_string().contains("cuda-mvpre=4 applies to the direct"),
             "{e}"
         );
         // What applies is used.
