@@ -3,6 +3,7 @@
 # before (.devbin/kiln_base); with the checks of issue "GPU kernels at the bandwidth limit", its
 # batch-1, 5- and 8-sequence, long-context and quantized figures, and llama.cpp on the same files.
 # Usage (carry .devbin and .devlcpp): bash scripts/gpu/mvt_early_call.sh
+# BASE_QUANT=1: kiln_base's in-place figures too (for a change to the quantized path).
 set -u
 . scripts/gpu/setup.sh; K=$B/kiln
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -23,6 +24,8 @@ KILN_TEST_DEVICE=cuda t $B/backend_ops
 KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvpf=1 t $B/backend_ops | sed 's/^/mvpf=1: /'
 KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/backend_ops | sed 's/^/quantized: /'
 KILN_TEST_DEVICE=cuda t $B/arch_fixtures
+KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/arch_fixtures | sed 's/^/quantized: /'
+r=$(KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized timeout 200 compute-sanitizer --print-limit 5 $B/arch_fixtures quantized_files_decoded --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2); echo "sanitizer, quantized files one token a pass: ${r:-no summary}"
 KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 t $B/real_model
 r=$(KILN_TEST_DEVICE=cuda timeout 300 compute-sanitizer --print-limit 5 $B/backend_ops --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2); echo "sanitizer: ${r:-no summary}"
 p=$(printf 'word %.0s' $(seq 600))
@@ -30,6 +33,8 @@ el "== waiting for the quantized files"; wait $QPID
 for k in kiln kiln_base; do
   echo "greedy $k: q05 $($B/$k run --device cuda -m /tmp/q05.gguf -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum | cut -c1-12)" \
     "after 1,200 $($B/$k run --device cuda -m /tmp/q05.gguf -n 32 --temperature 0 --raw "$p" 2>/dev/null | md5sum | cut -c1-12)" \
+    "s135-q4_1 quantized $($B/$k run --device cuda -m /tmp/s135-q4_1.gguf -n 32 --temperature 0 --raw "hello world" --gpu-weights quantized 2>/dev/null | md5sum | cut -c1-12)" \
+    "l1b-q40 quantized $($B/$k run --device cuda -m /tmp/l1b-q40.gguf -n 32 --temperature 0 --raw "hello world" --gpu-weights quantized 2>/dev/null | md5sum | cut -c1-12)" \
     "l1b-q8 quantized $($B/$k run --device cuda -m /tmp/l1b-q8.gguf -n 32 --temperature 0 --raw "hello world" --gpu-weights quantized 2>/dev/null | md5sum | cut -c1-12)"
 done
 el "== copy bandwidth"; python3 scripts/gpu/copy_bw.py
@@ -44,5 +49,6 @@ el "== weights read in place against dequantized to f16 (-p 32 -g 256)"
 for r in 1 2; do for m in s135-q4_1 l1b-q8 l1b-q40 l1b-q4k; do
   $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r $m dequantized"
   $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in-place"
+  [ "${BASE_QUANT:-0}" = 1 ] && $B/kiln_base bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in-place(kiln_base)"
 done; $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r l1b f16-file"; done
 el done

@@ -1219,6 +1219,7 @@ impl CudaBackend {
         qkv_bias: Dev<f32>,
         out: Dev<f32>,
         out_h: Dev<u16>,
+        round: bool,
     ) {
         let (meta, max_t) = self.meta();
         let (splits, decode, gqa, inv_freq, part, tiles, n_tiles, cnt) = {
@@ -1313,6 +1314,22 @@ impl CudaBackend {
             );
             return;
         }
+        // `round` (one row, W_o read in place next): k_attn rounds its output to bytes for
+        // W_o's product (k_mv1q's x, groups of 16 inside a head) when it merges its own splits,
+        // one k_quant_x launch a layer fewer. The rounded x goes to half 0 of the f16 scratch;
+        // the product reads it there and may leave its own output for the next in half 1.
+        let txq = if round && n == 1 && !gqa && (splits == 1 || !cnt.is_null()) {
+            let st = self.st();
+            let words = st.xh.as_ref().map_or(0, |b| b.len() / 4);
+            let c = cfg.n_heads * cfg.head_dim;
+            (cfg.head_dim.is_multiple_of(16)
+                && c.is_multiple_of(16)
+                && c / 4 + 3 * (c / 16) <= words)
+                .then(|| self.po(&st.xh).cast::<u32>())
+                .filter(|p| !p.is_null())
+        } else {
+            None
+        };
         let args = launch::Attn {
             q,
             q_stride: qs,
@@ -1344,6 +1361,7 @@ impl CudaBackend {
             q_width: dim,
             fuse_kv: i32::from(decode),
             cnt,
+            txq: txq.unwrap_or(Dev::NULL),
         };
         if gqa {
             self.launch(
@@ -1361,6 +1379,15 @@ impl CudaBackend {
                 0,
                 args,
             );
+            if txq.is_some() {
+                *self.qx.lock().unwrap_or_else(|p| p.into_inner()) = Some(QxReady {
+                    half: 0,
+                    x: out.addr(),
+                    norm: 0,
+                    cols: cfg.n_heads * cfg.head_dim,
+                    after: self.launches.load(std::sync::atomic::Ordering::Relaxed),
+                });
+            }
         }
         if splits > 1 && cnt.is_null() {
             self.launch(
@@ -2014,6 +2041,7 @@ impl Backend for CudaBackend {
             Dev::NULL,
             self.p(&out.buf),
             Dev::NULL,
+            false,
         );
     }
 
@@ -2448,6 +2476,8 @@ impl Backend for CudaBackend {
             qkv_bias,
             ap,
             if units { xh } else { Dev::NULL },
+            // W_o read in place at one row: the attention rounds its output for it.
+            !units && l.wo.q.is_some() && self.opts.qx,
         );
         // x += W_o . att
         if units {

@@ -7,6 +7,18 @@ __device__ __forceinline__ void put_out(float *out, u16 *out_h, size_t i, float 
     else out[i] = v;
 }
 
+// With `txq` (decode of one row, the next product's weights read in place), the head's output
+// is also rounded to bytes for that product, as k_quant_x would round it without a norm: groups
+// of 16 values inside the head (hd % 16 == 0), group (h * hd + d) / 16 of the row's n_heads * hd
+// values. Called by every thread of the block for the same d0 (a multiple of 32), with this
+// thread's value of dim d0 + threadIdx.x (anything past hd: not written); whole warps past hd
+// skip it.
+__device__ __forceinline__ void round_out(u32 *txq, int n_heads, int hd, int h, int d0, float v) {
+    if (!txq || d0 + (int)(threadIdx.x & ~31u) >= hd) return;
+    const int d = d0 + threadIdx.x;
+    quant_group16(v, 1.0f, (h * hd + d) >> 4, n_heads * hd, txq, d < hd);
+}
+
 // Decode passes (one new position per row) skip k_kv_write: the decode kernels take the row's
 // new k and v (`kin`, `vin`, rows of the given strides; rotated here when rope_q, with `bias`
 // (q | k | v, q_width values of q) added first, as k_kv_write would) for KV head kvh, as f16
@@ -49,7 +61,7 @@ __device__ __forceinline__ void new_kv(const float *kin, int k_stride, const flo
 // Merges the splits' partials of head h of a row into its output (the block's threads share
 // the dims). Reads through L2 (`__ldcg`): other blocks of the same launch may have written them.
 __device__ void combine_splits(const float *part, int n_heads, int hd, int splits, float *out,
-                               int out_stride, u16 *out_h, int h, int row) {
+                               int out_stride, u16 *out_h, int h, int row, u32 *txq) {
     const float *pp = part + ((size_t)row * n_heads + h) * splits * (hd + 2);
     float mx = (-INFINITY);
     for (int s = 0; s < splits; s++) mx = fmaxf(mx, __ldcg(pp + s * (hd + 2)));
@@ -59,13 +71,17 @@ __device__ void combine_splits(const float *part, int n_heads, int hd, int split
         if (ms != (-INFINITY)) l += __ldcg(pp + s * (hd + 2) + 1) * expf(ms - mx);
     }
     float il = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    for (int d0 = 0; d0 < hd; d0 += blockDim.x) {
+        const int d = d0 + threadIdx.x;
         float a = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            float ms = __ldcg(pp + s * (hd + 2));
-            if (ms != (-INFINITY)) a += __ldcg(pp + s * (hd + 2) + 2 + d) * expf(ms - mx);
+        if (d < hd) {
+            for (int s = 0; s < splits; s++) {
+                float ms = __ldcg(pp + s * (hd + 2));
+                if (ms != (-INFINITY)) a += __ldcg(pp + s * (hd + 2) + 2 + d) * expf(ms - mx);
+            }
+            put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
         }
-        put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
+        round_out(txq, n_heads, hd, h, d0, a * il);
     }
 }
 
@@ -74,7 +90,7 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
        int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
        const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
        float *part, u16 *out_h, const float *kin, int k_stride, const float *vin, int v_stride,
-       const float *bias, int q_width, int fuse_kv, u32 *cnt) {
+       const float *bias, int q_width, int fuse_kv, u32 *cnt, u32 *txq) {
     __shared__ float qs[MAX_HD];
     __shared__ float p[ATT_T];
     __shared__ const u16 *vptr[ATT_T];
@@ -208,11 +224,15 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
     __syncthreads();
     const float il = l > 0.0f ? 1.0f / l : 0.0f;
     float *pp = part + (((size_t)row * n_heads + h) * splits + sp) * (hd + 2);
-    for (int d = threadIdx.x; d < hd; d += ATT_T) {
+    for (int d0 = 0; d0 < hd; d0 += ATT_T) {
+        const int d = d0 + threadIdx.x;
         float a = 0.0f;
-        for (int k = 0; k < vg; k++) a += accs[(k * vt + d / vw) * 8 + d % vw];
-        if (splits == 1) put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
-        else pp[2 + d] = a;
+        if (d < hd) {
+            for (int k = 0; k < vg; k++) a += accs[(k * vt + d / vw) * 8 + d % vw];
+            if (splits == 1) put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
+            else pp[2 + d] = a;
+        }
+        if (splits == 1) round_out(txq, n_heads, hd, h, d0, a * il);
     }
     if (splits == 1) return;
     if (threadIdx.x == 0) { pp[0] = mx; pp[1] = l; }
@@ -230,14 +250,15 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
     __syncthreads();
     if (!last) return;
     __threadfence();
-    combine_splits(part, n_heads, hd, splits, out, out_stride, out_h, h, row);
+    combine_splits(part, n_heads, hd, splits, out, out_stride, out_h, h, row, txq);
 }
 
 // Decode attention, one block per (KV head, row, split) for all the query heads that share the
 // KV head (grouped-query attention): keys and values are staged once in shared memory, GQ_TK
 // positions at a time (the next tile's loads in flight while one is used), and read by every
 // head of the group, where k_attn reads them once per query head. Same arguments, partials and
-// output as k_attn; grid (n_kv_heads, rows, splits). Needs hd % 8 == 0, hd <= GQ_HD, a group of
+// output as k_attn, except `txq`, which must be null (it rounds no output for the next product:
+// it traps otherwise); grid (n_kv_heads, rows, splits). Needs hd % 8 == 0, hd <= GQ_HD, a group of
 // at most GQ_MAXG and group * hd <= GQ_T * GQ_ACC (CudaBackend's gqa_ok).
 #define GQ_T 128
 #define GQ_TK 32
@@ -252,7 +273,8 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
            const float *inv_freq, int rope_q, float scale, int splits, float *out,
            int out_stride, float *part, u16 *out_h, const float *kin, int k_stride,
            const float *vin, int v_stride, const float *bias, int q_width, int fuse_kv,
-           u32 *cnt) {
+           u32 *cnt, u32 *txq) {
+    if (txq) __trap();
     // Rows of keys and values padded by 8 halves, so that the lanes of a warp reading one row
     // each (16 bytes at the same column) fall in different banks.
     __shared__ __align__(16) u16 ks[GQ_TK][GQ_HD + 8];
@@ -401,7 +423,8 @@ k_attn_gqa(const float *q, int q_stride, const u16 *pool, const u32 *meta, int m
 extern "C" __global__ void k_attn_combine(const float *part, int n_heads, int hd, int splits,
                                           float *out, int out_stride, u16 *out_h) {
     pdl_enter();
-    combine_splits(part, n_heads, hd, splits, out, out_stride, out_h, blockIdx.x, blockIdx.y);
+    combine_splits(part, n_heads, hd, splits, out, out_stride, out_h, blockIdx.x, blockIdx.y,
+                   nullptr);
 }
 
 // ---- attention for prefill: tiles of query rows ----------------------------------------------

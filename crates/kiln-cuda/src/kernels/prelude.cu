@@ -122,3 +122,42 @@ __device__ __forceinline__ Meta meta_at(const u32 *m, int max_t) {
     return r;
 }
 
+// Group g of 16 values of x rounded as k_quant_x rounds it, by a product whose output is the
+// next product's x (k_mv1q's txq). k_quant_x keeps its own loop (four values a thread): a value
+// a thread through this function made its launch 2 us slower (measured on the H200). h is
+// this lane's value (each half-warp holds a group, in order), w its RMSNorm weight
+// (1 without a norm), applied here, but not the norm's scale; the group's sum of squares of h
+// is kept, from which k_mv1q finds that scale. Rounding per group commutes with the scale:
+// s * v rounds to the same integers as v, with s times the group's scale. `write`: this
+// half-warp's group is real. All 32 lanes call it.
+__device__ __forceinline__ void quant_group16(float h, float w, int g, int cols, u32 *xq,
+                                              bool write) {
+    const int lane = threadIdx.x & 31, ng = cols >> 4;
+    const float v = h * w;
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int q = __float2int_rn(v * inv);
+    const u32 b = (u32)q & 255u;
+    const u32 word = b | (__shfl_down_sync(0xffffffffu, b, 1) << 8) |
+                     (__shfl_down_sync(0xffffffffu, b, 2) << 16) |
+                     (__shfl_down_sync(0xffffffffu, b, 3) << 24);
+    int qs = q;
+    float ss = h * h;
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) {
+        qs += __shfl_xor_sync(0xffffffffu, qs, o);
+        ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    }
+    if (!write) return;
+    float *gs = (float *)(xq + (cols >> 2)), *dq = gs + ng;
+    const int l = lane & 15;
+    if ((l & 3) == 0) xq[g * 4 + (l >> 2)] = word;
+    if (l == 0) {
+        const float d = amax / 127.0f;
+        gs[g] = d * (float)qs;
+        dq[g] = d;
+        dq[ng + g] = ss;
+    }
+}

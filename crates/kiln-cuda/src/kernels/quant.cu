@@ -74,46 +74,6 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
     }
 }
 
-// Group g of 16 values of x rounded as k_quant_x rounds it, by a product whose output is the
-// next product's x (k_mv1q's txq). k_quant_x keeps its own loop (four values a thread): a value
-// a thread through this function made its launch 2 us slower (measured on the H200). h is
-// this lane's value (each half-warp holds a group, in order), w its RMSNorm weight
-// (1 without a norm), applied here, but not the norm's scale; the group's sum of squares of h
-// is kept, from which k_mv1q finds that scale. Rounding per group commutes with the scale:
-// s * v rounds to the same integers as v, with s times the group's scale. `write`: this
-// half-warp's group is real. All 32 lanes call it.
-__device__ __forceinline__ void quant_group16(float h, float w, int g, int cols, u32 *xq,
-                                              bool write) {
-    const int lane = threadIdx.x & 31, ng = cols >> 4;
-    const float v = h * w;
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 1; o < 16; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    const int q = __float2int_rn(v * inv);
-    const u32 b = (u32)q & 255u;
-    const u32 word = b | (__shfl_down_sync(0xffffffffu, b, 1) << 8) |
-                     (__shfl_down_sync(0xffffffffu, b, 2) << 16) |
-                     (__shfl_down_sync(0xffffffffu, b, 3) << 24);
-    int qs = q;
-    float ss = h * h;
-#pragma unroll
-    for (int o = 1; o < 16; o <<= 1) {
-        qs += __shfl_xor_sync(0xffffffffu, qs, o);
-        ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    }
-    if (!write) return;
-    float *gs = (float *)(xq + (cols >> 2)), *dq = gs + ng;
-    const int l = lane & 15;
-    if ((l & 3) == 0) xq[g * 4 + (l >> 2)] = word;
-    if (l == 0) {
-        const float d = amax / 127.0f;
-        gs[g] = d * (float)qs;
-        dq[g] = d;
-        dq[ng + g] = ss;
-    }
-}
-
 // As k_mv1 for quantized rows, with x as k_quant_x leaves it: each lane takes half groups (16
 // weights: 8 bytes of a 4-bit group, 16 of an 8-bit one) of every row of its warp's outputs
 // at once, so that their loads are in flight together; each lane's first half group of its
@@ -156,27 +116,42 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                 }
             }
         }
-    // Each lane's first half group of its rows, read into registers before the wait.
-    const int j0 = lane + 32 * kw;
-    uint2 q4f[MV1_OUT][2];
-    uint4 q8f[MV1_OUT][2];
-    float df[MV1_OUT][2], mf[MV1_OUT][2];
-    if (j0 < nh) {
-        const int g = j0 >> 1, h = j0 & 1;
+    // Half group j of the rows' weights into registers: 4-bit quants, scales and offsets (the
+    // offset only with the first half: its term takes the whole group's sum), or 8-bit quants
+    // and scales.
+    auto load4 = [&](int j, uint2 (&q)[MV1_OUT][2], float (&d)[MV1_OUT][2], float (&m)[MV1_OUT][2]) {
+        const int g = j >> 1, h = j & 1;
 #pragma unroll
         for (int k = 0; k < MV1_OUT; k++)
 #pragma unroll
             for (int a = 0; a < 2; a++)
                 if (live[k][a]) {
                     size_t gi = row[k][a] * ng + g;
-                    if (bits == 4) {
-                        q4f[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
-                        mf[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
-                    } else {
-                        q8f[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
-                    }
-                    df[k][a] = __ldg(S + gi);
+                    q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
+                    d[k][a] = __ldg(S + gi);
+                    m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
                 }
+    };
+    auto load8 = [&](int j, uint4 (&q)[MV1_OUT][2], float (&d)[MV1_OUT][2]) {
+        const int g = j >> 1, h = j & 1;
+#pragma unroll
+        for (int k = 0; k < MV1_OUT; k++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (live[k][a]) {
+                    size_t gi = row[k][a] * ng + g;
+                    q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
+                    d[k][a] = __ldg(S + gi);
+                }
+    };
+    // Each lane's first half group of its rows, read into registers before the wait.
+    const int j0 = lane + 32 * kw;
+    uint2 q4f[MV1_OUT][2];
+    uint4 q8f[MV1_OUT][2];
+    float df[MV1_OUT][2], mf[MV1_OUT][2];
+    if (j0 < nh) {
+        if (bits == 4) load4(j0, q4f, df, mf);
+        else load8(j0, q8f, df);
     }
     // Only the weights were touched so far: the kernel before (k_quant_x) may still be running.
     pdl_enter();
@@ -217,19 +192,9 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
         if (j0 < nh) half4(j0, q4f, df, mf);
 #pragma unroll 2
         for (int j = j0 + 32 * ks; j < nh; j += 32 * ks) {
-            const int g = j >> 1, h = j & 1;
             uint2 q[MV1_OUT][2];
             float d[MV1_OUT][2], m[MV1_OUT][2];
-#pragma unroll
-            for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-                for (int a = 0; a < 2; a++)
-                    if (live[k][a]) {
-                        size_t gi = row[k][a] * ng + g;
-                        q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
-                        d[k][a] = __ldg(S + gi);
-                        m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
-                    }
+            load4(j, q, d, m);
             half4(j, q, d, m);
         }
     } else {
@@ -246,18 +211,9 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
         if (j0 < nh) half8(j0, q8f, df);
 #pragma unroll 2
         for (int j = j0 + 32 * ks; j < nh; j += 32 * ks) {
-            const int g = j >> 1, h = j & 1;
             uint4 q[MV1_OUT][2];
             float d[MV1_OUT][2];
-#pragma unroll
-            for (int k = 0; k < MV1_OUT; k++)
-#pragma unroll
-                for (int a = 0; a < 2; a++)
-                    if (live[k][a]) {
-                        size_t gi = row[k][a] * ng + g;
-                        q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
-                        d[k][a] = __ldg(S + gi);
-                    }
+            load8(j, q, d);
             half8(j, q, d);
         }
     }
