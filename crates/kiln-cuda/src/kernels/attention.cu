@@ -60,28 +60,49 @@ __device__ __forceinline__ void new_kv(const float *kin, int k_stride, const flo
 
 // Merges the splits' partials of head h of a row into its output (the block's threads share
 // the dims). Reads through L2 (`__ldcg`): other blocks of the same launch may have written them.
+// The first warp reads every split's maximum and sum at once (two splits a lane: splits <= 64)
+// and leaves each split's weight e^(max_s - max) in shared memory; then each dim's thread reads
+// its value of every split, four splits' loads in flight at a time, and sums them in split
+// order, as does each thread for the sum of the weights: the same operations in the same order
+// as one split after another, without a round trip to L2 for each split. blockDim >= 32.
 __device__ void combine_splits(const float *part, int n_heads, int hd, int splits, float *out,
                                int out_stride, u16 *out_h, int h, int row, u32 *txq) {
+    __shared__ float cw[64], cl[64];
     const float *pp = part + ((size_t)row * n_heads + h) * splits * (hd + 2);
-    float mx = (-INFINITY);
-    for (int s = 0; s < splits; s++) mx = fmaxf(mx, __ldcg(pp + s * (hd + 2)));
-    float l = 0.0f;
-    for (int s = 0; s < splits; s++) {
-        float ms = __ldcg(pp + s * (hd + 2));
-        if (ms != (-INFINITY)) l += __ldcg(pp + s * (hd + 2) + 1) * expf(ms - mx);
+    if (threadIdx.x < 32) {
+        const int s0 = threadIdx.x, s1 = threadIdx.x + 32;
+        const float m0 = s0 < splits ? __ldcg(pp + s0 * (hd + 2)) : (-INFINITY);
+        const float m1 = s1 < splits ? __ldcg(pp + s1 * (hd + 2)) : (-INFINITY);
+        cl[s0] = s0 < splits ? __ldcg(pp + s0 * (hd + 2) + 1) : 0.0f;
+        cl[s1] = s1 < splits ? __ldcg(pp + s1 * (hd + 2) + 1) : 0.0f;
+        const float mx = warp_max(fmaxf(m0, m1));
+        // An empty split (no positions: max -inf, sum 0, values 0) weighs 0, and adds +0.
+        cw[s0] = m0 != (-INFINITY) ? expf(m0 - mx) : 0.0f;
+        cw[s1] = m1 != (-INFINITY) ? expf(m1 - mx) : 0.0f;
     }
-    float il = l > 0.0f ? 1.0f / l : 0.0f;
+    __syncthreads();
     for (int d0 = 0; d0 < hd; d0 += blockDim.x) {
         const int d = d0 + threadIdx.x;
-        float a = 0.0f;
+        float a = 0.0f, l = 0.0f;
         if (d < hd) {
-            for (int s = 0; s < splits; s++) {
-                float ms = __ldcg(pp + s * (hd + 2));
-                if (ms != (-INFINITY)) a += __ldcg(pp + s * (hd + 2) + 2 + d) * expf(ms - mx);
+            const float *pd = pp + 2 + d;
+            for (int s0 = 0; s0 < splits; s0 += 4) {
+                float v[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                    v[u] = s0 + u < splits ? __ldcg(pd + (size_t)(s0 + u) * (hd + 2)) : 0.0f;
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                    if (s0 + u < splits) {
+                        l += cl[s0 + u] * cw[s0 + u];
+                        a += v[u] * cw[s0 + u];
+                    }
             }
-            put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
+            const float il = l > 0.0f ? 1.0f / l : 0.0f;
+            a *= il;
+            put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a);
         }
-        round_out(txq, n_heads, hd, h, d0, a * il);
+        round_out(txq, n_heads, hd, h, d0, a);
     }
 }
 
