@@ -56,6 +56,8 @@ __device__ __forceinline__ void new_kv(const float *kin, int k_stride, const flo
 // 0..=pos with an online softmax; with one split it writes the output, else a partial (max, sum,
 // weighted values) that k_attn_combine merges.
 #define ATT_T 128
+// Pieces of a key (8 values each) whose loads k_attn keeps in flight at once.
+#define KU 8
 #define MAX_HD 256
 
 // Merges the splits' partials of head h of a row into its output (the block's threads share
@@ -179,14 +181,25 @@ k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t
             }
             float dot = 0.0f;
             if ((hd & 7) == 0) {
+                // KU pieces' loads in flight at a time, summed in order.
                 const uint4 *k4 = (const uint4 *)kp;
-                for (int j = 0; j < hd / 8; j++) {
-                    uint4 kk = k4[j];
-                    float a, b;
-                    h2f2(kk.x, a, b); dot += a * qs[8 * j] + b * qs[8 * j + 1];
-                    h2f2(kk.y, a, b); dot += a * qs[8 * j + 2] + b * qs[8 * j + 3];
-                    h2f2(kk.z, a, b); dot += a * qs[8 * j + 4] + b * qs[8 * j + 5];
-                    h2f2(kk.w, a, b); dot += a * qs[8 * j + 6] + b * qs[8 * j + 7];
+                const int nk = hd / 8;
+                for (int j0 = 0; j0 < nk; j0 += KU) {
+                    uint4 kv[KU];
+#pragma unroll
+                    for (int u = 0; u < KU; u++)
+                        if (j0 + u < nk) kv[u] = k4[j0 + u];
+#pragma unroll
+                    for (int u = 0; u < KU; u++)
+                        if (j0 + u < nk) {
+                            const int j = j0 + u;
+                            const uint4 kk = kv[u];
+                            float a, b;
+                            h2f2(kk.x, a, b); dot += a * qs[8 * j] + b * qs[8 * j + 1];
+                            h2f2(kk.y, a, b); dot += a * qs[8 * j + 2] + b * qs[8 * j + 3];
+                            h2f2(kk.z, a, b); dot += a * qs[8 * j + 4] + b * qs[8 * j + 5];
+                            h2f2(kk.w, a, b); dot += a * qs[8 * j + 6] + b * qs[8 * j + 7];
+                        }
                 }
             } else {
                 for (int j = 0; j < hd; j++) dot += h2f(kp[j]) * qs[j];
