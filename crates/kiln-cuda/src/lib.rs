@@ -54,6 +54,10 @@ const ATT_T: u32 = 128;
 /// Blocks whose sums k_mvt's scratch holds (blocks that share a tile, 256 floats each).
 const MVT_TILES: usize = 4096;
 
+/// Most splits of a decode attention's positions: the merge (`combine_splits` in
+/// attention.cu) holds each split's weight and sum in 64 shared slots.
+const MAX_SPLITS: usize = 64;
+
 /// Groups of 16 outputs whose x for the next product k_mv1q can round itself (`qx_cnt`).
 const QX_GROUPS: usize = 4096;
 
@@ -1771,7 +1775,7 @@ impl Backend for CudaBackend {
             let base = n * blocks_per_split;
             let fill = (2 * self.sms).div_ceil(base.max(1));
             fill.min(longest.div_ceil(64))
-                .clamp(1, 64)
+                .clamp(1, MAX_SPLITS)
                 .next_power_of_two()
         } else {
             1

@@ -418,7 +418,7 @@ fn store_lanes(v: __m512, o: &mut Tile, t: usize) {
 }
 
 /// A tile function over a panel kernel: a whole panel (16 rows in [`super::repack`]'s
-/// layout) against up to 8 tokens (with `halves`, more than four as two calls), or fewer
+/// layout) against up to 8 tokens (with `halves`, eight as two calls of four), or fewer
 /// rows (those after the last whole panel, in the file's layout) through the scalar code.
 macro_rules! panels {
     ($name:ident, $panel:ident $(<$f:ty>)?, $fmt:ident, $offsets:expr, $halves:expr) => {
@@ -436,35 +436,30 @@ macro_rules! panels {
                     let v = a.with_offsets(nt, &mut buf);
                     return $name(w, rb, nr, &v, nt, o);
                 }
-                // With `$halves`, five to eight tokens go as four, then the rest against the
-                // same panel (now in the L1 cache): four tokens' accumulators stay in
-                // registers, where eight spill (a lane's operations do not depend on how
-                // many tokens share a call, so the results are the same). Only when more
-                // tokens follow (a prompt's pass), so that the panel is read from the caches
-                // anyway: where its only tile streams it from DRAM, reading it in two
-                // passes slowed 8 rows of a Qwen2.5-0.5B-shaped Q4_1 file by 7%.
+                // With `$halves`, a tile of eight tokens goes as two of four against the same
+                // panel (in the L1 cache for the second): four tokens' accumulators stay in
+                // registers, where eight spill (a lane's operations do not depend on how many
+                // tokens share a call, so the results are the same). Only when more tokens
+                // follow the tile (a prompt's pass), so that the panel is read from the caches
+                // anyway: where its only tile streams it from DRAM, two passes slowed 8 rows
+                // of a Qwen2.5-0.5B-shaped Q4_1 file by 7%. (`gemm_rows` makes tiles of eight
+                // while more follow, so fewer than eight are never split.)
                 let halves = $halves && a.tokens() > nt;
                 match nt {
                     1 => $panel::<1 $(, $f)?>(w, a, o),
                     2 => $panel::<2 $(, $f)?>(w, a, o),
                     3 => $panel::<3 $(, $f)?>(w, a, o),
                     4 => $panel::<4 $(, $f)?>(w, a, o),
-                    5 if !halves => $panel::<5 $(, $f)?>(w, a, o),
-                    6 if !halves => $panel::<6 $(, $f)?>(w, a, o),
-                    7 if !halves => $panel::<7 $(, $f)?>(w, a, o),
-                    _ if !halves => $panel::<8 $(, $f)?>(w, a, o),
-                    _ => {
+                    5 => $panel::<5 $(, $f)?>(w, a, o),
+                    6 => $panel::<6 $(, $f)?>(w, a, o),
+                    7 => $panel::<7 $(, $f)?>(w, a, o),
+                    _ if halves => {
                         $panel::<4 $(, $f)?>(w, a, o);
                         let mut rest: Tile = [[0.0; super::PANEL]; 8];
-                        let v = a.skip(4);
-                        match nt - 4 {
-                            1 => $panel::<1 $(, $f)?>(w, &v, &mut rest),
-                            2 => $panel::<2 $(, $f)?>(w, &v, &mut rest),
-                            3 => $panel::<3 $(, $f)?>(w, &v, &mut rest),
-                            _ => $panel::<4 $(, $f)?>(w, &v, &mut rest),
-                        }
-                        o[4..nt].copy_from_slice(&rest[..nt - 4]);
+                        $panel::<4 $(, $f)?>(w, &a.skip(4), &mut rest);
+                        o[4..8].copy_from_slice(&rest[..4]);
                     }
+                    _ => $panel::<8 $(, $f)?>(w, a, o),
                 }
             }
         }
