@@ -3,7 +3,6 @@
 # SmolLM2-135M shape in Q4_1: checks first, then greedy text and batch-1 decode, then the
 # sanitizer. Usage (carry .devbin): bash scripts/gpu/attn_round_call.sh
 . scripts/gpu/setup.sh; K=$B/kiln
-t() { timeout 100 "$@" --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -4; }
 $B/random_hf_model /tmp/s135 f16 smollm2-135m >/dev/null
 $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1 >/dev/null 2>&1
 KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/arch_fixtures quantized_files_decoded

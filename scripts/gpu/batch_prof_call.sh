@@ -3,7 +3,7 @@
 # launch overlaps and pre-wait loads show no gain), for the 5- and 8-sequence ratios of issue
 # "GPU kernels at the bandwidth limit". Usage (carry .devbin): bash scripts/gpu/batch_prof_call.sh
 . scripts/gpu/setup.sh; K=$B/kiln
-$B/random_hf_model /tmp/q05 f16 qwen2.5-0.5b >/dev/null; $K convert /tmp/q05 /tmp/q05.gguf >/dev/null 2>&1
+random_models q05:qwen2.5-0.5b
 for b in 1 8; do
   timeout 100 ncu --clock-control none --csv --metrics gpu__time_duration.sum $K bench --dev cuda-graphs=0 \
     --device cuda -m /tmp/q05.gguf -p 8 -g 8 -b $b --json > /tmp/ncu$b.csv 2>/dev/null

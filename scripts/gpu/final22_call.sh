@@ -5,13 +5,8 @@
 # bash scripts/gpu/final22_call.sh
 set -u
 . scripts/gpu/setup.sh; K=$B/kiln
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-mkdir -p /tmp/peer/llama.cpp/build &&
-  python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.decompress(open(sys.argv[1],"rb").read()))' \
-    .devlcpp/lcpp_built.txz | tar xf - -C /tmp/peer && mv /tmp/peer/bin /tmp/peer/llama.cpp/build/
-export LD_LIBRARY_PATH=/tmp/peer/llama.cpp/build/bin:$LD_LIBRARY_PATH
-for s in "q05 qwen2.5-0.5b" "l1b llama3.2-1b" "s135 smollm2-135m"; do set -- $s
-  $B/random_hf_model /tmp/$1 f16 $2 >/dev/null; $K convert /tmp/$1 /tmp/$1.gguf >/dev/null 2>&1; done
+unpack_lcpp
+random_models q05:qwen2.5-0.5b l1b:llama3.2-1b s135:smollm2-135m
 ( $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1; $K quantize /tmp/l1b /tmp/l1b-q40.gguf --type q4_0
   $K quantize /tmp/l1b /tmp/l1b-q8.gguf --type q8_0 ) >/dev/null 2>&1 &
 QPID=$!

@@ -1,32 +1,6 @@
 # Device call (twenty-second session): k_attn keeping eight pieces of a key in flight (kiln,
 # branch gpu-kloop) against the merge change alone (kiln_u4), and decode attention grouped by
-# KV head (`--dev cuda-gqa=all`), after 2,048 tokens and after 32.
-# Checks first; the sums keep their order, so greedy text must not
-# change. Usage (carry .devbin): bash scripts/gpu/kloop_call.sh
-. scripts/gpu/setup.sh; K=$B/kiln
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-t() { timeout 150 "$@" --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -4; }
-for s in "q05 qwen2.5-0.5b" "l1b llama3.2-1b"; do set -- $s
-  $B/random_hf_model /tmp/$1 f16 $2 >/dev/null; $K convert /tmp/$1 /tmp/$1.gguf >/dev/null 2>&1; done
-el "== checks"
-KILN_TEST_DEVICE=cuda t $B/backend_ops
-KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-gqa=all t $B/backend_ops | sed 's/^/gqa=all: /'
-KILN_TEST_DEVICE=cuda t $B/arch_fixtures
-KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 t $B/real_model
-r=$(KILN_TEST_DEVICE=cuda timeout 150 compute-sanitizer --print-limit 5 $B/backend_ops --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2); echo "sanitizer: ${r:-no summary}"
-p=$(printf 'word %.0s' $(seq 600))
-for k in kiln kiln_u4; do
-  echo "greedy $k: q05 $($B/$k run --device cuda -m /tmp/q05.gguf -n 48 --temperature 0 --raw "hello world" 2>/dev/null | md5sum | cut -c1-12)" \
-    "after 1,200 $($B/$k run --device cuda -m /tmp/q05.gguf -n 32 --temperature 0 --raw "$p" 2>/dev/null | md5sum | cut -c1-12)" \
-    "gqa=all $($B/$k run --device cuda -m /tmp/q05.gguf -n 32 --temperature 0 --raw "$p" --dev cuda-gqa=all 2>/dev/null | md5sum | cut -c1-12)" \
-    "l1b after 1,200 $($B/$k run --device cuda -m /tmp/l1b.gguf -n 32 --temperature 0 --raw "$p" 2>/dev/null | md5sum | cut -c1-12)"
-done
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "decode", round(d["decode_tok_s"],1))' "$1"; }
-el "== decode after 2,048 and after 32 (-g 128)"
-for r in 1 2; do for m in q05 l1b; do for k in kiln kiln_u4; do
-  $B/$k bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --json 2>/dev/null | j "r$r $k $m p2048"
-  $B/$k bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 --json 2>/dev/null | j "r$r $k $m p32"
-done
-  $K bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --dev cuda-gqa=all --json 2>/dev/null | j "r$r kiln $m p2048 gqa=all"
-done; done
-el done
+# KV head (`--dev cuda-gqa=all`), after 2,048 tokens and after 32: combine_call.sh with those
+# builds. Checks first; the sums keep their order, so greedy text must not change.
+# Usage (carry .devbin): bash scripts/gpu/kloop_call.sh
+BUILDS="kiln kiln_u4" GQA_ALL=1 exec bash scripts/gpu/combine_call.sh

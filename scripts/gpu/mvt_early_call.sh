@@ -6,19 +6,13 @@
 # BASE_QUANT=1: kiln_base's in-place figures too (for a change to the quantized path).
 set -u
 . scripts/gpu/setup.sh; K=$B/kiln
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-mkdir -p /tmp/peer/llama.cpp/build &&
-  python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.decompress(open(sys.argv[1],"rb").read()))' \
-    .devlcpp/lcpp_built.txz | tar xf - -C /tmp/peer && mv /tmp/peer/bin /tmp/peer/llama.cpp/build/
-export LD_LIBRARY_PATH=/tmp/peer/llama.cpp/build/bin:$LD_LIBRARY_PATH
-for s in "q05 qwen2.5-0.5b" "l1b llama3.2-1b" "s135 smollm2-135m"; do set -- $s
-  $B/random_hf_model /tmp/$1 f16 $2 >/dev/null; $K convert /tmp/$1 /tmp/$1.gguf >/dev/null 2>&1; done
+unpack_lcpp
+random_models q05:qwen2.5-0.5b l1b:llama3.2-1b s135:smollm2-135m
 # The quantized files in the background while the checks run (on the twenty-first session's
 # call, written before the checks, they and the random models took 364 s).
 ( $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1; $K quantize /tmp/l1b /tmp/l1b-q8.gguf --type q8_0
   $K quantize /tmp/l1b /tmp/l1b-q40.gguf --type q4_0; $K quantize /tmp/l1b /tmp/l1b-q4k.gguf --type q4_k ) >/dev/null 2>&1 &
 QPID=$!
-t() { timeout 200 "$@" --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -4; }
 el "== checks"
 KILN_TEST_DEVICE=cuda t $B/backend_ops
 KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvpf=1 t $B/backend_ops | sed 's/^/mvpf=1: /'

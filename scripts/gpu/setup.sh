@@ -12,3 +12,27 @@ mkdir -p /work /work/shared/fixtures
 [ -e /work/main ] || ln -s "$PWD" /work/main
 cp .devdata/fixtures/* /work/shared/fixtures/ 2>/dev/null
 OUT=${OUT:-/tmp/out}
+
+# Helpers the calls share.
+T0=$(date +%s)
+# el TEXT: TEXT after the seconds since setup.
+el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+# t TEST_BINARY [FILTER]: a test binary's summary lines (one thread, 150 s at most).
+t() { timeout 150 "$@" --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -4; }
+# random_models NAME:SHAPE ...: random f16 weights of each shape in /tmp/NAME, and
+# /tmp/NAME.gguf converted from them (`kiln convert`).
+random_models() {
+  local s
+  for s in "$@"; do
+    "$B/random_hf_model" "/tmp/${s%%:*}" f16 "${s#*:}" >/dev/null
+    "$B/kiln" convert "/tmp/${s%%:*}" "/tmp/${s%%:*}.gguf" >/dev/null 2>&1
+  done
+}
+# unpack_lcpp: llama.cpp as scripts/gpu/build_lcpp.sh built it (.devlcpp), its harness at
+# /tmp/peer/lcpp_bench and its libraries on the path.
+unpack_lcpp() {
+  mkdir -p /tmp/peer/llama.cpp/build &&
+    python3 -c 'import lzma,sys; sys.stdout.buffer.write(lzma.decompress(open(sys.argv[1],"rb").read()))' \
+      .devlcpp/lcpp_built.txz | tar xf - -C /tmp/peer && mv /tmp/peer/bin /tmp/peer/llama.cpp/build/
+  export LD_LIBRARY_PATH=/tmp/peer/llama.cpp/build/bin:$LD_LIBRARY_PATH
+}

@@ -437,9 +437,9 @@ macro_rules! panels {
                     return $name(w, rb, nr, &v, nt, o);
                 }
                 // With `$halves`, a tile of eight tokens goes as two of four against the same
-                // panel (in the L1 cache for the second): four tokens' accumulators stay in
-                // registers, where eight spill (a lane's operations do not depend on how many
-                // tokens share a call, so the results are the same). Only when more tokens
+                // panel (the second pass expected to find it in L1): four tokens' accumulators
+                // fit in registers, eight do not (see `q4_1_panel`); a lane's operations do not
+                // depend on how many tokens share a call, so the results are the same. Only when more tokens
                 // follow the tile (a prompt's pass), so that the panel is read from the caches
                 // anyway: where its only tile streams it from DRAM, two passes slowed 8 rows
                 // of a Qwen2.5-0.5B-shaped Q4_1 file by 7%. (`gemm_rows` makes tiles of eight
