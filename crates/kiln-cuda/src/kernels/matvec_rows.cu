@@ -48,6 +48,27 @@ __device__ float stage_x(const float *x, int cols, const float *nw, float eps, f
     return rsqrtf(block_sum(ss, red) / cols + eps);  // its first barrier publishes xs
 }
 
+// The sum of squares of one row of x, by one warp (lane: its lane), for the several-row
+// products' RMSNorm: each lane issues eight float4 loads before it adds any, so a chunk of
+// 1,024 columns costs one trip to L2 (a loop of one float a lane and iteration waited for each
+// load in turn). Needs cols % 4 == 0.
+__device__ __forceinline__ float row_sumsq(const float *xr, int cols, int lane) {
+    const float4 *x4 = (const float4 *)xr;
+    const int n4 = cols >> 2;
+    float ss = 0.0f;
+    for (int b = 0; b < n4; b += 8 * 32) {
+        float4 v[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int i = b + 32 * k + lane;
+            v[k] = i < n4 ? x4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+    }
+    return warp_sum(ss);
+}
+
 // Stores output o as the epilogue says; returns the value stored.
 __device__ __forceinline__ float mv_store(float *out, int o, int outs, const float *bias, float s0,
                                           float s1, Epi mode) {
@@ -241,11 +262,7 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
     if (warp < N) {
         float sc = 1.0f;
         if (nw) {
-            const float *xr = x + (size_t)warp * cols;
-            float ss = 0.0f;
-            for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
-            ss = warp_sum(ss);
-            sc = rsqrtf(ss / cols + eps);
+            sc = rsqrtf(row_sumsq(x + (size_t)warp * cols, cols, lane) / cols + eps);
         }
         if (lane == 0) scale[warp] = sc;
     }
@@ -381,7 +398,9 @@ __device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+// At most 64 registers (four blocks an SM, as with the scalar norm loop before row_sumsq's
+// eight float4s in flight, which alone would take 69 and leave three).
+extern "C" __global__ void __launch_bounds__(256, 4)
 k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
       float eps, float *out, int out_stride, Epi mode, int ks, int splits, float *ws, u32 *cnt,
       int pf, int early) {
@@ -426,11 +445,7 @@ k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
     if (warp < n) {
         float sc = 1.0f;
         if (nw) {
-            const float *xr = x + (size_t)warp * cols;
-            float ss = 0.0f;
-            for (int i = lane; i < cols; i += 32) ss += xr[i] * xr[i];
-            ss = warp_sum(ss);
-            sc = rsqrtf(ss / cols + eps);
+            sc = rsqrtf(row_sumsq(x + (size_t)warp * cols, cols, lane) / cols + eps);
         }
         if (lane == 0) scale[warp] = sc;
     }

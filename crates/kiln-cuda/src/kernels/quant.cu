@@ -76,8 +76,8 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
 
 // As k_mv1 for quantized rows, with x as k_quant_x leaves it: each lane takes half groups (16
 // weights: 8 bytes of a 4-bit group, 16 of an 8-bit one) of every row of its warp's outputs
-// at once, so that their loads are in flight together; each lane's first half group of its
-// rows is read into registers before the kernel waits for the one before it (and with `pf`
+// at once, so that their loads are in flight together; each lane's first two half groups of
+// its rows are read into registers before the kernel waits for the one before it (and with `pf`
 // all its weights, quants, scales and offsets, are sent towards L2 there too). The products
 // are integer dot products of four bytes (__dp4a): one instruction for four weights, where
 // converting each weight to f32 took three. Nothing is staged: x is read from L2 as bytes.
@@ -89,7 +89,10 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
 // ks 1 a whole group, which its first warp rounds as it stores it; else the last of the ks
 // blocks of a group to finish (counted in tcnt, which it resets) reads the group back and
 // rounds it. Needs outs a multiple of 16.
-extern "C" __global__ void __launch_bounds__(256)
+// At most 64 registers a thread (four blocks an SM): with the second half group read early it
+// took 77 and three blocks, and the Llama-1B shape's products (more blocks than SMs hold at
+// once) ran 12% slower so on an H100 (docs/PERF.md, twenty-third session).
+extern "C" __global__ void __launch_bounds__(256, 4)
 k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
        int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,
        const float *tnw, u32 *tcnt, int pf) {
@@ -144,15 +147,20 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                     d[k][a] = __ldg(S + gi);
                 }
     };
-    // Each lane's first half group of its rows, read into registers before the wait.
-    const int j0 = lane + 32 * kw;
-    uint2 q4f[MV1_OUT][2];
-    uint4 q8f[MV1_OUT][2];
-    float df[MV1_OUT][2], mf[MV1_OUT][2];
-    if (j0 < nh) {
-        if (bits == 4) load4(j0, q4f, df, mf);
-        else load8(j0, q8f, df);
-    }
+    // Each lane's first two half groups of its rows (j0 and j0 + step), read into registers
+    // before the wait: with a row of up to 32 * ks * 2 half groups (1,024 columns at ks 1,
+    // 2,048 at ks 2) every weight of the product is then in flight before it, and none is
+    // read after the kernel before ends.
+    const int j0 = lane + 32 * kw, step = 32 * ks;
+    uint2 q4f[2][MV1_OUT][2];
+    uint4 q8f[2][MV1_OUT][2];
+    float df[2][MV1_OUT][2], mf[2][MV1_OUT][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        if (j0 + i * step < nh) {
+            if (bits == 4) load4(j0 + i * step, q4f[i], df[i], mf[i]);
+            else load8(j0 + i * step, q8f[i], df[i]);
+        }
     // Only the weights were touched so far: the kernel before (k_quant_x) may still be running.
     pdl_enter();
     // x's sums of squares (xnorm) are loaded now and added up after the products, so that their
@@ -189,9 +197,11 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                         acc[k][a] += d[k][a] * (dx0 * (float)p.x + dx1 * (float)p.y) + m[k][a] * gsum;
                     }
         };
-        if (j0 < nh) half4(j0, q4f, df, mf);
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            if (j0 + i * step < nh) half4(j0 + i * step, q4f[i], df[i], mf[i]);
 #pragma unroll 2
-        for (int j = j0 + 32 * ks; j < nh; j += 32 * ks) {
+        for (int j = j0 + 2 * step; j < nh; j += step) {
             uint2 q[MV1_OUT][2];
             float d[MV1_OUT][2], m[MV1_OUT][2];
             load4(j, q, d, m);
@@ -208,9 +218,11 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
                 for (int a = 0; a < 2; a++)
                     if (live[k][a]) acc[k][a] += d[k][a] * dx * (float)dot_q8h(q[k][a], xg);
         };
-        if (j0 < nh) half8(j0, q8f, df);
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            if (j0 + i * step < nh) half8(j0 + i * step, q8f[i], df[i]);
 #pragma unroll 2
-        for (int j = j0 + 32 * ks; j < nh; j += 32 * ks) {
+        for (int j = j0 + 2 * step; j < nh; j += step) {
             uint4 q[MV1_OUT][2];
             float d[MV1_OUT][2];
             load8(j, q, d);
