@@ -264,6 +264,43 @@ pub fn quantize_q4_k(x: &[f32]) -> Vec<u8> {
     out
 }
 
+/// `encode(x)` for a block format of `block` values a block, worked out on `threads` threads:
+/// each takes a run of whole blocks and the runs' bytes are joined in order. Blocks are encoded
+/// independently, so the bytes are those of one `encode(x)`.
+fn encode_on(x: &[f32], block: usize, encode: fn(&[f32]) -> Vec<u8>, threads: usize) -> Vec<u8> {
+    let blocks = x.len() / block;
+    let threads = threads.min(blocks).max(1);
+    if threads == 1 {
+        return encode(x);
+    }
+    let run = blocks.div_ceil(threads) * block;
+    std::thread::scope(|s| {
+        let parts: Vec<_> = x.chunks(run).map(|c| s.spawn(move || encode(c))).collect();
+        let mut out = Vec::new();
+        for p in parts {
+            match p.join() {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+        out
+    })
+}
+
+/// [`encode_on`] over the machine's cores, one thread a 64 blocks at most (a small tensor is
+/// not worth a thread).
+fn encode_par(x: &[f32], block: usize, encode: fn(&[f32]) -> Vec<u8>) -> Vec<u8> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    encode_on(x, block, encode, cores.min(x.len() / block / 64))
+}
+
+/// Encodes `x` as little-endian f16 values.
+fn encode_f16(x: &[f32]) -> Vec<u8> {
+    x.iter()
+        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+        .collect()
+}
+
 fn quantize_matrix(t: &RawTensor, ty: GgmlType) -> Result<RawTensor, ModelError> {
     let x = t.to_f32()?;
     let data = match ty {
@@ -432,6 +469,29 @@ mod tests {
             );
             dequantize(GgmlType::Q8_0, &quantize_q8_0(&x), &mut y).unwrap();
             assert!(y.iter().all(|&b| (b - v).abs() < 0.02), "q8_0 {v}");
+        }
+    }
+
+    #[test]
+    fn blocks_encoded_on_several_threads_are_the_blocks_encoded_on_one() {
+        // 37 super-blocks: runs of unequal length, the last one short.
+        let x = signal(37 * QK_K, 11);
+        for threads in [2, 3, 7, 64] {
+            assert_eq!(
+                encode_on(&x, QK_K, quantize_q4_k, threads),
+                quantize_q4_k(&x),
+                "q4_k on {threads} threads"
+            );
+            assert_eq!(
+                encode_on(&x, 32, quantize_q4_1, threads),
+                quantize_q4_1(&x),
+                "q4_1 on {threads} threads"
+            );
+            assert_eq!(
+                encode_on(&x[..1001], 1, encode_f16, threads),
+                encode_f16(&x[..1001]),
+                "f16 on {threads} threads"
+            );
         }
     }
 
@@ -612,15 +672,13 @@ pub fn quantize_file(
                 } else {
                     r.converted += 1;
                 }
+                // Spread over the cores: a tensor's blocks do not depend on each other.
                 match ty {
-                    GgmlType::F16 => x
-                        .iter()
-                        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                        .collect(),
-                    GgmlType::Q8_0 => quantize_q8_0(&x),
-                    GgmlType::Q4_0 => quantize_q4_0(&x),
-                    GgmlType::Q4_1 => quantize_q4_1(&x),
-                    _ => quantize_q4_k(&x),
+                    GgmlType::F16 => encode_par(&x, 1, encode_f16),
+                    GgmlType::Q8_0 => encode_par(&x, 32, quantize_q8_0),
+                    GgmlType::Q4_0 => encode_par(&x, 32, quantize_q4_0),
+                    GgmlType::Q4_1 => encode_par(&x, 32, quantize_q4_1),
+                    _ => encode_par(&x, QK_K, quantize_q4_k),
                 }
             }
         };
