@@ -417,6 +417,10 @@ fn store_lanes(v: __m512, o: &mut Tile, t: usize) {
     unsafe { _mm512_storeu_ps(o[t].as_mut_ptr(), v) };
 }
 
+/// A panel of at most this many bytes is read by halves even as its only tile (decode of 8
+/// rows): the second pass finds it in L1 (half of a 32 KB L1, with the activations beside it).
+const HALVES_PANEL_BYTES: usize = 16 * 1024;
+
 /// A tile function over a panel kernel: a whole panel (16 rows in [`super::repack`]'s
 /// layout) against up to 8 tokens (with `halves`, eight as two calls of four), or fewer
 /// rows (those after the last whole panel, in the file's layout) through the scalar code.
@@ -439,12 +443,15 @@ macro_rules! panels {
                 // With `$halves`, a tile of eight tokens goes as two of four against the same
                 // panel (the second pass expected to find it in L1): four tokens' accumulators
                 // fit in registers, eight do not (see `q4_1_panel`); a lane's operations do not
-                // depend on how many tokens share a call, so the results are the same. Only when more tokens
-                // follow the tile (a prompt's pass), so that the panel is read from the caches
-                // anyway: where its only tile streams it from DRAM, two passes slowed 8 rows
-                // of a Qwen2.5-0.5B-shaped Q4_1 file by 7%. (`gemm_rows` makes tiles of eight
-                // while more follow, so fewer than eight are never split.)
-                let halves = $halves && a.tokens() > nt;
+                // depend on how many tokens share a call, so the results are the same. When
+                // more tokens follow the tile (a prompt's pass), or when the panel is small
+                // enough for the second pass to find it in L1 (HALVES_PANEL_BYTES: 8 rows of
+                // decode of the default model, 2.6% faster over 8 alternated pairs). Where a
+                // large panel's only tile streams it from DRAM, two passes slowed 8 rows of a
+                // Qwen2.5-0.5B-shaped Q4_1 file by 7% (its down product's panels are 48 KB).
+                // (`gemm_rows` makes tiles of eight while more follow, so fewer than eight
+                // are never split.)
+                let halves = $halves && (a.tokens() > nt || rb * super::PANEL <= HALVES_PANEL_BYTES);
                 match nt {
                     1 => $panel::<1 $(, $f)?>(w, a, o),
                     2 => $panel::<2 $(, $f)?>(w, a, o),
