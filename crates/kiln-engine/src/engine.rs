@@ -246,6 +246,10 @@ pub struct EngineConfig {
     /// likely to be taken, not a fixed number (0: never stops early). A sampled request's
     /// draws come with no such measure of confidence and always propose their `draft_max`.
     pub draft_p_min: f32,
+    /// With a draft model and one sequence running, propose the number of tokens (at least
+    /// one, at most the request's `draft_max`) that the measured costs say gives the most
+    /// tokens a second ([`SpecCosts`]); off, the pace alone (as prompt lookup's) decides.
+    pub draft_by_cost: bool,
 }
 
 impl Default for EngineConfig {
@@ -256,6 +260,7 @@ impl Default for EngineConfig {
             max_queue: 1024,
             max_speculative_batch: 8,
             draft_p_min: DRAFT_P_MIN,
+            draft_by_cost: true,
         }
     }
 }
@@ -479,9 +484,11 @@ struct Lookup {
     pause: usize,
     /// Misses in a row.
     misses: usize,
-    /// Tokens proposed, and taken, over the sequence's life.
+    /// Tokens proposed, and taken, over the sequence's life, and the rounds that ended at a
+    /// proposal not taken.
     proposed: usize,
     taken: usize,
+    rejected: usize,
 }
 
 impl Lookup {
@@ -489,6 +496,7 @@ impl Lookup {
     fn update(&mut self, d: usize, taken: usize, k: usize) {
         self.proposed += d;
         self.taken += taken;
+        self.rejected += usize::from(taken < d);
         if taken == d {
             self.cap = (self.cap * 2).min(k);
             self.misses = 0;
@@ -501,6 +509,125 @@ impl Lookup {
                 self.misses = 0;
             }
         }
+    }
+}
+
+impl Lookup {
+    /// The chance that a proposal is taken once those before it were: taken proposals over
+    /// taken and rejected ones, with one of each assumed (so it starts at one half).
+    fn acceptance(&self) -> f64 {
+        (self.taken as f64 + 1.0) / ((self.taken + self.rejected) as f64 + 2.0)
+    }
+}
+
+/// What the model's passes and the draft's cost, measured while one sequence runs, to choose
+/// how many tokens the draft proposes. A round of k proposals costs k draft passes and a pass
+/// of the model over k + 1 rows, and gives (1 - a^(k+1)) / (1 - a) tokens when each proposal
+/// is taken with chance a once those before it were; plain decoding gives one token a pass
+/// of one row. Where a pass of several rows costs several of one (the CPU, whose products of
+/// several tokens are bound by arithmetic, not by reading the weights) or a draft pass costs
+/// about a model pass (a small model on a GPU, bound by launches), few proposals or one give
+/// the most tokens a second.
+#[derive(Debug, Default)]
+struct SpecCosts {
+    /// Seconds of a pass of the model by rows (index), moving averages; 0: not seen.
+    pass: Vec<f64>,
+    /// Seconds of one draft pass, moving average; 0: not seen.
+    draft: f64,
+}
+
+/// The weight of a new measurement in [`SpecCosts`]' averages.
+const COST_EMA: f64 = 0.25;
+
+impl SpecCosts {
+    fn ema(old: f64, new: f64) -> f64 {
+        if old > 0.0 {
+            old + COST_EMA * (new - old)
+        } else {
+            new
+        }
+    }
+
+    fn note_pass(&mut self, rows: usize, seconds: f64) {
+        if rows == 0 || rows > 64 || seconds <= 0.0 {
+            return;
+        }
+        if self.pass.len() <= rows {
+            self.pass.resize(rows + 1, 0.0);
+        }
+        self.pass[rows] = Self::ema(self.pass[rows], seconds);
+    }
+
+    fn note_draft(&mut self, seconds: f64) {
+        if seconds > 0.0 {
+            self.draft = Self::ema(self.draft, seconds);
+        }
+    }
+
+    /// A pass of `rows` rows: a straight line (least squares) through the sizes seen, which
+    /// must include one row and another size; `None` before.
+    fn pass_at(&self, rows: usize) -> Option<f64> {
+        let seen: Vec<(f64, f64)> = self
+            .pass
+            .iter()
+            .enumerate()
+            .filter(|&(_, &t)| t > 0.0)
+            .map(|(n, &t)| (n as f64, t))
+            .collect();
+        if self.pass.get(1).is_none_or(|&t| t <= 0.0) || seen.len() < 2 {
+            return None;
+        }
+        if let Some(&(_, t)) = seen.iter().find(|&&(n, _)| n == rows as f64) {
+            return Some(t);
+        }
+        let m = seen.len() as f64;
+        let (sx, sy) = seen
+            .iter()
+            .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
+        let (mx, my) = (sx / m, sy / m);
+        let (sxy, sxx) = seen.iter().fold((0.0, 0.0), |(a, b), &(x, y)| {
+            (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+        });
+        let slope = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
+        Some((my + slope * (rows as f64 - mx)).max(self.pass[1]))
+    }
+
+    /// The number of proposals, 1 to `most`, that gives the most tokens a second at
+    /// acceptance `a`; `None` until a pass of one row was timed (the pace decides). Pass
+    /// sizes not yet seen are estimated from a line through those seen, so a neighbour of the
+    /// best (one proposal more, then one fewer) is tried once before the best is kept.
+    fn best(&self, a: f64, most: usize) -> Option<usize> {
+        if most == 0 || self.pass.get(1).is_none_or(|&t| t <= 0.0) {
+            return None;
+        }
+        // The first round proposes two, a cheap second size to draw the line through.
+        let Some(k) = self.best_estimated(a, most) else {
+            return Some(most.min(2));
+        };
+        let seen = |rows: usize| self.pass.get(rows).is_some_and(|&t| t > 0.0);
+        Some(if k < most && !seen(k + 2) {
+            k + 1
+        } else if k > 1 && !seen(k) {
+            k - 1
+        } else {
+            k
+        })
+    }
+
+    fn best_estimated(&self, a: f64, most: usize) -> Option<usize> {
+        if self.draft <= 0.0 || most == 0 {
+            return None;
+        }
+        let a = a.clamp(0.0, 0.999);
+        let mut best: Option<(f64, usize)> = None;
+        for k in 1..=most {
+            let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
+            let rate = tokens / (k as f64 * self.draft + self.pass_at(k + 1)?);
+            if best.is_none_or(|(r, _)| rate > r) {
+                best = Some((rate, k));
+            }
+        }
+        best.map(|(_, k)| k)
     }
 }
 
@@ -753,6 +880,7 @@ impl<R: Runner> Engine<R> {
         }
         self.draft = Some(Drafter {
             blocks: BlockManager::new(runner.n_blocks(), runner.block_size()),
+            costs: SpecCosts::default(),
             runner,
             rows: Vec::new(),
             adjust: Vec::new(),
@@ -1239,6 +1367,7 @@ impl<R: Runner> Engine<R> {
         if self.running.len() > self.cfg.max_speculative_batch {
             return Ok(());
         }
+        let lone = self.running.len() == 1;
         let mut rows: usize = plan
             .iter()
             .filter(|&&(i, _)| self.running[i].in_scored_part())
@@ -1269,7 +1398,19 @@ impl<R: Runner> Engine<R> {
                 seq.lookup.pause -= 1;
                 continue;
             }
-            let k = seq.lookup.cap;
+            let mut k = seq.lookup.cap;
+            if params.draft_max > 0 && lone && self.cfg.draft_by_cost {
+                if let Some(d) = self.draft.as_ref() {
+                    if d.costs.pass.get(1).is_none_or(|&t| t <= 0.0) {
+                        // One plain step first: its cost is the measure of the others.
+                        continue;
+                    }
+                    if let Some(best) = d.costs.best(seq.lookup.acceptance(), params.speculative())
+                    {
+                        k = best;
+                    }
+                }
+            }
             let generated = seq.tokens.len() - seq.prompt_len;
             let room = params
                 .max_tokens
@@ -1335,8 +1476,12 @@ impl<R: Runner> Engine<R> {
         };
         let p_min = self.cfg.draft_p_min;
         let t0 = Instant::now();
+        let passes_before = self.stats.draft_passes;
+        let lone = self.running.len() == 1;
         let ctx = dr.runner.context_length();
         let mut budget = self.cfg.max_batch_tokens.max(1);
+        // Whether no sequence catches up more than a token or two (a pass as any other).
+        let mut caught_up = true;
         // (sequence index, plan index, most proposals, first position fed, whether the pass
         // reaches the last token)
         let mut feed = Vec::new();
@@ -1356,6 +1501,7 @@ impl<R: Runner> Engine<R> {
             }
             let from = seq.draft_len.min(len - 1);
             let take = (len - from).min(budget);
+            caught_up &= take <= 2;
             budget -= take;
             feed.push((idx, pi, d, from, take, from + take == len));
         }
@@ -1445,6 +1591,12 @@ impl<R: Runner> Engine<R> {
         let spent = t0.elapsed().as_secs_f64();
         self.stats.draft_seconds += spent;
         self.stats.model_seconds += spent;
+        let passes = self.stats.draft_passes - passes_before;
+        if lone && caught_up && passes > 0 {
+            if let Some(dr) = self.draft.as_mut() {
+                dr.costs.note_draft(spent / passes as f64);
+            }
+        }
         Ok(out)
     }
 
@@ -1508,6 +1660,16 @@ impl<R: Runner> Engine<R> {
             return self.fail_step(plan, pre, e);
         }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
+        // A lone sequence's decoding pass (one row, or a verification of proposals): timed
+        // below for the draft's choice of how many to propose.
+        let timed_rows = match plan.as_slice() {
+            [(i, n)] if self.running.len() == 1 && self.draft.is_some() => {
+                let s = &self.running[*i];
+                (s.computed + n == s.tokens.len() && (*n == 1 || !s.drafts.is_empty()))
+                    .then_some(*n)
+            }
+            _ => None,
+        };
         // A runner that overlaps gets the token masks computed while its pass runs, unless a
         // teacher-forced pass (which must wait for this step's sampling) follows it.
         let has_scored = plan
@@ -1715,6 +1877,9 @@ impl<R: Runner> Engine<R> {
             model_s += spent;
         }
         self.stats.model_seconds += model_s;
+        if let (Some(n), Some(dr), true) = (timed_rows, self.draft.as_mut(), result.is_ok()) {
+            dr.costs.note_pass(n, model_s);
+        }
         let vocab = self.runner.vocab_size();
         if result.is_ok() && self.sampled.len() != self.rows.len() {
             result = Err(ModelError::Input(format!(
@@ -1857,6 +2022,7 @@ impl<R: Runner> Engine<R> {
 struct Drafter {
     runner: Box<dyn Runner>,
     blocks: BlockManager,
+    costs: SpecCosts,
     rows: Vec<RowSampling>,
     adjust: Vec<Adjust>,
     sampled: Vec<Sampled>,
@@ -2243,6 +2409,43 @@ impl<R: Runner> Drop for Engine<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Costs in plain steps: a pass of n rows 1 + c (n - 1), a draft pass d.
+    fn costs(c: f64, d: f64, sizes: &[usize]) -> SpecCosts {
+        let mut s = SpecCosts::default();
+        for &n in sizes {
+            s.note_pass(n, 1.0 + c * (n as f64 - 1.0));
+        }
+        s.note_draft(d);
+        s
+    }
+
+    #[test]
+    fn proposals_follow_what_passes_and_drafts_cost() {
+        let all: Vec<usize> = (1..=17).collect();
+        // Nothing timed yet, or no pass of one row: the pace decides.
+        assert_eq!(SpecCosts::default().best(0.9, 8), None);
+        assert_eq!(costs(0.3, 0.4, &[9]).best(0.9, 8), None);
+        // One row timed only: a first probe of two.
+        assert_eq!(costs(0.3, 0.4, &[1]).best(0.9, 8), Some(2));
+        // Verifying costs about one pass whatever its rows (a device bound by bytes): all
+        // eight at a high acceptance.
+        assert_eq!(costs(0.0, 0.1, &all).best(0.95, 8), Some(8));
+        // Passes of several rows dear (the CPU's arithmetic), a draft at 0.36: few.
+        let k = costs(0.34, 0.36, &all).best(0.93, 8).unwrap();
+        assert!((2..=3).contains(&k), "{k}");
+        // A draft as dear as the model (a GPU bound by launches): one, the least.
+        assert_eq!(costs(0.0, 1.0, &all).best(0.9, 8), Some(1));
+        // A low acceptance: one.
+        assert_eq!(costs(0.1, 0.3, &all).best(0.2, 8), Some(1));
+        // Never more than asked.
+        assert_eq!(costs(0.0, 0.01, &all).best(0.99, 3), Some(3));
+        // Sizes not seen next to the best are tried once: the line through 1 and 9 rows puts
+        // the best at a size not yet timed, and a neighbour of it comes first.
+        let line = costs(0.34, 0.36, &[1, 9]);
+        let k = line.best(0.93, 8).unwrap();
+        assert!(k < 8, "{k}");
+    }
 
     #[test]
     fn stop_prefix_holdback() {
