@@ -138,6 +138,9 @@ pub(super) fn matmul_many<'a>(
     });
 }
 
+/// How many rows ahead an f16 product of several tokens prefetches its weights.
+const AHEAD: usize = 4;
+
 /// [`matmul`] for the formats without an integer kernel (or all, with `exact`): f32 or f16
 /// rows dotted with f32 activations.
 fn float_matmul(
@@ -166,6 +169,14 @@ fn float_matmul(
                 let xt = |t: usize| &x[t * cols..(t + 1) * cols];
                 for r in r0..r1 {
                     let row = &wf[r * cols..(r + 1) * cols];
+                    if n > 1 && r + AHEAD < r1 {
+                        // With several tokens a row's products take long enough that the
+                        // hardware's prefetchers fall behind: the row AHEAD on is asked for.
+                        let next = &wf[(r + AHEAD) * cols..(r + AHEAD + 1) * cols];
+                        for c in (0..cols).step_by(32) {
+                            kernels::prefetch(next[c..].as_ptr());
+                        }
+                    }
                     // Eight or four tokens at a time share each converted weight; two or three
                     // left over go as four (the last repeated, its sums dropped), which costs
                     // about what one token alone does. Every sum is the one-token one.
