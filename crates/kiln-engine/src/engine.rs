@@ -510,9 +510,7 @@ impl Lookup {
             }
         }
     }
-}
 
-impl Lookup {
     /// The chance that a proposal is taken once those before it were: taken proposals over
     /// taken and rejected ones, with one of each assumed (so it starts at one half).
     fn acceptance(&self) -> f64 {
@@ -524,10 +522,10 @@ impl Lookup {
 /// how many tokens the draft proposes. A round of k proposals costs k draft passes and a pass
 /// of the model over k + 1 rows, and gives (1 - a^(k+1)) / (1 - a) tokens when each proposal
 /// is taken with chance a once those before it were; plain decoding gives one token a pass
-/// of one row. Where a pass of several rows costs several of one (the CPU, whose products of
-/// several tokens are bound by arithmetic, not by reading the weights) or a draft pass costs
-/// about a model pass (a small model on a GPU, bound by launches), few proposals or one give
-/// the most tokens a second.
+/// of one row. Where a pass of several rows costs several of one (on the 2-core CPU of
+/// docs/PERF.md a pass of 9 rows of the default model's F16 copy costs 3.7 of one) or a draft
+/// pass costs about a model pass (the same pair on a GPU: 1.03), few proposals or one give the
+/// most tokens a second.
 #[derive(Debug, Default)]
 struct SpecCosts {
     /// Seconds of a pass of the model by rows (index), moving averages; 0: not seen.
@@ -564,32 +562,35 @@ impl SpecCosts {
         }
     }
 
-    /// A pass of `rows` rows: a straight line (least squares) through the sizes seen, which
-    /// must include one row and another size; `None` before.
-    fn pass_at(&self, rows: usize) -> Option<f64> {
-        let seen: Vec<(f64, f64)> = self
-            .pass
-            .iter()
-            .enumerate()
-            .filter(|&(_, &t)| t > 0.0)
-            .map(|(n, &t)| (n as f64, t))
-            .collect();
-        if self.pass.get(1).is_none_or(|&t| t <= 0.0) || seen.len() < 2 {
+    /// The pass of one row, and the straight line (least squares) through the sizes timed as
+    /// its mean point and slope: `None` until one row and another size were timed.
+    fn line(&self) -> Option<(f64, f64, f64, f64)> {
+        let one = *self.pass.get(1).filter(|&&t| t > 0.0)?;
+        let seen = || {
+            self.pass
+                .iter()
+                .enumerate()
+                .filter(|&(_, &t)| t > 0.0)
+                .map(|(n, &t)| (n as f64, t))
+        };
+        let (m, sx, sy) = seen().fold((0.0, 0.0, 0.0), |(m, a, b), (x, y)| (m + 1.0, a + x, b + y));
+        if m < 2.0 {
             return None;
         }
-        if let Some(&(_, t)) = seen.iter().find(|&&(n, _)| n == rows as f64) {
-            return Some(t);
-        }
-        let m = seen.len() as f64;
-        let (sx, sy) = seen
-            .iter()
-            .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
         let (mx, my) = (sx / m, sy / m);
-        let (sxy, sxx) = seen.iter().fold((0.0, 0.0), |(a, b), &(x, y)| {
+        let (sxy, sxx) = seen().fold((0.0, 0.0), |(a, b), (x, y)| {
             (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
         });
         let slope = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
-        Some((my + slope * (rows as f64 - mx)).max(self.pass[1]))
+        Some((one, mx, my, slope))
+    }
+
+    /// A pass of `rows` rows: as timed, or else read off `line` (never below one row's).
+    fn pass_at(&self, rows: usize, (one, mx, my, slope): (f64, f64, f64, f64)) -> f64 {
+        match self.pass.get(rows) {
+            Some(&t) if t > 0.0 => t,
+            _ => (my + slope * (rows as f64 - mx)).max(one),
+        }
     }
 
     /// The number of proposals, 1 to `most`, that gives the most tokens a second at
@@ -618,11 +619,12 @@ impl SpecCosts {
         if self.draft <= 0.0 || most == 0 {
             return None;
         }
+        let line = self.line()?;
         let a = a.clamp(0.0, 0.999);
         let mut best: Option<(f64, usize)> = None;
         for k in 1..=most {
             let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
-            let rate = tokens / (k as f64 * self.draft + self.pass_at(k + 1)?);
+            let rate = tokens / (k as f64 * self.draft + self.pass_at(k + 1, line));
             if best.is_none_or(|(r, _)| rate > r) {
                 best = Some((rate, k));
             }
@@ -1401,13 +1403,10 @@ impl<R: Runner> Engine<R> {
             let mut k = seq.lookup.cap;
             if params.draft_max > 0 && lone && self.cfg.draft_by_cost {
                 if let Some(d) = self.draft.as_ref() {
-                    if d.costs.pass.get(1).is_none_or(|&t| t <= 0.0) {
+                    match d.costs.best(seq.lookup.acceptance(), params.speculative()) {
+                        Some(best) => k = best,
                         // One plain step first: its cost is the measure of the others.
-                        continue;
-                    }
-                    if let Some(best) = d.costs.best(seq.lookup.acceptance(), params.speculative())
-                    {
-                        k = best;
+                        None => continue,
                     }
                 }
             }

@@ -267,7 +267,7 @@ pub fn quantize_q4_k(x: &[f32]) -> Vec<u8> {
 /// `encode(x)` for a block format of `block` values a block, worked out on `threads` threads:
 /// each takes a run of whole blocks and the runs' bytes are joined in order. Blocks are encoded
 /// independently, so the bytes are those of one `encode(x)`.
-fn encode_on(x: &[f32], block: usize, encode: fn(&[f32]) -> Vec<u8>, threads: usize) -> Vec<u8> {
+fn encode_on(x: &[f32], block: usize, encode: Encode, threads: usize) -> Vec<u8> {
     let blocks = x.len() / block;
     let threads = threads.min(blocks).max(1);
     if threads == 1 {
@@ -287,11 +287,32 @@ fn encode_on(x: &[f32], block: usize, encode: fn(&[f32]) -> Vec<u8>, threads: us
     })
 }
 
-/// [`encode_on`] over the machine's cores, one thread a 64 blocks at most (a small tensor is
-/// not worth a thread).
-fn encode_par(x: &[f32], block: usize, encode: fn(&[f32]) -> Vec<u8>) -> Vec<u8> {
+/// [`encode_on`] over the machine's cores, each thread taking at least 64 blocks (a small
+/// tensor is not worth a thread).
+fn encode_par(x: &[f32], block: usize, encode: Encode) -> Vec<u8> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     encode_on(x, block, encode, cores.min(x.len() / block / 64))
+}
+
+/// An encoder of f32 values into a block format's bytes.
+type Encode = fn(&[f32]) -> Vec<u8>;
+
+/// The values a block of `ty` holds and its encoder; an error naming the type for the types
+/// this module cannot write.
+fn encoder(ty: GgmlType) -> Result<(usize, Encode), ModelError> {
+    Ok(match ty {
+        GgmlType::F16 => (1, encode_f16),
+        GgmlType::Q8_0 => (32, quantize_q8_0),
+        GgmlType::Q4_0 => (32, quantize_q4_0),
+        GgmlType::Q4_1 => (32, quantize_q4_1),
+        GgmlType::Q4_K => (QK_K, quantize_q4_k),
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "quantizing to {} is not implemented",
+                other.name()
+            )))
+        }
+    })
 }
 
 /// Encodes `x` as little-endian f16 values.
@@ -302,17 +323,9 @@ fn encode_f16(x: &[f32]) -> Vec<u8> {
 }
 
 fn quantize_matrix(t: &RawTensor, ty: GgmlType) -> Result<RawTensor, ModelError> {
-    let x = t.to_f32()?;
-    let data = match ty {
-        GgmlType::Q8_0 => quantize_q8_0(&x),
-        GgmlType::Q4_K => quantize_q4_k(&x),
-        other => {
-            return Err(ModelError::Unsupported(format!(
-                "quantizing to {} is not implemented",
-                other.name()
-            )))
-        }
-    };
+    let (_, encode) = encoder(ty)?;
+    // Whole tensors are spread over the cores by the caller.
+    let data = encode(&t.to_f32()?);
     Ok(RawTensor {
         name: t.name.clone(),
         ty,
@@ -673,13 +686,8 @@ pub fn quantize_file(
                     r.converted += 1;
                 }
                 // Spread over the cores: a tensor's blocks do not depend on each other.
-                match ty {
-                    GgmlType::F16 => encode_par(&x, 1, encode_f16),
-                    GgmlType::Q8_0 => encode_par(&x, 32, quantize_q8_0),
-                    GgmlType::Q4_0 => encode_par(&x, 32, quantize_q4_0),
-                    GgmlType::Q4_1 => encode_par(&x, 32, quantize_q4_1),
-                    _ => encode_par(&x, QK_K, quantize_q4_k),
-                }
+                let (block, encode) = encoder(ty)?;
+                encode_par(&x, block, encode)
             }
         };
         r.bytes_after += data.len() as u64;

@@ -418,7 +418,8 @@ fn store_lanes(v: __m512, o: &mut Tile, t: usize) {
 }
 
 /// A panel of at most this many bytes is read by halves even as its only tile (decode of 8
-/// rows): the second pass finds it in L1 (half of a 32 KB L1, with the activations beside it).
+/// rows), the second pass expected to find it in L1 (a third of the 48 KB L1 of the machine
+/// it was measured on; not profiled).
 const HALVES_PANEL_BYTES: usize = 16 * 1024;
 
 /// A tile function over a panel kernel: a whole panel (16 rows in [`super::repack`]'s
@@ -445,12 +446,12 @@ macro_rules! panels {
                 // fit in registers, eight do not (see `q4_1_panel`); a lane's operations do not
                 // depend on how many tokens share a call, so the results are the same. When
                 // more tokens follow the tile (a prompt's pass), or when the panel is small
-                // enough for the second pass to find it in L1 (HALVES_PANEL_BYTES: 8 rows of
-                // decode of the default model, 2.6% faster over 8 alternated pairs). Where a
-                // large panel's only tile streams it from DRAM, two passes slowed 8 rows of a
-                // Qwen2.5-0.5B-shaped Q4_1 file by 7% (its down product's panels are 48 KB).
-                // (`gemm_rows` makes tiles of eight while more follow, so fewer than eight
-                // are never split.)
+                // enough for the second pass to be expected in L1 (HALVES_PANEL_BYTES: 8 rows
+                // of decode of the default model, 2.6% faster over 8 alternated pairs). With
+                // every panel by halves, 8 rows of a Qwen2.5-0.5B-shaped Q4_1 file ran 7%
+                // slower; with its down product's 48 KB panels left whole, 1.003x over 5
+                // pairs. (`gemm_rows` makes tiles of eight while more follow, so fewer than
+                // eight are never split.)
                 let halves = $halves && (a.tokens() > nt || rb * super::PANEL <= HALVES_PANEL_BYTES);
                 match nt {
                     1 => $panel::<1 $(, $f)?>(w, a, o),

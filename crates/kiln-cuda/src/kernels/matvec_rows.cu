@@ -49,9 +49,10 @@ __device__ float stage_x(const float *x, int cols, const float *nw, float eps, f
 }
 
 // The sum of squares of one row of x, by one warp (lane: its lane), for the several-row
-// products' RMSNorm: each lane issues eight float4 loads before it adds any, so a chunk of
-// 1,024 columns costs one trip to L2 (a loop of one float a lane and iteration waited for each
-// load in turn). Needs cols % 4 == 0.
+// products' RMSNorm: each lane issues eight float4 loads before it adds any (a chunk of 1,024
+// columns a round of loads, where the loop before took one float a lane an iteration). By ncu
+// the normed products ran 0.4 to 0.6 us shorter, the steps alike (docs/PERF.md, twenty-third
+// session). Needs cols % 4 == 0.
 __device__ __forceinline__ float row_sumsq(const float *xr, int cols, int lane) {
     const float4 *x4 = (const float4 *)xr;
     const int n4 = cols >> 2;
