@@ -640,7 +640,10 @@ impl Backend for CpuBackend {
         if let (matmul::Kernel::Quant(_), Some(fmt)) = (kernel, kernels::Fmt::of(t.ty)) {
             // A panel kernel reads 16 rows interleaved: an owned copy in that order (the
             // same size), made once here.
-            if let Some(v) = kernels::repack(self.isa, fmt, t.data.as_slice(), t.rows, t.cols) {
+            let data = t.data.as_slice();
+            if let Some(v) =
+                kernels::repack_on(Some(&self.pool), self.isa, fmt, data, t.rows, t.cols)
+            {
                 let file = std::mem::replace(&mut t.data, TensorBytes::Owned(Arc::new(v)));
                 // The file's copy is not read again (but for a rare re-read, which faults it
                 // back in): its pages leave resident memory rather than count twice.

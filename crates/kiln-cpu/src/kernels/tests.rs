@@ -279,6 +279,10 @@ fn repacked_rows_unpack_to_the_original() {
                 unpack_row(fmt, &p, cols, r, &mut back);
                 assert_eq!(back, w[r * rb..(r + 1) * rb], "{fmt:?} {cols} row {r}");
             }
+            // The panels shared among threads: the same bytes.
+            let pool = crate::pool::ThreadPool::new(3);
+            let shared = repack_on(Some(&pool), Isa::Avx512Vnni, fmt, &w, rows, cols);
+            assert_eq!(shared.as_ref(), Some(&p), "{fmt:?} {cols}: on 3 threads");
         }
     }
     assert!(repack(Isa::Avx512Vnni, Fmt::Q4_1, &[0u8; 20 * 3 * 15], 15, 96).is_none());
