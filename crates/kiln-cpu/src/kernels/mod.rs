@@ -480,43 +480,53 @@ impl Dst {
 /// block by block, each unit of a row's block to its lane (the moves of [`panel_moves`],
 /// which [`unpack_row`] undoes).
 fn panel_into(fmt: Fmt, src: &[u8], nb: usize, to: &mut [u8]) {
-    let bb = fmt.ty().block().1;
-    let rb = nb * bb;
     let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    for b in 0..nb {
-        let to = &mut to[b * PANEL * bb..][..PANEL * bb];
-        for l in 0..PANEL {
-            let from = &src[l * rb + b * bb..][..bb];
-            let put =
-                |to: &mut [u8], at: usize, v: u32| to[at..at + 4].copy_from_slice(&v.to_le_bytes());
-            match fmt {
-                Fmt::Q4_1 => {
-                    for u in 0..5 {
-                        put(to, 64 * u + 4 * l, word(from, 4 * u));
-                    }
-                }
-                Fmt::Q8_0 => {
-                    to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
-                    for k in 0..8 {
-                        put(to, 32 + 64 * k + 4 * l, word(from, 2 + 4 * k) ^ 0x8080_8080);
-                    }
-                }
-                Fmt::Q4_0 => {
-                    to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
-                    for q in 0..4 {
-                        put(to, 32 + 64 * q + 4 * l, word(from, 2 + 4 * q));
-                    }
-                }
-                Fmt::Q5_0 => {
-                    to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
-                    put(to, 32 + 4 * l, high_bits(word(from, 2)));
-                    for q in 0..4 {
-                        put(to, 96 + 64 * q + 4 * l, word(from, 6 + 4 * q));
-                    }
-                }
-                // `layout` gives panels to the formats above only.
-                _ => unreachable!("no panels for {fmt:?}"),
+    let put = |to: &mut [u8], at: usize, v: u32| to[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    match fmt {
+        Fmt::Q4_1 => panel_blocks::<20>(src, nb, to, |from, l, to| {
+            for u in 0..5 {
+                put(to, 64 * u + 4 * l, word(from, 4 * u));
             }
+        }),
+        Fmt::Q8_0 => panel_blocks::<34>(src, nb, to, |from, l, to| {
+            to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
+            for k in 0..8 {
+                put(to, 32 + 64 * k + 4 * l, word(from, 2 + 4 * k) ^ 0x8080_8080);
+            }
+        }),
+        Fmt::Q4_0 => panel_blocks::<18>(src, nb, to, |from, l, to| {
+            to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
+            for q in 0..4 {
+                put(to, 32 + 64 * q + 4 * l, word(from, 2 + 4 * q));
+            }
+        }),
+        Fmt::Q5_0 => panel_blocks::<22>(src, nb, to, |from, l, to| {
+            to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
+            put(to, 32 + 4 * l, high_bits(word(from, 2)));
+            for q in 0..4 {
+                put(to, 96 + 64 * q + 4 * l, word(from, 6 + 4 * q));
+            }
+        }),
+        // `layout` gives panels to the formats above only.
+        _ => unreachable!("no panels for {fmt:?}"),
+    }
+}
+
+/// The blocks of a panel's `PANEL` rows (`BB` bytes each, `nb` a row), block by block,
+/// row `l`'s block handed to `unit(block, l, panel_block)`.
+#[inline(always)]
+fn panel_blocks<const BB: usize>(
+    src: &[u8],
+    nb: usize,
+    to: &mut [u8],
+    unit: impl Fn(&[u8; BB], usize, &mut [u8]),
+) {
+    let rb = nb * BB;
+    let rows: [&[[u8; BB]]; PANEL] =
+        core::array::from_fn(|l| src[l * rb..(l + 1) * rb].as_chunks().0);
+    for (b, to) in to.chunks_exact_mut(PANEL * BB).take(nb).enumerate() {
+        for (l, row) in rows.iter().enumerate() {
+            unit(&row[b], l, to);
         }
     }
 }
