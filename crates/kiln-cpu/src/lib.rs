@@ -639,7 +639,7 @@ impl Backend for CpuBackend {
         let mut repacked = None;
         if let (matmul::Kernel::Quant(_), Some(fmt)) = (kernel, kernels::Fmt::of(t.ty)) {
             // A panel kernel reads 16 rows interleaved: an owned copy in that order (the
-            // same size), made once here.
+            // same size), made once here on the pool's threads.
             let data = t.data.as_slice();
             if let Some(v) =
                 kernels::repack_on(Some(&self.pool), self.isa, fmt, data, t.rows, t.cols)

@@ -445,8 +445,13 @@ pub(crate) fn repack_on(
         for p in p0..p1 {
             let at = p * PANEL * rb;
             // SAFETY: panel `p`'s bytes `at..at + PANEL * rb` are inside the capacity, and
-            // each part writes only its own panels.
-            let to = unsafe { std::slice::from_raw_parts_mut(dst.at(at), PANEL * rb) };
+            // each part writes only its own panels; they are zeroed first (a panel is a few
+            // KiB, in the L1 cache when its values overwrite the zeros), so the slice is of
+            // initialized bytes.
+            let to = unsafe {
+                std::ptr::write_bytes(dst.at(at), 0, PANEL * rb);
+                std::slice::from_raw_parts_mut(dst.at(at), PANEL * rb)
+            };
             panel_into(fmt, &data[at..at + PANEL * rb], nb, to);
         }
     };
@@ -456,8 +461,8 @@ pub(crate) fn repack_on(
     }
     let tail = panels * PANEL * rb;
     // SAFETY: the rows after the last whole panel go after the panels, inside the capacity;
-    // then every byte of the buffer has been written (each panel block's units cover it:
-    // `panel_into`), so its length can be set.
+    // then every byte of the buffer has been written (the panels zeroed, then filled), so
+    // its length can be set.
     unsafe {
         std::ptr::copy_nonoverlapping(data[tail..].as_ptr(), dst.at(tail), data.len() - tail);
         out.set_len(data.len());
