@@ -577,6 +577,19 @@ impl CpuBackend {
     }
 }
 
+/// The system's memory page size (4 KiB where it cannot be asked).
+fn page_size() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `sysconf` reads a system constant.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 {
+            return p as usize;
+        }
+    }
+    4096
+}
+
 /// Heads of a group (`group` query heads sharing a key-value head) that one attention job
 /// takes, given `kv_jobs` (tokens times key-value heads) and the `threads` taking part: the
 /// most that still leave a job for every thread. (A whole group a job was as fast or faster
@@ -641,8 +654,26 @@ impl Backend for CpuBackend {
             // A panel kernel reads 16 rows interleaved: an owned copy in that order (the
             // same size), made once here on the pool's threads.
             let data = t.data.as_slice();
+            // A mapped file's pages leave memory as the repacking passes them (whole pages
+            // only: a page two parts share goes with the whole tensor's, below).
+            let page = page_size();
+            let release = |start: usize, end: usize| {
+                if let TensorBytes::Mapped { file, offset, .. } = &t.data {
+                    let (a, b) = (
+                        (offset + start).next_multiple_of(page),
+                        (offset + end) / page * page,
+                    );
+                    if b > a {
+                        file.release(a, b - a);
+                    }
+                }
+            };
+            let read: Option<&(dyn Fn(usize, usize) + Sync)> = match &t.data {
+                TensorBytes::Mapped { .. } => Some(&release),
+                _ => None,
+            };
             if let Some(v) =
-                kernels::repack_on(Some(&self.pool), self.isa, fmt, data, t.rows, t.cols)
+                kernels::repack_on(Some(&self.pool), self.isa, fmt, data, t.rows, t.cols, read)
             {
                 let file = std::mem::replace(&mut t.data, TensorBytes::Owned(Arc::new(v)));
                 // The file's copy is not read again (but for a rare re-read, which faults it

@@ -412,13 +412,19 @@ fn block_offsets(qs: &[i8], off: &mut [i32]) {
 /// stay as they are. `None`: the kernel reads the file's layout.
 #[cfg(test)]
 pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
-    repack_on(None, isa, fmt, data, rows, cols)
+    repack_on(None, isa, fmt, data, rows, cols, None)
 }
+
+/// Bytes of the source a part of [`repack_on`] reads between two calls of its `read`.
+const READ_CHUNK: usize = 1 << 20;
 
 /// [`repack`], its panels shared among the pool's threads when one is given. The panels are
 /// written straight into the new buffer, a row's 4-byte units at a time (a 0.5B model's
 /// 372 MB of Q4_1 took 0.8 s of a 1.1 s load through a byte-wise copy after a copy of the
-/// whole file's bytes).
+/// whole file's bytes). `read(start, end)`, where given, hears of each range of `data` (about
+/// [`READ_CHUNK`] bytes) that the repacking has read and will not read again, so that a
+/// mapped file's pages can leave memory while the rest is made: otherwise the largest
+/// tensor is in memory twice at the end of its repacking (a 145 MB embedding table).
 pub(crate) fn repack_on(
     pool: Option<&crate::pool::ThreadPool>,
     isa: Isa,
@@ -426,6 +432,7 @@ pub(crate) fn repack_on(
     data: &[u8],
     rows: usize,
     cols: usize,
+    read: Option<&(dyn Fn(usize, usize) + Sync)>,
 ) -> Option<Vec<u8>> {
     if layout(isa, fmt) != Layout::Panels || rows < PANEL {
         return None;
@@ -442,6 +449,7 @@ pub(crate) fn repack_on(
     let dst = Dst(out.as_mut_ptr());
     let part = |i: usize, n: usize| {
         let (p0, p1) = crate::pool::split_range(panels, i, n, 1);
+        let mut told = p0 * PANEL * rb;
         for p in p0..p1 {
             let at = p * PANEL * rb;
             // SAFETY: panel `p`'s bytes `at..at + PANEL * rb` are inside the capacity, and
@@ -453,6 +461,11 @@ pub(crate) fn repack_on(
                 std::slice::from_raw_parts_mut(dst.at(at), PANEL * rb)
             };
             panel_into(fmt, &data[at..at + PANEL * rb], nb, to);
+            let end = at + PANEL * rb;
+            if let Some(read) = read.filter(|_| end - told >= READ_CHUNK || p + 1 == p1) {
+                read(told, end);
+                told = end;
+            }
         }
     };
     match pool {

@@ -279,10 +279,33 @@ fn repacked_rows_unpack_to_the_original() {
                 unpack_row(fmt, &p, cols, r, &mut back);
                 assert_eq!(back, w[r * rb..(r + 1) * rb], "{fmt:?} {cols} row {r}");
             }
-            // The panels shared among threads: the same bytes.
+            // The panels shared among threads: the same bytes, and the ranges said to be
+            // read cover the panels' bytes once each.
             let pool = crate::pool::ThreadPool::new(3);
-            let shared = repack_on(Some(&pool), Isa::Avx512Vnni, fmt, &w, rows, cols);
+            let ranges = std::sync::Mutex::new(Vec::new());
+            let read = |a: usize, b: usize| ranges.lock().unwrap().push((a, b));
+            let shared = repack_on(
+                Some(&pool),
+                Isa::Avx512Vnni,
+                fmt,
+                &w,
+                rows,
+                cols,
+                Some(&read),
+            );
             assert_eq!(shared.as_ref(), Some(&p), "{fmt:?} {cols}: on 3 threads");
+            let mut ranges = ranges.into_inner().unwrap();
+            ranges.sort();
+            let mut at = 0;
+            for (a, b) in ranges {
+                assert!(a == at && b > a, "{fmt:?} {cols}: read {a}..{b} after {at}");
+                at = b;
+            }
+            assert_eq!(
+                at,
+                rows / PANEL * PANEL * rb,
+                "{fmt:?} {cols}: panels' bytes read"
+            );
         }
     }
     assert!(repack(Isa::Avx512Vnni, Fmt::Q4_1, &[0u8; 20 * 3 * 15], 15, 96).is_none());
