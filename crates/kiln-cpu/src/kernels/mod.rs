@@ -419,9 +419,10 @@ pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Opti
 const READ_CHUNK: usize = 1 << 20;
 
 /// [`repack`], its panels shared among the pool's threads when one is given. The panels are
-/// written straight into the new buffer, a row's 4-byte units at a time (a 0.5B model's
-/// 372 MB of Q4_1 took 0.8 s of a 1.1 s load through a byte-wise copy after a copy of the
-/// whole file's bytes). `read(start, end)`, where given, hears of each range of `data` (about
+/// written straight into the new buffer, a row's 4-byte units at a time (through a copy of
+/// the whole tensor rewritten a byte at a time, 45% of the samples of a short `kiln bench`
+/// of a Qwen2.5-0.5B-shaped Q4_1 file were in the repacking and 15% in the copy; its load
+/// went from 1.0-1.1 s to 0.35-0.46 s: docs/PERF.md, twenty-fourth session). `read(start, end)`, where given, hears of each range of `data` (about
 /// [`READ_CHUNK`] bytes) that the repacking has read and will not read again, so that a
 /// mapped file's pages can leave memory while the rest is made: otherwise the largest
 /// tensor is in memory twice at the end of its repacking (a 145 MB embedding table).
@@ -495,38 +496,34 @@ impl Dst {
 }
 
 /// One panel (`PANEL` rows of `nb` blocks, as the file has them) in [`repack`]'s layout:
-/// block by block, each unit of a row's block to its lane (the moves of [`panel_moves`],
-/// which [`unpack_row`] undoes).
+/// block by block, each row's block moved to its lane by [`panel_moves`] (which
+/// [`unpack_row`] undoes).
 fn panel_into(fmt: Fmt, src: &[u8], nb: usize, to: &mut [u8]) {
-    let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let put = |to: &mut [u8], at: usize, v: u32| to[at..at + 4].copy_from_slice(&v.to_le_bytes());
     match fmt {
-        Fmt::Q4_1 => panel_blocks::<20>(src, nb, to, |from, l, to| {
-            for u in 0..5 {
-                put(to, 64 * u + 4 * l, word(from, 4 * u));
-            }
-        }),
-        Fmt::Q8_0 => panel_blocks::<34>(src, nb, to, |from, l, to| {
-            to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
-            for k in 0..8 {
-                put(to, 32 + 64 * k + 4 * l, word(from, 2 + 4 * k) ^ 0x8080_8080);
-            }
-        }),
-        Fmt::Q4_0 => panel_blocks::<18>(src, nb, to, |from, l, to| {
-            to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
-            for q in 0..4 {
-                put(to, 32 + 64 * q + 4 * l, word(from, 2 + 4 * q));
-            }
-        }),
+        Fmt::Q4_1 => panel_blocks::<20>(src, nb, to, |from, l, to| place(&Q4_1_MOVES, from, l, to)),
+        Fmt::Q8_0 => panel_blocks::<34>(src, nb, to, |from, l, to| place(&Q8_0_MOVES, from, l, to)),
+        Fmt::Q4_0 => panel_blocks::<18>(src, nb, to, |from, l, to| place(&Q4_0_MOVES, from, l, to)),
         Fmt::Q5_0 => panel_blocks::<22>(src, nb, to, |from, l, to| {
-            to[2 * l..2 * l + 2].copy_from_slice(&from[..2]);
-            put(to, 32 + 4 * l, high_bits(word(from, 2)));
-            for q in 0..4 {
-                put(to, 96 + 64 * q + 4 * l, word(from, 6 + 4 * q));
-            }
+            place(&Q5_0_MOVES, from, l, to);
+            let qh = u32::from_le_bytes([from[2], from[3], from[4], from[5]]);
+            to[32 + 4 * l..36 + 4 * l].copy_from_slice(&high_bits(qh).to_le_bytes());
         }),
         // `layout` gives panels to the formats above only.
         _ => unreachable!("no panels for {fmt:?}"),
+    }
+}
+
+/// Row `l`'s block `from` into a panel's block `to` by `moves` (a format's table, as
+/// [`moves`] makes them: the scale field first, then 4-byte units).
+#[inline(always)]
+fn place<const N: usize>(moves: &[Move; N], from: &[u8], l: usize, to: &mut [u8]) {
+    let (_, _, head, _) = moves[0];
+    // The scale field: 2 or 4 bytes, never flipped.
+    to[head * l..head * (l + 1)].copy_from_slice(&from[..head]);
+    for &(f, t, _, flip) in &moves[1..] {
+        let w = u32::from_le_bytes([from[f], from[f + 1], from[f + 2], from[f + 3]]);
+        let w = if flip { w ^ 0x8080_8080 } else { w };
+        to[t + 4 * l..t + 4 * l + 4].copy_from_slice(&w.to_le_bytes());
     }
 }
 
@@ -549,38 +546,41 @@ fn panel_blocks<const BB: usize>(
     }
 }
 
-/// Where row `l`'s block goes in a panel's block: `(offset in the file's block, offset in
-/// the panel's block, bytes, whether the sign bits flip)`, the unused entries 0 bytes long.
-fn panel_moves(fmt: Fmt, l: usize) -> [(usize, usize, usize, bool); 9] {
-    let mut m = [(0, 0, 0, false); 9];
-    match fmt {
-        Fmt::Q8_0 => {
-            m[0] = (0, 2 * l, 2, false);
-            for k in 0..8 {
-                m[1 + k] = (2 + 4 * k, 32 + 64 * k + 4 * l, 4, true);
-            }
-        }
-        Fmt::Q4_0 => {
-            m[0] = (0, 2 * l, 2, false);
-            for q in 0..4 {
-                m[1 + q] = (2 + 4 * q, 32 + 64 * q + 4 * l, 4, false);
-            }
-        }
-        // The high bits are reordered apart (`high_bits`).
-        Fmt::Q5_0 => {
-            m[0] = (0, 2 * l, 2, false);
-            for q in 0..4 {
-                m[1 + q] = (6 + 4 * q, 96 + 64 * q + 4 * l, 4, false);
-            }
-        }
-        _ => {
-            m[0] = (0, 4 * l, 4, false);
-            for q in 0..4 {
-                m[1 + q] = (4 + 4 * q, 64 + 64 * q + 4 * l, 4, false);
-            }
-        }
+/// One move of a row's block into a panel's block: `(offset in the file's block, offset in the
+/// panel's block for row 0, bytes, whether the sign bits flip)`; row `l`'s lies `bytes * l`
+/// further (a 2-byte scale a row side by side, then 4-byte units a lane).
+type Move = (usize, usize, usize, bool);
+
+/// A format's moves: its scale field (`head` bytes) to the block's start, then 4-byte units
+/// `from0 + 4k` of the file's block to `to0 + 64k`.
+const fn moves<const N: usize>(head: usize, from0: usize, to0: usize, flip: bool) -> [Move; N] {
+    let mut m = [(0, 0, head, false); N];
+    let mut k = 1;
+    while k < N {
+        m[k] = (from0 + 4 * (k - 1), to0 + 64 * (k - 1), 4, flip);
+        k += 1;
     }
     m
+}
+
+/// Q4_1: scale and minimum (4 bytes), then 4 units of nibbles.
+const Q4_1_MOVES: [Move; 5] = moves(4, 4, 64, false);
+/// Q8_0: the scale, then 8 units of values, stored plus 128.
+const Q8_0_MOVES: [Move; 9] = moves(2, 2, 32, true);
+/// Q4_0: the scale, then 4 units of nibbles.
+const Q4_0_MOVES: [Move; 5] = moves(2, 2, 32, false);
+/// Q5_0: the scale, then (after 16 dwords of high bits, reordered apart by `high_bits`) 4
+/// units of nibbles.
+const Q5_0_MOVES: [Move; 5] = moves(2, 6, 96, false);
+
+/// Where each row's block goes in a panel's block ([`Move`]).
+fn panel_moves(fmt: Fmt) -> &'static [Move] {
+    match fmt {
+        Fmt::Q8_0 => &Q8_0_MOVES,
+        Fmt::Q4_0 => &Q4_0_MOVES,
+        Fmt::Q5_0 => &Q5_0_MOVES,
+        _ => &Q4_1_MOVES,
+    }
 }
 
 /// Copies `len` bytes, flipping their sign bits if `flip`.
@@ -607,7 +607,8 @@ pub fn unpack_row(fmt: Fmt, data: &[u8], cols: usize, r: usize, out: &mut [u8]) 
     for b in 0..nb {
         let from = &panel[b * PANEL * bb..][..PANEL * bb];
         let to = &mut out[b * bb..][..bb];
-        for (f, q, len, flip) in panel_moves(fmt, l) {
+        for &(f, q, len, flip) in panel_moves(fmt) {
+            let q = q + len * l;
             copy_flip(&from[q..q + len], &mut to[f..f + len], flip);
         }
         if fmt == Fmt::Q5_0 {
