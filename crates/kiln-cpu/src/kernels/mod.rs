@@ -441,7 +441,7 @@ pub(crate) fn repack_on(
     let nb = cols / 32;
     let bb = fmt.ty().block().1;
     let rb = nb * bb;
-    if data.len() != rows * rb {
+    if rows.checked_mul(rb) != Some(data.len()) {
         return None;
     }
     let mut out = Vec::with_capacity(data.len());
