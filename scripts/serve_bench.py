@@ -38,7 +38,7 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
 
 
-async def one(client, model, i, temp, max_tokens, start_at, mode):
+async def one(client, model, i, temp, max_tokens, start_at, mode, extra=None):
     # All streams of a round start together.
     await asyncio.sleep(max(0.0, start_at - time.time()))
     t0 = time.perf_counter()
@@ -52,7 +52,7 @@ async def one(client, model, i, temp, max_tokens, start_at, mode):
         seed=i,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
+        extra_body={"ignore_eos": True} | (extra or {}),
     )
     if mode == "raw":
         tokens = await raw_stream(client, i, args, stamps)
@@ -108,6 +108,12 @@ async def raw_stream(pool, key, args, stamps):
     reader, writer = await pool.get(key)
     writer.write(head + body)
     status = await reader.readline()
+    if not status:
+        # A kept-alive connection the server had closed: once more on a new one.
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", pool.port)
+        writer.write(head + body)
+        status = await reader.readline()
     if b" 200 " not in status:
         raise RuntimeError(f"stream {key}: {status!r}")
     chunked = False
@@ -152,7 +158,9 @@ def engine_counters(port):
         return None
     want = {"kiln_engine_model_seconds_total": "model_s", "kiln_engine_host_seconds_total": "host_s",
             "kiln_engine_stream_seconds_total": "stream_s",
-            "kiln_engine_steps_total": "steps"}
+            "kiln_engine_steps_total": "steps",
+            "kiln_engine_draft_tokens_total": "draft_tokens",
+            "kiln_engine_draft_passes_total": "draft_passes"}
     out = {}
     for line in text.splitlines():
         parts = line.split()
@@ -183,11 +191,11 @@ def init_worker(port, mode):
 
 
 def worker(args):
-    model, ids, temp, max_tokens, start_at, mode = args
+    model, ids, temp, max_tokens, start_at, mode, extras = args
 
     async def run():
-        return await asyncio.gather(*[one(CLIENT, model, i, temp, max_tokens, start_at, mode)
-                                      for i in ids])
+        return await asyncio.gather(*[one(CLIENT, model, i, temp, max_tokens, start_at, mode,
+                                          extras.get(i)) for i in ids])
 
     return LOOP.run_until_complete(run())
 
@@ -216,7 +224,15 @@ def main():
     ap.add_argument("--procs", type=int, default=8)
     ap.add_argument("--client", choices=["models", "lines", "raw"], default="models")
     ap.add_argument("--request-cost", type=int, default=0, metavar="N")
+    ap.add_argument("--extra", default="{}", metavar="JSON",
+                    help="fields added to every counted stream's request, e.g. '{\"draft_max\": 0}'")
+    ap.add_argument("--side", type=int, default=0, metavar="N",
+                    help="N more streams in each round, started with the counted ones and not "
+                         "counted in their figures (their tokens are printed apart)")
+    ap.add_argument("--side-extra", default="{}", metavar="JSON",
+                    help="fields added to the side streams' requests, e.g. '{\"prompt_lookup\": 8}'")
     a = ap.parse_args()
+    extra, side_extra = json.loads(a.extra), json.loads(a.side_extra)
     # The model's id from /v1/models (plain HTTP: the raw client needs no package).
     with urllib.request.urlopen(f"http://127.0.0.1:{a.port}/v1/models", timeout=30) as r:
         model = json.load(r)["data"][0]["id"]
@@ -228,17 +244,22 @@ def main():
         # steady state has recorded them), 16 tokens each, outside the figures.
         for n in [int(s) for s in a.streams.split(",")]:
             procs = min(a.procs, n)
-            pool.map(worker, [(model, list(range(p, n, procs)), 0.7, 16, time.time(), a.client)
-                              for p in range(procs)])
+            pool.map(worker, [(model, list(range(p, n, procs)), 0.7, 16, time.time(), a.client,
+                               {}) for p in range(procs)])
         for temp in [float(t) for t in a.temperatures.split(",")]:
             for n in [int(s) for s in a.streams.split(",")]:
-                procs = min(a.procs, n)
-                groups = [list(range(p, n, procs)) for p in range(procs)]
+                procs = min(a.procs, n + a.side)
+                # Streams n.. are the side streams: ids, seeds and prompts of their own.
+                total = n + a.side
+                extras = {i: (extra if i < n else side_extra) for i in range(total)}
+                groups = [list(range(p, total, procs)) for p in range(procs)]
                 start_at = time.time() + 0.5
                 before = engine_counters(a.port)
-                res = [r for g in pool.map(worker, [(model, g, temp, a.max_tokens, start_at,
-                                                     a.client) for g in groups]) for r in g]
+                out = pool.map(worker, [(model, g, temp, a.max_tokens, start_at, a.client,
+                                         extras) for g in groups])
                 after = engine_counters(a.port)
+                side = [r for g, rs in zip(groups, out) for i, r in zip(g, rs) if i >= n]
+                res = [r for g, rs in zip(groups, out) for i, r in zip(g, rs) if i < n]
                 tokens = sum(r[0] for r in res)
                 t_begin = min(r[3] for r in res)
                 t_end = max(r[4] for r in res)
@@ -259,6 +280,7 @@ def main():
                     "itl_mean_ms": round(1e3 * statistics.fmean(itl), 3) if itl else None,
                     "window_s": round(t_end - t_begin, 4),
                     "engine": engine,
+                    **({"side": a.side, "side_tokens": sum(r[0] for r in side)} if a.side else {}),
                 }), flush=True)
 
 

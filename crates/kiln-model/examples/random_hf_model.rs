@@ -2,7 +2,7 @@
 //! measuring memory and speed without downloading the model.
 //!
 //! ```text
-//! cargo run --release -p kiln-model --example random_hf_model -- OUT_DIR [f16|bf16|f32] [qwen2.5-0.5b|llama3.2-1b|smollm2-135m|tiny]
+//! cargo run --release -p kiln-model --example random_hf_model -- OUT_DIR [f16|bf16|f32] [qwen2.5-0.5b|llama3.2-1b|smollm2-135m|smollm2-135m-narrow|tiny]
 //! kiln bench --model OUT_DIR [--quantize q8_0]
 //! ```
 //!
@@ -61,6 +61,19 @@ const SMOLLM2_135M: Shape = Shape {
     tokens: 49149,
 };
 
+/// SmolLM2-135M's depth and vocabulary with one head of 64 (hidden 64, one KV head,
+/// feed-forward 128): its layers' weights are 1/86 of SmolLM2's, so that a decode step's time
+/// is what 30 layers cost beyond their bytes (docs/PERF.md, twenty-fifth session).
+const SMOLLM2_135M_NARROW: Shape = Shape {
+    hidden: 64,
+    layers: 30,
+    heads: 1,
+    kv_heads: 1,
+    ffn: 128,
+    vocab: 49152,
+    tokens: 49149,
+};
+
 const TINY: Shape = Shape {
     hidden: 256,
     layers: 2,
@@ -102,7 +115,7 @@ fn bytes_to_unicode() -> Vec<char> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(out) = args.first().map(PathBuf::from) else {
-        return Err("usage: random_hf_model OUT_DIR [f16|bf16|f32] [qwen2.5-0.5b|llama3.2-1b|smollm2-135m|tiny]".into());
+        return Err("usage: random_hf_model OUT_DIR [f16|bf16|f32] [qwen2.5-0.5b|llama3.2-1b|smollm2-135m|smollm2-135m-narrow|tiny]".into());
     };
     let dtype = match args.get(1).map(String::as_str).unwrap_or("f16") {
         "f16" => Dtype::F16,
@@ -114,10 +127,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "qwen2.5-0.5b" => QWEN2_5_0_5B,
         "llama3.2-1b" => LLAMA3_2_1B,
         "smollm2-135m" => SMOLLM2_135M,
+        "smollm2-135m-narrow" => SMOLLM2_135M_NARROW,
         "tiny" => TINY,
         other => {
             return Err(format!(
-                "shape `{other}`: expected qwen2.5-0.5b, llama3.2-1b, smollm2-135m or tiny"
+                "shape `{other}`: expected qwen2.5-0.5b, llama3.2-1b, smollm2-135m, smollm2-135m-narrow or tiny"
             )
             .into())
         }
