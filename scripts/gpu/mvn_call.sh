@@ -13,13 +13,8 @@ $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1 >/dev/null 2>&1
 ( for q in q4_0 q8_0 q4_k; do $K quantize /tmp/l1b /tmp/l1b-$q.gguf --type $q; done ) >/dev/null 2>&1 &
 QPID=$!
 el "== checks"
-KILN_TEST_DEVICE=cuda t $B/backend_ops
-KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/backend_ops | sed 's/^/quantized: /'
-KILN_TEST_DEVICE=cuda t $B/arch_fixtures
-KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/arch_fixtures | sed 's/^/quantized: /'
+checks
 KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 t $B/real_model
-r=$(KILN_TEST_DEVICE=cuda timeout 150 compute-sanitizer --print-limit 5 $B/backend_ops --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2); echo "sanitizer: ${r:-no summary}"
-r=$(KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized timeout 150 compute-sanitizer --print-limit 5 $B/arch_fixtures quantized --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2); echo "sanitizer, quantized files: ${r:-no summary}"
 g() { $B/$1 run --device cuda -m "${@:2}" -n 48 --temperature 0 --raw "hello world, the five boxing wizards" 2>/dev/null | md5sum | cut -c1-12; }
 el "== waiting for the quantized files"; wait $QPID
 for k in kiln kiln_base; do

@@ -2,7 +2,7 @@
 # PART=a: checks, then the issue "GPU kernels at the bandwidth limit" figures: 1 / 5 / 8 rows,
 #   after 2,048 tokens, prefill of 2,048, weights read in place against dequantized / f16;
 #   `kiln_q40` (Q4_0 rows without their offsets, which are -8 times the scales) against it:
-#   its quantized tests (`*_q40`), greedy text, and the Llama-1B-shape Q4_0 file in place.
+#   its tests (`*_q40`), greedy text, and the Llama-1B-shape Q4_0 file in place.
 # PART=b: the issue "Speculative decoding" on the GPU: what a step of the SmolLM2-135M shape
 #   costs as F16 (the target), as Q4_1 read in place (the draft) and with SmolLM2's 30 layers
 #   but almost no weights (the narrow shape: the fixed cost of the depth); the pair through
@@ -21,15 +21,10 @@ if [ "${PART:-a}" = a ]; then
   QPID=$!
   el "== copy bandwidth"; python3 scripts/gpu/copy_bw.py
   el "== checks"
-  KILN_TEST_DEVICE=cuda t $B/backend_ops
-  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/backend_ops | sed 's/^/quantized: /'
-  KILN_TEST_DEVICE=cuda t $B/arch_fixtures
-  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/arch_fixtures | sed 's/^/quantized: /'
+  # main's kernels are those of the twenty-third session's checks (sanitizer-clean then).
+  SAN=0 checks
   KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 t $B/real_model
-  r=$(KILN_TEST_DEVICE=cuda timeout 150 compute-sanitizer --print-limit 5 $B/backend_ops --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2); echo "sanitizer: ${r:-no summary}"
-  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/backend_ops_q40 | sed 's/^/q40 quantized: /'
-  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/arch_fixtures_q40 | sed 's/^/q40 quantized: /'
-  r=$(KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized timeout 150 compute-sanitizer --print-limit 5 $B/arch_fixtures_q40 quantized --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2); echo "sanitizer q40, quantized files: ${r:-no summary}"
+  checks _q40
   el "== 1, 5 and 8 rows (-p 32 -g 128); after 2,048 tokens (-p 2048 -g 128)"
   for r in 1 2; do for m in q05 l1b; do
     for b in 1 5 8; do $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 -b $b --json 2>/dev/null | j "r$r $m b$b"; done

@@ -36,3 +36,19 @@ unpack_lcpp() {
       .devlcpp/lcpp_built.txz | tar xf - -C /tmp/peer && mv /tmp/peer/bin /tmp/peer/llama.cpp/build/
   export LD_LIBRARY_PATH=/tmp/peer/llama.cpp/build/bin:$LD_LIBRARY_PATH
 }
+# checks [SUFFIX]: the backend operations and the fixtures on the device, by default and with
+# weights kept quantized, then compute-sanitizer over the backend operations and the quantized
+# fixtures (not with SAN=0); the test binaries $B/backend_ops$SUFFIX and $B/arch_fixtures$SUFFIX
+# (a variant build's when SUFFIX is given).
+checks() {
+  local s=${1:-} r
+  KILN_TEST_DEVICE=cuda t "$B/backend_ops$s" | sed "s/^/backend_ops$s: /"
+  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t "$B/backend_ops$s" | sed "s/^/backend_ops$s quantized: /"
+  KILN_TEST_DEVICE=cuda t "$B/arch_fixtures$s" | sed "s/^/arch_fixtures$s: /"
+  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t "$B/arch_fixtures$s" | sed "s/^/arch_fixtures$s quantized: /"
+  [ "${SAN:-1}" = 1 ] || return 0
+  r=$(KILN_TEST_DEVICE=cuda timeout 150 compute-sanitizer --print-limit 5 "$B/backend_ops$s" --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2)
+  echo "sanitizer, backend_ops$s: ${r:-no summary}"
+  r=$(KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized timeout 150 compute-sanitizer --print-limit 5 "$B/arch_fixtures$s" quantized --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2)
+  echo "sanitizer, arch_fixtures$s quantized files: ${r:-no summary}"
+}
