@@ -12,6 +12,7 @@
 #         the Llama-1B-shape Q4_0 file, and greedy text of both builds.
 # checks: main's tests without the sanitizer (its kernels are the twenty-third session's,
 #         sanitizer-clean then), the engine on the Qwen shape, kiln_q40's tests with it.
+# q40tests: kiln_q40's tests with weights read in place (no sanitizer).
 # ncu:    time and DRAM bytes per kernel, Llama-1B-shape Q4_0 read in place, both builds.
 # Usage: PARTS="spec rows quant checks ncu" bash scripts/gpu/s25_call.sh
 set -u
@@ -75,6 +76,13 @@ part_checks() {
   SAN=0 checks
   KILN_TEST_DEVICE=cuda KILN_TEST_MODEL=/tmp/q05 t $B/real_model
   checks _q40
+}
+
+# kiln_q40's tests with weights read in place, no sanitizer: the short form of part_checks.
+part_q40tests() {
+  el "== kiln_q40's tests, weights read in place"
+  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/backend_ops_q40 | sed 's/^/backend_ops_q40 quantized: /'
+  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t $B/arch_fixtures_q40 | sed 's/^/arch_fixtures_q40 quantized: /'
 }
 
 part_ncu() {
