@@ -232,7 +232,17 @@ def main():
     ap.add_argument("--side-extra", default="{}", metavar="JSON",
                     help="fields added to the side streams' requests, e.g. '{\"prompt_lookup\": 8}'")
     a = ap.parse_args()
-    extra, side_extra = json.loads(a.extra), json.loads(a.side_extra)
+    fields = {}
+    for flag, text in [("--extra", a.extra), ("--side-extra", a.side_extra)]:
+        try:
+            fields[flag] = json.loads(text)
+        except json.JSONDecodeError as e:
+            ap.error(f"{flag}: not JSON ({e})")
+        if not isinstance(fields[flag], dict):
+            ap.error(f"{flag}: expected a JSON object of request fields, got {text}")
+    if a.side < 0:
+        ap.error(f"--side: {a.side} streams")
+    extra, side_extra = fields["--extra"], fields["--side-extra"]
     # The model's id from /v1/models (plain HTTP: the raw client needs no package).
     with urllib.request.urlopen(f"http://127.0.0.1:{a.port}/v1/models", timeout=30) as r:
         model = json.load(r)["data"][0]["id"]
@@ -242,7 +252,8 @@ def main():
     with mp.Pool(a.procs, initializer=init_worker, initargs=(a.port, a.client)) as pool:
         # Warm-up: connections, kernels, and the decode steps of each concurrency (a server in
         # steady state has recorded them), 16 tokens each, outside the figures.
-        for n in [int(s) for s in a.streams.split(",")]:
+        # The side streams too: the rounds' steps have n + side rows.
+        for n in [int(s) + a.side for s in a.streams.split(",")]:
             procs = min(a.procs, n)
             pool.map(worker, [(model, list(range(p, n, procs)), 0.7, 16, time.time(), a.client,
                                {}) for p in range(procs)])

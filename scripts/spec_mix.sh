@@ -6,11 +6,12 @@
 #          `draft_max: 0`, the SIDE streams speculating (`draft_max: 8`).
 # scripts/serve_bench.py runs ROUNDS rounds of each at temperature 0.7 (raw client); prints each
 # round's counted aggregate tok/s and the engine's draft counters, then spec / plain of the
-# medians. Extra arguments for both servers in KILN_ARGS (e.g. "--device cuda").
+# medians and each cycle's ratio (spec against the plain run before it). Extra arguments for both servers in KILN_ARGS (e.g. "--device cuda").
 # With SAME=1 one server with --draft runs both, alternated by cycle: the side streams asking
 # `draft_max: 0` (plain) or 8 (spec), so that the machine's drift between servers falls out.
 # Usage: CYCLES=2 ROUNDS=3 STREAMS=64 SIDE=4 MAXTOK=128 bash scripts/spec_mix.sh KILN TARGET DRAFT
 set -u
+[ $# -eq 3 ] || { echo "usage: [CYCLES=N ROUNDS=N STREAMS=N SIDE=N MAXTOK=N SAME=1] bash scripts/spec_mix.sh KILN TARGET DRAFT" >&2; exit 2; }
 K=$1 TARGET=$2 DRAFT=$3
 PORT=${PORT:-8393}
 STREAMS=${STREAMS:-64} SIDE=${SIDE:-4} ROUNDS=${ROUNDS:-3}
@@ -73,4 +74,6 @@ for l in open('/tmp/spec_mix_out.txt'):
     m = re.match(r'(plain|spec) median (\S+)', l)
     if m:
         (plain if m.group(1) == 'plain' else spec).append(float(m.group(2)))
-print(f'plain medians {plain}, spec medians {spec}: spec / plain {s.median(spec) / s.median(plain):.3f}')"
+ratios = [b / a for a, b in zip(plain, spec)]
+print(f'plain medians {plain}, spec medians {spec}: spec / plain {s.median(spec) / s.median(plain):.3f}')
+print(f'by cycle: {[round(r, 3) for r in ratios]}, median {s.median(ratios):.3f}')"
