@@ -233,8 +233,8 @@ fn batch_sweep(be: &CpuBackend) {
     }
 }
 
-/// Decode attention of SmolLM2-135M's shape (9 heads, 3 KV heads of 64, 30 layers) for 1 and 5
-/// sequences of 80 positions: per layer with the pool in cache ("hot"), and over all layers
+/// Decode attention of SmolLM2-135M's shape (9 heads, 3 KV heads of 64, 30 layers) for 1, 5 and 8
+/// sequences of 80 positions (`LEN`): per layer with the pool in cache ("hot"), and over all layers
 /// with a 2.9 MB Q4_1 product run between layers, as a step's weights pass ("cold"); in µs a
 /// layer and ns per (position, head).
 fn attention_sweep(be: &CpuBackend) {
@@ -254,7 +254,12 @@ fn attention_sweep(be: &CpuBackend) {
         context_length: 2048,
         qkv_bias: false,
     };
-    let len: usize = 80;
+    // `LEN` in the environment: the positions each sequence attends to (80 by default).
+    let len: usize = std::env::var("LEN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(80)
+        .max(1);
     let per_seq = len.div_ceil(KV_BLOCK);
     // A step's weights, one Q4_1 matrix a layer (2.9 MB each), run through the pool as the
     // model does so that its threads stay as busy as in a step.
@@ -264,7 +269,7 @@ fn attention_sweep(be: &CpuBackend) {
                 .expect("matrix")
         })
         .collect();
-    for n in [1usize, 5] {
+    for n in [1usize, 5, 8] {
         let mut pool = be.kv_pool(&c, n * per_seq, KV_BLOCK).expect("pool");
         let tables: Vec<Vec<u32>> = (0..n)
             .map(|s| {
@@ -309,23 +314,31 @@ fn attention_sweep(be: &CpuBackend) {
         }
         let seqs = at(len - 1);
         let pairs = (n * len * c.n_heads) as f64;
-        let reps = 400;
-        let t0 = Instant::now();
-        for r in 0..reps {
-            be.attention(&c, &mut pool, r % 2, &q, &kv, &kv, &seqs, &mut out);
-        }
-        let hot = t0.elapsed().as_secs_f64() / reps as f64;
-        let mut wout = be.act(n * 8192).expect("out");
-        let mut cold = 0.0;
-        for _ in 0..3 {
-            for (layer, w) in weights.iter().enumerate() {
-                be.matmul(w, &q, n, &mut wout);
+        // The best of 5 rounds of 80: this machine's neighbours come and go.
+        let reps = 80;
+        let hot = (0..5)
+            .map(|_| {
                 let t0 = Instant::now();
-                be.attention(&c, &mut pool, layer, &q, &kv, &kv, &seqs, &mut out);
-                cold += t0.elapsed().as_secs_f64();
-            }
-        }
-        cold /= (3 * c.n_layers) as f64;
+                for r in 0..reps {
+                    be.attention(&c, &mut pool, r % 2, &q, &kv, &kv, &seqs, &mut out);
+                }
+                t0.elapsed().as_secs_f64() / reps as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        let mut wout = be.act(n * 8192).expect("out");
+        // The best of 5 passes over the layers.
+        let cold = (0..5)
+            .map(|_| {
+                let mut t = 0.0;
+                for (layer, w) in weights.iter().enumerate() {
+                    be.matmul(w, &q, n, &mut wout);
+                    let t0 = Instant::now();
+                    be.attention(&c, &mut pool, layer, &q, &kv, &kv, &seqs, &mut out);
+                    t += t0.elapsed().as_secs_f64();
+                }
+                t / c.n_layers as f64
+            })
+            .fold(f64::INFINITY, f64::min);
         println!(
             "{n} seq x {len}: hot {:6.1} us/layer {:5.1} ns/pair, cold {:6.1} us/layer {:5.1} ns/pair",
             hot * 1e6,

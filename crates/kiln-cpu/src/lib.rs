@@ -152,7 +152,7 @@ pub struct CpuMat {
 }
 
 /// The KV pool: keys and values (f16 or f32, see [`KvDtype`]), laid out
-/// `[layer][block][offset][kv_dim]`.
+/// `[layer][block][kv_head][offset][head_dim]`.
 pub struct CpuKvPool {
     store: KvStore,
     layout: KvLayout,
@@ -170,12 +170,16 @@ struct KvLayout {
     n_blocks: usize,
     block_size: usize,
     kv_dim: usize,
+    head_dim: usize,
 }
 
 impl KvLayout {
-    /// Index of (layer, position) through a block table.
+    /// Index of the `head_dim` values of key-value head `head` at (layer, position), through
+    /// a block table. A block holds each head's positions one after another
+    /// (`[head][offset][head_dim]`), so that attention, which takes one head at a time,
+    /// reads a block's keys (or values) of a head as one run of memory.
     #[inline]
-    fn slot(&self, layer: usize, blocks: &[u32], pos: usize) -> usize {
+    fn slot(&self, layer: usize, blocks: &[u32], pos: usize, head: usize) -> usize {
         let bs = self.block_size;
         // Block sizes are powers of two in practice: a shift and a mask, not a division.
         let (i, o) = if bs.is_power_of_two() {
@@ -184,7 +188,7 @@ impl KvLayout {
             (pos / bs, pos % bs)
         };
         let b = blocks[i] as usize;
-        ((layer * self.n_blocks + b) * bs + o) * self.kv_dim
+        (layer * self.n_blocks + b) * bs * self.kv_dim + (head * bs + o) * self.head_dim
     }
 }
 
@@ -453,17 +457,18 @@ impl CpuBackend {
         seqs: &[PagedSeq<'_>],
         out: &mut [f32],
     ) {
-        let kvd = l.kv_dim;
+        let (nh, hd, nkv) = (cfg.n_heads, cfg.head_dim, cfg.n_kv_heads);
         for sq in seqs {
             for t in 0..sq.n {
-                let dst = l.slot(layer, sq.blocks, sq.pos0 + t);
-                let src = (sq.row0 + t) * kvd;
-                T::store(self.isa, &k[src..src + kvd], &mut kc[dst..dst + kvd]);
-                T::store(self.isa, &v[src..src + kvd], &mut vc[dst..dst + kvd]);
+                for h in 0..nkv {
+                    let dst = l.slot(layer, sq.blocks, sq.pos0 + t, h);
+                    let src = (sq.row0 + t) * l.kv_dim + h * hd;
+                    T::store(self.isa, &k[src..src + hd], &mut kc[dst..dst + hd]);
+                    T::store(self.isa, &v[src..src + hd], &mut vc[dst..dst + hd]);
+                }
             }
         }
         let (kc, vc): (&[T], &[T]) = (kc, vc);
-        let (nh, hd, nkv) = (cfg.n_heads, cfg.head_dim, cfg.n_kv_heads);
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
         let isa = self.isa;
@@ -514,10 +519,13 @@ impl CpuBackend {
                     };
                     let local = job - start;
                     let (t, kvh) = (local / per_token, local % per_token / subs);
-                    for p in 0..sq.pos0 + t + 1 {
-                        let o = l.slot(layer, sq.blocks, p) + kvh * hd;
-                        // Each cache line of the head's key and value, the last included.
-                        for d in (0..hd).step_by(line).chain([hd - 1]) {
+                    // A block's positions of the head are one run: each of its cache lines,
+                    // the last included.
+                    let (len, bs) = (sq.pos0 + t + 1, l.block_size);
+                    for p0 in (0..len).step_by(bs) {
+                        let o = l.slot(layer, sq.blocks, p0, kvh);
+                        let n = (len - p0).min(bs) * hd;
+                        for d in (0..n).step_by(line).chain([n - 1]) {
                             kernels::prefetch(kc[o + d..].as_ptr());
                             kernels::prefetch(vc[o + d..].as_ptr());
                         }
@@ -550,7 +558,7 @@ impl CpuBackend {
                     let len = sq.pos0 + t + 1;
                     let scores = &mut scores[..g * len];
                     let key = |p: usize| {
-                        let o = l.slot(layer, sq.blocks, p) + kvh * hd;
+                        let o = l.slot(layer, sq.blocks, p, kvh);
                         &kc[o..o + hd]
                     };
                     T::scores_group(isa, qh, g, scale, key, scores);
@@ -563,7 +571,7 @@ impl CpuBackend {
                     let acc = &mut acc[..g * hd];
                     acc.fill(0.0);
                     let val = |p: usize| {
-                        let o = l.slot(layer, sq.blocks, p) + kvh * hd;
+                        let o = l.slot(layer, sq.blocks, p, kvh);
                         &vc[o..o + hd]
                     };
                     T::mix_group(isa, scores, g, val, acc);
@@ -720,6 +728,7 @@ impl Backend for CpuBackend {
             n_blocks,
             block_size: block_size.max(1),
             kv_dim,
+            head_dim: cfg.head_dim,
         };
         let bytes = self.kv_dtype.bytes();
         let store = match self.kv_dtype {
