@@ -2,9 +2,10 @@
 //! (one token: decode) and GMAC/s (many tokens: prefill), on a matrix that fits in cache
 //! and on one that does not.
 //!
-//! `cargo run --release -p kiln-cpu --example kernels -- [threads] [batch|sample|attention]`
+//! `cargo run --release -p kiln-cpu --example kernels -- [threads] [batch|sample|attention|step]`
 //! (`ISA=scalar|avx2|avx512` in the environment picks a lesser instruction set): with a second
-//! argument, products at 1 to 8 tokens, the host sampler on one row, or decode attention.
+//! argument, products at 1 to 8 tokens, the host sampler on one row, decode attention, or
+//! the matrix products of one decode step of the default model at 1 to 8 tokens.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +71,7 @@ fn main() {
         Some("batch") => return batch_sweep(&be),
         Some("sample") => return sample_sweep(),
         Some("attention") => return attention_sweep(&be),
+        Some("step") => return step_products(&be),
         _ => {}
     }
     println!(
@@ -230,6 +232,67 @@ fn batch_sweep(be: &CpuBackend) {
             }
             println!("{line}");
         }
+    }
+}
+
+/// The matrix products of one decode step of the default model (SmolLM2-135M-Instruct Q4_1:
+/// 30 layers of q, k, v, o, gate, up and down in Q4_1, the output head in Q8_0), one after
+/// another as a step runs them, at 1, 2, 4 and 8 tokens: milliseconds a step (the best of 5)
+/// and the products' tokens a second. What a step of n sequences costs before its attention,
+/// norms, sampling and the waits between them.
+fn step_products(be: &CpuBackend) {
+    let mut shapes = Vec::new();
+    for _ in 0..30 {
+        for (rows, cols) in [
+            (576, 576),
+            (192, 576),
+            (192, 576),
+            (576, 576),
+            (1536, 576),
+            (1536, 576),
+            (576, 1536),
+        ] {
+            shapes.push((GgmlType::Q4_1, rows, cols));
+        }
+    }
+    shapes.push((GgmlType::Q8_0, 49152, 576));
+    let mats: Vec<_> = shapes
+        .iter()
+        .map(|&(ty, rows, cols)| {
+            let m = be.matrix(random_matrix(ty, rows, cols)).expect("matrix");
+            (m, rows, cols)
+        })
+        .collect();
+    let weights: usize = shapes.iter().map(|&(_, r, c)| r * c).sum();
+    for n in [1usize, 2, 4, 8] {
+        let xs: Vec<_> = [576usize, 1536]
+            .iter()
+            .map(|&cols| {
+                be.vector(
+                    &(0..n * cols)
+                        .map(|i| (i % 7) as f32 - 3.0)
+                        .collect::<Vec<_>>(),
+                )
+                .expect("x")
+            })
+            .collect();
+        let mut out = be.act(n * 49152).expect("out");
+        let best = (0..6)
+            .map(|_| {
+                let t0 = Instant::now();
+                for (m, _, cols) in &mats {
+                    be.matmul(m, &xs[usize::from(*cols != 576)], n, &mut out);
+                }
+                t0.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "{n} tokens: {:7.3} ms a step, {:7.1} tokens/s, {:6.1} G products/s",
+            best * 1e3,
+            n as f64 / best,
+            (weights * n) as f64 / best / 1e9
+        );
     }
 }
 
