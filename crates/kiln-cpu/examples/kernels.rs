@@ -236,53 +236,59 @@ fn batch_sweep(be: &CpuBackend) {
 }
 
 /// The matrix products of one decode step of the default model (SmolLM2-135M-Instruct Q4_1:
-/// 30 layers of q, k, v, o, gate, up and down in Q4_1, the output head in Q8_0), one after
-/// another as a step runs them, at 1, 2, 4 and 8 tokens: milliseconds a step (the best of 5)
-/// and the products' tokens a second. What a step of n sequences costs before its attention,
-/// norms, sampling and the waits between them.
+/// 30 layers of q, k, v, o, gate, up and down in Q4_1, the output head in Q8_0), as the decoder
+/// runs them (q, k, v in one `matmul_many`, gate and up in another, o, down and the head
+/// alone), at 1, 2, 4 and 8 tokens: milliseconds a step (the best of 5 after one untimed),
+/// tokens a second and products a second. What a step of n sequences costs before its
+/// attention, norms, sampling and the waits between them.
 fn step_products(be: &CpuBackend) {
-    let mut shapes = Vec::new();
-    for _ in 0..30 {
-        for (rows, cols) in [
-            (576, 576),
-            (192, 576),
-            (192, 576),
-            (576, 576),
-            (1536, 576),
-            (1536, 576),
-            (576, 1536),
-        ] {
-            shapes.push((GgmlType::Q4_1, rows, cols));
-        }
-    }
-    shapes.push((GgmlType::Q8_0, 49152, 576));
-    let mats: Vec<_> = shapes
-        .iter()
-        .map(|&(ty, rows, cols)| {
-            let m = be.matrix(random_matrix(ty, rows, cols)).expect("matrix");
-            (m, rows, cols)
+    let q4 = |rows, cols| {
+        be.matrix(random_matrix(GgmlType::Q4_1, rows, cols))
+            .expect("matrix")
+    };
+    // Per layer: [q, k, v], o, [gate, up], down.
+    let layers: Vec<_> = (0..30)
+        .map(|_| {
+            (
+                [q4(576, 576), q4(192, 576), q4(192, 576)],
+                q4(576, 576),
+                [q4(1536, 576), q4(1536, 576)],
+                q4(576, 1536),
+            )
         })
         .collect();
-    let weights: usize = shapes.iter().map(|&(_, r, c)| r * c).sum();
+    let head = be
+        .matrix(random_matrix(GgmlType::Q8_0, 49152, 576))
+        .expect("matrix");
+    let per_layer = 576 * 576 * 2 + 192 * 576 * 2 + 1536 * 576 * 3;
+    let weights = 30 * per_layer + 49152 * 576;
     for n in [1usize, 2, 4, 8] {
-        let xs: Vec<_> = [576usize, 1536]
+        let x = |cols: usize| {
+            be.vector(
+                &(0..n * cols)
+                    .map(|i| (i % 7) as f32 - 3.0)
+                    .collect::<Vec<_>>(),
+            )
+            .expect("x")
+        };
+        let (x576, x1536) = (x(576), x(1536));
+        let mut outs: Vec<_> = [576, 192, 192, 576, 1536, 1536, 576, 49152]
             .iter()
-            .map(|&cols| {
-                be.vector(
-                    &(0..n * cols)
-                        .map(|i| (i % 7) as f32 - 3.0)
-                        .collect::<Vec<_>>(),
-                )
-                .expect("x")
-            })
+            .map(|&rows| be.act(n * rows).expect("out"))
             .collect();
-        let mut out = be.act(n * 49152).expect("out");
         let best = (0..6)
             .map(|_| {
                 let t0 = Instant::now();
-                for (m, _, cols) in &mats {
-                    be.matmul(m, &xs[usize::from(*cols != 576)], n, &mut out);
+                for (qkv, o, gate_up, down) in &layers {
+                    let [oq, ok, ov, oo, og, ou, od, _] = &mut outs[..] else {
+                        unreachable!("eight outputs")
+                    };
+                    be.matmul_many(&[&qkv[0], &qkv[1], &qkv[2]], &x576, n, &mut [oq, ok, ov]);
+                    be.matmul(o, &x576, n, oo);
+                    be.matmul_many(&[&gate_up[0], &gate_up[1]], &x576, n, &mut [og, ou]);
+                    be.matmul(down, &x1536, n, od);
                 }
+                be.matmul(&head, &x576, n, &mut outs[7]);
                 t0.elapsed().as_secs_f64()
             })
             .skip(1)
@@ -318,11 +324,16 @@ fn attention_sweep(be: &CpuBackend) {
         qkv_bias: false,
     };
     // `LEN` in the environment: the positions each sequence attends to (80 by default).
-    let len: usize = std::env::var("LEN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(80)
-        .max(1);
+    let len: usize = match std::env::var("LEN") {
+        Err(_) => 80,
+        Ok(v) => match v.parse() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                eprintln!("LEN: {v:?} is not a number of positions (1 or more)");
+                std::process::exit(2);
+            }
+        },
+    };
     let per_seq = len.div_ceil(KV_BLOCK);
     // A step's weights, one Q4_1 matrix a layer (2.9 MB each), run through the pool as the
     // model does so that its threads stay as busy as in a step.
