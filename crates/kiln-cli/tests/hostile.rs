@@ -68,7 +68,11 @@ fn post_within(
     let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let v = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+    let v = serde_json::from_str(body).unwrap_or_else(|_| {
+        // No JSON: keep what curl said, so that a failure names the cause (a reset, a timeout).
+        let err = String::from_utf8_lossy(&out.stderr);
+        Value::String(format!("{body} (curl: {} after {elapsed:?})", err.trim()))
+    });
     (code.trim().parse().unwrap_or(0), v, elapsed)
 }
 
@@ -305,6 +309,7 @@ fn malformed_bodies(s: &Server) {
     );
     let big = vec![b' '; 2 << 20];
     refused("2 MiB body", post(s, "/v1/completions", &big, &[JSON]), 413);
+    oversized_body_in_pieces(s);
     let many: Vec<Value> = (0..20_000)
         .map(|_| json!({"role": "user", "content": ""}))
         .collect();
@@ -312,6 +317,34 @@ fn malformed_bodies(s: &Server) {
     let (code, v, t) = post(s, "/v1/chat/completions", body.as_bytes(), &[JSON]);
     assert!((400..500).contains(&code), "20,000 messages: {code} {v}");
     assert!(t < LIMIT, "20,000 messages: {t:?}");
+}
+
+/// A 2 MiB body still being sent after the server has seen it is too large: the server reads
+/// the rest before it answers, so the client's writes all succeed and it reads the 413. (A
+/// server that answers and closes with the rest unread makes the kernel reset the connection,
+/// and the client's next write fails: curl then reports the reset, not the 413.)
+fn oversized_body_in_pieces(s: &Server) {
+    let n = 2usize << 20;
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+    )
+    .unwrap();
+    let first = n * 3 / 4;
+    c.write_all(&vec![b' '; first]).unwrap();
+    let piece = (n - first) / 8;
+    for i in 0..8 {
+        std::thread::sleep(Duration::from_millis(50));
+        let len = if i == 7 { n - first - 7 * piece } else { piece };
+        if let Err(e) = c.write_all(&vec![b' '; len]) {
+            panic!("oversized body: write {i} after the first 1.5 MiB failed: {e}");
+        }
+    }
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).expect("oversized body: an answer");
+    assert_eq!(&head, b"HTTP/1.1 413", "oversized body");
 }
 
 /// Headers sent a byte at a time and then never finished: the connection is closed once the

@@ -483,30 +483,68 @@ async fn models(State(st): State<Shared>) -> Response {
     .into_response()
 }
 
+/// Bytes of an oversized body read and thrown away before the 413 goes out, so that a
+/// client still sending reads the answer: closing a connection with unread data makes the
+/// kernel send a reset, and a client hit by it while writing (curl, most libraries) reports
+/// the reset instead of the 413. Past this much, or past the body deadline, the answer goes
+/// out at once.
+const OVERSIZE_DRAIN_BYTES: usize = 16 << 20;
+
 async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    let read = axum::body::to_bytes(body, st.cfg.max_body_bytes);
-    tokio::time::timeout(st.cfg.body_timeout, read)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} s",
-                    st.cfg.body_timeout.as_secs()
-                ),
-                Some("body_timeout"),
-            )
-        })?
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than {} bytes",
-                    st.cfg.max_body_bytes
-                ),
-                Some("body_too_large"),
-            )
-        })
+    use futures_util::StreamExt;
+    let limit = st.cfg.max_body_bytes;
+    let deadline = tokio::time::Instant::now() + st.cfg.body_timeout;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+            Some("body_too_large"),
+        )
+    };
+    let mut data = body.into_data_stream();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        let next = match tokio::time::timeout_at(deadline, data.next()).await {
+            Ok(next) => next,
+            Err(_) if seen > limit => return Err(too_large()),
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        st.cfg.body_timeout.as_secs()
+                    ),
+                    Some("body_timeout"),
+                ))
+            }
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {e}"),
+                    Some("body"),
+                ))
+            }
+            Some(Ok(chunk)) => {
+                seen = seen.saturating_add(chunk.len());
+                if seen <= limit {
+                    kept.extend_from_slice(&chunk);
+                } else {
+                    kept = Vec::new();
+                    if seen > limit.saturating_add(OVERSIZE_DRAIN_BYTES) {
+                        return Err(too_large());
+                    }
+                }
+            }
+        }
+    }
+    if seen > limit {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 fn check_model(st: &AppState, lm: &LoadedLm, req: &GenRequest) -> Result<(), ApiError> {
