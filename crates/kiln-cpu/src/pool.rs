@@ -14,27 +14,41 @@ use crate::tune::{CpuSampler, Tuner};
 
 type Task = dyn Fn(usize, usize) + Sync;
 
+/// A value alone on its cache lines (two: Intel's prefetcher fetches lines in pairs). The
+/// workers spin reading the epoch while the caller writes a task's other fields; in one
+/// line, each of those writes took the line from the spinning readers and back (about 1 us
+/// an empty task on two threads, docs/PERF.md, twenty-seventh session).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 struct Shared {
     /// The current task, lifetime-erased; valid while `pending > 0`.
-    task: Mutex<Option<*const Task>>,
+    task: Padded<Mutex<Option<*const Task>>>,
     /// The current task's number (above the low 16 bits) and how many threads take part in
     /// it (the low 16 bits): threads `0..active` look for its parts, the rest rest.
-    epoch: AtomicUsize,
+    epoch: Padded<AtomicUsize>,
     /// The epoch of the task whose parts may still be claimed; 0 once they are all done.
-    open: AtomicUsize,
+    open: Padded<AtomicUsize>,
     /// Workers between looking at `open` and leaving the task: `run` returns only when
     /// none is, so none can reach the task after it.
-    inside: AtomicUsize,
+    inside: Padded<AtomicUsize>,
     /// The current task's parts, the next one to claim, and how many are done.
-    parts: AtomicUsize,
-    next: AtomicUsize,
-    done: AtomicUsize,
+    parts: Padded<AtomicUsize>,
+    next: Padded<AtomicUsize>,
+    done: Padded<AtomicUsize>,
     wake: Condvar,
     wake_lock: Mutex<()>,
     /// Workers asleep on `wake` (or about to be): `run` only notifies when there are some,
     /// so a busy pool makes no system call per task.
-    sleepers: AtomicUsize,
-    stop: AtomicBool,
+    sleepers: Padded<AtomicUsize>,
+    stop: Padded<AtomicBool>,
     /// A worker's part of the current task panicked.
     panicked: AtomicBool,
     /// Tests: workers wait here before looking for parts, as a descheduled thread would.
@@ -94,17 +108,17 @@ impl ThreadPool {
     fn with_tuner(n_threads: usize, adaptive: bool) -> Self {
         let n_threads = n_threads.clamp(1, MAX_THREADS);
         let shared = Arc::new(Shared {
-            task: Mutex::new(None),
-            epoch: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
-            inside: AtomicUsize::new(0),
-            parts: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
+            task: Padded(Mutex::new(None)),
+            epoch: Padded(AtomicUsize::new(0)),
+            open: Padded(AtomicUsize::new(0)),
+            inside: Padded(AtomicUsize::new(0)),
+            parts: Padded(AtomicUsize::new(0)),
+            next: Padded(AtomicUsize::new(0)),
+            done: Padded(AtomicUsize::new(0)),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
-            sleepers: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
+            sleepers: Padded(AtomicUsize::new(0)),
+            stop: Padded(AtomicBool::new(false)),
             panicked: AtomicBool::new(false),
             #[cfg(test)]
             hold: AtomicBool::new(false),
