@@ -310,6 +310,7 @@ fn malformed_bodies(s: &Server) {
     let big = vec![b' '; 2 << 20];
     refused("2 MiB body", post(s, "/v1/completions", &big, &[JSON]), 413);
     oversized_body_in_pieces(s);
+    declared_huge_body(s);
     let many: Vec<Value> = (0..20_000)
         .map(|_| json!({"role": "user", "content": ""}))
         .collect();
@@ -320,13 +321,15 @@ fn malformed_bodies(s: &Server) {
 }
 
 /// A 2 MiB body still being sent after the server has seen it is too large: the server reads
-/// the rest before it answers, so the client's writes all succeed and it reads the 413. (A
-/// server that answers and closes with the rest unread makes the kernel reset the connection,
-/// and the client's next write fails: curl then reports the reset, not the 413.)
+/// the rest before it answers, so the client's writes all succeed and it reads a clear 413.
+/// (A server that answers and closes with the rest unread makes the kernel reset the
+/// connection, and the client's next write fails: curl then reports the reset, not the 413.)
 fn oversized_body_in_pieces(s: &Server) {
     let n = 2usize << 20;
     let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     c.set_read_timeout(Some(LIMIT)).unwrap();
+    c.set_write_timeout(Some(LIMIT)).unwrap();
+    let t0 = Instant::now();
     write!(
         c,
         "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
@@ -334,17 +337,76 @@ fn oversized_body_in_pieces(s: &Server) {
     .unwrap();
     let first = n * 3 / 4;
     c.write_all(&vec![b' '; first]).unwrap();
+    // The rest in 8 pieces 20 ms apart: the old server's reset arrives within the first gap,
+    // and the whole stays well inside the suite's 1 s body deadline.
     let piece = (n - first) / 8;
     for i in 0..8 {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
         let len = if i == 7 { n - first - 7 * piece } else { piece };
         if let Err(e) = c.write_all(&vec![b' '; len]) {
             panic!("oversized body: write {i} after the first 1.5 MiB failed: {e}");
         }
     }
+    // The answer: its head, then the body its Content-Length gives.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (head, body_len) = loop {
+        let k = c.read(&mut buf).expect("oversized body: an answer");
+        assert!(
+            k > 0,
+            "oversized body: the connection closed without an answer"
+        );
+        got.extend_from_slice(&buf[..k]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("oversized body: a Content-Length");
+            got.drain(..end + 4);
+            break (head, len);
+        }
+    };
+    while got.len() < body_len {
+        let k = c.read(&mut buf).expect("oversized body: the answer's body");
+        assert!(k > 0, "oversized body: the answer's body was cut short");
+        got.extend_from_slice(&buf[..k]);
+    }
+    assert!(head.starts_with("http/1.1 413"), "oversized body: {head}");
+    let v: Value = serde_json::from_slice(&got[..body_len]).expect("oversized body: JSON");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "oversized body: no error message: {v}"
+    );
+    assert!(
+        t0.elapsed() < LIMIT,
+        "oversized body: answered after {:?}",
+        t0.elapsed()
+    );
+}
+
+/// A `Content-Length` of 100 MB with no body sent: refused at once with a 413, not after the
+/// body deadline (the server does not read on past its limit plus what it would drain).
+fn declared_huge_body(s: &Server) {
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(LIMIT)).unwrap();
+    let t0 = Instant::now();
+    c.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n",
+    )
+    .unwrap();
     let mut head = [0u8; 12];
-    c.read_exact(&mut head).expect("oversized body: an answer");
-    assert_eq!(&head, b"HTTP/1.1 413", "oversized body");
+    c.read_exact(&mut head).expect("declared 100 MB: an answer");
+    assert_eq!(&head, b"HTTP/1.1 413", "declared 100 MB");
+    // Well before the suite's 1 s body deadline.
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "declared 100 MB: answered after {:?}",
+        t0.elapsed()
+    );
 }
 
 /// Headers sent a byte at a time and then never finished: the connection is closed once the

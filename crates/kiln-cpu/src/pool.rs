@@ -15,9 +15,10 @@ use crate::tune::{CpuSampler, Tuner};
 type Task = dyn Fn(usize, usize) + Sync;
 
 /// A value alone on its cache lines (two: Intel's prefetcher fetches lines in pairs). The
-/// workers spin reading the epoch while the caller writes a task's other fields; in one
-/// line, each of those writes took the line from the spinning readers and back (about 1 us
-/// an empty task on two threads, docs/PERF.md, twenty-seventh session).
+/// workers spin reading the epoch while the caller writes a task's other fields; in the one
+/// or two lines they shared, each of those writes took the line from the spinning readers,
+/// who took it back (about 1 us an empty task on two threads, docs/PERF.md, twenty-seventh
+/// session).
 #[repr(align(128))]
 struct Padded<T>(T);
 
@@ -29,7 +30,8 @@ impl<T> std::ops::Deref for Padded<T> {
 }
 
 struct Shared {
-    /// The current task, lifetime-erased; valid while `pending > 0`.
+    /// The current task, lifetime-erased; valid until `run` has closed `open` and seen no
+    /// worker `inside`.
     task: Padded<Mutex<Option<*const Task>>>,
     /// The current task's number (above the low 16 bits) and how many threads take part in
     /// it (the low 16 bits): threads `0..active` look for its parts, the rest rest.

@@ -501,8 +501,16 @@ async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
             Some("body_too_large"),
         )
     };
+    // A declared length past what would be read anyway is refused at once (the client
+    // then meets the reset, as it would after reading on).
+    let declared =
+        usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).unwrap_or(usize::MAX);
+    if declared > limit.saturating_add(OVERSIZE_DRAIN_BYTES) {
+        return Err(too_large());
+    }
     let mut data = body.into_data_stream();
-    let mut kept: Vec<u8> = Vec::new();
+    // Room for what is declared, up to 64 KiB before any of it has arrived.
+    let mut kept: Vec<u8> = Vec::with_capacity(declared.min(limit).min(64 << 10));
     let mut seen = 0usize;
     loop {
         let next = match tokio::time::timeout_at(deadline, data.next()).await {
@@ -521,11 +529,11 @@ async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
         };
         match next {
             None => break,
+            Some(Err(_)) if seen > limit => return Err(too_large()),
             Some(Err(e)) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
+                return Err(ApiError::bad(
+                    "body",
                     format!("the request body could not be read: {e}"),
-                    Some("body"),
                 ))
             }
             Some(Ok(chunk)) => {
