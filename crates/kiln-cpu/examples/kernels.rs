@@ -2,10 +2,11 @@
 //! (one token: decode) and GMAC/s (many tokens: prefill), on a matrix that fits in cache
 //! and on one that does not.
 //!
-//! `cargo run --release -p kiln-cpu --example kernels -- [threads] [batch|sample|attention|step]`
+//! `cargo run --release -p kiln-cpu --example kernels -- [threads] [batch|sample|attention|step|quantize]`
 //! (`ISA=scalar|avx2|avx512` in the environment picks a lesser instruction set): with a second
-//! argument, products at 1 to 8 tokens, the host sampler on one row, decode attention, or
-//! the matrix products of one decode step of the default model at 1 to 8 tokens.
+//! argument, products at 1 to 8 tokens, the host sampler on one row, decode attention, the
+//! matrix products of one decode step of the default model at 1 to 8 tokens, or the
+//! activations' quantization.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,6 +73,7 @@ fn main() {
         Some("sample") => return sample_sweep(),
         Some("attention") => return attention_sweep(&be),
         Some("step") => return step_products(&be),
+        Some("quantize") => return quantize_sweep(),
         _ => {}
     }
     println!(
@@ -299,6 +301,51 @@ fn step_products(be: &CpuBackend) {
             n as f64 / best,
             (weights * n) as f64 / best / 1e9
         );
+    }
+}
+
+/// The activations' quantization (`ISA`, else the best of this CPU) of 1 and 8 rows of 576
+/// and 1536 values (the default model's product inputs): ns a 32-value block, the best of 5
+/// rounds of 2,000 calls, the whole input at once and in slices of 15 blocks (which AVX-512
+/// quantizes one block at a time, as it did for every block before it took 16 together).
+fn quantize_sweep() {
+    let isa = match std::env::var("ISA") {
+        Ok(name) => kiln_cpu::Isa::named(&name).unwrap_or_else(|e| panic!("ISA: {e}")),
+        Err(_) => kiln_cpu::Isa::detect(),
+    };
+    for cols in [576usize, 1536] {
+        for n in [1usize, 8] {
+            let nb = n * cols / 32;
+            let x: Vec<f32> = (0..nb * 32)
+                .map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5)
+                .collect();
+            let (mut q, mut d, mut s) = (vec![0i8; nb * 32], vec![0f32; nb], vec![0f32; nb]);
+            let mut time = |slice: usize| {
+                (0..5)
+                    .map(|_| {
+                        let t = Instant::now();
+                        for _ in 0..2000 {
+                            for b0 in (0..nb).step_by(slice) {
+                                let b1 = (b0 + slice).min(nb);
+                                kiln_cpu::quantize_rows(
+                                    isa,
+                                    &x[b0 * 32..b1 * 32],
+                                    &mut q[b0 * 32..b1 * 32],
+                                    &mut d[b0..b1],
+                                    &mut s[b0..b1],
+                                );
+                            }
+                        }
+                        t.elapsed().as_secs_f64() / 2000.0 / nb as f64 * 1e9
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let (whole, by15) = (time(nb), time(15));
+            println!(
+                "{n} x {cols}: {whole:5.2} ns a block whole, {by15:5.2} in slices of 15 ({:.2} us a call whole)",
+                whole * nb as f64 / 1e3
+            );
+        }
     }
 }
 

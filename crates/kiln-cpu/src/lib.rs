@@ -12,7 +12,7 @@ use std::sync::Arc;
 use half::f16;
 
 use kernels::vec::KvElem;
-pub use kernels::Isa;
+pub use kernels::{quantize_rows, Isa};
 use kiln_model::backend::{Backend, PagedSeq, RawTensor, TensorBytes};
 use kiln_model::config::RopeStyle;
 use kiln_model::{ModelConfig, ModelError};

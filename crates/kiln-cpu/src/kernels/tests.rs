@@ -385,3 +385,34 @@ fn f16_dot_of_four_rows_matches_one_row_at_a_time() {
         }
     }
 }
+
+/// The activations' quantization on every instruction set of this CPU is the scalar one bit
+/// for bit: 1 to 40 blocks (the AVX-512 path takes 16 at a time and the rest one by one),
+/// blocks of zeros, of one value, of values far apart in size, of f16-subnormal scales and of
+/// large ones.
+#[test]
+fn quantization_is_the_scalar_one_on_every_isa() {
+    let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+    for nb in 1..=40usize {
+        let x: Vec<f32> = (0..nb * 32)
+            .map(|i| match (i / 32) % 7 {
+                0 => 0.0,
+                1 => 0.75,
+                2 => rng.f() * 1e-6,
+                3 => rng.f() * 6e4,
+                4 => rng.f() * if i % 5 == 0 { 100.0 } else { 0.01 },
+                _ => rng.f() * 3.0,
+            })
+            .collect();
+        let (mut q0, mut d0, mut s0) = (vec![0i8; nb * 32], vec![0f32; nb], vec![0f32; nb]);
+        quantize_rows(Isa::Scalar, &x, &mut q0, &mut d0, &mut s0);
+        for isa in Isa::available() {
+            let (mut q, mut d, mut s) = (vec![0i8; nb * 32], vec![0f32; nb], vec![0f32; nb]);
+            quantize_rows(isa, &x, &mut q, &mut d, &mut s);
+            assert_eq!(q, q0, "{isa:?} {nb} blocks: values");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d), bits(&d0), "{isa:?} {nb} blocks: scales");
+            assert_eq!(bits(&s), bits(&s0), "{isa:?} {nb} blocks: sums");
+        }
+    }
+}

@@ -122,7 +122,12 @@ fn prefetch_ahead(p: *const u8) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 pub(super) unsafe fn quantize_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
     let nb = (x.len() / 32).min(qs.len() / 32).min(d.len()).min(s.len());
-    for b in 0..nb {
+    let whole = nb / 16 * 16;
+    for b0 in (0..whole).step_by(16) {
+        // SAFETY: blocks `b0..b0 + 16` are inside all four slices (`whole <= nb`).
+        unsafe { quantize_16_blocks(x, qs, d, s, b0) };
+    }
+    for b in whole..nb {
         // SAFETY: block `b` is inside all four slices (`nb` is their common block count).
         unsafe {
             let x0 = _mm512_loadu_ps(x.as_ptr().add(32 * b));
@@ -141,6 +146,96 @@ pub(super) unsafe fn quantize_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s:
             d[b] = _mm_cvtss_f32(ds);
             s[b] = _mm_cvtss_f32(_mm_movehdup_ps(ds));
         }
+    }
+}
+
+/// Lane `j` of the result: `op` over the 16 lanes of `v[j]`, by the tree the attention's
+/// scores use (halves, quarters, then within each quarter; exact for a maximum or integer
+/// sums, whatever the order).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn across_16(v: &[__m512; 16], op: impl Fn(__m512, __m512) -> __m512) -> __m512 {
+    let mut quads = [_mm512_setzero_ps(); 4];
+    for (qi, quad) in quads.iter_mut().enumerate() {
+        let mut halves = [_mm512_setzero_ps(); 2];
+        for (pair, half) in halves.iter_mut().enumerate() {
+            let (a, b) = (v[4 * qi + 2 * pair], v[4 * qi + 2 * pair + 1]);
+            *half = op(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            );
+        }
+        let [x, y] = halves;
+        *quad = op(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        );
+    }
+    let [c0, c1, c2, c3] = quads;
+    let f0 = op(
+        _mm512_shuffle_ps::<0b01_00_01_00>(c0, c1),
+        _mm512_shuffle_ps::<0b11_10_11_10>(c0, c1),
+    );
+    let f1 = op(
+        _mm512_shuffle_ps::<0b01_00_01_00>(c2, c3),
+        _mm512_shuffle_ps::<0b11_10_11_10>(c2, c3),
+    );
+    let r = op(
+        _mm512_shuffle_ps::<0b10_00_10_00>(f0, f1),
+        _mm512_shuffle_ps::<0b11_01_11_01>(f0, f1),
+    );
+    // Lane 4k + m holds vector 4m + k.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_ps(order, r)
+}
+
+/// [`quantize_avx512`] of blocks `b0..b0 + 16` at once: the same operations on every value
+/// and block (the maximum and the integer sum are exact in any order, the scale's division
+/// and the f16 roundings lane by lane), with the two sums across each block's lanes done for
+/// 16 blocks together instead of one by one.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW; blocks `b0..b0 + 16` are inside all four slices.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn quantize_16_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], b0: usize) {
+    // SAFETY: the caller's; every access is inside blocks `b0..b0 + 16`.
+    unsafe {
+        let px = x.as_ptr().add(32 * b0);
+        let xs: [[__m512; 2]; 16] = core::array::from_fn(|j| {
+            [
+                _mm512_loadu_ps(px.add(32 * j)),
+                _mm512_loadu_ps(px.add(32 * j + 16)),
+            ]
+        });
+        let m: [__m512; 16] = core::array::from_fn(|j| {
+            _mm512_max_ps(_mm512_abs_ps(xs[j][0]), _mm512_abs_ps(xs[j][1]))
+        });
+        let amax = across_16(&m, |a, b| _mm512_max_ps(a, b));
+        let db = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
+        let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(db, _mm512_setzero_ps());
+        let id = _mm512_maskz_div_ps(positive, _mm512_set1_ps(1.0), db);
+        let pq = qs.as_mut_ptr().add(32 * b0);
+        let sums: [__m512; 16] = core::array::from_fn(|j| {
+            let vid = _mm512_permutexvar_ps(_mm512_set1_epi32(j as i32), id);
+            let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(xs[j][0], vid));
+            let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(xs[j][1], vid));
+            _mm_storeu_si128(pq.add(32 * j).cast(), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(pq.add(32 * j + 16).cast(), _mm512_cvtepi32_epi8(q1));
+            _mm512_castsi512_ps(_mm512_add_epi32(q0, q1))
+        });
+        let sum = _mm512_castps_si512(across_16(&sums, |a, b| {
+            _mm512_castsi512_ps(_mm512_add_epi32(
+                _mm512_castps_si512(a),
+                _mm512_castps_si512(b),
+            ))
+        }));
+        let rounded = |v: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<0>(v));
+        _mm512_storeu_ps(d.as_mut_ptr().add(b0), rounded(db));
+        _mm512_storeu_ps(
+            s.as_mut_ptr().add(b0),
+            rounded(_mm512_mul_ps(db, _mm512_cvtepi32_ps(sum))),
+        );
     }
 }
 
