@@ -327,7 +327,7 @@ fn quantize_sweep() {
                         for _ in 0..2000 {
                             for b0 in (0..nb).step_by(slice) {
                                 let b1 = (b0 + slice).min(nb);
-                                kiln_cpu::quantize_rows(
+                                kiln_cpu::quantize_activations(
                                     isa,
                                     &x[b0 * 32..b1 * 32],
                                     &mut q[b0 * 32..b1 * 32],

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use half::f16;
 
 use kernels::vec::KvElem;
-pub use kernels::{quantize_rows, Isa};
+pub use kernels::Isa;
 use kiln_model::backend::{Backend, PagedSeq, RawTensor, TensorBytes};
 use kiln_model::config::RopeStyle;
 use kiln_model::{ModelConfig, ModelError};
@@ -141,6 +141,23 @@ impl CpuBackend {
             .map(|(w, o)| (w.kernel, &w.raw, o.as_mut_slice()));
         matmul::matmul_many(&self.pool, self.isa, parts, x, n);
     }
+}
+
+/// The activations' quantization the products use (blocks of 32 values: 8-bit values, their
+/// f16-rounded scale and scaled sum), on `isa`: for benchmarks and comparisons. Panics if this
+/// CPU lacks `isa`, or if `x` is not whole blocks or the outputs do not match it.
+pub fn quantize_activations(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    assert!(
+        Isa::available().contains(&isa),
+        "{isa:?} is not available on this CPU"
+    );
+    let nb = x.len() / 32;
+    assert!(
+        x.len().is_multiple_of(32) && qs.len() == x.len() && d.len() == nb && s.len() == nb,
+        "{} values (whole blocks of 32) need as many outputs and one scale and sum a block",
+        x.len()
+    );
+    kernels::quantize_rows(isa, x, qs, d, s);
 }
 
 /// A weight matrix as the file stores it.

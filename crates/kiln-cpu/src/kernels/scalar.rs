@@ -17,7 +17,14 @@ pub(crate) fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32
     for (b, xb) in x.chunks_exact(32).enumerate() {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let db = amax / 127.0;
-        let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+        // A scale so small that its inverse overflows (the block's largest magnitude below
+        // about 3.4e-37) quantizes the block to zeros, as a zero scale does; at f16 the
+        // scale is zero either way.
+        let id = if db > 0.0 && (1.0 / db).is_finite() {
+            1.0 / db
+        } else {
+            0.0
+        };
         let mut sum = 0i32;
         for (q, &v) in qs[b * 32..b * 32 + 32].iter_mut().zip(xb) {
             let r = (v * id).round_ties_even().clamp(-127.0, 127.0) as i32;

@@ -387,20 +387,27 @@ fn f16_dot_of_four_rows_matches_one_row_at_a_time() {
 }
 
 /// The activations' quantization on every instruction set of this CPU is the scalar one bit
-/// for bit: 1 to 40 blocks (the AVX-512 path takes 16 at a time and the rest one by one),
-/// blocks of zeros, of one value, of values far apart in size, of f16-subnormal scales and of
-/// large ones.
+/// for bit, for finite values: 1 to 40 blocks (the AVX-512 path takes 16 at a time and the
+/// rest one by one) of zeros, of signed zeros, of one value, of exact halves (ties to even),
+/// of scales that round to zero at f16, of f16-subnormal scales, of scales whose inverse
+/// overflows (quantized to zeros), of values far apart in size and of large ones.
 #[test]
 fn quantization_is_the_scalar_one_on_every_isa() {
     let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
     for nb in 1..=40usize {
         let x: Vec<f32> = (0..nb * 32)
-            .map(|i| match (i / 32) % 7 {
+            .map(|i| match (i / 32) % 11 {
                 0 => 0.0,
                 1 => 0.75,
                 2 => rng.f() * 1e-6,
                 3 => rng.f() * 6e4,
                 4 => rng.f() * if i % 5 == 0 { 100.0 } else { 0.01 },
+                5 => [0.0, -0.0][i % 2],
+                // 127 and halves: with a scale of 1 the values tie between integers.
+                6 => [127.0, -126.5, 0.5, 1.5, -2.5, 3.5][i % 6],
+                7 => rng.f() * 1e-3,
+                8 => rng.f() * 2e-37,
+                9 => 0.25 + (i % 32) as f32,
                 _ => rng.f() * 3.0,
             })
             .collect();
@@ -415,4 +422,21 @@ fn quantization_is_the_scalar_one_on_every_isa() {
             assert_eq!(bits(&s), bits(&s0), "{isa:?} {nb} blocks: sums");
         }
     }
+    // The blocks named above are what they say.
+    let one = |v: f32| {
+        let x = [v; 32];
+        let (mut q, mut d, mut s) = ([0i8; 32], [0f32; 1], [0f32; 1]);
+        quantize_rows(Isa::Scalar, &x, &mut q, &mut d, &mut s);
+        (q[0], d[0])
+    };
+    let (_, d) = one(1e-3);
+    assert!(
+        d > 0.0 && d < f16::MIN_POSITIVE.to_f32(),
+        "an f16-subnormal scale: {d}"
+    );
+    assert_eq!(
+        one(2e-37),
+        (0, 0.0),
+        "an inverse that overflows quantizes to zeros"
+    );
 }

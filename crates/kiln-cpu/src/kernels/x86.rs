@@ -115,7 +115,7 @@ fn prefetch_ahead(p: *const u8) {
 
 // ---------------------------------------------------------------- AVX-512 VNNI
 
-/// Quantizes rows to 8-bit blocks; bit-identical to [`scalar::quantize_row`].
+/// Quantizes rows to 8-bit blocks; bit-identical to [`scalar::quantize_row`] for finite values.
 ///
 /// # Safety
 /// The CPU has AVX-512 F and BW.
@@ -134,7 +134,11 @@ pub(super) unsafe fn quantize_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s:
             let x1 = _mm512_loadu_ps(x.as_ptr().add(32 * b + 16));
             let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
             let db = amax / 127.0;
-            let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+            let id = if db > 0.0 && (1.0 / db).is_finite() {
+                1.0 / db
+            } else {
+                0.0
+            };
             let vid = _mm512_set1_ps(id);
             let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
             let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
@@ -192,7 +196,10 @@ fn across_16(v: &[__m512; 16], op: impl Fn(__m512, __m512) -> __m512) -> __m512 
 /// [`quantize_avx512`] of blocks `b0..b0 + 16` at once: the same operations on every value
 /// and block (the maximum and the integer sum are exact in any order, the scale's division
 /// and the f16 roundings lane by lane), with the two sums across each block's lanes done for
-/// 16 blocks together instead of one by one.
+/// 16 blocks together instead of one by one. For finite values the results are the scalar
+/// reference's bit for bit; a NaN may reach the scale here where the one-block tree left it
+/// out (`max` keeps its second operand when either is NaN), as neither matches the scalar
+/// code's `f32::max`, which ignores NaN.
 ///
 /// # Safety
 /// The CPU has AVX-512 F and BW; blocks `b0..b0 + 16` are inside all four slices.
@@ -213,8 +220,11 @@ unsafe fn quantize_16_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f
         });
         let amax = across_16(&m, |a, b| _mm512_max_ps(a, b));
         let db = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
+        // 1 / db where db > 0 and that is finite, else 0 (the scalar reference's rule).
         let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(db, _mm512_setzero_ps());
-        let id = _mm512_maskz_div_ps(positive, _mm512_set1_ps(1.0), db);
+        let inv = _mm512_div_ps(_mm512_set1_ps(1.0), db);
+        let finite = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(inv, _mm512_set1_ps(f32::INFINITY));
+        let id = _mm512_maskz_mov_ps(positive & finite, inv);
         let pq = qs.as_mut_ptr().add(32 * b0);
         let sums: [__m512; 16] = core::array::from_fn(|j| {
             let vid = _mm512_permutexvar_ps(_mm512_set1_epi32(j as i32), id);
@@ -822,7 +832,7 @@ unsafe fn q6_k_512<const R: usize, const C: usize>(
 
 // ---------------------------------------------------------------- AVX2
 
-/// Quantizes rows to 8-bit blocks; bit-identical to [`scalar::quantize_row`].
+/// Quantizes rows to 8-bit blocks; bit-identical to [`scalar::quantize_row`] for finite values.
 ///
 /// # Safety
 /// The CPU has AVX2 and F16C.
@@ -850,7 +860,11 @@ pub(super) unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
             let db = amax / 127.0;
-            let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+            let id = if db > 0.0 && (1.0 / db).is_finite() {
+                1.0 / db
+            } else {
+                0.0
+            };
             let vid = _mm256_set1_ps(id);
             let q = v.map(|x| _mm256_cvtps_epi32(_mm256_mul_ps(x, vid)));
             let t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
