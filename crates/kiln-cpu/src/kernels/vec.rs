@@ -394,6 +394,8 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::x86::{tree_halves, tree_last, tree_quarters};
+
     use half::f16;
 
     #[inline]
@@ -633,8 +635,7 @@ mod x86 {
                 }
                 _mm512_add_ps(acc[0], acc[1])
             };
-            // Lane 4k + m of the last step holds position 4m + k.
-            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            let add = |a, b| _mm512_add_ps(a, b);
             let vs = _mm512_set1_ps(scale);
             let mut p = 0;
             while p + 16 <= len {
@@ -645,39 +646,19 @@ mod x86 {
                     for pair in 0..2 {
                         let (ka, kb) = (load(quad + 2 * pair), load(quad + 2 * pair + 1));
                         for g in 0..G {
-                            let (a, b) = (dot(&ka, g), dot(&kb, g));
                             // [a0..8 | b0..8] + [a8..16 | b8..16]: lane i with i + 8.
-                            halves[g][pair] = _mm512_add_ps(
-                                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-                                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-                            );
+                            halves[g][pair] = tree_halves(dot(&ka, g), dot(&kb, g), add);
                         }
                     }
                     for g in 0..G {
                         let [x, y] = halves[g];
                         // Chunk 0 of a position with its chunk 1: lane i with i + 4.
-                        quads[g][qi] = _mm512_add_ps(
-                            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
-                            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-                        );
+                        quads[g][qi] = tree_quarters(x, y, add);
                     }
                 }
                 for g in 0..G {
-                    let [c0, c1, c2, c3] = quads[g];
-                    // Within each chunk: 0 + 2 and 1 + 3, then the two.
-                    let f0 = _mm512_add_ps(
-                        _mm512_shuffle_ps::<0b01_00_01_00>(c0, c1),
-                        _mm512_shuffle_ps::<0b11_10_11_10>(c0, c1),
-                    );
-                    let f1 = _mm512_add_ps(
-                        _mm512_shuffle_ps::<0b01_00_01_00>(c2, c3),
-                        _mm512_shuffle_ps::<0b11_10_11_10>(c2, c3),
-                    );
-                    let sums = _mm512_add_ps(
-                        _mm512_shuffle_ps::<0b10_00_10_00>(f0, f1),
-                        _mm512_shuffle_ps::<0b11_01_11_01>(f0, f1),
-                    );
-                    let sums = _mm512_permutexvar_ps(order, sums);
+                    // Within each chunk: 0 + 2 and 1 + 3, then the two, in position order.
+                    let sums = tree_last(quads[g], add);
                     _mm512_storeu_ps(po.add(g * len + p), _mm512_mul_ps(vs, sums));
                 }
                 p += 16;

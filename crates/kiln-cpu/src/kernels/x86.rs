@@ -153,44 +153,68 @@ pub(super) unsafe fn quantize_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s:
     }
 }
 
-/// Lane `j` of the result: `op` over the 16 lanes of `v[j]`, by the tree the attention's
-/// scores use (halves, quarters, then within each quarter; exact for a maximum or integer
-/// sums, whatever the order).
+/// `op` of two shuffles of `a` and `b` (`LO` and `HI` pick two of `a`'s then two of `b`'s):
+/// by 128-bit chunks (`CHUNKS`, `_mm512_shuffle_f32x4`) or within each chunk
+/// (`_mm512_shuffle_ps`). A step of the tree below.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn across_16(v: &[__m512; 16], op: impl Fn(__m512, __m512) -> __m512) -> __m512 {
-    let mut quads = [_mm512_setzero_ps(); 4];
-    for (qi, quad) in quads.iter_mut().enumerate() {
-        let mut halves = [_mm512_setzero_ps(); 2];
-        for (pair, half) in halves.iter_mut().enumerate() {
-            let (a, b) = (v[4 * qi + 2 * pair], v[4 * qi + 2 * pair + 1]);
-            *half = op(
-                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-            );
-        }
-        let [x, y] = halves;
-        *quad = op(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-        );
+#[target_feature(enable = "avx512f")]
+fn step<const CHUNKS: bool, const LO: i32, const HI: i32>(
+    a: __m512,
+    b: __m512,
+    op: impl Fn(__m512, __m512) -> __m512,
+) -> __m512 {
+    if CHUNKS {
+        op(
+            _mm512_shuffle_f32x4::<LO>(a, b),
+            _mm512_shuffle_f32x4::<HI>(a, b),
+        )
+    } else {
+        op(_mm512_shuffle_ps::<LO>(a, b), _mm512_shuffle_ps::<HI>(a, b))
     }
-    let [c0, c1, c2, c3] = quads;
-    let f0 = op(
-        _mm512_shuffle_ps::<0b01_00_01_00>(c0, c1),
-        _mm512_shuffle_ps::<0b11_10_11_10>(c0, c1),
-    );
-    let f1 = op(
-        _mm512_shuffle_ps::<0b01_00_01_00>(c2, c3),
-        _mm512_shuffle_ps::<0b11_10_11_10>(c2, c3),
-    );
-    let r = op(
-        _mm512_shuffle_ps::<0b10_00_10_00>(f0, f1),
-        _mm512_shuffle_ps::<0b11_01_11_01>(f0, f1),
-    );
+}
+
+/// The first step of a tree that sums (or takes the maximum of) the 16 lanes of 16 vectors
+/// at once: for two vectors, lane i with lane i + 8 (`a`'s in the low half, `b`'s in the
+/// high half).
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn tree_halves(a: __m512, b: __m512, op: impl Fn(__m512, __m512) -> __m512) -> __m512 {
+    step::<true, 0b01_00_01_00, 0b11_10_11_10>(a, b, op)
+}
+
+/// The second step, on two [`tree_halves`]: chunk 0 of each vector with its chunk 1 (lane i
+/// with i + 4), so that 128-bit chunk k holds vector k's four partial lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn tree_quarters(x: __m512, y: __m512, op: impl Fn(__m512, __m512) -> __m512) -> __m512 {
+    step::<true, 0b10_00_10_00, 0b11_01_11_01>(x, y, op)
+}
+
+/// The last steps, on four [`tree_quarters`] (of vectors 0-3, 4-7, 8-11, 12-15): within each
+/// chunk 0 + 2 and 1 + 3, then the two; lane j of the result is vector j's whole.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn tree_last(c: [__m512; 4], op: impl Fn(__m512, __m512) -> __m512 + Copy) -> __m512 {
+    let [c0, c1, c2, c3] = c;
+    let f0 = step::<false, 0b01_00_01_00, 0b11_10_11_10>(c0, c1, op);
+    let f1 = step::<false, 0b01_00_01_00, 0b11_10_11_10>(c2, c3, op);
+    let r = step::<false, 0b10_00_10_00, 0b11_01_11_01>(f0, f1, op);
     // Lane 4k + m holds vector 4m + k.
     let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     _mm512_permutexvar_ps(order, r)
+}
+
+/// Lane `j` of the result: `op` over the 16 lanes of `v[j]`, by the tree above (the one the
+/// attention's scores sum by; exact for a maximum or integer sums, whatever the order).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn across_16(v: &[__m512; 16], op: impl Fn(__m512, __m512) -> __m512 + Copy) -> __m512 {
+    let quarters: [__m512; 4] = core::array::from_fn(|qi| {
+        let x = tree_halves(v[4 * qi], v[4 * qi + 1], op);
+        let y = tree_halves(v[4 * qi + 2], v[4 * qi + 3], op);
+        tree_quarters(x, y, op)
+    });
+    tree_last(quarters, op)
 }
 
 /// [`quantize_avx512`] of blocks `b0..b0 + 16` at once: the same operations on every value
