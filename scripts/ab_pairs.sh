@@ -6,6 +6,7 @@
 #   e.g. bash scripts/ab_pairs.sh ./target/release/kiln /tmp/kiln_old -p 8 -g 256 -b 8
 set -u
 [ $# -ge 2 ] || { echo "usage: [N=8] bash scripts/ab_pairs.sh NEW_KILN OLD_KILN BENCH_ARGS..." >&2; exit 2; }
+case ${N:-8} in ''|*[!0-9]*|0) echo "N: \"${N}\" is not a number of pairs (1 or more)" >&2; exit 2 ;; esac
 NEW=$1 OLD=$2
 shift 2
 M=${MODEL:-$HOME/.cache/kiln/models/SmolLM2-135M-Instruct.Q4_1.gguf}

@@ -63,17 +63,21 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(0);
-    let mut be = CpuBackend::new(threads);
-    if let Ok(name) = std::env::var("ISA") {
-        be = be.with_isa(kiln_cpu::Isa::named(&name).unwrap_or_else(|e| panic!("ISA: {e}")));
-    }
+    let isa = match std::env::var("ISA") {
+        Err(_) => kiln_cpu::Isa::detect(),
+        Ok(name) => kiln_cpu::Isa::named(&name).unwrap_or_else(|e| {
+            eprintln!("ISA: {e}");
+            std::process::exit(2);
+        }),
+    };
+    let be = CpuBackend::new(threads).with_isa(isa);
     println!("{}", be.describe());
     match std::env::args().nth(2).as_deref() {
         Some("batch") => return batch_sweep(&be),
         Some("sample") => return sample_sweep(),
         Some("attention") => return attention_sweep(&be),
         Some("step") => return step_products(&be),
-        Some("quantize") => return quantize_sweep(),
+        Some("quantize") => return quantize_sweep(isa),
         _ => {}
     }
     println!(
@@ -308,11 +312,7 @@ fn step_products(be: &CpuBackend) {
 /// and 1536 values (the default model's product inputs): ns a 32-value block, the best of 5
 /// rounds of 2,000 calls, the whole input at once and in slices of 15 blocks (which AVX-512
 /// quantizes one block at a time, as it did for every block before it took 16 together).
-fn quantize_sweep() {
-    let isa = match std::env::var("ISA") {
-        Ok(name) => kiln_cpu::Isa::named(&name).unwrap_or_else(|e| panic!("ISA: {e}")),
-        Err(_) => kiln_cpu::Isa::detect(),
-    };
+fn quantize_sweep(isa: kiln_cpu::Isa) {
     for cols in [576usize, 1536] {
         for n in [1usize, 8] {
             let nb = n * cols / 32;

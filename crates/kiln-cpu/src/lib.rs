@@ -147,10 +147,7 @@ impl CpuBackend {
 /// f16-rounded scale and scaled sum), on `isa`: for benchmarks and comparisons. Panics if this
 /// CPU lacks `isa`, or if `x` is not whole blocks or the outputs do not match it.
 pub fn quantize_activations(isa: Isa, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    assert!(
-        Isa::available().contains(&isa),
-        "{isa:?} is not available on this CPU"
-    );
+    assert!(isa.is_available(), "{isa:?} is not available on this CPU");
     let nb = x.len() / 32;
     assert!(
         x.len().is_multiple_of(32) && qs.len() == x.len() && d.len() == nb && s.len() == nb,
