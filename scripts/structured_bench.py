@@ -104,6 +104,9 @@ def throughput(port, n, constrained, max_tokens, per_step):
               "sampling_launch", "finish"):
         name = f"kiln_engine_{k}_seconds_total"
         per_step.setdefault(k, []).append(1000 * (m1.get(name, 0) - m0.get(name, 0)) / steps)
+    # Sequences that sat a step out (their mask late), per step (a count, not milliseconds).
+    name = "kiln_engine_mask_sit_outs_total"
+    per_step.setdefault("sit_outs", []).append((m1.get(name, 0) - m0.get(name, 0)) / steps)
     return sum(out) / dt
 
 

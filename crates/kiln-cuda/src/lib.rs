@@ -2196,6 +2196,16 @@ impl Backend for CudaBackend {
         true
     }
 
+    fn work_done(&self) -> bool {
+        if self.ctx.bind_to_thread().is_err() {
+            return false;
+        }
+        // SAFETY: the backend's own stream, alive as long as the backend; a query waits for
+        // nothing and changes nothing.
+        let r = unsafe { cudarc::driver::sys::cuStreamQuery(self.stream.cu_stream()) };
+        r == cudarc::driver::sys::CUresult::CUDA_SUCCESS
+    }
+
     fn sample_start(
         &self,
         logits: &mut CudaAct,

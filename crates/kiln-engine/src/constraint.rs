@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use kiln_tokenizer::{TokenType, Tokenizer};
 use llguidance::api::{ParserLimits, TopLevelGrammar};
-use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
 
@@ -177,6 +177,7 @@ impl Grammars {
             width: self.width,
             pending: Vec::new(),
             last_ns: 0,
+            held: None,
         })
     }
 }
@@ -220,6 +221,9 @@ pub struct Constraint {
     /// (inside a string, every step walks the token trie), so the engine starts the dear
     /// ones first.
     last_ns: u64,
+    /// The mask of the parser's state, once computed and until the next token is pushed (a
+    /// sequence that sat a step out takes it as it is at its next step).
+    held: Option<SimpleVob>,
 }
 
 /// A copy shares nothing with the original (llguidance's plain clone shares the lexer behind
@@ -231,6 +235,7 @@ impl Clone for Constraint {
             width: self.width,
             pending: self.pending.clone(),
             last_ns: self.last_ns,
+            held: self.held.clone(),
         }
     }
 }
@@ -252,20 +257,33 @@ impl Constraint {
     /// Gives the parser the tokens chosen since the last mask, then writes the tokens the
     /// next step may choose into `mask` (one bit a token, as [`kiln_model::sample`] reads
     /// it; `mask_words(width)` words). Once the grammar is complete only end-of-sequence
-    /// tokens are allowed.
+    /// tokens are allowed. [`Constraint::compute`], then [`Constraint::write_mask`].
     pub fn fill_mask(&mut self, mask: &mut [u32]) -> Result<(), GrammarError> {
+        self.compute()?;
+        self.write_mask(mask);
+        Ok(())
+    }
+
+    /// Gives the parser the tokens chosen since the last mask and computes the mask of the
+    /// state it reaches, held for [`Constraint::write_mask`]. A mask already held (no token
+    /// pushed since) is kept as it is, and its cost is not timed again.
+    pub fn compute(&mut self) -> Result<(), GrammarError> {
+        if self.held.is_some() && self.pending.is_empty() {
+            return Ok(());
+        }
         let t = std::time::Instant::now();
-        let r = self.fill_mask_inner(mask);
+        let r = self.compute_inner();
         self.last_ns = t.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         r
     }
 
-    /// What the last [`Constraint::fill_mask`] took, in nanoseconds (0 before the first).
+    /// What the last [`Constraint::compute`] took, in nanoseconds (0 before the first).
     pub fn last_mask_nanos(&self) -> u64 {
         self.last_ns
     }
 
-    fn fill_mask_inner(&mut self, mask: &mut [u32]) -> Result<(), GrammarError> {
+    fn compute_inner(&mut self) -> Result<(), GrammarError> {
+        self.held = None;
         if !self.pending.is_empty() {
             let r = self.matcher.consume_tokens(&self.pending);
             self.pending.clear();
@@ -275,7 +293,14 @@ impl Constraint {
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| GrammarError(first_line(&e.to_string())))?;
-        let src = v.as_slice();
+        self.held = Some(v);
+        Ok(())
+    }
+
+    /// Writes the held mask (see [`Constraint::compute`]) into `mask`; nothing allowed when
+    /// none is held.
+    pub fn write_mask(&self, mask: &mut [u32]) {
+        let src = self.held.as_ref().map_or(&[][..], |v| v.as_slice());
         for (i, w) in mask.iter_mut().enumerate() {
             *w = src.get(i).copied().unwrap_or(0);
         }
@@ -286,12 +311,12 @@ impl Constraint {
                 *w &= (1u32 << tail) - 1;
             }
         }
-        Ok(())
     }
 
     /// Takes the token the sequence chose (given to the parser with the next mask, which
     /// then allows only the end of the sequence if the grammar is complete).
     pub fn push(&mut self, token: u32) {
+        self.held = None;
         self.pending.push(token);
     }
 }

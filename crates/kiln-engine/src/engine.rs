@@ -65,6 +65,14 @@ pub trait Runner: Send {
     fn overlaps(&self) -> bool {
         false
     }
+    /// On a runner that [`Runner::overlaps`], between [`Runner::start_pass`] and
+    /// [`Runner::start_sampling`]: whether the pass has ended, asked without waiting. Once
+    /// it has, a sequence whose token mask is still being computed may sit the step out
+    /// (its token is chosen at the next step, with the same mask) rather than hold up the
+    /// others. Default: `false` (every mask is waited for).
+    fn pass_done(&self) -> bool {
+        false
+    }
     /// Runs `f(part, parts)` for every part on the threads that run the model's operations
     /// on the host ([`Backend::host_run`](kiln_model::backend::Backend::host_run)); by
     /// default one part, here.
@@ -180,6 +188,9 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
     fn overlaps(&self) -> bool {
         (**self).overlaps()
     }
+    fn pass_done(&self) -> bool {
+        (**self).pass_done()
+    }
     fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
         (**self).host_run(f)
     }
@@ -250,6 +261,11 @@ pub struct EngineConfig {
     /// one, at most the request's `draft_max`) that the measured costs say gives the most
     /// tokens a second ([`SpecCosts`]); off, the pace alone (as prompt lookup's) decides.
     pub draft_by_cost: bool,
+    /// Beside a device ([`Runner::overlaps`]): how long, in seconds, the engine waits after
+    /// a pass has ended for token masks still being computed before their sequences sit the
+    /// step out (their tokens come at their next step). `None`: as long as the steps they
+    /// would cost take (the last step's time over its rows, for each mask still running).
+    pub late_mask_wait: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -261,6 +277,7 @@ impl Default for EngineConfig {
             max_speculative_batch: 8,
             draft_p_min: DRAFT_P_MIN,
             draft_by_cost: true,
+            late_mask_wait: None,
         }
     }
 }
@@ -458,6 +475,11 @@ struct Seq {
     constraint: Option<Box<Constraint>>,
     /// Why the constraint failed (the sequence then ends with this error).
     error: Option<String>,
+    /// The task still computing the mask of a step this sequence sat out (it holds the
+    /// constraint meanwhile; see `MaskTask`).
+    late_mask: Option<Arc<MaskTask>>,
+    /// Whether the sequence sat its last step out (it is not left behind twice in a row).
+    sat_out: bool,
     /// Why the sequence ends, when streaming found it (a stop string, or a listener gone)
     /// after its next step had started; that step's token is then dropped.
     stopped: Option<FinishReason>,
@@ -658,6 +680,8 @@ impl Seq {
             stopped: None,
             constraint: None,
             error: None,
+            late_mask: None,
+            sat_out: false,
             drafts: Vec::new(),
             lookup: Lookup::default(),
             draft_table: Vec::new(),
@@ -752,9 +776,12 @@ pub struct EngineStats {
     pub mask_seconds: f64,
     /// Token masks computed (one per constrained sequence per step).
     pub masks: u64,
-    /// Beside a device: the longest single mask of each step, summed over steps (no step's
-    /// masks end before it, whatever the threads).
+    /// Beside a device: the longest single mask each step waited for, summed over steps (no
+    /// step's masks end before it, whatever the threads).
     pub mask_longest_seconds: f64,
+    /// Beside a device: sequences that sat a step out because their mask was still being
+    /// computed when the pass ended (their token came at their next step).
+    pub mask_sit_outs: u64,
     /// Beside a device: how long after the step's masks were handed to the pool the last
     /// of them started, summed over steps (the time masks wait for a free thread).
     pub mask_last_start_seconds: f64,
@@ -814,6 +841,16 @@ pub struct Engine<R: Runner> {
     masks: MaskRows,
     /// Each plan entry's mask row.
     mask_of: Vec<Option<u32>>,
+    /// The plan entries whose sequences sit this step out (their masks were late).
+    sitting: Vec<usize>,
+    /// The end tokens (the mask of a failed constraint).
+    eog: Arc<[u32]>,
+    /// Nanoseconds host threads spent on masks beside passes, in all, and the part of it
+    /// already in `stats`.
+    mask_nanos: Arc<AtomicU64>,
+    mask_nanos_seen: u64,
+    /// What the last step's model work took (how long a mask is worth waiting for).
+    last_step_seconds: f64,
     sampled: Vec<Sampled>,
     score_logits: Vec<f32>,
     /// Hidden states of the step's embedded tokens.
@@ -838,6 +875,7 @@ impl<R: Runner> Engine<R> {
     /// An engine over `runner`.
     pub fn new(runner: R, tok: Arc<Tokenizer>, cfg: EngineConfig) -> Self {
         let blocks = BlockManager::new(runner.n_blocks(), runner.block_size());
+        let eog: Arc<[u32]> = tok.eog_ids().into();
         Engine {
             runner,
             tok,
@@ -850,6 +888,11 @@ impl<R: Runner> Engine<R> {
             adjust: Vec::new(),
             masks: MaskRows::default(),
             mask_of: Vec::new(),
+            sitting: Vec::new(),
+            eog,
+            mask_nanos: Arc::default(),
+            mask_nanos_seen: 0,
+            last_step_seconds: 0.0,
             sampled: Vec::new(),
             score_logits: Vec::new(),
             hidden: Vec::new(),
@@ -998,6 +1041,8 @@ impl<R: Runner> Engine<R> {
             stopped: None,
             constraint: req.constraint,
             error: None,
+            late_mask: None,
+            sat_out: false,
             drafts: Vec::new(),
             lookup: Lookup::default(),
             draft_table: Vec::new(),
@@ -1242,7 +1287,14 @@ impl<R: Runner> Engine<R> {
             let samples = s.score.is_none() && s.computed + n == s.tokens.len();
             let mut row = None;
             if samples {
-                if let Some(c) = s.constraint.take() {
+                if let Some(task) = s.late_mask.take() {
+                    // The step it sat out: its mask is held in the constraint.
+                    if let Some(mut job) = task.take() {
+                        row = Some(jobs.len() as u32);
+                        job.idx = idx;
+                        jobs.push(job);
+                    }
+                } else if let Some(c) = s.constraint.take() {
                     row = Some(jobs.len() as u32);
                     jobs.push(MaskJob {
                         idx,
@@ -1270,6 +1322,14 @@ impl<R: Runner> Engine<R> {
             s.constraint = Some(j.constraint);
             s.error = j.error;
         }
+    }
+
+    /// Mask time of the tasks beside passes since the last call, in seconds.
+    fn mask_seconds_since(&mut self) -> f64 {
+        let total = self.mask_nanos.load(Ordering::Relaxed);
+        let new = total.saturating_sub(self.mask_nanos_seen);
+        self.mask_nanos_seen = total;
+        new as f64 * 1e-9
     }
 
     /// How many pieces the masks of `jobs` are computed in: with a device running the pass,
@@ -1388,6 +1448,7 @@ impl<R: Runner> Engine<R> {
                 || n != 1
                 || seq.score.is_some()
                 || seq.constraint.is_some()
+                || seq.late_mask.is_some()
                 || seq.stopped.is_some()
                 || seq.computed + 1 != seq.tokens.len()
             {
@@ -1659,6 +1720,23 @@ impl<R: Runner> Engine<R> {
             return self.fail_step(plan, pre, e);
         }
         plan.sort_unstable_by_key(|&(idx, _)| idx);
+        // A sequence whose mask was left behind last step and is still being computed waits
+        // for it outside this step (it would hold up the step's launch).
+        plan.retain(|&(idx, _)| {
+            self.running[idx]
+                .late_mask
+                .as_ref()
+                .is_none_or(|t| t.is_back())
+        });
+        if plan.is_empty() {
+            self.plan = plan;
+            self.pre = pre;
+            if overlap {
+                self.flush();
+            }
+            std::thread::yield_now();
+            return Ok(true);
+        }
         // A lone sequence's decoding pass (one row, or a verification of proposals): timed
         // below for the draft's choice of how many to propose.
         let timed_rows = match plan.as_slice() {
@@ -1677,6 +1755,9 @@ impl<R: Runner> Engine<R> {
         let late_masks = overlap && !has_scored;
         let mut jobs = self.take_constraints(&plan);
         let mut mask_seconds = 0.0;
+        // Masks left behind (their sequences sit this step out), given to their sequences
+        // once the step's slices no longer borrow them.
+        let mut late_tasks: Vec<Arc<MaskTask>> = Vec::new();
         let words = kiln_model::sample::mask_words(self.runner.vocab_size());
         let eog = self.tok.clone();
         if !late_masks && !jobs.is_empty() {
@@ -1711,6 +1792,7 @@ impl<R: Runner> Engine<R> {
         let mut sampling = Vec::with_capacity(plan.len());
         self.rows.clear();
         self.adjust.clear();
+        self.sitting.clear();
         for (k, &(idx, n)) in plan.iter().enumerate() {
             let s = &self.running[idx];
             let slice = Slice {
@@ -1756,48 +1838,99 @@ impl<R: Runner> Engine<R> {
             result = self.runner.start_pass(&batch);
             launch_s = t_model.elapsed().as_secs_f64();
         } else if started {
-            // The masks are computed on the pool while this thread launches the pass: one task
-            // a mask once there are enough for several threads, so that the pool's threads
-            // share out masks of unequal cost as they finish, the dearest first (by what each
-            // sequence's last mask cost), so that no dear one starts last.
-            let pieces = self.mask_pieces(jobs.len());
-            let per = if pieces > 1 { 1 } else { jobs.len().max(1) };
-            let masks = self.masks.get_mut();
-            let runner = &mut self.runner;
-            let eog = eog.eog_ids();
-            let nanos = AtomicU64::new(0);
-            let nanos = &nanos;
-            let (longest, last_start) = (AtomicU64::new(0), AtomicU64::new(0));
-            let (longest, last_start) = (&longest, &last_start);
-            let handed = Instant::now();
-            let launch = &mut launch_s;
-            let mut parts: Vec<(&mut [MaskJob], &mut [u32])> = jobs
-                .chunks_mut(per)
-                .zip(masks.chunks_mut(per * words.max(1)))
-                .collect();
-            if per == 1 {
-                parts.sort_by_key(|(j, _)| {
-                    std::cmp::Reverse(j.first().map_or(0, |j| j.constraint.last_mask_nanos()))
-                });
-            }
-            rayon::in_place_scope(|sc| {
-                for (part, m) in parts {
-                    sc.spawn(move |_| {
-                        let start = handed.elapsed().as_nanos() as u64;
-                        last_start.fetch_max(start, Ordering::Relaxed);
-                        let spent = (fill_masks(part, m, words, eog, 1) * 1e9) as u64;
-                        nanos.fetch_add(spent, Ordering::Relaxed);
-                        longest.fetch_max(spent, Ordering::Relaxed);
-                    });
+            // The pass is launched first (masks computed meanwhile on the host's threads slow
+            // the launch down), then the masks are computed on the pool while it runs: one
+            // task a mask, so that the pool's threads share out masks of unequal cost as they
+            // finish, the dearest first (by what each sequence's last mask cost), so that no
+            // dear one starts last. Once the pass has ended, a sequence whose mask is still
+            // being computed sits the step out instead of holding up the others (see
+            // `MaskTask`).
+            let t = Instant::now();
+            result = self.runner.start_pass(&batch);
+            launch_s = t.elapsed().as_secs_f64();
+            let n = jobs.len();
+            // Which masks may be left behind: a decoding sequence's (one token, whose pass is
+            // cheap to run again), not twice in a row (so that every sequence moves on).
+            let mut sittable = vec![false; n];
+            for (k, &(idx, len)) in plan.iter().enumerate() {
+                if let Some(Some(i)) = self.mask_of.get(k) {
+                    let s = &self.running[idx];
+                    sittable[*i as usize] =
+                        len == 1 && s.computed + 1 == s.tokens.len() && !s.sat_out;
                 }
-                let t = Instant::now();
-                result = runner.start_pass(&batch);
-                *launch = t.elapsed().as_secs_f64();
-            });
-            mask_seconds = nanos.load(Ordering::Relaxed) as f64 * 1e-9;
-            self.stats.mask_longest_seconds += longest.load(Ordering::Relaxed) as f64 * 1e-9;
-            self.stats.mask_last_start_seconds += last_start.load(Ordering::Relaxed) as f64 * 1e-9;
+            }
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].constraint.last_mask_nanos()));
+            let clock = Arc::new(MaskClock::new(self.mask_nanos.clone()));
+            let words = words.max(1);
+            let base = self.masks.get_mut().as_mut_ptr();
+            let mut pending: Vec<Option<MaskJob>> = jobs.drain(..).map(Some).collect();
+            let mut tasks: Vec<Option<Arc<MaskTask>>> = vec![None; n];
+            for &i in &order {
+                let Some(job) = pending[i].take() else {
+                    continue;
+                };
+                let task = Arc::new(MaskTask::new(job.idx));
+                tasks[i] = Some(task.clone());
+                // SAFETY: row i of the step's rows, `words` words, inside the buffer (it
+                // holds `n * words`); see `MaskTask` for who writes it and when.
+                let row = RowPtr(unsafe { base.add(i * words) }, words);
+                let (clock, eog) = (clock.clone(), self.eog.clone());
+                rayon::spawn(move || task.run(job, row, &clock, &eog));
+            }
+            // Waiting for a mask costs every row of the step; leaving one behind costs its
+            // sequence a step. So once the pass has ended, the masks still running are waited
+            // for as long as the steps they would cost take.
+            let per_row = self.last_step_seconds / self.rows.len().max(1) as f64;
+            let grace = |left: usize| self.cfg.late_mask_wait.unwrap_or(per_row * left as f64);
+            let may_sit = result.is_ok() && sittable.iter().any(|&s| s);
+            let mut ended: Option<Instant> = None;
+            loop {
+                let done = clock.done.load(Ordering::Acquire);
+                if done >= n {
+                    break;
+                }
+                if may_sit && self.runner.pass_done() {
+                    let now = Instant::now();
+                    let since = now.duration_since(*ended.get_or_insert(now));
+                    if since.as_secs_f64() >= grace(n - done) {
+                        break;
+                    }
+                }
+                std::thread::yield_now();
+            }
+            let mut late = vec![false; n];
+            for (i, task) in tasks.iter().enumerate() {
+                let Some(task) = task else { continue };
+                if sittable[i] && task.leave() {
+                    late[i] = true;
+                } else {
+                    task.wait();
+                }
+            }
+            self.stats.mask_longest_seconds += clock.longest.load(Ordering::Relaxed) as f64 * 1e-9;
+            self.stats.mask_last_start_seconds +=
+                clock.last_start.load(Ordering::Relaxed) as f64 * 1e-9;
             self.stats.mask_wait_seconds += t_model.elapsed().as_secs_f64() - launch_s;
+            // The masks taken back; a row left behind allows only the end tokens (its token
+            // is not taken), and its sequence holds the task until its next step.
+            let masks = self.masks.get_mut();
+            for (i, task) in tasks.into_iter().enumerate() {
+                let Some(task) = task else { continue };
+                if late[i] {
+                    eog_mask(&mut masks[i * words..(i + 1) * words], self.eog.as_ref());
+                    late_tasks.push(task);
+                } else if let Some(job) = task.take() {
+                    jobs.push(job);
+                }
+            }
+            for (k, entry) in self.mask_of.iter().enumerate() {
+                if let Some(i) = entry {
+                    if late[*i as usize] {
+                        self.sitting.push(k);
+                    }
+                }
+            }
         } else if !batch.is_empty() {
             set_row_masks(&mut self.rows, &self.mask_of, &sampling);
             result = self.runner.step(
@@ -1847,7 +1980,15 @@ impl<R: Runner> Engine<R> {
             model_s += t.elapsed().as_secs_f64();
         }
         drop(verifying_sampled);
-        if !jobs.is_empty() {
+        for task in late_tasks.drain(..) {
+            let s = &mut self.running[task.idx];
+            s.late_mask = Some(task);
+            s.sat_out = true;
+            self.stats.mask_sit_outs += 1;
+        }
+        // With the time of masks beside the pass (those left behind count when they end).
+        mask_seconds += self.mask_seconds_since();
+        if !jobs.is_empty() || mask_seconds > 0.0 {
             self.restore_constraints(std::mem::take(&mut jobs), mask_seconds);
         }
         if started && result.is_ok() && late_masks {
@@ -1876,6 +2017,7 @@ impl<R: Runner> Engine<R> {
             model_s += spent;
         }
         self.stats.model_seconds += model_s;
+        self.last_step_seconds = model_s;
         if let (Some(n), Some(dr), true) = (timed_rows, self.draft.as_mut(), result.is_ok()) {
             dr.costs.note_pass(n, model_s);
         }
@@ -1923,8 +2065,18 @@ impl<R: Runner> Engine<R> {
         let mut verified_logit_row = 0;
         let mut done = std::mem::take(&mut self.done);
         done.clear();
-        for &(idx, n) in plan.iter() {
+        let mut sitting = self.sitting.iter().copied().peekable();
+        for (k, &(idx, n)) in plan.iter().enumerate() {
             let seq = &mut self.running[idx];
+            if sitting.next_if_eq(&k).is_some() {
+                // Its mask was late: the same position runs again at its next step, and
+                // this step's choice (made with a mask of the end tokens) is dropped.
+                row += 1;
+                if let Some(reason) = seq.stopped {
+                    done.push((idx, reason));
+                }
+                continue;
+            }
             if let Some(e) = seq.score.as_mut().and_then(|s| s.embed.as_mut()) {
                 let rows = &self.hidden[hidden_row * dim..(hidden_row + n) * dim];
                 hidden_row += n;
@@ -2107,6 +2259,155 @@ struct MaskJob {
     error: Option<String>,
 }
 
+/// A mask computed on the pool's threads beside the pass ([`Engine::step`] on a runner that
+/// overlaps), which may outlive its step. Its task computes the mask, then writes its row
+/// only if the engine still waits for it (`RUNNING` to `WRITING`, then `DONE`); once the
+/// pass has ended the engine may leave it behind instead (`RUNNING` to `LATE`): its
+/// sequence then sits the step out and holds the task, whose job (the constraint, its mask
+/// held inside) comes back (`BACK`) for the sequence's next step. So a row is written only
+/// while the engine waits for it, and never after the engine has read the rows.
+struct MaskTask {
+    /// The sequence's index in `running` in the step that made the task.
+    idx: usize,
+    state: std::sync::atomic::AtomicU8,
+    job: std::sync::Mutex<Option<MaskJob>>,
+}
+
+const TASK_RUNNING: u8 = 0;
+const TASK_WRITING: u8 = 1;
+const TASK_DONE: u8 = 2;
+const TASK_LATE: u8 = 3;
+const TASK_BACK: u8 = 4;
+
+/// One step's clock for its [`MaskTask`]s: when they were handed to the pool, how many have
+/// written their rows, the longest and the last start; and the engine's total of mask time.
+struct MaskClock {
+    handed: Instant,
+    done: std::sync::atomic::AtomicUsize,
+    longest: AtomicU64,
+    last_start: AtomicU64,
+    total: Arc<AtomicU64>,
+}
+
+impl MaskClock {
+    fn new(total: Arc<AtomicU64>) -> Self {
+        MaskClock {
+            handed: Instant::now(),
+            done: Default::default(),
+            longest: AtomicU64::new(0),
+            last_start: AtomicU64::new(0),
+            total,
+        }
+    }
+}
+
+/// A task's mask row: `.1` words from `.0`.
+struct RowPtr(*mut u32, usize);
+
+// SAFETY: the row is written by one task only, while the engine waits for it (MaskTask).
+unsafe impl Send for RowPtr {}
+
+impl MaskTask {
+    fn new(idx: usize) -> Self {
+        MaskTask {
+            idx,
+            state: std::sync::atomic::AtomicU8::new(TASK_RUNNING),
+            job: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The task's body, on a pool thread.
+    fn run(&self, mut job: MaskJob, row: RowPtr, clock: &MaskClock, eog: &[u32]) {
+        let start = clock.handed.elapsed().as_nanos() as u64;
+        clock.last_start.fetch_max(start, Ordering::Relaxed);
+        let t = Instant::now();
+        compute_job(&mut job);
+        let spent = t.elapsed().as_nanos() as u64;
+        clock.total.fetch_add(spent, Ordering::Relaxed);
+        let state = &self.state;
+        if state
+            .compare_exchange(
+                TASK_RUNNING,
+                TASK_WRITING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            clock.longest.fetch_max(spent, Ordering::Relaxed);
+            // SAFETY: the engine waits for this task (it did not mark it late, which it
+            // cannot now) and reads no row before the task is done; the buffer outlives the
+            // wait, and no other task has this row.
+            let mask = unsafe { std::slice::from_raw_parts_mut(row.0, row.1) };
+            write_job_mask(&job, mask, eog);
+            *self.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+            state.store(TASK_DONE, Ordering::Release);
+            clock.done.fetch_add(1, Ordering::Release);
+        } else {
+            *self.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+            state.store(TASK_BACK, Ordering::Release);
+        }
+    }
+
+    /// Marks a task still computing as left behind; `false` if it has begun writing its row
+    /// (or is done).
+    fn leave(&self) -> bool {
+        self.state
+            .compare_exchange(TASK_RUNNING, TASK_LATE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Waits until the task is done (its row written) or back (left behind, now finished).
+    fn wait(&self) {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s == TASK_DONE || s == TASK_BACK {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Whether a task left behind has ended (its job is back).
+    fn is_back(&self) -> bool {
+        self.state.load(Ordering::Acquire) == TASK_BACK
+    }
+
+    /// The job, once the task has given it back.
+    fn take(&self) -> Option<MaskJob> {
+        self.wait();
+        self.job.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Computes a job's mask (held in its constraint); a constraint that fails records why.
+fn compute_job(j: &mut MaskJob) {
+    if j.error.is_none() {
+        if let Err(e) = j.constraint.compute() {
+            j.error = Some(format!("the output constraint failed: {e}"));
+        }
+    }
+}
+
+/// Writes a computed job's mask: its constraint's, or only the end tokens if it failed.
+fn write_job_mask(j: &MaskJob, mask: &mut [u32], eog: &[u32]) {
+    if j.error.is_none() {
+        j.constraint.write_mask(mask);
+    } else {
+        eog_mask(mask, eog);
+    }
+}
+
+/// A mask that allows only the tokens `eog`.
+fn eog_mask(mask: &mut [u32], eog: &[u32]) {
+    mask.fill(0);
+    for &t in eog {
+        if let Some(w) = mask.get_mut(t as usize / 32) {
+            *w |= 1 << (t % 32);
+        }
+    }
+}
+
 /// Fills the mask rows of `jobs` (row `i` of `masks`, `words` words a row), in `pieces`
 /// pieces on the current rayon pool (1: here). A constraint that fails allows only the end
 /// tokens `eog`, and its sequence ends with the error after the step. Returns the seconds
@@ -2118,25 +2419,14 @@ fn fill_masks(
     eog: &[u32],
     pieces: usize,
 ) -> f64 {
-    // Each constraint times its own mask (`Constraint::last_mask_nanos`, which also orders
-    // the next step's masks); the pieces add those up.
+    // Each mask is timed as it is computed; the pieces add those up.
     let run = |jobs: &mut [MaskJob], masks: &mut [u32]| -> f64 {
         let mut nanos = 0u64;
         for (j, mask) in jobs.iter_mut().zip(masks.chunks_mut(words.max(1))) {
-            if j.error.is_none() {
-                if let Err(e) = j.constraint.fill_mask(mask) {
-                    j.error = Some(format!("the output constraint failed: {e}"));
-                }
-                nanos += j.constraint.last_mask_nanos();
-            }
-            if j.error.is_some() {
-                mask.fill(0);
-                for &t in eog {
-                    if let Some(w) = mask.get_mut(t as usize / 32) {
-                        *w |= 1 << (t % 32);
-                    }
-                }
-            }
+            let t = Instant::now();
+            compute_job(j);
+            nanos += t.elapsed().as_nanos() as u64;
+            write_job_mask(j, mask, eog);
         }
         nanos as f64 * 1e-9
     };
@@ -2293,6 +2583,7 @@ fn verify(
 
 fn accept(seq: &mut Seq, tok: &Tokenizer, sampled: &Sampled) -> Option<FinishReason> {
     let id = sampled.token;
+    seq.sat_out = false;
     seq.sampler.record(id);
     let logprob = seq
         .sampler

@@ -117,6 +117,10 @@ impl<B: Backend> Runner for ModelRunner<B> {
         self.model.backend.asynchronous()
     }
 
+    fn pass_done(&self) -> bool {
+        self.model.backend.work_done()
+    }
+
     fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
         self.model.backend.host_run(f)
     }

@@ -25,6 +25,9 @@ struct MockRunner {
     most_rows: usize,
     /// Split steps (`start`, then `finish`), as a GPU runner does.
     overlap: bool,
+    /// Says a started pass has ended as soon as it is asked (the engine may then leave
+    /// late masks behind), where a GPU runner says so once its stream is idle.
+    pass_done: bool,
     /// The tokens of a started step.
     started: Option<Vec<Sampled>>,
     /// The logits of a started pass, not yet sampled.
@@ -85,6 +88,7 @@ impl MockRunner {
             logit_rows: 5,
             most_rows: 0,
             overlap: false,
+            pass_done: false,
             started: None,
             passed: None,
             bigram: false,
@@ -181,6 +185,13 @@ impl Runner for MockRunner {
     }
     fn overlaps(&self) -> bool {
         self.overlap
+    }
+    fn pass_done(&self) -> bool {
+        assert!(
+            self.passed.is_some(),
+            "pass_done asked with no pass started"
+        );
+        self.pass_done
     }
     fn host_run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
         let n = self.host_threads;
@@ -1522,20 +1533,26 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
     // Plain steps, the same with the masks shared out over the runner's own threads (a CPU
     // runner's pool), steps whose masks are computed while the pass runs (a device's), the
     // same with the masks in the runner's host words (taken once, for the most rows the
-    // engine runs), and a small pool that preempts.
+    // engine runs), a small pool that preempts, and passes that end at once (so that the
+    // sequences whose masks are late sit steps out), also with host words and preemption.
     let mut plain_texts: Option<Vec<String>> = None;
-    for (n_blocks, max_batch_tokens, overlap, host, threads) in [
-        (64, 256, false, false, 0),
-        (64, 256, false, false, 3),
-        (64, 256, true, false, 0),
-        (64, 256, true, true, 0),
-        (10, 16, true, false, 0),
+    let mut overlap_texts: Option<Vec<String>> = None;
+    for (n_blocks, max_batch_tokens, overlap, host, threads, sit) in [
+        (64, 256, false, false, 0, false),
+        (64, 256, false, false, 3, false),
+        (64, 256, true, false, 0, false),
+        (64, 256, true, true, 0, false),
+        (10, 16, true, false, 0, false),
+        (64, 256, true, false, 0, true),
+        (64, 256, true, true, 0, true),
+        (10, 16, true, false, 0, true),
     ] {
         let mut runner = if overlap {
             MockRunner::overlapping(tok.vocab_size(), n_blocks, 16)
         } else {
             MockRunner::new(tok.vocab_size(), n_blocks, 16)
         };
+        runner.pass_done = sit;
         runner.host_threads = threads;
         let host_runs = runner.host_runs.clone();
         let host_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1547,6 +1564,9 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
             tok.clone(),
             EngineConfig {
                 max_batch_tokens,
+                // Passes that end at once, masks that are not waited for: every step whose
+                // masks are still being computed once the pass is launched leaves them.
+                late_mask_wait: sit.then_some(0.0),
                 ..Default::default()
             },
         );
@@ -1596,11 +1616,21 @@ fn constrained_answers_follow_their_grammar_whatever_the_logits() {
             .iter()
             .map(|(_, o)| o.lock().unwrap().text.clone())
             .collect();
+        let sat_out = e.stats().mask_sit_outs;
+        assert_eq!(sat_out > 0, sit, "{sat_out} steps sat out");
         match &plain_texts {
             // The same seeds, the same masks, on whatever threads: the same answers.
             Some(t) if !overlap => assert_eq!(&texts, t, "masks on {threads} threads"),
             Some(_) => {}
-            None => plain_texts = Some(texts),
+            None => plain_texts = Some(texts.clone()),
+        }
+        if overlap && n_blocks == 64 {
+            // A sequence that sat a step out chose its token at the next step, with the same
+            // mask and random numbers: the same answers.
+            match &overlap_texts {
+                Some(t) => assert_eq!(&texts, t, "sat out: {sat_out}"),
+                None => overlap_texts = Some(texts),
+            }
         }
         for (g, out) in outs {
             let o = out.lock().unwrap();

@@ -298,6 +298,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
         false
     }
 
+    /// On a backend that is [`Backend::asynchronous`]: whether the device has done all the
+    /// work given to it so far, asked without waiting. `false` when it cannot tell (the
+    /// default): the caller then waits for whatever it waits for as if it had not.
+    fn work_done(&self) -> bool {
+        false
+    }
+
     /// Runs `f(part, parts)` for every part `0..parts` on the threads that run this
     /// backend's operations on the host, and returns when all are done (host work between
     /// passes, such as the output constraints' masks: a CPU backend's threads hold the

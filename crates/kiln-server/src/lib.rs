@@ -404,7 +404,7 @@ async fn health(State(st): State<Shared>) -> Response {
         status: "ok",
         ready: true,
         model: st.loaded().map(|l| l.id.as_str()),
-        engine: st.loaded().map(|l| l.engine.stats()),
+        engine: st.loaded().map(|l| Box::new(l.engine.stats())),
     })
     .into_response()
 }

@@ -260,8 +260,13 @@ fn engine_families(s: &EngineStats) -> Vec<MetricFamily> {
         ),
         (
             "kiln_engine_mask_longest_seconds_total",
-            "Beside a device: the longest token mask of each step, summed over steps.",
+            "Beside a device: the longest token mask each step waited for, summed over steps.",
             s.mask_longest_seconds,
+        ),
+        (
+            "kiln_engine_mask_sit_outs_total",
+            "Beside a device: sequences that sat a step out because their token mask was still being computed when the pass ended.",
+            s.mask_sit_outs as f64,
         ),
         (
             "kiln_engine_mask_last_start_seconds_total",
@@ -384,6 +389,7 @@ mod tests {
             mask_seconds: 0.5,
             masks: 40,
             mask_longest_seconds: 0.25,
+            mask_sit_outs: 7,
             mask_last_start_seconds: 0.125,
             launch_seconds: 0.75,
             mask_wait_seconds: 0.0625,

@@ -294,7 +294,7 @@ pub enum Health<'a> {
         /// The model's id (`null` without one).
         model: Option<&'a str>,
         /// The engine's counters (`null` without a model).
-        engine: Option<EngineStats>,
+        engine: Option<Box<EngineStats>>,
     },
     /// Loading, draining or failed.
     NotReady {
@@ -692,7 +692,7 @@ mod tests {
                 status: "ok",
                 ready: true,
                 model: None,
-                engine: Some(stats.clone()),
+                engine: Some(Box::new(stats.clone())),
             }),
             json!({"status": "ok", "ready": true, "model": null, "engine": stats}).to_string()
         );
