@@ -362,6 +362,8 @@ pub struct CudaOptions {
     /// One-row products of weights read in place round their output to bytes for the next
     /// product (instead of a k_quant_x launch before it).
     pub qx: bool,
+    /// Warps sharing each output of those products (1, 2, 4 or 8; 0: chosen by shape).
+    pub qks: usize,
     /// When decode attention groups query heads by KV head.
     pub gqa: Gqa,
 }
@@ -380,6 +382,7 @@ impl Default for CudaOptions {
             mv1_prefetch: false,
             mv1_pre4: false,
             qx: true,
+            qks: 0,
             gqa: Gqa::Filled,
         }
     }
@@ -892,7 +895,10 @@ impl CudaBackend {
             let then = next.filter(|_| {
                 self.opts.qx && outs.is_multiple_of(16) && outs / 16 <= QX_GROUPS && fits(outs)
             });
-            let ks = self.col_split(outs.div_ceil(2), w.cols / 4);
+            let ks = match self.opts.qks {
+                0 => self.col_split(outs.div_ceil(2), w.cols / 4),
+                k => k.min(MV_WARPS),
+            };
             self.launch(
                 &self.k.mv1q,
                 (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),

@@ -130,6 +130,9 @@ pub struct DevOptions {
     /// `cuda-qx=0|1`: one-row products of weights read in place round their output for the
     /// next product themselves (else a k_quant_x launch before each product does).
     pub cuda_qx: Option<bool>,
+    /// `cuda-qks=1|2|4|8`: warps that share each output of a one-row product of weights read
+    /// in place, splitting its columns (else chosen by the product's shape).
+    pub cuda_qks: Option<usize>,
 }
 
 impl DevOptions {
@@ -163,12 +166,16 @@ impl DevOptions {
                 _ => return Err(format!("`{spec}`: expected cuda-mvpre=2 or cuda-mvpre=4")),
             },
             "cuda-qx" => self.cuda_qx = Some(flag()?),
+            "cuda-qks" => match value {
+                "1" | "2" | "4" | "8" => self.cuda_qks = value.parse().ok(),
+                _ => return Err(format!("`{spec}`: expected cuda-qks=1, 2, 4 or 8")),
+            },
             "cuda-gqa" => match value {
                 "0" | "1" | "all" => self.cuda_gqa = Some(value.to_owned()),
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks)"
             )),
         }
         Ok(())
@@ -197,6 +204,7 @@ impl DevOptions {
             (self.cuda_mvpre.is_some(), "cuda-mvpre"),
             (self.cuda_gqa.is_some(), "cuda-gqa"),
             (self.cuda_qx.is_some(), "cuda-qx"),
+            (self.cuda_qks.is_some(), "cuda-qks"),
         ]
         .into_iter()
         .find(|c| c.0)
@@ -297,6 +305,7 @@ impl Device {
             mv1_prefetch: d.cuda_mvpf.unwrap_or(base.mv1_prefetch),
             mv1_pre4: d.cuda_mvpre.map_or(base.mv1_pre4, |n| n == 4),
             qx: d.cuda_qx.unwrap_or(base.qx),
+            qks: d.cuda_qks.unwrap_or(base.qks),
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
                 Some("all") => Gqa::All,

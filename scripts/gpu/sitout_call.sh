@@ -1,0 +1,103 @@
+# Device call (twenty-eighth session), issue "Structured outputs, tool calling": sequences whose
+# token masks are still being computed when the pass ends sit the step out. `kiln` (the build
+# with that change) against `kiln_base` (the build before it, which waits for every mask),
+# alternated, at 64 streams through `kiln serve` (scripts/gpu/structured_ab.sh), on the shipped
+# default model and on the Qwen2.5-0.5B shape (random f16 weights); each build also with 8 host
+# threads for the masks with VARIANTS="kiln_base kiln kiln_base:8 kiln:8" (masks slower, as on
+# a slower host). Then, issue "GPU kernels at the bandwidth limit": weights read in place with
+# the one-row product's columns split over more warps (qks, l1b), and time and DRAM bytes per
+# kernel of the default model read in place (ncu).
+# The default model travels in three thirds (more than one call carries): two calls before this
+# one, within the machine's idle time, each carry one third and copy it to /tmp/m
+#   mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/        (then .devmodel2)
+# and this one carries .devbin and .devmodel3.
+# Usage: bash scripts/gpu/sitout_call.sh        PARTS="sitout qks l1b ncu" (the default: all)
+set -u
+. scripts/gpu/setup.sh
+cat /tmp/m/smolpart.00 /tmp/m/smolpart.01 .devmodel3/smolpart.02 > /tmp/smol.gguf
+sha=$(sha256sum /tmp/smol.gguf | cut -c1-16)
+echo "joined model sha256 $sha..."
+[ "$sha" = b179c9523d0e6a0f ] || { echo "the joined file is not the shipped default model"; exit 1; }
+
+part_sitout() {
+  el "== compute-sanitizer over a constrained answer of each build"
+  echo '{"type":"object","properties":{"n":{"type":"integer"},"s":{"type":"string","maxLength":12}},"required":["n","s"],"additionalProperties":false}' > /tmp/s.json
+  for k in kiln_base kiln; do
+    r=$(timeout 120 compute-sanitizer --print-limit 5 "$B/$k" run --device cuda -m /tmp/smol.gguf \
+      --temperature 0.7 --max-tokens 40 --json-schema /tmp/s.json "x" 2>&1 | grep -E "ERROR SUMMARY" | head -1)
+    echo "$k: ${r:-no summary}"
+  done
+  el "== default model, 64 streams"
+  MODEL=/tmp/smol.gguf PAIRS=${PAIRS:-3} STREAMS=64 ROUNDS=5 TTFT=5 \
+    VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 330 bash scripts/gpu/structured_ab.sh > /tmp/ab_smol.txt 2>&1
+  summary /tmp/ab_smol.txt
+  el "== Qwen2.5-0.5B shape, 64 streams"
+  PAIRS=2 STREAMS=64 ROUNDS=5 TTFT=0 VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 200 \
+    bash scripts/gpu/structured_ab.sh > /tmp/ab_q05.txt 2>&1
+  summary /tmp/ab_q05.txt
+}
+
+# summary FILE: structured_ab.sh's output, each run's ratio and milliseconds a step in one line
+# (constrained, then free).
+summary() {
+  python3 - "$1" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if line.startswith("== pair") or "parse and validate" in line or line.startswith('{"free_ms"'):
+        print(line)
+    if not line.startswith('{"streams"'):
+        continue
+    d = json.loads(line)
+    c, f = d["constrained_ms_per_step"], d["free_ms_per_step"]
+    keys = ["model", "launch", "mask_wait", "sampling_launch", "finish", "mask_longest", "mask_last_start", "mask", "sit_outs"]
+    print(f'ratio {d["ratio"]} free {d["free_tok_s"]} constrained {d["constrained_tok_s"]} rounds {d["free_rounds"]} / {d["constrained_rounds"]}')
+    print("  constrained " + " ".join(f"{k} {c.get(k, 0)}" for k in keys))
+    print("  free        " + " ".join(f"{k} {f.get(k, 0)}" for k in keys[:5]))
+PY
+}
+
+# The one-row product of weights read in place with its columns split over 1, 2, 4 or 8 warps
+# (`--dev cuda-qks=N`) against the split chosen by shape and against f16: the default model,
+# then the Llama-3.2-1B shape's Q4_0 file; `kiln bench -p 32 -g 256`, two rounds alternated.
+j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "decode", round(d["decode_tok_s"],1))' "$1"; }
+g() { "$B/kiln" run --device cuda -m "$@" -n 48 --temperature 0 --raw "hello world, the five boxing wizards" 2>/dev/null | md5sum | cut -c1-12; }
+part_qks() {
+  el "== default model: greedy text md5 (48 tokens) by split"
+  echo "f16 $(g /tmp/smol.gguf) in place $(g /tmp/smol.gguf --gpu-weights quantized)" \
+    "$(for k in 1 2 4 8; do echo -n "qks=$k $(g /tmp/smol.gguf --gpu-weights quantized --dev cuda-qks=$k) "; done)"
+  el "== default model, -p 32 -g 256"
+  for r in 1 2; do
+    "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r f16"
+    "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r in place"
+    for k in 1 2 4 8; do
+      "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qks=$k --json 2>/dev/null | j "r$r in place qks=$k"
+    done
+  done
+}
+part_l1b() {
+  el "== Llama-3.2-1B shape: f16 and Q4_0 read in place by split"
+  random_models l1b:llama3.2-1b
+  "$B/kiln" quantize /tmp/l1b /tmp/l1b-q4_0.gguf --type q4_0 > /dev/null 2>&1
+  for r in 1 2; do
+    "$B/kiln" bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r l1b f16"
+    "$B/kiln" bench --device cuda -m /tmp/l1b-q4_0.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r l1b q4_0 in place"
+    for k in 2 4 8; do
+      "$B/kiln" bench --device cuda -m /tmp/l1b-q4_0.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qks=$k --json 2>/dev/null | j "r$r l1b q4_0 in place qks=$k"
+    done
+  done
+}
+
+part_ncu() {
+  el "== ncu: the default model read in place, by split (-p 8 -g 2)"
+  for k in 0 4; do
+    dev=""; [ $k = 0 ] || dev="--dev cuda-qks=$k"
+    timeout 90 ncu --clock-control none --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+      "$B/kiln" bench --dev cuda-graphs=0 $dev --device cuda -m /tmp/smol.gguf -p 8 -g 2 --gpu-weights quantized \
+      --json > /tmp/ncu_$k.csv 2>/dev/null
+    echo "-- qks $k:"; python3 scripts/gpu/kernel_times.py /tmp/ncu_$k.csv --by-grid | grep -v k_dequant | head -12
+  done
+}
+
+for p in ${PARTS:-sitout qks l1b ncu}; do "part_$p"; done
+el done
