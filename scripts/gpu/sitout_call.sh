@@ -11,10 +11,12 @@
 # one, within the machine's idle time, each carry one third and copy it to /tmp/m
 #   mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/        (then .devmodel2)
 # and this one carries .devbin and .devmodel3.
-# Usage: bash scripts/gpu/sitout_call.sh        PARTS="sitout qks l1b ncu" (the default: all)
+# Usage: bash scripts/gpu/sitout_call.sh        PARTS="sitout qks l1b ncu" (the default: all);
+# VARIANTS (the builds, BINARY[:THREADS]), PAIRS, QWEN=0 (the default model only).
 set -u
 . scripts/gpu/setup.sh
-cat /tmp/m/smolpart.00 /tmp/m/smolpart.01 .devmodel3/smolpart.02 > /tmp/smol.gguf
+# (The last third from .devmodel3, or from /tmp/m where an earlier call left it.)
+cat /tmp/m/smolpart.00 /tmp/m/smolpart.01 $(ls .devmodel3/smolpart.02 2>/dev/null || echo /tmp/m/smolpart.02) > /tmp/smol.gguf
 sha=$(sha256sum /tmp/smol.gguf | cut -c1-16)
 echo "joined model sha256 $sha..."
 [ "$sha" = b179c9523d0e6a0f ] || { echo "the joined file is not the shipped default model"; exit 1; }
@@ -31,6 +33,7 @@ part_sitout() {
   MODEL=/tmp/smol.gguf PAIRS=${PAIRS:-3} STREAMS=64 ROUNDS=5 TTFT=5 \
     VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 330 bash scripts/gpu/structured_ab.sh > /tmp/ab_smol.txt 2>&1
   summary /tmp/ab_smol.txt
+  [ "${QWEN:-1}" = 1 ] || return 0
   el "== Qwen2.5-0.5B shape, 64 streams"
   PAIRS=2 STREAMS=64 ROUNDS=5 TTFT=0 VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 200 \
     bash scripts/gpu/structured_ab.sh > /tmp/ab_q05.txt 2>&1

@@ -364,6 +364,9 @@ pub struct CudaOptions {
     pub qx: bool,
     /// Warps sharing each output of those products (1, 2, 4 or 8; 0: chosen by shape).
     pub qks: usize,
+    /// Those products with 2 or 4 warps an output in blocks of 16 or 32 warps, which hold
+    /// whole groups of 16 outputs (else blocks of 8, sharing each group).
+    pub q_wide: bool,
     /// When decode attention groups query heads by KV head.
     pub gqa: Gqa,
 }
@@ -383,6 +386,7 @@ impl Default for CudaOptions {
             mv1_pre4: false,
             qx: true,
             qks: 0,
+            q_wide: true,
             gqa: Gqa::Filled,
         }
     }
@@ -896,13 +900,27 @@ impl CudaBackend {
                 self.opts.qx && outs.is_multiple_of(16) && outs / 16 <= QX_GROUPS && fits(outs)
             });
             let ks = match self.opts.qks {
+                // A product of fewer groups of 16 outputs than SMs (one block each) splits its
+                // columns over two warps at least: its blocks then have twice the warps, each
+                // half the row (the SmolLM2-135M shape's in blocks of 16: 2 to 5% faster on
+                // an H100, docs/PERF.md, twenty-eighth session).
+                0 if self.opts.q_wide && outs.div_ceil(16) < self.sms => {
+                    self.col_split(outs.div_ceil(2), w.cols / 4).max(2)
+                }
                 0 => self.col_split(outs.div_ceil(2), w.cols / 4),
                 k => k.min(MV_WARPS),
             };
+            // Blocks of 8 * ks warps hold whole groups of 16 outputs (round them for the next
+            // x themselves); with 8 warps, ks blocks share a group.
+            let (kernel, warps) = match ks {
+                2 if self.opts.q_wide => (&self.k.mv1q16, 16),
+                4 if self.opts.q_wide => (&self.k.mv1q32, 32),
+                _ => (&self.k.mv1q, MV_WARPS),
+            };
             self.launch(
-                &self.k.mv1q,
-                (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
-                (MV_WARPS * 32) as u32,
+                kernel,
+                (outs.div_ceil(2 * warps / ks) as u32, 1, 1),
+                (warps * 32) as u32,
                 0,
                 launch::Mv1q {
                     q: self.p(&q.q),

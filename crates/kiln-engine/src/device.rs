@@ -133,6 +133,9 @@ pub struct DevOptions {
     /// `cuda-qks=1|2|4|8`: warps that share each output of a one-row product of weights read
     /// in place, splitting its columns (else chosen by the product's shape).
     pub cuda_qks: Option<usize>,
+    /// `cuda-qwide=0|1`: those products, with 2 or 4 warps an output, in blocks of 16 or 32
+    /// warps that hold whole groups of 16 outputs (else blocks of 8 warps that share them).
+    pub cuda_qwide: Option<bool>,
 }
 
 impl DevOptions {
@@ -166,6 +169,7 @@ impl DevOptions {
                 _ => return Err(format!("`{spec}`: expected cuda-mvpre=2 or cuda-mvpre=4")),
             },
             "cuda-qx" => self.cuda_qx = Some(flag()?),
+            "cuda-qwide" => self.cuda_qwide = Some(flag()?),
             "cuda-qks" => match value {
                 "1" | "2" | "4" | "8" => self.cuda_qks = value.parse().ok(),
                 _ => return Err(format!("`{spec}`: expected cuda-qks=1, 2, 4 or 8")),
@@ -175,7 +179,7 @@ impl DevOptions {
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide)"
             )),
         }
         Ok(())
@@ -205,6 +209,7 @@ impl DevOptions {
             (self.cuda_gqa.is_some(), "cuda-gqa"),
             (self.cuda_qx.is_some(), "cuda-qx"),
             (self.cuda_qks.is_some(), "cuda-qks"),
+            (self.cuda_qwide.is_some(), "cuda-qwide"),
         ]
         .into_iter()
         .find(|c| c.0)
@@ -306,6 +311,7 @@ impl Device {
             mv1_pre4: d.cuda_mvpre.map_or(base.mv1_pre4, |n| n == 4),
             qx: d.cuda_qx.unwrap_or(base.qx),
             qks: d.cuda_qks.unwrap_or(base.qks),
+            q_wide: d.cuda_qwide.unwrap_or(base.q_wide),
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
                 Some("all") => Gqa::All,

@@ -89,18 +89,24 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
 // ks 1 a whole group, which its first warp rounds as it stores it; else the last of the ks
 // blocks of a group to finish (counted in tcnt, which it resets) reads the group back and
 // rounds it. Needs outs a multiple of 16.
-// At most 64 registers a thread (four blocks an SM): with the second half group read early it
-// took 77 and three blocks, and the Llama-1B shape's products (more blocks than SMs hold at
-// once) ran 12% slower so on an H100 (docs/PERF.md, twenty-third session).
-extern "C" __global__ void __launch_bounds__(256, 4)
-k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
-       int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,
-       const float *tnw, u32 *tcnt, int pf) {
-    __shared__ float part[8][MV1_OUT][2];
+// At most 64 registers a thread (four blocks of 256 an SM): with the second half group read
+// early it took 77 and three blocks, and the Llama-1B shape's products (more blocks than SMs
+// hold at once) ran 12% slower so on an H100 (docs/PERF.md, twenty-third session).
+// NW warps a block: k_mv1q has 8 (16 / ks outputs a block); k_mv1q16 and k_mv1q32 have 16 and
+// 32, for ks 2 and 4, so that a block holds a whole group of 16 outputs and rounds it for txq
+// itself, where with 8 warps the last of ks blocks to finish does (a fence, a count in L2 and a
+// read back).
+template <int NW>
+__device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S, const float *M,
+                                          int bits, const float *bias, int outs, int cols,
+                                          const u32 *xq, int xnorm, float eps, float *out,
+                                          Epi mode, int ks, u32 *txq, const float *tnw,
+                                          u32 *tcnt, int pf) {
+    __shared__ float part[NW][MV1_OUT][2];
     const int ng = cols >> 5, nh = 2 * ng;
     const float *gs = (const float *)(xq + (cols >> 2)), *dq = gs + nh;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int grp = warp / ks, kw = warp % ks, groups = 8 / ks;
+    const int grp = warp / ks, kw = warp % ks, groups = NW / ks;
     const int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
     const size_t gbytes = bits == 4 ? 16 : 32;
     bool live[MV1_OUT][2];
@@ -238,8 +244,8 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
             if (lane == 0) part[warp][k][a] = v;
         }
     __syncthreads();
-    // The block's groups * MV1_OUT outputs, stored by the first warp (lane l: group l /
-    // MV1_OUT's output l % MV1_OUT), which alone then counts them for txq.
+    // The block's groups * MV1_OUT outputs (at most 16), stored by the first warp (lane l:
+    // group l / MV1_OUT's output l % MV1_OUT), which alone then counts them for txq.
     if (warp != 0) return;
     const int per = groups * MV1_OUT;
     float hv = 0.0f;
@@ -256,23 +262,44 @@ k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const f
         }
     }
     if (!txq) return;
-    if (ks == 1) {
+    if (per == 16) {
         // The block's 16 outputs are a whole group: lanes 0..15 hold it.
         const int c = blockIdx.x * 16 + (lane & 15);
         quant_group16(hv, tnw ? tnw[c] : 1.0f, blockIdx.x, outs, txq, lane < 16);
         return;
     }
-    // ks blocks make a group of 16; the last of them to count reads it back and rounds it.
-    const int g = blockIdx.x / ks;
+    // 16 / per blocks make a group of 16; the last of them to count reads it back and rounds it.
+    const int bpg = 16 / per, g = blockIdx.x / bpg;
     __threadfence();
     u32 seen = 0;
     if (lane == 0) seen = atomicAdd(tcnt + g, 1u);
-    if (__shfl_sync(0xffffffffu, seen, 0) == (u32)ks - 1u) {
+    if (__shfl_sync(0xffffffffu, seen, 0) == (u32)bpg - 1u) {
         __threadfence();
         const int c = g * 16 + (lane & 15);
         quant_group16(__ldcg(out + c), tnw ? tnw[c] : 1.0f, g, outs, txq, lane < 16);
         if (lane == 0) tcnt[g] = 0u;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 4)
+k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
+       int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,
+       const float *tnw, u32 *tcnt, int pf) {
+    mv1q_body<8>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+}
+
+extern "C" __global__ void __launch_bounds__(512, 2)
+k_mv1q16(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias,
+         int outs, int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks,
+         u32 *txq, const float *tnw, u32 *tcnt, int pf) {
+    mv1q_body<16>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+}
+
+extern "C" __global__ void __launch_bounds__(1024, 1)
+k_mv1q32(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias,
+         int outs, int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks,
+         u32 *txq, const float *tnw, u32 *tcnt, int pf) {
+    mv1q_body<32>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
 }
 
 // Quantized rows to f16 (for the other product paths): one thread per group of 32.
