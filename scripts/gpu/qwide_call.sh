@@ -41,6 +41,7 @@ part_checks() {
 }
 
 part_time() {
+  wait $QPID 2>/dev/null  # the quantized files (part_checks waits for them too)
   el "== decode, -p 32 -g 256, two rounds alternated"
   for r in 1 2; do
     for m in s135 l1b; do "$K" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r $m f16"; done
