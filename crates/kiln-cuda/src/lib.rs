@@ -365,7 +365,8 @@ pub struct CudaOptions {
     /// Warps sharing each output of those products (1, 2, 4 or 8; 0: chosen by shape).
     pub qks: usize,
     /// Those products with 2 or 4 warps an output in blocks of 16 or 32 warps, which hold
-    /// whole groups of 16 outputs (else blocks of 8, sharing each group).
+    /// whole groups of 16 outputs (else blocks of 8, sharing each group), and those of many
+    /// outputs without SwiGLU (the head) four outputs a warp; off: k_mv1q for all.
     pub q_wide: bool,
     /// When decode attention groups query heads by KV head.
     pub gqa: Gqa,
@@ -912,14 +913,22 @@ impl CudaBackend {
             };
             // Blocks of 8 * ks warps hold whole groups of 16 outputs (round them for the next
             // x themselves); with 8 warps, ks blocks share a group.
-            let (kernel, warps) = match ks {
-                2 if self.opts.q_wide => (&self.k.mv1q16, 16),
-                4 if self.opts.q_wide => (&self.k.mv1q32, 32),
-                _ => (&self.k.mv1q, MV_WARPS),
+            // A product of many outputs without SwiGLU or a next x to round (the head) takes
+            // four outputs a warp (k_mv1q4).
+            let four = self.opts.q_wide
+                && ks == 1
+                && epi != Epilogue::SwiGlu
+                && then.is_none()
+                && outs.div_ceil(16) >= 4 * self.sms;
+            let (kernel, warps, per_warp) = match ks {
+                _ if four => (&self.k.mv1q4, MV_WARPS, 4),
+                2 if self.opts.q_wide => (&self.k.mv1q16, 16, 2),
+                4 if self.opts.q_wide => (&self.k.mv1q32, 32, 2),
+                _ => (&self.k.mv1q, MV_WARPS, 2),
             };
             self.launch(
                 kernel,
-                (outs.div_ceil(2 * warps / ks) as u32, 1, 1),
+                (outs.div_ceil(per_warp * warps / ks) as u32, 1, 1),
                 (warps * 32) as u32,
                 0,
                 launch::Mv1q {

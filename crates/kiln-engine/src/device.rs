@@ -134,7 +134,8 @@ pub struct DevOptions {
     /// in place, splitting its columns (else chosen by the product's shape).
     pub cuda_qks: Option<usize>,
     /// `cuda-qwide=0|1`: those products, with 2 or 4 warps an output, in blocks of 16 or 32
-    /// warps that hold whole groups of 16 outputs (else blocks of 8 warps that share them).
+    /// warps that hold whole groups of 16 outputs (else blocks of 8 warps that share them), and
+    /// those of many outputs without SwiGLU four outputs a warp (else two).
     pub cuda_qwide: Option<bool>,
 }
 

@@ -96,25 +96,25 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
 // 32, for ks 2 and 4, so that a block holds a whole group of 16 outputs and rounds it for txq
 // itself, where with 8 warps the last of ks blocks to finish does (a fence, a count in L2 and a
 // read back).
-template <int NW>
+template <int NW, int OUT, int NA>
 __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S, const float *M,
                                           int bits, const float *bias, int outs, int cols,
                                           const u32 *xq, int xnorm, float eps, float *out,
                                           Epi mode, int ks, u32 *txq, const float *tnw,
                                           u32 *tcnt, int pf) {
-    __shared__ float part[NW][MV1_OUT][2];
+    __shared__ float part[NW][OUT][NA];
     const int ng = cols >> 5, nh = 2 * ng;
     const float *gs = (const float *)(xq + (cols >> 2)), *dq = gs + nh;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / ks, kw = warp % ks, groups = NW / ks;
-    const int o0 = (blockIdx.x * groups + grp) * MV1_OUT;
+    const int o0 = (blockIdx.x * groups + grp) * OUT;
     const size_t gbytes = bits == 4 ? 16 : 32;
-    bool live[MV1_OUT][2];
-    size_t row[MV1_OUT][2];
+    bool live[OUT][NA];
+    size_t row[OUT][NA];
 #pragma unroll
-    for (int k = 0; k < MV1_OUT; k++)
+    for (int k = 0; k < OUT; k++)
 #pragma unroll
-        for (int a = 0; a < 2; a++) {
+        for (int a = 0; a < NA; a++) {
             live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
             row[k][a] = live[k][a] ? (size_t)(o0 + k + a * outs) : 0;
             if (live[k][a] && pf) {
@@ -128,12 +128,12 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S
     // Half group j of the rows' weights into registers: 4-bit quants, scales and offsets (the
     // offset only with the first half: its term takes the whole group's sum), or 8-bit quants
     // and scales.
-    auto load4 = [&](int j, uint2 (&q)[MV1_OUT][2], float (&d)[MV1_OUT][2], float (&m)[MV1_OUT][2]) {
+    auto load4 = [&](int j, uint2 (&q)[OUT][NA], float (&d)[OUT][NA], float (&m)[OUT][NA]) {
         const int g = j >> 1, h = j & 1;
 #pragma unroll
-        for (int k = 0; k < MV1_OUT; k++)
+        for (int k = 0; k < OUT; k++)
 #pragma unroll
-            for (int a = 0; a < 2; a++)
+            for (int a = 0; a < NA; a++)
                 if (live[k][a]) {
                     size_t gi = row[k][a] * ng + g;
                     q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
@@ -141,12 +141,12 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S
                     m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
                 }
     };
-    auto load8 = [&](int j, uint4 (&q)[MV1_OUT][2], float (&d)[MV1_OUT][2]) {
+    auto load8 = [&](int j, uint4 (&q)[OUT][NA], float (&d)[OUT][NA]) {
         const int g = j >> 1, h = j & 1;
 #pragma unroll
-        for (int k = 0; k < MV1_OUT; k++)
+        for (int k = 0; k < OUT; k++)
 #pragma unroll
-            for (int a = 0; a < 2; a++)
+            for (int a = 0; a < NA; a++)
                 if (live[k][a]) {
                     size_t gi = row[k][a] * ng + g;
                     q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
@@ -158,9 +158,9 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S
     // 2,048 at ks 2) every weight of the product is then in flight before it, and none is
     // read after the kernel before ends.
     const int j0 = lane + 32 * kw, step = 32 * ks;
-    uint2 q4f[2][MV1_OUT][2];
-    uint4 q8f[2][MV1_OUT][2];
-    float df[2][MV1_OUT][2], mf[2][MV1_OUT][2];
+    uint2 q4f[2][OUT][NA];
+    uint4 q8f[2][OUT][NA];
+    float df[2][OUT][NA], mf[2][OUT][NA];
 #pragma unroll
     for (int i = 0; i < 2; i++)
         if (j0 + i * step < nh) {
@@ -178,15 +178,15 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S
         ss1 = lane + 32 < nh ? ss[lane + 32] : 0.0f;
         for (int g = lane + 64; g < nh; g += 32) ss0 += ss[g];
     }
-    float acc[MV1_OUT][2];
+    float acc[OUT][NA];
 #pragma unroll
-    for (int k = 0; k < MV1_OUT; k++)
+    for (int k = 0; k < OUT; k++)
 #pragma unroll
-        for (int a = 0; a < 2; a++) acc[k][a] = 0.0f;
+        for (int a = 0; a < NA; a++) acc[k][a] = 0.0f;
     if (bits == 4) {
         // Half group j of the rows (quants q, scales d, offsets m) into the sums.
-        auto half4 = [&](int j, const uint2 (&q)[MV1_OUT][2], const float (&d)[MV1_OUT][2],
-                         const float (&m)[MV1_OUT][2]) {
+        auto half4 = [&](int j, const uint2 (&q)[OUT][NA], const float (&d)[OUT][NA],
+                         const float (&m)[OUT][NA]) {
             const int g = j >> 1, h = j & 1;
             const int2 xl = ((const int2 *)(xq + g * 8))[h], xh = ((const int2 *)(xq + g * 8))[2 + h];
             // The weights' half h holds elements h*8.. (low nibbles) and 16+h*8.. (high): from
@@ -195,9 +195,9 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S
             const float dx0 = dq[2 * g], dx1 = dq[2 * g + 1];
             const float gsum = h == 0 ? gs[2 * g] + gs[2 * g + 1] : 0.0f;
 #pragma unroll
-            for (int k = 0; k < MV1_OUT; k++)
+            for (int k = 0; k < OUT; k++)
 #pragma unroll
-                for (int a = 0; a < 2; a++)
+                for (int a = 0; a < NA; a++)
                     if (live[k][a]) {
                         const int2 p = dot_q4h(q[k][a], xl.x, xl.y, xh.x, xh.y);
                         acc[k][a] += d[k][a] * (dx0 * (float)p.x + dx1 * (float)p.y) + m[k][a] * gsum;
@@ -208,20 +208,20 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S
             if (j0 + i * step < nh) half4(j0 + i * step, q4f[i], df[i], mf[i]);
 #pragma unroll 2
         for (int j = j0 + 2 * step; j < nh; j += step) {
-            uint2 q[MV1_OUT][2];
-            float d[MV1_OUT][2], m[MV1_OUT][2];
+            uint2 q[OUT][NA];
+            float d[OUT][NA], m[OUT][NA];
             load4(j, q, d, m);
             half4(j, q, d, m);
         }
     } else {
-        auto half8 = [&](int j, const uint4 (&q)[MV1_OUT][2], const float (&d)[MV1_OUT][2]) {
+        auto half8 = [&](int j, const uint4 (&q)[OUT][NA], const float (&d)[OUT][NA]) {
             const int g = j >> 1, h = j & 1;
             const int4 xg = ((const int4 *)(xq + g * 8))[h];
             const float dx = dq[j];
 #pragma unroll
-            for (int k = 0; k < MV1_OUT; k++)
+            for (int k = 0; k < OUT; k++)
 #pragma unroll
-                for (int a = 0; a < 2; a++)
+                for (int a = 0; a < NA; a++)
                     if (live[k][a]) acc[k][a] += d[k][a] * dx * (float)dot_q8h(q[k][a], xg);
         };
 #pragma unroll
@@ -229,34 +229,34 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S
             if (j0 + i * step < nh) half8(j0 + i * step, q8f[i], df[i]);
 #pragma unroll 2
         for (int j = j0 + 2 * step; j < nh; j += step) {
-            uint4 q[MV1_OUT][2];
-            float d[MV1_OUT][2];
+            uint4 q[OUT][NA];
+            float d[OUT][NA];
             load8(j, q, d);
             half8(j, q, d);
         }
     }
     const float sc = xnorm ? rsqrtf(warp_sum(ss0 + ss1) / cols + eps) : 1.0f;
 #pragma unroll
-    for (int k = 0; k < MV1_OUT; k++)
+    for (int k = 0; k < OUT; k++)
 #pragma unroll
-        for (int a = 0; a < 2; a++) {
+        for (int a = 0; a < NA; a++) {
             float v = warp_sum(acc[k][a]) * sc;
             if (lane == 0) part[warp][k][a] = v;
         }
     __syncthreads();
-    // The block's groups * MV1_OUT outputs (at most 16), stored by the first warp (lane l:
-    // group l / MV1_OUT's output l % MV1_OUT), which alone then counts them for txq.
+    // The block's groups * OUT outputs (at most 32; 16 with txq), stored by the first warp
+    // (lane l: group l / OUT's output l % OUT), which alone then counts them for txq.
     if (warp != 0) return;
-    const int per = groups * MV1_OUT;
+    const int per = groups * OUT;
     float hv = 0.0f;
     if (lane < per) {
-        const int gi = lane / MV1_OUT, k = lane % MV1_OUT;
-        const int o = (blockIdx.x * groups + gi) * MV1_OUT + k;
+        const int gi = lane / OUT, k = lane % OUT;
+        const int o = (blockIdx.x * groups + gi) * OUT + k;
         if (o < outs) {
             float s0 = 0.0f, s1 = 0.0f;
             for (int w = 0; w < ks; w++) {
                 s0 += part[gi * ks + w][k][0];
-                s1 += part[gi * ks + w][k][1];
+                if (NA > 1) s1 += part[gi * ks + w][k][NA - 1];
             }
             hv = mv_store(out, o, outs, bias, s0, s1, mode);
         }
@@ -285,21 +285,33 @@ extern "C" __global__ void __launch_bounds__(256, 4)
 k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
        int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,
        const float *tnw, u32 *tcnt, int pf) {
-    mv1q_body<8>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+    mv1q_body<8, MV1_OUT, 2>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+}
+
+// Products without SwiGLU (one row of weights an output) and without txq, four outputs a warp
+// where k_mv1q takes two (with their up rows): the registers of the up rows hold two more
+// outputs, and x's loads, the sums across the warp and the store are shared by twice the
+// bytes. For products of many outputs whose rows are short (the default model's head: 49,152
+// rows of 576 columns, 1.3 KB a warp in k_mv1q). 32 outputs a block (ks 1).
+extern "C" __global__ void __launch_bounds__(256, 4)
+k_mv1q4(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias,
+        int outs, int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks,
+        u32 *txq, const float *tnw, u32 *tcnt, int pf) {
+    mv1q_body<8, 4, 1>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
 }
 
 extern "C" __global__ void __launch_bounds__(512, 2)
 k_mv1q16(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias,
          int outs, int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks,
          u32 *txq, const float *tnw, u32 *tcnt, int pf) {
-    mv1q_body<16>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+    mv1q_body<16, MV1_OUT, 2>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
 }
 
 extern "C" __global__ void __launch_bounds__(1024, 1)
 k_mv1q32(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias,
          int outs, int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks,
          u32 *txq, const float *tnw, u32 *tcnt, int pf) {
-    mv1q_body<32>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+    mv1q_body<32, MV1_OUT, 2>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
 }
 
 // Quantized rows to f16 (for the other product paths): one thread per group of 32.
