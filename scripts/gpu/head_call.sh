@@ -10,31 +10,29 @@ set -u
 . scripts/gpu/setup.sh
 K=$B/kiln
 nvidia-smi --query-gpu=name --format=csv,noheader
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "decode", round(d["decode_tok_s"],1))' "$1"; }
-g() { "$B/$1" run --device cuda -m "${@:2}" -n 48 --temperature 0 --raw "hello world, the five boxing wizards" 2>/dev/null | md5sum | cut -c1-12; }
 cat /tmp/m/smolpart.00 /tmp/m/smolpart.01 $(ls .devmodel3/smolpart.02 2>/dev/null || echo /tmp/m/smolpart.02) > /tmp/smol.gguf
 echo "default model sha256 $(sha256sum /tmp/smol.gguf | cut -c1-16)..."
 ( random_models l1b:llama3.2-1b; for q in q4_0 q8_0; do $K quantize /tmp/l1b /tmp/l1b-$q.gguf --type $q; done ) >/tmp/quant.log 2>&1 &
 QPID=$!
 el "== the default model: greedy md5 (48 tokens) in place, kiln / kiln_prev / qwide=0; f16"
-echo "$(g kiln /tmp/smol.gguf --gpu-weights quantized) $(g kiln_prev /tmp/smol.gguf --gpu-weights quantized) $(g kiln /tmp/smol.gguf --gpu-weights quantized --dev cuda-qwide=0); $(g kiln /tmp/smol.gguf)"
+echo "$(greedy_md5 kiln /tmp/smol.gguf --gpu-weights quantized) $(greedy_md5 kiln_prev /tmp/smol.gguf --gpu-weights quantized) $(greedy_md5 kiln /tmp/smol.gguf --gpu-weights quantized --dev cuda-qwide=0); $(greedy_md5 kiln /tmp/smol.gguf)"
 r=$(timeout 100 compute-sanitizer --print-limit 5 $K run --device cuda -m /tmp/smol.gguf --gpu-weights quantized \
   -n 6 --temperature 0 "hello" 2>&1 | grep -E "ERROR SUMMARY" | head -1)
 echo "compute-sanitizer, the default model read in place: ${r:-no summary}"
 el "== the default model, -p 32 -g 256, three rounds alternated"
 for r in 1 2 3; do
-  $K bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r f16"
-  $K bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r in place"
-  $B/kiln_prev bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r in place prev"
+  $K bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --json 2>/dev/null | decode_of "r$r f16"
+  $K bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r in place"
+  $B/kiln_prev bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r in place prev"
 done
 el "== Llama-1B shape (Q8_0 head), -p 32 -g 256"
 wait $QPID; tail -1 /tmp/quant.log
-echo "greedy md5 q4_0: $(g kiln /tmp/l1b-q4_0.gguf --gpu-weights quantized) $(g kiln_prev /tmp/l1b-q4_0.gguf --gpu-weights quantized)"
+echo "greedy md5 q4_0: $(greedy_md5 kiln /tmp/l1b-q4_0.gguf --gpu-weights quantized) $(greedy_md5 kiln_prev /tmp/l1b-q4_0.gguf --gpu-weights quantized)"
 for r in 1 2; do
-  $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r l1b f16"
+  $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | decode_of "r$r l1b f16"
   for m in l1b-q4_0 l1b-q8_0; do
-    $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in place"
-    $B/kiln_prev bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in place prev"
+    $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r $m in place"
+    $B/kiln_prev bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r $m in place prev"
   done
 done
 el "== ncu: the default model read in place (-p 8 -g 2)"

@@ -13,9 +13,6 @@ set -u
 . scripts/gpu/setup.sh
 K=$B/kiln
 nvidia-smi --query-gpu=name --format=csv,noheader
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "decode", round(d["decode_tok_s"],1))' "$1"; }
-# g BINARY MODEL [ARGS]: md5 of 48 greedy tokens.
-g() { "$B/$1" run --device cuda -m "${@:2}" -n 48 --temperature 0 --raw "hello world, the five boxing wizards" 2>/dev/null | md5sum | cut -c1-12; }
 el "== random models"
 random_models s135:smollm2-135m l1b:llama3.2-1b
 $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1 >/dev/null 2>&1
@@ -27,7 +24,7 @@ part_checks() {
   el "== waiting for the quantized files"; wait $QPID; tail -2 /tmp/quant.log
   el "== greedy text (md5 of 48 tokens), weights read in place: kiln / cuda-qwide=0 / kiln_base"
   for m in s135-q4_1 l1b-q4_0 l1b-q8_0 l1b-q4_k; do
-    echo "$m: $(g kiln /tmp/$m.gguf --gpu-weights quantized) $(g kiln /tmp/$m.gguf --gpu-weights quantized --dev cuda-qwide=0) $(g kiln_base /tmp/$m.gguf --gpu-weights quantized)"
+    echo "$m: $(greedy_md5 kiln /tmp/$m.gguf --gpu-weights quantized) $(greedy_md5 kiln /tmp/$m.gguf --gpu-weights quantized --dev cuda-qwide=0) $(greedy_md5 kiln_base /tmp/$m.gguf --gpu-weights quantized)"
   done
   el "== tests with weights read in place"
   KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t "$B/backend_ops" | sed 's/^/backend_ops quantized: /'
@@ -44,11 +41,11 @@ part_time() {
   wait $QPID 2>/dev/null  # the quantized files (part_checks waits for them too)
   el "== decode, -p 32 -g 256, two rounds alternated"
   for r in 1 2; do
-    for m in s135 l1b; do "$K" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r $m f16"; done
+    for m in s135 l1b; do "$K" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | decode_of "r$r $m f16"; done
     for m in s135-q4_1 l1b-q4_0 l1b-q8_0 l1b-q4_k; do
-      "$K" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in place"
-      "$K" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qwide=0 --json 2>/dev/null | j "r$r $m in place qwide=0"
-      "$B/kiln_base" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in place base"
+      "$K" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r $m in place"
+      "$K" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qwide=0 --json 2>/dev/null | decode_of "r$r $m in place qwide=0"
+      "$B/kiln_base" bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r $m in place base"
     done
   done
 }
@@ -68,14 +65,14 @@ part_ncu() {
 part_default() {
   cat /tmp/m/smolpart.00 /tmp/m/smolpart.01 /tmp/m/smolpart.02 > /tmp/smol.gguf
   el "== the default model: sha256 $(sha256sum /tmp/smol.gguf | cut -c1-16)..., -p 32 -g 256"
-  echo "greedy md5: f16 $(g kiln /tmp/smol.gguf) in place $(g kiln /tmp/smol.gguf --gpu-weights quantized)" \
-    "qks=1 $(g kiln /tmp/smol.gguf --gpu-weights quantized --dev cuda-qks=1) base $(g kiln_base /tmp/smol.gguf --gpu-weights quantized)"
+  echo "greedy md5: f16 $(greedy_md5 kiln /tmp/smol.gguf) in place $(greedy_md5 kiln /tmp/smol.gguf --gpu-weights quantized)" \
+    "qks=1 $(greedy_md5 kiln /tmp/smol.gguf --gpu-weights quantized --dev cuda-qks=1) base $(greedy_md5 kiln_base /tmp/smol.gguf --gpu-weights quantized)"
   for r in 1 2 3; do
-    "$K" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r default f16"
-    "$K" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r default in place"
-    "$K" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qks=1 --json 2>/dev/null | j "r$r default in place qks=1"
-    "$K" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qwide=0 --json 2>/dev/null | j "r$r default in place qwide=0"
-    "$B/kiln_base" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r default in place base"
+    "$K" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --json 2>/dev/null | decode_of "r$r default f16"
+    "$K" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r default in place"
+    "$K" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qks=1 --json 2>/dev/null | decode_of "r$r default in place qks=1"
+    "$K" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qwide=0 --json 2>/dev/null | decode_of "r$r default in place qwide=0"
+    "$B/kiln_base" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r default in place base"
   done
   r=$(timeout 150 compute-sanitizer --print-limit 5 $K run --device cuda -m /tmp/smol.gguf --gpu-weights quantized \
     -n 6 --temperature 0 "hello" 2>&1 | grep -E "ERROR SUMMARY" | head -1)

@@ -63,18 +63,16 @@ PY
 # The one-row product of weights read in place with its columns split over 1, 2, 4 or 8 warps
 # (`--dev cuda-qks=N`) against the split chosen by shape and against f16: the default model,
 # then the Llama-3.2-1B shape's Q4_0 file; `kiln bench -p 32 -g 256`, two rounds alternated.
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "decode", round(d["decode_tok_s"],1))' "$1"; }
-g() { "$B/kiln" run --device cuda -m "$@" -n 48 --temperature 0 --raw "hello world, the five boxing wizards" 2>/dev/null | md5sum | cut -c1-12; }
 part_qks() {
   el "== default model: greedy text md5 (48 tokens) by split"
-  echo "f16 $(g /tmp/smol.gguf) in place $(g /tmp/smol.gguf --gpu-weights quantized)" \
-    "$(for k in 1 2 4 8; do echo -n "qks=$k $(g /tmp/smol.gguf --gpu-weights quantized --dev cuda-qks=$k) "; done)"
+  echo "f16 $(greedy_md5 kiln /tmp/smol.gguf) in place $(greedy_md5 kiln /tmp/smol.gguf --gpu-weights quantized)" \
+    "$(for k in 1 2 4 8; do echo -n "qks=$k $(greedy_md5 kiln /tmp/smol.gguf --gpu-weights quantized --dev cuda-qks=$k) "; done)"
   el "== default model, -p 32 -g 256"
   for r in 1 2; do
-    "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r f16"
-    "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r in place"
+    "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --json 2>/dev/null | decode_of "r$r f16"
+    "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r in place"
     for k in 1 2 4 8; do
-      "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qks=$k --json 2>/dev/null | j "r$r in place qks=$k"
+      "$B/kiln" bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qks=$k --json 2>/dev/null | decode_of "r$r in place qks=$k"
     done
   done
 }
@@ -83,10 +81,10 @@ part_l1b() {
   random_models l1b:llama3.2-1b
   "$B/kiln" quantize /tmp/l1b /tmp/l1b-q4_0.gguf --type q4_0 > /dev/null 2>&1
   for r in 1 2; do
-    "$B/kiln" bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r l1b f16"
-    "$B/kiln" bench --device cuda -m /tmp/l1b-q4_0.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r l1b q4_0 in place"
+    "$B/kiln" bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | decode_of "r$r l1b f16"
+    "$B/kiln" bench --device cuda -m /tmp/l1b-q4_0.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | decode_of "r$r l1b q4_0 in place"
     for k in 2 4 8; do
-      "$B/kiln" bench --device cuda -m /tmp/l1b-q4_0.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qks=$k --json 2>/dev/null | j "r$r l1b q4_0 in place qks=$k"
+      "$B/kiln" bench --device cuda -m /tmp/l1b-q4_0.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qks=$k --json 2>/dev/null | decode_of "r$r l1b q4_0 in place qks=$k"
     done
   done
 }
