@@ -264,7 +264,7 @@ pub struct EngineConfig {
     /// Beside a device ([`Runner::overlaps`]): how long, in seconds, the engine waits after
     /// a pass has ended for token masks still being computed before their sequences sit the
     /// step out (their tokens come at their next step). `None`: as long as the steps they
-    /// would cost take (the last step's time over its rows, for each mask still running).
+    /// would cost take (the last pass's time over its rows, for each such mask).
     pub late_mask_wait: Option<f64>,
 }
 
@@ -849,8 +849,9 @@ pub struct Engine<R: Runner> {
     /// already in `stats`.
     mask_nanos: Arc<AtomicU64>,
     mask_nanos_seen: u64,
-    /// What the last step's model work took (how long a mask is worth waiting for).
-    last_step_seconds: f64,
+    /// How long the last pass seen ending took from its launch (how long a late mask is worth
+    /// waiting for).
+    pass_seconds: f64,
     sampled: Vec<Sampled>,
     score_logits: Vec<f32>,
     /// Hidden states of the step's embedded tokens.
@@ -892,7 +893,7 @@ impl<R: Runner> Engine<R> {
             eog,
             mask_nanos: Arc::default(),
             mask_nanos_seen: 0,
-            last_step_seconds: 0.0,
+            pass_seconds: 0.0,
             sampled: Vec::new(),
             score_logits: Vec::new(),
             hidden: Vec::new(),
@@ -1845,9 +1846,9 @@ impl<R: Runner> Engine<R> {
             // dear one starts last. Once the pass has ended, a sequence whose mask is still
             // being computed sits the step out instead of holding up the others (see
             // `MaskTask`).
-            let t = Instant::now();
+            let t_launch = Instant::now();
             result = self.runner.start_pass(&batch);
-            launch_s = t.elapsed().as_secs_f64();
+            launch_s = t_launch.elapsed().as_secs_f64();
             let n = jobs.len();
             // Which masks may be left behind: a decoding sequence's (one token, whose pass is
             // cheap to run again), not twice in a row (so that every sequence moves on).
@@ -1878,28 +1879,44 @@ impl<R: Runner> Engine<R> {
                 let (clock, eog) = (clock.clone(), self.eog.clone());
                 rayon::spawn(move || task.run(job, row, &clock, &eog));
             }
+            // Should this thread unwind before every task is settled, none may write its row
+            // after (the rows may be freed).
+            let settle = SettleOnUnwind(&tasks);
             // Waiting for a mask costs every row of the step; leaving one behind costs its
-            // sequence a step. So once the pass has ended, the masks still running are waited
-            // for as long as the steps they would cost take.
-            let per_row = self.last_step_seconds / self.rows.len().max(1) as f64;
-            let grace = |left: usize| self.cfg.late_mask_wait.unwrap_or(per_row * left as f64);
+            // sequence a step. So once the pass has ended, the masks that may be left and are
+            // still running are waited for as long as the steps they would cost take (the
+            // pass's own time over its rows, for each).
+            let per_row = self.pass_seconds / self.rows.len().max(1) as f64;
+            let grace = self.cfg.late_mask_wait;
             let may_sit = result.is_ok() && sittable.iter().any(|&s| s);
             let mut ended: Option<Instant> = None;
-            loop {
-                let done = clock.done.load(Ordering::Acquire);
-                if done >= n {
-                    break;
-                }
+            while clock.done.load(Ordering::Acquire) < n {
                 if may_sit && self.runner.pass_done() {
                     let now = Instant::now();
-                    let since = now.duration_since(*ended.get_or_insert(now));
-                    if since.as_secs_f64() >= grace(n - done) {
+                    if ended.is_none() {
+                        ended = Some(now);
+                        self.pass_seconds = now.duration_since(t_launch).as_secs_f64();
+                    }
+                    let since = ended.map_or(0.0, |e| now.duration_since(e).as_secs_f64());
+                    let left = tasks
+                        .iter()
+                        .zip(&sittable)
+                        .filter(|(t, &s)| s && t.as_ref().is_some_and(|t| !t.is_done()))
+                        .count();
+                    if left > 0 && since >= grace.unwrap_or(per_row * left as f64) {
                         break;
                     }
                 }
                 std::thread::yield_now();
             }
+            // The masks that may not be left first (any that may be left and end meanwhile
+            // are taken), then those that may be left and are still running are.
             let mut late = vec![false; n];
+            for (task, _) in tasks.iter().zip(&sittable).filter(|(_, &s)| !s) {
+                if let Some(task) = task {
+                    task.wait();
+                }
+            }
             for (i, task) in tasks.iter().enumerate() {
                 let Some(task) = task else { continue };
                 if sittable[i] && task.leave() {
@@ -1908,6 +1925,7 @@ impl<R: Runner> Engine<R> {
                     task.wait();
                 }
             }
+            drop(settle);
             self.stats.mask_longest_seconds += clock.longest.load(Ordering::Relaxed) as f64 * 1e-9;
             self.stats.mask_last_start_seconds +=
                 clock.last_start.load(Ordering::Relaxed) as f64 * 1e-9;
@@ -2017,7 +2035,6 @@ impl<R: Runner> Engine<R> {
             model_s += spent;
         }
         self.stats.model_seconds += model_s;
-        self.last_step_seconds = model_s;
         if let (Some(n), Some(dr), true) = (timed_rows, self.draft.as_mut(), result.is_ok()) {
             dr.costs.note_pass(n, model_s);
         }
@@ -2321,7 +2338,13 @@ impl MaskTask {
         let start = clock.handed.elapsed().as_nanos() as u64;
         clock.last_start.fetch_max(start, Ordering::Relaxed);
         let t = Instant::now();
-        compute_job(&mut job);
+        // A parser that panics fails its sequence, not the process (a panic on the pool's
+        // threads aborts it).
+        let computed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compute_job(&mut job)));
+        if computed.is_err() {
+            job.error = Some("the output constraint failed: its parser panicked".into());
+        }
         let spent = t.elapsed().as_nanos() as u64;
         clock.total.fetch_add(spent, Ordering::Relaxed);
         let state = &self.state;
@@ -2373,10 +2396,37 @@ impl MaskTask {
         self.state.load(Ordering::Acquire) == TASK_BACK
     }
 
+    /// Whether the task has written its row.
+    fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) == TASK_DONE
+    }
+
+    /// Leaves the task if it is still computing, else waits until it is not writing: after
+    /// this it writes nothing more.
+    fn settle(&self) {
+        while !self.leave() && self.state.load(Ordering::Acquire) == TASK_WRITING {
+            std::thread::yield_now();
+        }
+    }
+
     /// The job, once the task has given it back.
     fn take(&self) -> Option<MaskJob> {
         self.wait();
         self.job.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Settles every task of a step (see [`MaskTask::settle`]) if the engine's thread unwinds
+/// while they run.
+struct SettleOnUnwind<'a>(&'a [Option<Arc<MaskTask>>]);
+
+impl Drop for SettleOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for task in self.0.iter().flatten() {
+                task.settle();
+            }
+        }
     }
 }
 
