@@ -1850,33 +1850,27 @@ impl<R: Runner> Engine<R> {
             result = self.runner.start_pass(&batch);
             launch_s = t_launch.elapsed().as_secs_f64();
             let n = jobs.len();
-            // Which masks may be left behind: a decoding sequence's (one token, whose pass is
-            // cheap to run again), not twice in a row (so that every sequence moves on).
-            let mut sittable = vec![false; n];
-            for (k, &(idx, len)) in plan.iter().enumerate() {
-                if let Some(Some(i)) = self.mask_of.get(k) {
-                    let s = &self.running[idx];
-                    sittable[*i as usize] =
-                        len == 1 && s.computed + 1 == s.tokens.len() && !s.sat_out;
-                }
-            }
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].constraint.last_mask_nanos()));
+            // One task a mask row (row i: jobs[i]). A decoding sequence's mask may be left
+            // behind (its one token's pass is cheap to run again; a sampling sequence with one
+            // token to run decodes), not twice in a row (so that every sequence moves on).
+            let tasks: Vec<Arc<MaskTask>> = jobs
+                .iter()
+                .map(|j| {
+                    let s = &self.running[j.idx];
+                    let may_leave = s.computed + 1 == s.tokens.len() && !s.sat_out;
+                    Arc::new(MaskTask::new(j.idx, may_leave))
+                })
+                .collect();
+            let mut order: Vec<(usize, MaskJob)> = jobs.drain(..).enumerate().collect();
+            order.sort_by_key(|(_, j)| std::cmp::Reverse(j.constraint.last_mask_nanos()));
             let clock = Arc::new(MaskClock::new(self.mask_nanos.clone()));
             let words = words.max(1);
             let base = self.masks.get_mut().as_mut_ptr();
-            let mut pending: Vec<Option<MaskJob>> = jobs.drain(..).map(Some).collect();
-            let mut tasks: Vec<Option<Arc<MaskTask>>> = vec![None; n];
-            for &i in &order {
-                let Some(job) = pending[i].take() else {
-                    continue;
-                };
-                let task = Arc::new(MaskTask::new(job.idx));
-                tasks[i] = Some(task.clone());
+            for (i, job) in order {
                 // SAFETY: row i of the step's rows, `words` words, inside the buffer (it
                 // holds `n * words`); see `MaskTask` for who writes it and when.
                 let row = RowPtr(unsafe { base.add(i * words) }, words);
-                let (clock, eog) = (clock.clone(), self.eog.clone());
+                let (task, clock, eog) = (tasks[i].clone(), clock.clone(), self.eog.clone());
                 rayon::spawn(move || task.run(job, row, &clock, &eog));
             }
             // Should this thread unwind before every task is settled, none may write its row
@@ -1888,7 +1882,7 @@ impl<R: Runner> Engine<R> {
             // pass's own time over its rows, for each).
             let per_row = self.pass_seconds / self.rows.len().max(1) as f64;
             let grace = self.cfg.late_mask_wait;
-            let may_sit = result.is_ok() && sittable.iter().any(|&s| s);
+            let may_sit = result.is_ok() && tasks.iter().any(|t| t.may_leave);
             let mut ended: Option<Instant> = None;
             while clock.done.load(Ordering::Acquire) < n {
                 if may_sit && self.runner.pass_done() {
@@ -1898,11 +1892,7 @@ impl<R: Runner> Engine<R> {
                         self.pass_seconds = now.duration_since(t_launch).as_secs_f64();
                     }
                     let since = ended.map_or(0.0, |e| now.duration_since(e).as_secs_f64());
-                    let left = tasks
-                        .iter()
-                        .zip(&sittable)
-                        .filter(|(t, &s)| s && t.as_ref().is_some_and(|t| !t.is_done()))
-                        .count();
+                    let left = tasks.iter().filter(|t| t.may_leave && !t.is_done()).count();
                     if left > 0 && since >= grace.unwrap_or(per_row * left as f64) {
                         break;
                     }
@@ -1911,17 +1901,11 @@ impl<R: Runner> Engine<R> {
             }
             // The masks that may not be left first (any that may be left and end meanwhile
             // are taken), then those that may be left and are still running are.
-            let mut late = vec![false; n];
-            for (task, _) in tasks.iter().zip(&sittable).filter(|(_, &s)| !s) {
-                if let Some(task) = task {
-                    task.wait();
-                }
+            for task in tasks.iter().filter(|t| !t.may_leave) {
+                task.wait();
             }
-            for (i, task) in tasks.iter().enumerate() {
-                let Some(task) = task else { continue };
-                if sittable[i] && task.leave() {
-                    late[i] = true;
-                } else {
+            for task in tasks.iter().filter(|t| t.may_leave) {
+                if !task.leave() {
                     task.wait();
                 }
             }
@@ -1933,20 +1917,16 @@ impl<R: Runner> Engine<R> {
             // The masks taken back; a row left behind allows only the end tokens (its token
             // is not taken), and its sequence holds the task until its next step.
             let masks = self.masks.get_mut();
-            for (i, task) in tasks.into_iter().enumerate() {
-                let Some(task) = task else { continue };
-                if late[i] {
-                    eog_mask(&mut masks[i * words..(i + 1) * words], self.eog.as_ref());
-                    late_tasks.push(task);
-                } else if let Some(job) = task.take() {
-                    jobs.push(job);
-                }
-            }
             for (k, entry) in self.mask_of.iter().enumerate() {
-                if let Some(i) = entry {
-                    if late[*i as usize] {
-                        self.sitting.push(k);
-                    }
+                let Some(i) = entry.map(|i| i as usize) else {
+                    continue;
+                };
+                if tasks[i].was_left() {
+                    eog_mask(&mut masks[i * words..(i + 1) * words], self.eog.as_ref());
+                    self.sitting.push(k);
+                    late_tasks.push(tasks[i].clone());
+                } else if let Some(job) = tasks[i].take() {
+                    jobs.push(job);
                 }
             }
         } else if !batch.is_empty() {
@@ -2286,6 +2266,8 @@ struct MaskJob {
 struct MaskTask {
     /// The sequence's index in `running` in the step that made the task.
     idx: usize,
+    /// Whether the engine may leave it behind (its sequence then sits the step out).
+    may_leave: bool,
     state: std::sync::atomic::AtomicU8,
     job: std::sync::Mutex<Option<MaskJob>>,
 }
@@ -2325,9 +2307,10 @@ struct RowPtr(*mut u32, usize);
 unsafe impl Send for RowPtr {}
 
 impl MaskTask {
-    fn new(idx: usize) -> Self {
+    fn new(idx: usize, may_leave: bool) -> Self {
         MaskTask {
             idx,
+            may_leave,
             state: std::sync::atomic::AtomicU8::new(TASK_RUNNING),
             job: std::sync::Mutex::new(None),
         }
@@ -2396,6 +2379,11 @@ impl MaskTask {
         self.state.load(Ordering::Acquire) == TASK_BACK
     }
 
+    /// Whether the engine left the task behind (it may have ended since).
+    fn was_left(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), TASK_LATE | TASK_BACK)
+    }
+
     /// Whether the task has written its row.
     fn is_done(&self) -> bool {
         self.state.load(Ordering::Acquire) == TASK_DONE
@@ -2418,12 +2406,12 @@ impl MaskTask {
 
 /// Settles every task of a step (see [`MaskTask::settle`]) if the engine's thread unwinds
 /// while they run.
-struct SettleOnUnwind<'a>(&'a [Option<Arc<MaskTask>>]);
+struct SettleOnUnwind<'a>(&'a [Arc<MaskTask>]);
 
 impl Drop for SettleOnUnwind<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for task in self.0.iter().flatten() {
+            for task in self.0 {
                 task.settle();
             }
         }
