@@ -101,7 +101,8 @@ def throughput(port, n, constrained, max_tokens, per_step):
     m1 = metrics(port)
     steps = max(1.0, m1["kiln_engine_steps_total"] - m0["kiln_engine_steps_total"])
     for k in ("model", "host", "mask", "mask_longest", "mask_last_start", "launch", "mask_wait",
-              "sampling_launch", "finish"):
+              "sampling_launch", "finish", "stream", "prepare", "accept", "host_cpu",
+              "launch_cpu"):
         name = f"kiln_engine_{k}_seconds_total"
         per_step.setdefault(k, []).append(1000 * (m1.get(name, 0) - m0.get(name, 0)) / steps)
     # Sequences that sat a step out (their mask late), per step (a count, not milliseconds).

@@ -698,6 +698,12 @@ impl Seq {
         }
     }
 
+    /// Whether a step running its next `n` tokens samples a token from the last one's
+    /// logits (not scored, not verifying proposals, and reaching the sequence's end).
+    fn wants_logits(&self, n: usize) -> bool {
+        self.score.is_none() && self.drafts.is_empty() && self.computed + n == self.tokens.len()
+    }
+
     /// Whether this is an embedding (every position's hidden state wanted).
     fn embeds(&self) -> bool {
         self.score.as_ref().is_some_and(|s| s.embed.is_some())
@@ -796,6 +802,16 @@ pub struct EngineStats {
     pub sampling_launch_seconds: f64,
     /// See `launch_seconds`.
     pub finish_seconds: f64,
+    /// Of `host_seconds`: from a step's start to its pass's launch (streaming without a
+    /// device, ending, admitting and scheduling sequences, the constraints taken out).
+    pub prepare_seconds: f64,
+    /// Of `host_seconds`: after a step's tokens came back (taking them, ending sequences).
+    pub accept_seconds: f64,
+    /// The engine thread's own processor time over `prepare_seconds` and `accept_seconds`
+    /// (less than their sum when the thread waited for a core; Linux, else 0).
+    pub host_cpu_seconds: f64,
+    /// The engine thread's own processor time over `launch_seconds` (Linux, else 0).
+    pub launch_cpu_seconds: f64,
     /// Tokens prompt lookup proposed.
     pub draft_tokens: u64,
     /// Of those, tokens the model's own choice confirmed (each saved a step).
@@ -848,6 +864,8 @@ pub struct Engine<R: Runner> {
     /// Nanoseconds host threads spent on masks beside passes, in all, and the part of it
     /// already in `stats`.
     mask_nanos: Arc<AtomicU64>,
+    /// When the step running began, and the engine thread's processor time then.
+    step_start: (Instant, f64),
     mask_nanos_seen: u64,
     /// How long the last pass seen ending took from its launch (how long a late mask is worth
     /// waiting for).
@@ -892,6 +910,7 @@ impl<R: Runner> Engine<R> {
             sitting: Vec::new(),
             eog,
             mask_nanos: Arc::default(),
+            step_start: (Instant::now(), 0.0),
             mask_nanos_seen: 0,
             pass_seconds: 0.0,
             sampled: Vec::new(),
@@ -1664,6 +1683,7 @@ impl<R: Runner> Engine<R> {
     /// Runs one step. Returns `false` when there was nothing to do.
     pub fn step(&mut self) -> Result<bool, ModelError> {
         let t0 = Instant::now();
+        self.step_start = (t0, thread_cpu_seconds());
         let before = self.stats.model_seconds;
         let r = self.step_inner();
         let total = t0.elapsed().as_secs_f64();
@@ -1782,13 +1802,15 @@ impl<R: Runner> Engine<R> {
             };
             self.restore_constraints(std::mem::take(&mut jobs), spent);
         }
-        // Small vectors per step: the slices borrow the sequences. Scored chunks go to a
-        // teacher-forced pass of their own, so the others keep one row of logits each.
-        let mut batch: Vec<Slice<'_>> = Vec::with_capacity(plan.len());
-        let mut scored: Vec<Slice<'_>> = Vec::new();
-        let mut embedded: Vec<Slice<'_>> = Vec::new();
-        let mut verifying: Vec<Slice<'_>> = Vec::new();
-        let mut verifying_sampled: Vec<Slice<'_>> = Vec::new();
+        // The plan entries of each pass. Scored chunks go to a teacher-forced pass of their
+        // own, so the others keep one row of logits each. Each pass's slices (which borrow
+        // the sequences) are made just before it runs, so that the sequences may stream their
+        // tokens between passes.
+        let mut batch_k: Vec<usize> = Vec::with_capacity(plan.len());
+        let mut scored_k: Vec<usize> = Vec::new();
+        let mut embedded_k: Vec<usize> = Vec::new();
+        let mut verifying_k: Vec<usize> = Vec::new();
+        let mut verifying_sampled_k: Vec<usize> = Vec::new();
         // The plan entry of each row.
         let mut sampling = Vec::with_capacity(plan.len());
         self.rows.clear();
@@ -1796,34 +1818,27 @@ impl<R: Runner> Engine<R> {
         self.sitting.clear();
         for (k, &(idx, n)) in plan.iter().enumerate() {
             let s = &self.running[idx];
-            let slice = Slice {
-                tokens: &s.tokens[s.computed..s.computed + n],
-                pos0: s.computed,
-                blocks: &s.table,
-                want_logits: s.score.is_none()
-                    && s.drafts.is_empty()
-                    && s.computed + n == s.tokens.len(),
-            };
-            if slice.want_logits {
+            if s.wants_logits(n) {
                 self.rows.push(s.sampler.row(&mut self.adjust));
                 sampling.push(k);
             }
             if s.embeds() {
-                embedded.push(slice);
+                embedded_k.push(k);
             } else if !s.drafts.is_empty() && s.sampler.params().plain_greedy() {
-                verifying.push(slice);
+                verifying_k.push(k);
             } else if !s.drafts.is_empty() {
-                verifying_sampled.push(slice);
+                verifying_sampled_k.push(k);
             } else if s.in_scored_part() {
-                scored.push(slice);
+                scored_k.push(k);
             } else {
-                batch.push(slice);
+                batch_k.push(k);
             }
         }
-        let scored_rows: usize = scored.iter().map(|s| s.tokens.len()).sum();
-        let embedded_rows: usize = embedded.iter().map(|s| s.tokens.len()).sum();
-        let verified_rows: usize = verifying.iter().map(|s| s.tokens.len()).sum();
-        let verified_sampled_rows: usize = verifying_sampled.iter().map(|s| s.tokens.len()).sum();
+        let rows_of = |ks: &[usize]| -> usize { ks.iter().map(|&k| plan[k].1).sum() };
+        let scored_rows = rows_of(&scored_k);
+        let embedded_rows = rows_of(&embedded_k);
+        let verified_rows = rows_of(&verifying_k);
+        let verified_sampled_rows = rows_of(&verifying_sampled_k);
         self.verified.clear();
         self.verify_logits.clear();
         self.sampled.clear();
@@ -1831,13 +1846,22 @@ impl<R: Runner> Engine<R> {
         self.hidden.clear();
         let mut result = Ok(());
         let t_model = Instant::now();
+        let cpu_model = thread_cpu_seconds();
+        self.stats.prepare_seconds += t_model.duration_since(self.step_start.0).as_secs_f64();
+        self.stats.host_cpu_seconds += cpu_model - self.step_start.1;
         // A runner that overlaps gets this step started, and the previous step's tokens are
         // streamed while it runs.
-        let started = overlap && !batch.is_empty();
+        let started = overlap && !batch_k.is_empty();
+        // Whether the last step's tokens were streamed during this one's pass already, and
+        // how long that took (the engine's own work, not the model's).
+        let (mut flushed, mut flushed_s) = (false, 0.0);
         let mut launch_s = 0.0;
         if started && jobs.is_empty() {
-            result = self.runner.start_pass(&batch);
+            result = self
+                .runner
+                .start_pass(&slices(&self.running, &plan, &batch_k));
             launch_s = t_model.elapsed().as_secs_f64();
+            self.stats.launch_cpu_seconds += thread_cpu_seconds() - cpu_model;
         } else if started {
             // The pass is launched first (masks computed meanwhile on the host's threads slow
             // the launch down), then the masks are computed on the pool while it runs: one
@@ -1847,8 +1871,12 @@ impl<R: Runner> Engine<R> {
             // being computed sits the step out instead of holding up the others (see
             // `MaskTask`).
             let t_launch = Instant::now();
-            result = self.runner.start_pass(&batch);
+            let cpu_launch = thread_cpu_seconds();
+            result = self
+                .runner
+                .start_pass(&slices(&self.running, &plan, &batch_k));
             launch_s = t_launch.elapsed().as_secs_f64();
+            self.stats.launch_cpu_seconds += thread_cpu_seconds() - cpu_launch;
             let n = jobs.len();
             // One task a mask row (row i: jobs[i]). A decoding sequence's mask may be left
             // behind (its one token's pass is cheap to run again; a sampling sequence with one
@@ -1876,6 +1904,13 @@ impl<R: Runner> Engine<R> {
             // Should this thread unwind before every task is settled, none may write its row
             // after (the rows may be freed).
             let settle = SettleOnUnwind(&tasks);
+            // The last step's tokens are streamed now, while the masks and the pass run (after
+            // them, the streaming held up the step's end).
+            let t_stream = Instant::now();
+            self.flush();
+            flushed_s = t_stream.elapsed().as_secs_f64();
+            self.stats.stream_seconds += flushed_s;
+            flushed = true;
             // Waiting for a mask costs every row of the step; leaving one behind costs its
             // sequence a step. So once the pass has ended, the masks that may be left and are
             // still running are waited for as long as the steps they would cost take (the
@@ -1913,7 +1948,7 @@ impl<R: Runner> Engine<R> {
             self.stats.mask_longest_seconds += clock.longest.load(Ordering::Relaxed) as f64 * 1e-9;
             self.stats.mask_last_start_seconds +=
                 clock.last_start.load(Ordering::Relaxed) as f64 * 1e-9;
-            self.stats.mask_wait_seconds += t_model.elapsed().as_secs_f64() - launch_s;
+            self.stats.mask_wait_seconds += t_model.elapsed().as_secs_f64() - launch_s - flushed_s;
             // The masks taken back; a row left behind allows only the end tokens (its token
             // is not taken), and its sequence holds the task until its next step.
             let masks = self.masks.get_mut();
@@ -1929,10 +1964,10 @@ impl<R: Runner> Engine<R> {
                     jobs.push(job);
                 }
             }
-        } else if !batch.is_empty() {
+        } else if !batch_k.is_empty() {
             set_row_masks(&mut self.rows, &self.mask_of, &sampling);
             result = self.runner.step(
-                &batch,
+                &slices(&self.running, &plan, &batch_k),
                 &self.rows,
                 &self.adjust,
                 self.masks.get(),
@@ -1940,8 +1975,7 @@ impl<R: Runner> Engine<R> {
             );
         }
         self.stats.launch_seconds += launch_s;
-        let mut model_s = t_model.elapsed().as_secs_f64();
-        drop(batch);
+        let mut model_s = t_model.elapsed().as_secs_f64() - flushed_s;
         if started && result.is_ok() && !late_masks {
             set_row_masks(&mut self.rows, &self.mask_of, &sampling);
             let t = Instant::now();
@@ -1952,32 +1986,32 @@ impl<R: Runner> Engine<R> {
             self.stats.sampling_launch_seconds += spent;
             model_s += spent;
         }
-        if result.is_ok() && !scored.is_empty() {
+        if result.is_ok() && !scored_k.is_empty() {
             let t = Instant::now();
+            let scored = slices(&self.running, &plan, &scored_k);
             result = self.runner.step_all(&scored, &mut self.score_logits);
             model_s += t.elapsed().as_secs_f64();
         }
-        drop(scored);
-        if result.is_ok() && !embedded.is_empty() {
+        if result.is_ok() && !embedded_k.is_empty() {
             let t = Instant::now();
+            let embedded = slices(&self.running, &plan, &embedded_k);
             result = self.runner.step_hidden(&embedded, &mut self.hidden);
             model_s += t.elapsed().as_secs_f64();
         }
-        drop(embedded);
-        if result.is_ok() && !verifying.is_empty() {
+        if result.is_ok() && !verifying_k.is_empty() {
             let t = Instant::now();
+            let verifying = slices(&self.running, &plan, &verifying_k);
             result = self.runner.step_greedy_all(&verifying, &mut self.verified);
             model_s += t.elapsed().as_secs_f64();
         }
-        drop(verifying);
-        if result.is_ok() && !verifying_sampled.is_empty() {
+        if result.is_ok() && !verifying_sampled_k.is_empty() {
             let t = Instant::now();
+            let verifying_sampled = slices(&self.running, &plan, &verifying_sampled_k);
             result = self
                 .runner
                 .step_all(&verifying_sampled, &mut self.verify_logits);
             model_s += t.elapsed().as_secs_f64();
         }
-        drop(verifying_sampled);
         for task in late_tasks.drain(..) {
             let s = &mut self.running[task.idx];
             s.late_mask = Some(task);
@@ -1999,7 +2033,7 @@ impl<R: Runner> Engine<R> {
             self.stats.sampling_launch_seconds += spent;
             model_s += spent;
         }
-        if overlap {
+        if overlap && !flushed {
             let t_stream = Instant::now();
             self.flush();
             self.stats.stream_seconds += t_stream.elapsed().as_secs_f64();
@@ -2015,6 +2049,7 @@ impl<R: Runner> Engine<R> {
             model_s += spent;
         }
         self.stats.model_seconds += model_s;
+        let accept_start = (Instant::now(), thread_cpu_seconds());
         if let (Some(n), Some(dr), true) = (timed_rows, self.draft.as_mut(), result.is_ok()) {
             dr.costs.note_pass(n, model_s);
         }
@@ -2133,6 +2168,8 @@ impl<R: Runner> Engine<R> {
         self.done = done;
         self.plan = plan;
         self.pre = pre;
+        self.stats.accept_seconds += accept_start.0.elapsed().as_secs_f64();
+        self.stats.host_cpu_seconds += thread_cpu_seconds() - accept_start.1;
         Ok(true)
     }
 
@@ -2732,6 +2769,38 @@ impl<R: Runner> Drop for Engine<R> {
             s.fail("the engine shut down");
         }
     }
+}
+
+/// The slices of the plan entries `ks` (indices into `plan`) for a pass.
+fn slices<'a>(running: &'a [Seq], plan: &[(usize, usize)], ks: &[usize]) -> Vec<Slice<'a>> {
+    ks.iter()
+        .map(|&k| {
+            let (idx, n) = plan[k];
+            let s = &running[idx];
+            Slice {
+                tokens: &s.tokens[s.computed..s.computed + n],
+                pos0: s.computed,
+                blocks: &s.table,
+                want_logits: s.wants_logits(n),
+            }
+        })
+        .collect()
+}
+
+/// The calling thread's processor time in seconds (0 where it cannot be read).
+fn thread_cpu_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid pointer to a timespec the call fills.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+    }
+    0.0
 }
 
 #[cfg(test)]

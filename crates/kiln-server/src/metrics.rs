@@ -294,6 +294,26 @@ fn engine_families(s: &EngineStats) -> Vec<MetricFamily> {
             s.finish_seconds,
         ),
         (
+            "kiln_engine_prepare_seconds_total",
+            "Of the engine's own seconds, those from a step's start to its pass's launch.",
+            s.prepare_seconds,
+        ),
+        (
+            "kiln_engine_accept_seconds_total",
+            "Of the engine's own seconds, those after a step's tokens came back.",
+            s.accept_seconds,
+        ),
+        (
+            "kiln_engine_host_cpu_seconds_total",
+            "The engine thread's processor time over the prepare and accept seconds (Linux).",
+            s.host_cpu_seconds,
+        ),
+        (
+            "kiln_engine_launch_cpu_seconds_total",
+            "The engine thread's processor time over the launch seconds (Linux).",
+            s.launch_cpu_seconds,
+        ),
+        (
             "kiln_engine_draft_tokens_total",
             "Tokens prompt lookup or the draft model proposed.",
             s.draft_tokens as f64,
@@ -395,6 +415,10 @@ mod tests {
             mask_wait_seconds: 0.0625,
             sampling_launch_seconds: 0.03125,
             finish_seconds: 2.0,
+            prepare_seconds: 0.0625,
+            accept_seconds: 0.03125,
+            host_cpu_seconds: 0.09375,
+            launch_cpu_seconds: 0.5,
             draft_tokens: 30,
             accepted_tokens: 20,
             draft_passes: 12,
