@@ -221,8 +221,11 @@ pub struct Constraint {
     /// (inside a string, every step walks the token trie), so the engine starts the dear
     /// ones first.
     last_ns: u64,
-    /// The mask of the parser's state, once computed and until the next token is pushed (a
-    /// sequence that sat a step out takes it as it is at its next step).
+    /// The mask of the parser's state, once computed (a sequence that sat a step out takes
+    /// it as it is at its next step). Once a token is pushed it is stale, and dropped only
+    /// when the next mask is computed: on the thread that computes masks, beside a device,
+    /// where freeing it on the engine's thread cost that thread a lock of the allocator's
+    /// arena the mask came from.
     held: Option<SimpleVob>,
 }
 
@@ -298,9 +301,10 @@ impl Constraint {
     }
 
     /// Writes the held mask (see [`Constraint::compute`]) into `mask`; nothing allowed when
-    /// none is held.
+    /// none is held, or when tokens were pushed since it was computed.
     pub fn write_mask(&self, mask: &mut [u32]) {
-        let src = self.held.as_ref().map_or(&[][..], |v| v.as_slice());
+        let held = self.held.as_ref().filter(|_| self.pending.is_empty());
+        let src = held.map_or(&[][..], |v| v.as_slice());
         for (i, w) in mask.iter_mut().enumerate() {
             *w = src.get(i).copied().unwrap_or(0);
         }
@@ -316,7 +320,6 @@ impl Constraint {
     /// Takes the token the sequence chose (given to the parser with the next mask, which
     /// then allows only the end of the sequence if the grammar is complete).
     pub fn push(&mut self, token: u32) {
-        self.held = None;
         self.pending.push(token);
     }
 }
