@@ -30,6 +30,10 @@ pub struct CpuBackend {
     exact: bool,
     /// How the KV pools this backend makes store keys and values.
     kv_dtype: KvDtype,
+    /// Decoding passes padded as a backend that records them pads them
+    /// ([`CpuBackend::with_padding`]): for tests of the padding, which this backend does not
+    /// need.
+    pad: bool,
 }
 
 /// How the CPU backend stores cached keys and values.
@@ -85,6 +89,7 @@ impl CpuBackend {
             isa: kernels::Isa::detect(),
             exact: false,
             kv_dtype: KvDtype::default(),
+            pad: false,
         }
     }
 
@@ -96,6 +101,7 @@ impl CpuBackend {
             isa: self.isa,
             exact: self.exact,
             kv_dtype: self.kv_dtype,
+            pad: self.pad,
         }
     }
 
@@ -109,6 +115,14 @@ impl CpuBackend {
     /// for comparisons.
     pub fn with_exact(mut self, exact: bool) -> Self {
         self.exact = exact;
+        self
+    }
+
+    /// The same backend with decoding passes padded to the sizes a backend that records its
+    /// passes runs ([`kiln_model::backend::padded_decode_rows`]), so that the padding is
+    /// tested where no GPU is.
+    pub fn with_padding(mut self, pad: bool) -> Self {
+        self.pad = pad;
         self
     }
 
@@ -635,11 +649,20 @@ impl Backend for CpuBackend {
             other => format!(", {} KV", other.name()),
         };
         let exact = if self.exact { ", f32 activations" } else { "" };
+        let pad = if self.pad { ", padded decoding" } else { "" };
         format!(
-            "cpu ({} threads, {}{kv}{exact})",
+            "cpu ({} threads, {}{kv}{exact}{pad})",
             self.pool.n_threads(),
             self.isa.name()
         )
+    }
+
+    fn decode_rows(&self, rows: usize) -> usize {
+        if self.pad {
+            kiln_model::backend::padded_decode_rows(rows)
+        } else {
+            rows
+        }
     }
 
     fn sibling(&self) -> Result<Self, ModelError> {

@@ -1894,6 +1894,14 @@ impl Backend for CudaBackend {
         r.map_err(|e| dev("uploading pass metadata", e))
     }
 
+    fn decode_rows(&self, rows: usize) -> usize {
+        if self.graphs {
+            kiln_model::backend::padded_decode_rows(rows)
+        } else {
+            rows
+        }
+    }
+
     fn replay(&self, key: PassKey, pool: &CudaKvPool) -> Result<bool, ModelError> {
         if !self.graphs {
             return Ok(false);

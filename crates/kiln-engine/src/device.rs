@@ -103,6 +103,9 @@ pub struct DevOptions {
     pub cpu_isa: Option<String>,
     /// `cpu-exact=1`: f32 activations for every CPU product (slow).
     pub cpu_exact: bool,
+    /// `cpu-pad=1`: decoding passes padded as the CUDA backend pads those it records (to
+    /// test the padding without a GPU).
+    pub cpu_pad: bool,
     /// `cuda-fused=0|1`: whole layers through the fused path.
     pub cuda_fused: Option<bool>,
     /// `cuda-graphs=0|1`: decode passes recorded as CUDA graphs.
@@ -156,6 +159,7 @@ impl DevOptions {
                 self.cpu_isa = Some(value.to_owned());
             }
             "cpu-exact" => self.cpu_exact = flag()?,
+            "cpu-pad" => self.cpu_pad = flag()?,
             "cuda-fused" => self.cuda_fused = Some(flag()?),
             "cuda-graphs" => self.cuda_graphs = Some(flag()?),
             "cuda-pdl" => self.cuda_pdl = Some(flag()?),
@@ -180,7 +184,7 @@ impl DevOptions {
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cpu-pad, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide)"
             )),
         }
         Ok(())
@@ -191,6 +195,8 @@ impl DevOptions {
             Some("cpu-isa")
         } else if self.cpu_exact {
             Some("cpu-exact")
+        } else if self.cpu_pad {
+            Some("cpu-pad")
         } else {
             None
         }
@@ -267,7 +273,8 @@ impl Device {
                 }
                 let mut b = CpuBackend::new(opts.threads)
                     .with_kv_dtype(opts.kv_dtype)
-                    .with_exact(d.cpu_exact);
+                    .with_exact(d.cpu_exact)
+                    .with_padding(d.cpu_pad);
                 if let Some(isa) = &d.cpu_isa {
                     b = b.with_isa(kiln_cpu::Isa::named(isa).map_err(ModelError::Input)?);
                 }

@@ -167,6 +167,51 @@ fn batched_equals_alone_on_the_real_model() {
     assert_eq!(ids, alone[0]);
 }
 
+/// Decoding passes padded to the sizes a backend that records its passes runs (11 sequences
+/// run as 12: the last one's row copied, its results dropped) give every request the tokens
+/// it gets unpadded. On the CPU backend with `with_padding`, as the CUDA backend pads.
+#[test]
+fn padded_decoding_passes_change_no_tokens() {
+    let engine_on = |pad: bool| {
+        let b = kiln_cpu::CpuBackend::new(2).with_padding(pad);
+        assert_eq!(b.decode_rows(11), if pad { 12 } else { 11 });
+        let m = load(&model_path(), b, &LoadOptions::default()).unwrap();
+        let r = ModelRunner::new(m.model, 64 << 20, 256, 16).unwrap();
+        Engine::new(
+            Box::new(r) as Box<dyn Runner>,
+            Arc::new(m.tokenizer),
+            EngineConfig {
+                max_batch_tokens: 256,
+                ..Default::default()
+            },
+        )
+    };
+    let mut plain = engine_on(false);
+    let tok = plain.tokenizer().clone();
+    // The five requests of `requests`, then six more with other seeds: 11 decoding at once.
+    let many = || {
+        let mut r = requests(&tok);
+        for (i, mut extra) in requests(&tok)
+            .into_iter()
+            .chain(requests(&tok))
+            .take(6)
+            .enumerate()
+        {
+            extra.params.seed = Some(100 + i as u64);
+            extra.params.ignore_eos = true;
+            r.push(extra);
+        }
+        r
+    };
+    let want = run(&mut plain, many());
+    let got = run(&mut engine_on(true), many());
+    assert_eq!(want.len(), 11);
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "request {i}");
+    }
+}
+
 /// The model runner, noting which passes each engine step ran.
 struct Watched {
     inner: Box<dyn Runner>,

@@ -127,6 +127,19 @@ impl RawTensor {
     }
 }
 
+/// The size a backend that records passes pads a decoding pass of `rows` sequences to (see
+/// [`Backend::decode_rows`]): up to 8 as they are (the sizes whose speed single users and
+/// small batches see), then rounded up to a multiple of an eighth of the next power of two
+/// (9 to 16 by 2, to 32 by 4, to 64 by 8, ...): fewer than a quarter more rows, and four
+/// sizes for each doubling.
+pub fn padded_decode_rows(rows: usize) -> usize {
+    if rows <= 8 {
+        return rows;
+    }
+    let step = rows.next_power_of_two() / 8;
+    rows.div_ceil(step) * step
+}
+
 /// One sequence's rows in a batched pass, for attention over the paged KV pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PagedSeq<'a> {
@@ -363,6 +376,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Ok(())
     }
 
+    /// How many rows a decoding pass of `rows` sequences (one token each, every row's logits
+    /// kept for sampling) runs: a backend that records passes may run a few more, copies of
+    /// the last sequence's row whose results are dropped, so that passes of nearby sizes
+    /// replay one recording (a batch whose size changes step to step, as sequences end and
+    /// sit steps out, would otherwise run unrecorded passes and record new ones). Default:
+    /// `rows`.
+    fn decode_rows(&self, rows: usize) -> usize {
+        rows
+    }
+
     /// A backend that records passes (CUDA graphs) replays the one recorded under `key` and
     /// returns `true`; the decoder then skips the operations of the pass body. Otherwise it
     /// may start recording under `key` and returns `false`; the decoder runs the body and
@@ -485,4 +508,27 @@ pub struct FusedLayer<B: Backend> {
     pub gate_up: B::Mat,
     /// Down projection.
     pub down: B::Mat,
+}
+
+#[cfg(test)]
+mod padding {
+    use super::padded_decode_rows;
+
+    #[test]
+    fn decoding_passes_pad_to_a_few_sizes() {
+        let mut sizes = std::collections::BTreeSet::new();
+        for rows in 1..=64 {
+            let p = padded_decode_rows(rows);
+            assert!(
+                p >= rows && 4 * (p - rows) < rows,
+                "{rows} rows padded to {p}"
+            );
+            assert_eq!(padded_decode_rows(p), p, "{p} rows are padded again");
+            sizes.insert(p);
+        }
+        assert!((1..=8).all(|r| padded_decode_rows(r) == r));
+        assert_eq!(sizes.len(), 20, "{sizes:?}");
+        assert_eq!(padded_decode_rows(65), 80);
+        assert_eq!(padded_decode_rows(200), 224);
+    }
 }

@@ -359,7 +359,10 @@ impl<B: Backend> Model<B> {
                 s.max_logit_rows
             )));
         }
-        let paged: Vec<PagedSeq<'_>> = s
+        let b = &self.backend;
+        // Rows of logits the caller gets (padding rows come after them, and are dropped).
+        let wanted_rows = s.rows.len();
+        let mut paged: Vec<PagedSeq<'_>> = s
             .paged
             .iter()
             .zip(seqs)
@@ -370,7 +373,29 @@ impl<B: Backend> Model<B> {
                 blocks: q.blocks,
             })
             .collect();
-        let b = &self.backend;
+        // A decoding pass may be padded to a size the backend has recorded: each padding row
+        // runs the last sequence's token again, at its position, as a sequence of its own (it
+        // writes the same key and value to the same place, and reads the same context).
+        let decoding = seqs.iter().all(|q| q.tokens.len() == 1 && q.want_logits);
+        let padded = b.decode_rows(n);
+        let n = match (seqs.last(), paged.last().copied()) {
+            (Some(q), Some(last))
+                if decoding
+                    && mode == Logits::Keep
+                    && padded > n
+                    && padded <= s.max_tokens
+                    && padded <= s.max_logit_rows =>
+            {
+                for row0 in n..padded {
+                    s.tokens.push(q.tokens[0]);
+                    s.rows.push(row0);
+                    s.paged.push((row0, 1, last.pos0));
+                    paged.push(PagedSeq { row0, ..last });
+                }
+                padded
+            }
+            _ => n,
+        };
         b.begin_pass(c, s.max_tokens, &s.tokens, &paged, &s.rows)?;
         let (dim, kvd) = (c.dim, c.kv_dim());
         let on = s.breakdown.is_some();
@@ -451,7 +476,7 @@ impl<B: Backend> Model<B> {
             }
             b.end_record()?;
         }
-        s.logit_rows = r;
+        s.logit_rows = wanted_rows;
         if mode == Logits::Keep {
             s.logits.clear();
             s.argmax.clear();
