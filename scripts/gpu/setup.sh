@@ -56,3 +56,38 @@ checks() {
   r=$(KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized timeout 150 compute-sanitizer --print-limit 5 "$B/arch_fixtures$s" quantized --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2)
   echo "sanitizer, arch_fixtures$s quantized files: ${r:-no summary}"
 }
+# structured_summary FILE: structured_ab.sh's output, each run's ratio and milliseconds a step in one line
+# (constrained, then free).
+structured_summary() {
+  python3 - "$1" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if line.startswith("== pair") or "parse and validate" in line or line.startswith('{"free_ms"'):
+        print(line)
+    if not line.startswith('{"streams"'):
+        continue
+    d = json.loads(line)
+    c, f = d["constrained_ms_per_step"], d["free_ms_per_step"]
+    keys = ["model", "launch", "launch_cpu", "mask_wait", "sampling_launch", "finish", "host", "prepare",
+            "stream", "accept", "host_cpu", "mask_longest", "mask_last_start", "mask", "sit_outs"]
+    print(f'ratio {d["ratio"]} free {d["free_tok_s"]} constrained {d["constrained_tok_s"]} rounds {d["free_rounds"]} / {d["constrained_rounds"]}')
+    print("  constrained " + " ".join(f"{k} {c[k]}" for k in keys if k in c))
+    print("  free        " + " ".join(f"{k} {f[k]}" for k in keys[:11] if k in f))
+PY
+}
+# join_default_model: the shipped default model at /tmp/smol.gguf, joined from its parts
+# (smolpart.NN: .devmodel1 and .devmodel2 here, each carried by a call; an earlier call within
+# the machine's idle time copies its part to /tmp/m with `mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/`)
+# and checked against the sha256 of ../shared/README.md; fails if a part is missing.
+join_default_model() {
+  local names n parts="" sha
+  names=$(ls ${M_PARTS:-/tmp/m} .devmodel*/ 2>/dev/null | grep '^smolpart\.' | sort -u)
+  for n in $names; do
+    parts="$parts $(ls ${M_PARTS:-/tmp/m}/$n .devmodel*/$n 2>/dev/null | head -1)"
+  done
+  cat $parts > /tmp/smol.gguf
+  sha=$(sha256sum /tmp/smol.gguf | cut -c1-16)
+  echo "joined model ($(echo $parts | wc -w) parts) sha256 $sha..."
+  [ "$sha" = b179c9523d0e6a0f ] || { echo "the joined file is not the shipped default model"; return 1; }
+}

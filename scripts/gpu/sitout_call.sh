@@ -7,19 +7,15 @@
 # a slower host). Then, issue "GPU kernels at the bandwidth limit": weights read in place with
 # the one-row product's columns split over more warps (qks, l1b), and time and DRAM bytes per
 # kernel of the default model read in place (ncu).
-# The default model travels in three thirds (more than one call carries): two calls before this
-# one, within the machine's idle time, each carry one third and copy it to /tmp/m
-#   mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/        (then .devmodel2)
-# and this one carries .devbin and .devmodel3.
+# The default model travels in two parts (more than one call carries): a call before this one,
+# within the machine's idle time, carries the first and copies it to /tmp/m
+#   mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/
+# and this one carries .devbin and .devmodel2 (`join_default_model` in setup.sh).
 # Usage: bash scripts/gpu/sitout_call.sh        PARTS="sitout qks l1b ncu" (the default: all);
 # VARIANTS (the builds, BINARY[:THREADS]), PAIRS, QWEN=0 (the default model only).
 set -u
 . scripts/gpu/setup.sh
-# (The last third from .devmodel3, or from /tmp/m where an earlier call left it.)
-cat /tmp/m/smolpart.00 /tmp/m/smolpart.01 $(ls .devmodel3/smolpart.02 2>/dev/null || echo /tmp/m/smolpart.02) > /tmp/smol.gguf
-sha=$(sha256sum /tmp/smol.gguf | cut -c1-16)
-echo "joined model sha256 $sha..."
-[ "$sha" = b179c9523d0e6a0f ] || { echo "the joined file is not the shipped default model"; exit 1; }
+join_default_model || exit 1
 
 part_sitout() {
   el "== compute-sanitizer over a constrained answer of each build"
@@ -32,33 +28,14 @@ part_sitout() {
   el "== default model, 64 streams"
   MODEL=/tmp/smol.gguf PAIRS=${PAIRS:-3} STREAMS=64 ROUNDS=5 TTFT=5 \
     VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 330 bash scripts/gpu/structured_ab.sh > /tmp/ab_smol.txt 2>&1
-  summary /tmp/ab_smol.txt
+  structured_summary /tmp/ab_smol.txt
   [ "${QWEN:-1}" = 1 ] || return 0
   el "== Qwen2.5-0.5B shape, 64 streams"
   PAIRS=2 STREAMS=64 ROUNDS=5 TTFT=0 VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 200 \
     bash scripts/gpu/structured_ab.sh > /tmp/ab_q05.txt 2>&1
-  summary /tmp/ab_q05.txt
+  structured_summary /tmp/ab_q05.txt
 }
 
-# summary FILE: structured_ab.sh's output, each run's ratio and milliseconds a step in one line
-# (constrained, then free).
-summary() {
-  python3 - "$1" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    line = line.strip()
-    if line.startswith("== pair") or "parse and validate" in line or line.startswith('{"free_ms"'):
-        print(line)
-    if not line.startswith('{"streams"'):
-        continue
-    d = json.loads(line)
-    c, f = d["constrained_ms_per_step"], d["free_ms_per_step"]
-    keys = ["model", "launch", "mask_wait", "sampling_launch", "finish", "mask_longest", "mask_last_start", "mask", "sit_outs"]
-    print(f'ratio {d["ratio"]} free {d["free_tok_s"]} constrained {d["constrained_tok_s"]} rounds {d["free_rounds"]} / {d["constrained_rounds"]}')
-    print("  constrained " + " ".join(f"{k} {c.get(k, 0)}" for k in keys))
-    print("  free        " + " ".join(f"{k} {f.get(k, 0)}" for k in keys[:5]))
-PY
-}
 
 # The one-row product of weights read in place with its columns split over 1, 2, 4 or 8 warps
 # (`--dev cuda-qks=N`) against the split chosen by shape and against f16: the default model,

@@ -1,0 +1,44 @@
+# Device call (twenty-ninth session), issue "Structured outputs, tool calling": a constrained
+# step's costs at 64 streams on the default model. `kiln` (this session's build) against
+# `kiln_base` (the build before), alternated, through `kiln serve`
+# (scripts/gpu/structured_ab.sh), with the engine's host time split in /metrics (before the
+# launch, streaming, after the tokens came back; the engine thread's own processor time).
+# PARTS: "checks" (greedy answers of 8, 11 and 13 concurrent requests with and without CUDA
+# graphs, whose decoding passes are padded to recorded sizes; 45 concurrent constrained
+# answers validated), "ab" (the 64-stream comparison). Default: both.
+# The default model travels in two parts: a call before this one, within the machine's idle
+# time, carries .devmodel1 and runs `mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/`; this one
+# carries .devbin and .devmodel2.
+# Usage: bash scripts/gpu/host_call.sh     PARTS, VARIANTS (BINARY[:THREADS] ...), PAIRS.
+set -u
+. scripts/gpu/setup.sh
+join_default_model || exit 1
+el "== the host's processors: $(nproc), cores by their threads (thread_siblings_list): $(cat /sys/devices/system/cpu/cpu*/topology/thread_siblings_list | sort -u | tr '\n' ' ')"
+
+# serve_up BINARY [ARGS]: a server of the default model on port 8181 ($P its process).
+serve_up() {
+  "$B/$1" serve --device cuda -m /tmp/smol.gguf --max-running 256 --max-batch-tokens 512 \
+    --max-memory-mb 60000 --port 8181 "${@:2}" > /tmp/serve.log 2>&1 &
+  P=$!
+  for i in $(seq 1 120); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
+}
+
+part_checks() {
+  el "== greedy answers of concurrent requests, by build and graphs"
+  for v in "kiln" "kiln --dev cuda-graphs=0" "kiln_base"; do
+    serve_up $v
+    for n in 8 11 13; do echo "$v: $(timeout 120 python3 scripts/gpu/greedy_batch.py --port 8181 --n $n --max-tokens 64)"; done
+    [ "$v" = kiln ] && timeout 120 python3 scripts/gpu/structured_check.py --port 8181 --n 45 | tail -1
+    kill $P; wait $P 2>/dev/null
+  done
+}
+
+part_ab() {
+  el "== default model, 64 streams"
+  MODEL=/tmp/smol.gguf PAIRS=${PAIRS:-3} STREAMS=64 ROUNDS=5 TTFT=0 \
+    VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 400 bash scripts/gpu/structured_ab.sh > /tmp/ab_smol.txt 2>&1
+  structured_summary /tmp/ab_smol.txt
+}
+
+for p in ${PARTS:-checks ab}; do "part_$p"; done
+el "done"
