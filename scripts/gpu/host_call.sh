@@ -5,7 +5,9 @@
 # launch, streaming, after the tokens came back; the engine thread's own processor time).
 # PARTS: "checks" (greedy answers of 8, 11 and 13 concurrent requests with and without CUDA
 # graphs, whose decoding passes are padded to recorded sizes; 45 concurrent constrained
-# answers validated), "ab" (the 64-stream comparison). Default: both.
+# answers validated), "ab" (the 64-stream comparison), "qwen" (the same on the Qwen2.5-0.5B
+# shape, random f16 weights), "san" (compute-sanitizer over a server's padded passes).
+# Default: checks and ab.
 # The default model travels in two parts: a call before this one, within the machine's idle
 # time, carries .devmodel1 and runs `mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/`; this one
 # carries .devbin and .devmodel2.
@@ -38,6 +40,24 @@ part_ab() {
   MODEL=/tmp/smol.gguf PAIRS=${PAIRS:-3} STREAMS=64 ROUNDS=5 TTFT=0 \
     VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 400 bash scripts/gpu/structured_ab.sh > /tmp/ab_smol.txt 2>&1
   structured_summary /tmp/ab_smol.txt
+}
+
+part_qwen() {
+  el "== Qwen2.5-0.5B shape (random f16), 64 streams"
+  PAIRS=2 STREAMS=64 ROUNDS=5 TTFT=0 VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 200 \
+    bash scripts/gpu/structured_ab.sh > /tmp/ab_q05.txt 2>&1
+  structured_summary /tmp/ab_q05.txt
+}
+
+# compute-sanitizer over a server answering 11 concurrent greedy requests (passes padded to 12).
+part_san() {
+  el "== compute-sanitizer, kiln serve, 11 concurrent requests"
+  compute-sanitizer --print-limit 5 "$B/kiln" serve --device cuda -m /tmp/smol.gguf --port 8181 > /tmp/san.log 2>&1 &
+  P=$!
+  for i in $(seq 1 240); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
+  timeout 200 python3 scripts/gpu/greedy_batch.py --port 8181 --n 11 --max-tokens 24
+  kill -INT $P; wait $P 2>/dev/null
+  grep -E "ERROR SUMMARY" /tmp/san.log | head -2
 }
 
 for p in ${PARTS:-checks ab}; do "part_$p"; done
