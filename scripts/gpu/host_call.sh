@@ -35,19 +35,8 @@ part_checks() {
   done
 }
 
-part_ab() {
-  el "== default model, 64 streams"
-  MODEL=/tmp/smol.gguf PAIRS=${PAIRS:-3} STREAMS=64 ROUNDS=5 TTFT=0 \
-    VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 400 bash scripts/gpu/structured_ab.sh > /tmp/ab_smol.txt 2>&1
-  structured_summary /tmp/ab_smol.txt
-}
-
-part_qwen() {
-  el "== Qwen2.5-0.5B shape (random f16), 64 streams"
-  PAIRS=2 STREAMS=64 ROUNDS=5 TTFT=0 VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 200 \
-    bash scripts/gpu/structured_ab.sh > /tmp/ab_q05.txt 2>&1
-  structured_summary /tmp/ab_q05.txt
-}
+part_ab() { PAIRS=${PAIRS:-3} ab64 "default model" /tmp/ab_smol.txt /tmp/smol.gguf; }
+part_qwen() { PAIRS=2 ab64 "Qwen2.5-0.5B shape (random f16)" /tmp/ab_q05.txt; }
 
 # compute-sanitizer over a server answering 11 concurrent greedy requests (passes padded to 12).
 part_san() {

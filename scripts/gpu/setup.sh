@@ -91,3 +91,12 @@ join_default_model() {
   echo "joined model ($(echo $parts | wc -w) parts) sha256 $sha..."
   [ "$sha" = b179c9523d0e6a0f ] || { echo "the joined file is not the shipped default model"; return 1; }
 }
+# ab64 LABEL OUT [MODEL]: scripts/gpu/structured_ab.sh at 64 streams, 5 rounds (VARIANTS,
+# default "kiln_base kiln"; PAIRS, default 2; TTFT, default 0) on MODEL (the Qwen2.5-0.5B
+# shape with random f16 weights when none), its output in OUT, then its summary.
+ab64() {
+  el "== $1, 64 streams"
+  MODEL=${3:-} PAIRS=${PAIRS:-2} STREAMS=64 ROUNDS=5 TTFT=${TTFT:-0} VARIANTS="${VARIANTS:-kiln_base kiln}" \
+    timeout 400 bash scripts/gpu/structured_ab.sh > "$2" 2>&1
+  structured_summary "$2"
+}

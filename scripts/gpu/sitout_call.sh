@@ -25,15 +25,9 @@ part_sitout() {
       --temperature 0.7 --max-tokens 40 --json-schema /tmp/s.json "x" 2>&1 | grep -E "ERROR SUMMARY" | head -1)
     echo "$k: ${r:-no summary}"
   done
-  el "== default model, 64 streams"
-  MODEL=/tmp/smol.gguf PAIRS=${PAIRS:-3} STREAMS=64 ROUNDS=5 TTFT=5 \
-    VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 330 bash scripts/gpu/structured_ab.sh > /tmp/ab_smol.txt 2>&1
-  structured_summary /tmp/ab_smol.txt
+  PAIRS=${PAIRS:-3} TTFT=5 ab64 "default model" /tmp/ab_smol.txt /tmp/smol.gguf
   [ "${QWEN:-1}" = 1 ] || return 0
-  el "== Qwen2.5-0.5B shape, 64 streams"
-  PAIRS=2 STREAMS=64 ROUNDS=5 TTFT=0 VARIANTS="${VARIANTS:-kiln_base kiln}" timeout 200 \
-    bash scripts/gpu/structured_ab.sh > /tmp/ab_q05.txt 2>&1
-  structured_summary /tmp/ab_q05.txt
+  PAIRS=2 ab64 "Qwen2.5-0.5B shape" /tmp/ab_q05.txt
 }
 
 
