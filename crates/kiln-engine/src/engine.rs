@@ -2109,6 +2109,22 @@ impl<R: Runner> Engine<R> {
                 }
                 continue;
             }
+            if seq.computed + n > seq.tokens.len() {
+                // Streamed during this step (beside a device), its text met a stop string
+                // among several tokens taken at the last step, and the tokens after it,
+                // those this step ran among them, were cut: the step's results for it are
+                // dropped (its rows passed over) and it ends.
+                if !seq.drafts.is_empty() && seq.sampler.params().plain_greedy() {
+                    verified_row += n;
+                } else if !seq.drafts.is_empty() {
+                    verified_logit_row += n;
+                } else if sampling.binary_search(&k).is_ok() {
+                    row += 1;
+                }
+                seq.drafts.clear();
+                done.push((idx, seq.stopped.unwrap_or(FinishReason::Stop)));
+                continue;
+            }
             if let Some(e) = seq.score.as_mut().and_then(|s| s.embed.as_mut()) {
                 let rows = &self.hidden[hidden_row * dim..(hidden_row + n) * dim];
                 hidden_row += n;

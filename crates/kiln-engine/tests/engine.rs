@@ -541,6 +541,126 @@ fn stop_strings_cut_the_text() {
     assert_eq!(cut.text, expect);
 }
 
+/// A stop string found among several tokens taken at once (proposals that prompt lookup got
+/// accepted), while the sequence runs its next token beside others on a runner that
+/// overlaps: the text is cut at the stop string, the sequence ends, and the other sequences of
+/// the step keep their own tokens (the cut sequence's row is not taken for theirs).
+#[test]
+fn stop_strings_in_accepted_proposals_cut_the_text_beside_others() {
+    let tok = tokenizer();
+    let vocab = tok.vocab_size();
+    // Prompts that end where they began: the bigram mock's greedy chain from a token, then
+    // that token again, so that the answer repeats the prompt and prompt lookup's proposals
+    // are taken, several a step.
+    let chain = |a: u32| {
+        let mut p = vec![a];
+        let mut row = Vec::new();
+        while p.len() < 40 {
+            mock_row(vocab, hash_step(HASH0, *p.last().unwrap()), &mut row);
+            let next = kiln_model::sample::argmax(&row);
+            p.push(next);
+        }
+        p.push(a);
+        p
+    };
+    let ps: Vec<Vec<u32>> = (0..6).map(|i| chain(150 + 37 * i)).collect();
+    let taken = std::sync::atomic::AtomicUsize::new(0);
+    let greedy = |k: usize, stop: Vec<String>| SamplingParams {
+        prompt_lookup: k,
+        stop,
+        ..SamplingParams::greedy(40)
+    };
+    // The first request runs `ahead` steps alone; the others' prompts then take the step's
+    // token budget in chunks, so that its proposals stop (no budget left) right after
+    // steps that took several of them.
+    let run = |runner: MockRunner, reqs: Vec<(Vec<u32>, SamplingParams)>, ahead: usize| {
+        let cfg = EngineConfig {
+            max_batch_tokens: 16,
+            ..Default::default()
+        };
+        let mut e = Engine::new(runner, tok.clone(), cfg);
+        let mut outs = Vec::new();
+        for (k, (p, sp)) in reqs.into_iter().enumerate() {
+            let out = Arc::new(Mutex::new(Collected::default()));
+            e.submit(Request::new(p, sp), sink(out.clone(), None))
+                .unwrap();
+            outs.push(out);
+            if k == 0 {
+                for _ in 0..ahead {
+                    e.step().unwrap();
+                }
+            }
+        }
+        e.run_to_completion().unwrap();
+        taken.fetch_add(
+            e.stats().accepted_tokens as usize,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        assert_eq!(e.stats().blocks_used, 0);
+        outs.iter()
+            .map(|o| o.lock().unwrap().clone())
+            .collect::<Vec<_>>()
+    };
+    let bigram = |mut r: MockRunner| {
+        r.bigram = true;
+        r
+    };
+    // Each prompt's plain answer, alone.
+    let full: Vec<Collected> = ps
+        .iter()
+        .map(|p| {
+            run(
+                bigram(MockRunner::new(vocab, 64, 16)),
+                vec![(p.clone(), greedy(0, vec![]))],
+                0,
+            )
+            .remove(0)
+        })
+        .collect();
+    let mut cuts = 0;
+    for (i, f) in full.iter().enumerate() {
+        let chars: Vec<(usize, char)> = f.text.char_indices().collect();
+        for at in (4..chars.len().saturating_sub(2)).step_by(5) {
+            let stop: String = f.text[chars[at].0..].chars().take(2).collect();
+            // The prompt with the stop string (speculating) first, then the others (plain).
+            let order: Vec<usize> = std::iter::once(i)
+                .chain((0..ps.len()).filter(|&j| j != i))
+                .collect();
+            let reqs: Vec<(Vec<u32>, SamplingParams)> = order
+                .iter()
+                .map(|&j| {
+                    let sp = if j == i {
+                        greedy(4, vec![stop.clone()])
+                    } else {
+                        greedy(0, vec![])
+                    };
+                    (ps[j].clone(), sp)
+                })
+                .collect();
+            let mut r = bigram(MockRunner::overlapping(vocab, 256, 16));
+            r.logit_rows = 64;
+            let got = run(r, reqs, at % 7);
+            for (&j, g) in order.iter().zip(&got) {
+                assert!(g.failed.is_none(), "{:?}", g.failed);
+                if j == i {
+                    let want = &f.text[..f.text.find(&stop).unwrap()];
+                    assert_eq!(g.text, want, "prompt {i}, stop {stop:?}");
+                    assert_eq!(g.done, Some(FinishReason::Stop));
+                    cuts += 1;
+                } else {
+                    assert_eq!(
+                        g.ids, full[j].ids,
+                        "prompt {j} beside prompt {i} cut at {stop:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(cuts > 10, "{cuts} cuts");
+    let taken = taken.into_inner();
+    assert!(taken > 100, "{taken} proposed tokens taken");
+}
+
 #[test]
 fn bad_requests_are_refused_by_name() {
     let tok = tokenizer();
