@@ -1919,12 +1919,18 @@ impl<R: Runner> Engine<R> {
             let grace = self.cfg.late_mask_wait;
             let may_sit = result.is_ok() && tasks.iter().any(|t| t.may_leave);
             let mut ended: Option<Instant> = None;
+            // Whether the pass is asked about for the first time: if it has ended by then, it
+            // ended during the streaming above, and its time is known only as at most this
+            // (the last pass's is kept, once there is one).
+            let mut first = true;
             while clock.done.load(Ordering::Acquire) < n {
                 if may_sit && self.runner.pass_done() {
                     let now = Instant::now();
                     if ended.is_none() {
                         ended = Some(now);
-                        self.pass_seconds = now.duration_since(t_launch).as_secs_f64();
+                        if !first || self.pass_seconds == 0.0 {
+                            self.pass_seconds = now.duration_since(t_launch).as_secs_f64();
+                        }
                     }
                     let since = ended.map_or(0.0, |e| now.duration_since(e).as_secs_f64());
                     let left = tasks.iter().filter(|t| t.may_leave && !t.is_done()).count();
@@ -1932,6 +1938,7 @@ impl<R: Runner> Engine<R> {
                         break;
                     }
                 }
+                first = false;
                 std::thread::yield_now();
             }
             // The masks that may not be left first (any that may be left and end meanwhile
