@@ -1,17 +1,16 @@
 # Device call (twenty-eighth session), issue "GPU kernels at the bandwidth limit": the head read
 # in place with four outputs a warp (k_mv1q4, `kiln`) against two (`kiln_prev`, the build
 # before it; and `kiln --dev cuda-qwide=0`, k_mv1q for every product). The head's sums are the
-# same, so the greedy text must be too. The shipped default model (joined from the thirds that
-# two calls before this one left in /tmp/m, as scripts/gpu/sitout_call.sh says; this call
-# carries .devbin and .devmodel3), then the Llama-3.2-1B shape's Q4_0 and Q8_0 files (random
+# same, so the greedy text must be too. The shipped default model (its first part left in /tmp/m
+# by a call before this one, as scripts/gpu/sitout_call.sh says; this call carries .devbin and
+# .devmodel2), then the Llama-3.2-1B shape's Q4_0 and Q8_0 files (random
 # weights; a Q8_0 head), compute-sanitizer, and the default model's kernels by ncu.
 # Usage: bash scripts/gpu/head_call.sh
 set -u
 . scripts/gpu/setup.sh
 K=$B/kiln
 nvidia-smi --query-gpu=name --format=csv,noheader
-cat /tmp/m/smolpart.00 /tmp/m/smolpart.01 $(ls .devmodel3/smolpart.02 2>/dev/null || echo /tmp/m/smolpart.02) > /tmp/smol.gguf
-echo "default model sha256 $(sha256sum /tmp/smol.gguf | cut -c1-16)..."
+join_default_model || exit 1
 ( random_models l1b:llama3.2-1b; for q in q4_0 q8_0; do $K quantize /tmp/l1b /tmp/l1b-$q.gguf --type $q; done ) >/tmp/quant.log 2>&1 &
 QPID=$!
 el "== the default model: greedy md5 (48 tokens) in place, kiln / kiln_prev / qwide=0; f16"

@@ -17,18 +17,11 @@ set -u
 join_default_model || exit 1
 el "== the host's processors: $(nproc), cores by their threads (thread_siblings_list): $(cat /sys/devices/system/cpu/cpu*/topology/thread_siblings_list | sort -u | tr '\n' ' ')"
 
-# serve_up BINARY [ARGS]: a server of the default model on port 8181 ($P its process).
-serve_up() {
-  "$B/$1" serve --device cuda -m /tmp/smol.gguf --max-running 256 --max-batch-tokens 512 \
-    --max-memory-mb 60000 --port 8181 "${@:2}" > /tmp/serve.log 2>&1 &
-  P=$!
-  for i in $(seq 1 120); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
-}
-
 part_checks() {
   el "== greedy answers of concurrent requests, by build and graphs"
   for v in "kiln" "kiln --dev cuda-graphs=0" "kiln_base"; do
-    serve_up $v
+    read -ra w <<< "$v"
+    serve_up "${w[0]}" /tmp/smol.gguf "${w[@]:1}"
     for n in 8 11 13; do echo "$v: $(timeout 120 python3 scripts/gpu/greedy_batch.py --port 8181 --n $n --max-tokens 64)"; done
     [ "$v" = kiln ] && timeout 120 python3 scripts/gpu/structured_check.py --port 8181 --n 45 | tail -1
     kill $P; wait $P 2>/dev/null

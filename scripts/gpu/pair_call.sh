@@ -2,14 +2,13 @@
 # the default model's F16 copy (made here with `kiln quantize`) as target, the shipped Q4_1 file
 # read in place as draft; each also timed alone at batch 1, so that the draft's cost against
 # the target's (what bounds any speedup) is measured in the same call.
-# The default model travels in two halves (more than one call carries): a call before this one
+# The default model travels in two parts (scripts/gpu/model_parts.sh): a call before this one
 # carries .devmodel1 and copies it to /tmp/m; this one carries .devbin and .devmodel2.
 # Usage (device tool): bash scripts/gpu/pair_call.sh      KS="8 4" picks the --draft-max values.
 set -u
 . scripts/gpu/setup.sh
 K="$B/kiln"
-cat /tmp/m/smolpart.aa .devmodel2/smolpart.ab > /tmp/smol.gguf
-sha256sum /tmp/smol.gguf | cut -c1-16
+join_default_model || exit 1
 $K quantize /tmp/smol.gguf /tmp/smol-f16.gguf --type f16 2>&1 | tail -1
 j() { python3 -c '
 import json, sys

@@ -8,7 +8,7 @@
 # Q4_K); copy bandwidth; compute-sanitizer over runs read in place; then time and DRAM bytes per
 # kernel of the Llama-1B Q4_0 file read in place (ncu).
 # Usage (device tool, carry .devbin): bash scripts/gpu/qwide_call.sh      PARTS="checks time ncu"
-# (the default), or with "default" (the shipped default model, from thirds left in /tmp/m).
+# (the default), or with "default" (the shipped default model, from its parts: join_default_model).
 set -u
 . scripts/gpu/setup.sh
 K=$B/kiln
@@ -58,12 +58,11 @@ part_ncu() {
   python3 scripts/gpu/kernel_times.py /tmp/ncu_l1b.csv --by-grid | grep -v "k_dequant\|k_mvt\|attn_mma" | head -14
 }
 
-# The shipped default model (joined from the thirds that earlier calls left in /tmp/m, as
-# scripts/gpu/sitout_call.sh says): f16 against read in place, by the shape's split (kiln),
+# The shipped default model (joined from its parts, as scripts/gpu/sitout_call.sh says): f16 against read in place, by the shape's split (kiln),
 # with every product's columns on one warp (cuda-qks=1), in blocks of 8 warps (cuda-qwide=0),
 # and kiln_base; then compute-sanitizer over a run read in place. Three rounds alternated.
 part_default() {
-  cat /tmp/m/smolpart.00 /tmp/m/smolpart.01 /tmp/m/smolpart.02 > /tmp/smol.gguf
+  join_default_model || return 1
   el "== the default model: sha256 $(sha256sum /tmp/smol.gguf | cut -c1-16)..., -p 32 -g 256"
   echo "greedy md5: f16 $(greedy_md5 kiln /tmp/smol.gguf) in place $(greedy_md5 kiln /tmp/smol.gguf --gpu-weights quantized)" \
     "qks=1 $(greedy_md5 kiln /tmp/smol.gguf --gpu-weights quantized --dev cuda-qks=1) base $(greedy_md5 kiln_base /tmp/smol.gguf --gpu-weights quantized)"

@@ -8,9 +8,8 @@ for f in "$B"/*.xz; do [ -e "$f" ] || continue
   python3 -c 'import lzma,sys; open(sys.argv[1][:-3],"wb").write(lzma.decompress(open(sys.argv[1],"rb").read()))' "$f" && rm -f "$f"
 done
 chmod +x "$B"/* 2>/dev/null
-mkdir -p /work /work/shared/fixtures
+mkdir -p /work
 [ -e /work/main ] || ln -s "$PWD" /work/main
-cp .devdata/fixtures/* /work/shared/fixtures/ 2>/dev/null
 OUT=${OUT:-/tmp/out}
 
 # Helpers the calls share.
@@ -77,19 +76,28 @@ for line in open(sys.argv[1]):
 PY
 }
 # join_default_model: the shipped default model at /tmp/smol.gguf, joined from its parts
-# (smolpart.NN: .devmodel1 and .devmodel2 here, each carried by a call; an earlier call within
-# the machine's idle time copies its part to /tmp/m with `mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/`)
-# and checked against the sha256 of ../shared/README.md; fails if a part is missing.
+# (smolpart.NN in .devmodel1 and .devmodel2, made by scripts/gpu/model_parts.sh, each carried
+# by a call; an earlier call within the machine's idle time copies its part to /tmp/m with
+# `mkdir -p /tmp/m && cp .devmodel1/* /tmp/m/`) and checked against the model's sha256 (as
+# `kiln fetch` checks it, crates/kiln-model/src/fetch.rs); fails if a part is missing.
 join_default_model() {
   local names n parts="" sha
-  names=$(ls ${M_PARTS:-/tmp/m} .devmodel*/ 2>/dev/null | grep '^smolpart\.' | sort -u)
+  names=$(ls /tmp/m .devmodel*/ 2>/dev/null | grep '^smolpart\.' | sort -u)
   for n in $names; do
-    parts="$parts $(ls ${M_PARTS:-/tmp/m}/$n .devmodel*/$n 2>/dev/null | head -1)"
+    parts="$parts $(ls /tmp/m/$n .devmodel*/$n 2>/dev/null | head -1)"
   done
   cat $parts > /tmp/smol.gguf
   sha=$(sha256sum /tmp/smol.gguf | cut -c1-16)
   echo "joined model ($(echo $parts | wc -w) parts) sha256 $sha..."
   [ "$sha" = b179c9523d0e6a0f ] || { echo "the joined file is not the shipped default model"; return 1; }
+}
+# serve_up BINARY MODEL [ARGS]: `kiln serve` of MODEL on the GPU at port 8181 ($P: its
+# process; its log in /tmp/serve.log), once it answers /health.
+serve_up() {
+  "$B/$1" serve --device cuda -m "$2" --max-running 256 --max-batch-tokens 512 \
+    --max-memory-mb 60000 --port 8181 "${@:3}" > /tmp/serve.log 2>&1 &
+  P=$!
+  for i in $(seq 1 120); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
 }
 # ab64 LABEL OUT [MODEL]: scripts/gpu/structured_ab.sh at 64 streams, 5 rounds (VARIANTS,
 # default "kiln_base kiln"; PAIRS, default 2; TTFT, default 0) on MODEL (the Qwen2.5-0.5B

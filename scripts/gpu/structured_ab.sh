@@ -19,9 +19,7 @@ for pair in $(seq 1 "${PAIRS:-2}"); do
   for v in ${VARIANTS:-kiln_base kiln}; do
     bin=${v%%:*}; threads=${v#*:}; [ "$threads" = "$v" ] && threads=""
     echo "== pair $pair, $v"
-    RAYON_NUM_THREADS=$threads "$B/$bin" serve --device cuda -m "$M" --max-running 256 --max-batch-tokens 512 --max-memory-mb 60000 --port 8181 > /tmp/serve.log 2>&1 &
-    P=$!
-    for i in $(seq 1 120); do curl -sf http://127.0.0.1:8181/health >/dev/null && break; sleep 0.5; done
+    RAYON_NUM_THREADS=$threads serve_up "$bin" "$M"
     [ "$pair" = 1 ] && timeout 120 python3 scripts/gpu/structured_check.py --port 8181 --n 48 | tail -4
     timeout 300 python3 scripts/structured_bench.py --port 8181 --streams "${STREAMS:-64}" --rounds "${ROUNDS:-5}" --max-tokens 192 --ttft "${TTFT:-10}"
     kill $P; wait $P 2>/dev/null

@@ -383,6 +383,7 @@ mod tests {
         for s in [
             "cpu-isa=scalar",
             "cpu-exact=1",
+            "cpu-pad=1",
             "cuda-fused=0",
             "cuda-graphs=off",
             "cuda-pdl=false",
@@ -397,7 +398,7 @@ mod tests {
             d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
         assert_eq!(d.cpu_isa.as_deref(), Some("scalar"));
-        assert!(d.cpu_exact && d.cuda_mv_plain);
+        assert!(d.cpu_exact && d.cpu_pad && d.cuda_mv_plain);
         assert_eq!(
             (d.cuda_fused, d.cuda_graphs, d.cuda_pdl, d.cuda_mvt),
             (Some(false), Some(false), Some(false), Some(false))
