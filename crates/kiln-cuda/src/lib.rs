@@ -1140,9 +1140,10 @@ impl CudaBackend {
         };
         let deq = self.po(&self.st().deq);
         let groups = w.rows * w.cols / 32;
+        // Four threads a group (k_dequant).
         self.launch(
             &self.k.dequant,
-            (groups.div_ceil(256) as u32, 1, 1),
+            ((4 * groups).div_ceil(256) as u32, 1, 1),
             256,
             0,
             launch::Dequant {

@@ -314,25 +314,43 @@ k_mv1q32(const unsigned char *Q, const float *S, const float *M, int bits, const
     mv1q_body<32, MV1_OUT, 2>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
 }
 
-// Quantized rows to f16 (for the other product paths): one thread per group of 32.
+// Quantized rows to f16 (for the other product paths): four threads a group of 32, each
+// thread eight values, stored as one 16-byte word, so that a warp's stores are 512 bytes in a
+// row (one thread a group stored 64-byte runs 64 bytes apart, two bytes at a time). Thread k
+// of a 4-bit group takes the low nibbles (k 0, 1) or the high ones (k 2, 3) of the group's
+// bytes 8 (k & 1) .. 8 (k & 1) + 7, which are values 8k .. 8k + 7; of an 8-bit group, its
+// bytes 8k .. 8k + 7. Each value is computed as before (d * q + m, or d * q), rounded alike.
 extern "C" __global__ void k_dequant(const unsigned char *Q, const float *S, const float *M, int bits,
                                      long long groups, u16 *out) {
     pdl_enter();
-    long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long g = i >> 2;
     if (g >= groups) return;
-    float d = S[g];
-    u16 *o = out + g * 32;
+    const int k = (int)(i & 3);
+    const float d = S[g];
+    u32 w[4];
     if (bits == 4) {
-        float m = M[g];
-        const unsigned char *q = Q + g * 16;
-        for (int b = 0; b < 16; b++) {
-            o[b] = f2h(d * (float)(q[b] & 15) + m);
-            o[b + 16] = f2h(d * (float)(q[b] >> 4) + m);
+        const float m = M[g];
+        const uint2 b = *((const uint2 *)(Q + g * 16) + (k & 1));
+        const int shift = k < 2 ? 0 : 4;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const u32 src = e < 2 ? b.x : b.y;
+            const int lo = (e & 1) * 16;
+            const u32 v0 = (src >> (lo + shift)) & 15u, v1 = (src >> (lo + 8 + shift)) & 15u;
+            w[e] = (u32)f2h(d * (float)v0 + m) | ((u32)f2h(d * (float)v1 + m) << 16);
         }
     } else {
-        const signed char *q = (const signed char *)(Q + g * 32);
-        for (int b = 0; b < 32; b++) o[b] = f2h(d * (float)q[b]);
+        const uint2 b = *((const uint2 *)(Q + g * 32) + k);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const u32 src = e < 2 ? b.x : b.y;
+            const int lo = (e & 1) * 16;
+            const int v0 = (int)(signed char)(src >> lo), v1 = (int)(signed char)(src >> (lo + 8));
+            w[e] = (u32)f2h(d * (float)v0) | ((u32)f2h(d * (float)v1) << 16);
+        }
     }
+    *((uint4 *)(out + g * 32) + k) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
 // The embedding rows of the pass's tokens from a quantized table, to f32.
