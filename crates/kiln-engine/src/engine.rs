@@ -2760,8 +2760,9 @@ fn stream(seq: &mut Seq, tok: &Tokenizer, end: Option<FinishReason>) -> Option<F
             return Some(FinishReason::Cancelled);
         }
         if reason.is_some() {
-            // Tokens after the stop string are not part of the answer.
-            let drop = last - i;
+            // Tokens after the stop string are not part of the answer, nor are proposals
+            // this step runs after them (the step then ends the sequence).
+            let drop = last - i + seq.drafts.len();
             seq.tokens.truncate(seq.tokens.len() - drop);
             break;
         }

@@ -646,6 +646,8 @@ fn stop_strings_in_accepted_proposals_cut_the_text_beside_others() {
                     let want = &f.text[..f.text.find(&stop).unwrap()];
                     assert_eq!(g.text, want, "prompt {i}, stop {stop:?}");
                     assert_eq!(g.done, Some(FinishReason::Stop));
+                    // The end counts the tokens streamed, not proposals in flight.
+                    assert_eq!(g.completion, Some(g.ids.len()), "prompt {i}, stop {stop:?}");
                     cuts += 1;
                 } else {
                     assert_eq!(
