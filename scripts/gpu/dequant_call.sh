@@ -8,7 +8,6 @@
 #   bash scripts/gpu/dequant_call.sh
 set -u
 . scripts/gpu/setup.sh
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 nvidia-smi --query-gpu=name --format=csv,noheader
 random_models l1b:llama3.2-1b
 $B/kiln quantize /tmp/l1b /tmp/l1b-q4_0.gguf --type q4_0 >/dev/null 2>&1 &
@@ -19,7 +18,7 @@ wait $QPID
 for r in 1 2; do
   for k in kiln_base kiln; do
     for b in 1 5 8; do
-      "$B/$k" bench --device cuda -m /tmp/l1b-q4_0.gguf --gpu-weights quantized -p 32 -g 64 -b $b --json 2>/dev/null | j "r$r $k b$b"
+      "$B/$k" bench --device cuda -m /tmp/l1b-q4_0.gguf --gpu-weights quantized -p 32 -g 64 -b $b --json 2>/dev/null | bench_of "r$r $k b$b"
     done
   done
 done

@@ -11,17 +11,16 @@ random_models q05:qwen2.5-0.5b l1b:llama3.2-1b s135:smollm2-135m
   $K quantize /tmp/l1b /tmp/l1b-q8.gguf --type q8_0 ) >/dev/null 2>&1 &
 QPID=$!
 el "== copy bandwidth"; python3 scripts/gpu/copy_bw.py
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 for m in q05 l1b; do
-  for b in 1 1 5 8; do $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 -b $b --json 2>/dev/null | j "$m b$b"; done
-  $K bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --json 2>/dev/null | j "$m p2048"
+  for b in 1 1 5 8; do $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 -b $b --json 2>/dev/null | bench_of "$m b$b"; done
+  $K bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --json 2>/dev/null | bench_of "$m p2048"
   for P in 32 2048; do echo "llama.cpp $m p$P $(timeout 120 /tmp/peer/lcpp_bench /tmp/$m.gguf $P 128 1 2 2>/dev/null | tail -1)"; done
 done
 [ "${QUANT:-1}" = 1 ] || { el done; exit 0; }
 el "== waiting for the quantized files"; wait $QPID
 for m in s135-q4_1 l1b-q40 l1b-q8; do
-  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | j "$m dequantized"
-  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "$m in-place"
+  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | bench_of "$m dequantized"
+  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | bench_of "$m in-place"
 done
-$K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | j "l1b f16 -g 256"
+$K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | bench_of "l1b f16 -g 256"
 el done

@@ -69,12 +69,11 @@ while [ "${PEER:-1}" != 0 ] && [ ! -e /tmp/peer/done ] && [ $(( $(date +%s) - T0
 el "llama.cpp build: $(cat /tmp/peer/done 2>/dev/null || echo unfinished)"; tail -3 /tmp/peer/build.log 2>/dev/null
 el "== copy bandwidth (device to device, 1 GiB)"
 python3 scripts/gpu/copy_bw.py
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 el "== kiln and llama.cpp, the same files"
 for r in $(seq "${ROUNDS:-2}"); do
  for m in /tmp/q05.gguf /tmp/l1b.gguf; do
   for k in kiln "kiln --dev cuda-mvpre=4" kiln_base; do [ -x "$B/${k%% *}" ] || continue
-   for P in 32 2048; do [ "$k" != kiln ] && [ $P = 2048 ] && continue; kx "$k" bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | j "r$r ${k/ --dev /+} $(basename $m) p$P"; done
+   for P in 32 2048; do [ "$k" != kiln ] && [ $P = 2048 ] && continue; kx "$k" bench --device cuda -m $m -p $P -g 128 --json 2>/dev/null | bench_of "r$r ${k/ --dev /+} $(basename $m) p$P"; done
   done
   if [ -x /tmp/peer/lcpp_bench ]; then
    for P in 32 2048; do echo "r$r llama.cpp $(basename $m) p$P $(timeout 120 /tmp/peer/lcpp_bench $m $P 128 1 2 2>/dev/null | tail -1)"; done
@@ -83,8 +82,8 @@ for r in $(seq "${ROUNDS:-2}"); do
 done
 if [ "${EXTRA:-1}" = 1 ]; then
 el "== decode attention grouped by KV head at batch 1 (--dev cuda-gqa=all), after 2,048"
-for m in /tmp/q05.gguf /tmp/l1b.gguf; do for k in kiln kiln_base; do [ -x "$B/$k" ] || continue; $B/$k bench --dev cuda-gqa=all --device cuda -m $m -p 2048 -g 128 --json 2>/dev/null | j "$k $(basename $m) gqa=all p2048"; done; done
+for m in /tmp/q05.gguf /tmp/l1b.gguf; do for k in kiln kiln_base; do [ -x "$B/$k" ] || continue; $B/$k bench --dev cuda-gqa=all --device cuda -m $m -p 2048 -g 128 --json 2>/dev/null | bench_of "$k $(basename $m) gqa=all p2048"; done; done
 el "== 5, 8 and 64 sequences"
-for m in /tmp/q05.gguf /tmp/l1b.gguf; do for b in 5 8 64; do for k in kiln kiln_base; do [ -x "$B/$k" ] || continue; $B/$k bench --device cuda -m $m -p 32 -g 128 -b $b --json 2>/dev/null | j "$k $(basename $m) b$b"; done; done; done
+for m in /tmp/q05.gguf /tmp/l1b.gguf; do for b in 5 8 64; do for k in kiln kiln_base; do [ -x "$B/$k" ] || continue; $B/$k bench --device cuda -m $m -p 32 -g 128 -b $b --json 2>/dev/null | bench_of "$k $(basename $m) b$b"; done; done; done
 fi
 el done

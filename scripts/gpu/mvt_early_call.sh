@@ -32,17 +32,16 @@ for k in kiln kiln_base; do
     "l1b-q8 quantized $($B/$k run --device cuda -m /tmp/l1b-q8.gguf -n 32 --temperature 0 --raw "hello world" --gpu-weights quantized 2>/dev/null | md5sum | cut -c1-12)"
 done
 el "== copy bandwidth"; python3 scripts/gpu/copy_bw.py
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 el "== batch 1, 5, 8 (kiln, kiln_base alternated) and llama.cpp"
 for r in 1 2; do for m in q05 l1b; do
-  for k in kiln kiln_base; do for b in 1 5 8; do $B/$k bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 -b $b --json 2>/dev/null | j "r$r $k $m b$b"; done; done
-  $K bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --json 2>/dev/null | j "r$r kiln $m p2048"
+  for k in kiln kiln_base; do for b in 1 5 8; do $B/$k bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 -b $b --json 2>/dev/null | bench_of "r$r $k $m b$b"; done; done
+  $K bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --json 2>/dev/null | bench_of "r$r kiln $m p2048"
   for P in 32 2048; do echo "r$r llama.cpp $m p$P $(timeout 120 /tmp/peer/lcpp_bench /tmp/$m.gguf $P 128 1 2 2>/dev/null | tail -1)"; done
 done; done
 el "== weights read in place against dequantized to f16 (-p 32 -g 256)"
 for r in 1 2; do for m in s135-q4_1 l1b-q8 l1b-q40 l1b-q4k; do
-  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r $m dequantized"
-  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in-place"
-  [ "${BASE_QUANT:-0}" = 1 ] && $B/kiln_base bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r $m in-place(kiln_base)"
-done; $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r l1b f16-file"; done
+  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --json 2>/dev/null | bench_of "r$r $m dequantized"
+  $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | bench_of "r$r $m in-place"
+  [ "${BASE_QUANT:-0}" = 1 ] && $B/kiln_base bench --device cuda -m /tmp/$m.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | bench_of "r$r $m in-place(kiln_base)"
+done; $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | bench_of "r$r l1b f16-file"; done
 el done

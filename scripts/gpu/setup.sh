@@ -20,6 +20,8 @@ el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 t() { timeout 150 "$@" --test-threads 1 2>&1 | grep -E "test result|panicked|FAILED" | head -4; }
 # decode_of LABEL: LABEL and the decode tok/s of the `kiln bench --json` on stdin.
 decode_of() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "decode", round(d["decode_tok_s"],1))' "$1"; }
+# bench_of LABEL: LABEL and the prefill and decode tok/s of the `kiln bench --json` on stdin.
+bench_of() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 # greedy_md5 BINARY MODEL [ARGS]: md5 of 48 greedy tokens of $B/BINARY on the GPU.
 greedy_md5() { "$B/$1" run --device cuda -m "${@:2}" -n 48 --temperature 0 --raw "hello world, the five boxing wizards" 2>/dev/null | md5sum | cut -c1-12; }
 # random_models NAME:SHAPE ...: random f16 weights of each shape in /tmp/NAME, and

@@ -9,7 +9,6 @@
 set -u
 . scripts/gpu/setup.sh
 K=$B/kiln
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 nvidia-smi --query-gpu=name --format=csv,noheader
 random_models q05:qwen2.5-0.5b l1b:llama3.2-1b s135:smollm2-135m
 ( for q in q4_0 q8_0 q4_k; do $K quantize /tmp/l1b /tmp/l1b-$q.gguf --type $q; done
@@ -18,17 +17,17 @@ QPID=$!
 el "== copy bandwidth"; python3 scripts/gpu/copy_bw.py
 el "== rows and prefill (f16)"
 for m in q05 l1b; do
-  for b in 1 5 8; do $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 -b $b --json 2>/dev/null | j "$m b$b"; done
-  $K bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --json 2>/dev/null | j "$m p2048"
+  for b in 1 5 8; do $K bench --device cuda -m /tmp/$m.gguf -p 32 -g 128 -b $b --json 2>/dev/null | bench_of "$m b$b"; done
+  $K bench --device cuda -m /tmp/$m.gguf -p 2048 -g 128 --json 2>/dev/null | bench_of "$m p2048"
 done
 wait $QPID
 el "== weights read in place against f16, -p 32 -g 256"
 for r in 1 2; do
-  $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r l1b f16"
+  $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | bench_of "r$r l1b f16"
   for q in q4_0 q8_0 q4_k; do
-    $K bench --device cuda -m /tmp/l1b-$q.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r l1b-$q in-place"
+    $K bench --device cuda -m /tmp/l1b-$q.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | bench_of "r$r l1b-$q in-place"
   done
-  $K bench --device cuda -m /tmp/s135.gguf -p 32 -g 256 --json 2>/dev/null | j "r$r s135 f16"
-  $K bench --device cuda -m /tmp/s135-q4_1.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | j "r$r s135-q4_1 in-place"
+  $K bench --device cuda -m /tmp/s135.gguf -p 32 -g 256 --json 2>/dev/null | bench_of "r$r s135 f16"
+  $K bench --device cuda -m /tmp/s135-q4_1.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | bench_of "r$r s135-q4_1 in-place"
 done
 el "done"
