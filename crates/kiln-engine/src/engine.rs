@@ -1905,7 +1905,16 @@ impl<R: Runner> Engine<R> {
             // after (the rows may be freed).
             let settle = SettleOnUnwind(&tasks);
             // The last step's tokens are streamed now, while the masks and the pass run (after
-            // them, the streaming held up the step's end).
+            // them, the streaming held up the step's end). Streaming may cut a sequence's
+            // tokens at a stop string; only the decoding pass, whose slices are spent, runs
+            // in a step with late masks (no scored, embedded or verifying passes follow, whose
+            // slices are made after this).
+            debug_assert!(
+                scored_k.is_empty()
+                    && embedded_k.is_empty()
+                    && verifying_k.is_empty()
+                    && verifying_sampled_k.is_empty()
+            );
             let t_stream = Instant::now();
             self.flush();
             flushed_s = t_stream.elapsed().as_secs_f64();

@@ -362,22 +362,25 @@ impl<B: Backend> Model<B> {
         let b = &self.backend;
         // Rows of logits the caller gets (padding rows come after them, and are dropped).
         let wanted_rows = s.rows.len();
-        let mut paged: Vec<PagedSeq<'_>> = s
-            .paged
-            .iter()
-            .zip(seqs)
-            .map(|(&(row0, n, pos0), q)| PagedSeq {
-                row0,
-                n,
-                pos0,
-                blocks: q.blocks,
-            })
-            .collect();
+        let decoding = seqs.iter().all(|q| q.tokens.len() == 1 && q.want_logits);
+        let padded = if decoding { b.decode_rows(n) } else { n };
+        // Room for the padding rows (below) from the start.
+        let mut paged: Vec<PagedSeq<'_>> =
+            Vec::with_capacity(seqs.len() + padded.saturating_sub(n));
+        paged.extend(
+            s.paged
+                .iter()
+                .zip(seqs)
+                .map(|(&(row0, n, pos0), q)| PagedSeq {
+                    row0,
+                    n,
+                    pos0,
+                    blocks: q.blocks,
+                }),
+        );
         // A decoding pass may be padded to a size the backend has recorded: each padding row
         // runs the last sequence's token again, at its position, as a sequence of its own (it
         // writes the same key and value to the same place, and reads the same context).
-        let decoding = seqs.iter().all(|q| q.tokens.len() == 1 && q.want_logits);
-        let padded = b.decode_rows(n);
         let n = match (seqs.last(), paged.last().copied()) {
             (Some(q), Some(last))
                 if decoding
