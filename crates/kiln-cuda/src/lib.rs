@@ -7,7 +7,8 @@
 //! and the NVRTC version.
 //!
 //! A pass of up to [`MV_ROWS`] rows uses the matrix-vector kernels (k_mv1d for one row, k_mvr
-//! for two, k_mvt on the tensor cores for 3 to 8; k_mv1q and k_mv for the other cases), which
+//! for two, k_mvt on the tensor cores for 3 to 8; k_mv1q and k_mvqr for weights read in
+//! place, k_mv for the other cases), which
 //! read each weight once for all rows and fuse the RMSNorm before them and the residual add or
 //! SwiGLU after them; larger passes (prefill, big batches) convert the activations to f16 and
 //! use cuBLAS. A decoder layer is six kernels at decode (ten with weights read in place: each
@@ -102,7 +103,8 @@ pub struct CudaAct {
 pub struct CudaMat {
     /// f16 rows (one value when the matrix is quantized).
     w: CudaSlice<u16>,
-    /// Quantized rows, read in place by the one-row kernel and dequantized for the others.
+    /// Quantized rows, read in place by the products of 1 to 8 rows (k_mv1q, k_mvqr) and
+    /// dequantized to f16 for the others.
     q: Option<QuantRows>,
     rows: usize,
     cols: usize,
@@ -368,6 +370,9 @@ pub struct CudaOptions {
     /// whole groups of 16 outputs (else blocks of 8, sharing each group), and those of many
     /// outputs without SwiGLU (the head) four outputs a warp; off: k_mv1q for all.
     pub q_wide: bool,
+    /// Products of 2 to 8 rows of weights read in place by k_mvqr (each weight read once, as
+    /// it is stored) instead of dequantizing the matrix to f16 first.
+    pub mvq: bool,
     /// When decode attention groups query heads by KV head.
     pub gqa: Gqa,
 }
@@ -388,6 +393,7 @@ impl Default for CudaOptions {
             qx: true,
             qks: 0,
             q_wide: true,
+            mvq: true,
             gqa: Gqa::Filled,
         }
     }
@@ -961,6 +967,56 @@ impl CudaBackend {
                 });
             }
             return;
+        }
+        // 2 to 8 rows of weights read in place: x rounded to bytes, a row a block (k_quant_x),
+        // then k_mvqr reads each weight once for all rows at its quantized size (else the
+        // matrix is dequantized to f16 first, below).
+        let rows_fit = n * (w.cols / 4 + 2 * (w.cols / 16)) <= 2 * half_words;
+        if let (Some(q), true) = (
+            &w.q,
+            self.opts.mvq
+                && (2..=MV_ROWS).contains(&n)
+                && w.cols.is_multiple_of(32)
+                && !xq.is_null()
+                && rows_fit,
+        ) {
+            if let Some(kernel) = self.k.mvqr(n) {
+                self.launch(
+                    &self.k.quant_x,
+                    (n as u32, 1, 1),
+                    256,
+                    0,
+                    launch::QuantX {
+                        x,
+                        cols,
+                        nw,
+                        eps,
+                        xq,
+                    },
+                );
+                let ks = self.col_split(outs.div_ceil(2), w.cols / 4);
+                self.launch(
+                    kernel,
+                    (outs.div_ceil(2 * MV_WARPS / ks) as u32, 1, 1),
+                    (MV_WARPS * 32) as u32,
+                    0,
+                    launch::Mvqr {
+                        q: self.p(&q.q),
+                        s: self.p(&q.s),
+                        m: self.po(&q.m),
+                        bits: q.bits,
+                        bias,
+                        outs: outs_i,
+                        cols,
+                        xq,
+                        out,
+                        out_stride: out_stride as i32,
+                        mode: epi,
+                        ks: ks as i32,
+                    },
+                );
+                return;
+            }
         }
         let wp = self.f16_ptr(w);
         if n == 1 && staged && !self.mv_plain {

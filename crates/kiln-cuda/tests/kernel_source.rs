@@ -164,6 +164,11 @@ fn the_host_sizes_buffers_with_the_kernels_layouts() {
     let k = include_str!("../src/kernels/matvec_rows.cu");
     assert_eq!(define(k, "MVR_OUT(N)"), "((N) <= 4 ? 4 : 2)");
     assert!(rs.contains("fn mvr_out(n: usize) -> usize {\n    if n <= 4 {\n        4\n    } else {\n        2\n    }"));
+    // The words of one row of x rounded by k_quant_x, which k_mvqr steps by and the host
+    // checks the scratch against.
+    let q = include_str!("../src/kernels/quant.cu");
+    assert_eq!(define(q, "QX_WORDS(cols)"), "(((cols) >> 2) + 2 * ((cols) >> 4))");
+    assert!(rs.contains("n * (w.cols / 4 + 2 * (w.cols / 16)) <= 2 * half_words"));
 }
 
 /// The script that writes each kernel's typed argument struct from its signature.
@@ -198,9 +203,10 @@ fn every_kernel_gets_its_arguments_in_order() {
     }
     // A macro-stamped kernel appears once, by its pasted name.
     let stamped: Vec<&String> = expected.iter().filter(|n| n.contains("##")).collect();
-    assert_eq!(stamped, ["k_mvr##N", "k_attn_mma##HD"]);
+    assert_eq!(stamped, ["k_mvr##N", "k_attn_mma##HD", "k_mvqr##N"]);
     expected.retain(|n| !n.contains("##"));
     expected.extend((2..=8).map(|n| format!("k_mvr{n}")));
+    expected.extend((2..=8).map(|n| format!("k_mvqr{n}")));
     expected.extend([64, 96, 128].map(|hd| format!("k_attn_mma{hd}")));
     found.sort();
     expected.sort();

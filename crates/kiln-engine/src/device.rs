@@ -140,6 +140,9 @@ pub struct DevOptions {
     /// warps that hold whole groups of 16 outputs (else blocks of 8 warps that share them), and
     /// those of many outputs without SwiGLU four outputs a warp (else two).
     pub cuda_qwide: Option<bool>,
+    /// `cuda-mvq=0|1`: products of 2 to 8 rows of weights read in place read them as they
+    /// are stored (k_mvqr), else dequantize the matrix to f16 first.
+    pub cuda_mvq: Option<bool>,
 }
 
 impl DevOptions {
@@ -175,6 +178,7 @@ impl DevOptions {
             },
             "cuda-qx" => self.cuda_qx = Some(flag()?),
             "cuda-qwide" => self.cuda_qwide = Some(flag()?),
+            "cuda-mvq" => self.cuda_mvq = Some(flag()?),
             "cuda-qks" => match value {
                 "1" | "2" | "4" | "8" => self.cuda_qks = value.parse().ok(),
                 _ => return Err(format!("`{spec}`: expected cuda-qks=1, 2, 4 or 8")),
@@ -184,7 +188,7 @@ impl DevOptions {
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cpu-pad, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cpu-pad, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide, cuda-mvq)"
             )),
         }
         Ok(())
@@ -217,6 +221,7 @@ impl DevOptions {
             (self.cuda_qx.is_some(), "cuda-qx"),
             (self.cuda_qks.is_some(), "cuda-qks"),
             (self.cuda_qwide.is_some(), "cuda-qwide"),
+            (self.cuda_mvq.is_some(), "cuda-mvq"),
         ]
         .into_iter()
         .find(|c| c.0)
@@ -320,6 +325,7 @@ impl Device {
             qx: d.cuda_qx.unwrap_or(base.qx),
             qks: d.cuda_qks.unwrap_or(base.qks),
             q_wide: d.cuda_qwide.unwrap_or(base.q_wide),
+            mvq: d.cuda_mvq.unwrap_or(base.mvq),
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
                 Some("all") => Gqa::All,
@@ -394,6 +400,7 @@ mod tests {
             "cuda-mvpf=0",
             "cuda-mvpre=4",
             "cuda-gqa=all",
+            "cuda-mvq=0",
         ] {
             d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
@@ -408,6 +415,7 @@ mod tests {
         assert_eq!(d.cuda_mvpf, Some(false));
         assert_eq!(d.cuda_mvpre, Some(4));
         assert_eq!(d.cuda_gqa.as_deref(), Some("all"));
+        assert_eq!(d.cuda_mvq, Some(false));
         for (s, word) in [
             ("cuda-graph=0", "no such switch"),
             ("cuda-graphs", "NAME=VALUE"),

@@ -31,10 +31,14 @@ __device__ __forceinline__ int dot_q8h(uint4 q, int4 x) {
 // weights (d * q + m; centred for Q4_0) rather than with d * q. Groups of 16 are half a weight
 // group (k_mv1q takes weights by halves) and what one block of a product holds of its output,
 // so that a product can round its own output for the next (see k_mv1q's txq). One block of 256
-// threads, four a group.
+// threads a row of x, four a group: block b rounds row b (x + b * cols) into xq + b * QX_WORDS
+// (cols) words (k_mvqr reads n rows so).
+#define QX_WORDS(cols) (((cols) >> 2) + 2 * ((cols) >> 4))
 extern "C" __global__ void __launch_bounds__(256)
 k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
     __shared__ float red[32];
+    x += (size_t)blockIdx.x * cols;
+    xq += (size_t)blockIdx.x * QX_WORDS(cols);
     pdl_enter();
     const float sc = nw ? rms_scale(x, cols, eps, red) : 1.0f;
     const int words = cols >> 2, ng = cols >> 4;
@@ -313,6 +317,134 @@ k_mv1q32(const unsigned char *Q, const float *S, const float *M, int bits, const
          u32 *txq, const float *tnw, u32 *tcnt, int pf) {
     mv1q_body<32, MV1_OUT, 2>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
 }
+
+// Products of 2 to 8 rows of x with weights read in place: each lane takes half groups of its
+// warp's rows (two outputs, with their up rows for SwiGLU), as k_mv1q does, and dots each with
+// every row of x, rounded to bytes by k_quant_x (one block a row, QX_WORDS(cols) words a row):
+// the weights are read once for all rows, at their quantized size, where the other paths
+// dequantize the whole matrix to f16 first. ks warps (1, 2, 4 or 8) share each pair of
+// outputs, splitting its columns; their sums meet in shared memory. The block's weights go
+// towards L2 before the wait. Needs cols % 32 == 0.
+template <int N>
+__device__ __forceinline__ void mvqr_body(const unsigned char *Q, const float *S, const float *M,
+                                          int bits, const float *bias, int outs, int cols,
+                                          const u32 *xq, float *out, int out_stride, Epi mode,
+                                          int ks) {
+    constexpr int O = 2;
+    __shared__ float part[MV_WARPS][O][2][N];
+    const int ng = cols >> 5, nh = 2 * ng, rw = QX_WORDS(cols);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / ks, kw = warp % ks, groups = MV_WARPS / ks;
+    const int o0 = (blockIdx.x * groups + grp) * O;
+    const size_t gbytes = bits == 4 ? 16 : 32;
+    bool live[O][2];
+    size_t row[O][2];
+    float acc[O][2][N];
+#pragma unroll
+    for (int k = 0; k < O; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
+            row[k][a] = live[k][a] ? (size_t)(o0 + k + a * outs) : 0;
+            if (live[k][a]) prefetch_l2(Q + row[k][a] * ng * gbytes, ng * gbytes, lane + 32 * kw, 32 * ks);
+#pragma unroll
+            for (int r = 0; r < N; r++) acc[k][a][r] = 0.0f;
+        }
+    pdl_enter();
+    for (int j = lane + 32 * kw; j < nh; j += 32 * ks) {
+        const int g = j >> 1, h = j & 1;
+        if (bits == 4) {
+            uint2 q[O][2];
+            float d[O][2], m[O][2];
+#pragma unroll
+            for (int k = 0; k < O; k++)
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+                    if (live[k][a]) {
+                        const size_t gi = row[k][a] * ng + g;
+                        q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
+                        d[k][a] = __ldg(S + gi);
+                        m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
+                    }
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                const u32 *xr = xq + (size_t)r * rw;
+                const float *gs = (const float *)(xr + (cols >> 2)), *dq = gs + nh;
+                const int2 xl = ((const int2 *)(xr + g * 8))[h], xh = ((const int2 *)(xr + g * 8))[2 + h];
+                const float dx0 = dq[2 * g], dx1 = dq[2 * g + 1];
+                const float gsum = h == 0 ? gs[2 * g] + gs[2 * g + 1] : 0.0f;
+#pragma unroll
+                for (int k = 0; k < O; k++)
+#pragma unroll
+                    for (int a = 0; a < 2; a++)
+                        if (live[k][a]) {
+                            const int2 p = dot_q4h(q[k][a], xl.x, xl.y, xh.x, xh.y);
+                            acc[k][a][r] += d[k][a] * (dx0 * (float)p.x + dx1 * (float)p.y) + m[k][a] * gsum;
+                        }
+            }
+        } else {
+            uint4 q[O][2];
+            float d[O][2];
+#pragma unroll
+            for (int k = 0; k < O; k++)
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+                    if (live[k][a]) {
+                        const size_t gi = row[k][a] * ng + g;
+                        q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
+                        d[k][a] = __ldg(S + gi);
+                    }
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                const u32 *xr = xq + (size_t)r * rw;
+                const float *dq = (const float *)(xr + (cols >> 2)) + nh;
+                const int4 xg = ((const int4 *)(xr + g * 8))[h];
+                const float dx = dq[j];
+#pragma unroll
+                for (int k = 0; k < O; k++)
+#pragma unroll
+                    for (int a = 0; a < 2; a++)
+                        if (live[k][a]) acc[k][a][r] += d[k][a] * dx * (float)dot_q8h(q[k][a], xg);
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < O; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                const float v = warp_sum(acc[k][a][r]);
+                if (lane == 0) part[warp][k][a][r] = v;
+            }
+    __syncthreads();
+    if (kw == 0 && lane < O * N) {
+        const int k = lane / N, r = lane % N, o = o0 + k;
+        if (o < outs) {
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int w = 0; w < ks; w++) {
+                s0 += part[grp * ks + w][k][0][r];
+                s1 += part[grp * ks + w][k][1][r];
+            }
+            mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+        }
+    }
+}
+
+#define MVQR_KERNEL(N)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                       \
+    k_mvqr##N(const unsigned char *Q, const float *S, const float *M, int bits,               \
+              const float *bias, int outs, int cols, const u32 *xq, float *out,               \
+              int out_stride, Epi mode, int ks) {                                             \
+        mvqr_body<N>(Q, S, M, bits, bias, outs, cols, xq, out, out_stride, mode, ks);        \
+    }
+MVQR_KERNEL(2)
+MVQR_KERNEL(3)
+MVQR_KERNEL(4)
+MVQR_KERNEL(5)
+MVQR_KERNEL(6)
+MVQR_KERNEL(7)
+MVQR_KERNEL(8)
 
 // Quantized rows to f16 (for the other product paths): four threads a group of 32, each
 // thread eight values, stored as one 16-byte word, so that a warp's stores are 512 bytes in a
