@@ -5,12 +5,12 @@
 # place, compute-sanitizer over `kiln bench -b 5` read in place; then `kiln bench -p 32 -g 64
 # -b 1|2|5|8`, tok/s, two rounds alternated, for the Llama-1B shape's Q4_0, Q8_0 and Q4_K files
 # and the SmolLM2 shape's Q4_1 file.
-# Usage (device tool, carry .devbin from scripts/gpu/build.sh on the branch):
+# Usage (device tool, carry the .devbin that scripts/gpu/build.sh made on the branch, or that
+# folder moved to .devbin_mvq and DEVBIN=.devbin_mvq):
 #   bash scripts/gpu/mvq_call.sh
 set -u
 . scripts/gpu/setup.sh
 K=$B/kiln
-j() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], "prefill", round(d["prefill_tok_s"]), "decode", round(d["decode_tok_s"],1))' "$1"; }
 nvidia-smi --query-gpu=name --format=csv,noheader
 random_models l1b:llama3.2-1b s135:smollm2-135m
 ( for q in q4_0 q8_0 q4_k; do $K quantize /tmp/l1b /tmp/l1b-$q.gguf --type $q; done
@@ -28,12 +28,12 @@ done
 el "== tok/s"
 for r in 1 2; do
   for b in 1 2 5 8; do
-    $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 64 -b $b --json 2>/dev/null | j "r$r l1b f16 b$b"
+    $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 64 -b $b --json 2>/dev/null | bench_of "r$r l1b f16 b$b"
     for m in l1b-q4_0 l1b-q8_0 l1b-q4_k s135-q4_1; do
-      $K bench --device cuda -m /tmp/$m.gguf --gpu-weights quantized -p 32 -g 64 -b $b --json 2>/dev/null | j "r$r $m mvq b$b"
-      $K bench --device cuda -m /tmp/$m.gguf --gpu-weights quantized --dev cuda-mvq=0 -p 32 -g 64 -b $b --json 2>/dev/null | j "r$r $m deq b$b"
+      $K bench --device cuda -m /tmp/$m.gguf --gpu-weights quantized -p 32 -g 64 -b $b --json 2>/dev/null | bench_of "r$r $m mvq b$b"
+      $K bench --device cuda -m /tmp/$m.gguf --gpu-weights quantized --dev cuda-mvq=0 -p 32 -g 64 -b $b --json 2>/dev/null | bench_of "r$r $m deq b$b"
     done
-    $K bench --device cuda -m /tmp/s135.gguf -p 32 -g 64 -b $b --json 2>/dev/null | j "r$r s135 f16 b$b"
+    $K bench --device cuda -m /tmp/s135.gguf -p 32 -g 64 -b $b --json 2>/dev/null | bench_of "r$r s135 f16 b$b"
   done
 done
 el "done"
