@@ -331,6 +331,24 @@ pub enum Gqa {
     All,
 }
 
+/// Which products of 2 to [`MV_ROWS`] rows of weights read in place k_mvqr takes (the others
+/// dequantize the matrix to f16 first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mvq {
+    /// None.
+    Off,
+    /// Up to 5 rows, and 6 to 8 rows of matrices of at least 1,024 columns. A lane takes half
+    /// groups of 16 values: 576 columns are 36 of them, two turns of a warp's 32 lanes with 4
+    /// busy in the second; on the SmolLM2-135M shape (576 columns but for the down
+    /// projection), Q4_1 at 8 rows, k_mvqr for every product gave 5,539 tok/s against 6,841
+    /// dequantized, and won at 2 and 5 rows and on the Llama-3.2-1B shape at 2, 5 and 8 (H100,
+    /// docs/PERF.md, thirty-first session).
+    #[default]
+    Sized,
+    /// Every product of 2 to 8 rows whose columns are whole groups of 32.
+    All,
+}
+
 /// How the CUDA backend runs: what users choose (`quantized`) and the switches developers
 /// compare paths with (each on by default where the GPU has it). The CLI fills it from
 /// `--gpu-weights` and `--dev NAME=VALUE`.
@@ -370,9 +388,9 @@ pub struct CudaOptions {
     /// whole groups of 16 outputs (else blocks of 8, sharing each group), and those of many
     /// outputs without SwiGLU (the head) four outputs a warp; off: k_mv1q for all.
     pub q_wide: bool,
-    /// Products of 2 to 8 rows of weights read in place by k_mvqr (each weight read once, as
-    /// it is stored) instead of dequantizing the matrix to f16 first.
-    pub mvq: bool,
+    /// Which products of 2 to 8 rows of weights read in place k_mvqr takes (each weight read
+    /// once, as it is stored) instead of dequantizing the matrix to f16 first ([`Mvq`]).
+    pub mvq: Mvq,
     /// When decode attention groups query heads by KV head.
     pub gqa: Gqa,
 }
@@ -393,7 +411,7 @@ impl Default for CudaOptions {
             qx: true,
             qks: 0,
             q_wide: true,
-            mvq: true,
+            mvq: Mvq::Sized,
             gqa: Gqa::Filled,
         }
     }
@@ -974,8 +992,12 @@ impl CudaBackend {
         let rows_fit = n * (w.cols / 4 + 2 * (w.cols / 16)) <= 2 * half_words;
         if let (Some(q), true) = (
             &w.q,
-            self.opts.mvq
-                && (2..=MV_ROWS).contains(&n)
+            (2..=MV_ROWS).contains(&n)
+                && match self.opts.mvq {
+                    Mvq::Off => false,
+                    Mvq::Sized => n <= 5 || w.cols >= 1024,
+                    Mvq::All => true,
+                }
                 && w.cols.is_multiple_of(32)
                 && !xq.is_null()
                 && rows_fit,

@@ -167,7 +167,10 @@ fn the_host_sizes_buffers_with_the_kernels_layouts() {
     // The words of one row of x rounded by k_quant_x, which k_mvqr steps by and the host
     // checks the scratch against.
     let q = include_str!("../src/kernels/quant.cu");
-    assert_eq!(define(q, "QX_WORDS(cols)"), "(((cols) >> 2) + 2 * ((cols) >> 4))");
+    assert_eq!(
+        define(q, "QX_WORDS(cols)"),
+        "(((cols) >> 2) + 2 * ((cols) >> 4))"
+    );
     assert!(rs.contains("n * (w.cols / 4 + 2 * (w.cols / 16)) <= 2 * half_words"));
 }
 

@@ -140,9 +140,10 @@ pub struct DevOptions {
     /// warps that hold whole groups of 16 outputs (else blocks of 8 warps that share them), and
     /// those of many outputs without SwiGLU four outputs a warp (else two).
     pub cuda_qwide: Option<bool>,
-    /// `cuda-mvq=0|1`: products of 2 to 8 rows of weights read in place read them as they
-    /// are stored (k_mvqr), else dequantize the matrix to f16 first.
-    pub cuda_mvq: Option<bool>,
+    /// `cuda-mvq=0|1|all`: which products of 2 to 8 rows of weights read in place read them
+    /// as they are stored (k_mvqr; 1: those the backend picks by size, the default), the others
+    /// dequantizing the matrix to f16 first.
+    pub cuda_mvq: Option<String>,
 }
 
 impl DevOptions {
@@ -178,7 +179,10 @@ impl DevOptions {
             },
             "cuda-qx" => self.cuda_qx = Some(flag()?),
             "cuda-qwide" => self.cuda_qwide = Some(flag()?),
-            "cuda-mvq" => self.cuda_mvq = Some(flag()?),
+            "cuda-mvq" => match value {
+                "0" | "1" | "all" => self.cuda_mvq = Some(value.to_owned()),
+                _ => return Err(format!("`{spec}`: expected cuda-mvq=0, 1 or all")),
+            },
             "cuda-qks" => match value {
                 "1" | "2" | "4" | "8" => self.cuda_qks = value.parse().ok(),
                 _ => return Err(format!("`{spec}`: expected cuda-qks=1, 2, 4 or 8")),
@@ -308,7 +312,7 @@ impl Device {
 
     #[cfg(feature = "cuda")]
     fn open_cuda(n: usize, opts: &DeviceOptions) -> Result<Self, ModelError> {
-        use kiln_cuda::{CudaOptions, Gqa};
+        use kiln_cuda::{CudaOptions, Gqa, Mvq};
         let d = &opts.dev;
         let base = CudaOptions::default();
         let co = CudaOptions {
@@ -325,7 +329,11 @@ impl Device {
             qx: d.cuda_qx.unwrap_or(base.qx),
             qks: d.cuda_qks.unwrap_or(base.qks),
             q_wide: d.cuda_qwide.unwrap_or(base.q_wide),
-            mvq: d.cuda_mvq.unwrap_or(base.mvq),
+            mvq: match d.cuda_mvq.as_deref() {
+                Some("0") => Mvq::Off,
+                Some("all") => Mvq::All,
+                _ => base.mvq,
+            },
             gqa: match d.cuda_gqa.as_deref() {
                 Some("0") => Gqa::Off,
                 Some("all") => Gqa::All,
@@ -400,7 +408,7 @@ mod tests {
             "cuda-mvpf=0",
             "cuda-mvpre=4",
             "cuda-gqa=all",
-            "cuda-mvq=0",
+            "cuda-mvq=all",
         ] {
             d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
@@ -415,7 +423,7 @@ mod tests {
         assert_eq!(d.cuda_mvpf, Some(false));
         assert_eq!(d.cuda_mvpre, Some(4));
         assert_eq!(d.cuda_gqa.as_deref(), Some("all"));
-        assert_eq!(d.cuda_mvq, Some(false));
+        assert_eq!(d.cuda_mvq.as_deref(), Some("all"));
         for (s, word) in [
             ("cuda-graph=0", "no such switch"),
             ("cuda-graphs", "NAME=VALUE"),

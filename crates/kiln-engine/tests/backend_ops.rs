@@ -849,7 +849,7 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
         (GgmlType::Q4_K, &[0, 2][..]),
     ] {
         let sizes: &[(usize, usize)] = if ty == GgmlType::Q4_K {
-            &[(9, 256), (33, 512), (130, 768)]
+            &[(9, 256), (33, 512), (130, 768), (17, 1280)]
         } else {
             &[
                 (1, 32),
@@ -858,6 +858,8 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 (130, 352),
                 (40, 896),
                 (300, 576),
+                // At least 1,024 columns: k_mvqr's at 6 to 8 rows too (Mvq::Sized).
+                (20, 1056),
             ]
         };
         for &(rows, cols) in sizes {
