@@ -337,12 +337,14 @@ pub enum Gqa {
 pub enum Mvq {
     /// None.
     Off,
-    /// Up to 5 rows, and 6 to 8 rows of matrices of at least 1,024 columns. A lane takes half
-    /// groups of 16 values: 576 columns are 36 of them, two turns of a warp's 32 lanes with 4
-    /// busy in the second; on the SmolLM2-135M shape (576 columns but for the down
-    /// projection), Q4_1 at 8 rows, k_mvqr for every product gave 5,539 tok/s against 6,841
-    /// dequantized, and won at 2 and 5 rows and on the Llama-3.2-1B shape at 2, 5 and 8 (H100,
-    /// docs/PERF.md, thirty-first session).
+    /// Up to 5 rows, and 6 to 8 rows of matrices of at least 2,048 columns. On an H100
+    /// (docs/PERF.md, thirty-first session), k_mvqr won at 2 to 5 rows on the SmolLM2-135M
+    /// shape (576 and 1,536 columns; Q4_1: 2,260 to 4,666 tok/s against 1,958 to 4,270
+    /// dequantized) and at 2, 5 and 8 rows on the Llama-3.2-1B shape (2,048 and 8,192;
+    /// Q4_0, Q8_0, Q4_K at 8 rows: 3,431 to 4,689 against 2,881 to 3,005), but lost on the
+    /// SmolLM2 shape at 7 and 8 rows (8: 5,567 against 6,881; 6: 5,020 against 4,959). There
+    /// a lane's half groups of 16 values are 36 a row of 576 columns, two turns of a warp's 32
+    /// lanes with 4 busy in the second.
     #[default]
     Sized,
     /// Every product of 2 to 8 rows whose columns are whole groups of 32.
@@ -995,7 +997,7 @@ impl CudaBackend {
             (2..=MV_ROWS).contains(&n)
                 && match self.opts.mvq {
                     Mvq::Off => false,
-                    Mvq::Sized => n <= 5 || w.cols >= 1024,
+                    Mvq::Sized => n <= 5 || w.cols >= 2048,
                     Mvq::All => true,
                 }
                 && w.cols.is_multiple_of(32)

@@ -99,6 +99,21 @@ fn begin<B: Backend>(b: &B, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>]
     b.begin_pass(c, max_t, &tokens, seqs, rows).unwrap();
 }
 
+/// The sizes of the terms of `x[n][cols] . w[rows][cols]^T`: `sum |w| |x|` for each output, in
+/// float64. A product rounded term by term is wrong by a part of this, however much the terms
+/// cancel.
+fn ref_magnitudes(w: &[f32], x: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f64> {
+    let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+    ref_matmul(&abs(w), &abs(x), n, rows, cols)
+}
+
+/// The error of `a` against `b` relative to `m` (root mean squares).
+fn rel_to(a: &[f32], b: &[f64], m: &[f64]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
+    let n: f64 = m.iter().map(|y| y * y).sum();
+    (d / n.max(1e-30)).sqrt()
+}
+
 /// `x[n][cols] . w[rows][cols]^T` in float64.
 fn ref_matmul(w: &[f32], x: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f64> {
     (0..n)
@@ -830,11 +845,13 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
     // quantize x to 8 bits, per group of 32 as llama.cpp's do (the GPU's per group of 16), with
     // 4-bit offsets times the rounded group sums; the GPU's others use f16 weights.
     let in_place = std::env::var("KILN_TEST_GPU_WEIGHTS").is_ok_and(|s| s == "quantized");
+    // Errors against the terms' sizes (below): on the CPU at most 1.4e-3 over these sizes,
+    // where against the outputs they reached 1.3e-2.
     let tol = |n: usize| {
         if gpu && !(in_place && n <= 8) {
-            3e-3
+            1e-3
         } else {
-            2e-2
+            5e-3
         }
     };
     let mut rng = Rng(0x51_7cc1_b727_220a);
@@ -849,7 +866,7 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
         (GgmlType::Q4_K, &[0, 2][..]),
     ] {
         let sizes: &[(usize, usize)] = if ty == GgmlType::Q4_K {
-            &[(9, 256), (33, 512), (130, 768), (17, 1280)]
+            &[(9, 256), (33, 512), (130, 768), (17, 2048)]
         } else {
             &[
                 (1, 32),
@@ -858,8 +875,8 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 (130, 352),
                 (40, 896),
                 (300, 576),
-                // At least 1,024 columns: k_mvqr's at 6 to 8 rows too (Mvq::Sized).
-                (20, 1056),
+                // At least 2,048 columns: k_mvqr's at 6 to 8 rows too (Mvq::Sized).
+                (20, 2080),
             ]
         };
         for &(rows, cols) in sizes {
@@ -882,7 +899,11 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 b.matmul(&m, &xa, n, &mut out);
                 let got = read(&b, &out, n * rows);
                 let want = ref_matmul(&w, &x, n, rows, cols);
-                let e = rel(&got, &want);
+                assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
+                // Against the terms' sizes, not the outputs': x rounded to 8 bits is off by a
+                // part of each term, and one output of 32 terms (1x32) can all but cancel
+                // (3.15e-2 of itself on an H100, read in place).
+                let e = rel_to(&got, &want, &ref_magnitudes(&w, &x, n, rows, cols));
                 assert!(
                     e < tol(n),
                     "{} {rows}x{cols}, {n} rows: relative error {e:.2e}",
