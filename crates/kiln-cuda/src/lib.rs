@@ -342,9 +342,9 @@ pub enum Mvq {
     /// shape (576 and 1,536 columns; Q4_1: 2,260 to 4,666 tok/s against 1,958 to 4,270
     /// dequantized) and at 2, 5 and 8 rows on the Llama-3.2-1B shape (2,048 and 8,192;
     /// Q4_0, Q8_0, Q4_K at 8 rows: 3,431 to 4,689 against 2,881 to 3,005), but lost on the
-    /// SmolLM2 shape at 7 and 8 rows (8: 5,567 against 6,881; 6: 5,020 against 4,959). There
-    /// a lane's half groups of 16 values are 36 a row of 576 columns, two turns of a warp's 32
-    /// lanes with 4 busy in the second.
+    /// SmolLM2 shape at 7 and 8 rows (8: 5,567 against 6,881) and was even at 6 (5,020
+    /// against 4,959). There a lane's half groups of 16 values are 36 a row of 576 columns,
+    /// two turns of a warp's 32 lanes with 4 busy in the second.
     #[default]
     Sized,
     /// Every product of 2 to 8 rows whose columns are whole groups of 32.

@@ -99,12 +99,15 @@ fn begin<B: Backend>(b: &B, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>]
     b.begin_pass(c, max_t, &tokens, seqs, rows).unwrap();
 }
 
-/// The sizes of the terms of `x[n][cols] . w[rows][cols]^T`: `sum |w| |x|` for each output, in
-/// float64. A product rounded term by term is wrong by a part of this, however much the terms
-/// cancel.
-fn ref_magnitudes(w: &[f32], x: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f64> {
-    let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
-    ref_matmul(&abs(w), &abs(x), n, rows, cols)
+/// The root of the sum of the squared terms of `x[n][cols] . w[rows][cols]^T`, for each
+/// output, in float64: what rounding each term by a part of itself makes the sum wrong by (in
+/// the root mean square), however much the terms cancel and however many there are.
+fn ref_term_norms(w: &[f32], x: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f64> {
+    let sq = |v: &[f32]| v.iter().map(|a| a * a).collect::<Vec<f32>>();
+    ref_matmul(&sq(w), &sq(x), n, rows, cols)
+        .into_iter()
+        .map(f64::sqrt)
+        .collect()
 }
 
 /// The error of `a` against `b` relative to `m` (root mean squares).
@@ -833,7 +836,7 @@ fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {
 
 /// Products of quantized matrices (4-bit and 8-bit blocks; on a GPU read in place with
 /// `KILN_TEST_GPU_WEIGHTS=quantized`, else converted on upload) against float64 over the
-/// blocks' decoded values, for 1 to 9 rows and row lengths of 1 to 11 blocks of 32.
+/// blocks' decoded values, for 1 to 9 rows and row lengths of 1 to 65 blocks of 32.
 #[test]
 fn quantized_matmul_matches_the_reference() {
     let (d, gpu) = device();
@@ -845,13 +848,15 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
     // quantize x to 8 bits, per group of 32 as llama.cpp's do (the GPU's per group of 16), with
     // 4-bit offsets times the rounded group sums; the GPU's others use f16 weights.
     let in_place = std::env::var("KILN_TEST_GPU_WEIGHTS").is_ok_and(|s| s == "quantized");
-    // Errors against the terms' sizes (below): on the CPU at most 1.4e-3 over these sizes,
-    // where against the outputs they reached 1.3e-2.
+    // Errors against the terms' root sum of squares (below): where x is rounded to 8 bits,
+    // 3.7e-3 in the median on the CPU and 6.4e-3 at most over these sizes; a term left out,
+    // an offset or a scale wrong moves it by a tenth or more. The f16 weights' and x's
+    // roundings are near 3e-4 each.
     let tol = |n: usize| {
         if gpu && !(in_place && n <= 8) {
-            1e-3
+            1.5e-3
         } else {
-            5e-3
+            1.5e-2
         }
     };
     let mut rng = Rng(0x51_7cc1_b727_220a);
@@ -879,12 +884,13 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 (20, 2080),
             ]
         };
+        let mut largest = 0f64;
         for &(rows, cols) in sizes {
             let t = quant_matrix(&mut rng, ty, rows, cols, scales);
             let mut w = vec![0f32; rows * cols];
             kiln_formats::gguf::quant::dequantize(ty, t.data.as_slice(), &mut w).unwrap();
             let m = b.matrix(t).unwrap();
-            for n in [1usize, 2, 3, 8, 9] {
+            for n in 1usize..=9 {
                 let x = rng.vec(n * cols);
                 let xa = upload(&b, &x);
                 let mut out = b.act(n * rows).unwrap();
@@ -900,10 +906,11 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 let got = read(&b, &out, n * rows);
                 let want = ref_matmul(&w, &x, n, rows, cols);
                 assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
-                // Against the terms' sizes, not the outputs': x rounded to 8 bits is off by a
-                // part of each term, and one output of 32 terms (1x32) can all but cancel
-                // (3.15e-2 of itself on an H100, read in place).
-                let e = rel_to(&got, &want, &ref_magnitudes(&w, &x, n, rows, cols));
+                // Against the terms, not the outputs: x rounded to 8 bits is off by a part
+                // of each term, and one output of 32 terms (1x32) can all but cancel (3.15e-2
+                // of itself on an H100, read in place).
+                let e = rel_to(&got, &want, &ref_term_norms(&w, &x, n, rows, cols));
+                largest = largest.max(e);
                 assert!(
                     e < tol(n),
                     "{} {rows}x{cols}, {n} rows: relative error {e:.2e}",
@@ -911,5 +918,7 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 );
             }
         }
+        // Seen with --nocapture: the margin below the tolerance.
+        eprintln!("{}: largest error {largest:.2e}", ty.name());
     }
 }
