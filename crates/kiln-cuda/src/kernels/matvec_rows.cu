@@ -232,6 +232,38 @@ k_mv1d4(const u16 *W, const float *bias, int outs, int cols, const float *x, con
     mv1_body<false, 4>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
 }
 
+// The end of a product of N rows (k_mvr, k_mvqr) whose warps hold sums for O outputs (and
+// their up rows for SwiGLU) of each row, ks warps a group splitting the outputs' columns: each
+// warp's sums meet in shared memory, and the group's first warp adds them and stores them.
+template <int O, int N>
+__device__ __forceinline__ void rows_store(const float (&acc)[O][2][N],
+                                           float (&part)[MV_WARPS][O][2][N], int lane, int warp,
+                                           int grp, int kw, int ks, int o0, int outs,
+                                           const float *bias, float *out, int out_stride,
+                                           Epi mode) {
+#pragma unroll
+    for (int k = 0; k < O; k++)
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                float v = warp_sum(acc[k][a][r]);
+                if (lane == 0) part[warp][k][a][r] = v;
+            }
+    __syncthreads();
+    if (kw == 0 && lane < O * N) {
+        const int k = lane / N, r = lane % N, o = o0 + k;
+        if (o < outs) {
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int w = 0; w < ks; w++) {
+                s0 += part[grp * ks + w][k][0][r];
+                s1 += part[grp * ks + w][k][1][r];
+            }
+            mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+        }
+    }
+}
+
 // ---- matrix-vector products for 2..8 rows, each weight read once for all rows ------------------
 //
 // k_mvr<N>: each warp takes MVR_OUT(N) outputs (with their up rows for SwiGLU) and all N rows of
@@ -328,27 +360,7 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
                 }
             }
     }
-#pragma unroll
-    for (int k = 0; k < O; k++)
-#pragma unroll
-        for (int a = 0; a < 2; a++)
-#pragma unroll
-            for (int r = 0; r < N; r++) {
-                float v = warp_sum(acc[k][a][r]);
-                if (lane == 0) part[warp][k][a][r] = v;
-            }
-    __syncthreads();
-    if (kw == 0 && lane < O * N) {
-        const int k = lane / N, r = lane % N, o = o0 + k;
-        if (o < outs) {
-            float s0 = 0.0f, s1 = 0.0f;
-            for (int w = 0; w < ks; w++) {
-                s0 += part[grp * ks + w][k][0][r];
-                s1 += part[grp * ks + w][k][1][r];
-            }
-            mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
-        }
-    }
+    rows_store<O, N>(acc, part, lane, warp, grp, kw, ks, o0, outs, bias, out, out_stride, mode);
 }
 
 #define MVR_KERNEL(N)                                                                          \
@@ -398,6 +410,7 @@ __device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a
     __trap();
 #endif
 }
+
 
 // At most 64 registers (four blocks an SM, as with the scalar norm loop before row_sumsq's
 // eight float4s in flight, which alone would take 69 and leave three).

@@ -408,27 +408,7 @@ __device__ __forceinline__ void mvqr_body(const unsigned char *Q, const float *S
             }
         }
     }
-#pragma unroll
-    for (int k = 0; k < O; k++)
-#pragma unroll
-        for (int a = 0; a < 2; a++)
-#pragma unroll
-            for (int r = 0; r < N; r++) {
-                const float v = warp_sum(acc[k][a][r]);
-                if (lane == 0) part[warp][k][a][r] = v;
-            }
-    __syncthreads();
-    if (kw == 0 && lane < O * N) {
-        const int k = lane / N, r = lane % N, o = o0 + k;
-        if (o < outs) {
-            float s0 = 0.0f, s1 = 0.0f;
-            for (int w = 0; w < ks; w++) {
-                s0 += part[grp * ks + w][k][0][r];
-                s1 += part[grp * ks + w][k][1][r];
-            }
-            mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
-        }
-    }
+    rows_store<O, N>(acc, part, lane, warp, grp, kw, ks, o0, outs, bias, out, out_stride, mode);
 }
 
 #define MVQR_KERNEL(N)                                                                         \
