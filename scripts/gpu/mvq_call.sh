@@ -1,7 +1,7 @@
 # Device call (thirty-first session): products of 2 to 8 rows of weights read in place by
 # k_mvqr against dequantizing to f16 first (`--dev cuda-mvq=0`) and against the f16 file.
-# Checks: the products of quantized matrices against float64 for 1, 2, 3, 8 and 9 rows read in
-# place (backend_ops), the fixtures read in place, compute-sanitizer over `kiln bench -b 5|8`
+# Checks: the products of quantized matrices against float64 for 1 to 9 rows read in place
+# (backend_ops), the fixtures read in place, compute-sanitizer over `kiln bench -b 5|8`
 # read in place with k_mvqr for every product (`--dev cuda-mvq=all`). Then `kiln bench -p 32
 # -g 64`, tok/s: the Llama-1B shape's Q4_0, Q8_0 and Q4_K files at 2, 5 and 8 rows; the
 # SmolLM2 shape's Q4_1 file at 2 to 8 rows with k_mvqr by size (the default), for every

@@ -51,6 +51,11 @@ fn mvr_out(n: usize) -> usize {
         2
     }
 }
+/// Words one row of x takes rounded to bytes by k_quant_x (`QX_WORDS` in kernels/quant.cu):
+/// the bytes, then a sum and a scale per group of 16.
+fn qx_words(cols: usize) -> usize {
+    cols / 4 + 2 * (cols / 16)
+}
 const ATT_T: u32 = 128;
 /// Blocks whose sums k_mvt's scratch holds (blocks that share a tile, 256 floats each).
 const MVT_TILES: usize = 4096;
@@ -907,19 +912,7 @@ impl CudaBackend {
             let (half, xnorm) = match held {
                 Some(r) => (r.half, !nw.is_null()),
                 None => {
-                    self.launch(
-                        &self.k.quant_x,
-                        (1, 1, 1),
-                        256,
-                        0,
-                        launch::QuantX {
-                            x,
-                            cols,
-                            nw,
-                            eps,
-                            xq,
-                        },
-                    );
+                    self.quant_x(1, x, cols, nw, eps, xq);
                     (0, false)
                 }
             };
@@ -991,7 +984,7 @@ impl CudaBackend {
         // 2 to 8 rows of weights read in place: x rounded to bytes, a row a block (k_quant_x),
         // then k_mvqr reads each weight once for all rows at its quantized size (else the
         // matrix is dequantized to f16 first, below).
-        let rows_fit = n * (w.cols / 4 + 2 * (w.cols / 16)) <= 2 * half_words;
+        let rows_fit = n * qx_words(w.cols) <= 2 * half_words;
         if let (Some(q), true) = (
             &w.q,
             (2..=MV_ROWS).contains(&n)
@@ -1005,19 +998,7 @@ impl CudaBackend {
                 && rows_fit,
         ) {
             if let Some(kernel) = self.k.mvqr(n) {
-                self.launch(
-                    &self.k.quant_x,
-                    (n as u32, 1, 1),
-                    256,
-                    0,
-                    launch::QuantX {
-                        x,
-                        cols,
-                        nw,
-                        eps,
-                        xq,
-                    },
-                );
+                self.quant_x(n, x, cols, nw, eps, xq);
                 let ks = self.col_split(outs.div_ceil(2), w.cols / 4);
                 self.launch(
                     kernel,
@@ -1257,6 +1238,24 @@ impl CudaBackend {
             (ks, splits) = (k2, s2);
         }
         (ks, splits)
+    }
+
+    /// `rows` rows of x (`cols` each; RMSNorm'd with `nw` unless it is null) rounded to bytes
+    /// by k_quant_x into `xq`, [`qx_words`] words a row.
+    fn quant_x(&self, rows: usize, x: Dev<f32>, cols: i32, nw: Dev<f32>, eps: f32, xq: Dev<u32>) {
+        self.launch(
+            &self.k.quant_x,
+            (rows as u32, 1, 1),
+            256,
+            0,
+            launch::QuantX {
+                x,
+                cols,
+                nw,
+                eps,
+                xq,
+            },
+        );
     }
 
     /// Warps sharing one output's columns in the staged kernels (1, 2, 4 or 8): more until

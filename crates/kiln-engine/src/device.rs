@@ -429,6 +429,7 @@ mod tests {
             ("cuda-graphs", "NAME=VALUE"),
             ("cuda-graphs=2", "cuda-graphs=0 or cuda-graphs=1"),
             ("cuda-gqa=some", "cuda-gqa=0, 1 or all"),
+            ("cuda-mvq=2", "cuda-mvq=0, 1 or all"),
             ("cuda-mvpre=3", "cuda-mvpre=2 or cuda-mvpre=4"),
             ("cpu-isa=mmx", "instruction set `mmx`"),
         ] {

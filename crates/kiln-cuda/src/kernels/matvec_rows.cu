@@ -232,6 +232,19 @@ k_mv1d4(const u16 *W, const float *bias, int outs, int cols, const float *x, con
     mv1_body<false, 4>(W, bias, outs, cols, x, nw, eps, out, mode, ks, pf, early);
 }
 
+// Whether output o of a product of rows (k_mvr, k_mvqr) exists: its up row (a = 1) only for
+// SwiGLU.
+__device__ __forceinline__ bool rows_live(int o, int a, int outs, Epi mode) {
+    return o < outs && (a == 0 || mode == EPI_SWIGLU);
+}
+
+// An output's sums for N rows, at zero.
+template <int N>
+__device__ __forceinline__ void rows_zero(float (&acc)[N]) {
+#pragma unroll
+    for (int r = 0; r < N; r++) acc[r] = 0.0f;
+}
+
 // The end of a product of N rows (k_mvr, k_mvqr) whose warps hold sums for O outputs (and
 // their up rows for SwiGLU) of each row, ks warps a group splitting the outputs' columns: each
 // warp's sums meet in shared memory, and the group's first warp adds them and stores them.
@@ -310,10 +323,9 @@ __device__ __forceinline__ void mvr_body(const u16 *W, const float *bias, int ou
     for (int k = 0; k < O; k++)
 #pragma unroll
         for (int a = 0; a < 2; a++) {
-            live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
+            live[k][a] = rows_live(o0 + k, a, outs, mode);
             wr[k][a] = (const uint4 *)(W + (size_t)(live[k][a] ? o0 + k + a * outs : 0) * cols);
-#pragma unroll
-            for (int r = 0; r < N; r++) acc[k][a][r] = 0.0f;
+            rows_zero<N>(acc[k][a]);
         }
     const float4 *x4 = (const float4 *)x;
     const float4 *n4 = (const float4 *)nw;
@@ -410,7 +422,6 @@ __device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a
     __trap();
 #endif
 }
-
 
 // At most 64 registers (four blocks an SM, as with the scalar norm loop before row_sumsq's
 // eight float4s in flight, which alone would take 69 and leave three).

@@ -344,11 +344,10 @@ __device__ __forceinline__ void mvqr_body(const unsigned char *Q, const float *S
     for (int k = 0; k < O; k++)
 #pragma unroll
         for (int a = 0; a < 2; a++) {
-            live[k][a] = o0 + k < outs && (a == 0 || mode == EPI_SWIGLU);
+            live[k][a] = rows_live(o0 + k, a, outs, mode);
             row[k][a] = live[k][a] ? (size_t)(o0 + k + a * outs) : 0;
             if (live[k][a]) prefetch_l2(Q + row[k][a] * ng * gbytes, ng * gbytes, lane + 32 * kw, 32 * ks);
-#pragma unroll
-            for (int r = 0; r < N; r++) acc[k][a][r] = 0.0f;
+            rows_zero<N>(acc[k][a]);
         }
     pdl_enter();
     for (int j = lane + 32 * kw; j < nh; j += 32 * ks) {
