@@ -9,7 +9,8 @@
 //! Without a model (or with `default`) it takes the default model (fetched if missing). Prints
 //! microseconds per step and per mask for each thread count, then, on one thread, the masks
 //! by how many tokens they allow (one: a forced token; 10,000 or more: inside a string) with
-//! their mean cost. `unbounded` drops the string's `maxLength` from the schema. `replay=DIR`
+//! their mean cost, in microseconds and in token trie nodes walked (a count of the work that
+//! is the same on every machine). `unbounded` drops the string's `maxLength` from the schema. `replay=DIR`
 //! takes each sequence's tokens from a text in DIR (sequence i the i-th file, round robin;
 //! answers a model wrote under the schema, e.g. `kiln run --json-schema`), so that the masks
 //! are those of real answers; STEPS is then cut to the shortest text. Last, from the
@@ -70,10 +71,14 @@ fn schema(bounded: bool) -> serde_json::Value {
 /// One step of one sequence: its mask, then a token it allows (a hash of the step picks
 /// among them, so that every run makes the same choices). Returns the mask's cost in
 /// microseconds and how many tokens it allows.
-fn step(c: &mut Constraint, mask: &mut [u32], k: usize, given: Option<u32>) -> (f64, u32) {
+/// One sequence's step: its mask (with what it cost: microseconds, and the token trie's nodes
+/// walked, a count the same on every machine), the number of tokens it allows, and the token
+/// taken (`given`, or one drawn from the mask by `k`).
+fn step(c: &mut Constraint, mask: &mut [u32], k: usize, given: Option<u32>) -> (f64, usize, u32) {
     let t = Instant::now();
     c.fill_mask(mask).expect("a mask");
     let us = t.elapsed().as_secs_f64() * 1e6;
+    let nodes = c.last_trie_nodes();
     let total: u32 = mask.iter().map(|w| w.count_ones()).sum();
     if let Some(id) = given {
         let allowed = mask
@@ -84,7 +89,7 @@ fn step(c: &mut Constraint, mask: &mut [u32], k: usize, given: Option<u32>) -> (
             "the replayed text's token {id} is not allowed by its mask"
         );
         c.push(id);
-        return (us, total);
+        return (us, nodes, total);
     }
     let mut left = (k.wrapping_mul(2_654_435_761) % total.max(1) as usize) as u32;
     for (w, &bits) in mask.iter().enumerate() {
@@ -95,11 +100,11 @@ fn step(c: &mut Constraint, mask: &mut [u32], k: usize, given: Option<u32>) -> (
                 .nth(left as usize)
                 .unwrap_or(0);
             c.push((w * 32 + b) as u32);
-            return (us, total);
+            return (us, nodes, total);
         }
         left -= n;
     }
-    (us, total)
+    (us, nodes, total)
 }
 
 fn main() {
@@ -175,7 +180,9 @@ fn main() {
     }
     // On one thread: (masks, microseconds) by the allowed set's size.
     let classes = ["1", "2-99", "100-9,999", "10,000+"];
-    let mut by_size = [(0usize, 0f64); 4];
+    let mut by_size = [(0usize, 0f64, 0usize); 4];
+    // On one thread: the most nodes one mask walked.
+    let mut most_nodes = 0;
     // On one thread: each step's (cost, the sequence's last cost) a mask, in microseconds.
     let mut costs: Vec<Vec<(f64, f64)>> = Vec::new();
     let mut last = vec![0f64; n];
@@ -198,7 +205,7 @@ fn main() {
             if threads == 1 {
                 costs.push(Vec::with_capacity(n));
                 for (i, c, m) in jobs.iter_mut() {
-                    let (us, allowed) = step(c, m, s * 1000 + *i, given(*i, s));
+                    let (us, nodes, allowed) = step(c, m, s * 1000 + *i, given(*i, s));
                     let k = match allowed {
                         0 | 1 => 0,
                         2..=99 => 1,
@@ -207,6 +214,8 @@ fn main() {
                     };
                     by_size[k].0 += 1;
                     by_size[k].1 += us;
+                    by_size[k].2 += nodes;
+                    most_nodes = most_nodes.max(nodes);
                     costs.last_mut().expect("this step's").push((us, last[*i]));
                     last[*i] = us;
                 }
@@ -221,11 +230,17 @@ fn main() {
             us / n as f64
         );
     }
-    println!("one thread, masks by the tokens they allow:");
-    for (name, (count, us)) in classes.iter().zip(by_size) {
+    let (masks, nodes) = by_size.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.2));
+    println!(
+        "one thread: {} token trie nodes walked a mask, {most_nodes} at most; masks by the \
+         tokens they allow:",
+        nodes / masks.max(1)
+    );
+    for (name, (count, us, nodes)) in classes.iter().zip(by_size) {
         println!(
-            "  {name:>10}: {count:6} masks, {:7.1} us each, {:5.1}% of the time",
+            "  {name:>10}: {count:6} masks, {:7.1} us each, {:7} trie nodes each, {:5.1}% of the time",
             us / count.max(1) as f64,
+            nodes / count.max(1),
             100.0 * us / by_size.iter().map(|c| c.1).sum::<f64>().max(1e-9)
         );
     }

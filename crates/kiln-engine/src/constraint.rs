@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use kiln_tokenizer::{TokenType, Tokenizer};
 use llguidance::api::{ParserLimits, TopLevelGrammar};
+use llguidance::earley::{BiasComputer, ParserRecognizer, SlicedBiasComputer};
 use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
@@ -59,6 +60,8 @@ impl TokenizerEnv for Env {
 /// Compiles grammars for one tokenizer and vocabulary width.
 pub struct Grammars {
     factory: ParserFactory,
+    /// Masks inside JSON strings, with one walk of the token trie (none without token sets).
+    strings: Option<Arc<StringSets>>,
     width: usize,
 }
 
@@ -122,7 +125,20 @@ impl Grammars {
             max_grammar_size: 200_000,
             ..ParserLimits::default()
         };
-        Ok(Grammars { factory, width })
+        let strings = if slices.is_empty() {
+            None
+        } else {
+            Some(Arc::new(StringSets::new(
+                factory.tok_env().tok_trie(),
+                slices,
+                factory.slicer(),
+            )?))
+        };
+        Ok(Grammars {
+            factory,
+            strings,
+            width,
+        })
     }
 
     /// Width of a mask row's vocabulary.
@@ -164,10 +180,13 @@ impl Grammars {
             Grammar::Regex(r) => TopLevelGrammar::from_regex(r),
             Grammar::Lark(l) => TopLevelGrammar::from_lark(l.clone()),
         };
-        let parser = self
+        let mut parser = self
             .factory
             .create_parser(top)
             .map_err(|e| GrammarError(first_line(&e.to_string())))?;
+        if let Some(strings) = &self.strings {
+            parser.bias_computer = strings.clone();
+        }
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(GrammarError(first_line(&e)));
@@ -184,20 +203,133 @@ impl Grammars {
 
 /// The token sets llguidance precomputes (its "slices"): where a step's lexer state is known
 /// to take every token of a set, the mask takes the set whole and walks the token trie only
-/// for the tokens outside it. llguidance's own sets are whitespace and the inside of a JSON
-/// string (up to 10 or 30 characters, or any length). A string of the schema with
-/// `maxLength` has a bounded count of characters left, so sets of up to 2, 4, ... 64
-/// characters are added: with n characters left, the largest of them not above n applies.
-/// This is found only for strings written as a counted repetition of characters, which is
-/// why [`Grammars::compile`] asks llguidance for that form of JSON string.
+/// for the tokens outside it. The first is whitespace; the others, the inside of a JSON string,
+/// nest, each in the next ([`StringSets`] relies on this order). A string of the schema with
+/// `maxLength` has a bounded count of characters left, so there are sets of up to 1, 2, ...
+/// 16 characters, and of any length: with n characters left, the largest of them not above n
+/// applies. (Sets of up to 20 to 64 characters walked no fewer nodes: the default model has 98
+/// tokens of more than 16 characters.) This is found only for strings written as a counted
+/// repetition of characters, which is why [`Grammars::compile`] asks llguidance for that form
+/// of JSON string.
 fn mask_slices() -> Vec<String> {
     const CHAR: &str = r#"[^"\\\x00-\x1F\x7F]"#;
     let mut slices = vec![r"[\x20\x0A\x0D\x09]+".to_string()];
-    for n in [2, 4, 6, 8, 10, 12, 16, 24, 30, 32, 48, 64] {
+    for n in 1..=16 {
         slices.push(format!("{CHAR}{{1,{n}}}"));
     }
     slices.push(format!("{CHAR}+"));
     slices
+}
+
+/// How much of the lexer's work one test of a set may take (llguidance's own figure); a test
+/// that runs out says the set does not apply, which costs a longer walk, never a wrong mask.
+const SUBSUME_BUDGET: u64 = 1000;
+
+/// Masks inside a JSON string, with one walk of the token trie.
+///
+/// llguidance's computer keeps its nested sets as a tree; where the lexer takes the set of up
+/// to n characters, it walks each larger set's remaining tokens in a trie of their own, so
+/// that the first characters shared by tokens of different lengths are walked again for each
+/// set. Here the largest set the lexer takes is found by bisection
+/// (the sets nest, so the ones it takes are a prefix of [`mask_slices`]' order), its tokens
+/// are allowed whole, and every other token is walked in one trie, built for that set. Any
+/// other step (no set taken, whitespace taken, a prefix to start from) is llguidance's own.
+/// The mask is the same either way: a set's tokens are allowed only where the lexer takes
+/// every string of the set, and every other token is walked.
+///
+/// On the default model's answers under `scripts/structured_bench.py`'s schema (`mask_cost`),
+/// masks inside its strings walked 18,431 nodes on average and 42,191 at most, against
+/// 30,311 and 76,478 with llguidance's tree alone; the tries cost 27 MB more for its 49,152
+/// tokens (docs/PERF.md, thirty-second session).
+struct StringSets {
+    general: Arc<SlicedBiasComputer>,
+    /// The whitespace set's index among the factory's sets.
+    whitespace: usize,
+    /// The nested sets, smallest first.
+    chain: Vec<StringSet>,
+}
+
+struct StringSet {
+    /// Its index among the factory's sets (the lexer knows it by this).
+    idx: usize,
+    /// Its tokens.
+    tokens: SimpleVob,
+    /// Every other token.
+    rest: TokTrie,
+}
+
+impl StringSets {
+    /// `slices` as given to llguidance's factory: whitespace first, then the nested sets,
+    /// smallest first.
+    fn new(
+        trie: &TokTrie,
+        slices: &[String],
+        general: Arc<SlicedBiasComputer>,
+    ) -> Result<Self, GrammarError> {
+        let mut chain = Vec::with_capacity(slices.len().saturating_sub(1));
+        for (idx, rx) in slices.iter().enumerate().skip(1) {
+            let mut re = llguidance::derivre::Regex::new(rx)
+                .map_err(|e| GrammarError(format!("token set {rx:?}: {e}")))?;
+            let mut tokens = trie.alloc_token_set();
+            for id in 0..trie.vocab_size() as u32 {
+                let b = trie.token(id);
+                if !b.is_empty() && re.is_match_bytes(b) {
+                    tokens.allow_token(id);
+                }
+            }
+            let mut others = trie.alloc_token_set();
+            others.set_all(true);
+            others.sub(&tokens);
+            chain.push(StringSet {
+                idx,
+                rest: trie.filter(&others),
+                tokens,
+            });
+        }
+        Ok(StringSets {
+            general,
+            whitespace: 0,
+            chain,
+        })
+    }
+}
+
+impl BiasComputer for StringSets {
+    fn compute_bias(&self, rec: &mut ParserRecognizer<'_>, start: &[u8]) -> SimpleVob {
+        let state = rec.lexer_state();
+        if !start.is_empty() || !rec.lexer_mut().subsume_possible(state) {
+            return self.general.compute_bias(rec, start);
+        }
+        let takes = |rec: &mut ParserRecognizer<'_>, idx: usize| {
+            rec.lexer_mut()
+                .check_subsume(state, idx, SUBSUME_BUDGET, None)
+                .unwrap_or(false)
+        };
+        if takes(rec, self.whitespace) {
+            return self.general.compute_bias(rec, start);
+        }
+        // How many of the chain the lexer takes (they nest: a prefix of it).
+        let (mut lo, mut hi) = (0, self.chain.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if takes(rec, self.chain[mid].idx) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let Some(set) = lo.checked_sub(1).map(|i| &self.chain[i]) else {
+            return self.general.compute_bias(rec, start);
+        };
+        rec.stats_mut().slices_applied += 1;
+        let mut mask = set.tokens.clone();
+        set.rest.add_bias(rec, &mut mask, start);
+        mask
+    }
+
+    fn trie(&self) -> &TokTrie {
+        self.general.trie()
+    }
 }
 
 /// llguidance's errors can carry the whole grammar after their first line.
@@ -286,6 +418,14 @@ impl Constraint {
         self.last_ns
     }
 
+    /// The token trie's nodes the parser's last step walked: the work of its last mask,
+    /// counted the same on every machine (`mask_cost` compares token sets by it).
+    pub fn last_trie_nodes(&self) -> usize {
+        self.matcher
+            .last_step_stats()
+            .map_or(0, |s| s.trie_nodes_walked)
+    }
+
     fn compute_inner(&mut self) -> Result<(), GrammarError> {
         self.held = None;
         if !self.pending.is_empty() {
@@ -339,7 +479,10 @@ mod tests {
     /// The precomputed token sets change what a mask costs, never what it allows: along
     /// answers that fill bounded strings to every length (chosen among the allowed tokens,
     /// the shortest ones first half the time, so that strings fill a character at a time),
-    /// every mask equals the one computed by walking the whole token trie.
+    /// every mask equals the one computed by walking the whole token trie, for compact JSON
+    /// (the sets of [`StringSets`]) and JSON with whitespace between its tokens (where the
+    /// whitespace set leaves the step to llguidance's own computer). The sets walk under a
+    /// third of the nodes.
     #[test]
     fn masks_with_the_token_sets_equal_masks_without() {
         let tok = tokenizer();
@@ -358,17 +501,47 @@ mod tests {
             "required": ["a", "b", "c", "d", "e"],
             "additionalProperties": false
         });
-        let g = Grammar::JsonSchema(schema);
+        let mut spaced = schema.clone();
+        spaced["x-guidance"] = json!({
+            "whitespace_flexible": true,
+            "json_allow_general_unicode_escapes": true
+        });
+        let (mut nodes_sliced, mut nodes_plain) = (0, 0);
+        for (schema, seeds) in [(schema, 0..6u64), (spaced, 6..9)] {
+            let (s, p) = masks_equal(&tok, &sliced, &plain, &Grammar::JsonSchema(schema), seeds);
+            nodes_sliced += s;
+            nodes_plain += p;
+        }
+        eprintln!("trie nodes walked: {nodes_sliced} with the sets, {nodes_plain} without");
+        assert!(
+            nodes_sliced * 3 < nodes_plain,
+            "the sets walked {nodes_sliced} nodes, against {nodes_plain} without"
+        );
+    }
+
+    /// Walks answers of `g` for `seeds` with both compilers, checking that their masks are
+    /// equal; the nodes each walked.
+    fn masks_equal(
+        tok: &Tokenizer,
+        sliced: &Grammars,
+        plain: &Grammars,
+        g: &Grammar,
+        seeds: std::ops::Range<u64>,
+    ) -> (usize, usize) {
+        let width = sliced.width();
+        let (mut nodes_sliced, mut nodes_plain) = (0, 0);
         let words = kiln_model::sample::mask_words(width);
         let (mut m1, mut m2) = (vec![0u32; words], vec![0u32; words]);
         let (mut inside_strings, mut slices_taken) = (0, 0);
-        for seed in 0..6u64 {
-            let mut a = sliced.compile(&g).expect("compiles");
-            let mut b = plain.compile(&g).expect("compiles");
+        for seed in seeds {
+            let mut a = sliced.compile(g).expect("compiles");
+            let mut b = plain.compile(g).expect("compiles");
             for step in 0..120u64 {
                 a.fill_mask(&mut m1).expect("a mask");
                 b.fill_mask(&mut m2).expect("a mask");
                 assert!(m1 == m2, "seed {seed}, step {step}: the masks differ");
+                nodes_sliced += a.last_trie_nodes();
+                nodes_plain += b.last_trie_nodes();
                 let stats = a.matcher.last_step_stats().expect("stats");
                 slices_taken += usize::from(stats.slices_applied > 0);
                 let allowed: Vec<u32> = (0..width as u32)
@@ -404,5 +577,6 @@ mod tests {
             "the token sets were taken at only {slices_taken} steps"
         );
         eprintln!("{inside_strings} masks inside strings, {slices_taken} with a token set");
+        (nodes_sliced, nodes_plain)
     }
 }
