@@ -9,7 +9,7 @@
 //! bounded by llguidance's limits (a grammar too large or a step too costly is an error,
 //! never a hang).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use kiln_tokenizer::{TokenType, Tokenizer};
 use llguidance::api::{ParserLimits, TopLevelGrammar};
@@ -128,11 +128,7 @@ impl Grammars {
         let strings = if slices.is_empty() {
             None
         } else {
-            Some(Arc::new(StringSets::new(
-                factory.tok_env().tok_trie(),
-                slices,
-                factory.slicer(),
-            )?))
+            Some(Arc::new(StringSets::new(slices, factory.slicer())?))
         };
         Ok(Grammars {
             factory,
@@ -239,8 +235,10 @@ const SUBSUME_BUDGET: u64 = 1000;
 ///
 /// On the default model's answers under `scripts/structured_bench.py`'s schema (`mask_cost`),
 /// masks inside its strings walked 18,431 nodes on average and 42,191 at most, against
-/// 30,311 and 76,478 with llguidance's tree alone; the tries cost 27 MB more for its 49,152
-/// tokens (docs/PERF.md, thirty-second session).
+/// 30,311 and 76,478 with llguidance's tree alone. Built all at once, the sets' tries raised
+/// the example's peak memory by 27 MB for its 49,152 tokens and by 83 MB for Qwen2.5's
+/// 151,646, so each set's are built when a mask first takes it (docs/PERF.md, thirty-second
+/// session).
 struct StringSets {
     general: Arc<SlicedBiasComputer>,
     /// The whitespace set's index among the factory's sets.
@@ -252,24 +250,19 @@ struct StringSets {
 struct StringSet {
     /// Its index among the factory's sets (the lexer knows it by this).
     idx: usize,
-    /// Its tokens.
-    tokens: SimpleVob,
-    /// Every other token.
-    rest: TokTrie,
+    /// Its regular expression.
+    regex: String,
+    /// Its tokens, and a trie of every other token: built when a mask first takes the set,
+    /// since the tries cost memory (a schema whose strings have no `maxLength` takes only the
+    /// set of any length).
+    built: OnceLock<(SimpleVob, TokTrie)>,
 }
 
-impl StringSets {
-    /// `slices` as given to llguidance's factory: whitespace first, then the nested sets,
-    /// smallest first.
-    fn new(
-        trie: &TokTrie,
-        slices: &[String],
-        general: Arc<SlicedBiasComputer>,
-    ) -> Result<Self, GrammarError> {
-        let mut chain = Vec::with_capacity(slices.len().saturating_sub(1));
-        for (idx, rx) in slices.iter().enumerate().skip(1) {
-            let mut re = llguidance::derivre::Regex::new(rx)
-                .map_err(|e| GrammarError(format!("token set {rx:?}: {e}")))?;
+impl StringSet {
+    fn built(&self, trie: &TokTrie) -> &(SimpleVob, TokTrie) {
+        self.built.get_or_init(|| {
+            // Checked when the sets were made.
+            let mut re = llguidance::derivre::Regex::new(&self.regex).expect("a valid set");
             let mut tokens = trie.alloc_token_set();
             for id in 0..trie.vocab_size() as u32 {
                 let b = trie.token(id);
@@ -280,10 +273,24 @@ impl StringSets {
             let mut others = trie.alloc_token_set();
             others.set_all(true);
             others.sub(&tokens);
+            let rest = trie.filter(&others);
+            (tokens, rest)
+        })
+    }
+}
+
+impl StringSets {
+    /// `slices` as given to llguidance's factory: whitespace first, then the nested sets,
+    /// smallest first.
+    fn new(slices: &[String], general: Arc<SlicedBiasComputer>) -> Result<Self, GrammarError> {
+        let mut chain = Vec::with_capacity(slices.len().saturating_sub(1));
+        for (idx, rx) in slices.iter().enumerate().skip(1) {
+            llguidance::derivre::Regex::new(rx)
+                .map_err(|e| GrammarError(format!("token set {rx:?}: {e}")))?;
             chain.push(StringSet {
                 idx,
-                rest: trie.filter(&others),
-                tokens,
+                regex: rx.clone(),
+                built: OnceLock::new(),
             });
         }
         Ok(StringSets {
@@ -322,8 +329,9 @@ impl BiasComputer for StringSets {
             return self.general.compute_bias(rec, start);
         };
         rec.stats_mut().slices_applied += 1;
-        let mut mask = set.tokens.clone();
-        set.rest.add_bias(rec, &mut mask, start);
+        let (tokens, rest) = set.built(self.general.trie());
+        let mut mask = tokens.clone();
+        rest.add_bias(rec, &mut mask, start);
         mask
     }
 
