@@ -68,12 +68,10 @@ fn schema(bounded: bool) -> serde_json::Value {
     })
 }
 
-/// One step of one sequence: its mask, then a token it allows (a hash of the step picks
-/// among them, so that every run makes the same choices). Returns the mask's cost in
-/// microseconds and how many tokens it allows.
-/// One sequence's step: its mask (with what it cost: microseconds, and the token trie's nodes
-/// walked, a count the same on every machine), the number of tokens it allows, and the token
-/// taken (`given`, or one drawn from the mask by `k`).
+/// One step of one sequence: its mask, then a token it allows (`given`, or one a hash of the
+/// step picks among them, so that every run makes the same choices). Returns the mask's cost
+/// in microseconds and in token trie nodes walked (a count the same on every machine), and how
+/// many tokens it allows.
 fn step(c: &mut Constraint, mask: &mut [u32], k: usize, given: Option<u32>) -> (f64, usize, u32) {
     let t = Instant::now();
     c.fill_mask(mask).expect("a mask");

@@ -77,15 +77,17 @@ impl Grammars {
     /// The compiler for `tok`'s tokens in rows of `width` logits (the model's vocabulary,
     /// which may be wider than the tokenizer's: tokens past it are never allowed).
     pub fn new(tok: Arc<Tokenizer>, width: usize) -> Result<Self, GrammarError> {
-        Self::with_slices(tok, width, &mask_slices())
+        Self::with_slices(tok, width, &mask_slices(), true)
     }
 
     /// [`Grammars::new`] with these precomputed token sets (none: every mask walks the
-    /// whole token trie, the reference the sets must agree with).
+    /// whole token trie, the reference the sets must agree with), taken by [`StringSets`]
+    /// (`own`; `slices` as [`mask_slices`] orders them) or by llguidance's own computer.
     fn with_slices(
         tok: Arc<Tokenizer>,
         width: usize,
         slices: &[String],
+        own: bool,
     ) -> Result<Self, GrammarError> {
         let width = width.max(tok.vocab_size());
         let mut words = Vec::with_capacity(width);
@@ -125,10 +127,10 @@ impl Grammars {
             max_grammar_size: 200_000,
             ..ParserLimits::default()
         };
-        let strings = if slices.is_empty() {
-            None
-        } else {
+        let strings = if own && !slices.is_empty() {
             Some(Arc::new(StringSets::new(slices, factory.slicer())?))
+        } else {
+            None
         };
         Ok(Grammars {
             factory,
@@ -199,8 +201,8 @@ impl Grammars {
 
 /// The token sets llguidance precomputes (its "slices"): where a step's lexer state is known
 /// to take every token of a set, the mask takes the set whole and walks the token trie only
-/// for the tokens outside it. The first is whitespace; the others, the inside of a JSON string,
-/// nest, each in the next ([`StringSets`] relies on this order). A string of the schema with
+/// for the tokens outside it. The first ([`WHITESPACE`]) is whitespace; the others, the inside
+/// of a JSON string, nest, each in the next ([`StringSets`] tries them in this order). A string of the schema with
 /// `maxLength` has a bounded count of characters left, so there are sets of up to 1, 2, ...
 /// 16 characters, and of any length: with n characters left, the largest of them not above n
 /// applies. (Sets of up to 20 to 64 characters walked no fewer nodes: the default model has 98
@@ -217,6 +219,9 @@ fn mask_slices() -> Vec<String> {
     slices
 }
 
+/// The whitespace set's index among [`mask_slices`].
+const WHITESPACE: usize = 0;
+
 /// How much of the lexer's work one test of a set may take (llguidance's own figure); a test
 /// that runs out says the set does not apply, which costs a longer walk, never a wrong mask.
 const SUBSUME_BUDGET: u64 = 1000;
@@ -226,24 +231,31 @@ const SUBSUME_BUDGET: u64 = 1000;
 /// llguidance's computer keeps its nested sets as a tree; where the lexer takes the set of up
 /// to n characters, it walks each larger set's remaining tokens in a trie of their own, so
 /// that the first characters shared by tokens of different lengths are walked again for each
-/// set. Here the largest set the lexer takes is found by bisection
-/// (the sets nest, so the ones it takes are a prefix of [`mask_slices`]' order), its tokens
-/// are allowed whole, and every other token is walked in one trie, built for that set. Any
-/// other step (no set taken, whitespace taken, a prefix to start from) is llguidance's own.
-/// The mask is the same either way: a set's tokens are allowed only where the lexer takes
-/// every string of the set, and every other token is walked.
+/// set. Here the largest set the lexer takes is found (the one of any length first, then the
+/// bounded ones by bisection, since they nest), its tokens are allowed whole, and every other
+/// token is walked in one trie, built for that set. Where no string set is taken, the whole
+/// trie is walked, as llguidance's computer would after testing each set again, unless
+/// whitespace is taken or the walk starts from a prefix: those steps are llguidance's.
+///
+/// The mask is the same either way: a set's tokens are allowed only where the lexer said it
+/// takes every string of the set, and every other token is walked. Bisection relies on the
+/// nesting only to find the largest set: should a test say no where a smaller set's said yes
+/// (a test that ran out of its budget), a smaller set is taken and more is walked.
 ///
 /// On the default model's answers under `scripts/structured_bench.py`'s schema (`mask_cost`),
-/// masks inside its strings walked 18,431 nodes on average and 42,191 at most, against
-/// 30,311 and 76,478 with llguidance's tree alone. Built all at once, the sets' tries raised
-/// the example's peak memory by 27 MB for its 49,152 tokens and by 83 MB for Qwen2.5's
-/// 151,646, so each set's are built when a mask first takes it (docs/PERF.md, thirty-second
-/// session).
+/// the masks allowing 10,000 tokens or more (inside its strings) walked 18,431 nodes on
+/// average against 30,311 with llguidance's tree alone, and the dearest mask 42,191 against
+/// 76,478. Built all at once, the sets' tries and llguidance's tree of the added sets raised
+/// the example's peak memory by 26 MiB for its 49,152 tokens and by 81 MiB for Qwen2.5's
+/// 151,646, so each set's tries are built when a mask first takes it (docs/PERF.md,
+/// thirty-second session).
+///
+/// Cancellation: kiln never enables llguidance's, and these tests and the walk do not check
+/// it.
 struct StringSets {
-    general: Arc<SlicedBiasComputer>,
-    /// The whitespace set's index among the factory's sets.
-    whitespace: usize,
-    /// The nested sets, smallest first.
+    /// llguidance's own computer over the same sets.
+    fallback: Arc<SlicedBiasComputer>,
+    /// The nested string sets, smallest first.
     chain: Vec<StringSet>,
 }
 
@@ -254,7 +266,8 @@ struct StringSet {
     regex: String,
     /// Its tokens, and a trie of every other token: built when a mask first takes the set,
     /// since the tries cost memory (a schema whose strings have no `maxLength` takes only the
-    /// set of any length).
+    /// set of any length). The first build holds up that mask, and any other waiting for the
+    /// same set, once.
     built: OnceLock<(SimpleVob, TokTrie)>,
 }
 
@@ -280,11 +293,10 @@ impl StringSet {
 }
 
 impl StringSets {
-    /// `slices` as given to llguidance's factory: whitespace first, then the nested sets,
-    /// smallest first.
-    fn new(slices: &[String], general: Arc<SlicedBiasComputer>) -> Result<Self, GrammarError> {
+    /// `slices` as given to llguidance's factory, ordered as [`mask_slices`] orders them.
+    fn new(slices: &[String], fallback: Arc<SlicedBiasComputer>) -> Result<Self, GrammarError> {
         let mut chain = Vec::with_capacity(slices.len().saturating_sub(1));
-        for (idx, rx) in slices.iter().enumerate().skip(1) {
+        for (idx, rx) in slices.iter().enumerate().filter(|&(i, _)| i != WHITESPACE) {
             llguidance::derivre::Regex::new(rx)
                 .map_err(|e| GrammarError(format!("token set {rx:?}: {e}")))?;
             chain.push(StringSet {
@@ -293,11 +305,7 @@ impl StringSets {
                 built: OnceLock::new(),
             });
         }
-        Ok(StringSets {
-            general,
-            whitespace: 0,
-            chain,
-        })
+        Ok(StringSets { fallback, chain })
     }
 }
 
@@ -305,38 +313,52 @@ impl BiasComputer for StringSets {
     fn compute_bias(&self, rec: &mut ParserRecognizer<'_>, start: &[u8]) -> SimpleVob {
         let state = rec.lexer_state();
         if !start.is_empty() || !rec.lexer_mut().subsume_possible(state) {
-            return self.general.compute_bias(rec, start);
+            return self.fallback.compute_bias(rec, start);
         }
         let takes = |rec: &mut ParserRecognizer<'_>, idx: usize| {
             rec.lexer_mut()
                 .check_subsume(state, idx, SUBSUME_BUDGET, None)
                 .unwrap_or(false)
         };
-        if takes(rec, self.whitespace) {
-            return self.general.compute_bias(rec, start);
-        }
-        // How many of the chain the lexer takes (they nest: a prefix of it).
-        let (mut lo, mut hi) = (0, self.chain.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if takes(rec, self.chain[mid].idx) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+        // The largest string set taken: the one of any length (one test inside a string
+        // without `maxLength`), else the bounded ones by bisection (how many of them are
+        // taken: they nest, so a prefix).
+        let set = match self.chain.split_last() {
+            Some((any, _)) if takes(rec, any.idx) => Some(any),
+            Some((_, bounded)) => {
+                let (mut lo, mut hi) = (0, bounded.len());
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if takes(rec, bounded[mid].idx) {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo.checked_sub(1).map(|i| &bounded[i])
             }
-        }
-        let Some(set) = lo.checked_sub(1).map(|i| &self.chain[i]) else {
-            return self.general.compute_bias(rec, start);
+            None => None,
+        };
+        let trie = self.trie();
+        let Some(set) = set else {
+            if takes(rec, WHITESPACE) {
+                return self.fallback.compute_bias(rec, start);
+            }
+            let mut mask = trie.alloc_token_set();
+            trie.add_bias(rec, &mut mask, &[]);
+            return mask;
         };
         rec.stats_mut().slices_applied += 1;
-        let (tokens, rest) = set.built(self.general.trie());
+        let (tokens, rest) = set.built(trie);
+        // A copy of a set made by `alloc_token_set`, so it has the spare bit past the
+        // vocabulary that the walk uses.
         let mut mask = tokens.clone();
-        rest.add_bias(rec, &mut mask, start);
+        rest.add_bias(rec, &mut mask, &[]);
         mask
     }
 
     fn trie(&self) -> &TokTrie {
-        self.general.trie()
+        self.fallback.trie()
     }
 }
 
@@ -487,16 +509,20 @@ mod tests {
     /// The precomputed token sets change what a mask costs, never what it allows: along
     /// answers that fill bounded strings to every length (chosen among the allowed tokens,
     /// the shortest ones first half the time, so that strings fill a character at a time),
-    /// every mask equals the one computed by walking the whole token trie, for compact JSON
-    /// (the sets of [`StringSets`]) and JSON with whitespace between its tokens (where the
-    /// whitespace set leaves the step to llguidance's own computer). The sets walk under a
-    /// third of the nodes.
+    /// every mask equals the one computed by walking the whole token trie, with the sets
+    /// taken by [`StringSets`] and by llguidance's own computer, for compact JSON and JSON
+    /// with whitespace between its tokens (where the whitespace set sends steps to
+    /// llguidance's computer). [`StringSets`] walks fewer nodes than llguidance's computer
+    /// with the same sets (which a `StringSets` that always left the step to it would not).
     #[test]
     fn masks_with_the_token_sets_equal_masks_without() {
         let tok = tokenizer();
         let width = tok.vocab_size();
-        let sliced = Grammars::new(tok.clone(), width).expect("grammars");
-        let plain = Grammars::with_slices(tok.clone(), width, &[]).expect("grammars");
+        let compilers = [
+            Grammars::new(tok.clone(), width).expect("grammars"),
+            Grammars::with_slices(tok.clone(), width, &mask_slices(), false).expect("grammars"),
+            Grammars::with_slices(tok.clone(), width, &[], false).expect("grammars"),
+        ];
         let schema = json!({
             "type": "object",
             "properties": {
@@ -514,46 +540,55 @@ mod tests {
             "whitespace_flexible": true,
             "json_allow_general_unicode_escapes": true
         });
-        let (mut nodes_sliced, mut nodes_plain) = (0, 0);
+        let mut nodes = [0; 3];
         for (schema, seeds) in [(schema, 0..6u64), (spaced, 6..9)] {
-            let (s, p) = masks_equal(&tok, &sliced, &plain, &Grammar::JsonSchema(schema), seeds);
-            nodes_sliced += s;
-            nodes_plain += p;
+            let n = masks_equal(&tok, &compilers, &Grammar::JsonSchema(schema), seeds);
+            for (total, n) in nodes.iter_mut().zip(n) {
+                *total += n;
+            }
         }
-        eprintln!("trie nodes walked: {nodes_sliced} with the sets, {nodes_plain} without");
+        let [own, theirs, none] = nodes;
+        eprintln!(
+            "trie nodes walked: {own} by StringSets, {theirs} by llguidance's computer with the \
+             same sets, {none} without sets"
+        );
         assert!(
-            nodes_sliced * 3 < nodes_plain,
-            "the sets walked {nodes_sliced} nodes, against {nodes_plain} without"
+            own * 4 < theirs * 3,
+            "StringSets walked {own} nodes, llguidance's computer {theirs} with the same sets"
         );
     }
 
-    /// Walks answers of `g` for `seeds` with both compilers, checking that their masks are
-    /// equal; the nodes each walked.
+    /// Walks answers of `g` for `seeds` with each compiler, checking that their masks are
+    /// all equal; the nodes each walked.
     fn masks_equal(
         tok: &Tokenizer,
-        sliced: &Grammars,
-        plain: &Grammars,
+        compilers: &[Grammars; 3],
         g: &Grammar,
         seeds: std::ops::Range<u64>,
-    ) -> (usize, usize) {
-        let width = sliced.width();
-        let (mut nodes_sliced, mut nodes_plain) = (0, 0);
+    ) -> [usize; 3] {
+        let width = compilers[0].width();
+        let mut nodes = [0; 3];
         let words = kiln_model::sample::mask_words(width);
-        let (mut m1, mut m2) = (vec![0u32; words], vec![0u32; words]);
+        let mut masks = [vec![0u32; words], vec![0u32; words], vec![0u32; words]];
         let (mut inside_strings, mut slices_taken) = (0, 0);
         for seed in seeds {
-            let mut a = sliced.compile(g).expect("compiles");
-            let mut b = plain.compile(g).expect("compiles");
+            let mut cs = compilers
+                .each_ref()
+                .map(|c| c.compile(g).expect("compiles"));
             for step in 0..120u64 {
-                a.fill_mask(&mut m1).expect("a mask");
-                b.fill_mask(&mut m2).expect("a mask");
-                assert!(m1 == m2, "seed {seed}, step {step}: the masks differ");
-                nodes_sliced += a.last_trie_nodes();
-                nodes_plain += b.last_trie_nodes();
-                let stats = a.matcher.last_step_stats().expect("stats");
+                for (k, (c, m)) in cs.iter_mut().zip(masks.iter_mut()).enumerate() {
+                    c.fill_mask(m).expect("a mask");
+                    nodes[k] += c.last_trie_nodes();
+                }
+                assert!(
+                    masks[0] == masks[2] && masks[1] == masks[2],
+                    "seed {seed}, step {step}: the masks differ"
+                );
+                let stats = cs[0].matcher.last_step_stats().expect("stats");
                 slices_taken += usize::from(stats.slices_applied > 0);
+                let m = &masks[0];
                 let allowed: Vec<u32> = (0..width as u32)
-                    .filter(|&t| (m1[t as usize / 32] >> (t % 32)) & 1 == 1)
+                    .filter(|&t| (m[t as usize / 32] >> (t % 32)) & 1 == 1)
                     .collect();
                 if allowed.len() > 1000 {
                     inside_strings += 1;
@@ -575,8 +610,9 @@ mod tests {
                 if tok.eog_ids().contains(&pick) {
                     break;
                 }
-                a.push(pick);
-                b.push(pick);
+                for c in cs.iter_mut() {
+                    c.push(pick);
+                }
             }
         }
         assert!(inside_strings > 50, "the walk stayed out of the strings");
@@ -585,6 +621,6 @@ mod tests {
             "the token sets were taken at only {slices_taken} steps"
         );
         eprintln!("{inside_strings} masks inside strings, {slices_taken} with a token set");
-        (nodes_sliced, nodes_plain)
+        nodes
     }
 }
