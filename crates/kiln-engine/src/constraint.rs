@@ -60,7 +60,8 @@ impl TokenizerEnv for Env {
 /// Compiles grammars for one tokenizer and vocabulary width.
 pub struct Grammars {
     factory: ParserFactory,
-    /// Masks inside JSON strings, with one walk of the token trie (none without token sets).
+    /// Masks inside JSON strings, with one walk of the token trie (none without token sets,
+    /// or where llguidance's own computer takes them: a test's reference).
     strings: Option<Arc<StringSets>>,
     width: usize,
 }
