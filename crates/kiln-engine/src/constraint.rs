@@ -511,9 +511,9 @@ mod tests {
     /// answers that fill bounded strings to every length (chosen among the allowed tokens,
     /// the shortest ones first half the time, so that strings fill a character at a time),
     /// every mask equals the one computed by walking the whole token trie, with the sets
-    /// taken by [`StringSets`] and by llguidance's own computer, for compact JSON and JSON
-    /// with whitespace between its tokens (where the whitespace set sends steps to
-    /// llguidance's computer). [`StringSets`] walks fewer nodes than llguidance's computer
+    /// taken by [`StringSets`] and by llguidance's own computer, for compact JSON, JSON with
+    /// whitespace between its tokens (where the whitespace set sends steps to llguidance's
+    /// computer) and a regular expression of bounded lines. [`StringSets`] walks fewer nodes than llguidance's computer
     /// with the same sets (which a `StringSets` that always left the step to it would not).
     #[test]
     fn masks_with_the_token_sets_equal_masks_without() {
@@ -541,9 +541,16 @@ mod tests {
             "whitespace_flexible": true,
             "json_allow_general_unicode_escapes": true
         });
+        // 40 to 60 lines of up to 9 characters of a JSON string, as a regular expression (a
+        // kiln extension): the same sets apply outside JSON.
+        let lines = Grammar::Regex(r#"([^"\\\x00-\x1F\x7F]{0,9}\n){40,60}"#.into());
         let mut nodes = [0; 3];
-        for (schema, seeds) in [(schema, 0..6u64), (spaced, 6..9)] {
-            let n = masks_equal(&tok, &compilers, &Grammar::JsonSchema(schema), seeds);
+        for (g, seeds) in [
+            (Grammar::JsonSchema(schema), 0..6u64),
+            (Grammar::JsonSchema(spaced), 6..9),
+            (lines, 9..11),
+        ] {
+            let n = masks_equal(&tok, &compilers, &g, seeds);
             for (total, n) in nodes.iter_mut().zip(n) {
                 *total += n;
             }
