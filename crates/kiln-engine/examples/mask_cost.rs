@@ -125,6 +125,27 @@ fn main() {
         tok.vocab_size(),
         t.elapsed().as_secs_f64() * 1e3
     );
+    // Tokens that are whole strings of JSON string characters, by length: those longer than
+    // the largest bounded token set (16 characters) are walked whenever a string has room.
+    let (mut in_strings, mut longer) = (0, 0);
+    let mut w = Vec::new();
+    for id in 0..tok.vocab_size() as u32 {
+        w.clear();
+        tok.token_bytes(id, false, &mut w);
+        let Ok(text) = std::str::from_utf8(&w) else {
+            continue;
+        };
+        if text.is_empty()
+            || text
+                .chars()
+                .any(|c| matches!(c, '"' | '\\' | '\0'..='\x1f' | '\x7f'))
+        {
+            continue;
+        }
+        in_strings += 1;
+        longer += usize::from(text.chars().count() > 16);
+    }
+    println!("{in_strings} tokens are JSON string characters alone, {longer} of them more than 16");
     let t = Instant::now();
     let (bounded, replay) = match args.get(3).map(String::as_str) {
         None => (true, None),

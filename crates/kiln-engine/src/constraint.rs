@@ -247,9 +247,9 @@ const SUBSUME_BUDGET: u64 = 1000;
 /// the masks allowing 10,000 tokens or more (inside its strings) walked 18,431 nodes on
 /// average against 30,311 with llguidance's tree alone, and the dearest mask 42,191 against
 /// 76,478. Built all at once, the sets' tries and llguidance's tree of the added sets raised
-/// the example's peak memory by 26 MiB for its 49,152 tokens and by 81 MiB for Qwen2.5's
-/// 151,646, so each set's tries are built when a mask first takes it (docs/PERF.md,
-/// thirty-second session).
+/// the example's peak memory by 26 MiB for its 49,152 tokens and by 81 MiB for a tokenizer of
+/// Qwen2.5's size (151,646 tokens of filler), so each set's tries are built when a mask first
+/// takes it (docs/PERF.md, thirty-second session).
 ///
 /// Cancellation: kiln never enables llguidance's, and these tests and the walk do not check
 /// it.
