@@ -731,9 +731,12 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
 }
 
 /// The layout of the rows a format's kernel reads on an instruction set: panels for
-/// AVX-512 VNNI's 32-block formats' kernels, which sum a row per lane ([`repack`]).
+/// AVX-512 VNNI's 32-block formats' kernels and AVX2's Q4_1 kernel, which sum a row per lane
+/// ([`repack`]).
 pub fn layout(isa: Isa, fmt: Fmt) -> Layout {
-    if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0) {
+    if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0)
+        || isa == Isa::Avx2 && fmt == Fmt::Q4_1
+    {
         Layout::Panels
     } else {
         Layout::File

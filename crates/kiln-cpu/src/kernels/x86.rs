@@ -73,7 +73,7 @@ pub(super) fn tile_fn_avx512(fmt: Fmt) -> TileFn {
 pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
     match fmt {
         Fmt::Q4_0 => q4_0_256_tiles,
-        Fmt::Q4_1 => q4_1_256_tiles,
+        Fmt::Q4_1 => q4_1_256_panels,
         Fmt::Q5_0 => q5_0_256_tiles,
         Fmt::Q8_0 => q8_0_256_tiles,
         Fmt::Q4_K => q4_k_256_tiles,
@@ -86,7 +86,6 @@ tiles!(q4_k_512_tiles, q4_k_512);
 tiles!(q5_k_512_tiles, q5_k_512);
 tiles!(q6_k_512_tiles, q6_k_512);
 tiles!(q4_0_256_tiles, q4_0_256);
-tiles!(q4_1_256_tiles, q4_1_256);
 tiles!(q5_0_256_tiles, q5_0_256);
 tiles!(q8_0_256_tiles, q8_0_256);
 tiles!(q4_k_256_tiles, q4_k_256);
@@ -609,6 +608,7 @@ macro_rules! panels {
 // slower so (8 rows of decode).
 panels!(q4_0_512_panels, offset_panel<Q4Panel>, Q4_0, true, false);
 panels!(q4_1_512_panels, q4_1_panel, Q4_1, false, true);
+panels!(q4_1_256_panels, q4_1_panel_256, Q4_1, false, true);
 panels!(q5_0_512_panels, offset_panel<Q5Panel>, Q5_0, true, false);
 panels!(q8_0_512_panels, offset_panel<Q8Panel>, Q8_0, true, false);
 
@@ -982,60 +982,104 @@ unsafe fn q4_0_256<const R: usize, const C: usize>(
     }
 }
 
+/// A Q4_1 panel (16 rows in [`super::repack`]'s layout, as [`q4_1_panel`] reads it) against
+/// `C` tokens with AVX2: by halves of 8 rows, a row per 32-bit lane. For each block, each of
+/// the 8 registers of values (`nibbles_256`, 4 values of every row) meets the token's
+/// matching 4 values broadcast in one `vpmaddubsw`; the 8 results add up as 16-bit sums (each
+/// at most 8 x 2 x 15 x 127 = 30,480 in size, so none overflows) and one `vpmaddwd` makes each
+/// row's 32-bit sum; then one multiply-add applies the rows' and the token's scales. The
+/// minimum's terms (`m * s` per block) are summed in a loop of their own (the half panel is
+/// then in the L1 cache) and added last. Every row's operations are the same whatever `C` is,
+/// so a token's result does not depend on how many share the call. Where the tile kernels
+/// before it (4 rows by 4 tokens, a row's block a register) took a `vpmaddubsw`, a
+/// `vpmaddwd`, a conversion and a multiply-add for each row's 32 values, this takes one
+/// `vpmaddubsw` and one addition for 8 rows' 4 values, and the rest once for 8 rows' 32.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_256<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    // The minimum's terms, lane t for token t: the same products and sums, in the same
-    // order, as one scalar per row and token.
-    let mut macc = [_mm_setzero_ps(); R];
-    // SAFETY: as in `q4_0_256`.
+unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let ones = _mm256_set1_epi16(1);
+    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
+    // activation access inside a token's `nb` blocks.
     unsafe {
-        for b in 0..a.nb {
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut wd = [0f32; R];
-            let mut wm = [_mm_setzero_ps(); R];
-            for r in 0..R {
-                let p = w.add(r * rb + b * 20);
-                wq[r] = nib1(p.add(4));
-                // d and m (two f16 side by side) in one conversion.
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(ld32(p)));
-                wd[r] = _mm_cvtss_f32(dm);
-                wm[r] = _mm_permute_ps::<0b01_01_01_01>(dm);
-            }
-            let mut sa = [0f32; 4];
-            for t in 0..C {
-                sa[t] = *tp[t].2.add(b);
-            }
-            let sav = _mm_loadu_ps(sa.as_ptr());
-            for t in 0..C {
-                let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
-                let da = *tp[t].1.add(b);
-                for r in 0..R {
-                    let dot = pairs(_mm256_maddubs_epi16(wq[r], av));
-                    let sc = _mm256_set1_ps(wd[r] * da);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); C];
+            let mut mins = [_mm256_setzero_ps(); C];
+            for b in 0..a.nb {
+                let base = w.add(b * 320);
+                if h == 0 {
+                    for c in 0..5 {
+                        prefetch_ahead(base.wrapping_add(64 * c));
+                    }
+                }
+                let (dw, _) = scales_256(base.add(32 * h));
+                let mut sums = [_mm256_setzero_si256(); C];
+                for k in 0..8 {
+                    let wk = nibbles_256(base.add(64 + 64 * (k % 4) + 32 * h), k >= 4);
+                    // Values 4k.. of a row (low nibbles) or 16 + 4(k - 4).. (high ones).
+                    let at = if k < 4 { 4 * k } else { 16 + 4 * (k - 4) };
+                    for t in 0..C {
+                        let av = _mm256_set1_epi32(ld32(tp[t].0.add(32 * b + at).cast()));
+                        sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(wk, av));
+                    }
+                }
+                for t in 0..C {
+                    let sum = _mm256_madd_epi16(sums[t], ones);
+                    let da = _mm256_set1_ps(*tp[t].1.add(b));
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, da), acc[t]);
                 }
             }
-            for r in 0..R {
-                macc[r] = _mm_add_ps(macc[r], _mm_mul_ps(wm[r], sav));
+            for b in 0..a.nb {
+                let (_, mw) = scales_256(w.add(b * 320 + 32 * h));
+                for t in 0..C {
+                    mins[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*tp[t].2.add(b)), mins[t]);
+                }
             }
-        }
-        for r in 0..R {
-            let mut m = [0f32; 4];
-            _mm_storeu_ps(m.as_mut_ptr(), macc[r]);
             for t in 0..C {
-                out[t0 + t][r0 + r] = hsum256(acc[r][t]) + m[t];
+                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), _mm256_add_ps(acc[t], mins[t]));
             }
         }
     }
+}
+
+/// The scales and minimums of 8 rows of a Q4_1 panel block (8 dwords at `p`, each a row's f16
+/// scale in its low half and f16 minimum in its high half), as two vectors of 8 floats.
+///
+/// # Safety
+/// `p` points to 32 readable bytes; the CPU has AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales_256(p: *const u8) -> (__m256, __m256) {
+    // SAFETY: the caller passes 32 readable bytes.
+    unsafe {
+        let v = _mm256_loadu_si256(p.cast());
+        // In each 128-bit half: the four low halves (scales), then the four high ones.
+        let split = _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3,
+            6, 7, 10, 11, 14, 15,
+        );
+        // Quadwords 0, 2 (rows 0-3 and 4-7's scales), then 1, 3 (their minimums).
+        let x = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, split));
+        (
+            _mm256_cvtph_ps(_mm256_castsi256_si128(x)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(x)),
+        )
+    }
+}
+
+/// One register of a Q4_1 panel block's values for 8 rows: the 32 nibble bytes at `p` (4 of
+/// each row), their low nibbles or (`high`) their high ones.
+///
+/// # Safety
+/// `p` points to 32 readable bytes; the CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles_256(p: *const u8, high: bool) -> __m256i {
+    // SAFETY: the caller passes 32 readable bytes.
+    let x = unsafe { _mm256_loadu_si256(p.cast()) };
+    let x = if high { _mm256_srli_epi16::<4>(x) } else { x };
+    _mm256_and_si256(x, _mm256_set1_epi8(0x0F))
 }
 
 /// The 32 bits of `qh` as 32 bytes of 0x10 (bit set) or 0.
