@@ -731,11 +731,12 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
 }
 
 /// The layout of the rows a format's kernel reads on an instruction set: panels for
-/// AVX-512 VNNI's 32-block formats' kernels and AVX2's Q4_1 kernel, which sum a row per lane
+/// AVX-512 VNNI's 32-block formats' kernels and AVX2's Q4_1 and Q8_0 kernels, which sum a row
+/// per lane
 /// ([`repack`]).
 pub fn layout(isa: Isa, fmt: Fmt) -> Layout {
     if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0)
-        || isa == Isa::Avx2 && fmt == Fmt::Q4_1
+        || isa == Isa::Avx2 && matches!(fmt, Fmt::Q4_1 | Fmt::Q8_0)
     {
         Layout::Panels
     } else {
@@ -766,7 +767,7 @@ impl Tiles {
             f: tile_fn(isa, fmt),
             tokens: if layout == Layout::Panels { 8 } else { 4 },
             layout,
-            offsets: layout == Layout::Panels && fmt != Fmt::Q4_1,
+            offsets: layout == Layout::Panels && isa == Isa::Avx512Vnni && fmt != Fmt::Q4_1,
         }
     }
 

@@ -75,7 +75,7 @@ pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
         Fmt::Q4_0 => q4_0_256_tiles,
         Fmt::Q4_1 => q4_1_256_panels,
         Fmt::Q5_0 => q5_0_256_tiles,
-        Fmt::Q8_0 => q8_0_256_tiles,
+        Fmt::Q8_0 => q8_0_256_panels,
         Fmt::Q4_K => q4_k_256_tiles,
         Fmt::Q5_K => q5_k_256_tiles,
         Fmt::Q6_K => q6_k_256_tiles,
@@ -87,7 +87,6 @@ tiles!(q5_k_512_tiles, q5_k_512);
 tiles!(q6_k_512_tiles, q6_k_512);
 tiles!(q4_0_256_tiles, q4_0_256);
 tiles!(q5_0_256_tiles, q5_0_256);
-tiles!(q8_0_256_tiles, q8_0_256);
 tiles!(q4_k_256_tiles, q4_k_256);
 tiles!(q5_k_256_tiles, q5_k_256);
 tiles!(q6_k_256_tiles, q6_k_256);
@@ -609,6 +608,7 @@ macro_rules! panels {
 panels!(q4_0_512_panels, offset_panel<Q4Panel>, Q4_0, true, false);
 panels!(q4_1_512_panels, q4_1_panel, Q4_1, false, true);
 panels!(q4_1_256_panels, q4_1_panel_256, Q4_1, false, true);
+panels!(q8_0_256_panels, q8_0_panel_256, Q8_0, false, false);
 panels!(q5_0_512_panels, offset_panel<Q5Panel>, Q5_0, true, false);
 panels!(q8_0_512_panels, offset_panel<Q8Panel>, Q8_0, true, false);
 
@@ -1043,6 +1043,60 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
     }
 }
 
+/// A Q8_0 panel (16 rows in [`super::repack`]'s layout: 16 f16 scales, then 8 registers of
+/// values plus 128, register `k` holding values `4k..4k + 4` of every row) against `C` tokens
+/// with AVX2, by halves of 8 rows, a row per 32-bit lane. `vpmaddubsw` multiplies unsigned by
+/// signed bytes, and the stored values plus 128 would overflow its 16-bit pairs, so each
+/// register's values go back to their sign (`^ 0x80`) and multiply as `|w| * (a with w's
+/// sign)`: a pair is then at most 2 x 128 x 127 = 32,512 in size, and `vpmaddwd` adds each
+/// register's pairs into the rows' 32-bit sums. Even and odd blocks in two accumulators, as
+/// [`offset_panel`]. Every row's operations are the same whatever `C` is.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 34 bytes), every
+    // activation access inside a token's `nb` blocks.
+    unsafe {
+        for h in 0..2 {
+            let mut acc = [[_mm256_setzero_ps(); C]; 2];
+            for b in 0..a.nb {
+                let base = w.add(b * 544);
+                if h == 0 {
+                    for c in 0..9 {
+                        prefetch_ahead(base.wrapping_add(64 * c));
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
+                let mut sums = [_mm256_setzero_si256(); C];
+                for k in 0..8 {
+                    let wk = _mm256_xor_si256(
+                        _mm256_loadu_si256(base.add(32 + 64 * k + 32 * h).cast()),
+                        flip,
+                    );
+                    let abs = _mm256_abs_epi8(wk);
+                    for t in 0..C {
+                        let av = _mm256_set1_epi32(ld32(tp[t].0.add(32 * b + 4 * k).cast()));
+                        let pairs = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(av, wk));
+                        sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+                for t in 0..C {
+                    let da = _mm256_set1_ps(*tp[t].1.add(b));
+                    let e = &mut acc[b % 2][t];
+                    *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), _mm256_mul_ps(dw, da), *e);
+                }
+            }
+            for t in 0..C {
+                let v = _mm256_add_ps(acc[0][t], acc[1][t]);
+                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), v);
+            }
+        }
+    }
+}
+
 /// The scales and minimums of 8 rows of a Q4_1 panel block (8 dwords at `p`, each a row's f16
 /// scale in its low half and f16 minimum in its high half), as two vectors of 8 floats.
 ///
@@ -1131,47 +1185,6 @@ unsafe fn q5_0_256<const R: usize, const C: usize>(
                     let dot = pairs(_mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], av), off));
                     let sc = _mm256_set1_ps(wd[r] * da);
                     acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..R {
-            for t in 0..C {
-                out[t0 + t][r0 + r] = hsum256(acc[r][t]);
-            }
-        }
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_256<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    // SAFETY: as in `q4_0_256`.
-    unsafe {
-        for b in 0..a.nb {
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut wd = [0f32; R];
-            for r in 0..R {
-                let p = w.add(r * rb + b * 34);
-                wq[r] = _mm256_loadu_si256(p.add(2).cast());
-                wd[r] = f16_1(p);
-            }
-            for t in 0..C {
-                let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
-                let da = *tp[t].1.add(b);
-                for r in 0..R {
-                    // |w| * (a with w's sign): unsigned by signed, as `vpmaddubsw` wants.
-                    let p16 =
-                        _mm256_maddubs_epi16(_mm256_abs_epi8(wq[r]), _mm256_sign_epi8(av, wq[r]));
-                    let sc = _mm256_set1_ps(wd[r] * da);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pairs(p16)), sc, acc[r][t]);
                 }
             }
         }
