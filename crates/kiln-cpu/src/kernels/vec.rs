@@ -262,6 +262,13 @@ impl KvElem for f16 {
                 return;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && g > 0 && q.len().is_multiple_of(g) && out.len().is_multiple_of(g) {
+            // SAFETY: the instruction set was detected on this CPU.
+            if unsafe { x86::scores_group_256(q, g, scale, &key, out) } {
+                return;
+            }
+        }
         let (hd, len) = (q.len() / g.max(1), out.len() / g.max(1));
         for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(len)) {
             scores_f16(isa, qh, scale, &key, oh);
@@ -283,6 +290,13 @@ impl KvElem for f16 {
         {
             // SAFETY: the instruction set was detected on this CPU.
             if unsafe { x86::mix_group_512(w, g, &val, acc) } {
+                return;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && g > 0 && w.len().is_multiple_of(g) && acc.len().is_multiple_of(g) {
+            // SAFETY: the instruction set was detected on this CPU.
+            if unsafe { x86::mix_group_256(w, g, &val, acc) } {
                 return;
             }
         }
@@ -773,6 +787,100 @@ mod x86 {
         for j in i..n {
             x[j] = f16::from_f32(x[j]).to_f32();
         }
+    }
+
+    /// [`dot_f16_256`] of `g` heads (`q`: g rows of `hd`) with each key, times `scale`, into
+    /// `out` (g rows of `len` scores): each key's values converted once for all the heads.
+    /// Each head's products, accumulators, sum across lanes and tail are `dot_f16_256`'s, in
+    /// its order, so its results bit for bit. `false` (nothing written) unless `hd` is a
+    /// multiple of 16 and `g` at most 4.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores_group_256<'a>(
+        q: &[f32],
+        g: usize,
+        scale: f32,
+        key: &impl Fn(usize) -> &'a [f16],
+        out: &mut [f32],
+    ) -> bool {
+        let (hd, len) = (q.len() / g, out.len() / g);
+        if !hd.is_multiple_of(16) || g > 4 {
+            return false;
+        }
+        let pq = q.as_ptr();
+        for p in 0..len {
+            let k = &key(p)[..hd];
+            let pk = k.as_ptr().cast::<u16>();
+            let mut acc0 = [_mm256_setzero_ps(); 4];
+            let mut acc1 = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            // SAFETY: every load reads inside the key's `hd` values and the `g` heads of `q`.
+            unsafe {
+                while i + 16 <= hd {
+                    let k0 = _mm256_cvtph_ps(_mm_loadu_si128(pk.add(i).cast()));
+                    let k1 = _mm256_cvtph_ps(_mm_loadu_si128(pk.add(i + 8).cast()));
+                    for h in 0..g {
+                        let qh = pq.add(h * hd + i);
+                        acc0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qh), k0, acc0[h]);
+                        acc1[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(8)), k1, acc1[h]);
+                    }
+                    i += 16;
+                }
+            }
+            for h in 0..g {
+                let v = _mm256_add_ps(acc0[h], acc1[h]);
+                let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+                out[h * len + p] = scale * _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+            }
+        }
+        true
+    }
+
+    /// [`axpy_f16_256`] of every position's value into `g` heads' sums (`w`: g rows of `len`
+    /// weights, `acc`: g rows of `hd`), 16 values of every head at a time over all positions,
+    /// in registers: each value converted once for all the heads, the sums never stored between
+    /// positions. Each sum takes the same multiply-adds in the same order as one head at a time,
+    /// so its results bit for bit. `false` (nothing changed) unless `hd` is a multiple of 16
+    /// and `g` at most 4.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn mix_group_256<'a>(
+        w: &[f32],
+        g: usize,
+        val: &impl Fn(usize) -> &'a [f16],
+        acc: &mut [f32],
+    ) -> bool {
+        let (len, hd) = (w.len() / g, acc.len() / g);
+        if !hd.is_multiple_of(16) || g > 4 {
+            return false;
+        }
+        let pa = acc.as_mut_ptr();
+        for c in (0..hd).step_by(16) {
+            // SAFETY: every access is inside the `g` sums of `hd` values, the `g` rows of
+            // `len` weights, and each value's `hd` values.
+            unsafe {
+                let mut r0 = [_mm256_setzero_ps(); 4];
+                let mut r1 = [_mm256_setzero_ps(); 4];
+                for h in 0..g {
+                    r0[h] = _mm256_loadu_ps(pa.add(h * hd + c));
+                    r1[h] = _mm256_loadu_ps(pa.add(h * hd + c + 8));
+                }
+                for p in 0..len {
+                    let pv = val(p)[..hd].as_ptr().cast::<u16>();
+                    let x0 = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(c).cast()));
+                    let x1 = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(c + 8).cast()));
+                    for h in 0..g {
+                        let vw = _mm256_set1_ps(*w.get_unchecked(h * len + p));
+                        r0[h] = _mm256_fmadd_ps(vw, x0, r0[h]);
+                        r1[h] = _mm256_fmadd_ps(vw, x1, r1[h]);
+                    }
+                }
+                for h in 0..g {
+                    _mm256_storeu_ps(pa.add(h * hd + c), r0[h]);
+                    _mm256_storeu_ps(pa.add(h * hd + c + 8), r1[h]);
+                }
+            }
+        }
+        true
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
