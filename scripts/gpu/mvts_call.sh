@@ -8,13 +8,16 @@
 # the three switches alternated (one row: once), Qwen2.5-0.5B and Llama-3.2-1B shapes (random f16 weights);
 # then 8 rows with at least 2 or 4 warps a tile (`--dev cuda-mvtks`, one round); then after 2,048 tokens, the prefill of 2,048, and weights read in place against f16 (one round)
 # (`-p 32 -g 128`), as scripts/gpu/targets16_call.sh.
-# Usage (device tool, carry .devbin from scripts/gpu/build.sh): bash scripts/gpu/mvts_call.sh
+# MIN=1: the backend operations with each switch and the rows' tok/s only (a call that must be
+# short).
+# Usage (device tool, carry .devbin from scripts/gpu/build.sh): [MIN=1] bash scripts/gpu/mvts_call.sh
 set -u
 . scripts/gpu/setup.sh
 K=$B/kiln
 nvidia-smi --query-gpu=name --format=csv,noheader
-random_models q05:qwen2.5-0.5b l1b:llama3.2-1b s135:smollm2-135m
-( for q in q4_0 q8_0 q4_k; do $K quantize /tmp/l1b /tmp/l1b-$q.gguf --type $q; done
+if [ "${MIN:-0}" = 1 ]; then random_models q05:qwen2.5-0.5b l1b:llama3.2-1b; else
+random_models q05:qwen2.5-0.5b l1b:llama3.2-1b s135:smollm2-135m; fi
+[ "${MIN:-0}" = 1 ] || ( for q in q4_0 q8_0 q4_k; do $K quantize /tmp/l1b /tmp/l1b-$q.gguf --type $q; done
   $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1 ) >/tmp/quant.log 2>&1 &
 QPID=$!
 el "== copy bandwidth"; python3 scripts/gpu/copy_bw.py
@@ -22,8 +25,8 @@ el "== checks"
 for s in cluster none; do
   KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvts=$s t "$B/backend_ops" | sed "s/^/backend_ops $s: /"
 done
-KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvts=cluster KILN_TEST_MODEL=/tmp/q05 t "$B/real_model" batched | sed "s/^/real_model q05 cluster: /"
-r=$(KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvts=cluster timeout 150 compute-sanitizer --print-limit 5 "$B/backend_ops" matmul --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2)
+[ "${MIN:-0}" = 1 ] || KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvts=cluster KILN_TEST_MODEL=/tmp/q05 t "$B/real_model" batched | sed "s/^/real_model q05 cluster: /"
+[ "${MIN:-0}" = 1 ] || r=$(KILN_TEST_DEVICE=cuda KILN_TEST_DEV=cuda-mvts=cluster timeout 150 compute-sanitizer --print-limit 5 "$B/backend_ops" matmul --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2)
 echo "sanitizer, backend_ops matmul cluster: ${r:-no summary}"
 el "== rows, -p 32 -g 128 (memory / cluster / none; one row takes no k_mvt)"
 for r in 1 2; do
@@ -36,6 +39,7 @@ for r in 1 2; do
     done
   done
 done
+[ "${MIN:-0}" = 1 ] && { el "done (MIN=1)"; exit 0; }
 el "== 8 rows with at least 2 or 4 warps a tile (cuda-mvtks; the default 1 is 'memory' above)"
 for r in 1; do
   for m in q05 l1b; do

@@ -987,10 +987,14 @@ unsafe fn q4_0_256<const R: usize, const C: usize>(
 /// the 8 registers of values (`nibbles_256`, 4 values of every row) meets the token's
 /// matching 4 values broadcast in one `vpmaddubsw`; the 8 results add up as 16-bit sums (each
 /// at most 8 x 2 x 15 x 127 = 30,480 in size, so none overflows) and one `vpmaddwd` makes each
-/// row's 32-bit sum; then one multiply-add applies the rows' and the token's scales. The
-/// minimum's terms (`m * s` per block) are summed in a loop of their own (the half panel is
-/// then in the L1 cache) and added last. Every row's operations are the same whatever `C` is,
-/// so a token's result does not depend on how many share the call. Where the tile kernels
+/// row's 32-bit sum; then one multiply-add applies the rows' and the token's scales, into one
+/// of two accumulators (even and odd blocks). The minimum's terms (`m * s` per block) are
+/// summed in a loop of their own (the half panel is then in the L1 cache) and added last. So
+/// each row gets [`q4_1_panel`]'s floating-point operations in its order (the integer sums
+/// are exact), and its results bit for bit; with one accumulator the golden test's logits
+/// moved enough to turn a position whose two best tokens are 0.306 apart in llama.cpp's
+/// logits. Every row's operations are the same whatever `C` is, so a token's result does not
+/// depend on how many share the call. Where the tile kernels
 /// before it (4 rows by 4 tokens, a row's block a register) took a `vpmaddubsw`, a
 /// `vpmaddwd`, a conversion and a multiply-add for each row's 32 values, this takes one
 /// `vpmaddubsw` and one addition for 8 rows' 4 values, and the rest once for 8 rows' 32.
@@ -1003,7 +1007,7 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
     // activation access inside a token's `nb` blocks.
     unsafe {
         for h in 0..2 {
-            let mut acc = [_mm256_setzero_ps(); C];
+            let mut acc = [[_mm256_setzero_ps(); C]; 2];
             let mut mins = [_mm256_setzero_ps(); C];
             for b in 0..a.nb {
                 let base = w.add(b * 320);
@@ -1026,8 +1030,8 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
                 for t in 0..C {
                     let sum = _mm256_madd_epi16(sums[t], ones);
                     let da = _mm256_set1_ps(*tp[t].1.add(b));
-                    acc[t] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, da), acc[t]);
+                    let e = &mut acc[b % 2][t];
+                    *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, da), *e);
                 }
             }
             for b in 0..a.nb {
@@ -1037,7 +1041,8 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
                 }
             }
             for t in 0..C {
-                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), _mm256_add_ps(acc[t], mins[t]));
+                let v = _mm256_add_ps(acc[0][t], acc[1][t]);
+                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), _mm256_add_ps(v, mins[t]));
             }
         }
     }
