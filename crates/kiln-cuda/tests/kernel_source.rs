@@ -241,8 +241,7 @@ fn every_kernel_gets_its_arguments_in_order() {
             "ws",
             "cnt",
             "pf",
-            "early",
-            "cluster"
+            "early"
         ]
     );
 }
