@@ -789,6 +789,23 @@ mod x86 {
         }
     }
 
+    /// The sum of the 8 lanes of `a + b`: lane `i` with `i + 4`, then `0 + 2` and `1 + 3`,
+    /// then the two (the order every AVX2 dot product here ends with).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn sum_pair_256(a: __m256, b: __m256) -> f32 {
+        let v = _mm256_add_ps(a, b);
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    }
+
+    /// Whether [`scores_group_256`] and [`mix_group_256`] take `g` heads of `hd` values: whole
+    /// steps of 16 values, and at most 4 heads' sums in registers.
+    fn grouped_256(hd: usize, g: usize) -> bool {
+        hd.is_multiple_of(16) && g <= 4
+    }
+
     /// [`dot_f16_256`] of `g` heads (`q`: g rows of `hd`) with each key, times `scale`, into
     /// `out` (g rows of `len` scores): each key's values converted once for all the heads.
     /// Each head's products, accumulators, sum across lanes and tail are `dot_f16_256`'s, in
@@ -803,7 +820,7 @@ mod x86 {
         out: &mut [f32],
     ) -> bool {
         let (hd, len) = (q.len() / g, out.len() / g);
-        if !hd.is_multiple_of(16) || g > 4 {
+        if !grouped_256(hd, g) {
             return false;
         }
         let pq = q.as_ptr();
@@ -827,10 +844,7 @@ mod x86 {
                 }
             }
             for h in 0..g {
-                let v = _mm256_add_ps(acc0[h], acc1[h]);
-                let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-                out[h * len + p] = scale * _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+                out[h * len + p] = scale * sum_pair_256(acc0[h], acc1[h]);
             }
         }
         true
@@ -850,7 +864,7 @@ mod x86 {
         acc: &mut [f32],
     ) -> bool {
         let (len, hd) = (w.len() / g, acc.len() / g);
-        if !hd.is_multiple_of(16) || g > 4 {
+        if !grouped_256(hd, g) {
             return false;
         }
         let pa = acc.as_mut_ptr();
@@ -900,10 +914,7 @@ mod x86 {
                 i += 16;
             }
         }
-        let v = _mm256_add_ps(acc0, acc1);
-        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        let mut s = sum_pair_256(acc0, acc1);
         for j in i..n {
             s += a[j] * b[j].to_f32();
         }
@@ -932,10 +943,7 @@ mod x86 {
         }
         let mut out = [0.0f32; 4];
         for t in 0..4 {
-            let v = _mm256_add_ps(acc0[t], acc1[t]);
-            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+            let mut s = sum_pair_256(acc0[t], acc1[t]);
             for j in i..n {
                 s += a[t][j] * b[j].to_f32();
             }
@@ -1062,10 +1070,7 @@ mod x86 {
                 i += 16;
             }
         }
-        let v = _mm256_add_ps(acc0, acc1);
-        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        let mut s = sum_pair_256(acc0, acc1);
         for j in i..n {
             s += a[j] * b[j];
         }
