@@ -90,15 +90,19 @@ fn check<B: Backend>(m: LoadedModel<B>) {
             if ours == top[0].0 {
                 top1_agree += 1;
             } else {
-                // A near-tie on either side: the reference's two best within 0.3, or kiln's
-                // own best and the reference's best within 0.3 in kiln's logits (each side's
-                // pick there is its rounding noise; docs/CORRECTNESS.md).
+                // The reference's two best within 0.3; or kiln's best among the reference's
+                // five, at most 0.5 below the reference's best there, and kiln's own logits
+                // putting the two within 0.3 (docs/CORRECTNESS.md).
                 let margin = top[0].1 - top[1].1;
                 let own = logits[ours as usize] - logits[top[0].0 as usize];
+                let gap = top
+                    .iter()
+                    .find(|&&(id, _)| id == ours)
+                    .map(|&(_, v)| top[0].1 - v);
                 assert!(
-                    margin < 0.3 || own < 0.3,
+                    margin < 0.3 || (gap.is_some_and(|g| g < 0.5) && own < 0.3),
                     "{} position {i}: top-1 {ours} differs from reference {} with margin {margin} \
-                     (kiln's own margin {own})",
+                     (reference's gap to kiln's top-1 {gap:?}, kiln's own margin {own})",
                     c.name,
                     top[0].0
                 );

@@ -259,6 +259,40 @@ fn results_do_not_depend_on_the_batch() {
     eprintln!("{checked} tokens checked");
 }
 
+/// AVX2's Q4_1 and Q8_0 panels give AVX-512's panels' results bit for bit (the same exact
+/// integer sums, the same floating-point operations in the same order), on a machine that has
+/// both; elsewhere nothing is compared, and the test says so.
+#[test]
+fn avx2_panels_equal_avx512_panels() {
+    let isas = Isa::available();
+    if !(isas.contains(&Isa::Avx2) && isas.contains(&Isa::Avx512Vnni)) {
+        eprintln!("not compared: this CPU lacks AVX2 or AVX-512 VNNI");
+        return;
+    }
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for fmt in [Fmt::Q4_1, Fmt::Q8_0] {
+        for &cols in &[32usize, 576, 1056] {
+            let rows = 37;
+            let w = random_rows(fmt, rows, cols, &mut rng);
+            let rb = ggml(fmt).bytes_for(cols);
+            for n in [1usize, 4, 8, 13] {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.f() * 3.0).collect();
+                let got: Vec<Vec<u32>> = [Isa::Avx2, Isa::Avx512Vnni]
+                    .iter()
+                    .map(|&isa| {
+                        let mut a = QAct::new();
+                        a.quantize(isa, &x, n, cols);
+                        let wk = repack(isa, fmt, &w, rows, cols).expect("panels");
+                        let v = run(Tiles::new(isa, fmt), &wk, rows, rb, &a, n);
+                        v.iter().map(|f| f.to_bits()).collect()
+                    })
+                    .collect();
+                assert_eq!(got[0], got[1], "{fmt:?} {rows}x{cols} n={n}");
+            }
+        }
+    }
+}
+
 /// Rows interleaved for a kernel come back unchanged, so the embedding lookup (which reads
 /// a row back) sees the file's values.
 #[test]
