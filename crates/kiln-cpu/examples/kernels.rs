@@ -219,7 +219,23 @@ fn sample_sweep() {
 /// Decode-sized products (SmolLM2-135M's shapes) at 1 to 8 tokens: microseconds a product
 /// and its cost against one token, the figure batched decoding (refinement, serving) rests on.
 fn batch_sweep(be: &CpuBackend) {
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+    // FORMATS=q5_0,q4_0 (ggml's type names) for others than Q4_1 and Q8_0.
+    let formats: Vec<GgmlType> = match std::env::var("FORMATS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                GgmlType::ALL
+                    .into_iter()
+                    .find(|t| t.name().eq_ignore_ascii_case(n))
+                    .unwrap_or_else(|| {
+                        eprintln!("FORMATS: unknown format {n}");
+                        std::process::exit(2)
+                    })
+            })
+            .collect(),
+        Err(_) => vec![GgmlType::Q4_1, GgmlType::Q8_0],
+    };
+    for ty in formats {
         for (rows, cols) in [(1536, 576), (576, 1536), (49152, 576), (196608, 576)] {
             let t = random_matrix(ty, rows, cols);
             let m = be.matrix(t).expect("matrix");

@@ -736,7 +736,7 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
 /// ([`repack`]).
 pub fn layout(isa: Isa, fmt: Fmt) -> Layout {
     if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0)
-        || isa == Isa::Avx2 && matches!(fmt, Fmt::Q4_1 | Fmt::Q8_0)
+        || isa == Isa::Avx2 && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0)
     {
         Layout::Panels
     } else {
@@ -767,7 +767,11 @@ impl Tiles {
             f: tile_fn(isa, fmt),
             tokens: if layout == Layout::Panels { 8 } else { 4 },
             layout,
-            offsets: layout == Layout::Panels && isa == Isa::Avx512Vnni && fmt != Fmt::Q4_1,
+            offsets: layout == Layout::Panels
+                && match isa {
+                    Isa::Avx512Vnni => fmt != Fmt::Q4_1,
+                    _ => matches!(fmt, Fmt::Q4_0 | Fmt::Q5_0),
+                },
         }
     }
 

@@ -135,6 +135,72 @@ fn simd_kernels_match_scalar() {
     }
 }
 
+/// The largest integer sums a block can make (every stored byte 0x00, 0xFF, 0x80 or 0x7F,
+/// so values at their extremes, against activations all 127, all -127, or either as the
+/// position's parity says): every SIMD kernel still gives the scalar results, so none of
+/// their narrow sums overflows (a Q5_0 kernel that added its 8 products of a block in 16
+/// bits failed here, not in `simd_kernels_match_scalar`'s random data).
+#[test]
+fn extreme_blocks_do_not_overflow() {
+    let mut rng = Rng(0x2F1A_0C5D_9B3E_4471);
+    for fmt in FORMATS {
+        let cols = sizes(fmt)[0];
+        let (rows, n) = (35, 8);
+        let rb = ggml(fmt).bytes_for(cols);
+        for fill in [0x00u8, 0xFF, 0x80, 0x7F] {
+            let mut w = random_rows(fmt, rows, cols, &mut rng);
+            let scales = w.clone();
+            w.fill(fill);
+            // The random rows' scale fields back (the values stay at the fill).
+            let bb = ggml(fmt).block().1;
+            let fields: &[usize] = match fmt {
+                Fmt::Q4_0 | Fmt::Q5_0 | Fmt::Q8_0 => &[0],
+                Fmt::Q4_1 | Fmt::Q4_K | Fmt::Q5_K => &[0, 2],
+                Fmt::Q6_K => &[208],
+            };
+            for (blk, src) in w.chunks_exact_mut(bb).zip(scales.chunks_exact(bb)) {
+                for &o in fields {
+                    blk[o..o + 2].copy_from_slice(&src[o..o + 2]);
+                }
+            }
+            for sign in [1.0f32, -1.0, 0.0] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| {
+                        if sign != 0.0 {
+                            sign
+                        } else if i % 2 == 0 {
+                            1.0
+                        } else {
+                            -1.0
+                        }
+                    })
+                    .collect();
+                let mut a = QAct::new();
+                a.quantize(Isa::Scalar, &x, n, cols);
+                let want = run(Tiles::scalar(fmt), &w, rows, rb, &a, n);
+                let mag = magnitudes(fmt, &w, rows, cols, &x, n);
+                for isa in Isa::available() {
+                    let mut aq = QAct::new();
+                    aq.quantize(isa, &x, n, cols);
+                    let k = Tiles::new(isa, fmt);
+                    if k.offsets {
+                        aq.offsets();
+                    }
+                    let wk = repack(isa, fmt, &w, rows, cols).unwrap_or_else(|| w.clone());
+                    let got = run(k, &wk, rows, rb, &aq, n);
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        let tol = 1e-4 * e.abs() + 1e-6 * mag[i] + 1e-6;
+                        assert!(
+                            (g - e).abs() <= tol,
+                            "{isa:?} {fmt:?} fill {fill:#x} sign {sign} [{i}]: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `sum |w_i * x_i|` for each token and row (as `run` orders its results): the size of a
 /// product's terms.
 fn magnitudes(fmt: Fmt, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {

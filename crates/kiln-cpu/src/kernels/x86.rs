@@ -75,9 +75,9 @@ pub(super) fn tile_fn_avx512(fmt: Fmt) -> TileFn {
 /// The AVX2 tile kernel for a format.
 pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
     match fmt {
-        Fmt::Q4_0 => q4_0_256_tiles,
+        Fmt::Q4_0 => q4_0_256_panels,
         Fmt::Q4_1 => q4_1_256_panels,
-        Fmt::Q5_0 => q5_0_256_tiles,
+        Fmt::Q5_0 => q5_0_256_panels,
         Fmt::Q8_0 => q8_0_256_panels,
         Fmt::Q4_K => q4_k_256_tiles,
         Fmt::Q5_K => q5_k_256_tiles,
@@ -88,8 +88,6 @@ pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
 tiles!(q4_k_512_tiles, q4_k_512);
 tiles!(q5_k_512_tiles, q5_k_512);
 tiles!(q6_k_512_tiles, q6_k_512);
-tiles!(q4_0_256_tiles, q4_0_256);
-tiles!(q5_0_256_tiles, q5_0_256);
 tiles!(q4_k_256_tiles, q4_k_256);
 tiles!(q5_k_256_tiles, q5_k_256);
 tiles!(q6_k_256_tiles, q6_k_256);
@@ -612,6 +610,8 @@ panels!(q4_0_512_panels, offset_panel<Q4Panel>, Q4_0, true, false);
 panels!(q4_1_512_panels, q4_1_panel, Q4_1, false, true);
 panels!(q4_1_256_panels, q4_1_panel_256, Q4_1, false, true);
 panels!(q8_0_256_panels, q8_0_panel_256, Q8_0, false, false);
+panels!(q4_0_256_panels, offset_panel_256<Q4Panel>, Q4_0, true, true);
+panels!(q5_0_256_panels, offset_panel_256<Q5Panel>, Q5_0, true, true);
 panels!(q5_0_512_panels, offset_panel<Q5Panel>, Q5_0, true, false);
 panels!(q8_0_512_panels, offset_panel<Q8Panel>, Q8_0, true, false);
 
@@ -934,57 +934,6 @@ fn pairs(x: __m256i) -> __m256i {
     _mm256_madd_epi16(x, _mm256_set1_epi16(1))
 }
 
-/// 16 nibble bytes as the 32 values of a block (`[lo | hi]`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nib1(p: *const u8) -> __m256i {
-    // SAFETY: the caller passes a readable 16-byte location.
-    let n = unsafe { _mm_loadu_si128(p.cast()) };
-    let x = _mm256_set_m128i(_mm_srli_epi16::<4>(n), n);
-    _mm256_and_si256(x, _mm256_set1_epi8(0x0F))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0_256<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let eight = _mm256_set1_epi8(8);
-    // SAFETY: rows, tokens and blocks in range per the `TileFn` contract.
-    unsafe {
-        for b in 0..a.nb {
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut wd = [0f32; R];
-            for r in 0..R {
-                let p = w.add(r * rb + b * 18);
-                wq[r] = nib1(p.add(2));
-                wd[r] = f16_1(p);
-            }
-            for t in 0..C {
-                let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
-                let off = _mm256_maddubs_epi16(eight, av);
-                let da = *tp[t].1.add(b);
-                for r in 0..R {
-                    let dot = pairs(_mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], av), off));
-                    let sc = _mm256_set1_ps(wd[r] * da);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..R {
-            for t in 0..C {
-                out[t0 + t][r0 + r] = hsum256(acc[r][t]);
-            }
-        }
-    }
-}
-
 /// A Q4_1 panel (16 rows in [`super::repack`]'s layout, as [`q4_1_panel`] reads it) against
 /// `C` tokens with AVX2: by halves of 8 rows, a row per 32-bit lane. For each block, each of
 /// the 8 registers of values (`nibbles_256`, 4 values of every row) meets the token's
@@ -1105,6 +1054,118 @@ unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
     }
 }
 
+/// AVX2's view of an [`OffsetPanel`] block: half `h` (rows `8h..8h + 8`) of a panel
+/// block as 8 rows' scales and 8 registers of stored values, register `k` holding values
+/// `4k..4k + 4` of each of the 8 rows (a row per 32-bit lane).
+trait OffsetHalf: OffsetPanel {
+    /// Whether the stored values are at most 15, so that a block's 8 `vpmaddubsw` results
+    /// add up in 16 bits (8 x 2 x 15 x 127 = 30,480); Q5_0's (up to 31) take two sums of 4.
+    const NARROW: bool;
+    /// The half's scales and values.
+    ///
+    /// # Safety
+    /// `base` points to a whole block of a panel; the CPU has AVX2 and F16C.
+    unsafe fn half(base: *const u8, h: usize) -> (__m256, [__m256i; 8]);
+}
+
+impl OffsetHalf for Q4Panel {
+    const NARROW: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half(base: *const u8, h: usize) -> (__m256, [__m256i; 8]) {
+        // SAFETY: the caller passes a whole block (32 + 4 x 64 bytes).
+        unsafe {
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
+            let wk =
+                core::array::from_fn(|k| nibbles_256(base.add(32 + 64 * (k % 4) + 32 * h), k >= 4));
+            (dw, wk)
+        }
+    }
+}
+
+impl OffsetHalf for Q5Panel {
+    const NARROW: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half(base: *const u8, h: usize) -> (__m256, [__m256i; 8]) {
+        // SAFETY: the caller passes a whole block (32 + 64 + 4 x 64 bytes).
+        unsafe {
+            let m16 = _mm256_set1_epi8(0x10);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
+            let hb = _mm256_loadu_si256(base.add(32 + 32 * h).cast());
+            // Register k's high bits: bit 8j + k of each dword moved to bit 8j + 4.
+            let hk = [
+                _mm256_slli_epi32::<4>(hb),
+                _mm256_slli_epi32::<3>(hb),
+                _mm256_slli_epi32::<2>(hb),
+                _mm256_slli_epi32::<1>(hb),
+                hb,
+                _mm256_srli_epi32::<1>(hb),
+                _mm256_srli_epi32::<2>(hb),
+                _mm256_srli_epi32::<3>(hb),
+            ];
+            let wk = core::array::from_fn(|k| {
+                let lo = nibbles_256(base.add(96 + 64 * (k % 4) + 32 * h), k >= 4);
+                _mm256_or_si256(lo, _mm256_and_si256(hk[k], m16))
+            });
+            (dw, wk)
+        }
+    }
+}
+
+/// A panel of Q4_0 or Q5_0 ([`OffsetHalf`]) against `C` tokens with AVX2, by halves of 8
+/// rows, a row per 32-bit lane: for each block, the half's 8 registers of stored values are
+/// decoded once, and each token's 4 values matching a register, broadcast, meet it in one
+/// `vpmaddubsw`; the results add as 16-bit sums (Q5_0: two sums of 4) and `vpmaddwd` makes
+/// each row's 32-bit sum, which starts at the token's block offset scaled to the format's `K`
+/// ([`super::QAct::offsets`]), so it is the exact product of the true values; then one
+/// multiply-add applies the rows' and the token's scales. Every row's operations are the
+/// same whatever `C` is.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
+    let ones = _mm256_set1_epi16(1);
+    // SAFETY: every weight access is inside the panel (`nb` blocks of `F::BYTES`), every
+    // activation access inside a token's `nb` blocks (the caller checked the offsets are
+    // there).
+    unsafe {
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); C];
+            for b in 0..a.nb {
+                let base = w.add(b * F::BYTES);
+                if h == 0 {
+                    for c in 0..F::BYTES.div_ceil(64) {
+                        prefetch_ahead(base.wrapping_add(64 * c));
+                    }
+                }
+                let (dw, wk) = F::half(base, h);
+                for t in 0..C {
+                    let act = tp[t].0.add(32 * b);
+                    let mut s = [_mm256_setzero_si256(); 2];
+                    for k in 0..8 {
+                        let av = _mm256_set1_epi32(ld32(act.add(4 * k).cast()));
+                        let i = usize::from(!F::NARROW && k >= 4);
+                        s[i] = _mm256_add_epi16(s[i], _mm256_maddubs_epi16(wk[k], av));
+                    }
+                    let mut sum = _mm256_set1_epi32(*off[t].add(b) >> F::SHIFT);
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s[0], ones));
+                    if !F::NARROW {
+                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s[1], ones));
+                    }
+                    let da = _mm256_set1_ps(*tp[t].1.add(b));
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, da), acc[t]);
+                }
+            }
+            for t in 0..C {
+                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), acc[t]);
+            }
+        }
+    }
+}
+
 /// The scales and minimums of 8 rows of a Q4_1 panel block (8 dwords at `p`, each a row's f16
 /// scale in its low half and f16 minimum in its high half), as two vectors of 8 floats.
 ///
@@ -1142,66 +1203,6 @@ unsafe fn nibbles_256(p: *const u8, high: bool) -> __m256i {
     let x = unsafe { _mm256_loadu_si256(p.cast()) };
     let x = if high { _mm256_srli_epi16::<4>(x) } else { x };
     _mm256_and_si256(x, _mm256_set1_epi8(0x0F))
-}
-
-/// The 32 bits of `qh` as 32 bytes of 0x10 (bit set) or 0.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn fifth_bits(qh: i32) -> __m256i {
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(qh),
-        _mm256_set_epi64x(
-            0x0303_0303_0303_0303,
-            0x0202_0202_0202_0202,
-            0x0101_0101_0101_0101,
-            0,
-        ),
-    );
-    // Byte i keeps bit i % 8 only if all other bits are forced on and it is set.
-    let probe = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7FBF_DFEF_F7FB_FDFE));
-    let set = _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1));
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0_256<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let sixteen = _mm256_set1_epi8(16);
-    // SAFETY: as in `q4_0_256`.
-    unsafe {
-        for b in 0..a.nb {
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut wd = [0f32; R];
-            for r in 0..R {
-                let p = w.add(r * rb + b * 22);
-                wq[r] = _mm256_or_si256(nib1(p.add(6)), fifth_bits(ld32(p.add(2))));
-                wd[r] = f16_1(p);
-            }
-            for t in 0..C {
-                let av = _mm256_loadu_si256(tp[t].0.add(32 * b).cast());
-                let off = _mm256_maddubs_epi16(sixteen, av);
-                let da = *tp[t].1.add(b);
-                for r in 0..R {
-                    let dot = pairs(_mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], av), off));
-                    let sc = _mm256_set1_ps(wd[r] * da);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
-                }
-            }
-        }
-        for r in 0..R {
-            for t in 0..C {
-                out[t0 + t][r0 + r] = hsum256(acc[r][t]);
-            }
-        }
-    }
 }
 
 /// The Q4_K and Q5_K kernel on AVX2 (`HIGH`: Q5_K's fifth bit).
