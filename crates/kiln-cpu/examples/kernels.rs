@@ -236,7 +236,12 @@ fn batch_sweep(be: &CpuBackend) {
         Err(_) => vec![GgmlType::Q4_1, GgmlType::Q8_0],
     };
     for ty in formats {
-        for (rows, cols) in [(1536, 576), (576, 1536), (49152, 576), (196608, 576)] {
+        let shapes: &[(usize, usize)] = if ty.block().0 == 256 {
+            &[(1536, 768), (768, 1536), (49152, 768), (196608, 768)]
+        } else {
+            &[(1536, 576), (576, 1536), (49152, 576), (196608, 576)]
+        };
+        for &(rows, cols) in shapes {
             let t = random_matrix(ty, rows, cols);
             let m = be.matrix(t).expect("matrix");
             let mut line = format!("{:<5} {rows:>5}x{cols:<5}", ty.name());

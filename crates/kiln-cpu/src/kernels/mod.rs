@@ -443,8 +443,8 @@ pub(crate) fn repack_on(
     if layout(isa, fmt) != Layout::Panels || rows < PANEL {
         return None;
     }
-    let nb = cols / 32;
-    let bb = fmt.ty().block().1;
+    let (bl, bb) = fmt.ty().block();
+    let nb = cols / bl;
     let rb = nb * bb;
     if rows.checked_mul(rb) != Some(data.len()) {
         return None;
@@ -508,6 +508,9 @@ fn panel_into(fmt: Fmt, src: &[u8], nb: usize, to: &mut [u8]) {
         Fmt::Q4_1 => panel_blocks::<20>(src, nb, to, |from, l, to| place(&Q4_1_MOVES, from, l, to)),
         Fmt::Q8_0 => panel_blocks::<34>(src, nb, to, |from, l, to| place(&Q8_0_MOVES, from, l, to)),
         Fmt::Q4_0 => panel_blocks::<18>(src, nb, to, |from, l, to| place(&Q4_0_MOVES, from, l, to)),
+        Fmt::Q4_K => {
+            panel_blocks::<144>(src, nb, to, |from, l, to| place(&Q4_K_MOVES, from, l, to))
+        }
         Fmt::Q5_0 => panel_blocks::<22>(src, nb, to, |from, l, to| {
             place(&Q5_0_MOVES, from, l, to);
             let qh = u32::from_le_bytes([from[2], from[3], from[4], from[5]]);
@@ -577,6 +580,8 @@ const Q4_0_MOVES: [Move; 5] = moves(2, 2, 32, false);
 /// Q5_0: the scale, then (after 16 dwords of high bits, reordered apart by `high_bits`) 4
 /// units of nibbles.
 const Q5_0_MOVES: [Move; 5] = moves(2, 6, 96, false);
+/// Q4_K: `d` and `dmin` (4 bytes), then 3 units of packed scales and 32 of nibbles.
+const Q4_K_MOVES: [Move; 36] = moves(4, 4, 64, false);
 
 /// Where each row's block goes in a panel's block ([`Move`]).
 fn panel_moves(fmt: Fmt) -> &'static [Move] {
@@ -584,6 +589,7 @@ fn panel_moves(fmt: Fmt) -> &'static [Move] {
         Fmt::Q8_0 => &Q8_0_MOVES,
         Fmt::Q4_0 => &Q4_0_MOVES,
         Fmt::Q5_0 => &Q5_0_MOVES,
+        Fmt::Q4_K => &Q4_K_MOVES,
         _ => &Q4_1_MOVES,
     }
 }
@@ -598,8 +604,8 @@ fn copy_flip(from: &[u8], to: &mut [u8], flip: bool) {
 /// Row `r` of a matrix in [`repack`]'s layout (`data`, `cols` wide) back in the file's
 /// layout, into `out` (one row's bytes).
 pub fn unpack_row(fmt: Fmt, data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
-    let nb = cols / 32;
-    let bb = fmt.ty().block().1;
+    let (bl, bb) = fmt.ty().block();
+    let nb = cols / bl;
     let rb = nb * bb;
     let p = r / PANEL;
     if (p + 1) * PANEL * rb > data.len() {
@@ -736,7 +742,11 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
 /// ([`repack`]).
 pub fn layout(isa: Isa, fmt: Fmt) -> Layout {
     if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0)
-        || isa == Isa::Avx2 && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0)
+        || isa == Isa::Avx2
+            && matches!(
+                fmt,
+                Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0 | Fmt::Q4_K
+            )
     {
         Layout::Panels
     } else {

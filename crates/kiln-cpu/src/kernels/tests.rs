@@ -364,12 +364,23 @@ fn avx2_panels_equal_avx512_panels() {
 #[test]
 fn repacked_rows_unpack_to_the_original() {
     let mut rng = Rng(0x5851_F42D_4C95_7F2D);
-    for fmt in [Fmt::Q4_0, Fmt::Q4_1, Fmt::Q5_0, Fmt::Q8_0] {
-        for cols in [32, 576, 1056] {
+    // Each format on an instruction set whose kernel reads panels of it (Q4_K: AVX2's).
+    for (isa, fmt) in [
+        (Isa::Avx512Vnni, Fmt::Q4_0),
+        (Isa::Avx512Vnni, Fmt::Q4_1),
+        (Isa::Avx512Vnni, Fmt::Q5_0),
+        (Isa::Avx512Vnni, Fmt::Q8_0),
+        (Isa::Avx2, Fmt::Q4_K),
+    ] {
+        let widths: &[usize] = match fmt {
+            Fmt::Q4_K => &[256, 768],
+            _ => &[32, 576, 1056],
+        };
+        for &cols in widths {
             let rows = 37;
             let w = random_rows(fmt, rows, cols, &mut rng);
             let rb = ggml(fmt).bytes_for(cols);
-            let Some(p) = repack(Isa::Avx512Vnni, fmt, &w, rows, cols) else {
+            let Some(p) = repack(isa, fmt, &w, rows, cols) else {
                 panic!("{fmt:?} {cols}: not repacked");
             };
             assert_eq!(p.len(), w.len());
@@ -384,15 +395,7 @@ fn repacked_rows_unpack_to_the_original() {
             let pool = crate::pool::ThreadPool::new(3);
             let ranges = std::sync::Mutex::new(Vec::new());
             let read = |a: usize, b: usize| ranges.lock().unwrap().push((a, b));
-            let shared = repack_on(
-                Some(&pool),
-                Isa::Avx512Vnni,
-                fmt,
-                &w,
-                rows,
-                cols,
-                Some(&read),
-            );
+            let shared = repack_on(Some(&pool), isa, fmt, &w, rows, cols, Some(&read));
             assert_eq!(shared.as_ref(), Some(&p), "{fmt:?} {cols}: on 3 threads");
             let mut ranges = ranges.into_inner().unwrap();
             ranges.sort();

@@ -79,7 +79,7 @@ pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
         Fmt::Q4_1 => q4_1_256_panels,
         Fmt::Q5_0 => q5_0_256_panels,
         Fmt::Q8_0 => q8_0_256_panels,
-        Fmt::Q4_K => q4_k_256_tiles,
+        Fmt::Q4_K => q4_k_256_panels,
         Fmt::Q5_K => q5_k_256_tiles,
         Fmt::Q6_K => q6_k_256_tiles,
     }
@@ -88,7 +88,6 @@ pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
 tiles!(q4_k_512_tiles, q4_k_512);
 tiles!(q5_k_512_tiles, q5_k_512);
 tiles!(q6_k_512_tiles, q6_k_512);
-tiles!(q4_k_256_tiles, q4_k_256);
 tiles!(q5_k_256_tiles, q5_k_256);
 tiles!(q6_k_256_tiles, q6_k_256);
 
@@ -612,6 +611,7 @@ panels!(q4_1_256_panels, q4_1_panel_256, Q4_1, false, true);
 panels!(q8_0_256_panels, q8_0_panel_256, Q8_0, false, false);
 panels!(q4_0_256_panels, offset_panel_256<Q4Panel>, Q4_0, true, true);
 panels!(q5_0_256_panels, offset_panel_256<Q5Panel>, Q5_0, true, true);
+panels!(q4_k_256_panels, q4_k_panel_256, Q4_K, false, true);
 panels!(q5_0_512_panels, offset_panel<Q5Panel>, Q5_0, true, false);
 panels!(q8_0_512_panels, offset_panel<Q8Panel>, Q8_0, true, false);
 
@@ -1166,6 +1166,119 @@ unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActV
     }
 }
 
+/// A Q4_K panel (16 rows in [`super::repack`]'s layout: per super-block the 16 rows' `d` and
+/// `dmin` as Q4_1's scale-minimum dwords, 3 units of 16 dwords of their packed 6-bit scales
+/// and minimums, then 32 units of 16 dwords, unit `u` holding bytes `4u..4u + 4` of each
+/// row's 128 nibble bytes) against `C` tokens with AVX2, by halves of 8 rows, a row per
+/// 32-bit lane. Per super-block the half's 8 sub-block scales and minimums are unpacked for
+/// all 8 rows at once (`d * scale` and `dmin * min` as float vectors); then for each pair of
+/// sub-blocks (32 nibble bytes a row: low nibbles the first, high the second), each unit's
+/// low and high nibbles meet the token's matching 4 values broadcast in one `vpmaddubsw`
+/// each, summed in 16 bits (at most 8 x 2 x 15 x 127 = 30,480), `vpmaddwd` to 32 bits, and
+/// one multiply-add with the rows' and the token's scales; the minimums' terms (`dmin * min`
+/// times the token's block sums) are subtracted in the same accumulator. Every row's
+/// operations are the same whatever `C` is.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let nsb = a.nb / 8;
+    // SAFETY: every weight access is inside the panel (`nsb` super-blocks of 16 x 144
+    // bytes), every activation access inside a token's `nb` blocks.
+    unsafe {
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); C];
+            for sb in 0..nsb {
+                let base = w.add(sb * 2304);
+                if h == 0 {
+                    for c in 0..36 {
+                        prefetch_ahead(base.wrapping_add(64 * c));
+                    }
+                }
+                let (dv, mv) = scales_256(base.add(32 * h));
+                let (sc, mn) = k_scales_256(base.add(64 + 32 * h), dv, mv);
+                for t in 0..C {
+                    for k in 0..8 {
+                        let s = _mm256_set1_ps(*tp[t].2.add(8 * sb + k));
+                        acc[t] = _mm256_fnmadd_ps(mn[k], s, acc[t]);
+                    }
+                }
+                for j in 0..4 {
+                    let mut lo = [_mm256_setzero_si256(); C];
+                    let mut hi = [_mm256_setzero_si256(); C];
+                    for q in 0..8 {
+                        let v =
+                            _mm256_loadu_si256(base.add(256 + 64 * (8 * j + q) + 32 * h).cast());
+                        let wl = _mm256_and_si256(v, m4);
+                        let wh = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                        for t in 0..C {
+                            let act = tp[t].0.add(256 * sb + 64 * j + 4 * q);
+                            let al = _mm256_set1_epi32(ld32(act.cast()));
+                            let ah = _mm256_set1_epi32(ld32(act.add(32).cast()));
+                            lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(wl, al));
+                            hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(wh, ah));
+                        }
+                    }
+                    for t in 0..C {
+                        let da = tp[t].1.add(8 * sb + 2 * j);
+                        let (s0, s1) = (_mm256_set1_ps(*da), _mm256_set1_ps(*da.add(1)));
+                        let x0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(lo[t], ones));
+                        let x1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(hi[t], ones));
+                        acc[t] = _mm256_fmadd_ps(x0, _mm256_mul_ps(sc[2 * j], s0), acc[t]);
+                        acc[t] = _mm256_fmadd_ps(x1, _mm256_mul_ps(sc[2 * j + 1], s1), acc[t]);
+                    }
+                }
+            }
+            for t in 0..C {
+                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), acc[t]);
+            }
+        }
+    }
+}
+
+/// The 8 sub-block scales and minimums of 8 rows of a Q4_K panel super-block (`p`: 3
+/// registers of 8 dwords, each a row's 12 packed bytes, 4 at a time), times the rows' `d`
+/// and `dmin`: ggml's `get_scale_min_k4` for every row at once.
+///
+/// # Safety
+/// `p` points to 3 x 64 readable bytes (the half's 32 of each unit); the CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k_scales_256(p: *const u8, d: __m256, dmin: __m256) -> ([__m256; 8], [__m256; 8]) {
+    // SAFETY: the caller passes the three units.
+    let (s0, s1, s2) = unsafe {
+        (
+            _mm256_loadu_si256(p.cast()),
+            _mm256_loadu_si256(p.add(64).cast()),
+            _mm256_loadu_si256(p.add(128).cast()),
+        )
+    };
+    let m6 = _mm256_set1_epi32(63);
+    let m4 = _mm256_set1_epi32(15);
+    let m30 = _mm256_set1_epi32(0x30);
+    let sh = |x: __m256i, n: i32| _mm256_srl_epi32(x, _mm_cvtsi32_si128(n));
+    let mut sc = [_mm256_setzero_ps(); 8];
+    let mut mn = [_mm256_setzero_ps(); 8];
+    for j in 0..4 {
+        let n = 8 * j as i32;
+        sc[j] = _mm256_cvtepi32_ps(_mm256_and_si256(sh(s0, n), m6));
+        mn[j] = _mm256_cvtepi32_ps(_mm256_and_si256(sh(s1, n), m6));
+        let lo = _mm256_and_si256(sh(s2, n), m4);
+        let hi = _mm256_and_si256(sh(s0, n + 2), m30);
+        sc[j + 4] = _mm256_cvtepi32_ps(_mm256_or_si256(lo, hi));
+        let lo = _mm256_and_si256(sh(s2, n + 4), m4);
+        let hi = _mm256_and_si256(sh(s1, n + 2), m30);
+        mn[j + 4] = _mm256_cvtepi32_ps(_mm256_or_si256(lo, hi));
+    }
+    for k in 0..8 {
+        sc[k] = _mm256_mul_ps(sc[k], d);
+        mn[k] = _mm256_mul_ps(mn[k], dmin);
+    }
+    (sc, mn)
+}
+
 /// The scales and minimums of 8 rows of a Q4_1 panel block (8 dwords at `p`, each a row's f16
 /// scale in its low half and f16 minimum in its high half), as two vectors of 8 floats.
 ///
@@ -1284,19 +1397,6 @@ unsafe fn qk_256<const R: usize, const C: usize, const HIGH: bool>(
             }
         }
     }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_256<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    // SAFETY: forwarded.
-    unsafe { qk_256::<R, C, false>(w, rb, a, t0, r0, out) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
