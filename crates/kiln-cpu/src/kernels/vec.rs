@@ -811,16 +811,16 @@ mod x86 {
     }
 
     /// Whether [`scores_group_256`] and [`mix_group_256`] take `g` heads of `hd` values: whole
-    /// steps of 16 values, and 1 to 4 heads' sums in registers.
+    /// steps of 16 values, and at least one head.
     fn grouped_256(hd: usize, g: usize) -> bool {
-        hd.is_multiple_of(16) && (1..=4).contains(&g)
+        hd.is_multiple_of(16) && g > 0
     }
 
     /// [`dot_f16_256`] of `g` heads (`q`: g rows of `hd`) with each key, times `scale`, into
     /// `out` (g rows of `len` scores): each key's values converted once for all the heads.
     /// Each head's products, accumulators, sum across lanes and tail are `dot_f16_256`'s, in
-    /// its order, so its results bit for bit. `false` (nothing written) unless `hd` is a
-    /// multiple of 16 and `g` 1 to 4.
+    /// its order, so its results bit for bit. Up to 4 heads at a time. `false` (nothing
+    /// written) unless `hd` is a multiple of 16 and `g` at least 1.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn scores_group_256<'a>(
         q: &[f32],
@@ -829,18 +829,28 @@ mod x86 {
         key: &impl Fn(usize) -> &'a [f16],
         out: &mut [f32],
     ) -> bool {
-        if !grouped_256(q.len() / g.max(1), g) {
+        let (hd, len) = (q.len() / g.max(1), out.len() / g.max(1));
+        if !grouped_256(hd, g) {
             return false;
         }
-        // SAFETY: the caller's CPU has the features; `grouped_256` held.
-        unsafe {
-            match g {
-                1 => scores_heads_256::<1>(q, scale, key, out),
-                2 => scores_heads_256::<2>(q, scale, key, out),
-                3 => scores_heads_256::<3>(q, scale, key, out),
-                4 => scores_heads_256::<4>(q, scale, key, out),
-                _ => return false,
+        // At most 4 heads' sums in registers: more heads go 4 at a time (Qwen2.5-0.5B's 7).
+        let mut h0 = 0;
+        while h0 < g {
+            let n = (g - h0).min(4);
+            let (q, out) = (
+                &q[h0 * hd..(h0 + n) * hd],
+                &mut out[h0 * len..(h0 + n) * len],
+            );
+            // SAFETY: the caller's CPU has the features; `grouped_256` held.
+            unsafe {
+                match n {
+                    1 => scores_heads_256::<1>(q, scale, key, out),
+                    2 => scores_heads_256::<2>(q, scale, key, out),
+                    3 => scores_heads_256::<3>(q, scale, key, out),
+                    _ => scores_heads_256::<4>(q, scale, key, out),
+                }
             }
+            h0 += n;
         }
         true
     }
@@ -890,8 +900,8 @@ mod x86 {
     /// weights, `acc`: g rows of `hd`), 16 values of every head at a time over all positions,
     /// in registers: each value converted once for all the heads, the sums never stored between
     /// positions. Each sum takes the same multiply-adds in the same order as one head at a time,
-    /// so its results bit for bit. `false` (nothing changed) unless `hd` is a multiple of 16
-    /// and `g` 1 to 4.
+    /// so its results bit for bit. Up to 4 heads at a time. `false` (nothing changed) unless
+    /// `hd` is a multiple of 16 and `g` at least 1.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn mix_group_256<'a>(
         w: &[f32],
@@ -899,18 +909,27 @@ mod x86 {
         val: &impl Fn(usize) -> &'a [f16],
         acc: &mut [f32],
     ) -> bool {
-        if !grouped_256(acc.len() / g.max(1), g) {
+        let (len, hd) = (w.len() / g.max(1), acc.len() / g.max(1));
+        if !grouped_256(hd, g) {
             return false;
         }
-        // SAFETY: the caller's CPU has the features; `grouped_256` held.
-        unsafe {
-            match g {
-                1 => mix_heads_256::<1>(w, val, acc),
-                2 => mix_heads_256::<2>(w, val, acc),
-                3 => mix_heads_256::<3>(w, val, acc),
-                4 => mix_heads_256::<4>(w, val, acc),
-                _ => return false,
+        let mut h0 = 0;
+        while h0 < g {
+            let n = (g - h0).min(4);
+            let (w, acc) = (
+                &w[h0 * len..(h0 + n) * len],
+                &mut acc[h0 * hd..(h0 + n) * hd],
+            );
+            // SAFETY: the caller's CPU has the features; `grouped_256` held.
+            unsafe {
+                match n {
+                    1 => mix_heads_256::<1>(w, val, acc),
+                    2 => mix_heads_256::<2>(w, val, acc),
+                    3 => mix_heads_256::<3>(w, val, acc),
+                    _ => mix_heads_256::<4>(w, val, acc),
+                }
             }
+            h0 += n;
         }
         true
     }
