@@ -511,6 +511,9 @@ fn panel_into(fmt: Fmt, src: &[u8], nb: usize, to: &mut [u8]) {
         Fmt::Q4_K => {
             panel_blocks::<144>(src, nb, to, |from, l, to| place(&Q4_K_MOVES, from, l, to))
         }
+        Fmt::Q6_K => {
+            panel_blocks::<210>(src, nb, to, |from, l, to| place(&Q6_K_MOVES, from, l, to))
+        }
         Fmt::Q5_0 => panel_blocks::<22>(src, nb, to, |from, l, to| {
             place(&Q5_0_MOVES, from, l, to);
             let qh = u32::from_le_bytes([from[2], from[3], from[4], from[5]]);
@@ -525,9 +528,9 @@ fn panel_into(fmt: Fmt, src: &[u8], nb: usize, to: &mut [u8]) {
 /// [`moves`] makes them: the scale field first, then 4-byte units).
 #[inline(always)]
 fn place<const N: usize>(moves: &[Move; N], from: &[u8], l: usize, to: &mut [u8]) {
-    let (_, _, head, _) = moves[0];
+    let (at, _, head, _) = moves[0];
     // The scale field: 2 or 4 bytes, never flipped.
-    to[head * l..head * (l + 1)].copy_from_slice(&from[..head]);
+    to[head * l..head * (l + 1)].copy_from_slice(&from[at..at + head]);
     for &(f, t, _, flip) in &moves[1..] {
         let w = u32::from_le_bytes([from[f], from[f + 1], from[f + 2], from[f + 3]]);
         let w = if flip { w ^ 0x8080_8080 } else { w };
@@ -582,6 +585,13 @@ const Q4_0_MOVES: [Move; 5] = moves(2, 2, 32, false);
 const Q5_0_MOVES: [Move; 5] = moves(2, 6, 96, false);
 /// Q4_K: `d` and `dmin` (4 bytes), then 3 units of packed scales and 32 of nibbles.
 const Q4_K_MOVES: [Move; 36] = moves(4, 4, 64, false);
+/// Q6_K: `d` (the block's last 2 bytes) first, then the 52 units of low bits, high bits and
+/// scales in the file's order.
+const Q6_K_MOVES: [Move; 53] = {
+    let mut m: [Move; 53] = moves(2, 0, 32, false);
+    m[0] = (208, 0, 2, false);
+    m
+};
 
 /// Where each row's block goes in a panel's block ([`Move`]).
 fn panel_moves(fmt: Fmt) -> &'static [Move] {
@@ -590,6 +600,7 @@ fn panel_moves(fmt: Fmt) -> &'static [Move] {
         Fmt::Q4_0 => &Q4_0_MOVES,
         Fmt::Q5_0 => &Q5_0_MOVES,
         Fmt::Q4_K => &Q4_K_MOVES,
+        Fmt::Q6_K => &Q6_K_MOVES,
         _ => &Q4_1_MOVES,
     }
 }
@@ -745,7 +756,7 @@ pub fn layout(isa: Isa, fmt: Fmt) -> Layout {
         || isa == Isa::Avx2
             && matches!(
                 fmt,
-                Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0 | Fmt::Q4_K
+                Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0 | Fmt::Q4_K | Fmt::Q6_K
             )
     {
         Layout::Panels

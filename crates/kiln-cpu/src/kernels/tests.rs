@@ -364,16 +364,17 @@ fn avx2_panels_equal_avx512_panels() {
 #[test]
 fn repacked_rows_unpack_to_the_original() {
     let mut rng = Rng(0x5851_F42D_4C95_7F2D);
-    // Each format on an instruction set whose kernel reads panels of it (Q4_K: AVX2's).
+    // Each format on an instruction set whose kernel reads panels of it (K-quants: AVX2's).
     for (isa, fmt) in [
         (Isa::Avx512Vnni, Fmt::Q4_0),
         (Isa::Avx512Vnni, Fmt::Q4_1),
         (Isa::Avx512Vnni, Fmt::Q5_0),
         (Isa::Avx512Vnni, Fmt::Q8_0),
         (Isa::Avx2, Fmt::Q4_K),
+        (Isa::Avx2, Fmt::Q6_K),
     ] {
         let widths: &[usize] = match fmt {
-            Fmt::Q4_K => &[256, 768],
+            Fmt::Q4_K | Fmt::Q6_K => &[256, 768],
             _ => &[32, 576, 1056],
         };
         for &cols in widths {

@@ -81,7 +81,7 @@ pub(super) fn tile_fn_avx2(fmt: Fmt) -> TileFn {
         Fmt::Q8_0 => q8_0_256_panels,
         Fmt::Q4_K => q4_k_256_panels,
         Fmt::Q5_K => q5_k_256_tiles,
-        Fmt::Q6_K => q6_k_256_tiles,
+        Fmt::Q6_K => q6_k_256_panels,
     }
 }
 
@@ -89,7 +89,6 @@ tiles!(q4_k_512_tiles, q4_k_512);
 tiles!(q5_k_512_tiles, q5_k_512);
 tiles!(q6_k_512_tiles, q6_k_512);
 tiles!(q5_k_256_tiles, q5_k_256);
-tiles!(q6_k_256_tiles, q6_k_256);
 
 /// How far ahead of the current block a kernel asks for weight bytes. Decoding streams
 /// every weight once from DRAM; the hardware prefetchers alone leave half the bandwidth
@@ -612,6 +611,7 @@ panels!(q8_0_256_panels, q8_0_panel_256, Q8_0, false, false);
 panels!(q4_0_256_panels, offset_panel_256<Q4Panel>, Q4_0, true, true);
 panels!(q5_0_256_panels, offset_panel_256<Q5Panel>, Q5_0, true, true);
 panels!(q4_k_256_panels, q4_k_panel_256, Q4_K, false, true);
+panels!(q6_k_256_panels, q6_k_panel_256, Q6_K, false, true);
 panels!(q5_0_512_panels, offset_panel<Q5Panel>, Q5_0, true, false);
 panels!(q8_0_512_panels, offset_panel<Q8Panel>, Q8_0, true, false);
 
@@ -1238,6 +1238,142 @@ unsafe fn q4_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
     }
 }
 
+/// A Q6_K panel (16 rows in [`super::repack`]'s layout: per super-block the 16 rows' `d`
+/// (f16), then the 52 4-byte units of each row's 208 bytes of low bits, high bits and
+/// scales, unit `u` as 16 dwords, a row's each) against `C` tokens with AVX2, by halves of 8
+/// rows, a row per 32-bit lane. For each 32-value block of the super-block and each group of
+/// 16 values in it (one 8-bit scale), each register of 4 values of the 8 rows (low 4 bits
+/// and high 2, less 32) meets the token's 4 matching values broadcast as `|w| * (a with w's
+/// sign)` in one `vpmaddubsw` (pairs at most 2 x 32 x 127 = 8,128; four registers' sums at
+/// most 32,512, in 16 bits), and one `vpmaddwd` against the rows' scales makes the group's
+/// 32-bit sums; the block's two groups add exactly, and one multiply-add applies `d` and the
+/// token's scale. Every row's operations are the same whatever `C` is.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let nsb = a.nb / 8;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    let k32 = _mm256_set1_epi8(32);
+    // SAFETY: every weight access is inside the panel (`nsb` super-blocks of 16 x 210
+    // bytes), every activation access inside a token's `nb` blocks.
+    unsafe {
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); C];
+            for sb in 0..nsb {
+                let base = w.add(sb * 3360);
+                if h == 0 {
+                    for c in 0..53 {
+                        prefetch_ahead(base.wrapping_add(64 * c));
+                    }
+                }
+                // Unit `u` of the half's 8 rows.
+                let unit = |u: usize| _mm256_loadu_si256(base.add(32 + 64 * u + 32 * h).cast());
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
+                let sc = q6_scales_256([unit(48), unit(49), unit(50), unit(51)]);
+                for n in 0..2 {
+                    for m in 0..4 {
+                        let blk = 4 * n + m;
+                        let mut isum = [_mm256_setzero_si256(); C];
+                        for gh in 0..2 {
+                            let mut s16 = [_mm256_setzero_si256(); C];
+                            for k in 4 * gh..4 * gh + 4 {
+                                let ql = unit(16 * n + 8 * (m % 2) + k);
+                                let qh = unit(32 + 8 * n + k);
+                                let lo = if m < 2 {
+                                    ql
+                                } else {
+                                    _mm256_srli_epi16::<4>(ql)
+                                };
+                                let hi = match m {
+                                    0 => _mm256_slli_epi16::<4>(qh),
+                                    1 => _mm256_slli_epi16::<2>(qh),
+                                    2 => qh,
+                                    _ => _mm256_srli_epi16::<2>(qh),
+                                };
+                                let u = _mm256_or_si256(
+                                    _mm256_and_si256(lo, m4),
+                                    _mm256_and_si256(hi, m30),
+                                );
+                                let v = _mm256_sub_epi8(u, k32);
+                                let abs = _mm256_abs_epi8(v);
+                                for t in 0..C {
+                                    let act = tp[t].0.add(256 * sb + 32 * blk + 4 * k);
+                                    let av = _mm256_set1_epi32(ld32(act.cast()));
+                                    let p = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(av, v));
+                                    s16[t] = _mm256_add_epi16(s16[t], p);
+                                }
+                            }
+                            let scale = sc[8 * n + 2 * m + gh];
+                            for t in 0..C {
+                                isum[t] =
+                                    _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scale));
+                            }
+                        }
+                        for t in 0..C {
+                            let da = _mm256_set1_ps(*tp[t].1.add(8 * sb + blk));
+                            let x = _mm256_cvtepi32_ps(isum[t]);
+                            acc[t] = _mm256_fmadd_ps(x, _mm256_mul_ps(dw, da), acc[t]);
+                        }
+                    }
+                }
+            }
+            for t in 0..C {
+                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), acc[t]);
+            }
+        }
+    }
+}
+
+/// The 16 scales of 8 rows of a Q6_K panel super-block (`u`: its 4 units of scales, a
+/// row's 4 bytes a dword), each as 8 rows' signed scale in both 16-bit halves of the row's
+/// lane (for `vpmaddwd`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_scales_256(u: [__m256i; 4]) -> [__m256i; 16] {
+    core::array::from_fn(|s| {
+        let c = (s % 4) as i8;
+        // Byte c of each dword into the high byte of both its halves, zeros below.
+        let z = -128i8;
+        let pick = _mm256_setr_epi8(
+            z,
+            c,
+            z,
+            c,
+            z,
+            4 + c,
+            z,
+            4 + c,
+            z,
+            8 + c,
+            z,
+            8 + c,
+            z,
+            12 + c,
+            z,
+            12 + c,
+            z,
+            c,
+            z,
+            c,
+            z,
+            4 + c,
+            z,
+            4 + c,
+            z,
+            8 + c,
+            z,
+            8 + c,
+            z,
+            12 + c,
+            z,
+            12 + c,
+        );
+        _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(u[s / 4], pick))
+    })
+}
+
 /// The 8 sub-block scales and minimums of 8 rows of a Q4_K panel super-block (`p`: 3
 /// registers of 8 dwords, each a row's 12 packed bytes, 4 at a time), times the rows' `d`
 /// and `dmin`: ggml's `get_scale_min_k4` for every row at once.
@@ -1410,69 +1546,4 @@ unsafe fn q5_k_256<const R: usize, const C: usize>(
 ) {
     // SAFETY: forwarded.
     unsafe { qk_256::<R, C, true>(w, rb, a, t0, r0, out) }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_256<const R: usize, const C: usize>(
-    w: *const u8,
-    rb: usize,
-    a: &ActView,
-    t0: usize,
-    r0: usize,
-    out: &mut Tile,
-) {
-    let nsb = a.nb / 8;
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t0 + t));
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mask = _mm256_set1_epi8(0x0F);
-    let three = _mm256_set1_epi8(3);
-    let k32 = _mm256_set1_epi8(32);
-    // SAFETY: as in `qk_512`.
-    unsafe {
-        for sb in 0..nsb {
-            let mut blk = [w; R];
-            let mut d = [0f32; R];
-            for r in 0..R {
-                blk[r] = w.add(r * rb + sb * 210);
-                d[r] = f16_1(blk[r].add(208));
-            }
-            // Group g (0..8) holds values 32g..32g+32.
-            for g in 0..8 {
-                let (h, gg) = (g / 4, g % 4);
-                let mut wq = [_mm256_setzero_si256(); R];
-                let mut ws = [_mm256_setzero_si256(); R];
-                for r in 0..R {
-                    let ql = _mm256_loadu_si256(blk[r].add(64 * h + 32 * (gg % 2)).cast());
-                    let qh = _mm256_loadu_si256(blk[r].add(128 + 32 * h).cast());
-                    let lo = if gg >= 2 {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql), mask)
-                    } else {
-                        _mm256_and_si256(ql, mask)
-                    };
-                    let c = _mm_cvtsi32_si128(2 * gg as i32);
-                    let hb = _mm256_and_si256(_mm256_srl_epi16(qh, c), three);
-                    wq[r] = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hb));
-                    let sc = blk[r].add(192 + 2 * g);
-                    let (s0, s1) = (*sc as i8 as i16, *sc.add(1) as i8 as i16);
-                    ws[r] = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
-                }
-                for t in 0..C {
-                    let av = _mm256_loadu_si256(tp[t].0.add(256 * sb + 32 * g).cast());
-                    let off = _mm256_maddubs_epi16(k32, av);
-                    let da = *tp[t].1.add(8 * sb + g);
-                    for r in 0..R {
-                        let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], av), off);
-                        let dot = _mm256_madd_epi16(p16, ws[r]);
-                        let sc = _mm256_set1_ps(d[r] * da);
-                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r][t]);
-                    }
-                }
-            }
-        }
-        for r in 0..R {
-            for t in 0..C {
-                out[t0 + t][r0 + r] = hsum256(acc[r][t]);
-            }
-        }
-    }
 }
