@@ -413,7 +413,10 @@ fn block_offsets(qs: &[i8], off: &mut [i32]) {
 /// unsigned bytes). A Q4_0 block is the 16 scales (f16), then Q4_1's 4 units of nibbles; a
 /// Q5_0 block the 16 scales, 16 dwords of high bits (bit `8j + k` of a row's dword is the
 /// high bit of its value `4k + j`, so one shift and a mask put them beside unit `k`'s
-/// values), then the 4 units of nibbles. The same size; rows after the last whole panel
+/// values), then the 4 units of nibbles. A Q4_K super-block of a panel is the 16 rows' `d`
+/// and `dmin` (16 dwords), then its 35 4-byte units (3 of packed scales, 32 of nibbles) as
+/// 16 dwords each; a Q6_K super-block the 16 rows' `d` (f16), then its 52 units (32 of low
+/// bits, 16 of high bits, 4 of scales). The same size; rows after the last whole panel
 /// stay as they are. `None`: the kernel reads the file's layout.
 #[cfg(test)]
 pub fn repack(isa: Isa, fmt: Fmt, data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
@@ -748,9 +751,8 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
 }
 
 /// The layout of the rows a format's kernel reads on an instruction set: panels for
-/// AVX-512 VNNI's 32-block formats' kernels and AVX2's Q4_1 and Q8_0 kernels, which sum a row
-/// per lane
-/// ([`repack`]).
+/// AVX-512 VNNI's 32-block formats' kernels and AVX2's 32-block formats' and Q4_K's and
+/// Q6_K's kernels, which sum a row per lane ([`repack`]).
 pub fn layout(isa: Isa, fmt: Fmt) -> Layout {
     if isa == Isa::Avx512Vnni && matches!(fmt, Fmt::Q4_0 | Fmt::Q4_1 | Fmt::Q5_0 | Fmt::Q8_0)
         || isa == Isa::Avx2

@@ -1,14 +1,17 @@
-//! x86-64 kernels: AVX-512 VNNI (16-row panels, a row per lane, `vpdpbusd`) and AVX2 (Q4_1
-//! and Q8_0 on the same panels, 8 rows a register, `vpmaddubsw`; the other formats one block
-//! per 256-bit register). Each computes the same integer sums as [`super::scalar`]; the
-//! block layouts are described in `kiln_formats::gguf::quant`.
+//! x86-64 kernels: AVX-512 VNNI (16-row panels, a row per lane, `vpdpbusd`; the K-quants one
+//! block per register) and AVX2 (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K on the same panels,
+//! 8 rows a register, `vpmaddubsw`; Q5_K one block per 256-bit register). Each computes the
+//! same integer sums as [`super::scalar`]; the block layouts are described in
+//! `kiln_formats::gguf::quant`.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes. Weights that are unsigned as stored
 //! (4-bit nibbles, Q6_K's 6-bit values) go in as they are; an offset (Q4_0's 8, Q6_K's 32)
 //! or the sign of Q8_0 (stored `q ^ 0x80`, i.e. `q + 128`) is taken out by starting the
 //! integer accumulator at `-offset * sum(activations)`, itself one `vpdpbusd` per token.
 //! With AVX2, `vpmaddubsw`'s 16-bit pairs would overflow on `q + 128`, so Q8_0 goes back to
-//! its sign and multiplies `|q|` by the activations with `q`'s sign.
+//! its sign and multiplies `|q|` by the activations with `q`'s sign, as Q6_K does (its
+//! 16-value groups' scales differ, so no block offset serves it); Q4_0 and Q5_0 start their
+//! sums at the activations' block offsets as AVX-512 does.
 #![allow(clippy::needless_range_loop)] // tiles are indexed by row and token, as the math is written
 
 use std::arch::x86_64::*;
