@@ -98,10 +98,7 @@ fn simd_kernels_match_scalar() {
                 let w = random_rows(fmt, rows, cols, &mut rng);
                 let rb = ggml(fmt).bytes_for(cols);
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.f() * 3.0).collect();
-                let mut a = QAct::new();
-                a.quantize(Isa::Scalar, &x, n, cols);
-                let want = run(Tiles::scalar(fmt), &w, rows, rb, &a, n);
-                let mag = magnitudes(fmt, &w, rows, cols, &x, n);
+                let (a, want, mag) = reference(fmt, &w, rows, cols, &x, n);
                 for isa in Isa::available() {
                     let mut aq = QAct::new();
                     aq.quantize(isa, &x, n, cols);
@@ -175,10 +172,7 @@ fn extreme_blocks_do_not_overflow() {
                         }
                     })
                     .collect();
-                let mut a = QAct::new();
-                a.quantize(Isa::Scalar, &x, n, cols);
-                let want = run(Tiles::scalar(fmt), &w, rows, rb, &a, n);
-                let mag = magnitudes(fmt, &w, rows, cols, &x, n);
+                let (_, want, mag) = reference(fmt, &w, rows, cols, &x, n);
                 for isa in Isa::available() {
                     let mut aq = QAct::new();
                     aq.quantize(isa, &x, n, cols);
@@ -199,6 +193,23 @@ fn extreme_blocks_do_not_overflow() {
             }
         }
     }
+}
+
+/// The scalar kernel's products of `rows` rows `w` with `n` tokens `x` (quantized by the
+/// scalar code, which is returned too), and each result's size of terms ([`magnitudes`]).
+fn reference(
+    fmt: Fmt,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+) -> (QAct, Vec<f32>, Vec<f32>) {
+    let mut a = QAct::new();
+    a.quantize(Isa::Scalar, x, n, cols);
+    let rb = ggml(fmt).bytes_for(cols);
+    let want = run(Tiles::scalar(fmt), w, rows, rb, &a, n);
+    (a, want, magnitudes(fmt, w, rows, cols, x, n))
 }
 
 /// `sum |w_i * x_i|` for each token and row (as `run` orders its results): the size of a
