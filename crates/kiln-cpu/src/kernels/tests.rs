@@ -270,7 +270,8 @@ fn scalar_kernels_match_dequantized_f32() {
 /// A token's results do not depend on the tokens that share its product (how many, and
 /// where it sits among them), nor on whether its activations' offsets were kept, for every
 /// format and instruction set: a sequence's logits must not depend on its batch. The rows
-/// cover a whole panel and rows after it; the widths odd and even block counts.
+/// cover a whole panel and rows after it; the widths odd and even block counts, and panels
+/// past `HALVES_PANEL_BYTES` (2048 wide), whose 8 tokens go as one call, not two of 4.
 #[test]
 fn results_do_not_depend_on_the_batch() {
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);
@@ -278,8 +279,8 @@ fn results_do_not_depend_on_the_batch() {
     for isa in Isa::available() {
         for fmt in FORMATS.into_iter().chain([Fmt::Q5_0]) {
             let widths: &[usize] = match fmt {
-                Fmt::Q4_K | Fmt::Q5_K | Fmt::Q6_K => &[256, 768],
-                _ => &[32, 96, 544, 576, 1024, 1056],
+                Fmt::Q4_K | Fmt::Q5_K | Fmt::Q6_K => &[256, 768, 2048],
+                _ => &[32, 96, 544, 576, 1024, 1056, 2048],
             };
             for &cols in widths {
                 let rows = 23;

@@ -366,9 +366,9 @@ pub fn round_f16(isa: Isa, x: &mut [f32]) {
 
 /// `x[i] = e^(x[i] - max) / sum`: the softmax of a row in place (attention's weights over a
 /// sequence's positions). The exponentials are `f32::exp`'s; with AVX-512 sixteen at a time
-/// by [`x86::expf_512`], which is glibc's `expf` bit for bit (the same algorithm and the
-/// same fused multiply-adds), so on x86-64 Linux every instruction set gives the bits the
-/// scalar loop gives. The sum runs position by position, in order, on every path.
+/// by [`x86::expf_512`], with AVX2 eight at a time by [`x86::expf_256`], both glibc's `expf`
+/// bit for bit (the same algorithm and the same fused multiply-adds), so on x86-64 Linux
+/// every instruction set gives the bits the scalar loop gives. The sum runs position by position, in order, on every path.
 #[inline]
 pub fn softmax(isa: Isa, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -1123,7 +1123,8 @@ impl OffsetHalf for Q5Panel {
 /// each row's 32-bit sum, which starts at the token's block offset scaled to the format's `K`
 /// ([`super::QAct::offsets`]), so it is the exact product of the true values; then one
 /// multiply-add applies the rows' and the token's scales. Every row's operations are the
-/// same whatever `C` is.
+/// same whatever `C` is. One accumulator, where AVX-512's [`offset_panel`] alternates two:
+/// the same exact integer sums, but not its floating-point order, so not its bits.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActView, o: &mut Tile) {
