@@ -97,7 +97,7 @@ impl A {
     }
 }
 
-/// Most arguments of a kernel launch (`launch_pdl` keeps their pointers on the stack).
+/// Most arguments of a kernel launch (`launch_ex` keeps their pointers on the stack).
 pub(crate) const MAX_ARGS: usize = 32;
 
 /// A launch's arguments, on the stack.

@@ -239,6 +239,8 @@ pub struct CudaBackend {
     mv1_direct: bool,
     /// Matrix-vector products start all their weights on their way to L2 before the wait.
     mv1_prefetch: bool,
+    /// How k_mvt's blocks sharing a tile add their sums (never clusters before sm_90).
+    mvt_split: MvtSplit,
     /// k_mv1d4 (four pieces of each row read before the wait) instead of k_mv1d (two).
     mv1_pre4: bool,
     /// Programmatic dependent launch (sm_90 and later, unless turned off).
@@ -356,6 +358,21 @@ pub enum Mvq {
     All,
 }
 
+/// How the blocks of k_mvt that share a tile of 16 outputs (each taking part of its columns)
+/// add their sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MvtSplit {
+    /// Each leaves its sums in a scratch buffer in global memory, and the last to finish
+    /// (found by a counter) adds them.
+    #[default]
+    Memory,
+    /// The tile's blocks are one thread block cluster (sm_90 and later, at most 8 blocks):
+    /// block 0 adds the others' sums from their shared memory.
+    Cluster,
+    /// No tile is shared by blocks: each block's 8 warps take all of a tile's columns.
+    None,
+}
+
 /// How the CUDA backend runs: what users choose (`quantized`) and the switches developers
 /// compare paths with (each on by default where the GPU has it). The CLI fills it from
 /// `--gpu-weights` and `--dev NAME=VALUE`.
@@ -400,6 +417,13 @@ pub struct CudaOptions {
     pub mvq: Mvq,
     /// When decode attention groups query heads by KV head.
     pub gqa: Gqa,
+    /// How k_mvt's blocks sharing a tile add their sums.
+    pub mvt_split: MvtSplit,
+    /// The fewest warps of k_mvt that share a tile (1, 2, 4 or 8), splitting its columns
+    /// (more are taken where the product has too few tiles to fill the GPU). 2 by default:
+    /// against 1, 5 and 8 rows 2.5 to 4.5% faster on the Qwen2.5-0.5B and Llama-3.2-1B shapes
+    /// (an H100, 2026-12-07, docs/PERF.md); 4 no better than 2.
+    pub mvt_ks: usize,
 }
 
 impl Default for CudaOptions {
@@ -420,6 +444,8 @@ impl Default for CudaOptions {
             q_wide: true,
             mvq: Mvq::Sized,
             gqa: Gqa::Filled,
+            mvt_split: MvtSplit::Memory,
+            mvt_ks: 2,
         }
     }
 }
@@ -634,6 +660,11 @@ impl CudaBackend {
             mv1_prefetch: opts.mv1_prefetch,
             mv1_pre4: opts.mv1_pre4,
             pdl: major >= 9 && opts.pdl,
+            // Clusters need sm_90; elsewhere k_mvt's blocks add their sums through memory.
+            mvt_split: match opts.mvt_split {
+                MvtSplit::Cluster if major < 9 => MvtSplit::Memory,
+                m => m,
+            },
             mvt: major >= 8 && opts.mvt,
             flash: major >= 8 && opts.flash,
             gqa: opts.gqa,
@@ -709,7 +740,7 @@ impl CudaBackend {
             return;
         }
         if self.pdl {
-            self.launch_pdl(&k.f, grid, block, smem, args);
+            self.launch_ex(&k.f, grid, block, smem, args, 1);
             return;
         }
         let mut b = self.stream.launch_builder(&k.f);
@@ -770,13 +801,38 @@ impl CudaBackend {
     /// before the previous one on the stream ends. Every kernel in `kernels/`
     /// calls `pdl_wait()` before it touches memory an earlier kernel writes (a test checks
     /// that each one does), so only its weight prefetch overlaps.
-    fn launch_pdl(
+    /// Launches kernel `k` as [`Self::launch`] does, its blocks in clusters of `cluster` along
+    /// the grid's y (sm_90 and later; 1 to 8, a divisor of `grid.1`).
+    fn launch_cluster<T: KernelArgs>(
+        &self,
+        k: &Kernel<T>,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        cluster: u32,
+        args: T,
+    ) {
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let list = args.args();
+        let args = list.as_slice();
+        if let Err(e) = self.check_args(k, args) {
+            self.note("kernel launch", Err::<(), _>(e));
+            return;
+        }
+        self.launch_ex(&k.f, grid, block, smem, args, cluster);
+    }
+
+    /// A launch through `cuLaunchKernelEx`: with programmatic stream serialization when
+    /// dependent launch is on, and in clusters of `cluster` blocks along y when it is above 1.
+    fn launch_ex(
         &self,
         f: &CudaFunction,
         grid: (u32, u32, u32),
         block: u32,
         smem: u32,
         args: &[A],
+        cluster: u32,
     ) {
         use cudarc::driver::sys;
         // On the stack: no allocation per launch (the attention kernels take 20 arguments, the most).
@@ -789,10 +845,22 @@ impl CudaBackend {
                 A::F(x) => x as *const f32 as *mut std::ffi::c_void,
             };
         }
-        // SAFETY: a plain C struct; the value union is read by the driver per `id`.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        // SAFETY: plain C structs; the value union is read by the driver per `id`.
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut n = 0;
+        if self.pdl {
+            attrs[n].id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if cluster > 1 {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[n].value.clusterDim.x = 1;
+            attrs[n].value.clusterDim.y = cluster;
+            attrs[n].value.clusterDim.z = 1;
+            n += 1;
+        }
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,
@@ -802,8 +870,8 @@ impl CudaBackend {
             blockDimZ: 1,
             sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
         let r = self.ctx.bind_to_thread();
         self.note("binding the context", r);
@@ -1061,11 +1129,13 @@ impl CudaBackend {
         if (3..=MV_ROWS).contains(&n) && w.cols.is_multiple_of(32) && self.mvt && !self.mv_plain {
             let (ks, splits) = self.mvt_split(outs.div_ceil(16), w.cols / 32);
             let groups = MV_WARPS / ks;
-            self.launch(
+            let cluster = splits > 1 && self.mvt_split == MvtSplit::Cluster;
+            self.launch_cluster(
                 &self.k.mvt,
                 (outs.div_ceil(16 * groups) as u32, splits as u32, 1),
                 (MV_WARPS * 32) as u32,
                 0,
+                if cluster { splits as u32 } else { 1 },
                 launch::Mvt {
                     w: wp,
                     bias,
@@ -1085,6 +1155,7 @@ impl CudaBackend {
                     pf: i32::from(self.mv1_prefetch),
                     // The model's own f16 rows (no kernel before writes them).
                     early: i32::from(w.q.is_none()),
+                    cluster: i32::from(cluster),
                 },
             );
             return;
@@ -1220,11 +1291,20 @@ impl CudaBackend {
     }
 
     /// k_mvt's warps per tile (`ks`) and blocks per tile (`splits`) for `tiles` tiles of 16
-    /// outputs and `steps` steps of 32 columns: warps first, then blocks, until about two
-    /// blocks per SM, with at least one step for each warp. Blocks share a tile only when
+    /// outputs and `steps` steps of 32 columns: warps first (from [`CudaOptions::mvt_ks`]),
+    /// then blocks, until about two blocks per SM, with at least one step for each warp. Blocks share a tile only when
     /// all 8 warps of a block do (one tile a block), and only within the scratch's tiles.
     fn mvt_split(&self, tiles: usize, steps: usize) -> (usize, usize) {
-        let (mut ks, mut splits) = (1usize, 1usize);
+        let (mut ks, mut splits) = (self.opts.mvt_ks.clamp(1, MV_WARPS), 1usize);
+        while ks > 1 && ks > steps {
+            ks /= 2;
+        }
+        // A cluster holds at most 8 blocks (the portable size).
+        let most = match self.mvt_split {
+            MvtSplit::Memory => usize::MAX,
+            MvtSplit::Cluster => 8,
+            MvtSplit::None => 1,
+        };
         let blocks = |ks: usize, splits: usize| tiles.div_ceil(MV_WARPS / ks) * splits;
         while blocks(ks, splits) < 2 * self.sms {
             let (k2, s2) = if ks < MV_WARPS {
@@ -1232,7 +1312,7 @@ impl CudaBackend {
             } else {
                 (ks, splits * 2)
             };
-            if k2 * s2 > steps || (s2 > 1 && tiles * s2 > MVT_TILES) {
+            if k2 * s2 > steps || (s2 > 1 && tiles * s2 > MVT_TILES) || s2 > most {
                 break;
             }
             (ks, splits) = (k2, s2);

@@ -241,7 +241,8 @@ fn every_kernel_gets_its_arguments_in_order() {
             "ws",
             "cnt",
             "pf",
-            "early"
+            "early",
+            "cluster"
         ]
     );
 }

@@ -144,6 +144,14 @@ pub struct DevOptions {
     /// as they are stored (k_mvqr; 1: those the backend picks by size, the default), the others
     /// dequantizing the matrix to f16 first.
     pub cuda_mvq: Option<String>,
+    /// `cuda-mvts=memory|cluster|none`: how the blocks of the 3-to-8-row tensor-core product
+    /// that share a tile of outputs add their sums (through a scratch buffer and a counter,
+    /// the default; in a thread block cluster's shared memory, sm_90 and later; or no tile
+    /// shared by blocks).
+    pub cuda_mvts: Option<String>,
+    /// `cuda-mvtks=1|2|4|8`: the fewest warps of that product sharing a tile of outputs (2 by
+    /// default).
+    pub cuda_mvtks: Option<usize>,
 }
 
 impl DevOptions {
@@ -183,6 +191,18 @@ impl DevOptions {
                 "0" | "1" | "all" => self.cuda_mvq = Some(value.to_owned()),
                 _ => return Err(format!("`{spec}`: expected cuda-mvq=0, 1 or all")),
             },
+            "cuda-mvts" => match value {
+                "memory" | "cluster" | "none" => self.cuda_mvts = Some(value.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "`{spec}`: expected cuda-mvts=memory, cluster or none"
+                    ))
+                }
+            },
+            "cuda-mvtks" => match value {
+                "1" | "2" | "4" | "8" => self.cuda_mvtks = value.parse().ok(),
+                _ => return Err(format!("`{spec}`: expected cuda-mvtks=1, 2, 4 or 8")),
+            },
             "cuda-qks" => match value {
                 "1" | "2" | "4" | "8" => self.cuda_qks = value.parse().ok(),
                 _ => return Err(format!("`{spec}`: expected cuda-qks=1, 2, 4 or 8")),
@@ -192,7 +212,7 @@ impl DevOptions {
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cpu-pad, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide, cuda-mvq)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cpu-pad, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide, cuda-mvq, cuda-mvts, cuda-mvtks)"
             )),
         }
         Ok(())
@@ -226,6 +246,8 @@ impl DevOptions {
             (self.cuda_qks.is_some(), "cuda-qks"),
             (self.cuda_qwide.is_some(), "cuda-qwide"),
             (self.cuda_mvq.is_some(), "cuda-mvq"),
+            (self.cuda_mvts.is_some(), "cuda-mvts"),
+            (self.cuda_mvtks.is_some(), "cuda-mvtks"),
         ]
         .into_iter()
         .find(|c| c.0)
@@ -312,7 +334,7 @@ impl Device {
 
     #[cfg(feature = "cuda")]
     fn open_cuda(n: usize, opts: &DeviceOptions) -> Result<Self, ModelError> {
-        use kiln_cuda::{CudaOptions, Gqa, Mvq};
+        use kiln_cuda::{CudaOptions, Gqa, Mvq, MvtSplit};
         let d = &opts.dev;
         let base = CudaOptions::default();
         let co = CudaOptions {
@@ -339,6 +361,13 @@ impl Device {
                 Some("all") => Gqa::All,
                 _ => base.gqa,
             },
+            mvt_split: match d.cuda_mvts.as_deref() {
+                Some("memory") => MvtSplit::Memory,
+                Some("cluster") => MvtSplit::Cluster,
+                Some("none") => MvtSplit::None,
+                _ => base.mvt_split,
+            },
+            mvt_ks: d.cuda_mvtks.unwrap_or(base.mvt_ks),
         };
         Ok(Device::Cuda(Box::new(CudaBackend::with_options(n, &co)?)))
     }
@@ -409,6 +438,8 @@ mod tests {
             "cuda-mvpre=4",
             "cuda-gqa=all",
             "cuda-mvq=all",
+            "cuda-mvts=cluster",
+            "cuda-mvtks=4",
         ] {
             d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
@@ -424,12 +455,16 @@ mod tests {
         assert_eq!(d.cuda_mvpre, Some(4));
         assert_eq!(d.cuda_gqa.as_deref(), Some("all"));
         assert_eq!(d.cuda_mvq.as_deref(), Some("all"));
+        assert_eq!(d.cuda_mvts.as_deref(), Some("cluster"));
+        assert_eq!(d.cuda_mvtks, Some(4));
         for (s, word) in [
             ("cuda-graph=0", "no such switch"),
             ("cuda-graphs", "NAME=VALUE"),
             ("cuda-graphs=2", "cuda-graphs=0 or cuda-graphs=1"),
             ("cuda-gqa=some", "cuda-gqa=0, 1 or all"),
             ("cuda-mvq=2", "cuda-mvq=0, 1 or all"),
+            ("cuda-mvts=1", "cuda-mvts=memory, cluster or none"),
+            ("cuda-mvtks=3", "cuda-mvtks=1, 2, 4 or 8"),
             ("cuda-mvpre=3", "cuda-mvpre=2 or cuda-mvpre=4"),
             ("cpu-isa=mmx", "instruction set `mmx`"),
         ] {

@@ -423,14 +423,41 @@ __device__ __forceinline__ void mma16816(float *d, u32 a0, u32 a1, u32 a2, u32 a
 #endif
 }
 
+// Thread block clusters (sm_90 and later; elsewhere these trap, and the backend sends k_mvt no
+// cluster there): every thread of every block of the cluster waits here until all have come,
+// and what each wrote to its shared memory before is then visible to the others.
+__device__ __forceinline__ void cluster_sync() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#else
+    __trap();
+#endif
+}
+
+// The float at `p` (in this block's shared memory) in the shared memory of the cluster's block
+// of rank `rank`.
+__device__ __forceinline__ float ld_cluster(const float *p, u32 rank) {
+#if __CUDA_ARCH__ >= 900
+    u32 a = (u32)__cvta_generic_to_shared(p), r;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+    return v;
+#else
+    __trap();
+    return 0.0f;
+#endif
+}
+
 // At most 64 registers (four blocks an SM, as with the scalar norm loop before row_sumsq's
 // eight float4s in flight, which alone would take 69 and leave three).
 extern "C" __global__ void __launch_bounds__(256, 4)
 k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n, const float *nw,
       float eps, float *out, int out_stride, Epi mode, int ks, int splits, float *ws, u32 *cnt,
-      int pf, int early) {
+      int pf, int early, int cluster) {
     __shared__ float scale[8];
     __shared__ float part[MVT_WARPS][2][16][8];
+    __shared__ float mine_s[256];
     __shared__ int last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / ks, kw = warp % ks, groups = MVT_WARPS / ks;
@@ -538,7 +565,35 @@ k_mvt(const u16 *W, const float *bias, int outs, int cols, const float *x, int n
             }
         return;
     }
-    // Split along the columns (ks == 8, one tile a block): this block's sums to ws.
+    // Split along the columns (ks == 8, one tile a block). With `cluster`, the tile's blocks
+    // are one cluster (grid.y, rank blockIdx.y): each leaves its sums in its shared memory and
+    // block 0 adds them from there in block order, then lets the others exit. The same sums
+    // in the same order as through ws below, without its trips to L2 (the fence, the counter,
+    // the reads back).
+    if (cluster) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+            const int a = i >> 7, k = (i >> 3) & 15, r = i & 7;
+            float s = 0.0f;
+            for (int w = 0; w < ks; w++) s += part[w][a][k][r];
+            mine_s[i] = s;
+        }
+        cluster_sync();
+        if (blockIdx.y == 0)
+            for (int i = threadIdx.x; i < per; i += blockDim.x) {
+                const int k = i / n, r = i % n, o = o0 + k;
+                if (o >= outs) continue;
+                float s0 = 0.0f, s1 = 0.0f;
+                for (int z = 0; z < splits; z++) {
+                    s0 += ld_cluster(mine_s + k * 8 + r, (u32)z);
+                    s1 += ld_cluster(mine_s + 128 + k * 8 + r, (u32)z);
+                }
+                mv_store(out + (size_t)r * out_stride, o, outs, bias, s0, s1, mode);
+            }
+        // No block's shared memory goes while block 0 may still read it.
+        cluster_sync();
+        return;
+    }
+    // Through ws: this block's sums there.
     float *mine = ws + ((size_t)blockIdx.x * splits + blockIdx.y) * 256;
     for (int i = threadIdx.x; i < 256; i += blockDim.x) {
         const int a = i >> 7, k = (i >> 3) & 15, r = i & 7;
