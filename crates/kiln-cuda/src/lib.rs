@@ -731,6 +731,24 @@ impl CudaBackend {
         smem: u32,
         args: T,
     ) {
+        self.launch_cluster(k, grid, block, smem, 1, args);
+    }
+
+    /// Launches kernel `k` as [`Self::launch`] does, its blocks in clusters of `cluster` along
+    /// the grid's y (above 1: sm_90 and later; 1 to 8, a divisor of `grid.1`). With dependent
+    /// launch on, programmatic stream serialization is allowed: the kernel may start before
+    /// the previous one on the stream ends. Every kernel in `kernels/` calls `pdl_wait()`
+    /// before it touches memory an earlier kernel writes (a test checks that each one does),
+    /// so only its weight prefetch overlaps.
+    fn launch_cluster<T: KernelArgs>(
+        &self,
+        k: &Kernel<T>,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        cluster: u32,
+        args: T,
+    ) {
         self.launches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let list = args.args();
@@ -739,8 +757,8 @@ impl CudaBackend {
             self.note("kernel launch", Err::<(), _>(e));
             return;
         }
-        if self.pdl {
-            self.launch_ex(&k.f, grid, block, smem, args, 1);
+        if self.pdl || cluster > 1 {
+            self.launch_ex(&k.f, grid, block, smem, args, cluster);
             return;
         }
         let mut b = self.stream.launch_builder(&k.f);
@@ -795,32 +813,6 @@ impl CudaBackend {
             "{} takes parameters of {sizes:?} bytes (0: none), the launch passed {given:?} (a bug in kiln: build.rs maps a parameter type wrongly, or the kernels changed without a rebuild)",
             k.name
         ))
-    }
-
-    /// As `launch`, with programmatic stream serialization allowed: the kernel may start
-    /// before the previous one on the stream ends. Every kernel in `kernels/`
-    /// calls `pdl_wait()` before it touches memory an earlier kernel writes (a test checks
-    /// that each one does), so only its weight prefetch overlaps.
-    /// Launches kernel `k` as [`Self::launch`] does, its blocks in clusters of `cluster` along
-    /// the grid's y (sm_90 and later; 1 to 8, a divisor of `grid.1`).
-    fn launch_cluster<T: KernelArgs>(
-        &self,
-        k: &Kernel<T>,
-        grid: (u32, u32, u32),
-        block: u32,
-        smem: u32,
-        cluster: u32,
-        args: T,
-    ) {
-        self.launches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let list = args.args();
-        let args = list.as_slice();
-        if let Err(e) = self.check_args(k, args) {
-            self.note("kernel launch", Err::<(), _>(e));
-            return;
-        }
-        self.launch_ex(&k.f, grid, block, smem, args, cluster);
     }
 
     /// A launch through `cuLaunchKernelEx`: with programmatic stream serialization when
