@@ -421,7 +421,7 @@ pub struct CudaOptions {
     pub mvt_split: MvtSplit,
     /// The fewest warps of k_mvt that share a tile (1, 2, 4 or 8), splitting its columns
     /// (more are taken where the product has too few tiles to fill the GPU). 2 by default:
-    /// against 1, 5 and 8 rows 2.5 to 4.5% faster on the Qwen2.5-0.5B and Llama-3.2-1B shapes
+    /// against 1, 5 and 8 rows 2.5 to 4.4% faster on the Qwen2.5-0.5B and Llama-3.2-1B shapes
     /// (an H100, 2026-12-07, docs/PERF.md); 4 no better than 2.
     pub mvt_ks: usize,
 }
@@ -867,7 +867,7 @@ impl CudaBackend {
         };
         let r = self.ctx.bind_to_thread();
         self.note("binding the context", r);
-        // SAFETY: as in `launch`: the arguments follow the kernel's signature, and each
+        // SAFETY: as in `launch_cluster`: the arguments follow the kernel's signature, and each
         // parameter pointer points into `args`, which outlives the call (the driver copies the
         // values at launch).
         let r = unsafe {
