@@ -103,7 +103,15 @@ def main():
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
+    if a.rounds < 1 or a.threads < 1 or a.prompt < 1 or a.gen < 1:
+        ap.error("--rounds, --threads, --prompt and --gen take 1 or more")
+    for path in [a.kiln] + a.models:
+        if not os.path.isfile(path):
+            ap.error(f"{path}: no such file")
     venv = os.environ.get("VENV", "/work/.venv-llama")
+    if not os.path.isfile(os.path.join(venv, "bin", "python")):
+        ap.error(f"VENV={venv} has no bin/python: install llama-cpp-python there "
+                 "(scripts/bench-vs-llamacpp.sh does)")
     bw_bin = "/tmp/kiln_read_bw"
     subprocess.run(["gcc", "-O2", "-march=native", "-o", bw_bin,
                     os.path.join(HERE, "read_bw.c"), "-lpthread"], check=True)
@@ -127,7 +135,11 @@ def main():
                                os.path.join(HERE, "llamacpp_bench.py"), "--model", m,
                                "--threads", str(a.threads), "--prompt-tokens", str(a.prompt),
                                "--gen-tokens", str(a.gen)]
-                    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                    run = subprocess.run(cmd, capture_output=True, text=True)
+                    if run.returncode != 0:
+                        raise SystemExit(f"{who} on {m} failed (exit {run.returncode}): "
+                                         f"{run.stderr.strip()[-500:]}")
+                    out = run.stdout
                     tok_s = json.loads(out.strip().splitlines()[-1])["decode_tok_s"]
                     rec = {"tok_s": tok_s, "gb_s": tok_s * nbytes / 1e9}
                 rows[who].append(rec)

@@ -816,6 +816,12 @@ mod x86 {
         hd.is_multiple_of(16) && g > 0
     }
 
+    /// `(first head, count)` for `g` heads in runs of at most 4 (the most whose sums the
+    /// grouped kernels keep in registers).
+    fn heads_by_4(g: usize) -> impl Iterator<Item = (usize, usize)> {
+        (0..g).step_by(4).map(move |h0| (h0, (g - h0).min(4)))
+    }
+
     /// [`dot_f16_256`] of `g` heads (`q`: g rows of `hd`) with each key, times `scale`, into
     /// `out` (g rows of `len` scores): each key's values converted once for all the heads.
     /// Each head's products, accumulators, sum across lanes and tail are `dot_f16_256`'s, in
@@ -834,9 +840,7 @@ mod x86 {
             return false;
         }
         // At most 4 heads' sums in registers: more heads go 4 at a time (Qwen2.5-0.5B's 7).
-        let mut h0 = 0;
-        while h0 < g {
-            let n = (g - h0).min(4);
+        for (h0, n) in heads_by_4(g) {
             let (q, out) = (
                 &q[h0 * hd..(h0 + n) * hd],
                 &mut out[h0 * len..(h0 + n) * len],
@@ -850,7 +854,6 @@ mod x86 {
                     _ => scores_heads_256::<4>(q, scale, key, out),
                 }
             }
-            h0 += n;
         }
         true
     }
@@ -913,9 +916,7 @@ mod x86 {
         if !grouped_256(hd, g) {
             return false;
         }
-        let mut h0 = 0;
-        while h0 < g {
-            let n = (g - h0).min(4);
+        for (h0, n) in heads_by_4(g) {
             let (w, acc) = (
                 &w[h0 * len..(h0 + n) * len],
                 &mut acc[h0 * hd..(h0 + n) * hd],
@@ -929,7 +930,6 @@ mod x86 {
                     _ => mix_heads_256::<4>(w, val, acc),
                 }
             }
-            h0 += n;
         }
         true
     }

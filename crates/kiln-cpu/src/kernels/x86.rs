@@ -113,6 +113,14 @@ fn prefetch_ahead(p: *const u8) {
     unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast()) }
 }
 
+/// [`prefetch_ahead`] of every cache line of a panel block of `bytes` at `base`.
+#[inline(always)]
+fn prefetch_block(base: *const u8, bytes: usize) {
+    for c in 0..bytes.div_ceil(64) {
+        prefetch_ahead(base.wrapping_add(64 * c));
+    }
+}
+
 // ---------------------------------------------------------------- AVX-512 VNNI
 
 /// Quantizes rows to 8-bit blocks; bit-identical to [`scalar::quantize_row`] for finite values.
@@ -326,9 +334,7 @@ unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
         } else {
             for b in 0..a.nb {
                 let base = w.add(b * 320);
-                for c in 0..5 {
-                    prefetch_ahead(base.wrapping_add(64 * c));
-                }
+                prefetch_block(base, 320);
                 let dm = _mm512_loadu_si512(base.cast());
                 let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
                 let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
@@ -365,9 +371,7 @@ unsafe fn q4_1_block<const C: usize>(
     // SAFETY: the caller's.
     unsafe {
         let base = w.add(b * 320);
-        for c in 0..5 {
-            prefetch_ahead(base.wrapping_add(64 * c));
-        }
+        prefetch_block(base, 320);
         let dm = _mm512_loadu_si512(base.cast());
         let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
         let wk = nibbles(base.add(64));
@@ -500,9 +504,7 @@ unsafe fn offset_panel<const C: usize, F: OffsetPanel>(w: *const u8, a: &ActView
     unsafe {
         for b in 0..a.nb {
             let base = w.add(b * F::BYTES);
-            for c in 0..F::BYTES.div_ceil(64) {
-                prefetch_ahead(base.wrapping_add(64 * c));
-            }
+            prefetch_block(base, F::BYTES);
             let (dw, wk) = F::decode(base);
             for t in 0..C {
                 let start = _mm512_set1_epi32(*off[t].add(b) >> F::SHIFT);
@@ -937,6 +939,16 @@ fn pairs(x: __m256i) -> __m256i {
     _mm256_madd_epi16(x, _mm256_set1_epi16(1))
 }
 
+/// Half `h` of a panel's results (rows `8h..8h + 8`) for `C` tokens into `o`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_half_256<const C: usize>(o: &mut Tile, h: usize, acc: &[__m256; C]) {
+    for t in 0..C {
+        // SAFETY: a tile row holds 16 floats, and `8h + 8 <= 16`.
+        unsafe { _mm256_storeu_ps(o[t][8 * h..8 * h + 8].as_mut_ptr(), acc[t]) };
+    }
+}
+
 /// A Q4_1 panel (16 rows in [`super::repack`]'s layout, as [`q4_1_panel`] reads it) against
 /// `C` tokens with AVX2: by halves of 8 rows, a row per 32-bit lane. For each block, each of
 /// the 8 registers of values (`nibbles_256`, 4 values of every row) meets the token's
@@ -967,9 +979,7 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
             for b in 0..a.nb {
                 let base = w.add(b * 320);
                 if h == 0 {
-                    for c in 0..5 {
-                        prefetch_ahead(base.wrapping_add(64 * c));
-                    }
+                    prefetch_block(base, 320);
                 }
                 let (dw, _) = scales_256(base.add(32 * h));
                 let mut sums = [_mm256_setzero_si256(); C];
@@ -1025,9 +1035,7 @@ unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
             for b in 0..a.nb {
                 let base = w.add(b * 544);
                 if h == 0 {
-                    for c in 0..9 {
-                        prefetch_ahead(base.wrapping_add(64 * c));
-                    }
+                    prefetch_block(base, 544);
                 }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
                 let mut sums = [_mm256_setzero_si256(); C];
@@ -1140,9 +1148,7 @@ unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActV
             for b in 0..a.nb {
                 let base = w.add(b * F::BYTES);
                 if h == 0 {
-                    for c in 0..F::BYTES.div_ceil(64) {
-                        prefetch_ahead(base.wrapping_add(64 * c));
-                    }
+                    prefetch_block(base, F::BYTES);
                 }
                 let (dw, wk) = F::half(base, h);
                 for t in 0..C {
@@ -1163,9 +1169,7 @@ unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActV
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, da), acc[t]);
                 }
             }
-            for t in 0..C {
-                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), acc[t]);
-            }
+            store_half_256(o, h, &acc);
         }
     }
 }
@@ -1197,9 +1201,7 @@ unsafe fn q4_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
             for sb in 0..nsb {
                 let base = w.add(sb * 2304);
                 if h == 0 {
-                    for c in 0..36 {
-                        prefetch_ahead(base.wrapping_add(64 * c));
-                    }
+                    prefetch_block(base, 2304);
                 }
                 let (dv, mv) = scales_256(base.add(32 * h));
                 let (sc, mn) = k_scales_256(base.add(64 + 32 * h), dv, mv);
@@ -1235,9 +1237,7 @@ unsafe fn q4_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
                     }
                 }
             }
-            for t in 0..C {
-                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), acc[t]);
-            }
+            store_half_256(o, h, &acc);
         }
     }
 }
@@ -1268,9 +1268,7 @@ unsafe fn q6_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
             for sb in 0..nsb {
                 let base = w.add(sb * 3360);
                 if h == 0 {
-                    for c in 0..53 {
-                        prefetch_ahead(base.wrapping_add(64 * c));
-                    }
+                    prefetch_block(base, 3360);
                 }
                 // Unit `u` of the half's 8 rows.
                 let unit = |u: usize| _mm256_loadu_si256(base.add(32 + 64 * u + 32 * h).cast());
@@ -1323,9 +1321,7 @@ unsafe fn q6_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
                     }
                 }
             }
-            for t in 0..C {
-                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), acc[t]);
-            }
+            store_half_256(o, h, &acc);
         }
     }
 }
