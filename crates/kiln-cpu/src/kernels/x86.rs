@@ -1336,7 +1336,8 @@ fn q6_scales_256(u: [__m256i; 4]) -> [__m256i; 16] {
         let c = (s % 4) as i8;
         // Byte c of each dword into the high byte of both its halves, zeros below.
         let z = -128i8;
-        let pick = _mm256_setr_epi8(
+        // The same in both 128-bit lanes (`vpshufb` shuffles within each).
+        let pick = _mm256_broadcastsi128_si256(_mm_setr_epi8(
             z,
             c,
             z,
@@ -1353,23 +1354,7 @@ fn q6_scales_256(u: [__m256i; 4]) -> [__m256i; 16] {
             12 + c,
             z,
             12 + c,
-            z,
-            c,
-            z,
-            c,
-            z,
-            4 + c,
-            z,
-            4 + c,
-            z,
-            8 + c,
-            z,
-            8 + c,
-            z,
-            12 + c,
-            z,
-            12 + c,
-        );
+        ));
         _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(u[s / 4], pick))
     })
 }
