@@ -8,10 +8,10 @@ the same number of threads, the best of its three passes), kiln's decode (`kiln 
 step reads every matrix once (the output head: the token embedding where the file ties
 them), so tok/s times those bytes is the bandwidth each one reaches, less the KV cache's
 reads, which are left out (at 512 tokens of prompt, about 14% more for SmolLM2-135M's f16
-cache, 2% for Qwen2.5-0.5B's): the shares are a little low, the bound a little high.
-Prints a JSON line per measure and a summary per file: kiln and llama.cpp in GB/s and as a share of the read
-bandwidth measured next to them, and the largest kiln/llama.cpp decode ratio that the read
-bandwidth allows (read GB/s over llama.cpp's GB/s).
+cache, 1.4% for Qwen2.5-0.5B's): the shares are a little low, the bound a little high.
+Prints a JSON line per measure and a summary per file: kiln and llama.cpp in GB/s and as a
+share of the read bandwidth measured next to them, and the largest kiln/llama.cpp decode
+ratio that the read bandwidth allows (read GB/s over llama.cpp's GB/s).
 
   python3 scripts/bw_bound.py --kiln target/release/kiln [--rounds 3] [--threads 2]
       [--prompt 512] [--gen 128] MODEL.gguf...
