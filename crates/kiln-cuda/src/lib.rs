@@ -2965,7 +2965,11 @@ mod tests {
             assert_eq!(q0, q1, "{ty:?}: the quants do not depend on the form");
             let groups = t.rows * t.cols / 32;
             assert_eq!(s0.len(), 4 * groups);
-            assert_eq!(s1.len() + m1.len(), bytes_per_8_groups * groups / 8, "{ty:?}");
+            assert_eq!(
+                s1.len() + m1.len(),
+                bytes_per_8_groups * groups / 8,
+                "{ty:?}"
+            );
             for gi in 0..groups {
                 let (d0, m0v) = grp_dm(ScaleForm::F32, &s0, &m0, gi);
                 let (d1, m1v) = grp_dm(form, &s1, &m1, gi);

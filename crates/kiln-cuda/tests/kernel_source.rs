@@ -180,8 +180,14 @@ fn the_host_sizes_buffers_with_the_kernels_layouts() {
         ("SF_QK", "Qk", 3),
     ] {
         assert_eq!(define(q, c), v.to_string(), "{c}");
-        assert!(rs.contains(&format!("    {r} = {v},\n")), "ScaleForm::{r} = {v}");
-        assert!(q.contains(&format!("MV1Q_KERNELS({v})\n")), "k_mv1q stamped for {c}");
+        assert!(
+            rs.contains(&format!("    {r} = {v},\n")),
+            "ScaleForm::{r} = {v}"
+        );
+        assert!(
+            q.contains(&format!("MV1Q_KERNELS({v})\n")),
+            "k_mv1q stamped for {c}"
+        );
     }
     assert!(rs.contains("n * qx_words(w.cols) <= 2 * half_words"));
 }
