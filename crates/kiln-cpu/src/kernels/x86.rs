@@ -968,6 +968,10 @@ fn store_half_256<const C: usize>(o: &mut Tile, h: usize, acc: &[__m256; C]) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    if C <= 4 {
+        // SAFETY: as this function's.
+        return unsafe { q4_1_panel_256_joint::<C>(w, a, o) };
+    }
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
     let ones = _mm256_set1_epi16(1);
     // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
@@ -1007,6 +1011,59 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
             }
             for t in 0..C {
                 let v = _mm256_add_ps(acc[0][t], acc[1][t]);
+                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), _mm256_add_ps(v, mins[t]));
+            }
+        }
+    }
+}
+
+/// [`q4_1_panel_256`] for at most 4 tokens, both halves of the panel at once: each token's 4
+/// values, broadcast once, meet both halves' registers (`C` <= 4 keeps the 2 x `C` 16-bit sums
+/// in registers), and each block is read once. Each row's operations are those of the halves
+/// one after the other, in the same order, so the results are the same bit for bit.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_panel_256_joint<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
+    let ones = _mm256_set1_epi16(1);
+    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
+    // activation access inside a token's `nb` blocks.
+    unsafe {
+        let mut acc = [[[_mm256_setzero_ps(); C]; 2]; 2];
+        for b in 0..a.nb {
+            let base = w.add(b * 320);
+            prefetch_block(base, 320);
+            let dw = [scales_256(base).0, scales_256(base.add(32)).0];
+            let mut sums = [[_mm256_setzero_si256(); C]; 2];
+            for k in 0..8 {
+                let lo = nibbles_256(base.add(64 + 64 * (k % 4)), k >= 4);
+                let hi = nibbles_256(base.add(64 + 64 * (k % 4) + 32), k >= 4);
+                let at = if k < 4 { 4 * k } else { 16 + 4 * (k - 4) };
+                for t in 0..C {
+                    let av = _mm256_set1_epi32(ld32(tp[t].0.add(32 * b + at).cast()));
+                    sums[0][t] = _mm256_add_epi16(sums[0][t], _mm256_maddubs_epi16(lo, av));
+                    sums[1][t] = _mm256_add_epi16(sums[1][t], _mm256_maddubs_epi16(hi, av));
+                }
+            }
+            for h in 0..2 {
+                for t in 0..C {
+                    let sum = _mm256_madd_epi16(sums[h][t], ones);
+                    let da = _mm256_set1_ps(*tp[t].1.add(b));
+                    let e = &mut acc[h][b % 2][t];
+                    *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw[h], da), *e);
+                }
+            }
+        }
+        for h in 0..2 {
+            let mut mins = [_mm256_setzero_ps(); C];
+            for b in 0..a.nb {
+                let (_, mw) = scales_256(w.add(b * 320 + 32 * h));
+                for t in 0..C {
+                    mins[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*tp[t].2.add(b)), mins[t]);
+                }
+            }
+            for t in 0..C {
+                let v = _mm256_add_ps(acc[h][0][t], acc[h][1][t]);
                 _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), _mm256_add_ps(v, mins[t]));
             }
         }
