@@ -1246,6 +1246,10 @@ unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActV
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    if C == 1 {
+        // SAFETY: as this function's.
+        return unsafe { q4_k_panel_256_one(w, a, o) };
+    }
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
     let ones = _mm256_set1_epi16(1);
     let m4 = _mm256_set1_epi8(0x0F);
@@ -1295,6 +1299,71 @@ unsafe fn q4_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
                 }
             }
             store_half_256(o, h, &acc);
+        }
+    }
+}
+
+/// [`q4_k_panel_256`] for one token, both halves of the panel at once: the token's 4 values,
+/// broadcast once, meet both halves' registers, and each super-block is read once. Each row's
+/// operations are those of the halves one after the other, in the same order (per
+/// super-block the minimums' terms, then the sub-block pairs), so the results are the same bit
+/// for bit.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_panel_256_one(w: *const u8, a: &ActView, o: &mut Tile) {
+    let (qa, da, sa) = a.ptrs(0);
+    let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let nsb = a.nb / 8;
+    // SAFETY: every weight access is inside the panel (`nsb` super-blocks of 16 x 144
+    // bytes), every activation access inside the token's `nb` blocks.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for sb in 0..nsb {
+            let base = w.add(sb * 2304);
+            prefetch_block(base, 2304);
+            let half = |h: usize| {
+                let (dv, mv) = scales_256(base.add(32 * h));
+                k_scales_256(base.add(64 + 32 * h), dv, mv)
+            };
+            let (sc, mn) = {
+                let (s0, m0) = half(0);
+                let (s1, m1) = half(1);
+                ([s0, s1], [m0, m1])
+            };
+            for (h, e) in acc.iter_mut().enumerate() {
+                for k in 0..8 {
+                    *e = _mm256_fnmadd_ps(mn[h][k], _mm256_set1_ps(*sa.add(8 * sb + k)), *e);
+                }
+            }
+            for j in 0..4 {
+                let mut lo = [_mm256_setzero_si256(); 2];
+                let mut hi = [_mm256_setzero_si256(); 2];
+                for q in 0..8 {
+                    let act = qa.add(256 * sb + 64 * j + 4 * q);
+                    let al = _mm256_set1_epi32(ld32(act.cast()));
+                    let ah = _mm256_set1_epi32(ld32(act.add(32).cast()));
+                    for h in 0..2 {
+                        let v =
+                            _mm256_loadu_si256(base.add(256 + 64 * (8 * j + q) + 32 * h).cast());
+                        let wl = _mm256_and_si256(v, m4);
+                        let wh = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                        lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(wl, al));
+                        hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(wh, ah));
+                    }
+                }
+                let d = da.add(8 * sb + 2 * j);
+                let (s0, s1) = (_mm256_set1_ps(*d), _mm256_set1_ps(*d.add(1)));
+                for h in 0..2 {
+                    let x0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(lo[h], ones));
+                    let x1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(hi[h], ones));
+                    acc[h] = _mm256_fmadd_ps(x0, _mm256_mul_ps(sc[h][2 * j], s0), acc[h]);
+                    acc[h] = _mm256_fmadd_ps(x1, _mm256_mul_ps(sc[h][2 * j + 1], s1), acc[h]);
+                }
+            }
+        }
+        for h in 0..2 {
+            store_half_256(o, h, &[acc[h]]);
         }
     }
 }
