@@ -8,7 +8,7 @@
 # the backend operations and fixtures with weights in place in both forms, compute-sanitizer
 # over the packed ones; then `kiln bench -p 32 -g 256` of the Llama-3.2-1B shape (f16, and
 # Q4_0, Q8_0, Q4_K read in place) and the SmolLM2-135M shape (f16, Q4_1 in place), both forms
-# alternated, three rounds; keeps .devmodel2's part of the default model in /tmp/m.
+# alternated, two rounds; keeps .devmodel2's part of the default model in /tmp/m.
 # PART=2 (carry .devmodel1, on the same warm machine, right after PART=1): the default model
 # joined from its two parts, its golden test on the GPU with f16 weights and read in place,
 # and its greedy text and speed read in place in both forms against f16.
@@ -61,7 +61,7 @@ for f in l1b-q4_0 l1b-q4_k s135-q4_1; do
   $K bench --device cuda -m /tmp/$f.gguf -p 32 -g 128 -b 5 --gpu-weights quantized --dev cuda-qpack=0 --json 2>/dev/null | bench_of "$f b5 qpack=0"
 done
 el "== batch 1, -p 32 -g 256: f16, then read in place packed and qpack=0"
-for r in 1 2 3; do
+for r in 1 2; do
   $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 256 --json 2>/dev/null | bench_of "r$r l1b f16"
   for q in q4_0 q8_0 q4_k; do
     $K bench --device cuda -m /tmp/l1b-$q.gguf -p 32 -g 256 --gpu-weights quantized --json 2>/dev/null | bench_of "r$r l1b-$q packed"

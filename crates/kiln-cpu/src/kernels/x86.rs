@@ -1081,6 +1081,10 @@ unsafe fn q4_1_panel_256_joint<const C: usize>(w: *const u8, a: &ActView, o: &mu
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
+    if C == 1 {
+        // SAFETY: as this function's.
+        return unsafe { q8_0_panel_256_one(w, a, o) };
+    }
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
@@ -1118,6 +1122,48 @@ unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
                 let v = _mm256_add_ps(acc[0][t], acc[1][t]);
                 _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), v);
             }
+        }
+    }
+}
+
+/// [`q8_0_panel_256`] for one token, both halves of the panel at once: the token's 4 values,
+/// broadcast once, meet both halves' registers, and each block is read once. Each row's
+/// operations are those of the halves one after the other, in the same order, so the results
+/// are the same bit for bit.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_panel_256_one(w: *const u8, a: &ActView, o: &mut Tile) {
+    let (qa, da, _) = a.ptrs(0);
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 34 bytes), every
+    // activation access inside the token's `nb` blocks.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 2];
+        for b in 0..a.nb {
+            let base = w.add(b * 544);
+            prefetch_block(base, 544);
+            let mut sums = [_mm256_setzero_si256(); 2];
+            for k in 0..8 {
+                let av = _mm256_set1_epi32(ld32(qa.add(32 * b + 4 * k).cast()));
+                for (h, sum) in sums.iter_mut().enumerate() {
+                    let wk = _mm256_xor_si256(
+                        _mm256_loadu_si256(base.add(32 + 64 * k + 32 * h).cast()),
+                        flip,
+                    );
+                    let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(wk), _mm256_sign_epi8(av, wk));
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            let d = _mm256_set1_ps(*da.add(b));
+            for (h, sum) in sums.iter().enumerate() {
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
+                let e = &mut acc[h][b % 2];
+                *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*sum), _mm256_mul_ps(dw, d), *e);
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            store_half_256(o, h, &[_mm256_add_ps(a[0], a[1])]);
         }
     }
 }
