@@ -1180,6 +1180,11 @@ trait OffsetHalf: OffsetPanel {
     /// # Safety
     /// `base` points to a whole block of a panel; the CPU has AVX2 and F16C.
     unsafe fn half(base: *const u8, h: usize) -> (__m256, [__m256i; 8]);
+    /// Register `k` of half `h` alone, as [`OffsetHalf::half`] gives it.
+    ///
+    /// # Safety
+    /// As [`OffsetHalf::half`]'s.
+    unsafe fn reg(base: *const u8, h: usize, k: usize) -> __m256i;
 }
 
 impl OffsetHalf for Q4Panel {
@@ -1190,10 +1195,15 @@ impl OffsetHalf for Q4Panel {
         // SAFETY: the caller passes a whole block (32 + 4 x 64 bytes).
         unsafe {
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
-            let wk =
-                core::array::from_fn(|k| nibbles_256(base.add(32 + 64 * (k % 4) + 32 * h), k >= 4));
+            let wk = core::array::from_fn(|k| Self::reg(base, h, k));
             (dw, wk)
         }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn reg(base: *const u8, h: usize, k: usize) -> __m256i {
+        // SAFETY: the caller passes a whole block.
+        unsafe { nibbles_256(base.add(32 + 64 * (k % 4) + 32 * h), k >= 4) }
     }
 }
 
@@ -1207,23 +1217,39 @@ impl OffsetHalf for Q5Panel {
             let m16 = _mm256_set1_epi8(0x10);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
             let hb = _mm256_loadu_si256(base.add(32 + 32 * h).cast());
-            // Register k's high bits: bit 8j + k of each dword moved to bit 8j + 4.
-            let hk = [
-                _mm256_slli_epi32::<4>(hb),
-                _mm256_slli_epi32::<3>(hb),
-                _mm256_slli_epi32::<2>(hb),
-                _mm256_slli_epi32::<1>(hb),
-                hb,
-                _mm256_srli_epi32::<1>(hb),
-                _mm256_srli_epi32::<2>(hb),
-                _mm256_srli_epi32::<3>(hb),
-            ];
             let wk = core::array::from_fn(|k| {
                 let lo = nibbles_256(base.add(96 + 64 * (k % 4) + 32 * h), k >= 4);
-                _mm256_or_si256(lo, _mm256_and_si256(hk[k], m16))
+                _mm256_or_si256(lo, _mm256_and_si256(q5_high(hb, k), m16))
             });
             (dw, wk)
         }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn reg(base: *const u8, h: usize, k: usize) -> __m256i {
+        // SAFETY: the caller passes a whole block.
+        unsafe {
+            let hb = _mm256_loadu_si256(base.add(32 + 32 * h).cast());
+            let lo = nibbles_256(base.add(96 + 64 * (k % 4) + 32 * h), k >= 4);
+            _mm256_or_si256(lo, _mm256_and_si256(q5_high(hb, k), _mm256_set1_epi8(0x10)))
+        }
+    }
+}
+
+/// Register `k`'s Q5_0 high bits: bit `8j + k` of each dword of `hb` moved to bit `8j + 4`
+/// (other bits left for the caller's mask).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q5_high(hb: __m256i, k: usize) -> __m256i {
+    match k {
+        0 => _mm256_slli_epi32::<4>(hb),
+        1 => _mm256_slli_epi32::<3>(hb),
+        2 => _mm256_slli_epi32::<2>(hb),
+        3 => _mm256_slli_epi32::<1>(hb),
+        4 => hb,
+        5 => _mm256_srli_epi32::<1>(hb),
+        6 => _mm256_srli_epi32::<2>(hb),
+        _ => _mm256_srli_epi32::<3>(hb),
     }
 }
 
@@ -1239,6 +1265,10 @@ impl OffsetHalf for Q5Panel {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActView, o: &mut Tile) {
+    if C == 1 {
+        // SAFETY: as this function's.
+        return unsafe { offset_panel_256_one::<F>(w, a, o) };
+    }
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
     let off: [*const i32; C] = core::array::from_fn(|t| a.offsets(t));
     let ones = _mm256_set1_epi16(1);
@@ -1273,6 +1303,50 @@ unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActV
                 }
             }
             store_half_256(o, h, &acc);
+        }
+    }
+}
+
+/// [`offset_panel_256`] for one token, both halves of the panel at once: the token's 4
+/// values, broadcast once, meet both halves' registers, and each block is read once. Each
+/// row's operations are those of the halves one after the other, in the same order, so the
+/// results are the same bit for bit.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn offset_panel_256_one<F: OffsetHalf>(w: *const u8, a: &ActView, o: &mut Tile) {
+    let (qa, da, _) = a.ptrs(0);
+    let off = a.offsets(0);
+    let ones = _mm256_set1_epi16(1);
+    // SAFETY: every weight access is inside the panel (`nb` blocks of `F::BYTES`), every
+    // activation access inside the token's `nb` blocks (the caller checked the offsets are
+    // there).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for b in 0..a.nb {
+            let base = w.add(b * F::BYTES);
+            prefetch_block(base, F::BYTES);
+            let act = qa.add(32 * b);
+            let mut s = [[_mm256_setzero_si256(); 2]; 2];
+            for k in 0..8 {
+                let av = _mm256_set1_epi32(ld32(act.add(4 * k).cast()));
+                let i = usize::from(!F::NARROW && k >= 4);
+                for (h, sh) in s.iter_mut().enumerate() {
+                    sh[i] = _mm256_add_epi16(sh[i], _mm256_maddubs_epi16(F::reg(base, h, k), av));
+                }
+            }
+            let d = _mm256_set1_ps(*da.add(b));
+            for (h, sh) in s.iter().enumerate() {
+                let mut sum = _mm256_set1_epi32(*off.add(b) >> F::SHIFT);
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(sh[0], ones));
+                if !F::NARROW {
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(sh[1], ones));
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
+                acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, d), acc[h]);
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            store_half_256(o, h, &[*a]);
         }
     }
 }
