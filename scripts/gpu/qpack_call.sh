@@ -12,6 +12,8 @@
 # PART=2 (carry .devmodel1, on the same warm machine, right after PART=1): the default model
 # joined from its two parts, its golden test on the GPU with f16 weights and read in place,
 # and its greedy text and speed read in place in both forms against f16.
+# MIN=1 (carry .devbin): a short call instead of PART=1 (Q4_0, Q4_K and Q4_1 files only, one
+# round, qpack=0's checks and compute-sanitizer last).
 # Usage (device tool): PART=1 bash scripts/gpu/qpack_call.sh, then PART=2 bash scripts/gpu/qpack_call.sh
 set -u
 . scripts/gpu/setup.sh
@@ -34,6 +36,35 @@ if [ "${PART:-1}" = 2 ]; then
     $K bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qpack=0 --json 2>/dev/null | bench_of "r$r smol in-place qpack=0"
   done
   el "done"
+  exit 0
+fi
+if [ "${MIN:-0}" = 1 ]; then
+  # A short call: the packed form's checks and greedy text against qpack=0, one round of
+  # timing, then compute-sanitizer last.
+  random_models l1b:llama3.2-1b s135:smollm2-135m
+  ( for q in q4_0 q4_k; do $K quantize /tmp/l1b /tmp/l1b-$q.gguf --type $q; done
+    $K quantize /tmp/s135 /tmp/s135-q4_1.gguf --type q4_1 ) >/tmp/quant.log 2>&1 &
+  QPID=$!
+  el "== copy bandwidth"; python3 scripts/gpu/copy_bw.py
+  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t "$B/backend_ops" | sed "s/^/backend_ops quantized: /"
+  wait $QPID
+  el "== greedy text read in place: packed, qpack=0 (must match)"
+  for f in l1b-q4_0 l1b-q4_k s135-q4_1; do
+    echo "$f: packed $(greedy_md5 kiln /tmp/$f.gguf --gpu-weights quantized) qpack=0 $(greedy_md5 kiln /tmp/$f.gguf --gpu-weights quantized --dev cuda-qpack=0)"
+  done
+  el "== batch 1, -p 32 -g 128"
+  $K bench --device cuda -m /tmp/l1b.gguf -p 32 -g 128 --json 2>/dev/null | bench_of "l1b f16"
+  for q in q4_0 q4_k; do
+    $K bench --device cuda -m /tmp/l1b-$q.gguf -p 32 -g 128 --gpu-weights quantized --json 2>/dev/null | bench_of "l1b-$q packed"
+    $K bench --device cuda -m /tmp/l1b-$q.gguf -p 32 -g 128 --gpu-weights quantized --dev cuda-qpack=0 --json 2>/dev/null | bench_of "l1b-$q qpack=0"
+  done
+  $K bench --device cuda -m /tmp/s135.gguf -p 32 -g 128 --json 2>/dev/null | bench_of "s135 f16"
+  $K bench --device cuda -m /tmp/s135-q4_1.gguf -p 32 -g 128 --gpu-weights quantized --json 2>/dev/null | bench_of "s135-q4_1 packed"
+  $K bench --device cuda -m /tmp/s135-q4_1.gguf -p 32 -g 128 --gpu-weights quantized --dev cuda-qpack=0 --json 2>/dev/null | bench_of "s135-q4_1 qpack=0"
+  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized KILN_TEST_DEV=cuda-qpack=0 t "$B/backend_ops" quantized | sed "s/^/backend_ops quantized qpack=0: /"
+  r=$(KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized timeout 100 compute-sanitizer --print-limit 5 "$B/backend_ops" quantized --test-threads 1 2>&1 | grep -E "ERROR SUMMARY" | head -2)
+  echo "sanitizer, backend_ops quantized (packed): ${r:-no summary}"
+  el "done (MIN=1)"
   exit 0
 fi
 mkdir -p /tmp/m && cp .devmodel2/* /tmp/m/ 2>/dev/null
