@@ -14,6 +14,7 @@
 # and its greedy text and speed read in place in both forms against f16.
 # MIN=1 (carry .devbin): a short call instead of PART=1 (Q4_0, Q4_K and Q4_1 files only, one
 # round, qpack=0's checks and compute-sanitizer last).
+# MIN=2: shorter still, the SmolLM2-135M shape only (Q4_1 and Q4_0 in place, two rounds).
 # Usage (device tool): PART=1 bash scripts/gpu/qpack_call.sh, then PART=2 bash scripts/gpu/qpack_call.sh
 set -u
 . scripts/gpu/setup.sh
@@ -36,6 +37,24 @@ if [ "${PART:-1}" = 2 ]; then
     $K bench --device cuda -m /tmp/smol.gguf -p 32 -g 256 --gpu-weights quantized --dev cuda-qpack=0 --json 2>/dev/null | bench_of "r$r smol in-place qpack=0"
   done
   el "done"
+  exit 0
+fi
+if [ "${MIN:-0}" = 2 ]; then
+  # The shortest call: the SmolLM2-135M shape only (Q4_1 and Q4_0 read in place).
+  random_models s135:smollm2-135m
+  for q in q4_1 q4_0; do $K quantize /tmp/s135 /tmp/s135-$q.gguf --type $q >/dev/null 2>&1; done
+  KILN_TEST_DEVICE=cuda KILN_TEST_GPU_WEIGHTS=quantized t "$B/backend_ops" quantized | sed "s/^/backend_ops quantized: /"
+  for f in s135-q4_1 s135-q4_0; do
+    echo "$f: packed $(greedy_md5 kiln /tmp/$f.gguf --gpu-weights quantized) qpack=0 $(greedy_md5 kiln /tmp/$f.gguf --gpu-weights quantized --dev cuda-qpack=0)"
+  done
+  for r in 1 2; do
+    $K bench --device cuda -m /tmp/s135.gguf -p 32 -g 128 --json 2>/dev/null | bench_of "r$r s135 f16"
+    for q in q4_1 q4_0; do
+      $K bench --device cuda -m /tmp/s135-$q.gguf -p 32 -g 128 --gpu-weights quantized --json 2>/dev/null | bench_of "r$r s135-$q packed"
+      $K bench --device cuda -m /tmp/s135-$q.gguf -p 32 -g 128 --gpu-weights quantized --dev cuda-qpack=0 --json 2>/dev/null | bench_of "r$r s135-$q qpack=0"
+    done
+  done
+  el "done (MIN=2)"
   exit 0
 fi
 if [ "${MIN:-0}" = 1 ]; then
