@@ -117,47 +117,12 @@ pub struct CudaMat {
 }
 
 /// Rows in groups of 32 values: 4-bit (Q4_0, Q4_1, Q4_K repacked: 16 bytes, a scale and an
-/// offset per group) or 8-bit (Q8_0: 32 bytes and a scale per group), the scales and offsets
-/// in form `sf`.
+/// offset per group) or 8-bit (Q8_0: 32 bytes and a scale per group).
 struct QuantRows {
     bits: i32,
-    sf: ScaleForm,
     q: CudaSlice<u8>,
-    s: CudaSlice<u8>,
-    m: Option<CudaSlice<u8>>,
-}
-
-/// How [`QuantRows`] keeps its groups' scales `d` and offsets `m` (value = d * q + m), as the
-/// kernels read them (`sf` in `kernels/quant.cu`). Every form yields the f32 values of
-/// [`ScaleForm::F32`] bit for bit, so the products' sums do not depend on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ScaleForm {
-    /// An f32 scale and (4-bit) offset a group: any mix of 4-bit formats (24 bytes a 4-bit
-    /// group of 32 values, 36 an 8-bit one).
-    F32 = 0,
-    /// An f16 scale and (Q4_1) offset a group, as stored: Q4_1 (20 bytes) and Q8_0 (34).
-    F16 = 1,
-    /// An f16 scale a group, the offset -8 times it: Q4_0 (18 bytes).
-    Q40 = 2,
-    /// A group's 6-bit scale and minimum as two bytes, its super-block's f16 `d` and `dmin`
-    /// as one word a super-block: `d * scale` and `-dmin * minimum` (Q4_K, 18.5 bytes).
-    Qk = 3,
-}
-
-impl ScaleForm {
-    /// The form for a matrix of these parts: packed where every part is of one format (and
-    /// `packed`), else f32.
-    fn of(parts: &[&RawTensor], packed: bool) -> Self {
-        use kiln_formats::gguf::GgmlType as T;
-        let all = |t: T| parts.iter().all(|p| p.ty == t);
-        match () {
-            _ if !packed => Self::F32,
-            _ if all(T::Q4_0) => Self::Q40,
-            _ if all(T::Q4_1) || all(T::Q8_0) => Self::F16,
-            _ if all(T::Q4_K) => Self::Qk,
-            _ => Self::F32,
-        }
-    }
+    s: CudaSlice<f32>,
+    m: Option<CudaSlice<f32>>,
 }
 
 /// The KV pool: f16, laid out `[block][layer][k|v][offset][kv_dim]`.
@@ -459,11 +424,6 @@ pub struct CudaOptions {
     /// against 1, 5 and 8 rows 2.5 to 4.4% faster on the Qwen2.5-0.5B and Llama-3.2-1B shapes
     /// (an H100, 2026-12-07, docs/PERF.md); 4 no better than 2.
     pub mvt_ks: usize,
-    /// Weights read in place keep their groups' scales and offsets at the file's size (f16
-    /// scales; Q4_0's offsets from its scales; Q4_K's 6-bit scales and minimums as bytes beside
-    /// each super-block's two f16 factors) where a matrix is of one format, instead of an f32
-    /// scale and offset a group: the same values, fewer bytes ([`ScaleForm`]).
-    pub q_packed: bool,
 }
 
 impl Default for CudaOptions {
@@ -486,7 +446,6 @@ impl Default for CudaOptions {
             gqa: Gqa::Filled,
             mvt_split: MvtSplit::Memory,
             mvt_ks: 2,
-            q_packed: true,
         }
     }
 }
@@ -1040,23 +999,18 @@ impl CudaBackend {
                 && epi != Epilogue::SwiGlu
                 && then.is_none()
                 && outs.div_ceil(16) >= 4 * self.sms;
-            // Each kernel in the matrix's scale form (stamped 0 to 3, as ScaleForm).
-            let sf = q.sf as usize;
             let (kernel, warps, per_warp) = match ks {
-                _ if four => (self.k.mv1q4_sf(sf), MV_WARPS, 4),
-                2 if self.opts.q_wide => (self.k.mv1q16_sf(sf), 16, 2),
-                4 if self.opts.q_wide => (self.k.mv1q32_sf(sf), 32, 2),
-                _ => (self.k.mv1q_sf(sf), MV_WARPS, 2),
-            };
-            let Some(kernel) = kernel else {
-                unreachable!("k_mv1q is stamped for every ScaleForm")
+                _ if four => (&self.k.mv1q4, MV_WARPS, 4),
+                2 if self.opts.q_wide => (&self.k.mv1q16, 16, 2),
+                4 if self.opts.q_wide => (&self.k.mv1q32, 32, 2),
+                _ => (&self.k.mv1q, MV_WARPS, 2),
             };
             self.launch(
                 kernel,
                 (outs.div_ceil(per_warp * warps / ks) as u32, 1, 1),
                 (warps * 32) as u32,
                 0,
-                launch::Mv1qSf {
+                launch::Mv1q {
                     q: self.p(&q.q),
                     s: self.p(&q.s),
                     m: self.po(&q.m),
@@ -1115,7 +1069,6 @@ impl CudaBackend {
                         q: self.p(&q.q),
                         s: self.p(&q.s),
                         m: self.po(&q.m),
-                        sf: q.sf as i32,
                         bits: q.bits,
                         bias,
                         outs: outs_i,
@@ -1321,7 +1274,6 @@ impl CudaBackend {
                 q: self.p(&q.q),
                 s: self.p(&q.s),
                 m: self.po(&q.m),
-                sf: q.sf as i32,
                 bits: q.bits,
                 groups: groups as i64,
                 out: deq,
@@ -1713,12 +1665,11 @@ impl CudaBackend {
         let rows: usize = parts.iter().map(|p| p.rows).sum();
         let cols = parts[0].cols;
         let groups = rows * cols / 32;
-        let sf = ScaleForm::of(parts, self.opts.q_packed);
         let mut q = Vec::with_capacity(groups * if bits == 4 { 16 } else { 32 });
-        let mut sc = Vec::with_capacity(4 * groups);
-        let mut mn = Vec::with_capacity(if bits == 4 { 4 * groups } else { 0 });
+        let mut sc = Vec::with_capacity(groups);
+        let mut mn = Vec::with_capacity(if bits == 4 { groups } else { 0 });
         for p in parts {
-            repack(p, sf, &mut q, &mut sc, &mut mn)?;
+            repack(p, &mut q, &mut sc, &mut mn)?;
         }
         fn up<T>(
             name: &str,
@@ -1729,10 +1680,10 @@ impl CudaBackend {
         }
         let qd = up(name, "quants", self.stream.clone_htod(&q))?;
         let sd = up(name, "scales", self.stream.clone_htod(&sc))?;
-        let md = if mn.is_empty() {
-            None
-        } else {
+        let md = if bits == 4 {
             Some(up(name, "offsets", self.stream.clone_htod(&mn))?)
+        } else {
+            None
         };
         let bias = match bias {
             Some(b) => Some(up(name, "bias", self.stream.clone_htod(b))?),
@@ -1740,7 +1691,7 @@ impl CudaBackend {
         };
         up(name, "sync", self.stream.synchronize())?;
         self.weight_bytes.fetch_add(
-            q.len() + sc.len() + mn.len() + bias.as_ref().map_or(0, |b| b.len() * 4),
+            q.len() + 4 * (sc.len() + mn.len()) + bias.as_ref().map_or(0, |b| b.len() * 4),
             std::sync::atomic::Ordering::Relaxed,
         );
         self.max_q
@@ -1749,7 +1700,6 @@ impl CudaBackend {
             w: self.alloc::<u16>(name, 1)?,
             q: Some(QuantRows {
                 bits,
-                sf,
                 q: qd,
                 s: sd,
                 m: md,
@@ -2168,7 +2118,6 @@ impl Backend for CudaBackend {
                     q: self.p(&q.q),
                     s: self.p(&q.s),
                     m: self.po(&q.m),
-                    sf: q.sf as i32,
                     bits: q.bits,
                     meta,
                     max_t,
@@ -2785,15 +2734,12 @@ fn quant_bits(parts: &[&RawTensor]) -> Option<i32> {
 }
 
 /// Appends a tensor's rows in the kernels' layout: per group of 32 values the quants (4-bit:
-/// byte b holds q[b] low and q[b + 16] high), a scale and (4-bit) an offset, value = d * q + m,
-/// the scales and offsets in form `sf` (as bytes; `F32` for any format, the others only for
-/// the format they are named for, as [`ScaleForm::of`] picks them).
+/// byte b holds q[b] low and q[b + 16] high), a scale and (4-bit) an offset, value = d * q + m.
 fn repack(
     t: &RawTensor,
-    sf: ScaleForm,
     q: &mut Vec<u8>,
-    sc: &mut Vec<u8>,
-    mn: &mut Vec<u8>,
+    sc: &mut Vec<f32>,
+    mn: &mut Vec<f32>,
 ) -> Result<(), ModelError> {
     use kiln_formats::gguf::GgmlType as T;
     let f16 = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
@@ -2820,166 +2766,41 @@ fn repack(
         )));
     }
 
-    let f32s = |v: &mut Vec<u8>, x: f32| v.extend_from_slice(&x.to_le_bytes());
-    let packed = sf != ScaleForm::F32;
     for b in data[..blocks * block_bytes].chunks_exact(block_bytes) {
         match t.ty {
             T::Q4_0 => {
+                let d = f16(b, 0);
                 q.extend_from_slice(&b[2..18]);
-                if packed {
-                    sc.extend_from_slice(&b[0..2]);
-                } else {
-                    let d = f16(b, 0);
-                    f32s(sc, d);
-                    f32s(mn, -8.0 * d);
-                }
+                sc.push(d);
+                mn.push(-8.0 * d);
             }
             T::Q4_1 => {
                 q.extend_from_slice(&b[4..20]);
-                if packed {
-                    sc.extend_from_slice(&b[0..2]);
-                    mn.extend_from_slice(&b[2..4]);
-                } else {
-                    f32s(sc, f16(b, 0));
-                    f32s(mn, f16(b, 2));
-                }
+                sc.push(f16(b, 0));
+                mn.push(f16(b, 2));
             }
             T::Q8_0 => {
                 q.extend_from_slice(&b[2..34]);
-                if packed {
-                    sc.extend_from_slice(&b[0..2]);
-                } else {
-                    f32s(sc, f16(b, 0));
-                }
+                sc.push(f16(b, 0));
             }
             _ => {
                 // Q4_K: four pairs of 32-value sub-blocks; pair j's 32 bytes hold sub-block
                 // 2j in the low nibbles and 2j + 1 in the high ones.
-                // Packed: the super-block's d and dmin as stored (a word), then each group's
-                // scale and minimum as two bytes.
                 let (d, dmin) = (f16(b, 0), f16(b, 2));
                 let scales = &b[4..16];
                 let qs = &b[16..144];
-                if packed {
-                    mn.extend_from_slice(&b[0..4]);
-                }
                 for j in 0..4 {
                     let src = &qs[32 * j..32 * j + 32];
                     for (half, shift) in [(0usize, 0u8), (1, 4)] {
                         let (s, m) = kiln_formats::gguf::quant::k_scale_min(2 * j + half, scales);
                         let v = |i: usize| (src[i] >> shift) & 15;
                         q.extend((0..16).map(|i| v(i) | (v(i + 16) << 4)));
-                        if packed {
-                            sc.extend_from_slice(&[s, m]);
-                        } else {
-                            f32s(sc, d * f32::from(s));
-                            f32s(mn, -dmin * f32::from(m));
-                        }
+                        sc.push(d * f32::from(s));
+                        mn.push(-dmin * f32::from(m));
                     }
                 }
             }
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kiln_formats::gguf::GgmlType as T;
-    use kiln_model::TensorBytes;
-
-    /// The kernels' `grp_dm` (`kernels/quant.cu`) on the host: group `gi`'s scale and offset
-    /// read from scales `s` and offsets `m` in form `sf`.
-    fn grp_dm(sf: ScaleForm, s: &[u8], m: &[u8], gi: usize) -> (f32, f32) {
-        let h = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
-        let w = |b: &[u8], i: usize| f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        match sf {
-            ScaleForm::F32 => (w(s, 4 * gi), if m.is_empty() { 0.0 } else { w(m, 4 * gi) }),
-            ScaleForm::F16 => (h(s, 2 * gi), if m.is_empty() { 0.0 } else { h(m, 2 * gi) }),
-            ScaleForm::Q40 => {
-                let d = h(s, 2 * gi);
-                (d, -8.0 * d)
-            }
-            ScaleForm::Qk => {
-                let sb = 4 * (gi / 8);
-                (
-                    h(m, sb) * f32::from(s[2 * gi]),
-                    -h(m, sb + 2) * f32::from(s[2 * gi + 1]),
-                )
-            }
-        }
-    }
-
-    /// Random blocks of `ty` whose f16 fields are finite (tiny, normal and large, both signs).
-    fn random(ty: T, rows: usize, cols: usize, seed: u64) -> RawTensor {
-        let mut state = seed;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut data: Vec<u8> = (0..rows * ty.bytes_for(cols))
-            .map(|_| next() as u8)
-            .collect();
-        let (_, bb) = ty.block();
-        let halves: &[usize] = match ty {
-            T::Q4_0 | T::Q8_0 => &[0],
-            _ => &[0, 2],
-        };
-        for blk in data.chunks_exact_mut(bb) {
-            for &o in halves {
-                let mag = [1e-7f32, 3e-5, 0.01, 0.5, 900.0][(next() % 5) as usize];
-                let v = mag * ((next() % 2000) as f32 / 1000.0 - 1.0);
-                blk[o..o + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-            }
-        }
-        RawTensor {
-            name: format!("{}-{rows}x{cols}", ty.name()),
-            ty,
-            rows,
-            cols,
-            data: TensorBytes::Owned(std::sync::Arc::new(data)),
-        }
-    }
-
-    /// Each packed form gives the f32 form's scales and offsets bit for bit (so the kernels'
-    /// sums do not depend on the form), in the bytes it is named for; a mix of 4-bit formats,
-    /// or packing off, keeps f32.
-    #[test]
-    fn packed_scales_give_the_f32_forms_values() {
-        for (ty, form, bytes_per_8_groups) in [
-            (T::Q4_0, ScaleForm::Q40, 16),
-            (T::Q4_1, ScaleForm::F16, 32),
-            (T::Q8_0, ScaleForm::F16, 16),
-            (T::Q4_K, ScaleForm::Qk, 20),
-        ] {
-            let t = random(ty, 3, 512, 0x9E37_79B9_7F4A_7C15 ^ ty as u64);
-            assert_eq!(ScaleForm::of(&[&t, &t], true), form, "{ty:?}");
-            assert_eq!(ScaleForm::of(&[&t], false), ScaleForm::F32);
-            let (mut q0, mut s0, mut m0) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut q1, mut s1, mut m1) = (Vec::new(), Vec::new(), Vec::new());
-            repack(&t, ScaleForm::F32, &mut q0, &mut s0, &mut m0).unwrap();
-            repack(&t, form, &mut q1, &mut s1, &mut m1).unwrap();
-            assert_eq!(q0, q1, "{ty:?}: the quants do not depend on the form");
-            let groups = t.rows * t.cols / 32;
-            assert_eq!(s0.len(), 4 * groups);
-            assert_eq!(
-                s1.len() + m1.len(),
-                bytes_per_8_groups * groups / 8,
-                "{ty:?}"
-            );
-            for gi in 0..groups {
-                let (d0, m0v) = grp_dm(ScaleForm::F32, &s0, &m0, gi);
-                let (d1, m1v) = grp_dm(form, &s1, &m1, gi);
-                assert_eq!(d0.to_bits(), d1.to_bits(), "{ty:?} group {gi}: scale");
-                if ty != T::Q8_0 {
-                    assert_eq!(m0v.to_bits(), m1v.to_bits(), "{ty:?} group {gi}: offset");
-                }
-            }
-        }
-        let (a, b) = (random(T::Q4_0, 2, 256, 1), random(T::Q4_K, 2, 256, 2));
-        assert_eq!(ScaleForm::of(&[&a, &b], true), ScaleForm::F32);
-    }
 }

@@ -172,23 +172,6 @@ fn the_host_sizes_buffers_with_the_kernels_layouts() {
         "(((cols) >> 2) + 2 * ((cols) >> 4))"
     );
     assert!(rs.contains("fn qx_words(cols: usize) -> usize {\n    cols / 4 + 2 * (cols / 16)\n}"));
-    // The scale forms of weights read in place: the kernels' `sf` and the host's ScaleForm.
-    for (c, r, v) in [
-        ("SF_F32", "F32", 0),
-        ("SF_F16", "F16", 1),
-        ("SF_Q40", "Q40", 2),
-        ("SF_QK", "Qk", 3),
-    ] {
-        assert_eq!(define(q, c), v.to_string(), "{c}");
-        assert!(
-            rs.contains(&format!("    {r} = {v},\n")),
-            "ScaleForm::{r} = {v}"
-        );
-        assert!(
-            q.contains(&format!("MV1Q_KERNELS({v})\n")),
-            "k_mv1q stamped for {c}"
-        );
-    }
     assert!(rs.contains("n * qx_words(w.cols) <= 2 * half_words"));
 }
 
@@ -224,22 +207,8 @@ fn every_kernel_gets_its_arguments_in_order() {
     }
     // A macro-stamped kernel appears once, by its pasted name.
     let stamped: Vec<&String> = expected.iter().filter(|n| n.contains("##")).collect();
-    assert_eq!(
-        stamped,
-        [
-            "k_mvr##N",
-            "k_attn_mma##HD",
-            "k_mv1q_sf##SF",
-            "k_mv1q4_sf##SF",
-            "k_mv1q16_sf##SF",
-            "k_mv1q32_sf##SF",
-            "k_mvqr##N"
-        ]
-    );
+    assert_eq!(stamped, ["k_mvr##N", "k_attn_mma##HD", "k_mvqr##N"]);
     expected.retain(|n| !n.contains("##"));
-    for stem in ["k_mv1q_sf", "k_mv1q4_sf", "k_mv1q16_sf", "k_mv1q32_sf"] {
-        expected.extend((0..4).map(|n| format!("{stem}{n}")));
-    }
     expected.extend((2..=8).map(|n| format!("k_mvr{n}")));
     expected.extend((2..=8).map(|n| format!("k_mvqr{n}")));
     expected.extend([64, 96, 128].map(|hd| format!("k_attn_mma{hd}")));

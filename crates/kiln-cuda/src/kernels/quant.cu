@@ -3,44 +3,6 @@
 // Rows are groups of 32 values, each with an f32 scale (and, 4-bit, an f32 offset): value = d * q + m.
 // 4-bit: 16 bytes per group, byte b holding q[b] (low nibble) and q[b + 16] (high nibble), q in
 // 0..15 (Q4_0, Q4_1, Q4_K repacked); 8-bit: 32 signed bytes per group (Q8_0).
-// How a matrix read in place keeps its groups' scales d and offsets m (value = d * q + m), the
-// backend's `ScaleForm` (`sf`); S holds a group's scale, M its offset (4-bit), as bytes:
-//   SF_F32 (0): d and m as f32, one each a group (any mix of 4-bit formats).
-//   SF_F16 (1): d (and m) as f16, one each a group: Q4_1 and Q8_0 as stored.
-//   SF_Q40 (2): d as f16, one a group, m = -8 d: Q4_0 as stored (no M).
-//   SF_QK  (3): S a group's 6-bit scale (low byte) and minimum (high byte), M its super-block's
-//               f16 d and dmin (a word per 8 groups): d = d_sb * scale, m = -dmin_sb * minimum.
-// Each form gives the f32 values the host computes for SF_F32, bit for bit (the f16 values
-// widen exactly, and the products are the host's f32 products), so every sum is the same
-// whatever the form; only the bytes read differ (a 4-bit group of 32 values takes 24 bytes as
-// f32, 20 as Q4_1, 18 as Q4_0, 18.5 as Q4_K; an 8-bit one 36 or 34).
-#define SF_F32 0
-#define SF_F16 1
-#define SF_Q40 2
-#define SF_QK 3
-// Group gi's scale d and (with wm; else 0) offset m.
-__device__ __forceinline__ float2 grp_dm(const unsigned char *S, const unsigned char *M, int sf,
-                                         size_t gi, bool wm) {
-    if (sf == SF_F32)
-        return make_float2(__ldg((const float *)S + gi), wm ? __ldg((const float *)M + gi) : 0.0f);
-    const u32 a = __ldg((const u16 *)S + gi);
-    if (sf == SF_QK) {
-        const u32 b = __ldg((const u32 *)M + (gi >> 3));
-        return make_float2(h2f((u16)(b & 0xffffu)) * (float)(a & 0xffu),
-                           wm ? -h2f((u16)(b >> 16)) * (float)(a >> 8) : 0.0f);
-    }
-    const float d = h2f((u16)a);
-    if (!wm) return make_float2(d, 0.0f);
-    return make_float2(d, sf == SF_Q40 ? -8.0f * d : h2f(__ldg((const u16 *)M + gi)));
-}
-// Bytes of S and of M a row of ng groups takes in form sf (4-bit; an 8-bit row has no M).
-__device__ __forceinline__ int2 grp_row_bytes(int sf, int ng) {
-    if (sf == SF_F32) return make_int2(4 * ng, 4 * ng);
-    if (sf == SF_QK) return make_int2(2 * ng, ng / 2);
-    if (sf == SF_Q40) return make_int2(2 * ng, 0);
-    return make_int2(2 * ng, 2 * ng);
-}
-
 // Half a group of 4-bit weights (8 bytes: byte b of the half holds element h*8 + b in its low
 // nibble and 16 + h*8 + b in its high one) against x quantized to 8 bits: xl holds elements
 // h*8 .. h*8+7 (two words of four), xh elements 16 + h*8 .. 16 + h*8 + 7. The integer sums of
@@ -138,10 +100,9 @@ k_quant_x(const float *x, int cols, const float *nw, float eps, u32 *xq) {
 // 32, for ks 2 and 4, so that a block holds a whole group of 16 outputs and rounds it for txq
 // itself, where with 8 warps the last of ks blocks to finish does (a fence, a count in L2 and a
 // read back).
-template <int NW, int OUT, int NA, int sf>
-__device__ __forceinline__ void mv1q_body(const unsigned char *Q, const unsigned char *S,
-                                          const unsigned char *M, int bits,
-                                          const float *bias, int outs, int cols,
+template <int NW, int OUT, int NA>
+__device__ __forceinline__ void mv1q_body(const unsigned char *Q, const float *S, const float *M,
+                                          int bits, const float *bias, int outs, int cols,
                                           const u32 *xq, int xnorm, float eps, float *out,
                                           Epi mode, int ks, u32 *txq, const float *tnw,
                                           u32 *tcnt, int pf) {
@@ -163,9 +124,8 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const unsigned
             if (live[k][a] && pf) {
                 prefetch_l2(Q + row[k][a] * ng * gbytes, ng * gbytes, lane + 32 * kw, 32 * ks);
                 if (kw == 0 && lane == 0) {
-                    const int2 rb = grp_row_bytes(sf, ng);
-                    prefetch_l2(S + row[k][a] * rb.x, rb.x, 0, 1);
-                    if (bits == 4 && rb.y) prefetch_l2(M + row[k][a] * rb.y, rb.y, 0, 1);
+                    prefetch_l2(S + row[k][a] * ng, ng * 4, 0, 1);
+                    if (bits == 4) prefetch_l2(M + row[k][a] * ng, ng * 4, 0, 1);
                 }
             }
         }
@@ -181,10 +141,8 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const unsigned
                 if (live[k][a]) {
                     size_t gi = row[k][a] * ng + g;
                     q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
-                    // Q4_0's offsets are taken from the scales where they are used.
-                    const float2 dm = grp_dm(S, M, sf, gi, h == 0 && sf != SF_Q40);
-                    d[k][a] = dm.x;
-                    m[k][a] = dm.y;
+                    d[k][a] = __ldg(S + gi);
+                    m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
                 }
     };
     auto load8 = [&](int j, uint4 (&q)[OUT][NA], float (&d)[OUT][NA]) {
@@ -196,7 +154,7 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const unsigned
                 if (live[k][a]) {
                     size_t gi = row[k][a] * ng + g;
                     q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
-                    d[k][a] = grp_dm(S, M, sf, gi, false).x;
+                    d[k][a] = __ldg(S + gi);
                 }
     };
     // Each lane's first two half groups of its rows (j0 and j0 + step), read into registers
@@ -246,8 +204,7 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const unsigned
                 for (int a = 0; a < NA; a++)
                     if (live[k][a]) {
                         const int2 p = dot_q4h(q[k][a], xl.x, xl.y, xh.x, xh.y);
-                        const float mk = sf != SF_Q40 ? m[k][a] : h == 0 ? -8.0f * d[k][a] : 0.0f;
-                        acc[k][a] += d[k][a] * (dx0 * (float)p.x + dx1 * (float)p.y) + mk * gsum;
+                        acc[k][a] += d[k][a] * (dx0 * (float)p.x + dx1 * (float)p.y) + m[k][a] * gsum;
                     }
         };
 #pragma unroll
@@ -328,51 +285,38 @@ __device__ __forceinline__ void mv1q_body(const unsigned char *Q, const unsigned
     }
 }
 
-// The one-row kernels, each in the four scale forms (SF_F32 ... SF_QK: k_mv1q_sf0 ...
-// k_mv1q_sf3), so that each reads its form's scales without a branch or the registers of the
-// others. k_mv1q4: products without SwiGLU (one row of weights an output) and without txq,
-// four outputs a warp where k_mv1q takes two (with their up rows): the registers of the up rows
-// hold two more outputs, and x's loads, the sums across the warp and the store are shared by
-// twice the bytes; for products of many outputs whose rows are short (the default model's
-// head: 49,152 rows of 576 columns, 1.3 KB a warp in k_mv1q), 32 outputs a block (ks 1).
-// k_mv1q16 and k_mv1q32: blocks of 16 and 32 warps (see mv1q_body).
-#define MV1Q_KERNELS(SF)                                                                       \
-    extern "C" __global__ void __launch_bounds__(256, 4)                                       \
-    k_mv1q_sf##SF(const unsigned char *Q, const unsigned char *S, const unsigned char *M,     \
-                  int bits, const float *bias, int outs, int cols, const u32 *xq, int xnorm,  \
-                  float eps, float *out, Epi mode, int ks, u32 *txq, const float *tnw,        \
-                  u32 *tcnt, int pf) {                                                        \
-        mv1q_body<8, MV1_OUT, 2, SF>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out,    \
-                                     mode, ks, txq, tnw, tcnt, pf);                           \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, 4)                                       \
-    k_mv1q4_sf##SF(const unsigned char *Q, const unsigned char *S, const unsigned char *M,    \
-                   int bits, const float *bias, int outs, int cols, const u32 *xq, int xnorm, \
-                   float eps, float *out, Epi mode, int ks, u32 *txq, const float *tnw,       \
-                   u32 *tcnt, int pf) {                                                       \
-        mv1q_body<8, 4, 1, SF>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode,    \
-                               ks, txq, tnw, tcnt, pf);                                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(512, 2)                                       \
-    k_mv1q16_sf##SF(const unsigned char *Q, const unsigned char *S, const unsigned char *M,   \
-                    int bits, const float *bias, int outs, int cols, const u32 *xq,           \
-                    int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,             \
-                    const float *tnw, u32 *tcnt, int pf) {                                    \
-        mv1q_body<16, MV1_OUT, 2, SF>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out,   \
-                                      mode, ks, txq, tnw, tcnt, pf);                          \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(1024, 1)                                      \
-    k_mv1q32_sf##SF(const unsigned char *Q, const unsigned char *S, const unsigned char *M,   \
-                    int bits, const float *bias, int outs, int cols, const u32 *xq,           \
-                    int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,             \
-                    const float *tnw, u32 *tcnt, int pf) {                                    \
-        mv1q_body<32, MV1_OUT, 2, SF>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out,   \
-                                      mode, ks, txq, tnw, tcnt, pf);                          \
-    }
-MV1Q_KERNELS(0)
-MV1Q_KERNELS(1)
-MV1Q_KERNELS(2)
-MV1Q_KERNELS(3)
+extern "C" __global__ void __launch_bounds__(256, 4)
+k_mv1q(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias, int outs,
+       int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks, u32 *txq,
+       const float *tnw, u32 *tcnt, int pf) {
+    mv1q_body<8, MV1_OUT, 2>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+}
+
+// Products without SwiGLU (one row of weights an output) and without txq, four outputs a warp
+// where k_mv1q takes two (with their up rows): the registers of the up rows hold two more
+// outputs, and x's loads, the sums across the warp and the store are shared by twice the
+// bytes. For products of many outputs whose rows are short (the default model's head: 49,152
+// rows of 576 columns, 1.3 KB a warp in k_mv1q). 32 outputs a block (ks 1).
+extern "C" __global__ void __launch_bounds__(256, 4)
+k_mv1q4(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias,
+        int outs, int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks,
+        u32 *txq, const float *tnw, u32 *tcnt, int pf) {
+    mv1q_body<8, 4, 1>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+}
+
+extern "C" __global__ void __launch_bounds__(512, 2)
+k_mv1q16(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias,
+         int outs, int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks,
+         u32 *txq, const float *tnw, u32 *tcnt, int pf) {
+    mv1q_body<16, MV1_OUT, 2>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+}
+
+extern "C" __global__ void __launch_bounds__(1024, 1)
+k_mv1q32(const unsigned char *Q, const float *S, const float *M, int bits, const float *bias,
+         int outs, int cols, const u32 *xq, int xnorm, float eps, float *out, Epi mode, int ks,
+         u32 *txq, const float *tnw, u32 *tcnt, int pf) {
+    mv1q_body<32, MV1_OUT, 2>(Q, S, M, bits, bias, outs, cols, xq, xnorm, eps, out, mode, ks, txq, tnw, tcnt, pf);
+}
 
 // Products of 2 to 8 rows of x with weights read in place: each lane takes half groups of its
 // warp's rows (two outputs, with their up rows for SwiGLU), as k_mv1q does, and dots each with
@@ -382,9 +326,8 @@ MV1Q_KERNELS(3)
 // outputs, splitting its columns; their sums meet in shared memory. The block's weights go
 // towards L2 before the wait. Needs cols % 32 == 0.
 template <int N>
-__device__ __forceinline__ void mvqr_body(const unsigned char *Q, const unsigned char *S,
-                                          const unsigned char *M, int sf, int bits,
-                                          const float *bias, int outs, int cols,
+__device__ __forceinline__ void mvqr_body(const unsigned char *Q, const float *S, const float *M,
+                                          int bits, const float *bias, int outs, int cols,
                                           const u32 *xq, float *out, int out_stride, Epi mode,
                                           int ks) {
     constexpr int O = 2;
@@ -419,9 +362,8 @@ __device__ __forceinline__ void mvqr_body(const unsigned char *Q, const unsigned
                     if (live[k][a]) {
                         const size_t gi = row[k][a] * ng + g;
                         q[k][a] = __ldg((const uint2 *)(Q + gi * 16) + h);
-                        const float2 dm = grp_dm(S, M, sf, gi, h == 0);
-                        d[k][a] = dm.x;
-                        m[k][a] = dm.y;
+                        d[k][a] = __ldg(S + gi);
+                        m[k][a] = h == 0 ? __ldg(M + gi) : 0.0f;
                     }
 #pragma unroll
             for (int r = 0; r < N; r++) {
@@ -449,7 +391,7 @@ __device__ __forceinline__ void mvqr_body(const unsigned char *Q, const unsigned
                     if (live[k][a]) {
                         const size_t gi = row[k][a] * ng + g;
                         q[k][a] = __ldg((const uint4 *)(Q + gi * 32) + h);
-                        d[k][a] = grp_dm(S, M, sf, gi, false).x;
+                        d[k][a] = __ldg(S + gi);
                     }
 #pragma unroll
             for (int r = 0; r < N; r++) {
@@ -470,10 +412,10 @@ __device__ __forceinline__ void mvqr_body(const unsigned char *Q, const unsigned
 
 #define MVQR_KERNEL(N)                                                                         \
     extern "C" __global__ void __launch_bounds__(256, 2)                                       \
-    k_mvqr##N(const unsigned char *Q, const unsigned char *S, const unsigned char *M, int sf, \
-              int bits, const float *bias, int outs, int cols, const u32 *xq, float *out,     \
+    k_mvqr##N(const unsigned char *Q, const float *S, const float *M, int bits,               \
+              const float *bias, int outs, int cols, const u32 *xq, float *out,               \
               int out_stride, Epi mode, int ks) {                                             \
-        mvqr_body<N>(Q, S, M, sf, bits, bias, outs, cols, xq, out, out_stride, mode, ks);    \
+        mvqr_body<N>(Q, S, M, bits, bias, outs, cols, xq, out, out_stride, mode, ks);        \
     }
 MVQR_KERNEL(2)
 MVQR_KERNEL(3)
@@ -489,19 +431,17 @@ MVQR_KERNEL(8)
 // of a 4-bit group takes the low nibbles (k 0, 1) or the high ones (k 2, 3) of the group's
 // bytes 8 (k & 1) .. 8 (k & 1) + 7, which are values 8k .. 8k + 7; of an 8-bit group, its
 // bytes 8k .. 8k + 7. Each value is computed as before (d * q + m, or d * q), rounded alike.
-extern "C" __global__ void k_dequant(const unsigned char *Q, const unsigned char *S,
-                                     const unsigned char *M, int sf, int bits, long long groups,
-                                     u16 *out) {
+extern "C" __global__ void k_dequant(const unsigned char *Q, const float *S, const float *M, int bits,
+                                     long long groups, u16 *out) {
     pdl_enter();
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long g = i >> 2;
     if (g >= groups) return;
     const int k = (int)(i & 3);
-    const float2 dm = grp_dm(S, M, sf, g, bits == 4);
-    const float d = dm.x;
+    const float d = S[g];
     u32 w[4];
     if (bits == 4) {
-        const float m = dm.y;
+        const float m = M[g];
         const uint2 b = *((const uint2 *)(Q + g * 16) + (k & 1));
         const int shift = k < 2 ? 0 : 4;
 #pragma unroll
@@ -525,9 +465,8 @@ extern "C" __global__ void k_dequant(const unsigned char *Q, const unsigned char
 }
 
 // The embedding rows of the pass's tokens from a quantized table, to f32.
-extern "C" __global__ void k_embed_q(const unsigned char *Q, const unsigned char *S,
-                                     const unsigned char *M, int sf, int bits, const u32 *meta,
-                                     int max_t, int cols, int vocab, float *out) {
+extern "C" __global__ void k_embed_q(const unsigned char *Q, const float *S, const float *M, int bits,
+                                     const u32 *meta, int max_t, int cols, int vocab, float *out) {
     pdl_enter();
     Meta m = meta_at(meta, max_t);
     int t = blockIdx.x;
@@ -538,12 +477,11 @@ extern "C" __global__ void k_embed_q(const unsigned char *Q, const unsigned char
         size_t g = (size_t)id * ng + (e >> 5);
         int i = e & 31;
         float v;
-        const float2 dm = grp_dm(S, M, sf, g, bits == 4);
         if (bits == 4) {
             unsigned char b = Q[g * 16 + (i & 15)];
-            v = dm.x * (float)(i < 16 ? (b & 15) : (b >> 4)) + dm.y;
+            v = S[g] * (float)(i < 16 ? (b & 15) : (b >> 4)) + M[g];
         } else {
-            v = dm.x * (float)((const signed char *)Q)[g * 32 + i];
+            v = S[g] * (float)((const signed char *)Q)[g * 32 + i];
         }
         out[(size_t)t * cols + e] = v;
     }
