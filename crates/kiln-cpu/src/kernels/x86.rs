@@ -965,6 +965,7 @@ fn store_half_256<const C: usize>(o: &mut Tile, h: usize, acc: &[__m256; C]) {
 /// before it (4 rows by 4 tokens, a row's block a register) took a `vpmaddubsw`, a
 /// `vpmaddwd`, a conversion and a multiply-add for each row's 32 values, this takes one
 /// `vpmaddubsw` and one addition for 8 rows' 4 values, and the rest once for 8 rows' 32.
+/// At most 4 tokens go to [`q4_1_panel_256_joint`] (both halves in one pass).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
@@ -1078,6 +1079,7 @@ unsafe fn q4_1_panel_256_joint<const C: usize>(w: *const u8, a: &ActView, o: &mu
 /// sign)`: a pair is then at most 2 x 128 x 127 = 32,512 in size, and `vpmaddwd` adds each
 /// register's pairs into the rows' 32-bit sums. Even and odd blocks in two accumulators, as
 /// [`offset_panel`]. Every row's operations are the same whatever `C` is.
+/// One token goes to [`q8_0_panel_256_one`] (both halves in one pass).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
@@ -1262,6 +1264,7 @@ fn q5_high(hb: __m256i, k: usize) -> __m256i {
 /// multiply-add applies the rows' and the token's scales. Every row's operations are the
 /// same whatever `C` is. One accumulator, where AVX-512's [`offset_panel`] alternates two:
 /// the same exact integer sums, but not its floating-point order, so not its bits.
+/// One token goes to [`offset_panel_256_one`] (both halves in one pass).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn offset_panel_256<const C: usize, F: OffsetHalf>(w: *const u8, a: &ActView, o: &mut Tile) {
@@ -1363,6 +1366,7 @@ unsafe fn offset_panel_256_one<F: OffsetHalf>(w: *const u8, a: &ActView, o: &mut
 /// one multiply-add with the rows' and the token's scales; the minimums' terms (`dmin * min`
 /// times the token's block sums) are subtracted in the same accumulator. Every row's
 /// operations are the same whatever `C` is.
+/// One token goes to [`q4_k_panel_256_one`] (both halves in one pass).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
