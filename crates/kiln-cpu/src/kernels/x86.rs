@@ -574,7 +574,9 @@ macro_rules! panels {
                 }
                 // With `$halves`, a tile of eight tokens goes as two of four against the same
                 // panel (the second pass expected to find it in L1): four tokens' accumulators
-                // fit in registers, eight do not (see `q4_1_panel`); a lane's operations do not
+                // fit in registers, eight do not (see `q4_1_panel`; on AVX2 a Q4_1 call of four
+                // tokens takes both halves in one pass, `q4_1_panel_256_joint`, whose float
+                // accumulators live in memory); a lane's operations do not
                 // depend on how many tokens share a call, so the results are the same. When
                 // more tokens follow the tile (a prompt's pass), or when the panel is small
                 // enough for the second pass to be expected in L1 (HALVES_PANEL_BYTES: 8 rows
@@ -956,7 +958,7 @@ fn store_half_256<const C: usize>(o: &mut Tile, h: usize, acc: &[__m256; C]) {
 /// at most 8 x 2 x 15 x 127 = 30,480 in size, so none overflows) and one `vpmaddwd` makes each
 /// row's 32-bit sum; then one multiply-add applies the rows' and the token's scales, into one
 /// of two accumulators (even and odd blocks). The minimum's terms (`m * s` per block) are
-/// summed in a loop of their own (the half panel is then in the L1 cache) and added last. So
+/// summed in a loop of their own (the panel is then in the L1 cache) and added last. So
 /// each row gets [`q4_1_panel`]'s floating-point operations in its order (the integer sums
 /// are exact), and its results bit for bit; with one accumulator the golden test's logits
 /// moved enough to turn a position whose two best tokens are 0.306 apart in llama.cpp's
@@ -1019,9 +1021,12 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
 }
 
 /// [`q4_1_panel_256`] for at most 4 tokens, both halves of the panel at once: each token's 4
-/// values, broadcast once, meet both halves' registers (`C` <= 4 keeps the 2 x `C` 16-bit sums
-/// in registers), and each block is read once. Each row's operations are those of the halves
-/// one after the other, in the same order, so the results are the same bit for bit.
+/// values, broadcast once, meet both halves' registers, and each block is read once (the 2 x
+/// `C` 16-bit sums, the two halves' registers and a broadcast take 12 of AVX2's 16 registers at
+/// `C` = 4; the float accumulators live in memory, as the two-pass kernel's). Each row's
+/// operations are those of the halves one after the other, in the same order, so the results
+/// are the same bit for bit (`results_do_not_depend_on_the_batch` compares them with the
+/// two-pass kernel's at five to eight tokens).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_panel_256_joint<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
