@@ -1182,34 +1182,44 @@ trait OffsetHalf: OffsetPanel {
     /// Whether the stored values are at most 15, so that a block's 8 `vpmaddubsw` results
     /// add up in 16 bits (8 x 2 x 15 x 127 = 30,480); Q5_0's (up to 31) take two sums of 4.
     const NARROW: bool;
-    /// The half's scales and values.
+    /// Register `k` of half `h`: values `4k..4k + 4` of each of the half's 8 rows.
     ///
     /// # Safety
     /// `base` points to a whole block of a panel; the CPU has AVX2 and F16C.
-    unsafe fn half(base: *const u8, h: usize) -> (__m256, [__m256i; 8]);
-    /// Register `k` of half `h` alone, as [`OffsetHalf::half`] gives it.
+    unsafe fn reg(base: *const u8, h: usize, k: usize) -> __m256i;
+    /// The half's 8 rows' scales (every format's block starts with the 16 rows' f16 scales).
     ///
     /// # Safety
-    /// As [`OffsetHalf::half`]'s.
-    unsafe fn reg(base: *const u8, h: usize, k: usize) -> __m256i;
+    /// As [`OffsetHalf::reg`]'s.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(base: *const u8, h: usize) -> __m256 {
+        // SAFETY: the caller passes a whole block.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast())) }
+    }
+    /// The half's scales and its 8 registers.
+    ///
+    /// # Safety
+    /// As [`OffsetHalf::reg`]'s.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half(base: *const u8, h: usize) -> (__m256, [__m256i; 8]) {
+        // SAFETY: as this function's.
+        unsafe {
+            (
+                Self::scales(base, h),
+                core::array::from_fn(|k| Self::reg(base, h, k)),
+            )
+        }
+    }
 }
 
 impl OffsetHalf for Q4Panel {
     const NARROW: bool = true;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half(base: *const u8, h: usize) -> (__m256, [__m256i; 8]) {
-        // SAFETY: the caller passes a whole block (32 + 4 x 64 bytes).
-        unsafe {
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
-            let wk = core::array::from_fn(|k| Self::reg(base, h, k));
-            (dw, wk)
-        }
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn reg(base: *const u8, h: usize, k: usize) -> __m256i {
-        // SAFETY: the caller passes a whole block.
+        // SAFETY: the caller passes a whole block (32 + 4 x 64 bytes).
         unsafe { nibbles_256(base.add(32 + 64 * (k % 4) + 32 * h), k >= 4) }
     }
 }
@@ -1218,23 +1228,8 @@ impl OffsetHalf for Q5Panel {
     const NARROW: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half(base: *const u8, h: usize) -> (__m256, [__m256i; 8]) {
-        // SAFETY: the caller passes a whole block (32 + 64 + 4 x 64 bytes).
-        unsafe {
-            let m16 = _mm256_set1_epi8(0x10);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
-            let hb = _mm256_loadu_si256(base.add(32 + 32 * h).cast());
-            let wk = core::array::from_fn(|k| {
-                let lo = nibbles_256(base.add(96 + 64 * (k % 4) + 32 * h), k >= 4);
-                _mm256_or_si256(lo, _mm256_and_si256(q5_high(hb, k), m16))
-            });
-            (dw, wk)
-        }
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn reg(base: *const u8, h: usize, k: usize) -> __m256i {
-        // SAFETY: the caller passes a whole block.
+        // SAFETY: the caller passes a whole block (32 + 64 + 4 x 64 bytes).
         unsafe {
             let hb = _mm256_loadu_si256(base.add(32 + 32 * h).cast());
             let lo = nibbles_256(base.add(96 + 64 * (k % 4) + 32 * h), k >= 4);
@@ -1349,7 +1344,7 @@ unsafe fn offset_panel_256_one<F: OffsetHalf>(w: *const u8, a: &ActView, o: &mut
                 if !F::NARROW {
                     sum = _mm256_add_epi32(sum, _mm256_madd_epi16(sh[1], ones));
                 }
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
+                let dw = F::scales(base, h);
                 acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, d), acc[h]);
             }
         }
