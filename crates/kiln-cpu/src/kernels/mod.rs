@@ -284,6 +284,7 @@ impl<'a> ActView<'a> {
 
     /// Token `t`'s block offsets ([`QAct::offsets`]): a null pointer where the view has
     /// none.
+    #[cfg(target_arch = "x86_64")]
     #[inline]
     pub(crate) fn offsets(&self, t: usize) -> *const i32 {
         if self.off.is_empty() {
@@ -295,6 +296,7 @@ impl<'a> ActView<'a> {
 
     /// This view's first `n` tokens with their block offsets computed into `buf` (for
     /// kernels that want [`QAct::offsets`] and were handed a view without them).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn with_offsets<'b>(&self, n: usize, buf: &'b mut Vec<i32>) -> ActView<'b>
     where
         'a: 'b,

@@ -45,9 +45,9 @@ pub fn dot_f16_x4(isa: Isa, a: [&[f32]; 4], b: &[f16]) -> [f32; 4] {
 /// [`dot_f16_x4`] for eight activation rows: each weight converted once for all eight (on
 /// AVX-512; elsewhere two groups of four), the same sums as [`dot_f16`].
 pub fn dot_f16_x8(isa: Isa, a: [&[f32]; 8], b: &[f16]) -> [f32; 8] {
-    let n = a.iter().map(|r| r.len()).min().unwrap_or(0).min(b.len());
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
+        let n = a.iter().map(|r| r.len()).min().unwrap_or(0).min(b.len());
         // SAFETY: the instruction set was detected on this CPU; every slice holds `n` values.
         return unsafe { x86::dot_f16_xn_512(a, &b[..n], n) };
     }
