@@ -1,9 +1,11 @@
 //! AArch64 Advanced SIMD kernels for every format with a kernel (Q4_0, Q4_1, Q5_0, Q8_0 and
-//! the K-quants Q4_K, Q5_K, Q6_K): each block's values decoded to signed bytes in registers,
-//! widening 8-bit multiplies, pairwise sums to 32 bits: the integer sums of
-//! [`super::scalar`], with the same floating-point steps a block. A row and a token at a
-//! time; the tests (`simd_kernels_match_scalar`, `extreme_blocks_do_not_overflow`) run them
-//! against the scalar kernels wherever the CPU has NEON.
+//! the K-quants Q4_K, Q5_K, Q6_K): each weight block of a row is decoded once to signed bytes
+//! in registers ([`Block::decode`]) and meets every token of the tile ([`Block::dot`]) by
+//! widening 8-bit multiplies and pairwise sums to 32 bits: the integer sums of
+//! [`super::scalar`], with the same floating-point steps a block, so a token's result does not
+//! depend on how many share the tile. The tests (`simd_kernels_match_scalar`,
+//! `extreme_blocks_do_not_overflow`, `results_do_not_depend_on_the_batch`) run them against
+//! the scalar kernels wherever the CPU has NEON (`scripts/test-aarch64.sh` under qemu).
 
 use std::arch::aarch64::*;
 
@@ -12,13 +14,70 @@ use super::{scalar, ActView, Fmt, Tile, TileFn};
 /// The NEON tile kernel for a format.
 pub(super) fn tile_fn(fmt: Fmt) -> TileFn {
     match fmt {
-        Fmt::Q4_0 => q4_0_tiles,
-        Fmt::Q4_1 => q4_1_tiles,
-        Fmt::Q5_0 => q5_0_tiles,
-        Fmt::Q8_0 => q8_0_tiles,
-        Fmt::Q4_K => q4_k_tiles,
-        Fmt::Q5_K => q5_k_tiles,
-        Fmt::Q6_K => q6_k_tiles,
+        Fmt::Q4_0 => tiles::<Q4_0>,
+        Fmt::Q4_1 => tiles::<Q4_1>,
+        Fmt::Q5_0 => tiles::<Q5_0>,
+        Fmt::Q8_0 => tiles::<Q8_0>,
+        Fmt::Q4_K => tiles::<Qk<false>>,
+        Fmt::Q5_K => tiles::<Qk<true>>,
+        Fmt::Q6_K => tiles::<Q6K>,
+    }
+}
+
+/// A weight format as the NEON kernels take it: a block of `BYTES` bytes covers `PER`
+/// activation blocks of 32 (1 for the 32-block formats, 8 for the K-quants' super-blocks).
+trait Block {
+    const BYTES: usize;
+    const PER: usize;
+    /// A block's values as signed bytes, with its scales as floats.
+    type Decoded;
+    /// Decodes the block at `p`.
+    ///
+    /// # Safety
+    /// `p` points to `BYTES` readable bytes; the CPU has NEON.
+    unsafe fn decode(p: *const u8) -> Self::Decoded;
+    /// The block's product with a token: `qs` its `32 * PER` values, `da` and `sa` its `PER`
+    /// blocks' scales and sums.
+    ///
+    /// # Safety
+    /// The pointers hold that many values; the CPU has NEON.
+    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, sa: *const f32) -> f32;
+}
+
+/// A tile of `nr` rows against `nt` tokens: each row's blocks in order, each decoded once and
+/// added into every token's sum.
+///
+/// # Safety
+/// The `TileFn` contract: `nr` rows of `rb` bytes at `w`, `nt` (at most 8) tokens in `a`.
+#[target_feature(enable = "neon")]
+unsafe fn tiles<F: Block>(
+    w: *const u8,
+    rb: usize,
+    nr: usize,
+    a: &ActView,
+    nt: usize,
+    o: &mut Tile,
+) {
+    let mut tp = [(std::ptr::null(), std::ptr::null(), std::ptr::null()); 8];
+    for (t, p) in tp.iter_mut().enumerate().take(nt) {
+        *p = a.ptrs(t);
+    }
+    // SAFETY: the `TileFn` contract: every block is inside a row, every activation inside a
+    // token's `nb` blocks.
+    unsafe {
+        for r in 0..nr {
+            let mut acc = [0f32; 8];
+            for b in 0..a.nb / F::PER {
+                let v = F::decode(w.add(r * rb + b * F::BYTES));
+                for (acc, &(q, d, s)) in acc.iter_mut().zip(&tp).take(nt) {
+                    let at = F::PER * b;
+                    *acc += F::dot(&v, q.add(32 * at), d.add(at), s.add(at));
+                }
+            }
+            for (row, acc) in o.iter_mut().zip(&acc).take(nt) {
+                row[r] = *acc;
+            }
+        }
     }
 }
 
@@ -63,60 +122,77 @@ unsafe fn dot16(w: int8x16_t, a: *const i8) -> i32 {
     }
 }
 
-/// Runs `block(row_ptr, block_index, tokens_ptrs)` over a tile: `$per` activation blocks of
-/// 32 to a weight block of `$bytes` (1 for the 32-block formats, 8 for the K-quants'
-/// super-blocks of 256); `$qs`, `$da` and `$sa` point to the weight block's first
-/// activation block's values, scale and sum.
-macro_rules! neon_tiles {
-    ($name:ident, $bytes:expr, $per:expr, |$p:ident, $qs:ident, $da:ident, $sa:ident| $body:expr) => {
-        #[target_feature(enable = "neon")]
-        unsafe fn $name(w: *const u8, rb: usize, nr: usize, a: &ActView, nt: usize, o: &mut Tile) {
-            // SAFETY: the `TileFn` contract: `nr` rows at `w`, `nt` tokens in `a`.
-            unsafe {
-                for r in 0..nr {
-                    for t in 0..nt {
-                        let (q, d, s) = a.ptrs(t);
-                        let mut acc = 0f32;
-                        for b in 0..a.nb / $per {
-                            let $p = w.add(r * rb + b * $bytes);
-                            let $qs = q.add(32 * $per * b);
-                            let ($da, $sa) = (d.add($per * b), s.add($per * b));
-                            acc += $body;
-                        }
-                        o[t][r] = acc;
-                    }
-                }
-            }
-        }
-    };
-}
-
 #[inline(always)]
 unsafe fn f16(p: *const u8) -> f32 {
     // SAFETY: the caller passes 2 readable bytes.
     scalar::f16_at(unsafe { std::slice::from_raw_parts(p, 2) }, 0)
 }
 
-neon_tiles!(q4_0_tiles, 18, 1, |p, qs, da, _sa| {
-    let n = vld1q_u8(p.add(2));
-    let eight = vdupq_n_s8(8);
-    let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(n, vdupq_n_u8(0x0F))), eight);
-    let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(n)), eight);
-    f16(p) * *da * dot32(lo, hi, qs) as f32
-});
+/// The 16 nibble bytes at `p` as values `0..16` (low nibbles) and `16..32` (high ones).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn nibbles(p: *const u8) -> (uint8x16_t, uint8x16_t) {
+    // SAFETY: the caller passes 16 readable bytes.
+    let n = unsafe { vld1q_u8(p) };
+    (vandq_u8(n, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(n))
+}
 
-neon_tiles!(q4_1_tiles, 20, 1, |p, qs, da, sa| {
-    let n = vld1q_u8(p.add(4));
-    let lo = vreinterpretq_s8_u8(vandq_u8(n, vdupq_n_u8(0x0F)));
-    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(n));
-    f16(p) * *da * dot32(lo, hi, qs) as f32 + f16(p.add(2)) * *sa
-});
+#[allow(non_camel_case_types)]
+struct Q4_0;
+#[allow(non_camel_case_types)]
+struct Q4_1;
+#[allow(non_camel_case_types)]
+struct Q5_0;
+#[allow(non_camel_case_types)]
+struct Q8_0;
+/// Q4_K, or with `HIGH` Q5_K (32 bytes of fifth bits before the nibbles).
+struct Qk<const HIGH: bool>;
+struct Q6K;
 
-neon_tiles!(q8_0_tiles, 34, 1, |p, qs, da, _sa| {
-    let w0 = vld1q_s8(p.add(2).cast());
-    let w1 = vld1q_s8(p.add(18).cast());
-    f16(p) * *da * dot32(w0, w1, qs) as f32
-});
+impl Block for Q4_0 {
+    const BYTES: usize = 18;
+    const PER: usize = 1;
+    type Decoded = (f32, int8x16_t, int8x16_t);
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decode(p: *const u8) -> Self::Decoded {
+        // SAFETY: as the trait's.
+        unsafe {
+            let (lo, hi) = nibbles(p.add(2));
+            let eight = vdupq_n_s8(8);
+            let s8 = vreinterpretq_s8_u8;
+            (f16(p), vsubq_s8(s8(lo), eight), vsubq_s8(s8(hi), eight))
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
+        // SAFETY: as the trait's.
+        unsafe { v.0 * *da * dot32(v.1, v.2, qs) as f32 }
+    }
+}
+
+impl Block for Q4_1 {
+    const BYTES: usize = 20;
+    const PER: usize = 1;
+    type Decoded = (f32, f32, int8x16_t, int8x16_t);
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decode(p: *const u8) -> Self::Decoded {
+        // SAFETY: as the trait's.
+        unsafe {
+            let (lo, hi) = nibbles(p.add(4));
+            let s8 = vreinterpretq_s8_u8;
+            (f16(p), f16(p.add(2)), s8(lo), s8(hi))
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, sa: *const f32) -> f32 {
+        // SAFETY: as the trait's.
+        unsafe { v.0 * *da * dot32(v.2, v.3, qs) as f32 + v.1 * *sa }
+    }
+}
 
 /// Q5_0's high bits (bit `j` of the block's 32-bit field is value `j`'s fifth bit) as 16
 /// in the lanes of values `16h..16h + 16`: each lane tests its bit of the field's bytes `2h`
@@ -132,104 +208,176 @@ unsafe fn q5_high(qh: *const u8, h: usize) -> uint8x16_t {
     }
 }
 
-neon_tiles!(q5_0_tiles, 22, 1, |p, qs, da, _sa| {
-    let n = vld1q_u8(p.add(6));
-    let sixteen = vdupq_n_s8(16);
-    let lo = vorrq_u8(vandq_u8(n, vdupq_n_u8(0x0F)), q5_high(p.add(2), 0));
-    let hi = vorrq_u8(vshrq_n_u8::<4>(n), q5_high(p.add(2), 1));
-    let lo = vsubq_s8(vreinterpretq_s8_u8(lo), sixteen);
-    let hi = vsubq_s8(vreinterpretq_s8_u8(hi), sixteen);
-    f16(p) * *da * dot32(lo, hi, qs) as f32
-});
-
-/// A Q4_K or Q5_K super-block (`HIGH`: Q5_K's 32 bytes of fifth bits before the nibbles)
-/// against its 8 activation blocks: per pair of sub-blocks `2j`, `2j + 1`, 32 bytes of
-/// nibbles (the low ones values of `2j`, the high ones of `2j + 1`), each sub-block's sum
-/// scaled as the scalar kernel does.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn qk_block<const HIGH: bool>(
-    p: *const u8,
-    qs: *const i8,
-    da: *const f32,
-    sa: *const f32,
-) -> f32 {
-    // SAFETY: the caller passes a whole super-block at `p` and its 256 activations, 8 scales
-    // and 8 sums.
-    unsafe {
-        let d = f16(p);
-        let dmin = f16(p.add(2));
-        let (sc, m) = scalar::k_scales(std::slice::from_raw_parts(p.add(4), 12));
-        let nib = p.add(if HIGH { 48 } else { 16 });
-        let qh = if HIGH {
-            [vld1q_u8(p.add(16)), vld1q_u8(p.add(32))]
-        } else {
-            [vdupq_n_u8(0); 2]
-        };
-        let mask = vdupq_n_u8(0x0F);
-        let mut acc = 0f32;
-        for j in 0..4 {
-            let q = [vld1q_u8(nib.add(32 * j)), vld1q_u8(nib.add(32 * j + 16))];
-            let mut lo = [vandq_u8(q[0], mask), vandq_u8(q[1], mask)];
-            let mut hi = [vshrq_n_u8::<4>(q[0]), vshrq_n_u8::<4>(q[1])];
-            if HIGH {
-                let (b0, b1) = (vdupq_n_u8(1 << (2 * j)), vdupq_n_u8(2 << (2 * j)));
-                let sixteen = vdupq_n_u8(16);
-                for h in 0..2 {
-                    lo[h] = vorrq_u8(lo[h], vandq_u8(vtstq_u8(qh[h], b0), sixteen));
-                    hi[h] = vorrq_u8(hi[h], vandq_u8(vtstq_u8(qh[h], b1), sixteen));
-                }
-            }
+impl Block for Q5_0 {
+    const BYTES: usize = 22;
+    const PER: usize = 1;
+    type Decoded = (f32, int8x16_t, int8x16_t);
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decode(p: *const u8) -> Self::Decoded {
+        // SAFETY: as the trait's.
+        unsafe {
+            let (lo, hi) = nibbles(p.add(6));
+            let lo = vorrq_u8(lo, q5_high(p.add(2), 0));
+            let hi = vorrq_u8(hi, q5_high(p.add(2), 1));
+            let sixteen = vdupq_n_s8(16);
             let s8 = vreinterpretq_s8_u8;
-            let i0 = dot32(s8(lo[0]), s8(lo[1]), qs.add(64 * j));
-            let i1 = dot32(s8(hi[0]), s8(hi[1]), qs.add(64 * j + 32));
-            let (k0, k1) = (2 * j, 2 * j + 1);
-            acc += d * sc[k0] as f32 * *da.add(k0) * i0 as f32 - dmin * m[k0] as f32 * *sa.add(k0);
-            acc += d * sc[k1] as f32 * *da.add(k1) * i1 as f32 - dmin * m[k1] as f32 * *sa.add(k1);
+            (f16(p), vsubq_s8(s8(lo), sixteen), vsubq_s8(s8(hi), sixteen))
         }
-        acc
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
+        // SAFETY: as the trait's.
+        unsafe { v.0 * *da * dot32(v.1, v.2, qs) as f32 }
     }
 }
 
-neon_tiles!(q4_k_tiles, 144, 8, |p, qs, da, sa| qk_block::<false>(
-    p, qs, da, sa
-));
-neon_tiles!(q5_k_tiles, 176, 8, |p, qs, da, sa| qk_block::<true>(
-    p, qs, da, sa
-));
+impl Block for Q8_0 {
+    const BYTES: usize = 34;
+    const PER: usize = 1;
+    type Decoded = (f32, int8x16_t, int8x16_t);
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decode(p: *const u8) -> Self::Decoded {
+        // SAFETY: as the trait's.
+        unsafe {
+            (
+                f16(p),
+                vld1q_s8(p.add(2).cast()),
+                vld1q_s8(p.add(18).cast()),
+            )
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
+        // SAFETY: as the trait's.
+        unsafe { v.0 * *da * dot32(v.1, v.2, qs) as f32 }
+    }
+}
 
-neon_tiles!(q6_k_tiles, 210, 8, |p, qs, da, _sa| {
-    // Per half of 128 values: 64 bytes of low bits (groups of 32 values: the low nibbles of
-    // bytes 0..32, of 32..64, then their high nibbles) and 32 of high bits (2 a group,
-    // group `g` at bit `2g`); 16 signed scales, one a 16 values; `d` last.
-    let d = f16(p.add(208));
-    let mask = vdupq_n_u8(0x0F);
-    let three = vdupq_n_u8(3);
-    let thirty_two = vdupq_n_s8(32);
-    let mut acc = 0f32;
-    for half in 0..2 {
-        let ql = p.add(64 * half);
-        let qh = [
-            vld1q_u8(p.add(128 + 32 * half)),
-            vld1q_u8(p.add(144 + 32 * half)),
-        ];
-        for g in 0..4 {
-            for (h, &qh) in qh.iter().enumerate() {
-                let l = vld1q_u8(ql.add(32 * (g % 2) + 16 * h));
-                let l = if g < 2 {
-                    vandq_u8(l, mask)
-                } else {
-                    vshrq_n_u8::<4>(l)
-                };
-                let top = vandq_u8(vshlq_u8(qh, vdupq_n_s8(-2 * g as i8)), three);
-                let v = vorrq_u8(l, vshlq_n_u8::<4>(top));
-                let v = vsubq_s8(vreinterpretq_s8_u8(v), thirty_two);
-                let e = 128 * half + 32 * g + 16 * h;
-                let k = e / 16;
-                let isum = dot16(v, qs.add(e));
-                acc += d * (*p.add(192 + k) as i8) as f32 * *da.add(k / 2) * isum as f32;
+/// A K-quant super-block decoded: 16 registers of 16 values (sub-block `k`'s 32 in registers
+/// `2k` and `2k + 1`), and each sub-block's `d * scale` and `dmin * min` (Q6_K: 16 scales of
+/// 16 values, `d * scale`, and no minimums).
+struct Super {
+    v: [int8x16_t; 16],
+    ds: [f32; 16],
+    dm: [f32; 8],
+}
+
+impl<const HIGH: bool> Block for Qk<HIGH> {
+    const BYTES: usize = if HIGH { 176 } else { 144 };
+    const PER: usize = 8;
+    type Decoded = Super;
+    /// Per pair of sub-blocks `2j`, `2j + 1`: 32 bytes of nibbles (the low ones values of `2j`,
+    /// the high ones of `2j + 1`), with Q5_K's fifth bits (bits `2j` and `2j + 1` of the 32
+    /// high-bit bytes).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decode(p: *const u8) -> Super {
+        // SAFETY: as the trait's.
+        unsafe {
+            let d = f16(p);
+            let dmin = f16(p.add(2));
+            let (sc, m) = scalar::k_scales(std::slice::from_raw_parts(p.add(4), 12));
+            let nib = p.add(if HIGH { 48 } else { 16 });
+            let qh = if HIGH {
+                [vld1q_u8(p.add(16)), vld1q_u8(p.add(32))]
+            } else {
+                [vdupq_n_u8(0); 2]
+            };
+            let mut v = [vdupq_n_s8(0); 16];
+            for j in 0..4 {
+                for (h, &qh) in qh.iter().enumerate() {
+                    let (mut lo, mut hi) = nibbles(nib.add(32 * j + 16 * h));
+                    if HIGH {
+                        let sixteen = vdupq_n_u8(16);
+                        let (b0, b1) = (vdupq_n_u8(1 << (2 * j)), vdupq_n_u8(2 << (2 * j)));
+                        lo = vorrq_u8(lo, vandq_u8(vtstq_u8(qh, b0), sixteen));
+                        hi = vorrq_u8(hi, vandq_u8(vtstq_u8(qh, b1), sixteen));
+                    }
+                    v[4 * j + h] = vreinterpretq_s8_u8(lo);
+                    v[4 * j + 2 + h] = vreinterpretq_s8_u8(hi);
+                }
+            }
+            // `d * scale` first, as the scalar kernel's `d * sc * da * i` multiplies.
+            let mut ds = [0f32; 16];
+            for (ds, &s) in ds.iter_mut().zip(&sc) {
+                *ds = d * s as f32;
+            }
+            Super {
+                v,
+                ds,
+                dm: std::array::from_fn(|k| dmin * m[k] as f32),
             }
         }
     }
-    acc
-});
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn dot(b: &Super, qs: *const i8, da: *const f32, sa: *const f32) -> f32 {
+        // SAFETY: as the trait's.
+        unsafe {
+            let mut acc = 0f32;
+            for k in 0..8 {
+                let i = dot32(b.v[2 * k], b.v[2 * k + 1], qs.add(32 * k));
+                acc += b.ds[k] * *da.add(k) * i as f32 - b.dm[k] * *sa.add(k);
+            }
+            acc
+        }
+    }
+}
+
+impl Block for Q6K {
+    const BYTES: usize = 210;
+    const PER: usize = 8;
+    type Decoded = Super;
+    /// Per half of 128 values: 64 bytes of low bits (groups of 32 values: the low nibbles of
+    /// bytes 0..32, of 32..64, then their high nibbles) and 32 of high bits (2 a group, group
+    /// `g` at bit `2g`); 16 signed scales, one a 16 values; `d` last.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decode(p: *const u8) -> Super {
+        // SAFETY: as the trait's.
+        unsafe {
+            let d = f16(p.add(208));
+            let three = vdupq_n_u8(3);
+            let thirty_two = vdupq_n_s8(32);
+            let mut v = [vdupq_n_s8(0); 16];
+            for half in 0..2 {
+                let ql = p.add(64 * half);
+                let qh = [
+                    vld1q_u8(p.add(128 + 32 * half)),
+                    vld1q_u8(p.add(144 + 32 * half)),
+                ];
+                for (h, &qh) in qh.iter().enumerate() {
+                    let (l0, h0) = nibbles(ql.add(16 * h));
+                    let (l1, h1) = nibbles(ql.add(32 + 16 * h));
+                    for (g, l) in [l0, l1, h0, h1].into_iter().enumerate() {
+                        let top = vandq_u8(vshlq_u8(qh, vdupq_n_s8(-2 * g as i8)), three);
+                        let u = vorrq_u8(l, vshlq_n_u8::<4>(top));
+                        v[8 * half + 2 * g + h] = vsubq_s8(vreinterpretq_s8_u8(u), thirty_two);
+                    }
+                }
+            }
+            Super {
+                v,
+                ds: std::array::from_fn(|k| d * (*p.add(192 + k) as i8) as f32),
+                dm: [0.0; 8],
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn dot(b: &Super, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
+        // SAFETY: as the trait's.
+        unsafe {
+            let mut acc = 0f32;
+            for k in 0..16 {
+                let isum = dot16(b.v[k], qs.add(16 * k));
+                acc += b.ds[k] * *da.add(k / 2) * isum as f32;
+            }
+            acc
+        }
+    }
+}
