@@ -1,9 +1,10 @@
 #!/bin/bash
 # The CPU kernels' tests built for aarch64 and run under qemu-user, so that the NEON kernels
 # (crates/kiln-cpu/src/kernels/neon.rs) meet the scalar reference on this x86 machine
-# (`simd_kernels_match_scalar` and the other tests over `Isa::available()`); with a model
-# file, also the kiln binary's greedy text on it (NEON under qemu) beside the scalar
-# kernels' here. Not part of CI: it needs the aarch64 target, a cross linker and qemu:
+# (`simd_kernels_match_scalar` and the other tests over `Isa::available()`): on qemu's
+# default CPU, which has the dot-product extension (`neon` and `neon-dot`), then on a
+# Cortex-A72, which has not (`neon` alone); with a model file, also the kiln binary's greedy
+# text on it (`neon-dot` under qemu) beside the scalar kernels' here. Not part of CI: it needs the aarch64 target, a cross linker and qemu:
 #   rustup target add aarch64-unknown-linux-gnu
 #   apt-get install qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 # Usage: bash scripts/test-aarch64.sh [MODEL.gguf]
@@ -15,6 +16,9 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 cargo clippy --release -p kiln-cpu --target $T --all-targets -- -D warnings
 cargo test --release -p kiln-cpu --target $T --lib
+# Again on a core without the dot-product extension (NEON's widening multiplies only).
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu" \
+  cargo test --release -p kiln-cpu --target $T --lib
 if [ $# -ge 1 ]; then
   cargo build --release -p kiln --target $T
   P="The capital of France is"

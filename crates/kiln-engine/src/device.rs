@@ -99,7 +99,7 @@ impl GpuWeights {
 /// what it refuses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DevOptions {
-    /// `cpu-isa=scalar|avx2|avx512|neon`: a lesser instruction set than the CPU's best.
+    /// `cpu-isa=scalar|avx2|avx512|neon|neon-dot`: a lesser instruction set than the CPU's best.
     pub cpu_isa: Option<String>,
     /// `cpu-exact=1`: f32 activations for every CPU product (slow).
     pub cpu_exact: bool,

@@ -34,6 +34,10 @@ pub enum Isa {
     /// AArch64 Advanced SIMD.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     Neon,
+    /// AArch64 Advanced SIMD with the dot-product extension (`sdot`; Armv8.2 and later cores
+    /// such as the Cortex-A55, A76 and A78).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    NeonDot,
 }
 
 impl Isa {
@@ -42,7 +46,7 @@ impl Isa {
         *Isa::available().last().unwrap_or(&Isa::Scalar)
     }
 
-    /// The instruction set named `name` (scalar, avx2, avx512, neon), if this CPU has it: a
+    /// The instruction set named `name` (scalar, avx2, avx512, neon, neon-dot), if this CPU has it: a
     /// lesser one than [`Isa::detect`]'s, to compare paths.
     pub fn named(name: &str) -> Result<Isa, String> {
         let all = Isa::available();
@@ -60,10 +64,16 @@ impl Isa {
 
     /// Every instruction set this CPU can run, worst first (always starts with `Scalar`).
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon]
-            .into_iter()
-            .filter(|i| i.is_available())
-            .collect()
+        [
+            Isa::Scalar,
+            Isa::Avx2,
+            Isa::Avx512Vnni,
+            Isa::Neon,
+            Isa::NeonDot,
+        ]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect()
     }
 
     /// Whether this CPU can run the instruction set (the features are read once by the
@@ -87,6 +97,10 @@ impl Isa {
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                Isa::Neon.is_available() && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -99,6 +113,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512",
             Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dot",
         }
     }
 }
@@ -747,7 +762,9 @@ pub fn tile_fn(isa: Isa, fmt: Fmt) -> TileFn {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => x86::tile_fn_avx2(fmt),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => neon::tile_fn(fmt),
+        Isa::Neon => neon::tile_fn(fmt, false),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot => neon::tile_fn(fmt, true),
         _ => scalar_tile_fn(fmt),
     }
 }

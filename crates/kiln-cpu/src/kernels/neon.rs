@@ -11,18 +11,45 @@ use std::arch::aarch64::*;
 
 use super::{scalar, ActView, Fmt, Tile, TileFn};
 
-/// The NEON tile kernel for a format.
-pub(super) fn tile_fn(fmt: Fmt) -> TileFn {
-    match fmt {
-        Fmt::Q4_0 => tiles::<Q4_0>,
-        Fmt::Q4_1 => tiles::<Q4_1>,
-        Fmt::Q5_0 => tiles::<Q5_0>,
-        Fmt::Q8_0 => tiles::<Q8_0>,
-        Fmt::Q4_K => tiles::<Qk<false>>,
-        Fmt::Q5_K => tiles::<Qk<true>>,
-        Fmt::Q6_K => tiles::<Q6K>,
+/// The NEON tile kernel for a format; with `sdot`, its sums by the dot-product extension's
+/// `sdot` (the CPU must have it: `Isa::NeonDot`).
+pub(super) fn tile_fn(fmt: Fmt, sdot: bool) -> TileFn {
+    fn pick<P: Dot>(fmt: Fmt) -> TileFn {
+        match fmt {
+            Fmt::Q4_0 => tiles::<Q4_0, P>,
+            Fmt::Q4_1 => tiles::<Q4_1, P>,
+            Fmt::Q5_0 => tiles::<Q5_0, P>,
+            Fmt::Q8_0 => tiles::<Q8_0, P>,
+            Fmt::Q4_K => tiles::<Qk<false>, P>,
+            Fmt::Q5_K => tiles::<Qk<true>, P>,
+            Fmt::Q6_K => tiles::<Q6K, P>,
+        }
+    }
+    if sdot {
+        pick::<Sdot>(fmt)
+    } else {
+        pick::<Widen>(fmt)
     }
 }
+
+/// The integer dot products of signed bytes the kernels take: by widening multiplies
+/// ([`Widen`], any NEON CPU) or by `sdot` ([`Sdot`], the dot-product extension of Armv8.2).
+/// Both give the exact sums.
+trait Dot {
+    /// Sum of the products of 32 signed bytes (`w0`, `w1`) with `a[0..32]`.
+    ///
+    /// # Safety
+    /// `a` points to 32 readable bytes; the CPU has the instructions.
+    unsafe fn d32(w0: int8x16_t, w1: int8x16_t, a: *const i8) -> i32;
+    /// Sum of the products of 16 signed bytes `w`, each at most 32 in size, with `a[0..16]`.
+    ///
+    /// # Safety
+    /// `a` points to 16 readable bytes; the CPU has the instructions.
+    unsafe fn d16(w: int8x16_t, a: *const i8) -> i32;
+}
+
+struct Widen;
+struct Sdot;
 
 /// A weight format as the NEON kernels take it: a block of `BYTES` bytes covers `PER`
 /// activation blocks of 32 (1 for the 32-block formats, 8 for the K-quants' super-blocks).
@@ -40,8 +67,8 @@ trait Block {
     /// blocks' scales and sums.
     ///
     /// # Safety
-    /// The pointers hold that many values; the CPU has NEON.
-    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, sa: *const f32) -> f32;
+    /// The pointers hold that many values; the CPU has NEON and `P`'s instructions.
+    unsafe fn dot<P: Dot>(v: &Self::Decoded, qs: *const i8, da: *const f32, sa: *const f32) -> f32;
 }
 
 /// A tile of `nr` rows against `nt` tokens: each row's blocks in order, each decoded once and
@@ -50,7 +77,7 @@ trait Block {
 /// # Safety
 /// The `TileFn` contract: `nr` rows of `rb` bytes at `w`, `nt` (at most 8) tokens in `a`.
 #[target_feature(enable = "neon")]
-unsafe fn tiles<F: Block>(
+unsafe fn tiles<F: Block, P: Dot>(
     w: *const u8,
     rb: usize,
     nr: usize,
@@ -71,7 +98,7 @@ unsafe fn tiles<F: Block>(
                 let v = F::decode(w.add(r * rb + b * F::BYTES));
                 for (acc, &(q, d, s)) in acc.iter_mut().zip(&tp).take(nt) {
                     let at = F::PER * b;
-                    *acc += F::dot(&v, q.add(32 * at), d.add(at), s.add(at));
+                    *acc += F::dot::<P>(&v, q.add(32 * at), d.add(at), s.add(at));
                 }
             }
             for (row, acc) in o.iter_mut().zip(&acc).take(nt) {
@@ -81,44 +108,82 @@ unsafe fn tiles<F: Block>(
     }
 }
 
-/// Sum of the products of 32 signed bytes (`w0`, `w1`) with `a[0..32]`.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn dot32(w0: int8x16_t, w1: int8x16_t, a: *const i8) -> i32 {
-    // SAFETY: the caller passes 32 readable bytes at `a`.
-    unsafe {
-        let a0 = vld1q_s8(a);
-        let a1 = vld1q_s8(a.add(16));
-        // Two products of at most 128 * 127 each fit an i16.
-        let p0 = vmlal_s8(
-            vmull_s8(vget_low_s8(w0), vget_low_s8(a0)),
-            vget_high_s8(w0),
-            vget_high_s8(a0),
-        );
-        let p1 = vmlal_s8(
-            vmull_s8(vget_low_s8(w1), vget_low_s8(a1)),
-            vget_high_s8(w1),
-            vget_high_s8(a1),
-        );
-        vaddvq_s32(vpadalq_s16(vpaddlq_s16(p0), p1))
+impl Dot for Widen {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn d32(w0: int8x16_t, w1: int8x16_t, a: *const i8) -> i32 {
+        // SAFETY: the caller passes 32 readable bytes at `a`.
+        unsafe {
+            let a0 = vld1q_s8(a);
+            let a1 = vld1q_s8(a.add(16));
+            // Two products of at most 128 * 127 each fit an i16.
+            let p0 = vmlal_s8(
+                vmull_s8(vget_low_s8(w0), vget_low_s8(a0)),
+                vget_high_s8(w0),
+                vget_high_s8(a0),
+            );
+            let p1 = vmlal_s8(
+                vmull_s8(vget_low_s8(w1), vget_low_s8(a1)),
+                vget_high_s8(w1),
+                vget_high_s8(a1),
+            );
+            vaddvq_s32(vpadalq_s16(vpaddlq_s16(p0), p1))
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn d16(w: int8x16_t, a: *const i8) -> i32 {
+        // SAFETY: the caller passes 16 readable bytes at `a`.
+        unsafe {
+            let a = vld1q_s8(a);
+            // Two products of at most 32 * 127 each fit an i16.
+            let p = vmlal_s8(
+                vmull_s8(vget_low_s8(w), vget_low_s8(a)),
+                vget_high_s8(w),
+                vget_high_s8(a),
+            );
+            vaddvq_s32(vpaddlq_s16(p))
+        }
     }
 }
 
-/// Sum of the products of 16 signed bytes `w`, each at most 32 in size (Q6_K's values less
-/// 32), with `a[0..16]`.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn dot16(w: int8x16_t, a: *const i8) -> i32 {
-    // SAFETY: the caller passes 16 readable bytes at `a`.
+/// `acc` plus, in each 32-bit lane, the sum of the products of that lane's 4 signed bytes of
+/// `w` and `a` (`sdot`; the assembler is told of the extension here, so that the kernels
+/// need no target feature beyond NEON and inline where they are called).
+///
+/// # Safety
+/// The CPU has the dot-product extension.
+#[inline(always)]
+unsafe fn sdot(mut acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: the caller checked the extension (`Isa::NeonDot`); registers only.
     unsafe {
-        let a = vld1q_s8(a);
-        // Two products of at most 32 * 127 each fit an i16.
-        let p = vmlal_s8(
-            vmull_s8(vget_low_s8(w), vget_low_s8(a)),
-            vget_high_s8(w),
-            vget_high_s8(a),
+        std::arch::asm!(
+            ".arch_extension dotprod",
+            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            options(pure, nomem, nostack, preserves_flags),
         );
-        vaddvq_s32(vpaddlq_s16(p))
+    }
+    acc
+}
+
+impl Dot for Sdot {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn d32(w0: int8x16_t, w1: int8x16_t, a: *const i8) -> i32 {
+        // SAFETY: the caller passes 32 readable bytes at `a` and checked the extension.
+        unsafe {
+            let acc = sdot(vdupq_n_s32(0), w0, vld1q_s8(a));
+            vaddvq_s32(sdot(acc, w1, vld1q_s8(a.add(16))))
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn d16(w: int8x16_t, a: *const i8) -> i32 {
+        // SAFETY: the caller passes 16 readable bytes at `a` and checked the extension.
+        unsafe { vaddvq_s32(sdot(vdupq_n_s32(0), w, vld1q_s8(a))) }
     }
 }
 
@@ -166,9 +231,9 @@ impl Block for Q4_0 {
     }
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
+    unsafe fn dot<P: Dot>(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
         // SAFETY: as the trait's.
-        unsafe { v.0 * *da * dot32(v.1, v.2, qs) as f32 }
+        unsafe { v.0 * *da * P::d32(v.1, v.2, qs) as f32 }
     }
 }
 
@@ -188,9 +253,9 @@ impl Block for Q4_1 {
     }
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, sa: *const f32) -> f32 {
+    unsafe fn dot<P: Dot>(v: &Self::Decoded, qs: *const i8, da: *const f32, sa: *const f32) -> f32 {
         // SAFETY: as the trait's.
-        unsafe { v.0 * *da * dot32(v.2, v.3, qs) as f32 + v.1 * *sa }
+        unsafe { v.0 * *da * P::d32(v.2, v.3, qs) as f32 + v.1 * *sa }
     }
 }
 
@@ -227,9 +292,9 @@ impl Block for Q5_0 {
     }
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
+    unsafe fn dot<P: Dot>(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
         // SAFETY: as the trait's.
-        unsafe { v.0 * *da * dot32(v.1, v.2, qs) as f32 }
+        unsafe { v.0 * *da * P::d32(v.1, v.2, qs) as f32 }
     }
 }
 
@@ -251,9 +316,9 @@ impl Block for Q8_0 {
     }
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn dot(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
+    unsafe fn dot<P: Dot>(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
         // SAFETY: as the trait's.
-        unsafe { v.0 * *da * dot32(v.1, v.2, qs) as f32 }
+        unsafe { v.0 * *da * P::d32(v.1, v.2, qs) as f32 }
     }
 }
 
@@ -315,12 +380,12 @@ impl<const HIGH: bool> Block for Qk<HIGH> {
     }
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn dot(b: &Super, qs: *const i8, da: *const f32, sa: *const f32) -> f32 {
+    unsafe fn dot<P: Dot>(b: &Super, qs: *const i8, da: *const f32, sa: *const f32) -> f32 {
         // SAFETY: as the trait's.
         unsafe {
             let mut acc = 0f32;
             for k in 0..8 {
-                let i = dot32(b.v[2 * k], b.v[2 * k + 1], qs.add(32 * k));
+                let i = P::d32(b.v[2 * k], b.v[2 * k + 1], qs.add(32 * k));
                 acc += b.ds[k] * *da.add(k) * i as f32 - b.dm[k] * *sa.add(k);
             }
             acc
@@ -369,12 +434,12 @@ impl Block for Q6K {
     }
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn dot(b: &Super, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
+    unsafe fn dot<P: Dot>(b: &Super, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
         // SAFETY: as the trait's.
         unsafe {
             let mut acc = 0f32;
             for k in 0..16 {
-                let isum = dot16(b.v[k], qs.add(16 * k));
+                let isum = P::d16(b.v[k], qs.add(16 * k));
                 acc += b.ds[k] * *da.add(k / 2) * isum as f32;
             }
             acc
