@@ -214,28 +214,42 @@ struct Q8_0;
 struct Qk<const HIGH: bool>;
 struct Q6K;
 
-impl Block for Q4_0 {
-    const BYTES: usize = 18;
-    const PER: usize = 1;
-    type Decoded = (f32, int8x16_t, int8x16_t);
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn decode(p: *const u8) -> Self::Decoded {
-        // SAFETY: as the trait's.
-        unsafe {
-            let (lo, hi) = nibbles(p.add(2));
-            let eight = vdupq_n_s8(8);
-            let s8 = vreinterpretq_s8_u8;
-            (f16(p), vsubq_s8(s8(lo), eight), vsubq_s8(s8(hi), eight))
+/// A 32-block format with one scale a block (`$decode`: the scale and the 32 values as signed
+/// bytes, from the block's bytes at `$p`): its product is `d * da * sum`, as the scalar
+/// kernel's.
+macro_rules! scaled_block {
+    ($t:ty, $bytes:expr, |$p:ident| $decode:expr) => {
+        impl Block for $t {
+            const BYTES: usize = $bytes;
+            const PER: usize = 1;
+            type Decoded = (f32, int8x16_t, int8x16_t);
+            #[inline]
+            #[target_feature(enable = "neon")]
+            unsafe fn decode($p: *const u8) -> Self::Decoded {
+                // SAFETY: as the trait's.
+                unsafe { $decode }
+            }
+            #[inline]
+            #[target_feature(enable = "neon")]
+            unsafe fn dot<P: Dot>(
+                v: &Self::Decoded,
+                qs: *const i8,
+                da: *const f32,
+                _: *const f32,
+            ) -> f32 {
+                // SAFETY: as the trait's.
+                unsafe { v.0 * *da * P::d32(v.1, v.2, qs) as f32 }
+            }
         }
-    }
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn dot<P: Dot>(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
-        // SAFETY: as the trait's.
-        unsafe { v.0 * *da * P::d32(v.1, v.2, qs) as f32 }
-    }
+    };
 }
+
+scaled_block!(Q4_0, 18, |p| {
+    let (lo, hi) = nibbles(p.add(2));
+    let eight = vdupq_n_s8(8);
+    let s8 = vreinterpretq_s8_u8;
+    (f16(p), vsubq_s8(s8(lo), eight), vsubq_s8(s8(hi), eight))
+});
 
 impl Block for Q4_1 {
     const BYTES: usize = 20;
@@ -273,54 +287,20 @@ unsafe fn q5_high(qh: *const u8, h: usize) -> uint8x16_t {
     }
 }
 
-impl Block for Q5_0 {
-    const BYTES: usize = 22;
-    const PER: usize = 1;
-    type Decoded = (f32, int8x16_t, int8x16_t);
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn decode(p: *const u8) -> Self::Decoded {
-        // SAFETY: as the trait's.
-        unsafe {
-            let (lo, hi) = nibbles(p.add(6));
-            let lo = vorrq_u8(lo, q5_high(p.add(2), 0));
-            let hi = vorrq_u8(hi, q5_high(p.add(2), 1));
-            let sixteen = vdupq_n_s8(16);
-            let s8 = vreinterpretq_s8_u8;
-            (f16(p), vsubq_s8(s8(lo), sixteen), vsubq_s8(s8(hi), sixteen))
-        }
-    }
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn dot<P: Dot>(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
-        // SAFETY: as the trait's.
-        unsafe { v.0 * *da * P::d32(v.1, v.2, qs) as f32 }
-    }
-}
+scaled_block!(Q5_0, 22, |p| {
+    let (lo, hi) = nibbles(p.add(6));
+    let lo = vorrq_u8(lo, q5_high(p.add(2), 0));
+    let hi = vorrq_u8(hi, q5_high(p.add(2), 1));
+    let sixteen = vdupq_n_s8(16);
+    let s8 = vreinterpretq_s8_u8;
+    (f16(p), vsubq_s8(s8(lo), sixteen), vsubq_s8(s8(hi), sixteen))
+});
 
-impl Block for Q8_0 {
-    const BYTES: usize = 34;
-    const PER: usize = 1;
-    type Decoded = (f32, int8x16_t, int8x16_t);
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn decode(p: *const u8) -> Self::Decoded {
-        // SAFETY: as the trait's.
-        unsafe {
-            (
-                f16(p),
-                vld1q_s8(p.add(2).cast()),
-                vld1q_s8(p.add(18).cast()),
-            )
-        }
-    }
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn dot<P: Dot>(v: &Self::Decoded, qs: *const i8, da: *const f32, _: *const f32) -> f32 {
-        // SAFETY: as the trait's.
-        unsafe { v.0 * *da * P::d32(v.1, v.2, qs) as f32 }
-    }
-}
+scaled_block!(Q8_0, 34, |p| (
+    f16(p),
+    vld1q_s8(p.add(2).cast()),
+    vld1q_s8(p.add(18).cast())
+));
 
 /// A K-quant super-block decoded: 16 registers of 16 values (sub-block `k`'s 32 in registers
 /// `2k` and `2k + 1`), and each sub-block's `d * scale` and `dmin * min` (Q6_K: 16 scales of
