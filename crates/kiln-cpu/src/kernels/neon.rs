@@ -1,8 +1,8 @@
 //! AArch64 Advanced SIMD kernels for every format with a kernel (Q4_0, Q4_1, Q5_0, Q8_0 and
 //! the K-quants Q4_K, Q5_K, Q6_K): each weight block of a row is decoded once to signed bytes
 //! in registers ([`Block::decode`]) and meets every token of the tile ([`Block::dot`]) by
-//! widening 8-bit multiplies and pairwise sums to 32 bits: the integer sums of
-//! [`super::scalar`], with the same floating-point steps a block, so a token's result does not
+//! widening 8-bit multiplies and pairwise sums to 32 bits, or by `sdot` where the core has the
+//! dot-product extension ([`Dot`]): the integer sums of [`super::scalar`], with the same floating-point steps a block, so a token's result does not
 //! depend on how many share the tile. The tests (`simd_kernels_match_scalar`,
 //! `extreme_blocks_do_not_overflow`, `results_do_not_depend_on_the_batch`) run them against
 //! the scalar kernels wherever the CPU has NEON (`scripts/test-aarch64.sh` under qemu).
