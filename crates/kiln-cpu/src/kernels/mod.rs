@@ -34,8 +34,8 @@ pub enum Isa {
     /// AArch64 Advanced SIMD.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     Neon,
-    /// AArch64 Advanced SIMD with the dot-product extension (`sdot`; Armv8.2 and later cores
-    /// such as the Cortex-A55, A76 and A78).
+    /// AArch64 Advanced SIMD with the dot-product extension (`sdot`: optional from Armv8.2,
+    /// required from Armv8.4; the Cortex-A55, A76 and A78 have it, the A72 has not).
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     NeonDot,
 }

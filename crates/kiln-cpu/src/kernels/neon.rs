@@ -36,7 +36,9 @@ pub(super) fn tile_fn(fmt: Fmt, sdot: bool) -> TileFn {
 /// ([`Widen`], any NEON CPU) or by `sdot` ([`Sdot`], the dot-product extension of Armv8.2).
 /// Both give the exact sums.
 trait Dot {
-    /// Sum of the products of 32 signed bytes (`w0`, `w1`) with `a[0..32]`.
+    /// Sum of the products of 32 signed bytes (`w0`, `w1`) with `a[0..32]`, activations in
+    /// -127..=127 (as quantizing makes them: two products of -128 would overflow
+    /// [`Widen`]'s 16-bit pairs).
     ///
     /// # Safety
     /// `a` points to 32 readable bytes; the CPU has the instructions.
