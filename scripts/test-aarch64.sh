@@ -9,6 +9,10 @@
 #   apt-get install qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 # Usage: bash scripts/test-aarch64.sh [MODEL.gguf]
 set -eu
+if [ $# -ge 1 ] && [ ! -f "$1" ]; then
+  echo "test-aarch64.sh: no model file at $1" >&2
+  exit 2
+fi
 T=aarch64-unknown-linux-gnu
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-arm}
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
@@ -23,7 +27,8 @@ if [ $# -ge 1 ]; then
   cargo build --release -p kiln --target $T
   P="The capital of France is"
   neon=$(qemu-aarch64 -L /usr/aarch64-linux-gnu "$CARGO_TARGET_DIR/$T/release/kiln" run -m "$1" \
-      --temperature 0 -n 16 "$P" 2>/dev/null)
+      --temperature 0 -n 16 "$P" 2>/tmp/test-aarch64.err) ||
+    { echo "the aarch64 kiln failed:" >&2; cat /tmp/test-aarch64.err >&2; exit 1; }
   env -u CARGO_TARGET_DIR cargo build --release -p kiln
   ref=$(./target/release/kiln run -m "$1" --temperature 0 -n 16 --dev cpu-isa=scalar "$P" \
       2>/dev/null)
