@@ -574,9 +574,9 @@ macro_rules! panels {
                 }
                 // With `$halves`, a tile of eight tokens goes as two of four against the same
                 // panel (the second pass expected to find it in L1): four tokens' accumulators
-                // fit in registers, eight do not (see `q4_1_panel`; on AVX2 a Q4_1 call of four
-                // tokens takes both halves in one pass, `q4_1_panel_256_joint`, whose float
-                // accumulators live in memory); a lane's operations do not
+                // fit in registers, eight do not (see `q4_1_panel`; on AVX2 Q4_1 takes eight in
+                // one call, `q4_1_panel_256`, by groups of four inside its loop over blocks, its
+                // float accumulators in memory); a lane's operations do not
                 // depend on how many tokens share a call, so the results are the same. When
                 // more tokens follow the tile (a prompt's pass), or when the panel is small
                 // enough for the second pass to be expected in L1 (HALVES_PANEL_BYTES: 8 rows
@@ -607,13 +607,14 @@ macro_rules! panels {
     };
 }
 
-// Q4_1 by halves in a prompt's pass: `kiln bench -p 512 -g 16`, prefill 2,312 / 2,343 tok/s
+// Q4_1 by halves in a prompt's pass (AVX-512; on AVX2 `q4_1_panel_256` groups tokens
+// itself): `kiln bench -p 512 -g 16`, prefill 2,312 / 2,343 tok/s
 // against 2,021 / 2,060 on the default model, 1,100 / 1,103 against 944 / 964 on a
 // Qwen2.5-0.5B-shaped Q4_1 file. The offset formats are not: a SmolLM2-135M Q8_0 file ran 13%
 // slower so (8 rows of decode).
 panels!(q4_0_512_panels, offset_panel<Q4Panel>, Q4_0, true, false);
 panels!(q4_1_512_panels, q4_1_panel, Q4_1, false, true);
-panels!(q4_1_256_panels, q4_1_panel_256, Q4_1, false, true);
+panels!(q4_1_256_panels, q4_1_panel_256, Q4_1, false, false);
 panels!(q8_0_256_panels, q8_0_panel_256, Q8_0, false, false);
 panels!(q4_0_256_panels, offset_panel_256<Q4Panel>, Q4_0, true, true);
 panels!(q5_0_256_panels, offset_panel_256<Q5Panel>, Q5_0, true, true);
@@ -952,84 +953,34 @@ fn store_half_256<const C: usize>(o: &mut Tile, h: usize, acc: &[__m256; C]) {
 }
 
 /// A Q4_1 panel (16 rows in [`super::repack`]'s layout, as [`q4_1_panel`] reads it) against
-/// `C` tokens with AVX2: by halves of 8 rows, a row per 32-bit lane. For each block, each of
-/// the 8 registers of values (`nibbles_256`, 4 values of every row) meets the token's
-/// matching 4 values broadcast in one `vpmaddubsw`; the 8 results add up as 16-bit sums (each
-/// at most 8 x 2 x 15 x 127 = 30,480 in size, so none overflows) and one `vpmaddwd` makes each
-/// row's 32-bit sum; then one multiply-add applies the rows' and the token's scales, into one
-/// of two accumulators (even and odd blocks). The minimum's terms (`m * s` per block) are
-/// summed in a loop of their own (the panel is then in the L1 cache) and added last. So
-/// each row gets [`q4_1_panel`]'s floating-point operations in its order (the integer sums
-/// are exact), and its results bit for bit; with one accumulator the golden test's logits
-/// moved enough to turn a position whose two best tokens are 0.306 apart in llama.cpp's
-/// logits. Every row's operations are the same whatever `C` is, so a token's result does not
-/// depend on how many share the call. Where the tile kernels
-/// before it (4 rows by 4 tokens, a row's block a register) took a `vpmaddubsw`, a
-/// `vpmaddwd`, a conversion and a multiply-add for each row's 32 values, this takes one
-/// `vpmaddubsw` and one addition for 8 rows' 4 values, and the rest once for 8 rows' 32.
-/// At most 4 tokens go to [`q4_1_panel_256_joint`] (both halves in one pass).
+/// `C` (at most 8) tokens with AVX2, both halves of 8 rows at once, a row per 32-bit lane.
+/// For each block, each of the 8 registers of values of a half (`nibbles_256`, 4 values of
+/// every row) meets the token's matching 4 values broadcast in one `vpmaddubsw`; the 8
+/// results add up as 16-bit sums (each at most 8 x 2 x 15 x 127 = 30,480 in size, so none
+/// overflows) and one `vpmaddwd` makes each row's 32-bit sum; then one multiply-add applies
+/// the rows' and the token's scales, into one of two accumulators (even and odd blocks). The
+/// minimum's terms (`m * s` per block) are summed in a loop of their own (the panel is then in
+/// the L1 cache) and added last. So each row gets [`q4_1_panel`]'s floating-point operations
+/// in its order (the integer sums are exact), and its results bit for bit; with one
+/// accumulator the golden test's logits moved enough to turn a position whose two best tokens
+/// are 0.306 apart in llama.cpp's logits. Where the tile kernels before it (4 rows by 4 tokens,
+/// a row's block a register) took a `vpmaddubsw`, a `vpmaddwd`, a conversion and a
+/// multiply-add for each row's 32 values, this takes one `vpmaddubsw` and one addition for 8
+/// rows' 4 values, and the rest once for 8 rows' 32.
+///
+/// Tokens go by groups of at most 4 inside the loop over blocks: a group's 2 x 4 16-bit sums,
+/// the halves' two registers and a broadcast take 11 of AVX2's 16 registers (the float
+/// accumulators live in memory), and the second group finds the block in L1, its values
+/// decoded again. Every row's operations are the same whatever `C` is and whichever group a
+/// token is in, so a token's result does not depend on how many share the call
+/// (`results_do_not_depend_on_the_batch`). Eight tokens so, rather than the block loop run
+/// twice (once a group, the panel from L1 the second time) or by halves of 8 rows: the
+/// products of a decode step of the default model's shapes 2.5% to 8% faster (`kernels`
+/// example, `step`, the two in alternation in one process, 1 and 2 threads), those of 64
+/// tokens (a prompt's) 1.4% to 3.5%.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
-    if C <= 4 {
-        // SAFETY: as this function's.
-        return unsafe { q4_1_panel_256_joint::<C>(w, a, o) };
-    }
-    let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
-    let ones = _mm256_set1_epi16(1);
-    // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
-    // activation access inside a token's `nb` blocks.
-    unsafe {
-        for h in 0..2 {
-            let mut acc = [[_mm256_setzero_ps(); C]; 2];
-            let mut mins = [_mm256_setzero_ps(); C];
-            for b in 0..a.nb {
-                let base = w.add(b * 320);
-                if h == 0 {
-                    prefetch_block(base, 320);
-                }
-                let (dw, _) = scales_256(base.add(32 * h));
-                let mut sums = [_mm256_setzero_si256(); C];
-                for k in 0..8 {
-                    let wk = nibbles_256(base.add(64 + 64 * (k % 4) + 32 * h), k >= 4);
-                    // Values 4k.. of a row (low nibbles) or 16 + 4(k - 4).. (high ones).
-                    let at = if k < 4 { 4 * k } else { 16 + 4 * (k - 4) };
-                    for t in 0..C {
-                        let av = _mm256_set1_epi32(ld32(tp[t].0.add(32 * b + at).cast()));
-                        sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(wk, av));
-                    }
-                }
-                for t in 0..C {
-                    let sum = _mm256_madd_epi16(sums[t], ones);
-                    let da = _mm256_set1_ps(*tp[t].1.add(b));
-                    let e = &mut acc[b % 2][t];
-                    *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, da), *e);
-                }
-            }
-            for b in 0..a.nb {
-                let (_, mw) = scales_256(w.add(b * 320 + 32 * h));
-                for t in 0..C {
-                    mins[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*tp[t].2.add(b)), mins[t]);
-                }
-            }
-            for t in 0..C {
-                let v = _mm256_add_ps(acc[0][t], acc[1][t]);
-                _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), _mm256_add_ps(v, mins[t]));
-            }
-        }
-    }
-}
-
-/// [`q4_1_panel_256`] for at most 4 tokens, both halves of the panel at once: each token's 4
-/// values, broadcast once, meet both halves' registers, and each block is read once (the 2 x
-/// `C` 16-bit sums, the two halves' registers and a broadcast take 12 of AVX2's 16 registers at
-/// `C` = 4; the float accumulators live in memory, as the two-pass kernel's). Each row's
-/// operations are those of the halves one after the other, in the same order, so the results
-/// are the same bit for bit (`results_do_not_depend_on_the_batch` compares them with the
-/// two-pass kernel's at five to eight tokens).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_panel_256_joint<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
     let ones = _mm256_set1_epi16(1);
     // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
@@ -1040,23 +991,26 @@ unsafe fn q4_1_panel_256_joint<const C: usize>(w: *const u8, a: &ActView, o: &mu
             let base = w.add(b * 320);
             prefetch_block(base, 320);
             let dw = [scales_256(base).0, scales_256(base.add(32)).0];
-            let mut sums = [[_mm256_setzero_si256(); C]; 2];
-            for k in 0..8 {
-                let lo = nibbles_256(base.add(64 + 64 * (k % 4)), k >= 4);
-                let hi = nibbles_256(base.add(64 + 64 * (k % 4) + 32), k >= 4);
-                let at = if k < 4 { 4 * k } else { 16 + 4 * (k - 4) };
-                for t in 0..C {
-                    let av = _mm256_set1_epi32(ld32(tp[t].0.add(32 * b + at).cast()));
-                    sums[0][t] = _mm256_add_epi16(sums[0][t], _mm256_maddubs_epi16(lo, av));
-                    sums[1][t] = _mm256_add_epi16(sums[1][t], _mm256_maddubs_epi16(hi, av));
+            for g in (0..C).step_by(4) {
+                let n = (C - g).min(4);
+                let mut sums = [[_mm256_setzero_si256(); 4]; 2];
+                for k in 0..8 {
+                    let lo = nibbles_256(base.add(64 + 64 * (k % 4)), k >= 4);
+                    let hi = nibbles_256(base.add(64 + 64 * (k % 4) + 32), k >= 4);
+                    let at = if k < 4 { 4 * k } else { 16 + 4 * (k - 4) };
+                    for t in 0..n {
+                        let av = _mm256_set1_epi32(ld32(tp[g + t].0.add(32 * b + at).cast()));
+                        sums[0][t] = _mm256_add_epi16(sums[0][t], _mm256_maddubs_epi16(lo, av));
+                        sums[1][t] = _mm256_add_epi16(sums[1][t], _mm256_maddubs_epi16(hi, av));
+                    }
                 }
-            }
-            for h in 0..2 {
-                for t in 0..C {
-                    let sum = _mm256_madd_epi16(sums[h][t], ones);
-                    let da = _mm256_set1_ps(*tp[t].1.add(b));
-                    let e = &mut acc[h][b % 2][t];
-                    *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw[h], da), *e);
+                for h in 0..2 {
+                    for t in 0..n {
+                        let sum = _mm256_madd_epi16(sums[h][t], ones);
+                        let da = _mm256_set1_ps(*tp[g + t].1.add(b));
+                        let e = &mut acc[h][b % 2][g + t];
+                        *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw[h], da), *e);
+                    }
                 }
             }
         }
