@@ -890,6 +890,51 @@ impl Backend for CpuBackend {
         kernels::vec::silu_mul(self.isa, &mut gate[..len], &up[..len]);
     }
 
+    /// With both matrices quantized (integer kernels) and of `ffn` rows, one task of the
+    /// pool: each thread takes its rows of both products, then `silu(gate) * up` over those
+    /// rows of every token, where the engine's thread alone took the whole after the task
+    /// (8 rows of the default model: 12,288 values, 23 us a layer on this machine). The
+    /// values are the same: each element's operation is elementwise, and a thread's rows
+    /// start at a multiple of [`matmul::THEN_ALIGN`] (so the vector kernel meets them in the
+    /// chunks it meets them in over the whole).
+    fn matmul_swiglu(
+        &self,
+        w_gate: &CpuMat,
+        w_up: &CpuMat,
+        x: &Vec<f32>,
+        n: usize,
+        ffn: usize,
+        gate: &mut Vec<f32>,
+        up: &mut Vec<f32>,
+    ) {
+        let quant = |w: &CpuMat| matches!(w.kernel, matmul::Kernel::Quant(_)) && w.raw.rows == ffn;
+        if !(quant(w_gate) && quant(w_up))
+            || self.pool.n_threads() == 1
+            || n * ffn > gate.len()
+            || n * ffn > up.len()
+        {
+            self.matmul_many(&[w_gate, w_up], x, n, &mut [gate, up]);
+            return self.swiglu(gate, up, n * ffn);
+        }
+        let isa = self.isa;
+        let (g, u) = (SyncPtr(gate.as_mut_ptr()), SyncPtr(up.as_mut_ptr()));
+        let then = move |r0: usize, r1: usize| {
+            for t in 0..n {
+                // SAFETY: rows `r0..r1` of every token belong to this thread, its products of
+                // them are done, and `t * ffn + r1 <= n * ffn`, inside both (checked above).
+                let (gs, us) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(g.at(t * ffn + r0), r1 - r0),
+                        std::slice::from_raw_parts(u.at(t * ffn + r0).cast_const(), r1 - r0),
+                    )
+                };
+                kernels::vec::silu_mul(isa, gs, us);
+            }
+        };
+        let parts = [(w_gate, gate), (w_up, up)].map(|(w, o)| (w.kernel, &w.raw, o.as_mut_slice()));
+        matmul::matmul_many_then(&self.pool, self.isa, parts, x, n, Some(&then));
+    }
+
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) {
         for (a, b) in x[..len].iter_mut().zip(&y[..len]) {
             *a += b;

@@ -71,6 +71,27 @@ pub(super) fn matmul_many<'a>(
     x: &[f32],
     n: usize,
 ) {
+    matmul_many_then(pool, isa, parts, x, n, None);
+}
+
+/// Rows of the products of a task with a `then` are split between threads in multiples of
+/// this: whole 16-value vectors of AVX-512 (and 8-value ones of AVX2), so that an elementwise
+/// vector kernel run by each thread over its rows meets the values in the same chunks as over
+/// the whole row, and gives the same results.
+pub(super) const THEN_ALIGN: usize = 16;
+
+/// [`matmul_many`], then, with `then`, `then(r0, r1)` on each thread in the same task, after
+/// its products: rows `r0..r1` of every matrix's output are the thread's own and done (the
+/// quantized products must all have the same number of rows; split in multiples of
+/// [`THEN_ALIGN`]).
+pub(super) fn matmul_many_then<'a>(
+    pool: &ThreadPool,
+    isa: Isa,
+    parts: impl IntoIterator<Item = (Kernel, &'a RawTensor, &'a mut [f32])>,
+    x: &[f32],
+    n: usize,
+    then: Option<&(dyn Fn(usize, usize) + Sync)>,
+) {
     /// One quantized product of a task.
     #[derive(Clone, Copy)]
     struct Job<'a> {
@@ -118,14 +139,18 @@ pub(super) fn matmul_many<'a>(
         }
         let view = q.view(0, n);
         pool.run(|i, nt| {
+            let mut mine = (0, 0);
             for j in jobs.iter().flatten() {
                 // Panels are split whole between threads.
-                let align = if j.k.layout == Layout::Panels {
+                let align = if then.is_some() {
+                    THEN_ALIGN.max(kernels::PANEL)
+                } else if j.k.layout == Layout::Panels {
                     kernels::PANEL
                 } else {
                     4
                 };
                 let (r0, r1) = split_range(j.rows, i, nt, align);
+                mine = (r0, r1);
                 let (rows, out) = (j.rows, j.out);
                 // SAFETY: rows r0..r1 of every token belong to this thread only, and
                 // `t * rows + r + v.len()` is inside `out` (n tokens of `rows` outputs,
@@ -133,6 +158,13 @@ pub(super) fn matmul_many<'a>(
                 kernels::gemm_rows(&j.k, j.data, j.rb, r0, r1, &view, |t, r, v| unsafe {
                     std::ptr::copy_nonoverlapping(v.as_ptr(), out.at(t * rows + r), v.len())
                 });
+            }
+            if let Some(f) = then {
+                debug_assert!(jobs
+                    .iter()
+                    .flatten()
+                    .all(|j| j.rows == jobs[0].map_or(0, |f| f.rows)));
+                f(mine.0, mine.1);
             }
         });
     });

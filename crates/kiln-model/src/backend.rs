@@ -259,6 +259,23 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn copy_kv_block(&self, pool: &mut Self::KvPool, src: u32, dst: u32);
     /// `gate = silu(gate) * up` elementwise over `len` values.
     fn swiglu(&self, gate: &mut Self::Act, up: &Self::Act, len: usize);
+    /// The feed-forward block's first half for `n` rows of `x`: `gate = w_gate x`,
+    /// `up = w_up x`, then `gate = silu(gate) * up` (`w_gate` and `w_up` of `ffn` rows each).
+    /// A backend may run it as one piece of work.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_swiglu(
+        &self,
+        w_gate: &Self::Mat,
+        w_up: &Self::Mat,
+        x: &Self::Act,
+        n: usize,
+        ffn: usize,
+        gate: &mut Self::Act,
+        up: &mut Self::Act,
+    ) {
+        self.matmul_many(&[w_gate, w_up], x, n, &mut [&mut *gate, &mut *up]);
+        self.swiglu(gate, up, n * ffn);
+    }
     /// `x += y` over `len` values.
     fn add(&self, x: &mut Self::Act, y: &Self::Act, len: usize);
     /// `out[i] = x[rows[i]]` for rows of width `width`.

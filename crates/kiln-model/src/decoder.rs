@@ -456,13 +456,15 @@ impl<B: Backend> Model<B> {
 
                 b.rms_norm(&s.x, &l.ffn_norm, c.rms_eps, n, dim, &mut s.xb);
                 lap(on, &mut t, &mut bd.norms);
-                b.matmul_many(
-                    &[&l.w_gate, &l.w_up],
+                b.matmul_swiglu(
+                    &l.w_gate,
+                    &l.w_up,
                     &s.xb,
                     n,
-                    &mut [&mut s.gate, &mut s.up],
+                    c.ffn_dim,
+                    &mut s.gate,
+                    &mut s.up,
                 );
-                b.swiglu(&mut s.gate, &s.up, n * c.ffn_dim);
                 b.matmul(&l.w_down, &s.gate, n, &mut s.xb);
                 b.add(&mut s.x, &s.xb, n * dim);
                 lap(on, &mut t, &mut bd.ffn);
