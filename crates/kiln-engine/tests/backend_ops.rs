@@ -834,6 +834,63 @@ fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {
     }
 }
 
+/// The feed-forward block's gate and up products with `silu(gate) * up` (`matmul_swiglu`:
+/// on the CPU one task of the pool, each thread's rows through silu after its products) give
+/// what the products followed by `swiglu` give, bit for bit: 1 to 9 rows, panels only, rows
+/// after the last whole panel, gate and up of one format or of two.
+#[test]
+fn matmul_swiglu_equals_products_then_swiglu() {
+    let (d, _) = device();
+    kiln_engine::with_backend!(d, b => matmul_swiglu_equals_products_then_swiglu_on(b))
+}
+
+fn matmul_swiglu_equals_products_then_swiglu_on<B: Backend>(b: B) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let c = cfg(2, 1, 16, 16, RopeStyle::Halves);
+    // (gate, up, ffn rows, columns)
+    for (tg, tu, ffn, cols) in [
+        (GgmlType::Q4_1, GgmlType::Q4_1, 1536, 576),
+        (GgmlType::Q4_1, GgmlType::Q4_1, 100, 96),
+        (GgmlType::Q8_0, GgmlType::Q8_0, 72, 64),
+        (GgmlType::Q4_K, GgmlType::Q6_K, 200, 512),
+    ] {
+        let scales = |t| match t {
+            GgmlType::Q4_1 | GgmlType::Q4_K => &[0usize, 2][..],
+            GgmlType::Q6_K => &[208],
+            _ => &[0],
+        };
+        let wg = b
+            .matrix(quant_matrix(&mut rng, tg, ffn, cols, scales(tg)))
+            .unwrap();
+        let wu = b
+            .matrix(quant_matrix(&mut rng, tu, ffn, cols, scales(tu)))
+            .unwrap();
+        for n in 1..=9 {
+            let x = upload(&b, &rng.vec(n * cols));
+            let seq = [0u32; 4];
+            let seqs = [PagedSeq {
+                row0: 0,
+                n,
+                pos0: 0,
+                blocks: &seq,
+            }];
+            begin(&b, &c, n, &seqs, &[]);
+            let (mut g1, mut u1) = (b.act(n * ffn).unwrap(), b.act(n * ffn).unwrap());
+            b.matmul_many(&[&wg, &wu], &x, n, &mut [&mut g1, &mut u1]);
+            b.swiglu(&mut g1, &u1, n * ffn);
+            let (mut g2, mut u2) = (b.act(n * ffn).unwrap(), b.act(n * ffn).unwrap());
+            b.matmul_swiglu(&wg, &wu, &x, n, ffn, &mut g2, &mut u2);
+            let (want, got) = (read(&b, &g1, n * ffn), read(&b, &g2, n * ffn));
+            for (i, (a, g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    a.to_bits() == g.to_bits() && a.is_finite(),
+                    "{tg:?}/{tu:?} {ffn}x{cols}, {n} rows: value {i}: {a} then {g}"
+                );
+            }
+        }
+    }
+}
+
 /// Products of quantized matrices (4-bit and 8-bit blocks; on a GPU read in place with
 /// `KILN_TEST_GPU_WEIGHTS=quantized`, else converted on upload) against float64 over the
 /// blocks' decoded values, for 1 to 9 rows and row lengths of 1 to 65 blocks of 32.
