@@ -99,6 +99,18 @@ fn begin<B: Backend>(b: &B, c: &ModelConfig, max_t: usize, seqs: &[PagedSeq<'_>]
     b.begin_pass(c, max_t, &tokens, seqs, rows).unwrap();
 }
 
+/// [`begin`] a pass of one sequence of `n` rows from position 0 (products alone read it).
+fn begin_rows<B: Backend>(b: &B, c: &ModelConfig, n: usize) {
+    let seq = [0u32; 4];
+    let seqs = [PagedSeq {
+        row0: 0,
+        n,
+        pos0: 0,
+        blocks: &seq,
+    }];
+    begin(b, c, n, &seqs, &[]);
+}
+
 /// The root of the sum of the squared terms of `x[n][cols] . w[rows][cols]^T`, for each
 /// output, in float64: what rounding each term by a part of itself makes the sum wrong by (in
 /// the root mean square), however much the terms cancel and however many there are.
@@ -162,19 +174,7 @@ fn matmul_at_awkward_sizes_on<B: Backend>(b: B, gpu: bool) {
             let x = rng.vec(n * cols);
             let xa = upload(&b, &x);
             let mut out = b.act(n * rows).unwrap();
-            let seq = [0u32; 4];
-            begin(
-                &b,
-                &c,
-                n,
-                &[PagedSeq {
-                    row0: 0,
-                    n,
-                    pos0: 0,
-                    blocks: &seq,
-                }],
-                &[],
-            );
+            begin_rows(&b, &c, n);
             b.matmul(&m, &xa, n, &mut out);
             let got = read(&b, &out, n * rows);
             let want = ref_matmul(&w, &x, n, rows, cols);
@@ -805,14 +805,7 @@ fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {
     .collect();
     for n in [1usize, 3, 9] {
         let x = upload(&b, &rng.vec(n * cols));
-        let seq = [0u32; 4];
-        let seqs = [PagedSeq {
-            row0: 0,
-            n,
-            pos0: 0,
-            blocks: &seq,
-        }];
-        begin(&b, &c, n, &seqs, &[]);
+        begin_rows(&b, &c, n);
         let mut outs: Vec<_> = mats.iter().map(|(r, _)| b.act(n * r).unwrap()).collect();
         let ws: Vec<_> = mats.iter().map(|(_, m)| m).collect();
         let mut refs: Vec<_> = outs.iter_mut().collect();
@@ -867,14 +860,7 @@ fn matmul_swiglu_equals_products_then_swiglu_on<B: Backend>(b: B) {
             .unwrap();
         for n in 1..=9 {
             let x = upload(&b, &rng.vec(n * cols));
-            let seq = [0u32; 4];
-            let seqs = [PagedSeq {
-                row0: 0,
-                n,
-                pos0: 0,
-                blocks: &seq,
-            }];
-            begin(&b, &c, n, &seqs, &[]);
+            begin_rows(&b, &c, n);
             let (mut g1, mut u1) = (b.act(n * ffn).unwrap(), b.act(n * ffn).unwrap());
             b.matmul_many(&[&wg, &wu], &x, n, &mut [&mut g1, &mut u1]);
             b.swiglu(&mut g1, &u1, n * ffn);
@@ -951,14 +937,7 @@ fn quantized_matmul_matches_the_reference_on<B: Backend>(b: B, gpu: bool) {
                 let x = rng.vec(n * cols);
                 let xa = upload(&b, &x);
                 let mut out = b.act(n * rows).unwrap();
-                let seq = [0u32; 4];
-                let seqs = [PagedSeq {
-                    row0: 0,
-                    n,
-                    pos0: 0,
-                    blocks: &seq,
-                }];
-                begin(&b, &c, n, &seqs, &[]);
+                begin_rows(&b, &c, n);
                 b.matmul(&m, &xa, n, &mut out);
                 let got = read(&b, &out, n * rows);
                 let want = ref_matmul(&w, &x, n, rows, cols);
