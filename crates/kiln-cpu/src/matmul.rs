@@ -163,7 +163,7 @@ pub(super) fn matmul_many_then<'a>(
                 debug_assert!(jobs
                     .iter()
                     .flatten()
-                    .all(|j| j.rows == jobs[0].map_or(0, |f| f.rows)));
+                    .all(|j| j.rows == jobs[0].map_or(0, |first| first.rows)));
                 f(mine.0, mine.1);
             }
         });

@@ -975,9 +975,10 @@ fn store_half_256<const C: usize>(o: &mut Tile, h: usize, acc: &[__m256; C]) {
 /// token is in, so a token's result does not depend on how many share the call
 /// (`results_do_not_depend_on_the_batch`). Eight tokens so, rather than the block loop run
 /// twice (once a group, the panel from L1 the second time) or by halves of 8 rows: the
-/// products of a decode step of the default model's shapes 2.5% to 8% faster (`kernels`
-/// example, `step`, the two in alternation in one process, 1 and 2 threads), those of 64
-/// tokens (a prompt's) 1.4% to 3.5%.
+/// products of an 8-token decode step of the default model's shapes 1.5% to 8% faster, of
+/// the Qwen2.5-0.5B shape's 0 to 2.5% (`kernels` example, `step`, the two in alternation in
+/// one process, 1 and 2 threads; a one-token control, which the change does not touch, moved
+/// by up to 4% in the same runs: docs/PERF.md, thirty-eighth session).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
