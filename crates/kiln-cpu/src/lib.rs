@@ -890,13 +890,15 @@ impl Backend for CpuBackend {
         kernels::vec::silu_mul(self.isa, &mut gate[..len], &up[..len]);
     }
 
-    /// With both matrices quantized (integer kernels) and of `ffn` rows, one task of the
-    /// pool: each thread takes its rows of both products, then `silu(gate) * up` over those
-    /// rows of every token, where the engine's thread alone took the whole after the task
-    /// (8 rows of the default model: 12,288 values, 23 us a layer on this machine). The
-    /// values are the same: each element's operation is elementwise, and a thread's rows
-    /// start at a multiple of [`matmul::THEN_ALIGN`] (so the vector kernel meets them in the
-    /// chunks it meets them in over the whole).
+    /// With both matrices quantized (integer kernels) and of `ffn` rows, `ffn` a multiple of
+    /// [`matmul::THEN_ALIGN`], one task of the pool: each thread takes its rows of both
+    /// products, then `silu(gate) * up` over those rows of every token, where the engine's
+    /// thread alone took the whole after the task (8 rows of the default model: 12,288
+    /// values, 23 us a layer on this machine). The values are the same bit for bit: a
+    /// thread's rows start at a multiple of `THEN_ALIGN` and end at one or at `ffn`, so the
+    /// vector kernels meet whole vectors only, as over the whole buffer (their scalar tails
+    /// may round otherwise: AVX-512's `exp` is not libm's). Otherwise the products, then
+    /// [`Backend::swiglu`].
     fn matmul_swiglu(
         &self,
         w_gate: &CpuMat,
@@ -908,20 +910,25 @@ impl Backend for CpuBackend {
         up: &mut Vec<f32>,
     ) {
         let quant = |w: &CpuMat| matches!(w.kernel, matmul::Kernel::Quant(_)) && w.raw.rows == ffn;
-        if !(quant(w_gate) && quant(w_up))
-            || self.pool.n_threads() == 1
-            || n * ffn > gate.len()
-            || n * ffn > up.len()
-        {
+        let fused = quant(w_gate)
+            && quant(w_up)
+            && ffn.is_multiple_of(matmul::THEN_ALIGN)
+            && self.pool.n_threads() > 1
+            && n * ffn <= gate.len().min(up.len());
+        if !fused {
             self.matmul_many(&[w_gate, w_up], x, n, &mut [gate, up]);
-            return self.swiglu(gate, up, n * ffn);
+            self.swiglu(gate, up, n * ffn);
+            return;
         }
         let isa = self.isa;
-        let (g, u) = (SyncPtr(gate.as_mut_ptr()), SyncPtr(up.as_mut_ptr()));
-        let then = move |r0: usize, r1: usize| {
+        let then = move |r0: usize, r1: usize, outs: &[SyncPtr<f32>]| {
+            let [g, u] = outs else {
+                unreachable!("two products, gate and up")
+            };
             for t in 0..n {
-                // SAFETY: rows `r0..r1` of every token belong to this thread, its products of
-                // them are done, and `t * ffn + r1 <= n * ffn`, inside both (checked above).
+                // SAFETY: `g` and `u` are the outputs the products were given (`n * ffn`
+                // values each, checked above); rows `r0..r1` of every token belong to this
+                // thread, and its products of them are done.
                 let (gs, us) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(g.at(t * ffn + r0), r1 - r0),

@@ -75,22 +75,33 @@ pub(super) fn matmul_many<'a>(
 }
 
 /// Rows of the products of a task with a `then` are split between threads in multiples of
-/// this: whole 16-value vectors of AVX-512 (and 8-value ones of AVX2), so that an elementwise
-/// vector kernel run by each thread over its rows meets the values in the same chunks as over
-/// the whole row, and gives the same results.
+/// this (a multiple of [`kernels::PANEL`]): whole 16-value vectors of AVX-512 and 8-value ones
+/// of AVX2, so that an elementwise vector kernel run by each thread over its rows of a row of
+/// outputs whose length is a multiple of this meets whole vectors only, as it does over the
+/// whole buffer (a vector kernel's scalar tail may round otherwise).
 pub(super) const THEN_ALIGN: usize = 16;
+const _: () = assert!(THEN_ALIGN.is_multiple_of(kernels::PANEL));
 
-/// [`matmul_many`], then, with `then`, `then(r0, r1)` on each thread in the same task, after
-/// its products: rows `r0..r1` of every matrix's output are the thread's own and done (the
-/// quantized products must all have the same number of rows; split in multiples of
-/// [`THEN_ALIGN`]).
+/// The elementwise work a thread does after its share of a task's products:
+/// `then(r0, r1, outs)`, `outs` the products' outputs in the order given, rows `r0..r1` of
+/// each (for every token) the thread's own and done.
+pub(super) type Then<'a> = &'a (dyn Fn(usize, usize, &[SyncPtr<f32>]) + Sync);
+
+/// [`matmul_many`], then, with `then`, `then(r0, r1, outs)` on each thread in the same task,
+/// after its products. Every part must then be a quantized product (integer kernels) of the
+/// same rows and width, at most [`MAX_TOGETHER`] of them, so that all run in the one task;
+/// their rows are split in multiples of [`THEN_ALIGN`].
+///
+/// # Panics
+/// With `then`, if a part is not such a product (it would run in a task of its own, before
+/// `then` could see its rows).
 pub(super) fn matmul_many_then<'a>(
     pool: &ThreadPool,
     isa: Isa,
     parts: impl IntoIterator<Item = (Kernel, &'a RawTensor, &'a mut [f32])>,
     x: &[f32],
     n: usize,
-    then: Option<&(dyn Fn(usize, usize) + Sync)>,
+    then: Option<Then<'_>>,
 ) {
     /// One quantized product of a task.
     #[derive(Clone, Copy)]
@@ -105,6 +116,14 @@ pub(super) fn matmul_many_then<'a>(
     let mut count = 0;
     let mut cols = 0;
     for (kernel, w, out) in parts {
+        let together = count < MAX_TOGETHER
+            && (count == 0 || w.cols == cols && jobs[0].is_some_and(|j| j.rows == w.rows));
+        assert!(
+            then.is_none() || matches!(kernel, Kernel::Quant(_)) && together,
+            "{}: a product with elementwise work after it must be quantized, of the others' \
+             rows and width, one of at most {MAX_TOGETHER}",
+            w.name
+        );
         match kernel {
             Kernel::Quant(k) if count < MAX_TOGETHER && (count == 0 || w.cols == cols) => {
                 assert!(out.len() >= n * w.rows, "output of {} too short", w.name);
@@ -139,18 +158,16 @@ pub(super) fn matmul_many_then<'a>(
         }
         let view = q.view(0, n);
         pool.run(|i, nt| {
-            let mut mine = (0, 0);
             for j in jobs.iter().flatten() {
                 // Panels are split whole between threads.
                 let align = if then.is_some() {
-                    THEN_ALIGN.max(kernels::PANEL)
+                    THEN_ALIGN
                 } else if j.k.layout == Layout::Panels {
                     kernels::PANEL
                 } else {
                     4
                 };
                 let (r0, r1) = split_range(j.rows, i, nt, align);
-                mine = (r0, r1);
                 let (rows, out) = (j.rows, j.out);
                 // SAFETY: rows r0..r1 of every token belong to this thread only, and
                 // `t * rows + r + v.len()` is inside `out` (n tokens of `rows` outputs,
@@ -159,12 +176,14 @@ pub(super) fn matmul_many_then<'a>(
                     std::ptr::copy_nonoverlapping(v.as_ptr(), out.at(t * rows + r), v.len())
                 });
             }
-            if let Some(f) = then {
-                debug_assert!(jobs
-                    .iter()
-                    .flatten()
-                    .all(|j| j.rows == jobs[0].map_or(0, |first| first.rows)));
-                f(mine.0, mine.1);
+            if let (Some(f), Some(first)) = (then, jobs[0]) {
+                // Every job has `first`'s rows (asserted above): the rows this thread took.
+                let (r0, r1) = split_range(first.rows, i, nt, THEN_ALIGN);
+                let mut outs = [SyncPtr(std::ptr::null_mut()); MAX_TOGETHER];
+                for (o, j) in outs.iter_mut().zip(jobs.iter().flatten()) {
+                    *o = j.out;
+                }
+                f(r0, r1, &outs[..jobs.len()]);
             }
         });
     });

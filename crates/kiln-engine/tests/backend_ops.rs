@@ -828,9 +828,10 @@ fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {
 }
 
 /// The feed-forward block's gate and up products with `silu(gate) * up` (`matmul_swiglu`:
-/// on the CPU one task of the pool, each thread's rows through silu after its products) give
-/// what the products followed by `swiglu` give, bit for bit: 1 to 9 rows, panels only, rows
-/// after the last whole panel, gate and up of one format or of two.
+/// on the CPU one task of the pool, each thread's rows through silu after its products, where
+/// the rows are a multiple of 16) give what the products followed by `swiglu` give, bit for
+/// bit: 1 to 9 rows, panels only, an odd number of panels, rows after the last whole panel
+/// (not a multiple of 16: the products, then `swiglu`), gate and up of one format or of two.
 #[test]
 fn matmul_swiglu_equals_products_then_swiglu() {
     let (d, _) = device();
@@ -844,8 +845,8 @@ fn matmul_swiglu_equals_products_then_swiglu_on<B: Backend>(b: B) {
     for (tg, tu, ffn, cols) in [
         (GgmlType::Q4_1, GgmlType::Q4_1, 1536, 576),
         (GgmlType::Q4_1, GgmlType::Q4_1, 100, 96),
-        (GgmlType::Q8_0, GgmlType::Q8_0, 72, 64),
-        (GgmlType::Q4_K, GgmlType::Q6_K, 200, 512),
+        (GgmlType::Q8_0, GgmlType::Q8_0, 80, 64),
+        (GgmlType::Q4_K, GgmlType::Q6_K, 208, 512),
     ] {
         let scales = |t| match t {
             GgmlType::Q4_1 | GgmlType::Q4_K => &[0usize, 2][..],
