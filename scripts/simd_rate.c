@@ -4,7 +4,7 @@
 // independent chains: the pair the AVX2 kernels issue for every 32 products of a token). On a
 // core shared with another machine's thread (SMT), the second moves while the first does not:
 // the vector units are shared, the clock is not. Three rounds; each figure the best of 5 runs of
-// 0.1 s.
+// 20 to 35 ms.
 // gcc -O2 -march=native -o /tmp/simd_rate scripts/simd_rate.c
 // /tmp/simd_rate
 #include <stdio.h>

@@ -577,10 +577,10 @@ macro_rules! panels {
                 // fit in registers, eight do not (see `q4_1_panel`; on AVX2 Q4_1 takes eight in
                 // one call, `q4_1_panel_256`, by groups of four inside its loop over blocks, its
                 // float accumulators in memory); a lane's operations do not
-                // depend on how many tokens share a call, so the results are the same. When
-                // more tokens follow the tile (a prompt's pass), or when the panel is small
-                // enough for the second pass to be expected in L1 (HALVES_PANEL_BYTES: 8 rows
-                // of decode of the default model, 2.6% faster over 8 alternated pairs). With
+                // depend on how many tokens share a call, so the results are the same. It does
+                // so when more tokens follow the tile (a prompt's pass), or when the panel is
+                // small enough for the second pass to be expected in L1 (HALVES_PANEL_BYTES: 8
+                // rows of decode of the default model, 2.6% faster over 8 alternated pairs). With
                 // every panel by halves, 8 rows of a Qwen2.5-0.5B-shaped Q4_1 file ran 7%
                 // slower; with its down product's 48 KB panels left whole, 1.003x over 5
                 // pairs. (`gemm_rows` makes tiles of eight while more follow, so fewer than
@@ -975,10 +975,11 @@ fn store_half_256<const C: usize>(o: &mut Tile, h: usize, acc: &[__m256; C]) {
 /// token is in, so a token's result does not depend on how many share the call
 /// (`results_do_not_depend_on_the_batch`). Eight tokens so, rather than the block loop run
 /// twice (once a group, the panel from L1 the second time) or by halves of 8 rows: the
-/// products of an 8-token decode step of the default model's shapes 1.5% to 8% faster, of
-/// the Qwen2.5-0.5B shape's 0 to 2.5% (`kernels` example, `step`, the two in alternation in
-/// one process, 1 and 2 threads; a one-token control, which the change does not touch, moved
-/// by up to 4% in the same runs: docs/PERF.md, thirty-eighth session).
+/// products of an 8-token decode step of the default model's shapes ran 0.98x to 1.08x as
+/// fast as before (1.02x or more in six of seven runs), of the Qwen2.5-0.5B shape's 1.01x and
+/// 1.06x (`kernels` example, `step`, the two in alternation in one process, 1 and 2 threads;
+/// a one-token control, which the change does not touch, moved 0.95x to 1.03x in the same
+/// runs: docs/PERF.md, thirty-eighth session).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
@@ -993,9 +994,9 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
             let dw = [scales_256(base).0, scales_256(base.add(32)).0];
             // The group's token count a constant (a `match`, not `min`), so that each group's
             // code is made for its count: with the count known at run time only, 5 and 6
-            // tokens cost what 8 did (`kernels` example, `batch`, a panel in L1); 8 tokens
-            // the same either way, 64 (a prompt's tiles of 8) 1.4% to 5.7% faster by the
-            // median of 16 alternated pairs (`step`), over three runs.
+            // tokens cost what 8 did (`kernels` example, `batch`, one panel in the caches).
+            // In the alternated `step` (weights from DRAM) 8 and 64 tokens moved within a
+            // one-token control's spread (docs/PERF.md, thirty-eighth session).
             for g in (0..C).step_by(4) {
                 match C - g {
                     1 => q4_1_group_256::<1, C>(base, b, g, &tp, &dw, &mut acc),
