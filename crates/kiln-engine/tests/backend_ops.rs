@@ -840,7 +840,12 @@ fn matmul_swiglu_equals_products_then_swiglu() {
 
 fn matmul_swiglu_equals_products_then_swiglu_on<B: Backend>(b: B) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let c = cfg(2, 1, 16, 16, RopeStyle::Halves);
+    // A pass's scratch is sized from its model's widths (a GPU's x in f16): the widest
+    // product's rows and columns.
+    let c = ModelConfig {
+        ffn_dim: 1536,
+        ..cfg(2, 1, 16, 16, RopeStyle::Halves)
+    };
     // (gate, up, ffn rows, columns)
     for (tg, tu, ffn, cols) in [
         (GgmlType::Q4_1, GgmlType::Q4_1, 1536, 576),
