@@ -894,11 +894,11 @@ impl Backend for CpuBackend {
     /// [`matmul::THEN_ALIGN`], one task of the pool: each thread takes its rows of both
     /// products, then `silu(gate) * up` over those rows of every token, where the engine's
     /// thread alone took the whole after the task (8 rows of the default model: 12,288
-    /// values, 23 us a layer on this machine). The values are the same bit for bit: a
-    /// thread's rows start at a multiple of `THEN_ALIGN` and end at one or at `ffn`, so the
-    /// vector kernels meet whole vectors only, as over the whole buffer (their scalar tails
-    /// may round otherwise: AVX-512's `exp` is not libm's). Otherwise the products, then
-    /// [`Backend::swiglu`].
+    /// values, 23 us a layer on the 2-vCPU Zen 3 of docs/PERF.md's thirty-eighth session).
+    /// The values are the same bit for bit: a thread's rows start at a multiple of
+    /// `THEN_ALIGN` and end at one or at `ffn`, so the vector kernels meet whole vectors only,
+    /// as over the whole buffer (their scalar tails may round otherwise: AVX-512's `exp` is
+    /// not libm's). Otherwise the products, then [`Backend::swiglu`].
     fn matmul_swiglu(
         &self,
         w_gate: &CpuMat,
