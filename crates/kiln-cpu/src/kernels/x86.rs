@@ -1061,15 +1061,26 @@ unsafe fn q4_1_group_256<const N: usize, const C: usize>(
     }
 }
 
-/// A Q8_0 panel (16 rows in [`super::repack`]'s layout: 16 f16 scales, then 8 registers of
-/// values plus 128, register `k` holding values `4k..4k + 4` of every row) against `C` tokens
-/// with AVX2, by halves of 8 rows, a row per 32-bit lane. `vpmaddubsw` multiplies unsigned by
-/// signed bytes, and the stored values plus 128 would overflow its 16-bit pairs, so each
-/// register's values go back to their sign (`^ 0x80`) and multiply as `|w| * (a with w's
-/// sign)`: a pair is then at most 2 x 128 x 127 = 32,512 in size, and `vpmaddwd` adds each
-/// register's pairs into the rows' 32-bit sums. Even and odd blocks in two accumulators, as
-/// [`offset_panel`]. Every row's operations are the same whatever `C` is.
-/// One token goes to [`q8_0_panel_256_one`] (both halves in one pass).
+/// A Q8_0 panel (16 rows in [`super::repack`]'s layout: 16 f16 scales, then 8 units of 64
+/// bytes, unit `k` holding values `4k..4k + 4` of every row, rows 0..8 then rows 8..16, each
+/// value plus 128) against `C` (at most 8) tokens with AVX2, a row per 32-bit lane.
+/// `vpmaddubsw` multiplies unsigned by signed bytes, and the stored values plus 128 would
+/// overflow its 16-bit pairs, so each register's values go back to their sign (`^ 0x80`) and
+/// multiply as `|w| * (a with w's sign)`: a pair is then at most 2 x 128 x 127 = 32,512 in
+/// size, and `vpmaddwd` adds each register's pairs into the rows' 32-bit sums. Even and odd
+/// blocks in two accumulators, as [`offset_panel`].
+///
+/// One pass over the blocks, both halves of 8 rows at once, the tokens by groups of at most
+/// 4 inside it (as [`q4_1_panel_256`]): a group's 2 x 4 sums, the block unit's two registers
+/// and their absolute values fill AVX2's 16 registers, and a later group finds the block in
+/// L1. Before, 2 to 8 tokens went over the panel twice, once a half: the output head of the
+/// default model (49,152 x 576, from DRAM) at 8 tokens ran 1.07x to 1.27x as fast so, at 2
+/// and 4 tokens 1.16x to 1.25x (`kernels` example, old and new in alternation in one process,
+/// medians of 7 and 21 pairs; docs/PERF.md, thirty-ninth session); a matrix in the caches
+/// ran 0.91x to 1.12x. Every row's operations are the same whatever `C` is and whichever group
+/// a token is in (the integer sums are exact, the float steps in block order), so a token's
+/// result does not depend on the batch. One token goes to [`q8_0_panel_256_one`]: the same
+/// operations through this loop (a group of one) read the head 0.88x to 0.94x as fast.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
@@ -1078,41 +1089,71 @@ unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
         return unsafe { q8_0_panel_256_one(w, a, o) };
     }
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
-    let ones = _mm256_set1_epi16(1);
-    let flip = _mm256_set1_epi8(-128);
     // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 34 bytes), every
     // activation access inside a token's `nb` blocks.
     unsafe {
-        for h in 0..2 {
-            let mut acc = [[_mm256_setzero_ps(); C]; 2];
-            for b in 0..a.nb {
-                let base = w.add(b * 544);
-                if h == 0 {
-                    prefetch_block(base, 544);
-                }
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16 * h).cast()));
-                let mut sums = [_mm256_setzero_si256(); C];
-                for k in 0..8 {
-                    let wk = _mm256_xor_si256(
-                        _mm256_loadu_si256(base.add(32 + 64 * k + 32 * h).cast()),
-                        flip,
-                    );
-                    let abs = _mm256_abs_epi8(wk);
-                    for t in 0..C {
-                        let av = _mm256_set1_epi32(ld32(tp[t].0.add(32 * b + 4 * k).cast()));
-                        let pairs = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(av, wk));
-                        sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(pairs, ones));
-                    }
-                }
-                for t in 0..C {
-                    let da = _mm256_set1_ps(*tp[t].1.add(b));
-                    let e = &mut acc[b % 2][t];
-                    *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), _mm256_mul_ps(dw, da), *e);
+        let mut acc = [[[_mm256_setzero_ps(); C]; 2]; 2];
+        for b in 0..a.nb {
+            let base = w.add(b * 544);
+            prefetch_block(base, 544);
+            let dw = [
+                _mm256_cvtph_ps(_mm_loadu_si128(base.cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(base.add(16).cast())),
+            ];
+            for g in (0..C).step_by(4) {
+                match C - g {
+                    1 => q8_0_group_256::<1, C>(base, b, g, &tp, &dw, &mut acc),
+                    2 => q8_0_group_256::<2, C>(base, b, g, &tp, &dw, &mut acc),
+                    3 => q8_0_group_256::<3, C>(base, b, g, &tp, &dw, &mut acc),
+                    _ => q8_0_group_256::<4, C>(base, b, g, &tp, &dw, &mut acc),
                 }
             }
+        }
+        for h in 0..2 {
             for t in 0..C {
-                let v = _mm256_add_ps(acc[0][t], acc[1][t]);
+                let v = _mm256_add_ps(acc[h][0][t], acc[h][1][t]);
                 _mm256_storeu_ps(o[t][8 * h..].as_mut_ptr(), v);
+            }
+        }
+    }
+}
+
+/// Block `b` of a Q8_0 panel (at `base`) against tokens `g..g + N` of [`q8_0_panel_256`]'s
+/// `C`: their 32-bit sums over the block's 8 units of both halves, then each row's scaled sum
+/// into the accumulators of the block's parity.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_group_256<const N: usize, const C: usize>(
+    base: *const u8,
+    b: usize,
+    g: usize,
+    tp: &[(*const i8, *const f32, *const f32); C],
+    dw: &[__m256; 2],
+    acc: &mut [[[__m256; C]; 2]; 2],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    // SAFETY: as [`q8_0_panel_256`]'s: the block is inside the panel, the tokens' block `b`
+    // inside their activations.
+    unsafe {
+        let mut sums = [[_mm256_setzero_si256(); N]; 2];
+        for k in 0..8 {
+            let w0 = _mm256_xor_si256(_mm256_loadu_si256(base.add(32 + 64 * k).cast()), flip);
+            let w1 = _mm256_xor_si256(_mm256_loadu_si256(base.add(64 + 64 * k).cast()), flip);
+            let (a0, a1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
+            for t in 0..N {
+                let av = _mm256_set1_epi32(ld32(tp[g + t].0.add(32 * b + 4 * k).cast()));
+                let p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(av, w0));
+                let p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(av, w1));
+                sums[0][t] = _mm256_add_epi32(sums[0][t], _mm256_madd_epi16(p0, ones));
+                sums[1][t] = _mm256_add_epi32(sums[1][t], _mm256_madd_epi16(p1, ones));
+            }
+        }
+        for h in 0..2 {
+            for t in 0..N {
+                let da = _mm256_set1_ps(*tp[g + t].1.add(b));
+                let e = &mut acc[h][b % 2][g + t];
+                *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[h][t]), _mm256_mul_ps(dw[h], da), *e);
             }
         }
     }
