@@ -804,10 +804,46 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn sum_pair_256(a: __m256, b: __m256) -> f32 {
-        let v = _mm256_add_ps(a, b);
+        sum_one_256(_mm256_add_ps(a, b))
+    }
+
+    /// The sum of a vector's 8 lanes in [`sum_pair_256`]'s order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn sum_one_256(v: __m256) -> f32 {
         let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
         _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    }
+
+    /// [`sum_one_256`] of 8 vectors at once: lane `i` of the result is `sum_one_256(v[i])`,
+    /// by the same additions of the same pairs of lanes, so the same bits (transposed by
+    /// shuffles, not reduced one vector at a time).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn sum_eight_256(v: &[__m256; 8]) -> __m256 {
+        // Lanes i + (i + 4) of two vectors: [v0's 4 | v1's 4], and so on.
+        let w = |a: __m256, b: __m256| {
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            )
+        };
+        let (w01, w23, w45, w67) = (w(v[0], v[1]), w(v[2], v[3]), w(v[4], v[5]), w(v[6], v[7]));
+        // Then 0 + 2 and 1 + 3 of each: [v0 a, v0 b, v2 a, v2 b | v1 a, v1 b, v3 a, v3 b].
+        let x = |a: __m256, b: __m256| {
+            _mm256_add_ps(
+                _mm256_shuffle_ps::<0x44>(a, b),
+                _mm256_shuffle_ps::<0xEE>(a, b),
+            )
+        };
+        let (x0, x1) = (x(w01, w23), x(w45, w67));
+        // Then a + b of each: [s0, s2, s4, s6 | s1, s3, s5, s7], put in order.
+        let s = _mm256_add_ps(
+            _mm256_shuffle_ps::<0x88>(x0, x1),
+            _mm256_shuffle_ps::<0xDD>(x0, x1),
+        );
+        _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 
     /// Whether [`scores_group_256`] and [`mix_group_256`] take `g` heads of `hd` values: whole
@@ -860,7 +896,13 @@ mod x86 {
 
     /// [`scores_group_256`] for `G` heads, their sums in registers (a count known when compiled,
     /// so the loop over heads unrolls; with `g` at run time they lived on the stack, a store
-    /// and a load a multiply-add).
+    /// and a load a multiply-add). Each position's two sums of a head are added and kept; every
+    /// 8 positions, the 8 vectors' lanes are summed at once ([`sum_eight_256`], the same
+    /// additions as one at a time) and scaled and stored as one vector: one at a time, the
+    /// lane sums and the single stores took about 40% of this function's samples. 8 rows of
+    /// 150 positions of the default model's shape ran 1.01x to 1.09x as fast so (`kernels`
+    /// example, `attention`, the two alternated in one process; docs/PERF.md, thirty-ninth
+    /// session).
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `q.len() / G` is a multiple of 16.
@@ -874,6 +916,7 @@ mod x86 {
     ) {
         let (hd, len) = (q.len() / G, out.len() / G);
         let pq = q.as_ptr();
+        let mut sums = [[_mm256_setzero_ps(); 8]; G];
         for p in 0..len {
             let k = &key(p)[..hd];
             let pk = k.as_ptr().cast::<u16>();
@@ -893,8 +936,24 @@ mod x86 {
                     i += 16;
                 }
             }
+            let slot = p % 8;
             for h in 0..G {
-                out[h * len + p] = scale * sum_pair_256(acc0[h], acc1[h]);
+                sums[h][slot] = _mm256_add_ps(acc0[h], acc1[h]);
+            }
+            if slot == 7 {
+                let sv = _mm256_set1_ps(scale);
+                for h in 0..G {
+                    // SAFETY: positions `p - 7..=p` of head `h` are inside `out`.
+                    unsafe {
+                        let r = _mm256_mul_ps(sv, sum_eight_256(&sums[h]));
+                        _mm256_storeu_ps(out.as_mut_ptr().add(h * len + p - 7), r);
+                    }
+                }
+            }
+        }
+        for p in len / 8 * 8..len {
+            for h in 0..G {
+                out[h * len + p] = scale * sum_one_256(sums[h][p % 8]);
             }
         }
     }
@@ -934,7 +993,15 @@ mod x86 {
         true
     }
 
-    /// [`mix_group_256`] for `G` heads, their sums in registers (see [`scores_heads_256`]).
+    /// [`mix_group_256`] for `G` heads, their sums in registers (see [`scores_heads_256`]):
+    /// 32 values of every head a pass over the positions where `G` is at most 3 and they
+    /// divide `hd` (12 sums, a value's register and 3 weights fill the 16 registers), else 16.
+    /// By 16, the default model's 64 took four passes, each reading half of every value's two
+    /// cache lines and finding its place through the block table again; by 32, two passes, a
+    /// line each: 8 rows of 150 positions, their caches cold, ran 1.00x to 1.15x as fast
+    /// (`kernels` example, `attention`, alternated in one process; docs/PERF.md, thirty-ninth
+    /// session). Each sum's multiply-adds are the same, in the same order, however many a pass
+    /// takes.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `acc.len() / G` is a multiple of 16.
@@ -945,31 +1012,54 @@ mod x86 {
         val: &impl Fn(usize) -> &'a [f16],
         acc: &mut [f32],
     ) {
+        // SAFETY: as this function's (`R` x 8 values divide `hd`).
+        unsafe {
+            if G <= 3 && (acc.len() / G).is_multiple_of(32) {
+                mix_heads_256_r::<G, 4>(w, val, acc)
+            } else {
+                mix_heads_256_r::<G, 2>(w, val, acc)
+            }
+        }
+    }
+
+    /// [`mix_heads_256`], `R` registers (8 values each) of every head a pass.
+    ///
+    /// # Safety
+    /// As [`mix_heads_256`]'s, and `8 * R` divides `acc.len() / G`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn mix_heads_256_r<'a, const G: usize, const R: usize>(
+        w: &[f32],
+        val: &impl Fn(usize) -> &'a [f16],
+        acc: &mut [f32],
+    ) {
         let (len, hd) = (w.len() / G, acc.len() / G);
         let pa = acc.as_mut_ptr();
-        for c in (0..hd).step_by(16) {
+        for c in (0..hd).step_by(8 * R) {
             // SAFETY: every access is inside the `G` sums of `hd` values, the `G` rows of
             // `len` weights, and each value's `hd` values.
             unsafe {
-                let mut r0 = [_mm256_setzero_ps(); G];
-                let mut r1 = [_mm256_setzero_ps(); G];
+                let mut r = [[_mm256_setzero_ps(); R]; G];
                 for h in 0..G {
-                    r0[h] = _mm256_loadu_ps(pa.add(h * hd + c));
-                    r1[h] = _mm256_loadu_ps(pa.add(h * hd + c + 8));
+                    for j in 0..R {
+                        r[h][j] = _mm256_loadu_ps(pa.add(h * hd + c + 8 * j));
+                    }
                 }
                 for p in 0..len {
                     let pv = val(p)[..hd].as_ptr().cast::<u16>();
-                    let x0 = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(c).cast()));
-                    let x1 = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(c + 8).cast()));
-                    for h in 0..G {
-                        let vw = _mm256_set1_ps(*w.get_unchecked(h * len + p));
-                        r0[h] = _mm256_fmadd_ps(vw, x0, r0[h]);
-                        r1[h] = _mm256_fmadd_ps(vw, x1, r1[h]);
+                    let vw: [__m256; G] =
+                        core::array::from_fn(|h| _mm256_set1_ps(*w.get_unchecked(h * len + p)));
+                    for j in 0..R {
+                        let x = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(c + 8 * j).cast()));
+                        for h in 0..G {
+                            r[h][j] = _mm256_fmadd_ps(vw[h], x, r[h][j]);
+                        }
                     }
                 }
                 for h in 0..G {
-                    _mm256_storeu_ps(pa.add(h * hd + c), r0[h]);
-                    _mm256_storeu_ps(pa.add(h * hd + c + 8), r1[h]);
+                    for j in 0..R {
+                        _mm256_storeu_ps(pa.add(h * hd + c + 8 * j), r[h][j]);
+                    }
                 }
             }
         }
