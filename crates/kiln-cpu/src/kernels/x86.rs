@@ -1074,13 +1074,14 @@ unsafe fn q4_1_group_256<const N: usize, const C: usize>(
 /// 4 inside it (as [`q4_1_panel_256`]): a group's 2 x 4 sums, the block unit's two registers
 /// and their absolute values fill AVX2's 16 registers, and a later group finds the block in
 /// L1. Before, 2 to 8 tokens went over the panel twice, once a half: the output head of the
-/// default model (49,152 x 576, from DRAM) at 8 tokens ran 1.07x to 1.27x as fast so, at 2
-/// and 4 tokens 1.16x to 1.25x (`kernels` example, old and new in alternation in one process,
-/// medians of 7 and 21 pairs; docs/PERF.md, thirty-ninth session); a matrix in the caches
-/// ran 0.91x to 1.12x. Every row's operations are the same whatever `C` is and whichever group
-/// a token is in (the integer sums are exact, the float steps in block order), so a token's
-/// result does not depend on the batch. One token goes to [`q8_0_panel_256_one`]: the same
-/// operations through this loop (a group of one) read the head 0.88x to 0.94x as fast.
+/// default model (49,152 x 576, from DRAM) ran 1.20x to 1.27x as fast so at 8 tokens and
+/// 1.12x to 1.44x at 2 and 4 (`kernels` example, old and new alternated in one process, three
+/// runs of 7 or 21 pairs, medians; docs/PERF.md, thirty-ninth session); a 1,536 x 576 matrix
+/// in the caches 0.98x to 1.13x. Every row's operations are the same whatever `C` is and
+/// whichever group a token is in (the integer sums are exact, the float steps in block order),
+/// so a token's result does not depend on the batch. One token goes to
+/// [`q8_0_panel_256_one`]: the same operations through this loop (a group of one) read the
+/// head 0.88x and 0.94x as fast.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
