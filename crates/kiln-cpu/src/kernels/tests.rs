@@ -94,6 +94,13 @@ fn simd_kernels_match_scalar() {
                 (16, 3),
                 (35, 9),
                 (48, 1),
+                // Panels at every token count of a tile, 2 to 8 (one call each).
+                (16, 2),
+                (32, 4),
+                (16, 5),
+                (16, 6),
+                (32, 7),
+                (16, 8),
             ] {
                 let w = random_rows(fmt, rows, cols, &mut rng);
                 let rb = ggml(fmt).bytes_for(cols);

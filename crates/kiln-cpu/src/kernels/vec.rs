@@ -418,7 +418,7 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::{tree_halves, tree_last, tree_quarters};
+    use super::super::x86::{hsum256, tree_halves, tree_last, tree_quarters};
 
     use half::f16;
 
@@ -800,23 +800,14 @@ mod x86 {
     }
 
     /// The sum of the 8 lanes of `a + b`: lane `i` with `i + 4`, then `0 + 2` and `1 + 3`,
-    /// then the two (the order every AVX2 dot product here ends with).
+    /// then the two (the order every AVX2 dot product here ends with: [`hsum256`]'s).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn sum_pair_256(a: __m256, b: __m256) -> f32 {
-        sum_one_256(_mm256_add_ps(a, b))
+        hsum256(_mm256_add_ps(a, b))
     }
 
-    /// The sum of a vector's 8 lanes in [`sum_pair_256`]'s order.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn sum_one_256(v: __m256) -> f32 {
-        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
-    }
-
-    /// [`sum_one_256`] of 8 vectors at once: lane `i` of the result is `sum_one_256(v[i])`,
+    /// [`hsum256`] of 8 vectors at once: lane `i` of the result is `hsum256(v[i])`,
     /// by the same additions of the same pairs of lanes, so the same bits (transposed by
     /// shuffles, not reduced one vector at a time).
     #[inline]
@@ -900,9 +891,9 @@ mod x86 {
     /// 8 positions, the 8 vectors' lanes are summed at once ([`sum_eight_256`], the same
     /// additions as one at a time) and scaled and stored as one vector: one at a time, the
     /// lane sums and the single stores took about 40% of this function's samples. 8 rows of
-    /// 150 positions of the default model's shape ran 1.01x to 1.09x as fast so (`kernels`
-    /// example, `attention`, the two alternated in one process; docs/PERF.md, thirty-ninth
-    /// session).
+    /// 150 positions of the default model's shape ran 1.01x to 1.10x as fast so (three pairs,
+    /// most 1% to 2%; `kernels` example, `attention`, the two alternated in one process;
+    /// docs/PERF.md, thirty-ninth session).
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `q.len() / G` is a multiple of 16.
@@ -953,7 +944,7 @@ mod x86 {
         }
         for p in len / 8 * 8..len {
             for h in 0..G {
-                out[h * len + p] = scale * sum_one_256(sums[h][p % 8]);
+                out[h * len + p] = scale * hsum256(sums[h][p % 8]);
             }
         }
     }
@@ -994,14 +985,16 @@ mod x86 {
     }
 
     /// [`mix_group_256`] for `G` heads, their sums in registers (see [`scores_heads_256`]):
-    /// 32 values of every head a pass over the positions where `G` is at most 3 and they
-    /// divide `hd` (12 sums, a value's register and 3 weights fill the 16 registers), else 16.
-    /// By 16, the default model's 64 took four passes, each reading half of every value's two
-    /// cache lines and finding its place through the block table again; by 32, two passes, a
-    /// line each: 8 rows of 150 positions, their caches cold, ran 1.00x to 1.15x as fast
-    /// (`kernels` example, `attention`, alternated in one process; docs/PERF.md, thirty-ninth
-    /// session). Each sum's multiply-adds are the same, in the same order, however many a pass
-    /// takes.
+    /// 32 values of every head a pass over the positions where `G` is at most 3 and 32 divides
+    /// `hd`, else 16. At `G` = 3, 12 sums, a value's register and 3 weights are AVX2's 16
+    /// registers by count; the compiled loop keeps one sum in memory. By 16, the default
+    /// model's 64 took four passes, each reading a quarter of every value and finding its
+    /// place through the block table again; by 32, two: 8 rows of 150 positions, their caches
+    /// cold, ran 1.00x to 1.28x as fast (medians of three pairs 1.11x and 1.12x; 5 rows 1.15x
+    /// to 1.20x), the Qwen2.5-0.5B shape (heads by 4 and 3) at 600 positions 0.94x to 1.08x
+    /// (`kernels` example, `attention`, the two alternated in one process; docs/PERF.md,
+    /// thirty-ninth session). Each sum's multiply-adds are the same, in the same order, however
+    /// many a pass takes.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `acc.len() / G` is a multiple of 16.
@@ -1613,7 +1606,7 @@ mod tests {
         for isa in Isa::available() {
             for hd in [64usize, 96, 128, 80] {
                 for g in 1..=8usize {
-                    for len in [1usize, 5, 16, 37, 64] {
+                    for len in [1usize, 5, 8, 15, 16, 37, 64] {
                         let (q, _) = data(g * hd, (hd * 31 + g) as u32);
                         let (_, keys) = data(len * hd, 7 + len as u32);
                         let (_, vals) = data(len * hd, 91 + g as u32);

@@ -919,9 +919,11 @@ pub(super) unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &
     }
 }
 
+/// The sum of a vector's 8 lanes: lane `i` with `i + 4`, then `0 + 2` and `1 + 3`, then the
+/// two.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum256(v: __m256) -> f32 {
+pub(super) fn hsum256(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -1122,6 +1124,10 @@ unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
 /// Block `b` of a Q8_0 panel (at `base`) against tokens `g..g + N` of [`q8_0_panel_256`]'s
 /// `C`: their 32-bit sums over the block's 8 units of both halves, then each row's scaled sum
 /// into the accumulators of the block's parity.
+///
+/// # Safety
+/// `base` points to a whole 544-byte block of a panel, `b` is below the tokens' block count,
+/// `g + N <= C`, and the CPU has AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_group_256<const N: usize, const C: usize>(
