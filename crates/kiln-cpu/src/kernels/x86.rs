@@ -290,6 +290,22 @@ fn neg_offset(k: i8, av: __m512i) -> __m512i {
     _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, _mm512_set1_epi8(k), av))
 }
 
+/// `$f::<N, $c>(args)` for each group `$g` of at most 4 of `$c` tokens (`$g` its first), `N`
+/// the group's token count as a constant: the last group's by a `match`, so that each count
+/// gets code of its own.
+macro_rules! by_groups_of_4 {
+    ($c:ident, $g:ident, $f:ident($($arg:expr),*)) => {
+        for $g in (0..$c).step_by(4) {
+            match $c - $g {
+                1 => $f::<1, $c>($($arg),*),
+                2 => $f::<2, $c>($($arg),*),
+                3 => $f::<3, $c>($($arg),*),
+                _ => $f::<4, $c>($($arg),*),
+            }
+        }
+    };
+}
+
 /// A Q4_1 panel (16 rows in [`super::repack`]'s layout) against `C` tokens, a row per lane:
 /// for each block, 4 registers of nibbles decode once into 8 of values (`4k..4k + 4` of
 /// every row; low nibbles are values `0..16`, high ones `16..32`), then per token 8
@@ -999,14 +1015,7 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
             // tokens cost what 8 did (`kernels` example, `batch`, one panel in the caches).
             // In the alternated `step` (weights from DRAM) 8 and 64 tokens moved within a
             // one-token control's spread (docs/PERF.md, thirty-eighth session).
-            for g in (0..C).step_by(4) {
-                match C - g {
-                    1 => q4_1_group_256::<1, C>(base, b, g, &tp, &dw, &mut acc),
-                    2 => q4_1_group_256::<2, C>(base, b, g, &tp, &dw, &mut acc),
-                    3 => q4_1_group_256::<3, C>(base, b, g, &tp, &dw, &mut acc),
-                    _ => q4_1_group_256::<4, C>(base, b, g, &tp, &dw, &mut acc),
-                }
-            }
+            by_groups_of_4!(C, g, q4_1_group_256(base, b, g, &tp, &dw, &mut acc));
         }
         for h in 0..2 {
             let mut mins = [_mm256_setzero_ps(); C];
@@ -1103,14 +1112,7 @@ unsafe fn q8_0_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
                 _mm256_cvtph_ps(_mm_loadu_si128(base.cast())),
                 _mm256_cvtph_ps(_mm_loadu_si128(base.add(16).cast())),
             ];
-            for g in (0..C).step_by(4) {
-                match C - g {
-                    1 => q8_0_group_256::<1, C>(base, b, g, &tp, &dw, &mut acc),
-                    2 => q8_0_group_256::<2, C>(base, b, g, &tp, &dw, &mut acc),
-                    3 => q8_0_group_256::<3, C>(base, b, g, &tp, &dw, &mut acc),
-                    _ => q8_0_group_256::<4, C>(base, b, g, &tp, &dw, &mut acc),
-                }
-            }
+            by_groups_of_4!(C, g, q8_0_group_256(base, b, g, &tp, &dw, &mut acc));
         }
         for h in 0..2 {
             for t in 0..C {
