@@ -1033,6 +1033,37 @@ unsafe fn q4_1_panel_256<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile
     }
 }
 
+/// A group kernel's tokens: each one's [`ActView::ptrs`].
+type TokenPtrs<const C: usize> = [(*const i8, *const f32, *const f32); C];
+/// A group kernel's float accumulators: `[half][block parity][token]`.
+type ParityAcc<const C: usize> = [[[__m256; C]; 2]; 2];
+
+/// The float step every AVX2 group kernel ends a block with: each row's 32-bit sums of tokens
+/// `g..g + N` (both halves) times the rows' and the token's scales, added into the
+/// accumulators of block `b`'s parity, half by half and token by token.
+///
+/// # Safety
+/// `b` is below the tokens' block count, `g + N <= C`, and the CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_into<const N: usize, const C: usize>(
+    sums: &[[__m256i; N]; 2],
+    b: usize,
+    g: usize,
+    tp: &TokenPtrs<C>,
+    dw: &[__m256; 2],
+    acc: &mut ParityAcc<C>,
+) {
+    for h in 0..2 {
+        for t in 0..N {
+            // SAFETY: the token's block `b` scale is inside its activations.
+            let da = _mm256_set1_ps(unsafe { *tp[g + t].1.add(b) });
+            let e = &mut acc[h][b % 2][g + t];
+            *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[h][t]), _mm256_mul_ps(dw[h], da), *e);
+        }
+    }
+}
+
 /// Block `b` of a Q4_1 panel (at `base`) against tokens `g..g + N` of [`q4_1_panel_256`]'s
 /// `C`: their 16-bit sums over the block's 8 registers of both halves, then each row's
 /// scaled sum into the accumulators of the block's parity.
@@ -1042,9 +1073,9 @@ unsafe fn q4_1_group_256<const N: usize, const C: usize>(
     base: *const u8,
     b: usize,
     g: usize,
-    tp: &[(*const i8, *const f32, *const f32); C],
+    tp: &TokenPtrs<C>,
     dw: &[__m256; 2],
-    acc: &mut [[[__m256; C]; 2]; 2],
+    acc: &mut ParityAcc<C>,
 ) {
     let ones = _mm256_set1_epi16(1);
     // SAFETY: as [`q4_1_panel_256`]'s: the block is inside the panel, the tokens' block `b`
@@ -1061,14 +1092,15 @@ unsafe fn q4_1_group_256<const N: usize, const C: usize>(
                 sums[1][t] = _mm256_add_epi16(sums[1][t], _mm256_maddubs_epi16(hi, av));
             }
         }
+        // Each row's 16-bit sums into 32 bits (a loop, not `map`: a closure does not take
+        // this function's target features, and its intrinsic calls were not inlined).
+        let mut wide = [[_mm256_setzero_si256(); N]; 2];
         for h in 0..2 {
             for t in 0..N {
-                let sum = _mm256_madd_epi16(sums[h][t], ones);
-                let da = _mm256_set1_ps(*tp[g + t].1.add(b));
-                let e = &mut acc[h][b % 2][g + t];
-                *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw[h], da), *e);
+                wide[h][t] = _mm256_madd_epi16(sums[h][t], ones);
             }
         }
+        scale_into(&wide, b, g, tp, dw, acc);
     }
 }
 
@@ -1136,9 +1168,9 @@ unsafe fn q8_0_group_256<const N: usize, const C: usize>(
     base: *const u8,
     b: usize,
     g: usize,
-    tp: &[(*const i8, *const f32, *const f32); C],
+    tp: &TokenPtrs<C>,
     dw: &[__m256; 2],
-    acc: &mut [[[__m256; C]; 2]; 2],
+    acc: &mut ParityAcc<C>,
 ) {
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
@@ -1158,13 +1190,7 @@ unsafe fn q8_0_group_256<const N: usize, const C: usize>(
                 sums[1][t] = _mm256_add_epi32(sums[1][t], _mm256_madd_epi16(p1, ones));
             }
         }
-        for h in 0..2 {
-            for t in 0..N {
-                let da = _mm256_set1_ps(*tp[g + t].1.add(b));
-                let e = &mut acc[h][b % 2][g + t];
-                *e = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[h][t]), _mm256_mul_ps(dw[h], da), *e);
-            }
-        }
+        scale_into(&sums, b, g, tp, dw, acc);
     }
 }
 
