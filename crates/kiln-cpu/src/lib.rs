@@ -590,9 +590,7 @@ impl CpuBackend {
                         &kc[o..o + hd]
                     };
                     T::scores_group(isa, qh, g, scale, key, scores);
-                    for row_scores in scores.chunks_exact_mut(len) {
-                        kernels::vec::softmax(isa, row_scores);
-                    }
+                    kernels::vec::softmax_rows(isa, scores, len);
                     if T::ROUND_OPERANDS {
                         kernels::vec::round_f16(isa, scores);
                     }

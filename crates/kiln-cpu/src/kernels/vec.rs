@@ -364,30 +364,86 @@ pub fn round_f16(isa: Isa, x: &mut [f32]) {
     }
 }
 
-/// `x[i] = e^(x[i] - max) / sum`: the softmax of a row in place (attention's weights over a
-/// sequence's positions). The exponentials are `f32::exp`'s; with AVX-512 sixteen at a time
-/// by [`x86::expf_512`], with AVX2 eight at a time by [`x86::expf_256`], both glibc's `expf`
-/// bit for bit (the same algorithm and the same fused multiply-adds), so on x86-64 Linux
-/// every instruction set gives the bits the scalar loop gives. The sum runs position by position, in order, on every path.
+/// `x[i] = e^(x[i] - max) / sum` over each row of `len` values in `x` (`x.len() / len` whole
+/// rows; a rest is left as it is): the softmax of attention's scores, a row a head. The
+/// exponentials are `f32::exp`'s; with AVX-512 sixteen at a time by [`x86::expf_512`], with
+/// AVX2 eight at a time by [`x86::expf_256`], both glibc's `expf` bit for bit (the same
+/// algorithm and the same fused multiply-adds), so on x86-64 Linux every instruction set gives
+/// the bits the scalar loop gives. A row's sum runs position by position, in order, on every
+/// path: one dependent addition a position, so the rows of a call go through their sums up to
+/// four at a time, side by side (a job's heads: 3 for SmolLM2-135M, 7 for Qwen2.5-0.5B); each
+/// row's additions are the ones it takes alone.
+pub fn softmax_rows(isa: Isa, x: &mut [f32], len: usize) {
+    if len == 0 {
+        return;
+    }
+    let whole = x.len() / len * len;
+    let x = &mut x[..whole];
+    for row in x.chunks_exact_mut(len) {
+        exp_from_max(isa, row);
+    }
+    for group in x.chunks_mut(4 * len) {
+        let mut sums = [0f32; 4];
+        match group.len() / len {
+            1 => sums_in_order::<1>(group, len, &mut sums),
+            2 => sums_in_order::<2>(group, len, &mut sums),
+            3 => sums_in_order::<3>(group, len, &mut sums),
+            _ => sums_in_order::<4>(group, len, &mut sums),
+        }
+        for (row, &sum) in group.chunks_exact_mut(len).zip(&sums) {
+            scale(isa, row, 1.0 / sum);
+        }
+    }
+}
+
+/// The sums of the `N` rows of `len` values in `x` into `out[..N]`, each in order from the
+/// first position (`((0 + x0) + x1) + ...`), the rows' additions interleaved.
 #[inline]
-pub fn softmax(isa: Isa, x: &mut [f32]) {
+fn sums_in_order<const N: usize>(x: &[f32], len: usize, out: &mut [f32; 4]) {
+    let rows: [&[f32]; N] = core::array::from_fn(|r| &x[r * len..(r + 1) * len]);
+    let mut sums = [0f32; N];
+    for p in 0..len {
+        for (sum, row) in sums.iter_mut().zip(&rows) {
+            *sum += row[p];
+        }
+    }
+    out[..N].copy_from_slice(&sums);
+}
+
+/// `x[i] = e^(x[i] - max)` over a row, `max` its largest value.
+#[inline]
+fn exp_from_max(isa: Isa, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
         // SAFETY: the instruction set was detected on this CPU.
-        return unsafe { x86::softmax_512(x) };
+        return unsafe { x86::exp_from_max_512(x) };
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         // SAFETY: the instruction set was detected on this CPU.
-        return unsafe { x86::softmax_256(x) };
+        return unsafe { x86::exp_from_max_256(x) };
     }
     let _ = isa;
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     for s in x.iter_mut() {
         *s = (*s - max).exp();
     }
-    let sum = x.iter().fold(0f32, |a, &s| a + s);
-    let inv = 1.0 / sum;
+}
+
+/// `x[i] *= inv` over a row.
+#[inline]
+fn scale(isa: Isa, x: &mut [f32], inv: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: the instruction set was detected on this CPU.
+        return unsafe { x86::scale_512(x, inv) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: the instruction set was detected on this CPU.
+        return unsafe { x86::scale_256(x, inv) };
+    }
+    let _ = isa;
     for s in x.iter_mut() {
         *s *= inv;
     }
@@ -1058,11 +1114,11 @@ mod x86 {
         }
     }
 
-    /// [`super::softmax`] eight positions at a time with AVX2: as [`softmax_512`] (the
-    /// maximum over 8 lanes, `e^(x - max)` by [`expf_256`], the sum in order as the scalar
-    /// loop takes it, the scaling 8 at a time), so the scalar loop's results.
+    /// [`super::exp_from_max`] eight positions at a time with AVX2: as [`exp_from_max_512`]
+    /// (the maximum over 8 lanes, `e^(x - max)` by [`expf_256`]; the last part chunk through a
+    /// masked load whose missing lanes are `max`, and a masked store).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn softmax_256(x: &mut [f32]) {
+    pub(super) unsafe fn exp_from_max_256(x: &mut [f32]) {
         let whole = x.len() / 8 * 8;
         let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
         for c in x[..whole].chunks_exact(8) {
@@ -1077,21 +1133,30 @@ mod x86 {
             .chain(&x[whole..])
             .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let m = _mm256_set1_ps(max);
-        let mut sum = 0f32;
         for c in x[..whole].chunks_exact_mut(8) {
             // SAFETY: a chunk holds 8 values.
             unsafe {
                 let e = expf_256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
                 _mm256_storeu_ps(c.as_mut_ptr(), e);
             }
-            sum = c.iter().fold(sum, |a, &e| a + e);
         }
-        for s in &mut x[whole..] {
-            *s = (*s - max).exp();
-            sum += *s;
+        let rest = x.len() - whole;
+        if rest > 0 {
+            let k = tail_mask_256(rest);
+            // SAFETY: the mask's lanes are the `rest` values after `whole`.
+            unsafe {
+                let p = x.as_mut_ptr().add(whole);
+                let v = _mm256_blendv_ps(m, _mm256_maskload_ps(p, k), _mm256_castsi256_ps(k));
+                _mm256_maskstore_ps(p, k, expf_256(_mm256_sub_ps(v, m)));
+            }
         }
-        let inv = 1.0 / sum;
+    }
+
+    /// `x[i] *= inv`, eight at a time (the last part chunk masked).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scale_256(x: &mut [f32], inv: f32) {
         let iv = _mm256_set1_ps(inv);
+        let whole = x.len() / 8 * 8;
         for c in x[..whole].chunks_exact_mut(8) {
             // SAFETY: a chunk holds 8 values.
             unsafe {
@@ -1099,9 +1164,25 @@ mod x86 {
                 _mm256_storeu_ps(c.as_mut_ptr(), v);
             }
         }
-        for s in &mut x[whole..] {
-            *s *= inv;
+        let rest = x.len() - whole;
+        if rest > 0 {
+            let k = tail_mask_256(rest);
+            // SAFETY: the mask's lanes are the `rest` values after `whole`.
+            unsafe {
+                let p = x.as_mut_ptr().add(whole);
+                _mm256_maskstore_ps(p, k, _mm256_mul_ps(_mm256_maskload_ps(p, k), iv));
+            }
         }
+    }
+
+    /// Lanes `0..n` all ones, the rest zero (`n` below 8).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn tail_mask_256(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
     }
 
     /// `gate[i] = gate[i] / (1 + e^-gate[i]) * up[i]` eight at a time with AVX2: the scalar
@@ -1383,11 +1464,11 @@ mod x86 {
         }
     }
 
-    /// [`super::softmax`] sixteen positions at a time: the maximum over 16 lanes (exact: the
-    /// same as in order), `e^(x - max)` by [`expf_512`] (`f32::exp` after the last whole
-    /// chunk), the sum in order as the scalar loop takes it, the scaling 16 at a time.
+    /// [`super::exp_from_max`] sixteen positions at a time: the maximum over 16 lanes (exact:
+    /// the same as in order), then `e^(x - max)` by [`expf_512`], the last part chunk masked
+    /// (its missing lanes are `max`, whose exponential is 1 and is not stored).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub(super) unsafe fn softmax_512(x: &mut [f32]) {
+    pub(super) unsafe fn exp_from_max_512(x: &mut [f32]) {
         let whole = x.len() / 16 * 16;
         let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
         for c in x[..whole].chunks_exact(16) {
@@ -1402,34 +1483,45 @@ mod x86 {
             .chain(&x[whole..])
             .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let m = _mm512_set1_ps(max);
-        let mut sum = 0f32;
         for c in x[..whole].chunks_exact_mut(16) {
             // SAFETY: a chunk holds 16 values.
             unsafe {
-                _mm512_storeu_ps(
-                    c.as_mut_ptr(),
-                    expf_512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), m)),
-                )
-            };
-            sum = c.iter().fold(sum, |a, &e| a + e);
+                let e = expf_512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), m));
+                _mm512_storeu_ps(c.as_mut_ptr(), e);
+            }
         }
-        for s in &mut x[whole..] {
-            *s = (*s - max).exp();
-            sum += *s;
+        let rest = x.len() - whole;
+        if rest > 0 {
+            let k: __mmask16 = (1u16 << rest) - 1;
+            // SAFETY: the mask's lanes are the `rest` values after `whole`.
+            unsafe {
+                let p = x.as_mut_ptr().add(whole);
+                let e = expf_512(_mm512_sub_ps(_mm512_mask_loadu_ps(m, k, p), m));
+                _mm512_mask_storeu_ps(p, k, e);
+            }
         }
-        let inv = 1.0 / sum;
+    }
+
+    /// `x[i] *= inv`, sixteen at a time (the last part chunk masked).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn scale_512(x: &mut [f32], inv: f32) {
         let iv = _mm512_set1_ps(inv);
+        let whole = x.len() / 16 * 16;
         for c in x[..whole].chunks_exact_mut(16) {
             // SAFETY: a chunk holds 16 values.
             unsafe {
-                _mm512_storeu_ps(
-                    c.as_mut_ptr(),
-                    _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), iv),
-                )
-            };
+                let v = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), iv);
+                _mm512_storeu_ps(c.as_mut_ptr(), v);
+            }
         }
-        for s in &mut x[whole..] {
-            *s *= inv;
+        let rest = x.len() - whole;
+        if rest > 0 {
+            let k: __mmask16 = (1u16 << rest) - 1;
+            // SAFETY: the mask's lanes are the `rest` values after `whole`.
+            unsafe {
+                let p = x.as_mut_ptr().add(whole);
+                _mm512_mask_storeu_ps(p, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p), iv));
+            }
         }
     }
 
@@ -1669,31 +1761,50 @@ mod tests {
 
     /// Attention's softmax on every instruction set of this CPU against the plain loop
     /// (libm's `exp`, the sum in order), on rows of whole chunks, partial ones, and scores far
-    /// below the maximum (the lanes `expf_512` hands to `f32::exp`).
+    /// below the maximum (the lanes `expf_512` hands to `f32::exp`); 1 to 9 rows a call (the
+    /// sums side by side by fours, then the rest), each row different, each against its own
+    /// plain loop.
     #[test]
     fn softmax_is_the_plain_loop_on_every_isa() {
         let exact = cfg!(all(target_os = "linux", target_env = "gnu"));
         for len in [1usize, 15, 16, 17, 80, 100, 333] {
-            let row: Vec<f32> = (0..len)
-                .map(|i| match i % 7 {
-                    3 => -200.0 + i as f32,
-                    5 => f32::NEG_INFINITY,
-                    _ => ((i * 37) % 101) as f32 * 0.173 - 8.0,
-                })
-                .collect();
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut want: Vec<f32> = row.iter().map(|&s| (s - max).exp()).collect();
-            let sum = want.iter().fold(0f32, |a, &s| a + s);
-            want.iter_mut().for_each(|s| *s *= 1.0 / sum);
-            for isa in Isa::available() {
-                let mut got = row.clone();
-                softmax(isa, &mut got);
-                for (g, w) in got.iter().zip(&want) {
-                    let ulps = (g.to_bits() as i64 - w.to_bits() as i64).abs();
-                    assert!(
-                        ulps == 0 || (!exact && ulps <= 2),
-                        "{isa:?} len {len}: {g:e} against {w:e}"
-                    );
+            let row = |r: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|i| match (i + r) % 7 {
+                        3 => -200.0 + i as f32,
+                        5 => f32::NEG_INFINITY,
+                        _ => ((i * 37 + r * 11) % 101) as f32 * 0.173 - 8.0 + r as f32,
+                    })
+                    .collect()
+            };
+            let plain = |x: &[f32]| -> Vec<f32> {
+                let max = x.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut e: Vec<f32> = x.iter().map(|&s| (s - max).exp()).collect();
+                let sum = e.iter().fold(0f32, |a, &s| a + s);
+                e.iter_mut().for_each(|s| *s *= 1.0 / sum);
+                e
+            };
+            for rows in [1usize, 3, 4, 7, 9] {
+                let x: Vec<f32> = (0..rows).flat_map(row).collect();
+                for isa in Isa::available() {
+                    let mut got = x.clone();
+                    // A part row after the whole ones is left as it is.
+                    if len > 1 {
+                        got.push(7.0);
+                    }
+                    softmax_rows(isa, &mut got, len);
+                    if len > 1 {
+                        assert_eq!(got.pop(), Some(7.0));
+                    }
+                    for (r, got) in got.chunks_exact(len).enumerate() {
+                        for (g, w) in got.iter().zip(plain(&x[r * len..(r + 1) * len])) {
+                            let ulps = (g.to_bits() as i64 - w.to_bits() as i64).abs();
+                            assert!(
+                                ulps == 0 || (!exact && ulps <= 2),
+                                "{isa:?} len {len}, row {r} of {rows}: {g:e} against {w:e}"
+                            );
+                        }
+                    }
                 }
             }
         }
