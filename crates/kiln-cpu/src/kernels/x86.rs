@@ -325,12 +325,16 @@ unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
     // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
     // activation access inside a token's `nb` blocks.
     unsafe {
-        if C <= 4 {
+        if C <= 4 || C == 8 {
             // Two blocks a turn, even ones into `acc[0]` and odd ones into `acc[1]`, and the
             // minimums' terms in a loop of their own (the panel is then in the L1 cache): the
             // same operations in the same order as below, with every accumulator in a
-            // register. With more tokens they would not all fit, and the loop below (whose
-            // accumulators the compiler keeps in memory) runs faster.
+            // register (at 8 tokens, 16 of them beside the block's 8 registers of values).
+            // Eight tokens so ran 1.02x to 1.10x as fast as two passes of four over the panel
+            // (the way before; medians of 7 alternated pairs, 1536x576, 576x1536, 4096x576 and
+            // 49152x576 at 8 tokens, one thread) and 1.04x to 1.07x in a prompt's pass (16 and
+            // 64 tokens); 5 to 7 tokens in registers ran 0.92x to 0.98x as fast as the loop
+            // below (whose accumulators the compiler keeps in memory), which they keep.
             let [even, odd] = &mut acc;
             let mut b = 0;
             while b < a.nb {
@@ -588,19 +592,17 @@ macro_rules! panels {
                     let v = a.with_offsets(nt, &mut buf);
                     return $name(w, rb, nr, &v, nt, o);
                 }
-                // With `$halves`, a tile of eight tokens goes as two of four against the same
-                // panel (the second pass expected to find it in L1): four tokens' accumulators
-                // fit in registers, eight do not (see `q4_1_panel`; on AVX2 Q4_1 takes eight in
-                // one call, `q4_1_panel_256`, by groups of four inside its loop over blocks, its
-                // float accumulators in memory); a lane's operations do not
-                // depend on how many tokens share a call, so the results are the same. It does
-                // so when more tokens follow the tile (a prompt's pass), or when the panel is
-                // small enough for the second pass to be expected in L1 (HALVES_PANEL_BYTES: 8
-                // rows of decode of the default model, 2.6% faster over 8 alternated pairs). With
-                // every panel by halves, 8 rows of a Qwen2.5-0.5B-shaped Q4_1 file ran 7%
-                // slower; with its down product's 48 KB panels left whole, 1.003x over 5
-                // pairs. (`gemm_rows` makes tiles of eight while more follow, so fewer than
-                // eight are never split.)
+                // With `$halves` (AVX2's Q4_0, Q5_0, Q4_K and Q6_K panels), a tile of eight
+                // tokens goes as two of four against the same panel (the second pass expected
+                // to find it in L1); a lane's operations do not depend on how many tokens share
+                // a call, so the results are the same. It does so when more tokens follow the
+                // tile (a prompt's pass), or when the panel is small enough for the second pass
+                // to be expected in L1 (HALVES_PANEL_BYTES). Measured when AVX-512's Q4_1 went
+                // so (it takes eight in registers now, `q4_1_panel`): 8 rows of decode of the
+                // default model 2.6% faster over 8 alternated pairs; with every panel by
+                // halves, 8 rows of a Qwen2.5-0.5B-shaped Q4_1 file ran 7% slower, with its
+                // down product's 48 KB panels left whole, 1.003x over 5 pairs. (`gemm_rows`
+                // makes tiles of eight while more follow, so fewer than eight are never split.)
                 let halves = $halves && (a.tokens() > nt || rb * super::PANEL <= HALVES_PANEL_BYTES);
                 match nt {
                     1 => $panel::<1 $(, $f)?>(w, a, o),
@@ -623,13 +625,13 @@ macro_rules! panels {
     };
 }
 
-// Q4_1 by halves in a prompt's pass (AVX-512; on AVX2 `q4_1_panel_256` groups tokens
-// itself): `kiln bench -p 512 -g 16`, prefill 2,312 / 2,343 tok/s
-// against 2,021 / 2,060 on the default model, 1,100 / 1,103 against 944 / 964 on a
-// Qwen2.5-0.5B-shaped Q4_1 file. The offset formats are not: a SmolLM2-135M Q8_0 file ran 13%
-// slower so (8 rows of decode).
+// Q4_1 takes 8 tokens in one pass (AVX-512: `q4_1_panel`'s accumulators in registers; on
+// AVX2 `q4_1_panel_256` groups tokens itself); it went by halves before, which had run a
+// prompt's pass faster than its loop with accumulators in memory (`kiln bench -p 512 -g 16`,
+// prefill 2,312 / 2,343 tok/s against 2,021 / 2,060 on the default model). The offset formats
+// do not go by halves: a SmolLM2-135M Q8_0 file ran 13% slower so (8 rows of decode).
 panels!(q4_0_512_panels, offset_panel<Q4Panel>, Q4_0, true, false);
-panels!(q4_1_512_panels, q4_1_panel, Q4_1, false, true);
+panels!(q4_1_512_panels, q4_1_panel, Q4_1, false, false);
 panels!(q4_1_256_panels, q4_1_panel_256, Q4_1, false, false);
 panels!(q8_0_256_panels, q8_0_panel_256, Q8_0, false, false);
 panels!(q4_0_256_panels, offset_panel_256<Q4Panel>, Q4_0, true, true);
