@@ -306,6 +306,27 @@ macro_rules! by_groups_of_4 {
     };
 }
 
+/// The products of block `$b` of a panel with the tokens `$tp`, added into `$acc` (a
+/// register a token; `C`, `$tp` and `$acc` as in [`q4_1_panel`] and [`offset_panel`]), the
+/// block's scales and 8 registers of values given by `$decode` (a block's base pointer to
+/// them) and each token's integer sum starting at `$start` (a token index to a vector). A
+/// macro, written out where it is used, not a function: at 8 tokens the compiler kept such a
+/// function (`#[inline]`; `#[inline(always)]` is not allowed beside `#[target_feature]`) as a
+/// call taking its accumulators through memory, and the products of 8 tokens ran 1.04x to
+/// 1.10x as fast written out (docs/PERF.md, fortieth session).
+macro_rules! panel_block {
+    ($w:expr, $bytes:expr, $b:expr, $tp:expr, $acc:expr, $decode:expr, $start:expr) => {{
+        let base = $w.add($b * $bytes);
+        prefetch_block(base, $bytes);
+        let (dw, wk): (__m512, [__m512i; 8]) = $decode(base);
+        for t in 0..C {
+            let sum = panel_sum(&wk, $tp[t].0.add(32 * $b), $start(t));
+            let da = _mm512_set1_ps(*$tp[t].1.add($b));
+            $acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), $acc[t]);
+        }
+    }};
+}
+
 /// A Q4_1 panel (16 rows in [`super::repack`]'s layout) against `C` tokens, a row per lane:
 /// for each block, 4 registers of nibbles decode once into 8 of values (`4k..4k + 4` of
 /// every row; low nibbles are values `0..16`, high ones `16..32`), then per token 8
@@ -316,89 +337,50 @@ macro_rules! by_groups_of_4 {
 /// lanes and are added last, as llama.cpp's Q4_1 product does. A lane sees the same
 /// operations whatever `C` is, so a token's result does not depend on how many share the
 /// call.
+///
+/// Two blocks a turn, the even one into `acc[0]` and the odd one into `acc[1]`, every
+/// accumulator in a register (at 8 tokens, 16 of them beside the block's 8 registers of
+/// values), and the minimums' terms in a loop of their own after (the panel is then in L1).
+/// Before, 5 to 8 tokens kept their accumulators in memory, a block at a time, and 8 went as
+/// two passes of 4 over the panel; 8 tokens so run 1.04x to 1.10x as fast as two passes of
+/// 4 and 5 to 7 tokens 0.98x to 1.05x as fast as the loop in memory (7 or 9 alternated pairs
+/// in one process, 1536x576, 576x1536 and 49152x576, two threads; docs/PERF.md, fortieth
+/// session).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
     let tp: [_; C] = core::array::from_fn(|t| a.ptrs(t));
-    let mut acc = [[_mm512_setzero_ps(); C]; 2];
+    let [mut even, mut odd] = [[_mm512_setzero_ps(); C]; 2];
     let mut mins = [_mm512_setzero_ps(); C];
     // SAFETY: every weight access is inside the panel (`nb` blocks of 16 x 20 bytes), every
     // activation access inside a token's `nb` blocks.
     unsafe {
-        if C <= 4 || C == 8 {
-            // Two blocks a turn, even ones into `acc[0]` and odd ones into `acc[1]`, and the
-            // minimums' terms in a loop of their own (the panel is then in the L1 cache): the
-            // same operations in the same order as below, with every accumulator in a
-            // register (at 8 tokens, 16 of them beside the block's 8 registers of values).
-            // Eight tokens so ran 1.02x to 1.10x as fast as two passes of four over the panel
-            // (the way before; medians of 7 alternated pairs, 1536x576, 576x1536, 4096x576 and
-            // 49152x576 at 8 tokens, one thread) and 1.04x to 1.07x in a prompt's pass (16 and
-            // 64 tokens); 5 to 7 tokens in registers ran 0.92x to 0.98x as fast as the loop
-            // below (whose accumulators the compiler keeps in memory), which they keep.
-            let [even, odd] = &mut acc;
-            let mut b = 0;
-            while b < a.nb {
-                q4_1_block(w, &tp, b, even);
-                if b + 1 < a.nb {
-                    q4_1_block(w, &tp, b + 1, odd);
-                }
-                b += 2;
+        let decode = |base: *const u8| {
+            let dm = _mm512_loadu_si512(base.cast());
+            (
+                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)),
+                nibbles(base.add(64)),
+            )
+        };
+        let zero = |_| _mm512_setzero_si512();
+        let mut b = 0;
+        while b < a.nb {
+            panel_block!(w, 320, b, tp, even, decode, zero);
+            if b + 1 < a.nb {
+                panel_block!(w, 320, b + 1, tp, odd, decode, zero);
             }
-            for b in 0..a.nb {
-                let dm = _mm512_loadu_si512(w.add(b * 320).cast());
-                let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
-                for t in 0..C {
-                    mins[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*tp[t].2.add(b)), mins[t]);
-                }
-            }
-        } else {
-            for b in 0..a.nb {
-                let base = w.add(b * 320);
-                prefetch_block(base, 320);
-                let dm = _mm512_loadu_si512(base.cast());
-                let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
-                let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
-                let wk = nibbles(base.add(64));
-                for t in 0..C {
-                    let sum = panel_sum(&wk, tp[t].0.add(32 * b), _mm512_setzero_si512());
-                    let da = _mm512_set1_ps(*tp[t].1.add(b));
-                    let sa = _mm512_set1_ps(*tp[t].2.add(b));
-                    let e = &mut acc[b % 2][t];
-                    *e = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), *e);
-                    mins[t] = _mm512_fmadd_ps(mw, sa, mins[t]);
-                }
+            b += 2;
+        }
+        for b in 0..a.nb {
+            let dm = _mm512_loadu_si512(w.add(b * 320).cast());
+            let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
+            for t in 0..C {
+                mins[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*tp[t].2.add(b)), mins[t]);
             }
         }
         for t in 0..C {
-            let v = _mm512_add_ps(acc[0][t], acc[1][t]);
+            let v = _mm512_add_ps(even[t], odd[t]);
             store_lanes(_mm512_add_ps(v, mins[t]), o, t);
-        }
-    }
-}
-
-/// The products of block `b` of a Q4_1 panel with `C` tokens, added into `acc`.
-///
-/// # Safety
-/// As [`q4_1_panel`]'s, for a block `b < nb`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_1_block<const C: usize>(
-    w: *const u8,
-    tp: &[(*const i8, *const f32, *const f32); C],
-    b: usize,
-    acc: &mut [__m512; C],
-) {
-    // SAFETY: the caller's.
-    unsafe {
-        let base = w.add(b * 320);
-        prefetch_block(base, 320);
-        let dm = _mm512_loadu_si512(base.cast());
-        let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
-        let wk = nibbles(base.add(64));
-        for t in 0..C {
-            let sum = panel_sum(&wk, tp[t].0.add(32 * b), _mm512_setzero_si512());
-            let da = _mm512_set1_ps(*tp[t].1.add(b));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), acc[t]);
         }
     }
 }
@@ -435,6 +417,9 @@ trait OffsetPanel {
     /// The activations' block offset (`-128` times the block's sum of values,
     /// [`super::QAct::offsets`]) shifted right by this is `-K` times the sum.
     const SHIFT: u32;
+    /// Whether 5 to 8 tokens keep their accumulators in registers, two blocks a turn (see
+    /// [`offset_panel`]).
+    const IN_REGISTERS: bool = false;
     /// The 16 rows' scales, then 8 registers of stored values, register `k` holding values
     /// `4k..4k + 4` of every row.
     ///
@@ -454,6 +439,7 @@ struct Q5Panel;
 impl OffsetPanel for Q8Panel {
     const BYTES: usize = 16 * 34;
     const SHIFT: u32 = 0;
+    const IN_REGISTERS: bool = true;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn decode(base: *const u8) -> (__m512, [__m512i; 8]) {
@@ -511,7 +497,12 @@ impl OffsetPanel for Q5Panel {
 /// A panel of an [`OffsetPanel`] format against `C` tokens, a row per lane as in
 /// [`q4_1_panel`]: each lane's integer sum starts at the token's block offset scaled to the
 /// format's `K`, so the 8 `vpdpbusd` of the stored values leave the exact product of the true
-/// ones; even and odd blocks in two accumulators.
+/// ones; even and odd blocks in two accumulators. With `F::IN_REGISTERS` (Q8_0) and 5 to 8
+/// tokens, two blocks a turn with every accumulator in a register, as [`q4_1_panel`]: the
+/// same operations in the same order. Q8_0 ran so 1.02x to 1.07x as fast at 5 to 8 tokens;
+/// Q4_0 and Q5_0 0.94x to 1.04x, and Q8_0 at 4 tokens 0.94x on the 49152x576 output head, so
+/// those keep the loop below (7 or 9 alternated pairs in one process, two threads;
+/// docs/PERF.md, fortieth session).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn offset_panel<const C: usize, F: OffsetPanel>(w: *const u8, a: &ActView, o: &mut Tile) {
@@ -522,6 +513,23 @@ unsafe fn offset_panel<const C: usize, F: OffsetPanel>(w: *const u8, a: &ActView
     // activation access inside a token's `nb` blocks (the caller checked the offsets are
     // there).
     unsafe {
+        if F::IN_REGISTERS && C >= 5 {
+            let [mut even, mut odd] = acc;
+            let decode = |base: *const u8| F::decode(base);
+            let start = |b: usize| move |t: usize| _mm512_set1_epi32(*off[t].add(b) >> F::SHIFT);
+            let mut b = 0;
+            while b < a.nb {
+                panel_block!(w, F::BYTES, b, tp, even, decode, start(b));
+                if b + 1 < a.nb {
+                    panel_block!(w, F::BYTES, b + 1, tp, odd, decode, start(b + 1));
+                }
+                b += 2;
+            }
+            for t in 0..C {
+                store_lanes(_mm512_add_ps(even[t], odd[t]), o, t);
+            }
+            return;
+        }
         for b in 0..a.nb {
             let base = w.add(b * F::BYTES);
             prefetch_block(base, F::BYTES);
