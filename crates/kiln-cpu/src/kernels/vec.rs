@@ -1133,36 +1133,27 @@ mod x86 {
             .chain(&x[whole..])
             .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let m = _mm256_set1_ps(max);
-        for c in x[..whole].chunks_exact_mut(8) {
-            // SAFETY: a chunk holds 8 values.
-            unsafe {
-                let e = expf_256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
-                _mm256_storeu_ps(c.as_mut_ptr(), e);
-            }
-        }
-        let rest = x.len() - whole;
-        if rest > 0 {
-            let k = tail_mask_256(rest);
-            // SAFETY: the mask's lanes are the `rest` values after `whole`.
-            unsafe {
-                let p = x.as_mut_ptr().add(whole);
-                let v = _mm256_blendv_ps(m, _mm256_maskload_ps(p, k), _mm256_castsi256_ps(k));
-                _mm256_maskstore_ps(p, k, expf_256(_mm256_sub_ps(v, m)));
-            }
-        }
+        // SAFETY: the caller's CPU has the features.
+        unsafe { map_256(x, m, |v| expf_256(_mm256_sub_ps(v, m))) };
     }
 
-    /// `x[i] *= inv`, eight at a time (the last part chunk masked).
+    /// `x[i] *= inv`, eight at a time.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn scale_256(x: &mut [f32], inv: f32) {
         let iv = _mm256_set1_ps(inv);
+        // SAFETY: the caller's CPU has the features.
+        unsafe { map_256(x, iv, |v| _mm256_mul_ps(v, iv)) };
+    }
+
+    /// `x[i] = f(x[i])` eight at a time, the last part chunk through a masked load (its
+    /// missing lanes `fill`, whose results are not stored) and a masked store.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn map_256(x: &mut [f32], fill: __m256, f: impl Fn(__m256) -> __m256) {
         let whole = x.len() / 8 * 8;
         for c in x[..whole].chunks_exact_mut(8) {
             // SAFETY: a chunk holds 8 values.
-            unsafe {
-                let v = _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), iv);
-                _mm256_storeu_ps(c.as_mut_ptr(), v);
-            }
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), f(_mm256_loadu_ps(c.as_ptr()))) };
         }
         let rest = x.len() - whole;
         if rest > 0 {
@@ -1170,7 +1161,8 @@ mod x86 {
             // SAFETY: the mask's lanes are the `rest` values after `whole`.
             unsafe {
                 let p = x.as_mut_ptr().add(whole);
-                _mm256_maskstore_ps(p, k, _mm256_mul_ps(_mm256_maskload_ps(p, k), iv));
+                let v = _mm256_blendv_ps(fill, _mm256_maskload_ps(p, k), _mm256_castsi256_ps(k));
+                _mm256_maskstore_ps(p, k, f(v));
             }
         }
     }
@@ -1483,36 +1475,27 @@ mod x86 {
             .chain(&x[whole..])
             .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let m = _mm512_set1_ps(max);
-        for c in x[..whole].chunks_exact_mut(16) {
-            // SAFETY: a chunk holds 16 values.
-            unsafe {
-                let e = expf_512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), m));
-                _mm512_storeu_ps(c.as_mut_ptr(), e);
-            }
-        }
-        let rest = x.len() - whole;
-        if rest > 0 {
-            let k: __mmask16 = (1u16 << rest) - 1;
-            // SAFETY: the mask's lanes are the `rest` values after `whole`.
-            unsafe {
-                let p = x.as_mut_ptr().add(whole);
-                let e = expf_512(_mm512_sub_ps(_mm512_mask_loadu_ps(m, k, p), m));
-                _mm512_mask_storeu_ps(p, k, e);
-            }
-        }
+        // SAFETY: the caller's CPU has the features.
+        unsafe { map_512(x, m, |v| expf_512(_mm512_sub_ps(v, m))) };
     }
 
-    /// `x[i] *= inv`, sixteen at a time (the last part chunk masked).
+    /// `x[i] *= inv`, sixteen at a time.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub(super) unsafe fn scale_512(x: &mut [f32], inv: f32) {
         let iv = _mm512_set1_ps(inv);
+        // SAFETY: the caller's CPU has the features.
+        unsafe { map_512(x, iv, |v| _mm512_mul_ps(v, iv)) };
+    }
+
+    /// `x[i] = f(x[i])` sixteen at a time, the last part chunk through a masked load (its
+    /// missing lanes `fill`, whose results are not stored) and a masked store.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn map_512(x: &mut [f32], fill: __m512, f: impl Fn(__m512) -> __m512) {
         let whole = x.len() / 16 * 16;
         for c in x[..whole].chunks_exact_mut(16) {
             // SAFETY: a chunk holds 16 values.
-            unsafe {
-                let v = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), iv);
-                _mm512_storeu_ps(c.as_mut_ptr(), v);
-            }
+            unsafe { _mm512_storeu_ps(c.as_mut_ptr(), f(_mm512_loadu_ps(c.as_ptr()))) };
         }
         let rest = x.len() - whole;
         if rest > 0 {
@@ -1520,7 +1503,7 @@ mod x86 {
             // SAFETY: the mask's lanes are the `rest` values after `whole`.
             unsafe {
                 let p = x.as_mut_ptr().add(whole);
-                _mm512_mask_storeu_ps(p, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p), iv));
+                _mm512_mask_storeu_ps(p, k, f(_mm512_mask_loadu_ps(fill, k, p)));
             }
         }
     }
