@@ -342,9 +342,11 @@ macro_rules! panel_block {
 /// accumulator in a register (at 8 tokens, 16 of them beside the block's 8 registers of
 /// values), and the minimums' terms in a loop of their own after (the panel is then in L1).
 /// Before, 5 to 8 tokens kept their accumulators in memory, a block at a time, and 8 went as
-/// two passes of 4 over the panel; 8 tokens so run 1.04x to 1.10x as fast as two passes of
-/// 4 and 5 to 7 tokens 0.98x to 1.05x as fast as the loop in memory (7 or 9 alternated pairs
-/// in one process, 1536x576, 576x1536 and 49152x576, two threads; docs/PERF.md, fortieth
+/// two passes of 4 over the panel where it is at most 16 KB or more tokens follow. In
+/// registers 8 tokens ran 1.02x to 1.10x as fast as two passes of 4 (the block then a
+/// function), and 1.06x to 1.10x as fast again with the block written out; 5 to 7 tokens 0.98x
+/// to 1.06x as fast as the loop in memory (old and new alternated in one process, 7 or 9 pairs,
+/// 1536x576, 576x1536, 4096x576 and 49152x576, one and two threads; docs/PERF.md, fortieth
 /// session).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
