@@ -536,10 +536,10 @@ impl CpuBackend {
                 // Asked for all at once before the job, as before, the requests filled the
                 // core's miss buffers and the job waited behind them (most of the job loop's
                 // samples sat on the prefetches): spread so, 8 sequences of 150 positions
-                // with a product between layers ran 1.15x to 1.17x as fast, one sequence
-                // 1.07x to 1.13x, the Qwen2.5-0.5B shape at 600 positions 1.02x to 1.05x, with
-                // AVX2 1.08x and 1.15x; with the keys and values already in the caches it
-                // costs 2% to 10% (docs/PERF.md, fortieth session).
+                // with a product between layers ran 1.09x as fast (separate processes; 1.15x
+                // to 1.17x in one process for a first version that asked for two lines a
+                // position, not three), and 0.86x with the keys and values already in the
+                // caches (docs/PERF.md, fortieth session).
                 let line = (64 / std::mem::size_of::<T>()).max(1);
                 // The head after job `job`'s (its block table, positions and key-value head),
                 // found from the current job's sequence (`s`, whose jobs start at `start`): it
