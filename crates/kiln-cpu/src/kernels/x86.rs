@@ -309,7 +309,7 @@ macro_rules! by_groups_of_4 {
 /// The products of block `$b` of a panel with the tokens `$tp`, added into `$acc` (a
 /// register a token; `C`, `$tp` and `$acc` as in [`q4_1_panel`] and [`offset_panel`]), the
 /// block's scales and 8 registers of values given by `$decode` (a block's base pointer to
-/// them) and each token's integer sum starting at `$start` (a token index to a vector). A
+/// them) and each token's integer sum starting at `$start(b, t)` (a vector). A
 /// macro, written out where it is used, not a function: at 8 tokens the compiler kept such a
 /// function (`#[inline]`; `#[inline(always)]` is not allowed beside `#[target_feature]`) as a
 /// call taking its accumulators through memory, and the products of 8 tokens ran 1.04x to
@@ -320,7 +320,7 @@ macro_rules! panel_block {
         prefetch_block(base, $bytes);
         let (dw, wk): (__m512, [__m512i; 8]) = $decode(base);
         for t in 0..C {
-            let sum = panel_sum(&wk, $tp[t].0.add(32 * $b), $start(t));
+            let sum = panel_sum(&wk, $tp[t].0.add(32 * $b), $start($b, t));
             let da = _mm512_set1_ps(*$tp[t].1.add($b));
             $acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), $acc[t]);
         }
@@ -344,7 +344,7 @@ macro_rules! panel_block {
 /// Before, 5 to 8 tokens kept their accumulators in memory, a block at a time, and 8 went as
 /// two passes of 4 over the panel where it is at most 16 KB or more tokens follow. In
 /// registers 8 tokens ran 1.02x to 1.10x as fast as two passes of 4 (the block then a
-/// function), and 1.06x to 1.10x as fast again with the block written out; 5 to 7 tokens 0.98x
+/// function), and 1.04x to 1.10x as fast again with the block written out; 5 to 7 tokens 0.98x
 /// to 1.06x as fast as the loop in memory (old and new alternated in one process, 7 or 9 pairs,
 /// 1536x576, 576x1536, 4096x576 and 49152x576, one and two threads; docs/PERF.md, fortieth
 /// session).
@@ -364,7 +364,7 @@ unsafe fn q4_1_panel<const C: usize>(w: *const u8, a: &ActView, o: &mut Tile) {
                 nibbles(base.add(64)),
             )
         };
-        let zero = |_| _mm512_setzero_si512();
+        let zero = |_, _| _mm512_setzero_si512();
         let mut b = 0;
         while b < a.nb {
             panel_block!(w, 320, b, tp, even, decode, zero);
@@ -501,9 +501,9 @@ impl OffsetPanel for Q5Panel {
 /// format's `K`, so the 8 `vpdpbusd` of the stored values leave the exact product of the true
 /// ones; even and odd blocks in two accumulators. With `F::IN_REGISTERS` (Q8_0) and 5 to 8
 /// tokens, two blocks a turn with every accumulator in a register, as [`q4_1_panel`]: the
-/// same operations in the same order. Q8_0 ran so 1.02x to 1.07x as fast at 5 to 8 tokens;
+/// same operations in the same order. Q8_0 ran so 1.02x to 1.08x as fast at 5 to 8 tokens;
 /// Q4_0 and Q5_0 0.94x to 1.04x, and Q8_0 at 4 tokens 0.94x on the 49152x576 output head, so
-/// those keep the loop below (7 or 9 alternated pairs in one process, two threads;
+/// those keep the loop (7 or 9 alternated pairs in one process, one and two threads;
 /// docs/PERF.md, fortieth session).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -515,33 +515,21 @@ unsafe fn offset_panel<const C: usize, F: OffsetPanel>(w: *const u8, a: &ActView
     // activation access inside a token's `nb` blocks (the caller checked the offsets are
     // there).
     unsafe {
+        let start = |b: usize, t: usize| _mm512_set1_epi32(*off[t].add(b) >> F::SHIFT);
         if F::IN_REGISTERS && C >= 5 {
-            let [mut even, mut odd] = acc;
-            let decode = |base: *const u8| F::decode(base);
-            let start = |b: usize| move |t: usize| _mm512_set1_epi32(*off[t].add(b) >> F::SHIFT);
+            let [even, odd] = &mut acc;
             let mut b = 0;
             while b < a.nb {
-                panel_block!(w, F::BYTES, b, tp, even, decode, start(b));
+                panel_block!(w, F::BYTES, b, tp, even, F::decode, start);
                 if b + 1 < a.nb {
-                    panel_block!(w, F::BYTES, b + 1, tp, odd, decode, start(b + 1));
+                    panel_block!(w, F::BYTES, b + 1, tp, odd, F::decode, start);
                 }
                 b += 2;
             }
-            for t in 0..C {
-                store_lanes(_mm512_add_ps(even[t], odd[t]), o, t);
-            }
-            return;
-        }
-        for b in 0..a.nb {
-            let base = w.add(b * F::BYTES);
-            prefetch_block(base, F::BYTES);
-            let (dw, wk) = F::decode(base);
-            for t in 0..C {
-                let start = _mm512_set1_epi32(*off[t].add(b) >> F::SHIFT);
-                let sum = panel_sum(&wk, tp[t].0.add(32 * b), start);
-                let da = _mm512_set1_ps(*tp[t].1.add(b));
-                let e = &mut acc[b % 2][t];
-                *e = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, da), *e);
+        } else {
+            for b in 0..a.nb {
+                let acc = &mut acc[b % 2];
+                panel_block!(w, F::BYTES, b, tp, acc, F::decode, start);
             }
         }
         for t in 0..C {
