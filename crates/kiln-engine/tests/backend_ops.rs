@@ -555,14 +555,15 @@ fn decode_attention_of_many_rows_on<B: Backend>(b: B, gpu: bool) {
 /// Sampling where the logits are, against the host reference of `kiln_model::sample` on the
 /// same logits: greedy rows agree exactly; sampled rows agree on the token (the GPU's `exp` and
 /// `log` may differ in the last bits, which moves a draw only at a boundary), always respect
-/// top-k, and log-probabilities agree to 1e-3.
+/// top-k, and log-probabilities agree to 1e-3. On the CPU (two threads: rows that can be are
+/// sampled in parts of the row, joined after) every token is the host's.
 #[test]
 fn sample_matches_the_host_reference() {
-    let (d, _) = device();
-    kiln_engine::with_backend!(d, b => sample_matches_the_host_reference_on(b))
+    let (d, gpu) = device();
+    kiln_engine::with_backend!(d, b => sample_matches_the_host_reference_on(b, !gpu))
 }
 
-fn sample_matches_the_host_reference_on<B: Backend>(b: B) {
+fn sample_matches_the_host_reference_on<B: Backend>(b: B, exact: bool) {
     use kiln_model::sample::{sample_rows, Adjust, RowSampling, Scratch};
     let mut rng = Rng(0x5A3D_1E55);
     // The last width has few distinct values: many equal logits at every boundary. Slices of
@@ -741,7 +742,7 @@ fn sample_matches_the_host_reference_on<B: Backend>(b: B) {
             }
         }
         assert!(
-            same * 100 >= rows.len() * 97,
+            same * 100 >= rows.len() * 97 && (!exact || same == rows.len()),
             "width {width}: {same} of {} draws agree with the host",
             rows.len()
         );
