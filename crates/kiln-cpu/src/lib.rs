@@ -144,6 +144,67 @@ impl CpuBackend {
 
     /// [`Backend::matmul_many`] over (matrix, output) pairs as they come, so a caller holding
     /// them in other types passes them without collecting them first.
+    /// Whether [`Backend::matmul_swiglu`] runs as one task ([`CpuBackend::swiglu_task`]).
+    fn swiglu_fuses(
+        &self,
+        w_gate: &CpuMat,
+        w_up: &CpuMat,
+        n: usize,
+        ffn: usize,
+        gate: &[f32],
+        up: &[f32],
+    ) -> bool {
+        let quant = |w: &CpuMat| matches!(w.kernel, matmul::Kernel::Quant(_)) && w.raw.rows == ffn;
+        quant(w_gate)
+            && quant(w_up)
+            && ffn.is_multiple_of(matmul::THEN_ALIGN)
+            && self.pool.n_threads() > 1
+            && n * ffn <= gate.len().min(up.len())
+    }
+
+    /// The gate and up products and `silu(gate) * up` as one task (see
+    /// [`Backend::matmul_swiglu`]), each thread then quantizing its rows of the results into
+    /// `quantize` where given (see [`Backend::feed_forward`]).
+    #[allow(clippy::too_many_arguments)]
+    fn swiglu_task(
+        &self,
+        w_gate: &CpuMat,
+        w_up: &CpuMat,
+        x: &[f32],
+        n: usize,
+        ffn: usize,
+        gate: &mut [f32],
+        up: &mut [f32],
+        quantize: Option<kernels::QActParts>,
+    ) {
+        let isa = self.isa;
+        let then = move |r0: usize, r1: usize, outs: &[SyncPtr<f32>]| {
+            let [g, u] = outs else {
+                unreachable!("two products, gate and up")
+            };
+            for t in 0..n {
+                // SAFETY: `g` and `u` are the outputs the products were given (`n * ffn`
+                // values each, checked by `swiglu_fuses`); rows `r0..r1` of every token
+                // belong to this thread, and its products of them are done.
+                let (gs, us) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(g.at(t * ffn + r0), r1 - r0),
+                        std::slice::from_raw_parts(u.at(t * ffn + r0).cast_const(), r1 - r0),
+                    )
+                };
+                kernels::vec::silu_mul(isa, gs, us);
+                if let Some(q) = &quantize {
+                    // SAFETY: `q` holds `n` rows of `ffn` (`QAct::prepare_blocks`); rows
+                    // `r0..r1` are whole blocks (multiples of `THEN_ALIGN`, of 32, or `ffn`)
+                    // that no other thread takes.
+                    unsafe { q.quantize_blocks(isa, t, r0 / 32, gs) };
+                }
+            }
+        };
+        let parts = [(w_gate, gate), (w_up, up)].map(|(w, o)| (w.kernel, &w.raw, o));
+        matmul::matmul_many_then(&self.pool, self.isa, parts, x, n, Some(&then));
+    }
+
     pub(crate) fn matmul_pairs<'a>(
         &self,
         parts: impl IntoIterator<Item = (&'a CpuMat, &'a mut Vec<f32>)>,
@@ -268,6 +329,9 @@ thread_local! {
     static SCRATCH_BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The calling thread's rotary angles of the last positions it rotated.
     static ROPE: RefCell<RopeAngles> = RefCell::new(Default::default());
+    /// The SwiGLU's outputs quantized for the down product by the task that made them
+    /// ([`Backend::feed_forward`]).
+    static QNEXT: RefCell<kernels::QAct> = RefCell::new(kernels::QAct::new());
 }
 
 /// Cosines and sines of the rotary angles for a list of positions: every layer of a step
@@ -959,37 +1023,52 @@ impl Backend for CpuBackend {
         gate: &mut Vec<f32>,
         up: &mut Vec<f32>,
     ) {
-        let quant = |w: &CpuMat| matches!(w.kernel, matmul::Kernel::Quant(_)) && w.raw.rows == ffn;
-        let fused = quant(w_gate)
-            && quant(w_up)
-            && ffn.is_multiple_of(matmul::THEN_ALIGN)
-            && self.pool.n_threads() > 1
-            && n * ffn <= gate.len().min(up.len());
-        if !fused {
+        if !self.swiglu_fuses(w_gate, w_up, n, ffn, gate, up) {
             self.matmul_many(&[w_gate, w_up], x, n, &mut [gate, up]);
             self.swiglu(gate, up, n * ffn);
             return;
         }
-        let isa = self.isa;
-        let then = move |r0: usize, r1: usize, outs: &[SyncPtr<f32>]| {
-            let [g, u] = outs else {
-                unreachable!("two products, gate and up")
-            };
-            for t in 0..n {
-                // SAFETY: `g` and `u` are the outputs the products were given (`n * ffn`
-                // values each, checked above); rows `r0..r1` of every token belong to this
-                // thread, and its products of them are done.
-                let (gs, us) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(g.at(t * ffn + r0), r1 - r0),
-                        std::slice::from_raw_parts(u.at(t * ffn + r0).cast_const(), r1 - r0),
-                    )
-                };
-                kernels::vec::silu_mul(isa, gs, us);
+        self.swiglu_task(w_gate, w_up, x, n, ffn, gate, up, None);
+    }
+
+    /// Where [`Backend::matmul_swiglu`] runs as one task and the down matrix is quantized
+    /// too, each thread also quantizes its rows of the SwiGLU's outputs (whole blocks:
+    /// `THEN_ALIGN` is a multiple of 32) in that task, and the down product takes them as
+    /// they are: the engine's thread quantized them alone between the tasks before (8 rows of
+    /// the default model: 5.0 us a layer in the server, the other thread waiting; docs/PERF.md,
+    /// forty-first session). Each block's values are the same bit for bit, for finite values,
+    /// as quantized whole.
+    fn feed_forward(
+        &self,
+        w_gate: &CpuMat,
+        w_up: &CpuMat,
+        w_down: &CpuMat,
+        x: &Vec<f32>,
+        n: usize,
+        ffn: usize,
+        gate: &mut Vec<f32>,
+        up: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) {
+        let down = match w_down.kernel {
+            matmul::Kernel::Quant(k)
+                if w_down.raw.cols == ffn && out.len() >= n * w_down.raw.rows =>
+            {
+                Some(k)
             }
+            _ => None,
         };
-        let parts = [(w_gate, gate), (w_up, up)].map(|(w, o)| (w.kernel, &w.raw, o.as_mut_slice()));
-        matmul::matmul_many_then(&self.pool, self.isa, parts, x, n, Some(&then));
+        let Some(down) = down.filter(|_| self.swiglu_fuses(w_gate, w_up, n, ffn, gate, up)) else {
+            self.matmul_swiglu(w_gate, w_up, x, n, ffn, gate, up);
+            self.matmul(w_down, gate, n, out);
+            return;
+        };
+        QNEXT.with(|q| {
+            let mut q = q.borrow_mut();
+            let parts = q.prepare_blocks(n, ffn, down.offsets);
+            self.swiglu_task(w_gate, w_up, x, n, ffn, gate, up, Some(parts));
+            matmul::matmul_quantized(&self.pool, w_down.kernel, &w_down.raw, &q, n, out);
+        });
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) {

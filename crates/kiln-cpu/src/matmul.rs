@@ -78,14 +78,25 @@ pub(super) fn matmul_many<'a>(
 /// this (a multiple of [`kernels::PANEL`]): whole 16-value vectors of AVX-512 and 8-value ones
 /// of AVX2, so that an elementwise vector kernel run by each thread over its rows of a row of
 /// outputs whose length is a multiple of this meets whole vectors only, as it does over the
-/// whole buffer (a vector kernel's scalar tail may round otherwise).
-pub(super) const THEN_ALIGN: usize = 16;
+/// whole buffer (a vector kernel's scalar tail may round otherwise); and whole 32-value blocks,
+/// so that each thread can quantize its rows of the outputs for the next product.
+pub(super) const THEN_ALIGN: usize = 32;
 const _: () = assert!(THEN_ALIGN.is_multiple_of(kernels::PANEL));
 
 /// The elementwise work a thread does after its share of a task's products:
 /// `then(r0, r1, outs)`, `outs` the products' outputs in the order given, rows `r0..r1` of
 /// each (for every token) the thread's own and done.
 pub(super) type Then<'a> = &'a (dyn Fn(usize, usize, &[SyncPtr<f32>]) + Sync);
+
+/// One quantized product of a task.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    k: Tiles,
+    data: &'a [u8],
+    rb: usize,
+    rows: usize,
+    out: SyncPtr<f32>,
+}
 
 /// [`matmul_many`], then, with `then`, `then(r0, r1, outs)` on each thread in the same task,
 /// after its products. Every part must then be a quantized product (integer kernels) of the
@@ -103,15 +114,6 @@ pub(super) fn matmul_many_then<'a>(
     n: usize,
     then: Option<Then<'_>>,
 ) {
-    /// One quantized product of a task.
-    #[derive(Clone, Copy)]
-    struct Job<'a> {
-        k: Tiles,
-        data: &'a [u8],
-        rb: usize,
-        rows: usize,
-        out: SyncPtr<f32>,
-    }
     let mut jobs: [Option<Job<'_>>; MAX_TOGETHER] = [None; MAX_TOGETHER];
     let mut count = 0;
     let mut cols = 0;
@@ -156,36 +158,82 @@ pub(super) fn matmul_many_then<'a>(
         if jobs.iter().flatten().any(|j| j.k.offsets) {
             q.offsets();
         }
-        let view = q.view(0, n);
-        pool.run(|i, nt| {
-            for j in jobs.iter().flatten() {
-                // Panels are split whole between threads.
-                let align = if then.is_some() {
-                    THEN_ALIGN
-                } else if j.k.layout == Layout::Panels {
-                    kernels::PANEL
-                } else {
-                    4
-                };
-                let (r0, r1) = split_range(j.rows, i, nt, align);
-                let (rows, out) = (j.rows, j.out);
-                // SAFETY: rows r0..r1 of every token belong to this thread only, and
-                // `t * rows + r + v.len()` is inside `out` (n tokens of `rows` outputs,
-                // asserted above; the run ends by r1).
-                kernels::gemm_rows(&j.k, j.data, j.rb, r0, r1, &view, |t, r, v| unsafe {
-                    std::ptr::copy_nonoverlapping(v.as_ptr(), out.at(t * rows + r), v.len())
-                });
+        run_jobs(pool, jobs, &q.view(0, n), then);
+    });
+}
+
+/// [`matmul`] of a quantized matrix (integer kernels) against activations already quantized
+/// (`q`'s `n` rows, of the matrix's width), with their block offsets where the kernel wants
+/// them (it computes them itself otherwise). Only quantized matrices come here.
+///
+/// # Panics
+/// If the matrix is not quantized, or `q` is not `n` rows of its width.
+pub(super) fn matmul_quantized(
+    pool: &ThreadPool,
+    kernel: Kernel,
+    w: &RawTensor,
+    q: &QAct,
+    n: usize,
+    out: &mut [f32],
+) {
+    let Kernel::Quant(k) = kernel else {
+        panic!("{}: not a quantized matrix", w.name);
+    };
+    assert!(out.len() >= n * w.rows, "output of {} too short", w.name);
+    let view = q.view(0, n);
+    assert!(
+        view.tokens() == n && view.cols() == w.cols,
+        "{}: activations of {} rows of {}, not {n} of {}",
+        w.name,
+        view.tokens(),
+        view.cols(),
+        w.cols
+    );
+    let job = Job {
+        k,
+        data: w.data.as_slice(),
+        rb: w.row_bytes(),
+        rows: w.rows,
+        out: SyncPtr(out.as_mut_ptr()),
+    };
+    run_jobs(pool, &[Some(job)], &view, None);
+}
+
+/// The task of [`matmul_many_then`]: each thread its rows of every job, then `then`.
+fn run_jobs(
+    pool: &ThreadPool,
+    jobs: &[Option<Job<'_>>],
+    view: &kernels::ActView,
+    then: Option<Then<'_>>,
+) {
+    pool.run(|i, nt| {
+        for j in jobs.iter().flatten() {
+            // Panels are split whole between threads.
+            let align = if then.is_some() {
+                THEN_ALIGN
+            } else if j.k.layout == Layout::Panels {
+                kernels::PANEL
+            } else {
+                4
+            };
+            let (r0, r1) = split_range(j.rows, i, nt, align);
+            let (rows, out) = (j.rows, j.out);
+            // SAFETY: rows r0..r1 of every token belong to this thread only, and
+            // `t * rows + r + v.len()` is inside `out` (n tokens of `rows` outputs,
+            // asserted by the callers; the run ends by r1).
+            kernels::gemm_rows(&j.k, j.data, j.rb, r0, r1, view, |t, r, v| unsafe {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), out.at(t * rows + r), v.len())
+            });
+        }
+        if let (Some(f), Some(first)) = (then, jobs[0]) {
+            // Every job has `first`'s rows (asserted above): the rows this thread took.
+            let (r0, r1) = split_range(first.rows, i, nt, THEN_ALIGN);
+            let mut outs = [SyncPtr(std::ptr::null_mut()); MAX_TOGETHER];
+            for (o, j) in outs.iter_mut().zip(jobs.iter().flatten()) {
+                *o = j.out;
             }
-            if let (Some(f), Some(first)) = (then, jobs[0]) {
-                // Every job has `first`'s rows (asserted above): the rows this thread took.
-                let (r0, r1) = split_range(first.rows, i, nt, THEN_ALIGN);
-                let mut outs = [SyncPtr(std::ptr::null_mut()); MAX_TOGETHER];
-                for (o, j) in outs.iter_mut().zip(jobs.iter().flatten()) {
-                    *o = j.out;
-                }
-                f(r0, r1, &outs[..jobs.len()]);
-            }
-        });
+            f(r0, r1, &outs[..jobs.len()]);
+        }
     });
 }
 

@@ -830,9 +830,12 @@ fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {
 
 /// The feed-forward block's gate and up products with `silu(gate) * up` (`matmul_swiglu`:
 /// on the CPU one task of the pool, each thread's rows through silu after its products, where
-/// the rows are a multiple of 16) give what the products followed by `swiglu` give, bit for
+/// the rows are a multiple of 32) give what the products followed by `swiglu` give, bit for
 /// bit: 1 to 9 rows, panels only, an odd number of panels, rows after the last whole panel
-/// (not a multiple of 16: the products, then `swiglu`), gate and up of one format or of two.
+/// (not a multiple of 32: the products, then `swiglu`), gate and up of one format or of two.
+/// And the whole block (`feed_forward`: on the CPU each thread also quantizes its rows of the
+/// results for the down product, which takes them as they are) gives what `matmul_swiglu`
+/// followed by the down product gives, bit for bit, where the rows are whole blocks.
 #[test]
 fn matmul_swiglu_equals_products_then_swiglu() {
     let (d, _) = device();
@@ -852,6 +855,8 @@ fn matmul_swiglu_equals_products_then_swiglu_on<B: Backend>(b: B) {
         (GgmlType::Q4_1, GgmlType::Q4_1, 1536, 576),
         (GgmlType::Q4_1, GgmlType::Q4_1, 100, 96),
         (GgmlType::Q8_0, GgmlType::Q8_0, 80, 64),
+        (GgmlType::Q8_0, GgmlType::Q8_0, 96, 64),
+        (GgmlType::Q4_0, GgmlType::Q5_0, 224, 128),
         (GgmlType::Q4_K, GgmlType::Q6_K, 208, 512),
     ] {
         let scales = |t| match t {
@@ -865,6 +870,17 @@ fn matmul_swiglu_equals_products_then_swiglu_on<B: Backend>(b: B) {
         let wu = b
             .matrix(quant_matrix(&mut rng, tu, ffn, cols, scales(tu)))
             .unwrap();
+        // The down product, of `ffn` columns, in the up matrix's format where its blocks fit.
+        let wd = (ffn % 32 == 0).then(|| {
+            let kquant = matches!(tu, GgmlType::Q4_K | GgmlType::Q6_K);
+            let td = if kquant && ffn % 256 != 0 {
+                GgmlType::Q8_0
+            } else {
+                tu
+            };
+            b.matrix(quant_matrix(&mut rng, td, cols, ffn, scales(td)))
+                .unwrap()
+        });
         for n in 1..=9 {
             let x = upload(&b, &rng.vec(n * cols));
             begin_rows(&b, &c, n);
@@ -879,6 +895,20 @@ fn matmul_swiglu_equals_products_then_swiglu_on<B: Backend>(b: B) {
                     a.to_bits() == g.to_bits() && a.is_finite(),
                     "{tg:?}/{tu:?} {ffn}x{cols}, {n} rows: value {i}: {a} then {g}"
                 );
+            }
+            if let Some(wd) = &wd {
+                let mut o1 = b.act(n * cols).unwrap();
+                b.matmul(wd, &g1, n, &mut o1);
+                let (mut g3, mut u3) = (b.act(n * ffn).unwrap(), b.act(n * ffn).unwrap());
+                let mut o3 = b.act(n * cols).unwrap();
+                b.feed_forward(&wg, &wu, wd, &x, n, ffn, &mut g3, &mut u3, &mut o3);
+                let (want, got) = (read(&b, &o1, n * cols), read(&b, &o3, n * cols));
+                for (i, (a, g)) in want.iter().zip(&got).enumerate() {
+                    assert!(
+                        a.to_bits() == g.to_bits() && a.is_finite(),
+                        "{tg:?}/{tu:?} {ffn}x{cols} then down, {n} rows: value {i}: {a} then {g}"
+                    );
+                }
             }
         }
     }

@@ -456,17 +456,18 @@ impl<B: Backend> Model<B> {
 
                 b.rms_norm(&s.x, &l.ffn_norm, c.rms_eps, n, dim, &mut s.xb);
                 lap(on, &mut t, &mut bd.norms);
-                b.matmul_swiglu(
+                b.feed_forward(
                     &l.w_gate,
                     &l.w_up,
+                    &l.w_down,
                     &s.xb,
                     n,
                     c.ffn_dim,
                     &mut s.gate,
                     &mut s.up,
+                    &mut s.att,
                 );
-                b.matmul(&l.w_down, &s.gate, n, &mut s.xb);
-                b.add(&mut s.x, &s.xb, n * dim);
+                b.add(&mut s.x, &s.att, n * dim);
                 lap(on, &mut t, &mut bd.ffn);
             }
             if r > 0 {

@@ -279,6 +279,12 @@ impl<'a> ActView<'a> {
         self.d.len().checked_div(self.nb).unwrap_or(0)
     }
 
+    /// Values a token.
+    #[inline]
+    pub fn cols(&self) -> usize {
+        32 * self.nb
+    }
+
     /// Values, scales and sums of token `t`.
     ///
     /// # Safety
@@ -379,9 +385,26 @@ impl QAct {
             qs: self.qs.as_mut_ptr(),
             d: self.d.as_mut_ptr(),
             s: self.s.as_mut_ptr(),
+            off: std::ptr::null_mut(),
             n,
             cols,
         }
+    }
+
+    /// Sizes the buffers for `n` rows of width `cols` (a multiple of 32), for threads to fill
+    /// in blocks through the returned handle ([`QActParts::quantize_blocks`]), with the block
+    /// offsets ([`QAct::offsets`]) where `offsets`.
+    pub fn prepare_blocks(&mut self, n: usize, cols: usize, offsets: bool) -> QActParts {
+        let mut parts = self.prepare(n, cols);
+        if offsets {
+            let len = n * cols / 32;
+            if self.off.len() < len {
+                self.off.resize(len, 0);
+            }
+            parts.off = self.off.as_mut_ptr();
+            self.has_off = true;
+        }
+        parts
     }
 
     /// Also keeps `-128` times each block's sum of values, for kernels that take the
@@ -688,17 +711,21 @@ fn high_bits_back(h: u32) -> u32 {
     qh
 }
 
-/// Raw access to a [`QAct`]'s buffers, for threads that each quantize their own rows.
+/// Raw access to a [`QAct`]'s buffers, for threads that each quantize their own rows, or
+/// their own blocks of every row.
 #[derive(Clone, Copy)]
 pub struct QActParts {
     qs: *mut i8,
     d: *mut f32,
     s: *mut f32,
+    /// The block offsets' buffer where they are kept ([`QAct::prepare_blocks`]), else null.
+    off: *mut i32,
     n: usize,
     cols: usize,
 }
 
-// SAFETY: the parts are only handed out as disjoint row ranges (see `rows`).
+// SAFETY: the parts are only handed out as disjoint row or block ranges (see `rows` and
+// `quantize_blocks`).
 unsafe impl Send for QActParts {}
 // SAFETY: as above.
 unsafe impl Sync for QActParts {}
@@ -721,6 +748,34 @@ impl QActParts {
                 std::slice::from_raw_parts_mut(self.d.add(t0 * nb), (t1 - t0) * nb),
                 std::slice::from_raw_parts_mut(self.s.add(t0 * nb), (t1 - t0) * nb),
             )
+        }
+    }
+
+    /// Quantizes blocks `b0..b0 + x.len() / 32` of row `t` from `x` (those blocks' values,
+    /// a multiple of 32 of them), with their offsets where the buffers keep them: each block
+    /// as [`QAct::quantize`] of the whole row gives it, bit for bit, for finite values.
+    ///
+    /// # Safety
+    /// `t < n` and the blocks lie inside the row; no two threads write the same blocks, and
+    /// the [`QAct`] is neither used nor moved meanwhile.
+    pub unsafe fn quantize_blocks(&self, isa: Isa, t: usize, b0: usize, x: &[f32]) {
+        let (nb, k) = (self.cols / 32, x.len() / 32);
+        debug_assert!(t < self.n && b0 + k <= nb && x.len() == 32 * k);
+        let at = t * nb + b0;
+        // SAFETY: inside the buffers `prepare` sized (the caller's bounds); the blocks are
+        // this thread's alone.
+        unsafe {
+            let qs = std::slice::from_raw_parts_mut(self.qs.add(32 * at), 32 * k);
+            quantize_rows(
+                isa,
+                x,
+                qs,
+                std::slice::from_raw_parts_mut(self.d.add(at), k),
+                std::slice::from_raw_parts_mut(self.s.add(at), k),
+            );
+            if !self.off.is_null() {
+                block_offsets(qs, std::slice::from_raw_parts_mut(self.off.add(at), k));
+            }
         }
     }
 }
