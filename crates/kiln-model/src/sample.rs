@@ -571,47 +571,50 @@ mod x86 {
         m
     }
 
-    /// [`super::gumbel_best`] with AVX-512's chunk tests.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F, POPCNT and BMI1.
-    #[target_feature(enable = "avx512f,popcnt,bmi1")]
-    pub(super) unsafe fn gumbel_best_avx512(
-        row: &[f32],
-        key: u32,
-        t: f32,
-        skip: f32,
-        lower: f32,
-    ) -> Option<(f32, u32)> {
-        // SAFETY (both): the caller's.
-        super::gumbel_best_with(
-            row,
-            (key, t, skip, lower),
-            |c, s, l| unsafe { chunk_above_avx512(c, s, l) },
-            |c, b, k, t, best, ceil| unsafe { chunk_test_avx512(c, b, k, t, best, ceil) },
-        )
+    /// `$name`: [`super::gumbel_best`] with the chunk tests `$above` and `$test`, compiled
+    /// for `$features` (the caller's promise that the CPU has them).
+    macro_rules! gumbel_best_for {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $above:ident, $test:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(
+                row: &[f32],
+                key: u32,
+                t: f32,
+                skip: f32,
+                lower: f32,
+            ) -> Option<(f32, u32)> {
+                // SAFETY (both): the caller's.
+                super::gumbel_best_with(
+                    row,
+                    (key, t, skip, lower),
+                    |c, s, l| unsafe { $above(c, s, l) },
+                    |c, b, k, t, best, ceil| unsafe { $test(c, b, k, t, best, ceil) },
+                )
+            }
+        };
     }
 
-    /// [`super::gumbel_best`] with AVX2's chunk tests.
-    ///
-    /// # Safety
-    /// The CPU has AVX2, POPCNT and BMI1.
-    #[target_feature(enable = "avx2,popcnt,bmi1")]
-    pub(super) unsafe fn gumbel_best_avx2(
-        row: &[f32],
-        key: u32,
-        t: f32,
-        skip: f32,
-        lower: f32,
-    ) -> Option<(f32, u32)> {
-        // SAFETY (both): the caller's.
-        super::gumbel_best_with(
-            row,
-            (key, t, skip, lower),
-            |c, s, l| unsafe { chunk_above_avx2(c, s, l) },
-            |c, b, k, t, best, ceil| unsafe { chunk_test_avx2(c, b, k, t, best, ceil) },
-        )
-    }
+    gumbel_best_for!(
+        /// [`super::gumbel_best`] with AVX-512's chunk tests.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512 F, POPCNT and BMI1.
+        gumbel_best_avx512,
+        "avx512f,popcnt,bmi1",
+        chunk_above_avx512,
+        chunk_test_avx512
+    );
+    gumbel_best_for!(
+        /// [`super::gumbel_best`] with AVX2's chunk tests.
+        ///
+        /// # Safety
+        /// The CPU has AVX2, POPCNT and BMI1.
+        gumbel_best_avx2,
+        "avx2,popcnt,bmi1",
+        chunk_above_avx2,
+        chunk_test_avx2
+    );
 }
 
 /// Step 4: the largest `logit / t` plus noise among the tokens of `row` at or above both
@@ -625,7 +628,7 @@ mod x86 {
 /// pass over the others too); then the tokens left, one by one. Both chunk tests run in vector
 /// lanes where the CPU has AVX-512 or AVX2. A decode step's 8 rows of the default model drew
 /// 1.8x as fast together as token by token, one with 10,600 tokens within `17.5 T` of its
-/// largest logit 3.8x to 4.0x, two with about 100 0.95x to 0.98x (docs/PERF.md, forty-first
+/// largest logit 3.8x to 4.0x, two with about 100 0.92x to 0.98x (docs/PERF.md, forty-first
 /// session).
 fn gumbel_best(row: &[f32], key: u32, t: f32, skip: f32, lower: f32) -> Option<(f32, u32)> {
     #[cfg(target_arch = "x86_64")]
