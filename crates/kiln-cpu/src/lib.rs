@@ -1043,16 +1043,15 @@ impl Backend for CpuBackend {
         w_gate: &CpuMat,
         w_up: &CpuMat,
         w_down: &CpuMat,
-        x: &Vec<f32>,
+        x: &mut Vec<f32>,
         n: usize,
         ffn: usize,
         gate: &mut Vec<f32>,
         up: &mut Vec<f32>,
-        out: &mut Vec<f32>,
     ) {
         let down = match w_down.kernel {
             matmul::Kernel::Quant(k)
-                if w_down.raw.cols == ffn && out.len() >= n * w_down.raw.rows =>
+                if w_down.raw.cols == ffn && x.len() >= n * w_down.raw.rows =>
             {
                 Some(k)
             }
@@ -1060,14 +1059,14 @@ impl Backend for CpuBackend {
         };
         let Some(down) = down.filter(|_| self.swiglu_fuses(w_gate, w_up, n, ffn, gate, up)) else {
             self.matmul_swiglu(w_gate, w_up, x, n, ffn, gate, up);
-            self.matmul(w_down, gate, n, out);
+            self.matmul(w_down, gate, n, x);
             return;
         };
         QNEXT.with(|q| {
             let mut q = q.borrow_mut();
             let parts = q.prepare_blocks(n, ffn, down.offsets);
             self.swiglu_task(w_gate, w_up, x, n, ffn, gate, up, Some(parts));
-            matmul::matmul_quantized(&self.pool, w_down.kernel, &w_down.raw, &q, n, out);
+            matmul::matmul_quantized(&self.pool, w_down.kernel, &w_down.raw, &q, n, x);
         });
     }
 

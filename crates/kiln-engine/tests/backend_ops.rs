@@ -833,9 +833,9 @@ fn matmul_many_equals_separate_products_on<B: Backend>(b: B) {
 /// the rows are a multiple of 32) give what the products followed by `swiglu` give, bit for
 /// bit: 1 to 9 rows, panels only, an odd number of panels, rows after the last whole panel
 /// (not a multiple of 32: the products, then `swiglu`), gate and up of one format or of two.
-/// And the whole block (`feed_forward`: on the CPU each thread also quantizes its rows of the
-/// results for the down product, which takes them as they are) gives what `matmul_swiglu`
-/// followed by the down product gives, bit for bit, where the rows are whole blocks.
+/// And the whole block (`feed_forward`, its output in place of its input: on the CPU each
+/// thread also quantizes its rows of the results for the down product, which takes them as
+/// they are) gives what `matmul_swiglu` followed by the down product gives, bit for bit.
 #[test]
 fn matmul_swiglu_equals_products_then_swiglu() {
     let (d, _) = device();
@@ -900,8 +900,8 @@ fn matmul_swiglu_equals_products_then_swiglu_on<B: Backend>(b: B) {
                 let mut o1 = b.act(n * cols).unwrap();
                 b.matmul(wd, &g1, n, &mut o1);
                 let (mut g3, mut u3) = (b.act(n * ffn).unwrap(), b.act(n * ffn).unwrap());
-                let mut o3 = b.act(n * cols).unwrap();
-                b.feed_forward(&wg, &wu, wd, &x, n, ffn, &mut g3, &mut u3, &mut o3);
+                let mut o3 = upload(&b, &read(&b, &x, n * cols));
+                b.feed_forward(&wg, &wu, wd, &mut o3, n, ffn, &mut g3, &mut u3);
                 let (want, got) = (read(&b, &o1, n * cols), read(&b, &o3, n * cols));
                 for (i, (a, g)) in want.iter().zip(&got).enumerate() {
                     assert!(

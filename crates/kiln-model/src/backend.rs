@@ -277,23 +277,22 @@ pub trait Backend: Send + Sync + Sized + 'static {
         self.swiglu(gate, up, n * ffn);
     }
     /// The whole feed-forward block for `n` rows of `x`: [`Backend::matmul_swiglu`] into
-    /// `gate` (and `up`), then `out = w_down gate` (`w_down` of `ffn` columns). A backend may
-    /// run it as fewer pieces of work.
+    /// `gate` (and `up`), then `x = w_down gate` (`w_down` of `ffn` columns): the block's
+    /// output takes its input's place. A backend may run it as fewer pieces of work.
     #[allow(clippy::too_many_arguments)]
     fn feed_forward(
         &self,
         w_gate: &Self::Mat,
         w_up: &Self::Mat,
         w_down: &Self::Mat,
-        x: &Self::Act,
+        x: &mut Self::Act,
         n: usize,
         ffn: usize,
         gate: &mut Self::Act,
         up: &mut Self::Act,
-        out: &mut Self::Act,
     ) {
         self.matmul_swiglu(w_gate, w_up, x, n, ffn, gate, up);
-        self.matmul(w_down, gate, n, out);
+        self.matmul(w_down, gate, n, x);
     }
     /// `x += y` over `len` values.
     fn add(&self, x: &mut Self::Act, y: &Self::Act, len: usize);

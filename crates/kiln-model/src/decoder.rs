@@ -460,14 +460,13 @@ impl<B: Backend> Model<B> {
                     &l.w_gate,
                     &l.w_up,
                     &l.w_down,
-                    &s.xb,
+                    &mut s.xb,
                     n,
                     c.ffn_dim,
                     &mut s.gate,
                     &mut s.up,
-                    &mut s.att,
                 );
-                b.add(&mut s.x, &s.att, n * dim);
+                b.add(&mut s.x, &s.xb, n * dim);
                 lap(on, &mut t, &mut bd.ffn);
             }
             if r > 0 {
