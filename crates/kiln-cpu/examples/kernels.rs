@@ -2,11 +2,11 @@
 //! (one token: decode) and GMAC/s (many tokens: prefill), on a matrix that fits in cache
 //! and on one that does not.
 //!
-//! `cargo run --release -p kiln-cpu --example kernels -- [threads] [batch|sample|attention|step|quantize]`
+//! `cargo run --release -p kiln-cpu --example kernels -- [threads] [batch|sample|attention|step|quantize|norm]`
 //! (`ISA=scalar|avx2|avx512` in the environment picks a lesser instruction set): with a second
-//! argument, products at 1 to 8 tokens, the host sampler on one row, decode attention, the
-//! matrix products of one decode step of the default model at 1 to 8 tokens, or the
-//! activations' quantization.
+//! argument, products at 1 to 8 tokens, the host sampler on two rows (one peaked, one flat),
+//! decode attention, the matrix products of one decode step of the default model at 1 to 8
+//! tokens, the activations' quantization, or RMSNorm of 1 to 8 rows.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -78,6 +78,7 @@ fn main() {
         Some("attention") => return attention_sweep(&be),
         Some("step") => return step_products(&be),
         Some("quantize") => return quantize_sweep(isa),
+        Some("norm") => return norm_sweep(&be),
         _ => {}
     }
     println!(
@@ -156,7 +157,7 @@ fn sample_sweep() {
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32
     };
-    let row: Vec<f32> = (0..49_152)
+    let peaked: Vec<f32> = (0..49_152)
         .map(|i| {
             let g: f32 = (0..4).map(|_| uniform()).sum::<f32>() - 2.0;
             // A few dozen tokens stand well above the rest, as after a real prompt.
@@ -167,52 +168,81 @@ fn sample_sweep() {
             }
         })
         .collect();
+    // Flat: about a fifth of the vocabulary within 17.5 T (T 0.7) of the largest logit, as a
+    // real row of the default model had (10,606 tokens; docs/PERF.md, forty-first session).
+    let flat: Vec<f32> = (0..49_152).map(|_| 10.0 - 56.7 * uniform()).collect();
     let mut s = Scratch::default();
-    for (name, p) in [
-        ("greedy", RowSampling::GREEDY),
-        (
-            "T 0.7 top-k 40 top-p 0.95",
-            RowSampling {
-                temperature: 0.7,
-                top_k: 40,
-                top_p: 0.95,
-                seed: 3,
-                ..RowSampling::GREEDY
-            },
-        ),
-        (
-            "T 0.7 top-k 40 top-p 0.95 logprob",
-            RowSampling {
-                temperature: 0.7,
-                top_k: 40,
-                top_p: 0.95,
-                seed: 3,
-                logprobs: Some(0),
-                ..RowSampling::GREEDY
-            },
-        ),
-        (
-            "T 0.7",
-            RowSampling {
-                temperature: 0.7,
-                seed: 3,
-                ..RowSampling::GREEDY
-            },
-        ),
-    ] {
-        let reps = 2000;
-        let best = (0..5)
+    for (rname, row) in [("peaked", &peaked), ("flat", &flat)] {
+        for (name, p) in [
+            ("greedy", RowSampling::GREEDY),
+            (
+                "T 0.7 top-k 40 top-p 0.95",
+                RowSampling {
+                    temperature: 0.7,
+                    top_k: 40,
+                    top_p: 0.95,
+                    seed: 3,
+                    ..RowSampling::GREEDY
+                },
+            ),
+            (
+                "T 0.7 top-k 40 top-p 0.95 logprob",
+                RowSampling {
+                    temperature: 0.7,
+                    top_k: 40,
+                    top_p: 0.95,
+                    seed: 3,
+                    logprobs: Some(0),
+                    ..RowSampling::GREEDY
+                },
+            ),
+            (
+                "T 0.7",
+                RowSampling {
+                    temperature: 0.7,
+                    seed: 3,
+                    ..RowSampling::GREEDY
+                },
+            ),
+        ] {
+            let reps = 2000;
+            let best = (0..5)
+                .map(|_| {
+                    let mut r = row.clone();
+                    let t = Instant::now();
+                    for c in 0..reps {
+                        let p = RowSampling { counter: c, ..p };
+                        std::hint::black_box(sample_row(&mut r, &p, None, &[], &mut s));
+                    }
+                    t.elapsed().as_secs_f64() / reps as f64 * 1e6
+                })
+                .fold(f64::INFINITY, f64::min);
+            println!("sample_row {rname:<6} {name:<36} {best:>7.1} us a row");
+        }
+    }
+}
+
+/// RMSNorm of 1 to 8 rows of the default model's width (the rows and weights in the caches):
+/// microseconds a call, the best of 20 loops of 2,000.
+fn norm_sweep(be: &CpuBackend) {
+    let dim = 576;
+    let w: Vec<f32> = (0..dim).map(|i| 1.0 + (i % 13) as f32 * 0.01).collect();
+    for n in [1usize, 2, 4, 8] {
+        let x: Vec<f32> = (0..n * dim)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0)
+            .collect();
+        let mut out = vec![0f32; n * dim];
+        let best = (0..20)
             .map(|_| {
-                let mut r = row.clone();
                 let t = Instant::now();
-                for c in 0..reps {
-                    let p = RowSampling { counter: c, ..p };
-                    std::hint::black_box(sample_row(&mut r, &p, None, &[], &mut s));
+                for _ in 0..2000 {
+                    be.rms_norm(&x, &w, 1e-5, n, dim, &mut out);
+                    std::hint::black_box(&out);
                 }
-                t.elapsed().as_secs_f64() / reps as f64 * 1e6
+                t.elapsed().as_secs_f64() / 2000.0 * 1e6
             })
             .fold(f64::INFINITY, f64::min);
-        println!("sample_row {name:<36} {best:>7.1} us a row");
+        println!("rms_norm {n} x {dim}: {best:.3} us");
     }
 }
 

@@ -432,8 +432,8 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, n: usize, dim: usize, out: &mut
 /// running f64 sums the compiler keeps in vector lanes (one sum would be a chain of dependent
 /// f64 additions), the rows' sums side by side: each row's additions are the one-row loop's
 /// in the same order (the same results), and `R` rows' chains are independent. 8 rows of the
-/// default model's width: 2.08 us one by one, 0.95 us four side by side, 1.25 us eight
-/// (docs/PERF.md, forty-first session).
+/// default model's width (`kernels -- 1 norm`): 2.11 to 2.19 us one by one, 0.95 to 1.02 us
+/// four side by side; eight side by side took 1.25 us (docs/PERF.md, forty-first session).
 #[inline(always)]
 fn rms_norm_group<const R: usize>(
     x: &[f32],
@@ -1051,16 +1051,17 @@ impl Backend for CpuBackend {
     ) {
         let down = match w_down.kernel {
             matmul::Kernel::Quant(k)
-                if w_down.raw.cols == ffn && x.len() >= n * w_down.raw.rows =>
+                if w_down.raw.cols == ffn
+                    && x.len() >= n * w_down.raw.rows
+                    && self.swiglu_fuses(w_gate, w_up, n, ffn, gate, up) =>
             {
-                Some(k)
+                k
             }
-            _ => None,
-        };
-        let Some(down) = down.filter(|_| self.swiglu_fuses(w_gate, w_up, n, ffn, gate, up)) else {
-            self.matmul_swiglu(w_gate, w_up, x, n, ffn, gate, up);
-            self.matmul(w_down, gate, n, x);
-            return;
+            _ => {
+                self.matmul_swiglu(w_gate, w_up, x, n, ffn, gate, up);
+                self.matmul(w_down, gate, n, x);
+                return;
+            }
         };
         QNEXT.with(|q| {
             let mut q = q.borrow_mut();

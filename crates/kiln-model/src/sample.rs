@@ -626,10 +626,10 @@ mod x86 {
 /// the best score before the chunk ([`chunk_test_plain`]: the hash and the ceiling's lookup
 /// for the whole chunk; the best only grows along the chunk, so the token-by-token test would
 /// pass over the others too); then the tokens left, one by one. Both chunk tests run in vector
-/// lanes where the CPU has AVX-512 or AVX2. A decode step's 8 rows of the default model drew
-/// 1.8x as fast together as token by token, one with 10,600 tokens within `17.5 T` of its
-/// largest logit 3.8x to 4.0x, two with about 100 0.92x to 0.98x (docs/PERF.md, forty-first
-/// session).
+/// lanes where the CPU has AVX-512 or AVX2. `kernels -- 1 sample` at T 0.7: a flat row (a
+/// fifth of the vocabulary within `17.5 T` of its largest logit) 138 to 158 us token by token,
+/// 25 to 29 us so; a peaked row 15.0 to 17.1 us, 16.2 to 17.8 (docs/PERF.md, forty-first
+/// session, with real rows of the default model).
 fn gumbel_best(row: &[f32], key: u32, t: f32, skip: f32, lower: f32) -> Option<(f32, u32)> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("popcnt") && std::arch::is_x86_feature_detected!("bmi1")
