@@ -1,12 +1,15 @@
 // The Q4_1 panel's work for 8 tokens (16 rows, NB blocks, REPS passes), kiln's `vpdpbusd` way
 // written in C, against AMX: each block's nibbles decoded and stored as the B tile, two blocks
 // a `tdpbsud` (each token's A row zero on the other block's half), the C tile stored and read
-// back for the block's scales; G blocks a phase (decode all, tile all, scale all). SKIP (bits)
-// leaves out phases: 1 the decode, 2 the tile work, 4 the scales (with the decode left out the
-// scales read garbage: time the decode and tile phases only that way). Prints ns a token and
-// block both ways (docs/PERF.md, forty-first session).
-// gcc -O2 -march=native -mamx-tile -mamx-int8 -o /tmp/amx_q4_1 scripts/amx/q4_1_phases.c
-// /tmp/amx_q4_1 128 3000 16 [SKIP]
+// back for the block's scales. Prints ns a token and block both ways (docs/PERF.md,
+// forty-first session).
+// - `G [SKIP]`: G blocks a phase (decode all, tile all, scale all); SKIP (bits) leaves out
+//   phases: 1 the decode, 2 the tile work, 4 the scales (with the decode left out the scales
+//   read garbage: time the decode and tile phases only that way).
+// - `p L`: the tile work of block pair p + L issued before the scales of pair p and the decode
+//   of pair p + L + 1 (a software pipeline, rings of 8 pairs): whether the phases overlap.
+// gcc -O2 -march=native -mamx-tile -mamx-int8 -o /tmp/amx_q4_1 scripts/amx/q4_1.c
+// /tmp/amx_q4_1 128 3000 16 [SKIP]; /tmp/amx_q4_1 128 3000 p L
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -59,7 +62,8 @@ int main(int argc,char**argv){
   for(int i=0;i<8;i++){ cfg.rows[i]=16; cfg.colsb[i]=64; }
   _tile_loadconfig(&cfg);
   double t2=now();
-  int G = argc>3?atoi(argv[3]):16; int skip=argc>4?atoi(argv[4]):0;
+  if (argv[3][0] != 'p') {
+  int G = atoi(argv[3]); int skip=argc>4?atoi(argv[4]):0;
   uint8_t *wb = aligned_alloc(64, G*512); int32_t *cbx = aligned_alloc(64, G*T*64); __m512 dwg[256];
   for (int r=0;r<reps;r++){
     __m512 acc[T]; for(int t=0;t<T;t++) acc[t]=_mm512_setzero_ps();
@@ -85,6 +89,29 @@ int main(int argc,char**argv){
       }
     }
     for(int t=0;t<T;t++) _mm512_storeu_ps(out2[t],acc[t]);
+  }
+  } else {
+  int R = 8; // ring of pairs
+  uint8_t *wb = aligned_alloc(64, R*1024); int32_t *cbx = aligned_alloc(64, R*2*T*64); __m512 dwr[8][2];
+  int np = nbk/2;
+  #define DECODE(p) do{ int s_=(p)%R; for(int h=0;h<2;h++){ const uint8_t*base=w+(2*(p)+h)*320; \
+      __m512i dm=_mm512_loadu_si512(base); dwr[s_][h]=_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)); __m512i m4=_mm512_set1_epi8(15); \
+      for(int q=0;q<4;q++){__m512i x=_mm512_loadu_si512(base+64+64*q); _mm512_store_si512(wb+1024*s_+512*h+64*q,_mm512_and_si512(x,m4)); _mm512_store_si512(wb+1024*s_+512*h+256+64*q,_mm512_and_si512(_mm512_srli_epi16(x,4),m4));} } }while(0)
+  #define TILE(p,tc,ta,tb) do{ int s_=(p)%R; _tile_loadd(tb,wb+1024*s_,64); _tile_loadd(ta,a3+((p)*16)*64,64); _tile_zero(tc); _tile_dpbsud(tc,ta,tb); _tile_stored(tc,cbx+s_*2*T*16,64);}while(0)
+  #define SCALE(p) do{ int s_=(p)%R; for(int h=0;h<2;h++) for(int t=0;t<T;t++){ __m512i s=_mm512_load_si512(cbx+s_*2*T*16+(h*T+t)*16); \
+        acc[t]=_mm512_fmadd_ps(_mm512_cvtepi32_ps(s),_mm512_mul_ps(dwr[s_][h],_mm512_set1_ps(da[t*nbk+2*(p)+h])),acc[t]); } }while(0)
+  for (int r=0;r<reps;r++){
+    __m512 acc[T]; for(int t=0;t<T;t++) acc[t]=_mm512_setzero_ps();
+    int L = argc>4?atoi(argv[4]):2;
+    for(int p=0;p<L+1 && p<np;p++) DECODE(p);
+    for(int p=0;p<L && p<np;p++) { if(p&1) TILE(p,1,3,5); else TILE(p,0,2,4);} 
+    for (int p=0;p<np;p++){
+      if(p+L<np){ if((p+L)&1) TILE(p+L,1,3,5); else TILE(p+L,0,2,4);} 
+      if(p+L+1<np) DECODE(p+L+1);
+      SCALE(p);
+    }
+    for(int t=0;t<T;t++) _mm512_storeu_ps(out2[t],acc[t]);
+  }
   }
   double t3=now();
   _tile_release();
