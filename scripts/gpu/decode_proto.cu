@@ -34,6 +34,7 @@ constexpr int NT = 512, NW = NT / 32, HD = 64, RPW = 4, MAXS = 16;
 
 struct Layer {
     const half *wqkv, *wo, *wgu, *wd;
+    const half *wdt;  // wd transposed, [F][D]: the fused MLP's down product
     const float *bqkv, *n1, *n2;
     half *kc, *vc;  // [ctx][KH][HD]
 };
@@ -49,6 +50,12 @@ struct P {
     unsigned long long *best;         // argmax: (ordered value << 32) | ~index
     int ks_qkv, ks_o, ks_gu, ks_d, ks_head;
     int prefetch;
+    // fuse: bit 0, gate/up, SwiGLU and down in one kernel (each block's gate/up rows, then
+    // their share of down added to the residual by atomics); bit 1, attention and W_o in one
+    // kernel (R blocks a head, each the whole attention, then its rows of W_o's slice).
+    // The residual then alternates between h (even layers' input) and h2 (odd layers').
+    int fuse;
+    float *h2;
 };
 
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
@@ -113,6 +120,7 @@ struct Mv {
     const float *x, *nw;
     float *out;
     int mode, ks;
+    bool sh = false;  // SWIGLU into shared memory, by the block's unit slot (the fused MLP)
 };
 
 // The weights one block reads in phase m, on their way to L2.
@@ -258,6 +266,9 @@ __device__ __forceinline__ void mv_phase(const Mv &m, float *xs, float *red, uns
                 v0 = v0 * sc + (m.bias ? m.bias[o] : 0.0f);
                 if (m.mode == STORE) m.out[o] = v0;
                 else if (m.mode == ACC) m.out[o] += v0;
+                else if (m.mode == SWIGLU && m.sh)
+                    m.out[((base - blockIdx.x * groups) / G * groups + grp) * RPW + lane] =
+                        v0 / (1.0f + __expf(-v0)) * (v1 * sc);
                 else if (m.mode == SWIGLU) m.out[o] = v0 / (1.0f + __expf(-v0)) * (v1 * sc);
                 else {
                     m.out[o] = v0;
@@ -360,23 +371,159 @@ __device__ void attn_phase(const P &p, const Layer &ly, float *sm) {
     }
 }
 
+// The residual a layer reads (and W_o and, unfused, W_down add to), and the one a fused MLP
+// writes: h throughout unless fused, else h for even layers' input and h2 for odd ones'.
+__device__ __forceinline__ float *cur(const P &p, int l) { return p.fuse && (l & 1) ? p.h2 : p.h; }
+__device__ __forceinline__ float *nxt(const P &p, int l) { return p.fuse && !(l & 1) ? p.h2 : p.h; }
+
 __device__ Mv mv_of(const P &p, int l, int which) {
     const Layer &y = p.layers[l];
     const int D = p.D, QKV = (p.H + 2 * p.KH) * HD;
+    float *h = cur(p, l);
     switch (which) {
-        case 0: return Mv{y.wqkv, y.bqkv, QKV, D, p.h, y.n1, p.qkv, STORE, p.ks_qkv};
-        case 1: return Mv{y.wo, nullptr, D, p.H * HD, p.att, nullptr, p.h, ACC, p.ks_o};
-        case 2: return Mv{y.wgu, nullptr, p.F, D, p.h, y.n2, p.g, SWIGLU, p.ks_gu};
-        case 3: return Mv{y.wd, nullptr, D, p.F, p.g, nullptr, p.h, ACC, p.ks_d};
+        case 0: return Mv{y.wqkv, y.bqkv, QKV, D, h, y.n1, p.qkv, STORE, p.ks_qkv};
+        case 1: return Mv{y.wo, nullptr, D, p.H * HD, p.att, nullptr, h, ACC, p.ks_o};
+        case 2: return Mv{y.wgu, nullptr, p.F, D, h, y.n2, p.g, SWIGLU, p.ks_gu};
+        case 3: return Mv{y.wd, nullptr, D, p.F, p.g, nullptr, h, ACC, p.ks_d};
         default: return Mv{p.head, nullptr, p.V, D, p.h, p.nf, p.g, ARGMAX, p.ks_head};
     }
 }
 
-// Phase k of the step: 5 a layer (qkv, attention, o, gate/up, down), then the head.
+constexpr int MAXSLOT = 32;  // a block's gate/up units in the fused MLP (rounds x groups)
+
+// The fused MLP of layer l: the block's gate/up units as mv_phase assigns them (SwiGLU into
+// shared memory), then those rows of W_down (transposed: contiguous rows of D) times them,
+// the block's share of the down product, added to the next residual by float4 atomics (block
+// 0 adds the residual itself; the layer's qkv phase zeroed it).
+__device__ void mlp_phase(const P &p, int l, float *sm, float *red, const Pre *pr) {
+    const Layer &y = p.layers[l];
+    const int t = threadIdx.x, D = p.D;
+    float *xs = sm, *hs = sm + D, *acc = hs + MAXSLOT * RPW;
+    for (int i = t; i < MAXSLOT * RPW; i += NT) hs[i] = 0.0f;
+    Mv m = mv_of(p, l, 2);
+    m.out = hs, m.sh = true;
+    mv_phase(m, xs, red, nullptr, pr);
+    __syncthreads();
+    const int groups = NW / m.ks, G = gridDim.x * groups, units = (p.F + RPW - 1) / RPW;
+    const int CH = D / 8, NG = NT / CH, c = t % CH, g = t / CH;
+    float a[8] = {};
+    if (g < NG) {
+#pragma unroll 4
+        for (int rr = g; rr < MAXSLOT * RPW; rr += NG) {
+            const int slot = rr / RPW, u = blockIdx.x * groups + (slot / groups) * G + slot % groups;
+            const int row = u * RPW + rr % RPW;
+            if (u >= units || row >= p.F) continue;
+            const float hv = hs[rr];
+            const uint4 w = __ldg((const uint4 *)(y.wdt + (size_t)row * D) + c);
+            const half2 *w2 = (const half2 *)&w;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float2 f = __half22float2(w2[i]);
+                a[2 * i] += hv * f.x, a[2 * i + 1] += hv * f.y;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[g * D + c * 8 + i] = a[i];
+    }
+    __syncthreads();
+    float *h = cur(p, l), *hn = nxt(p, l);
+    for (int i = t; i < D / 4; i += NT) {
+        float4 s = blockIdx.x == 0 ? ((const float4 *)h)[i] : make_float4(0, 0, 0, 0);
+        for (int q = 0; q < NG; q++) {
+            const float4 v = ((const float4 *)(acc + q * D))[i];
+            s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+        }
+        atomicAdd((float4 *)hn + i, s);
+    }
+}
+
+// Attention and W_o of layer l at one row: R = grid / H blocks a head, each the head's whole
+// attention (no splits: short contexts), then its share of W_o's rows times the head's slice
+// of them, added to the residual by atomics (nothing else touches it in this phase).
+__device__ void attn_o_phase(const P &p, int l, float *sm) {
+    const Layer &ly = p.layers[l];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int D = p.H * HD, grp = p.H / p.KH, pos = p.pos, R = max(1, (int)gridDim.x / p.H);
+    float *h = cur(p, l);
+    for (int hb = blockIdx.x; hb < p.H * R; hb += gridDim.x) {
+        const int hd = hb / R, r = hb % R, kvh = hd / grp;
+        float *q = sm, *kn = sm + HD, *vn = sm + 2 * HD, *ml = sm + 3 * HD;
+        float *att = ml + NW * (2 + HD);
+        if (t < HD) {
+            const int i = t & 31;
+            const float f = powf(10000.0f, -2.0f * i / HD), c = cosf(pos * f), sn = sinf(pos * f);
+            const float *qs = p.qkv + hd * HD, *ks = p.qkv + D + kvh * HD;
+            const float q0 = qs[i], q1 = qs[i + 32], k0 = ks[i], k1 = ks[i + 32];
+            q[t] = t < 32 ? q0 * c - q1 * sn : q1 * c + q0 * sn;
+            kn[t] = t < 32 ? k0 * c - k1 * sn : k1 * c + k0 * sn;
+            vn[t] = p.qkv[D + p.KH * HD + kvh * HD + t];
+        }
+        __syncthreads();
+        if (r == 0 && hd % grp == 0 && t < HD) {
+            ly.kc[((size_t)pos * p.KH + kvh) * HD + t] = __float2half(kn[t]);
+            ly.vc[((size_t)pos * p.KH + kvh) * HD + t] = __float2half(vn[t]);
+        }
+        const float scale = rsqrtf((float)HD);
+        float m = -INFINITY, lsum = 0.0f, a0 = 0.0f, a1 = 0.0f;
+        const float q0 = q[2 * lane], q1 = q[2 * lane + 1];
+        for (int j = warp; j <= pos; j += NW) {
+            float k0, k1, v0, v1;
+            if (j == pos) {
+                k0 = kn[2 * lane], k1 = kn[2 * lane + 1], v0 = vn[2 * lane], v1 = vn[2 * lane + 1];
+            } else {
+                const float2 kk = __half22float2(
+                    *(const half2 *)(ly.kc + ((size_t)j * p.KH + kvh) * HD + 2 * lane));
+                const float2 vv = __half22float2(
+                    *(const half2 *)(ly.vc + ((size_t)j * p.KH + kvh) * HD + 2 * lane));
+                k0 = kk.x, k1 = kk.y, v0 = vv.x, v1 = vv.y;
+            }
+            const float sc = warp_sum(q0 * k0 + q1 * k1) * scale;
+            const float mn = fmaxf(m, sc), c = __expf(m - mn), e = __expf(sc - mn);
+            lsum = lsum * c + e, a0 = a0 * c + e * v0, a1 = a1 * c + e * v1, m = mn;
+        }
+        float *mw = ml + warp * (2 + HD);
+        if (lane == 0) mw[0] = m, mw[1] = lsum;
+        mw[2 + 2 * lane] = a0, mw[3 + 2 * lane] = a1;
+        __syncthreads();
+        if (t < HD) {
+            float M = -INFINITY;
+            for (int w = 0; w < NW; w++) M = fmaxf(M, ml[w * (2 + HD)]);
+            float L = 0.0f, A = 0.0f;
+            for (int w = 0; w < NW; w++) {
+                const float mm = ml[w * (2 + HD)];
+                const float c = mm == -INFINITY ? 0.0f : __expf(mm - M);
+                L += ml[w * (2 + HD) + 1] * c, A += ml[w * (2 + HD) + 2 + t] * c;
+            }
+            att[t] = A / L;
+        }
+        __syncthreads();
+        const float4 *a4 = (const float4 *)att;
+        const int lo = r * p.D / R, hi = (r + 1) * p.D / R, e8 = t & 7;
+        const float4 xa = a4[2 * e8], xb = a4[2 * e8 + 1];
+        for (int i = lo + (t >> 3); i < hi; i += NT / 8) {
+            const uint4 w = __ldg((const uint4 *)(ly.wo + (size_t)i * D + hd * HD) + e8);
+            float v = dot8(w, xa, xb);
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            v += __shfl_xor_sync(0xffffffffu, v, 1);
+            if (e8 == 0) atomicAdd(h + i, v);
+        }
+        __syncthreads();
+    }
+}
+
+// Phase k of the step: 5 a layer (qkv, attention, o, gate/up, down), then the head. With
+// p.fuse, the MLP is phase 3 alone (bit 0) and attention takes W_o in phase 1 (bit 1); the
+// chain does not launch the phases they absorb.
 __device__ __forceinline__ void run_phase(const P &p, int k, float *xs, float *red, const Pre *pr) {
     const int l = k / 5, w = k % 5;
     if (k == p.L * 5) return mv_phase(mv_of(p, 0, 4), xs, red, p.best, pr);
-    if (w == 1) return attn_phase(p, p.layers[l], xs);
+    if (w == 0 && p.fuse) {
+        float *hn = nxt(p, l);
+        for (int i = blockIdx.x * NT + threadIdx.x; i < p.D; i += gridDim.x * NT) hn[i] = 0.0f;
+    }
+    if (w == 1) return (p.fuse & 2) ? attn_o_phase(p, l, xs) : attn_phase(p, p.layers[l], xs);
+    if (w == 3 && (p.fuse & 1)) return mlp_phase(p, l, xs, red, pr);
     mv_phase(mv_of(p, l, w == 0 ? 0 : w - 1), xs, red, p.best, pr);
 }
 
@@ -521,6 +668,14 @@ __global__ void k_fill(half *w, size_t n, unsigned seed, float amp) {
     }
 }
 
+__global__ void k_transpose(const half *src, half *dst, int rows, int cols) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)rows * cols;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / cols, c = i % cols;
+        dst[c * rows + r] = src[i];
+    }
+}
+
 static half *fill(size_t n, unsigned seed, float amp) {
     half *p;
     CK(cudaMalloc(&p, n * 2));
@@ -573,6 +728,10 @@ int main(int argc, char **argv) {
         ly[l].wo = fill((size_t)p.D * p.H * HD, 12 + l * 7, a);
         ly[l].wgu = fill((size_t)2 * p.F * p.D, 13 + l * 7, a);
         ly[l].wd = fill((size_t)p.D * p.F, 14 + l * 7, b);
+        half *wdt;
+        CK(cudaMalloc(&wdt, (size_t)p.D * p.F * 2));
+        k_transpose<<<1024, 256>>>(ly[l].wd, wdt, p.D, p.F);
+        ly[l].wdt = wdt;
         ly[l].bqkv = qwen ? fvec(QKV, 0.0f, 0.2f, 15 + l) : nullptr;
         ly[l].n1 = fvec(p.D, 1.0f, 0.2f, 16 + l), ly[l].n2 = fvec(p.D, 1.0f, 0.2f, 17 + l);
         ly[l].kc = fill((size_t)ctx * p.KH * HD, 18 + l * 7, 1.0f);
@@ -588,6 +747,7 @@ int main(int argc, char **argv) {
     p.layers = dl;
     float *h0 = fvec(p.D, 0.0f, 2.0f, 7);
     CK(cudaMalloc(&p.h, p.D * 4));
+    CK(cudaMalloc(&p.h2, p.D * 4));
     CK(cudaMalloc(&p.qkv, QKV * 4));
     CK(cudaMalloc(&p.att, p.H * HD * 4));
     CK(cudaMalloc(&p.g, std::max(p.F, p.V) * 4));
@@ -600,7 +760,16 @@ int main(int argc, char **argv) {
     p.ks_qkv = pick_ks(QKV, p.D, STORE, warps), p.ks_o = pick_ks(p.D, p.H * HD, ACC, warps);
     p.ks_gu = pick_ks(p.F, p.D, SWIGLU, warps), p.ks_d = pick_ks(p.D, p.F, ACC, warps);
     p.ks_head = pick_ks(p.V, p.D, ARGMAX, warps);
-    const int smem = std::max(p.F, p.D) * 4;
+    // The fused MLP: x staged, its SwiGLU rows, NT / (D / 8) partial rows of D.
+    const int smem = std::max(std::max(p.F, p.D), p.D + MAXSLOT * RPW + NT / (p.D / 8) * p.D) * 4;
+    {
+        const int groups = NW / p.ks_gu, units = (p.F + RPW - 1) / RPW;
+        const int slots = (units + grid * groups - 1) / (grid * groups) * groups;
+        if (slots > MAXSLOT || p.L % 2 || p.D % 32) {
+            fprintf(stderr, "the fused MLP needs %d unit slots (%d at most), even layers\n", slots, MAXSLOT);
+            return 1;
+        }
+    }
     CK(cudaFuncSetAttribute(k_fused, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     CK(cudaFuncSetAttribute(k_phase, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     printf("%s pos %d: grid %d x %d, splits %d, ks qkv %d o %d gu %d d %d head %d, weights %.1f MB\n",
@@ -642,6 +811,7 @@ int main(int argc, char **argv) {
     CK(cudaStreamCreate(&st));
     auto chain = [&](cudaStream_t s) {
         for (int k = 0; k < phases; k++) {
+            if (k < p.L * 5 && (((p.fuse & 1) && k % 5 == 4) || ((p.fuse & 2) && k % 5 == 2))) continue;
             cudaLaunchConfig_t c{};
             c.gridDim = grid, c.blockDim = NT, c.dynamicSmemBytes = smem, c.stream = s;
             c.attrs = at, c.numAttrs = 1;
@@ -682,9 +852,12 @@ int main(int argc, char **argv) {
     const char *how[6] = {"nothing early", "L2 prefetch", "registers", "L2 + registers",
                           "registers + next to L2", "registers + layer to L2"};
     char name[64];
+    const char *fz[4] = {"5 a layer", "MLP one", "", "MLP one, attn+o one"};
+    for (int fu : {0, 1, 3})
     for (int mi = 0; mi < 6; mi++) {
         const int pf = modes[mi];
-        p.prefetch = pf;
+        if (fu && pf != 0 && pf != 2) continue;
+        p.prefetch = pf, p.fuse = fu;
         cudaGraph_t gr;
         cudaGraphExec_t ge;
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
@@ -694,10 +867,10 @@ int main(int argc, char **argv) {
         reset();
         CK(cudaGraphLaunch(ge, st));
         CK(cudaStreamSynchronize(st));
-        snprintf(name, sizeof name, "chain, %s", how[mi]);
+        snprintf(name, sizeof name, "chain %s, %s", fz[fu], how[mi]);
         check(name);
         time(name, [&] { CK(cudaGraphLaunch(ge, st)); });
-        if (pf & 12) continue;  // the persistent kernel reads bits 1 and 2 only
+        if ((pf & 12) || fu) continue;  // the persistent kernel: bits 1 and 2, unfused
         reset();
         fused(st);
         CK(cudaStreamSynchronize(st));
