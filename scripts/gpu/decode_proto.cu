@@ -500,13 +500,15 @@ __device__ void attn_o_phase(const P &p, int l, float *sm) {
         const float4 *a4 = (const float4 *)att;
         const int lo = r * p.D / R, hi = (r + 1) * p.D / R, e8 = t & 7;
         const float4 xa = a4[2 * e8], xb = a4[2 * e8 + 1];
-        for (int i = lo + (t >> 3); i < hi; i += NT / 8) {
-            const uint4 w = __ldg((const uint4 *)(ly.wo + (size_t)i * D + hd * HD) + e8);
-            float v = dot8(w, xa, xb);
+        // Every lane of a warp takes the same rounds (the shuffles need them all).
+        for (int ib = lo; ib < hi; ib += NT / 8) {
+            const int i = ib + (t >> 3);
+            float v = 0.0f;
+            if (i < hi) v = dot8(__ldg((const uint4 *)(ly.wo + (size_t)i * D + hd * HD) + e8), xa, xb);
             v += __shfl_xor_sync(0xffffffffu, v, 4);
             v += __shfl_xor_sync(0xffffffffu, v, 2);
             v += __shfl_xor_sync(0xffffffffu, v, 1);
-            if (e8 == 0) atomicAdd(h + i, v);
+            if (e8 == 0 && i < hi) atomicAdd(h + i, v);
         }
         __syncthreads();
     }
