@@ -412,7 +412,40 @@ fn pick(row: &[f32], p: &RowSampling, s: &mut Scratch) -> u32 {
     let key = draw_key(p.seed, p.counter);
     let bound = max / t + gumbel_at(key, top);
     let skip = (bound - GUMBEL_MAX) * t;
+    if p.top_p < 1.0 {
+        // Every token at or above both bounds is among the candidates (`lower` only rose
+        // since they were gathered), best first: no second pass over the row.
+        return best_of_sorted(&s.cand, key, t, skip, lower).map_or(top, |b| b.1);
+    }
     gumbel_best(row, key, t, skip, lower).map_or(top, |b| b.1)
+}
+
+/// [`gumbel_best`] over candidates sorted best first (by [`order`]) that hold every token of
+/// the row at or above both bounds: the same token (the largest score, the lowest id on
+/// ties, as the scan in token order keeps the first). Stops at the first candidate below a
+/// bound, or whose score cannot reach the best even with the largest noise.
+fn best_of_sorted(
+    cand: &[(f32, u32)],
+    key: u32,
+    t: f32,
+    skip: f32,
+    lower: f32,
+) -> Option<(f32, u32)> {
+    let mut best: Option<(f32, u32)> = None;
+    for &(l, i) in cand {
+        if !(l >= skip && l >= lower) {
+            break;
+        }
+        // Sums round monotonically: below the best with the largest noise, below it with any.
+        if best.is_some_and(|b| l / t + GUMBEL_MAX < b.0) {
+            break;
+        }
+        let score = l / t + gumbel_at(key, i);
+        if best.is_none_or(|b| score > b.0 || (score == b.0 && i < b.1)) {
+            best = Some((score, i));
+        }
+    }
+    best
 }
 
 /// Buckets of [`GUMBEL_CEIL`].
@@ -1193,17 +1226,28 @@ mod tests {
                 })
                 .collect();
             for temperature in [0.3f32, 0.7, 1.0, 1.5] {
-                for counter in 0..40 {
-                    let seed = 7;
-                    same(
-                        &row,
-                        RowSampling {
-                            temperature,
-                            seed,
-                            counter,
-                            ..RowSampling::GREEDY
-                        },
-                    );
+                for (top_k, top_p, min_p) in [
+                    (0, 1.0, 0.0),
+                    (40, 0.95, 0.0),
+                    (40, 0.9, 0.05),
+                    (0, 0.9, 0.0),
+                    (400, 0.999, 0.0),
+                ] {
+                    for counter in 0..40 {
+                        let seed = 7;
+                        same(
+                            &row,
+                            RowSampling {
+                                temperature,
+                                top_k,
+                                top_p,
+                                min_p,
+                                seed,
+                                counter,
+                                ..RowSampling::GREEDY
+                            },
+                        );
+                    }
                 }
             }
         }
