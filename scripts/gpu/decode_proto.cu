@@ -51,9 +51,11 @@ struct P {
     int ks_qkv, ks_o, ks_gu, ks_d, ks_head;
     int prefetch;
     // fuse: bit 0, gate/up, SwiGLU and down in one kernel (each block's gate/up rows, then
-    // their share of down added to the residual by atomics); bit 1, attention and W_o in one
-    // kernel (R blocks a head, each the whole attention, then its rows of W_o's slice).
-    // The residual then alternates between h (even layers' input) and h2 (odd layers').
+    // their share of down added to the residual by atomics; the residual then alternates
+    // between h, even layers' input, and h2, odd layers'); bit 1, attention and W_o in one
+    // kernel (R blocks a head, each the whole attention, then its rows of W_o's slice);
+    // bit 2, the fused MLP's down rows sent to L2 before the wait; bit 3, attention with W_o:
+    // each thread's first piece of W_o read into a register before the wait.
     int fuse;
     float *h2;
 };
@@ -373,8 +375,8 @@ __device__ void attn_phase(const P &p, const Layer &ly, float *sm) {
 
 // The residual a layer reads (and W_o and, unfused, W_down add to), and the one a fused MLP
 // writes: h throughout unless fused, else h for even layers' input and h2 for odd ones'.
-__device__ __forceinline__ float *cur(const P &p, int l) { return p.fuse && (l & 1) ? p.h2 : p.h; }
-__device__ __forceinline__ float *nxt(const P &p, int l) { return p.fuse && !(l & 1) ? p.h2 : p.h; }
+__device__ __forceinline__ float *cur(const P &p, int l) { return (p.fuse & 1) && (l & 1) ? p.h2 : p.h; }
+__device__ __forceinline__ float *nxt(const P &p, int l) { return (p.fuse & 1) && !(l & 1) ? p.h2 : p.h; }
 
 __device__ Mv mv_of(const P &p, int l, int which) {
     const Layer &y = p.layers[l];
@@ -440,7 +442,19 @@ __device__ void mlp_phase(const P &p, int l, float *sm, float *red, const Pre *p
 // Attention and W_o of layer l at one row: R = grid / H blocks a head, each the head's whole
 // attention (no splits: short contexts), then its share of W_o's rows times the head's slice
 // of them, added to the residual by atomics (nothing else touches it in this phase).
-__device__ void attn_o_phase(const P &p, int l, float *sm) {
+// The first piece of W_o's slice that thread t of block b takes in attn_o_phase (valid false
+// when it takes none).
+__device__ __forceinline__ uint4 wo_first(const P &p, int l, bool &valid) {
+    const int t = threadIdx.x, R = max(1, (int)gridDim.x / p.H), hb = blockIdx.x;
+    valid = hb < p.H * R;
+    if (!valid) return make_uint4(0, 0, 0, 0);
+    const int hd = hb / R, r = hb % R, lo = r * p.D / R, hi = (r + 1) * p.D / R, i = lo + (t >> 3);
+    valid = i < hi;
+    if (!valid) return make_uint4(0, 0, 0, 0);
+    return __ldg((const uint4 *)(p.layers[l].wo + (size_t)i * (p.H * HD) + hd * HD) + (t & 7));
+}
+
+__device__ void attn_o_phase(const P &p, int l, float *sm, const uint4 *pre) {
     const Layer &ly = p.layers[l];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int D = p.H * HD, grp = p.H / p.KH, pos = p.pos, R = max(1, (int)gridDim.x / p.H);
@@ -504,7 +518,10 @@ __device__ void attn_o_phase(const P &p, int l, float *sm) {
         for (int ib = lo; ib < hi; ib += NT / 8) {
             const int i = ib + (t >> 3);
             float v = 0.0f;
-            if (i < hi) v = dot8(__ldg((const uint4 *)(ly.wo + (size_t)i * D + hd * HD) + e8), xa, xb);
+            if (i < hi)
+                v = dot8(pre && ib == lo ? *pre
+                                         : __ldg((const uint4 *)(ly.wo + (size_t)i * D + hd * HD) + e8),
+                         xa, xb);
             v += __shfl_xor_sync(0xffffffffu, v, 4);
             v += __shfl_xor_sync(0xffffffffu, v, 2);
             v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -517,14 +534,15 @@ __device__ void attn_o_phase(const P &p, int l, float *sm) {
 // Phase k of the step: 5 a layer (qkv, attention, o, gate/up, down), then the head. With
 // p.fuse, the MLP is phase 3 alone (bit 0) and attention takes W_o in phase 1 (bit 1); the
 // chain does not launch the phases they absorb.
-__device__ __forceinline__ void run_phase(const P &p, int k, float *xs, float *red, const Pre *pr) {
+__device__ __forceinline__ void run_phase(const P &p, int k, float *xs, float *red, const Pre *pr,
+                                          const uint4 *wo_pre = nullptr) {
     const int l = k / 5, w = k % 5;
     if (k == p.L * 5) return mv_phase(mv_of(p, 0, 4), xs, red, p.best, pr);
-    if (w == 0 && p.fuse) {
+    if (w == 0 && (p.fuse & 1)) {
         float *hn = nxt(p, l);
         for (int i = blockIdx.x * NT + threadIdx.x; i < p.D; i += gridDim.x * NT) hn[i] = 0.0f;
     }
-    if (w == 1) return (p.fuse & 2) ? attn_o_phase(p, l, xs) : attn_phase(p, p.layers[l], xs);
+    if (w == 1) return (p.fuse & 2) ? attn_o_phase(p, l, xs, wo_pre) : attn_phase(p, p.layers[l], xs);
     if (w == 3 && (p.fuse & 1)) return mlp_phase(p, l, xs, red, pr);
     mv_phase(mv_of(p, l, w == 0 ? 0 : w - 1), xs, red, p.best, pr);
 }
@@ -589,9 +607,22 @@ __global__ void __launch_bounds__(NT, 1) k_phase(P p, int k) {
     }
     if ((p.prefetch & 8) && k % 5 == 0)
         for (int a = 2; a <= 4; a++) prefetch_phase(p, k + a);
+    const int l = k / 5, w = k % 5;
+    if ((p.fuse & 5) == 5 && w == 3 && k < p.L * 5) {
+        // The fused MLP's down rows (its gate/up units' rows of W_down transposed) to L2.
+        const int groups = NW / p.ks_gu, G = gridDim.x * groups, units = (p.F + RPW - 1) / RPW;
+        for (int slot = threadIdx.x; slot < MAXSLOT; slot += NT) {
+            const int u = blockIdx.x * groups + (slot / groups) * G + slot % groups;
+            if (u < units)
+                prefetch_range(p.layers[l].wdt + (size_t)u * RPW * p.D, (unsigned)RPW * p.D * 2);
+        }
+    }
+    uint4 wo;
+    bool wo_ok = false;
+    if ((p.fuse & 10) == 10 && w == 1 && k < p.L * 5) wo = wo_first(p, l, wo_ok);
     pdl_wait();
     pdl_launch();
-    run_phase(p, k, (float *)smem4, red, &pr);
+    run_phase(p, k, (float *)smem4, red, &pr, wo_ok ? &wo : nullptr);
 }
 
 // ---- the plain reference: one thread an output, one kernel an operation -----------------
@@ -853,12 +884,18 @@ int main(int argc, char **argv) {
     const int modes[6] = {0, 1, 2, 3, 6, 10};
     const char *how[6] = {"nothing early", "L2 prefetch", "registers", "L2 + registers",
                           "registers + next to L2", "registers + layer to L2"};
-    char name[64];
-    const char *fz[4] = {"5 a layer", "MLP one", "", "MLP one, attn+o one"};
-    for (int fu : {0, 1, 3})
+    char name[128];
+    auto fz = [](int f) {
+        static char b[96];
+        snprintf(b, sizeof b, "%s%s%s%s", f & 1 ? "MLP one" : "", f & 4 ? " (down to L2)" : "",
+                 f & 2 ? (f & 1 ? ", attn+o" : "attn+o") : "", f & 8 ? " (W_o early)" : "");
+        if (!f) snprintf(b, sizeof b, "5 a layer");
+        return (const char *)b;
+    };
+    for (int fu : {0, 2, 10, 1, 5, 3, 15})
     for (int mi = 0; mi < 6; mi++) {
         const int pf = modes[mi];
-        if (fu && pf != 0 && pf != 2) continue;
+        if (fu && pf != 2) continue;
         p.prefetch = pf, p.fuse = fu;
         cudaGraph_t gr;
         cudaGraphExec_t ge;
@@ -869,7 +906,7 @@ int main(int argc, char **argv) {
         reset();
         CK(cudaGraphLaunch(ge, st));
         CK(cudaStreamSynchronize(st));
-        snprintf(name, sizeof name, "chain %s, %s", fz[fu], how[mi]);
+        snprintf(name, sizeof name, "chain %s, %s", fz(fu), how[mi]);
         check(name);
         time(name, [&] { CK(cudaGraphLaunch(ge, st)); });
         if ((pf & 12) || fu) continue;  // the persistent kernel: bits 1 and 2, unfused
