@@ -205,14 +205,10 @@ pub fn supported(ty: GgmlType) -> bool {
     ty.is_supported() || Fmt::of(ty).is_some()
 }
 
-/// Decodes whole blocks to f32: `kiln_formats::gguf`'s reference decoders, plus Q5_0.
+/// Decodes whole blocks to f32: `kiln_formats::gguf`'s reference decoders.
 pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
-    if ty == GgmlType::Q5_0 {
-        scalar::dequant_q5_0(src, out);
-    } else {
-        // Sizes were checked when the matrix was taken in.
-        let _ = kiln_formats::gguf::quant::dequantize(ty, src, out);
-    }
+    // Sizes were checked when the matrix was taken in.
+    let _ = kiln_formats::gguf::quant::dequantize(ty, src, out);
 }
 
 /// Results of one tile: `out[token][row]` (a token's rows side by side, as the output

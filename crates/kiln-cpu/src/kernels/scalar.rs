@@ -75,16 +75,6 @@ pub(crate) fn q5_0_values(b: &[u8]) -> [u8; 32] {
     v
 }
 
-/// Decodes Q5_0 blocks (`x = d * (q - 16)`); `kiln_formats::gguf::quant` has no Q5_0 decoder.
-pub(crate) fn dequant_q5_0(src: &[u8], out: &mut [f32]) {
-    for (b, o) in src.chunks_exact(22).zip(out.chunks_exact_mut(32)) {
-        let d = f16_at(b, 0);
-        for (o, q) in o.iter_mut().zip(q5_0_values(b)) {
-            *o = d * (q as i32 - 16) as f32;
-        }
-    }
-}
-
 /// One Q5_0 block (22 bytes) against activation block `a` with scale `da`.
 #[inline]
 pub(crate) fn q5_0_block(b: &[u8], a: &[i8], da: f32) -> f32 {

@@ -213,7 +213,7 @@ impl GgmlType {
         use GgmlType::*;
         matches!(
             self,
-            F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q5_K | Q6_K
+            F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q4_K | Q5_K | Q6_K
         )
     }
 
@@ -280,6 +280,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), Dequa
         GgmlType::Q8_0 => blocks.for_each(|(b, o)| dequant_q8_0(b, o)),
         GgmlType::Q4_0 => blocks.for_each(|(b, o)| dequant_q4_0(b, o)),
         GgmlType::Q4_1 => blocks.for_each(|(b, o)| dequant_q4_1(b, o)),
+        GgmlType::Q5_0 => blocks.for_each(|(b, o)| dequant_q5_0(b, o)),
         GgmlType::Q4_K => blocks.for_each(|(b, o)| dequant_q4_k(b, o)),
         GgmlType::Q5_K => blocks.for_each(|(b, o)| dequant_q5_k(b, o)),
         GgmlType::Q6_K => blocks.for_each(|(b, o)| dequant_q6_k(b, o)),
@@ -323,6 +324,25 @@ pub fn dequant_q4_1(b: &[u8], o: &mut [f32]) {
         let q = b[4 + j];
         o[j] = d * (q & 0xF) as f32 + m;
         o[j + 16] = d * (q >> 4) as f32 + m;
+    }
+}
+
+/// Q5_0: `x = d * (q - 16)`, q of 5 bits: the low four of element `j < 16` in the low nibble
+/// of byte `6 + j`, of element `j + 16` in its high nibble; the fifth bit of element `i` is bit
+/// `i` of the little-endian `u32` at byte 2 (llama.cpp's fallback for K-quant rows that are
+/// not a multiple of 256).
+///
+/// # Panics
+/// If `b` is shorter than 22 bytes or `o` shorter than 32 elements.
+pub fn dequant_q5_0(b: &[u8], o: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for j in 0..16 {
+        let q = b[6 + j];
+        let lo = (q & 0xF) as i32 | (((qh >> j) & 1) << 4) as i32;
+        let hi = (q >> 4) as i32 | (((qh >> (j + 16)) & 1) << 4) as i32;
+        o[j] = d * (lo - 16) as f32;
+        o[j + 16] = d * (hi - 16) as f32;
     }
 }
 
@@ -481,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn supported_types_are_the_nine_with_decoders() {
+    fn supported_types_are_the_ten_with_decoders() {
         let supported: Vec<_> = GgmlType::ALL
             .iter()
             .filter(|t| t.is_supported())
@@ -489,7 +509,7 @@ mod tests {
             .collect();
         assert_eq!(
             supported,
-            ["F32", "F16", "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "BF16"]
+            ["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "BF16"]
         );
         // The size constants agree with the table.
         assert_eq!(GgmlType::Q4_0.block().1, Q4_0_BYTES);

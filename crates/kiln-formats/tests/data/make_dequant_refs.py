@@ -36,6 +36,8 @@ FORMATS = [
     (T.Q4_K, 256, 144, [0, 2]),
     (T.Q5_K, 256, 176, [0, 2]),
     (T.Q6_K, 256, 210, [208]),
+    # Last, so that the cases above keep the random bytes they were written with.
+    (T.Q5_0, 32, 22, [0]),
 ]
 
 
