@@ -108,17 +108,6 @@ __device__ void combine_splits(const float *part, int n_heads, int hd, int split
     }
 }
 
-// The dot product of 8 f16 weights with 8 floats (as the products' dot8, which is defined
-// after this file).
-__device__ __forceinline__ float dot8_h(uint4 w, float4 x0, float4 x1) {
-    float a, b, s;
-    h2f2(w.x, a, b); s = a * x0.x + b * x0.y;
-    h2f2(w.y, a, b); s += a * x0.z + b * x0.w;
-    h2f2(w.z, a, b); s += a * x1.x + b * x1.y;
-    h2f2(w.w, a, b); s += a * x1.z + b * x1.w;
-    return s;
-}
-
 // k_attn's body; with O (k_attn_o: one row, decode, one split) the block also multiplies the
 // head's output by its share of W_o (below).
 template <bool O>
@@ -299,7 +288,7 @@ __device__ __forceinline__ void attn_body(
         for (int i0 = lo; i0 < hi; i0 += per) {
             const int i = i0 + (int)threadIdx.x / gl;
             float v = 0.0f;
-            if (i < hi) v = dot8_h(((const uint4 *)(wo + (size_t)i * width + h * hd))[sub], o0, o1);
+            if (i < hi) v = dot8(((const uint4 *)(wo + (size_t)i * width + h * hd))[sub], o0, o1);
             for (int s = gl >> 1; s > 0; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
             if (sub == 0 && i < hi) ows[(size_t)h * dim + i] = v;
         }
