@@ -53,7 +53,7 @@ pub struct ModelArgs {
     /// avx512|neon|neon-dot, cpu-exact=1, cpu-pad=1, cuda-fused=0, cuda-graphs=0, cuda-pdl=0, cuda-mvt=0, cuda-fa=0,
     /// cuda-mv-plain=1, cuda-mv1d=0|1, cuda-mvpf=0|1, cuda-mvpre=2|4, cuda-gqa=0|1|all, cuda-qx=0,
     /// cuda-qks=1|2|4|8, cuda-qwide=0, cuda-mvq=0|1|all, cuda-mvts=memory|cluster|none,
-    /// cuda-mvtks=1|2|4|8, cuda-attn-o=1.
+    /// cuda-mvtks=1|2|4|8.
     #[arg(long = "dev", value_name = "NAME=VALUE", hide = true, value_parser = parse_dev)]
     pub dev: Vec<String>,
     /// A Jinja chat template file to use instead of the model's own (as transformers

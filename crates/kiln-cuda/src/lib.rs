@@ -162,12 +162,6 @@ struct St {
     decode_pass: bool,
     /// This pass's decode attention runs k_attn_gqa (one block per KV head).
     gqa_pass: bool,
-    /// This pass's attention of its one row takes W_o too (k_attn_o, [`CudaOptions::attn_o`]).
-    attn_o_pass: bool,
-    /// k_attn_o's sums of each head's share of W_o's rows (heads x dim), and a counter per
-    /// share (zero between launches: the last head's block of a share resets it).
-    attn_o_ws: Option<CudaSlice<f32>>,
-    attn_o_cnt: Option<CudaSlice<u32>>,
     tiles: Option<CudaSlice<u32>>,
     deq: Option<CudaSlice<u16>>,
     am_val: Option<CudaSlice<f32>>,
@@ -430,9 +424,6 @@ pub struct CudaOptions {
     /// against 1, 5 and 8 rows 2.5 to 4.4% faster on the Qwen2.5-0.5B and Llama-3.2-1B shapes
     /// (an H100, 2026-12-07, docs/PERF.md); 4 no better than 2.
     pub mvt_ks: usize,
-    /// Decode attention of one row (contexts of at most [`ATTN_O_MAX`] positions) and the
-    /// output projection, f16, in one kernel (k_attn_o): a launch a layer fewer.
-    pub attn_o: bool,
 }
 
 impl Default for CudaOptions {
@@ -455,20 +446,8 @@ impl Default for CudaOptions {
             gqa: Gqa::Filled,
             mvt_split: MvtSplit::Memory,
             mvt_ks: 2,
-            attn_o: false,
         }
     }
-}
-
-/// The longest context (positions, the new one included) whose one-row decode attention
-/// k_attn_o takes: each of its blocks walks the whole context of its head.
-pub const ATTN_O_MAX: usize = 256;
-
-/// Whether k_attn_o takes a model of this shape: head sizes whose 8-value pieces a row's
-/// lanes share evenly (8 to 256), W_o's columns the heads' outputs.
-fn attn_o_ok(cfg: &ModelConfig) -> bool {
-    let hd = cfg.head_dim;
-    hd.is_multiple_of(8) && hd <= MAX_HD && 32 % (hd / 8) == 0
 }
 
 /// Words of a sampling upload from which it goes through page-locked memory (64 KiB: the
@@ -921,12 +900,6 @@ impl CudaBackend {
     fn meta(&self) -> (Dev<u32>, i32) {
         let st = self.st();
         (self.po(&st.meta), st.max_t as i32)
-    }
-
-    /// How many blocks of each head k_attn_o takes (each a share of W_o's rows): about two
-    /// blocks an SM in all, each at least 16 rows.
-    fn attn_o_shares(&self, cfg: &ModelConfig) -> usize {
-        (2 * self.sms / cfg.n_heads.max(1)).clamp(1, (cfg.dim / 16).max(1))
     }
 
     /// The scratch buffers: f16 activations (`xh`), f32 products (`big`), attention partials.
@@ -1436,7 +1409,6 @@ impl CudaBackend {
         out: Dev<f32>,
         out_h: Dev<u16>,
         round: bool,
-        with_o: Option<(Dev<u16>, Dev<f32>)>,
     ) {
         let (meta, max_t) = self.meta();
         let (splits, decode, gqa, inv_freq, part, tiles, n_tiles, cnt) = {
@@ -1496,50 +1468,6 @@ impl CudaBackend {
             );
         }
         let scale = 1.0 / (cfg.head_dim as f32).sqrt();
-        if let Some((wo, x)) = with_o {
-            // One row's decode (begin_pass chose it: one split, a short context), W_o's
-            // product added to x by the attention's blocks.
-            let (ws, ocnt) = {
-                let st = self.st();
-                (self.po(&st.attn_o_ws), self.po(&st.attn_o_cnt))
-            };
-            self.launch(
-                &self.k.attn_o,
-                (cfg.n_heads as u32, 1, self.attn_o_shares(cfg) as u32),
-                ATT_T,
-                0,
-                launch::AttnO {
-                    q,
-                    q_stride: qs,
-                    pool: pool_p,
-                    meta,
-                    max_t,
-                    layer,
-                    n_layers,
-                    bs,
-                    n_heads,
-                    n_kv_heads,
-                    hd,
-                    rd,
-                    interleaved,
-                    inv_freq,
-                    rope_q: rope,
-                    scale,
-                    kin: k,
-                    k_stride: ks,
-                    vin: v,
-                    v_stride: vs,
-                    bias: qkv_bias,
-                    q_width: dim,
-                    wo,
-                    dim,
-                    x,
-                    ows: ws,
-                    ocnt,
-                },
-            );
-            return;
-        }
         if n_tiles > 0 && tile_ok(cfg.head_dim) {
             let (kernel, smem) = match self.mma_attn(cfg.head_dim) {
                 Some(k) => (k, 0),
@@ -2038,35 +1966,6 @@ impl Backend for CudaBackend {
             1
         };
         st.splits = splits;
-        // One row's decode attention with W_o (the fused layer decides per layer whether its
-        // W_o is f16): one split, whose blocks each walk the whole (short) context.
-        st.attn_o_pass = self.opts.attn_o
-            && self.fused
-            && decode
-            && n == 1
-            && !st.gqa_pass
-            && longest <= ATTN_O_MAX
-            && attn_o_ok(cfg);
-        if st.attn_o_pass {
-            st.splits = 1;
-            let mut ws = st.attn_o_ws.take();
-            changed |= grow(
-                self,
-                &mut ws,
-                cfg.n_heads * cfg.dim,
-                "attention output sums",
-            )?;
-            st.attn_o_ws = ws;
-            let mut c = st.attn_o_cnt.take();
-            changed |= grow(
-                self,
-                &mut c,
-                self.attn_o_shares(cfg),
-                "attention output counts",
-            )?;
-            st.attn_o_cnt = c;
-        }
-        let splits = st.splits;
         // Prefill passes: tiles of consecutive rows of one sequence for the tiled kernel.
         st.n_tiles = 0;
         if splits == 1 && !seqs.iter().all(|s| s.n == 1) && tile_ok(cfg.head_dim) {
@@ -2160,8 +2059,7 @@ impl Backend for CudaBackend {
             return Ok(false);
         }
         let mut st = self.st();
-        // The attention's splits and whether it takes W_o are chosen from the lengths.
-        let k = (key, pool.id, 2 * st.splits + usize::from(st.attn_o_pass));
+        let k = (key, pool.id, st.splits);
         if let Some(g) = st.graphs.get(&k) {
             g.0.launch().map_err(|e| dev("graph launch", e))?;
             return Ok(true);
@@ -2341,7 +2239,6 @@ impl Backend for CudaBackend {
             self.p(&out.buf),
             Dev::NULL,
             false,
-            None,
         );
     }
 
@@ -2773,11 +2670,6 @@ impl Backend for CudaBackend {
         // q|k|v = W_qkv . rmsnorm(x) (+ bias), into `big`.
         let norm = Some((l.attn_norm, cfg.rms_eps));
         self.linear(l.qkv, xp, n, norm, big, qkvw, Epilogue::Store, units, None);
-        // One row, short context, W_o in f16: the attention kernel adds W_o . att to x.
-        let with_o = self.st().attn_o_pass
-            && l.wo.q.is_none()
-            && l.wo.bias.is_none()
-            && (l.wo.rows, l.wo.cols) == (dim, cfg.n_heads * cfg.head_dim);
         // Rotate k into the cache, q inside the attention kernel.
         self.attend(
             cfg,
@@ -2793,12 +2685,11 @@ impl Backend for CudaBackend {
             if units { xh } else { Dev::NULL },
             // W_o read in place at one row: the attention rounds its output for it.
             !units && l.wo.q.is_some() && self.opts.qx,
-            with_o.then(|| (self.p(&l.wo.w), xp)),
         );
-        // x += W_o . att (k_attn_o added it already).
+        // x += W_o . att
         if units {
             self.gemm_xh(l.wo, xh, n, xp, dim);
-        } else if !with_o {
+        } else {
             self.residual(l.wo, ap, n, xp, dim, Some(self.p(&l.ffn_norm.buf)));
         }
         // h = silu(W_gate . rmsnorm(x)) * (W_up . rmsnorm(x)); x += W_down . h

@@ -152,9 +152,6 @@ pub struct DevOptions {
     /// `cuda-mvtks=1|2|4|8`: the fewest warps of that product sharing a tile of outputs (2 by
     /// default).
     pub cuda_mvtks: Option<usize>,
-    /// `cuda-attn-o=0|1`: decode attention of one row at short contexts and the output
-    /// projection (f16) in one kernel.
-    pub cuda_attn_o: Option<bool>,
 }
 
 impl DevOptions {
@@ -202,7 +199,6 @@ impl DevOptions {
                     ))
                 }
             },
-            "cuda-attn-o" => self.cuda_attn_o = Some(flag()?),
             "cuda-mvtks" => match value {
                 "1" | "2" | "4" | "8" => self.cuda_mvtks = value.parse().ok(),
                 _ => return Err(format!("`{spec}`: expected cuda-mvtks=1, 2, 4 or 8")),
@@ -216,7 +212,7 @@ impl DevOptions {
                 _ => return Err(format!("`{spec}`: expected cuda-gqa=0, 1 or all")),
             },
             _ => return Err(format!(
-                "`{name}`: no such switch (cpu-isa, cpu-exact, cpu-pad, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide, cuda-mvq, cuda-mvts, cuda-mvtks, cuda-attn-o)"
+                "`{name}`: no such switch (cpu-isa, cpu-exact, cpu-pad, cuda-fused, cuda-graphs, cuda-pdl, cuda-mvt, cuda-fa, cuda-mv-plain, cuda-mv1d, cuda-mvpf, cuda-mvpre, cuda-gqa, cuda-qx, cuda-qks, cuda-qwide, cuda-mvq, cuda-mvts, cuda-mvtks)"
             )),
         }
         Ok(())
@@ -252,7 +248,6 @@ impl DevOptions {
             (self.cuda_mvq.is_some(), "cuda-mvq"),
             (self.cuda_mvts.is_some(), "cuda-mvts"),
             (self.cuda_mvtks.is_some(), "cuda-mvtks"),
-            (self.cuda_attn_o.is_some(), "cuda-attn-o"),
         ]
         .into_iter()
         .find(|c| c.0)
@@ -373,7 +368,6 @@ impl Device {
                 _ => base.mvt_split,
             },
             mvt_ks: d.cuda_mvtks.unwrap_or(base.mvt_ks),
-            attn_o: d.cuda_attn_o.unwrap_or(base.attn_o),
         };
         Ok(Device::Cuda(Box::new(CudaBackend::with_options(n, &co)?)))
     }
@@ -446,7 +440,6 @@ mod tests {
             "cuda-mvq=all",
             "cuda-mvts=cluster",
             "cuda-mvtks=4",
-            "cuda-attn-o=1",
         ] {
             d.set(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
@@ -464,7 +457,6 @@ mod tests {
         assert_eq!(d.cuda_mvq.as_deref(), Some("all"));
         assert_eq!(d.cuda_mvts.as_deref(), Some("cluster"));
         assert_eq!(d.cuda_mvtks, Some(4));
-        assert_eq!(d.cuda_attn_o, Some(true));
         for (s, word) in [
             ("cuda-graph=0", "no such switch"),
             ("cuda-graphs", "NAME=VALUE"),

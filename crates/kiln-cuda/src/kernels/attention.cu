@@ -108,17 +108,13 @@ __device__ void combine_splits(const float *part, int n_heads, int hd, int split
     }
 }
 
-// k_attn's body; with O (k_attn_o: one row, decode, one split) the block also multiplies the
-// head's output by its share of W_o (below).
-template <bool O>
-__device__ __forceinline__ void attn_body(
-    const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
-    int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
-    const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
-    float *part, u16 *out_h, const float *kin, int k_stride, const float *vin, int v_stride,
-    const float *bias, int q_width, int fuse_kv, u32 *cnt, u32 *txq, const u16 *wo, int dim,
-    float *x, float *ows, u32 *ocnt) {
-    __shared__ __align__(16) float qs[MAX_HD];
+extern "C" __global__ void __launch_bounds__(ATT_T)
+k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
+       int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
+       const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
+       float *part, u16 *out_h, const float *kin, int k_stride, const float *vin, int v_stride,
+       const float *bias, int q_width, int fuse_kv, u32 *cnt, u32 *txq) {
+    __shared__ float qs[MAX_HD];
     __shared__ float p[ATT_T];
     __shared__ const u16 *vptr[ATT_T];
     __shared__ __align__(16) u16 kcur[MAX_HD];
@@ -129,8 +125,7 @@ __device__ __forceinline__ void attn_body(
     // by earlier passes) are not written by the kernel before this one, so the block reads its
     // positions' places and starts their keys and values on their way to L2 before waiting.
     Meta m = meta_at(meta, max_t);
-    // With O, blockIdx.z is the block's share of W_o's rows; its attention is the whole head.
-    int h = blockIdx.x, row = blockIdx.y, sp = O ? 0 : blockIdx.z;
+    int h = blockIdx.x, row = blockIdx.y, sp = blockIdx.z;
     int kvh = h / (n_heads / n_kv_heads);
     int kvd = n_kv_heads * hd;
     u32 pos = m.row_pos[row];
@@ -153,8 +148,7 @@ __device__ __forceinline__ void attn_body(
                         : qr[d] + (qb ? qb[d] : 0.0f)) * scale;
     if (fused) {
         // The group's first head stores them, in the split that holds the position.
-        bool store = h % (n_heads / n_kv_heads) == 0 && start <= (int)pos && (int)pos < end &&
-                     (!O || blockIdx.z == 0);
+        bool store = h % (n_heads / n_kv_heads) == 0 && start <= (int)pos && (int)pos < end;
         new_kv(kin, k_stride, vin, v_stride, bias, q_width, row, kvh, kvd, hd, rd, interleaved,
                inv_freq, rope_q, pos, kcur, vcur, store, (u16 *)pool, m, layer, n_layers, bs);
     }
@@ -269,45 +263,10 @@ __device__ __forceinline__ void attn_body(
         float a = 0.0f;
         if (d < hd) {
             for (int k = 0; k < vg; k++) a += accs[(k * vt + d / vw) * 8 + d % vw];
-            if (O) qs[d] = a * il;  // the scores' loop is done with the query
-            else if (splits == 1) put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
+            if (splits == 1) put_out(out, out_h, (size_t)row * out_stride + h * hd + d, a * il);
             else pp[2 + d] = a;
         }
-        if (!O && splits == 1) round_out(txq, n_heads, hd, h, d0, a * il);
-    }
-    if (O) {
-        // This block's rows [lo, hi) of W_o times the head's output (W_o's columns h * hd ..
-        // h * hd + hd: hd / 8 lanes a row, a piece of 8 each), into row h of `ows` (n_heads x
-        // dim); the last of the heads' blocks for these rows (a counter a share, reset by it)
-        // adds the heads' sums in head order to x: the result does not depend on timing.
-        __syncthreads();
-        const int R = gridDim.z, r = blockIdx.z, width = n_heads * hd;
-        const int lo = (int)((long long)r * dim / R), hi = (int)((long long)(r + 1) * dim / R);
-        const int gl = hd >> 3, sub = threadIdx.x % gl, per = ATT_T / gl;
-        const float4 o0 = ((const float4 *)qs)[2 * sub], o1 = ((const float4 *)qs)[2 * sub + 1];
-        for (int i0 = lo; i0 < hi; i0 += per) {
-            const int i = i0 + (int)threadIdx.x / gl;
-            float v = 0.0f;
-            if (i < hi) v = dot8(((const uint4 *)(wo + (size_t)i * width + h * hd))[sub], o0, o1);
-            for (int s = gl >> 1; s > 0; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
-            if (sub == 0 && i < hi) ows[(size_t)h * dim + i] = v;
-        }
-        __shared__ int olast;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            olast = atomicAdd(ocnt + r, 1u) == (u32)n_heads - 1;
-            if (olast) ocnt[r] = 0u;
-        }
-        __syncthreads();
-        if (!olast) return;
-        __threadfence();
-        for (int i = lo + threadIdx.x; i < hi; i += ATT_T) {
-            float sum = 0.0f;
-            for (int k = 0; k < n_heads; k++) sum += __ldcg(ows + (size_t)k * dim + i);
-            x[i] += sum;
-        }
-        return;
+        if (splits == 1) round_out(txq, n_heads, hd, h, d0, a * il);
     }
     if (splits == 1) return;
     if (threadIdx.x == 0) { pp[0] = mx; pp[1] = l; }
@@ -326,36 +285,6 @@ __device__ __forceinline__ void attn_body(
     if (!last) return;
     __threadfence();
     combine_splits(part, n_heads, hd, splits, out, out_stride, out_h, h, row, txq);
-}
-
-extern "C" __global__ void __launch_bounds__(ATT_T)
-k_attn(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
-       int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
-       const float *inv_freq, int rope_q, float scale, int splits, float *out, int out_stride,
-       float *part, u16 *out_h, const float *kin, int k_stride, const float *vin, int v_stride,
-       const float *bias, int q_width, int fuse_kv, u32 *cnt, u32 *txq) {
-    attn_body<false>(q, q_stride, pool, meta, max_t, layer, n_layers, bs, n_heads, n_kv_heads, hd,
-                     rd, interleaved, inv_freq, rope_q, scale, splits, out, out_stride, part, out_h,
-                     kin, k_stride, vin, v_stride, bias, q_width, fuse_kv, cnt, txq, nullptr, 0,
-                     nullptr, nullptr, nullptr);
-}
-
-// Decode attention of one row with the output projection (`--dev cuda-attn-o=1`): grid
-// (heads, 1, R), each block the whole attention of its head (one split: short contexts), then
-// its share R of W_o's `dim` rows (f16, n_heads * hd columns) times the head's output, added
-// to the residual `x` through `ows` (n_heads x dim floats) and `ocnt` (R counters, zero) in head
-// order: x += W_o . attention, one launch where there were two. Needs hd % 8 == 0 and hd / 8
-// dividing 32 (hd 8 to 256). Writes no `out`.
-extern "C" __global__ void __launch_bounds__(ATT_T)
-k_attn_o(const float *q, int q_stride, const u16 *pool, const u32 *meta, int max_t, int layer,
-         int n_layers, int bs, int n_heads, int n_kv_heads, int hd, int rd, int interleaved,
-         const float *inv_freq, int rope_q, float scale, const float *kin, int k_stride,
-         const float *vin, int v_stride, const float *bias, int q_width, const u16 *wo, int dim,
-         float *x, float *ows, u32 *ocnt) {
-    attn_body<true>(q, q_stride, pool, meta, max_t, layer, n_layers, bs, n_heads, n_kv_heads, hd,
-                    rd, interleaved, inv_freq, rope_q, scale, 1, nullptr, 0, nullptr, nullptr, kin,
-                    k_stride, vin, v_stride, bias, q_width, 1, nullptr, nullptr, wo, dim, x, ows,
-                    ocnt);
 }
 
 // Decode attention, one block per (KV head, row, split) for all the query heads that share the

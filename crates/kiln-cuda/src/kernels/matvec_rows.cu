@@ -3,6 +3,14 @@
 // As k_mv, for cols % 8 == 0 and one row: the block first writes the (normalised) row of x to
 // shared memory (cols floats, dynamic), so the loop reads only the weights from global memory.
 // k_mv1 (one row of x) gives each warp two outputs; more rows go to k_mvr below.
+__device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
+    float a, b, s;
+    h2f2(q.x, a, b); s = a * x0.x + b * x0.y;
+    h2f2(q.y, a, b); s += a * x0.z + b * x0.w;
+    h2f2(q.z, a, b); s += a * x1.x + b * x1.y;
+    h2f2(q.w, a, b); s += a * x1.z + b * x1.w;
+    return s;
+}
 
 // One row of x into shared memory, times the RMSNorm weights `nw` when given; returns the
 // norm's scale (1 without), which the caller applies to its sums. A thread issues all its

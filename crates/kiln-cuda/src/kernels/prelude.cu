@@ -59,16 +59,6 @@ __device__ __forceinline__ void h2f2(u32 v, float &a, float &b) {
     b = h2f((u16)(v >> 16));
 }
 
-// The dot product of 8 f16 values (a uint4) with 8 floats, in order.
-__device__ __forceinline__ float dot8(uint4 q, float4 x0, float4 x1) {
-    float a, b, s;
-    h2f2(q.x, a, b); s = a * x0.x + b * x0.y;
-    h2f2(q.y, a, b); s += a * x0.z + b * x0.w;
-    h2f2(q.z, a, b); s += a * x1.x + b * x1.y;
-    h2f2(q.w, a, b); s += a * x1.z + b * x1.w;
-    return s;
-}
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
