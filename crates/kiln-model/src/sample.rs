@@ -235,26 +235,37 @@ fn largest(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
-/// [`argmax`] and the value there (negative infinity when no value beats it). Two passes
-/// the compiler vectorizes: the largest value (NaN never replaces a lane's maximum, as it
-/// never wins `>`), then the first token holding it; the same token as one pass with `>`.
+/// [`argmax`] and the value there (negative infinity when no value beats it). One pass over
+/// blocks of `ARGMAX_BLOCK` values: each block's largest value in `CHUNK` lanes the compiler
+/// vectorizes (NaN never replaces a lane's maximum, as it never wins `>`), the first block
+/// whose largest beats every earlier block's kept; then the first value of that block equal
+/// to it: the same token as one pass with `>` over every value (the second of -0 and +0 does
+/// not beat the first, and they compare equal here too). The row is read once, where finding
+/// the largest value and then its first place read it up to twice.
+#[inline(always)]
 fn argmax_value(logits: &[f32]) -> (u32, f32) {
-    let max = largest(logits);
-    if max == f32::NEG_INFINITY {
+    let (mut max, mut at) = (f32::NEG_INFINITY, usize::MAX);
+    for (bi, b) in logits.chunks(ARGMAX_BLOCK).enumerate() {
+        let m = largest(b);
+        if m > max {
+            (max, at) = (m, bi);
+        }
+    }
+    if at == usize::MAX {
         return (0, f32::NEG_INFINITY);
     }
-    // The first value equal to the maximum is the first that a `>` scan keeps (the second
-    // of -0 and +0 does not beat the first, and they compare equal here too).
-    let mut base = 0;
-    for c in logits.chunks(CHUNK) {
-        if c.iter().fold(false, |a, &v| a | (v == max)) {
-            let i = base + c.iter().position(|&v| v == max).unwrap_or(0);
-            return (i as u32, logits[i]);
-        }
-        base += c.len();
-    }
-    (0, f32::NEG_INFINITY)
+    let base = at * ARGMAX_BLOCK;
+    let i = base
+        + logits[base..]
+            .iter()
+            .take(ARGMAX_BLOCK)
+            .position(|&v| v == max)
+            .unwrap_or(0);
+    (i as u32, logits[i])
 }
+
+/// Values [`argmax_value`] takes the largest of at once: 16 chunks.
+const ARGMAX_BLOCK: usize = 16 * CHUNK;
 
 /// Best first: higher logit, then lower token id.
 fn order(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
@@ -1060,6 +1071,18 @@ mod tests {
         }
         rows.push(vec![f32::NAN; 40]);
         rows.push(vec![-0.0, 0.0, 0.0, -0.0]);
+        // Zeros of both signs as the largest values, in different blocks of 256, and a NaN
+        // opening the block that holds the largest.
+        for (a, b) in [(300, 500), (10, 400)] {
+            let mut row = vec![-1.0f32; 600];
+            row[a] = if a == 300 { -0.0 } else { 0.0 };
+            row[b] = if a == 300 { 0.0 } else { -0.0 };
+            rows.push(row);
+        }
+        let mut row = vec![-1.0f32; 700];
+        row[512] = f32::NAN;
+        row[600] = 3.0;
+        rows.push(row);
         rows
     }
 
