@@ -286,65 +286,82 @@ __device__ __forceinline__ void mv_phase(const Mv &m, float *xs, float *red, uns
     }
 }
 
+// Head h's attention over positions [lo, hi) of 0..pos: q and the new key roped (rotate-half,
+// theta 10000) and the new value in shared memory (written to the cache when `store`), each
+// warp's running max, sum and weighted values left in ml ([NW][2 + HD], after q, kn, vn) for
+// the block to merge (merge_warps), the block synchronised.
+__device__ void head_span(const P &p, const Layer &ly, float *sm, int h, int lo, int hi,
+                          bool store) {
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int D = p.H * HD, kvh = h / (p.H / p.KH), pos = p.pos;
+    float *q = sm, *kn = sm + HD, *vn = sm + 2 * HD, *ml = sm + 3 * HD;
+    if (t < HD) {
+        const int i = t & 31;
+        const float f = powf(10000.0f, -2.0f * i / HD), c = cosf(pos * f), sn = sinf(pos * f);
+        const float *qs = p.qkv + h * HD, *ks = p.qkv + D + kvh * HD;
+        const float q0 = qs[i], q1 = qs[i + 32], k0 = ks[i], k1 = ks[i + 32];
+        q[t] = t < 32 ? q0 * c - q1 * sn : q1 * c + q0 * sn;
+        kn[t] = t < 32 ? k0 * c - k1 * sn : k1 * c + k0 * sn;
+        vn[t] = p.qkv[D + p.KH * HD + kvh * HD + t];
+    }
+    __syncthreads();
+    if (store && t < HD) {
+        ly.kc[((size_t)pos * p.KH + kvh) * HD + t] = __float2half(kn[t]);
+        ly.vc[((size_t)pos * p.KH + kvh) * HD + t] = __float2half(vn[t]);
+    }
+    // Position pos itself from shared memory; a warp a position.
+    const float scale = rsqrtf((float)HD);
+    float m = -INFINITY, l = 0.0f, a0 = 0.0f, a1 = 0.0f;
+    const float q0 = q[2 * lane], q1 = q[2 * lane + 1];
+    for (int j = lo + warp; j < hi; j += NW) {
+        float k0, k1, v0, v1;
+        if (j == pos) {
+            k0 = kn[2 * lane], k1 = kn[2 * lane + 1], v0 = vn[2 * lane], v1 = vn[2 * lane + 1];
+        } else {
+            const float2 kk = __half22float2(
+                *(const half2 *)(ly.kc + ((size_t)j * p.KH + kvh) * HD + 2 * lane));
+            const float2 vv = __half22float2(
+                *(const half2 *)(ly.vc + ((size_t)j * p.KH + kvh) * HD + 2 * lane));
+            k0 = kk.x, k1 = kk.y, v0 = vv.x, v1 = vv.y;
+        }
+        const float sc = warp_sum(q0 * k0 + q1 * k1) * scale;
+        const float mn = fmaxf(m, sc), c = __expf(m - mn), e = __expf(sc - mn);
+        l = l * c + e, a0 = a0 * c + e * v0, a1 = a1 * c + e * v1, m = mn;
+    }
+    float *mw = ml + warp * (2 + HD);
+    if (lane == 0) mw[0] = m, mw[1] = l;
+    mw[2 + 2 * lane] = a0, mw[3 + 2 * lane] = a1;
+    __syncthreads();
+}
+
+// The block's merge of its warps' spans (head_span's ml) for dim t < HD: max, sum and
+// weighted value.
+__device__ __forceinline__ void merge_warps(const float *ml, int t, float &M, float &L, float &A) {
+    M = -INFINITY;
+    for (int w = 0; w < NW; w++) M = fmaxf(M, ml[w * (2 + HD)]);
+    L = 0.0f, A = 0.0f;
+    for (int w = 0; w < NW; w++) {
+        const float mm = ml[w * (2 + HD)];
+        const float c = mm == -INFINITY ? 0.0f : __expf(mm - M);
+        L += ml[w * (2 + HD) + 1] * c, A += ml[w * (2 + HD) + 2 + t] * c;
+    }
+}
+
 // Attention at position pos for one (head, split) a block: rotary on q and the new key, the new
 // key and value written to the cache by the first head of its group, the split's positions,
 // then the last split of a head to finish merges them in order.
 __device__ void attn_phase(const P &p, const Layer &ly, float *sm) {
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int D = p.H * HD, grp = p.H / p.KH, pos = p.pos;
+    const int t = threadIdx.x, grp = p.H / p.KH, pos = p.pos;
     for (int hs = blockIdx.x; hs < p.H * p.S; hs += gridDim.x) {
-        const int h = hs / p.S, s = hs % p.S, kvh = h / grp;
-        // q and the new k, roped (rotate-half, theta 10000), in shared memory.
-        float *q = sm, *kn = sm + HD, *vn = sm + 2 * HD, *ml = sm + 3 * HD;  // ml: [NW][2+HD]
-        if (t < HD) {
-            const int i = t & 31;
-            const float f = powf(10000.0f, -2.0f * i / HD), c = cosf(pos * f), sn = sinf(pos * f);
-            const float *qs = p.qkv + h * HD, *ks = p.qkv + D + kvh * HD;
-            const float q0 = qs[i], q1 = qs[i + 32], k0 = ks[i], k1 = ks[i + 32];
-            q[t] = t < 32 ? q0 * c - q1 * sn : q1 * c + q0 * sn;
-            kn[t] = t < 32 ? k0 * c - k1 * sn : k1 * c + k0 * sn;
-            vn[t] = p.qkv[D + p.KH * HD + kvh * HD + t];
-        }
-        __syncthreads();
-        if (s == 0 && h % grp == 0 && t < HD) {
-            ly.kc[((size_t)pos * p.KH + kvh) * HD + t] = __float2half(kn[t]);
-            ly.vc[((size_t)pos * p.KH + kvh) * HD + t] = __float2half(vn[t]);
-        }
-        // Positions [lo, hi) of 0..pos (pos itself from shared memory), a warp a position.
+        const int h = hs / p.S, s = hs % p.S;
         const int n = pos + 1, per = (n + p.S - 1) / p.S, lo = s * per, hi = min(n, lo + per);
-        const float scale = rsqrtf((float)HD);
-        float m = -INFINITY, l = 0.0f, a0 = 0.0f, a1 = 0.0f;
-        const float q0 = q[2 * lane], q1 = q[2 * lane + 1];
-        for (int j = lo + warp; j < hi; j += NW) {
-            float k0, k1, v0, v1;
-            if (j == pos) {
-                k0 = kn[2 * lane], k1 = kn[2 * lane + 1], v0 = vn[2 * lane], v1 = vn[2 * lane + 1];
-            } else {
-                const float2 kk = __half22float2(
-                    *(const half2 *)(ly.kc + ((size_t)j * p.KH + kvh) * HD + 2 * lane));
-                const float2 vv = __half22float2(
-                    *(const half2 *)(ly.vc + ((size_t)j * p.KH + kvh) * HD + 2 * lane));
-                k0 = kk.x, k1 = kk.y, v0 = vv.x, v1 = vv.y;
-            }
-            const float sc = warp_sum(q0 * k0 + q1 * k1) * scale;
-            const float mn = fmaxf(m, sc), c = __expf(m - mn), e = __expf(sc - mn);
-            l = l * c + e, a0 = a0 * c + e * v0, a1 = a1 * c + e * v1, m = mn;
-        }
-        float *mw = ml + warp * (2 + HD);
-        if (lane == 0) mw[0] = m, mw[1] = l;
-        mw[2 + 2 * lane] = a0, mw[3 + 2 * lane] = a1;
-        __syncthreads();
+        head_span(p, ly, sm, h, lo, hi, s == 0 && h % grp == 0);
+        const float *ml = sm + 3 * HD;
         // The block's merge of its warps, into this split's partial.
         float *pt = p.part + ((size_t)h * p.S + s) * (HD + 2);
         if (t < HD) {
-            float M = -INFINITY;
-            for (int w = 0; w < NW; w++) M = fmaxf(M, ml[w * (2 + HD)]);
-            float L = 0.0f, A = 0.0f;
-            for (int w = 0; w < NW; w++) {
-                const float mm = ml[w * (2 + HD)];
-                const float c = mm == -INFINITY ? 0.0f : __expf(mm - M);
-                L += ml[w * (2 + HD) + 1] * c, A += ml[w * (2 + HD) + 2 + t] * c;
-            }
+            float M, L, A;
+            merge_warps(ml, t, M, L, A);
             pt[2 + t] = A;
             if (t == 0) pt[0] = M, pt[1] = L;
         }
@@ -456,58 +473,17 @@ __device__ __forceinline__ uint4 wo_first(const P &p, int l, bool &valid) {
 
 __device__ void attn_o_phase(const P &p, int l, float *sm, const uint4 *pre) {
     const Layer &ly = p.layers[l];
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int D = p.H * HD, grp = p.H / p.KH, pos = p.pos, R = max(1, (int)gridDim.x / p.H);
+    const int t = threadIdx.x;
+    const int D = p.H * HD, grp = p.H / p.KH, R = max(1, (int)gridDim.x / p.H);
     float *h = cur(p, l);
     for (int hb = blockIdx.x; hb < p.H * R; hb += gridDim.x) {
-        const int hd = hb / R, r = hb % R, kvh = hd / grp;
-        float *q = sm, *kn = sm + HD, *vn = sm + 2 * HD, *ml = sm + 3 * HD;
-        float *att = ml + NW * (2 + HD);
+        const int hd = hb / R, r = hb % R;
+        head_span(p, ly, sm, hd, 0, p.pos + 1, r == 0 && hd % grp == 0);
+        const float *ml = sm + 3 * HD;
+        float *att = sm + 3 * HD + NW * (2 + HD);
         if (t < HD) {
-            const int i = t & 31;
-            const float f = powf(10000.0f, -2.0f * i / HD), c = cosf(pos * f), sn = sinf(pos * f);
-            const float *qs = p.qkv + hd * HD, *ks = p.qkv + D + kvh * HD;
-            const float q0 = qs[i], q1 = qs[i + 32], k0 = ks[i], k1 = ks[i + 32];
-            q[t] = t < 32 ? q0 * c - q1 * sn : q1 * c + q0 * sn;
-            kn[t] = t < 32 ? k0 * c - k1 * sn : k1 * c + k0 * sn;
-            vn[t] = p.qkv[D + p.KH * HD + kvh * HD + t];
-        }
-        __syncthreads();
-        if (r == 0 && hd % grp == 0 && t < HD) {
-            ly.kc[((size_t)pos * p.KH + kvh) * HD + t] = __float2half(kn[t]);
-            ly.vc[((size_t)pos * p.KH + kvh) * HD + t] = __float2half(vn[t]);
-        }
-        const float scale = rsqrtf((float)HD);
-        float m = -INFINITY, lsum = 0.0f, a0 = 0.0f, a1 = 0.0f;
-        const float q0 = q[2 * lane], q1 = q[2 * lane + 1];
-        for (int j = warp; j <= pos; j += NW) {
-            float k0, k1, v0, v1;
-            if (j == pos) {
-                k0 = kn[2 * lane], k1 = kn[2 * lane + 1], v0 = vn[2 * lane], v1 = vn[2 * lane + 1];
-            } else {
-                const float2 kk = __half22float2(
-                    *(const half2 *)(ly.kc + ((size_t)j * p.KH + kvh) * HD + 2 * lane));
-                const float2 vv = __half22float2(
-                    *(const half2 *)(ly.vc + ((size_t)j * p.KH + kvh) * HD + 2 * lane));
-                k0 = kk.x, k1 = kk.y, v0 = vv.x, v1 = vv.y;
-            }
-            const float sc = warp_sum(q0 * k0 + q1 * k1) * scale;
-            const float mn = fmaxf(m, sc), c = __expf(m - mn), e = __expf(sc - mn);
-            lsum = lsum * c + e, a0 = a0 * c + e * v0, a1 = a1 * c + e * v1, m = mn;
-        }
-        float *mw = ml + warp * (2 + HD);
-        if (lane == 0) mw[0] = m, mw[1] = lsum;
-        mw[2 + 2 * lane] = a0, mw[3 + 2 * lane] = a1;
-        __syncthreads();
-        if (t < HD) {
-            float M = -INFINITY;
-            for (int w = 0; w < NW; w++) M = fmaxf(M, ml[w * (2 + HD)]);
-            float L = 0.0f, A = 0.0f;
-            for (int w = 0; w < NW; w++) {
-                const float mm = ml[w * (2 + HD)];
-                const float c = mm == -INFINITY ? 0.0f : __expf(mm - M);
-                L += ml[w * (2 + HD) + 1] * c, A += ml[w * (2 + HD) + 2 + t] * c;
-            }
+            float M, L, A;
+            merge_warps(ml, t, M, L, A);
             att[t] = A / L;
         }
         __syncthreads();
