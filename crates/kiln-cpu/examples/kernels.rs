@@ -197,6 +197,15 @@ fn sample_sweep() {
                 },
             ),
             (
+                "T 0.7, 5 top logprobs",
+                RowSampling {
+                    temperature: 0.7,
+                    seed: 3,
+                    logprobs: Some(5),
+                    ..RowSampling::GREEDY
+                },
+            ),
+            (
                 "T 0.7",
                 RowSampling {
                     temperature: 0.7,
