@@ -830,16 +830,39 @@ fn fill_logprobs(row: &[f32], n: usize, out: &mut Sampled, s: &mut Scratch) {
     if n == 0 {
         return;
     }
-    s.cand.clear();
-    s.cand
-        .extend(row.iter().enumerate().map(|(i, &l)| (l, i as u32)));
-    s.cand.select_nth_unstable_by(n - 1, order);
-    s.cand.truncate(n);
-    s.cand.sort_unstable_by(order);
+    top_n(row, n, &mut s.cand);
     for (slot, c) in out.top.iter_mut().zip(&s.cand) {
         *slot = (c.1, c.0 - lse);
     }
     out.n_top = n as u8;
+}
+
+/// The `n` best tokens of `row` by [`order`] (higher logit in `total_cmp`'s order, then lower
+/// id), best first, into `top`, in one pass: the tokens kept so far sorted, a token entering
+/// only where it beats the last (a later token of an equal logit never does), and a chunk
+/// wholly below the last one's logit passed over (`<`: never where a NaN is).
+#[inline(never)]
+fn top_n(row: &[f32], n: usize, top: &mut Vec<(f32, u32)>) {
+    top.clear();
+    if n == 0 {
+        return;
+    }
+    for (ci, c) in row.chunks(CHUNK).enumerate() {
+        if top.len() == n && all_below(c, top[n - 1].0) {
+            continue;
+        }
+        for (j, &l) in c.iter().enumerate() {
+            let e = (l, (ci * CHUNK + j) as u32);
+            if top.len() == n {
+                if order(&e, &top[n - 1]).is_ge() {
+                    continue;
+                }
+                top.pop();
+            }
+            let at = top.partition_point(|x| order(x, &e).is_lt());
+            top.insert(at, e);
+        }
+    }
 }
 
 /// Samples `rows.len()` rows of `width` logits held in host memory, in place; the
@@ -1084,6 +1107,45 @@ mod tests {
         row[600] = 3.0;
         rows.push(row);
         rows
+    }
+
+    #[test]
+    fn top_n_is_the_sorted_selection() {
+        let mut rows = awkward_rows();
+        let mut x = 0x9E37_79B9u32;
+        // A vocabulary's size with many equal logits, and a peaked one.
+        rows.push(
+            (0..49_152)
+                .map(|_| (xorshift(&mut x) % 50) as f32)
+                .collect(),
+        );
+        rows.push(
+            (0..49_152)
+                .map(|i| {
+                    if i % 7919 == 3 {
+                        9.0
+                    } else {
+                        (xorshift(&mut x) % 1000) as f32 * 1e-3
+                    }
+                })
+                .collect(),
+        );
+        let mut top = Vec::new();
+        for row in &rows {
+            for n in 1..=MAX_TOP_LOGPROBS.min(row.len()) {
+                let mut want: Vec<(f32, u32)> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (l, i as u32))
+                    .collect();
+                want.sort_by(order);
+                want.truncate(n);
+                top_n(row, n, &mut top);
+                let bits =
+                    |v: &[(f32, u32)]| v.iter().map(|c| (c.0.to_bits(), c.1)).collect::<Vec<_>>();
+                assert_eq!(bits(&top), bits(&want), "n {n}, row of {}", row.len());
+            }
+        }
     }
 
     #[test]
