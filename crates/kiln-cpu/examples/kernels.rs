@@ -197,6 +197,15 @@ fn sample_sweep() {
                 },
             ),
             (
+                "T 0.7 top-p 0.9",
+                RowSampling {
+                    temperature: 0.7,
+                    top_p: 0.9,
+                    seed: 3,
+                    ..RowSampling::GREEDY
+                },
+            ),
+            (
                 "T 0.7, 5 top logprobs",
                 RowSampling {
                     temperature: 0.7,

@@ -142,8 +142,6 @@ impl CpuBackend {
         self.pool.n_threads()
     }
 
-    /// [`Backend::matmul_many`] over (matrix, output) pairs as they come, so a caller holding
-    /// them in other types passes them without collecting them first.
     /// Whether [`Backend::matmul_swiglu`] runs as one task ([`CpuBackend::swiglu_task`]).
     fn swiglu_fuses(
         &self,
@@ -205,6 +203,8 @@ impl CpuBackend {
         matmul::matmul_many_then(&self.pool, self.isa, parts, x, n, Some(&then));
     }
 
+    /// [`Backend::matmul_many`] over (matrix, output) pairs as they come, so a caller holding
+    /// them in other types passes them without collecting them first.
     pub(crate) fn matmul_pairs<'a>(
         &self,
         parts: impl IntoIterator<Item = (&'a CpuMat, &'a mut Vec<f32>)>,
