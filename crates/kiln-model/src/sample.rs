@@ -270,8 +270,9 @@ const ARGMAX_BLOCK: usize = 16 * CHUNK;
 /// Sorts candidates gathered in token order by [`order`] (best first): the same sequence as
 /// `sort_unstable_by(order)` (a strict order: no two candidates are equal), by a stable
 /// radix sort on the logit's `total_cmp` rank, four passes of a byte, where there are many
-/// (a top-p row without top-k holds the whole vocabulary: 49,152 pairs sorted by comparison
-/// took about 1.35 ms a row, docs/PERF.md, forty-second session).
+/// (a top-p row without top-k holds the whole vocabulary: its draw took 1.34 to 1.39 ms with
+/// 49,152 pairs sorted by comparison, 0.57 to 0.65 ms so; docs/PERF.md, forty-second
+/// session).
 fn sort_best_first(cand: &mut Vec<(f32, u32)>, spare: &mut Vec<(f32, u32)>) {
     if cand.len() < 1024 {
         cand.sort_unstable_by(order);
