@@ -1067,7 +1067,7 @@ impl Backend for CpuBackend {
             let mut q = q.borrow_mut();
             let parts = q.prepare_blocks(n, ffn, down.offsets);
             self.swiglu_task(w_gate, w_up, x, n, ffn, gate, up, Some(parts));
-            matmul::matmul_quantized(&self.pool, w_down.kernel, &w_down.raw, &q, n, x);
+            matmul::matmul_quantized(&self.pool, down, &w_down.raw, &q, n, x);
         });
     }
 

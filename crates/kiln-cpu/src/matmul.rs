@@ -162,23 +162,20 @@ pub(super) fn matmul_many_then<'a>(
     });
 }
 
-/// [`matmul`] of a quantized matrix (integer kernels) against activations already quantized
-/// (`q`'s `n` rows, of the matrix's width), with their block offsets where the kernel wants
-/// them (it computes them itself otherwise). Only quantized matrices come here.
+/// [`matmul`] of a quantized matrix (its integer kernel `k`) against activations already
+/// quantized (`q`'s `n` rows, of the matrix's width), with their block offsets where the
+/// kernel wants them (it computes them itself otherwise).
 ///
 /// # Panics
-/// If the matrix is not quantized, or `q` is not `n` rows of its width.
+/// If `q` is not `n` rows of the matrix's width, or `out` is shorter than `n` of its rows.
 pub(super) fn matmul_quantized(
     pool: &ThreadPool,
-    kernel: Kernel,
+    k: Tiles,
     w: &RawTensor,
     q: &QAct,
     n: usize,
     out: &mut [f32],
 ) {
-    let Kernel::Quant(k) = kernel else {
-        panic!("{}: not a quantized matrix", w.name);
-    };
     assert!(out.len() >= n * w.rows, "output of {} too short", w.name);
     let view = q.view(0, n);
     assert!(

@@ -393,25 +393,28 @@ impl QAct {
     pub fn prepare_blocks(&mut self, n: usize, cols: usize, offsets: bool) -> QActParts {
         let mut parts = self.prepare(n, cols);
         if offsets {
-            let len = n * cols / 32;
-            if self.off.len() < len {
-                self.off.resize(len, 0);
-            }
-            parts.off = self.off.as_mut_ptr();
+            parts.off = self.offsets_buffer().as_mut_ptr();
             self.has_off = true;
         }
         parts
+    }
+
+    /// The block offsets' buffer, grown to the last [`QAct::prepare`]'s blocks: that many.
+    fn offsets_buffer(&mut self) -> &mut [i32] {
+        let len = self.n * self.cols / 32;
+        if self.off.len() < len {
+            self.off.resize(len, 0);
+        }
+        &mut self.off[..len]
     }
 
     /// Also keeps `-128` times each block's sum of values, for kernels that take the
     /// weights as unsigned bytes offset by 128 (Q8_0's panels): their integer sums start
     /// there.
     pub fn offsets(&mut self) {
-        let len = self.n * self.cols / 32;
-        if self.off.len() < len {
-            self.off.resize(len, 0);
-        }
-        block_offsets(&self.qs[..self.n * self.cols], &mut self.off[..len]);
+        let values = self.n * self.cols;
+        self.offsets_buffer();
+        block_offsets(&self.qs[..values], &mut self.off[..values / 32]);
         self.has_off = true;
     }
 
@@ -752,11 +755,21 @@ impl QActParts {
     /// as [`QAct::quantize`] of the whole row gives it, bit for bit, for finite values.
     ///
     /// # Safety
-    /// `t < n` and the blocks lie inside the row; no two threads write the same blocks, and
-    /// the [`QAct`] is neither used nor moved meanwhile.
+    /// No two threads write the same blocks, and the [`QAct`] is neither used nor moved
+    /// meanwhile.
+    ///
+    /// # Panics
+    /// If `t` is not one of the `n` rows, the blocks do not lie inside the row, or `x` is not
+    /// whole blocks.
     pub unsafe fn quantize_blocks(&self, isa: Isa, t: usize, b0: usize, x: &[f32]) {
         let (nb, k) = (self.cols / 32, x.len() / 32);
-        debug_assert!(t < self.n && b0 + k <= nb && x.len() == 32 * k);
+        assert!(
+            t < self.n && b0 + k <= nb && x.len() == 32 * k,
+            "blocks {b0}..{} of row {t} ({} values): not inside {} rows of {nb} blocks",
+            b0 + k,
+            x.len(),
+            self.n
+        );
         let at = t * nb + b0;
         // SAFETY: inside the buffers `prepare` sized (the caller's bounds); the blocks are
         // this thread's alone.
