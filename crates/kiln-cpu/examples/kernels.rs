@@ -79,6 +79,7 @@ fn main() {
         Some("step") => return step_products(&be),
         Some("quantize") => return quantize_sweep(isa),
         Some("norm") => return norm_sweep(&be),
+        Some("pool") => return pool_sweep(&be),
         _ => {}
     }
     println!(
@@ -242,6 +243,43 @@ fn sample_sweep() {
 
 /// RMSNorm of 1 to 8 rows of the default model's width (the rows and weights in the caches):
 /// microseconds a call, the best of 20 loops of 2,000.
+/// The pool's cost a task: tasks whose parts do nothing, and tasks whose parts each work
+/// about 2 and 10 us (a loop of dependent multiply-adds), best of 10 loops of 20,000 tasks.
+fn pool_sweep(be: &CpuBackend) {
+    for work in [0u32, 2_000, 10_000] {
+        // Calibrated: how many multiply-adds take `work` ns on this thread.
+        let spin = |n: u32| {
+            let mut x = 1.0f64;
+            for _ in 0..n {
+                x = std::hint::black_box(x * 1.000_000_1 + 1e-9);
+            }
+            x
+        };
+        let t0 = Instant::now();
+        spin(10_000_000);
+        let per_ns = 10_000_000.0 / (t0.elapsed().as_nanos() as f64);
+        let n = (f64::from(work) * per_ns) as u32;
+        let tasks = 20_000;
+        let best = (0..10)
+            .map(|_| {
+                let t0 = Instant::now();
+                for _ in 0..tasks {
+                    be.host_run(&|_, _| {
+                        std::hint::black_box(spin(n));
+                    });
+                }
+                t0.elapsed().as_secs_f64() / f64::from(tasks)
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "parts of {:5.1} us: {:6.2} us a task ({:5.2} us more than a part)",
+            f64::from(work) / 1e3,
+            best * 1e6,
+            best * 1e6 - f64::from(work) / 1e3
+        );
+    }
+}
+
 fn norm_sweep(be: &CpuBackend) {
     let dim = 576;
     let w: Vec<f32> = (0..dim).map(|i| 1.0 + (i % 13) as f32 * 0.01).collect();

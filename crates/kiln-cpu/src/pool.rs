@@ -6,7 +6,7 @@
 //! every part is done, not when every thread has looked in. A pool sized automatically lets
 //! [`crate::tune::Tuner`] run its tasks on fewer threads while other programs take cores.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -29,21 +29,28 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
+/// The current task as the threads claim its parts: one cache line, written by `run` before
+/// it announces the task, so a worker that saw the announcement reads all of it in one
+/// transfer (the task's fields were spread over five lines before, each a transfer between
+/// cores on a worker's way to its part: about 170 ns each on the machine of docs/PERF.md's
+/// forty-third session).
+struct Claims {
+    /// The task's number (the high 32 bits), its parts (bits 16 to 31) and the next part to
+    /// claim (the low 16 bits). A thread claims a part by raising the next part while the
+    /// number is still the task's and parts are left: while a part is claimed and not done,
+    /// `run` does not return, so the task below stays alive.
+    word: AtomicU64,
+    /// The task, lifetime-erased: a pointer to `run`'s reference to its closure. Read only
+    /// after a claim succeeded (the claim word's release by `run` orders it before).
+    task: AtomicPtr<&'static Task>,
+}
+
 struct Shared {
-    /// The current task, lifetime-erased; valid until `run` has closed `open` and seen no
-    /// worker `inside`.
-    task: Padded<Mutex<Option<*const Task>>>,
+    claims: Padded<Claims>,
     /// The current task's number (above the low 16 bits) and how many threads take part in
     /// it (the low 16 bits): threads `0..active` look for its parts, the rest rest.
     epoch: Padded<AtomicUsize>,
-    /// The epoch of the task whose parts may still be claimed; 0 once they are all done.
-    open: Padded<AtomicUsize>,
-    /// Workers between looking at `open` and leaving the task: `run` returns only when
-    /// none is, so none can reach the task after it.
-    inside: Padded<AtomicUsize>,
-    /// The current task's parts, the next one to claim, and how many are done.
-    parts: Padded<AtomicUsize>,
-    next: Padded<AtomicUsize>,
+    /// How many of the current task's parts are done.
     done: Padded<AtomicUsize>,
     wake: Condvar,
     wake_lock: Mutex<()>,
@@ -51,7 +58,7 @@ struct Shared {
     /// so a busy pool makes no system call per task.
     sleepers: Padded<AtomicUsize>,
     stop: Padded<AtomicBool>,
-    /// A worker's part of the current task panicked.
+    /// A part of the current task panicked (set before the part is counted done).
     panicked: AtomicBool,
     /// Tests: workers wait here before looking for parts, as a descheduled thread would.
     #[cfg(test)]
@@ -110,12 +117,11 @@ impl ThreadPool {
     fn with_tuner(n_threads: usize, adaptive: bool) -> Self {
         let n_threads = n_threads.clamp(1, MAX_THREADS);
         let shared = Arc::new(Shared {
-            task: Padded(Mutex::new(None)),
+            claims: Padded(Claims {
+                word: AtomicU64::new(0),
+                task: AtomicPtr::new(std::ptr::null_mut()),
+            }),
             epoch: Padded(AtomicUsize::new(0)),
-            open: Padded(AtomicUsize::new(0)),
-            inside: Padded(AtomicUsize::new(0)),
-            parts: Padded(AtomicUsize::new(0)),
-            next: Padded(AtomicUsize::new(0)),
             done: Padded(AtomicUsize::new(0)),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
@@ -183,19 +189,23 @@ impl ThreadPool {
         let sh = &*self.shared;
         let parts = n;
         let task: &(dyn Fn(usize, usize) + Sync + '_) = &f;
-        // SAFETY: erase the lifetime; we wait below until no worker can reach it any more.
-        let ptr: *const Task = unsafe {
+        // SAFETY: erase the lifetime; a worker reaches the closure only through a claimed
+        // part, and this function returns only when every part is done.
+        let task: &'static Task = unsafe {
             std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Task>(task)
         };
-        *sh.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
-        sh.parts.store(parts, Ordering::Relaxed);
-        sh.next.store(0, Ordering::Relaxed);
         sh.done.store(0, Ordering::Relaxed);
         g.count = g.count.wrapping_add(1).max(1);
         let epoch = (g.count << 16) | n;
-        // Open before announcing: a worker that sees the epoch finds the task open (or
-        // already closed, when the parts went to others first).
-        sh.open.store(epoch, Ordering::SeqCst);
+        sh.claims
+            .task
+            .store((&raw const task).cast_mut(), Ordering::Relaxed);
+        // The task's number, its parts and none claimed, released after the task's pointer
+        // (a claim acquires it); before announcing, so that a worker that sees the epoch
+        // finds the task (or its parts already taken).
+        sh.claims
+            .word
+            .store(claim_word(g.count, parts, 0), Ordering::Release);
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
         // Threads that rested (not counted as sleepers) are woken when more take part.
@@ -206,7 +216,8 @@ impl ThreadPool {
             let _l = sh.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
             sh.wake.notify_all();
         }
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_parts(sh, task)));
+        let mine =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_parts(sh, g.count)));
         // The parts others claimed: wait for those to end.
         let mut spins = 0usize;
         while sh.done.load(Ordering::Acquire) < parts {
@@ -217,20 +228,9 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
-        // Close the task, then wait for the workers still inside it (they find nothing left
-        // to claim); one that looks in later finds it closed and never reaches `f`.
-        sh.open.store(0, Ordering::SeqCst);
-        let mut spins = 0usize;
-        while sh.inside.load(Ordering::SeqCst) != 0 {
-            // A worker pushed off its core while inside: let it back on.
-            spins += 1;
-            if spins < SPIN {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        *sh.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Every part was claimed and is done: a worker that looks for parts now (or pushed
+        // off its core before its claim) finds none left, or another task's number, and
+        // never reaches `f`.
         if let Some(t) = g.tuner.as_mut() {
             t.task_done();
         }
@@ -245,21 +245,41 @@ impl ThreadPool {
     }
 }
 
-/// Claims the open task's parts one by one and runs them until none is left; each part is
-/// counted done even if it panics (the caller of [`ThreadPool::run`] must not wait for ever),
-/// and the first panic is raised after.
-fn claim_parts(s: &Shared, f: &(dyn Fn(usize, usize) + Sync + '_)) {
-    let parts = s.parts.load(Ordering::Relaxed);
+/// The claim word of task `count` with `parts` parts, `next` of them claimed.
+fn claim_word(count: usize, parts: usize, next: usize) -> u64 {
+    ((count as u64 & 0xFFFF_FFFF) << 32) | ((parts as u64) << 16) | next as u64
+}
+
+/// Claims task `count`'s parts one by one and runs them until none is left (or the task is
+/// another's: it ended); each part is counted done even if it panics (the caller of
+/// [`ThreadPool::run`] must not wait for ever), and the first panic is raised after.
+fn claim_parts(s: &Shared, count: usize) {
     let mut failed = None;
+    let mut word = s.claims.word.load(Ordering::Acquire);
     loop {
-        let p = s.next.fetch_add(1, Ordering::Relaxed);
-        if p >= parts {
+        let (parts, next) = ((word >> 16 & 0xFFFF) as usize, (word & 0xFFFF) as usize);
+        if word >> 32 != count as u64 & 0xFFFF_FFFF || next >= parts {
             break;
         }
-        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(p, parts))) {
+        if let Err(now) =
+            s.claims
+                .word
+                .compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            word = now;
+            continue;
+        }
+        // SAFETY: part `next` of the task is claimed and not done, so `run` has not returned
+        // and its reference to the closure lives; the claim acquired the word that `run`
+        // released after storing the pointer (or a later claim's), so this is that task's.
+        let f: &Task = unsafe { *s.claims.task.load(Ordering::Relaxed) };
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(next, parts))) {
+            // Told before the part is counted done, so `run` sees it once all are.
+            s.panicked.store(true, Ordering::Relaxed);
             failed.get_or_insert(e);
         }
         s.done.fetch_add(1, Ordering::Release);
+        word = s.claims.word.load(Ordering::Acquire);
     }
     if let Some(e) = failed {
         std::panic::resume_unwind(e);
@@ -315,22 +335,10 @@ fn worker(s: Arc<Shared>, idx: usize) {
         while s.hold.load(Ordering::Acquire) && !s.stop.load(Ordering::Acquire) {
             std::thread::yield_now();
         }
-        // Inside first, then look: `run` closes first, then waits for none inside (SeqCst
-        // on both sides), so either it waits for this thread or this thread sees it closed.
-        s.inside.fetch_add(1, Ordering::SeqCst);
-        if s.open.load(Ordering::SeqCst) == seen {
-            let ptr = *s.task.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(ptr) = ptr {
-                // SAFETY: `run` keeps the closure alive until no worker is inside.
-                let f: &Task = unsafe { &*ptr };
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_parts(&s, f)))
-                    .is_err()
-                {
-                    s.panicked.store(true, Ordering::Release);
-                }
-            }
-        }
-        s.inside.fetch_sub(1, Ordering::SeqCst);
+        // The parts of the task this epoch announced, if any are left (its number is the
+        // epoch's high bits); a part's panic is told to `run` through `panicked`.
+        let _ =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_parts(&s, seen >> 16)));
     }
 }
 
@@ -441,7 +449,8 @@ mod tests {
     }
 
     /// Workers that do not come (descheduled by the system) hold up nothing: the caller
-    /// runs every part, and they find the tasks closed when they come back.
+    /// runs every part, and they find the tasks ended (another task's number, or no part
+    /// left) when they come back.
     #[test]
     fn a_task_ends_without_workers_that_do_not_come() {
         let pool = Arc::new(ThreadPool::new(3));
@@ -470,7 +479,7 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(20))
             .expect("the tasks waited for workers that were held back");
         assert!(all_mine, "a held-back worker ran a part");
-        // Let go, the workers find the tasks closed, and take parts again.
+        // Let go, the workers find the tasks ended, and take parts again.
         pool.shared.hold.store(false, Ordering::Release);
         let hits = AtomicU64::new(0);
         for _ in 0..200 {
