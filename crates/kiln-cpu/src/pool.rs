@@ -200,12 +200,13 @@ impl ThreadPool {
         sh.claims
             .task
             .store((&raw const task).cast_mut(), Ordering::Relaxed);
-        // The task's number, its parts and none claimed, released after the task's pointer
-        // (a claim acquires it); before announcing, so that a worker that sees the epoch
-        // finds the task (or its parts already taken).
+        // The task's number, its parts and the first (this thread's own) taken, released after
+        // the task's pointer (a claim acquires it); before announcing, so that a worker that
+        // sees the epoch finds the task (or its parts already taken). This thread runs part
+        // 0 without a claim, so the workers' first claims meet no claim of its.
         sh.claims
             .word
-            .store(claim_word(g.count, parts, 0), Ordering::Release);
+            .store(claim_word(g.count, parts, 1), Ordering::Release);
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
         // Threads that rested (not counted as sleepers) are woken when more take part.
@@ -216,8 +217,9 @@ impl ThreadPool {
             let _l = sh.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
             sh.wake.notify_all();
         }
-        let mine =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_parts(sh, g.count)));
+        let mut failed = None;
+        run_part(sh, task, 0, parts, &mut failed);
+        claim_parts(sh, g.count, &mut failed);
         // The parts others claimed: wait for those to end.
         let mut spins = 0usize;
         while sh.done.load(Ordering::Acquire) < parts {
@@ -235,7 +237,7 @@ impl ThreadPool {
             t.task_done();
         }
         drop(g);
-        if let Err(payload) = mine {
+        if let Some(payload) = failed {
             sh.panicked.store(false, Ordering::Release);
             std::panic::resume_unwind(payload);
         }
@@ -250,16 +252,29 @@ fn claim_word(count: usize, parts: usize, next: usize) -> u64 {
     ((count as u64 & 0xFFFF_FFFF) << 32) | ((parts as u64) << 16) | next as u64
 }
 
-/// Claims task `count`'s parts one by one and runs them until none is left (or the task is
-/// another's: it ended); each part is counted done even if it panics (the caller of
-/// [`ThreadPool::run`] must not wait for ever), and the first panic is raised after.
-fn claim_parts(s: &Shared, count: usize) {
-    let mut failed = None;
+/// Runs part `p` of `parts` of `f`, counted done even if it panics (the caller of
+/// [`ThreadPool::run`] must not wait for ever); a panic is told through `panicked` before
+/// the part counts done, so `run` sees it once all parts are, and the first is kept in
+/// `failed`.
+fn run_part(s: &Shared, f: &Task, p: usize, parts: usize, failed: &mut Option<Panic>) {
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(p, parts))) {
+        s.panicked.store(true, Ordering::Relaxed);
+        failed.get_or_insert(e);
+    }
+    s.done.fetch_add(1, Ordering::Release);
+}
+
+/// A caught panic's payload.
+type Panic = Box<dyn std::any::Any + Send>;
+
+/// Claims task `count`'s parts one by one and runs them ([`run_part`]) until none is left
+/// (or the task is another's: it ended).
+fn claim_parts(s: &Shared, count: usize, failed: &mut Option<Panic>) {
     let mut word = s.claims.word.load(Ordering::Acquire);
     loop {
         let (parts, next) = ((word >> 16 & 0xFFFF) as usize, (word & 0xFFFF) as usize);
         if word >> 32 != count as u64 & 0xFFFF_FFFF || next >= parts {
-            break;
+            return;
         }
         if let Err(now) =
             s.claims
@@ -273,16 +288,8 @@ fn claim_parts(s: &Shared, count: usize) {
         // and its reference to the closure lives; the claim acquired the word that `run`
         // released after storing the pointer (or a later claim's), so this is that task's.
         let f: &Task = unsafe { *s.claims.task.load(Ordering::Relaxed) };
-        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(next, parts))) {
-            // Told before the part is counted done, so `run` sees it once all are.
-            s.panicked.store(true, Ordering::Relaxed);
-            failed.get_or_insert(e);
-        }
-        s.done.fetch_add(1, Ordering::Release);
+        run_part(s, f, next, parts, failed);
         word = s.claims.word.load(Ordering::Acquire);
-    }
-    if let Some(e) = failed {
-        std::panic::resume_unwind(e);
     }
 }
 
@@ -336,9 +343,9 @@ fn worker(s: Arc<Shared>, idx: usize) {
             std::thread::yield_now();
         }
         // The parts of the task this epoch announced, if any are left (its number is the
-        // epoch's high bits); a part's panic is told to `run` through `panicked`.
-        let _ =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_parts(&s, seen >> 16)));
+        // epoch's high bits); a part's panic is told to `run` through `panicked` (its
+        // message was printed where it was raised).
+        claim_parts(&s, seen >> 16, &mut None);
     }
 }
 
