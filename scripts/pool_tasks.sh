@@ -25,4 +25,4 @@ for l in sys.stdin:
     d = json.loads(l); e = d['engine']
     print(f\"{d['streams']} streams: {d['aggregate_tok_s']} tok/s, {e['steps']:.0f} steps, {1e3 * e['model_s'] / e['steps']:.2f} ms model a step, {1e3 * e['host_s'] / e['steps']:.3f} ms host\")"
 kill $P; wait $P 2>/dev/null || true
-grep -A6 "^pool tasks" /tmp/pool_tasks.log
+grep -A5 "^pool tasks" /tmp/pool_tasks.log | grep -v request_id
