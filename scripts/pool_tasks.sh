@@ -1,21 +1,14 @@
 #!/bin/bash
-# Where a served step's time goes, task by task: builds kiln with scripts/pool_tasks.patch (the
-# pool's tasks timed on both threads; never committed to the pool) in a worktree of HEAD, runs
-# 8 streams of 256 tokens four times through `kiln serve` on the default model (temperature
-# 0.7), and prints the patch's tables (every 40,000 tasks, about 260 steps of 8 rows).
+# Where a served step's time goes, task by task: builds kiln with the pool's timing (feature
+# kiln-cpu/pool-timing, into target-instr so that it replaces no other build), runs 8 streams
+# of 256 tokens four times through `kiln serve` on the default model (temperature 0.7), and
+# prints the throughput and the timing's tables (every 40,000 tasks, about 260 steps of 8 rows).
 # Usage: bash scripts/pool_tasks.sh [STREAMS]   (default 8,8,8,8)
 set -eu
-W=/tmp/kiln_pool_tasks
 M=${MODEL:-$HOME/.cache/kiln/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-rm -rf "$W"; git worktree prune
-git worktree add -q --detach "$W" HEAD
-# A target folder of its own (target-instr), so that the instrumented build replaces no other.
-T=$PWD/target-instr
-(cd "$W" && git apply "$OLDPWD/scripts/pool_tasks.patch" &&
-  CARGO_TARGET_DIR=$T cargo build --release -q -p kiln)
-cp "$T/release/kiln" /tmp/kiln_pool_tasks_bin
-git worktree remove --force "$W"
-/tmp/kiln_pool_tasks_bin serve -m "$M" --port 8392 2> /tmp/pool_tasks.log > /dev/null &
+CARGO_TARGET_DIR=$PWD/target-instr cargo build --release -q -p kiln --features kiln-cpu/pool-timing
+K=$PWD/target-instr/release/kiln
+"$K" serve -m "$M" --port 8392 2> /tmp/pool_tasks.log > /dev/null &
 P=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:8392/v1/models | grep -q '"id"' && break; sleep 0.1; done
 python3 scripts/serve_bench.py --port 8392 --streams "${1:-8,8,8,8}" --temperatures 0.7 \

@@ -4,6 +4,7 @@
 mod kernels;
 mod matmul;
 mod pool;
+mod pool_timing;
 mod tune;
 
 use std::cell::RefCell;

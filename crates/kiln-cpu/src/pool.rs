@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use crate::pool_timing as timing;
 use crate::tune::{CpuSampler, Tuner};
 
 type Task = dyn Fn(usize, usize) + Sync;
@@ -210,6 +211,7 @@ impl ThreadPool {
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
         // Threads that rested (not counted as sleepers) are woken when more take part.
+        let t_pub = timing::now();
         sh.epoch.store(epoch, Ordering::SeqCst);
         let more = n > g.last_active;
         g.last_active = n;
@@ -220,6 +222,7 @@ impl ThreadPool {
         let mut failed = None;
         run_part(sh, task, 0, parts, &mut failed);
         claim_parts(sh, g.count, &mut failed);
+        let t_mine = timing::now();
         // The parts others claimed: wait for those to end.
         let mut spins = 0usize;
         while sh.done.load(Ordering::Acquire) < parts {
@@ -233,6 +236,7 @@ impl ThreadPool {
         // Every part was claimed and is done: a worker that looks for parts now (or pushed
         // off its core before its claim) finds none left, or another task's number, and
         // never reaches `f`.
+        timing::note(std::any::type_name::<F>(), t_pub, t_mine, timing::now());
         if let Some(t) = g.tuner.as_mut() {
             t.task_done();
         }
@@ -257,10 +261,12 @@ fn claim_word(count: usize, parts: usize, next: usize) -> u64 {
 /// the part counts done, so `run` sees it once all parts are, and the first is kept in
 /// `failed`.
 fn run_part(s: &Shared, f: &Task, p: usize, parts: usize, failed: &mut Option<Panic>) {
+    let t0 = timing::now();
     if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(p, parts))) {
         s.panicked.store(true, Ordering::Relaxed);
         failed.get_or_insert(e);
     }
+    timing::part(p, t0, timing::now());
     s.done.fetch_add(1, Ordering::Release);
 }
 
