@@ -33,8 +33,8 @@ impl<T> std::ops::Deref for Padded<T> {
 /// The current task as the threads claim its parts: one cache line, written by `run` before
 /// it announces the task, so a worker that saw the announcement reads all of it in one
 /// transfer (the task's fields were spread over five lines before, each a transfer between
-/// cores on a worker's way to its part: about 170 ns each on the machine of docs/PERF.md's
-/// forty-third session).
+/// cores on a worker's way to its part: 145 to 180 ns each, `scripts/pingpong.c` on the
+/// machine of docs/PERF.md's forty-third session).
 struct Claims {
     /// The task's number (the high 32 bits), its parts (bits 16 to 31) and the next part to
     /// claim (the low 16 bits). A thread claims a part by raising the next part while the
