@@ -67,10 +67,6 @@ struct Shared {
     n_threads: usize,
 }
 
-// SAFETY: the raw task pointer is only dereferenced while `run` keeps the closure alive.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
 /// A fixed set of threads that run one closure at a time, each with its own index.
 pub struct ThreadPool {
     shared: Arc<Shared>,
@@ -207,7 +203,7 @@ impl ThreadPool {
         // 0 without a claim, so the workers' first claims meet no claim of its.
         sh.claims
             .word
-            .store(claim_word(g.count, parts, 1), Ordering::Release);
+            .store(claim_word(epoch >> 16, parts, 1), Ordering::Release);
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
         // Threads that rested (not counted as sleepers) are woken when more take part.
@@ -221,7 +217,8 @@ impl ThreadPool {
         }
         let mut failed = None;
         run_part(sh, task, 0, parts, &mut failed);
-        claim_parts(sh, g.count, &mut failed);
+        sh.done.fetch_add(1, Ordering::Release);
+        claim_parts(sh, epoch >> 16, &mut failed);
         let t_mine = timing::now();
         // The parts others claimed: wait for those to end.
         let mut spins = 0usize;
@@ -256,10 +253,10 @@ fn claim_word(count: usize, parts: usize, next: usize) -> u64 {
     ((count as u64 & 0xFFFF_FFFF) << 32) | ((parts as u64) << 16) | next as u64
 }
 
-/// Runs part `p` of `parts` of `f`, counted done even if it panics (the caller of
-/// [`ThreadPool::run`] must not wait for ever); a panic is told through `panicked` before
-/// the part counts done, so `run` sees it once all parts are, and the first is kept in
-/// `failed`.
+/// Runs part `p` of `parts` of `f`; a panic is told through `panicked` (before the caller
+/// counts the part done, so `run` sees it once all parts are) and the first kept in
+/// `failed`. The caller counts the part done even if it panicked (`run` must not wait for
+/// ever), after this returns: `f` may be freed as soon as the last part counts done.
 fn run_part(s: &Shared, f: &Task, p: usize, parts: usize, failed: &mut Option<Panic>) {
     let t0 = timing::now();
     if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(p, parts))) {
@@ -267,7 +264,6 @@ fn run_part(s: &Shared, f: &Task, p: usize, parts: usize, failed: &mut Option<Pa
         failed.get_or_insert(e);
     }
     timing::part(p, t0, timing::now());
-    s.done.fetch_add(1, Ordering::Release);
 }
 
 /// A caught panic's payload.
@@ -295,6 +291,7 @@ fn claim_parts(s: &Shared, count: usize, failed: &mut Option<Panic>) {
         // released after storing the pointer (or a later claim's), so this is that task's.
         let f: &Task = unsafe { *s.claims.task.load(Ordering::Relaxed) };
         run_part(s, f, next, parts, failed);
+        s.done.fetch_add(1, Ordering::Release);
         word = s.claims.word.load(Ordering::Acquire);
     }
 }
