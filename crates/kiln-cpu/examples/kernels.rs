@@ -244,38 +244,45 @@ fn sample_sweep() {
 /// RMSNorm of 1 to 8 rows of the default model's width (the rows and weights in the caches):
 /// microseconds a call, the best of 20 loops of 2,000.
 /// The pool's cost a task: tasks whose parts do nothing, and tasks whose parts each work
-/// about 2 and 10 us (a loop of dependent multiply-adds), best of 10 loops of 20,000 tasks.
+/// about 2 and 10 us (a loop of dependent multiply-adds), best of 10 loops of 20,000 tasks,
+/// against the same work run alone on this thread as many times (best of 10 loops).
 fn pool_sweep(be: &CpuBackend) {
-    for work in [0u32, 2_000, 10_000] {
-        // Calibrated: how many multiply-adds take `work` ns on this thread.
-        let spin = |n: u32| {
-            let mut x = 1.0f64;
-            for _ in 0..n {
-                x = std::hint::black_box(x * 1.000_000_1 + 1e-9);
-            }
-            x
-        };
-        let t0 = Instant::now();
-        spin(10_000_000);
-        let per_ns = 10_000_000.0 / (t0.elapsed().as_nanos() as f64);
-        let n = (f64::from(work) * per_ns) as u32;
-        let tasks = 20_000;
-        let best = (0..10)
+    let spin = |n: u32| {
+        let mut x = 1.0f64;
+        for _ in 0..n {
+            x = std::hint::black_box(x * 1.000_000_1 + 1e-9);
+        }
+        x
+    };
+    // How many multiply-adds take a nanosecond on this thread, roughly.
+    let t0 = Instant::now();
+    spin(10_000_000);
+    let per_ns = 10_000_000.0 / (t0.elapsed().as_nanos() as f64);
+    let tasks = 20_000;
+    let best = |run: &dyn Fn()| {
+        (0..10)
             .map(|_| {
                 let t0 = Instant::now();
                 for _ in 0..tasks {
-                    be.host_run(&|_, _| {
-                        std::hint::black_box(spin(n));
-                    });
+                    run();
                 }
-                t0.elapsed().as_secs_f64() / f64::from(tasks)
+                t0.elapsed().as_secs_f64() / f64::from(tasks) * 1e6
             })
-            .fold(f64::INFINITY, f64::min);
+            .fold(f64::INFINITY, f64::min)
+    };
+    for work in [0u32, 2_000, 10_000] {
+        let n = (f64::from(work) * per_ns) as u32;
+        let alone = best(&|| {
+            std::hint::black_box(spin(n));
+        });
+        let task = best(&|| {
+            be.host_run(&|_, _| {
+                std::hint::black_box(spin(n));
+            })
+        });
         println!(
-            "parts of {:5.1} us: {:6.2} us a task ({:5.2} us more than a part)",
-            f64::from(work) / 1e3,
-            best * 1e6,
-            best * 1e6 - f64::from(work) / 1e3
+            "parts of {alone:5.2} us: {task:6.2} us a task ({:5.2} us more than a part)",
+            task - alone
         );
     }
 }

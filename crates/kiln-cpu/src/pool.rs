@@ -204,10 +204,10 @@ impl ThreadPool {
         sh.claims
             .word
             .store(claim_word(epoch >> 16, parts, 1), Ordering::Release);
+        let t_pub = timing::now();
         // SeqCst on both sides (here: epoch then sleepers; a worker: sleepers then epoch):
         // either this load sees the worker going to sleep, or the worker sees the new epoch.
         // Threads that rested (not counted as sleepers) are woken when more take part.
-        let t_pub = timing::now();
         sh.epoch.store(epoch, Ordering::SeqCst);
         let more = n > g.last_active;
         g.last_active = n;
@@ -253,6 +253,15 @@ fn claim_word(count: usize, parts: usize, next: usize) -> u64 {
     ((count as u64 & 0xFFFF_FFFF) << 32) | ((parts as u64) << 16) | next as u64
 }
 
+/// A claim word's task number (as [`claim_word`] keeps it), parts and next part.
+fn claim_fields(word: u64) -> (u64, usize, usize) {
+    (
+        word >> 32,
+        (word >> 16 & 0xFFFF) as usize,
+        (word & 0xFFFF) as usize,
+    )
+}
+
 /// Runs part `p` of `parts` of `f`; a panic is told through `panicked` (before the caller
 /// counts the part done, so `run` sees it once all parts are) and the first kept in
 /// `failed`. The caller counts the part done even if it panicked (`run` must not wait for
@@ -274,8 +283,8 @@ type Panic = Box<dyn std::any::Any + Send>;
 fn claim_parts(s: &Shared, count: usize, failed: &mut Option<Panic>) {
     let mut word = s.claims.word.load(Ordering::Acquire);
     loop {
-        let (parts, next) = ((word >> 16 & 0xFFFF) as usize, (word & 0xFFFF) as usize);
-        if word >> 32 != count as u64 & 0xFFFF_FFFF || next >= parts {
+        let (number, parts, next) = claim_fields(word);
+        if number != claim_fields(claim_word(count, 0, 0)).0 || next >= parts {
             return;
         }
         if let Err(now) =

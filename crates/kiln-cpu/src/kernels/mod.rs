@@ -393,19 +393,10 @@ impl QAct {
     pub fn prepare_blocks(&mut self, n: usize, cols: usize, offsets: bool) -> QActParts {
         let mut parts = self.prepare(n, cols);
         if offsets {
-            parts.off = self.offsets_buffer().as_mut_ptr();
+            parts.off = grown(&mut self.off, n * cols / 32).as_mut_ptr();
             self.has_off = true;
         }
         parts
-    }
-
-    /// The block offsets' buffer, grown to the last [`QAct::prepare`]'s blocks: that many.
-    fn offsets_buffer(&mut self) -> &mut [i32] {
-        let len = self.n * self.cols / 32;
-        if self.off.len() < len {
-            self.off.resize(len, 0);
-        }
-        &mut self.off[..len]
     }
 
     /// Also keeps `-128` times each block's sum of values, for kernels that take the
@@ -413,8 +404,7 @@ impl QAct {
     /// there.
     pub fn offsets(&mut self) {
         let values = self.n * self.cols;
-        self.offsets_buffer();
-        block_offsets(&self.qs[..values], &mut self.off[..values / 32]);
+        block_offsets(&self.qs[..values], grown(&mut self.off, values / 32));
         self.has_off = true;
     }
 
@@ -434,6 +424,14 @@ impl QAct {
             nb,
         }
     }
+}
+
+/// The first `len` values of `v`, grown to hold them (new values zero).
+fn grown(v: &mut Vec<i32>, len: usize) -> &mut [i32] {
+    if v.len() < len {
+        v.resize(len, 0);
+    }
+    &mut v[..len]
 }
 
 /// `-128` times the sum of each 32-block of `qs` into `off`.
@@ -771,8 +769,8 @@ impl QActParts {
             self.n
         );
         let at = t * nb + b0;
-        // SAFETY: inside the buffers `prepare` sized (the caller's bounds); the blocks are
-        // this thread's alone.
+        // SAFETY: inside the buffers `prepare` sized (the bounds asserted above); the blocks
+        // are this thread's alone (the caller's promise).
         unsafe {
             let qs = std::slice::from_raw_parts_mut(self.qs.add(32 * at), 32 * k);
             quantize_rows(
