@@ -306,6 +306,19 @@ fn norm_sweep(be: &CpuBackend) {
             })
             .fold(f64::INFINITY, f64::min);
         println!("rms_norm {n} x {dim}: {best:.3} us");
+        // The residual add of the same rows (serial work between a step's tasks).
+        let mut acc = x.clone();
+        let best = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..2000 {
+                    be.add(&mut acc, &out, n * dim);
+                    std::hint::black_box(&acc);
+                }
+                t.elapsed().as_secs_f64() / 2000.0 * 1e6
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!("add {n} x {dim}: {best:.3} us");
     }
 }
 
